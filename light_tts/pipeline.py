@@ -1,0 +1,90 @@
+"""Offline zero-shot synthesis in one process: the reference that the server's output is tested against.
+
+text + prompt wav + prompt text -> frontend -> speech-token LM (one sentence at a time) -> token2wav -> 24 kHz audio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from light_tts.frontend.frontend import Frontend, Prompt
+from light_tts.model_dir import check_complete, load_model_config
+from light_tts.models.speech_lm import SpeechLM, min_max_len
+from light_tts.sampling import RASSampler
+from light_tts.token2wav import HopPolicy, Token2Wav
+
+
+def _inference_iter(it: Iterator) -> Iterator:
+    """Advances `it` under inference mode one item at a time, never holding the mode across a yield."""
+    while True:
+        with torch.inference_mode():
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+        yield item
+
+
+def sentence_seed(seed: int, index: int) -> int:
+    """The seed of sentence `index` of a request: sentences draw independent, reproducible streams."""
+    return (seed * 1_000_003 + index) % (2**63 - 1)
+
+
+class Pipeline:
+    """Frontend, speech-token LM and token2wav of one model directory, on one device."""
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu"):
+        check_complete(model_dir)
+        self.cfg = load_model_config(model_dir)
+        self.device = torch.device(device)
+        self.frontend = Frontend(self.cfg)
+        self.llm = SpeechLM.from_checkpoint(self.cfg.llm, self.cfg.path("llm.pt")).to(self.device).eval()
+        self.token2wav = Token2Wav(self.cfg, self.device)
+
+    def speech_tokens(self, text_tokens: list[int], prompt: Prompt, seed: int) -> Iterator[int]:
+        """Speech tokens of one sentence, sampled with RAS from the request's seed."""
+        min_len, max_len = min_max_len(len(text_tokens))
+        sampler = RASSampler(self.cfg.llm.sampling, seed)
+        yield from _inference_iter(self.llm.generate(
+            torch.tensor([text_tokens], dtype=torch.int32, device=self.device),
+            torch.tensor([prompt.text_tokens], dtype=torch.int32, device=self.device),
+            torch.tensor([prompt.speech_tokens], dtype=torch.int32, device=self.device),
+            sampler, min_len, max_len))
+
+    def synthesize(self, text: str, prompt_wav: bytes, prompt_text: str, stream: bool = False, speed: float = 1.0,
+                   seed: int = 0, hop_policy: HopPolicy = HopPolicy(), exact_final: bool = False,
+                   ) -> Iterator[np.ndarray]:
+        """Yields float32 audio: one array per sentence, or per streamed chunk when `stream`."""
+        if stream and speed != 1.0:
+            raise ValueError("speed change is only supported without streaming")
+        prompt = self.frontend.encode_prompt(prompt_wav, prompt_text)
+        for index, sentence in enumerate(self.frontend.normalize_and_split(text)):
+            s = sentence_seed(seed, index)
+            tokens = self.speech_tokens(self.frontend.tokenize(sentence), prompt, s)
+            if not stream:
+                yield self.token2wav.offline(list(tokens), prompt, s, speed)
+                continue
+            session = self.token2wav.session(prompt, s, hop_policy, exact_final)
+            for token in tokens:
+                yield from session.feed([token])
+            yield session.finish()
+
+    def synthesize_bistream(self, text_pieces: Iterable[str], prompt_wav: bytes, prompt_text: str, seed: int = 0,
+                            hop_policy: HopPolicy = HopPolicy()) -> Iterator[np.ndarray]:
+        """Text arriving in pieces (e.g. from an LLM) -> streamed audio chunks of one utterance."""
+        prompt = self.frontend.encode_prompt(prompt_wav, prompt_text)
+        piece_tokens = (self.frontend.tokenize(piece) for piece in text_pieces)
+        sampler = RASSampler(self.cfg.llm.sampling, seed)
+        session = self.token2wav.session(prompt, seed, hop_policy)
+        tokens = _inference_iter(self.llm.generate_bistream(
+            piece_tokens,
+            torch.tensor([prompt.text_tokens], dtype=torch.int32, device=self.device),
+            torch.tensor([prompt.speech_tokens], dtype=torch.int32, device=self.device),
+            sampler))
+        for token in tokens:
+            yield from session.feed([token])
+        yield session.finish()

@@ -1,0 +1,139 @@
+"""Token-to-waveform for one request: flow (speech tokens -> mel) then HiFT (mel -> 24 kHz audio), whole or streamed.
+
+Streaming follows upstream CosyVoice2's schedule: the first hop is 25 tokens plus the pad that aligns the prompt
+and the first hop to a multiple of 25, later hops follow the hop policy, and every non-final chunk waits for 3
+lookahead tokens. The flow keeps a per-request cache, so a chunk costs the same wherever it falls; its non-final
+chunks equal upstream's full-prefix recompute. Upstream runs the final chunk with full attention over the whole
+utterance; `exact_final=True` does that too (cost grows with length), the default finishes chunk-causally from
+the cache (constant cost; see docs/model.md for the measured difference).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from light_tts.frontend.frontend import Prompt
+from light_tts.model_config import ModelConfig
+from light_tts.models.flow import Flow
+from light_tts.models.hift import HiFT
+from light_tts.models.hift.streaming import HiFTStreamState, hift_stream_chunk
+
+
+@dataclass(frozen=True)
+class HopPolicy:
+    """Tokens per streamed chunk after the first: `fixed` keeps `first`, `growing` doubles up to `max_hop`."""
+
+    kind: str = "growing"
+    first: int = 25
+    max_hop: int = 100
+
+    def __post_init__(self):
+        if self.kind not in ("fixed", "growing"):
+            raise ValueError(f"hop policy must be 'fixed' or 'growing', not {self.kind!r}")
+        if self.first % 25 or self.max_hop % 25 or self.first <= 0:
+            raise ValueError("hops must be positive multiples of 25 tokens (the flow's chunk size)")
+
+    def next_hop(self, hop: int) -> int:
+        return hop if self.kind == "fixed" else min(self.max_hop, hop * 2)
+
+
+def first_hop_pad(num_prompt_tokens: int, chunk: int = 25) -> int:
+    """Tokens added to the first hop so that prompt + first hop ends on a chunk boundary."""
+    return -num_prompt_tokens % chunk
+
+
+def prompt_tensors(prompt: Prompt, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(speech tokens [1,P] int32, mel [1,2P,80], speaker embedding [1,192]) on `device`."""
+    tokens = torch.as_tensor(prompt.speech_tokens, dtype=torch.int32, device=device)[None]
+    mel = torch.as_tensor(prompt.mel, dtype=torch.float32, device=device)[None]
+    emb = torch.as_tensor(prompt.embedding, dtype=torch.float32, device=device)[None]
+    return tokens, mel, emb
+
+
+class Token2Wav:
+    """The flow and HiFT of one model, shared by every request's session."""
+
+    def __init__(self, cfg: ModelConfig, device: str | torch.device = "cpu"):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.flow = Flow.from_checkpoint(cfg.flow, cfg.path("flow.pt")).to(self.device).eval()
+        self.hift = HiFT.from_checkpoint(cfg.hift, cfg.path("hift.pt")).to(self.device).eval()
+
+    @torch.inference_mode()
+    def offline(self, tokens: list[int], prompt: Prompt, seed: int, speed: float = 1.0) -> np.ndarray:
+        """Whole-utterance synthesis (upstream's non-stream path): float32 audio at 24 kHz."""
+        p_tok, p_mel, emb = prompt_tensors(prompt, self.device)
+        token = torch.tensor([tokens], dtype=torch.int32, device=self.device)
+        mel = self.flow.inference(token, p_tok, p_mel, emb, streaming=False, finalize=True)
+        if speed != 1.0:
+            mel = F.interpolate(mel, size=int(mel.shape[2] / speed), mode="linear")
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        empty_source = torch.zeros(1, 1, 0, device=self.device)
+        speech, _ = self.hift.inference(mel, empty_source, generator=gen)
+        return speech[0].float().cpu().numpy()
+
+    def session(self, prompt: Prompt, seed: int, hop_policy: HopPolicy = HopPolicy(),
+                exact_final: bool = False) -> Token2WavSession:
+        return Token2WavSession(self, prompt, seed, hop_policy, exact_final)
+
+
+class Token2WavSession:
+    """One request's streaming state: tokens received, flow cache, HiFT overlap; emits audio chunk by chunk."""
+
+    def __init__(self, t2w: Token2Wav, prompt: Prompt, seed: int, hop_policy: HopPolicy, exact_final: bool):
+        self.t2w, self.hop_policy, self.exact_final = t2w, hop_policy, exact_final
+        self.p_tok, self.p_mel, self.emb = prompt_tensors(prompt, t2w.device)
+        self.lookahead = t2w.cfg.flow.pre_lookahead_len
+        self.tokens: list[int] = []
+        self.offset = 0  # tokens already turned into audio
+        self.base_hop = hop_policy.first
+        self.pad = first_hop_pad(self.p_tok.shape[1], t2w.cfg.chunk_size)
+        self.flow_state = t2w.flow.stream_start(self.p_tok, self.p_mel, self.emb)
+        self.hift_state = HiFTStreamState()
+        self.generator = torch.Generator(device=t2w.device).manual_seed(seed)
+        self.finished = False
+
+    @property
+    def hop(self) -> int:
+        """Tokens the next non-final chunk turns into audio: the first one also carries the alignment pad."""
+        return self.base_hop + (self.pad if self.offset == 0 else 0)
+
+    def ready(self) -> bool:
+        """True when a non-final chunk can be computed (its hop and lookahead tokens have arrived)."""
+        return len(self.tokens) >= self.offset + self.hop + self.lookahead
+
+    @torch.inference_mode()
+    def feed(self, tokens: list[int]) -> list[np.ndarray]:
+        """Adds tokens; returns the audio chunks that became ready (possibly none)."""
+        self.tokens.extend(tokens)
+        out = []
+        while self.ready():
+            out.append(self._chunk(finalize=False))
+        return out
+
+    @torch.inference_mode()
+    def finish(self) -> np.ndarray:
+        """The final chunk: every remaining token, no lookahead, the held-back audio tail included."""
+        audio = self._chunk(finalize=True)
+        self.finished = True
+        return audio
+
+    def _chunk(self, finalize: bool) -> np.ndarray:
+        dev = self.t2w.device
+        end = len(self.tokens) if finalize else self.offset + self.hop + self.lookahead
+        new = torch.tensor([self.tokens[self.offset:end]], dtype=torch.int32, device=dev)
+        if finalize and self.exact_final:
+            everything = torch.tensor([self.tokens], dtype=torch.int32, device=dev)
+            mel = self.t2w.flow.inference(everything, self.p_tok, self.p_mel, self.emb, streaming=False, finalize=True)
+            mel = mel[:, :, self.offset * self.t2w.cfg.token_mel_ratio:]
+        else:
+            mel = self.t2w.flow.stream_chunk(self.flow_state, new, finalize=finalize)
+        audio = hift_stream_chunk(self.t2w.hift, self.hift_state, mel, finalize=finalize, generator=self.generator)
+        if not finalize:
+            self.offset += self.hop
+            self.base_hop = self.hop_policy.next_hop(self.base_hop)
+        return audio[0].float().cpu().numpy()
