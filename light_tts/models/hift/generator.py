@@ -1,0 +1,167 @@
+"""HiFT vocoder (NSF source + HiFi-GAN upsampler + iSTFT head): mel [B,80,T] -> 24 kHz audio [B, T*480]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import weight_norm
+
+from light_tts.model_config import HiFTConfig
+from light_tts.models.hift.f0_predictor import ConvRNNF0Predictor
+from light_tts.models.hift.source import Generators, HarmonicSource
+from light_tts.models.weights import load_strict, read_state_dict
+
+
+def to_parametrized_weight_norm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename legacy weight-norm keys (`x.weight_g`, `x.weight_v`) to the parametrization form
+    (`x.parametrizations.weight.original0`, `...original1`); both hold the same g and v tensors."""
+    legacy_suffixes = {".weight_g": ".parametrizations.weight.original0", ".weight_v": ".parametrizations.weight.original1"}
+    converted = {}
+    for key, value in state_dict.items():
+        for old, new in legacy_suffixes.items():
+            if key.endswith(old):
+                key = key[: -len(old)] + new
+                break
+        converted[key] = value
+    return converted
+
+
+def fold_weight_norm(module: nn.Module) -> None:
+    """Replace every weight-norm parametrization by its computed weight, so forward does not recompute g*v/|v|."""
+    for m in module.modules():
+        if parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+
+
+class Snake(nn.Module):
+    """x + sin^2(alpha x) / alpha with a per-channel alpha (stored linearly, not in log scale)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = self.alpha[None, :, None]
+        return x + (1.0 / (alpha + 1e-9)) * torch.sin(x * alpha).pow(2)
+
+
+class ResBlock(nn.Module):
+    """Three (Snake, dilated conv, Snake, conv) residual steps at a fixed width and kernel size."""
+
+    def __init__(self, channels: int, kernel_size: int, dilations: tuple[int, ...]):
+        super().__init__()
+
+        def conv(dilation: int) -> nn.Conv1d:
+            padding = (kernel_size * dilation - dilation) // 2  # keeps the length
+            return weight_norm(nn.Conv1d(channels, channels, kernel_size, dilation=dilation, padding=padding))
+
+        self.convs1 = nn.ModuleList(conv(d) for d in dilations)
+        self.convs2 = nn.ModuleList(conv(1) for _ in dilations)
+        self.activations1 = nn.ModuleList(Snake(channels) for _ in dilations)
+        self.activations2 = nn.ModuleList(Snake(channels) for _ in dilations)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for act1, conv1, act2, conv2 in zip(self.activations1, self.convs1, self.activations2, self.convs2):
+            x = x + conv2(act2(conv1(act1(x))))
+        return x
+
+
+class HiFT(nn.Module):
+    """The released HiFTGenerator's parameters (same names), for inference only."""
+
+    def __init__(self, cfg: HiFTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.n_fft = cfg.istft_n_fft
+        self.hop = cfg.istft_hop_len
+        self.samples_per_frame = cfg.samples_per_frame
+        self.f0_predictor = ConvRNNF0Predictor(cfg.f0_predictor)
+        self.m_source = HarmonicSource(cfg)
+        self.conv_pre = weight_norm(nn.Conv1d(cfg.in_channels, cfg.base_channels, 7, padding=3))
+        widths = [cfg.base_channels // 2**i for i in range(len(cfg.upsample_rates) + 1)]
+        self.ups = nn.ModuleList(
+            weight_norm(nn.ConvTranspose1d(widths[i], widths[i + 1], k, u, padding=(k - u) // 2))
+            for i, (u, k) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes))
+        )
+        # The source STFT ([B, n_fft+2, T_s/hop]) is strided down to each upsampling stage's rate.
+        spec_channels = self.n_fft + 2
+        self.source_downs = nn.ModuleList()
+        self.source_resblocks = nn.ModuleList()
+        stage_strides = [1]
+        for u in reversed(cfg.upsample_rates[1:]):
+            stage_strides.insert(0, stage_strides[0] * u)
+        for i, (stride, k, d) in enumerate(
+            zip(stage_strides, cfg.source_resblock_kernel_sizes, cfg.source_resblock_dilation_sizes)
+        ):
+            if stride == 1:
+                self.source_downs.append(nn.Conv1d(spec_channels, widths[i + 1], 1))
+            else:
+                self.source_downs.append(nn.Conv1d(spec_channels, widths[i + 1], stride * 2, stride, padding=stride // 2))
+            self.source_resblocks.append(ResBlock(widths[i + 1], k, tuple(d)))
+        self.num_kernels = len(cfg.resblock_kernel_sizes)
+        self.resblocks = nn.ModuleList(
+            ResBlock(widths[i + 1], k, tuple(d))
+            for i in range(len(cfg.upsample_rates))
+            for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes)
+        )
+        self.conv_post = weight_norm(nn.Conv1d(widths[-1], spec_channels, 7, padding=3))
+        # scipy's periodic hann, computed in float64 and rounded like upstream's numpy window
+        window = torch.hann_window(self.n_fft, periodic=True, dtype=torch.float64).float()
+        self.register_buffer("stft_window", window, persistent=False)
+
+    @classmethod
+    def from_checkpoint(cls, cfg: HiFTConfig, path: Path, fold: bool = True) -> HiFT:
+        """Load hift.pt (either weight-norm key form), strictly; fold weight norm unless told not to."""
+        model = cls(cfg)
+        load_strict(model, to_parametrized_weight_norm(read_state_dict(Path(path))), str(path))
+        if fold:
+            fold_weight_norm(model)
+        return model.eval()
+
+    def _stft(self, x: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(x, self.n_fft, self.hop, self.n_fft, window=self.stft_window, return_complex=True)
+        spec = torch.view_as_real(spec)  # (B, F, frames, 2)
+        return torch.cat([spec[..., 0], spec[..., 1]], dim=1)  # (B, 2F, frames)
+
+    def decode(self, mel: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """mel [B,80,T] and excitation [B,1,T*480] -> audio [B, T*480], clamped to audio_limit."""
+        source_spec = self._stft(source.squeeze(1))
+        x = self.conv_pre(mel)
+        for i, up in enumerate(self.ups):
+            x = up(F.leaky_relu(x, self.cfg.lrelu_slope))
+            if i == len(self.ups) - 1:
+                x = F.pad(x, (1, 0), mode="reflect")  # one more frame so the iSTFT yields exactly T*480 samples
+            x = x + self.source_resblocks[i](self.source_downs[i](source_spec))
+            blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
+            xs = blocks[0](x)
+            for block in blocks[1:]:
+                xs = xs + block(x)
+            x = xs / self.num_kernels
+        x = self.conv_post(F.leaky_relu(x))  # default slope 0.01 here, as upstream
+        num_bins = self.n_fft // 2 + 1
+        magnitude = torch.exp(x[:, :num_bins]).clamp(max=1e2)
+        phase = torch.sin(x[:, num_bins:])  # upstream squashes the phase through sin; kept for parity
+        spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+        audio = torch.istft(spec, self.n_fft, self.hop, self.n_fft, window=self.stft_window)
+        return audio.clamp(-self.cfg.audio_limit, self.cfg.audio_limit)
+
+    @torch.inference_mode()
+    def inference(
+        self, mel: torch.Tensor, cache_source: torch.Tensor | None = None, generator: Generators = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """mel [B,80,T] -> (audio [B, T*480], excitation [B,1,T*480]).
+
+        cache_source [B,1,S] (or None / S=0) replaces the first S excitation samples, so the harmonic phase of
+        a streamed chunk continues the previous chunk's. `generator`: one torch.Generator for the batch, one per
+        request (each request then draws exactly what a single call with it would), or None for the global RNG.
+        """
+        f0 = self.f0_predictor(mel)  # (B, T)
+        f0 = f0.repeat_interleave(self.samples_per_frame, dim=1).unsqueeze(-1)  # (B, T_s, 1), nearest upsampling
+        source = self.m_source(f0, generator).transpose(1, 2)  # (B, 1, T_s)
+        if cache_source is not None and cache_source.shape[2] > 0:
+            source[:, :, : cache_source.shape[2]] = cache_source
+        return self.decode(mel, source), source
