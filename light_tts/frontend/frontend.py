@@ -1,0 +1,81 @@
+"""The CosyVoice2 frontend: text -> sentences -> text tokens; prompt audio + transcript -> a Prompt for LLM and flow."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from light_tts.errors import AudioError
+from light_tts.frontend.audio import MAX_PROMPT_SECONDS, decode_audio, resample
+from light_tts.frontend.features import SAMPLE_RATE, speaker_features, whisper_log_mel
+from light_tts.frontend.onnx_models import CampPlusONNX, SpeechTokenizerONNX
+from light_tts.frontend.prompt_mel import prompt_mel
+from light_tts.frontend.text_norm import MAX_TEXT_CHARS, TextNormalizer
+from light_tts.frontend.tokenizer import QwenTokenizer
+from light_tts.model_config import ModelConfig
+from light_tts.model_dir import TOKENIZER_DIR
+
+MIN_PROMPT_SECONDS = 0.2  # shorter prompts give no usable speech token
+
+
+@dataclass
+class Prompt:
+    """Everything a voice prompt contributes to a request; numpy so it can be cached and sent between processes."""
+
+    text_tokens: np.ndarray  # int32 [Lp], the normalised prompt transcript
+    speech_tokens: np.ndarray  # int32 [P], 25 Hz
+    embedding: np.ndarray  # float32 [192], CAM++ speaker embedding
+    mel: np.ndarray  # float32 [2P, 80], 24 kHz prompt mel (token_mel_ratio frames per token)
+
+
+def voice_key(wav_bytes: bytes) -> str:
+    """Content hash of the uploaded prompt audio: equal bytes give equal speech tokens, embedding and mel."""
+    return hashlib.sha256(wav_bytes).hexdigest()
+
+
+class Frontend:
+    """Loads the tokenizer and the two ONNX models of a model directory; keeps no per-request state."""
+
+    def __init__(self, model_cfg: ModelConfig, max_text_chars: int = MAX_TEXT_CHARS,
+                 max_prompt_seconds: float = MAX_PROMPT_SECONDS):
+        self.cfg = model_cfg
+        self.max_prompt_seconds = max_prompt_seconds
+        self.tokenizer = QwenTokenizer(model_cfg.path(TOKENIZER_DIR))
+        self.normalizer = TextNormalizer(self.tokenizer.encode, max_text_chars)
+        self.speech_tokenizer = SpeechTokenizerONNX(model_cfg.path("speech_tokenizer_v2.onnx"))
+        self.campplus = CampPlusONNX(model_cfg.path("campplus.onnx"))
+
+    def normalize_and_split(self, text: str) -> list[str]:
+        return self.normalizer.normalize_and_split(text)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    voice_key = staticmethod(voice_key)
+
+    def encode_prompt(self, wav_bytes: bytes, prompt_text: str) -> Prompt:
+        """As upstream frontend_zero_shot with the normalised prompt text; raises AudioError / TextError."""
+        text_tokens = np.asarray(self.tokenize(self.normalizer.normalize(prompt_text)), dtype=np.int32)
+        wav, sr = decode_audio(wav_bytes, self.max_prompt_seconds)
+        if len(wav) < MIN_PROMPT_SECONDS * sr:
+            raise AudioError(f"prompt audio is {len(wav) / sr:.2f} s; it must be at least {MIN_PROMPT_SECONDS} s")
+        wav16k = resample(wav, sr, SAMPLE_RATE)
+        speech_tokens = self.speech_tokenizer(whisper_log_mel(wav16k, n_mels=128).numpy())
+        embedding = self.campplus(speaker_features(wav16k))
+        mel = self.mel_frames(resample(wav, sr, self.cfg.feat.sampling_rate))
+
+        # the flow needs exactly token_mel_ratio mel frames per prompt token: cut both to the shorter
+        ratio = self.cfg.token_mel_ratio
+        num_tokens = min(mel.shape[0] // ratio, len(speech_tokens))
+        if num_tokens == 0:
+            raise AudioError("prompt audio yields no speech tokens")
+        return Prompt(text_tokens=text_tokens, speech_tokens=speech_tokens[:num_tokens],
+                      embedding=embedding, mel=np.ascontiguousarray(mel[:ratio * num_tokens]))
+
+    def mel_frames(self, wav24k: np.ndarray) -> np.ndarray:
+        """[T] audio at cfg.feat.sampling_rate -> [frames, num_mels] float32."""
+        mel = prompt_mel(torch.from_numpy(wav24k)[None], self.cfg.feat)  # (1, num_mels, frames)
+        return mel[0].T.numpy().astype(np.float32)
