@@ -1,0 +1,71 @@
+"""Kernel entry points for the Qwen2 LM engine: the Triton kernel for CUDA tensors, the torch reference otherwise.
+
+use_triton=None picks by device; use_triton=True forces the kernel (on CPU tensors only under TRITON_INTERPRET=1,
+which the kernel tests use); use_triton=False forces the reference.
+"""
+import os
+
+import torch
+
+from light_tts.kernels.activation import silu_and_mul_ref, silu_and_mul_triton
+from light_tts.kernels.decode_attention import decode_attention_ref, decode_attention_triton
+from light_tts.kernels.kv_store import store_kv_ref, store_kv_triton
+from light_tts.kernels.prefill_attention import prefill_attention_ref, prefill_attention_triton
+from light_tts.kernels.rmsnorm import rms_norm_ref, rms_norm_triton
+from light_tts.kernels.rotary import apply_rotary_ref, apply_rotary_triton, build_cos_sin_cache
+
+__all__ = ["rms_norm", "apply_rotary", "build_cos_sin_cache", "silu_and_mul", "store_kv",
+           "prefill_attention", "decode_attention"]
+
+
+def _is_triton(x: torch.Tensor, use_triton: bool | None) -> bool:
+    if use_triton is None:
+        return x.is_cuda
+    if use_triton and not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("Triton kernels on CPU tensors need TRITON_INTERPRET=1 set before triton is imported")
+    return use_triton
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
+             use_triton: bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """out = rmsnorm(x [+ residual]) * weight; returns (out, x + residual) or (out, None)."""
+    impl = rms_norm_triton if _is_triton(x, use_triton) else rms_norm_ref
+    return impl(x, weight, eps, residual)
+
+
+def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
+                 use_triton: bool | None = None) -> None:
+    """Rotates q [T, Hq, D] and k [T, Hkv, D] in place at positions [T]."""
+    impl = apply_rotary_triton if _is_triton(q, use_triton) else apply_rotary_ref
+    impl(q, k, positions, cos_sin_cache)
+
+
+def silu_and_mul(x: torch.Tensor, use_triton: bool | None = None) -> torch.Tensor:
+    """[T, 2I] -> silu(gate) * up [T, I]."""
+    impl = silu_and_mul_triton if _is_triton(x, use_triton) else silu_and_mul_ref
+    return impl(x)
+
+
+def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             slot_mapping: torch.Tensor, use_triton: bool | None = None) -> None:
+    """Writes k, v [T, Hkv, D] to cache slots slot_mapping [T]; slot -1 drops a padding token."""
+    impl = store_kv_triton if _is_triton(k, use_triton) else store_kv_ref
+    impl(k, v, k_cache, v_cache, slot_mapping)
+
+
+def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
+                      b_req_idx: torch.Tensor, b_start_loc: torch.Tensor, b_seq_len: torch.Tensor,
+                      b_prefix_len: torch.Tensor, sm_scale: float, max_new_len: int | None = None,
+                      use_triton: bool | None = None) -> torch.Tensor:
+    """Causal attention of packed new tokens q [T, Hq, D] over prefix + themselves -> [T, Hq, D]."""
+    impl = prefill_attention_triton if _is_triton(q, use_triton) else prefill_attention_ref
+    return impl(q, k_cache, v_cache, req_to_token, b_req_idx, b_start_loc, b_seq_len, b_prefix_len,
+                sm_scale, max_new_len)
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
+                     b_req_idx: torch.Tensor, b_seq_len: torch.Tensor, sm_scale: float,
+                     max_seq_len: int | None = None, use_triton: bool | None = None) -> torch.Tensor:
+    """One query q [B, Hq, D] per request over its b_seq_len cached tokens -> [B, Hq, D]; empty rows give zeros."""
+    impl = decode_attention_triton if _is_triton(q, use_triton) else decode_attention_ref
+    return impl(q, k_cache, v_cache, req_to_token, b_req_idx, b_seq_len, sm_scale, max_seq_len)
