@@ -1,0 +1,64 @@
+"""Causal conditional flow matching: Euler steps from a fixed noise to the mel, with classifier-free guidance."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from light_tts.model_config import CFMConfig
+from light_tts.models.flow.cache import EstimatorCache
+from light_tts.models.flow.estimator import CausalConditionalDecoder
+
+NOISE_FRAMES = 50 * 300  # upstream draws 300 s of noise once; longer utterances are not supported
+
+
+class CausalConditionalCFM(nn.Module):
+    def __init__(self, cfg: CFMConfig):
+        super().__init__()
+        if cfg.t_scheduler not in ("cosine", "linear"):
+            raise ValueError(f"unknown CFM t_scheduler {cfg.t_scheduler!r}")
+        self.cfg = cfg
+        self.num_mels = cfg.estimator.out_channels
+        self.estimator = CausalConditionalDecoder(cfg.estimator)
+        # Upstream: torch.manual_seed(0) then randn(1, 80, 15000) at construction; frame f always gets column f,
+        # which is what makes chunked and whole-utterance runs agree.
+        noise = torch.randn(1, self.num_mels, NOISE_FRAMES, generator=torch.Generator().manual_seed(0))
+        self.register_buffer("rand_noise", noise, persistent=False)
+
+    def time_span(self, device: torch.device) -> torch.Tensor:
+        t_span = torch.linspace(0, 1, self.cfg.n_timesteps + 1, device=device)
+        if self.cfg.t_scheduler == "cosine":
+            t_span = 1 - torch.cos(t_span * 0.5 * torch.pi)
+        return t_span
+
+    def empty_caches(self, batch: int) -> list[EstimatorCache]:
+        """One estimator cache per Euler step, each with 2*batch rows (conditioned, then unconditioned)."""
+        return [self.estimator.empty_cache(2 * batch) for _ in range(self.cfg.n_timesteps)]
+
+    def forward(self, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor, caches: list[EstimatorCache],
+                streaming: bool) -> tuple[torch.Tensor, list[EstimatorCache]]:
+        """mu, cond (B, 80, m) for the frames after the cached ones, spks (B, 80) -> mel (B, 80, m), new caches."""
+        b, _, m = mu.shape
+        start = caches[0].num_frames
+        if start + m > NOISE_FRAMES:
+            raise ValueError(f"utterance of {start + m} mel frames exceeds the {NOISE_FRAMES}-frame noise")
+        x = self.rand_noise[:, :, start:start + m].to(mu.dtype).expand(b, -1, -1)
+        # the unconditioned CFG branch sees zero mu, speaker and prompt condition
+        mu_in = torch.cat([mu, torch.zeros_like(mu)])
+        spks_in = torch.cat([spks, torch.zeros_like(spks)])
+        cond_in = torch.cat([cond, torch.zeros_like(cond)])
+        rate = self.cfg.inference_cfg_rate
+        t_span = self.time_span(mu.device)
+        # t accumulates dt and dt is re-derived from the span, as upstream does (same float rounding)
+        t, dt = t_span[0:1], t_span[1] - t_span[0]
+        new_caches = []
+        for step in range(1, len(t_span)):
+            v, cache = self.estimator(torch.cat([x, x]), mu_in, t.expand(2 * b), spks_in, cond_in,
+                                      caches[step - 1], streaming)
+            new_caches.append(cache)
+            v_cond, v_uncond = v[:b], v[b:]
+            x = x + dt * ((1.0 + rate) * v_cond - rate * v_uncond)
+            t = t + dt
+            if step < len(t_span) - 1:
+                dt = t_span[step + 1] - t
+        return x, new_caches
