@@ -3,6 +3,17 @@ from pathlib import Path
 
 import pytest
 
+# Without a GPU, Triton kernels run in Triton's interpreter, which must be switched on before triton is imported.
+# The ops dispatch by tensor device, so this changes nothing for code that runs the torch references on the CPU.
+try:
+    import torch
+
+    _has_cuda = torch.cuda.is_available()
+except ImportError:
+    _has_cuda = False
+if not _has_cuda:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_DIR = Path(os.environ.get("LIGHTTTS_FIXTURE_DIR", ROOT.parent / "shared" / "fixtures" / "cosyvoice2-tiny"))
 if not FIXTURE_DIR.exists():  # CI clones main with shared/ beside it; a checkout may also carry shared/ inside
