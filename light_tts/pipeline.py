@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from light_tts.errors import RequestError
 from light_tts.frontend.frontend import Frontend, Prompt
 from light_tts.model_dir import check_complete, load_model_config
 from light_tts.models.speech_lm import SpeechLM, min_max_len
@@ -18,20 +19,20 @@ from light_tts.sampling import RASSampler
 from light_tts.token2wav import HopPolicy, Token2Wav
 
 
-def _inference_iter(it: Iterator) -> Iterator:
-    """Advances `it` under inference mode one item at a time, never holding the mode across a yield."""
-    while True:
-        with torch.inference_mode():
-            try:
-                item = next(it)
-            except StopIteration:
-                return
-        yield item
-
-
 def sentence_seed(seed: int, index: int) -> int:
     """The seed of sentence `index` of a request: sentences draw independent, reproducible streams."""
     return (seed * 1_000_003 + index) % (2**63 - 1)
+
+
+MIN_SPEED, MAX_SPEED = 0.25, 4.0
+
+
+def check_speed(speed: float, stream: bool) -> None:
+    """Speed changes stretch the whole mel before the vocoder, so they exist only without streaming."""
+    if not MIN_SPEED <= speed <= MAX_SPEED:  # also rejects NaN
+        raise RequestError(f"speed must be between {MIN_SPEED} and {MAX_SPEED}, got {speed}")
+    if stream and speed != 1.0:
+        raise RequestError("speed change is only supported without streaming (stream=false)")
 
 
 class Pipeline:
@@ -49,20 +50,18 @@ class Pipeline:
         """Speech tokens of one sentence, sampled with RAS from the request's seed."""
         min_len, max_len = min_max_len(len(text_tokens))
         sampler = RASSampler(self.cfg.llm.sampling, seed)
-        yield from _inference_iter(self.llm.generate(
+        yield from self.llm.generate(
             torch.tensor([text_tokens], dtype=torch.int32, device=self.device),
-            torch.tensor([prompt.text_tokens], dtype=torch.int32, device=self.device),
-            torch.tensor([prompt.speech_tokens], dtype=torch.int32, device=self.device),
-            sampler, min_len, max_len))
+            *self._prompt_tensors(prompt), sampler, min_len, max_len)
 
     def synthesize(self, text: str, prompt_wav: bytes, prompt_text: str, stream: bool = False, speed: float = 1.0,
                    seed: int = 0, hop_policy: HopPolicy = HopPolicy(), exact_final: bool = False,
                    ) -> Iterator[np.ndarray]:
         """Yields float32 audio: one array per sentence, or per streamed chunk when `stream`."""
-        if stream and speed != 1.0:
-            raise ValueError("speed change is only supported without streaming")
+        check_speed(speed, stream)
+        sentences = self.frontend.normalize_and_split(text)  # text errors before the costly prompt encoding
         prompt = self.frontend.encode_prompt(prompt_wav, prompt_text)
-        for index, sentence in enumerate(self.frontend.normalize_and_split(text)):
+        for index, sentence in enumerate(sentences):
             s = sentence_seed(seed, index)
             tokens = self.speech_tokens(self.frontend.tokenize(sentence), prompt, s)
             if not stream:
@@ -77,14 +76,26 @@ class Pipeline:
                             hop_policy: HopPolicy = HopPolicy()) -> Iterator[np.ndarray]:
         """Text arriving in pieces (e.g. from an LLM) -> streamed audio chunks of one utterance."""
         prompt = self.frontend.encode_prompt(prompt_wav, prompt_text)
-        piece_tokens = (self.frontend.tokenize(piece) for piece in text_pieces)
+        num_text = 0
+
+        def piece_tokens() -> Iterator[torch.Tensor]:
+            nonlocal num_text
+            for piece in text_pieces:
+                ids = self.frontend.tokenize(piece)
+                num_text += len(ids)
+                yield torch.tensor(ids, dtype=torch.int32)
+
         sampler = RASSampler(self.cfg.llm.sampling, seed)
         session = self.token2wav.session(prompt, seed, hop_policy)
-        tokens = _inference_iter(self.llm.generate_bistream(
-            piece_tokens,
-            torch.tensor([prompt.text_tokens], dtype=torch.int32, device=self.device),
-            torch.tensor([prompt.speech_tokens], dtype=torch.int32, device=self.device),
-            sampler))
-        for token in tokens:
+        tokens = self.llm.generate_bistream(piece_tokens(), *self._prompt_tensors(prompt), sampler)
+        for count, token in enumerate(tokens):
+            # the model decodes until eos once the text has ended; cap it as the offline path does (20 x text)
+            if count >= min_max_len(num_text)[1]:
+                break
             yield from session.feed([token])
         yield session.finish()
+
+    def _prompt_tensors(self, prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt text tokens [1,Lp], prompt speech tokens [1,P]) as int32 on the LM's device."""
+        return (torch.from_numpy(prompt.text_tokens)[None].to(self.device),
+                torch.from_numpy(prompt.speech_tokens)[None].to(self.device))
