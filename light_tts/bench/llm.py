@@ -1,0 +1,223 @@
+"""GPU benchmark of the LLM engine on a full-size speech LM (random weights unless --model_dir is given).
+
+python -m light_tts.bench.llm --out llm.json [--model_dir DIR] [--dtype bfloat16] [--device cuda]
+(--device cpu --model_dir <tiny model> --dtype float32 --batches 1,8 only checks that the benchmark runs.)
+
+Measures: decode step latency (engine.step(): forward, sampling, scheduling) at several batch sizes with and
+without CUDA graphs at ~300 tokens of context; prefill latency of one request; tokens/s with 64 concurrent
+requests; the same tokens/s of a plain eager loop, one request at a time with a per-request growing KV cache
+(light_tts.models.speech_lm, the upstream way); and a log-prob check of the engine against the float32 reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from light_tts.llm.engine import EngineConfig, LLMEngine
+from light_tts.llm.request import LLMRequest
+from light_tts.model_config import ModelConfig
+from light_tts.model_dir import load_model_config
+from light_tts.models.speech_lm import SpeechLM
+from light_tts.sampling import RASSampler
+
+LOGPROB_TOL = 0.1  # max |log-prob difference| to the float32 reference accepted for bf16/fp16 weights
+DEVICE = "cuda"
+NUM_TEXT_IDS = 151936
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def load_model(model_dir: Path | None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    if model_dir is not None:
+        cfg = load_model_config(model_dir)
+        return cfg, torch.load(cfg.path("llm.pt"), map_location=DEVICE, weights_only=True)
+    cfg = ModelConfig(model_dir=Path("random"))  # the released dimensions (model_config defaults)
+    torch.manual_seed(0)
+    with torch.device(DEVICE):
+        lm = SpeechLM(cfg.llm)
+    return cfg, lm.state_dict()
+
+
+def make_request(req_id: str, prompt_len: int, gen_len: int, gen: torch.Generator, **kw) -> LLMRequest:
+    """A request of prompt_len inputs (1/3 text, the rest prompt speech) decoding exactly gen_len tokens."""
+    num_text = max(1, prompt_len // 3 - 2)
+    num_speech = prompt_len - num_text - 2
+    text = torch.randint(0, NUM_TEXT_IDS, (num_text,), generator=gen).tolist()
+    speech = torch.randint(0, 6561, (num_speech,), generator=gen).tolist()
+    return LLMRequest(req_id, text, [], speech, seed=int(torch.randint(0, 2**31, (1,), generator=gen)),
+                      min_len=gen_len, max_len=gen_len, **kw)
+
+
+def timed_steps(engine: LLMEngine, num_steps: int) -> list[float]:
+    times = []
+    for _ in range(num_steps):
+        start = time.perf_counter()
+        engine.step()  # ends with the host copy of the sampled ids, so the GPU work is done
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def bench_decode(engine: LLMEngine, batch: int, context: int, gen: torch.Generator) -> dict:
+    reqs = [make_request(f"d{batch}_{i}", context, 10_000, gen) for i in range(batch)]
+    for req in reqs:
+        engine.add_request(req)
+    while engine.scheduler.waiting or any(s.num_computed == 0 for s in engine.scheduler.running):
+        engine.step()
+    graphs = engine.runner.graphs
+    result = {"batch": batch}
+    for name, use_graphs in (("graph_ms", True), ("eager_ms", False)):
+        engine.runner.graphs = graphs if use_graphs else None
+        timed_steps(engine, 3)
+        result[name] = statistics.median(timed_steps(engine, 20))
+    engine.runner.graphs = graphs
+    if graphs is not None:  # the GPU time of the step alone: replaying its graph with the last inputs
+        graph = graphs.graphs[next(b for b in graphs.buckets if b >= batch)][0]
+        sync()
+        start = time.perf_counter()
+        for _ in range(20):
+            graph.replay()
+        sync()
+        result["replay_ms"] = (time.perf_counter() - start) * 1e3 / 20
+    for req in reqs:
+        engine.abort(req.req_id)
+    return result
+
+
+def bench_prefill(engine: LLMEngine, prompt_len: int, gen: torch.Generator) -> dict:
+    times = []
+    for i in range(8):
+        req = make_request(f"p{prompt_len}_{i}", prompt_len, 1, gen)  # new random voice: no prefix reuse
+        engine.add_request(req)
+        times += timed_steps(engine, 1)
+        engine.abort(req.req_id)
+    return {"prompt_len": prompt_len, "ms": statistics.median(times[2:])}
+
+
+def bench_throughput(engine: LLMEngine, num_reqs: int, prompt_len: int, gen_len: int, gen) -> dict:
+    reqs = [make_request(f"t{i}", prompt_len, gen_len, gen) for i in range(num_reqs)]
+    start = time.perf_counter()
+    for req in reqs:
+        engine.add_request(req)
+    num_tokens = 0
+    while engine.has_unfinished():
+        num_tokens += sum(len(o.new_token_ids) for o in engine.step())
+    seconds = time.perf_counter() - start
+    return {"concurrency": num_reqs, "tokens": num_tokens, "seconds": seconds, "tokens_per_s": num_tokens / seconds}
+
+
+@torch.inference_mode()
+def bench_eager_baseline(lm: SpeechLM, prompt_len: int, gen_len: int, gen: torch.Generator) -> dict:
+    """One request at a time, as upstream: eager forward, KV grown by concat, sampling on the host each step."""
+    req = make_request("eager", prompt_len, gen_len + 5, gen)
+    prompt = [torch.tensor(x, device=DEVICE) for x in (req.text_token_ids, req.prompt_text_token_ids,
+                                                       req.prompt_speech_token_ids)]
+    sampler = RASSampler(lm.cfg.sampling, req.seed)
+    cache, embeds, tokens = lm.new_cache(), lm.build_prefill_embeds(*prompt), []
+    for step in range(gen_len + 5):
+        if step == 5:  # the first steps warm up
+            sync()
+            start = time.perf_counter()
+        logprobs = lm.forward_step(embeds, cache)
+        tokens.append(sampler.sample(logprobs, tokens, lm.cfg.eos_token))  # eos banned: a fixed length
+        embeds = lm.embed_speech(torch.tensor(tokens[-1:], device=DEVICE))
+    seconds = time.perf_counter() - start
+    return {"tokens": gen_len, "seconds": seconds, "tokens_per_s": gen_len / seconds}
+
+
+@torch.inference_mode()
+def logprob_check(engine: LLMEngine, ref: SpeechLM, batch: int, num_checked: int, gen: torch.Generator) -> dict:
+    """Engine log-probs (prefill + 100 decode steps, greedy, `batch` requests) vs the float32 reference fed the
+    same tokens, for the first num_checked requests."""
+    reqs = [make_request(f"lp{batch}_{i}", 300, 101, gen, greedy=True) for i in range(batch)]
+    for req in reqs:
+        engine.add_request(req)
+    ours: dict[str, list[torch.Tensor]] = {r.req_id: [] for r in reqs[:num_checked]}
+    tokens: dict[str, list[int]] = {r.req_id: [] for r in reqs}
+    while engine.has_unfinished():
+        step = engine.scheduler.schedule()  # engine.step(), unrolled to read each step's logits
+        if step is None:
+            engine.step()
+            continue
+        ids = engine.runner.run(step)
+        logprobs = engine.runner.last_logits.float().log_softmax(dim=-1)
+        for i, seq in enumerate(step.seqs):
+            if seq.req_id in ours:
+                ours[seq.req_id].append(logprobs[i].clone())
+        for out in engine.scheduler.postprocess(step, ids):
+            tokens[out.req_id] += out.new_token_ids
+    max_abs, rel = 0.0, []
+    for req in reqs[:num_checked]:
+        cache = ref.new_cache()
+        embeds = ref.build_prefill_embeds(*(torch.tensor(x, device=DEVICE) for x in (
+            req.text_token_ids, req.prompt_text_token_ids, req.prompt_speech_token_ids)))
+        for step_logprobs, token in zip(ours[req.req_id], tokens[req.req_id] + [None]):
+            expected = ref.forward_step(embeds, cache)
+            max_abs = max(max_abs, float((step_logprobs - expected).abs().max()))
+            rel.append(float((step_logprobs - expected).norm() / expected.norm()))
+            if token is not None:
+                embeds = ref.embed_speech(torch.tensor([token], device=DEVICE))
+    return {"batch": batch, "checked": num_checked, "steps": len(ours[reqs[0].req_id]), "max_abs": max_abs,
+            "max_rel_l2": max(rel), "pass": max_abs <= LOGPROB_TOL}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model_dir", type=Path)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--batches", default="1,8,32,64,128,256")
+    parser.add_argument("--context", type=int, default=300)
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args(argv)
+    global DEVICE, NUM_TEXT_IDS
+    DEVICE = args.device
+    gen = torch.Generator().manual_seed(0)
+    cfg, state_dict = load_model(args.model_dir)
+    NUM_TEXT_IDS = cfg.llm.qwen.vocab_size
+    engine_cfg = EngineConfig(data_type=args.dtype, running_max_req_size=256, graph_max_batch_size=256,
+                              max_req_total_len=2048, max_total_token_num=256 * 400 + 4096)
+    start = time.perf_counter()
+    engine = LLMEngine(cfg, engine_cfg, DEVICE, state_dict)
+    results: dict = {"gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "dtype": args.dtype,
+                     "init_s": time.perf_counter() - start}
+    results["decode"] = [bench_decode(engine, int(b), args.context, gen) for b in args.batches.split(",")]
+    results["prefill"] = [bench_prefill(engine, n, gen) for n in (100, 300, 1000)]
+    results["throughput"] = bench_throughput(engine, 64, args.context, 250, gen)
+    ref = SpeechLM(cfg.llm).to(DEVICE)
+    ref.load_state_dict(state_dict)
+    ref.eval().requires_grad_(False)
+    results["logprob_check"] = [logprob_check(engine, ref, b, n, gen) for b, n in ((1, 1), (64, 4))]
+    baseline_lm = ref.to(getattr(torch, args.dtype))
+    results["eager_baseline"] = bench_eager_baseline(baseline_lm, args.context, 100, gen)
+    results["speedup_vs_eager"] = results["throughput"]["tokens_per_s"] / results["eager_baseline"]["tokens_per_s"]
+    print_table(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+
+
+def print_table(r: dict) -> None:
+    print(f"GPU {r['gpu']}, {r['dtype']}, engine init {r['init_s']:.1f} s")
+    print(f"{'decode batch':>12} {'graph ms':>9} {'eager ms':>9} {'replay ms':>10}")
+    for d in r["decode"]:
+        print(f"{d['batch']:>12} {d['graph_ms']:>9.3f} {d['eager_ms']:>9.3f} {d.get('replay_ms', float('nan')):>10.3f}")
+    for p in r["prefill"]:
+        print(f"prefill {p['prompt_len']:>5} tokens: {p['ms']:.2f} ms")
+    t, e = r["throughput"], r["eager_baseline"]
+    print(f"engine, 64 concurrent: {t['tokens_per_s']:.0f} tokens/s; eager one-at-a-time: {e['tokens_per_s']:.1f} "
+          f"tokens/s; speedup {r['speedup_vs_eager']:.1f}x")
+    for c in r["logprob_check"]:
+        print(f"logprob check batch {c['batch']} ({c['checked']} checked, {c['steps']} steps): max |d| "
+              f"{c['max_abs']:.4f}, max rel L2 {c['max_rel_l2']:.2e}: {'PASS' if c['pass'] else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()

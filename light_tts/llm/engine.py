@@ -1,0 +1,124 @@
+"""LLMEngine: the speech-token LM behind the server's LLM process. add_request / append_text / abort between
+steps; each step() schedules one batch, runs it and returns the tokens it produced, request by request.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+
+import torch
+
+from light_tts.llm.model_runner import DTYPES, ModelRunner
+from light_tts.llm.request import LLMRequest, Sequence, TokenLayout, TokenOutput
+from light_tts.llm.scheduler import Scheduler, SchedulerConfig
+from light_tts.model_config import ModelConfig
+
+
+@dataclass
+class EngineConfig:
+    max_total_token_num: int | None = None  # KV cache slots (tokens); None: from free GPU memory (CPU: 65536)
+    batch_max_tokens: int = 8192  # new tokens in one prefill batch
+    running_max_req_size: int = 256  # requests holding KV at once
+    graph_max_batch_size: int = 256  # largest decode batch run as a CUDA graph
+    disable_cudagraph: bool = False
+    data_type: str = "bfloat16"  # float16 | bfloat16 | float32
+    router_max_wait_tokens: int = 4  # decode steps a ready prefill may wait, to batch arrivals
+    max_req_total_len: int = 4096  # inputs of one request, prompt + generated
+    enable_prefix_cache: bool = True
+    kv_cache_mem_fraction: float = 0.5  # of the GPU memory free after warm-up (flow and HiFT share the GPU)
+
+    def __post_init__(self):
+        if self.data_type not in DTYPES:
+            raise ValueError(f"data_type must be one of {sorted(DTYPES)}, got {self.data_type!r}")
+        for name in ("batch_max_tokens", "running_max_req_size", "graph_max_batch_size", "max_req_total_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.max_total_token_num is not None and self.max_total_token_num < 2:
+            raise ValueError("max_total_token_num must be >= 2")
+
+    @classmethod
+    def add_args(cls, parser: argparse.ArgumentParser) -> None:
+        for f in fields(cls):
+            flag = "--" + f.name
+            if f.type == "bool":  # --flag / --no-flag
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            else:
+                kind = {"int | None": int, "int": int, "float": float, "str": str}[f.type]
+                parser.add_argument(flag, type=kind, default=f.default)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> EngineConfig:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+class LLMEngine:
+    def __init__(self, model_cfg: ModelConfig, engine_cfg: EngineConfig, device: str | torch.device,
+                 state_dict: dict[str, torch.Tensor] | None = None):
+        """state_dict: a released llm.pt state dict already in memory (default: read model_dir/llm.pt)."""
+        self.cfg = engine_cfg
+        self.llm_cfg = model_cfg.llm
+        self.layout = TokenLayout.from_config(model_cfg.llm)
+        self.runner = ModelRunner(model_cfg, engine_cfg, torch.device(device), state_dict)
+        self.scheduler = Scheduler(SchedulerConfig(
+            num_kv_slots=self.runner.num_kv_slots,
+            max_req_total_len=engine_cfg.max_req_total_len,
+            batch_max_tokens=engine_cfg.batch_max_tokens,
+            running_max_req_size=engine_cfg.running_max_req_size,
+            router_max_wait_tokens=engine_cfg.router_max_wait_tokens,
+            enable_prefix_cache=engine_cfg.enable_prefix_cache,
+        ))
+        self.num_arrivals = 0
+        self.last_batch_size = 0
+        self.num_prefill_tokens = 0  # tokens computed by prefill batches since start (prefix reuse shows here)
+
+    def add_request(self, req: LLMRequest) -> None:
+        """Queue a request; a bad one comes back from the next step() as finished with "error:<message>"."""
+        seq = Sequence(req, self.layout, self.num_arrivals, self.cfg.max_req_total_len)
+        self.num_arrivals += 1
+        problem = self._check_ids(req)
+        if problem:
+            self.scheduler.reject(seq, "error:" + problem)
+            return
+        self.scheduler.add(seq)
+
+    def append_text(self, req_id: str, text_token_ids: list[int], is_last: bool) -> bool:
+        """More text for a bistream request (is_last on the final piece); False (text dropped) if the request has
+        already finished or was aborted."""
+        if any(not 0 <= t < self.layout.num_text_ids for t in text_token_ids):
+            return self.scheduler.fail(req_id, f"error:text token ids must be in [0, {self.layout.num_text_ids})")
+        return self.scheduler.append_text(req_id, list(text_token_ids), is_last)
+
+    def abort(self, req_id: str) -> bool:
+        """Drop a request and free its KV; no further output is produced for it. False if unknown."""
+        return self.scheduler.abort(req_id)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[TokenOutput]:
+        """Run one batch; [] with nothing to run (e.g. every bistream request waits for text)."""
+        batch = self.scheduler.schedule()
+        if batch is None:
+            self.last_batch_size = 0
+            return self.scheduler.take_outputs()
+        self.last_batch_size = len(batch.seqs)
+        if batch.is_prefill:
+            self.num_prefill_tokens += sum(s.num_new_tokens for s in batch.seqs)
+        token_ids = self.runner.run(batch)
+        return self.scheduler.postprocess(batch, token_ids)
+
+    def stats(self) -> dict[str, int]:
+        s = self.scheduler
+        return {"num_running": len(s.running), "num_waiting": len(s.waiting), "kv_used_tokens": s.allocator.num_used,
+                "kv_total_tokens": s.allocator.num_slots, "last_batch_size": self.last_batch_size}
+
+    def _check_ids(self, req: LLMRequest) -> str | None:
+        num_text, num_speech = self.layout.num_text_ids, self.llm_cfg.speech_token_size
+        if not req.bistream and not req.text_token_ids:
+            return "empty text"
+        if any(not 0 <= t < num_text for t in req.text_token_ids + req.prompt_text_token_ids):
+            return f"text token ids must be in [0, {num_text})"
+        if any(not 0 <= t < num_speech for t in req.prompt_speech_token_ids):
+            return f"prompt speech token ids must be in [0, {num_speech})"
+        return None

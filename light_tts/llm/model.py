@@ -1,0 +1,124 @@
+"""The engine's speech-token LM: a Qwen2 body over packed tokens of many requests, reading and writing the paged
+KV cache through light_tts.kernels.ops (Triton on CUDA, torch reference on the CPU).
+
+Weights are in the engine layout (weights.py): one embedding table for speech, special and text ids, fused
+qkv and gate_up projections. A forward takes ForwardInputs and returns speech logits [B, num_speech_rows] in
+float32 for the last input token of each request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from light_tts.kernels import ops
+from light_tts.model_config import LLMConfig
+
+
+@dataclass
+class ForwardInputs:
+    """Per-step device inputs. Prefill packs every request's new tokens; decode has one token per request."""
+
+    input_ids: torch.Tensor  # [T] int64, engine id space (request.py)
+    positions: torch.Tensor  # [T] int64
+    slot_mapping: torch.Tensor  # [T] int64, KV slot of each token (-1: padding, not stored)
+    b_req_idx: torch.Tensor  # [B] int32, req_to_token row
+    b_seq_len: torch.Tensor  # [B] int32, tokens in the cache after this step
+    is_prefill: bool
+    b_start_loc: torch.Tensor | None = None  # [B] int32, prefill: first packed token of each request
+    b_prefix_len: torch.Tensor | None = None  # [B] int32, prefill: tokens already cached
+    last_token_idx: torch.Tensor | None = None  # [B] int64, prefill: packed index of each request's last token
+    max_new_len: int | None = None  # prefill: host bound on new tokens of one request
+    table_index: torch.Tensor | None = None  # [B] int64, decode: flat req_to_token index of the new token
+
+    @classmethod
+    def decode(cls, meta: torch.Tensor) -> ForwardInputs:
+        """Decode inputs from one packed int64 tensor [6, B] (one host-to-device copy per step): input ids,
+        positions, slots, rows, seq lens, row * row_width + position. Padding columns are PAD_COLUMN."""
+        return cls(meta[0], meta[1], meta[2], meta[3].to(torch.int32), meta[4].to(torch.int32), is_prefill=False,
+                   table_index=meta[5])
+
+
+PAD_COLUMN = (0, 0, -1, 0, 0, 0)  # a decode padding row: slot -1 (not stored), sentinel row 0, seq_len 0
+
+
+class KVCache:
+    """Keys and values of every layer: k[layer] is [num_slots, num_kv_heads, head_dim]; req_to_token maps a
+    request row and position to a slot (row 0 is the padding sentinel)."""
+
+    def __init__(self, cfg: LLMConfig, num_slots: int, num_rows: int, max_total_len: int, dtype: torch.dtype,
+                 device: torch.device):
+        q = cfg.qwen
+        shape = (q.num_hidden_layers, num_slots, q.num_key_value_heads, q.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.req_to_token = torch.zeros((num_rows, max_total_len), dtype=torch.int32, device=device)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        q = cfg.qwen
+        self.num_heads, self.num_kv_heads, self.head_dim = q.num_attention_heads, q.num_key_value_heads, q.head_dim
+        self.eps = q.rms_norm_eps
+        self.sm_scale = q.head_dim ** -0.5
+        self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.input_layernorm = nn.Parameter(torch.empty(q.hidden_size))
+        self.qkv_proj = nn.Linear(q.hidden_size, self.q_size + 2 * self.kv_size, bias=True)
+        self.o_proj = nn.Linear(self.q_size, q.hidden_size, bias=False)
+        self.post_attention_layernorm = nn.Parameter(torch.empty(q.hidden_size))
+        self.gate_up_proj = nn.Linear(q.hidden_size, 2 * q.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(q.intermediate_size, q.hidden_size, bias=False)
+
+    def forward(self, h: torch.Tensor, residual: torch.Tensor | None, inp: ForwardInputs, k_cache: torch.Tensor,
+                v_cache: torch.Tensor, req_to_token: torch.Tensor, cos_sin: torch.Tensor):
+        """h [T, H] is the previous layer's output, residual the running sum before it (None at layer 0)."""
+        if residual is None:
+            x, _ = ops.rms_norm(h, self.input_layernorm, self.eps)
+            residual = h
+        else:
+            x, residual = ops.rms_norm(h, self.input_layernorm, self.eps, residual)
+        qkv = self.qkv_proj(x)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        # [T, heads * D] -> [T, heads, D]: strided views into qkv, rotated in place
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        ops.apply_rotary(q, k, inp.positions, cos_sin)
+        ops.store_kv(k, v, k_cache, v_cache, inp.slot_mapping)
+        if inp.is_prefill:
+            attn = ops.prefill_attention(q, k_cache, v_cache, req_to_token, inp.b_req_idx, inp.b_start_loc,
+                                         inp.b_seq_len, inp.b_prefix_len, self.sm_scale, inp.max_new_len)
+        else:
+            attn = ops.decode_attention(q, k_cache, v_cache, req_to_token, inp.b_req_idx, inp.b_seq_len,
+                                        self.sm_scale)
+        h = self.o_proj(attn.reshape(-1, self.q_size))
+        x, residual = ops.rms_norm(h, self.post_attention_layernorm, self.eps, residual)
+        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x))), residual
+
+
+class EngineSpeechLM(nn.Module):
+    def __init__(self, cfg: LLMConfig, num_embeddings: int):
+        super().__init__()
+        q = cfg.qwen
+        self.cfg = cfg
+        self.embed = nn.Embedding(num_embeddings, q.hidden_size)  # speech rows, sos, task_id, text rows
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(q.num_hidden_layers))
+        self.norm = nn.Parameter(torch.empty(q.hidden_size))
+        self.llm_decoder = nn.Linear(cfg.llm_output_size, cfg.num_speech_rows)
+
+    def forward(self, inp: ForwardInputs, kv: KVCache, cos_sin: torch.Tensor) -> torch.Tensor:
+        if not inp.is_prefill:
+            # record each request's new slot at its position; padding writes -1 into the sentinel row, never read
+            kv.req_to_token.view(-1).index_copy_(0, inp.table_index, inp.slot_mapping.to(torch.int32))
+        h = self.embed(inp.input_ids)
+        residual = None
+        for i, layer in enumerate(self.layers):
+            h, residual = layer(h, residual, inp, kv.k[i], kv.v[i], kv.req_to_token, cos_sin)
+        h, _ = ops.rms_norm(h, self.norm, self.cfg.qwen.rms_norm_eps, residual)
+        if inp.is_prefill:
+            h = h.index_select(0, inp.last_token_idx)
+        return F.linear(h, self.llm_decoder.weight, self.llm_decoder.bias).float()

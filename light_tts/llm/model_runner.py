@@ -1,0 +1,166 @@
+"""The model runner owns the device, in a fixed order: load weights into the engine layout -> warm up at the
+largest prefill -> size the KV cache from the memory left (or max_total_token_num) -> capture decode CUDA graphs.
+Each step it turns a ScheduledBatch into device inputs, runs the forward and samples one id per request.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+
+from light_tts.kernels import ops
+from light_tts.llm.cuda_graph import DecodeGraphs
+from light_tts.llm.model import EngineSpeechLM, ForwardInputs, KVCache
+from light_tts.llm.request import Sequence, TokenLayout, recent_window
+from light_tts.llm.sampler import Sampler, SamplingInputs, pack_sampling
+from light_tts.llm.scheduler import ScheduledBatch
+from light_tts.llm.weights import load_engine_weights
+from light_tts.model_config import ModelConfig
+from light_tts.models.weights import read_state_dict
+
+if TYPE_CHECKING:
+    from light_tts.llm.engine import EngineConfig
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+class ModelRunner:
+    def __init__(self, model_cfg: ModelConfig, engine_cfg: EngineConfig, device: torch.device,
+                 state_dict: dict[str, torch.Tensor] | None = None):
+        """state_dict: a released llm.pt state dict (default: read model_dir/llm.pt)."""
+        self.cfg = engine_cfg
+        self.llm_cfg = model_cfg.llm
+        self.device = device
+        self.dtype = DTYPES[engine_cfg.data_type]
+        self.layout = TokenLayout.from_config(model_cfg.llm)
+        self.num_rows = engine_cfg.running_max_req_size + 1  # + the sentinel row 0
+        q = model_cfg.llm.qwen
+        self.cos_sin = ops.build_cos_sin_cache(engine_cfg.max_req_total_len, q.head_dim, q.rope_theta, device)
+        self.sampler = Sampler(model_cfg.llm.sampling, reject_from=self.layout.eos)
+        self.model = self._load(state_dict if state_dict is not None else read_state_dict(model_cfg.path("llm.pt")))
+        self.num_kv_slots = self._size_kv_cache()
+        self.kv = KVCache(self.llm_cfg, self.num_kv_slots, self.num_rows, engine_cfg.max_req_total_len,
+                          self.dtype, device)
+        self.graphs = None
+        self.last_logits: torch.Tensor | None = None
+        if device.type == "cuda" and not engine_cfg.disable_cudagraph:
+            self.graphs = DecodeGraphs(self.model, self.sampler, self.kv, self.cos_sin,
+                                       min(engine_cfg.graph_max_batch_size, engine_cfg.running_max_req_size))
+
+    def _load(self, state_dict: dict[str, torch.Tensor]) -> EngineSpeechLM:
+        with torch.device("meta"):
+            model = EngineSpeechLM(self.llm_cfg, self.layout.num_embeddings)
+        model.to_empty(device=self.device).to(self.dtype)
+        load_engine_weights(model, state_dict)
+        return model.eval().requires_grad_(False)
+
+    def _size_kv_cache(self) -> int:
+        """KV slots: max_total_token_num if given, else a fraction of the device memory left after a warm-up at
+        the largest prefill; never more than every row could use."""
+        cfg = self.cfg
+        most_useful = cfg.running_max_req_size * cfg.max_req_total_len
+        if self.device.type != "cuda":
+            return cfg.max_total_token_num or min(most_useful, 65536)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self._warm_up()
+        peak = torch.cuda.max_memory_allocated(self.device)
+        torch.cuda.empty_cache()
+        free, _ = torch.cuda.mem_get_info(self.device)
+        activations = peak - torch.cuda.memory_allocated(self.device)
+        q = self.llm_cfg.qwen
+        bytes_per_slot = 2 * q.num_hidden_layers * q.num_key_value_heads * q.head_dim * self.dtype.itemsize
+        room = free - activations
+        if cfg.max_total_token_num:
+            if cfg.max_total_token_num * bytes_per_slot > room:
+                raise MemoryError(f"max_total_token_num {cfg.max_total_token_num} does not fit in "
+                                  f"{room / 2**30:.1f} GiB of free device memory")
+            return cfg.max_total_token_num
+        num_slots = min(int(room * cfg.kv_cache_mem_fraction) // bytes_per_slot, most_useful)
+        log.info("KV cache: %d slots (%.1f GiB)", num_slots, num_slots * bytes_per_slot / 2**30)
+        return num_slots
+
+    @torch.inference_mode()
+    def _warm_up(self) -> None:
+        """One prefill of batch_max_tokens tokens (split into rows of at most max_req_total_len) on a scratch cache."""
+        cfg = self.cfg
+        num_tokens = cfg.batch_max_tokens
+        num_seqs = -(-num_tokens // cfg.max_req_total_len)
+        scratch = KVCache(self.llm_cfg, num_tokens, num_seqs + 1, cfg.max_req_total_len, self.dtype, self.device)
+        rows, start = [], 0
+        for row in range(1, num_seqs + 1):
+            n = min(cfg.max_req_total_len, num_tokens - start)
+            rows.append((list(range(n)), list(range(start, start + n)), row, 0))
+            start += n
+        self.model(self._prefill_inputs(rows, scratch), scratch, self.cos_sin)
+        torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch) -> list[int]:
+        """Forward and sample one id per sequence; decode batches replay a CUDA graph when one fits."""
+        seqs = batch.seqs
+        sampling = self._sampling_inputs(seqs)
+        if batch.is_prefill:
+            rows = [(s.token_ids[s.num_computed:], s.slots[:s.num_tokens], s.row, s.num_computed) for s in seqs]
+            logits = self.model(self._prefill_inputs(rows, self.kv), self.kv, self.cos_sin)
+            sampling.packed = sampling.packed.to(self.device)
+            ids, banned, scores = self.sampler.first_attempt(logits, sampling.packed)
+        else:
+            width = self.kv.req_to_token.shape[1]
+            meta = torch.tensor([[s.token_ids[-1] for s in seqs], [s.num_tokens - 1 for s in seqs],
+                                 [s.slots[-1] for s in seqs], [s.row for s in seqs], [s.num_tokens for s in seqs],
+                                 [s.row * width + s.num_tokens - 1 for s in seqs]], dtype=torch.int64)
+            if self.graphs is not None and self.graphs.can_run(len(seqs)):
+                logits, ids, banned, scores, sampling.packed = self.graphs.run(meta, sampling.packed)
+            else:
+                logits = self.model(ForwardInputs.decode(meta.to(self.device)), self.kv, self.cos_sin)
+                sampling.packed = sampling.packed.to(self.device)
+                ids, banned, scores = self.sampler.first_attempt(logits, sampling.packed)
+        self.last_logits = logits  # [B, V] of the last step, for checks (a graph overwrites it at the next replay)
+        return self.sampler.finish(ids, banned, scores, sampling)
+
+    def _prefill_inputs(self, rows: list[tuple[list[int], list[int], int, int]], kv: KVCache) -> ForwardInputs:
+        """rows: (new input ids, slots of the whole sequence, req_to_token row, tokens already cached) per request.
+        Also writes each request's slots into its req_to_token row."""
+        input_ids, positions, slot_mapping, table_idx, table_slots = [], [], [], [], []
+        b_start_loc, b_seq_len, b_prefix_len = [], [], []
+        width = kv.req_to_token.shape[1]
+        for new_ids, slots, row, num_cached in rows:
+            seq_len = len(slots)
+            b_start_loc.append(len(input_ids))
+            input_ids += new_ids
+            positions += range(num_cached, seq_len)
+            slot_mapping += slots[num_cached:]
+            table_idx += range(row * width, row * width + seq_len)
+            table_slots += slots
+            b_seq_len.append(seq_len)
+            b_prefix_len.append(num_cached)
+        dev, i32, i64 = self.device, torch.int32, torch.int64
+        kv.req_to_token.view(-1).index_copy_(0, torch.tensor(table_idx, dtype=i64).to(dev),
+                                              torch.tensor(table_slots, dtype=i32).to(dev))
+        b_start = torch.tensor(b_start_loc, dtype=i32)
+        new_lens = torch.tensor(b_seq_len, dtype=i32) - torch.tensor(b_prefix_len, dtype=i32)
+        return ForwardInputs(
+            input_ids=torch.tensor(input_ids, dtype=i64).to(dev),
+            positions=torch.tensor(positions, dtype=i64).to(dev),
+            slot_mapping=torch.tensor(slot_mapping, dtype=i64).to(dev),
+            b_req_idx=torch.tensor([r[2] for r in rows], dtype=i32).to(dev),
+            b_seq_len=torch.tensor(b_seq_len, dtype=i32).to(dev),
+            is_prefill=True,
+            b_start_loc=b_start.to(dev),
+            b_prefix_len=torch.tensor(b_prefix_len, dtype=i32).to(dev),
+            last_token_idx=(b_start + new_lens - 1).long().to(dev),
+            max_new_len=int(new_lens.max()),
+        )
+
+    def _sampling_inputs(self, seqs: list[Sequence]) -> SamplingInputs:
+        """Sampling inputs with `packed` still on the host (the caller moves it)."""
+        win = self.llm_cfg.sampling.win_size
+        is_rejecting = [s.reject_from() is not None for s in seqs]
+        is_greedy = [s.req.greedy for s in seqs]
+        packed, seeds, steps = pack_sampling([s.req.seed for s in seqs], [len(s.decoded) for s in seqs],
+                                             is_rejecting, is_greedy, [recent_window(s, win) for s in seqs])
+        return SamplingInputs(packed, seeds, steps, is_rejecting, is_greedy)

@@ -1,0 +1,262 @@
+"""CPU request state of the LLM engine: what the server submits (LLMRequest), what the engine tracks per request
+(Sequence: the token stream fed to the model and what it produced), and what a step returns (TokenOutput).
+
+Token ids inside the engine live in one space, so that one embedding table (weights.py) embeds any input:
+  [0, num_speech_rows)                  speech ids (speech_embedding rows; eos, unused, fill at the top)
+  num_speech_rows, num_speech_rows + 1  sos, task_id (llm_embedding rows)
+  num_speech_rows + 2 + t               text id t (embed_tokens row t)
+A Sequence's `token_ids` are the inputs in feed order; the KV cache holds `token_ids[:num_computed]`, and a running
+sequence always has its uncomputed inputs at the end (one sampled token while decoding, a whole prompt before the
+first prefill or after a preemption, a bistream text block after a fill).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+
+from light_tts.model_config import LLMConfig
+
+
+@dataclass
+class LLMRequest:
+    """What the server submits. min_len/max_len default to 2x/20x the text tokens (prompt text excluded).
+
+    bistream: `text_token_ids` is the first piece of text; more comes through LLMEngine.append_text(...) and the
+    last call says is_last. greedy=True decodes with argmax (parity tests); otherwise RAS with `seed`.
+    """
+
+    req_id: str
+    text_token_ids: list[int]
+    prompt_text_token_ids: list[int] = field(default_factory=list)
+    prompt_speech_token_ids: list[int] = field(default_factory=list)
+    seed: int = 0
+    greedy: bool = False
+    min_len: int | None = None
+    max_len: int | None = None
+    bistream: bool = False
+
+
+@dataclass
+class TokenOutput:
+    req_id: str
+    new_token_ids: list[int]
+    finished: bool
+    finish_reason: str | None = None  # "stop" | "length" | "error:<message>"
+
+
+class SeqStatus(Enum):
+    WAITING = 0
+    RUNNING = 1
+    FINISHED = 2
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """The engine's id space (see module doc) and the special speech ids."""
+
+    num_speech_rows: int
+    num_text_ids: int
+    eos: int
+    fill: int
+    stop_ids: frozenset[int]
+    mix_text: int
+    mix_speech: int
+
+    @classmethod
+    def from_config(cls, cfg: LLMConfig) -> TokenLayout:
+        return cls(cfg.num_speech_rows, cfg.qwen.vocab_size, cfg.eos_token, cfg.fill_token,
+                   frozenset(cfg.stop_token_ids), cfg.mix_ratio[0], cfg.mix_ratio[1])
+
+    @property
+    def sos(self) -> int:
+        return self.num_speech_rows
+
+    @property
+    def task_id(self) -> int:
+        return self.num_speech_rows + 1
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.num_speech_rows + 2 + self.num_text_ids
+
+    def text(self, ids: list[int]) -> list[int]:
+        return [self.num_speech_rows + 2 + t for t in ids]
+
+
+class Sequence:
+    """One request inside the engine. Offline requests feed their whole prompt at once; bistream ones are fed by a
+    BistreamFeeder."""
+
+    def __init__(self, req: LLMRequest, layout: TokenLayout, arrival: int, max_total_len: int):
+        self.req = req
+        self.req_id = req.req_id
+        self.layout = layout
+        self.arrival = arrival
+        self.status = SeqStatus.WAITING
+        self.finish_reason: str | None = None
+        self.num_computed = 0
+        self.slots: list[int] = []  # KV slot of each computed (or about to be computed) token
+        self.row = -1  # row of the runner's req_to_token table while the sequence holds KV
+        self.num_shared = 0  # leading slots owned by the prefix cache, not by this sequence
+        self.decoded: list[int] = []  # every decoded id in order: the RAS window (fills included, as upstream)
+        self.num_output = 0  # speech tokens returned to the caller
+        # bistream text length is unknown up front: no min_len (upstream has none), max_len bounded by the KV row
+        num_text = len(req.text_token_ids)
+        default_min, default_max = (0, max_total_len) if req.bistream else (2 * num_text, 20 * num_text)
+        self.min_len = default_min if req.min_len is None else req.min_len
+        self.max_len = default_max if req.max_len is None else req.max_len
+        if req.bistream:
+            self.token_ids: list[int] = [layout.sos]
+            self.feeder: BistreamFeeder | None = BistreamFeeder(self, req)
+        else:
+            self.feeder = None
+            self.token_ids = ([layout.sos] + layout.text(req.prompt_text_token_ids + req.text_token_ids)
+                              + [layout.task_id] + list(req.prompt_speech_token_ids))
+        self.prefix_len = self._shareable_prefix_len()
+        # the prefix ids themselves key the cache: a dict hashes them, and equality rules out hash collisions
+        self.prefix_key = tuple(self.token_ids[:self.prefix_len]) if self.prefix_len > 1 else None
+
+    def _shareable_prefix_len(self) -> int:
+        """Leading inputs that depend on the voice only (prompt text, and in bistream the prompt speech mixed into
+        it): another request with the same voice computes the same keys and values there."""
+        num_prompt_text = len(self.req.prompt_text_token_ids)
+        if self.feeder is None:
+            return 1 + num_prompt_text  # the target text follows the prompt text, the prompt speech after it
+        num_speech = len(self.req.prompt_speech_token_ids)
+        n = 1
+        for _ in range(num_prompt_text // self.layout.mix_text):
+            if num_speech <= 0:
+                break
+            n += self.layout.mix_text + min(self.layout.mix_speech, num_speech)
+            num_speech -= self.layout.mix_speech
+        return n
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_new_tokens(self) -> int:
+        return len(self.token_ids) - self.num_computed
+
+    @property
+    def is_ready(self) -> bool:
+        """Has inputs to compute now (a bistream request waiting for text has none)."""
+        return self.num_new_tokens > 0 and (self.feeder is None or self.feeder.is_decoding)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status == SeqStatus.FINISHED
+
+    def reject_from(self) -> int | None:
+        """Ids >= this are rejected by the sampler at the next step (upstream ignore_eos), or None."""
+        if self.feeder is not None:
+            return None if self.feeder.is_final else self.layout.eos
+        return self.layout.eos if len(self.decoded) < self.min_len else None
+
+    def forced_token(self) -> int | None:
+        """A token decided without sampling at the next step (the bistream fill), or None."""
+        return self.feeder.forced_token() if self.feeder is not None else None
+
+    def append_decoded(self, token: int) -> list[int]:
+        """Take the id decoded at this step; returns the speech tokens to hand to the caller (maybe none)."""
+        if self.feeder is not None:
+            return self.feeder.on_decoded(token)
+        if token in self.layout.stop_ids:
+            self.finish("stop")
+            return []
+        self.decoded.append(token)
+        self.token_ids.append(token)
+        self.num_output += 1
+        if self.num_output >= self.max_len:
+            self.finish("length")
+        return [token]
+
+    def finish(self, reason: str) -> None:
+        self.status = SeqStatus.FINISHED
+        self.finish_reason = reason
+
+
+def recent_window(seq: Sequence, win_size: int) -> list[int]:
+    """The last win_size decoded ids, left-padded with -1 (never a token id)."""
+    recent = seq.decoded[-win_size:]
+    return [-1] * (win_size - len(recent)) + recent
+
+
+class BistreamFeeder:
+    """Feeds a bistream request as speech_lm.SpeechLM.generate_bistream (upstream inference_bistream) does.
+
+    Each text piece is one turn of upstream's loop over pieces, taken only while the model is not decoding:
+    [sos, 5 text, 15 prompt speech, ...] while prompt speech lasts (prompt text first), then 5 text tokens before
+    each run of generated tokens. Decoding stops for more text at a fill, which is forced every 16th decoded id (it
+    is never fed and never returned). When the last piece is taken, the rest of the text and task_id follow (after
+    the last speech token again, as upstream feeds it twice) and decoding runs to a stop id.
+    """
+
+    def __init__(self, seq: Sequence, req: LLMRequest):
+        self.seq = seq
+        self.layout = seq.layout
+        self.text_cache = self.layout.text(req.prompt_text_token_ids)
+        self.prompt_speech = list(req.prompt_speech_token_ids)
+        num_prompt, num_speech = len(self.prompt_speech), self.layout.mix_speech
+        self.next_fill_index = (num_prompt // num_speech + 1) * num_speech - num_prompt
+        self.pieces: deque[list[int]] = deque([list(req.text_token_ids)])
+        self.is_text_done = False
+        self.is_decoding = False
+        self.is_final = False
+        self.advance()
+
+    def add_text(self, text_token_ids: list[int], is_last: bool) -> None:
+        self.pieces.append(list(text_token_ids))
+        self.is_text_done = self.is_text_done or is_last
+        self.advance()
+
+    def advance(self) -> None:
+        """Take queued pieces while the model waits for text; stops once decoding can go on."""
+        seq, num_text, num_speech = self.seq, self.layout.mix_text, self.layout.mix_speech
+        while not self.is_decoding and not seq.is_finished:
+            if self.pieces:
+                self.text_cache += self.layout.text(self.pieces.popleft())
+                while self.prompt_speech and len(self.text_cache) >= num_text:
+                    seq.token_ids += self.text_cache[:num_text] + self.prompt_speech[:num_speech]
+                    self.text_cache, self.prompt_speech = self.text_cache[num_text:], self.prompt_speech[num_speech:]
+                if self.prompt_speech:
+                    continue
+                is_after_fill = bool(seq.decoded) and seq.decoded[-1] == self.layout.fill
+                if is_after_fill or (not seq.decoded and seq.num_tokens == 1):
+                    if len(self.text_cache) < num_text:
+                        continue
+                    seq.token_ids += self.text_cache[:num_text]
+                    self.text_cache = self.text_cache[num_text:]
+                self.is_decoding = True
+            elif self.is_text_done:
+                again = [seq.token_ids[-1]] if seq.decoded else []  # the last speech token, fed a second time
+                seq.token_ids += again + self.text_cache + [self.layout.task_id]
+                self.text_cache = []
+                self.is_final = self.is_decoding = True
+            else:
+                return
+
+    def forced_token(self) -> int | None:
+        if not self.is_final and len(self.seq.decoded) == self.next_fill_index:
+            return self.layout.fill
+        return None
+
+    def on_decoded(self, token: int) -> list[int]:
+        seq = self.seq
+        seq.decoded.append(token)
+        if self.is_final and token in self.layout.stop_ids:
+            seq.finish("stop")
+            return []
+        if not self.is_final and token == self.layout.fill:
+            self.next_fill_index += self.layout.mix_speech + 1
+            self.is_decoding = False
+            self.advance()
+            return []
+        seq.token_ids.append(token)
+        seq.num_output += 1
+        if seq.num_output >= seq.max_len:
+            seq.finish("length")
+        return [token]

@@ -1,0 +1,125 @@
+"""Batched speech-token sampling on the device: RAS (light_tts/sampling.py semantics) or greedy, per request.
+
+Randomness is counter-based: the uniforms of a request depend only on (seed, step, attempt), never on the batch
+or on other requests, so a request decodes the same tokens alone or in any batch, after a preemption too. They are
+hashed on the host (numpy uint64, whose wrap-around is defined) and travel with the step's inputs, so the device
+part is a short fixed sequence of kernels that a CUDA graph holds.
+Draw order (the contract of light_tts/sampling.py): each attempt takes two uniforms, u0 for the nucleus draw and
+u1 for the repetition fallback; attempt a of decode step s (s = ids decoded so far, fills included) uses
+counter_uniforms(seed, s, a). The reference RASSampler takes its uniforms from a CPU torch.Generator instead, so
+the two pick the same ids only when given the same uniforms (test_llm_engine checks exactly that).
+A rejected attempt (an id >= eos while the request forbids specials) is rare; it is redone on the host-known rows
+only, with the fallback's banned ids kept banned, as the reference does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from light_tts.model_config import RASConfig
+from light_tts.sampling import MAX_TRIALS, draw
+
+UNIFORM_BITS = 24  # float32 holds them exactly
+
+
+def counter_uniform_bits(seeds: np.ndarray, steps: np.ndarray, attempt: int) -> np.ndarray:
+    """[B] uint64 seeds and steps -> [B, 2] int64 in [0, 2^24): splitmix64 of (seed, step, attempt, draw)."""
+    with np.errstate(over="ignore"):
+        draw_idx = np.arange(2, dtype=np.uint64)
+        counter = steps[:, None] * np.uint64(2 * (MAX_TRIALS + 1)) + np.uint64(2 * attempt) + draw_idx  # [B, 2]
+        z = seeds[:, None] * np.uint64(0x9E3779B97F4A7C15) + counter + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(64 - UNIFORM_BITS)).astype(np.int64)
+
+
+def counter_uniforms(seeds: np.ndarray, steps: np.ndarray, attempt: int) -> torch.Tensor:
+    """[B, 2] float32 uniforms in [0, 1)."""
+    return torch.from_numpy(counter_uniform_bits(seeds, steps, attempt)).float() / (1 << UNIFORM_BITS)
+
+
+@dataclass
+class SamplingInputs:
+    """Per-step sampling state of a batch. `packed` is one int64 [B, 4 + win_size] device tensor: columns
+    is_rejecting (ids >= reject_from are not allowed now), is_greedy, the two attempt-0 uniforms as 24-bit ints,
+    then the last win_size decoded ids (-1 padded). The host keeps seeds, steps and flags for redone attempts."""
+
+    packed: torch.Tensor
+    seeds: np.ndarray
+    steps: np.ndarray
+    is_rejecting_host: list[bool]
+    is_greedy_host: list[bool]
+
+
+def pack_sampling(seeds: list[int], steps: list[int], is_rejecting: list[bool], is_greedy: list[bool],
+                  windows: list[list[int]]) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Host tensor [B, 4 + win_size] of SamplingInputs.packed, and the seeds and steps as uint64 arrays."""
+    seeds_np = np.array([s & (2**64 - 1) for s in seeds], dtype=np.uint64)
+    steps_np = np.array(steps, dtype=np.uint64)
+    flags = np.array([is_rejecting, is_greedy], dtype=np.int64).reshape(2, -1).T
+    window = np.array(windows, dtype=np.int64).reshape(len(seeds), -1)
+    bits = counter_uniform_bits(seeds_np, steps_np, 0)
+    return torch.from_numpy(np.concatenate([flags, bits, window], axis=1)), seeds_np, steps_np
+
+
+class Sampler:
+    def __init__(self, cfg: RASConfig, reject_from: int):
+        self.cfg = cfg
+        self.reject_from = reject_from  # eos: eos, the unused id and fill are the ids a request may forbid
+
+    def ras_attempt(self, scores: torch.Tensor, window: torch.Tensor, u: torch.Tensor):
+        """One RAS attempt on [B, V] log-probs: (ids [B], id banned by the fallback or -1 [B])."""
+        # top-k by value; the reference's stable sort differs only on exactly equal probabilities
+        top_probs, top_ids = scores.softmax(dim=-1).topk(self.cfg.top_k, dim=-1)
+        mass_before = top_probs.cumsum(dim=-1) - top_probs  # the candidate crossing top_p is still kept
+        weights = top_probs * (mass_before < self.cfg.top_p)
+        nucleus_ids = top_ids.gather(1, draw(weights, u[:, 0]).unsqueeze(1))  # [B, 1]
+        is_repeat = (window == nucleus_ids).sum(dim=-1) >= self.cfg.win_size * self.cfg.tau_r
+        fallback_ids = draw(scores.scatter(1, nucleus_ids, float("-inf")).softmax(dim=-1), u[:, 1])
+        nucleus_ids = nucleus_ids.squeeze(1)
+        ids = torch.where(is_repeat, fallback_ids, nucleus_ids)
+        return ids, torch.where(is_repeat, nucleus_ids, -1)
+
+    def first_attempt(self, logits: torch.Tensor, packed: torch.Tensor):
+        """Device-only part (CUDA-graph capturable): [B, V] logits and packed inputs -> ids, fallback bans, scores."""
+        scores = logits.log_softmax(dim=-1)
+        u = packed[:, 2:4].float() / (1 << UNIFORM_BITS)
+        ids, banned = self.ras_attempt(scores, packed[:, 4:], u)
+        is_rejecting, is_greedy = packed[:, 0].bool(), packed[:, 1].bool()
+        greedy_ids = torch.where(is_rejecting, scores[:, :self.reject_from].argmax(dim=-1), scores.argmax(dim=-1))
+        return torch.where(is_greedy, greedy_ids, ids), banned, scores
+
+    def finish(self, ids: torch.Tensor, banned: torch.Tensor, scores: torch.Tensor, inp: SamplingInputs) -> list[int]:
+        """Host ids (this is the step's device sync); rejected RAS draws are redone."""
+        host_ids = ids.tolist()
+        redo = [i for i, t in enumerate(host_ids)
+                if t >= self.reject_from and inp.is_rejecting_host[i] and not inp.is_greedy_host[i]]
+        if redo:
+            for i, t in zip(redo, self._redo(scores, banned, inp, redo)):
+                host_ids[i] = t
+        return host_ids
+
+    def __call__(self, logits: torch.Tensor, inp: SamplingInputs) -> list[int]:
+        return self.finish(*self.first_attempt(logits, inp.packed), inp)
+
+    def _redo(self, scores: torch.Tensor, banned: torch.Tensor, inp: SamplingInputs, rows: list[int]) -> list[int]:
+        """Further attempts for rows whose draw was rejected, on their own copy of the scores."""
+        idx = torch.tensor(rows, device=scores.device)
+        sub, sub_banned = scores.index_select(0, idx), banned.index_select(0, idx)
+        window = inp.packed[:, 4:].index_select(0, idx)
+        vocab = torch.arange(sub.shape[1], device=sub.device)
+        result: list[int | None] = [None] * len(rows)
+        for attempt in range(1, MAX_TRIALS + 1):
+            sub = sub.masked_fill(vocab == sub_banned[:, None], float("-inf"))  # a ban of -1 matches no id
+            u = counter_uniforms(inp.seeds[rows], inp.steps[rows], attempt).to(sub.device)
+            ids, sub_banned = self.ras_attempt(sub, window, u)
+            for j, t in enumerate(ids.tolist()):
+                if result[j] is None and t < self.reject_from:
+                    result[j] = t
+            if all(r is not None for r in result):
+                return result
+        raise RuntimeError(f"sampling drew only ids >= {self.reject_from} in {MAX_TRIALS + 1} attempts")
