@@ -11,22 +11,48 @@ Semantics follow upstream CosyVoice (ace7c47) `ras_sampling` inside `Qwen2LM.sam
    phases), a result >= `reject_from` is thrown away and steps 1-2 are repeated on the same scores (a banned id stays
    banned), at most MAX_TRIALS + 1 attempts.
 
-Draw order (the contract a batched GPU sampler must keep to reproduce a seed): every attempt takes exactly two
-float32 uniforms `u = torch.rand(2, generator=g)` from the request's own generator, `u[0]` for the nucleus draw and
-`u[1]` for the fallback draw (unused when the fallback does not fire). A draw picks the first index whose inclusive
-cumulative weight exceeds `u * total` (inverse CDF over the unnormalised weights, in float32). Upstream uses
-`torch.multinomial` on the global RNG instead; distributions are the same, individual draws are not.
+Randomness is counter-based, the contract the batched GPU sampler (light_tts/llm/sampler.py) keeps too: attempt a
+of decode step s (s = ids decoded so far, fills included) of a request takes the two uniforms
+`counter_uniforms(seed, s, a)`, u0 for the nucleus draw and u1 for the fallback draw (unused when the fallback does
+not fire). They depend only on (seed, step, attempt), so a request samples the same tokens alone, in any batch, after
+a preemption, offline or in the server. A draw picks the first index whose inclusive cumulative weight exceeds
+`u * total` (inverse CDF over the unnormalised weights, in float32). Upstream uses `torch.multinomial` on the global
+RNG instead; distributions are the same, individual draws are not.
 """
 
 from __future__ import annotations
 
 from typing import Protocol, Sequence
 
+import numpy as np
 import torch
 
 from light_tts.model_config import RASConfig
 
 MAX_TRIALS = 100
+UNIFORM_BITS = 24  # float32 holds them exactly
+
+
+def counter_uniform_bits(seeds: np.ndarray, steps: np.ndarray, attempt: int) -> np.ndarray:
+    """[B] uint64 seeds and steps -> [B, 2] int64 in [0, 2^24): splitmix64 of (seed, step, attempt, draw)."""
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps around, as the hash intends
+        draw_idx = np.arange(2, dtype=np.uint64)
+        counter = steps[:, None] * np.uint64(2 * (MAX_TRIALS + 1)) + np.uint64(2 * attempt) + draw_idx  # [B, 2]
+        z = seeds[:, None] * np.uint64(0x9E3779B97F4A7C15) + counter + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(64 - UNIFORM_BITS)).astype(np.int64)
+
+
+def counter_uniforms(seeds: np.ndarray, steps: np.ndarray, attempt: int) -> torch.Tensor:
+    """[B, 2] float32 uniforms in [0, 1)."""
+    return torch.from_numpy(counter_uniform_bits(seeds, steps, attempt)).float() / (1 << UNIFORM_BITS)
+
+
+def seed_array(seeds: Sequence[int]) -> np.ndarray:
+    """Python ints (any sign or size) -> uint64 seeds for the counter hash."""
+    return np.array([s & (2**64 - 1) for s in seeds], dtype=np.uint64)
 
 
 class Sampler(Protocol):
@@ -61,22 +87,22 @@ def count_in_window(decoded_tokens: Sequence[int], token: int, win_size: int) ->
 
 
 class RASSampler:
-    """Repetition-aware sampling for one request; its generator makes the tokens depend only on the seed."""
+    """Repetition-aware sampling for one request; its tokens depend only on the seed and the scores."""
 
     def __init__(self, cfg: RASConfig, seed: int):
         self.cfg = cfg
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.seed = seed_array([seed])
 
     def sample(self, logprobs: torch.Tensor, decoded_tokens: Sequence[int], reject_from: int | None = None) -> int:
         scores = logprobs.detach().float().cpu().clone()  # the fallback bans ids in place, as upstream does
-        for _ in range(MAX_TRIALS + 1):
-            token = self._attempt(scores, decoded_tokens)
+        step = np.array([len(decoded_tokens)], dtype=np.uint64)
+        for attempt in range(MAX_TRIALS + 1):
+            token = self._attempt(scores, decoded_tokens, counter_uniforms(self.seed, step, attempt)[0])
             if reject_from is None or token < reject_from:
                 return token
         raise RuntimeError(f"sampling drew only ids >= {reject_from} in {MAX_TRIALS + 1} attempts")
 
-    def _attempt(self, scores: torch.Tensor, decoded_tokens: Sequence[int]) -> int:
-        u = torch.rand(2, generator=self.generator)
+    def _attempt(self, scores: torch.Tensor, decoded_tokens: Sequence[int], u: torch.Tensor) -> int:
         weights, ids = nucleus(scores.softmax(dim=0), self.cfg.top_p, self.cfg.top_k)
         token = int(ids[draw(weights, u[0])])
         if count_in_window(decoded_tokens, token, self.cfg.win_size) >= self.cfg.win_size * self.cfg.tau_r:

@@ -16,29 +16,6 @@ from light_tts.sampling import GreedySampler, RASSampler, count_in_window, draw,
 CPU_CFG = dict(data_type="float32", max_req_total_len=512, running_max_req_size=16, max_total_token_num=4096)
 
 
-class CounterRASSampler(RASSampler):
-    """The reference RAS algorithm (light_tts/sampling.py) fed with the engine's counter-based uniforms."""
-
-    def __init__(self, cfg, seed: int):
-        super().__init__(cfg, seed)
-        self.seed = seed
-
-    def sample(self, logprobs, decoded_tokens, reject_from=None):
-        self.step, self.attempt = len(decoded_tokens), 0
-        return super().sample(logprobs, decoded_tokens, reject_from)
-
-    def _attempt(self, scores, decoded_tokens):
-        u = counter_uniforms(np.array([self.seed], dtype=np.uint64), np.array([self.step], dtype=np.uint64),
-                             self.attempt)[0]
-        self.attempt += 1
-        weights, ids = nucleus(scores.softmax(dim=0), self.cfg.top_p, self.cfg.top_k)
-        token = int(ids[draw(weights, u[0])])
-        if count_in_window(decoded_tokens, token, self.cfg.win_size) >= self.cfg.win_size * self.cfg.tau_r:
-            scores[token] = -float("inf")
-            token = int(draw(scores.softmax(dim=0), u[1]))
-        return token
-
-
 @pytest.fixture(scope="module")
 def model_cfg(fixture_dir):
     return load_model_config(fixture_dir)
@@ -79,7 +56,7 @@ def run_all(engine, arrivals=None) -> dict[str, list[int]]:
 
 
 def reference_tokens(lm, req: LLMRequest) -> list[int]:
-    sampler = GreedySampler() if req.greedy else CounterRASSampler(lm.cfg.sampling, req.seed)
+    sampler = GreedySampler() if req.greedy else RASSampler(lm.cfg.sampling, req.seed)
     return list(lm.generate(torch.tensor(req.text_token_ids), torch.tensor(req.prompt_text_token_ids),
                             torch.tensor(req.prompt_speech_token_ids), sampler, req.min_len, req.max_len))
 
@@ -116,7 +93,7 @@ def test_batched_sampler_matches_reference_with_same_uniforms():
     assert int((banned >= 0).sum()) > 10 and sum(t >= eos and r for t, r in zip(first_ids.tolist(), is_rejecting)) >= 5
     ids = sampler(logits, SamplingInputs(packed, seeds_np, steps_np, is_rejecting, is_greedy))
     for i in range(batch):
-        reference = CounterRASSampler(cfg, seeds[i]).sample(logits[i].log_softmax(dim=-1), windows[i],
+        reference = RASSampler(cfg, seeds[i]).sample(logits[i].log_softmax(dim=-1), windows[i],
                                                               eos if is_rejecting[i] else None)
         assert ids[i] == reference, i
 

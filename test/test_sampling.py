@@ -40,10 +40,9 @@ def test_draw_is_inverse_cdf_and_skips_zero_weights():
 
 def test_ras_never_samples_outside_the_nucleus():
     lp = logprobs_from({11: 0.5, 40: 0.2, 3: 0.15, 20: 0.1})  # nucleus {11, 40, 3}
-    sampler = RASSampler(CFG, seed=0)
     counts = torch.zeros(64)
-    for _ in range(3000):
-        counts[sampler.sample(lp, decoded_tokens=[])] += 1
+    for seed in range(3000):  # one draw per seed: the uniforms of (seed, step 0, attempt 0)
+        counts[RASSampler(CFG, seed=seed).sample(lp, decoded_tokens=[])] += 1
     assert set(torch.nonzero(counts).flatten().tolist()) == {3, 11, 40}
     # drawn in proportion to the kept probabilities (0.5 : 0.2 : 0.15)
     expected = torch.tensor([0.5, 0.2, 0.15]) / 0.85
@@ -75,12 +74,22 @@ def test_rejected_ids_are_resampled():
         sampler.sample(only_special, [], reject_from=61)
 
 
-def test_each_attempt_draws_two_uniforms():
-    sampler = RASSampler(CFG, seed=4)
-    sampler.sample(logprobs_from({7: 0.9}), [])
-    reference = torch.Generator().manual_seed(4)
-    torch.rand(2, generator=reference)
-    assert torch.equal(sampler.generator.get_state(), reference.get_state())
+def test_attempts_draw_counter_uniforms():
+    """Attempt a of step s uses counter_uniforms(seed, s, a): u0 picks from the nucleus by inverse CDF."""
+    import numpy as np
+
+    from light_tts.sampling import counter_uniforms
+
+    lp = torch.randn(300, generator=torch.Generator().manual_seed(0)).mul(2).log_softmax(0)
+    decoded = [1, 2, 3]
+    for seed in (0, 5, 2**40 + 3):
+        u = counter_uniforms(np.array([seed], dtype=np.uint64), np.array([len(decoded)], dtype=np.uint64), 0)[0]
+        weights, ids = nucleus(lp.softmax(0), CFG.top_p, CFG.top_k)
+        expected = int(ids[draw(weights, u[0])])
+        assert RASSampler(CFG, seed=seed).sample(lp, decoded) == expected
+    # a different step draws different uniforms
+    a = counter_uniforms(np.array([9], dtype=np.uint64), np.array([0, 1], dtype=np.uint64), 0)
+    assert not torch.equal(a[0], a[1]) and ((a >= 0) & (a < 1)).all()
 
 
 def decode_sequence(sampler, steps_logprobs, other=None):

@@ -6,8 +6,7 @@ hashed on the host (numpy uint64, whose wrap-around is defined) and travel with 
 part is a short fixed sequence of kernels that a CUDA graph holds.
 Draw order (the contract of light_tts/sampling.py): each attempt takes two uniforms, u0 for the nucleus draw and
 u1 for the repetition fallback; attempt a of decode step s (s = ids decoded so far, fills included) uses
-counter_uniforms(seed, s, a). The reference RASSampler takes its uniforms from a CPU torch.Generator instead, so
-the two pick the same ids only when given the same uniforms (test_llm_engine checks exactly that).
+counter_uniforms(seed, s, a), as the reference RASSampler does, so both pick the same ids for the same seed.
 A rejected attempt (an id >= eos while the request forbids specials) is rare; it is redone on the host-known rows
 only, with the fallback's banned ids kept banned, as the reference does.
 """
@@ -20,27 +19,7 @@ import numpy as np
 import torch
 
 from light_tts.model_config import RASConfig
-from light_tts.sampling import MAX_TRIALS, draw
-
-UNIFORM_BITS = 24  # float32 holds them exactly
-
-
-def counter_uniform_bits(seeds: np.ndarray, steps: np.ndarray, attempt: int) -> np.ndarray:
-    """[B] uint64 seeds and steps -> [B, 2] int64 in [0, 2^24): splitmix64 of (seed, step, attempt, draw)."""
-    with np.errstate(over="ignore"):
-        draw_idx = np.arange(2, dtype=np.uint64)
-        counter = steps[:, None] * np.uint64(2 * (MAX_TRIALS + 1)) + np.uint64(2 * attempt) + draw_idx  # [B, 2]
-        z = seeds[:, None] * np.uint64(0x9E3779B97F4A7C15) + counter + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(64 - UNIFORM_BITS)).astype(np.int64)
-
-
-def counter_uniforms(seeds: np.ndarray, steps: np.ndarray, attempt: int) -> torch.Tensor:
-    """[B, 2] float32 uniforms in [0, 1)."""
-    return torch.from_numpy(counter_uniform_bits(seeds, steps, attempt)).float() / (1 << UNIFORM_BITS)
-
+from light_tts.sampling import MAX_TRIALS, UNIFORM_BITS, counter_uniform_bits, counter_uniforms, draw, seed_array
 
 @dataclass
 class SamplingInputs:
@@ -58,7 +37,7 @@ class SamplingInputs:
 def pack_sampling(seeds: list[int], steps: list[int], is_rejecting: list[bool], is_greedy: list[bool],
                   windows: list[list[int]]) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Host tensor [B, 4 + win_size] of SamplingInputs.packed, and the seeds and steps as uint64 arrays."""
-    seeds_np = np.array([s & (2**64 - 1) for s in seeds], dtype=np.uint64)
+    seeds_np = seed_array(seeds)
     steps_np = np.array(steps, dtype=np.uint64)
     flags = np.array([is_rejecting, is_greedy], dtype=np.int64).reshape(2, -1).T
     window = np.array(windows, dtype=np.int64).reshape(len(seeds), -1)
