@@ -10,7 +10,7 @@ the cache (constant cost; see docs/model.md for the measured difference).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -44,6 +44,41 @@ class HopPolicy:
 def first_hop_pad(num_prompt_tokens: int, chunk: int = 25) -> int:
     """Tokens added to the first hop so that prompt + first hop ends on a chunk boundary."""
     return -num_prompt_tokens % chunk
+
+
+@dataclass
+class ChunkSchedule:
+    """Which received tokens each streamed chunk covers; pure bookkeeping shared by Token2WavSession and the
+    batched decode engine. `pad` is first_hop_pad of the prompt, `lookahead` the flow's pre-lookahead tokens."""
+
+    hop_policy: HopPolicy
+    pad: int
+    lookahead: int
+    tokens: list[int] = field(default_factory=list)
+    offset: int = 0  # tokens already turned into audio
+    base_hop: int = field(init=False)  # the policy's hop for the next chunk, before the first chunk's pad
+
+    def __post_init__(self):
+        self.base_hop = self.hop_policy.first
+
+    @property
+    def hop(self) -> int:
+        """Tokens the next non-final chunk turns into audio: the first one also carries the alignment pad."""
+        return self.base_hop + (self.pad if self.offset == 0 else 0)
+
+    def ready(self) -> bool:
+        """True when a non-final chunk can be computed (its hop and lookahead tokens have arrived)."""
+        return len(self.tokens) >= self.offset + self.hop + self.lookahead
+
+    def chunk_tokens(self, finalize: bool) -> list[int]:
+        """The next chunk's tokens: hop + lookahead, or every remaining token for the final chunk."""
+        end = len(self.tokens) if finalize else self.offset + self.hop + self.lookahead
+        return self.tokens[self.offset:end]
+
+    def advance(self) -> None:
+        """A non-final chunk was emitted."""
+        self.offset += self.hop
+        self.base_hop = self.hop_policy.next_hop(self.base_hop)
 
 
 def prompt_tensors(prompt: Prompt, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -85,33 +120,21 @@ class Token2WavSession:
     """One request's streaming state: tokens received, flow cache, HiFT overlap; emits audio chunk by chunk."""
 
     def __init__(self, t2w: Token2Wav, prompt: Prompt, seed: int, hop_policy: HopPolicy, exact_final: bool):
-        self.t2w, self.hop_policy, self.exact_final = t2w, hop_policy, exact_final
+        self.t2w, self.exact_final = t2w, exact_final
         self.p_tok, self.p_mel, self.emb = prompt_tensors(prompt, t2w.device)
-        self.lookahead = t2w.cfg.flow.pre_lookahead_len
-        self.tokens: list[int] = []
-        self.offset = 0  # tokens already turned into audio
-        self.base_hop = hop_policy.first
-        self.pad = first_hop_pad(self.p_tok.shape[1], t2w.cfg.chunk_size)
+        self.schedule = ChunkSchedule(hop_policy, first_hop_pad(self.p_tok.shape[1], t2w.cfg.chunk_size),
+                                      t2w.cfg.flow.pre_lookahead_len)
         self.flow_state = t2w.flow.stream_start(self.p_tok, self.p_mel, self.emb)
         self.hift_state = HiFTStreamState()
         self.generator = torch.Generator(device=t2w.device).manual_seed(seed)
         self.finished = False
 
-    @property
-    def hop(self) -> int:
-        """Tokens the next non-final chunk turns into audio: the first one also carries the alignment pad."""
-        return self.base_hop + (self.pad if self.offset == 0 else 0)
-
-    def ready(self) -> bool:
-        """True when a non-final chunk can be computed (its hop and lookahead tokens have arrived)."""
-        return len(self.tokens) >= self.offset + self.hop + self.lookahead
-
     @torch.inference_mode()
     def feed(self, tokens: list[int]) -> list[np.ndarray]:
         """Adds tokens; returns the audio chunks that became ready (possibly none)."""
-        self.tokens.extend(tokens)
+        self.schedule.tokens.extend(tokens)
         out = []
-        while self.ready():
+        while self.schedule.ready():
             out.append(self._chunk(finalize=False))
         return out
 
@@ -123,17 +146,15 @@ class Token2WavSession:
         return audio
 
     def _chunk(self, finalize: bool) -> np.ndarray:
-        dev = self.t2w.device
-        end = len(self.tokens) if finalize else self.offset + self.hop + self.lookahead
-        new = torch.tensor([self.tokens[self.offset:end]], dtype=torch.int32, device=dev)
+        dev, sched = self.t2w.device, self.schedule
+        new = torch.tensor([sched.chunk_tokens(finalize)], dtype=torch.int32, device=dev)
         if finalize and self.exact_final:
-            everything = torch.tensor([self.tokens], dtype=torch.int32, device=dev)
+            everything = torch.tensor([sched.tokens], dtype=torch.int32, device=dev)
             mel = self.t2w.flow.inference(everything, self.p_tok, self.p_mel, self.emb, streaming=False, finalize=True)
-            mel = mel[:, :, self.offset * self.t2w.cfg.token_mel_ratio:]
+            mel = mel[:, :, sched.offset * self.t2w.cfg.token_mel_ratio:]
         else:
             mel = self.t2w.flow.stream_chunk(self.flow_state, new, finalize=finalize)
         audio = hift_stream_chunk(self.t2w.hift, self.hift_state, mel, finalize=finalize, generator=self.generator)
         if not finalize:
-            self.offset += self.hop
-            self.base_hop = self.hop_policy.next_hop(self.base_hop)
+            sched.advance()
         return audio[0].float().cpu().numpy()

@@ -10,7 +10,7 @@ the last inputs of each causal conv are all the next chunk needs.
 
 Layout (batch dim kept so an engine can stack the states of requests with equal chunk shapes):
   encoder keys/values      (B, heads, tokens or frames, head_dim), one pair per conformer block;
-  estimator keys/values    (2B, heads, frames, head_dim) per CFM step and transformer block, CFG branch first
+  estimator keys/values    (blocks, 2, 2B, heads, frames, head_dim) per CFM step, CFG branch first
                            (rows [0, B) conditioned, [B, 2B) unconditioned);
   conv tails               the last kernel-1 inputs of each causal conv, (B or 2B, channels, kernel - 1).
 """
@@ -40,12 +40,13 @@ class EncoderCache:
 class EstimatorCache:
     """Context of one estimator call (one CFM step, both CFG branches); conv slots follow the estimator's order."""
 
-    conv_tails: list[torch.Tensor]  # (2B, C_in, 2) per causal conv
-    kv: list[tuple[torch.Tensor, torch.Tensor]]  # (2B, heads, frames, head_dim) per transformer block
+    # Packed so that stacking requests into a batch, or copying into CUDA-graph buffers, is one op per tensor.
+    conv_tails: torch.Tensor  # (2B, sum of C_in, 2): the causal convs' tails side by side, in slot order
+    kv: torch.Tensor  # (transformer blocks, 2 [keys, values], 2B, heads, frames, head_dim)
 
     @property
     def num_frames(self) -> int:
-        return self.kv[0][0].shape[2]
+        return self.kv.shape[4]
 
 
 @dataclass
@@ -57,8 +58,11 @@ class FlowStreamState:
     prompt_feat: torch.Tensor  # (B, 2P, 80): the CFM condition of the prompt frames
     encoder: EncoderCache
     estimator: list[EstimatorCache]  # one per CFM step
+    # (B,) int64 tokens of left padding in every cache of a batch stacked from requests of different lengths
+    # (frame-rate caches hold twice as many); None when every row's cache is real
+    num_pad: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
-        """Tokens (prompt included) whose mel frames are final."""
+        """Tokens (prompt included) whose mel frames are final; the padded length in a stacked batch."""
         return self.encoder.num_tokens

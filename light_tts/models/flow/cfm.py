@@ -24,6 +24,9 @@ class CausalConditionalCFM(nn.Module):
         # which is what makes chunked and whole-utterance runs agree.
         noise = torch.randn(1, self.num_mels, NOISE_FRAMES, generator=torch.Generator().manual_seed(0))
         self.register_buffer("rand_noise", noise, persistent=False)
+        # Callable with the estimator's signature that runs it instead (an engine's CUDA graphs or TensorRT);
+        # None: the module itself. A plain attribute, not a submodule, so the state dict is unchanged.
+        self.runner = None
 
     def time_span(self, device: torch.device) -> torch.Tensor:
         t_span = torch.linspace(0, 1, self.cfg.n_timesteps + 1, device=device)
@@ -35,14 +38,27 @@ class CausalConditionalCFM(nn.Module):
         """One estimator cache per Euler step, each with 2*batch rows (conditioned, then unconditioned)."""
         return [self.estimator.empty_cache(2 * batch) for _ in range(self.cfg.n_timesteps)]
 
+    def noise(self, start: int, m: int, b: int, num_pad: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """(B, 80, m): the fixed noise of frames [start - num_pad[b], +m) of each row (its real frame positions)."""
+        if num_pad is None:
+            if start + m > NOISE_FRAMES:
+                raise ValueError(f"utterance of {start + m} mel frames exceeds the {NOISE_FRAMES}-frame noise")
+            return self.rand_noise[:, :, start:start + m].to(dtype).expand(b, -1, -1)
+        frames = (start - num_pad)[:, None] + torch.arange(m, device=num_pad.device)  # (B, m)
+        if int(frames.max()) >= NOISE_FRAMES:
+            raise ValueError(f"utterance of {int(frames.max()) + 1} mel frames exceeds the {NOISE_FRAMES}-frame noise")
+        return self.rand_noise[0][:, frames].transpose(0, 1).to(dtype)  # (80, B, m) -> (B, 80, m)
+
     def forward(self, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor, caches: list[EstimatorCache],
-                streaming: bool) -> tuple[torch.Tensor, list[EstimatorCache]]:
-        """mu, cond (B, 80, m) for the frames after the cached ones, spks (B, 80) -> mel (B, 80, m), new caches."""
+                streaming: bool, num_pad: torch.Tensor | None = None) -> tuple[torch.Tensor, list[EstimatorCache]]:
+        """mu, cond (B, 80, m) for the frames after the cached ones, spks (B, 80) -> float32 mel (B, 80, m), new
+        caches.
+        num_pad (B,): left-padding frames of each row's caches (requests of different lengths in one batch)."""
         b, _, m = mu.shape
         start = caches[0].num_frames
-        if start + m > NOISE_FRAMES:
-            raise ValueError(f"utterance of {start + m} mel frames exceeds the {NOISE_FRAMES}-frame noise")
-        x = self.rand_noise[:, :, start:start + m].to(mu.dtype).expand(b, -1, -1)
+        # x integrates in float32 whatever the estimator's dtype (as upstream around its fp16 TensorRT estimator)
+        x = self.noise(start, m, b, num_pad, torch.float32)
+        pad_in = None if num_pad is None else torch.cat([num_pad, num_pad])
         # the unconditioned CFG branch sees zero mu, speaker and prompt condition
         mu_in = torch.cat([mu, torch.zeros_like(mu)])
         spks_in = torch.cat([spks, torch.zeros_like(spks)])
@@ -52,11 +68,12 @@ class CausalConditionalCFM(nn.Module):
         # t accumulates dt and dt is re-derived from the span, as upstream does (same float rounding)
         t, dt = t_span[0:1], t_span[1] - t_span[0]
         new_caches = []
+        estimator = self.runner or self.estimator
         for step in range(1, len(t_span)):
-            v, cache = self.estimator(torch.cat([x, x]), mu_in, t.expand(2 * b), spks_in, cond_in,
-                                      caches[step - 1], streaming)
+            x_in = torch.cat([x, x]).to(mu.dtype)
+            v, cache = estimator(x_in, mu_in, t.expand(2 * b), spks_in, cond_in, caches[step - 1], streaming, pad_in)
             new_caches.append(cache)
-            v_cond, v_uncond = v[:b], v[b:]
+            v_cond, v_uncond = v[:b].float(), v[b:].float()
             x = x + dt * ((1.0 + rate) * v_cond - rate * v_uncond)
             t = t + dt
             if step < len(t_span) - 1:

@@ -26,6 +26,15 @@ def chunk_mask(q_start: int, num_q: int, num_k: int, chunk_size: int, device: to
     return torch.arange(num_k, device=device)[None, :] < chunk_end[:, None]
 
 
+def mask_padding(mask: torch.Tensor, num_pad: torch.Tensor | None) -> torch.Tensor:
+    """(q, k) mask -> (B, 1, q, k) hiding the first num_pad[b] keys of row b (left padding of a batched cache);
+    unchanged when num_pad is None (every row's cache is real)."""
+    if num_pad is None:
+        return mask
+    key_is_real = torch.arange(mask.shape[1], device=mask.device)[None, :] >= num_pad[:, None]  # (B, k)
+    return mask[None, None] & key_is_real[:, None, None, :]
+
+
 def rel_position_encoding(r_max: int, r_min: int, d_model: int) -> torch.Tensor:
     """(r_max - r_min + 1, d_model) espnet relative encodings for positions r_max down to r_min (sin even, cos odd)."""
     rel = torch.arange(r_max, r_min - 1, -1, dtype=torch.float32)[:, None]
@@ -81,7 +90,9 @@ class RelPositionAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                 mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, n, D) at positions [start, start+n) where start = cached length; mask (n, start+n)."""
+        """x (B, n, D) at positions [start, start+n) where start = cached length; mask (n, start+n) or
+        (B, 1, n, start+n). A left-padded cache keeps relative positions right: pad slots shift queries and keys
+        alike, and the mask hides them."""
         b, n, _ = x.shape
         start = k_cache.shape[2]
         q = self.linear_q(x).view(b, n, self.h, self.d_k)
@@ -190,15 +201,17 @@ class UpsampleConformerEncoder(nn.Module):
             lookahead_tail=zeros(batch, d, 2), upsample_tail=zeros(batch, d, 2 * self.cfg.upsample_stride),
             kv=[(empty, empty)] * len(self.encoders), up_kv=[(empty, empty)] * len(self.up_encoders))
 
-    def forward(self, xs: torch.Tensor, context: torch.Tensor, cache: EncoderCache,
-                streaming: bool) -> tuple[torch.Tensor, EncoderCache]:
+    def forward(self, xs: torch.Tensor, context: torch.Tensor, cache: EncoderCache, streaming: bool,
+                num_pad: torch.Tensor | None = None) -> tuple[torch.Tensor, EncoderCache]:
         """xs (B, n, D) token embeddings after the cached ones, context (B, c, D) lookahead embeddings (c = 0 at
         the end of the utterance) -> (B, stride*n, D) hidden frames and the extended cache. `streaming` applies
-        the static chunk mask; otherwise every query sees every key."""
+        the static chunk mask; otherwise every query sees every key. num_pad (B,): left-padding tokens of each
+        row's cache (a batch of requests with different cache lengths); pads are multiples of the chunk size,
+        so each row's chunk mask is the padded one shifted."""
         start, n, stride = cache.num_tokens, xs.shape[1], self.cfg.upsample_stride
         chunk = self.cfg.static_chunk_size if streaming else 0
         x, lookahead_tail = self.pre_lookahead_layer(self.embed(xs), self.embed(context), cache.lookahead_tail)
-        mask = chunk_mask(start, n, start + n, chunk, xs.device)
+        mask = mask_padding(chunk_mask(start, n, start + n, chunk, xs.device), num_pad)
         kv = []
         for block, (k_cache, v_cache) in zip(self.encoders, cache.kv):
             x, k, v = block(x, k_cache, v_cache, mask)
@@ -207,6 +220,7 @@ class UpsampleConformerEncoder(nn.Module):
         x, upsample_tail = self.up_layer(x.transpose(1, 2), cache.upsample_tail)
         x = self.up_embed(x.transpose(1, 2))  # (B, stride*n, D)
         mask = chunk_mask(start * stride, n * stride, (start + n) * stride, chunk * stride, xs.device)
+        mask = mask_padding(mask, None if num_pad is None else num_pad * stride)
         up_kv = []
         for block, (k_cache, v_cache) in zip(self.up_encoders, cache.up_kv):
             x, k, v = block(x, k_cache, v_cache, mask)

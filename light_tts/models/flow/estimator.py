@@ -15,7 +15,7 @@ from torch import nn
 
 from light_tts.model_config import EstimatorConfig
 from light_tts.models.flow.cache import EstimatorCache
-from light_tts.models.flow.encoder import chunk_mask
+from light_tts.models.flow.encoder import chunk_mask, mask_padding
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
@@ -91,17 +91,19 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(dim, inner, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim)])
 
-    def forward(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, m, D); kv (2, B, H, start + m, hd) holds the cached keys/values in [:start] and receives this
+        chunk's in [start:]."""
         b, m, _ = x.shape
 
         def heads(y: torch.Tensor) -> torch.Tensor:  # (B, m, H*hd) -> (B, H, m, hd)
             return y.view(b, m, self.heads, self.head_dim).transpose(1, 2)
 
-        k = torch.cat([k_cache, heads(self.to_k(x))], dim=2)
-        v = torch.cat([v_cache, heads(self.to_v(x))], dim=2)
-        out = F.scaled_dot_product_attention(heads(self.to_q(x)), k, v, attn_mask=mask)
-        return self.to_out[0](out.transpose(1, 2).reshape(b, m, -1)), k, v
+        start = kv.shape[3] - m
+        kv[0, :, :, start:] = heads(self.to_k(x))
+        kv[1, :, :, start:] = heads(self.to_v(x))
+        out = F.scaled_dot_product_attention(heads(self.to_q(x)), kv[0], kv[1], attn_mask=mask)
+        return self.to_out[0](out.transpose(1, 2).reshape(b, m, -1))
 
 
 class GELUProj(nn.Module):
@@ -128,16 +130,14 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, head_dim: int, slot: int):
         super().__init__()
-        self.slot = slot  # index of this block's keys/values in EstimatorCache.kv
+        self.slot = slot  # index of this block's keys/values in EstimatorCache.kv (dim 0)
         self.norm1 = nn.LayerNorm(dim)
         self.attn1 = Attention(dim, heads, head_dim)
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, kv: list, new_kv: list) -> torch.Tensor:
-        att, k, v = self.attn1(self.norm1(x), *kv[self.slot], mask)
-        new_kv[self.slot] = (k, v)
-        x = x + att
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x), kv[self.slot], mask)
         return x + self.ff(self.norm3(x))
 
 
@@ -174,32 +174,38 @@ class CausalConditionalDecoder(nn.Module):
         self.num_convs += 1
         self.final_block = CausalBlock1D(c, c, self.num_convs - 1)
         self.final_proj = nn.Conv1d(c, cfg.out_channels, 1)
+        self.tail_channels = [0] * self.num_convs  # input channels of each causal conv, by slot
+        for m in self.modules():
+            if isinstance(m, CausalConv1d):
+                self.tail_channels[m.slot] = m.in_channels
 
     def empty_cache(self, batch: int) -> EstimatorCache:
         """Zero conv tails (the causal left padding) and empty keys/values for `batch` rows."""
         zeros = self.final_proj.weight.new_zeros
-        tails: list = [None] * self.num_convs
-        for m in self.modules():
-            if isinstance(m, CausalConv1d):
-                tails[m.slot] = zeros(batch, m.in_channels, m.kernel_size[0] - 1)
-        empty = zeros(batch, self.cfg.num_heads, 0, self.cfg.attention_head_dim)
-        return EstimatorCache(conv_tails=tails, kv=[(empty, empty)] * self.num_blocks)
+        return EstimatorCache(
+            conv_tails=zeros(batch, sum(self.tail_channels), 2),
+            kv=zeros(self.num_blocks, 2, batch, self.cfg.num_heads, 0, self.cfg.attention_head_dim))
 
     def forward(self, x: torch.Tensor, mu: torch.Tensor, t: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
-                cache: EstimatorCache, streaming: bool) -> tuple[torch.Tensor, EstimatorCache]:
-        """x, mu, cond (B, 80, m) frames after the cached ones; t (B,); spks (B, 80) -> velocity (B, 80, m)."""
+                cache: EstimatorCache, streaming: bool,
+                num_pad: torch.Tensor | None = None) -> tuple[torch.Tensor, EstimatorCache]:
+        """x, mu, cond (B, 80, m) frames after the cached ones; t (B,); spks (B, 80) -> velocity (B, 80, m).
+        num_pad (B,): left-padding frames of each row's cache (hidden from attention; no positions here)."""
         start, m = cache.num_frames, x.shape[2]
-        t_emb = self.time_mlp(timestep_embedding(t, self.cfg.in_channels))
+        t_emb = self.time_mlp(timestep_embedding(t, self.cfg.in_channels).to(x.dtype))
         x = torch.cat([x, mu, spks.unsqueeze(-1).expand(-1, -1, m), cond], dim=1)  # (B, 320, m)
         mask = chunk_mask(start, m, start + m, self.cfg.static_chunk_size if streaming else 0, x.device)
-        tails, kv = cache.conv_tails, cache.kv
+        mask = mask_padding(mask, num_pad)
+        tails = cache.conv_tails.split(self.tail_channels, dim=1)
         new_tails: list = [None] * self.num_convs
-        new_kv: list = [None] * self.num_blocks
+        # every block's keys/values, cached then new, in one tensor: (blocks, 2, B, H, start + m, hd)
+        kv = cache.kv.new_empty(*cache.kv.shape[:4], start + m, cache.kv.shape[5])
+        kv[:, :, :, :, :start] = cache.kv
 
         def attend(h: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
             h = h.transpose(1, 2)  # (B, m, C)
             for block in blocks:
-                h = block(h, mask, kv, new_kv)
+                h = block(h, mask, kv)
             return h.transpose(1, 2)
 
         (resnet, blocks, down), = self.down_blocks
@@ -210,4 +216,4 @@ class CausalConditionalDecoder(nn.Module):
         (resnet, blocks, up), = self.up_blocks
         x = attend(resnet(torch.cat([x, skip], dim=1), t_emb, tails, new_tails), blocks)
         x = self.final_block(up(x, tails, new_tails), tails, new_tails)
-        return self.final_proj(x), EstimatorCache(new_tails, new_kv)
+        return self.final_proj(x), EstimatorCache(torch.cat(new_tails, dim=1), kv)

@@ -49,18 +49,23 @@ class Flow(nn.Module):
     def _speaker(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.spk_embed_affine_layer(F.normalize(embedding, dim=1))
 
-    def _mel(self, tokens: torch.Tensor, finalize: bool, state: FlowStreamState, streaming: bool) -> torch.Tensor:
-        """Runs tokens (B, n [+ lookahead]) after the cached ones; updates `state`; returns their mel (B, 80, 2n)."""
+    def chunk_mel(self, tokens: torch.Tensor, finalize: bool, state: FlowStreamState, streaming: bool) -> torch.Tensor:
+        """Runs tokens (B, n [+ lookahead]) after the cached ones; updates `state`; returns their mel (B, 80, 2n).
+        The batched entry point: `state` may stack several requests (state.num_pad gives each row's cache
+        padding); the first chunk (the one carrying the prompt) must have an empty cache, as the prompt
+        condition is read from frame `start` on."""
         emb = self.input_embedding(tokens.clamp(min=0).long())
         lookahead = 0 if finalize else self.cfg.pre_lookahead_len
         xs, context = emb[:, :emb.shape[1] - lookahead], emb[:, emb.shape[1] - lookahead:]
         start_frame = state.num_tokens * self.cfg.token_mel_ratio
-        h, state.encoder = self.encoder(xs, context, state.encoder, streaming)
+        num_pad = state.num_pad
+        h, state.encoder = self.encoder(xs, context, state.encoder, streaming, num_pad)
         mu = self.encoder_proj(h).transpose(1, 2)  # (B, 80, m)
         # the condition is the prompt mel on prompt frames and zero after it
         cond = state.prompt_feat[:, start_frame:start_frame + mu.shape[2]].transpose(1, 2).to(mu.dtype)
         cond = F.pad(cond, (0, mu.shape[2] - cond.shape[2]))
-        mel, state.estimator = self.decoder(mu, state.spks, cond, state.estimator, streaming)
+        frame_pad = None if num_pad is None else num_pad * self.cfg.token_mel_ratio
+        mel, state.estimator = self.decoder(mu, state.spks, cond, state.estimator, streaming, frame_pad)
         return mel
 
     def _fresh_state(self, prompt_token: torch.Tensor, prompt_feat: torch.Tensor,
@@ -77,7 +82,7 @@ class Flow(nn.Module):
         (1, 192) -> mel (1, 80, 2N) of the tokens after the prompt (2(N-3) when finalize is False: the last 3
         tokens are lookahead context only)."""
         state = self._fresh_state(prompt_token, prompt_feat, embedding)
-        mel = self._mel(torch.cat([prompt_token, token], dim=1), finalize, state, streaming)
+        mel = self.chunk_mel(torch.cat([prompt_token, token], dim=1), finalize, state, streaming)
         return mel[:, :, prompt_feat.shape[1]:]
 
     @torch.inference_mode()
@@ -102,5 +107,5 @@ class Flow(nn.Module):
         if num_new <= 0 or (not finalize and (state.num_tokens + num_new) % chunk):
             raise ValueError(f"non-final chunks must end on a {chunk}-token boundary: {state.num_tokens} cached "
                              f"+ {num_new} new tokens")
-        mel = self._mel(tokens, finalize, state, streaming=True)
+        mel = self.chunk_mel(tokens, finalize, state, streaming=True)
         return mel[:, :, state.prompt_feat.shape[1]:] if is_first else mel

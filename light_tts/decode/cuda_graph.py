@@ -1,0 +1,132 @@
+"""CUDA graphs of the CFM estimator (one call = one Euler step, both CFG branches), installed as the CFM's runner.
+
+A streamed chunk has a fixed number of new frames (2 * hop), so an estimator call is fixed in shape once its
+rows are padded to a batch bucket and its key/value cache is left-padded to a capacity bucket (the estimator masks
+pad slots through `num_pad`; capacities are multiples of the 50-frame chunk so chunk masks stay aligned). Graphs
+are captured lazily per (rows, new frames, capacity), share one memory pool, and a call that fits no
+bucket, whose static buffers would pass `max_graph_bytes`, or whose length is a one-off (final chunks, whole
+utterances: new frames not a multiple of the chunk) runs eagerly.
+
+Every replay copies the request caches into the static buffers and the extended caches out (the graph's outputs
+are overwritten by the next replay); that traffic is linear in the cached length, the price of fixed shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from light_tts.models.flow.cache import EstimatorCache
+from light_tts.models.flow.estimator import CausalConditionalDecoder
+
+logger = logging.getLogger(__name__)
+
+ROW_BUCKETS = (2, 4, 8, 16, 32, 64, 128)  # estimator rows = 2 x requests (CFG pair)
+# cached frames, multiples of the 50-frame chunk; about 1.5x apart so that padding wastes at most a third
+FRAME_BUCKETS = (0, 100, 200, 300, 400, 600, 800, 1200, 1600, 2400, 3200, 4800, 6400)
+
+
+def bucket(value: int, buckets: tuple[int, ...]) -> int | None:
+    return next((b for b in buckets if b >= value), None)
+
+
+@dataclass
+class CapturedCall:
+    replay: Callable[[], None]  # reruns the captured call on the static buffers
+    inputs: tuple  # static x, mu, t, spks, cond, num_pad
+    cache: EstimatorCache  # static conv tails and capacity-padded keys/values
+    velocity: torch.Tensor
+    new_cache: EstimatorCache  # graph outputs: keys/values of capacity + new frames
+
+
+class EstimatorGraphs:
+    """Callable with the estimator's signature; replays a captured graph when the call fits a bucket."""
+
+    def __init__(self, estimator: CausalConditionalDecoder, max_graph_bytes: int = 4 << 30):
+        self.estimator = estimator
+        self.max_graph_bytes = max_graph_bytes
+        self.calls: dict[tuple, CapturedCall | None] = {}
+        self.pool = None
+        self.num_replays = self.num_eager = 0
+
+    def __call__(self, x, mu, t, spks, cond, cache: EstimatorCache, streaming: bool, num_pad=None):
+        rows, m, start = x.shape[0], x.shape[2], cache.num_frames
+        num_rows, capacity = bucket(rows, ROW_BUCKETS), bucket(start, FRAME_BUCKETS)
+        call = None
+        # chunk-aligned streamed calls only (first and middle chunks: few shapes); final chunks and whole
+        # utterances have one-off lengths and run eagerly
+        is_steady = streaming and m % self.estimator.cfg.static_chunk_size == 0
+        if is_steady and num_rows is not None and capacity is not None:
+            key = (num_rows, m, capacity)
+            if key not in self.calls:
+                try:
+                    self.calls[key] = self._capture(num_rows, m, capacity, x, cache)
+                except RuntimeError:  # this shape stays eager; the engine keeps serving
+                    logger.exception("estimator graph capture failed for %s; running it eagerly", key)
+                    self.calls[key] = None
+            call = self.calls[key]
+        if call is None:
+            self.num_eager += 1
+            return self.estimator(x, mu, t, spks, cond, cache, streaming, num_pad)
+        self.num_replays += 1
+        return self._replay(call, capacity, x, mu, t, spks, cond, cache, num_pad)
+
+    def _replay(self, call: CapturedCall, capacity: int, x, mu, t, spks, cond, cache, num_pad):
+        rows, start = x.shape[0], cache.num_frames
+        sx, smu, st, sspks, scond, spad = call.inputs
+        for static, value in ((sx, x), (smu, mu), (st, t), (sspks, spks), (scond, cond)):
+            static[:rows].copy_(value)
+        spad.zero_()  # bucket-padding rows see their (zero) keys: finite, and ignored
+        spad[:rows] = capacity - start  # the capacity padding in front of every row's cache...
+        if num_pad is not None:
+            spad[:rows] += num_pad  # ...and the batch's own left padding within it
+        call.cache.conv_tails[:rows].copy_(cache.conv_tails)
+        call.cache.kv[:, :, :rows, :, capacity - start:].copy_(cache.kv)
+        call.replay()
+        # the outputs are overwritten by the next replay (the next Euler step): copy what the caller keeps
+        new = call.new_cache
+        kv = new.kv[:, :, :rows, :, capacity - start:].clone()
+        return call.velocity[:rows], EstimatorCache(new.conv_tails[:rows].clone(), kv)
+
+    def _static_bytes(self, num_rows: int, m: int, capacity: int, cache: EstimatorCache) -> int:
+        kv = cache.kv  # (blocks, 2, rows, H, frames, hd)
+        per_row_frame = kv.shape[0] * 2 * kv.shape[3] * kv.shape[5] * kv.element_size()
+        return num_rows * (2 * capacity + m) * per_row_frame  # inputs + outputs (capacity + m)
+
+    def _capture(self, num_rows: int, m: int, capacity: int, x: torch.Tensor,
+                 cache: EstimatorCache) -> CapturedCall | None:
+        if self._static_bytes(num_rows, m, capacity, cache) > self.max_graph_bytes:
+            logger.info("estimator call of %d rows x %d cached frames runs eagerly (over the graph budget)",
+                        num_rows, capacity)
+            return None
+        est, dev, dtype = self.estimator, x.device, x.dtype
+        inputs = (torch.zeros(num_rows, x.shape[1], m, device=dev, dtype=dtype),
+                  torch.zeros(num_rows, est.cfg.out_channels, m, device=dev, dtype=dtype),
+                  torch.zeros(num_rows, device=dev, dtype=torch.float32),
+                  torch.zeros(num_rows, est.cfg.out_channels, device=dev, dtype=dtype),
+                  torch.zeros(num_rows, est.cfg.out_channels, m, device=dev, dtype=dtype),
+                  torch.zeros(num_rows, device=dev, dtype=torch.long))
+        kv = cache.kv
+        static_cache = EstimatorCache(
+            conv_tails=torch.zeros(num_rows, *cache.conv_tails.shape[1:], device=dev, dtype=dtype),
+            kv=torch.zeros(*kv.shape[:2], num_rows, kv.shape[3], capacity, kv.shape[5], device=dev, dtype=dtype))
+        replay, (velocity, new_cache) = self._record(lambda: est(*inputs[:5], static_cache, True, inputs[5]))
+        logger.info("captured estimator graph: %d rows, %d new frames, %d cached frames", num_rows, m, capacity)
+        return CapturedCall(replay, inputs, static_cache, velocity, new_cache)
+
+    def _record(self, run: Callable[[], tuple]) -> tuple[Callable[[], None], tuple]:
+        """Captures run() as a CUDA graph: (replay, the outputs that each replay rewrites)."""
+        # warm up on a side stream (lazy initialisations such as cuBLAS handles must not be captured)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            run()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            outputs = run()
+        self.pool = graph.pool()
+        return graph.replay, outputs
