@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from light_tts.frontend.frontend import Prompt
+from light_tts.frontend.prompt import Prompt
 from light_tts.model_config import ModelConfig
 from light_tts.models.flow import Flow
 from light_tts.models.hift import HiFT

@@ -9,7 +9,7 @@ import light_tts.decode.engine as engine_module
 from light_tts.decode.batch import stack_flow_states
 from light_tts.decode.cuda_graph import EstimatorGraphs
 from light_tts.decode.engine import AudioOutput, DecodeEngine, to_int16
-from light_tts.frontend.frontend import Prompt
+from light_tts.frontend.prompt import Prompt
 from light_tts.model_dir import load_model_config
 from light_tts.models.flow.cache import EstimatorCache
 from light_tts.token2wav import HopPolicy

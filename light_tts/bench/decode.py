@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from light_tts.decode.engine import DecodeEngine
-from light_tts.frontend.frontend import Prompt
+from light_tts.frontend.prompt import Prompt
 from light_tts.model_config import ModelConfig
 from light_tts.models.flow import Flow
 from light_tts.models.hift import HiFT

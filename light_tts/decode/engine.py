@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from light_tts.decode.batch import split_flow_state, split_hift_state, stack_flow_states, stack_hift_states
 from light_tts.decode.cuda_graph import EstimatorGraphs
 from light_tts.decode.request import ChunkJob, DecodeRequest
-from light_tts.frontend.frontend import Prompt
+from light_tts.frontend.prompt import Prompt
 from light_tts.model_config import ModelConfig
 from light_tts.models.hift.streaming import hift_stream_chunk
 from light_tts.token2wav import ChunkSchedule, HopPolicy, Token2Wav, first_hop_pad, prompt_tensors

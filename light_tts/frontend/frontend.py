@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -12,6 +11,7 @@ from light_tts.errors import AudioError
 from light_tts.frontend.audio import MAX_PROMPT_SECONDS, decode_audio, resample
 from light_tts.frontend.features import SAMPLE_RATE, speaker_features, whisper_log_mel
 from light_tts.frontend.onnx_models import CampPlusONNX, SpeechTokenizerONNX
+from light_tts.frontend.prompt import Prompt
 from light_tts.frontend.prompt_mel import prompt_mel
 from light_tts.frontend.text_norm import MAX_TEXT_CHARS, TextNormalizer
 from light_tts.frontend.tokenizer import QwenTokenizer
@@ -19,16 +19,6 @@ from light_tts.model_config import ModelConfig
 from light_tts.model_dir import TOKENIZER_DIR
 
 MIN_PROMPT_SECONDS = 0.2  # shorter prompts give no usable speech token
-
-
-@dataclass
-class Prompt:
-    """Everything a voice prompt contributes to a request; numpy so it can be cached and sent between processes."""
-
-    text_tokens: np.ndarray  # int32 [Lp], the normalised prompt transcript
-    speech_tokens: np.ndarray  # int32 [P], 25 Hz
-    embedding: np.ndarray  # float32 [192], CAM++ speaker embedding
-    mel: np.ndarray  # float32 [2P, 80], 24 kHz prompt mel (token_mel_ratio frames per token)
 
 
 def voice_key(wav_bytes: bytes) -> str:

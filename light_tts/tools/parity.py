@@ -118,7 +118,7 @@ def flow_hift_checks(cfg: ModelConfig, model_dir: Path) -> list[Check]:
 
 def stream_checks(cfg: ModelConfig, model_dir: Path) -> list[Check]:
     """The upstream streaming scheduler's audio chunks, through our token2wav session (exact final chunk)."""
-    from light_tts.frontend.frontend import Prompt
+    from light_tts.frontend.prompt import Prompt
     from light_tts.token2wav import HopPolicy, Token2Wav
 
     io, ref = load_io(model_dir, "flow_hift_io.pt"), load_io(model_dir, "stream_io.pt")
