@@ -4,7 +4,8 @@
 
 `tiny` runs fast on a CPU (tests, the server's default start); `full` has the released dimensions for GPU
 benchmarks. Every file a released directory has is written (cosyvoice2.yaml in HyperPyYAML form, llm.pt, flow.pt,
-hift.pt, campplus.onnx, speech_tokenizer_v2.onnx, CosyVoice-BlankEN/), so the normal loaders read it unchanged.
+hift.pt, campplus.onnx, speech_tokenizer_v2.onnx, flow.decoder.estimator.fp32.onnx, CosyVoice-BlankEN/), so the
+normal loaders read it unchanged.
 The weights are random: the audio is noise, only shapes and timing are real.
 """
 
@@ -18,6 +19,8 @@ from pathlib import Path
 import torch
 
 from light_tts.model_dir import TOKENIZER_DIR, YAML_NAME
+
+ESTIMATOR_ONNX = "flow.decoder.estimator.fp32.onnx"
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,7 @@ def _save(module: torch.nn.Module, path: Path) -> None:
 
 def make_model(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     """Writes the directory and returns its path; an existing directory is overwritten file by file."""
+    from light_tts.decode.estimator_onnx import export_estimator_onnx
     from light_tts.model_dir import load_model_config
     from light_tts.models.flow import Flow
     from light_tts.models.hift import HiFT
@@ -204,9 +208,12 @@ def make_model(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     cfg = load_model_config(out)
     torch.manual_seed(seed)
     with torch.no_grad():
-        for name, module in (("llm.pt", SpeechLM(cfg.llm)), ("flow.pt", Flow(cfg.flow)), ("hift.pt", HiFT(cfg.hift))):
-            _save(module, out / name)
-            del module
+        _save(SpeechLM(cfg.llm), out / "llm.pt")
+        flow = Flow(cfg.flow)
+        _save(flow, out / "flow.pt")
+        export_estimator_onnx(flow.decoder.estimator, out / ESTIMATOR_ONNX)  # the usual TensorRT source
+        del flow
+        _save(HiFT(cfg.hift), out / "hift.pt")
     write_speech_tokenizer_onnx(out / "speech_tokenizer_v2.onnx", size=size, seed=seed)
     write_campplus_onnx(out / "campplus.onnx", size=size, seed=seed)
     return out
