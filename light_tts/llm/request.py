@@ -203,13 +203,18 @@ class BistreamFeeder:
         num_prompt, num_speech = len(self.prompt_speech), self.layout.mix_speech
         self.next_fill_index = (num_prompt // num_speech + 1) * num_speech - num_prompt
         self.pieces: deque[list[int]] = deque([list(req.text_token_ids)])
+        self.num_text_tokens = len(req.text_token_ids)  # target text so far (prompt text excluded)
         self.is_text_done = False
         self.is_decoding = False
         self.is_final = False
         self.advance()
 
     def add_text(self, text_token_ids: list[int], is_last: bool) -> None:
-        self.pieces.append(list(text_token_ids))
+        # an empty last piece only says the text has ended (the server learns it from {"finish": true}); it is
+        # not one more turn of upstream's loop over pieces
+        if text_token_ids or not is_last:
+            self.pieces.append(list(text_token_ids))
+        self.num_text_tokens += len(text_token_ids)
         self.is_text_done = self.is_text_done or is_last
         self.advance()
 
@@ -236,6 +241,8 @@ class BistreamFeeder:
                 seq.token_ids += again + self.text_cache + [self.layout.task_id]
                 self.text_cache = []
                 self.is_final = self.is_decoding = True
+                # once the text is known, bound the output as the offline path does: 20 x its text tokens
+                seq.max_len = min(seq.max_len, 20 * self.num_text_tokens)
             else:
                 return
 

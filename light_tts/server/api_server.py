@@ -1,0 +1,248 @@
+"""HTTP front end: the FastAPI app one HTTP worker serves, its process entry, and `python -m` entry point.
+
+    python -m light_tts.server.api_server --model_dir DIR [--port 8080 --httpserver_workers 2 ...]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import os
+import signal
+import socket
+import time
+import traceback
+import wave
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from light_tts.errors import LightTTSError, RequestError
+from light_tts.server import metrics
+from light_tts.server.bistream_ws import serve_bistream
+from light_tts.server.config import ServerConfig
+from light_tts.server.http_manager import HttpServerManager, RequestHandle
+from light_tts.server.request_metrics import (ActiveRequest, ClientGone, error_response, record_finished,
+                                              record_rejected)
+from light_tts.server.request_parsing import parse_zero_shot
+from light_tts.server.topology import PortArgs
+
+PCM_MEDIA_TYPE = "application/octet-stream"  # raw int16 LE mono 24 kHz, no header
+HEALTH_CACHE_S = 10.0  # /health runs a real synthesis at most this often
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left first
+
+
+def model_names(cfg: ServerConfig) -> list[str]:
+    return [Path(cfg.model_dir).name] if cfg.model_dir else ["default"]
+
+
+def check_model_name(cfg: ServerConfig, name: str) -> None:
+    if name not in ("default", *model_names(cfg)):
+        raise RequestError(f"unknown tts_model_name {name!r}; loaded: {model_names(cfg)}")
+
+
+async def until_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_disconnected(request: Request, coro):
+    """Await `coro`, cancelling it and raising ClientGone if the client hangs up first."""
+    work, watch = asyncio.ensure_future(coro), asyncio.ensure_future(until_disconnect(request))
+    try:
+        await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if not work.done():
+        work.cancel()
+        raise ClientGone()
+    return work.result()
+
+
+async def collect_audio(manager: HttpServerManager, handle: RequestHandle) -> bytes:
+    chunks = []
+    while (chunk := await manager.next_event(handle)) is not None:
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def tone_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
+    """A short synthetic voice prompt (a harmonic tone) for /health, as a WAV file."""
+    t = np.arange(int(seconds * rate)) / rate
+    x = sum(np.sin(2 * math.pi * 150 * k * t) / k for k in range(1, 6)) * 0.2
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((x * 32767).astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+def create_app(cfg: ServerConfig, ports: PortArgs, http_rank: int, on_ready=None) -> FastAPI:
+    manager = HttpServerManager(cfg, ports, http_rank)
+    health = {"checked_at": -math.inf, "ok": False, "detail": ""}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await manager.start()
+        if on_ready is not None:
+            on_ready()
+        yield
+        await manager.stop()
+
+    app = FastAPI(title="LightTTS", lifespan=lifespan)
+    app.state.manager = manager
+
+    @app.post("/inference_zero_shot")
+    async def inference_zero_shot(request: Request):
+        endpoint = "inference_zero_shot"
+        try:
+            inputs = await parse_zero_shot(request, cfg)
+            check_model_name(cfg, inputs.tts_model_name)
+            handle = manager.submit(inputs.tts_text, inputs.prompt_text, inputs.prompt_wav, stream=inputs.stream,
+                                    speed=inputs.speed, seed=inputs.seed)
+        except LightTTSError as e:
+            record_rejected(endpoint, e)
+            return error_response(e)
+        if inputs.stream:
+            return await start_stream(request, handle, endpoint)
+        error: BaseException | None = None
+        try:
+            with ActiveRequest():
+                audio = await unless_disconnected(request, collect_audio(manager, handle))
+            return Response(audio, media_type=PCM_MEDIA_TYPE)
+        except LightTTSError as e:
+            error = e
+            return error_response(e)
+        except ClientGone as e:
+            error = e
+            return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; keeps the log quiet
+        finally:
+            manager.finish(handle)
+            record_finished(endpoint, handle, error)
+
+    async def start_stream(request: Request, handle: RequestHandle, endpoint: str):
+        """Wait for the first chunk before sending headers, so that an early error still gets its 4xx."""
+        try:
+            first = await unless_disconnected(request, manager.next_event(handle))
+        except BaseException as e:
+            manager.finish(handle)
+            record_finished(endpoint, handle, e)
+            if isinstance(e, LightTTSError):
+                return error_response(e)
+            if isinstance(e, ClientGone):
+                return Response(status_code=CLIENT_CLOSED_REQUEST)
+            raise
+
+        async def body():
+            error: BaseException | None = None
+            try:
+                with ActiveRequest():
+                    chunk = first
+                    while chunk is not None:
+                        yield chunk
+                        chunk = await manager.next_event(handle)
+            except BaseException as e:  # the connection is dropped: a truncated body tells the client it failed
+                error = e
+                raise
+            finally:
+                manager.finish(handle)
+                record_finished(endpoint, handle, error)
+
+        return StreamingResponse(body(), media_type=PCM_MEDIA_TYPE)
+
+    @app.websocket("/inference_zero_shot_bistream")
+    async def inference_zero_shot_bistream(ws: WebSocket):
+        await serve_bistream(ws, manager, cfg, check_model_name)
+
+    @app.api_route("/query_tts_model", methods=["GET", "POST"])
+    async def query_tts_model():
+        return {"tts_models": model_names(cfg)}
+
+    @app.get("/healthz")
+    @app.get("/liveness")
+    async def liveness():
+        return {"status": "ok"}
+
+    @app.get("/readiness")
+    async def readiness():
+        """200 once every backend process is loaded and alive; 503 while models load or after a worker died."""
+        is_ready = manager.is_ready()
+        return JSONResponse({"status": "ready" if is_ready else "not ready", "processes": manager.processes.describe()},
+                            status_code=200 if is_ready else 503)
+
+    @app.get("/health")
+    async def health_check():
+        """A real end-to-end synthesis (cached for a few seconds): 200 with the audio length, else 503."""
+        if time.monotonic() - health["checked_at"] > HEALTH_CACHE_S or not health["ok"]:
+            try:
+                handle = manager.submit("Hello.", "Hi.", tone_wav(), stream=False, speed=1.0, seed=0)
+                try:
+                    audio = await collect_audio(manager, handle)
+                finally:
+                    manager.finish(handle)
+                health.update(ok=len(audio) > 0, detail=f"{len(audio) // 2} samples")
+            except LightTTSError as e:
+                health.update(ok=False, detail=str(e))
+            health["checked_at"] = time.monotonic()
+        return JSONResponse({"status": "ok" if health["ok"] else "unhealthy", "detail": health["detail"]},
+                            status_code=200 if health["ok"] else 503)
+
+    @app.get("/metrics")
+    async def metrics_page():
+        collector = metrics.SharedStateCollector(manager.slots, manager.processes, manager.voices)
+        return PlainTextResponse(metrics.render(collector), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Every HTTP worker binds the same port with SO_REUSEPORT; the kernel spreads connections across them."""
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(info[0], socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(info[4])
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_http_process(cfg: ServerConfig, ports: PortArgs, rank: int, ready_pipe) -> None:
+    """Process entry of HTTP worker `rank`: serve the app with uvicorn on the shared port until SIGTERM."""
+    import uvicorn
+
+    from light_tts.server.worker_common import setup_process
+
+    class WorkerServer(uvicorn.Server):
+        @contextmanager
+        def capture_signals(self):
+            """SIGINT is the launcher's (a terminal's Ctrl-C reaches every process); SIGTERM stops gracefully."""
+            signal.signal(signal.SIGTERM, lambda *_: setattr(self, "should_exit", True))
+            yield
+
+    try:
+        setup_process(cfg, f"http{rank}")
+        sock = listening_socket(cfg.host, cfg.port)
+        app = create_app(cfg, ports, rank, on_ready=lambda: ready_pipe.send(("ready", os.getpid())))
+        config = uvicorn.Config(app, log_level=cfg.log_level, timeout_graceful_shutdown=2, ws_max_size=64 << 20)
+        server = WorkerServer(config)
+    except BaseException:
+        ready_pipe.send(("error", traceback.format_exc()))
+        raise
+    server.run(sockets=[sock])
+
+
+def main(argv: list[str] | None = None) -> None:
+    from light_tts.server.launcher import launch
+
+    raise SystemExit(launch(ServerConfig.from_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

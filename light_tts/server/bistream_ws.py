@@ -1,0 +1,127 @@
+"""WebSocket /inference_zero_shot_bistream: text arrives in pieces, audio leaves as it is made.
+
+Protocol: JSON {"prompt_text", "tts_model_name"?, "seed"?}, one binary frame of prompt wav, JSON {"tts_text"}
+pieces, JSON {"finish": true}. The server sends binary int16 PCM frames and closes with 1000; on error it sends
+JSON {"error": ...} and closes with 1003 (bad wav), 1008 (bad message), 1013 (overloaded) or 1011.
+A reader task takes the client's messages while the handler sends audio; the reader's failures (a malformed
+message, a disconnect) reach the sender through the request's event queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from fastapi import WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+from light_tts.errors import LightTTSError, RequestError, TextError
+from light_tts.server.config import ServerConfig
+from light_tts.server.http_manager import HttpServerManager, RequestHandle
+from light_tts.server.request_metrics import ActiveRequest, ClientGone, record_finished, record_rejected
+from light_tts.server.request_parsing import check_prompt_wav, check_text
+
+ENDPOINT = "inference_zero_shot_bistream"
+MAX_FRAME_BYTES = 96000  # 2 s of audio: a decode step that caught up on many tokens still reaches clients in
+# frames that common WebSocket clients accept (websockets' default limit is 1 MiB)
+
+
+def close_code(error: LightTTSError) -> int:
+    if error.kind == "bad_audio":
+        return 1003
+    if error.http_status == 429:
+        return 1013
+    return 1008 if 400 <= error.http_status < 500 else 1011
+
+
+async def receive_message(ws: WebSocket) -> dict | bytes:
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise ClientGone()
+    if message.get("bytes") is not None:
+        return message["bytes"]
+    try:
+        value = json.loads(message.get("text") or "")
+    except ValueError:
+        raise RequestError("expected a JSON object message") from None
+    if not isinstance(value, dict):
+        raise RequestError("expected a JSON object message")
+    return value
+
+
+async def receive_start(ws: WebSocket, cfg: ServerConfig, check_model_name) -> tuple[str, bytes, int | None]:
+    start = await receive_message(ws)
+    if not isinstance(start, dict) or not isinstance(start.get("prompt_text"), str):
+        raise RequestError('the first message must be JSON {"prompt_text": "...", "tts_model_name": ...}')
+    check_text(start["prompt_text"], "prompt_text", cfg, allow_empty=True)
+    check_model_name(cfg, str(start.get("tts_model_name", "default")))
+    seed = start.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**62):
+        raise RequestError("seed must be an integer in [0, 2**62)")
+    wav = await receive_message(ws)
+    if not isinstance(wav, bytes):
+        raise RequestError("the second message must be one binary frame with the prompt wav")
+    check_prompt_wav(wav, cfg)
+    return start["prompt_text"], wav, seed
+
+
+async def read_text(ws: WebSocket, manager: HttpServerManager, handle: RequestHandle, cfg: ServerConfig) -> None:
+    """Forward {"tts_text"} pieces until {"finish": true}; then keep listening so a disconnect still cancels."""
+    num_chars, is_finished = 0, False
+    try:
+        while True:
+            message = await receive_message(ws)
+            if is_finished:
+                continue
+            if not isinstance(message, dict) or not (isinstance(message.get("tts_text"), str)
+                                                     or message.get("finish") is True):
+                raise RequestError('expected {"tts_text": "..."} or {"finish": true}')
+            text = message.get("tts_text", "")
+            if not isinstance(text, str):
+                raise RequestError("tts_text must be a string")
+            num_chars += len(text)
+            if num_chars > cfg.max_text_chars:
+                raise TextError(f"the pieces of tts_text exceed {cfg.max_text_chars} characters")
+            is_finished = message.get("finish") is True
+            if text or is_finished:
+                manager.send_text(handle, text, is_finished)
+    except (LightTTSError, ClientGone) as e:
+        handle.events.put_nowait(e)
+
+
+async def serve_bistream(ws: WebSocket, manager: HttpServerManager, cfg: ServerConfig, check_model_name) -> None:
+    await ws.accept()
+    handle, reader, error = None, None, None
+    try:
+        with ActiveRequest():
+            prompt_text, wav, seed = await receive_start(ws, cfg, check_model_name)
+            handle = manager.submit("", prompt_text, wav, stream=True, speed=1.0, seed=seed, is_bistream=True)
+            reader = asyncio.create_task(read_text(ws, manager, handle, cfg))
+            while (chunk := await manager.next_event(handle)) is not None:
+                for start in range(0, len(chunk), MAX_FRAME_BYTES):
+                    await ws.send_bytes(chunk[start:start + MAX_FRAME_BYTES])
+        await ws.close(1000)
+    except (RuntimeError, OSError) as e:  # a send or close after the client vanished
+        error = ClientGone(str(e))
+    except LightTTSError as e:
+        error = e
+        await send_error(ws, e)
+    except (ClientGone, WebSocketDisconnect) as e:
+        error = ClientGone() if isinstance(e, WebSocketDisconnect) else e
+    finally:
+        if reader is not None:
+            reader.cancel()
+        if handle is None:
+            if error is not None:
+                record_rejected(ENDPOINT, error)
+        else:
+            manager.finish(handle)
+            record_finished(ENDPOINT, handle, error)
+
+
+async def send_error(ws: WebSocket, error: LightTTSError) -> None:
+    try:
+        await ws.send_json({"error": str(error), "kind": error.kind})
+        await ws.close(close_code(error))
+    except (WebSocketDisconnect, RuntimeError):
+        pass  # the client left before hearing why

@@ -1,0 +1,209 @@
+"""Starts, supervises and stops every server process, and owns the shared memory and sockets they use.
+
+Start: shared memory and endpoints are made first, then the HTTP workers (so /readiness answers while models
+load) and the encode, LLM and decode processes, all spawned; each reports readiness (or its traceback) through
+a pipe. Run: a process that dies is marked dead in the process table, which makes the HTTP workers fail the
+requests in flight and report unready; after --shutdown_grace_s the server stops with exit code 1.
+Stop (SIGINT/SIGTERM, or that exit): SIGTERM to every child, SIGKILL to any that lingers, then shared memory,
+ipc socket files, the lock file and the metrics directory are removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import time
+from multiprocessing.connection import wait
+from pathlib import Path
+
+from light_tts.errors import ModelDirError
+from light_tts.server.config import ServerConfig
+from light_tts.server.shm import ProcessTable, RequestSlots
+from light_tts.server.topology import PortArgs
+from light_tts.server.voice_cache import VoiceCache
+
+log = logging.getLogger("light_tts.launcher")
+STARTUP_TIMEOUT_S = 1800.0  # model loading, warm-up and CUDA-graph capture on a cold GPU host
+STOP_TIMEOUT_S = 5.0
+
+
+def resolve_model_dir(cfg: ServerConfig) -> ServerConfig:
+    """With no --model_dir, write (once) and serve a tiny random-weight model: fine for trying the API, noise out."""
+    from light_tts.model_dir import check_complete
+
+    if cfg.model_dir is not None:
+        check_complete(cfg.model_dir)
+        return cfg
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lighttts" / "tiny-model"
+    try:
+        check_complete(cache)
+    except Exception:
+        from light_tts.tools.make_model import make_model
+
+        log.warning("writing a tiny random-weight model to %s", cache)
+        make_model(cache, size="tiny")
+    log.warning("=" * 78)
+    log.warning("NO --model_dir GIVEN: SERVING A TINY RANDOM-WEIGHT MODEL FROM %s", cache)
+    log.warning("ITS AUDIO IS NOISE. Pass --model_dir /path/to/CosyVoice2-0.5B for real speech.")
+    log.warning("=" * 78)
+    return cfg.replace(model_dir=str(cache))
+
+
+def check_port_free(host: str, port: int) -> None:
+    """HTTP workers share the port through SO_REUSEPORT, which would also let a second server silently share it
+    with a running one; a plain bind first fails loudly instead."""
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    with socket.socket(info[0], socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(info[4])
+        except OSError as e:
+            raise SystemExit(f"cannot serve on {host}:{port}: {e.strerror}") from None
+
+
+class SharedState:
+    """The shared-memory segments, created here once and unlinked at exit."""
+
+    def __init__(self, cfg: ServerConfig, ports: PortArgs):
+        self.ports = ports
+        Path(ports.metrics_dir).mkdir(parents=True, exist_ok=True)
+        self.slots = RequestSlots(cfg, ports.shm_prefix, ports.lock_path, create=True)
+        self.processes = ProcessTable(cfg, ports.shm_prefix, create=True)
+        self.voices = VoiceCache(cfg, ports.shm_prefix, ports.lock_path, create=True)
+
+    def cleanup(self) -> None:
+        for part in (self.slots, self.processes, self.voices):
+            part.shm.unlink()
+            part.close()
+        for path in (*self.ports.ipc_paths(), Path(self.ports.lock_path)):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self.ports.metrics_dir, ignore_errors=True)
+
+
+class ServerProcesses:
+    """Every child process by (stage, rank), with its readiness pipe."""
+
+    def __init__(self, cfg: ServerConfig, ports: PortArgs, shared: SharedState):
+        self.cfg, self.ports, self.shared = cfg, ports, shared
+        self.ctx = mp.get_context("spawn")
+        self.procs: dict[tuple[str, int], mp.Process] = {}
+        self.pipes: dict[tuple[str, int], object] = {}
+        self.stop_requested = False
+
+    def start(self, start_http: bool = True) -> None:
+        from light_tts.server.api_server import run_http_process
+        from light_tts.server.decode_worker import run_decode_process
+        from light_tts.server.encode_worker import run_encode_process
+        from light_tts.server.llm_worker import run_llm_process
+
+        if start_http:
+            for rank in range(self.cfg.httpserver_workers):
+                self._start(("http", rank), run_http_process, rank)
+        for rank in range(self.cfg.encode_process_num):
+            self._start(("encode", rank), run_encode_process, rank)
+        self._start(("llm", 0), run_llm_process)
+        for rank in range(self.cfg.decode_process_num):
+            self._start(("decode", rank), run_decode_process, rank)
+
+    def _start(self, key: tuple[str, int], target, *rank: int) -> None:
+        receiver, sender = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=target, args=(self.cfg, self.ports, *rank, sender), name=f"{key[0]}{key[1]}")
+        proc.start()
+        sender.close()
+        self.procs[key], self.pipes[key] = proc, receiver
+        self.shared.processes.set(*key, pid=proc.pid, state=ProcessTable.STARTING)
+
+    def wait_ready(self) -> bool:
+        """Block until every child reported ready; False if one failed or died first, or a stop was asked."""
+        waiting, deadline = dict(self.pipes), time.monotonic() + STARTUP_TIMEOUT_S
+        while waiting and not self.stop_requested and time.monotonic() < deadline:
+            sentinels = {self.procs[k].sentinel: k for k in waiting}
+            for ready in wait([*waiting.values(), *sentinels], timeout=0.5):
+                key = sentinels.get(ready) or next((k for k, p in waiting.items() if p is ready), None)
+                if key not in waiting:
+                    continue  # its pipe and its sentinel fired together
+                status, detail = receive_status(waiting.pop(key))
+                if status != "ready":
+                    log.error("%s%d failed to start:\n%s", *key, detail)
+                    return False
+                log.info("%s%d ready (pid %d)", *key, detail)
+        return not waiting
+
+    def watch(self) -> int:
+        """Supervise until a stop is asked (exit code 0) or a child dies (exit code 1, after the grace period)."""
+        while not self.stop_requested:
+            dead = [k for k, p in self.procs.items() if not p.is_alive()]
+            if dead:
+                self.mark_dead(dead)
+                grace_end = time.monotonic() + self.cfg.shutdown_grace_s
+                while time.monotonic() < grace_end and not self.stop_requested:
+                    time.sleep(0.1)
+                return 1
+            wait([p.sentinel for p in self.procs.values()], timeout=0.5)
+        return 0
+
+    def mark_dead(self, dead: list[tuple[str, int]]) -> None:
+        for key in dead:
+            proc = self.procs[key]
+            log.error("%s%d (pid %d) DIED with exit code %s; failing its requests and shutting the server down",
+                      *key, proc.pid, proc.exitcode)
+            self.shared.processes.set(*key, state=ProcessTable.DEAD)
+            if key[0] == "http":
+                self.shared.slots.release_all_of(proc.pid)
+
+    def shutdown(self) -> None:
+        for proc in self.procs.values():
+            if proc.is_alive():
+                proc.terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for proc in self.procs.values():
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                log.warning("%s did not stop on SIGTERM; killing it", proc.name)
+                proc.kill()
+                proc.join()
+
+
+def receive_status(pipe) -> tuple[str, object]:
+    """("ready", pid) or ("error", traceback) from a child's readiness pipe; a closed pipe means it died."""
+    try:
+        return pipe.recv()
+    except EOFError:
+        return "error", "exited during startup without a report"
+
+
+def launch(cfg: ServerConfig) -> int:
+    """Run the server until SIGINT/SIGTERM (returns 0) or a worker dies (returns 1)."""
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s launcher %(levelname)s %(message)s")
+    check_port_free(cfg.host, cfg.port)
+    try:
+        cfg = resolve_model_dir(cfg)
+    except ModelDirError as e:
+        log.error("%s", e)
+        return 1
+    ports = PortArgs.create(cfg)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = ports.metrics_dir  # inherited by every spawned child
+    shared = SharedState(cfg, ports)
+    procs = ServerProcesses(cfg, ports, shared)
+
+    def request_stop(signum, _frame):
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        procs.stop_requested = True
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        procs.start()
+        if not procs.wait_ready():
+            return 0 if procs.stop_requested else 1
+        log.info("serving %s on http://%s:%d", cfg.model_dir, cfg.host, cfg.port)
+        return procs.watch()
+    finally:
+        procs.shutdown()
+        shared.cleanup()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        log.info("stopped")

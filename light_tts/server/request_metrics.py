@@ -1,0 +1,69 @@
+"""Per-request bookkeeping shared by the HTTP and WebSocket endpoints: outcome metrics and error bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from fastapi.responses import JSONResponse
+
+from light_tts.errors import LightTTSError
+from light_tts.server import metrics
+from light_tts.server.http_manager import RequestHandle
+
+log = logging.getLogger("light_tts.http")
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request ran."""
+
+    kind = "client_gone"
+
+
+def error_kind(error: BaseException) -> str:
+    if isinstance(error, asyncio.CancelledError):
+        return "client_gone"  # Starlette cancels a streaming response when its client disconnects
+    return getattr(error, "kind", "internal")
+
+
+def error_response(error: LightTTSError) -> JSONResponse:
+    """4xx/5xx JSON body {"error", "kind"}; a 429 says when to come back."""
+    headers = {"Retry-After": "1"} if error.http_status == 429 else None
+    return JSONResponse({"error": str(error), "kind": error.kind}, status_code=error.http_status, headers=headers)
+
+
+def record_rejected(endpoint: str, error: BaseException) -> None:
+    """A request refused before it got a slot (bad input, overload)."""
+    kind = error_kind(error)
+    metrics.REQUESTS.labels(endpoint, kind).inc()
+    metrics.ERRORS.labels(kind).inc()
+
+
+def record_finished(endpoint: str, handle: RequestHandle, error: BaseException | None) -> None:
+    """Latency, first-audio time, real-time factor and audio seconds of a request that held a slot."""
+    latency = time.monotonic() - handle.arrival
+    if error is not None:
+        record_rejected(endpoint, error)
+        if error_kind(error) == "internal":
+            log.error("request %d failed: %r", handle.req_id, error)
+        return
+    metrics.REQUESTS.labels(endpoint, "ok").inc()
+    metrics.REQUEST_LATENCY.labels(endpoint).observe(latency)
+    metrics.AUDIO_SECONDS.inc(handle.audio_seconds)
+    if handle.first_audio_at is not None:
+        metrics.TIME_TO_FIRST_AUDIO.labels(endpoint).observe(handle.first_audio_at - handle.arrival)
+    if handle.audio_seconds > 0:
+        metrics.REAL_TIME_FACTOR.labels(endpoint).observe(latency / handle.audio_seconds)
+
+
+class ActiveRequest:
+    """Counts a request in lighttts_active_requests for as long as the `with` block runs."""
+
+    def __enter__(self):
+        metrics.ACTIVE_REQUESTS.inc()
+        return self
+
+    def __exit__(self, *exc):
+        metrics.ACTIVE_REQUESTS.dec()
+        return False

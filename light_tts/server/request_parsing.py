@@ -1,0 +1,146 @@
+"""Reading and validating client input in the HTTP worker, before anything reaches a slot.
+
+Multipart bodies are parsed here (not with Starlette's form parser) so that text fields stay bytes until we
+decode them strictly: invalid UTF-8 is a 400, not silently re-read as Latin-1. Sizes are capped while the
+body streams in, so an oversized upload is refused without being buffered whole.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from light_tts.errors import AudioError, RequestError, TextError
+from light_tts.server.config import ServerConfig
+
+MIN_SPEED, MAX_SPEED = 0.25, 4.0
+FORM_OVERHEAD_BYTES = 64 << 10  # headers and small fields on top of the wav and the two texts
+
+
+@dataclass
+class ZeroShotInputs:
+    tts_text: str
+    prompt_text: str
+    prompt_wav: bytes
+    stream: bool
+    speed: float
+    seed: int | None
+    tts_model_name: str
+
+
+async def read_multipart(request: Request, max_bytes: int) -> dict[str, bytes]:
+    """Field name -> raw bytes (file parts included) of a multipart/form-data body."""
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or b"boundary" not in options:
+        raise RequestError("expected a multipart/form-data body (fields tts_text, prompt_text, prompt_wav)")
+    parts: dict[str, bytes] = {}
+    current = {"header": b"", "value": b"", "disposition": b"", "data": bytearray()}
+
+    def on_header_field(data, start, end):
+        current["header"] += data[start:end]
+
+    def on_header_value(data, start, end):
+        current["value"] += data[start:end]
+
+    def on_header_end():
+        if current["header"].lower() == b"content-disposition":
+            current["disposition"] = current["value"]
+        current["header"], current["value"] = b"", b""
+
+    def on_part_data(data, start, end):
+        current["data"] += data[start:end]
+
+    def on_part_end():
+        _, disposition = parse_options_header(current["disposition"])
+        if b"name" not in disposition:
+            raise RequestError("a multipart part has no field name")
+        parts[disposition[b"name"].decode("utf-8", "replace")] = bytes(current["data"])
+        current["disposition"], current["data"] = b"", bytearray()
+
+    parser = MultipartParser(options[b"boundary"], {
+        "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
+        "on_part_data": on_part_data, "on_part_end": on_part_end})
+    num_bytes = 0
+    try:
+        async for chunk in request.stream():
+            num_bytes += len(chunk)
+            if num_bytes > max_bytes:
+                raise RequestError(f"request body exceeds {max_bytes} bytes")
+            parser.write(chunk)
+        parser.finalize()
+    except RequestError:
+        raise
+    except Exception as e:  # python-multipart raises its own errors on malformed bodies
+        raise RequestError(f"malformed multipart body: {e}") from None
+    return parts
+
+
+def decode_text(raw: bytes, name: str, cfg: ServerConfig, allow_empty: bool = False) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TextError(f"{name} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    check_text(text, name, cfg, allow_empty)
+    return text
+
+
+def check_text(text: str, name: str, cfg: ServerConfig, allow_empty: bool = False) -> None:
+    if not allow_empty and not text.strip():
+        raise TextError(f"{name} is empty")
+    if len(text) > cfg.max_text_chars:
+        raise TextError(f"{name} has {len(text)} characters; the limit is {cfg.max_text_chars}")
+    if "\x00" in text:
+        raise TextError(f"{name} contains a NUL character")
+
+
+def check_prompt_wav(wav: bytes, cfg: ServerConfig) -> None:
+    """Cheap checks here; decoding the audio (format, duration) is the encode process's job."""
+    if not wav:
+        raise AudioError("prompt_wav is empty (0 bytes)")
+    if len(wav) > cfg.max_prompt_wav_bytes:
+        raise AudioError(f"prompt_wav is {len(wav)} bytes; the limit is {cfg.max_prompt_wav_bytes}")
+
+
+def parse_bool(raw: bytes | str, name: str) -> bool:
+    text = (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise RequestError(f"{name} must be true or false, got {text!r}")
+
+
+def parse_number(raw: bytes, name: str, kind: type) -> float | int:
+    try:
+        value = kind(raw.decode("utf-8").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise RequestError(f"{name} must be a{'n integer' if kind is int else ' number'}") from None
+    if kind is float and not math.isfinite(value):
+        raise RequestError(f"{name} must be finite")
+    return value
+
+
+async def parse_zero_shot(request: Request, cfg: ServerConfig) -> ZeroShotInputs:
+    limit = cfg.max_prompt_wav_bytes + 8 * cfg.max_text_chars + FORM_OVERHEAD_BYTES
+    parts = await read_multipart(request, limit)
+    for name in ("tts_text", "prompt_text", "prompt_wav"):
+        if name not in parts:
+            raise RequestError(f"missing field {name}")
+    stream = parse_bool(parts.get("stream", b"false"), "stream")
+    speed = float(parse_number(parts["speed"], "speed", float)) if "speed" in parts else 1.0
+    if not MIN_SPEED <= speed <= MAX_SPEED:
+        raise RequestError(f"speed must be between {MIN_SPEED} and {MAX_SPEED}, got {speed:g}")
+    if stream and speed != 1.0:
+        raise RequestError("speed is only supported without streaming (stream=false)")
+    seed = int(parse_number(parts["seed"], "seed", int)) if "seed" in parts else None
+    if seed is not None and not 0 <= seed < 2**62:
+        raise RequestError("seed must be in [0, 2**62)")
+    check_prompt_wav(parts["prompt_wav"], cfg)
+    return ZeroShotInputs(
+        tts_text=decode_text(parts["tts_text"], "tts_text", cfg),
+        prompt_text=decode_text(parts["prompt_text"], "prompt_text", cfg, allow_empty=True),
+        prompt_wav=parts["prompt_wav"], stream=stream, speed=speed, seed=seed,
+        tts_model_name=decode_text(parts.get("tts_model_name", b"default"), "tts_model_name", cfg))

@@ -1,0 +1,48 @@
+"""End-to-end fixtures: a tiny random model, the real server as a subprocess (started once per session), and
+the offline pipeline whose audio the server must reproduce."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from server_harness import ServerProcess
+
+# Room for every request of these tests: prompt + text + 20 x text speech tokens (the random tiny model rarely
+# samples eos), so the server's length bound is the offline pipeline's.
+MAX_REQ_TOTAL_LEN = 1024
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from light_tts.tools.make_model import make_model
+
+    return make_model(tmp_path_factory.mktemp("model") / "tiny", size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def server(tiny_model_dir, tmp_path_factory):
+    """The shared server: 2 HTTP workers, 2 decode processes. Stopping it (Ctrl-C) is itself checked."""
+    srv = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "server.log",
+                        "--httpserver_workers", "2", "--decode_process_num", "2", "--running_max_req_size", "24",
+                        "--max_text_chars", "2000", "--request_timeout_s", "120", "--cache_capacity", "8",
+                        "--max_req_total_len", str(MAX_REQ_TOTAL_LEN))
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        code = srv.stop(signal.SIGINT, whole_group=True)
+    assert code == 0, srv.log_path.read_text()[-4000:]
+    srv.assert_clean_exit_state()
+
+
+@pytest.fixture(scope="session")
+def pipeline(tiny_model_dir):
+    import torch
+
+    from light_tts.pipeline import Pipeline
+
+    torch.set_num_threads(1)
+    return Pipeline(tiny_model_dir, device="cpu")

@@ -1,0 +1,199 @@
+"""Unit tests of the server's plumbing: config parsing, endpoints, shared-memory slots, voice cache, audio ring."""
+
+import multiprocessing as mp
+
+import numpy as np
+import pytest
+
+from light_tts.server.config import ServerConfig
+from light_tts.server.io_struct import AudioReady
+from light_tts.server.shm import AUDIO_RING_SAMPLES, ProcessTable, RequestSlots
+from light_tts.server.topology import PortArgs
+from light_tts.server.voice_cache import VoiceCache
+
+
+@pytest.fixture
+def small_cfg():
+    return ServerConfig(running_max_req_size=3, cache_capacity=2, max_text_chars=100, max_prompt_wav_bytes=1000,
+                        max_prompt_seconds=2.0, decode_process_num=2)
+
+
+@pytest.fixture
+def shared(small_cfg, tmp_path):
+    ports = PortArgs.create(small_cfg)
+    lock = str(tmp_path / "lock")
+    slots = RequestSlots(small_cfg, ports.shm_prefix, lock, create=True)
+    voices = VoiceCache(small_cfg, ports.shm_prefix, lock, create=True)
+    procs = ProcessTable(small_cfg, ports.shm_prefix, create=True)
+    yield small_cfg, ports, lock, slots, voices, procs
+    for part in (slots, voices, procs):
+        part.shm.unlink()
+        part.close()
+
+
+@pytest.mark.parametrize("text,value", [("True", True), ("true", True), ("1", True), ("False", False),
+                                        ("false", False), ("0", False)])
+def test_bool_flags_parse_what_people_type(text, value):
+    cfg = ServerConfig.from_args(["--disable_cudagraph", text, "--load_trt", "False"])
+    assert cfg.disable_cudagraph is value and cfg.load_trt is False
+
+
+def test_bare_bool_flag_means_true_and_lists_and_choices():
+    cfg = ServerConfig.from_args(["--disable_cudagraph", "--mode", "a", "b", "--data_type", "bfloat16"])
+    assert cfg.disable_cudagraph is True and cfg.mode == ("a", "b") and cfg.data_type == "bfloat16"
+    with pytest.raises(SystemExit):
+        ServerConfig.from_args(["--data_type", "int8"])
+    with pytest.raises(SystemExit):
+        ServerConfig.from_args(["--disable_cudagraph", "maybe"])
+
+
+def test_config_validates():
+    with pytest.raises(ValueError):
+        ServerConfig(decode_process_num=0)
+    with pytest.raises(ValueError):
+        ServerConfig(device="tpu")
+    with pytest.raises(ValueError):
+        ServerConfig(max_total_token_num=0)
+
+
+@pytest.mark.parametrize("mode", ["ipc:///tmp/", "tcp://"])
+def test_port_args_are_distinct(mode):
+    cfg = ServerConfig(zmq_mode=mode, encode_process_num=2, decode_process_num=3, httpserver_workers=2)
+    ports = PortArgs.create(cfg)
+    urls = [*ports.encode_urls, ports.llm_url, *ports.decode_urls, *ports.http_urls]
+    assert len(urls) == len(set(urls)) == 8 and all(u.startswith(mode) for u in urls)
+    assert len(ports.ipc_paths()) == (8 if mode.startswith("ipc") else 0)
+
+
+def test_slots_claim_release_and_backpressure(shared):
+    cfg, ports, lock, slots, _, _ = shared
+    taken = [slots.claim(100 + i) for i in range(3)]
+    assert sorted(taken) == [0, 1, 2] and slots.claim(200) is None and slots.num_in_use() == 3
+    slots.release(taken[1], 999)  # another request's id frees nothing
+    assert slots.num_in_use() == 3
+    slots.release(taken[1], 101)
+    assert slots.claim(300) == taken[1]
+
+
+def test_slot_bytes_and_prompt_round_trip(shared):
+    cfg, _, _, slots, _, _ = shared
+    slots.write_bytes(0, "text", "héllo".encode())
+    assert slots.read_bytes(0, "text").decode() == "héllo"
+    with pytest.raises(ValueError):
+        slots.write_bytes(0, "wav", b"x" * 1001)
+    rng = np.random.default_rng(0)
+    prompt = (np.arange(5, dtype=np.int32), np.arange(7, dtype=np.int32), rng.standard_normal(192).astype(np.float32),
+              rng.standard_normal((14, 80)).astype(np.float32))
+    slots.write_prompt(1, *prompt)
+    for got, want in zip(slots.read_prompt(1), prompt):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError):
+        slots.write_prompt(1, prompt[0], prompt[1], prompt[2], prompt[3][:13])
+
+
+def _claim_many(cfg, prefix, lock, base, out):
+    slots = RequestSlots(cfg, prefix, lock)
+    out.put([slots.claim(base + i) for i in range(3)])
+    slots.close()
+
+
+def test_slot_claims_are_exclusive_across_processes(shared):
+    cfg, ports, lock, slots, _, _ = shared
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_claim_many, args=(cfg, ports.shm_prefix, lock, 1000 * (k + 1), out)) for k in range(2)]
+    for p in procs:
+        p.start()
+    claimed = [s for _ in procs for s in out.get(timeout=30) if s is not None]
+    for p in procs:
+        p.join()
+    assert sorted(claimed) == [0, 1, 2]  # 6 attempts, 3 slots, no slot twice
+
+
+def test_voice_cache_lru(shared):
+    _, _, _, _, voices, _ = shared
+    def voice(n):
+        return np.full(n, n, np.int32), np.full(192, n, np.float32), np.full((2 * n, 80), n, np.float32)
+    assert voices.get("a") is None
+    voices.put("a", *voice(3))
+    voices.put("b", *voice(4))
+    assert voices.get("a")[0].tolist() == [3, 3, 3]  # a is now the most recent
+    voices.put("c", *voice(5))  # evicts b, the least recently used
+    assert voices.get("b") is None and voices.get("c")[2].shape == (10, 80) and voices.num_entries() == 2
+    with pytest.raises(ValueError):
+        voices.put("d", voice(3)[0], voice(3)[1], voice(4)[2])
+
+
+def test_process_table_readiness(shared):
+    _, _, _, _, _, procs = shared
+    assert not procs.all_backends_ready()
+    for stage, rank in procs.backend_states():
+        procs.set(stage, rank, state=ProcessTable.READY)
+    assert procs.all_backends_ready() and procs.dead_backends() == []
+    procs.set("decode", 1, state=ProcessTable.DEAD)
+    assert procs.dead_backends() == [("decode", 1)] and not procs.all_backends_ready()
+
+
+def test_audio_ring_wraps_and_falls_back_inline(shared):
+    """Decode writes through the ring (wrapping at its end), HTTP reads back exactly what was written."""
+    from light_tts.server.decode_worker import DecodeRequestState, DecodeWorker
+    from light_tts.server.http_manager import HttpServerManager
+    from light_tts.server.io_struct import RequestParams
+
+    cfg, _, _, slots, _, _ = shared
+    sent = []
+    writer = object.__new__(DecodeWorker)
+    writer.slots = slots
+    writer.http = type("Http", (), {"send": lambda self, rank, msg: sent.append(msg)})()
+    reader = object.__new__(HttpServerManager)
+    reader.slots = slots
+    state = DecodeRequestState(RequestParams(7, 2, 0, True, 1.0, 0), prompt=None)
+    slots.a["audio_read"][2] = 0
+    state.num_written = AUDIO_RING_SAMPLES - 100  # as if that much had been written and read already
+    slots.a["audio_read"][2] = state.num_written
+    chunks = [np.arange(300, dtype=np.int16), np.arange(50, dtype=np.int16) * -1]
+    for chunk in chunks:
+        writer.send_audio(state, chunk, is_last=False)
+    got = [reader._read_ring(2, msg) for msg in sent]
+    assert [np.frombuffer(g, np.int16).tolist() for g in got] == [c.tolist() for c in chunks]
+    big = np.ones(AUDIO_RING_SAMPLES, dtype=np.int16)
+    writer.send_audio(state, big[:10], is_last=False)  # unread + 10 fits
+    writer.send_audio(state, big, is_last=True)  # would overwrite unread audio: goes inline
+    assert sent[-2].pcm is None and isinstance(sent[-1], AudioReady) and sent[-1].pcm == big.tobytes()
+
+
+def test_form_parsing_is_strict():
+    """Multipart fields are decoded as strict UTF-8 and validated before anything reaches a slot."""
+    from fastapi import FastAPI, Request
+    from fastapi.testclient import TestClient
+
+    from light_tts.errors import LightTTSError
+    from light_tts.server.request_parsing import parse_zero_shot
+
+    cfg = ServerConfig(max_text_chars=20, max_prompt_wav_bytes=100)
+    app = FastAPI()
+
+    @app.post("/p")
+    async def parse(request: Request):
+        try:
+            inputs = await parse_zero_shot(request, cfg)
+        except LightTTSError as e:
+            return {"kind": e.kind}
+        return {"text": inputs.tts_text, "stream": inputs.stream, "speed": inputs.speed, "seed": inputs.seed}
+
+    client = TestClient(app)
+
+    def post(files):
+        return client.post("/p", files={k: (None, v) if k != "prompt_wav" else ("p.wav", v) for k, v in files.items()})
+
+    good = {"tts_text": "héllo".encode(), "prompt_text": b"p", "prompt_wav": b"RIFF", "stream": b"True",
+            "seed": b"7"}
+    assert post(good).json() == {"text": "héllo", "stream": True, "speed": 1.0, "seed": 7}
+    assert post({**good, "tts_text": b"\xff\xfe"}).json()["kind"] == "bad_text"
+    assert post({**good, "tts_text": b"x" * 21}).json()["kind"] == "bad_text"
+    assert post({**good, "prompt_wav": b"x" * 101}).json()["kind"] == "bad_audio"
+    assert post({**good, "prompt_wav": b""}).json()["kind"] == "bad_audio"
+    assert post({**good, "speed": b"-1", "stream": b"false"}).json()["kind"] == "bad_request"
+    assert post({**good, "speed": b"nan", "stream": b"false"}).json()["kind"] == "bad_request"
+    assert post({**good, "speed": b"1.5"}).json()["kind"] == "bad_request"  # stream with speed != 1
+    assert post({k: v for k, v in good.items() if k != "prompt_text"}).json()["kind"] == "bad_request"

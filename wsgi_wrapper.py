@@ -1,0 +1,74 @@
+"""Serve LightTTS with gunicorn and uvicorn workers (gunicorn owns the port and the HTTP worker processes).
+
+    LIGHTTTS_ARGS="--model_dir /path/to/CosyVoice2-0.5B --decode_process_num 2" \
+        gunicorn -c wsgi_wrapper.py -w 4 -b 0.0.0.0:8080 wsgi_wrapper:app
+
+LIGHTTTS_ARGS takes the flags of `python -m light_tts.server.api_server` (host, port and httpserver_workers come
+from gunicorn's -b and -w instead). This file is both gunicorn's config (the hooks below run in the gunicorn
+master: start the encode, LLM and decode processes, supervise them, stop them) and the app module (`app`, built in
+each gunicorn worker after the fork, from the config and topology the master made).
+"""
+
+import base64
+import os
+import pickle
+import shlex
+import signal
+import threading
+
+worker_class = "uvicorn.workers.UvicornWorker"
+graceful_timeout = 5
+BACKEND_ENV = "LIGHTTTS_BACKEND"  # the master's (ServerConfig, PortArgs), pickled for its forked workers
+_master: dict = {}
+
+
+def on_starting(server):
+    from light_tts.server.config import ServerConfig
+    from light_tts.server.launcher import ServerProcesses, SharedState, resolve_model_dir
+    from light_tts.server.topology import PortArgs
+
+    cfg = ServerConfig.from_args(shlex.split(os.environ.get("LIGHTTTS_ARGS", "")))
+    cfg = resolve_model_dir(cfg.replace(httpserver_workers=server.cfg.workers))
+    ports = PortArgs.create(cfg)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = ports.metrics_dir
+    os.environ[BACKEND_ENV] = base64.b64encode(pickle.dumps((cfg, ports))).decode()
+    shared = SharedState(cfg, ports)
+    procs = ServerProcesses(cfg, ports, shared)
+    procs.start(start_http=False)  # gunicorn serves HTTP; /readiness reports 503 until the models are loaded
+    _master.update(shared=shared, procs=procs, exit_code=0)
+    threading.Thread(target=_supervise, args=(procs,), daemon=True).start()
+
+
+def _supervise(procs):
+    """Like the launcher: a backend that fails to start or dies stops the whole server with exit code 1."""
+    code = procs.watch() if procs.wait_ready() else 1
+    if code and not procs.stop_requested:
+        _master["exit_code"] = code
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def on_exit(server):
+    procs, shared = _master["procs"], _master["shared"]
+    procs.stop_requested = True
+    procs.shutdown()
+    shared.cleanup()
+    if _master["exit_code"]:
+        os._exit(_master["exit_code"])
+
+
+def __getattr__(name):
+    """`wsgi_wrapper:app`: each gunicorn worker builds the app on first access, taking a free HTTP rank."""
+    if name != "app":
+        raise AttributeError(name)
+    from light_tts.server.api_server import create_app
+    from light_tts.server.shm import FileLock, ProcessTable, RequestSlots
+
+    cfg, ports = pickle.loads(base64.b64decode(os.environ[BACKEND_ENV]))
+    table = ProcessTable(cfg, ports.shm_prefix)
+    rank, previous = table.claim_row("http", os.getpid(), FileLock(ports.lock_path))
+    if previous:  # a restarted worker: free what the dead one held
+        slots = RequestSlots(cfg, ports.shm_prefix, ports.lock_path)
+        slots.release_all_of(previous)
+        slots.close()
+    app = globals()["app"] = create_app(cfg, ports, rank)
+    return app
