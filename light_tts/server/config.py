@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 DATA_TYPES = ("float16", "bfloat16", "float32")
 ZMQ_MODES = ("ipc:///tmp/", "tcp://")
+HOP_POLICIES = ("fixed", "growing")
 
 
 def str2bool(value: str | bool) -> bool:
@@ -42,6 +43,10 @@ class ServerConfig:
     decode_paral_num: int = _opt(1, "accepted for compatibility; decode concurrency is --decode_max_batch_size")
     decode_max_batch_size: int = _opt(8, "requests a decode process batches through token2wav at once")
     load_trt: bool = _opt(False, "run the flow estimator with TensorRT (GPU decode processes only)")
+    hop_policy: str = _opt("growing", "streamed chunk sizes after the first: fixed (25 tokens, lowest latency) or "
+                                      "growing (25 -> 50 -> 100, fewer chunks)", choices=HOP_POLICIES)
+    decode_data_type: str = _opt("float16", "flow dtype in GPU decode processes (HiFT and CPU runs use float32)",
+                                 choices=DATA_TYPES)
     # LLM engine
     max_total_token_num: int | None = _opt(None, "KV-cache capacity of the LLM in tokens (default: sized from "
                                                  "free GPU memory)")
@@ -82,6 +87,8 @@ class ServerConfig:
             raise ValueError(f"--port must be in 1..65535, got {self.port}")
         if self.data_type not in DATA_TYPES:
             raise ValueError(f"--data_type must be one of {DATA_TYPES}")
+        if self.hop_policy not in HOP_POLICIES or self.decode_data_type not in DATA_TYPES:
+            raise ValueError(f"--hop_policy must be one of {HOP_POLICIES}, --decode_data_type one of {DATA_TYPES}")
         if self.zmq_mode not in ZMQ_MODES:
             raise ValueError(f"--zmq_mode must be one of {ZMQ_MODES}")
         if self.request_timeout_s <= 0 or self.max_prompt_seconds <= 0 or self.shutdown_grace_s < 0:

@@ -61,13 +61,18 @@ class DecodeWorker:
         self.aborted = AbortedRequests()
 
     def init_engine(self) -> None:
+        import torch
+
         from light_tts.decode.engine import DecodeEngine, to_int16
         from light_tts.model_dir import load_model_config
+        from light_tts.token2wav import HopPolicy
 
         self.to_int16 = to_int16
-        self.engine = DecodeEngine(load_model_config(self.cfg.model_dir), resolve_device(self.cfg),
-                                   self.cfg.decode_max_batch_size, use_cuda_graph=not self.cfg.disable_cudagraph,
-                                   load_trt=self.cfg.load_trt)
+        device = resolve_device(self.cfg, "decode", self.rank)
+        dtype = torch.float32 if device == "cpu" else getattr(torch, self.cfg.decode_data_type)
+        self.engine = DecodeEngine(load_model_config(self.cfg.model_dir), device, self.cfg.decode_max_batch_size,
+                                   hop_policy=HopPolicy(self.cfg.hop_policy), dtype=dtype,
+                                   use_cuda_graph=not self.cfg.disable_cudagraph, load_trt=self.cfg.load_trt)
 
     def loop(self) -> None:
         while not parent_is_gone(self.launcher_pid):

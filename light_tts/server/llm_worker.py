@@ -66,7 +66,7 @@ class LLMWorker:
         from light_tts.llm.engine import EngineConfig, LLMEngine
         from light_tts.model_dir import load_model_config
 
-        device = resolve_device(self.cfg)
+        device = resolve_device(self.cfg, "llm")
         c = self.cfg
         engine_cfg = EngineConfig(
             max_total_token_num=c.max_total_token_num, batch_max_tokens=c.batch_max_tokens or c.max_req_total_len,

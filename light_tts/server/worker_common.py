@@ -26,13 +26,25 @@ def setup_process(cfg: ServerConfig, name: str) -> logging.Logger:
     return logging.getLogger(f"light_tts.{name}")
 
 
-def resolve_device(cfg: ServerConfig) -> str:
+def place(stage: str, rank: int, num_gpus: int) -> str:
+    """GPU of a process: with several GPUs the LLM has cuda:0 to itself and decode processes spread round-robin
+    over the others; with one, everything shares it. The encode stage runs on the CPU (onnxruntime picks CUDA
+    itself when it can)."""
+    if num_gpus == 0 or stage == "encode":
+        return "cpu"
+    if stage == "llm" or num_gpus == 1:
+        return "cuda:0"
+    return f"cuda:{1 + rank % (num_gpus - 1)}"
+
+
+def resolve_device(cfg: ServerConfig, stage: str = "encode", rank: int = 0) -> str:
+    """Sets the torch thread count and returns the device this process computes on (--device overrides)."""
     import torch
 
     torch.set_num_threads(cfg.cpu_threads)
     if cfg.device != "auto":
         return cfg.device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return place(stage, rank, torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
 
 class Inbox:
