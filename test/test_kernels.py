@@ -123,6 +123,38 @@ def test_apply_rotary(dtype, heads):
     assert torch.equal(qkv[:, (num_q_heads + num_kv_heads) * head_dim:], v_before)  # v untouched
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads", HEAD_SHAPES)
+def test_apply_rotary_with_kv_store(dtype, heads):
+    """The fused launch: the qkv bias added to q, k, v, q and k rotated in place, rotated k and v written at their
+    slots."""
+    num_q_heads, num_kv_heads, head_dim = heads
+    num_tokens, num_slots = (64, 200) if IS_CUDA else (9, 30)
+    qkv = randn(num_tokens, (num_q_heads + 2 * num_kv_heads) * head_dim, dtype=dtype)
+    q, k, v = qkv.split([num_q_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1)
+    q, k, v = (x.view(num_tokens, -1, head_dim) for x in (q, k, v))
+    cache = ops.build_cos_sin_cache(2048, head_dim, 1e6, DEVICE)
+    positions = torch.randint(1, 2048, (num_tokens,), device=DEVICE)
+    slots = torch.randperm(num_slots, device=DEVICE)[:num_tokens]
+    slots[2] = -1  # padding token: not stored
+    k_cache = torch.full((num_slots, num_kv_heads, head_dim), float("nan"), dtype=dtype, device=DEVICE)
+    v_cache = k_cache.clone()
+    qkv_ref, k_cache_ref, v_cache_ref = qkv.clone(), k_cache.clone(), v_cache.clone()
+    q_ref, k_ref, v_ref = (x.view(num_tokens, -1, head_dim) for x in qkv_ref.split(
+        [num_q_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1))
+    bias = randn(qkv.shape[1], dtype=dtype)
+    v_expected = (v.float() + bias[-v[0].numel():].view(v.shape[1:]).float()).to(dtype)
+    ops.apply_rotary(q, k, positions, cache, v, k_cache, v_cache, slots, bias, use_triton=True)
+    ops.apply_rotary(q_ref, k_ref, positions, cache, v_ref, k_cache_ref, v_cache_ref, slots, bias, use_triton=False)
+    torch.testing.assert_close(qkv, qkv_ref, **tolerance(dtype))
+    torch.testing.assert_close(v, v_expected, **tolerance(dtype))
+    torch.testing.assert_close(k_cache, k_cache_ref, equal_nan=True, **tolerance(dtype))
+    torch.testing.assert_close(v_cache, v_cache_ref, equal_nan=True, **tolerance(dtype))
+    stored = slots[slots >= 0]
+    assert torch.equal(k_cache[stored], k[slots >= 0]) and k_cache.isnan().sum() == (num_slots - num_tokens + 1) * \
+        num_kv_heads * head_dim
+
+
 def test_rotary_ref_matches_hf_float64():
     head_dim, theta = 16, 1e6
     q, k = torch.randn(6, 4, head_dim), torch.randn(6, 2, head_dim)
@@ -287,3 +319,28 @@ def test_decode_ref_matches_float64_sdpa_and_prefill():
         prefill = ops.prefill_attention(q[i:i + 1], k_cache, v_cache, req_to_token, as_i32([req]), as_i32([0]),
                                         as_i32([seq_len]), as_i32([seq_len - 1]), scale, use_triton=False)
         torch.testing.assert_close(prefill[0], out[i], atol=1e-5, rtol=1e-5)
+
+
+def test_ras_first_attempt_matches_reference(poisoned_empty):
+    """Fused sampling vs the torch reference on the same uniforms: nucleus draws, repetition fallbacks (the
+    likeliest ids were just decoded), greedy rows with and without specials forbidden."""
+    from light_tts.llm.sampler import pack_sampling
+
+    batch, vocab, eos = (256, 6564, 6561) if IS_CUDA else (24, 300, 297)
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(batch, vocab, generator=gen) * 3
+    logits[:8, eos:] = logits[:8].max(dim=1, keepdim=True).values + torch.tensor([1.0, 0.9, 0.8])  # specials win
+    windows = [torch.randint(0, vocab, (10,), generator=gen).tolist() for _ in range(batch)]
+    for i in range(batch // 3, 2 * batch // 3):
+        windows[i][:5] = logits[i].topk(5).indices.tolist()
+    is_greedy = [i % 4 == 0 for i in range(batch)]
+    is_rejecting = [i % 3 != 0 for i in range(batch)]
+    packed, _, _ = pack_sampling(list(range(batch)), [7] * batch, is_rejecting, is_greedy, windows)
+    scores = logits.log_softmax(dim=-1)
+    args = (25, 0.8, 10 * 0.1, eos)
+    ids, banned = ops.ras_first_attempt(scores.to(DEVICE), packed.to(DEVICE), *args, use_triton=True)
+    ids_ref, banned_ref = ops.ras_first_attempt(scores, packed, *args, use_triton=False)
+    assert ids.tolist() == ids_ref.tolist() and banned.tolist() == banned_ref.tolist()
+    fallbacks = [i for i, b in enumerate(banned_ref.tolist()) if b >= 0]
+    assert len(fallbacks) > batch // 6
+    assert ids_ref[0] == eos and 0 <= ids_ref[4] < eos  # greedy rows 0 (specials allowed) and 4 (forbidden)

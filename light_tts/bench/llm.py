@@ -6,7 +6,8 @@ python -m light_tts.bench.llm --out llm.json [--model_dir DIR] [--dtype bfloat16
 Measures: decode step latency (engine.step(): forward, sampling, scheduling) at several batch sizes with and
 without CUDA graphs at ~300 tokens of context; prefill latency of one request; tokens/s with 64 concurrent
 requests; the same tokens/s of a plain eager loop, one request at a time with a per-request growing KV cache
-(light_tts.models.speech_lm, the upstream way); and a log-prob check of the engine against the float32 reference.
+(light_tts.models.speech_lm, the upstream way; sampling on the device as upstream, and on the host); and a
+log-prob check of the engine against the float32 reference.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from light_tts.llm.engine import EngineConfig, LLMEngine
 from light_tts.llm.request import LLMRequest
+from light_tts.llm.sampler import Sampler, SamplingInputs, pack_sampling
 from light_tts.model_config import ModelConfig
 from light_tts.model_dir import load_model_config
 from light_tts.models.speech_lm import SpeechLM
@@ -80,16 +82,33 @@ def bench_decode(engine: LLMEngine, batch: int, context: int, gen: torch.Generat
         result[name] = statistics.median(timed_steps(engine, 20))
     engine.runner.graphs = graphs
     if graphs is not None:  # the GPU time of the step alone: replaying its graph with the last inputs
-        graph = graphs.graphs[next(b for b in graphs.buckets if b >= batch)][0]
         sync()
         start = time.perf_counter()
         for _ in range(20):
-            graph.replay()
+            graphs.replay(batch)
         sync()
         result["replay_ms"] = (time.perf_counter() - start) * 1e3 / 20
     for req in reqs:
         engine.abort(req.req_id)
     return result
+
+
+def profile_decode(engine: LLMEngine, context: int, gen: torch.Generator, num_steps: int = 10) -> dict:
+    """Kernels of a batch-1 decode step with graphs (torch.profiler): launches per step and the costliest kinds."""
+    req = make_request("prof", context, 10_000, gen)
+    engine.add_request(req)
+    for _ in range(3):
+        engine.step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(num_steps):
+            engine.step()
+        sync()
+    engine.abort(req.req_id)
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels.sort(key=lambda e: -e.device_time_total)
+    return {"kernels_per_step": sum(e.count for e in kernels) / num_steps,
+            "top": [{"name": e.key[:90], "per_step": e.count / num_steps,
+                     "us_per_step": e.device_time_total / num_steps} for e in kernels[:25]]}
 
 
 def bench_prefill(engine: LLMEngine, prompt_len: int, gen: torch.Generator) -> dict:
@@ -115,22 +134,33 @@ def bench_throughput(engine: LLMEngine, num_reqs: int, prompt_len: int, gen_len:
 
 
 @torch.inference_mode()
-def bench_eager_baseline(lm: SpeechLM, prompt_len: int, gen_len: int, gen: torch.Generator) -> dict:
-    """One request at a time, as upstream: eager forward, KV grown by concat, sampling on the host each step."""
+def bench_eager_baseline(lm: SpeechLM, prompt_len: int, gen_len: int, gen: torch.Generator,
+                         device_sampling: bool) -> dict:
+    """One request at a time, as upstream: eager forward, KV grown by concat. Sampling each step either on the
+    device (as upstream samples, here the engine's batched sampler on a batch of one) or on the host (RASSampler,
+    which copies the log-probs to the CPU and loops in Python)."""
     req = make_request("eager", prompt_len, gen_len + 5, gen)
     prompt = [torch.tensor(x, device=DEVICE) for x in (req.text_token_ids, req.prompt_text_token_ids,
                                                        req.prompt_speech_token_ids)]
-    sampler = RASSampler(lm.cfg.sampling, req.seed)
+    eos, win = lm.cfg.eos_token, lm.cfg.sampling.win_size
+    host_sampler, device_sampler = RASSampler(lm.cfg.sampling, req.seed), Sampler(lm.cfg.sampling, eos)
     cache, embeds, tokens = lm.new_cache(), lm.build_prefill_embeds(*prompt), []
     for step in range(gen_len + 5):
         if step == 5:  # the first steps warm up
             sync()
             start = time.perf_counter()
         logprobs = lm.forward_step(embeds, cache)
-        tokens.append(sampler.sample(logprobs, tokens, lm.cfg.eos_token))  # eos banned: a fixed length
+        if device_sampling:  # eos banned: a fixed length
+            window = ([-1] * win + tokens)[-win:]
+            packed, seeds, steps = pack_sampling([req.seed], [len(tokens)], [True], [False], [window])
+            inputs = SamplingInputs(packed.to(DEVICE), seeds, steps, [True], [False])
+            tokens += device_sampler(logprobs[None].float(), inputs)
+        else:
+            tokens.append(host_sampler.sample(logprobs, tokens, eos))
         embeds = lm.embed_speech(torch.tensor(tokens[-1:], device=DEVICE))
     seconds = time.perf_counter() - start
-    return {"tokens": gen_len, "seconds": seconds, "tokens_per_s": gen_len / seconds}
+    return {"tokens": gen_len, "seconds": seconds, "tokens_per_s": gen_len / seconds,
+            "sampling": "device" if device_sampling else "host"}
 
 
 @torch.inference_mode()
@@ -177,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", default="1,8,32,64,128,256")
     parser.add_argument("--context", type=int, default=300)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--profile", action="store_true", help="also list the kernels of a batch-1 decode step (CUDA)")
     args = parser.parse_args(argv)
     global DEVICE, NUM_TEXT_IDS
     DEVICE = args.device
@@ -197,8 +228,13 @@ def main(argv: list[str] | None = None) -> None:
     ref.eval().requires_grad_(False)
     results["logprob_check"] = [logprob_check(engine, ref, b, n, gen) for b, n in ((1, 1), (64, 4))]
     baseline_lm = ref.to(getattr(torch, args.dtype))
-    results["eager_baseline"] = bench_eager_baseline(baseline_lm, args.context, 100, gen)
+    bench_eager_baseline(baseline_lm, args.context, 100, gen, device_sampling=True)  # warm-up: allocator, kernels
+    results["eager_baseline"] = bench_eager_baseline(baseline_lm, args.context, 100, gen, device_sampling=True)
+    results["eager_baseline_host_sampling"] = bench_eager_baseline(baseline_lm, args.context, 100, gen,
+                                                                   device_sampling=False)
     results["speedup_vs_eager"] = results["throughput"]["tokens_per_s"] / results["eager_baseline"]["tokens_per_s"]
+    if args.profile and DEVICE == "cuda":  # last: the profiler slows what runs after it
+        results["profile"] = profile_decode(engine, args.context, gen)
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
@@ -209,11 +245,15 @@ def print_table(r: dict) -> None:
     print(f"{'decode batch':>12} {'graph ms':>9} {'eager ms':>9} {'replay ms':>10}")
     for d in r["decode"]:
         print(f"{d['batch']:>12} {d['graph_ms']:>9.3f} {d['eager_ms']:>9.3f} {d.get('replay_ms', float('nan')):>10.3f}")
+    if "profile" in r:
+        print(f"batch-1 decode step: {r['profile']['kernels_per_step']:.0f} kernels")
+        for k in r["profile"]["top"]:
+            print(f"  {k['per_step']:5.1f} x {k['us_per_step']:8.1f} us  {k['name']}")
     for p in r["prefill"]:
         print(f"prefill {p['prompt_len']:>5} tokens: {p['ms']:.2f} ms")
-    t, e = r["throughput"], r["eager_baseline"]
+    t, e, h = r["throughput"], r["eager_baseline"], r["eager_baseline_host_sampling"]
     print(f"engine, 64 concurrent: {t['tokens_per_s']:.0f} tokens/s; eager one-at-a-time: {e['tokens_per_s']:.1f} "
-          f"tokens/s; speedup {r['speedup_vs_eager']:.1f}x")
+          f"tokens/s (host sampling: {h['tokens_per_s']:.1f}); speedup {r['speedup_vs_eager']:.1f}x")
     for c in r["logprob_check"]:
         print(f"logprob check batch {c['batch']} ({c['checked']} checked, {c['steps']} steps): max |d| "
               f"{c['max_abs']:.4f}, max rel L2 {c['max_rel_l2']:.2e}: {'PASS' if c['pass'] else 'FAIL'}")

@@ -11,11 +11,12 @@ from light_tts.kernels.activation import silu_and_mul_ref, silu_and_mul_triton
 from light_tts.kernels.decode_attention import decode_attention_ref, decode_attention_triton
 from light_tts.kernels.kv_store import store_kv_ref, store_kv_triton
 from light_tts.kernels.prefill_attention import prefill_attention_ref, prefill_attention_triton
+from light_tts.kernels.ras_sampling import ras_first_attempt_ref, ras_first_attempt_triton
 from light_tts.kernels.rmsnorm import rms_norm_ref, rms_norm_triton
 from light_tts.kernels.rotary import apply_rotary_ref, apply_rotary_triton, build_cos_sin_cache
 
 __all__ = ["rms_norm", "apply_rotary", "build_cos_sin_cache", "silu_and_mul", "store_kv",
-           "prefill_attention", "decode_attention"]
+           "prefill_attention", "decode_attention", "ras_first_attempt"]
 
 
 def _is_triton(x: torch.Tensor, use_triton: bool | None) -> bool:
@@ -34,10 +35,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
 
 
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
-                 use_triton: bool | None = None) -> None:
-    """Rotates q [T, Hq, D] and k [T, Hkv, D] in place at positions [T]."""
+                 v: torch.Tensor | None = None, k_cache: torch.Tensor | None = None,
+                 v_cache: torch.Tensor | None = None, slot_mapping: torch.Tensor | None = None,
+                 bias: torch.Tensor | None = None, use_triton: bool | None = None) -> None:
+    """Rotates q [T, Hq, D] and k [T, Hkv, D] in place at positions [T]. In the same launch: with bias
+    [(Hq + 2 Hkv) * D] (the qkv projection's), first adds it to q, k and v [T, Hkv, D] in place; with the caches
+    given, writes the rotated k and v to cache slots slot_mapping [T] (slot -1: not stored)."""
     impl = apply_rotary_triton if _is_triton(q, use_triton) else apply_rotary_ref
-    impl(q, k, positions, cos_sin_cache)
+    impl(q, k, positions, cos_sin_cache, v, k_cache, v_cache, slot_mapping, bias)
 
 
 def silu_and_mul(x: torch.Tensor, use_triton: bool | None = None) -> torch.Tensor:
@@ -69,3 +74,11 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     """One query q [B, Hq, D] per request over its b_seq_len cached tokens -> [B, Hq, D]; empty rows give zeros."""
     impl = decode_attention_triton if _is_triton(q, use_triton) else decode_attention_ref
     return impl(q, k_cache, v_cache, req_to_token, b_req_idx, b_seq_len, sm_scale, max_seq_len)
+
+
+def ras_first_attempt(scores: torch.Tensor, packed: torch.Tensor, top_k: int, top_p: float, min_repeats: float,
+                      reject_from: int, use_triton: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """First sampling attempt of [B, V] float32 log-probs with SamplingInputs.packed [B, 4 + win] -> (ids [B],
+    id banned by the repetition fallback or -1 [B]), both int64; greedy rows take the (allowed) argmax."""
+    impl = ras_first_attempt_triton if _is_triton(scores, use_triton) else ras_first_attempt_ref
+    return impl(scores, packed, top_k, top_p, min_repeats, reject_from)

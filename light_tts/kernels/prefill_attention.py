@@ -1,7 +1,8 @@
 """Causal prefill attention of packed variable-length new tokens over their request's cached prefix + themselves.
 
 K/V of every position (prefix and new tokens) are read from the token-level cache through req_to_token,
-so the new tokens' K/V must have been written by store_kv first. GQA: q head h reads kv head h // (Hq // Hkv).
+so the new tokens' K/V must have been stored first (by apply_rotary or store_kv). GQA: q head h reads kv head
+h // (Hq // Hkv).
 """
 import torch
 import triton

@@ -1,6 +1,9 @@
-"""CUDA graphs of the decode step (forward and the first sampling attempt), one per batch bucket, sharing one
-memory pool and one pair of input buffers.
+"""CUDA graphs of the decode step, one pair per batch bucket (the forward, then the first sampling attempt), sharing
+one memory pool and pinned host / device input buffers.
 
+The step is split in two graphs so the host builds the sampling inputs while the forward graph runs: run the
+forward (meta copied from a pinned buffer, one copy), then pack the sampling inputs, copy them and run the
+sampling graph, which the stream orders after the forward.
 Buckets are 1, 2, 4, 8, ... up to graph_max_batch_size (which is a bucket too), captured largest first so the
 smaller graphs reuse the pool. A batch is padded up to its bucket with columns that point at the sentinel
 req_to_token row 0 with seq_len 0 and slot -1: attention reads nothing for them and the KV store drops them.
@@ -9,10 +12,14 @@ Batches above the largest bucket run eagerly.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from light_tts.llm.model import PAD_COLUMN, EngineSpeechLM, ForwardInputs, KVCache
 from light_tts.llm.sampler import Sampler
+
+PAD = np.array(PAD_COLUMN, dtype=np.int64)[:, None]  # [6, 1]
+
 
 def graph_buckets(max_batch_size: int) -> list[int]:
     buckets, bs = [], 1
@@ -22,12 +29,6 @@ def graph_buckets(max_batch_size: int) -> list[int]:
     return buckets + [max_batch_size]
 
 
-def pad_meta(meta: torch.Tensor, size: int) -> torch.Tensor:
-    """[6, B] decode metadata -> [6, size] with padding columns appended."""
-    pad = torch.tensor(PAD_COLUMN, dtype=meta.dtype).unsqueeze(1).expand(len(PAD_COLUMN), size - meta.shape[1])
-    return torch.cat([meta, pad], dim=1)
-
-
 class DecodeGraphs:
     def __init__(self, model: EngineSpeechLM, sampler: Sampler, kv: KVCache, cos_sin: torch.Tensor,
                  max_batch_size: int):
@@ -35,36 +36,64 @@ class DecodeGraphs:
         self.buckets = graph_buckets(max_batch_size)
         self.max_batch_size = max_batch_size
         # static inputs every graph reads a prefix of; the metadata starts as padding, so warm-up and capture
-        # touch no KV; sampling rows of padding are never read back
-        self.meta = pad_meta(torch.zeros(len(PAD_COLUMN), 0, dtype=torch.int64), max_batch_size).to(device)
-        self.sampling = torch.zeros(max_batch_size, 4 + sampler.cfg.win_size, dtype=torch.int64, device=device)
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...]]] = {}
+        # touch no KV; sampling rows of padding are never read back. Host twins are pinned: the copies are async
+        # and each step's sync (the host copy of its ids) comes before the next step rewrites them.
+        self.host_meta = torch.from_numpy(np.repeat(PAD, max_batch_size, axis=1)).pin_memory()  # [6, max_bs]
+        self.host_meta_np = self.host_meta.numpy()
+        self.meta = self.host_meta.to(device)
+        num_sampling_cols = 4 + sampler.cfg.win_size
+        self.host_sampling = torch.zeros(max_batch_size, num_sampling_cols, dtype=torch.int64).pin_memory()
+        self.sampling = torch.zeros(max_batch_size, num_sampling_cols, dtype=torch.int64, device=device)
+        self.forward_graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.sample_graphs: dict[int, tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...]]] = {}
 
-        def step(bs: int):
-            logits = model(ForwardInputs.decode(self.meta[:, :bs]), kv, cos_sin)
-            return (logits, *sampler.first_attempt(logits, self.sampling[:bs]))
+        def forward(bs: int) -> torch.Tensor:
+            return model(ForwardInputs.decode(self.meta[:, :bs]), kv, cos_sin)
 
         pool = None
         for bs in reversed(self.buckets):
-            step(bs)  # compiles the Triton kernels for this shape outside the capture
+            sampler.first_attempt(forward(bs), self.sampling[:bs])  # compiles the Triton kernels outside capture
             torch.cuda.synchronize(device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                outputs = step(bs)
-            pool = graph.pool() if pool is None else pool
-            self.graphs[bs] = (graph, outputs)
+            forward_graph, sample_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+            with torch.cuda.graph(forward_graph, pool=pool):
+                logits = forward(bs)
+            pool = forward_graph.pool() if pool is None else pool
+            with torch.cuda.graph(sample_graph, pool=pool):
+                outputs = sampler.first_attempt(logits, self.sampling[:bs])
+            self.forward_graphs[bs] = (forward_graph, logits)
+            self.sample_graphs[bs] = (sample_graph, outputs)
         torch.cuda.synchronize(device)
 
     def can_run(self, batch_size: int) -> bool:
         return batch_size <= self.max_batch_size
 
-    def run(self, meta: torch.Tensor, sampling: torch.Tensor):
-        """Replay the smallest bucket holding the batch of [6, B] metadata and [B, 4 + win] sampling inputs (host
-        tensors); returns logits [B, V], ids, fallback bans, scores and the device sampling inputs (graph views)."""
-        bs = meta.shape[1]
-        bucket = next(b for b in self.buckets if b >= bs)
-        self.meta[:, :bucket].copy_(pad_meta(meta, bucket), non_blocking=True)
-        self.sampling[:bs].copy_(sampling, non_blocking=True)
-        graph, outputs = self.graphs[bucket]
+    def bucket(self, batch_size: int) -> int:
+        return next(b for b in self.buckets if b >= batch_size)
+
+    def forward(self, meta: list[list[int]]) -> torch.Tensor:
+        """Launch the forward of a batch given its 6 metadata rows of B ints (ForwardInputs.decode); returns
+        logits [B, V] (a graph output, valid until the next replay)."""
+        bs = len(meta[0])
+        bucket = self.bucket(bs)
+        self.host_meta_np[:, :bs] = meta
+        self.host_meta_np[:, bs:bucket] = PAD
+        self.meta.copy_(self.host_meta, non_blocking=True)
+        graph, logits = self.forward_graphs[bucket]
+        graph.replay()
+        return logits[:bs]
+
+    def sample(self, packed: torch.Tensor):
+        """Launch the first sampling attempt after forward() of the same batch, with its [B, 4 + win] host sampling
+        inputs; returns ids, fallback bans, scores and the device sampling inputs (graph views)."""
+        bs = packed.shape[0]
+        bucket = self.bucket(bs)
+        self.host_sampling[:bs].copy_(packed)
+        self.sampling[:bucket].copy_(self.host_sampling[:bucket], non_blocking=True)
+        graph, outputs = self.sample_graphs[bucket]
         graph.replay()
         return (*(t[:bs] for t in outputs), self.sampling[:bs])
+
+    def replay(self, batch_size: int) -> None:
+        """Both graphs of a bucket with the inputs already in place (the benchmark's GPU time of a step)."""
+        self.forward_graphs[self.bucket(batch_size)][0].replay()
+        self.sample_graphs[self.bucket(batch_size)][0].replay()

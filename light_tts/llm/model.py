@@ -81,14 +81,13 @@ class DecoderLayer(nn.Module):
             residual = h
         else:
             x, residual = ops.rms_norm(h, self.input_layernorm, self.eps, residual)
-        qkv = self.qkv_proj(x)
+        qkv = F.linear(x, self.qkv_proj.weight)  # the rotary kernel adds the bias: one launch fewer at batch 1
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         # [T, heads * D] -> [T, heads, D]: strided views into qkv, rotated in place
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        ops.apply_rotary(q, k, inp.positions, cos_sin)
-        ops.store_kv(k, v, k_cache, v_cache, inp.slot_mapping)
+        ops.apply_rotary(q, k, inp.positions, cos_sin, v, k_cache, v_cache, inp.slot_mapping, self.qkv_proj.bias)
         if inp.is_prefill:
             attn = ops.prefill_attention(q, k_cache, v_cache, req_to_token, inp.b_req_idx, inp.b_start_loc,
                                          inp.b_seq_len, inp.b_prefix_len, self.sm_scale, inp.max_new_len)

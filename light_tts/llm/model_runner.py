@@ -100,25 +100,31 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> list[int]:
-        """Forward and sample one id per sequence; decode batches replay a CUDA graph when one fits."""
+        """Forward and sample one id per sequence; decode batches replay CUDA graphs when they fit."""
         seqs = batch.seqs
-        sampling = self._sampling_inputs(seqs)
+        graphs = self.graphs
+        if batch.is_prefill or graphs is None or not graphs.can_run(len(seqs)):
+            graphs = None
         if batch.is_prefill:
             rows = [(s.token_ids[s.num_computed:], s.slots[:s.num_tokens], s.row, s.num_computed) for s in seqs]
             logits = self.model(self._prefill_inputs(rows, self.kv), self.kv, self.cos_sin)
-            sampling.packed = sampling.packed.to(self.device)
-            ids, banned, scores = self.sampler.first_attempt(logits, sampling.packed)
         else:
             width = self.kv.req_to_token.shape[1]
-            meta = torch.tensor([[s.token_ids[-1] for s in seqs], [s.num_tokens - 1 for s in seqs],
-                                 [s.slots[-1] for s in seqs], [s.row for s in seqs], [s.num_tokens for s in seqs],
-                                 [s.row * width + s.num_tokens - 1 for s in seqs]], dtype=torch.int64)
-            if self.graphs is not None and self.graphs.can_run(len(seqs)):
-                logits, ids, banned, scores, sampling.packed = self.graphs.run(meta, sampling.packed)
+            meta = [[s.token_ids[-1] for s in seqs], [s.num_tokens - 1 for s in seqs], [s.slots[-1] for s in seqs],
+                    [s.row for s in seqs], [s.num_tokens for s in seqs],
+                    [s.row * width + s.num_tokens - 1 for s in seqs]]
+            if graphs is not None:
+                logits = graphs.forward(meta)
             else:
-                logits = self.model(ForwardInputs.decode(meta.to(self.device)), self.kv, self.cos_sin)
-                sampling.packed = sampling.packed.to(self.device)
-                ids, banned, scores = self.sampler.first_attempt(logits, sampling.packed)
+                meta_tensor = torch.tensor(meta, dtype=torch.int64).to(self.device)
+                logits = self.model(ForwardInputs.decode(meta_tensor), self.kv, self.cos_sin)
+        # built while the device runs the forward: launches and graph replays return before the work is done
+        sampling = self._sampling_inputs(seqs)
+        if graphs is not None:
+            ids, banned, scores, sampling.packed = graphs.sample(sampling.packed)
+        else:
+            sampling.packed = sampling.packed.to(self.device)
+            ids, banned, scores = self.sampler.first_attempt(logits, sampling.packed)
         self.last_logits = logits  # [B, V] of the last step, for checks (a graph overwrites it at the next replay)
         return self.sampler.finish(ids, banned, scores, sampling)
 

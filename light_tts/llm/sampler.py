@@ -18,8 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from light_tts.kernels import ops
+from light_tts.kernels.ras_sampling import ras_attempt_ref
 from light_tts.model_config import RASConfig
-from light_tts.sampling import MAX_TRIALS, UNIFORM_BITS, counter_uniform_bits, counter_uniforms, draw, seed_array
+from light_tts.sampling import MAX_TRIALS, counter_uniform_bits, counter_uniforms, seed_array
 
 @dataclass
 class SamplingInputs:
@@ -49,28 +51,19 @@ class Sampler:
     def __init__(self, cfg: RASConfig, reject_from: int):
         self.cfg = cfg
         self.reject_from = reject_from  # eos: eos, the unused id and fill are the ids a request may forbid
+        self.min_repeats = cfg.win_size * cfg.tau_r  # occurrences in the window that trigger the fallback
 
     def ras_attempt(self, scores: torch.Tensor, window: torch.Tensor, u: torch.Tensor):
         """One RAS attempt on [B, V] log-probs: (ids [B], id banned by the fallback or -1 [B])."""
-        # top-k by value; the reference's stable sort differs only on exactly equal probabilities
-        top_probs, top_ids = scores.softmax(dim=-1).topk(self.cfg.top_k, dim=-1)
-        mass_before = top_probs.cumsum(dim=-1) - top_probs  # the candidate crossing top_p is still kept
-        weights = top_probs * (mass_before < self.cfg.top_p)
-        nucleus_ids = top_ids.gather(1, draw(weights, u[:, 0]).unsqueeze(1))  # [B, 1]
-        is_repeat = (window == nucleus_ids).sum(dim=-1) >= self.cfg.win_size * self.cfg.tau_r
-        fallback_ids = draw(scores.scatter(1, nucleus_ids, float("-inf")).softmax(dim=-1), u[:, 1])
-        nucleus_ids = nucleus_ids.squeeze(1)
-        ids = torch.where(is_repeat, fallback_ids, nucleus_ids)
-        return ids, torch.where(is_repeat, nucleus_ids, -1)
+        return ras_attempt_ref(scores, window, u, self.cfg.top_k, self.cfg.top_p, self.min_repeats)
 
     def first_attempt(self, logits: torch.Tensor, packed: torch.Tensor):
-        """Device-only part (CUDA-graph capturable): [B, V] logits and packed inputs -> ids, fallback bans, scores."""
+        """Device-only part (CUDA-graph capturable): [B, V] logits and packed inputs -> ids, fallback bans, scores.
+        On CUDA the attempt is one fused kernel (ops.ras_first_attempt)."""
         scores = logits.log_softmax(dim=-1)
-        u = packed[:, 2:4].float() / (1 << UNIFORM_BITS)
-        ids, banned = self.ras_attempt(scores, packed[:, 4:], u)
-        is_rejecting, is_greedy = packed[:, 0].bool(), packed[:, 1].bool()
-        greedy_ids = torch.where(is_rejecting, scores[:, :self.reject_from].argmax(dim=-1), scores.argmax(dim=-1))
-        return torch.where(is_greedy, greedy_ids, ids), banned, scores
+        ids, banned = ops.ras_first_attempt(scores, packed, self.cfg.top_k, self.cfg.top_p, self.min_repeats,
+                                            self.reject_from)
+        return ids, banned, scores
 
     def finish(self, ids: torch.Tensor, banned: torch.Tensor, scores: torch.Tensor, inp: SamplingInputs) -> list[int]:
         """Host ids (this is the step's device sync); rejected RAS draws are redone."""
