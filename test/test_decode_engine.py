@@ -9,6 +9,7 @@ import light_tts.decode.engine as engine_module
 from light_tts.decode.batch import stack_flow_states
 from light_tts.decode.cuda_graph import EstimatorGraphs
 from light_tts.decode.engine import AudioOutput, DecodeEngine, to_int16
+from light_tts.decode.hift_graph import HiFTGraphs
 from light_tts.frontend.prompt import Prompt
 from light_tts.model_dir import load_model_config
 from light_tts.models.flow.cache import EstimatorCache
@@ -115,6 +116,32 @@ def test_batched_equals_unbatched(setup, hop, monkeypatch):
     assert engine.num_active() == 0 and not engine.has_work()
 
 
+def test_lockstep_batch_is_kept(setup, monkeypatch):
+    """Streams that run together step after step reuse their batched flow state (no stacking, no split) and
+    still get the reference audio; when they part, the batch is split back into per-request states."""
+    cfg, engine, reqs = setup
+    engine.hop_policy = HopPolicy("fixed")
+    stacked = []
+
+    def spy_stack(states, ratio):
+        stacked.append(len(states))
+        return stack_flow_states(states, ratio)
+
+    monkeypatch.setattr(engine_module, "stack_flow_states", spy_stack)
+    chosen = [reqs[0], reqs[4]]  # equal prompt lengths: equal chunk shapes until the shorter one ends
+    for req_id, prompt, tokens, seed, stream, speed, push in chosen:
+        engine.add_request(req_id, prompt, seed, stream, speed)
+        engine.push_tokens(req_id, tokens, is_last=True)
+    outputs, batch_sizes = run_until_done(engine, {})
+    assert batch_sizes[:4] == [2, 2, 2, 2], batch_sizes
+    assert stacked.count(2) == 1, stacked  # stacked once, for the first chunks; kept for the next three
+    assert not engine.flow_batches
+    for req_id, prompt, tokens, seed, stream, speed, push in chosen:
+        expected = reference(engine, prompt, tokens, seed, stream, speed)
+        for got, want in zip(outputs[req_id], expected, strict=True):
+            assert np.linalg.norm(got.audio - want) / np.linalg.norm(want) < REL_TOL, req_id
+
+
 def eager_record(self, run):
     """Stands in for CUDA-graph capture on the CPU: 'capture' runs the call, 'replay' reruns it into the same
     output tensors, so bucketing, static buffers, padding and copy-out run exactly as around a graph."""
@@ -138,11 +165,16 @@ class EagerReplayGraphs(EstimatorGraphs):
     _record = eager_record
 
 
+class EagerReplayHiFTGraphs(HiFTGraphs):
+    _record = eager_record
+
+
 def test_graph_runner_equals_eager(setup):
     cfg, engine, reqs = setup
     engine.hop_policy = HopPolicy("fixed")
     runner = EagerReplayGraphs(engine.flow.decoder.estimator)
     engine.flow.decoder.runner = runner
+    hift_runner = engine.hift.runner = EagerReplayHiFTGraphs(engine.hift)
     try:
         feeds = {}
         for i, (req_id, prompt, tokens, seed, stream, speed, push) in enumerate(reqs[:5]):
@@ -150,8 +182,9 @@ def test_graph_runner_equals_eager(setup):
             feeds[req_id] = (tokens, push, i % 3)
         outputs, _ = run_until_done(engine, feeds)
     finally:
-        engine.flow.decoder.runner = None
+        engine.flow.decoder.runner = engine.hift.runner = None
     assert runner.num_replays > runner.num_eager > 0 and len(runner.calls) > 3  # final chunks run eagerly
+    assert hift_runner.num_replays > 0 and hift_runner.num_eager > 0, (hift_runner.num_replays, hift_runner.num_eager)
     for req_id, prompt, tokens, seed, stream, speed, push in reqs[:5]:
         expected = reference(engine, prompt, tokens, seed, stream, speed)
         for got, want in zip(outputs[req_id], expected, strict=True):

@@ -1,12 +1,12 @@
 """GPU benchmark of the decode engine (token2wav) at the released dimensions with random weights.
 
-    python -m light_tts.bench.decode --out decode.json [--model-dir DIR] [--batches 1,4,16,64]
+    python -m light_tts.bench.decode --out decode.json [--model-dir DIR] [--batches 1,4,16,64] [--sections ...]
 
-Measures, in one run: the time of one 1-second streamed chunk (25 tokens + 3 lookahead) per engine step at
-several batch sizes (fp32 and fp16 flow, CUDA graphs on and off), the audio seconds produced per second at the
-best batch, the per-chunk time along a 20-second utterance, and upstream's method as the baseline (unbatched,
-Flow.inference over every token so far with the static chunk mask, then HiFT on the new frames). A random-weight
-flow.pt/hift.pt pair is written to a temporary directory unless --model-dir gives a model.
+Sections: `errors` (fp16/bf16 mel vs fp32), `phases` (where a step's time goes, and a torch.profiler table in
+OUT.profile.txt), `chunks` (ms per step of one 1-second chunk per request, graphs on/off, best audio s/s),
+`utterance` (per-chunk time along a 20-second stream; audio errors fp16/bf16 vs fp32 and graphs vs eager) and
+`upstream` (upstream's full-prefix recompute, the baseline). A random-weight flow.pt/hift.pt pair is written to a
+temporary directory unless --model-dir gives a model.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import light_tts.decode.engine as engine_module
 from light_tts.decode.engine import DecodeEngine
 from light_tts.frontend.prompt import Prompt
 from light_tts.model_config import ModelConfig
@@ -31,6 +32,9 @@ from light_tts.token2wav import HopPolicy
 
 PROMPT_TOKENS = 25  # one whole chunk: no alignment pad, so every hop is exactly 25 tokens
 HOP = 25
+# host calls that the phase profile counts as launches
+LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cudaGraphLaunch", "cudaMemcpyAsync",
+                "cudaMemsetAsync")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -97,12 +101,85 @@ def chunk_times(cfg: ModelConfig, dtype: str, graphs: bool, batches: list[int]) 
                 engine.abort(req_id)
         torch.cuda.empty_cache()
         print(f"  {dtype} graphs={graphs} batch {batch}: {result[batch]} ms per 1-s chunk", flush=True)
-    if graphs:  # how many estimator calls the graphs served (final chunks run eagerly by design)
-        runner = engine.flow.decoder.runner
+    if graphs:  # how many calls the graphs served (final chunks run eagerly by design)
+        runner, hift_runner = engine.flow.decoder.runner, engine.hift.runner
         result["replays/eager"] = f"{runner.num_replays}/{runner.num_eager}"
+        result["hift replays/eager"] = f"{hift_runner.num_replays}/{hift_runner.num_eager}"
     del engine
     torch.cuda.empty_cache()
     return result
+
+
+def phase_profile(cfg: ModelConfig, dtype: str, graphs: bool, batch: int, table_path: Path | None) -> dict:
+    """Where a step of `batch` 1-second chunks spends its time: ms per part (each part synchronised, so the parts
+    add up to a bit more than an unprofiled step), and the host ops of one step by self time (torch.profiler)."""
+    engine = DecodeEngine(cfg, "cuda", max_batch_size=batch, hop_policy=HopPolicy("fixed"), dtype=DTYPES[dtype],
+                          use_cuda_graph=graphs)
+    if graphs:
+        engine.flow.decoder.runner.max_graph_bytes = 24 << 30
+    spent: dict[str, list[tuple[int, float]]] = {}  # part -> (step number, seconds) of each call
+    num_steps = [0]
+
+    def timed(name, fn):
+        def run(*args, **kwargs):
+            start = sync_time()
+            out = fn(*args, **kwargs)
+            spent.setdefault(name, []).append((num_steps[0], sync_time() - start))
+            return out
+        return run
+
+    step = engine.step
+
+    def counted_step():
+        num_steps[0] += 1
+        return step()
+
+    engine.step = counted_step
+    patches = {"stack_flow_states": engine_module.stack_flow_states, "split_row": engine_module.split_row}
+    flow = engine.flow
+    flow.encoder.forward = timed("encoder", flow.encoder.forward)
+    flow.decoder.forward = timed("cfm", flow.decoder.forward)
+    engine._hift_pass = timed("hift", engine._hift_pass)
+    engine._flow_pass = timed("flow", engine._flow_pass)
+    for name, fn in patches.items():
+        setattr(engine_module, name, timed(name, fn))
+    try:
+        stream_round(engine, batch, 4, "warm")
+        spent.clear()
+        first = num_steps[0] + 2  # steps of the timed round's chunks 2-4 (chunk 1 carries the prompt)
+        times, _ = stream_round(engine, batch, 4, "timed")
+        parts = {name: sum(dt for n, dt in v if first <= n < first + 3) / 3 * 1e3 for name, v in spent.items()}
+        parts["step"] = statistics.median(times[1:]) * 1e3
+        if table_path is not None:  # one unpatched middle-chunk step under the profiler
+            for name, fn in patches.items():
+                setattr(engine_module, name, fn)
+            for m in (flow.encoder, flow.decoder, engine):
+                for attr in ("forward", "_hift_pass", "_flow_pass", "step"):
+                    m.__dict__.pop(attr, None)
+            ids = [f"prof-{i}" for i in range(batch)]
+            for i, req_id in enumerate(ids):
+                engine.add_request(req_id, make_prompt(i), seed=i, stream=True)
+                engine.push_tokens(req_id, list(range(2 * HOP + 3)), is_last=False)
+            engine.step()
+            sync_time()
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                    torch.profiler.ProfilerActivity.CUDA]) as prof:
+                engine.step()
+                sync_time()
+            table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+            with open(table_path, "a") as f:
+                f.write(f"==== {dtype} graphs={graphs} batch {batch}\n{table}\n")
+            events = prof.key_averages()
+            parts["num_host_ops"] = sum(e.count for e in events if e.key.startswith("aten::"))
+            parts["num_launches"] = sum(e.count for e in events if e.key in LAUNCH_CALLS)
+    finally:
+        for name, fn in patches.items():
+            setattr(engine_module, name, fn)
+    del engine
+    torch.cuda.empty_cache()
+    print(f"  phases {dtype} graphs={graphs} batch {batch}: "
+          + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in parts.items()), flush=True)
+    return parts
 
 
 def utterance_profile(cfg: ModelConfig, dtype: str, num_chunks: int = 20,
@@ -162,43 +239,62 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
 
 
+SECTIONS = ("errors", "chunks", "phases", "utterance", "upstream")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="decode.json")
     parser.add_argument("--model-dir", default=None)
     parser.add_argument("--batches", default="1,4,16,64")
+    parser.add_argument("--dtypes", default="fp16,fp32", help="flow dtypes of the chunk-time table")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"any of {','.join(SECTIONS)}")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
+    sections = args.sections.split(",")
     tmp = tempfile.TemporaryDirectory()
     cfg = ModelConfig(model_dir=Path(args.model_dir)) if args.model_dir else random_model_dir(Path(tmp.name))
     report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "chunk_ms": {}}
-    report["mel_rel_err_vs_fp32"] = mel_errors(cfg)
-    print("mel rel err vs fp32", report["mel_rel_err_vs_fp32"], flush=True)
 
     def save():  # after every section, so that a run cut short still leaves its numbers
         Path(args.out).write_text(json.dumps(report, indent=1))
 
-    for dtype in ("fp16", "fp32"):
-        # float32 caches are twice the size: batch 64 does not fit next to the copies a step makes
-        sizes = batches if dtype != "fp32" else [b for b in batches if b <= 16]
-        for graphs in (True, False):
-            report["chunk_ms"][f"{dtype}-{'graphs' if graphs else 'eager'}"] = chunk_times(cfg, dtype, graphs, sizes)
-            save()
-    best = min(((ms, b, name) for name, row in report["chunk_ms"].items() for b, ms in row.items()
-                if isinstance(b, int) and ms),
-               key=lambda x: x[0] / x[1])
-    report["best"] = {"config": best[2], "batch": best[1], "ms_per_step": best[0],
-                      "audio_s_per_s": best[1] / (best[0] / 1e3)}
-    profiles = {}
-    for dtype in ("fp16", "bf16", "fp32"):
-        times, audio = utterance_profile(cfg, dtype)
-        profiles[dtype] = audio
-        report[f"utterance_chunk_ms_{dtype}"] = {k: times[k - 1] for k in (1, 5, 10, 20)}
+    if "errors" in sections:
+        report["mel_rel_err_vs_fp32"] = mel_errors(cfg)
+        print("mel rel err vs fp32", report["mel_rel_err_vs_fp32"], flush=True)
+    if "phases" in sections:
+        table = Path(args.out).with_suffix(".profile.txt")
+        report["phases_ms"] = {f"fp16-{'graphs' if g else 'eager'}-{b}": phase_profile(cfg, "fp16", g, b, table)
+                               for g in (True, False) for b in batches if g or b == 1}
         save()
-    report["audio_rel_err_vs_fp32"] = {d: rel_err(profiles[d], profiles["fp32"]) for d in ("fp16", "bf16")}
-    _, eager = utterance_profile(cfg, "fp32", graphs=False)
-    report["audio_rel_err_graphs_vs_eager_fp32"] = rel_err(profiles["fp32"], eager)
-    report["upstream_chunk_ms"] = {d: upstream_profile(cfg, d, [1, 5, 10, 20]) for d in ("fp16", "fp32")}
+    if "chunks" in sections:
+        for dtype in args.dtypes.split(","):
+            # float32 caches are twice the size: batch 64 does not fit next to the copies a step makes
+            sizes = batches if dtype != "fp32" else [b for b in batches if b <= 16]
+            for graphs in (True, False):
+                name = f"{dtype}-{'graphs' if graphs else 'eager'}"
+                report["chunk_ms"][name] = chunk_times(cfg, dtype, graphs, sizes)
+                save()
+        best = min(((ms, b, name) for name, row in report["chunk_ms"].items() for b, ms in row.items()
+                    if isinstance(b, int) and ms),
+                   key=lambda x: x[0] / x[1])
+        report["best"] = {"config": best[2], "batch": best[1], "ms_per_step": best[0],
+                          "audio_s_per_s": best[1] / (best[0] / 1e3)}
+        save()
+    if "utterance" in sections:
+        profiles = {}
+        for dtype in ("fp16", "bf16", "fp32"):
+            times, audio = utterance_profile(cfg, dtype)
+            profiles[dtype] = audio
+            report[f"utterance_chunk_ms_{dtype}"] = {k: times[k - 1] for k in (1, 5, 10, 20)}
+            save()
+        report["audio_rel_err_vs_fp32"] = {d: rel_err(profiles[d], profiles["fp32"]) for d in ("fp16", "bf16")}
+        for dtype in ("fp16", "fp32"):
+            _, eager = utterance_profile(cfg, dtype, graphs=False)
+            report[f"audio_rel_err_graphs_vs_eager_{dtype}"] = rel_err(profiles[dtype], eager)
+        save()
+    if "upstream" in sections:
+        report["upstream_chunk_ms"] = {d: upstream_profile(cfg, d, [1, 5, 10, 20]) for d in ("fp16", "fp32")}
     print(json.dumps(report, indent=1))
     save()
 

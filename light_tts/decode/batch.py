@@ -3,8 +3,9 @@ requests run as single batched passes.
 
 Flow caches of different lengths are left-padded to the longest (the flow masks the pad slots: see
 FlowStreamState.num_pad); every cache length is a multiple of the 25-token chunk, so the pads are too and each
-row's chunk mask is the batch's mask shifted. Split states are views into the batched result (no copy); the next
-stack copies them into a new batch anyway.
+row's chunk mask is the batch's mask shifted. Split states are views into the batched result (no copy). The
+engine splits a batch only when its requests part (engine.FlowBatch): while they keep running together, the
+batched state is reused as is.
 """
 
 from __future__ import annotations
@@ -81,23 +82,26 @@ def split_flow_state(batched: FlowStreamState, originals: list[FlowStreamState],
     `ratio` is mel frames per token (frame-rate caches hold `ratio` slots per token)."""
     if len(originals) == 1:
         return [batched]
-    b = len(originals)
-    pads = [0] * b if batched.num_pad is None else batched.num_pad.tolist()
-    out = []
-    for r, (orig, pad) in enumerate(zip(originals, pads)):
-        enc = batched.encoder
-        encoder = EncoderCache(
-            lookahead_tail=enc.lookahead_tail[r:r + 1], upsample_tail=enc.upsample_tail[r:r + 1],
-            kv=[(k[r:r + 1, :, pad:], v[r:r + 1, :, pad:]) for k, v in enc.kv],
-            up_kv=[(k[r:r + 1, :, pad * ratio:], v[r:r + 1, :, pad * ratio:]) for k, v in enc.up_kv])
+    pads = [0] * len(originals) if batched.num_pad is None else batched.num_pad.tolist()
+    return [split_row(batched, orig, r, len(originals), pad, ratio)
+            for r, (orig, pad) in enumerate(zip(originals, pads))]
 
-        estimator = []
-        for c in batched.estimator:  # rows r and b + r of each, as a 2-row cache
-            kv = c.kv.view(*c.kv.shape[:2], 2, b, *c.kv.shape[3:])[:, :, :, r, :, pad * ratio:]
-            estimator.append(EstimatorCache(conv_tails=c.conv_tails.view(2, b, *c.conv_tails.shape[1:])[:, r], kv=kv))
-        out.append(FlowStreamState(spks=orig.spks, prompt_token=orig.prompt_token, prompt_feat=orig.prompt_feat,
-                                   encoder=encoder, estimator=estimator))
-    return out
+
+def split_row(batched: FlowStreamState, orig: FlowStreamState, r: int, b: int, pad: int,
+              ratio: int) -> FlowStreamState:
+    """Row r of a batched state of b rows whose caches carry `pad` tokens of left padding in that row, as a
+    single-request state (views); `orig` gives the request's own speaker and prompt."""
+    enc = batched.encoder
+    encoder = EncoderCache(
+        lookahead_tail=enc.lookahead_tail[r:r + 1], upsample_tail=enc.upsample_tail[r:r + 1],
+        kv=[(k[r:r + 1, :, pad:], v[r:r + 1, :, pad:]) for k, v in enc.kv],
+        up_kv=[(k[r:r + 1, :, pad * ratio:], v[r:r + 1, :, pad * ratio:]) for k, v in enc.up_kv])
+    estimator = []
+    for c in batched.estimator:  # rows r and b + r of each, as a 2-row cache
+        kv = c.kv.view(*c.kv.shape[:2], 2, b, *c.kv.shape[3:])[:, :, :, r, :, pad * ratio:]
+        estimator.append(EstimatorCache(conv_tails=c.conv_tails.view(2, b, *c.conv_tails.shape[1:])[:, r], kv=kv))
+    return FlowStreamState(spks=orig.spks, prompt_token=orig.prompt_token, prompt_feat=orig.prompt_feat,
+                           encoder=encoder, estimator=estimator)
 
 
 def stack_hift_states(states: list[HiFTStreamState]) -> HiFTStreamState:

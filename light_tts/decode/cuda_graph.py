@@ -7,8 +7,10 @@ are captured lazily per (rows, new frames, capacity), share one memory pool, and
 bucket, whose static buffers would pass `max_graph_bytes`, or whose length is a one-off (final chunks, whole
 utterances: new frames not a multiple of the chunk) runs eagerly.
 
-Every replay copies the request caches into the static buffers and the extended caches out (the graph's outputs
-are overwritten by the next replay); that traffic is linear in the cached length, the price of fixed shapes.
+The graph runs the estimator's forward_into on a static key/value buffer of capacity + new frames: a replay
+copies the request cache into it, the graph appends the new frames in place, and the extended cache is copied
+out (the next replay overwrites the buffer). One copy in and one out per call, linear in the cached length: the
+price of fixed shapes (the whole 10-step loop in one graph would need ten such buffers, too many at large batch).
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ def bucket(value: int, buckets: tuple[int, ...]) -> int | None:
 class CapturedCall:
     replay: Callable[[], None]  # reruns the captured call on the static buffers
     inputs: tuple  # static x, mu, t, spks, cond, num_pad
-    cache: EstimatorCache  # static conv tails and capacity-padded keys/values
-    velocity: torch.Tensor
-    new_cache: EstimatorCache  # graph outputs: keys/values of capacity + new frames
+    conv_tails: torch.Tensor  # static conv tails
+    kv: torch.Tensor  # static keys/values: (blocks, 2, rows, H, capacity + new frames, hd), new frames written last
+    velocity: torch.Tensor  # graph outputs: velocity and new conv tails
+    new_tails: torch.Tensor
 
 
 class EstimatorGraphs:
@@ -83,18 +86,17 @@ class EstimatorGraphs:
         spad[:rows] = capacity - start  # the capacity padding in front of every row's cache...
         if num_pad is not None:
             spad[:rows] += num_pad  # ...and the batch's own left padding within it
-        call.cache.conv_tails[:rows].copy_(cache.conv_tails)
-        call.cache.kv[:, :, :rows, :, capacity - start:].copy_(cache.kv)
+        call.conv_tails[:rows].copy_(cache.conv_tails)
+        call.kv[:, :, :rows, :, capacity - start:capacity].copy_(cache.kv)
         call.replay()
-        # the outputs are overwritten by the next replay (the next Euler step): copy what the caller keeps
-        new = call.new_cache
-        kv = new.kv[:, :, :rows, :, capacity - start:].clone()
-        return call.velocity[:rows], EstimatorCache(new.conv_tails[:rows].clone(), kv)
+        # the buffers are overwritten by the next replay (the next Euler step): copy out what the caller keeps
+        kv = call.kv[:, :, :rows, :, capacity - start:].clone()
+        return call.velocity[:rows], EstimatorCache(call.new_tails[:rows].clone(), kv)
 
     def _static_bytes(self, num_rows: int, m: int, capacity: int, cache: EstimatorCache) -> int:
         kv = cache.kv  # (blocks, 2, rows, H, frames, hd)
         per_row_frame = kv.shape[0] * 2 * kv.shape[3] * kv.shape[5] * kv.element_size()
-        return num_rows * (2 * capacity + m) * per_row_frame  # inputs + outputs (capacity + m)
+        return num_rows * (capacity + m) * per_row_frame
 
     def _capture(self, num_rows: int, m: int, capacity: int, x: torch.Tensor,
                  cache: EstimatorCache) -> CapturedCall | None:
@@ -109,24 +111,29 @@ class EstimatorGraphs:
                   torch.zeros(num_rows, est.cfg.out_channels, device=dev, dtype=dtype),
                   torch.zeros(num_rows, est.cfg.out_channels, m, device=dev, dtype=dtype),
                   torch.zeros(num_rows, device=dev, dtype=torch.long))
-        kv = cache.kv
-        static_cache = EstimatorCache(
-            conv_tails=torch.zeros(num_rows, *cache.conv_tails.shape[1:], device=dev, dtype=dtype),
-            kv=torch.zeros(*kv.shape[:2], num_rows, kv.shape[3], capacity, kv.shape[5], device=dev, dtype=dtype))
-        replay, (velocity, new_cache) = self._record(lambda: est(*inputs[:5], static_cache, True, inputs[5]))
+        tails = torch.zeros(num_rows, *cache.conv_tails.shape[1:], device=dev, dtype=dtype)
+        shape = cache.kv.shape
+        kv = torch.zeros(*shape[:2], num_rows, shape[3], capacity + m, shape[5], device=dev, dtype=dtype)
+        replay, (velocity, new_tails) = self._record(
+            lambda: est.forward_into(*inputs[:5], tails, kv, True, inputs[5]))
         logger.info("captured estimator graph: %d rows, %d new frames, %d cached frames", num_rows, m, capacity)
-        return CapturedCall(replay, inputs, static_cache, velocity, new_cache)
+        return CapturedCall(replay, inputs, tails, kv, velocity, new_tails)
 
     def _record(self, run: Callable[[], tuple]) -> tuple[Callable[[], None], tuple]:
-        """Captures run() as a CUDA graph: (replay, the outputs that each replay rewrites)."""
-        # warm up on a side stream (lazy initialisations such as cuBLAS handles must not be captured)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            run()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            outputs = run()
-        self.pool = graph.pool()
-        return graph.replay, outputs
+        replay, outputs, self.pool = record_graph(run, self.pool)
+        return replay, outputs
+
+
+def record_graph(run: Callable[[], tuple], pool=None) -> tuple[Callable[[], None], tuple, object]:
+    """Captures run() as a CUDA graph in memory pool `pool` (None: a new one): (replay, the outputs that each
+    replay rewrites, the pool)."""
+    # warm up on a side stream (lazy initialisations such as cuBLAS handles must not be captured)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        outputs = run()
+    return graph.replay, outputs, graph.pool()

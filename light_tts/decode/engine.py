@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from light_tts.decode.batch import split_flow_state, split_hift_state, stack_flow_states, stack_hift_states
+from light_tts.decode.batch import split_hift_state, split_row, stack_flow_states, stack_hift_states
 from light_tts.decode.cuda_graph import EstimatorGraphs
+from light_tts.decode.hift_graph import HiFTGraphs
 from light_tts.decode.request import ChunkJob, DecodeRequest
 from light_tts.frontend.prompt import Prompt
+from light_tts.models.flow.cache import FlowStreamState
 from light_tts.model_config import ModelConfig
 from light_tts.models.hift.streaming import hift_stream_chunk
 from light_tts.token2wav import ChunkSchedule, HopPolicy, Token2Wav, first_hop_pad, prompt_tensors
@@ -33,6 +35,16 @@ class AudioOutput:
     audio: np.ndarray  # float32, 24 kHz mono, within [-audio_limit, audio_limit]
     finished: bool
     error: str | None = None
+
+
+@dataclass
+class FlowBatch:
+    """The batched flow state of a multi-request flow pass, kept whole for as long as the same requests run
+    together (the steady state of lockstep streams): the next pass of exactly these requests reuses it, with no
+    stacking and no split. Its requests have `flow_row` set; their own `flow_state` is stale until released."""
+
+    reqs: list[DecodeRequest]
+    state: FlowStreamState
 
 
 def to_int16(audio: np.ndarray) -> np.ndarray:
@@ -54,12 +66,14 @@ class DecodeEngine:
         self.flow = self.t2w.flow.to(dtype)
         self.hift = self.t2w.hift
         self.requests: OrderedDict[str, DecodeRequest] = OrderedDict()  # least recently served first
+        self.flow_batches: list[FlowBatch] = []
         if self.device.type == "cuda":
-            self._init_estimator_runner(use_cuda_graph, load_trt)
+            self._init_runners(use_cuda_graph, load_trt)
 
-    def _init_estimator_runner(self, use_cuda_graph: bool, load_trt: bool) -> None:
-        """Streamed chunks replay CUDA graphs (eager when off); whole utterances go to TensorRT if asked and
-        available, else to the same graphs/eager path."""
+    def _init_runners(self, use_cuda_graph: bool, load_trt: bool) -> None:
+        """Streamed chunks replay CUDA graphs of the estimator and of HiFT's synthesis (eager when off); whole
+        utterances go to TensorRT if asked and available, else to the same graphs/eager path."""
+        self.hift.runner = HiFTGraphs(self.hift) if use_cuda_graph else None
         estimator = self.flow.decoder.estimator
         runner = EstimatorGraphs(estimator) if use_cuda_graph else None
         if load_trt:
@@ -103,6 +117,8 @@ class DecodeEngine:
     def step(self) -> list[AudioOutput]:
         """One chunk for each of up to max_batch_size ready requests (least recently served first)."""
         outputs = [self._fail(r, r.error) for r in list(self.requests.values()) if r.error is not None]
+        for batch in [b for b in self.flow_batches if not all(self.requests.get(r.req_id) is r for r in b.reqs)]:
+            self._release(batch)  # a member finished, failed or was aborted: its rows are dead weight
         jobs = []
         for req in list(self.requests.values()):
             job = req.next_job()
@@ -149,18 +165,46 @@ class DecodeEngine:
                 job.mel = torch.zeros(1, self.cfg.flow.output_size, 0, device=self.device)
             return jobs
         tokens = torch.tensor([job.tokens for job in jobs], dtype=torch.int32, device=self.device)
-        originals = [job.req.flow_state for job in jobs]
-        state = stack_flow_states(originals, self.cfg.token_mel_ratio)
+        reqs = [job.req for job in jobs]
+        kept, state = self._batched_flow_state(reqs)
         mel = self.flow.chunk_mel(tokens, first.finalize, state, first.streaming).float()  # (B, 80, frames)
-        states = split_flow_state(state, originals, self.cfg.token_mel_ratio)
+        if kept is not None:  # committed only now that the pass succeeded
+            kept.state = state
+        elif len(reqs) > 1:
+            self.flow_batches.append(FlowBatch(reqs, state))
+            for r, req in enumerate(reqs):
+                req.flow_row = r
+                # the request's own caches are superseded by its row: drop them, keep speaker and prompt
+                req.flow_state = replace(req.flow_state, encoder=None, estimator=[], num_pad=None)
         ratio = self.cfg.token_mel_ratio
         for r, job in enumerate(jobs):
-            job.req.flow_state = states[r]
             row = mel[r:r + 1, :, job.req.num_prompt_tokens * ratio:] if job.is_first else mel[r:r + 1]
             if job.req.speed != 1.0:
                 row = F.interpolate(row, size=int(row.shape[2] / job.req.speed), mode="linear")
             job.mel = row
         return jobs
+
+    def _batched_flow_state(self, reqs: list[DecodeRequest]) -> tuple[FlowBatch | None, FlowStreamState]:
+        """The flow state of these requests as one batch: a shallow copy of the kept batch of exactly these
+        requests (returned too; a failing pass leaves it intact), else their states stacked, after releasing any
+        kept batch that holds one of them."""
+        for batch in self.flow_batches:
+            if len(batch.reqs) == len(reqs) and all(a is b for a, b in zip(batch.reqs, reqs)):
+                return batch, replace(batch.state)
+        ids = {id(req) for req in reqs}
+        for batch in [b for b in self.flow_batches if any(id(req) in ids for req in b.reqs)]:
+            self._release(batch)
+        return None, stack_flow_states([req.flow_state for req in reqs], self.cfg.token_mel_ratio)
+
+    def _release(self, batch: FlowBatch) -> None:
+        """Gives each live request of a kept batch its row back as a single-request state (views)."""
+        self.flow_batches.remove(batch)
+        b = len(batch.reqs)
+        pads = [0] * b if batch.state.num_pad is None else batch.state.num_pad.tolist()
+        for r, (req, pad) in enumerate(zip(batch.reqs, pads)):
+            if self.requests.get(req.req_id) is req:
+                req.flow_state = split_row(batch.state, req.flow_state, r, b, pad, self.cfg.token_mel_ratio)
+            req.flow_row = None
 
     def _hift_pass(self, jobs: list[ChunkJob]) -> list[ChunkJob]:
         """mel -> audio for jobs of one HiFT key; updates their overlap states."""

@@ -19,9 +19,10 @@ class DecodeRequest:
     speed: float
     schedule: ChunkSchedule
     prompt_token: torch.Tensor  # (1, P) int32
-    flow_state: FlowStreamState
+    flow_state: FlowStreamState  # stale but for speaker and prompt while flow_row is set
     generator: torch.Generator
     hift_state: HiFTStreamState = field(default_factory=HiFTStreamState)
+    flow_row: int | None = None  # the request's row in the engine's kept FlowBatch, if in one
     is_last: bool = False  # every token has arrived
     error: str | None = None  # set when the request failed; reported by the next step
 

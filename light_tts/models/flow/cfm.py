@@ -45,7 +45,7 @@ class CausalConditionalCFM(nn.Module):
                 raise ValueError(f"utterance of {start + m} mel frames exceeds the {NOISE_FRAMES}-frame noise")
             return self.rand_noise[:, :, start:start + m].to(dtype).expand(b, -1, -1)
         frames = (start - num_pad)[:, None] + torch.arange(m, device=num_pad.device)  # (B, m)
-        if int(frames.max()) >= NOISE_FRAMES:
+        if start + m > NOISE_FRAMES and int(frames.max()) >= NOISE_FRAMES:  # checked (a host sync) only near the end
             raise ValueError(f"utterance of {int(frames.max()) + 1} mel frames exceeds the {NOISE_FRAMES}-frame noise")
         return self.rand_noise[0][:, frames].transpose(0, 1).to(dtype)  # (80, B, m) -> (B, 80, m)
 
@@ -54,10 +54,22 @@ class CausalConditionalCFM(nn.Module):
         """mu, cond (B, 80, m) for the frames after the cached ones, spks (B, 80) -> float32 mel (B, 80, m), new
         caches.
         num_pad (B,): left-padding frames of each row's caches (requests of different lengths in one batch)."""
-        b, _, m = mu.shape
-        start = caches[0].num_frames
-        # x integrates in float32 whatever the estimator's dtype (as upstream around its fp16 TensorRT estimator)
-        x = self.noise(start, m, b, num_pad, torch.float32)
+        new_caches = []
+        estimator = self.runner or self.estimator
+
+        def estimate(step: int, x, mu, t, spks, cond, pad):
+            v, cache = estimator(x, mu, t, spks, cond, caches[step], streaming, pad)
+            new_caches.append(cache)
+            return v
+
+        x0 = self.noise(caches[0].num_frames, mu.shape[2], mu.shape[0], num_pad, torch.float32)
+        return self.solve(x0, mu, spks, cond, num_pad, estimate), new_caches
+
+    def solve(self, x: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
+              num_pad: torch.Tensor | None, estimate) -> torch.Tensor:
+        """The Euler steps from noise x (B, 80, m), float32, with classifier-free guidance; estimate(step, x, mu,
+        t, spks, cond, num_pad) gives the velocity of both CFG branches (2B rows, conditioned first)."""
+        b = mu.shape[0]
         pad_in = None if num_pad is None else torch.cat([num_pad, num_pad])
         # the unconditioned CFG branch sees zero mu, speaker and prompt condition
         mu_in = torch.cat([mu, torch.zeros_like(mu)])
@@ -65,17 +77,15 @@ class CausalConditionalCFM(nn.Module):
         cond_in = torch.cat([cond, torch.zeros_like(cond)])
         rate = self.cfg.inference_cfg_rate
         t_span = self.time_span(mu.device)
-        # t accumulates dt and dt is re-derived from the span, as upstream does (same float rounding)
+        # t accumulates dt and dt is re-derived from the span, as upstream does (same float rounding);
+        # x integrates in float32 whatever the estimator's dtype (as upstream around its fp16 TensorRT estimator)
         t, dt = t_span[0:1], t_span[1] - t_span[0]
-        new_caches = []
-        estimator = self.runner or self.estimator
         for step in range(1, len(t_span)):
             x_in = torch.cat([x, x]).to(mu.dtype)
-            v, cache = estimator(x_in, mu_in, t.expand(2 * b), spks_in, cond_in, caches[step - 1], streaming, pad_in)
-            new_caches.append(cache)
+            v = estimate(step - 1, x_in, mu_in, t.expand(2 * b), spks_in, cond_in, pad_in)
             v_cond, v_uncond = v[:b].float(), v[b:].float()
             x = x + dt * ((1.0 + rate) * v_cond - rate * v_uncond)
             t = t + dt
             if step < len(t_span) - 1:
                 dt = t_span[step + 1] - t
-        return x, new_caches
+        return x

@@ -90,20 +90,40 @@ class Attention(nn.Module):
         self.to_k = nn.Linear(dim, inner, bias=False)
         self.to_v = nn.Linear(dim, inner, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim)])
+        # to_q, to_k, to_v stacked, so that one matmul projects all three (the estimator is kernel-count bound);
+        # derived from the loaded weights, rebuilt when they change (load, device or dtype move)
+        self._qkv: torch.Tensor | None = None
+        self._qkv_source: tuple = ()
+
+    def _qkv_weight(self) -> torch.Tensor:
+        weights = (self.to_q.weight, self.to_k.weight, self.to_v.weight)
+        # inference tensors (weights moved under inference_mode) have no version counter; they cannot be
+        # updated in place outside inference_mode either
+        source = tuple((w.data_ptr(), w.dtype, 0 if w.is_inference() else w._version) for w in weights)
+        if self._qkv is None or source != self._qkv_source:
+            self._qkv, self._qkv_source = torch.cat([w.detach() for w in weights]), source
+        return self._qkv
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x (B, m, D); kv (2, B, H, start + m, hd) holds the cached keys/values in [:start] and receives this
-        chunk's in [start:]."""
+        chunk's in [start:]; mask: additive, broadcastable to (B, H, m, start + m)."""
         b, m, _ = x.shape
-
-        def heads(y: torch.Tensor) -> torch.Tensor:  # (B, m, H*hd) -> (B, H, m, hd)
-            return y.view(b, m, self.heads, self.head_dim).transpose(1, 2)
-
         start = kv.shape[3] - m
-        kv[0, :, :, start:] = heads(self.to_k(x))
-        kv[1, :, :, start:] = heads(self.to_v(x))
-        out = F.scaled_dot_product_attention(heads(self.to_q(x)), kv[0], kv[1], attn_mask=mask)
+        qkv = F.linear(x, self._qkv_weight()).view(b, m, 3, self.heads, self.head_dim)
+        kv[:, :, :, start:] = qkv[:, :, 1:].permute(2, 0, 3, 1, 4)  # (2, B, H, m, hd)
+        out = F.scaled_dot_product_attention(qkv[:, :, 0].transpose(1, 2), kv[0], kv[1], attn_mask=mask)
         return self.to_out[0](out.transpose(1, 2).reshape(b, m, -1))
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """bool mask (..., q, k) -> 0 / -inf in `dtype`, made once per estimator call (SDPA would convert a boolean
+    mask in every block). On CUDA its rows are padded to a multiple of 8 keys in memory, so that the
+    memory-efficient attention kernel takes it as is instead of copying it into an aligned buffer in every block
+    (not in an ONNX export, whose traced shapes must follow the inputs)."""
+    num_k = mask.shape[-1]
+    width = -(-num_k // 8) * 8 if mask.is_cuda and not torch.onnx.is_in_onnx_export() else num_k
+    out = torch.full((*mask.shape[:-1], width), float("-inf"), dtype=dtype, device=mask.device)
+    return out[..., :num_k].masked_fill_(mask, 0.0)
 
 
 class GELUProj(nn.Module):
@@ -189,18 +209,29 @@ class CausalConditionalDecoder(nn.Module):
     def forward(self, x: torch.Tensor, mu: torch.Tensor, t: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
                 cache: EstimatorCache, streaming: bool,
                 num_pad: torch.Tensor | None = None) -> tuple[torch.Tensor, EstimatorCache]:
-        """x, mu, cond (B, 80, m) frames after the cached ones; t (B,); spks (B, 80) -> velocity (B, 80, m).
-        num_pad (B,): left-padding frames of each row's cache (hidden from attention; no positions here)."""
+        """x, mu, cond (B, 80, m) frames after the cached ones; t (B,); spks (B, 80) -> velocity (B, 80, m) and
+        the extended cache. num_pad (B,): left-padding frames of each row's cache (hidden from attention)."""
         start, m = cache.num_frames, x.shape[2]
-        t_emb = self.time_mlp(timestep_embedding(t, self.cfg.in_channels).to(x.dtype))
-        x = torch.cat([x, mu, spks.unsqueeze(-1).expand(-1, -1, m), cond], dim=1)  # (B, 320, m)
-        mask = chunk_mask(start, m, start + m, self.cfg.static_chunk_size if streaming else 0, x.device)
-        mask = mask_padding(mask, num_pad)
-        tails = cache.conv_tails.split(self.tail_channels, dim=1)
-        new_tails: list = [None] * self.num_convs
         # every block's keys/values, cached then new, in one tensor: (blocks, 2, B, H, start + m, hd)
         kv = cache.kv.new_empty(*cache.kv.shape[:4], start + m, cache.kv.shape[5])
         kv[:, :, :, :, :start] = cache.kv
+        velocity, tails = self.forward_into(x, mu, t, spks, cond, cache.conv_tails, kv, streaming, num_pad)
+        return velocity, EstimatorCache(tails, kv)
+
+    def forward_into(self, x: torch.Tensor, mu: torch.Tensor, t: torch.Tensor, spks: torch.Tensor,
+                     cond: torch.Tensor, conv_tails: torch.Tensor, kv: torch.Tensor, streaming: bool,
+                     num_pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward with the keys/values in place: kv (blocks, 2, B, H, start + m, hd) holds the cached frames in
+        [:start] and receives the new ones in [start:] (a CUDA graph keeps it as a static buffer, saving a copy of
+        the whole cache per call). Returns the velocity and the new conv tails."""
+        m = x.shape[2]
+        start = kv.shape[4] - m
+        t_emb = self.time_mlp(timestep_embedding(t, self.cfg.in_channels).to(x.dtype))
+        x = torch.cat([x, mu, spks.unsqueeze(-1).expand(-1, -1, m), cond], dim=1)  # (B, 320, m)
+        mask = chunk_mask(start, m, start + m, self.cfg.static_chunk_size if streaming else 0, x.device)
+        mask = additive_mask(mask_padding(mask, num_pad), x.dtype)
+        tails = conv_tails.split(self.tail_channels, dim=1)
+        new_tails: list = [None] * self.num_convs
 
         def attend(h: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
             h = h.transpose(1, 2)  # (B, m, C)
@@ -216,4 +247,4 @@ class CausalConditionalDecoder(nn.Module):
         (resnet, blocks, up), = self.up_blocks
         x = attend(resnet(torch.cat([x, skip], dim=1), t_emb, tails, new_tails), blocks)
         x = self.final_block(up(x, tails, new_tails), tails, new_tails)
-        return self.final_proj(x), EstimatorCache(torch.cat(new_tails, dim=1), kv)
+        return self.final_proj(x), torch.cat(new_tails, dim=1)

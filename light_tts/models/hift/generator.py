@@ -12,7 +12,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from light_tts.model_config import HiFTConfig
 from light_tts.models.hift.f0_predictor import ConvRNNF0Predictor
-from light_tts.models.hift.source import Generators, HarmonicSource
+from light_tts.models.hift.source import Generators, HarmonicSource, draw_source_noise
 from light_tts.models.weights import load_strict, read_state_dict
 
 
@@ -35,6 +35,23 @@ def fold_weight_norm(module: nn.Module) -> None:
     for m in module.modules():
         if parametrize.is_parametrized(m, "weight"):
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+
+
+def fourier_bases(window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conv kernels of the windowed one-sided DFT of len(window) = n_fft points and of its inverse, both
+    (2 * (n_fft/2 + 1), 1, n_fft) over channels [real bins | imaginary bins]: the STFT is a strided conv1d with the
+    first, the iSTFT (before the window-envelope division) a strided conv_transpose1d with the second. As
+    convolutions they run in CUDA graphs, which torch.istft cannot (it checks the envelope on the host)."""
+    n_fft = window.shape[0]
+    k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[:, None]
+    angle = 2 * torch.pi * k * torch.arange(n_fft, dtype=torch.float64)[None, :] / n_fft  # (bins, n_fft)
+    w = window.double()[None, :]
+    forward = torch.cat([torch.cos(angle) * w, -torch.sin(angle) * w])
+    # irfft: the DC and Nyquist bins count once and their imaginary parts are ignored, the others twice
+    weight = torch.full_like(k, 2.0)
+    weight[0] = weight[-1] = 1.0
+    inverse = torch.cat([torch.cos(angle) * weight, -torch.sin(angle) * weight]) * w / n_fft
+    return forward.float()[:, None], inverse.float()[:, None]
 
 
 class Snake(nn.Module):
@@ -112,6 +129,11 @@ class HiFT(nn.Module):
         # scipy's periodic hann, computed in float64 and rounded like upstream's numpy window
         window = torch.hann_window(self.n_fft, periodic=True, dtype=torch.float64).float()
         self.register_buffer("stft_window", window, persistent=False)
+        stft_basis, istft_basis = fourier_bases(window)
+        self.register_buffer("stft_basis", stft_basis, persistent=False)
+        self.register_buffer("istft_basis", istft_basis, persistent=False)
+        # Callable with synthesize's signature that runs it instead (an engine's CUDA graphs); None: synthesize.
+        self.runner = None
 
     @classmethod
     def from_checkpoint(cls, cfg: HiFTConfig, path: Path, fold: bool = True) -> HiFT:
@@ -123,9 +145,18 @@ class HiFT(nn.Module):
         return model.eval()
 
     def _stft(self, x: torch.Tensor) -> torch.Tensor:
-        spec = torch.stft(x, self.n_fft, self.hop, self.n_fft, window=self.stft_window, return_complex=True)
-        spec = torch.view_as_real(spec)  # (B, F, frames, 2)
-        return torch.cat([spec[..., 0], spec[..., 1]], dim=1)  # (B, 2F, frames)
+        """(B, samples) -> (B, 2F, frames) [real | imaginary], as torch.stft(center=True, reflect padding)."""
+        x = F.pad(x[:, None], (self.n_fft // 2, self.n_fft // 2), mode="reflect")
+        return F.conv1d(x, self.stft_basis, stride=self.hop)
+
+    def _istft(self, spec: torch.Tensor) -> torch.Tensor:
+        """(B, 2F, frames) [real | imaginary] -> (B, hop * (frames - 1)), as torch.istft(center=True)."""
+        frames = spec.shape[2]
+        audio = F.conv_transpose1d(spec, self.istft_basis, stride=self.hop)[:, 0]  # (B, n_fft + hop*(frames-1))
+        square = self.stft_window.square()[None, None]
+        envelope = F.conv_transpose1d(square.new_ones(1, 1, frames), square, stride=self.hop)[0, 0]
+        half = self.n_fft // 2
+        return audio[:, half:-half] / envelope[half:-half]  # the envelope is > 0 inside the centre-trimmed span
 
     def decode(self, mel: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """mel [B,80,T] and excitation [B,1,T*480] -> audio [B, T*480], clamped to audio_limit."""
@@ -145,8 +176,7 @@ class HiFT(nn.Module):
         num_bins = self.n_fft // 2 + 1
         magnitude = torch.exp(x[:, :num_bins]).clamp(max=1e2)
         phase = torch.sin(x[:, num_bins:])  # upstream squashes the phase through sin; kept for parity
-        spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
-        audio = torch.istft(spec, self.n_fft, self.hop, self.n_fft, window=self.stft_window)
+        audio = self._istft(torch.cat([magnitude * torch.cos(phase), magnitude * torch.sin(phase)], dim=1))
         return audio.clamp(-self.cfg.audio_limit, self.cfg.audio_limit)
 
     @torch.inference_mode()
@@ -159,9 +189,19 @@ class HiFT(nn.Module):
         a streamed chunk continues the previous chunk's. `generator`: one torch.Generator for the batch, one per
         request (each request then draws exactly what a single call with it would), or None for the global RNG.
         """
+        num_samples = mel.shape[2] * self.samples_per_frame
+        phase, noise = draw_source_noise(mel.shape[0], num_samples, self.m_source.num_harmonics, generator, mel.device)
+        if cache_source is None:
+            cache_source = mel.new_zeros(mel.shape[0], 1, 0)
+        return (self.runner or self.synthesize)(mel, phase, noise, cache_source)
+
+    def synthesize(self, mel: torch.Tensor, phase: torch.Tensor, noise: torch.Tensor,
+                   cache_source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """inference after its random draws (initial phases [B, H], noise [B, T*480, H]): no host sync, no RNG,
+        so that it can be captured in a CUDA graph."""
         f0 = self.f0_predictor(mel)  # (B, T)
         f0 = f0.repeat_interleave(self.samples_per_frame, dim=1).unsqueeze(-1)  # (B, T_s, 1), nearest upsampling
-        source = self.m_source(f0, generator).transpose(1, 2)  # (B, 1, T_s)
-        if cache_source is not None and cache_source.shape[2] > 0:
-            source[:, :, : cache_source.shape[2]] = cache_source
+        source = self.m_source(f0, phase, noise).transpose(1, 2)  # (B, 1, T_s)
+        if cache_source.shape[2] > 0:
+            source = torch.cat([cache_source, source[:, :, cache_source.shape[2]:]], dim=2)
         return self.decode(mel, source), source

@@ -72,10 +72,8 @@ class HarmonicSource(nn.Module):
         phase = F.interpolate(phase.transpose(1, 2) * self.upsample_scale, scale_factor=self.upsample_scale, mode="linear")
         return torch.sin(phase.transpose(1, 2))  # (B, T_s, H)
 
-    def forward(self, f0: torch.Tensor, generators: Generators) -> torch.Tensor:
-        """f0 [B, T_s, 1] in Hz at the sample rate -> excitation [B, T_s, 1]."""
-        batch, num_samples, _ = f0.shape
-        initial_phase, noise = draw_source_noise(batch, num_samples, self.num_harmonics, generators, f0.device)
+    def forward(self, f0: torch.Tensor, initial_phase: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """f0 [B, T_s, 1] in Hz at the sample rate, the draws of draw_source_noise -> excitation [B, T_s, 1]."""
         sines = self._sines(f0 * self.harmonics, initial_phase.to(f0.dtype)) * self.sine_amp
         is_voiced = (f0 > self.voiced_threshold).to(f0.dtype)
         # Unvoiced frames get noise of about the sine amplitude instead of the harmonics.
