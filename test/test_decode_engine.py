@@ -237,3 +237,45 @@ def test_request_without_tokens_finishes_empty(setup):
 def test_to_int16_clips():
     pcm = to_int16(np.array([0.0, 0.5, 1.0, 1.5, -1.5], np.float32))
     assert pcm.tolist() == [0, 16383, 32767, 32767, -32767]
+
+
+def test_stream_admission_cap_queues_instead_of_failing(setup):
+    """With room for 2 streams, 4 streams still all finish with their own audio; at most 2 ever hold a cache."""
+    cfg, engine, reqs = setup
+    engine.hop_policy = HopPolicy("fixed")
+    engine.max_active_streams = 2
+    streams = [r for r in reqs if r[4]][:4]
+    assert len(streams) >= 3
+    try:
+        feeds = {}
+        for req_id, prompt, tokens, seed, stream, speed, push in streams:
+            engine.add_request(req_id, prompt, seed, stream, speed)
+            feeds[req_id] = (tokens, len(tokens), 0)  # every token at once: all could start in the first step
+        outputs: dict[str, list[AudioOutput]] = {}
+        max_started = 0
+        while engine.num_active():
+            for req_id, (tokens, _, _) in list(feeds.items()):
+                engine.push_tokens(req_id, tokens, is_last=True)
+                del feeds[req_id]
+            for out in engine.step():
+                outputs.setdefault(out.req_id, []).append(out)
+            started = sum(1 for r in engine.requests.values() if r.schedule.offset > 0)
+            max_started = max(max_started, started)
+        assert max_started <= 2
+        for req_id, prompt, tokens, seed, stream, speed, push in streams:
+            got = np.concatenate([o.audio for o in outputs[req_id]])
+            want = np.concatenate(reference(engine, prompt, tokens, seed, stream, speed))
+            assert np.linalg.norm(got - want) / np.linalg.norm(want) < REL_TOL, req_id
+    finally:
+        engine.max_active_streams = None
+
+
+def test_stream_capacity_from_memory(fixture_dir):
+    from light_tts.decode.engine import stream_cache_bytes, stream_capacity
+    from light_tts.model_config import ModelConfig
+
+    full = ModelConfig(model_dir=fixture_dir)  # released dimensions
+    # 10 CFM steps x 56 transformer blocks x K/V x CFG pair x 512 x fp16 = 2.3 MB per mel frame
+    assert stream_cache_bytes(full, torch.float16, 1.0) == 10 * 56 * 2 * 2 * 512 * 2 * 50
+    assert stream_capacity(full, torch.float16, 100 << 30) == (100 << 30) // (3 * 30 * 114688000)
+    assert stream_capacity(full, torch.float16, 0) == 1

@@ -52,10 +52,31 @@ def to_int16(audio: np.ndarray) -> np.ndarray:
     return (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
 
 
+def stream_cache_bytes(cfg: ModelConfig, dtype: torch.dtype, seconds: float) -> int:
+    """Estimator keys/values a stream of `seconds` keeps: per mel frame, every CFM step's transformer blocks hold
+    keys and values for both CFG branches (2.3 MB per frame at full size in fp16, 115 MB per second of audio)."""
+    est = cfg.flow.cfm.estimator
+    blocks = (2 * len(est.channels) + est.num_mid_blocks) * est.n_blocks
+    per_frame = cfg.flow.cfm.n_timesteps * blocks * 2 * 2 * est.num_heads * est.attention_head_dim
+    frames = seconds * cfg.token_frame_rate * cfg.token_mel_ratio
+    return int(per_frame * frames * torch.tensor([], dtype=dtype).element_size())
+
+
+def stream_capacity(cfg: ModelConfig, dtype: torch.dtype, free_bytes: int, seconds: float = 30.0,
+                    copies: int = 3) -> int:
+    """Streams that fit in `free_bytes` if each runs `seconds` long; a step holds a stream's cache up to `copies`
+    times (the kept batch, the graph's static buffer, the extended copy out of it)."""
+    return max(1, int(free_bytes // (copies * stream_cache_bytes(cfg, dtype, seconds))))
+
+
 class DecodeEngine:
+    """max_active_streams: streams holding a flow cache at once; later ones wait (their tokens queue up) until one
+    finishes, so a burst of streams is served late rather than run out of GPU memory. None: on CUDA, sized from the
+    free memory after loading (stream_capacity); unbounded on the CPU."""
+
     def __init__(self, model_cfg: ModelConfig, device: str | torch.device = "cpu", max_batch_size: int = 16,
                  hop_policy: HopPolicy = HopPolicy(), dtype: torch.dtype = torch.float32,
-                 use_cuda_graph: bool = True, load_trt: bool = False):
+                 use_cuda_graph: bool = True, load_trt: bool = False, max_active_streams: int | None = None):
         self.cfg = model_cfg
         self.device = torch.device(device)
         self.max_batch_size = max_batch_size
@@ -69,6 +90,10 @@ class DecodeEngine:
         self.flow_batches: list[FlowBatch] = []
         if self.device.type == "cuda":
             self._init_runners(use_cuda_graph, load_trt)
+            if max_active_streams is None:
+                free_bytes, _ = torch.cuda.mem_get_info(self.device)
+                max_active_streams = stream_capacity(model_cfg, dtype, int(0.8 * free_bytes))
+        self.max_active_streams = max_active_streams
 
     def _init_runners(self, use_cuda_graph: bool, load_trt: bool) -> None:
         """Streamed chunks replay CUDA graphs of the estimator and of HiFT's synthesis (eager when off); whole
@@ -120,10 +145,15 @@ class DecodeEngine:
         for batch in [b for b in self.flow_batches if not all(self.requests.get(r.req_id) is r for r in b.reqs)]:
             self._release(batch)  # a member finished, failed or was aborted: its rows are dead weight
         jobs = []
+        num_streaming = sum(1 for r in self.requests.values() if r.stream and r.schedule.offset > 0)
         for req in list(self.requests.values()):
             job = req.next_job()
             if job is None or len(jobs) >= self.max_batch_size:
                 continue
+            if job.streaming and job.is_first and not job.finalize:
+                if self.max_active_streams is not None and num_streaming >= self.max_active_streams:
+                    continue  # waits, least recently served first, until a stream finishes
+                num_streaming += 1
             self.requests.move_to_end(req.req_id)
             if job.finalize and not req.schedule.tokens:  # no speech token at all (e.g. an empty sentence)
                 self.requests.pop(req.req_id)

@@ -43,6 +43,8 @@ class ServerConfig:
     decode_paral_num: int = _opt(1, "accepted for compatibility; decode concurrency is --decode_max_batch_size")
     decode_max_batch_size: int = _opt(8, "requests a decode process batches through token2wav at once")
     load_trt: bool = _opt(False, "run the flow estimator with TensorRT (GPU decode processes only)")
+    decode_max_streams: int = _opt(0, "streams a decode process holds flow caches for at once; later ones wait "
+                                      "(0: sized from free GPU memory, unbounded on the CPU)")
     hop_policy: str = _opt("growing", "streamed chunk sizes after the first: fixed (25 tokens, lowest latency) or "
                                       "growing (25 -> 50 -> 100, fewer chunks)", choices=HOP_POLICIES)
     decode_data_type: str = _opt("float16", "flow dtype in GPU decode processes (HiFT and CPU runs use float32)",
@@ -80,6 +82,8 @@ class ServerConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.decode_max_streams < 0:
+            raise ValueError("--decode_max_streams must be >= 0")
         for name in ("batch_max_tokens", "max_total_token_num"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1")

@@ -72,7 +72,8 @@ class DecodeWorker:
         dtype = torch.float32 if device == "cpu" else getattr(torch, self.cfg.decode_data_type)
         self.engine = DecodeEngine(load_model_config(self.cfg.model_dir), device, self.cfg.decode_max_batch_size,
                                    hop_policy=HopPolicy(self.cfg.hop_policy), dtype=dtype,
-                                   use_cuda_graph=not self.cfg.disable_cudagraph, load_trt=self.cfg.load_trt)
+                                   use_cuda_graph=not self.cfg.disable_cudagraph, load_trt=self.cfg.load_trt,
+                                   max_active_streams=self.cfg.decode_max_streams or None)
 
     def loop(self) -> None:
         while not parent_is_gone(self.launcher_pid):
