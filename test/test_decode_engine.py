@@ -277,5 +277,5 @@ def test_stream_capacity_from_memory(fixture_dir):
     full = ModelConfig(model_dir=fixture_dir)  # released dimensions
     # 10 CFM steps x 56 transformer blocks x K/V x CFG pair x 512 x fp16 = 2.3 MB per mel frame
     assert stream_cache_bytes(full, torch.float16, 1.0) == 10 * 56 * 2 * 2 * 512 * 2 * 50
-    assert stream_capacity(full, torch.float16, 100 << 30) == (100 << 30) // (3 * 30 * 114688000)
+    assert stream_capacity(full, torch.float16, 100 << 30) == (100 << 30) // (4 * 30 * 114688000)
     assert stream_capacity(full, torch.float16, 0) == 1

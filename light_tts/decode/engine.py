@@ -63,9 +63,9 @@ def stream_cache_bytes(cfg: ModelConfig, dtype: torch.dtype, seconds: float) -> 
 
 
 def stream_capacity(cfg: ModelConfig, dtype: torch.dtype, free_bytes: int, seconds: float = 30.0,
-                    copies: int = 3) -> int:
-    """Streams that fit in `free_bytes` if each runs `seconds` long; a step holds a stream's cache up to `copies`
-    times (the kept batch, the graph's static buffer, the extended copy out of it)."""
+                    copies: int = 4) -> int:
+    """Streams that fit in `free_bytes` if each runs `seconds` long; a step holds a stream's cache up to three
+    times (the kept batch, the graph's static buffer, the extended copy out of it), plus room for fragmentation."""
     return max(1, int(free_bytes // (copies * stream_cache_bytes(cfg, dtype, seconds))))
 
 

@@ -187,6 +187,8 @@ def launch(cfg: ServerConfig) -> int:
         return 1
     ports = PortArgs.create(cfg)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = ports.metrics_dir  # inherited by every spawned child
+    # flow caches of many sizes come and go in the decode processes: growable segments keep the freed memory usable
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     shared = SharedState(cfg, ports)
     procs = ServerProcesses(cfg, ports, shared)
 
