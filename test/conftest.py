@@ -20,6 +20,18 @@ if not FIXTURE_DIR.exists():  # CI clones main with shared/ beside it; a checkou
     FIXTURE_DIR = ROOT / "shared" / "fixtures" / "cosyvoice2-tiny"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """The tests' tensors are tiny: one thread is as fast, and immune to oversubscribing CI's 2 cores (the e2e
+    servers run beside the test process)."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:
     if not FIXTURE_DIR.exists():

@@ -40,8 +40,6 @@ def make_prompt(num_tokens: int, vocab: int, seed: int) -> Prompt:
 
 @pytest.fixture(scope="module")
 def setup(fixture_dir):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny shapes: one thread is as fast and immune to a busy machine's oversubscription
     cfg = load_model_config(fixture_dir)
     engine = DecodeEngine(cfg, max_batch_size=16, hop_policy=HopPolicy("growing"))
     vocab = cfg.flow.vocab_size
@@ -49,8 +47,7 @@ def setup(fixture_dir):
     for i, (p, n, seed, stream, speed, push) in enumerate(REQUESTS):
         tokens = np.random.default_rng(100 + i).integers(0, vocab, n).tolist()
         reqs.append((f"r{i}", make_prompt(p, vocab, 10 + i), tokens, seed, stream, speed, push))
-    yield cfg, engine, reqs
-    torch.set_num_threads(threads)
+    return cfg, engine, reqs
 
 
 def reference(engine: DecodeEngine, prompt, tokens, seed, stream, speed) -> list[np.ndarray]:

@@ -6,19 +6,7 @@ import torch
 from light_tts.errors import ModelDirError
 from light_tts.model_dir import load_model_config
 from light_tts.models.flow import Flow
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These small ops run 5-15x slower with 2 OpenMP threads when other processes share the 2 cores."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+from light_tts.tools.parity import rel_l2
 
 
 @pytest.fixture(scope="module")

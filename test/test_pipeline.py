@@ -7,7 +7,6 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from light_tts.errors import AudioError, ModelDirError, RequestError, TextError
 from light_tts.pipeline import Pipeline
@@ -23,7 +22,6 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipe(tiny_dir):
-    torch.set_num_threads(1)
     return Pipeline(tiny_dir)
 
 

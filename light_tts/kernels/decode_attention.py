@@ -104,6 +104,17 @@ def choose_split_len(batch: int, num_kv_heads: int, max_seq_len: int, block_n: i
     return triton.cdiv(triton.cdiv(max(max_seq_len, 1), num_splits), block_n) * block_n
 
 
+def check_kv_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor) -> None:
+    """What both attention kernels assume of q [*, Hq, D] and the token-level cache [slots, Hkv, D]."""
+    num_q_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads = k_cache.shape[1]
+    assert head_dim >= 16 and head_dim & (head_dim - 1) == 0, f"head_dim must be a power of two >= 16, got {head_dim}"
+    assert k_cache.dim() == 3 and k_cache.shape[2] == head_dim and v_cache.shape == k_cache.shape
+    assert k_cache.stride(2) == v_cache.stride(2) == 1 and q.dtype == k_cache.dtype == v_cache.dtype
+    assert num_q_heads % num_kv_heads == 0, f"GQA needs Hq % Hkv == 0, got {num_q_heads}, {num_kv_heads}"
+    assert req_to_token.dim() == 2 and req_to_token.stride(1) == 1 and req_to_token.dtype == torch.int32
+
+
 def decode_attention_triton(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
     b_req_idx: torch.Tensor, b_seq_len: torch.Tensor, sm_scale: float, max_seq_len: int | None = None,
@@ -113,11 +124,7 @@ def decode_attention_triton(
     assert q.dim() == 3 and q.stride(2) == 1, f"q must be [B, Hq, D], got {tuple(q.shape)}"
     batch, num_q_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[1]
-    assert head_dim >= 16 and head_dim & (head_dim - 1) == 0, f"head_dim must be a power of two >= 16, got {head_dim}"
-    assert k_cache.dim() == 3 and k_cache.shape[2] == head_dim and v_cache.shape == k_cache.shape
-    assert k_cache.stride(2) == v_cache.stride(2) == 1 and q.dtype == k_cache.dtype == v_cache.dtype
-    assert num_q_heads % num_kv_heads == 0, f"GQA needs Hq % Hkv == 0, got {num_q_heads}, {num_kv_heads}"
-    assert req_to_token.dim() == 2 and req_to_token.stride(1) == 1 and req_to_token.dtype == torch.int32
+    check_kv_inputs(q, k_cache, v_cache, req_to_token)
     assert b_req_idx.shape == (batch,) and b_seq_len.shape == (batch,)
     assert b_req_idx.dtype == b_seq_len.dtype == torch.int32
     max_seq_len = req_to_token.shape[1] if max_seq_len is None else max_seq_len

@@ -8,6 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
+from light_tts.kernels.decode_attention import check_kv_inputs
+
 LOG2_E = 1.4426950408889634
 
 
@@ -78,11 +80,7 @@ def prefill_attention_triton(
     assert q.dim() == 3 and q.stride(2) == 1, f"q must be [T, Hq, D], got {tuple(q.shape)}"
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[1]
-    assert head_dim >= 16 and head_dim & (head_dim - 1) == 0, f"head_dim must be a power of two >= 16, got {head_dim}"
-    assert k_cache.dim() == 3 and k_cache.shape[2] == head_dim and v_cache.shape == k_cache.shape
-    assert k_cache.stride(2) == v_cache.stride(2) == 1 and q.dtype == k_cache.dtype == v_cache.dtype
-    assert num_q_heads % num_kv_heads == 0, f"GQA needs Hq % Hkv == 0, got {num_q_heads}, {num_kv_heads}"
-    assert req_to_token.dim() == 2 and req_to_token.stride(1) == 1 and req_to_token.dtype == torch.int32
+    check_kv_inputs(q, k_cache, v_cache, req_to_token)
     num_seqs = b_req_idx.shape[0]
     for meta in (b_req_idx, b_start_loc, b_seq_len, b_prefix_len):
         assert meta.shape == (num_seqs,) and meta.dtype == torch.int32
