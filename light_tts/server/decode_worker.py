@@ -20,7 +20,7 @@ from light_tts.server.io_struct import AbortRequest, AudioReady, DecodeStart, Re
 from light_tts.server.shm import AUDIO_RING_SAMPLES, ProcessTable, RequestSlots
 from light_tts.server.topology import PortArgs
 from light_tts.server.worker_common import (AbortedRequests, HttpReplies, Inbox, parent_is_gone, resolve_device,
-                                            setup_process)
+                                            serve, setup_process)
 
 
 @dataclass
@@ -181,11 +181,5 @@ class DecodeWorker:
 
 
 def run_decode_process(cfg: ServerConfig, ports: PortArgs, rank: int, ready_pipe) -> None:
-    try:
-        worker = DecodeWorker(cfg, ports, rank, os.getppid())
-        worker.processes.set("decode", rank, pid=os.getpid(), state=ProcessTable.READY)
-    except BaseException:
-        ready_pipe.send(("error", traceback.format_exc()))
-        raise
-    ready_pipe.send(("ready", os.getpid()))
-    worker.loop()
+    """Process entry (see worker_common.serve)."""
+    serve(lambda: DecodeWorker(cfg, ports, rank, os.getppid()), "decode", rank, ready_pipe)

@@ -19,7 +19,7 @@ from light_tts.server.io_struct import AbortRequest, EncodeRequest, LLMRequestIn
 from light_tts.server.shm import ProcessTable, RequestSlots
 from light_tts.server.topology import PortArgs
 from light_tts.server.voice_cache import VoiceCache
-from light_tts.server.worker_common import AbortedRequests, HttpReplies, Inbox, parent_is_gone, setup_process
+from light_tts.server.worker_common import AbortedRequests, HttpReplies, Inbox, parent_is_gone, serve, setup_process
 
 
 class EncodeWorker:
@@ -137,12 +137,5 @@ class EncodeWorker:
 
 
 def run_encode_process(cfg: ServerConfig, ports: PortArgs, rank: int, ready_pipe) -> None:
-    """Process entry: build the worker, report readiness (or the error) through the pipe, then loop forever."""
-    try:
-        worker = EncodeWorker(cfg, ports, rank, os.getppid())
-        worker.processes.set("encode", rank, pid=os.getpid(), state=ProcessTable.READY)
-    except BaseException:
-        ready_pipe.send(("error", traceback.format_exc()))
-        raise
-    ready_pipe.send(("ready", os.getpid()))
-    worker.loop()
+    """Process entry (see worker_common.serve)."""
+    serve(lambda: EncodeWorker(cfg, ports, rank, os.getppid()), "encode", rank, ready_pipe)

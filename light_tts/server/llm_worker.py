@@ -23,7 +23,7 @@ from light_tts.server.io_struct import (AbortRequest, DecodeStart, LLMRequestIn,
 from light_tts.server.shm import ProcessTable, RequestSlots
 from light_tts.server.topology import PortArgs
 from light_tts.server.worker_common import (AbortedRequests, HttpReplies, Inbox, connect_pushes, parent_is_gone,
-                                            resolve_device, setup_process)
+                                            resolve_device, serve, setup_process)
 
 
 @dataclass
@@ -215,11 +215,5 @@ class LLMWorker:
 
 
 def run_llm_process(cfg: ServerConfig, ports: PortArgs, ready_pipe) -> None:
-    try:
-        worker = LLMWorker(cfg, ports, os.getppid())
-        worker.processes.set("llm", 0, pid=os.getpid(), state=ProcessTable.READY)
-    except BaseException:
-        ready_pipe.send(("error", traceback.format_exc()))
-        raise
-    ready_pipe.send(("ready", os.getpid()))
-    worker.loop()
+    """Process entry (see worker_common.serve)."""
+    serve(lambda: LLMWorker(cfg, ports, os.getppid()), "llm", 0, ready_pipe)

@@ -116,3 +116,20 @@ class AbortedRequests:
 def parent_is_gone(launcher_pid: int) -> bool:
     """A worker whose launcher died (even by SIGKILL) is re-parented; it must exit rather than linger."""
     return os.getppid() != launcher_pid
+
+
+def serve(make_worker, stage: str, rank: int, ready_pipe) -> None:
+    """Process entry shared by every stage: build the worker, mark it ready in the process table and tell the
+    launcher (or send it the traceback), then run the worker's loop until the process ends."""
+    import traceback
+
+    from light_tts.server.shm import ProcessTable
+
+    try:
+        worker = make_worker()
+        worker.processes.set(stage, rank, pid=os.getpid(), state=ProcessTable.READY)
+    except BaseException:
+        ready_pipe.send(("error", traceback.format_exc()))
+        raise
+    ready_pipe.send(("ready", os.getpid()))
+    worker.loop()
