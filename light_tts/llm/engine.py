@@ -4,8 +4,7 @@ steps; each step() schedules one batch, runs it and returns the tokens it produc
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
@@ -36,20 +35,6 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.max_total_token_num is not None and self.max_total_token_num < 2:
             raise ValueError("max_total_token_num must be >= 2")
-
-    @classmethod
-    def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        for f in fields(cls):
-            flag = "--" + f.name
-            if f.type == "bool":  # --flag / --no-flag
-                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-            else:
-                kind = {"int | None": int, "int": int, "float": float, "str": str}[f.type]
-                parser.add_argument(flag, type=kind, default=f.default)
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> EngineConfig:
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
 
 class LLMEngine:
