@@ -48,8 +48,7 @@ class Stream:
         return self.schedule.chunk_tokens(finalize), finalize
 
 
-def make_spec(s: Stream, pool: PagePool, slot: int, new: list[int], finalize: bool, read_slot: int,
-              prefix: tuple[int, int] = (-1, 0)) -> ChunkSpec:
+def make_spec(s: Stream, pool: PagePool, slot: int, new: list[int], finalize: bool, read_slot: int) -> ChunkSpec:
     p = s.p_tok.shape[1]
     is_first = s.t0 == 0 or (s.t0 < p)
     tokens = (s.p_tok[0, s.t0:].tolist() + new) if is_first else new
@@ -62,7 +61,7 @@ def make_spec(s: Stream, pool: PagePool, slot: int, new: list[int], finalize: bo
     prompt_frames = max(0, 2 * p - 2 * s.t0)
     cond[:prompt_frames] = s.p_mel[0, 2 * s.t0:2 * p].numpy()
     return ChunkSpec(slot=slot, read_slot=read_slot, page_table=pool.streams[s.name].page_table, t0=s.t0,
-                     tokens=tokens, num_lookahead=la, cond=cond, prefix_slot=prefix[0], prefix_tokens=prefix[1])
+                     tokens=tokens, num_lookahead=la, cond=cond)
 
 
 def run_paged(paged: PagedFlow, cache: FlowCache, specs: list[ChunkSpec], bucket=None) -> list[torch.Tensor]:

@@ -34,7 +34,7 @@ EST_TAPS, EST_TAIL = 3, 2  # every estimator causal conv keeps 2 frames
 class ChunkSpec:
     """One row of a flow pass: the next chunk of a stream, or a whole utterance."""
 
-    slot: int  # the stream's tail slot, written by this chunk
+    slot: int  # the stream's tail slot (its speaker vector lives there too)
     read_slot: int  # the tail slot read: 0 (zeros) for a fresh stream, a prefix's slot after a shared prefix
     page_table: list[int]  # the stream's pages, covering at least tokens [0, t0 + num_new)
     t0: int  # tokens already cached (a multiple of the page)
@@ -42,8 +42,9 @@ class ChunkSpec:
     num_lookahead: int  # 3 for a non-final streamed chunk, 0 at the end of an utterance
     full_attention: bool = False  # a whole utterance at once (non-stream)
     cond: np.ndarray | None = None  # (2 num_new, 80) prompt-mel condition of the new frames; None: zeros
-    prefix_slot: int = -1  # >= 0: also save the conv context at token prefix_tokens into this slot
-    prefix_tokens: int = 0
+    # where the conv context is saved: (tokens from t0, slot); None: at the chunk's end into `slot`. A chunk that
+    # registers a voice prefix also saves at the prefix boundary into the prefix's slot.
+    saves: list[tuple[int, int]] | None = None
     skip_pages: tuple[int, int] = (0, 0)  # estimator pages [lo, hi) hidden (the context window)
 
     @property
@@ -236,15 +237,11 @@ def build_flow_inputs(specs: list[ChunkSpec], shape: FlowCacheShape, num_slots: 
         la.add_row(tok, n, s.read_slot * LA_TAIL, np.arange(n)[:, None] + np.arange(-2, 1)[None, :], tok)
         frames = np.arange(ratio * n)[:, None] + np.arange(-UP_TAIL, 1)[None, :]  # repeated-frame positions
         up.add_row(tok, n, s.read_slot * UP_TAIL, np.where(frames >= 0, frames // ratio, frames), ratio * tok)
-        la.save(r, n, s.slot * LA_TAIL)
-        last = np.arange(ratio * n - UP_TAIL, ratio * n)
-        up.save_src += up._resolve(r, np.where(last >= 0, last // ratio, last)).tolist()
-        up.save_dst += [s.slot * UP_TAIL + f for f in range(UP_TAIL)]
-        if s.prefix_slot >= 0:
-            b = s.prefix_tokens
-            la.save(r, b, s.prefix_slot * LA_TAIL)
-            up.save_src += (tok + np.arange(ratio * b - UP_TAIL, ratio * b) // ratio).tolist()
-            up.save_dst += [s.prefix_slot * UP_TAIL + f for f in range(UP_TAIL)]
+        for end, slot in s.saves if s.saves is not None else [(n, s.slot)]:
+            la.save(r, end, slot * LA_TAIL)
+            last = np.arange(ratio * end - UP_TAIL, ratio * end)
+            up.save_src += up._resolve(r, np.where(last >= 0, last // ratio, last)).tolist()
+            up.save_dst += [slot * UP_TAIL + f for f in range(UP_TAIL)]
         enc_attn.add(tok, n, s.t0, r, 0, mode)
         up_attn.add(ratio * tok, ratio * n, f0, r, 0, mode)
         enc_store += _page_writes(s.page_table, s.t0, n, shape.page_tokens, tok, 0)
@@ -264,9 +261,8 @@ def build_flow_inputs(specs: list[ChunkSpec], shape: FlowCacheShape, num_slots: 
             v_first = branch * mf_pad + frame_starts[r]
             est.add_row(v_first, m, (s.read_slot * 2 + branch) * EST_TAIL,
                         np.arange(m)[:, None] + np.arange(-2, 1)[None, :], v_first)
-            est.save(len(est.rows) - 1, m, (s.slot * 2 + branch) * EST_TAIL)
-            if s.prefix_slot >= 0:
-                est.save(len(est.rows) - 1, ratio * s.prefix_tokens, (s.prefix_slot * 2 + branch) * EST_TAIL)
+            for end, slot in s.saves if s.saves is not None else [(s.num_new, s.slot)]:
+                est.save(len(est.rows) - 1, ratio * end, (slot * 2 + branch) * EST_TAIL)
             est_attn.add(v_first, m, f0, r, branch, 1 if s.full_attention else 0, s.skip_pages)
             est_store += _page_writes(s.page_table, f0, m, shape.page_frames, v_first, branch)
     mv_pad = 2 * mf_pad
