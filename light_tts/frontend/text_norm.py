@@ -8,11 +8,9 @@ import unicodedata
 from typing import Callable
 
 from light_tts.errors import TextError
+from light_tts.request_rules import MAX_TEXT_CHARS
 
 logger = logging.getLogger(__name__)
-
-# The server rejects longer texts before any normalisation work (a 100k-character body fails fast).
-MAX_TEXT_CHARS = 20_000
 
 _CHINESE_CHAR = re.compile(r"[\u4e00-\u9fff]+")
 _ZH_SENTENCE_END = ("。", "？", "！", "；", "：", "、", ".", "?", "!", ";")

@@ -15,7 +15,6 @@ import time
 import traceback
 import wave
 from contextlib import asynccontextmanager, contextmanager
-from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request, WebSocket
@@ -29,6 +28,7 @@ from light_tts.server.http_manager import HttpServerManager, RequestHandle
 from light_tts.server.request_metrics import (ActiveRequest, ClientGone, error_response, record_finished,
                                               record_rejected)
 from light_tts.server.request_parsing import parse_zero_shot
+from light_tts.server.settings import ServerSettings
 from light_tts.server.topology import PortArgs
 
 PCM_MEDIA_TYPE = "application/octet-stream"  # raw int16 LE mono 24 kHz, no header
@@ -36,13 +36,8 @@ HEALTH_CACHE_S = 10.0  # /health runs a real synthesis at most this often
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left first
 
 
-def model_names(cfg: ServerConfig) -> list[str]:
-    return [Path(cfg.model_dir).name] if cfg.model_dir else ["default"]
-
-
-def check_model_name(cfg: ServerConfig, name: str) -> None:
-    if name not in ("default", *model_names(cfg)):
-        raise RequestError(f"unknown tts_model_name {name!r}; loaded: {model_names(cfg)}")
+def model_names(settings: ServerSettings) -> list[str]:
+    return [settings.model.name]
 
 
 async def until_disconnect(request: Request) -> None:
@@ -83,9 +78,13 @@ def tone_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
     return buf.getvalue()
 
 
-def create_app(cfg: ServerConfig, ports: PortArgs, http_rank: int, on_ready=None) -> FastAPI:
-    manager = HttpServerManager(cfg, ports, http_rank)
+def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_ready=None) -> FastAPI:
+    manager = HttpServerManager(settings, ports, http_rank)
     health = {"checked_at": -math.inf, "ok": False, "detail": ""}
+
+    def check_model_name(name: str) -> None:
+        if name not in ("default", *model_names(settings)):
+            raise RequestError(f"unknown tts_model_name {name!r}; loaded: {model_names(settings)}")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -102,10 +101,11 @@ def create_app(cfg: ServerConfig, ports: PortArgs, http_rank: int, on_ready=None
     async def inference_zero_shot(request: Request):
         endpoint = "inference_zero_shot"
         try:
-            inputs = await parse_zero_shot(request, cfg)
-            check_model_name(cfg, inputs.tts_model_name)
+            inputs = await parse_zero_shot(request, settings)
+            check_model_name(inputs.tts_model_name)
             handle = manager.submit(inputs.tts_text, inputs.prompt_text, inputs.prompt_wav, stream=inputs.stream,
-                                    speed=inputs.speed, seed=inputs.seed)
+                                    speed=inputs.speed, seed=inputs.seed,
+                                    fixed_speech_tokens=inputs.fixed_speech_tokens)
         except LightTTSError as e:
             record_rejected(endpoint, e)
             return error_response(e)
@@ -158,11 +158,11 @@ def create_app(cfg: ServerConfig, ports: PortArgs, http_rank: int, on_ready=None
 
     @app.websocket("/inference_zero_shot_bistream")
     async def inference_zero_shot_bistream(ws: WebSocket):
-        await serve_bistream(ws, manager, cfg, check_model_name)
+        await serve_bistream(ws, manager, settings, check_model_name)
 
     @app.api_route("/query_tts_model", methods=["GET", "POST"])
     async def query_tts_model():
-        return {"tts_models": model_names(cfg)}
+        return {"tts_models": model_names(settings)}
 
     @app.get("/healthz")
     @app.get("/liveness")
@@ -213,7 +213,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_http_process(cfg: ServerConfig, ports: PortArgs, rank: int, ready_pipe) -> None:
+def run_http_process(settings: ServerSettings, ports: PortArgs, rank: int, ready_pipe) -> None:
     """Process entry of HTTP worker `rank`: serve the app with uvicorn on the shared port until SIGTERM."""
     import uvicorn
 
@@ -227,9 +227,10 @@ def run_http_process(cfg: ServerConfig, ports: PortArgs, rank: int, ready_pipe) 
             yield
 
     try:
-        setup_process(cfg, f"http{rank}")
+        cfg = settings.cfg
+        setup_process(settings, f"http{rank}")
         sock = listening_socket(cfg.host, cfg.port)
-        app = create_app(cfg, ports, rank, on_ready=lambda: ready_pipe.send(("ready", os.getpid())))
+        app = create_app(settings, ports, rank, on_ready=lambda: ready_pipe.send(("ready", os.getpid())))
         config = uvicorn.Config(app, log_level=cfg.log_level, timeout_graceful_shutdown=2, ws_max_size=64 << 20)
         server = WorkerServer(config)
     except BaseException:

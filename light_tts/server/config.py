@@ -7,6 +7,8 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
+from light_tts.request_rules import MAX_TEXT_CHARS
+
 DATA_TYPES = ("float16", "bfloat16", "float32")
 ZMQ_MODES = ("ipc:///tmp/", "tcp://")
 HOP_POLICIES = ("fixed", "growing")
@@ -40,7 +42,8 @@ class ServerConfig:
     decode_process_num: int = _opt(1, "decode processes (token2wav), each on its own ZMQ port")
     encode_paral_num: int = _opt(50, "requests an encode process takes from its queue per loop turn")
     gpt_paral_num: int = _opt(50, "new requests the LLM process admits per loop turn")
-    decode_paral_num: int = _opt(1, "accepted for compatibility; decode concurrency is --decode_max_batch_size")
+    decode_paral_num: int | None = _opt(None, "no effect (decode concurrency is --decode_max_batch_size); accepted "
+                                              "for compatibility")
     decode_max_batch_size: int = _opt(8, "requests a decode process batches through token2wav at once")
     load_trt: bool = _opt(False, "run the flow estimator with TensorRT (GPU decode processes only)")
     decode_max_streams: int = _opt(0, "streams a decode process holds flow caches for at once; later ones wait "
@@ -58,14 +61,18 @@ class ServerConfig:
     graph_max_batch_size: int = _opt(16, "largest CUDA-graph decode batch")
     disable_cudagraph: bool = _opt(False, "run the LLM eagerly")
     data_type: str = _opt("float16", "LLM compute dtype (float32 is used on CPU)", choices=DATA_TYPES)
-    mode: tuple[str, ...] = _opt(("triton_flashdecoding",), "accepted for compatibility (kernel choice is automatic)")
+    mode: tuple[str, ...] | None = _opt(None, "no effect (kernels are chosen automatically); accepted for "
+                                              "compatibility")
+    disable_prefix_cache: bool = _opt(False, "do not share the KV cache of a voice's prompt between requests")
+    kv_cache_mem_fraction: float = _opt(0.5, "share of the GPU memory left after warm-up that the LLM's KV cache "
+                                             "takes (the decode processes use the rest); unused on the CPU")
     router_max_wait_tokens: int = _opt(8, "decode steps between admissions of new requests")
     # Transport and caches
     zmq_mode: str = _opt("ipc:///tmp/", "ZMQ transport between processes", choices=ZMQ_MODES)
     cache_capacity: int = _opt(200, "voices kept in the shared-memory voice cache (LRU)")
     # Request limits (ours; the defaults suit the CosyVoice2 prompt and sentence lengths)
     request_timeout_s: float = _opt(300.0, "a request running longer ends with a timeout error")
-    max_text_chars: int = _opt(10000, "longest tts_text / prompt_text accepted")
+    max_text_chars: int = _opt(MAX_TEXT_CHARS, "longest tts_text / prompt_text accepted")
     max_prompt_wav_bytes: int = _opt(16 << 20, "largest prompt wav upload in bytes")
     max_prompt_seconds: float = _opt(30.0, "longest prompt audio accepted")
     # Runtime
@@ -76,12 +83,16 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         positive = ("httpserver_workers", "encode_process_num", "decode_process_num", "encode_paral_num",
-                    "gpt_paral_num", "decode_paral_num", "decode_max_batch_size",
+                    "gpt_paral_num", "decode_max_batch_size",
                     "max_req_total_len", "running_max_req_size", "graph_max_batch_size", "router_max_wait_tokens",
                     "cache_capacity", "max_text_chars", "max_prompt_wav_bytes", "cpu_threads")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.decode_paral_num is not None and self.decode_paral_num < 1:
+            raise ValueError("--decode_paral_num must be >= 1")
+        if not 0 < self.kv_cache_mem_fraction < 1:
+            raise ValueError("--kv_cache_mem_fraction must be in (0, 1)")
         if self.decode_max_streams < 0:
             raise ValueError("--decode_max_streams must be >= 0")
         for name in ("batch_max_tokens", "max_total_token_num"):
@@ -100,10 +111,15 @@ class ServerConfig:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
-    @property
-    def max_prompt_tokens(self) -> int:
-        """Speech tokens of the longest prompt (25 per second), the size of the prompt arrays in shared memory."""
-        return int(self.max_prompt_seconds * 25) + 25
+    def ignored_flags(self) -> list[str]:
+        """Startup notes for flags that are accepted for compatibility but change nothing."""
+        notes = []
+        if self.mode is not None:
+            notes.append(f"--mode {' '.join(self.mode)} has no effect: kernels are chosen automatically")
+        if self.decode_paral_num is not None:
+            notes.append(f"--decode_paral_num {self.decode_paral_num} has no effect: decode concurrency is "
+                         f"--decode_max_batch_size ({self.decode_max_batch_size})")
+        return notes
 
     @classmethod
     def build_parser(cls) -> argparse.ArgumentParser:
@@ -116,7 +132,7 @@ class ServerConfig:
                 # `--flag` alone means True; `--flag False` / `--flag 0` means False.
                 parser.add_argument(flag, type=str2bool, nargs="?", const=True, default=f.default, **kwargs)
             elif f.name == "mode":
-                parser.add_argument(flag, nargs="+", default=list(f.default), **kwargs)
+                parser.add_argument(flag, nargs="+", default=None, **kwargs)
             else:
                 parser.add_argument(flag, type=_field_type(f.type), default=f.default, **kwargs)
         return parser
@@ -125,7 +141,8 @@ class ServerConfig:
     def from_args(cls, argv: Sequence[str] | None = None) -> "ServerConfig":
         namespace = cls.build_parser().parse_args(argv)
         values = vars(namespace)
-        values["mode"] = tuple(values["mode"])
+        if values["mode"] is not None:
+            values["mode"] = tuple(values["mode"])
         return cls(**values)
 
     def replace(self, **changes: Any) -> "ServerConfig":
