@@ -65,7 +65,7 @@ class Pipeline:
         def piece_tokens() -> Iterator[torch.Tensor]:
             nonlocal num_text
             for piece in text_pieces:
-                ids = self.frontend.tokenize(piece)
+                ids = self.frontend.piece_tokens(piece)
                 num_text += len(ids)
                 yield torch.tensor(ids, dtype=torch.int32)
 

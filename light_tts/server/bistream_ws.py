@@ -82,6 +82,7 @@ async def read_text(ws: WebSocket, manager: HttpServerManager, handle: RequestHa
             text = message.get("tts_text", "")
             if not isinstance(text, str):
                 raise RequestError("tts_text must be a string")
+            check_text(text, "tts_text", cfg, allow_empty=True)
             num_chars += len(text)
             if num_chars > cfg.max_text_chars:
                 raise TextError(f"the pieces of tts_text exceed {cfg.max_text_chars} characters")

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import traceback
+from dataclasses import dataclass, field
 
 import numpy as np
 import zmq
 
 from light_tts.errors import LightTTSError, TextError
+from light_tts.frontend.text_norm import is_only_punctuation
 from light_tts.server import metrics
 from light_tts.server.io_struct import AbortRequest, EncodeRequest, LLMRequestIn, RequestParams, TextPiece, TextTokens
 from light_tts.server.process_table import ProcessTable
@@ -33,7 +35,7 @@ class EncodeWorker:
         self.init_shared_memory()
         self.init_sockets()
         self.init_frontend()
-        self.bistream: dict[int, RequestParams] = {}  # bistream requests whose text is still arriving
+        self.bistream: dict[int, BistreamText] = {}  # bistream requests whose text is still arriving
         self.aborted = AbortedRequests()
         self.queue_depth = metrics.QUEUE_DEPTH.labels("encode", str(rank))
 
@@ -96,7 +98,7 @@ class EncodeWorker:
             return
         self.to_llm.send(LLMRequestIn(params, voice_key, message.is_bistream))
         if message.is_bistream:
-            self.bistream[params.req_id] = params
+            self.bistream[params.req_id] = BistreamText(params)
         else:
             self.to_llm.send(TextTokens(params.req_id, sentences, is_last=True))
 
@@ -131,18 +133,51 @@ class EncodeWorker:
         return key
 
     def encode_piece(self, piece: TextPiece) -> None:
-        """Bistream text goes to the LLM as it comes, tokenized as-is (as the offline bistream pipeline does)."""
-        params = self.bistream[piece.req_id]
+        """Bistream text goes to the LLM as it comes, tokenized as-is (as the offline bistream pipeline does),
+        once the text so far has something to speak; a text that never has is refused, as it is over HTTP."""
+        text = self.bistream[piece.req_id]
         try:
-            tokens = self.frontend.tokenize(piece.text) if piece.text else []
+            sentences = text.add(piece, self.frontend)
         except Exception as e:
-            self.log.error("request %d: text piece failed:\n%s", params.req_id, traceback.format_exc())
-            del self.bistream[params.req_id]
-            self.http.fail(params.http_rank, params.req_id, e)
+            if not isinstance(e, LightTTSError):
+                self.log.error("request %d: text piece failed:\n%s", piece.req_id, traceback.format_exc())
+            del self.bistream[piece.req_id]
+            self.http.fail(text.params.http_rank, piece.req_id, e)
             return
-        self.to_llm.send(TextTokens(piece.req_id, [tokens] if tokens else [], piece.is_last))
+        if sentences is not None:
+            self.to_llm.send(TextTokens(piece.req_id, sentences, piece.is_last))
         if piece.is_last:
-            del self.bistream[params.req_id]
+            del self.bistream[piece.req_id]
+
+
+@dataclass
+class BistreamText:
+    """The text of a bistream request while it arrives. Pieces are held back until the text so far has something
+    to speak (judged as the HTTP endpoint judges a whole text), so an empty, emoji-only or punctuation-only text
+    ends with the same error as over HTTP instead of being voiced."""
+
+    params: RequestParams
+    held: list[list[int]] = field(default_factory=list)  # token lists of the pieces held back
+    text: str = ""  # the text received while nothing speakable was seen
+    is_speakable: bool = False
+
+    def add(self, piece: TextPiece, frontend) -> list[list[int]] | None:
+        """Token lists to send to the LLM now (None: keep waiting); raises TextError for a text with no speech."""
+        tokens = frontend.piece_tokens(piece.text)
+        if self.is_speakable:
+            return [tokens] if tokens else []
+        self.text += piece.text
+        if tokens:
+            self.held.append(tokens)
+        # normalising is costly: only a piece with more than punctuation, or the end, can change the verdict
+        if piece.is_last or not is_only_punctuation(piece.text):
+            self.is_speakable = frontend.normalizer.has_speech(self.text)
+        if not self.is_speakable:
+            if piece.is_last:
+                raise TextError("tts_text has nothing to speak: it is empty, or only punctuation or symbols")
+            return None
+        sentences, self.held, self.text = self.held, [], ""
+        return sentences
 
 
 def run_encode_process(settings: ServerSettings, ports: PortArgs, rank: int, ready_pipe) -> None:

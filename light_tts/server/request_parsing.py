@@ -8,6 +8,7 @@ body streams in, so an oversized upload is refused without being buffered whole.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -18,6 +19,7 @@ from light_tts.request_rules import check_seed, check_speed
 from light_tts.server.config import ServerConfig
 from light_tts.server.settings import ServerSettings
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 FORM_OVERHEAD_BYTES = 64 << 10  # headers and small fields on top of the wav and the two texts
 
 
@@ -90,12 +92,18 @@ def decode_text(raw: bytes, name: str, cfg: ServerConfig, allow_empty: bool = Fa
 
 
 def check_text(text: str, name: str, cfg: ServerConfig, allow_empty: bool = False) -> None:
+    """The checks every entry point applies to a text (form field, JSON field, WebSocket piece) before it
+    reaches a slot; what is speakable is the encode process's verdict (text_norm)."""
     if not allow_empty and not text.strip():
         raise TextError(f"{name} is empty")
     if len(text) > cfg.max_text_chars:
         raise TextError(f"{name} has {len(text)} characters; the limit is {cfg.max_text_chars}")
     if "\x00" in text:
         raise TextError(f"{name} contains a NUL character")
+    surrogate = _LONE_SURROGATE.search(text)
+    if surrogate:  # JSON can carry "\ud800"; such a string has no UTF-8 form
+        raise TextError(f"{name} contains a lone surrogate (U+{ord(surrogate.group()):04X}) at position "
+                        f"{surrogate.start()}: not valid Unicode")
 
 
 def check_prompt_wav(wav: bytes, cfg: ServerConfig) -> None:
