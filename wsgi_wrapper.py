@@ -70,6 +70,7 @@ def __getattr__(name):
     from light_tts.server.settings import ServerSettings
     from light_tts.server.shm import RequestSlots
     from light_tts.server.topology import PortArgs
+    from light_tts.server.worker_common import set_process_title
 
     settings, ports = msgspec.json.decode(os.environ[BACKEND_ENV], type=tuple[ServerSettings, PortArgs])
     table = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path)
@@ -78,5 +79,6 @@ def __getattr__(name):
         slots = RequestSlots(settings.shm, ports.shm_prefix, ports.lock_path)
         slots.release_all_of(previous)
         slots.close()
+    set_process_title(f"http{rank}", "gunicorn worker")
     app = globals()["app"] = create_app(settings, ports, rank)
     return app

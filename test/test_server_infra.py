@@ -1,5 +1,6 @@
 """Unit tests of the server's plumbing: config parsing, endpoints, shared-memory slots, voice cache, audio ring."""
 
+import dataclasses
 import multiprocessing as mp
 from pathlib import Path
 
@@ -49,6 +50,27 @@ def test_bare_bool_flag_means_true_and_lists_and_choices():
         ServerConfig.from_args(["--data_type", "int8"])
     with pytest.raises(SystemExit):
         ServerConfig.from_args(["--disable_cudagraph", "maybe"])
+
+
+def test_help_groups_flags_by_stage_and_shows_each_default_once():
+    import re
+    import subprocess
+    import sys
+
+    from light_tts.server.config import GROUPS
+
+    text = subprocess.run([sys.executable, "-m", "light_tts.server.api_server", "--help"], capture_output=True,
+                          text=True, check=True).stdout
+    sections = re.split(r"\n(?=\S[^\n]*:\n)", text.split("\noptions:\n", 1)[1])
+    titles = [section.split(":\n", 1)[0] for section in sections[1:]]
+    assert titles == list(GROUPS)
+    entries = re.split(r"\n  (?=--)", "\n".join(sections[1:]))
+    flags = {e.split()[0]: " ".join(e.split()) for e in entries if e.startswith("--")}
+    assert len(flags) == len(dataclasses.fields(ServerConfig))
+    for flag, entry in flags.items():
+        assert entry.count("(default:") == 1, entry
+        assert "(default: None)" not in entry and entry.count("default") == 1, entry
+    assert "on the CPU the LLM always runs float32" in flags["--data_type"]
 
 
 def test_config_validates():

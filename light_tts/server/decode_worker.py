@@ -20,8 +20,8 @@ from light_tts.server.process_table import ProcessTable
 from light_tts.server.settings import ServerSettings
 from light_tts.server.shm import RequestSlots
 from light_tts.server.topology import PortArgs
-from light_tts.server.worker_common import (AbortedRequests, Handlers, HttpReplies, Inbox, parent_is_gone,
-                                            resolve_device, serve, setup_process)
+from light_tts.server.worker_common import (AbortedRequests, Handlers, HttpReplies, Inbox, model_on, parent_is_gone,
+                                            resolve_device, serve, set_process_title, setup_process)
 
 
 @dataclass
@@ -73,6 +73,7 @@ class DecodeWorker:
 
         self.to_int16 = to_int16
         device = resolve_device(self.settings, "decode", self.rank)
+        set_process_title(self.name, model_on(self.settings, device))
         self.engine = DecodeEngine(load_model_config(self.cfg.model_dir), **self.settings.decode_engine_kwargs(device))
 
     def loop(self) -> None:

@@ -31,7 +31,7 @@ class EncodeWorker:
         self.settings, self.cfg, self.ports, self.rank = settings, settings.cfg, ports, rank
         self.launcher_pid = launcher_pid
         self.name = f"encode{rank}"
-        self.log = setup_process(settings, self.name)
+        self.log = setup_process(settings, self.name, f"model {settings.model.name}")
         self.init_shared_memory()
         self.init_sockets()
         self.init_frontend()

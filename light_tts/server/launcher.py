@@ -180,6 +180,9 @@ def receive_status(pipe) -> tuple[str, object]:
 
 def launch(cfg: ServerConfig) -> int:
     """Run the server until SIGINT/SIGTERM (returns 0) or a worker dies (returns 1)."""
+    from light_tts.server.worker_common import set_process_title
+
+    set_process_title("launcher", f"{cfg.host}:{cfg.port}")
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s launcher %(levelname)s %(message)s")
     check_port_free(cfg.host, cfg.port)
     try:

@@ -24,8 +24,8 @@ from light_tts.server.process_table import ProcessTable
 from light_tts.server.settings import ServerSettings
 from light_tts.server.shm import RequestSlots
 from light_tts.server.topology import PortArgs
-from light_tts.server.worker_common import (AbortedRequests, Handlers, HttpReplies, Inbox, outboxes, parent_is_gone,
-                                            resolve_device, serve, setup_process)
+from light_tts.server.worker_common import (AbortedRequests, Handlers, HttpReplies, Inbox, model_on, outboxes,
+                                            parent_is_gone, resolve_device, serve, set_process_title, setup_process)
 
 
 @dataclass
@@ -79,6 +79,7 @@ class LLMWorker:
         from light_tts.model_dir import load_model_config
 
         device = resolve_device(self.settings, "llm")
+        set_process_title("llm0", model_on(self.settings, device))
         self.engine = LLMEngine(load_model_config(self.cfg.model_dir), self.settings.llm_engine_config(device), device)
 
     def loop(self) -> None:

@@ -22,14 +22,27 @@ ABORT_MEMORY_S = 300.0  # messages of an aborted request can lag behind its abor
 log = logging.getLogger("light_tts.wire")
 
 
-def setup_process(settings: ServerSettings, name: str) -> logging.Logger:
-    """Logging and signals of a worker process. SIGINT is the launcher's to handle (a terminal's Ctrl-C reaches
-    the whole process group); the launcher stops workers with SIGTERM."""
+def set_process_title(name: str, detail: str | None = None) -> None:
+    """What `ps` and /proc/<pid>/cmdline show, e.g. "lighttts: llm0 (model tiny, cuda:0)"; the log lines of the
+    process carry the same name."""
+    from setproctitle import setproctitle
+
+    setproctitle(f"lighttts: {name}" + (f" ({detail})" if detail else ""))
+
+
+def setup_process(settings: ServerSettings, name: str, detail: str | None = None) -> logging.Logger:
+    """Title, logging and signals of a worker process. SIGINT is the launcher's to handle (a terminal's Ctrl-C
+    reaches the whole process group); the launcher stops workers with SIGTERM."""
+    set_process_title(name, detail)
     logging.basicConfig(level=settings.cfg.log_level.upper(),
                         format=f"%(asctime)s {name} %(levelname)s %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     return logging.getLogger(f"light_tts.{name}")
+
+
+def model_on(settings: ServerSettings, device: str) -> str:
+    return f"model {settings.model.name}, {device}"
 
 
 def place(stage: str, rank: int, num_gpus: int) -> str:
