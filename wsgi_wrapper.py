@@ -9,31 +9,34 @@ master: start the encode, LLM and decode processes, supervise them, stop them) a
 each gunicorn worker after the fork, from the config and topology the master made).
 """
 
-import base64
 import os
-import pickle
 import shlex
 import signal
 import threading
 
 worker_class = "uvicorn.workers.UvicornWorker"
 graceful_timeout = 5
-BACKEND_ENV = "LIGHTTTS_BACKEND"  # the master's (ServerConfig, PortArgs), pickled for its forked workers
+BACKEND_ENV = "LIGHTTTS_BACKEND"  # the master's settings and topology as JSON, for the workers it forks
 _master: dict = {}
 
 
 def on_starting(server):
+    import msgspec
+
     from light_tts.server.config import ServerConfig
     from light_tts.server.launcher import ServerProcesses, SharedState, resolve_model_dir
+    from light_tts.server.settings import load_settings
     from light_tts.server.topology import PortArgs
 
     cfg = ServerConfig.from_args(shlex.split(os.environ.get("LIGHTTTS_ARGS", "")))
     cfg = resolve_model_dir(cfg.replace(httpserver_workers=server.cfg.workers))
-    ports = PortArgs.create(cfg)
+    for note in cfg.ignored_flags():
+        server.log.warning(note)
+    settings, ports = load_settings(cfg), PortArgs.create(cfg)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = ports.metrics_dir
-    os.environ[BACKEND_ENV] = base64.b64encode(pickle.dumps((cfg, ports))).decode()
-    shared = SharedState(cfg, ports)
-    procs = ServerProcesses(cfg, ports, shared)
+    os.environ[BACKEND_ENV] = msgspec.json.encode((settings, ports)).decode()
+    shared = SharedState(settings, ports)
+    procs = ServerProcesses(settings, ports, shared)
     procs.start(start_http=False)  # gunicorn serves HTTP; /readiness reports 503 until the models are loaded
     _master.update(shared=shared, procs=procs, exit_code=0)
     threading.Thread(target=_supervise, args=(procs,), daemon=True).start()
@@ -60,15 +63,22 @@ def __getattr__(name):
     """`wsgi_wrapper:app`: each gunicorn worker builds the app on first access, taking a free HTTP rank."""
     if name != "app":
         raise AttributeError(name)
-    from light_tts.server.api_server import create_app
-    from light_tts.server.shm import FileLock, ProcessTable, RequestSlots
+    import msgspec
 
-    cfg, ports = pickle.loads(base64.b64decode(os.environ[BACKEND_ENV]))
-    table = ProcessTable(cfg, ports.shm_prefix)
-    rank, previous = table.claim_row("http", os.getpid(), FileLock(ports.lock_path))
+    from light_tts.server.api_server import create_app
+    from light_tts.server.process_table import ProcessTable
+    from light_tts.server.settings import ServerSettings
+    from light_tts.server.shm import RequestSlots
+    from light_tts.server.topology import PortArgs
+    from light_tts.server.worker_common import set_process_title
+
+    settings, ports = msgspec.json.decode(os.environ[BACKEND_ENV], type=tuple[ServerSettings, PortArgs])
+    table = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path)
+    rank, previous = table.claim_row("http", os.getpid())
     if previous:  # a restarted worker: free what the dead one held
-        slots = RequestSlots(cfg, ports.shm_prefix, ports.lock_path)
+        slots = RequestSlots(settings.shm, ports.shm_prefix, ports.lock_path)
         slots.release_all_of(previous)
         slots.close()
-    app = globals()["app"] = create_app(cfg, ports, rank)
+    set_process_title(f"http{rank}", "gunicorn worker")
+    app = globals()["app"] = create_app(settings, ports, rank)
     return app

@@ -1,10 +1,23 @@
-"""Typed errors raised for bad models and bad requests; the server maps each to an HTTP status."""
+"""Typed errors raised for bad models and bad requests; the server maps each to an HTTP status.
+
+Every error has a `kind` (a label in metrics, JSON bodies and wire messages) and an `http_status`. Stages send a
+failure as (kind, message) in a typed message; the HTTP worker rebuilds the same class with `error_from_kind`, so
+a kind and its status are written once, here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+# client_gone labels metrics only (request_metrics.ClientGone): nobody is left to receive it
+ErrorKind = Literal["internal", "model_dir", "bad_request", "bad_audio", "bad_text", "too_large", "overloaded",
+                    "unavailable", "worker_died", "timeout"]
 
 
 class LightTTSError(Exception):
     """Base class. `kind` labels the error in metrics and JSON bodies; `http_status` is what a client sees."""
 
-    kind = "internal"
+    kind: ErrorKind = "internal"
     http_status = 500
 
 
@@ -33,6 +46,13 @@ class TextError(RequestError):
     kind = "bad_text"
 
 
+class TooLargeError(RequestError):
+    """The request body, or what it asks for (audio, tokens), exceeds a server bound."""
+
+    kind = "too_large"
+    http_status = 413
+
+
 class OverloadedError(LightTTSError):
     """Every request slot is busy; the client should retry later."""
 
@@ -40,8 +60,15 @@ class OverloadedError(LightTTSError):
     http_status = 429
 
 
+class UnavailableError(LightTTSError):
+    """The server cannot take requests now: still loading, a worker is restarting, or it is shutting down."""
+
+    kind = "unavailable"
+    http_status = 503
+
+
 class WorkerDiedError(LightTTSError):
-    """A worker process died while the request was in flight."""
+    """A worker process died (or hung) while the request was in flight."""
 
     kind = "worker_died"
     http_status = 503
@@ -52,3 +79,18 @@ class RequestTimeoutError(LightTTSError):
 
     kind = "timeout"
     http_status = 504
+
+
+_BY_KIND: dict[str, type[LightTTSError]] = {cls.kind: cls for cls in (
+    LightTTSError, ModelDirError, RequestError, AudioError, TextError, TooLargeError, OverloadedError,
+    UnavailableError, WorkerDiedError, RequestTimeoutError)}
+
+
+def error_from_kind(kind: ErrorKind, message: str) -> LightTTSError:
+    """The error class of `kind` with `message` (a stage's failure, rebuilt on the HTTP side)."""
+    return _BY_KIND[kind](message)
+
+
+def kind_of(error: BaseException) -> ErrorKind:
+    """The kind of any exception: a LightTTSError's own, else "internal" (a bug, reported as a 500)."""
+    return error.kind if isinstance(error, LightTTSError) else "internal"

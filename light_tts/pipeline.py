@@ -11,28 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from light_tts.errors import RequestError
 from light_tts.frontend.frontend import Frontend, Prompt
 from light_tts.model_dir import check_complete, load_model_config
 from light_tts.models.speech_lm import SpeechLM, min_max_len
+from light_tts.request_rules import check_speed, sentence_seed
 from light_tts.sampling import RASSampler
 from light_tts.token2wav import HopPolicy, Token2Wav
-
-
-def sentence_seed(seed: int, index: int) -> int:
-    """The seed of sentence `index` of a request: sentences draw independent, reproducible streams."""
-    return (seed * 1_000_003 + index) % (2**63 - 1)
-
-
-MIN_SPEED, MAX_SPEED = 0.25, 4.0
-
-
-def check_speed(speed: float, stream: bool) -> None:
-    """Speed changes stretch the whole mel before the vocoder, so they exist only without streaming."""
-    if not MIN_SPEED <= speed <= MAX_SPEED:  # also rejects NaN
-        raise RequestError(f"speed must be between {MIN_SPEED} and {MAX_SPEED}, got {speed}")
-    if stream and speed != 1.0:
-        raise RequestError("speed change is only supported without streaming (stream=false)")
 
 
 class Pipeline:
@@ -81,7 +65,7 @@ class Pipeline:
         def piece_tokens() -> Iterator[torch.Tensor]:
             nonlocal num_text
             for piece in text_pieces:
-                ids = self.frontend.tokenize(piece)
+                ids = self.frontend.piece_tokens(piece)
                 num_text += len(ids)
                 yield torch.tensor(ids, dtype=torch.int32)
 

@@ -1,13 +1,17 @@
 """Unit tests of the server's plumbing: config parsing, endpoints, shared-memory slots, voice cache, audio ring."""
 
+import dataclasses
 import multiprocessing as mp
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from light_tts.model_config import ModelConfig
 from light_tts.server.config import ServerConfig
-from light_tts.server.io_struct import AudioReady
-from light_tts.server.shm import AUDIO_RING_SAMPLES, ProcessTable, RequestSlots
+from light_tts.server.process_table import ProcessTable
+from light_tts.server.settings import build_settings
+from light_tts.server.shm import RequestSlots
 from light_tts.server.topology import PortArgs
 from light_tts.server.voice_cache import VoiceCache
 
@@ -20,12 +24,13 @@ def small_cfg():
 
 @pytest.fixture
 def shared(small_cfg, tmp_path):
+    settings = build_settings(small_cfg, ModelConfig(Path("/models/tiny")))
     ports = PortArgs.create(small_cfg)
     lock = str(tmp_path / "lock")
-    slots = RequestSlots(small_cfg, ports.shm_prefix, lock, create=True)
-    voices = VoiceCache(small_cfg, ports.shm_prefix, lock, create=True)
-    procs = ProcessTable(small_cfg, ports.shm_prefix, create=True)
-    yield small_cfg, ports, lock, slots, voices, procs
+    slots = RequestSlots(settings.shm, ports.shm_prefix, lock, create=True)
+    voices = VoiceCache(settings.shm, ports.shm_prefix, lock, create=True)
+    procs = ProcessTable(small_cfg, ports.shm_prefix, lock, create=True)
+    yield settings, ports, lock, slots, voices, procs
     for part in (slots, voices, procs):
         part.shm.unlink()
         part.close()
@@ -47,6 +52,27 @@ def test_bare_bool_flag_means_true_and_lists_and_choices():
         ServerConfig.from_args(["--disable_cudagraph", "maybe"])
 
 
+def test_help_groups_flags_by_stage_and_shows_each_default_once():
+    import re
+    import subprocess
+    import sys
+
+    from light_tts.server.config import GROUPS
+
+    text = subprocess.run([sys.executable, "-m", "light_tts.server.api_server", "--help"], capture_output=True,
+                          text=True, check=True).stdout
+    sections = re.split(r"\n(?=\S[^\n]*:\n)", text.split("\noptions:\n", 1)[1])
+    titles = [section.split(":\n", 1)[0] for section in sections[1:]]
+    assert titles == list(GROUPS)
+    entries = re.split(r"\n  (?=--)", "\n".join(sections[1:]))
+    flags = {e.split()[0]: " ".join(e.split()) for e in entries if e.startswith("--")}
+    assert len(flags) == len(dataclasses.fields(ServerConfig))
+    for flag, entry in flags.items():
+        assert entry.count("(default:") == 1, entry
+        assert "(default: None)" not in entry and entry.count("default") == 1, entry
+    assert "on the CPU the LLM always runs float32" in flags["--data_type"]
+
+
 def test_config_validates():
     with pytest.raises(ValueError):
         ServerConfig(decode_process_num=0)
@@ -56,17 +82,8 @@ def test_config_validates():
         ServerConfig(max_total_token_num=0)
 
 
-@pytest.mark.parametrize("mode", ["ipc:///tmp/", "tcp://"])
-def test_port_args_are_distinct(mode):
-    cfg = ServerConfig(zmq_mode=mode, encode_process_num=2, decode_process_num=3, httpserver_workers=2)
-    ports = PortArgs.create(cfg)
-    urls = [*ports.encode_urls, ports.llm_url, *ports.decode_urls, *ports.http_urls]
-    assert len(urls) == len(set(urls)) == 8 and all(u.startswith(mode) for u in urls)
-    assert len(ports.ipc_paths()) == (8 if mode.startswith("ipc") else 0)
-
-
 def test_slots_claim_release_and_backpressure(shared):
-    cfg, ports, lock, slots, _, _ = shared
+    _, ports, lock, slots, _, _ = shared
     taken = [slots.claim(100 + i) for i in range(3)]
     assert sorted(taken) == [0, 1, 2] and slots.claim(200) is None and slots.num_in_use() == 3
     slots.release(taken[1], 999)  # another request's id frees nothing
@@ -76,7 +93,7 @@ def test_slots_claim_release_and_backpressure(shared):
 
 
 def test_slot_bytes_and_prompt_round_trip(shared):
-    cfg, _, _, slots, _, _ = shared
+    _, _, _, slots, _, _ = shared
     slots.write_bytes(0, "text", "héllo".encode())
     assert slots.read_bytes(0, "text").decode() == "héllo"
     with pytest.raises(ValueError):
@@ -91,17 +108,18 @@ def test_slot_bytes_and_prompt_round_trip(shared):
         slots.write_prompt(1, prompt[0], prompt[1], prompt[2], prompt[3][:13])
 
 
-def _claim_many(cfg, prefix, lock, base, out):
-    slots = RequestSlots(cfg, prefix, lock)
+def _claim_many(sizes, prefix, lock, base, out):
+    slots = RequestSlots(sizes, prefix, lock)
     out.put([slots.claim(base + i) for i in range(3)])
     slots.close()
 
 
 def test_slot_claims_are_exclusive_across_processes(shared):
-    cfg, ports, lock, slots, _, _ = shared
+    settings, ports, lock, slots, _, _ = shared
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_claim_many, args=(cfg, ports.shm_prefix, lock, 1000 * (k + 1), out)) for k in range(2)]
+    procs = [ctx.Process(target=_claim_many, args=(settings.shm, ports.shm_prefix, lock, 1000 * (k + 1), out))
+             for k in range(2)]
     for p in procs:
         p.start()
     claimed = [s for _ in procs for s in out.get(timeout=30) if s is not None]
@@ -134,34 +152,6 @@ def test_process_table_readiness(shared):
     assert procs.dead_backends() == [("decode", 1)] and not procs.all_backends_ready()
 
 
-def test_audio_ring_wraps_and_falls_back_inline(shared):
-    """Decode writes through the ring (wrapping at its end), HTTP reads back exactly what was written."""
-    from light_tts.server.decode_worker import DecodeRequestState, DecodeWorker
-    from light_tts.server.http_manager import HttpServerManager
-    from light_tts.server.io_struct import RequestParams
-
-    cfg, _, _, slots, _, _ = shared
-    sent = []
-    writer = object.__new__(DecodeWorker)
-    writer.slots = slots
-    writer.http = type("Http", (), {"send": lambda self, rank, msg: sent.append(msg)})()
-    reader = object.__new__(HttpServerManager)
-    reader.slots = slots
-    state = DecodeRequestState(RequestParams(7, 2, 0, True, 1.0, 0), prompt=None)
-    slots.a["audio_read"][2] = 0
-    state.num_written = AUDIO_RING_SAMPLES - 100  # as if that much had been written and read already
-    slots.a["audio_read"][2] = state.num_written
-    chunks = [np.arange(300, dtype=np.int16), np.arange(50, dtype=np.int16) * -1]
-    for chunk in chunks:
-        writer.send_audio(state, chunk, is_last=False)
-    got = [reader._read_ring(2, msg) for msg in sent]
-    assert [np.frombuffer(g, np.int16).tolist() for g in got] == [c.tolist() for c in chunks]
-    big = np.ones(AUDIO_RING_SAMPLES, dtype=np.int16)
-    writer.send_audio(state, big[:10], is_last=False)  # unread + 10 fits
-    writer.send_audio(state, big, is_last=True)  # would overwrite unread audio: goes inline
-    assert sent[-2].pcm is None and isinstance(sent[-1], AudioReady) and sent[-1].pcm == big.tobytes()
-
-
 def test_form_parsing_is_strict():
     """Multipart fields are decoded as strict UTF-8 and validated before anything reaches a slot."""
     from fastapi import FastAPI, Request
@@ -170,16 +160,18 @@ def test_form_parsing_is_strict():
     from light_tts.errors import LightTTSError
     from light_tts.server.request_parsing import parse_zero_shot
 
-    cfg = ServerConfig(max_text_chars=20, max_prompt_wav_bytes=100)
+    settings = build_settings(ServerConfig(max_text_chars=20, max_prompt_wav_bytes=100, max_req_total_len=500),
+                              ModelConfig(Path("/models/tiny")))
     app = FastAPI()
 
     @app.post("/p")
     async def parse(request: Request):
         try:
-            inputs = await parse_zero_shot(request, cfg)
+            inputs = await parse_zero_shot(request, settings)
         except LightTTSError as e:
             return {"kind": e.kind}
-        return {"text": inputs.tts_text, "stream": inputs.stream, "speed": inputs.speed, "seed": inputs.seed}
+        return {"text": inputs.tts_text, "stream": inputs.stream, "speed": inputs.speed, "seed": inputs.seed,
+                "fixed": inputs.fixed_speech_tokens}
 
     client = TestClient(app)
 
@@ -188,7 +180,10 @@ def test_form_parsing_is_strict():
 
     good = {"tts_text": "héllo".encode(), "prompt_text": b"p", "prompt_wav": b"RIFF", "stream": b"True",
             "seed": b"7"}
-    assert post(good).json() == {"text": "héllo", "stream": True, "speed": 1.0, "seed": 7}
+    assert post(good).json() == {"text": "héllo", "stream": True, "speed": 1.0, "seed": 7, "fixed": None}
+    assert post({**good, "fixed_speech_tokens": b"500"}).json()["fixed"] == 500
+    for bad in (b"0", b"501", b"-2", b"ten", b"2.5"):
+        assert post({**good, "fixed_speech_tokens": bad}).json()["kind"] == "bad_request", bad
     assert post({**good, "tts_text": b"\xff\xfe"}).json()["kind"] == "bad_text"
     assert post({**good, "tts_text": b"x" * 21}).json()["kind"] == "bad_text"
     assert post({**good, "prompt_wav": b"x" * 101}).json()["kind"] == "bad_audio"

@@ -13,7 +13,7 @@ from light_tts.frontend.features import SAMPLE_RATE, speaker_features, whisper_l
 from light_tts.frontend.onnx_models import CampPlusONNX, SpeechTokenizerONNX
 from light_tts.frontend.prompt import Prompt
 from light_tts.frontend.prompt_mel import prompt_mel
-from light_tts.frontend.text_norm import MAX_TEXT_CHARS, TextNormalizer
+from light_tts.frontend.text_norm import MAX_TEXT_CHARS, TextNormalizer, clean_text
 from light_tts.frontend.tokenizer import QwenTokenizer
 from light_tts.model_config import ModelConfig
 from light_tts.model_dir import TOKENIZER_DIR
@@ -43,6 +43,12 @@ class Frontend:
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
+
+    def piece_tokens(self, piece: str) -> list[int]:
+        """Tokens of one bistream text piece: taken as is, as upstream does, minus control characters and
+        terminal escapes (text_norm.clean_text; a lone surrogate raises TextError)."""
+        piece = clean_text(piece)
+        return self.tokenize(piece) if piece else []
 
     voice_key = staticmethod(voice_key)
 

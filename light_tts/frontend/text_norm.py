@@ -1,4 +1,10 @@
-"""Text normalisation and sentence splitting: request text -> list of sentences the LLM speaks one by one."""
+"""Text normalisation and sentence splitting: request text -> list of sentences the LLM speaks one by one.
+
+Whatever the text, this either returns sentences of at most MAX_SENTENCE_TOKENS tokens or raises TextError (a 400
+that names the problem): control characters and terminal escapes are dropped, runs of combining marks are capped,
+lone surrogates are refused, a normaliser that fails falls back to the built-in one (logged), and a sentence
+without punctuation is cut at word boundaries (or anywhere, for a "word" with no space) to fit the budget.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,16 @@ import unicodedata
 from typing import Callable
 
 from light_tts.errors import TextError
+from light_tts.request_rules import MAX_TEXT_CHARS
 
 logger = logging.getLogger(__name__)
 
-# The server rejects longer texts before any normalisation work (a 100k-character body fails fast).
-MAX_TEXT_CHARS = 20_000
+# Upstream packs sentences into pieces of token_min_n..token_max_n (60..80) tokens and merges a last piece below
+# merge_len (20) into the one before, so no piece of ordinary text exceeds 60 + 80 + 20 tokens; nothing does here.
+MAX_SENTENCE_TOKENS = 160
+MAX_COMBINING_MARKS = 30  # per base character: Unicode's stream-safe text format (UAX #15) allows no more
 
+_ESCAPE_SEQUENCE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
 _CHINESE_CHAR = re.compile(r"[\u4e00-\u9fff]+")
 _ZH_SENTENCE_END = ("。", "？", "！", "；", "：", "、", ".", "?", "!", ";")
 _EN_SENTENCE_END = (".", "?", "!", ";", ":")
@@ -50,6 +60,44 @@ def remove_bracket(text: str) -> str:
     for mark in ("（", "）", "【", "】", "`"):
         text = text.replace(mark, "")
     return text.replace("——", " ")
+
+
+def clean_text(text: str) -> str:
+    """Drop what no one means to hear: terminal escape sequences, control characters (tabs and line breaks become
+    spaces), combining marks beyond MAX_COMBINING_MARKS on one character. A lone surrogate (invalid Unicode, e.g.
+    from a JSON "\\ud800") is refused."""
+    for i, c in enumerate(text):
+        if "\ud800" <= c <= "\udfff":
+            raise TextError(f"text contains a lone surrogate (U+{ord(c):04X}) at position {i}: not valid Unicode")
+    text = _ESCAPE_SEQUENCE.sub("", text)
+    out, num_marks = [], 0
+    for c in text:
+        category = unicodedata.category(c)
+        if category == "Cc":
+            if c in "\t\n\r" and not (out and out[-1] == " "):
+                out.append(" ")
+            num_marks = 0
+            continue
+        num_marks = num_marks + 1 if category.startswith("M") else 0
+        if num_marks <= MAX_COMBINING_MARKS:
+            out.append(c)
+    return "".join(out)
+
+
+def split_to_budget(text: str, length: Callable[[str], int], budget: int) -> list[str]:
+    """Cut `text` into consecutive parts of length <= budget (concatenated, they give `text` back): halves at
+    the space nearest the middle, or at the middle character (never between a character and its combining
+    marks) when there is no space. A single character is always short enough."""
+    if length(text) <= budget or len(text) < 2:
+        return [text]
+    middle = len(text) // 2
+    spaces = [i for i, c in enumerate(text) if c == " " and 0 < i < len(text) - 1]
+    cut = min(spaces, key=lambda i: abs(i - middle)) if spaces else middle
+    while 0 < cut < len(text) - 1 and unicodedata.combining(text[cut]):
+        cut += 1
+    if not 0 < cut < len(text):
+        cut = middle
+    return split_to_budget(text[:cut], length, budget) + split_to_budget(text[cut:], length, budget)
 
 
 def is_only_punctuation(text: str) -> bool:
@@ -104,6 +152,25 @@ def split_paragraph(text: str, tokenize: Callable[[str], list[int]], lang: str, 
         return len(piece) if lang == "zh" else len(tokenize(piece))
 
     ends = list(_ZH_SENTENCE_END if lang == "zh" else _EN_SENTENCE_END)
+    sentences = [part for sentence in split_at_stops(text, ends, lang, comma_split)
+                 for part in split_to_budget(sentence, length, token_max_n)]
+
+    pieces, current = [], ""
+    for sentence in sentences:
+        if length(current + sentence) > token_max_n and length(current) > token_min_n:
+            pieces.append(current)
+            current = ""
+        current += sentence
+    if current:
+        if pieces and length(current) < merge_len:
+            pieces[-1] += current
+        else:
+            pieces.append(current)
+    return pieces
+
+
+def split_at_stops(text: str, ends: list[str], lang: str, comma_split: bool) -> list[str]:
+    """Sentences ending at sentence punctuation (and a closing quote right after it), as upstream."""
     if comma_split:
         ends += ["，", ","]
     start, sentences = 0, []
@@ -122,19 +189,7 @@ def split_paragraph(text: str, tokenize: Callable[[str], list[int]], lang: str, 
     tail = text[start:]
     if tail.strip():
         sentences.append(tail + ("。" if lang == "zh" else "."))
-
-    pieces, current = [], ""
-    for sentence in sentences:
-        if length(current + sentence) > token_max_n and length(current) > token_min_n:
-            pieces.append(current)
-            current = ""
-        current += sentence
-    if current:
-        if pieces and length(current) < merge_len:
-            pieces[-1] += current
-        else:
-            pieces.append(current)
-    return pieces
+    return sentences
 
 
 def _load_wetext():
@@ -166,29 +221,52 @@ class TextNormalizer:
     def normalize(self, text: str) -> str:
         """Upstream text_normalize(split=False): the whole text normalised, unsplit ("" stays "")."""
         self.check_length(text)
-        text = text.strip()
+        text = clean_text(text).strip()
         if not text or ("<|" in text and "|>" in text):  # upstream skips normalisation for special-token markup
             return text
         return self._normalize_zh(text) if contains_chinese(text) else self._normalize_en(text)
 
     def normalize_and_split(self, text: str) -> list[str]:
-        """Upstream text_normalize(split=True), minus pieces that are only punctuation; never returns []."""
+        """Upstream text_normalize(split=True), minus pieces that are only punctuation; never returns [], never a
+        piece over MAX_SENTENCE_TOKENS tokens."""
         self.check_length(text)
-        text = text.strip()
+        text = clean_text(text).strip()
         if not text:
             raise TextError("text is empty")
         if "<|" in text and "|>" in text:
-            return [text]
-        lang = "zh" if contains_chinese(text) else "en"
-        pieces = split_paragraph(self.normalize(text), self.tokenize, lang)
-        pieces = [p for p in pieces if not is_only_punctuation(p)]
+            pieces = [text]
+        else:
+            lang = "zh" if contains_chinese(text) else "en"
+            pieces = split_paragraph(self.normalize(text), self.tokenize, lang)
+        count = lambda piece: len(self.tokenize(piece))  # noqa: E731
+        pieces = [part.strip() for p in pieces for part in split_to_budget(p, count, MAX_SENTENCE_TOKENS)]
+        pieces = [p for p in pieces if p and not is_only_punctuation(p)]
         if not pieces:
             raise TextError(f"text normalises to nothing speakable: {text[:50]!r}")
         return pieces
 
+    def has_speech(self, text: str) -> bool:
+        """Whether normalize_and_split(text) would find something to speak (the bistream check of a text that
+        arrives in pieces, so that it is refused exactly when the same text over HTTP would be)."""
+        try:
+            self.normalize_and_split(text)
+        except TextError:
+            return False
+        return True
+
+    def _wetext(self, lang: int, text: str) -> str:
+        """wetext's normaliser; one that fails on this text (its grammar asserts on some inputs, such as "[1]")
+        leaves the text to the built-in rules, with a warning."""
+        try:
+            return self.wetext[lang].normalize(text)
+        except Exception as e:
+            logger.warning("wetext failed on %r (%s: %s); using the built-in normaliser for it", text[:60],
+                           type(e).__name__, e)
+            return text
+
     def _normalize_zh(self, text: str) -> str:
         if self.wetext:
-            text = self.wetext[0].normalize(text)
+            text = self._wetext(0, text)
         text = text.replace("\n", "")
         text = replace_blank(text)
         text = replace_corner_mark(text)
@@ -198,5 +276,5 @@ class TextNormalizer:
 
     def _normalize_en(self, text: str) -> str:
         if self.wetext:
-            text = self.wetext[1].normalize(text)
+            text = self._wetext(1, text)
         return spell_out_number(text)

@@ -23,6 +23,9 @@ from light_tts.model_config import LLMConfig
 class LLMRequest:
     """What the server submits. min_len/max_len default to 2x/20x the text tokens (prompt text excluded).
 
+    min_len = max_len = N asks for exactly N speech tokens (eos and the other stop ids are masked until then, like
+    vLLM's ignore_eos with max_tokens), in bistream requests too: the server's `fixed_speech_tokens` option.
+
     bistream: `text_token_ids` is the first piece of text; more comes through LLMEngine.append_text(...) and the
     last call says is_last. greedy=True decodes with argmax (parity tests); otherwise RAS with `seed`.
     """
@@ -152,9 +155,9 @@ class Sequence:
 
     def reject_from(self) -> int | None:
         """Ids >= this are rejected by the sampler at the next step (upstream ignore_eos), or None."""
-        if self.feeder is not None:
-            return None if self.feeder.is_final else self.layout.eos
-        return self.layout.eos if len(self.decoded) < self.min_len else None
+        if self.feeder is not None and not self.feeder.is_final:
+            return self.layout.eos
+        return self.layout.eos if self.num_output < self.min_len else None
 
     def forced_token(self) -> int | None:
         """A token decided without sampling at the next step (the bistream fill), or None."""
@@ -242,7 +245,8 @@ class BistreamFeeder:
                 self.text_cache = []
                 self.is_final = self.is_decoding = True
                 # once the text is known, bound the output as the offline path does: 20 x its text tokens
-                seq.max_len = min(seq.max_len, 20 * self.num_text_tokens)
+                if seq.req.max_len is None:
+                    seq.max_len = min(seq.max_len, 20 * self.num_text_tokens)
             else:
                 return
 

@@ -15,7 +15,6 @@ import time
 import traceback
 import wave
 from contextlib import asynccontextmanager, contextmanager
-from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request, WebSocket
@@ -23,26 +22,23 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 from light_tts.errors import LightTTSError, RequestError
 from light_tts.server import metrics
+from light_tts.server.api_docs import PCMResponse, audio_responses, error_responses, zero_shot_request_body
 from light_tts.server.bistream_ws import serve_bistream
 from light_tts.server.config import ServerConfig
 from light_tts.server.http_manager import HttpServerManager, RequestHandle
 from light_tts.server.request_metrics import (ActiveRequest, ClientGone, error_response, record_finished,
                                               record_rejected)
 from light_tts.server.request_parsing import parse_zero_shot
+from light_tts.server.settings import ServerSettings
 from light_tts.server.topology import PortArgs
 
-PCM_MEDIA_TYPE = "application/octet-stream"  # raw int16 LE mono 24 kHz, no header
+PCM_MEDIA_TYPE = PCMResponse.media_type
 HEALTH_CACHE_S = 10.0  # /health runs a real synthesis at most this often
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left first
 
 
-def model_names(cfg: ServerConfig) -> list[str]:
-    return [Path(cfg.model_dir).name] if cfg.model_dir else ["default"]
-
-
-def check_model_name(cfg: ServerConfig, name: str) -> None:
-    if name not in ("default", *model_names(cfg)):
-        raise RequestError(f"unknown tts_model_name {name!r}; loaded: {model_names(cfg)}")
+def model_names(settings: ServerSettings) -> list[str]:
+    return [settings.model.name]
 
 
 async def until_disconnect(request: Request) -> None:
@@ -83,9 +79,13 @@ def tone_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
     return buf.getvalue()
 
 
-def create_app(cfg: ServerConfig, ports: PortArgs, http_rank: int, on_ready=None) -> FastAPI:
-    manager = HttpServerManager(cfg, ports, http_rank)
+def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_ready=None) -> FastAPI:
+    manager = HttpServerManager(settings, ports, http_rank)
     health = {"checked_at": -math.inf, "ok": False, "detail": ""}
+
+    def check_model_name(name: str) -> None:
+        if name not in ("default", *model_names(settings)):
+            raise RequestError(f"unknown tts_model_name {name!r}; loaded: {model_names(settings)}")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -98,14 +98,16 @@ def create_app(cfg: ServerConfig, ports: PortArgs, http_rank: int, on_ready=None
     app = FastAPI(title="LightTTS", lifespan=lifespan)
     app.state.manager = manager
 
-    @app.post("/inference_zero_shot")
+    @app.post("/inference_zero_shot", response_class=PCMResponse, responses=audio_responses(settings),
+              openapi_extra=zero_shot_request_body(settings), summary="Speak a text in the voice of a prompt")
     async def inference_zero_shot(request: Request):
         endpoint = "inference_zero_shot"
         try:
-            inputs = await parse_zero_shot(request, cfg)
-            check_model_name(cfg, inputs.tts_model_name)
+            inputs = await parse_zero_shot(request, settings)
+            check_model_name(inputs.tts_model_name)
             handle = manager.submit(inputs.tts_text, inputs.prompt_text, inputs.prompt_wav, stream=inputs.stream,
-                                    speed=inputs.speed, seed=inputs.seed)
+                                    speed=inputs.speed, seed=inputs.seed,
+                                    fixed_speech_tokens=inputs.fixed_speech_tokens)
         except LightTTSError as e:
             record_rejected(endpoint, e)
             return error_response(e)
@@ -158,25 +160,32 @@ def create_app(cfg: ServerConfig, ports: PortArgs, http_rank: int, on_ready=None
 
     @app.websocket("/inference_zero_shot_bistream")
     async def inference_zero_shot_bistream(ws: WebSocket):
-        await serve_bistream(ws, manager, cfg, check_model_name)
+        await serve_bistream(ws, manager, settings, check_model_name)
 
-    @app.api_route("/query_tts_model", methods=["GET", "POST"])
-    async def query_tts_model():
-        return {"tts_models": model_names(cfg)}
+    @app.get("/query_tts_model", summary="The loaded model's name")
+    async def query_tts_model_get() -> dict[str, list[str]]:
+        return {"tts_models": model_names(settings)}
 
-    @app.get("/healthz")
-    @app.get("/liveness")
-    async def liveness():
+    @app.post("/query_tts_model", summary="The loaded model's name (POST, as upstream clients send it)")
+    async def query_tts_model_post() -> dict[str, list[str]]:
+        return await query_tts_model_get()
+
+    @app.get("/healthz", summary="The HTTP worker is up")
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readiness")
+    @app.get("/liveness", summary="The HTTP worker is up")
+    async def liveness() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readiness", responses=error_responses(503), summary="Every backend process is loaded and alive")
     async def readiness():
         """200 once every backend process is loaded and alive; 503 while models load or after a worker died."""
         is_ready = manager.is_ready()
         return JSONResponse({"status": "ready" if is_ready else "not ready", "processes": manager.processes.describe()},
                             status_code=200 if is_ready else 503)
 
-    @app.get("/health")
+    @app.get("/health", responses=error_responses(503), summary="A real synthesis with a built-in voice")
     async def health_check():
         """A real end-to-end synthesis (cached for a few seconds): 200 with the audio length, else 503."""
         if time.monotonic() - health["checked_at"] > HEALTH_CACHE_S or not health["ok"]:
@@ -193,7 +202,7 @@ def create_app(cfg: ServerConfig, ports: PortArgs, http_rank: int, on_ready=None
         return JSONResponse({"status": "ok" if health["ok"] else "unhealthy", "detail": health["detail"]},
                             status_code=200 if health["ok"] else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics of every process")
     async def metrics_page():
         collector = metrics.SharedStateCollector(manager.slots, manager.processes, manager.voices)
         return PlainTextResponse(metrics.render(collector), media_type="text/plain; version=0.0.4")
@@ -213,7 +222,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_http_process(cfg: ServerConfig, ports: PortArgs, rank: int, ready_pipe) -> None:
+def run_http_process(settings: ServerSettings, ports: PortArgs, rank: int, ready_pipe) -> None:
     """Process entry of HTTP worker `rank`: serve the app with uvicorn on the shared port until SIGTERM."""
     import uvicorn
 
@@ -227,9 +236,10 @@ def run_http_process(cfg: ServerConfig, ports: PortArgs, rank: int, ready_pipe) 
             yield
 
     try:
-        setup_process(cfg, f"http{rank}")
+        cfg = settings.cfg
+        setup_process(settings, f"http{rank}", f"{cfg.host}:{cfg.port}")
         sock = listening_socket(cfg.host, cfg.port)
-        app = create_app(cfg, ports, rank, on_ready=lambda: ready_pipe.send(("ready", os.getpid())))
+        app = create_app(settings, ports, rank, on_ready=lambda: ready_pipe.send(("ready", os.getpid())))
         config = uvicorn.Config(app, log_level=cfg.log_level, timeout_graceful_shutdown=2, ws_max_size=64 << 20)
         server = WorkerServer(config)
     except BaseException:

@@ -1,6 +1,6 @@
 """WebSocket /inference_zero_shot_bistream: text arrives in pieces, audio leaves as it is made.
 
-Protocol: JSON {"prompt_text", "tts_model_name"?, "seed"?}, one binary frame of prompt wav, JSON {"tts_text"}
+Protocol: JSON {"prompt_text", "tts_model_name"?, "seed"?, "fixed_speech_tokens"?}, one binary frame of prompt wav, JSON {"tts_text"}
 pieces, JSON {"finish": true}. The server sends binary int16 PCM frames and closes with 1000; on error it sends
 JSON {"error": ...} and closes with 1003 (bad wav), 1008 (bad message), 1013 (overloaded) or 1011.
 A reader task takes the client's messages while the handler sends audio; the reader's failures (a malformed
@@ -16,10 +16,12 @@ from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from light_tts.errors import LightTTSError, RequestError, TextError
+from light_tts.request_rules import check_seed
 from light_tts.server.config import ServerConfig
 from light_tts.server.http_manager import HttpServerManager, RequestHandle
 from light_tts.server.request_metrics import ActiveRequest, ClientGone, record_finished, record_rejected
-from light_tts.server.request_parsing import check_prompt_wav, check_text
+from light_tts.server.request_parsing import check_fixed_speech_tokens, check_prompt_wav, check_text
+from light_tts.server.settings import ServerSettings
 
 ENDPOINT = "inference_zero_shot_bistream"
 MAX_FRAME_BYTES = 96000  # 2 s of audio: a decode step that caught up on many tokens still reaches clients in
@@ -49,20 +51,21 @@ async def receive_message(ws: WebSocket) -> dict | bytes:
     return value
 
 
-async def receive_start(ws: WebSocket, cfg: ServerConfig, check_model_name) -> tuple[str, bytes, int | None]:
+async def receive_start(ws: WebSocket, settings: ServerSettings, check_model_name) -> tuple[str, bytes, dict]:
+    """(prompt text, prompt wav, submit options) of a valid start: its JSON message and the wav frame."""
+    cfg = settings.cfg
     start = await receive_message(ws)
     if not isinstance(start, dict) or not isinstance(start.get("prompt_text"), str):
         raise RequestError('the first message must be JSON {"prompt_text": "...", "tts_model_name": ...}')
     check_text(start["prompt_text"], "prompt_text", cfg, allow_empty=True)
-    check_model_name(cfg, str(start.get("tts_model_name", "default")))
-    seed = start.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**62):
-        raise RequestError("seed must be an integer in [0, 2**62)")
+    check_model_name(str(start.get("tts_model_name", "default")))
+    options = {"seed": check_seed(start.get("seed")),
+               "fixed_speech_tokens": check_fixed_speech_tokens(start.get("fixed_speech_tokens"), settings)}
     wav = await receive_message(ws)
     if not isinstance(wav, bytes):
         raise RequestError("the second message must be one binary frame with the prompt wav")
     check_prompt_wav(wav, cfg)
-    return start["prompt_text"], wav, seed
+    return start["prompt_text"], wav, options
 
 
 async def read_text(ws: WebSocket, manager: HttpServerManager, handle: RequestHandle, cfg: ServerConfig) -> None:
@@ -79,6 +82,7 @@ async def read_text(ws: WebSocket, manager: HttpServerManager, handle: RequestHa
             text = message.get("tts_text", "")
             if not isinstance(text, str):
                 raise RequestError("tts_text must be a string")
+            check_text(text, "tts_text", cfg, allow_empty=True)
             num_chars += len(text)
             if num_chars > cfg.max_text_chars:
                 raise TextError(f"the pieces of tts_text exceed {cfg.max_text_chars} characters")
@@ -89,14 +93,15 @@ async def read_text(ws: WebSocket, manager: HttpServerManager, handle: RequestHa
         handle.events.put_nowait(e)
 
 
-async def serve_bistream(ws: WebSocket, manager: HttpServerManager, cfg: ServerConfig, check_model_name) -> None:
+async def serve_bistream(ws: WebSocket, manager: HttpServerManager, settings: ServerSettings,
+                         check_model_name) -> None:
     await ws.accept()
     handle, reader, error = None, None, None
     try:
         with ActiveRequest():
-            prompt_text, wav, seed = await receive_start(ws, cfg, check_model_name)
-            handle = manager.submit("", prompt_text, wav, stream=True, speed=1.0, seed=seed, is_bistream=True)
-            reader = asyncio.create_task(read_text(ws, manager, handle, cfg))
+            prompt_text, wav, options = await receive_start(ws, settings, check_model_name)
+            handle = manager.submit("", prompt_text, wav, stream=True, speed=1.0, is_bistream=True, **options)
+            reader = asyncio.create_task(read_text(ws, manager, handle, settings.cfg))
             while (chunk := await manager.next_event(handle)) is not None:
                 for start in range(0, len(chunk), MAX_FRAME_BYTES):
                     await ws.send_bytes(chunk[start:start + MAX_FRAME_BYTES])

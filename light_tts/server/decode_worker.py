@@ -1,4 +1,4 @@
-"""Decode process: speech tokens -> 24 kHz audio (token2wav, batched across requests) -> the slot's audio ring.
+"""Decode process: speech tokens -> audio (token2wav, batched across requests) -> the slot's audio ring.
 
 A request's sentences are decoded in order: sentence k+1 enters the engine when k has finished (its tokens
 wait here until then), so the audio written to the ring is already in playback order.
@@ -15,12 +15,13 @@ import zmq
 
 from light_tts.frontend.prompt import Prompt
 from light_tts.server import metrics
-from light_tts.server.config import ServerConfig
 from light_tts.server.io_struct import AbortRequest, AudioReady, DecodeStart, RequestParams, SpeechTokenBatch
-from light_tts.server.shm import AUDIO_RING_SAMPLES, ProcessTable, RequestSlots
+from light_tts.server.process_table import ProcessTable
+from light_tts.server.settings import ServerSettings
+from light_tts.server.shm import RequestSlots
 from light_tts.server.topology import PortArgs
-from light_tts.server.worker_common import (AbortedRequests, HttpReplies, Inbox, parent_is_gone, resolve_device,
-                                            serve, setup_process)
+from light_tts.server.worker_common import (AbortedRequests, Handlers, HttpReplies, Inbox, model_on, parent_is_gone,
+                                            resolve_device, serve, set_process_title, setup_process)
 
 
 @dataclass
@@ -35,6 +36,7 @@ class SentenceTokens:
 @dataclass
 class DecodeRequestState:
     params: RequestParams
+    voice_key: str  # the prompt voice's cache key (hex)
     prompt: Prompt  # read from the slot once, at DecodeStart
     waiting: dict[int, SentenceTokens] = field(default_factory=dict)  # sentence index -> tokens not yet in the engine
     active: int = -1  # sentence index in the engine; -1 when none
@@ -43,44 +45,43 @@ class DecodeRequestState:
     num_written: int = 0  # int16 samples written to the ring so far
 
     def engine_id(self) -> str:
-        return f"{self.params.req_id}:{self.active}"
+        """The engine's id of the active sentence (mapped back through DecodeWorker.active, never parsed)."""
+        return f"{self.params.req_id}.{self.active}"
 
 
 class DecodeWorker:
-    def __init__(self, cfg: ServerConfig, ports: PortArgs, rank: int, launcher_pid: int):
-        self.cfg, self.ports, self.rank, self.launcher_pid = cfg, ports, rank, launcher_pid
+    def __init__(self, settings: ServerSettings, ports: PortArgs, rank: int, launcher_pid: int):
+        self.settings, self.cfg, self.ports, self.rank = settings, settings.cfg, ports, rank
+        self.launcher_pid = launcher_pid
         self.name = f"decode{rank}"
-        self.log = setup_process(cfg, self.name)
-        self.slots = RequestSlots(cfg, ports.shm_prefix, ports.lock_path)
-        self.processes = ProcessTable(cfg, ports.shm_prefix)
-        self.init_engine()
+        self.log = setup_process(settings, self.name)
+        self.slots = RequestSlots(settings.shm, ports.shm_prefix, ports.lock_path)
+        self.processes = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path)
         self.ctx = zmq.Context()
-        self.inbox = Inbox(self.ctx, ports.decode_urls[rank])
-        self.http = HttpReplies(self.ctx, ports, self.name)
+        self.handlers = Handlers(self.name, {AbortRequest: self.on_abort, DecodeStart: self.on_start,
+                                             SpeechTokenBatch: self.on_tokens})
+        self.inbox = Inbox(self.ctx, ports, self.processes, "decode", rank, self.handlers)
+        self.http = HttpReplies(self.ctx, settings, self.processes, self.name)
+        self.init_engine()
         self.reqs: dict[int, DecodeRequestState] = {}
+        self.active: dict[str, DecodeRequestState] = {}  # engine request id -> its request
         self.aborted = AbortedRequests()
 
     def init_engine(self) -> None:
-        import torch
-
         from light_tts.decode.engine import DecodeEngine, to_int16
         from light_tts.model_dir import load_model_config
-        from light_tts.token2wav import HopPolicy
 
         self.to_int16 = to_int16
-        device = resolve_device(self.cfg, "decode", self.rank)
-        dtype = torch.float32 if device == "cpu" else getattr(torch, self.cfg.decode_data_type)
-        self.engine = DecodeEngine(load_model_config(self.cfg.model_dir), device, self.cfg.decode_max_batch_size,
-                                   hop_policy=HopPolicy(self.cfg.hop_policy), dtype=dtype,
-                                   use_cuda_graph=not self.cfg.disable_cudagraph, load_trt=self.cfg.load_trt,
-                                   max_active_streams=self.cfg.decode_max_streams or None)
+        device = resolve_device(self.settings, "decode", self.rank)
+        set_process_title(self.name, model_on(self.settings, device))
+        self.engine = DecodeEngine(load_model_config(self.cfg.model_dir), **self.settings.decode_engine_kwargs(device))
 
     def loop(self) -> None:
         while not parent_is_gone(self.launcher_pid):
             is_busy = self.engine.has_work()
             for message in self.inbox.receive(0 if is_busy else 200, max_messages=1000):
                 try:
-                    self.handle(message)
+                    self.handlers(message)
                 except Exception as e:  # one bad request must not take the process down
                     self.log.error("%s failed:\n%s", type(message).__name__, traceback.format_exc())
                     if isinstance(message, DecodeStart):
@@ -90,27 +91,31 @@ class DecodeWorker:
             self.processes.set_load("decode", self.rank, len(self.reqs))
             metrics.QUEUE_DEPTH.labels("decode", str(self.rank)).set(len(self.reqs))
 
-    def handle(self, message) -> None:
-        if isinstance(message, AbortRequest):
-            self.aborted.add(message.req_id)
-            state = self.reqs.pop(message.req_id, None)
-            if state is not None and state.active >= 0:
-                self.engine.abort(state.engine_id())
-            self.http.abort_done(message.http_rank, message.req_id)
-        elif isinstance(message, DecodeStart) and message.params.req_id not in self.aborted:
-            params = message.params
-            self.reqs[params.req_id] = DecodeRequestState(params, Prompt(*self.slots.read_prompt(params.slot)))
-            metrics.STAGE_REQUESTS.labels("decode", str(self.rank)).inc()
-        elif isinstance(message, SpeechTokenBatch):
-            for i, req_id in enumerate(message.req_ids):
-                if req_id not in self.reqs:
-                    continue
-                try:
-                    self.take_tokens(self.reqs[req_id], message.sentence_idxs[i], message.token_lists[i],
-                                     message.is_sentence_end[i], message.is_request_end[i], message.seeds[i])
-                except Exception as e:
-                    self.log.error("request %d failed:\n%s", req_id, traceback.format_exc())
-                    self.drop(req_id, e)
+    def on_abort(self, message: AbortRequest) -> None:
+        self.aborted.add(message.req_id)
+        state = self.reqs.pop(message.req_id, None)
+        if state is not None:
+            self.stop_sentence(state)
+        self.http.abort_done(message.http_rank, message.req_id)
+
+    def on_start(self, message: DecodeStart) -> None:
+        params = message.params
+        if params.req_id in self.aborted:
+            return
+        prompt = Prompt(*self.slots.read_prompt(params.slot))
+        self.reqs[params.req_id] = DecodeRequestState(params, message.voice_key, prompt)
+        metrics.STAGE_REQUESTS.labels("decode", str(self.rank)).inc()
+
+    def on_tokens(self, message: SpeechTokenBatch) -> None:
+        for i, req_id in enumerate(message.req_ids):
+            if req_id not in self.reqs:
+                continue
+            try:
+                self.take_tokens(self.reqs[req_id], message.sentence_idxs[i], message.token_lists[i],
+                                 message.is_sentence_end[i], message.is_request_end[i], message.seeds[i])
+            except Exception as e:
+                self.log.error("request %d failed:\n%s", req_id, traceback.format_exc())
+                self.drop(req_id, e)
 
     def take_tokens(self, state: DecodeRequestState, sentence: int, tokens: list[int], is_end: bool,
                     is_request_end: bool, seed: int) -> None:
@@ -131,17 +136,25 @@ class DecodeWorker:
         if waiting is None:
             return
         state.active, state.next_sentence = state.next_sentence, state.next_sentence + 1
+        self.active[state.engine_id()] = state
         p = state.params
+        # TODO(merge): pass prefix_key=state.voice_key once DecodeEngine.add_request takes it
         self.engine.add_request(state.engine_id(), state.prompt, waiting.seed, p.stream, p.speed)
         self.engine.push_tokens(state.engine_id(), waiting.tokens, waiting.is_end)
+
+    def stop_sentence(self, state: DecodeRequestState) -> None:
+        if state.active >= 0:
+            self.engine.abort(state.engine_id())
+            self.active.pop(state.engine_id(), None)
+            state.active = -1
 
     def write_outputs(self, outputs) -> None:
         metrics.BATCH_SIZE.labels("decode", str(self.rank)).observe(len(outputs))
         for out in outputs:
-            req_id = int(out.req_id.split(":")[0])
-            state = self.reqs.get(req_id)
+            state = self.active.get(out.req_id)
             if state is None:
                 continue
+            req_id = state.params.req_id
             if out.error:
                 self.log.error("request %d failed in token2wav: %s", req_id, out.error)
                 self.drop(req_id, RuntimeError(out.error))
@@ -150,36 +163,31 @@ class DecodeWorker:
             pcm = self.to_int16(out.audio)  # little-endian on every host we run on (x86-64, aarch64)
             if len(pcm) or is_last:
                 self.send_audio(state, pcm, is_last)
+            if out.finished:
+                del self.active[out.req_id]
+                state.active = -1
             if is_last:
                 del self.reqs[req_id]
             elif out.finished:
-                state.active = -1
                 self.start_sentence(state)
 
     def drop(self, req_id: int, error: Exception) -> None:
         """Fail one request: tell its HTTP worker and forget it here (the HTTP worker then aborts it everywhere)."""
         state = self.reqs.pop(req_id)
-        if state.active >= 0:
-            self.engine.abort(state.engine_id())
+        self.stop_sentence(state)
         self.http.fail(state.params.http_rank, req_id, error)
 
     def send_audio(self, state: DecodeRequestState, pcm: np.ndarray, is_last: bool) -> None:
-        """Write into the ring when the reader has room, else send inline; the ring never overwrites unread audio."""
-        slot, n, start = state.params.slot, len(pcm), state.num_written
-        num_unread = start - int(self.slots.a["audio_read"][slot])
-        if num_unread + n <= AUDIO_RING_SAMPLES:
-            ring = self.slots.a["audio"][slot]
-            head = start % AUDIO_RING_SAMPLES
-            first = min(n, AUDIO_RING_SAMPLES - head)
-            ring[head:head + first] = pcm[:first]
-            ring[: n - first] = pcm[first:]
-            message = AudioReady(state.params.req_id, start, n, None, is_last)
-            state.num_written += n
+        """Through the ring when the reader has room, else inline (AudioRing never overwrites unread audio)."""
+        slot, start, req_id = state.params.slot, state.num_written, state.params.req_id
+        if self.slots.audio.try_write(slot, start, pcm):
+            state.num_written += len(pcm)
+            message = AudioReady(req_id, start, len(pcm), None, is_last)
         else:
-            message = AudioReady(state.params.req_id, start, n, pcm.tobytes(), is_last)
+            message = AudioReady(req_id, start, len(pcm), pcm.tobytes(), is_last)
         self.http.send(state.params.http_rank, message)
 
 
-def run_decode_process(cfg: ServerConfig, ports: PortArgs, rank: int, ready_pipe) -> None:
+def run_decode_process(settings: ServerSettings, ports: PortArgs, rank: int, ready_pipe) -> None:
     """Process entry (see worker_common.serve)."""
-    serve(lambda: DecodeWorker(cfg, ports, rank, os.getppid()), "decode", rank, ready_pipe)
+    serve(lambda: DecodeWorker(settings, ports, rank, os.getppid()), "decode", rank, ready_pipe)

@@ -8,78 +8,87 @@ from __future__ import annotations
 
 import os
 import traceback
+from dataclasses import dataclass, field
 
 import numpy as np
 import zmq
 
 from light_tts.errors import LightTTSError, TextError
+from light_tts.frontend.text_norm import is_only_punctuation
 from light_tts.server import metrics
-from light_tts.server.config import ServerConfig
 from light_tts.server.io_struct import AbortRequest, EncodeRequest, LLMRequestIn, RequestParams, TextPiece, TextTokens
-from light_tts.server.shm import ProcessTable, RequestSlots
+from light_tts.server.process_table import ProcessTable
+from light_tts.server.settings import ServerSettings
+from light_tts.server.shm import RequestSlots
 from light_tts.server.topology import PortArgs
 from light_tts.server.voice_cache import VoiceCache
-from light_tts.server.worker_common import AbortedRequests, HttpReplies, Inbox, parent_is_gone, serve, setup_process
+from light_tts.server.worker_common import (AbortedRequests, Handlers, HttpReplies, Inbox, Outbox, parent_is_gone,
+                                            serve, setup_process)
 
 
 class EncodeWorker:
-    def __init__(self, cfg: ServerConfig, ports: PortArgs, rank: int, launcher_pid: int):
-        self.cfg, self.ports, self.rank, self.launcher_pid = cfg, ports, rank, launcher_pid
+    def __init__(self, settings: ServerSettings, ports: PortArgs, rank: int, launcher_pid: int):
+        self.settings, self.cfg, self.ports, self.rank = settings, settings.cfg, ports, rank
+        self.launcher_pid = launcher_pid
         self.name = f"encode{rank}"
-        self.log = setup_process(cfg, self.name)
+        self.log = setup_process(settings, self.name, f"model {settings.model.name}")
         self.init_shared_memory()
-        self.init_frontend()
         self.init_sockets()
-        self.bistream: dict[int, RequestParams] = {}  # bistream requests whose text is still arriving
+        self.init_frontend()
+        self.bistream: dict[int, BistreamText] = {}  # bistream requests whose text is still arriving
         self.aborted = AbortedRequests()
         self.queue_depth = metrics.QUEUE_DEPTH.labels("encode", str(rank))
 
     def init_shared_memory(self) -> None:
-        self.slots = RequestSlots(self.cfg, self.ports.shm_prefix, self.ports.lock_path)
-        self.processes = ProcessTable(self.cfg, self.ports.shm_prefix)
-        self.voices = VoiceCache(self.cfg, self.ports.shm_prefix, self.ports.lock_path)
+        s, p = self.settings, self.ports
+        self.slots = RequestSlots(s.shm, p.shm_prefix, p.lock_path)
+        self.processes = ProcessTable(s.cfg, p.shm_prefix, p.lock_path)
+        self.voices = VoiceCache(s.shm, p.shm_prefix, p.lock_path)
+
+    def init_sockets(self) -> None:
+        """Bind and publish the inbox first (peers can connect while the models load)."""
+        self.ctx = zmq.Context()
+        self.handlers = Handlers(self.name, {AbortRequest: self.on_abort, EncodeRequest: self.on_encode_request,
+                                             TextPiece: self.on_text_piece})
+        self.inbox = Inbox(self.ctx, self.ports, self.processes, "encode", self.rank, self.handlers)
+        self.to_llm = Outbox(self.ctx, self.processes, "llm", 0)
+        self.http = HttpReplies(self.ctx, self.settings, self.processes, self.name)
 
     def init_frontend(self) -> None:
         from light_tts.frontend.frontend import Frontend
         from light_tts.model_dir import load_model_config
         from light_tts.server.worker_common import resolve_device
 
-        resolve_device(self.cfg)  # sets the torch thread count; the frontend itself runs on the CPU
+        resolve_device(self.settings)  # sets the torch thread count; the frontend itself runs on the CPU
         self.frontend = Frontend(load_model_config(self.cfg.model_dir), self.cfg.max_text_chars,
                                  self.cfg.max_prompt_seconds)
-
-    def init_sockets(self) -> None:
-        self.ctx = zmq.Context()
-        self.inbox = Inbox(self.ctx, self.ports.encode_urls[self.rank])
-        self.to_llm = self.ctx.socket(zmq.PUSH)
-        self.to_llm.connect(self.ports.llm_url)
-        self.http = HttpReplies(self.ctx, self.ports, self.name)
 
     def loop(self) -> None:
         while not parent_is_gone(self.launcher_pid):
             messages = self.inbox.receive(timeout_ms=200, max_messages=self.cfg.encode_paral_num)
             for i, message in enumerate(messages):
                 self.queue_depth.set(len(messages) - i + len(self.bistream))
-                self.handle(message)
+                self.handlers(message)
             self.queue_depth.set(len(self.bistream))
             self.processes.set_load("encode", self.rank, len(self.bistream))
 
-    def handle(self, message) -> None:
-        if isinstance(message, AbortRequest):
-            self.aborted.add(message.req_id)
-            self.bistream.pop(message.req_id, None)
-            self.http.abort_done(message.http_rank, message.req_id)
-        elif isinstance(message, EncodeRequest) and message.params.req_id not in self.aborted:
-            self.encode_request(message)
-        elif isinstance(message, TextPiece) and message.req_id in self.bistream:
+    def on_abort(self, message: AbortRequest) -> None:
+        self.aborted.add(message.req_id)
+        self.bistream.pop(message.req_id, None)
+        self.http.abort_done(message.http_rank, message.req_id)
+
+    def on_text_piece(self, message: TextPiece) -> None:
+        if message.req_id in self.bistream:  # else aborted or failed already
             self.encode_piece(message)
 
-    def encode_request(self, message: EncodeRequest) -> None:
+    def on_encode_request(self, message: EncodeRequest) -> None:
         params = message.params
+        if params.req_id in self.aborted:
+            return
         metrics.STAGE_REQUESTS.labels("encode", str(self.rank)).inc()
         try:
             sentences = [] if message.is_bistream else self.encode_text(params.slot)
-            self.encode_prompt(params.slot)
+            voice_key = self.encode_prompt(params.slot)
         except LightTTSError as e:
             self.http.fail(params.http_rank, params.req_id, e)
             return
@@ -87,11 +96,11 @@ class EncodeWorker:
             self.log.error("request %d failed:\n%s", params.req_id, traceback.format_exc())
             self.http.fail(params.http_rank, params.req_id, e)
             return
-        self.to_llm.send_pyobj(LLMRequestIn(params, message.is_bistream))
+        self.to_llm.send(LLMRequestIn(params, voice_key, message.is_bistream))
         if message.is_bistream:
-            self.bistream[params.req_id] = params
+            self.bistream[params.req_id] = BistreamText(params)
         else:
-            self.to_llm.send_pyobj(TextTokens(params.req_id, sentences, is_last=True))
+            self.to_llm.send(TextTokens(params.req_id, sentences, is_last=True))
 
     def encode_text(self, slot: int) -> list[list[int]]:
         text = self.slots.read_bytes(slot, "text").decode("utf-8")
@@ -101,8 +110,9 @@ class EncodeWorker:
             raise TextError("tts_text has nothing to speak after normalisation")
         return sentences
 
-    def encode_prompt(self, slot: int) -> None:
-        """Prompt text tokens always; the audio features from the voice cache when this audio was seen before."""
+    def encode_prompt(self, slot: int) -> str:
+        """Prompt text tokens always; the audio features from the voice cache when this audio was seen before.
+        Returns the voice key."""
         wav = self.slots.read_bytes(slot, "wav")
         prompt_text = self.slots.read_bytes(slot, "prompt_text").decode("utf-8")
         key = self.frontend.voice_key(wav)
@@ -120,22 +130,56 @@ class EncodeWorker:
         if len(text_tokens) > self.slots.a["prompt_text_tokens"].shape[1]:
             raise TextError(f"prompt_text is {len(text_tokens)} tokens, longer than the server accepts")
         self.slots.write_prompt(slot, text_tokens, speech_tokens, embedding, mel)
+        return key
 
     def encode_piece(self, piece: TextPiece) -> None:
-        """Bistream text goes to the LLM as it comes, tokenized as-is (as the offline bistream pipeline does)."""
-        params = self.bistream[piece.req_id]
+        """Bistream text goes to the LLM as it comes, tokenized as-is (as the offline bistream pipeline does),
+        once the text so far has something to speak; a text that never has is refused, as it is over HTTP."""
+        text = self.bistream[piece.req_id]
         try:
-            tokens = self.frontend.tokenize(piece.text) if piece.text else []
+            sentences = text.add(piece, self.frontend)
         except Exception as e:
-            self.log.error("request %d: text piece failed:\n%s", params.req_id, traceback.format_exc())
-            del self.bistream[params.req_id]
-            self.http.fail(params.http_rank, params.req_id, e)
+            if not isinstance(e, LightTTSError):
+                self.log.error("request %d: text piece failed:\n%s", piece.req_id, traceback.format_exc())
+            del self.bistream[piece.req_id]
+            self.http.fail(text.params.http_rank, piece.req_id, e)
             return
-        self.to_llm.send_pyobj(TextTokens(piece.req_id, [tokens] if tokens else [], piece.is_last))
+        if sentences is not None:
+            self.to_llm.send(TextTokens(piece.req_id, sentences, piece.is_last))
         if piece.is_last:
-            del self.bistream[params.req_id]
+            del self.bistream[piece.req_id]
 
 
-def run_encode_process(cfg: ServerConfig, ports: PortArgs, rank: int, ready_pipe) -> None:
+@dataclass
+class BistreamText:
+    """The text of a bistream request while it arrives. Pieces are held back until the text so far has something
+    to speak (judged as the HTTP endpoint judges a whole text), so an empty, emoji-only or punctuation-only text
+    ends with the same error as over HTTP instead of being voiced."""
+
+    params: RequestParams
+    held: list[list[int]] = field(default_factory=list)  # token lists of the pieces held back
+    text: str = ""  # the text received while nothing speakable was seen
+    is_speakable: bool = False
+
+    def add(self, piece: TextPiece, frontend) -> list[list[int]] | None:
+        """Token lists to send to the LLM now (None: keep waiting); raises TextError for a text with no speech."""
+        tokens = frontend.piece_tokens(piece.text)
+        if self.is_speakable:
+            return [tokens] if tokens else []
+        self.text += piece.text
+        if tokens:
+            self.held.append(tokens)
+        # normalising is costly: only a piece with more than punctuation, or the end, can change the verdict
+        if piece.is_last or not is_only_punctuation(piece.text):
+            self.is_speakable = frontend.normalizer.has_speech(self.text)
+        if not self.is_speakable:
+            if piece.is_last:
+                raise TextError("tts_text has nothing to speak: it is empty, or only punctuation or symbols")
+            return None
+        sentences, self.held, self.text = self.held, [], ""
+        return sentences
+
+
+def run_encode_process(settings: ServerSettings, ports: PortArgs, rank: int, ready_pipe) -> None:
     """Process entry (see worker_common.serve)."""
-    serve(lambda: EncodeWorker(cfg, ports, rank, os.getppid()), "encode", rank, ready_pipe)
+    serve(lambda: EncodeWorker(settings, ports, rank, os.getppid()), "encode", rank, ready_pipe)

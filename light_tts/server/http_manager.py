@@ -19,27 +19,21 @@ from dataclasses import dataclass, field
 import zmq
 import zmq.asyncio
 
-from light_tts.errors import LightTTSError, OverloadedError, RequestError, RequestTimeoutError, WorkerDiedError
-from light_tts.server.config import ServerConfig
+from light_tts.errors import (OverloadedError, RequestError, RequestTimeoutError, UnavailableError, WorkerDiedError,
+                              error_from_kind)
 from light_tts.server.io_struct import (AbortDone, AbortRequest, AudioReady, EncodeRequest, RequestFailed,
                                         RequestParams, TextPiece)
-from light_tts.server.shm import AUDIO_RING_SAMPLES, ProcessTable, RequestSlots
+from light_tts.server.process_table import ProcessTable
+from light_tts.server.settings import ServerSettings
+from light_tts.server.shm import RequestSlots
 from light_tts.server.topology import PortArgs
 from light_tts.server.voice_cache import VoiceCache
+from light_tts.server.worker_common import FrameDecoder, Handlers, Outbox, outboxes
 
 log = logging.getLogger("light_tts.http")
-SAMPLE_RATE = 24000
 WATCHDOG_INTERVAL_S = 0.2
 ABORT_ACK_TIMEOUT_S = 60.0  # a stage this late to confirm an abort is stuck; the slot is freed regardless
 END = None  # queued after the last audio chunk
-
-
-class StageError(LightTTSError):
-    """An error reported by a stage process, carrying the kind and status that stage gave it."""
-
-    def __init__(self, message: str, kind: str, http_status: int):
-        super().__init__(message)
-        self.kind, self.http_status = kind, http_status
 
 
 @dataclass
@@ -48,6 +42,7 @@ class RequestHandle:
     slot: int
     encode_rank: int
     arrival: float
+    sample_rate: int
     events: asyncio.Queue = field(default_factory=asyncio.Queue)  # bytes | END | LightTTSError
     num_samples: int = 0
     first_audio_at: float | None = None
@@ -55,15 +50,15 @@ class RequestHandle:
 
     @property
     def audio_seconds(self) -> float:
-        return self.num_samples / SAMPLE_RATE
+        return self.num_samples / self.sample_rate
 
 
 class HttpServerManager:
-    def __init__(self, cfg: ServerConfig, ports: PortArgs, http_rank: int):
-        self.cfg, self.ports, self.http_rank = cfg, ports, http_rank
-        self.slots = RequestSlots(cfg, ports.shm_prefix, ports.lock_path)
-        self.processes = ProcessTable(cfg, ports.shm_prefix)
-        self.voices = VoiceCache(cfg, ports.shm_prefix, ports.lock_path)
+    def __init__(self, settings: ServerSettings, ports: PortArgs, http_rank: int):
+        self.settings, self.cfg, self.ports, self.http_rank = settings, settings.cfg, ports, http_rank
+        self.slots = RequestSlots(settings.shm, ports.shm_prefix, ports.lock_path)
+        self.processes = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path)
+        self.voices = VoiceCache(settings.shm, ports.shm_prefix, ports.lock_path)
         self.reqs: dict[int, RequestHandle] = {}
         self.pending_acks: dict[int, tuple[int, int, float]] = {}  # req_id -> (slot, stages yet to confirm, since)
         self.next_encode_rank = 0
@@ -73,23 +68,22 @@ class HttpServerManager:
     async def start(self) -> None:
         """Bind this worker's reply endpoint and connect to every stage; must run on the serving event loop."""
         self.ctx = zmq.asyncio.Context()
-        self.send_ctx = zmq.Context()
+        self.handlers = Handlers(f"http{self.http_rank}", {AudioReady: self.on_audio, RequestFailed: self.on_failed,
+                                                           AbortDone: self.on_abort_done})
+        self.decode_frame = FrameDecoder(f"http{self.http_rank}", self.handlers.inbox_type)
         self.replies = self.ctx.socket(zmq.PULL)
-        self.replies.bind(self.ports.http_urls[self.http_rank])
-        self.to_encode = [self._push(url) for url in self.ports.encode_urls]
-        self.to_llm = self._push(self.ports.llm_url)
-        self.to_decode = [self._push(url) for url in self.ports.decode_urls]
+        self.replies.setsockopt(zmq.LINGER, 0)
+        self.replies.bind(self.ports.bind_address("http", self.http_rank))
+        self.processes.publish_address("http", self.http_rank, self.replies.getsockopt_string(zmq.LAST_ENDPOINT))
+        # Sends are synchronous: a small message to a PUSH socket never waits, and a cancelled handler (client
+        # gone) can still send its abort from a `finally` without awaiting.
+        self.send_ctx = zmq.Context()
+        cfg = self.cfg
+        self.to_encode = outboxes(self.send_ctx, self.processes, "encode", cfg.encode_process_num)
+        self.to_llm = Outbox(self.send_ctx, self.processes, "llm", 0)
+        self.to_decode = outboxes(self.send_ctx, self.processes, "decode", cfg.decode_process_num)
         self.tasks = [asyncio.create_task(self.reply_loop()), asyncio.create_task(self.watchdog_loop())]
         self.processes.set("http", self.http_rank, pid=os.getpid(), state=ProcessTable.READY)
-
-    def _push(self, url: str) -> zmq.Socket:
-        """Sends are synchronous: a small message to a PUSH socket never waits in practice, and a cancelled
-        handler (client gone) can still send its abort from a `finally` without awaiting."""
-        s = self.send_ctx.socket(zmq.PUSH)
-        s.setsockopt(zmq.SNDHWM, 0)
-        s.setsockopt(zmq.LINGER, 0)
-        s.connect(url)
-        return s
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -101,10 +95,12 @@ class HttpServerManager:
         return self.processes.all_backends_ready()
 
     def submit(self, tts_text: str, prompt_text: str, prompt_wav: bytes, *, stream: bool, speed: float,
-               seed: int | None, is_bistream: bool = False) -> RequestHandle:
+               seed: int | None, fixed_speech_tokens: int | None = None, is_bistream: bool = False) -> RequestHandle:
         """Claim a slot and start the request; raises OverloadedError (429) at once when none is free."""
         if self.processes.dead_backends():
             raise WorkerDiedError("a worker process died; the server is shutting down")
+        if not self.is_ready():
+            raise UnavailableError("the server is still loading its models; retry shortly")
         req_id = secrets.randbits(40) + 1
         slot = self.slots.claim(req_id)
         if slot is None:
@@ -118,16 +114,16 @@ class HttpServerManager:
             raise RequestError(str(e)) from None
         rank = self.next_encode_rank
         self.next_encode_rank = (rank + 1) % len(self.to_encode)
-        handle = RequestHandle(req_id, slot, rank, time.monotonic())
+        handle = RequestHandle(req_id, slot, rank, time.monotonic(), self.settings.model.sample_rate)
         self.reqs[req_id] = handle
         seed = secrets.randbits(31) if seed is None else seed
-        params = RequestParams(req_id, slot, self.http_rank, stream, speed, seed)
-        self.to_encode[rank].send_pyobj(EncodeRequest(params, is_bistream))
+        params = RequestParams(req_id, slot, self.http_rank, stream, speed, seed, fixed_speech_tokens)
+        self.to_encode[rank].send(EncodeRequest(params, is_bistream))
         return handle
 
     def send_text(self, handle: RequestHandle, text: str, is_last: bool) -> None:
         """Bistream: the next piece of text (pieces go to the same encode process, so they stay in order)."""
-        self.to_encode[handle.encode_rank].send_pyobj(TextPiece(handle.req_id, text, is_last))
+        self.to_encode[handle.encode_rank].send(TextPiece(handle.req_id, text, is_last))
 
     async def next_event(self, handle: RequestHandle) -> bytes | None:
         """The next audio chunk, or None after the last one; raises the request's error or a timeout."""
@@ -152,45 +148,43 @@ class HttpServerManager:
             return
         self.pending_acks[handle.req_id] = (handle.slot, 2 + len(self.to_decode), time.monotonic())
         abort = AbortRequest(handle.req_id, self.http_rank)
-        for socket in (self.to_encode[handle.encode_rank], self.to_llm, *self.to_decode):
-            socket.send_pyobj(abort)
+        for outbox in (self.to_encode[handle.encode_rank], self.to_llm, *self.to_decode):
+            outbox.send(abort)
 
     async def reply_loop(self) -> None:
         while True:
-            message = await self.replies.recv_pyobj()
+            message = self.decode_frame(await self.replies.recv())
+            if message is None:
+                continue
             try:
-                self._on_reply(message)
+                self.handlers(message)
             except Exception:  # never let one bad message stop the loop every request waits on
                 log.exception("reply %r could not be handled", type(message).__name__)
 
-    def _on_reply(self, message) -> None:
-        if isinstance(message, AbortDone):
-            self._on_abort_done(message.req_id)
-            return
+    def on_audio(self, message: AudioReady) -> None:
         handle = self.reqs.get(message.req_id)
         if handle is None:
             return  # the request already ended here; its late messages are dropped
-        if isinstance(message, AudioReady):
-            pcm = message.pcm if message.pcm is not None else self._read_ring(handle.slot, message)
-            handle.num_samples += message.num_samples
-            if message.num_samples:
-                handle.events.put_nowait(pcm)
-            if message.is_last:
-                handle.is_done = True
-                handle.events.put_nowait(END)
-        elif isinstance(message, RequestFailed):
-            handle.events.put_nowait(StageError(message.message, message.kind, message.http_status))
+        if message.pcm is not None:
+            pcm = message.pcm
+        else:
+            pcm = self.slots.audio.read(handle.slot, message.offset, message.num_samples)
+        handle.num_samples += message.num_samples
+        if message.num_samples:
+            handle.events.put_nowait(pcm)
+        if message.is_last:
+            handle.is_done = True
+            handle.events.put_nowait(END)
 
-    def _read_ring(self, slot: int, message: AudioReady) -> bytes:
-        """Copy the chunk out of the ring and tell the decoder it may be overwritten."""
-        ring, n = self.slots.a["audio"][slot], message.num_samples
-        head = message.offset % AUDIO_RING_SAMPLES
-        first = min(n, AUDIO_RING_SAMPLES - head)
-        data = ring[head:head + first].tobytes() + ring[: n - first].tobytes()
-        self.slots.a["audio_read"][slot] = message.offset + n
-        return data
+    def on_failed(self, message: RequestFailed) -> None:
+        handle = self.reqs.get(message.req_id)
+        if handle is not None:
+            internal = message.kind == "internal"  # a bug: say where, for the logs and the bug report
+            text = f"{message.stage}: {message.message}" if internal else message.message
+            handle.events.put_nowait(error_from_kind(message.kind, text))
 
-    def _on_abort_done(self, req_id: int) -> None:
+    def on_abort_done(self, message: AbortDone) -> None:
+        req_id = message.req_id
         if req_id not in self.pending_acks:
             return
         slot, remaining, since = self.pending_acks[req_id]

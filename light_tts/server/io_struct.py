@@ -1,7 +1,10 @@
-"""Every message that crosses a process boundary, named by what it carries.
+"""Every message that crosses a process boundary, named by what it carries, and how it is (de)serialised.
 
-Big payloads never ride on ZMQ: request text, prompt wav bytes, prompt features and audio live in the
-request slot in shared memory (shm.py) and messages carry the slot index. Token lists are small and go inline.
+Messages are msgspec Structs, tagged with their class name and encoded as MessagePack: nothing on the wire is
+unpickled, and a receiver decodes only the union of the types it handles (an unknown or malformed message fails
+validation and is logged, never executed). Big payloads never ride on ZMQ: request text, prompt wav bytes, prompt
+features and audio live in the request slot in shared memory (shm.py) and messages carry the slot index. Token
+lists are small and go inline.
 
 Flow:  HTTP --EncodeRequest/TextPiece--> encode --LLMRequestIn/TextTokens--> LLM
        LLM --DecodeStart/SpeechTokenBatch--> decode --AudioReady--> HTTP
@@ -10,31 +13,37 @@ Flow:  HTTP --EncodeRequest/TextPiece--> encode --LLMRequestIn/TextTokens--> LLM
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Union
+
+import msgspec
+
+from light_tts.errors import ErrorKind
 
 
-@dataclass
-class RequestParams:
-    """What every stage needs to know about a request besides its inputs."""
+class Message(msgspec.Struct, tag=True):
+    """Base of every wire message; the tag (the class name) says which one a frame holds."""
 
-    req_id: int
+
+class RequestParams(msgspec.Struct):
+    """What every stage needs to know about a request besides its inputs (set by the HTTP worker)."""
+
+    req_id: int  # unique per request (random 40 bits + 1; 0 marks a free slot)
     slot: int  # index into the shared-memory request slots
     http_rank: int  # which HTTP worker's endpoint receives the replies
     stream: bool
     speed: float
     seed: int
+    fixed_speech_tokens: int | None = None  # every sentence gets exactly this many speech tokens (benchmarks)
 
 
-@dataclass
-class EncodeRequest:
+class EncodeRequest(Message):
     """HTTP -> encode. tts_text, prompt_text and the prompt wav are already in the slot."""
 
     params: RequestParams
     is_bistream: bool  # True: tts_text arrives later as TextPiece messages
 
 
-@dataclass
-class TextPiece:
+class TextPiece(Message):
     """HTTP -> encode: one piece of bistream text; `is_last` closes the text."""
 
     req_id: int
@@ -42,16 +51,15 @@ class TextPiece:
     is_last: bool
 
 
-@dataclass
-class LLMRequestIn:
+class LLMRequestIn(Message):
     """encode -> LLM: a request whose prompt (text tokens, speech tokens, embedding, mel) is in its slot."""
 
     params: RequestParams
+    voice_key: str  # hex key of the prompt voice (voice cache key): equal keys share prompt state downstream
     is_bistream: bool  # its TextTokens are pieces of one utterance, not sentences
 
 
-@dataclass
-class TextTokens:
+class TextTokens(Message):
     """encode -> LLM: the next sentences of a request, in order; `is_last` means no more will come."""
 
     req_id: int
@@ -59,26 +67,25 @@ class TextTokens:
     is_last: bool
 
 
-@dataclass
-class DecodeStart:
+class DecodeStart(Message):
     """LLM -> decode: a request was assigned to this decode process; its prompt is in the slot."""
 
     params: RequestParams
+    voice_key: str  # as in LLMRequestIn: the decode engine shares prompt pages between streams of one voice
 
 
-@dataclass
-class SpeechTokenBatch:
+class SpeechTokenBatch(Message):
     """LLM -> decode: new speech tokens of one engine step, struct-of-arrays over requests."""
 
-    req_ids: list[int] = field(default_factory=list)
-    sentence_idxs: list[int] = field(default_factory=list)
-    token_lists: list[list[int]] = field(default_factory=list)
-    is_sentence_end: list[bool] = field(default_factory=list)
-    is_request_end: list[bool] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=list)  # the sentence's seed (LLM sampling and token2wav both use it)
+    req_ids: list[int] = msgspec.field(default_factory=list)
+    sentence_idxs: list[int] = msgspec.field(default_factory=list)
+    token_lists: list[list[int]] = msgspec.field(default_factory=list)
+    is_sentence_end: list[bool] = msgspec.field(default_factory=list)
+    is_request_end: list[bool] = msgspec.field(default_factory=list)
+    seeds: list[int] = msgspec.field(default_factory=list)  # the sentence's seed (LLM sampling and token2wav)
 
     def append(self, req_id: int, sentence_idx: int, tokens: list[int], sentence_end: bool, request_end: bool,
-               seed: int):
+               seed: int) -> None:
         self.req_ids.append(req_id)
         self.sentence_idxs.append(sentence_idx)
         self.seeds.append(seed)
@@ -90,9 +97,8 @@ class SpeechTokenBatch:
         return len(self.req_ids)
 
 
-@dataclass
-class AudioReady:
-    """decode -> HTTP: `num_samples` int16 samples at ring position `offset` of the slot's audio ring.
+class AudioReady(Message):
+    """decode -> HTTP: `num_samples` int16 samples at position `offset` of the slot's audio ring (audio_ring.py).
 
     `pcm` carries the samples inline instead, when the ring had no room (a reader far behind).
     """
@@ -104,26 +110,23 @@ class AudioReady:
     is_last: bool
 
 
-@dataclass
-class RequestFailed:
-    """any stage -> HTTP: the request cannot finish; `kind`/`http_status` come from light_tts.errors."""
+class RequestFailed(Message):
+    """any stage -> HTTP: the request cannot finish; the HTTP worker answers with the kind's error class."""
 
     req_id: int
-    kind: str
-    http_status: int
+    kind: ErrorKind
+    stage: str  # which process failed it, e.g. "encode0"
     message: str
 
 
-@dataclass
-class AbortRequest:
+class AbortRequest(Message):
     """HTTP -> every stage: drop the request (client gone, timeout, or an error elsewhere)."""
 
     req_id: int
     http_rank: int
 
 
-@dataclass
-class AbortDone:
+class AbortDone(Message):
     """stage -> HTTP: this stage holds nothing of the request and will ignore late messages for it.
 
     The HTTP worker frees the slot once every stage has answered, so no stage ever touches a reused slot.
@@ -131,3 +134,21 @@ class AbortDone:
 
     req_id: int
     stage: str
+
+
+# What each process's inbox accepts; anything else fails to decode there.
+ENCODE_INBOX = Union[EncodeRequest, TextPiece, AbortRequest]
+LLM_INBOX = Union[LLMRequestIn, TextTokens, AbortRequest]
+DECODE_INBOX = Union[DecodeStart, SpeechTokenBatch, AbortRequest]
+HTTP_INBOX = Union[AudioReady, RequestFailed, AbortDone]
+
+_ENCODER = msgspec.msgpack.Encoder()
+
+
+def encode(message: Message) -> bytes:
+    return _ENCODER.encode(message)
+
+
+def decoder(inbox_type) -> msgspec.msgpack.Decoder:
+    """A decoder that accepts exactly the messages of one inbox union; others raise msgspec.ValidationError."""
+    return msgspec.msgpack.Decoder(inbox_type)

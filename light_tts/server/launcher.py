@@ -22,7 +22,9 @@ from pathlib import Path
 
 from light_tts.errors import ModelDirError
 from light_tts.server.config import ServerConfig
-from light_tts.server.shm import ProcessTable, RequestSlots
+from light_tts.server.process_table import ProcessTable
+from light_tts.server.settings import ServerSettings, load_settings
+from light_tts.server.shm import RequestSlots
 from light_tts.server.topology import PortArgs
 from light_tts.server.voice_cache import VoiceCache
 
@@ -68,12 +70,12 @@ def check_port_free(host: str, port: int) -> None:
 class SharedState:
     """The shared-memory segments, created here once and unlinked at exit."""
 
-    def __init__(self, cfg: ServerConfig, ports: PortArgs):
+    def __init__(self, settings: ServerSettings, ports: PortArgs):
         self.ports = ports
         Path(ports.metrics_dir).mkdir(parents=True, exist_ok=True)
-        self.slots = RequestSlots(cfg, ports.shm_prefix, ports.lock_path, create=True)
-        self.processes = ProcessTable(cfg, ports.shm_prefix, create=True)
-        self.voices = VoiceCache(cfg, ports.shm_prefix, ports.lock_path, create=True)
+        self.slots = RequestSlots(settings.shm, ports.shm_prefix, ports.lock_path, create=True)
+        self.processes = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path, create=True)
+        self.voices = VoiceCache(settings.shm, ports.shm_prefix, ports.lock_path, create=True)
 
     def cleanup(self) -> None:
         for part in (self.slots, self.processes, self.voices):
@@ -87,8 +89,8 @@ class SharedState:
 class ServerProcesses:
     """Every child process by (stage, rank), with its readiness pipe."""
 
-    def __init__(self, cfg: ServerConfig, ports: PortArgs, shared: SharedState):
-        self.cfg, self.ports, self.shared = cfg, ports, shared
+    def __init__(self, settings: ServerSettings, ports: PortArgs, shared: SharedState):
+        self.settings, self.cfg, self.ports, self.shared = settings, settings.cfg, ports, shared
         self.ctx = mp.get_context("spawn")
         self.procs: dict[tuple[str, int], mp.Process] = {}
         self.pipes: dict[tuple[str, int], object] = {}
@@ -111,7 +113,7 @@ class ServerProcesses:
 
     def _start(self, key: tuple[str, int], target, *rank: int) -> None:
         receiver, sender = self.ctx.Pipe(duplex=False)
-        proc = self.ctx.Process(target=target, args=(self.cfg, self.ports, *rank, sender), name=f"{key[0]}{key[1]}")
+        proc = self.ctx.Process(target=target, args=(self.settings, self.ports, *rank, sender), name=f"{key[0]}{key[1]}")
         proc.start()
         sender.close()
         self.procs[key], self.pipes[key] = proc, receiver
@@ -178,6 +180,9 @@ def receive_status(pipe) -> tuple[str, object]:
 
 def launch(cfg: ServerConfig) -> int:
     """Run the server until SIGINT/SIGTERM (returns 0) or a worker dies (returns 1)."""
+    from light_tts.server.worker_common import set_process_title
+
+    set_process_title("launcher", f"{cfg.host}:{cfg.port}")
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s launcher %(levelname)s %(message)s")
     check_port_free(cfg.host, cfg.port)
     try:
@@ -185,12 +190,15 @@ def launch(cfg: ServerConfig) -> int:
     except ModelDirError as e:
         log.error("%s", e)
         return 1
+    for note in cfg.ignored_flags():
+        log.warning("%s", note)
+    settings = load_settings(cfg)
     ports = PortArgs.create(cfg)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = ports.metrics_dir  # inherited by every spawned child
     # flow caches of many sizes come and go in the decode processes: growable segments keep the freed memory usable
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    shared = SharedState(cfg, ports)
-    procs = ServerProcesses(cfg, ports, shared)
+    shared = SharedState(settings, ports)
+    procs = ServerProcesses(settings, ports, shared)
 
     def request_stop(signum, _frame):
         log.info("received %s; stopping", signal.Signals(signum).name)

@@ -8,15 +8,18 @@ body streams in, so an oversized upload is refused without being buffered whole.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from light_tts.errors import AudioError, RequestError, TextError
+from light_tts.request_rules import check_seed, check_speed
 from light_tts.server.config import ServerConfig
+from light_tts.server.settings import ServerSettings
 
-MIN_SPEED, MAX_SPEED = 0.25, 4.0
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 FORM_OVERHEAD_BYTES = 64 << 10  # headers and small fields on top of the wav and the two texts
 
 
@@ -29,6 +32,7 @@ class ZeroShotInputs:
     speed: float
     seed: int | None
     tts_model_name: str
+    fixed_speech_tokens: int | None
 
 
 async def read_multipart(request: Request, max_bytes: int) -> dict[str, bytes]:
@@ -88,12 +92,18 @@ def decode_text(raw: bytes, name: str, cfg: ServerConfig, allow_empty: bool = Fa
 
 
 def check_text(text: str, name: str, cfg: ServerConfig, allow_empty: bool = False) -> None:
+    """The checks every entry point applies to a text (form field, JSON field, WebSocket piece) before it
+    reaches a slot; what is speakable is the encode process's verdict (text_norm)."""
     if not allow_empty and not text.strip():
         raise TextError(f"{name} is empty")
     if len(text) > cfg.max_text_chars:
         raise TextError(f"{name} has {len(text)} characters; the limit is {cfg.max_text_chars}")
     if "\x00" in text:
         raise TextError(f"{name} contains a NUL character")
+    surrogate = _LONE_SURROGATE.search(text)
+    if surrogate:  # JSON can carry "\ud800"; such a string has no UTF-8 form
+        raise TextError(f"{name} contains a lone surrogate (U+{ord(surrogate.group()):04X}) at position "
+                        f"{surrogate.start()}: not valid Unicode")
 
 
 def check_prompt_wav(wav: bytes, cfg: ServerConfig) -> None:
@@ -123,7 +133,18 @@ def parse_number(raw: bytes, name: str, kind: type) -> float | int:
     return value
 
 
-async def parse_zero_shot(request: Request, cfg: ServerConfig) -> ZeroShotInputs:
+def check_fixed_speech_tokens(value: object, settings: ServerSettings) -> int | None:
+    """None, or the number of speech tokens every sentence must get (1 .. the engine's per-request bound)."""
+    if value is None:
+        return None
+    bound = settings.max_fixed_speech_tokens
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= bound:
+        raise RequestError(f"fixed_speech_tokens must be an integer in [1, {bound}], got {value!r}")
+    return value
+
+
+async def parse_zero_shot(request: Request, settings: ServerSettings) -> ZeroShotInputs:
+    cfg = settings.cfg
     limit = cfg.max_prompt_wav_bytes + 8 * cfg.max_text_chars + FORM_OVERHEAD_BYTES
     parts = await read_multipart(request, limit)
     for name in ("tts_text", "prompt_text", "prompt_wav"):
@@ -131,16 +152,15 @@ async def parse_zero_shot(request: Request, cfg: ServerConfig) -> ZeroShotInputs
             raise RequestError(f"missing field {name}")
     stream = parse_bool(parts.get("stream", b"false"), "stream")
     speed = float(parse_number(parts["speed"], "speed", float)) if "speed" in parts else 1.0
-    if not MIN_SPEED <= speed <= MAX_SPEED:
-        raise RequestError(f"speed must be between {MIN_SPEED} and {MAX_SPEED}, got {speed:g}")
-    if stream and speed != 1.0:
-        raise RequestError("speed is only supported without streaming (stream=false)")
-    seed = int(parse_number(parts["seed"], "seed", int)) if "seed" in parts else None
-    if seed is not None and not 0 <= seed < 2**62:
-        raise RequestError("seed must be in [0, 2**62)")
+    check_speed(speed, stream)
+    seed = check_seed(int(parse_number(parts["seed"], "seed", int)) if "seed" in parts else None)
+    fixed = parts.get("fixed_speech_tokens")
+    fixed_speech_tokens = check_fixed_speech_tokens(
+        None if fixed is None else int(parse_number(fixed, "fixed_speech_tokens", int)), settings)
     check_prompt_wav(parts["prompt_wav"], cfg)
     return ZeroShotInputs(
         tts_text=decode_text(parts["tts_text"], "tts_text", cfg),
         prompt_text=decode_text(parts["prompt_text"], "prompt_text", cfg, allow_empty=True),
         prompt_wav=parts["prompt_wav"], stream=stream, speed=speed, seed=seed,
-        tts_model_name=decode_text(parts.get("tts_model_name", b"default"), "tts_model_name", cfg))
+        tts_model_name=decode_text(parts.get("tts_model_name", b"default"), "tts_model_name", cfg),
+        fixed_speech_tokens=fixed_speech_tokens)

@@ -1,4 +1,4 @@
-"""Shared-memory state: request slots (inputs, prompt features, audio ring) and the process table.
+"""Shared-memory state: request slots (inputs, prompt features, audio ring), and the segments they live in.
 
 The launcher creates every segment once and unlinks it at exit; workers attach by name. Segments are
 sparse tmpfs files, so only the bytes actually written take memory.
@@ -13,11 +13,8 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-from light_tts.server.config import ServerConfig
-
-EMBEDDING_DIM = 192  # CAM++ speaker embedding
-NUM_MELS = 80
-AUDIO_RING_SAMPLES = 24000 * 60  # int16 samples per slot; a reader more than a minute behind gets inline audio
+from light_tts.server.audio_ring import AudioRing
+from light_tts.server.settings import ShmSizes
 
 
 class ShmArrays:
@@ -65,8 +62,8 @@ class FileLock:
         os.close(self.fd)
 
 
-def slot_specs(cfg: ServerConfig) -> dict[str, tuple[tuple[int, ...], type]]:
-    n, text_bytes, max_tokens = cfg.running_max_req_size, 4 * cfg.max_text_chars, cfg.max_prompt_tokens
+def slot_specs(sizes: ShmSizes) -> dict[str, tuple[tuple[int, ...], type]]:
+    n, text_bytes, max_tokens = sizes.num_slots, sizes.text_bytes, sizes.prompt_speech_tokens
     return {
         "owner": ((n,), np.int64),  # req_id holding the slot; 0 = free
         "owner_pid": ((n,), np.int64),  # HTTP worker pid, to reclaim slots of a dead worker
@@ -75,30 +72,28 @@ def slot_specs(cfg: ServerConfig) -> dict[str, tuple[tuple[int, ...], type]]:
         "prompt_text_len": ((n,), np.int64),
         "prompt_text": ((n, text_bytes), np.uint8),
         "wav_len": ((n,), np.int64),
-        "wav": ((n, cfg.max_prompt_wav_bytes), np.uint8),  # prompt audio file bytes as uploaded
+        "wav": ((n, sizes.wav_bytes), np.uint8),  # prompt audio file bytes as uploaded
         "num_prompt_text_tokens": ((n,), np.int64),
-        "prompt_text_tokens": ((n, cfg.max_text_chars), np.int32),
+        "prompt_text_tokens": ((n, sizes.prompt_text_tokens), np.int32),
         "num_prompt_speech_tokens": ((n,), np.int64),
         "prompt_speech_tokens": ((n, max_tokens), np.int32),
-        "prompt_embedding": ((n, EMBEDDING_DIM), np.float32),
-        "prompt_mel": ((n, 2 * max_tokens, NUM_MELS), np.float32),  # 2 mel frames per speech token
-        "audio": ((n, AUDIO_RING_SAMPLES), np.int16),  # decode writes at written % ring, HTTP reads
-        "audio_read": ((n,), np.int64),  # samples the HTTP worker has consumed
+        "prompt_embedding": ((n, sizes.embedding_dim), np.float32),
+        "prompt_mel": ((n, sizes.prompt_mel_frames, sizes.num_mels), np.float32),  # token_mel_ratio per token
+        "audio": ((n, sizes.audio_ring_samples), np.int16),  # see AudioRing
+        "audio_read": ((n,), np.int64),
     }
-
-
-def process_specs(num_rows: int) -> dict[str, tuple[tuple[int, ...], type]]:
-    return {"pid": ((num_rows,), np.int64), "state": ((num_rows,), np.int64), "load": ((num_rows,), np.int64)}
 
 
 class RequestSlots:
     """`running_max_req_size` request slots; a slot index is what messages carry."""
 
-    def __init__(self, cfg: ServerConfig, prefix: str, lock_path: str, create: bool = False):
-        self.shm = ShmArrays(f"{prefix}_slot", slot_specs(cfg), create)
+    def __init__(self, sizes: ShmSizes, prefix: str, lock_path: str, create: bool = False):
+        self.sizes = sizes
+        self.shm = ShmArrays(f"{prefix}_slot", slot_specs(sizes), create)
         self.a = self.shm.arrays
         self.lock = FileLock(lock_path)
-        self.num_slots = cfg.running_max_req_size
+        self.num_slots = sizes.num_slots
+        self.audio = AudioRing(self.a["audio"], self.a["audio_read"])
 
     def claim(self, req_id: int) -> int | None:
         """Take a free slot for `req_id`; None when all are busy (the caller answers 429)."""
@@ -109,7 +104,7 @@ class RequestSlots:
             slot = int(free[0])
             self.a["owner"][slot] = req_id
             self.a["owner_pid"][slot] = os.getpid()
-        self.a["audio_read"][slot] = 0
+        self.audio.reset(slot)
         return slot
 
     def release(self, slot: int, req_id: int) -> None:
@@ -144,93 +139,24 @@ class RequestSlots:
         a, num_text, num_speech = self.a, len(text_tokens), len(speech_tokens)
         if num_text > a["prompt_text_tokens"].shape[1] or num_speech > a["prompt_speech_tokens"].shape[1]:
             raise ValueError(f"prompt of {num_text} text / {num_speech} speech tokens does not fit the slot")
-        if mel.shape != (2 * num_speech, NUM_MELS) or embedding.shape != (EMBEDDING_DIM,):
+        s = self.sizes
+        if mel.shape != (s.token_mel_ratio * num_speech, s.num_mels) or embedding.shape != (s.embedding_dim,):
             raise ValueError(f"prompt mel {mel.shape} / embedding {embedding.shape} have unexpected shapes")
         a["prompt_text_tokens"][slot, :num_text] = text_tokens
         a["num_prompt_text_tokens"][slot] = num_text
         a["prompt_speech_tokens"][slot, :num_speech] = speech_tokens
         a["num_prompt_speech_tokens"][slot] = num_speech
         a["prompt_embedding"][slot] = embedding
-        a["prompt_mel"][slot, : 2 * num_speech] = mel
+        a["prompt_mel"][slot, : len(mel)] = mel
 
     def read_prompt(self, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(text_tokens [Lp] int32, speech_tokens [P] int32, embedding [192] f32, mel [2P, 80] f32), copied."""
+        """(text_tokens [Lp] int32, speech_tokens [P] int32, embedding [E] f32, mel [ratio*P, mels] f32), copied."""
         a = self.a
         num_text, num_speech = int(a["num_prompt_text_tokens"][slot]), int(a["num_prompt_speech_tokens"][slot])
+        num_frames = self.sizes.token_mel_ratio * num_speech
         return (a["prompt_text_tokens"][slot, :num_text].copy(), a["prompt_speech_tokens"][slot, :num_speech].copy(),
-                a["prompt_embedding"][slot].copy(), a["prompt_mel"][slot, : 2 * num_speech].copy())
+                a["prompt_embedding"][slot].copy(), a["prompt_mel"][slot, :num_frames].copy())
 
     def close(self) -> None:
         self.shm.close()
         self.lock.close()
-
-
-class ProcessTable:
-    """One row per worker process: pid, state and load, read by readiness checks and the LLM's dispatcher."""
-
-    STARTING, READY, DEAD = 0, 1, 2
-
-    def __init__(self, cfg: ServerConfig, prefix: str, create: bool = False):
-        self.rows: dict[tuple[str, int], int] = {}
-        counts = (("encode", cfg.encode_process_num), ("llm", 1), ("decode", cfg.decode_process_num),
-                  ("http", cfg.httpserver_workers))
-        for stage, count in counts:
-            for rank in range(count):
-                self.rows[(stage, rank)] = len(self.rows)
-        self.shm = ShmArrays(f"{prefix}_procs", process_specs(len(self.rows)), create)
-        self.a = self.shm.arrays
-
-    def set(self, stage: str, rank: int, *, pid: int | None = None, state: int | None = None) -> None:
-        row = self.rows[(stage, rank)]
-        if pid is not None:
-            self.a["pid"][row] = pid
-        if state is not None:
-            self.a["state"][row] = state
-
-    def set_load(self, stage: str, rank: int, load: int) -> None:
-        self.a["load"][self.rows[(stage, rank)]] = load
-
-    def load(self, stage: str, rank: int) -> int:
-        return int(self.a["load"][self.rows[(stage, rank)]])
-
-    def state(self, stage: str, rank: int) -> int:
-        return int(self.a["state"][self.rows[(stage, rank)]])
-
-    def backend_states(self) -> dict[tuple[str, int], int]:
-        return {key: int(self.a["state"][row]) for key, row in self.rows.items() if key[0] != "http"}
-
-    def all_backends_ready(self) -> bool:
-        return all(state == self.READY for state in self.backend_states().values())
-
-    def claim_row(self, stage: str, pid: int, lock: FileLock) -> tuple[int, int]:
-        """Give `pid` a row of `stage` that is free or whose process is gone (a restarted gunicorn worker);
-        returns (rank, pid of the previous holder or 0)."""
-        with lock.held():
-            for (row_stage, rank), row in self.rows.items():
-                previous = int(self.a["pid"][row])
-                if row_stage == stage and (previous == 0 or not _is_alive(previous)):
-                    self.a["pid"][row], self.a["state"][row] = pid, self.STARTING
-                    return rank, previous
-        raise RuntimeError(f"every {stage} row is held by a live process")
-
-    def describe(self) -> dict[str, dict]:
-        """{"decode0": {"pid": ..., "state": "ready"}, ...} for /readiness."""
-        names = {self.STARTING: "starting", self.READY: "ready", self.DEAD: "dead"}
-        return {f"{stage}{rank}": {"pid": int(self.a["pid"][row]), "state": names[int(self.a["state"][row])]}
-                for (stage, rank), row in self.rows.items()}
-
-    def dead_backends(self) -> list[tuple[str, int]]:
-        return [key for key, state in self.backend_states().items() if state == self.DEAD]
-
-    def close(self) -> None:
-        self.shm.close()
-
-
-def _is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -11,14 +11,14 @@ import hashlib
 
 import numpy as np
 
-from light_tts.server.config import ServerConfig
-from light_tts.server.shm import EMBEDDING_DIM, NUM_MELS, FileLock, ShmArrays
+from light_tts.server.settings import ShmSizes
+from light_tts.server.shm import FileLock, ShmArrays
 
 KEY_BYTES = 32  # sha256 of the frontend's voice key
 
 
-def cache_specs(cfg: ServerConfig) -> dict[str, tuple[tuple[int, ...], type]]:
-    n, max_tokens = cfg.cache_capacity, cfg.max_prompt_tokens
+def cache_specs(sizes: ShmSizes) -> dict[str, tuple[tuple[int, ...], type]]:
+    n, max_tokens = sizes.cache_capacity, sizes.prompt_speech_tokens
     return {
         "key": ((n, KEY_BYTES), np.uint8),
         "is_valid": ((n,), np.bool_),
@@ -26,14 +26,15 @@ def cache_specs(cfg: ServerConfig) -> dict[str, tuple[tuple[int, ...], type]]:
         "clock": ((1,), np.int64),
         "num_tokens": ((n,), np.int64),
         "speech_tokens": ((n, max_tokens), np.int32),
-        "embedding": ((n, EMBEDDING_DIM), np.float32),
-        "mel": ((n, 2 * max_tokens, NUM_MELS), np.float32),
+        "embedding": ((n, sizes.embedding_dim), np.float32),
+        "mel": ((n, sizes.prompt_mel_frames, sizes.num_mels), np.float32),
     }
 
 
 class VoiceCache:
-    def __init__(self, cfg: ServerConfig, prefix: str, lock_path: str, create: bool = False):
-        self.shm = ShmArrays(f"{prefix}_voice", cache_specs(cfg), create)
+    def __init__(self, sizes: ShmSizes, prefix: str, lock_path: str, create: bool = False):
+        self.sizes = sizes
+        self.shm = ShmArrays(f"{prefix}_voice", cache_specs(sizes), create)
         self.a = self.shm.arrays
         self.lock = FileLock(lock_path)
 
@@ -50,7 +51,7 @@ class VoiceCache:
         self.a["last_used"][entry] = self.a["clock"][0]
 
     def get(self, voice_key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """(speech_tokens [P] int32, embedding [192] f32, mel [2P, 80] f32), copies; None on a miss."""
+        """(speech_tokens [P] int32, embedding [E] f32, mel [ratio*P, mels] f32), copies; None on a miss."""
         with self.lock.held():
             entry = self._find(self._digest(voice_key))
             if entry is None:
@@ -58,11 +59,11 @@ class VoiceCache:
             self._tick(entry)
             num = int(self.a["num_tokens"][entry])
             return (self.a["speech_tokens"][entry, :num].copy(), self.a["embedding"][entry].copy(),
-                    self.a["mel"][entry, : 2 * num].copy())
+                    self.a["mel"][entry, : self.sizes.token_mel_ratio * num].copy())
 
     def put(self, voice_key: str, speech_tokens: np.ndarray, embedding: np.ndarray, mel: np.ndarray) -> None:
         num = len(speech_tokens)
-        if num > self.a["speech_tokens"].shape[1] or mel.shape != (2 * num, NUM_MELS):
+        if num > self.a["speech_tokens"].shape[1] or mel.shape != (self.sizes.token_mel_ratio * num, self.sizes.num_mels):
             raise ValueError(f"voice of {num} tokens / mel {mel.shape} does not fit the cache entries")
         digest = self._digest(voice_key)
         with self.lock.held():
@@ -76,7 +77,7 @@ class VoiceCache:
             self.a["num_tokens"][entry] = num
             self.a["speech_tokens"][entry, :num] = speech_tokens
             self.a["embedding"][entry] = embedding
-            self.a["mel"][entry, : 2 * num] = mel
+            self.a["mel"][entry, : len(mel)] = mel
             self.a["is_valid"][entry] = True
             self._tick(entry)
 

@@ -66,12 +66,18 @@ def small_server(tiny_model_dir, tmp_path_factory):
     step, seconds long on a CPU); the module's last test that uses it kills its decode process."""
     srv = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "small.log", "--running_max_req_size", "2",
                         "--request_timeout_s", str(TIME_LIMIT_S), "--shutdown_grace_s", "3",
-                        "--max_req_total_len", "600")
+                        "--max_req_total_len", "600", "--mode", "triton_gqa_flashdecoding", "--decode_paral_num", "2")
     try:
         srv.wait_ready()
         yield srv
     finally:
         srv.stop()
+
+
+def test_compatibility_flags_are_accepted_and_said_to_do_nothing(small_server):
+    log = small_server.log_path.read_text()
+    assert log.count("--mode triton_gqa_flashdecoding has no effect") == 1
+    assert log.count("--decode_paral_num 2 has no effect") == 1
 
 
 def test_all_slots_busy_gets_429_at_once(small_server):

@@ -1,0 +1,129 @@
+"""Every process's settings and every shared-memory size, derived once from ServerConfig and the model's config.
+
+The launcher builds one ServerSettings (build_settings) and hands the same object to every process. Nothing here
+has a default of its own: a value is either a ServerConfig flag or a fact read from the model directory (sample
+rate, token rate, speaker-embedding size, mel bins), so a limit or a size is written in exactly one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from light_tts.server.config import ServerConfig
+
+if TYPE_CHECKING:
+    from light_tts.llm.engine import EngineConfig
+    from light_tts.model_config import ModelConfig
+
+AUDIO_RING_SECONDS = 60  # audio a slot's ring holds; a reader further behind gets its audio inline
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the server layer needs to know about the model, read from its directory."""
+
+    name: str  # the model directory's name, accepted as tts_model_name
+    sample_rate: int  # of the output audio
+    token_rate: int  # speech tokens per second
+    token_mel_ratio: int  # prompt mel frames per speech token
+    embedding_dim: int  # speaker embedding (CAM++)
+    num_mels: int
+
+    @classmethod
+    def from_model(cls, model_cfg: ModelConfig) -> "ModelFacts":
+        return cls(name=Path(model_cfg.model_dir).name, sample_rate=model_cfg.sample_rate,
+                   token_rate=model_cfg.token_frame_rate, token_mel_ratio=model_cfg.token_mel_ratio,
+                   embedding_dim=model_cfg.flow.spk_embed_dim, num_mels=model_cfg.feat.num_mels)
+
+
+@dataclass(frozen=True)
+class ShmSizes:
+    """Shapes of the request slots (shm.RequestSlots) and the voice cache (voice_cache.VoiceCache)."""
+
+    num_slots: int
+    text_bytes: int  # UTF-8 of the longest text: 4 bytes per character at most
+    wav_bytes: int  # the largest prompt upload
+    prompt_text_tokens: int  # a text never has more tokens than characters
+    prompt_speech_tokens: int  # of the longest prompt, plus one second of slack
+    token_mel_ratio: int
+    embedding_dim: int
+    num_mels: int
+    audio_ring_samples: int
+    cache_capacity: int
+
+    @property
+    def prompt_mel_frames(self) -> int:
+        return self.token_mel_ratio * self.prompt_speech_tokens
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    cfg: ServerConfig
+    model: ModelFacts
+    shm: ShmSizes
+
+    @property
+    def max_fixed_speech_tokens(self) -> int:
+        """Largest `fixed_speech_tokens` a request may ask for: one engine request holds at most
+        --max_req_total_len tokens (the LLM checks the exact fit, prompt included)."""
+        return self.cfg.max_req_total_len
+
+    def llm_dtype(self, device: str) -> str:
+        """--data_type on a GPU; float32 on the CPU, where half precision is slow or missing."""
+        return self.cfg.data_type if device != "cpu" else "float32"
+
+    def decode_dtype(self, device: str) -> str:
+        return self.cfg.decode_data_type if device != "cpu" else "float32"
+
+    def llm_engine_config(self, device: str) -> EngineConfig:
+        """The LLM engine's config, every field from a flag (a new EngineConfig field fails here until mapped)."""
+        from light_tts.llm.engine import EngineConfig
+
+        c = self.cfg
+        values: dict[str, Any] = {
+            "max_total_token_num": c.max_total_token_num,
+            "batch_max_tokens": c.batch_max_tokens or c.max_req_total_len,
+            "running_max_req_size": c.running_max_req_size,  # one engine request per server request at a time
+            "graph_max_batch_size": c.graph_max_batch_size,
+            "disable_cudagraph": c.disable_cudagraph,
+            "data_type": self.llm_dtype(device),
+            "router_max_wait_tokens": c.router_max_wait_tokens,
+            "max_req_total_len": c.max_req_total_len,
+            "enable_prefix_cache": not c.disable_prefix_cache,
+            "kv_cache_mem_fraction": c.kv_cache_mem_fraction,
+        }
+        unmapped = {f.name for f in fields(EngineConfig)} - set(values)
+        if unmapped:
+            raise TypeError(f"EngineConfig fields without a server flag: {sorted(unmapped)}")
+        return EngineConfig(**values)
+
+    def decode_engine_kwargs(self, device: str) -> dict[str, Any]:
+        """Keyword arguments of DecodeEngine(model_cfg, **kwargs) for a decode process on `device`."""
+        import torch
+
+        from light_tts.token2wav import HopPolicy
+
+        c = self.cfg
+        return {"device": device, "max_batch_size": c.decode_max_batch_size, "hop_policy": HopPolicy(c.hop_policy),
+                "dtype": getattr(torch, self.decode_dtype(device)), "use_cuda_graph": not c.disable_cudagraph,
+                "load_trt": c.load_trt, "max_active_streams": c.decode_max_streams or None}
+
+
+def build_settings(cfg: ServerConfig, model_cfg: ModelConfig) -> ServerSettings:
+    model = ModelFacts.from_model(model_cfg)
+    prompt_speech_tokens = int(cfg.max_prompt_seconds * model.token_rate) + model.token_rate
+    shm = ShmSizes(num_slots=cfg.running_max_req_size, text_bytes=4 * cfg.max_text_chars,
+                   wav_bytes=cfg.max_prompt_wav_bytes, prompt_text_tokens=cfg.max_text_chars,
+                   prompt_speech_tokens=prompt_speech_tokens, token_mel_ratio=model.token_mel_ratio,
+                   embedding_dim=model.embedding_dim, num_mels=model.num_mels,
+                   audio_ring_samples=AUDIO_RING_SECONDS * model.sample_rate, cache_capacity=cfg.cache_capacity)
+    return ServerSettings(cfg, model, shm)
+
+
+def load_settings(cfg: ServerConfig) -> ServerSettings:
+    """build_settings with the model config read from --model_dir."""
+    from light_tts.model_dir import load_model_config
+
+    return build_settings(cfg, load_model_config(cfg.model_dir))
