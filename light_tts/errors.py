@@ -52,3 +52,31 @@ class RequestTimeoutError(LightTTSError):
 
     kind = "timeout"
     http_status = 504
+
+
+class UnauthorizedError(LightTTSError):
+    """The request carries no API key, or one the server does not know."""
+
+    kind = "unauthorized"
+    http_status = 401
+
+
+class NotFoundError(LightTTSError):
+    """The named resource (e.g. a saved voice) does not exist, or no longer does."""
+
+    kind = "not_found"
+    http_status = 404
+
+
+class PayloadTooLargeError(RequestError):
+    """An upload is larger than the server accepts."""
+
+    kind = "payload_too_large"
+    http_status = 413
+
+
+class VoiceLimitError(LightTTSError):
+    """The server already holds as many saved voices as it is configured to keep."""
+
+    kind = "too_many_voices"
+    http_status = 409
