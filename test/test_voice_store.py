@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 
 from light_tts.errors import AudioError, NotFoundError, PayloadTooLargeError, RequestError, VoiceLimitError
+from light_tts.server.openai_schema import VoiceObject
 from light_tts.server.voice_store import PromptFeatures, VoiceLimits, VoiceStore
 
 LIMITS = VoiceLimits(max_voices=6, max_upload_bytes=200_000, max_seconds=3.0, max_text_chars=100)
@@ -93,8 +94,9 @@ def test_crud(tmp_path):
     from light_tts.frontend.frontend import voice_key
 
     assert voice.voice_key == voice_key(audio)  # the key the encode process's voice cache uses
-    assert voice.to_json() == {"id": voice.id, "object": "voice", "name": "Alice", "text": "Hello there.",
-                               "duration_s": 1.5, "created_at": voice.created_at}
+    assert VoiceObject.of(voice).model_dump() == {"id": voice.id, "object": "voice", "name": "Alice",
+                                                  "text": "Hello there.", "duration_s": 1.5,
+                                                  "created_at": voice.created_at}  # the agreed wire shape
     assert store.get(voice.id) == voice and store.list() == [voice]
     prompt = store.load_features(voice.id)
     assert (prompt.voice_key, prompt.text) == (voice.voice_key, "Hello there.")

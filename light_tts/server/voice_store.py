@@ -66,10 +66,6 @@ class Voice:
     created_at: int  # unix seconds
     voice_key: str  # hex sha256 of the audio bytes: the voice cache and the decode engine's prefix key
 
-    def to_json(self) -> dict:
-        return {"id": self.id, "object": "voice", "name": self.name, "text": self.text,
-                "duration_s": round(self.duration_s, 3), "created_at": self.created_at}
-
 
 @dataclass(frozen=True)
 class PromptFeatures:
