@@ -24,7 +24,7 @@ def client():
 
     @app.post("/v1/audio/speech")
     async def speech(request: SpeechRequest):
-        return request.model_dump() | {"voice_id": request.voice_id}
+        return request.model_dump()
 
     return TestClient(app)
 
@@ -33,10 +33,10 @@ def test_defaults_and_voice_forms(client):
     r = client.post("/v1/audio/speech", json=VALID)
     assert r.status_code == 200
     assert r.json() == {**VALID, "response_format": "mp3", "speed": 1.0, "stream_format": "audio",
-                        "instructions": None, "fixed_speech_tokens": None, "seed": None, "voice_id": "voice_abc"}
+                        "instructions": None, "fixed_speech_tokens": None, "seed": None}
     r = client.post("/v1/audio/speech", json={**VALID, "voice": {"id": "voice_xyz"}, "instructions": " ",
                                               "speed": 4, "seed": 7, "fixed_speech_tokens": 50})
-    assert r.status_code == 200 and r.json()["voice_id"] == "voice_xyz" and r.json()["speed"] == 4.0
+    assert r.status_code == 200 and r.json()["voice"] == "voice_xyz" and r.json()["speed"] == 4.0
 
 
 @pytest.mark.parametrize("change, expected", [
@@ -53,8 +53,9 @@ def test_defaults_and_voice_forms(client):
     ({"seed": -1}, "seed: Input should be greater than or equal to 0"),
     ({"seed": True}, "seed: Input should be a valid integer"),
     ({"fixed_speech_tokens": 0}, "fixed_speech_tokens: Input should be greater than or equal to 1"),
-    ({"voice": {"name": "x"}}, "voice"),
-    ({"voice": None}, "voice"),
+    ({"voice": {"name": "x"}}, "voice: Input should be a valid string"),
+    ({"voice": None}, "voice: Input should be a valid string"),
+    ({"voice": ""}, "voice: String should have at least 1 character"),
     ({"temperature": 0.7}, "unknown field 'temperature'"),
     ({"model": None}, "model: Input should be a valid string"),
 ])
@@ -71,6 +72,8 @@ def test_missing_fields_and_broken_json(client):
     assert r.status_code == 400 and r.json()["error"] == "input: Field required; voice: Field required"
     r = client.post("/v1/audio/speech", content=b'{"model": ', headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"].startswith("request body is not valid JSON")
+    r = client.post("/v1/audio/speech")
+    assert r.status_code == 400 and r.json()["error"] == "request body: Field required"
 
 
 def test_every_official_client_parameter_is_a_field():

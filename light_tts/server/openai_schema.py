@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from light_tts.errors import LightTTSError, RequestError
 from light_tts.server.request_parsing import MAX_SPEED, MIN_SPEED
@@ -27,11 +27,28 @@ INSTRUCTIONS_UNSUPPORTED = (
     "recording, so save a voice recorded in the style you want")
 
 
-class VoiceRef(BaseModel):
-    """OpenAI's custom-voice form `{"id": "voice_..."}`."""
+def voice_id_of(value):
+    """OpenAI's custom-voice form `{"id": "voice_..."}` or the bare id."""
+    if isinstance(value, dict) and set(value) == {"id"}:
+        return value["id"]
+    return value
 
-    model_config = ConfigDict(extra="forbid", strict=True)
-    id: str
+
+def reject_instructions(value: str | None) -> str | None:
+    if value is not None and value.strip():
+        raise ValueError(INSTRUCTIONS_UNSUPPORTED)
+    return value
+
+
+# Field types shared with the WebSocket session config (speech_ws.py).
+VoiceId = Annotated[str, Field(min_length=1, description='a saved voice id from POST /v1/audio/voices, or '
+                                                       '{"id": ...}'), BeforeValidator(voice_id_of)]
+Speed = Annotated[float, Field(ge=MIN_SPEED, le=MAX_SPEED)]
+Seed = Annotated[int | None, Field(ge=0, lt=MAX_SEED, description="same inputs and seed give the same audio")]
+FixedSpeechTokens = Annotated[int | None, Field(ge=1, description=(
+    "benchmarks: every sentence generates exactly this many speech tokens (25 = 1 s), ignoring end-of-speech"))]
+Instructions = Annotated[str | None, AfterValidator(reject_instructions),
+                         Field(description="must be empty: " + INSTRUCTIONS_UNSUPPORTED)]
 
 
 class SpeechRequest(BaseModel):
@@ -42,15 +59,14 @@ class SpeechRequest(BaseModel):
     model: str = Field(min_length=1, description="a model id from GET /v1/models (or tts-1, tts-1-hd, "
                                                  "gpt-4o-mini-tts: the served model)")
     input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS, description="the text to speak")
-    voice: str | VoiceRef = Field(description="a saved voice id from POST /v1/audio/voices, or {\"id\": ...}")
+    voice: VoiceId
     response_format: ResponseFormat = "mp3"
-    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED, description="!= 1 waits for the whole audio first")
+    speed: Speed = Field(1.0, description="!= 1 waits for the whole audio before sending any")
     stream_format: Literal["audio", "sse"] = Field("audio", description="audio: the file's bytes, chunked as "
                                                    "they are encoded; sse: speech.audio.delta events")
-    instructions: str | None = Field(None, description="must be empty: " + INSTRUCTIONS_UNSUPPORTED)
-    fixed_speech_tokens: int | None = Field(None, ge=1, description="benchmarks: every sentence generates "
-                                            "exactly this many speech tokens (25 = 1 s), ignoring end-of-speech")
-    seed: int | None = Field(None, ge=0, lt=MAX_SEED, description="same inputs and seed give the same audio")
+    instructions: Instructions = None
+    fixed_speech_tokens: FixedSpeechTokens = None
+    seed: Seed = None
 
     @field_validator("input")
     @classmethod
@@ -61,16 +77,6 @@ class SpeechRequest(BaseModel):
             raise ValueError("input contains a NUL character")
         return value
 
-    @field_validator("instructions")
-    @classmethod
-    def no_instructions(cls, value: str | None) -> str | None:
-        if value is not None and value.strip():
-            raise ValueError(INSTRUCTIONS_UNSUPPORTED)
-        return value
-
-    @property
-    def voice_id(self) -> str:
-        return self.voice.id if isinstance(self.voice, VoiceRef) else self.voice
 
 
 class SpeechUsage(BaseModel):
@@ -132,14 +138,15 @@ def describe_errors(errors: list[dict]) -> str:
     """pydantic's error list as one line: `speed: Input should be less than or equal to 4; ...`."""
     parts = []
     for error in errors:
-        loc = [str(p) for p in error["loc"] if p != "body"]
-        field = ".".join(loc) or "request body"
+        loc = tuple(error["loc"])
+        field = ".".join(str(p) for p in loc if p != "body") or ("request body" if loc == ("body",) else "")
+        message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             parts.append(f"unknown field {field!r}")
         elif error["type"] == "json_invalid":
             parts.append(f"request body is not valid JSON ({error.get('ctx', {}).get('error', 'parse error')})")
         else:
-            parts.append(f"{field}: {error['msg'].removeprefix('Value error, ')}")
+            parts.append(f"{field}: {message}" if field else message)  # no field: a check across fields
     return "; ".join(parts)
 
 
