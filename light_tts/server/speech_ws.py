@@ -5,20 +5,9 @@ actions in order (send a JSON or binary frame, synthesize an utterance, close), 
 synthesis with `on_synthesis_done`. Utterances are synthesized one at a time in arrival order; text for the
 next one may arrive meanwhile and waits (at most `max_pending` flushed utterances).
 
-/v1/audio/speech/stream (vLLM-Omni's protocol):
-    client: {"type": "session.config", "voice": ..., "response_format": "wav", "speed", "stream_audio", "seed",
-             "fixed_speech_tokens", "model"}          first message; may be sent again between utterances
-            {"type": "input.text", "text": "..."}     pieces of the current utterance
-            {"type": "input.done"}                    flush: synthesize what was sent; the session stays open
-            {"type": "session.close"}                 close once every flushed utterance is answered
-    server: {"type": "audio.start", "utterance_index", "sentence_index": 0, "sentence_text", "format"
-             (+ "sample_rate", "channels" for pcm)}, binary frames (one whole file, or chunks with
-            stream_audio), {"type": "audio.done", ..., "total_bytes", "error": bool},
-            {"type": "session.done", "utterance_index", "total_sentences"} per flush,
-            {"type": "error", "message", "kind"}
-/ws/tts (Orpheus-style): {"text", "voice"} in (voice sticks for later messages), int16 24 kHz PCM binary
-    frames out, then the binary frame b"__END__"; errors as {"type": "error", "message", "kind"} before
-    that __END__. The text "__END__" or {"end": true} closes the connection once the queue is done.
+Protocols (event fields in docs/openai-api.md): /v1/audio/speech/stream is vLLM-Omni's (session.config,
+input.text pieces, input.done flushes an utterance, session.close; audio.start, audio frames, audio.done,
+session.done per utterance), /ws/tts the Orpheus style ({"text", "voice"} in, PCM frames, b"__END__").
 
 Errors: a message the session cannot use gets an error event and the session goes on, except: anything
 wrong before a valid session.config closes with 1008 (policy violation), and a binary frame from the client
