@@ -166,7 +166,7 @@ def test_voices_name_saved_ones_by_bytes_or_id_and_new_ones_by_fresh_bytes():
     other_run = Voices(saved, "text", nonce=6).fields(0, is_new=True)[1]["prompt_wav"][1]
     assert len(news | {other_run} | set(saved)) == 9
     by_id = Voices(saved, "text", nonce=5, saved_ids=["voice_a", "voice_b"])
-    assert by_id.fields(2, is_new=False) == ({"voice_id": "voice_a"}, {})
+    assert by_id.fields(2, is_new=False) == ({}, {"voice_id": (None, "voice_a")})  # a multipart field
     assert "prompt_wav" in by_id.fields(2, is_new=True)[1]
 
 

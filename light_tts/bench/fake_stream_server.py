@@ -6,21 +6,24 @@ stall counting against known gaps, and to measure the benchmark client's own ove
         --rtf 0.5]
 
 POST /inference_zero_shot answers 200 with a chunked int16 body: chunk k of `num_samples` is sent `send_s`
-seconds after the request body was read, per schedule number (form field `seed` % number of schedules). Any
-other path answers 404. Plain asyncio HTTP/1.1 with keep-alive, enough for the benchmark's httpx client.
+seconds after the request body was read, per schedule number (form field `seed` % number of schedules). With
+`voices_api`, /v1/audio/voices lists, saves and deletes voices (ids only, nothing is kept); any other path
+answers 404. Every request is noted in `seen` (method, path, the multipart fields found). Plain asyncio
+HTTP/1.1 with keep-alive, enough for the benchmark's httpx client.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
 import threading
 
 from light_tts.bench.player import BYTES_PER_SAMPLE, SAMPLE_RATE
 
 Schedule = list[tuple[float, int]]  # (send_s since the request arrived, num_samples)
-SEED_FIELD = re.compile(rb'name="seed"\r\n\r\n(\d+)\r\n')
+FIELD = re.compile(rb'name="(\w+)"(?:; filename="[^"]*")?\r\n(?:[^\r\n]+\r\n)*\r\n')
 
 
 def regular_schedule(first_chunk_s: float, chunk_audio_s: float, num_chunks: int, rtf: float) -> Schedule:
@@ -30,9 +33,10 @@ def regular_schedule(first_chunk_s: float, chunk_audio_s: float, num_chunks: int
 
 
 class ScheduledStreamServer:
-    def __init__(self, schedules: list[Schedule], host: str = "127.0.0.1", port: int = 0):
-        self.schedules, self.host, self.port = schedules, host, port
+    def __init__(self, schedules: list[Schedule], host: str = "127.0.0.1", port: int = 0, voices_api: bool = False):
+        self.schedules, self.host, self.port, self.voices_api = schedules, host, port, voices_api
         self.server: asyncio.Server | None = None
+        self.seen: list[tuple[str, str, dict[str, bytes]]] = []
 
     async def start(self) -> str:
         self.server = await asyncio.start_server(self.handle, self.host, self.port, backlog=4096)
@@ -46,24 +50,32 @@ class ScheduledStreamServer:
                 request_line, *header_lines = head.decode("latin-1").split("\r\n")
                 headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines if h)}
                 body = await reader.readexactly(int(headers.get("content-length", 0)))
-                path = request_line.split(" ")[1]
+                method, path = request_line.split(" ")[:2]
+                fields = form_fields(body)
+                self.seen.append((method, path, fields))
                 if path.startswith("/inference_zero_shot"):
-                    await self.stream(writer, body)
+                    await self.stream(writer, fields)
+                elif self.voices_api and path.startswith("/v1/audio/voices"):
+                    answer(writer, *self.voices(method, path))
                 else:
-                    msg = b'{"error": "not found", "kind": "not_found"}'
-                    writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
-                                 b"Content-Length: %d\r\n\r\n%s" % (len(msg), msg))
+                    answer(writer, 404, {"error": "not found", "kind": "not_found"})
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the client closed the connection
         finally:
             writer.close()
 
-    async def stream(self, writer: asyncio.StreamWriter, body: bytes) -> None:
+    def voices(self, method: str, path: str) -> tuple[int, dict]:
+        if method == "GET":
+            return 200, {"object": "list", "data": []}
+        if method == "POST":
+            return 201, {"id": f"voice_{len(self.seen)}", "object": "voice"}
+        return 200, {"id": path.rsplit("/", 1)[1], "object": "voice", "deleted": True}
+
+    async def stream(self, writer: asyncio.StreamWriter, fields: dict[str, bytes]) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        seed = SEED_FIELD.search(body)
-        schedule = self.schedules[int(seed.group(1)) % len(self.schedules) if seed else 0]
+        schedule = self.schedules[int(fields.get("seed", b"0")) % len(self.schedules)]
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
                      b"Transfer-Encoding: chunked\r\n\r\n")
         for send_s, num_samples in schedule:
@@ -73,12 +85,27 @@ class ScheduledStreamServer:
         writer.write(b"0\r\n\r\n")
 
 
+def form_fields(body: bytes) -> dict[str, bytes]:
+    """Name -> value of the parts of a multipart body (values up to the next boundary line)."""
+    out, matches = {}, list(FIELD.finditer(body))
+    for m, nxt in zip(matches, [*matches[1:], None]):
+        end = body.rfind(b"\r\n--", m.end(), nxt.start() if nxt else len(body))
+        out[m.group(1).decode()] = body[m.end():end]
+    return out
+
+
+def answer(writer: asyncio.StreamWriter, status: int, payload: dict) -> None:
+    msg = json.dumps(payload).encode()
+    writer.write(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                 % (status, len(msg), msg))
+
+
 class ServerThread:
     """The server on its own event loop in a daemon thread (for tests): `url` once started, `stop()` to end it."""
 
-    def __init__(self, schedules: list[Schedule]):
+    def __init__(self, schedules: list[Schedule], voices_api: bool = False):
         self.loop = asyncio.new_event_loop()
-        self.server = ScheduledStreamServer(schedules)
+        self.server = ScheduledStreamServer(schedules, voices_api=voices_api)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.url = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=10)

@@ -54,8 +54,8 @@ class Voices:
     def fields(self, index: int, is_new: bool) -> tuple[dict, dict]:
         """(form fields, files) that name request `index`'s voice."""
         k = index % len(self.saved_wavs)
-        if not is_new and self.saved_ids:
-            return {"voice_id": self.saved_ids[k]}, {}
+        if not is_new and self.saved_ids:  # a file-less part: httpx sends multipart only when there are parts
+            return {}, {"voice_id": (None, self.saved_ids[k])}
         wav = tagged(self.saved_wavs[k], (self.nonce << 32) | index) if is_new else self.saved_wavs[k]
         return {"prompt_text": self.prompt_text}, {"prompt_wav": ("prompt.wav", wav, "audio/wav")}
 
@@ -135,7 +135,7 @@ async def stream_one(pool: ClientPool, share: Share, index: int, t0: float, is_r
     rec = {"index": index, "voice": voice, "is_ramp": is_ramp, "start_s": start - t0, "status": None,
            "error": None, "chunk_s": [], "chunk_bytes": []}
     try:
-        async with client.stream("POST", f"{share.url}/inference_zero_shot", data=data, files=files or None) as resp:
+        async with client.stream("POST", f"{share.url}/inference_zero_shot", data=data, files=files) as resp:
             rec["status"] = resp.status_code
             if resp.status_code != 200:
                 rec["error"] = error_message(await resp.aread())

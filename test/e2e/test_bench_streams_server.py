@@ -32,20 +32,21 @@ def replayed(rec):
 
 
 def test_a_delayed_stream_is_one_stall_over_two_client_processes(tmp_path):
-    server = ServerThread([SMOOTH, DELAYED])  # request seed % 2 picks the schedule: seed 1 is delayed
+    # request seed % 2 picks the schedule: seed 1 is delayed; the fake server also has the saved-voices API
+    server = ServerThread([SMOOTH, DELAYED], voices_api=True)
     try:
         code = streams.main(["--out", str(tmp_path), "--url", server.url, "--concurrency", "1", "2",
                              "--requests_per_level", "2", "--ramp_s", "0", "--saved_voices", "1",
-                             "--fixed_speech_tokens", "0", "--prompt_seconds", "0.5", "--client_procs", "2"])
+                             "--new_voice_fraction", "0.5", "--fixed_speech_tokens", "0", "--prompt_seconds", "0.5",
+                             "--client_procs", "2"])
     finally:
         server.stop()
     assert code == 0
     result = load(tmp_path)
-    assert result["saved_voices_via"] == "bytes"  # the fake server has no /v1/audio/voices
     assert result["real_time_streams_held"] == 0
     for level in result["closed_loop"]:
         smooth, delayed = level["records"]
-        assert (smooth["index"], delayed["index"]) == (0, 1)
+        assert (smooth["index"], smooth["voice"], delayed["index"], delayed["voice"]) == (0, "saved", 1, "new")
         assert smooth["ok"] and delayed["ok"] and smooth["stalls"] == 0 and delayed["stalls"] == 1
         assert delayed["stall_s"] == pytest.approx(STALL_S, abs=0.25)
         assert delayed["audio_s"] == 2.0 and smooth["audio_s"] == 1.5
@@ -54,6 +55,20 @@ def test_a_delayed_stream_is_one_stall_over_two_client_processes(tmp_path):
         assert level["stall_s_total"] == pytest.approx(replayed(delayed).stall_s)  # scored from what arrived
         assert level["slack_s_min"] == pytest.approx(-delayed["stall_s"])
         assert level["server"] is None  # no /metrics
+    # the saved voice was uploaded once, named by id (a multipart field), and deleted; new voices went as bytes
+    assert result["saved_voices_via"] == "api"
+    seen = server.server.seen
+    uploads = [fields for method, path, fields in seen if (method, path) == ("POST", "/v1/audio/voices")]
+    assert len(uploads) == 1 and set(uploads[0]) == {"audio", "text", "name"}
+    synth = [fields for _, path, fields in seen if path == "/inference_zero_shot"]
+    assert len(synth) == 1 + 2 + 2  # warm-up, two levels
+    voice_ids = {fields.get("voice_id") for fields in synth if int(fields["seed"]) % 2 == 0}
+    assert len(voice_ids) == 1 and voice_ids.pop().startswith(b"voice_")
+    for fields in synth:
+        is_saved = int(fields["seed"]) % 2 == 0
+        assert ("voice_id" in fields, "prompt_wav" in fields) == (is_saved, not is_saved)
+    deleted = [path for method, path, _ in seen if method == "DELETE"]
+    assert deleted == [f"/v1/audio/voices/{synth[0]['voice_id'].decode()}"]
 
 
 def test_benchmark_starts_the_server_and_scores_the_tiny_model(tiny_model_dir, tmp_path):
