@@ -7,6 +7,7 @@ Imports only the standard library (httpx and websockets are imported by the clie
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import wave
@@ -116,11 +117,19 @@ def write_audio(path: str, pcm: bytes) -> None:
         with open(path, "wb") as f:
             f.write(pcm)
         return
-    with wave.open(path, "wb") as w:
+    with open(path, "wb") as f:
+        f.write(wav_bytes(pcm))
+
+
+def wav_bytes(pcm: bytes) -> bytes:
+    """The server's PCM as a WAV file's bytes (mono, 16-bit, 24 kHz)."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(SAMPLE_RATE)
         w.writeframes(pcm)
+    return buf.getvalue()
 
 
 def report(message: str, out: str | None = None) -> None:
