@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import logging
 import os
 import tempfile
 import time
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"where generate_speech writes files (env {OUTPUT_DIR_ENV})")
     parser.add_argument("--timeout_s", type=float, default=600, help="per HTTP request")
     args = parser.parse_args(argv)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per HTTP request would flood the client's log
     build_server(args.url, args.api_key, args.output_dir, args.timeout_s).run("stdio")
 
 
