@@ -13,8 +13,8 @@ import asyncio
 import json
 import time
 
-from light_tts.clients.common import (BYTES_PER_SECOND, ClientError, auth_headers, build_parser, parse_args,
-                                      read_file, report, run_client, write_audio)
+from light_tts.clients.common import (BYTES_PER_SECOND, ClientError, auth_headers, build_parser, error_message,
+                                      parse_args, read_file, report, run_client, write_audio)
 
 
 def text_pieces(text: str, words_per_piece: int) -> list[str]:
@@ -55,7 +55,7 @@ async def run(args) -> None:
         try:
             async for frame in ws:
                 if isinstance(frame, str):
-                    raise ClientError(f"server error: {frame}")
+                    raise ClientError(error_message(None, frame))
                 first = time.perf_counter() - start if first is None else first
                 pcm += frame
         except websockets.ConnectionClosedError as e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import sys
 import wave
@@ -93,18 +94,18 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def error_message(status: int, body: bytes) -> str:
-    """One line from an error response: the server's {"error", "kind"} body, or the start of whatever it sent."""
-    import json
-
+def error_message(status: int | None, body: bytes | str) -> str:
+    """One line from an error response (or, with no status, a WebSocket error event): the server's
+    {"error", "kind"} body, or the start of whatever it sent."""
+    prefix = f"HTTP {status}" if status is not None else "server error"
     try:
         parsed = json.loads(body)
         if isinstance(parsed, dict) and "error" in parsed:
-            return f"HTTP {status} {parsed.get('kind', 'error')}: {parsed['error']}"
+            return f"{prefix} {parsed.get('kind', 'error')}: {parsed['error']}"
     except ValueError:
         pass
-    text = body.decode("utf-8", "replace").strip().replace("\n", " ")
-    return f"HTTP {status}: {text[:200] or '(empty body)'}"
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    return f"{prefix}: {' '.join(text.split())[:200] or '(empty body)'}"
 
 
 def write_audio(path: str, pcm: bytes) -> None:
@@ -138,7 +139,8 @@ def report(message: str, out: str | None = None) -> None:
 
 
 def fail(prog: str, message: str) -> NoReturn:
-    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    one_line = message.replace("\r", " ").replace("\n", " ")
+    print(f"{prog}: error: {one_line}", file=sys.stderr, flush=True)
     raise SystemExit(1)
 
 
