@@ -2,21 +2,19 @@
 
     python -m light_tts.bench.server --model_dir DIR --out OUT [--concurrency 1 4 16] [-- SERVER FLAGS...]
 
-Writes OUT/prompt.wav (a synthetic 3 s voice), OUT/server.log, and the client results of test/test_zs_speed.py
-(OUT/zs_speed_stream.json/.png, OUT/zs_speed_nonstream.json/.png): time to first audio percentiles, real-time
+Writes OUT/prompt.wav (a synthetic 3 s voice), OUT/server.log, and the results of the packaged client
+light_tts.clients.bench (lighttts-bench: OUT/zs_speed_stream.json/.png, OUT/zs_speed_nonstream.json/.png): time to first audio percentiles, real-time
 factor and audio seconds per second at each concurrency level, failures counted by client and server.
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 from pathlib import Path
 
 from light_tts.bench.local_server import local_server, write_prompt_wav
+from light_tts.clients import bench as bench_client
 
-ROOT = Path(__file__).resolve().parents[2]
 TTS_TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the quiet green forest."
 
 
@@ -36,14 +34,14 @@ def main(argv: list[str] | None = None) -> int:
                       args.ready_timeout_s) as url:
         for stream in ("true", "false"):
             name = "stream" if stream == "true" else "nonstream"
-            subprocess.run([sys.executable, str(ROOT / "test" / "test_zs_speed.py"), "--url", url,
-                            "--prompt_wav", str(args.out / "prompt.wav"), "--prompt_text", "A short prompt.",
-                            "--tts_text", TTS_TEXT, "--stream", stream, "--concurrency",
-                            *map(str, args.concurrency), "--requests_per_level", str(args.requests_per_level),
-                            "--out", str(args.out / f"zs_speed_{name}.json"),
-                            "--plot", str(args.out / f"zs_speed_{name}.png")], check=True)
+            bench_client.main(["--url", url, "--prompt_wav", str(args.out / "prompt.wav"),
+                               "--prompt_text", "A short prompt.", "--tts_text", TTS_TEXT, "--stream", stream,
+                               "--concurrency", *map(str, args.concurrency),
+                               "--requests_per_level", str(args.requests_per_level),
+                               "--out", str(args.out / f"zs_speed_{name}.json"),
+                               "--plot", str(args.out / f"zs_speed_{name}.png")])
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
