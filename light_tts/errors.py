@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Literal
 
 # client_gone labels metrics only (request_metrics.ClientGone): nobody is left to receive it
-ErrorKind = Literal["internal", "model_dir", "bad_request", "bad_audio", "bad_text", "too_large", "overloaded",
-                    "unavailable", "worker_died", "timeout"]
+ErrorKind = Literal["internal", "model_dir", "bad_request", "bad_audio", "bad_text", "too_large", "slow_client",
+                    "overloaded", "unavailable", "worker_died", "timeout"]
 
 
 class LightTTSError(Exception):
@@ -53,6 +53,13 @@ class TooLargeError(RequestError):
     http_status = 413
 
 
+class SlowClientError(RequestError):
+    """The client stopped sending its request (body, or WebSocket messages) for longer than the server waits."""
+
+    kind = "slow_client"
+    http_status = 408
+
+
 class OverloadedError(LightTTSError):
     """Every request slot is busy; the client should retry later."""
 
@@ -82,7 +89,7 @@ class RequestTimeoutError(LightTTSError):
 
 
 _BY_KIND: dict[str, type[LightTTSError]] = {cls.kind: cls for cls in (
-    LightTTSError, ModelDirError, RequestError, AudioError, TextError, TooLargeError, OverloadedError,
+    LightTTSError, ModelDirError, RequestError, AudioError, TextError, TooLargeError, SlowClientError, OverloadedError,
     UnavailableError, WorkerDiedError, RequestTimeoutError)}
 
 

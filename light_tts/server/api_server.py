@@ -181,9 +181,11 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
     @app.get("/readiness", responses=error_responses(503), summary="Every backend process is loaded and alive")
     async def readiness():
         """200 once every backend process is loaded and alive; 503 while models load or after a worker died."""
-        is_ready = manager.is_ready()
-        return JSONResponse({"status": "ready" if is_ready else "not ready", "processes": manager.processes.describe()},
-                            status_code=200 if is_ready else 503)
+        reason = manager.unready_reason()
+        body = {"status": "ready" if reason is None else "not ready", "processes": manager.processes.describe()}
+        if reason is not None:
+            body["reason"] = reason
+        return JSONResponse(body, status_code=200 if reason is None else 503)
 
     @app.get("/health", responses=error_responses(503), summary="A real synthesis with a built-in voice")
     async def health_check():

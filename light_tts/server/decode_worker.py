@@ -78,6 +78,7 @@ class DecodeWorker:
 
     def loop(self) -> None:
         while not parent_is_gone(self.launcher_pid):
+            self.processes.beat("decode", self.rank)
             is_busy = self.engine.has_work()
             for message in self.inbox.receive(0 if is_busy else 200, max_messages=1000):
                 try:

@@ -65,6 +65,7 @@ class EncodeWorker:
 
     def loop(self) -> None:
         while not parent_is_gone(self.launcher_pid):
+            self.processes.beat("encode", self.rank)
             messages = self.inbox.receive(timeout_ms=200, max_messages=self.cfg.encode_paral_num)
             for i, message in enumerate(messages):
                 self.queue_depth.set(len(messages) - i + len(self.bistream))

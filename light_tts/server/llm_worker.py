@@ -85,6 +85,7 @@ class LLMWorker:
     def loop(self) -> None:
         is_idle = True
         while not parent_is_gone(self.launcher_pid):
+            self.processes.beat("llm", 0)
             # Block only when the engine has nothing to compute; otherwise just pick up what has arrived.
             for message in self.inbox.receive(200 if is_idle else 0, self.cfg.gpt_paral_num):
                 try:

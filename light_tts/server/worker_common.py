@@ -211,6 +211,7 @@ def serve(make_worker, stage: str, rank: int, ready_pipe) -> None:
 
     try:
         worker = make_worker()
+        worker.processes.beat(stage, rank)
         worker.processes.set(stage, rank, pid=os.getpid(), state=ProcessTable.READY)
     except BaseException:
         ready_pipe.send(("error", traceback.format_exc()))
