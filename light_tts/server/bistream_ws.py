@@ -106,7 +106,9 @@ async def serve_bistream(ws: WebSocket, manager: HttpServerManager, settings: Se
     try:
         prompt_text, wav, options = await receive_start(ws, settings, check_model_name)
         with ActiveRequest():  # a request only once it is complete: a silent socket is not one
-            handle = manager.submit("", prompt_text, wav, stream=True, speed=1.0, is_bistream=True, **options)
+            client = ws.client.host if ws.client else ""
+            handle = manager.submit("", prompt_text, wav, stream=True, speed=1.0, is_bistream=True, client=client,
+                                    **options)
             reader = asyncio.create_task(read_text(ws, manager, handle, settings.cfg))
             while (chunk := await manager.next_event(handle)) is not None:
                 for start in range(0, len(chunk), MAX_FRAME_BYTES):

@@ -47,6 +47,8 @@ class ServerConfig:
     host: str = _opt("HTTP", "127.0.0.1", "address the HTTP server binds")
     port: int = _opt("HTTP", 8080, "HTTP port")
     httpserver_workers: int = _opt("HTTP", 1, "HTTP server worker processes (they share the port)")
+    http_header_timeout_s: float = _opt("HTTP", 10.0, "a connection that has not sent its request headers this "
+                                                      "long after connecting is closed")
     http_body_timeout_s: float = _opt("HTTP", 30.0, "a request body that sends nothing for this long gets 408")
     ws_idle_timeout_s: float = _opt("HTTP", 60.0, "a WebSocket that sends no message for this long before it "
                                                   "has finished its text gets an error and is closed")
@@ -90,6 +92,8 @@ class ServerConfig:
     # limits
     running_max_req_size: int = _opt("limits", 30, "request slots: concurrent requests in the whole server (more "
                                                    "get 429)")
+    max_requests_per_client: int = _opt("limits", 0, "requests one client address may have in flight at once "
+                                                     "(more get 429)", default_text="0: no limit")
     request_timeout_s: float = _opt("limits", 300.0, "a request running longer ends with a timeout error")
     max_text_chars: int = _opt("limits", MAX_TEXT_CHARS, "longest tts_text / prompt_text accepted")
     max_prompt_wav_bytes: int = _opt("limits", 16 << 20, "largest prompt wav upload in bytes")
@@ -144,11 +148,11 @@ class ServerConfig:
             raise ValueError(f"--zmq_mode must be one of {ZMQ_MODES}")
         if self.on_worker_failure not in WORKER_FAILURE_POLICIES:
             raise ValueError(f"--on_worker_failure must be one of {WORKER_FAILURE_POLICIES}")
-        for name in ("http_body_timeout_s", "ws_idle_timeout_s", "worker_hang_timeout_s", "max_audio_seconds"):
+        for name in ("http_header_timeout_s", "http_body_timeout_s", "ws_idle_timeout_s", "worker_hang_timeout_s", "max_audio_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be > 0")
-        if self.drain_timeout_s < 0 or self.max_restarts < 0:
-            raise ValueError("--drain_timeout_s and --max_restarts must be >= 0")
+        if self.drain_timeout_s < 0 or self.max_restarts < 0 or self.max_requests_per_client < 0:
+            raise ValueError("--drain_timeout_s, --max_restarts and --max_requests_per_client must be >= 0")
         if self.request_timeout_s <= 0 or self.max_prompt_seconds <= 0 or self.shutdown_grace_s < 0:
             raise ValueError("--request_timeout_s and --max_prompt_seconds must be > 0, --shutdown_grace_s >= 0")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

@@ -25,7 +25,7 @@ from light_tts.server.io_struct import (AbortDone, AbortRequest, AudioReady, Enc
                                         RequestParams, TextPiece)
 from light_tts.server.process_table import ProcessTable
 from light_tts.server.settings import ServerSettings
-from light_tts.server.shm import RequestSlots
+from light_tts.server.shm import CLIENT_AT_LIMIT, RequestSlots, client_key
 from light_tts.server.topology import PortArgs
 from light_tts.server.voice_cache import VoiceCache
 from light_tts.server.http_watch import BackendWatch, PendingAborts
@@ -114,15 +114,20 @@ class HttpServerManager:
         return None
 
     def submit(self, tts_text: str, prompt_text: str, prompt_wav: bytes, *, stream: bool, speed: float,
-               seed: int | None, fixed_speech_tokens: int | None = None, is_bistream: bool = False) -> RequestHandle:
-        """Claim a slot and start the request; raises OverloadedError (429) at once when none is free."""
+               seed: int | None, fixed_speech_tokens: int | None = None, is_bistream: bool = False,
+               client: str = "") -> RequestHandle:
+        """Claim a slot and start the request; raises OverloadedError (429) at once when none is free, or when
+        `client` (its address) already has --max_requests_per_client requests in flight."""
         reason = self.unready_reason()
         if reason is not None:
             raise UnavailableError(f"{reason}; retry shortly")
         req_id = secrets.randbits(40) + 1
-        slot = self.slots.claim(req_id)
+        slot = self.slots.claim(req_id, client_key(client), self.cfg.max_requests_per_client)
         if slot is None:
             raise OverloadedError(f"all {self.slots.num_slots} request slots are busy; retry shortly")
+        if slot == CLIENT_AT_LIMIT:
+            raise OverloadedError(f"this client already has {self.cfg.max_requests_per_client} requests in flight "
+                                  f"(--max_requests_per_client); retry when one ends")
         try:
             self.slots.write_bytes(slot, "text", tts_text.encode("utf-8"))
             self.slots.write_bytes(slot, "prompt_text", prompt_text.encode("utf-8"))

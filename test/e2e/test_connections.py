@@ -31,6 +31,12 @@ HEAD = (b"POST /inference_zero_shot HTTP/1.1\r\nHost: x\r\nContent-Type: multipa
         b"Content-Length: %d")
 
 
+def test_headers_that_never_finish_are_cut(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10 * IDLE_TIMEOUT_S) as s:
+        s.sendall(b"POST /inference_zero_shot HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+        assert s.recv(1024) == b""  # the server closed the connection
+
+
 def test_a_body_declared_too_large_is_413_before_it_is_read(server):
     answer = raw_request(server, HEAD % 10**12, b"--XyZ\r\n")
     assert answer.startswith(b"HTTP/1.1 413") and b'"too_large"' in answer

@@ -151,7 +151,8 @@ def serves(srv: ServerProcess) -> bool:
 def restarting_server(tiny_model_dir, tmp_path_factory):
     """The default --on_worker_failure restart, a short hang timeout, two restarts per worker a minute."""
     srv = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "restart.log", "--worker_hang_timeout_s",
-                        "5", "--max_restarts", "2", "--max_audio_seconds", "2")
+                        "5", "--max_restarts", "2", "--max_audio_seconds", "2",
+                        "--max_requests_per_client", "1")
     try:
         srv.wait_ready()
         yield srv
@@ -171,6 +172,18 @@ def test_audio_past_the_per_request_bound_is_a_413(restarting_server, stream):
                 r.read()
         else:
             assert r.status_code == 413 and b"max_audio_seconds" in r.read()
+    restarting_server.wait_slots_free(5.0)
+
+
+def test_a_client_over_its_share_of_slots_gets_429(restarting_server):
+    client = StreamingClient(restarting_server.url)
+    client.start()
+    assert client.first_chunk.wait(60) and client.status == 200
+    r = httpx.post(f"{restarting_server.url}/inference_zero_shot", data=form("Hi."),
+                   files={"prompt_wav": ("p.wav", voice_wav(3), "audio/wav")}, timeout=30)
+    assert r.status_code == 429 and "--max_requests_per_client" in r.json()["error"]
+    assert restarting_server.slots_in_use() == 1  # the server had room: the limit is the client's
+    client.join(120)
     restarting_server.wait_slots_free(5.0)
 
 
