@@ -187,12 +187,13 @@ def test_a_client_over_its_share_of_slots_gets_429(restarting_server):
     restarting_server.wait_slots_free(5.0)
 
 
-def test_a_killed_decode_process_is_restarted(restarting_server):
+@pytest.mark.parametrize("stage", ["decode", "llm"])
+def test_a_killed_worker_is_restarted(restarting_server, stage):
     srv = restarting_server
-    old_pid = httpx.get(f"{srv.url}/readiness").json()["processes"]["decode0"]["pid"]
-    kill_worker_mid_request(srv, "decode")
+    old_pid = httpx.get(f"{srv.url}/readiness").json()["processes"][f"{stage}0"]["pid"]
+    kill_worker_mid_request(srv, stage)
     processes = wait_readiness(srv, 200, 60)["processes"]
-    assert processes["decode0"]["pid"] != old_pid and srv.proc.poll() is None
+    assert processes[f"{stage}0"]["pid"] != old_pid and srv.proc.poll() is None
     assert serves(srv)
     srv.wait_slots_free(2.0)
 
