@@ -11,7 +11,8 @@ from typing import Literal
 
 # client_gone labels metrics only (request_metrics.ClientGone): nobody is left to receive it
 ErrorKind = Literal["internal", "model_dir", "bad_request", "bad_audio", "bad_text", "too_large", "slow_client",
-                    "overloaded", "unavailable", "worker_died", "timeout"]
+                    "overloaded", "unavailable", "worker_died", "timeout", "unauthorized", "not_found",
+                    "too_many_voices"]
 
 
 class LightTTSError(Exception):
@@ -88,9 +89,29 @@ class RequestTimeoutError(LightTTSError):
     http_status = 504
 
 
+class UnauthorizedError(LightTTSError):
+    """The request carries no API key, or one the server does not know."""
+
+    kind = "unauthorized"
+    http_status = 401
+
+
+class NotFoundError(LightTTSError):
+    """The named resource (e.g. a saved voice) does not exist, or no longer does."""
+
+    kind = "not_found"
+    http_status = 404
+
+
+class VoiceLimitError(LightTTSError):
+    """The server already holds as many saved voices as it is configured to keep."""
+
+    kind = "too_many_voices"
+    http_status = 409
+
 _BY_KIND: dict[str, type[LightTTSError]] = {cls.kind: cls for cls in (
     LightTTSError, ModelDirError, RequestError, AudioError, TextError, TooLargeError, SlowClientError, OverloadedError,
-    UnavailableError, WorkerDiedError, RequestTimeoutError)}
+    UnavailableError, WorkerDiedError, RequestTimeoutError, UnauthorizedError, NotFoundError, VoiceLimitError)}
 
 
 def error_from_kind(kind: ErrorKind, message: str) -> LightTTSError:

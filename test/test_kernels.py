@@ -13,16 +13,7 @@ IS_CUDA = torch.cuda.is_available()
 # off-GPU the kernels run in Triton's interpreter, which works only if TRITON_INTERPRET=1 was set before triton was
 # first imported (by this file or any earlier test); without it this file reruns itself in a fresh interpreter
 NEEDS_RERUN = not IS_CUDA and os.environ.get("TRITON_INTERPRET") != "1"
-if not IS_CUDA and not NEEDS_RERUN:
-    from triton.runtime import interpreter
-
-    def _patch_lang_tensor(tensor, scope, _patch=interpreter._patch_lang_tensor):
-        # Triton 3.6's interpreter turns a scalar (a 1-element array) into a loop bound with int(array), which
-        # NumPy >= 2.4 rejects; .item() does the same for every NumPy
-        _patch(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
-
-    interpreter._patch_lang_tensor = _patch_lang_tensor
+# (conftest.py patches the interpreter's loop bounds for NumPy >= 2.4)
 
 from light_tts.kernels import ops  # noqa: E402
 from light_tts.kernels.decode_attention import choose_split_len, decode_attention_triton  # noqa: E402

@@ -1,32 +1,38 @@
-"""The decode engine of the server's decode process: speech tokens of many requests -> 24 kHz audio, with each
-step running the ready chunks of up to max_batch_size requests as batched flow and HiFT passes.
+"""The decode engine of the server's decode process: speech tokens of many requests -> 24 kHz audio.
 
-Every request follows Token2WavSession's schedule (stream) or Token2Wav.offline (non-stream) and produces the same
-audio (to float rounding): batching stacks per-request states (decode/batch.py), it never changes a request's
-inputs, and every request draws its HiFT noise from its own seeded generator.
+Each step picks chunks by playback deadline (scheduler.py), admits new requests by pages (page_pool.py), runs all
+the chosen chunks as ONE packed flow pass over the paged cache (paged_flow.py, a CUDA graph per bucket:
+flow_runner.py) and then HiFT per chunk shape, each request with its own seeded generator. Every request gets the
+audio of the unbatched reference (Token2WavSession for streams, Token2Wav.offline otherwise) to float rounding.
+
+Memory is reserved, never hoped for: the pool is allocated once, a request starts only when its page budget fits,
+so a CUDA out-of-memory error cannot come from the cache. If a step raises anyway, only its requests fail; their
+pages and slots go back and the engine goes on.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict, defaultdict
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from light_tts.decode.batch import split_hift_state, split_row, stack_flow_states, stack_hift_states
-from light_tts.decode.cuda_graph import EstimatorGraphs
-from light_tts.decode.hift_graph import HiFTGraphs
-from light_tts.decode.request import ChunkJob, DecodeRequest
+from light_tts.decode.engine_setup import EngineLimits, build_runtime
+from light_tts.decode.flow_inputs import ChunkSpec
+from light_tts.decode.hift_batch import split_hift_state, stack_hift_states
+from light_tts.decode.page_pool import PoolExhaustedError
+from light_tts.decode.request import SAMPLE_RATE, DecodeRequest
+from light_tts.decode.scheduler import Candidate, SchedulerConfig, StepTimeModel, schedule
 from light_tts.frontend.prompt import Prompt
-from light_tts.models.flow.cache import FlowStreamState
 from light_tts.model_config import ModelConfig
 from light_tts.models.hift.streaming import hift_stream_chunk
-from light_tts.token2wav import ChunkSchedule, HopPolicy, Token2Wav, first_hop_pad, prompt_tensors
+from light_tts.token2wav import ChunkSchedule, HopPolicy, Token2Wav, first_hop_pad
 
 logger = logging.getLogger(__name__)
+LOOKAHEAD_CHECK = 3  # tokens a shared prefix must leave before the prompt's end (the lookahead conv's reach)
 
 
 @dataclass
@@ -38,13 +44,27 @@ class AudioOutput:
 
 
 @dataclass
-class FlowBatch:
-    """The batched flow state of a multi-request flow pass, kept whole for as long as the same requests run
-    together (the steady state of lockstep streams): the next pass of exactly these requests reuses it, with no
-    stacking and no split. Its requests have `flow_row` set; their own `flow_state` is stale until released."""
+class StepJob:
+    req: DecodeRequest
+    spec: ChunkSpec
+    finalize: bool
+    drop_frames: int  # leading output frames that are not this chunk's (the prompt's, on a first chunk)
+    prefix_slot: int = -1  # a prefix registered by this chunk: its slot
+    mel: torch.Tensor | None = None
+    audio: torch.Tensor | None = None
 
-    reqs: list[DecodeRequest]
-    state: FlowStreamState
+
+@dataclass
+class EngineStats:
+    pages_total: int = 0
+    pages_used: int = 0
+    waiting_for_pages: int = 0
+    streams_active: int = 0
+    prefixes_kept: int = 0
+    flow_replays: int = 0
+    flow_eager: int = 0
+    hift_eager: int = 0
+    step_seconds: list[float] = field(default_factory=list)  # since the last take_step_times()
 
 
 def to_int16(audio: np.ndarray) -> np.ndarray:
@@ -52,211 +72,270 @@ def to_int16(audio: np.ndarray) -> np.ndarray:
     return (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
 
 
-def stream_cache_bytes(cfg: ModelConfig, dtype: torch.dtype, seconds: float) -> int:
-    """Estimator keys/values a stream of `seconds` keeps: per mel frame, every CFM step's transformer blocks hold
-    keys and values for both CFG branches (2.3 MB per frame at full size in fp16, 115 MB per second of audio)."""
-    est = cfg.flow.cfm.estimator
-    blocks = (2 * len(est.channels) + est.num_mid_blocks) * est.n_blocks
-    per_frame = cfg.flow.cfm.n_timesteps * blocks * 2 * 2 * est.num_heads * est.attention_head_dim
-    frames = seconds * cfg.token_frame_rate * cfg.token_mel_ratio
-    return int(per_frame * frames * torch.tensor([], dtype=dtype).element_size())
-
-
-def stream_capacity(cfg: ModelConfig, dtype: torch.dtype, free_bytes: int, seconds: float = 30.0,
-                    copies: int = 4) -> int:
-    """Streams that fit in `free_bytes` if each runs `seconds` long; a step holds a stream's cache up to three
-    times (the kept batch, the graph's static buffer, the extended copy out of it), plus room for fragmentation."""
-    return max(1, int(free_bytes // (copies * stream_cache_bytes(cfg, dtype, seconds))))
-
-
 class DecodeEngine:
-    """max_active_streams: streams holding a flow cache at once; later ones wait (their tokens queue up) until one
-    finishes, so a burst of streams is served late rather than run out of GPU memory. None: on CUDA, sized from the
-    free memory after loading (stream_capacity); unbounded on the CPU."""
-
     def __init__(self, model_cfg: ModelConfig, device: str | torch.device = "cpu", max_batch_size: int = 16,
                  hop_policy: HopPolicy = HopPolicy(), dtype: torch.dtype = torch.float32,
-                 use_cuda_graph: bool = True, load_trt: bool = False, max_active_streams: int | None = None):
-        self.cfg = model_cfg
-        self.device = torch.device(device)
-        self.max_batch_size = max_batch_size
-        self.hop_policy = hop_policy
-        self.dtype = dtype
+                 use_cuda_graph: bool = True, limits: EngineLimits = EngineLimits(), clock=time.monotonic):
+        self.cfg, self.device, self.hop_policy, self.dtype = model_cfg, torch.device(device), hop_policy, dtype
+        self.max_batch_size, self.limits, self.clock = max_batch_size, limits, clock
         self.t2w = Token2Wav(model_cfg, self.device)
-        # the flow runs in `dtype`; HiFT stays in float32 (its source phases and iSTFT need the precision)
-        self.flow = self.t2w.flow.to(dtype)
+        self.flow = self.t2w.flow.to(dtype)  # HiFT stays in float32 (its source phases and iSTFT need it)
         self.hift = self.t2w.hift
-        self.requests: OrderedDict[str, DecodeRequest] = OrderedDict()  # least recently served first
-        self.flow_batches: list[FlowBatch] = []
-        if self.device.type == "cuda":
-            self._init_runners(use_cuda_graph, load_trt)
-            if max_active_streams is None:
-                free_bytes, _ = torch.cuda.mem_get_info(self.device)
-                max_active_streams = stream_capacity(model_cfg, dtype, int(0.8 * free_bytes))
-        self.max_active_streams = max_active_streams
-
-    def _init_runners(self, use_cuda_graph: bool, load_trt: bool) -> None:
-        """Streamed chunks replay CUDA graphs of the estimator and of HiFT's synthesis (eager when off); whole
-        utterances go to TensorRT if asked and available, else to the same graphs/eager path."""
-        self.hift.runner = HiFTGraphs(self.hift) if use_cuda_graph else None
-        estimator = self.flow.decoder.estimator
-        runner = EstimatorGraphs(estimator) if use_cuda_graph else None
-        if load_trt:
-            from light_tts.decode.trt import load_trt_estimator
-            runner = load_trt_estimator(self.cfg, estimator, self.dtype, fallback=runner or estimator)
-        self.flow.decoder.runner = runner
+        rt = build_runtime(self, use_cuda_graph)
+        self.cache, self.pool, self.runner, self.slots = rt.cache, rt.pool, rt.runner, rt.slots
+        self.page_tokens = self.cache.shape.page_tokens
+        self.sched_cfg = SchedulerConfig(max_rows=max_batch_size, max_tokens=limits.max_pass_tokens)
+        self.step_model = StepTimeModel()
+        self.requests: dict[str, DecodeRequest] = {}
+        self.stats = EngineStats(pages_total=self.pool.num_pages)
+        self.is_stalled = False  # the last step ran nothing (waiting for pages or tokens) and nothing changed since
 
     # ---- API of the decode process ----
 
-    def add_request(self, req_id: str, prompt: Prompt, seed: int, stream: bool, speed: float = 1.0) -> None:
-        p_tok, p_mel, emb = prompt_tensors(prompt, self.device)
-        schedule = ChunkSchedule(self.hop_policy, first_hop_pad(p_tok.shape[1], self.cfg.chunk_size),
-                                 self.cfg.flow.pre_lookahead_len)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        req = DecodeRequest(req_id, stream, speed, schedule, p_tok, flow_state=None, generator=generator)
-        try:
-            if stream and speed != 1.0:
-                raise ValueError("speed change is only supported for non-stream requests")
-            req.flow_state = self.flow.stream_start(p_tok, p_mel.to(self.dtype), emb.to(self.dtype))
-        except Exception as e:  # reported by the next step, like any other failure of this request
-            req.error = f"{type(e).__name__}: {e}"
+    def add_request(self, req_id: str, prompt: Prompt, seed: int, stream: bool, speed: float = 1.0,
+                    max_tokens: int | None = None, prefix_key: str | None = None,
+                    audio_start: float | None = None, samples_sent: int = 0) -> None:
+        """max_tokens: the most speech tokens it can get (its page budget); prefix_key: its voice (streams of one
+        voice share the prompt's first pages); audio_start/samples_sent: playback already under way (a later
+        sentence of a request whose listener is hearing the earlier ones)."""
+        p_tok = np.asarray(prompt.speech_tokens, dtype=np.int32)
+        schedule_ = ChunkSchedule(self.hop_policy, first_hop_pad(len(p_tok), self.cfg.chunk_size),
+                                  self.cfg.flow.pre_lookahead_len)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        emb = torch.as_tensor(prompt.embedding, dtype=torch.float32, device=self.device)[None]
+        req = DecodeRequest(req_id, stream, speed, schedule_, p_tok, np.asarray(prompt.mel, dtype=np.float32), emb,
+                            gen, min(max_tokens or self.limits.max_stream_tokens, self.limits.max_stream_tokens),
+                            prefix_key if stream else None, self.clock(), audio_start=audio_start,
+                            samples_sent=samples_sent)
+        if stream and speed != 1.0:
+            req.error = "ValueError: speed change is only supported for non-stream requests"
+        elif len(p_tok) > self.limits.max_prompt_tokens or req.mel_mismatch():
+            req.error = f"ValueError: bad prompt: {len(p_tok)} tokens, {len(req.prompt_mel)} mel frames"
         self.requests[req_id] = req
+        self.is_stalled = False
 
     def push_tokens(self, req_id: str, tokens: list[int], is_last: bool) -> None:
         req = self.requests.get(req_id)
         if req is None:  # aborted or failed already
             return
+        if len(req.schedule.tokens) + len(tokens) > req.max_tokens:
+            req.error = f"ValueError: more than the {req.max_tokens} speech tokens this request was admitted with"
         req.schedule.tokens.extend(tokens)
         req.is_last = req.is_last or is_last
+        self.is_stalled = False
 
     def abort(self, req_id: str) -> None:
-        self.requests.pop(req_id, None)
+        req = self.requests.pop(req_id, None)
+        if req is not None:
+            self._release(req)
+            self.is_stalled = False
 
     def has_work(self) -> bool:
-        return any(r.error is not None or r.next_job() is not None for r in self.requests.values())
+        """A step would do something now (a stalled engine waits for tokens, an abort or a new request: pages
+        only come back through those)."""
+        return not self.is_stalled and any(r.error is not None or r.ready_chunk() is not None
+                                           for r in self.requests.values())
 
     def num_active(self) -> int:
         return len(self.requests)
 
+    # ---- one step ----
+
     @torch.inference_mode()
     def step(self) -> list[AudioOutput]:
-        """One chunk for each of up to max_batch_size ready requests (least recently served first)."""
+        """The chunks the scheduler picks (first audio first, then by playback deadline), as one flow pass."""
         outputs = [self._fail(r, r.error) for r in list(self.requests.values()) if r.error is not None]
-        for batch in [b for b in self.flow_batches if not all(self.requests.get(r.req_id) is r for r in b.reqs)]:
-            self._release(batch)  # a member finished, failed or was aborted: its rows are dead weight
-        jobs = []
-        num_streaming = sum(1 for r in self.requests.values() if r.stream and r.schedule.offset > 0)
+        for entry in self.pool.take_evicted():
+            self.slots.free(entry.slot)
+        now = self.clock()
+        candidates, ready = [], {}
         for req in list(self.requests.values()):
-            job = req.next_job()
-            if job is None or len(jobs) >= self.max_batch_size:
+            chunk = req.ready_chunk()
+            if chunk is None:
                 continue
-            if job.streaming and job.is_first and not job.finalize:
-                if self.max_active_streams is not None and num_streaming >= self.max_active_streams:
-                    continue  # waits, least recently served first, until a stream finishes
-                num_streaming += 1
-            self.requests.move_to_end(req.req_id)
-            if job.finalize and not req.schedule.tokens:  # no speech token at all (e.g. an empty sentence)
+            new, finalize = chunk
+            if finalize and not req.schedule.tokens:  # no speech token at all (an empty sentence)
                 self.requests.pop(req.req_id)
-                outputs.append(AudioOutput(req.req_id, np.zeros(0, dtype=np.float32), finished=True))
+                self._release(req)
+                outputs.append(AudioOutput(req.req_id, np.zeros(0, np.float32), finished=True))
                 continue
-            jobs.append(job)
-        jobs = self._run_grouped(jobs, ChunkJob.flow_key, self._flow_pass, outputs)
-        jobs = self._run_grouped(jobs, ChunkJob.hift_key, self._hift_pass, outputs)
-        outputs.extend(self._emit(job) for job in jobs)
+            ready[req.req_id] = chunk
+            cost = len(new) + (req.num_prompt_tokens - self._shared_tokens(req) if req.t0 == 0 else 0)
+            candidates.append(Candidate(req.req_id, req.stream, req.audio_start is None,
+                                        req.deadline(self.limits.deadline_margin_s), cost, req.arrival))
+        jobs, waiting = [], 0
+        for c in schedule(candidates, now, self.sched_cfg, self.step_model):
+            req = self.requests[c.key]
+            try:
+                if not req.is_admitted and not self._admit(req):
+                    waiting += 1
+                    continue
+                jobs.append(self._job(req, *ready[c.key]))
+            except PoolExhaustedError as e:
+                outputs.append(self._fail(req, f"PoolExhaustedError: {e}"))
+        self.stats.waiting_for_pages = waiting
+        if jobs:
+            outputs += self._run(jobs, now)
+        self.is_stalled = not outputs
+        self._update_stats()
         return outputs
 
-    # ---- batched passes ----
-
-    def _run_grouped(self, jobs: list[ChunkJob], key, run, outputs: list[AudioOutput]) -> list[ChunkJob]:
-        """Runs `run` on each group of equal-key jobs; a failing group is retried job by job so that only the
-        failing request fails (states are committed only after a pass succeeds). Returns the jobs that ran."""
-        groups = defaultdict(list)
+    def _run(self, jobs: list[StepJob], started: float) -> list[AudioOutput]:
+        try:
+            mel, inputs = self.runner.run([job.spec for job in jobs])
+            for r, job in enumerate(jobs):
+                a, n = inputs.frame_starts[r], inputs.num_frames[r]
+                row = mel[a + job.drop_frames:a + n].t()[None]  # (1, 80, frames)
+                if job.req.speed != 1.0:
+                    row = F.interpolate(row, size=int(row.shape[2] / job.req.speed), mode="linear")
+                job.mel = row.clone()
+        except Exception as e:  # the whole pass failed: its requests' caches are unknown now
+            logger.exception("flow pass of %d chunks failed", len(jobs))
+            for job in jobs:
+                self.slots.free(job.prefix_slot)
+            return [self._fail(job.req, f"{type(e).__name__}: {e}") for job in jobs]
+        outputs = []
         for job in jobs:
-            groups[key(job)].append(job)
+            self._after_flow(job)
+        done = self._hift(jobs, outputs)
+        outputs += [self._emit(job) for job in done]
+        self.step_model.observe(sum(len(j.spec.tokens) for j in jobs), self.clock() - started)
+        self.stats.step_seconds.append(self.clock() - started)
+        return outputs
+
+    # ---- admission and chunk specs ----
+
+    def _shared_tokens(self, req: DecodeRequest) -> int:
+        """Prompt tokens a stream can take from its voice's kept prefix (0 if none is kept)."""
+        return self.pool.prefix_pages(req.prefix_key) * self.page_tokens if req.prefix_key else 0
+
+    def _prefix_pages(self, req: DecodeRequest) -> int:
+        """Pages of this prompt that every stream of its voice computes alike: chunks whose lookahead stays
+        within the prompt (docs/decode-engine.md)."""
+        return max(0, (req.num_prompt_tokens - LOOKAHEAD_CHECK) // self.page_tokens) if req.prefix_key else 0
+
+    def _admit(self, req: DecodeRequest) -> bool:
+        total = req.num_prompt_tokens + (req.max_tokens if req.stream else len(req.schedule.tokens))
+        shared = self.pool.prefix_pages(req.prefix_key) if req.prefix_key else 0
+        budget = -(-total // self.page_tokens) - shared
+        if budget > self.pool.num_pages:
+            raise PoolExhaustedError(f"the request needs {budget} flow-cache pages, the pool has "
+                                     f"{self.pool.num_pages}")
+        if not self.slots.num_free or not self.pool.can_admit(budget, req.prefix_key):
+            return False
+        stream = self.pool.admit(req.req_id, budget, req.prefix_key)
+        req.slot = self.slots.take()
+        self.cache.spks[req.slot] = self.flow._speaker(req.embedding.to(self.dtype))[0]
+        if stream.prefix is not None:
+            req.t0, req.read_slot = len(stream.prefix.pages) * self.page_tokens, stream.prefix.slot
+        return True
+
+    def _job(self, req: DecodeRequest, new: list[int], finalize: bool) -> StepJob:
+        la = 0 if finalize else self.cfg.flow.pre_lookahead_len
+        is_first = req.num_chunks == 0
+        tokens = (req.prompt_tokens[req.t0:].tolist() + new) if is_first else new
+        num_new = len(tokens) - la
+        stream = self.pool.streams[req.req_id]
+        need = -(-(req.t0 + num_new) // self.page_tokens) - len(stream.page_table)
+        if need > 0:
+            self.pool.allocate(req.req_id, need)
+        p = req.num_prompt_tokens
+        cond = None
+        if req.t0 < p:
+            cond = np.zeros((2 * num_new, self.cfg.flow.output_size), np.float32)
+            cond[:2 * (p - req.t0)] = req.prompt_mel[2 * req.t0:]
+        spec = ChunkSpec(slot=req.slot, read_slot=req.read_slot, page_table=stream.page_table, t0=req.t0,
+                         tokens=tokens, num_lookahead=la, full_attention=not req.stream, cond=cond)
+        job = StepJob(req, spec, finalize, drop_frames=2 * max(0, p - req.t0))
+        prefix_pages = self._prefix_pages(req)
+        if is_first and stream.prefix is None and prefix_pages and self.slots.num_free:
+            job.prefix_slot = self.slots.take()
+            spec.saves = [(num_new, req.slot), (prefix_pages * self.page_tokens, job.prefix_slot)]
+        return job
+
+    def _after_flow(self, job: StepJob) -> None:
+        req = job.req
+        req.t0 += job.spec.num_new
+        req.read_slot = req.slot
+        req.num_chunks += 1
+        if job.prefix_slot >= 0:
+            entry = self.pool.register_prefix(req.req_id, req.prefix_key, self._prefix_pages(req), job.prefix_slot)
+            if entry is None:  # another stream of this voice registered it in the same step
+                self.slots.free(job.prefix_slot)
+        if not req.stream:  # a whole utterance needs no cache afterwards
+            self.pool.release(req.req_id)
+
+    # ---- HiFT and outputs ----
+
+    def _hift(self, jobs: list[StepJob], outputs: list[AudioOutput]) -> list[StepJob]:
+        """mel -> audio for groups of equal shape; a failing group is retried job by job, so that only the failing
+        request fails (overlap states are committed only after a pass succeeds)."""
+        groups: dict[tuple, list[StepJob]] = {}
+        for job in jobs:
+            key = (job.finalize, job.req.hift_state.mel is not None, job.mel.shape[2])
+            groups.setdefault(key, []).append(job)
         done = []
         for group in groups.values():
-            try:
-                done.extend(run(group))
-            except Exception as e:
-                if len(group) > 1:
-                    for job in group:
-                        done.extend(self._run_grouped([job], key, run, outputs))
-                    continue
-                logger.exception("decode of request %s failed", group[0].req.req_id)
-                outputs.append(self._fail(group[0].req, f"{type(e).__name__}: {e}"))
+            for part in ([group] if len(group) == 1 else [group, *[[j] for j in group]]):
+                try:
+                    done += self._hift_pass(part)
+                    break
+                except Exception as e:
+                    if len(part) == 1:
+                        logger.exception("HiFT of request %s failed", part[0].req.req_id)
+                        outputs.append(self._fail(part[0].req, f"{type(e).__name__}: {e}"))
         return done
 
-    def _flow_pass(self, jobs: list[ChunkJob]) -> list[ChunkJob]:
-        """Speech tokens -> mel for jobs of one flow key; updates their flow states."""
-        first = jobs[0]
-        num_new = len(first.tokens)
-        if first.finalize and not first.is_first and num_new == 0:  # the stream ended on a chunk boundary
-            for job in jobs:
-                job.mel = torch.zeros(1, self.cfg.flow.output_size, 0, device=self.device)
-            return jobs
-        tokens = torch.tensor([job.tokens for job in jobs], dtype=torch.int32, device=self.device)
-        reqs = [job.req for job in jobs]
-        kept, state = self._batched_flow_state(reqs)
-        mel = self.flow.chunk_mel(tokens, first.finalize, state, first.streaming).float()  # (B, 80, frames)
-        if kept is not None:  # committed only now that the pass succeeded
-            kept.state = state
-        elif len(reqs) > 1:
-            self.flow_batches.append(FlowBatch(reqs, state))
-            for r, req in enumerate(reqs):
-                req.flow_row = r
-                # the request's own caches are superseded by its row: drop them, keep speaker and prompt
-                req.flow_state = replace(req.flow_state, encoder=None, estimator=[], num_pad=None)
-        ratio = self.cfg.token_mel_ratio
-        for r, job in enumerate(jobs):
-            row = mel[r:r + 1, :, job.req.num_prompt_tokens * ratio:] if job.is_first else mel[r:r + 1]
-            if job.req.speed != 1.0:
-                row = F.interpolate(row, size=int(row.shape[2] / job.req.speed), mode="linear")
-            job.mel = row
-        return jobs
-
-    def _batched_flow_state(self, reqs: list[DecodeRequest]) -> tuple[FlowBatch | None, FlowStreamState]:
-        """The flow state of these requests as one batch: a shallow copy of the kept batch of exactly these
-        requests (returned too; a failing pass leaves it intact), else their states stacked, after releasing any
-        kept batch that holds one of them."""
-        for batch in self.flow_batches:
-            if len(batch.reqs) == len(reqs) and all(a is b for a, b in zip(batch.reqs, reqs)):
-                return batch, replace(batch.state)
-        ids = {id(req) for req in reqs}
-        for batch in [b for b in self.flow_batches if any(id(req) in ids for req in b.reqs)]:
-            self._release(batch)
-        return None, stack_flow_states([req.flow_state for req in reqs], self.cfg.token_mel_ratio)
-
-    def _release(self, batch: FlowBatch) -> None:
-        """Gives each live request of a kept batch its row back as a single-request state (views)."""
-        self.flow_batches.remove(batch)
-        b = len(batch.reqs)
-        pads = [0] * b if batch.state.num_pad is None else batch.state.num_pad.tolist()
-        for r, (req, pad) in enumerate(zip(batch.reqs, pads)):
-            if self.requests.get(req.req_id) is req:
-                req.flow_state = split_row(batch.state, req.flow_state, r, b, pad, self.cfg.token_mel_ratio)
-            req.flow_row = None
-
-    def _hift_pass(self, jobs: list[ChunkJob]) -> list[ChunkJob]:
-        """mel -> audio for jobs of one HiFT key; updates their overlap states."""
+    def _hift_pass(self, jobs: list[StepJob]) -> list[StepJob]:
         state = stack_hift_states([job.req.hift_state for job in jobs])
         mel = torch.cat([job.mel for job in jobs])
-        generators = [job.req.generator for job in jobs]
-        audio = hift_stream_chunk(self.hift, state, mel, jobs[0].finalize, generator=generators)
+        audio = hift_stream_chunk(self.hift, state, mel, jobs[0].finalize, generator=[j.req.generator for j in jobs])
         for r, (job, hift_state) in enumerate(zip(jobs, split_hift_state(state, len(jobs)))):
             job.req.hift_state = hift_state
             job.audio = audio[r]
         return jobs
 
-    # ---- outputs ----
-
-    def _emit(self, job: ChunkJob) -> AudioOutput:
+    def _emit(self, job: StepJob) -> AudioOutput:
         req = job.req
+        audio = job.audio.float().cpu().numpy()
+        if req.audio_start is None and len(audio):
+            req.audio_start = self.clock()
+        req.samples_sent += len(audio)
         if job.finalize:
             self.requests.pop(req.req_id, None)
+            self._release(req)
         else:
             req.schedule.advance()
-        return AudioOutput(req.req_id, job.audio.float().cpu().numpy(), finished=job.finalize)
+        return AudioOutput(req.req_id, audio, finished=job.finalize)
 
     def _fail(self, req: DecodeRequest, error: str) -> AudioOutput:
         self.requests.pop(req.req_id, None)
+        self._release(req)
         return AudioOutput(req.req_id, np.zeros(0, dtype=np.float32), finished=True, error=error)
+
+    def _release(self, req: DecodeRequest) -> None:
+        self.pool.release(req.req_id)
+        if req.slot >= 0:
+            self.slots.free(req.slot)
+            req.slot = -1
+
+    def _update_stats(self) -> None:
+        s = self.stats
+        s.pages_used = self.pool.num_used
+        s.streams_active = sum(1 for r in self.requests.values() if r.is_admitted)
+        s.prefixes_kept = len(self.pool.prefixes)
+        s.flow_replays, s.flow_eager = self.runner.num_replays, self.runner.num_eager
+        s.hift_eager = getattr(self.hift.runner, "num_eager", 0) if self.hift.runner is not None else 0
+
+    def take_step_times(self) -> list[float]:
+        out, self.stats.step_seconds = self.stats.step_seconds, []
+        return out
+
+    def capacity_streams(self) -> int:
+        """Real-time streams this engine could hold by its measured step times: one chunk of each per second."""
+        tokens = self.hop_policy.first + self.cfg.flow.pre_lookahead_len
+        per = self.step_model.per_token_s * tokens
+        if per <= 0:
+            return self.pool.num_pages
+        return max(0, int((1.0 - self.limits.deadline_margin_s - self.step_model.base_s) / per))
+

@@ -1,9 +1,10 @@
 """CUDA graphs of HiFT's synthesis (f0, excitation, upsampler, iSTFT: everything after its random draws), installed
 as the HiFT's runner.
 
-Rows are padded to a batch bucket; the mel length and the cached excitation length are part of the key. A shape is
-captured the second time it is seen (streamed chunks repeat a few shapes; final chunks are one-offs that run
-eagerly), up to `max_graphs` shapes. The outputs are copied out: the next replay overwrites them.
+Captured at startup for the shapes a stream repeats: the middle chunks of the hop policy (their mel frames plus
+the re-vocoded overlap, with the cached excitation), at every row bucket. Rows are padded to the bucket; any other
+shape (first and final chunks, whole utterances) runs eagerly and is counted. The outputs are copied out: the next
+replay overwrites them.
 """
 
 from __future__ import annotations
@@ -12,36 +13,45 @@ import logging
 
 import torch
 
-from light_tts.decode.cuda_graph import bucket, record_graph
+from light_tts.decode.flow_runner import record_graph
 from light_tts.models.hift.generator import HiFT
 
 logger = logging.getLogger(__name__)
 
-ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def bucket(value: int, buckets: tuple[int, ...]) -> int | None:
+    return next((b for b in buckets if b >= value), None)
 
 
 class HiFTGraphs:
     """Callable with HiFT.synthesize's signature (mel, initial phase, noise, cached excitation)."""
 
-    def __init__(self, hift: HiFT, max_graphs: int = 32):
+    def __init__(self, hift: HiFT):
         self.hift = hift
-        self.max_graphs = max_graphs
-        self.seen: set[tuple] = set()
-        self.calls: dict[tuple, tuple | None] = {}  # key -> (replay, static inputs, outputs) or None (eager)
+        self.calls: dict[tuple, tuple] = {}  # (rows, mel frames, cached samples) -> (replay, inputs, outputs)
         self.pool = None
         self.num_replays = self.num_eager = 0
 
+    def capture(self, max_rows: int, shapes: list[tuple[int, int]]) -> None:
+        """Graphs for every row bucket up to max_rows and every (mel frames, cached excitation samples)."""
+        rows_list = [b for b in ROW_BUCKETS if b < max_rows] + [bucket(max_rows, ROW_BUCKETS) or max_rows]
+        p = next(self.hift.parameters())
+        num_harmonics = self.hift.m_source.num_harmonics
+        for frames, cached in shapes:
+            for rows in reversed(rows_list):
+                examples = (p.new_zeros(rows, self.hift.cfg.in_channels, frames), p.new_zeros(rows, num_harmonics),
+                            p.new_zeros(rows, frames * self.hift.samples_per_frame, num_harmonics),
+                            p.new_zeros(rows, 1, cached))
+                replay, outputs, self.pool = record_graph(lambda ex=examples: self.hift.synthesize(*ex), self.pool)
+                self.calls[(rows, frames, cached)] = (replay, examples, outputs)
+            logger.info("captured HiFT graphs: %d mel frames, %d cached samples, rows up to %d", frames, cached,
+                        rows_list[-1])
+
     def __call__(self, mel, phase, noise, cache_source):
         rows = bucket(mel.shape[0], ROW_BUCKETS)
-        key = (rows, mel.shape[2], cache_source.shape[2])
-        if rows is not None and key not in self.calls and key in self.seen and len(self.calls) < self.max_graphs:
-            try:
-                self.calls[key] = self._capture(rows, mel, phase, noise, cache_source)
-            except RuntimeError:  # this shape stays eager; the engine keeps serving
-                logger.exception("HiFT graph capture failed for %s; running it eagerly", key)
-                self.calls[key] = None
-        self.seen.add(key)
-        call = self.calls.get(key)
+        call = self.calls.get((rows, mel.shape[2], cache_source.shape[2]))
         if call is None:
             self.num_eager += 1
             return self.hift.synthesize(mel, phase, noise, cache_source)
@@ -52,13 +62,3 @@ class HiFTGraphs:
             static[:b].copy_(value)
         replay()
         return audio[:b].clone(), source[:b].clone()
-
-    def _capture(self, rows: int, *examples: torch.Tensor) -> tuple:
-        inputs = tuple(x.new_zeros(rows, *x.shape[1:]) for x in examples)
-        replay, outputs = self._record(lambda: self.hift.synthesize(*inputs))
-        logger.info("captured HiFT graph: %d rows, %d mel frames", rows, examples[0].shape[2])
-        return replay, inputs, outputs
-
-    def _record(self, run):
-        replay, outputs, self.pool = record_graph(run, self.pool)
-        return replay, outputs

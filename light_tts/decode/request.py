@@ -1,15 +1,22 @@
-"""Per-request decode state (token schedule, flow cache, HiFT overlap, noise generator) and the chunk jobs that the
-engine batches across requests."""
+"""Per-request state of the decode engine (CPU only: no tensors but the request's own HiFT state and generator).
+
+A request is one utterance's token2wav: a stream (chunks as tokens arrive, upstream's hop schedule) or a whole
+utterance (non-stream). It is admitted into the page pool when its first chunk can run; until then its tokens
+queue here. `t0` counts the tokens whose flow keys/values are in its pages (prompt included; a shared voice prefix
+counts from the start).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
-from light_tts.models.flow.cache import FlowStreamState
 from light_tts.models.hift.streaming import HiFTStreamState
 from light_tts.token2wav import ChunkSchedule
+
+SAMPLE_RATE = 24000
 
 
 @dataclass
@@ -18,52 +25,48 @@ class DecodeRequest:
     stream: bool
     speed: float
     schedule: ChunkSchedule
-    prompt_token: torch.Tensor  # (1, P) int32
-    flow_state: FlowStreamState  # stale but for speaker and prompt while flow_row is set
+    prompt_tokens: np.ndarray  # (P,) int32
+    prompt_mel: np.ndarray  # (2P, 80) float32
+    embedding: torch.Tensor  # (1, 192) on the engine's device
     generator: torch.Generator
+    max_tokens: int  # speech tokens this request may reach (its page budget is sized from it)
+    prefix_key: str | None  # the voice: streams of one voice share its prompt's first pages
+    arrival: float
     hift_state: HiFTStreamState = field(default_factory=HiFTStreamState)
-    flow_row: int | None = None  # the request's row in the engine's kept FlowBatch, if in one
     is_last: bool = False  # every token has arrived
     error: str | None = None  # set when the request failed; reported by the next step
+    # admission
+    slot: int = -1  # tail slot, once admitted
+    t0: int = 0  # tokens whose keys/values are in the pool
+    read_slot: int = 0  # where the next chunk reads its conv context (0: zeros)
+    num_chunks: int = 0  # flow chunks computed
+    # playback (deadline scheduling): when its listener started hearing it and how much was sent since
+    audio_start: float | None = None
+    samples_sent: int = 0
 
     @property
     def num_prompt_tokens(self) -> int:
-        return self.prompt_token.shape[1]
+        return len(self.prompt_tokens)
 
-    def next_job(self) -> ChunkJob | None:
-        """The chunk this request can compute now, if any (a stream's non-final chunks before its final one)."""
+    def mel_mismatch(self) -> bool:
+        return len(self.prompt_mel) != 2 * len(self.prompt_tokens)
+
+    @property
+    def is_admitted(self) -> bool:
+        return self.slot >= 0
+
+    def deadline(self, margin_s: float) -> float:
+        """When its listener runs out of audio (minus a margin); -inf before the first chunk (time to first audio
+        comes first)."""
+        if self.audio_start is None:
+            return float("-inf")
+        return self.audio_start + self.samples_sent / SAMPLE_RATE - margin_s
+
+    def ready_chunk(self) -> tuple[list[int], bool] | None:
+        """(the next chunk's new tokens and lookahead, finalize) if it can run now, else None."""
         sched = self.schedule
         if self.stream and sched.ready():
-            return ChunkJob(self, finalize=False, streaming=True)
+            return sched.chunk_tokens(False), False
         if self.is_last:
-            return ChunkJob(self, finalize=True, streaming=self.stream)
+            return sched.chunk_tokens(True), True
         return None
-
-
-@dataclass
-class ChunkJob:
-    """One chunk of one request: its flow input tokens and, once the flow ran, its mel."""
-
-    req: DecodeRequest
-    finalize: bool
-    streaming: bool  # False: the whole utterance at once with full attention (non-stream requests)
-    mel: torch.Tensor | None = None  # (1, 80, frames) after the flow (speed applied)
-    audio: torch.Tensor | None = None  # (samples,) after HiFT
-
-    @property
-    def is_first(self) -> bool:
-        return self.req.schedule.offset == 0
-
-    @property
-    def tokens(self) -> list[int]:
-        """Flow input: the chunk's tokens, after the prompt's on the first chunk (the prompt is encoded with it)."""
-        tokens = self.req.schedule.chunk_tokens(self.finalize)
-        return self.req.prompt_token[0].tolist() + tokens if self.is_first else tokens
-
-    def flow_key(self) -> tuple:
-        """Jobs with equal keys share one flow pass: equal input lengths and masks (caches may differ)."""
-        return self.streaming, self.finalize, self.is_first, len(self.tokens)
-
-    def hift_key(self) -> tuple:
-        """Jobs with equal keys share one HiFT pass: equal mel lengths and overlap state."""
-        return self.finalize, self.req.hift_state.mel is not None, self.mel.shape[2]

@@ -245,7 +245,8 @@ class BistreamFeeder:
                 self.text_cache = []
                 self.is_final = self.is_decoding = True
                 # once the text is known, bound the output as the offline path does: 20 x its text tokens
-                if seq.req.max_len is None:
+                # (within the caller's max_len), unless the caller fixed the length
+                if seq.req.min_len is None:
                     seq.max_len = min(seq.max_len, 20 * self.num_text_tokens)
             else:
                 return

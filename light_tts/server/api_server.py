@@ -26,6 +26,7 @@ from light_tts.server.api_docs import PCMResponse, audio_responses, error_respon
 from light_tts.server.bistream_ws import serve_bistream
 from light_tts.server.config import ServerConfig
 from light_tts.server.http_manager import HttpServerManager, RequestHandle
+from light_tts.server.playground import mount_playground
 from light_tts.server.request_metrics import (ActiveRequest, ClientGone, error_response, record_finished,
                                               record_rejected)
 from light_tts.server.request_parsing import parse_zero_shot
@@ -101,6 +102,7 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
 
     app = FastAPI(title="LightTTS", lifespan=lifespan)
     app.state.manager = manager
+    mount_playground(app)
 
     @app.post("/inference_zero_shot", response_class=PCMResponse, responses=audio_responses(settings),
               openapi_extra=zero_shot_request_body(settings), summary="Speak a text in the voice of a prompt")

@@ -78,15 +78,23 @@ class ServerConfig:
     # decode
     decode_process_num: int = _opt("decode", 1, "decode processes (token2wav), each on its own ZMQ endpoint")
     decode_max_batch_size: int = _opt("decode", 8, "requests a decode process batches through token2wav at once")
-    decode_max_streams: int = _opt("decode", 0, "streams a decode process holds flow caches for at once; later "
-                                                "ones wait", default_text="0: sized from free GPU memory on a GPU, "
-                                                                          "unbounded on the CPU")
+    decode_max_streams: int = _opt("decode", 512, "streams a decode process holds a flow cache for at once (each "
+                                                  "has a slot of conv context); later ones wait")
+    decode_mem_fraction: float = _opt("decode", 0.85, "share of the GPU memory free after the decode warm-up that its "
+                                                      "flow-cache pool takes (GPU only; the CPU pool is 1 GB)")
+    flow_cache_dtype: str = _opt("decode", "auto", "flow-cache keys/values: float16, bfloat16, or fp8_e4m3 (per-page, "
+                                                   "per-head scales; half the memory, not upstream-exact)",
+                                 choices=("auto", "float16", "bfloat16", "float32", "fp8_e4m3"),
+                                 default_text="auto: the flow's dtype")
+    deadline_margin_s: float = _opt("decode", 0.3, "a stream's next chunk is due this long before its listener "
+                                                   "would run out of audio")
     hop_policy: str = _opt("decode", "growing", "streamed chunk sizes after the first: fixed (25 tokens, lowest "
                                                 "latency) or growing (25 -> 50 -> 100, fewer chunks)",
                            choices=HOP_POLICIES)
     decode_data_type: str = _opt("decode", "float16", "flow dtype on a GPU; HiFT, and every CPU run, use float32",
                                  choices=DATA_TYPES)
-    load_trt: bool = _opt("decode", False, "run the flow estimator with TensorRT when it is installed (GPU only)")
+    load_trt: bool = _opt("decode", False, "no effect, accepted for compatibility: the paged flow runs Triton "
+                                           "kernels in CUDA graphs (a TensorRT engine cannot read the page pool)")
     decode_paral_num: int | None = _opt("decode", None, "no effect, accepted for compatibility: decode concurrency "
                                                         "is --decode_max_batch_size", default_text="not given")
     # limits
@@ -98,6 +106,8 @@ class ServerConfig:
     max_text_chars: int = _opt("limits", MAX_TEXT_CHARS, "longest tts_text / prompt_text accepted")
     max_prompt_wav_bytes: int = _opt("limits", 16 << 20, "largest prompt wav upload in bytes")
     max_prompt_seconds: float = _opt("limits", 30.0, "longest prompt audio accepted")
+    max_speech_tokens: int = _opt("limits", 1500, "most speech tokens (25 per second of audio) one sentence may "
+                                                  "produce: the LLM stops there, the decode pool reserves for it")
     max_audio_seconds: float = _opt("limits", 900.0, "audio one request may produce; a request that would produce "
                                                      "more ends with 413 when it passes the limit")
     # runtime
@@ -133,8 +143,10 @@ class ServerConfig:
             raise ValueError("--decode_paral_num must be >= 1")
         if not 0 < self.kv_cache_mem_fraction < 1:
             raise ValueError("--kv_cache_mem_fraction must be in (0, 1)")
-        if self.decode_max_streams < 0:
-            raise ValueError("--decode_max_streams must be >= 0")
+        if self.decode_max_streams < 1 or self.max_speech_tokens < 1:
+            raise ValueError("--decode_max_streams and --max_speech_tokens must be >= 1")
+        if not 0 < self.decode_mem_fraction <= 1 or self.deadline_margin_s < 0:
+            raise ValueError("--decode_mem_fraction must be in (0, 1], --deadline_margin_s >= 0")
         for name in ("batch_max_tokens", "max_total_token_num"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1")
@@ -166,6 +178,9 @@ class ServerConfig:
         if self.decode_paral_num is not None:
             notes.append(f"--decode_paral_num {self.decode_paral_num} has no effect: decode concurrency is "
                          f"--decode_max_batch_size ({self.decode_max_batch_size})")
+        if self.load_trt:
+            notes.append("--load_trt has no effect: the paged flow runs Triton kernels in CUDA graphs, which a "
+                         "TensorRT engine cannot replace (it cannot read the page pool)")
         return notes
 
     @classmethod

@@ -7,6 +7,7 @@ wait here until then), so the audio written to the ring is already in playback o
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ class SentenceTokens:
     """Tokens of a sentence that has not entered the engine yet."""
 
     seed: int
+    max_tokens: int  # the sentence's speech-token bound (its page budget)
     tokens: list[int] = field(default_factory=list)
     is_end: bool = False
 
@@ -43,6 +45,8 @@ class DecodeRequestState:
     next_sentence: int = 0
     last_sentence: int | None = None  # index of the request's final sentence, once the LLM has said so
     num_written: int = 0  # int16 samples written to the ring so far
+    num_sent: int = 0  # int16 samples sent (ring or inline)
+    audio_start: float | None = None  # when the first audio left (the listener's playback clock)
 
     def engine_id(self) -> str:
         """The engine's id of the active sentence (mapped back through DecodeWorker.active, never parsed)."""
@@ -63,6 +67,7 @@ class DecodeWorker:
         self.inbox = Inbox(self.ctx, ports, self.processes, "decode", rank, self.handlers)
         self.http = HttpReplies(self.ctx, settings, self.processes, self.name)
         self.init_engine()
+        self.eager_reported: dict[str, int] = {}
         self.reqs: dict[int, DecodeRequestState] = {}
         self.active: dict[str, DecodeRequestState] = {}  # engine request id -> its request
         self.aborted = AbortedRequests()
@@ -90,7 +95,21 @@ class DecodeWorker:
             if self.engine.has_work():
                 self.write_outputs(self.step())
             self.processes.set_load("decode", self.rank, len(self.reqs))
-            metrics.QUEUE_DEPTH.labels("decode", str(self.rank)).set(len(self.reqs))
+            self.report()
+
+    def report(self) -> None:
+        rank, stats = str(self.rank), self.engine.stats
+        metrics.QUEUE_DEPTH.labels("decode", rank).set(len(self.reqs))
+        metrics.DECODE_POOL_PAGES.labels(rank, "used").set(stats.pages_used)
+        metrics.DECODE_POOL_PAGES.labels(rank, "total").set(stats.pages_total)
+        metrics.DECODE_WAITING.labels(rank).set(stats.waiting_for_pages)
+        for seconds in self.engine.take_step_times():
+            metrics.DECODE_STEP_TIME.labels(rank).observe(seconds)
+        for part, count in (("flow", stats.flow_eager), ("hift", stats.hift_eager)):
+            new = count - self.eager_reported.get(part, 0)
+            if new > 0:
+                metrics.DECODE_EAGER.labels(rank, part).inc(new)
+                self.eager_reported[part] = count
 
     def step(self) -> list:
         """One engine step; one that raises fails the requests in the engine (the others wait their turn)."""
@@ -123,19 +142,20 @@ class DecodeWorker:
                 continue
             try:
                 self.take_tokens(self.reqs[req_id], message.sentence_idxs[i], message.token_lists[i],
-                                 message.is_sentence_end[i], message.is_request_end[i], message.seeds[i])
+                                 message.is_sentence_end[i], message.is_request_end[i], message.seeds[i],
+                                 message.max_tokens[i])
             except Exception as e:
                 self.log.error("request %d failed:\n%s", req_id, traceback.format_exc())
                 self.drop(req_id, e)
 
     def take_tokens(self, state: DecodeRequestState, sentence: int, tokens: list[int], is_end: bool,
-                    is_request_end: bool, seed: int) -> None:
+                    is_request_end: bool, seed: int, max_tokens: int) -> None:
         if is_request_end:
             state.last_sentence = sentence
         if sentence == state.active:
             self.engine.push_tokens(state.engine_id(), tokens, is_end)
             return
-        waiting = state.waiting.setdefault(sentence, SentenceTokens(seed))
+        waiting = state.waiting.setdefault(sentence, SentenceTokens(seed, max_tokens))
         waiting.tokens.extend(tokens)
         waiting.is_end = is_end
         if state.active < 0:
@@ -149,8 +169,10 @@ class DecodeWorker:
         state.active, state.next_sentence = state.next_sentence, state.next_sentence + 1
         self.active[state.engine_id()] = state
         p = state.params
-        # TODO(merge): pass prefix_key=state.voice_key once DecodeEngine.add_request takes it
-        self.engine.add_request(state.engine_id(), state.prompt, waiting.seed, p.stream, p.speed)
+        # a later sentence continues the listener's playback: its chunks are due when the earlier audio runs out
+        self.engine.add_request(state.engine_id(), state.prompt, waiting.seed, p.stream, p.speed,
+                                max_tokens=waiting.max_tokens, prefix_key=state.voice_key,
+                                audio_start=state.audio_start, samples_sent=state.num_sent)
         self.engine.push_tokens(state.engine_id(), waiting.tokens, waiting.is_end)
 
     def stop_sentence(self, state: DecodeRequestState) -> None:
@@ -174,6 +196,9 @@ class DecodeWorker:
             pcm = self.to_int16(out.audio)  # little-endian on every host we run on (x86-64, aarch64)
             if len(pcm) or is_last:
                 self.send_audio(state, pcm, is_last)
+                if state.audio_start is None and len(pcm):
+                    state.audio_start = time.monotonic()
+                state.num_sent += len(pcm)
             if out.finished:
                 del self.active[out.req_id]
                 state.active = -1

@@ -83,9 +83,11 @@ class SpeechTokenBatch(Message):
     is_sentence_end: list[bool] = msgspec.field(default_factory=list)
     is_request_end: list[bool] = msgspec.field(default_factory=list)
     seeds: list[int] = msgspec.field(default_factory=list)  # the sentence's seed (LLM sampling and token2wav)
+    max_tokens: list[int] = msgspec.field(default_factory=list)  # the sentence's speech-token bound (page budget)
 
     def append(self, req_id: int, sentence_idx: int, tokens: list[int], sentence_end: bool, request_end: bool,
-               seed: int) -> None:
+               seed: int, max_tokens: int) -> None:
+        self.max_tokens.append(max_tokens)
         self.req_ids.append(req_id)
         self.sentence_idxs.append(sentence_idx)
         self.seeds.append(seed)

@@ -44,6 +44,7 @@ class LLMRequestState:
     is_running: bool = False
     is_last_sent: bool = False  # bistream: the engine was told the text ended
     num_text_tokens: int = 0  # of every sentence or piece received so far
+    max_tokens: int = 0  # the running sentence's speech-token bound
 
     def engine_id(self) -> str:
         """The engine's request id of the running sentence (the engine wants a unique string; the worker maps it
@@ -197,11 +198,12 @@ class LLMWorker:
         fixed = state.params.fixed_speech_tokens
         state.sentence_idx += 1
         state.is_running = True
+        state.max_tokens = self.settings.sentence_speech_tokens(None if state.is_bistream else len(text_tokens), fixed)
         self.running[state.engine_id()] = state
         self.engine.add_request(LLMRequest(
             req_id=state.engine_id(), text_token_ids=text_tokens, prompt_text_token_ids=state.prompt_text_tokens,
             prompt_speech_token_ids=state.prompt_speech_tokens, seed=state.sentence_seed(),
-            bistream=state.is_bistream, min_len=fixed, max_len=fixed))
+            bistream=state.is_bistream, min_len=fixed, max_len=state.max_tokens))
 
     def check_fixed_length_fits(self, state: LLMRequestState, num_text_tokens: int, fixed: int) -> None:
         """A fixed-length sentence must fit one engine request whole, or it would silently end early."""
@@ -230,7 +232,7 @@ class LLMWorker:
                 continue
             is_request_end = out.finished and (state.is_bistream or (state.is_text_done and not state.pending))
             batches[state.decode_rank].append(req_id, state.sentence_idx, list(out.new_token_ids), out.finished,
-                                              is_request_end, state.sentence_seed())
+                                              is_request_end, state.sentence_seed(), state.max_tokens)
             if is_request_end:
                 del self.reqs[req_id]
             elif out.finished:

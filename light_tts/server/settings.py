@@ -68,7 +68,16 @@ class ServerSettings:
     def max_fixed_speech_tokens(self) -> int:
         """Largest `fixed_speech_tokens` a request may ask for: one engine request holds at most
         --max_req_total_len tokens (the LLM checks the exact fit, prompt included)."""
-        return self.cfg.max_req_total_len
+        return min(self.cfg.max_req_total_len, self.cfg.max_speech_tokens)
+
+    def sentence_speech_tokens(self, num_text_tokens: int | None, fixed: int | None) -> int:
+        """The most speech tokens a sentence may get (the LLM's max_len, the decode engine's page budget): the
+        fixed length if asked, else upstream's 20 per text token (bistream: text still unknown), within
+        --max_speech_tokens."""
+        if fixed is not None:
+            return fixed
+        bound = self.cfg.max_speech_tokens
+        return bound if num_text_tokens is None else min(bound, 20 * num_text_tokens)
 
     def llm_dtype(self, device: str) -> str:
         """--data_type on a GPU; float32 on the CPU, where half precision is slow or missing."""
@@ -105,10 +114,17 @@ class ServerSettings:
 
         from light_tts.token2wav import HopPolicy
 
+        from light_tts.decode.engine_setup import EngineLimits
+
         c = self.cfg
+        limits = EngineLimits(
+            max_stream_tokens=c.max_speech_tokens, max_prompt_tokens=self.shm.prompt_speech_tokens,
+            max_pass_tokens=max(1024, min(8192, 32 * c.decode_max_batch_size)), max_streams=c.decode_max_streams,
+            mem_fraction=c.decode_mem_fraction, deadline_margin_s=c.deadline_margin_s,
+            kv_dtype=None if c.flow_cache_dtype == "auto" or device == "cpu" else c.flow_cache_dtype)
         return {"device": device, "max_batch_size": c.decode_max_batch_size, "hop_policy": HopPolicy(c.hop_policy),
                 "dtype": getattr(torch, self.decode_dtype(device)), "use_cuda_graph": not c.disable_cudagraph,
-                "load_trt": c.load_trt, "max_active_streams": c.decode_max_streams or None}
+                "limits": limits}
 
 
 def build_settings(cfg: ServerConfig, model_cfg: ModelConfig) -> ServerSettings:

@@ -1,0 +1,120 @@
+"""The decode engine's GPU setup, in a fixed order (nano-vllm's ModelRunner): warm up at the largest pass ->
+size the flow-cache pool from the memory left -> allocate it -> capture every CUDA graph. Also the engine's
+limits and its slot allocator.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from light_tts.decode.flow_cache import KV_DTYPES, FlowCache, FlowCacheShape, pages_for_bytes
+from light_tts.decode.flow_runner import FlowRunner, make_buckets
+from light_tts.decode.hift_graph import HiFTGraphs
+from light_tts.decode.page_pool import PagePool
+from light_tts.decode.paged_flow import PagedFlow
+from light_tts.models.hift.streaming import MEL_CACHE_LEN
+
+logger = logging.getLogger(__name__)
+CPU_POOL_BYTES = 1 << 30  # the pool's size on a CPU host (the tiny model's pages are small)
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    max_stream_tokens: int = 1500  # speech tokens of one request, at most (60 s)
+    max_prompt_tokens: int = 775  # prompt speech tokens, at most (30 s)
+    max_pass_tokens: int = 4096  # tokens of one flow pass (the largest graph bucket)
+    max_streams: int = 512  # requests holding a cache at once (each has a tail slot)
+    max_prefixes: int = 128  # voice prefixes kept (each has a tail slot)
+    num_pages: int | None = None  # None: sized from free memory (GPU) or CPU_POOL_BYTES
+    mem_fraction: float = 0.9  # of the GPU memory free after warm-up, for the pool
+    kv_dtype: str | None = None  # float16, bfloat16, float32, fp8_e4m3; None: the flow's dtype
+    deadline_margin_s: float = 0.3  # a stream's chunk is due this long before its listener runs out
+
+    @property
+    def max_stream_pages(self) -> int:
+        return -(-(self.max_prompt_tokens + self.max_stream_tokens) // 25)
+
+
+class SlotPool:
+    """Tail slots: 0 is the zero slot (a fresh stream's context), the last is trash (graph padding writes)."""
+
+    def __init__(self, num_slots: int):
+        self.num_slots = num_slots
+        self.free_slots = list(range(num_slots - 2, 0, -1))
+
+    @property
+    def num_free(self) -> int:
+        return len(self.free_slots)
+
+    def take(self) -> int:
+        return self.free_slots.pop()
+
+    def free(self, slot: int | None) -> None:
+        if slot is not None and slot > 0:
+            self.free_slots.append(slot)
+
+
+@dataclass
+class Runtime:
+    cache: FlowCache
+    pool: PagePool
+    runner: FlowRunner
+    slots: SlotPool
+
+
+def build_runtime(engine, use_cuda_graph: bool) -> Runtime:
+    limits, device, flow = engine.limits, engine.device, engine.flow
+    shape = FlowCacheShape.from_config(engine.cfg.flow)
+    assert list(shape.tail_channels) == flow.decoder.estimator.tail_channels
+    act_dtype = engine.dtype
+    kv_dtype = KV_DTYPES[limits.kv_dtype] if limits.kv_dtype else act_dtype
+    num_slots = 2 + limits.max_streams + limits.max_prefixes
+    max_tokens = limits.max_prompt_tokens + limits.max_stream_tokens
+    is_cuda = device.type == "cuda"
+    buckets = make_buckets(limits.max_pass_tokens, engine.max_batch_size)
+    graphs = is_cuda and use_cuda_graph
+    if limits.num_pages is not None:
+        num_pages = limits.num_pages
+    elif not is_cuda:
+        num_pages = max(8, min(4096, pages_for_bytes(shape, CPU_POOL_BYTES, num_slots, act_dtype, kv_dtype)))
+    else:
+        num_pages = _pages_after_warmup(engine, shape, num_slots, max_tokens, buckets[-1], kv_dtype)
+    cache = FlowCache(shape, num_pages, num_slots, act_dtype, kv_dtype, device)
+    runner = FlowRunner(PagedFlow(flow, cache, max_tokens), buckets, limits.max_stream_pages, graphs)
+    logger.info("flow-cache pool: %d pages of %.1f MB (%s keys/values), %.2f GB in all, %d slots", num_pages,
+                shape.page_bytes(kv_dtype, act_dtype) / 1e6, str(kv_dtype).replace("torch.", ""), cache.nbytes / 1e9,
+                num_slots)
+    if graphs:
+        runner.capture_all()
+        engine.hift.runner = HiFTGraphs(engine.hift)
+        frames = 2 * engine.hop_policy.first + MEL_CACHE_LEN  # a middle chunk plus the re-vocoded overlap
+        engine.hift.runner.capture(engine.max_batch_size, [(frames, MEL_CACHE_LEN * engine.hift.samples_per_frame)])
+    return Runtime(cache, PagePool(num_pages), runner, SlotPool(num_slots))
+
+
+def _pages_after_warmup(engine, shape: FlowCacheShape, num_slots: int, max_tokens: int, largest, kv_dtype) -> int:
+    """Runs the largest pass eagerly on a small pool to learn the activation peak, then sizes the pool from what
+    is left: mem_fraction of the free memory, minus that peak (graph captures reuse it) and a HiFT margin."""
+    device, act_dtype = engine.device, engine.dtype
+    probe = FlowCache(shape, 4, 4, act_dtype, kv_dtype, device)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    FlowRunner(PagedFlow(engine.flow, probe, max_tokens), [largest], engine.limits.max_stream_pages,
+               False).peak_pass(largest)
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - before
+    del probe
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info(device)
+    hift_margin = 2 << 30  # HiFT's activations at the largest row bucket
+    budget = int(engine.limits.mem_fraction * free) - 2 * peak - hift_margin
+    logger.info("decode warm-up: %.2f GB activation peak at %d tokens; %.1f GB free", peak / 1e9,
+                largest.num_tokens, free / 1e9)
+    pages = pages_for_bytes(shape, budget, num_slots, act_dtype, kv_dtype)
+    if pages < 1:
+        raise RuntimeError(f"no GPU memory left for the flow-cache pool ({free / 1e9:.1f} GB free)")
+    return pages

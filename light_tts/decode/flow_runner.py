@@ -1,0 +1,94 @@
+"""Runs the engine's paged flow passes: one CUDA graph per bucket, all captured at startup, eager otherwise.
+
+A pass is padded to the smallest bucket (tokens, rows) that holds it; every input of a bucket has fixed shapes
+(flow_inputs.py pads them), and the graph reads the pool's pages and slots in place, so a replay is a copy of the
+step's index tensors into the graph's static inputs and nothing else: no cache is ever copied in or out. A pass
+that fits no bucket runs eagerly and is counted (`num_eager`); nothing is captured while serving.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from light_tts.decode.flow_inputs import Bucket, ChunkSpec, FlowInputs, build_flow_inputs
+from light_tts.decode.paged_flow import PagedFlow
+
+logger = logging.getLogger(__name__)
+
+TOKEN_BUCKETS = (32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
+
+
+def make_buckets(max_tokens: int, max_rows: int) -> list[Bucket]:
+    """Token buckets about 1.5x apart up to max_tokens; each takes as many rows as a 16-token chunk could fill."""
+    sizes = [t for t in TOKEN_BUCKETS if t < max_tokens] + [max_tokens]
+    return [Bucket(t, max(1, min(max_rows, t // 16))) for t in sizes]
+
+
+def record_graph(run: Callable[[], object], pool=None) -> tuple[Callable[[], None], object, object]:
+    """Captures run() as a CUDA graph in memory pool `pool` (None: a new one): (replay, the outputs each replay
+    rewrites, the pool). Warmed up on a side stream first (lazy initialisations must not be captured)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        outputs = run()
+    return graph.replay, outputs, graph.pool()
+
+
+@dataclass
+class CapturedPass:
+    inputs: FlowInputs  # static inputs: a replay reads whatever they hold
+    mel: torch.Tensor  # static output, rewritten by every replay
+    replay: Callable[[], None]
+
+
+class FlowRunner:
+    def __init__(self, paged: PagedFlow, buckets: list[Bucket], table_width: int, use_graphs: bool):
+        self.paged, self.buckets, self.table_width = paged, sorted(buckets, key=lambda b: b.num_tokens), table_width
+        self.cache = paged.cache
+        self.graphs: dict[Bucket, CapturedPass] = {}
+        self.use_graphs = use_graphs
+        self.num_replays = self.num_eager = 0
+        self.pool = None
+
+    def build(self, specs: list[ChunkSpec], bucket: Bucket | None, device: torch.device | None = None) -> FlowInputs:
+        c = self.cache
+        return build_flow_inputs(specs, c.shape, c.num_slots, c.scratch_page, device or c.device, bucket,
+                                 self.table_width)
+
+    def bucket_for(self, specs: list[ChunkSpec]) -> Bucket | None:
+        return next((b for b in self.buckets if b.fits(specs)), None)
+
+    def capture_all(self) -> None:
+        """One graph per bucket, largest first (they share one memory pool, sized by the largest)."""
+        for bucket in reversed(self.buckets):
+            inputs = self.build([], bucket)  # all padding: reads zeros, writes the scratch page and trash slot
+            replay, mel, self.pool = record_graph(lambda inputs=inputs: self.paged(inputs), self.pool)
+            self.graphs[bucket] = CapturedPass(inputs, mel, replay)
+            logger.info("captured flow graph: up to %d tokens in %d rows", bucket.num_tokens, bucket.num_rows)
+
+    def run(self, specs: list[ChunkSpec]) -> tuple[torch.Tensor, FlowInputs]:
+        """The pass's float32 mel [frames, 80] (valid until the next run) and its inputs (frame offsets)."""
+        bucket = self.bucket_for(specs) if self.graphs else None
+        if bucket is None:
+            self.num_eager += self.use_graphs
+            inputs = self.build(specs, None)
+            return self.paged(inputs), inputs
+        captured = self.graphs[bucket]
+        inputs = self.build(specs, bucket, torch.device("cpu"))  # then one copy into the graph's inputs
+        for static, value in zip(captured.inputs.tensors(), inputs.tensors()):
+            static.copy_(value, non_blocking=True)
+        captured.replay()
+        self.num_replays += 1
+        return captured.mel, inputs
+
+    def peak_pass(self, bucket: Bucket) -> None:
+        """An eager pass at `bucket`'s shapes on padding only (measures the activation peak before sizing)."""
+        self.paged(self.build([], bucket))

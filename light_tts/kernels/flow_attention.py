@@ -1,0 +1,196 @@
+"""Paged attention of the flow's CFM estimator: packed query frames of many streams over their cached keys/values.
+
+The estimator's queries are packed: every virtual row (one CFG branch of one stream) contributes its new frames as
+a contiguous run of rows of q [M, H, D]. Keys and values live in the flow-cache pool, one page per chunk of
+PAGE frames: kv [num_pages, 2 (keys, values), 2 (CFG branch), H, PAGE, D], the view of one (CFM step, block) of
+the pool. A virtual row's keys are its stream's pages in page-table order, its new frames already stored in them.
+
+Masks (per virtual row): mode 0 is the static chunk mask of streamed chunks (a query at absolute frame p sees the
+keys before the end of its own chunk of CHUNK frames, within the row's ctx_len valid keys); mode 1 is full
+attention over ctx_len keys (whole utterances). Pages [skip_lo, skip_hi) are hidden (the optional context window).
+
+Work items (program_id 0) are (virtual row, query block) pairs made on the host; an item whose row is -1 is graph
+padding and exits at once, so the grid depends only on the bucket, never on tensor values. fp8 pools carry one
+scale per (page, key/value, branch, head): scores and outputs are multiplied by it (a scalar per page tile).
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2_E = 1.4426950408889634
+
+
+@triton.jit
+def query_block(qb, num_q, q_start, pos0, ctx, mode, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr):
+    """A work item's query rows: packed row indices, validity, absolute positions, the keys each query may see
+    (chunk mask or full), and the block's key end. The last query sees the most keys (limits grow with the
+    position): scalar arithmetic, not a reduction, bounds the key loop (Triton's interpreter cannot loop to a
+    reduced value)."""
+    offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+    is_q = offs_m < num_q
+    rows = (q_start + offs_m).to(tl.int64)
+    q_pos = pos0 + offs_m
+    q_limit = tl.where(mode == 0, tl.minimum((q_pos // CHUNK + 1) * CHUNK, ctx), ctx)
+    q_limit = tl.where(is_q, q_limit, 0)  # padding queries see nothing (their output is zero)
+    last_pos = pos0 + tl.minimum(num_q, (qb + 1) * BLOCK_M) - 1
+    k_end = tl.where(mode == 0, tl.minimum((last_pos // CHUNK + 1) * CHUNK, ctx), ctx)
+    return rows, is_q, q_pos, q_limit, k_end
+
+
+@triton.jit
+def _attend_page(q, m_i, l_i, acc, kv_ptr, scale_ptr, page, branch, head, q_limit, key_base,
+                 stride_page, stride_kv, stride_branch, stride_head, stride_frame,
+                 sstride_page, sstride_kv, sstride_branch, scale_log2,
+                 PAGE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, IS_FP8: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr):
+    offs_n = tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, HEAD_DIM)
+    in_page = offs_n < PAGE
+    base = kv_ptr + page.to(tl.int64) * stride_page + branch * stride_branch + head * stride_head
+    tile = offs_n[:, None] * stride_frame + dims[None, :]
+    k = tl.load(base + tile, mask=in_page[:, None], other=0.0)
+    v = tl.load(base + stride_kv + tile, mask=in_page[:, None], other=0.0)
+    k_scale = 1.0
+    v_scale = 1.0
+    if IS_FP8:
+        sbase = scale_ptr + page.to(tl.int64) * sstride_page + branch * sstride_branch + head
+        k_scale = tl.load(sbase)
+        v_scale = tl.load(sbase + sstride_kv)
+        k = k.to(q.dtype)
+        v = v.to(q.dtype)
+    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * (scale_log2 * k_scale)
+    visible = (key_base + offs_n)[None, :] < q_limit[:, None]
+    scores = tl.where(visible & in_page[None, :], scores, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet (padding queries)
+    p = tl.exp2(scores - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot((p * v_scale).to(v.dtype), v, input_precision=DOT_PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _flow_attention_kernel(
+    q_ptr, o_ptr, kv_ptr, scale_ptr, page_table_ptr,
+    work_row_ptr, work_block_ptr,
+    row_q_start_ptr, row_num_q_ptr, row_pos0_ptr, row_ctx_ptr, row_stream_ptr, row_branch_ptr, row_mode_ptr,
+    row_skip_lo_ptr, row_skip_hi_ptr,
+    stride_qm, stride_qh, stride_om, stride_oh,
+    stride_page, stride_kv, stride_branch, stride_head, stride_frame,
+    sstride_page, sstride_kv, sstride_branch, stride_table,
+    scale_log2,
+    CHUNK: tl.constexpr, PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, IS_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    item = tl.program_id(0)
+    head = tl.program_id(1)
+    row = tl.load(work_row_ptr + item)
+    if row < 0:
+        return
+    qb = tl.load(work_block_ptr + item)
+    q_start = tl.load(row_q_start_ptr + row)
+    num_q = tl.load(row_num_q_ptr + row)
+    pos0 = tl.load(row_pos0_ptr + row)
+    ctx = tl.load(row_ctx_ptr + row)
+    stream = tl.load(row_stream_ptr + row).to(tl.int64)
+    branch = tl.load(row_branch_ptr + row)
+    mode = tl.load(row_mode_ptr + row)
+    skip_lo = tl.load(row_skip_lo_ptr + row)
+    skip_hi = tl.load(row_skip_hi_ptr + row)
+
+    rows, is_q, q_pos, q_limit, k_end = query_block(qb, num_q, q_start, pos0, ctx, mode, CHUNK, BLOCK_M)
+    dims = tl.arange(0, HEAD_DIM)
+    q = tl.load(q_ptr + rows[:, None] * stride_qm + head * stride_qh + dims[None, :], mask=is_q[:, None], other=0.0)
+    num_pages = tl.cdiv(k_end, PAGE)
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, HEAD_DIM), tl.float32)
+    lo_end = tl.minimum(skip_lo, num_pages)
+    for j in range(0, lo_end):
+        page = tl.load(page_table_ptr + stream * stride_table + j)
+        m_i, l_i, acc = _attend_page(q, m_i, l_i, acc, kv_ptr, scale_ptr, page, branch, head, q_limit, j * PAGE,
+                                     stride_page, stride_kv, stride_branch, stride_head, stride_frame,
+                                     sstride_page, sstride_kv, sstride_branch, scale_log2,
+                                     PAGE, BLOCK_N, HEAD_DIM, IS_FP8, DOT_PRECISION)
+    for j in range(tl.maximum(skip_hi, lo_end), num_pages):
+        page = tl.load(page_table_ptr + stream * stride_table + j)
+        m_i, l_i, acc = _attend_page(q, m_i, l_i, acc, kv_ptr, scale_ptr, page, branch, head, q_limit, j * PAGE,
+                                     stride_page, stride_kv, stride_branch, stride_head, stride_frame,
+                                     sstride_page, sstride_kv, sstride_branch, scale_log2,
+                                     PAGE, BLOCK_N, HEAD_DIM, IS_FP8, DOT_PRECISION)
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    tl.store(o_ptr + rows[:, None] * stride_om + head * stride_oh + dims[None, :], out.to(o_ptr.dtype.element_ty),
+             mask=is_q[:, None])
+
+
+def flow_attention_triton(q: torch.Tensor, kv: torch.Tensor, scale: torch.Tensor | None, page_table: torch.Tensor,
+                          rows: dict[str, torch.Tensor], work_row: torch.Tensor, work_block: torch.Tensor,
+                          chunk: int, block_m: int) -> torch.Tensor:
+    """q [M, H, D]; kv [pages, 2, 2, H, PAGE, D]; scale [pages, 2, 2, H] fp32 (fp8 kv) or None; page_table
+    [streams, max_pages] int32; rows: int32 per-virtual-row arrays q_start, num_q, pos0, ctx, stream, branch,
+    mode, skip_lo, skip_hi; work_row/work_block [W] int32 -> o [M, H, D] (rows no work item covers are left
+    uninitialised: every real query is covered)."""
+    m, num_heads, head_dim = q.shape
+    assert kv.dim() == 6 and kv.shape[1] == 2 and kv.shape[2] == 2 and kv.shape[3] == num_heads
+    assert kv.shape[5] == head_dim and kv.stride(5) == 1 and q.stride(2) == 1
+    assert page_table.dtype == torch.int32 and page_table.stride(1) == 1
+    is_fp8 = kv.dtype == torch.float8_e4m3fn
+    assert is_fp8 == (scale is not None) and (is_fp8 or kv.dtype == q.dtype)
+    page = kv.shape[4]
+    o = torch.empty_like(q)
+    if work_row.numel() == 0:
+        return o
+    sstrides = scale.stride()[:3] if scale is not None else (0, 0, 0)
+    _flow_attention_kernel[(work_row.numel(), num_heads)](
+        q, o, kv, scale if scale is not None else q, page_table, work_row, work_block,
+        rows["q_start"], rows["num_q"], rows["pos0"], rows["ctx"], rows["stream"], rows["branch"], rows["mode"],
+        rows["skip_lo"], rows["skip_hi"],
+        q.stride(0), q.stride(1), o.stride(0), o.stride(1),
+        kv.stride(0), kv.stride(1), kv.stride(2), kv.stride(3), kv.stride(4), *sstrides, page_table.stride(0),
+        head_dim ** -0.5 * LOG2_E,
+        CHUNK=chunk, PAGE=page, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=triton.next_power_of_2(page),
+        IS_FP8=is_fp8, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=4, num_stages=2,
+    )
+    return o
+
+
+def gather_pages(kv: torch.Tensor, scale: torch.Tensor | None, pages: list[int], which: int, branch: int,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """Keys (which=0) or values (1) of one branch over `pages`, dequantised: (H, len(pages) * PAGE, D)."""
+    tiles = kv[pages, which, branch].to(torch.float32)  # (P, H, PAGE, D)
+    if scale is not None:
+        tiles = tiles * scale[pages, which, branch][:, :, None, None]
+    return tiles.permute(1, 0, 2, 3).reshape(tiles.shape[1], -1, tiles.shape[3]).to(dtype)
+
+
+def flow_attention_ref(q: torch.Tensor, kv: torch.Tensor, scale: torch.Tensor | None, page_table: torch.Tensor,
+                       rows: dict[str, torch.Tensor], work_row: torch.Tensor, work_block: torch.Tensor,
+                       chunk: int, block_m: int) -> torch.Tensor:
+    """Row by row in float32 with an explicit mask (syncs with the host; the CPU path and the kernel's test)."""
+    o = torch.zeros_like(q)
+    page = kv.shape[4]
+    host = {k: v.tolist() for k, v in rows.items()}
+    for r in range(len(host["q_start"])):
+        num_q, ctx = host["num_q"][r], host["ctx"][r]
+        if num_q <= 0 or host["stream"][r] < 0:
+            continue
+        num_pages = -(-ctx // page)
+        pages = page_table[host["stream"][r], :num_pages].tolist()
+        k = gather_pages(kv, scale, pages, 0, host["branch"][r], torch.float32)[:, :ctx]
+        v = gather_pages(kv, scale, pages, 1, host["branch"][r], torch.float32)[:, :ctx]
+        q_pos = host["pos0"][r] + torch.arange(num_q)
+        k_pos = torch.arange(ctx)
+        visible = k_pos[None, :] < ((q_pos // chunk + 1) * chunk)[:, None] if host["mode"][r] == 0 else \
+            torch.ones(num_q, ctx, dtype=torch.bool)
+        hidden = (k_pos >= host["skip_lo"][r] * page) & (k_pos < host["skip_hi"][r] * page)
+        visible = visible & ~hidden[None, :]
+        start = host["q_start"][r]
+        qr = q[start:start + num_q].float().transpose(0, 1)  # (H, n, D)
+        scores = (qr @ k.transpose(1, 2)) * q.shape[2] ** -0.5
+        probs = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)
+        o[start:start + num_q] = (probs @ v).transpose(0, 1).to(q.dtype)
+    return o

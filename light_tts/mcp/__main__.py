@@ -1,0 +1,3 @@
+from light_tts.mcp.server import main
+
+main()

@@ -1,0 +1,266 @@
+"""Saved voices: a prompt recording and its transcript, uploaded once with its prompt features computed then,
+kept under --data_dir so that they survive restarts and every HTTP worker process sees the same set.
+
+    data_dir/voices.sqlite3      one row per voice; WAL, so readers never wait for the (rare) writer
+    data_dir/voices/<id>.audio   the upload as sent
+    data_dir/voices/<id>.npz     speech_tokens int32 [P], embedding float32 [192], mel float32 [2P, 80]
+    data_dir/voices.lock         flock: every create holds it shared, the orphan sweep exclusive
+
+A voice exists iff its row does. Create writes both files under temporary names, renames them into place
+(os.replace is atomic) and commits the row last; delete removes the row first. So a crash or a failed
+upload leaves at most files without a row, which the sweep removes when a store opens. A request that
+loaded a voice's features keeps them even if the voice is deleted a moment later; later lookups get 404.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import os
+import secrets
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from light_tts.errors import NotFoundError, TooLargeError, RequestError, VoiceLimitError
+from light_tts.frontend.audio import decode_audio
+from light_tts.server.shm import EMBEDDING_DIM, NUM_MELS
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS voices (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    text TEXT NOT NULL,
+    duration_s REAL NOT NULL,
+    created_at INTEGER NOT NULL,
+    voice_key TEXT NOT NULL
+)"""
+COLUMNS = "id, name, text, duration_s, created_at, voice_key"
+ID_PREFIX = "voice_"
+TMP_PREFIX = ".tmp-"
+MAX_NAME_CHARS = 256
+
+
+@dataclass(frozen=True)
+class VoiceLimits:
+    """Built from ServerConfig at startup (no defaults here, so no second copy of the server's limits)."""
+
+    max_voices: int
+    max_upload_bytes: int
+    max_seconds: float
+    max_text_chars: int
+
+
+@dataclass(frozen=True)
+class Voice:
+    id: str
+    name: str
+    text: str  # the transcript of the recording: the prompt text
+    duration_s: float
+    created_at: int  # unix seconds
+    voice_key: str  # hex sha256 of the audio bytes: the voice cache and the decode engine's prefix key
+
+
+@dataclass(frozen=True)
+class PromptFeatures:
+    """What the encode process computes from the prompt audio (the same arrays the voice cache holds)."""
+
+    speech_tokens: np.ndarray  # int32 [P], 25 Hz
+    embedding: np.ndarray  # float32 [192], CAM++ speaker embedding
+    mel: np.ndarray  # float32 [2P, 80], 24 kHz prompt mel
+
+    def check(self) -> None:
+        num = len(self.speech_tokens)
+        if (self.speech_tokens.dtype != np.int32 or self.speech_tokens.ndim != 1 or num == 0
+                or self.embedding.dtype != np.float32 or self.embedding.shape != (EMBEDDING_DIM,)
+                or self.mel.dtype != np.float32 or self.mel.shape != (2 * num, NUM_MELS)):
+            raise ValueError(f"prompt features of the wrong shape: tokens {self.speech_tokens.dtype}"
+                             f"{self.speech_tokens.shape}, embedding {self.embedding.dtype}{self.embedding.shape}, "
+                             f"mel {self.mel.dtype}{self.mel.shape}")
+
+
+@dataclass(frozen=True)
+class VoicePrompt:
+    """A saved voice as a request uses it: in memory, independent of the files from then on."""
+
+    voice_key: str
+    text: str
+    features: PromptFeatures
+
+
+class VoiceStore:
+    def __init__(self, data_dir: str | os.PathLike, limits: VoiceLimits, busy_timeout_s: float = 10.0):
+        self.limits = limits
+        self.busy_timeout_s = busy_timeout_s
+        self.root = Path(data_dir)
+        self.files_dir = self.root / "voices"
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / "voices.sqlite3"
+        self.lock_path = self.root / "voices.lock"
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")  # persistent: set once for the file, for every process
+            if db.execute("PRAGMA user_version").fetchone()[0] == 0:  # only a new file needs the write lock
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(SCHEMA)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                db.execute("COMMIT")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                raise RuntimeError(f"{self.db_path} has schema version {version}; this server reads {SCHEMA_VERSION}")
+        self.sweep_orphans()
+
+    # ---- queries
+
+    def list(self) -> list[Voice]:
+        with self._connect() as db:
+            return [Voice(*row) for row in db.execute(f"SELECT {COLUMNS} FROM voices ORDER BY rowid")]
+
+    def get(self, voice_id: str) -> Voice:
+        with self._connect() as db:
+            row = db.execute(f"SELECT {COLUMNS} FROM voices WHERE id = ?", (voice_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"voice {voice_id!r} not found")
+        return Voice(*row)
+
+    def count(self) -> int:
+        with self._connect() as db:
+            return db.execute("SELECT COUNT(*) FROM voices").fetchone()[0]
+
+    def load_features(self, voice_id: str) -> VoicePrompt:
+        """Everything a request needs, read into memory now; a later delete does not take it away."""
+        voice = self.get(voice_id)
+        try:
+            with np.load(self._path(voice_id, "npz"), allow_pickle=False) as npz:
+                features = PromptFeatures(npz["speech_tokens"], npz["embedding"], npz["mel"])
+        except FileNotFoundError:  # deleted between the row lookup and the read
+            raise NotFoundError(f"voice {voice_id!r} not found") from None
+        return VoicePrompt(voice.voice_key, voice.text, features)
+
+    def load_audio(self, voice_id: str) -> bytes:
+        """The upload as sent (to recompute features, e.g. for another model)."""
+        self.get(voice_id)
+        try:
+            return self._path(voice_id, "audio").read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"voice {voice_id!r} not found") from None
+
+    # ---- changes
+
+    def check_upload(self, name: str, text: str, audio: bytes) -> float:
+        """Cheap checks before the features are computed; returns the audio's duration in seconds."""
+        if not name.strip() or len(name) > MAX_NAME_CHARS:
+            raise RequestError(f"name must be 1..{MAX_NAME_CHARS} characters, got {len(name.strip())}")
+        if len(text) > self.limits.max_text_chars or "\x00" in text or "\x00" in name:
+            raise RequestError(f"text must be at most {self.limits.max_text_chars} characters, without NUL")
+        if len(audio) > self.limits.max_upload_bytes:
+            raise TooLargeError(f"audio is {len(audio)} bytes; the limit is {self.limits.max_upload_bytes}")
+        samples, rate = decode_audio(audio, self.limits.max_seconds)  # AudioError (400) if unusable
+        if self.count() >= self.limits.max_voices:
+            raise VoiceLimitError(f"the server keeps at most {self.limits.max_voices} voices; delete one first")
+        return len(samples) / rate
+
+    def create(self, name: str, text: str, audio: bytes, features: PromptFeatures) -> Voice:
+        duration_s = self.check_upload(name, text, audio)
+        features.check()
+        # The key is the frontend's voice_key(audio): requests that upload the same bytes share the cache entry.
+        voice_key = hashlib.sha256(audio).hexdigest()
+        voice = Voice(ID_PREFIX + secrets.token_hex(12), name, text, duration_s, int(time.time()), voice_key)
+        buf = io.BytesIO()
+        np.savez(buf, speech_tokens=features.speech_tokens, embedding=features.embedding, mel=features.mel)
+        with self._held(fcntl.LOCK_SH):  # keeps the sweep from taking our files before the row exists
+            try:
+                self._write_atomically(self._path(voice.id, "audio"), audio)
+                self._write_atomically(self._path(voice.id, "npz"), buf.getvalue())
+                with self._connect() as db:
+                    db.execute("BEGIN IMMEDIATE")  # the count and the insert see the same table
+                    if db.execute("SELECT COUNT(*) FROM voices").fetchone()[0] >= self.limits.max_voices:
+                        raise VoiceLimitError(f"the server keeps at most {self.limits.max_voices} voices")
+                    db.execute(f"INSERT INTO voices ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                               (voice.id, voice.name, voice.text, voice.duration_s, voice.created_at,
+                                voice.voice_key))
+                    db.execute("COMMIT")
+            except BaseException:
+                self._remove_files(voice.id)
+                raise
+        return voice
+
+    def delete(self, voice_id: str) -> None:
+        with self._connect() as db:
+            deleted = db.execute("DELETE FROM voices WHERE id = ?", (voice_id,)).rowcount
+        if not deleted:
+            raise NotFoundError(f"voice {voice_id!r} not found")
+        self._remove_files(voice_id)  # a crash before this leaves orphans for the sweep
+
+    def sweep_orphans(self) -> int:
+        """Remove files no row refers to; skipped (returns 0) while another process is creating a voice."""
+        with self._held(fcntl.LOCK_EX | fcntl.LOCK_NB) as is_held:
+            if not is_held:
+                return 0
+            with self._connect() as db:
+                known = {row[0] for row in db.execute("SELECT id FROM voices")}
+            num_removed = 0
+            for path in self.files_dir.iterdir():
+                is_orphan = path.name.startswith(ID_PREFIX) and path.name.split(".")[0] not in known
+                if is_orphan or path.name.startswith(TMP_PREFIX):
+                    path.unlink(missing_ok=True)
+                    num_removed += 1
+            return num_removed
+
+    # ---- plumbing
+
+    @contextmanager
+    def _connect(self):
+        """A connection per operation: safe from any thread, and nothing to share across fork()."""
+        db = sqlite3.connect(self.db_path, timeout=self.busy_timeout_s, isolation_level=None)
+        try:
+            yield db
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    @contextmanager
+    def _held(self, mode: int):
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, mode)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def _path(self, voice_id: str, ext: str) -> Path:
+        if not voice_id.startswith(ID_PREFIX) or not voice_id[len(ID_PREFIX):].isalnum():
+            raise NotFoundError(f"voice {voice_id!r} not found")  # also keeps ids from naming other paths
+        return self.files_dir / f"{voice_id}.{ext}"
+
+    def _write_atomically(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{secrets.token_hex(4)}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        dir_fd = os.open(self.files_dir, os.O_RDONLY)  # make the rename itself durable
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _remove_files(self, voice_id: str) -> None:
+        for ext in ("audio", "npz"):
+            self._path(voice_id, ext).unlink(missing_ok=True)

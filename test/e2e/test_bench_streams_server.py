@@ -1,0 +1,107 @@
+"""The capacity benchmark end to end: against the real server on the tiny model (it starts the server itself), and
+against a scheduled fake server whose one delayed stream must be counted as exactly one stall."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from light_tts.bench import streams
+from light_tts.bench.fake_stream_server import ServerThread
+from light_tts.bench.player import SAMPLE_RATE, play, samples_per_chunk
+
+HALF_S = SAMPLE_RATE // 2
+SMOOTH = [(0.0, HALF_S), (0.05, HALF_S), (0.1, HALF_S)]  # 1.5 s of audio, all of it early
+# 1 s of audio at once, then a gap: the buffer runs dry 1.0 s after the first chunk, the third arrives at 1.6
+# (a 0.6-s stall), the fourth 0.45 s before it is due
+DELAYED = [(0.0, HALF_S), (0.05, HALF_S), (1.6, HALF_S), (1.65, HALF_S)]
+STALL_S = 0.6
+
+
+def load(out):
+    result = json.loads((out / "streams.json").read_text())
+    assert (out / "streams.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return result
+
+
+def replayed(rec):
+    return play(rec["chunk_s"], samples_per_chunk(rec["chunk_bytes"]))
+
+
+def test_a_delayed_stream_is_one_stall_over_two_client_processes(tmp_path):
+    # request seed % 2 picks the schedule: seed 1 is delayed; the fake server also has the saved-voices API
+    server = ServerThread([SMOOTH, DELAYED], voices_api=True)
+    try:
+        code = streams.main(["--out", str(tmp_path), "--url", server.url, "--concurrency", "1", "2",
+                             "--requests_per_level", "2", "--ramp_s", "0", "--saved_voices", "1",
+                             "--new_voice_fraction", "0.5", "--fixed_speech_tokens", "0", "--prompt_seconds", "0.5",
+                             "--client_procs", "2"])
+    finally:
+        server.stop()
+    assert code == 0
+    result = load(tmp_path)
+    assert result["real_time_streams_held"] == 0
+    for level in result["closed_loop"]:
+        smooth, delayed = level["records"]
+        assert (smooth["index"], smooth["voice"], delayed["index"], delayed["voice"]) == (0, "saved", 1, "new")
+        assert smooth["ok"] and delayed["ok"] and smooth["stalls"] == 0 and delayed["stalls"] == 1
+        assert delayed["stall_s"] == pytest.approx(STALL_S, abs=0.25)
+        assert delayed["audio_s"] == 2.0 and smooth["audio_s"] == 1.5
+        assert (level["requests"], level["failures"], level["stalled_streams"], level["stalls_total"]) == (2, 0, 1, 1)
+        assert level["stalled_fraction"] == 0.5
+        assert level["stall_s_total"] == pytest.approx(replayed(delayed).stall_s)  # scored from what arrived
+        assert level["slack_s_min"] == pytest.approx(-delayed["stall_s"])
+        assert level["server"] is None  # no /metrics
+    # the saved voice was uploaded once, named by id (a multipart field), and deleted; new voices went as bytes
+    assert result["saved_voices_via"] == "api"
+    seen = server.server.seen
+    uploads = [fields for method, path, fields in seen if (method, path) == ("POST", "/v1/audio/voices")]
+    assert len(uploads) == 1 and set(uploads[0]) == {"audio", "text", "name"}
+    synth = [fields for _, path, fields in seen if path == "/inference_zero_shot"]
+    assert len(synth) == 1 + 2 + 2  # warm-up, two levels
+    voice_ids = {fields.get("voice_id") for fields in synth if int(fields["seed"]) % 2 == 0}
+    assert len(voice_ids) == 1 and voice_ids.pop().startswith(b"voice_")
+    for fields in synth:
+        is_saved = int(fields["seed"]) % 2 == 0
+        assert ("voice_id" in fields, "prompt_wav" in fields) == (is_saved, not is_saved)
+    deleted = [path for method, path, _ in seen if method == "DELETE"]
+    assert deleted == [f"/v1/audio/voices/{synth[0]['voice_id'].decode()}"]
+
+
+def test_benchmark_starts_the_server_and_scores_the_tiny_model(tiny_model_dir, tmp_path):
+    tokens = 30
+    proc = subprocess.run(
+        [sys.executable, "-m", "light_tts.bench.streams", "--out", str(tmp_path), "--model_dir", str(tiny_model_dir),
+         "--concurrency", "1", "2", "--requests_per_level", "2", "--ramp_s", "0.2", "--new_voice_fraction", "0.5",
+         "--saved_voices", "2", "--fixed_speech_tokens", str(tokens), "--prompt_seconds", "1",
+         "--tts_text", "Hello there.", "--", "--log_level", "warning"],
+        check=False, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + (tmp_path / "server.log").read_text()[-3000:]
+    assert "real-time streams held:" in proc.stdout
+    result = load(tmp_path)
+    assert [lv["concurrency"] for lv in result["closed_loop"]] == [1, 2] and result["open_loop"] == []
+    held = [lv["concurrency"] for lv in result["closed_loop"]
+            if lv["failures"] == 0 and lv["stalled_streams"] == 0 and lv["ttfa_p95"] <= 0.5]
+    assert result["real_time_streams_held"] == max(held, default=0)
+    records = [r for lv in result["closed_loop"] for r in lv["records"]]
+    for level in result["closed_loop"]:
+        c, recs = level["concurrency"], level["records"]
+        assert [r["is_ramp"] for r in recs] == [r["index"] < c for r in recs]  # each worker's first request
+        assert (level["requests"], level["failures"]) == (2, 0) and all(r["ok"] for r in recs)
+        assert level["by_voice"]["new"]["requests"] == 1 and level["by_voice"]["saved"]["requests"] == 1
+        # the mix reached the server's voice cache: every new voice missed it, every saved one hit it
+        new = sum(r["voice"] == "new" for r in recs)
+        assert level["server"]["voice_cache_misses"] == new
+        assert level["server"]["voice_cache_hits"] == len(recs) - new
+        assert level["server"]["requests_ok"] == len(recs)
+        assert level["stalled_streams"] == sum(replayed(r).stalls > 0 for r in recs if not r["is_ramp"])
+    # the tiny random model stops at random lengths unless the server forces them (fixed_speech_tokens)
+    forced = all(sum(r["chunk_bytes"]) == 2 * tokens * 960 for r in records)
+    if forced:
+        assert all(lv["forced_length_fraction"] == 1.0 for lv in result["closed_loop"])
+        assert all(lv["audio_s_total"] == pytest.approx(2 * tokens / 25) for lv in result["closed_loop"])
+    else:
+        assert "WARNING: lengths not forced" in proc.stdout
