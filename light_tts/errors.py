@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Literal
 
 # client_gone labels metrics only (request_metrics.ClientGone): nobody is left to receive it
-ErrorKind = Literal["internal", "model_dir", "bad_request", "bad_audio", "bad_text", "too_large", "overloaded",
-                    "unavailable", "worker_died", "timeout", "unauthorized", "not_found", "too_many_voices"]
+ErrorKind = Literal["internal", "model_dir", "bad_request", "bad_audio", "bad_text", "too_large", "slow_client",
+                    "overloaded", "unavailable", "worker_died", "timeout", "unauthorized", "not_found",
+                    "too_many_voices"]
 
 
 class LightTTSError(Exception):
@@ -51,6 +52,13 @@ class TooLargeError(RequestError):
 
     kind = "too_large"
     http_status = 413
+
+
+class SlowClientError(RequestError):
+    """The client stopped sending its request (body, or WebSocket messages) for longer than the server waits."""
+
+    kind = "slow_client"
+    http_status = 408
 
 
 class OverloadedError(LightTTSError):
@@ -102,7 +110,7 @@ class VoiceLimitError(LightTTSError):
     http_status = 409
 
 _BY_KIND: dict[str, type[LightTTSError]] = {cls.kind: cls for cls in (
-    LightTTSError, ModelDirError, RequestError, AudioError, TextError, TooLargeError, OverloadedError,
+    LightTTSError, ModelDirError, RequestError, AudioError, TextError, TooLargeError, SlowClientError, OverloadedError,
     UnavailableError, WorkerDiedError, RequestTimeoutError, UnauthorizedError, NotFoundError, VoiceLimitError)}
 
 

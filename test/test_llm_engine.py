@@ -167,6 +167,23 @@ def test_abort_frees_kv(model_cfg, state_dict, io):
     assert engine.stats()["kv_used_tokens"] == 0 and engine.stats()["num_running"] == 0
 
 
+def test_a_failed_step_fails_only_its_requests(model_cfg, state_dict, io):
+    """What the server's LLM process does when a batched step raises (llm_worker.LLMWorker.step): abort the
+    requests the engine was running; the engine keeps serving, later requests included."""
+    engine = make_engine(model_cfg, state_dict, enable_prefix_cache=False)
+    for name in ("a", "b"):
+        engine.add_request(fixture_request(io, name, max_len=30))
+    engine.step()
+    run, engine.runner.run = engine.runner.run, lambda batch: (_ for _ in ()).throw(RuntimeError("injected"))
+    with pytest.raises(RuntimeError):
+        engine.step()
+    engine.runner.run = run
+    assert sorted(engine.abort_running()) == ["a", "b"]
+    assert engine.stats()["kv_used_tokens"] == 0
+    engine.add_request(fixture_request(io, "c", max_len=5))
+    assert len(run_all(engine)["c"]) == 5
+
+
 def test_prefix_reuse_skips_the_voice_prefix(model_cfg, state_dict, lm, io):
     engine = make_engine(model_cfg, state_dict)
     first = fixture_request(io, "a", greedy=True, max_len=10)

@@ -192,6 +192,9 @@ def test_form_parsing_is_strict():
     assert post({**good, "speed": b"nan", "stream": b"false"}).json()["kind"] == "bad_request"
     assert post({**good, "speed": b"1.5"}).json()["kind"] == "bad_request"  # stream with speed != 1
     assert post({k: v for k, v in good.items() if k != "prompt_text"}).json()["kind"] == "bad_request"
+    multipart = {"content-type": "multipart/form-data; boundary=XyZ"}
+    for body in (b"x" * 200_000, iter([b"x" * 50_000] * 4)):  # declared by Content-Length, or only streamed
+        assert client.post("/p", content=body, headers=multipart).json()["kind"] == "too_large"
 
 
 def test_gpu_placement():

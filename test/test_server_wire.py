@@ -34,7 +34,7 @@ PARAMS = RequestParams(req_id=7, slot=1, http_rank=0, stream=True, speed=1.0, se
 
 def every_message():
     batch = SpeechTokenBatch()
-    batch.append(7, 0, [1, 2, 3], True, False, 99)
+    batch.append(7, 0, [1, 2, 3], True, False, 99, 60)
     return [EncodeRequest(PARAMS, False), TextPiece(7, "héllo", True), LLMRequestIn(PARAMS, "ab" * 32, True),
             TextTokens(7, [[1, 2], [3]], True), DecodeStart(PARAMS, "cd" * 32), batch,
             AudioReady(7, 10, 3, b"\x01\x00" * 3, False), RequestFailed(7, "bad_text", "encode0", "empty"),

@@ -78,6 +78,14 @@ class LLMEngine:
         """Drop a request and free its KV; no further output is produced for it. False if unknown."""
         return self.scheduler.abort(req_id)
 
+    def abort_running(self) -> list[str]:
+        """Abort every running request (after a step raised: those it held) and return their ids; waiting ones stay
+        queued, and the engine keeps serving."""
+        ids = [seq.req_id for seq in self.scheduler.running]
+        for req_id in ids:
+            self.abort(req_id)
+        return ids
+
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 

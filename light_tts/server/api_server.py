@@ -42,6 +42,10 @@ def model_names(settings: ServerSettings) -> list[str]:
     return [settings.model.name]
 
 
+def client_address(connection: Request | WebSocket) -> str:
+    return connection.client.host if connection.client else ""
+
+
 async def until_disconnect(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
@@ -109,7 +113,7 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
             check_model_name(inputs.tts_model_name)
             handle = manager.submit(inputs.tts_text, inputs.prompt_text, inputs.prompt_wav, stream=inputs.stream,
                                     speed=inputs.speed, seed=inputs.seed,
-                                    fixed_speech_tokens=inputs.fixed_speech_tokens)
+                                    fixed_speech_tokens=inputs.fixed_speech_tokens, client=client_address(request))
         except LightTTSError as e:
             record_rejected(endpoint, e)
             return error_response(e)
@@ -183,9 +187,11 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
     @app.get("/readiness", responses=error_responses(503), summary="Every backend process is loaded and alive")
     async def readiness():
         """200 once every backend process is loaded and alive; 503 while models load or after a worker died."""
-        is_ready = manager.is_ready()
-        return JSONResponse({"status": "ready" if is_ready else "not ready", "processes": manager.processes.describe()},
-                            status_code=200 if is_ready else 503)
+        reason = manager.unready_reason()
+        body = {"status": "ready" if reason is None else "not ready", "processes": manager.processes.describe()}
+        if reason is not None:
+            body["reason"] = reason
+        return JSONResponse(body, status_code=200 if reason is None else 503)
 
     @app.get("/health", responses=error_responses(503), summary="A real synthesis with a built-in voice")
     async def health_check():
@@ -224,6 +230,27 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def http_protocol(timeout_s: float):
+    """uvicorn's HTTP protocol plus what it lacks, a header-read timeout: a connection that has not sent a
+    complete request head within timeout_s of connecting is closed (it holds no slot, but a socket and a task)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    except ImportError:  # no httptools: uvicorn's pure-Python parser
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+
+    class TimedHeadersProtocol(base):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self.loop.call_later(timeout_s, self.close_if_no_request)
+
+        def close_if_no_request(self) -> None:
+            # a WebSocket upgrade hands the transport to another protocol: that connection is not ours to judge
+            if self.cycle is None and self.transport.get_protocol() is self and not self.transport.is_closing():
+                self.transport.close()
+
+    return TimedHeadersProtocol
+
+
 def run_http_process(settings: ServerSettings, ports: PortArgs, rank: int, ready_pipe) -> None:
     """Process entry of HTTP worker `rank`: serve the app with uvicorn on the shared port until SIGTERM."""
     import uvicorn
@@ -242,7 +269,8 @@ def run_http_process(settings: ServerSettings, ports: PortArgs, rank: int, ready
         setup_process(settings, f"http{rank}", f"{cfg.host}:{cfg.port}")
         sock = listening_socket(cfg.host, cfg.port)
         app = create_app(settings, ports, rank, on_ready=lambda: ready_pipe.send(("ready", os.getpid())))
-        config = uvicorn.Config(app, log_level=cfg.log_level, timeout_graceful_shutdown=2, ws_max_size=64 << 20)
+        config = uvicorn.Config(app, log_level=cfg.log_level, timeout_graceful_shutdown=2, ws_max_size=64 << 20,
+                                http=http_protocol(cfg.http_header_timeout_s))
         server = WorkerServer(config)
     except BaseException:
         ready_pipe.send(("error", traceback.format_exc()))

@@ -2,7 +2,8 @@
 
 Protocol: JSON {"prompt_text", "tts_model_name"?, "seed"?, "fixed_speech_tokens"?}, one binary frame of prompt wav, JSON {"tts_text"}
 pieces, JSON {"finish": true}. The server sends binary int16 PCM frames and closes with 1000; on error it sends
-JSON {"error": ...} and closes with 1003 (bad wav), 1008 (bad message), 1013 (overloaded) or 1011.
+JSON {"error": ...} and closes with 1003 (bad wav), 1008 (bad message, or no message for --ws_idle_timeout_s
+before the finish), 1013 (overloaded) or 1011.
 A reader task takes the client's messages while the handler sends audio; the reader's failures (a malformed
 message, a disconnect) reach the sender through the request's event queue.
 """
@@ -15,7 +16,7 @@ import json
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from light_tts.errors import LightTTSError, RequestError, TextError
+from light_tts.errors import LightTTSError, RequestError, SlowClientError, TextError
 from light_tts.request_rules import check_seed
 from light_tts.server.config import ServerConfig
 from light_tts.server.http_manager import HttpServerManager, RequestHandle
@@ -36,8 +37,12 @@ def close_code(error: LightTTSError) -> int:
     return 1008 if 400 <= error.http_status < 500 else 1011
 
 
-async def receive_message(ws: WebSocket) -> dict | bytes:
-    message = await ws.receive()
+async def receive_message(ws: WebSocket, timeout_s: float | None) -> dict | bytes:
+    """The client's next message; SlowClientError when none comes within timeout_s (None: wait for ever)."""
+    try:
+        message = await asyncio.wait_for(ws.receive(), timeout_s)
+    except asyncio.TimeoutError:
+        raise SlowClientError(f"no message for {timeout_s:g} s (--ws_idle_timeout_s)") from None
     if message["type"] == "websocket.disconnect":
         raise ClientGone()
     if message.get("bytes") is not None:
@@ -54,14 +59,14 @@ async def receive_message(ws: WebSocket) -> dict | bytes:
 async def receive_start(ws: WebSocket, settings: ServerSettings, check_model_name) -> tuple[str, bytes, dict]:
     """(prompt text, prompt wav, submit options) of a valid start: its JSON message and the wav frame."""
     cfg = settings.cfg
-    start = await receive_message(ws)
+    start = await receive_message(ws, cfg.ws_idle_timeout_s)
     if not isinstance(start, dict) or not isinstance(start.get("prompt_text"), str):
         raise RequestError('the first message must be JSON {"prompt_text": "...", "tts_model_name": ...}')
     check_text(start["prompt_text"], "prompt_text", cfg, allow_empty=True)
     check_model_name(str(start.get("tts_model_name", "default")))
     options = {"seed": check_seed(start.get("seed")),
                "fixed_speech_tokens": check_fixed_speech_tokens(start.get("fixed_speech_tokens"), settings)}
-    wav = await receive_message(ws)
+    wav = await receive_message(ws, cfg.ws_idle_timeout_s)
     if not isinstance(wav, bytes):
         raise RequestError("the second message must be one binary frame with the prompt wav")
     check_prompt_wav(wav, cfg)
@@ -69,11 +74,12 @@ async def receive_start(ws: WebSocket, settings: ServerSettings, check_model_nam
 
 
 async def read_text(ws: WebSocket, manager: HttpServerManager, handle: RequestHandle, cfg: ServerConfig) -> None:
-    """Forward {"tts_text"} pieces until {"finish": true}; then keep listening so a disconnect still cancels."""
+    """Forward {"tts_text"} pieces until {"finish": true}; then keep listening so a disconnect still cancels.
+    A client silent for --ws_idle_timeout_s before its finish is cut (it would hold a slot for nothing)."""
     num_chars, is_finished = 0, False
     try:
         while True:
-            message = await receive_message(ws)
+            message = await receive_message(ws, None if is_finished else cfg.ws_idle_timeout_s)
             if is_finished:
                 continue
             if not isinstance(message, dict) or not (isinstance(message.get("tts_text"), str)
@@ -98,9 +104,11 @@ async def serve_bistream(ws: WebSocket, manager: HttpServerManager, settings: Se
     await ws.accept()
     handle, reader, error = None, None, None
     try:
-        with ActiveRequest():
-            prompt_text, wav, options = await receive_start(ws, settings, check_model_name)
-            handle = manager.submit("", prompt_text, wav, stream=True, speed=1.0, is_bistream=True, **options)
+        prompt_text, wav, options = await receive_start(ws, settings, check_model_name)
+        with ActiveRequest():  # a request only once it is complete: a silent socket is not one
+            client = ws.client.host if ws.client else ""
+            handle = manager.submit("", prompt_text, wav, stream=True, speed=1.0, is_bistream=True, client=client,
+                                    **options)
             reader = asyncio.create_task(read_text(ws, manager, handle, settings.cfg))
             while (chunk := await manager.next_event(handle)) is not None:
                 for start in range(0, len(chunk), MAX_FRAME_BYTES):

@@ -15,6 +15,7 @@ from light_tts.request_rules import MAX_TEXT_CHARS
 DATA_TYPES = ("float16", "bfloat16", "float32")
 ZMQ_MODES = ("ipc:///tmp/", "tcp://")
 HOP_POLICIES = ("fixed", "growing")
+WORKER_FAILURE_POLICIES = ("restart", "exit")
 
 
 def str2bool(value: str | bool) -> bool:
@@ -46,6 +47,11 @@ class ServerConfig:
     host: str = _opt("HTTP", "127.0.0.1", "address the HTTP server binds")
     port: int = _opt("HTTP", 8080, "HTTP port")
     httpserver_workers: int = _opt("HTTP", 1, "HTTP server worker processes (they share the port)")
+    http_header_timeout_s: float = _opt("HTTP", 10.0, "a connection that has not sent its request headers this "
+                                                      "long after connecting is closed")
+    http_body_timeout_s: float = _opt("HTTP", 30.0, "a request body that sends nothing for this long gets 408")
+    ws_idle_timeout_s: float = _opt("HTTP", 60.0, "a WebSocket that sends no message for this long before it "
+                                                  "has finished its text gets an error and is closed")
     # encode
     encode_process_num: int = _opt("encode", 1, "encode processes: text normalisation and prompt audio features "
                                                "(on the CPU; ONNX Runtime uses a GPU by itself when it has one)")
@@ -94,12 +100,16 @@ class ServerConfig:
     # limits
     running_max_req_size: int = _opt("limits", 30, "request slots: concurrent requests in the whole server (more "
                                                    "get 429)")
+    max_requests_per_client: int = _opt("limits", 0, "requests one client address may have in flight at once "
+                                                     "(more get 429)", default_text="0: no limit")
     request_timeout_s: float = _opt("limits", 300.0, "a request running longer ends with a timeout error")
     max_text_chars: int = _opt("limits", MAX_TEXT_CHARS, "longest tts_text / prompt_text accepted")
     max_prompt_wav_bytes: int = _opt("limits", 16 << 20, "largest prompt wav upload in bytes")
     max_prompt_seconds: float = _opt("limits", 30.0, "longest prompt audio accepted")
     max_speech_tokens: int = _opt("limits", 1500, "most speech tokens (25 per second of audio) one sentence may "
                                                   "produce: the LLM stops there, the decode pool reserves for it")
+    max_audio_seconds: float = _opt("limits", 900.0, "audio one request may produce; a request that would produce "
+                                                     "more ends with 413 when it passes the limit")
     # runtime
     model_dir: str | None = _opt("runtime", None, "CosyVoice2 model directory",
                                  default_text="none: a tiny random-weight model, its audio is noise")
@@ -107,8 +117,18 @@ class ServerConfig:
                                           "else the CPU), cpu, cuda or cuda:N")
     cpu_threads: int = _opt("runtime", 1, "torch threads per worker process (1 avoids oversubscribing small hosts)")
     zmq_mode: str = _opt("runtime", "ipc:///tmp/", "ZMQ transport between processes", choices=ZMQ_MODES)
-    shutdown_grace_s: float = _opt("runtime", 3.0, "after a worker dies: seconds to fail requests and report "
-                                                   "unready, then exit")
+    on_worker_failure: str = _opt("runtime", "restart", "when a worker dies or hangs: restart it (its requests "
+                                                        "fail with 503), or exit (for orchestrators that restart "
+                                                        "the whole server)", choices=WORKER_FAILURE_POLICIES)
+    worker_hang_timeout_s: float = _opt("runtime", 30.0, "a backend whose loop has not turned for this long is "
+                                                         "hung: /readiness says so, and it is killed and handled as "
+                                                         "dead")
+    max_restarts: int = _opt("runtime", 3, "restarts of one worker within 60 s before the server gives up and "
+                                           "exits with code 1 (a crash loop)")
+    drain_timeout_s: float = _opt("runtime", 30.0, "on SIGTERM: seconds in-flight requests get to finish (new ones "
+                                                   "get 503) before they are cut with an error")
+    shutdown_grace_s: float = _opt("runtime", 3.0, "with --on_worker_failure exit, after a worker died: seconds "
+                                                   "to fail requests and report unready, then exit")
     log_level: str = _opt("runtime", "info", "logging level", choices=("debug", "info", "warning", "error"))
 
     def __post_init__(self) -> None:
@@ -138,6 +158,13 @@ class ServerConfig:
             raise ValueError(f"--hop_policy must be one of {HOP_POLICIES}, --decode_data_type one of {DATA_TYPES}")
         if self.zmq_mode not in ZMQ_MODES:
             raise ValueError(f"--zmq_mode must be one of {ZMQ_MODES}")
+        if self.on_worker_failure not in WORKER_FAILURE_POLICIES:
+            raise ValueError(f"--on_worker_failure must be one of {WORKER_FAILURE_POLICIES}")
+        for name in ("http_header_timeout_s", "http_body_timeout_s", "ws_idle_timeout_s", "worker_hang_timeout_s", "max_audio_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name} must be > 0")
+        if self.drain_timeout_s < 0 or self.max_restarts < 0 or self.max_requests_per_client < 0:
+            raise ValueError("--drain_timeout_s, --max_restarts and --max_requests_per_client must be >= 0")
         if self.request_timeout_s <= 0 or self.max_prompt_seconds <= 0 or self.shutdown_grace_s < 0:
             raise ValueError("--request_timeout_s and --max_prompt_seconds must be > 0, --shutdown_grace_s >= 0")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

@@ -22,7 +22,7 @@ from light_tts.server.settings import ServerSettings
 from light_tts.server.shm import RequestSlots
 from light_tts.server.topology import PortArgs
 from light_tts.server.worker_common import (AbortedRequests, Handlers, HttpReplies, Inbox, model_on, parent_is_gone,
-                                            resolve_device, serve, set_process_title, setup_process)
+                                            resolve_device, serve, set_process_title, setup_process, step_error)
 
 
 @dataclass
@@ -83,6 +83,7 @@ class DecodeWorker:
 
     def loop(self) -> None:
         while not parent_is_gone(self.launcher_pid):
+            self.processes.beat("decode", self.rank)
             is_busy = self.engine.has_work()
             for message in self.inbox.receive(0 if is_busy else 200, max_messages=1000):
                 try:
@@ -92,7 +93,7 @@ class DecodeWorker:
                     if isinstance(message, DecodeStart):
                         self.http.fail(message.params.http_rank, message.params.req_id, e)
             if self.engine.has_work():
-                self.write_outputs(self.engine.step())
+                self.write_outputs(self.step())
             self.processes.set_load("decode", self.rank, len(self.reqs))
             self.report()
 
@@ -109,6 +110,16 @@ class DecodeWorker:
             if new > 0:
                 metrics.DECODE_EAGER.labels(rank, part).inc(new)
                 self.eager_reported[part] = count
+
+    def step(self) -> list:
+        """One engine step; one that raises fails the requests in the engine (the others wait their turn)."""
+        try:
+            return self.engine.step()
+        except Exception as e:
+            self.log.error("a decode step failed; failing the requests in the engine:\n%s", traceback.format_exc())
+            for state in list(self.active.values()):
+                self.drop(state.params.req_id, step_error(e))
+            return []
 
     def on_abort(self, message: AbortRequest) -> None:
         self.aborted.add(message.req_id)

@@ -65,10 +65,16 @@ class EncodeWorker:
 
     def loop(self) -> None:
         while not parent_is_gone(self.launcher_pid):
+            self.processes.beat("encode", self.rank)
             messages = self.inbox.receive(timeout_ms=200, max_messages=self.cfg.encode_paral_num)
             for i, message in enumerate(messages):
                 self.queue_depth.set(len(messages) - i + len(self.bistream))
-                self.handlers(message)
+                try:
+                    self.handlers(message)
+                except Exception as e:  # a bug must fail one request, not the process
+                    self.log.error("%s failed:\n%s", type(message).__name__, traceback.format_exc())
+                    if isinstance(message, EncodeRequest):
+                        self.http.fail(message.params.http_rank, message.params.req_id, e)
             self.queue_depth.set(len(self.bistream))
             self.processes.set_load("encode", self.rank, len(self.bistream))
 

@@ -19,15 +19,16 @@ from dataclasses import dataclass, field
 import zmq
 import zmq.asyncio
 
-from light_tts.errors import (OverloadedError, RequestError, RequestTimeoutError, UnavailableError, WorkerDiedError,
-                              error_from_kind)
+from light_tts.errors import (OverloadedError, RequestError, RequestTimeoutError, TooLargeError, UnavailableError,
+                              WorkerDiedError, error_from_kind)
 from light_tts.server.io_struct import (AbortDone, AbortRequest, AudioReady, EncodeRequest, RequestFailed,
                                         RequestParams, TextPiece)
 from light_tts.server.process_table import ProcessTable
 from light_tts.server.settings import ServerSettings
-from light_tts.server.shm import RequestSlots
+from light_tts.server.shm import CLIENT_AT_LIMIT, RequestSlots, client_key
 from light_tts.server.topology import PortArgs
 from light_tts.server.voice_cache import VoiceCache
+from light_tts.server.http_watch import BackendWatch, PendingAborts
 from light_tts.server.worker_common import FrameDecoder, Handlers, Outbox, outboxes
 
 log = logging.getLogger("light_tts.http")
@@ -60,10 +61,11 @@ class HttpServerManager:
         self.processes = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path)
         self.voices = VoiceCache(settings.shm, ports.shm_prefix, ports.lock_path)
         self.reqs: dict[int, RequestHandle] = {}
-        self.pending_acks: dict[int, tuple[int, int, float]] = {}  # req_id -> (slot, stages yet to confirm, since)
+        self.pending_aborts = PendingAborts()
+        self.backends = BackendWatch(self.processes)
         self.next_encode_rank = 0
         self.tasks: list[asyncio.Task] = []
-        self.failed: set[int] = set()  # requests already told that a worker died
+        self.is_cut = False  # the drain timed out: every request in flight was failed
 
     async def start(self) -> None:
         """Bind this worker's reply endpoint and connect to every stage; must run on the serving event loop."""
@@ -88,23 +90,44 @@ class HttpServerManager:
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)  # before their sockets close under them
         self.ctx.destroy(linger=0)
         self.send_ctx.destroy(linger=0)
 
     def is_ready(self) -> bool:
-        return self.processes.all_backends_ready()
+        return self.unready_reason() is None
+
+    def unready_reason(self) -> str | None:
+        """Why new requests are refused now (503), or None."""
+        p = self.processes
+        if p.is_draining:
+            return "the server is shutting down"
+        dead = p.dead_backends()
+        if dead:
+            return f"worker {_names(dead)} failed" + (" and is restarting" if self.cfg.on_worker_failure == "restart"
+                                                      else "; the server is stopping")
+        hung = p.hung_backends(self.cfg.worker_hang_timeout_s)
+        if hung:
+            return f"worker {_names(hung)} has not responded for {self.cfg.worker_hang_timeout_s:g} s"
+        if not p.all_backends_ready():
+            return "the server is loading its models (or restarting a worker)"
+        return None
 
     def submit(self, tts_text: str, prompt_text: str, prompt_wav: bytes, *, stream: bool, speed: float,
-               seed: int | None, fixed_speech_tokens: int | None = None, is_bistream: bool = False) -> RequestHandle:
-        """Claim a slot and start the request; raises OverloadedError (429) at once when none is free."""
-        if self.processes.dead_backends():
-            raise WorkerDiedError("a worker process died; the server is shutting down")
-        if not self.is_ready():
-            raise UnavailableError("the server is still loading its models; retry shortly")
+               seed: int | None, fixed_speech_tokens: int | None = None, is_bistream: bool = False,
+               client: str = "") -> RequestHandle:
+        """Claim a slot and start the request; raises OverloadedError (429) at once when none is free, or when
+        `client` (its address) already has --max_requests_per_client requests in flight."""
+        reason = self.unready_reason()
+        if reason is not None:
+            raise UnavailableError(f"{reason}; retry shortly")
         req_id = secrets.randbits(40) + 1
-        slot = self.slots.claim(req_id)
+        slot = self.slots.claim(req_id, client_key(client), self.cfg.max_requests_per_client)
         if slot is None:
             raise OverloadedError(f"all {self.slots.num_slots} request slots are busy; retry shortly")
+        if slot == CLIENT_AT_LIMIT:
+            raise OverloadedError(f"this client already has {self.cfg.max_requests_per_client} requests in flight "
+                                  f"(--max_requests_per_client); retry when one ends")
         try:
             self.slots.write_bytes(slot, "text", tts_text.encode("utf-8"))
             self.slots.write_bytes(slot, "prompt_text", prompt_text.encode("utf-8"))
@@ -142,14 +165,22 @@ class HttpServerManager:
         """End a request, however it went: free the slot now, or abort everywhere and free it once confirmed."""
         if self.reqs.pop(handle.req_id, None) is None:
             return
-        self.failed.discard(handle.req_id)
-        if handle.is_done or self.processes.dead_backends():
+        stages = set() if handle.is_done else self.live_stages(handle)
+        if not self.pending_aborts.add(handle.req_id, handle.slot, stages, time.monotonic()):
             self.slots.release(handle.slot, handle.req_id)
             return
-        self.pending_acks[handle.req_id] = (handle.slot, 2 + len(self.to_decode), time.monotonic())
         abort = AbortRequest(handle.req_id, self.http_rank)
-        for outbox in (self.to_encode[handle.encode_rank], self.to_llm, *self.to_decode):
-            outbox.send(abort)
+        try:
+            for outbox in (self.to_encode[handle.encode_rank], self.to_llm, *self.to_decode):
+                outbox.send(abort)
+        except zmq.ZMQError:  # this worker is stopping: its sockets are closed, the stages go down with it
+            pass
+
+    def live_stages(self, handle: RequestHandle) -> set[str]:
+        """The stages that may hold the request: its encode process, the LLM and every decode process, less those
+        not running (a failed or restarting process never saw it, or forgot it)."""
+        keys = [("encode", handle.encode_rank), ("llm", 0), *(("decode", r) for r in range(len(self.to_decode)))]
+        return {f"{stage}{rank}" for stage, rank in keys if self.processes.state(stage, rank) == ProcessTable.READY}
 
     async def reply_loop(self) -> None:
         while True:
@@ -170,6 +201,10 @@ class HttpServerManager:
         else:
             pcm = self.slots.audio.read(handle.slot, message.offset, message.num_samples)
         handle.num_samples += message.num_samples
+        if handle.audio_seconds > self.cfg.max_audio_seconds:  # bounds what a non-stream request holds here
+            handle.events.put_nowait(TooLargeError(f"the request's audio passed --max_audio_seconds "
+                                                   f"({self.cfg.max_audio_seconds:g} s)"))
+            return
         if message.num_samples:
             handle.events.put_nowait(pcm)
         if message.is_last:
@@ -184,41 +219,41 @@ class HttpServerManager:
             handle.events.put_nowait(error_from_kind(message.kind, text))
 
     def on_abort_done(self, message: AbortDone) -> None:
-        req_id = message.req_id
-        if req_id not in self.pending_acks:
-            return
-        slot, remaining, since = self.pending_acks[req_id]
-        if remaining > 1:
-            self.pending_acks[req_id] = (slot, remaining - 1, since)
-            return
-        del self.pending_acks[req_id]
-        self.slots.release(slot, req_id)
+        slot = self.pending_aborts.confirm(message.req_id, message.stage)
+        if slot is not None:
+            self.slots.release(slot, message.req_id)
 
     async def watchdog_loop(self) -> None:
-        """Fails every request in flight at once when a backend died (its acks will never come, so slots are
-        freed); stops this worker if the launcher is gone; frees slots whose aborts were never confirmed."""
+        """Stops this worker if the launcher is gone; fails the requests in flight when a backend failed (their
+        aborts are then confirmed by the live stages) or when the drain on SIGTERM timed out; frees slots whose
+        aborts were never confirmed."""
         launcher_pid = os.getppid()
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
             if os.getppid() != launcher_pid:
                 log.error("the launcher is gone; stopping")
                 os.kill(os.getpid(), signal.SIGTERM)
-            dead = self.processes.dead_backends()
-            if dead:
-                self._fail_everything(", ".join(f"{stage}{rank}" for stage, rank in dead))
-            now = time.monotonic()
-            for req_id, (slot, remaining, since) in list(self.pending_acks.items()):
-                if now - since > ABORT_ACK_TIMEOUT_S:
-                    log.error("request %d: %d stage(s) never confirmed its abort; freeing slot %d", req_id,
-                              remaining, slot)
-                    del self.pending_acks[req_id]
-                    self.slots.release(slot, req_id)
+            failed = self.backends.failed()
+            if failed:
+                self.fail_all(WorkerDiedError(f"worker process {', '.join(failed)} failed"))
+                for name in failed:
+                    for req_id, slot in self.pending_aborts.forget_stage(name):
+                        self.slots.release(slot, req_id)
+            if self.processes.is_cut and not self.is_cut:
+                self.is_cut = True
+                self.fail_all(UnavailableError("the server is shutting down (the drain timed out)"))
+            for req_id, slot, stages in self.pending_aborts.expired(time.monotonic(), ABORT_ACK_TIMEOUT_S):
+                log.error("request %d: %s never confirmed its abort; freeing slot %d", req_id, ", ".join(stages), slot)
+                self.slots.release(slot, req_id)
 
-    def _fail_everything(self, names: str) -> None:
-        for handle in list(self.reqs.values()):
-            if handle.req_id not in self.failed:
-                self.failed.add(handle.req_id)
-                handle.events.put_nowait(WorkerDiedError(f"worker process {names} died"))
-        for req_id, (slot, _, _) in list(self.pending_acks.items()):
-            self.slots.release(slot, req_id)
-        self.pending_acks.clear()
+    def fail_all(self, error: Exception) -> None:
+        for handle in self.reqs.values():
+            handle.events.put_nowait(error)
+
+    @property
+    def num_active(self) -> int:
+        return len(self.reqs)
+
+
+def _names(keys: list[tuple[str, int]]) -> str:
+    return ", ".join(f"{stage}{rank}" for stage, rank in keys)

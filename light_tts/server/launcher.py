@@ -1,11 +1,11 @@
 """Starts, supervises and stops every server process, and owns the shared memory and sockets they use.
 
-Start: shared memory and endpoints are made first, then the HTTP workers (so /readiness answers while models
+Start: shared memory and endpoint names are made first, then the HTTP workers (so /readiness answers while models
 load) and the encode, LLM and decode processes, all spawned; each reports readiness (or its traceback) through
-a pipe. Run: a process that dies is marked dead in the process table, which makes the HTTP workers fail the
-requests in flight and report unready; after --shutdown_grace_s the server stops with exit code 1.
-Stop (SIGINT/SIGTERM, or that exit): SIGTERM to every child, SIGKILL to any that lingers, then shared memory,
-ipc socket files, the lock file and the metrics directory are removed.
+a pipe. Run: supervisor.py restarts a worker that dies or hangs (or stops the server, --on_worker_failure exit).
+Stop: SIGTERM drains first (new requests 503, in-flight ones get --drain_timeout_s), SIGINT stops at once; then
+the HTTP workers get SIGTERM, then the backends, SIGKILL for any that lingers, and shared memory, ipc socket
+files, the lock file and the metrics directory are removed.
 """
 
 from __future__ import annotations
@@ -94,7 +94,9 @@ class ServerProcesses:
         self.ctx = mp.get_context("spawn")
         self.procs: dict[tuple[str, int], mp.Process] = {}
         self.pipes: dict[tuple[str, int], object] = {}
-        self.stop_requested = False
+        self.targets: dict[tuple[str, int], tuple] = {}  # what each process runs, to restart it
+        self.stop_requested = False  # SIGINT (or a second SIGTERM): stop now
+        self.drain_requested = False  # SIGTERM: drain, then stop
 
     def start(self, start_http: bool = True) -> None:
         from light_tts.server.api_server import run_http_process
@@ -116,13 +118,20 @@ class ServerProcesses:
         proc = self.ctx.Process(target=target, args=(self.settings, self.ports, *rank, sender), name=f"{key[0]}{key[1]}")
         proc.start()
         sender.close()
-        self.procs[key], self.pipes[key] = proc, receiver
+        self.procs[key], self.pipes[key], self.targets[key] = proc, receiver, (target, *rank)
         self.shared.processes.set(*key, pid=proc.pid, state=ProcessTable.STARTING)
+        self.shared.processes.set_load(*key, 0)
+
+    def restart(self, key: tuple[str, int]):
+        """Start `key` again (its old process is gone); returns the readiness pipe of the new one."""
+        self.procs[key].join(0)
+        self._start(key, *self.targets[key])
+        return self.pipes[key]
 
     def wait_ready(self) -> bool:
         """Block until every child reported ready; False if one failed or died first, or a stop was asked."""
         waiting, deadline = dict(self.pipes), time.monotonic() + STARTUP_TIMEOUT_S
-        while waiting and not self.stop_requested and time.monotonic() < deadline:
+        while waiting and not (self.stop_requested or self.drain_requested) and time.monotonic() < deadline:
             sentinels = {self.procs[k].sentinel: k for k in waiting}
             for ready in wait([*waiting.values(), *sentinels], timeout=0.5):
                 key = sentinels.get(ready) or next((k for k, p in waiting.items() if p is ready), None)
@@ -136,38 +145,34 @@ class ServerProcesses:
         return not waiting
 
     def watch(self) -> int:
-        """Supervise until a stop is asked (exit code 0) or a child dies (exit code 1, after the grace period)."""
-        while not self.stop_requested:
-            dead = [k for k, p in self.procs.items() if not p.is_alive()]
-            if dead:
-                self.mark_dead(dead)
-                grace_end = time.monotonic() + self.cfg.shutdown_grace_s
-                while time.monotonic() < grace_end and not self.stop_requested:
-                    time.sleep(0.1)
-                return 1
-            wait([p.sentinel for p in self.procs.values()], timeout=0.5)
-        return 0
+        """Supervise (supervisor.py) until a stop (0) or a failure the --on_worker_failure policy ends on (1)."""
+        from light_tts.server.supervisor import Supervisor
 
-    def mark_dead(self, dead: list[tuple[str, int]]) -> None:
+        return Supervisor(self).run()
+
+    def mark_dead(self, dead: list[tuple[str, int]], then: str) -> None:
         for key in dead:
             proc = self.procs[key]
-            log.error("%s%d (pid %d) DIED with exit code %s; failing its requests and shutting the server down",
-                      *key, proc.pid, proc.exitcode)
+            log.error("%s%d (pid %d) DIED with exit code %s; failing its requests and %s", *key, proc.pid,
+                      proc.exitcode, then)
             self.shared.processes.set(*key, state=ProcessTable.DEAD)
             if key[0] == "http":
                 self.shared.slots.release_all_of(proc.pid)
 
     def shutdown(self) -> None:
-        for proc in self.procs.values():
-            if proc.is_alive():
-                proc.terminate()
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for proc in self.procs.values():
-            proc.join(max(0.0, deadline - time.monotonic()))
-            if proc.is_alive():
-                log.warning("%s did not stop on SIGTERM; killing it", proc.name)
-                proc.kill()
-                proc.join()
+        """HTTP workers first (they may still be answering), then the backends they talk to."""
+        for stages in (("http",), ("encode", "llm", "decode")):
+            procs = [p for (stage, _), p in self.procs.items() if stage in stages]
+            for proc in procs:
+                if proc.is_alive():
+                    proc.terminate()
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            for proc in procs:
+                proc.join(max(0.0, deadline - time.monotonic()))
+                if proc.is_alive():
+                    log.warning("%s did not stop on SIGTERM; killing it", proc.name)
+                    proc.kill()
+                    proc.join()
 
 
 def receive_status(pipe) -> tuple[str, object]:
@@ -201,6 +206,9 @@ def launch(cfg: ServerConfig) -> int:
     procs = ServerProcesses(settings, ports, shared)
 
     def request_stop(signum, _frame):
+        if signum == signal.SIGTERM and not procs.drain_requested:
+            procs.drain_requested = True  # the supervisor drains, then returns
+            return
         log.info("received %s; stopping", signal.Signals(signum).name)
         procs.stop_requested = True
 
@@ -208,7 +216,7 @@ def launch(cfg: ServerConfig) -> int:
     try:
         procs.start()
         if not procs.wait_ready():
-            return 0 if procs.stop_requested else 1
+            return 0 if procs.stop_requested or procs.drain_requested else 1
         log.info("serving %s on http://%s:%d", cfg.model_dir, cfg.host, cfg.port)
         return procs.watch()
     finally:

@@ -25,7 +25,8 @@ from light_tts.server.settings import ServerSettings
 from light_tts.server.shm import RequestSlots
 from light_tts.server.topology import PortArgs
 from light_tts.server.worker_common import (AbortedRequests, Handlers, HttpReplies, Inbox, model_on, outboxes,
-                                            parent_is_gone, resolve_device, serve, set_process_title, setup_process)
+                                            parent_is_gone, resolve_device, serve, set_process_title, setup_process,
+                                            step_error)
 
 
 @dataclass
@@ -86,18 +87,33 @@ class LLMWorker:
     def loop(self) -> None:
         is_idle = True
         while not parent_is_gone(self.launcher_pid):
+            self.processes.beat("llm", 0)
             # Block only when the engine has nothing to compute; otherwise just pick up what has arrived.
             for message in self.inbox.receive(200 if is_idle else 0, self.cfg.gpt_paral_num):
                 try:
                     self.handlers(message)
                 except Exception as e:  # one bad request must not take the process down
                     self.fail_message(message, e)
-            outputs = self.engine.step() if self.engine.has_unfinished() else []
+            outputs = self.step() if self.engine.has_unfinished() else []
             is_idle = not outputs
             if outputs:
                 self.route(outputs)
                 metrics.BATCH_SIZE.labels("llm", "0").observe(self.engine.last_batch_size)
             self.report()
+
+    def step(self) -> list:
+        """One engine step. An exception inside it (a GPU out-of-memory error, a bug) fails the requests the engine
+        was running, whose KV the aborts free, and the worker goes on serving the others."""
+        try:
+            return self.engine.step()
+        except Exception as e:
+            self.log.error("an LLM step failed; failing the requests it ran:\n%s", traceback.format_exc())
+            for engine_id in self.engine.abort_running():
+                state = self.running.pop(engine_id, None)
+                if state is not None and self.reqs.pop(state.params.req_id, None) is not None:
+                    state.is_running = False
+                    self.http.fail(state.params.http_rank, state.params.req_id, step_error(e))
+            return []
 
     def on_abort(self, message: AbortRequest) -> None:
         self.aborted.add(message.req_id)

@@ -9,6 +9,7 @@ its new address (the row's `generation` changes with every publish).
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
@@ -26,6 +27,8 @@ def process_specs(num_rows: int) -> dict[str, tuple[tuple[int, ...], type]]:
         "address": ((num_rows, ADDRESS_BYTES), np.uint8),  # the inbox's bound ZMQ address
         "address_len": ((num_rows,), np.int64),
         "generation": ((num_rows,), np.int64),  # +1 per publish; 0 = nothing published yet
+        "heartbeat": ((num_rows,), np.float64),  # time.monotonic() (one clock for the host) of the last loop turn
+        "drain": ((2,), np.int64),  # [draining: new requests get 503; cut: in-flight requests end with 503]
     }
 
 
@@ -64,6 +67,31 @@ class ProcessTable:
 
     def pid(self, stage: str, rank: int) -> int:
         return int(self.a["pid"][self.rows[(stage, rank)]])
+
+    # ---- liveness ----
+
+    def beat(self, stage: str, rank: int) -> None:
+        """Every loop turn of a worker: a row whose beat is old belongs to a wedged process."""
+        self.a["heartbeat"][self.rows[(stage, rank)]] = time.monotonic()
+
+    def hung_backends(self, timeout_s: float) -> list[tuple[str, int]]:
+        """Ready backends whose loop has not turned for timeout_s."""
+        now = time.monotonic()
+        return [key for key, row in self.rows.items() if key[0] != "http" and self.a["state"][row] == self.READY
+                and now - self.a["heartbeat"][row] > timeout_s]
+
+    def set_draining(self, is_cut: bool = False) -> None:
+        self.a["drain"][0] = 1
+        if is_cut:
+            self.a["drain"][1] = 1
+
+    @property
+    def is_draining(self) -> bool:
+        return bool(self.a["drain"][0])
+
+    @property
+    def is_cut(self) -> bool:
+        return bool(self.a["drain"][1])
 
     # ---- addresses ----
 

@@ -7,6 +7,7 @@ body streams in, so an oversized upload is refused without being buffered whole.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from light_tts.errors import AudioError, RequestError, TextError
+from light_tts.errors import AudioError, RequestError, SlowClientError, TextError, TooLargeError
 from light_tts.request_rules import check_seed, check_speed
 from light_tts.server.config import ServerConfig
 from light_tts.server.settings import ServerSettings
@@ -35,11 +36,16 @@ class ZeroShotInputs:
     fixed_speech_tokens: int | None
 
 
-async def read_multipart(request: Request, max_bytes: int) -> dict[str, bytes]:
-    """Field name -> raw bytes (file parts included) of a multipart/form-data body."""
+async def read_multipart(request: Request, max_bytes: int, timeout_s: float) -> dict[str, bytes]:
+    """Field name -> raw bytes (file parts included) of a multipart/form-data body. A body over max_bytes gets
+    413, from its Content-Length before anything is read, or as soon as it streams past the limit; a body that
+    stalls for timeout_s gets 408."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in options:
         raise RequestError("expected a multipart/form-data body (fields tts_text, prompt_text, prompt_wav)")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise TooLargeError(f"request body of {declared} bytes exceeds the server's {max_bytes}")
     parts: dict[str, bytes] = {}
     current = {"header": b"", "value": b"", "disposition": b"", "data": bytearray()}
 
@@ -67,12 +73,18 @@ async def read_multipart(request: Request, max_bytes: int) -> dict[str, bytes]:
     parser = MultipartParser(options[b"boundary"], {
         "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
         "on_part_data": on_part_data, "on_part_end": on_part_end})
-    num_bytes = 0
+    num_bytes, chunks = 0, request.stream().__aiter__()
     try:
-        async for chunk in request.stream():
+        while True:
+            try:
+                chunk = await asyncio.wait_for(chunks.__anext__(), timeout_s)
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise SlowClientError(f"the request body sent nothing for {timeout_s:g} s") from None
             num_bytes += len(chunk)
             if num_bytes > max_bytes:
-                raise RequestError(f"request body exceeds {max_bytes} bytes")
+                raise TooLargeError(f"request body exceeds the server's {max_bytes} bytes")
             parser.write(chunk)
         parser.finalize()
     except RequestError:
@@ -146,7 +158,7 @@ def check_fixed_speech_tokens(value: object, settings: ServerSettings) -> int | 
 async def parse_zero_shot(request: Request, settings: ServerSettings) -> ZeroShotInputs:
     cfg = settings.cfg
     limit = cfg.max_prompt_wav_bytes + 8 * cfg.max_text_chars + FORM_OVERHEAD_BYTES
-    parts = await read_multipart(request, limit)
+    parts = await read_multipart(request, limit, cfg.http_body_timeout_s)
     for name in ("tts_text", "prompt_text", "prompt_wav"):
         if name not in parts:
             raise RequestError(f"missing field {name}")

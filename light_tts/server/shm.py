@@ -7,6 +7,7 @@ sparse tmpfs files, so only the bytes actually written take memory.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from contextlib import contextmanager
 from multiprocessing import shared_memory
@@ -15,6 +16,14 @@ import numpy as np
 
 from light_tts.server.audio_ring import AudioRing
 from light_tts.server.settings import ShmSizes
+
+
+CLIENT_AT_LIMIT = -1  # RequestSlots.claim: the client already holds its share of the slots
+
+
+def client_key(address: str) -> int:
+    """A stable non-zero int64 for a client address (Python's hash() differs between processes)."""
+    return int.from_bytes(hashlib.sha256(address.encode()).digest()[:8], "little") >> 1 | 1
 
 
 class ShmArrays:
@@ -67,6 +76,7 @@ def slot_specs(sizes: ShmSizes) -> dict[str, tuple[tuple[int, ...], type]]:
     return {
         "owner": ((n,), np.int64),  # req_id holding the slot; 0 = free
         "owner_pid": ((n,), np.int64),  # HTTP worker pid, to reclaim slots of a dead worker
+        "client": ((n,), np.int64),  # client_key() of the client address, for --max_requests_per_client
         "text_len": ((n,), np.int64),
         "text": ((n, text_bytes), np.uint8),  # tts_text, UTF-8
         "prompt_text_len": ((n,), np.int64),
@@ -95,15 +105,19 @@ class RequestSlots:
         self.num_slots = sizes.num_slots
         self.audio = AudioRing(self.a["audio"], self.a["audio_read"])
 
-    def claim(self, req_id: int) -> int | None:
-        """Take a free slot for `req_id`; None when all are busy (the caller answers 429)."""
+    def claim(self, req_id: int, client: int = 0, client_limit: int = 0) -> int | None:
+        """Take a free slot for `req_id`; None when all are busy, CLIENT_AT_LIMIT when `client` already holds
+        `client_limit` slots (0: no limit); the caller answers 429 either way."""
         with self.lock.held():
+            if client_limit and np.count_nonzero((self.a["client"] == client) & (self.a["owner"] != 0)) >= client_limit:
+                return CLIENT_AT_LIMIT
             free = np.flatnonzero(self.a["owner"] == 0)
             if len(free) == 0:
                 return None
             slot = int(free[0])
             self.a["owner"][slot] = req_id
             self.a["owner_pid"][slot] = os.getpid()
+            self.a["client"][slot] = client
         self.audio.reset(slot)
         return slot
 

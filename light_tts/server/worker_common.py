@@ -183,6 +183,14 @@ class HttpReplies:
         self.send(http_rank, AbortDone(req_id, self.stage))
 
 
+def step_error(error: Exception) -> Exception:
+    """What the requests of a batched step that raised are told: a GPU out-of-memory error is the server's state,
+    not the request's (503, worth a retry); anything else is a bug (500)."""
+    if type(error).__name__ == "OutOfMemoryError":
+        return UnavailableError(f"out of GPU memory in a batched step ({error}); retry shortly")
+    return error
+
+
 class AbortedRequests:
     """Request ids aborted recently; a stage drops any message for them without touching the slot."""
 
@@ -211,6 +219,7 @@ def serve(make_worker, stage: str, rank: int, ready_pipe) -> None:
 
     try:
         worker = make_worker()
+        worker.processes.beat(stage, rank)
         worker.processes.set(stage, rank, pid=os.getpid(), state=ProcessTable.READY)
     except BaseException:
         ready_pipe.send(("error", traceback.format_exc()))

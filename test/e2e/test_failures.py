@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -63,7 +64,7 @@ def test_client_dropped_mid_stream_frees_its_slot_within_a_second(server):
 @pytest.fixture(scope="module")
 def small_server(tiny_model_dir, tmp_path_factory):
     """Two slots, a 6 s time limit, sentences of at most ~500 speech tokens (a non-stream sentence is one decode
-    step, seconds long on a CPU); the module's last test that uses it kills its decode process."""
+    step, seconds long on a CPU)."""
     srv = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "small.log", "--running_max_req_size", "2",
                         "--request_timeout_s", str(TIME_LIMIT_S), "--shutdown_grace_s", "3",
                         "--max_req_total_len", "600", "--mode", "triton_gqa_flashdecoding", "--decode_paral_num", "2")
@@ -105,8 +106,9 @@ def test_request_over_the_time_limit_ends_with_an_error(small_server):
     small_server.wait_slots_free(15.0)
 
 
-def kill_worker_mid_request(srv: ServerProcess, stage: str) -> None:
-    """SIGKILL a worker while a request streams: the request fails fast, readiness flips, the server exits 1."""
+def kill_worker_mid_request(srv: ServerProcess, stage: str) -> float:
+    """SIGKILL a worker while a request streams: the request fails fast with an error and readiness flips;
+    returns when it flipped (seconds after the kill)."""
     pid = httpx.get(f"{srv.url}/readiness").json()["processes"][f"{stage}0"]["pid"]
     client = StreamingClient(srv.url)
     client.start()
@@ -125,20 +127,111 @@ def kill_worker_mid_request(srv: ServerProcess, stage: str) -> None:
     assert unready_after is not None and unready_after < 1.5
     assert client.error is not None, "the in-flight stream must end with an error, not look complete"
     assert client.ended_at - killed_at < 2.0
-    code = srv.proc.wait(timeout=30)
-    assert code != 0
+    return unready_after
+
+
+def wait_readiness(srv: ServerProcess, status: int, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{srv.url}/readiness", timeout=2)
+        if r.status_code == status:
+            return r.json()
+        time.sleep(0.1)
+    raise AssertionError(f"readiness never answered {status} within {timeout} s: {r.json()}")
+
+
+def serves(srv: ServerProcess) -> bool:
+    files = {"prompt_wav": ("p.wav", voice_wav(2), "audio/wav")}
+    data = {**form("Hi.", stream=False), "fixed_speech_tokens": "10"}
+    r = httpx.post(f"{srv.url}/inference_zero_shot", data=data, files=files, timeout=60)
+    return r.status_code == 200 and len(r.content) == 10 * 960 * 2
+
+
+@pytest.fixture(scope="module")
+def restarting_server(tiny_model_dir, tmp_path_factory):
+    """The default --on_worker_failure restart, a short hang timeout, two restarts per worker a minute."""
+    srv = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "restart.log", "--worker_hang_timeout_s",
+                        "5", "--max_restarts", "2", "--max_audio_seconds", "2",
+                        "--max_requests_per_client", "1")
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_audio_past_the_per_request_bound_is_a_413(restarting_server, stream):
+    files = {"prompt_wav": ("p.wav", voice_wav(2), "audio/wav")}
+    data = {**form("Hi.", stream=stream), "fixed_speech_tokens": "100"}  # 4 s of audio, the bound is 2 s
+    with httpx.stream("POST", f"{restarting_server.url}/inference_zero_shot", data=data, files=files,
+                      timeout=60) as r:
+        if stream:  # the first chunks were within the bound: the stream is cut
+            assert r.status_code == 200
+            with pytest.raises(httpx.HTTPError):
+                r.read()
+        else:
+            assert r.status_code == 413 and b"max_audio_seconds" in r.read()
+    restarting_server.wait_slots_free(5.0)
+
+
+def test_a_client_over_its_share_of_slots_gets_429(restarting_server):
+    client = StreamingClient(restarting_server.url)
+    client.start()
+    assert client.first_chunk.wait(60) and client.status == 200
+    r = httpx.post(f"{restarting_server.url}/inference_zero_shot", data=form("Hi."),
+                   files={"prompt_wav": ("p.wav", voice_wav(3), "audio/wav")}, timeout=30)
+    assert r.status_code == 429 and "--max_requests_per_client" in r.json()["error"]
+    assert restarting_server.slots_in_use() == 1  # the server had room: the limit is the client's
+    client.join(120)
+    restarting_server.wait_slots_free(5.0)
+
+
+@pytest.mark.parametrize("stage", ["decode", "llm"])
+def test_a_killed_worker_is_restarted(restarting_server, stage):
+    srv = restarting_server
+    old_pid = httpx.get(f"{srv.url}/readiness").json()["processes"][f"{stage}0"]["pid"]
+    kill_worker_mid_request(srv, stage)
+    processes = wait_readiness(srv, 200, 60)["processes"]
+    assert processes[f"{stage}0"]["pid"] != old_pid and srv.proc.poll() is None
+    assert serves(srv)
+    srv.wait_slots_free(2.0)
+
+
+def test_a_hung_worker_makes_readiness_false_and_is_replaced(restarting_server):
+    srv = restarting_server
+    old_pid = httpx.get(f"{srv.url}/readiness").json()["processes"]["encode0"]["pid"]
+    os.kill(old_pid, signal.SIGSTOP)  # alive but wedged: only its heartbeat tells
+    try:
+        body = wait_readiness(srv, 503, 15)
+        assert "encode0" in body["reason"]
+        processes = wait_readiness(srv, 200, 60)["processes"]
+    finally:
+        if Path(f"/proc/{old_pid}").exists():
+            os.kill(old_pid, signal.SIGCONT)
+    assert processes["encode0"]["pid"] != old_pid and not Path(f"/proc/{old_pid}").exists()
+    assert serves(srv)
+
+
+def test_a_crash_loop_stops_the_server_with_an_error(restarting_server):
+    """encode0 was replaced once already; two more failures within a minute exceed --max_restarts 2."""
+    srv = restarting_server
+    os.kill(wait_readiness(srv, 200, 60)["processes"]["encode0"]["pid"], signal.SIGKILL)
+    wait_readiness(srv, 503, 5)
+    os.kill(wait_readiness(srv, 200, 60)["processes"]["encode0"]["pid"], signal.SIGKILL)
+    assert srv.proc.wait(timeout=30) == 1
     srv.assert_clean_exit_state()
+    assert "failed 2 times within 60 s: giving up" in srv.log_path.read_text()
 
 
-def test_killing_the_decode_process_fails_requests_and_readiness(small_server):
-    kill_worker_mid_request(small_server, "decode")
-
-
-def test_killing_the_llm_process_fails_requests_and_readiness(tiny_model_dir, tmp_path_factory):
-    srv = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "llm_kill.log", "--shutdown_grace_s", "3")
+def test_with_exit_policy_a_killed_llm_stops_the_server(tiny_model_dir, tmp_path_factory):
+    srv = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "llm_kill.log", "--shutdown_grace_s", "3",
+                        "--on_worker_failure", "exit")
     try:
         srv.wait_ready()
         kill_worker_mid_request(srv, "llm")
+        assert srv.proc.wait(timeout=30) != 0
+        srv.assert_clean_exit_state()
     finally:
         srv.stop()
 
