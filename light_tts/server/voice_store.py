@@ -29,7 +29,10 @@ import numpy as np
 
 from light_tts.errors import NotFoundError, TooLargeError, RequestError, VoiceLimitError
 from light_tts.frontend.audio import decode_audio
-from light_tts.server.shm import EMBEDDING_DIM, NUM_MELS
+from light_tts.model_config import FlowConfig
+
+# the released flow's speaker embedding and mel sizes (the store checks uploaded features against them)
+EMBEDDING_DIM, NUM_MELS = FlowConfig.spk_embed_dim, FlowConfig.output_size
 
 SCHEMA_VERSION = 1
 SCHEMA = """
