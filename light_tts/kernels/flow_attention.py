@@ -211,39 +211,40 @@ def flow_attention_triton(q: torch.Tensor, kv: torch.Tensor, scale: torch.Tensor
     return o
 
 
-def gather_pages(kv: torch.Tensor, scale: torch.Tensor | None, pages: list[int], which: int, branch: int,
-                 dtype: torch.dtype) -> torch.Tensor:
-    """Keys (which=0) or values (1) of one branch over `pages`, dequantised: (H, len(pages) * PAGE, D)."""
-    tiles = kv[pages, which, branch].to(torch.float32)  # (P, H, PAGE, D)
-    if scale is not None:
-        tiles = tiles * scale[pages, which, branch][:, :, None, None]
-    return tiles.permute(1, 0, 2, 3).reshape(tiles.shape[1], -1, tiles.shape[3]).to(dtype)
-
-
 def flow_attention_ref(q: torch.Tensor, kv: torch.Tensor, scale: torch.Tensor | None, page_table: torch.Tensor,
                        rows: dict[str, torch.Tensor], work_row: torch.Tensor, work_block: torch.Tensor,
                        chunk: int, block_m: int, num_splits: int | None = None) -> torch.Tensor:
-    """Row by row in float32 with an explicit mask (syncs with the host; the CPU path and the kernel's test)."""
+    """Every row at once in float32 with an explicit mask, rows padded to the longest (the CPU path and the
+    kernel's test; syncs with the host, so never inside a CUDA graph)."""
     o = torch.zeros_like(q)
-    page = kv.shape[4]
-    host = {k: v.tolist() for k, v in rows.items()}
-    for r in range(len(host["q_start"])):
-        num_q, ctx = host["num_q"][r], host["ctx"][r]
-        if num_q <= 0 or host["stream"][r] < 0:
-            continue
-        num_pages = -(-ctx // page)
-        pages = page_table[host["stream"][r], :num_pages].tolist()
-        k = gather_pages(kv, scale, pages, 0, host["branch"][r], torch.float32)[:, :ctx]
-        v = gather_pages(kv, scale, pages, 1, host["branch"][r], torch.float32)[:, :ctx]
-        q_pos = host["pos0"][r] + torch.arange(num_q)
-        k_pos = torch.arange(ctx)
-        visible = k_pos[None, :] < ((q_pos // chunk + 1) * chunk)[:, None] if host["mode"][r] == 0 else \
-            torch.ones(num_q, ctx, dtype=torch.bool)
-        hidden = (k_pos >= host["skip_lo"][r] * page) & (k_pos < host["skip_hi"][r] * page)
-        visible = visible & ~hidden[None, :]
-        start = host["q_start"][r]
-        qr = q[start:start + num_q].float().transpose(0, 1)  # (H, n, D)
-        scores = (qr @ k.transpose(1, 2)) * q.shape[2] ** -0.5
-        probs = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)
-        o[start:start + num_q] = (probs @ v).transpose(0, 1).to(q.dtype)
+    page, num_heads, head_dim = kv.shape[4], q.shape[1], q.shape[2]
+    live = (rows["num_q"] > 0) & (rows["stream"] >= 0)
+    if not bool(live.any()):
+        return o
+    r = {k: v[live].long() for k, v in rows.items()}
+    num_q, ctx = r["num_q"], r["ctx"]
+    max_q, max_pages = int(num_q.max()), int((ctx + page - 1).div(page, rounding_mode="floor").max())
+    pages = page_table[r["stream"]][:, :max_pages].long().clamp(min=0)  # (R, P); past a row's ctx: masked
+    branch = r["branch"][:, None].expand_as(pages)
+    k, v = kv[pages, 0, branch].float(), kv[pages, 1, branch].float()  # (R, P, H, PAGE, D)
+    if scale is not None:
+        k = k * scale[pages, 0, branch][..., None, None]
+        v = v * scale[pages, 1, branch][..., None, None]
+    num_rows = len(num_q)
+    k = k.permute(0, 2, 1, 3, 4).reshape(num_rows, num_heads, -1, head_dim)  # (R, H, P * PAGE, D)
+    v = v.permute(0, 2, 1, 3, 4).reshape(num_rows, num_heads, -1, head_dim)
+    offs = torch.arange(max_q)
+    is_q = offs[None, :] < num_q[:, None]  # (R, n)
+    q_rows = torch.where(is_q, r["q_start"][:, None] + offs[None, :], 0)
+    qr = q[q_rows].float().transpose(1, 2)  # (R, H, n, D)
+    k_pos = torch.arange(k.shape[2])[None, None, :]
+    q_pos = (r["pos0"][:, None] + offs[None, :])[:, :, None]
+    limit = torch.where(r["mode"][:, None, None] == 0, torch.minimum((q_pos // chunk + 1) * chunk,
+                                                                     ctx[:, None, None]), ctx[:, None, None])
+    hidden = (k_pos >= r["skip_lo"][:, None, None] * page) & (k_pos < r["skip_hi"][:, None, None] * page)
+    visible = (k_pos < limit) & ~hidden
+    visible = visible | ~is_q[:, :, None]  # padding queries see everything (their output is dropped)
+    scores = (qr @ k.transpose(2, 3)) * head_dim ** -0.5
+    out = (scores.masked_fill(~visible[:, None], float("-inf")).softmax(dim=-1) @ v).transpose(1, 2)  # (R, n, H, D)
+    o[q_rows[is_q]] = out[is_q].to(q.dtype)
     return o

@@ -123,13 +123,16 @@ def relpos_attention_ref(q: torch.Tensor, kv: torch.Tensor, table: torch.Tensor,
         pages = page_table[host["stream"][r], :-(-ctx // page)].tolist()
         k, v = (kv[pages, which, 0].float().permute(1, 0, 2, 3).reshape(q.shape[1], -1, q.shape[2])[:, :ctx]
                 for which in (0, 1))
-        start = host["q_start"][r]
+        start, pos0 = host["q_start"][r], host["pos0"][r]
         qr = q[start:start + num_q].float()  # (n, H, D)
-        q_pos = host["pos0"][r] + torch.arange(num_q)
-        rel = q_pos[:, None] - torch.arange(ctx)[None, :]  # (n, ctx)
-        pos = table[top - rel].float()  # (n, ctx, H, D)
+        q_pos = pos0 + torch.arange(num_q)
         ac = torch.einsum("nhd,hkd->hnk", qr + bias_u.float(), k)
-        bd = torch.einsum("nhd,nkhd->hnk", qr + bias_v.float(), pos)
+        # the positional term over the window of relative positions pos0+n-1 down to pos0-ctx+1, then shifted:
+        # query i, key j (relative position pos0+i-j) is column n-1-i+j (espnet's rel_shift)
+        window = table[top - (pos0 + num_q - 1): top - (pos0 - ctx + 1) + 1].float()  # (n + ctx - 1, H, D)
+        bd_full = torch.einsum("nhd,rhd->hnr", qr + bias_v.float(), window).contiguous()
+        width = bd_full.shape[2]
+        bd = bd_full.as_strided((q.shape[1], num_q, ctx), (num_q * width, width - 1, 1), num_q - 1)
         scores = (ac + bd) * q.shape[2] ** -0.5
         if host["mode"][r] == 0:
             visible = torch.arange(ctx)[None, :] < ((q_pos // chunk + 1) * chunk)[:, None]
