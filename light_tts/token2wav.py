@@ -56,6 +56,9 @@ class ChunkSchedule:
     lookahead: int
     tokens: list[int] = field(default_factory=list)
     offset: int = 0  # tokens already turned into audio
+    # a short first hop (the engine's --first_hop_tokens; None: upstream's hop + pad): the first chunk then ends
+    # off the chunk grid, and the second one ends on the first boundary after it (see DecodeEngine._job)
+    first_hop: int | None = None
     base_hop: int = field(init=False)  # the policy's hop for the next chunk, before the first chunk's pad
 
     def __post_init__(self):
@@ -64,6 +67,12 @@ class ChunkSchedule:
     @property
     def hop(self) -> int:
         """Tokens the next non-final chunk turns into audio: the first one also carries the alignment pad."""
+        if self.first_hop is not None and self.offset == 0:
+            return self.first_hop
+        if self.first_hop is not None and self.offset == self.first_hop:
+            realign = (self.pad - self.first_hop) % 25  # to the first chunk boundary after the short first hop
+            if realign:
+                return realign
         return self.base_hop + (self.pad if self.offset == 0 else 0)
 
     def ready(self) -> bool:
@@ -77,8 +86,10 @@ class ChunkSchedule:
 
     def advance(self) -> None:
         """A non-final chunk was emitted."""
+        is_short = self.first_hop is not None and self.offset in (0, self.first_hop) and self.hop != self.base_hop
         self.offset += self.hop
-        self.base_hop = self.hop_policy.next_hop(self.base_hop)
+        if not is_short:  # the short first hop and its realignment leave the policy's hops as they were
+            self.base_hop = self.hop_policy.next_hop(self.base_hop)
 
 
 def prompt_tensors(prompt: Prompt, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -117,14 +117,16 @@ def test_attention_matches_dense_softmax():
 
 @pytest.mark.parametrize("page,chunk", [(25, 25), (50, 50)])
 def test_relpos_attention_equals_reference(page, chunk):
-    specs = [(0, 0, 40, 0, 0, 0), (1, page, 2 * page, 0, 0, 0), (2, 2 * page, 7, 0, 0, 0), (3, 0, 33, 1, 0, 0)]
+    # the last stream hides its second and third pages (the context window)
+    specs = [(0, 0, 40, 0, 0, 0), (1, page, 2 * page, 0, 0, 0), (2, 2 * page, 7, 0, 0, 0), (3, 0, 33, 1, 0, 0),
+             (4, 4 * page, 9, 0, 1, 3)]
     num_pages = 24
     rows, work_row, work_block, m = make_rows(specs, page, chunk, 16, num_branches=1)
     table = page_table_for(specs, page, num_pages, seed=3)
     g = torch.Generator().manual_seed(4)
     q = torch.randn(m, 3, H, D, generator=g)[:, 0]  # strided, as the engine's slices of qkv and of the pool
     kv = torch.randn(num_pages, 2, 2, 1, H, page, D, generator=g)[:, 1]
-    radius = 4 * page
+    radius = 6 * page  # covers every relative position of the rows above
     pos_table = torch.randn(2 * radius - 1, H, D, generator=g)
     bias_u, bias_v = torch.randn(H, D, generator=g), torch.randn(H, D, generator=g)
     args = (q, kv, pos_table, bias_u, bias_v, table, rows, work_row, work_block, chunk)

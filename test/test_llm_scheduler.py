@@ -211,3 +211,29 @@ def test_requests_waiting_for_text_are_preempted_when_nothing_else_runs():
     batch = sched.schedule()
     assert batch.is_prefill and [s.req_id for s in batch.seqs] == ["new"] and sched.num_preemptions == 1
     assert sched.seqs["text"].num_computed == 0 and sched.waiting[0].req_id == "text"
+
+
+def test_first_hops_go_ahead_of_streams_far_ahead():
+    """With ahead_tokens on, a decode step during a new request's first hop leaves out the requests that buffered
+    more than that beyond real time; once every request has its first hop, all decode again."""
+    now = [0.0]
+    sched = Scheduler(config(ahead_tokens=50, first_hop_tokens=28), clock=lambda: now[0])
+    sched.add(seq("old", num_text=20))
+    step(sched)  # prefill
+    for _ in range(120):  # 120 tokens in 0.1 s: far ahead of a listener (who heard 2.5 tokens' worth)
+        step(sched)
+        now[0] += 0.1 / 120
+    sched.add(seq("new", num_text=20))
+    batch, _ = step(sched)
+    assert batch.is_prefill and [s.req_id for s in batch.seqs] == ["new"]
+    batch, _ = step(sched)
+    assert [s.req_id for s in batch.seqs] == ["new"]  # the old one waits
+    for _ in range(27):
+        step(sched)
+    batch, _ = step(sched)
+    assert sorted(s.req_id for s in batch.seqs) == ["new", "old"]  # first hop done: both decode
+    now[0] += 10.0  # the old one's listener caught up: it is no longer ahead even during a first hop
+    sched.add(seq("newer", num_text=20))
+    step(sched)
+    batch, _ = step(sched)
+    assert "old" in [s.req_id for s in batch.seqs]

@@ -48,7 +48,8 @@ class StepJob:
     req: DecodeRequest
     spec: ChunkSpec
     finalize: bool
-    drop_frames: int  # leading output frames that are not this chunk's (the prompt's, on a first chunk)
+    drop_frames: int  # leading output frames that are not this chunk's (the prompt's, or frames already heard)
+    keep_to: int = 0  # the request's cache ends here after this chunk (t0 of the next)
     prefix_slot: int = -1  # a prefix registered by this chunk: its slot
     mel: torch.Tensor | None = None
     audio: torch.Tensor | None = None
@@ -100,7 +101,7 @@ class DecodeEngine:
         sentence of a request whose listener is hearing the earlier ones)."""
         p_tok = np.asarray(prompt.speech_tokens, dtype=np.int32)
         schedule_ = ChunkSchedule(self.hop_policy, first_hop_pad(len(p_tok), self.cfg.chunk_size),
-                                  self.cfg.flow.pre_lookahead_len)
+                                  self.cfg.flow.pre_lookahead_len, first_hop=self.limits.first_hop_tokens or None)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         emb = torch.as_tensor(prompt.embedding, dtype=torch.float32, device=self.device)[None]
         req = DecodeRequest(req_id, stream, speed, schedule_, p_tok, np.asarray(prompt.mel, dtype=np.float32), emb,
@@ -218,6 +219,9 @@ class DecodeEngine:
         total = req.num_prompt_tokens + (req.max_tokens if req.stream else len(req.schedule.tokens))
         shared = self.pool.prefix_pages(req.prefix_key) if req.prefix_key else 0
         budget = -(-total // self.page_tokens) - shared
+        if self.limits.context_window_pages and req.stream:  # prompt + window + the largest chunk and its spill
+            window = -(-req.num_prompt_tokens // self.page_tokens) + self.limits.context_window_pages
+            budget = min(budget, window + self.hop_policy.max_hop // self.page_tokens + 2 - shared)
         if budget > self.pool.num_pages:
             raise PoolExhaustedError(f"the request needs {budget} flow-cache pages, the pool has "
                                      f"{self.pool.num_pages}")
@@ -231,33 +235,57 @@ class DecodeEngine:
         return True
 
     def _job(self, req: DecodeRequest, new: list[int], finalize: bool) -> StepJob:
+        """The chunk's flow row: every token from the first one not cached (t0) to the chunk's end. Usually the
+        cache ends where the audio does; after a short first hop (--first_hop_tokens) it ends at the last chunk
+        boundary, so the next chunk recomputes the tokens past it and drops the frames already heard."""
         la = 0 if finalize else self.cfg.flow.pre_lookahead_len
-        is_first = req.num_chunks == 0
-        tokens = (req.prompt_tokens[req.t0:].tolist() + new) if is_first else new
+        p, page, sched = req.num_prompt_tokens, self.page_tokens, req.schedule
+        end = len(sched.tokens) if finalize else sched.offset + sched.hop + la
+        tokens = (req.prompt_tokens[req.t0:].tolist() if req.t0 < p else []) + sched.tokens[max(0, req.t0 - p):end]
         num_new = len(tokens) - la
         stream = self.pool.streams[req.req_id]
-        need = -(-(req.t0 + num_new) // self.page_tokens) - len(stream.page_table)
+        need = -(-(req.t0 + num_new) // page) - len(stream.page_table)
         if need > 0:
             self.pool.allocate(req.req_id, need)
-        p = req.num_prompt_tokens
         cond = None
         if req.t0 < p:
             cond = np.zeros((2 * num_new, self.cfg.flow.output_size), np.float32)
             cond[:2 * (p - req.t0)] = req.prompt_mel[2 * req.t0:]
+        # a streamed chunk off the page grid (a short first hop) is provisional past its last boundary
+        keep_to = req.t0 + num_new if finalize else (req.t0 + num_new) // page * page
         spec = ChunkSpec(slot=req.slot, read_slot=req.read_slot, page_table=stream.page_table, t0=req.t0,
-                         tokens=tokens, num_lookahead=la, full_attention=not req.stream, cond=cond)
-        job = StepJob(req, spec, finalize, drop_frames=2 * max(0, p - req.t0))
+                         tokens=tokens, num_lookahead=la, full_attention=not req.stream, cond=cond,
+                         saves=[(keep_to - req.t0, req.slot)] if keep_to > req.t0 else [],
+                         skip_pages=self._window(req))
+        job = StepJob(req, spec, finalize, drop_frames=2 * (p + sched.offset - req.t0), keep_to=keep_to)
         prefix_pages = self._prefix_pages(req)
-        if is_first and stream.prefix is None and prefix_pages and self.slots.num_free:
+        if req.num_chunks == 0 and stream.prefix is None and prefix_pages and self.slots.num_free:
             job.prefix_slot = self.slots.take()
-            spec.saves = [(num_new, req.slot), (prefix_pages * self.page_tokens, job.prefix_slot)]
+            spec.saves.append((prefix_pages * page - req.t0, job.prefix_slot))
         return job
+
+    def _window(self, req: DecodeRequest) -> tuple[int, int]:
+        """Pages hidden from this chunk by --flow_context_window: generated pages before the last `window` ones
+        (the prompt's pages always stay visible)."""
+        window = self.limits.context_window_pages
+        if not window or not req.stream:
+            return 0, 0
+        prompt_pages = -(-req.num_prompt_tokens // self.page_tokens)
+        hi = max(prompt_pages, req.t0 // self.page_tokens - window)
+        return (prompt_pages, hi) if hi > prompt_pages else (0, 0)
 
     def _after_flow(self, job: StepJob) -> None:
         req = job.req
-        req.t0 += job.spec.num_new
-        req.read_slot = req.slot
+        if job.keep_to > req.t0:
+            req.read_slot = req.slot
+        req.t0 = job.keep_to
         req.num_chunks += 1
+        lo, hi = job.spec.skip_pages
+        if hi > lo:  # pages that left the context window go back to the pool
+            stream = self.pool.streams[req.req_id]
+            shared = len(stream.page_table) - len(stream.own)
+            for j in range(lo, hi):
+                self.pool.drop(req.req_id, j - shared)
         if job.prefix_slot >= 0:
             entry = self.pool.register_prefix(req.req_id, req.prefix_key, self._prefix_pages(req), job.prefix_slot)
             if entry is None:  # another stream of this voice registered it in the same step

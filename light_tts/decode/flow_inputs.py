@@ -46,7 +46,7 @@ class ChunkSpec:
     # where the conv context is saved: (tokens from t0, slot); None: at the chunk's end into `slot`. A chunk that
     # registers a voice prefix also saves at the prefix boundary into the prefix's slot.
     saves: list[tuple[int, int]] | None = None
-    skip_pages: tuple[int, int] = (0, 0)  # estimator pages [lo, hi) hidden (the context window)
+    skip_pages: tuple[int, int] = (0, 0)  # pages [lo, hi) hidden from attention (the context window)
 
     @property
     def num_new(self) -> int:
@@ -232,7 +232,7 @@ def build_flow_inputs(specs: list[ChunkSpec], shape: FlowCacheShape, num_slots: 
     for r, s in enumerate(specs):
         n, f0 = s.num_new, ratio * s.t0
         mode = 1 if s.full_attention else 0
-        page_table[r, :len(s.page_table)] = s.page_table
+        page_table[r, :len(s.page_table)] = [p if p >= 0 else scratch_page for p in s.page_table]  # -1: dropped
         tokens += s.tokens
         x_rows += range(tok_in, tok_in + n)
         # lookahead conv1: token i and the next 3 inputs of the row (zeros past the row's tokens)
@@ -247,8 +247,8 @@ def build_flow_inputs(specs: list[ChunkSpec], shape: FlowCacheShape, num_slots: 
             last = np.arange(ratio * end - UP_TAIL, ratio * end)
             up.save_src += up._resolve(r, np.where(last >= 0, last // ratio, last)).tolist()
             up.save_dst += [slot * UP_TAIL + f for f in range(UP_TAIL)]
-        enc_attn.add(tok, n, s.t0, r, 0, mode)
-        up_attn.add(ratio * tok, ratio * n, f0, r, 0, mode)
+        enc_attn.add(tok, n, s.t0, r, 0, mode, s.skip_pages)
+        up_attn.add(ratio * tok, ratio * n, f0, r, 0, mode, s.skip_pages)
         enc_store += _page_writes(s.page_table, s.t0, n, shape.page_tokens, tok, 0)
         up_store += _page_writes(s.page_table, f0, ratio * n, shape.page_frames, ratio * tok, 0)
         noise_frames += range(f0, f0 + ratio * n)

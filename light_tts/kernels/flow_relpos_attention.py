@@ -24,7 +24,7 @@ LOG2_E = 1.4426950408889634
 def _relpos_attention_kernel(
     q_ptr, o_ptr, kv_ptr, table_ptr, bias_u_ptr, bias_v_ptr, page_table_ptr,
     work_row_ptr, work_block_ptr, row_q_start_ptr, row_num_q_ptr, row_pos0_ptr, row_ctx_ptr, row_stream_ptr,
-    row_mode_ptr,
+    row_mode_ptr, row_skip_lo_ptr, row_skip_hi_ptr,
     stride_qm, stride_qh, stride_om, stride_oh, stride_page, stride_kv, stride_head, stride_frame,
     stride_tr, stride_th, stride_table, table_top, scale_log2,
     CHUNK: tl.constexpr, PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -42,6 +42,8 @@ def _relpos_attention_kernel(
     ctx = tl.load(row_ctx_ptr + row)
     stream = tl.load(row_stream_ptr + row).to(tl.int64)
     mode = tl.load(row_mode_ptr + row)
+    hide_lo = tl.load(row_skip_lo_ptr + row) * PAGE  # positions [hide_lo, hide_hi) are hidden (context window)
+    hide_hi = tl.load(row_skip_hi_ptr + row) * PAGE
 
     rows, is_q, q_pos, q_limit, k_end = query_block(qb, num_q, q_start, pos0, ctx, mode, CHUNK, BLOCK_M)
     dims = tl.arange(0, HEAD_DIM)
@@ -56,7 +58,7 @@ def _relpos_attention_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     for k_start in range(0, k_end, BLOCK_N):
         k_pos = k_start + offs_n
-        is_k = k_pos < k_end
+        is_k = (k_pos < k_end) & ((k_pos < hide_lo) | (k_pos >= hide_hi))
         page = tl.load(page_table_ptr + stream * stride_table + k_pos // PAGE, mask=is_k, other=0).to(tl.int64)
         addr = page * stride_page + head * stride_head + (k_pos % PAGE) * stride_frame
         k = tl.load(kv_ptr + addr[:, None] + dims[None, :], mask=is_k[:, None], other=0.0)
@@ -87,7 +89,8 @@ def relpos_attention_triton(q: torch.Tensor, kv: torch.Tensor, table: torch.Tens
                             work_row: torch.Tensor, work_block: torch.Tensor, chunk: int,
                             block_m: int = 16) -> torch.Tensor:
     """q [M, H, D]; kv [pages, 2, 1, H, PAGE, D]; table [2R-1, H, D]; bias_u, bias_v [H, D]; rows: int32 arrays
-    q_start, num_q, pos0, ctx, stream, mode; work items as in flow_attention -> o [M, H, D]."""
+    q_start, num_q, pos0, ctx, stream, mode, skip_lo, skip_hi (pages hidden); work items as in flow_attention
+    -> o [M, H, D]."""
     m, num_heads, head_dim = q.shape
     assert kv.dim() == 6 and kv.shape[2] == 1 and kv.shape[3] == num_heads and kv.stride(5) == 1
     assert table.shape[1:] == (num_heads, head_dim) and table.stride(2) == 1 and q.stride(2) == 1
@@ -97,7 +100,8 @@ def relpos_attention_triton(q: torch.Tensor, kv: torch.Tensor, table: torch.Tens
         return o
     _relpos_attention_kernel[(work_row.numel(), num_heads)](
         q, o, kv, table, bias_u, bias_v, page_table, work_row, work_block,
-        rows["q_start"], rows["num_q"], rows["pos0"], rows["ctx"], rows["stream"], rows["mode"],
+        rows["q_start"], rows["num_q"], rows["pos0"], rows["ctx"], rows["stream"], rows["mode"], rows["skip_lo"],
+        rows["skip_hi"],
         q.stride(0), q.stride(1), o.stride(0), o.stride(1), kv.stride(0), kv.stride(1), kv.stride(3), kv.stride(4),
         table.stride(0), table.stride(1), page_table.stride(0), (table.shape[0] - 1) // 2,
         head_dim ** -0.5 * LOG2_E,
@@ -134,8 +138,9 @@ def relpos_attention_ref(q: torch.Tensor, kv: torch.Tensor, table: torch.Tensor,
         width = bd_full.shape[2]
         bd = bd_full.as_strided((q.shape[1], num_q, ctx), (num_q * width, width - 1, 1), num_q - 1)
         scores = (ac + bd) * q.shape[2] ** -0.5
-        if host["mode"][r] == 0:
-            visible = torch.arange(ctx)[None, :] < ((q_pos // chunk + 1) * chunk)[:, None]
-            scores = scores.masked_fill(~visible, float("-inf"))
+        k_pos = torch.arange(ctx)[None, :]
+        visible = k_pos < ((q_pos // chunk + 1) * chunk)[:, None] if host["mode"][r] == 0 else k_pos >= 0
+        visible = visible & ~((k_pos >= host["skip_lo"][r] * page) & (k_pos < host["skip_hi"][r] * page))
+        scores = scores.masked_fill(~visible, float("-inf"))
         o[start:start + num_q] = (scores.softmax(dim=-1) @ v).transpose(0, 1).to(q.dtype)
     return o

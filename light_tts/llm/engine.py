@@ -26,6 +26,8 @@ class EngineConfig:
     max_req_total_len: int = 4096  # inputs of one request, prompt + generated
     enable_prefix_cache: bool = True
     kv_cache_mem_fraction: float = 0.5  # of the GPU memory free after warm-up (flow and HiFT share the GPU)
+    first_hop_tokens: int = 52  # speech tokens a stream needs for its first audio (hop + largest pad + lookahead)
+    ahead_tokens: int = 0  # > 0: during first hops, requests this far ahead of real time sit a step out
 
     def __post_init__(self):
         if self.data_type not in DTYPES:
@@ -52,6 +54,8 @@ class LLMEngine:
             running_max_req_size=engine_cfg.running_max_req_size,
             router_max_wait_tokens=engine_cfg.router_max_wait_tokens,
             enable_prefix_cache=engine_cfg.enable_prefix_cache,
+            first_hop_tokens=engine_cfg.first_hop_tokens,
+            ahead_tokens=engine_cfg.ahead_tokens,
         ))
         self.num_arrivals = 0
         self.last_batch_size = 0

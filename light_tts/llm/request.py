@@ -105,6 +105,7 @@ class Sequence:
         self.num_shared = 0  # leading slots owned by the prefix cache, not by this sequence
         self.decoded: list[int] = []  # every decoded id in order: the RAS window (fills included, as upstream)
         self.num_output = 0  # speech tokens returned to the caller
+        self.first_output_at: float | None = None  # when the first one was (the scheduler's first-hop priority)
         # bistream text length is unknown up front: no min_len (upstream has none), max_len bounded by the KV row
         num_text = len(req.text_token_ids)
         default_min, default_max = (0, max_total_len) if req.bistream else (2 * num_text, 20 * num_text)

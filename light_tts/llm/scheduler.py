@@ -9,10 +9,16 @@ request (the next decode). A decode that finds no free slot preempts the newest 
 waits at the front of the queue and is recomputed later); so does a prefill that does not fit while nothing can
 decode (bistream requests waiting for text hold KV). A request alone that still does not fit ends with an error
 instead of waiting forever.
+
+First audio first: when some running requests have not yet produced their first hop (`first_hop_tokens`), a
+decode step leaves out the requests that are ahead of their listeners by more than `ahead_tokens` (speech tokens
+beyond 25 per second since their first token): a new stream's first chunk then waits for a small batch, not for
+streams that already buffered seconds. Off when ahead_tokens is 0.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -29,6 +35,9 @@ class SchedulerConfig:
     running_max_req_size: int
     router_max_wait_tokens: int
     enable_prefix_cache: bool
+    first_hop_tokens: int = 28  # speech tokens before a stream's first audio (a hop, its pad and lookahead)
+    ahead_tokens: int = 0  # 0: every ready request decodes every step
+    tokens_per_second: int = 25
 
 
 @dataclass
@@ -38,8 +47,8 @@ class ScheduledBatch:
 
 
 class Scheduler:
-    def __init__(self, cfg: SchedulerConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: SchedulerConfig, clock=time.monotonic):
+        self.cfg, self.clock = cfg, clock
         self.allocator = KVAllocator(cfg.num_kv_slots)
         self.rows = RowAllocator(cfg.running_max_req_size + 1)
         self.prefix_cache = PrefixCache(self.allocator) if cfg.enable_prefix_cache else None
@@ -112,7 +121,7 @@ class Scheduler:
                 self.num_decodes_since_prefill = 0
                 return ScheduledBatch(seqs, is_prefill=True)
         if decodable:
-            seqs = self._schedule_decode(decodable)
+            seqs = self._schedule_decode(self._first_hops_first(decodable))
             if seqs:
                 self.num_decodes_since_prefill += 1
                 return ScheduledBatch(seqs, is_prefill=False)
@@ -126,6 +135,8 @@ class Scheduler:
             self._share_prefix(seq)
             forced = seq.forced_token()
             new_tokens = seq.append_decoded(token if forced is None else forced)
+            if new_tokens and seq.first_output_at is None:
+                seq.first_output_at = self.clock()
             self._check_length(seq)
             if seq.is_finished:
                 self._remove(seq)
@@ -161,6 +172,21 @@ class Scheduler:
             scheduled.append(seq)
             num_batch_tokens += num_new
         return scheduled
+
+    def _first_hops_first(self, decodable: list[Sequence]) -> list[Sequence]:
+        """While a request still makes its first hop, leave out those far ahead of their listeners."""
+        cfg = self.cfg
+        if not cfg.ahead_tokens or all(s.num_output >= cfg.first_hop_tokens for s in decodable):
+            return decodable
+        now = self.clock()
+
+        def is_ahead(s: Sequence) -> bool:
+            if s.first_output_at is None or s.num_output < cfg.first_hop_tokens:
+                return False
+            heard = (now - s.first_output_at) * cfg.tokens_per_second
+            return s.num_output - cfg.first_hop_tokens > heard + cfg.ahead_tokens
+
+        return [s for s in decodable if not is_ahead(s)]
 
     def _schedule_decode(self, decodable: list[Sequence]) -> list[Sequence]:
         if self._ensure_free(len(decodable)):  # the common case: one slot each, no preemption

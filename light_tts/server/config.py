@@ -88,6 +88,14 @@ class ServerConfig:
                                  default_text="auto: the flow's dtype")
     deadline_margin_s: float = _opt("decode", 0.3, "a stream's next chunk is due this long before its listener "
                                                    "would run out of audio")
+    first_hop_tokens: int = _opt("decode", 0, "speech tokens of a stream's first chunk (e.g. 15: earlier first "
+                                              "audio; not upstream-exact for those tokens)",
+                                 default_text="0: upstream's 25 plus the prompt's alignment pad")
+    flow_context_window: float = _opt("decode", 0.0, "seconds of generated audio the flow attends to besides the "
+                                                     "prompt: constant memory and time per chunk, not "
+                                                     "upstream-exact", default_text="0: all of it")
+    llm_ahead_seconds: float = _opt("LLM", 3.0, "while a stream makes its first hop, LLM requests more than this "
+                                                "far ahead of real time sit the step out (0: never)")
     hop_policy: str = _opt("decode", "growing", "streamed chunk sizes after the first: fixed (25 tokens, lowest "
                                                 "latency) or growing (25 -> 50 -> 100, fewer chunks)",
                            choices=HOP_POLICIES)
@@ -147,6 +155,8 @@ class ServerConfig:
             raise ValueError("--decode_max_streams and --max_speech_tokens must be >= 1")
         if not 0 < self.decode_mem_fraction <= 1 or self.deadline_margin_s < 0:
             raise ValueError("--decode_mem_fraction must be in (0, 1], --deadline_margin_s >= 0")
+        if self.first_hop_tokens < 0 or self.flow_context_window < 0 or self.llm_ahead_seconds < 0:
+            raise ValueError("--first_hop_tokens, --flow_context_window and --llm_ahead_seconds must be >= 0")
         for name in ("batch_max_tokens", "max_total_token_num"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1")

@@ -7,6 +7,7 @@ rate, token rate, speaker-embedding size, mel bins), so a limit or a size is wri
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,6 +103,9 @@ class ServerSettings:
             "max_req_total_len": c.max_req_total_len,
             "enable_prefix_cache": not c.disable_prefix_cache,
             "kv_cache_mem_fraction": c.kv_cache_mem_fraction,
+            # a stream's first audio needs its first hop, the prompt's alignment pad (< 25) and the lookahead
+            "first_hop_tokens": (c.first_hop_tokens or 25 + 24) + 3,
+            "ahead_tokens": int(c.llm_ahead_seconds * self.model.token_rate),
         }
         unmapped = {f.name for f in fields(EngineConfig)} - set(values)
         if unmapped:
@@ -121,6 +125,7 @@ class ServerSettings:
             max_stream_tokens=c.max_speech_tokens, max_prompt_tokens=self.shm.prompt_speech_tokens,
             max_pass_tokens=max(1024, min(8192, 32 * c.decode_max_batch_size)), max_streams=c.decode_max_streams,
             mem_fraction=c.decode_mem_fraction, deadline_margin_s=c.deadline_margin_s,
+            first_hop_tokens=c.first_hop_tokens, context_window_pages=math.ceil(c.flow_context_window),
             kv_dtype=None if c.flow_cache_dtype == "auto" or device == "cpu" else c.flow_cache_dtype)
         return {"device": device, "max_batch_size": c.decode_max_batch_size, "hop_policy": HopPolicy(c.hop_policy),
                 "dtype": getattr(torch, self.decode_dtype(device)), "use_cuda_graph": not c.disable_cudagraph,
