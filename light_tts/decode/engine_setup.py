@@ -18,7 +18,7 @@ from light_tts.decode.paged_flow import PagedFlow
 from light_tts.models.hift.streaming import MEL_CACHE_LEN
 
 logger = logging.getLogger(__name__)
-CPU_POOL_BYTES = 1 << 30  # the pool's size on a CPU host (the tiny model's pages are small)
+CPU_POOL_BYTES = 384 << 20  # the pool's size on a CPU host (the tiny model's pages are ~1.5 MB)
 HIFT_MAX_ROWS = 32  # rows of one HiFT pass (the engine splits larger groups: HiFT's activations grow with rows)
 
 

@@ -19,11 +19,13 @@ by many SMs at once. The split count depends on the grid size only (graph-safe);
 """
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 LOG2_E = 1.4426950408889634
 MAX_SPLITS = 16
+REF_QUERY_BLOCK = 256  # queries per pass of the torch reference
 
 
 @triton.jit
@@ -233,18 +235,17 @@ def flow_attention_ref(q: torch.Tensor, kv: torch.Tensor, scale: torch.Tensor | 
     num_rows = len(num_q)
     k = k.permute(0, 2, 1, 3, 4).reshape(num_rows, num_heads, -1, head_dim)  # (R, H, P * PAGE, D)
     v = v.permute(0, 2, 1, 3, 4).reshape(num_rows, num_heads, -1, head_dim)
-    offs = torch.arange(max_q)
-    is_q = offs[None, :] < num_q[:, None]  # (R, n)
-    q_rows = torch.where(is_q, r["q_start"][:, None] + offs[None, :], 0)
-    qr = q[q_rows].float().transpose(1, 2)  # (R, H, n, D)
     k_pos = torch.arange(k.shape[2])[None, None, :]
-    q_pos = (r["pos0"][:, None] + offs[None, :])[:, :, None]
-    limit = torch.where(r["mode"][:, None, None] == 0, torch.minimum((q_pos // chunk + 1) * chunk,
-                                                                     ctx[:, None, None]), ctx[:, None, None])
     hidden = (k_pos >= r["skip_lo"][:, None, None] * page) & (k_pos < r["skip_hi"][:, None, None] * page)
-    visible = (k_pos < limit) & ~hidden
-    visible = visible | ~is_q[:, :, None]  # padding queries see everything (their output is dropped)
-    scores = (qr @ k.transpose(2, 3)) * head_dim ** -0.5
-    out = (scores.masked_fill(~visible[:, None], float("-inf")).softmax(dim=-1) @ v).transpose(1, 2)  # (R, n, H, D)
-    o[q_rows[is_q]] = out[is_q].to(q.dtype)
+    for q0 in range(0, max_q, REF_QUERY_BLOCK):  # bounded memory for whole utterances
+        offs = torch.arange(q0, min(max_q, q0 + REF_QUERY_BLOCK))
+        is_q = offs[None, :] < num_q[:, None]  # (R, n)
+        q_rows = torch.where(is_q, r["q_start"][:, None] + offs[None, :], 0)
+        qr = q[q_rows].float().transpose(1, 2)  # (R, H, n, D)
+        q_pos = (r["pos0"][:, None] + offs[None, :])[:, :, None]
+        limit = torch.where(r["mode"][:, None, None] == 0, torch.minimum((q_pos // chunk + 1) * chunk,
+                                                                         ctx[:, None, None]), ctx[:, None, None])
+        visible = ((k_pos < limit) & ~hidden) | ~is_q[:, :, None]  # padding queries: anything (output dropped)
+        out = F.scaled_dot_product_attention(qr, k, v, attn_mask=visible[:, None]).transpose(1, 2)  # (R, n, H, D)
+        o[q_rows[is_q]] = out[is_q].to(q.dtype)
     return o

@@ -127,20 +127,22 @@ def relpos_attention_ref(q: torch.Tensor, kv: torch.Tensor, table: torch.Tensor,
         pages = page_table[host["stream"][r], :-(-ctx // page)].tolist()
         k, v = (kv[pages, which, 0].float().permute(1, 0, 2, 3).reshape(q.shape[1], -1, q.shape[2])[:, :ctx]
                 for which in (0, 1))
-        start, pos0 = host["q_start"][r], host["pos0"][r]
-        qr = q[start:start + num_q].float()  # (n, H, D)
-        q_pos = pos0 + torch.arange(num_q)
-        ac = torch.einsum("nhd,hkd->hnk", qr + bias_u.float(), k)
-        # the positional term over the window of relative positions pos0+n-1 down to pos0-ctx+1, then shifted:
-        # query i, key j (relative position pos0+i-j) is column n-1-i+j (espnet's rel_shift)
-        window = table[top - (pos0 + num_q - 1): top - (pos0 - ctx + 1) + 1].float()  # (n + ctx - 1, H, D)
-        bd_full = torch.einsum("nhd,rhd->hnr", qr + bias_v.float(), window).contiguous()
-        width = bd_full.shape[2]
-        bd = bd_full.as_strided((q.shape[1], num_q, ctx), (num_q * width, width - 1, 1), num_q - 1)
-        scores = (ac + bd) * q.shape[2] ** -0.5
-        k_pos = torch.arange(ctx)[None, :]
-        visible = k_pos < ((q_pos // chunk + 1) * chunk)[:, None] if host["mode"][r] == 0 else k_pos >= 0
-        visible = visible & ~((k_pos >= host["skip_lo"][r] * page) & (k_pos < host["skip_hi"][r] * page))
-        scores = scores.masked_fill(~visible, float("-inf"))
-        o[start:start + num_q] = (scores.softmax(dim=-1) @ v).transpose(0, 1).to(q.dtype)
+        for q0 in range(0, num_q, 256):  # query blocks: bounded memory for whole utterances
+            n = min(256, num_q - q0)
+            start, pos0 = host["q_start"][r] + q0, host["pos0"][r] + q0
+            qr = q[start:start + n].float()  # (n, H, D)
+            q_pos = pos0 + torch.arange(n)
+            ac = torch.einsum("nhd,hkd->hnk", qr + bias_u.float(), k)
+            # the positional term over the window of relative positions pos0+n-1 down to pos0-ctx+1, then
+            # shifted: query i, key j (relative position pos0+i-j) is column n-1-i+j (espnet's rel_shift)
+            window = table[top - (pos0 + n - 1): top - (pos0 - ctx + 1) + 1].float()  # (n + ctx - 1, H, D)
+            bd_full = torch.einsum("nhd,rhd->hnr", qr + bias_v.float(), window).contiguous()
+            width = bd_full.shape[2]
+            bd = bd_full.as_strided((q.shape[1], n, ctx), (n * width, width - 1, 1), n - 1)
+            scores = (ac + bd) * q.shape[2] ** -0.5
+            k_pos = torch.arange(ctx)[None, :]
+            visible = k_pos < ((q_pos // chunk + 1) * chunk)[:, None] if host["mode"][r] == 0 else k_pos >= 0
+            visible = visible & ~((k_pos >= host["skip_lo"][r] * page) & (k_pos < host["skip_hi"][r] * page))
+            scores = scores.masked_fill(~visible, float("-inf"))
+            o[start:start + n] = (scores.softmax(dim=-1) @ v).transpose(0, 1).to(q.dtype)
     return o
