@@ -297,3 +297,27 @@ def test_context_window_bounds_pages_and_is_exact_when_wide(cfg):
     print(f"context window 2 s on a 12 s stream: mel rel L2 {err:.2e} against full attention")
     assert err > 1e-4  # not upstream-exact: docs/decode-engine.md
     engine.pool.check()
+
+
+def test_realtime_admission_waits_then_refuses_with_429(cfg):
+    """With real-time admission on, a stream past the capacity of the measured step times waits; past
+    admission_wait_s it fails as `overloaded` (the HTTP worker answers 429 with Retry-After)."""
+    now = [0.0]
+    engine = DecodeEngine(cfg, max_batch_size=16, hop_policy=HopPolicy("fixed"), clock=lambda: now[0],
+                          limits=EngineLimits(**{**LIMITS.__dict__, "realtime_admission": True,
+                                                 "admission_wait_s": 2.0}))
+    engine.step_model.base_s, engine.step_model.per_token_s = 0.1, 0.5 / 28  # one stream fills a second
+    engine.step_model.observe = lambda *a: None
+    assert engine.capacity_streams() == 1
+    reqs = make_requests(cfg)
+    for req_id, prompt, tokens, seed, *_ in reqs[:2]:
+        engine.add_request(req_id, prompt, seed, True)
+        engine.push_tokens(req_id, tokens[:60], False)
+    engine.step()
+    assert engine.stats.waiting_for_pages == 1 and engine.stats.streams_active == 1
+    now[0] = 1.5
+    assert not [o for o in engine.step() if o.error]  # still within the bound
+    now[0] = 3.0
+    (refused,) = [o for o in engine.step() if o.error]
+    assert refused.req_id == "r1" and refused.error_kind == "overloaded" and "retry" in refused.error
+    engine.pool.check()

@@ -212,3 +212,16 @@ def test_hop_policy_and_decode_dtype_flags():
     assert cfg.hop_policy == "fixed" and cfg.decode_data_type == "bfloat16"
     with pytest.raises(SystemExit):
         ServerConfig.from_args(["--hop_policy", "sometimes"])
+
+
+def test_playback_counts_stalls_and_slack():
+    from light_tts.server.playback import Playback
+
+    p = Playback(sample_rate=100)
+    assert p.on_chunk(100, now=10.0) == (0.0, None)  # 1 s of audio: playback runs until 11.0
+    stall, slack = p.on_chunk(100, now=10.4)
+    assert stall == 0.0 and abs(slack - 0.6) < 1e-9
+    stall, slack = p.on_chunk(50, now=12.5)  # due at 12.0: half a second of silence, playback resumes at 12.5
+    assert abs(stall - 0.5) < 1e-9 and abs(slack + 0.5) < 1e-9
+    stall, slack = p.on_chunk(50, now=12.9)  # due at 13.0
+    assert stall == 0.0 and abs(slack - 0.1) < 1e-9

@@ -41,6 +41,7 @@ class AudioOutput:
     audio: np.ndarray  # float32, 24 kHz mono, within [-audio_limit, audio_limit]
     finished: bool
     error: str | None = None
+    error_kind: str = "internal"  # a light_tts.errors kind: what the client is told (400, 413, 429, 503, 500)
 
 
 @dataclass
@@ -109,9 +110,9 @@ class DecodeEngine:
                             prefix_key if stream else None, self.clock(), audio_start=audio_start,
                             samples_sent=samples_sent)
         if stream and speed != 1.0:
-            req.error = "ValueError: speed change is only supported for non-stream requests"
+            req.error = "speed change is only supported for non-stream requests"
         elif len(p_tok) > self.limits.max_prompt_tokens or req.mel_mismatch():
-            req.error = f"ValueError: bad prompt: {len(p_tok)} tokens, {len(req.prompt_mel)} mel frames"
+            req.error = f"bad prompt: {len(p_tok)} tokens, {len(req.prompt_mel)} mel frames"
         self.requests[req_id] = req
         self.is_stalled = False
 
@@ -120,7 +121,7 @@ class DecodeEngine:
         if req is None:  # aborted or failed already
             return
         if len(req.schedule.tokens) + len(tokens) > req.max_tokens:
-            req.error = f"ValueError: more than the {req.max_tokens} speech tokens this request was admitted with"
+            req.error = f"more than the {req.max_tokens} speech tokens this request was admitted with"
         req.schedule.tokens.extend(tokens)
         req.is_last = req.is_last or is_last
         self.is_stalled = False
@@ -145,7 +146,7 @@ class DecodeEngine:
     @torch.inference_mode()
     def step(self) -> list[AudioOutput]:
         """The chunks the scheduler picks (first audio first, then by playback deadline), as one flow pass."""
-        outputs = [self._fail(r, r.error) for r in list(self.requests.values()) if r.error is not None]
+        outputs = [self._fail(r, r.error, "bad_request") for r in list(self.requests.values()) if r.error is not None]
         for entry in self.pool.take_evicted():
             self.slots.free(entry.slot)
         now = self.clock()
@@ -170,10 +171,16 @@ class DecodeEngine:
             try:
                 if not req.is_admitted and not self._admit(req):
                     waiting += 1
+                    if req.waiting_since is None:
+                        req.waiting_since = now
+                    if now - req.waiting_since > self.limits.admission_wait_s:  # past the bound: 429, not later
+                        outputs.append(self._fail(req, f"no room for another stream within "
+                                                       f"{self.limits.admission_wait_s:g} s; retry shortly",
+                                                  "overloaded"))
                     continue
                 jobs.append(self._job(req, *ready[c.key]))
             except PoolExhaustedError as e:
-                outputs.append(self._fail(req, f"PoolExhaustedError: {e}"))
+                outputs.append(self._fail(req, str(e), "too_large"))
         self.stats.waiting_for_pages = waiting
         if jobs:
             outputs += self._run(jobs, now)
@@ -194,7 +201,8 @@ class DecodeEngine:
             logger.exception("flow pass of %d chunks failed", len(jobs))
             for job in jobs:
                 self.slots.free(job.prefix_slot)
-            return [self._fail(job.req, f"{type(e).__name__}: {e}") for job in jobs]
+            kind = "unavailable" if isinstance(e, torch.OutOfMemoryError) else "internal"
+            return [self._fail(job.req, f"{type(e).__name__}: {e}", kind) for job in jobs]
         outputs = []
         for job in jobs:
             self._after_flow(job)
@@ -227,6 +235,9 @@ class DecodeEngine:
                                      f"{self.pool.num_pages}")
         if not self.slots.num_free or not self.pool.can_admit(budget, req.prefix_key):
             return False
+        num_streams = sum(1 for r in self.requests.values() if r.is_admitted and r.stream)
+        if req.stream and self.limits.realtime_admission and num_streams >= self.capacity_streams():
+            return False  # one more stream would make the admitted ones stall (by the measured step times)
         stream = self.pool.admit(req.req_id, budget, req.prefix_key)
         req.slot = self.slots.take()
         self.cache.spks[req.slot] = self.flow._speaker(req.embedding.to(self.dtype))[0]
@@ -338,10 +349,10 @@ class DecodeEngine:
             req.schedule.advance()
         return AudioOutput(req.req_id, audio, finished=job.finalize)
 
-    def _fail(self, req: DecodeRequest, error: str) -> AudioOutput:
+    def _fail(self, req: DecodeRequest, error: str, kind: str = "internal") -> AudioOutput:
         self.requests.pop(req.req_id, None)
         self._release(req)
-        return AudioOutput(req.req_id, np.zeros(0, dtype=np.float32), finished=True, error=error)
+        return AudioOutput(req.req_id, np.zeros(0, dtype=np.float32), finished=True, error=error, error_kind=kind)
 
     def _release(self, req: DecodeRequest) -> None:
         self.pool.release(req.req_id)

@@ -88,6 +88,9 @@ class ServerConfig:
                                  default_text="auto: the flow's dtype")
     deadline_margin_s: float = _opt("decode", 0.3, "a stream's next chunk is due this long before its listener "
                                                    "would run out of audio")
+    admission_wait_s: float = _opt("decode", 5.0, "a stream that finds no room in its decode process (pool pages, "
+                                                  "or on a GPU the real-time capacity of the measured steps) "
+                                                  "waits this long, then gets 429 with Retry-After")
     first_hop_tokens: int = _opt("decode", 0, "speech tokens of a stream's first chunk (e.g. 15: earlier first "
                                               "audio; not upstream-exact for those tokens)",
                                  default_text="0: upstream's 25 plus the prompt's alignment pad")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
+from light_tts.errors import error_from_kind
 from light_tts.frontend.prompt import Prompt
 from light_tts.server import metrics
 from light_tts.server.io_struct import AbortRequest, AudioReady, DecodeStart, RequestParams, SpeechTokenBatch
@@ -189,8 +190,8 @@ class DecodeWorker:
                 continue
             req_id = state.params.req_id
             if out.error:
-                self.log.error("request %d failed in token2wav: %s", req_id, out.error)
-                self.drop(req_id, RuntimeError(out.error))
+                self.log.error("request %d failed in token2wav (%s): %s", req_id, out.error_kind, out.error)
+                self.drop(req_id, error_from_kind(out.error_kind, out.error))
                 continue
             is_last = out.finished and state.active == state.last_sentence
             pcm = self.to_int16(out.audio)  # little-endian on every host we run on (x86-64, aarch64)

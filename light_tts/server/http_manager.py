@@ -23,6 +23,8 @@ from light_tts.errors import (OverloadedError, RequestError, RequestTimeoutError
                               WorkerDiedError, error_from_kind)
 from light_tts.server.io_struct import (AbortDone, AbortRequest, AudioReady, EncodeRequest, RequestFailed,
                                         RequestParams, TextPiece)
+from light_tts.server import metrics
+from light_tts.server.playback import Playback
 from light_tts.server.process_table import ProcessTable
 from light_tts.server.settings import ServerSettings
 from light_tts.server.shm import CLIENT_AT_LIMIT, RequestSlots, client_key
@@ -48,6 +50,7 @@ class RequestHandle:
     num_samples: int = 0
     first_audio_at: float | None = None
     is_done: bool = False  # the last audio arrived: every stage has already let go of the request
+    playback: Playback | None = None  # streamed requests: the listener's clock (stall and slack metrics)
 
     @property
     def audio_seconds(self) -> float:
@@ -138,6 +141,8 @@ class HttpServerManager:
         rank = self.next_encode_rank
         self.next_encode_rank = (rank + 1) % len(self.to_encode)
         handle = RequestHandle(req_id, slot, rank, time.monotonic(), self.settings.model.sample_rate)
+        if stream:
+            handle.playback = Playback(self.settings.model.sample_rate)
         self.reqs[req_id] = handle
         seed = secrets.randbits(31) if seed is None else seed
         params = RequestParams(req_id, slot, self.http_rank, stream, speed, seed, fixed_speech_tokens)
@@ -207,6 +212,9 @@ class HttpServerManager:
             return
         if message.num_samples:
             handle.events.put_nowait(pcm)
+            if handle.playback is not None:
+                stall, slack = handle.playback.on_chunk(message.num_samples, time.monotonic())
+                metrics.observe_playback(stall, slack)
         if message.is_last:
             handle.is_done = True
             handle.events.put_nowait(END)

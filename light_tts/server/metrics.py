@@ -43,8 +43,26 @@ DECODE_WAITING = Gauge("lighttts_decode_streams_waiting_for_pages", "Requests re
                        "pages", ["rank"], multiprocess_mode="livesum")
 DECODE_EAGER = Counter("lighttts_decode_eager_passes", "Decode passes that fit no captured CUDA graph",
                        ["rank", "part"])
+STALL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+SLACK_BUCKETS = (-1.0, -0.25, 0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+STREAM_STALLS = Counter("lighttts_stream_stalls", "Streamed chunks that reached the HTTP worker after the "
+                        "listener's buffer ran dry (playback from the first chunk, in real time)")
+STALL_SECONDS = Histogram("lighttts_stall_seconds", "Silence a listener heard before a late chunk",
+                          buckets=STALL_BUCKETS)
+DEADLINE_SLACK = Histogram("lighttts_deadline_slack_seconds", "How long before the listener needed it a streamed "
+                           "chunk arrived (negative: late)", buckets=SLACK_BUCKETS)
 DECODE_STEP_TIME = Histogram("lighttts_decode_step_seconds", "Duration of one decode engine step", ["rank"],
                              buckets=STEP_BUCKETS)
+
+
+def observe_playback(stall_s: float, slack_s: float | None) -> None:
+    """One streamed chunk's arrival against its listener's clock (server.playback)."""
+    if slack_s is None:
+        return
+    DEADLINE_SLACK.observe(slack_s)
+    if stall_s > 0:
+        STREAM_STALLS.inc()
+        STALL_SECONDS.observe(stall_s)
 
 
 class SharedStateCollector:
