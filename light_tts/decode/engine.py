@@ -368,6 +368,12 @@ class DecodeEngine:
         s.flow_replays, s.flow_eager = self.runner.num_replays, self.runner.num_eager
         s.hift_eager = getattr(self.hift.runner, "num_eager", 0) if self.hift.runner is not None else 0
 
+    def min_slack_ms(self) -> int:
+        """The least playback slack over this engine's playing streams, in ms (a large number when none)."""
+        now, margin = self.clock(), self.limits.deadline_margin_s
+        slacks = [r.deadline(margin) - now for r in self.requests.values() if r.stream and r.audio_start is not None]
+        return int(1000 * min(slacks)) if slacks else 1 << 40
+
     def take_step_times(self) -> list[float]:
         out, self.stats.step_seconds = self.stats.step_seconds, []
         return out

@@ -160,10 +160,16 @@ class LLMWorker:
             self.http.fail(params.http_rank, params.req_id, error)
 
     def pick_decode_rank(self) -> int:
-        """Least loaded decode process (load read from the process table); ties go round-robin."""
+        """The decode process with room in its page pool and the most playback slack (then the most room, then
+        the fewest requests), from the process table; ties go round-robin."""
         num = len(self.to_decode)
         order = [(self.next_decode_rank + i) % num for i in range(num)]
-        rank = min(order, key=lambda r: self.processes.load("decode", r))
+
+        def preference(r: int) -> tuple:
+            room, slack_ms = self.processes.room("decode", r)
+            return room <= 0, -min(slack_ms, 10_000), -room, self.processes.load("decode", r)
+
+        rank = min(order, key=preference)
         self.next_decode_rank = (rank + 1) % num
         return rank
 

@@ -23,7 +23,11 @@ def process_specs(num_rows: int) -> dict[str, tuple[tuple[int, ...], type]]:
     return {
         "pid": ((num_rows,), np.int64),
         "state": ((num_rows,), np.int64),
-        "load": ((num_rows,), np.int64),  # requests the process holds (the LLM sends new ones to the least loaded)
+        "load": ((num_rows,), np.int64),  # requests the process holds
+        # decode processes: pool pages a new stream could still be granted, and the least playback slack of their
+        # streams in ms (the LLM sends a new request to the one with room and the most slack)
+        "room": ((num_rows,), np.int64),
+        "slack_ms": ((num_rows,), np.int64),
         "address": ((num_rows, ADDRESS_BYTES), np.uint8),  # the inbox's bound ZMQ address
         "address_len": ((num_rows,), np.int64),
         "generation": ((num_rows,), np.int64),  # +1 per publish; 0 = nothing published yet
@@ -61,6 +65,14 @@ class ProcessTable:
 
     def load(self, stage: str, rank: int) -> int:
         return int(self.a["load"][self.rows[(stage, rank)]])
+
+    def set_room(self, stage: str, rank: int, pages: int, slack_ms: int) -> None:
+        row = self.rows[(stage, rank)]
+        self.a["room"][row], self.a["slack_ms"][row] = pages, slack_ms
+
+    def room(self, stage: str, rank: int) -> tuple[int, int]:
+        row = self.rows[(stage, rank)]
+        return int(self.a["room"][row]), int(self.a["slack_ms"][row])
 
     def state(self, stage: str, rank: int) -> int:
         return int(self.a["state"][self.rows[(stage, rank)]])
