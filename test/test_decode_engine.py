@@ -321,3 +321,20 @@ def test_realtime_admission_waits_then_refuses_with_429(cfg):
     (refused,) = [o for o in engine.step() if o.error]
     assert refused.req_id == "r1" and refused.error_kind == "overloaded" and "retry" in refused.error
     engine.pool.check()
+
+
+def test_release_and_reload_keep_the_audio(cfg):
+    """--idle_release_s: an idle engine drops its pool and graphs and moves its weights to host memory; after a
+    reload it serves the same audio as before."""
+    engine = new_engine(cfg, "fixed")
+    reqs = make_requests(cfg)[:1]
+    engine.release()
+    assert engine.is_released and engine.flow.input_embedding.weight.device.type == "cpu"
+    engine.reload()
+    assert not engine.is_released
+    req_id, prompt, tokens, seed, stream, speed, push = reqs[0]
+    engine.add_request(req_id, prompt, seed, stream, speed)
+    assert check_against_reference(engine, reqs, run_until_done(engine, {req_id: (tokens, push, 0)})) < REL_TOL
+    engine.add_request("busy", prompt, seed, True)
+    with pytest.raises(RuntimeError):
+        engine.release()

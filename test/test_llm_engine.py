@@ -234,3 +234,26 @@ def test_cuda_engine_matches_cpu_reference(model_cfg, state_dict, lm, io, disabl
     num_equal = sum(tokens[r.req_id] == reference_tokens(lm, r) for r in reqs)
     # float32 Triton kernels round differently from the CPU reference; greedy/RAS may flip on near ties
     assert num_equal >= 6, num_equal
+
+
+def test_release_and_reload_generate_the_same_tokens(fixture_dir):
+    """--idle_release_s on the LLM engine: after release() and reload() a request gets the tokens it got before."""
+    from light_tts.llm.engine import EngineConfig, LLMEngine
+    from light_tts.llm.request import LLMRequest
+    from light_tts.model_dir import load_model_config
+
+    engine = LLMEngine(load_model_config(fixture_dir), EngineConfig(data_type="float32", max_req_total_len=512),
+                       "cpu")
+
+    def generate(req_id):
+        engine.add_request(LLMRequest(req_id, [11, 12, 13, 14], [1, 2], [5] * 20, seed=7))
+        tokens = []
+        while engine.has_unfinished():
+            for out in engine.step():
+                tokens += out.new_token_ids
+        return tokens
+
+    before = generate("a")
+    engine.release()
+    engine.reload()
+    assert generate("b") == before and len(before) > 0

@@ -225,3 +225,19 @@ def test_playback_counts_stalls_and_slack():
     assert abs(stall - 0.5) < 1e-9 and abs(slack + 0.5) < 1e-9
     stall, slack = p.on_chunk(50, now=12.9)  # due at 13.0
     assert stall == 0.0 and abs(slack - 0.1) < 1e-9
+
+
+def test_idle_release_state_machine():
+    from light_tts.server.idle import IdleRelease
+
+    idle = IdleRelease(idle_s=5.0)
+    assert not idle.should_release(has_work=False, now=0.0)  # idle from t=0
+    assert not idle.should_release(has_work=True, now=3.0)  # work resets the idle clock
+    assert not idle.should_release(has_work=False, now=4.0)
+    assert not idle.should_release(has_work=False, now=8.9)
+    assert idle.should_release(has_work=False, now=9.0) and idle.is_released
+    assert not idle.should_release(has_work=False, now=20.0)  # released once
+    assert idle.needs_reload()
+    idle.reloaded(1.25)
+    assert not idle.needs_reload() and idle.reload_seconds == [1.25]
+    assert not IdleRelease(idle_s=0).should_release(has_work=False, now=1e9)  # off

@@ -12,6 +12,7 @@ pages and slots go back and the engine goes on.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ class DecodeEngine:
         self.t2w = Token2Wav(model_cfg, self.device)
         self.flow = self.t2w.flow.to(dtype)  # HiFT stays in float32 (its source phases and iSTFT need it)
         self.hift = self.t2w.hift
+        self.use_cuda_graph = use_cuda_graph
         rt = build_runtime(self, use_cuda_graph)
         self.cache, self.pool, self.runner, self.slots = rt.cache, rt.pool, rt.runner, rt.slots
         self.page_tokens = self.cache.shape.page_tokens
@@ -367,6 +369,31 @@ class DecodeEngine:
         s.prefixes_kept = len(self.pool.prefixes)
         s.flow_replays, s.flow_eager = self.runner.num_replays, self.runner.num_eager
         s.hift_eager = getattr(self.hift.runner, "num_eager", 0) if self.hift.runner is not None else 0
+
+    def release(self) -> None:
+        """While idle (no request): give the device back (--idle_release_s): graphs, the page pool and its kept
+        voice prefixes are dropped, the flow and HiFT weights move to host memory."""
+        if self.requests:
+            raise RuntimeError("release with requests in the engine")
+        self.runner = self.cache = self.pool = self.slots = None
+        self.hift.runner = None
+        self.flow.to("cpu")
+        self.hift.to("cpu")
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def reload(self) -> None:
+        """Weights back on the device, then the startup order again: pool sized from free memory, graphs."""
+        self.flow.to(self.device)
+        self.hift.to(self.device)
+        rt = build_runtime(self, self.use_cuda_graph)
+        self.cache, self.pool, self.runner, self.slots = rt.cache, rt.pool, rt.runner, rt.slots
+        self.stats.pages_total = self.pool.num_pages
+
+    @property
+    def is_released(self) -> bool:
+        return self.pool is None
 
     def min_slack_ms(self) -> int:
         """The least playback slack over this engine's playing streams, in ms (a large number when none)."""

@@ -93,6 +93,17 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
+    def release(self) -> None:
+        """While idle (nothing in the engine): free the device (--idle_release_s); the kept prompt prefixes go too."""
+        if self.scheduler.has_unfinished():
+            raise RuntimeError("release with requests in the engine")
+        if self.scheduler.prefix_cache is not None:
+            self.scheduler.prefix_cache.evict(self.scheduler.prefix_cache.num_cached_slots)
+        self.runner.release()
+
+    def reload(self) -> None:
+        self.runner.reload()
+
     def step(self) -> list[TokenOutput]:
         """Run one batch; [] with nothing to run (e.g. every bistream request waits for text)."""
         batch = self.scheduler.schedule()

@@ -51,6 +51,25 @@ class ModelRunner:
             self.graphs = DecodeGraphs(self.model, self.sampler, self.kv, self.cos_sin,
                                        min(engine_cfg.graph_max_batch_size, engine_cfg.running_max_req_size))
 
+    def release(self) -> None:
+        """Give the device back while idle: graphs and KV cache dropped, weights moved to host memory."""
+        self.graphs = self.kv = self.last_logits = None
+        self.model.to("cpu")
+        self.cos_sin = self.cos_sin.cpu()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def reload(self) -> None:
+        """Back on the device: weights, a KV cache of the same size (its contents were idle), graphs recaptured."""
+        cfg = self.cfg
+        self.model.to(self.device)
+        self.cos_sin = self.cos_sin.to(self.device)
+        self.kv = KVCache(self.llm_cfg, self.num_kv_slots, self.num_rows, cfg.max_req_total_len, self.dtype,
+                          self.device)
+        if self.device.type == "cuda" and not cfg.disable_cudagraph:
+            self.graphs = DecodeGraphs(self.model, self.sampler, self.kv, self.cos_sin,
+                                       min(cfg.graph_max_batch_size, cfg.running_max_req_size))
+
     def _load(self, state_dict: dict[str, torch.Tensor]) -> EngineSpeechLM:
         with torch.device("meta"):
             model = EngineSpeechLM(self.llm_cfg, self.layout.num_embeddings)
