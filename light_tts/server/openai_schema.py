@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from light_tts.errors import LightTTSError, RequestError
-from light_tts.server.request_parsing import MAX_SPEED, MIN_SPEED
+from light_tts.request_rules import MAX_SPEED, MIN_SPEED
 
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for `input`
 MAX_SEED = 2**62  # as /inference_zero_shot's seed field

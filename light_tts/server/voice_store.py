@@ -29,7 +29,6 @@ import numpy as np
 
 from light_tts.errors import NotFoundError, TooLargeError, RequestError, VoiceLimitError
 from light_tts.frontend.audio import decode_audio
-from light_tts.server.shm import EMBEDDING_DIM, NUM_MELS
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -78,8 +77,8 @@ class PromptFeatures:
     def check(self) -> None:
         num = len(self.speech_tokens)
         if (self.speech_tokens.dtype != np.int32 or self.speech_tokens.ndim != 1 or num == 0
-                or self.embedding.dtype != np.float32 or self.embedding.shape != (EMBEDDING_DIM,)
-                or self.mel.dtype != np.float32 or self.mel.shape != (2 * num, NUM_MELS)):
+                or self.embedding.dtype != np.float32 or self.embedding.ndim != 1
+                or self.mel.dtype != np.float32 or self.mel.ndim != 2 or self.mel.shape[0] != 2 * num):
             raise ValueError(f"prompt features of the wrong shape: tokens {self.speech_tokens.dtype}"
                              f"{self.speech_tokens.shape}, embedding {self.embedding.dtype}{self.embedding.shape}, "
                              f"mel {self.mel.dtype}{self.mel.shape}")
