@@ -30,7 +30,7 @@ def post(url: str, fixed: int, stream: bool, out: dict) -> None:
 
 def test_sigterm_drains_then_cuts_then_exits_cleanly(tiny_model_dir, tmp_path_factory):
     srv = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "drain.log", "--drain_timeout_s",
-                        str(DRAIN_S))
+                        str(DRAIN_S), "--max_speech_tokens", "4000")
     srv.wait_ready()
     short, long = {}, {}
     threads = [threading.Thread(target=post, args=(srv.url, 50, True, short)),
