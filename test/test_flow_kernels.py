@@ -54,9 +54,11 @@ SPECS = [(0, 0, 100, 0, 99, 99), (1, 50, 50, 0, 99, 99), (2, 150, 23, 0, 99, 99)
          (4, 250, 50, 0, 1, 3)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float8_e4m3fn])
-def test_store_then_attend_equals_reference(dtype):
-    page, chunk, block_m = 50, 50, 16
+@pytest.mark.parametrize("dtype,block_m,num_splits", [(torch.float32, 16, 1), (torch.float32, 64, 4),
+                                                      (torch.float8_e4m3fn, 64, 2)])
+def test_store_then_attend_equals_reference(dtype, block_m, num_splits):
+    """One split (large passes) and page splits merged afterwards (small passes), around a hidden page range."""
+    page, chunk = 50, 50
     num_pages = 40
     rows, work_row, work_block, m = make_rows(SPECS, page, chunk, block_m, num_branches=2)
     table = page_table_for(SPECS, page, num_pages, seed=0)
@@ -90,7 +92,8 @@ def test_store_then_attend_equals_reference(dtype):
         deq = pools[1][int(items["page"][0]), 0, 0].float() * scales[1][int(items["page"][0]), 0, 0][:, None, None]
         assert rel_err(deq.transpose(0, 1), new_kv[:page, 0]) < 0.05  # fp8: ~3% rounding error
     out_ref = flow_attention_ref(q, pools[1], scales[1], table, rows, work_row, work_block, chunk, block_m)
-    out = flow_attention_triton(q, pools[1], scales[1], table, rows, work_row, work_block, chunk, block_m)
+    out = flow_attention_triton(q, pools[1], scales[1], table, rows, work_row, work_block, chunk, block_m,
+                                num_splits)
     assert rel_err(out, out_ref) < 1e-5
 
 
@@ -126,3 +129,31 @@ def test_relpos_attention_equals_reference(page, chunk):
     bias_u, bias_v = torch.randn(H, D, generator=g), torch.randn(H, D, generator=g)
     args = (q, kv, pos_table, bias_u, bias_v, table, rows, work_row, work_block, chunk)
     assert rel_err(relpos_attention_triton(*args), relpos_attention_ref(*args)) < 1e-5
+
+
+def test_fused_row_kernels_equal_references():
+    from light_tts.kernels.flow_fused import (add_layer_norm_ref, add_layer_norm_triton, gather_taps_ref,
+                                              gather_taps_triton, layer_norm_mish_ref, layer_norm_mish_triton,
+                                              snake_ref, snake_triton)
+
+    g = torch.Generator().manual_seed(5)
+    m, c = 37, 48  # not powers of two: masked rows and columns
+    norm = torch.nn.LayerNorm(c)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(c, generator=g))
+        norm.bias.copy_(torch.randn(c, generator=g))
+    x, delta, resid = (torch.randn(m, c, generator=g) * 3 for _ in range(3))
+    bias = torch.randn(c, generator=g)
+    with torch.no_grad():
+        for got, want in zip(add_layer_norm_triton(x, delta, bias, norm), add_layer_norm_ref(x, delta, bias, norm)):
+            assert rel_err(got, want) < 1e-5
+        x[0, :4] = torch.tensor([30.0, -30.0, 0.0, 19.9])  # mish's large-argument branch and its edge
+        for add, res in ((None, None), (bias, None), (None, resid)):
+            assert rel_err(layer_norm_mish_triton(x, norm, add, res), layer_norm_mish_ref(x, norm, add, res)) < 1e-5
+    tails = torch.randn(20, c, generator=g)
+    tail_read = torch.tensor([3, 4, 10, 11], dtype=torch.int64)
+    taps = torch.randint(0, m + 4 + 1, (29, 3), generator=g)  # into [x; 4 tail rows; zero]
+    assert torch.equal(gather_taps_triton(x, tails, tail_read, taps), gather_taps_ref(x, tails, tail_read, taps))
+    h = torch.randn(2, 5, 77, generator=g) * 4
+    alpha = torch.rand(5, generator=g) + 0.1
+    assert rel_err(snake_triton(h, alpha), snake_ref(h, alpha)) < 1e-6

@@ -17,6 +17,7 @@ Sections:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import tempfile
@@ -69,7 +70,8 @@ def section_errors(cfg) -> dict:
     session = ref_engine.t2w.session(make_prompt(0), 3, ref_engine.hop_policy)
     dense = np.concatenate(session.feed(tokens) + [session.finish()])
     out["paged_vs_dense_fp32_audio"] = rel_l2(ref_audio, dense)
-    del ref_engine
+    del ref_engine, session
+    gc.collect()
     for name, dtype, kv in (("fp16", "fp16", None), ("bf16", "bf16", None), ("fp16+fp8 pages", "fp16", "fp8_e4m3")):
         engine = make_engine(cfg, dtype, kv, graphs=True, num_pages=64, max_pass_tokens=1024)
         audio, mel = run_stream(engine, tokens)
@@ -77,6 +79,7 @@ def section_errors(cfg) -> dict:
         out[f"{name}_vs_fp32_mel"] = rel_l2(mel, ref_mel)
         out[f"{name}_eager_passes"] = engine.runner.num_eager
         del engine
+        gc.collect()
         torch.cuda.empty_cache()
     print(json.dumps(out, indent=1), flush=True)
     return out
@@ -96,6 +99,7 @@ def section_chunks(cfg, batches: list[int], kv: str | None) -> dict:
     result["seconds"] = time.perf_counter() - started
     result["kernels_per_chunk_b1"] = count_kernels(engine)
     del engine
+    gc.collect()
     torch.cuda.empty_cache()
     return result
 
@@ -115,6 +119,7 @@ def section_flat(cfg) -> dict:
     while engine.num_active():
         engine.step()
     del engine
+    gc.collect()
     torch.cuda.empty_cache()
     return {"ms_per_chunk": times, "chunk5_ms": times[4], "chunk30_ms": times[29],
             "chunk30_over_chunk5": times[29] / times[4]}
@@ -130,6 +135,7 @@ def section_throughput(cfg, rows_list: list[int], context_s: float, kv: str | No
         print(f"  {context_s:.0f}s ctx kv={kv} rows {rows}: flow {flow_ms:.1f} + hift {hift_ms:.1f} ms -> "
               f"{rows / (total / 1e3):.0f} audio s/s", flush=True)
     del engine
+    gc.collect()
     torch.cuda.empty_cache()
     return result
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from light_tts.decode.engine_setup import EngineLimits, build_runtime
+from light_tts.decode.engine_setup import HIFT_MAX_ROWS, EngineLimits, build_runtime
 from light_tts.decode.flow_inputs import ChunkSpec
 from light_tts.decode.hift_batch import split_hift_state, stack_hift_states
 from light_tts.decode.page_pool import PoolExhaustedError
@@ -270,12 +270,14 @@ class DecodeEngine:
     def _hift(self, jobs: list[StepJob], outputs: list[AudioOutput]) -> list[StepJob]:
         """mel -> audio for groups of equal shape; a failing group is retried job by job, so that only the failing
         request fails (overlap states are committed only after a pass succeeds)."""
-        groups: dict[tuple, list[StepJob]] = {}
+        by_shape: dict[tuple, list[StepJob]] = {}
         for job in jobs:
             key = (job.finalize, job.req.hift_state.mel is not None, job.mel.shape[2])
-            groups.setdefault(key, []).append(job)
+            by_shape.setdefault(key, []).append(job)
+        # at most HIFT_MAX_ROWS rows a pass: HiFT's activations grow with the rows (~50 MB each at 24 kHz)
+        groups = [g[i:i + HIFT_MAX_ROWS] for g in by_shape.values() for i in range(0, len(g), HIFT_MAX_ROWS)]
         done = []
-        for group in groups.values():
+        for group in groups:
             for part in ([group] if len(group) == 1 else [group, *[[j] for j in group]]):
                 try:
                     done += self._hift_pass(part)

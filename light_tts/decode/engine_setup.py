@@ -19,6 +19,7 @@ from light_tts.models.hift.streaming import MEL_CACHE_LEN
 
 logger = logging.getLogger(__name__)
 CPU_POOL_BYTES = 1 << 30  # the pool's size on a CPU host (the tiny model's pages are small)
+HIFT_MAX_ROWS = 32  # rows of one HiFT pass (the engine splits larger groups: HiFT's activations grow with rows)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Runtime:
 
 
 def build_runtime(engine, use_cuda_graph: bool) -> Runtime:
+    """HiFT graphs -> warm-up -> pool sized from what is left -> flow graphs (which read the pool in place)."""
     limits, device, flow = engine.limits, engine.device, engine.flow
     shape = FlowCacheShape.from_config(engine.cfg.flow)
     assert list(shape.tail_channels) == flow.decoder.estimator.tail_channels
@@ -76,6 +78,11 @@ def build_runtime(engine, use_cuda_graph: bool) -> Runtime:
     is_cuda = device.type == "cuda"
     buckets = make_buckets(limits.max_pass_tokens, engine.max_batch_size)
     graphs = is_cuda and use_cuda_graph
+    if graphs:  # HiFT's graphs first: the memory they hold is then gone before the pool is sized
+        engine.hift.runner = HiFTGraphs(engine.hift)
+        frames = 2 * engine.hop_policy.first + MEL_CACHE_LEN  # a middle chunk plus the re-vocoded overlap
+        engine.hift.runner.capture(min(engine.max_batch_size, HIFT_MAX_ROWS),
+                                   [(frames, MEL_CACHE_LEN * engine.hift.samples_per_frame)])
     if limits.num_pages is not None:
         num_pages = limits.num_pages
     elif not is_cuda:
@@ -89,9 +96,6 @@ def build_runtime(engine, use_cuda_graph: bool) -> Runtime:
                 num_slots)
     if graphs:
         runner.capture_all()
-        engine.hift.runner = HiFTGraphs(engine.hift)
-        frames = 2 * engine.hop_policy.first + MEL_CACHE_LEN  # a middle chunk plus the re-vocoded overlap
-        engine.hift.runner.capture(engine.max_batch_size, [(frames, MEL_CACHE_LEN * engine.hift.samples_per_frame)])
     return Runtime(cache, PagePool(num_pages), runner, SlotPool(num_slots))
 
 
@@ -108,12 +112,18 @@ def _pages_after_warmup(engine, shape: FlowCacheShape, num_slots: int, max_token
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - before
     del probe
+    torch.cuda.reset_peak_memory_stats(device)
+    hift = engine.hift  # its largest pass: HIFT_MAX_ROWS first chunks of the longest first hop, no overlap yet
+    frames = 2 * (engine.hop_policy.first + 25) + MEL_CACHE_LEN
+    with torch.inference_mode():
+        hift.inference(torch.zeros(HIFT_MAX_ROWS, hift.cfg.in_channels, frames, device=device))
+    torch.cuda.synchronize(device)
+    hift_peak = torch.cuda.max_memory_allocated(device) - before
     torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info(device)
-    hift_margin = 2 << 30  # HiFT's activations at the largest row bucket
-    budget = int(engine.limits.mem_fraction * free) - 2 * peak - hift_margin
-    logger.info("decode warm-up: %.2f GB activation peak at %d tokens; %.1f GB free", peak / 1e9,
-                largest.num_tokens, free / 1e9)
+    budget = int(engine.limits.mem_fraction * free) - 2 * peak - 3 * hift_peak // 2
+    logger.info("decode warm-up: %.2f GB flow activation peak at %d tokens, %.2f GB HiFT peak at %d rows; "
+                "%.1f GB free", peak / 1e9, largest.num_tokens, hift_peak / 1e9, HIFT_MAX_ROWS, free / 1e9)
     pages = pages_for_bytes(shape, budget, num_slots, act_dtype, kv_dtype)
     if pages < 1:
         raise RuntimeError(f"no GPU memory left for the flow-cache pool ({free / 1e9:.1f} GB free)")

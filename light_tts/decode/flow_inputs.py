@@ -24,7 +24,8 @@ import torch
 
 from light_tts.decode.flow_cache import FlowCacheShape
 
-BLOCK_M = 16  # query rows per attention work item
+ENC_BLOCK_M = 16  # query rows per encoder attention work item (its positional gather is 3-D: small blocks)
+EST_BLOCK_M = 64  # estimator: a whole 50-frame chunk per work item, so a stream's pages are read once per head
 LA_TAPS, LA_TAIL = 4, 2  # the lookahead conv: the token and 3 ahead; its causal conv2 keeps 2 outputs
 UP_TAPS, UP_TAIL = 5, 4  # the upsampling conv over repeated frames keeps 4
 EST_TAPS, EST_TAIL = 3, 2  # every estimator causal conv keeps 2 frames
@@ -74,6 +75,7 @@ class AttentionRows:
     rows: dict[str, torch.Tensor]
     work_row: torch.Tensor
     work_block: torch.Tensor
+    block_m: int  # query rows per work item
 
 
 @dataclass
@@ -140,8 +142,9 @@ class _Taps:
         return np.where(positions >= 0, first + positions, -(1 + tail_offset + self.tail + positions))
 
     def finish(self, num_inputs: int, num_rows_pad: int, num_out_pad: int, trash_entry: int,
-               num_saves_pad: int, device) -> dict[str, torch.Tensor]:
-        """Index tensors over [inputs (num_inputs rows); tails (tail * num_rows_pad rows); zero]."""
+               num_saves_pad: int, device, pad_src: int | None = None) -> dict[str, torch.Tensor]:
+        """Index tensors over [inputs (num_inputs rows); tails (tail * num_rows_pad rows); zero]. pad_src: where
+        padding saves read (default the zero row; the estimator reads its inputs only, so row 0 there)."""
         tail_base = num_inputs
         zero = num_inputs + self.tail * num_rows_pad
         fix = lambda a: np.where(a >= 0, a, tail_base - 1 - a)  # noqa: E731
@@ -150,7 +153,8 @@ class _Taps:
             taps[out_first:out_first + len(row_taps)] = fix(row_taps)
         tail_read = np.array(self.tail_read + [0] * (self.tail * num_rows_pad - len(self.tail_read)))
         pad = num_saves_pad - len(self.save_src)
-        save_src = np.array([fix(np.array(s)) for s in self.save_src] + [zero] * pad, dtype=np.int64)
+        save_src = np.array([fix(np.array(s)) for s in self.save_src] + [zero if pad_src is None else pad_src] * pad,
+                            dtype=np.int64)
         save_dst = np.array(self.save_dst + [trash_entry] * pad, dtype=np.int64)
         as_t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64), device=device)  # noqa: E731
         return {"taps": as_t(taps), "tail_read": as_t(tail_read), "save_src": as_t(save_src),
@@ -160,7 +164,8 @@ class _Taps:
 class _Attention:
     """Accumulates the rows and work items of one attention family."""
 
-    def __init__(self):
+    def __init__(self, block_m: int):
+        self.block_m = block_m
         self.cols = {k: [] for k in ("q_start", "num_q", "pos0", "ctx", "stream", "branch", "mode", "skip_lo",
                                      "skip_hi")}
         self.work_row: list[int] = []
@@ -171,7 +176,7 @@ class _Attention:
         values = (q_start, num_q, pos0, pos0 + num_q, stream, branch, mode, *skip)
         for key, value in zip(self.cols, values):
             self.cols[key].append(value)
-        for qb in range(-(-num_q // BLOCK_M)):
+        for qb in range(-(-num_q // self.block_m)):
             self.work_row.append(r)
             self.work_block.append(qb)
 
@@ -181,7 +186,7 @@ class _Attention:
         pad = num_work_pad - len(self.work_row)
         work_row = torch.tensor(self.work_row + [-1] * pad, dtype=torch.int32, device=device)
         work_block = torch.tensor(self.work_block + [0] * pad, dtype=torch.int32, device=device)
-        return AttentionRows(rows, work_row, work_block)
+        return AttentionRows(rows, work_row, work_block, self.block_m)
 
 
 def _store_items(items: list[tuple[int, int, int, int]], num_pad: int, device) -> dict[str, torch.Tensor]:
@@ -212,7 +217,7 @@ def build_flow_inputs(specs: list[ChunkSpec], shape: FlowCacheShape, num_slots: 
     mf, mf_pad = ratio * mt, ratio * mt_pad
     trash = num_slots - 1
     la, up, est = _Taps(EST_TAPS, LA_TAIL), _Taps(UP_TAPS, UP_TAIL), _Taps(EST_TAPS, EST_TAIL)
-    enc_attn, up_attn, est_attn = _Attention(), _Attention(), _Attention()
+    enc_attn, up_attn, est_attn = _Attention(ENC_BLOCK_M), _Attention(ENC_BLOCK_M), _Attention(EST_BLOCK_M)
     enc_store, up_store, est_store = [], [], []
     tokens, x_rows, la_in_taps = [], [], []
     noise_frames, spk_slots = [], []
@@ -266,9 +271,9 @@ def build_flow_inputs(specs: list[ChunkSpec], shape: FlowCacheShape, num_slots: 
             est_attn.add(v_first, m, f0, r, branch, 1 if s.full_attention else 0, s.skip_pages)
             est_store += _page_writes(s.page_table, f0, m, shape.page_frames, v_first, branch)
     mv_pad = 2 * mf_pad
-    work = lambda m: m // BLOCK_M + 2 * r_pad  # noqa: E731  an upper bound on work items
+    work = lambda m, block: m // block + 2 * r_pad  # noqa: E731  an upper bound on work items
     if bucket is None:
-        work = lambda m: 0  # noqa: E731
+        work = lambda m, block: 0  # noqa: E731
     saves = 2 * r_pad  # a row's own tail and possibly a prefix's
     inputs = FlowInputs(
         tokens=torch.tensor(tokens + [0] * (mt_in_pad - mt_in), dtype=torch.int64, device=device),
@@ -280,10 +285,10 @@ def build_flow_inputs(specs: list[ChunkSpec], shape: FlowCacheShape, num_slots: 
         up=up.finish(mt_pad, r_pad, mf_pad, trash * UP_TAIL, UP_TAIL * saves if bucket else len(up.save_src),
                      device),
         est=est.finish(mv_pad, 2 * r_pad, mv_pad, trash * 2 * EST_TAIL,
-                       2 * EST_TAIL * saves if bucket else len(est.save_src), device),
-        enc_attn=enc_attn.finish(r_pad, max(work(mt_pad), len(enc_attn.work_row)), device),
-        up_attn=up_attn.finish(r_pad, max(work(mf_pad), len(up_attn.work_row)), device),
-        est_attn=est_attn.finish(2 * r_pad, max(work(mv_pad), len(est_attn.work_row)), device),
+                       2 * EST_TAIL * saves if bucket else len(est.save_src), device, pad_src=0),
+        enc_attn=enc_attn.finish(r_pad, max(work(mt_pad, ENC_BLOCK_M), len(enc_attn.work_row)), device),
+        up_attn=up_attn.finish(r_pad, max(work(mf_pad, ENC_BLOCK_M), len(up_attn.work_row)), device),
+        est_attn=est_attn.finish(2 * r_pad, max(work(mv_pad, EST_BLOCK_M), len(est_attn.work_row)), device),
         enc_store=_store_items(enc_store, max(mt_pad // shape.page_tokens + r_pad, len(enc_store))
                                if bucket else len(enc_store), device),
         up_store=_store_items(up_store, max(mf_pad // shape.page_frames + r_pad, len(up_store))

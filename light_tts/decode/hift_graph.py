@@ -39,6 +39,14 @@ class HiFTGraphs:
         rows_list = [b for b in ROW_BUCKETS if b < max_rows] + [bucket(max_rows, ROW_BUCKETS) or max_rows]
         p = next(self.hift.parameters())
         num_harmonics = self.hift.m_source.num_harmonics
+        benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True  # HiFT is convolutions: let cuDNN time its algorithms per shape
+        try:
+            self._capture(rows_list, shapes, p, num_harmonics)
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
+
+    def _capture(self, rows_list, shapes, p, num_harmonics) -> None:
         for frames, cached in shapes:
             for rows in reversed(rows_list):
                 examples = (p.new_zeros(rows, self.hift.cfg.in_channels, frames), p.new_zeros(rows, num_harmonics),

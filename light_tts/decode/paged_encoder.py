@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from light_tts.decode.flow_cache import FlowCache
-from light_tts.decode.flow_inputs import BLOCK_M, FlowInputs
+from light_tts.decode.flow_inputs import FlowInputs
 from light_tts.kernels.flow_ops import relpos_attention, store_pages
 from light_tts.models.flow.encoder import ConformerBlock, UpsampleConformerEncoder
 
@@ -50,7 +50,7 @@ class PagedConformer:
         qkv = F.linear(b.norm_mha(x), self.qkv_weight, self.qkv_bias).view(m, 3, self.heads, self.head_dim)
         store_pages(qkv[:, 1:], kv, None, store, use_triton)
         o = relpos_attention(qkv[:, 0], kv, self.pos_table, self.bias_u, self.bias_v, page_table, attn.rows,
-                             attn.work_row, attn.work_block, chunk, BLOCK_M, use_triton)
+                             attn.work_row, attn.work_block, chunk, attn.block_m, use_triton)
         x = x + b.self_attn.linear_out(o.reshape(m, -1))
         return x + b.feed_forward(b.norm_ff(x))
 

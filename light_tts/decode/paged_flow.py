@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from light_tts.decode.flow_cache import FlowCache
-from light_tts.decode.flow_inputs import BLOCK_M, FlowInputs
-from light_tts.decode.paged_encoder import PagedEncoder, conv_matrix, extend, tap_conv
-from light_tts.kernels.flow_ops import flow_attention, store_pages
+from light_tts.decode.flow_inputs import FlowInputs
+from light_tts.decode.paged_encoder import PagedEncoder, conv_matrix
+from light_tts.kernels.flow_ops import add_layer_norm, flow_attention, gather_taps, layer_norm_mish, store_pages
 from light_tts.models.flow import Flow
 from light_tts.models.flow.estimator import CausalBlock1D, CausalConv1d, CausalResnetBlock1D, TransformerBlock, \
     timestep_embedding
@@ -57,39 +57,51 @@ class PagedEstimator:
         (resnet, blocks, up), = est.up_blocks
         x = self._attend(self._resnet(resnet, torch.cat([x, skip], dim=1), ctx), blocks, ctx)
         final = est.final_block
-        x = self._block(final, self._conv(final.block[0], self._conv(up, x, ctx), ctx))
+        x = self._block(final, self._conv(final.block[0], self._conv(up, x, ctx), ctx), ctx)
         return F.linear(x, self.final_w, self.final_b)
 
     def _conv(self, conv: CausalConv1d, x: torch.Tensor, ctx) -> torch.Tensor:
-        step, inputs, cache, _ = ctx
+        """The causal conv over packed rows: an im2col of its taps (the cached tails included), one matmul, and
+        the rows' last inputs saved as their next tails (every estimator row has at least 2 new frames, so they
+        are packed inputs)."""
+        step, inputs, cache, use_triton = ctx
         weight, bias, channels = self.convs[conv.slot]
         tails = cache.est_tails[conv.slot][step].view(-1, channels)
-        x_ext = extend(x, tails[inputs.est["tail_read"]])
-        tails[inputs.est["save_dst"]] = x_ext[inputs.est["save_src"]]
-        return tap_conv(x_ext, inputs.est["taps"], weight, bias)
+        est = inputs.est
+        cols = gather_taps(x, tails, est["tail_read"], est["taps"], use_triton)
+        tails.index_copy_(0, est["save_dst"], x.index_select(0, est["save_src"]))
+        return F.linear(cols, weight, bias)
 
     @staticmethod
-    def _block(block: CausalBlock1D, y: torch.Tensor) -> torch.Tensor:
-        """LayerNorm and Mish after a CausalBlock1D's conv."""
-        return F.mish(block.block[2](y))
+    def _block(block: CausalBlock1D, y: torch.Tensor, ctx, add=None, residual=None) -> torch.Tensor:
+        """LayerNorm and Mish after a CausalBlock1D's conv (+ the resnet's time bias or residual), fused."""
+        return layer_norm_mish(y, block.block[2], add, residual, ctx[3])
 
     def _resnet(self, res: CausalResnetBlock1D, x: torch.Tensor, ctx) -> torch.Tensor:
-        h = self._block(res.block1, self._conv(res.block1.block[0], x, ctx)) + self.time_bias[ctx[0]][id(res)]
+        h = self._block(res.block1, self._conv(res.block1.block[0], x, ctx), ctx, add=self.time_bias[ctx[0]][id(res)])
         w, b = self.res_convs[id(res)]
-        return self._block(res.block2, self._conv(res.block2.block[0], h, ctx)) + F.linear(x, w, b)
+        return self._block(res.block2, self._conv(res.block2.block[0], h, ctx), ctx, residual=F.linear(x, w, b))
 
     def _attend(self, x: torch.Tensor, blocks, ctx) -> torch.Tensor:
+        """The transformer blocks of one U-Net stage; each residual add is fused with the LayerNorm after it."""
         step, inputs, cache, use_triton = ctx
         attn = inputs.est_attn
-        for block in blocks:
+        h = blocks[0].norm1(x)
+        for i, block in enumerate(blocks):
             m, heads, head_dim = x.shape[0], block.attn1.heads, block.attn1.head_dim
-            qkv = F.linear(block.norm1(x), self.qkv[block.slot]).view(m, 3, heads, head_dim)
+            qkv = F.linear(h, self.qkv[block.slot]).view(m, 3, heads, head_dim)
             kv, scale = cache.est_view(step, block.slot)
             store_pages(qkv[:, 1:], kv, scale, inputs.est_store, use_triton)
             o = flow_attention(qkv[:, 0], kv, scale, inputs.page_table, attn.rows, attn.work_row, attn.work_block,
-                               self.chunk, BLOCK_M, use_triton)
-            x = x + block.attn1.to_out[0](o.reshape(m, -1))
-            x = x + block.ff(block.norm3(x))
+                               self.chunk, attn.block_m, use_triton)
+            out = block.attn1.to_out[0]
+            x, h = add_layer_norm(x, F.linear(o.reshape(m, -1), out.weight), out.bias, block.norm3, use_triton)
+            proj, ff_out = block.ff.net[0].proj, block.ff.net[2]
+            f = F.linear(F.gelu(F.linear(h, proj.weight, proj.bias)), ff_out.weight)
+            if i + 1 < len(blocks):
+                x, h = add_layer_norm(x, f, ff_out.bias, blocks[i + 1].norm1, use_triton)
+            else:
+                x = x + f + ff_out.bias
         return x
 
 

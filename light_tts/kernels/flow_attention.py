@@ -12,6 +12,10 @@ attention over ctx_len keys (whole utterances). Pages [skip_lo, skip_hi) are hid
 Work items (program_id 0) are (virtual row, query block) pairs made on the host; an item whose row is -1 is graph
 padding and exits at once, so the grid depends only on the bucket, never on tensor values. fp8 pools carry one
 scale per (page, key/value, branch, head): scores and outputs are multiplied by it (a scalar per page tile).
+
+Small passes split each item's pages over NUM_SPLITS programs (program_id 2, flash-decoding): each writes its
+normalised partial output and log-sum-exp, and a merge kernel combines them, so one stream's long context is read
+by many SMs at once. The split count depends on the grid size only (graph-safe); large passes use one split.
 """
 
 import torch
@@ -19,6 +23,7 @@ import triton
 import triton.language as tl
 
 LOG2_E = 1.4426950408889634
+MAX_SPLITS = 16
 
 
 @triton.jit
@@ -80,12 +85,14 @@ def _flow_attention_kernel(
     stride_qm, stride_qh, stride_om, stride_oh,
     stride_page, stride_kv, stride_branch, stride_head, stride_frame,
     sstride_page, sstride_kv, sstride_branch, stride_table,
-    scale_log2,
+    scale_log2, mid_o_ptr, mid_lse_ptr,
     CHUNK: tl.constexpr, PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, IS_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, IS_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    NUM_HEADS: tl.constexpr,
 ):
     item = tl.program_id(0)
     head = tl.program_id(1)
+    split = tl.program_id(2)
     row = tl.load(work_row_ptr + item)
     if row < 0:
         return
@@ -105,34 +112,70 @@ def _flow_attention_kernel(
     q = tl.load(q_ptr + rows[:, None] * stride_qm + head * stride_qh + dims[None, :], mask=is_q[:, None], other=0.0)
     num_pages = tl.cdiv(k_end, PAGE)
 
+    per_split = tl.cdiv(num_pages, NUM_SPLITS)
+    j_lo = split * per_split
+    j_hi = tl.minimum(j_lo + per_split, num_pages)
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, HEAD_DIM), tl.float32)
-    lo_end = tl.minimum(skip_lo, num_pages)
-    for j in range(0, lo_end):
+    # this split's pages, around the hidden range [skip_lo, skip_hi) (skip_hi >= skip_lo)
+    for j in range(j_lo, tl.minimum(j_hi, skip_lo)):
         page = tl.load(page_table_ptr + stream * stride_table + j)
         m_i, l_i, acc = _attend_page(q, m_i, l_i, acc, kv_ptr, scale_ptr, page, branch, head, q_limit, j * PAGE,
                                      stride_page, stride_kv, stride_branch, stride_head, stride_frame,
                                      sstride_page, sstride_kv, sstride_branch, scale_log2,
                                      PAGE, BLOCK_N, HEAD_DIM, IS_FP8, DOT_PRECISION)
-    for j in range(tl.maximum(skip_hi, lo_end), num_pages):
+    for j in range(tl.maximum(skip_hi, j_lo), j_hi):
         page = tl.load(page_table_ptr + stream * stride_table + j)
         m_i, l_i, acc = _attend_page(q, m_i, l_i, acc, kv_ptr, scale_ptr, page, branch, head, q_limit, j * PAGE,
                                      stride_page, stride_kv, stride_branch, stride_head, stride_frame,
                                      sstride_page, sstride_kv, sstride_branch, scale_log2,
                                      PAGE, BLOCK_N, HEAD_DIM, IS_FP8, DOT_PRECISION)
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    if NUM_SPLITS == 1:
+        tl.store(o_ptr + rows[:, None] * stride_om + head * stride_oh + dims[None, :],
+                 out.to(o_ptr.dtype.element_ty), mask=is_q[:, None])
+    else:  # partials [M, H, S, D] and their log2-sum-exp [M, H, S]; an empty split has l_i == 0 -> -inf
+        lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log2(tl.where(l_i == 0.0, 1.0, l_i)))
+        base = (rows * NUM_HEADS + head) * NUM_SPLITS + split
+        tl.store(mid_o_ptr + base[:, None] * HEAD_DIM + dims[None, :], out, mask=is_q[:, None])
+        tl.store(mid_lse_ptr + base, lse, mask=is_q)
+
+
+@triton.jit
+def _merge_splits_kernel(mid_o_ptr, mid_lse_ptr, o_ptr, num_rows, stride_om, stride_oh,
+                         HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr, NUM_HEADS: tl.constexpr,
+                         BLOCK_R: tl.constexpr):
+    rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    head = tl.program_id(1)
+    is_row = rows < num_rows
+    splits = tl.arange(0, NUM_SPLITS)
+    dims = tl.arange(0, HEAD_DIM)
+    base = (rows[:, None] * NUM_HEADS + head) * NUM_SPLITS + splits[None, :]  # (R, S)
+    lse = tl.load(mid_lse_ptr + base, mask=is_row[:, None], other=float("-inf"))
+    top = tl.max(lse, axis=1)
+    top = tl.where(top == float("-inf"), 0.0, top)  # rows no query reached (graph padding)
+    w = tl.exp2(lse - top[:, None])  # (R, S)
+    parts = tl.load(mid_o_ptr + base[:, :, None] * HEAD_DIM + dims[None, None, :], mask=is_row[:, None, None],
+                    other=0.0)  # (R, S, D)
+    out = tl.sum(w[:, :, None] * parts, axis=1) / tl.where(tl.sum(w, axis=1) == 0.0, 1.0, tl.sum(w, axis=1))[:, None]
     tl.store(o_ptr + rows[:, None] * stride_om + head * stride_oh + dims[None, :], out.to(o_ptr.dtype.element_ty),
-             mask=is_q[:, None])
+             mask=is_row[:, None])
+
+
+def num_splits_for(num_programs: int, device: torch.device) -> int:
+    """Page splits per work item: enough programs for a few waves over the SMs (the grid's size only)."""
+    target = 2 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return int(min(MAX_SPLITS, triton.next_power_of_2(max(1, target // max(1, num_programs)))))
 
 
 def flow_attention_triton(q: torch.Tensor, kv: torch.Tensor, scale: torch.Tensor | None, page_table: torch.Tensor,
                           rows: dict[str, torch.Tensor], work_row: torch.Tensor, work_block: torch.Tensor,
-                          chunk: int, block_m: int) -> torch.Tensor:
+                          chunk: int, block_m: int, num_splits: int | None = None) -> torch.Tensor:
     """q [M, H, D]; kv [pages, 2, 2, H, PAGE, D]; scale [pages, 2, 2, H] fp32 (fp8 kv) or None; page_table
     [streams, max_pages] int32; rows: int32 per-virtual-row arrays q_start, num_q, pos0, ctx, stream, branch,
     mode, skip_lo, skip_hi; work_row/work_block [W] int32 -> o [M, H, D] (rows no work item covers are left
-    uninitialised: every real query is covered)."""
+    uninitialised: every real query is covered). num_splits: page splits per item (None: from the grid size)."""
     m, num_heads, head_dim = q.shape
     assert kv.dim() == 6 and kv.shape[1] == 2 and kv.shape[2] == 2 and kv.shape[3] == num_heads
     assert kv.shape[5] == head_dim and kv.stride(5) == 1 and q.stride(2) == 1
@@ -144,17 +187,27 @@ def flow_attention_triton(q: torch.Tensor, kv: torch.Tensor, scale: torch.Tensor
     if work_row.numel() == 0:
         return o
     sstrides = scale.stride()[:3] if scale is not None else (0, 0, 0)
-    _flow_attention_kernel[(work_row.numel(), num_heads)](
+    splits = num_splits or num_splits_for(work_row.numel() * num_heads, q.device)
+    mid_o = mid_lse = o
+    if splits > 1:
+        mid_o = torch.empty((m, num_heads, splits, head_dim), dtype=torch.float32, device=q.device)
+        mid_lse = torch.empty((m, num_heads, splits), dtype=torch.float32, device=q.device)
+    _flow_attention_kernel[(work_row.numel(), num_heads, splits)](
         q, o, kv, scale if scale is not None else q, page_table, work_row, work_block,
         rows["q_start"], rows["num_q"], rows["pos0"], rows["ctx"], rows["stream"], rows["branch"], rows["mode"],
         rows["skip_lo"], rows["skip_hi"],
         q.stride(0), q.stride(1), o.stride(0), o.stride(1),
         kv.stride(0), kv.stride(1), kv.stride(2), kv.stride(3), kv.stride(4), *sstrides, page_table.stride(0),
-        head_dim ** -0.5 * LOG2_E,
+        head_dim ** -0.5 * LOG2_E, mid_o, mid_lse,
         CHUNK=chunk, PAGE=page, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=triton.next_power_of_2(page),
-        IS_FP8=is_fp8, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=4, num_stages=2,
+        IS_FP8=is_fp8, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", NUM_SPLITS=splits,
+        NUM_HEADS=num_heads, num_warps=4, num_stages=2,
     )
+    if splits > 1:
+        block_r = 16
+        _merge_splits_kernel[(triton.cdiv(m, block_r), num_heads)](
+            mid_o, mid_lse, o, m, o.stride(0), o.stride(1), HEAD_DIM=head_dim, NUM_SPLITS=splits,
+            NUM_HEADS=num_heads, BLOCK_R=block_r, num_warps=4)
     return o
 
 
@@ -169,7 +222,7 @@ def gather_pages(kv: torch.Tensor, scale: torch.Tensor | None, pages: list[int],
 
 def flow_attention_ref(q: torch.Tensor, kv: torch.Tensor, scale: torch.Tensor | None, page_table: torch.Tensor,
                        rows: dict[str, torch.Tensor], work_row: torch.Tensor, work_block: torch.Tensor,
-                       chunk: int, block_m: int) -> torch.Tensor:
+                       chunk: int, block_m: int, num_splits: int | None = None) -> torch.Tensor:
     """Row by row in float32 with an explicit mask (syncs with the host; the CPU path and the kernel's test)."""
     o = torch.zeros_like(q)
     page = kv.shape[4]

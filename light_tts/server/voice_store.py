@@ -29,6 +29,10 @@ import numpy as np
 
 from light_tts.errors import NotFoundError, TooLargeError, RequestError, VoiceLimitError
 from light_tts.frontend.audio import decode_audio
+from light_tts.model_config import FlowConfig
+
+# the released flow's speaker embedding and mel sizes (the store checks uploaded features against them)
+EMBEDDING_DIM, NUM_MELS = FlowConfig.spk_embed_dim, FlowConfig.output_size
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -77,8 +81,8 @@ class PromptFeatures:
     def check(self) -> None:
         num = len(self.speech_tokens)
         if (self.speech_tokens.dtype != np.int32 or self.speech_tokens.ndim != 1 or num == 0
-                or self.embedding.dtype != np.float32 or self.embedding.ndim != 1
-                or self.mel.dtype != np.float32 or self.mel.ndim != 2 or self.mel.shape[0] != 2 * num):
+                or self.embedding.dtype != np.float32 or self.embedding.shape != (EMBEDDING_DIM,)
+                or self.mel.dtype != np.float32 or self.mel.shape != (2 * num, NUM_MELS)):
             raise ValueError(f"prompt features of the wrong shape: tokens {self.speech_tokens.dtype}"
                              f"{self.speech_tokens.shape}, embedding {self.embedding.dtype}{self.embedding.shape}, "
                              f"mel {self.mel.dtype}{self.mel.shape}")

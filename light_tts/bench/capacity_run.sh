@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole-server capacity run on a GPU host (what docs/performance.md reports): a full-size random model, the
+# real server with fp8 flow pages, then light_tts.bench.streams against it: TTFA at one stream (saved and new
+# voice), a closed-loop sweep with saved voices, and one with every request a new voice.
+#
+#   OUT=results bash light_tts/bench/capacity_run.sh [saved levels...]
+set -euo pipefail
+OUT=${OUT:-out}
+MODEL=${MODEL:-/tmp/full}
+PORT=${PORT:-18080}
+LEVELS=${*:-64 128 160}
+mkdir -p "$OUT"
+[ -f "$MODEL/llm.pt" ] || python3 -m light_tts.tools.make_model "$MODEL" --size full
+setsid python3 -m light_tts.server.api_server --model_dir "$MODEL" --port "$PORT" --httpserver_workers 2 \
+    --encode_process_num 4 --running_max_req_size 512 --decode_max_batch_size 256 --hop_policy fixed \
+    --max_total_token_num 400000 --flow_cache_dtype fp8_e4m3 --decode_mem_fraction 0.8 --max_speech_tokens 1000 > "$OUT/server.log" 2>&1 &
+SERVER=$!
+trap 'kill -INT $SERVER 2>/dev/null; sleep 5; kill -9 -$SERVER 2>/dev/null || true' EXIT
+URL=http://127.0.0.1:$PORT
+get() { python3 -c "import sys, urllib.request; sys.stdout.buffer.write(urllib.request.urlopen('$URL$1').read())"; }
+for _ in $(seq 600); do get /readiness >/dev/null 2>&1 && break; sleep 1; done
+get /readiness >/dev/null
+echo "server ready after $SECONDS s"
+bench() { python3 -m light_tts.bench.streams --url "$URL" --fixed_speech_tokens 250 "$@"; }
+bench --out "$OUT/ttfa_saved" --concurrency 1 --requests_per_level 16 --ramp_s 0
+bench --out "$OUT/ttfa_new" --concurrency 1 --requests_per_level 16 --ramp_s 0 --new_voice_fraction 1
+bench --out "$OUT/saved" --concurrency $LEVELS --duration_per_level 20
+bench --out "$OUT/new" --concurrency 32 64 --new_voice_fraction 1 --duration_per_level 20
+get /metrics > "$OUT/metrics.txt" || true
