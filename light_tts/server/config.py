@@ -161,7 +161,8 @@ class ServerConfig:
             raise ValueError(f"--zmq_mode must be one of {ZMQ_MODES}")
         if self.on_worker_failure not in WORKER_FAILURE_POLICIES:
             raise ValueError(f"--on_worker_failure must be one of {WORKER_FAILURE_POLICIES}")
-        for name in ("http_header_timeout_s", "http_body_timeout_s", "ws_idle_timeout_s", "worker_hang_timeout_s", "max_audio_seconds"):
+        for name in ("http_header_timeout_s", "http_body_timeout_s", "ws_idle_timeout_s", "worker_hang_timeout_s",
+                     "max_audio_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be > 0")
         if self.drain_timeout_s < 0 or self.max_restarts < 0 or self.max_requests_per_client < 0:
