@@ -131,9 +131,10 @@ class ServerConfig:
     on_worker_failure: str = _opt("runtime", "restart", "when a worker dies or hangs: restart it (its requests "
                                                         "fail with 503), or exit (for orchestrators that restart "
                                                         "the whole server)", choices=WORKER_FAILURE_POLICIES)
-    worker_hang_timeout_s: float = _opt("runtime", 30.0, "a backend whose loop has not turned for this long is "
-                                                         "hung: /readiness says so, and it is killed and handled as "
-                                                         "dead")
+    worker_hang_timeout_s: float = _opt("runtime", 120.0, "a backend whose loop has not turned for this long is "
+                                                          "hung: /readiness says so, and it is killed and handled as "
+                                                          "dead (one decode step of a long non-stream sentence can "
+                                                          "take tens of seconds on a CPU)")
     max_restarts: int = _opt("runtime", 3, "restarts of one worker within 60 s before the server gives up and "
                                            "exits with code 1 (a crash loop)")
     drain_timeout_s: float = _opt("runtime", 30.0, "on SIGTERM: seconds in-flight requests get to finish (new ones "
@@ -173,7 +174,8 @@ class ServerConfig:
             raise ValueError(f"--zmq_mode must be one of {ZMQ_MODES}")
         if self.on_worker_failure not in WORKER_FAILURE_POLICIES:
             raise ValueError(f"--on_worker_failure must be one of {WORKER_FAILURE_POLICIES}")
-        for name in ("http_header_timeout_s", "http_body_timeout_s", "ws_idle_timeout_s", "worker_hang_timeout_s", "max_audio_seconds"):
+        for name in ("http_header_timeout_s", "http_body_timeout_s", "ws_idle_timeout_s", "worker_hang_timeout_s",
+                     "max_audio_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be > 0")
         if self.drain_timeout_s < 0 or self.max_restarts < 0 or self.max_requests_per_client < 0:

@@ -115,7 +115,8 @@ class ServerProcesses:
 
     def _start(self, key: tuple[str, int], target, *rank: int) -> None:
         receiver, sender = self.ctx.Pipe(duplex=False)
-        proc = self.ctx.Process(target=target, args=(self.settings, self.ports, *rank, sender), name=f"{key[0]}{key[1]}")
+        proc = self.ctx.Process(target=target, args=(self.settings, self.ports, *rank, sender),
+                                name=f"{key[0]}{key[1]}")
         proc.start()
         sender.close()
         self.procs[key], self.pipes[key], self.targets[key] = proc, receiver, (target, *rank)

@@ -36,10 +36,10 @@ class ZeroShotInputs:
     fixed_speech_tokens: int | None
 
 
-async def read_multipart(request: Request, max_bytes: int, timeout_s: float) -> dict[str, bytes]:
+async def read_multipart(request: Request, max_bytes: int, timeout_s: float | None = None) -> dict[str, bytes]:
     """Field name -> raw bytes (file parts included) of a multipart/form-data body. A body over max_bytes gets
     413, from its Content-Length before anything is read, or as soon as it streams past the limit; a body that
-    stalls for timeout_s gets 408."""
+    stalls for timeout_s (--http_body_timeout_s; None: no limit) gets 408."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in options:
         raise RequestError("expected a multipart/form-data body (fields tts_text, prompt_text, prompt_wav)")
@@ -81,7 +81,8 @@ async def read_multipart(request: Request, max_bytes: int, timeout_s: float) -> 
             except StopAsyncIteration:
                 break
             except asyncio.TimeoutError:
-                raise SlowClientError(f"the request body sent nothing for {timeout_s:g} s") from None
+                raise SlowClientError(f"the request body sent nothing for {timeout_s:g} s "
+                                      "(--http_body_timeout_s)") from None
             num_bytes += len(chunk)
             if num_bytes > max_bytes:
                 raise TooLargeError(f"request body exceeds the server's {max_bytes} bytes")

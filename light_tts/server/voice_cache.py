@@ -63,7 +63,8 @@ class VoiceCache:
 
     def put(self, voice_key: str, speech_tokens: np.ndarray, embedding: np.ndarray, mel: np.ndarray) -> None:
         num = len(speech_tokens)
-        if num > self.a["speech_tokens"].shape[1] or mel.shape != (self.sizes.token_mel_ratio * num, self.sizes.num_mels):
+        expected_mel = (self.sizes.token_mel_ratio * num, self.sizes.num_mels)
+        if num > self.a["speech_tokens"].shape[1] or mel.shape != expected_mel:
             raise ValueError(f"voice of {num} tokens / mel {mel.shape} does not fit the cache entries")
         digest = self._digest(voice_key)
         with self.lock.held():

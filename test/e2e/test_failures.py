@@ -93,17 +93,20 @@ def test_all_slots_busy_gets_429_at_once(small_server):
     assert r.status_code == 429 and r.headers["retry-after"] and time.monotonic() - start < 1.0
     for c in clients:
         c.join(60)
-    small_server.wait_slots_free(2.0)
+    # under load the streams can pass the 6 s limit; their aborts then wait for the decode step in progress
+    small_server.wait_slots_free(60.0)
 
 
 def test_request_over_the_time_limit_ends_with_an_error(small_server):
+    small_server.wait_slots_free(60.0)
     files = {"prompt_wav": ("p.wav", voice_wav(1), "audio/wav")}
     start = time.monotonic()
     r = httpx.post(f"{small_server.url}/inference_zero_shot", data=form(stream=False), files=files, timeout=60)
     assert r.status_code == 504 and r.json()["kind"] == "timeout"
     assert TIME_LIMIT_S - 0.5 < time.monotonic() - start < TIME_LIMIT_S + 4
-    # a non-stream sentence is one decode step (seconds on a CPU): the abort is confirmed after that step
-    small_server.wait_slots_free(15.0)
+    # a non-stream sentence is one decode step: the abort is confirmed after that step, which the paged decode
+    # engine takes ~25-30 s for on this 2-core CPU (Triton interpreter; it was < 15 s with the dense engine)
+    small_server.wait_slots_free(60.0)
 
 
 def kill_worker_mid_request(srv: ServerProcess, stage: str) -> float:

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 
 import httpx
 import hypothesis
-import pytest
 import schemathesis
 import websockets
 from hypothesis import HealthCheck
@@ -58,8 +56,8 @@ MESSAGES = st.one_of(
     st.binary(max_size=64), st.just(voice_wav(5)), st.text(max_size=40),
     st.builds(json.dumps, st.dictionaries(st.sampled_from(["prompt_text", "tts_text", "finish", "seed",
                                                            "fixed_speech_tokens", "tts_model_name", "x"]),
-                                          st.one_of(st.text(max_size=20), st.integers(-5, 50), st.just(10**20), st.booleans(),
-                                                    st.none(), st.lists(st.integers(), max_size=3)),
+                                          st.one_of(st.text(max_size=20), st.integers(-5, 50), st.just(10**20),
+                                                    st.booleans(), st.none(), st.lists(st.integers(), max_size=3)),
                                           max_size=4)))
 
 
