@@ -55,10 +55,11 @@ class ServerConfig:
     ws_idle_timeout_s: float = _opt("HTTP", 60.0, "a WebSocket that sends no message for this long before it "
                                                   "has finished its text gets an error and is closed")
     # API: keys and saved voices
-    api_key: tuple[str, ...] | None = _opt("API", None, "an API key: every endpoint but /liveness, /readiness and "
-                                                        "/healthz then needs 'Authorization: Bearer KEY'; repeat the "
-                                                        "flag for several keys", default_text="none: no key needed",
-                                           repr=False, action="append")
+    api_key: tuple[str, ...] | None = _opt("API", None, "an API key: every endpoint but the probes (/liveness, "
+                                                        "/readiness, /healthz) and the playground's static page then "
+                                                        "needs 'Authorization: Bearer KEY'; repeat the flag for "
+                                                        "several keys (--api_key_file keeps them off the command line)",
+                                           default_text="none: no key needed", repr=False, action="append")
     api_key_file: str | None = _opt("API", None, "a file of API keys, one a line (blank lines and # comments "
                                                  "skipped), added to those of --api_key", default_text="none")
     metrics_public: bool = _opt("API", False, "/metrics answers without an API key (for a Prometheus that sends "

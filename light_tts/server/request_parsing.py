@@ -11,7 +11,7 @@ import asyncio
 import math
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_to_bytes
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
@@ -44,8 +44,20 @@ async def read_form(request: Request, max_bytes: int, timeout_s: float) -> dict[
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type == b"application/x-www-form-urlencoded":
         body = b"".join([chunk async for chunk in body_chunks(request, max_bytes, timeout_s)])
-        return {name.decode("utf-8", "replace"): value for name, value in parse_qsl(body, keep_blank_values=True)}
+        return parse_urlencoded(body)
     return await read_multipart(request, max_bytes, timeout_s)
+
+
+def parse_urlencoded(body: bytes) -> dict[str, bytes]:
+    """Field name -> raw bytes of an application/x-www-form-urlencoded body (values stay bytes, as multipart
+    ones do: urllib's parse_qsl would decode them, then fail to give bytes back for anything but ASCII)."""
+    fields = {}
+    for pair in body.split(b"&"):
+        if pair:
+            name, _, value = pair.partition(b"=")
+            name, value = (unquote_to_bytes(x.replace(b"+", b" ")) for x in (name, value))
+            fields[name.decode("utf-8", "replace")] = value
+    return fields
 
 
 async def body_chunks(request: Request, max_bytes: int, timeout_s: float):

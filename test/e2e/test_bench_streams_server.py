@@ -77,7 +77,8 @@ def test_benchmark_starts_the_server_and_scores_the_tiny_model(tiny_model_dir, t
         [sys.executable, "-m", "light_tts.bench.streams", "--out", str(tmp_path), "--model_dir", str(tiny_model_dir),
          "--concurrency", "1", "2", "--requests_per_level", "2", "--ramp_s", "0.2", "--new_voice_fraction", "0.5",
          "--saved_voices", "2", "--fixed_speech_tokens", str(tokens), "--prompt_seconds", "1",
-         "--tts_text", "Hello there.", "--", "--log_level", "warning"],
+         "--tts_text", "Hello there.", "--", "--log_level", "warning",
+         "--data_dir", str(tmp_path / "voices")],
         check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr + (tmp_path / "server.log").read_text()[-3000:]
     assert "real-time streams held:" in proc.stdout
@@ -92,10 +93,11 @@ def test_benchmark_starts_the_server_and_scores_the_tiny_model(tiny_model_dir, t
         assert [r["is_ramp"] for r in recs] == [r["index"] < c for r in recs]  # each worker's first request
         assert (level["requests"], level["failures"]) == (2, 0) and all(r["ok"] for r in recs)
         assert level["by_voice"]["new"]["requests"] == 1 and level["by_voice"]["saved"]["requests"] == 1
-        # the mix reached the server's voice cache: every new voice missed it, every saved one hit it
+        # every new voice missed the server's voice cache; every saved one came with its stored features
         new = sum(r["voice"] == "new" for r in recs)
         assert level["server"]["voice_cache_misses"] == new
-        assert level["server"]["voice_cache_hits"] == len(recs) - new
+        assert level["server"]["voice_cache_hits"] == 0
+        assert level["server"]["saved_voice_prompts"] == len(recs) - new
         assert level["server"]["requests_ok"] == len(recs)
         assert level["stalled_streams"] == sum(replayed(r).stalls > 0 for r in recs if not r["is_ramp"])
     # the tiny random model stops at random lengths unless the server forces them (fixed_speech_tokens)

@@ -30,8 +30,10 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 RATE, SAMPLES_PER_TOKEN = 24000, 960
 TOKENS, SEED = 50, 5  # every test utterance: one sentence of exactly 50 speech tokens (2 s), same seed
 EXTRA = {"seed": SEED, "fixed_speech_tokens": TOKENS}
+LONG_TOKENS = 3 * TOKENS  # streamed in several chunks, within MAX_AUDIO_SECONDS
 TEXT = "Hello there."
 MAX_TEXT_CHARS, MAX_PROMPT_SECONDS, MAX_WAV_BYTES, MAX_VOICES = 600, 5, 400_000, 4
+MAX_AUDIO_SECONDS = 7  # a request of more audio fails once it has started streaming
 FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 CONTENT_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "flac": "audio/flac",
                  "wav": "audio/wav", "pcm": "audio/pcm"}
@@ -52,7 +54,7 @@ class Server:
                              "--data_dir", str(self.data_dir), "--max_voices", str(MAX_VOICES),
                              "--max_text_chars", str(MAX_TEXT_CHARS), "--max_prompt_seconds", str(MAX_PROMPT_SECONDS),
                              "--max_prompt_wav_bytes", str(MAX_WAV_BYTES), "--running_max_req_size", "8",
-                             "--request_timeout_s", "120", *flags)
+                             "--request_timeout_s", "120", "--max_audio_seconds", str(MAX_AUDIO_SECONDS), *flags)
         try:
             proc.wait_ready()
         except BaseException:
@@ -236,7 +238,7 @@ def test_streamed_pcm_arrives_in_chunks_before_the_end(server, client, voice):
     decode_pid = httpx.get(f"{server.url}/readiness").json()["processes"]["decode0"]["pid"]
     with client.audio.speech.with_streaming_response.create(
             model="tts-1", voice=voice, input=TEXT, response_format="pcm",
-            extra_body={"seed": SEED, "fixed_speech_tokens": 4 * TOKENS}) as response:
+            extra_body={"seed": SEED, "fixed_speech_tokens": LONG_TOKENS}) as response:
         assert response.headers.get("transfer-encoding") == "chunked"
         pieces = response.iter_bytes()
         received = [next(pieces)]
@@ -247,7 +249,48 @@ def test_streamed_pcm_arrives_in_chunks_before_the_end(server, client, voice):
             os.kill(decode_pid, signal.SIGCONT)
         received += [piece for piece in pieces if piece]
     assert in_flight == 1 and len(received) >= 3
-    assert len(b"".join(received)) == 2 * 4 * TOKENS * SAMPLES_PER_TOKEN
+    assert len(b"".join(received)) == 2 * LONG_TOKENS * SAMPLES_PER_TOKEN
+
+
+def outcomes(server, endpoint: str) -> dict[str, float]:
+    return {dict(labels)["outcome"]: value for (name, labels), value in server.metrics().items()
+            if name == "lighttts_requests_total" and dict(labels).get("endpoint") == endpoint}
+
+
+def test_a_client_that_leaves_ends_its_request(server, client, voice):
+    """Over HTTP and WebSocket: the request ends as client_gone (aborted in every stage, its slot freed), not
+    run to its end."""
+    http_before, ws_before = outcomes(server, "v1_audio_speech"), outcomes(server, "ws_tts")
+    with client.audio.speech.with_streaming_response.create(
+            model="tts-1", voice=voice, input=TEXT, response_format="mp3",
+            extra_body={"seed": SEED, "fixed_speech_tokens": LONG_TOKENS}) as response:
+        next(response.iter_bytes())
+
+    async def leave_mid_utterance():
+        async with websockets.connect(server.url.replace("http", "ws") + "/ws/tts", additional_headers=AUTH) as ws:
+            await ws.send(json.dumps({"text": TEXT, "voice": voice}))
+            await ws.recv()  # the first audio frame; then hang up
+
+    asyncio.run(leave_mid_utterance())
+    server.assert_no_slot_in_use()
+    for endpoint, before in (("v1_audio_speech", http_before), ("ws_tts", ws_before)):
+        after = outcomes(server, endpoint)
+        assert after.get("client_gone", 0) == before.get("client_gone", 0) + 1, endpoint
+        assert after.get("ok", 0) == before.get("ok", 0), endpoint
+
+
+def test_a_failure_after_the_start(server, client, voice):
+    """More audio than --max_audio_seconds: SSE ends with an error event (after audio deltas, no done); plain
+    audio is cut short, which the client sees as an incomplete body."""
+    too_long = {"seed": SEED, "fixed_speech_tokens": 25 * (MAX_AUDIO_SECONDS + 1)}
+    response = client.audio.speech.create(model="tts-1", voice=voice, input=TEXT, response_format="opus",
+                                          stream_format="sse", extra_body=too_long)
+    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+    assert events[0]["type"] == "speech.audio.delta" and events[-1]["type"] == "error"
+    assert events[-1]["kind"] == "too_large" and "--max_audio_seconds" in events[-1]["error"]
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.post(f"{server.url}/v1/audio/speech", headers=AUTH, timeout=60, json={
+            "model": "tts-1", "voice": voice, "input": TEXT, "response_format": "pcm", **too_long}).read()
 
 
 def test_sse_events_parse(client, voice, reference_pcm):
@@ -325,12 +368,12 @@ def test_a_voice_deleted_mid_use(server, client):
     voice = upload(server.url, name="brief", audio=voice_wav(31)).json()["id"]
     with client.audio.speech.with_streaming_response.create(
             model="tts-1", voice=voice, input=TEXT, response_format="pcm",
-            extra_body={"seed": SEED, "fixed_speech_tokens": 4 * TOKENS}) as response:
+            extra_body={"seed": SEED, "fixed_speech_tokens": LONG_TOKENS}) as response:
         pieces = response.iter_bytes()
         audio = next(pieces)
         assert httpx.delete(f"{server.url}/v1/audio/voices/{voice}", headers=AUTH).status_code == 200
         audio += b"".join(pieces)
-    assert len(audio) == 2 * 4 * TOKENS * SAMPLES_PER_TOKEN
+    assert len(audio) == 2 * LONG_TOKENS * SAMPLES_PER_TOKEN
     with pytest.raises(openai.NotFoundError) as e:
         client.audio.speech.create(model="tts-1", voice=voice, input=TEXT)
     assert e.value.response.json() == {"error": f"voice {voice!r} not found", "kind": "not_found"}
