@@ -5,8 +5,9 @@ a WebSocket may instead offer the subprotocol `lighttts.bearer.KEY` (`new WebSoc
 key])`, as OpenAI's Realtime API does with its own prefix); the middleware takes it out of what the endpoint
 sees and answers the handshake with it, as browsers require. The health probes need no key, nor /metrics
 with --metrics_public, nor the playground's static files (/ and /static/: they hold no data, and the page asks
-for the key that its API calls then send). A missing or wrong key gets 401 `{"error", "kind": "unauthorized"}` (a WebSocket gets it
-as the handshake's HTTP answer where the server supports that, else close code 1008).
+for the key that its API calls then send). A missing or wrong key gets 401 `{"error", "kind":
+"unauthorized"}` (a WebSocket gets it as the handshake's HTTP answer where the server supports that, else
+close code 1008).
 
 Keys are compared as SHA-256 digests with hmac.compare_digest against every configured key (no early exit,
 equal lengths), so timing says nothing about a key. No key is echoed in an error, and `install_log_redaction`

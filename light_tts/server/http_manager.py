@@ -2,9 +2,10 @@
 
 It claims a request slot, writes the inputs into it (a prompt wav, or a saved voice's prompt features), sends the
 slot index to an encode process, and turns the replies arriving on this worker's ZMQ endpoint into per-request
-event queues. A voice upload borrows a slot the same way, for the encode process to compute its features. It also owns a request's end:
-a finished request frees its slot at once; any other end (error, client gone, timeout) aborts the request in
-every stage first and frees the slot when all of them have confirmed, so no stage can touch a reused slot.
+event queues. A voice upload borrows a slot the same way, for the encode process to compute its features. It
+also owns a request's end: a finished request frees its slot at once; any other end (error, client gone,
+timeout) aborts the request in every stage first and frees the slot when all of them have confirmed, so no
+stage can touch a reused slot.
 """
 
 from __future__ import annotations

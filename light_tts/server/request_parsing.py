@@ -1,8 +1,8 @@
 """Reading and validating client input in the HTTP worker, before anything reaches a slot.
 
 Form bodies (multipart, or urlencoded without files) are parsed here (not with Starlette's form parser) so that
-text fields stay bytes until we decode them strictly: invalid UTF-8 is a 400, not silently re-read as Latin-1. Sizes are capped while the
-body streams in, so an oversized upload is refused without being buffered whole.
+text fields stay bytes until we decode them strictly: invalid UTF-8 is a 400, not silently re-read as Latin-1.
+Sizes are capped while the body streams in, so an oversized upload is refused without being buffered whole.
 """
 
 from __future__ import annotations
