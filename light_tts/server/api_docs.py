@@ -1,6 +1,6 @@
 """What /docs and /openapi.json say about the endpoints: the multipart form of /inference_zero_shot (parsed by our
 own strict streaming parser, so FastAPI cannot infer it), the audio responses, the JSON error body, and the API
-keys (a bearer security scheme and a 401 on every operation that needs one)."""
+keys (a bearer security scheme and a 401 on every operation that needs one), and no 422 (bad input is a 400)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from pydantic import BaseModel
 
 from light_tts.request_rules import MAX_SPEED, MIN_SPEED, SEED_LIMIT
 from light_tts.server.auth import ApiKeyMiddleware
+from light_tts.server.openai_schema import ErrorBody
 from light_tts.server.settings import ServerSettings
 
 
@@ -20,11 +20,6 @@ class PCMResponse(Response):
     """Raw int16 little-endian mono PCM at the model's sample rate, no header."""
 
     media_type = "application/octet-stream"
-
-
-class ErrorBody(BaseModel):
-    error: str
-    kind: str  # light_tts.errors.ErrorKind
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -75,21 +70,27 @@ def zero_shot_request_body(settings: ServerSettings) -> dict[str, Any]:
                                                           "application/x-www-form-urlencoded": {"schema": no_file}}}}
 
 
-def document_api_keys(app: FastAPI, auth) -> None:
-    """With API keys, /openapi.json says so: a bearer scheme (the Authorize button of /docs) and a 401 answer on
-    every operation the middleware protects (auth.AuthSettings says which are open)."""
+def finish_openapi(app: FastAPI, auth) -> None:
+    """What FastAPI's generated schema gets wrong or cannot know: a validation failure is our 400 (openai_schema's
+    handler), never FastAPI's 422; with API keys, a bearer scheme (the Authorize button of /docs) and a 401
+    answer on every operation the middleware protects."""
     is_public = ApiKeyMiddleware(None, auth).is_public
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-            schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            components = schema.setdefault("components", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.get("schemas", {}).pop(name, None)
+            if auth.is_enabled:
+                components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             for path, item in schema["paths"].items():
-                if is_public(path):
-                    continue
                 for operation in item.values():
-                    operation["security"] = [{"bearer": []}]
-                    operation["responses"].setdefault("401", error_responses(401)[401])
+                    if operation["responses"].pop("422", None) is not None:
+                        operation["responses"].setdefault("400", error_responses(400)[400])
+                    if auth.is_enabled and not is_public(path):
+                        operation["security"] = [{"bearer": []}]
+                        operation["responses"].setdefault("401", error_responses(401)[401])
             app.openapi_schema = schema
         return app.openapi_schema
 

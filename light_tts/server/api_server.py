@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from light_tts.errors import LightTTSError, RequestError
 from light_tts.server import metrics
-from light_tts.server.api_docs import (PCMResponse, audio_responses, document_api_keys, error_responses,
+from light_tts.server.api_docs import (PCMResponse, audio_responses, error_responses, finish_openapi,
                                        zero_shot_request_body)
 from light_tts.server.auth import ApiKeyMiddleware, install_log_redaction
 from light_tts.server.bistream_ws import serve_bistream
@@ -102,7 +102,7 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
     if settings.auth.is_enabled:
         install_log_redaction(settings.auth)
         app.add_middleware(ApiKeyMiddleware, settings=settings.auth)  # outermost but Starlette's error handler
-        document_api_keys(app, settings.auth)
+    finish_openapi(app, settings.auth)
 
     @app.post("/inference_zero_shot", response_class=PCMResponse, responses=audio_responses(settings),
               openapi_extra=zero_shot_request_body(settings), summary="Speak a text in the voice of a prompt")

@@ -89,8 +89,10 @@ class SpeechUsage(BaseModel):
 
 
 class ErrorBody(BaseModel):
+    """Every error answer of the server."""
+
     error: str
-    kind: str
+    kind: str  # light_tts.errors.ErrorKind
 
 
 class VoiceObject(BaseModel):

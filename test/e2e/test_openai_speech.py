@@ -161,6 +161,24 @@ async def bistream_with_voice(url: str, voice: str) -> tuple[int, int]:
     return num_bytes, ws.close_code
 
 
+def test_openapi_describes_the_new_endpoints(server):
+    spec = httpx.get(f"{server.url}/openapi.json", headers=AUTH).json()
+    paths = spec["paths"]
+    assert {"/v1/audio/speech", "/v1/audio/voices", "/v1/audio/voices/{voice_id}", "/v1/models"} <= set(paths)
+    speech = paths["/v1/audio/speech"]["post"]
+    assert set(CONTENT_TYPES.values()) | {"text/event-stream"} <= set(speech["responses"]["200"]["content"])
+    for status in ("400", "401", "404", "413", "429", "503"):
+        body = speech["responses"][status]["content"]["application/json"]["schema"]
+        assert body.get("$ref", "").endswith("/ErrorBody") or set(body["properties"]) == {"error", "kind"}
+    assert {"model", "input", "voice", "response_format", "speed", "stream_format", "instructions", "seed",
+            "fixed_speech_tokens"} <= set(spec["components"]["schemas"]["SpeechRequest"]["properties"])
+    upload_form = paths["/v1/audio/voices"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert set(upload_form["properties"]) == {"audio", "text", "name"}
+    assert paths["/v1/audio/voices/{voice_id}"]["delete"]["responses"]["200"]["content"]["application/json"][
+        "schema"]["$ref"].endswith("/VoiceDeleted")
+    assert all("422" not in op["responses"] for item in paths.values() for op in item.values())  # 400 instead
+
+
 # ---- WebSockets
 
 def test_vllm_omni_websocket_two_utterances_on_one_session(server, voice, reference_pcm):
