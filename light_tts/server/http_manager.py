@@ -206,8 +206,8 @@ class HttpServerManager:
             return
         abort = AbortRequest(handle.req_id, self.http_rank)
         try:
-            for outbox in (self.to_encode[handle.encode_rank], *(() if handle.is_features_job else
-                                                                 (self.to_llm, *self.to_decode))):
+            others = [] if handle.is_features_job else [self.to_llm, *self.to_decode]
+            for outbox in (self.to_encode[handle.encode_rank], *others):
                 outbox.send(abort)
         except zmq.ZMQError:  # this worker is stopping: its sockets are closed, the stages go down with it
             pass

@@ -3,6 +3,7 @@ the offline pipeline whose audio the server must reproduce."""
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -15,6 +16,19 @@ from server_harness import ServerProcess
 MAX_REQ_TOTAL_LEN = 1024
 IDLE_TIMEOUT_S = 3  # --ws_idle_timeout_s and --http_body_timeout_s of the shared server
 HEADER_TIMEOUT_S = 2  # shorter: a WebSocket that outlives it shows the header timer leaves upgraded sockets alone
+
+
+@pytest.fixture(scope="session", autouse=True)
+def voices_outside_home(tmp_path_factory):
+    """Servers started without --data_dir keep saved voices in the XDG data directory: a temporary one here, so
+    that no test reads or writes the voices of the user running the tests."""
+    previous = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg_data"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_DATA_HOME")
+    else:
+        os.environ["XDG_DATA_HOME"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -77,8 +77,7 @@ def test_benchmark_starts_the_server_and_scores_the_tiny_model(tiny_model_dir, t
         [sys.executable, "-m", "light_tts.bench.streams", "--out", str(tmp_path), "--model_dir", str(tiny_model_dir),
          "--concurrency", "1", "2", "--requests_per_level", "2", "--ramp_s", "0.2", "--new_voice_fraction", "0.5",
          "--saved_voices", "2", "--fixed_speech_tokens", str(tokens), "--prompt_seconds", "1",
-         "--tts_text", "Hello there.", "--", "--log_level", "warning",
-         "--data_dir", str(tmp_path / "voices")],
+         "--tts_text", "Hello there.", "--", "--log_level", "warning"],
         check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr + (tmp_path / "server.log").read_text()[-3000:]
     assert "real-time streams held:" in proc.stdout
