@@ -4,6 +4,7 @@ class, and bad input on every new field, on the real server (tiny model) with re
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 
 import httpx
@@ -98,6 +99,11 @@ def test_every_endpoint_class_needs_the_key(server, voice):
             assert r.status_code != 401 and r.status_code < 500, (path, r.status_code, r.text)
     for path in ("/liveness", "/readiness", "/healthz", "/", "/static/playground.js"):  # probes, the page
         assert httpx.get(url + path).status_code == 200, path
+    for path in ("/static/../v1/models", "/static/%2e%2e/v1/audio/voices"):  # the open prefix opens nothing else
+        conn = http.client.HTTPConnection("127.0.0.1", server.proc.port, timeout=10)
+        conn.request("GET", path)  # sent as is (httpx would normalise the dots away)
+        assert conn.getresponse().status == 404, path
+        conn.close()
 
     async def handshake(path: str, **kwargs) -> int | None:
         try:
