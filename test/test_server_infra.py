@@ -171,7 +171,7 @@ def test_form_parsing_is_strict():
         except LightTTSError as e:
             return {"kind": e.kind}
         return {"text": inputs.tts_text, "stream": inputs.stream, "speed": inputs.speed, "seed": inputs.seed,
-                "fixed": inputs.fixed_speech_tokens}
+                "fixed": inputs.fixed_speech_tokens, "voice_id": inputs.voice_id}
 
     client = TestClient(app)
 
@@ -180,7 +180,16 @@ def test_form_parsing_is_strict():
 
     good = {"tts_text": "héllo".encode(), "prompt_text": b"p", "prompt_wav": b"RIFF", "stream": b"True",
             "seed": b"7"}
-    assert post(good).json() == {"text": "héllo", "stream": True, "speed": 1.0, "seed": 7, "fixed": None}
+    assert post(good).json() == {"text": "héllo", "stream": True, "speed": 1.0, "seed": 7, "fixed": None,
+                                 "voice_id": None}
+    # a saved voice instead of the prompt fields, also as a urlencoded form (no file to upload)
+    saved = {"tts_text": "héllo", "voice_id": "voice_1", "stream": "false"}
+    assert client.post("/p", data=saved).json()["voice_id"] == "voice_1"
+    assert client.post("/p", data=saved).json()["text"] == "héllo"
+    assert post({**good, "voice_id": b"voice_1"}).json()["kind"] == "bad_request"  # both: which voice?
+    assert client.post("/p", data={"tts_text": "hi"}).json()["kind"] == "bad_request"  # no voice at all
+    assert client.post("/p", content=b"tts_text=%FF&voice_id=v", headers={
+        "content-type": "application/x-www-form-urlencoded"}).json()["kind"] == "bad_text"  # strict UTF-8
     assert post({**good, "fixed_speech_tokens": b"500"}).json()["fixed"] == 500
     for bad in (b"0", b"501", b"-2", b"ten", b"2.5"):
         assert post({**good, "fixed_speech_tokens": bad}).json()["kind"] == "bad_request", bad

@@ -21,9 +21,9 @@ from light_tts.model_config import FlowConfig, MelConfig, ModelConfig
 from light_tts.server import io_struct
 from light_tts.server.audio_ring import AudioRing
 from light_tts.server.config import ServerConfig
-from light_tts.server.io_struct import (AbortDone, AbortRequest, AudioReady, DecodeStart, EncodeRequest,
-                                        LLMRequestIn, RequestFailed, RequestParams, SpeechTokenBatch, TextPiece,
-                                        TextTokens)
+from light_tts.server.io_struct import (AbortDone, AbortRequest, AudioReady, ComputeFeatures, DecodeStart,
+                                        EncodeRequest, FeaturesReady, LLMRequestIn, RequestFailed, RequestParams,
+                                        SpeechTokenBatch, TextPiece, TextTokens)
 from light_tts.server.process_table import ProcessTable
 from light_tts.server.settings import build_settings
 from light_tts.server.topology import PortArgs
@@ -35,7 +35,8 @@ PARAMS = RequestParams(req_id=7, slot=1, http_rank=0, stream=True, speed=1.0, se
 def every_message():
     batch = SpeechTokenBatch()
     batch.append(7, 0, [1, 2, 3], True, False, 99, 60)
-    return [EncodeRequest(PARAMS, False), TextPiece(7, "héllo", True), LLMRequestIn(PARAMS, "ab" * 32, True),
+    return [EncodeRequest(PARAMS, False), EncodeRequest(PARAMS, True, "ef" * 32), ComputeFeatures(7, 1, 0),
+            FeaturesReady(7, 1.5), TextPiece(7, "héllo", True), LLMRequestIn(PARAMS, "ab" * 32, True),
             TextTokens(7, [[1, 2], [3]], True), DecodeStart(PARAMS, "cd" * 32), batch,
             AudioReady(7, 10, 3, b"\x01\x00" * 3, False), RequestFailed(7, "bad_text", "encode0", "empty"),
             AbortRequest(7, 0), AbortDone(7, "llm0")]

@@ -10,6 +10,7 @@ past the first chunk) and of the audio, against upstream's schedule with full at
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import tempfile
 from pathlib import Path
@@ -26,7 +27,7 @@ from light_tts.token2wav import HopPolicy
 def run(cfg, device: str, tokens: list[int], **limits) -> tuple[np.ndarray, np.ndarray]:
     dtype = torch.float32 if device == "cpu" else torch.float16
     engine = DecodeEngine(cfg, device, max_batch_size=4, hop_policy=HopPolicy("fixed"), dtype=dtype,
-                          use_cuda_graph=False, limits=EngineLimits(max_stream_tokens=len(tokens), num_pages=20,
+                          use_cuda_graph=False, limits=EngineLimits(max_stream_tokens=len(tokens), num_pages=18,
                                                                     max_prompt_tokens=150, max_streams=4,
                                                                     max_prefixes=2, **limits))
     mels, audio = [], []
@@ -42,6 +43,8 @@ def run(cfg, device: str, tokens: list[int], **limits) -> tuple[np.ndarray, np.n
         engine.push_tokens("s", tokens[i:i + 25], is_last=i + 25 >= len(tokens))
         while engine.has_work():
             audio += [o.audio for o in engine.step()]
+    del engine._hift, engine  # the recording closure referenced the engine: free its pool before the next run
+    gc.collect()
     return np.concatenate(mels), np.concatenate(audio)
 
 

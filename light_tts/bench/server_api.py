@@ -1,8 +1,8 @@
 """The capacity benchmark's calls to the server besides the load: saved voices and counters from /metrics.
 
 With the /v1/audio/voices API, a saved voice is uploaded once and requests name it by `voice_id` (the server
-keeps its encoded prompt); without it, saved voices are sent as the same prompt bytes every time (a voice cache
-hit after the first). Voices uploaded here are deleted when the benchmark ends.
+keeps its encoded prompt, counted as saved_voice_prompts); without it, saved voices are sent as the same prompt
+bytes every time (a voice cache hit after the first). Voices uploaded here are deleted when the benchmark ends.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import httpx
 COUNTERS = {  # name in the level's "server" block -> (metric, label that must match)
     "voice_cache_hits": ("lighttts_voice_cache_lookups_total", 'result="hit"'),
     "voice_cache_misses": ("lighttts_voice_cache_lookups_total", 'result="miss"'),
+    # a saved voice used by id brings its features along: no cache lookup, no model run
+    "saved_voice_prompts": ("lighttts_prompt_features_total", 'source="saved"'),
     "requests_ok": ("lighttts_requests_total", 'outcome="ok"'),
 }
 

@@ -54,10 +54,27 @@ class Frontend:
 
     def encode_prompt(self, wav_bytes: bytes, prompt_text: str) -> Prompt:
         """As upstream frontend_zero_shot with the normalised prompt text; raises AudioError / TextError."""
-        text_tokens = np.asarray(self.tokenize(self.normalizer.normalize(prompt_text)), dtype=np.int32)
+        text_tokens = self.prompt_text_tokens(prompt_text)
+        speech_tokens, embedding, mel = self.prompt_features(wav_bytes)
+        return Prompt(text_tokens=text_tokens, speech_tokens=speech_tokens, embedding=embedding, mel=mel)
+
+    def prompt_text_tokens(self, prompt_text: str) -> np.ndarray:
+        return np.asarray(self.tokenize(self.normalizer.normalize(prompt_text)), dtype=np.int32)
+
+    def prompt_features(self, wav_bytes: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What depends on the prompt audio only: see audio_features; raises AudioError."""
+        return self.audio_features(*self.decode_prompt_audio(wav_bytes))
+
+    def decode_prompt_audio(self, wav_bytes: bytes) -> tuple[np.ndarray, int]:
+        """(float32 mono samples, their rate) of a usable prompt; raises AudioError."""
         wav, sr = decode_audio(wav_bytes, self.max_prompt_seconds)
         if len(wav) < MIN_PROMPT_SECONDS * sr:
             raise AudioError(f"prompt audio is {len(wav) / sr:.2f} s; it must be at least {MIN_PROMPT_SECONDS} s")
+        return wav, sr
+
+    def audio_features(self, wav: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Through the speech tokenizer and the speaker model (CAM++): (speech_tokens int32 [P], embedding
+        float32 [E], mel float32 [ratio*P, mels])."""
         wav16k = resample(wav, sr, SAMPLE_RATE)
         speech_tokens = self.speech_tokenizer(whisper_log_mel(wav16k, n_mels=128).numpy())
         embedding = self.campplus(speaker_features(wav16k))
@@ -68,8 +85,7 @@ class Frontend:
         num_tokens = min(mel.shape[0] // ratio, len(speech_tokens))
         if num_tokens == 0:
             raise AudioError("prompt audio yields no speech tokens")
-        return Prompt(text_tokens=text_tokens, speech_tokens=speech_tokens[:num_tokens],
-                      embedding=embedding, mel=np.ascontiguousarray(mel[:ratio * num_tokens]))
+        return speech_tokens[:num_tokens], embedding, np.ascontiguousarray(mel[:ratio * num_tokens])
 
     def mel_frames(self, wav24k: np.ndarray) -> np.ndarray:
         """[T] audio at cfg.feat.sampling_rate -> [frames, num_mels] float32."""

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import math
 import os
@@ -18,20 +17,29 @@ from contextlib import asynccontextmanager, contextmanager
 
 import numpy as np
 from fastapi import FastAPI, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from light_tts.errors import LightTTSError, RequestError
 from light_tts.server import metrics
-from light_tts.server.api_docs import PCMResponse, audio_responses, error_responses, zero_shot_request_body
+from light_tts.server.api_docs import (PCMResponse, audio_responses, error_responses, finish_openapi,
+                                       zero_shot_request_body)
+from light_tts.server.auth import ApiKeyMiddleware, install_log_redaction
 from light_tts.server.bistream_ws import serve_bistream
 from light_tts.server.config import ServerConfig
 from light_tts.server.http_manager import HttpServerManager, RequestHandle
+from light_tts.server.openai_api import create_openai_router
+from light_tts.server.openai_schema import validation_error_handler
 from light_tts.server.playground import mount_playground
 from light_tts.server.request_metrics import (ActiveRequest, ClientGone, error_response, record_finished,
-                                              record_rejected)
+                                              record_rejected, unless_disconnected)
 from light_tts.server.request_parsing import parse_zero_shot
 from light_tts.server.settings import ServerSettings
+from light_tts.server.speech_backend import ServerBackend
+from light_tts.server.speech_ws_api import add_speech_websockets
 from light_tts.server.topology import PortArgs
+from light_tts.server.voice_store import VoiceStore
 
 PCM_MEDIA_TYPE = PCMResponse.media_type
 HEALTH_CACHE_S = 10.0  # /health runs a real synthesis at most this often
@@ -44,24 +52,6 @@ def model_names(settings: ServerSettings) -> list[str]:
 
 def client_address(connection: Request | WebSocket) -> str:
     return connection.client.host if connection.client else ""
-
-
-async def until_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def unless_disconnected(request: Request, coro):
-    """Await `coro`, cancelling it and raising ClientGone if the client hangs up first."""
-    work, watch = asyncio.ensure_future(coro), asyncio.ensure_future(until_disconnect(request))
-    try:
-        await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch.cancel()
-    if not work.done():
-        work.cancel()
-        raise ClientGone()
-    return work.result()
 
 
 async def collect_audio(manager: HttpServerManager, handle: RequestHandle) -> bytes:
@@ -86,6 +76,7 @@ def tone_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
 
 def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_ready=None) -> FastAPI:
     manager = HttpServerManager(settings, ports, http_rank)
+    voices = VoiceStore(settings.data_dir, settings.voice_limits())  # the same files in every HTTP worker
     health = {"checked_at": -math.inf, "ok": False, "detail": ""}
 
     def check_model_name(name: str) -> None:
@@ -102,7 +93,16 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
 
     app = FastAPI(title="LightTTS", lifespan=lifespan)
     app.state.manager = manager
+    app.add_exception_handler(RequestValidationError, validation_error_handler)  # 400 {"error", "kind"}, not 422
     mount_playground(app)
+    backend = ServerBackend(manager)
+    router = create_openai_router(backend, voices, model_names(settings), settings.cfg.http_body_timeout_s)
+    add_speech_websockets(router, backend, voices, settings.cfg.max_text_chars)
+    app.include_router(router)
+    if settings.auth.is_enabled:
+        install_log_redaction(settings.auth)
+        app.add_middleware(ApiKeyMiddleware, settings=settings.auth)  # outermost but Starlette's error handler
+    finish_openapi(app, settings.auth)
 
     @app.post("/inference_zero_shot", response_class=PCMResponse, responses=audio_responses(settings),
               openapi_extra=zero_shot_request_body(settings), summary="Speak a text in the voice of a prompt")
@@ -111,8 +111,10 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
         try:
             inputs = await parse_zero_shot(request, settings)
             check_model_name(inputs.tts_model_name)
+            saved = None if inputs.voice_id is None else await run_in_threadpool(voices.load_features,
+                                                                                 inputs.voice_id)
             handle = manager.submit(inputs.tts_text, inputs.prompt_text, inputs.prompt_wav, stream=inputs.stream,
-                                    speed=inputs.speed, seed=inputs.seed,
+                                    speed=inputs.speed, seed=inputs.seed, saved_voice=saved,
                                     fixed_speech_tokens=inputs.fixed_speech_tokens, client=client_address(request))
         except LightTTSError as e:
             record_rejected(endpoint, e)
@@ -166,7 +168,7 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
 
     @app.websocket("/inference_zero_shot_bistream")
     async def inference_zero_shot_bistream(ws: WebSocket):
-        await serve_bistream(ws, manager, settings, check_model_name)
+        await serve_bistream(ws, manager, settings, check_model_name, voices)
 
     @app.get("/query_tts_model", summary="The loaded model's name")
     async def query_tts_model_get() -> dict[str, list[str]]:

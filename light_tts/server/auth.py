@@ -4,8 +4,10 @@ HTTP and WebSocket clients send `Authorization: Bearer KEY`. Browsers cannot set
 a WebSocket may instead offer the subprotocol `lighttts.bearer.KEY` (`new WebSocket(url, ["lighttts.bearer." +
 key])`, as OpenAI's Realtime API does with its own prefix); the middleware takes it out of what the endpoint
 sees and answers the handshake with it, as browsers require. The health probes need no key, nor /metrics
-with --metrics_public. A missing or wrong key gets 401 `{"error", "kind": "unauthorized"}` (a WebSocket gets it
-as the handshake's HTTP answer where the server supports that, else close code 1008).
+with --metrics_public, nor the playground's static files (/ and /static/: they hold no data, and the page asks
+for the key that its API calls then send). A missing or wrong key gets 401 `{"error", "kind":
+"unauthorized"}` (a WebSocket gets it as the handshake's HTTP answer where the server supports that, else
+close code 1008).
 
 Keys are compared as SHA-256 digests with hmac.compare_digest against every configured key (no early exit,
 equal lengths), so timing says nothing about a key. No key is echoed in an error, and `install_log_redaction`
@@ -20,12 +22,14 @@ import hmac
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from light_tts.errors import UnauthorizedError
 
 PUBLIC_PATHS = frozenset({"/liveness", "/readiness", "/healthz"})
+PAGE_PATHS = frozenset({"/"})  # the playground page (static files, no data); its API calls need the key
+PAGE_PREFIX = "/static/"
 METRICS_PATH = "/metrics"
 WS_KEY_PROTOCOL = "lighttts.bearer."
 CLOSE_POLICY_VIOLATION = 1008
@@ -58,7 +62,7 @@ def read_api_key_file(path: str) -> list[str]:
 
 @dataclass(frozen=True)
 class AuthSettings:
-    api_keys: tuple[str, ...]
+    api_keys: tuple[str, ...] = field(repr=False)  # never in a repr, so never in a log line that prints one
     metrics_public: bool = False
 
     @classmethod
@@ -81,8 +85,8 @@ class AuthSettings:
             if self.metrics_public:
                 notes.append("--metrics_public is ignored: without API keys /metrics is open anyway")
             return notes
-        public = sorted(PUBLIC_PATHS | ({METRICS_PATH} if self.metrics_public else set()))
-        return [f"{len(self.api_keys)} API key(s); open without a key: {', '.join(public)}"]
+        public = sorted(PUBLIC_PATHS | PAGE_PATHS | ({METRICS_PATH} if self.metrics_public else set()))
+        return [f"{len(self.api_keys)} API key(s); open without a key: {', '.join(public)}, {PAGE_PREFIX}*"]
 
 
 def install_log_redaction(settings: AuthSettings):
@@ -112,7 +116,7 @@ class ApiKeyMiddleware:
         self.app = app
         self.settings = settings
         self.digests = [hashlib.sha256(k.encode()).digest() for k in settings.api_keys]
-        self.public_paths = PUBLIC_PATHS | ({METRICS_PATH} if settings.metrics_public else frozenset())
+        self.public_paths = PUBLIC_PATHS | PAGE_PATHS | ({METRICS_PATH} if settings.metrics_public else frozenset())
 
     def is_known(self, key: bytes) -> bool:
         digest = hashlib.sha256(key).digest()
@@ -121,9 +125,12 @@ class ApiKeyMiddleware:
             is_match |= hmac.compare_digest(digest, known)
         return is_match
 
+    def is_public(self, path: str, is_http: bool = True) -> bool:
+        return path in self.public_paths or (is_http and path.startswith(PAGE_PREFIX))
+
     async def __call__(self, scope, receive, send):
         if (scope["type"] not in ("http", "websocket") or not self.digests
-                or scope["path"] in self.public_paths):
+                or self.is_public(scope["path"], scope["type"] == "http")):
             return await self.app(scope, receive, send)
         key = bearer_token(scope["headers"])
         offered_protocol = None

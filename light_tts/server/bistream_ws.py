@@ -1,8 +1,9 @@
 """WebSocket /inference_zero_shot_bistream: text arrives in pieces, audio leaves as it is made.
 
 Protocol: JSON {"prompt_text", "tts_model_name"?, "seed"?, "fixed_speech_tokens"?}, one binary frame of prompt
-wav, JSON {"tts_text"} pieces, JSON {"finish": true}. The server sends binary int16 PCM frames and closes with 1000; on error it sends
-JSON {"error": ...} and closes with 1003 (bad wav), 1008 (bad message, or no message for --ws_idle_timeout_s
+wav, JSON {"tts_text"} pieces, JSON {"finish": true}; a saved voice replaces the prompt: {"voice_id", ...} and no
+wav frame. The server sends binary int16 PCM frames and closes with 1000; on error it sends JSON {"error": ...}
+and closes with 1003 (bad wav), 1008 (bad message, an unknown voice, or no message for --ws_idle_timeout_s
 before the finish), 1013 (overloaded) or 1011.
 A reader task takes the client's messages while the handler sends audio; the reader's failures (a malformed
 message, a disconnect) reach the sender through the request's event queue.
@@ -14,6 +15,7 @@ import asyncio
 import json
 
 from fastapi import WebSocket
+from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
 from light_tts.errors import LightTTSError, RequestError, SlowClientError, TextError
@@ -23,6 +25,7 @@ from light_tts.server.http_manager import HttpServerManager, RequestHandle
 from light_tts.server.request_metrics import ActiveRequest, ClientGone, record_finished, record_rejected
 from light_tts.server.request_parsing import check_fixed_speech_tokens, check_prompt_wav, check_text
 from light_tts.server.settings import ServerSettings
+from light_tts.server.voice_store import VoicePrompt, VoiceStore
 
 ENDPOINT = "inference_zero_shot_bistream"
 MAX_FRAME_BYTES = 96000  # 2 s of audio: a decode step that caught up on many tokens still reaches clients in
@@ -56,16 +59,25 @@ async def receive_message(ws: WebSocket, timeout_s: float | None) -> dict | byte
     return value
 
 
-async def receive_start(ws: WebSocket, settings: ServerSettings, check_model_name) -> tuple[str, bytes, dict]:
-    """(prompt text, prompt wav, submit options) of a valid start: its JSON message and the wav frame."""
+async def receive_start(ws: WebSocket, settings: ServerSettings, check_model_name,
+                        voices: VoiceStore) -> tuple[str, bytes, dict]:
+    """(prompt text, prompt wav, submit options) of a valid start: its JSON message and the wav frame, or a saved
+    voice's start (the options then name it, and there is no wav)."""
     cfg = settings.cfg
     start = await receive_message(ws, cfg.ws_idle_timeout_s)
-    if not isinstance(start, dict) or not isinstance(start.get("prompt_text"), str):
-        raise RequestError('the first message must be JSON {"prompt_text": "...", "tts_model_name": ...}')
-    check_text(start["prompt_text"], "prompt_text", cfg, allow_empty=True)
+    voice_id = start.get("voice_id") if isinstance(start, dict) else None
+    if voice_id is not None and (not isinstance(voice_id, str) or "prompt_text" in start):
+        raise RequestError('a saved voice\'s start is {"voice_id": "voice_...", ...}, without prompt_text or wav')
+    if not isinstance(start, dict) or not (voice_id or isinstance(start.get("prompt_text"), str)):
+        raise RequestError('the first message must be JSON {"prompt_text": "...", "tts_model_name": ...} '
+                           '(or {"voice_id": ...})')
     check_model_name(str(start.get("tts_model_name", "default")))
     options = {"seed": check_seed(start.get("seed")),
                "fixed_speech_tokens": check_fixed_speech_tokens(start.get("fixed_speech_tokens"), settings)}
+    if voice_id:
+        saved: VoicePrompt = await run_in_threadpool(voices.load_features, voice_id)  # NotFoundError: 1008
+        return saved.text, b"", {**options, "saved_voice": saved}
+    check_text(start["prompt_text"], "prompt_text", cfg, allow_empty=True)
     wav = await receive_message(ws, cfg.ws_idle_timeout_s)
     if not isinstance(wav, bytes):
         raise RequestError("the second message must be one binary frame with the prompt wav")
@@ -100,11 +112,11 @@ async def read_text(ws: WebSocket, manager: HttpServerManager, handle: RequestHa
 
 
 async def serve_bistream(ws: WebSocket, manager: HttpServerManager, settings: ServerSettings,
-                         check_model_name) -> None:
+                         check_model_name, voices: VoiceStore) -> None:
     await ws.accept()
     handle, reader, error = None, None, None
     try:
-        prompt_text, wav, options = await receive_start(ws, settings, check_model_name)
+        prompt_text, wav, options = await receive_start(ws, settings, check_model_name, voices)
         with ActiveRequest():  # a request only once it is complete: a silent socket is not one
             client = ws.client.host if ws.client else ""
             handle = manager.submit("", prompt_text, wav, stream=True, speed=1.0, is_bistream=True, client=client,

@@ -30,15 +30,17 @@ def str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (True/False/1/0), got {value!r}")
 
 
-GROUPS = ("HTTP", "encode", "LLM", "decode", "limits", "runtime")  # --help lists the flags in these groups
+GROUPS = ("HTTP", "API", "encode", "LLM", "decode", "limits", "runtime")  # --help lists the flags in these groups
 
 
-def _opt(group: str, default: Any, help: str, default_text: str | None = None, **argparse_kwargs: Any) -> Any:
+def _opt(group: str, default: Any, help: str, default_text: str | None = None, repr: bool = True,
+         **argparse_kwargs: Any) -> Any:
     """A dataclass field that also carries its --help group and text, and extra add_argument kwargs.
-    `default_text` says what the default means where the value alone would not (None, 0); --help shows it once."""
+    `default_text` says what the default means where the value alone would not (None, 0); --help shows it once.
+    `repr=False` keeps a secret out of repr(cfg) (and so out of any log line that prints the config)."""
     assert group in GROUPS and "default" not in help, help  # the parser appends the default, once
-    return field(default=default, metadata={"group": group, "help": help, "default_text": default_text,
-                                            **argparse_kwargs})
+    return field(default=default, repr=repr, metadata={"group": group, "help": help, "default_text": default_text,
+                                                       **argparse_kwargs})
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,21 @@ class ServerConfig:
     http_body_timeout_s: float = _opt("HTTP", 30.0, "a request body that sends nothing for this long gets 408")
     ws_idle_timeout_s: float = _opt("HTTP", 60.0, "a WebSocket that sends no message for this long before it "
                                                   "has finished its text gets an error and is closed")
+    # API: keys and saved voices
+    api_key: tuple[str, ...] | None = _opt("API", None, "an API key: every endpoint but the probes (/liveness, "
+                                                        "/readiness, /healthz) and the playground's static page then "
+                                                        "needs 'Authorization: Bearer KEY'; repeat the flag for "
+                                                        "several keys (--api_key_file keeps them off the command line)",
+                                           default_text="none: no key needed", repr=False, action="append")
+    api_key_file: str | None = _opt("API", None, "a file of API keys, one a line (blank lines and # comments "
+                                                 "skipped), added to those of --api_key", default_text="none")
+    metrics_public: bool = _opt("API", False, "/metrics answers without an API key (for a Prometheus that sends "
+                                              "none)")
+    data_dir: str | None = _opt("API", None, "directory of the saved voices (SQLite and files); every HTTP worker "
+                                             "shares it and voices survive restarts",
+                                default_text="$XDG_DATA_HOME/lighttts, else ~/.local/share/lighttts")
+    max_voices: int = _opt("API", 1000, "saved voices kept at most (an upload beyond gets 409); their upload size "
+                                        "and length are --max_prompt_wav_bytes and --max_prompt_seconds")
     # encode
     encode_process_num: int = _opt("encode", 1, "encode processes: text normalisation and prompt audio features "
                                                "(on the CPU; ONNX Runtime uses a GPU by itself when it has one)")
@@ -147,7 +164,7 @@ class ServerConfig:
         positive = ("httpserver_workers", "encode_process_num", "decode_process_num", "encode_paral_num",
                     "gpt_paral_num", "decode_max_batch_size",
                     "max_req_total_len", "running_max_req_size", "graph_max_batch_size", "router_max_wait_tokens",
-                    "cache_capacity", "max_text_chars", "max_prompt_wav_bytes", "cpu_threads")
+                    "cache_capacity", "max_text_chars", "max_prompt_wav_bytes", "cpu_threads", "max_voices")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
@@ -214,6 +231,8 @@ class ServerConfig:
                 group.add_argument(flag, type=str2bool, nargs="?", const=True, default=f.default, **kwargs)
             elif f.name == "mode":
                 group.add_argument(flag, nargs="+", default=None, **kwargs)
+            elif f.type.startswith("tuple"):  # repeatable (action="append"); argparse appends to a list
+                group.add_argument(flag, default=None, **kwargs)
             else:
                 group.add_argument(flag, type=_field_type(f.type), default=f.default, **kwargs)
         return parser
@@ -222,8 +241,9 @@ class ServerConfig:
     def from_args(cls, argv: Sequence[str] | None = None) -> "ServerConfig":
         namespace = cls.build_parser().parse_args(argv)
         values = vars(namespace)
-        if values["mode"] is not None:
-            values["mode"] = tuple(values["mode"])
+        for name in ("mode", "api_key"):
+            if values[name] is not None:
+                values[name] = tuple(values[name])
         return cls(**values)
 
     def replace(self, **changes: Any) -> "ServerConfig":

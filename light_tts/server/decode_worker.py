@@ -47,6 +47,7 @@ class DecodeRequestState:
     last_sentence: int | None = None  # index of the request's final sentence, once the LLM has said so
     num_written: int = 0  # int16 samples written to the ring so far
     num_sent: int = 0  # int16 samples sent (ring or inline)
+    num_tokens: int = 0  # speech tokens received, reported as the request's usage with its last audio
     audio_start: float | None = None  # when the first audio left (the listener's playback clock)
 
     def engine_id(self) -> str:
@@ -154,6 +155,7 @@ class DecodeWorker:
                     is_request_end: bool, seed: int, max_tokens: int) -> None:
         if is_request_end:
             state.last_sentence = sentence
+        state.num_tokens += len(tokens)
         if sentence == state.active:
             self.engine.push_tokens(state.engine_id(), tokens, is_end)
             return
@@ -218,6 +220,8 @@ class DecodeWorker:
     def send_audio(self, state: DecodeRequestState, pcm: np.ndarray, is_last: bool) -> None:
         """Through the ring when the reader has room, else inline (AudioRing never overwrites unread audio)."""
         slot, start, req_id = state.params.slot, state.num_written, state.params.req_id
+        if is_last:  # before the message: the HTTP worker reads it once the last audio has arrived
+            self.slots.a["usage_speech_tokens"][slot] = state.num_tokens
         if self.slots.audio.try_write(slot, start, pcm):
             state.num_written += len(pcm)
             message = AudioReady(req_id, start, len(pcm), None, is_last)

@@ -1,7 +1,9 @@
 """Encode process: request text -> sentences -> text tokens; prompt audio -> speech tokens, embedding, mel.
 
 Reads a request's inputs from its slot, writes the encoded prompt back into the slot (through the shared
-voice cache, so a repeated voice skips both ONNX models) and hands the request to the LLM process.
+voice cache, so a repeated voice skips both ONNX models) and hands the request to the LLM process. A saved
+voice's features come with the request (the HTTP worker wrote them into the slot): only its texts are
+tokenized here. A voice upload's features are computed here once (ComputeFeatures) and answered FeaturesReady.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import zmq
 from light_tts.errors import LightTTSError, TextError
 from light_tts.frontend.text_norm import is_only_punctuation
 from light_tts.server import metrics
-from light_tts.server.io_struct import AbortRequest, EncodeRequest, LLMRequestIn, RequestParams, TextPiece, TextTokens
+from light_tts.server.io_struct import (AbortRequest, ComputeFeatures, EncodeRequest, FeaturesReady, LLMRequestIn,
+                                        RequestParams, TextPiece, TextTokens)
 from light_tts.server.process_table import ProcessTable
 from light_tts.server.settings import ServerSettings
 from light_tts.server.shm import RequestSlots
@@ -49,7 +52,7 @@ class EncodeWorker:
         """Bind and publish the inbox first (peers can connect while the models load)."""
         self.ctx = zmq.Context()
         self.handlers = Handlers(self.name, {AbortRequest: self.on_abort, EncodeRequest: self.on_encode_request,
-                                             TextPiece: self.on_text_piece})
+                                             TextPiece: self.on_text_piece, ComputeFeatures: self.on_compute_features})
         self.inbox = Inbox(self.ctx, self.ports, self.processes, "encode", self.rank, self.handlers)
         self.to_llm = Outbox(self.ctx, self.processes, "llm", 0)
         self.http = HttpReplies(self.ctx, self.settings, self.processes, self.name)
@@ -75,6 +78,8 @@ class EncodeWorker:
                     self.log.error("%s failed:\n%s", type(message).__name__, traceback.format_exc())
                     if isinstance(message, EncodeRequest):
                         self.http.fail(message.params.http_rank, message.params.req_id, e)
+                    elif isinstance(message, ComputeFeatures):
+                        self.http.fail(message.http_rank, message.req_id, e)
             self.queue_depth.set(len(self.bistream))
             self.processes.set_load("encode", self.rank, len(self.bistream))
 
@@ -94,7 +99,12 @@ class EncodeWorker:
         metrics.STAGE_REQUESTS.labels("encode", str(self.rank)).inc()
         try:
             sentences = [] if message.is_bistream else self.encode_text(params.slot)
-            voice_key = self.encode_prompt(params.slot)
+            if message.saved_voice_key is not None:
+                self.encode_prompt_text(params.slot)
+                metrics.PROMPT_FEATURES.labels("saved").inc()
+                voice_key = message.saved_voice_key
+            else:
+                voice_key = self.encode_prompt(params.slot)
         except LightTTSError as e:
             self.http.fail(params.http_rank, params.req_id, e)
             return
@@ -108,35 +118,62 @@ class EncodeWorker:
         else:
             self.to_llm.send(TextTokens(params.req_id, sentences, is_last=True))
 
+    def on_compute_features(self, message: ComputeFeatures) -> None:
+        """A voice upload: its features into the slot (and the voice cache, which shares the saved voice's key)."""
+        if message.req_id in self.aborted:
+            return
+        wav = self.slots.read_bytes(message.slot, "wav")
+        try:
+            features, duration_s = self.compute_features(wav)
+            self.voices.put(self.frontend.voice_key(wav), *features)
+            self.slots.write_prompt_features(message.slot, *features)
+        except Exception as e:  # bad audio is the client's (4xx); anything else is logged as a bug
+            if not isinstance(e, LightTTSError):
+                self.log.error("request %d failed:\n%s", message.req_id, traceback.format_exc())
+            self.http.fail(message.http_rank, message.req_id, e)
+            return
+        self.http.send(message.http_rank, FeaturesReady(message.req_id, duration_s))
+
+    def compute_features(self, wav: bytes) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], float]:
+        """(speech tokens, embedding, mel) and the audio's seconds: the only place the speech tokenizer and the
+        speaker model run (counted as source="computed"); raises AudioError."""
+        samples, rate = self.frontend.decode_prompt_audio(wav)
+        features = self.frontend.audio_features(samples, rate)
+        metrics.PROMPT_FEATURES.labels("computed").inc()
+        return features, len(samples) / rate
+
     def encode_text(self, slot: int) -> list[list[int]]:
         text = self.slots.read_bytes(slot, "text").decode("utf-8")
         sentences = [self.frontend.tokenize(s) for s in self.frontend.normalize_and_split(text)]
         sentences = [s for s in sentences if s]
         if not sentences:
             raise TextError("tts_text has nothing to speak after normalisation")
+        self.slots.a["usage_text_tokens"][slot] = sum(map(len, sentences))
         return sentences
 
     def encode_prompt(self, slot: int) -> str:
         """Prompt text tokens always; the audio features from the voice cache when this audio was seen before.
         Returns the voice key."""
         wav = self.slots.read_bytes(slot, "wav")
-        prompt_text = self.slots.read_bytes(slot, "prompt_text").decode("utf-8")
         key = self.frontend.voice_key(wav)
+        self.encode_prompt_text(slot)  # first: a bad prompt text fails before the models run
         cached = self.voices.get(key)
         metrics.VOICE_CACHE_LOOKUPS.labels("hit" if cached else "miss").inc()
         if cached is None:
-            prompt = self.frontend.encode_prompt(wav, prompt_text)
-            self.voices.put(key, prompt.speech_tokens, prompt.embedding, prompt.mel)
-            text_tokens, speech_tokens, embedding, mel = (prompt.text_tokens, prompt.speech_tokens, prompt.embedding,
-                                                          prompt.mel)
+            features, _ = self.compute_features(wav)
+            self.voices.put(key, *features)
         else:
-            normalized = self.frontend.normalizer.normalize(prompt_text)
-            text_tokens = np.asarray(self.frontend.tokenize(normalized), dtype=np.int32)
-            speech_tokens, embedding, mel = cached
+            metrics.PROMPT_FEATURES.labels("cache").inc()
+            features = cached
+        self.slots.write_prompt_features(slot, *features)
+        return key
+
+    def encode_prompt_text(self, slot: int) -> None:
+        prompt_text = self.slots.read_bytes(slot, "prompt_text").decode("utf-8")
+        text_tokens = self.frontend.prompt_text_tokens(prompt_text)
         if len(text_tokens) > self.slots.a["prompt_text_tokens"].shape[1]:
             raise TextError(f"prompt_text is {len(text_tokens)} tokens, longer than the server accepts")
-        self.slots.write_prompt(slot, text_tokens, speech_tokens, embedding, mel)
-        return key
+        self.slots.write_prompt_text_tokens(slot, text_tokens)
 
     def encode_piece(self, piece: TextPiece) -> None:
         """Bistream text goes to the LLM as it comes, tokenized as-is (as the offline bistream pipeline does),
@@ -151,6 +188,7 @@ class EncodeWorker:
             self.http.fail(text.params.http_rank, piece.req_id, e)
             return
         if sentences is not None:
+            self.slots.a["usage_text_tokens"][text.params.slot] += sum(map(len, sentences))
             self.to_llm.send(TextTokens(piece.req_id, sentences, piece.is_last))
         if piece.is_last:
             del self.bistream[piece.req_id]

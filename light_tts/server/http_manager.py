@@ -1,9 +1,11 @@
 """HTTP-side request manager: one per HTTP worker process, living on its asyncio loop.
 
-It claims a request slot, writes the inputs into it, sends the slot index to an encode process, and turns the
-replies arriving on this worker's ZMQ endpoint into per-request event queues. It also owns a request's end:
-a finished request frees its slot at once; any other end (error, client gone, timeout) aborts the request in
-every stage first and frees the slot when all of them have confirmed, so no stage can touch a reused slot.
+It claims a request slot, writes the inputs into it (a prompt wav, or a saved voice's prompt features), sends the
+slot index to an encode process, and turns the replies arriving on this worker's ZMQ endpoint into per-request
+event queues. A voice upload borrows a slot the same way, for the encode process to compute its features. It
+also owns a request's end: a finished request frees its slot at once; any other end (error, client gone,
+timeout) aborts the request in every stage first and frees the slot when all of them have confirmed, so no
+stage can touch a reused slot.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import zmq.asyncio
 
 from light_tts.errors import (OverloadedError, RequestError, RequestTimeoutError, TooLargeError, UnavailableError,
                               WorkerDiedError, error_from_kind)
-from light_tts.server.io_struct import (AbortDone, AbortRequest, AudioReady, EncodeRequest, RequestFailed,
-                                        RequestParams, TextPiece)
+from light_tts.server.io_struct import (AbortDone, AbortRequest, AudioReady, ComputeFeatures, EncodeRequest,
+                                        FeaturesReady, RequestFailed, RequestParams, TextPiece)
 from light_tts.server import metrics
 from light_tts.server.playback import Playback
 from light_tts.server.process_table import ProcessTable
@@ -30,6 +32,7 @@ from light_tts.server.settings import ServerSettings
 from light_tts.server.shm import CLIENT_AT_LIMIT, RequestSlots, client_key
 from light_tts.server.topology import PortArgs
 from light_tts.server.voice_cache import VoiceCache
+from light_tts.server.voice_store import PromptFeatures, VoicePrompt
 from light_tts.server.http_watch import BackendWatch, PendingAborts
 from light_tts.server.worker_common import FrameDecoder, Handlers, Outbox, outboxes
 
@@ -51,6 +54,7 @@ class RequestHandle:
     first_audio_at: float | None = None
     is_done: bool = False  # the last audio arrived: every stage has already let go of the request
     playback: Playback | None = None  # streamed requests: the listener's clock (stall and slack metrics)
+    is_features_job: bool = False  # a voice upload's feature computation: only the encode process holds it
 
     @property
     def audio_seconds(self) -> float:
@@ -74,7 +78,8 @@ class HttpServerManager:
         """Bind this worker's reply endpoint and connect to every stage; must run on the serving event loop."""
         self.ctx = zmq.asyncio.Context()
         self.handlers = Handlers(f"http{self.http_rank}", {AudioReady: self.on_audio, RequestFailed: self.on_failed,
-                                                           AbortDone: self.on_abort_done})
+                                                           AbortDone: self.on_abort_done,
+                                                           FeaturesReady: self.on_features_ready})
         self.decode_frame = FrameDecoder(f"http{self.http_rank}", self.handlers.inbox_type)
         self.replies = self.ctx.socket(zmq.PULL)
         self.replies.setsockopt(zmq.LINGER, 0)
@@ -118,9 +123,34 @@ class HttpServerManager:
 
     def submit(self, tts_text: str, prompt_text: str, prompt_wav: bytes, *, stream: bool, speed: float,
                seed: int | None, fixed_speech_tokens: int | None = None, is_bistream: bool = False,
-               client: str = "") -> RequestHandle:
+               client: str = "", saved_voice: VoicePrompt | None = None) -> RequestHandle:
         """Claim a slot and start the request; raises OverloadedError (429) at once when none is free, or when
-        `client` (its address) already has --max_requests_per_client requests in flight."""
+        `client` (its address) already has --max_requests_per_client requests in flight. With `saved_voice` its
+        text and features are the prompt (`prompt_text` and `prompt_wav` are not used)."""
+        if saved_voice is not None:
+            prompt_text, prompt_wav = saved_voice.text, b""
+        handle = self.claim(client, {"text": tts_text.encode("utf-8"), "prompt_text": prompt_text.encode("utf-8"),
+                                     "wav": prompt_wav}, saved_voice.features if saved_voice else None)
+        seed = secrets.randbits(31) if seed is None else seed
+        params = RequestParams(handle.req_id, handle.slot, self.http_rank, stream, speed, seed, fixed_speech_tokens)
+        key = saved_voice.voice_key if saved_voice is not None else None
+        self.to_encode[handle.encode_rank].send(EncodeRequest(params, is_bistream, key))
+        return handle
+
+    async def compute_features(self, audio: bytes, client: str = "") -> tuple[PromptFeatures, float]:
+        """A voice upload's prompt features and the audio's seconds, computed by an encode process in a slot of
+        its own (so an upload waits for a free slot like any request: 429 when none is); raises AudioError."""
+        handle = self.claim(client, {"text": b"", "prompt_text": b"", "wav": audio})
+        handle.is_features_job = True
+        try:
+            self.to_encode[handle.encode_rank].send(ComputeFeatures(handle.req_id, handle.slot, self.http_rank))
+            ready = await self.next_event(handle)
+            return PromptFeatures(*self.slots.read_prompt_features(handle.slot)), ready.duration_s
+        finally:
+            self.finish(handle)
+
+    def claim(self, client: str, inputs: dict[str, bytes], features: PromptFeatures | None = None) -> RequestHandle:
+        """A slot holding `inputs` (and a saved voice's features), and the handle of its request."""
         reason = self.unready_reason()
         if reason is not None:
             raise UnavailableError(f"{reason}; retry shortly")
@@ -132,29 +162,34 @@ class HttpServerManager:
             raise OverloadedError(f"this client already has {self.cfg.max_requests_per_client} requests in flight "
                                   f"(--max_requests_per_client); retry when one ends")
         try:
-            self.slots.write_bytes(slot, "text", tts_text.encode("utf-8"))
-            self.slots.write_bytes(slot, "prompt_text", prompt_text.encode("utf-8"))
-            self.slots.write_bytes(slot, "wav", prompt_wav)
+            for name, data in inputs.items():
+                self.slots.write_bytes(slot, name, data)
+            if features is not None:
+                self.slots.write_prompt_features(slot, features.speech_tokens, features.embedding, features.mel)
         except ValueError as e:  # the HTTP checks keep inputs within the slot; this guards the slot regardless
             self.slots.release(slot, req_id)
-            raise RequestError(str(e)) from None
+            raise RequestError(f"{e} (a saved voice longer than --max_prompt_seconds allows?)" if features is not None
+                               else str(e)) from None
         rank = self.next_encode_rank
         self.next_encode_rank = (rank + 1) % len(self.to_encode)
         handle = RequestHandle(req_id, slot, rank, time.monotonic(), self.settings.model.sample_rate)
         if stream:
             handle.playback = Playback(self.settings.model.sample_rate)
         self.reqs[req_id] = handle
-        seed = secrets.randbits(31) if seed is None else seed
-        params = RequestParams(req_id, slot, self.http_rank, stream, speed, seed, fixed_speech_tokens)
-        self.to_encode[rank].send(EncodeRequest(params, is_bistream))
         return handle
+
+    def usage(self, handle: RequestHandle) -> tuple[int, int]:
+        """(text tokens of tts_text, speech tokens decoded) of a request whose last audio has arrived."""
+        a = self.slots.a
+        return int(a["usage_text_tokens"][handle.slot]), int(a["usage_speech_tokens"][handle.slot])
 
     def send_text(self, handle: RequestHandle, text: str, is_last: bool) -> None:
         """Bistream: the next piece of text (pieces go to the same encode process, so they stay in order)."""
         self.to_encode[handle.encode_rank].send(TextPiece(handle.req_id, text, is_last))
 
-    async def next_event(self, handle: RequestHandle) -> bytes | None:
-        """The next audio chunk, or None after the last one; raises the request's error or a timeout."""
+    async def next_event(self, handle: RequestHandle) -> bytes | None | FeaturesReady:
+        """The next audio chunk, or None after the last one (FeaturesReady for a features job); raises the
+        request's error or a timeout."""
         remaining = handle.arrival + self.cfg.request_timeout_s - time.monotonic()
         try:
             event = await asyncio.wait_for(handle.events.get(), timeout=max(remaining, 0.0))
@@ -162,7 +197,7 @@ class HttpServerManager:
             raise RequestTimeoutError(f"request exceeded the {self.cfg.request_timeout_s:g} s time limit") from None
         if isinstance(event, Exception):
             raise event
-        if event is not END and handle.first_audio_at is None:
+        if isinstance(event, bytes) and handle.first_audio_at is None:
             handle.first_audio_at = time.monotonic()
         return event
 
@@ -176,7 +211,8 @@ class HttpServerManager:
             return
         abort = AbortRequest(handle.req_id, self.http_rank)
         try:
-            for outbox in (self.to_encode[handle.encode_rank], self.to_llm, *self.to_decode):
+            others = [] if handle.is_features_job else [self.to_llm, *self.to_decode]
+            for outbox in (self.to_encode[handle.encode_rank], *others):
                 outbox.send(abort)
         except zmq.ZMQError:  # this worker is stopping: its sockets are closed, the stages go down with it
             pass
@@ -184,7 +220,9 @@ class HttpServerManager:
     def live_stages(self, handle: RequestHandle) -> set[str]:
         """The stages that may hold the request: its encode process, the LLM and every decode process, less those
         not running (a failed or restarting process never saw it, or forgot it)."""
-        keys = [("encode", handle.encode_rank), ("llm", 0), *(("decode", r) for r in range(len(self.to_decode)))]
+        keys = [("encode", handle.encode_rank)]
+        if not handle.is_features_job:
+            keys += [("llm", 0), *(("decode", r) for r in range(len(self.to_decode)))]
         return {f"{stage}{rank}" for stage, rank in keys if self.processes.state(stage, rank) == ProcessTable.READY}
 
     async def reply_loop(self) -> None:
@@ -218,6 +256,12 @@ class HttpServerManager:
         if message.is_last:
             handle.is_done = True
             handle.events.put_nowait(END)
+
+    def on_features_ready(self, message: FeaturesReady) -> None:
+        handle = self.reqs.get(message.req_id)
+        if handle is not None:
+            handle.is_done = True  # the encode process is done with the slot
+            handle.events.put_nowait(message)
 
     def on_failed(self, message: RequestFailed) -> None:
         handle = self.reqs.get(message.req_id)

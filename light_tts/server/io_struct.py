@@ -9,6 +9,7 @@ lists are small and go inline.
 Flow:  HTTP --EncodeRequest/TextPiece--> encode --LLMRequestIn/TextTokens--> LLM
        LLM --DecodeStart/SpeechTokenBatch--> decode --AudioReady--> HTTP
        HTTP --AbortRequest--> every stage --AbortDone--> HTTP;  any stage --RequestFailed--> HTTP
+       voice upload: HTTP --ComputeFeatures--> encode --FeaturesReady (or RequestFailed)--> HTTP
 """
 
 from __future__ import annotations
@@ -37,10 +38,15 @@ class RequestParams(msgspec.Struct):
 
 
 class EncodeRequest(Message):
-    """HTTP -> encode. tts_text, prompt_text and the prompt wav are already in the slot."""
+    """HTTP -> encode. tts_text, prompt_text and the prompt wav are already in the slot.
+
+    With `saved_voice_key` the slot holds no wav but the saved voice's prompt features (speech tokens, embedding,
+    mel): the encode process then only tokenizes the texts, and runs neither the speech tokenizer nor the
+    speaker model."""
 
     params: RequestParams
     is_bistream: bool  # True: tts_text arrives later as TextPiece messages
+    saved_voice_key: str | None = None  # the saved voice's stored key (its features are in the slot)
 
 
 class TextPiece(Message):
@@ -121,6 +127,22 @@ class RequestFailed(Message):
     message: str
 
 
+class ComputeFeatures(Message):
+    """HTTP -> encode: compute the prompt features of the audio in the slot's wav (a voice upload) and write them
+    into the slot's prompt arrays; answered by FeaturesReady or RequestFailed."""
+
+    req_id: int
+    slot: int
+    http_rank: int
+
+
+class FeaturesReady(Message):
+    """encode -> HTTP: the prompt features asked for by ComputeFeatures are in the slot."""
+
+    req_id: int
+    duration_s: float  # of the uploaded audio
+
+
 class AbortRequest(Message):
     """HTTP -> every stage: drop the request (client gone, timeout, or an error elsewhere)."""
 
@@ -139,10 +161,10 @@ class AbortDone(Message):
 
 
 # What each process's inbox accepts; anything else fails to decode there.
-ENCODE_INBOX = Union[EncodeRequest, TextPiece, AbortRequest]
+ENCODE_INBOX = Union[EncodeRequest, TextPiece, ComputeFeatures, AbortRequest]
 LLM_INBOX = Union[LLMRequestIn, TextTokens, AbortRequest]
 DECODE_INBOX = Union[DecodeStart, SpeechTokenBatch, AbortRequest]
-HTTP_INBOX = Union[AudioReady, RequestFailed, AbortDone]
+HTTP_INBOX = Union[AudioReady, RequestFailed, AbortDone, FeaturesReady]
 
 _ENCODER = msgspec.msgpack.Encoder()
 

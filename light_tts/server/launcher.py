@@ -198,7 +198,14 @@ def launch(cfg: ServerConfig) -> int:
         return 1
     for note in cfg.ignored_flags():
         log.warning("%s", note)
-    settings = load_settings(cfg)
+    try:
+        settings = load_settings(cfg)
+    except ValueError as e:  # e.g. an --api_key_file that cannot be read or holds no key
+        log.error("%s", e)
+        return 1
+    for note in settings.auth.startup_notes():  # what is protected, never a key
+        log.info("%s", note)
+    log.info("saved voices in %s", settings.data_dir)
     ports = PortArgs.create(cfg)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = ports.metrics_dir  # inherited by every spawned child
     # flow caches of many sizes come and go in the decode processes: growable segments keep the freed memory usable

@@ -1,8 +1,10 @@
 """The OpenAI-compatible HTTP endpoints and saved-voice CRUD, on top of a synthesis backend.
 
-The backend is the server's way to run a request (the HTTP manager: slots, encode/LLM/decode processes);
-this module only speaks the protocols: validation, voices, encoding, SSE, status codes. The two text-in
-WebSockets are in speech_ws_api.py. Blocking store calls (SQLite, files) run in the thread pool.
+The backend is the server's way to run a request (speech_backend.py, over the HTTP manager: slots,
+encode/LLM/decode processes); this module only speaks the protocols: validation, voices, encoding, SSE, status
+codes. The two text-in WebSockets are in speech_ws_api.py. Blocking store calls (SQLite, files) run in the
+thread pool. A client that hangs up before its answer starts cancels the work (unless_disconnected); after
+that, Starlette cancels the streaming body, which closes the synthesis.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from light_tts.errors import LightTTSError, NotFoundError, TooLargeError, RequestError, TextError
+from light_tts.errors import LightTTSError, NotFoundError, RequestError, TextError
 from light_tts.server.audio_encoding import CONTENT_TYPES, encode_file, make_encoder
 from light_tts.server.openai_schema import (ErrorBody, ModelCard, ModelList, SpeechRequest, SpeechUsage,
                                             VoiceDeleted, VoiceList, VoiceObject, audio_delta_event,
                                             audio_done_event, error_event)
-from light_tts.server.request_metrics import error_response
+from light_tts.server.request_metrics import ClientGone, error_response, unless_disconnected
 from light_tts.server.request_parsing import FORM_OVERHEAD_BYTES, read_multipart
 from light_tts.server.voice_store import PromptFeatures, VoicePrompt, VoiceStore
 
@@ -30,7 +32,8 @@ log = logging.getLogger("light_tts.openai")
 SAMPLE_RATE = 24000
 # OpenAI's model names, accepted for the served model so that clients with a fixed model name work.
 OPENAI_MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
-ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 409, 413, 429, 503)}
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 408, 409, 413, 429, 503, 504)}
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left first
 
 
 @dataclass
@@ -41,6 +44,8 @@ class SynthesisJob:
     is_streamed: bool = True  # False: the backend may return the whole audio at once (speed needs that)
     seed: int | None = None
     fixed_speech_tokens: int | None = None
+    endpoint: str = "v1_audio_speech"  # the metrics' label
+    client: str = ""  # the client's address (--max_requests_per_client)
     usage: SpeechUsage | None = None  # set by the backend once the audio is complete
 
 
@@ -49,8 +54,9 @@ class SynthesisBackend(Protocol):
         """int16 LE mono 24 kHz chunks; raises LightTTSError (before the first chunk for bad input or overload).
         Closing the iterator early (the client left) must abort the request."""
 
-    async def compute_features(self, audio: bytes) -> PromptFeatures:
-        """The prompt features of an uploaded recording (the encode process's job)."""
+    async def compute_features(self, audio: bytes, client: str = "") -> tuple[PromptFeatures, float]:
+        """The prompt features of an uploaded recording and its seconds (the encode process's job); raises
+        AudioError for audio that is not a usable prompt."""
 
 
 async def first_chunk(chunks) -> bytes:
@@ -62,65 +68,81 @@ async def first_chunk(chunks) -> bytes:
         raise
 
 
-def create_openai_router(backend: SynthesisBackend, store: VoiceStore, model_names: Sequence[str]) -> APIRouter:
+def client_of(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def create_openai_router(backend: SynthesisBackend, store: VoiceStore, model_names: Sequence[str],
+                         body_timeout_s: float) -> APIRouter:
     router = APIRouter()
     created_at = int(time.time())
     accepted_models = {*model_names, "default", *OPENAI_MODEL_ALIASES}
 
-    @router.post("/v1/audio/speech", responses={200: {"content": {t: {} for t in CONTENT_TYPES.values()}},
-                                                **ERRORS})
-    async def create_speech(body: SpeechRequest):
+    @router.post("/v1/audio/speech", responses={200: {"description": "the audio in `response_format` (chunked as "
+                                                                     "it is encoded), or SSE events",
+                                                      "content": {t: {} for t in (*CONTENT_TYPES.values(),
+                                                                                  "text/event-stream")}},
+                                                **ERRORS}, summary="Speak a text with a saved voice (OpenAI)")
+    async def create_speech(body: SpeechRequest, request: Request):
         """Speak `input` with a saved voice; the audio streams as it is encoded."""
         try:
             if body.model not in accepted_models:
                 raise NotFoundError(f"model {body.model!r} not found; served: {', '.join(model_names)}")
             prompt = await run_in_threadpool(store.load_features, body.voice)
-            job = SynthesisJob(body.input, prompt, body.speed, body.speed == 1.0, body.seed, body.fixed_speech_tokens)
+            job = SynthesisJob(body.input, prompt, body.speed, body.speed == 1.0, body.seed, body.fixed_speech_tokens,
+                               client=client_of(request))
             chunks = backend.synthesize(job)
-            first = await first_chunk(chunks)
+            first = await unless_disconnected(request, first_chunk(chunks))
+            if not job.is_streamed and body.stream_format == "audio":  # the whole audio: a file with exact headers
+                audio = await unless_disconnected(request, rest_of(first, chunks))
+                return Response(encode_file(body.response_format, audio, SAMPLE_RATE),
+                                media_type=CONTENT_TYPES[body.response_format])
         except LightTTSError as e:
             return error_response(e)
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; keeps the log quiet
         if body.stream_format == "sse":
             return StreamingResponse(sse_body(first, chunks, job, body.response_format),
                                      media_type="text/event-stream")
-        if not job.is_streamed:  # the whole audio is here: a file with exact headers
-            async with aclosing(chunks):
-                audio = first + b"".join([c async for c in chunks])
-            return Response(encode_file(body.response_format, audio, SAMPLE_RATE),
-                            media_type=CONTENT_TYPES[body.response_format])
         # A failure after the headers cuts the body short, which the client sees.
         return StreamingResponse(encoded(first, chunks, body.response_format),
                                  media_type=CONTENT_TYPES[body.response_format])
 
     @router.post("/v1/audio/voices", status_code=201, response_model=VoiceObject, responses=ERRORS,
+                 summary="Save a voice: a recording and its transcript",
                  openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                      "type": "object", "required": ["audio", "name"], "properties": {
                          "audio": {"type": "string", "format": "binary", "description": "wav, flac, ogg or mp3"},
                          "text": {"type": "string", "description": "the transcript (the prompt text)"},
                          "name": {"type": "string"}}}}}}})
     async def create_voice(request: Request):
-        """Save a voice: its prompt features are computed once, now."""
+        """Save a voice: its prompt features are computed once, now (a failure saves nothing)."""
         try:
-            name, text, audio = await read_voice_upload(request, store.limits.max_upload_bytes)
+            name, text, audio = await read_voice_upload(request, store.limits.max_upload_bytes, body_timeout_s)
             await run_in_threadpool(store.check_upload, name, text, audio)  # cheap checks before the model runs
-            features = await backend.compute_features(audio)
-            voice = await run_in_threadpool(store.create, name, text, audio, features)
+            features, duration_s = await unless_disconnected(request, backend.compute_features(
+                audio, client_of(request)))
+            voice = await run_in_threadpool(store.create, name, text, audio, features, duration_s)
         except LightTTSError as e:
             return error_response(e)
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         return JSONResponse(VoiceObject.of(voice).model_dump(), status_code=201)
 
-    @router.get("/v1/audio/voices", response_model=VoiceList, responses=ERRORS)
+    @router.get("/v1/audio/voices", response_model=VoiceList, responses=ERRORS, summary="The saved voices")
     async def list_voices():
         return VoiceList(data=[VoiceObject.of(v) for v in await run_in_threadpool(store.list)])
 
-    @router.get("/v1/audio/voices/{voice_id}", response_model=VoiceObject, responses=ERRORS)
+    @router.get("/v1/audio/voices/{voice_id}", response_model=VoiceObject, responses=ERRORS,
+                summary="One saved voice")
     async def get_voice(voice_id: str):
         try:
             return VoiceObject.of(await run_in_threadpool(store.get, voice_id))
         except LightTTSError as e:
             return error_response(e)
 
-    @router.delete("/v1/audio/voices/{voice_id}", response_model=VoiceDeleted, responses=ERRORS)
+    @router.delete("/v1/audio/voices/{voice_id}", response_model=VoiceDeleted, responses=ERRORS,
+                   summary="Delete a saved voice")
     async def delete_voice(voice_id: str):
         """Requests already using the voice finish with it; later ones get 404."""
         try:
@@ -129,11 +151,16 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, model_nam
             return error_response(e)
         return VoiceDeleted(id=voice_id)
 
-    @router.get("/v1/models", response_model=ModelList, responses=ERRORS)
+    @router.get("/v1/models", response_model=ModelList, responses=ERRORS, summary="The served models (OpenAI)")
     async def list_models():
         return ModelList(data=[ModelCard(id=name, created=created_at) for name in model_names])
 
     return router
+
+
+async def rest_of(first: bytes, chunks) -> bytes:
+    async with aclosing(chunks):
+        return first + b"".join([c async for c in chunks])
 
 
 async def encoded(first: bytes, chunks, fmt: str):
@@ -164,15 +191,12 @@ async def sse_body(first: bytes, chunks, job: SynthesisJob, fmt: str):
         yield error_event(e)
 
 
-async def read_voice_upload(request: Request, max_audio_bytes: int) -> tuple[str, str, bytes]:
-    """The multipart fields audio, text and name; a body over the limit is refused before it is read."""
-    limit = max_audio_bytes + FORM_OVERHEAD_BYTES
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise TooLargeError(f"the upload is {declared} bytes; the limit is {limit}")
+async def read_voice_upload(request: Request, max_audio_bytes: int, timeout_s: float) -> tuple[str, str, bytes]:
+    """The multipart fields audio, text and name; a body over the limit is refused before it is read (413),
+    one that stalls for timeout_s gets 408."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise RequestError("expected a multipart/form-data body with fields audio, text and name")
-    parts = await read_multipart(request, limit)
+    parts = await read_multipart(request, max_audio_bytes + FORM_OVERHEAD_BYTES, timeout_s)
     for field in ("audio", "name"):
         if field not in parts:
             raise RequestError(f"missing field {field}")

@@ -17,10 +17,9 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from light_tts.errors import LightTTSError, RequestError
-from light_tts.request_rules import MAX_SPEED, MIN_SPEED
+from light_tts.request_rules import MAX_SPEED, MIN_SPEED, SEED_LIMIT
 
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for `input`
-MAX_SEED = 2**62  # as /inference_zero_shot's seed field
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 INSTRUCTIONS_UNSUPPORTED = (
     "instructions are not supported: CosyVoice2 zero-shot cloning takes the speaking style from the voice's "
@@ -44,7 +43,7 @@ def reject_instructions(value: str | None) -> str | None:
 VoiceId = Annotated[str, Field(min_length=1, description='a saved voice id from POST /v1/audio/voices, or '
                                                        '{"id": ...}'), BeforeValidator(voice_id_of)]
 Speed = Annotated[float, Field(ge=MIN_SPEED, le=MAX_SPEED)]
-Seed = Annotated[int | None, Field(ge=0, lt=MAX_SEED, description="same inputs and seed give the same audio")]
+Seed = Annotated[int | None, Field(ge=0, lt=SEED_LIMIT, description="same inputs and seed give the same audio")]
 FixedSpeechTokens = Annotated[int | None, Field(ge=1, description=(
     "benchmarks: every sentence generates exactly this many speech tokens (25 = 1 s), ignoring end-of-speech"))]
 Instructions = Annotated[str | None, AfterValidator(reject_instructions),
@@ -90,8 +89,10 @@ class SpeechUsage(BaseModel):
 
 
 class ErrorBody(BaseModel):
+    """Every error answer of the server."""
+
     error: str
-    kind: str
+    kind: str  # light_tts.errors.ErrorKind
 
 
 class VoiceObject(BaseModel):

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 
+from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from light_tts.errors import LightTTSError
@@ -21,9 +22,28 @@ class ClientGone(Exception):
     kind = "client_gone"
 
 
+async def until_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_disconnected(request: Request, coro):
+    """Await `coro`, cancelling it and raising ClientGone if the client hangs up first."""
+    work, watch = asyncio.ensure_future(coro), asyncio.ensure_future(until_disconnect(request))
+    try:
+        await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if not work.done():
+        work.cancel()
+        raise ClientGone()
+    return work.result()
+
+
 def error_kind(error: BaseException) -> str:
-    if isinstance(error, asyncio.CancelledError):
-        return "client_gone"  # Starlette cancels a streaming response when its client disconnects
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+        return "client_gone"  # Starlette cancels a streaming response when its client disconnects; a closed
+        # synthesis (openai_api) sees GeneratorExit
     return getattr(error, "kind", "internal")
 
 

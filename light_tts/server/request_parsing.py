@@ -1,8 +1,8 @@
 """Reading and validating client input in the HTTP worker, before anything reaches a slot.
 
-Multipart bodies are parsed here (not with Starlette's form parser) so that text fields stay bytes until we
-decode them strictly: invalid UTF-8 is a 400, not silently re-read as Latin-1. Sizes are capped while the
-body streams in, so an oversized upload is refused without being buffered whole.
+Form bodies (multipart, or urlencoded without files) are parsed here (not with Starlette's form parser) so that
+text fields stay bytes until we decode them strictly: invalid UTF-8 is a 400, not silently re-read as Latin-1.
+Sizes are capped while the body streams in, so an oversized upload is refused without being buffered whole.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import asyncio
 import math
 import re
 from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
@@ -34,18 +35,56 @@ class ZeroShotInputs:
     seed: int | None
     tts_model_name: str
     fixed_speech_tokens: int | None
+    voice_id: str | None = None  # a saved voice instead of prompt_text + prompt_wav (then both empty)
 
 
-async def read_multipart(request: Request, max_bytes: int, timeout_s: float | None = None) -> dict[str, bytes]:
-    """Field name -> raw bytes (file parts included) of a multipart/form-data body. A body over max_bytes gets
-    413, from its Content-Length before anything is read, or as soon as it streams past the limit; a body that
-    stalls for timeout_s (--http_body_timeout_s; None: no limit) gets 408."""
+async def read_form(request: Request, max_bytes: int, timeout_s: float) -> dict[str, bytes]:
+    """Field name -> raw bytes of a multipart/form-data body (file parts included), or of a urlencoded one (a
+    form without files, as HTTP clients send one that names a saved voice instead of uploading a prompt)."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
-    if content_type != b"multipart/form-data" or b"boundary" not in options:
-        raise RequestError("expected a multipart/form-data body (fields tts_text, prompt_text, prompt_wav)")
+    if content_type == b"application/x-www-form-urlencoded":
+        body = b"".join([chunk async for chunk in body_chunks(request, max_bytes, timeout_s)])
+        return parse_urlencoded(body)
+    return await read_multipart(request, max_bytes, timeout_s)
+
+
+def parse_urlencoded(body: bytes) -> dict[str, bytes]:
+    """Field name -> raw bytes of an application/x-www-form-urlencoded body (values stay bytes, as multipart
+    ones do: urllib's parse_qsl would decode them, then fail to give bytes back for anything but ASCII)."""
+    fields = {}
+    for pair in body.split(b"&"):
+        if pair:
+            name, _, value = pair.partition(b"=")
+            name, value = (unquote_to_bytes(x.replace(b"+", b" ")) for x in (name, value))
+            fields[name.decode("utf-8", "replace")] = value
+    return fields
+
+
+async def body_chunks(request: Request, max_bytes: int, timeout_s: float):
+    """The body as it streams in. Over max_bytes: 413, from its Content-Length before anything is read, or as
+    soon as it streams past the limit; a body that stalls for timeout_s: 408."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise TooLargeError(f"request body of {declared} bytes exceeds the server's {max_bytes}")
+    num_bytes, chunks = 0, request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), timeout_s)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise SlowClientError(f"the request body sent nothing for {timeout_s:g} s") from None
+        num_bytes += len(chunk)
+        if num_bytes > max_bytes:
+            raise TooLargeError(f"request body exceeds the server's {max_bytes} bytes")
+        yield chunk
+
+
+async def read_multipart(request: Request, max_bytes: int, timeout_s: float) -> dict[str, bytes]:
+    """Field name -> raw bytes (file parts included) of a multipart/form-data body, bounded as body_chunks says."""
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or b"boundary" not in options:
+        raise RequestError("expected a multipart/form-data body (fields tts_text, prompt_text, prompt_wav)")
     parts: dict[str, bytes] = {}
     current = {"header": b"", "value": b"", "disposition": b"", "data": bytearray()}
 
@@ -73,19 +112,8 @@ async def read_multipart(request: Request, max_bytes: int, timeout_s: float | No
     parser = MultipartParser(options[b"boundary"], {
         "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
         "on_part_data": on_part_data, "on_part_end": on_part_end})
-    num_bytes, chunks = 0, request.stream().__aiter__()
     try:
-        while True:
-            try:
-                chunk = await asyncio.wait_for(chunks.__anext__(), timeout_s)
-            except StopAsyncIteration:
-                break
-            except asyncio.TimeoutError:
-                raise SlowClientError(f"the request body sent nothing for {timeout_s:g} s "
-                                      "(--http_body_timeout_s)") from None
-            num_bytes += len(chunk)
-            if num_bytes > max_bytes:
-                raise TooLargeError(f"request body exceeds the server's {max_bytes} bytes")
+        async for chunk in body_chunks(request, max_bytes, timeout_s):
             parser.write(chunk)
         parser.finalize()
     except RequestError:
@@ -159,10 +187,14 @@ def check_fixed_speech_tokens(value: object, settings: ServerSettings) -> int | 
 async def parse_zero_shot(request: Request, settings: ServerSettings) -> ZeroShotInputs:
     cfg = settings.cfg
     limit = cfg.max_prompt_wav_bytes + 8 * cfg.max_text_chars + FORM_OVERHEAD_BYTES
-    parts = await read_multipart(request, limit, cfg.http_body_timeout_s)
-    for name in ("tts_text", "prompt_text", "prompt_wav"):
+    parts = await read_form(request, limit, cfg.http_body_timeout_s)
+    voice_id = decode_text(parts["voice_id"], "voice_id", cfg) if "voice_id" in parts else None
+    prompt_fields = ("prompt_text", "prompt_wav")
+    if voice_id is not None and any(name in parts for name in prompt_fields):
+        raise RequestError("give voice_id (a saved voice) or prompt_text and prompt_wav, not both")
+    for name in ("tts_text",) + (() if voice_id is not None else prompt_fields):
         if name not in parts:
-            raise RequestError(f"missing field {name}")
+            raise RequestError(f"missing field {name}" + ("" if name == "tts_text" else " (or give voice_id)"))
     stream = parse_bool(parts.get("stream", b"false"), "stream")
     speed = float(parse_number(parts["speed"], "speed", float)) if "speed" in parts else 1.0
     check_speed(speed, stream)
@@ -170,10 +202,11 @@ async def parse_zero_shot(request: Request, settings: ServerSettings) -> ZeroSho
     fixed = parts.get("fixed_speech_tokens")
     fixed_speech_tokens = check_fixed_speech_tokens(
         None if fixed is None else int(parse_number(fixed, "fixed_speech_tokens", int)), settings)
-    check_prompt_wav(parts["prompt_wav"], cfg)
+    if voice_id is None:
+        check_prompt_wav(parts["prompt_wav"], cfg)
     return ZeroShotInputs(
         tts_text=decode_text(parts["tts_text"], "tts_text", cfg),
-        prompt_text=decode_text(parts["prompt_text"], "prompt_text", cfg, allow_empty=True),
-        prompt_wav=parts["prompt_wav"], stream=stream, speed=speed, seed=seed,
+        prompt_text=decode_text(parts.get("prompt_text", b""), "prompt_text", cfg, allow_empty=True),
+        prompt_wav=parts.get("prompt_wav", b""), stream=stream, speed=speed, seed=seed,
         tts_model_name=decode_text(parts.get("tts_model_name", b"default"), "tts_model_name", cfg),
-        fixed_speech_tokens=fixed_speech_tokens)
+        fixed_speech_tokens=fixed_speech_tokens, voice_id=voice_id)

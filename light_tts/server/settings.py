@@ -8,10 +8,12 @@ rate, token rate, speaker-embedding size, mel bins), so a limit or a size is wri
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from light_tts.server.auth import AuthSettings
 from light_tts.server.config import ServerConfig
 
 if TYPE_CHECKING:
@@ -64,6 +66,17 @@ class ServerSettings:
     cfg: ServerConfig
     model: ModelFacts
     shm: ShmSizes
+    auth: AuthSettings  # the keys of --api_key and --api_key_file (read once, at startup)
+    data_dir: str  # saved voices: --data_dir, or the XDG data directory
+
+    def voice_limits(self):
+        """The saved voices' limits: --max_voices, and the limits every prompt upload has (the audio's length,
+        --max_prompt_seconds, is checked by the encode process as for any prompt)."""
+        from light_tts.server.voice_store import VoiceLimits
+
+        c = self.cfg
+        return VoiceLimits(max_voices=c.max_voices, max_upload_bytes=c.max_prompt_wav_bytes,
+                           max_text_chars=c.max_text_chars)
 
     @property
     def max_fixed_speech_tokens(self) -> int:
@@ -142,7 +155,13 @@ def build_settings(cfg: ServerConfig, model_cfg: ModelConfig) -> ServerSettings:
                    prompt_speech_tokens=prompt_speech_tokens, token_mel_ratio=model.token_mel_ratio,
                    embedding_dim=model.embedding_dim, num_mels=model.num_mels,
                    audio_ring_samples=AUDIO_RING_SECONDS * model.sample_rate, cache_capacity=cfg.cache_capacity)
-    return ServerSettings(cfg, model, shm)
+    auth = AuthSettings.from_values(cfg.api_key or (), cfg.api_key_file, cfg.metrics_public)
+    return ServerSettings(cfg, model, shm, auth, cfg.data_dir or default_data_dir())
+
+
+def default_data_dir() -> str:
+    """The XDG data directory, as the tiny model's cache uses XDG_CACHE_HOME."""
+    return str(Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "lighttts")
 
 
 def load_settings(cfg: ServerConfig) -> ServerSettings:

@@ -91,6 +91,9 @@ def slot_specs(sizes: ShmSizes) -> dict[str, tuple[tuple[int, ...], type]]:
         "prompt_mel": ((n, sizes.prompt_mel_frames, sizes.num_mels), np.float32),  # token_mel_ratio per token
         "audio": ((n, sizes.audio_ring_samples), np.int16),  # see AudioRing
         "audio_read": ((n,), np.int64),
+        # usage reported to OpenAI clients, read by the HTTP worker after the last audio
+        "usage_text_tokens": ((n,), np.int64),  # text tokens of tts_text (written by the encode process)
+        "usage_speech_tokens": ((n,), np.int64),  # speech tokens decoded (written by the decode process)
     }
 
 
@@ -119,6 +122,7 @@ class RequestSlots:
             self.a["owner_pid"][slot] = os.getpid()
             self.a["client"][slot] = client
         self.audio.reset(slot)
+        self.a["usage_text_tokens"][slot] = self.a["usage_speech_tokens"][slot] = 0
         return slot
 
     def release(self, slot: int, req_id: int) -> None:
@@ -150,14 +154,23 @@ class RequestSlots:
 
     def write_prompt(self, slot: int, text_tokens, speech_tokens, embedding, mel) -> None:
         """Store the encoded prompt; raises ValueError if it does not fit the slot's arrays."""
-        a, num_text, num_speech = self.a, len(text_tokens), len(speech_tokens)
-        if num_text > a["prompt_text_tokens"].shape[1] or num_speech > a["prompt_speech_tokens"].shape[1]:
-            raise ValueError(f"prompt of {num_text} text / {num_speech} speech tokens does not fit the slot")
-        s = self.sizes
-        if mel.shape != (s.token_mel_ratio * num_speech, s.num_mels) or embedding.shape != (s.embedding_dim,):
-            raise ValueError(f"prompt mel {mel.shape} / embedding {embedding.shape} have unexpected shapes")
+        self.write_prompt_features(slot, speech_tokens, embedding, mel)
+        self.write_prompt_text_tokens(slot, text_tokens)
+
+    def write_prompt_text_tokens(self, slot: int, text_tokens) -> None:
+        a, num_text = self.a, len(text_tokens)
+        if num_text > a["prompt_text_tokens"].shape[1]:
+            raise ValueError(f"prompt of {num_text} text tokens does not fit the slot")
         a["prompt_text_tokens"][slot, :num_text] = text_tokens
         a["num_prompt_text_tokens"][slot] = num_text
+
+    def write_prompt_features(self, slot: int, speech_tokens, embedding, mel) -> None:
+        """The prompt's audio features (written by the encode process, or by the HTTP worker for a saved voice)."""
+        a, num_speech, s = self.a, len(speech_tokens), self.sizes
+        if num_speech > a["prompt_speech_tokens"].shape[1]:
+            raise ValueError(f"prompt of {num_speech} speech tokens does not fit the slot")
+        if mel.shape != (s.token_mel_ratio * num_speech, s.num_mels) or embedding.shape != (s.embedding_dim,):
+            raise ValueError(f"prompt mel {mel.shape} / embedding {embedding.shape} have unexpected shapes")
         a["prompt_speech_tokens"][slot, :num_speech] = speech_tokens
         a["num_prompt_speech_tokens"][slot] = num_speech
         a["prompt_embedding"][slot] = embedding
@@ -170,6 +183,10 @@ class RequestSlots:
         num_frames = self.sizes.token_mel_ratio * num_speech
         return (a["prompt_text_tokens"][slot, :num_text].copy(), a["prompt_speech_tokens"][slot, :num_speech].copy(),
                 a["prompt_embedding"][slot].copy(), a["prompt_mel"][slot, :num_frames].copy())
+
+    def read_prompt_features(self, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(speech_tokens, embedding, mel) as read_prompt returns them, without the text tokens."""
+        return self.read_prompt(slot)[1:]
 
     def close(self) -> None:
         self.shm.close()

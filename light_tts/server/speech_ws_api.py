@@ -30,17 +30,20 @@ def add_speech_websockets(router: APIRouter, backend: SynthesisBackend, store: V
     async def speech_stream(ws: WebSocket):
         await ws.accept()
         session = StreamSpeechSession(max_utterance_chars, check_voice=store.get)
-        await SessionTransport(ws, session, backend, store).run()
+        await SessionTransport(ws, session, backend, store, "v1_audio_speech_stream").run()
 
     @router.websocket("/ws/tts")
     async def orpheus_tts(ws: WebSocket):
         await ws.accept()
-        await SessionTransport(ws, OrpheusSession(max_utterance_chars), backend, store).run()
+        await SessionTransport(ws, OrpheusSession(max_utterance_chars), backend, store, "ws_tts").run()
 
 
 class SessionTransport:
-    def __init__(self, ws: WebSocket, session: SerialSession, backend: SynthesisBackend, store: VoiceStore):
+    def __init__(self, ws: WebSocket, session: SerialSession, backend: SynthesisBackend, store: VoiceStore,
+                 endpoint: str):
         self.ws, self.session, self.backend, self.store = ws, session, backend, store
+        self.endpoint = endpoint  # the metrics' label
+        self.client = ws.client.host if ws.client else ""
         self.send_lock = asyncio.Lock()  # the reader and the synthesis task both send
         self.synthesis: asyncio.Task | None = None
         self.is_closed = False
@@ -82,12 +85,14 @@ class SessionTransport:
             prompt = await run_in_threadpool(self.store.load_features, utterance.voice_id)
             is_streamed = utterance.is_streamed and utterance.speed == 1.0
             chunks = self.backend.synthesize(SynthesisJob(utterance.text, prompt, utterance.speed, is_streamed,
-                                                          utterance.seed, utterance.fixed_speech_tokens))
-            if is_streamed:
-                async for piece in encoded(b"", chunks, utterance.response_format):
-                    if piece:
-                        await self.perform([SendBytes(piece)])
-                        num_bytes += len(piece)
+                                                          utterance.seed, utterance.fixed_speech_tokens,
+                                                          self.endpoint, self.client))
+            if is_streamed:  # closed at once if a send fails, so the request ends with the connection
+                async with aclosing(encoded(b"", chunks, utterance.response_format)) as pieces:
+                    async for piece in pieces:
+                        if piece:
+                            await self.perform([SendBytes(piece)])
+                            num_bytes += len(piece)
             else:  # one frame holding the whole file, with exact headers
                 async with aclosing(chunks):
                     pcm = b"".join([c async for c in chunks])

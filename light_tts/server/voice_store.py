@@ -27,12 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from light_tts.errors import NotFoundError, TooLargeError, RequestError, VoiceLimitError
-from light_tts.frontend.audio import decode_audio
-from light_tts.model_config import FlowConfig
-
-# the released flow's speaker embedding and mel sizes (the store checks uploaded features against them)
-EMBEDDING_DIM, NUM_MELS = FlowConfig.spk_embed_dim, FlowConfig.output_size
+from light_tts.errors import AudioError, NotFoundError, TooLargeError, RequestError, VoiceLimitError
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -52,11 +47,11 @@ MAX_NAME_CHARS = 256
 
 @dataclass(frozen=True)
 class VoiceLimits:
-    """Built from ServerConfig at startup (no defaults here, so no second copy of the server's limits)."""
+    """Built from ServerConfig at startup (ServerSettings.voice_limits; no defaults here, so no second copy of the
+    server's limits). The audio's length limit is the encode process's, which decodes it."""
 
     max_voices: int
     max_upload_bytes: int
-    max_seconds: float
     max_text_chars: int
 
 
@@ -75,14 +70,16 @@ class PromptFeatures:
     """What the encode process computes from the prompt audio (the same arrays the voice cache holds)."""
 
     speech_tokens: np.ndarray  # int32 [P], 25 Hz
-    embedding: np.ndarray  # float32 [192], CAM++ speaker embedding
-    mel: np.ndarray  # float32 [2P, 80], 24 kHz prompt mel
+    embedding: np.ndarray  # float32 [E], CAM++ speaker embedding (192)
+    mel: np.ndarray  # float32 [ratio*P, mels], 24 kHz prompt mel ([2P, 80])
 
     def check(self) -> None:
+        """Types and the shapes' relations; the model's exact sizes are checked where a request's slot takes them."""
         num = len(self.speech_tokens)
         if (self.speech_tokens.dtype != np.int32 or self.speech_tokens.ndim != 1 or num == 0
-                or self.embedding.dtype != np.float32 or self.embedding.shape != (EMBEDDING_DIM,)
-                or self.mel.dtype != np.float32 or self.mel.shape != (2 * num, NUM_MELS)):
+                or self.embedding.dtype != np.float32 or self.embedding.ndim != 1
+                or self.mel.dtype != np.float32 or self.mel.ndim != 2 or self.mel.shape[0] % num
+                or self.mel.shape[0] == 0):
             raise ValueError(f"prompt features of the wrong shape: tokens {self.speech_tokens.dtype}"
                              f"{self.speech_tokens.shape}, embedding {self.embedding.dtype}{self.embedding.shape}, "
                              f"mel {self.mel.dtype}{self.mel.shape}")
@@ -155,21 +152,22 @@ class VoiceStore:
 
     # ---- changes
 
-    def check_upload(self, name: str, text: str, audio: bytes) -> float:
-        """Cheap checks before the features are computed; returns the audio's duration in seconds."""
+    def check_upload(self, name: str, text: str, audio: bytes) -> None:
+        """Cheap checks before the features are computed (decoding the audio is the encode process's job)."""
         if not name.strip() or len(name) > MAX_NAME_CHARS:
             raise RequestError(f"name must be 1..{MAX_NAME_CHARS} characters, got {len(name.strip())}")
         if len(text) > self.limits.max_text_chars or "\x00" in text or "\x00" in name:
             raise RequestError(f"text must be at most {self.limits.max_text_chars} characters, without NUL")
+        if not audio:
+            raise AudioError("audio is empty (0 bytes)")
         if len(audio) > self.limits.max_upload_bytes:
             raise TooLargeError(f"audio is {len(audio)} bytes; the limit is {self.limits.max_upload_bytes}")
-        samples, rate = decode_audio(audio, self.limits.max_seconds)  # AudioError (400) if unusable
         if self.count() >= self.limits.max_voices:
             raise VoiceLimitError(f"the server keeps at most {self.limits.max_voices} voices; delete one first")
-        return len(samples) / rate
 
-    def create(self, name: str, text: str, audio: bytes, features: PromptFeatures) -> Voice:
-        duration_s = self.check_upload(name, text, audio)
+    def create(self, name: str, text: str, audio: bytes, features: PromptFeatures, duration_s: float) -> Voice:
+        """Save a voice whose features (and the audio's duration) the encode process computed."""
+        self.check_upload(name, text, audio)
         features.check()
         # The key is the frontend's voice_key(audio): requests that upload the same bytes share the cache entry.
         voice_key = hashlib.sha256(audio).hexdigest()

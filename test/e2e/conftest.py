@@ -3,6 +3,7 @@ the offline pipeline whose audio the server must reproduce."""
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -17,6 +18,19 @@ IDLE_TIMEOUT_S = 3  # --ws_idle_timeout_s and --http_body_timeout_s of the share
 HEADER_TIMEOUT_S = 2  # shorter: a WebSocket that outlives it shows the header timer leaves upgraded sockets alone
 
 
+@pytest.fixture(scope="session", autouse=True)
+def voices_outside_home(tmp_path_factory):
+    """Servers started without --data_dir keep saved voices in the XDG data directory: a temporary one here, so
+    that no test reads or writes the voices of the user running the tests."""
+    previous = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg_data"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_DATA_HOME")
+    else:
+        os.environ["XDG_DATA_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     from light_tts.tools.make_model import make_model
@@ -28,7 +42,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def server(tiny_model_dir, tmp_path_factory):
     """The shared server: 2 HTTP workers, 2 decode processes. Stopping it (Ctrl-C) is itself checked."""
     srv = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "server.log",
-                        "--httpserver_workers", "2", "--decode_process_num", "2", "--running_max_req_size", "24",
+                        "--data_dir", str(tmp_path_factory.mktemp("voices")), "--httpserver_workers", "2", "--decode_process_num", "2", "--running_max_req_size", "24",
                         "--max_text_chars", "2000", "--request_timeout_s", "120", "--cache_capacity", "8",
                         "--max_req_total_len", str(MAX_REQ_TOTAL_LEN), "--ws_idle_timeout_s", str(IDLE_TIMEOUT_S),
                         "--http_body_timeout_s", str(IDLE_TIMEOUT_S), "--http_header_timeout_s", str(HEADER_TIMEOUT_S))

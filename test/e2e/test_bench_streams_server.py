@@ -92,10 +92,11 @@ def test_benchmark_starts_the_server_and_scores_the_tiny_model(tiny_model_dir, t
         assert [r["is_ramp"] for r in recs] == [r["index"] < c for r in recs]  # each worker's first request
         assert (level["requests"], level["failures"]) == (2, 0) and all(r["ok"] for r in recs)
         assert level["by_voice"]["new"]["requests"] == 1 and level["by_voice"]["saved"]["requests"] == 1
-        # the mix reached the server's voice cache: every new voice missed it, every saved one hit it
+        # every new voice missed the server's voice cache; every saved one came with its stored features
         new = sum(r["voice"] == "new" for r in recs)
         assert level["server"]["voice_cache_misses"] == new
-        assert level["server"]["voice_cache_hits"] == len(recs) - new
+        assert level["server"]["voice_cache_hits"] == 0
+        assert level["server"]["saved_voice_prompts"] == len(recs) - new
         assert level["server"]["requests_ok"] == len(recs)
         assert level["stalled_streams"] == sum(replayed(r).stalls > 0 for r in recs if not r["is_ramp"])
     # the tiny random model stops at random lengths unless the server forces them (fixed_speech_tokens)

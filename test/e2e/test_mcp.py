@@ -10,6 +10,7 @@ import sys
 import wave
 from pathlib import Path
 
+import httpx
 import pytest
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
@@ -94,3 +95,4 @@ def test_voice_tools(server, prompt, tmp_path):
         ("list_voices", {}), ("generate_speech", {"text": "Saved voice speaking.", "voice": voice_id})])
     assert voice_id in {v["id"] for v in listed.structured_content["voices"]}
     assert not spoken.is_error and Path(spoken.structured_content["path"]).stat().st_size > 44
+    httpx.delete(f"{server.url}/v1/audio/voices/{voice_id}")  # the shared server's voices are other tests' too
