@@ -134,8 +134,8 @@ def test_shared_prefix_equals_unshared_and_costs_no_pages(cfg):
     engine.pool.check()
 
 
-def test_admission_queues_by_pages_and_refuses_what_never_fits(cfg):
-    engine = new_engine(cfg, "fixed", num_pages=24, max_stream_tokens=200)  # 10 pages per stream of 40-token prompt
+def test_full_reservation_queues_by_pages_and_refuses_what_never_fits(cfg):
+    engine = new_engine(cfg, "fixed", num_pages=24, max_stream_tokens=200, reservation="full")  # 10-11 pages each
     reqs = make_requests(cfg)[:3]
     feeds = {}
     for req_id, prompt, tokens, seed, stream, speed, push in reqs:
@@ -150,7 +150,7 @@ def test_admission_queues_by_pages_and_refuses_what_never_fits(cfg):
         engine.abort(req_id)
         engine.add_request(req_id, prompt, seed, stream, speed)
     assert check_against_reference(engine, reqs, run_until_done(engine, feeds)) < REL_TOL
-    big = new_engine(cfg, "fixed", num_pages=4)
+    big = new_engine(cfg, "fixed", num_pages=4, reservation="full")
     big.add_request("huge", reqs[0][1], 0, True)
     big.push_tokens("huge", reqs[0][2][:60], False)
     (out,) = big.step()
@@ -338,3 +338,22 @@ def test_release_and_reload_keep_the_audio(cfg):
     engine.add_request("busy", prompt, seed, True)
     with pytest.raises(RuntimeError):
         engine.release()
+
+
+def test_lazy_reservation_preempts_the_newest_and_every_stream_gets_its_audio(cfg):
+    """Lazy reservation on a pool too small for the streams' whole utterances: they are admitted on their first
+    chunks, the most recently admitted is preempted when pages run out and recomputes its cache later; every
+    stream still gets exactly the reference audio, and the oldest is never preempted."""
+    engine = new_engine(cfg, "fixed", num_pages=16, max_stream_tokens=200)
+    reqs = [r for r in make_requests(cfg) if r[4]][:3]  # three streams: 6-8 pages each at the end
+    preempted = []
+    original = engine._preempt
+    engine._preempt = lambda req: (preempted.append(req.req_id), original(req))
+    feeds = {}
+    for req_id, prompt, tokens, seed, stream, speed, push in reqs:
+        engine.add_request(req_id, prompt, seed, stream, speed)
+        feeds[req_id] = (tokens, push, 0)
+    outputs = run_until_done(engine, feeds)
+    assert preempted and reqs[0][0] not in preempted
+    assert check_against_reference(engine, reqs, outputs) < REL_TOL
+    engine.pool.check()

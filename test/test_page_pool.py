@@ -92,3 +92,15 @@ def test_unused_prefixes_are_evicted_least_recently_used_first():
     pool.admit("user", 0, "new")
     assert not pool.can_admit(1)
     pool.check()
+
+
+def test_lazy_growth_never_over_commits():
+    pool = PagePool(6)
+    pool.admit("a", 0)
+    pool.admit("b", 0)
+    assert pool.grow("a", 4) and pool.allocate("a", 4)
+    assert not pool.grow("b", 3) and pool.grow("b", 2)  # only 2 left: growth is refused, never over-committed
+    pool.allocate("b", 2)
+    pool.release("a")
+    assert pool.grow("b", 4)
+    pool.check()

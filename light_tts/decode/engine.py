@@ -62,6 +62,7 @@ class EngineStats:
     pages_total: int = 0
     pages_used: int = 0
     waiting_for_pages: int = 0
+    preemptions: int = 0
     streams_active: int = 0
     prefixes_kept: int = 0
     flow_replays: int = 0
@@ -93,6 +94,7 @@ class DecodeEngine:
         self.requests: dict[str, DecodeRequest] = {}
         self.stats = EngineStats(pages_total=self.pool.num_pages)
         self.is_stalled = False  # the last step ran nothing (waiting for pages or tokens) and nothing changed since
+        self.admissions = 0  # admission order: the most recent stream is preempted first
 
     # ---- API of the decode process ----
 
@@ -164,14 +166,14 @@ class DecodeEngine:
                 outputs.append(AudioOutput(req.req_id, np.zeros(0, np.float32), finished=True))
                 continue
             ready[req.req_id] = chunk
-            cost = len(new) + (req.num_prompt_tokens - self._shared_tokens(req) if req.t0 == 0 else 0)
+            cost = len(self._chunk_tokens(req, finalize)[0])
             candidates.append(Candidate(req.req_id, req.stream, req.audio_start is None,
                                         req.deadline(self.limits.deadline_margin_s), cost, req.arrival))
-        jobs, waiting = [], 0
+        admitted, waiting = [], 0
         for c in schedule(candidates, now, self.sched_cfg, self.step_model):
             req = self.requests[c.key]
             try:
-                if not req.is_admitted and not self._admit(req):
+                if not req.is_admitted and not self._admit(req, ready[c.key]):
                     waiting += 1
                     if req.waiting_since is None:
                         req.waiting_since = now
@@ -180,9 +182,12 @@ class DecodeEngine:
                                                        f"{self.limits.admission_wait_s:g} s; retry shortly",
                                                   "overloaded"))
                     continue
-                jobs.append(self._job(req, *ready[c.key]))
+                admitted.append(req)
             except PoolExhaustedError as e:
                 outputs.append(self._fail(req, str(e), "too_large"))
+        if self.limits.reservation == "lazy":
+            admitted = self._make_room(admitted, ready)
+        jobs = [self._job(req, *ready[req.req_id]) for req in admitted]
         self.stats.waiting_for_pages = waiting
         if jobs:
             outputs += self._run(jobs, now)
@@ -225,7 +230,10 @@ class DecodeEngine:
         within the prompt (docs/decode-engine.md)."""
         return max(0, (req.num_prompt_tokens - LOOKAHEAD_CHECK) // self.page_tokens) if req.prefix_key else 0
 
-    def _admit(self, req: DecodeRequest) -> bool:
+    def _admit(self, req: DecodeRequest, chunk: tuple[list[int], bool]) -> bool:
+        """Full reservation: the stream's whole budget must fit now. Lazy: its first chunk's pages must fit next to
+        a page for every admitted stream (their next chunks); later pages are taken, or made room for, chunk by
+        chunk (_make_room)."""
         total = req.num_prompt_tokens + (req.max_tokens if req.stream else len(req.schedule.tokens))
         shared = self.pool.prefix_pages(req.prefix_key) if req.prefix_key else 0
         budget = -(-total // self.page_tokens) - shared
@@ -235,26 +243,70 @@ class DecodeEngine:
         if budget > self.pool.num_pages:
             raise PoolExhaustedError(f"the request needs {budget} flow-cache pages, the pool has "
                                      f"{self.pool.num_pages}")
-        if not self.slots.num_free or not self.pool.can_admit(budget, req.prefix_key):
+        num_admitted = sum(1 for r in self.requests.values() if r.is_admitted)
+        if self.limits.reservation == "lazy":
+            t0 = shared * self.page_tokens
+            first = -(-(t0 + len(self._chunk_tokens(req, chunk[1], t0)[0])) // self.page_tokens) - shared
+            fits = first + num_admitted <= self.pool.num_available(req.prefix_key)
+            budget = 0
+        else:
+            fits = self.pool.can_admit(budget, req.prefix_key)
+        if not self.slots.num_free or not fits:
             return False
         num_streams = sum(1 for r in self.requests.values() if r.is_admitted and r.stream)
         if req.stream and self.limits.realtime_admission and num_streams >= self.capacity_streams():
             return False  # one more stream would make the admitted ones stall (by the measured step times)
         stream = self.pool.admit(req.req_id, budget, req.prefix_key)
         req.slot = self.slots.take()
+        self.admissions += 1
+        req.admission = self.admissions
         self.cache.spks[req.slot] = self.flow._speaker(req.embedding.to(self.dtype))[0]
         if stream.prefix is not None:
             req.t0, req.read_slot = len(stream.prefix.pages) * self.page_tokens, stream.prefix.slot
         return True
 
+    def _make_room(self, admitted: list[DecodeRequest], ready: dict) -> list[DecodeRequest]:
+        """Lazy reservation: grow each chosen request's budget by its chunk's new pages; when the pool cannot,
+        preempt the most recently admitted stream (its pages go back; it recomputes its cache when it is
+        admitted again), so the oldest stream always progresses and none can be starved."""
+        while admitted:
+            need = {r.req_id: self._new_pages(r, ready[r.req_id][1]) for r in admitted}
+            if sum(need.values()) <= self.pool.num_available():
+                for r in admitted:
+                    assert self.pool.grow(r.req_id, need[r.req_id])
+                return admitted
+            victim = max((r for r in self.requests.values() if r.is_admitted), key=lambda r: r.admission)
+            self._preempt(victim)
+            admitted = [r for r in admitted if r is not victim]
+        return admitted
+
+    def _preempt(self, req: DecodeRequest) -> None:
+        """Take a stream's pages back; it keeps its tokens, HiFT state and playback clock, and its next chunk
+        recomputes everything from the prompt (or its voice prefix) on, dropping the frames already heard."""
+        logger.info("preempting %s (%d pages) to make room", req.req_id, self.pool.streams[req.req_id].num_held)
+        self._release(req)
+        req.t0, req.read_slot, req.num_chunks, req.waiting_since = 0, 0, 0, None
+        self.stats.preemptions += 1
+
+    def _new_pages(self, req: DecodeRequest, finalize: bool) -> int:
+        tokens, la = self._chunk_tokens(req, finalize)
+        return max(0, -(-(req.t0 + len(tokens) - la) // self.page_tokens) - len(self.pool.streams[req.req_id].page_table))
+
+    def _chunk_tokens(self, req: DecodeRequest, finalize: bool, t0: int | None = None) -> tuple[list[int], int]:
+        """The next chunk's flow tokens (from the first one not cached to the chunk's end, lookahead included)
+        and its number of lookahead tokens."""
+        t0 = req.t0 if t0 is None else t0
+        la = 0 if finalize else self.cfg.flow.pre_lookahead_len
+        p, sched = req.num_prompt_tokens, req.schedule
+        end = len(sched.tokens) if finalize else sched.offset + sched.hop + la
+        return (req.prompt_tokens[t0:].tolist() if t0 < p else []) + sched.tokens[max(0, t0 - p):end], la
+
     def _job(self, req: DecodeRequest, new: list[int], finalize: bool) -> StepJob:
         """The chunk's flow row: every token from the first one not cached (t0) to the chunk's end. Usually the
         cache ends where the audio does; after a short first hop (--first_hop_tokens) it ends at the last chunk
         boundary, so the next chunk recomputes the tokens past it and drops the frames already heard."""
-        la = 0 if finalize else self.cfg.flow.pre_lookahead_len
         p, page, sched = req.num_prompt_tokens, self.page_tokens, req.schedule
-        end = len(sched.tokens) if finalize else sched.offset + sched.hop + la
-        tokens = (req.prompt_tokens[req.t0:].tolist() if req.t0 < p else []) + sched.tokens[max(0, req.t0 - p):end]
+        tokens, la = self._chunk_tokens(req, finalize)
         num_new = len(tokens) - la
         stream = self.pool.streams[req.req_id]
         need = -(-(req.t0 + num_new) // page) - len(stream.page_table)

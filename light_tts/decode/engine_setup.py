@@ -33,6 +33,7 @@ class EngineLimits:
     mem_fraction: float = 0.9  # of the GPU memory free after warm-up, for the pool
     kv_dtype: str | None = None  # float16, bfloat16, float32, fp8_e4m3; None: the flow's dtype
     deadline_margin_s: float = 0.3  # a stream's chunk is due this long before its listener runs out
+    reservation: str = "lazy"  # "full": a stream reserves its whole budget at admission; "lazy": chunk by chunk
     admission_wait_s: float = 5.0  # a request ready but not admitted for longer fails with 429
     realtime_admission: bool = False  # admit streams only within the real-time capacity of the measured steps
     first_hop_tokens: int = 0  # > 0: the first streamed chunk is this many tokens (provisional); 0: upstream's

@@ -127,6 +127,14 @@ class PagePool:
         self.num_outstanding -= num
         return pages
 
+    def grow(self, stream_id: str, num: int) -> bool:
+        """Lazy reservation: add `num` pages to the stream's budget if the pool can honour them (False if not)."""
+        if num > self.num_available():
+            return False
+        self.streams[stream_id].budget += num
+        self.num_outstanding += num
+        return True
+
     def drop(self, stream_id: str, own_index: int) -> None:
         """Give back one own page early (it left the stream's context window); its budget stays with the stream."""
         stream = self.streams[stream_id]

@@ -40,6 +40,7 @@ class DecodeRequest:
     t0: int = 0  # tokens whose keys/values are in the pool
     read_slot: int = 0  # where the next chunk reads its conv context (0: zeros)
     num_chunks: int = 0  # flow chunks computed
+    admission: int = 0  # order of admission (lazy reservation preempts the most recent first)
     waiting_since: float | None = None  # ready, but not admitted yet (no pages, or no real-time capacity)
     # playback (deadline scheduling): when its listener started hearing it and how much was sent since
     audio_start: float | None = None

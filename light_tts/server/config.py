@@ -105,6 +105,10 @@ class ServerConfig:
                                  default_text="auto: the flow's dtype")
     deadline_margin_s: float = _opt("decode", 0.3, "a stream's next chunk is due this long before its listener "
                                                    "would run out of audio")
+    decode_reservation: str = _opt("decode", "lazy", "lazy: a stream takes pool pages chunk by chunk and the newest "
+                                                     "is preempted (recomputed later) when they run out; full: it "
+                                                     "reserves its whole utterance at admission",
+                                   choices=("lazy", "full"))
     admission_wait_s: float = _opt("decode", 5.0, "a stream that finds no room in its decode process (pool pages, "
                                                   "or on a GPU the real-time capacity of the measured steps) "
                                                   "waits this long, then gets 429 with Retry-After")

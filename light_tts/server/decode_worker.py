@@ -105,6 +105,10 @@ class DecodeWorker:
         metrics.DECODE_POOL_PAGES.labels(rank, "used").set(stats.pages_used)
         metrics.DECODE_POOL_PAGES.labels(rank, "total").set(stats.pages_total)
         metrics.DECODE_WAITING.labels(rank).set(stats.waiting_for_pages)
+        new = stats.preemptions - self.eager_reported.get("preemptions", 0)
+        if new > 0:
+            metrics.DECODE_PREEMPTIONS.labels(rank).inc(new)
+            self.eager_reported["preemptions"] = stats.preemptions
         self.processes.set_room("decode", self.rank, self.engine.pool.num_available(), self.engine.min_slack_ms())
         for seconds in self.engine.take_step_times():
             metrics.DECODE_STEP_TIME.labels(rank).observe(seconds)

@@ -131,6 +131,8 @@ class HttpServerManager:
             prompt_text, prompt_wav = saved_voice.text, b""
         handle = self.claim(client, {"text": tts_text.encode("utf-8"), "prompt_text": prompt_text.encode("utf-8"),
                                      "wav": prompt_wav}, saved_voice.features if saved_voice else None)
+        if stream:
+            handle.playback = Playback(self.settings.model.sample_rate)
         seed = secrets.randbits(31) if seed is None else seed
         params = RequestParams(handle.req_id, handle.slot, self.http_rank, stream, speed, seed, fixed_speech_tokens)
         key = saved_voice.voice_key if saved_voice is not None else None
@@ -173,8 +175,6 @@ class HttpServerManager:
         rank = self.next_encode_rank
         self.next_encode_rank = (rank + 1) % len(self.to_encode)
         handle = RequestHandle(req_id, slot, rank, time.monotonic(), self.settings.model.sample_rate)
-        if stream:
-            handle.playback = Playback(self.settings.model.sample_rate)
         self.reqs[req_id] = handle
         return handle
 

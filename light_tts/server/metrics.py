@@ -45,6 +45,8 @@ DECODE_POOL_PAGES = Gauge("lighttts_decode_pool_pages", "Flow-cache pool pages o
                           ["rank", "state"], multiprocess_mode="livesum")
 DECODE_WAITING = Gauge("lighttts_decode_streams_waiting_for_pages", "Requests ready to start that wait for pool "
                        "pages", ["rank"], multiprocess_mode="livesum")
+DECODE_PREEMPTIONS = Counter("lighttts_decode_preemptions", "Streams whose pool pages were taken back (lazy "
+                             "reservation); they recompute their cache", ["rank"])
 DECODE_EAGER = Counter("lighttts_decode_eager_passes", "Decode passes that fit no captured CUDA graph",
                        ["rank", "part"])
 STALL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
