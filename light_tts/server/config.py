@@ -147,6 +147,10 @@ class ServerConfig:
                                  default_text="none: a tiny random-weight model, its audio is noise")
     device: str = _opt("runtime", "auto", "torch device of the LLM and decode processes: auto (the GPUs if any, "
                                           "else the CPU), cpu, cuda or cuda:N")
+    idle_release_s: float = _opt("runtime", 0.0, "after this many seconds without requests, the LLM and decode "
+                                                 "processes free their device memory (caches, graphs; weights to "
+                                                 "host memory); the next request waits for the reload",
+                                 default_text="0: never")
     cpu_threads: int = _opt("runtime", 1, "torch threads per worker process (1 avoids oversubscribing small hosts)")
     zmq_mode: str = _opt("runtime", "ipc:///tmp/", "ZMQ transport between processes", choices=ZMQ_MODES)
     on_worker_failure: str = _opt("runtime", "restart", "when a worker dies or hangs: restart it (its requests "

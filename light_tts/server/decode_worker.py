@@ -17,6 +17,7 @@ import zmq
 from light_tts.errors import error_from_kind
 from light_tts.frontend.prompt import Prompt
 from light_tts.server import metrics
+from light_tts.server.idle_engine import IdleEngine
 from light_tts.server.io_struct import AbortRequest, AudioReady, DecodeStart, RequestParams, SpeechTokenBatch
 from light_tts.server.process_table import ProcessTable
 from light_tts.server.settings import ServerSettings
@@ -82,6 +83,7 @@ class DecodeWorker:
         device = resolve_device(self.settings, "decode", self.rank)
         set_process_title(self.name, model_on(self.settings, device))
         self.engine = DecodeEngine(load_model_config(self.cfg.model_dir), **self.settings.decode_engine_kwargs(device))
+        self.idle = IdleEngine(self.engine, self.cfg.idle_release_s, self.processes, "decode", self.rank, self.log)
 
     def loop(self) -> None:
         while not parent_is_gone(self.launcher_pid):
@@ -97,7 +99,9 @@ class DecodeWorker:
             if self.engine.has_work():
                 self.write_outputs(self.step())
             self.processes.set_load("decode", self.rank, len(self.reqs))
-            self.report()
+            self.idle.tick(has_work=bool(self.reqs) or self.engine.num_active() > 0)
+            if not self.engine.is_released:
+                self.report()
 
     def report(self) -> None:
         rank, stats = str(self.rank), self.engine.stats
@@ -140,6 +144,7 @@ class DecodeWorker:
         if params.req_id in self.aborted:
             return
         prompt = Prompt(*self.slots.read_prompt(params.slot))
+        self.idle.ensure_loaded()
         self.reqs[params.req_id] = DecodeRequestState(params, message.voice_key, prompt)
         metrics.STAGE_REQUESTS.labels("decode", str(self.rank)).inc()
 

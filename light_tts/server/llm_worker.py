@@ -18,6 +18,7 @@ import zmq
 from light_tts.errors import RequestError
 from light_tts.request_rules import sentence_seed
 from light_tts.server import metrics
+from light_tts.server.idle_engine import IdleEngine
 from light_tts.server.io_struct import (AbortRequest, DecodeStart, LLMRequestIn, RequestParams, SpeechTokenBatch,
                                         TextTokens)
 from light_tts.server.process_table import ProcessTable
@@ -83,6 +84,7 @@ class LLMWorker:
         device = resolve_device(self.settings, "llm")
         set_process_title("llm0", model_on(self.settings, device))
         self.engine = LLMEngine(load_model_config(self.cfg.model_dir), self.settings.llm_engine_config(device), device)
+        self.idle = IdleEngine(self.engine, self.cfg.idle_release_s, self.processes, "llm", 0, self.log)
 
     def loop(self) -> None:
         is_idle = True
@@ -99,6 +101,7 @@ class LLMWorker:
             if outputs:
                 self.route(outputs)
                 metrics.BATCH_SIZE.labels("llm", "0").observe(self.engine.last_batch_size)
+            self.idle.tick(has_work=bool(self.reqs) or self.engine.has_unfinished())
             self.report()
 
     def step(self) -> list:
@@ -127,6 +130,7 @@ class LLMWorker:
         if params.req_id in self.aborted:
             return
         text_tokens, speech_tokens, _, _ = self.slots.read_prompt(params.slot)
+        self.idle.ensure_loaded()
         rank = self.pick_decode_rank()
         self.reqs[params.req_id] = LLMRequestState(params, message.is_bistream, rank, text_tokens.tolist(),
                                                    speech_tokens.tolist())

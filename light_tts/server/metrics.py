@@ -45,6 +45,8 @@ DECODE_POOL_PAGES = Gauge("lighttts_decode_pool_pages", "Flow-cache pool pages o
                           ["rank", "state"], multiprocess_mode="livesum")
 DECODE_WAITING = Gauge("lighttts_decode_streams_waiting_for_pages", "Requests ready to start that wait for pool "
                        "pages", ["rank"], multiprocess_mode="livesum")
+GPU_RELOAD_SECONDS = Histogram("lighttts_gpu_reload_seconds", "A worker's reload after an idle release (the "
+                               "first request waits for it)", ["stage"], buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60))
 DECODE_PREEMPTIONS = Counter("lighttts_decode_preemptions", "Streams whose pool pages were taken back (lazy "
                              "reservation); they recompute their cache", ["rank"])
 DECODE_EAGER = Counter("lighttts_decode_eager_passes", "Decode passes that fit no captured CUDA graph",
@@ -85,9 +87,13 @@ class SharedStateCollector:
         yield slots
         states = GaugeMetricFamily("lighttts_process_ready", "1 when a worker process is ready, 0 otherwise",
                                    labels=["stage", "rank"])
+        released = GaugeMetricFamily("lighttts_gpu_released", "1 while a worker has given its GPU memory back "
+                                     "(--idle_release_s)", labels=["stage", "rank"])
         for (stage, rank), state in self.processes.backend_states().items():
             states.add_metric([stage, str(rank)], 1.0 if state == self.processes.READY else 0.0)
+            released.add_metric([stage, str(rank)], float(self.processes.is_released(stage, rank)))
         yield states
+        yield released
         yield GaugeMetricFamily("lighttts_voice_cache_entries", "Voices in the shared cache",
                                 value=self.voice_cache.num_entries())
 

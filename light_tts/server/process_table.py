@@ -27,6 +27,7 @@ def process_specs(num_rows: int) -> dict[str, tuple[tuple[int, ...], type]]:
         # decode processes: pool pages a new stream could still be granted, and the least playback slack of their
         # streams in ms (the LLM sends a new request to the one with room and the most slack)
         "room": ((num_rows,), np.int64),
+        "released": ((num_rows,), np.int64),  # 1 while the process has given its GPU back (--idle_release_s)
         "slack_ms": ((num_rows,), np.int64),
         "address": ((num_rows, ADDRESS_BYTES), np.uint8),  # the inbox's bound ZMQ address
         "address_len": ((num_rows,), np.int64),
@@ -65,6 +66,12 @@ class ProcessTable:
 
     def load(self, stage: str, rank: int) -> int:
         return int(self.a["load"][self.rows[(stage, rank)]])
+
+    def set_released(self, stage: str, rank: int, is_released: bool) -> None:
+        self.a["released"][self.rows[(stage, rank)]] = int(is_released)
+
+    def is_released(self, stage: str, rank: int) -> bool:
+        return bool(self.a["released"][self.rows[(stage, rank)]])
 
     def set_room(self, stage: str, rank: int, pages: int, slack_ms: int) -> None:
         row = self.rows[(stage, rank)]
@@ -153,7 +160,8 @@ class ProcessTable:
 
     def describe(self) -> dict[str, dict]:
         """{"decode0": {"pid": ..., "state": "ready"}, ...} for /readiness."""
-        return {f"{stage}{rank}": {"pid": int(self.a["pid"][row]), "state": self.STATE_NAMES[int(self.a["state"][row])]}
+        return {f"{stage}{rank}": {"pid": int(self.a["pid"][row]), "state": self.STATE_NAMES[int(self.a["state"][row])],
+                                   "gpu": "released" if self.a["released"][row] else "loaded"}
                 for (stage, rank), row in self.rows.items()}
 
     def close(self) -> None:
