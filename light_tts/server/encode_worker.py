@@ -22,7 +22,7 @@ from light_tts.server.io_struct import (AbortRequest, ComputeFeatures, EncodeReq
                                         RequestParams, TextPiece, TextTokens)
 from light_tts.server.process_table import ProcessTable
 from light_tts.server.settings import ServerSettings
-from light_tts.server.shm import RequestSlots
+from light_tts.server.shm import VOICE_KINDS, RequestSlots
 from light_tts.server.topology import PortArgs
 from light_tts.server.voice_cache import VoiceCache
 from light_tts.server.worker_common import (AbortedRequests, Handlers, HttpReplies, Inbox, Outbox, parent_is_gone,
@@ -102,6 +102,7 @@ class EncodeWorker:
             if message.saved_voice_key is not None:
                 self.encode_prompt_text(params.slot)
                 metrics.PROMPT_FEATURES.labels("saved").inc()
+                self.slots.a["voice_kind"][params.slot] = VOICE_KINDS.index("saved")
                 voice_key = message.saved_voice_key
             else:
                 voice_key = self.encode_prompt(params.slot)
@@ -165,6 +166,7 @@ class EncodeWorker:
         else:
             metrics.PROMPT_FEATURES.labels("cache").inc()
             features = cached
+        self.slots.a["voice_kind"][slot] = VOICE_KINDS.index("new" if cached is None else "saved")
         self.slots.write_prompt_features(slot, *features)
         return key
 

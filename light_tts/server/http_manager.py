@@ -29,7 +29,7 @@ from light_tts.server import metrics
 from light_tts.server.playback import Playback
 from light_tts.server.process_table import ProcessTable
 from light_tts.server.settings import ServerSettings
-from light_tts.server.shm import CLIENT_AT_LIMIT, RequestSlots, client_key
+from light_tts.server.shm import CLIENT_AT_LIMIT, VOICE_KINDS, RequestSlots, client_key
 from light_tts.server.topology import PortArgs
 from light_tts.server.voice_cache import VoiceCache
 from light_tts.server.voice_store import PromptFeatures, VoicePrompt
@@ -54,6 +54,7 @@ class RequestHandle:
     first_audio_at: float | None = None
     is_done: bool = False  # the last audio arrived: every stage has already let go of the request
     playback: Playback | None = None  # streamed requests: the listener's clock (stall and slack metrics)
+    voice_kind: str = "none"  # saved (no model ran for its prompt) or new, read when the first audio arrives
     is_features_job: bool = False  # a voice upload's feature computation: only the encode process holds it
 
     @property
@@ -249,6 +250,8 @@ class HttpServerManager:
                                                    f"({self.cfg.max_audio_seconds:g} s)"))
             return
         if message.num_samples:
+            if handle.num_samples == message.num_samples:  # the first audio: the encode process wrote the kind
+                handle.voice_kind = VOICE_KINDS[int(self.slots.a["voice_kind"][handle.slot])]
             handle.events.put_nowait(pcm)
             if handle.playback is not None:
                 stall, slack = handle.playback.on_chunk(message.num_samples, time.monotonic())

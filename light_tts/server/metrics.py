@@ -17,8 +17,9 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0
 RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
-TIME_TO_FIRST_AUDIO = Histogram("lighttts_time_to_first_audio_seconds", "Request arrival to first audio byte",
-                                ["endpoint"], buckets=LATENCY_BUCKETS)
+TIME_TO_FIRST_AUDIO = Histogram("lighttts_time_to_first_audio_seconds", "Request arrival to first audio byte, by "
+                                "voice kind (saved: a saved or cached voice, no prompt model ran; new)",
+                                ["endpoint", "voice_kind"], buckets=LATENCY_BUCKETS)
 REQUEST_LATENCY = Histogram("lighttts_request_latency_seconds", "Request arrival to last audio byte",
                             ["endpoint"], buckets=LATENCY_BUCKETS)
 REAL_TIME_FACTOR = Histogram("lighttts_real_time_factor", "Request latency / audio duration",

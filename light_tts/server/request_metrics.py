@@ -72,7 +72,7 @@ def record_finished(endpoint: str, handle: RequestHandle, error: BaseException |
     metrics.REQUEST_LATENCY.labels(endpoint).observe(latency)
     metrics.AUDIO_SECONDS.inc(handle.audio_seconds)
     if handle.first_audio_at is not None:
-        metrics.TIME_TO_FIRST_AUDIO.labels(endpoint).observe(handle.first_audio_at - handle.arrival)
+        metrics.TIME_TO_FIRST_AUDIO.labels(endpoint, handle.voice_kind).observe(handle.first_audio_at - handle.arrival)
     if handle.audio_seconds > 0:
         metrics.REAL_TIME_FACTOR.labels(endpoint).observe(latency / handle.audio_seconds)
 

@@ -14,6 +14,9 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
+# voice_kind: 0 not known yet; a saved voice or a prompt the voice cache already had (no model ran); a new one
+VOICE_KINDS = ("none", "saved", "new")
+
 from light_tts.server.audio_ring import AudioRing
 from light_tts.server.settings import ShmSizes
 
@@ -93,6 +96,7 @@ def slot_specs(sizes: ShmSizes) -> dict[str, tuple[tuple[int, ...], type]]:
         "audio_read": ((n,), np.int64),
         # usage reported to OpenAI clients, read by the HTTP worker after the last audio
         "usage_text_tokens": ((n,), np.int64),  # text tokens of tts_text (written by the encode process)
+        "voice_kind": ((n,), np.int64),  # VOICE_KINDS index: how the encode process got the prompt's features
         "usage_speech_tokens": ((n,), np.int64),  # speech tokens decoded (written by the decode process)
     }
 
@@ -122,7 +126,7 @@ class RequestSlots:
             self.a["owner_pid"][slot] = os.getpid()
             self.a["client"][slot] = client
         self.audio.reset(slot)
-        self.a["usage_text_tokens"][slot] = self.a["usage_speech_tokens"][slot] = 0
+        self.a["usage_text_tokens"][slot] = self.a["usage_speech_tokens"][slot] = self.a["voice_kind"][slot] = 0
         return slot
 
     def release(self, slot: int, req_id: int) -> None:
