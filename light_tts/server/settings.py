@@ -33,12 +33,15 @@ class ModelFacts:
     token_mel_ratio: int  # prompt mel frames per speech token
     embedding_dim: int  # speaker embedding (CAM++)
     num_mels: int
+    chunk_tokens: int  # speech tokens per streamed chunk (upstream's token hop)
+    pre_lookahead: int  # tokens the flow encoder looks ahead of a chunk
 
     @classmethod
     def from_model(cls, model_cfg: ModelConfig) -> "ModelFacts":
         return cls(name=Path(model_cfg.model_dir).name, sample_rate=model_cfg.sample_rate,
                    token_rate=model_cfg.token_frame_rate, token_mel_ratio=model_cfg.token_mel_ratio,
-                   embedding_dim=model_cfg.flow.spk_embed_dim, num_mels=model_cfg.feat.num_mels)
+                   embedding_dim=model_cfg.flow.spk_embed_dim, num_mels=model_cfg.feat.num_mels,
+                   chunk_tokens=model_cfg.chunk_size, pre_lookahead=model_cfg.flow.pre_lookahead_len)
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ class ServerSettings:
         """The LLM engine's config, every field from a flag (a new EngineConfig field fails here until mapped)."""
         from light_tts.llm.engine import EngineConfig
 
-        c = self.cfg
+        c, m = self.cfg, self.model
         values: dict[str, Any] = {
             "max_total_token_num": c.max_total_token_num,
             "batch_max_tokens": c.batch_max_tokens or c.max_req_total_len,
@@ -116,8 +119,8 @@ class ServerSettings:
             "max_req_total_len": c.max_req_total_len,
             "enable_prefix_cache": not c.disable_prefix_cache,
             "kv_cache_mem_fraction": c.kv_cache_mem_fraction,
-            # a stream's first audio needs its first hop, the prompt's alignment pad (< 25) and the lookahead
-            "first_hop_tokens": (c.first_hop_tokens or 25 + 24) + 3,
+            # a stream's first audio needs its first hop, the prompt's alignment pad (< a chunk) and the lookahead
+            "first_hop_tokens": (c.first_hop_tokens or 2 * m.chunk_tokens - 1) + m.pre_lookahead,
             "ahead_tokens": int(c.llm_ahead_seconds * self.model.token_rate),
         }
         unmapped = {f.name for f in fields(EngineConfig)} - set(values)
