@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
 import signal
@@ -17,6 +18,13 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def stop_with_the_tests() -> None:
+    """preexec_fn: the server gets SIGTERM when the test process dies (killed by a timeout, say), so an
+    interrupted run leaves no server behind (start_new_session keeps Ctrl-C from reaching it)."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -78,7 +86,7 @@ class ServerProcess:
         self.log = open(log_path, "wb")
         # its own session, so that a Ctrl-C can be imitated by signalling the whole process group
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=stop_with_the_tests)
         self.children: set[int] = set()
         self.was_unready_while_loading = False
 
