@@ -92,6 +92,30 @@ def test_slots_claim_release_and_backpressure(shared):
     assert slots.claim(300) == taken[1]
 
 
+def _claim_for_rank(sizes, prefix, lock, http_rank, req_id):
+    slots = RequestSlots(sizes, prefix, lock)
+    slots.claim(req_id, http_rank=http_rank)
+    slots.close()
+
+
+def test_a_restarted_http_worker_adopts_only_its_predecessors_slots(shared):
+    """Slots of a dead HTTP worker stay held until its replacement (same rank, another pid) adopts them."""
+    settings, ports, lock, slots, _, _ = shared
+    ctx = mp.get_context("spawn")
+    for rank, req_id in ((1, 501), (0, 502)):  # a dead worker of each rank
+        proc = ctx.Process(target=_claim_for_rank, args=(settings.shm, ports.shm_prefix, lock, rank, req_id))
+        proc.start()
+        proc.join(30)
+    mine = slots.claim(503, http_rank=1)  # the replacement claimed nothing yet in practice; its own stay its own
+    assert slots.num_in_use() == 3
+    adopted = slots.adopt(1)
+    assert [req_id for _, req_id in adopted] == [501] and slots.num_in_use() == 3
+    assert slots.adopt(1) == []  # adopted once
+    for slot, req_id in adopted:
+        slots.release(slot, req_id)
+    assert slots.num_in_use() == 2 and slots.a["owner"][mine] == 503
+
+
 def test_slot_bytes_and_prompt_round_trip(shared):
     _, _, _, slots, _, _ = shared
     slots.write_bytes(0, "text", "héllo".encode())

@@ -94,7 +94,29 @@ class HttpServerManager:
         self.to_llm = Outbox(self.send_ctx, self.processes, "llm", 0)
         self.to_decode = outboxes(self.send_ctx, self.processes, "decode", cfg.decode_process_num)
         self.tasks = [asyncio.create_task(self.reply_loop()), asyncio.create_task(self.watchdog_loop())]
+        self.adopt_orphans()
         self.processes.set("http", self.http_rank, pid=os.getpid(), state=ProcessTable.READY)
+
+    def adopt_orphans(self) -> None:
+        """A restarted worker: abort its dead predecessor's requests in every live stage, freeing their slots once
+        all have confirmed (the usual PendingAborts path), so nothing writes into a slot after it is reused."""
+        orphans = self.slots.adopt(self.http_rank)
+        if not orphans:
+            return
+        keys = [*(("encode", r) for r in range(len(self.to_encode))), ("llm", 0),
+                *(("decode", r) for r in range(len(self.to_decode)))]
+        live = {f"{stage}{rank}" for stage, rank in keys if self.processes.state(stage, rank) == ProcessTable.READY}
+        log.warning("http%d restarted: aborting the %d request(s) its predecessor left", self.http_rank, len(orphans))
+        for slot, req_id in orphans:
+            if not self.pending_aborts.add(req_id, slot, live, time.monotonic()):
+                self.slots.release(slot, req_id)
+                continue
+            abort = AbortRequest(req_id, self.http_rank)
+            for outbox in (*self.to_encode, self.to_llm, *self.to_decode):
+                try:
+                    outbox.send(abort)
+                except UnavailableError:  # not listening: it is not in `live` either
+                    pass
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -158,7 +180,7 @@ class HttpServerManager:
         if reason is not None:
             raise UnavailableError(f"{reason}; retry shortly")
         req_id = secrets.randbits(40) + 1
-        slot = self.slots.claim(req_id, client_key(client), self.cfg.max_requests_per_client)
+        slot = self.slots.claim(req_id, client_key(client), self.cfg.max_requests_per_client, self.http_rank)
         if slot is None:
             raise OverloadedError(f"all {self.slots.num_slots} request slots are busy; retry shortly")
         if slot == CLIENT_AT_LIMIT:

@@ -157,8 +157,7 @@ class ServerProcesses:
             log.error("%s%d (pid %d) DIED with exit code %s; failing its requests and %s", *key, proc.pid,
                       proc.exitcode, then)
             self.shared.processes.set(*key, state=ProcessTable.DEAD)
-            if key[0] == "http":
-                self.shared.slots.release_all_of(proc.pid)
+            # a dead HTTP worker's slots stay held until its replacement has every stage confirm their aborts
 
     def shutdown(self) -> None:
         """HTTP workers first (they may still be answering), then the backends they talk to."""

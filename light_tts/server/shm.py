@@ -78,7 +78,8 @@ def slot_specs(sizes: ShmSizes) -> dict[str, tuple[tuple[int, ...], type]]:
     n, text_bytes, max_tokens = sizes.num_slots, sizes.text_bytes, sizes.prompt_speech_tokens
     return {
         "owner": ((n,), np.int64),  # req_id holding the slot; 0 = free
-        "owner_pid": ((n,), np.int64),  # HTTP worker pid, to reclaim slots of a dead worker
+        "owner_pid": ((n,), np.int64),  # pid of the HTTP worker holding the slot
+        "owner_rank": ((n,), np.int64),  # its rank: a restarted worker of that rank adopts the slot (adopt())
         "client": ((n,), np.int64),  # client_key() of the client address, for --max_requests_per_client
         "text_len": ((n,), np.int64),
         "text": ((n, text_bytes), np.uint8),  # tts_text, UTF-8
@@ -112,7 +113,7 @@ class RequestSlots:
         self.num_slots = sizes.num_slots
         self.audio = AudioRing(self.a["audio"], self.a["audio_read"])
 
-    def claim(self, req_id: int, client: int = 0, client_limit: int = 0) -> int | None:
+    def claim(self, req_id: int, client: int = 0, client_limit: int = 0, http_rank: int = 0) -> int | None:
         """Take a free slot for `req_id`; None when all are busy, CLIENT_AT_LIMIT when `client` already holds
         `client_limit` slots (0: no limit); the caller answers 429 either way."""
         with self.lock.held():
@@ -124,6 +125,7 @@ class RequestSlots:
             slot = int(free[0])
             self.a["owner"][slot] = req_id
             self.a["owner_pid"][slot] = os.getpid()
+            self.a["owner_rank"][slot] = http_rank
             self.a["client"][slot] = client
         self.audio.reset(slot)
         self.a["usage_text_tokens"][slot] = self.a["usage_speech_tokens"][slot] = self.a["voice_kind"][slot] = 0
@@ -135,13 +137,18 @@ class RequestSlots:
                 self.a["owner"][slot] = 0
                 self.a["owner_pid"][slot] = 0
 
-    def release_all_of(self, pid: int) -> int:
-        """Free the slots of a dead HTTP worker; returns how many."""
+    def adopt(self, http_rank: int) -> list[tuple[int, int]]:
+        """(slot, req_id) of every slot held for `http_rank` by another process, now this process's.
+
+        A restarted HTTP worker calls this before it claims anything: the slots are its dead predecessor's, whose
+        requests the stages may still be working on, so the caller aborts them everywhere and frees each slot once
+        every stage confirmed (a slot freed at once could be written by a stage into another request's audio).
+        """
         with self.lock.held():
-            mine = self.a["owner_pid"] == pid
-            self.a["owner"][mine] = 0
-            self.a["owner_pid"][mine] = 0
-            return int(mine.sum())
+            theirs = np.flatnonzero((self.a["owner"] != 0) & (self.a["owner_rank"] == http_rank)
+                                    & (self.a["owner_pid"] != os.getpid()))
+            self.a["owner_pid"][theirs] = os.getpid()
+            return [(int(slot), int(self.a["owner"][slot])) for slot in theirs]
 
     def num_in_use(self) -> int:
         return int(np.count_nonzero(self.a["owner"]))
