@@ -60,7 +60,8 @@ class StepJob:
 @dataclass
 class EngineStats:
     pages_total: int = 0
-    pages_used: int = 0
+    pages_used: int = 0  # not free: held by streams, or by kept voice prefixes no stream uses (cached)
+    pages_cached: int = 0  # kept prefixes no stream uses: evicted on demand
     waiting_for_pages: int = 0
     preemptions: int = 0
     streams_active: int = 0
@@ -416,7 +417,7 @@ class DecodeEngine:
 
     def _update_stats(self) -> None:
         s = self.stats
-        s.pages_used = self.pool.num_used
+        s.pages_used, s.pages_cached = self.pool.num_used, self.pool.num_evictable
         s.streams_active = sum(1 for r in self.requests.values() if r.is_admitted)
         s.prefixes_kept = len(self.pool.prefixes)
         s.flow_replays, s.flow_eager = self.runner.num_replays, self.runner.num_eager

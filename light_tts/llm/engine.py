@@ -119,7 +119,9 @@ class LLMEngine:
     def stats(self) -> dict[str, int]:
         s = self.scheduler
         return {"num_running": len(s.running), "num_waiting": len(s.waiting), "kv_used_tokens": s.allocator.num_used,
-                "kv_total_tokens": s.allocator.num_slots, "last_batch_size": self.last_batch_size}
+                "kv_total_tokens": s.allocator.num_slots, "last_batch_size": self.last_batch_size,
+                # part of kv_used_tokens: voice prefixes kept for reuse that no request holds (evicted on demand)
+                "kv_cached_tokens": s.prefix_cache.num_evictable_slots if s.prefix_cache is not None else 0}
 
     def _check_ids(self, req: LLMRequest) -> str | None:
         num_text, num_speech = self.layout.num_text_ids, self.llm_cfg.speech_token_size

@@ -108,6 +108,7 @@ class DecodeWorker:
         metrics.QUEUE_DEPTH.labels("decode", rank).set(len(self.reqs))
         metrics.DECODE_POOL_PAGES.labels(rank, "used").set(stats.pages_used)
         metrics.DECODE_POOL_PAGES.labels(rank, "total").set(stats.pages_total)
+        metrics.DECODE_POOL_PAGES.labels(rank, "cached").set(stats.pages_cached)
         metrics.DECODE_WAITING.labels(rank).set(stats.waiting_for_pages)
         new = stats.preemptions - self.eager_reported.get("preemptions", 0)
         if new > 0:

@@ -256,6 +256,8 @@ class LLMWorker:
         metrics.QUEUE_DEPTH.labels("llm", "0").set(len(self.reqs))
         stats = self.engine.stats()
         metrics.KV_CACHE_USAGE.set(stats["kv_used_tokens"] / max(1, stats["kv_total_tokens"]))
+        for state in ("used", "cached", "total"):
+            metrics.KV_CACHE_TOKENS.labels(state).set(stats[f"kv_{state}_tokens"])
 
 
 def run_llm_process(settings: ServerSettings, ports: PortArgs, ready_pipe) -> None:

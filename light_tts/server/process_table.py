@@ -9,6 +9,7 @@ its new address (the row's `generation` changes with every publish).
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import numpy as np
@@ -17,6 +18,7 @@ from light_tts.server.config import ServerConfig
 from light_tts.server.shm import FileLock, ShmArrays
 
 ADDRESS_BYTES = 256  # an ipc path or tcp://127.0.0.1:PORT, UTF-8
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 def process_specs(num_rows: int) -> dict[str, tuple[tuple[int, ...], type]]:
@@ -33,6 +35,7 @@ def process_specs(num_rows: int) -> dict[str, tuple[tuple[int, ...], type]]:
         "address_len": ((num_rows,), np.int64),
         "generation": ((num_rows,), np.int64),  # +1 per publish; 0 = nothing published yet
         "heartbeat": ((num_rows,), np.float64),  # time.monotonic() (one clock for the host) of the last loop turn
+        "device_bytes": ((num_rows,), np.int64),  # GPU memory the process's allocator holds, at its last beat
         "drain": ((2,), np.int64),  # [draining: new requests get 503; cut: in-flight requests end with 503]
     }
 
@@ -90,8 +93,14 @@ class ProcessTable:
     # ---- liveness ----
 
     def beat(self, stage: str, rank: int) -> None:
-        """Every loop turn of a worker: a row whose beat is old belongs to a wedged process."""
-        self.a["heartbeat"][self.rows[(stage, rank)]] = time.monotonic()
+        """Every loop turn of a worker: a row whose beat is old belongs to a wedged process. Also records the GPU
+        memory its allocator holds (for /metrics)."""
+        row = self.rows[(stage, rank)]
+        self.a["heartbeat"][row] = time.monotonic()
+        self.a["device_bytes"][row] = device_memory_bytes()
+
+    def device_bytes(self, stage: str, rank: int) -> int:
+        return int(self.a["device_bytes"][self.rows[(stage, rank)]])
 
     def hung_backends(self, timeout_s: float) -> list[tuple[str, int]]:
         """Ready backends whose loop has not turned for timeout_s."""
@@ -167,6 +176,23 @@ class ProcessTable:
     def close(self) -> None:
         self.shm.close()
         self.lock.close()
+
+
+def device_memory_bytes() -> int:
+    """What this process's CUDA caching allocator holds (0 without CUDA; torch is not imported for this)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return 0
+    return int(torch.cuda.memory_reserved())
+
+
+def resident_bytes(pid: int) -> int | None:
+    """Resident memory of `pid` from /proc (None when it is gone or /proc is not Linux's)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE_BYTES
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _is_alive(pid: int) -> bool:
