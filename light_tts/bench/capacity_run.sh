@@ -26,4 +26,9 @@ bench --out "$OUT/ttfa_saved" --concurrency 1 --requests_per_level 16 --ramp_s 0
 bench --out "$OUT/ttfa_new" --concurrency 1 --requests_per_level 16 --ramp_s 0 --new_voice_fraction 1
 bench --out "$OUT/saved" --concurrency $LEVELS --duration_per_level 20
 bench --out "$OUT/new" --concurrency 32 64 --new_voice_fraction 1 --duration_per_level 20
+# the 10-minute soak at 80% of capacity: SOAK_RATE = 0.8 x the open-loop arrival rate the sweep above holds
+if [ -n "${SOAK_RATE:-}" ]; then
+    python3 -m light_tts.bench.soak --url "$URL" --out "$OUT/soak" --rate "$SOAK_RATE" --duration 600 \
+        --fixed_speech_tokens 250 --client_procs 4 || echo "soak FAILED (see $OUT/soak/soak.json)"
+fi
 get /metrics > "$OUT/metrics.txt" || true
