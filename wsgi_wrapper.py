@@ -73,7 +73,7 @@ def __getattr__(name):
     from light_tts.server.worker_common import set_process_title
 
     settings, ports = msgspec.json.decode(os.environ[BACKEND_ENV], type=tuple[ServerSettings, PortArgs])
-    table = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path)
+    table = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path, topology=settings.topology)
     rank, previous = table.claim_row("http", os.getpid())
     if previous:  # a restarted worker: free what the dead one held
         slots = RequestSlots(settings.shm, ports.shm_prefix, ports.lock_path)

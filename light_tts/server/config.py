@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
 from light_tts.request_rules import MAX_TEXT_CHARS
+from light_tts.server.model_set import parse_model_specs
 
 DATA_TYPES = ("float16", "bfloat16", "float32")
 ZMQ_MODES = ("ipc:///tmp/", "tcp://")
@@ -143,8 +144,12 @@ class ServerConfig:
     max_audio_seconds: float = _opt("limits", 900.0, "audio one request may produce; a request that would produce "
                                                      "more ends with 413 when it passes the limit")
     # runtime
-    model_dir: str | None = _opt("runtime", None, "CosyVoice2 model directory",
-                                 default_text="none: a tiny random-weight model, its audio is noise")
+    model_dir: tuple[str, ...] | None = _opt("runtime", None, "CosyVoice2 model directory, as DIR or NAME=DIR "
+                                                          "(NAME: its tts_model_name, else the folder's name); "
+                                                          "repeat the flag to serve several models, the first "
+                                                          "is the one a request without tts_model_name gets",
+                                             default_text="none: a tiny random-weight model, its audio is noise",
+                                             action="append")
     device: str = _opt("runtime", "auto", "torch device of the LLM and decode processes: auto (the GPUs if any, "
                                           "else the CPU), cpu, cuda or cuda:N")
     idle_release_s: float = _opt("runtime", 0.0, "after this many seconds without requests, the LLM and decode "
@@ -169,6 +174,11 @@ class ServerConfig:
     log_level: str = _opt("runtime", "info", "logging level", choices=("debug", "info", "warning", "error"))
 
     def __post_init__(self) -> None:
+        if isinstance(self.model_dir, str):  # ServerConfig(model_dir="DIR"): one model
+            object.__setattr__(self, "model_dir", (self.model_dir,))
+        elif self.model_dir is not None:
+            object.__setattr__(self, "model_dir", tuple(self.model_dir))
+        parse_model_specs(self.model_dir or ())  # names: distinct, not "default"
         positive = ("httpserver_workers", "encode_process_num", "decode_process_num", "encode_paral_num",
                     "gpt_paral_num", "decode_max_batch_size",
                     "max_req_total_len", "running_max_req_size", "graph_max_batch_size", "router_max_wait_tokens",
@@ -247,12 +257,15 @@ class ServerConfig:
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None) -> "ServerConfig":
-        namespace = cls.build_parser().parse_args(argv)
-        values = vars(namespace)
-        for name in ("mode", "api_key"):
+        parser = cls.build_parser()
+        values = vars(parser.parse_args(argv))
+        for name in ("mode", "api_key", "model_dir"):
             if values[name] is not None:
                 values[name] = tuple(values[name])
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValueError as e:  # a clear message and exit code 2, as for a malformed flag
+            parser.error(str(e))
 
     def replace(self, **changes: Any) -> "ServerConfig":
         return dataclasses.replace(self, **changes)
