@@ -35,7 +35,7 @@ class EncodeWorker:
         self.settings, self.cfg, self.ports, self.rank = settings, settings.cfg, ports, rank
         self.launcher_pid = launcher_pid
         self.name = f"encode{rank}"
-        self.log = setup_process(settings, self.name, model_on(settings, "encode", rank, "cpu"))
+        self.log = setup_process(settings, self.name, model_on(settings, "encode", rank))
         self.init_shared_memory()
         self.init_sockets()
         self.init_frontend()

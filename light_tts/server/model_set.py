@@ -136,6 +136,6 @@ def resolve_model(models: Sequence[ModelEntry], name: str, aliases: Sequence[str
     index = 0 if name in aliases else model_index(models, name)
     if index is None:
         served = ", ".join(repr(m.name) for m in models)
-        raise NotFoundError(f"unknown model {name!r}; this server serves {served} ({DEFAULT_NAME!r}: "
+        raise NotFoundError(f"model {name!r} not found; this server serves {served} ({DEFAULT_NAME!r}: "
                             f"{models[0].name!r})")
     return index

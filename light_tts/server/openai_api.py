@@ -46,9 +46,9 @@ class SynthesisJob:
     seed: int | None = None
     fixed_speech_tokens: int | None = None
     endpoint: str = "v1_audio_speech"  # the metrics' label
-    model: int = 0  # index of the model in ServerSettings.models
     client: str = ""  # the client's address (--max_requests_per_client)
     usage: SpeechUsage | None = None  # set by the backend once the audio is complete
+    model: int = 0  # index of the model in ServerSettings.models
 
 
 class SynthesisBackend(Protocol):

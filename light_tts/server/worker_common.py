@@ -41,10 +41,10 @@ def setup_process(settings: ServerSettings, name: str, detail: str | None = None
     return logging.getLogger(f"light_tts.{name}")
 
 
-def model_on(settings: ServerSettings, stage: str, rank: int, device: str) -> str:
+def model_on(settings: ServerSettings, stage: str, rank: int, device: str | None = None) -> str:
     """The detail of a process title: the models it serves and its device, e.g. "model tiny, cuda:0"."""
     models = settings.topology.plan_of(stage, rank).models
-    return f"model{'s' if len(models) > 1 else ''} {', '.join(models)}, {device}"
+    return f"model{'s' if len(models) > 1 else ''} {', '.join(models)}" + (f", {device}" if device else "")
 
 
 def resolve_device(settings: ServerSettings, stage: str = "encode", rank: int = 0) -> str:
