@@ -87,19 +87,22 @@ class ServerConfig:
     graph_max_batch_size: int = _opt("LLM", 16, "largest LLM decode batch run as a CUDA graph (GPU only)")
     disable_cudagraph: bool = _opt("LLM", False, "run the LLM and the decode engine without CUDA graphs (GPU "
                                                  "only; the CPU never uses them)")
-    kv_cache_mem_fraction: float = _opt("LLM", 0.5, "share of the GPU memory left after warm-up that the LLM's KV "
-                                                    "cache takes, the rest is the decode processes' (GPU only)")
+    kv_cache_mem_fraction: float = _opt("LLM", 0.5, "share of the GPU memory left after warm-up that the LLM KV "
+                                                    "caches on that GPU take, split evenly between them, the rest is "
+                                                    "the decode processes' (GPU only)")
     disable_prefix_cache: bool = _opt("LLM", False, "do not share the KV cache of a voice's prompt between requests")
     router_max_wait_tokens: int = _opt("LLM", 8, "decode steps a ready prefill may wait, to batch arrivals")
     mode: tuple[str, ...] | None = _opt("LLM", None, "no effect, accepted for compatibility: kernels are chosen "
                                                      "automatically", default_text="not given")
     # decode
-    decode_process_num: int = _opt("decode", 1, "decode processes (token2wav), each on its own ZMQ endpoint")
+    decode_process_num: int = _opt("decode", 1, "decode processes (token2wav) per decode group (models with identical "
+                                                 "flow/HiFT files share one), each on its own ZMQ endpoint")
     decode_max_batch_size: int = _opt("decode", 8, "requests a decode process batches through token2wav at once")
     decode_max_streams: int = _opt("decode", 512, "streams a decode process holds a flow cache for at once (each "
                                                   "has a slot of conv context); later ones wait")
-    decode_mem_fraction: float = _opt("decode", 0.85, "share of the GPU memory free after the decode warm-up that its "
-                                                      "flow-cache pool takes (GPU only; the CPU pool is 1 GB)")
+    decode_mem_fraction: float = _opt("decode", 0.85, "share of the GPU memory free after the decode warm-up that the "
+                                                      "flow-cache pools on that GPU take, split evenly between its "
+                                                      "decode processes (GPU only; the CPU pool is 1 GB)")
     flow_cache_dtype: str = _opt("decode", "auto", "flow-cache keys/values: float16, bfloat16, or fp8_e4m3 (per-page, "
                                                    "per-head scales; half the memory, not upstream-exact)",
                                  choices=("auto", "float16", "bfloat16", "float32", "fp8_e4m3"),

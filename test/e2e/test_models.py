@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -41,9 +42,11 @@ def pipelines(model_dirs):
 
 @pytest.fixture(scope="module")
 def server(model_dirs, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("voices")
     srv = ServerProcess(model_dirs["A"], tmp_path_factory.mktemp("logs") / "models.log",
                         "--model_dir", str(model_dirs["B"]), "--model_dir", str(model_dirs["C"]),
-                        "--data_dir", str(tmp_path_factory.mktemp("voices")), "--log_level", "info")
+                        "--data_dir", str(data_dir), "--log_level", "info")
+    srv.data_dir = data_dir
     try:
         srv.wait_ready()
         yield srv
@@ -116,6 +119,30 @@ def test_metrics_carry_the_model(server):
         assert m[("lighttts_request_latency_seconds_count", (("endpoint", "inference_zero_shot"), ("model", model)))]
     # the three models have the same frontend files: one voice cache entry serves them all
     assert m[("lighttts_voice_cache_lookups_total", (("result", "hit"),))] >= 5
+
+
+def test_saved_voices_are_keyed_by_frontend(server, pipelines):
+    """A saved voice's features serve every model of its frontend; features of an unknown frontend (as a voice
+    saved before frontends were recorded) are computed again from its stored audio, for the model asked."""
+    r = httpx.post(f"{server.url}/v1/audio/voices", data={"name": "v", "text": PROMPT_TEXT},
+                   files={"audio": ("v.wav", voice_wav(4), "audio/wav")}, timeout=60)
+    assert r.status_code == 201, r.text
+    voice_id = r.json()["id"]
+    want = reference_pcm(pipelines["C"], "Hello there.", voice_wav(4), 8)
+
+    def speak() -> bytes:
+        data = {"tts_text": "Hello there.", "voice_id": voice_id, "seed": "8", "tts_model_name": "C"}
+        reply = httpx.post(f"{server.url}/inference_zero_shot", data=data, timeout=120)
+        assert reply.status_code == 200, reply.text
+        return reply.content
+
+    saved_before = server.metrics().get(("lighttts_prompt_features_total", (("source", "saved"),)), 0)
+    assert_same_audio(speak(), want)  # A's frontend computed them; C has the same frontend files
+    assert server.metrics()[("lighttts_prompt_features_total", (("source", "saved"),))] == saved_before + 1
+    with sqlite3.connect(server.data_dir / "voices.sqlite3") as db:
+        db.execute("UPDATE voices SET frontend_key = '' WHERE id = ?", (voice_id,))
+    assert_same_audio(speak(), want)  # from the stored audio, through the voice cache
+    assert server.metrics()[("lighttts_prompt_features_total", (("source", "saved"),))] == saved_before + 1
 
 
 class Stream(threading.Thread):
