@@ -24,7 +24,7 @@ def on_starting(server):
     import msgspec
 
     from light_tts.server.config import ServerConfig
-    from light_tts.server.launcher import ServerProcesses, SharedState, resolve_model_dir
+    from light_tts.server.launcher import ServerProcesses, SharedState, check_placement, resolve_model_dir
     from light_tts.server.settings import load_settings
     from light_tts.server.topology import PortArgs
 
@@ -33,6 +33,9 @@ def on_starting(server):
     for note in cfg.ignored_flags():
         server.log.warning(note)
     settings, ports = load_settings(cfg), PortArgs.create(cfg)
+    for line in settings.topology.log_lines():
+        server.log.info(line)
+    check_placement(settings)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = ports.metrics_dir
     os.environ[BACKEND_ENV] = msgspec.json.encode((settings, ports)).decode()
     shared = SharedState(settings, ports)
@@ -73,7 +76,7 @@ def __getattr__(name):
     from light_tts.server.worker_common import set_process_title
 
     settings, ports = msgspec.json.decode(os.environ[BACKEND_ENV], type=tuple[ServerSettings, PortArgs])
-    table = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path)
+    table = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path, topology=settings.topology)
     rank, previous = table.claim_row("http", os.getpid())
     if previous:  # a restarted worker: free what the dead one held
         slots = RequestSlots(settings.shm, ports.shm_prefix, ports.lock_path)

@@ -231,7 +231,7 @@ def test_form_parsing_is_strict():
 
 
 def test_gpu_placement():
-    from light_tts.server.worker_common import place
+    from light_tts.server.placement import device_for as place
 
     assert [place(s, 0, 0) for s in ("encode", "llm", "decode")] == ["cpu"] * 3
     assert [place("llm", 0, 1), place("decode", 3, 1)] == ["cuda:0", "cuda:0"]
@@ -274,3 +274,15 @@ def test_idle_release_state_machine():
     idle.reloaded(1.25)
     assert not idle.needs_reload() and idle.reload_seconds == [1.25]
     assert not IdleRelease(idle_s=0).should_release(has_work=False, now=1e9)  # off
+
+
+def test_voice_cache_keys_are_per_frontend(shared):
+    from light_tts.server.voice_cache import voice_cache_key
+
+    _, _, _, _, voices, _ = shared
+    rng = np.random.default_rng(1)
+    feats = (np.arange(4, dtype=np.int32), rng.standard_normal(192).astype(np.float32),
+             rng.standard_normal((8, 80)).astype(np.float32))
+    voices.put(voice_cache_key("front-1", "audio"), *feats)
+    assert voices.get(voice_cache_key("front-1", "audio")) is not None  # another model of that frontend: a hit
+    assert voices.get(voice_cache_key("front-2", "audio")) is None  # another frontend: its own entry

@@ -209,3 +209,28 @@ def test_a_voice_deleted_mid_use_still_serves_the_request_that_loaded_it(tmp_pat
     np.testing.assert_array_equal(in_flight.features.mel, features(3).mel)
     with pytest.raises(NotFoundError):
         store.load_features(voice.id)
+
+
+def test_features_of_another_frontend_come_back_as_the_audio(tmp_path):
+    """A saved voice is keyed by the frontend that computed its features: a model of another frontend gets the
+    stored audio (its features are computed again), one of the same frontend the features."""
+    store = VoiceStore(tmp_path, LIMITS)
+    audio = wav_bytes()
+    voice = store.create("v", "a text", audio, features(), 1.0, frontend_key="front-1")
+    same = store.load_features(voice.id, "front-1")
+    assert same.features is not None and same.audio is None and same.text == "a text"
+    other = store.load_features(voice.id, "front-2")
+    assert other.features is None and other.audio == audio and other.voice_key == voice.voice_key
+
+
+def test_a_version_1_store_is_migrated(tmp_path):
+    db = sqlite3.connect(tmp_path / "voices.sqlite3")
+    db.execute("CREATE TABLE voices (id TEXT PRIMARY KEY, name TEXT NOT NULL, text TEXT NOT NULL, "
+               "duration_s REAL NOT NULL, created_at INTEGER NOT NULL, voice_key TEXT NOT NULL)")
+    db.execute("INSERT INTO voices VALUES ('voice_ab12', 'old', 't', 1.0, 0, 'k')")
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    store = VoiceStore(tmp_path, LIMITS)
+    old = store.get("voice_ab12")
+    assert old.frontend_key == ""  # unknown: every model recomputes its features from the audio

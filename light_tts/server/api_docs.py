@@ -58,7 +58,7 @@ def zero_shot_request_body(settings: ServerSettings) -> dict[str, Any]:
                   "description": "speaking rate (only without streaming)"},
         "seed": {"type": "integer", "minimum": 0, "maximum": SEED_LIMIT - 1,
                  "description": "same inputs and seed give the same audio; random when absent"},
-        "tts_model_name": {"type": "string", "default": "default", "enum": ["default", settings.model.name]},
+        "tts_model_name": {"type": "string", "default": "default", "enum": ["default", *settings.model_names]},
         "fixed_speech_tokens": {"type": "integer", "minimum": 1, "maximum": settings.max_fixed_speech_tokens,
                                 "description": f"benchmarks: every sentence gets exactly this many speech tokens "
                                                f"({settings.model.token_rate} per second of audio)"},

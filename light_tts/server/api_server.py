@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from light_tts.errors import LightTTSError, RequestError
+from light_tts.errors import LightTTSError
 from light_tts.server import metrics
 from light_tts.server.api_docs import (PCMResponse, audio_responses, error_responses, finish_openapi,
                                        zero_shot_request_body)
@@ -29,6 +29,7 @@ from light_tts.server.auth import ApiKeyMiddleware, install_log_redaction
 from light_tts.server.bistream_ws import serve_bistream
 from light_tts.server.config import ServerConfig
 from light_tts.server.http_manager import HttpServerManager, RequestHandle
+from light_tts.server.model_set import resolve_model
 from light_tts.server.openai_api import create_openai_router
 from light_tts.server.openai_schema import validation_error_handler
 from light_tts.server.playground import mount_playground
@@ -47,7 +48,7 @@ CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left fi
 
 
 def model_names(settings: ServerSettings) -> list[str]:
-    return [settings.model.name]
+    return settings.model_names
 
 
 def client_address(connection: Request | WebSocket) -> str:
@@ -79,9 +80,9 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
     voices = VoiceStore(settings.data_dir, settings.voice_limits())  # the same files in every HTTP worker
     health = {"checked_at": -math.inf, "ok": False, "detail": ""}
 
-    def check_model_name(name: str) -> None:
-        if name not in ("default", *model_names(settings)):
-            raise RequestError(f"unknown tts_model_name {name!r}; loaded: {model_names(settings)}")
+    def check_model_name(name: str) -> int:
+        """The index of model `name`; an unknown one is 404 naming the models served."""
+        return resolve_model(settings.models, name)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -96,8 +97,8 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
     app.add_exception_handler(RequestValidationError, validation_error_handler)  # 400 {"error", "kind"}, not 422
     mount_playground(app)
     backend = ServerBackend(manager)
-    router = create_openai_router(backend, voices, model_names(settings), settings.cfg.http_body_timeout_s)
-    add_speech_websockets(router, backend, voices, settings.cfg.max_text_chars)
+    router = create_openai_router(backend, voices, settings.models, settings.cfg.http_body_timeout_s)
+    add_speech_websockets(router, backend, voices, settings.models, settings.cfg.max_text_chars)
     app.include_router(router)
     if settings.auth.is_enabled:
         install_log_redaction(settings.auth)
@@ -110,12 +111,13 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
         endpoint = "inference_zero_shot"
         try:
             inputs = await parse_zero_shot(request, settings)
-            check_model_name(inputs.tts_model_name)
-            saved = None if inputs.voice_id is None else await run_in_threadpool(voices.load_features,
-                                                                                 inputs.voice_id)
+            model = check_model_name(inputs.tts_model_name)
+            saved = None if inputs.voice_id is None else await run_in_threadpool(
+                voices.load_features, inputs.voice_id, settings.models[model].frontend_key)
             handle = manager.submit(inputs.tts_text, inputs.prompt_text, inputs.prompt_wav, stream=inputs.stream,
                                     speed=inputs.speed, seed=inputs.seed, saved_voice=saved,
-                                    fixed_speech_tokens=inputs.fixed_speech_tokens, client=client_address(request))
+                                    fixed_speech_tokens=inputs.fixed_speech_tokens, client=client_address(request),
+                                    model=model)
         except LightTTSError as e:
             record_rejected(endpoint, e)
             return error_response(e)
@@ -170,11 +172,11 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
     async def inference_zero_shot_bistream(ws: WebSocket):
         await serve_bistream(ws, manager, settings, check_model_name, voices)
 
-    @app.get("/query_tts_model", summary="The loaded model's name")
+    @app.get("/query_tts_model", summary="The names of the served models (the first is the default)")
     async def query_tts_model_get() -> dict[str, list[str]]:
         return {"tts_models": model_names(settings)}
 
-    @app.post("/query_tts_model", summary="The loaded model's name (POST, as upstream clients send it)")
+    @app.post("/query_tts_model", summary="The names of the served models (POST, as upstream clients send it)")
     async def query_tts_model_post() -> dict[str, list[str]]:
         return await query_tts_model_get()
 
@@ -190,7 +192,10 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
     async def readiness():
         """200 once every backend process is loaded and alive; 503 while models load or after a worker died."""
         reason = manager.unready_reason()
-        body = {"status": "ready" if reason is None else "not ready", "processes": manager.processes.describe()}
+        processes = manager.processes.describe()
+        for plan in settings.topology.processes:  # which models each backend serves
+            processes[f"{plan.stage}{plan.rank}"]["models"] = list(plan.models)
+        body = {"status": "ready" if reason is None else "not ready", "processes": processes}
         if reason is not None:
             body["reason"] = reason
         return JSONResponse(body, status_code=200 if reason is None else 503)

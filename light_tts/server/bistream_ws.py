@@ -71,11 +71,12 @@ async def receive_start(ws: WebSocket, settings: ServerSettings, check_model_nam
     if not isinstance(start, dict) or not (voice_id or isinstance(start.get("prompt_text"), str)):
         raise RequestError('the first message must be JSON {"prompt_text": "...", "tts_model_name": ...} '
                            '(or {"voice_id": ...})')
-    check_model_name(str(start.get("tts_model_name", "default")))
-    options = {"seed": check_seed(start.get("seed")),
+    model = check_model_name(str(start.get("tts_model_name", "default")))  # NotFoundError: 1008
+    options = {"seed": check_seed(start.get("seed")), "model": model,
                "fixed_speech_tokens": check_fixed_speech_tokens(start.get("fixed_speech_tokens"), settings)}
     if voice_id:
-        saved: VoicePrompt = await run_in_threadpool(voices.load_features, voice_id)  # NotFoundError: 1008
+        saved: VoicePrompt = await run_in_threadpool(voices.load_features, voice_id,  # NotFoundError: 1008
+                                                     settings.models[model].frontend_key)
         return saved.text, b"", {**options, "saved_voice": saved}
     check_text(start["prompt_text"], "prompt_text", cfg, allow_empty=True)
     wav = await receive_message(ws, cfg.ws_idle_timeout_s)

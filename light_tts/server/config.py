@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
 from light_tts.request_rules import MAX_TEXT_CHARS
+from light_tts.server.model_set import parse_model_specs
 
 DATA_TYPES = ("float16", "bfloat16", "float32")
 ZMQ_MODES = ("ipc:///tmp/", "tcp://")
@@ -86,19 +87,22 @@ class ServerConfig:
     graph_max_batch_size: int = _opt("LLM", 16, "largest LLM decode batch run as a CUDA graph (GPU only)")
     disable_cudagraph: bool = _opt("LLM", False, "run the LLM and the decode engine without CUDA graphs (GPU "
                                                  "only; the CPU never uses them)")
-    kv_cache_mem_fraction: float = _opt("LLM", 0.5, "share of the GPU memory left after warm-up that the LLM's KV "
-                                                    "cache takes, the rest is the decode processes' (GPU only)")
+    kv_cache_mem_fraction: float = _opt("LLM", 0.5, "share of the GPU memory left after warm-up that the LLM KV "
+                                                    "caches on that GPU take, split evenly between them, the rest is "
+                                                    "the decode processes' (GPU only)")
     disable_prefix_cache: bool = _opt("LLM", False, "do not share the KV cache of a voice's prompt between requests")
     router_max_wait_tokens: int = _opt("LLM", 8, "decode steps a ready prefill may wait, to batch arrivals")
     mode: tuple[str, ...] | None = _opt("LLM", None, "no effect, accepted for compatibility: kernels are chosen "
                                                      "automatically", default_text="not given")
     # decode
-    decode_process_num: int = _opt("decode", 1, "decode processes (token2wav), each on its own ZMQ endpoint")
+    decode_process_num: int = _opt("decode", 1, "decode processes (token2wav) per decode group (models with identical "
+                                                 "flow/HiFT files share one), each on its own ZMQ endpoint")
     decode_max_batch_size: int = _opt("decode", 8, "requests a decode process batches through token2wav at once")
     decode_max_streams: int = _opt("decode", 512, "streams a decode process holds a flow cache for at once (each "
                                                   "has a slot of conv context); later ones wait")
-    decode_mem_fraction: float = _opt("decode", 0.85, "share of the GPU memory free after the decode warm-up that its "
-                                                      "flow-cache pool takes (GPU only; the CPU pool is 1 GB)")
+    decode_mem_fraction: float = _opt("decode", 0.85, "share of the GPU memory free after the decode warm-up that the "
+                                                      "flow-cache pools on that GPU take, split evenly between its "
+                                                      "decode processes (GPU only; the CPU pool is 1 GB)")
     flow_cache_dtype: str = _opt("decode", "auto", "flow-cache keys/values: float16, bfloat16, or fp8_e4m3 (per-page, "
                                                    "per-head scales; half the memory, not upstream-exact)",
                                  choices=("auto", "float16", "bfloat16", "float32", "fp8_e4m3"),
@@ -143,8 +147,12 @@ class ServerConfig:
     max_audio_seconds: float = _opt("limits", 900.0, "audio one request may produce; a request that would produce "
                                                      "more ends with 413 when it passes the limit")
     # runtime
-    model_dir: str | None = _opt("runtime", None, "CosyVoice2 model directory",
-                                 default_text="none: a tiny random-weight model, its audio is noise")
+    model_dir: tuple[str, ...] | None = _opt("runtime", None, "CosyVoice2 model directory, as DIR or NAME=DIR "
+                                                          "(NAME: its tts_model_name, else the folder's name); "
+                                                          "repeat the flag to serve several models, the first "
+                                                          "is the one a request without tts_model_name gets",
+                                             default_text="none: a tiny random-weight model, its audio is noise",
+                                             action="append")
     device: str = _opt("runtime", "auto", "torch device of the LLM and decode processes: auto (the GPUs if any, "
                                           "else the CPU), cpu, cuda or cuda:N")
     idle_release_s: float = _opt("runtime", 0.0, "after this many seconds without requests, the LLM and decode "
@@ -169,6 +177,11 @@ class ServerConfig:
     log_level: str = _opt("runtime", "info", "logging level", choices=("debug", "info", "warning", "error"))
 
     def __post_init__(self) -> None:
+        if isinstance(self.model_dir, str):  # ServerConfig(model_dir="DIR"): one model
+            object.__setattr__(self, "model_dir", (self.model_dir,))
+        elif self.model_dir is not None:
+            object.__setattr__(self, "model_dir", tuple(self.model_dir))
+        parse_model_specs(self.model_dir or ())  # names: distinct, not "default"
         positive = ("httpserver_workers", "encode_process_num", "decode_process_num", "encode_paral_num",
                     "gpt_paral_num", "decode_max_batch_size",
                     "max_req_total_len", "running_max_req_size", "graph_max_batch_size", "router_max_wait_tokens",
@@ -247,12 +260,15 @@ class ServerConfig:
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None) -> "ServerConfig":
-        namespace = cls.build_parser().parse_args(argv)
-        values = vars(namespace)
-        for name in ("mode", "api_key"):
+        parser = cls.build_parser()
+        values = vars(parser.parse_args(argv))
+        for name in ("mode", "api_key", "model_dir"):
             if values[name] is not None:
                 values[name] = tuple(values[name])
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValueError as e:  # a clear message and exit code 2, as for a malformed flag
+            parser.error(str(e))
 
     def replace(self, **changes: Any) -> "ServerConfig":
         return dataclasses.replace(self, **changes)

@@ -1,5 +1,6 @@
 """Decode process: speech tokens -> audio (token2wav, batched across requests) -> the slot's audio ring.
 
+It serves every model of its decode group (models with identical flow and HiFT weights, placement.py).
 A request's sentences are decoded in order: sentence k+1 enters the engine when k has finished (its tokens
 wait here until then), so the audio written to the ring is already in playback order.
 """
@@ -61,9 +62,10 @@ class DecodeWorker:
         self.settings, self.cfg, self.ports, self.rank = settings, settings.cfg, ports, rank
         self.launcher_pid = launcher_pid
         self.name = f"decode{rank}"
+        self.plan = settings.topology.plan_of("decode", rank)
         self.log = setup_process(settings, self.name)
         self.slots = RequestSlots(settings.shm, ports.shm_prefix, ports.lock_path)
-        self.processes = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path)
+        self.processes = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path, topology=settings.topology)
         self.ctx = zmq.Context()
         self.handlers = Handlers(self.name, {AbortRequest: self.on_abort, DecodeStart: self.on_start,
                                              SpeechTokenBatch: self.on_tokens})
@@ -81,8 +83,11 @@ class DecodeWorker:
 
         self.to_int16 = to_int16
         device = resolve_device(self.settings, "decode", self.rank)
-        set_process_title(self.name, model_on(self.settings, device))
-        self.engine = DecodeEngine(load_model_config(self.cfg.model_dir), **self.settings.decode_engine_kwargs(device))
+        set_process_title(self.name, model_on(self.settings, "decode", self.rank, device))
+        # the models of a decode group have the same flow and HiFT files: any member's directory serves them all
+        model_dir = self.settings.models[self.settings.model_index(self.plan.models[0])].model_dir
+        self.engine = DecodeEngine(load_model_config(model_dir), **self.settings.decode_engine_kwargs(device,
+                                                                                                     self.rank))
         self.idle = IdleEngine(self.engine, self.cfg.idle_release_s, self.processes, "decode", self.rank, self.log)
 
     def loop(self) -> None:

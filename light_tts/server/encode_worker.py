@@ -1,6 +1,7 @@
 """Encode process: request text -> sentences -> text tokens; prompt audio -> speech tokens, embedding, mel.
 
-Reads a request's inputs from its slot, writes the encoded prompt back into the slot (through the shared
+It serves every model: one frontend per distinct frontend_key, the request's model named by its slot; the
+request goes on to that model's LLM process. Reads a request's inputs from its slot, writes the encoded prompt back into the slot (through the shared
 voice cache, so a repeated voice skips both ONNX models) and hands the request to the LLM process. A saved
 voice's features come with the request (the HTTP worker wrote them into the slot): only its texts are
 tokenized here. A voice upload's features are computed here once (ComputeFeatures) and answered FeaturesReady.
@@ -24,9 +25,9 @@ from light_tts.server.process_table import ProcessTable
 from light_tts.server.settings import ServerSettings
 from light_tts.server.shm import VOICE_KINDS, RequestSlots
 from light_tts.server.topology import PortArgs
-from light_tts.server.voice_cache import VoiceCache
+from light_tts.server.voice_cache import VoiceCache, voice_cache_key
 from light_tts.server.worker_common import (AbortedRequests, Handlers, HttpReplies, Inbox, Outbox, parent_is_gone,
-                                            serve, setup_process)
+                                            model_on, serve, setup_process)
 
 
 class EncodeWorker:
@@ -34,7 +35,7 @@ class EncodeWorker:
         self.settings, self.cfg, self.ports, self.rank = settings, settings.cfg, ports, rank
         self.launcher_pid = launcher_pid
         self.name = f"encode{rank}"
-        self.log = setup_process(settings, self.name, f"model {settings.model.name}")
+        self.log = setup_process(settings, self.name, model_on(settings, "encode", rank))
         self.init_shared_memory()
         self.init_sockets()
         self.init_frontend()
@@ -45,7 +46,7 @@ class EncodeWorker:
     def init_shared_memory(self) -> None:
         s, p = self.settings, self.ports
         self.slots = RequestSlots(s.shm, p.shm_prefix, p.lock_path)
-        self.processes = ProcessTable(s.cfg, p.shm_prefix, p.lock_path)
+        self.processes = ProcessTable(s.cfg, p.shm_prefix, p.lock_path, topology=s.topology)
         self.voices = VoiceCache(s.shm, p.shm_prefix, p.lock_path)
 
     def init_sockets(self) -> None:
@@ -54,17 +55,32 @@ class EncodeWorker:
         self.handlers = Handlers(self.name, {AbortRequest: self.on_abort, EncodeRequest: self.on_encode_request,
                                              TextPiece: self.on_text_piece, ComputeFeatures: self.on_compute_features})
         self.inbox = Inbox(self.ctx, self.ports, self.processes, "encode", self.rank, self.handlers)
-        self.to_llm = Outbox(self.ctx, self.processes, "llm", 0)
+        self.to_llm = [Outbox(self.ctx, self.processes, "llm", r) for r in self.settings.topology.ranks("llm")]
         self.http = HttpReplies(self.ctx, self.settings, self.processes, self.name)
 
     def init_frontend(self) -> None:
+        """One frontend per distinct frontend_key (models with the same speech tokenizer, speaker model and text
+        tokenizer share it), loaded now so that a first request does not wait for it."""
         from light_tts.frontend.frontend import Frontend
         from light_tts.model_dir import load_model_config
         from light_tts.server.worker_common import resolve_device
 
         resolve_device(self.settings)  # sets the torch thread count; the frontend itself runs on the CPU
-        self.frontend = Frontend(load_model_config(self.cfg.model_dir), self.cfg.max_text_chars,
-                                 self.cfg.max_prompt_seconds)
+        self.frontends: dict[str, Frontend] = {}
+        for entry in self.settings.models:
+            if entry.frontend_key not in self.frontends:
+                self.frontends[entry.frontend_key] = Frontend(load_model_config(entry.model_dir),
+                                                              self.cfg.max_text_chars, self.cfg.max_prompt_seconds)
+
+    def frontend_of(self, slot: int):
+        """The frontend of the request's model (the slot's model column)."""
+        return self.frontends[self.settings.models[self.slots.model_of(slot)].frontend_key]
+
+    def voice_key(self, slot: int, wav: bytes) -> str:
+        """The voice cache key: the audio's key under the request's model's frontend, so that models with the same
+        frontend files share entries and others do not."""
+        entry = self.settings.models[self.slots.model_of(slot)]
+        return voice_cache_key(entry.frontend_key, self.frontend_of(slot).voice_key(wav))
 
     def loop(self) -> None:
         while not parent_is_gone(self.launcher_pid):
@@ -113,11 +129,16 @@ class EncodeWorker:
             self.log.error("request %d failed:\n%s", params.req_id, traceback.format_exc())
             self.http.fail(params.http_rank, params.req_id, e)
             return
-        self.to_llm.send(LLMRequestIn(params, voice_key, message.is_bistream))
+        to_llm = self.llm_of(params.slot)
+        to_llm.send(LLMRequestIn(params, voice_key, message.is_bistream))
         if message.is_bistream:
             self.bistream[params.req_id] = BistreamText(params)
         else:
-            self.to_llm.send(TextTokens(params.req_id, sentences, is_last=True))
+            to_llm.send(TextTokens(params.req_id, sentences, is_last=True))
+
+    def llm_of(self, slot: int) -> Outbox:
+        """The LLM process of the request's model (llm rank i serves model i)."""
+        return self.to_llm[self.slots.model_of(slot)]
 
     def on_compute_features(self, message: ComputeFeatures) -> None:
         """A voice upload: its features into the slot (and the voice cache, which shares the saved voice's key)."""
@@ -125,8 +146,8 @@ class EncodeWorker:
             return
         wav = self.slots.read_bytes(message.slot, "wav")
         try:
-            features, duration_s = self.compute_features(wav)
-            self.voices.put(self.frontend.voice_key(wav), *features)
+            features, duration_s = self.compute_features(message.slot, wav)
+            self.voices.put(self.voice_key(message.slot, wav), *features)
             self.slots.write_prompt_features(message.slot, *features)
         except Exception as e:  # bad audio is the client's (4xx); anything else is logged as a bug
             if not isinstance(e, LightTTSError):
@@ -135,17 +156,19 @@ class EncodeWorker:
             return
         self.http.send(message.http_rank, FeaturesReady(message.req_id, duration_s))
 
-    def compute_features(self, wav: bytes) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], float]:
-        """(speech tokens, embedding, mel) and the audio's seconds: the only place the speech tokenizer and the
-        speaker model run (counted as source="computed"); raises AudioError."""
-        samples, rate = self.frontend.decode_prompt_audio(wav)
-        features = self.frontend.audio_features(samples, rate)
+    def compute_features(self, slot: int, wav: bytes) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], float]:
+        """(speech tokens, embedding, mel) and the audio's seconds, by the frontend of the slot's model: the only
+        place the speech tokenizer and the speaker model run (counted as source="computed"); raises AudioError."""
+        frontend = self.frontend_of(slot)
+        samples, rate = frontend.decode_prompt_audio(wav)
+        features = frontend.audio_features(samples, rate)
         metrics.PROMPT_FEATURES.labels("computed").inc()
         return features, len(samples) / rate
 
     def encode_text(self, slot: int) -> list[list[int]]:
         text = self.slots.read_bytes(slot, "text").decode("utf-8")
-        sentences = [self.frontend.tokenize(s) for s in self.frontend.normalize_and_split(text)]
+        frontend = self.frontend_of(slot)
+        sentences = [frontend.tokenize(s) for s in frontend.normalize_and_split(text)]
         sentences = [s for s in sentences if s]
         if not sentences:
             raise TextError("tts_text has nothing to speak after normalisation")
@@ -156,12 +179,12 @@ class EncodeWorker:
         """Prompt text tokens always; the audio features from the voice cache when this audio was seen before.
         Returns the voice key."""
         wav = self.slots.read_bytes(slot, "wav")
-        key = self.frontend.voice_key(wav)
+        key = self.voice_key(slot, wav)
         self.encode_prompt_text(slot)  # first: a bad prompt text fails before the models run
         cached = self.voices.get(key)
         metrics.VOICE_CACHE_LOOKUPS.labels("hit" if cached else "miss").inc()
         if cached is None:
-            features, _ = self.compute_features(wav)
+            features, _ = self.compute_features(slot, wav)
             self.voices.put(key, *features)
         else:
             metrics.PROMPT_FEATURES.labels("cache").inc()
@@ -172,7 +195,7 @@ class EncodeWorker:
 
     def encode_prompt_text(self, slot: int) -> None:
         prompt_text = self.slots.read_bytes(slot, "prompt_text").decode("utf-8")
-        text_tokens = self.frontend.prompt_text_tokens(prompt_text)
+        text_tokens = self.frontend_of(slot).prompt_text_tokens(prompt_text)
         if len(text_tokens) > self.slots.a["prompt_text_tokens"].shape[1]:
             raise TextError(f"prompt_text is {len(text_tokens)} tokens, longer than the server accepts")
         self.slots.write_prompt_text_tokens(slot, text_tokens)
@@ -182,7 +205,7 @@ class EncodeWorker:
         once the text so far has something to speak; a text that never has is refused, as it is over HTTP."""
         text = self.bistream[piece.req_id]
         try:
-            sentences = text.add(piece, self.frontend)
+            sentences = text.add(piece, self.frontend_of(text.params.slot))
         except Exception as e:
             if not isinstance(e, LightTTSError):
                 self.log.error("request %d: text piece failed:\n%s", piece.req_id, traceback.format_exc())
@@ -191,7 +214,7 @@ class EncodeWorker:
             return
         if sentences is not None:
             self.slots.a["usage_text_tokens"][text.params.slot] += sum(map(len, sentences))
-            self.to_llm.send(TextTokens(piece.req_id, sentences, piece.is_last))
+            self.llm_of(text.params.slot).send(TextTokens(piece.req_id, sentences, piece.is_last))
         if piece.is_last:
             del self.bistream[piece.req_id]
 

@@ -31,10 +31,10 @@ from light_tts.server.process_table import ProcessTable
 from light_tts.server.settings import ServerSettings
 from light_tts.server.shm import CLIENT_AT_LIMIT, VOICE_KINDS, RequestSlots, client_key
 from light_tts.server.topology import PortArgs
-from light_tts.server.voice_cache import VoiceCache
+from light_tts.server.voice_cache import VoiceCache, voice_cache_key
 from light_tts.server.voice_store import PromptFeatures, VoicePrompt
 from light_tts.server.http_watch import BackendWatch, PendingAborts
-from light_tts.server.worker_common import FrameDecoder, Handlers, Outbox, outboxes
+from light_tts.server.worker_common import FrameDecoder, Handlers, outboxes
 
 log = logging.getLogger("light_tts.http")
 WATCHDOG_INTERVAL_S = 0.2
@@ -49,6 +49,8 @@ class RequestHandle:
     encode_rank: int
     arrival: float
     sample_rate: int
+    model: int = 0  # index into ServerSettings.models
+    model_name: str = ""  # its name (the metrics' label)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)  # bytes | END | LightTTSError
     num_samples: int = 0
     first_audio_at: float | None = None
@@ -66,7 +68,7 @@ class HttpServerManager:
     def __init__(self, settings: ServerSettings, ports: PortArgs, http_rank: int):
         self.settings, self.cfg, self.ports, self.http_rank = settings, settings.cfg, ports, http_rank
         self.slots = RequestSlots(settings.shm, ports.shm_prefix, ports.lock_path)
-        self.processes = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path)
+        self.processes = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path, topology=settings.topology)
         self.voices = VoiceCache(settings.shm, ports.shm_prefix, ports.lock_path)
         self.reqs: dict[int, RequestHandle] = {}
         self.pending_aborts = PendingAborts()
@@ -91,8 +93,9 @@ class HttpServerManager:
         self.send_ctx = zmq.Context()
         cfg = self.cfg
         self.to_encode = outboxes(self.send_ctx, self.processes, "encode", cfg.encode_process_num)
-        self.to_llm = Outbox(self.send_ctx, self.processes, "llm", 0)
-        self.to_decode = outboxes(self.send_ctx, self.processes, "decode", cfg.decode_process_num)
+        topology = self.settings.topology
+        self.to_llm = outboxes(self.send_ctx, self.processes, "llm", topology.count("llm"))  # rank i: model i
+        self.to_decode = outboxes(self.send_ctx, self.processes, "decode", topology.count("decode"))
         self.tasks = [asyncio.create_task(self.reply_loop()), asyncio.create_task(self.watchdog_loop())]
         self.adopt_orphans()
         self.processes.set("http", self.http_rank, pid=os.getpid(), state=ProcessTable.READY)
@@ -103,7 +106,7 @@ class HttpServerManager:
         orphans = self.slots.adopt(self.http_rank)
         if not orphans:
             return
-        keys = [*(("encode", r) for r in range(len(self.to_encode))), ("llm", 0),
+        keys = [*(("encode", r) for r in range(len(self.to_encode))), *(("llm", r) for r in range(len(self.to_llm))),
                 *(("decode", r) for r in range(len(self.to_decode)))]
         live = {f"{stage}{rank}" for stage, rank in keys if self.processes.state(stage, rank) == ProcessTable.READY}
         log.warning("http%d restarted: aborting the %d request(s) its predecessor left", self.http_rank, len(orphans))
@@ -112,7 +115,7 @@ class HttpServerManager:
                 self.slots.release(slot, req_id)
                 continue
             abort = AbortRequest(req_id, self.http_rank)
-            for outbox in (*self.to_encode, self.to_llm, *self.to_decode):
+            for outbox in (*self.to_encode, *self.to_llm, *self.to_decode):
                 try:
                     outbox.send(abort)
                 except UnavailableError:  # not listening: it is not in `live` either
@@ -146,19 +149,24 @@ class HttpServerManager:
 
     def submit(self, tts_text: str, prompt_text: str, prompt_wav: bytes, *, stream: bool, speed: float,
                seed: int | None, fixed_speech_tokens: int | None = None, is_bistream: bool = False,
-               client: str = "", saved_voice: VoicePrompt | None = None) -> RequestHandle:
-        """Claim a slot and start the request; raises OverloadedError (429) at once when none is free, or when
-        `client` (its address) already has --max_requests_per_client requests in flight. With `saved_voice` its
-        text and features are the prompt (`prompt_text` and `prompt_wav` are not used)."""
+               client: str = "", saved_voice: VoicePrompt | None = None, model: int = 0) -> RequestHandle:
+        """Claim a slot and start the request to model index `model`; raises OverloadedError (429) at once when
+        none is free, or when `client` (its address) already has --max_requests_per_client requests in flight.
+        With `saved_voice` its text and features are the prompt (`prompt_text` and `prompt_wav` are not used); a
+        saved voice whose features another frontend computed comes with its audio, computed again here."""
+        features = None
         if saved_voice is not None:
-            prompt_text, prompt_wav = saved_voice.text, b""
+            prompt_text, prompt_wav = saved_voice.text, saved_voice.audio or b""
+            features = saved_voice.features
         handle = self.claim(client, {"text": tts_text.encode("utf-8"), "prompt_text": prompt_text.encode("utf-8"),
-                                     "wav": prompt_wav}, saved_voice.features if saved_voice else None)
+                                     "wav": prompt_wav}, features, model)
         if stream:
-            handle.playback = Playback(self.settings.model.sample_rate)
+            handle.playback = Playback(handle.sample_rate)
         seed = secrets.randbits(31) if seed is None else seed
         params = RequestParams(handle.req_id, handle.slot, self.http_rank, stream, speed, seed, fixed_speech_tokens)
-        key = saved_voice.voice_key if saved_voice is not None else None
+        key = None
+        if features is not None:  # the key the voice cache gives these features (voice_cache_key)
+            key = voice_cache_key(self.settings.models[model].frontend_key, saved_voice.voice_key)
         self.to_encode[handle.encode_rank].send(EncodeRequest(params, is_bistream, key))
         return handle
 
@@ -174,13 +182,15 @@ class HttpServerManager:
         finally:
             self.finish(handle)
 
-    def claim(self, client: str, inputs: dict[str, bytes], features: PromptFeatures | None = None) -> RequestHandle:
-        """A slot holding `inputs` (and a saved voice's features), and the handle of its request."""
+    def claim(self, client: str, inputs: dict[str, bytes], features: PromptFeatures | None = None,
+              model: int = 0) -> RequestHandle:
+        """A slot holding `inputs` (and a saved voice's features) for model index `model`, and the handle of its
+        request."""
         reason = self.unready_reason()
         if reason is not None:
             raise UnavailableError(f"{reason}; retry shortly")
         req_id = secrets.randbits(40) + 1
-        slot = self.slots.claim(req_id, client_key(client), self.cfg.max_requests_per_client, self.http_rank)
+        slot = self.slots.claim(req_id, client_key(client), self.cfg.max_requests_per_client, self.http_rank, model)
         if slot is None:
             raise OverloadedError(f"all {self.slots.num_slots} request slots are busy; retry shortly")
         if slot == CLIENT_AT_LIMIT:
@@ -197,7 +207,8 @@ class HttpServerManager:
                                else str(e)) from None
         rank = self.next_encode_rank
         self.next_encode_rank = (rank + 1) % len(self.to_encode)
-        handle = RequestHandle(req_id, slot, rank, time.monotonic(), self.settings.model.sample_rate)
+        entry = self.settings.models[model]
+        handle = RequestHandle(req_id, slot, rank, time.monotonic(), entry.facts.sample_rate, model, entry.name)
         self.reqs[req_id] = handle
         return handle
 
@@ -234,18 +245,18 @@ class HttpServerManager:
             return
         abort = AbortRequest(handle.req_id, self.http_rank)
         try:
-            others = [] if handle.is_features_job else [self.to_llm, *self.to_decode]
+            others = [] if handle.is_features_job else [self.to_llm[handle.model], *self.to_decode]
             for outbox in (self.to_encode[handle.encode_rank], *others):
                 outbox.send(abort)
         except zmq.ZMQError:  # this worker is stopping: its sockets are closed, the stages go down with it
             pass
 
     def live_stages(self, handle: RequestHandle) -> set[str]:
-        """The stages that may hold the request: its encode process, the LLM and every decode process, less those
-        not running (a failed or restarting process never saw it, or forgot it)."""
+        """The stages that may hold the request: its encode process, its model's LLM and every decode process,
+        less those not running (a failed or restarting process never saw it, or forgot it)."""
         keys = [("encode", handle.encode_rank)]
         if not handle.is_features_job:
-            keys += [("llm", 0), *(("decode", r) for r in range(len(self.to_decode)))]
+            keys += [("llm", handle.model), *(("decode", r) for r in range(len(self.to_decode)))]
         return {f"{stage}{rank}" for stage, rank in keys if self.processes.state(stage, rank) == ProcessTable.READY}
 
     async def reply_loop(self) -> None:
@@ -301,8 +312,8 @@ class HttpServerManager:
             self.slots.release(slot, message.req_id)
 
     async def watchdog_loop(self) -> None:
-        """Stops this worker if the launcher is gone; fails the requests in flight when a backend failed (their
-        aborts are then confirmed by the live stages) or when the drain on SIGTERM timed out; frees slots whose
+        """Stops this worker if the launcher is gone; fails the requests in flight of the models a failed backend
+        served (their aborts are then confirmed by the live stages) or when the drain on SIGTERM timed out; frees slots whose
         aborts were never confirmed."""
         launcher_pid = os.getppid()
         while True:
@@ -312,9 +323,9 @@ class HttpServerManager:
                 os.kill(os.getpid(), signal.SIGTERM)
             failed = self.backends.failed()
             if failed:
-                self.fail_all(WorkerDiedError(f"worker process {', '.join(failed)} failed"))
-                for name in failed:
-                    for req_id, slot in self.pending_aborts.forget_stage(name):
+                self.fail_served_by(failed)
+                for stage, rank in failed:
+                    for req_id, slot in self.pending_aborts.forget_stage(f"{stage}{rank}"):
                         self.slots.release(slot, req_id)
             if self.processes.is_cut and not self.is_cut:
                 self.is_cut = True
@@ -326,6 +337,16 @@ class HttpServerManager:
     def fail_all(self, error: Exception) -> None:
         for handle in self.reqs.values():
             handle.events.put_nowait(error)
+
+    def fail_served_by(self, failed: list[tuple[str, int]]) -> None:
+        """Fail the requests in flight that a failed process may have held: those of the models it served (an LLM
+        serves one model, a decode process its group's, an encode process every model)."""
+        topology, names = self.settings.topology, self.settings.model_names
+        models = {names.index(name) for stage, rank in failed for name in topology.plan_of(stage, rank).models}
+        error = WorkerDiedError(f"worker process {_names(failed)} failed")
+        for handle in self.reqs.values():
+            if handle.model in models:
+                handle.events.put_nowait(error)
 
     @property
     def num_active(self) -> int:

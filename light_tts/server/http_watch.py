@@ -59,12 +59,13 @@ class BackendWatch:
         self.processes = processes
         self.known: dict[tuple[str, int], int] = {}  # pid of each backend last seen ready
 
-    def failed(self) -> list[str]:
+    def failed(self) -> list[tuple[str, int]]:
+        """(stage, rank) of each backend that failed since the last call."""
         names = []
         for (stage, rank), state in self.processes.backend_states().items():
             key, pid = (stage, rank), self.processes.pid(stage, rank)
             if key in self.known and (state == ProcessTable.DEAD or pid != self.known[key]):
-                names.append(f"{stage}{rank}")
+                names.append(key)
                 del self.known[key]
             if state == ProcessTable.READY and key not in self.known:
                 self.known[key] = pid

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from light_tts.errors import ModelDirError
 from light_tts.server.config import ServerConfig
+from light_tts.server.model_set import parse_model_specs
 from light_tts.server.process_table import ProcessTable
 from light_tts.server.settings import ServerSettings, load_settings
 from light_tts.server.shm import RequestSlots
@@ -38,7 +39,8 @@ def resolve_model_dir(cfg: ServerConfig) -> ServerConfig:
     from light_tts.model_dir import check_complete
 
     if cfg.model_dir is not None:
-        check_complete(cfg.model_dir)
+        for _, path in parse_model_specs(cfg.model_dir):
+            check_complete(path)
         return cfg
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lighttts" / "tiny-model"
     try:
@@ -52,7 +54,51 @@ def resolve_model_dir(cfg: ServerConfig) -> ServerConfig:
     log.warning("NO --model_dir GIVEN: SERVING A TINY RANDOM-WEIGHT MODEL FROM %s", cache)
     log.warning("ITS AUDIO IS NOISE. Pass --model_dir /path/to/CosyVoice2-0.5B for real speech.")
     log.warning("=" * 78)
-    return cfg.replace(model_dir=str(cache))
+    return cfg.replace(model_dir=(str(cache),))
+
+
+def check_placement(settings: ServerSettings) -> None:
+    """Raises SystemExit when the planned processes do not fit their GPUs (placement.check_shares, check_fits)."""
+    from light_tts.server.placement import check_fits, check_shares
+
+    topology = settings.topology
+    check_shares(topology)
+    gpus = sorted({p.device for p in topology.processes if p.device.startswith("cuda")})
+    if not gpus:
+        return
+    gpu_bytes = gpu_memory_bytes(gpus)
+    if gpu_bytes:
+        check_fits(topology, placement_weight_bytes(settings), gpu_bytes)
+    else:
+        log.warning("could not read the GPUs' memory sizes (nvidia-smi); not checking that the models fit")
+
+
+def gpu_memory_bytes(devices: list[str]) -> dict[str, int]:
+    """Total memory of each cuda:N, from nvidia-smi (torch would hold a CUDA context in the launcher for it);
+    empty when it cannot be read."""
+    import subprocess
+
+    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        mib = {index.strip(): int(total) for index, total in (line.split(",") for line in out.strip().splitlines())}
+        result = {}
+        for device in devices:
+            n = int(device.partition(":")[2] or 0)
+            physical = visible[n].strip() if n < len(visible) else str(n)
+            result[device] = mib[physical] << 20
+        return result
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, IndexError):
+        return {}
+
+
+def placement_weight_bytes(settings: ServerSettings) -> dict[tuple[str, int], int]:
+    """Weights each LLM and decode process loads, from the checkpoints' file sizes."""
+    dirs = {m.name: Path(m.model_dir) for m in settings.models}
+    files = {"llm": ("llm.pt",), "decode": ("flow.pt", "hift.pt")}
+    return {(p.stage, p.rank): sum((dirs[p.models[0]] / f).stat().st_size for f in files[p.stage])
+            for p in settings.topology.processes if p.stage in files}
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -74,7 +120,8 @@ class SharedState:
         self.ports = ports
         Path(ports.metrics_dir).mkdir(parents=True, exist_ok=True)
         self.slots = RequestSlots(settings.shm, ports.shm_prefix, ports.lock_path, create=True)
-        self.processes = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path, create=True)
+        self.processes = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path, create=True,
+                                      topology=settings.topology)
         self.voices = VoiceCache(settings.shm, ports.shm_prefix, ports.lock_path, create=True)
 
     def cleanup(self) -> None:
@@ -109,8 +156,9 @@ class ServerProcesses:
                 self._start(("http", rank), run_http_process, rank)
         for rank in range(self.cfg.encode_process_num):
             self._start(("encode", rank), run_encode_process, rank)
-        self._start(("llm", 0), run_llm_process)
-        for rank in range(self.cfg.decode_process_num):
+        for rank in self.settings.topology.ranks("llm"):  # llm i serves model i
+            self._start(("llm", rank), run_llm_process, rank)
+        for rank in self.settings.topology.ranks("decode"):
             self._start(("decode", rank), run_decode_process, rank)
 
     def _start(self, key: tuple[str, int], target, *rank: int) -> None:
@@ -199,9 +247,12 @@ def launch(cfg: ServerConfig) -> int:
         log.warning("%s", note)
     try:
         settings = load_settings(cfg)
-    except ValueError as e:  # e.g. an --api_key_file that cannot be read or holds no key
+    except (ValueError, ModelDirError) as e:  # e.g. an --api_key_file that cannot be read or holds no key
         log.error("%s", e)
         return 1
+    for line in settings.topology.log_lines():
+        log.info("%s", line)
+    check_placement(settings)
     for note in settings.auth.startup_notes():  # what is protected, never a key
         log.info("%s", note)
     log.info("saved voices in %s", settings.data_dir)
@@ -224,7 +275,8 @@ def launch(cfg: ServerConfig) -> int:
         procs.start()
         if not procs.wait_ready():
             return 0 if procs.stop_requested or procs.drain_requested else 1
-        log.info("serving %s on http://%s:%d", cfg.model_dir, cfg.host, cfg.port)
+        log.info("serving %s on http://%s:%d", ", ".join(f"{m.name} ({m.model_dir})" for m in settings.models),
+                 cfg.host, cfg.port)
         return procs.watch()
     finally:
         procs.shutdown()

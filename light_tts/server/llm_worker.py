@@ -3,7 +3,8 @@
 A request's sentences run through the engine one after another (sentence k+1 starts when k finishes, so its
 audio follows k's), each as its own engine request seeded with sentence_seed(seed, k) as the offline pipeline
 does. A bistream request is one engine request fed text pieces as they arrive.
-Each request is assigned to a decode process at arrival: the least loaded one, round-robin among equals.
+Each request is assigned to a decode process at arrival, among those of this model's decode group (the topology):
+the one with room and the most playback slack, round-robin among equals. llm rank i serves model i.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from light_tts.server.process_table import ProcessTable
 from light_tts.server.settings import ServerSettings
 from light_tts.server.shm import RequestSlots
 from light_tts.server.topology import PortArgs
-from light_tts.server.worker_common import (AbortedRequests, Handlers, HttpReplies, Inbox, model_on, outboxes,
+from light_tts.server.worker_common import (AbortedRequests, Handlers, HttpReplies, Inbox, Outbox, model_on,
                                             parent_is_gone, resolve_device, serve, set_process_title, setup_process,
                                             step_error)
 
@@ -57,39 +58,43 @@ class LLMRequestState:
 
 
 class LLMWorker:
-    def __init__(self, settings: ServerSettings, ports: PortArgs, launcher_pid: int):
+    def __init__(self, settings: ServerSettings, ports: PortArgs, rank: int, launcher_pid: int):
         self.settings, self.cfg, self.ports, self.launcher_pid = settings, settings.cfg, ports, launcher_pid
-        self.log = setup_process(settings, "llm0")
+        self.rank, self.name, self.model = rank, f"llm{rank}", settings.models[rank]
+        self.log = setup_process(settings, self.name)
         self.slots = RequestSlots(settings.shm, ports.shm_prefix, ports.lock_path)
-        self.processes = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path)
+        self.processes = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path, topology=settings.topology)
         self.init_sockets()
         self.init_engine()
         self.reqs: dict[int, LLMRequestState] = {}
         self.running: dict[str, LLMRequestState] = {}  # engine request id -> its request
         self.aborted = AbortedRequests()
-        self.next_decode_rank = 0
+        self.llm_tokens = metrics.LLM_TOKENS.labels(self.model.name)
+        self.next_decode = 0  # index into self.decode_ranks where the round-robin goes on
 
     def init_sockets(self) -> None:
         self.ctx = zmq.Context()
-        self.handlers = Handlers("llm0", {AbortRequest: self.on_abort, LLMRequestIn: self.on_request_in,
-                                          TextTokens: self.on_text_tokens})
-        self.inbox = Inbox(self.ctx, self.ports, self.processes, "llm", 0, self.handlers)
-        self.to_decode = outboxes(self.ctx, self.processes, "decode", self.cfg.decode_process_num)
-        self.http = HttpReplies(self.ctx, self.settings, self.processes, "llm0")
+        self.handlers = Handlers(self.name, {AbortRequest: self.on_abort, LLMRequestIn: self.on_request_in,
+                                             TextTokens: self.on_text_tokens})
+        self.inbox = Inbox(self.ctx, self.ports, self.processes, "llm", self.rank, self.handlers)
+        self.decode_ranks = self.settings.topology.decode_ranks_of_llm(self.rank)  # this model's decode group
+        self.to_decode = {r: Outbox(self.ctx, self.processes, "decode", r) for r in self.decode_ranks}
+        self.http = HttpReplies(self.ctx, self.settings, self.processes, self.name)
 
     def init_engine(self) -> None:
         from light_tts.llm.engine import LLMEngine
         from light_tts.model_dir import load_model_config
 
-        device = resolve_device(self.settings, "llm")
-        set_process_title("llm0", model_on(self.settings, device))
-        self.engine = LLMEngine(load_model_config(self.cfg.model_dir), self.settings.llm_engine_config(device), device)
-        self.idle = IdleEngine(self.engine, self.cfg.idle_release_s, self.processes, "llm", 0, self.log)
+        device = resolve_device(self.settings, "llm", self.rank)
+        set_process_title(self.name, model_on(self.settings, "llm", self.rank, device))
+        self.engine = LLMEngine(load_model_config(self.model.model_dir),
+                                self.settings.llm_engine_config(device, self.rank), device)
+        self.idle = IdleEngine(self.engine, self.cfg.idle_release_s, self.processes, "llm", self.rank, self.log)
 
     def loop(self) -> None:
         is_idle = True
         while not parent_is_gone(self.launcher_pid):
-            self.processes.beat("llm", 0)
+            self.processes.beat("llm", self.rank)
             # Block only when the engine has nothing to compute; otherwise just pick up what has arrived.
             for message in self.inbox.receive(200 if is_idle else 0, self.cfg.gpt_paral_num):
                 try:
@@ -100,7 +105,7 @@ class LLMWorker:
             is_idle = not outputs
             if outputs:
                 self.route(outputs)
-                metrics.BATCH_SIZE.labels("llm", "0").observe(self.engine.last_batch_size)
+                metrics.BATCH_SIZE.labels("llm", str(self.rank)).observe(self.engine.last_batch_size)
             self.idle.tick(has_work=bool(self.reqs) or self.engine.has_unfinished())
             self.report()
 
@@ -135,7 +140,7 @@ class LLMWorker:
         self.reqs[params.req_id] = LLMRequestState(params, message.is_bistream, rank, text_tokens.tolist(),
                                                    speech_tokens.tolist())
         self.to_decode[rank].send(DecodeStart(params, message.voice_key))
-        metrics.STAGE_REQUESTS.labels("llm", "0").inc()
+        metrics.STAGE_REQUESTS.labels("llm", str(self.rank)).inc()
 
     def on_text_tokens(self, message: TextTokens) -> None:
         state = self.reqs.get(message.req_id)
@@ -164,17 +169,17 @@ class LLMWorker:
             self.http.fail(params.http_rank, params.req_id, error)
 
     def pick_decode_rank(self) -> int:
-        """The decode process with room in its page pool and the most playback slack (then the most room, then
-        the fewest requests), from the process table; ties go round-robin."""
-        num = len(self.to_decode)
-        order = [(self.next_decode_rank + i) % num for i in range(num)]
+        """The decode process of this model's group with room in its page pool and the most playback slack (then
+        the most room, then the fewest requests), from the process table; ties go round-robin."""
+        num = len(self.decode_ranks)
+        order = [self.decode_ranks[(self.next_decode + i) % num] for i in range(num)]
 
         def preference(r: int) -> tuple:
             room, slack_ms = self.processes.room("decode", r)
             return room <= 0, -min(slack_ms, 10_000), -room, self.processes.load("decode", r)
 
         rank = min(order, key=preference)
-        self.next_decode_rank = (rank + 1) % num
+        self.next_decode = (self.decode_ranks.index(rank) + 1) % num
         return rank
 
     def start_sentence(self, state: LLMRequestState) -> None:
@@ -224,13 +229,13 @@ class LLMWorker:
 
     def route(self, outputs) -> None:
         """One SpeechTokenBatch per decode process for this step's outputs; finished sentences start the next."""
-        batches = [SpeechTokenBatch() for _ in self.to_decode]
+        batches = {rank: SpeechTokenBatch() for rank in self.decode_ranks}
         for out in outputs:
             state = self.running.get(out.req_id)
             if state is None:
                 continue
             req_id = state.params.req_id
-            metrics.LLM_TOKENS.inc(len(out.new_token_ids))
+            self.llm_tokens.inc(len(out.new_token_ids))
             if out.finished:
                 del self.running[out.req_id]
                 state.is_running = False
@@ -247,19 +252,20 @@ class LLMWorker:
                 del self.reqs[req_id]
             elif out.finished:
                 self.start_sentence(state)
-        for rank, batch in enumerate(batches):
+        for rank, batch in batches.items():
             if len(batch):
                 self.to_decode[rank].send(batch)
 
     def report(self) -> None:
-        self.processes.set_load("llm", 0, len(self.reqs))
-        metrics.QUEUE_DEPTH.labels("llm", "0").set(len(self.reqs))
+        self.processes.set_load("llm", self.rank, len(self.reqs))
+        metrics.QUEUE_DEPTH.labels("llm", str(self.rank)).set(len(self.reqs))
         stats = self.engine.stats()
-        metrics.KV_CACHE_USAGE.set(stats["kv_used_tokens"] / max(1, stats["kv_total_tokens"]))
+        name = self.model.name
+        metrics.KV_CACHE_USAGE.labels(name).set(stats["kv_used_tokens"] / max(1, stats["kv_total_tokens"]))
         for state in ("used", "cached", "total"):
-            metrics.KV_CACHE_TOKENS.labels(state).set(stats[f"kv_{state}_tokens"])
+            metrics.KV_CACHE_TOKENS.labels(state, name).set(stats[f"kv_{state}_tokens"])
 
 
-def run_llm_process(settings: ServerSettings, ports: PortArgs, ready_pipe) -> None:
+def run_llm_process(settings: ServerSettings, ports: PortArgs, rank: int, ready_pipe) -> None:
     """Process entry (see worker_common.serve)."""
-    serve(lambda: LLMWorker(settings, ports, os.getppid()), "llm", 0, ready_pipe)
+    serve(lambda: LLMWorker(settings, ports, rank, os.getppid()), "llm", rank, ready_pipe)

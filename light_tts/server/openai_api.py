@@ -19,7 +19,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from light_tts.errors import LightTTSError, NotFoundError, RequestError, TextError
+from light_tts.errors import LightTTSError, RequestError, TextError
+from light_tts.server.model_set import ModelEntry, resolve_model
 from light_tts.server.audio_encoding import CONTENT_TYPES, encode_file, make_encoder
 from light_tts.server.openai_schema import (ErrorBody, ModelCard, ModelList, SpeechRequest, SpeechUsage,
                                             VoiceDeleted, VoiceList, VoiceObject, audio_delta_event,
@@ -30,7 +31,7 @@ from light_tts.server.voice_store import PromptFeatures, VoicePrompt, VoiceStore
 
 log = logging.getLogger("light_tts.openai")
 SAMPLE_RATE = 24000
-# OpenAI's model names, accepted for the served model so that clients with a fixed model name work.
+# OpenAI's model names, accepted for the default model so that clients with a fixed model name work.
 OPENAI_MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 408, 409, 413, 429, 503, 504)}
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left first
@@ -47,6 +48,7 @@ class SynthesisJob:
     endpoint: str = "v1_audio_speech"  # the metrics' label
     client: str = ""  # the client's address (--max_requests_per_client)
     usage: SpeechUsage | None = None  # set by the backend once the audio is complete
+    model: int = 0  # index of the model in ServerSettings.models
 
 
 class SynthesisBackend(Protocol):
@@ -72,11 +74,10 @@ def client_of(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
-def create_openai_router(backend: SynthesisBackend, store: VoiceStore, model_names: Sequence[str],
+def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: Sequence[ModelEntry],
                          body_timeout_s: float) -> APIRouter:
     router = APIRouter()
     created_at = int(time.time())
-    accepted_models = {*model_names, "default", *OPENAI_MODEL_ALIASES}
 
     @router.post("/v1/audio/speech", responses={200: {"description": "the audio in `response_format` (chunked as "
                                                                      "it is encoded), or SSE events",
@@ -86,11 +87,10 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, model_nam
     async def create_speech(body: SpeechRequest, request: Request):
         """Speak `input` with a saved voice; the audio streams as it is encoded."""
         try:
-            if body.model not in accepted_models:
-                raise NotFoundError(f"model {body.model!r} not found; served: {', '.join(model_names)}")
-            prompt = await run_in_threadpool(store.load_features, body.voice)
+            model = resolve_model(models, body.model, OPENAI_MODEL_ALIASES)  # unknown: 404 naming the models
+            prompt = await run_in_threadpool(store.load_features, body.voice, models[model].frontend_key)
             job = SynthesisJob(body.input, prompt, body.speed, body.speed == 1.0, body.seed, body.fixed_speech_tokens,
-                               client=client_of(request))
+                               client=client_of(request), model=model)
             chunks = backend.synthesize(job)
             first = await unless_disconnected(request, first_chunk(chunks))
             if not job.is_streamed and body.stream_format == "audio":  # the whole audio: a file with exact headers
@@ -122,7 +122,9 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, model_nam
             await run_in_threadpool(store.check_upload, name, text, audio)  # cheap checks before the model runs
             features, duration_s = await unless_disconnected(request, backend.compute_features(
                 audio, client_of(request)))
-            voice = await run_in_threadpool(store.create, name, text, audio, features, duration_s)
+            # the default model's frontend computed the features (a model of another frontend recomputes them)
+            voice = await run_in_threadpool(store.create, name, text, audio, features, duration_s,
+                                            models[0].frontend_key)
         except LightTTSError as e:
             return error_response(e)
         except ClientGone:
@@ -153,7 +155,7 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, model_nam
 
     @router.get("/v1/models", response_model=ModelList, responses=ERRORS, summary="The served models (OpenAI)")
     async def list_models():
-        return ModelList(data=[ModelCard(id=name, created=created_at) for name in model_names])
+        return ModelList(data=[ModelCard(id=m.name, created=created_at) for m in models])
 
     return router
 

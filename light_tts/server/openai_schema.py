@@ -56,7 +56,7 @@ class SpeechRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(min_length=1, description="a model id from GET /v1/models (or tts-1, tts-1-hd, "
-                                                 "gpt-4o-mini-tts: the served model)")
+                                                 "gpt-4o-mini-tts, default: the first model)")
     input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS, description="the text to speak")
     voice: VoiceId
     response_format: ResponseFormat = "mp3"

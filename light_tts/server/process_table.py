@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from light_tts.server.config import ServerConfig
+from light_tts.server.placement import Topology
 from light_tts.server.shm import FileLock, ShmArrays
 
 ADDRESS_BYTES = 256  # an ipc path or tcp://127.0.0.1:PORT, UTF-8
@@ -46,9 +47,13 @@ class ProcessTable:
     STARTING, READY, DEAD = 0, 1, 2
     STATE_NAMES = {STARTING: "starting", READY: "ready", DEAD: "dead"}
 
-    def __init__(self, cfg: ServerConfig, prefix: str, lock_path: str, create: bool = False):
+    def __init__(self, cfg: ServerConfig, prefix: str, lock_path: str, create: bool = False,
+                 topology: Topology | None = None):
+        """Rows for the processes of `topology` (settings.topology; without it: one model, as cfg says)."""
         self.rows: dict[tuple[str, int], int] = {}
-        counts = (("encode", cfg.encode_process_num), ("llm", 1), ("decode", cfg.decode_process_num),
+        num_llm, num_decode = (topology.count("llm"), topology.count("decode")) if topology else (
+            1, cfg.decode_process_num)
+        counts = (("encode", cfg.encode_process_num), ("llm", num_llm), ("decode", num_decode),
                   ("http", cfg.httpserver_workers))
         for stage, count in counts:
             for rank in range(count):

@@ -53,28 +53,29 @@ def error_response(error: LightTTSError) -> JSONResponse:
     return JSONResponse({"error": str(error), "kind": error.kind}, status_code=error.http_status, headers=headers)
 
 
-def record_rejected(endpoint: str, error: BaseException) -> None:
-    """A request refused before it got a slot (bad input, overload)."""
+def record_rejected(endpoint: str, error: BaseException, model: str = "none") -> None:
+    """A request refused before it got a slot (bad input, overload; `model`: none when not known yet)."""
     kind = error_kind(error)
-    metrics.REQUESTS.labels(endpoint, kind).inc()
+    metrics.REQUESTS.labels(endpoint, kind, model).inc()
     metrics.ERRORS.labels(kind).inc()
 
 
 def record_finished(endpoint: str, handle: RequestHandle, error: BaseException | None) -> None:
     """Latency, first-audio time, real-time factor and audio seconds of a request that held a slot."""
-    latency = time.monotonic() - handle.arrival
+    latency, model = time.monotonic() - handle.arrival, handle.model_name
     if error is not None:
-        record_rejected(endpoint, error)
+        record_rejected(endpoint, error, model)
         if error_kind(error) == "internal":
             log.error("request %d failed: %r", handle.req_id, error)
         return
-    metrics.REQUESTS.labels(endpoint, "ok").inc()
-    metrics.REQUEST_LATENCY.labels(endpoint).observe(latency)
+    metrics.REQUESTS.labels(endpoint, "ok", model).inc()
+    metrics.REQUEST_LATENCY.labels(endpoint, model).observe(latency)
     metrics.AUDIO_SECONDS.inc(handle.audio_seconds)
     if handle.first_audio_at is not None:
-        metrics.TIME_TO_FIRST_AUDIO.labels(endpoint, handle.voice_kind).observe(handle.first_audio_at - handle.arrival)
+        metrics.TIME_TO_FIRST_AUDIO.labels(endpoint, handle.voice_kind, model).observe(
+            handle.first_audio_at - handle.arrival)
     if handle.audio_seconds > 0:
-        metrics.REAL_TIME_FACTOR.labels(endpoint).observe(latency / handle.audio_seconds)
+        metrics.REAL_TIME_FACTOR.labels(endpoint, model).observe(latency / handle.audio_seconds)
 
 
 class ActiveRequest:

@@ -11,37 +11,19 @@ import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from light_tts.server.auth import AuthSettings
 from light_tts.server.config import ServerConfig
+from light_tts.server.model_set import (ModelEntry, ModelFacts, check_compatible, make_entry, model_index,
+                                        parse_model_specs)
+from light_tts.server.placement import Topology, plan
 
 if TYPE_CHECKING:
     from light_tts.llm.engine import EngineConfig
     from light_tts.model_config import ModelConfig
 
 AUDIO_RING_SECONDS = 60  # audio a slot's ring holds; a reader further behind gets its audio inline
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the server layer needs to know about the model, read from its directory."""
-
-    name: str  # the model directory's name, accepted as tts_model_name
-    sample_rate: int  # of the output audio
-    token_rate: int  # speech tokens per second
-    token_mel_ratio: int  # prompt mel frames per speech token
-    embedding_dim: int  # speaker embedding (CAM++)
-    num_mels: int
-    chunk_tokens: int  # speech tokens per streamed chunk (upstream's token hop)
-    pre_lookahead: int  # tokens the flow encoder looks ahead of a chunk
-
-    @classmethod
-    def from_model(cls, model_cfg: ModelConfig) -> "ModelFacts":
-        return cls(name=Path(model_cfg.model_dir).name, sample_rate=model_cfg.sample_rate,
-                   token_rate=model_cfg.token_frame_rate, token_mel_ratio=model_cfg.token_mel_ratio,
-                   embedding_dim=model_cfg.flow.spk_embed_dim, num_mels=model_cfg.feat.num_mels,
-                   chunk_tokens=model_cfg.chunk_size, pre_lookahead=model_cfg.flow.pre_lookahead_len)
 
 
 @dataclass(frozen=True)
@@ -71,6 +53,16 @@ class ServerSettings:
     shm: ShmSizes
     auth: AuthSettings  # the keys of --api_key and --api_key_file (read once, at startup)
     data_dir: str  # saved voices: --data_dir, or the XDG data directory
+    models: tuple[ModelEntry, ...]  # every model served; `model` is the first's facts (the default model)
+    topology: Topology  # which process serves which model where (placement.plan)
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    def model_index(self, name: str) -> int | None:
+        """Index of tts_model_name `name` ("default": the first model), None for an unknown name."""
+        return model_index(self.models, name)
 
     def voice_limits(self):
         """The saved voices' limits: --max_voices, and the limits every prompt upload has (the audio's length,
@@ -103,11 +95,12 @@ class ServerSettings:
     def decode_dtype(self, device: str) -> str:
         return self.cfg.decode_data_type if device != "cpu" else "float32"
 
-    def llm_engine_config(self, device: str) -> EngineConfig:
-        """The LLM engine's config, every field from a flag (a new EngineConfig field fails here until mapped)."""
+    def llm_engine_config(self, device: str, rank: int = 0) -> EngineConfig:
+        """The config of llm `rank`'s engine (it serves model `rank`), every field from a flag or the topology (a
+        new EngineConfig field fails here until mapped)."""
         from light_tts.llm.engine import EngineConfig
 
-        c, m = self.cfg, self.model
+        c, m = self.cfg, self.models[rank].facts
         values: dict[str, Any] = {
             "max_total_token_num": c.max_total_token_num,
             "batch_max_tokens": c.batch_max_tokens or c.max_req_total_len,
@@ -118,18 +111,18 @@ class ServerSettings:
             "router_max_wait_tokens": c.router_max_wait_tokens,
             "max_req_total_len": c.max_req_total_len,
             "enable_prefix_cache": not c.disable_prefix_cache,
-            "kv_cache_mem_fraction": c.kv_cache_mem_fraction,
+            "kv_cache_mem_fraction": self.topology.plan_of("llm", rank).memory_share,
             # a stream's first audio needs its first hop, the prompt's alignment pad (< a chunk) and the lookahead
             "first_hop_tokens": (c.first_hop_tokens or 2 * m.chunk_tokens - 1) + m.pre_lookahead,
-            "ahead_tokens": int(c.llm_ahead_seconds * self.model.token_rate),
+            "ahead_tokens": int(c.llm_ahead_seconds * m.token_rate),
         }
         unmapped = {f.name for f in fields(EngineConfig)} - set(values)
         if unmapped:
             raise TypeError(f"EngineConfig fields without a server flag: {sorted(unmapped)}")
         return EngineConfig(**values)
 
-    def decode_engine_kwargs(self, device: str) -> dict[str, Any]:
-        """Keyword arguments of DecodeEngine(model_cfg, **kwargs) for a decode process on `device`."""
+    def decode_engine_kwargs(self, device: str, rank: int = 0) -> dict[str, Any]:
+        """Keyword arguments of DecodeEngine(model_cfg, **kwargs) for decode process `rank` on `device`."""
         import torch
 
         from light_tts.token2wav import HopPolicy
@@ -140,7 +133,7 @@ class ServerSettings:
         limits = EngineLimits(
             max_stream_tokens=c.max_speech_tokens, max_prompt_tokens=self.shm.prompt_speech_tokens,
             max_pass_tokens=max(1024, min(8192, 32 * c.decode_max_batch_size)), max_streams=c.decode_max_streams,
-            mem_fraction=c.decode_mem_fraction, deadline_margin_s=c.deadline_margin_s,
+            mem_fraction=self.topology.plan_of("decode", rank).memory_share, deadline_margin_s=c.deadline_margin_s,
             first_hop_tokens=c.first_hop_tokens, context_window_pages=math.ceil(c.flow_context_window),
             # streams are admitted within real-time capacity on a GPU; a CPU host is for trying, not real time
             admission_wait_s=c.admission_wait_s, realtime_admission=device != "cpu", reservation=c.decode_reservation,
@@ -150,16 +143,27 @@ class ServerSettings:
                 "limits": limits}
 
 
-def build_settings(cfg: ServerConfig, model_cfg: ModelConfig) -> ServerSettings:
-    model = ModelFacts.from_model(model_cfg)
-    prompt_speech_tokens = int(cfg.max_prompt_seconds * model.token_rate) + model.token_rate
+def build_settings(cfg: ServerConfig, model_cfgs: ModelConfig | Sequence[ModelConfig],
+                   names: Sequence[str] | None = None, num_gpus: int = 0) -> ServerSettings:
+    """Settings of a server of one model (a ModelConfig) or several (the first is the default); `names` are their
+    tts_model_names (default: the folders' names)."""
+    if not isinstance(model_cfgs, (list, tuple)):
+        model_cfgs = [model_cfgs]
+    names = names or [Path(m.model_dir).name for m in model_cfgs]
+    models = tuple(make_entry(name, m) for name, m in zip(names, model_cfgs))
+    check_compatible(models)
+    facts = [m.facts for m in models]
+    token_rate, sample_rate = max(f.token_rate for f in facts), max(f.sample_rate for f in facts)
+    model = facts[0]
+    prompt_speech_tokens = int(cfg.max_prompt_seconds * token_rate) + token_rate
     shm = ShmSizes(num_slots=cfg.running_max_req_size, text_bytes=4 * cfg.max_text_chars,
                    wav_bytes=cfg.max_prompt_wav_bytes, prompt_text_tokens=cfg.max_text_chars,
                    prompt_speech_tokens=prompt_speech_tokens, token_mel_ratio=model.token_mel_ratio,
                    embedding_dim=model.embedding_dim, num_mels=model.num_mels,
-                   audio_ring_samples=AUDIO_RING_SECONDS * model.sample_rate, cache_capacity=cfg.cache_capacity)
+                   audio_ring_samples=AUDIO_RING_SECONDS * sample_rate, cache_capacity=cfg.cache_capacity)
     auth = AuthSettings.from_values(cfg.api_key or (), cfg.api_key_file, cfg.metrics_public)
-    return ServerSettings(cfg, model, shm, auth, cfg.data_dir or default_data_dir())
+    return ServerSettings(cfg, model, shm, auth, cfg.data_dir or default_data_dir(), models,
+                          plan(cfg, models, num_gpus))
 
 
 def default_data_dir() -> str:
@@ -167,8 +171,20 @@ def default_data_dir() -> str:
     return str(Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "lighttts")
 
 
-def load_settings(cfg: ServerConfig) -> ServerSettings:
-    """build_settings with the model config read from --model_dir."""
+def load_settings(cfg: ServerConfig, num_gpus: int | None = None) -> ServerSettings:
+    """build_settings with the model configs read from every --model_dir, planned for the GPUs of this host."""
     from light_tts.model_dir import load_model_config
 
-    return build_settings(cfg, load_model_config(cfg.model_dir))
+    specs = parse_model_specs(cfg.model_dir or ())
+    return build_settings(cfg, [load_model_config(path) for _, path in specs], [name for name, _ in specs],
+                          count_gpus(cfg) if num_gpus is None else num_gpus)
+
+
+def count_gpus(cfg: ServerConfig) -> int:
+    """GPUs the processes are placed on: none with --device cpu or without an NVIDIA driver (torch is imported
+    only when there may be one)."""
+    if cfg.device == "cpu" or not Path("/proc/driver/nvidia").exists():
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

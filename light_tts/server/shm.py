@@ -81,6 +81,7 @@ def slot_specs(sizes: ShmSizes) -> dict[str, tuple[tuple[int, ...], type]]:
         "owner_pid": ((n,), np.int64),  # pid of the HTTP worker holding the slot
         "owner_rank": ((n,), np.int64),  # its rank: a restarted worker of that rank adopts the slot (adopt())
         "client": ((n,), np.int64),  # client_key() of the client address, for --max_requests_per_client
+        "model": ((n,), np.int64),  # index of the request's model in ServerSettings.models (the HTTP worker's choice)
         "text_len": ((n,), np.int64),
         "text": ((n, text_bytes), np.uint8),  # tts_text, UTF-8
         "prompt_text_len": ((n,), np.int64),
@@ -113,9 +114,11 @@ class RequestSlots:
         self.num_slots = sizes.num_slots
         self.audio = AudioRing(self.a["audio"], self.a["audio_read"])
 
-    def claim(self, req_id: int, client: int = 0, client_limit: int = 0, http_rank: int = 0) -> int | None:
-        """Take a free slot for `req_id`; None when all are busy, CLIENT_AT_LIMIT when `client` already holds
-        `client_limit` slots (0: no limit); the caller answers 429 either way."""
+    def claim(self, req_id: int, client: int = 0, client_limit: int = 0, http_rank: int = 0,
+              model: int = 0) -> int | None:
+        """Take a free slot for `req_id` (a request to model index `model`); None when all are busy,
+        CLIENT_AT_LIMIT when `client` already holds `client_limit` slots (0: no limit); the caller answers 429
+        either way."""
         with self.lock.held():
             if client_limit and np.count_nonzero((self.a["client"] == client) & (self.a["owner"] != 0)) >= client_limit:
                 return CLIENT_AT_LIMIT
@@ -127,6 +130,7 @@ class RequestSlots:
             self.a["owner_pid"][slot] = os.getpid()
             self.a["owner_rank"][slot] = http_rank
             self.a["client"][slot] = client
+            self.a["model"][slot] = model
         self.audio.reset(slot)
         self.a["usage_text_tokens"][slot] = self.a["usage_speech_tokens"][slot] = self.a["voice_kind"][slot] = 0
         return slot
@@ -149,6 +153,9 @@ class RequestSlots:
                                     & (self.a["owner_pid"] != os.getpid()))
             self.a["owner_pid"][theirs] = os.getpid()
             return [(int(slot), int(self.a["owner"][slot])) for slot in theirs]
+
+    def model_of(self, slot: int) -> int:
+        return int(self.a["model"][slot])
 
     def num_in_use(self) -> int:
         return int(np.count_nonzero(self.a["owner"]))

@@ -29,9 +29,9 @@ class ServerBackend:
             check_fixed_speech_tokens(job.fixed_speech_tokens, self.manager.settings)
             handle = self.manager.submit(job.text, "", b"", stream=job.is_streamed, speed=job.speed,
                                          seed=job.seed, fixed_speech_tokens=job.fixed_speech_tokens,
-                                         client=job.client, saved_voice=job.prompt)
+                                         client=job.client, saved_voice=job.prompt, model=job.model)
         except Exception as e:
-            record_rejected(job.endpoint, e)
+            record_rejected(job.endpoint, e, self.manager.settings.models[job.model].name)
             raise
         error: BaseException | None = None
         try:

@@ -66,6 +66,7 @@ class Utterance:
     is_streamed: bool  # send chunks as they are encoded (else one frame with the whole file)
     seed: int | None = None
     fixed_speech_tokens: int | None = None
+    model: str | None = None  # session.config's model (None: the default model)
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,8 @@ class StreamSpeechSession(SerialSession):
                                "send input.done again after the next session.done", "overloaded")
         config = self.config
         utterance = Utterance(self.next_index, "".join(self.buffer), config.voice, config.response_format,
-                              config.speed, config.stream_audio, config.seed, config.fixed_speech_tokens)
+                              config.speed, config.stream_audio, config.seed, config.fixed_speech_tokens,
+                              config.model)
         self.next_index += 1
         self.buffer.clear()
         self.num_buffered_chars = 0

@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import aclosing
+from typing import Sequence
 
 from fastapi import APIRouter, WebSocket
 from starlette.concurrency import run_in_threadpool
 
 from light_tts.errors import LightTTSError
 from light_tts.server.audio_encoding import encode_file
-from light_tts.server.openai_api import SAMPLE_RATE, SynthesisBackend, SynthesisJob, encoded
+from light_tts.server.model_set import DEFAULT_NAME, ModelEntry, resolve_model
+from light_tts.server.openai_api import OPENAI_MODEL_ALIASES, SAMPLE_RATE, SynthesisBackend, SynthesisJob, encoded
 from light_tts.server.speech_ws import (Close, OrpheusSession, SendBytes, SendJson, SerialSession,
                                         StreamSpeechSession, Synthesize, Utterance)
 from light_tts.server.voice_store import VoiceStore
@@ -25,23 +27,23 @@ log = logging.getLogger("light_tts.ws")
 
 
 def add_speech_websockets(router: APIRouter, backend: SynthesisBackend, store: VoiceStore,
-                          max_utterance_chars: int) -> None:
+                          models: Sequence[ModelEntry], max_utterance_chars: int) -> None:
     @router.websocket("/v1/audio/speech/stream")
     async def speech_stream(ws: WebSocket):
         await ws.accept()
         session = StreamSpeechSession(max_utterance_chars, check_voice=store.get)
-        await SessionTransport(ws, session, backend, store, "v1_audio_speech_stream").run()
+        await SessionTransport(ws, session, backend, store, models, "v1_audio_speech_stream").run()
 
     @router.websocket("/ws/tts")
     async def orpheus_tts(ws: WebSocket):
         await ws.accept()
-        await SessionTransport(ws, OrpheusSession(max_utterance_chars), backend, store, "ws_tts").run()
+        await SessionTransport(ws, OrpheusSession(max_utterance_chars), backend, store, models, "ws_tts").run()
 
 
 class SessionTransport:
     def __init__(self, ws: WebSocket, session: SerialSession, backend: SynthesisBackend, store: VoiceStore,
-                 endpoint: str):
-        self.ws, self.session, self.backend, self.store = ws, session, backend, store
+                 models: Sequence[ModelEntry], endpoint: str):
+        self.ws, self.session, self.backend, self.store, self.models = ws, session, backend, store, models
         self.endpoint = endpoint  # the metrics' label
         self.client = ws.client.host if ws.client else ""
         self.send_lock = asyncio.Lock()  # the reader and the synthesis task both send
@@ -82,11 +84,13 @@ class SessionTransport:
     async def speak(self, utterance: Utterance) -> None:
         num_bytes, error = 0, None
         try:
-            prompt = await run_in_threadpool(self.store.load_features, utterance.voice_id)
+            model = resolve_model(self.models, utterance.model or DEFAULT_NAME, OPENAI_MODEL_ALIASES)
+            prompt = await run_in_threadpool(self.store.load_features, utterance.voice_id,
+                                             self.models[model].frontend_key)
             is_streamed = utterance.is_streamed and utterance.speed == 1.0
             chunks = self.backend.synthesize(SynthesisJob(utterance.text, prompt, utterance.speed, is_streamed,
                                                           utterance.seed, utterance.fixed_speech_tokens,
-                                                          self.endpoint, self.client))
+                                                          self.endpoint, self.client, model=model))
             if is_streamed:  # closed at once if a send fails, so the request ends with the connection
                 async with aclosing(encoded(b"", chunks, utterance.response_format)) as pieces:
                     async for piece in pieces:

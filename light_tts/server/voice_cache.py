@@ -1,6 +1,7 @@
 """Shared-memory LRU cache of prompt audio features, keyed by the audio's content.
 
-A repeated voice skips the speech tokenizer and the speaker model whichever HTTP worker and encode process
+Keys are voice_cache_key(frontend_key, audio key): models with the same frontend files (speech tokenizer, speaker
+model, text tokenizer) share entries, models with other frontends have their own. A repeated voice skips the speech tokenizer and the speaker model whichever HTTP worker and encode process
 the request went through. Entries hold what depends on the audio only (speech tokens, speaker embedding,
 prompt mel); prompt text tokens are recomputed, since the same voice may come with another transcript.
 """
@@ -15,6 +16,12 @@ from light_tts.server.settings import ShmSizes
 from light_tts.server.shm import FileLock, ShmArrays
 
 KEY_BYTES = 32  # sha256 of the frontend's voice key
+
+
+def voice_cache_key(frontend_key: str, audio_key: str) -> str:
+    """The key of a prompt's features as one frontend computes them: the voice cache's key and, downstream, the
+    prefix key under which the LLM and the decode engine share a voice's prompt state."""
+    return hashlib.sha256(f"{frontend_key}:{audio_key}".encode()).hexdigest()
 
 
 def cache_specs(sizes: ShmSizes) -> dict[str, tuple[tuple[int, ...], type]]:

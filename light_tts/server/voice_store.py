@@ -1,7 +1,8 @@
 """Saved voices: a prompt recording and its transcript, uploaded once with its prompt features computed then,
 kept under --data_dir so that they survive restarts and every HTTP worker process sees the same set.
 
-    data_dir/voices.sqlite3      one row per voice; WAL, so readers never wait for the (rare) writer
+    data_dir/voices.sqlite3      one row per voice (with the frontend_key of the model whose frontend computed its
+                                 features: a model of another frontend recomputes them from the audio); WAL, so readers never wait for the (rare) writer
     data_dir/voices/<id>.audio   the upload as sent
     data_dir/voices/<id>.npz     speech_tokens int32 [P], embedding float32 [192], mel float32 [2P, 80]
     data_dir/voices.lock         flock: every create holds it shared, the orphan sweep exclusive
@@ -29,7 +30,7 @@ import numpy as np
 
 from light_tts.errors import AudioError, NotFoundError, TooLargeError, RequestError, VoiceLimitError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS voices (
     id TEXT PRIMARY KEY,
@@ -37,9 +38,12 @@ CREATE TABLE IF NOT EXISTS voices (
     text TEXT NOT NULL,
     duration_s REAL NOT NULL,
     created_at INTEGER NOT NULL,
-    voice_key TEXT NOT NULL
+    voice_key TEXT NOT NULL,
+    frontend_key TEXT NOT NULL DEFAULT ''
 )"""
-COLUMNS = "id, name, text, duration_s, created_at, voice_key"
+# version 1 -> 2: the frontend that computed the features ('' for older voices: unknown, so always recomputed)
+MIGRATE_1_TO_2 = "ALTER TABLE voices ADD COLUMN frontend_key TEXT NOT NULL DEFAULT ''"
+COLUMNS = "id, name, text, duration_s, created_at, voice_key, frontend_key"
 ID_PREFIX = "voice_"
 TMP_PREFIX = ".tmp-"
 MAX_NAME_CHARS = 256
@@ -62,7 +66,8 @@ class Voice:
     text: str  # the transcript of the recording: the prompt text
     duration_s: float
     created_at: int  # unix seconds
-    voice_key: str  # hex sha256 of the audio bytes: the voice cache and the decode engine's prefix key
+    voice_key: str  # hex sha256 of the audio bytes (with the frontend key: the voice cache's key)
+    frontend_key: str = ""  # model_set frontend_key of the model whose frontend computed the features
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,8 @@ class VoicePrompt:
 
     voice_key: str
     text: str
-    features: PromptFeatures
+    features: PromptFeatures | None  # None: another frontend computed them; `audio` is the prompt then
+    audio: bytes | None = None
 
 
 class VoiceStore:
@@ -105,9 +111,13 @@ class VoiceStore:
         self.lock_path = self.root / "voices.lock"
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")  # persistent: set once for the file, for every process
-            if db.execute("PRAGMA user_version").fetchone()[0] == 0:  # only a new file needs the write lock
+            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:  # a new or older file
                 db.execute("BEGIN IMMEDIATE")
-                db.execute(SCHEMA)
+                version = db.execute("PRAGMA user_version").fetchone()[0]  # another process may have just done it
+                if version == 0:
+                    db.execute(SCHEMA)
+                elif version == 1:
+                    db.execute(MIGRATE_1_TO_2)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 db.execute("COMMIT")
             version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -132,9 +142,13 @@ class VoiceStore:
         with self._connect() as db:
             return db.execute("SELECT COUNT(*) FROM voices").fetchone()[0]
 
-    def load_features(self, voice_id: str) -> VoicePrompt:
-        """Everything a request needs, read into memory now; a later delete does not take it away."""
+    def load_features(self, voice_id: str, frontend_key: str = "") -> VoicePrompt:
+        """Everything a request to a model of frontend `frontend_key` needs, read into memory now; a later delete
+        does not take it away. Features another frontend computed do not fit that model: then the prompt is the
+        stored audio, whose features the encode process computes (and caches) for it."""
         voice = self.get(voice_id)
+        if frontend_key and voice.frontend_key != frontend_key:
+            return VoicePrompt(voice.voice_key, voice.text, None, self.load_audio(voice_id))
         try:
             with np.load(self._path(voice_id, "npz"), allow_pickle=False) as npz:
                 features = PromptFeatures(npz["speech_tokens"], npz["embedding"], npz["mel"])
@@ -165,13 +179,16 @@ class VoiceStore:
         if self.count() >= self.limits.max_voices:
             raise VoiceLimitError(f"the server keeps at most {self.limits.max_voices} voices; delete one first")
 
-    def create(self, name: str, text: str, audio: bytes, features: PromptFeatures, duration_s: float) -> Voice:
-        """Save a voice whose features (and the audio's duration) the encode process computed."""
+    def create(self, name: str, text: str, audio: bytes, features: PromptFeatures, duration_s: float,
+               frontend_key: str = "") -> Voice:
+        """Save a voice whose features (and the audio's duration) the encode process computed with the frontend
+        of `frontend_key`."""
         self.check_upload(name, text, audio)
         features.check()
         # The key is the frontend's voice_key(audio): requests that upload the same bytes share the cache entry.
         voice_key = hashlib.sha256(audio).hexdigest()
-        voice = Voice(ID_PREFIX + secrets.token_hex(12), name, text, duration_s, int(time.time()), voice_key)
+        voice = Voice(ID_PREFIX + secrets.token_hex(12), name, text, duration_s, int(time.time()), voice_key,
+                      frontend_key)
         buf = io.BytesIO()
         np.savez(buf, speech_tokens=features.speech_tokens, embedding=features.embedding, mel=features.mel)
         with self._held(fcntl.LOCK_SH):  # keeps the sweep from taking our files before the row exists
@@ -182,9 +199,9 @@ class VoiceStore:
                     db.execute("BEGIN IMMEDIATE")  # the count and the insert see the same table
                     if db.execute("SELECT COUNT(*) FROM voices").fetchone()[0] >= self.limits.max_voices:
                         raise VoiceLimitError(f"the server keeps at most {self.limits.max_voices} voices")
-                    db.execute(f"INSERT INTO voices ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    db.execute(f"INSERT INTO voices ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                                (voice.id, voice.name, voice.text, voice.duration_s, voice.created_at,
-                                voice.voice_key))
+                                voice.voice_key, voice.frontend_key))
                     db.execute("COMMIT")
             except BaseException:
                 self._remove_files(voice.id)

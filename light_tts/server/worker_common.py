@@ -41,29 +41,19 @@ def setup_process(settings: ServerSettings, name: str, detail: str | None = None
     return logging.getLogger(f"light_tts.{name}")
 
 
-def model_on(settings: ServerSettings, device: str) -> str:
-    return f"model {settings.model.name}, {device}"
-
-
-def place(stage: str, rank: int, num_gpus: int) -> str:
-    """GPU of a process: with several GPUs the LLM has cuda:0 to itself and decode processes spread round-robin
-    over the others; with one, everything shares it. The encode stage runs on the CPU (onnxruntime picks CUDA
-    itself when it can)."""
-    if num_gpus == 0 or stage == "encode":
-        return "cpu"
-    if stage == "llm" or num_gpus == 1:
-        return "cuda:0"
-    return f"cuda:{1 + rank % (num_gpus - 1)}"
+def model_on(settings: ServerSettings, stage: str, rank: int, device: str | None = None) -> str:
+    """The detail of a process title: the models it serves and its device, e.g. "model tiny, cuda:0"."""
+    models = settings.topology.plan_of(stage, rank).models
+    return f"model{'s' if len(models) > 1 else ''} {', '.join(models)}" + (f", {device}" if device else "")
 
 
 def resolve_device(settings: ServerSettings, stage: str = "encode", rank: int = 0) -> str:
-    """Sets the torch thread count and returns the device this process computes on (--device overrides)."""
+    """Sets the torch thread count and returns the device this process computes on: the topology's (placement.py,
+    where --device applies)."""
     import torch
 
     torch.set_num_threads(settings.cfg.cpu_threads)
-    if settings.cfg.device != "auto":
-        return settings.cfg.device
-    return place(stage, rank, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    return settings.topology.plan_of(stage, rank).device
 
 
 class Handlers:

@@ -1,12 +1,14 @@
 """Writes a complete random-weight model directory in the released CosyVoice2-0.5B layout.
 
-    python -m light_tts.tools.make_model OUT --size tiny|full [--seed N]
+    python -m light_tts.tools.make_model OUT --size tiny|full [--seed N] [--llm_seed N] [--flow_seed N]
 
 `tiny` runs fast on a CPU (tests, the server's default start); `full` has the released dimensions for GPU
 benchmarks. Every file a released directory has is written (cosyvoice2.yaml in HyperPyYAML form, llm.pt, flow.pt,
 hift.pt, campplus.onnx, speech_tokenizer_v2.onnx, flow.decoder.estimator.fp32.onnx, CosyVoice-BlankEN/), so the
 normal loaders read it unchanged.
-The weights are random: the audio is noise, only shapes and timing are real.
+The weights are random: the audio is noise, only shapes and timing are real. `--llm_seed` draws only the LLM's
+weights from another seed (a "style" of the same model: same flow, HiFT and frontend files), `--flow_seed` only the
+flow's and HiFT's.
 """
 
 from __future__ import annotations
@@ -187,8 +189,20 @@ def _save(module: torch.nn.Module, path: Path) -> None:
     torch.save({k: v.contiguous() for k, v in module.state_dict().items()}, path)
 
 
-def make_model(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
-    """Writes the directory and returns its path; an existing directory is overwritten file by file."""
+def _seeded(seed: int | None, build):
+    """build() under its own seed, leaving the global random stream as it was (None: build() on that stream)."""
+    if seed is None:
+        return build()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def make_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, llm_seed: int | None = None,
+               flow_seed: int | None = None) -> Path:
+    """Writes the directory and returns its path; an existing directory is overwritten file by file. With
+    llm_seed (flow_seed) the LLM (the flow and HiFT) take their weights from that seed, every other file is as
+    `seed` makes it."""
     from light_tts.decode.estimator_onnx import export_estimator_onnx
     from light_tts.model_dir import load_model_config
     from light_tts.models.flow import Flow
@@ -208,12 +222,17 @@ def make_model(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     cfg = load_model_config(out)
     torch.manual_seed(seed)
     with torch.no_grad():
-        _save(SpeechLM(cfg.llm), out / "llm.pt")
+        llm = SpeechLM(cfg.llm)  # drawn from `seed` in any case, so the later weights do not depend on llm_seed
+        _save(_seeded(llm_seed, lambda: SpeechLM(cfg.llm)) if llm_seed is not None else llm, out / "llm.pt")
+        del llm
         flow = Flow(cfg.flow)
+        if flow_seed is not None:
+            flow = _seeded(flow_seed, lambda: Flow(cfg.flow))
         _save(flow, out / "flow.pt")
         export_estimator_onnx(flow.decoder.estimator, out / ESTIMATOR_ONNX)  # the usual TensorRT source
         del flow
-        _save(HiFT(cfg.hift), out / "hift.pt")
+        hift = HiFT(cfg.hift)
+        _save(_seeded(flow_seed + 1, lambda: HiFT(cfg.hift)) if flow_seed is not None else hift, out / "hift.pt")
     write_speech_tokenizer_onnx(out / "speech_tokenizer_v2.onnx", size=size, seed=seed)
     write_campplus_onnx(out / "campplus.onnx", size=size, seed=seed)
     return out
@@ -224,8 +243,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--llm_seed", type=int, default=None, help="the LLM's weights from this seed instead")
+    parser.add_argument("--flow_seed", type=int, default=None, help="the flow's and HiFT's weights from this seed")
     args = parser.parse_args(argv)
-    out = make_model(args.out_dir, args.size, args.seed)
+    out = make_model(args.out_dir, args.size, args.seed, args.llm_seed, args.flow_seed)
     print(f"wrote a random-weight {args.size} CosyVoice2 model to {out} (its audio is noise)")
 
 

@@ -123,8 +123,11 @@ def reference_pcm(server, voice):
 
 
 def outcomes(server, endpoint: str) -> dict[str, float]:
-    return {dict(labels)["outcome"]: value for (name, labels), value in server.metrics().items()
-            if name == "lighttts_requests_total" and dict(labels).get("endpoint") == endpoint}
+    counts: dict[str, float] = {}
+    for (name, labels), value in server.metrics().items():  # summed over the model label
+        if name == "lighttts_requests_total" and dict(labels).get("endpoint") == endpoint:
+            counts[dict(labels)["outcome"]] = counts.get(dict(labels)["outcome"], 0) + value
+    return counts
 
 
 # ---- which HTTP worker serves a connection (from /proc: the worker process holding the accepted socket)

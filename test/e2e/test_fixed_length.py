@@ -18,7 +18,7 @@ SAMPLES_PER_TOKEN = 960  # 24 kHz audio, 25 tokens per second
 
 
 def llm_tokens(server) -> float:
-    return server.metrics()[("lighttts_llm_tokens_total", ())]
+    return sum(v for (name, _), v in server.metrics().items() if name == "lighttts_llm_tokens_total")
 
 
 def post(server, fixed, text=TWO_SENTENCES, stream=False):

@@ -20,7 +20,8 @@ def test_gunicorn_workers_serve_and_stop_cleanly(tiny_model_dir, tmp_path_factor
             assert r.status_code == 200 and len(r.content) > 0
         m = srv.metrics()
         assert m[("lighttts_voice_cache_lookups_total", (("result", "hit"),))] == 2
-        assert m[("lighttts_requests_total", (("endpoint", "inference_zero_shot"), ("outcome", "ok")))] == 3
+        ok = (("endpoint", "inference_zero_shot"), ("model", "tiny"), ("outcome", "ok"))
+        assert m[("lighttts_requests_total", ok)] == 3
     finally:
         code = srv.stop()
     assert code == 0, srv.log_path.read_text()[-3000:]

@@ -132,10 +132,11 @@ def test_16_concurrent_requests_each_get_their_own_audio(server, pipeline):
 def test_metrics_move(server):
     m = server.metrics()
     ttfa = {labels: v for (name, labels), v in m.items() if name == "lighttts_time_to_first_audio_seconds_count"}
-    assert ttfa[(("endpoint", "inference_zero_shot"), ("voice_kind", "new"))] > 0  # its first voices were new
-    assert ttfa[(("endpoint", "inference_zero_shot"), ("voice_kind", "saved"))] > 0  # later ones cached
+    model = ("model", "tiny")  # the model's label: its folder's name
+    assert ttfa[(("endpoint", "inference_zero_shot"), model, ("voice_kind", "new"))] > 0  # its first voices were new
+    assert ttfa[(("endpoint", "inference_zero_shot"), model, ("voice_kind", "saved"))] > 0  # later ones cached
     assert m[("lighttts_audio_seconds_total", ())] > 0
-    assert m[("lighttts_real_time_factor_count", (("endpoint", "inference_zero_shot"),))] > 0
+    assert m[("lighttts_real_time_factor_count", (("endpoint", "inference_zero_shot"), model))] > 0
     assert m[("lighttts_batch_size_count", (("rank", "0"), ("stage", "llm")))] > 0
     assert m[("lighttts_process_ready", (("rank", "1"), ("stage", "decode")))] == 1
 

@@ -17,7 +17,7 @@ AUDIO_BYTES_PER_SENTENCE = FIXED * 960 * 2
 
 
 def llm_tokens(server) -> float:
-    return server.metrics()[("lighttts_llm_tokens_total", ())]
+    return sum(v for (name, _), v in server.metrics().items() if name == "lighttts_llm_tokens_total")
 
 
 def post(server, text: str) -> httpx.Response:

@@ -1,0 +1,117 @@
+"""The topology (placement.py) and the model set (model_set.py): pure CPU, no server."""
+
+from pathlib import Path
+
+import pytest
+
+from light_tts.errors import NotFoundError
+from light_tts.server.config import ServerConfig
+from light_tts.server.model_set import (ModelEntry, ModelFacts, digest_files, parse_model_specs, resolve_model)
+from light_tts.server.placement import (CUDA_CONTEXT_BYTES, GIB, ProcessPlan, Topology, check_fits, check_shares,
+                                        decode_groups, device_for, plan)
+
+FACTS = ModelFacts("x", 24000, 25, 2, 192, 80, 25, 3)
+
+
+def entry(name: str, flow: str = "f", frontend: str = "t", facts: ModelFacts = FACTS) -> ModelEntry:
+    return ModelEntry(name, f"/models/{name}", facts, flow, frontend)
+
+
+STYLES = [entry("A"), entry("B"), entry("C", flow="other")]  # A and B: same flow/HiFT; C its own
+
+
+def test_models_on_the_command_line():
+    assert parse_model_specs(["/m/tiny"]) == [("tiny", "/m/tiny")]
+    assert parse_model_specs(["/m/a/", "b=/m/a", "/x/k=v"]) == [("a", "/m/a/"), ("b", "/m/a"), ("k=v", "/x/k=v")]
+    for bad in (["/m/a", "/n/a"], ["x=/m/a", "x=/m/b"], ["default=/m/a"], ["=/m/a"]):
+        with pytest.raises(ValueError):
+            parse_model_specs(bad)
+    cfg = ServerConfig.from_args(["--model_dir", "/m/a", "--model_dir", "B=/m/b"])
+    assert cfg.model_dir == ("/m/a", "B=/m/b") and ServerConfig(model_dir="/m/a").model_dir == ("/m/a",)
+    assert ServerConfig.from_args([]).model_dir is None  # the tiny model, as before
+    with pytest.raises(SystemExit):  # a clear argparse error, exit code 2
+        ServerConfig.from_args(["--model_dir", "/m/a", "--model_dir", "/n/a"])
+
+
+def test_unknown_model_names_the_served_ones():
+    assert [resolve_model(STYLES, n) for n in ("A", "B", "C", "default")] == [0, 1, 2, 0]
+    assert resolve_model(STYLES, "tts-1", aliases=("tts-1",)) == 0
+    with pytest.raises(NotFoundError, match="'A', 'B', 'C'") as e:
+        resolve_model(STYLES, "nope")
+    assert e.value.http_status == 404
+
+
+def test_content_keys_hash_the_files(tmp_path):
+    for name, data in (("a/flow.pt", b"1"), ("a/hift.pt", b"2"), ("b/flow.pt", b"1"), ("b/hift.pt", b"2"),
+                       ("c/flow.pt", b"1"), ("c/hift.pt", b"3"), ("a/tok/v.json", b"t"), ("b/tok/v.json", b"u")):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    flow = {d: digest_files(tmp_path / d, ("flow.pt", "hift.pt")) for d in "abc"}
+    assert flow["a"] == flow["b"] != flow["c"]
+    assert digest_files(tmp_path / "a", ("tok",)) != digest_files(tmp_path / "b", ("tok",))  # a folder's files
+
+
+def test_one_llm_per_model_and_decode_groups_by_flow():
+    cfg = ServerConfig(decode_process_num=2, encode_process_num=2)
+    topo = plan(cfg, STYLES, num_gpus=0)
+    assert decode_groups(STYLES) == [[0, 1], [2]]
+    assert [(p.rank, p.models) for p in topo.processes if p.stage == "llm"] == [(0, ("A",)), (1, ("B",)),
+                                                                               (2, ("C",))]
+    decodes = [(p.rank, p.models, p.group) for p in topo.processes if p.stage == "decode"]
+    assert decodes == [(0, ("A", "B"), 0), (1, ("A", "B"), 0), (2, ("C",), 1), (3, ("C",), 1)]
+    assert topo.decode_ranks_of_llm(0) == topo.decode_ranks_of_llm(1) == [0, 1] and topo.decode_ranks_of_llm(2) == [2, 3]
+    assert [p.models for p in topo.processes if p.stage == "encode"] == [("A", "B", "C")] * 2
+    assert {p.device for p in topo.processes} == {"cpu"}
+    lines = topo.log_lines()
+    assert len(lines) == len(topo.processes) and "decode0 serves A, B on cpu (decode group 0)" in lines[3 + 2]
+
+
+def test_another_decode_layout_gets_its_own_group():
+    other = ModelFacts("y", 16000, 25, 2, 192, 80, 25, 3)
+    assert decode_groups([entry("A"), entry("B", facts=other)]) == [[0], [1]]
+
+
+def test_one_model_plans_as_before():
+    cfg = ServerConfig(decode_process_num=2, kv_cache_mem_fraction=0.3, decode_mem_fraction=0.7)
+    topo = plan(cfg, [entry("tiny")], num_gpus=1)
+    assert [(p.stage, p.rank, p.device, p.memory_share) for p in topo.processes] == [
+        ("encode", 0, "cpu", 0.0), ("llm", 0, "cuda:0", 0.3), ("decode", 0, "cuda:0", 0.35),
+        ("decode", 1, "cuda:0", 0.35)]
+    assert plan(cfg.replace(device="cuda:3"), [entry("tiny")], num_gpus=0).plan_of("decode", 1).device == "cuda:3"
+
+
+def test_devices_and_memory_shares_on_several_gpus():
+    assert device_for("encode", 0, 4) == "cpu" and device_for("llm", 5, 4) == "cuda:0"
+    assert [device_for("decode", r, 3) for r in range(4)] == ["cuda:1", "cuda:2", "cuda:1", "cuda:2"]
+    topo = plan(ServerConfig(decode_process_num=1, kv_cache_mem_fraction=0.6, decode_mem_fraction=0.8), STYLES, 3)
+    llms = [p for p in topo.processes if p.stage == "llm"]
+    assert {p.device for p in llms} == {"cuda:0"} and [p.memory_share for p in llms] == pytest.approx([0.2] * 3)
+    decodes = [(p.device, p.memory_share) for p in topo.processes if p.stage == "decode"]
+    assert decodes == [("cuda:1", 0.8), ("cuda:2", 0.8)]  # one decode process per GPU: the whole fraction
+    check_shares(topo)
+
+
+def test_startup_refuses_what_does_not_fit_a_gpu():
+    topo = plan(ServerConfig(), STYLES, num_gpus=1)  # 3 LLMs and 2 decode processes on cuda:0
+    weights = {(p.stage, p.rank): 2 * GIB for p in topo.processes if p.stage != "encode"}
+    check_fits(topo, weights, {"cuda:0": 80 * GIB})  # 5 x (2 GiB + a context) fit 80 GiB
+    with pytest.raises(SystemExit, match="do not fit cuda:0.*llm0 \\(A\\)"):
+        check_fits(topo, weights, {"cuda:0": 12 * GIB})
+    assert 5 * (2 * GIB + CUDA_CONTEXT_BYTES) > 0.8 * 12 * GIB
+    overbooked = Topology((ProcessPlan("llm", 0, ("A",), "cuda:0", 0.7), ProcessPlan("llm", 1, ("B",), "cuda:0", 0.7)))
+    with pytest.raises(SystemExit, match="llm processes on cuda:0 .* sum to 1.4"):
+        check_shares(overbooked)
+
+
+def test_settings_of_several_models(tmp_path):
+    from light_tts.model_config import FlowConfig, ModelConfig
+    from light_tts.server.settings import build_settings
+
+    models = [ModelConfig(Path("/models/a")), ModelConfig(Path("/models/b"), sample_rate=48000, token_frame_rate=50)]
+    s = build_settings(ServerConfig(max_prompt_seconds=4), models, ["a", "b"])
+    assert s.model_names == ["a", "b"] and s.model.name == "a" and s.model_index("default") == 0
+    assert s.shm.audio_ring_samples == 60 * 48000 and s.shm.prompt_speech_tokens == 4 * 50 + 50  # the max
+    assert s.llm_engine_config("cpu", 1).ahead_tokens == int(3.0 * 50)  # llm1 runs model b
+    assert s.topology.decode_ranks_of_llm(0) != s.topology.decode_ranks_of_llm(1)  # other layouts: own groups
+    with pytest.raises(ValueError, match="another layout"):
+        build_settings(ServerConfig(), [models[0], ModelConfig(Path("/models/c"), flow=FlowConfig(spk_embed_dim=256))])
