@@ -8,7 +8,7 @@ from light_tts.errors import NotFoundError
 from light_tts.server.config import ServerConfig
 from light_tts.server.model_set import (ModelEntry, ModelFacts, digest_files, parse_model_specs, resolve_model)
 from light_tts.server.placement import (CUDA_CONTEXT_BYTES, GIB, ProcessPlan, Topology, check_fits, check_shares,
-                                        decode_groups, device_for, plan)
+                                        decode_groups, plan)
 
 FACTS = ModelFacts("x", 24000, 25, 2, 192, 80, 25, 3)
 
@@ -81,8 +81,6 @@ def test_one_model_plans_as_before():
 
 
 def test_devices_and_memory_shares_on_several_gpus():
-    assert device_for("encode", 0, 4) == "cpu" and device_for("llm", 5, 4) == "cuda:0"
-    assert [device_for("decode", r, 3) for r in range(4)] == ["cuda:1", "cuda:2", "cuda:1", "cuda:2"]
     topo = plan(ServerConfig(decode_process_num=1, kv_cache_mem_fraction=0.6, decode_mem_fraction=0.8), STYLES, 3)
     llms = [p for p in topo.processes if p.stage == "llm"]
     assert {p.device for p in llms} == {"cuda:0"} and [p.memory_share for p in llms] == pytest.approx([0.2] * 3)
@@ -115,3 +113,50 @@ def test_settings_of_several_models(tmp_path):
     assert s.topology.decode_ranks_of_llm(0) != s.topology.decode_ranks_of_llm(1)  # other layouts: own groups
     with pytest.raises(ValueError, match="another layout"):
         build_settings(ServerConfig(), [models[0], ModelConfig(Path("/models/c"), flow=FlowConfig(spk_embed_dim=256))])
+
+
+def test_llm_replicas_spread_over_the_llm_gpus_and_share_their_model_decode_group():
+    cfg = ServerConfig(llm_replicas=2, llm_gpus="0,1", decode_gpus="2,3", decode_process_num=2,
+                       kv_cache_mem_fraction=0.5, decode_mem_fraction=0.8)
+    topo = plan(cfg, STYLES, num_gpus=4)
+    llms = [(p.rank, p.models, p.device, p.memory_share) for p in topo.processes if p.stage == "llm"]
+    assert llms == [(0, ("A",), "cuda:0", 0.5 / 3), (1, ("A",), "cuda:1", 0.5 / 3), (2, ("B",), "cuda:0", 0.5 / 3),
+                    (3, ("B",), "cuda:1", 0.5 / 3), (4, ("C",), "cuda:0", 0.5 / 3), (5, ("C",), "cuda:1", 0.5 / 3)]
+    assert topo.llm_ranks_of("A") == [0, 1] and topo.llm_ranks_of("C") == [4, 5]
+    assert topo.decode_ranks_of_llm(1) == topo.decode_ranks_of_llm(2) == [0, 1]  # A's and B's group
+    assert topo.decode_ranks_of_llm(5) == [2, 3]
+    decodes = [(p.rank, p.device, p.memory_share) for p in topo.processes if p.stage == "decode"]
+    assert decodes == [(0, "cuda:2", 0.4), (1, "cuda:3", 0.4), (2, "cuda:2", 0.4), (3, "cuda:3", 0.4)]
+    assert not topo.is_simulated and topo.compute_device("decode", 3) == "cuda:3"
+    check_shares(topo)
+
+
+def test_a_failed_process_fails_only_the_requests_it_may_hold():
+    topo = plan(ServerConfig(llm_replicas=2, decode_process_num=1), STYLES, num_gpus=0)  # llm0,1: A; 2,3: B; 4,5: C
+    assert topo.may_hold("llm", 1, "A", llm_rank=1) and not topo.may_hold("llm", 1, "A", llm_rank=0)
+    assert topo.may_hold("llm", 1, "A", llm_rank=-1)  # not sent yet: it may be on its way to llm1
+    assert not topo.may_hold("llm", 2, "A", llm_rank=-1)  # B's replica never sees A's requests
+    assert topo.may_hold("decode", 0, "B", llm_rank=3) and not topo.may_hold("decode", 1, "B", llm_rank=3)
+    assert topo.may_hold("encode", 0, "C", llm_rank=5)
+
+
+def test_simulated_gpus_are_planned_and_printed_as_gpus_and_computed_on_the_cpu():
+    cfg = ServerConfig(simulate_gpus=2, decode_gpus="0,1", decode_process_num=4, decode_mem_fraction=0.6)
+    topo = plan(cfg, [entry("tiny")], num_gpus=0)
+    assert [p.device for p in topo.processes if p.stage == "decode"] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert {p.memory_share for p in topo.processes if p.stage == "decode"} == {0.3}  # two per GPU
+    assert topo.is_simulated and topo.compute_device("decode", 1) == topo.compute_device("llm", 0) == "cpu"
+    lines = topo.log_lines()
+    assert "topology: decode1 serves tiny on cuda:1 (simulated on the CPU) (decode group 0), memory share 0.3" in lines
+    assert "topology: encode0 serves tiny on cpu" in lines
+
+
+def test_gpu_lists_are_checked_against_the_host():
+    with pytest.raises(SystemExit, match="--decode_gpus names GPU 2, but this host has 2"):
+        plan(ServerConfig(decode_gpus="1,2"), [entry("tiny")], num_gpus=2)
+    with pytest.raises(SystemExit, match="no GPU is visible"):
+        plan(ServerConfig(llm_gpus="0"), [entry("tiny")], num_gpus=0)
+    with pytest.raises(ValueError, match="--device cuda:1 puts every process on one device"):
+        ServerConfig(device="cuda:1", decode_gpus="0")
+    with pytest.raises(ValueError, match="--llm_replicas"):
+        ServerConfig(llm_replicas=0)

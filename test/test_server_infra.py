@@ -230,16 +230,6 @@ def test_form_parsing_is_strict():
         assert client.post("/p", content=body, headers=multipart).json()["kind"] == "too_large"
 
 
-def test_gpu_placement():
-    from light_tts.server.placement import device_for as place
-
-    assert [place(s, 0, 0) for s in ("encode", "llm", "decode")] == ["cpu"] * 3
-    assert [place("llm", 0, 1), place("decode", 3, 1)] == ["cuda:0", "cuda:0"]
-    # several GPUs: the LLM alone on cuda:0, decode processes round-robin over the rest
-    assert [place("decode", r, 3) for r in range(4)] == ["cuda:1", "cuda:2", "cuda:1", "cuda:2"]
-    assert place("llm", 0, 3) == "cuda:0" and place("encode", 1, 3) == "cpu"
-
-
 def test_hop_policy_and_decode_dtype_flags():
     cfg = ServerConfig.from_args(["--hop_policy", "fixed", "--decode_data_type", "bfloat16"])
     assert cfg.hop_policy == "fixed" and cfg.decode_data_type == "bfloat16"

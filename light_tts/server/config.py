@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
 from light_tts.request_rules import MAX_TEXT_CHARS
+from light_tts.server.devices import parse_gpu_list
 from light_tts.server.model_set import parse_model_specs
 
 DATA_TYPES = ("float16", "bfloat16", "float32")
@@ -160,6 +161,15 @@ class ServerConfig:
                                                  "host memory); the next request waits for the reload",
                                  default_text="0: never")
     cpu_threads: int = _opt("runtime", 1, "torch threads per worker process (1 avoids oversubscribing small hosts)")
+    llm_gpus: str | None = _opt("runtime", None, "GPUs of the LLM processes, e.g. 0,1: they take them in turn "
+                                                 "(a model's replicas on different GPUs)", default_text="0")
+    decode_gpus: str | None = _opt("runtime", None, "GPUs of the decode processes, e.g. 1,2,3: they take them in "
+                                                    "turn, several per GPU when there are more processes",
+                                   default_text="the GPUs the LLMs do not use, or GPU 0 when it is the only one")
+    llm_replicas: int = _opt("runtime", 1, "LLM processes per model (data parallel, on the --llm_gpus in turn); "
+                                           "each request goes to the least loaded")
+    simulate_gpus: int = _opt("runtime", 0, "testing: plan the placement and memory shares for this many GPUs and "
+                                            "run every process on the CPU", default_text="0: the visible GPUs")
     zmq_mode: str = _opt("runtime", "ipc:///tmp/", "ZMQ transport between processes", choices=ZMQ_MODES)
     on_worker_failure: str = _opt("runtime", "restart", "when a worker dies or hangs: restart it (its requests "
                                                         "fail with 503), or exit (for orchestrators that restart "
@@ -222,6 +232,12 @@ class ServerConfig:
             raise ValueError("--request_timeout_s and --max_prompt_seconds must be > 0, --shutdown_grace_s >= 0")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        parse_gpu_list(self.llm_gpus, "llm_gpus"), parse_gpu_list(self.decode_gpus, "decode_gpus")
+        if self.llm_replicas < 1 or self.simulate_gpus < 0:
+            raise ValueError("--llm_replicas must be >= 1, --simulate_gpus >= 0")
+        if (self.llm_gpus or self.decode_gpus or self.simulate_gpus) and self.device not in ("auto", "cpu"):
+            raise ValueError(f"--device {self.device} puts every process on one device: drop it to use "
+                             "--llm_gpus, --decode_gpus or --simulate_gpus")
 
     def ignored_flags(self) -> list[str]:
         """Startup notes for flags that are accepted for compatibility but change nothing."""

@@ -85,7 +85,7 @@ class DecodeWorker:
         device = resolve_device(self.settings, "decode", self.rank)
         set_process_title(self.name, model_on(self.settings, "decode", self.rank, device))
         # the models of a decode group have the same flow and HiFT files: any member's directory serves them all
-        model_dir = self.settings.models[self.settings.model_index(self.plan.models[0])].model_dir
+        model_dir = self.settings.model_of("decode", self.rank).model_dir
         self.engine = DecodeEngine(load_model_config(model_dir), **self.settings.decode_engine_kwargs(device,
                                                                                                      self.rank))
         self.idle = IdleEngine(self.engine, self.cfg.idle_release_s, self.processes, "decode", self.rank, self.log)

@@ -64,7 +64,7 @@ def check_placement(settings: ServerSettings) -> None:
     topology = settings.topology
     check_shares(topology)
     gpus = sorted({p.device for p in topology.processes if p.device.startswith("cuda")})
-    if not gpus:
+    if not gpus or topology.is_simulated:  # simulated GPUs have no memory of their own to check
         return
     gpu_bytes = gpu_memory_bytes(gpus)
     if gpu_bytes:
@@ -156,7 +156,7 @@ class ServerProcesses:
                 self._start(("http", rank), run_http_process, rank)
         for rank in range(self.cfg.encode_process_num):
             self._start(("encode", rank), run_encode_process, rank)
-        for rank in self.settings.topology.ranks("llm"):  # llm i serves model i
+        for rank in self.settings.topology.ranks("llm"):  # --llm_replicas per model
             self._start(("llm", rank), run_llm_process, rank)
         for rank in self.settings.topology.ranks("decode"):
             self._start(("decode", rank), run_decode_process, rank)

@@ -4,7 +4,8 @@ A request's sentences run through the engine one after another (sentence k+1 sta
 audio follows k's), each as its own engine request seeded with sentence_seed(seed, k) as the offline pipeline
 does. A bistream request is one engine request fed text pieces as they arrive.
 Each request is assigned to a decode process at arrival, among those of this model's decode group (the topology):
-the one with room and the most playback slack, round-robin among equals. llm rank i serves model i.
+the one with room and the most playback slack, round-robin among equals. It serves one model (a model may have
+several LLM replicas, placement.py).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class LLMRequestState:
 class LLMWorker:
     def __init__(self, settings: ServerSettings, ports: PortArgs, rank: int, launcher_pid: int):
         self.settings, self.cfg, self.ports, self.launcher_pid = settings, settings.cfg, ports, launcher_pid
-        self.rank, self.name, self.model = rank, f"llm{rank}", settings.models[rank]
+        self.rank, self.name = rank, f"llm{rank}"
+        self.model = settings.model_of("llm", rank)
         self.log = setup_process(settings, self.name)
         self.slots = RequestSlots(settings.shm, ports.shm_prefix, ports.lock_path)
         self.processes = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path, topology=settings.topology)

@@ -1,13 +1,14 @@
 """Which process serves which model on which device with what memory share: the topology, planned once by the
 launcher (settings.build_settings) from the config, the models and the number of GPUs, and printed at startup.
 
-One LLM process per model (llm rank i serves model i). Decode processes are grouped by the models' decode group
+LLM processes: --llm_replicas per model (data parallel; the encode process sends each request to the least
+loaded replica of its model), ranked model by model. Decode processes are grouped by the models' decode group
 key (model_set: identical flow/HiFT files and decode layout share a group); each group gets --decode_process_num
-processes, numbered on across groups. Devices: with several GPUs every LLM is on cuda:0 and the decode processes
-spread round-robin over the other GPUs; with one GPU everything shares it; without a GPU everything runs on the
-CPU (encode processes always do). The memory flags are per GPU: each LLM's KV cache takes
---kv_cache_mem_fraction / (LLMs on its GPU) and each decode pool --decode_mem_fraction / (decode processes on its
-GPU). Pure CPU code, no torch.
+processes, numbered on across groups. Devices come from devices.GpuLayout (--llm_gpus, --decode_gpus,
+--simulate_gpus; by default every LLM on cuda:0 and the decode processes round-robin over the other GPUs, or all
+on the only one); without a GPU everything runs on the CPU, and encode processes always do. The memory flags are
+per GPU: each LLM's KV cache takes --kv_cache_mem_fraction / (LLMs on its GPU) and each decode pool
+--decode_mem_fraction / (decode processes on its GPU). Pure CPU code, no torch.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from light_tts.server.config import ServerConfig
+from light_tts.server.devices import gpu_layout
 from light_tts.server.model_set import ModelEntry
 
 GIB = 1 << 30
@@ -36,6 +38,22 @@ class ProcessPlan:
 @dataclass(frozen=True)
 class Topology:
     processes: tuple[ProcessPlan, ...]
+    is_simulated: bool = False  # --simulate_gpus: the cuda:N devices are planned, and computed on the CPU
+
+    def compute_device(self, stage: str, rank: int) -> str:
+        """What the process's torch computes on: its planned device, or the CPU for a simulated GPU."""
+        return "cpu" if self.is_simulated else self.plan_of(stage, rank).device
+
+    def may_hold(self, stage: str, rank: int, model: str, llm_rank: int) -> bool:
+        """Whether process (stage, rank) may hold a request to `model` that was sent to LLM replica `llm_rank` (-1:
+        not sent yet, so any replica of its model may be receiving it): its requests fail when that process does."""
+        if model not in self.plan_of(stage, rank).models:
+            return False
+        return stage != "llm" or llm_rank in (rank, -1)
+
+    def llm_ranks_of(self, model: str) -> list[int]:
+        """The LLM replicas serving `model`."""
+        return [p.rank for p in self.processes if p.stage == "llm" and p.models == (model,)]
 
     def ranks(self, stage: str) -> list[int]:
         return [p.rank for p in self.processes if p.stage == stage]
@@ -53,20 +71,12 @@ class Topology:
 
     def log_lines(self) -> list[str]:
         """One line per process, as the launcher prints them at startup."""
+        simulated = " (simulated on the CPU)" if self.is_simulated else ""
         return [f"topology: {p.stage}{p.rank} serves {', '.join(p.models)} on {p.device}"
+                + (simulated if p.device != "cpu" else "")
                 + (f" (decode group {p.group})" if p.stage == "decode" else "")
                 + (f", memory share {p.memory_share:.3g}" if p.device != "cpu" and p.memory_share else "")
                 for p in self.processes]
-
-
-def device_for(stage: str, rank: int, num_gpus: int) -> str:
-    """With several GPUs the LLMs have cuda:0 and decode processes spread round-robin over the others; with one,
-    everything shares it. The encode stage runs on the CPU (onnxruntime picks CUDA itself when it can)."""
-    if num_gpus == 0 or stage == "encode":
-        return "cpu"
-    if stage == "llm" or num_gpus == 1:
-        return "cuda:0"
-    return f"cuda:{1 + rank % (num_gpus - 1)}"
 
 
 def decode_groups(models: Sequence[ModelEntry]) -> list[list[int]]:
@@ -78,10 +88,13 @@ def decode_groups(models: Sequence[ModelEntry]) -> list[list[int]]:
 
 
 def plan(cfg: ServerConfig, models: Sequence[ModelEntry], num_gpus: int) -> Topology:
-    names = [m.name for m in models]
-    if cfg.device != "auto":  # --device puts every LLM and decode process there
-        return _with_shares(cfg, _processes(cfg, models, lambda stage, rank: cfg.device if stage != "encode" else "cpu"))
-    return _with_shares(cfg, _processes(cfg, models, lambda stage, rank: device_for(stage, rank, num_gpus)))
+    """The topology for `num_gpus` visible GPUs; raises SystemExit when --llm_gpus / --decode_gpus name GPUs that
+    do not exist."""
+    if cfg.device not in ("auto", "cpu"):  # --device cuda[:N] puts every LLM and decode process there
+        return _with_shares(cfg, _processes(cfg, models, lambda stage, index: cfg.device), False)
+    layout = gpu_layout(cfg.llm_gpus, cfg.decode_gpus, cfg.simulate_gpus, num_gpus, cfg.device)
+    device = layout.device_of if layout else lambda stage, index: "cpu"
+    return _with_shares(cfg, _processes(cfg, models, device), bool(layout and layout.is_simulated))
 
 
 def _processes(cfg: ServerConfig, models: Sequence[ModelEntry], device) -> list[ProcessPlan]:
@@ -89,8 +102,9 @@ def _processes(cfg: ServerConfig, models: Sequence[ModelEntry], device) -> list[
     groups = decode_groups(models)
     group_of = {i: g for g, members in enumerate(groups) for i in members}
     processes = [ProcessPlan("encode", r, tuple(names), "cpu", 0.0) for r in range(cfg.encode_process_num)]
-    processes += [ProcessPlan("llm", i, (name,), device("llm", i), 0.0, group_of[i])
-                  for i, name in enumerate(names)]
+    replicas = [(i, name) for i, name in enumerate(names) for _ in range(cfg.llm_replicas)]  # model by model
+    processes += [ProcessPlan("llm", rank, (name,), device("llm", rank), 0.0, group_of[i])
+                  for rank, (i, name) in enumerate(replicas)]
     rank = 0
     for g, members in enumerate(groups):
         for _ in range(cfg.decode_process_num):
@@ -100,7 +114,7 @@ def _processes(cfg: ServerConfig, models: Sequence[ModelEntry], device) -> list[
     return processes
 
 
-def _with_shares(cfg: ServerConfig, processes: list[ProcessPlan]) -> Topology:
+def _with_shares(cfg: ServerConfig, processes: list[ProcessPlan], is_simulated: bool) -> Topology:
     fractions = {"llm": cfg.kv_cache_mem_fraction, "decode": cfg.decode_mem_fraction}
     sharing = {}  # (stage, device) -> processes of that stage on that GPU (a CPU's caches are sized otherwise)
     for p in processes:
@@ -109,7 +123,7 @@ def _with_shares(cfg: ServerConfig, processes: list[ProcessPlan]) -> Topology:
     return Topology(tuple(
         p if p.stage == "encode" else
         ProcessPlan(p.stage, p.rank, p.models, p.device, fractions[p.stage] / sharing[(p.stage, p.device)], p.group)
-        for p in processes))
+        for p in processes), is_simulated)
 
 
 def check_shares(topology: Topology) -> None:

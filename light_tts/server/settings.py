@@ -60,6 +60,11 @@ class ServerSettings:
     def model_names(self) -> list[str]:
         return [m.name for m in self.models]
 
+    def model_of(self, stage: str, rank: int) -> ModelEntry:
+        """The model an LLM replica serves, or the first of a decode process's group (their flow and HiFT are the
+        same files)."""
+        return self.models[self.model_index(self.topology.plan_of(stage, rank).models[0])]
+
     def model_index(self, name: str) -> int | None:
         """Index of tts_model_name `name` ("default": the first model), None for an unknown name."""
         return model_index(self.models, name)
@@ -96,11 +101,11 @@ class ServerSettings:
         return self.cfg.decode_data_type if device != "cpu" else "float32"
 
     def llm_engine_config(self, device: str, rank: int = 0) -> EngineConfig:
-        """The config of llm `rank`'s engine (it serves model `rank`), every field from a flag or the topology (a
-        new EngineConfig field fails here until mapped)."""
+        """The config of llm `rank`'s engine, every field from a flag, its model or the topology (a new
+        EngineConfig field fails here until mapped)."""
         from light_tts.llm.engine import EngineConfig
 
-        c, m = self.cfg, self.models[rank].facts
+        c, m = self.cfg, self.model_of("llm", rank).facts
         values: dict[str, Any] = {
             "max_total_token_num": c.max_total_token_num,
             "batch_max_tokens": c.batch_max_tokens or c.max_req_total_len,

@@ -43,17 +43,20 @@ def setup_process(settings: ServerSettings, name: str, detail: str | None = None
 
 def model_on(settings: ServerSettings, stage: str, rank: int, device: str | None = None) -> str:
     """The detail of a process title: the models it serves and its device, e.g. "model tiny, cuda:0"."""
-    models = settings.topology.plan_of(stage, rank).models
+    plan = settings.topology.plan_of(stage, rank)
+    if device and device != plan.device:  # a simulated GPU (--simulate_gpus)
+        device = f"{plan.device} simulated on the {device.upper()}"
+    models = plan.models
     return f"model{'s' if len(models) > 1 else ''} {', '.join(models)}" + (f", {device}" if device else "")
 
 
 def resolve_device(settings: ServerSettings, stage: str = "encode", rank: int = 0) -> str:
     """Sets the torch thread count and returns the device this process computes on: the topology's (placement.py,
-    where --device applies)."""
+    where --device applies; the CPU for a simulated GPU)."""
     import torch
 
     torch.set_num_threads(settings.cfg.cpu_threads)
-    return settings.topology.plan_of(stage, rank).device
+    return settings.topology.compute_device(stage, rank)
 
 
 class Handlers:
