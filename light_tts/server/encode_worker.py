@@ -1,8 +1,8 @@
 """Encode process: request text -> sentences -> text tokens; prompt audio -> speech tokens, embedding, mel.
 
-It serves every model: one frontend per distinct frontend_key, the request's model named by its slot; the
-request goes on to that model's LLM process. Reads a request's inputs from its slot, writes the encoded prompt back into the slot (through the shared
-voice cache, so a repeated voice skips both ONNX models) and hands the request to the LLM process. A saved
+It serves every model: one frontend per distinct frontend_key, the request's model named by its slot. Reads a
+request's inputs from its slot, writes the encoded prompt back into the slot (through the shared voice cache, so
+a repeated voice skips both ONNX models) and hands the request to the least loaded LLM replica of its model. A saved
 voice's features come with the request (the HTTP worker wrote them into the slot): only its texts are
 tokenized here. A voice upload's features are computed here once (ComputeFeatures) and answered FeaturesReady.
 """
@@ -19,6 +19,7 @@ import zmq
 from light_tts.errors import LightTTSError, TextError
 from light_tts.frontend.text_norm import is_only_punctuation
 from light_tts.server import metrics
+from light_tts.server.devices import pick_least_loaded
 from light_tts.server.io_struct import (AbortRequest, ComputeFeatures, EncodeRequest, FeaturesReady, LLMRequestIn,
                                         RequestParams, TextPiece, TextTokens)
 from light_tts.server.process_table import ProcessTable
@@ -56,6 +57,7 @@ class EncodeWorker:
                                              TextPiece: self.on_text_piece, ComputeFeatures: self.on_compute_features})
         self.inbox = Inbox(self.ctx, self.ports, self.processes, "encode", self.rank, self.handlers)
         self.to_llm = [Outbox(self.ctx, self.processes, "llm", r) for r in self.settings.topology.ranks("llm")]
+        self.num_sent = 0  # requests sent on: the tie-breaking turn of pick_least_loaded
         self.http = HttpReplies(self.ctx, self.settings, self.processes, self.name)
 
     def init_frontend(self) -> None:
@@ -137,8 +139,17 @@ class EncodeWorker:
             to_llm.send(TextTokens(params.req_id, sentences, is_last=True))
 
     def llm_of(self, slot: int) -> Outbox:
-        """The LLM process of the request's model (llm rank i serves model i)."""
-        return self.to_llm[self.slots.model_of(slot)]
+        """The LLM replica of the request: chosen once, when its first message goes on (the least loaded ready
+        replica of its model; any replica when none is ready, whose restart will fail it), and recorded in the
+        slot so that its later text pieces follow and a replica's failure fails only its own requests."""
+        rank = self.slots.llm_rank_of(slot)
+        if rank < 0:
+            ranks = self.settings.topology.llm_ranks_of(self.settings.model_names[self.slots.model_of(slot)])
+            ready = [r for r in ranks if self.processes.state("llm", r) == ProcessTable.READY] or ranks
+            rank = pick_least_loaded(ready, {r: self.processes.load("llm", r) for r in ready}, self.num_sent)
+            self.num_sent += 1
+            self.slots.set_llm_rank(slot, rank)
+        return self.to_llm[rank]
 
     def on_compute_features(self, message: ComputeFeatures) -> None:
         """A voice upload: its features into the slot (and the voice cache, which shares the saved voice's key)."""

@@ -94,7 +94,7 @@ class HttpServerManager:
         cfg = self.cfg
         self.to_encode = outboxes(self.send_ctx, self.processes, "encode", cfg.encode_process_num)
         topology = self.settings.topology
-        self.to_llm = outboxes(self.send_ctx, self.processes, "llm", topology.count("llm"))  # rank i: model i
+        self.to_llm = outboxes(self.send_ctx, self.processes, "llm", topology.count("llm"))
         self.to_decode = outboxes(self.send_ctx, self.processes, "decode", topology.count("decode"))
         self.tasks = [asyncio.create_task(self.reply_loop()), asyncio.create_task(self.watchdog_loop())]
         self.adopt_orphans()
@@ -143,8 +143,9 @@ class HttpServerManager:
         hung = p.hung_backends(self.cfg.worker_hang_timeout_s)
         if hung:
             return f"worker {_names(hung)} has not responded for {self.cfg.worker_hang_timeout_s:g} s"
-        if not p.all_backends_ready():
-            return "the server is loading its models (or restarting a worker)"
+        starting = [key for key, state in p.backend_states().items() if state != ProcessTable.READY]
+        if starting:
+            return f"worker {_names(sorted(starting))} is loading its model (starting or restarting)"
         return None
 
     def submit(self, tts_text: str, prompt_text: str, prompt_wav: bytes, *, stream: bool, speed: float,
@@ -245,18 +246,20 @@ class HttpServerManager:
             return
         abort = AbortRequest(handle.req_id, self.http_rank)
         try:
-            others = [] if handle.is_features_job else [self.to_llm[handle.model], *self.to_decode]
+            others = [] if handle.is_features_job else [*(self.to_llm[r] for r in self.llm_ranks(handle)),
+                                                         *self.to_decode]
             for outbox in (self.to_encode[handle.encode_rank], *others):
                 outbox.send(abort)
         except zmq.ZMQError:  # this worker is stopping: its sockets are closed, the stages go down with it
             pass
 
     def live_stages(self, handle: RequestHandle) -> set[str]:
-        """The stages that may hold the request: its encode process, its model's LLM and every decode process,
+        """The stages that may hold the request: its encode process, its LLM replica and every decode process,
         less those not running (a failed or restarting process never saw it, or forgot it)."""
         keys = [("encode", handle.encode_rank)]
         if not handle.is_features_job:
-            keys += [("llm", handle.model), *(("decode", r) for r in range(len(self.to_decode)))]
+            keys += [("llm", r) for r in self.llm_ranks(handle)]
+            keys += [("decode", r) for r in range(len(self.to_decode))]
         return {f"{stage}{rank}" for stage, rank in keys if self.processes.state(stage, rank) == ProcessTable.READY}
 
     async def reply_loop(self) -> None:
@@ -312,9 +315,9 @@ class HttpServerManager:
             self.slots.release(slot, message.req_id)
 
     async def watchdog_loop(self) -> None:
-        """Stops this worker if the launcher is gone; fails the requests in flight of the models a failed backend
-        served (their aborts are then confirmed by the live stages) or when the drain on SIGTERM timed out; frees slots whose
-        aborts were never confirmed."""
+        """Stops this worker if the launcher is gone; fails the requests in flight that a failed backend may have
+        held (their aborts are then confirmed by the live stages) or when the drain on SIGTERM timed out; frees
+        slots whose aborts were never confirmed."""
         launcher_pid = os.getppid()
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
@@ -339,14 +342,22 @@ class HttpServerManager:
             handle.events.put_nowait(error)
 
     def fail_served_by(self, failed: list[tuple[str, int]]) -> None:
-        """Fail the requests in flight that a failed process may have held: those of the models it served (an LLM
-        serves one model, a decode process its group's, an encode process every model)."""
-        topology, names = self.settings.topology, self.settings.model_names
-        models = {names.index(name) for stage, rank in failed for name in topology.plan_of(stage, rank).models}
+        """Fail the requests in flight that a failed process may have held: those of the models it served (a
+        decode process serves its group's, an encode process every model); of an LLM replica's model, those it
+        was sent and those not yet sent to any replica (the encode process may be sending one to it now)."""
         error = WorkerDiedError(f"worker process {_names(failed)} failed")
         for handle in self.reqs.values():
-            if handle.model in models:
+            if any(self.may_hold(stage, rank, handle) for stage, rank in failed):
                 handle.events.put_nowait(error)
+
+    def may_hold(self, stage: str, rank: int, handle: RequestHandle) -> bool:
+        return self.settings.topology.may_hold(stage, rank, self.settings.model_names[handle.model],
+                                               self.slots.llm_rank_of(handle.slot))
+
+    def llm_ranks(self, handle: RequestHandle) -> list[int]:
+        """The LLM replicas that may hold the request: the one it was sent to, or all of its model's until then."""
+        rank = self.slots.llm_rank_of(handle.slot)
+        return [rank] if rank >= 0 else self.settings.topology.llm_ranks_of(self.settings.model_names[handle.model])
 
     @property
     def num_active(self) -> int:

@@ -82,6 +82,7 @@ def slot_specs(sizes: ShmSizes) -> dict[str, tuple[tuple[int, ...], type]]:
         "owner_rank": ((n,), np.int64),  # its rank: a restarted worker of that rank adopts the slot (adopt())
         "client": ((n,), np.int64),  # client_key() of the client address, for --max_requests_per_client
         "model": ((n,), np.int64),  # index of the request's model in ServerSettings.models (the HTTP worker's choice)
+        "llm_rank": ((n,), np.int64),  # the LLM replica the encode process sent it to; -1 until then
         "text_len": ((n,), np.int64),
         "text": ((n, text_bytes), np.uint8),  # tts_text, UTF-8
         "prompt_text_len": ((n,), np.int64),
@@ -131,6 +132,7 @@ class RequestSlots:
             self.a["owner_rank"][slot] = http_rank
             self.a["client"][slot] = client
             self.a["model"][slot] = model
+            self.a["llm_rank"][slot] = -1
         self.audio.reset(slot)
         self.a["usage_text_tokens"][slot] = self.a["usage_speech_tokens"][slot] = self.a["voice_kind"][slot] = 0
         return slot
@@ -156,6 +158,13 @@ class RequestSlots:
 
     def model_of(self, slot: int) -> int:
         return int(self.a["model"][slot])
+
+    def set_llm_rank(self, slot: int, rank: int) -> None:
+        self.a["llm_rank"][slot] = rank
+
+    def llm_rank_of(self, slot: int) -> int:
+        """The LLM replica holding the slot's request, -1 before the encode process sent it on."""
+        return int(self.a["llm_rank"][slot])
 
     def num_in_use(self) -> int:
         return int(np.count_nonzero(self.a["owner"]))

@@ -4,12 +4,11 @@ the offline pipeline whose audio the server must reproduce."""
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
 import pytest
 
-from server_harness import ServerProcess
+from server_harness import ServerProcess, serving
 
 # Room for every request of these tests: prompt + text + 20 x text speech tokens (the random tiny model rarely
 # samples eos), so the server's length bound is the offline pipeline's.
@@ -46,13 +45,8 @@ def server(tiny_model_dir, tmp_path_factory):
                         "--max_text_chars", "2000", "--request_timeout_s", "120", "--cache_capacity", "8",
                         "--max_req_total_len", str(MAX_REQ_TOTAL_LEN), "--ws_idle_timeout_s", str(IDLE_TIMEOUT_S),
                         "--http_body_timeout_s", str(IDLE_TIMEOUT_S), "--http_header_timeout_s", str(HEADER_TIMEOUT_S))
-    try:
-        srv.wait_ready()
+    with serving(srv):
         yield srv
-    finally:
-        code = srv.stop(signal.SIGINT, whole_group=True)
-    assert code == 0, srv.log_path.read_text()[-4000:]
-    srv.assert_clean_exit_state()
 
 
 @pytest.fixture(scope="session")

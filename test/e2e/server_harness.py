@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import wave
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -65,6 +66,19 @@ def descendants(pid: int) -> set[int]:
             found.add(child)
             todo.append(child)
     return found
+
+
+@contextmanager
+def serving(srv: "ServerProcess"):
+    """Waits for `srv` to be ready and yields it; then stops it with Ctrl-C (to the whole group) and checks that it
+    exited with 0 and left no shared memory, socket or process behind."""
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        code = srv.stop(signal.SIGINT, whole_group=True)
+    assert code == 0, srv.log_path.read_text()[-4000:]
+    srv.assert_clean_exit_state()
 
 
 class ServerProcess:
