@@ -4,6 +4,7 @@
 # voice), a closed-loop sweep with saved voices, and one with every request a new voice.
 #
 #   OUT=results bash light_tts/bench/capacity_run.sh [saved levels...]
+#   SERVER_FLAGS="--decode_gpus 0,1 --decode_process_num 2"   extra server flags (placement on several GPUs)
 set -euo pipefail
 OUT=${OUT:-out}
 MODEL=${MODEL:-/tmp/full}
@@ -13,7 +14,7 @@ mkdir -p "$OUT"
 [ -f "$MODEL/llm.pt" ] || python3 -m light_tts.tools.make_model "$MODEL" --size full
 setsid python3 -m light_tts.server.api_server --model_dir "$MODEL" --port "$PORT" --httpserver_workers 2 \
     --encode_process_num 4 --running_max_req_size 512 --decode_max_batch_size 256 --hop_policy fixed \
-    --max_total_token_num 400000 --flow_cache_dtype fp8_e4m3 --decode_mem_fraction 0.8 --max_speech_tokens 1000 > "$OUT/server.log" 2>&1 &
+    --max_total_token_num 400000 --flow_cache_dtype fp8_e4m3 --decode_mem_fraction 0.8 --max_speech_tokens 1000 ${SERVER_FLAGS:-} > "$OUT/server.log" 2>&1 &
 SERVER=$!
 trap 'kill -INT $SERVER 2>/dev/null; sleep 5; kill -9 -$SERVER 2>/dev/null || true' EXIT
 URL=http://127.0.0.1:$PORT

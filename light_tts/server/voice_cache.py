@@ -1,9 +1,10 @@
 """Shared-memory LRU cache of prompt audio features, keyed by the audio's content.
 
 Keys are voice_cache_key(frontend_key, audio key): models with the same frontend files (speech tokenizer, speaker
-model, text tokenizer) share entries, models with other frontends have their own. A repeated voice skips the speech tokenizer and the speaker model whichever HTTP worker and encode process
-the request went through. Entries hold what depends on the audio only (speech tokens, speaker embedding,
-prompt mel); prompt text tokens are recomputed, since the same voice may come with another transcript.
+model, text tokenizer) share entries, models with other frontends have their own. A repeated voice skips the
+speech tokenizer and the speaker model whichever HTTP worker and encode process the request went through.
+Entries hold what depends on the audio only (speech tokens, speaker embedding, prompt mel); prompt text tokens
+are recomputed, since the same voice may come with another transcript.
 """
 
 from __future__ import annotations

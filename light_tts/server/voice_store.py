@@ -2,7 +2,8 @@
 kept under --data_dir so that they survive restarts and every HTTP worker process sees the same set.
 
     data_dir/voices.sqlite3      one row per voice (with the frontend_key of the model whose frontend computed its
-                                 features: a model of another frontend recomputes them from the audio); WAL, so readers never wait for the (rare) writer
+                                 features: a model of another frontend recomputes them from the audio); WAL, so
+                                 readers never wait for the (rare) writer
     data_dir/voices/<id>.audio   the upload as sent
     data_dir/voices/<id>.npz     speech_tokens int32 [P], embedding float32 [192], mel float32 [2P, 80]
     data_dir/voices.lock         flock: every create holds it shared, the orphan sweep exclusive
