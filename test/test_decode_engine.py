@@ -43,8 +43,10 @@ def cfg(fixture_dir):
 
 
 def new_engine(cfg, hop="growing", **limits) -> DecodeEngine:
+    """An engine on a clock that never moves: what these tests check must not depend on how fast a busy host
+    steps (a request queued behind others would pass --admission_wait_s on wall time and get a 429)."""
     return DecodeEngine(cfg, max_batch_size=16, hop_policy=HopPolicy(hop),
-                        limits=EngineLimits(**{**LIMITS.__dict__, **limits}))
+                        limits=EngineLimits(**{**LIMITS.__dict__, **limits}), clock=lambda: 0.0)
 
 
 def make_requests(cfg):
