@@ -132,12 +132,14 @@ def test_llm_replicas_spread_over_the_llm_gpus_and_share_their_model_decode_grou
 
 
 def test_a_failed_process_fails_only_the_requests_it_may_hold():
-    topo = plan(ServerConfig(llm_replicas=2, decode_process_num=1), STYLES, num_gpus=0)  # llm0,1: A; 2,3: B; 4,5: C
-    assert topo.may_hold("llm", 1, "A", llm_rank=1) and not topo.may_hold("llm", 1, "A", llm_rank=0)
-    assert topo.may_hold("llm", 1, "A", llm_rank=-1)  # not sent yet: it may be on its way to llm1
-    assert not topo.may_hold("llm", 2, "A", llm_rank=-1)  # B's replica never sees A's requests
-    assert topo.may_hold("decode", 0, "B", llm_rank=3) and not topo.may_hold("decode", 1, "B", llm_rank=3)
-    assert topo.may_hold("encode", 0, "C", llm_rank=5)
+    # llm0, llm1: A; llm2, llm3: B; llm4, llm5: C
+    topo = plan(ServerConfig(llm_replicas=2, decode_process_num=2), STYLES, num_gpus=0)  # decode0,1: A, B; 2,3: C
+    assert topo.may_hold("llm", 1, "A", 1, 0) and not topo.may_hold("llm", 1, "A", 0, 0)
+    assert topo.may_hold("llm", 1, "A", -1, -1)  # not sent yet: it may be on its way to llm1
+    assert not topo.may_hold("llm", 2, "A", -1, -1)  # B's replica never sees A's requests
+    assert topo.may_hold("decode", 1, "B", 3, 1) and not topo.may_hold("decode", 0, "B", 3, 1)
+    assert topo.may_hold("decode", 0, "B", 3, -1) and not topo.may_hold("decode", 2, "B", 3, -1)  # C's group
+    assert topo.may_hold("encode", 0, "C", 5, 2)
 
 
 def test_simulated_gpus_are_planned_and_printed_as_gpus_and_computed_on_the_cpu():

@@ -342,9 +342,9 @@ class HttpServerManager:
             handle.events.put_nowait(error)
 
     def fail_served_by(self, failed: list[tuple[str, int]]) -> None:
-        """Fail the requests in flight that a failed process may have held: those of the models it served (a
-        decode process serves its group's, an encode process every model); of an LLM replica's model, those it
-        was sent and those not yet sent to any replica (the encode process may be sending one to it now)."""
+        """Fail the requests in flight that a failed process may have held (Topology.may_hold): an encode
+        process's, all; an LLM replica's or a decode process's, those of its models that were sent to it or not
+        yet to any (one may be on its way to it now)."""
         error = WorkerDiedError(f"worker process {_names(failed)} failed")
         for handle in self.reqs.values():
             if any(self.may_hold(stage, rank, handle) for stage, rank in failed):
@@ -352,7 +352,8 @@ class HttpServerManager:
 
     def may_hold(self, stage: str, rank: int, handle: RequestHandle) -> bool:
         return self.settings.topology.may_hold(stage, rank, self.settings.model_names[handle.model],
-                                               self.slots.llm_rank_of(handle.slot))
+                                               self.slots.llm_rank_of(handle.slot),
+                                               self.slots.decode_rank_of(handle.slot))
 
     def llm_ranks(self, handle: RequestHandle) -> list[int]:
         """The LLM replicas that may hold the request: the one it was sent to, or all of its model's until then."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from light_tts.errors import RequestError
+from light_tts.errors import RequestError, UnavailableError
 from light_tts.request_rules import sentence_seed
 from light_tts.server import metrics
 from light_tts.server.idle_engine import IdleEngine
@@ -139,6 +139,11 @@ class LLMWorker:
         text_tokens, speech_tokens, _, _ = self.slots.read_prompt(params.slot)
         self.idle.ensure_loaded()
         rank = self.pick_decode_rank()
+        if self.processes.state("decode", rank) != ProcessTable.READY:  # its failure may be handled already
+            self.http.fail(params.http_rank, params.req_id,
+                           UnavailableError("no decode process of this model is running (one is restarting)"))
+            return
+        self.slots.set_decode_rank(params.slot, rank)  # before the send: a failure of `rank` fails this request
         self.reqs[params.req_id] = LLMRequestState(params, message.is_bistream, rank, text_tokens.tolist(),
                                                    speech_tokens.tolist())
         self.to_decode[rank].send(DecodeStart(params, message.voice_key))
@@ -171,14 +176,15 @@ class LLMWorker:
             self.http.fail(params.http_rank, params.req_id, error)
 
     def pick_decode_rank(self) -> int:
-        """The decode process of this model's group with room in its page pool and the most playback slack (then
-        the most room, then the fewest requests), from the process table; ties go round-robin."""
+        """The running decode process of this model's group with room in its page pool and the most playback slack
+        (then the most room, then the fewest requests), from the process table; ties go round-robin."""
         num = len(self.decode_ranks)
         order = [self.decode_ranks[(self.next_decode + i) % num] for i in range(num)]
 
         def preference(r: int) -> tuple:
             room, slack_ms = self.processes.room("decode", r)
-            return room <= 0, -min(slack_ms, 10_000), -room, self.processes.load("decode", r)
+            is_down = self.processes.state("decode", r) != ProcessTable.READY
+            return is_down, room <= 0, -min(slack_ms, 10_000), -room, self.processes.load("decode", r)
 
         rank = min(order, key=preference)
         self.next_decode = (self.decode_ranks.index(rank) + 1) % num

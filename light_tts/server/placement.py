@@ -44,12 +44,14 @@ class Topology:
         """What the process's torch computes on: its planned device, or the CPU for a simulated GPU."""
         return "cpu" if self.is_simulated else self.plan_of(stage, rank).device
 
-    def may_hold(self, stage: str, rank: int, model: str, llm_rank: int) -> bool:
-        """Whether process (stage, rank) may hold a request to `model` that was sent to LLM replica `llm_rank` (-1:
-        not sent yet, so any replica of its model may be receiving it): its requests fail when that process does."""
+    def may_hold(self, stage: str, rank: int, model: str, llm_rank: int, decode_rank: int) -> bool:
+        """Whether process (stage, rank) may hold a request to `model` that was sent to LLM replica `llm_rank` and
+        decode process `decode_rank` (-1: not sent yet, so any of its model's may be receiving it now): the
+        requests it may hold fail when it does."""
         if model not in self.plan_of(stage, rank).models:
             return False
-        return stage != "llm" or llm_rank in (rank, -1)
+        sent_to = {"llm": llm_rank, "decode": decode_rank}.get(stage)
+        return sent_to is None or sent_to in (rank, -1)
 
     def llm_ranks_of(self, model: str) -> list[int]:
         """The LLM replicas serving `model`."""

@@ -83,6 +83,7 @@ def slot_specs(sizes: ShmSizes) -> dict[str, tuple[tuple[int, ...], type]]:
         "client": ((n,), np.int64),  # client_key() of the client address, for --max_requests_per_client
         "model": ((n,), np.int64),  # index of the request's model in ServerSettings.models (the HTTP worker's choice)
         "llm_rank": ((n,), np.int64),  # the LLM replica the encode process sent it to; -1 until then
+        "decode_rank": ((n,), np.int64),  # the decode process its LLM gave it to; -1 until then
         "text_len": ((n,), np.int64),
         "text": ((n, text_bytes), np.uint8),  # tts_text, UTF-8
         "prompt_text_len": ((n,), np.int64),
@@ -132,7 +133,7 @@ class RequestSlots:
             self.a["owner_rank"][slot] = http_rank
             self.a["client"][slot] = client
             self.a["model"][slot] = model
-            self.a["llm_rank"][slot] = -1
+            self.a["llm_rank"][slot] = self.a["decode_rank"][slot] = -1
         self.audio.reset(slot)
         self.a["usage_text_tokens"][slot] = self.a["usage_speech_tokens"][slot] = self.a["voice_kind"][slot] = 0
         return slot
@@ -165,6 +166,13 @@ class RequestSlots:
     def llm_rank_of(self, slot: int) -> int:
         """The LLM replica holding the slot's request, -1 before the encode process sent it on."""
         return int(self.a["llm_rank"][slot])
+
+    def set_decode_rank(self, slot: int, rank: int) -> None:
+        self.a["decode_rank"][slot] = rank
+
+    def decode_rank_of(self, slot: int) -> int:
+        """The decode process holding the slot's request, -1 before its LLM gave it to one."""
+        return int(self.a["decode_rank"][slot])
 
     def num_in_use(self) -> int:
         return int(np.count_nonzero(self.a["owner"]))

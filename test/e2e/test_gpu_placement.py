@@ -5,7 +5,11 @@ requests, each of which gets exactly its own audio."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
+import threading
+import time
 
 import httpx
 import pytest
@@ -71,3 +75,45 @@ def test_interleaved_requests_each_get_their_own_audio_from_every_process(placed
     assert min(llm) > 0, llm  # the dispatcher used both LLM replicas
     assert decode[0] + decode[2] > 0 and decode[1] + decode[3] > 0, decode  # and decode processes on both "GPUs"
     assert placed.wait_slots_free(5.0) < 5.0
+
+
+def test_a_failed_decode_process_fails_only_the_streams_it_held(placed, pipeline):
+    """A stream on one decode process goes on, to its exact audio, while another decode process of the same
+    model dies and is restarted (the slot records which decode process each request went to)."""
+    text, wav, seed = "Hello there, this stream outlives another process.", voice_wav(40), 300
+    before = placed.metrics()
+    result: dict = {}
+
+    def stream():
+        with httpx.stream("POST", f"{placed.url}/inference_zero_shot", data=zero_shot_form(text, seed, True),
+                          files={"prompt_wav": ("p.wav", wav, "audio/wav")}, timeout=180) as r:
+            result["status"], result["body"] = r.status_code, b"".join(r.iter_raw())
+
+    client = threading.Thread(target=stream)
+    client.start()
+    deadline = time.monotonic() + 60
+    while (rank := started_on(placed, before)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rank is not None, "the stream never reached a decode process"
+    other = (rank + 1) % 4
+    victim = httpx.get(f"{placed.url}/readiness").json()["processes"][f"decode{other}"]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    client.join(120)
+    assert result["status"] == 200
+    assert_same_audio(result["body"], reference_pcm(pipeline, text, wav, seed, stream=True))
+    deadline = time.monotonic() + 60  # the restart policy brings the dead one back
+    while httpx.get(f"{placed.url}/readiness").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    processes = httpx.get(f"{placed.url}/readiness").json()["processes"]
+    assert processes[f"decode{other}"]["pid"] != victim
+    assert f"decode{other} (pid {victim}) DIED" in placed.log_path.read_text()
+
+
+def started_on(srv, before: dict) -> int | None:
+    """The decode rank that started a request since `before` (lighttts_stage_requests_total), if one did."""
+    after = srv.metrics()
+    for rank in range(4):
+        key = ("lighttts_stage_requests_total", (("rank", str(rank)), ("stage", "decode")))
+        if after.get(key, 0) > before.get(key, 0):
+            return rank
+    return None
