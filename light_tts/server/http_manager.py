@@ -143,9 +143,9 @@ class HttpServerManager:
         hung = p.hung_backends(self.cfg.worker_hang_timeout_s)
         if hung:
             return f"worker {_names(hung)} has not responded for {self.cfg.worker_hang_timeout_s:g} s"
-        starting = [key for key, state in p.backend_states().items() if state != ProcessTable.READY]
+        starting = p.unready_backends()
         if starting:
-            return f"worker {_names(sorted(starting))} is loading its model (starting or restarting)"
+            return f"worker {_names(starting)} is loading its model (starting or restarting)"
         return None
 
     def submit(self, tts_text: str, prompt_text: str, prompt_wav: bytes, *, stream: bool, speed: float,

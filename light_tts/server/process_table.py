@@ -155,8 +155,12 @@ class ProcessTable:
     def backend_states(self) -> dict[tuple[str, int], int]:
         return {key: int(self.a["state"][row]) for key, row in self.rows.items() if key[0] != "http"}
 
+    def unready_backends(self) -> list[tuple[str, int]]:
+        """Backends not READY (starting, restarting or dead), in table order."""
+        return [key for key, state in self.backend_states().items() if state != self.READY]
+
     def all_backends_ready(self) -> bool:
-        return all(state == self.READY for state in self.backend_states().values())
+        return not self.unready_backends()
 
     def dead_backends(self) -> list[tuple[str, int]]:
         return [key for key, state in self.backend_states().items() if state == self.DEAD]
