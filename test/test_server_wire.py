@@ -166,13 +166,16 @@ def test_settings_derive_every_size_from_config_and_model():
     engine = s.llm_engine_config("cuda:0")
     assert dataclasses.asdict(engine) == {
         "max_total_token_num": None, "batch_max_tokens": 900, "running_max_req_size": 5,
-        "graph_max_batch_size": cfg.graph_max_batch_size, "disable_cudagraph": False, "data_type": "bfloat16",
+        "graph_max_batch_size": 5,  # every batch the request slots allow runs as a graph
+        "disable_cudagraph": False, "data_type": "bfloat16",
         "router_max_wait_tokens": 3, "max_req_total_len": 900, "enable_prefix_cache": False,
         "kv_cache_mem_fraction": 0.3,
         "first_hop_tokens": 2 * 25 - 1 + 3,  # the model's chunk (25) less one of alignment pad, and its lookahead
         "ahead_tokens": int(cfg.llm_ahead_seconds * 50)}  # at the model's 50 tokens per second
     assert s.llm_engine_config("cpu").data_type == "float32"
     assert s.max_fixed_speech_tokens == 900
+    smaller = build_settings(dataclasses.replace(cfg, graph_max_batch_size=2), model)
+    assert smaller.llm_engine_config("cuda:0").graph_max_batch_size == 2
 
 
 def test_settings_survive_json_for_gunicorn_workers():

@@ -85,7 +85,9 @@ class ServerConfig:
     max_req_total_len: int = _opt("LLM", 8192, "most prompt + generated tokens of one LLM request")
     batch_max_tokens: int | None = _opt("LLM", None, "most tokens in one prefill batch",
                                         default_text="--max_req_total_len")
-    graph_max_batch_size: int = _opt("LLM", 16, "largest LLM decode batch run as a CUDA graph (GPU only)")
+    graph_max_batch_size: int | None = _opt("LLM", None, "largest LLM decode batch run as a CUDA graph (GPU only; a "
+                                                         "larger batch runs eagerly, several times slower)",
+                                            default_text="--running_max_req_size: every batch")
     disable_cudagraph: bool = _opt("LLM", False, "run the LLM and the decode engine without CUDA graphs (GPU "
                                                  "only; the CPU never uses them)")
     kv_cache_mem_fraction: float = _opt("LLM", 0.5, "share of the GPU memory left after warm-up that the LLM KV "
@@ -194,7 +196,7 @@ class ServerConfig:
         parse_model_specs(self.model_dir or ())  # names: distinct, not "default"
         positive = ("httpserver_workers", "encode_process_num", "decode_process_num", "encode_paral_num",
                     "gpt_paral_num", "decode_max_batch_size",
-                    "max_req_total_len", "running_max_req_size", "graph_max_batch_size", "router_max_wait_tokens",
+                    "max_req_total_len", "running_max_req_size", "router_max_wait_tokens",
                     "cache_capacity", "max_text_chars", "max_prompt_wav_bytes", "cpu_threads", "max_voices")
         for name in positive:
             if getattr(self, name) < 1:
@@ -209,7 +211,7 @@ class ServerConfig:
             raise ValueError("--decode_mem_fraction must be in (0, 1], --deadline_margin_s >= 0")
         if self.first_hop_tokens < 0 or self.flow_context_window < 0 or self.llm_ahead_seconds < 0:
             raise ValueError("--first_hop_tokens, --flow_context_window and --llm_ahead_seconds must be >= 0")
-        for name in ("batch_max_tokens", "max_total_token_num"):
+        for name in ("batch_max_tokens", "max_total_token_num", "graph_max_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1")
         if not 0 < self.port < 65536:

@@ -115,6 +115,7 @@ class DecodeWorker:
         metrics.DECODE_POOL_PAGES.labels(rank, "total").set(stats.pages_total)
         metrics.DECODE_POOL_PAGES.labels(rank, "cached").set(stats.pages_cached)
         metrics.DECODE_WAITING.labels(rank).set(stats.waiting_for_pages)
+        metrics.DECODE_CAPACITY.labels(rank).set(self.engine.capacity_streams())
         new = stats.preemptions - self.eager_reported.get("preemptions", 0)
         if new > 0:
             metrics.DECODE_PREEMPTIONS.labels(rank).inc(new)

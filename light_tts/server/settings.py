@@ -110,7 +110,7 @@ class ServerSettings:
             "max_total_token_num": c.max_total_token_num,
             "batch_max_tokens": c.batch_max_tokens or c.max_req_total_len,
             "running_max_req_size": c.running_max_req_size,  # one engine request per server request at a time
-            "graph_max_batch_size": c.graph_max_batch_size,
+            "graph_max_batch_size": c.graph_max_batch_size or c.running_max_req_size,
             "disable_cudagraph": c.disable_cudagraph,
             "data_type": self.llm_dtype(device),
             "router_max_wait_tokens": c.router_max_wait_tokens,
