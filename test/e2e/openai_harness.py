@@ -18,7 +18,7 @@ import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
-from server_harness import ServerProcess, voice_wav
+from server_harness import ServerProcess, outcomes, voice_wav  # outcomes: re-exported for the tests
 
 KEY, FILE_KEY, WRONG_KEY = "e2e-key-0123456789abcdef", "e2e-file-key-fedcba9876543210", "e2e-wrong-key-000000"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -120,14 +120,6 @@ def reference_pcm(server, voice):
                                     extra_body=EXTRA).content
     assert len(pcm) == 2 * TOKENS * SAMPLES_PER_TOKEN
     return np.frombuffer(pcm, "<i2")
-
-
-def outcomes(server, endpoint: str) -> dict[str, float]:
-    counts: dict[str, float] = {}
-    for (name, labels), value in server.metrics().items():  # summed over the model label
-        if name == "lighttts_requests_total" and dict(labels).get("endpoint") == endpoint:
-            counts[dict(labels)["outcome"]] = counts.get(dict(labels)["outcome"], 0) + value
-    return counts
 
 
 # ---- which HTTP worker serves a connection (from /proc: the worker process holding the accepted socket)

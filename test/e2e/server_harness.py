@@ -164,3 +164,11 @@ class ServerProcess:
             alive = {pid for pid in alive if Path(f"/proc/{pid}").exists()}
         assert not alive, f"orphan worker processes: {alive}"
         assert self.shm_leftovers() == []
+
+
+def outcomes(server, endpoint: str) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for (name, labels), value in server.metrics().items():  # summed over the model label
+        if name == "lighttts_requests_total" and dict(labels).get("endpoint") == endpoint:
+            counts[dict(labels)["outcome"]] = counts.get(dict(labels)["outcome"], 0) + value
+    return counts

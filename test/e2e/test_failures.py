@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server_harness import ServerProcess, voice_wav
+from server_harness import ServerProcess, outcomes, voice_wav
 
 TIME_LIMIT_S = 6  # --request_timeout_s of the small server: long enough for a first chunk on a busy 2-core host
 LONG_TEXT = " ".join(f"Sentence number {w} is a little longer than the others." for w in
@@ -46,14 +46,9 @@ class StreamingClient(threading.Thread):
             self.first_chunk.set()
 
 
-def client_gone(server) -> float:
-    return sum(v for (name, labels), v in server.metrics().items()
-               if name == "lighttts_requests_total" and dict(labels).get("outcome") == "client_gone")
-
-
 def test_client_dropped_mid_stream_frees_its_slot(server):
     server.wait_slots_free(2.0)
-    gone_before = client_gone(server)
+    gone_before = outcomes(server, "inference_zero_shot").get("client_gone", 0)
     files = {"prompt_wav": ("p.wav", voice_wav(1), "audio/wav")}
     # 8 sentences of 600 speech tokens each: over three minutes of audio, so the request cannot end by itself
     # between its first chunk and the checks below (a random model's sentences may otherwise end at once)
@@ -64,7 +59,8 @@ def test_client_dropped_mid_stream_frees_its_slot(server):
         assert server.slots_in_use() == 1
     server.wait_slots_free(10.0)  # the connection closed mid-stream; the audio alone would take far longer
     m = server.metrics()
-    assert client_gone(server) == gone_before + 1  # freed because the client left, not because the audio ended
+    # freed because the client left, not because the audio ended
+    assert outcomes(server, "inference_zero_shot").get("client_gone", 0) == gone_before + 1
     assert m[("lighttts_queue_depth", (("rank", "0"), ("stage", "llm")))] == 0  # the LLM let go of it too
 
 
