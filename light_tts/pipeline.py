@@ -13,7 +13,7 @@ import torch
 
 from light_tts.frontend.frontend import Frontend, Prompt
 from light_tts.model_dir import check_complete, load_model_config
-from light_tts.models.speech_lm import SpeechLM, min_max_len
+from light_tts.models.cosyvoice2.speech_lm import SpeechLM, min_max_len
 from light_tts.request_rules import check_speed, sentence_seed
 from light_tts.sampling import RASSampler
 from light_tts.token2wav import HopPolicy, Token2Wav

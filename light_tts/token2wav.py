@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 from light_tts.frontend.prompt import Prompt
 from light_tts.model_config import ModelConfig
-from light_tts.models.flow import Flow
-from light_tts.models.hift import HiFT
-from light_tts.models.hift.streaming import HiFTStreamState, hift_stream_chunk
+from light_tts.models.cosyvoice2.flow import Flow
+from light_tts.models.cosyvoice2.hift import HiFT
+from light_tts.models.cosyvoice2.hift.streaming import HiFTStreamState, hift_stream_chunk
 
 
 @dataclass(frozen=True)

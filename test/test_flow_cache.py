@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from light_tts.model_dir import load_model_config
-from light_tts.models.flow import Flow
+from light_tts.models.cosyvoice2.flow import Flow
 from light_tts.tools.parity import rel_l2
 
 LOOKAHEAD = 3

@@ -5,7 +5,7 @@ import torch
 
 from light_tts.errors import ModelDirError
 from light_tts.model_dir import load_model_config
-from light_tts.models.flow import Flow
+from light_tts.models.cosyvoice2.flow import Flow
 from light_tts.tools.parity import rel_l2
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from light_tts.model_config import F0PredictorConfig, HiFTConfig
-from light_tts.models.hift import HiFT, HiFTStreamState, hift_stream_chunk
-from light_tts.models.hift.streaming import MEL_CACHE_LEN
+from light_tts.models.cosyvoice2.hift import HiFT, HiFTStreamState, hift_stream_chunk
+from light_tts.models.cosyvoice2.hift.streaming import MEL_CACHE_LEN
 
 CFG = HiFTConfig(base_channels=64, nb_harmonics=8, f0_predictor=F0PredictorConfig(cond_channels=64))
 SPF = CFG.samples_per_frame  # 480

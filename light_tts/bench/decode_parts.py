@@ -15,9 +15,9 @@ from light_tts.decode.flow_inputs import ChunkSpec
 from light_tts.decode.scheduler import SchedulerConfig
 from light_tts.frontend.prompt import Prompt
 from light_tts.model_config import ModelConfig
-from light_tts.models.flow import Flow
-from light_tts.models.hift import HiFT
-from light_tts.models.hift.streaming import MEL_CACHE_LEN, HiFTStreamState, hift_stream_chunk
+from light_tts.models.cosyvoice2.flow import Flow
+from light_tts.models.cosyvoice2.hift import HiFT
+from light_tts.models.cosyvoice2.hift.streaming import MEL_CACHE_LEN, HiFTStreamState, hift_stream_chunk
 from light_tts.token2wav import HopPolicy
 
 PROMPT_TOKENS = 125  # a 5-second prompt

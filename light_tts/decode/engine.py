@@ -29,7 +29,7 @@ from light_tts.decode.request import SAMPLE_RATE, DecodeRequest
 from light_tts.decode.scheduler import Candidate, SchedulerConfig, StepTimeModel, schedule
 from light_tts.frontend.prompt import Prompt
 from light_tts.model_config import ModelConfig
-from light_tts.models.hift.streaming import hift_stream_chunk
+from light_tts.models.cosyvoice2.hift.streaming import hift_stream_chunk
 from light_tts.token2wav import ChunkSchedule, HopPolicy, Token2Wav, first_hop_pad
 
 logger = logging.getLogger(__name__)

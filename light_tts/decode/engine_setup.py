@@ -15,7 +15,7 @@ from light_tts.decode.flow_runner import FlowRunner, make_buckets
 from light_tts.decode.hift_graph import HiFTGraphs
 from light_tts.decode.page_pool import PagePool
 from light_tts.decode.paged_flow import PagedFlow
-from light_tts.models.hift.streaming import MEL_CACHE_LEN
+from light_tts.models.cosyvoice2.hift.streaming import MEL_CACHE_LEN
 
 logger = logging.getLogger(__name__)
 CPU_POOL_BYTES = 384 << 20  # the pool's size on a CPU host (the tiny model's pages are ~1.5 MB)

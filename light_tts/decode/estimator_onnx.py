@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from light_tts.models.flow.estimator import CausalConditionalDecoder
+from light_tts.models.cosyvoice2.flow.estimator import CausalConditionalDecoder
 
 INPUT_NAMES = ("x", "mask", "mu", "t", "spks", "cond")
 OUTPUT_NAME = "estimator_out"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from light_tts.models.hift.streaming import HiFTStreamState
+from light_tts.models.cosyvoice2.hift.streaming import HiFTStreamState
 
 
 def stack_hift_states(states: list[HiFTStreamState]) -> HiFTStreamState:

@@ -14,7 +14,7 @@ import logging
 import torch
 
 from light_tts.decode.flow_runner import record_graph
-from light_tts.models.hift.generator import HiFT
+from light_tts.models.cosyvoice2.hift.generator import HiFT
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from light_tts.decode.flow_cache import FlowCache
 from light_tts.decode.flow_inputs import FlowInputs
 from light_tts.kernels.flow_ops import relpos_attention, store_pages
-from light_tts.models.flow.encoder import ConformerBlock, UpsampleConformerEncoder
+from light_tts.models.cosyvoice2.flow.encoder import ConformerBlock, UpsampleConformerEncoder
 
 
 def conv_matrix(conv: torch.nn.Conv1d) -> torch.Tensor:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from light_tts.models.hift.streaming import HiFTStreamState
+from light_tts.models.cosyvoice2.hift.streaming import HiFTStreamState
 from light_tts.token2wav import ChunkSchedule
 
 SAMPLE_RATE = 24000

@@ -205,9 +205,9 @@ def make_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, llm_seed:
     `seed` makes it."""
     from light_tts.decode.estimator_onnx import export_estimator_onnx
     from light_tts.model_dir import load_model_config
-    from light_tts.models.flow import Flow
-    from light_tts.models.hift import HiFT
-    from light_tts.models.speech_lm import SpeechLM
+    from light_tts.models.cosyvoice2.flow import Flow
+    from light_tts.models.cosyvoice2.hift import HiFT
+    from light_tts.models.cosyvoice2.speech_lm import SpeechLM
     from light_tts.tools.make_onnx import write_campplus_onnx, write_speech_tokenizer_onnx
     from light_tts.tools.make_tokenizer import write_tokenizer
 

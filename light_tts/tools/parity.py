@@ -25,10 +25,10 @@ import torch
 from light_tts.frontend.prompt_mel import prompt_mel
 from light_tts.model_config import ModelConfig
 from light_tts.model_dir import load_model_config
-from light_tts.models.flow import Flow
-from light_tts.models.hift import HiFT
+from light_tts.models.cosyvoice2.flow import Flow
+from light_tts.models.cosyvoice2.hift import HiFT
 from light_tts.models.qwen2 import KVCache, rope_cos_sin
-from light_tts.models.speech_lm import SpeechLM
+from light_tts.models.cosyvoice2.speech_lm import SpeechLM
 from light_tts.sampling import GreedySampler
 
 LOGPROB_TOL = MEL_TOL = 1e-4  # the fixture README's float32 CPU tolerances

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from light_tts.model_config import FlowConfig
-from light_tts.models.flow.cache import FlowStreamState
-from light_tts.models.flow.cfm import CausalConditionalCFM
-from light_tts.models.flow.encoder import UpsampleConformerEncoder
+from light_tts.models.cosyvoice2.flow.cache import FlowStreamState
+from light_tts.models.cosyvoice2.flow.cfm import CausalConditionalCFM
+from light_tts.models.cosyvoice2.flow.encoder import UpsampleConformerEncoder
 from light_tts.models.weights import load_strict, read_state_dict
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from light_tts.models.hift.generator import HiFT
+from light_tts.models.cosyvoice2.hift.generator import HiFT
 
 MEL_CACHE_LEN = 8  # mel frames re-vocoded at the start of the next chunk
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from light_tts.model_config import EstimatorConfig
-from light_tts.models.flow.cache import EstimatorCache
-from light_tts.models.flow.encoder import chunk_mask, mask_padding
+from light_tts.models.cosyvoice2.flow.cache import EstimatorCache
+from light_tts.models.cosyvoice2.flow.encoder import chunk_mask, mask_padding
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from light_tts.model_config import CFMConfig
-from light_tts.models.flow.cache import EstimatorCache
-from light_tts.models.flow.estimator import CausalConditionalDecoder
+from light_tts.models.cosyvoice2.flow.cache import EstimatorCache
+from light_tts.models.cosyvoice2.flow.estimator import CausalConditionalDecoder
 
 NOISE_FRAMES = 50 * 300  # upstream draws 300 s of noise once; longer utterances are not supported
 

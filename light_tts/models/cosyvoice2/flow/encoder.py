@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from light_tts.model_config import EncoderConfig
-from light_tts.models.flow.cache import EncoderCache
+from light_tts.models.cosyvoice2.flow.cache import EncoderCache
 
 
 def chunk_mask(q_start: int, num_q: int, num_k: int, chunk_size: int, device: torch.device) -> torch.Tensor:

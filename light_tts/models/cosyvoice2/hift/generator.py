@@ -12,8 +12,8 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from light_tts.kernels.flow_ops import snake
 from light_tts.model_config import HiFTConfig
-from light_tts.models.hift.f0_predictor import ConvRNNF0Predictor
-from light_tts.models.hift.source import Generators, HarmonicSource, draw_source_noise
+from light_tts.models.cosyvoice2.hift.f0_predictor import ConvRNNF0Predictor
+from light_tts.models.cosyvoice2.hift.source import Generators, HarmonicSource, draw_source_noise
 from light_tts.models.weights import load_strict, read_state_dict
 
 
