@@ -1,0 +1,71 @@
+"""Where a decode step's GPU time goes: the CUDA kernels of one eager flow pass (batch 1, a middle 1-second chunk)
+and of one HiFT pass (32 rows), grouped by kernel name, with counts and total time.
+
+    python -m light_tts.bench.decode_profile --out profile.json [--model-dir DIR] [--dtype fp16] [--top 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from light_tts.bench.decode_parts import make_engine, random_model_dir
+from light_tts.decode.flow_inputs import ChunkSpec
+from light_tts.models.cosyvoice2.hift.streaming import MEL_CACHE_LEN, HiFTStreamState, hift_stream_chunk
+
+
+def kernel_table(fn, top: int) -> dict:
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    groups: dict[str, list[float]] = defaultdict(list)
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            groups[e.name[:90]].append(e.device_time_total)
+    total_us = sum(sum(v) for v in groups.values())
+    rows = sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:top]
+    return {"kernels": sum(len(v) for v in groups.values()), "gpu_ms": total_us / 1e3,
+            "top": [{"name": k, "count": len(v), "ms": sum(v) / 1e3} for k, v in rows]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model-dir", type=Path)
+    parser.add_argument("--dtype", default="fp16")
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args(argv)
+    cfg = random_model_dir(args.model_dir or Path(tempfile.mkdtemp()))
+    engine = make_engine(cfg, args.dtype, None, graphs=False, num_pages=64, max_pass_tokens=1024)
+    spec = ChunkSpec(slot=1, read_slot=1, page_table=list(range(6)), t0=125, tokens=[1] * 28, num_lookahead=3)
+    inputs = engine.runner.build([spec], None)
+    out = {"gpu": torch.cuda.get_device_name(), "flow_b1": kernel_table(lambda: engine.runner.paged(inputs), args.top)}
+    rows, dev, spf = 32, engine.device, engine.hift.samples_per_frame
+    mel = torch.randn(rows, 80, 50, device=dev)
+    gens = [torch.Generator(device=dev).manual_seed(i) for i in range(rows)]
+
+    def hift_pass():
+        state = HiFTStreamState(mel=torch.randn(rows, 80, MEL_CACHE_LEN, device=dev),
+                                source=torch.zeros(rows, 1, MEL_CACHE_LEN * spf, device=dev),
+                                speech=torch.zeros(rows, MEL_CACHE_LEN * spf, device=dev))
+        hift_stream_chunk(engine.hift, state, mel, False, generator=gens)
+
+    out["hift_32rows"] = kernel_table(hift_pass, args.top)
+    args.out.write_text(json.dumps(out, indent=1))
+    for part in ("flow_b1", "hift_32rows"):
+        t = out[part]
+        print(f"{part}: {t['kernels']} kernels, {t['gpu_ms']:.2f} ms of GPU time")
+        for row in t["top"]:
+            print(f"  {row['count']:5d} x {row['ms']:7.3f} ms  {row['name']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
