@@ -23,10 +23,10 @@ _master: dict = {}
 def on_starting(server):
     import msgspec
 
-    from light_tts.server.config import ServerConfig
-    from light_tts.server.launcher import ServerProcesses, SharedState, check_placement, resolve_model_dir
-    from light_tts.server.settings import load_settings
-    from light_tts.server.topology import PortArgs
+    from light_tts.server.runtime.config import ServerConfig
+    from light_tts.server.launch.launcher import ServerProcesses, SharedState, check_placement, resolve_model_dir
+    from light_tts.server.runtime.settings import load_settings
+    from light_tts.server.runtime.topology import PortArgs
 
     cfg = ServerConfig.from_args(shlex.split(os.environ.get("LIGHTTTS_ARGS", "")))
     cfg = resolve_model_dir(cfg.replace(httpserver_workers=server.cfg.workers))
@@ -68,12 +68,12 @@ def __getattr__(name):
         raise AttributeError(name)
     import msgspec
 
-    from light_tts.server.api_server import create_app
-    from light_tts.server.process_table import ProcessTable
-    from light_tts.server.settings import ServerSettings
-    from light_tts.server.shm import RequestSlots
-    from light_tts.server.topology import PortArgs
-    from light_tts.server.worker_common import set_process_title
+    from light_tts.server.api.app import create_app
+    from light_tts.server.ipc.process_table import ProcessTable
+    from light_tts.server.runtime.settings import ServerSettings
+    from light_tts.server.ipc.shm import RequestSlots
+    from light_tts.server.runtime.topology import PortArgs
+    from light_tts.server.workers.worker_common import set_process_title
 
     settings, ports = msgspec.json.decode(os.environ[BACKEND_ENV], type=tuple[ServerSettings, PortArgs])
     table = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path, topology=settings.topology)

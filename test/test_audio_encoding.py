@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from light_tts.server.audio_encoding import CONTENT_TYPES, RESPONSE_FORMATS, encode_file, make_encoder
+from light_tts.server.api.audio_encoding import CONTENT_TYPES, RESPONSE_FORMATS, encode_file, make_encoder
 
 RATE = 24000
 TONE_HZ = 440.0

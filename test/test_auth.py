@@ -10,7 +10,7 @@ import websockets
 from fastapi import FastAPI, WebSocket
 
 from asgi_thread import serving
-from light_tts.server.auth import (WS_KEY_PROTOCOL, ApiKeyMiddleware, AuthSettings, install_log_redaction,
+from light_tts.server.api.auth import (WS_KEY_PROTOCOL, ApiKeyMiddleware, AuthSettings, install_log_redaction,
                                    read_api_key_file)
 
 KEYS = ("key-one-aaaaaaaa", "key-two-bbbbbbbb", "key-three-cccccc")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from light_tts.server.devices import gpu_layout, parse_gpu_list, pick_least_loaded
+from light_tts.server.runtime.devices import gpu_layout, parse_gpu_list, pick_least_loaded
 
 
 def devices(layout, stage, count):

@@ -68,7 +68,7 @@ def test_cpu_image_steps_install_and_serve_the_tiny_model(tmp_path):
     print(f"image install step: {time.monotonic() - start:.0f} s")
     assert install.returncode == 0, install.stderr[-4000:]
     venv_python = Path(env["LIGHTTTS_VENV"]) / "bin" / "python"
-    assert subprocess.run([str(venv_python), "-c", "import light_tts.server.api_server, torch"]).returncode == 0
+    assert subprocess.run([str(venv_python), "-c", "import light_tts.server.api.app, torch"]).returncode == 0
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -127,7 +127,7 @@ def test_unspeakable_text_is_rejected(normalizer, text):
 def test_too_long_text_is_rejected(normalizer):
     """One text limit for the offline pipeline and the server (request_rules.MAX_TEXT_CHARS)."""
     from light_tts.request_rules import MAX_TEXT_CHARS
-    from light_tts.server.config import ServerConfig
+    from light_tts.server.runtime.config import ServerConfig
 
     assert ServerConfig().max_text_chars == MAX_TEXT_CHARS
     with pytest.raises(TextError, match=f"100000 characters; the limit is {MAX_TEXT_CHARS}"):

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 from light_tts.errors import NotFoundError
-from light_tts.server.config import ServerConfig
-from light_tts.server.model_set import (ModelEntry, ModelFacts, digest_files, parse_model_specs, resolve_model)
-from light_tts.server.placement import (CUDA_CONTEXT_BYTES, GIB, ProcessPlan, Topology, check_fits, check_shares,
+from light_tts.server.runtime.config import ServerConfig
+from light_tts.server.runtime.model_set import (ModelEntry, ModelFacts, digest_files, parse_model_specs, resolve_model)
+from light_tts.server.runtime.placement import (CUDA_CONTEXT_BYTES, GIB, ProcessPlan, Topology, check_fits, check_shares,
                                         decode_groups, plan)
 
 FACTS = ModelFacts("x", 24000, 25, 2, 192, 80, 25, 3)
@@ -103,7 +103,7 @@ def test_startup_refuses_what_does_not_fit_a_gpu():
 
 def test_settings_of_several_models(tmp_path):
     from light_tts.model_config import FlowConfig, ModelConfig
-    from light_tts.server.settings import build_settings
+    from light_tts.server.runtime.settings import build_settings
 
     models = [ModelConfig(Path("/models/a")), ModelConfig(Path("/models/b"), sample_rate=48000, token_frame_rate=50)]
     s = build_settings(ServerConfig(max_prompt_seconds=4), models, ["a", "b"])

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from light_tts.model_config import ModelConfig
-from light_tts.server.config import ServerConfig
-from light_tts.server.process_table import ProcessTable
-from light_tts.server.settings import build_settings
-from light_tts.server.shm import RequestSlots
-from light_tts.server.topology import PortArgs
-from light_tts.server.voice_cache import VoiceCache
+from light_tts.server.runtime.config import ServerConfig
+from light_tts.server.ipc.process_table import ProcessTable
+from light_tts.server.runtime.settings import build_settings
+from light_tts.server.ipc.shm import RequestSlots
+from light_tts.server.runtime.topology import PortArgs
+from light_tts.server.ipc.voice_cache import VoiceCache
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_help_groups_flags_by_stage_and_shows_each_default_once():
     import subprocess
     import sys
 
-    from light_tts.server.config import GROUPS
+    from light_tts.server.runtime.config import GROUPS
 
     text = subprocess.run([sys.executable, "-m", "light_tts.server.api_server", "--help"], capture_output=True,
                           text=True, check=True).stdout
@@ -182,7 +182,7 @@ def test_form_parsing_is_strict():
     from fastapi.testclient import TestClient
 
     from light_tts.errors import LightTTSError
-    from light_tts.server.request_parsing import parse_zero_shot
+    from light_tts.server.api.request_parsing import parse_zero_shot
 
     settings = build_settings(ServerConfig(max_text_chars=20, max_prompt_wav_bytes=100, max_req_total_len=500),
                               ModelConfig(Path("/models/tiny")))
@@ -238,7 +238,7 @@ def test_hop_policy_and_decode_dtype_flags():
 
 
 def test_playback_counts_stalls_and_slack():
-    from light_tts.server.playback import Playback
+    from light_tts.server.metrics.playback import Playback
 
     p = Playback(sample_rate=100)
     assert p.on_chunk(100, now=10.0) == (0.0, None)  # 1 s of audio: playback runs until 11.0
@@ -251,7 +251,7 @@ def test_playback_counts_stalls_and_slack():
 
 
 def test_idle_release_state_machine():
-    from light_tts.server.idle import IdleRelease
+    from light_tts.server.workers.idle import IdleRelease
 
     idle = IdleRelease(idle_s=5.0)
     assert not idle.should_release(has_work=False, now=0.0)  # idle from t=0
@@ -267,7 +267,7 @@ def test_idle_release_state_machine():
 
 
 def test_voice_cache_keys_are_per_frontend(shared):
-    from light_tts.server.voice_cache import voice_cache_key
+    from light_tts.server.ipc.voice_cache import voice_cache_key
 
     _, _, _, _, voices, _ = shared
     rng = np.random.default_rng(1)

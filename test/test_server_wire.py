@@ -18,16 +18,16 @@ import zmq
 
 from light_tts.errors import RequestError, TextError, error_from_kind
 from light_tts.model_config import FlowConfig, MelConfig, ModelConfig
-from light_tts.server import io_struct
-from light_tts.server.audio_ring import AudioRing
-from light_tts.server.config import ServerConfig
-from light_tts.server.io_struct import (AbortDone, AbortRequest, AudioReady, ComputeFeatures, DecodeStart,
+from light_tts.server.ipc import io_struct
+from light_tts.server.ipc.audio_ring import AudioRing
+from light_tts.server.runtime.config import ServerConfig
+from light_tts.server.ipc.io_struct import (AbortDone, AbortRequest, AudioReady, ComputeFeatures, DecodeStart,
                                         EncodeRequest, FeaturesReady, LLMRequestIn, RequestFailed, RequestParams,
                                         SpeechTokenBatch, TextPiece, TextTokens)
-from light_tts.server.process_table import ProcessTable
-from light_tts.server.settings import build_settings
-from light_tts.server.topology import PortArgs
-from light_tts.server.worker_common import Handlers, Inbox, Outbox
+from light_tts.server.ipc.process_table import ProcessTable
+from light_tts.server.runtime.settings import build_settings
+from light_tts.server.runtime.topology import PortArgs
+from light_tts.server.workers.worker_common import Handlers, Inbox, Outbox
 
 PARAMS = RequestParams(req_id=7, slot=1, http_rank=0, stream=True, speed=1.0, seed=3, fixed_speech_tokens=25)
 
@@ -192,9 +192,9 @@ def test_compatibility_flags_say_they_do_nothing():
 
 
 STAGE_IMPORTS = {
-    "llm": ("light_tts.server.llm_worker", "light_tts.llm.engine"),
-    "decode": ("light_tts.server.decode_worker", "light_tts.decode.engine"),
-    "http": ("light_tts.server.api_server",),
+    "llm": ("light_tts.server.workers.llm_worker", "light_tts.llm.engine"),
+    "decode": ("light_tts.server.workers.decode_worker", "light_tts.decode.engine"),
+    "http": ("light_tts.server.api.app",),
 }
 NOT_RUN_BY = {"llm": ("light_tts.pipeline", "light_tts.frontend.frontend", "soundfile", "onnxruntime", "fastapi",
                       "light_tts.decode"),

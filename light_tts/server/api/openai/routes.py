@@ -1,0 +1,208 @@
+"""The OpenAI-compatible HTTP endpoints and saved-voice CRUD, on top of a synthesis backend.
+
+The backend is the server's way to run a request (speech_backend.py, over the HTTP manager: slots,
+encode/LLM/decode processes); this module only speaks the protocols: validation, voices, encoding, SSE, status
+codes. The two text-in WebSockets are in speech_ws_api.py. Blocking store calls (SQLite, files) run in the
+thread pool. A client that hangs up before its answer starts cancels the work (unless_disconnected); after
+that, Starlette cancels the streaming body, which closes the synthesis.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import AsyncIterator, Protocol, Sequence
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from light_tts.errors import LightTTSError, RequestError, TextError
+from light_tts.server.runtime.model_set import ModelEntry, resolve_model
+from light_tts.server.api.audio_encoding import CONTENT_TYPES, encode_file, make_encoder
+from light_tts.server.api.openai.schema import (ErrorBody, ModelCard, ModelList, SpeechRequest, SpeechUsage,
+                                            VoiceDeleted, VoiceList, VoiceObject, audio_delta_event,
+                                            audio_done_event, error_event)
+from light_tts.server.api.request_metrics import ClientGone, error_response, unless_disconnected
+from light_tts.server.api.request_parsing import FORM_OVERHEAD_BYTES, read_multipart
+from light_tts.server.api.voice_store import PromptFeatures, VoicePrompt, VoiceStore
+
+log = logging.getLogger("light_tts.openai")
+SAMPLE_RATE = 24000
+# OpenAI's model names, accepted for the default model so that clients with a fixed model name work.
+OPENAI_MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 408, 409, 413, 429, 503, 504)}
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left first
+
+
+@dataclass
+class SynthesisJob:
+    text: str
+    prompt: VoicePrompt
+    speed: float = 1.0
+    is_streamed: bool = True  # False: the backend may return the whole audio at once (speed needs that)
+    seed: int | None = None
+    fixed_speech_tokens: int | None = None
+    endpoint: str = "v1_audio_speech"  # the metrics' label
+    client: str = ""  # the client's address (--max_requests_per_client)
+    usage: SpeechUsage | None = None  # set by the backend once the audio is complete
+    model: int = 0  # index of the model in ServerSettings.models
+
+
+class SynthesisBackend(Protocol):
+    def synthesize(self, job: SynthesisJob) -> AsyncIterator[bytes]:
+        """int16 LE mono 24 kHz chunks; raises LightTTSError (before the first chunk for bad input or overload).
+        Closing the iterator early (the client left) must abort the request."""
+
+    async def compute_features(self, audio: bytes, client: str = "") -> tuple[PromptFeatures, float]:
+        """The prompt features of an uploaded recording and its seconds (the encode process's job); raises
+        AudioError for audio that is not a usable prompt."""
+
+
+async def first_chunk(chunks) -> bytes:
+    """Wait for the first chunk before answering, so that an early failure still gets its HTTP status."""
+    try:
+        return await anext(chunks, b"")
+    except BaseException:
+        await chunks.aclose()
+        raise
+
+
+def client_of(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: Sequence[ModelEntry],
+                         body_timeout_s: float) -> APIRouter:
+    router = APIRouter()
+    created_at = int(time.time())
+
+    @router.post("/v1/audio/speech", responses={200: {"description": "the audio in `response_format` (chunked as "
+                                                                     "it is encoded), or SSE events",
+                                                      "content": {t: {} for t in (*CONTENT_TYPES.values(),
+                                                                                  "text/event-stream")}},
+                                                **ERRORS}, summary="Speak a text with a saved voice (OpenAI)")
+    async def create_speech(body: SpeechRequest, request: Request):
+        """Speak `input` with a saved voice; the audio streams as it is encoded."""
+        try:
+            model = resolve_model(models, body.model, OPENAI_MODEL_ALIASES)  # unknown: 404 naming the models
+            prompt = await run_in_threadpool(store.load_features, body.voice, models[model].frontend_key)
+            job = SynthesisJob(body.input, prompt, body.speed, body.speed == 1.0, body.seed, body.fixed_speech_tokens,
+                               client=client_of(request), model=model)
+            chunks = backend.synthesize(job)
+            first = await unless_disconnected(request, first_chunk(chunks))
+            if not job.is_streamed and body.stream_format == "audio":  # the whole audio: a file with exact headers
+                audio = await unless_disconnected(request, rest_of(first, chunks))
+                return Response(encode_file(body.response_format, audio, SAMPLE_RATE),
+                                media_type=CONTENT_TYPES[body.response_format])
+        except LightTTSError as e:
+            return error_response(e)
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; keeps the log quiet
+        if body.stream_format == "sse":
+            return StreamingResponse(sse_body(first, chunks, job, body.response_format),
+                                     media_type="text/event-stream")
+        # A failure after the headers cuts the body short, which the client sees.
+        return StreamingResponse(encoded(first, chunks, body.response_format),
+                                 media_type=CONTENT_TYPES[body.response_format])
+
+    @router.post("/v1/audio/voices", status_code=201, response_model=VoiceObject, responses=ERRORS,
+                 summary="Save a voice: a recording and its transcript",
+                 openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                     "type": "object", "required": ["audio", "name"], "properties": {
+                         "audio": {"type": "string", "format": "binary", "description": "wav, flac, ogg or mp3"},
+                         "text": {"type": "string", "description": "the transcript (the prompt text)"},
+                         "name": {"type": "string"}}}}}}})
+    async def create_voice(request: Request):
+        """Save a voice: its prompt features are computed once, now (a failure saves nothing)."""
+        try:
+            name, text, audio = await read_voice_upload(request, store.limits.max_upload_bytes, body_timeout_s)
+            await run_in_threadpool(store.check_upload, name, text, audio)  # cheap checks before the model runs
+            features, duration_s = await unless_disconnected(request, backend.compute_features(
+                audio, client_of(request)))
+            # the default model's frontend computed the features (a model of another frontend recomputes them)
+            voice = await run_in_threadpool(store.create, name, text, audio, features, duration_s,
+                                            models[0].frontend_key)
+        except LightTTSError as e:
+            return error_response(e)
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        return JSONResponse(VoiceObject.of(voice).model_dump(), status_code=201)
+
+    @router.get("/v1/audio/voices", response_model=VoiceList, responses=ERRORS, summary="The saved voices")
+    async def list_voices():
+        return VoiceList(data=[VoiceObject.of(v) for v in await run_in_threadpool(store.list)])
+
+    @router.get("/v1/audio/voices/{voice_id}", response_model=VoiceObject, responses=ERRORS,
+                summary="One saved voice")
+    async def get_voice(voice_id: str):
+        try:
+            return VoiceObject.of(await run_in_threadpool(store.get, voice_id))
+        except LightTTSError as e:
+            return error_response(e)
+
+    @router.delete("/v1/audio/voices/{voice_id}", response_model=VoiceDeleted, responses=ERRORS,
+                   summary="Delete a saved voice")
+    async def delete_voice(voice_id: str):
+        """Requests already using the voice finish with it; later ones get 404."""
+        try:
+            await run_in_threadpool(store.delete, voice_id)
+        except LightTTSError as e:
+            return error_response(e)
+        return VoiceDeleted(id=voice_id)
+
+    @router.get("/v1/models", response_model=ModelList, responses=ERRORS, summary="The served models (OpenAI)")
+    async def list_models():
+        return ModelList(data=[ModelCard(id=m.name, created=created_at) for m in models])
+
+    return router
+
+
+async def rest_of(first: bytes, chunks) -> bytes:
+    async with aclosing(chunks):
+        return first + b"".join([c async for c in chunks])
+
+
+async def encoded(first: bytes, chunks, fmt: str):
+    """The response_format bytes as each chunk is encoded; closing this closes (aborts) the synthesis."""
+    encoder = make_encoder(fmt, SAMPLE_RATE)
+    try:
+        async with aclosing(chunks):
+            if out := encoder.encode(first):
+                yield out
+            async for chunk in chunks:
+                if out := encoder.encode(chunk):
+                    yield out
+        yield encoder.finish()
+    finally:
+        encoder.close()
+
+
+async def sse_body(first: bytes, chunks, job: SynthesisJob, fmt: str):
+    try:
+        async with aclosing(encoded(first, chunks, fmt)) as pieces:
+            async for piece in pieces:
+                if piece:
+                    yield audio_delta_event(piece)
+        yield audio_done_event(job.usage or SpeechUsage.of(0, 0))
+    except Exception as e:  # after the 200: the error is the stream's last event
+        if not isinstance(e, LightTTSError):
+            log.exception("speech stream failed")
+        yield error_event(e)
+
+
+async def read_voice_upload(request: Request, max_audio_bytes: int, timeout_s: float) -> tuple[str, str, bytes]:
+    """The multipart fields audio, text and name; a body over the limit is refused before it is read (413),
+    one that stalls for timeout_s gets 408."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise RequestError("expected a multipart/form-data body with fields audio, text and name")
+    parts = await read_multipart(request, max_audio_bytes + FORM_OVERHEAD_BYTES, timeout_s)
+    for field in ("audio", "name"):
+        if field not in parts:
+            raise RequestError(f"missing field {field}")
+    try:
+        return parts["name"].decode("utf-8"), parts.get("text", b"").decode("utf-8"), parts["audio"]
+    except UnicodeDecodeError as e:
+        raise TextError(f"name and text must be UTF-8 ({e.reason} at byte {e.start})") from None

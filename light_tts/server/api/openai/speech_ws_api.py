@@ -1,0 +1,113 @@
+"""The two text-in WebSocket endpoints: the transport that carries out speech_ws's session actions.
+
+One reader loop feeds every frame to the session while at most one synthesis task speaks the current
+utterance, so text for the next utterance (and session.close) is read while audio is still going out. A
+client that disconnects cancels the synthesis, which closes (aborts) the backend's request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import aclosing
+from typing import Sequence
+
+from fastapi import APIRouter, WebSocket
+from starlette.concurrency import run_in_threadpool
+
+from light_tts.errors import LightTTSError
+from light_tts.server.api.audio_encoding import encode_file
+from light_tts.server.runtime.model_set import DEFAULT_NAME, ModelEntry, resolve_model
+from light_tts.server.api.openai.routes import OPENAI_MODEL_ALIASES, SAMPLE_RATE, SynthesisBackend, SynthesisJob, encoded
+from light_tts.server.api.openai.speech_ws import (Close, OrpheusSession, SendBytes, SendJson, SerialSession,
+                                        StreamSpeechSession, Synthesize, Utterance)
+from light_tts.server.api.voice_store import VoiceStore
+
+log = logging.getLogger("light_tts.ws")
+
+
+def add_speech_websockets(router: APIRouter, backend: SynthesisBackend, store: VoiceStore,
+                          models: Sequence[ModelEntry], max_utterance_chars: int) -> None:
+    @router.websocket("/v1/audio/speech/stream")
+    async def speech_stream(ws: WebSocket):
+        await ws.accept()
+        session = StreamSpeechSession(max_utterance_chars, check_voice=store.get)
+        await SessionTransport(ws, session, backend, store, models, "v1_audio_speech_stream").run()
+
+    @router.websocket("/ws/tts")
+    async def orpheus_tts(ws: WebSocket):
+        await ws.accept()
+        await SessionTransport(ws, OrpheusSession(max_utterance_chars), backend, store, models, "ws_tts").run()
+
+
+class SessionTransport:
+    def __init__(self, ws: WebSocket, session: SerialSession, backend: SynthesisBackend, store: VoiceStore,
+                 models: Sequence[ModelEntry], endpoint: str):
+        self.ws, self.session, self.backend, self.store, self.models = ws, session, backend, store, models
+        self.endpoint = endpoint  # the metrics' label
+        self.client = ws.client.host if ws.client else ""
+        self.send_lock = asyncio.Lock()  # the reader and the synthesis task both send
+        self.synthesis: asyncio.Task | None = None
+        self.is_closed = False
+
+    async def run(self) -> None:
+        try:
+            while not self.is_closed:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if message.get("text") is not None:
+                    await self.perform(self.session.on_text(message["text"]))
+                else:
+                    await self.perform(self.session.on_binary(message.get("bytes") or b""))
+        finally:
+            if self.synthesis is not None and not self.synthesis.done():
+                self.synthesis.cancel()
+                await asyncio.gather(self.synthesis, return_exceptions=True)
+
+    async def perform(self, actions: list) -> None:
+        for action in actions:
+            if isinstance(action, Synthesize):
+                self.synthesis = asyncio.create_task(self.speak(action.utterance))
+                continue
+            async with self.send_lock:
+                if self.is_closed:
+                    return
+                if isinstance(action, SendJson):
+                    await self.ws.send_json(action.payload)
+                elif isinstance(action, SendBytes):
+                    await self.ws.send_bytes(action.data)
+                elif isinstance(action, Close):
+                    self.is_closed = True
+                    await self.ws.close(action.code, action.reason)
+
+    async def speak(self, utterance: Utterance) -> None:
+        num_bytes, error = 0, None
+        try:
+            model = resolve_model(self.models, utterance.model or DEFAULT_NAME, OPENAI_MODEL_ALIASES)
+            prompt = await run_in_threadpool(self.store.load_features, utterance.voice_id,
+                                             self.models[model].frontend_key)
+            is_streamed = utterance.is_streamed and utterance.speed == 1.0
+            chunks = self.backend.synthesize(SynthesisJob(utterance.text, prompt, utterance.speed, is_streamed,
+                                                          utterance.seed, utterance.fixed_speech_tokens,
+                                                          self.endpoint, self.client, model=model))
+            if is_streamed:  # closed at once if a send fails, so the request ends with the connection
+                async with aclosing(encoded(b"", chunks, utterance.response_format)) as pieces:
+                    async for piece in pieces:
+                        if piece:
+                            await self.perform([SendBytes(piece)])
+                            num_bytes += len(piece)
+            else:  # one frame holding the whole file, with exact headers
+                async with aclosing(chunks):
+                    pcm = b"".join([c async for c in chunks])
+                data = encode_file(utterance.response_format, pcm, SAMPLE_RATE)
+                await self.perform([SendBytes(data)])
+                num_bytes = len(data)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if not isinstance(e, LightTTSError):
+                log.exception("utterance %d failed", utterance.index)
+            error = e
+        if not self.is_closed:
+            await self.perform(self.session.on_synthesis_done(num_bytes, error))

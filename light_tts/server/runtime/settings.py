@@ -1,0 +1,195 @@
+"""Every process's settings and every shared-memory size, derived once from ServerConfig and the model's config.
+
+The launcher builds one ServerSettings (build_settings) and hands the same object to every process. Nothing here
+has a default of its own: a value is either a ServerConfig flag or a fact read from the model directory (sample
+rate, token rate, speaker-embedding size, mel bins), so a limit or a size is written in exactly one place.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from light_tts.server.api.auth import AuthSettings
+from light_tts.server.runtime.config import ServerConfig
+from light_tts.server.runtime.model_set import (ModelEntry, ModelFacts, check_compatible, make_entry, model_index,
+                                        parse_model_specs)
+from light_tts.server.runtime.placement import Topology, plan
+
+if TYPE_CHECKING:
+    from light_tts.llm.engine import EngineConfig
+    from light_tts.model_config import ModelConfig
+
+AUDIO_RING_SECONDS = 60  # audio a slot's ring holds; a reader further behind gets its audio inline
+
+
+@dataclass(frozen=True)
+class ShmSizes:
+    """Shapes of the request slots (shm.RequestSlots) and the voice cache (voice_cache.VoiceCache)."""
+
+    num_slots: int
+    text_bytes: int  # UTF-8 of the longest text: 4 bytes per character at most
+    wav_bytes: int  # the largest prompt upload
+    prompt_text_tokens: int  # a text never has more tokens than characters
+    prompt_speech_tokens: int  # of the longest prompt, plus one second of slack
+    token_mel_ratio: int
+    embedding_dim: int
+    num_mels: int
+    audio_ring_samples: int
+    cache_capacity: int
+
+    @property
+    def prompt_mel_frames(self) -> int:
+        return self.token_mel_ratio * self.prompt_speech_tokens
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    cfg: ServerConfig
+    model: ModelFacts
+    shm: ShmSizes
+    auth: AuthSettings  # the keys of --api_key and --api_key_file (read once, at startup)
+    data_dir: str  # saved voices: --data_dir, or the XDG data directory
+    models: tuple[ModelEntry, ...]  # every model served; `model` is the first's facts (the default model)
+    topology: Topology  # which process serves which model where (placement.plan)
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    def model_of(self, stage: str, rank: int) -> ModelEntry:
+        """The model an LLM replica serves, or the first of a decode process's group (their flow and HiFT are the
+        same files)."""
+        return self.models[self.model_index(self.topology.plan_of(stage, rank).models[0])]
+
+    def model_index(self, name: str) -> int | None:
+        """Index of tts_model_name `name` ("default": the first model), None for an unknown name."""
+        return model_index(self.models, name)
+
+    def voice_limits(self):
+        """The saved voices' limits: --max_voices, and the limits every prompt upload has (the audio's length,
+        --max_prompt_seconds, is checked by the encode process as for any prompt)."""
+        from light_tts.server.api.voice_store import VoiceLimits
+
+        c = self.cfg
+        return VoiceLimits(max_voices=c.max_voices, max_upload_bytes=c.max_prompt_wav_bytes,
+                           max_text_chars=c.max_text_chars)
+
+    @property
+    def max_fixed_speech_tokens(self) -> int:
+        """Largest `fixed_speech_tokens` a request may ask for: one engine request holds at most
+        --max_req_total_len tokens (the LLM checks the exact fit, prompt included)."""
+        return min(self.cfg.max_req_total_len, self.cfg.max_speech_tokens)
+
+    def sentence_speech_tokens(self, num_text_tokens: int | None, fixed: int | None) -> int:
+        """The most speech tokens a sentence may get (the LLM's max_len, the decode engine's page budget): the
+        fixed length if asked, else upstream's 20 per text token (bistream: text still unknown), within
+        --max_speech_tokens."""
+        if fixed is not None:
+            return fixed
+        bound = self.cfg.max_speech_tokens
+        return bound if num_text_tokens is None else min(bound, 20 * num_text_tokens)
+
+    def llm_dtype(self, device: str) -> str:
+        """--data_type on a GPU; float32 on the CPU, where half precision is slow or missing."""
+        return self.cfg.data_type if device != "cpu" else "float32"
+
+    def decode_dtype(self, device: str) -> str:
+        return self.cfg.decode_data_type if device != "cpu" else "float32"
+
+    def llm_engine_config(self, device: str, rank: int = 0) -> EngineConfig:
+        """The config of llm `rank`'s engine, every field from a flag, its model or the topology (a new
+        EngineConfig field fails here until mapped)."""
+        from light_tts.llm.engine import EngineConfig
+
+        c, m = self.cfg, self.model_of("llm", rank).facts
+        values: dict[str, Any] = {
+            "max_total_token_num": c.max_total_token_num,
+            "batch_max_tokens": c.batch_max_tokens or c.max_req_total_len,
+            "running_max_req_size": c.running_max_req_size,  # one engine request per server request at a time
+            "graph_max_batch_size": c.graph_max_batch_size or c.running_max_req_size,
+            "disable_cudagraph": c.disable_cudagraph,
+            "data_type": self.llm_dtype(device),
+            "router_max_wait_tokens": c.router_max_wait_tokens,
+            "max_req_total_len": c.max_req_total_len,
+            "enable_prefix_cache": not c.disable_prefix_cache,
+            "kv_cache_mem_fraction": self.topology.plan_of("llm", rank).memory_share,
+            # a stream's first audio needs its first hop, the prompt's alignment pad (< a chunk) and the lookahead
+            "first_hop_tokens": (c.first_hop_tokens or 2 * m.chunk_tokens - 1) + m.pre_lookahead,
+            "ahead_tokens": int(c.llm_ahead_seconds * m.token_rate),
+        }
+        unmapped = {f.name for f in fields(EngineConfig)} - set(values)
+        if unmapped:
+            raise TypeError(f"EngineConfig fields without a server flag: {sorted(unmapped)}")
+        return EngineConfig(**values)
+
+    def decode_engine_kwargs(self, device: str, rank: int = 0) -> dict[str, Any]:
+        """Keyword arguments of DecodeEngine(model_cfg, **kwargs) for decode process `rank` on `device`."""
+        import torch
+
+        from light_tts.token2wav import HopPolicy
+
+        from light_tts.decode.engine_setup import EngineLimits
+
+        c = self.cfg
+        limits = EngineLimits(
+            max_stream_tokens=c.max_speech_tokens, max_prompt_tokens=self.shm.prompt_speech_tokens,
+            max_pass_tokens=max(1024, min(8192, 32 * c.decode_max_batch_size)), max_streams=c.decode_max_streams,
+            mem_fraction=self.topology.plan_of("decode", rank).memory_share, deadline_margin_s=c.deadline_margin_s,
+            first_hop_tokens=c.first_hop_tokens, context_window_pages=math.ceil(c.flow_context_window),
+            # streams are admitted within real-time capacity on a GPU; a CPU host is for trying, not real time
+            admission_wait_s=c.admission_wait_s, realtime_admission=device != "cpu", reservation=c.decode_reservation,
+            kv_dtype=None if c.flow_cache_dtype == "auto" or device == "cpu" else c.flow_cache_dtype)
+        return {"device": device, "max_batch_size": c.decode_max_batch_size, "hop_policy": HopPolicy(c.hop_policy),
+                "dtype": getattr(torch, self.decode_dtype(device)), "use_cuda_graph": not c.disable_cudagraph,
+                "limits": limits}
+
+
+def build_settings(cfg: ServerConfig, model_cfgs: ModelConfig | Sequence[ModelConfig],
+                   names: Sequence[str] | None = None, num_gpus: int = 0) -> ServerSettings:
+    """Settings of a server of one model (a ModelConfig) or several (the first is the default); `names` are their
+    tts_model_names (default: the folders' names)."""
+    if not isinstance(model_cfgs, (list, tuple)):
+        model_cfgs = [model_cfgs]
+    names = names or [Path(m.model_dir).name for m in model_cfgs]
+    models = tuple(make_entry(name, m) for name, m in zip(names, model_cfgs))
+    check_compatible(models)
+    facts = [m.facts for m in models]
+    token_rate, sample_rate = max(f.token_rate for f in facts), max(f.sample_rate for f in facts)
+    model = facts[0]
+    prompt_speech_tokens = int(cfg.max_prompt_seconds * token_rate) + token_rate
+    shm = ShmSizes(num_slots=cfg.running_max_req_size, text_bytes=4 * cfg.max_text_chars,
+                   wav_bytes=cfg.max_prompt_wav_bytes, prompt_text_tokens=cfg.max_text_chars,
+                   prompt_speech_tokens=prompt_speech_tokens, token_mel_ratio=model.token_mel_ratio,
+                   embedding_dim=model.embedding_dim, num_mels=model.num_mels,
+                   audio_ring_samples=AUDIO_RING_SECONDS * sample_rate, cache_capacity=cfg.cache_capacity)
+    auth = AuthSettings.from_values(cfg.api_key or (), cfg.api_key_file, cfg.metrics_public)
+    return ServerSettings(cfg, model, shm, auth, cfg.data_dir or default_data_dir(), models,
+                          plan(cfg, models, num_gpus))
+
+
+def default_data_dir() -> str:
+    """The XDG data directory, as the tiny model's cache uses XDG_CACHE_HOME."""
+    return str(Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "lighttts")
+
+
+def load_settings(cfg: ServerConfig, num_gpus: int | None = None) -> ServerSettings:
+    """build_settings with the model configs read from every --model_dir, planned for the GPUs of this host."""
+    from light_tts.model_dir import load_model_config
+
+    specs = parse_model_specs(cfg.model_dir or ())
+    return build_settings(cfg, [load_model_config(path) for _, path in specs], [name for name, _ in specs],
+                          count_gpus(cfg) if num_gpus is None else num_gpus)
+
+
+def count_gpus(cfg: ServerConfig) -> int:
+    """GPUs the processes are placed on: none with --device cpu or without an NVIDIA driver (torch is imported
+    only when there may be one)."""
+    if cfg.device == "cpu" or not Path("/proc/driver/nvidia").exists():
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

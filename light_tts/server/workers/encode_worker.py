@@ -1,0 +1,265 @@
+"""Encode process: request text -> sentences -> text tokens; prompt audio -> speech tokens, embedding, mel.
+
+It serves every model: one frontend per distinct frontend_key, the request's model named by its slot. Reads a
+request's inputs from its slot, writes the encoded prompt back into the slot (through the shared voice cache, so
+a repeated voice skips both ONNX models) and hands the request to the least loaded LLM replica of its model. A saved
+voice's features come with the request (the HTTP worker wrote them into the slot): only its texts are
+tokenized here. A voice upload's features are computed here once (ComputeFeatures) and answered FeaturesReady.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+from light_tts.errors import LightTTSError, TextError
+from light_tts.frontend.text_norm import is_only_punctuation
+from light_tts.server.metrics import prometheus as metrics
+from light_tts.server.runtime.devices import pick_least_loaded
+from light_tts.server.ipc.io_struct import (AbortRequest, ComputeFeatures, EncodeRequest, FeaturesReady, LLMRequestIn,
+                                        RequestParams, TextPiece, TextTokens)
+from light_tts.server.ipc.process_table import ProcessTable
+from light_tts.server.runtime.settings import ServerSettings
+from light_tts.server.ipc.shm import VOICE_KINDS, RequestSlots
+from light_tts.server.runtime.topology import PortArgs
+from light_tts.server.ipc.voice_cache import VoiceCache, voice_cache_key
+from light_tts.server.workers.worker_common import (AbortedRequests, Handlers, HttpReplies, Inbox, Outbox, parent_is_gone,
+                                            model_on, serve, setup_process)
+
+
+class EncodeWorker:
+    def __init__(self, settings: ServerSettings, ports: PortArgs, rank: int, launcher_pid: int):
+        self.settings, self.cfg, self.ports, self.rank = settings, settings.cfg, ports, rank
+        self.launcher_pid = launcher_pid
+        self.name = f"encode{rank}"
+        self.log = setup_process(settings, self.name, model_on(settings, "encode", rank))
+        self.init_shared_memory()
+        self.init_sockets()
+        self.init_frontend()
+        self.bistream: dict[int, BistreamText] = {}  # bistream requests whose text is still arriving
+        self.aborted = AbortedRequests()
+        self.queue_depth = metrics.QUEUE_DEPTH.labels("encode", str(rank))
+
+    def init_shared_memory(self) -> None:
+        s, p = self.settings, self.ports
+        self.slots = RequestSlots(s.shm, p.shm_prefix, p.lock_path)
+        self.processes = ProcessTable(s.cfg, p.shm_prefix, p.lock_path, topology=s.topology)
+        self.voices = VoiceCache(s.shm, p.shm_prefix, p.lock_path)
+
+    def init_sockets(self) -> None:
+        """Bind and publish the inbox first (peers can connect while the models load)."""
+        self.ctx = zmq.Context()
+        self.handlers = Handlers(self.name, {AbortRequest: self.on_abort, EncodeRequest: self.on_encode_request,
+                                             TextPiece: self.on_text_piece, ComputeFeatures: self.on_compute_features})
+        self.inbox = Inbox(self.ctx, self.ports, self.processes, "encode", self.rank, self.handlers)
+        self.to_llm = [Outbox(self.ctx, self.processes, "llm", r) for r in self.settings.topology.ranks("llm")]
+        self.num_sent = 0  # requests sent on: the tie-breaking turn of pick_least_loaded
+        self.http = HttpReplies(self.ctx, self.settings, self.processes, self.name)
+
+    def init_frontend(self) -> None:
+        """One frontend per distinct frontend_key (models with the same speech tokenizer, speaker model and text
+        tokenizer share it), loaded now so that a first request does not wait for it."""
+        from light_tts.frontend.frontend import Frontend
+        from light_tts.model_dir import load_model_config
+        from light_tts.server.workers.worker_common import resolve_device
+
+        resolve_device(self.settings)  # sets the torch thread count; the frontend itself runs on the CPU
+        self.frontends: dict[str, Frontend] = {}
+        for entry in self.settings.models:
+            if entry.frontend_key not in self.frontends:
+                self.frontends[entry.frontend_key] = Frontend(load_model_config(entry.model_dir),
+                                                              self.cfg.max_text_chars, self.cfg.max_prompt_seconds)
+
+    def frontend_of(self, slot: int):
+        """The frontend of the request's model (the slot's model column)."""
+        return self.frontends[self.settings.models[self.slots.model_of(slot)].frontend_key]
+
+    def voice_key(self, slot: int, wav: bytes) -> str:
+        """The voice cache key: the audio's key under the request's model's frontend, so that models with the same
+        frontend files share entries and others do not."""
+        entry = self.settings.models[self.slots.model_of(slot)]
+        return voice_cache_key(entry.frontend_key, self.frontend_of(slot).voice_key(wav))
+
+    def loop(self) -> None:
+        while not parent_is_gone(self.launcher_pid):
+            self.processes.beat("encode", self.rank)
+            messages = self.inbox.receive(timeout_ms=200, max_messages=self.cfg.encode_paral_num)
+            for i, message in enumerate(messages):
+                self.queue_depth.set(len(messages) - i + len(self.bistream))
+                try:
+                    self.handlers(message)
+                except Exception as e:  # a bug must fail one request, not the process
+                    self.log.error("%s failed:\n%s", type(message).__name__, traceback.format_exc())
+                    if isinstance(message, EncodeRequest):
+                        self.http.fail(message.params.http_rank, message.params.req_id, e)
+                    elif isinstance(message, ComputeFeatures):
+                        self.http.fail(message.http_rank, message.req_id, e)
+            self.queue_depth.set(len(self.bistream))
+            self.processes.set_load("encode", self.rank, len(self.bistream))
+
+    def on_abort(self, message: AbortRequest) -> None:
+        self.aborted.add(message.req_id)
+        self.bistream.pop(message.req_id, None)
+        self.http.abort_done(message.http_rank, message.req_id)
+
+    def on_text_piece(self, message: TextPiece) -> None:
+        if message.req_id in self.bistream:  # else aborted or failed already
+            self.encode_piece(message)
+
+    def on_encode_request(self, message: EncodeRequest) -> None:
+        params = message.params
+        if params.req_id in self.aborted:
+            return
+        metrics.STAGE_REQUESTS.labels("encode", str(self.rank)).inc()
+        try:
+            sentences = [] if message.is_bistream else self.encode_text(params.slot)
+            if message.saved_voice_key is not None:
+                self.encode_prompt_text(params.slot)
+                metrics.PROMPT_FEATURES.labels("saved").inc()
+                self.slots.a["voice_kind"][params.slot] = VOICE_KINDS.index("saved")
+                voice_key = message.saved_voice_key
+            else:
+                voice_key = self.encode_prompt(params.slot)
+        except LightTTSError as e:
+            self.http.fail(params.http_rank, params.req_id, e)
+            return
+        except Exception as e:  # a bug must fail one request, not the process
+            self.log.error("request %d failed:\n%s", params.req_id, traceback.format_exc())
+            self.http.fail(params.http_rank, params.req_id, e)
+            return
+        to_llm = self.llm_of(params.slot)
+        to_llm.send(LLMRequestIn(params, voice_key, message.is_bistream))
+        if message.is_bistream:
+            self.bistream[params.req_id] = BistreamText(params)
+        else:
+            to_llm.send(TextTokens(params.req_id, sentences, is_last=True))
+
+    def llm_of(self, slot: int) -> Outbox:
+        """The LLM replica of the request: chosen once, when its first message goes on (the least loaded ready
+        replica of its model; any replica when none is ready, whose restart will fail it), and recorded in the
+        slot so that its later text pieces follow and a replica's failure fails only its own requests."""
+        rank = self.slots.llm_rank_of(slot)
+        if rank < 0:
+            ranks = self.settings.topology.llm_ranks_of(self.settings.model_names[self.slots.model_of(slot)])
+            ready = [r for r in ranks if self.processes.state("llm", r) == ProcessTable.READY] or ranks
+            rank = pick_least_loaded(ready, {r: self.processes.load("llm", r) for r in ready}, self.num_sent)
+            self.num_sent += 1
+            self.slots.set_llm_rank(slot, rank)
+        return self.to_llm[rank]
+
+    def on_compute_features(self, message: ComputeFeatures) -> None:
+        """A voice upload: its features into the slot (and the voice cache, which shares the saved voice's key)."""
+        if message.req_id in self.aborted:
+            return
+        wav = self.slots.read_bytes(message.slot, "wav")
+        try:
+            features, duration_s = self.compute_features(message.slot, wav)
+            self.voices.put(self.voice_key(message.slot, wav), *features)
+            self.slots.write_prompt_features(message.slot, *features)
+        except Exception as e:  # bad audio is the client's (4xx); anything else is logged as a bug
+            if not isinstance(e, LightTTSError):
+                self.log.error("request %d failed:\n%s", message.req_id, traceback.format_exc())
+            self.http.fail(message.http_rank, message.req_id, e)
+            return
+        self.http.send(message.http_rank, FeaturesReady(message.req_id, duration_s))
+
+    def compute_features(self, slot: int, wav: bytes) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], float]:
+        """(speech tokens, embedding, mel) and the audio's seconds, by the frontend of the slot's model: the only
+        place the speech tokenizer and the speaker model run (counted as source="computed"); raises AudioError."""
+        frontend = self.frontend_of(slot)
+        samples, rate = frontend.decode_prompt_audio(wav)
+        features = frontend.audio_features(samples, rate)
+        metrics.PROMPT_FEATURES.labels("computed").inc()
+        return features, len(samples) / rate
+
+    def encode_text(self, slot: int) -> list[list[int]]:
+        text = self.slots.read_bytes(slot, "text").decode("utf-8")
+        frontend = self.frontend_of(slot)
+        sentences = [frontend.tokenize(s) for s in frontend.normalize_and_split(text)]
+        sentences = [s for s in sentences if s]
+        if not sentences:
+            raise TextError("tts_text has nothing to speak after normalisation")
+        self.slots.a["usage_text_tokens"][slot] = sum(map(len, sentences))
+        return sentences
+
+    def encode_prompt(self, slot: int) -> str:
+        """Prompt text tokens always; the audio features from the voice cache when this audio was seen before.
+        Returns the voice key."""
+        wav = self.slots.read_bytes(slot, "wav")
+        key = self.voice_key(slot, wav)
+        self.encode_prompt_text(slot)  # first: a bad prompt text fails before the models run
+        cached = self.voices.get(key)
+        metrics.VOICE_CACHE_LOOKUPS.labels("hit" if cached else "miss").inc()
+        if cached is None:
+            features, _ = self.compute_features(slot, wav)
+            self.voices.put(key, *features)
+        else:
+            metrics.PROMPT_FEATURES.labels("cache").inc()
+            features = cached
+        self.slots.a["voice_kind"][slot] = VOICE_KINDS.index("new" if cached is None else "saved")
+        self.slots.write_prompt_features(slot, *features)
+        return key
+
+    def encode_prompt_text(self, slot: int) -> None:
+        prompt_text = self.slots.read_bytes(slot, "prompt_text").decode("utf-8")
+        text_tokens = self.frontend_of(slot).prompt_text_tokens(prompt_text)
+        if len(text_tokens) > self.slots.a["prompt_text_tokens"].shape[1]:
+            raise TextError(f"prompt_text is {len(text_tokens)} tokens, longer than the server accepts")
+        self.slots.write_prompt_text_tokens(slot, text_tokens)
+
+    def encode_piece(self, piece: TextPiece) -> None:
+        """Bistream text goes to the LLM as it comes, tokenized as-is (as the offline bistream pipeline does),
+        once the text so far has something to speak; a text that never has is refused, as it is over HTTP."""
+        text = self.bistream[piece.req_id]
+        try:
+            sentences = text.add(piece, self.frontend_of(text.params.slot))
+        except Exception as e:
+            if not isinstance(e, LightTTSError):
+                self.log.error("request %d: text piece failed:\n%s", piece.req_id, traceback.format_exc())
+            del self.bistream[piece.req_id]
+            self.http.fail(text.params.http_rank, piece.req_id, e)
+            return
+        if sentences is not None:
+            self.slots.a["usage_text_tokens"][text.params.slot] += sum(map(len, sentences))
+            self.llm_of(text.params.slot).send(TextTokens(piece.req_id, sentences, piece.is_last))
+        if piece.is_last:
+            del self.bistream[piece.req_id]
+
+
+@dataclass
+class BistreamText:
+    """The text of a bistream request while it arrives. Pieces are held back until the text so far has something
+    to speak (judged as the HTTP endpoint judges a whole text), so an empty, emoji-only or punctuation-only text
+    ends with the same error as over HTTP instead of being voiced."""
+
+    params: RequestParams
+    held: list[list[int]] = field(default_factory=list)  # token lists of the pieces held back
+    text: str = ""  # the text received while nothing speakable was seen
+    is_speakable: bool = False
+
+    def add(self, piece: TextPiece, frontend) -> list[list[int]] | None:
+        """Token lists to send to the LLM now (None: keep waiting); raises TextError for a text with no speech."""
+        tokens = frontend.piece_tokens(piece.text)
+        if self.is_speakable:
+            return [tokens] if tokens else []
+        self.text += piece.text
+        if tokens:
+            self.held.append(tokens)
+        # normalising is costly: only a piece with more than punctuation, or the end, can change the verdict
+        if piece.is_last or not is_only_punctuation(piece.text):
+            self.is_speakable = frontend.normalizer.has_speech(self.text)
+        if not self.is_speakable:
+            if piece.is_last:
+                raise TextError("tts_text has nothing to speak: it is empty, or only punctuation or symbols")
+            return None
+        sentences, self.held, self.text = self.held, [], ""
+        return sentences
+
+
+def run_encode_process(settings: ServerSettings, ports: PortArgs, rank: int, ready_pipe) -> None:
+    """Process entry (see worker_common.serve)."""
+    serve(lambda: EncodeWorker(settings, ports, rank, os.getppid()), "encode", rank, ready_pipe)
