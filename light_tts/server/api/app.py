@@ -1,6 +1,6 @@
-"""HTTP front end: the FastAPI app one HTTP worker serves, its process entry, and `python -m` entry point.
+"""HTTP front end: the FastAPI app one HTTP worker serves, and the worker's process entry (`run_http_process`).
 
-    python -m light_tts.server.api_server --model_dir DIR [--port 8080 --httpserver_workers 2 ...]
+The command that starts the whole server is `python -m light_tts.server.api_server` (`server/api_server.py`).
 """
 
 from __future__ import annotations
@@ -283,13 +283,3 @@ def run_http_process(settings: ServerSettings, ports: PortArgs, rank: int, ready
         ready_pipe.send(("error", traceback.format_exc()))
         raise
     server.run(sockets=[sock])
-
-
-def main(argv: list[str] | None = None) -> None:
-    from light_tts.server.launch.launcher import launch
-
-    raise SystemExit(launch(ServerConfig.from_args(argv)))
-
-
-if __name__ == "__main__":
-    main()
