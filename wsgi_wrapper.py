@@ -73,7 +73,7 @@ def __getattr__(name):
     from light_tts.server.runtime.settings import ServerSettings
     from light_tts.server.ipc.shm import RequestSlots
     from light_tts.server.runtime.topology import PortArgs
-    from light_tts.server.workers.worker_common import set_process_title
+    from light_tts.server.runtime.process import set_process_title
 
     settings, ports = msgspec.json.decode(os.environ[BACKEND_ENV], type=tuple[ServerSettings, PortArgs])
     table = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path, topology=settings.topology)

@@ -10,8 +10,8 @@ import websockets
 from fastapi import FastAPI, WebSocket
 
 from asgi_thread import serving
-from light_tts.server.api.auth import (WS_KEY_PROTOCOL, ApiKeyMiddleware, AuthSettings, install_log_redaction,
-                                   read_api_key_file)
+from light_tts.server.api.auth import ApiKeyMiddleware, install_log_redaction
+from light_tts.server.runtime.auth_keys import WS_KEY_PROTOCOL, AuthSettings, read_api_key_file
 
 KEYS = ("key-one-aaaaaaaa", "key-two-bbbbbbbb", "key-three-cccccc")
 WRONG = "sk-WRONG-do-not-log-me-91234"

@@ -27,7 +27,7 @@ from light_tts.server.ipc.io_struct import (AbortDone, AbortRequest, AudioReady,
 from light_tts.server.ipc.process_table import ProcessTable
 from light_tts.server.runtime.settings import build_settings
 from light_tts.server.runtime.topology import PortArgs
-from light_tts.server.workers.worker_common import Handlers, Inbox, Outbox
+from light_tts.server.ipc.channels import Handlers, Inbox, Outbox
 
 PARAMS = RequestParams(req_id=7, slot=1, http_rank=0, stream=True, speed=1.0, seed=3, fixed_speech_tokens=25)
 

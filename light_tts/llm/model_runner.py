@@ -21,7 +21,7 @@ from light_tts.model_config import ModelConfig
 from light_tts.models.weights import read_state_dict
 
 if TYPE_CHECKING:
-    from light_tts.llm.engine import EngineConfig
+    from light_tts.llm.config import EngineConfig
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,6 @@ from light_tts.server.api.api_docs import (PCMResponse, audio_responses, error_r
                                        zero_shot_request_body)
 from light_tts.server.api.auth import ApiKeyMiddleware, install_log_redaction
 from light_tts.server.api.bistream_ws import serve_bistream
-from light_tts.server.runtime.config import ServerConfig
 from light_tts.server.api.http_manager import HttpServerManager, RequestHandle
 from light_tts.server.runtime.model_set import resolve_model
 from light_tts.server.api.openai.routes import create_openai_router
@@ -262,7 +261,7 @@ def run_http_process(settings: ServerSettings, ports: PortArgs, rank: int, ready
     """Process entry of HTTP worker `rank`: serve the app with uvicorn on the shared port until SIGTERM."""
     import uvicorn
 
-    from light_tts.server.workers.worker_common import setup_process
+    from light_tts.server.runtime.process import setup_process
 
     class WorkerServer(uvicorn.Server):
         @contextmanager

@@ -34,7 +34,7 @@ from light_tts.server.runtime.topology import PortArgs
 from light_tts.server.ipc.voice_cache import VoiceCache, voice_cache_key
 from light_tts.server.api.voice_store import PromptFeatures, VoicePrompt
 from light_tts.server.api.http_watch import BackendWatch, PendingAborts
-from light_tts.server.workers.worker_common import FrameDecoder, Handlers, outboxes
+from light_tts.server.ipc.channels import FrameDecoder, Handlers, outboxes
 
 log = logging.getLogger("light_tts.http")
 WATCHDOG_INTERVAL_S = 0.2

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from light_tts.errors import AudioError, NotFoundError, TooLargeError, RequestError, VoiceLimitError
+from light_tts.server.runtime.settings import VoiceLimits
 
 SCHEMA_VERSION = 2
 SCHEMA = """
@@ -48,16 +49,6 @@ COLUMNS = "id, name, text, duration_s, created_at, voice_key, frontend_key"
 ID_PREFIX = "voice_"
 TMP_PREFIX = ".tmp-"
 MAX_NAME_CHARS = 256
-
-
-@dataclass(frozen=True)
-class VoiceLimits:
-    """Built from ServerConfig at startup (ServerSettings.voice_limits; no defaults here, so no second copy of the
-    server's limits). The audio's length limit is the encode process's, which decodes it."""
-
-    max_voices: int
-    max_upload_bytes: int
-    max_text_chars: int
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from light_tts.server.runtime.model_set import parse_model_specs
 from light_tts.server.ipc.process_table import ProcessTable
 from light_tts.server.runtime.settings import ServerSettings, load_settings
 from light_tts.server.ipc.shm import RequestSlots
+from light_tts.server.launch.supervisor import Supervisor, receive_status
 from light_tts.server.runtime.topology import PortArgs
 from light_tts.server.ipc.voice_cache import VoiceCache
 
@@ -195,8 +196,6 @@ class ServerProcesses:
 
     def watch(self) -> int:
         """Supervise (supervisor.py) until a stop (0) or a failure the --on_worker_failure policy ends on (1)."""
-        from light_tts.server.launch.supervisor import Supervisor
-
         return Supervisor(self).run()
 
     def mark_dead(self, dead: list[tuple[str, int]], then: str) -> None:
@@ -223,17 +222,9 @@ class ServerProcesses:
                     proc.join()
 
 
-def receive_status(pipe) -> tuple[str, object]:
-    """("ready", pid) or ("error", traceback) from a child's readiness pipe; a closed pipe means it died."""
-    try:
-        return pipe.recv()
-    except EOFError:
-        return "error", "exited during startup without a report"
-
-
 def launch(cfg: ServerConfig) -> int:
     """Run the server until SIGINT/SIGTERM (returns 0) or a worker dies (returns 1)."""
-    from light_tts.server.workers.worker_common import set_process_title
+    from light_tts.server.runtime.process import set_process_title
 
     set_process_title("launcher", f"{cfg.host}:{cfg.port}")
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s launcher %(levelname)s %(message)s")

@@ -21,6 +21,14 @@ RESTART_WINDOW_S = 60.0
 CUT_GRACE_S = 2.0  # after the drain timed out: time for the HTTP workers to fail what is left and free its slots
 
 
+def receive_status(pipe) -> tuple[str, object]:
+    """("ready", pid) or ("error", traceback) from a child's readiness pipe; a closed pipe means it died."""
+    try:
+        return pipe.recv()
+    except EOFError:
+        return "error", "exited during startup without a report"
+
+
 class Supervisor:
     def __init__(self, procs):
         self.procs, self.cfg = procs, procs.cfg
@@ -78,8 +86,6 @@ class Supervisor:
         return False
 
     def poll_starting(self) -> None:
-        from light_tts.server.launch.launcher import receive_status
-
         for key, pipe in list(self.starting.items()):
             if pipe.poll():
                 del self.starting[key]

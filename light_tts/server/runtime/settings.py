@@ -13,17 +13,28 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from light_tts.server.api.auth import AuthSettings
+from light_tts.server.runtime.auth_keys import AuthSettings
 from light_tts.server.runtime.config import ServerConfig
 from light_tts.server.runtime.model_set import (ModelEntry, ModelFacts, check_compatible, make_entry, model_index,
                                         parse_model_specs)
 from light_tts.server.runtime.placement import Topology, plan
 
 if TYPE_CHECKING:
-    from light_tts.llm.engine import EngineConfig
+    from light_tts.llm.config import EngineConfig
     from light_tts.model_config import ModelConfig
 
 AUDIO_RING_SECONDS = 60  # audio a slot's ring holds; a reader further behind gets its audio inline
+
+
+@dataclass(frozen=True)
+class VoiceLimits:
+    """Built from ServerConfig at startup (ServerSettings.voice_limits; no defaults here, so no second copy of the
+    server's limits). The audio's length limit is the encode process's, which decodes it."""
+
+    max_voices: int
+    max_upload_bytes: int
+    max_text_chars: int
+
 
 
 @dataclass(frozen=True)
@@ -69,11 +80,9 @@ class ServerSettings:
         """Index of tts_model_name `name` ("default": the first model), None for an unknown name."""
         return model_index(self.models, name)
 
-    def voice_limits(self):
+    def voice_limits(self) -> VoiceLimits:
         """The saved voices' limits: --max_voices, and the limits every prompt upload has (the audio's length,
         --max_prompt_seconds, is checked by the encode process as for any prompt)."""
-        from light_tts.server.api.voice_store import VoiceLimits
-
         c = self.cfg
         return VoiceLimits(max_voices=c.max_voices, max_upload_bytes=c.max_prompt_wav_bytes,
                            max_text_chars=c.max_text_chars)
@@ -103,7 +112,7 @@ class ServerSettings:
     def llm_engine_config(self, device: str, rank: int = 0) -> EngineConfig:
         """The config of llm `rank`'s engine, every field from a flag, its model or the topology (a new
         EngineConfig field fails here until mapped)."""
-        from light_tts.llm.engine import EngineConfig
+        from light_tts.llm.config import EngineConfig
 
         c, m = self.cfg, self.model_of("llm", rank).facts
         values: dict[str, Any] = {

@@ -24,8 +24,10 @@ from light_tts.server.ipc.process_table import ProcessTable
 from light_tts.server.runtime.settings import ServerSettings
 from light_tts.server.ipc.shm import RequestSlots
 from light_tts.server.runtime.topology import PortArgs
-from light_tts.server.workers.worker_common import (AbortedRequests, Handlers, HttpReplies, Inbox, model_on, parent_is_gone,
-                                            resolve_device, serve, set_process_title, setup_process, step_error)
+from light_tts.server.ipc.channels import Handlers, HttpReplies, Inbox
+from light_tts.server.runtime.process import (model_on, parent_is_gone, resolve_device, set_process_title,
+                                              setup_process)
+from light_tts.server.workers.worker_common import AbortedRequests, serve, step_error
 
 
 @dataclass

@@ -27,8 +27,9 @@ from light_tts.server.runtime.settings import ServerSettings
 from light_tts.server.ipc.shm import VOICE_KINDS, RequestSlots
 from light_tts.server.runtime.topology import PortArgs
 from light_tts.server.ipc.voice_cache import VoiceCache, voice_cache_key
-from light_tts.server.workers.worker_common import (AbortedRequests, Handlers, HttpReplies, Inbox, Outbox, parent_is_gone,
-                                            model_on, serve, setup_process)
+from light_tts.server.ipc.channels import Handlers, HttpReplies, Inbox, Outbox
+from light_tts.server.runtime.process import model_on, parent_is_gone, setup_process
+from light_tts.server.workers.worker_common import AbortedRequests, serve
 
 
 class EncodeWorker:
@@ -65,7 +66,7 @@ class EncodeWorker:
         tokenizer share it), loaded now so that a first request does not wait for it."""
         from light_tts.frontend.frontend import Frontend
         from light_tts.model_dir import load_model_config
-        from light_tts.server.workers.worker_common import resolve_device
+        from light_tts.server.runtime.process import resolve_device
 
         resolve_device(self.settings)  # sets the torch thread count; the frontend itself runs on the CPU
         self.frontends: dict[str, Frontend] = {}

@@ -1,0 +1,33 @@
+"""EngineConfig: the LLM engine's settings (derived from ServerConfig in `server/runtime/settings.py`). No torch
+import: the launcher and the HTTP workers build it without loading the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DATA_TYPES = ("float16", "bfloat16", "float32")
+
+
+@dataclass
+class EngineConfig:
+    max_total_token_num: int | None = None  # KV cache slots (tokens); None: from free GPU memory (CPU: 65536)
+    batch_max_tokens: int = 8192  # new tokens in one prefill batch
+    running_max_req_size: int = 256  # requests holding KV at once
+    graph_max_batch_size: int = 256  # largest decode batch run as a CUDA graph
+    disable_cudagraph: bool = False
+    data_type: str = "bfloat16"  # float16 | bfloat16 | float32
+    router_max_wait_tokens: int = 4  # decode steps a ready prefill may wait, to batch arrivals
+    max_req_total_len: int = 4096  # inputs of one request, prompt + generated
+    enable_prefix_cache: bool = True
+    kv_cache_mem_fraction: float = 0.5  # of the GPU memory free after warm-up (flow and HiFT share the GPU)
+    first_hop_tokens: int = 52  # speech tokens a stream needs for its first audio (hop + largest pad + lookahead)
+    ahead_tokens: int = 0  # > 0: during first hops, requests this far ahead of real time sit a step out
+
+    def __post_init__(self):
+        if self.data_type not in DATA_TYPES:
+            raise ValueError(f"data_type must be one of {list(DATA_TYPES)}, got {self.data_type!r}")
+        for name in ("batch_max_tokens", "running_max_req_size", "graph_max_batch_size", "max_req_total_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.max_total_token_num is not None and self.max_total_token_num < 2:
+            raise ValueError("max_total_token_num must be >= 2")
