@@ -10,7 +10,6 @@ not installed; it only forwards signals and reaps zombies)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil

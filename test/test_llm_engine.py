@@ -1,17 +1,16 @@
 """LLM engine end to end on the tiny fixture model: parity with the plain-torch SpeechLM (greedy and RAS with the
 same uniforms), batch invariance, preemption, abort, prefix reuse, bistream; CUDA graphs when a GPU is present."""
 
-import numpy as np
 import pytest
 import torch
 
 from light_tts.llm.engine import EngineConfig, LLMEngine
 from light_tts.llm.request import LLMRequest, Sequence
-from light_tts.llm.sampler import Sampler, SamplingInputs, counter_uniforms, pack_sampling
+from light_tts.llm.sampler import Sampler, SamplingInputs, pack_sampling
 from light_tts.model_config import RASConfig
 from light_tts.model_dir import load_model_config
 from light_tts.models.cosyvoice2.speech_lm import SpeechLM
-from light_tts.sampling import GreedySampler, RASSampler, count_in_window, draw, nucleus
+from light_tts.sampling import GreedySampler, RASSampler
 
 CPU_CFG = dict(data_type="float32", max_req_total_len=512, running_max_req_size=16, max_total_token_num=4096)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from light_tts.bench.decode_parts import (DTYPES, PROMPT_TOKENS, count_kernels, flow_only_pass, make_engine,
+from light_tts.bench.decode_parts import (PROMPT_TOKENS, count_kernels, flow_only_pass, make_engine,
                                           make_prompt, random_model_dir, rel_l2, run_stream)
 from light_tts.decode.flow_cache import KV_DTYPES, FlowCacheShape
 

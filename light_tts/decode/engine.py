@@ -25,7 +25,7 @@ from light_tts.decode.engine_setup import HIFT_MAX_ROWS, EngineLimits, build_run
 from light_tts.decode.flow_inputs import ChunkSpec
 from light_tts.decode.hift_batch import split_hift_state, stack_hift_states
 from light_tts.decode.page_pool import PoolExhaustedError
-from light_tts.decode.request import SAMPLE_RATE, DecodeRequest
+from light_tts.decode.request import DecodeRequest
 from light_tts.decode.scheduler import Candidate, SchedulerConfig, StepTimeModel, schedule
 from light_tts.frontend.prompt import Prompt
 from light_tts.model_config import ModelConfig

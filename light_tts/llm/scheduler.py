@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 from light_tts.llm.kv_allocator import KVAllocator, RowAllocator
 from light_tts.llm.prefix_cache import PrefixCache
@@ -47,7 +48,7 @@ class ScheduledBatch:
 
 
 class Scheduler:
-    def __init__(self, cfg: SchedulerConfig, clock=time.monotonic):
+    def __init__(self, cfg: SchedulerConfig, clock: Callable[[], float] = time.monotonic):
         self.cfg, self.clock = cfg, clock
         self.allocator = KVAllocator(cfg.num_kv_slots)
         self.rows = RowAllocator(cfg.running_max_req_size + 1)
@@ -184,7 +185,7 @@ class Scheduler:
             if s.first_output_at is None or s.num_output < cfg.first_hop_tokens:
                 return False
             heard = (now - s.first_output_at) * cfg.tokens_per_second
-            return s.num_output - cfg.first_hop_tokens > heard + cfg.ahead_tokens
+            return bool(s.num_output - cfg.first_hop_tokens > heard + cfg.ahead_tokens)
 
         return [s for s in decodable if not is_ahead(s)]
 
@@ -258,7 +259,8 @@ class Scheduler:
 
     def _release_kv(self, seq: Sequence) -> None:
         self.allocator.free(seq.slots[seq.num_shared:])
-        if seq.num_shared:
+        if seq.num_shared:  # shared slots come only from the prefix cache, under the request's prefix key
+            assert self.prefix_cache is not None and seq.prefix_key is not None
             self.prefix_cache.release(seq.prefix_key)
         if seq.row >= 0:
             self.rows.free(seq.row)

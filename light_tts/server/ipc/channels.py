@@ -46,7 +46,8 @@ class FrameDecoder:
 
     def __call__(self, frame: bytes) -> Message | None:
         try:
-            return self.decoder.decode(frame)
+            message: Message = self.decoder.decode(frame)
+            return message
         except (msgspec.ValidationError, msgspec.DecodeError) as e:
             log.error("%s refused a %d-byte frame that is none of its messages: %s", self.owner, len(frame), e)
             return None
@@ -55,7 +56,7 @@ class FrameDecoder:
 class Inbox:
     """The PULL socket a process binds; it publishes the bound address in the process table (see topology)."""
 
-    def __init__(self, ctx: zmq.Context, ports: PortArgs, processes: ProcessTable, stage: str, rank: int,
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], ports: PortArgs, processes: ProcessTable, stage: str, rank: int,
                  handlers: Handlers):
         self.socket = ctx.socket(zmq.PULL)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -85,9 +86,9 @@ class Outbox:
     """A PUSH socket to one receiver, connected to the address it published; it reconnects when the receiver
     publishes a new one (a restarted process). Sends never block: an unbounded queue per peer."""
 
-    def __init__(self, ctx: zmq.Context, processes: ProcessTable, stage: str, rank: int):
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], processes: ProcessTable, stage: str, rank: int):
         self.ctx, self.processes, self.stage, self.rank = ctx, processes, stage, rank
-        self.socket: zmq.Socket | None = None
+        self.socket: zmq.Socket[bytes] | None = None
         self.generation = 0
 
     def send(self, message: Message) -> None:
@@ -99,6 +100,8 @@ class Outbox:
 
     def _connect(self) -> None:
         generation, address = self.processes.address(self.stage, self.rank)
+        if address is None:  # a generation is published with its address; 0 means not bound yet
+            raise UnavailableError(f"{self.stage}{self.rank} is not listening yet; the server is still starting")
         if self.socket is not None:
             self.socket.close(linger=0)
         self.socket = self.ctx.socket(zmq.PUSH)
@@ -112,14 +115,14 @@ class Outbox:
             self.socket.close(linger=0)
 
 
-def outboxes(ctx: zmq.Context, processes: ProcessTable, stage: str, count: int) -> list[Outbox]:
+def outboxes(ctx: zmq.Context[zmq.Socket[bytes]], processes: ProcessTable, stage: str, count: int) -> list[Outbox]:
     return [Outbox(ctx, processes, stage, rank) for rank in range(count)]
 
 
 class HttpReplies:
     """Outboxes to every HTTP worker; a reply goes to the worker named in the request."""
 
-    def __init__(self, ctx: zmq.Context, settings: ServerSettings, processes: ProcessTable, stage: str):
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], settings: ServerSettings, processes: ProcessTable, stage: str):
         self.outboxes = outboxes(ctx, processes, "http", settings.cfg.httpserver_workers)
         self.stage = stage
 

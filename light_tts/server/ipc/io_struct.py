@@ -14,7 +14,7 @@ Flow:  HTTP --EncodeRequest/TextPiece--> encode --LLMRequestIn/TextTokens--> LLM
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Union
 
 import msgspec
 
@@ -173,6 +173,6 @@ def encode(message: Message) -> bytes:
     return _ENCODER.encode(message)
 
 
-def decoder(inbox_type) -> msgspec.msgpack.Decoder:
+def decoder(inbox_type: Any) -> msgspec.msgpack.Decoder[Any]:
     """A decoder that accepts exactly the messages of one inbox union; others raise msgspec.ValidationError."""
     return msgspec.msgpack.Decoder(inbox_type)

@@ -176,7 +176,7 @@ class ProcessTable:
                     return rank, previous
         raise RuntimeError(f"every {stage} row is held by a live process")
 
-    def describe(self) -> dict[str, dict]:
+    def describe(self) -> dict[str, dict[str, object]]:
         """{"decode0": {"pid": ..., "state": "ready"}, ...} for /readiness."""
         return {f"{stage}{rank}": {"pid": int(self.a["pid"][row]), "state": self.STATE_NAMES[int(self.a["state"][row])],
                                    "gpu": "released" if self.a["released"][row] else "loaded"}

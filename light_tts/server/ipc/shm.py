@@ -11,6 +11,7 @@ import hashlib
 import os
 from contextlib import contextmanager
 from multiprocessing import shared_memory
+from typing import Iterator, Sequence, Union
 
 import numpy as np
 
@@ -19,6 +20,8 @@ VOICE_KINDS = ("none", "saved", "new")
 
 from light_tts.server.ipc.audio_ring import AudioRing
 from light_tts.server.runtime.settings import ShmSizes
+
+Tokens = Union[Sequence[int], np.ndarray]  # token ids as a list or an int array
 
 
 CLIENT_AT_LIMIT = -1  # RequestSlots.claim: the client already holds its share of the slots
@@ -63,7 +66,7 @@ class FileLock:
         self.fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
 
     @contextmanager
-    def held(self):
+    def held(self) -> Iterator[None]:
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         try:
             yield
@@ -187,19 +190,21 @@ class RequestSlots:
     def read_bytes(self, slot: int, name: str) -> bytes:
         return self.a[name][slot, : int(self.a[f"{name}_len"][slot])].tobytes()
 
-    def write_prompt(self, slot: int, text_tokens, speech_tokens, embedding, mel) -> None:
+    def write_prompt(self, slot: int, text_tokens: Tokens, speech_tokens: Tokens, embedding: np.ndarray,
+                     mel: np.ndarray) -> None:
         """Store the encoded prompt; raises ValueError if it does not fit the slot's arrays."""
         self.write_prompt_features(slot, speech_tokens, embedding, mel)
         self.write_prompt_text_tokens(slot, text_tokens)
 
-    def write_prompt_text_tokens(self, slot: int, text_tokens) -> None:
+    def write_prompt_text_tokens(self, slot: int, text_tokens: Tokens) -> None:
         a, num_text = self.a, len(text_tokens)
         if num_text > a["prompt_text_tokens"].shape[1]:
             raise ValueError(f"prompt of {num_text} text tokens does not fit the slot")
         a["prompt_text_tokens"][slot, :num_text] = text_tokens
         a["num_prompt_text_tokens"][slot] = num_text
 
-    def write_prompt_features(self, slot: int, speech_tokens, embedding, mel) -> None:
+    def write_prompt_features(self, slot: int, speech_tokens: Tokens, embedding: np.ndarray,
+                              mel: np.ndarray) -> None:
         """The prompt's audio features (written by the encode process, or by the HTTP worker for a saved voice)."""
         a, num_speech, s = self.a, len(speech_tokens), self.sizes
         if num_speech > a["prompt_speech_tokens"].shape[1]:

@@ -60,7 +60,7 @@ class ModelEntry:
     frontend_key: str  # sha256 over the speech tokenizer, CAM++ and the text tokenizer's folder
 
     @property
-    def decode_group_key(self) -> tuple:
+    def decode_group_key(self) -> tuple[str, tuple[int, ...]]:
         """Models with equal keys are served by the same decode processes."""
         return (self.flow_key, self.facts.decode_layout())
 

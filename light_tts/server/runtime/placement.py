@@ -14,7 +14,7 @@ per GPU: each LLM's KV cache takes --kv_cache_mem_fraction / (LLMs on its GPU) a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from light_tts.server.runtime.config import ServerConfig
 from light_tts.server.runtime.devices import gpu_layout
@@ -83,7 +83,7 @@ class Topology:
 
 def decode_groups(models: Sequence[ModelEntry]) -> list[list[int]]:
     """Model indices per decode group, in order of each group's first model."""
-    groups: dict[tuple, list[int]] = {}
+    groups: dict[tuple[str, tuple[int, ...]], list[int]] = {}
     for i, entry in enumerate(models):
         groups.setdefault(entry.decode_group_key, []).append(i)
     return list(groups.values())
@@ -99,7 +99,8 @@ def plan(cfg: ServerConfig, models: Sequence[ModelEntry], num_gpus: int) -> Topo
     return _with_shares(cfg, _processes(cfg, models, device), bool(layout and layout.is_simulated))
 
 
-def _processes(cfg: ServerConfig, models: Sequence[ModelEntry], device) -> list[ProcessPlan]:
+def _processes(cfg: ServerConfig, models: Sequence[ModelEntry],
+               device: Callable[[str, int], str]) -> list[ProcessPlan]:
     names = [m.name for m in models]
     groups = decode_groups(models)
     group_of = {i: g for g, members in enumerate(groups) for i in members}
@@ -118,7 +119,7 @@ def _processes(cfg: ServerConfig, models: Sequence[ModelEntry], device) -> list[
 
 def _with_shares(cfg: ServerConfig, processes: list[ProcessPlan], is_simulated: bool) -> Topology:
     fractions = {"llm": cfg.kv_cache_mem_fraction, "decode": cfg.decode_mem_fraction}
-    sharing = {}  # (stage, device) -> processes of that stage on that GPU (a CPU's caches are sized otherwise)
+    sharing: dict[tuple[str, str], int] = {}  # (stage, device) -> processes of that stage on that GPU (a CPU's caches are sized otherwise)
     for p in processes:
         key = (p.stage, p.device)
         sharing[key] = 1 if p.device == "cpu" else sharing.get(key, 0) + 1

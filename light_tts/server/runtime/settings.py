@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from light_tts.model_config import ModelConfig
 from light_tts.server.runtime.auth_keys import AuthSettings
 from light_tts.server.runtime.config import ServerConfig
 from light_tts.server.runtime.model_set import (ModelEntry, ModelFacts, check_compatible, make_entry, model_index,
@@ -21,7 +22,6 @@ from light_tts.server.runtime.placement import Topology, plan
 
 if TYPE_CHECKING:
     from light_tts.llm.config import EngineConfig
-    from light_tts.model_config import ModelConfig
 
 AUDIO_RING_SECONDS = 60  # audio a slot's ring holds; a reader further behind gets its audio inline
 
@@ -74,7 +74,9 @@ class ServerSettings:
     def model_of(self, stage: str, rank: int) -> ModelEntry:
         """The model an LLM replica serves, or the first of a decode process's group (their flow and HiFT are the
         same files)."""
-        return self.models[self.model_index(self.topology.plan_of(stage, rank).models[0])]
+        index = self.model_index(self.topology.plan_of(stage, rank).models[0])
+        assert index is not None  # the topology is planned from these models
+        return self.models[index]
 
     def model_index(self, name: str) -> int | None:
         """Index of tts_model_name `name` ("default": the first model), None for an unknown name."""
@@ -161,10 +163,9 @@ def build_settings(cfg: ServerConfig, model_cfgs: ModelConfig | Sequence[ModelCo
                    names: Sequence[str] | None = None, num_gpus: int = 0) -> ServerSettings:
     """Settings of a server of one model (a ModelConfig) or several (the first is the default); `names` are their
     tts_model_names (default: the folders' names)."""
-    if not isinstance(model_cfgs, (list, tuple)):
-        model_cfgs = [model_cfgs]
-    names = names or [Path(m.model_dir).name for m in model_cfgs]
-    models = tuple(make_entry(name, m) for name, m in zip(names, model_cfgs))
+    configs = [model_cfgs] if isinstance(model_cfgs, ModelConfig) else list(model_cfgs)
+    names = names or [Path(m.model_dir).name for m in configs]
+    models = tuple(make_entry(name, m) for name, m in zip(names, configs))
     check_compatible(models)
     facts = [m.facts for m in models]
     token_rate, sample_rate = max(f.token_rate for f in facts), max(f.sample_rate for f in facts)
