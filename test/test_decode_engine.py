@@ -2,6 +2,8 @@
 fixture model, CPU, float32: same audio per request to float rounding, whatever the step it ran in; shared voice
 prefixes, admission by pages, failures isolated to their step, fp8 pages within their bound, graph buckets."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -342,20 +344,96 @@ def test_release_and_reload_keep_the_audio(cfg):
         engine.release()
 
 
-def test_lazy_reservation_preempts_the_newest_and_every_stream_gets_its_audio(cfg):
+def ticking_clock(step_s: float = 0.01):
+    """A simulated clock that moves a fixed amount at every reading: deterministic, whatever the host's speed."""
+    ticks = itertools.count()
+    return lambda: next(ticks) * step_s
+
+
+def test_lazy_reservation_preempts_younger_streams_and_every_stream_gets_its_audio(cfg):
     """Lazy reservation on a pool too small for the streams' whole utterances: they are admitted on their first
-    chunks, the most recently admitted is preempted when pages run out and recomputes its cache later; every
-    stream still gets exactly the reference audio, and the oldest is never preempted."""
+    chunks; when pages run out an older stream takes them from the youngest, which recomputes its cache later;
+    every stream still gets exactly the reference audio, the oldest is never preempted, and no stream is
+    preempted twice within the interval."""
     engine = new_engine(cfg, "fixed", num_pages=16, max_stream_tokens=200)
+    engine.clock = ticking_clock()
     reqs = [r for r in make_requests(cfg) if r[4]][:3]  # three streams: 6-8 pages each at the end
     preempted = []
     original = engine._preempt
-    engine._preempt = lambda req: (preempted.append(req.req_id), original(req))
+    engine._preempt = lambda req, now: (preempted.append((req.req_id, now)), original(req, now))
     feeds = {}
     for req_id, prompt, tokens, seed, stream, speed, push in reqs:
         engine.add_request(req_id, prompt, seed, stream, speed)
         feeds[req_id] = (tokens, push, 0)
     outputs = run_until_done(engine, feeds)
-    assert preempted and reqs[0][0] not in preempted
+    assert preempted and reqs[0][0] not in [k for k, _ in preempted]
+    for key in {k for k, _ in preempted}:
+        times = [t for k, t in preempted if k == key]
+        assert all(b - a >= LIMITS.preempt_interval_s for a, b in zip(times, times[1:]))
     assert check_against_reference(engine, reqs, outputs) < REL_TOL
     engine.pool.check()
+    assert engine.pool.num_used == engine.pool.num_evictable and engine.slots.num_free + len(engine.pool.prefixes) \
+        == engine.slots.num_slots - 2
+
+
+def test_an_utterance_past_the_pass_budget_runs_alone_and_one_past_the_pool_fails_at_once(cfg):
+    """Issue 20's first reproduction, scaled down: a non-stream utterance longer than one step's token budget was
+    never scheduled (it waited silently for the request's time limit); now it runs in a step of its own beside
+    streams. One that can never fit the pool fails at once with 413, naming both sizes, before its tokens end."""
+    engine = new_engine(cfg, "fixed", max_pass_tokens=128)
+    reqs = make_requests(cfg)
+    long_id, prompt, _, seed, *_ = reqs[6]
+    tokens = np.random.default_rng(7).integers(0, cfg.flow.vocab_size, 150).tolist()  # 25 + 150 > 128
+    engine.add_request(long_id, prompt, seed, False, max_tokens=150, min_tokens=150)
+    stream_id, s_prompt, s_tokens, s_seed, *_ = reqs[0]
+    engine.add_request(stream_id, s_prompt, s_seed, True)
+    outputs = run_until_done(engine, {long_id: (tokens, 50, 0), stream_id: (s_tokens, 25, 0)})
+    assert check_against_reference(engine, [(long_id, prompt, tokens, seed, False, 1.0, 50), reqs[0]],
+                                   outputs) < REL_TOL
+    small = new_engine(cfg, "fixed", num_pages=8)
+    small.add_request("fixed", prompt, seed, False, max_tokens=300, min_tokens=300)  # a fixed length: known now
+    (out,) = small.step()
+    assert out.error_kind == "too_large" and "needs 13 flow-cache pages, the pool has 8" in out.error
+    small.add_request("grows", prompt, seed, False, max_tokens=400)
+    small.push_tokens("grows", tokens[:100], False)
+    assert small.step() == []  # still within the pool: it waits for its last token
+    small.push_tokens("grows", tokens[100:], False)  # 175 tokens: 7 pages... not yet past 8
+    small.push_tokens("grows", tokens[:50], False)  # 225: 9 pages, known before the utterance ends
+    (out,) = small.step()
+    assert out.error_kind == "too_large" and "the pool has 8" in out.error
+    small.pool.check()
+
+
+def test_new_streams_wait_then_get_429_and_playing_streams_never_fail(cfg):
+    """A pool held by playing streams: a new stream waits (reported once, with its reason), and past
+    admission_wait_s fails as overloaded, before it has sent any audio; a playing stream that cannot grow only
+    waits. The engine does not spin meanwhile: it asks to be stepped again after WAIT_POLL_S."""
+    now = [0.0]
+    engine = new_engine(cfg, "fixed", num_pages=10, max_stream_tokens=150, admission_wait_s=2.0,
+                        preempt_interval_s=1e9)
+    engine.clock = lambda: now[0]
+    reqs = [r for r in make_requests(cfg) if r[4]]
+    for req_id, prompt, tokens, seed, *_ in reqs[:2]:
+        engine.add_request(req_id, prompt, seed, True)
+        engine.push_tokens(req_id, tokens[:60], False)  # 4 pages each: 2 of 10 left
+    while len([r for r in engine.requests.values() if r.audio_start is not None]) < 2:
+        engine.step()
+    late_id, prompt, tokens, seed, *_ = reqs[2]
+    engine.add_request(late_id, prompt, seed, True)
+    engine.push_tokens(late_id, tokens[:60], False)
+    for _ in range(10):
+        assert not [o for o in engine.step() if o.error]
+    waits = engine.take_waits()
+    assert (late_id, "pages") in [(k, r) for k, r, _ in waits] and engine.take_waits() == []  # reported once
+    assert not engine.has_work() and engine.wake_in_s() == pytest.approx(0.1)
+    now[0] = 2.5
+    assert engine.has_work()
+    refused = [o for o in engine.step() if o.error]
+    assert [(o.req_id, o.error_kind) for o in refused] == [(late_id, "overloaded")]
+    assert "retry" in refused[0].error and engine.requests.keys() == {reqs[0][0], reqs[1][0]}
+    engine.pool.check()
+
+
+def test_ticking_clock_is_deterministic():
+    a, b = ticking_clock(), ticking_clock()
+    assert [a() for _ in range(3)] == [b() for _ in range(3)] == [0.0, 0.01, 0.02]

@@ -47,6 +47,25 @@ def test_non_stream_work_yields_to_streams():
     assert keys(schedule([long_utterance], now=0.0, cfg=CFG, model=model)) == ["offline"]
 
 
+def test_an_oversized_row_runs_alone_and_a_held_utterance_gets_its_turn():
+    """A non-stream utterance longer than a step's token budget, or a long stream's recompute, runs in a step of its
+    own (it would otherwise never be scheduled); a non-stream utterance held back for streams' slack past
+    max_hold_s runs anyway."""
+    model = StepTimeModel(base_s=0.02, per_token_s=1e-4)
+    huge = Candidate("huge", False, False, math.inf, 1300, arrival=0.0)  # > CFG.max_tokens (400)
+    assert keys(schedule([huge], now=0.0, cfg=CFG, model=model)) == ["huge"]
+    tight = stream("tight", deadline=0.1)
+    assert keys(schedule([huge, tight], now=0.0, cfg=CFG, model=model)) == ["tight"]  # it cannot join
+    huge.waited_s = CFG.max_hold_s
+    assert keys(schedule([huge, tight], now=0.0, cfg=CFG, model=model)) == ["huge"]  # its turn: alone
+    recompute = stream("back", deadline=0.05, tokens=900)  # a preempted stream's whole context
+    assert keys(schedule([recompute, stream("other", 0.5)], now=0.0, cfg=CFG, model=model)) == ["back"]
+    slow = Candidate("slow", False, False, math.inf, 300, arrival=0.0)  # ~0.3 s: more than the tight slack
+    assert keys(schedule([slow, tight], now=0.0, cfg=CFG, model=StepTimeModel(0.02, 1e-3))) == ["tight"]
+    slow.waited_s = CFG.max_hold_s
+    assert sorted(keys(schedule([slow, tight], now=0.0, cfg=CFG, model=StepTimeModel(0.02, 1e-3)))) == ["slow", "tight"]
+
+
 def test_step_time_model_learns_a_line():
     model = StepTimeModel(base_s=1.0, per_token_s=1.0)
     for tokens in [25, 50, 100, 200, 400] * 4:

@@ -237,3 +237,21 @@ def test_first_hops_go_ahead_of_streams_far_ahead():
     step(sched)
     batch, _ = step(sched)
     assert "old" in [s.req_id for s in batch.seqs]
+
+
+def test_waits_for_a_row_or_kv_are_reported_once_with_their_reason():
+    """A request that cannot start (every batch row taken, or no KV room) is reported once, with why."""
+    sched = Scheduler(config(running_max_req_size=1))
+    sched.add(seq("a"))
+    sched.add(seq("b"))
+    step(sched)
+    step(sched)
+    assert sched.take_waits() == [("b", "batch")] and sched.take_waits() == []
+    sched.abort("a")
+    step(sched)
+    assert sched.is_waiting == set()  # b runs: its wait ended
+    tight = Scheduler(config(num_kv_slots=30))  # 19 prompt tokens each: the second does not fit beside the first
+    tight.add(seq("c"))
+    tight.add(seq("d"))
+    step(tight)
+    assert tight.take_waits() == [("d", "kv")]

@@ -5,15 +5,18 @@ the chosen chunks as ONE packed flow pass over the paged cache (paged_flow.py, a
 flow_runner.py) and then HiFT per chunk shape, each request with its own seeded generator. Every request gets the
 audio of the unbatched reference (Token2WavSession for streams, Token2Wav.offline otherwise) to float rounding.
 
-Memory is reserved, never hoped for: the pool is allocated once, a request starts only when its page budget fits,
-so a CUDA out-of-memory error cannot come from the cache. If a step raises anyway, only its requests fail; their
-pages and slots go back and the engine goes on.
+Memory is reserved, never hoped for: the pool is allocated once, and a chunk runs only when its pages are granted
+(admission.py: playing streams first, non-stream utterances next, new streams last), so a CUDA out-of-memory error
+cannot come from the cache. A request larger than the whole pool fails at once (413); a stream that has sent
+audio is never failed for memory. If a step raises anyway, only its requests fail; their pages and slots go back
+and the engine goes on.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -21,12 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from light_tts.decode.engine_admission import EngineAdmission
 from light_tts.decode.engine_setup import HIFT_MAX_ROWS, EngineLimits, build_runtime
 from light_tts.decode.flow_inputs import ChunkSpec
 from light_tts.decode.hift_batch import split_hift_state, stack_hift_states
-from light_tts.decode.page_pool import PoolExhaustedError
 from light_tts.decode.request import DecodeRequest
-from light_tts.decode.scheduler import Candidate, SchedulerConfig, StepTimeModel, schedule
+from light_tts.decode.scheduler import Candidate, SchedulerConfig, StepTimeModel, schedule, urgent_before
 from light_tts.frontend.prompt import Prompt
 from light_tts.model_config import ModelConfig
 from light_tts.models.cosyvoice2.hift.streaming import hift_stream_chunk
@@ -34,6 +37,7 @@ from light_tts.token2wav import ChunkSchedule, HopPolicy, Token2Wav, first_hop_p
 
 logger = logging.getLogger(__name__)
 LOOKAHEAD_CHECK = 3  # tokens a shared prefix must leave before the prompt's end (the lookahead conv's reach)
+WAIT_POLL_S = 0.1  # a step that ran nothing while requests wait (for pages, time) is tried again this much later
 
 
 @dataclass
@@ -62,7 +66,7 @@ class EngineStats:
     pages_total: int = 0
     pages_used: int = 0  # not free: held by streams, or by kept voice prefixes no stream uses (cached)
     pages_cached: int = 0  # kept prefixes no stream uses: evicted on demand
-    waiting_for_pages: int = 0
+    waiting_for_pages: int = 0  # ready requests whose chunk could not run (pages, slot, capacity, turn)
     preemptions: int = 0
     streams_active: int = 0
     prefixes_kept: int = 0
@@ -77,7 +81,7 @@ def to_int16(audio: np.ndarray) -> np.ndarray:
     return (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
 
 
-class DecodeEngine:
+class DecodeEngine(EngineAdmission):
     def __init__(self, model_cfg: ModelConfig, device: str | torch.device = "cpu", max_batch_size: int = 16,
                  hop_policy: HopPolicy = HopPolicy(), dtype: torch.dtype = torch.float32,
                  use_cuda_graph: bool = True, limits: EngineLimits = EngineLimits(), clock=time.monotonic):
@@ -90,21 +94,26 @@ class DecodeEngine:
         rt = build_runtime(self, use_cuda_graph)
         self.cache, self.pool, self.runner, self.slots = rt.cache, rt.pool, rt.runner, rt.slots
         self.page_tokens = self.cache.shape.page_tokens
-        self.sched_cfg = SchedulerConfig(max_rows=max_batch_size, max_tokens=limits.max_pass_tokens)
+        # a non-stream utterance keeps its pages from new streams while it waits: it gets its turn well before
+        # they would be refused for the wait
+        self.sched_cfg = SchedulerConfig(max_rows=max_batch_size, max_tokens=limits.max_pass_tokens,
+                                         max_hold_s=limits.admission_wait_s / 2)
         self.step_model = StepTimeModel()
         self.requests: dict[str, DecodeRequest] = {}
         self.stats = EngineStats(pages_total=self.pool.num_pages)
-        self.is_stalled = False  # the last step ran nothing (waiting for pages or tokens) and nothing changed since
-        self.admissions = 0  # admission order: the most recent stream is preempted first
+        self.stalled_until = -math.inf  # the last step ran nothing: step again then, or when something changes
+        self.admissions = 0  # admission order
+        self.waits: list[tuple[str, str, str]] = []  # (request, reason, detail) of each wait that began
 
     # ---- API of the decode process ----
 
     def add_request(self, req_id: str, prompt: Prompt, seed: int, stream: bool, speed: float = 1.0,
                     max_tokens: int | None = None, prefix_key: str | None = None,
-                    audio_start: float | None = None, samples_sent: int = 0) -> None:
-        """max_tokens: the most speech tokens it can get (its page budget); prefix_key: its voice (streams of one
-        voice share the prompt's first pages); audio_start/samples_sent: playback already under way (a later
-        sentence of a request whose listener is hearing the earlier ones)."""
+                    audio_start: float | None = None, samples_sent: int = 0, min_tokens: int = 0) -> None:
+        """max_tokens: the most speech tokens it can get (its page budget); min_tokens: the fewest it will get (a
+        fixed length); prefix_key: its voice (streams of one voice share the prompt's first pages);
+        audio_start/samples_sent: playback already under way (a later sentence of a request whose listener is
+        hearing the earlier ones)."""
         p_tok = np.asarray(prompt.speech_tokens, dtype=np.int32)
         schedule_ = ChunkSchedule(self.hop_policy, first_hop_pad(len(p_tok), self.cfg.chunk_size),
                                   self.cfg.flow.pre_lookahead_len, first_hop=self.limits.first_hop_tokens or None)
@@ -118,8 +127,10 @@ class DecodeEngine:
             req.error = "speed change is only supported for non-stream requests"
         elif len(p_tok) > self.limits.max_prompt_tokens or req.mel_mismatch():
             req.error = f"bad prompt: {len(p_tok)} tokens, {len(req.prompt_mel)} mel frames"
+        else:  # too large for the pool, known now: a stream by its bound, a non-stream utterance by its minimum
+            self._check_size(req, req.max_tokens if stream else min_tokens)
         self.requests[req_id] = req
-        self.is_stalled = False
+        self.stalled_until = -math.inf
 
     def push_tokens(self, req_id: str, tokens: list[int], is_last: bool) -> None:
         req = self.requests.get(req_id)
@@ -129,19 +140,30 @@ class DecodeEngine:
             req.error = f"more than the {req.max_tokens} speech tokens this request was admitted with"
         req.schedule.tokens.extend(tokens)
         req.is_last = req.is_last or is_last
-        self.is_stalled = False
+        if not req.stream and req.error is None:  # it fails as soon as it is known not to fit, not at its end
+            self._check_size(req, len(req.schedule.tokens))
+        self.stalled_until = -math.inf
 
     def abort(self, req_id: str) -> None:
         req = self.requests.pop(req_id, None)
         if req is not None:
             self._release(req)
-            self.is_stalled = False
+            self.stalled_until = -math.inf
 
     def has_work(self) -> bool:
-        """A step would do something now (a stalled engine waits for tokens, an abort or a new request: pages
-        only come back through those)."""
-        return not self.is_stalled and any(r.error is not None or r.ready_chunk() is not None
-                                           for r in self.requests.values())
+        """A step would do something now. After a step that ran nothing the engine waits for tokens, an abort or
+        a new request, or, while requests wait for pages or time, WAIT_POLL_S (wake_in_s)."""
+        return self.clock() >= self.stalled_until and any(r.error is not None or r.ready_chunk() is not None
+                                                          for r in self.requests.values())
+
+    def wake_in_s(self) -> float | None:
+        """Seconds until a stalled engine should step again by itself (None: only when something arrives)."""
+        return None if math.isinf(self.stalled_until) else max(0.0, self.stalled_until - self.clock())
+
+    def take_waits(self) -> list[tuple[str, str, str]]:
+        """(request, reason, detail) of each wait that began since the last call: logged once, counted by reason."""
+        out, self.waits = self.waits, []
+        return out
 
     def num_active(self) -> int:
         return len(self.requests)
@@ -150,10 +172,9 @@ class DecodeEngine:
 
     @torch.inference_mode()
     def step(self) -> list[AudioOutput]:
-        """The chunks the scheduler picks (first audio first, then by playback deadline), as one flow pass."""
-        outputs = [self._fail(r, r.error, "bad_request") for r in list(self.requests.values()) if r.error is not None]
-        for entry in self.pool.take_evicted():
-            self.slots.free(entry.slot)
+        """The chunks the scheduler picks (first audio first, then by playback deadline) whose pages are granted
+        (admission.py), as one flow pass."""
+        outputs = [self._fail(r, r.error, r.error_kind) for r in list(self.requests.values()) if r.error is not None]
         now = self.clock()
         candidates, ready = [], {}
         for req in list(self.requests.values()):
@@ -167,32 +188,26 @@ class DecodeEngine:
                 outputs.append(AudioOutput(req.req_id, np.zeros(0, np.float32), finished=True))
                 continue
             ready[req.req_id] = chunk
+            req.ready_since = now if req.ready_since is None else req.ready_since
             cost = len(self._chunk_tokens(req, finalize)[0])
             candidates.append(Candidate(req.req_id, req.stream, req.audio_start is None,
-                                        req.deadline(self.limits.deadline_margin_s), cost, req.arrival))
-        admitted, waiting = [], 0
-        for c in schedule(candidates, now, self.sched_cfg, self.step_model):
-            req = self.requests[c.key]
-            try:
-                if not req.is_admitted and not self._admit(req, ready[c.key]):
-                    waiting += 1
-                    if req.waiting_since is None:
-                        req.waiting_since = now
-                    if now - req.waiting_since > self.limits.admission_wait_s:  # past the bound: 429, not later
-                        outputs.append(self._fail(req, f"no room for another stream within "
-                                                       f"{self.limits.admission_wait_s:g} s; retry shortly",
-                                                  "overloaded"))
-                    continue
-                admitted.append(req)
-            except PoolExhaustedError as e:
-                outputs.append(self._fail(req, str(e), "too_large"))
-        if self.limits.reservation == "lazy":
-            admitted = self._make_room(admitted, ready)
-        jobs = [self._job(req, *ready[req.req_id]) for req in admitted]
-        self.stats.waiting_for_pages = waiting
+                                        req.deadline(self.limits.deadline_margin_s), cost, req.arrival,
+                                        now - req.ready_since))
+        self._free_slots_for(sum(1 for c in candidates if not self.requests[c.key].is_admitted))
+        chosen = schedule(candidates, now, self.sched_cfg, self.step_model)
+        plan = self._plan(candidates, {c.key for c in chosen}, ready, urgent_before(candidates, now, self.sched_cfg,
+                                                                                    self.step_model), now)
+        for key in plan.preempted:
+            self._preempt(self.requests[key], now)
+        for key in plan.admitted:
+            self._take_slot(self.requests[key])
+        outputs += self._note_waits(plan, now)
+        run = set(plan.run)
+        jobs = [self._job(self.requests[c.key], *ready[c.key]) for c in chosen if c.key in run]
+        self.stats.waiting_for_pages = len(plan.waiting)
         if jobs:
             outputs += self._run(jobs, now)
-        self.is_stalled = not outputs
+        self.stalled_until = -math.inf if outputs else (now + WAIT_POLL_S if candidates else math.inf)
         self._update_stats()
         return outputs
 
@@ -231,64 +246,6 @@ class DecodeEngine:
         within the prompt (docs/decode-engine.md)."""
         return max(0, (req.num_prompt_tokens - LOOKAHEAD_CHECK) // self.page_tokens) if req.prefix_key else 0
 
-    def _admit(self, req: DecodeRequest, chunk: tuple[list[int], bool]) -> bool:
-        """Full reservation: the stream's whole budget must fit now. Lazy: its first chunk's pages must fit next to
-        a page for every admitted stream (their next chunks); later pages are taken, or made room for, chunk by
-        chunk (_make_room)."""
-        total = req.num_prompt_tokens + (req.max_tokens if req.stream else len(req.schedule.tokens))
-        shared = self.pool.prefix_pages(req.prefix_key) if req.prefix_key else 0
-        budget = -(-total // self.page_tokens) - shared
-        if self.limits.context_window_pages and req.stream:  # prompt + window + the largest chunk and its spill
-            window = -(-req.num_prompt_tokens // self.page_tokens) + self.limits.context_window_pages
-            budget = min(budget, window + self.hop_policy.max_hop // self.page_tokens + 2 - shared)
-        if budget > self.pool.num_pages:
-            raise PoolExhaustedError(f"the request needs {budget} flow-cache pages, the pool has "
-                                     f"{self.pool.num_pages}")
-        num_admitted = sum(1 for r in self.requests.values() if r.is_admitted)
-        if self.limits.reservation == "lazy":
-            t0 = shared * self.page_tokens
-            first = -(-(t0 + len(self._chunk_tokens(req, chunk[1], t0)[0])) // self.page_tokens) - shared
-            fits = first + num_admitted <= self.pool.num_available(req.prefix_key)
-            budget = 0
-        else:
-            fits = self.pool.can_admit(budget, req.prefix_key)
-        if not self.slots.num_free or not fits:
-            return False
-        num_streams = sum(1 for r in self.requests.values() if r.is_admitted and r.stream)
-        if req.stream and self.limits.realtime_admission and num_streams >= self.capacity_streams():
-            return False  # one more stream would make the admitted ones stall (by the measured step times)
-        stream = self.pool.admit(req.req_id, budget, req.prefix_key)
-        req.slot = self.slots.take()
-        self.admissions += 1
-        req.admission = self.admissions
-        self.cache.spks[req.slot] = self.flow._speaker(req.embedding.to(self.dtype))[0]
-        if stream.prefix is not None:
-            req.t0, req.read_slot = len(stream.prefix.pages) * self.page_tokens, stream.prefix.slot
-        return True
-
-    def _make_room(self, admitted: list[DecodeRequest], ready: dict) -> list[DecodeRequest]:
-        """Lazy reservation: grow each chosen request's budget by its chunk's new pages; when the pool cannot,
-        preempt the most recently admitted stream (its pages go back; it recomputes its cache when it is
-        admitted again), so the oldest stream always progresses and none can be starved."""
-        while admitted:
-            need = {r.req_id: self._new_pages(r, ready[r.req_id][1]) for r in admitted}
-            if sum(need.values()) <= self.pool.num_available():
-                for r in admitted:
-                    assert self.pool.grow(r.req_id, need[r.req_id])
-                return admitted
-            victim = max((r for r in self.requests.values() if r.is_admitted), key=lambda r: r.admission)
-            self._preempt(victim)
-            admitted = [r for r in admitted if r is not victim]
-        return admitted
-
-    def _preempt(self, req: DecodeRequest) -> None:
-        """Take a stream's pages back; it keeps its tokens, HiFT state and playback clock, and its next chunk
-        recomputes everything from the prompt (or its voice prefix) on, dropping the frames already heard."""
-        logger.info("preempting %s (%d pages) to make room", req.req_id, self.pool.streams[req.req_id].num_held)
-        self._release(req)
-        req.t0, req.read_slot, req.num_chunks, req.waiting_since = 0, 0, 0, None
-        self.stats.preemptions += 1
-
     def _new_pages(self, req: DecodeRequest, finalize: bool) -> int:
         tokens, la = self._chunk_tokens(req, finalize)
         return max(0, -(-(req.t0 + len(tokens) - la) // self.page_tokens) - len(self.pool.streams[req.req_id].page_table))
@@ -325,7 +282,8 @@ class DecodeEngine:
                          skip_pages=self._window(req))
         job = StepJob(req, spec, finalize, drop_frames=2 * (p + sched.offset - req.t0), keep_to=keep_to)
         prefix_pages = self._prefix_pages(req)
-        if req.num_chunks == 0 and stream.prefix is None and prefix_pages and self.slots.num_free:
+        if (req.num_chunks == 0 and stream.prefix is None and prefix_pages and self.slots.num_free
+                and len(self.pool.prefixes) < self.limits.max_prefixes):
             job.prefix_slot = self.slots.take()
             spec.saves.append((prefix_pages * page - req.t0, job.prefix_slot))
         return job

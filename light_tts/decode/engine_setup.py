@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from light_tts.decode.flow_cache import KV_DTYPES, FlowCache, FlowCacheShape, pages_for_bytes
+from light_tts.decode.flow_inputs import Bucket
 from light_tts.decode.flow_runner import FlowRunner, make_buckets
 from light_tts.decode.hift_graph import HiFTGraphs
 from light_tts.decode.page_pool import PagePool
@@ -34,7 +35,9 @@ class EngineLimits:
     kv_dtype: str | None = None  # float16, bfloat16, float32, fp8_e4m3; None: the flow's dtype
     deadline_margin_s: float = 0.3  # a stream's chunk is due this long before its listener runs out
     reservation: str = "lazy"  # "full": a stream reserves its whole budget at admission; "lazy": chunk by chunk
-    admission_wait_s: float = 5.0  # a request ready but not admitted for longer fails with 429
+    admission_wait_s: float = 5.0  # a new stream ready but not admitted for longer fails with 429
+    headroom: float = 0.05  # lazy: share of the pool that admissions leave free for admitted streams to grow into
+    preempt_interval_s: float = 5.0  # lazy: a stream is preempted at most once per this many seconds
     realtime_admission: bool = False  # admit streams only within the real-time capacity of the measured steps
     first_hop_tokens: int = 0  # > 0: the first streamed chunk is this many tokens (provisional); 0: upstream's
     context_window_pages: int = 0  # > 0: attention sees the prompt and the last this many generated pages
@@ -106,8 +109,11 @@ def build_runtime(engine, use_cuda_graph: bool) -> Runtime:
 
 def _pages_after_warmup(engine, shape: FlowCacheShape, num_slots: int, max_tokens: int, largest, kv_dtype) -> int:
     """Runs the largest pass eagerly on a small pool to learn the activation peak, then sizes the pool from what
-    is left: mem_fraction of the free memory, minus that peak (graph captures reuse it) and a HiFT margin."""
+    is left: mem_fraction of the free memory, minus that peak (graph captures reuse it) and a HiFT margin. The
+    largest pass is the largest bucket, or the longest utterance when that is longer: a non-stream utterance (or a
+    long stream's recompute) past the largest bucket runs eagerly, alone."""
     device, act_dtype = engine.device, engine.dtype
+    largest = Bucket(max(largest.num_tokens, max_tokens), largest.num_rows)
     probe = FlowCache(shape, 4, 4, act_dtype, kv_dtype, device)
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)

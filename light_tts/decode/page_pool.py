@@ -191,6 +191,13 @@ class PagePool:
         self.evicted.append(entry)
         return entry
 
+    def evict_unused(self) -> bool:
+        """Reclaim the least recently used prefix no stream uses (its slot is wanted); False if there is none."""
+        if not self.unused_prefixes:
+            return False
+        self._evict_one()
+        return True
+
     def take_evicted(self) -> list[PrefixEntry]:
         out, self.evicted = self.evicted, []
         return out

@@ -35,13 +35,16 @@ class DecodeRequest:
     hift_state: HiFTStreamState = field(default_factory=HiFTStreamState)
     is_last: bool = False  # every token has arrived
     error: str | None = None  # set when the request failed; reported by the next step
+    error_kind: str = "bad_request"  # its light_tts.errors kind
     # admission
     slot: int = -1  # tail slot, once admitted
     t0: int = 0  # tokens whose keys/values are in the pool
     read_slot: int = 0  # where the next chunk reads its conv context (0: zeros)
     num_chunks: int = 0  # flow chunks computed
-    admission: int = 0  # order of admission (lazy reservation preempts the most recent first)
-    waiting_since: float | None = None  # ready, but not admitted yet (no pages, or no real-time capacity)
+    admission: int = 0  # order of its last admission
+    waiting_since: float | None = None  # ready, but its chunk could not run (no pages, slot or real-time capacity)
+    ready_since: float | None = None  # when its first chunk became ready (a non-stream utterance's hold time)
+    preempted_at: float | None = None  # when its pages were last taken back (at most once per interval)
     # playback (deadline scheduling): when its listener started hearing it and how much was sent since
     audio_start: float | None = None
     samples_sent: int = 0

@@ -16,6 +16,11 @@ step is built in this order, within the step's row and token budget:
    worth), so the engine never idles while it has work, yet a far-ahead crowd never makes one step long enough
    to delay the next arrival's first audio.
 
+A row larger than the step's token budget (a long non-stream utterance, or the recompute of a long stream that
+was preempted) runs in a step of its own, so that nothing waits for ever for a step that could hold it. A
+non-stream utterance held back for streams' slack longer than `max_hold_s` takes its turn anyway, right after the
+urgent chunks (alone when it is that large), so that a busy stream load cannot starve it.
+
 The step time is predicted by StepTimeModel, a linear fit of measured step times against the tokens in the pass.
 """
 
@@ -33,6 +38,7 @@ class Candidate:
     deadline: float  # when its listener runs out of audio; -inf before the first chunk
     num_tokens: int  # what the chunk computes (its cost)
     arrival: float
+    waited_s: float = 0.0  # how long it has been ready without running (non-stream: bounded by max_hold_s)
 
 
 class StepTimeModel:
@@ -65,6 +71,15 @@ class SchedulerConfig:
     max_tokens: int  # tokens per step (the largest pass the flow runs at once)
     fill_horizon_s: float = 1.0  # streams due within this (beyond the urgent ones) run when budget allows
     target_step_s: float = 0.08  # with spare capacity, steps grow to about this long with early chunks
+    max_hold_s: float = 5.0  # a non-stream utterance held back longer runs even where it takes streams' slack
+
+
+def urgent_before(candidates: list[Candidate], now: float, cfg: SchedulerConfig, model: StepTimeModel) -> float:
+    """Streams due before this time are urgent: they run dry unless this step serves them. This step will carry the
+    first chunks and the streams due soon; a stream left out waits for it and the next."""
+    pending = sum(c.num_tokens for c in candidates if c.is_stream and (c.is_first or c.deadline <= now +
+                                                                        cfg.fill_horizon_s))
+    return now + 2 * model.predict(min(cfg.max_tokens, pending))
 
 
 def schedule(candidates: list[Candidate], now: float, cfg: SchedulerConfig, model: StepTimeModel) -> list[Candidate]:
@@ -72,27 +87,34 @@ def schedule(candidates: list[Candidate], now: float, cfg: SchedulerConfig, mode
     chosen: list[Candidate] = []
     taken: set[str] = set()
     num_tokens = 0
+    is_closed = False  # an oversized row runs alone
 
     def take(c: Candidate, max_step_s: float = math.inf) -> bool:
-        nonlocal num_tokens
-        if c.key in taken or len(chosen) >= cfg.max_rows or num_tokens + c.num_tokens > cfg.max_tokens:
+        nonlocal num_tokens, is_closed
+        if is_closed or c.key in taken or len(chosen) >= cfg.max_rows:
+            return False
+        if num_tokens + c.num_tokens > cfg.max_tokens and (chosen or c.num_tokens <= cfg.max_tokens):
             return False
         if model.predict(num_tokens + c.num_tokens) > max_step_s:
             return False
         chosen.append(c)
         taken.add(c.key)
         num_tokens += c.num_tokens
+        is_closed = c.num_tokens > cfg.max_tokens
         return True
 
     streams = sorted((c for c in candidates if c.is_stream and not c.is_first), key=lambda c: c.deadline)
     firsts = sorted((c for c in candidates if c.is_stream and c.is_first), key=lambda c: c.arrival)
-    # this step will carry the first chunks and the streams due soon: a stream left out waits for it and the next
-    pending = sum(c.num_tokens for c in firsts) + sum(
-        c.num_tokens for c in streams if c.deadline <= now + cfg.fill_horizon_s)
-    urgent_before = now + 2 * model.predict(min(cfg.max_tokens, pending))
+    whole = sorted((c for c in candidates if not c.is_stream), key=lambda c: c.arrival)
+    held = [c for c in whole if c.waited_s >= cfg.max_hold_s]
+    if held and held[0].num_tokens > cfg.max_tokens:  # its turn came, and it can only run alone
+        return [held[0]]
+    urgent = urgent_before(candidates, now, cfg, model)
     for c in streams:  # 1. urgent
-        if c.deadline <= urgent_before:
+        if c.deadline <= urgent:
             take(c)
+    for c in held:  # non-stream work held back too long: its turn
+        take(c)
     for c in firsts:  # 2. first audio
         take(c)
     for c in streams:  # 3. due soon
@@ -103,7 +125,7 @@ def schedule(candidates: list[Candidate], now: float, cfg: SchedulerConfig, mode
     max_step_s = min([c.deadline - now for c in chosen if c.is_stream and not c.is_first] +
                      [(c.deadline - now) / 2 for c in streams if c.key not in taken] +
                      [cfg.target_step_s for c in chosen if c.is_first] + [math.inf])
-    for c in sorted((c for c in candidates if not c.is_stream), key=lambda c: c.arrival):
+    for c in whole:
         take(c, max_step_s=max_step_s)
     # 5. early work: fill the step that runs anyway up to the target (or a quarter longer than it already is);
     # with nothing else to do, the earliest-deadline streams run at once, so the engine never idles with work

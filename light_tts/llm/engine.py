@@ -64,6 +64,10 @@ class LLMEngine:
             self.abort(req_id)
         return ids
 
+    def take_waits(self) -> list[tuple[str, str]]:
+        """(request, why) of each wait for KV or a batch row that began since the last call."""
+        return self.scheduler.take_waits()
+
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 

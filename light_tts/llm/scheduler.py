@@ -59,6 +59,8 @@ class Scheduler:
         self.outputs: list[TokenOutput] = []  # finished outside a batch (rejected at admission), sent next step
         self.num_decodes_since_prefill = 0
         self.num_preemptions = 0
+        self.waits: list[tuple[str, str]] = []  # (request, why) of each wait that began: kv, batch
+        self.is_waiting: set[str] = set()  # requests whose wait was reported and has not ended
 
     def add(self, seq: Sequence) -> None:
         if seq.req_id in self.seqs:
@@ -103,6 +105,11 @@ class Scheduler:
 
     def has_unfinished(self) -> bool:
         return bool(self.seqs) or bool(self.outputs)
+
+    def take_waits(self) -> list[tuple[str, str]]:
+        """(request, why) of each wait for KV or a batch row that began since the last call (reported once)."""
+        waits, self.waits = self.waits, []
+        return waits
 
     def take_outputs(self) -> list[TokenOutput]:
         outputs, self.outputs = self.outputs, []
@@ -150,9 +157,10 @@ class Scheduler:
         num_batch_tokens = 0
         candidates = [s for s in self.running if s.is_ready and s.num_new_tokens > 1]
         candidates += [s for s in self.waiting if s.is_ready]
-        for seq in candidates:
+        for i, seq in enumerate(candidates):
             is_new = seq.status == SeqStatus.WAITING
             if is_new and len(self.running) >= self.cfg.running_max_req_size:
+                self._note_waits(candidates[i:], "batch")
                 break
             if is_new:
                 self._reuse_prefix(seq)
@@ -163,7 +171,10 @@ class Scheduler:
             if is_too_big or not self._ensure_free(num_new + headroom):
                 if is_new:
                     self._release_kv(seq)
+                if not is_too_big:  # too big for this batch: it goes in the next one
+                    self._note_waits(candidates[i:], "kv")
                 break
+            self.is_waiting.discard(seq.req_id)
             seq.slots += self.allocator.allocate(num_new)
             if is_new:
                 seq.row = self.rows.allocate()
@@ -173,6 +184,12 @@ class Scheduler:
             scheduled.append(seq)
             num_batch_tokens += num_new
         return scheduled
+
+    def _note_waits(self, seqs: list[Sequence], reason: str) -> None:
+        for seq in seqs:
+            if seq.req_id not in self.is_waiting:
+                self.is_waiting.add(seq.req_id)
+                self.waits.append((seq.req_id, reason))
 
     def _first_hops_first(self, decodable: list[Sequence]) -> list[Sequence]:
         """While a request still makes its first hop, leave out those far ahead of their listeners."""
@@ -274,6 +291,7 @@ class Scheduler:
         self.waiting.appendleft(seq)
 
     def _remove(self, seq: Sequence) -> None:
+        self.is_waiting.discard(seq.req_id)
         self._release_kv(seq)
         if seq in self.running:
             self.running.remove(seq)

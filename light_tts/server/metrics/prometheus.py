@@ -50,14 +50,19 @@ STEP_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 
 DECODE_POOL_PAGES = Gauge("lighttts_decode_pool_pages", "Flow-cache pool pages of a decode process (used: not "
                           "free; cached: the part of used held by voice prefixes no stream uses, evicted on demand)",
                           ["rank", "state"], multiprocess_mode="livesum")
-DECODE_WAITING = Gauge("lighttts_decode_streams_waiting_for_pages", "Requests ready to start that wait for pool "
-                       "pages", ["rank"], multiprocess_mode="livesum")
+DECODE_WAITING = Gauge("lighttts_decode_streams_waiting_for_pages", "Requests of a decode process whose ready chunk "
+                       "waits (for pool pages, a slot, real-time capacity or its turn)", ["rank"],
+                       multiprocess_mode="livesum")
 DECODE_CAPACITY = Gauge("lighttts_decode_capacity_streams", "Real-time streams the decode process admits by its "
                         "measured step times (the admission bound on a GPU)", ["rank"], multiprocess_mode="livesum")
 GPU_RELOAD_SECONDS = Histogram("lighttts_gpu_reload_seconds", "A worker's reload after an idle release (the "
                                "first request waits for it)", ["stage"], buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60))
-DECODE_PREEMPTIONS = Counter("lighttts_decode_preemptions", "Streams whose pool pages were taken back (lazy "
-                             "reservation); they recompute their cache", ["rank"])
+DECODE_PREEMPTIONS = Counter("lighttts_decode_preemptions", "Streams whose pool pages were taken back for an older "
+                             "stream that would stall (lazy reservation); they recompute their cache", ["rank"])
+WAITS = Counter("lighttts_waits", "Requests that had to wait inside a stage, once per wait, by why (decode: pages, "
+                "slots, capacity, turn; llm: kv, batch)", ["stage", "reason"])
+LLM_PREEMPTIONS = Counter("lighttts_llm_preemptions", "LLM requests whose KV was freed to make room (recomputed "
+                          "later, their tokens unchanged)", ["model"])
 DECODE_EAGER = Counter("lighttts_decode_eager_passes", "Decode passes that fit no captured CUDA graph",
                        ["rank", "part"])
 STALL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)

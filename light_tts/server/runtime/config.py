@@ -105,7 +105,7 @@ class ServerConfig:
                                                   "has a slot of conv context); later ones wait")
     decode_mem_fraction: float = _opt("decode", 0.85, "share of the GPU memory free after the decode warm-up that the "
                                                       "flow-cache pools on that GPU take, split evenly between its "
-                                                      "decode processes (GPU only; the CPU pool is 1 GB)")
+                                                      "decode processes (GPU only; the CPU pool is 384 MB)")
     flow_cache_dtype: str = _opt("decode", "auto", "flow-cache keys/values: float16, bfloat16, or fp8_e4m3 (per-page, "
                                                    "per-head scales; half the memory, not upstream-exact)",
                                  choices=("auto", "float16", "bfloat16", "float32", "fp8_e4m3"),
@@ -116,9 +116,20 @@ class ServerConfig:
                                                      "is preempted (recomputed later) when they run out; full: it "
                                                      "reserves its whole utterance at admission",
                                    choices=("lazy", "full"))
-    admission_wait_s: float = _opt("decode", 5.0, "a stream that finds no room in its decode process (pool pages, "
-                                                  "or on a GPU the real-time capacity of the measured steps) "
-                                                  "waits this long, then gets 429 with Retry-After")
+    admission_wait_s: float = _opt("decode", 5.0, "a new stream that finds no room in its decode process (pool "
+                                                  "pages, or on a GPU the real-time capacity of the measured steps) "
+                                                  "waits this long, then gets 429 with Retry-After, before any "
+                                                  "audio; a non-stream utterance held back for streams half as "
+                                                  "long takes its turn")
+    decode_headroom: float = _opt("decode", 0.05, "lazy reservation: share of the pool that new streams leave free, "
+                                                  "the room the streams already playing grow into")
+    preempt_interval_s: float = _opt("decode", 5.0, "lazy reservation: a stream gives its pages back to an older "
+                                                    "one (and recomputes them later) only when that one would "
+                                                    "stall, and at most once per this many seconds")
+    decode_pool_pages: int | None = _opt("decode", None, "flow-cache pages per decode process (one page: one "
+                                                         "second of one stream), instead of sizing the pool from "
+                                                         "memory", default_text="sized from free memory (GPU) or "
+                                                                                "384 MB (CPU)")
     first_hop_tokens: int = _opt("decode", 0, "speech tokens of a stream's first chunk (e.g. 15: earlier first "
                                               "audio; not upstream-exact for those tokens)",
                                  default_text="0: upstream's 25 plus the prompt's alignment pad")
@@ -209,6 +220,10 @@ class ServerConfig:
             raise ValueError("--decode_max_streams and --max_speech_tokens must be >= 1")
         if not 0 < self.decode_mem_fraction <= 1 or self.deadline_margin_s < 0:
             raise ValueError("--decode_mem_fraction must be in (0, 1], --deadline_margin_s >= 0")
+        if not 0 <= self.decode_headroom < 1 or self.preempt_interval_s < 0:
+            raise ValueError("--decode_headroom must be in [0, 1), --preempt_interval_s >= 0")
+        if self.decode_pool_pages is not None and self.decode_pool_pages < 1:
+            raise ValueError("--decode_pool_pages must be >= 1")
         if self.first_hop_tokens < 0 or self.flow_context_window < 0 or self.llm_ahead_seconds < 0:
             raise ValueError("--first_hop_tokens, --flow_context_window and --llm_ahead_seconds must be >= 0")
         for name in ("batch_max_tokens", "max_total_token_num", "graph_max_batch_size"):

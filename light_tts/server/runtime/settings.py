@@ -153,6 +153,7 @@ class ServerSettings:
             first_hop_tokens=c.first_hop_tokens, context_window_pages=math.ceil(c.flow_context_window),
             # streams are admitted within real-time capacity on a GPU; a CPU host is for trying, not real time
             admission_wait_s=c.admission_wait_s, realtime_admission=device != "cpu", reservation=c.decode_reservation,
+            headroom=c.decode_headroom, preempt_interval_s=c.preempt_interval_s, num_pages=c.decode_pool_pages,
             kv_dtype=None if c.flow_cache_dtype == "auto" or device == "cpu" else c.flow_cache_dtype)
         return {"device": device, "max_batch_size": c.decode_max_batch_size, "hop_policy": HopPolicy(c.hop_policy),
                 "dtype": getattr(torch, self.decode_dtype(device)), "use_cuda_graph": not c.disable_cudagraph,

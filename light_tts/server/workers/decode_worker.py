@@ -7,6 +7,7 @@ wait here until then), so the audio written to the ring is already in playback o
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import traceback
@@ -95,8 +96,9 @@ class DecodeWorker:
     def loop(self) -> None:
         while not parent_is_gone(self.launcher_pid):
             self.processes.beat("decode", self.rank)
-            is_busy = self.engine.has_work()
-            for message in self.inbox.receive(0 if is_busy else 200, max_messages=1000):
+            wake_in_s = self.engine.wake_in_s() if not self.engine.is_released else None
+            timeout_ms = 0 if self.engine.has_work() else 200 if wake_in_s is None else min(200, int(1000 * wake_in_s))
+            for message in self.inbox.receive(timeout_ms, max_messages=1000):
                 try:
                     self.handlers(message)
                 except Exception as e:  # one bad request must not take the process down
@@ -112,6 +114,11 @@ class DecodeWorker:
 
     def report(self) -> None:
         rank, stats = str(self.rank), self.engine.stats
+        for engine_id, reason, detail in self.engine.take_waits():  # each wait, once: why, and a count by reason
+            state = self.active.get(engine_id)
+            if state is not None:
+                self.log.info("request %d waits for %s", state.params.req_id, detail)
+                metrics.WAITS.labels("decode", reason).inc()
         metrics.QUEUE_DEPTH.labels("decode", rank).set(len(self.reqs))
         metrics.DECODE_POOL_PAGES.labels(rank, "used").set(stats.pages_used)
         metrics.DECODE_POOL_PAGES.labels(rank, "total").set(stats.pages_total)
@@ -194,7 +201,8 @@ class DecodeWorker:
         # a later sentence continues the listener's playback: its chunks are due when the earlier audio runs out
         self.engine.add_request(state.engine_id(), state.prompt, waiting.seed, p.stream, p.speed,
                                 max_tokens=waiting.max_tokens, prefix_key=state.voice_key,
-                                audio_start=state.audio_start, samples_sent=state.num_sent)
+                                audio_start=state.audio_start, samples_sent=state.num_sent,
+                                min_tokens=p.fixed_speech_tokens or 0)
         self.engine.push_tokens(state.engine_id(), waiting.tokens, waiting.is_end)
 
     def stop_sentence(self, state: DecodeRequestState) -> None:
@@ -204,14 +212,16 @@ class DecodeWorker:
             state.active = -1
 
     def write_outputs(self, outputs) -> None:
-        metrics.BATCH_SIZE.labels("decode", str(self.rank)).observe(len(outputs))
+        if outputs:  # a step while requests wait (for pages, or time) may run nothing
+            metrics.BATCH_SIZE.labels("decode", str(self.rank)).observe(len(outputs))
         for out in outputs:
             state = self.active.get(out.req_id)
             if state is None:
                 continue
             req_id = state.params.req_id
-            if out.error:
-                self.log.error("request %d failed in token2wav (%s): %s", req_id, out.error_kind, out.error)
+            if out.error:  # a refusal the client is told about (413, 429, 400) is no server error
+                level = logging.ERROR if out.error_kind in ("internal", "unavailable") else logging.WARNING
+                self.log.log(level, "request %d failed in token2wav (%s): %s", req_id, out.error_kind, out.error)
                 self.drop(req_id, error_from_kind(out.error_kind, out.error))
                 continue
             is_last = out.finished and state.active == state.last_sentence

@@ -74,6 +74,7 @@ class LLMWorker:
         self.aborted = AbortedRequests()
         self.llm_tokens = metrics.LLM_TOKENS.labels(self.model.name)
         self.next_decode = 0  # index into self.decode_ranks where the round-robin goes on
+        self.num_preemptions = 0  # the engine's, already counted in the metric
 
     def init_sockets(self) -> None:
         self.ctx = zmq.Context()
@@ -266,6 +267,16 @@ class LLMWorker:
                 self.to_decode[rank].send(batch)
 
     def report(self) -> None:
+        for engine_id, reason in self.engine.take_waits():  # each wait, once: why, and a count by reason
+            state = self.running.get(engine_id)
+            if state is not None:
+                self.log.info("request %d waits in the LLM for %s", state.params.req_id,
+                              "KV-cache room" if reason == "kv" else "a batch row (--running_max_req_size)")
+                metrics.WAITS.labels("llm", reason).inc()
+        preemptions = self.engine.scheduler.num_preemptions
+        if preemptions > self.num_preemptions:
+            metrics.LLM_PREEMPTIONS.labels(self.model.name).inc(preemptions - self.num_preemptions)
+            self.num_preemptions = preemptions
         self.processes.set_load("llm", self.rank, len(self.reqs))
         metrics.QUEUE_DEPTH.labels("llm", str(self.rank)).set(len(self.reqs))
         stats = self.engine.stats()
