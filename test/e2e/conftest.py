@@ -13,7 +13,7 @@ from server_harness import ServerProcess, serving
 # Room for every request of these tests: prompt + text + 20 x text speech tokens (the random tiny model rarely
 # samples eos), so the server's length bound is the offline pipeline's.
 MAX_REQ_TOTAL_LEN = 1024
-IDLE_TIMEOUT_S = 3  # --ws_idle_timeout_s and --http_body_timeout_s of the shared server
+IDLE_TIMEOUT_S = 3  # --ws_idle_timeout_s and --http_body_timeout_s of the shared server (twice: the body deadline)
 HEADER_TIMEOUT_S = 2  # shorter: a WebSocket that outlives it shows the header timer leaves upgraded sockets alone
 
 
@@ -44,7 +44,8 @@ def server(tiny_model_dir, tmp_path_factory):
                         "--data_dir", str(tmp_path_factory.mktemp("voices")), "--httpserver_workers", "2", "--decode_process_num", "2", "--running_max_req_size", "24",
                         "--max_text_chars", "2000", "--request_timeout_s", "120", "--cache_capacity", "8",
                         "--max_req_total_len", str(MAX_REQ_TOTAL_LEN), "--ws_idle_timeout_s", str(IDLE_TIMEOUT_S),
-                        "--http_body_timeout_s", str(IDLE_TIMEOUT_S), "--http_header_timeout_s", str(HEADER_TIMEOUT_S))
+                        "--http_body_timeout_s", str(IDLE_TIMEOUT_S), "--http_header_timeout_s", str(HEADER_TIMEOUT_S),
+                        "--http_body_deadline_s", str(2 * IDLE_TIMEOUT_S))
     with serving(srv):
         yield srv
 

@@ -1,11 +1,13 @@
-"""Connection hygiene: an oversized body is a 413 before it is read, a stalled body a 408, and a WebSocket that
-goes quiet is closed and holds nothing (no slot, no active request) past --ws_idle_timeout_s."""
+"""Connection hygiene: an oversized body is a 413 before it is read, a stalled or trickled body a 408, and a
+WebSocket that goes quiet (bistream, or text-in with nothing being spoken) is closed with its reason and holds
+nothing (no slot, no active request) past --ws_idle_timeout_s."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import socket
+import time
 
 import pytest
 import websockets
@@ -72,3 +74,40 @@ def test_a_quiet_websocket_is_closed_and_holds_nothing(server, sends_start):
     messages, code = asyncio.run(asyncio.wait_for(run(), 10 * IDLE_TIMEOUT_S))
     assert code == 1008 and json.loads(messages[-1])["kind"] == "slow_client"
     server.wait_slots_free(2.0)
+
+
+def test_a_trickled_body_is_cut_at_its_deadline(server):
+    """A byte every half second never leaves a 3-s gap (--http_body_timeout_s), yet the body is cut with 408 at its
+    6-s total (--http_body_deadline_s): a trickle cannot hold a connection for ever."""
+    head = (b"POST /inference_zero_shot HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=XyZ\r\n"
+            b"Content-Length: 100000\r\n\r\n--XyZ\r\nContent-Disposition: form-data; name=\"tts_text\"\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as s:
+        s.sendall(head)
+        answer, start = b"", time.monotonic()
+        while b"slow_client" not in answer and time.monotonic() - start < 60:
+            try:
+                s.sendall(b"a")  # the text field, a letter at a time
+            except OSError:  # the server closed the connection after answering
+                pass
+            s.settimeout(0.5)
+            try:
+                answer += s.recv(65536)
+            except socket.timeout:
+                pass
+    assert answer.startswith(b"HTTP/1.1 408") and b"--http_body_deadline_s" in answer
+    server.wait_slots_free(5.0)
+
+
+def test_an_idle_text_in_websocket_is_closed_with_a_reason(server):
+    async def run():
+        async with websockets.connect(f"{server.url.replace('http', 'ws')}/ws/tts") as ws:
+            messages = []
+            try:
+                async for message in ws:
+                    messages.append(message)
+            except websockets.ConnectionClosed:
+                pass
+            return messages, ws.close_code, ws.close_reason
+
+    messages, code, reason = asyncio.run(asyncio.wait_for(run(), 60))
+    assert code == 1008 and "--ws_idle_timeout_s" in reason and json.loads(messages[-1])["kind"] == "slow_client"

@@ -186,13 +186,17 @@ def test_audio_past_the_per_request_bound_is_a_413(restarting_server, stream):
     data = {**form("Hi.", stream=stream), "fixed_speech_tokens": "100"}  # 4 s of audio, the bound is 2 s
     with httpx.stream("POST", f"{restarting_server.url}/inference_zero_shot", data=data, files=files,
                       timeout=60) as r:
-        if stream:  # the first chunks were within the bound: the stream is cut
+        if stream:  # the first chunks were within the bound: the transfer is cut (no last chunk), not ended
             assert r.status_code == 200
-            with pytest.raises(httpx.HTTPError):
+            with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
                 r.read()
         else:
             assert r.status_code == 413 and b"max_audio_seconds" in r.read()
     restarting_server.wait_slots_free(5.0)
+    if stream:  # one line says why, and no traceback
+        log = restarting_server.log_path.read_text()
+        assert log.count("cut after") == 1 and "--max_audio_seconds" in log.split("cut after")[1].splitlines()[0]
+        assert "Traceback" not in log and "Exception in ASGI application" not in log
 
 
 def test_a_client_over_its_share_of_slots_gets_429(restarting_server):

@@ -27,13 +27,15 @@ from light_tts.server.api.api_docs import (PCMResponse, audio_responses, error_r
                                        zero_shot_request_body)
 from light_tts.server.api.auth import ApiKeyMiddleware, install_log_redaction
 from light_tts.server.api.bistream_ws import serve_bistream
+from light_tts.server.api.body_deadline import BodyDeadline
 from light_tts.server.api.http_manager import HttpServerManager, RequestHandle
 from light_tts.server.runtime.model_set import resolve_model
 from light_tts.server.api.openai.routes import create_openai_router
 from light_tts.server.api.openai.schema import validation_error_handler
 from light_tts.server.api.playground import mount_playground
-from light_tts.server.api.request_metrics import (ActiveRequest, ClientGone, error_response, record_finished,
-                                              record_rejected, unless_disconnected)
+from light_tts.server.api.request_metrics import (ActiveRequest, ClientGone, cut_stream, error_response,
+                                                  quiet_stream_cuts, record_finished, record_rejected,
+                                                  unless_disconnected)
 from light_tts.server.api.request_parsing import parse_zero_shot
 from light_tts.server.runtime.settings import ServerSettings
 from light_tts.server.api.speech_backend import ServerBackend
@@ -76,6 +78,7 @@ def tone_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
 
 def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_ready=None) -> FastAPI:
     manager = HttpServerManager(settings, ports, http_rank)
+    quiet_stream_cuts()
     voices = VoiceStore(settings.data_dir, settings.voice_limits())  # the same files in every HTTP worker
     health = {"checked_at": -math.inf, "ok": False, "detail": ""}
 
@@ -96,12 +99,15 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
     app.add_exception_handler(RequestValidationError, validation_error_handler)  # 400 {"error", "kind"}, not 422
     mount_playground(app)
     backend = ServerBackend(manager)
-    router = create_openai_router(backend, voices, settings.models, settings.cfg.http_body_timeout_s)
-    add_speech_websockets(router, backend, voices, settings.models, settings.cfg.max_text_chars)
+    router = create_openai_router(backend, voices, settings.models)
+    add_speech_websockets(router, backend, voices, settings.models, settings.cfg.max_text_chars,
+                          settings.cfg.ws_idle_timeout_s)
     app.include_router(router)
     if settings.auth.is_enabled:
         install_log_redaction(settings.auth)
-        app.add_middleware(ApiKeyMiddleware, settings=settings.auth)  # outermost but Starlette's error handler
+        app.add_middleware(ApiKeyMiddleware, settings=settings.auth)
+    # outermost but Starlette's error handler: a body cut off after its 408 ends quietly, whatever the app did
+    app.add_middleware(BodyDeadline, gap_s=settings.cfg.http_body_timeout_s, total_s=settings.cfg.http_body_deadline_s)
     finish_openapi(app, settings.auth)
 
     @app.post("/inference_zero_shot", response_class=PCMResponse, responses=audio_responses(settings),
@@ -158,7 +164,10 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
                     while chunk is not None:
                         yield chunk
                         chunk = await manager.next_event(handle)
-            except BaseException as e:  # the connection is dropped: a truncated body tells the client it failed
+            except LightTTSError as e:  # after the 200: the transfer is cut, so the client sees it failed
+                error = e
+                raise cut_stream(e, f"request {handle.req_id}", handle.audio_seconds) from None
+            except BaseException as e:  # the client left (Starlette cancels the body)
                 error = e
                 raise
             finally:

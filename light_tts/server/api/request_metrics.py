@@ -22,6 +22,42 @@ class ClientGone(Exception):
     kind = "client_gone"
 
 
+class StreamCut(Exception):
+    """Ends a response whose 200 and first audio are sent: uvicorn then closes the connection without the chunked
+    transfer's last chunk, so the client sees a cut (never a short body passing for a whole one). The failure was
+    logged in one line where it happened; uvicorn's "Exception in ASGI application" record of it is dropped
+    (QuietStreamCuts), so the log holds no traceback for it."""
+
+
+class QuietStreamCuts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], StreamCut))
+
+
+def quiet_stream_cuts() -> None:
+    """Install the filter on uvicorn's error logger (once per process)."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, QuietStreamCuts) for f in logger.filters):
+        logger.addFilter(QuietStreamCuts())
+
+
+def cut_stream(error: BaseException, what: str, audio_seconds: float | None = None) -> StreamCut:
+    """The one log line of a request that failed after its 200, and the exception that cuts its transfer."""
+    sent = "" if audio_seconds is None else f" after {audio_seconds:.2f} s of audio"
+    log.warning("%s cut%s: %s (%s)", what, sent, error, error_kind(error))
+    return StreamCut(str(error))
+
+
+async def cut_on_failure(body, what: str):
+    """`body`'s pieces; a LightTTSError after the 200 cuts the transfer (cut_stream) instead of ending it as if
+    complete or logging a traceback."""
+    try:
+        async for piece in body:
+            yield piece
+    except LightTTSError as e:
+        raise cut_stream(e, what) from None
+
+
 async def until_disconnect(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass

@@ -7,16 +7,15 @@ Sizes are capped while the body streams in, so an oversized upload is refused wi
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from light_tts.errors import AudioError, RequestError, SlowClientError, TextError, TooLargeError
+from light_tts.errors import AudioError, RequestError, TextError, TooLargeError
 from light_tts.request_rules import check_seed, check_speed
 from light_tts.server.runtime.config import ServerConfig
 from light_tts.server.runtime.settings import ServerSettings
@@ -38,14 +37,14 @@ class ZeroShotInputs:
     voice_id: str | None = None  # a saved voice instead of prompt_text + prompt_wav (then both empty)
 
 
-async def read_form(request: Request, max_bytes: int, timeout_s: float) -> dict[str, bytes]:
+async def read_form(request: Request, max_bytes: int) -> dict[str, bytes]:
     """Field name -> raw bytes of a multipart/form-data body (file parts included), or of a urlencoded one (a
     form without files, as HTTP clients send one that names a saved voice instead of uploading a prompt)."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type == b"application/x-www-form-urlencoded":
-        body = b"".join([chunk async for chunk in body_chunks(request, max_bytes, timeout_s)])
+        body = b"".join([chunk async for chunk in body_chunks(request, max_bytes)])
         return parse_urlencoded(body)
-    return await read_multipart(request, max_bytes, timeout_s)
+    return await read_multipart(request, max_bytes)
 
 
 def parse_urlencoded(body: bytes) -> dict[str, bytes]:
@@ -60,27 +59,21 @@ def parse_urlencoded(body: bytes) -> dict[str, bytes]:
     return fields
 
 
-async def body_chunks(request: Request, max_bytes: int, timeout_s: float):
+async def body_chunks(request: Request, max_bytes: int):
     """The body as it streams in. Over max_bytes: 413, from its Content-Length before anything is read, or as
-    soon as it streams past the limit; a body that stalls for timeout_s: 408."""
+    soon as it streams past the limit (a body that stalls or trickles is cut by body_deadline.BodyDeadline)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise TooLargeError(f"request body of {declared} bytes exceeds the server's {max_bytes}")
-    num_bytes, chunks = 0, request.stream().__aiter__()
-    while True:
-        try:
-            chunk = await asyncio.wait_for(chunks.__anext__(), timeout_s)
-        except StopAsyncIteration:
-            return
-        except asyncio.TimeoutError:
-            raise SlowClientError(f"the request body sent nothing for {timeout_s:g} s") from None
+    num_bytes = 0
+    async for chunk in request.stream():
         num_bytes += len(chunk)
         if num_bytes > max_bytes:
             raise TooLargeError(f"request body exceeds the server's {max_bytes} bytes")
         yield chunk
 
 
-async def read_multipart(request: Request, max_bytes: int, timeout_s: float) -> dict[str, bytes]:
+async def read_multipart(request: Request, max_bytes: int) -> dict[str, bytes]:
     """Field name -> raw bytes (file parts included) of a multipart/form-data body, bounded as body_chunks says."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in options:
@@ -113,10 +106,10 @@ async def read_multipart(request: Request, max_bytes: int, timeout_s: float) -> 
         "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
         "on_part_data": on_part_data, "on_part_end": on_part_end})
     try:
-        async for chunk in body_chunks(request, max_bytes, timeout_s):
+        async for chunk in body_chunks(request, max_bytes):
             parser.write(chunk)
         parser.finalize()
-    except RequestError:
+    except (RequestError, ClientDisconnect):  # the client left mid-body: nobody to answer (BodyDeadline)
         raise
     except Exception as e:  # python-multipart raises its own errors on malformed bodies
         raise RequestError(f"malformed multipart body: {e}") from None
@@ -187,7 +180,7 @@ def check_fixed_speech_tokens(value: object, settings: ServerSettings) -> int | 
 async def parse_zero_shot(request: Request, settings: ServerSettings) -> ZeroShotInputs:
     cfg = settings.cfg
     limit = cfg.max_prompt_wav_bytes + 8 * cfg.max_text_chars + FORM_OVERHEAD_BYTES
-    parts = await read_form(request, limit, cfg.http_body_timeout_s)
+    parts = await read_form(request, limit)
     voice_id = decode_text(parts["voice_id"], "voice_id", cfg) if "voice_id" in parts else None
     prompt_fields = ("prompt_text", "prompt_wav")
     if voice_id is not None and any(name in parts for name in prompt_fields):

@@ -54,8 +54,12 @@ class ServerConfig:
     http_header_timeout_s: float = _opt("HTTP", 10.0, "a connection that has not sent its request headers this "
                                                       "long after connecting is closed")
     http_body_timeout_s: float = _opt("HTTP", 30.0, "a request body that sends nothing for this long gets 408")
-    ws_idle_timeout_s: float = _opt("HTTP", 60.0, "a WebSocket that sends no message for this long before it "
-                                                  "has finished its text gets an error and is closed")
+    http_body_deadline_s: float = _opt("HTTP", 120.0, "a request body not complete this long after its request "
+                                                      "began gets 408, however it trickles in")
+    ws_idle_timeout_s: float = _opt("HTTP", 60.0, "a WebSocket that sends no message for this long while it "
+                                                  "owes one (the bistream start, wav and pieces before its "
+                                                  "finish; a text-in session with nothing being spoken) gets an "
+                                                  "error event and is closed with 1008, freeing its slot")
     # API: keys and saved voices
     api_key: tuple[str, ...] | None = _opt("API", None, "an API key: every endpoint but the probes (/liveness, "
                                                         "/readiness, /healthz) and the playground's static page then "
@@ -239,7 +243,8 @@ class ServerConfig:
             raise ValueError(f"--zmq_mode must be one of {ZMQ_MODES}")
         if self.on_worker_failure not in WORKER_FAILURE_POLICIES:
             raise ValueError(f"--on_worker_failure must be one of {WORKER_FAILURE_POLICIES}")
-        for name in ("http_header_timeout_s", "http_body_timeout_s", "ws_idle_timeout_s", "worker_hang_timeout_s",
+        for name in ("http_header_timeout_s", "http_body_timeout_s", "http_body_deadline_s", "ws_idle_timeout_s",
+                     "worker_hang_timeout_s",
                      "max_audio_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be > 0")

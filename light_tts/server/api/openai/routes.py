@@ -25,7 +25,7 @@ from light_tts.server.api.audio_encoding import CONTENT_TYPES, encode_file, make
 from light_tts.server.api.openai.schema import (ErrorBody, ModelCard, ModelList, SpeechRequest, SpeechUsage,
                                             VoiceDeleted, VoiceList, VoiceObject, audio_delta_event,
                                             audio_done_event, error_event)
-from light_tts.server.api.request_metrics import ClientGone, error_response, unless_disconnected
+from light_tts.server.api.request_metrics import ClientGone, cut_on_failure, error_response, unless_disconnected
 from light_tts.server.api.request_parsing import FORM_OVERHEAD_BYTES, read_multipart
 from light_tts.server.api.voice_store import PromptFeatures, VoicePrompt, VoiceStore
 
@@ -74,8 +74,7 @@ def client_of(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
-def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: Sequence[ModelEntry],
-                         body_timeout_s: float) -> APIRouter:
+def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: Sequence[ModelEntry]) -> APIRouter:
     router = APIRouter()
     created_at = int(time.time())
 
@@ -104,8 +103,8 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
         if body.stream_format == "sse":
             return StreamingResponse(sse_body(first, chunks, job, body.response_format),
                                      media_type="text/event-stream")
-        # A failure after the headers cuts the body short, which the client sees.
-        return StreamingResponse(encoded(first, chunks, body.response_format),
+        # A failure after the headers cuts the transfer, which the client sees (one log line, no traceback).
+        return StreamingResponse(cut_on_failure(encoded(first, chunks, body.response_format), "speech request"),
                                  media_type=CONTENT_TYPES[body.response_format])
 
     @router.post("/v1/audio/voices", status_code=201, response_model=VoiceObject, responses=ERRORS,
@@ -118,7 +117,7 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
     async def create_voice(request: Request):
         """Save a voice: its prompt features are computed once, now (a failure saves nothing)."""
         try:
-            name, text, audio = await read_voice_upload(request, store.limits.max_upload_bytes, body_timeout_s)
+            name, text, audio = await read_voice_upload(request, store.limits.max_upload_bytes)
             await run_in_threadpool(store.check_upload, name, text, audio)  # cheap checks before the model runs
             features, duration_s = await unless_disconnected(request, backend.compute_features(
                 audio, client_of(request)))
@@ -193,12 +192,12 @@ async def sse_body(first: bytes, chunks, job: SynthesisJob, fmt: str):
         yield error_event(e)
 
 
-async def read_voice_upload(request: Request, max_audio_bytes: int, timeout_s: float) -> tuple[str, str, bytes]:
+async def read_voice_upload(request: Request, max_audio_bytes: int) -> tuple[str, str, bytes]:
     """The multipart fields audio, text and name; a body over the limit is refused before it is read (413),
     one that stalls for timeout_s gets 408."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise RequestError("expected a multipart/form-data body with fields audio, text and name")
-    parts = await read_multipart(request, max_audio_bytes + FORM_OVERHEAD_BYTES, timeout_s)
+    parts = await read_multipart(request, max_audio_bytes + FORM_OVERHEAD_BYTES)
     for field in ("audio", "name"):
         if field not in parts:
             raise RequestError(f"missing field {field}")

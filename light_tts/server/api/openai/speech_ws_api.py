@@ -2,13 +2,16 @@
 
 One reader loop feeds every frame to the session while at most one synthesis task speaks the current
 utterance, so text for the next utterance (and session.close) is read while audio is still going out. A
-client that disconnects cancels the synthesis, which closes (aborts) the backend's request.
+client that disconnects cancels the synthesis, which closes (aborts) the backend's request. A session that sends
+nothing for --ws_idle_timeout_s while nothing is being spoken gets an error event (`slow_client`) and is closed
+with 1008: an idle socket holds no slot, but a connection and a task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import aclosing
 from typing import Sequence
 
@@ -19,41 +22,67 @@ from light_tts.errors import LightTTSError
 from light_tts.server.api.audio_encoding import encode_file
 from light_tts.server.runtime.model_set import DEFAULT_NAME, ModelEntry, resolve_model
 from light_tts.server.api.openai.routes import OPENAI_MODEL_ALIASES, SAMPLE_RATE, SynthesisBackend, SynthesisJob, encoded
-from light_tts.server.api.openai.speech_ws import (Close, OrpheusSession, SendBytes, SendJson, SerialSession,
-                                        StreamSpeechSession, Synthesize, Utterance)
+from light_tts.server.api.openai.speech_ws import (CLOSE_POLICY_VIOLATION, Close, OrpheusSession, SendBytes,
+                                                   SendJson, SerialSession, StreamSpeechSession, Synthesize,
+                                                   Utterance, error_event)
 from light_tts.server.api.voice_store import VoiceStore
 
 log = logging.getLogger("light_tts.ws")
 
 
 def add_speech_websockets(router: APIRouter, backend: SynthesisBackend, store: VoiceStore,
-                          models: Sequence[ModelEntry], max_utterance_chars: int) -> None:
+                          models: Sequence[ModelEntry], max_utterance_chars: int, idle_timeout_s: float) -> None:
     @router.websocket("/v1/audio/speech/stream")
     async def speech_stream(ws: WebSocket):
         await ws.accept()
         session = StreamSpeechSession(max_utterance_chars, check_voice=store.get)
-        await SessionTransport(ws, session, backend, store, models, "v1_audio_speech_stream").run()
+        await SessionTransport(ws, session, backend, store, models, "v1_audio_speech_stream", idle_timeout_s).run()
 
     @router.websocket("/ws/tts")
     async def orpheus_tts(ws: WebSocket):
         await ws.accept()
-        await SessionTransport(ws, OrpheusSession(max_utterance_chars), backend, store, models, "ws_tts").run()
+        await SessionTransport(ws, OrpheusSession(max_utterance_chars), backend, store, models, "ws_tts",
+                               idle_timeout_s).run()
 
 
 class SessionTransport:
     def __init__(self, ws: WebSocket, session: SerialSession, backend: SynthesisBackend, store: VoiceStore,
-                 models: Sequence[ModelEntry], endpoint: str):
+                 models: Sequence[ModelEntry], endpoint: str, idle_timeout_s: float):
         self.ws, self.session, self.backend, self.store, self.models = ws, session, backend, store, models
         self.endpoint = endpoint  # the metrics' label
         self.client = ws.client.host if ws.client else ""
         self.send_lock = asyncio.Lock()  # the reader and the synthesis task both send
         self.synthesis: asyncio.Task | None = None
         self.is_closed = False
+        self.idle_timeout_s = idle_timeout_s
+        self.idle_since = time.monotonic()  # the last message, or the end of the last synthesis
+
+    @property
+    def is_speaking(self) -> bool:
+        return self.synthesis is not None and not self.synthesis.done()
+
+    async def receive(self) -> dict | None:
+        """The client's next message; None once it has been silent for idle_timeout_s with nothing spoken."""
+        while True:
+            quiet_until = self.idle_since + self.idle_timeout_s
+            wait_s = self.idle_timeout_s if self.is_speaking else quiet_until - time.monotonic()
+            try:
+                message = await asyncio.wait_for(self.ws.receive(), max(0.0, wait_s))
+            except asyncio.TimeoutError:
+                if self.is_speaking or time.monotonic() < self.idle_since + self.idle_timeout_s:
+                    continue  # a synthesis ran meanwhile: the quiet time counts from its end
+                return None
+            self.idle_since = time.monotonic()
+            return message
 
     async def run(self) -> None:
         try:
             while not self.is_closed:
-                message = await self.ws.receive()
+                message = await self.receive()
+                if message is None:
+                    reason = f"no message for {self.idle_timeout_s:g} s (--ws_idle_timeout_s)"
+                    await self.perform([error_event(reason, "slow_client"), Close(CLOSE_POLICY_VIOLATION, reason)])
+                    break
                 if message["type"] == "websocket.disconnect":
                     break
                 if message.get("text") is not None:
@@ -109,5 +138,6 @@ class SessionTransport:
             if not isinstance(e, LightTTSError):
                 log.exception("utterance %d failed", utterance.index)
             error = e
+        self.idle_since = time.monotonic()
         if not self.is_closed:
             await self.perform(self.session.on_synthesis_done(num_bytes, error))
