@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from light_tts.families.cosyvoice2 import llm_spec
 from light_tts.llm.engine import EngineConfig, LLMEngine
 from light_tts.llm.request import LLMRequest
 from light_tts.llm.sampler import Sampler, SamplingInputs, pack_sampling
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     engine_cfg = EngineConfig(data_type=args.dtype, running_max_req_size=256, graph_max_batch_size=256,
                               max_req_total_len=2048, max_total_token_num=256 * 400 + 4096)
     start = time.perf_counter()
-    engine = LLMEngine(cfg, engine_cfg, DEVICE, state_dict)
+    engine = LLMEngine(llm_spec(cfg), engine_cfg, DEVICE, state_dict)
     results: dict = {"gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "dtype": args.dtype,
                      "init_s": time.perf_counter() - start}
     results["decode"] = [bench_decode(engine, int(b), args.context, gen) for b in args.batches.split(",")]
