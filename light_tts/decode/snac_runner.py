@@ -28,7 +28,9 @@ def row_buckets(max_rows: int) -> list[int]:
 def decode_rows(model: SNACDecoder, frames: torch.Tensor, seeds: torch.Tensor, counters: torch.Tensor,
                 dtype: torch.dtype) -> torch.Tensor:
     """frames [B, F, 7] int64, seeds / counters [B] int64 (device) -> audio [B, F * samples_per_frame] float32."""
-    codes = [frames[:, :, 0], frames[:, :, [1, 4]].flatten(1), frames[:, :, [2, 3, 5, 6]].flatten(1)]
+    # slices only (no index tensor built on the host: this runs inside CUDA graph capture)
+    codes = [frames[:, :, 0], frames[:, :, 1::3].flatten(1),
+             torch.cat([frames[:, :, 2:4], frames[:, :, 5:7]], dim=2).flatten(1)]
     noise = counter_noise(seeds, counters)
     with torch.autocast(frames.device.type, dtype=dtype, enabled=dtype != torch.float32):
         return model(codes, lambda block, batch, length: noise(block, batch, length).to(dtype))[:, 0].float()

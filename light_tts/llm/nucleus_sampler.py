@@ -59,6 +59,7 @@ class NucleusSampler:
 
     def reload(self) -> None:
         self.seen = torch.zeros(self.num_rows, self.layout.vocab_size, dtype=torch.bool, device=self.device)
+        self.true = torch.ones((), dtype=torch.bool, device=self.device)  # the value the sampling graph writes
 
     def release(self) -> None:
         self.seen = None
@@ -84,7 +85,7 @@ class NucleusSampler:
         last = packed[:, 1]
         has_last = last >= 0
         # rows without a last id (a prefill) write into the sentinel row 0 instead, which no request reads
-        self.seen[torch.where(has_last, packed[:, 0], 0), last.clamp(min=0)] = True
+        self.seen.index_put_((torch.where(has_last, packed[:, 0], 0), last.clamp(min=0)), self.true)
         c = self.cfg
         return (ops.nucleus_sample(logits, packed, self.seen, c.temperature, c.top_p, c.repetition_penalty),)
 

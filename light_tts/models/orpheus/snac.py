@@ -112,7 +112,8 @@ class VectorQuantize(nn.Module):
 
     def from_codes(self, codes: torch.Tensor) -> torch.Tensor:
         z = self.out_proj(F.embedding(codes, self.codebook.weight).transpose(1, 2))  # (B, latent, T_i)
-        return z.repeat_interleave(self.stride, dim=-1)
+        # each step `stride` times (repeat_interleave as views: no host sync under CUDA graph capture)
+        return z.unsqueeze(-1).expand(*z.shape, self.stride).flatten(2)
 
 
 class ResidualVectorQuantize(nn.Module):
