@@ -101,7 +101,7 @@ def test_engines_produce_the_pipelines_audio(model_dir, pipeline):
     texts = {"a": ("tara", 9, 56), "b": ("leo", 4, 35)}  # voice, seed, fixed tokens
     for k, (voice, seed, n) in texts.items():
         llm.add_request(LLMRequest(k, pipeline.frontend.prompt_ids("Hello.", voice), seed=seed, min_len=n, max_len=n))
-        codec.add_request(k, seed)
+        codec.add_request(k, seed=seed)
     audio = {k: [] for k in texts}
     while llm.has_unfinished() or codec.num_active():
         for out in llm.step():

@@ -176,3 +176,15 @@ def test_engine_batches_streams_and_each_gets_its_own_audio(ours):
     window = decode_rows(ours, torch.tensor([frames[4:8]]), torch.tensor([SEEDS["a"]]), torch.tensor([8]),
                          torch.float32)[0].numpy()
     np.testing.assert_allclose(together["a"][5 * 2048:6 * 2048], window[2048:4096], atol=2e-6)
+
+
+def test_engine_refuses_a_speed_change(ours):
+    from light_tts.model_config import QwenConfig
+    from light_tts.models.orpheus.config import OrpheusConfig, OrpheusTokens
+
+    cfg = OrpheusConfig(model_dir=None, body=QwenConfig(), tokens=OrpheusTokens(*[0] * 9, first_audio=1000), snac=TINY)
+    engine = SNACEngine(cfg, model=ours)
+    engine.add_request("slow", None, 1, False, 0.5)
+    assert engine.has_work()
+    (out,) = engine.step()
+    assert out.finished and out.error_kind == "bad_request" and "speed" in out.error and not engine.num_active()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from light_tts.decode.engine import AudioOutput, EngineStats
 from light_tts.decode.scheduler import Candidate, SchedulerConfig, StepTimeModel, schedule
 from light_tts.decode.snac_runner import SNACRunner
 from light_tts.models.orpheus.config import OrpheusConfig
@@ -23,15 +24,6 @@ from light_tts.models.orpheus.frames import FrameIds, FrameParser, Window, Windo
 from light_tts.models.orpheus.snac import SNACDecoder
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class AudioOutput:
-    req_id: str
-    audio: np.ndarray  # float32, 24 kHz mono, in (-1, 1)
-    finished: bool
-    error: str | None = None
-    error_kind: str = "internal"
 
 
 @dataclass
@@ -46,6 +38,7 @@ class SNACStream:
     tail: np.ndarray | None = None  # audio of the last decoded window past what it emitted
     audio_start: float | None = None  # when its first audio left (the listener's playback clock)
     samples_sent: int = 0
+    error: str | None = None  # reported (and the stream dropped) by the next step
 
     def deadline(self, margin_s: float, sample_rate: int) -> float:
         """When its listener runs out of audio (-inf before its first audio)."""
@@ -76,15 +69,21 @@ class SNACEngine:
         self.step_model = StepTimeModel(base_s=0.005, per_token_s=1e-3)
         self.margin_s = deadline_margin_s
         self.requests: dict[str, SNACStream] = {}
+        self.stats = EngineStats()  # no page pool: its page counts stay 0
         self.step_seconds: list[float] = []
 
-    # ---- API of the decode process ----
+    # ---- API of the decode process (decode/engine.py's) ----
 
-    def add_request(self, req_id: str, seed: int, stream: bool = True, audio_start: float | None = None,
+    def add_request(self, req_id: str, prompt=None, seed: int = 0, stream: bool = True, speed: float = 1.0,
+                    max_tokens: int | None = None, prefix_key: str | None = None, audio_start: float | None = None,
                     samples_sent: int = 0) -> None:
-        """audio_start / samples_sent: playback already under way (a later sentence of the same request)."""
-        self.requests[req_id] = SNACStream(req_id, seed, stream, FrameParser(self.frame_ids), self.clock(),
-                                           audio_start=audio_start, samples_sent=samples_sent)
+        """audio_start / samples_sent: playback already under way (a later sentence of the same request). A voice is
+        a name in the LLM's prompt: no prompt audio, no shared prefix; max_tokens needs no reservation here."""
+        s = SNACStream(req_id, seed, stream, FrameParser(self.frame_ids), self.clock(), audio_start=audio_start,
+                       samples_sent=samples_sent)
+        if speed != 1.0:
+            s.error = "this model speaks at its own pace: speed must be 1.0"
+        self.requests[req_id] = s
 
     def push_tokens(self, req_id: str, token_ids: list[int], is_last: bool) -> None:
         s = self.requests.get(req_id)
@@ -98,7 +97,11 @@ class SNACEngine:
         self.requests.pop(req_id, None)
 
     def has_work(self) -> bool:
-        return any(self._is_ready(s) for s in self.requests.values())
+        return any(s.error is not None or self._is_ready(s) for s in self.requests.values())
+
+    def room(self) -> int:
+        """Streams it can take now (for the LLM's choice of decode process): by its measured capacity."""
+        return max(0, self.capacity_streams() - len(self.requests))
 
     def num_active(self) -> int:
         return len(self.requests)
@@ -113,6 +116,7 @@ class SNACEngine:
     def step(self) -> list[AudioOutput]:
         """One window of each chosen stream, decoded together; streams that ended emit their kept tail."""
         started = now = self.clock()
+        outputs = [self._fail(s) for s in list(self.requests.values()) if s.error is not None]
         audio: dict[str, list[np.ndarray]] = {}
         candidates, windows = [], {}
         for s in self.requests.values():
@@ -135,7 +139,12 @@ class SNACEngine:
             self._decode(windows, audio)
             self.step_model.observe(len(windows), self.clock() - started)
             self.step_seconds.append(self.clock() - started)
-        return [self._emit(req_id, chunks) for req_id, chunks in audio.items()]
+        self.stats.streams_active = len(self.requests)
+        return outputs + [self._emit(req_id, chunks) for req_id, chunks in audio.items()]
+
+    def _fail(self, s: SNACStream) -> AudioOutput:
+        del self.requests[s.req_id]
+        return AudioOutput(s.req_id, np.zeros(0, np.float32), True, s.error, "bad_request")
 
     def _decode(self, windows: dict[str, Window], audio: dict[str, list[np.ndarray]]) -> None:
         """Decode the windows in groups of equal length (full windows, or whole short streams)."""
