@@ -7,8 +7,20 @@ from pathlib import Path
 
 
 @dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3 rope scaling (config.json `rope_scaling` / `rope_parameters` with rope_type llama3): it rewrites the
+    low rotary frequencies themselves, so it matters at every position (light_tts.models.rope)."""
+
+    factor: float = 32.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclass(frozen=True)
 class QwenConfig:
-    """The Qwen2 body of the speech-token LM (CosyVoice-BlankEN/config.json)."""
+    """A pre-norm decoder body: Qwen2 (the speech-token LM of CosyVoice-BlankEN/config.json, the defaults) or Llama
+    (no qkv bias, llama3 rope scaling; `DecoderConfig` names it so)."""
 
     hidden_size: int = 896
     num_hidden_layers: int = 24
@@ -19,10 +31,16 @@ class QwenConfig:
     rms_norm_eps: float = 1e-6
     rope_theta: float = 1e6
     max_position_embeddings: int = 32768
+    attention_bias: bool = True  # q, k and v projections carry a bias (Qwen2) or not (Llama)
+    rope_scaling: RopeScaling | None = None
+    tie_word_embeddings: bool = True
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+
+DecoderConfig = QwenConfig  # the same body class serves Llama
 
 
 @dataclass(frozen=True)
@@ -33,6 +51,20 @@ class RASConfig:
     top_k: int = 25
     win_size: int = 10
     tau_r: float = 0.1
+
+
+@dataclass(frozen=True)
+class NucleusConfig:
+    """Temperature, top-p and a repetition penalty over the ids a request generated, applied in vLLM's order
+    (penalty, temperature, top-p); no top-k (kernels/nucleus_sampling.py)."""
+
+    temperature: float = 0.6
+    top_p: float = 0.8
+    repetition_penalty: float = 1.3
+
+    def __post_init__(self):
+        if not (self.temperature > 0 and 0 < self.top_p <= 1 and self.repetition_penalty > 0):
+            raise ValueError(f"bad sampling parameters {self}: temperature > 0, 0 < top_p <= 1, penalty > 0")
 
 
 @dataclass(frozen=True)

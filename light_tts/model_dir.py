@@ -165,13 +165,21 @@ class _Section:
         return out
 
 
-def _read_qwen_config(path: Path) -> QwenConfig:
+def read_json(path: Path) -> dict:
+    """A model directory's JSON object; a missing or malformed file names itself in the error."""
     if not path.is_file():
         raise ModelDirError(f"missing model file: {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelDirError(f"malformed JSON in {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ModelDirError(f"malformed {path}: expected an object")
+    return data
+
+
+def _read_qwen_config(path: Path) -> QwenConfig:
+    data = read_json(path)
     rope = data.get("rope_parameters") or {}
     data.setdefault("rope_theta", rope.get("rope_theta", QwenConfig.rope_theta))
     sec = _Section(data, "config", path)

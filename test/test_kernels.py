@@ -335,3 +335,63 @@ def test_ras_first_attempt_matches_reference(poisoned_empty):
     fallbacks = [i for i, b in enumerate(banned_ref.tolist()) if b >= 0]
     assert len(fallbacks) > batch // 6
     assert ids_ref[0] == eos and 0 <= ids_ref[4] < eos  # greedy rows 0 (specials allowed) and 4 (forbidden)
+
+
+def nucleus_inputs(batch: int, vocab: int, seed: int = 0):
+    """Logits, packed rows and a seen table for the nucleus sampler: full and narrowed ranges, greedy rows, a
+    peaked row, seen ids (penalised) among the likeliest."""
+    from light_tts.llm.nucleus_sampler import pack_rows
+
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, vocab, generator=gen) * 2
+    logits[1, 7] = 30.0  # one id takes all the mass
+    seen = torch.zeros(batch + 1, vocab, dtype=torch.bool)
+    decoded = []
+    for i in range(batch):
+        ids = logits[i].topk(3).indices.tolist() + torch.randint(0, vocab, (5,), generator=gen).tolist()
+        decoded.append(ids if i % 5 else [])
+        seen[i + 1, decoded[-1]] = True
+    ranges = [(0, vocab) if i % 3 else (vocab // 3, vocab // 3 + 100) for i in range(batch)]
+    packed = pack_rows(list(range(1, batch + 1)), decoded, ranges, [i % 4 == 0 for i in range(batch)],
+                       list(range(batch)))
+    return logits, packed, seen
+
+
+@pytest.mark.parametrize("vocab", [300, 9000])  # one block, several blocks
+def test_nucleus_sample_matches_reference(vocab, poisoned_empty):
+    logits, packed, seen = nucleus_inputs(12, vocab)
+    args = (0.6, 0.8, 1.3)
+    ids = ops.nucleus_sample(logits.to(DEVICE), packed.to(DEVICE), seen.to(DEVICE), *args, use_triton=True)
+    ids_ref = ops.nucleus_sample(logits, packed, seen, *args, use_triton=False)
+    assert ids.tolist() == ids_ref.tolist()
+    lo, hi = packed[:, 2].tolist(), packed[:, 3].tolist()
+    assert all(a <= t < b for t, a, b in zip(ids_ref.tolist(), lo, hi)) and ids_ref[1] == 7
+    greedy = [i for i in range(12) if i % 4 == 0]
+    raw = logits.masked_fill((torch.arange(vocab) < packed[:, 2:3]) | (torch.arange(vocab) >= packed[:, 3:4]),
+                             float("-inf"))
+    assert ids_ref[greedy].tolist() == raw[greedy].argmax(dim=-1).tolist()
+
+
+def test_nucleus_sample_draws_the_top_p_distribution():
+    """The rejection draw on many seeds: only nucleus ids come out, at their renormalised probabilities (the
+    repetition penalty and temperature applied first)."""
+    from light_tts.kernels.nucleus_sampling import nucleus_sample_ref
+    from light_tts.llm.nucleus_sampler import pack_rows
+
+    n, probs = 4000, torch.tensor([0.05, 0.3, 0.02, 0.2, 0.15, 0.11, 0.08, 0.09])
+    logits = probs.log().repeat(n, 1)
+    seen = torch.zeros(2, 8, dtype=torch.bool)
+    seen[1, 1] = True  # id 1 was generated: its (negative) logit is multiplied by the penalty
+    packed = pack_rows([1] * n, [[1]] * n, [(0, 8)] * n, [False] * n, list(range(n)))
+    ids = nucleus_sample_ref(logits, packed, seen, 0.9, 0.7, 1.5)
+    scores = logits[0].clone()
+    scores[1] *= 1.5
+    p = (scores / 0.9).softmax(dim=0)
+    order = p.argsort(descending=True)
+    mass_before = p[order].cumsum(0) - p[order]
+    nucleus = order[mass_before < 0.7]
+    expected = torch.zeros(8)
+    expected[nucleus] = p[nucleus] / p[nucleus].sum()
+    freq = torch.bincount(ids, minlength=8).float() / n
+    assert set(ids.tolist()) == set(nucleus.tolist())
+    assert (freq - expected).abs().max() < 0.03, (freq, expected)

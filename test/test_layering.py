@@ -12,7 +12,7 @@ dependency, and is how circles hide).
 | models | models | nn.Modules: shared bodies, `models/<family>/` |
 | engines | frontend, token2wav, llm, decode | text/audio features, the LLM and decode engines |
 | families | families | the registry and what each family supplies to the processes |
-| offline | pipeline, tools | the offline pipeline, model makers, parity CLI |
+| offline | pipeline, orpheus_pipeline, tools | the offline pipelines, model makers, parity CLI |
 | server.runtime | server.runtime | ServerConfig, derived settings, placement, topology (facts, no I/O loops) |
 | server.ipc | server.ipc | shared memory, wire messages, ZMQ channels, the process table |
 | server.metrics | server.metrics | Prometheus metrics and the playback model |
@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("models",),
     ("frontend", "token2wav", "llm", "decode"),
     ("families",),
-    ("pipeline", "tools"),
+    ("pipeline", "orpheus_pipeline", "tools"),
     ("server.runtime",),
     ("server.ipc",),
     ("server.metrics",),

@@ -4,6 +4,7 @@ same uniforms), batch invariance, preemption, abort, prefix reuse, bistream; CUD
 import pytest
 import torch
 
+from light_tts.families.cosyvoice2 import llm_spec
 from light_tts.llm.engine import EngineConfig, LLMEngine
 from light_tts.llm.request import LLMRequest, Sequence
 from light_tts.llm.sampler import Sampler, SamplingInputs, pack_sampling
@@ -36,7 +37,7 @@ def io(fixture_dir):
 
 
 def make_engine(model_cfg, state_dict, device="cpu", **overrides):
-    return LLMEngine(model_cfg, EngineConfig(**{**CPU_CFG, **overrides}), device, state_dict)
+    return LLMEngine(llm_spec(model_cfg), EngineConfig(**{**CPU_CFG, **overrides}), device, state_dict)
 
 
 def run_all(engine, arrivals=None) -> dict[str, list[int]]:
@@ -237,11 +238,10 @@ def test_cuda_engine_matches_cpu_reference(model_cfg, state_dict, lm, io, disabl
 
 def test_release_and_reload_generate_the_same_tokens(fixture_dir):
     """--idle_release_s on the LLM engine: after release() and reload() a request gets the tokens it got before."""
-    from light_tts.llm.engine import EngineConfig, LLMEngine
     from light_tts.llm.request import LLMRequest
     from light_tts.model_dir import load_model_config
 
-    engine = LLMEngine(load_model_config(fixture_dir), EngineConfig(data_type="float32", max_req_total_len=512),
+    engine = LLMEngine(llm_spec(load_model_config(fixture_dir)), EngineConfig(data_type="float32", max_req_total_len=512),
                        "cpu")
 
     def generate(req_id):

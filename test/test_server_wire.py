@@ -171,7 +171,8 @@ def test_settings_derive_every_size_from_config_and_model():
         "router_max_wait_tokens": 3, "max_req_total_len": 900, "enable_prefix_cache": False,
         "kv_cache_mem_fraction": 0.3,
         "first_hop_tokens": 2 * 25 - 1 + 3,  # the model's chunk (25) less one of alignment pad, and its lookahead
-        "ahead_tokens": int(cfg.llm_ahead_seconds * 50)}  # at the model's 50 tokens per second
+        "ahead_tokens": int(cfg.llm_ahead_seconds * 50),  # at the model's 50 tokens per second
+        "tokens_per_second": 50}
     assert s.llm_engine_config("cpu").data_type == "float32"
     assert s.max_fixed_speech_tokens == 900
     smaller = build_settings(dataclasses.replace(cfg, graph_max_batch_size=2), model)

@@ -1,13 +1,17 @@
 """GPU benchmark of the LLM engine on a full-size speech LM (random weights unless --model_dir is given).
 
 python -m light_tts.bench.llm --out llm.json [--model_dir DIR] [--dtype bfloat16] [--device cuda]
-(--device cpu --model_dir <tiny model> --dtype float32 --batches 1,8 only checks that the benchmark runs.)
+(--device cpu --model_dir <tiny model> --dtype float32 --batches 1,4 --concurrency 4 --gen_len 10 only checks
+that the benchmark runs.)
+--model_dir takes any family's directory (an Orpheus one: make_model --family orpheus --size full); without it,
+CosyVoice2's released dimensions with random weights (llm_models.py).
 
 Measures: decode step latency (engine.step(): forward, sampling, scheduling) at several batch sizes with and
 without CUDA graphs at ~300 tokens of context; prefill latency of one request; tokens/s with 64 concurrent
 requests; the same tokens/s of a plain eager loop, one request at a time with a per-request growing KV cache
 (light_tts.models.cosyvoice2.speech_lm, the upstream way; sampling on the device as upstream, and on the host); and a
-log-prob check of the engine against the float32 reference.
+log-prob check of the engine against the float32 reference. (Orpheus has no eager baseline here: its upstream
+way is vLLM, not a loop of ours.)
 """
 
 from __future__ import annotations
@@ -20,43 +24,24 @@ from pathlib import Path
 
 import torch
 
+from light_tts.bench.llm_models import CosyVoiceBench, bench_model
 from light_tts.llm.engine import EngineConfig, LLMEngine
-from light_tts.llm.request import LLMRequest
 from light_tts.llm.sampler import Sampler, SamplingInputs, pack_sampling
-from light_tts.model_config import ModelConfig
-from light_tts.model_dir import load_model_config
 from light_tts.models.cosyvoice2.speech_lm import SpeechLM
 from light_tts.sampling import RASSampler
 
 LOGPROB_TOL = 0.1  # max |log-prob difference| to the float32 reference accepted for bf16/fp16 weights
 DEVICE = "cuda"
-NUM_TEXT_IDS = 151936
+MODEL = None  # the family's adapter (llm_models.py), set by main
+
+
+def make_request(req_id: str, prompt_len: int, gen_len: int, gen: torch.Generator, **kw):
+    return MODEL.make_request(req_id, prompt_len, gen_len, gen, **kw)
 
 
 def sync() -> None:
     if DEVICE == "cuda":
         torch.cuda.synchronize()
-
-
-def load_model(model_dir: Path | None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    if model_dir is not None:
-        cfg = load_model_config(model_dir)
-        return cfg, torch.load(cfg.path("llm.pt"), map_location=DEVICE, weights_only=True)
-    cfg = ModelConfig(model_dir=Path("random"))  # the released dimensions (model_config defaults)
-    torch.manual_seed(0)
-    with torch.device(DEVICE):
-        lm = SpeechLM(cfg.llm)
-    return cfg, lm.state_dict()
-
-
-def make_request(req_id: str, prompt_len: int, gen_len: int, gen: torch.Generator, **kw) -> LLMRequest:
-    """A request of prompt_len inputs (1/3 text, the rest prompt speech) decoding exactly gen_len tokens."""
-    num_text = max(1, prompt_len // 3 - 2)
-    num_speech = prompt_len - num_text - 2
-    text = torch.randint(0, NUM_TEXT_IDS, (num_text,), generator=gen).tolist()
-    speech = torch.randint(0, 6561, (num_speech,), generator=gen).tolist()
-    return LLMRequest(req_id, text, [], speech, seed=int(torch.randint(0, 2**31, (1,), generator=gen)),
-                      min_len=gen_len, max_len=gen_len, **kw)
 
 
 def timed_steps(engine: LLMEngine, num_steps: int) -> list[float]:
@@ -164,7 +149,7 @@ def bench_eager_baseline(lm: SpeechLM, prompt_len: int, gen_len: int, gen: torch
 
 
 @torch.inference_mode()
-def logprob_check(engine: LLMEngine, ref: SpeechLM, batch: int, num_checked: int, gen: torch.Generator) -> dict:
+def logprob_check(engine: LLMEngine, ref, batch: int, num_checked: int, gen: torch.Generator) -> dict:
     """Engine log-probs (prefill + 100 decode steps, greedy, `batch` requests) vs the float32 reference fed the
     same tokens, for the first num_checked requests."""
     reqs = [make_request(f"lp{batch}_{i}", 300, 101, gen, greedy=True) for i in range(batch)]
@@ -186,15 +171,9 @@ def logprob_check(engine: LLMEngine, ref: SpeechLM, batch: int, num_checked: int
             tokens[out.req_id] += out.new_token_ids
     max_abs, rel = 0.0, []
     for req in reqs[:num_checked]:
-        cache = ref.new_cache()
-        embeds = ref.build_prefill_embeds(*(torch.tensor(x, device=DEVICE) for x in (
-            req.text_token_ids, req.prompt_text_token_ids, req.prompt_speech_token_ids)))
-        for step_logprobs, token in zip(ours[req.req_id], tokens[req.req_id] + [None]):
-            expected = ref.forward_step(embeds, cache)
+        for step_logprobs, expected in zip(ours[req.req_id], MODEL.reference_logprobs(ref, req, tokens[req.req_id])):
             max_abs = max(max_abs, float((step_logprobs - expected).abs().max()))
             rel.append(float((step_logprobs - expected).norm() / expected.norm()))
-            if token is not None:
-                embeds = ref.embed_speech(torch.tensor([token], device=DEVICE))
     return {"batch": batch, "checked": num_checked, "steps": len(ours[reqs[0].req_id]), "max_abs": max_abs,
             "max_rel_l2": max(rel), "pass": max_abs <= LOGPROB_TOL}
 
@@ -206,33 +185,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--batches", default="1,8,32,64,128,256")
     parser.add_argument("--context", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=64, help="requests of the throughput run")
+    parser.add_argument("--gen_len", type=int, default=250, help="tokens each request of the throughput run makes")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--profile", action="store_true", help="also list the kernels of a batch-1 decode step (CUDA)")
     args = parser.parse_args(argv)
-    global DEVICE, NUM_TEXT_IDS
+    global DEVICE, MODEL
     DEVICE = args.device
     gen = torch.Generator().manual_seed(0)
-    cfg, state_dict = load_model(args.model_dir)
-    NUM_TEXT_IDS = cfg.llm.qwen.vocab_size
+    MODEL = bench_model(args.model_dir, DEVICE)
     engine_cfg = EngineConfig(data_type=args.dtype, running_max_req_size=256, graph_max_batch_size=256,
-                              max_req_total_len=2048, max_total_token_num=256 * 400 + 4096)
+                              max_req_total_len=2048, max_total_token_num=256 * (args.context + 100) + 4096)
     start = time.perf_counter()
-    engine = LLMEngine(cfg, engine_cfg, DEVICE, state_dict)
+    engine = LLMEngine(MODEL.spec, engine_cfg, DEVICE, MODEL.state_dict)
     results: dict = {"gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "dtype": args.dtype,
                      "init_s": time.perf_counter() - start}
     results["decode"] = [bench_decode(engine, int(b), args.context, gen) for b in args.batches.split(",")]
     results["prefill"] = [bench_prefill(engine, n, gen) for n in (100, 300, 1000)]
-    results["throughput"] = bench_throughput(engine, 64, args.context, 250, gen)
-    ref = SpeechLM(cfg.llm).to(DEVICE)
-    ref.load_state_dict(state_dict)
-    ref.eval().requires_grad_(False)
-    results["logprob_check"] = [logprob_check(engine, ref, b, n, gen) for b, n in ((1, 1), (64, 4))]
-    baseline_lm = ref.to(getattr(torch, args.dtype))
-    bench_eager_baseline(baseline_lm, args.context, 100, gen, device_sampling=True)  # warm-up: allocator, kernels
-    results["eager_baseline"] = bench_eager_baseline(baseline_lm, args.context, 100, gen, device_sampling=True)
-    results["eager_baseline_host_sampling"] = bench_eager_baseline(baseline_lm, args.context, 100, gen,
-                                                                   device_sampling=False)
-    results["speedup_vs_eager"] = results["throughput"]["tokens_per_s"] / results["eager_baseline"]["tokens_per_s"]
+    results["throughput"] = bench_throughput(engine, args.concurrency, args.context, args.gen_len, gen)
+    ref = MODEL.reference()
+    results["logprob_check"] = [logprob_check(engine, ref, b, n, gen)
+                                for b, n in ((1, 1), (args.concurrency, min(4, args.concurrency)))]
+    if isinstance(MODEL, CosyVoiceBench):
+        baseline_lm = ref.to(getattr(torch, args.dtype))
+        bench_eager_baseline(baseline_lm, args.context, 100, gen, device_sampling=True)  # warm-up
+        results["eager_baseline"] = bench_eager_baseline(baseline_lm, args.context, 100, gen, device_sampling=True)
+        results["eager_baseline_host_sampling"] = bench_eager_baseline(baseline_lm, args.context, 100, gen,
+                                                                       device_sampling=False)
+        results["speedup_vs_eager"] = (results["throughput"]["tokens_per_s"]
+                                       / results["eager_baseline"]["tokens_per_s"])
     if args.profile and DEVICE == "cuda":  # last: the profiler slows what runs after it
         results["profile"] = profile_decode(engine, args.context, gen)
     print_table(results)
@@ -251,9 +232,12 @@ def print_table(r: dict) -> None:
             print(f"  {k['per_step']:5.1f} x {k['us_per_step']:8.1f} us  {k['name']}")
     for p in r["prefill"]:
         print(f"prefill {p['prompt_len']:>5} tokens: {p['ms']:.2f} ms")
-    t, e, h = r["throughput"], r["eager_baseline"], r["eager_baseline_host_sampling"]
-    print(f"engine, 64 concurrent: {t['tokens_per_s']:.0f} tokens/s; eager one-at-a-time: {e['tokens_per_s']:.1f} "
-          f"tokens/s (host sampling: {h['tokens_per_s']:.1f}); speedup {r['speedup_vs_eager']:.1f}x")
+    t = r["throughput"]
+    print(f"engine, {t['concurrency']} concurrent: {t['tokens_per_s']:.0f} tokens/s")
+    if "eager_baseline" in r:
+        e, h = r["eager_baseline"], r["eager_baseline_host_sampling"]
+        print(f"eager one-at-a-time: {e['tokens_per_s']:.1f} tokens/s (host sampling: {h['tokens_per_s']:.1f}); "
+              f"speedup {r['speedup_vs_eager']:.1f}x")
     for c in r["logprob_check"]:
         print(f"logprob check batch {c['batch']} ({c['checked']} checked, {c['steps']} steps): max |d| "
               f"{c['max_abs']:.4f}, max rel L2 {c['max_rel_l2']:.2e}: {'PASS' if c['pass'] else 'FAIL'}")

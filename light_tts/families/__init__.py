@@ -13,6 +13,7 @@ family without importing torch. A family module is imported only by a process th
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -22,19 +23,29 @@ from light_tts.errors import ModelDirError
 
 @dataclass(frozen=True)
 class FamilySpec:
-    """A registry entry: the family's name, the file whose presence in a model directory identifies it, and the
-    module (in this package) that implements it."""
+    """A registry entry: the family's name, the file whose presence in a model directory identifies it (and, when
+    that file is a common one, a light check of its content), and the module (in this package) that implements
+    it."""
 
     name: str
     marker: str
     module: str
+    check: Callable[[Path], bool] | None = None  # (marker file) -> is it this family's
 
     def matches(self, model_dir: Path) -> bool:
-        return (model_dir / self.marker).is_file()
+        marker = model_dir / self.marker
+        return marker.is_file() and (self.check is None or self.check(marker))
+
+
+def _is_orpheus(config_json: Path) -> bool:
+    from light_tts.models.orpheus.config import is_orpheus_file
+
+    return is_orpheus_file(config_json)
 
 
 FAMILIES: tuple[FamilySpec, ...] = (
     FamilySpec("cosyvoice2", "cosyvoice2.yaml", "light_tts.families.cosyvoice2"),
+    FamilySpec("orpheus", "config.json", "light_tts.families.orpheus", _is_orpheus),
 )
 
 
@@ -50,7 +61,7 @@ def detect_family(model_dir: str | Path) -> FamilySpec:
     for spec in FAMILIES:
         if spec.matches(model_dir):
             return spec
-    known = ", ".join(f"{f.marker} ({f.name})" for f in FAMILIES)
+    known = ", ".join(f"{f.marker} ({f.name})" for f in FAMILIES)  # Orpheus: a Llama config.json with audio ids
     raise ModelDirError(f"{model_dir} holds no model this server knows: expected one of {known}")
 
 

@@ -10,13 +10,14 @@ import torch
 from light_tts.kernels.activation import silu_and_mul_ref, silu_and_mul_triton
 from light_tts.kernels.decode_attention import decode_attention_ref, decode_attention_triton
 from light_tts.kernels.kv_store import store_kv_ref, store_kv_triton
+from light_tts.kernels.nucleus_sampling import nucleus_sample_ref, nucleus_sample_triton
 from light_tts.kernels.prefill_attention import prefill_attention_ref, prefill_attention_triton
 from light_tts.kernels.ras_sampling import ras_first_attempt_ref, ras_first_attempt_triton
 from light_tts.kernels.rmsnorm import rms_norm_ref, rms_norm_triton
 from light_tts.kernels.rotary import apply_rotary_ref, apply_rotary_triton, build_cos_sin_cache
 
 __all__ = ["rms_norm", "apply_rotary", "build_cos_sin_cache", "silu_and_mul", "store_kv",
-           "prefill_attention", "decode_attention", "ras_first_attempt"]
+           "prefill_attention", "decode_attention", "ras_first_attempt", "nucleus_sample"]
 
 
 def _is_triton(x: torch.Tensor, use_triton: bool | None) -> bool:
@@ -82,3 +83,11 @@ def ras_first_attempt(scores: torch.Tensor, packed: torch.Tensor, top_k: int, to
     id banned by the repetition fallback or -1 [B]), both int64; greedy rows take the (allowed) argmax."""
     impl = ras_first_attempt_triton if _is_triton(scores, use_triton) else ras_first_attempt_ref
     return impl(scores, packed, top_k, top_p, min_repeats, reject_from)
+
+
+def nucleus_sample(logits: torch.Tensor, packed: torch.Tensor, seen: torch.Tensor, temperature: float, top_p: float,
+                   penalty: float, use_triton: bool | None = None) -> torch.Tensor:
+    """One id per row of [B, V] float32 logits: repetition penalty over seen [rows, V] (bool), temperature, top-p,
+    within each row's allowed range (packed [B, 5 + rounds], kernels/nucleus_sampling.py) -> ids [B] int64."""
+    impl = nucleus_sample_triton if _is_triton(logits, use_triton) else nucleus_sample_ref
+    return impl(logits, packed, seen, temperature, top_p, penalty)

@@ -11,9 +11,13 @@ import triton.language as tl
 from light_tts.kernels.kv_store import store_kv_ref
 
 
-def build_cos_sin_cache(max_pos: int, head_dim: int, theta: float, device: torch.device | str) -> torch.Tensor:
-    """[max_pos, head_dim] fp32: cos of the head_dim/2 frequencies in the first half, sin in the second half."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim))
+def build_cos_sin_cache(max_pos: int, head_dim: int, theta: float, device: torch.device | str,
+                        inv_freq: torch.Tensor | None = None) -> torch.Tensor:
+    """[max_pos, head_dim] fp32: cos of the head_dim/2 frequencies in the first half, sin in the second half.
+    inv_freq: the frequencies when they are not the plain ones of theta (Llama 3's scaled rope)."""
+    if inv_freq is None:
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    inv_freq = inv_freq.to(device, torch.float64)
     freqs = torch.outer(torch.arange(max_pos, dtype=torch.float64, device=device), inv_freq)  # (max_pos, D/2)
     return torch.cat([freqs.cos(), freqs.sin()], dim=-1).float()
 

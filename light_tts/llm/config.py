@@ -22,6 +22,7 @@ class EngineConfig:
     kv_cache_mem_fraction: float = 0.5  # of the GPU memory free after warm-up (flow and HiFT share the GPU)
     first_hop_tokens: int = 52  # speech tokens a stream needs for its first audio (hop + largest pad + lookahead)
     ahead_tokens: int = 0  # > 0: during first hops, requests this far ahead of real time sit a step out
+    tokens_per_second: float = 25  # the model's tokens per second of audio (real time, for ahead_tokens)
 
     def __post_init__(self):
         if self.data_type not in DATA_TYPES:

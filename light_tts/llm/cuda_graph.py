@@ -41,9 +41,10 @@ class DecodeGraphs:
         self.host_meta = torch.from_numpy(np.repeat(PAD, max_batch_size, axis=1)).pin_memory()  # [6, max_bs]
         self.host_meta_np = self.host_meta.numpy()
         self.meta = self.host_meta.to(device)
-        num_sampling_cols = 4 + sampler.cfg.win_size
-        self.host_sampling = torch.zeros(max_batch_size, num_sampling_cols, dtype=torch.int64).pin_memory()
-        self.sampling = torch.zeros(max_batch_size, num_sampling_cols, dtype=torch.int64, device=device)
+        # sampling rows past the batch are the sampler's padding row (cheap, and touching no request's state)
+        self.pad_sampling = torch.tensor(sampler.pad_row, dtype=torch.int64)
+        self.host_sampling = self.pad_sampling.repeat(max_batch_size, 1).pin_memory()
+        self.sampling = self.host_sampling.to(device)
         self.forward_graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.sample_graphs: dict[int, tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...]]] = {}
 
@@ -83,11 +84,12 @@ class DecodeGraphs:
         return logits[:bs]
 
     def sample(self, packed: torch.Tensor):
-        """Launch the first sampling attempt after forward() of the same batch, with its [B, 4 + win] host sampling
-        inputs; returns ids, fallback bans, scores and the device sampling inputs (graph views)."""
+        """Launch the first sampling attempt after forward() of the same batch, with its [B, num_columns] host
+        sampling inputs; returns the sampler's outputs and the device sampling inputs (graph views)."""
         bs = packed.shape[0]
         bucket = self.bucket(bs)
         self.host_sampling[:bs].copy_(packed)
+        self.host_sampling[bs:bucket] = self.pad_sampling
         self.sampling[:bucket].copy_(self.host_sampling[:bucket], non_blocking=True)
         graph, outputs = self.sample_graphs[bucket]
         graph.replay()

@@ -1,5 +1,6 @@
-"""LLMEngine: the speech-token LM behind the server's LLM process. add_request / append_text / abort between
-steps; each step() schedules one batch, runs it and returns the tokens it produced, request by request.
+"""LLMEngine: the token LM behind the server's LLM process. add_request / append_text / abort between steps; each
+step() schedules one batch, runs it and returns the tokens it produced, request by request. What it runs (network,
+id space, sampler, weights) is the family's LLMSpec (spec.py).
 """
 
 from __future__ import annotations
@@ -8,19 +9,18 @@ import torch
 
 from light_tts.llm.config import EngineConfig
 from light_tts.llm.model_runner import ModelRunner
-from light_tts.llm.request import LLMRequest, Sequence, TokenLayout, TokenOutput
+from light_tts.llm.request import LLMRequest, Sequence, TokenOutput
 from light_tts.llm.scheduler import Scheduler, SchedulerConfig
-from light_tts.model_config import ModelConfig
+from light_tts.llm.spec import LLMSpec
 
 
 class LLMEngine:
-    def __init__(self, model_cfg: ModelConfig, engine_cfg: EngineConfig, device: str | torch.device,
+    def __init__(self, spec: LLMSpec, engine_cfg: EngineConfig, device: str | torch.device,
                  state_dict: dict[str, torch.Tensor] | None = None):
-        """state_dict: a released llm.pt state dict already in memory (default: read model_dir/llm.pt)."""
+        """state_dict: the released state dict already in memory (default: spec.read_weights())."""
         self.cfg = engine_cfg
-        self.llm_cfg = model_cfg.llm
-        self.layout = TokenLayout.from_config(model_cfg.llm)
-        self.runner = ModelRunner(model_cfg, engine_cfg, torch.device(device), state_dict)
+        self.layout = spec.layout
+        self.runner = ModelRunner(spec, engine_cfg, torch.device(device), state_dict)
         self.scheduler = Scheduler(SchedulerConfig(
             num_kv_slots=self.runner.num_kv_slots,
             max_req_total_len=engine_cfg.max_req_total_len,
@@ -30,6 +30,7 @@ class LLMEngine:
             enable_prefix_cache=engine_cfg.enable_prefix_cache,
             first_hop_tokens=engine_cfg.first_hop_tokens,
             ahead_tokens=engine_cfg.ahead_tokens,
+            tokens_per_second=engine_cfg.tokens_per_second,
         ))
         self.num_arrivals = 0
         self.last_batch_size = 0
@@ -39,7 +40,7 @@ class LLMEngine:
         """Queue a request; a bad one comes back from the next step() as finished with "error:<message>"."""
         seq = Sequence(req, self.layout, self.num_arrivals, self.cfg.max_req_total_len)
         self.num_arrivals += 1
-        problem = self._check_ids(req)
+        problem = self.layout.check(req)
         if problem:
             self.scheduler.reject(seq, "error:" + problem)
             return
@@ -48,8 +49,9 @@ class LLMEngine:
     def append_text(self, req_id: str, text_token_ids: list[int], is_last: bool) -> bool:
         """More text for a bistream request (is_last on the final piece); False (text dropped) if the request has
         already finished or was aborted."""
-        if any(not 0 <= t < self.layout.num_text_ids for t in text_token_ids):
-            return self.scheduler.fail(req_id, f"error:text token ids must be in [0, {self.layout.num_text_ids})")
+        problem = self.layout.check_text(text_token_ids)
+        if problem:
+            return self.scheduler.fail(req_id, "error:" + problem)
         return self.scheduler.append_text(req_id, list(text_token_ids), is_last)
 
     def abort(self, req_id: str) -> bool:
@@ -100,13 +102,3 @@ class LLMEngine:
                 "kv_total_tokens": s.allocator.num_slots, "last_batch_size": self.last_batch_size,
                 # part of kv_used_tokens: voice prefixes kept for reuse that no request holds (evicted on demand)
                 "kv_cached_tokens": s.prefix_cache.num_evictable_slots if s.prefix_cache is not None else 0}
-
-    def _check_ids(self, req: LLMRequest) -> str | None:
-        num_text, num_speech = self.layout.num_text_ids, self.llm_cfg.speech_token_size
-        if not req.bistream and not req.text_token_ids:
-            return "empty text"
-        if any(not 0 <= t < num_text for t in req.text_token_ids + req.prompt_text_token_ids):
-            return f"text token ids must be in [0, {num_text})"
-        if any(not 0 <= t < num_speech for t in req.prompt_speech_token_ids):
-            return f"prompt speech token ids must be in [0, {num_speech})"
-        return None

@@ -1,9 +1,10 @@
-"""The engine's speech-token LM: a Qwen2 body over packed tokens of many requests, reading and writing the paged
+"""The engine's token LM: a Qwen2 or Llama body over packed tokens of many requests, reading and writing the paged
 KV cache through light_tts.kernels.ops (Triton on CUDA, torch reference on the CPU).
 
-Weights are in the engine layout (weights.py): one embedding table for speech, special and text ids, fused
-qkv and gate_up projections. A forward takes ForwardInputs and returns speech logits [B, num_speech_rows] in
-float32 for the last input token of each request.
+The network is what the family's LMArch says (spec.py). Weights are in the engine layout (the family's
+engine_weights, e.g. weights.py): one embedding table over the engine's id space, fused qkv and gate_up
+projections, one head. A forward takes ForwardInputs and returns logits [B, num_logits] in float32 for the last
+input token of each request.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from light_tts.kernels import ops
-from light_tts.model_config import LLMConfig
+from light_tts.llm.spec import LMArch
+from light_tts.model_config import QwenConfig
 
 
 @dataclass
@@ -49,9 +51,8 @@ class KVCache:
     """Keys and values of every layer: k[layer] is [num_slots, num_kv_heads, head_dim]; req_to_token maps a
     request row and position to a slot (row 0 is the padding sentinel)."""
 
-    def __init__(self, cfg: LLMConfig, num_slots: int, num_rows: int, max_total_len: int, dtype: torch.dtype,
+    def __init__(self, q: QwenConfig, num_slots: int, num_rows: int, max_total_len: int, dtype: torch.dtype,
                  device: torch.device):
-        q = cfg.qwen
         shape = (q.num_hidden_layers, num_slots, q.num_key_value_heads, q.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
@@ -59,15 +60,14 @@ class KVCache:
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: LLMConfig):
+    def __init__(self, q: QwenConfig):
         super().__init__()
-        q = cfg.qwen
         self.num_heads, self.num_kv_heads, self.head_dim = q.num_attention_heads, q.num_key_value_heads, q.head_dim
         self.eps = q.rms_norm_eps
         self.sm_scale = q.head_dim ** -0.5
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.input_layernorm = nn.Parameter(torch.empty(q.hidden_size))
-        self.qkv_proj = nn.Linear(q.hidden_size, self.q_size + 2 * self.kv_size, bias=True)
+        self.qkv_proj = nn.Linear(q.hidden_size, self.q_size + 2 * self.kv_size, bias=q.attention_bias)
         self.o_proj = nn.Linear(self.q_size, q.hidden_size, bias=False)
         self.post_attention_layernorm = nn.Parameter(torch.empty(q.hidden_size))
         self.gate_up_proj = nn.Linear(q.hidden_size, 2 * q.intermediate_size, bias=False)
@@ -100,14 +100,20 @@ class DecoderLayer(nn.Module):
 
 
 class EngineSpeechLM(nn.Module):
-    def __init__(self, cfg: LLMConfig, num_embeddings: int):
+    def __init__(self, arch: LMArch):
         super().__init__()
-        q = cfg.qwen
-        self.cfg = cfg
-        self.embed = nn.Embedding(num_embeddings, q.hidden_size)  # speech rows, sos, task_id, text rows
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(q.num_hidden_layers))
+        q = arch.body
+        self.arch = arch
+        self.embed = nn.Embedding(arch.num_embeddings, q.hidden_size)  # the engine's id space (the family's layout)
+        self.layers = nn.ModuleList(DecoderLayer(q) for _ in range(q.num_hidden_layers))
         self.norm = nn.Parameter(torch.empty(q.hidden_size))
-        self.llm_decoder = nn.Linear(cfg.llm_output_size, cfg.num_speech_rows)
+        self.llm_decoder = nn.Linear(q.hidden_size, arch.num_logits, bias=arch.head_bias)  # the head
+
+    def tie_head(self) -> None:
+        """With a tied head, make the head's weight the embedding table itself (after the model has its device and
+        dtype: one copy in memory; moving the model keeps them one)."""
+        if self.arch.tie_head:
+            self.llm_decoder.weight = self.embed.weight
 
     def forward(self, inp: ForwardInputs, kv: KVCache, cos_sin: torch.Tensor) -> torch.Tensor:
         if not inp.is_prefill:
@@ -117,7 +123,7 @@ class EngineSpeechLM(nn.Module):
         residual = None
         for i, layer in enumerate(self.layers):
             h, residual = layer(h, residual, inp, kv.k[i], kv.v[i], kv.req_to_token, cos_sin)
-        h, _ = ops.rms_norm(h, self.norm, self.cfg.qwen.rms_norm_eps, residual)
+        h, _ = ops.rms_norm(h, self.norm, self.arch.body.rms_norm_eps, residual)
         if inp.is_prefill:
             h = h.index_select(0, inp.last_token_idx)
         return F.linear(h, self.llm_decoder.weight, self.llm_decoder.bias).float()

@@ -13,12 +13,10 @@ import torch
 from light_tts.kernels import ops
 from light_tts.llm.cuda_graph import DecodeGraphs
 from light_tts.llm.model import EngineSpeechLM, ForwardInputs, KVCache
-from light_tts.llm.request import Sequence, TokenLayout, recent_window
-from light_tts.llm.sampler import Sampler, SamplingInputs, pack_sampling
 from light_tts.llm.scheduler import ScheduledBatch
+from light_tts.llm.spec import LLMSpec
 from light_tts.llm.weights import load_engine_weights
-from light_tts.model_config import ModelConfig
-from light_tts.models.weights import read_state_dict
+from light_tts.models.rope import body_inv_freq
 
 if TYPE_CHECKING:
     from light_tts.llm.config import EngineConfig
@@ -29,21 +27,22 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 
 
 class ModelRunner:
-    def __init__(self, model_cfg: ModelConfig, engine_cfg: EngineConfig, device: torch.device,
+    def __init__(self, spec: LLMSpec, engine_cfg: EngineConfig, device: torch.device,
                  state_dict: dict[str, torch.Tensor] | None = None):
-        """state_dict: a released llm.pt state dict (default: read model_dir/llm.pt)."""
+        """state_dict: the released state dict (default: spec.read_weights())."""
         self.cfg = engine_cfg
-        self.llm_cfg = model_cfg.llm
+        self.spec = spec
+        self.body = spec.arch.body
         self.device = device
         self.dtype = DTYPES[engine_cfg.data_type]
-        self.layout = TokenLayout.from_config(model_cfg.llm)
         self.num_rows = engine_cfg.running_max_req_size + 1  # + the sentinel row 0
-        q = model_cfg.llm.qwen
-        self.cos_sin = ops.build_cos_sin_cache(engine_cfg.max_req_total_len, q.head_dim, q.rope_theta, device)
-        self.sampler = Sampler(model_cfg.llm.sampling, reject_from=self.layout.eos)
-        self.model = self._load(state_dict if state_dict is not None else read_state_dict(model_cfg.path("llm.pt")))
+        q = self.body
+        self.cos_sin = ops.build_cos_sin_cache(engine_cfg.max_req_total_len, q.head_dim, q.rope_theta, device,
+                                               inv_freq=body_inv_freq(q))
+        self.sampler = spec.make_sampler(self.num_rows, device)
+        self.model = self._load(state_dict if state_dict is not None else spec.read_weights())
         self.num_kv_slots = self._size_kv_cache()
-        self.kv = KVCache(self.llm_cfg, self.num_kv_slots, self.num_rows, engine_cfg.max_req_total_len,
+        self.kv = KVCache(self.body, self.num_kv_slots, self.num_rows, engine_cfg.max_req_total_len,
                           self.dtype, device)
         self.graphs = None
         self.last_logits: torch.Tensor | None = None
@@ -54,6 +53,7 @@ class ModelRunner:
     def release(self) -> None:
         """Give the device back while idle: graphs and KV cache dropped, weights moved to host memory."""
         self.graphs = self.kv = self.last_logits = None
+        self.sampler.release()
         self.model.to("cpu")
         self.cos_sin = self.cos_sin.cpu()
         if self.device.type == "cuda":
@@ -64,7 +64,8 @@ class ModelRunner:
         cfg = self.cfg
         self.model.to(self.device)
         self.cos_sin = self.cos_sin.to(self.device)
-        self.kv = KVCache(self.llm_cfg, self.num_kv_slots, self.num_rows, cfg.max_req_total_len, self.dtype,
+        self.sampler.reload()
+        self.kv = KVCache(self.body, self.num_kv_slots, self.num_rows, cfg.max_req_total_len, self.dtype,
                           self.device)
         if self.device.type == "cuda" and not cfg.disable_cudagraph:
             self.graphs = DecodeGraphs(self.model, self.sampler, self.kv, self.cos_sin,
@@ -72,9 +73,10 @@ class ModelRunner:
 
     def _load(self, state_dict: dict[str, torch.Tensor]) -> EngineSpeechLM:
         with torch.device("meta"):
-            model = EngineSpeechLM(self.llm_cfg, self.layout.num_embeddings)
+            model = EngineSpeechLM(self.spec.arch)
         model.to_empty(device=self.device).to(self.dtype)
-        load_engine_weights(model, state_dict)
+        model.tie_head()
+        load_engine_weights(model, self.spec.engine_weights(state_dict))
         return model.eval().requires_grad_(False)
 
     def _size_kv_cache(self) -> int:
@@ -90,7 +92,7 @@ class ModelRunner:
         torch.cuda.empty_cache()
         free, _ = torch.cuda.mem_get_info(self.device)
         activations = peak - torch.cuda.memory_allocated(self.device)
-        q = self.llm_cfg.qwen
+        q = self.body
         bytes_per_slot = 2 * q.num_hidden_layers * q.num_key_value_heads * q.head_dim * self.dtype.itemsize
         room = free - activations
         if cfg.max_total_token_num:
@@ -108,7 +110,7 @@ class ModelRunner:
         cfg = self.cfg
         num_tokens = cfg.batch_max_tokens
         num_seqs = -(-num_tokens // cfg.max_req_total_len)
-        scratch = KVCache(self.llm_cfg, num_tokens, num_seqs + 1, cfg.max_req_total_len, self.dtype, self.device)
+        scratch = KVCache(self.body, num_tokens, num_seqs + 1, cfg.max_req_total_len, self.dtype, self.device)
         rows, start = [], 0
         for row in range(1, num_seqs + 1):
             n = min(cfg.max_req_total_len, num_tokens - start)
@@ -121,6 +123,7 @@ class ModelRunner:
     def run(self, batch: ScheduledBatch) -> list[int]:
         """Forward and sample one id per sequence; decode batches replay CUDA graphs when they fit."""
         seqs = batch.seqs
+        self.sampler.before_step(batch)
         graphs = self.graphs
         if batch.is_prefill or graphs is None or not graphs.can_run(len(seqs)):
             graphs = None
@@ -138,14 +141,14 @@ class ModelRunner:
                 meta_tensor = torch.tensor(meta, dtype=torch.int64).to(self.device)
                 logits = self.model(ForwardInputs.decode(meta_tensor), self.kv, self.cos_sin)
         # built while the device runs the forward: launches and graph replays return before the work is done
-        sampling = self._sampling_inputs(seqs)
+        sampling = self.sampler.pack(seqs)
         if graphs is not None:
-            ids, banned, scores, sampling.packed = graphs.sample(sampling.packed)
+            *outputs, sampling.packed = graphs.sample(sampling.packed)
         else:
             sampling.packed = sampling.packed.to(self.device)
-            ids, banned, scores = self.sampler.first_attempt(logits, sampling.packed)
+            outputs = self.sampler.first_attempt(logits, sampling.packed)
         self.last_logits = logits  # [B, V] of the last step, for checks (a graph overwrites it at the next replay)
-        return self.sampler.finish(ids, banned, scores, sampling)
+        return self.sampler.finish(*outputs, sampling)
 
     def _prefill_inputs(self, rows: list[tuple[list[int], list[int], int, int]], kv: KVCache) -> ForwardInputs:
         """rows: (new input ids, slots of the whole sequence, req_to_token row, tokens already cached) per request.
@@ -180,12 +183,3 @@ class ModelRunner:
             last_token_idx=(b_start + new_lens - 1).long().to(dev),
             max_new_len=int(new_lens.max()),
         )
-
-    def _sampling_inputs(self, seqs: list[Sequence]) -> SamplingInputs:
-        """Sampling inputs with `packed` still on the host (the caller moves it)."""
-        win = self.llm_cfg.sampling.win_size
-        is_rejecting = [s.reject_from() is not None for s in seqs]
-        is_greedy = [s.req.greedy for s in seqs]
-        packed, seeds, steps = pack_sampling([s.req.seed for s in seqs], [len(s.decoded) for s in seqs],
-                                             is_rejecting, is_greedy, [recent_window(s, win) for s in seqs])
-        return SamplingInputs(packed, seeds, steps, is_rejecting, is_greedy)

@@ -1,7 +1,11 @@
 """CPU request state of the LLM engine: what the server submits (LLMRequest), what the engine tracks per request
 (Sequence: the token stream fed to the model and what it produced), and what a step returns (TokenOutput).
 
-Token ids inside the engine live in one space, so that one embedding table (weights.py) embeds any input:
+How a request becomes its Sequence is the family's layout (spec.py): TokenLayout here for the CosyVoice speech
+LMs, prompt_layout.PromptLayout for a plain causal LM. A layout provides start(seq), length_bounds(req, max_total),
+shareable_prefix_len(seq), check(req), check_text(ids), the stop ids and eos (ids a request may forbid).
+
+TokenLayout's ids live in one space, so that one embedding table (weights.py) embeds any input:
   [0, num_speech_rows)                  speech ids (speech_embedding rows; eos, unused, fill at the top)
   num_speech_rows, num_speech_rows + 1  sos, task_id (llm_embedding rows)
   num_speech_rows + 2 + t               text id t (embed_tokens row t)
@@ -21,7 +25,8 @@ from light_tts.model_config import LLMConfig
 
 @dataclass
 class LLMRequest:
-    """What the server submits. min_len/max_len default to 2x/20x the text tokens (prompt text excluded).
+    """What the server submits. min_len/max_len default to the layout's bounds (CosyVoice: 2x/20x the text tokens,
+    prompt text excluded). A PromptLayout takes the whole prompt as `text_token_ids`.
 
     min_len = max_len = N asks for exactly N speech tokens (eos and the other stop ids are masked until then, like
     vLLM's ignore_eos with max_tokens), in bistream requests too: the server's `fixed_speech_tokens` option.
@@ -57,7 +62,7 @@ class SeqStatus(Enum):
 
 @dataclass(frozen=True)
 class TokenLayout:
-    """The engine's id space (see module doc) and the special speech ids."""
+    """The CosyVoice speech LM's id space (see module doc), its special speech ids and its prompt layout."""
 
     num_speech_rows: int
     num_text_ids: int
@@ -87,6 +92,53 @@ class TokenLayout:
     def text(self, ids: list[int]) -> list[int]:
         return [self.num_speech_rows + 2 + t for t in ids]
 
+    def start(self, seq: Sequence) -> None:
+        """The inputs a request starts with: offline [sos, prompt text + text, task_id, prompt speech]; bistream
+        [sos] and a feeder for the rest."""
+        req = seq.req
+        if req.bistream:
+            seq.token_ids = [self.sos]
+            seq.feeder = BistreamFeeder(seq, req)
+        else:
+            seq.token_ids = ([self.sos] + self.text(req.prompt_text_token_ids + req.text_token_ids)
+                             + [self.task_id] + list(req.prompt_speech_token_ids))
+
+    def length_bounds(self, req: LLMRequest, max_total_len: int) -> tuple[int, int]:
+        # bistream text length is unknown up front: no min_len (upstream has none), max_len bounded by the KV row
+        num_text = len(req.text_token_ids)
+        default_min, default_max = (0, max_total_len) if req.bistream else (2 * num_text, 20 * num_text)
+        return (default_min if req.min_len is None else req.min_len,
+                default_max if req.max_len is None else req.max_len)
+
+    def shareable_prefix_len(self, seq: Sequence) -> int:
+        """Leading inputs that depend on the voice only (prompt text, and in bistream the prompt speech mixed into
+        it): another request with the same voice computes the same keys and values there."""
+        num_prompt_text = len(seq.req.prompt_text_token_ids)
+        if seq.feeder is None:
+            return 1 + num_prompt_text  # the target text follows the prompt text, the prompt speech after it
+        num_speech = len(seq.req.prompt_speech_token_ids)
+        n = 1
+        for _ in range(num_prompt_text // self.mix_text):
+            if num_speech <= 0:
+                break
+            n += self.mix_text + min(self.mix_speech, num_speech)
+            num_speech -= self.mix_speech
+        return n
+
+    def check(self, req: LLMRequest) -> str | None:
+        """Why the engine cannot run this request, or None."""
+        if not req.bistream and not req.text_token_ids:
+            return "empty text"
+        problem = self.check_text(req.text_token_ids + req.prompt_text_token_ids)
+        if problem is None and any(not 0 <= t < self.eos for t in req.prompt_speech_token_ids):
+            return f"prompt speech token ids must be in [0, {self.eos})"
+        return problem
+
+    def check_text(self, text_token_ids: list[int]) -> str | None:
+        if any(not 0 <= t < self.num_text_ids for t in text_token_ids):
+            return f"text token ids must be in [0, {self.num_text_ids})"
+        return None
+
 
 class Sequence:
     """One request inside the engine. Offline requests feed their whole prompt at once; bistream ones are fed by a
@@ -106,36 +158,13 @@ class Sequence:
         self.decoded: list[int] = []  # every decoded id in order: the RAS window (fills included, as upstream)
         self.num_output = 0  # speech tokens returned to the caller
         self.first_output_at: float | None = None  # when the first one was (the scheduler's first-hop priority)
-        # bistream text length is unknown up front: no min_len (upstream has none), max_len bounded by the KV row
-        num_text = len(req.text_token_ids)
-        default_min, default_max = (0, max_total_len) if req.bistream else (2 * num_text, 20 * num_text)
-        self.min_len = default_min if req.min_len is None else req.min_len
-        self.max_len = default_max if req.max_len is None else req.max_len
-        if req.bistream:
-            self.token_ids: list[int] = [layout.sos]
-            self.feeder: BistreamFeeder | None = BistreamFeeder(self, req)
-        else:
-            self.feeder = None
-            self.token_ids = ([layout.sos] + layout.text(req.prompt_text_token_ids + req.text_token_ids)
-                              + [layout.task_id] + list(req.prompt_speech_token_ids))
-        self.prefix_len = self._shareable_prefix_len()
+        self.min_len, self.max_len = layout.length_bounds(req, max_total_len)
+        self.token_ids: list[int] = []
+        self.feeder: BistreamFeeder | None = None
+        layout.start(self)
+        self.prefix_len = layout.shareable_prefix_len(self)
         # the prefix ids themselves key the cache: a dict hashes them, and equality rules out hash collisions
         self.prefix_key = tuple(self.token_ids[:self.prefix_len]) if self.prefix_len > 1 else None
-
-    def _shareable_prefix_len(self) -> int:
-        """Leading inputs that depend on the voice only (prompt text, and in bistream the prompt speech mixed into
-        it): another request with the same voice computes the same keys and values there."""
-        num_prompt_text = len(self.req.prompt_text_token_ids)
-        if self.feeder is None:
-            return 1 + num_prompt_text  # the target text follows the prompt text, the prompt speech after it
-        num_speech = len(self.req.prompt_speech_token_ids)
-        n = 1
-        for _ in range(num_prompt_text // self.layout.mix_text):
-            if num_speech <= 0:
-                break
-            n += self.layout.mix_text + min(self.layout.mix_speech, num_speech)
-            num_speech -= self.layout.mix_speech
-        return n
 
     @property
     def num_tokens(self) -> int:

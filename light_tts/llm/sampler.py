@@ -20,6 +20,7 @@ import torch
 
 from light_tts.kernels import ops
 from light_tts.kernels.ras_sampling import ras_attempt_ref
+from light_tts.llm.request import Sequence, recent_window
 from light_tts.model_config import RASConfig
 from light_tts.sampling import MAX_TRIALS, counter_uniform_bits, counter_uniforms, seed_array
 
@@ -48,10 +49,35 @@ def pack_sampling(seeds: list[int], steps: list[int], is_rejecting: list[bool], 
 
 
 class Sampler:
+    """The device sampler of the CosyVoice speech LMs. The model runner's interface of a device sampler: pack(seqs)
+    (host inputs), before_step(batch), first_attempt(logits, packed) (device only, CUDA-graph capturable, returns a
+    tuple), finish(*outputs, inputs) (the host ids), num_columns (of packed), pad_row (packed values of a CUDA
+    graph's padding rows), release() / reload()."""
+
     def __init__(self, cfg: RASConfig, reject_from: int):
         self.cfg = cfg
         self.reject_from = reject_from  # eos: eos, the unused id and fill are the ids a request may forbid
         self.min_repeats = cfg.win_size * cfg.tau_r  # occurrences in the window that trigger the fallback
+        self.num_columns = 4 + cfg.win_size
+        self.pad_row = [0] * self.num_columns  # what a CUDA graph's padding rows sample with (read by no one)
+
+    def pack(self, seqs: list[Sequence]) -> SamplingInputs:
+        """Sampling inputs with `packed` still on the host (the caller moves it)."""
+        is_rejecting = [s.reject_from() is not None for s in seqs]
+        is_greedy = [s.req.greedy for s in seqs]
+        packed, seeds, steps = pack_sampling([s.req.seed for s in seqs], [len(s.decoded) for s in seqs],
+                                             is_rejecting, is_greedy,
+                                             [recent_window(s, self.cfg.win_size) for s in seqs])
+        return SamplingInputs(packed, seeds, steps, is_rejecting, is_greedy)
+
+    def before_step(self, batch) -> None:
+        """RAS keeps no device state: its window travels in `packed`."""
+
+    def release(self) -> None:
+        pass
+
+    def reload(self) -> None:
+        pass
 
     def ras_attempt(self, scores: torch.Tensor, window: torch.Tensor, u: torch.Tensor):
         """One RAS attempt on [B, V] log-probs: (ids [B], id banned by the fallback or -1 [B])."""

@@ -38,7 +38,7 @@ class SchedulerConfig:
     enable_prefix_cache: bool
     first_hop_tokens: int = 28  # speech tokens before a stream's first audio (a hop, its pad and lookahead)
     ahead_tokens: int = 0  # 0: every ready request decodes every step
-    tokens_per_second: int = 25
+    tokens_per_second: float = 25
 
 
 @dataclass

@@ -1,4 +1,8 @@
-"""Qwen2 decoder (the body of the speech-token LM) in plain torch, with a per-request KV cache for offline decoding."""
+"""Qwen2 decoder (the body of the speech-token LM) in plain torch, with a per-request KV cache for offline decoding.
+
+Llama is the same body without the q/k/v biases and with Llama 3's rope scaling (QwenConfig.attention_bias,
+rope_scaling): Orpheus's offline LM is this module too, and its checkpoint keys are the same.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from light_tts.model_config import QwenConfig
+from light_tts.models.rope import body_inv_freq
 
 
 class KVCache:
@@ -42,10 +47,9 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables (T, head_dim) for absolute positions; both halves repeat the same frequencies (neox layout)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim))
-    freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, head_dim / 2)
+    freqs = positions.float()[:, None] * inv_freq.to(positions.device, torch.float32)[None, :]  # (T, head_dim / 2)
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos(), emb.sin()
 
@@ -60,7 +64,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Qwen2Attention(nn.Module):
-    """GQA self-attention with q/k/v biases and no output bias."""
+    """GQA self-attention with q/k/v biases (none for Llama) and no output bias."""
 
     def __init__(self, cfg: QwenConfig, layer_idx: int):
         super().__init__()
@@ -68,9 +72,10 @@ class Qwen2Attention(nn.Module):
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
-        self.q_proj = nn.Linear(cfg.hidden_size, self.num_heads * self.head_dim, bias=True)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
+        bias = cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
 
     def forward(
@@ -127,13 +132,18 @@ class Qwen2Model(nn.Module):
         self.layers = nn.ModuleList(Qwen2DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
+    @property
+    def inv_freq(self) -> torch.Tensor:
+        """[head_dim / 2] float32 rope frequencies (computed, not a buffer: no checkpoint key)."""
+        return body_inv_freq(self.cfg, torch.float32)
+
     def forward(self, inputs_embeds: torch.Tensor, past: KVCache | None = None) -> torch.Tensor:
         """(B, T, H) new-token embeddings -> (B, T, H) final-norm hidden states; `past` grows by T tokens."""
         T = inputs_embeds.size(1)
         num_past = 0 if past is None else past.seq_len
         device = inputs_embeds.device
         positions = torch.arange(num_past, num_past + T, device=device)
-        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        cos, sin = rope_cos_sin(positions, self.inv_freq)
         cos, sin = cos.to(inputs_embeds.dtype), sin.to(inputs_embeds.dtype)
         # new token i (absolute position num_past + i) sees every key at position <= its own; one token sees all
         mask = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -20,6 +21,31 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise ModelDirError(f"cannot read checkpoint {path}: {e}") from e
     if not isinstance(sd, dict):
         raise ModelDirError(f"checkpoint {path} is not a state dict (got {type(sd).__name__})")
+    return sd
+
+
+def read_safetensors(model_dir: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
+    """The tensors of a Hugging Face checkpoint: `name` or the shards its `.index.json` lists, on the CPU."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    index = model_dir / f"{name}.index.json"
+    if index.is_file():
+        try:
+            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError, UnicodeDecodeError) as e:
+            raise ModelDirError(f"malformed checkpoint index {index}: {e}") from e
+    else:
+        files = [name]
+    sd: dict[str, torch.Tensor] = {}
+    for file in files:
+        path = model_dir / file
+        if not path.is_file():
+            raise ModelDirError(f"missing checkpoint file: {path}")
+        try:
+            sd.update(load_file(path))
+        except (SafetensorError, OSError) as e:
+            raise ModelDirError(f"cannot read checkpoint {path}: {e}") from e
     return sd
 
 

@@ -1,11 +1,13 @@
 """Writes a complete random-weight model directory in the released CosyVoice2-0.5B layout.
 
     python -m light_tts.tools.make_model OUT --size tiny|full [--seed N] [--llm_seed N] [--flow_seed N]
+    python -m light_tts.tools.make_model OUT --family orpheus --size tiny|full [--seed N] [--llm_seed N]
 
 `tiny` runs fast on a CPU (tests, the server's default start); `full` has the released dimensions for GPU
 benchmarks. Every file a released directory has is written (cosyvoice2.yaml in HyperPyYAML form, llm.pt, flow.pt,
 hift.pt, campplus.onnx, speech_tokenizer_v2.onnx, flow.decoder.estimator.fp32.onnx, CosyVoice-BlankEN/), so the
-normal loaders read it unchanged.
+normal loaders read it unchanged. `--family orpheus` writes an Orpheus-3B + SNAC directory instead
+(tools/make_orpheus.py).
 The weights are random: the audio is noise, only shapes and timing are real. `--llm_seed` draws only the LLM's
 weights from another seed (a "style" of the same model: same flow, HiFT and frontend files), `--flow_seed` only the
 flow's and HiFT's.
@@ -241,13 +243,21 @@ def make_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, llm_seed:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--family", choices=("cosyvoice2", "orpheus"), default="cosyvoice2")
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--llm_seed", type=int, default=None, help="the LLM's weights from this seed instead")
     parser.add_argument("--flow_seed", type=int, default=None, help="the flow's and HiFT's weights from this seed")
     args = parser.parse_args(argv)
-    out = make_model(args.out_dir, args.size, args.seed, args.llm_seed, args.flow_seed)
-    print(f"wrote a random-weight {args.size} CosyVoice2 model to {out} (its audio is noise)")
+    if args.family == "orpheus":
+        from light_tts.tools.make_orpheus import make_orpheus
+
+        if args.flow_seed is not None:
+            parser.error("--flow_seed: an Orpheus model has no flow (its codec is SNAC)")
+        out = make_orpheus(args.out_dir, args.size, args.seed, args.llm_seed)
+    else:
+        out = make_model(args.out_dir, args.size, args.seed, args.llm_seed, args.flow_seed)
+    print(f"wrote a random-weight {args.size} {args.family} model to {out} (its audio is noise)")
 
 
 if __name__ == "__main__":

@@ -60,9 +60,9 @@ def load_io(model_dir: Path, name: str) -> dict:
 
 def _decode_step_sos_only(lm: SpeechLM, embeds: torch.Tensor, cache: KVCache) -> torch.Tensor:
     """One decode step whose query sees only key 0 (sos), as upstream under transformers 5 (module docstring)."""
-    body, qwen = lm.llm.model.model, lm.cfg.qwen
+    body = lm.llm.model.model
     positions = torch.tensor([cache.seq_len])
-    cos, sin = rope_cos_sin(positions, qwen.head_dim, qwen.rope_theta)
+    cos, sin = rope_cos_sin(positions, body.inv_freq)
     mask = torch.zeros(1, cache.seq_len + 1, dtype=torch.bool)
     mask[0, 0] = True
     x = embeds

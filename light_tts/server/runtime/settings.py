@@ -131,6 +131,7 @@ class ServerSettings:
             # a stream's first audio needs its first hop, the prompt's alignment pad (< a chunk) and the lookahead
             "first_hop_tokens": (c.first_hop_tokens or 2 * m.chunk_tokens - 1) + m.pre_lookahead,
             "ahead_tokens": int(c.llm_ahead_seconds * m.token_rate),
+            "tokens_per_second": m.token_rate,
         }
         unmapped = {f.name for f in fields(EngineConfig)} - set(values)
         if unmapped:

@@ -1,0 +1,65 @@
+"""Orpheus-3B (canopylabs/orpheus-3b-0.1-ft + SNAC 24 kHz): a Llama-3.2-3B that speaks SNAC codes as tokens.
+
+Recognised by its config.json: a LlamaForCausalLM whose vocabulary holds the 7 x 4096 audio ids
+(models/orpheus/config.py reads the rest from the released files). The LLM is a plain causal LM fed the prompt
+the family builds (no prompt audio: voices are names in the prompt), sampled with temperature, top-p and a
+repetition penalty; the codec turns 7-token frames into SNAC codes and decodes them in windows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from light_tts.models.orpheus.config import (CONFIG_NAME, SNAC_DIR, TOKENIZER_NAME, OrpheusConfig,
+                                             load_model_config)
+
+if TYPE_CHECKING:
+    from light_tts.llm.spec import LLMSpec
+
+NAME = "orpheus"
+MARKER = CONFIG_NAME
+
+__all__ = ["NAME", "MARKER", "check_complete", "load_model_config", "llm_spec"]
+
+
+def check_complete(model_dir: str | Path) -> None:
+    """ModelDirError listing every file the server needs but the directory lacks."""
+    from light_tts.errors import ModelDirError
+
+    model_dir = Path(model_dir)
+    needed = [CONFIG_NAME, TOKENIZER_NAME, f"{SNAC_DIR}/{CONFIG_NAME}", f"{SNAC_DIR}/pytorch_model.bin"]
+    missing = [name for name in needed if not (model_dir / name).is_file()]
+    if not (model_dir / "model.safetensors").is_file() and not (model_dir / "model.safetensors.index.json").is_file():
+        missing.append("model.safetensors (or model.safetensors.index.json and its shards)")
+    if missing:
+        raise ModelDirError(f"incomplete Orpheus model directory {model_dir}: missing {', '.join(missing)}")
+
+
+def prompt_layout(cfg: OrpheusConfig):
+    from light_tts.llm.prompt_layout import PromptLayout
+
+    t = cfg.tokens
+    return PromptLayout(vocab_size=cfg.body.vocab_size, stop_ids=frozenset({t.end_of_speech}),
+                        first_audio_id=t.first_audio, codes_per_position=t.codebook_size, frame_len=t.frame_len,
+                        default_max_len=cfg.max_new_tokens)
+
+
+def llm_spec(cfg: OrpheusConfig) -> LLMSpec:
+    """The LLM engine's view: the Llama body, the vocabulary as the id space, the (tied) LM head, nucleus sampling
+    with a repetition penalty, the safetensors checkpoint."""
+    from light_tts.llm.nucleus_sampler import NucleusSampler
+    from light_tts.llm.spec import LLMSpec, LMArch
+    from light_tts.llm.weights import causal_lm_state_dict
+    from light_tts.models.weights import read_safetensors
+
+    body = cfg.body
+    layout = prompt_layout(cfg)
+    return LLMSpec(
+        arch=LMArch(body, body.vocab_size, body.vocab_size, head_bias=False, tie_head=body.tie_word_embeddings),
+        layout=layout,
+        make_sampler=lambda num_rows, device: NucleusSampler(cfg.sampling, layout, num_rows, device),
+        engine_weights=lambda sd: causal_lm_state_dict(sd, body.num_hidden_layers, body.attention_bias,
+                                                       body.tie_word_embeddings),
+        read_weights=lambda: read_safetensors(cfg.model_dir),
+    )
