@@ -38,6 +38,7 @@ class EngineLimits:
     realtime_admission: bool = False  # admit streams only within the real-time capacity of the measured steps
     first_hop_tokens: int = 0  # > 0: the first streamed chunk is this many tokens (provisional); 0: upstream's
     context_window_pages: int = 0  # > 0: attention sees the prompt and the last this many generated pages
+    fused_flow: bool | None = None  # the estimator in fused launches (fused_estimator.py); None: on a GPU only
 
     @property
     def max_stream_pages(self) -> int:
@@ -95,13 +96,18 @@ def build_runtime(engine, use_cuda_graph: bool) -> Runtime:
     else:
         num_pages = _pages_after_warmup(engine, shape, num_slots, max_tokens, buckets[-1], kv_dtype)
     cache = FlowCache(shape, num_pages, num_slots, act_dtype, kv_dtype, device)
-    runner = FlowRunner(PagedFlow(flow, cache, max_tokens), buckets, limits.max_stream_pages, graphs)
+    runner = FlowRunner(PagedFlow(flow, cache, max_tokens, fused=_is_fused(limits, device)), buckets,
+                        limits.max_stream_pages, graphs)
     logger.info("flow-cache pool: %d pages of %.1f MB (%s keys/values), %.2f GB in all, %d slots", num_pages,
                 shape.page_bytes(kv_dtype, act_dtype) / 1e6, str(kv_dtype).replace("torch.", ""), cache.nbytes / 1e9,
                 num_slots)
     if graphs:
         runner.capture_all()
     return Runtime(cache, PagePool(num_pages), runner, SlotPool(num_slots))
+
+
+def _is_fused(limits: EngineLimits, device: torch.device) -> bool:
+    return limits.fused_flow if limits.fused_flow is not None else device.type == "cuda"
 
 
 def _pages_after_warmup(engine, shape: FlowCacheShape, num_slots: int, max_tokens: int, largest, kv_dtype) -> int:
@@ -112,8 +118,8 @@ def _pages_after_warmup(engine, shape: FlowCacheShape, num_slots: int, max_token
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
-    FlowRunner(PagedFlow(engine.flow, probe, max_tokens), [largest], engine.limits.max_stream_pages,
-               False).peak_pass(largest)
+    FlowRunner(PagedFlow(engine.flow, probe, max_tokens, fused=_is_fused(engine.limits, device)), [largest],
+               engine.limits.max_stream_pages, False).peak_pass(largest)
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - before
     del probe

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from light_tts.decode.flow_cache import FlowCache
 from light_tts.decode.flow_inputs import FlowInputs
+from light_tts.decode.fused_estimator import FusedEstimator
 from light_tts.decode.paged_encoder import PagedEncoder, conv_matrix
 from light_tts.kernels.flow_ops import add_layer_norm, flow_attention, gather_taps, layer_norm_mish, store_pages
 from light_tts.models.cosyvoice2.flow import Flow
@@ -106,8 +107,10 @@ class PagedEstimator:
 
 
 class PagedFlow:
-    def __init__(self, flow: Flow, cache: FlowCache, max_tokens: int, use_triton: bool | None = None):
-        """max_tokens: the most tokens (prompt included) one stream's cache can hold (sizes position tables)."""
+    def __init__(self, flow: Flow, cache: FlowCache, max_tokens: int, use_triton: bool | None = None,
+                 fused: bool = False):
+        """max_tokens: the most tokens (prompt included) one stream's cache can hold (sizes position tables);
+        fused: the estimator's CFM steps in fused launches (fused_estimator.py), else one kernel per op."""
         self.flow, self.cache, self.use_triton = flow, cache, use_triton
         cfm = flow.decoder
         self.encoder = PagedEncoder(flow.encoder, max_tokens)
@@ -122,6 +125,8 @@ class PagedFlow:
             if step < len(t_span) - 1:
                 dt = t_span[step + 1] - t
         self.estimator = PagedEstimator(flow, self.times)
+        self.fused = FusedEstimator(self.estimator, use_triton) if fused else None
+        self.dt_values = [float(dt) for dt in self.dts]  # for the fused steps' launches (no host sync in a graph)
         self.rate = cfm.cfg.inference_cfg_rate
 
     @torch.inference_mode()
@@ -130,12 +135,13 @@ class PagedFlow:
         flow, cache, dtype = self.flow, self.cache, self.cache.act_dtype
         emb = flow.input_embedding(inputs.tokens)
         mu = flow.encoder_proj(self.encoder(emb, inputs, cache, self.use_triton))  # [Mf, 80]
+        x = flow.decoder.rand_noise[0][:, inputs.noise_frames].t().float()  # [Mf, 80], each frame's fixed noise
+        spks, cond = cache.spks[inputs.spk_slots], inputs.cond.to(dtype)
+        if self.fused is not None:
+            return self.fused.solve(x, mu, spks, cond, inputs, cache, self.dt_values, self.rate)
         mf = mu.shape[0]
         zeros = torch.zeros_like(mu)
-        mu_in = torch.cat([mu, zeros])
-        spks_in = torch.cat([cache.spks[inputs.spk_slots], zeros])
-        cond_in = torch.cat([inputs.cond.to(dtype), zeros])
-        x = flow.decoder.rand_noise[0][:, inputs.noise_frames].t().float()  # [Mf, 80], each frame's fixed noise
+        mu_in, spks_in, cond_in = torch.cat([mu, zeros]), torch.cat([spks, zeros]), torch.cat([cond, zeros])
         for step in range(len(self.times)):
             x_in = torch.cat([x, x]).to(dtype)
             v = self.estimator(step, torch.cat([x_in, mu_in, spks_in, cond_in], dim=1), inputs, cache,
