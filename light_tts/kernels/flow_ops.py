@@ -13,6 +13,7 @@ from light_tts.kernels.flow_kv_store import store_pages_ref, store_pages_triton
 from light_tts.kernels.flow_qkv_store import qkv_store_ref, qkv_store_triton
 from light_tts.kernels.flow_relpos_attention import relpos_attention_ref, relpos_attention_triton
 from light_tts.kernels.flow_tap_conv import save_rows_ref, save_rows_triton, tap_conv_ref, tap_conv_triton
+from light_tts.kernels.hift_noise import keyed_noise_ref, keyed_noise_triton
 from light_tts.kernels.ops import _is_triton
 
 
@@ -53,6 +54,12 @@ def gather_taps(x, tails, tail_read, taps, use_triton: bool | None = None):
 def snake(x, alpha, use_triton: bool | None = None):
     impl = snake_triton if _is_triton(x, use_triton) else snake_ref
     return impl(x, alpha)
+
+
+def keyed_noise(seeds, offsets, num_samples: int, num_harmonics: int, use_triton: bool | None = None):
+    """HiFT's (initial phases [B, H], noise [B, num_samples, H]) from each row's (seed, first sample index)."""
+    impl = keyed_noise_triton if _is_triton(seeds, use_triton) else keyed_noise_ref
+    return impl(seeds, offsets, num_samples, num_harmonics)
 
 
 # ---- the fused estimator's launches (decode/fused_estimator.py) ----
