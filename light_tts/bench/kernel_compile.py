@@ -86,12 +86,14 @@ def ptxas_report(ptx: str, arch: int) -> dict:
 
 
 def fused_launches(dtype: torch.dtype, rows: int, splits: int, kv_dtype: torch.dtype) -> list[tuple[str, callable]]:
-    """The fused estimator's launches at the full-size model's shapes (C 256, 8 heads of 64, 4C hidden)."""
+    """The fused estimator's launches at the full-size model's shapes (C 256, 8 heads of 64, 4C hidden), and
+    HiFT's keyed noise."""
     from light_tts.kernels.flow_attention import flow_attention_partials
     from light_tts.kernels.flow_block_tail import block_tail_triton
     from light_tts.kernels.flow_cfm_step import cfm_step_triton
     from light_tts.kernels.flow_qkv_store import qkv_store_triton
     from light_tts.kernels.flow_tap_conv import save_rows_triton, tap_conv_triton
+    from light_tts.kernels.hift_noise import keyed_noise_triton
 
     c, heads, d, page = 256, 8, 64, 50
     t = lambda *shape, dt=dtype: torch.zeros(*shape, dtype=dt)  # noqa: E731
@@ -122,6 +124,8 @@ def fused_launches(dtype: torch.dtype, rows: int, splits: int, kv_dtype: torch.d
         ("save_rows", lambda: save_rows_triton(t(rows, c), t(8, c), idx, idx)),
         ("cfm_step", lambda: cfm_step_triton(t(rows, c), t(80, c), t(80), torch.zeros(rows // 2, 80),
                                              t(rows, 320), 0.1, 0.7)),
+        ("hift keyed_noise", lambda: keyed_noise_triton(torch.zeros(4, dtype=torch.int64),
+                                                        torch.zeros(4, dtype=torch.int64), 27840, 9)),
     ]
 
 

@@ -21,7 +21,7 @@ MAX_COUNTER = 2**31  # counters are int32: offsets up to 2^31 / H samples (about
 
 @triton.jit
 def _keyed_noise_kernel(seed_ptr, offset_ptr, noise_ptr, phase_ptr, num, H: tl.constexpr, BLOCK_H: tl.constexpr,
-                        BLOCK: tl.constexpr):
+                        BLOCK: tl.constexpr, PHASE: tl.constexpr):
     row = tl.program_id(0)
     seed = tl.load(seed_ptr + row)
     base = tl.load(offset_ptr + row) * H
@@ -30,7 +30,7 @@ def _keyed_noise_kernel(seed_ptr, offset_ptr, noise_ptr, phase_ptr, num, H: tl.c
     tl.store(noise_ptr + row.to(tl.int64) * num + idx, z, mask=idx < num)
     if tl.program_id(1) == 0:
         hs = tl.arange(0, BLOCK_H)
-        u = tl.rand(seed ^ PHASE_KEY, (base + hs).to(tl.int32))
+        u = tl.rand(seed ^ PHASE, (base + hs).to(tl.int32))
         tl.store(phase_ptr + row * H + hs, tl.where(hs == 0, 0.0, u), mask=hs < H)
 
 
@@ -46,7 +46,7 @@ def keyed_noise_triton(seeds: torch.Tensor, offsets: torch.Tensor, num_samples: 
     if b:
         _keyed_noise_kernel[(b, triton.cdiv(num_samples * h, block))](
             seeds, offsets, noise, phase, num_samples * h, H=h, BLOCK_H=triton.next_power_of_2(h), BLOCK=block,
-            num_warps=4)
+            PHASE=PHASE_KEY, num_warps=4)
     return phase, noise
 
 
