@@ -1,4 +1,4 @@
-"""The CFM estimator and its ten Euler steps in fused launches: the same arithmetic as paged_flow.PagedEstimator and
+"""The CFM estimator and its ten Euler steps in fused launches: the same arithmetic as paged_estimator.py and
 its loop (equal in float32 to float rounding), in about a third of the kernels.
 
 Per transformer block three launches instead of about ten: the QKV projection that stores the new keys/values in
@@ -18,15 +18,11 @@ from __future__ import annotations
 
 import torch
 
-from typing import TYPE_CHECKING
-
 from light_tts.decode.flow_cache import FlowCache
 from light_tts.decode.flow_inputs import FlowInputs
+from light_tts.decode.paged_estimator import PagedEstimator
 from light_tts.kernels.flow_ops import attention_partials, block_tail, cfm_step, qkv_store, save_rows, tap_conv
 from light_tts.models.cosyvoice2.flow.estimator import CausalConv1d, CausalResnetBlock1D
-
-if TYPE_CHECKING:
-    from light_tts.decode.paged_flow import PagedEstimator
 
 
 class _Call:

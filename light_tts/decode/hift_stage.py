@@ -18,19 +18,26 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from light_tts.decode.engine_setup import HIFT_MAX_ROWS
 from light_tts.decode.hift_batch import split_hift_state, stack_hift_states
+from light_tts.decode.request import DecodeRequest
 from light_tts.models.cosyvoice2.hift.generator import HiFT
 from light_tts.models.cosyvoice2.hift.streaming import MEL_CACHE_LEN, hift_stream_chunk
 
-if TYPE_CHECKING:
-    from light_tts.decode.engine import StepJob
-
 logger = logging.getLogger(__name__)
+
+
+class StepJob(Protocol):
+    """What HiFT needs of an engine step's chunk (engine.StepJob)."""
+
+    req: DecodeRequest
+    finalize: bool
+    mel: torch.Tensor | None  # (1, 80, frames) float32
+    audio: torch.Tensor | None  # set here: the chunk's audio
 
 
 class HiFTStage:
