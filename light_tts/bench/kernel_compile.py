@@ -100,6 +100,7 @@ def fused_launches(dtype: torch.dtype, rows: int, splits: int, kv_dtype: torch.d
     i32 = lambda n: torch.zeros(n, dtype=torch.int32)  # noqa: E731
     norm = torch.nn.LayerNorm(c).to(dtype)
     pool = t(4, 2, 2, heads, page, d, dt=kv_dtype)
+    enc_pool, enc_norm = t(4, 2, 1, heads, 25, d), torch.nn.LayerNorm(512).to(dtype)
     scale = torch.ones(4, 2, 2, heads) if kv_dtype == torch.float8_e4m3fn else None
     items = {k: i32(8) for k in ("page", "branch", "row", "len")}
     attn_rows = {k: i32(4) for k in ("q_start", "num_q", "pos0", "ctx", "stream", "branch", "mode", "skip_lo",
@@ -122,6 +123,11 @@ def fused_launches(dtype: torch.dtype, rows: int, splits: int, kv_dtype: torch.d
         ("tap_conv up (512 in)", lambda: tap_conv_triton(t(rows, 2 * c), t(8, 2 * c), idx, taps, t(c, 6 * c),
                                                          t(c))),
         ("save_rows", lambda: save_rows_triton(t(rows, c), t(8, c), idx, idx)),
+        ("encoder qkv_store (512, bias)", lambda: qkv_store_triton(t(rows // 4, 512), t(1536, 512), enc_pool, None,
+                                                                   items, heads, bias=t(1536))),
+        ("encoder block_tail (512, SiLU)", lambda: block_tail_triton(
+            t(rows // 4, 512), t(rows // 4, heads, d), None, t(512, 512), t(512), enc_norm, t(2048, 512), t(2048),
+            t(512, 2048), t(512), enc_norm, act="silu")),
         ("cfm_step", lambda: cfm_step_triton(t(rows, c), t(80, c), t(80), torch.zeros(rows // 2, 80),
                                              t(rows, 320), 0.1, 0.7)),
         ("hift keyed_noise", lambda: keyed_noise_triton(torch.zeros(4, dtype=torch.int64),

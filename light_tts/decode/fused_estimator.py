@@ -53,13 +53,13 @@ class _Call:
         for i, block in enumerate(blocks):
             kv, scale = self.cache.est_view(self.step, block.slot)
             q = qkv_store(h, self.est.qkv[block.slot], kv, scale, inputs.est_store, block.attn1.heads,
-                          self.use_triton)
+                          use_triton=self.use_triton)
             o, mid_lse = attention_partials(q, kv, scale, inputs.page_table, attn.rows, attn.work_row,
                                             attn.work_block, self.est.chunk, attn.block_m, self.use_triton)
             out, proj, ff_out = block.attn1.to_out[0], block.ff.net[0].proj, block.ff.net[2]
             next_norm = blocks[i + 1].norm1 if i + 1 < len(blocks) else None
             x, h = block_tail(x, o, mid_lse, out.weight, out.bias, block.norm3, proj.weight, proj.bias,
-                              ff_out.weight, ff_out.bias, next_norm, self.use_triton)
+                              ff_out.weight, ff_out.bias, next_norm, use_triton=self.use_triton)
         return x
 
     def flush(self) -> None:

@@ -23,10 +23,11 @@ class PagedFlow:
     def __init__(self, flow: Flow, cache: FlowCache, max_tokens: int, use_triton: bool | None = None,
                  fused: bool = False):
         """max_tokens: the most tokens (prompt included) one stream's cache can hold (sizes position tables);
-        fused: the estimator's CFM steps in fused launches (fused_estimator.py), else one kernel per op."""
+        fused: the estimator's CFM steps and the encoder's blocks in fused launches (fused_estimator.py,
+        paged_encoder.py), else one kernel per op."""
         self.flow, self.cache, self.use_triton = flow, cache, use_triton
         cfm = flow.decoder
-        self.encoder = PagedEncoder(flow.encoder, max_tokens)
+        self.encoder = PagedEncoder(flow.encoder, max_tokens, fused)
         # the CFM's Euler times, accumulated as CausalConditionalCFM.solve does (same float rounding)
         t_span = cfm.time_span(cache.device)
         t, dt = t_span[0:1], t_span[1] - t_span[0]

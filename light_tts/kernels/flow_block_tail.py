@@ -3,7 +3,8 @@
     o = merge(attention partials)                  (flash-decoding splits; or the attention output as is)
     x1 = x + o W_out^T + b_out                     (the residual stream)
     h = LayerNorm3(x1)
-    x2 = x1 + gelu(h W1^T + b1) W2^T + b2          (the feed-forward, its 4C hidden never leaves the program)
+    x2 = x1 + act(h W1^T + b1) W2^T + b2           (the feed-forward, its hidden never leaves the program; GELU
+                                                    in the estimator, SiLU in the encoder's conformer blocks)
     out = (x2, LayerNorm_next(x2))                 (the next block's normed input, when there is one)
 
 One program owns BLOCK_M whole rows (all C channels: the LayerNorms need them), so the block's six unfused
@@ -34,8 +35,10 @@ def row_layer_norm(x, w_ptr, b_ptr, cols, C: tl.constexpr, eps):
 
 
 @triton.jit
-def _gelu(x):
-    return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+def _activation(x, SILU: tl.constexpr):
+    if SILU:
+        return x / (1.0 + tl.exp(-x))
+    return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))  # GELU (exact)
 
 
 @triton.jit
@@ -45,7 +48,7 @@ def _block_tail_kernel(
     stride_om, stride_oh, stride_os,
     C: tl.constexpr, NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, HIDDEN: tl.constexpr,
     NUM_SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, HAS_NEXT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    SILU: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     is_row = rows < num_rows
@@ -87,7 +90,7 @@ def _block_tail_kernel(
         js = j0 + tl.arange(0, BLOCK_H)
         w1 = tl.load(w1_ptr + js[:, None] * C + cols[None, :])  # [BLOCK_H, C] of W1 [HIDDEN, C]
         g = tl.dot(h, tl.trans(w1), input_precision=DOT_PRECISION) + tl.load(b1_ptr + js).to(tl.float32)[None, :]
-        g = _gelu(g).to(act)
+        g = _activation(g, SILU).to(act)
         w2 = tl.load(w2_ptr + cols[:, None] * HIDDEN + js[None, :])  # [C, BLOCK_H] of W2 [C, HIDDEN]
         acc += tl.dot(g, tl.trans(w2), input_precision=DOT_PRECISION)
     b2 = tl.load(b2_ptr + cols).to(tl.float32)
@@ -109,11 +112,11 @@ def rows_per_program(num_rows: int, block_m: int | None = None, large: int = 64)
     return 16 if num_rows <= 2048 else large
 
 
-def block_tail_triton(x, o, mid_lse, w_out, b_out, norm3, w1, b1, w2, b2, next_norm=None,
+def block_tail_triton(x, o, mid_lse, w_out, b_out, norm3, w1, b1, w2, b2, next_norm=None, act: str = "gelu",
                       block_m: int | None = None):
     """x [M, C] residual stream; o [M, H, D] attention output (mid_lse None) or its split partials [M, H, S, D]
-    float32 with mid_lse [M, H, S]; w_out [C, H D], w1 [4C, C], w2 [C, 4C] (nn.Linear layouts, contiguous);
-    norm3 / next_norm: nn.LayerNorm -> (x2 [M, C], next_norm(x2) or None)."""
+    float32 with mid_lse [M, H, S]; w_out [C, H D], w1 [hidden, C], w2 [C, hidden] (nn.Linear layouts,
+    contiguous); norm3 / next_norm: nn.LayerNorm; act: "gelu" or "silu" -> (x2 [M, C], next_norm(x2) or None)."""
     m, c = x.shape
     num_heads, head_dim = o.shape[1], o.shape[-1]
     hidden = w1.shape[0]
@@ -125,7 +128,8 @@ def block_tail_triton(x, o, mid_lse, w_out, b_out, norm3, w1, b1, w2, b2, next_n
     out_x = torch.empty_like(x)
     out_h = torch.empty_like(x) if next_norm is not None else out_x
     nn_ = next_norm if next_norm is not None else norm3
-    block_m = rows_per_program(m, block_m)
+    assert act in ("gelu", "silu")
+    block_m = rows_per_program(m, block_m, large=64 if c <= 256 else 16)
     block_h = 32 if hidden % 32 == 0 else 16  # two W tiles per step, pipelined
     if os.environ.get("TRITON_INTERPRET") == "1" and hidden % 128 == 0:
         block_h = 128
@@ -134,18 +138,18 @@ def block_tail_triton(x, o, mid_lse, w_out, b_out, norm3, w1, b1, w2, b2, next_n
         nn_.weight, nn_.bias, out_x, out_h, m, norm3.eps, nn_.eps,
         o.stride(0), o.stride(1), o.stride(2) if splits > 1 else 0,
         C=c, NUM_HEADS=num_heads, HEAD_DIM=head_dim, HIDDEN=hidden, NUM_SPLITS=splits, BLOCK_M=block_m,
-        BLOCK_H=block_h, HAS_NEXT=next_norm is not None,
+        BLOCK_H=block_h, HAS_NEXT=next_norm is not None, SILU=act == "silu",
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=8,
         num_stages=2)
     return out_x, (out_h if next_norm is not None else None)
 
 
-def block_tail_ref(x, o, mid_lse, w_out, b_out, norm3, w1, b1, w2, b2, next_norm=None):
-    """The unfused path's arithmetic: merge, out-projection, add + norm, FF1 + GELU, FF2, add (+ norm)."""
+def block_tail_ref(x, o, mid_lse, w_out, b_out, norm3, w1, b1, w2, b2, next_norm=None, act: str = "gelu"):
+    """The unfused path's arithmetic: merge, out-projection, add + norm, FF1 + activation, FF2, add (+ norm)."""
     m = x.shape[0]
     if mid_lse is not None:
         o = merge_splits_ref(o, mid_lse).to(x.dtype)
     x1 = x + F.linear(o.reshape(m, -1), w_out) + b_out
-    f = F.linear(F.gelu(F.linear(norm3(x1), w1, b1)), w2)
+    f = F.linear((F.silu if act == "silu" else F.gelu)(F.linear(norm3(x1), w1, b1)), w2)
     x2 = x1 + f + b2
     return x2, (next_norm(x2) if next_norm is not None else None)

@@ -64,10 +64,10 @@ def keyed_noise(seeds, offsets, num_samples: int, num_harmonics: int, use_triton
 
 # ---- the fused estimator's launches (decode/fused_estimator.py) ----
 
-def qkv_store(h, w_qkv, pool, scale, items, num_heads: int, use_triton: bool | None = None) -> torch.Tensor:
+def qkv_store(h, w_qkv, pool, scale, items, num_heads: int, bias=None, use_triton: bool | None = None):
     """q of the packed rows; their keys and values go straight into their pages."""
     impl = qkv_store_triton if _is_triton(h, use_triton) else qkv_store_ref
-    return impl(h, w_qkv, pool, scale, items, num_heads)
+    return impl(h, w_qkv, pool, scale, items, num_heads, bias)
 
 
 def attention_partials(q, kv, scale, page_table, rows, work_row, work_block, chunk: int, block_m: int,
@@ -78,11 +78,11 @@ def attention_partials(q, kv, scale, page_table, rows, work_row, work_block, chu
     return flow_attention_ref(q, kv, scale, page_table, rows, work_row, work_block, chunk, block_m), None
 
 
-def block_tail(x, o, mid_lse, w_out, b_out, norm3, w1, b1, w2, b2, next_norm=None,
+def block_tail(x, o, mid_lse, w_out, b_out, norm3, w1, b1, w2, b2, next_norm=None, act: str = "gelu",
                use_triton: bool | None = None):
     """A transformer block after its attention: (x2, next_norm(x2) or None)."""
     impl = block_tail_triton if _is_triton(x, use_triton) else block_tail_ref
-    return impl(x, o, mid_lse, w_out, b_out, norm3, w1, b1, w2, b2, next_norm)
+    return impl(x, o, mid_lse, w_out, b_out, norm3, w1, b1, w2, b2, next_norm, act)
 
 
 def tap_conv(x, tails, tail_read, taps, weight, bias, norm=None, add=None, res=None, next_norm=None, save=None,
