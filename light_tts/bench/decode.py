@@ -115,7 +115,12 @@ def section_kernels(cfg, engine) -> dict:
     """Kernels of one 1-second chunk at batch 1: an eager flow pass (what its graph replays) and one HiFT chunk."""
     inputs = engine.runner.build([one_chunk_spec(engine)], None)
     flow = count_kernels(lambda: engine.runner.paged(inputs), engine.device)
-    hift = count_kernels(HiFTRows(engine, 1), engine.device)
+    graphs = engine.hift.runner, engine.hift.keyed_runner
+    engine.hift.runner = engine.hift.keyed_runner = None  # eager: what its graph replays, kernel by kernel
+    try:
+        hift = count_kernels(HiFTRows(engine, 1), engine.device)
+    finally:
+        engine.hift.runner, engine.hift.keyed_runner = graphs
     print(f"  kernels per 1-second chunk: flow {flow} + HiFT {hift} = {flow + hift}", flush=True)
     return {"flow": flow, "hift": hift, "total": flow + hift,
             "unit": "CUDA kernels" if engine.device.type == "cuda" else "CPU operators"}
