@@ -255,17 +255,18 @@ def test_to_int16_clips():
 def mels_of(engine: DecodeEngine, req_id: str, prompt, tokens, seed, push=30) -> tuple[np.ndarray, int]:
     """The concatenated mel frames the engine hands to HiFT for one stream, and its audio samples."""
     mels, samples = [], 0
-    original = engine._hift
+    stage = engine.hift_stage
+    original = stage.vocode
 
     def record(jobs, outputs):
         mels.extend(job.mel[0].t().numpy() for job in jobs if job.req.req_id == req_id)
         return original(jobs, outputs)
 
-    engine._hift = record
+    stage.vocode = record
     engine.add_request(req_id, prompt, seed, True)
     for out in run_until_done(engine, {req_id: (tokens, push, 0)})[req_id]:
         samples += len(out.audio)
-    del engine._hift
+    del stage.vocode
     return np.concatenate(mels), samples
 
 

@@ -91,7 +91,7 @@ class StubVocoder:
     def __init__(self):
         self.seen_cache = []
 
-    def inference(self, mel, cache_source, generator):
+    def inference(self, mel, cache_source, generator, noise_keys=None):
         self.seen_cache.append(None if cache_source is None else cache_source.clone())
         frames = mel[:, 0, :].repeat_interleave(SPF, dim=1)  # (1, n*SPF)
         speech = frames + 1e-4 * torch.arange(frames.shape[1], dtype=mel.dtype)

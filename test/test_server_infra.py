@@ -237,6 +237,15 @@ def test_hop_policy_and_decode_dtype_flags():
         ServerConfig.from_args(["--hop_policy", "sometimes"])
 
 
+def test_decode_hot_path_flag_turns_every_variant_off():
+    model = ModelConfig(Path("/models/tiny"))
+    auto = build_settings(ServerConfig(), model).decode_engine_kwargs("cuda")["limits"]
+    per_op = build_settings(ServerConfig.from_args(["--decode_hot_path", "per_op"]), model)
+    limits = per_op.decode_engine_kwargs("cuda")["limits"]
+    variants = ("fused_flow", "hift_half", "keyed_noise", "overlap_hift")
+    assert all(getattr(auto, v) is None for v in variants) and all(getattr(limits, v) is False for v in variants)
+
+
 def test_playback_counts_stalls_and_slack():
     from light_tts.server.metrics.playback import Playback
 

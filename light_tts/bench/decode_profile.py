@@ -1,7 +1,9 @@
 """Where a decode step's GPU time goes: the CUDA kernels of one eager flow pass (batch 1, a middle 1-second chunk)
-and of one HiFT pass (32 rows), grouped by kernel name, with counts and total time.
+and of one HiFT pass (32 rows), grouped by kernel name, with counts and total time, for a hot-path variant
+(bench/decode_parts.py VARIANTS).
 
     python -m light_tts.bench.decode_profile --out profile.json [--model-dir DIR] [--dtype fp16] [--top 25]
+        [--variant new]
 """
 
 from __future__ import annotations
@@ -14,9 +16,7 @@ from pathlib import Path
 
 import torch
 
-from light_tts.bench.decode_parts import make_engine, random_model_dir
-from light_tts.decode.flow_inputs import ChunkSpec
-from light_tts.models.cosyvoice2.hift.streaming import MEL_CACHE_LEN, HiFTStreamState, hift_stream_chunk
+from light_tts.bench.decode_parts import VARIANTS, HiFTRows, make_engine, one_chunk_spec, random_model_dir
 
 
 def kernel_table(fn, top: int) -> dict:
@@ -41,23 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path)
     parser.add_argument("--dtype", default="fp16")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--variant", default="new", choices=sorted(VARIANTS))
     args = parser.parse_args(argv)
     cfg = random_model_dir(args.model_dir or Path(tempfile.mkdtemp()))
-    engine = make_engine(cfg, args.dtype, None, graphs=False, num_pages=64, max_pass_tokens=1024)
-    spec = ChunkSpec(slot=1, read_slot=1, page_table=list(range(6)), t0=125, tokens=[1] * 28, num_lookahead=3)
-    inputs = engine.runner.build([spec], None)
-    out = {"gpu": torch.cuda.get_device_name(), "flow_b1": kernel_table(lambda: engine.runner.paged(inputs), args.top)}
-    rows, dev, spf = 32, engine.device, engine.hift.samples_per_frame
-    mel = torch.randn(rows, 80, 50, device=dev)
-    gens = [torch.Generator(device=dev).manual_seed(i) for i in range(rows)]
-
-    def hift_pass():
-        state = HiFTStreamState(mel=torch.randn(rows, 80, MEL_CACHE_LEN, device=dev),
-                                source=torch.zeros(rows, 1, MEL_CACHE_LEN * spf, device=dev),
-                                speech=torch.zeros(rows, MEL_CACHE_LEN * spf, device=dev))
-        hift_stream_chunk(engine.hift, state, mel, False, generator=gens)
-
-    out["hift_32rows"] = kernel_table(hift_pass, args.top)
+    engine = make_engine(cfg, args.dtype, None, graphs=False, num_pages=64, max_pass_tokens=1024,
+                         variant=args.variant)
+    inputs = engine.runner.build([one_chunk_spec(engine)], None)
+    out = {"gpu": torch.cuda.get_device_name(), "variant": args.variant,
+           "flow_b1": kernel_table(lambda: engine.runner.paged(inputs), args.top)}
+    out["hift_32rows"] = kernel_table(HiFTRows(engine, 32), args.top)
     args.out.write_text(json.dumps(out, indent=1))
     for part in ("flow_b1", "hift_32rows"):
         t = out[part]

@@ -25,14 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from light_tts.decode.engine_admission import EngineAdmission
-from light_tts.decode.engine_setup import HIFT_MAX_ROWS, EngineLimits, build_runtime
+from light_tts.decode.engine_setup import EngineLimits, build_runtime, is_on
 from light_tts.decode.flow_inputs import ChunkSpec
-from light_tts.decode.hift_batch import split_hift_state, stack_hift_states
+from light_tts.decode.hift_stage import HiFTStage
 from light_tts.decode.request import DecodeRequest
 from light_tts.decode.scheduler import Candidate, SchedulerConfig, StepTimeModel, schedule, urgent_before
 from light_tts.frontend.prompt import Prompt
 from light_tts.model_config import ModelConfig
-from light_tts.models.cosyvoice2.hift.streaming import hift_stream_chunk
 from light_tts.token2wav import ChunkSchedule, HopPolicy, Token2Wav, first_hop_pad
 
 logger = logging.getLogger(__name__)
@@ -88,8 +87,13 @@ class DecodeEngine(EngineAdmission):
         self.cfg, self.device, self.hop_policy, self.dtype = model_cfg, torch.device(device), hop_policy, dtype
         self.max_batch_size, self.limits, self.clock = max_batch_size, limits, clock
         self.t2w = Token2Wav(model_cfg, self.device)
-        self.flow = self.t2w.flow.to(dtype)  # HiFT stays in float32 (its source phases and iSTFT need it)
-        self.hift = self.t2w.hift
+        self.flow = self.t2w.flow.to(dtype)
+        self.hift = self.t2w.hift  # its source phases and iSTFT stay in float32; its convs may not (limits)
+        if is_on(limits.hift_half, self.device):
+            self.hift.set_conv_dtype(torch.float16)
+        self.keyed_noise = is_on(limits.keyed_noise, self.device)
+        self.hift_stage = HiFTStage(self.hift, self.device, self.keyed_noise,
+                                    is_on(limits.overlap_hift, self.device), self._fail)
         self.use_cuda_graph = use_cuda_graph
         rt = build_runtime(self, use_cuda_graph)
         self.cache, self.pool, self.runner, self.slots = rt.cache, rt.pool, rt.runner, rt.slots
@@ -122,7 +126,7 @@ class DecodeEngine(EngineAdmission):
         req = DecodeRequest(req_id, stream, speed, schedule_, p_tok, np.asarray(prompt.mel, dtype=np.float32), emb,
                             gen, min(max_tokens or self.limits.max_stream_tokens, self.limits.max_stream_tokens),
                             prefix_key if stream else None, self.clock(), audio_start=audio_start,
-                            samples_sent=samples_sent)
+                            samples_sent=samples_sent, seed=seed)
         if stream and speed != 1.0:
             req.error = "speed change is only supported for non-stream requests"
         elif len(p_tok) > self.limits.max_prompt_tokens or req.mel_mismatch():
@@ -148,13 +152,14 @@ class DecodeEngine(EngineAdmission):
         req = self.requests.pop(req_id, None)
         if req is not None:
             self._release(req)
+            self.hift_stage.drop(req_id)
             self.stalled_until = -math.inf
 
     def has_work(self) -> bool:
         """A step would do something now. After a step that ran nothing the engine waits for tokens, an abort or
         a new request, or, while requests wait for pages or time, WAIT_POLL_S (wake_in_s)."""
-        return self.clock() >= self.stalled_until and any(r.error is not None or r.ready_chunk() is not None
-                                                          for r in self.requests.values())
+        return self.hift_stage.has_pending() or self.clock() >= self.stalled_until and any(
+            r.error is not None or r.ready_chunk() is not None for r in self.requests.values())
 
     def wake_in_s(self) -> float | None:
         """Seconds until a stalled engine should step again by itself (None: only when something arrives)."""
@@ -205,15 +210,15 @@ class DecodeEngine(EngineAdmission):
         run = set(plan.run)
         jobs = [self._job(self.requests[c.key], *ready[c.key]) for c in chosen if c.key in run]
         self.stats.waiting_for_pages = len(plan.waiting)
-        if jobs:
+        if jobs or self.hift_stage.has_pending():
             outputs += self._run(jobs, now)
-        self.stalled_until = -math.inf if outputs else (now + WAIT_POLL_S if candidates else math.inf)
+        self.stalled_until = -math.inf if outputs or self.hift_stage.has_pending() else (now + WAIT_POLL_S if candidates else math.inf)
         self._update_stats()
         return outputs
 
     def _run(self, jobs: list[StepJob], started: float) -> list[AudioOutput]:
         try:
-            mel, inputs = self.runner.run([job.spec for job in jobs])
+            mel, inputs = self.runner.run([job.spec for job in jobs]) if jobs else (None, None)
             for r, job in enumerate(jobs):
                 a, n = inputs.frame_starts[r], inputs.num_frames[r]
                 row = mel[a + job.drop_frames:a + n].t()[None]  # (1, 80, frames)
@@ -229,10 +234,11 @@ class DecodeEngine(EngineAdmission):
         outputs = []
         for job in jobs:
             self._after_flow(job)
-        done = self._hift(jobs, outputs)
-        outputs += [self._emit(job) for job in done]
-        self.step_model.observe(sum(len(j.spec.tokens) for j in jobs), self.clock() - started)
-        self.stats.step_seconds.append(self.clock() - started)
+        done = self.hift_stage.vocode(jobs, outputs)
+        outputs += [self._emit(job) for job in done if job.req.req_id in self.requests]
+        if jobs:
+            self.step_model.observe(sum(len(j.spec.tokens) for j in jobs), self.clock() - started)
+            self.stats.step_seconds.append(self.clock() - started)
         return outputs
 
     # ---- admission and chunk specs ----
@@ -304,6 +310,8 @@ class DecodeEngine(EngineAdmission):
             req.read_slot = req.slot
         req.t0 = job.keep_to
         req.num_chunks += 1
+        if not job.finalize:  # the next chunk can run while this one's audio is still being vocoded (overlap)
+            req.schedule.advance()
         lo, hi = job.spec.skip_pages
         if hi > lo:  # pages that left the context window go back to the pool
             stream = self.pool.streams[req.req_id]
@@ -317,37 +325,7 @@ class DecodeEngine(EngineAdmission):
         if not req.stream:  # a whole utterance needs no cache afterwards
             self.pool.release(req.req_id)
 
-    # ---- HiFT and outputs ----
-
-    def _hift(self, jobs: list[StepJob], outputs: list[AudioOutput]) -> list[StepJob]:
-        """mel -> audio for groups of equal shape; a failing group is retried job by job, so that only the failing
-        request fails (overlap states are committed only after a pass succeeds)."""
-        by_shape: dict[tuple, list[StepJob]] = {}
-        for job in jobs:
-            key = (job.finalize, job.req.hift_state.mel is not None, job.mel.shape[2])
-            by_shape.setdefault(key, []).append(job)
-        # at most HIFT_MAX_ROWS rows a pass: HiFT's activations grow with the rows (~50 MB each at 24 kHz)
-        groups = [g[i:i + HIFT_MAX_ROWS] for g in by_shape.values() for i in range(0, len(g), HIFT_MAX_ROWS)]
-        done = []
-        for group in groups:
-            for part in ([group] if len(group) == 1 else [group, *[[j] for j in group]]):
-                try:
-                    done += self._hift_pass(part)
-                    break
-                except Exception as e:
-                    if len(part) == 1:
-                        logger.exception("HiFT of request %s failed", part[0].req.req_id)
-                        outputs.append(self._fail(part[0].req, f"{type(e).__name__}: {e}"))
-        return done
-
-    def _hift_pass(self, jobs: list[StepJob]) -> list[StepJob]:
-        state = stack_hift_states([job.req.hift_state for job in jobs])
-        mel = torch.cat([job.mel for job in jobs])
-        audio = hift_stream_chunk(self.hift, state, mel, jobs[0].finalize, generator=[j.req.generator for j in jobs])
-        for r, (job, hift_state) in enumerate(zip(jobs, split_hift_state(state, len(jobs)))):
-            job.req.hift_state = hift_state
-            job.audio = audio[r]
-        return jobs
+    # ---- outputs ----
 
     def _emit(self, job: StepJob) -> AudioOutput:
         req = job.req
@@ -358,13 +336,12 @@ class DecodeEngine(EngineAdmission):
         if job.finalize:
             self.requests.pop(req.req_id, None)
             self._release(req)
-        else:
-            req.schedule.advance()
         return AudioOutput(req.req_id, audio, finished=job.finalize)
 
     def _fail(self, req: DecodeRequest, error: str, kind: str = "internal") -> AudioOutput:
         self.requests.pop(req.req_id, None)
         self._release(req)
+        self.hift_stage.drop(req.req_id)
         return AudioOutput(req.req_id, np.zeros(0, dtype=np.float32), finished=True, error=error, error_kind=kind)
 
     def _release(self, req: DecodeRequest) -> None:
@@ -379,7 +356,8 @@ class DecodeEngine(EngineAdmission):
         s.streams_active = sum(1 for r in self.requests.values() if r.is_admitted)
         s.prefixes_kept = len(self.pool.prefixes)
         s.flow_replays, s.flow_eager = self.runner.num_replays, self.runner.num_eager
-        s.hift_eager = getattr(self.hift.runner, "num_eager", 0) if self.hift.runner is not None else 0
+        graphs = self.hift.keyed_runner or self.hift.runner
+        s.hift_eager = graphs.num_eager if graphs is not None else 0
 
     def release(self) -> None:
         """While idle (no request): give the device back (--idle_release_s): graphs, the page pool and its kept
@@ -387,7 +365,7 @@ class DecodeEngine(EngineAdmission):
         if self.requests:
             raise RuntimeError("release with requests in the engine")
         self.runner = self.cache = self.pool = self.slots = None
-        self.hift.runner = None
+        self.hift.runner = self.hift.keyed_runner = None
         self.flow.to("cpu")
         self.hift.to("cpu")
         gc.collect()

@@ -41,6 +41,11 @@ class EngineLimits:
     realtime_admission: bool = False  # admit streams only within the real-time capacity of the measured steps
     first_hop_tokens: int = 0  # > 0: the first streamed chunk is this many tokens (provisional); 0: upstream's
     context_window_pages: int = 0  # > 0: attention sees the prompt and the last this many generated pages
+    # the hot path's variants (docs/decode-engine.md), each None: on a GPU only; False keeps today's path for A/B
+    fused_flow: bool | None = None  # the estimator in fused launches (fused_estimator.py)
+    hift_half: bool | None = None  # HiFT's convolution stack in float16 (source, STFT and iSTFT stay float32)
+    keyed_noise: bool | None = None  # HiFT noise keyed by (seed, sample): the same alone or batched
+    overlap_hift: bool | None = None  # middle chunks' HiFT one step later on a side stream, beside the flow
 
     @property
     def max_stream_pages(self) -> int:
@@ -87,10 +92,14 @@ def build_runtime(engine, use_cuda_graph: bool) -> Runtime:
     buckets = make_buckets(limits.max_pass_tokens, engine.max_batch_size)
     graphs = is_cuda and use_cuda_graph
     if graphs:  # HiFT's graphs first: the memory they hold is then gone before the pool is sized
-        engine.hift.runner = HiFTGraphs(engine.hift)
+        hift_graphs = HiFTGraphs(engine.hift, keyed=engine.keyed_noise)
         frames = 2 * engine.hop_policy.first + MEL_CACHE_LEN  # a middle chunk plus the re-vocoded overlap
-        engine.hift.runner.capture(min(engine.max_batch_size, HIFT_MAX_ROWS),
-                                   [(frames, MEL_CACHE_LEN * engine.hift.samples_per_frame)])
+        hift_graphs.capture(min(engine.max_batch_size, HIFT_MAX_ROWS),
+                            [(frames, MEL_CACHE_LEN * engine.hift.samples_per_frame)])
+        if engine.keyed_noise:
+            engine.hift.keyed_runner = hift_graphs
+        else:
+            engine.hift.runner = hift_graphs
     if limits.num_pages is not None:
         num_pages = limits.num_pages
     elif not is_cuda:
@@ -98,13 +107,19 @@ def build_runtime(engine, use_cuda_graph: bool) -> Runtime:
     else:
         num_pages = _pages_after_warmup(engine, shape, num_slots, max_tokens, buckets[-1], kv_dtype)
     cache = FlowCache(shape, num_pages, num_slots, act_dtype, kv_dtype, device)
-    runner = FlowRunner(PagedFlow(flow, cache, max_tokens), buckets, limits.max_stream_pages, graphs)
+    runner = FlowRunner(PagedFlow(flow, cache, max_tokens, fused=is_on(limits.fused_flow, device)), buckets,
+                        limits.max_stream_pages, graphs)
     logger.info("flow-cache pool: %d pages of %.1f MB (%s keys/values), %.2f GB in all, %d slots", num_pages,
                 shape.page_bytes(kv_dtype, act_dtype) / 1e6, str(kv_dtype).replace("torch.", ""), cache.nbytes / 1e9,
                 num_slots)
     if graphs:
         runner.capture_all()
     return Runtime(cache, PagePool(num_pages), runner, SlotPool(num_slots))
+
+
+def is_on(option: bool | None, device: torch.device) -> bool:
+    """An EngineLimits variant: as set, or (None) on a GPU only."""
+    return option if option is not None else device.type == "cuda"
 
 
 def _pages_after_warmup(engine, shape: FlowCacheShape, num_slots: int, max_tokens: int, largest, kv_dtype) -> int:
@@ -118,8 +133,8 @@ def _pages_after_warmup(engine, shape: FlowCacheShape, num_slots: int, max_token
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
-    FlowRunner(PagedFlow(engine.flow, probe, max_tokens), [largest], engine.limits.max_stream_pages,
-               False).peak_pass(largest)
+    FlowRunner(PagedFlow(engine.flow, probe, max_tokens, fused=is_on(engine.limits.fused_flow, device)), [largest],
+               engine.limits.max_stream_pages, False).peak_pass(largest)
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - before
     del probe

@@ -1,5 +1,5 @@
 """Stacks per-request HiFT streaming states into one batch and splits them back (rows are independent: each request
-draws its noise from its own generator)."""
+draws its noise from its own generator or key)."""
 
 from __future__ import annotations
 

@@ -48,6 +48,8 @@ class DecodeRequest:
     # playback (deadline scheduling): when its listener started hearing it and how much was sent since
     audio_start: float | None = None
     samples_sent: int = 0
+    seed: int = 0  # keys its counter-based HiFT noise (hift_stage.py)
+    hift_frames: int = 0  # mel frames vocoded so far (the overlap not counted twice): where its noise continues
 
     @property
     def num_prompt_tokens(self) -> int:

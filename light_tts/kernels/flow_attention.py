@@ -171,13 +171,12 @@ def num_splits_for(num_programs: int, device: torch.device) -> int:
     return int(min(MAX_SPLITS, triton.next_power_of_2(max(1, target // max(1, num_programs)))))
 
 
-def flow_attention_triton(q: torch.Tensor, kv: torch.Tensor, scale: torch.Tensor | None, page_table: torch.Tensor,
-                          rows: dict[str, torch.Tensor], work_row: torch.Tensor, work_block: torch.Tensor,
-                          chunk: int, block_m: int, num_splits: int | None = None) -> torch.Tensor:
-    """q [M, H, D]; kv [pages, 2, 2, H, PAGE, D]; scale [pages, 2, 2, H] fp32 (fp8 kv) or None; page_table
-    [streams, max_pages] int32; rows: int32 per-virtual-row arrays q_start, num_q, pos0, ctx, stream, branch,
-    mode, skip_lo, skip_hi; work_row/work_block [W] int32 -> o [M, H, D] (rows no work item covers are left
-    uninitialised: every real query is covered). num_splits: page splits per item (None: from the grid size)."""
+def flow_attention_partials(q: torch.Tensor, kv: torch.Tensor, scale: torch.Tensor | None,
+                            page_table: torch.Tensor, rows: dict[str, torch.Tensor], work_row: torch.Tensor,
+                            work_block: torch.Tensor, chunk: int, block_m: int,
+                            num_splits: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The attention kernel alone: (o [M, H, D], None) with one split, else the unmerged partials (mid_o [M, H, S,
+    D] float32, their log2-sum-exp mid_lse [M, H, S]), which merge_splits (or a fused consumer) combines."""
     m, num_heads, head_dim = q.shape
     assert kv.dim() == 6 and kv.shape[1] == 2 and kv.shape[2] == 2 and kv.shape[3] == num_heads
     assert kv.shape[5] == head_dim and kv.stride(5) == 1 and q.stride(2) == 1
@@ -187,10 +186,10 @@ def flow_attention_triton(q: torch.Tensor, kv: torch.Tensor, scale: torch.Tensor
     page = kv.shape[4]
     o = torch.empty_like(q)
     if work_row.numel() == 0:
-        return o
+        return o, None
     sstrides = scale.stride()[:3] if scale is not None else (0, 0, 0)
     splits = num_splits or num_splits_for(work_row.numel() * num_heads, q.device)
-    mid_o = mid_lse = o
+    mid_o, mid_lse = o, None
     if splits > 1:
         mid_o = torch.empty((m, num_heads, splits, head_dim), dtype=torch.float32, device=q.device)
         mid_lse = torch.empty((m, num_heads, splits), dtype=torch.float32, device=q.device)
@@ -200,17 +199,44 @@ def flow_attention_triton(q: torch.Tensor, kv: torch.Tensor, scale: torch.Tensor
         rows["skip_lo"], rows["skip_hi"],
         q.stride(0), q.stride(1), o.stride(0), o.stride(1),
         kv.stride(0), kv.stride(1), kv.stride(2), kv.stride(3), kv.stride(4), *sstrides, page_table.stride(0),
-        head_dim ** -0.5 * LOG2_E, mid_o, mid_lse,
+        head_dim ** -0.5 * LOG2_E, mid_o, mid_lse if mid_lse is not None else o,
         CHUNK=chunk, PAGE=page, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=triton.next_power_of_2(page),
         IS_FP8=is_fp8, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", NUM_SPLITS=splits,
         NUM_HEADS=num_heads, num_warps=4, num_stages=2,
     )
-    if splits > 1:
-        block_r = 16
-        _merge_splits_kernel[(triton.cdiv(m, block_r), num_heads)](
-            mid_o, mid_lse, o, m, o.stride(0), o.stride(1), HEAD_DIM=head_dim, NUM_SPLITS=splits,
-            NUM_HEADS=num_heads, BLOCK_R=block_r, num_warps=4)
+    return (o, None) if splits == 1 else (mid_o, mid_lse)
+
+
+def merge_splits(mid_o: torch.Tensor, mid_lse: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Partials [M, H, S, D] and their log2-sum-exp [M, H, S] -> o [M, H, D] in `dtype`."""
+    m, num_heads, splits, head_dim = mid_o.shape
+    o = torch.empty((m, num_heads, head_dim), dtype=dtype, device=mid_o.device)
+    block_r = 16
+    _merge_splits_kernel[(triton.cdiv(m, block_r), num_heads)](
+        mid_o, mid_lse, o, m, o.stride(0), o.stride(1), HEAD_DIM=head_dim, NUM_SPLITS=splits,
+        NUM_HEADS=num_heads, BLOCK_R=block_r, num_warps=4)
     return o
+
+
+def flow_attention_triton(q: torch.Tensor, kv: torch.Tensor, scale: torch.Tensor | None, page_table: torch.Tensor,
+                          rows: dict[str, torch.Tensor], work_row: torch.Tensor, work_block: torch.Tensor,
+                          chunk: int, block_m: int, num_splits: int | None = None) -> torch.Tensor:
+    """q [M, H, D]; kv [pages, 2, 2, H, PAGE, D]; scale [pages, 2, 2, H] fp32 (fp8 kv) or None; page_table
+    [streams, max_pages] int32; rows: int32 per-virtual-row arrays q_start, num_q, pos0, ctx, stream, branch,
+    mode, skip_lo, skip_hi; work_row/work_block [W] int32 -> o [M, H, D] (rows no work item covers are left
+    uninitialised: every real query is covered). num_splits: page splits per item (None: from the grid size)."""
+    o, mid_lse = flow_attention_partials(q, kv, scale, page_table, rows, work_row, work_block, chunk, block_m,
+                                         num_splits)
+    return o if mid_lse is None else merge_splits(o, mid_lse, q.dtype)
+
+
+def merge_splits_ref(mid_o: torch.Tensor, mid_lse: torch.Tensor) -> torch.Tensor:
+    """merge_splits in torch, float32 (rows no split reached: zeros)."""
+    top = mid_lse.amax(dim=2, keepdim=True)
+    top = torch.where(top == float("-inf"), torch.zeros_like(top), top)
+    w = torch.exp2(mid_lse - top)  # (M, H, S)
+    den = w.sum(dim=2, keepdim=True)
+    return (w[..., None] * mid_o).sum(dim=2) / torch.where(den == 0, torch.ones_like(den), den)
 
 
 def flow_attention_ref(q: torch.Tensor, kv: torch.Tensor, scale: torch.Tensor | None, page_table: torch.Tensor,

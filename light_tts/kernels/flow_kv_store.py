@@ -27,31 +27,15 @@ def _round_to_e4m3(x):
 
 
 @triton.jit
-def _store_kernel(
-    src_ptr, pool_ptr, scale_ptr, item_page_ptr, item_branch_ptr, item_row_ptr, item_len_ptr,
-    stride_sm, stride_skv, stride_sh, stride_page, stride_kv, stride_branch, stride_head, stride_frame,
-    sstride_page, sstride_kv, sstride_branch,
-    PAGE: tl.constexpr, BLOCK_F: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_HEADS: tl.constexpr,
-    IS_FP8: tl.constexpr, EMULATE_ROUNDING: tl.constexpr,
-):
-    item = tl.program_id(0)
-    which = tl.program_id(1) // NUM_HEADS  # 0 keys, 1 values
-    head = tl.program_id(1) % NUM_HEADS
-    page = tl.load(item_page_ptr + item)
-    if page < 0:  # graph padding
-        return
-    branch = tl.load(item_branch_ptr + item)
-    row0 = tl.load(item_row_ptr + item).to(tl.int64)
-    n = tl.load(item_len_ptr + item)
-    frames = tl.arange(0, BLOCK_F)
-    dims = tl.arange(0, HEAD_DIM)
-    is_frame = frames < n
-    x = tl.load(src_ptr + (row0 + frames)[:, None] * stride_sm + which * stride_skv + head * stride_sh
-                + dims[None, :], mask=is_frame[:, None], other=0.0)
+def store_tile(pool_ptr, scale_ptr, x, page, which, branch, head, frames, is_frame, dims,
+               stride_page, stride_kv, stride_branch, stride_head, stride_frame, sstride_page, sstride_kv,
+               sstride_branch, IS_FP8: tl.constexpr, EMULATE_ROUNDING: tl.constexpr):
+    """Writes one (page, key or value, branch, head) tile x [BLOCK_F, D] (its first rows are the page's frames);
+    an fp8 pool also gets the tile's scale (amax / 448). Shared by the page store and the fused QKV projection."""
     dst = (pool_ptr + page.to(tl.int64) * stride_page + which * stride_kv + branch * stride_branch
            + head * stride_head + frames[:, None] * stride_frame + dims[None, :])
     if IS_FP8:
-        xf = x.to(tl.float32)
+        xf = tl.where(is_frame[:, None], x.to(tl.float32), 0.0)
         amax = tl.max(tl.max(tl.abs(xf), axis=1), axis=0)
         scale = tl.where(amax > 0, amax / 448.0, 1.0)
         y = xf / scale
@@ -62,6 +46,45 @@ def _store_kernel(
                  scale)
     else:
         tl.store(dst, x.to(pool_ptr.dtype.element_ty), mask=is_frame[:, None])
+
+
+@triton.jit
+def store_item(item_page_ptr, item_branch_ptr, item_row_ptr, item_len_ptr, item, BLOCK_F: tl.constexpr):
+    """A page write item: its page (-1: graph padding), branch, first packed row, and which of BLOCK_F frames are
+    its own."""
+    page = tl.load(item_page_ptr + item)
+    branch = tl.load(item_branch_ptr + item)
+    row0 = tl.load(item_row_ptr + item).to(tl.int64)
+    is_frame = tl.arange(0, BLOCK_F) < tl.load(item_len_ptr + item)
+    return page, branch, row0, is_frame
+
+
+@triton.jit
+def _store_kernel(
+    src_ptr, pool_ptr, scale_ptr, item_page_ptr, item_branch_ptr, item_row_ptr, item_len_ptr,
+    stride_sm, stride_skv, stride_sh, stride_page, stride_kv, stride_branch, stride_head, stride_frame,
+    sstride_page, sstride_kv, sstride_branch,
+    PAGE: tl.constexpr, BLOCK_F: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_HEADS: tl.constexpr,
+    IS_FP8: tl.constexpr, EMULATE_ROUNDING: tl.constexpr,
+):
+    which = tl.program_id(1) // NUM_HEADS  # 0 keys, 1 values
+    head = tl.program_id(1) % NUM_HEADS
+    page, branch, row0, is_frame = store_item(item_page_ptr, item_branch_ptr, item_row_ptr, item_len_ptr,
+                                              tl.program_id(0), BLOCK_F)
+    if page < 0:  # graph padding
+        return
+    frames = tl.arange(0, BLOCK_F)
+    dims = tl.arange(0, HEAD_DIM)
+    x = tl.load(src_ptr + (row0 + frames)[:, None] * stride_sm + which * stride_skv + head * stride_sh
+                + dims[None, :], mask=is_frame[:, None], other=0.0)
+    store_tile(pool_ptr, scale_ptr, x, page, which, branch, head, frames, is_frame, dims,
+               stride_page, stride_kv, stride_branch, stride_head, stride_frame, sstride_page, sstride_kv,
+               sstride_branch, IS_FP8, EMULATE_ROUNDING)
+
+
+def emulate_fp8_rounding() -> bool:
+    """Triton's interpreter rounds some fp8 casts wrongly: round in fp32 arithmetic first there."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def store_pages_triton(src: torch.Tensor, pool: torch.Tensor, scale: torch.Tensor | None,
@@ -83,7 +106,7 @@ def store_pages_triton(src: torch.Tensor, pool: torch.Tensor, scale: torch.Tenso
         src.stride(0), src.stride(1), src.stride(2),
         pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3), pool.stride(4), *sstrides,
         PAGE=page, BLOCK_F=triton.next_power_of_2(page), HEAD_DIM=head_dim, NUM_HEADS=num_heads,
-        IS_FP8=is_fp8, EMULATE_ROUNDING=os.environ.get("TRITON_INTERPRET") == "1", num_warps=4,
+        IS_FP8=is_fp8, EMULATE_ROUNDING=emulate_fp8_rounding(), num_warps=4,
     )
 
 

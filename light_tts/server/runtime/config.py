@@ -145,8 +145,15 @@ class ServerConfig:
     hop_policy: str = _opt("decode", "growing", "streamed chunk sizes after the first: fixed (25 tokens, lowest "
                                                 "latency) or growing (25 -> 50 -> 100, fewer chunks)",
                            choices=HOP_POLICIES)
-    decode_data_type: str = _opt("decode", "float16", "flow dtype on a GPU; HiFT, and every CPU run, use float32",
+    decode_data_type: str = _opt("decode", "float16", "flow dtype on a GPU (HiFT's convolutions run float16 there, its "
+                                                      "source and iSTFT float32); every CPU run uses float32",
                                  choices=DATA_TYPES)
+    decode_hot_path: str = _opt("decode", "auto", "per_op: the earlier decode path on a GPU too (one kernel per flow op, "
+                                                  "fp32 HiFT with per-request generators, HiFT after the flow), for "
+                                                  "A/B runs or if the fused path misbehaves",
+                                choices=("auto", "per_op"),
+                                default_text="auto: on a GPU the fused estimator, fp16 HiFT convolutions, keyed "
+                                             "noise and HiFT overlapped with the next flow pass; on a CPU per_op")
     load_trt: bool = _opt("decode", False, "no effect, accepted for compatibility: the paged flow runs Triton "
                                            "kernels in CUDA graphs (a TensorRT engine cannot read the page pool)")
     decode_paral_num: int | None = _opt("decode", None, "no effect, accepted for compatibility: decode concurrency "

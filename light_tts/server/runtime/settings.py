@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 AUDIO_RING_SECONDS = 60  # audio a slot's ring holds; a reader further behind gets its audio inline
 
+# --decode_hot_path per_op: every variant of docs/decode-engine.md's hot path off (EngineLimits; None is "on a GPU")
+PER_OP_HOT_PATH = {"fused_flow": False, "hift_half": False, "keyed_noise": False, "overlap_hift": False}
+
 
 @dataclass(frozen=True)
 class VoiceLimits:
@@ -155,7 +158,8 @@ class ServerSettings:
             # streams are admitted within real-time capacity on a GPU; a CPU host is for trying, not real time
             admission_wait_s=c.admission_wait_s, realtime_admission=device != "cpu", reservation=c.decode_reservation,
             headroom=c.decode_headroom, preempt_interval_s=c.preempt_interval_s, num_pages=c.decode_pool_pages,
-            kv_dtype=None if c.flow_cache_dtype == "auto" or device == "cpu" else c.flow_cache_dtype)
+            kv_dtype=None if c.flow_cache_dtype == "auto" or device == "cpu" else c.flow_cache_dtype,
+            **(PER_OP_HOT_PATH if c.decode_hot_path == "per_op" else {}))
         return {"device": device, "max_batch_size": c.decode_max_batch_size, "hop_policy": HopPolicy(c.hop_policy),
                 "dtype": getattr(torch, self.decode_dtype(device)), "use_cuda_graph": not c.disable_cudagraph,
                 "limits": limits}

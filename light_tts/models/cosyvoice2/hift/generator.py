@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
-from light_tts.kernels.flow_ops import snake
+from light_tts.kernels.flow_ops import keyed_noise, snake
 from light_tts.model_config import HiFTConfig
 from light_tts.models.cosyvoice2.hift.f0_predictor import ConvRNNF0Predictor
 from light_tts.models.cosyvoice2.hift.source import Generators, HarmonicSource, draw_source_noise
@@ -132,8 +132,11 @@ class HiFT(nn.Module):
         stft_basis, istft_basis = fourier_bases(window)
         self.register_buffer("stft_basis", stft_basis, persistent=False)
         self.register_buffer("istft_basis", istft_basis, persistent=False)
-        # Callable with synthesize's signature that runs it instead (an engine's CUDA graphs); None: synthesize.
+        # Callables with synthesize's / synthesize_keyed's signature that run them instead (an engine's CUDA
+        # graphs); None: the methods themselves.
         self.runner = None
+        self.keyed_runner = None
+        self.conv_dtype = torch.float32  # of the convolution stack (set_conv_dtype)
 
     @classmethod
     def from_checkpoint(cls, cfg: HiFTConfig, path: Path, fold: bool = True) -> HiFT:
@@ -143,6 +146,14 @@ class HiFT(nn.Module):
         if fold:
             fold_weight_norm(model)
         return model.eval()
+
+    def set_conv_dtype(self, dtype: torch.dtype) -> None:
+        """Runs the convolution stack (conv_pre, upsampler, resblocks, source downsampling, conv_post) in `dtype`;
+        the f0 predictor, the harmonic source, the STFT and the exp/iSTFT head stay in float32 (the voicing
+        threshold, the phase integration and the magnitude's exp need it)."""
+        for m in (self.conv_pre, self.ups, self.source_downs, self.source_resblocks, self.resblocks, self.conv_post):
+            m.to(dtype)
+        self.conv_dtype = dtype
 
     def _stft(self, x: torch.Tensor) -> torch.Tensor:
         """(B, samples) -> (B, 2F, frames) [real | imaginary], as torch.stft(center=True, reflect padding)."""
@@ -160,8 +171,8 @@ class HiFT(nn.Module):
 
     def decode(self, mel: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """mel [B,80,T] and excitation [B,1,T*480] -> audio [B, T*480], clamped to audio_limit."""
-        source_spec = self._stft(source.squeeze(1))
-        x = self.conv_pre(mel)
+        source_spec = self._stft(source.squeeze(1)).to(self.conv_dtype)
+        x = self.conv_pre(mel.to(self.conv_dtype))
         for i, up in enumerate(self.ups):
             x = up(F.leaky_relu(x, self.cfg.lrelu_slope))
             if i == len(self.ups) - 1:
@@ -172,7 +183,7 @@ class HiFT(nn.Module):
             for block in blocks[1:]:
                 xs = xs + block(x)
             x = xs / self.num_kernels
-        x = self.conv_post(F.leaky_relu(x))  # default slope 0.01 here, as upstream
+        x = self.conv_post(F.leaky_relu(x)).float()  # default slope 0.01 here, as upstream
         num_bins = self.n_fft // 2 + 1
         magnitude = torch.exp(x[:, :num_bins]).clamp(max=1e2)
         phase = torch.sin(x[:, num_bins:])  # upstream squashes the phase through sin; kept for parity
@@ -181,19 +192,31 @@ class HiFT(nn.Module):
 
     @torch.inference_mode()
     def inference(
-        self, mel: torch.Tensor, cache_source: torch.Tensor | None = None, generator: Generators = None
+        self, mel: torch.Tensor, cache_source: torch.Tensor | None = None, generator: Generators = None,
+        noise_keys: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """mel [B,80,T] -> (audio [B, T*480], excitation [B,1,T*480]).
 
         cache_source [B,1,S] (or None / S=0) replaces the first S excitation samples, so the harmonic phase of
         a streamed chunk continues the previous chunk's. `generator`: one torch.Generator for the batch, one per
         request (each request then draws exactly what a single call with it would), or None for the global RNG.
+        noise_keys (seeds [B], sample offsets [B], int64 on mel's device): counter-based noise instead of the
+        generators (kernels/hift_noise.py), drawn inside the call (inside a CUDA graph too).
         """
-        num_samples = mel.shape[2] * self.samples_per_frame
-        phase, noise = draw_source_noise(mel.shape[0], num_samples, self.m_source.num_harmonics, generator, mel.device)
         if cache_source is None:
             cache_source = mel.new_zeros(mel.shape[0], 1, 0)
+        if noise_keys is not None:
+            return (self.keyed_runner or self.synthesize_keyed)(mel, *noise_keys, cache_source)
+        num_samples = mel.shape[2] * self.samples_per_frame
+        phase, noise = draw_source_noise(mel.shape[0], num_samples, self.m_source.num_harmonics, generator, mel.device)
         return (self.runner or self.synthesize)(mel, phase, noise, cache_source)
+
+    def synthesize_keyed(self, mel: torch.Tensor, seeds: torch.Tensor, offsets: torch.Tensor,
+                         cache_source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """synthesize with each row's noise drawn from its (seed, sample offset) in one launch (no host sync)."""
+        phase, noise = keyed_noise(seeds, offsets, mel.shape[2] * self.samples_per_frame,
+                                   self.m_source.num_harmonics)
+        return self.synthesize(mel, phase, noise, cache_source)
 
     def synthesize(self, mel: torch.Tensor, phase: torch.Tensor, noise: torch.Tensor,
                    cache_source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

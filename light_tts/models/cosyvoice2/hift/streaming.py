@@ -51,10 +51,13 @@ def hift_stream_chunk(
     finalize: bool,
     generator: torch.Generator | None = None,
     speed: float = 1.0,
+    noise_keys: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Vocode the next mel chunk [1, 80, n] of a request -> the audio [1, samples] it can emit now.
 
     speed != 1 time-stretches the mel (linear interpolation, as upstream); only for a single finalize call.
+    noise_keys: (seeds, offsets of the chunk's first sample, the re-vocoded overlap included) for counter-based
+    noise instead of the generator (HiFT.inference).
     """
     overlap = MEL_CACHE_LEN * hift.samples_per_frame
     if state.mel is not None:
@@ -63,7 +66,7 @@ def hift_stream_chunk(
         if state.mel is not None or not finalize:
             raise ValueError("speed change is only supported for non-streaming (one finalize call) synthesis")
         mel = F.interpolate(mel, size=int(mel.shape[2] / speed), mode="linear")
-    speech, source = hift.inference(mel, state.source, generator)
+    speech, source = hift.inference(mel, state.source, generator, noise_keys)
     if state.speech is not None:
         speech = cross_fade(speech, state.speech, fade_window(overlap, speech.device))
     if finalize:
