@@ -6,7 +6,7 @@ python -m light_tts.bench.llm --out llm.json [--model_dir DIR] [--dtype bfloat16
 Measures: decode step latency (engine.step(): forward, sampling, scheduling) at several batch sizes with and
 without CUDA graphs at ~300 tokens of context; prefill latency of one request; tokens/s with 64 concurrent
 requests; the same tokens/s of a plain eager loop, one request at a time with a per-request growing KV cache
-(light_tts.models.cosyvoice2.speech_lm, the upstream way; sampling on the device as upstream, and on the host); and a
+(light_tts.models.speech_lm, the upstream way; sampling on the device as upstream, and on the host); and a
 log-prob check of the engine against the float32 reference.
 """
 
@@ -25,7 +25,7 @@ from light_tts.llm.request import LLMRequest
 from light_tts.llm.sampler import Sampler, SamplingInputs, pack_sampling
 from light_tts.model_config import ModelConfig
 from light_tts.model_dir import load_model_config
-from light_tts.models.cosyvoice2.speech_lm import SpeechLM
+from light_tts.models.speech_lm import SpeechLM
 from light_tts.sampling import RASSampler
 
 LOGPROB_TOL = 0.1  # max |log-prob difference| to the float32 reference accepted for bf16/fp16 weights

@@ -1,9 +1,10 @@
 """Model families: which family a model directory holds, and which module serves it.
 
 A family is recognised once, from its directory (the yaml upstream's `AutoModel` reads, or another marker file),
-and then supplies everything family-specific through its module in this package (`cosyvoice2.py`, ...): the
-model configuration, the LLM's prompt builder and stop rule, the codec the decode processes run, and its voices.
-The processes ask the family; they never branch on its name. Each family's nn.Modules live in
+and then supplies everything family-specific through the ModelFamily object of its module in this package
+(`cosyvoice2.py`, ...; the interface is base.py): the model configuration, the LLM's prompt builder and stop
+rule, the codec the decode processes run, its frontend. The processes ask the family; they never branch on its
+name. Each family's nn.Modules live in
 `light_tts/models/<family>/`, its engine parts beside the shared engines (`llm/`, `decode/`).
 
 This module is the registry and imports nothing heavy: the server's HTTP workers use it to name a directory's
@@ -15,9 +16,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from typing import TYPE_CHECKING
 
 from light_tts.errors import ModelDirError
+
+if TYPE_CHECKING:
+    from light_tts.families.base import ModelFamily
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,19 @@ def detect_family(model_dir: str | Path) -> FamilySpec:
     raise ModelDirError(f"{model_dir} holds no model this server knows: expected one of {known}")
 
 
-def load_family(spec: FamilySpec) -> ModuleType:
-    """The family's implementation module (imported on first use, by the processes that run the family)."""
-    return importlib.import_module(spec.module)
+def load_family(spec: FamilySpec) -> ModelFamily:
+    """The family's ModelFamily (its module imported on first use, by the processes that run the family)."""
+    return importlib.import_module(spec.module).FAMILY
+
+
+def family_of(model_dir: str | Path) -> ModelFamily:
+    """The family serving a model directory (detect_family + load_family)."""
+    return load_family(detect_family(model_dir))
+
+
+def family_named(name: str) -> ModelFamily:
+    """The family registered as `name` (ModelConfig.family says which family read a config)."""
+    for spec in FAMILIES:
+        if spec.name == name:
+            return load_family(spec)
+    raise ValueError(f"unknown model family {name!r} (known: {', '.join(family_names())})")

@@ -104,10 +104,10 @@ class EngineSpeechLM(nn.Module):
         super().__init__()
         q = cfg.qwen
         self.cfg = cfg
-        self.embed = nn.Embedding(num_embeddings, q.hidden_size)  # speech rows, sos, task_id, text rows
+        self.embed = nn.Embedding(num_embeddings, q.hidden_size)  # speech rows, [sos, task_id,] text rows
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(q.num_hidden_layers))
         self.norm = nn.Parameter(torch.empty(q.hidden_size))
-        self.llm_decoder = nn.Linear(cfg.llm_output_size, cfg.num_speech_rows)
+        self.llm_decoder = nn.Linear(cfg.llm_output_size, cfg.num_speech_rows, bias=cfg.ids.decoder_bias)
 
     def forward(self, inp: ForwardInputs, kv: KVCache, cos_sin: torch.Tensor) -> torch.Tensor:
         if not inp.is_prefill:

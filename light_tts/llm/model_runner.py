@@ -40,7 +40,9 @@ class ModelRunner:
         self.num_rows = engine_cfg.running_max_req_size + 1  # + the sentinel row 0
         q = model_cfg.llm.qwen
         self.cos_sin = ops.build_cos_sin_cache(engine_cfg.max_req_total_len, q.head_dim, q.rope_theta, device)
-        self.sampler = Sampler(model_cfg.llm.sampling, reject_from=self.layout.eos)
+        rule = model_cfg.llm.ids.min_len
+        self.sampler = Sampler(model_cfg.llm.sampling, self.layout.num_speech_rows if rule.reject_from is None
+                               else rule.reject_from, rule.masked_id)
         self.model = self._load(state_dict if state_dict is not None else read_state_dict(model_cfg.path("llm.pt")))
         self.num_kv_slots = self._size_kv_cache()
         self.kv = KVCache(self.llm_cfg, self.num_kv_slots, self.num_rows, engine_cfg.max_req_total_len,
@@ -184,7 +186,7 @@ class ModelRunner:
     def _sampling_inputs(self, seqs: list[Sequence]) -> SamplingInputs:
         """Sampling inputs with `packed` still on the host (the caller moves it)."""
         win = self.llm_cfg.sampling.win_size
-        is_rejecting = [s.reject_from() is not None for s in seqs]
+        is_rejecting = [s.forbids_stop() for s in seqs]
         is_greedy = [s.req.greedy for s in seqs]
         packed, seeds, steps = pack_sampling([s.req.seed for s in seqs], [len(s.decoded) for s in seqs],
                                              is_rejecting, is_greedy, [recent_window(s, win) for s in seqs])

@@ -26,7 +26,7 @@ from light_tts.sampling import MAX_TRIALS, counter_uniform_bits, counter_uniform
 @dataclass
 class SamplingInputs:
     """Per-step sampling state of a batch. `packed` is one int64 [B, 4 + win_size] device tensor: columns
-    is_rejecting (ids >= reject_from are not allowed now), is_greedy, the two attempt-0 uniforms as 24-bit ints,
+    is_rejecting (the request forbids a stop now: the MinLenRule applies), is_greedy, the two attempt-0 uniforms as 24-bit ints,
     then the last win_size decoded ids (-1 padded). The host keeps seeds, steps and flags for redone attempts."""
 
     packed: torch.Tensor
@@ -48,9 +48,13 @@ def pack_sampling(seeds: list[int], steps: list[int], is_rejecting: list[bool], 
 
 
 class Sampler:
-    def __init__(self, cfg: RASConfig, reject_from: int):
+    def __init__(self, cfg: RASConfig, reject_from: int, masked_id: int | None = None):
+        """The family's MinLenRule, for the rows that forbid a stop now (is_rejecting): ids >= reject_from are
+        drawn again (CosyVoice2: eos and the two ids after it; pass the vocabulary size for none), and masked_id
+        (CosyVoice3's sos) gets -inf before the draw."""
         self.cfg = cfg
-        self.reject_from = reject_from  # eos: eos, the unused id and fill are the ids a request may forbid
+        self.reject_from = reject_from
+        self.masked_id = masked_id
         self.min_repeats = cfg.win_size * cfg.tau_r  # occurrences in the window that trigger the fallback
 
     def ras_attempt(self, scores: torch.Tensor, window: torch.Tensor, u: torch.Tensor):
@@ -61,6 +65,9 @@ class Sampler:
         """Device-only part (CUDA-graph capturable): [B, V] logits and packed inputs -> ids, fallback bans, scores.
         On CUDA the attempt is one fused kernel (ops.ras_first_attempt)."""
         scores = logits.log_softmax(dim=-1)
+        if self.masked_id is not None:  # upstream masks the log-probs before RAS (greedy rows too)
+            column = scores[:, self.masked_id]
+            scores[:, self.masked_id] = torch.where(packed[:, 0] != 0, float("-inf"), column)
         ids, banned = ops.ras_first_attempt(scores, packed, self.cfg.top_k, self.cfg.top_p, self.min_repeats,
                                             self.reject_from)
         return ids, banned, scores

@@ -1,6 +1,8 @@
-"""Writes a complete random-weight model directory in the released CosyVoice2-0.5B layout.
+"""Writes a complete random-weight model directory in the released layout of a family (CosyVoice2-0.5B here;
+CosyVoice3 in make_model_cosyvoice3.py).
 
-    python -m light_tts.tools.make_model OUT --size tiny|full [--seed N] [--llm_seed N] [--flow_seed N]
+    python -m light_tts.tools.make_model OUT [--family cosyvoice2|cosyvoice3] --size tiny|full [--seed N]
+        [--llm_seed N] [--flow_seed N]
 
 `tiny` runs fast on a CPU (tests, the server's default start); `full` has the released dimensions for GPU
 benchmarks. Every file a released directory has is written (cosyvoice2.yaml in HyperPyYAML form, llm.pt, flow.pt,
@@ -207,7 +209,7 @@ def make_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, llm_seed:
     from light_tts.model_dir import load_model_config
     from light_tts.models.cosyvoice2.flow import Flow
     from light_tts.models.cosyvoice2.hift import HiFT
-    from light_tts.models.cosyvoice2.speech_lm import SpeechLM
+    from light_tts.models.speech_lm import SpeechLM
     from light_tts.tools.make_onnx import write_campplus_onnx, write_speech_tokenizer_onnx
     from light_tts.tools.make_tokenizer import write_tokenizer
 
@@ -238,16 +240,24 @@ def make_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, llm_seed:
     return out
 
 
+def writer_of(family: str):
+    """The random-model writer of a family (make_model(out_dir, size, seed, llm_seed, flow_seed) -> Path)."""
+    return {"cosyvoice2": make_model}[family]
+
+
 def main(argv: list[str] | None = None) -> None:
+    from light_tts.families import family_names
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--family", choices=family_names(), default="cosyvoice2")
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--llm_seed", type=int, default=None, help="the LLM's weights from this seed instead")
     parser.add_argument("--flow_seed", type=int, default=None, help="the flow's and HiFT's weights from this seed")
     args = parser.parse_args(argv)
-    out = make_model(args.out_dir, args.size, args.seed, args.llm_seed, args.flow_seed)
-    print(f"wrote a random-weight {args.size} CosyVoice2 model to {out} (its audio is noise)")
+    out = writer_of(args.family)(args.out_dir, args.size, args.seed, args.llm_seed, args.flow_seed)
+    print(f"wrote a random-weight {args.size} {args.family} model to {out} (its audio is noise)")
 
 
 if __name__ == "__main__":

@@ -85,12 +85,13 @@ class LLMWorker:
         self.http = HttpReplies(self.ctx, self.settings, self.processes, self.name)
 
     def init_engine(self) -> None:
+        from light_tts.families import family_of
         from light_tts.llm.engine import LLMEngine
-        from light_tts.model_dir import load_model_config
 
         device = resolve_device(self.settings, "llm", self.rank)
         set_process_title(self.name, model_on(self.settings, "llm", self.rank, device))
-        self.engine = LLMEngine(load_model_config(self.model.model_dir),
+        # the family's config carries its speech ids, stop set, min-length rule and sampling defaults
+        self.engine = LLMEngine(family_of(self.model.model_dir).load_model_config(self.model.model_dir),
                                 self.settings.llm_engine_config(device, self.rank), device)
         self.idle = IdleEngine(self.engine, self.cfg.idle_release_s, self.processes, "llm", self.rank, self.log)
 
