@@ -146,7 +146,9 @@ class CFMConfig:
 
 
 @dataclass(frozen=True)
-class FlowConfig:
+class TokenFlowConfig:
+    """The token side every CosyVoice flow has: token embedding, speaker affine layer, lookahead, mel ratio."""
+
     input_size: int = 512
     output_size: int = 80
     spk_embed_dim: int = 192
@@ -154,6 +156,12 @@ class FlowConfig:
     input_frame_rate: int = 25
     token_mel_ratio: int = 2
     pre_lookahead_len: int = 3
+
+
+@dataclass(frozen=True)
+class FlowConfig(TokenFlowConfig):
+    """CosyVoice2's flow: the conformer encoder and a CFM with the causal U-Net estimator."""
+
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     cfm: CFMConfig = field(default_factory=CFMConfig)
 

@@ -39,6 +39,7 @@ class FamilySpec:
 
 FAMILIES: tuple[FamilySpec, ...] = (
     FamilySpec("cosyvoice2", "cosyvoice2.yaml", "light_tts.families.cosyvoice2"),
+    FamilySpec("cosyvoice3", "cosyvoice3.yaml", "light_tts.families.cosyvoice3"),
 )
 
 

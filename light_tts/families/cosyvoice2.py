@@ -15,8 +15,12 @@ END_OF_PROMPT = "<|endofprompt|>"
 class CosyVoice2Family(ModelFamily):
     name = "cosyvoice2"
     marker = YAML_NAME
+    speech_tokenizer = SPEECH_TOKENIZER
     flow_files = ("flow.pt", "hift.pt")
-    frontend_files = (SPEECH_TOKENIZER, "campplus.onnx", TOKENIZER_DIR)
+
+    @property
+    def frontend_files(self) -> tuple[str, ...]:
+        return (self.speech_tokenizer, "campplus.onnx", TOKENIZER_DIR)
 
     def load_model_config(self, model_dir):
         from light_tts.model_dir import load_model_config
@@ -26,7 +30,7 @@ class CosyVoice2Family(ModelFamily):
     def check_complete(self, model_dir) -> None:
         from light_tts.model_dir import check_complete
 
-        check_complete(model_dir)
+        check_complete(model_dir, self.marker, ("campplus.onnx", self.speech_tokenizer))
 
     def llm_prompt(self, mode: str, transcript: str = "", instruction: str = "") -> LLMPrompt:
         """As upstream's frontend: zero-shot gives the transcript and the prompt speech; instruct (instruct2) the
@@ -54,7 +58,6 @@ class CosyVoice2Family(ModelFamily):
         from light_tts.decode.engine import DecodeEngine
 
         return DecodeEngine(cfg, **kwargs)
-
 
 
 FAMILY = CosyVoice2Family()

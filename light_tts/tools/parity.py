@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,33 +30,7 @@ from light_tts.models.cosyvoice2.hift import HiFT
 from light_tts.models.qwen2 import KVCache, rope_cos_sin
 from light_tts.models.speech_lm import SpeechLM
 from light_tts.sampling import GreedySampler
-
-LOGPROB_TOL = MEL_TOL = 1e-4  # the fixture README's float32 CPU tolerances
-AUDIO_TOL = 1e-3
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    error: float
-    tolerance: float
-    detail: str = ""
-
-    @property
-    def passed(self) -> bool:
-        return self.error <= self.tolerance  # NaN fails
-
-
-def rel_l2(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    ours, ref = ours.double().flatten(), ref.double().flatten()
-    if ours.shape != ref.shape:
-        return float("inf")
-    return float((ours - ref).norm() / ref.norm().clamp_min(1e-30))
-
-
-def load_io(model_dir: Path, name: str) -> dict:
-    return torch.load(model_dir / name, map_location="cpu", weights_only=False)
-
+from light_tts.tools.parity_common import AUDIO_TOL, LOGPROB_TOL, MEL_TOL, Check, load_io, rel_l2  # noqa: F401
 
 def _decode_step_sos_only(lm: SpeechLM, embeds: torch.Tensor, cache: KVCache) -> torch.Tensor:
     """One decode step whose query sees only key 0 (sos), as upstream under transformers 5 (module docstring)."""
@@ -160,7 +133,9 @@ def run_checks(model_dir: str | Path) -> list[Check]:
 
 def checks_of(family: str) -> tuple[Callable[[ModelConfig, Path], list[Check]], ...]:
     """The parity checks of a family's fixtures."""
-    return {"cosyvoice2": ALL_CHECKS}[family]
+    from light_tts.tools.parity_cosyvoice3 import ALL_CHECKS as COSYVOICE3_CHECKS
+
+    return {"cosyvoice2": ALL_CHECKS, "cosyvoice3": COSYVOICE3_CHECKS}[family]
 
 
 def main(argv: list[str] | None = None) -> int:
