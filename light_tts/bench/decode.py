@@ -1,6 +1,9 @@
 """GPU benchmark of the paged decode engine (token2wav) at the released dimensions with random weights.
 
-    python -m light_tts.bench.decode --out decode.json [--sections errors,chunks,flat,throughput,memory]
+    python -m light_tts.bench.decode --out decode.json [--model-dir DIR] [--sections errors,chunks,flat,throughput,memory]
+
+DIR: a model of any family (e.g. `make_model DIR --family cosyvoice3 --size full`); without it, a CosyVoice2 codec
+with random full-size weights.
 
 Sections:
 - `errors`: the paged Triton path (fp32) against the dense per-stream flow cache, and fp16 / bf16 / fp8 pages
@@ -29,7 +32,7 @@ import torch
 
 from light_tts.bench.decode_parts import (PROMPT_TOKENS, count_kernels, flow_only_pass, make_engine,
                                           make_prompt, random_model_dir, rel_l2, run_stream)
-from light_tts.decode.flow_cache import KV_DTYPES, FlowCacheShape
+from light_tts.decode.flow_cache import KV_DTYPES
 
 
 def sync_time() -> float:
@@ -95,7 +98,8 @@ def section_chunks(cfg, batches: list[int], kv: str | None) -> dict:
         result[batch] = {"ms_per_step": ms, "audio_s_per_s": batch / (ms / 1e3)}
         print(f"  kv={kv} batch {batch}: {ms:.1f} ms per step, {batch / (ms / 1e3):.0f} audio s/s", flush=True)
     result["flow replays/eager"] = f"{engine.runner.num_replays}/{engine.runner.num_eager}"
-    result["hift replays/eager"] = f"{engine.hift.runner.num_replays}/{engine.hift.runner.num_eager}"
+    if engine.hift.runner is not None:
+        result["hift replays/eager"] = f"{engine.hift.runner.num_replays}/{engine.hift.runner.num_eager}"
     result["seconds"] = time.perf_counter() - started
     result["kernels_per_chunk_b1"] = count_kernels(engine)
     del engine
@@ -141,7 +145,11 @@ def section_throughput(cfg, rows_list: list[int], context_s: float, kv: str | No
 
 
 def section_memory(cfg) -> dict:
-    shape = FlowCacheShape.from_config(cfg.flow)
+    engine = make_engine(cfg, "fp16", None, graphs=False, num_pages=4, max_pass_tokens=1024)
+    shape = engine.cache.shape  # the family's pool geometry
+    del engine
+    gc.collect()
+    torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info()
     out = {"gpu": torch.cuda.get_device_name(), "free_gb": free / 1e9}
     for kv in ("float16", "fp8_e4m3"):

@@ -1,23 +1,23 @@
-"""Pieces of the decode benchmark (bench/decode.py): the random full-size model, engines, one stream with its mel,
-a flow pass over aliased pages, and a kernel count."""
+"""Pieces of the decode benchmark (bench/decode.py): the random full-size model, engines (the model's family's),
+one stream with its mel, a flow pass over aliased pages, the vocoder's middle chunks, and a kernel count."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from light_tts.decode.engine import DecodeEngine
-from light_tts.decode.engine_setup import HIFT_MAX_ROWS, EngineLimits
+from light_tts.decode.engine import DecodeEngine, StepJob
+from light_tts.decode.engine_setup import EngineLimits
 from light_tts.decode.flow_inputs import ChunkSpec
 from light_tts.decode.scheduler import SchedulerConfig
 from light_tts.frontend.prompt import Prompt
 from light_tts.model_config import ModelConfig
 from light_tts.models.cosyvoice2.flow import Flow
 from light_tts.models.cosyvoice2.hift import HiFT
-from light_tts.models.cosyvoice2.hift.streaming import MEL_CACHE_LEN, HiFTStreamState, hift_stream_chunk
 from light_tts.token2wav import HopPolicy
 
 PROMPT_TOKENS = 125  # a 5-second prompt
@@ -25,6 +25,17 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def random_model_dir(out: Path) -> ModelConfig:
+    """The config of the model in `out` (any family, e.g. written by make_model --size full), or a CosyVoice2 codec
+    with random full-size weights written there (flow.pt and hift.pt only: what the decode engine reads)."""
+    from light_tts.errors import ModelDirError
+    from light_tts.families import family_of
+
+    try:
+        family = family_of(out)
+    except ModelDirError:
+        family = None
+    if family is not None:
+        return family.load_model_config(out)
     torch.manual_seed(0)
     cfg = ModelConfig(model_dir=out)
     if not (out / "flow.pt").exists():
@@ -44,9 +55,12 @@ def make_engine(cfg: ModelConfig, dtype: str, kv: str | None, graphs: bool, num_
                 max_pass_tokens: int = 8192, max_batch_size: int = 256) -> DecodeEngine:
     limits = EngineLimits(max_stream_tokens=800, max_prompt_tokens=150, max_pass_tokens=max_pass_tokens,
                           num_pages=num_pages, kv_dtype=kv)
+    from light_tts.families import family_named
+
     started = time.perf_counter()
-    engine = DecodeEngine(cfg, "cuda", max_batch_size=max_batch_size, hop_policy=HopPolicy("fixed"),
-                          dtype=DTYPES[dtype], use_cuda_graph=graphs, limits=limits)
+    engine = family_named(cfg.family).decode_engine(cfg, device="cuda", max_batch_size=max_batch_size,
+                                                    hop_policy=HopPolicy("fixed"), dtype=DTYPES[dtype],
+                                                    use_cuda_graph=graphs, limits=limits)
     # lockstep throughput: every ready chunk runs (no deadline deferral: the bench has no listeners)
     engine.sched_cfg = SchedulerConfig(engine.sched_cfg.max_rows, engine.sched_cfg.max_tokens, fill_horizon_s=1e9)
     print(f"  engine {dtype} kv={kv} graphs={graphs}: {engine.pool.num_pages} pages, "
@@ -100,23 +114,34 @@ def flow_only_pass(engine: DecodeEngine, rows: int, context_tokens: int, repeats
         engine.runner.run(specs)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    spf = engine.hift.samples_per_frame
+    hift_ms = vocoder_middle_chunk_ms(engine, rows, 2 * page, repeats)
+    return float(np.median(times[1:]) * 1e3), hift_ms
+
+
+def vocoder_middle_chunk_ms(engine: DecodeEngine, rows: int, frames: int, repeats: int = 5) -> float:
+    """ms of the engine's vocoder (its _hift, in passes as it runs them) on `rows` middle chunks of `frames` mel
+    frames: each row's state is first advanced by two such chunks, so every timed pass has the steady shape."""
     dev = engine.device
-    state = HiFTStreamState(mel=torch.randn(rows, 80, MEL_CACHE_LEN, device=dev),
-                            source=torch.zeros(rows, 1, MEL_CACHE_LEN * spf, device=dev),
-                            speech=torch.zeros(rows, MEL_CACHE_LEN * spf, device=dev))
-    mel = torch.randn(rows, 80, 2 * page, device=dev)
-    gens = [torch.Generator(device=dev).manual_seed(i) for i in range(rows)]
-    hift_times = []
-    for _ in range(repeats):  # in passes of at most HIFT_MAX_ROWS rows, as the engine runs them
+    reqs = [SimpleNamespace(req_id=str(r), slot=-1, hift_state=engine.new_vocoder_state(),
+                            generator=torch.Generator(device=dev).manual_seed(r)) for r in range(rows)]
+
+    def chunk() -> list[StepJob]:
+        return [StepJob(req, None, False, 0, mel=torch.randn(1, 80, frames, device=dev)) for req in reqs]
+
+    for _ in range(2):
+        engine._hift(chunk(), [])
+    times = []
+    for _ in range(repeats):
+        saved = [req.hift_state for req in reqs]
+        jobs = chunk()
         torch.cuda.synchronize()
         start = time.perf_counter()
-        for a in range(0, rows, HIFT_MAX_ROWS):
-            part = slice(a, a + HIFT_MAX_ROWS)
-            s = HiFTStreamState(state.mel[part].clone(), state.source[part].clone(), state.speech[part].clone())
-            hift_stream_chunk(engine.hift, s, mel[part], False, generator=gens[part]).cpu()
-        hift_times.append(time.perf_counter() - start)
-    return float(np.median(times[1:]) * 1e3), float(np.median(hift_times[1:]) * 1e3)
+        engine._hift(jobs, [])
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        for req, state in zip(reqs, saved):  # the same shapes again next time
+            req.hift_state = state
+    return float(np.median(times[1:]) * 1e3)
 
 
 def count_kernels(engine: DecodeEngine) -> int:

@@ -21,15 +21,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from light_tts.decode.engine_setup import HIFT_MAX_ROWS, EngineLimits, build_runtime
+from light_tts.decode.engine_setup import (HIFT_MAX_ROWS, EngineLimits, FlowParts, build_runtime, capture_hift_graphs,
+                                           hift_peak_pass)
+from light_tts.decode.flow_cache import FlowCache, FlowCacheShape
 from light_tts.decode.flow_inputs import ChunkSpec
 from light_tts.decode.hift_batch import split_hift_state, stack_hift_states
 from light_tts.decode.page_pool import PoolExhaustedError
+from light_tts.decode.paged_flow import PagedFlow
 from light_tts.decode.request import DecodeRequest
 from light_tts.decode.scheduler import Candidate, SchedulerConfig, StepTimeModel, schedule
 from light_tts.frontend.prompt import Prompt
 from light_tts.model_config import ModelConfig
-from light_tts.models.cosyvoice2.hift.streaming import hift_stream_chunk
+from light_tts.models.cosyvoice2.hift.streaming import HiFTStreamState, hift_stream_chunk
 from light_tts.token2wav import ChunkSchedule, HopPolicy, Token2Wav, first_hop_pad
 
 logger = logging.getLogger(__name__)
@@ -83,7 +86,7 @@ class DecodeEngine:
                  use_cuda_graph: bool = True, limits: EngineLimits = EngineLimits(), clock=time.monotonic):
         self.cfg, self.device, self.hop_policy, self.dtype = model_cfg, torch.device(device), hop_policy, dtype
         self.max_batch_size, self.limits, self.clock = max_batch_size, limits, clock
-        self.t2w = Token2Wav(model_cfg, self.device)
+        self.t2w = self.make_token2wav(model_cfg)
         self.flow = self.t2w.flow.to(dtype)  # HiFT stays in float32 (its source phases and iSTFT need it)
         self.hift = self.t2w.hift
         self.use_cuda_graph = use_cuda_graph
@@ -96,6 +99,28 @@ class DecodeEngine:
         self.stats = EngineStats(pages_total=self.pool.num_pages)
         self.is_stalled = False  # the last step ran nothing (waiting for pages or tokens) and nothing changed since
         self.admissions = 0  # admission order: the most recent stream is preempted first
+
+    # ---- what a family's engine changes (dit_engine.py: CosyVoice3); CosyVoice2's flow and HiFT here ----
+
+    def make_token2wav(self, model_cfg: ModelConfig) -> Token2Wav:
+        return Token2Wav(model_cfg, self.device)
+
+    def flow_parts(self) -> FlowParts:
+        """The pool's geometry, its tensors and the packed pass (engine_setup.build_runtime builds them)."""
+        shape = FlowCacheShape.from_config(self.cfg.flow)
+        assert list(shape.tail_channels) == self.flow.decoder.estimator.tail_channels
+        return FlowParts(shape, FlowCache, PagedFlow)
+
+    def new_vocoder_state(self):
+        """A request's vocoder stream state before its first chunk."""
+        return HiFTStreamState()
+
+    def capture_vocoder_graphs(self) -> None:
+        capture_hift_graphs(self)
+
+    def vocoder_peak_pass(self) -> None:
+        """The vocoder's largest pass (the pool is sized after it)."""
+        hift_peak_pass(self)
 
     # ---- API of the decode process ----
 
@@ -112,8 +137,8 @@ class DecodeEngine:
         emb = torch.as_tensor(prompt.embedding, dtype=torch.float32, device=self.device)[None]
         req = DecodeRequest(req_id, stream, speed, schedule_, p_tok, np.asarray(prompt.mel, dtype=np.float32), emb,
                             gen, min(max_tokens or self.limits.max_stream_tokens, self.limits.max_stream_tokens),
-                            prefix_key if stream else None, self.clock(), audio_start=audio_start,
-                            samples_sent=samples_sent)
+                            prefix_key if stream else None, self.clock(), hift_state=self.new_vocoder_state(),
+                            audio_start=audio_start, samples_sent=samples_sent)
         if stream and speed != 1.0:
             req.error = "speed change is only supported for non-stream requests"
         elif len(p_tok) > self.limits.max_prompt_tokens or req.mel_mismatch():

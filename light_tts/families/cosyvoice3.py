@@ -58,17 +58,14 @@ class CosyVoice3Family(CosyVoice2Family):
         return SilentTokenFilter()
 
     def token2wav(self, cfg, device: str = "cpu"):
-        from light_tts.models.cosyvoice3.flow import DiTFlow
-        from light_tts.models.cosyvoice3.hift import CausalHiFT
-        from light_tts.models.cosyvoice3.hift.streaming import CausalVocoder
-        from light_tts.token2wav import Token2Wav
+        from light_tts.decode.dit_engine import cosyvoice3_token2wav
 
-        flow = DiTFlow.from_checkpoint(cfg.flow, cfg.path("flow.pt"))
-        hift = CausalHiFT.from_checkpoint(cfg.hift, cfg.flow, cfg.path("hift.pt"))
-        return Token2Wav(cfg, device, flow=flow, vocoder=CausalVocoder(hift))
+        return cosyvoice3_token2wav(cfg, device)
 
     def decode_engine(self, cfg, **kwargs):
-        raise NotImplementedError("the batched CosyVoice3 decode engine is not built yet")
+        from light_tts.decode.dit_engine import DiTDecodeEngine
+
+        return DiTDecodeEngine(cfg, **kwargs)
 
 
 FAMILY = CosyVoice3Family()

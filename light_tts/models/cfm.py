@@ -57,6 +57,20 @@ class CausalConditionalCFM(nn.Module):
             t_span = 1 - torch.cos(t_span * 0.5 * torch.pi)
         return t_span
 
+    def euler_times(self, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Each Euler step's t and dt, accumulated as `solve` does (t += dt, dt re-derived from the span: the same
+        float rounding), for engines that precompute what depends on the step only."""
+        t_span = self.time_span(device)
+        t, dt = t_span[0:1], t_span[1] - t_span[0]
+        times, dts = [], []
+        for step in range(1, len(t_span)):
+            times.append(t.clone())
+            dts.append(dt.clone())
+            t = t + dt
+            if step < len(t_span) - 1:
+                dt = t_span[step + 1] - t
+        return times, dts
+
     def empty_caches(self, batch: int) -> list:
         """One estimator cache per Euler step, each with 2*batch rows (conditioned, then unconditioned)."""
         return [self.estimator.empty_cache(2 * batch) for _ in range(self.cfg.n_timesteps)]
