@@ -1,9 +1,13 @@
-"""Typed model hyper-parameters, read from a released CosyVoice2 model directory (see model_dir.py)."""
+"""Typed model hyper-parameters, read from a released model directory by its family's loader (model_dir.py for
+CosyVoice2, models/cosyvoice3/config.py for CosyVoice3). The parts every family has (LLMConfig with its SpeechIds,
+MelConfig, FrontendConfig, the top-level facts) are defined here; a family's own flow and vocoder configs live
+beside its modules."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,39 @@ class NucleusConfig:
 
 
 @dataclass(frozen=True)
+class MinLenRule:
+    """What a decode step forbids before min_len tokens (upstream's `ignore_eos`), one of two forms:
+    reject_from: a drawn id >= it is thrown away and drawn again (CosyVoice2's rule as we keep it);
+    masked_id: that one id's score is -inf before the draw (upstream CosyVoice3 masks speech_token_size, which is
+    its sos id, so eos and the other stop ids stay allowed and a stream can end before min_len)."""
+
+    reject_from: int | None = None
+    masked_id: int | None = None
+
+
+@dataclass(frozen=True)
+class SpeechIds:
+    """The speech vocabulary of a speech LM (rows of speech_embedding and llm_decoder) and its special ids; set by the
+    family (upstream hard-codes them in its LM class, not in the yaml)."""
+
+    num_rows: int  # rows of speech_embedding / llm_decoder: the speech tokens and the special ids
+    eos: int
+    fill: int  # bistream: asks for 5 more text tokens
+    stop_ids: tuple[int, ...]  # any of them ends a decode
+    sos_row: int | None  # the speech_embedding row of sos; None: llm_embedding row 0 (CosyVoice2)
+    task_row: int | None  # likewise task_id (llm_embedding row 1)
+    decoder_bias: bool  # llm_decoder has a bias
+    min_len: MinLenRule
+
+    @classmethod
+    def cosyvoice2(cls, speech_token_size: int) -> SpeechIds:
+        """eos, an unused id and fill after the speech tokens; sos and task_id in llm_embedding."""
+        n = speech_token_size
+        return cls(num_rows=n + 3, eos=n, fill=n + 2, stop_ids=(n, n + 1, n + 2), sos_row=None, task_row=None,
+                   decoder_bias=True, min_len=MinLenRule(reject_from=n))
+
+
+@dataclass(frozen=True)
 class LLMConfig:
     llm_input_size: int = 896
     llm_output_size: int = 896
@@ -75,23 +112,26 @@ class LLMConfig:
     mix_ratio: tuple[int, int] = (5, 15)
     sampling: RASConfig = field(default_factory=RASConfig)
     qwen: QwenConfig = field(default_factory=QwenConfig)
+    ids: SpeechIds = field(default_factory=lambda: SpeechIds.cosyvoice2(6561))
+    # bistream: the prompt text up to and including this text id goes right after sos, before the text/speech
+    # interleave (CosyVoice3's <|endofprompt|>); None: the whole prompt text is interleaved (CosyVoice2)
+    prompt_end_text_id: int | None = None
 
     @property
     def eos_token(self) -> int:
-        return self.speech_token_size
+        return self.ids.eos
 
     @property
     def fill_token(self) -> int:
-        return self.speech_token_size + 2
+        return self.ids.fill
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:
-        return tuple(self.speech_token_size + i for i in range(3))
+        return self.ids.stop_ids
 
     @property
     def num_speech_rows(self) -> int:
-        """Rows of speech_embedding / llm_decoder: the speech tokens plus eos, an unused id and fill."""
-        return self.speech_token_size + 3
+        return self.ids.num_rows
 
 
 @dataclass(frozen=True)
@@ -138,7 +178,9 @@ class CFMConfig:
 
 
 @dataclass(frozen=True)
-class FlowConfig:
+class TokenFlowConfig:
+    """The token side every CosyVoice flow has: token embedding, speaker affine layer, lookahead, mel ratio."""
+
     input_size: int = 512
     output_size: int = 80
     spk_embed_dim: int = 192
@@ -146,6 +188,12 @@ class FlowConfig:
     input_frame_rate: int = 25
     token_mel_ratio: int = 2
     pre_lookahead_len: int = 3
+
+
+@dataclass(frozen=True)
+class FlowConfig(TokenFlowConfig):
+    """CosyVoice2's flow: the conformer encoder and a CFM with the causal U-Net estimator."""
+
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     cfm: CFMConfig = field(default_factory=CFMConfig)
 
@@ -189,7 +237,7 @@ class HiFTConfig:
 
 @dataclass(frozen=True)
 class MelConfig:
-    """The 24 kHz prompt mel (matcha mel_spectrogram)."""
+    """The 24 kHz prompt mel (matcha mel_spectrogram). fmax None is the Nyquist frequency (CosyVoice3's 12 kHz)."""
 
     n_fft: int = 1920
     num_mels: int = 80
@@ -197,23 +245,39 @@ class MelConfig:
     hop_size: int = 480
     win_size: int = 1920
     fmin: float = 0
-    fmax: float = 8000
+    fmax: float | None = 8000
     center: bool = False
+
+    @property
+    def top_hz(self) -> float:
+        return self.sampling_rate / 2 if self.fmax is None else self.fmax
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """Which frontend files and text tokens a model uses (upstream picks them in its model class and its
+    `get_tokenizer.version`)."""
+
+    speech_tokenizer: str = "speech_tokenizer_v2.onnx"
+    tokenizer_version: str = "cosyvoice2"  # the special tokens added to the Qwen tokenizer (frontend/tokenizer.py)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything a model directory says; `model_dir` is where its files live."""
+    """Everything a model directory says; `model_dir` is where its files live, `family` which family read it.
+    `flow` and `hift` are the family's own configs (FlowConfig and HiFTConfig for CosyVoice2)."""
 
     model_dir: Path
+    family: str = "cosyvoice2"
     sample_rate: int = 24000
     token_frame_rate: int = 25
     token_mel_ratio: int = 2
     chunk_size: int = 25
     llm: LLMConfig = field(default_factory=LLMConfig)
-    flow: FlowConfig = field(default_factory=FlowConfig)
-    hift: HiFTConfig = field(default_factory=HiFTConfig)
+    flow: Any = field(default_factory=FlowConfig)
+    hift: Any = field(default_factory=HiFTConfig)
     feat: MelConfig = field(default_factory=MelConfig)
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
 
     @property
     def samples_per_token(self) -> int:

@@ -1,4 +1,5 @@
-"""Reads a released CosyVoice2 model directory into a typed ModelConfig, without importing upstream classes.
+"""Reads a released CosyVoice2 model directory into a typed ModelConfig, without importing upstream classes; the
+HyperPyYAML reader and the section readers here serve every family's loader (models/cosyvoice3/config.py).
 
 cosyvoice2.yaml is HyperPyYAML: `!new:` / `!name:` / `!apply:` tags name upstream classes and `!ref <key>`
 expressions refer to other keys. We read the tags as data (tag name + arguments) and evaluate the `!ref`
@@ -19,14 +20,15 @@ import yaml
 
 from light_tts.errors import ModelDirError
 from light_tts.model_config import (
-    CFMConfig, EncoderConfig, EstimatorConfig, F0PredictorConfig, FlowConfig, HiFTConfig, LLMConfig,
-    MelConfig, ModelConfig, QwenConfig, RASConfig,
+    CFMConfig, EncoderConfig, EstimatorConfig, F0PredictorConfig, FlowConfig, FrontendConfig, HiFTConfig, LLMConfig,
+    MelConfig, ModelConfig, QwenConfig, RASConfig, SpeechIds,
 )
 
 YAML_NAME = "cosyvoice2.yaml"
 TOKENIZER_DIR = "CosyVoice-BlankEN"
 CHECKPOINTS = ("llm.pt", "flow.pt", "hift.pt")
-ONNX_FILES = ("campplus.onnx", "speech_tokenizer_v2.onnx")
+SPEECH_TOKENIZER = "speech_tokenizer_v2.onnx"
+ONNX_FILES = ("campplus.onnx", SPEECH_TOKENIZER)
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
 
 
@@ -126,7 +128,7 @@ def read_hyperpyyaml(path: Path) -> dict:
         raise ModelDirError(f"malformed {path}: cannot resolve !ref ({e})") from e
 
 
-class _Section:
+class Section:
     """Reads typed fields from one mapping and names the file and key path when one is missing or wrong."""
 
     def __init__(self, data: Any, where: str, path: Path):
@@ -136,8 +138,8 @@ class _Section:
             raise ModelDirError(f"malformed {path}: `{where}` should be a mapping")
         self.data, self.where, self.path = data, where, path
 
-    def sub(self, key: str) -> _Section:
-        return _Section(self.get(key), self._name(key), self.path)
+    def sub(self, key: str) -> Section:
+        return Section(self.get(key), self._name(key), self.path)
 
     def get(self, key: str, default: Any = ...) -> Any:
         if key not in self.data:
@@ -156,6 +158,9 @@ class _Section:
             key = renames.get(name, name)
             if key in self.data and not isinstance(self.data[key], (dict, Tagged)):
                 value = self.data[key]
+                if value is None:  # `null` in the yaml (e.g. CosyVoice3's fmax): the field's "none" meaning
+                    out[name] = None
+                    continue
                 if isinstance(value, list):
                     value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
                 try:
@@ -182,59 +187,91 @@ def _read_qwen_config(path: Path) -> QwenConfig:
     data = read_json(path)
     rope = data.get("rope_parameters") or {}
     data.setdefault("rope_theta", rope.get("rope_theta", QwenConfig.rope_theta))
-    sec = _Section(data, "config", path)
+    sec = Section(data, "config", path)
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                 "intermediate_size", "vocab_size"):
         sec.get(key)
     return QwenConfig(**sec.fields(QwenConfig))
 
 
-def load_model_config(model_dir: str | Path) -> ModelConfig:
-    """Reads cosyvoice2.yaml and CosyVoice-BlankEN/config.json; errors name the file and the key."""
+def open_yaml(model_dir: str | Path, yaml_name: str) -> tuple[Path, Section]:
+    """(model_dir, the yaml's top section); ModelDirError for a missing directory or a malformed file."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelDirError(f"model directory not found: {model_dir}")
-    yaml_path = model_dir / YAML_NAME
-    top = _Section(read_hyperpyyaml(yaml_path), "", yaml_path)
+    yaml_path = model_dir / yaml_name
+    return model_dir, Section(read_hyperpyyaml(yaml_path), "", yaml_path)
+
+
+def read_llm(top: Section, model_dir: Path, ids: SpeechIds | None = None,
+             prompt_end_text_id: int | None = None) -> LLMConfig:
+    """The `llm` section and CosyVoice-BlankEN/config.json; `ids`: the family's speech ids (default CosyVoice2's)."""
     llm = top.sub("llm")
-    sampling = llm.sub("sampling")
-    llm_cfg = LLMConfig(
-        **llm.fields(LLMConfig),
-        sampling=RASConfig(**sampling.fields(RASConfig)),
+    fields = llm.fields(LLMConfig)
+    return LLMConfig(
+        **fields,
+        sampling=RASConfig(**llm.sub("sampling").fields(RASConfig)),
         qwen=_read_qwen_config(model_dir / TOKENIZER_DIR / "config.json"),
+        ids=ids or SpeechIds.cosyvoice2(fields.get("speech_token_size", LLMConfig.speech_token_size)),
+        prompt_end_text_id=prompt_end_text_id,
     )
-    flow = top.sub("flow")
-    enc, dec = flow.sub("encoder"), flow.sub("decoder")
-    est = dec.sub("estimator")
+
+
+def cfm_sections(flow: Section) -> tuple[Section, Section, Section]:
+    """(decoder, its cfm_params, its estimator) of a flow section."""
+    dec = flow.sub("decoder")
     cfm_params = dec.sub("cfm_params")
     if "content" in cfm_params.data:  # !new:omegaconf.DictConfig wraps its mapping in `content`
         cfm_params = cfm_params.sub("content")
+    return dec, cfm_params, dec.sub("estimator")
+
+
+def read_hift(top: Section, cls: type = HiFTConfig, f0_cls: type = F0PredictorConfig):
+    """The `hift` section as `cls` (HiFTConfig or a subclass with more fields)."""
+    hift = top.sub("hift")
+    istft = hift.sub("istft_params")
+    return cls(
+        **hift.fields(cls),
+        istft_n_fft=int(istft.get("n_fft")), istft_hop_len=int(istft.get("hop_len")),
+        f0_predictor=f0_cls(**hift.sub("f0_predictor").fields(f0_cls)),
+    )
+
+
+def read_mel(top: Section) -> MelConfig:
+    return MelConfig(**top.sub("feat_extractor").fields(MelConfig))
+
+
+def read_frontend(top: Section, speech_tokenizer: str) -> FrontendConfig:
+    """The speech tokenizer file (the family's) and the text tokenizer's version (`get_tokenizer.version`)."""
+    version = top.sub("get_tokenizer").get("version", FrontendConfig.tokenizer_version) if "get_tokenizer" in \
+        top.data else FrontendConfig.tokenizer_version
+    return FrontendConfig(speech_tokenizer=speech_tokenizer, tokenizer_version=str(version))
+
+
+def load_model_config(model_dir: str | Path) -> ModelConfig:
+    """Reads cosyvoice2.yaml and CosyVoice-BlankEN/config.json; errors name the file and the key."""
+    model_dir, top = open_yaml(model_dir, YAML_NAME)
+    flow = top.sub("flow")
+    enc = flow.sub("encoder")
+    dec, cfm_params, est = cfm_sections(flow)
     flow_cfg = FlowConfig(
         **flow.fields(FlowConfig),
         encoder=EncoderConfig(**enc.fields(EncoderConfig), pre_lookahead_len=flow.get("pre_lookahead_len", 3)),
         cfm=CFMConfig(**dec.fields(CFMConfig), **cfm_params.fields(CFMConfig),
                       estimator=EstimatorConfig(**est.fields(EstimatorConfig))),
     )
-    hift = top.sub("hift")
-    istft = hift.sub("istft_params")
-    hift_cfg = HiFTConfig(
-        **hift.fields(HiFTConfig),
-        istft_n_fft=int(istft.get("n_fft")), istft_hop_len=int(istft.get("hop_len")),
-        f0_predictor=F0PredictorConfig(**hift.sub("f0_predictor").fields(F0PredictorConfig)),
-    )
-    feat = top.sub("feat_extractor")
     return ModelConfig(
-        model_dir=model_dir,
+        model_dir=model_dir, family="cosyvoice2",
         **top.fields(ModelConfig),
-        llm=llm_cfg, flow=flow_cfg, hift=hift_cfg,
-        feat=MelConfig(**feat.fields(MelConfig, num_mels="num_mels")),
+        llm=read_llm(top, model_dir), flow=flow_cfg, hift=read_hift(top), feat=read_mel(top),
+        frontend=read_frontend(top, SPEECH_TOKENIZER),
     )
 
 
-def check_complete(model_dir: str | Path) -> None:
+def check_complete(model_dir: str | Path, yaml_name: str = YAML_NAME, onnx_files: tuple[str, ...] = ONNX_FILES) -> None:
     """Raises ModelDirError listing every file a released model directory needs but lacks."""
     model_dir = Path(model_dir)
-    needed = [YAML_NAME, *CHECKPOINTS, *ONNX_FILES, *(f"{TOKENIZER_DIR}/{f}" for f in TOKENIZER_FILES),
+    needed = [yaml_name, *CHECKPOINTS, *onnx_files, *(f"{TOKENIZER_DIR}/{f}" for f in TOKENIZER_FILES),
               f"{TOKENIZER_DIR}/config.json"]
     missing = [name for name in needed if not (model_dir / name).is_file()]
     if missing:

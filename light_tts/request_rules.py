@@ -29,6 +29,11 @@ def check_seed(seed: object) -> int | None:
     return seed
 
 
+def speech_token_bounds(num_text_tokens: int) -> tuple[int, int]:
+    """Upstream's bounds on a sentence's speech tokens (min_len, max_len): 2x and 20x its text tokens."""
+    return 2 * num_text_tokens, 20 * num_text_tokens
+
+
 def sentence_seed(seed: int, index: int) -> int:
     """The seed of sentence `index` of a request: sentences draw independent, reproducible streams."""
     return (seed * 1_000_003 + index) % (2**63 - 1)

@@ -1,4 +1,5 @@
-"""Token-to-waveform for one request: flow (speech tokens -> mel) then HiFT (mel -> 24 kHz audio), whole or streamed.
+"""Token-to-waveform for one request: flow (speech tokens -> mel) then the vocoder (mel -> 24 kHz audio), whole or
+streamed; CosyVoice2's flow and HiFT by default, another family's passed in (its family's token2wav()).
 
 Streaming follows upstream CosyVoice2's schedule: the first hop is 25 tokens plus the pad that aligns the prompt
 and the first hop to a multiple of 25, later hops follow the hop policy, and every non-final chunk waits for 3
@@ -100,14 +101,38 @@ def prompt_tensors(prompt: Prompt, device: torch.device) -> tuple[torch.Tensor, 
     return tokens, mel, emb
 
 
-class Token2Wav:
-    """The flow and HiFT of one model, shared by every request's session."""
+class HiFTVocoder:
+    """CosyVoice2's HiFT as token2wav's vocoder: per-call source noise from the request's seeded generator, and
+    upstream's streaming overlap (models/cosyvoice2/hift/streaming.py). Another family passes its own vocoder with
+    the same three methods (CosyVoice3: models/cosyvoice3/hift/streaming.CausalVocoder)."""
 
-    def __init__(self, cfg: ModelConfig, device: str | torch.device = "cpu"):
+    def __init__(self, hift: HiFT):
+        self.hift = hift
+
+    def whole(self, mel: torch.Tensor, seed: int) -> torch.Tensor:
+        gen = torch.Generator(device=mel.device).manual_seed(seed)
+        speech, _ = self.hift.inference(mel, torch.zeros(1, 1, 0, device=mel.device), generator=gen)
+        return speech
+
+    def new_stream(self, seed: int, device: torch.device) -> tuple[HiFTStreamState, torch.Generator]:
+        return HiFTStreamState(), torch.Generator(device=device).manual_seed(seed)
+
+    def chunk(self, stream: tuple[HiFTStreamState, torch.Generator], mel: torch.Tensor,
+              finalize: bool) -> torch.Tensor:
+        state, generator = stream
+        return hift_stream_chunk(self.hift, state, mel, finalize=finalize, generator=generator)
+
+
+class Token2Wav:
+    """The flow and vocoder of one model, shared by every request's session. A family other than CosyVoice2 passes
+    its own flow (a ChunkedFlow) and vocoder."""
+
+    def __init__(self, cfg: ModelConfig, device: str | torch.device = "cpu", flow=None, vocoder=None):
         self.cfg = cfg
         self.device = torch.device(device)
-        self.flow = Flow.from_checkpoint(cfg.flow, cfg.path("flow.pt")).to(self.device).eval()
-        self.hift = HiFT.from_checkpoint(cfg.hift, cfg.path("hift.pt")).to(self.device).eval()
+        self.flow = (flow or Flow.from_checkpoint(cfg.flow, cfg.path("flow.pt"))).to(self.device).eval()
+        self.vocoder = vocoder or HiFTVocoder(HiFT.from_checkpoint(cfg.hift, cfg.path("hift.pt")))
+        self.hift = self.vocoder.hift.to(self.device).eval()
 
     @torch.inference_mode()
     def offline(self, tokens: list[int], prompt: Prompt, seed: int, speed: float = 1.0) -> np.ndarray:
@@ -117,10 +142,7 @@ class Token2Wav:
         mel = self.flow.inference(token, p_tok, p_mel, emb, streaming=False, finalize=True)
         if speed != 1.0:
             mel = F.interpolate(mel, size=int(mel.shape[2] / speed), mode="linear")
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        empty_source = torch.zeros(1, 1, 0, device=self.device)
-        speech, _ = self.hift.inference(mel, empty_source, generator=gen)
-        return speech[0].float().cpu().numpy()
+        return self.vocoder.whole(mel, seed)[0].float().cpu().numpy()
 
     def session(self, prompt: Prompt, seed: int, hop_policy: HopPolicy = HopPolicy(),
                 exact_final: bool = False) -> Token2WavSession:
@@ -128,7 +150,7 @@ class Token2Wav:
 
 
 class Token2WavSession:
-    """One request's streaming state: tokens received, flow cache, HiFT overlap; emits audio chunk by chunk."""
+    """One request's streaming state: tokens received, flow cache, vocoder stream; emits audio chunk by chunk."""
 
     def __init__(self, t2w: Token2Wav, prompt: Prompt, seed: int, hop_policy: HopPolicy, exact_final: bool):
         self.t2w, self.exact_final = t2w, exact_final
@@ -136,8 +158,7 @@ class Token2WavSession:
         self.schedule = ChunkSchedule(hop_policy, first_hop_pad(self.p_tok.shape[1], t2w.cfg.chunk_size),
                                       t2w.cfg.flow.pre_lookahead_len)
         self.flow_state = t2w.flow.stream_start(self.p_tok, self.p_mel, self.emb)
-        self.hift_state = HiFTStreamState()
-        self.generator = torch.Generator(device=t2w.device).manual_seed(seed)
+        self.vocoder_stream = t2w.vocoder.new_stream(seed, t2w.device)
         self.finished = False
 
     @torch.inference_mode()
@@ -165,7 +186,7 @@ class Token2WavSession:
             mel = mel[:, :, sched.offset * self.t2w.cfg.token_mel_ratio:]
         else:
             mel = self.t2w.flow.stream_chunk(self.flow_state, new, finalize=finalize)
-        audio = hift_stream_chunk(self.t2w.hift, self.hift_state, mel, finalize=finalize, generator=self.generator)
+        audio = self.t2w.vocoder.chunk(self.vocoder_stream, mel, finalize)
         if not finalize:
             sched.advance()
         return audio[0].float().cpu().numpy()

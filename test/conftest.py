@@ -47,3 +47,12 @@ def fixture_dir() -> Path:
     if not FIXTURE_DIR.exists():
         pytest.fail(f"parity fixtures not found at {FIXTURE_DIR}")
     return FIXTURE_DIR
+
+
+@pytest.fixture(scope="session")
+def cv3_fixture_dir() -> Path:
+    """The CosyVoice3 parity fixture, beside the CosyVoice2 one."""
+    path = FIXTURE_DIR.parent / "cosyvoice3-tiny"
+    if not path.exists():
+        pytest.fail(f"parity fixtures not found at {path}")
+    return path

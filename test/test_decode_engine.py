@@ -97,25 +97,40 @@ def check_against_reference(engine, reqs, outputs) -> float:
     return worst
 
 
-@pytest.mark.parametrize("hop", ["growing", "fixed"])
-def test_packed_steps_equal_unbatched(cfg, hop):
-    engine = new_engine(cfg, hop)
+def run_packed(engine, cfg) -> float:
+    """Every request of REQUESTS with staggered arrivals; the worst chunk's error to the reference. Nothing is
+    left held afterwards."""
     reqs = make_requests(cfg)
     feeds = {}
     for i, (req_id, prompt, tokens, seed, stream, speed, push) in enumerate(reqs):
         engine.add_request(req_id, prompt, seed, stream, speed)
         feeds[req_id] = (tokens, push, i % 3)  # staggered arrivals
     worst = check_against_reference(engine, reqs, run_until_done(engine, feeds))
-    print(f"{hop}: worst chunk rel L2 {worst:.2e}")
-    assert worst < REL_TOL
     engine.pool.check()
     assert engine.pool.num_outstanding == 0 and engine.slots.num_free == engine.slots.num_slots - 2
+    return worst
+
+
+@pytest.mark.parametrize("hop", ["growing", "fixed"])
+def test_packed_steps_equal_unbatched(cfg, hop):
+    worst = run_packed(new_engine(cfg, hop), cfg)
+    print(f"{hop}: worst chunk rel L2 {worst:.2e}")
+    assert worst < REL_TOL
 
 
 def test_shared_prefix_equals_unshared_and_costs_no_pages(cfg):
     """Streams of one voice share its prompt's first pages (after the first user), with the audio they would get
     alone; the second stream's first chunk computes only the prompt's last chunk and its own tokens."""
     engine = new_engine(cfg, "fixed")
+    worst, first, used_before = run_shared_prefix(engine, cfg)
+    assert [s.num_new for s in first] == [3 + 22 + 25] * 2
+    assert worst < REL_TOL
+    assert engine.pool.num_used == used_before  # the shared pages were the only ones left held
+
+
+def run_shared_prefix(engine, cfg) -> tuple[float, list, int]:
+    """One stream of a voice, then two more of it: (the worst chunk's error, the later ones' first specs, pages
+    used before them). Their first chunks start after the voice's 3 shared pages."""
     vocab = cfg.flow.vocab_size
     prompt = make_prompt(78, vocab, 5)  # 3 pages shareable: (78 - 3 lookahead) // 25
     reqs = [(f"v{i}", prompt, np.random.default_rng(i).integers(0, vocab, 90).tolist(), 40 + i, True, 1.0, 30)
@@ -131,11 +146,9 @@ def test_shared_prefix_equals_unshared_and_costs_no_pages(cfg):
     for req_id, p, tokens, seed, *_ in reqs[1:]:
         engine.add_request(req_id, p, seed, True, prefix_key="voice")
     out.update(run_until_done(engine, {r[0]: (r[2], 30, 0) for r in reqs[1:]}))
-    first = specs[0]
-    assert [s.t0 for s in first] == [75, 75] and [s.num_new for s in first] == [3 + 22 + 25] * 2
-    assert check_against_reference(engine, reqs, out) < REL_TOL
-    assert engine.pool.num_used == used_before  # the shared pages were the only ones left held
+    assert [s.t0 for s in specs[0]] == [75, 75]
     engine.pool.check()
+    return check_against_reference(engine, reqs, out), specs[0], used_before
 
 
 def test_full_reservation_queues_by_pages_and_refuses_what_never_fits(cfg):

@@ -7,7 +7,7 @@ dependency, and is how circles hide).
 
 | layer | packages / modules | what lives there |
 |---|---|---|
-| core | errors, model_config, model_dir, request_rules, sampling | facts and rules every process shares |
+| core | errors, model_config, model_dir, request_rules, sampling, text_tokens | facts and rules every process shares |
 | kernels | kernels | Triton kernels with their torch references |
 | models | models | nn.Modules: shared bodies, `models/<family>/` |
 | engines | frontend, token2wav, llm, decode | text/audio features, the LLM and decode engines |
@@ -36,7 +36,7 @@ import pytest
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "light_tts"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "model_config", "model_dir", "request_rules", "sampling"),
+    ("errors", "model_config", "model_dir", "request_rules", "sampling", "text_tokens"),
     ("kernels",),
     ("models",),
     ("frontend", "token2wav", "llm", "decode"),

@@ -10,7 +10,7 @@ from light_tts.llm.request import LLMRequest, Sequence
 from light_tts.llm.sampler import Sampler, SamplingInputs, pack_sampling
 from light_tts.model_config import RASConfig
 from light_tts.model_dir import load_model_config
-from light_tts.models.cosyvoice2.speech_lm import SpeechLM
+from light_tts.models.speech_lm import SpeechLM
 from light_tts.sampling import GreedySampler, RASSampler
 
 CPU_CFG = dict(data_type="float32", max_req_total_len=512, running_max_req_size=16, max_total_token_num=4096)

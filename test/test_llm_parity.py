@@ -8,7 +8,7 @@ import torch
 
 from light_tts.errors import ModelDirError
 from light_tts.model_config import LLMConfig, QwenConfig
-from light_tts.models.cosyvoice2.speech_lm import SpeechLM, min_max_len
+from light_tts.models.speech_lm import SpeechLM, min_max_len
 from light_tts.sampling import GreedySampler
 
 

@@ -172,7 +172,7 @@ def test_bistream_feeding_order():
     assert s.feeder.next_fill_index == 10  # the last prompt block is completed by 10 generated tokens
     s.num_computed = s.num_tokens
     for i in range(10):
-        assert s.forced_token() is None and s.reject_from() == LAYOUT.eos
+        assert s.forced_token() is None and s.forbids_stop()
         s.append_decoded(100 + i)
     assert s.forced_token() == LAYOUT.fill
     assert s.append_decoded(LAYOUT.fill) == [] and not s.is_ready  # fill: never fed, waits for text
@@ -185,7 +185,7 @@ def test_bistream_feeding_order():
     s.append_decoded(LAYOUT.fill)
     # text ended: the last speech token again, the leftover text, task_id; then decoding runs to a stop id
     assert s.token_ids[-3:] == [214] + t([20]) + [LAYOUT.task_id] and s.feeder.is_final
-    assert s.reject_from() is None and s.forced_token() is None
+    assert not s.forbids_stop() and s.forced_token() is None
     s.append_decoded(LAYOUT.eos)
     assert s.is_finished and s.finish_reason == "stop" and s.num_output == 25
 

@@ -71,19 +71,17 @@ def run_paged(paged: PagedFlow, cache: FlowCache, specs: list[ChunkSpec], bucket
     return [mel[a:a + n] for a, n in zip(inputs.frame_starts, inputs.num_frames)]
 
 
-def test_packed_paged_streams_equal_dense_cache(flow):
-    """The kernels' torch references run here (test_flow_kernels.py checks the Triton kernels against them on the
-    engine's strided views: the interpreter is too slow for whole passes)."""
-    cfg, f = flow
-    shape = FlowCacheShape.from_config(cfg.flow)
-    cache = FlowCache(shape, NUM_PAGES, NUM_SLOTS, torch.float32, torch.float32, torch.device("cpu"))
-    paged = PagedFlow(f, cache, MAX_TOKENS)
-    pool = PagePool(NUM_PAGES)
-    # prompts of different lengths (on and off chunk boundaries); the shortest stream ends before its first hop
-    streams = [Stream(f, f"s{i}", p, n, 10 + i, 20 + i) for i, (p, n) in enumerate([(30, 90), (50, 60), (12, 20)])]
+def admit(f, streams: list[Stream], pool: PagePool, cache) -> None:
+    """Stream i gets pages in the pool and slot 1 + i (its speaker vector there)."""
     for i, s in enumerate(streams):
         pool.admit(s.name, MAX_TOKENS // 25)
         cache.spks[1 + i] = f._speaker(s.emb)[0]
+
+
+def drive(f, streams: list[Stream], pool: PagePool, cache, run) -> float:
+    """Every stream chunk by chunk, all live streams packed into each pass (run(specs) -> each row's mel); the
+    worst chunk's relative error to the dense cache (f.stream_chunk)."""
+    admit(f, streams, pool, cache)
     worst = 0.0
     while not all(s.done for s in streams):
         live = [(i, s) for i, s in enumerate(streams) if not s.done]
@@ -92,8 +90,7 @@ def test_packed_paged_streams_equal_dense_cache(flow):
             new, finalize = s.next_chunk()
             specs.append(make_spec(s, pool, 1 + i, new, finalize, read_slot=0 if s.t0 == 0 else 1 + i))
             expected.append(f.stream_chunk(s.dense, torch.tensor([new], dtype=torch.int32), finalize))
-        got = run_paged(paged, cache, specs)
-        for (i, s), spec, mel, ref in zip(live, specs, got, expected):
+        for (i, s), spec, mel, ref in zip(live, specs, run(specs), expected):
             p = s.p_tok.shape[1]
             mel = mel[max(0, 2 * p - 2 * s.t0):].t()[None]  # the dense flow drops the prompt's frames
             assert mel.shape == ref.shape
@@ -103,6 +100,19 @@ def test_packed_paged_streams_equal_dense_cache(flow):
                 s.done = True
             else:
                 s.schedule.advance()
+    return worst
+
+
+def test_packed_paged_streams_equal_dense_cache(flow):
+    """The kernels' torch references run here (test_flow_kernels.py checks the Triton kernels against them on the
+    engine's strided views: the interpreter is too slow for whole passes)."""
+    cfg, f = flow
+    shape = FlowCacheShape.from_config(cfg.flow)
+    cache = FlowCache(shape, NUM_PAGES, NUM_SLOTS, torch.float32, torch.float32, torch.device("cpu"))
+    paged = PagedFlow(f, cache, MAX_TOKENS)
+    # prompts of different lengths (on and off chunk boundaries); the shortest stream ends before its first hop
+    streams = [Stream(f, f"s{i}", p, n, 10 + i, 20 + i) for i, (p, n) in enumerate([(30, 90), (50, 60), (12, 20)])]
+    worst = drive(f, streams, PagePool(NUM_PAGES), cache, lambda specs: run_paged(paged, cache, specs))
     print(f"paged vs dense worst chunk rel L2 {worst:.2e}")
     assert worst < 1e-5
 
@@ -115,9 +125,7 @@ def test_whole_utterance_and_bucket_padding_equal_dense(flow):
     paged = PagedFlow(f, cache, MAX_TOKENS)
     pool = PagePool(NUM_PAGES)
     a, b = Stream(f, "a", 40, 70, 1, 2), Stream(f, "b", 25, 80, 3, 4)
-    for i, s in enumerate((a, b)):
-        pool.admit(s.name, MAX_TOKENS // 25)
-        cache.spks[1 + i] = f._speaker(s.emb)[0]
+    admit(f, [a, b], pool, cache)
     whole = make_spec(a, pool, 1, a.tokens, finalize=True, read_slot=0)
     whole.full_attention = True
     new, _ = b.next_chunk()

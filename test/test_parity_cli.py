@@ -20,6 +20,15 @@ def test_parity_cli_passes_on_fixture(fixture_dir):
     assert "0 failed" in result.stdout
 
 
+def test_parity_cli_passes_on_cosyvoice3_fixture(cv3_fixture_dir):
+    """The directory's family (cosyvoice3.yaml) picks the checks: LLM log-probs and greedy runs (early stop,
+    instruct), flow mels, HiFT audio and noise tables, every streamed chunk, the frontend's inputs."""
+    result = run_cli(cv3_fixture_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "24 passed, 0 failed" in result.stdout
+    assert "stream chunk count and sizes" in result.stdout and "instruct greedy tokens" in result.stdout
+
+
 def test_parity_cli_fails_on_perturbed_weights(fixture_dir, tmp_path):
     d = tmp_path / "perturbed"
     shutil.copytree(fixture_dir, d)

@@ -17,7 +17,6 @@ from light_tts.decode.flow_inputs import ChunkSpec
 from light_tts.decode.scheduler import SchedulerConfig
 from light_tts.frontend.prompt import Prompt
 from light_tts.model_config import ModelConfig
-from light_tts.model_dir import load_model_config
 from light_tts.models.cosyvoice2.flow import Flow
 from light_tts.models.cosyvoice2.hift import HiFT
 from light_tts.models.cosyvoice2.hift.streaming import MEL_CACHE_LEN, HiFTStreamState, hift_stream_chunk
@@ -44,9 +43,15 @@ def random_model_dir(out: Path) -> ModelConfig:
 
 
 def model_config(model_dir: Path) -> ModelConfig:
-    """A model directory with its config (e.g. the tiny fixture, for a CPU check), else random full-size weights
-    written there."""
-    return load_model_config(model_dir) if (model_dir / "cosyvoice2.yaml").exists() else random_model_dir(model_dir)
+    """The config of the model in `model_dir` (any family: the tiny fixture for a CPU check, or `make_model DIR
+    --family cosyvoice3 --size full`), else a CosyVoice2 codec with random full-size weights written there."""
+    from light_tts.errors import ModelDirError
+    from light_tts.families import family_of
+
+    try:
+        return family_of(model_dir).load_model_config(model_dir)
+    except ModelDirError:
+        return random_model_dir(model_dir)
 
 
 def make_prompt(seed: int, num_tokens: int = PROMPT_TOKENS) -> Prompt:
@@ -69,8 +74,11 @@ def make_engine(cfg: ModelConfig, dtype: str, kv: str | None, graphs: bool, num_
     limits = EngineLimits(max_stream_tokens=800, max_prompt_tokens=150, max_pass_tokens=max_pass_tokens,
                           num_pages=num_pages, kv_dtype=kv, **VARIANTS[variant])
     started = time.perf_counter()
-    engine = DecodeEngine(cfg, device, max_batch_size=max_batch_size, hop_policy=HopPolicy("fixed"),
-                          dtype=DTYPES[dtype], use_cuda_graph=graphs, limits=limits)
+    from light_tts.families import family_named
+
+    engine = family_named(cfg.family).decode_engine(cfg, device=device, max_batch_size=max_batch_size,
+                                                    hop_policy=HopPolicy("fixed"), dtype=DTYPES[dtype],
+                                                    use_cuda_graph=graphs, limits=limits)
     # lockstep throughput: every ready chunk runs (no deadline deferral: the bench has no listeners)
     engine.sched_cfg = SchedulerConfig(engine.sched_cfg.max_rows, engine.sched_cfg.max_tokens, fill_horizon_s=1e9)
     memory = f", {torch.cuda.memory_allocated() / 1e9:.1f} GB allocated" if engine.device.type == "cuda" else ""

@@ -9,7 +9,7 @@ CosyVoice2's released dimensions with random weights (llm_models.py).
 Measures: decode step latency (engine.step(): forward, sampling, scheduling) at several batch sizes with and
 without CUDA graphs at ~300 tokens of context; prefill latency of one request; tokens/s with 64 concurrent
 requests; the same tokens/s of a plain eager loop, one request at a time with a per-request growing KV cache
-(light_tts.models.cosyvoice2.speech_lm, the upstream way; sampling on the device as upstream, and on the host); and a
+(light_tts.models.speech_lm, the upstream way; sampling on the device as upstream, and on the host); and a
 log-prob check of the engine against the float32 reference. (Orpheus has no eager baseline here: its upstream
 way is vLLM, not a loop of ours.)
 """
@@ -27,7 +27,7 @@ import torch
 from light_tts.bench.llm_models import CosyVoiceBench, bench_model
 from light_tts.llm.engine import EngineConfig, LLMEngine
 from light_tts.llm.sampler import Sampler, SamplingInputs, pack_sampling
-from light_tts.models.cosyvoice2.speech_lm import SpeechLM
+from light_tts.models.speech_lm import SpeechLM
 from light_tts.sampling import RASSampler
 
 LOGPROB_TOL = 0.1  # max |log-prob difference| to the float32 reference accepted for bf16/fp16 weights

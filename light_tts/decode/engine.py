@@ -25,13 +25,17 @@ import torch
 import torch.nn.functional as F
 
 from light_tts.decode.engine_admission import EngineAdmission
-from light_tts.decode.engine_setup import EngineLimits, build_runtime, is_on
+from light_tts.decode.engine_setup import (EngineLimits, FlowParts, build_runtime, capture_hift_graphs, hift_peak_pass,
+                                           is_on)
+from light_tts.decode.flow_cache import FlowCache, FlowCacheShape
 from light_tts.decode.flow_inputs import ChunkSpec
 from light_tts.decode.hift_stage import HiFTStage
+from light_tts.decode.paged_flow import PagedFlow
 from light_tts.decode.request import DecodeRequest
 from light_tts.decode.scheduler import Candidate, SchedulerConfig, StepTimeModel, schedule, urgent_before
 from light_tts.frontend.prompt import Prompt
 from light_tts.model_config import ModelConfig
+from light_tts.models.cosyvoice2.hift.streaming import HiFTStreamState
 from light_tts.token2wav import ChunkSchedule, HopPolicy, Token2Wav, first_hop_pad
 
 logger = logging.getLogger(__name__)
@@ -86,14 +90,11 @@ class DecodeEngine(EngineAdmission):
                  use_cuda_graph: bool = True, limits: EngineLimits = EngineLimits(), clock=time.monotonic):
         self.cfg, self.device, self.hop_policy, self.dtype = model_cfg, torch.device(device), hop_policy, dtype
         self.max_batch_size, self.limits, self.clock = max_batch_size, limits, clock
-        self.t2w = Token2Wav(model_cfg, self.device)
+        self.t2w = self.make_token2wav(model_cfg)
         self.flow = self.t2w.flow.to(dtype)
         self.hift = self.t2w.hift  # its source phases and iSTFT stay in float32; its convs may not (limits)
-        if is_on(limits.hift_half, self.device):
-            self.hift.set_conv_dtype(torch.float16)
-        self.keyed_noise = is_on(limits.keyed_noise, self.device)
-        self.hift_stage = HiFTStage(self.hift, self.device, self.keyed_noise,
-                                    is_on(limits.overlap_hift, self.device), self._fail)
+        self.keyed_noise = False  # counter-based HiFT noise (make_vocoder_stage decides)
+        self.hift_stage = self.make_vocoder_stage()
         self.use_cuda_graph = use_cuda_graph
         rt = build_runtime(self, use_cuda_graph)
         self.cache, self.pool, self.runner, self.slots = rt.cache, rt.pool, rt.runner, rt.slots
@@ -108,6 +109,37 @@ class DecodeEngine(EngineAdmission):
         self.stalled_until = -math.inf  # the last step ran nothing: step again then, or when something changes
         self.admissions = 0  # admission order
         self.waits: list[tuple[str, str, str]] = []  # (request, reason, detail) of each wait that began
+
+    # ---- what a family's engine changes (dit_engine.py: CosyVoice3); CosyVoice2's flow and HiFT here ----
+
+    def make_token2wav(self, model_cfg: ModelConfig) -> Token2Wav:
+        return Token2Wav(model_cfg, self.device)
+
+    def flow_parts(self) -> FlowParts:
+        """The pool's geometry, its tensors and the packed pass (engine_setup.build_runtime builds them)."""
+        shape = FlowCacheShape.from_config(self.cfg.flow)
+        assert list(shape.tail_channels) == self.flow.decoder.estimator.tail_channels
+        return FlowParts(shape, FlowCache, PagedFlow)
+
+    def make_vocoder_stage(self) -> HiFTStage:
+        """The step's mel -> audio stage (vocode, has_pending, drop): HiFT with the hot-path variants the limits
+        turn on (fp16 convolutions, keyed noise, overlap with the next flow pass)."""
+        if is_on(self.limits.hift_half, self.device):
+            self.hift.set_conv_dtype(torch.float16)
+        self.keyed_noise = is_on(self.limits.keyed_noise, self.device)
+        return HiFTStage(self.hift, self.device, self.keyed_noise, is_on(self.limits.overlap_hift, self.device),
+                         self._fail)
+
+    def new_vocoder_state(self):
+        """A request's vocoder stream state before its first chunk."""
+        return HiFTStreamState()
+
+    def capture_vocoder_graphs(self) -> None:
+        capture_hift_graphs(self)
+
+    def vocoder_peak_pass(self) -> None:
+        """The vocoder's largest pass (the pool is sized after it)."""
+        hift_peak_pass(self)
 
     # ---- API of the decode process ----
 
@@ -125,8 +157,8 @@ class DecodeEngine(EngineAdmission):
         emb = torch.as_tensor(prompt.embedding, dtype=torch.float32, device=self.device)[None]
         req = DecodeRequest(req_id, stream, speed, schedule_, p_tok, np.asarray(prompt.mel, dtype=np.float32), emb,
                             gen, min(max_tokens or self.limits.max_stream_tokens, self.limits.max_stream_tokens),
-                            prefix_key if stream else None, self.clock(), audio_start=audio_start,
-                            samples_sent=samples_sent, seed=seed)
+                            prefix_key if stream else None, self.clock(), hift_state=self.new_vocoder_state(),
+                            audio_start=audio_start, samples_sent=samples_sent, seed=seed)
         if stream and speed != 1.0:
             req.error = "speed change is only supported for non-stream requests"
         elif len(p_tok) > self.limits.max_prompt_tokens or req.mel_mismatch():
@@ -212,7 +244,8 @@ class DecodeEngine(EngineAdmission):
         self.stats.waiting_for_pages = len(plan.waiting)
         if jobs or self.hift_stage.has_pending():
             outputs += self._run(jobs, now)
-        self.stalled_until = -math.inf if outputs or self.hift_stage.has_pending() else (now + WAIT_POLL_S if candidates else math.inf)
+        busy = outputs or self.hift_stage.has_pending()
+        self.stalled_until = -math.inf if busy else (now + WAIT_POLL_S if candidates else math.inf)
         self._update_stats()
         return outputs
 

@@ -10,12 +10,11 @@ from dataclasses import dataclass
 
 import torch
 
-from light_tts.decode.flow_cache import KV_DTYPES, FlowCache, FlowCacheShape, pages_for_bytes
+from light_tts.decode.flow_cache import KV_DTYPES, FlowCache, pages_for_bytes
 from light_tts.decode.flow_inputs import Bucket
 from light_tts.decode.flow_runner import FlowRunner, make_buckets
 from light_tts.decode.hift_graph import HiFTGraphs
 from light_tts.decode.page_pool import PagePool
-from light_tts.decode.paged_flow import PagedFlow
 from light_tts.models.cosyvoice2.hift.streaming import MEL_CACHE_LEN
 
 logger = logging.getLogger(__name__)
@@ -71,9 +70,20 @@ class SlotPool:
             self.free_slots.append(slot)
 
 
+@dataclass(frozen=True)
+class FlowParts:
+    """What a family's flow brings to the runtime (DecodeEngine.flow_parts): its pool geometry (page_bytes,
+    slot_bytes), the pool class (shape, pages, slots, act dtype, kv dtype, device) and its packed pass (flow,
+    cache, max_tokens) with build_inputs(specs, device, bucket, table_width)."""
+
+    shape: object
+    cache_cls: type
+    paged_cls: type
+
+
 @dataclass
 class Runtime:
-    cache: FlowCache
+    cache: FlowCache  # or a family's subclass (DiTCache)
     pool: PagePool
     runner: FlowRunner
     slots: SlotPool
@@ -82,8 +92,8 @@ class Runtime:
 def build_runtime(engine, use_cuda_graph: bool) -> Runtime:
     """HiFT graphs -> warm-up -> pool sized from what is left -> flow graphs (which read the pool in place)."""
     limits, device, flow = engine.limits, engine.device, engine.flow
-    shape = FlowCacheShape.from_config(engine.cfg.flow)
-    assert list(shape.tail_channels) == flow.decoder.estimator.tail_channels
+    parts = engine.flow_parts()
+    shape = parts.shape
     act_dtype = engine.dtype
     kv_dtype = KV_DTYPES[limits.kv_dtype] if limits.kv_dtype else act_dtype
     num_slots = 2 + limits.max_streams + limits.max_prefixes
@@ -92,22 +102,15 @@ def build_runtime(engine, use_cuda_graph: bool) -> Runtime:
     buckets = make_buckets(limits.max_pass_tokens, engine.max_batch_size)
     graphs = is_cuda and use_cuda_graph
     if graphs:  # HiFT's graphs first: the memory they hold is then gone before the pool is sized
-        hift_graphs = HiFTGraphs(engine.hift, keyed=engine.keyed_noise)
-        frames = 2 * engine.hop_policy.first + MEL_CACHE_LEN  # a middle chunk plus the re-vocoded overlap
-        hift_graphs.capture(min(engine.max_batch_size, HIFT_MAX_ROWS),
-                            [(frames, MEL_CACHE_LEN * engine.hift.samples_per_frame)])
-        if engine.keyed_noise:
-            engine.hift.keyed_runner = hift_graphs
-        else:
-            engine.hift.runner = hift_graphs
+        engine.capture_vocoder_graphs()
     if limits.num_pages is not None:
         num_pages = limits.num_pages
     elif not is_cuda:
         num_pages = max(8, min(4096, pages_for_bytes(shape, CPU_POOL_BYTES, num_slots, act_dtype, kv_dtype)))
     else:
-        num_pages = _pages_after_warmup(engine, shape, num_slots, max_tokens, buckets[-1], kv_dtype)
-    cache = FlowCache(shape, num_pages, num_slots, act_dtype, kv_dtype, device)
-    runner = FlowRunner(PagedFlow(flow, cache, max_tokens, fused=is_on(limits.fused_flow, device)), buckets,
+        num_pages = _pages_after_warmup(engine, parts, num_slots, max_tokens, buckets[-1], kv_dtype)
+    cache = parts.cache_cls(shape, num_pages, num_slots, act_dtype, kv_dtype, device)
+    runner = FlowRunner(parts.paged_cls(flow, cache, max_tokens, fused=is_on(limits.fused_flow, device)), buckets,
                         limits.max_stream_pages, graphs)
     logger.info("flow-cache pool: %d pages of %.1f MB (%s keys/values), %.2f GB in all, %d slots", num_pages,
                 shape.page_bytes(kv_dtype, act_dtype) / 1e6, str(kv_dtype).replace("torch.", ""), cache.nbytes / 1e9,
@@ -122,27 +125,45 @@ def is_on(option: bool | None, device: torch.device) -> bool:
     return option if option is not None else device.type == "cuda"
 
 
-def _pages_after_warmup(engine, shape: FlowCacheShape, num_slots: int, max_tokens: int, largest, kv_dtype) -> int:
+def capture_hift_graphs(engine) -> None:
+    """CosyVoice2's HiFT graphs: middle chunks of the hop policy (their frames plus the re-vocoded overlap), with
+    keyed noise or generator-drawn noise as the engine runs it."""
+    hift_graphs = HiFTGraphs(engine.hift, keyed=engine.keyed_noise)
+    frames = 2 * engine.hop_policy.first + MEL_CACHE_LEN
+    hift_graphs.capture(min(engine.max_batch_size, HIFT_MAX_ROWS),
+                        [(frames, MEL_CACHE_LEN * engine.hift.samples_per_frame)])
+    if engine.keyed_noise:
+        engine.hift.keyed_runner = hift_graphs
+    else:
+        engine.hift.runner = hift_graphs
+
+
+def hift_peak_pass(engine) -> None:
+    """CosyVoice2's largest HiFT pass: HIFT_MAX_ROWS first chunks of the longest first hop, no overlap yet."""
+    hift = engine.hift
+    frames = 2 * (engine.hop_policy.first + 25) + MEL_CACHE_LEN
+    with torch.inference_mode():
+        hift.inference(torch.zeros(HIFT_MAX_ROWS, hift.cfg.in_channels, frames, device=engine.device))
+
+
+def _pages_after_warmup(engine, parts: FlowParts, num_slots: int, max_tokens: int, largest, kv_dtype) -> int:
     """Runs the largest pass eagerly on a small pool to learn the activation peak, then sizes the pool from what
     is left: mem_fraction of the free memory, minus that peak (graph captures reuse it) and a HiFT margin. The
     largest pass is the largest bucket, or the longest utterance when that is longer: a non-stream utterance (or a
     long stream's recompute) past the largest bucket runs eagerly, alone."""
-    device, act_dtype = engine.device, engine.dtype
+    device, act_dtype, shape = engine.device, engine.dtype, parts.shape
     largest = Bucket(max(largest.num_tokens, max_tokens), largest.num_rows)
-    probe = FlowCache(shape, 4, 4, act_dtype, kv_dtype, device)
+    probe = parts.cache_cls(shape, 4, 4, act_dtype, kv_dtype, device)
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
-    FlowRunner(PagedFlow(engine.flow, probe, max_tokens, fused=is_on(engine.limits.fused_flow, device)), [largest],
-               engine.limits.max_stream_pages, False).peak_pass(largest)
+    FlowRunner(parts.paged_cls(engine.flow, probe, max_tokens, fused=is_on(engine.limits.fused_flow, device)),
+               [largest], engine.limits.max_stream_pages, False).peak_pass(largest)
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - before
     del probe
     torch.cuda.reset_peak_memory_stats(device)
-    hift = engine.hift  # its largest pass: HIFT_MAX_ROWS first chunks of the longest first hop, no overlap yet
-    frames = 2 * (engine.hop_policy.first + 25) + MEL_CACHE_LEN
-    with torch.inference_mode():
-        hift.inference(torch.zeros(HIFT_MAX_ROWS, hift.cfg.in_channels, frames, device=device))
+    engine.vocoder_peak_pass()
     torch.cuda.synchronize(device)
     hift_peak = torch.cuda.max_memory_allocated(device) - before
     torch.cuda.empty_cache()

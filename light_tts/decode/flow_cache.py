@@ -77,21 +77,28 @@ class FlowCache:
     def __init__(self, shape: FlowCacheShape, num_pages: int, num_slots: int, act_dtype: torch.dtype,
                  kv_dtype: torch.dtype, device: torch.device):
         s = shape
-        self.shape, self.num_pages, self.num_slots = shape, num_pages, num_slots
-        self.act_dtype, self.kv_dtype, self.device = act_dtype, kv_dtype, device
-        self.scratch_page = num_pages
+        self._init_pages(shape, num_pages, num_slots, act_dtype, kv_dtype, device,
+                         (s.num_est_blocks, s.est_heads, s.est_head_dim))
         pages = num_pages + 1
         zeros = lambda *dims, dtype=act_dtype: torch.zeros(*dims, dtype=dtype, device=device)  # noqa: E731
-        self.est_kv = zeros(pages, s.num_steps, s.num_est_blocks, 2, 2, s.est_heads, s.page_frames,
-                            s.est_head_dim, dtype=kv_dtype)
-        self.est_scale = (zeros(pages, s.num_steps, s.num_est_blocks, 2, 2, s.est_heads, dtype=torch.float32)
-                          if kv_dtype == torch.float8_e4m3fn else None)
         self.enc_kv = zeros(pages, s.enc_blocks, 2, 1, s.enc_heads, s.page_tokens, s.enc_head_dim)
         self.up_kv = zeros(pages, s.enc_up_blocks, 2, 1, s.enc_heads, s.page_frames, s.enc_head_dim)
         self.la_tails = zeros(num_slots, 2, s.enc_dim)
         self.up_tails = zeros(num_slots, 4, s.enc_dim)
         self.est_tails = [zeros(s.num_steps, num_slots, 2, 2, c) for c in s.tail_channels]
         self.spks = zeros(num_slots, s.out_channels)
+
+    def _init_pages(self, shape, num_pages: int, num_slots: int, act_dtype: torch.dtype, kv_dtype: torch.dtype,
+                    device: torch.device, est_dims: tuple[int, int, int]) -> None:
+        """The estimator's keys/values (est_dims: blocks, heads, head_dim per CFM step) and fp8 scales, and the
+        pool's bookkeeping (a family's cache builds its own slot tensors beside them)."""
+        self.shape, self.num_pages, self.num_slots = shape, num_pages, num_slots
+        self.act_dtype, self.kv_dtype, self.device = act_dtype, kv_dtype, device
+        self.scratch_page = num_pages
+        blocks, heads, head_dim = est_dims
+        dims = (num_pages + 1, shape.num_steps, blocks, 2, 2, heads)
+        self.est_kv = torch.zeros(*dims, shape.page_frames, head_dim, dtype=kv_dtype, device=device)
+        self.est_scale = torch.zeros(dims, device=device) if kv_dtype == torch.float8_e4m3fn else None
 
     def est_view(self, step: int, block: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Keys/values (and fp8 scales) of one estimator call's block: [pages, 2, 2, H, PAGE, D]."""
@@ -100,10 +107,9 @@ class FlowCache:
 
     @property
     def nbytes(self) -> int:
-        tensors = [self.est_kv, self.enc_kv, self.up_kv, self.la_tails, self.up_tails, self.spks, *self.est_tails]
-        if self.est_scale is not None:
-            tensors.append(self.est_scale)
-        return sum(t.numel() * t.element_size() for t in tensors)
+        """Bytes of every tensor the pool holds (lists of tensors included)."""
+        values = [v for value in vars(self).values() for v in (value if isinstance(value, list) else [value])]
+        return sum(t.numel() * t.element_size() for t in values if isinstance(t, torch.Tensor))
 
 
 def pages_for_bytes(shape: FlowCacheShape, budget: int, num_slots: int, act_dtype: torch.dtype,

@@ -201,19 +201,36 @@ def _page_writes(table: list[int], first_pos: int, num: int, page: int, row0: in
     return [(table[(first_pos + f) // page], branch, row0 + f, min(page, num - f)) for f in range(0, num, page)]
 
 
+def pass_sizes(specs: list[ChunkSpec], bucket: Bucket | None) -> tuple[int, int, int, int, int]:
+    """(new tokens, input tokens (lookahead included), and the padded rows, new tokens and input tokens: the
+    bucket's, or the exact counts without one)."""
+    mt, mt_in = sum(s.num_new for s in specs), sum(len(s.tokens) for s in specs)
+    if bucket is None:
+        return mt, mt_in, len(specs), mt, mt_in
+    assert bucket.fits(specs), (bucket, len(specs), mt)
+    return mt, mt_in, bucket.num_rows, bucket.num_tokens, bucket.num_input_tokens
+
+
+def page_table_array(specs: list[ChunkSpec], num_rows: int, scratch_page: int, bucket: Bucket | None,
+                     table_width: int) -> np.ndarray:
+    """[rows, pages] int32: each row's pages (dropped ones, -1, and padding read the scratch page), `table_width`
+    wide in a bucket."""
+    max_pages = max([len(s.page_table) for s in specs] + [1])
+    if bucket is not None:
+        assert max_pages <= table_width, (max_pages, table_width)
+        max_pages = table_width
+    page_table = np.full((num_rows, max_pages), scratch_page, dtype=np.int32)
+    for r, s in enumerate(specs):
+        page_table[r, :len(s.page_table)] = [p if p >= 0 else scratch_page for p in s.page_table]
+    return page_table
+
+
 def build_flow_inputs(specs: list[ChunkSpec], shape: FlowCacheShape, num_slots: int, scratch_page: int,
                       device: torch.device, bucket: Bucket | None = None, table_width: int = 0) -> FlowInputs:
     """The pass's index tensors. bucket=None: exact sizes (eager); else padded to the bucket's static shapes,
     with page tables `table_width` pages wide (the most pages a stream may hold)."""
     ratio = shape.page_frames // shape.page_tokens
-    num_rows = len(specs)
-    mt = sum(s.num_new for s in specs)
-    mt_in = sum(len(s.tokens) for s in specs)
-    if bucket is not None:
-        assert bucket.fits(specs), (bucket, num_rows, mt)
-    r_pad = bucket.num_rows if bucket else num_rows
-    mt_pad = bucket.num_tokens if bucket else mt
-    mt_in_pad = bucket.num_input_tokens if bucket else mt_in
+    mt, mt_in, r_pad, mt_pad, mt_in_pad = pass_sizes(specs, bucket)
     mf, mf_pad = ratio * mt, ratio * mt_pad
     trash = num_slots - 1
     la, up, est = _Taps(EST_TAPS, LA_TAIL), _Taps(UP_TAPS, UP_TAIL), _Taps(EST_TAPS, EST_TAIL)
@@ -222,17 +239,12 @@ def build_flow_inputs(specs: list[ChunkSpec], shape: FlowCacheShape, num_slots: 
     tokens, x_rows, la_in_taps = [], [], []
     noise_frames, spk_slots = [], []
     cond = np.zeros((mf_pad, shape.out_channels), dtype=np.float32)
-    max_pages = max([len(s.page_table) for s in specs] + [1])
-    if bucket is not None:
-        assert max_pages <= table_width, (max_pages, table_width)
-        max_pages = table_width
-    page_table = np.full((r_pad, max_pages), scratch_page, dtype=np.int32)
+    page_table = page_table_array(specs, r_pad, scratch_page, bucket, table_width)
     frame_starts, num_frames = [], []
     tok_in = tok = 0
     for r, s in enumerate(specs):
         n, f0 = s.num_new, ratio * s.t0
         mode = 1 if s.full_attention else 0
-        page_table[r, :len(s.page_table)] = [p if p >= 0 else scratch_page for p in s.page_table]  # -1: dropped
         tokens += s.tokens
         x_rows += range(tok_in, tok_in + n)
         # lookahead conv1: token i and the next 3 inputs of the row (zeros past the row's tokens)

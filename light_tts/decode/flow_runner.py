@@ -1,4 +1,5 @@
-"""Runs the engine's paged flow passes: one CUDA graph per bucket, all captured at startup, eager otherwise.
+"""Runs the engine's paged flow passes (a family's packed pass: PagedFlow, PagedDiT): one CUDA graph per bucket,
+all captured at startup, eager otherwise.
 
 A pass is padded to the smallest bucket (tokens, rows) that holds it; every input of a bucket has fixed shapes
 (flow_inputs.py pads them), and the graph reads the pool's pages and slots in place, so a replay is a copy of the
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from light_tts.decode.flow_inputs import Bucket, ChunkSpec, FlowInputs, build_flow_inputs
+from light_tts.decode.flow_inputs import Bucket, ChunkSpec, FlowInputs
 from light_tts.decode.paged_flow import PagedFlow
 
 logger = logging.getLogger(__name__)
@@ -59,9 +60,7 @@ class FlowRunner:
         self.pool = None
 
     def build(self, specs: list[ChunkSpec], bucket: Bucket | None, device: torch.device | None = None) -> FlowInputs:
-        c = self.cache
-        return build_flow_inputs(specs, c.shape, c.num_slots, c.scratch_page, device or c.device, bucket,
-                                 self.table_width)
+        return self.paged.build_inputs(specs, device, bucket, self.table_width)
 
     def bucket_for(self, specs: list[ChunkSpec]) -> Bucket | None:
         return next((b for b in self.buckets if b.fits(specs)), None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from light_tts.decode.flow_cache import FlowCache
-from light_tts.decode.flow_inputs import FlowInputs
+from light_tts.decode.flow_inputs import FlowInputs, build_flow_inputs
 from light_tts.decode.fused_estimator import FusedEstimator
 from light_tts.decode.paged_encoder import PagedEncoder
 from light_tts.decode.paged_estimator import PagedEstimator
@@ -28,20 +28,15 @@ class PagedFlow:
         self.flow, self.cache, self.use_triton = flow, cache, use_triton
         cfm = flow.decoder
         self.encoder = PagedEncoder(flow.encoder, max_tokens, fused)
-        # the CFM's Euler times, accumulated as CausalConditionalCFM.solve does (same float rounding)
-        t_span = cfm.time_span(cache.device)
-        t, dt = t_span[0:1], t_span[1] - t_span[0]
-        self.times, self.dts = [], []
-        for step in range(1, len(t_span)):
-            self.times.append(t.clone())
-            self.dts.append(dt.clone())
-            t = t + dt
-            if step < len(t_span) - 1:
-                dt = t_span[step + 1] - t
+        self.times, self.dts = cfm.euler_times(cache.device)  # as CausalConditionalCFM.solve accumulates them
         self.estimator = PagedEstimator(flow, self.times)
         self.fused = FusedEstimator(self.estimator, use_triton) if fused else None
         self.dt_values = [float(dt) for dt in self.dts]  # for the fused steps' launches (no host sync in a graph)
         self.rate = cfm.cfg.inference_cfg_rate
+
+    def build_inputs(self, specs, device=None, bucket=None, table_width: int = 0) -> FlowInputs:
+        c = self.cache
+        return build_flow_inputs(specs, c.shape, c.num_slots, c.scratch_page, device or c.device, bucket, table_width)
 
     @torch.inference_mode()
     def __call__(self, inputs: FlowInputs) -> torch.Tensor:

@@ -9,6 +9,7 @@ counts from the start).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ class DecodeRequest:
     max_tokens: int  # speech tokens this request may reach (its page budget is sized from it)
     prefix_key: str | None  # the voice: streams of one voice share its prompt's first pages
     arrival: float
-    hift_state: HiFTStreamState = field(default_factory=HiFTStreamState)
+    hift_state: Any = field(default_factory=HiFTStreamState)  # the engine's vocoder stream (new_vocoder_state)
     is_last: bool = False  # every token has arrived
     error: str | None = None  # set when the request failed; reported by the next step
     error_kind: str = "bad_request"  # its light_tts.errors kind

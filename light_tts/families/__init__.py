@@ -1,9 +1,10 @@
 """Model families: which family a model directory holds, and which module serves it.
 
 A family is recognised once, from its directory (the yaml upstream's `AutoModel` reads, or another marker file),
-and then supplies everything family-specific through its module in this package (`cosyvoice2.py`, ...): the
-model configuration, the LLM's prompt builder and stop rule, the codec the decode processes run, and its voices.
-The processes ask the family; they never branch on its name. Each family's nn.Modules live in
+and then supplies everything family-specific through the ModelFamily object of its module in this package
+(`cosyvoice2.py`, ...; the interface is base.py): the model configuration, the LLM's prompt builder and stop
+rule, the codec the decode processes run, its frontend. The processes ask the family; they never branch on its
+name. Each family's nn.Modules live in
 `light_tts/models/<family>/`, its engine parts beside the shared engines (`llm/`, `decode/`).
 
 This module is the registry and imports nothing heavy: the server's HTTP workers use it to name a directory's
@@ -16,9 +17,12 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from typing import TYPE_CHECKING
 
 from light_tts.errors import ModelDirError
+
+if TYPE_CHECKING:
+    from light_tts.families.base import ModelFamily
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ def _is_orpheus(config_json: Path) -> bool:
 
 FAMILIES: tuple[FamilySpec, ...] = (
     FamilySpec("cosyvoice2", "cosyvoice2.yaml", "light_tts.families.cosyvoice2"),
+    FamilySpec("cosyvoice3", "cosyvoice3.yaml", "light_tts.families.cosyvoice3"),
     FamilySpec("orpheus", "config.json", "light_tts.families.orpheus", _is_orpheus),
 )
 
@@ -65,6 +70,19 @@ def detect_family(model_dir: str | Path) -> FamilySpec:
     raise ModelDirError(f"{model_dir} holds no model this server knows: expected one of {known}")
 
 
-def load_family(spec: FamilySpec) -> ModuleType:
-    """The family's implementation module (imported on first use, by the processes that run the family)."""
-    return importlib.import_module(spec.module)
+def load_family(spec: FamilySpec) -> ModelFamily:
+    """The family's ModelFamily (its module imported on first use, by the processes that run the family)."""
+    return importlib.import_module(spec.module).FAMILY
+
+
+def family_of(model_dir: str | Path) -> ModelFamily:
+    """The family serving a model directory (detect_family + load_family)."""
+    return load_family(detect_family(model_dir))
+
+
+def family_named(name: str) -> ModelFamily:
+    """The family registered as `name` (ModelConfig.family says which family read a config)."""
+    for spec in FAMILIES:
+        if spec.name == name:
+            return load_family(spec)
+    raise ValueError(f"unknown model family {name!r} (known: {', '.join(family_names())})")

@@ -1,40 +1,91 @@
 """CosyVoice2-0.5B (`cosyvoice2.yaml`): the Qwen2 speech LM, the conformer + CFM flow and HiFT.
 
-The first family: what it supplies is what the engines were written for, so each entry here names the existing
-code. Other families implement the same names.
+The first family: its modules are in models/cosyvoice2/, its engines are the shared ones (llm/, decode/) as they
+were written for it, so each method here names existing code.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from light_tts.model_config import ModelConfig
-from light_tts.model_dir import YAML_NAME, check_complete, load_model_config
+from light_tts.families.base import CROSS_LINGUAL, INSTRUCT, ZERO_SHOT, LLMPrompt, ModelFamily
+from light_tts.model_dir import SPEECH_TOKENIZER, TOKENIZER_DIR, YAML_NAME
 
 if TYPE_CHECKING:
     from light_tts.llm.spec import LLMSpec
 
-NAME = "cosyvoice2"
-MARKER = YAML_NAME
-
-__all__ = ["NAME", "MARKER", "check_complete", "load_model_config", "llm_spec"]
+END_OF_PROMPT = "<|endofprompt|>"
 
 
-def llm_spec(cfg: ModelConfig) -> LLMSpec:
-    """The LLM engine's view of the speech LM: Qwen2 body, one embedding table over speech, sos/task_id and text
-    ids (request.TokenLayout), the biased speech head, RAS sampling, llm.pt."""
-    from light_tts.llm.request import TokenLayout
-    from light_tts.llm.sampler import Sampler
-    from light_tts.llm.spec import LLMSpec, LMArch
-    from light_tts.llm.weights import engine_state_dict
-    from light_tts.models.weights import read_state_dict
+class CosyVoice2Family(ModelFamily):
+    name = "cosyvoice2"
+    marker = YAML_NAME
+    speech_tokenizer = SPEECH_TOKENIZER
+    flow_files = ("flow.pt", "hift.pt")
 
-    layout = TokenLayout.from_config(cfg.llm)
-    body = cfg.llm.qwen
-    return LLMSpec(
-        arch=LMArch(body, layout.num_embeddings, cfg.llm.num_speech_rows, head_bias=True),
-        layout=layout,
-        make_sampler=lambda num_rows, device: Sampler(cfg.llm.sampling, reject_from=layout.eos),
-        engine_weights=lambda sd: engine_state_dict(sd, body.num_hidden_layers),
-        read_weights=lambda: read_state_dict(cfg.path("llm.pt")),
-    )
+    @property
+    def frontend_files(self) -> tuple[str, ...]:
+        return (self.speech_tokenizer, "campplus.onnx", TOKENIZER_DIR)
+
+    def load_model_config(self, model_dir):
+        from light_tts.model_dir import load_model_config
+
+        return load_model_config(model_dir)
+
+    def check_complete(self, model_dir) -> None:
+        from light_tts.model_dir import check_complete
+
+        check_complete(model_dir, self.marker, ("campplus.onnx", self.speech_tokenizer))
+
+    def llm_prompt(self, mode: str, transcript: str = "", instruction: str = "") -> LLMPrompt:
+        """As upstream's frontend: zero-shot gives the transcript and the prompt speech; instruct (instruct2) the
+        instruction ending with <|endofprompt|> and no prompt speech; cross-lingual neither."""
+        self.check_mode(mode)
+        if mode == INSTRUCT:
+            text = instruction if instruction.endswith(END_OF_PROMPT) else instruction + END_OF_PROMPT
+            return LLMPrompt(text, uses_prompt_speech=False)
+        if mode == CROSS_LINGUAL:
+            return LLMPrompt("", uses_prompt_speech=False)
+        assert mode == ZERO_SHOT
+        return LLMPrompt(transcript, uses_prompt_speech=True)
+
+    def llm_spec(self, cfg) -> LLMSpec:
+        """The LLM engine's view of the speech LM: Qwen2 body, one embedding table over speech, special and text ids
+        (request.TokenLayout), the speech head (biased or not: SpeechIds), RAS sampling with the MinLenRule, llm.pt."""
+        from light_tts.llm.request import TokenLayout
+        from light_tts.llm.sampler import Sampler
+        from light_tts.llm.spec import LLMSpec, LMArch
+        from light_tts.llm.weights import engine_state_dict
+        from light_tts.models.weights import read_state_dict
+
+        layout = TokenLayout.from_config(cfg.llm)
+        body, ids = cfg.llm.qwen, cfg.llm.ids
+        rule = ids.min_len
+        reject_from = cfg.llm.num_speech_rows if rule.reject_from is None else rule.reject_from
+        return LLMSpec(
+            arch=LMArch(body, layout.num_embeddings, cfg.llm.num_speech_rows, head_bias=ids.decoder_bias),
+            layout=layout,
+            make_sampler=lambda num_rows, device: Sampler(cfg.llm.sampling, reject_from, rule.masked_id),
+            engine_weights=lambda sd: engine_state_dict(sd, body.num_hidden_layers, ids.sos_row is None,
+                                                        ids.decoder_bias),
+            read_weights=lambda: read_state_dict(cfg.path("llm.pt")),
+        )
+
+    def speech_lm(self, cfg, device: str = "cpu"):
+        from light_tts.models.speech_lm import SpeechLM
+
+        return SpeechLM.from_checkpoint(cfg.llm, cfg.path("llm.pt")).to(device).eval()
+
+    def token2wav(self, cfg, device: str = "cpu"):
+        from light_tts.token2wav import Token2Wav
+
+        return Token2Wav(cfg, device)
+
+    def decode_engine(self, cfg, **kwargs):
+        from light_tts.decode.engine import DecodeEngine
+
+        return DecodeEngine(cfg, **kwargs)
+
+
+FAMILY = CosyVoice2Family()
+llm_spec = FAMILY.llm_spec  # the engine tests and benchmarks build their engine from it

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from light_tts.families.base import ModelFamily
 from light_tts.models.orpheus.config import (CONFIG_NAME, SNAC_DIR, TOKENIZER_NAME, OrpheusConfig,
                                              load_model_config)
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 NAME = "orpheus"
 MARKER = CONFIG_NAME
 
-__all__ = ["NAME", "MARKER", "check_complete", "load_model_config", "llm_spec"]
+__all__ = ["NAME", "MARKER", "FAMILY", "check_complete", "load_model_config", "llm_spec"]
 
 
 def check_complete(model_dir: str | Path) -> None:
@@ -63,3 +64,26 @@ def llm_spec(cfg: OrpheusConfig) -> LLMSpec:
                                                        body.tie_word_embeddings),
         read_weights=lambda: read_safetensors(cfg.model_dir),
     )
+
+
+class OrpheusFamily(ModelFamily):
+    """The registry's view of this module. Orpheus has no voice prompt (voices are names in its prompt) and no
+    CosyVoice modes; its frontend and codec are served by frontend/orpheus_frontend.py and decode/snac_engine.py."""
+
+    name = NAME
+    marker = MARKER
+    modes = ()
+    flow_files = (f"{SNAC_DIR}/{CONFIG_NAME}", f"{SNAC_DIR}/pytorch_model.bin")
+    frontend_files = (TOKENIZER_NAME,)
+
+    def load_model_config(self, model_dir):
+        return load_model_config(model_dir)
+
+    def check_complete(self, model_dir) -> None:
+        check_complete(model_dir)
+
+    def llm_spec(self, cfg) -> LLMSpec:
+        return llm_spec(cfg)
+
+
+FAMILY = OrpheusFamily()

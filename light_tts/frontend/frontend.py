@@ -1,4 +1,7 @@
-"""The CosyVoice2 frontend: text -> sentences -> text tokens; prompt audio + transcript -> a Prompt for LLM and flow."""
+"""The CosyVoice frontend: text -> sentences -> text tokens; prompt audio + transcript -> a Prompt for LLM and flow.
+
+Which speech tokenizer, which special text tokens and which prompt-mel parameters come from the model's config
+(its family's loader sets them: CosyVoice2 speech_tokenizer_v2 and fmax 8 kHz, CosyVoice3 v3 and 12 kHz)."""
 
 from __future__ import annotations
 
@@ -33,9 +36,9 @@ class Frontend:
                  max_prompt_seconds: float = MAX_PROMPT_SECONDS):
         self.cfg = model_cfg
         self.max_prompt_seconds = max_prompt_seconds
-        self.tokenizer = QwenTokenizer(model_cfg.path(TOKENIZER_DIR))
+        self.tokenizer = QwenTokenizer(model_cfg.path(TOKENIZER_DIR), model_cfg.frontend.tokenizer_version)
         self.normalizer = TextNormalizer(self.tokenizer.encode, max_text_chars)
-        self.speech_tokenizer = SpeechTokenizerONNX(model_cfg.path("speech_tokenizer_v2.onnx"))
+        self.speech_tokenizer = SpeechTokenizerONNX(model_cfg.path(model_cfg.frontend.speech_tokenizer))
         self.campplus = CampPlusONNX(model_cfg.path("campplus.onnx"))
 
     def normalize_and_split(self, text: str) -> list[str]:

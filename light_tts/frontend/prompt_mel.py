@@ -49,7 +49,7 @@ def slaney_mel_filters(sampling_rate: int, n_fft: int, num_mels: int, fmin: floa
 
 @lru_cache(maxsize=4)
 def _mel_basis(cfg: MelConfig) -> torch.Tensor:
-    return torch.from_numpy(slaney_mel_filters(cfg.sampling_rate, cfg.n_fft, cfg.num_mels, cfg.fmin, cfg.fmax))
+    return torch.from_numpy(slaney_mel_filters(cfg.sampling_rate, cfg.n_fft, cfg.num_mels, cfg.fmin, cfg.top_hz))
 
 
 def prompt_mel(wav24k: torch.Tensor, cfg: MelConfig) -> torch.Tensor:

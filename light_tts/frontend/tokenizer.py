@@ -1,4 +1,5 @@
-"""The Qwen2 text tokenizer of CosyVoice2 (CosyVoice-BlankEN) with the CosyVoice2 special tokens added."""
+"""The Qwen2 text tokenizer (CosyVoice-BlankEN) with the special tokens of the model's tokenizer version added
+(upstream get_qwen_tokenizer(version): CosyVoice2Tokenizer or CosyVoice3Tokenizer)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,15 @@ from pathlib import Path
 
 from light_tts.errors import ModelDirError
 from light_tts.model_dir import TOKENIZER_FILES
-
-# Upstream adds these in this order; their ids follow the tokenizer files' own added tokens
-# (151646.. for the released files, so len == 151663).
-COSYVOICE2_SPECIAL_TOKENS = (
-    "<|im_start|>", "<|im_end|>", "<|endofprompt|>",
-    "[breath]", "<strong>", "</strong>", "[noise]",
-    "[laughter]", "[cough]", "[clucking]", "[accent]",
-    "[quick_breath]", "<laughter>", "</laughter>",
-    "[hissing]", "[sigh]", "[vocalized-noise]",
-    "[lipsmack]", "[mn]",
-)
+from light_tts.text_tokens import SPECIAL_TOKENS
 
 
 class QwenTokenizer:
     """encode/decode as upstream QwenTokenizer: no BOS/EOS added, special tokens skipped on decode."""
 
-    def __init__(self, token_dir: str | Path):
+    def __init__(self, token_dir: str | Path, version: str = "cosyvoice2"):
+        if version not in SPECIAL_TOKENS:
+            raise ModelDirError(f"unknown tokenizer version {version!r} (known: {', '.join(SPECIAL_TOKENS)})")
         token_dir = Path(token_dir)
         for name in TOKENIZER_FILES:
             if not (token_dir / name).is_file():
@@ -39,7 +32,7 @@ class QwenTokenizer:
         self.tokenizer.add_special_tokens({
             "eos_token": "<|endoftext|>",
             "pad_token": "<|endoftext|>",
-            "additional_special_tokens": list(COSYVOICE2_SPECIAL_TOKENS),
+            "additional_special_tokens": list(SPECIAL_TOKENS[version]),
         })
 
     def encode(self, text: str) -> list[int]:

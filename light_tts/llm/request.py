@@ -6,9 +6,10 @@ LMs, prompt_layout.PromptLayout for a plain causal LM. A layout provides start(s
 shareable_prefix_len(seq), check(req), check_text(ids), the stop ids and eos (ids a request may forbid).
 
 TokenLayout's ids live in one space, so that one embedding table (weights.py) embeds any input:
-  [0, num_speech_rows)                  speech ids (speech_embedding rows; eos, unused, fill at the top)
-  num_speech_rows, num_speech_rows + 1  sos, task_id (llm_embedding rows)
-  num_speech_rows + 2 + t               text id t (embed_tokens row t)
+  [0, num_speech_rows)                  speech ids (speech_embedding rows; the family's special ids at the top)
+  num_speech_rows, num_speech_rows + 1  sos, task_id when they are llm_embedding rows (CosyVoice2; a family whose
+                                        sos and task_id are speech rows, CosyVoice3, has no such rows)
+  text_offset + t                       text id t (embed_tokens row t)
 A Sequence's `token_ids` are the inputs in feed order; the KV cache holds `token_ids[:num_computed]`, and a running
 sequence always has its uncomputed inputs at the end (one sampled token while decoding, a whole prompt before the
 first prefill or after a preemption, a bistream text block after a fill).
@@ -62,7 +63,8 @@ class SeqStatus(Enum):
 
 @dataclass(frozen=True)
 class TokenLayout:
-    """The CosyVoice speech LM's id space (see module doc), its special speech ids and its prompt layout."""
+    """The CosyVoice speech LMs' id space (see module doc), their special speech ids (the family's SpeechIds) and
+    prompt layout."""
 
     num_speech_rows: int
     num_text_ids: int
@@ -71,26 +73,36 @@ class TokenLayout:
     stop_ids: frozenset[int]
     mix_text: int
     mix_speech: int
+    sos: int
+    task_id: int
+    num_special_rows: int  # llm_embedding rows between the speech and the text ids (2 or 0)
+    prompt_end_text_id: int | None = None  # bistream: the prompt text through it goes right after sos
 
     @classmethod
     def from_config(cls, cfg: LLMConfig) -> TokenLayout:
+        ids = cfg.ids
+        num_special = 2 if ids.sos_row is None else 0
+        sos = cfg.num_speech_rows if ids.sos_row is None else ids.sos_row
+        task_id = cfg.num_speech_rows + 1 if ids.task_row is None else ids.task_row
         return cls(cfg.num_speech_rows, cfg.qwen.vocab_size, cfg.eos_token, cfg.fill_token,
-                   frozenset(cfg.stop_token_ids), cfg.mix_ratio[0], cfg.mix_ratio[1])
+                   frozenset(cfg.stop_token_ids), cfg.mix_ratio[0], cfg.mix_ratio[1], sos, task_id, num_special,
+                   cfg.prompt_end_text_id)
 
     @property
-    def sos(self) -> int:
-        return self.num_speech_rows
-
-    @property
-    def task_id(self) -> int:
-        return self.num_speech_rows + 1
+    def text_offset(self) -> int:
+        return self.num_speech_rows + self.num_special_rows
 
     @property
     def num_embeddings(self) -> int:
-        return self.num_speech_rows + 2 + self.num_text_ids
+        return self.text_offset + self.num_text_ids
 
     def text(self, ids: list[int]) -> list[int]:
-        return [self.num_speech_rows + 2 + t for t in ids]
+        return [self.text_offset + t for t in ids]
+
+    def prompt_prefix_len(self, prompt_text: list[int]) -> int:
+        """Prompt text ids bistream feeds right after sos (through prompt_end_text_id), as SpeechLM does."""
+        end = self.prompt_end_text_id
+        return prompt_text.index(end) + 1 if end is not None and end in prompt_text else 0
 
     def start(self, seq: Sequence) -> None:
         """The inputs a request starts with: offline [sos, prompt text + text, task_id, prompt speech]; bistream
@@ -117,7 +129,8 @@ class TokenLayout:
         if seq.feeder is None:
             return 1 + num_prompt_text  # the target text follows the prompt text, the prompt speech after it
         num_speech = len(seq.req.prompt_speech_token_ids)
-        n = 1
+        n = 1 + self.prompt_prefix_len(seq.req.prompt_text_token_ids)
+        num_prompt_text -= n - 1
         for _ in range(num_prompt_text // self.mix_text):
             if num_speech <= 0:
                 break
@@ -183,11 +196,12 @@ class Sequence:
     def is_finished(self) -> bool:
         return self.status == SeqStatus.FINISHED
 
-    def reject_from(self) -> int | None:
-        """Ids >= this are rejected by the sampler at the next step (upstream ignore_eos), or None."""
+    def forbids_stop(self) -> bool:
+        """The next step applies the family's MinLenRule (upstream ignore_eos): before min_len, and in bistream
+        while text is still coming."""
         if self.feeder is not None and not self.feeder.is_final:
-            return self.layout.eos
-        return self.layout.eos if self.num_output < self.min_len else None
+            return True
+        return self.num_output < self.min_len
 
     def forced_token(self) -> int | None:
         """A token decided without sampling at the next step (the bistream fill), or None."""
@@ -231,7 +245,9 @@ class BistreamFeeder:
     def __init__(self, seq: Sequence, req: LLMRequest):
         self.seq = seq
         self.layout = seq.layout
-        self.text_cache = self.layout.text(req.prompt_text_token_ids)
+        prefix = self.layout.prompt_prefix_len(req.prompt_text_token_ids)
+        seq.token_ids += self.layout.text(req.prompt_text_token_ids[:prefix])  # CosyVoice3: through <|endofprompt|>
+        self.text_cache = self.layout.text(req.prompt_text_token_ids[prefix:])
         self.prompt_speech = list(req.prompt_speech_token_ids)
         num_prompt, num_speech = len(self.prompt_speech), self.layout.mix_speech
         self.next_fill_index = (num_prompt // num_speech + 1) * num_speech - num_prompt
@@ -296,6 +312,9 @@ class BistreamFeeder:
             self.next_fill_index += self.layout.mix_speech + 1
             self.is_decoding = False
             self.advance()
+            return []
+        if token in self.layout.stop_ids:  # another special id while text is still coming: upstream raises
+            seq.finish("stop")
             return []
         seq.token_ids.append(token)
         seq.num_output += 1

@@ -27,7 +27,7 @@ from light_tts.sampling import MAX_TRIALS, counter_uniform_bits, counter_uniform
 @dataclass
 class SamplingInputs:
     """Per-step sampling state of a batch. `packed` is one int64 [B, 4 + win_size] device tensor: columns
-    is_rejecting (ids >= reject_from are not allowed now), is_greedy, the two attempt-0 uniforms as 24-bit ints,
+    is_rejecting (the request forbids a stop now: the MinLenRule applies), is_greedy, the two attempt-0 uniforms as 24-bit ints,
     then the last win_size decoded ids (-1 padded). The host keeps seeds, steps and flags for redone attempts."""
 
     packed: torch.Tensor
@@ -54,16 +54,20 @@ class Sampler:
     tuple), finish(*outputs, inputs) (the host ids), num_columns (of packed), pad_row (packed values of a CUDA
     graph's padding rows), release() / reload()."""
 
-    def __init__(self, cfg: RASConfig, reject_from: int):
+    def __init__(self, cfg: RASConfig, reject_from: int, masked_id: int | None = None):
+        """The family's MinLenRule, for the rows that forbid a stop now (is_rejecting): ids >= reject_from are
+        drawn again (CosyVoice2: eos and the two ids after it; pass the vocabulary size for none), and masked_id
+        (CosyVoice3's sos) gets -inf before the draw."""
         self.cfg = cfg
-        self.reject_from = reject_from  # eos: eos, the unused id and fill are the ids a request may forbid
+        self.reject_from = reject_from
+        self.masked_id = masked_id
         self.min_repeats = cfg.win_size * cfg.tau_r  # occurrences in the window that trigger the fallback
         self.num_columns = 4 + cfg.win_size
         self.pad_row = [0] * self.num_columns  # what a CUDA graph's padding rows sample with (read by no one)
 
     def pack(self, seqs: list[Sequence]) -> SamplingInputs:
         """Sampling inputs with `packed` still on the host (the caller moves it)."""
-        is_rejecting = [s.reject_from() is not None for s in seqs]
+        is_rejecting = [s.forbids_stop() for s in seqs]
         is_greedy = [s.req.greedy for s in seqs]
         packed, seeds, steps = pack_sampling([s.req.seed for s in seqs], [len(s.decoded) for s in seqs],
                                              is_rejecting, is_greedy,
@@ -87,6 +91,9 @@ class Sampler:
         """Device-only part (CUDA-graph capturable): [B, V] logits and packed inputs -> ids, fallback bans, scores.
         On CUDA the attempt is one fused kernel (ops.ras_first_attempt)."""
         scores = logits.log_softmax(dim=-1)
+        if self.masked_id is not None:  # upstream masks the log-probs before RAS (greedy rows too)
+            column = scores[:, self.masked_id]
+            scores[:, self.masked_id] = torch.where(packed[:, 0] != 0, float("-inf"), column)
         ids, banned = ops.ras_first_attempt(scores, packed, self.cfg.top_k, self.cfg.top_p, self.min_repeats,
                                             self.reject_from)
         return ids, banned, scores

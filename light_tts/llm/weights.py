@@ -1,8 +1,8 @@
 """Released checkpoints -> the engine layout of model.EngineSpeechLM, one table per checkpoint layout.
 
-CosyVoice's llm.pt (upstream Qwen2LM state dict), per engine parameter (L = llm.model.model.layers.{i}):
-  embed.weight                       cat(speech_embedding.weight, llm_embedding.weight,
-                                         llm.model.model.embed_tokens.weight)
+CosyVoice's llm.pt (upstream Qwen2LM / CosyVoice3LM state dict), per engine parameter (L = llm.model.model.layers.{i}):
+  embed.weight                       cat(speech_embedding.weight, llm_embedding.weight (CosyVoice2 only: its sos
+                                         and task_id rows), llm.model.model.embed_tokens.weight)
   layers.{i}.qkv_proj.{weight,bias}  cat(L.self_attn.{q,k,v}_proj.{weight,bias})
   layers.{i}.o_proj.weight           L.self_attn.o_proj.weight
   layers.{i}.gate_up_proj.weight     cat(L.mlp.gate_proj.weight, L.mlp.up_proj.weight)
@@ -10,7 +10,7 @@ CosyVoice's llm.pt (upstream Qwen2LM state dict), per engine parameter (L = llm.
   layers.{i}.input_layernorm         L.input_layernorm.weight
   layers.{i}.post_attention_layernorm  L.post_attention_layernorm.weight
   norm                               llm.model.model.norm.weight
-  llm_decoder.{weight,bias}          llm_decoder.{weight,bias}
+  llm_decoder.{weight,bias}          llm_decoder.{weight,bias} (CosyVoice3's head has no bias)
 llm.model.lm_head.weight (tied to embed_tokens, never used by a speech LM) is the one key left out.
 
 A transformers causal LM (LlamaForCausalLM / Qwen2ForCausalLM keys; Orpheus), per engine parameter
@@ -65,18 +65,22 @@ def _body_layers(take: _Taker, body: str, num_layers: int, qkv_bias: bool) -> di
     return out
 
 
-def engine_state_dict(sd: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
-    """CosyVoice llm.pt key names -> engine key names; every released key is used once (or in UNUSED_KEYS)."""
+def engine_state_dict(sd: dict[str, torch.Tensor], num_layers: int, has_special_rows: bool = True,
+                      has_decoder_bias: bool = True) -> dict[str, torch.Tensor]:
+    """CosyVoice llm.pt key names -> engine key names; every released key is used once (or in UNUSED_KEYS).
+    has_special_rows: sos and task_id are llm_embedding rows (else speech rows); has_decoder_bias: llm_decoder has
+    a bias (both from the family's SpeechIds)."""
     body = "llm.model.model."
     take = _Taker(sd, "llm.pt", UNUSED_KEYS)
+    special = ("llm_embedding.weight",) if has_special_rows else ()
     out = {
-        "embed.weight": torch.cat(take("speech_embedding.weight", "llm_embedding.weight",
-                                       body + "embed_tokens.weight")),
+        "embed.weight": torch.cat(take("speech_embedding.weight", *special, body + "embed_tokens.weight")),
         "norm": take(body + "norm.weight")[0],
         "llm_decoder.weight": take("llm_decoder.weight")[0],
-        "llm_decoder.bias": take("llm_decoder.bias")[0],
-        **_body_layers(take, body, num_layers, qkv_bias=True),
     }
+    if has_decoder_bias:
+        out["llm_decoder.bias"] = take("llm_decoder.bias")[0]
+    out.update(_body_layers(take, body, num_layers, qkv_bias=True))
     take.check_all_used()
     return out
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from light_tts.frontend.tokenizer import COSYVOICE2_SPECIAL_TOKENS
+from light_tts.text_tokens import SPECIAL_TOKENS
 from light_tts.model_config import QwenConfig
 
 # Qwen2's pre-tokenizer split (the same regex its tokenizer.json carries), so merges train on the same pieces.
@@ -101,8 +101,9 @@ def qwen2_config(qwen: QwenConfig) -> dict:
 
 
 def write_tokenizer(out_dir: str | Path, size: str, vocab_size: int | None = None, qwen: QwenConfig | None = None,
-                    num_bpe: int = 1000) -> int:
-    """Write vocab.json, merges.txt, tokenizer_config.json and config.json; return the CosyVoice2 tokenizer length.
+                    num_bpe: int = 1000, version: str = "cosyvoice2") -> int:
+    """Write vocab.json, merges.txt, tokenizer_config.json and config.json; return the tokenizer's length once the
+    special tokens of `version` are added (cosyvoice2: 19, cosyvoice3: 280).
 
     config.json takes `qwen`'s dims (default: the fixture's tiny dims, or the released 0.5B ones for `full`), with
     `vocab_size` (the LLM's text-embedding rows) overriding qwen.vocab_size when given.
@@ -118,7 +119,7 @@ def write_tokenizer(out_dir: str | Path, size: str, vocab_size: int | None = Non
 
     bpe = train_bpe(num_bpe)
     num_vocab = bpe.get_vocab_size()
-    num_tokens = num_vocab + len(set(QWEN2_SPECIALS) | set(COSYVOICE2_SPECIAL_TOKENS))
+    num_tokens = num_vocab + len(set(QWEN2_SPECIALS) | set(SPECIAL_TOKENS[version]))
     if num_tokens > qwen.vocab_size:
         raise ValueError(f"tokenizer has {num_tokens} tokens but the LLM vocab_size is {qwen.vocab_size}")
     bpe.model.save(str(out_dir))  # vocab.json + merges.txt in the GPT-2/Qwen layout

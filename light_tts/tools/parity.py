@@ -2,9 +2,11 @@
 
     python -m light_tts.tools.parity DIR
 
-DIR is laid out like shared/fixtures/cosyvoice2-tiny: cosyvoice2.yaml, CosyVoice-BlankEN/config.json, llm.pt,
-flow.pt, hift.pt and the *_io.pt files of inputs and upstream outputs. Dimensions come from DIR's own config.
-Prints one row per check (error, tolerance, verdict) and exits non-zero if any check fails.
+DIR is laid out like shared/fixtures/cosyvoice2-tiny (or cosyvoice3-tiny): the family's yaml,
+CosyVoice-BlankEN/config.json, llm.pt, flow.pt, hift.pt and the *_io.pt files of inputs and upstream outputs.
+The directory's family supplies its checks (CosyVoice2's are here, CosyVoice3's in parity_cosyvoice3.py) and its
+config; dimensions come from DIR's own config. Prints one row per check (error, tolerance, verdict) and exits
+non-zero if any check fails.
 
 The LLM decode steps of llm_io.pt were produced by upstream running under transformers 5, where its length-1
 decode attention mask lets every decoded token attend only to the sos position; under the transformers version
@@ -17,46 +19,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from light_tts.frontend.prompt_mel import prompt_mel
 from light_tts.model_config import ModelConfig
-from light_tts.model_dir import load_model_config
 from light_tts.models.cosyvoice2.flow import Flow
 from light_tts.models.cosyvoice2.hift import HiFT
 from light_tts.models.qwen2 import KVCache, rope_cos_sin
-from light_tts.models.cosyvoice2.speech_lm import SpeechLM
+from light_tts.models.speech_lm import SpeechLM
 from light_tts.sampling import GreedySampler
-
-LOGPROB_TOL = MEL_TOL = 1e-4  # the fixture README's float32 CPU tolerances
-AUDIO_TOL = 1e-3
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    error: float
-    tolerance: float
-    detail: str = ""
-
-    @property
-    def passed(self) -> bool:
-        return self.error <= self.tolerance  # NaN fails
-
-
-def rel_l2(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    ours, ref = ours.double().flatten(), ref.double().flatten()
-    if ours.shape != ref.shape:
-        return float("inf")
-    return float((ours - ref).norm() / ref.norm().clamp_min(1e-30))
-
-
-def load_io(model_dir: Path, name: str) -> dict:
-    return torch.load(model_dir / name, map_location="cpu", weights_only=False)
-
+from light_tts.tools.parity_common import AUDIO_TOL, LOGPROB_TOL, MEL_TOL, Check, load_io, rel_l2  # noqa: F401
 
 def _decode_step_sos_only(lm: SpeechLM, embeds: torch.Tensor, cache: KVCache) -> torch.Tensor:
     """One decode step whose query sees only key 0 (sos), as upstream under transformers 5 (module docstring)."""
@@ -80,7 +54,7 @@ def llm_checks(cfg: ModelConfig, model_dir: Path) -> list[Check]:
     logprobs = lm.forward_step(lm.build_prefill_embeds(io["text"], io["prompt_text"], io["prompt_speech_token"]), cache)
     steps, tokens, sampler = [logprobs], [], GreedySampler()
     for step in range(max_len):
-        token = sampler.sample(logprobs, tokens, lm.cfg.eos_token if step < min_len else None)
+        token = lm.sample_next(sampler, logprobs, tokens, step < min_len)
         if token in lm.cfg.stop_token_ids:
             break
         tokens.append(token)
@@ -148,10 +122,20 @@ ALL_CHECKS: tuple[Callable[[ModelConfig, Path], list[Check]], ...] = (
 
 @torch.inference_mode()
 def run_checks(model_dir: str | Path) -> list[Check]:
+    from light_tts.families import family_of
+
     model_dir = Path(model_dir)
-    cfg = load_model_config(model_dir)
+    family = family_of(model_dir)
+    cfg = family.load_model_config(model_dir)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    return [check for group in ALL_CHECKS for check in group(cfg, model_dir)]
+    return [check for group in checks_of(family.name) for check in group(cfg, model_dir)]
+
+
+def checks_of(family: str) -> tuple[Callable[[ModelConfig, Path], list[Check]], ...]:
+    """The parity checks of a family's fixtures."""
+    from light_tts.tools.parity_cosyvoice3 import ALL_CHECKS as COSYVOICE3_CHECKS
+
+    return {"cosyvoice2": ALL_CHECKS, "cosyvoice3": COSYVOICE3_CHECKS}[family]
 
 
 def main(argv: list[str] | None = None) -> int:

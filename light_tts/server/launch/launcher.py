@@ -37,11 +37,12 @@ STOP_TIMEOUT_S = 5.0
 
 def resolve_model_dir(cfg: ServerConfig) -> ServerConfig:
     """With no --model_dir, write (once) and serve a tiny random-weight model: fine for trying the API, noise out."""
+    from light_tts.families import family_of
     from light_tts.model_dir import check_complete
 
     if cfg.model_dir is not None:
         for _, path in parse_model_specs(cfg.model_dir):
-            check_complete(path)
+            family_of(path).check_complete(path)
         return cfg
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lighttts" / "tiny-model"
     try:

@@ -1,9 +1,11 @@
 """The models one server serves: `--model_dir [NAME=]DIR`, given once or several times, and what tells them apart.
 
-Each model has a name (tts_model_name; the folder's name unless given) and two content keys: `flow_key` over the
-flow and HiFT weights (models with equal keys, the "styles" case where only the LLM was fine-tuned, share decode
-processes) and `frontend_key` over the speech tokenizer, the speaker model and the text tokenizer (models with
-equal keys share voice-cache entries and saved voices' features). The first model is the default. No torch here.
+Each model has a name (tts_model_name; the folder's name unless given), a family (families/), and two content
+keys: `flow_key` over its family's codec files (flow and HiFT weights: models with equal keys, the "styles" case
+where only the LLM was fine-tuned, share decode processes) and `frontend_key` over the family's frontend files
+(speech tokenizer, speaker model, text tokenizer) and the frontend's settings (prompt-mel parameters, tokenizer
+version): models with equal keys share voice-cache entries and saved voices' features. The first model is the
+default. No torch here.
 """
 
 from __future__ import annotations
@@ -14,14 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from light_tts.errors import NotFoundError
-from light_tts.model_dir import TOKENIZER_DIR
+from light_tts.families import family_named
 
 if TYPE_CHECKING:
     from light_tts.model_config import ModelConfig
 
 DEFAULT_NAME = "default"  # tts_model_name of the first model, whatever its name
-FLOW_FILES = ("flow.pt", "hift.pt")
-FRONTEND_FILES = ("speech_tokenizer_v2.onnx", "campplus.onnx", TOKENIZER_DIR)
 HASH_CHUNK_BYTES = 1 << 20
 
 
@@ -56,8 +56,9 @@ class ModelEntry:
     name: str
     model_dir: str
     facts: ModelFacts
-    flow_key: str  # sha256 over flow.pt and hift.pt
-    frontend_key: str  # sha256 over the speech tokenizer, CAM++ and the text tokenizer's folder
+    flow_key: str  # sha256 over the family's codec files (flow.pt and hift.pt)
+    frontend_key: str  # sha256 over the speech tokenizer, CAM++, the text tokenizer's folder and frontend settings
+    family: str = "cosyvoice2"
 
     @property
     def decode_group_key(self) -> tuple[str, tuple[int, ...]]:
@@ -84,10 +85,10 @@ def parse_model_specs(values: Sequence[str]) -> list[tuple[str, str]]:
     return specs
 
 
-def digest_files(root: str | Path, names: Sequence[str]) -> str:
-    """sha256 over the named files (a folder: every file below it, in name order), read in chunks. A missing file
-    counts as absent (check_complete reports it at startup)."""
-    root, h = Path(root), hashlib.sha256()
+def digest_files(root: str | Path, names: Sequence[str], salt: str = "") -> str:
+    """sha256 over `salt` and the named files (a folder: every file below it, in name order), read in chunks. A
+    missing file counts as absent (check_complete reports it at startup)."""
+    root, h = Path(root), hashlib.sha256(salt.encode())
     for name in names:
         path = root / name
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -104,9 +105,14 @@ def digest_files(root: str | Path, names: Sequence[str]) -> str:
 
 
 def make_entry(name: str, model_cfg: ModelConfig) -> ModelEntry:
-    model_dir = str(model_cfg.model_dir)
-    return ModelEntry(name, model_dir, ModelFacts.from_model(model_cfg, name), digest_files(model_dir, FLOW_FILES),
-                      digest_files(model_dir, FRONTEND_FILES))
+    """The entry of a model; its family (ModelConfig.family) names the files of each content key. The frontend key
+    also covers the frontend's settings: the same ONNX files with another prompt mel (CosyVoice3's 12 kHz fmax) or
+    other special tokens give other features."""
+    model_dir, family = str(model_cfg.model_dir), family_named(model_cfg.family)
+    frontend_salt = repr((model_cfg.feat, model_cfg.frontend, model_cfg.token_mel_ratio))
+    return ModelEntry(name, model_dir, ModelFacts.from_model(model_cfg, name),
+                      digest_files(model_dir, family.flow_files), digest_files(model_dir, family.frontend_files,
+                                                                                frontend_salt), family.name)
 
 
 def check_compatible(models: Sequence[ModelEntry]) -> None:

@@ -193,11 +193,13 @@ def default_data_dir() -> str:
 
 
 def load_settings(cfg: ServerConfig, num_gpus: int | None = None) -> ServerSettings:
-    """build_settings with the model configs read from every --model_dir, planned for the GPUs of this host."""
-    from light_tts.model_dir import load_model_config
+    """build_settings with the model configs read from every --model_dir (by its family), planned for the GPUs of
+    this host."""
+    from light_tts.families import family_of
 
     specs = parse_model_specs(cfg.model_dir or ())
-    return build_settings(cfg, [load_model_config(path) for _, path in specs], [name for name, _ in specs],
+    return build_settings(cfg, [family_of(path).load_model_config(path) for _, path in specs],
+                          [name for name, _ in specs],
                           count_gpus(cfg) if num_gpus is None else num_gpus)
 
 

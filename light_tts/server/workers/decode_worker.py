@@ -17,6 +17,7 @@ import numpy as np
 import zmq
 
 from light_tts.errors import error_from_kind
+from light_tts.families.base import SpeechTokenFilter, filtered
 from light_tts.frontend.prompt import Prompt
 from light_tts.server.metrics import prometheus as metrics
 from light_tts.server.workers.idle_engine import IdleEngine
@@ -37,6 +38,7 @@ class SentenceTokens:
 
     seed: int
     max_tokens: int  # the sentence's speech-token bound (its page budget)
+    token_filter: SpeechTokenFilter | None  # the family's filter between LLM and codec (one per sentence)
     tokens: list[int] = field(default_factory=list)
     is_end: bool = False
 
@@ -48,6 +50,7 @@ class DecodeRequestState:
     prompt: Prompt  # read from the slot once, at DecodeStart
     waiting: dict[int, SentenceTokens] = field(default_factory=dict)  # sentence index -> tokens not yet in the engine
     active: int = -1  # sentence index in the engine; -1 when none
+    active_filter: SpeechTokenFilter | None = None  # the active sentence's token filter
     next_sentence: int = 0
     last_sentence: int | None = None  # index of the request's final sentence, once the LLM has said so
     num_written: int = 0  # int16 samples written to the ring so far
@@ -81,16 +84,17 @@ class DecodeWorker:
         self.aborted = AbortedRequests()
 
     def init_engine(self) -> None:
-        from light_tts.decode.engine import DecodeEngine, to_int16
-        from light_tts.model_dir import load_model_config
+        from light_tts.decode.engine import to_int16
+        from light_tts.families import family_of
 
         self.to_int16 = to_int16
         device = resolve_device(self.settings, "decode", self.rank)
         set_process_title(self.name, model_on(self.settings, "decode", self.rank, device))
-        # the models of a decode group have the same flow and HiFT files: any member's directory serves them all
+        # the models of a decode group have the same codec files: any member's directory serves them all
         model_dir = self.settings.model_of("decode", self.rank).model_dir
-        self.engine = DecodeEngine(load_model_config(model_dir), **self.settings.decode_engine_kwargs(device,
-                                                                                                     self.rank))
+        self.family = family_of(model_dir)
+        self.engine = self.family.decode_engine(self.family.load_model_config(model_dir),
+                                                **self.settings.decode_engine_kwargs(device, self.rank))
         self.idle = IdleEngine(self.engine, self.cfg.idle_release_s, self.processes, "decode", self.rank, self.log)
 
     def loop(self) -> None:
@@ -182,10 +186,12 @@ class DecodeWorker:
             state.last_sentence = sentence
         state.num_tokens += len(tokens)
         if sentence == state.active:
-            self.engine.push_tokens(state.engine_id(), tokens, is_end)
+            self.engine.push_tokens(state.engine_id(), list(filtered(tokens, state.active_filter)), is_end)
             return
-        waiting = state.waiting.setdefault(sentence, SentenceTokens(seed, max_tokens))
-        waiting.tokens.extend(tokens)
+        if sentence not in state.waiting:
+            state.waiting[sentence] = SentenceTokens(seed, max_tokens, self.family.speech_token_filter())
+        waiting = state.waiting[sentence]
+        waiting.tokens.extend(filtered(tokens, waiting.token_filter))
         waiting.is_end = is_end
         if state.active < 0:
             self.start_sentence(state)
@@ -196,6 +202,7 @@ class DecodeWorker:
         if waiting is None:
             return
         state.active, state.next_sentence = state.next_sentence, state.next_sentence + 1
+        state.active_filter = waiting.token_filter
         self.active[state.engine_id()] = state
         p = state.params
         # a later sentence continues the listener's playback: its chunks are due when the earlier audio runs out

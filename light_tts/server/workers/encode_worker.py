@@ -17,6 +17,7 @@ import numpy as np
 import zmq
 
 from light_tts.errors import LightTTSError, TextError
+from light_tts.families.base import ZERO_SHOT
 from light_tts.frontend.text_norm import is_only_punctuation
 from light_tts.server.metrics import prometheus as metrics
 from light_tts.server.runtime.devices import pick_least_loaded
@@ -64,16 +65,17 @@ class EncodeWorker:
     def init_frontend(self) -> None:
         """One frontend per distinct frontend_key (models with the same speech tokenizer, speaker model and text
         tokenizer share it), loaded now so that a first request does not wait for it."""
-        from light_tts.frontend.frontend import Frontend
-        from light_tts.model_dir import load_model_config
+        from light_tts.families import family_of
         from light_tts.server.runtime.process import resolve_device
 
         resolve_device(self.settings)  # sets the torch thread count; the frontend itself runs on the CPU
-        self.frontends: dict[str, Frontend] = {}
-        for entry in self.settings.models:
+        self.families = [family_of(entry.model_dir) for entry in self.settings.models]  # by model index
+        self.frontends = {}
+        for entry, family in zip(self.settings.models, self.families):
             if entry.frontend_key not in self.frontends:
-                self.frontends[entry.frontend_key] = Frontend(load_model_config(entry.model_dir),
-                                                              self.cfg.max_text_chars, self.cfg.max_prompt_seconds)
+                self.frontends[entry.frontend_key] = family.frontend(family.load_model_config(entry.model_dir),
+                                                                     self.cfg.max_text_chars,
+                                                                     self.cfg.max_prompt_seconds)
 
     def frontend_of(self, slot: int):
         """The frontend of the request's model (the slot's model column)."""
@@ -206,8 +208,11 @@ class EncodeWorker:
         return key
 
     def encode_prompt_text(self, slot: int) -> None:
-        prompt_text = self.slots.read_bytes(slot, "prompt_text").decode("utf-8")
-        text_tokens = self.frontend_of(slot).prompt_text_tokens(prompt_text)
+        """The LLM's prompt text of the request's model family (CosyVoice3 wraps the transcript in its system
+        prompt), tokenized by its frontend."""
+        transcript = self.slots.read_bytes(slot, "prompt_text").decode("utf-8")
+        llm_prompt = self.families[self.slots.model_of(slot)].llm_prompt(ZERO_SHOT, transcript)
+        text_tokens = self.frontend_of(slot).prompt_text_tokens(llm_prompt.text)
         if len(text_tokens) > self.slots.a["prompt_text_tokens"].shape[1]:
             raise TextError(f"prompt_text is {len(text_tokens)} tokens, longer than the server accepts")
         self.slots.write_prompt_text_tokens(slot, text_tokens)

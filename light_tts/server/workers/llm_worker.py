@@ -86,12 +86,13 @@ class LLMWorker:
         self.http = HttpReplies(self.ctx, self.settings, self.processes, self.name)
 
     def init_engine(self) -> None:
-        from light_tts.families import detect_family, load_family
+        from light_tts.families import family_of
         from light_tts.llm.engine import LLMEngine
 
         device = resolve_device(self.settings, "llm", self.rank)
         set_process_title(self.name, model_on(self.settings, "llm", self.rank, device))
-        family = load_family(detect_family(self.model.model_dir))
+        family = family_of(self.model.model_dir)
+        # the family's config carries its speech ids, stop set, min-length rule and sampling defaults
         spec = family.llm_spec(family.load_model_config(self.model.model_dir))
         self.engine = LLMEngine(spec, self.settings.llm_engine_config(device, self.rank), device)
         self.idle = IdleEngine(self.engine, self.cfg.idle_release_s, self.processes, "llm", self.rank, self.log)

@@ -13,17 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from light_tts.model_config import EncoderConfig
+from light_tts.models.cfm import chunk_mask
 from light_tts.models.cosyvoice2.flow.cache import EncoderCache
-
-
-def chunk_mask(q_start: int, num_q: int, num_k: int, chunk_size: int, device: torch.device) -> torch.Tensor:
-    """(num_q, num_k) bool: query at absolute position q_start+i sees key j. chunk_size 0 = full attention;
-    otherwise a query sees every key before the end of its own chunk (all left chunks visible)."""
-    if chunk_size <= 0:
-        return torch.ones(num_q, num_k, dtype=torch.bool, device=device)
-    q_pos = torch.arange(q_start, q_start + num_q, device=device)
-    chunk_end = (torch.div(q_pos, chunk_size, rounding_mode="floor") + 1) * chunk_size
-    return torch.arange(num_k, device=device)[None, :] < chunk_end[:, None]
+from light_tts.models.pre_lookahead import PreLookaheadLayer
 
 
 def mask_padding(mask: torch.Tensor, num_pad: torch.Tensor | None) -> torch.Tensor:
@@ -142,25 +134,6 @@ class ConformerBlock(nn.Module):
         att, k, v = self.self_attn(self.norm_mha(x), k_cache, v_cache, mask)
         x = x + att
         return x + self.feed_forward(self.norm_ff(x)), k, v
-
-
-class PreLookaheadLayer(nn.Module):
-    """conv1 looks `lookahead` tokens ahead (right zero pad, or the context tokens), conv2 is causal; residual."""
-
-    def __init__(self, channels: int, lookahead: int):
-        super().__init__()
-        self.lookahead = lookahead
-        self.conv1 = nn.Conv1d(channels, channels, lookahead + 1)
-        self.conv2 = nn.Conv1d(channels, channels, 3)
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor,
-                tail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, n, D), context (B, c <= lookahead, D), tail (B, D, 2) -> (B, n, D), new tail."""
-        h = torch.cat([x, context], dim=1).transpose(1, 2)  # (B, D, n + c)
-        h = F.pad(h, (0, self.lookahead - context.shape[1]))
-        h = torch.cat([tail, F.leaky_relu(self.conv1(h))], dim=2)  # (B, D, 2 + n)
-        out = self.conv2(h).transpose(1, 2)
-        return out + x, h[:, :, -tail.shape[2]:]
 
 
 class Upsample1D(nn.Module):

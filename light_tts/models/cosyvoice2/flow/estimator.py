@@ -7,23 +7,14 @@ multiplies by an all-ones padding mask throughout (batch 1, no padding); that no
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from light_tts.model_config import EstimatorConfig
+from light_tts.models.cfm import chunk_mask, timestep_embedding  # noqa: F401 (timestep_embedding: paged_flow)
 from light_tts.models.cosyvoice2.flow.cache import EstimatorCache
-from light_tts.models.cosyvoice2.flow.encoder import chunk_mask, mask_padding
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
-    """(B,) -> (B, dim) sinusoidal embedding: [sin | cos] of scale * t * 10000^(-k/(dim/2-1))."""
-    half = dim // 2
-    freqs = torch.exp(torch.arange(half, device=t.device).float() * -(math.log(10000) / (half - 1)))
-    emb = scale * t.unsqueeze(1) * freqs.unsqueeze(0)
-    return torch.cat((emb.sin(), emb.cos()), dim=-1)
+from light_tts.models.cosyvoice2.flow.encoder import mask_padding
 
 
 class TimestepEmbedding(nn.Module):

@@ -126,17 +126,21 @@ class HiFT(nn.Module):
             for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes)
         )
         self.conv_post = weight_norm(nn.Conv1d(widths[-1], spec_channels, 7, padding=3))
-        # scipy's periodic hann, computed in float64 and rounded like upstream's numpy window
-        window = torch.hann_window(self.n_fft, periodic=True, dtype=torch.float64).float()
-        self.register_buffer("stft_window", window, persistent=False)
-        stft_basis, istft_basis = fourier_bases(window)
-        self.register_buffer("stft_basis", stft_basis, persistent=False)
-        self.register_buffer("istft_basis", istft_basis, persistent=False)
+        self._init_fourier()
         # Callables with synthesize's / synthesize_keyed's signature that run them instead (an engine's CUDA
         # graphs); None: the methods themselves.
         self.runner = None
         self.keyed_runner = None
         self.conv_dtype = torch.float32  # of the convolution stack (set_conv_dtype)
+
+    def _init_fourier(self) -> None:
+        """The STFT / iSTFT buffers (self.n_fft): scipy's periodic hann, computed in float64 and rounded like
+        upstream's numpy window, and its Fourier bases."""
+        window = torch.hann_window(self.n_fft, periodic=True, dtype=torch.float64).float()
+        self.register_buffer("stft_window", window, persistent=False)
+        stft_basis, istft_basis = fourier_bases(window)
+        self.register_buffer("stft_basis", stft_basis, persistent=False)
+        self.register_buffer("istft_basis", istft_basis, persistent=False)
 
     @classmethod
     def from_checkpoint(cls, cfg: HiFTConfig, path: Path, fold: bool = True) -> HiFT:
@@ -172,7 +176,12 @@ class HiFT(nn.Module):
     def decode(self, mel: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """mel [B,80,T] and excitation [B,1,T*480] -> audio [B, T*480], clamped to audio_limit."""
         source_spec = self._stft(source.squeeze(1)).to(self.conv_dtype)
-        x = self.conv_pre(mel.to(self.conv_dtype))
+        audio = self._synthesis(self.conv_pre(mel.to(self.conv_dtype)), source_spec)
+        return audio.clamp(-self.cfg.audio_limit, self.cfg.audio_limit)
+
+    def _synthesis(self, x: torch.Tensor, source_spec: torch.Tensor) -> torch.Tensor:
+        """conv_pre's output and the source STFT (both in conv_dtype) -> audio (unclamped, float32): upsampling
+        stages fused with the strided source, resblocks averaged, conv_post to magnitude and phase, iSTFT."""
         for i, up in enumerate(self.ups):
             x = up(F.leaky_relu(x, self.cfg.lrelu_slope))
             if i == len(self.ups) - 1:
@@ -187,8 +196,7 @@ class HiFT(nn.Module):
         num_bins = self.n_fft // 2 + 1
         magnitude = torch.exp(x[:, :num_bins]).clamp(max=1e2)
         phase = torch.sin(x[:, num_bins:])  # upstream squashes the phase through sin; kept for parity
-        audio = self._istft(torch.cat([magnitude * torch.cos(phase), magnitude * torch.sin(phase)], dim=1))
-        return audio.clamp(-self.cfg.audio_limit, self.cfg.audio_limit)
+        return self._istft(torch.cat([magnitude * torch.cos(phase), magnitude * torch.sin(phase)], dim=1))
 
     @torch.inference_mode()
     def inference(

@@ -1,8 +1,12 @@
-"""The speech-token LM (upstream Qwen2LM): prompt layout, per-step log-probs, and the offline and bistream decode loops.
+"""The speech-token LM of the CosyVoice families (upstream Qwen2LM, and CosyVoice3LM which inherits its loops):
+prompt layout, per-step log-probs, and the offline and bistream decode loops.
 
 Offline input: [sos, embed_tokens(prompt_text + text), task_id, speech_embedding(prompt_speech)], then one
-speech_embedding row per generated token. Speech ids: 0..speech_token_size-1 are audio tokens, then eos, an unused
-id and fill (the model asks for more text in bistream mode); all three stop a decode.
+speech_embedding row per generated token. Speech ids 0..speech_token_size-1 are audio tokens; the special ids
+after them differ by family and come from LLMConfig.ids (SpeechIds): CosyVoice2 has eos, an unused id and fill
+(all three stop a decode), sos and task_id in a 2-row `llm_embedding`, and a head with a bias; CosyVoice3 has 200
+special rows (sos 6561, eos 6562, task_id 6563, fill 6564; every one of them stops a decode), sos and task_id as
+speech_embedding rows, and no head bias. What a step forbids before min_len is the family's MinLenRule.
 """
 
 from __future__ import annotations
@@ -16,14 +20,13 @@ from torch import nn
 from light_tts.model_config import LLMConfig
 from light_tts.models.qwen2 import KVCache, Qwen2ForCausalLM
 from light_tts.models.weights import load_strict, read_state_dict
+from light_tts.request_rules import speech_token_bounds
 from light_tts.sampling import Sampler
 
-SOS, TASK_ID = 0, 1  # rows of llm_embedding
+SOS, TASK_ID = 0, 1  # rows of llm_embedding (families whose sos and task_id are not speech rows)
 
 
-def min_max_len(num_text_tokens: int) -> tuple[int, int]:
-    """Bounds on generated speech tokens from the text length (prompt text excluded), as upstream."""
-    return 2 * num_text_tokens, 20 * num_text_tokens
+min_max_len = speech_token_bounds  # bounds on generated speech tokens from the text length (prompt text excluded)
 
 
 class Qwen2Encoder(nn.Module):
@@ -38,9 +41,10 @@ class SpeechLM(nn.Module):
     def __init__(self, cfg: LLMConfig):
         super().__init__()
         self.cfg = cfg
-        self.llm_embedding = nn.Embedding(2, cfg.llm_input_size)
+        if cfg.ids.sos_row is None:
+            self.llm_embedding = nn.Embedding(2, cfg.llm_input_size)
         self.llm = Qwen2Encoder(cfg)
-        self.llm_decoder = nn.Linear(cfg.llm_output_size, cfg.num_speech_rows)
+        self.llm_decoder = nn.Linear(cfg.llm_output_size, cfg.num_speech_rows, bias=cfg.ids.decoder_bias)
         self.speech_embedding = nn.Embedding(cfg.num_speech_rows, cfg.llm_input_size)
 
     @classmethod
@@ -65,7 +69,27 @@ class SpeechLM(nn.Module):
         return self.speech_embedding(tokens.reshape(1, -1).long().to(self.speech_embedding.weight.device))
 
     def special_embedding(self, row: int) -> torch.Tensor:
-        return self.llm_embedding.weight[row].view(1, 1, -1)
+        """(1, 1, H) of sos (SOS) or task_id (TASK_ID): an llm_embedding row, or the family's speech row."""
+        speech_row = self.cfg.ids.sos_row if row == SOS else self.cfg.ids.task_row
+        if speech_row is None:
+            return self.llm_embedding.weight[row].view(1, 1, -1)
+        return self.speech_embedding.weight[speech_row].view(1, 1, -1)
+
+    def sample_next(self, sampler: Sampler, logprobs: torch.Tensor, decoded: list[int], forbid_stop: bool) -> int:
+        """upstream's sampling_ids: while `forbid_stop` (before min_len, and in bistream text phases) the family's
+        MinLenRule applies: a masked id, or ids from reject_from on drawn again."""
+        rule = self.cfg.ids.min_len
+        if forbid_stop and rule.masked_id is not None:
+            logprobs = logprobs.clone()
+            logprobs[rule.masked_id] = -float("inf")
+        return sampler.sample(logprobs, decoded, rule.reject_from if forbid_stop else None)
+
+    def prompt_prefix_len(self, prompt_text_tokens: torch.Tensor) -> int:
+        """Prompt text tokens that bistream feeds right after sos (through LLMConfig.prompt_end_text_id, as
+        upstream CosyVoice3LM does); 0: the whole prompt text is interleaved with the prompt speech."""
+        end_id = self.cfg.prompt_end_text_id
+        ids = prompt_text_tokens.reshape(-1).tolist()
+        return ids.index(end_id) + 1 if end_id is not None and end_id in ids else 0
 
     def build_prefill_embeds(
         self, text_tokens: torch.Tensor, prompt_text_tokens: torch.Tensor, prompt_speech_tokens: torch.Tensor
@@ -94,7 +118,7 @@ class SpeechLM(nn.Module):
         min_len: int | None = None,
         max_len: int | None = None,
     ) -> Iterator[int]:
-        """Yield speech tokens until a stop id or max_len; stop ids are not sampled before min_len tokens."""
+        """Yield speech tokens until a stop id or max_len; before min_len tokens the family's MinLenRule applies."""
         default_min, default_max = min_max_len(text_tokens.numel())
         min_len = default_min if min_len is None else min_len
         max_len = default_max if max_len is None else max_len
@@ -104,8 +128,7 @@ class SpeechLM(nn.Module):
         out: list[int] = []
         for step in range(max_len):
             logprobs = self.forward_step(embeds, cache)
-            # before min_len upstream redraws any id >= eos (eos, the unused id, fill): none may end the stream early
-            token = sampler.sample(logprobs, out, self.cfg.eos_token if step < min_len else None)
+            token = self.sample_next(sampler, logprobs, out, step < min_len)
             if token in stop_ids:
                 return
             yield token
@@ -127,12 +150,18 @@ class SpeechLM(nn.Module):
         text is the first text), then 5 text tokens before every 15 generated tokens; fill is forced every 16th
         decoded id (it marks where the next 5 text tokens go and is never fed); when text ends the rest of the text
         and task_id follow and decoding runs to eos. Upstream has no length cap; `max_len` bounds yielded tokens.
+        A family with a prompt end marker (CosyVoice3) has the prompt text up to it right after sos instead.
+        Upstream raises on a special id other than fill in the text phases (and other than eos at the end); we end
+        the stream there.
         """
         num_text, num_speech = self.cfg.mix_ratio
-        fill, eos = self.cfg.fill_token, self.cfg.eos_token
+        fill, stop_ids = self.cfg.fill_token, self.cfg.stop_token_ids
         cache = self.new_cache()
-        pending = self.special_embedding(SOS)  # (1, T, H) embeddings not yet fed, except as noted below
-        text_cache = self.embed_text(prompt_text_tokens)
+        prefix = self.prompt_prefix_len(prompt_text_tokens)
+        prompt_text_tokens = prompt_text_tokens.reshape(-1)
+        # (1, T, H) embeddings not yet fed, except as noted below
+        pending = torch.cat([self.special_embedding(SOS), self.embed_text(prompt_text_tokens[:prefix])], dim=1)
+        text_cache = self.embed_text(prompt_text_tokens[prefix:])
         prompt_speech = self.embed_speech(prompt_speech_tokens)
         num_prompt = prompt_speech.size(1)
         # the first fill comes once the last (partial) prompt block of 15 speech tokens is complete
@@ -160,10 +189,12 @@ class SpeechLM(nn.Module):
                     token = fill
                     next_fill_index += num_speech + 1
                 else:
-                    token = sampler.sample(logprobs, out, eos)
+                    token = self.sample_next(sampler, logprobs, out, True)
                 out.append(token)
                 if token == fill:
                     break
+                if token in stop_ids:  # upstream raises ValueError here
+                    return
                 yield token
                 num_yielded += 1
                 if max_len is not None and num_yielded >= max_len:

@@ -1,25 +1,48 @@
-"""Causal conditional flow matching: Euler steps from a fixed noise to the mel, with classifier-free guidance."""
+"""Causal conditional flow matching (upstream flow_matching.CausalConditionalCFM, shared by the CosyVoice families):
+Euler steps from a fixed noise to the mel, with classifier-free guidance, around the family's velocity estimator
+(CosyVoice2's causal U-Net, CosyVoice3's DiT). An estimator is called as
+estimator(x, mu, t, spks, cond, cache, streaming, num_pad) -> (velocity, new cache) on both CFG branches (2B rows,
+conditioned first) and has empty_cache(rows)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from light_tts.model_config import CFMConfig
-from light_tts.models.cosyvoice2.flow.cache import EstimatorCache
-from light_tts.models.cosyvoice2.flow.estimator import CausalConditionalDecoder
+
+
+def chunk_mask(q_start: int, num_q: int, num_k: int, chunk_size: int, device: torch.device) -> torch.Tensor:
+    """(num_q, num_k) bool: query at absolute position q_start+i sees key j. chunk_size 0 = full attention;
+    otherwise a query sees every key before the end of its own chunk (all left chunks visible)."""
+    if chunk_size <= 0:
+        return torch.ones(num_q, num_k, dtype=torch.bool, device=device)
+    q_pos = torch.arange(q_start, q_start + num_q, device=device)
+    chunk_end = (torch.div(q_pos, chunk_size, rounding_mode="floor") + 1) * chunk_size
+    return torch.arange(num_k, device=device)[None, :] < chunk_end[:, None]
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
+    """(B,) -> (B, dim) sinusoidal embedding: [sin | cos] of scale * t * 10000^(-k/(dim/2-1))."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, device=t.device).float() * -(math.log(10000) / (half - 1)))
+    emb = scale * t.unsqueeze(1) * freqs.unsqueeze(0)
+    return torch.cat((emb.sin(), emb.cos()), dim=-1)
+
 
 NOISE_FRAMES = 50 * 300  # upstream draws 300 s of noise once; longer utterances are not supported
 
 
 class CausalConditionalCFM(nn.Module):
-    def __init__(self, cfg: CFMConfig):
+    def __init__(self, cfg: CFMConfig, estimator: nn.Module, num_mels: int):
         super().__init__()
         if cfg.t_scheduler not in ("cosine", "linear"):
             raise ValueError(f"unknown CFM t_scheduler {cfg.t_scheduler!r}")
         self.cfg = cfg
-        self.num_mels = cfg.estimator.out_channels
-        self.estimator = CausalConditionalDecoder(cfg.estimator)
+        self.num_mels = num_mels
+        self.estimator = estimator
         # Upstream: torch.manual_seed(0) then randn(1, 80, 15000) at construction; frame f always gets column f,
         # which is what makes chunked and whole-utterance runs agree.
         noise = torch.randn(1, self.num_mels, NOISE_FRAMES, generator=torch.Generator().manual_seed(0))
@@ -34,7 +57,21 @@ class CausalConditionalCFM(nn.Module):
             t_span = 1 - torch.cos(t_span * 0.5 * torch.pi)
         return t_span
 
-    def empty_caches(self, batch: int) -> list[EstimatorCache]:
+    def euler_times(self, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Each Euler step's t and dt, accumulated as `solve` does (t += dt, dt re-derived from the span: the same
+        float rounding), for engines that precompute what depends on the step only."""
+        t_span = self.time_span(device)
+        t, dt = t_span[0:1], t_span[1] - t_span[0]
+        times, dts = [], []
+        for step in range(1, len(t_span)):
+            times.append(t.clone())
+            dts.append(dt.clone())
+            t = t + dt
+            if step < len(t_span) - 1:
+                dt = t_span[step + 1] - t
+        return times, dts
+
+    def empty_caches(self, batch: int) -> list:
         """One estimator cache per Euler step, each with 2*batch rows (conditioned, then unconditioned)."""
         return [self.estimator.empty_cache(2 * batch) for _ in range(self.cfg.n_timesteps)]
 
@@ -49,8 +86,8 @@ class CausalConditionalCFM(nn.Module):
             raise ValueError(f"utterance of {int(frames.max()) + 1} mel frames exceeds the {NOISE_FRAMES}-frame noise")
         return self.rand_noise[0][:, frames].transpose(0, 1).to(dtype)  # (80, B, m) -> (B, 80, m)
 
-    def forward(self, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor, caches: list[EstimatorCache],
-                streaming: bool, num_pad: torch.Tensor | None = None) -> tuple[torch.Tensor, list[EstimatorCache]]:
+    def forward(self, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor, caches: list,
+                streaming: bool, num_pad: torch.Tensor | None = None) -> tuple[torch.Tensor, list]:
         """mu, cond (B, 80, m) for the frames after the cached ones, spks (B, 80) -> float32 mel (B, 80, m), new
         caches.
         num_pad (B,): left-padding frames of each row's caches (requests of different lengths in one batch)."""

@@ -1,0 +1,68 @@
+"""The CosyVoice3 decode engine (DiT flow, causal HiFT) against its unbatched reference (the family's token2wav
+session / offline) on the tiny CosyVoice3 fixture, CPU, float32: packed steps with streams and whole utterances
+(speed changes included), shared voice prefixes, a vocoder failure isolated to its request."""
+
+import pytest
+from test_decode_engine import (LIMITS, check_against_reference, make_requests, run_packed, run_shared_prefix,
+                                run_until_done)
+
+from light_tts.decode.dit_engine import DiTDecodeEngine
+from light_tts.decode.engine_setup import EngineLimits
+from light_tts.families import family_named
+from light_tts.token2wav import HopPolicy
+
+# the vocoder turns mel rounding into audio differences (f0 drives an accumulated phase): the packed pass's mel is
+# within 1e-7 of the reference's (test_paged_dit.py), which moves this tiny model's audio by up to ~4e-4; the parity
+# fixture's audio tolerance
+REL_TOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def cfg(cv3_fixture_dir):
+    return family_named("cosyvoice3").load_model_config(cv3_fixture_dir)
+
+
+def new_engine(cfg, hop="growing", **limits) -> DiTDecodeEngine:
+    return family_named("cosyvoice3").decode_engine(cfg, max_batch_size=16, hop_policy=HopPolicy(hop),
+                                                    limits=EngineLimits(**{**LIMITS.__dict__, **limits}),
+                                                    clock=lambda: 0.0)
+
+
+def test_packed_steps_equal_unbatched(cfg):
+    """Streams (growing hops) and whole utterances with a speed change, staggered arrivals."""
+    engine = new_engine(cfg)
+    assert isinstance(engine, DiTDecodeEngine)
+    worst = run_packed(engine, cfg)
+    print(f"worst chunk rel L2 {worst:.2e}")
+    assert worst < REL_TOL
+
+
+def test_shared_prefix_equals_unshared(cfg):
+    """Streams of one voice share its prompt's first pages and the conv context saved at their end."""
+    worst, _, _ = run_shared_prefix(new_engine(cfg, "fixed"), cfg)
+    assert worst < REL_TOL
+
+
+def test_vocoder_failure_fails_only_its_request(cfg, monkeypatch):
+    import light_tts.decode.dit_engine as dit_engine
+
+    engine = new_engine(cfg, "fixed")
+    reqs = make_requests(cfg)[:2]
+    feeds = {}
+    for req_id, prompt, tokens, seed, stream, speed, push in reqs:
+        engine.add_request(req_id, prompt, seed, stream, speed)
+        feeds[req_id] = (tokens, push, 0)
+    original = dit_engine.vocode
+
+    def failing(hift, states, mels, finalize):
+        if len(mels) > 1 or mels[0].shape[2] == 2 * (25 + 20):  # r0's first chunk (25 + pad 20 tokens)
+            raise RuntimeError("injected")
+        return original(hift, states, mels, finalize)
+
+    monkeypatch.setattr(dit_engine, "vocode", failing)
+    outputs = run_until_done(engine, feeds)
+    assert outputs["r0"][-1].error and "injected" in outputs["r0"][-1].error
+    monkeypatch.setattr(dit_engine, "vocode", original)
+    assert check_against_reference(engine, reqs[1:], {"r1": outputs["r1"]}) < REL_TOL
+    engine.pool.check()
+    assert not engine.requests
