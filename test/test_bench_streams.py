@@ -119,7 +119,10 @@ def test_summary_of_a_level():
     assert lv["slack_s_min"] == pytest.approx(-0.5)
     assert lv["client_lag_s_max"] == 0.002
     assert lv["forced_length_fraction"] is None
+    assert (lv["refused_429"], lv["cut_after_200"]) == (1, 0)
     assert not is_held(lv, 0.5)  # a failure (and a stall)
+    cut = score(record(5, [0.1], [n], error="RemoteProtocolError: incomplete chunked read", start_s=1.0), 0)
+    assert summarize([cut], {"concurrency": 1}, client_lag_s=[])["cut_after_200"] == 1
 
 
 def test_audio_rate_counts_the_steady_window():

@@ -17,6 +17,11 @@ COUNTERS = {  # name in the level's "server" block -> (metric, label that must m
     # a saved voice used by id brings its features along: no cache lookup, no model run
     "saved_voice_prompts": ("lighttts_prompt_features_total", 'source="saved"'),
     "requests_ok": ("lighttts_requests_total", 'outcome="ok"'),
+    # pressure (issue 20): streams whose pages went to an older stream, new streams refused with 429 before their
+    # 200, and the waits for pages, slots or capacity behind them
+    "decode_preemptions": ("lighttts_decode_preemptions_total", ""),
+    "overloaded_429": ("lighttts_errors_total", 'kind="overloaded"'),
+    "decode_waits": ("lighttts_waits_total", 'stage="decode"'),
 }
 
 

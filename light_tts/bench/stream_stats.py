@@ -51,6 +51,9 @@ def summarize(records: list[dict], load: dict, client_lag_s: list[float]) -> dic
     return {
         **load,
         "requests": len(records), "failures": len(records) - len(good),
+        # issue 20's promises: a stream is refused (429) before its 200 or not at all, and never cut after it
+        "refused_429": sum(r["status"] == 429 for r in records),
+        "cut_after_200": sum(r["status"] == 200 and not r["ok"] for r in records),
         "errors": dict(Counter(error_text(r) for r in records if not r["ok"])),
         **quantiles([r["ttfa_s"] for r in good], "ttfa"),
         "stalled_streams": len(stalled), "stalled_fraction": len(stalled) / len(good) if good else None,

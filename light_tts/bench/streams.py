@@ -159,6 +159,8 @@ def describe(level: dict) -> str:
     load = f"concurrency {level['concurrency']}" if "concurrency" in level else f"rate {level['rate']}/s"
     return (f"{load}: {level['requests']} requests, {level['failures']} failed; TTFA p50/p95/p99 "
             f"{ms(level['ttfa_p50'])}/{ms(level['ttfa_p95'])}/{ms(level['ttfa_p99'])} ms; "
+            f"{level['refused_429']} refused (429), {level['cut_after_200']} cut after their 200, "
+            f"{(level['server'] or {}).get('decode_preemptions', 0):.0f} preemptions; "
             f"{level['stalled_streams']} stalled streams, {level['stall_s_total']:.2f} stall s; "
             f"{level['audio_s_per_s'] or 0:.1f} audio s/s; client lag max {ms(level['client_lag_s_max'])} ms"
             + (f"; errors {level['errors']}" if level["errors"] else "")
