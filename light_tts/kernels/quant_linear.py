@@ -20,7 +20,7 @@ import triton.language as tl
 from light_tts.kernels.quant import per_token_fp8_ref, per_token_fp8_triton, quantize_rows, scale_of
 
 # fp8: rows at or below which the fused Triton kernel runs instead of per-token quantization + torch._scaled_mm
-# (CUDA-graph buckets 1..16 of a decode step); light_tts.bench.quant --gemm times both to set it
+# (CUDA-graph buckets 1..16 of a decode step); light_tts.bench.quant_gemm times both to set it
 FP8_TRITON_MAX_ROWS = 16
 
 
