@@ -200,3 +200,15 @@ def test_prefill_attention_reads_quantized_kv(fmt, dtype, poisoned_empty):
     torch.testing.assert_close(out, ref, **tolerance(dtype))
     unquantized = ops.prefill_attention(q, k_cache, v_cache, *meta, use_triton=False)
     assert (out.float() - unquantized.float()).abs().max() < ATTN_QUANT_ERR[fmt]
+
+
+def test_gemm_bench_runs(tmp_path):
+    """light_tts.bench.quant_gemm at tiny shapes (on the CPU: the interpreter, only that it runs)."""
+    import json
+
+    from light_tts.bench.quant_gemm import main
+
+    main(["--out", str(tmp_path / "g.json"), "--shapes", "tiny", "--rows", "1,16", "--dtype", "float32",
+          "--device", DEVICE.type])
+    rows = json.loads((tmp_path / "g.json").read_text())["rows"]
+    assert len(rows) == 2 * 2 and all(r["fp8_triton_ms"] > 0 and r["int8_triton_ms"] > 0 for r in rows)
