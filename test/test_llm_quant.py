@@ -2,6 +2,8 @@
 and stays close to the float32 engine (teacher-forced log-probs and top-1, as light_tts.bench.quant measures
 them); the flags' validation and their way from ServerConfig to the engine; on CUDA, graphs capture them."""
 
+import logging
+
 import pytest
 import torch
 
@@ -100,8 +102,9 @@ def test_engine_and_server_flags_are_validated():
 
 def test_startup_lines_say_what_runs_where(monkeypatch):
     assert check_support("none", "auto", torch.device("cpu")) == []
-    lines = check_support("int8", "fp8", torch.device("cpu"))
-    assert "int8 weights" in lines[0] and "fp8 KV cache" in lines[0] and "torch reference" in lines[1]
+    (level, line), (cpu_level, cpu_line) = check_support("int8", "fp8", torch.device("cpu"))
+    assert "int8 weights" in line and "fp8 KV cache" in line and level == logging.INFO
+    assert "on the CPU runs the torch reference" in cpu_line and cpu_level == logging.WARNING  # a fallback
     # a GPU without fp8 (an A10 is 8.6): fp8 refused at startup with what to use instead, int8 accepted
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A10")
@@ -110,7 +113,7 @@ def test_startup_lines_say_what_runs_where(monkeypatch):
         check_support("fp8", "fp8", gpu)
     with pytest.raises(ValueError, match="--kv_cache_dtype fp8 need"):
         check_support("int8", "fp8", gpu)
-    assert "int8 KV cache" in check_support("int8", "int8", gpu)[0]
+    assert "int8 KV cache" in check_support("int8", "int8", gpu)[0][1]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

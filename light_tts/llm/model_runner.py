@@ -44,8 +44,8 @@ class ModelRunner:
         self.sampler = Sampler(model_cfg.llm.sampling, reject_from=self.layout.eos)
         self.quant_notes = check_support(engine_cfg.quantization, engine_cfg.kv_cache_dtype, device)
         self.kv_format = kv_cache_format(engine_cfg.kv_cache_dtype)
-        for line in self.quant_notes:
-            log.info("%s", line)
+        for level, line in self.quant_notes:
+            log.log(level, "%s", line)
         self.model = self._load(state_dict if state_dict is not None else read_state_dict(model_cfg.path("llm.pt")))
         self.num_kv_slots = self._size_kv_cache()
         self.kv = KVCache(self.llm_cfg, self.num_kv_slots, self.num_rows, engine_cfg.max_req_total_len,

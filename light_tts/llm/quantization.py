@@ -9,6 +9,8 @@ model.KVCache; the kernels take them from there.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -70,8 +72,9 @@ def kv_cache_format(kv_cache_dtype: str) -> str | None:
     return None if kv_cache_dtype == "auto" else kv_cache_dtype
 
 
-def check_support(quantization: str, kv_cache_dtype: str, device: torch.device) -> list[str]:
-    """What the modes run on this device, as startup lines; raises ValueError for a mode it cannot run."""
+def check_support(quantization: str, kv_cache_dtype: str, device: torch.device) -> list[tuple[int, str]]:
+    """What the modes run on this device, as startup lines (logging level, text): a fallback is a warning. Raises
+    ValueError for a mode this device cannot run."""
     if quantization == "none" and kv_cache_dtype == "auto":
         return []
     weights = {"none": "weights in the compute dtype",
@@ -79,10 +82,10 @@ def check_support(quantization: str, kv_cache_dtype: str, device: torch.device) 
                INT8: "int8 weights (a scale per output channel; activations in the compute dtype)"}[quantization]
     kv = ("KV cache in the compute dtype" if kv_cache_dtype == "auto"
           else f"{kv_cache_dtype} KV cache (a scale per token and head)")
-    lines = [f"LLM quantization: {weights}, {kv}"]
+    lines = [(logging.INFO, f"LLM quantization: {weights}, {kv}")]
     if device.type != "cuda":
-        lines.append("LLM quantization on the CPU: the torch reference, which rounds as the GPU kernels do (for "
-                     "tests; no faster than float32)")
+        lines.append((logging.WARNING, "LLM quantization on the CPU runs the torch reference, which rounds as the "
+                                       "GPU kernels do (for tests; no faster than float32)"))
         return lines
     capability = torch.cuda.get_device_capability(device)
     if capability < FP8_CAPABILITY:
@@ -96,8 +99,9 @@ def check_support(quantization: str, kv_cache_dtype: str, device: torch.device) 
         from light_tts.kernels.quant_linear import FP8_TRITON_MAX_ROWS, scaled_mm_works
 
         if scaled_mm_works(device):
-            lines.append(f"fp8 GEMMs: a Triton kernel up to {FP8_TRITON_MAX_ROWS} rows, torch._scaled_mm above")
+            lines.append((logging.INFO, f"fp8 GEMMs: a Triton kernel up to {FP8_TRITON_MAX_ROWS} rows, "
+                                        "torch._scaled_mm above"))
         else:
-            lines.append("fp8 GEMMs: the Triton kernel at every size (torch._scaled_mm with row-wise scales does "
-                         "not run on this GPU and torch)")
+            lines.append((logging.WARNING, "fp8 GEMMs: the Triton kernel at every size (torch._scaled_mm with "
+                                           "row-wise scales does not run on this GPU and torch)"))
     return lines

@@ -83,8 +83,9 @@ def test_startup_notes_for_compatibility_and_quantization_flags(small_server):
     log = small_server.log_path.read_text()
     assert log.count("--mode triton_gqa_flashdecoding has no effect") == 1
     assert log.count("--decode_paral_num 2 has no effect") == 1
-    # a flag that does something says so too: the LLM process prints how it runs --kv_cache_dtype here
-    assert log.count("llm0 INFO LLM quantization: weights in the compute dtype, int8 KV cache") == 1
+    # a flag that does something says so too: on the CPU the LLM process warns that --kv_cache_dtype int8 runs
+    # the torch reference
+    assert log.count("llm0 WARNING LLM quantization on the CPU runs the torch reference") == 1
 
 
 def test_all_slots_busy_gets_429_at_once(small_server):
