@@ -1,8 +1,8 @@
 """Accuracy, speed and memory of the LLM quantization modes (--quantization, --kv_cache_dtype) against the
 unquantized engine in the same dtype, on the full-size random model (or --model_dir).
 
-python -m light_tts.bench.quant --out quant.json [--model_dir DIR] [--device cuda] [--dtype bfloat16]
-    [--modes none/auto,fp8/auto,...] [--steps 1000] [--batches 1,256] [--pipeline_tokens 250]
+python -m light_tts.bench.quant --out quant.json [--model_dir DIR | --shape llama3b] [--device cuda]
+    [--dtype bfloat16] [--modes none/auto,fp8/auto,...] [--steps 1000] [--batches 1,256] [--pipeline_tokens 250]
 On the CPU at a tiny size (the accuracy columns only, float32):
 python -m light_tts.bench.quant --out q.json --device cpu --dtype float32 --model_dir <tiny model> --batches ""
 
@@ -16,6 +16,9 @@ Per mode:
   baseline's (a sampled token that differs changes what follows, so these are whole-utterance changes);
 - memory: weight bytes and KV bytes per token; speed (CUDA): the decode step at each of --batches with CUDA
   graphs (engine.step() and the graph replay alone, as light_tts.bench.llm measures them).
+--shape llama3b: a random Qwen2-style body of Llama-3.2-3B's size (Orpheus's LLM: 28 layers, 3072 wide, GQA 24/8
+heads of 128, MLP 8192) under CosyVoice2's speech head and sampling, a stand-in for Orpheus's decode step until
+the Llama family runs in the engine (its head, 156,940 x 3072, stays unquantized, and its sampler differs).
 Random weights give flat, low-margin distributions, so top-1 flips are likelier than in a trained model: the
 table bounds what quantization changes, docs/quantization.md says how to read it.
 """
@@ -36,12 +39,15 @@ from light_tts.llm.config import EngineConfig
 from light_tts.llm.engine import LLMEngine
 from light_tts.llm.model import KVCache
 from light_tts.llm.request import LLMRequest
+from light_tts.model_config import LLMConfig, ModelConfig, QwenConfig
 from light_tts.model_dir import load_model_config
 from light_tts.models.cosyvoice2.speech_lm import SpeechLM
 from light_tts.token2wav import Token2Wav
 
 DEFAULT_MODES = "none/auto,fp8/auto,int8/auto,none/fp8,none/int8,fp8/fp8,int8/int8"
 PROMPT_LEN = 300
+LLAMA_3B = QwenConfig(hidden_size=3072, num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8,
+                      intermediate_size=8192, vocab_size=128256, rms_norm_eps=1e-5, rope_theta=500000.0)
 
 
 def parse_modes(text: str) -> list[tuple[str, str]]:
@@ -129,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model_dir", type=Path, help="default: full-size random weights")
+    parser.add_argument("--shape", default="cosyvoice2", choices=("cosyvoice2", "llama3b"),
+                        help="of the random model (llama3b: no pipeline columns)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--modes", default=DEFAULT_MODES, help="quantization/kv_cache_dtype pairs")
@@ -141,6 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     bench_llm.DEVICE = args.device
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_model_config(args.model_dir) if args.model_dir else random_model_dir(Path(tmp))
+        if args.shape == "llama3b":
+            cfg = ModelConfig(cfg.model_dir, llm=LLMConfig(llm_input_size=3072, llm_output_size=3072, qwen=LLAMA_3B))
+            args.pipeline_tokens = 0
         if args.model_dir:
             state_dict = torch.load(cfg.path("llm.pt"), map_location=args.device, weights_only=True)
         else:
@@ -151,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         t2w = Token2Wav(cfg, args.device) if args.pipeline_tokens else None
         max_batch = max(args.batch_list + [4])
         results: dict = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-                         "dtype": args.dtype, "steps": args.steps, "modes": []}
+                         "dtype": args.dtype, "shape": args.shape, "steps": args.steps, "modes": []}
         ref: dict = {}
         for mode in parse_modes(args.modes):
             engine = make_engine(cfg, state_dict, args.device, args.dtype, mode, max_batch)
