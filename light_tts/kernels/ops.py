@@ -100,7 +100,9 @@ def fp8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: 
     Triton kernel up to FP8_TRITON_MAX_ROWS rows (or where torch._scaled_mm cannot run), torch._scaled_mm above."""
     if not _is_triton(x, use_triton):
         return fp8_linear_ref(x, w_q, w_scale, bias)
-    if x.is_cuda and x.shape[0] > FP8_TRITON_MAX_ROWS and scaled_mm_works(x.device):
+    # _scaled_mm needs K and N multiples of 16 (every LLM projection here)
+    if (x.is_cuda and x.shape[0] > FP8_TRITON_MAX_ROWS and x.shape[1] % 16 == 0 == w_q.shape[0] % 16
+            and scaled_mm_works(x.device)):
         return fp8_linear_scaled_mm(x, w_q, w_scale, bias)
     return quant_linear_triton(x, w_q, w_scale, bias, act_fp8=True)
 

@@ -101,11 +101,18 @@ def quant_linear_triton(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tenso
     return out
 
 
-@functools.cache
 def scaled_mm_works(device: torch.device) -> bool:
     """Whether torch._scaled_mm runs fp8 with row-wise scales here (torch >= 2.5 on compute capability 9.0; its
-    support on 8.9 depends on the build), tried once on a tiny product."""
-    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+    support on 8.9 depends on the build), tried once per GPU on a tiny product (at startup: never in a capture)."""
+    if device.type != "cuda":
+        return False
+    return _scaled_mm_works(torch.cuda.current_device() if device.index is None else device.index)
+
+
+@functools.cache
+def _scaled_mm_works(index: int) -> bool:
+    device = torch.device("cuda", index)
+    if torch.cuda.get_device_capability(device) < (8, 9):
         return False
     a = torch.zeros((16, 32), dtype=torch.float8_e4m3fn, device=device)
     try:
