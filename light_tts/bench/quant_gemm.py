@@ -51,7 +51,7 @@ def tiles(rows: int) -> list[dict]:
     return [default] + [t for t in others if t != default]
 
 
-def bench_shape(name: str, k: int, n: int, rows: int, dtype: torch.dtype, device: str) -> dict:
+def bench_shape(name: str, k: int, n: int, rows: int, dtype: torch.dtype, device: str, sweep: bool) -> dict:
     w = torch.randn(n, k, device=device, dtype=dtype) / k ** 0.5
     x = torch.randn(rows, k, device=device, dtype=dtype)
     fp8_w, fp8_s = quantize_weight(w, "fp8")
@@ -63,7 +63,7 @@ def bench_shape(name: str, k: int, n: int, rows: int, dtype: torch.dtype, device
     if device == "cuda" and scaled_mm_works(torch.device(device)):
         result["fp8_scaled_mm_ms"] = time_ms(lambda: fp8_linear_scaled_mm(x, fp8_w, fp8_s, None), device)
     fp8_tiles = [(time_ms(lambda t=t: quant_linear_triton(x, fp8_w, fp8_s, None, act_fp8=True, blocks=t), device), t)
-                 for t in (tiles(rows) if device == "cuda" else tiles(rows)[:1])]
+                 for t in (tiles(rows) if sweep else tiles(rows)[:1])]
     result["fp8_triton_ms"] = fp8_tiles[0][0]  # the default tile
     result["fp8_triton_best_ms"], result["fp8_triton_best_tile"] = min(fp8_tiles, key=lambda r: r[0])
     return result
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", default="1,2,4,8,16,32,64,128,256")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--no_sweep", action="store_true", help="time the default tile of the Triton kernel only")
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     results = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "dtype": args.dtype,
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     for model in args.shapes.split(","):
         for name, k, n in SHAPES[model]:
             for rows in (int(r) for r in args.rows.split(",")):
-                r = {"model": model, **bench_shape(name, k, n, rows, dtype, args.device)}
+                r = {"model": model, **bench_shape(name, k, n, rows, dtype, args.device,
+                                                   sweep=args.device == "cuda" and not args.no_sweep)}
                 results["rows"].append(r)
                 print_row(r, args.dtype)
     args.out.parent.mkdir(parents=True, exist_ok=True)
