@@ -12,8 +12,8 @@ from light_tts.llm.config import EngineConfig
 from light_tts.llm.engine import LLMEngine
 from light_tts.llm.quantization import QuantLinear, check_support
 from light_tts.llm.request import LLMRequest
+from light_tts.model_dir import load_model_config
 from light_tts.server.runtime.config import ServerConfig
-from test_llm_engine import model_cfg, state_dict  # noqa: F401 (fixtures: the tiny model's config and llm.pt)
 
 MODES = [("fp8", "auto"), ("int8", "auto"), ("none", "fp8"), ("none", "int8"), ("fp8", "fp8")]
 NUM_STEPS = 120
@@ -22,9 +22,16 @@ NUM_STEPS = 120
 MIN_TOP1 = 0.95
 
 
-def make_engine(model_cfg, state_dict, device="cpu", **kw) -> LLMEngine:
+@pytest.fixture(scope="module")
+def tiny(fixture_dir):
+    """The tiny fixture model's config and its llm.pt."""
+    return load_model_config(fixture_dir), torch.load(fixture_dir / "llm.pt", weights_only=True)
+
+
+def make_engine(tiny, device="cpu", **kw) -> LLMEngine:
     cfg = EngineConfig(**{"data_type": "float32", "max_req_total_len": 512, "running_max_req_size": 4,
                           "max_total_token_num": 2048, **kw})
+    model_cfg, state_dict = tiny
     return LLMEngine(model_cfg, cfg, device, state_dict)
 
 
@@ -40,13 +47,13 @@ def held_slots(engine: LLMEngine) -> int:
 
 
 @pytest.fixture(scope="module")
-def reference(model_cfg, state_dict):
-    return forced_logprobs(make_engine(model_cfg, state_dict), request(greedy=True), None)
+def reference(tiny):
+    return forced_logprobs(make_engine(tiny), request(greedy=True), None)
 
 
 @pytest.mark.parametrize("quantization, kv_cache_dtype", MODES)
-def test_each_mode_stays_close_to_float32(model_cfg, state_dict, reference, quantization, kv_cache_dtype):
-    engine = make_engine(model_cfg, state_dict, quantization=quantization, kv_cache_dtype=kv_cache_dtype)
+def test_each_mode_stays_close_to_float32(tiny, reference, quantization, kv_cache_dtype):
+    engine = make_engine(tiny, quantization=quantization, kv_cache_dtype=kv_cache_dtype)
     layer = engine.runner.model.layers[0]
     kv = engine.runner.kv
     if quantization != "none":  # every projection of the body swapped, the head left alone
@@ -65,18 +72,19 @@ def test_each_mode_stays_close_to_float32(model_cfg, state_dict, reference, quan
     assert held_slots(engine) == 0  # the request ended and freed its slots
 
 
-def test_quantized_kv_cache_holds_more_tokens_per_byte(model_cfg):
+def test_quantized_kv_cache_holds_more_tokens_per_byte(tiny):
     from light_tts.llm.model import KVCache
 
-    fp16 = KVCache.bytes_per_slot(model_cfg.llm, torch.float16)
-    int8 = KVCache.bytes_per_slot(model_cfg.llm, torch.float16, "int8")
-    q = model_cfg.llm.qwen
+    llm_cfg = tiny[0].llm
+    fp16 = KVCache.bytes_per_slot(llm_cfg, torch.float16)
+    int8 = KVCache.bytes_per_slot(llm_cfg, torch.float16, "int8")
+    q = llm_cfg.qwen
     assert int8 == 2 * q.num_hidden_layers * q.num_key_value_heads * (q.head_dim + 4) < fp16
 
 
-def test_sampled_requests_run_in_a_batch(model_cfg, state_dict):
+def test_sampled_requests_run_in_a_batch(tiny):
     """The ordinary path (engine.step(), RAS sampling, several requests batched) with every quantized part on."""
-    engine = make_engine(model_cfg, state_dict, quantization="int8", kv_cache_dtype="fp8")
+    engine = make_engine(tiny, quantization="int8", kv_cache_dtype="fp8")
     for i in range(3):
         engine.add_request(request(f"r{i}", min_len=10, max_len=30 + i))
     lengths = {f"r{i}": 0 for i in range(3)}
@@ -118,7 +126,7 @@ def test_startup_lines_say_what_runs_where(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("quantization, kv_cache_dtype", MODES)
-def test_cuda_graphs_capture_quantized_paths(model_cfg, state_dict, quantization, kv_cache_dtype):
+def test_cuda_graphs_capture_quantized_paths(tiny, quantization, kv_cache_dtype):
     """Graphs replay what the eager forward computes, for a batch of 3 padded into the bucket of 4."""
     if "fp8" in (quantization, kv_cache_dtype) and torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("fp8 needs compute capability 8.9")
@@ -126,7 +134,7 @@ def test_cuda_graphs_capture_quantized_paths(model_cfg, state_dict, quantization
               graph_max_batch_size=4, max_total_token_num=None)
     runs = []
     for disable_cudagraph in (False, True):
-        engine = make_engine(model_cfg, state_dict, "cuda", disable_cudagraph=disable_cudagraph, **kw)
+        engine = make_engine(tiny, "cuda", disable_cudagraph=disable_cudagraph, **kw)
         assert (engine.runner.graphs is None) == disable_cudagraph
         for i in range(3):
             engine.add_request(request(f"g{i}", greedy=True, min_len=40, max_len=40))
