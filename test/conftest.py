@@ -47,3 +47,19 @@ def fixture_dir() -> Path:
     if not FIXTURE_DIR.exists():
         pytest.fail(f"parity fixtures not found at {FIXTURE_DIR}")
     return FIXTURE_DIR
+
+
+@pytest.fixture
+def poisoned_empty(monkeypatch):
+    """Makes torch.empty return NaN (floats) or -1 (ints), so a kernel that skips writing an output fails."""
+    import torch
+
+    real_empty = torch.empty
+
+    def empty(*size, dtype=None, **kwargs):
+        t = real_empty(*size, dtype=dtype, **kwargs)
+        return t.fill_(float("nan") if t.is_floating_point() else -1)
+
+    monkeypatch.setattr(torch, "empty", empty)
+    monkeypatch.setattr(torch, "empty_like", lambda x, **kw: empty(x.shape, dtype=kw.pop("dtype", x.dtype),
+                                                                   device=kw.pop("device", x.device)))
