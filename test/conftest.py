@@ -49,6 +49,14 @@ def fixture_dir() -> Path:
     return FIXTURE_DIR
 
 
+@pytest.fixture(scope="session")
+def orpheus_dir(tmp_path_factory) -> Path:
+    """A tiny random Orpheus model directory (make_model --family orpheus --size tiny), written once per session."""
+    from light_tts.tools.make_orpheus import make_orpheus
+
+    return make_orpheus(tmp_path_factory.mktemp("orpheus"), "tiny", seed=0)
+
+
 @pytest.fixture
 def poisoned_empty(monkeypatch):
     """Makes torch.empty return NaN (floats) or -1 (ints), so a kernel that skips writing an output fails."""

@@ -1,6 +1,7 @@
-"""The LLM engine with --quantization / --kv_cache_dtype on the tiny fixture model: each mode swaps in what it says
-and stays close to the float32 engine (teacher-forced log-probs and top-1, as light_tts.bench.quant measures
-them); the flags' validation and their way from ServerConfig to the engine; on CUDA, graphs capture them."""
+"""The LLM engine with --quantization / --kv_cache_dtype on the tiny fixture model (CosyVoice2's Qwen2 body) and
+the tiny Orpheus model (the Llama body, tied head): each mode swaps in what it says and stays close to the float32
+engine (teacher-forced log-probs and top-1, as light_tts.bench.quant measures them); the flags' validation and
+their way from ServerConfig to the engine; on CUDA, graphs capture them."""
 
 import logging
 
@@ -21,6 +22,7 @@ NUM_STEPS = 120
 # of NUM_STEPS teacher-forced steps, the share whose argmax must be the float32 engine's (measured: 0.99-1.0 on the
 # tiny model, whose random weights give near-flat distributions where a top-1 flip is cheap)
 MIN_TOP1 = 0.95
+ORPHEUS_STEPS = 60  # fewer: each step scores Orpheus's 156,940-id vocabulary
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +73,56 @@ def test_each_mode_stays_close_to_float32(tiny, reference, quantization, kv_cach
     if kv_cache_dtype != "auto":  # the cache holds what was written: every used slot has a scale
         assert (kv.k_scale[:, :len(tokens)] > 0).any()
     assert held_slots(engine) == 0  # the request ended and freed its slots
+
+
+@pytest.fixture(scope="module")
+def orpheus(orpheus_dir):
+    """The tiny Orpheus model's engine spec, its released state dict and a served prompt."""
+    from light_tts.families.orpheus import llm_spec, load_model_config
+    from light_tts.models.orpheus.lm import build_prompt
+    from light_tts.models.weights import read_safetensors
+
+    cfg = load_model_config(orpheus_dir)
+    return llm_spec(cfg), read_safetensors(orpheus_dir), build_prompt(cfg.tokens, list(range(1000, 1012)))
+
+
+def orpheus_run(orpheus, ref_tokens=None, **kw):
+    """An Orpheus engine in one mode and its teacher-forced run of one fixed-length greedy request (audio ids in
+    frame order, as fixed_speech_tokens serves them)."""
+    spec, state_dict, prompt = orpheus
+    cfg = EngineConfig(**{"data_type": "float32", "max_req_total_len": 512, "running_max_req_size": 4,
+                          "max_total_token_num": 2048, **kw})
+    engine = LLMEngine(spec, cfg, "cpu", state_dict)
+    req = LLMRequest("o", prompt, greedy=True, min_len=ORPHEUS_STEPS, max_len=ORPHEUS_STEPS)
+    return engine, forced_logprobs(engine, req, ref_tokens)
+
+
+@pytest.fixture(scope="module")
+def orpheus_reference(orpheus):
+    return orpheus_run(orpheus)[1]
+
+
+@pytest.mark.parametrize("quantization, kv_cache_dtype", MODES)
+def test_orpheus_llama_body_quantizes_and_stays_close(orpheus, orpheus_reference, quantization, kv_cache_dtype):
+    """The same modes on the Llama body (no qkv bias, GQA 6/2, llama3 rope): every projection swapped, the tied head
+    still the embedding table, and the same tolerances against the float32 engine."""
+    ref_tokens, ref_logprobs = orpheus_reference
+    engine, (tokens, logprobs) = orpheus_run(orpheus, ref_tokens, quantization=quantization,
+                                             kv_cache_dtype=kv_cache_dtype)
+    model, kv = engine.runner.model, engine.runner.kv
+    if quantization != "none":
+        layer = model.layers[-1]
+        projections = (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj)
+        assert all(isinstance(p, QuantLinear) and p.mode == quantization for p in projections)
+        assert layer.qkv_proj.bias is None
+    assert model.llm_decoder.weight is model.embed.weight and model.embed.weight.dtype == torch.float32
+    expected_kv = {"auto": torch.float32, "fp8": torch.float8_e4m3fn, "int8": torch.int8}[kv_cache_dtype]
+    assert kv.k.dtype == expected_kv and (kv.k_scale is None) == (kv_cache_dtype == "auto")
+    assert tokens == ref_tokens and len(tokens) == ORPHEUS_STEPS
+    result = accuracy(ref_logprobs, logprobs)
+    assert result["top1_agreement"] >= MIN_TOP1, result
+    assert 0 < result["kl_mean"] < 1e-3, result
+    assert held_slots(engine) == 0
 
 
 def test_quantized_kv_cache_holds_more_tokens_per_byte(tiny):
