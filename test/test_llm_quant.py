@@ -86,15 +86,22 @@ def orpheus(orpheus_dir):
     return llm_spec(cfg), read_safetensors(orpheus_dir), build_prompt(cfg.tokens, list(range(1000, 1012)))
 
 
-def orpheus_run(orpheus, ref_tokens=None, **kw):
-    """An Orpheus engine in one mode and its teacher-forced run of one fixed-length greedy request (audio ids in
-    frame order, as fixed_speech_tokens serves them)."""
-    spec, state_dict, prompt = orpheus
+def orpheus_engine(orpheus, device="cpu", **kw) -> LLMEngine:
+    spec, state_dict, _ = orpheus
     cfg = EngineConfig(**{"data_type": "float32", "max_req_total_len": 512, "running_max_req_size": 4,
                           "max_total_token_num": 2048, **kw})
-    engine = LLMEngine(spec, cfg, "cpu", state_dict)
-    req = LLMRequest("o", prompt, greedy=True, min_len=ORPHEUS_STEPS, max_len=ORPHEUS_STEPS)
-    return engine, forced_logprobs(engine, req, ref_tokens)
+    return LLMEngine(spec, cfg, device, state_dict)
+
+
+def orpheus_request(orpheus, req_id="o", num_steps=ORPHEUS_STEPS) -> LLMRequest:
+    """A fixed-length greedy request: audio ids in frame order, as fixed_speech_tokens serves them."""
+    return LLMRequest(req_id, orpheus[2], greedy=True, min_len=num_steps, max_len=num_steps)
+
+
+def orpheus_run(orpheus, ref_tokens=None, **kw):
+    """An Orpheus engine in one mode and its teacher-forced run of one request."""
+    engine = orpheus_engine(orpheus, **kw)
+    return engine, forced_logprobs(engine, orpheus_request(orpheus), ref_tokens)
 
 
 @pytest.fixture(scope="module")
@@ -176,20 +183,23 @@ def test_startup_lines_say_what_runs_where(monkeypatch):
     assert "int8 KV cache" in check_support("int8", "int8", gpu)[0][1]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("quantization, kv_cache_dtype", MODES)
-def test_cuda_graphs_capture_quantized_paths(tiny, quantization, kv_cache_dtype):
-    """Graphs replay what the eager forward computes, for a batch of 3 padded into the bucket of 4."""
+def cuda_mode(quantization: str, kv_cache_dtype: str) -> dict:
+    """EngineConfig overrides of a bf16 CUDA engine in one mode (skips fp8 below compute capability 8.9)."""
     if "fp8" in (quantization, kv_cache_dtype) and torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("fp8 needs compute capability 8.9")
-    kw = dict(data_type="bfloat16", quantization=quantization, kv_cache_dtype=kv_cache_dtype,
-              graph_max_batch_size=4, max_total_token_num=None)
+    return dict(data_type="bfloat16", quantization=quantization, kv_cache_dtype=kv_cache_dtype,
+                graph_max_batch_size=4, max_total_token_num=None)
+
+
+def check_graphs_match_eager(make_engine_for, make_request) -> None:
+    """Graphs replay what the eager forward computes, for a batch of 3 padded into the bucket of 4:
+    make_engine_for(disable_cudagraph) -> engine, make_request(req_id) -> a greedy request."""
     runs = []
     for disable_cudagraph in (False, True):
-        engine = make_engine(tiny, "cuda", disable_cudagraph=disable_cudagraph, **kw)
+        engine = make_engine_for(disable_cudagraph)
         assert (engine.runner.graphs is None) == disable_cudagraph
         for i in range(3):
-            engine.add_request(request(f"g{i}", greedy=True, min_len=40, max_len=40))
+            engine.add_request(make_request(f"g{i}"))
         tokens = {}
         while engine.has_unfinished():
             for out in engine.step():
@@ -197,6 +207,23 @@ def test_cuda_graphs_capture_quantized_paths(tiny, quantization, kv_cache_dtype)
         runs.append(tokens)
     num_equal = sum(runs[0][k] == runs[1][k] for k in runs[0])
     assert num_equal >= 2, runs  # bf16 near-ties may flip one greedy sequence
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("quantization, kv_cache_dtype", MODES)
+def test_cuda_graphs_capture_quantized_paths(tiny, quantization, kv_cache_dtype):
+    kw = cuda_mode(quantization, kv_cache_dtype)
+    check_graphs_match_eager(lambda disable: make_engine(tiny, "cuda", disable_cudagraph=disable, **kw),
+                             lambda req_id: request(req_id, greedy=True, min_len=40, max_len=40))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("quantization, kv_cache_dtype", MODES)
+def test_cuda_graphs_capture_quantized_orpheus(orpheus, quantization, kv_cache_dtype):
+    """The same on the Llama body with the nucleus sampler (greedy rows) in the graphs."""
+    kw = cuda_mode(quantization, kv_cache_dtype)
+    check_graphs_match_eager(lambda disable: orpheus_engine(orpheus, "cuda", disable_cudagraph=disable, **kw),
+                             lambda req_id: orpheus_request(orpheus, req_id, 40))
 
 
 
