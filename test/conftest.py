@@ -56,3 +56,27 @@ def cv3_fixture_dir() -> Path:
     if not path.exists():
         pytest.fail(f"parity fixtures not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def orpheus_dir(tmp_path_factory) -> Path:
+    """A tiny random Orpheus model directory (make_model --family orpheus --size tiny), written once per session."""
+    from light_tts.tools.make_orpheus import make_orpheus
+
+    return make_orpheus(tmp_path_factory.mktemp("orpheus"), "tiny", seed=0)
+
+
+@pytest.fixture
+def poisoned_empty(monkeypatch):
+    """Makes torch.empty return NaN (floats) or -1 (ints), so a kernel that skips writing an output fails."""
+    import torch
+
+    real_empty = torch.empty
+
+    def empty(*size, dtype=None, **kwargs):
+        t = real_empty(*size, dtype=dtype, **kwargs)
+        return t.fill_(float("nan") if t.is_floating_point() else -1)
+
+    monkeypatch.setattr(torch, "empty", empty)
+    monkeypatch.setattr(torch, "empty_like", lambda x, **kw: empty(x.shape, dtype=kw.pop("dtype", x.dtype),
+                                                                   device=kw.pop("device", x.device)))

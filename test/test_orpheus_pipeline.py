@@ -10,12 +10,11 @@ import pytest
 
 from light_tts.errors import ModelDirError, RequestError, TextError
 from light_tts.families import detect_family, load_family
-from light_tts.tools.make_orpheus import make_orpheus
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_orpheus(tmp_path_factory.mktemp("orpheus"), "tiny", seed=0)
+def model_dir(orpheus_dir):
+    return orpheus_dir
 
 
 @pytest.fixture(scope="module")

@@ -157,7 +157,8 @@ def test_settings_derive_every_size_from_config_and_model():
                         flow=FlowConfig(spk_embed_dim=256), feat=MelConfig(num_mels=100))
     cfg = ServerConfig(running_max_req_size=5, max_text_chars=300, max_prompt_seconds=4, cache_capacity=7,
                        max_req_total_len=900, router_max_wait_tokens=3, data_type="bfloat16",
-                       kv_cache_mem_fraction=0.3, disable_prefix_cache=True)
+                       kv_cache_mem_fraction=0.3, disable_prefix_cache=True, quantization="int8",
+                       kv_cache_dtype="fp8")
     s = build_settings(cfg, model)
     assert (s.model.name, s.model.sample_rate, s.model.token_rate) == ("m16k", 16000, 50)
     assert s.shm.audio_ring_samples == 60 * 16000 and s.shm.prompt_speech_tokens == 4 * 50 + 50
@@ -172,7 +173,7 @@ def test_settings_derive_every_size_from_config_and_model():
         "kv_cache_mem_fraction": 0.3,
         "first_hop_tokens": 2 * 25 - 1 + 3,  # the model's chunk (25) less one of alignment pad, and its lookahead
         "ahead_tokens": int(cfg.llm_ahead_seconds * 50),  # at the model's 50 tokens per second
-        "tokens_per_second": 50}
+        "tokens_per_second": 50, "quantization": "int8", "kv_cache_dtype": "fp8"}
     assert s.llm_engine_config("cpu").data_type == "float32"
     assert s.max_fixed_speech_tokens == 900
     smaller = build_settings(dataclasses.replace(cfg, graph_max_batch_size=2), model)

@@ -12,12 +12,14 @@ from light_tts.kernels.decode_attention import decode_attention_ref, decode_atte
 from light_tts.kernels.kv_store import store_kv_ref, store_kv_triton
 from light_tts.kernels.nucleus_sampling import nucleus_sample_ref, nucleus_sample_triton
 from light_tts.kernels.prefill_attention import prefill_attention_ref, prefill_attention_triton
+from light_tts.kernels.quant_linear import (FP8_TRITON_MAX_ROWS, fp8_linear_ref, fp8_linear_scaled_mm, int8_linear_ref,
+                                            quant_linear_triton, scaled_mm_works)
 from light_tts.kernels.ras_sampling import ras_first_attempt_ref, ras_first_attempt_triton
 from light_tts.kernels.rmsnorm import rms_norm_ref, rms_norm_triton
 from light_tts.kernels.rotary import apply_rotary_ref, apply_rotary_triton, build_cos_sin_cache
 
 __all__ = ["rms_norm", "apply_rotary", "build_cos_sin_cache", "silu_and_mul", "store_kv",
-           "prefill_attention", "decode_attention", "ras_first_attempt", "nucleus_sample"]
+           "prefill_attention", "decode_attention", "ras_first_attempt", "nucleus_sample", "fp8_linear", "int8_linear"]
 
 
 def _is_triton(x: torch.Tensor, use_triton: bool | None) -> bool:
@@ -38,12 +40,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
                  v: torch.Tensor | None = None, k_cache: torch.Tensor | None = None,
                  v_cache: torch.Tensor | None = None, slot_mapping: torch.Tensor | None = None,
-                 bias: torch.Tensor | None = None, use_triton: bool | None = None) -> None:
+                 bias: torch.Tensor | None = None, k_scale: torch.Tensor | None = None,
+                 v_scale: torch.Tensor | None = None, use_triton: bool | None = None) -> None:
     """Rotates q [T, Hq, D] and k [T, Hkv, D] in place at positions [T]. In the same launch: with bias
     [(Hq + 2 Hkv) * D] (the qkv projection's), first adds it to q, k and v [T, Hkv, D] in place; with the caches
-    given, writes the rotated k and v to cache slots slot_mapping [T] (slot -1: not stored)."""
+    given, writes the rotated k and v to cache slots slot_mapping [T] (slot -1: not stored), quantized with their
+    scales [slots, Hkv] when the cache is int8 or fp8."""
     impl = apply_rotary_triton if _is_triton(q, use_triton) else apply_rotary_ref
-    impl(q, k, positions, cos_sin_cache, v, k_cache, v_cache, slot_mapping, bias)
+    impl(q, k, positions, cos_sin_cache, v, k_cache, v_cache, slot_mapping, bias, k_scale, v_scale)
 
 
 def silu_and_mul(x: torch.Tensor, use_triton: bool | None = None) -> torch.Tensor:
@@ -53,28 +57,34 @@ def silu_and_mul(x: torch.Tensor, use_triton: bool | None = None) -> torch.Tenso
 
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-             slot_mapping: torch.Tensor, use_triton: bool | None = None) -> None:
-    """Writes k, v [T, Hkv, D] to cache slots slot_mapping [T]; slot -1 drops a padding token."""
+             slot_mapping: torch.Tensor, k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
+             use_triton: bool | None = None) -> None:
+    """Writes k, v [T, Hkv, D] to cache slots slot_mapping [T]; slot -1 drops a padding token. An int8 or fp8
+    cache gets them quantized, one scale per (token, head) written to k_scale, v_scale [slots, Hkv]."""
     impl = store_kv_triton if _is_triton(k, use_triton) else store_kv_ref
-    impl(k, v, k_cache, v_cache, slot_mapping)
+    impl(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
 
 
 def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
                       b_req_idx: torch.Tensor, b_start_loc: torch.Tensor, b_seq_len: torch.Tensor,
                       b_prefix_len: torch.Tensor, sm_scale: float, max_new_len: int | None = None,
+                      k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
                       use_triton: bool | None = None) -> torch.Tensor:
-    """Causal attention of packed new tokens q [T, Hq, D] over prefix + themselves -> [T, Hq, D]."""
+    """Causal attention of packed new tokens q [T, Hq, D] over prefix + themselves -> [T, Hq, D]; k_scale and
+    v_scale come with an int8 or fp8 cache."""
     impl = prefill_attention_triton if _is_triton(q, use_triton) else prefill_attention_ref
     return impl(q, k_cache, v_cache, req_to_token, b_req_idx, b_start_loc, b_seq_len, b_prefix_len,
-                sm_scale, max_new_len)
+                sm_scale, max_new_len, k_scale, v_scale)
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
                      b_req_idx: torch.Tensor, b_seq_len: torch.Tensor, sm_scale: float,
-                     max_seq_len: int | None = None, use_triton: bool | None = None) -> torch.Tensor:
-    """One query q [B, Hq, D] per request over its b_seq_len cached tokens -> [B, Hq, D]; empty rows give zeros."""
+                     max_seq_len: int | None = None, k_scale: torch.Tensor | None = None,
+                     v_scale: torch.Tensor | None = None, use_triton: bool | None = None) -> torch.Tensor:
+    """One query q [B, Hq, D] per request over its b_seq_len cached tokens -> [B, Hq, D]; empty rows give zeros;
+    k_scale and v_scale come with an int8 or fp8 cache."""
     impl = decode_attention_triton if _is_triton(q, use_triton) else decode_attention_ref
-    return impl(q, k_cache, v_cache, req_to_token, b_req_idx, b_seq_len, sm_scale, max_seq_len)
+    return impl(q, k_cache, v_cache, req_to_token, b_req_idx, b_seq_len, sm_scale, max_seq_len, k_scale, v_scale)
 
 
 def ras_first_attempt(scores: torch.Tensor, packed: torch.Tensor, top_k: int, top_p: float, min_repeats: float,
@@ -91,3 +101,24 @@ def nucleus_sample(logits: torch.Tensor, packed: torch.Tensor, seen: torch.Tenso
     within each row's allowed range (packed [B, 5 + rounds], kernels/nucleus_sampling.py) -> ids [B] int64."""
     impl = nucleus_sample_triton if _is_triton(logits, use_triton) else nucleus_sample_ref
     return impl(logits, packed, seen, temperature, top_p, penalty)
+
+
+def fp8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None,
+               use_triton: bool | None = None) -> torch.Tensor:
+    """x [M, K] @ fp8 weight [N, K] (scales [N]) with x quantized to fp8 per token -> [M, N] in x's dtype: the fused
+    Triton kernel up to FP8_TRITON_MAX_ROWS rows (or where torch._scaled_mm cannot run), torch._scaled_mm above."""
+    if not _is_triton(x, use_triton):
+        return fp8_linear_ref(x, w_q, w_scale, bias)
+    # _scaled_mm needs K and N multiples of 16 (every LLM projection here)
+    if (x.is_cuda and x.shape[0] > FP8_TRITON_MAX_ROWS and x.shape[1] % 16 == 0 == w_q.shape[0] % 16
+            and scaled_mm_works(x.device)):
+        return fp8_linear_scaled_mm(x, w_q, w_scale, bias)
+    return quant_linear_triton(x, w_q, w_scale, bias, act_fp8=True)
+
+
+def int8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None,
+                use_triton: bool | None = None) -> torch.Tensor:
+    """x [M, K] @ int8 weight [N, K] (scales [N]), weight-only -> [M, N] in x's dtype."""
+    if not _is_triton(x, use_triton):
+        return int8_linear_ref(x, w_q, w_scale, bias)
+    return quant_linear_triton(x, w_q, w_scale, bias, act_fp8=False)

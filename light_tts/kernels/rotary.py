@@ -2,13 +2,14 @@
 
 The kernel is the qkv projection's epilogue too (fewer launches per layer, which bound a small decode batch): it
 can add the projection's bias to q, k and v first (so the GEMM runs without one), and store the rotated k and v
-into the KV cache.
+into the KV cache (quantized with a scale per head when the cache is int8 or fp8, as kv_store does).
 """
 import torch
 import triton
 import triton.language as tl
 
-from light_tts.kernels.kv_store import store_kv_ref
+from light_tts.kernels.kv_store import check_kv_store, store_kv_ref
+from light_tts.kernels.quant import format_scale, quantize_rows
 
 
 def build_cos_sin_cache(max_pos: int, head_dim: int, theta: float, device: torch.device | str,
@@ -53,14 +54,31 @@ def _rotate_and_store(x1, x2, cos, sin, first_ptr, mask, HALF_D: tl.constexpr):
 
 
 @triton.jit
+def _store_halves(x1, x2, cache_ptr, scale_ptr, slot, stride_slot, stride_head, stride_scale_slot, num_heads,
+                  HALF_D: tl.constexpr, BLOCK_H: tl.constexpr, FORMAT: tl.constexpr):
+    """Writes one token's heads, given as halves (BLOCK_H, D/2), at cache slot `slot` (< 0: nothing); with FORMAT >
+    0 quantized with one scale per head (kv_store.store_heads, for split heads)."""
+    heads = tl.arange(0, BLOCK_H)
+    mask = (heads < num_heads) & (slot >= 0)
+    ptr = cache_ptr + slot * stride_slot + heads[:, None] * stride_head + tl.arange(0, HALF_D)[None, :]
+    if FORMAT != 0:
+        x1, x2 = x1.to(tl.float32), x2.to(tl.float32)
+        scale = format_scale(tl.maximum(tl.max(tl.abs(x1), axis=1), tl.max(tl.abs(x2), axis=1)), FORMAT)
+        x1, x2 = quantize_rows(x1, scale, FORMAT), quantize_rows(x2, scale, FORMAT)
+        tl.store(scale_ptr + slot * stride_scale_slot + heads, scale, mask=mask)
+    tl.store(ptr, x1.to(cache_ptr.dtype.element_ty), mask=mask[:, None])
+    tl.store(ptr + HALF_D, x2.to(cache_ptr.dtype.element_ty), mask=mask[:, None])
+
+
+@triton.jit
 def _rotary_kernel(
     q_ptr, k_ptr, v_ptr, positions_ptr, cos_sin_ptr, slot_mapping_ptr, k_cache_ptr, v_cache_ptr,
-    q_bias_ptr, k_bias_ptr, v_bias_ptr,
+    k_scale_ptr, v_scale_ptr, q_bias_ptr, k_bias_ptr, v_bias_ptr,
     stride_q_token, stride_q_head, stride_k_token, stride_k_head, stride_v_token, stride_v_head, stride_cos_sin,
-    stride_kc_slot, stride_kc_head, stride_vc_slot, stride_vc_head,
+    stride_kc_slot, stride_kc_head, stride_vc_slot, stride_vc_head, stride_ks_slot, stride_vs_slot,
     num_q_heads, num_kv_heads,
     HALF_D: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr, STORE_KV: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, KV_FORMAT: tl.constexpr,
 ):
     # one program rotates every q and k head of one token (and stores its k, v at its slot; slot < 0: padding)
     token = tl.program_id(0).to(tl.int64)
@@ -85,20 +103,17 @@ def _rotary_kernel(
         tl.store(v_first_ptr, v1, mask=v_mask)
         tl.store(v_first_ptr + HALF_D, v2, mask=v_mask)
     if STORE_KV:
-        heads = tl.arange(0, BLOCK_HKV)[:, None]
-        mask = (heads < num_kv_heads) & (slot >= 0)
-        kc_ptr = k_cache_ptr + slot * stride_kc_slot + heads * stride_kc_head + dims  # (BLOCK_HKV, D/2)
-        tl.store(kc_ptr, k1, mask=mask)
-        tl.store(kc_ptr + HALF_D, k2, mask=mask)
-        vc_ptr = v_cache_ptr + slot * stride_vc_slot + heads * stride_vc_head + dims
-        tl.store(vc_ptr, v1, mask=mask)
-        tl.store(vc_ptr + HALF_D, v2, mask=mask)
+        _store_halves(k1, k2, k_cache_ptr, k_scale_ptr, slot, stride_kc_slot, stride_kc_head, stride_ks_slot,
+                      num_kv_heads, HALF_D, BLOCK_HKV, KV_FORMAT)
+        _store_halves(v1, v2, v_cache_ptr, v_scale_ptr, slot, stride_vc_slot, stride_vc_head, stride_vs_slot,
+                      num_kv_heads, HALF_D, BLOCK_HKV, KV_FORMAT)
 
 
 def apply_rotary_triton(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
                         v: torch.Tensor | None = None, k_cache: torch.Tensor | None = None,
                         v_cache: torch.Tensor | None = None, slot_mapping: torch.Tensor | None = None,
-                        bias: torch.Tensor | None = None) -> None:
+                        bias: torch.Tensor | None = None, k_scale: torch.Tensor | None = None,
+                        v_scale: torch.Tensor | None = None) -> None:
     assert q.dim() == 3 and k.dim() == 3 and q.shape[0] == k.shape[0] and q.shape[2] == k.shape[2]
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
@@ -115,31 +130,34 @@ def apply_rotary_triton(q: torch.Tensor, k: torch.Tensor, positions: torch.Tenso
         q_bias, k_bias, v_bias = bias.split([num_q_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim])
     else:
         q_bias = k_bias = v_bias = q  # placeholders the kernel never touches
+    kv_format = 0
     if store:
         assert v is not None and v_cache is not None and slot_mapping is not None
-        assert k_cache.dim() == 3 and k_cache.shape[1:] == (num_kv_heads, head_dim) and v_cache.shape == k_cache.shape
-        assert k_cache.dtype == v_cache.dtype == k.dtype and k_cache.stride(2) == v_cache.stride(2) == 1
-        assert slot_mapping.shape == (num_tokens,) and slot_mapping.dtype in (torch.int32, torch.int64)
+        kv_format = check_kv_store(num_tokens, num_kv_heads, head_dim, k.dtype, k_cache, v_cache, slot_mapping,
+                                   k_scale, v_scale)
     else:
         k_cache, v_cache, slot_mapping = k, k, positions  # placeholders the kernel never touches
+    if not kv_format:
+        k_scale = v_scale = cos_sin_cache  # placeholders the kernel never touches
     v = k if v is None else v
     if num_tokens == 0:
         return
     _rotary_kernel[(num_tokens,)](
-        q, k, v, positions, cos_sin_cache, slot_mapping, k_cache, v_cache, q_bias, k_bias, v_bias,
+        q, k, v, positions, cos_sin_cache, slot_mapping, k_cache, v_cache, k_scale, v_scale, q_bias, k_bias, v_bias,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), cos_sin_cache.stride(0),
-        k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
-        num_q_heads, num_kv_heads,
+        k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), k_scale.stride(0),
+        v_scale.stride(0), num_q_heads, num_kv_heads,
         HALF_D=head_dim // 2,
         BLOCK_HQ=triton.next_power_of_2(num_q_heads), BLOCK_HKV=triton.next_power_of_2(num_kv_heads),
-        STORE_KV=store, HAS_BIAS=bias is not None, num_warps=1,
+        STORE_KV=store, HAS_BIAS=bias is not None, KV_FORMAT=kv_format, num_warps=1,
     )
 
 
 def apply_rotary_ref(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
                      v: torch.Tensor | None = None, k_cache: torch.Tensor | None = None,
                      v_cache: torch.Tensor | None = None, slot_mapping: torch.Tensor | None = None,
-                     bias: torch.Tensor | None = None) -> None:
+                     bias: torch.Tensor | None = None, k_scale: torch.Tensor | None = None,
+                     v_scale: torch.Tensor | None = None) -> None:
     half = q.shape[-1] // 2
     if bias is not None:
         for x, b in zip((q, k, v), bias.split([q[0].numel(), k[0].numel(), v[0].numel()])):
@@ -150,4 +168,4 @@ def apply_rotary_ref(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, 
         x1, x2 = x[..., :half].float(), x[..., half:].float()
         x.copy_(torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1))
     if k_cache is not None:
-        store_kv_ref(k, v, k_cache, v_cache, slot_mapping)
+        store_kv_ref(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)

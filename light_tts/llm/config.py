@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DATA_TYPES = ("float16", "bfloat16", "float32")
+QUANTIZATIONS = ("none", "fp8", "int8")  # LLM weights (quantization.py, docs/quantization.md)
+KV_CACHE_DTYPES = ("auto", "fp8", "int8")  # LLM KV cache; auto: data_type
 
 
 @dataclass
@@ -23,10 +25,15 @@ class EngineConfig:
     first_hop_tokens: int = 52  # speech tokens a stream needs for its first audio (hop + largest pad + lookahead)
     ahead_tokens: int = 0  # > 0: during first hops, requests this far ahead of real time sit a step out
     tokens_per_second: float = 25  # the model's tokens per second of audio (real time, for ahead_tokens)
+    quantization: str = "none"  # none | fp8 (weights and activations) | int8 (weights only)
+    kv_cache_dtype: str = "auto"  # auto (data_type) | fp8 | int8
 
     def __post_init__(self):
         if self.data_type not in DATA_TYPES:
             raise ValueError(f"data_type must be one of {list(DATA_TYPES)}, got {self.data_type!r}")
+        if self.quantization not in QUANTIZATIONS or self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"quantization must be one of {list(QUANTIZATIONS)} and kv_cache_dtype one of "
+                             f"{list(KV_CACHE_DTYPES)}, got {self.quantization!r}, {self.kv_cache_dtype!r}")
         for name in ("batch_max_tokens", "running_max_req_size", "graph_max_batch_size", "max_req_total_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")

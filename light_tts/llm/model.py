@@ -10,12 +10,15 @@ input token of each request.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from light_tts.kernels import ops
+from light_tts.kernels.quant import DTYPES as QUANT_DTYPES
+from light_tts.llm.quantization import matmul
 from light_tts.llm.spec import LMArch
 from light_tts.model_config import QwenConfig
 
@@ -47,16 +50,42 @@ class ForwardInputs:
 PAD_COLUMN = (0, 0, -1, 0, 0, 0)  # a decode padding row: slot -1 (not stored), sentinel row 0, seq_len 0
 
 
+class LayerKV(NamedTuple):
+    """One layer's view of the KV cache, as the kernels take it (scales None unless the cache is quantized)."""
+
+    k: torch.Tensor  # [num_slots, num_kv_heads, head_dim]
+    v: torch.Tensor
+    k_scale: torch.Tensor | None  # [num_slots, num_kv_heads] float32
+    v_scale: torch.Tensor | None
+    req_to_token: torch.Tensor
+
+
 class KVCache:
     """Keys and values of every layer: k[layer] is [num_slots, num_kv_heads, head_dim]; req_to_token maps a
-    request row and position to a slot (row 0 is the padding sentinel)."""
+    request row and position to a slot (row 0 is the padding sentinel). With kv_format "int8" or "fp8" the keys
+    and values are stored in that format, each (slot, head) with its float32 scale in k_scale / v_scale."""
 
     def __init__(self, q: QwenConfig, num_slots: int, num_rows: int, max_total_len: int, dtype: torch.dtype,
-                 device: torch.device):
+                 device: torch.device, kv_format: str | None = None):
         shape = (q.num_hidden_layers, num_slots, q.num_key_value_heads, q.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        store_dtype = QUANT_DTYPES[kv_format] if kv_format else dtype
+        self.k = torch.zeros(shape, dtype=store_dtype, device=device)
+        self.v = torch.zeros(shape, dtype=store_dtype, device=device)
+        self.k_scale = self.v_scale = None
+        if kv_format:
+            self.k_scale = torch.zeros(shape[:3], dtype=torch.float32, device=device)
+            self.v_scale = torch.zeros(shape[:3], dtype=torch.float32, device=device)
         self.req_to_token = torch.zeros((num_rows, max_total_len), dtype=torch.int32, device=device)
+
+    def layer(self, i: int) -> LayerKV:
+        return LayerKV(self.k[i], self.v[i], None if self.k_scale is None else self.k_scale[i],
+                       None if self.v_scale is None else self.v_scale[i], self.req_to_token)
+
+    @staticmethod
+    def bytes_per_slot(q: QwenConfig, dtype: torch.dtype, kv_format: str | None = None) -> int:
+        """Device bytes one token takes in the cache: keys and values of every layer, and their scales."""
+        per_head = q.head_dim * QUANT_DTYPES[kv_format].itemsize + 4 if kv_format else q.head_dim * dtype.itemsize
+        return 2 * q.num_hidden_layers * q.num_key_value_heads * per_head
 
 
 class DecoderLayer(nn.Module):
@@ -73,27 +102,29 @@ class DecoderLayer(nn.Module):
         self.gate_up_proj = nn.Linear(q.hidden_size, 2 * q.intermediate_size, bias=False)
         self.down_proj = nn.Linear(q.intermediate_size, q.hidden_size, bias=False)
 
-    def forward(self, h: torch.Tensor, residual: torch.Tensor | None, inp: ForwardInputs, k_cache: torch.Tensor,
-                v_cache: torch.Tensor, req_to_token: torch.Tensor, cos_sin: torch.Tensor):
+    def forward(self, h: torch.Tensor, residual: torch.Tensor | None, inp: ForwardInputs, cache: LayerKV,
+                cos_sin: torch.Tensor):
         """h [T, H] is the previous layer's output, residual the running sum before it (None at layer 0)."""
         if residual is None:
             x, _ = ops.rms_norm(h, self.input_layernorm, self.eps)
             residual = h
         else:
             x, residual = ops.rms_norm(h, self.input_layernorm, self.eps, residual)
-        qkv = F.linear(x, self.qkv_proj.weight)  # the rotary kernel adds the bias: one launch fewer at batch 1
+        qkv = matmul(self.qkv_proj, x)  # the rotary kernel adds the bias: one launch fewer at batch 1
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         # [T, heads * D] -> [T, heads, D]: strided views into qkv, rotated in place
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        ops.apply_rotary(q, k, inp.positions, cos_sin, v, k_cache, v_cache, inp.slot_mapping, self.qkv_proj.bias)
+        ops.apply_rotary(q, k, inp.positions, cos_sin, v, cache.k, cache.v, inp.slot_mapping, self.qkv_proj.bias,
+                         cache.k_scale, cache.v_scale)
         if inp.is_prefill:
-            attn = ops.prefill_attention(q, k_cache, v_cache, req_to_token, inp.b_req_idx, inp.b_start_loc,
-                                         inp.b_seq_len, inp.b_prefix_len, self.sm_scale, inp.max_new_len)
+            attn = ops.prefill_attention(q, cache.k, cache.v, cache.req_to_token, inp.b_req_idx, inp.b_start_loc,
+                                         inp.b_seq_len, inp.b_prefix_len, self.sm_scale, inp.max_new_len,
+                                         cache.k_scale, cache.v_scale)
         else:
-            attn = ops.decode_attention(q, k_cache, v_cache, req_to_token, inp.b_req_idx, inp.b_seq_len,
-                                        self.sm_scale)
+            attn = ops.decode_attention(q, cache.k, cache.v, cache.req_to_token, inp.b_req_idx, inp.b_seq_len,
+                                        self.sm_scale, k_scale=cache.k_scale, v_scale=cache.v_scale)
         h = self.o_proj(attn.reshape(-1, self.q_size))
         x, residual = ops.rms_norm(h, self.post_attention_layernorm, self.eps, residual)
         return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x))), residual
@@ -122,7 +153,7 @@ class EngineSpeechLM(nn.Module):
         h = self.embed(inp.input_ids)
         residual = None
         for i, layer in enumerate(self.layers):
-            h, residual = layer(h, residual, inp, kv.k[i], kv.v[i], kv.req_to_token, cos_sin)
+            h, residual = layer(h, residual, inp, kv.layer(i), cos_sin)
         h, _ = ops.rms_norm(h, self.norm, self.arch.body.rms_norm_eps, residual)
         if inp.is_prefill:
             h = h.index_select(0, inp.last_token_idx)

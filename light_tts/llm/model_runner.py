@@ -13,6 +13,7 @@ import torch
 from light_tts.kernels import ops
 from light_tts.llm.cuda_graph import DecodeGraphs
 from light_tts.llm.model import EngineSpeechLM, ForwardInputs, KVCache
+from light_tts.llm.quantization import check_support, kv_cache_format, quantize_linears
 from light_tts.llm.scheduler import ScheduledBatch
 from light_tts.llm.spec import LLMSpec
 from light_tts.llm.weights import load_engine_weights
@@ -40,10 +41,14 @@ class ModelRunner:
         self.cos_sin = ops.build_cos_sin_cache(engine_cfg.max_req_total_len, q.head_dim, q.rope_theta, device,
                                                inv_freq=body_inv_freq(q))
         self.sampler = spec.make_sampler(self.num_rows, device)
+        self.quant_notes = check_support(engine_cfg.quantization, engine_cfg.kv_cache_dtype, device)
+        self.kv_format = kv_cache_format(engine_cfg.kv_cache_dtype)
+        for level, line in self.quant_notes:
+            log.log(level, "%s", line)
         self.model = self._load(state_dict if state_dict is not None else spec.read_weights())
         self.num_kv_slots = self._size_kv_cache()
         self.kv = KVCache(self.body, self.num_kv_slots, self.num_rows, engine_cfg.max_req_total_len,
-                          self.dtype, device)
+                          self.dtype, device, self.kv_format)
         self.graphs = None
         self.last_logits: torch.Tensor | None = None
         if device.type == "cuda" and not engine_cfg.disable_cudagraph:
@@ -66,7 +71,7 @@ class ModelRunner:
         self.cos_sin = self.cos_sin.to(self.device)
         self.sampler.reload()
         self.kv = KVCache(self.body, self.num_kv_slots, self.num_rows, cfg.max_req_total_len, self.dtype,
-                          self.device)
+                          self.device, self.kv_format)
         if self.device.type == "cuda" and not cfg.disable_cudagraph:
             self.graphs = DecodeGraphs(self.model, self.sampler, self.kv, self.cos_sin,
                                        min(cfg.graph_max_batch_size, cfg.running_max_req_size))
@@ -77,6 +82,7 @@ class ModelRunner:
         model.to_empty(device=self.device).to(self.dtype)
         model.tie_head()
         load_engine_weights(model, self.spec.engine_weights(state_dict))
+        quantize_linears(model.layers, self.cfg.quantization)
         return model.eval().requires_grad_(False)
 
     def _size_kv_cache(self) -> int:
@@ -92,8 +98,7 @@ class ModelRunner:
         torch.cuda.empty_cache()
         free, _ = torch.cuda.mem_get_info(self.device)
         activations = peak - torch.cuda.memory_allocated(self.device)
-        q = self.body
-        bytes_per_slot = 2 * q.num_hidden_layers * q.num_key_value_heads * q.head_dim * self.dtype.itemsize
+        bytes_per_slot = KVCache.bytes_per_slot(self.body, self.dtype, self.kv_format)
         room = free - activations
         if cfg.max_total_token_num:
             if cfg.max_total_token_num * bytes_per_slot > room:
@@ -110,7 +115,8 @@ class ModelRunner:
         cfg = self.cfg
         num_tokens = cfg.batch_max_tokens
         num_seqs = -(-num_tokens // cfg.max_req_total_len)
-        scratch = KVCache(self.body, num_tokens, num_seqs + 1, cfg.max_req_total_len, self.dtype, self.device)
+        scratch = KVCache(self.body, num_tokens, num_seqs + 1, cfg.max_req_total_len, self.dtype, self.device,
+                          self.kv_format)
         rows, start = [], 0
         for row in range(1, num_seqs + 1):
             n = min(cfg.max_req_total_len, num_tokens - start)

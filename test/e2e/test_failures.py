@@ -68,10 +68,11 @@ def test_client_dropped_mid_stream_frees_its_slot(server):
 @pytest.fixture(scope="module")
 def small_server(tiny_model_dir, tmp_path_factory):
     """Two slots, a 6 s time limit, sentences of at most ~500 speech tokens (a non-stream sentence is one decode
-    step, seconds long on a CPU)."""
+    step, seconds long on a CPU), an int8 LLM KV cache."""
     srv = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "small.log", "--running_max_req_size", "2",
                         "--request_timeout_s", str(TIME_LIMIT_S), "--shutdown_grace_s", "3",
-                        "--max_req_total_len", "600", "--mode", "triton_gqa_flashdecoding", "--decode_paral_num", "2")
+                        "--max_req_total_len", "600", "--mode", "triton_gqa_flashdecoding", "--decode_paral_num", "2",
+                        "--kv_cache_dtype", "int8")
     try:
         srv.wait_ready()
         yield srv
@@ -79,10 +80,13 @@ def small_server(tiny_model_dir, tmp_path_factory):
         srv.stop()
 
 
-def test_compatibility_flags_are_accepted_and_said_to_do_nothing(small_server):
+def test_startup_notes_for_compatibility_and_quantization_flags(small_server):
     log = small_server.log_path.read_text()
     assert log.count("--mode triton_gqa_flashdecoding has no effect") == 1
     assert log.count("--decode_paral_num 2 has no effect") == 1
+    # a flag that does something says so too: on the CPU the LLM process warns that --kv_cache_dtype int8 runs
+    # the torch reference
+    assert log.count("llm0 WARNING LLM quantization on the CPU runs the torch reference") == 1
 
 
 def test_all_slots_busy_gets_429_at_once(small_server):

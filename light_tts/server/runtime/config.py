@@ -15,6 +15,9 @@ from light_tts.server.runtime.devices import parse_gpu_list
 from light_tts.server.runtime.model_set import parse_model_specs
 
 DATA_TYPES = ("float16", "bfloat16", "float32")
+# light_tts.llm.config's (not imported: the decode and HTTP processes never import light_tts.llm)
+QUANTIZATIONS = ("none", "fp8", "int8")
+KV_CACHE_DTYPES = ("auto", "fp8", "int8")
 ZMQ_MODES = ("ipc:///tmp/", "tcp://")
 HOP_POLICIES = ("fixed", "growing")
 WORKER_FAILURE_POLICIES = ("restart", "exit")
@@ -98,6 +101,14 @@ class ServerConfig:
                                                     "caches on that GPU take, split evenly between them, the rest is "
                                                     "the decode processes' (GPU only)")
     disable_prefix_cache: bool = _opt("LLM", False, "do not share the KV cache of a voice's prompt between requests")
+    quantization: str = _opt("LLM", "none", "LLM weights: fp8 (e4m3 weights with a scale per output channel, "
+                                            "activations quantized per token; GPUs of compute capability 8.9+: "
+                                            "L4, L40S, H100, H200) or int8 (weights only, any GPU); the embeddings "
+                                            "and the output head stay in --data_type (docs/quantization.md)",
+                             choices=QUANTIZATIONS, default_text="none: --data_type")
+    kv_cache_dtype: str = _opt("LLM", "auto", "LLM KV cache: fp8 (8.9+ GPUs) or int8, with a scale per token and "
+                                              "head: half the bytes of float16, so about twice the tokens",
+                               choices=KV_CACHE_DTYPES, default_text="auto: --data_type")
     router_max_wait_tokens: int = _opt("LLM", 8, "decode steps a ready prefill may wait, to batch arrivals")
     mode: tuple[str, ...] | None = _opt("LLM", None, "no effect, accepted for compatibility: kernels are chosen "
                                                      "automatically", default_text="not given")
@@ -244,6 +255,9 @@ class ServerConfig:
             raise ValueError(f"--port must be in 1..65535, got {self.port}")
         if self.data_type not in DATA_TYPES:
             raise ValueError(f"--data_type must be one of {DATA_TYPES}")
+        if self.quantization not in QUANTIZATIONS or self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"--quantization must be one of {QUANTIZATIONS}, --kv_cache_dtype one of "
+                             f"{KV_CACHE_DTYPES}")
         if self.hop_policy not in HOP_POLICIES or self.decode_data_type not in DATA_TYPES:
             raise ValueError(f"--hop_policy must be one of {HOP_POLICIES}, --decode_data_type one of {DATA_TYPES}")
         if self.zmq_mode not in ZMQ_MODES:
@@ -272,7 +286,8 @@ class ServerConfig:
         """Startup notes for flags that are accepted for compatibility but change nothing."""
         notes = []
         if self.mode is not None:
-            notes.append(f"--mode {' '.join(self.mode)} has no effect: kernels are chosen automatically")
+            notes.append(f"--mode {' '.join(self.mode)} has no effect: kernels are chosen automatically (LightLLM's "
+                         "int8/fp8 modes are --quantization and --kv_cache_dtype)")
         if self.decode_paral_num is not None:
             notes.append(f"--decode_paral_num {self.decode_paral_num} has no effect: decode concurrency is "
                          f"--decode_max_batch_size ({self.decode_max_batch_size})")

@@ -135,6 +135,8 @@ class ServerSettings:
             "first_hop_tokens": (c.first_hop_tokens or 2 * m.chunk_tokens - 1) + m.pre_lookahead,
             "ahead_tokens": int(c.llm_ahead_seconds * m.token_rate),
             "tokens_per_second": m.token_rate,
+            "quantization": c.quantization,
+            "kv_cache_dtype": c.kv_cache_dtype,
         }
         unmapped = {f.name for f in fields(EngineConfig)} - set(values)
         if unmapped:
