@@ -1,7 +1,7 @@
 """What the LLM benchmark needs of a model family: its engine spec and weights, requests of a given shape, and a
 float32 reference that scores a request's ids (the log-prob check).
 
-CosyVoice2: the released dimensions in memory (no directory needed) or a directory; requests of random text and
+CosyVoice2 (and CosyVoice3 from a directory): the released dimensions in memory (no directory needed) or a directory; requests of random text and
 prompt speech. Orpheus: a directory (make_model --family orpheus --size full); requests of random text ids in the
 served prompt, generating freely over the whole vocabulary (as served: the sampler's real cost), never stopping
 early in practice (a random model draws the stop id about once in 157k).
@@ -18,21 +18,20 @@ from light_tts.llm.request import LLMRequest
 
 class CosyVoiceBench:
     def __init__(self, model_dir: Path | None, device: str):
-        from light_tts.families.cosyvoice2 import llm_spec
+        from light_tts.families import family_named, family_of
         from light_tts.model_config import ModelConfig
-        from light_tts.model_dir import load_model_config
-        from light_tts.models.cosyvoice2.speech_lm import SpeechLM
+        from light_tts.models.speech_lm import SpeechLM
 
         self.device = device
-        if model_dir is not None:
-            self.cfg = load_model_config(model_dir)
+        if model_dir is not None:  # CosyVoice2 or CosyVoice3: the family reads its config and ids
+            self.cfg = family_of(model_dir).load_model_config(model_dir)
             self.state_dict = torch.load(self.cfg.path("llm.pt"), map_location=device, weights_only=True)
         else:
             self.cfg = ModelConfig(model_dir=Path("random"))  # the released dimensions (model_config defaults)
             torch.manual_seed(0)
             with torch.device(device):
                 self.state_dict = SpeechLM(self.cfg.llm).state_dict()
-        self.spec = llm_spec(self.cfg)
+        self.spec = family_named(self.cfg.family).llm_spec(self.cfg)
         self.num_text_ids = self.cfg.llm.qwen.vocab_size
 
     def make_request(self, req_id: str, prompt_len: int, gen_len: int, gen: torch.Generator, **kw) -> LLMRequest:
@@ -45,7 +44,7 @@ class CosyVoiceBench:
                           min_len=gen_len, max_len=gen_len, **kw)
 
     def reference(self):
-        from light_tts.models.cosyvoice2.speech_lm import SpeechLM
+        from light_tts.models.speech_lm import SpeechLM
 
         ref = SpeechLM(self.cfg.llm).to(self.device)
         ref.load_state_dict(self.state_dict)
@@ -102,4 +101,5 @@ def bench_model(model_dir: Path | None, device: str):
         return CosyVoiceBench(None, device)
     from light_tts.families import detect_family
 
-    return {"cosyvoice2": CosyVoiceBench, "orpheus": OrpheusBench}[detect_family(model_dir).name](model_dir, device)
+    adapters = {"cosyvoice2": CosyVoiceBench, "cosyvoice3": CosyVoiceBench, "orpheus": OrpheusBench}
+    return adapters[detect_family(model_dir).name](model_dir, device)
