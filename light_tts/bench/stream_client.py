@@ -133,10 +133,11 @@ async def stream_one(pool: ClientPool, share: Share, index: int, t0: float, is_r
     client = pool.acquire()
     start = time.perf_counter()
     rec = {"index": index, "voice": voice, "is_ramp": is_ramp, "start_s": start - t0, "status": None,
-           "error": None, "chunk_s": [], "chunk_bytes": []}
+           "error": None, "chunk_s": [], "chunk_bytes": [], "server_timing": None}
     try:
         async with client.stream("POST", f"{share.url}/inference_zero_shot", data=data, files=files) as resp:
             rec["status"] = resp.status_code
+            rec["server_timing"] = resp.headers.get("server-timing")  # the server's stages (bench.stage_table)
             if resp.status_code != 200:
                 rec["error"] = error_message(await resp.aread())
             else:

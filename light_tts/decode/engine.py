@@ -27,6 +27,7 @@ from light_tts.decode.hift_batch import split_hift_state, stack_hift_states
 from light_tts.decode.page_pool import PoolExhaustedError
 from light_tts.decode.request import DecodeRequest
 from light_tts.decode.scheduler import Candidate, SchedulerConfig, StepTimeModel, schedule
+from light_tts.decode.step_timer import StepTimer
 from light_tts.frontend.prompt import Prompt
 from light_tts.model_config import ModelConfig
 from light_tts.models.cosyvoice2.hift.streaming import hift_stream_chunk
@@ -96,6 +97,8 @@ class DecodeEngine:
         self.stats = EngineStats(pages_total=self.pool.num_pages)
         self.is_stalled = False  # the last step ran nothing (waiting for pages or tokens) and nothing changed since
         self.admissions = 0  # admission order: the most recent stream is preempted first
+        self.timer = StepTimer(self.device, clock)
+        self.last_step_times: dict[str, float] = {}  # started, flow_done, hift_done of the last step that ran
 
     # ---- API of the decode process ----
 
@@ -197,6 +200,7 @@ class DecodeEngine:
         return outputs
 
     def _run(self, jobs: list[StepJob], started: float) -> list[AudioOutput]:
+        self.timer.start()
         try:
             mel, inputs = self.runner.run([job.spec for job in jobs])
             for r, job in enumerate(jobs):
@@ -211,11 +215,14 @@ class DecodeEngine:
                 self.slots.free(job.prefix_slot)
             kind = "unavailable" if isinstance(e, torch.OutOfMemoryError) else "internal"
             return [self._fail(job.req, f"{type(e).__name__}: {e}", kind) for job in jobs]
+        self.timer.mark("flow_done")
         outputs = []
         for job in jobs:
             self._after_flow(job)
         done = self._hift(jobs, outputs)
         outputs += [self._emit(job) for job in done]
+        self.timer.mark("hift_done")  # the audio is on the host
+        self.last_step_times = self.timer.times()
         self.step_model.observe(sum(len(j.spec.tokens) for j in jobs), self.clock() - started)
         self.stats.step_seconds.append(self.clock() - started)
         return outputs

@@ -104,6 +104,12 @@ class ServerSettings:
         bound = self.cfg.max_speech_tokens
         return bound if num_text_tokens is None else min(bound, 20 * num_text_tokens)
 
+    def first_chunk_tokens(self, facts: ModelFacts, num_prompt_tokens: int) -> int:
+        """Speech tokens a stream's first audio chunk needs (token2wav.ChunkSchedule): its hop (--first_hop_tokens,
+        else a chunk plus the pad that aligns prompt and hop to the chunk grid) and the flow's lookahead."""
+        hop = self.cfg.first_hop_tokens or facts.chunk_tokens + -num_prompt_tokens % facts.chunk_tokens
+        return hop + facts.pre_lookahead
+
     def llm_dtype(self, device: str) -> str:
         """--data_type on a GPU; float32 on the CPU, where half precision is slow or missing."""
         return self.cfg.data_type if device != "cpu" else "float32"

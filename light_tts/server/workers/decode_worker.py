@@ -23,6 +23,7 @@ from light_tts.server.ipc.io_struct import AbortRequest, AudioReady, DecodeStart
 from light_tts.server.ipc.process_table import ProcessTable
 from light_tts.server.runtime.settings import ServerSettings
 from light_tts.server.ipc.shm import RequestSlots
+from light_tts.server.ipc.stage_trace import completes_first_chunk, now
 from light_tts.server.runtime.topology import PortArgs
 from light_tts.server.ipc.channels import Handlers, HttpReplies, Inbox
 from light_tts.server.runtime.process import (model_on, parent_is_gone, resolve_device, set_process_title,
@@ -53,6 +54,8 @@ class DecodeRequestState:
     num_sent: int = 0  # int16 samples sent (ring or inline)
     num_tokens: int = 0  # speech tokens received, reported as the request's usage with its last audio
     audio_start: float | None = None  # when the first audio left (the listener's playback clock)
+    first_chunk_tokens: int | None = None  # speech tokens of a stream's first chunk (None: non-stream)
+    num_first_tokens: int = 0  # of the first sentence, received so far (the trace's decode_queued)
 
     def engine_id(self) -> str:
         """The engine's id of the active sentence (mapped back through DecodeWorker.active, never parsed)."""
@@ -154,7 +157,10 @@ class DecodeWorker:
             return
         prompt = Prompt(*self.slots.read_prompt(params.slot))
         self.idle.ensure_loaded()
-        self.reqs[params.req_id] = DecodeRequestState(params, message.voice_key, prompt)
+        facts = self.settings.models[self.slots.model_of(params.slot)].facts
+        first_chunk = self.settings.first_chunk_tokens(facts, len(prompt.speech_tokens)) if params.stream else None
+        self.reqs[params.req_id] = DecodeRequestState(params, message.voice_key, prompt,
+                                                      first_chunk_tokens=first_chunk)
         metrics.STAGE_REQUESTS.labels("decode", str(self.rank)).inc()
 
     def on_tokens(self, message: SpeechTokenBatch) -> None:
@@ -174,6 +180,10 @@ class DecodeWorker:
         if is_request_end:
             state.last_sentence = sentence
         state.num_tokens += len(tokens)
+        if sentence == 0:
+            before, state.num_first_tokens = state.num_first_tokens, state.num_first_tokens + len(tokens)
+            if completes_first_chunk(before, state.num_first_tokens, state.first_chunk_tokens, is_end):
+                self.slots.trace.stamp(state.params.slot, "decode_queued")
         if sentence == state.active:
             self.engine.push_tokens(state.engine_id(), tokens, is_end)
             return
@@ -216,6 +226,8 @@ class DecodeWorker:
                 continue
             is_last = out.finished and state.active == state.last_sentence
             pcm = self.to_int16(out.audio)  # little-endian on every host we run on (x86-64, aarch64)
+            if state.audio_start is None and len(pcm):
+                self.trace_first_audio(state.params.slot)
             if len(pcm) or is_last:
                 self.send_audio(state, pcm, is_last)
                 if state.audio_start is None and len(pcm):
@@ -228,6 +240,15 @@ class DecodeWorker:
                 del self.reqs[req_id]
             elif out.finished:
                 self.start_sentence(state)
+
+    def trace_first_audio(self, slot: int) -> None:
+        """The request's first audio: the step that made it (its start, flow and HiFT ends), and its send, stamped
+        before the send (the HTTP worker reads the trace when the audio arrives)."""
+        times, trace = self.engine.last_step_times, self.slots.trace
+        for boundary, point in (("flow_started", "started"), ("flow_done", "flow_done"), ("hift_done", "hift_done")):
+            if point in times:
+                trace.stamp(slot, boundary, times[point])
+        trace.stamp(slot, "audio_sent", now())
 
     def drop(self, req_id: int, error: Exception) -> None:
         """Fail one request: tell its HTTP worker and forget it here (the HTTP worker then aborts it everywhere)."""

@@ -116,8 +116,11 @@ class EncodeWorker:
         if params.req_id in self.aborted:
             return
         metrics.STAGE_REQUESTS.labels("encode", str(self.rank)).inc()
+        trace = self.slots.trace
+        trace.stamp(params.slot, "encode_started")
         try:
             sentences = [] if message.is_bistream else self.encode_text(params.slot)
+            trace.stamp(params.slot, "text_done")
             if message.saved_voice_key is not None:
                 self.encode_prompt_text(params.slot)
                 metrics.PROMPT_FEATURES.labels("saved").inc()
@@ -133,6 +136,7 @@ class EncodeWorker:
             self.http.fail(params.http_rank, params.req_id, e)
             return
         to_llm = self.llm_of(params.slot)
+        trace.stamp(params.slot, "encode_done")  # before the send: the LLM stamps after it
         to_llm.send(LLMRequestIn(params, voice_key, message.is_bistream))
         if message.is_bistream:
             self.bistream[params.req_id] = BistreamText(params)
