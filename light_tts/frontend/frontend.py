@@ -30,13 +30,15 @@ class Frontend:
     """Loads the tokenizer and the two ONNX models of a model directory; keeps no per-request state."""
 
     def __init__(self, model_cfg: ModelConfig, max_text_chars: int = MAX_TEXT_CHARS,
-                 max_prompt_seconds: float = MAX_PROMPT_SECONDS):
+                 max_prompt_seconds: float = MAX_PROMPT_SECONDS, prompt_device: str | None = None):
+        """prompt_device: run the speech tokenizer and the speaker model as torch modules there (onnx_torch.py);
+        None: ONNX Runtime on the host's cores."""
         self.cfg = model_cfg
         self.max_prompt_seconds = max_prompt_seconds
         self.tokenizer = QwenTokenizer(model_cfg.path(TOKENIZER_DIR))
         self.normalizer = TextNormalizer(self.tokenizer.encode, max_text_chars)
-        self.speech_tokenizer = SpeechTokenizerONNX(model_cfg.path("speech_tokenizer_v2.onnx"))
-        self.campplus = CampPlusONNX(model_cfg.path("campplus.onnx"))
+        self.speech_tokenizer = SpeechTokenizerONNX(model_cfg.path("speech_tokenizer_v2.onnx"), prompt_device)
+        self.campplus = CampPlusONNX(model_cfg.path("campplus.onnx"), prompt_device)
 
     def normalize_and_split(self, text: str) -> list[str]:
         return self.normalizer.normalize_and_split(text)
@@ -86,6 +88,12 @@ class Frontend:
         if num_tokens == 0:
             raise AudioError("prompt audio yields no speech tokens")
         return speech_tokens[:num_tokens], embedding, np.ascontiguousarray(mel[:ratio * num_tokens])
+
+    def warm_up(self) -> None:
+        """One prompt through both models (a second of a quiet tone), so that a first request does not pay their
+        lazy setup (device context, kernel choice, ONNX Runtime's first-run allocations)."""
+        t = np.arange(SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+        self.audio_features(0.1 * np.sin(2 * np.pi * 150 * t), SAMPLE_RATE)
 
     def mel_frames(self, wav24k: np.ndarray) -> np.ndarray:
         """[T] audio at cfg.feat.sampling_rate -> [frames, num_mels] float32."""

@@ -18,6 +18,7 @@ DATA_TYPES = ("float16", "bfloat16", "float32")
 ZMQ_MODES = ("ipc:///tmp/", "tcp://")
 HOP_POLICIES = ("fixed", "growing")
 WORKER_FAILURE_POLICIES = ("restart", "exit")
+PROMPT_MODELS = ("auto", "torch", "onnx")
 
 
 def str2bool(value: str | bool) -> bool:
@@ -76,6 +77,12 @@ class ServerConfig:
                                                "(on the CPU; ONNX Runtime uses a GPU by itself when it has one)")
     encode_paral_num: int = _opt("encode", 50, "messages an encode process takes from its queue per loop turn")
     cache_capacity: int = _opt("encode", 200, "voices kept in the shared-memory voice cache (LRU)")
+    prompt_models: str = _opt("encode", "auto", "what runs a new voice's speech tokenizer and speaker model: torch "
+                                                "(modules built from their ONNX files, on the first LLM's GPU, or "
+                                                "the CPU without one), onnx (ONNX Runtime on the host's cores), or "
+                                                "auto (torch on a GPU, onnx on a CPU host); a graph the torch "
+                                                "runner cannot run stays on ONNX Runtime, said at startup",
+                              choices=PROMPT_MODELS)
     # LLM
     gpt_paral_num: int = _opt("LLM", 50, "messages the LLM process admits per loop turn")
     data_type: str = _opt("LLM", "float16", "LLM compute dtype on a GPU; on the CPU the LLM always runs float32",
@@ -220,6 +227,8 @@ class ServerConfig:
             raise ValueError(f"--data_type must be one of {DATA_TYPES}")
         if self.hop_policy not in HOP_POLICIES or self.decode_data_type not in DATA_TYPES:
             raise ValueError(f"--hop_policy must be one of {HOP_POLICIES}, --decode_data_type one of {DATA_TYPES}")
+        if self.prompt_models not in PROMPT_MODELS:
+            raise ValueError(f"--prompt_models must be one of {PROMPT_MODELS}")
         if self.zmq_mode not in ZMQ_MODES:
             raise ValueError(f"--zmq_mode must be one of {ZMQ_MODES}")
         if self.on_worker_failure not in WORKER_FAILURE_POLICIES:

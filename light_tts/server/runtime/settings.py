@@ -110,6 +110,14 @@ class ServerSettings:
         hop = self.cfg.first_hop_tokens or facts.chunk_tokens + -num_prompt_tokens % facts.chunk_tokens
         return hop + facts.pre_lookahead
 
+    def prompt_device(self) -> str | None:
+        """Where the encode processes run the prompt models as torch modules (--prompt_models), None for ONNX
+        Runtime: the first LLM's device (a GPU; with `torch`, the CPU too)."""
+        mode, device = self.cfg.prompt_models, self.topology.compute_device("llm", 0)
+        if mode == "onnx" or (mode == "auto" and not device.startswith("cuda")):
+            return None
+        return device
+
     def llm_dtype(self, device: str) -> str:
         """--data_type on a GPU; float32 on the CPU, where half precision is slow or missing."""
         return self.cfg.data_type if device != "cpu" else "float32"

@@ -68,12 +68,17 @@ class EncodeWorker:
         from light_tts.model_dir import load_model_config
         from light_tts.server.runtime.process import resolve_device
 
-        resolve_device(self.settings)  # sets the torch thread count; the frontend itself runs on the CPU
+        resolve_device(self.settings)  # sets the torch thread count; text and features run on the CPU
+        device = self.settings.prompt_device()  # the prompt models: torch on a GPU, or ONNX Runtime
         self.frontends: dict[str, Frontend] = {}
         for entry in self.settings.models:
             if entry.frontend_key not in self.frontends:
-                self.frontends[entry.frontend_key] = Frontend(load_model_config(entry.model_dir),
-                                                              self.cfg.max_text_chars, self.cfg.max_prompt_seconds)
+                frontend = Frontend(load_model_config(entry.model_dir), self.cfg.max_text_chars,
+                                    self.cfg.max_prompt_seconds, prompt_device=device)
+                frontend.warm_up()
+                self.frontends[entry.frontend_key] = frontend
+                self.log.info("model %s: speech tokenizer on %s, speaker model on %s", entry.name,
+                              frontend.speech_tokenizer.runner.backend, frontend.campplus.runner.backend)
 
     def frontend_of(self, slot: int):
         """The frontend of the request's model (the slot's model column)."""
