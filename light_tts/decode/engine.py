@@ -91,11 +91,14 @@ class DecodeEngine:
         rt = build_runtime(self, use_cuda_graph)
         self.cache, self.pool, self.runner, self.slots = rt.cache, rt.pool, rt.runner, rt.slots
         self.page_tokens = self.cache.shape.page_tokens
-        self.sched_cfg = SchedulerConfig(max_rows=max_batch_size, max_tokens=limits.max_pass_tokens)
+        self.sched_cfg = SchedulerConfig(max_rows=max_batch_size, max_tokens=limits.max_pass_tokens,
+                                         target_step_s=limits.step_target_s, lane_step_s=limits.lane_step_s)
         self.step_model = StepTimeModel()
         self.requests: dict[str, DecodeRequest] = {}
         self.stats = EngineStats(pages_total=self.pool.num_pages)
         self.is_stalled = False  # the last step ran nothing (waiting for pages or tokens) and nothing changed since
+        self.first_expected = False  # set by the caller: a stream's first chunk is on its way (latency lane)
+        self.is_holding = False  # the last step left early work for the first chunk expected (latency lane)
         self.admissions = 0  # admission order: the most recent stream is preempted first
         self.timer = StepTimer(self.device, clock)
         self.last_step_times: dict[str, float] = {}  # started, flow_done, hift_done of the last step that ran
@@ -174,7 +177,10 @@ class DecodeEngine:
             candidates.append(Candidate(req.req_id, req.stream, req.audio_start is None,
                                         req.deadline(self.limits.deadline_margin_s), cost, req.arrival))
         admitted, waiting = [], 0
-        for c in schedule(candidates, now, self.sched_cfg, self.step_model):
+        chosen = schedule(candidates, now, self.sched_cfg, self.step_model, self.first_expected)
+        # the latency lane may leave ready early chunks for a first chunk on its way: not a stall, time moves on
+        self.is_holding = self.sched_cfg.lane_step_s is not None and bool(candidates) and not chosen
+        for c in chosen:
             req = self.requests[c.key]
             try:
                 if not req.is_admitted and not self._admit(req, ready[c.key]):
@@ -195,7 +201,7 @@ class DecodeEngine:
         self.stats.waiting_for_pages = waiting
         if jobs:
             outputs += self._run(jobs, now)
-        self.is_stalled = not outputs
+        self.is_stalled = not outputs and not self.is_holding
         self._update_stats()
         return outputs
 

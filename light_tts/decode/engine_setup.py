@@ -38,6 +38,8 @@ class EngineLimits:
     realtime_admission: bool = False  # admit streams only within the real-time capacity of the measured steps
     first_hop_tokens: int = 0  # > 0: the first streamed chunk is this many tokens (provisional); 0: upstream's
     context_window_pages: int = 0  # > 0: attention sees the prompt and the last this many generated pages
+    step_target_s: float = 0.08  # with spare capacity, steps grow to about this long with early chunks
+    lane_step_s: float | None = None  # latency lane (scheduler.py): early work up to this near a first chunk
 
     @property
     def max_stream_pages(self) -> int:

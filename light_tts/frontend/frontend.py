@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -19,6 +20,7 @@ from light_tts.model_config import ModelConfig
 from light_tts.model_dir import TOKENIZER_DIR
 
 MIN_PROMPT_SECONDS = 0.2  # shorter prompts give no usable speech token
+PROMPT_TEXTS_CACHED = 1024  # prompt transcripts whose tokens a frontend keeps (normalising one costs milliseconds)
 
 
 def voice_key(wav_bytes: bytes) -> str:
@@ -61,7 +63,15 @@ class Frontend:
         return Prompt(text_tokens=text_tokens, speech_tokens=speech_tokens, embedding=embedding, mel=mel)
 
     def prompt_text_tokens(self, prompt_text: str) -> np.ndarray:
-        return np.asarray(self.tokenize(self.normalizer.normalize(prompt_text)), dtype=np.int32)
+        """Normalised and tokenized (read-only: kept for the voice's next request, PROMPT_TEXTS_CACHED of them;
+        every request of a saved voice brings the same transcript)."""
+        return self._prompt_text_tokens(prompt_text)
+
+    @functools.lru_cache(maxsize=PROMPT_TEXTS_CACHED)  # noqa: B019 (a process holds its frontends for good)
+    def _prompt_text_tokens(self, prompt_text: str) -> np.ndarray:
+        tokens = np.asarray(self.tokenize(self.normalizer.normalize(prompt_text)), dtype=np.int32)
+        tokens.flags.writeable = False
+        return tokens
 
     def prompt_features(self, wav_bytes: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """What depends on the prompt audio only: see audio_features; raises AudioError."""

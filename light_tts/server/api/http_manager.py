@@ -28,6 +28,7 @@ from light_tts.server.ipc.io_struct import (AbortDone, AbortRequest, AudioReady,
 from light_tts.server.metrics import prometheus as metrics
 from light_tts.server.metrics.playback import Playback
 from light_tts.server.ipc.process_table import ProcessTable
+from light_tts.server.runtime.devices import pick_least_loaded
 from light_tts.server.runtime.settings import ServerSettings
 from light_tts.server.ipc.shm import CLIENT_AT_LIMIT, VOICE_KINDS, RequestSlots, client_key
 from light_tts.server.ipc import stage_trace
@@ -221,8 +222,10 @@ class HttpServerManager:
             self.slots.release(slot, req_id)
             raise RequestError(f"{e} (a saved voice longer than --max_prompt_seconds allows?)" if features is not None
                                else str(e)) from None
-        rank = self.next_encode_rank
-        self.next_encode_rank = (rank + 1) % len(self.to_encode)
+        # the encode process not busy with a turn (a new voice's prompt models take tens of ms), else in turn
+        ranks = list(range(len(self.to_encode)))
+        rank = pick_least_loaded(ranks, {r: self.processes.load("encode", r) for r in ranks}, self.next_encode_rank)
+        self.next_encode_rank += 1
         entry = self.settings.models[model]
         handle = RequestHandle(req_id, slot, rank, time.monotonic(), entry.facts.sample_rate, model, entry.name)
         self.reqs[req_id] = handle

@@ -19,6 +19,7 @@ ZMQ_MODES = ("ipc:///tmp/", "tcp://")
 HOP_POLICIES = ("fixed", "growing")
 WORKER_FAILURE_POLICIES = ("restart", "exit")
 PROMPT_MODELS = ("auto", "torch", "onnx")
+LATENCY_LANES = ("off", "short_steps")
 
 
 def str2bool(value: str | bool) -> bool:
@@ -101,7 +102,8 @@ class ServerConfig:
                                                     "caches on that GPU take, split evenly between them, the rest is "
                                                     "the decode processes' (GPU only)")
     disable_prefix_cache: bool = _opt("LLM", False, "do not share the KV cache of a voice's prompt between requests")
-    router_max_wait_tokens: int = _opt("LLM", 8, "decode steps a ready prefill may wait, to batch arrivals")
+    router_max_wait_tokens: int = _opt("LLM", 8, "decode steps a ready prefill may wait, to batch arrivals (0: it "
+                                                 "runs at the next step)")
     mode: tuple[str, ...] | None = _opt("LLM", None, "no effect, accepted for compatibility: kernels are chosen "
                                                      "automatically", default_text="not given")
     # decode
@@ -132,6 +134,12 @@ class ServerConfig:
     flow_context_window: float = _opt("decode", 0.0, "seconds of generated audio the flow attends to besides the "
                                                      "prompt: constant memory and time per chunk, not "
                                                      "upstream-exact", default_text="0: all of it")
+    latency_lane: str = _opt("decode", "off", "short_steps: while a stream's first chunk is on its way or in the "
+                                              "step, decode steps take no early chunks (a step in flight when its "
+                                              "tokens arrive is short); off: steps fill up to "
+                                              "--decode_step_target_s with early chunks", choices=LATENCY_LANES)
+    decode_step_target_s: float = _opt("decode", 0.08, "with spare capacity, decode steps grow to about this long "
+                                                       "with chunks of streams ahead of their listeners")
     llm_ahead_seconds: float = _opt("LLM", 3.0, "while a stream makes its first hop, LLM requests more than this "
                                                 "far ahead of real time sit the step out (0: never)")
     hop_policy: str = _opt("decode", "growing", "streamed chunk sizes after the first: fixed (25 tokens, lowest "
@@ -203,7 +211,7 @@ class ServerConfig:
         parse_model_specs(self.model_dir or ())  # names: distinct, not "default"
         positive = ("httpserver_workers", "encode_process_num", "decode_process_num", "encode_paral_num",
                     "gpt_paral_num", "decode_max_batch_size",
-                    "max_req_total_len", "running_max_req_size", "router_max_wait_tokens",
+                    "max_req_total_len", "running_max_req_size",
                     "cache_capacity", "max_text_chars", "max_prompt_wav_bytes", "cpu_threads", "max_voices")
         for name in positive:
             if getattr(self, name) < 1:
@@ -227,6 +235,10 @@ class ServerConfig:
             raise ValueError(f"--data_type must be one of {DATA_TYPES}")
         if self.hop_policy not in HOP_POLICIES or self.decode_data_type not in DATA_TYPES:
             raise ValueError(f"--hop_policy must be one of {HOP_POLICIES}, --decode_data_type one of {DATA_TYPES}")
+        if self.router_max_wait_tokens < 0:
+            raise ValueError("--router_max_wait_tokens must be >= 0 (0: a prefill runs at the next step)")
+        if self.latency_lane not in LATENCY_LANES or self.decode_step_target_s <= 0:
+            raise ValueError(f"--latency_lane must be one of {LATENCY_LANES}, --decode_step_target_s > 0")
         if self.prompt_models not in PROMPT_MODELS:
             raise ValueError(f"--prompt_models must be one of {PROMPT_MODELS}")
         if self.zmq_mode not in ZMQ_MODES:

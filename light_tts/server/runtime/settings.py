@@ -167,6 +167,7 @@ class ServerSettings:
             first_hop_tokens=c.first_hop_tokens, context_window_pages=math.ceil(c.flow_context_window),
             # streams are admitted within real-time capacity on a GPU; a CPU host is for trying, not real time
             admission_wait_s=c.admission_wait_s, realtime_admission=device != "cpu", reservation=c.decode_reservation,
+            step_target_s=c.decode_step_target_s, lane_step_s=0.0 if c.latency_lane == "short_steps" else None,
             kv_dtype=None if c.flow_cache_dtype == "auto" or device == "cpu" else c.flow_cache_dtype)
         return {"device": device, "max_batch_size": c.decode_max_batch_size, "hop_policy": HopPolicy(c.hop_policy),
                 "dtype": getattr(torch, self.decode_dtype(device)), "use_cuda_graph": not c.disable_cudagraph,

@@ -28,7 +28,10 @@ from light_tts.server.runtime.topology import PortArgs
 from light_tts.server.ipc.channels import Handlers, HttpReplies, Inbox
 from light_tts.server.runtime.process import (model_on, parent_is_gone, resolve_device, set_process_title,
                                               setup_process)
-from light_tts.server.workers.worker_common import AbortedRequests, serve, step_error
+from light_tts.server.workers.worker_common import REPORT_EVERY_S, AbortedRequests, Every, serve, step_error
+
+LANE_POLL_MS = 2  # the latency lane's wait for a first chunk's tokens: how often the inbox is looked at
+LANE_MAX_WAIT_S = 1.0  # a first chunk later than this (a busy LLM) no longer keeps the steps short
 
 
 @dataclass
@@ -56,6 +59,7 @@ class DecodeRequestState:
     audio_start: float | None = None  # when the first audio left (the listener's playback clock)
     first_chunk_tokens: int | None = None  # speech tokens of a stream's first chunk (None: non-stream)
     num_first_tokens: int = 0  # of the first sentence, received so far (the trace's decode_queued)
+    started: float = field(default_factory=time.monotonic)  # its DecodeStart arrived
 
     def engine_id(self) -> str:
         """The engine's id of the active sentence (mapped back through DecodeWorker.active, never parsed)."""
@@ -81,6 +85,7 @@ class DecodeWorker:
         self.reqs: dict[int, DecodeRequestState] = {}
         self.active: dict[str, DecodeRequestState] = {}  # engine request id -> its request
         self.aborted = AbortedRequests()
+        self.report_clock = Every(REPORT_EVERY_S)
 
     def init_engine(self) -> None:
         from light_tts.decode.engine import DecodeEngine, to_int16
@@ -99,19 +104,31 @@ class DecodeWorker:
         while not parent_is_gone(self.launcher_pid):
             self.processes.beat("decode", self.rank)
             is_busy = self.engine.has_work()
-            for message in self.inbox.receive(0 if is_busy else 200, max_messages=1000):
+            # a latency lane holding early work for a first chunk looks for its tokens every 2 ms, not at once
+            timeout_ms = (LANE_POLL_MS if self.engine.is_holding else 0) if is_busy else 200
+            for message in self.inbox.receive(timeout_ms, max_messages=1000):
                 try:
                     self.handlers(message)
                 except Exception as e:  # one bad request must not take the process down
                     self.log.error("%s failed:\n%s", type(message).__name__, traceback.format_exc())
                     if isinstance(message, DecodeStart):
                         self.http.fail(message.params.http_rank, message.params.req_id, e)
+            self.engine.first_expected = self.is_first_expected()
             if self.engine.has_work():
                 self.write_outputs(self.step())
             self.processes.set_load("decode", self.rank, len(self.reqs))
             self.idle.tick(has_work=bool(self.reqs) or self.engine.num_active() > 0)
-            if not self.engine.is_released:
+            if not self.engine.is_released and (self.report_clock.due() or not is_busy):
                 self.report()
+
+    def is_first_expected(self) -> bool:
+        """A stream of this process has no audio yet and its first chunk may still come soon (it started less
+        than LANE_MAX_WAIT_S ago): the latency lane keeps steps short for it."""
+        if self.cfg.latency_lane == "off":
+            return False
+        now = time.monotonic()
+        return any(s.params.stream and s.audio_start is None and now - s.started < LANE_MAX_WAIT_S
+                   for s in self.reqs.values())
 
     def report(self) -> None:
         rank, stats = str(self.rank), self.engine.stats

@@ -96,6 +96,8 @@ class EncodeWorker:
             messages = self.inbox.receive(timeout_ms=200, max_messages=self.cfg.encode_paral_num)
             for i, message in enumerate(messages):
                 self.queue_depth.set(len(messages) - i + len(self.bistream))
+                # busy with this turn: the HTTP workers send new requests to a free encode process first
+                self.processes.set_load("encode", self.rank, len(messages) - i)
                 try:
                     self.handlers(message)
                 except Exception as e:  # a bug must fail one request, not the process
@@ -105,7 +107,7 @@ class EncodeWorker:
                     elif isinstance(message, ComputeFeatures):
                         self.http.fail(message.http_rank, message.req_id, e)
             self.queue_depth.set(len(self.bistream))
-            self.processes.set_load("encode", self.rank, len(self.bistream))
+            self.processes.set_load("encode", self.rank, 0)
 
     def on_abort(self, message: AbortRequest) -> None:
         self.aborted.add(message.req_id)

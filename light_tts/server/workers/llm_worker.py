@@ -31,7 +31,7 @@ from light_tts.server.runtime.topology import PortArgs
 from light_tts.server.ipc.channels import Handlers, HttpReplies, Inbox, Outbox
 from light_tts.server.runtime.process import (model_on, parent_is_gone, resolve_device, set_process_title,
                                               setup_process)
-from light_tts.server.workers.worker_common import AbortedRequests, serve, step_error
+from light_tts.server.workers.worker_common import REPORT_EVERY_S, AbortedRequests, Every, serve, step_error
 
 
 @dataclass
@@ -77,6 +77,8 @@ class LLMWorker:
         self.aborted = AbortedRequests()
         self.llm_tokens = metrics.LLM_TOKENS.labels(self.model.name)
         self.next_decode = 0  # index into self.decode_ranks where the round-robin goes on
+        self.report_clock = Every(REPORT_EVERY_S)
+        self.batch_size = metrics.BATCH_SIZE.labels("llm", str(rank))
 
     def init_sockets(self) -> None:
         self.ctx = zmq.Context()
@@ -112,9 +114,10 @@ class LLMWorker:
             is_idle = not outputs
             if outputs:
                 self.route(outputs, step_started)
-                metrics.BATCH_SIZE.labels("llm", str(self.rank)).observe(self.engine.last_batch_size)
+                self.batch_size.observe(self.engine.last_batch_size)
             self.idle.tick(has_work=bool(self.reqs) or self.engine.has_unfinished())
-            self.report()
+            if self.report_clock.due() or is_idle:
+                self.report()
 
     def step(self) -> list:
         """One engine step. An exception inside it (a GPU out-of-memory error, a bug) fails the requests the engine
