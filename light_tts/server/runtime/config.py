@@ -18,6 +18,10 @@ DATA_TYPES = ("float16", "bfloat16", "float32")
 ZMQ_MODES = ("ipc:///tmp/", "tcp://")
 HOP_POLICIES = ("fixed", "growing")
 WORKER_FAILURE_POLICIES = ("restart", "exit")
+# flags that, when not given, are sized to a GPU host at startup (runtime/defaults.py)
+DERIVED = ("httpserver_workers", "encode_process_num", "running_max_req_size", "decode_max_batch_size",
+           "hop_policy", "max_total_token_num", "flow_cache_dtype", "decode_mem_fraction", "router_max_wait_tokens",
+           "latency_lane")
 PROMPT_MODELS = ("auto", "torch", "onnx")
 LATENCY_LANES = ("off", "short_steps")
 
@@ -202,6 +206,8 @@ class ServerConfig:
     shutdown_grace_s: float = _opt("runtime", 3.0, "with --on_worker_failure exit, after a worker died: seconds "
                                                    "to fail requests and report unready, then exit")
     log_level: str = _opt("runtime", "info", "logging level", choices=("debug", "info", "warning", "error"))
+    # not a flag: the flags given on the command line (the others may be sized to a GPU host: runtime/defaults.py)
+    given: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.model_dir, str):  # ServerConfig(model_dir="DIR"): one model
@@ -276,25 +282,31 @@ class ServerConfig:
         return notes
 
     @classmethod
-    def build_parser(cls) -> argparse.ArgumentParser:
+    def build_parser(cls, defaults: bool = True) -> argparse.ArgumentParser:
+        """The command line; defaults=False leaves every flag not given out of the parsed namespace."""
         parser = argparse.ArgumentParser(
             prog="python -m light_tts.server.api_server",
             description="LightTTS: a streaming CosyVoice2 text-to-speech server. Flags are grouped by the stage "
-                        "they configure; each says what it does on a GPU and on the CPU where that differs.")
+                        "they configure; each says what it does on a GPU and on the CPU where that differs.",
+            argument_default=None if defaults else argparse.SUPPRESS)
         groups = {name: parser.add_argument_group(name) for name in GROUPS}
         for f in fields(cls):
-            kwargs = {k: v for k, v in f.metadata.items() if k not in ("group", "default_text")}
-            kwargs["help"] = f"{kwargs['help']} (default: {f.metadata['default_text'] or f.default})"
+            if "group" not in f.metadata:  # not a flag
+                continue
+            kwargs: dict[str, Any] = {k: v for k, v in f.metadata.items() if k not in ("group", "default_text")}
+            host = "; on a GPU host: sized to it at startup" if f.name in DERIVED else ""
+            kwargs["help"] = f"{kwargs['help']} (default: {f.metadata['default_text'] or f.default}{host})"
             group, flag = groups[f.metadata["group"]], f"--{f.name}"
             if f.type in ("bool", bool):
                 # `--flag` alone means True; `--flag False` / `--flag 0` means False.
-                group.add_argument(flag, type=str2bool, nargs="?", const=True, default=f.default, **kwargs)
-            elif f.name == "mode":
-                group.add_argument(flag, nargs="+", default=None, **kwargs)
-            elif f.type.startswith("tuple"):  # repeatable (action="append"); argparse appends to a list
-                group.add_argument(flag, default=None, **kwargs)
+                kwargs.update(type=str2bool, nargs="?", const=True, default=f.default)
+            elif f.name == "mode" or f.type.startswith("tuple"):  # several values, or a repeatable flag
+                kwargs.update({"nargs": "+"} if f.name == "mode" else {}, default=None)  # (append: a list)
             else:
-                group.add_argument(flag, type=_field_type(f.type), default=f.default, **kwargs)
+                kwargs.update(type=_field_type(f.type), default=f.default)
+            if not defaults:
+                del kwargs["default"]
+            group.add_argument(flag, **kwargs)
         return parser
 
     @classmethod
@@ -304,8 +316,9 @@ class ServerConfig:
         for name in ("mode", "api_key", "model_dir"):
             if values[name] is not None:
                 values[name] = tuple(values[name])
+        given = tuple(sorted(vars(cls.build_parser(defaults=False).parse_args(argv))))
         try:
-            return cls(**values)
+            return cls(**values, given=given)
         except ValueError as e:  # a clear message and exit code 2, as for a malformed flag
             parser.error(str(e))
 
