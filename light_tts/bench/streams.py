@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout_s", type=float, default=600, help="client timeout per network operation")
     p.add_argument("--seed", type=int, default=0, help="request seeds are seed + request index")
     p.add_argument("--max_ttfa_p95_s", type=float, default=0.5, help="TTFA bound of 'real-time streams held'")
+    p.add_argument("--first_audio_only", action="store_true", help="close each stream at its first audio: "
+                   "time to first audio only (no playback, stalls or lengths), without waiting for the rest")
     p.add_argument("--breakdown", action="store_true", help="print the server's stage table of time to first "
                    "audio (its Server-Timing headers) after each level")
     p.add_argument("server_args", nargs="*", help="flags of the server started here, after --")
@@ -118,7 +120,8 @@ class Runner:
             form["fixed_speech_tokens"] = str(fixed_speech_tokens)
         self.num_levels += 1  # each level tags its new voices apart from every other level's
         voices = dataclasses.replace(self.voices, nonce=(self.voices.nonce << 8) + self.num_levels)
-        return Share(self.url, voices, form, new_voice_fraction, self.args.timeout_s, start_epoch=0.0)
+        return Share(self.url, voices, form, new_voice_fraction, self.args.timeout_s, start_epoch=0.0,
+                     first_audio_only=self.args.first_audio_only)
 
     def run(self, share: Share, load: dict, fixed_speech_tokens: int) -> dict:
         """One level; `server` holds the server's counters over it (ramp included), None without /metrics."""
@@ -129,7 +132,7 @@ class Runner:
         if len({res["pid"] for res in results}) != len(parts):  # a pool process ran two shares one after the other
             raise RuntimeError("client processes did not run their shares at the same time")
         records = sorted((r for res in results for r in res["records"]), key=lambda r: r["index"])
-        records = [score(r, fixed_speech_tokens) for r in records]
+        records = [score(r, 0 if share.first_audio_only else fixed_speech_tokens) for r in records]
         level = summarize(records, load, [lag for res in results for lag in res["lag_s"]])
         server = counter_delta(before, server_counters(self.url))
         return {**level, "ramp_s": share.ramp_s, "server": server, "records": records}
