@@ -235,3 +235,15 @@ def test_a_version_1_store_is_migrated(tmp_path):
     store = VoiceStore(tmp_path, LIMITS)
     old = store.get("voice_ab12")
     assert old.frontend_key == ""  # unknown: every model recomputes its features from the audio
+
+
+def test_a_voices_features_are_read_from_disk_once_and_shared_read_only(tmp_path):
+    store = VoiceStore(tmp_path, LIMITS)
+    voice = store.create("n", "t", wav_bytes(), features(4), 1.0)
+    first = store.load_features(voice.id)
+    (tmp_path / "voices" / f"{voice.id}.npz").unlink()  # gone from disk: the next request needs no read
+    again = store.load_features(voice.id)
+    assert again.features is first.features and not again.features.mel.flags.writeable
+    store.delete(voice.id)
+    with pytest.raises(NotFoundError):  # the row lookup still decides whether the voice exists
+        store.load_features(voice.id)

@@ -25,6 +25,8 @@ from light_tts.bench.player import is_new_voice
 
 TAG_SAMPLES = 64  # a new voice differs from its saved voice by +-1 LSB on this many final samples (inaudible)
 KEEPALIVE_S = 2.0  # client side, below the server's keep-alive timeout
+FIRST_AUDIO_GAP_S = 0.25  # --first_audio_only: a closed-loop worker's pause while the server aborts the stream it
+# left (a decode step or two on a GPU), so that the next request meets an idle server as after a whole stream
 
 
 def tagged(wav: bytes, tag: int) -> bytes:
@@ -83,6 +85,7 @@ class Share:
     duration_s: float | None = None
     arrivals: list[tuple[int, float]] | None = None
     ramp_s: float = 0.0
+    first_audio_only: bool = False  # close each stream at its first audio (TTFA only; the server aborts the rest)
 
 
 def request_form(share: Share, index: int) -> tuple[dict, dict, str]:
@@ -133,10 +136,11 @@ async def stream_one(pool: ClientPool, share: Share, index: int, t0: float, is_r
     client = pool.acquire()
     start = time.perf_counter()
     rec = {"index": index, "voice": voice, "is_ramp": is_ramp, "start_s": start - t0, "status": None,
-           "error": None, "chunk_s": [], "chunk_bytes": []}
+           "error": None, "chunk_s": [], "chunk_bytes": [], "server_timing": None}
     try:
         async with client.stream("POST", f"{share.url}/inference_zero_shot", data=data, files=files) as resp:
             rec["status"] = resp.status_code
+            rec["server_timing"] = resp.headers.get("server-timing")  # the server's stages (bench.stage_table)
             if resp.status_code != 200:
                 rec["error"] = error_message(await resp.aread())
             else:
@@ -144,6 +148,8 @@ async def stream_one(pool: ClientPool, share: Share, index: int, t0: float, is_r
                     if chunk:
                         rec["chunk_s"].append(time.perf_counter() - start)
                         rec["chunk_bytes"].append(len(chunk))
+                        if share.first_audio_only and sum(rec["chunk_bytes"]) >= 2:
+                            break
     except (httpx.HTTPError, OSError) as e:  # refused, timed out, or cut off mid-stream: a failed request
         rec["error"] = f"{type(e).__name__}: {e}"
     rec["latency_s"] = time.perf_counter() - start
@@ -188,6 +194,8 @@ async def run_share_async(share: Share) -> dict:
                         return
                     is_ramp = share.ramp_s > 0 and index < share.concurrency
                     records.append(await stream_one(pool, share, index, t0, is_ramp))
+                    if share.first_audio_only:  # the server ends the stream it was making: let it, first
+                        await asyncio.sleep(FIRST_AUDIO_GAP_S)
 
             await asyncio.gather(*(worker(w) for w in share.workers))
     finally:

@@ -29,6 +29,7 @@ import numpy as np
 from light_tts.bench.local_server import PROMPT_RATE, local_server, prompt_pcm, wav_bytes
 from light_tts.bench.player import poisson_arrivals
 from light_tts.bench.server_api import SavedVoices, counter_delta, server_counters
+from light_tts.bench.stage_table import format_stage_levels, format_stage_table
 from light_tts.bench.stream_client import TAG_SAMPLES, Share, Voices, run_share, split, tagged
 from light_tts.bench.stream_stats import score, streams_held, summarize
 
@@ -66,6 +67,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout_s", type=float, default=600, help="client timeout per network operation")
     p.add_argument("--seed", type=int, default=0, help="request seeds are seed + request index")
     p.add_argument("--max_ttfa_p95_s", type=float, default=0.5, help="TTFA bound of 'real-time streams held'")
+    p.add_argument("--first_audio_only", action="store_true", help="close each stream at its first audio: "
+                   "time to first audio only (no playback, stalls or lengths), without waiting for the rest")
+    p.add_argument("--breakdown", action="store_true", help="print the server's stage table of time to first "
+                   "audio (its Server-Timing headers) after each level")
     p.add_argument("server_args", nargs="*", help="flags of the server started here, after --")
     args = p.parse_args(argv)
     if args.url and (args.model_dir or args.server_args):
@@ -115,7 +120,8 @@ class Runner:
             form["fixed_speech_tokens"] = str(fixed_speech_tokens)
         self.num_levels += 1  # each level tags its new voices apart from every other level's
         voices = dataclasses.replace(self.voices, nonce=(self.voices.nonce << 8) + self.num_levels)
-        return Share(self.url, voices, form, new_voice_fraction, self.args.timeout_s, start_epoch=0.0)
+        return Share(self.url, voices, form, new_voice_fraction, self.args.timeout_s, start_epoch=0.0,
+                     first_audio_only=self.args.first_audio_only)
 
     def run(self, share: Share, load: dict, fixed_speech_tokens: int) -> dict:
         """One level; `server` holds the server's counters over it (ramp included), None without /metrics."""
@@ -126,7 +132,7 @@ class Runner:
         if len({res["pid"] for res in results}) != len(parts):  # a pool process ran two shares one after the other
             raise RuntimeError("client processes did not run their shares at the same time")
         records = sorted((r for res in results for r in res["records"]), key=lambda r: r["index"])
-        records = [score(r, fixed_speech_tokens) for r in records]
+        records = [score(r, 0 if share.first_audio_only else fixed_speech_tokens) for r in records]
         level = summarize(records, load, [lag for res in results for lag in res["lag_s"]])
         server = counter_delta(before, server_counters(self.url))
         return {**level, "ramp_s": share.ramp_s, "server": server, "records": records}
@@ -166,6 +172,12 @@ def describe(level: dict) -> str:
                if level["forced_length_fraction"] not in (None, 1.0) else ""))
 
 
+def report(level: dict, breakdown: bool) -> None:
+    print(describe(level), flush=True)
+    if breakdown:
+        print(format_stage_table(level), flush=True)
+
+
 def benchmark(args: argparse.Namespace, url: str) -> dict:
     base = load_voice(args)
     # saved voice k > 0 is the base voice with its own bytes (tag k; new voices' tags carry a nonce above bit 32)
@@ -183,12 +195,15 @@ def benchmark(args: argparse.Namespace, url: str) -> dict:
                 requests = None if args.duration_per_level else args.requests_per_level or 2 * c
                 closed.append(runner.closed(c, requests, args.duration_per_level, args.fixed_speech_tokens,
                                             args.new_voice_fraction, args.ramp_s))
-                print(describe(closed[-1]), flush=True)
+                report(closed[-1], args.breakdown)
             for rate in args.rate:
                 opened.append(runner.open(rate, args.duration))
-                print(describe(opened[-1]), flush=True)
+                report(opened[-1], args.breakdown)
         finally:
             runner.close()
+        if args.breakdown and len(closed) + len(opened) > 1:
+            for quantile in ("p50", "p95"):
+                print(format_stage_levels(closed + opened, quantile), flush=True)
         via = "api" if api.ids else "bytes"
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     return {"command": sys.argv, "url": url, "settings": settings, "saved_voices_via": via,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -19,6 +20,7 @@ from light_tts.model_config import ModelConfig
 from light_tts.model_dir import TOKENIZER_DIR
 
 MIN_PROMPT_SECONDS = 0.2  # shorter prompts give no usable speech token
+PROMPT_TEXTS_CACHED = 1024  # prompt transcripts whose tokens a frontend keeps (normalising one costs milliseconds)
 
 
 def voice_key(wav_bytes: bytes) -> str:
@@ -30,13 +32,15 @@ class Frontend:
     """Loads the tokenizer and the two ONNX models of a model directory; keeps no per-request state."""
 
     def __init__(self, model_cfg: ModelConfig, max_text_chars: int = MAX_TEXT_CHARS,
-                 max_prompt_seconds: float = MAX_PROMPT_SECONDS):
+                 max_prompt_seconds: float = MAX_PROMPT_SECONDS, prompt_device: str | None = None):
+        """prompt_device: run the speech tokenizer and the speaker model as torch modules there (onnx_torch.py);
+        None: ONNX Runtime on the host's cores."""
         self.cfg = model_cfg
         self.max_prompt_seconds = max_prompt_seconds
         self.tokenizer = QwenTokenizer(model_cfg.path(TOKENIZER_DIR))
         self.normalizer = TextNormalizer(self.tokenizer.encode, max_text_chars)
-        self.speech_tokenizer = SpeechTokenizerONNX(model_cfg.path("speech_tokenizer_v2.onnx"))
-        self.campplus = CampPlusONNX(model_cfg.path("campplus.onnx"))
+        self.speech_tokenizer = SpeechTokenizerONNX(model_cfg.path("speech_tokenizer_v2.onnx"), prompt_device)
+        self.campplus = CampPlusONNX(model_cfg.path("campplus.onnx"), prompt_device)
 
     def normalize_and_split(self, text: str) -> list[str]:
         return self.normalizer.normalize_and_split(text)
@@ -59,7 +63,15 @@ class Frontend:
         return Prompt(text_tokens=text_tokens, speech_tokens=speech_tokens, embedding=embedding, mel=mel)
 
     def prompt_text_tokens(self, prompt_text: str) -> np.ndarray:
-        return np.asarray(self.tokenize(self.normalizer.normalize(prompt_text)), dtype=np.int32)
+        """Normalised and tokenized (read-only: kept for the voice's next request, PROMPT_TEXTS_CACHED of them;
+        every request of a saved voice brings the same transcript)."""
+        return self._prompt_text_tokens(prompt_text)
+
+    @functools.lru_cache(maxsize=PROMPT_TEXTS_CACHED)  # noqa: B019 (a process holds its frontends for good)
+    def _prompt_text_tokens(self, prompt_text: str) -> np.ndarray:
+        tokens = np.asarray(self.tokenize(self.normalizer.normalize(prompt_text)), dtype=np.int32)
+        tokens.flags.writeable = False
+        return tokens
 
     def prompt_features(self, wav_bytes: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """What depends on the prompt audio only: see audio_features; raises AudioError."""
@@ -86,6 +98,12 @@ class Frontend:
         if num_tokens == 0:
             raise AudioError("prompt audio yields no speech tokens")
         return speech_tokens[:num_tokens], embedding, np.ascontiguousarray(mel[:ratio * num_tokens])
+
+    def warm_up(self) -> None:
+        """One prompt through both models (a second of a quiet tone), so that a first request does not pay their
+        lazy setup (device context, kernel choice, ONNX Runtime's first-run allocations)."""
+        t = np.arange(SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+        self.audio_features(0.1 * np.sin(2 * np.pi * 150 * t), SAMPLE_RATE)
 
     def mel_frames(self, wav24k: np.ndarray) -> np.ndarray:
         """[T] audio at cfg.feat.sampling_rate -> [frames, num_mels] float32."""

@@ -18,9 +18,11 @@ import websockets
 
 from openai_harness import (AUTH, CONTENT_TYPES, EXTRA, FORMATS, LONG_TOKENS, MAX_AUDIO_SECONDS, MAX_TEXT_CHARS,
                             RATE, SAMPLES_PER_TOKEN, SEED, TEXT, TOKENS, Server, assert_same_audio,
-                            client, decode_with_ffmpeg, decode_with_pyav, outcomes, reference_pcm, stream_session,
+                            client, decode_with_ffmpeg, decode_with_pyav, reference_pcm, stream_session,
                             upload, voice)
-from server_harness import voice_wav
+from server_harness import outcomes, voice_wav
+from light_tts.bench.stage_table import parse_server_timing
+from light_tts.server.ipc.stage_trace import STAGES
 
 __all__ = ["client", "reference_pcm", "voice"]  # fixtures, used by name
 
@@ -62,12 +64,15 @@ def test_openai_client_speaks_every_format(client, voice, reference_pcm, fmt):
 
 def test_streamed_pcm_arrives_in_chunks_before_the_end(server, client, voice):
     """with_streaming_response: the first bytes arrive while the request is still running (the decode process
-    is stopped right then, so the server cannot have finished meanwhile), and the pieces add up to all of it."""
+    is stopped right then, so the server cannot have finished meanwhile), and the pieces add up to all of it; the
+    headers carry the request's stages up to its first audio (Server-Timing)."""
     decode_pid = httpx.get(f"{server.url}/readiness").json()["processes"]["decode0"]["pid"]
     with client.audio.speech.with_streaming_response.create(
             model="tts-1", voice=voice, input=TEXT, response_format="pcm",
             extra_body={"seed": SEED, "fixed_speech_tokens": LONG_TOKENS}) as response:
         assert response.headers.get("transfer-encoding") == "chunked"
+        stages = parse_server_timing(response.headers.get("server-timing"))  # the trace up to the first audio
+        assert list(stages) == [*STAGES[:-1], "total"] and min(stages.values()) >= 0, stages
         pieces = response.iter_bytes()
         received = [next(pieces)]
         os.kill(decode_pid, signal.SIGSTOP)

@@ -29,6 +29,7 @@ from light_tts.server.api.auth import ApiKeyMiddleware, install_log_redaction
 from light_tts.server.api.bistream_ws import serve_bistream
 from light_tts.server.api.body_deadline import BodyDeadline
 from light_tts.server.api.http_manager import HttpServerManager, RequestHandle
+from light_tts.server.ipc import stage_trace
 from light_tts.server.runtime.model_set import resolve_model
 from light_tts.server.api.openai.routes import create_openai_router
 from light_tts.server.api.openai.schema import validation_error_handler
@@ -61,6 +62,12 @@ async def collect_audio(manager: HttpServerManager, handle: RequestHandle) -> by
     while (chunk := await manager.next_event(handle)) is not None:
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def timing_header(handle: RequestHandle) -> dict[str, str] | None:
+    """The W3C Server-Timing header of a request's stages up to its first audio (stage_trace.server_timing)."""
+    value = handle.server_timing()
+    return {"Server-Timing": value} if value else None
 
 
 def tone_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
@@ -114,15 +121,17 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
               openapi_extra=zero_shot_request_body(settings), summary="Speak a text in the voice of a prompt")
     async def inference_zero_shot(request: Request):
         endpoint = "inference_zero_shot"
+        received_at = stage_trace.now()
         try:
             inputs = await parse_zero_shot(request, settings)
+            parsed_at = stage_trace.now()
             model = check_model_name(inputs.tts_model_name)
             saved = None if inputs.voice_id is None else await run_in_threadpool(
                 voices.load_features, inputs.voice_id, settings.models[model].frontend_key)
             handle = manager.submit(inputs.tts_text, inputs.prompt_text, inputs.prompt_wav, stream=inputs.stream,
                                     speed=inputs.speed, seed=inputs.seed, saved_voice=saved,
                                     fixed_speech_tokens=inputs.fixed_speech_tokens, client=client_address(request),
-                                    model=model)
+                                    model=model, received_at=received_at, parsed_at=parsed_at)
         except LightTTSError as e:
             record_rejected(endpoint, e)
             return error_response(e)
@@ -132,7 +141,8 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
         try:
             with ActiveRequest():
                 audio = await unless_disconnected(request, collect_audio(manager, handle))
-            return Response(audio, media_type=PCM_MEDIA_TYPE)
+            manager.first_bytes_written(handle)  # the whole body goes out now
+            return Response(audio, media_type=PCM_MEDIA_TYPE, headers=timing_header(handle))
         except LightTTSError as e:
             error = e
             return error_response(e)
@@ -163,6 +173,7 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
                     chunk = first
                     while chunk is not None:
                         yield chunk
+                        manager.first_bytes_written(handle)  # resumed once the chunk was handed to the socket
                         chunk = await manager.next_event(handle)
             except LightTTSError as e:  # after the 200: the transfer is cut, so the client sees it failed
                 error = e
@@ -174,7 +185,8 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
                 manager.finish(handle)
                 record_finished(endpoint, handle, error)
 
-        return StreamingResponse(body(), media_type=PCM_MEDIA_TYPE)
+        # the headers leave with the first chunk: they carry every stage up to the HTTP worker taking it
+        return StreamingResponse(body(), media_type=PCM_MEDIA_TYPE, headers=timing_header(handle))
 
     @app.websocket("/inference_zero_shot_bistream")
     async def inference_zero_shot_bistream(ws: WebSocket):

@@ -20,6 +20,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from light_tts.errors import LightTTSError, RequestError, SlowClientError, TextError
 from light_tts.request_rules import check_seed
+from light_tts.server.ipc import stage_trace
 from light_tts.server.runtime.config import ServerConfig
 from light_tts.server.api.http_manager import HttpServerManager, RequestHandle
 from light_tts.server.api.request_metrics import ActiveRequest, ClientGone, record_finished, record_rejected
@@ -116,16 +117,18 @@ async def serve_bistream(ws: WebSocket, manager: HttpServerManager, settings: Se
                          check_model_name, voices: VoiceStore) -> None:
     await ws.accept()
     handle, reader, error = None, None, None
+    received_at = stage_trace.now()  # the trace's "parse" stage is the client sending its start and wav
     try:
         prompt_text, wav, options = await receive_start(ws, settings, check_model_name, voices)
         with ActiveRequest():  # a request only once it is complete: a silent socket is not one
             client = ws.client.host if ws.client else ""
             handle = manager.submit("", prompt_text, wav, stream=True, speed=1.0, is_bistream=True, client=client,
-                                    **options)
+                                    received_at=received_at, **options)
             reader = asyncio.create_task(read_text(ws, manager, handle, settings.cfg))
             while (chunk := await manager.next_event(handle)) is not None:
                 for start in range(0, len(chunk), MAX_FRAME_BYTES):
                     await ws.send_bytes(chunk[start:start + MAX_FRAME_BYTES])
+                manager.first_bytes_written(handle)
         await ws.close(1000)
     except (RuntimeError, OSError) as e:  # a send or close after the client vanished
         error = ClientGone(str(e))

@@ -29,7 +29,8 @@ class ServerBackend:
             check_fixed_speech_tokens(job.fixed_speech_tokens, self.manager.settings)
             handle = self.manager.submit(job.text, "", b"", stream=job.is_streamed, speed=job.speed,
                                          seed=job.seed, fixed_speech_tokens=job.fixed_speech_tokens,
-                                         client=job.client, saved_voice=job.prompt, model=job.model)
+                                         client=job.client, saved_voice=job.prompt, model=job.model,
+                                         received_at=job.received_at)
         except Exception as e:
             record_rejected(job.endpoint, e, self.manager.settings.models[job.model].name)
             raise
@@ -37,7 +38,9 @@ class ServerBackend:
         try:
             with ActiveRequest():
                 while (chunk := await self.manager.next_event(handle)) is not None:
+                    job.server_timing = job.server_timing or handle.server_timing()
                     yield chunk
+                    self.manager.first_bytes_written(handle)  # resumed when the next chunk is wanted
             job.usage = SpeechUsage.of(*self.manager.usage(handle))
         except GeneratorExit:  # closed before the end: the client left
             error = ClientGone()

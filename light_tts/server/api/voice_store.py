@@ -22,7 +22,9 @@ import io
 import os
 import secrets
 import sqlite3
+import threading
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,14 @@ COLUMNS = "id, name, text, duration_s, created_at, voice_key, frontend_key"
 ID_PREFIX = "voice_"
 TMP_PREFIX = ".tmp-"
 MAX_NAME_CHARS = 256
+
+
+FEATURES_CACHED = 256  # saved voices whose features an HTTP worker keeps in memory (~0.1 MB each for 5 s)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False  # shared by every request of the voice
+    return array
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,10 @@ class VoicePrompt:
 class VoiceStore:
     def __init__(self, data_dir: str | os.PathLike, limits: VoiceLimits, busy_timeout_s: float = 10.0):
         self.limits = limits
+        # features read recently, by the voice's audio and frontend keys (a voice's files never change; the row
+        # lookup before each use still sees a delete): a request reuses them instead of reading its npz again
+        self.features_cache: OrderedDict[tuple[str, str], PromptFeatures] = OrderedDict()
+        self.cache_lock = threading.Lock()  # load_features runs in the thread pool
         self.busy_timeout_s = busy_timeout_s
         self.root = Path(data_dir)
         self.files_dir = self.root / "voices"
@@ -141,11 +155,21 @@ class VoiceStore:
         voice = self.get(voice_id)
         if frontend_key and voice.frontend_key != frontend_key:
             return VoicePrompt(voice.voice_key, voice.text, None, self.load_audio(voice_id))
+        key = (voice.voice_key, voice.frontend_key)  # the audio and the frontend that computed its features
+        with self.cache_lock:
+            features = self.features_cache.get(key)
+            if features is not None:
+                self.features_cache.move_to_end(key)
+                return VoicePrompt(voice.voice_key, voice.text, features)
         try:
             with np.load(self._path(voice_id, "npz"), allow_pickle=False) as npz:
-                features = PromptFeatures(npz["speech_tokens"], npz["embedding"], npz["mel"])
+                features = PromptFeatures(*(_read_only(npz[k]) for k in ("speech_tokens", "embedding", "mel")))
         except FileNotFoundError:  # deleted between the row lookup and the read
             raise NotFoundError(f"voice {voice_id!r} not found") from None
+        with self.cache_lock:
+            self.features_cache[key] = features
+            while len(self.features_cache) > FEATURES_CACHED:
+                self.features_cache.popitem(last=False)
         return VoicePrompt(voice.voice_key, voice.text, features)
 
     def load_audio(self, voice_id: str) -> bytes:

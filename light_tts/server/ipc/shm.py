@@ -19,6 +19,7 @@ import numpy as np
 VOICE_KINDS = ("none", "saved", "new")
 
 from light_tts.server.ipc.audio_ring import AudioRing
+from light_tts.server.ipc.stage_trace import BOUNDARIES, StageTrace
 from light_tts.server.runtime.settings import ShmSizes
 
 Tokens = Union[Sequence[int], np.ndarray]  # token ids as a list or an int array
@@ -105,6 +106,7 @@ def slot_specs(sizes: ShmSizes) -> dict[str, tuple[tuple[int, ...], type]]:
         "usage_text_tokens": ((n,), np.int64),  # text tokens of tts_text (written by the encode process)
         "voice_kind": ((n,), np.int64),  # VOICE_KINDS index: how the encode process got the prompt's features
         "usage_speech_tokens": ((n,), np.int64),  # speech tokens decoded (written by the decode process)
+        "trace": ((n, len(BOUNDARIES)), np.float64),  # when the first audio's path crossed each boundary (StageTrace)
     }
 
 
@@ -118,6 +120,7 @@ class RequestSlots:
         self.lock = FileLock(lock_path)
         self.num_slots = sizes.num_slots
         self.audio = AudioRing(self.a["audio"], self.a["audio_read"])
+        self.trace = StageTrace(self.a["trace"])
 
     def claim(self, req_id: int, client: int = 0, client_limit: int = 0, http_rank: int = 0,
               model: int = 0) -> int | None:
@@ -138,6 +141,7 @@ class RequestSlots:
             self.a["model"][slot] = model
             self.a["llm_rank"][slot] = self.a["decode_rank"][slot] = -1
         self.audio.reset(slot)
+        self.trace.reset(slot)
         self.a["usage_text_tokens"][slot] = self.a["usage_speech_tokens"][slot] = self.a["voice_kind"][slot] = 0
         return slot
 

@@ -73,6 +73,10 @@ STALL_SECONDS = Histogram("lighttts_stall_seconds", "Silence a listener heard be
                           buckets=STALL_BUCKETS)
 DEADLINE_SLACK = Histogram("lighttts_deadline_slack_seconds", "How long before the listener needed it a streamed "
                            "chunk arrived (negative: late)", buckets=SLACK_BUCKETS)
+STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0,
+                 5.0)
+FIRST_AUDIO_STAGE = Histogram("lighttts_first_audio_stage_seconds", "Time of each stage on a request's way to its "
+                              "first audio (server/ipc/stage_trace.py lists them)", ["stage"], buckets=STAGE_BUCKETS)
 DECODE_STEP_TIME = Histogram("lighttts_decode_step_seconds", "Duration of one decode engine step", ["rank"],
                              buckets=STEP_BUCKETS)
 
@@ -85,6 +89,12 @@ def observe_playback(stall_s: float, slack_s: float | None) -> None:
     if stall_s > 0:
         STREAM_STALLS.inc()
         STALL_SECONDS.observe(stall_s)
+
+
+def observe_stages(seconds: dict[str, float]) -> None:
+    """A request's stage times up to its first audio (stage_trace.stage_seconds)."""
+    for stage, value in seconds.items():
+        FIRST_AUDIO_STAGE.labels(stage).observe(value)
 
 
 class SharedStateCollector:

@@ -107,6 +107,20 @@ class ServerSettings:
         bound = self.cfg.max_speech_tokens
         return bound if num_text_tokens is None else min(bound, 20 * num_text_tokens)
 
+    def first_chunk_tokens(self, facts: ModelFacts, num_prompt_tokens: int) -> int:
+        """Speech tokens a stream's first audio chunk needs (token2wav.ChunkSchedule): its hop (--first_hop_tokens,
+        else a chunk plus the pad that aligns prompt and hop to the chunk grid) and the flow's lookahead."""
+        hop = self.cfg.first_hop_tokens or facts.chunk_tokens + -num_prompt_tokens % facts.chunk_tokens
+        return hop + facts.pre_lookahead
+
+    def prompt_device(self) -> str | None:
+        """Where the encode processes run the prompt models as torch modules (--prompt_models), None for ONNX
+        Runtime: the first LLM's device (a GPU; with `torch`, the CPU too)."""
+        mode, device = self.cfg.prompt_models, self.topology.compute_device("llm", 0)
+        if mode == "onnx" or (mode == "auto" and not device.startswith("cuda")):
+            return None
+        return device
+
     def llm_dtype(self, device: str) -> str:
         """--data_type on a GPU; float32 on the CPU, where half precision is slow or missing."""
         return self.cfg.data_type if device != "cpu" else "float32"
@@ -158,6 +172,7 @@ class ServerSettings:
             # streams are admitted within real-time capacity on a GPU; a CPU host is for trying, not real time
             admission_wait_s=c.admission_wait_s, realtime_admission=device != "cpu", reservation=c.decode_reservation,
             headroom=c.decode_headroom, preempt_interval_s=c.preempt_interval_s, num_pages=c.decode_pool_pages,
+            step_target_s=c.decode_step_target_s, lane_step_s=0.0 if c.latency_lane == "short_steps" else None,
             kv_dtype=None if c.flow_cache_dtype == "auto" or device == "cpu" else c.flow_cache_dtype,
             **(PER_OP_HOT_PATH if c.decode_hot_path == "per_op" else {}))
         return {"device": device, "max_batch_size": c.decode_max_batch_size, "hop_policy": HopPolicy(c.hop_policy),

@@ -68,12 +68,17 @@ class EncodeWorker:
         from light_tts.model_dir import load_model_config
         from light_tts.server.runtime.process import resolve_device
 
-        resolve_device(self.settings)  # sets the torch thread count; the frontend itself runs on the CPU
+        resolve_device(self.settings)  # sets the torch thread count; text and features run on the CPU
+        device = self.settings.prompt_device()  # the prompt models: torch on a GPU, or ONNX Runtime
         self.frontends: dict[str, Frontend] = {}
         for entry in self.settings.models:
             if entry.frontend_key not in self.frontends:
-                self.frontends[entry.frontend_key] = Frontend(load_model_config(entry.model_dir),
-                                                              self.cfg.max_text_chars, self.cfg.max_prompt_seconds)
+                frontend = Frontend(load_model_config(entry.model_dir), self.cfg.max_text_chars,
+                                    self.cfg.max_prompt_seconds, prompt_device=device)
+                frontend.warm_up()
+                self.frontends[entry.frontend_key] = frontend
+                self.log.info("model %s: speech tokenizer on %s, speaker model on %s", entry.name,
+                              frontend.speech_tokenizer.runner.backend, frontend.campplus.runner.backend)
 
     def frontend_of(self, slot: int):
         """The frontend of the request's model (the slot's model column)."""
@@ -91,6 +96,8 @@ class EncodeWorker:
             messages = self.inbox.receive(timeout_ms=200, max_messages=self.cfg.encode_paral_num)
             for i, message in enumerate(messages):
                 self.queue_depth.set(len(messages) - i + len(self.bistream))
+                # busy with this turn: the HTTP workers send new requests to a free encode process first
+                self.processes.set_load("encode", self.rank, len(messages) - i)
                 try:
                     self.handlers(message)
                 except Exception as e:  # a bug must fail one request, not the process
@@ -100,7 +107,7 @@ class EncodeWorker:
                     elif isinstance(message, ComputeFeatures):
                         self.http.fail(message.http_rank, message.req_id, e)
             self.queue_depth.set(len(self.bistream))
-            self.processes.set_load("encode", self.rank, len(self.bistream))
+            self.processes.set_load("encode", self.rank, 0)
 
     def on_abort(self, message: AbortRequest) -> None:
         self.aborted.add(message.req_id)
@@ -116,8 +123,11 @@ class EncodeWorker:
         if params.req_id in self.aborted:
             return
         metrics.STAGE_REQUESTS.labels("encode", str(self.rank)).inc()
+        trace = self.slots.trace
+        trace.stamp(params.slot, "encode_started")
         try:
             sentences = [] if message.is_bistream else self.encode_text(params.slot)
+            trace.stamp(params.slot, "text_done")
             if message.saved_voice_key is not None:
                 self.encode_prompt_text(params.slot)
                 metrics.PROMPT_FEATURES.labels("saved").inc()
@@ -133,6 +143,7 @@ class EncodeWorker:
             self.http.fail(params.http_rank, params.req_id, e)
             return
         to_llm = self.llm_of(params.slot)
+        trace.stamp(params.slot, "encode_done")  # before the send: the LLM stamps after it
         to_llm.send(LLMRequestIn(params, voice_key, message.is_bistream))
         if message.is_bistream:
             self.bistream[params.req_id] = BistreamText(params)

@@ -26,11 +26,12 @@ from light_tts.server.ipc.io_struct import (AbortRequest, DecodeStart, LLMReques
 from light_tts.server.ipc.process_table import ProcessTable
 from light_tts.server.runtime.settings import ServerSettings
 from light_tts.server.ipc.shm import RequestSlots
+from light_tts.server.ipc.stage_trace import completes_first_chunk, now
 from light_tts.server.runtime.topology import PortArgs
 from light_tts.server.ipc.channels import Handlers, HttpReplies, Inbox, Outbox
 from light_tts.server.runtime.process import (model_on, parent_is_gone, resolve_device, set_process_title,
                                               setup_process)
-from light_tts.server.workers.worker_common import AbortedRequests, serve, step_error
+from light_tts.server.workers.worker_common import REPORT_EVERY_S, AbortedRequests, Every, serve, step_error
 
 
 @dataclass
@@ -49,6 +50,8 @@ class LLMRequestState:
     is_last_sent: bool = False  # bistream: the engine was told the text ended
     num_text_tokens: int = 0  # of every sentence or piece received so far
     max_tokens: int = 0  # the running sentence's speech-token bound
+    first_chunk_tokens: int = 0  # speech tokens of the first audio chunk (its trace's first_hop_out)
+    num_first_tokens: int = 0  # speech tokens of the first sentence sent so far
 
     def engine_id(self) -> str:
         """The engine's request id of the running sentence (the engine wants a unique string; the worker maps it
@@ -75,6 +78,8 @@ class LLMWorker:
         self.llm_tokens = metrics.LLM_TOKENS.labels(self.model.name)
         self.next_decode = 0  # index into self.decode_ranks where the round-robin goes on
         self.num_preemptions = 0  # the engine's, already counted in the metric
+        self.report_clock = Every(REPORT_EVERY_S)
+        self.batch_size = metrics.BATCH_SIZE.labels("llm", str(rank))
 
     def init_sockets(self) -> None:
         self.ctx = zmq.Context()
@@ -106,13 +111,15 @@ class LLMWorker:
                     self.handlers(message)
                 except Exception as e:  # one bad request must not take the process down
                     self.fail_message(message, e)
+            step_started = now()
             outputs = self.step() if self.engine.has_unfinished() else []
             is_idle = not outputs
             if outputs:
-                self.route(outputs)
-                metrics.BATCH_SIZE.labels("llm", str(self.rank)).observe(self.engine.last_batch_size)
+                self.route(outputs, step_started)
+                self.batch_size.observe(self.engine.last_batch_size)
             self.idle.tick(has_work=bool(self.reqs) or self.engine.has_unfinished())
-            self.report()
+            if self.report_clock.due() or is_idle:
+                self.report()
 
     def step(self) -> list:
         """One engine step. An exception inside it (a GPU out-of-memory error, a bug) fails the requests the engine
@@ -147,8 +154,9 @@ class LLMWorker:
                            UnavailableError("no decode process of this model is running (one is restarting)"))
             return
         self.slots.set_decode_rank(params.slot, rank)  # before the send: a failure of `rank` fails this request
+        first_chunk = self.settings.first_chunk_tokens(self.model.facts, len(speech_tokens)) if params.stream else 0
         self.reqs[params.req_id] = LLMRequestState(params, message.is_bistream, rank, text_tokens.tolist(),
-                                                   speech_tokens.tolist())
+                                                   speech_tokens.tolist(), first_chunk_tokens=first_chunk)
         self.to_decode[rank].send(DecodeStart(params, message.voice_key))
         metrics.STAGE_REQUESTS.labels("llm", str(self.rank)).inc()
 
@@ -226,6 +234,8 @@ class LLMWorker:
         state.is_running = True
         state.max_tokens = self.settings.sentence_speech_tokens(None if state.is_bistream else len(text_tokens), fixed)
         self.running[state.engine_id()] = state
+        if state.sentence_idx == 0:
+            self.slots.trace.stamp(state.params.slot, "llm_queued")
         self.engine.add_request(LLMRequest(
             req_id=state.engine_id(), text_token_ids=text_tokens, prompt_text_token_ids=state.prompt_text_tokens,
             prompt_speech_token_ids=state.prompt_speech_tokens, seed=state.sentence_seed(),
@@ -238,14 +248,19 @@ class LLMWorker:
             raise RequestError(f"fixed_speech_tokens={fixed} does not fit: the prompt and text take {num_inputs} of "
                                f"the {self.cfg.max_req_total_len} tokens one request may hold (--max_req_total_len)")
 
-    def route(self, outputs) -> None:
-        """One SpeechTokenBatch per decode process for this step's outputs; finished sentences start the next."""
+    def route(self, outputs, step_started: float) -> None:
+        """One SpeechTokenBatch per decode process for this step's outputs; finished sentences start the next.
+        The first sentence's tokens stamp the request's trace: its prefill (the step of its first token) and the
+        send of its first chunk's tokens."""
         batches = {rank: SpeechTokenBatch() for rank in self.decode_ranks}
+        step_ended, first_hops = now(), []
         for out in outputs:
             state = self.running.get(out.req_id)
             if state is None:
                 continue
             req_id = state.params.req_id
+            if state.sentence_idx == 0 and self.crosses_first_hop(state, out, step_started, step_ended):
+                first_hops.append(state.params.slot)
             self.llm_tokens.inc(len(out.new_token_ids))
             if out.finished:
                 del self.running[out.req_id]
@@ -263,9 +278,21 @@ class LLMWorker:
                 del self.reqs[req_id]
             elif out.finished:
                 self.start_sentence(state)
+        sent_at = now()  # before the sends: the decode process stamps after them
+        for slot in first_hops:
+            self.slots.trace.stamp(slot, "first_hop_out", sent_at)
         for rank, batch in batches.items():
             if len(batch):
                 self.to_decode[rank].send(batch)
+
+    def crosses_first_hop(self, state: LLMRequestState, out, step_started: float, step_ended: float) -> bool:
+        """Stamp the prefill of the request's first token; True when this output completes its first audio
+        chunk's tokens (a stream's first hop, or a non-stream request's whole first sentence)."""
+        slot, before = state.params.slot, state.num_first_tokens
+        if out.new_token_ids and self.slots.trace.stamp_once(slot, "prefill_started", step_started):
+            self.slots.trace.stamp(slot, "prefill_done", step_ended)
+        state.num_first_tokens += len(out.new_token_ids)
+        return completes_first_chunk(before, state.num_first_tokens, state.first_chunk_tokens or None, out.finished)
 
     def report(self) -> None:
         for engine_id, reason in self.engine.take_waits():  # each wait, once: why, and a count by reason

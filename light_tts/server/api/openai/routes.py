@@ -49,6 +49,8 @@ class SynthesisJob:
     client: str = ""  # the client's address (--max_requests_per_client)
     usage: SpeechUsage | None = None  # set by the backend once the audio is complete
     model: int = 0  # index of the model in ServerSettings.models
+    received_at: float | None = None  # when the route started (the request trace's first boundary)
+    server_timing: str = ""  # the Server-Timing header of its stages, set by the backend with the first chunk
 
 
 class SynthesisBackend(Protocol):
@@ -70,6 +72,11 @@ async def first_chunk(chunks) -> bytes:
         raise
 
 
+def timing_header(job: SynthesisJob) -> dict[str, str] | None:
+    """Server-Timing of the job's stages up to its first audio (the backend's trace), when it has one."""
+    return {"Server-Timing": job.server_timing} if job.server_timing else None
+
+
 def client_of(request: Request) -> str:
     return request.client.host if request.client else ""
 
@@ -85,27 +92,28 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
                                                 **ERRORS}, summary="Speak a text with a saved voice (OpenAI)")
     async def create_speech(body: SpeechRequest, request: Request):
         """Speak `input` with a saved voice; the audio streams as it is encoded."""
+        received_at = time.monotonic()  # the body is parsed already (FastAPI): the trace's parse stage is ~0
         try:
             model = resolve_model(models, body.model, OPENAI_MODEL_ALIASES)  # unknown: 404 naming the models
             prompt = await run_in_threadpool(store.load_features, body.voice, models[model].frontend_key)
             job = SynthesisJob(body.input, prompt, body.speed, body.speed == 1.0, body.seed, body.fixed_speech_tokens,
-                               client=client_of(request), model=model)
+                               client=client_of(request), model=model, received_at=received_at)
             chunks = backend.synthesize(job)
             first = await unless_disconnected(request, first_chunk(chunks))
             if not job.is_streamed and body.stream_format == "audio":  # the whole audio: a file with exact headers
                 audio = await unless_disconnected(request, rest_of(first, chunks))
                 return Response(encode_file(body.response_format, audio, SAMPLE_RATE),
-                                media_type=CONTENT_TYPES[body.response_format])
+                                media_type=CONTENT_TYPES[body.response_format], headers=timing_header(job))
         except LightTTSError as e:
             return error_response(e)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; keeps the log quiet
         if body.stream_format == "sse":
             return StreamingResponse(sse_body(first, chunks, job, body.response_format),
-                                     media_type="text/event-stream")
+                                     media_type="text/event-stream", headers=timing_header(job))
         # A failure after the headers cuts the transfer, which the client sees (one log line, no traceback).
         return StreamingResponse(cut_on_failure(encoded(first, chunks, body.response_format), "speech request"),
-                                 media_type=CONTENT_TYPES[body.response_format])
+                                 media_type=CONTENT_TYPES[body.response_format], headers=timing_header(job))
 
     @router.post("/v1/audio/voices", status_code=201, response_model=VoiceObject, responses=ERRORS,
                  summary="Save a voice: a recording and its transcript",
