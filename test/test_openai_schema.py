@@ -33,10 +33,14 @@ def test_defaults_and_voice_forms(client):
     r = client.post("/v1/audio/speech", json=VALID)
     assert r.status_code == 200
     assert r.json() == {**VALID, "response_format": "mp3", "speed": 1.0, "stream_format": "audio",
-                        "instructions": None, "fixed_speech_tokens": None, "seed": None}
+                        "instructions": None, "mode": None, "fixed_speech_tokens": None, "seed": None}
     r = client.post("/v1/audio/speech", json={**VALID, "voice": {"id": "voice_xyz"}, "instructions": " ",
                                               "speed": 4, "seed": 7, "fixed_speech_tokens": 50})
     assert r.status_code == 200 and r.json()["voice"] == "voice_xyz" and r.json()["speed"] == 4.0
+    r = client.post("/v1/audio/speech", json={**VALID, "instructions": "Speak cheerfully.", "mode": "instruct"})
+    assert r.status_code == 200 and r.json()["instructions"] == "Speak cheerfully."
+    r = client.post("/v1/audio/speech", json={**VALID, "mode": "cross_lingual"})
+    assert r.status_code == 200 and r.json()["mode"] == "cross_lingual"
 
 
 @pytest.mark.parametrize("change, expected", [
@@ -49,7 +53,11 @@ def test_defaults_and_voice_forms(client):
     ({"input": " \n "}, "input: input is empty"),
     ({"input": "a" * 4097}, "input: String should have at most 4096 characters"),
     ({"input": "a\x00b"}, "input: input contains a NUL character"),
-    ({"instructions": "speak cheerfully"}, "instructions: instructions are not supported"),
+    ({"instructions": "a" * 4097}, "instructions: String should have at most 4096 characters"),
+    ({"instructions": "a\x00b"}, "instructions: contains a NUL character"),
+    ({"mode": "instruct"}, "request body: mode instruct needs an instruction"),
+    ({"mode": "zero_shot", "instructions": "Speak softly."}, "request body: instructions select mode instruct"),
+    ({"mode": "vc"}, "mode: Input should be 'zero_shot', 'instruct' or 'cross_lingual'"),
     ({"seed": -1}, "seed: Input should be greater than or equal to 0"),
     ({"seed": True}, "seed: Input should be a valid integer"),
     ({"fixed_speech_tokens": 0}, "fixed_speech_tokens: Input should be greater than or equal to 1"),

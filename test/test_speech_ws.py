@@ -84,7 +84,8 @@ def test_an_empty_flush_answers_in_turn_without_audio():
     (config(voice=None), "invalid session.config: voice: Input should be a valid string"),
     (config(language="English"), "invalid session.config: unknown field 'language'"),
     (config(split_granularity="sentence"), "invalid session.config: split_granularity: Input should be 'none'"),
-    (config(instructions="whisper"), "invalid session.config: instructions: instructions are not supported"),
+    (config(mode="instruct"), "invalid session.config: mode instruct needs an instruction"),
+    (config(mode="zero_shot", instructions="Whisper."), "invalid session.config: instructions select mode"),
     (config(stream_audio=True, speed=2.0), "invalid session.config: stream_audio needs speed 1.0"),
     (config(response_format="ogg"), "invalid session.config: response_format: Input should be"),
 ])

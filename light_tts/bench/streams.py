@@ -1,13 +1,17 @@
 """Real-time capacity of the whole server: how many concurrent streams it holds with every listener on time.
 
     python -m light_tts.bench.streams --out OUT [--url URL | --model_dir DIR] [--concurrency 1 8 16 32 ...]
-        [--rate R ... --duration S] [--new_voice_fraction F] [--fixed_speech_tokens 250] [-- SERVER FLAGS...]
+        [--rate R ... --duration S] [--new_voice_fraction F] [--fixed_speech_tokens 250]
+        [--mode zero_shot|instruct|cross_lingual|vc] [-- SERVER FLAGS...]
 
 Without --url it starts the server itself (flags after `--`) and stops it at the end. Each streamed response is
 played by a simulated real-time listener (light_tts.bench.player); OUT/streams.json holds per-level summaries
 (TTFA percentiles, stalled streams, stall seconds, deadline slack, audio s per s, failures) and every raw
 request record, OUT/streams.png plots them against load, and "real-time streams held" is the largest
-concurrency with p95 TTFA <= --max_ttfa_p95_s, no stall and no failure. Field meanings: docs/bench-streams.md.
+concurrency with p95 TTFA <= --max_ttfa_p95_s, no stall and no failure. --mode picks what every request asks
+for: speech in a text mode (instruct: with --instruct_text), or vc: POST /v1/audio/voice-conversion of a
+--vc_source_seconds recording into the voices (its audio is the source's length). Field meanings:
+docs/bench-streams.md.
 """
 
 from __future__ import annotations
@@ -71,6 +75,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "time to first audio only (no playback, stalls or lengths), without waiting for the rest")
     p.add_argument("--breakdown", action="store_true", help="print the server's stage table of time to first "
                    "audio (its Server-Timing headers) after each level")
+    p.add_argument("--mode", choices=("zero_shot", "instruct", "cross_lingual", "vc"), default="zero_shot",
+                   help="what every request asks for: speech in a text mode, or voice conversion (vc)")
+    p.add_argument("--instruct_text", default="Speak slowly and softly.", help="the instruction of --mode instruct")
+    p.add_argument("--vc_source_seconds", type=float, default=10.0,
+                   help="--mode vc: the source recording's length (a synthetic voice; its audio is as long)")
     p.add_argument("server_args", nargs="*", help="flags of the server started here, after --")
     args = p.parse_args(argv)
     if args.url and (args.model_dir or args.server_args):
@@ -83,6 +92,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     counts += [v for v in (args.requests_per_level, args.duration_per_level) if v is not None]
     if min(counts) <= 0:
         p.error("concurrency, rate, durations and counts must be positive")
+    if args.mode == "vc":  # the audio is the source's: its length is what each request is scored against
+        if not 0 < args.vc_source_seconds <= 30:
+            p.error("--vc_source_seconds must be in (0, 30]")
+        args.fixed_speech_tokens = round(25 * args.vc_source_seconds)
     if args.ramp_s is None:
         args.ramp_s = args.fixed_speech_tokens / 25
     return args
@@ -115,13 +128,20 @@ class Runner:
         self.num_levels = 0
 
     def share(self, fixed_speech_tokens: int, new_voice_fraction: float) -> Share:
-        form = {"tts_text": self.args.tts_text, "stream": "true", "seed": self.args.seed}
-        if fixed_speech_tokens:
-            form["fixed_speech_tokens"] = str(fixed_speech_tokens)
         self.num_levels += 1  # each level tags its new voices apart from every other level's
         voices = dataclasses.replace(self.voices, nonce=(self.voices.nonce << 8) + self.num_levels)
+        source = None
+        if self.args.mode == "vc":
+            form = {"stream": "true", "response_format": "pcm", "seed": self.args.seed}
+            source = wav_bytes(prompt_pcm(self.args.vc_source_seconds), PROMPT_RATE)
+        else:
+            form = {"tts_text": self.args.tts_text, "stream": "true", "seed": self.args.seed}
+            form |= {"instruct_text": self.args.instruct_text} if self.args.mode == "instruct" else {}
+            form |= {"mode": "cross_lingual"} if self.args.mode == "cross_lingual" else {}
+            if fixed_speech_tokens:
+                form["fixed_speech_tokens"] = str(fixed_speech_tokens)
         return Share(self.url, voices, form, new_voice_fraction, self.args.timeout_s, start_epoch=0.0,
-                     first_audio_only=self.args.first_audio_only)
+                     first_audio_only=self.args.first_audio_only, source_wav=source)
 
     def run(self, share: Share, load: dict, fixed_speech_tokens: int) -> dict:
         """One level; `server` holds the server's counters over it (ramp included), None without /metrics."""

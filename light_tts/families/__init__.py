@@ -68,3 +68,8 @@ def detect_family(model_dir: str | Path) -> FamilySpec:
 def load_family(spec: FamilySpec) -> ModuleType:
     """The family's implementation module (imported on first use, by the processes that run the family)."""
     return importlib.import_module(spec.module)
+
+
+def family_of(model_dir: str | Path) -> ModuleType:
+    """The implementation of a model directory's family (e.g. `family_of(dir).llm_prompt(mode, ...)`)."""
+    return load_family(detect_family(model_dir))

@@ -8,13 +8,13 @@ import hashlib
 import numpy as np
 import torch
 
-from light_tts.errors import AudioError
+from light_tts.errors import AudioError, TooLargeError
 from light_tts.frontend.audio import MAX_PROMPT_SECONDS, decode_audio, resample
 from light_tts.frontend.features import SAMPLE_RATE, speaker_features, whisper_log_mel
 from light_tts.frontend.onnx_models import CampPlusONNX, SpeechTokenizerONNX
 from light_tts.frontend.prompt import Prompt
 from light_tts.frontend.prompt_mel import prompt_mel
-from light_tts.frontend.text_norm import MAX_TEXT_CHARS, TextNormalizer, clean_text
+from light_tts.frontend.text_norm import MAX_TEXT_CHARS, PieceJoiner, TextNormalizer, clean_text
 from light_tts.frontend.tokenizer import QwenTokenizer
 from light_tts.model_config import ModelConfig
 from light_tts.model_dir import TOKENIZER_DIR
@@ -38,7 +38,8 @@ class Frontend:
         self.cfg = model_cfg
         self.max_prompt_seconds = max_prompt_seconds
         self.tokenizer = QwenTokenizer(model_cfg.path(TOKENIZER_DIR))
-        self.normalizer = TextNormalizer(self.tokenizer.encode, max_text_chars)
+        self.control_tags = self.tokenizer.special_tokens  # [breath], <strong>, ...: kept whole through the text
+        self.normalizer = TextNormalizer(self.tokenizer.encode, max_text_chars, self.control_tags)
         self.speech_tokenizer = SpeechTokenizerONNX(model_cfg.path("speech_tokenizer_v2.onnx"), prompt_device)
         self.campplus = CampPlusONNX(model_cfg.path("campplus.onnx"), prompt_device)
 
@@ -53,6 +54,10 @@ class Frontend:
         terminal escapes (text_norm.clean_text; a lone surrogate raises TextError)."""
         piece = clean_text(piece)
         return self.tokenize(piece) if piece else []
+
+    def piece_joiner(self) -> PieceJoiner:
+        """For text arriving in pieces: keeps a control tag split between two pieces whole (text_norm)."""
+        return PieceJoiner(self.control_tags)
 
     voice_key = staticmethod(voice_key)
 
@@ -104,6 +109,18 @@ class Frontend:
         lazy setup (device context, kernel choice, ONNX Runtime's first-run allocations)."""
         t = np.arange(SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
         self.audio_features(0.1 * np.sin(2 * np.pi * 150 * t), SAMPLE_RATE)
+
+    def source_speech_tokens(self, wav_bytes: bytes, max_seconds: float) -> tuple[np.ndarray, float]:
+        """Voice conversion's source recording -> (its speech tokens int32 [T], its seconds), as upstream's
+        frontend_vc (the speech tokenizer only: the voice comes from the target's prompt). Raises AudioError, and
+        TooLargeError (413) over max_seconds."""
+        wav, sr = decode_audio(wav_bytes, max_seconds, name="source audio", too_long=TooLargeError)
+        if len(wav) < MIN_PROMPT_SECONDS * sr:
+            raise AudioError(f"source audio is {len(wav) / sr:.2f} s; it must be at least {MIN_PROMPT_SECONDS} s")
+        tokens = self.speech_tokenizer(whisper_log_mel(resample(wav, sr, SAMPLE_RATE), n_mels=128).numpy())
+        if len(tokens) == 0:
+            raise AudioError("source audio yields no speech tokens")
+        return np.asarray(tokens, dtype=np.int32), len(wav) / sr
 
     def mel_frames(self, wav24k: np.ndarray) -> np.ndarray:
         """[T] audio at cfg.feat.sampling_rate -> [frames, num_mels] float32."""

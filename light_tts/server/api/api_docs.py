@@ -10,7 +10,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 
-from light_tts.request_rules import MAX_SPEED, MIN_SPEED, SEED_LIMIT
+from light_tts.families import family_of
+from light_tts.request_rules import MAX_SPEED, MIN_SPEED, SEED_LIMIT, TEXT_MODES
 from light_tts.server.api.auth import ApiKeyMiddleware
 from light_tts.server.api.openai.schema import ErrorBody
 from light_tts.server.runtime.settings import ServerSettings
@@ -40,14 +41,34 @@ def audio_responses(settings: ServerSettings) -> dict[int | str, dict[str, Any]]
             **error_responses(400, 404, 413, 429, 503, 504)}
 
 
+def control_tags(settings: ServerSettings) -> tuple[str, ...]:
+    """The default model's control tags (its family's tokenizer tokens that a text may carry)."""
+    return family_of(settings.models[0].model_dir).CONTROL_TAGS
+
+
+def api_description(settings: ServerSettings) -> str:
+    """The top of /docs: the modes and the control tags (docs/openai-api.md has the details)."""
+    return ("Text to speech in the voice of a prompt. **Modes**: zero_shot (the voice's transcript), instruct "
+            "(`instructions` / `instruct_text`: how to speak), cross_lingual (a voice without a transcript, or "
+            "`mode: cross_lingual`), and voice conversion (`POST /v1/audio/voice-conversion`). **Control tags** "
+            "in a text are spoken as such, each one token: " + ", ".join(f"`{t}`" for t in control_tags(settings))
+            + ". Text that only looks like a tag (`See [1]`, `[sic]`) is read as text.")
+
+
 def zero_shot_request_body(settings: ServerSettings) -> dict[str, Any]:
     """The multipart form of /inference_zero_shot, as request_parsing.parse_zero_shot reads it."""
     cfg = settings.cfg
     text = {"type": "string", "maxLength": cfg.max_text_chars}
+    tags = ", ".join(control_tags(settings))
     properties = {
-        "tts_text": {**text, "description": "the text to speak"},
-        "prompt_text": {**text, "description": "what the voice prompt says (its transcript); required unless "
-                                               "voice_id"},
+        "tts_text": {**text, "description": f"the text to speak; control tags are spoken as such: {tags}"},
+        "prompt_text": {**text, "description": "what the voice prompt says (its transcript); without it (or blank) "
+                                               "the voice is spoken cross-lingual"},
+        "instruct_text": {**text, "description": "how to speak (style, emotion, pace, dialect), e.g. 'Speak slowly "
+                                                 "and softly.': instruct mode, in the prompt's voice"},
+        "mode": {"type": "string", "enum": list(TEXT_MODES),
+                 "description": "force a mode (default: instruct with instruct_text, zero_shot with a transcript, "
+                                "cross_lingual without)"},
         "prompt_wav": {"type": "string", "format": "binary", "maxLength": cfg.max_prompt_wav_bytes,
                        "description": f"the voice prompt: wav, flac, ogg or mp3, any rate, at most "
                                       f"{cfg.max_prompt_seconds:g} s; required unless voice_id"},
@@ -78,7 +99,8 @@ def finish_openapi(app: FastAPI, auth) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
             components = schema.setdefault("components", {})
             for name in ("HTTPValidationError", "ValidationError"):
                 components.get("schemas", {}).pop(name, None)

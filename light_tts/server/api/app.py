@@ -23,8 +23,8 @@ from starlette.concurrency import run_in_threadpool
 
 from light_tts.errors import LightTTSError
 from light_tts.server.metrics import prometheus as metrics
-from light_tts.server.api.api_docs import (PCMResponse, audio_responses, error_responses, finish_openapi,
-                                       zero_shot_request_body)
+from light_tts.server.api.api_docs import (PCMResponse, api_description, audio_responses, error_responses,
+                                           finish_openapi, zero_shot_request_body)
 from light_tts.server.api.auth import ApiKeyMiddleware, install_log_redaction
 from light_tts.server.api.bistream_ws import serve_bistream
 from light_tts.server.api.body_deadline import BodyDeadline
@@ -41,6 +41,7 @@ from light_tts.server.api.request_parsing import parse_zero_shot
 from light_tts.server.runtime.settings import ServerSettings
 from light_tts.server.api.speech_backend import ServerBackend
 from light_tts.server.api.openai.speech_ws_api import add_speech_websockets
+from light_tts.server.api.openai.voice_conversion import add_voice_conversion
 from light_tts.server.runtime.topology import PortArgs
 from light_tts.server.api.voice_store import VoiceStore
 
@@ -101,7 +102,7 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
         yield
         await manager.stop()
 
-    app = FastAPI(title="LightTTS", lifespan=lifespan)
+    app = FastAPI(title="LightTTS", description=api_description(settings), lifespan=lifespan)
     app.state.manager = manager
     app.add_exception_handler(RequestValidationError, validation_error_handler)  # 400 {"error", "kind"}, not 422
     mount_playground(app)
@@ -109,6 +110,7 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
     router = create_openai_router(backend, voices, settings.models)
     add_speech_websockets(router, backend, voices, settings.models, settings.cfg.max_text_chars,
                           settings.cfg.ws_idle_timeout_s)
+    add_voice_conversion(router, backend, voices, settings.models, settings.max_vc_source_seconds)
     app.include_router(router)
     if settings.auth.is_enabled:
         install_log_redaction(settings.auth)
@@ -131,7 +133,8 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
             handle = manager.submit(inputs.tts_text, inputs.prompt_text, inputs.prompt_wav, stream=inputs.stream,
                                     speed=inputs.speed, seed=inputs.seed, saved_voice=saved,
                                     fixed_speech_tokens=inputs.fixed_speech_tokens, client=client_address(request),
-                                    model=model, received_at=received_at, parsed_at=parsed_at)
+                                    model=model, mode=inputs.mode, instruction=inputs.instruct_text,
+                                    received_at=received_at, parsed_at=parsed_at)
         except LightTTSError as e:
             record_rejected(endpoint, e)
             return error_response(e)

@@ -23,6 +23,7 @@ import zmq.asyncio
 
 from light_tts.errors import (OverloadedError, RequestError, RequestTimeoutError, TooLargeError, UnavailableError,
                               WorkerDiedError, error_from_kind)
+from light_tts.request_rules import VC, resolve_mode
 from light_tts.server.ipc.io_struct import (AbortDone, AbortRequest, AudioReady, ComputeFeatures, EncodeRequest,
                                         FeaturesReady, RequestFailed, RequestParams, TextPiece)
 from light_tts.server.metrics import prometheus as metrics
@@ -59,6 +60,7 @@ class RequestHandle:
     is_done: bool = False  # the last audio arrived: every stage has already let go of the request
     playback: Playback | None = None  # streamed requests: the listener's clock (stall and slack metrics)
     voice_kind: str = "none"  # saved (no model ran for its prompt) or new, read when the first audio arrives
+    mode: str = "none"  # request_rules.MODES (the metrics' and the log's label)
     is_features_job: bool = False  # a voice upload's feature computation: only the encode process holds it
     trace: dict[str, float] | None = None  # the first audio's boundaries (stage_trace), read when it arrived
     is_trace_recorded: bool = False  # its stages went into the histogram (at the first bytes written)
@@ -156,27 +158,34 @@ class HttpServerManager:
             return f"worker {_names(starting)} is loading its model (starting or restarting)"
         return None
 
-    def submit(self, tts_text: str, prompt_text: str, prompt_wav: bytes, *, stream: bool, speed: float,
+    def submit(self, tts_text: str, prompt_text: str | None, prompt_wav: bytes, *, stream: bool, speed: float,
                seed: int | None, fixed_speech_tokens: int | None = None, is_bistream: bool = False,
-               client: str = "", saved_voice: VoicePrompt | None = None, model: int = 0,
-               received_at: float | None = None, parsed_at: float | None = None) -> RequestHandle:
+               client: str = "", saved_voice: VoicePrompt | None = None, model: int = 0, mode: str | None = None,
+               instruction: str | None = None, source_wav: bytes = b"", received_at: float | None = None,
+               parsed_at: float | None = None) -> RequestHandle:
         """Claim a slot and start the request to model index `model`; raises OverloadedError (429) at once when
         none is free, or when `client` (its address) already has --max_requests_per_client requests in flight.
-        With `saved_voice` its text and features are the prompt (`prompt_text` and `prompt_wav` are not used); a
-        saved voice whose features another frontend computed comes with its audio, computed again here.
-        `received_at` / `parsed_at`: when the route started and finished reading the request (its trace's first
-        boundaries; now when not given)."""
+        With `saved_voice` its transcript and features are the prompt (`prompt_text` and `prompt_wav` are not
+        used); a saved voice whose features another frontend computed comes with its audio, computed again here.
+        `mode`: as request_rules.resolve_mode says (instruct with an `instruction`, cross-lingual without a
+        transcript), or vc: `source_wav` spoken in the voice, no text. `received_at` / `parsed_at`: when the route
+        started and finished reading the request (its trace's first boundaries; now when not given)."""
         parsed_at = stage_trace.now() if parsed_at is None else parsed_at
         features = None
         if saved_voice is not None:
             prompt_text, prompt_wav = saved_voice.text, saved_voice.audio or b""
             features = saved_voice.features
-        handle = self.claim(client, {"text": tts_text.encode("utf-8"), "prompt_text": prompt_text.encode("utf-8"),
-                                     "wav": prompt_wav}, features, model)
+        if mode != VC:
+            mode = resolve_mode(mode, instruction, prompt_text)
+        handle = self.claim(client, {"text": tts_text.encode("utf-8"), "prompt_text": (prompt_text or "").encode(),
+                                     "instruct_text": (instruction or "").encode(), "wav": prompt_wav,
+                                     "source_wav": source_wav}, features, model)
+        handle.mode = mode
         if stream:
             handle.playback = Playback(handle.sample_rate)
         seed = secrets.randbits(31) if seed is None else seed
-        params = RequestParams(handle.req_id, handle.slot, self.http_rank, stream, speed, seed, fixed_speech_tokens)
+        params = RequestParams(handle.req_id, handle.slot, self.http_rank, stream, speed, seed, fixed_speech_tokens,
+                               mode)
         key = None
         if features is not None:  # the key the voice cache gives these features (voice_cache_key)
             key = voice_cache_key(self.settings.models[model].frontend_key, saved_voice.voice_key)
@@ -190,7 +199,8 @@ class HttpServerManager:
     async def compute_features(self, audio: bytes, client: str = "") -> tuple[PromptFeatures, float]:
         """A voice upload's prompt features and the audio's seconds, computed by an encode process in a slot of
         its own (so an upload waits for a free slot like any request: 429 when none is); raises AudioError."""
-        handle = self.claim(client, {"text": b"", "prompt_text": b"", "wav": audio})
+        handle = self.claim(client, {"text": b"", "prompt_text": b"", "instruct_text": b"", "wav": audio,
+                                     "source_wav": b""})
         handle.is_features_job = True
         try:
             self.to_encode[handle.encode_rank].send(ComputeFeatures(handle.req_id, handle.slot, self.http_rank))

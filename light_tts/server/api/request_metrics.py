@@ -89,29 +89,33 @@ def error_response(error: LightTTSError) -> JSONResponse:
     return JSONResponse({"error": str(error), "kind": error.kind}, status_code=error.http_status, headers=headers)
 
 
-def record_rejected(endpoint: str, error: BaseException, model: str = "none") -> None:
-    """A request refused before it got a slot (bad input, overload; `model`: none when not known yet)."""
+def record_rejected(endpoint: str, error: BaseException, model: str = "none", mode: str = "none") -> None:
+    """A request refused before it got a slot (bad input, overload; `model`, `mode`: none when not known yet)."""
     kind = error_kind(error)
-    metrics.REQUESTS.labels(endpoint, kind, model).inc()
+    metrics.REQUESTS.labels(endpoint, kind, model, mode).inc()
     metrics.ERRORS.labels(kind).inc()
 
 
 def record_finished(endpoint: str, handle: RequestHandle, error: BaseException | None) -> None:
-    """Latency, first-audio time, real-time factor and audio seconds of a request that held a slot."""
-    latency, model = time.monotonic() - handle.arrival, handle.model_name
+    """Latency, first-audio time, real-time factor and audio seconds of a request that held a slot, and its log
+    line (INFO: endpoint, model, mode, voice kind, outcome, audio seconds, first-audio time, latency)."""
+    latency, model, mode = time.monotonic() - handle.arrival, handle.model_name, handle.mode
+    ttfa = None if handle.first_audio_at is None else handle.first_audio_at - handle.arrival
+    log.info("request %d %s model=%s mode=%s voice=%s outcome=%s audio=%.2fs ttfa=%s latency=%.3fs", handle.req_id,
+             endpoint, model, mode, handle.voice_kind, "ok" if error is None else error_kind(error),
+             handle.audio_seconds, "-" if ttfa is None else f"{ttfa:.3f}s", latency)
     if error is not None:
-        record_rejected(endpoint, error, model)
+        record_rejected(endpoint, error, model, mode)
         if error_kind(error) == "internal":
             log.error("request %d failed: %r", handle.req_id, error)
         return
-    metrics.REQUESTS.labels(endpoint, "ok", model).inc()
-    metrics.REQUEST_LATENCY.labels(endpoint, model).observe(latency)
+    metrics.REQUESTS.labels(endpoint, "ok", model, mode).inc()
+    metrics.REQUEST_LATENCY.labels(endpoint, model, mode).observe(latency)
     metrics.AUDIO_SECONDS.inc(handle.audio_seconds)
-    if handle.first_audio_at is not None:
-        metrics.TIME_TO_FIRST_AUDIO.labels(endpoint, handle.voice_kind, model).observe(
-            handle.first_audio_at - handle.arrival)
+    if ttfa is not None:
+        metrics.TIME_TO_FIRST_AUDIO.labels(endpoint, handle.voice_kind, model, mode).observe(ttfa)
     if handle.audio_seconds > 0:
-        metrics.REAL_TIME_FACTOR.labels(endpoint, model).observe(latency / handle.audio_seconds)
+        metrics.REAL_TIME_FACTOR.labels(endpoint, model, mode).observe(latency / handle.audio_seconds)
 
 
 class ActiveRequest:

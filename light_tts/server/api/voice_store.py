@@ -1,5 +1,8 @@
-"""Saved voices: a prompt recording and its transcript, uploaded once with its prompt features computed then,
-kept under --data_dir so that they survive restarts and every HTTP worker process sees the same set.
+"""Saved voices: a prompt recording and its transcript (or none), uploaded once with its prompt features computed
+then, kept under --data_dir so that they survive restarts and every HTTP worker process sees the same set. The
+features serve every mode (zero-shot, instruct, cross-lingual, and as voice conversion's target): they depend on
+the audio only, so no mode computes them again. A voice without a transcript (text '' in the row) is spoken
+cross-lingual.
 
     data_dir/voices.sqlite3      one row per voice (with the frontend_key of the model whose frontend computed its
                                  features: a model of another frontend recomputes them from the audio); WAL, so
@@ -65,7 +68,7 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 class Voice:
     id: str
     name: str
-    text: str  # the transcript of the recording: the prompt text
+    text: str  # the transcript of the recording: the prompt text ('' for a voice without one)
     duration_s: float
     created_at: int  # unix seconds
     voice_key: str  # hex sha256 of the audio bytes (with the frontend key: the voice cache's key)
@@ -97,7 +100,7 @@ class VoicePrompt:
     """A saved voice as a request uses it: in memory, independent of the files from then on."""
 
     voice_key: str
-    text: str
+    text: str | None  # the transcript; None: the voice has none (spoken cross-lingual)
     features: PromptFeatures | None  # None: another frontend computed them; `audio` is the prompt then
     audio: bytes | None = None
 
@@ -153,14 +156,15 @@ class VoiceStore:
         does not take it away. Features another frontend computed do not fit that model: then the prompt is the
         stored audio, whose features the encode process computes (and caches) for it."""
         voice = self.get(voice_id)
+        text = voice.text or None
         if frontend_key and voice.frontend_key != frontend_key:
-            return VoicePrompt(voice.voice_key, voice.text, None, self.load_audio(voice_id))
+            return VoicePrompt(voice.voice_key, text, None, self.load_audio(voice_id))
         key = (voice.voice_key, voice.frontend_key)  # the audio and the frontend that computed its features
         with self.cache_lock:
             features = self.features_cache.get(key)
             if features is not None:
                 self.features_cache.move_to_end(key)
-                return VoicePrompt(voice.voice_key, voice.text, features)
+                return VoicePrompt(voice.voice_key, text, features)
         try:
             with np.load(self._path(voice_id, "npz"), allow_pickle=False) as npz:
                 features = PromptFeatures(*(_read_only(npz[k]) for k in ("speech_tokens", "embedding", "mel")))
@@ -170,7 +174,7 @@ class VoiceStore:
             self.features_cache[key] = features
             while len(self.features_cache) > FEATURES_CACHED:
                 self.features_cache.popitem(last=False)
-        return VoicePrompt(voice.voice_key, voice.text, features)
+        return VoicePrompt(voice.voice_key, text, features)
 
     def load_audio(self, voice_id: str) -> bytes:
         """The upload as sent (to recompute features, e.g. for another model)."""
@@ -182,10 +186,16 @@ class VoiceStore:
 
     # ---- changes
 
-    def check_upload(self, name: str, text: str, audio: bytes) -> None:
-        """Cheap checks before the features are computed (decoding the audio is the encode process's job)."""
+    def check_upload(self, name: str, text: str | None, audio: bytes) -> None:
+        """Cheap checks before the features are computed (decoding the audio is the encode process's job). `text`
+        None: a voice without a transcript; a blank one is refused (it would say nothing the absent field does not,
+        and is more likely a client's mistake)."""
         if not name.strip() or len(name) > MAX_NAME_CHARS:
             raise RequestError(f"name must be 1..{MAX_NAME_CHARS} characters, got {len(name.strip())}")
+        if text is not None and not text.strip():
+            raise RequestError("text is blank: leave the field out for a voice without a transcript (it is then "
+                               "spoken in mode cross_lingual)")
+        text = text or ""
         if len(text) > self.limits.max_text_chars or "\x00" in text or "\x00" in name:
             raise RequestError(f"text must be at most {self.limits.max_text_chars} characters, without NUL")
         if not audio:
@@ -195,11 +205,12 @@ class VoiceStore:
         if self.count() >= self.limits.max_voices:
             raise VoiceLimitError(f"the server keeps at most {self.limits.max_voices} voices; delete one first")
 
-    def create(self, name: str, text: str, audio: bytes, features: PromptFeatures, duration_s: float,
+    def create(self, name: str, text: str | None, audio: bytes, features: PromptFeatures, duration_s: float,
                frontend_key: str = "") -> Voice:
         """Save a voice whose features (and the audio's duration) the encode process computed with the frontend
-        of `frontend_key`."""
+        of `frontend_key`; `text` None: it has no transcript."""
         self.check_upload(name, text, audio)
+        text = text or ""
         features.check()
         # The key is the frontend's voice_key(audio): requests that upload the same bytes share the cache entry.
         voice_key = hashlib.sha256(audio).hexdigest()

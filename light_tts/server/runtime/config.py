@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
-from light_tts.request_rules import MAX_TEXT_CHARS
+from light_tts.request_rules import MAX_SPEECH_TOKENIZER_SECONDS, MAX_TEXT_CHARS
 from light_tts.server.runtime.devices import parse_gpu_list
 from light_tts.server.runtime.model_set import parse_model_specs
 
@@ -186,6 +186,9 @@ class ServerConfig:
     max_text_chars: int = _opt("limits", MAX_TEXT_CHARS, "longest tts_text / prompt_text accepted")
     max_prompt_wav_bytes: int = _opt("limits", 16 << 20, "largest prompt wav upload in bytes")
     max_prompt_seconds: float = _opt("limits", 30.0, "longest prompt audio accepted")
+    max_vc_source_seconds: float = _opt("limits", 30.0, "longest source recording POST /v1/audio/voice-conversion "
+                                                         "accepts (longer: 413); the speech tokenizer takes at most "
+                                                         "30 s, and --max_speech_tokens bounds it too")
     max_speech_tokens: int = _opt("limits", 1500, "most speech tokens (25 per second of audio) one sentence may "
                                                   "produce: the LLM stops there, the decode pool reserves for it")
     max_audio_seconds: float = _opt("limits", 900.0, "audio one request may produce; a request that would produce "
@@ -286,6 +289,9 @@ class ServerConfig:
             raise ValueError("--drain_timeout_s, --max_restarts and --max_requests_per_client must be >= 0")
         if self.request_timeout_s <= 0 or self.max_prompt_seconds <= 0 or self.shutdown_grace_s < 0:
             raise ValueError("--request_timeout_s and --max_prompt_seconds must be > 0, --shutdown_grace_s >= 0")
+        if not 0 < self.max_vc_source_seconds <= MAX_SPEECH_TOKENIZER_SECONDS:
+            raise ValueError(f"--max_vc_source_seconds must be in (0, {MAX_SPEECH_TOKENIZER_SECONDS:g}] (the speech "
+                             f"tokenizer's limit), got {self.max_vc_source_seconds:g}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         parse_gpu_list(self.llm_gpus, "llm_gpus"), parse_gpu_list(self.decode_gpus, "decode_gpus")

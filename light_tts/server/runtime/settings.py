@@ -93,6 +93,12 @@ class ServerSettings:
                            max_text_chars=c.max_text_chars)
 
     @property
+    def max_vc_source_seconds(self) -> float:
+        """The longest voice-conversion source: --max_vc_source_seconds, and no more speech tokens than one
+        sentence may have (--max_speech_tokens, the decode engine's page budget of a request)."""
+        return min(self.cfg.max_vc_source_seconds, self.cfg.max_speech_tokens / self.model.token_rate)
+
+    @property
     def max_fixed_speech_tokens(self) -> int:
         """Largest `fixed_speech_tokens` a request may ask for: one engine request holds at most
         --max_req_total_len tokens (the LLM checks the exact fit, prompt included)."""

@@ -5,6 +5,8 @@ request's inputs from its slot, writes the encoded prompt back into the slot (th
 a repeated voice skips both ONNX models) and hands the request to the least loaded LLM replica of its model. A saved
 voice's features come with the request (the HTTP worker wrote them into the slot): only its texts are
 tokenized here. A voice upload's features are computed here once (ComputeFeatures) and answered FeaturesReady.
+The LLM's prompt follows the request's mode, as the model's family builds it (transcript and prompt speech,
+an instruction, or nothing); a voice conversion's source recording becomes speech tokens here (VCRequestIn).
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import numpy as np
 import zmq
 
 from light_tts.errors import LightTTSError, TextError
-from light_tts.frontend.text_norm import is_only_punctuation
+from light_tts.families import family_of
+from light_tts.frontend.text_norm import PieceJoiner, is_only_punctuation
+from light_tts.request_rules import VC
 from light_tts.server.metrics import prometheus as metrics
 from light_tts.server.runtime.devices import pick_least_loaded
 from light_tts.server.ipc.io_struct import (AbortRequest, ComputeFeatures, EncodeRequest, FeaturesReady, LLMRequestIn,
-                                        RequestParams, TextPiece, TextTokens)
+                                        RequestParams, TextPiece, TextTokens, VCRequestIn)
 from light_tts.server.ipc.process_table import ProcessTable
 from light_tts.server.runtime.settings import ServerSettings
 from light_tts.server.ipc.shm import VOICE_KINDS, RequestSlots
@@ -70,6 +74,7 @@ class EncodeWorker:
 
         resolve_device(self.settings)  # sets the torch thread count; text and features run on the CPU
         device = self.settings.prompt_device()  # the prompt models: torch on a GPU, or ONNX Runtime
+        self.families = [family_of(entry.model_dir) for entry in self.settings.models]  # their LLM prompts per mode
         self.frontends: dict[str, Frontend] = {}
         for entry in self.settings.models:
             if entry.frontend_key not in self.frontends:
@@ -125,28 +130,35 @@ class EncodeWorker:
         metrics.STAGE_REQUESTS.labels("encode", str(self.rank)).inc()
         trace = self.slots.trace
         trace.stamp(params.slot, "encode_started")
+        is_vc = params.mode == VC
         try:
-            sentences = [] if message.is_bistream else self.encode_text(params.slot)
+            sentences = [] if message.is_bistream or is_vc else self.encode_text(params.slot)
+            llm_prompt = None if is_vc else self.llm_prompt(params.slot, params.mode)  # text errors before models
             trace.stamp(params.slot, "text_done")
+            source_tokens = self.encode_source(params.slot) if is_vc else None
             if message.saved_voice_key is not None:
-                self.encode_prompt_text(params.slot)
                 metrics.PROMPT_FEATURES.labels("saved").inc()
                 self.slots.a["voice_kind"][params.slot] = VOICE_KINDS.index("saved")
                 voice_key = message.saved_voice_key
             else:
                 voice_key = self.encode_prompt(params.slot)
+            if llm_prompt is not None:
+                self.slots.write_llm_prompt(params.slot, *llm_prompt)
         except LightTTSError as e:
             self.http.fail(params.http_rank, params.req_id, e)
             return
         except Exception as e:  # a bug must fail one request, not the process
-            self.log.error("request %d failed:\n%s", params.req_id, traceback.format_exc())
+            self.log.error("request %d (%s) failed:\n%s", params.req_id, params.mode, traceback.format_exc())
             self.http.fail(params.http_rank, params.req_id, e)
             return
         to_llm = self.llm_of(params.slot)
         trace.stamp(params.slot, "encode_done")  # before the send: the LLM stamps after it
+        if is_vc:
+            to_llm.send(VCRequestIn(params, voice_key, source_tokens.tolist()))
+            return
         to_llm.send(LLMRequestIn(params, voice_key, message.is_bistream))
         if message.is_bistream:
-            self.bistream[params.req_id] = BistreamText(params)
+            self.bistream[params.req_id] = BistreamText(params, self.frontend_of(params.slot).piece_joiner())
         else:
             to_llm.send(TextTokens(params.req_id, sentences, is_last=True))
 
@@ -199,11 +211,10 @@ class EncodeWorker:
         return sentences
 
     def encode_prompt(self, slot: int) -> str:
-        """Prompt text tokens always; the audio features from the voice cache when this audio was seen before.
-        Returns the voice key."""
+        """The prompt audio's features, from the voice cache when this audio was seen before; returns the voice
+        key."""
         wav = self.slots.read_bytes(slot, "wav")
         key = self.voice_key(slot, wav)
-        self.encode_prompt_text(slot)  # first: a bad prompt text fails before the models run
         cached = self.voices.get(key)
         metrics.VOICE_CACHE_LOOKUPS.labels("hit" if cached else "miss").inc()
         if cached is None:
@@ -216,12 +227,23 @@ class EncodeWorker:
         self.slots.write_prompt_features(slot, *features)
         return key
 
-    def encode_prompt_text(self, slot: int) -> None:
-        prompt_text = self.slots.read_bytes(slot, "prompt_text").decode("utf-8")
-        text_tokens = self.frontend_of(slot).prompt_text_tokens(prompt_text)
+    def llm_prompt(self, slot: int, mode: str) -> tuple[np.ndarray, bool]:
+        """(text tokens, whether the prompt speech goes too) of the LLM's prompt in `mode`, as the family of the
+        request's model builds it from the slot's transcript and instruction."""
+        transcript = self.slots.read_bytes(slot, "prompt_text").decode("utf-8")
+        instruction = self.slots.read_bytes(slot, "instruct_text").decode("utf-8")
+        built = self.families[self.slots.model_of(slot)].llm_prompt(mode, transcript, instruction)
+        text_tokens = self.frontend_of(slot).prompt_text_tokens(built.text) if built.text else np.zeros(0, np.int32)
         if len(text_tokens) > self.slots.a["prompt_text_tokens"].shape[1]:
-            raise TextError(f"prompt_text is {len(text_tokens)} tokens, longer than the server accepts")
-        self.slots.write_prompt_text_tokens(slot, text_tokens)
+            raise TextError(f"the prompt text is {len(text_tokens)} tokens, longer than the server accepts")
+        return text_tokens, built.uses_prompt_speech
+
+    def encode_source(self, slot: int) -> np.ndarray:
+        """A voice conversion's source recording -> speech tokens (the speech tokenizer only); TooLargeError (413)
+        past the server's bound."""
+        wav = self.slots.read_bytes(slot, "source_wav")
+        tokens, _ = self.frontend_of(slot).source_speech_tokens(wav, self.settings.max_vc_source_seconds)
+        return tokens
 
     def encode_piece(self, piece: TextPiece) -> None:
         """Bistream text goes to the LLM as it comes, tokenized as-is (as the offline bistream pipeline does),
@@ -249,18 +271,19 @@ class BistreamText:
     ends with the same error as over HTTP instead of being voiced."""
 
     params: RequestParams
+    joiner: PieceJoiner  # keeps a control tag that a piece cuts in two whole for the next piece
     held: list[list[int]] = field(default_factory=list)  # token lists of the pieces held back
     text: str = ""  # the text received while nothing speakable was seen
     is_speakable: bool = False
 
     def add(self, piece: TextPiece, frontend) -> list[list[int]] | None:
         """Token lists to send to the LLM now (None: keep waiting); raises TextError for a text with no speech."""
-        tokens = frontend.piece_tokens(piece.text)
+        texts = [self.joiner.add(piece.text)] + ([self.joiner.finish()] if piece.is_last else [])
+        pieces = [tokens for tokens in map(frontend.piece_tokens, texts) if tokens]  # as the offline pipeline
         if self.is_speakable:
-            return [tokens] if tokens else []
+            return pieces
         self.text += piece.text
-        if tokens:
-            self.held.append(tokens)
+        self.held += pieces
         # normalising is costly: only a piece with more than punctuation, or the end, can change the verdict
         if piece.is_last or not is_only_punctuation(piece.text):
             self.is_speakable = frontend.normalizer.has_speech(self.text)

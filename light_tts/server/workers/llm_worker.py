@@ -5,7 +5,9 @@ audio follows k's), each as its own engine request seeded with sentence_seed(see
 does. A bistream request is one engine request fed text pieces as they arrive.
 Each request is assigned to a decode process at arrival, among those of this model's decode group (the topology):
 the one with room and the most playback slack, round-robin among equals. It serves one model (a model may have
-several LLM replicas, placement.py).
+several LLM replicas, placement.py). The LLM's prompt is what the encode process wrote for the request's mode
+(read_llm_prompt); a voice conversion (VCRequestIn) has no LLM step: its source tokens go on to a decode process
+as one finished sentence.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from light_tts.request_rules import sentence_seed
 from light_tts.server.metrics import prometheus as metrics
 from light_tts.server.workers.idle_engine import IdleEngine
 from light_tts.server.ipc.io_struct import (AbortRequest, DecodeStart, LLMRequestIn, RequestParams, SpeechTokenBatch,
-                                        TextTokens)
+                                        TextTokens, VCRequestIn)
 from light_tts.server.ipc.process_table import ProcessTable
 from light_tts.server.runtime.settings import ServerSettings
 from light_tts.server.ipc.shm import RequestSlots
@@ -84,7 +86,7 @@ class LLMWorker:
     def init_sockets(self) -> None:
         self.ctx = zmq.Context()
         self.handlers = Handlers(self.name, {AbortRequest: self.on_abort, LLMRequestIn: self.on_request_in,
-                                             TextTokens: self.on_text_tokens})
+                                             VCRequestIn: self.on_vc_request, TextTokens: self.on_text_tokens})
         self.inbox = Inbox(self.ctx, self.ports, self.processes, "llm", self.rank, self.handlers)
         self.decode_ranks = self.settings.topology.decode_ranks_of_llm(self.rank)  # this model's decode group
         self.to_decode = {r: Outbox(self.ctx, self.processes, "decode", r) for r in self.decode_ranks}
@@ -146,19 +148,39 @@ class LLMWorker:
         params = message.params
         if params.req_id in self.aborted:
             return
-        text_tokens, speech_tokens, _, _ = self.slots.read_prompt(params.slot)
+        text_tokens, speech_tokens = self.slots.read_llm_prompt(params.slot)
         self.idle.ensure_loaded()
+        rank = self.start_decode(params, message.voice_key)
+        if rank is not None:
+            # the first chunk's pad aligns the flow's prompt (all its speech tokens, in every mode) to the chunk grid
+            num_flow_prompt = int(self.slots.a["num_prompt_speech_tokens"][params.slot])
+            first_chunk = self.settings.first_chunk_tokens(self.model.facts, num_flow_prompt) if params.stream else 0
+            self.reqs[params.req_id] = LLMRequestState(params, message.is_bistream, rank, text_tokens.tolist(),
+                                                       speech_tokens.tolist(), first_chunk_tokens=first_chunk)
+
+    def on_vc_request(self, message: VCRequestIn) -> None:
+        """Voice conversion: the source's tokens are the request's one sentence, finished; nothing stays here."""
+        params = message.params
+        if params.req_id in self.aborted:
+            return
+        rank = self.start_decode(params, message.voice_key)
+        if rank is not None:
+            batch = SpeechTokenBatch()
+            batch.append(params.req_id, 0, message.source_tokens, True, True, sentence_seed(params.seed, 0),
+                         len(message.source_tokens))
+            self.to_decode[rank].send(batch)
+
+    def start_decode(self, params: RequestParams, voice_key: str) -> int | None:
+        """Give the request to a decode process (its rank), or fail it (None) when none of its group runs."""
         rank = self.pick_decode_rank()
         if self.processes.state("decode", rank) != ProcessTable.READY:  # its failure may be handled already
             self.http.fail(params.http_rank, params.req_id,
                            UnavailableError("no decode process of this model is running (one is restarting)"))
-            return
+            return None
         self.slots.set_decode_rank(params.slot, rank)  # before the send: a failure of `rank` fails this request
-        first_chunk = self.settings.first_chunk_tokens(self.model.facts, len(speech_tokens)) if params.stream else 0
-        self.reqs[params.req_id] = LLMRequestState(params, message.is_bistream, rank, text_tokens.tolist(),
-                                                   speech_tokens.tolist(), first_chunk_tokens=first_chunk)
-        self.to_decode[rank].send(DecodeStart(params, message.voice_key))
+        self.to_decode[rank].send(DecodeStart(params, voice_key))
         metrics.STAGE_REQUESTS.labels("llm", str(self.rank)).inc()
+        return rank
 
     def on_text_tokens(self, message: TextTokens) -> None:
         state = self.reqs.get(message.req_id)
@@ -178,7 +200,7 @@ class LLMWorker:
 
     def fail_message(self, message, error: Exception) -> None:
         self.log.error("%s failed:\n%s", type(message).__name__, traceback.format_exc())
-        req_id = message.params.req_id if isinstance(message, LLMRequestIn) else message.req_id
+        req_id = message.params.req_id if isinstance(message, (LLMRequestIn, VCRequestIn)) else message.req_id
         state = self.reqs.pop(req_id, None)
         if state is not None:
             self.stop_sentence(state)

@@ -51,6 +51,9 @@ class SynthesisJob:
     model: int = 0  # index of the model in ServerSettings.models
     received_at: float | None = None  # when the route started (the request trace's first boundary)
     server_timing: str = ""  # the Server-Timing header of its stages, set by the backend with the first chunk
+    instructions: str | None = None  # instruct mode's instruction
+    mode: str | None = None  # a mode the client asked for (request_rules.resolve_mode decides)
+    source_audio: bytes = b""  # voice conversion (mode vc): the recording to speak in the voice; no text
 
 
 class SynthesisBackend(Protocol):
@@ -91,36 +94,31 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
                                                                                   "text/event-stream")}},
                                                 **ERRORS}, summary="Speak a text with a saved voice (OpenAI)")
     async def create_speech(body: SpeechRequest, request: Request):
-        """Speak `input` with a saved voice; the audio streams as it is encoded."""
+        """Speak `input` with a saved voice, in the style `instructions` ask for if any; the audio streams as it
+        is encoded. Control tags in `input` (e.g. `[laughter]`, `<strong>...</strong>`) are spoken as such."""
         received_at = time.monotonic()  # the body is parsed already (FastAPI): the trace's parse stage is ~0
         try:
             model = resolve_model(models, body.model, OPENAI_MODEL_ALIASES)  # unknown: 404 naming the models
             prompt = await run_in_threadpool(store.load_features, body.voice, models[model].frontend_key)
             job = SynthesisJob(body.input, prompt, body.speed, body.speed == 1.0, body.seed, body.fixed_speech_tokens,
-                               client=client_of(request), model=model, received_at=received_at)
-            chunks = backend.synthesize(job)
-            first = await unless_disconnected(request, first_chunk(chunks))
-            if not job.is_streamed and body.stream_format == "audio":  # the whole audio: a file with exact headers
-                audio = await unless_disconnected(request, rest_of(first, chunks))
-                return Response(encode_file(body.response_format, audio, SAMPLE_RATE),
-                                media_type=CONTENT_TYPES[body.response_format], headers=timing_header(job))
+                               client=client_of(request), model=model, instructions=body.instructions,
+                               mode=body.mode, received_at=received_at)
+            is_whole = not job.is_streamed and body.stream_format == "audio"
+            return await audio_answer(request, backend.synthesize(job), job, body.response_format, is_whole,
+                                      is_sse=body.stream_format == "sse")
         except LightTTSError as e:
             return error_response(e)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; keeps the log quiet
-        if body.stream_format == "sse":
-            return StreamingResponse(sse_body(first, chunks, job, body.response_format),
-                                     media_type="text/event-stream", headers=timing_header(job))
-        # A failure after the headers cuts the transfer, which the client sees (one log line, no traceback).
-        return StreamingResponse(cut_on_failure(encoded(first, chunks, body.response_format), "speech request"),
-                                 media_type=CONTENT_TYPES[body.response_format], headers=timing_header(job))
 
     @router.post("/v1/audio/voices", status_code=201, response_model=VoiceObject, responses=ERRORS,
                  summary="Save a voice: a recording and its transcript",
                  openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                      "type": "object", "required": ["audio", "name"], "properties": {
                          "audio": {"type": "string", "format": "binary", "description": "wav, flac, ogg or mp3"},
-                         "text": {"type": "string", "description": "the transcript (the prompt text)"},
+                         "text": {"type": "string", "description": "the transcript (the prompt text); leave it "
+                                                                   "out for a voice without one (spoken "
+                                                                   "cross-lingual); blank: 400"},
                          "name": {"type": "string"}}}}}}})
     async def create_voice(request: Request):
         """Save a voice: its prompt features are computed once, now (a failure saves nothing)."""
@@ -167,6 +165,24 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
     return router
 
 
+async def audio_answer(request: Request, chunks, job: SynthesisJob, fmt: str, is_whole: bool,
+                       is_sse: bool = False):
+    """The answer of a synthesis: it waits for the first chunk (so that an early failure still gets its HTTP
+    status), then sends the whole audio as one file with exact headers, or streams it as it is encoded (SSE
+    events with `is_sse`), with the job's Server-Timing header. A failure after the headers cuts the transfer,
+    which the client sees (one log line, no traceback); in SSE it is the stream's last event."""
+    first = await unless_disconnected(request, first_chunk(chunks))
+    if is_whole:
+        audio = await unless_disconnected(request, rest_of(first, chunks))
+        return Response(encode_file(fmt, audio, SAMPLE_RATE), media_type=CONTENT_TYPES[fmt],
+                        headers=timing_header(job))
+    if is_sse:
+        return StreamingResponse(sse_body(first, chunks, job, fmt), media_type="text/event-stream",
+                                 headers=timing_header(job))
+    return StreamingResponse(cut_on_failure(encoded(first, chunks, fmt), f"{job.endpoint} request"),
+                             media_type=CONTENT_TYPES[fmt], headers=timing_header(job))
+
+
 async def rest_of(first: bytes, chunks) -> bytes:
     async with aclosing(chunks):
         return first + b"".join([c async for c in chunks])
@@ -200,9 +216,9 @@ async def sse_body(first: bytes, chunks, job: SynthesisJob, fmt: str):
         yield error_event(e)
 
 
-async def read_voice_upload(request: Request, max_audio_bytes: int) -> tuple[str, str, bytes]:
-    """The multipart fields audio, text and name; a body over the limit is refused before it is read (413),
-    one that stalls for timeout_s gets 408."""
+async def read_voice_upload(request: Request, max_audio_bytes: int) -> tuple[str, str | None, bytes]:
+    """The multipart fields audio, text (None when absent: no transcript) and name; a body over the limit is refused
+    before it is read (413); one that stalls or trickles is cut by body_deadline.BodyDeadline (408)."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise RequestError("expected a multipart/form-data body with fields audio, text and name")
     parts = await read_multipart(request, max_audio_bytes + FORM_OVERHEAD_BYTES)
@@ -210,6 +226,7 @@ async def read_voice_upload(request: Request, max_audio_bytes: int) -> tuple[str
         if field not in parts:
             raise RequestError(f"missing field {field}")
     try:
-        return parts["name"].decode("utf-8"), parts.get("text", b"").decode("utf-8"), parts["audio"]
+        text = parts["text"].decode("utf-8") if "text" in parts else None
+        return parts["name"].decode("utf-8"), text, parts["audio"]
     except UnicodeDecodeError as e:
         raise TextError(f"name and text must be UTF-8 ({e.reason} at byte {e.start})") from None

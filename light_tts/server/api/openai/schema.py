@@ -14,16 +14,13 @@ from typing import Annotated, Literal
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from light_tts.errors import LightTTSError, RequestError
-from light_tts.request_rules import MAX_SPEED, MIN_SPEED, SEED_LIMIT
+from light_tts.request_rules import MAX_SPEED, MIN_SPEED, SEED_LIMIT, resolve_mode
 
-MAX_INPUT_CHARS = 4096  # OpenAI's limit for `input`
+MAX_INPUT_CHARS = 4096  # OpenAI's limit for `input` (and for `instructions`)
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
-INSTRUCTIONS_UNSUPPORTED = (
-    "instructions are not supported: CosyVoice2 zero-shot cloning takes the speaking style from the voice's "
-    "recording, so save a voice recorded in the style you want")
 
 
 def voice_id_of(value):
@@ -33,9 +30,18 @@ def voice_id_of(value):
     return value
 
 
-def reject_instructions(value: str | None) -> str | None:
-    if value is not None and value.strip():
-        raise ValueError(INSTRUCTIONS_UNSUPPORTED)
+def check_mode(mode: str | None, instructions: str | None) -> None:
+    """ValueError (a 400 naming the problem) for a mode the instructions contradict; whether the voice has the
+    transcript a mode needs is known only once the voice is loaded (HttpServerManager.submit)."""
+    try:
+        resolve_mode(mode, instructions, "a transcript")
+    except RequestError as e:
+        raise ValueError(str(e)) from None
+
+
+def no_nul(value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        raise ValueError("contains a NUL character")
     return value
 
 
@@ -46,8 +52,13 @@ Speed = Annotated[float, Field(ge=MIN_SPEED, le=MAX_SPEED)]
 Seed = Annotated[int | None, Field(ge=0, lt=SEED_LIMIT, description="same inputs and seed give the same audio")]
 FixedSpeechTokens = Annotated[int | None, Field(ge=1, description=(
     "benchmarks: every sentence generates exactly this many speech tokens (25 = 1 s), ignoring end-of-speech"))]
-Instructions = Annotated[str | None, AfterValidator(reject_instructions),
-                         Field(description="must be empty: " + INSTRUCTIONS_UNSUPPORTED)]
+Instructions = Annotated[Annotated[str, Field(max_length=MAX_INPUT_CHARS)] | None, AfterValidator(no_nul), Field(description=(
+    "how to speak (style, emotion, pace, dialect), e.g. 'Speak slowly and softly.': the model's instruct mode, in "
+    "the voice of `voice`; blank or absent: the voice's own style"))]
+Mode = Annotated[Literal["zero_shot", "instruct", "cross_lingual"] | None, Field(description=(
+    "LightTTS: force a mode (default: instruct with instructions, zero_shot for a voice with a transcript, "
+    "cross_lingual for one without); cross_lingual ignores the transcript, for a voice whose language differs "
+    "from the text's"))]
 
 
 class SpeechRequest(BaseModel):
@@ -64,6 +75,7 @@ class SpeechRequest(BaseModel):
     stream_format: Literal["audio", "sse"] = Field("audio", description="audio: the file's bytes, chunked as "
                                                    "they are encoded; sse: speech.audio.delta events")
     instructions: Instructions = None
+    mode: Mode = None
     fixed_speech_tokens: FixedSpeechTokens = None
     seed: Seed = None
 
@@ -75,6 +87,11 @@ class SpeechRequest(BaseModel):
         if "\x00" in value:
             raise ValueError("input contains a NUL character")
         return value
+
+    @model_validator(mode="after")
+    def mode_fits_instructions(self) -> "SpeechRequest":
+        check_mode(self.mode, self.instructions)
+        return self
 
 
 
@@ -99,14 +116,15 @@ class VoiceObject(BaseModel):
     id: str
     object: Literal["voice"] = "voice"
     name: str
-    text: str = Field(description="the transcript of the recording (the prompt text)")
+    text: str | None = Field(description="the transcript of the recording (the prompt text); null: none, the "
+                                         "voice is spoken cross-lingual")
     duration_s: float
     created_at: int = Field(description="unix seconds")
 
     @classmethod
     def of(cls, voice) -> "VoiceObject":
         """From a voice_store.Voice."""
-        return cls(id=voice.id, name=voice.name, text=voice.text, duration_s=round(voice.duration_s, 3),
+        return cls(id=voice.id, name=voice.name, text=voice.text or None, duration_s=round(voice.duration_s, 3),
                    created_at=voice.created_at)
 
 

@@ -24,8 +24,8 @@ from typing import Callable, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from light_tts.errors import LightTTSError, RequestError
-from light_tts.server.api.openai.schema import (FixedSpeechTokens, Instructions, ResponseFormat, Seed, Speed, VoiceId,
-                                            describe_errors)
+from light_tts.server.api.openai.schema import (FixedSpeechTokens, Instructions, Mode, ResponseFormat, Seed, Speed,
+                                               VoiceId, check_mode, describe_errors)
 
 CLOSE_NORMAL, CLOSE_UNSUPPORTED_DATA, CLOSE_POLICY_VIOLATION = 1000, 1003, 1008
 END_MARKER = b"__END__"
@@ -46,6 +46,7 @@ class StreamSessionConfig(BaseModel):
     seed: Seed = None
     fixed_speech_tokens: FixedSpeechTokens = None
     instructions: Instructions = None
+    mode: Mode = None
     # LightTTS splits sentences itself and streams them in order; only "none" (one request per flush) fits.
     split_granularity: Literal["none"] = "none"
 
@@ -53,6 +54,7 @@ class StreamSessionConfig(BaseModel):
     def speed_needs_whole_audio(self) -> "StreamSessionConfig":
         if self.stream_audio and self.speed != 1.0:
             raise ValueError("stream_audio needs speed 1.0: speed is applied to the whole audio")
+        check_mode(self.mode, self.instructions)
         return self
 
 
@@ -67,6 +69,8 @@ class Utterance:
     seed: int | None = None
     fixed_speech_tokens: int | None = None
     model: str | None = None  # session.config's model (None: the default model)
+    instructions: str | None = None  # session.config's instructions (instruct mode)
+    mode: str | None = None  # session.config's mode
 
 
 @dataclass(frozen=True)
@@ -232,7 +236,7 @@ class StreamSpeechSession(SerialSession):
         config = self.config
         utterance = Utterance(self.next_index, "".join(self.buffer), config.voice, config.response_format,
                               config.speed, config.stream_audio, config.seed, config.fixed_speech_tokens,
-                              config.model)
+                              config.model, config.instructions, config.mode)
         self.next_index += 1
         self.buffer.clear()
         self.num_buffered_chars = 0
