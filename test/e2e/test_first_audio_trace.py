@@ -76,3 +76,16 @@ def test_bistream_websocket_reports_every_stage_to_the_histogram(server):
     before = stage_histogram(server)
     assert asyncio.run(one()) > 0
     assert_every_stage_moved(before, stage_histogram(server))
+
+
+def test_voice_conversion_carries_its_stages_in_order(server):
+    """Voice conversion has no LLM step: its header has every stage but the prefill's three (and the write, as a
+    stream), the source's tokens going to the decode process as they came."""
+    files = {"audio": ("s.wav", voice_wav(34, seconds=2.0)), "prompt_audio": ("p.wav", voice_wav(35))}
+    r = httpx.post(f"{server.url}/v1/audio/voice-conversion", data={"response_format": "pcm", "stream": "true"},
+                   files=files, timeout=120)
+    assert r.status_code == 200 and len(r.content) > 0, r.text
+    stages = parse_server_timing(r.headers["server-timing"])
+    want = [s for s in STAGES[:-1] if s not in ("prefill_wait", "prefill", "first_hop")] + [TOTAL]
+    assert list(stages) == want
+    assert all(seconds >= 0 for seconds in stages.values()), stages

@@ -163,11 +163,13 @@ class LLMWorker:
         params = message.params
         if params.req_id in self.aborted:
             return
+        self.slots.trace.stamp(params.slot, "llm_queued")
         rank = self.start_decode(params, message.voice_key)
         if rank is not None:
             batch = SpeechTokenBatch()
             batch.append(params.req_id, 0, message.source_tokens, True, True, sentence_seed(params.seed, 0),
                          len(message.source_tokens))
+            self.slots.trace.stamp(params.slot, "first_hop_out")  # no prefill: the tokens go on as they came
             self.to_decode[rank].send(batch)
 
     def start_decode(self, params: RequestParams, voice_key: str) -> int | None:
