@@ -12,6 +12,11 @@ MIN_SPEED, MAX_SPEED = 0.25, 4.0
 SEED_LIMIT = 2**62  # seeds are in [0, SEED_LIMIT)
 
 
+def describe_bytes(num_bytes: int) -> str:
+    """`16,842,752 bytes (16.1 MiB)`: exact for whoever compares, readable for whoever reads."""
+    return f"{num_bytes:,} bytes ({num_bytes / (1 << 20):.1f} MiB)"
+
+
 def check_speed(speed: float, stream: bool) -> None:
     """Speed changes stretch the whole mel before the vocoder, so they exist only without streaming."""
     if not MIN_SPEED <= speed <= MAX_SPEED:  # also rejects NaN

@@ -1,5 +1,6 @@
-"""The OpenAI speech request as validated by FastAPI with our handler: every bad field is a 400 in our body
-shape; SSE events parse back; the request accepts every parameter the official client can send."""
+"""The OpenAI speech request as validated by FastAPI with our handler: every bad field is a 400 in OpenAI's error
+shape (the same failure on a LightTTS route keeps ours); SSE events parse back; the request accepts every
+parameter the official client can send."""
 
 import base64
 import json
@@ -24,6 +25,10 @@ def client():
 
     @app.post("/v1/audio/speech")
     async def speech(request: SpeechRequest):
+        return request.model_dump()
+
+    @app.post("/lighttts_route")
+    async def ours(request: SpeechRequest):
         return request.model_dump()
 
     return TestClient(app)
@@ -59,21 +64,29 @@ def test_defaults_and_voice_forms(client):
     ({"temperature": 0.7}, "unknown field 'temperature'"),
     ({"model": None}, "model: Input should be a valid string"),
 ])
-def test_bad_fields_are_400_in_our_shape(client, change, expected):
+def test_bad_fields_are_400_in_openais_shape(client, change, expected):
     body = {k: v for k, v in {**VALID, **change}.items()}
     r = client.post("/v1/audio/speech", json=body)
     assert r.status_code == 400, r.text
-    assert r.json()["kind"] == "bad_request" and set(r.json()) == {"error", "kind"}
-    assert r.json()["error"].startswith(expected), r.json()["error"]
+    assert set(r.json()) == {"error"} and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "bad_request"
+    assert error["message"].startswith(expected), error["message"]
+    assert error["param"] == (expected.split("'")[1] if expected.startswith("unknown") else expected.partition(":")[0])
+    r = client.post("/lighttts_route", json=body)  # the same failure on a LightTTS route: our shape
+    assert r.status_code == 400 and r.json() == {"error": error["message"], "kind": "bad_request"}
 
 
 def test_missing_fields_and_broken_json(client):
-    r = client.post("/v1/audio/speech", json={"model": "tts-1"})
-    assert r.status_code == 400 and r.json()["error"] == "input: Field required; voice: Field required"
-    r = client.post("/v1/audio/speech", content=b'{"model": ', headers={"content-type": "application/json"})
-    assert r.status_code == 400 and r.json()["error"].startswith("request body is not valid JSON")
-    r = client.post("/v1/audio/speech")
-    assert r.status_code == 400 and r.json()["error"] == "request body: Field required"
+    def message(r):
+        assert r.status_code == 400
+        return r.json()["error"]["message"]
+
+    assert message(client.post("/v1/audio/speech", json={"model": "tts-1"})) == (
+        "input: Field required; voice: Field required")
+    assert message(client.post("/v1/audio/speech", content=b'{"model": ', headers={
+        "content-type": "application/json"})).startswith("request body is not valid JSON")
+    assert message(client.post("/v1/audio/speech")) == "request body: Field required"
 
 
 def test_every_official_client_parameter_is_a_field():
@@ -91,7 +104,8 @@ def test_sse_events():
     done = parse_sse(audio_done_event(SpeechUsage.of(12, 100)))
     assert done == {"type": "speech.audio.done", "usage": {"input_tokens": 12, "output_tokens": 100,
                                                            "total_tokens": 112}}
-    assert parse_sse(error_event(OverloadedError("busy"))) == {"type": "error", "error": "busy", "kind": "overloaded"}
+    assert parse_sse(error_event(OverloadedError("busy"))) == {"type": "error", "error": {
+        "message": "busy", "type": "rate_limit_error", "param": None, "code": "overloaded"}}
     # an unexpected exception's text stays in the server log
-    assert parse_sse(error_event(KeyError("/srv/secret/path"))) == {"type": "error", "error": "internal error",
-                                                                     "kind": "internal"}
+    assert parse_sse(error_event(KeyError("/srv/secret/path"))) == {"type": "error", "error": {
+        "message": "internal error", "type": "server_error", "param": None, "code": "internal"}}

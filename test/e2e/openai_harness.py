@@ -167,6 +167,21 @@ class PinnedClient:
         raise AssertionError(f"no connection reached {self.name}")
 
 
+# ---- error bodies
+
+def openai_error(response: httpx.Response) -> tuple[str, str]:
+    """(code, message) of an error answer in OpenAI's shape, which every /v1/* route gives (checked here)."""
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    return body["error"]["code"], body["error"]["message"]
+
+
+def event_error(event: dict) -> tuple[str, str]:
+    """(code, message) of a WebSocket or SSE error event (OpenAI's error object under "error")."""
+    assert event["type"] == "error" and set(event["error"]) == {"message", "type", "param", "code"}, event
+    return event["error"]["code"], event["error"]["message"]
+
+
 # ---- decoding
 
 def decode_with_pyav(data: bytes) -> tuple[int, np.ndarray]:

@@ -18,7 +18,7 @@ import websockets
 
 from openai_harness import (AUTH, CONTENT_TYPES, EXTRA, FORMATS, LONG_TOKENS, MAX_AUDIO_SECONDS, MAX_TEXT_CHARS,
                             RATE, SAMPLES_PER_TOKEN, SEED, TEXT, TOKENS, Server, assert_same_audio,
-                            client, decode_with_ffmpeg, decode_with_pyav, outcomes, reference_pcm, stream_session,
+                            client, decode_with_ffmpeg, decode_with_pyav, event_error, outcomes, reference_pcm, stream_session,
                             upload, voice)
 from server_harness import voice_wav
 
@@ -110,7 +110,8 @@ def test_a_failure_after_the_start(server, client, voice):
                                           stream_format="sse", extra_body=too_long)
     events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
     assert events[0]["type"] == "speech.audio.delta" and events[-1]["type"] == "error"
-    assert events[-1]["kind"] == "too_large" and "--max_audio_seconds" in events[-1]["error"]
+    code, message = event_error(events[-1])
+    assert code == "too_large" and "--max_audio_seconds" in message
     with pytest.raises(httpx.RemoteProtocolError):
         httpx.post(f"{server.url}/v1/audio/speech", headers=AUTH, timeout=60, json={
             "model": "tts-1", "voice": voice, "input": TEXT, "response_format": "pcm", **too_long}).read()
@@ -169,7 +170,7 @@ def test_openapi_describes_the_new_endpoints(server):
     assert set(CONTENT_TYPES.values()) | {"text/event-stream"} <= set(speech["responses"]["200"]["content"])
     for status in ("400", "401", "404", "413", "429", "503"):
         body = speech["responses"][status]["content"]["application/json"]["schema"]
-        assert body.get("$ref", "").endswith("/ErrorBody") or set(body["properties"]) == {"error", "kind"}
+        assert body.get("$ref", "").endswith("/OpenAIErrorBody") or set(body["properties"]) == {"error"}
     assert {"model", "input", "voice", "response_format", "speed", "stream_format", "instructions", "seed",
             "fixed_speech_tokens"} <= set(spec["components"]["schemas"]["SpeechRequest"]["properties"])
     upload_form = paths["/v1/audio/voices"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
@@ -232,7 +233,8 @@ def test_orpheus_websocket(server, voice, reference_pcm):
 
     received, code = asyncio.run(session())
     (error,) = [json.loads(m) for m in received if isinstance(m, str)]
-    assert error == {"type": "error", "message": '"text" must be a non-empty string', "kind": "bad_request"}
+    assert error["message"] == '"text" must be a non-empty string'
+    assert event_error(error) == ("bad_request", '"text" must be a non-empty string')
     frames = [m for m in received if isinstance(m, bytes)]
     ends = [k for k, m in enumerate(frames) if m == b"__END__"]
     assert len(ends) == 2 and ends[1] == len(frames) - 1 and code == 1000

@@ -17,7 +17,6 @@ from contextlib import asynccontextmanager, contextmanager
 
 import numpy as np
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -27,6 +26,8 @@ from light_tts.server.api.api_docs import (PCMResponse, audio_responses, error_r
                                        zero_shot_request_body)
 from light_tts.server.api.auth import ApiKeyMiddleware, install_log_redaction
 from light_tts.server.api.bistream_ws import serve_bistream
+from light_tts.server.api.body_limit import BodyLimitMiddleware
+from light_tts.server.api.error_bodies import install_error_handlers
 from light_tts.server.api.http_manager import HttpServerManager, RequestHandle
 from light_tts.server.runtime.model_set import resolve_model
 from light_tts.server.api.openai.routes import create_openai_router
@@ -93,12 +94,14 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
 
     app = FastAPI(title="LightTTS", lifespan=lifespan)
     app.state.manager = manager
-    app.add_exception_handler(RequestValidationError, validation_error_handler)  # 400 {"error", "kind"}, not 422
+    install_error_handlers(app, validation_error_handler)  # each in its route's shape (error_bodies.py)
     mount_playground(app)
     backend = ServerBackend(manager)
-    router = create_openai_router(backend, voices, settings.models, settings.cfg.http_body_timeout_s)
+    router = create_openai_router(backend, voices, settings.models, settings.cfg.http_body_timeout_s,
+                                  settings.max_body_bytes)
     add_speech_websockets(router, backend, voices, settings.models, settings.cfg.max_text_chars)
     app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.auth.is_enabled:
         install_log_redaction(settings.auth)
         app.add_middleware(ApiKeyMiddleware, settings=settings.auth)  # outermost but Starlette's error handler

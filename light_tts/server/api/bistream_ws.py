@@ -78,7 +78,7 @@ async def receive_start(ws: WebSocket, settings: ServerSettings, check_model_nam
         saved: VoicePrompt = await run_in_threadpool(voices.load_features, voice_id,  # NotFoundError: 1008
                                                      settings.models[model].frontend_key)
         return saved.text, b"", {**options, "saved_voice": saved}
-    check_text(start["prompt_text"], "prompt_text", cfg, allow_empty=True)
+    check_text(start["prompt_text"], "prompt_text", cfg)  # blank is a 400, as a missing one is
     wav = await receive_message(ws, cfg.ws_idle_timeout_s)
     if not isinstance(wav, bytes):
         raise RequestError("the second message must be one binary frame with the prompt wav")

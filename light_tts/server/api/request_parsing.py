@@ -17,12 +17,12 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from light_tts.errors import AudioError, RequestError, SlowClientError, TextError, TooLargeError
-from light_tts.request_rules import check_seed, check_speed
+from light_tts.request_rules import check_seed, check_speed, describe_bytes
+from light_tts.server.api.body_limit import body_too_large
 from light_tts.server.runtime.config import ServerConfig
 from light_tts.server.runtime.settings import ServerSettings
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-FORM_OVERHEAD_BYTES = 64 << 10  # headers and small fields on top of the wav and the two texts
 
 
 @dataclass
@@ -65,7 +65,7 @@ async def body_chunks(request: Request, max_bytes: int, timeout_s: float):
     soon as it streams past the limit; a body that stalls for timeout_s: 408."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
-        raise TooLargeError(f"request body of {declared} bytes exceeds the server's {max_bytes}")
+        raise body_too_large(max_bytes, int(declared))
     num_bytes, chunks = 0, request.stream().__aiter__()
     while True:
         try:
@@ -76,7 +76,7 @@ async def body_chunks(request: Request, max_bytes: int, timeout_s: float):
             raise SlowClientError(f"the request body sent nothing for {timeout_s:g} s") from None
         num_bytes += len(chunk)
         if num_bytes > max_bytes:
-            raise TooLargeError(f"request body exceeds the server's {max_bytes} bytes")
+            raise body_too_large(max_bytes)
         yield chunk
 
 
@@ -152,7 +152,8 @@ def check_prompt_wav(wav: bytes, cfg: ServerConfig) -> None:
     if not wav:
         raise AudioError("prompt_wav is empty (0 bytes)")
     if len(wav) > cfg.max_prompt_wav_bytes:
-        raise AudioError(f"prompt_wav is {len(wav)} bytes; the limit is {cfg.max_prompt_wav_bytes}")
+        raise TooLargeError(f"prompt_wav is {describe_bytes(len(wav))}; the limit is "
+                            f"{describe_bytes(cfg.max_prompt_wav_bytes)} (--max_prompt_wav_bytes)", "prompt_wav")
 
 
 def parse_bool(raw: bytes | str, name: str) -> bool:
@@ -186,8 +187,7 @@ def check_fixed_speech_tokens(value: object, settings: ServerSettings) -> int | 
 
 async def parse_zero_shot(request: Request, settings: ServerSettings) -> ZeroShotInputs:
     cfg = settings.cfg
-    limit = cfg.max_prompt_wav_bytes + 8 * cfg.max_text_chars + FORM_OVERHEAD_BYTES
-    parts = await read_form(request, limit, cfg.http_body_timeout_s)
+    parts = await read_form(request, settings.max_body_bytes, cfg.http_body_timeout_s)
     voice_id = decode_text(parts["voice_id"], "voice_id", cfg) if "voice_id" in parts else None
     prompt_fields = ("prompt_text", "prompt_wav")
     if voice_id is not None and any(name in parts for name in prompt_fields):
@@ -206,7 +206,8 @@ async def parse_zero_shot(request: Request, settings: ServerSettings) -> ZeroSho
         check_prompt_wav(parts["prompt_wav"], cfg)
     return ZeroShotInputs(
         tts_text=decode_text(parts["tts_text"], "tts_text", cfg),
-        prompt_text=decode_text(parts.get("prompt_text", b""), "prompt_text", cfg, allow_empty=True),
+        # a blank prompt_text is a 400, as a missing one is (a saved voice brings its own)
+        prompt_text="" if voice_id is not None else decode_text(parts["prompt_text"], "prompt_text", cfg),
         prompt_wav=parts.get("prompt_wav", b""), stream=stream, speed=speed, seed=seed,
         tts_model_name=decode_text(parts.get("tts_model_name", b"default"), "tts_model_name", cfg),
         fixed_speech_tokens=fixed_speech_tokens, voice_id=voice_id)

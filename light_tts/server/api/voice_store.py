@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from light_tts.errors import AudioError, NotFoundError, TooLargeError, RequestError, VoiceLimitError
+from light_tts.request_rules import describe_bytes
 from light_tts.server.runtime.settings import VoiceLimits
 
 SCHEMA_VERSION = 2
@@ -167,7 +168,8 @@ class VoiceStore:
         if not audio:
             raise AudioError("audio is empty (0 bytes)")
         if len(audio) > self.limits.max_upload_bytes:
-            raise TooLargeError(f"audio is {len(audio)} bytes; the limit is {self.limits.max_upload_bytes}")
+            raise TooLargeError(f"audio is {describe_bytes(len(audio))}; the limit is "
+                                f"{describe_bytes(self.limits.max_upload_bytes)} (--max_prompt_wav_bytes)", "audio")
         if self.count() >= self.limits.max_voices:
             raise VoiceLimitError(f"the server keeps at most {self.limits.max_voices} voices; delete one first")
 

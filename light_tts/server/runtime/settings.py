@@ -57,6 +57,9 @@ class ShmSizes:
         return self.token_mel_ratio * self.prompt_speech_tokens
 
 
+FORM_OVERHEAD_BYTES = 64 << 10  # a form's part headers and small fields on top of its file and texts
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     cfg: ServerConfig
@@ -88,6 +91,13 @@ class ServerSettings:
         c = self.cfg
         return VoiceLimits(max_voices=c.max_voices, max_upload_bytes=c.max_prompt_wav_bytes,
                            max_text_chars=c.max_text_chars)
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body any endpoint takes (one bound, so a client meets the same 413 everywhere):
+        a prompt upload of --max_prompt_wav_bytes, two texts of --max_text_chars at up to 4 UTF-8 bytes a
+        character, and the form's own headers and small fields."""
+        return self.cfg.max_prompt_wav_bytes + 8 * self.cfg.max_text_chars + FORM_OVERHEAD_BYTES
 
     @property
     def max_fixed_speech_tokens(self) -> int:

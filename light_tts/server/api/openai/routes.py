@@ -22,18 +22,19 @@ from starlette.concurrency import run_in_threadpool
 from light_tts.errors import LightTTSError, RequestError, TextError
 from light_tts.server.runtime.model_set import ModelEntry, resolve_model
 from light_tts.server.api.audio_encoding import CONTENT_TYPES, encode_file, make_encoder
-from light_tts.server.api.openai.schema import (ErrorBody, ModelCard, ModelList, SpeechRequest, SpeechUsage,
+from light_tts.server.api.openai.schema import (OpenAIErrorBody, ModelCard, ModelList, SpeechRequest, SpeechUsage,
                                             VoiceDeleted, VoiceList, VoiceObject, audio_delta_event,
                                             audio_done_event, error_event)
-from light_tts.server.api.request_metrics import ClientGone, error_response, unless_disconnected
-from light_tts.server.api.request_parsing import FORM_OVERHEAD_BYTES, read_multipart
+from light_tts.server.api.error_bodies import openai_error_response
+from light_tts.server.api.request_metrics import ClientGone, unless_disconnected
+from light_tts.server.api.request_parsing import read_multipart
 from light_tts.server.api.voice_store import PromptFeatures, VoicePrompt, VoiceStore
 
 log = logging.getLogger("light_tts.openai")
 SAMPLE_RATE = 24000
 # OpenAI's model names, accepted for the default model so that clients with a fixed model name work.
 OPENAI_MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
-ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 408, 409, 413, 429, 503, 504)}
+ERRORS = {status: {"model": OpenAIErrorBody} for status in (400, 401, 404, 408, 409, 413, 429, 503, 504)}
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left first
 
 
@@ -75,7 +76,7 @@ def client_of(request: Request) -> str:
 
 
 def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: Sequence[ModelEntry],
-                         body_timeout_s: float) -> APIRouter:
+                         body_timeout_s: float, max_body_bytes: int) -> APIRouter:
     router = APIRouter()
     created_at = int(time.time())
 
@@ -98,7 +99,7 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
                 return Response(encode_file(body.response_format, audio, SAMPLE_RATE),
                                 media_type=CONTENT_TYPES[body.response_format])
         except LightTTSError as e:
-            return error_response(e)
+            return openai_error_response(e)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; keeps the log quiet
         if body.stream_format == "sse":
@@ -118,7 +119,7 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
     async def create_voice(request: Request):
         """Save a voice: its prompt features are computed once, now (a failure saves nothing)."""
         try:
-            name, text, audio = await read_voice_upload(request, store.limits.max_upload_bytes, body_timeout_s)
+            name, text, audio = await read_voice_upload(request, max_body_bytes, body_timeout_s)
             await run_in_threadpool(store.check_upload, name, text, audio)  # cheap checks before the model runs
             features, duration_s = await unless_disconnected(request, backend.compute_features(
                 audio, client_of(request)))
@@ -126,7 +127,7 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
             voice = await run_in_threadpool(store.create, name, text, audio, features, duration_s,
                                             models[0].frontend_key)
         except LightTTSError as e:
-            return error_response(e)
+            return openai_error_response(e)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         return JSONResponse(VoiceObject.of(voice).model_dump(), status_code=201)
@@ -141,7 +142,7 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
         try:
             return VoiceObject.of(await run_in_threadpool(store.get, voice_id))
         except LightTTSError as e:
-            return error_response(e)
+            return openai_error_response(e)
 
     @router.delete("/v1/audio/voices/{voice_id}", response_model=VoiceDeleted, responses=ERRORS,
                    summary="Delete a saved voice")
@@ -150,7 +151,7 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
         try:
             await run_in_threadpool(store.delete, voice_id)
         except LightTTSError as e:
-            return error_response(e)
+            return openai_error_response(e)
         return VoiceDeleted(id=voice_id)
 
     @router.get("/v1/models", response_model=ModelList, responses=ERRORS, summary="The served models (OpenAI)")
@@ -193,16 +194,21 @@ async def sse_body(first: bytes, chunks, job: SynthesisJob, fmt: str):
         yield error_event(e)
 
 
-async def read_voice_upload(request: Request, max_audio_bytes: int, timeout_s: float) -> tuple[str, str, bytes]:
+async def read_voice_upload(request: Request, max_body_bytes: int, timeout_s: float) -> tuple[str, str, bytes]:
     """The multipart fields audio, text and name; a body over the limit is refused before it is read (413),
-    one that stalls for timeout_s gets 408."""
+    one that stalls for timeout_s gets 408. No `text` field: a voice without a transcript (saved with text "");
+    a `text` field that is blank is a mistake (a 400), not a way to say that."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise RequestError("expected a multipart/form-data body with fields audio, text and name")
-    parts = await read_multipart(request, max_audio_bytes + FORM_OVERHEAD_BYTES, timeout_s)
+    parts = await read_multipart(request, max_body_bytes, timeout_s)
     for field in ("audio", "name"):
         if field not in parts:
-            raise RequestError(f"missing field {field}")
+            raise RequestError(f"missing field {field}", field)
     try:
-        return parts["name"].decode("utf-8"), parts.get("text", b"").decode("utf-8"), parts["audio"]
+        name, text = parts["name"].decode("utf-8"), parts.get("text", b"").decode("utf-8")
     except UnicodeDecodeError as e:
         raise TextError(f"name and text must be UTF-8 ({e.reason} at byte {e.start})") from None
+    if "text" in parts and not text.strip():
+        raise TextError("text is empty: give the recording's transcript, or leave the field out for a voice "
+                        "without one", "text")
+    return name, text, parts["audio"]

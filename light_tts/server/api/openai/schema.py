@@ -2,7 +2,8 @@
 events of `stream_format: "sse"`, and the handler that turns a validation failure into our 400 body.
 
 Validation is strict, as OpenAI's is: unknown fields, wrong JSON types ("1.5" for a number) and values out of
-range are 400 `{"error": "<field>: <why>", "kind": "bad_request"}`, never FastAPI's 422 shape.
+range are 400 with the message `<field>: <why>` (and `param: "<field>"`), in OpenAI's error shape on /v1/* and
+`{"error", "kind"}` elsewhere (error_bodies.py), never FastAPI's 422 shape.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from light_tts.errors import LightTTSError, RequestError
+from light_tts.errors import RequestError
+from light_tts.server.api.error_bodies import error_response_for, openai_error
 from light_tts.request_rules import MAX_SPEED, MIN_SPEED, SEED_LIMIT
 
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for `input`
@@ -89,10 +91,23 @@ class SpeechUsage(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Every error answer of the server."""
+    """The error answer of the LightTTS routes."""
 
     error: str
     kind: str  # light_tts.errors.ErrorKind
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, authentication_error, rate_limit_error or server_error")
+    param: str | None = Field(description="the request field at fault, if one is")
+    code: str | None = Field(description="the error kind (light_tts.errors): bad_request, not_found, ...")
+
+
+class OpenAIErrorBody(BaseModel):
+    """The error answer of the /v1/* routes, in OpenAI's shape (what the openai package and litellm read)."""
+
+    error: OpenAIErrorDetail
 
 
 class VoiceObject(BaseModel):
@@ -151,14 +166,19 @@ def describe_errors(errors: list[dict]) -> str:
     return "; ".join(parts)
 
 
+def field_of(errors: list[dict]) -> str | None:
+    """The request field the first error is about (OpenAI's `param`), if it names one."""
+    loc = [str(p) for p in (errors[0]["loc"] if errors else ()) if p != "body"]
+    return ".".join(loc) or None
+
+
 def validation_error(errors: list[dict]) -> RequestError:
-    return RequestError(describe_errors(errors))
+    return RequestError(describe_errors(errors), param=field_of(errors))
 
 
 async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """app.add_exception_handler(RequestValidationError, validation_error_handler)"""
-    error = validation_error(exc.errors())
-    return JSONResponse({"error": str(error), "kind": error.kind}, status_code=error.http_status)
+    """A validation failure as our 400, in the shape of the route (error_bodies.install_error_handlers)."""
+    return error_response_for(request.url.path, validation_error(exc.errors()))
 
 
 # ---- SSE events (stream_format: "sse")
@@ -177,6 +197,5 @@ def audio_done_event(usage: SpeechUsage) -> bytes:
 
 
 def error_event(error: BaseException) -> bytes:
-    """A failure after the stream started (the status line already said 200): our error body as an event."""
-    message, kind = (str(error), error.kind) if isinstance(error, LightTTSError) else ("internal error", "internal")
-    return sse_event({"type": "error", "error": message, "kind": kind})
+    """A failure after the stream started (the status line already said 200): OpenAI's error object as an event."""
+    return sse_event({"type": "error", "error": openai_error(error)})
