@@ -10,6 +10,9 @@ from light_tts.errors import RequestError
 MAX_TEXT_CHARS = 10_000  # longest tts_text / prompt_text; the server's --max_text_chars defaults to this
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 SEED_LIMIT = 2**62  # seeds are in [0, SEED_LIMIT)
+VOICE_ID_PREFIX = "voice_"  # every saved voice's id starts so (an alias may not: it would shadow ids)
+# The voice names OpenAI's API has, which OpenAI clients send by default (--voice_alias maps them to saved voices).
+OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
 
 
 def describe_bytes(num_bytes: int) -> str:

@@ -38,7 +38,7 @@ def test_defaults_and_voice_forms(client):
     r = client.post("/v1/audio/speech", json=VALID)
     assert r.status_code == 200
     assert r.json() == {**VALID, "response_format": "mp3", "speed": 1.0, "stream_format": "audio",
-                        "instructions": None, "fixed_speech_tokens": None, "seed": None}
+                        "instructions": None, "fixed_speech_tokens": None, "seed": None, "stream": None}
     r = client.post("/v1/audio/speech", json={**VALID, "voice": {"id": "voice_xyz"}, "instructions": " ",
                                               "speed": 4, "seed": 7, "fixed_speech_tokens": 50})
     assert r.status_code == 200 and r.json()["voice"] == "voice_xyz" and r.json()["speed"] == 4.0
@@ -75,6 +75,20 @@ def test_bad_fields_are_400_in_openais_shape(client, change, expected):
     assert error["param"] == (expected.split("'")[1] if expected.startswith("unknown") else expected.partition(":")[0])
     r = client.post("/lighttts_route", json=body)  # the same failure on a LightTTS route: our shape
     assert r.status_code == 400 and r.json() == {"error": error["message"], "kind": "bad_request"}
+
+
+def test_wav_and_flac_come_whole_unless_streamed_and_streaming_needs_speed_one():
+    def streamed(**change) -> bool:
+        return SpeechRequest.model_validate({**VALID, **change}).is_streamed()
+
+    assert [streamed(response_format=f) for f in ("mp3", "opus", "aac", "pcm", "wav", "flac")] == [True] * 4 + [
+        False] * 2
+    assert streamed(response_format="wav", stream=True) and not streamed(response_format="mp3", stream=False)
+    assert not streamed(speed=1.5) and streamed(stream_format="sse", response_format="wav")
+    assert streamed(stream_format="sse", speed=2.0)  # SSE events carry whatever audio there is
+    for bad in ({"stream": True, "speed": 2.0}, {"stream": False, "stream_format": "sse"}):
+        with pytest.raises(ValueError):
+            SpeechRequest.model_validate({**VALID, **bad})
 
 
 def test_missing_fields_and_broken_json(client):

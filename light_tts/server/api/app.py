@@ -27,13 +27,14 @@ from light_tts.server.api.api_docs import (PCMResponse, audio_responses, error_r
 from light_tts.server.api.auth import ApiKeyMiddleware, install_log_redaction
 from light_tts.server.api.bistream_ws import serve_bistream
 from light_tts.server.api.body_limit import BodyLimitMiddleware
-from light_tts.server.api.error_bodies import install_error_handlers
+from light_tts.server.api.docs_pages import mount_docs
+from light_tts.server.api.error_bodies import error_response, install_error_handlers
 from light_tts.server.api.http_manager import HttpServerManager, RequestHandle
 from light_tts.server.runtime.model_set import resolve_model
 from light_tts.server.api.openai.routes import create_openai_router
 from light_tts.server.api.openai.schema import validation_error_handler
 from light_tts.server.api.playground import mount_playground
-from light_tts.server.api.request_metrics import (ActiveRequest, ClientGone, error_response, record_finished,
+from light_tts.server.api.request_metrics import (ActiveRequest, ClientGone, init_request_series, record_finished,
                                               record_rejected, unless_disconnected)
 from light_tts.server.api.request_parsing import parse_zero_shot
 from light_tts.server.runtime.settings import ServerSettings
@@ -77,7 +78,8 @@ def tone_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
 
 def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_ready=None) -> FastAPI:
     manager = HttpServerManager(settings, ports, http_rank)
-    voices = VoiceStore(settings.data_dir, settings.voice_limits())  # the same files in every HTTP worker
+    voices = VoiceStore(settings.data_dir, settings.voice_limits(),  # the same files in every HTTP worker
+                        aliases=settings.cfg.voice_aliases())
     health = {"checked_at": -math.inf, "ok": False, "detail": ""}
 
     def check_model_name(name: str) -> int:
@@ -92,9 +94,11 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
         yield
         await manager.stop()
 
-    app = FastAPI(title="LightTTS", lifespan=lifespan)
+    init_request_series(settings.model_names)
+    app = FastAPI(title="LightTTS", lifespan=lifespan, docs_url=None, redoc_url=None)  # docs_pages serves them
     app.state.manager = manager
     install_error_handlers(app, validation_error_handler)  # each in its route's shape (error_bodies.py)
+    mount_docs(app)  # before the playground: its /static mount would take /static/docs too
     mount_playground(app)
     backend = ServerBackend(manager)
     router = create_openai_router(backend, voices, settings.models, settings.cfg.http_body_timeout_s,

@@ -13,6 +13,8 @@ from light_tts.errors import TooLargeError
 from light_tts.request_rules import describe_bytes
 from light_tts.server.api.error_bodies import error_body, is_openai_path
 
+CLOSE_ABOVE = 4  # a declared body over this many times the bound: answer and close, do not read it
+
 
 def body_too_large(max_bytes: int, num_bytes: int | None = None) -> TooLargeError:
     """The 413 of every endpoint; `num_bytes` None: the body streamed past the bound (its size is unknown)."""
@@ -31,14 +33,18 @@ class BodyLimitMiddleware:
         if scope["type"] == "http":
             declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
             if declared.isdigit() and int(declared) > self.max_bytes:
-                return await refuse(scope, send, body_too_large(self.max_bytes, int(declared)))
+                error = body_too_large(self.max_bytes, int(declared))
+                return await refuse(scope, send, error, int(declared) > CLOSE_ABOVE * self.max_bytes)
         return await self.app(scope, receive, send)
 
 
-async def refuse(scope, send, error: TooLargeError) -> None:
+async def refuse(scope, send, error: TooLargeError, close: bool) -> None:
+    """A body a little over the bound is read and dropped by the server (uvicorn discards the body of an answered
+    request), so that the client, still writing it, gets to read the 413 (into a closed socket it would get a
+    reset instead); one far over it closes the connection."""
     body = json.dumps(error_body(error, is_openai_path(scope["path"]))).encode()
-    # Connection: close, since the unread body would otherwise be taken for the next request
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": error.http_status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -8,6 +8,9 @@ kept under --data_dir so that they survive restarts and every HTTP worker proces
     data_dir/voices/<id>.npz     speech_tokens int32 [P], embedding float32 [192], mel float32 [2P, 80]
     data_dir/voices.lock         flock: every create holds it shared, the orphan sweep exclusive
 
+Aliases (--voice_alias NAME=VOICE) let requests name a voice as OpenAI clients do (`alloy`): VOICE is a voice id
+or a voice name (the newest voice of that name, so uploading a new "narrator" moves the alias to it).
+
 A voice exists iff its row does. Create writes both files under temporary names, renames them into place
 (os.replace is atomic) and commits the row last; delete removes the row first. So a crash or a failed
 upload leaves at most files without a row, which the sweep removes when a store opens. A request that
@@ -30,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from light_tts.errors import AudioError, NotFoundError, TooLargeError, RequestError, VoiceLimitError
-from light_tts.request_rules import describe_bytes
+from light_tts.request_rules import OPENAI_VOICES, VOICE_ID_PREFIX, describe_bytes
 from light_tts.server.runtime.settings import VoiceLimits
 
 SCHEMA_VERSION = 2
@@ -47,9 +50,10 @@ CREATE TABLE IF NOT EXISTS voices (
 # version 1 -> 2: the frontend that computed the features ('' for older voices: unknown, so always recomputed)
 MIGRATE_1_TO_2 = "ALTER TABLE voices ADD COLUMN frontend_key TEXT NOT NULL DEFAULT ''"
 COLUMNS = "id, name, text, duration_s, created_at, voice_key, frontend_key"
-ID_PREFIX = "voice_"
+ID_PREFIX = VOICE_ID_PREFIX
 TMP_PREFIX = ".tmp-"
 MAX_NAME_CHARS = 256
+MAX_LISTED = 20  # voices named in a 404's message (the newest)
 
 
 @dataclass(frozen=True)
@@ -94,8 +98,10 @@ class VoicePrompt:
 
 
 class VoiceStore:
-    def __init__(self, data_dir: str | os.PathLike, limits: VoiceLimits, busy_timeout_s: float = 10.0):
+    def __init__(self, data_dir: str | os.PathLike, limits: VoiceLimits, busy_timeout_s: float = 10.0,
+                 aliases: dict[str, str] | None = None):
         self.limits = limits
+        self.aliases = dict(aliases or {})  # alias -> voice id or name
         self.busy_timeout_s = busy_timeout_s
         self.root = Path(data_dir)
         self.files_dir = self.root / "voices"
@@ -131,15 +137,55 @@ class VoiceStore:
             raise NotFoundError(f"voice {voice_id!r} not found")
         return Voice(*row)
 
+    def find(self, voice: str) -> Voice:
+        """The voice a request names: an id, or an alias of an id or a name; else a 404 that says what exists."""
+        target = self.aliases.get(voice, voice)
+        with self._connect() as db:
+            row = db.execute(f"SELECT {COLUMNS} FROM voices WHERE id = ?", (target,)).fetchone()
+            if row is None and voice in self.aliases:
+                row = db.execute(f"SELECT {COLUMNS} FROM voices WHERE name = ? ORDER BY rowid DESC LIMIT 1",
+                                 (target,)).fetchone()
+        if row is None:
+            raise self.not_found(voice)
+        return Voice(*row)
+
+    def aliases_of(self, voices: list[Voice]) -> dict[str, list[str]]:
+        """voice id -> the aliases that name it now (a name alias names the newest voice of that name)."""
+        newest = {v.name: v.id for v in voices}  # voices are oldest first
+        ids = {v.id for v in voices}
+        named: dict[str, list[str]] = {}
+        for alias, target in self.aliases.items():
+            voice_id = target if target.startswith(ID_PREFIX) else newest.get(target)
+            if voice_id in ids:
+                named.setdefault(voice_id, []).append(alias)
+        return named
+
+    def not_found(self, voice: str) -> NotFoundError:
+        """A 404 that lists what a request may name instead."""
+        if voice in self.aliases:
+            problem = f"voice {voice!r} is an alias of {self.aliases[voice]!r}, which is no saved voice's id or name"
+        else:
+            problem = f"voice {voice!r} not found"
+        voices = self.list()
+        saved = ", ".join(f"{v.id} ({v.name})" for v in voices[-MAX_LISTED:])
+        known = [f"saved voices: {saved}" + (f" and {len(voices) - MAX_LISTED} more" if len(voices) > MAX_LISTED
+                                             else "") if voices else "no saved voices (POST /v1/audio/voices)"]
+        aliases = ", ".join(f"{a} -> {t}" for a, t in self.aliases.items())
+        known.append(f"aliases: {aliases}" if aliases else "no aliases (the operator maps OpenAI's voice names, "
+                     f"such as {OPENAI_VOICES[0]}, with --voice_alias {OPENAI_VOICES[0]}=VOICE)")
+        return NotFoundError(f"{problem}; {'; '.join(known)}", param="voice")
+
     def count(self) -> int:
         with self._connect() as db:
             return db.execute("SELECT COUNT(*) FROM voices").fetchone()[0]
 
-    def load_features(self, voice_id: str, frontend_key: str = "") -> VoicePrompt:
+    def load_features(self, voice_name: str, frontend_key: str = "") -> VoicePrompt:
         """Everything a request to a model of frontend `frontend_key` needs, read into memory now; a later delete
         does not take it away. Features another frontend computed do not fit that model: then the prompt is the
-        stored audio, whose features the encode process computes (and caches) for it."""
-        voice = self.get(voice_id)
+        stored audio, whose features the encode process computes (and caches) for it. `voice_name` is an id or an
+        alias (find)."""
+        voice = self.find(voice_name)
+        voice_id = voice.id
         if frontend_key and voice.frontend_key != frontend_key:
             return VoicePrompt(voice.voice_key, voice.text, None, self.load_audio(voice_id))
         try:

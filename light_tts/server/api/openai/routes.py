@@ -86,15 +86,17 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
                                                                                   "text/event-stream")}},
                                                 **ERRORS}, summary="Speak a text with a saved voice (OpenAI)")
     async def create_speech(body: SpeechRequest, request: Request):
-        """Speak `input` with a saved voice; the audio streams as it is encoded."""
+        """Speak `input` with a saved voice: streamed as it is encoded, or one file with exact headers (wav and
+        flac by default, any format with `stream: false`)."""
         try:
             model = resolve_model(models, body.model, OPENAI_MODEL_ALIASES)  # unknown: 404 naming the models
             prompt = await run_in_threadpool(store.load_features, body.voice, models[model].frontend_key)
+            # the engine streams at speed 1 whatever the response's form, so every format carries the same audio
             job = SynthesisJob(body.input, prompt, body.speed, body.speed == 1.0, body.seed, body.fixed_speech_tokens,
                                client=client_of(request), model=model)
             chunks = backend.synthesize(job)
             first = await unless_disconnected(request, first_chunk(chunks))
-            if not job.is_streamed and body.stream_format == "audio":  # the whole audio: a file with exact headers
+            if not body.is_streamed():  # the whole audio: a file with exact headers and Content-Length
                 audio = await unless_disconnected(request, rest_of(first, chunks))
                 return Response(encode_file(body.response_format, audio, SAMPLE_RATE),
                                 media_type=CONTENT_TYPES[body.response_format])
@@ -130,17 +132,21 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
             return openai_error_response(e)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
-        return JSONResponse(VoiceObject.of(voice).model_dump(), status_code=201)
+        aliases = store.aliases_of(await run_in_threadpool(store.list)).get(voice.id, [])
+        return JSONResponse(VoiceObject.of(voice, aliases).model_dump(), status_code=201)
 
     @router.get("/v1/audio/voices", response_model=VoiceList, responses=ERRORS, summary="The saved voices")
     async def list_voices():
-        return VoiceList(data=[VoiceObject.of(v) for v in await run_in_threadpool(store.list)])
+        voices = await run_in_threadpool(store.list)
+        aliases = store.aliases_of(voices)
+        return VoiceList(data=[VoiceObject.of(v, aliases.get(v.id, [])) for v in voices])
 
     @router.get("/v1/audio/voices/{voice_id}", response_model=VoiceObject, responses=ERRORS,
-                summary="One saved voice")
+                summary="One saved voice (by id or alias)")
     async def get_voice(voice_id: str):
         try:
-            return VoiceObject.of(await run_in_threadpool(store.get, voice_id))
+            voice = await run_in_threadpool(store.find, voice_id)
+            return VoiceObject.of(voice, store.aliases_of(await run_in_threadpool(store.list)).get(voice.id, []))
         except LightTTSError as e:
             return openai_error_response(e)
 

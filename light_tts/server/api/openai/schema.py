@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from light_tts.errors import RequestError
 from light_tts.server.api.error_bodies import error_response_for, openai_error
@@ -23,6 +23,9 @@ from light_tts.request_rules import MAX_SPEED, MIN_SPEED, SEED_LIMIT
 
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for `input`
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+# Formats whose header holds the length: streamed, it must say "unknown" (WAV sizes 0xFFFFFFFF, FLAC 0 samples),
+# which Python's wave and libsndfile misread; so by default they come whole, with exact headers.
+WHOLE_FILE_FORMATS = ("wav", "flac")
 INSTRUCTIONS_UNSUPPORTED = (
     "instructions are not supported: CosyVoice2 zero-shot cloning takes the speaking style from the voice's "
     "recording, so save a voice recorded in the style you want")
@@ -63,11 +66,31 @@ class SpeechRequest(BaseModel):
     voice: VoiceId
     response_format: ResponseFormat = "mp3"
     speed: Speed = Field(1.0, description="!= 1 waits for the whole audio before sending any")
-    stream_format: Literal["audio", "sse"] = Field("audio", description="audio: the file's bytes, chunked as "
-                                                   "they are encoded; sse: speech.audio.delta events")
+    stream_format: Literal["audio", "sse"] = Field("audio", description="audio: the file's bytes; sse: "
+                                                   "speech.audio.delta events as the audio is encoded")
+    stream: bool | None = Field(None, description=(
+        "LightTTS: true sends the audio as it is encoded (first bytes sooner; wav and flac then carry streaming "
+        "headers: unknown length), false one file with exact headers and Content-Length once complete. "
+        "Default: true for mp3, opus, aac and pcm, false for wav and flac"))
     instructions: Instructions = None
     fixed_speech_tokens: FixedSpeechTokens = None
     seed: Seed = None
+
+    @model_validator(mode="after")
+    def stream_is_possible(self) -> "SpeechRequest":
+        if self.stream and self.speed != 1.0:
+            raise ValueError("stream needs speed 1.0: speed is applied to the whole audio")
+        if self.stream is False and self.stream_format == "sse":
+            raise ValueError('stream_format "sse" is a stream; leave out stream or set it true')
+        return self
+
+    def is_streamed(self) -> bool:
+        """The audio goes out as it is encoded (else as one file with exact headers, once complete)."""
+        if self.stream_format == "sse":
+            return True
+        if self.speed != 1.0:
+            return False
+        return self.stream if self.stream is not None else self.response_format not in WHOLE_FILE_FORMATS
 
     @field_validator("input")
     @classmethod
@@ -117,12 +140,14 @@ class VoiceObject(BaseModel):
     text: str = Field(description="the transcript of the recording (the prompt text)")
     duration_s: float
     created_at: int = Field(description="unix seconds")
+    aliases: list[str] = Field(default_factory=list, description="names that requests may use for this voice "
+                                                                 "(--voice_alias, e.g. OpenAI's alloy)")
 
     @classmethod
-    def of(cls, voice) -> "VoiceObject":
-        """From a voice_store.Voice."""
+    def of(cls, voice, aliases: list[str] = ()) -> "VoiceObject":
+        """From a voice_store.Voice and the aliases that name it."""
         return cls(id=voice.id, name=voice.name, text=voice.text, duration_s=round(voice.duration_s, 3),
-                   created_at=voice.created_at)
+                   created_at=voice.created_at, aliases=list(aliases))
 
 
 class VoiceList(BaseModel):
