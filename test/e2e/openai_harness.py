@@ -18,7 +18,7 @@ import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
-from server_harness import ServerProcess, voice_wav  # outcomes: re-exported for the tests
+from server_harness import ServerProcess, voice_wav
 
 KEY, FILE_KEY, WRONG_KEY = "e2e-key-0123456789abcdef", "e2e-file-key-fedcba9876543210", "e2e-wrong-key-000000"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -23,9 +23,9 @@ import websockets
 
 from openai_harness import (AUTH, CONTENT_TYPES, EXTRA, FORMATS, LONG_TOKENS, MAX_AUDIO_SECONDS, MAX_TEXT_CHARS,
                             RATE, SAMPLES_PER_TOKEN, SEED, TEXT, TOKENS, Server, assert_same_audio,
-                            client, decode_with_ffmpeg, decode_with_pyav, event_error, outcomes, reference_pcm, stream_session,
+                            client, decode_with_ffmpeg, decode_with_pyav, event_error, reference_pcm, stream_session,
                             upload, voice)
-from server_harness import voice_wav
+from server_harness import outcomes, voice_wav
 
 __all__ = ["client", "reference_pcm", "voice"]  # fixtures, used by name
 
