@@ -8,8 +8,7 @@ kept under --data_dir so that they survive restarts and every HTTP worker proces
     data_dir/voices/<id>.npz     speech_tokens int32 [P], embedding float32 [192], mel float32 [2P, 80]
     data_dir/voices.lock         flock: every create holds it shared, the orphan sweep exclusive
 
-Aliases (--voice_alias NAME=VOICE) let requests name a voice as OpenAI clients do (`alloy`): VOICE is a voice id
-or a voice name (the newest voice of that name, so uploading a new "narrator" moves the alias to it).
+Aliases (--voice_alias NAME=VOICE, voice_aliases.py) let requests name a voice as OpenAI clients do (`alloy`).
 
 A voice exists iff its row does. Create writes both files under temporary names, renames them into place
 (os.replace is atomic) and commits the row last; delete removes the row first. So a crash or a failed
@@ -33,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from light_tts.errors import AudioError, NotFoundError, TooLargeError, RequestError, VoiceLimitError
-from light_tts.request_rules import OPENAI_VOICES, VOICE_ID_PREFIX, describe_bytes
+from light_tts.request_rules import VOICE_ID_PREFIX, describe_bytes
+from light_tts.server.api.voice_aliases import VoiceAliases
 from light_tts.server.runtime.settings import VoiceLimits
 
 SCHEMA_VERSION = 2
@@ -53,7 +53,6 @@ COLUMNS = "id, name, text, duration_s, created_at, voice_key, frontend_key"
 ID_PREFIX = VOICE_ID_PREFIX
 TMP_PREFIX = ".tmp-"
 MAX_NAME_CHARS = 256
-MAX_LISTED = 20  # voices named in a 404's message (the newest)
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ class VoiceStore:
     def __init__(self, data_dir: str | os.PathLike, limits: VoiceLimits, busy_timeout_s: float = 10.0,
                  aliases: dict[str, str] | None = None):
         self.limits = limits
-        self.aliases = dict(aliases or {})  # alias -> voice id or name
+        self.aliases = VoiceAliases(aliases)
         self.busy_timeout_s = busy_timeout_s
         self.root = Path(data_dir)
         self.files_dir = self.root / "voices"
@@ -139,41 +138,19 @@ class VoiceStore:
 
     def find(self, voice: str) -> Voice:
         """The voice a request names: an id, or an alias of an id or a name; else a 404 that says what exists."""
-        target = self.aliases.get(voice, voice)
+        target, may_be_name = self.aliases.target(voice)
         with self._connect() as db:
             row = db.execute(f"SELECT {COLUMNS} FROM voices WHERE id = ?", (target,)).fetchone()
-            if row is None and voice in self.aliases:
+            if row is None and may_be_name:
                 row = db.execute(f"SELECT {COLUMNS} FROM voices WHERE name = ? ORDER BY rowid DESC LIMIT 1",
                                  (target,)).fetchone()
         if row is None:
-            raise self.not_found(voice)
+            raise self.aliases.not_found(voice, self.list())
         return Voice(*row)
 
     def aliases_of(self, voices: list[Voice]) -> dict[str, list[str]]:
-        """voice id -> the aliases that name it now (a name alias names the newest voice of that name)."""
-        newest = {v.name: v.id for v in voices}  # voices are oldest first
-        ids = {v.id for v in voices}
-        named: dict[str, list[str]] = {}
-        for alias, target in self.aliases.items():
-            voice_id = target if target.startswith(ID_PREFIX) else newest.get(target)
-            if voice_id in ids:
-                named.setdefault(voice_id, []).append(alias)
-        return named
-
-    def not_found(self, voice: str) -> NotFoundError:
-        """A 404 that lists what a request may name instead."""
-        if voice in self.aliases:
-            problem = f"voice {voice!r} is an alias of {self.aliases[voice]!r}, which is no saved voice's id or name"
-        else:
-            problem = f"voice {voice!r} not found"
-        voices = self.list()
-        saved = ", ".join(f"{v.id} ({v.name})" for v in voices[-MAX_LISTED:])
-        known = [f"saved voices: {saved}" + (f" and {len(voices) - MAX_LISTED} more" if len(voices) > MAX_LISTED
-                                             else "") if voices else "no saved voices (POST /v1/audio/voices)"]
-        aliases = ", ".join(f"{a} -> {t}" for a, t in self.aliases.items())
-        known.append(f"aliases: {aliases}" if aliases else "no aliases (the operator maps OpenAI's voice names, "
-                     f"such as {OPENAI_VOICES[0]}, with --voice_alias {OPENAI_VOICES[0]}=VOICE)")
-        return NotFoundError(f"{problem}; {'; '.join(known)}", param="voice")
+        """voice id -> the aliases that name it now."""
+        return self.aliases.named(voices)
 
     def count(self) -> int:
         with self._connect() as db:
