@@ -38,7 +38,8 @@ def test_voices_crud_across_both_http_workers(server):
     created = http0.request("POST", "/v1/audio/voices", files=files, data={"name": "Bob", "text": "I am Bob."})
     assert created.status_code == 201, created.text
     voice = created.json()
-    assert set(voice) == {"id", "object", "name", "text", "duration_s", "created_at"}
+    assert set(voice) == {"id", "object", "name", "text", "duration_s", "created_at", "aliases"}
+    assert voice["aliases"] == []  # no --voice_alias names it
     assert (voice["object"], voice["name"], voice["text"], voice["duration_s"]) == ("voice", "Bob", "I am Bob.", 1.5)
     assert voice["id"].startswith("voice_")
     assert http1.request("GET", f"/v1/audio/voices/{voice['id']}").json() == voice
