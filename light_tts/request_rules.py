@@ -11,6 +11,15 @@ MAX_TEXT_CHARS = 10_000  # longest tts_text / prompt_text; the server's --max_te
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 MAX_SPEECH_TOKENIZER_SECONDS = 30.0  # the speech tokenizer takes at most 30 s of audio (upstream asserts it)
 SEED_LIMIT = 2**62  # seeds are in [0, SEED_LIMIT)
+VOICE_ID_PREFIX = "voice_"  # every saved voice's id starts so (an alias may not: it would shadow ids)
+# The voice names OpenAI's API has, which OpenAI clients send by default (--voice_alias maps them to saved voices).
+OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
+
+
+def describe_bytes(num_bytes: int) -> str:
+    """`16,842,752 bytes (16.1 MiB)`: exact for whoever compares, readable for whoever reads."""
+    return f"{num_bytes:,} bytes ({num_bytes / (1 << 20):.1f} MiB)"
+
 
 # What a request asks the model to do (upstream CosyVoice2's inference_* functions). The voice's prompt audio
 # always conditions the flow (tokens, mel, speaker embedding); the modes differ in the LLM's prompt, which the

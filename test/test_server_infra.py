@@ -228,7 +228,9 @@ def test_form_parsing_is_strict():
         assert post({**good, "fixed_speech_tokens": bad}).json()["kind"] == "bad_request", bad
     assert post({**good, "tts_text": b"\xff\xfe"}).json()["kind"] == "bad_text"
     assert post({**good, "tts_text": b"x" * 21}).json()["kind"] == "bad_text"
-    assert post({**good, "prompt_wav": b"x" * 101}).json()["kind"] == "bad_audio"
+    assert post({**good, "prompt_wav": b"x" * 101}).json()["kind"] == "too_large"
+    for blank in (b"", b"  \n"):  # a blank transcript is refused (a missing one means none: cross-lingual)
+        assert post({**good, "prompt_text": blank}).json() == {"kind": "bad_text"}
     assert post({**good, "prompt_wav": b""}).json()["kind"] == "bad_audio"
     assert post({**good, "speed": b"-1", "stream": b"false"}).json()["kind"] == "bad_request"
     assert post({**good, "speed": b"nan", "stream": b"false"}).json()["kind"] == "bad_request"

@@ -174,8 +174,10 @@ async def stream_one(pool: ClientPool, share: Share, index: int, t0: float, is_r
 
 
 def error_message(body: bytes) -> str:
+    """The message of an error body: LightTTS's {"error": "..."} or OpenAI's {"error": {"message": ...}} (/v1/*)."""
     try:
-        return str(json.loads(body)["error"])
+        error = json.loads(body)["error"]
+        return str(error["message"] if isinstance(error, dict) else error)
     except (ValueError, KeyError, TypeError):
         return body[:200].decode("utf-8", "replace")
 

@@ -57,11 +57,13 @@ class LightTTSHttp:
 
 
 def is_route_missing(response: httpx.Response) -> bool:
-    """FastAPI's own 404 for an unknown path is {"detail": "Not Found"}; the voices API's 404 is {"error", "kind"}."""
+    """A server without the voices API answers its own 404 for an unknown path ({"detail": "Not Found"}, or code
+    unknown_url in OpenAI's shape); the voices API's 404 for an unknown voice is an error of code not_found."""
     try:
-        return "error" not in response.json()
-    except ValueError:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
         return True
+    return error is None or (isinstance(error, dict) and error.get("code") == "unknown_url")
 
 
 def read_local(path: str) -> bytes:

@@ -84,7 +84,7 @@ def test_unknown_model_is_404_naming_the_models(server):
     assert r.status_code == 404 and r.json()["kind"] == "not_found"
     assert all(f"'{name}'" in r.json()["error"] for name in "ABC")
     r = httpx.post(f"{server.url}/v1/audio/speech", json={"model": "nope", "input": "Hi.", "voice": "voice_x"})
-    assert r.status_code == 404 and all(f"'{name}'" in r.json()["error"] for name in "ABC")
+    assert r.status_code == 404 and all(f"'{name}'" in r.json()["error"]["message"] for name in "ABC")
 
 
 def test_interleaved_requests_get_their_own_models_audio(server, pipelines):

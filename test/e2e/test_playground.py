@@ -6,49 +6,22 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
-import tempfile
 
 import pytest
 
+from browser_harness import chromium, console_errors, skip_without_chromium
 from server_harness import voice_wav
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-if CHROMIUM is None or CHROMEDRIVER is None:
-    pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install -y chromium "
-                "chromium-driver)", allow_module_level=True)
+skip_without_chromium()
 
-from selenium import webdriver  # noqa: E402  (the test extra has selenium; chromium comes from apt)
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-# Chromium's own network use is switched off: this machine reaches nothing outside.
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-         "--autoplay-policy=no-user-gesture-required", "--window-size=900,660")
 
 
 @pytest.fixture(scope="module")
 def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
-    profile = tempfile.mkdtemp(prefix="lighttts-chromium-")
-    options.add_argument(f"--user-data-dir={profile}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(60)
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def console_errors(driver) -> list[str]:
-    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
 def player_state(driver) -> dict[str, str]:

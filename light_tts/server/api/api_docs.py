@@ -13,7 +13,8 @@ from fastapi.responses import Response
 from light_tts.families import family_of
 from light_tts.request_rules import MAX_SPEED, MIN_SPEED, SEED_LIMIT, TEXT_MODES
 from light_tts.server.api.auth import ApiKeyMiddleware
-from light_tts.server.api.openai.schema import ErrorBody
+from light_tts.server.api.error_bodies import is_openai_path
+from light_tts.server.api.openai.schema import ErrorBody, OpenAIErrorBody
 from light_tts.server.runtime.settings import ServerSettings
 
 
@@ -23,13 +24,14 @@ class PCMResponse(Response):
     media_type = "application/octet-stream"
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def error_responses(*statuses: int, is_openai: bool = False) -> dict[int | str, dict[str, Any]]:
     reasons = {400: "bad input (the message names the field)", 401: "a missing or wrong API key",
                404: "no such saved voice (voice_id) or model", 408: "the request body stalled",
                413: "the body or what it asks for is too large",
                429: "every request slot is busy (see Retry-After)", 499: "the client left first",
                503: "not ready, shutting down or a worker failed", 504: "the request ran past --request_timeout_s"}
-    body = {"application/json": {"schema": ErrorBody.model_json_schema()}}  # inline: whatever the route's class
+    model = OpenAIErrorBody if is_openai else ErrorBody
+    body = {"application/json": {"schema": model.model_json_schema()}}  # inline: whatever the route's class
     return {status: {"description": reasons[status], "content": body} for status in statuses}
 
 
@@ -107,12 +109,13 @@ def finish_openapi(app: FastAPI, auth) -> None:
             if auth.is_enabled:
                 components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             for path, item in schema["paths"].items():
+                errors = error_responses(400, 401, is_openai=is_openai_path(path))
                 for operation in item.values():
                     if operation["responses"].pop("422", None) is not None:
-                        operation["responses"].setdefault("400", error_responses(400)[400])
+                        operation["responses"].setdefault("400", errors[400])
                     if auth.is_enabled and not is_public(path):
                         operation["security"] = [{"bearer": []}]
-                        operation["responses"].setdefault("401", error_responses(401)[401])
+                        operation["responses"].setdefault("401", errors[401])
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -17,7 +17,6 @@ from contextlib import asynccontextmanager, contextmanager
 
 import numpy as np
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -28,13 +27,16 @@ from light_tts.server.api.api_docs import (PCMResponse, api_description, audio_r
 from light_tts.server.api.auth import ApiKeyMiddleware, install_log_redaction
 from light_tts.server.api.bistream_ws import serve_bistream
 from light_tts.server.api.body_deadline import BodyDeadline
+from light_tts.server.api.body_limit import BodyLimitMiddleware
+from light_tts.server.api.docs_pages import mount_docs
+from light_tts.server.api.error_bodies import error_response, install_error_handlers
 from light_tts.server.api.http_manager import HttpServerManager, RequestHandle
 from light_tts.server.ipc import stage_trace
 from light_tts.server.runtime.model_set import resolve_model
 from light_tts.server.api.openai.routes import create_openai_router
 from light_tts.server.api.openai.schema import validation_error_handler
 from light_tts.server.api.playground import mount_playground
-from light_tts.server.api.request_metrics import (ActiveRequest, ClientGone, cut_stream, error_response,
+from light_tts.server.api.request_metrics import (ActiveRequest, ClientGone, cut_stream, init_request_series,
                                                   quiet_stream_cuts, record_finished, record_rejected,
                                                   unless_disconnected)
 from light_tts.server.api.request_parsing import parse_zero_shot
@@ -87,7 +89,8 @@ def tone_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
 def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_ready=None) -> FastAPI:
     manager = HttpServerManager(settings, ports, http_rank)
     quiet_stream_cuts()
-    voices = VoiceStore(settings.data_dir, settings.voice_limits())  # the same files in every HTTP worker
+    voices = VoiceStore(settings.data_dir, settings.voice_limits(),  # the same files in every HTTP worker
+                        aliases=settings.cfg.voice_aliases())
     health = {"checked_at": -math.inf, "ok": False, "detail": ""}
 
     def check_model_name(name: str) -> int:
@@ -102,16 +105,21 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
         yield
         await manager.stop()
 
-    app = FastAPI(title="LightTTS", description=api_description(settings), lifespan=lifespan)
+    init_request_series(settings.model_names)
+    app = FastAPI(title="LightTTS", description=api_description(settings), lifespan=lifespan, docs_url=None,
+                  redoc_url=None)  # docs_pages serves them
     app.state.manager = manager
-    app.add_exception_handler(RequestValidationError, validation_error_handler)  # 400 {"error", "kind"}, not 422
+    install_error_handlers(app, validation_error_handler)  # each in its route's shape (error_bodies.py)
+    mount_docs(app)  # before the playground: its /static mount would take /static/docs too
     mount_playground(app)
     backend = ServerBackend(manager)
-    router = create_openai_router(backend, voices, settings.models)
+    router = create_openai_router(backend, voices, settings.models, settings.max_body_bytes)
     add_speech_websockets(router, backend, voices, settings.models, settings.cfg.max_text_chars,
                           settings.cfg.ws_idle_timeout_s)
-    add_voice_conversion(router, backend, voices, settings.models, settings.max_vc_source_seconds)
+    add_voice_conversion(router, backend, voices, settings.models, settings.max_vc_source_seconds,
+                         settings.max_body_bytes)
     app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.auth.is_enabled:
         install_log_redaction(settings.auth)
         app.add_middleware(ApiKeyMiddleware, settings=settings.auth)

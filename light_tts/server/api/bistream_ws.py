@@ -78,8 +78,8 @@ async def receive_start(ws: WebSocket, settings: ServerSettings, check_model_nam
     for name, value in texts.items():
         if value is not None and not isinstance(value, str):
             raise RequestError(f"{name} must be a string")
-        if value is not None:
-            check_text(value, name, cfg, allow_empty=True)
+        if value is not None:  # a blank prompt_text is a 400 (leave it out for a voice without a transcript)
+            check_text(value, name, cfg, allow_empty=name != "prompt_text")
     model = check_model_name(str(start.get("tts_model_name", "default")))  # NotFoundError: 1008
     options = {"seed": check_seed(start.get("seed")), "model": model,
                "fixed_speech_tokens": check_fixed_speech_tokens(start.get("fixed_speech_tokens"), settings),

@@ -1,19 +1,43 @@
-"""Per-request bookkeeping shared by the HTTP and WebSocket endpoints: outcome metrics and error bodies."""
+"""Per-request bookkeeping shared by the HTTP and WebSocket endpoints: outcome metrics (error bodies are
+error_bodies.py's)."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
+from typing import get_args
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
 
-from light_tts.errors import LightTTSError
+from light_tts.errors import ErrorKind, LightTTSError
+from light_tts.request_rules import TEXT_MODES, VC
 from light_tts.server.metrics import prometheus as metrics
 from light_tts.server.api.http_manager import RequestHandle
 
 log = logging.getLogger("light_tts.http")
+# The `endpoint` label of every route that runs syntheses (each route names itself so).
+VC_ENDPOINT = "v1_audio_voice_conversion"  # its one mode is vc
+ENDPOINTS = ("inference_zero_shot", "inference_zero_shot_bistream", "v1_audio_speech", "v1_audio_speech_stream",
+             "ws_tts", VC_ENDPOINT)
+VOICE_KINDS = ("saved", "new")
+
+
+def init_request_series(model_names: list[str]) -> None:
+    """Create the labelled series that dashboards query, at 0, when an HTTP worker starts: a fresh server's
+    /metrics has them before its first request (a rate() over a series that appears later misses its start,
+    and a panel over none shows "No data" instead of 0). Each endpoint's series exist for every mode it serves."""
+    for endpoint in ENDPOINTS:
+        metrics.REQUESTS.labels(endpoint, "overloaded", "none", "none")  # a 429 comes before model and mode
+        for model, mode in itertools.product(model_names, (VC,) if endpoint == VC_ENDPOINT else TEXT_MODES):
+            metrics.REQUESTS.labels(endpoint, "ok", model, mode)
+            metrics.REQUEST_LATENCY.labels(endpoint, model, mode)
+            metrics.REAL_TIME_FACTOR.labels(endpoint, model, mode)
+            for voice_kind in VOICE_KINDS:
+                metrics.TIME_TO_FIRST_AUDIO.labels(endpoint, voice_kind, model, mode)
+    for kind in (*get_args(ErrorKind), ClientGone.kind):
+        metrics.ERRORS.labels(kind)
 
 
 class ClientGone(Exception):
@@ -81,12 +105,6 @@ def error_kind(error: BaseException) -> str:
         return "client_gone"  # Starlette cancels a streaming response when its client disconnects; a closed
         # synthesis (openai_api) sees GeneratorExit
     return getattr(error, "kind", "internal")
-
-
-def error_response(error: LightTTSError) -> JSONResponse:
-    """4xx/5xx JSON body {"error", "kind"}; a 429 says when to come back."""
-    headers = {"Retry-After": "1"} if error.http_status == 429 else None
-    return JSONResponse({"error": str(error), "kind": error.kind}, status_code=error.http_status, headers=headers)
 
 
 def record_rejected(endpoint: str, error: BaseException, model: str = "none", mode: str = "none") -> None:

@@ -11,6 +11,8 @@ cross-lingual.
     data_dir/voices/<id>.npz     speech_tokens int32 [P], embedding float32 [192], mel float32 [2P, 80]
     data_dir/voices.lock         flock: every create holds it shared, the orphan sweep exclusive
 
+Aliases (--voice_alias NAME=VOICE, voice_aliases.py) let requests name a voice as OpenAI clients do (`alloy`).
+
 A voice exists iff its row does. Create writes both files under temporary names, renames them into place
 (os.replace is atomic) and commits the row last; delete removes the row first. So a crash or a failed
 upload leaves at most files without a row, which the sweep removes when a store opens. A request that
@@ -35,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from light_tts.errors import AudioError, NotFoundError, TooLargeError, RequestError, VoiceLimitError
+from light_tts.request_rules import VOICE_ID_PREFIX, describe_bytes
+from light_tts.server.api.voice_aliases import VoiceAliases
 from light_tts.server.runtime.settings import VoiceLimits
 
 SCHEMA_VERSION = 2
@@ -51,7 +55,7 @@ CREATE TABLE IF NOT EXISTS voices (
 # version 1 -> 2: the frontend that computed the features ('' for older voices: unknown, so always recomputed)
 MIGRATE_1_TO_2 = "ALTER TABLE voices ADD COLUMN frontend_key TEXT NOT NULL DEFAULT ''"
 COLUMNS = "id, name, text, duration_s, created_at, voice_key, frontend_key"
-ID_PREFIX = "voice_"
+ID_PREFIX = VOICE_ID_PREFIX
 TMP_PREFIX = ".tmp-"
 MAX_NAME_CHARS = 256
 
@@ -106,12 +110,14 @@ class VoicePrompt:
 
 
 class VoiceStore:
-    def __init__(self, data_dir: str | os.PathLike, limits: VoiceLimits, busy_timeout_s: float = 10.0):
+    def __init__(self, data_dir: str | os.PathLike, limits: VoiceLimits, busy_timeout_s: float = 10.0,
+                 aliases: dict[str, str] | None = None):
         self.limits = limits
         # features read recently, by the voice's audio and frontend keys (a voice's files never change; the row
         # lookup before each use still sees a delete): a request reuses them instead of reading its npz again
         self.features_cache: OrderedDict[tuple[str, str], PromptFeatures] = OrderedDict()
         self.cache_lock = threading.Lock()  # load_features runs in the thread pool
+        self.aliases = VoiceAliases(aliases)
         self.busy_timeout_s = busy_timeout_s
         self.root = Path(data_dir)
         self.files_dir = self.root / "voices"
@@ -147,16 +153,33 @@ class VoiceStore:
             raise NotFoundError(f"voice {voice_id!r} not found")
         return Voice(*row)
 
+    def find(self, voice: str) -> Voice:
+        """The voice a request names: an id, or an alias of an id or a name; else a 404 that says what exists."""
+        target, may_be_name = self.aliases.target(voice)
+        with self._connect() as db:
+            row = db.execute(f"SELECT {COLUMNS} FROM voices WHERE id = ?", (target,)).fetchone()
+            if row is None and may_be_name:
+                row = db.execute(f"SELECT {COLUMNS} FROM voices WHERE name = ? ORDER BY rowid DESC LIMIT 1",
+                                 (target,)).fetchone()
+        if row is None:
+            raise self.aliases.not_found(voice, self.list())
+        return Voice(*row)
+
+    def aliases_of(self, voices: list[Voice]) -> dict[str, list[str]]:
+        """voice id -> the aliases that name it now."""
+        return self.aliases.named(voices)
+
     def count(self) -> int:
         with self._connect() as db:
             return db.execute("SELECT COUNT(*) FROM voices").fetchone()[0]
 
-    def load_features(self, voice_id: str, frontend_key: str = "") -> VoicePrompt:
+    def load_features(self, voice_name: str, frontend_key: str = "") -> VoicePrompt:
         """Everything a request to a model of frontend `frontend_key` needs, read into memory now; a later delete
         does not take it away. Features another frontend computed do not fit that model: then the prompt is the
-        stored audio, whose features the encode process computes (and caches) for it."""
-        voice = self.get(voice_id)
-        text = voice.text or None
+        stored audio, whose features the encode process computes (and caches) for it. `voice_name` is an id or an
+        alias (find)."""
+        voice = self.find(voice_name)
+        voice_id, text = voice.id, voice.text or None
         if frontend_key and voice.frontend_key != frontend_key:
             return VoicePrompt(voice.voice_key, text, None, self.load_audio(voice_id))
         key = (voice.voice_key, voice.frontend_key)  # the audio and the frontend that computed its features
@@ -201,7 +224,8 @@ class VoiceStore:
         if not audio:
             raise AudioError("audio is empty (0 bytes)")
         if len(audio) > self.limits.max_upload_bytes:
-            raise TooLargeError(f"audio is {len(audio)} bytes; the limit is {self.limits.max_upload_bytes}")
+            raise TooLargeError(f"audio is {describe_bytes(len(audio))}; the limit is "
+                                f"{describe_bytes(self.limits.max_upload_bytes)} (--max_prompt_wav_bytes)", "audio")
         if self.count() >= self.limits.max_voices:
             raise VoiceLimitError(f"the server keeps at most {self.limits.max_voices} voices; delete one first")
 

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
-from light_tts.request_rules import MAX_SPEECH_TOKENIZER_SECONDS, MAX_TEXT_CHARS
+from light_tts.request_rules import MAX_SPEECH_TOKENIZER_SECONDS, MAX_TEXT_CHARS, VOICE_ID_PREFIX
 from light_tts.server.runtime.devices import parse_gpu_list
 from light_tts.server.runtime.model_set import parse_model_specs
 
@@ -79,6 +79,11 @@ class ServerConfig:
     data_dir: str | None = _opt("API", None, "directory of the saved voices (SQLite and files); every HTTP worker "
                                              "shares it and voices survive restarts",
                                 default_text="$XDG_DATA_HOME/lighttts, else ~/.local/share/lighttts")
+    voice_alias: tuple[str, ...] | None = _opt("API", None, "NAME=VOICE: requests may name a saved voice (its id, "
+                                                            "or its name: the newest voice of that name) NAME, e.g. "
+                                                            "alloy=voice_ab12 for OpenAI clients, which send OpenAI's "
+                                                            "voice names; repeatable", default_text="none",
+                                               action="append")
     max_voices: int = _opt("API", 1000, "saved voices kept at most (an upload beyond gets 409); their upload size "
                                         "and length are --max_prompt_wav_bytes and --max_prompt_seconds")
     # encode
@@ -240,6 +245,9 @@ class ServerConfig:
         elif self.model_dir is not None:
             object.__setattr__(self, "model_dir", tuple(self.model_dir))
         parse_model_specs(self.model_dir or ())  # names: distinct, not "default"
+        if self.voice_alias is not None:
+            object.__setattr__(self, "voice_alias", tuple(self.voice_alias))
+        self.voice_aliases()  # NAME=VOICE, names distinct
         positive = ("httpserver_workers", "encode_process_num", "decode_process_num", "encode_paral_num",
                     "gpt_paral_num", "decode_max_batch_size",
                     "max_req_total_len", "running_max_req_size",
@@ -346,7 +354,7 @@ class ServerConfig:
     def from_args(cls, argv: Sequence[str] | None = None) -> "ServerConfig":
         parser = cls.build_parser()
         values = vars(parser.parse_args(argv))
-        for name in ("mode", "api_key", "model_dir"):
+        for name in ("mode", "api_key", "model_dir", "voice_alias"):
             if values[name] is not None:
                 values[name] = tuple(values[name])
         given = tuple(sorted(vars(cls.build_parser(defaults=False).parse_args(argv))))
@@ -354,6 +362,20 @@ class ServerConfig:
             return cls(**values, given=given)
         except ValueError as e:  # a clear message and exit code 2, as for a malformed flag
             parser.error(str(e))
+
+    def voice_aliases(self) -> dict[str, str]:
+        """--voice_alias as alias -> saved voice id or name."""
+        aliases: dict[str, str] = {}
+        for spec in self.voice_alias or ():
+            alias, _, target = spec.partition("=")
+            alias, target = alias.strip(), target.strip()
+            if not alias or not target or alias.startswith(VOICE_ID_PREFIX):
+                raise ValueError(f"--voice_alias takes NAME=VOICE (NAME not starting with {VOICE_ID_PREFIX}), "
+                                 f"got {spec!r}")
+            if alias in aliases:
+                raise ValueError(f"--voice_alias names {alias!r} twice")
+            aliases[alias] = target
+        return aliases
 
     def replace(self, **changes: Any) -> "ServerConfig":
         return dataclasses.replace(self, **changes)

@@ -60,6 +60,9 @@ class ShmSizes:
         return self.token_mel_ratio * self.prompt_speech_tokens
 
 
+FORM_OVERHEAD_BYTES = 64 << 10  # a form's part headers and small fields on top of its file and texts
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     cfg: ServerConfig
@@ -97,6 +100,15 @@ class ServerSettings:
         """The longest voice-conversion source: --max_vc_source_seconds, and no more speech tokens than one
         sentence may have (--max_speech_tokens, the decode engine's page budget of a request)."""
         return min(self.cfg.max_vc_source_seconds, self.cfg.max_speech_tokens / self.model.token_rate)
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body any endpoint takes (one bound, so a client meets the same 413 everywhere):
+        a prompt upload of --max_prompt_wav_bytes, then the larger of three texts of --max_text_chars at up to 4
+        UTF-8 bytes a character (tts_text, prompt_text, instruct_text) and voice conversion's source recording
+        (of --max_prompt_wav_bytes too), and the form's own headers and small fields."""
+        c = self.cfg
+        return c.max_prompt_wav_bytes + max(12 * c.max_text_chars, c.max_prompt_wav_bytes) + FORM_OVERHEAD_BYTES
 
     @property
     def max_fixed_speech_tokens(self) -> int:

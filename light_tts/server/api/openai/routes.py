@@ -22,18 +22,19 @@ from starlette.concurrency import run_in_threadpool
 from light_tts.errors import LightTTSError, RequestError, TextError
 from light_tts.server.runtime.model_set import ModelEntry, resolve_model
 from light_tts.server.api.audio_encoding import CONTENT_TYPES, encode_file, make_encoder
-from light_tts.server.api.openai.schema import (ErrorBody, ModelCard, ModelList, SpeechRequest, SpeechUsage,
+from light_tts.server.api.openai.schema import (OpenAIErrorBody, ModelCard, ModelList, SpeechRequest, SpeechUsage,
                                             VoiceDeleted, VoiceList, VoiceObject, audio_delta_event,
                                             audio_done_event, error_event)
-from light_tts.server.api.request_metrics import ClientGone, cut_on_failure, error_response, unless_disconnected
-from light_tts.server.api.request_parsing import FORM_OVERHEAD_BYTES, read_multipart
+from light_tts.server.api.error_bodies import openai_error_response
+from light_tts.server.api.request_metrics import ClientGone, cut_on_failure, unless_disconnected
+from light_tts.server.api.request_parsing import read_multipart
 from light_tts.server.api.voice_store import PromptFeatures, VoicePrompt, VoiceStore
 
 log = logging.getLogger("light_tts.openai")
 SAMPLE_RATE = 24000
 # OpenAI's model names, accepted for the default model so that clients with a fixed model name work.
 OPENAI_MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
-ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 408, 409, 413, 429, 503, 504)}
+ERRORS = {status: {"model": OpenAIErrorBody} for status in (400, 401, 404, 408, 409, 413, 429, 503, 504)}
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left first
 
 
@@ -84,7 +85,8 @@ def client_of(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
-def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: Sequence[ModelEntry]) -> APIRouter:
+def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: Sequence[ModelEntry],
+                         max_body_bytes: int) -> APIRouter:
     router = APIRouter()
     created_at = int(time.time())
 
@@ -94,20 +96,21 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
                                                                                   "text/event-stream")}},
                                                 **ERRORS}, summary="Speak a text with a saved voice (OpenAI)")
     async def create_speech(body: SpeechRequest, request: Request):
-        """Speak `input` with a saved voice, in the style `instructions` ask for if any; the audio streams as it
-        is encoded. Control tags in `input` (e.g. `[laughter]`, `<strong>...</strong>`) are spoken as such."""
+        """Speak `input` with a saved voice, in the style `instructions` ask for if any: streamed as it is
+        encoded, or one file with exact headers (wav and flac by default, any format with `stream: false`).
+        Control tags in `input` (e.g. `[laughter]`, `<strong>...</strong>`) are spoken as such."""
         received_at = time.monotonic()  # the body is parsed already (FastAPI): the trace's parse stage is ~0
         try:
             model = resolve_model(models, body.model, OPENAI_MODEL_ALIASES)  # unknown: 404 naming the models
             prompt = await run_in_threadpool(store.load_features, body.voice, models[model].frontend_key)
+            # the engine streams at speed 1 whatever the response's form, so every format carries the same audio
             job = SynthesisJob(body.input, prompt, body.speed, body.speed == 1.0, body.seed, body.fixed_speech_tokens,
                                client=client_of(request), model=model, instructions=body.instructions,
                                mode=body.mode, received_at=received_at)
-            is_whole = not job.is_streamed and body.stream_format == "audio"
-            return await audio_answer(request, backend.synthesize(job), job, body.response_format, is_whole,
-                                      is_sse=body.stream_format == "sse")
+            return await audio_answer(request, backend.synthesize(job), job, body.response_format,
+                                      not body.is_streamed(), is_sse=body.stream_format == "sse")
         except LightTTSError as e:
-            return error_response(e)
+            return openai_error_response(e)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; keeps the log quiet
 
@@ -123,7 +126,7 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
     async def create_voice(request: Request):
         """Save a voice: its prompt features are computed once, now (a failure saves nothing)."""
         try:
-            name, text, audio = await read_voice_upload(request, store.limits.max_upload_bytes)
+            name, text, audio = await read_voice_upload(request, max_body_bytes)
             await run_in_threadpool(store.check_upload, name, text, audio)  # cheap checks before the model runs
             features, duration_s = await unless_disconnected(request, backend.compute_features(
                 audio, client_of(request)))
@@ -131,22 +134,26 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
             voice = await run_in_threadpool(store.create, name, text, audio, features, duration_s,
                                             models[0].frontend_key)
         except LightTTSError as e:
-            return error_response(e)
+            return openai_error_response(e)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
-        return JSONResponse(VoiceObject.of(voice).model_dump(), status_code=201)
+        aliases = store.aliases_of(await run_in_threadpool(store.list)).get(voice.id, [])
+        return JSONResponse(VoiceObject.of(voice, aliases).model_dump(), status_code=201)
 
     @router.get("/v1/audio/voices", response_model=VoiceList, responses=ERRORS, summary="The saved voices")
     async def list_voices():
-        return VoiceList(data=[VoiceObject.of(v) for v in await run_in_threadpool(store.list)])
+        voices = await run_in_threadpool(store.list)
+        aliases = store.aliases_of(voices)
+        return VoiceList(data=[VoiceObject.of(v, aliases.get(v.id, [])) for v in voices])
 
     @router.get("/v1/audio/voices/{voice_id}", response_model=VoiceObject, responses=ERRORS,
-                summary="One saved voice")
+                summary="One saved voice (by id or alias)")
     async def get_voice(voice_id: str):
         try:
-            return VoiceObject.of(await run_in_threadpool(store.get, voice_id))
+            voice = await run_in_threadpool(store.find, voice_id)
+            return VoiceObject.of(voice, store.aliases_of(await run_in_threadpool(store.list)).get(voice.id, []))
         except LightTTSError as e:
-            return error_response(e)
+            return openai_error_response(e)
 
     @router.delete("/v1/audio/voices/{voice_id}", response_model=VoiceDeleted, responses=ERRORS,
                    summary="Delete a saved voice")
@@ -155,7 +162,7 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
         try:
             await run_in_threadpool(store.delete, voice_id)
         except LightTTSError as e:
-            return error_response(e)
+            return openai_error_response(e)
         return VoiceDeleted(id=voice_id)
 
     @router.get("/v1/models", response_model=ModelList, responses=ERRORS, summary="The served models (OpenAI)")
@@ -216,17 +223,21 @@ async def sse_body(first: bytes, chunks, job: SynthesisJob, fmt: str):
         yield error_event(e)
 
 
-async def read_voice_upload(request: Request, max_audio_bytes: int) -> tuple[str, str | None, bytes]:
-    """The multipart fields audio, text (None when absent: no transcript) and name; a body over the limit is refused
-    before it is read (413); one that stalls or trickles is cut by body_deadline.BodyDeadline (408)."""
+async def read_voice_upload(request: Request, max_body_bytes: int) -> tuple[str, str | None, bytes]:
+    """The multipart fields audio, text and name; a body over the limit is refused before it is read (413); one
+    that stalls or trickles is cut by body_deadline.BodyDeadline (408). No `text` field: a voice without a
+    transcript (None; cross-lingual); a `text` field that is blank is a mistake (a 400), not a way to say that."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise RequestError("expected a multipart/form-data body with fields audio, text and name")
-    parts = await read_multipart(request, max_audio_bytes + FORM_OVERHEAD_BYTES)
+    parts = await read_multipart(request, max_body_bytes)
     for field in ("audio", "name"):
         if field not in parts:
-            raise RequestError(f"missing field {field}")
+            raise RequestError(f"missing field {field}", field)
     try:
-        text = parts["text"].decode("utf-8") if "text" in parts else None
-        return parts["name"].decode("utf-8"), text, parts["audio"]
+        name, text = parts["name"].decode("utf-8"), parts["text"].decode("utf-8") if "text" in parts else None
     except UnicodeDecodeError as e:
         raise TextError(f"name and text must be UTF-8 ({e.reason} at byte {e.start})") from None
+    if text is not None and not text.strip():
+        raise TextError("text is empty: give the recording's transcript, or leave the field out for a voice "
+                        "without one", "text")
+    return name, text, parts["audio"]

@@ -35,7 +35,7 @@ def add_speech_websockets(router: APIRouter, backend: SynthesisBackend, store: V
     @router.websocket("/v1/audio/speech/stream")
     async def speech_stream(ws: WebSocket):
         await ws.accept()
-        session = StreamSpeechSession(max_utterance_chars, check_voice=store.get)
+        session = StreamSpeechSession(max_utterance_chars, check_voice=store.find)
         await SessionTransport(ws, session, backend, store, models, "v1_audio_speech_stream", idle_timeout_s).run()
 
     @router.websocket("/ws/tts")

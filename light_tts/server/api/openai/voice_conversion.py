@@ -19,16 +19,17 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from light_tts.errors import AudioError, LightTTSError, RequestError, TooLargeError
-from light_tts.request_rules import VC, check_seed, check_speed
+from light_tts.request_rules import VC, check_seed, check_speed, describe_bytes
 from light_tts.server.api.audio_encoding import CONTENT_TYPES
 from light_tts.server.api.openai.routes import (CLIENT_CLOSED_REQUEST, ERRORS, OPENAI_MODEL_ALIASES,
                                                SynthesisBackend, SynthesisJob, audio_answer, client_of)
-from light_tts.server.api.request_metrics import ClientGone, error_response
-from light_tts.server.api.request_parsing import FORM_OVERHEAD_BYTES, parse_bool, parse_number, read_multipart
+from light_tts.server.api.error_bodies import openai_error_response
+from light_tts.server.api.request_metrics import VC_ENDPOINT, ClientGone
+from light_tts.server.api.request_parsing import parse_bool, parse_number, read_multipart
 from light_tts.server.api.voice_store import VoicePrompt, VoiceStore
 from light_tts.server.runtime.model_set import DEFAULT_NAME, ModelEntry, resolve_model
 
-ENDPOINT = "v1_audio_voice_conversion"
+ENDPOINT = VC_ENDPOINT
 
 
 @dataclass
@@ -45,20 +46,22 @@ class ConversionRequest:
 
 def check_audio(data: bytes, name: str, max_bytes: int) -> bytes:
     if not data:
-        raise AudioError(f"{name} is empty (0 bytes)")
+        raise AudioError(f"{name} is empty (0 bytes)", name)
     if len(data) > max_bytes:
-        raise TooLargeError(f"{name} is {len(data)} bytes; the limit is {max_bytes}")
+        raise TooLargeError(f"{name} is {describe_bytes(len(data))}; the limit is {describe_bytes(max_bytes)} "
+                            f"(--max_prompt_wav_bytes)", name)
     return data
 
 
-async def read_conversion(request: Request, max_audio_bytes: int) -> ConversionRequest:
-    """The multipart form: audio (the source), voice or prompt_audio (the target), and the options."""
+async def read_conversion(request: Request, max_audio_bytes: int, max_body_bytes: int) -> ConversionRequest:
+    """The multipart form: audio (the source), voice or prompt_audio (the target), and the options; the body
+    within the server's one bound (ServerSettings.max_body_bytes), each recording within max_audio_bytes."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise RequestError("expected a multipart/form-data body with the source as `audio` and `voice` or "
                            "`prompt_audio`")
-    parts = await read_multipart(request, 2 * max_audio_bytes + FORM_OVERHEAD_BYTES)
+    parts = await read_multipart(request, max_body_bytes)
     if "audio" not in parts:
-        raise RequestError("missing field audio (the source recording)")
+        raise RequestError("missing field audio (the source recording)", "audio")
     if ("voice" in parts) == ("prompt_audio" in parts):
         raise RequestError("give the target voice as voice (a saved voice id) or prompt_audio (a recording), "
                            "one of them")
@@ -82,7 +85,7 @@ async def read_conversion(request: Request, max_audio_bytes: int) -> ConversionR
 
 
 def add_voice_conversion(router: APIRouter, backend: SynthesisBackend, store: VoiceStore,
-                         models: Sequence[ModelEntry], max_source_seconds: float) -> None:
+                         models: Sequence[ModelEntry], max_source_seconds: float, max_body_bytes: int) -> None:
     form = {"type": "object", "required": ["audio"], "properties": {
         "audio": {"type": "string", "format": "binary",
                   "description": f"the source recording (wav, flac, ogg or mp3), at most {max_source_seconds:g} s "
@@ -104,7 +107,7 @@ def add_voice_conversion(router: APIRouter, backend: SynthesisBackend, store: Vo
         """The source's speech (its speech tokens) in the target voice, as long as the source."""
         received_at = time.monotonic()  # the request trace's first boundary (the form is read below)
         try:
-            body = await read_conversion(request, store.limits.max_upload_bytes)
+            body = await read_conversion(request, store.limits.max_upload_bytes, max_body_bytes)
             model = resolve_model(models, body.model, OPENAI_MODEL_ALIASES)
             if body.voice_id is not None:
                 target = await run_in_threadpool(store.load_features, body.voice_id, models[model].frontend_key)
@@ -115,6 +118,6 @@ def add_voice_conversion(router: APIRouter, backend: SynthesisBackend, store: Vo
                                received_at=received_at)
             return await audio_answer(request, backend.synthesize(job), job, body.response_format, not body.stream)
         except LightTTSError as e:
-            return error_response(e)
+            return openai_error_response(e)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
