@@ -93,7 +93,7 @@ def test_openai_client_exception_classes_carry_our_messages(server, client):
     assert "Invalid URL (GET /v1/audio/translations-of-speech)" in str(e.value)
 
     with pytest.raises(openai.APIStatusError) as e:  # one bound for every body, said with its units
-        client.audio.speech.create(model="tts-1", voice=voice, input="x" * 600_000)
+        client.audio.speech.create(model="tts-1", voice=voice, input="x" * 900_000)  # over 2 x 400 KB + 64 KiB
     assert e.value.status_code == 413 and "the server takes at most" in str(e.value) and "MiB" in str(e.value)
 
     with client.audio.speech.with_streaming_response.create(  # --max_requests_per_client 1: this one holds it

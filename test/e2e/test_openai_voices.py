@@ -140,7 +140,7 @@ def test_bad_speech_requests_get_4xx_json(server, client, voice):
         (dict(input="x" * 4097), openai.BadRequestError, "input: String should have at most 4096 characters"),
         (dict(input="x" * (MAX_TEXT_CHARS + 1)), openai.BadRequestError,
          f"input has {MAX_TEXT_CHARS + 1} characters; the limit is {MAX_TEXT_CHARS}"),
-        (dict(instructions="Speak like a pirate."), openai.BadRequestError, "instructions: instructions are not"),
+        (dict(instructions="x" * 4097), openai.BadRequestError, "instructions: String should have at most 4096"),
         (dict(stream_format="video"), openai.BadRequestError, "stream_format: Input should be"),
         (dict(extra_body={"fixed_speech_tokens": 10**6}), openai.BadRequestError, "fixed_speech_tokens must be"),
         (dict(extra_body={"seed": -1}), openai.BadRequestError, "seed: Input should be greater than or equal"),
@@ -187,7 +187,9 @@ def test_bad_voice_uploads_get_4xx_json_and_save_nothing(server):
          f"prompt audio is {MAX_PROMPT_SECONDS + 1:.1f} s; the limit is {MAX_PROMPT_SECONDS} s"),
         (dict(audio=voice_wav(1, seconds=0.1)), 400, "bad_audio", "prompt audio is 0.10 s; it must be at least"),
         (dict(audio=b"\x00" * (MAX_WAV_BYTES + 1)), 413, "too_large", f"audio is {MAX_WAV_BYTES + 1:,} bytes (0.4 MiB)"),
-        (dict(audio=b"\x00" * (2 * MAX_WAV_BYTES)), 413, "too_large", "the request body is 800,"),  # Content-Length
+        # over the one body bound (a prompt and a voice conversion's source: 2 x MAX_WAV_BYTES + 64 KiB), by its
+        # Content-Length
+        (dict(audio=b"\x00" * (3 * MAX_WAV_BYTES)), 413, "too_large", "the request body is 1,200,"),
         (dict(text=" "), 400, "bad_text", "text is empty: give the recording's transcript, or leave the field out"),
         (dict(audio=b""), 400, "bad_audio", "audio is empty"),
         (dict(name=" "), 400, "bad_request", "name must be 1..256 characters"),
