@@ -25,6 +25,7 @@ def on_starting(server):
 
     from light_tts.server.runtime.config import ServerConfig
     from light_tts.server.launch.launcher import ServerProcesses, SharedState, check_placement, resolve_model_dir
+    from light_tts.server.runtime.defaults import sized_to_host
     from light_tts.server.runtime.settings import load_settings
     from light_tts.server.runtime.topology import PortArgs
 
@@ -32,6 +33,9 @@ def on_starting(server):
     cfg = resolve_model_dir(cfg.replace(httpserver_workers=server.cfg.workers))
     for note in cfg.ignored_flags():
         server.log.warning(note)
+    cfg, derived = sized_to_host(cfg.replace(given=(*cfg.given, "httpserver_workers")))  # gunicorn's -w
+    for line in derived:
+        server.log.info(f"derived for this host: {line}")
     settings, ports = load_settings(cfg), PortArgs.create(cfg)
     for line in settings.topology.log_lines():
         server.log.info(line)

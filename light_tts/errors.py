@@ -16,10 +16,15 @@ ErrorKind = Literal["internal", "model_dir", "bad_request", "bad_audio", "bad_te
 
 
 class LightTTSError(Exception):
-    """Base class. `kind` labels the error in metrics and JSON bodies; `http_status` is what a client sees."""
+    """Base class. `kind` labels the error in metrics and JSON bodies; `http_status` is what a client sees;
+    `param` names the request field at fault when there is one (OpenAI's error bodies carry it)."""
 
     kind: ErrorKind = "internal"
     http_status = 500
+
+    def __init__(self, message: str = "", param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 class ModelDirError(LightTTSError):

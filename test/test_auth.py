@@ -69,7 +69,12 @@ def test_http_endpoints_need_a_known_key(url, path):
     for key, challenge in ((None, "Bearer"), (WRONG, 'Bearer error="invalid_token"')):
         r = http_call(url, path, key)
         assert r.status_code == 401 and r.headers["www-authenticate"] == challenge
-        assert r.json()["kind"] == "unauthorized" and "Authorization: Bearer" in r.json()["error"]
+        if path.startswith("/v1/"):  # OpenAI's shape, which its clients read as AuthenticationError
+            error = r.json()["error"]
+            assert (error["type"], error["code"]) == ("authentication_error", "unauthorized")
+            assert "Authorization: Bearer" in error["message"]
+        else:
+            assert r.json()["kind"] == "unauthorized" and "Authorization: Bearer" in r.json()["error"]
     for key in KEYS:  # every configured key works
         assert http_call(url, path, key).status_code == 200
     assert httpx.get(url + path, headers={"Authorization": f"Basic {KEYS[0]}"}).status_code == 401

@@ -2,6 +2,7 @@
 "streams held", arrival schedules, voice mixes and the split over client processes. Synthetic arrival times:
 no server, no sleeps."""
 
+import dataclasses
 import io
 import random
 import wave
@@ -11,7 +12,8 @@ import pytest
 
 from light_tts.bench.local_server import prompt_pcm, wav_bytes
 from light_tts.bench.player import is_new_voice, percentile, play, poisson_arrivals, samples_per_chunk
-from light_tts.bench.stream_client import Share, Voices, split, tagged
+from light_tts.bench import streams
+from light_tts.bench.stream_client import Share, Voices, request_form, split, tagged
 from light_tts.bench.stream_stats import audio_rate, is_held, score, streams_held, summarize
 
 SR = 24000
@@ -181,3 +183,31 @@ def test_split_over_client_processes_keeps_every_worker_and_arrival_once():
     share.arrivals = [(i, 0.1 * i) for i in range(7)]
     parts = split(share, 3)
     assert sorted(a for p in parts for a in p.arrivals) == share.arrivals and len(parts) == 3
+
+
+def test_a_voice_conversion_share_sends_the_source_and_names_the_target():
+    saved = [wav_bytes(prompt_pcm(0.2))]
+    source = wav_bytes(prompt_pcm(0.3))
+    by_id = Voices(saved, "text", nonce=5, saved_ids=["voice_a"])
+    share = Share("http://x", by_id, {"stream": "true", "response_format": "pcm", "seed": 10}, 0.0, 1.0, 0.0,
+                  source_wav=source)
+    assert share.path == "/v1/audio/voice-conversion"
+    form, files, kind = request_form(share, 3)
+    assert form == {"stream": "true", "response_format": "pcm", "seed": "13"} and kind == "saved"
+    assert files["audio"][1] == source and files["voice"] == (None, "voice_a") and "prompt_text" not in form
+    _, files, kind = request_form(dataclasses.replace(share, new_voice_fraction=1.0), 3)
+    assert kind == "new" and files["prompt_audio"][1] != saved[0] and files["audio"][1] == source
+    text = Share("http://x", by_id, {"tts_text": "Hi.", "seed": 0}, 0.0, 1.0, 0.0)
+    assert text.path == "/inference_zero_shot" and "audio" not in request_form(text, 0)[1]
+
+
+def test_mode_options_fill_the_form():
+    args = streams.parse_args(["--out", "x", "--url", "http://x", "--mode", "vc", "--vc_source_seconds", "4"])
+    assert args.fixed_speech_tokens == 100 and args.ramp_s == 4.0  # scored against the source's length
+    runner = streams.Runner(args, "http://x", Voices([b""], "", 0))
+    assert runner.share(100, 0.0).source_wav is not None and "tts_text" not in runner.share(100, 0.0).form
+    args = streams.parse_args(["--out", "x", "--url", "http://x", "--mode", "instruct", "--instruct_text", "Softly."])
+    form = streams.Runner(args, "http://x", Voices([b""], "", 0)).share(250, 0.0).form
+    assert form["instruct_text"] == "Softly." and form["fixed_speech_tokens"] == "250"
+    args = streams.parse_args(["--out", "x", "--url", "http://x", "--mode", "cross_lingual"])
+    assert streams.Runner(args, "http://x", Voices([b""], "", 0)).share(250, 0.0).form["mode"] == "cross_lingual"

@@ -112,10 +112,10 @@ def test_random_model_loads_like_a_released_one(tiny_dir):
     pipe = Pipeline(tiny_dir)
     assert pipe.cfg.llm.prompt_end_text_id == pipe.frontend.tokenizer.token_id("<|endofprompt|>")
     assert len(pipe.frontend.tokenizer) <= pipe.cfg.llm.qwen.vocab_size
-    prompt, llm_prompt = pipe.encode_prompt(wav_bytes(), "a prompt")
+    llm_prompt, prompt = pipe.encode(wav_bytes(), "a prompt", None, None)
     transcript = pipe.frontend.tokenize("a prompt")  # after the system text and <|endofprompt|>
-    assert prompt.text_tokens.tolist()[-len(transcript) - 1:] == [pipe.cfg.llm.prompt_end_text_id, *transcript]
-    tokens = list(pipe.speech_tokens(pipe.frontend.tokenize("Hello there."), prompt, seed=3, llm_prompt=llm_prompt))
+    assert llm_prompt.text_tokens.tolist()[-len(transcript) - 1:] == [pipe.cfg.llm.prompt_end_text_id, *transcript]
+    tokens = list(pipe.speech_tokens(pipe.frontend.tokenize("Hello there."), llm_prompt, seed=3))
     tokens = (tokens * 40)[:60] or [5] * 60  # a random LM stops early: a fixed length for the codec
     whole = pipe.token2wav.offline(tokens, prompt, seed=0)
     session = pipe.token2wav.session(prompt, seed=0)

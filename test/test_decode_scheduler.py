@@ -118,3 +118,18 @@ def test_simulated_engine_over_capacity_stalls():
     stalls, _ = simulate(num_streams=200, arrivals_every_s=0.0, step_base_s=0.02, step_per_token_s=1e-3,
                          duration_s=5.0)
     assert stalls
+
+
+def test_latency_lane_keeps_steps_short_near_a_first_chunk():
+    model = StepTimeModel(base_s=0.02, per_token_s=1e-3)
+    lane = SchedulerConfig(max_rows=8, max_tokens=400, fill_horizon_s=0.5, target_step_s=0.2, lane_step_s=0.0)
+    ahead = [stream(f"ahead{i}", deadline=5.0 + i) for i in range(4)]  # far ahead of their listeners
+    # no first chunk near: early chunks fill the step (and with the lane off, always)
+    assert len(schedule(ahead, 0.0, lane, model)) == 4
+    assert len(schedule(ahead, 0.0, CFG, model, first_expected=True)) > 0
+    # a first chunk on its way: the lane waits for it instead of starting a step of early chunks
+    assert schedule(ahead, 0.0, lane, model, first_expected=True) == []
+    # the first chunk's own step takes no early chunk either; due ones still run
+    due = stream("due", deadline=0.3)
+    chosen = keys(schedule([*ahead, due, stream("new", 0, first=True)], 0.0, lane, model))
+    assert chosen == ["new", "due"]

@@ -235,7 +235,7 @@ def test_kaldi_fbank_matches_reference():
 
 def test_speech_tokenizer_onnx(model_dir):
     model = SpeechTokenizerONNX(model_dir / "speech_tokenizer_v2.onnx")
-    assert (model.feats_name, model.feats_len_name) == ("feats", "feats_length")
+    assert model.runner.input_names == ["feats", "feats_length"]
     feats = whisper_log_mel(chirp(16000, 2.0)[:, 0]).numpy()  # 200 frames
     tokens = model(feats)
     assert tokens.dtype == np.int32 and tokens.shape == (50,)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from light_tts.errors import AudioError, ModelDirError, RequestError, TextError
+from light_tts.errors import AudioError, ModelDirError, RequestError, TextError, TooLargeError
+from light_tts.frontend.features import whisper_log_mel
 from light_tts.pipeline import Pipeline
 from light_tts.tools.make_model import make_model
 
@@ -124,3 +125,40 @@ def test_incomplete_model_dir(tiny_dir, tmp_path):
     (d / "flow.pt").write_bytes(b"corrupt")
     with pytest.raises(ModelDirError, match="flow.pt"):
         Pipeline(d)
+
+
+# ---- modes (the LLM-side rules are in test_modes.py): what reaches the LLM and the flow
+
+def test_every_mode_keeps_the_flow_prompt_and_builds_its_llm_prompt(pipe):
+    """The flow gets the voice's tokens, mel and embedding in every mode; the LLM gets the transcript and the
+    prompt speech (zero-shot), the instruction and its end marker (instruct), or nothing (cross-lingual)."""
+    end = pipe.frontend.tokenizer.token_id("<|endofprompt|>")
+    cases = {"zero_shot": dict(prompt_text="a prompt"), "cross_lingual": dict(prompt_text=None),
+             "instruct": dict(prompt_text="a prompt", instruction="Speak slowly."),
+             "forced cross_lingual": dict(prompt_text="a prompt", mode="cross_lingual")}
+    built = {name: pipe.encode(PROMPT, kw["prompt_text"], kw.get("mode"), kw.get("instruction"))
+             for name, kw in cases.items()}
+    flow = built["zero_shot"][1]
+    for name, (llm, prompt) in built.items():
+        assert np.array_equal(prompt.speech_tokens, flow.speech_tokens) and np.array_equal(prompt.mel, flow.mel)
+        assert np.array_equal(prompt.embedding, flow.embedding) and len(prompt.speech_tokens) > 0, name
+    llm = {name: b[0] for name, b in built.items()}
+    assert llm["zero_shot"].text_tokens.tolist() == pipe.frontend.prompt_text_tokens("a prompt").tolist()
+    assert np.array_equal(llm["zero_shot"].speech_tokens, flow.speech_tokens)
+    assert llm["instruct"].text_tokens.tolist() == pipe.frontend.tokenize("Speak slowly.") + [end]
+    for name in ("instruct", "cross_lingual", "forced cross_lingual"):
+        assert len(llm[name].speech_tokens) == 0, name
+    assert len(llm["cross_lingual"].text_tokens) == 0 and len(llm["forced cross_lingual"].text_tokens) == 0
+
+
+def test_voice_conversion_inputs_are_the_source_tokens_and_the_voice_prompt(pipe):
+    source = wav_bytes(3.0)
+    tokens, prompt = pipe.vc_inputs(source, PROMPT)
+    assert len(tokens) == 75  # 25 per second of the source, untruncated (as upstream's frontend_vc)
+    samples, rate = pipe.frontend.decode_prompt_audio(source)
+    assert rate == 16000
+    assert np.array_equal(tokens, pipe.frontend.speech_tokenizer(whisper_log_mel(samples, n_mels=128).numpy()))
+    flow = pipe.encode(PROMPT, "a prompt", None, None)[1]
+    assert np.array_equal(prompt.speech_tokens, flow.speech_tokens) and np.array_equal(prompt.mel, flow.mel)
+    with pytest.raises(TooLargeError, match="source audio is 4.0 s; the limit is 3.5 s"):
+        pipe.vc_inputs(wav_bytes(4.0), PROMPT, max_source_seconds=3.5)

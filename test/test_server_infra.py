@@ -1,12 +1,14 @@
 """Unit tests of the server's plumbing: config parsing, endpoints, shared-memory slots, voice cache, audio ring."""
 
 import dataclasses
+import logging
 import multiprocessing as mp
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from light_tts.errors import TooLargeError
 from light_tts.model_config import ModelConfig
 from light_tts.server.runtime.config import ServerConfig
 from light_tts.server.ipc.process_table import ProcessTable
@@ -66,7 +68,7 @@ def test_help_groups_flags_by_stage_and_shows_each_default_once():
     assert titles == list(GROUPS)
     entries = re.split(r"\n  (?=--)", "\n".join(sections[1:]))
     flags = {e.split()[0]: " ".join(e.split()) for e in entries if e.startswith("--")}
-    assert len(flags) == len(dataclasses.fields(ServerConfig))
+    assert len(flags) == len([f for f in dataclasses.fields(ServerConfig) if "group" in f.metadata])  # not `given`
     for flag, entry in flags.items():
         assert entry.count("(default:") == 1, entry
         assert "(default: None)" not in entry and entry.count("default") == 1, entry
@@ -128,6 +130,12 @@ def test_slot_bytes_and_prompt_round_trip(shared):
     slots.write_prompt(1, *prompt)
     for got, want in zip(slots.read_prompt(1), prompt):
         np.testing.assert_array_equal(got, want)
+    text, speech = slots.read_llm_prompt(1)  # zero-shot: the LLM gets the prompt speech too
+    assert text.tolist() == prompt[0].tolist() and speech.tolist() == prompt[1].tolist()
+    slots.write_llm_prompt(1, np.array([9, 8], np.int32), uses_prompt_speech=False)  # instruct, cross-lingual
+    text, speech = slots.read_llm_prompt(1)
+    assert text.tolist() == [9, 8] and len(speech) == 0
+    np.testing.assert_array_equal(slots.read_prompt_features(1)[0], prompt[1])  # the flow keeps the whole prompt
     with pytest.raises(ValueError):
         slots.write_prompt(1, prompt[0], prompt[1], prompt[2], prompt[3][:13])
 
@@ -195,7 +203,8 @@ def test_form_parsing_is_strict():
         except LightTTSError as e:
             return {"kind": e.kind}
         return {"text": inputs.tts_text, "stream": inputs.stream, "speed": inputs.speed, "seed": inputs.seed,
-                "fixed": inputs.fixed_speech_tokens, "voice_id": inputs.voice_id}
+                "fixed": inputs.fixed_speech_tokens, "voice_id": inputs.voice_id, "prompt_text": inputs.prompt_text,
+                "instruct_text": inputs.instruct_text, "mode": inputs.mode}
 
     client = TestClient(app)
 
@@ -205,7 +214,7 @@ def test_form_parsing_is_strict():
     good = {"tts_text": "héllo".encode(), "prompt_text": b"p", "prompt_wav": b"RIFF", "stream": b"True",
             "seed": b"7"}
     assert post(good).json() == {"text": "héllo", "stream": True, "speed": 1.0, "seed": 7, "fixed": None,
-                                 "voice_id": None}
+                                 "voice_id": None, "prompt_text": "p", "instruct_text": None, "mode": None}
     # a saved voice instead of the prompt fields, also as a urlencoded form (no file to upload)
     saved = {"tts_text": "héllo", "voice_id": "voice_1", "stream": "false"}
     assert client.post("/p", data=saved).json()["voice_id"] == "voice_1"
@@ -219,12 +228,20 @@ def test_form_parsing_is_strict():
         assert post({**good, "fixed_speech_tokens": bad}).json()["kind"] == "bad_request", bad
     assert post({**good, "tts_text": b"\xff\xfe"}).json()["kind"] == "bad_text"
     assert post({**good, "tts_text": b"x" * 21}).json()["kind"] == "bad_text"
-    assert post({**good, "prompt_wav": b"x" * 101}).json()["kind"] == "bad_audio"
+    assert post({**good, "prompt_wav": b"x" * 101}).json()["kind"] == "too_large"
+    for blank in (b"", b"  \n"):  # a blank transcript is refused (a missing one means none: cross-lingual)
+        assert post({**good, "prompt_text": blank}).json() == {"kind": "bad_text"}
     assert post({**good, "prompt_wav": b""}).json()["kind"] == "bad_audio"
     assert post({**good, "speed": b"-1", "stream": b"false"}).json()["kind"] == "bad_request"
     assert post({**good, "speed": b"nan", "stream": b"false"}).json()["kind"] == "bad_request"
     assert post({**good, "speed": b"1.5"}).json()["kind"] == "bad_request"  # stream with speed != 1
-    assert post({k: v for k, v in good.items() if k != "prompt_text"}).json()["kind"] == "bad_request"
+    assert post({k: v for k, v in good.items() if k != "prompt_wav"}).json()["kind"] == "bad_request"
+    # no transcript is a voice without one (cross-lingual); an instruction, a mode
+    assert post({k: v for k, v in good.items() if k != "prompt_text"}).json()["prompt_text"] is None
+    modes = post({**good, "instruct_text": "Speak softly.".encode(), "mode": b"instruct"}).json()
+    assert (modes["instruct_text"], modes["mode"]) == ("Speak softly.", "instruct")
+    assert post({**good, "mode": b"vc"}).json()["kind"] == "bad_request"  # vc has its own endpoint
+    assert post({**good, "instruct_text": b"x" * 21}).json()["kind"] == "bad_text"
     multipart = {"content-type": "multipart/form-data; boundary=XyZ"}
     for body in (b"x" * 200_000, iter([b"x" * 50_000] * 4)):  # declared by Content-Length, or only streamed
         assert client.post("/p", content=body, headers=multipart).json()["kind"] == "too_large"
@@ -285,3 +302,21 @@ def test_voice_cache_keys_are_per_frontend(shared):
     voices.put(voice_cache_key("front-1", "audio"), *feats)
     assert voices.get(voice_cache_key("front-1", "audio")) is not None  # another model of that frontend: a hit
     assert voices.get(voice_cache_key("front-2", "audio")) is None  # another frontend: its own entry
+
+
+def test_a_finished_request_logs_one_line_with_its_mode(caplog):
+    """The request log line (INFO) names endpoint, model, mode, voice kind and outcome."""
+    import time
+
+    from light_tts.server.api.http_manager import RequestHandle
+    from light_tts.server.api.request_metrics import record_finished
+
+    handle = RequestHandle(7, 0, 0, time.monotonic(), 24000, model_name="tiny", mode="instruct", num_samples=24000,
+                           voice_kind="saved")
+    with caplog.at_level(logging.INFO, logger="light_tts.http"):
+        record_finished("v1_audio_speech", handle, None)
+        record_finished("v1_audio_speech", handle, TooLargeError("too long"))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("request 7 ")]
+    assert len(lines) == 2
+    assert "v1_audio_speech model=tiny mode=instruct voice=saved outcome=ok audio=1.00s" in lines[0]
+    assert "outcome=too_large" in lines[1]

@@ -180,6 +180,22 @@ def test_settings_derive_every_size_from_config_and_model():
     assert smaller.llm_engine_config("cuda:0").graph_max_batch_size == 2
 
 
+@pytest.mark.parametrize("mode, num_gpus, device", [("auto", 0, None), ("torch", 0, "cpu"), ("onnx", 0, None),
+                                                    ("auto", 1, "cuda:0"), ("torch", 1, "cuda:0"), ("onnx", 1, None)])
+def test_prompt_models_run_where_the_flag_and_the_host_say(mode, num_gpus, device):
+    settings = build_settings(ServerConfig(prompt_models=mode), ModelConfig(Path("/models/tiny")), num_gpus=num_gpus)
+    assert settings.prompt_device() == device
+
+
+def test_first_chunk_tokens_follow_the_decode_schedule():
+    facts = build_settings(ServerConfig(), ModelConfig(Path("/models/tiny"))).model
+    for prompt, first in ((125, 25 + 3), (126, 49 + 3), (149, 26 + 3)):  # the pad aligns prompt + hop to 25
+        assert build_settings(ServerConfig(), ModelConfig(Path("/models/tiny"))).first_chunk_tokens(
+            facts, prompt) == first
+    short = build_settings(ServerConfig(first_hop_tokens=15), ModelConfig(Path("/models/tiny")))
+    assert short.first_chunk_tokens(facts, 126) == 15 + 3
+
+
 def test_settings_survive_json_for_gunicorn_workers():
     settings = build_settings(ServerConfig(mode=("a",)), ModelConfig(Path("/models/tiny")))
     ports = PortArgs.create(settings.cfg)

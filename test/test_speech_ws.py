@@ -33,7 +33,7 @@ def done(index, total_bytes, is_error=False):
 
 
 def errors_of(actions) -> list[tuple[str, str]]:
-    return [(a.payload["kind"], a.payload["message"]) for a in actions
+    return [(a.payload["error"]["code"], a.payload["message"]) for a in actions
             if isinstance(a, SendJson) and a.payload["type"] == "error"]
 
 
@@ -84,7 +84,8 @@ def test_an_empty_flush_answers_in_turn_without_audio():
     (config(voice=None), "invalid session.config: voice: Input should be a valid string"),
     (config(language="English"), "invalid session.config: unknown field 'language'"),
     (config(split_granularity="sentence"), "invalid session.config: split_granularity: Input should be 'none'"),
-    (config(instructions="whisper"), "invalid session.config: instructions: instructions are not supported"),
+    (config(mode="instruct"), "invalid session.config: mode instruct needs an instruction"),
+    (config(mode="zero_shot", instructions="Whisper."), "invalid session.config: instructions select mode"),
     (config(stream_audio=True, speed=2.0), "invalid session.config: stream_audio needs speed 1.0"),
     (config(response_format="ogg"), "invalid session.config: response_format: Input should be"),
 ])
@@ -168,12 +169,15 @@ def test_a_failed_synthesis_is_reported_and_the_session_goes_on():
     s.on_text(msg(type="input.text", text="Two."))
     s.on_text(msg(type="input.done"))
     actions = s.on_synthesis_done(0, NotFoundError("voice 'voice_a' not found"))
-    assert actions[0] == SendJson({"type": "error", "message": "utterance 0 failed: voice 'voice_a' not found",
-                                   "kind": "not_found"})
+    message = "utterance 0 failed: voice 'voice_a' not found"
+    assert actions[0] == SendJson({"type": "error", "message": message, "error": {
+        "message": message, "type": "invalid_request_error", "param": None, "code": "not_found"}})
     assert actions[1:3] == done(0, 0, is_error=True) and isinstance(actions[-1], Synthesize)
     actions = s.on_synthesis_done(4000, KeyError("/internal/detail"))  # after some audio was sent
-    assert actions[0] == SendJson({"type": "error", "message": "utterance 1 failed: internal error",
-                                   "kind": "internal", "partial_audio": True, "action": "discard"})
+    message = "utterance 1 failed: internal error"
+    assert actions[0] == SendJson({"type": "error", "message": message, "error": {
+        "message": message, "type": "server_error", "param": None, "code": "internal"},
+        "partial_audio": True, "action": "discard"})
     with pytest.raises(RuntimeError):
         s.on_synthesis_done(0)
 

@@ -97,7 +97,7 @@ def test_crud(tmp_path):
     assert voice.voice_key == voice_key(audio)  # the key the encode process's voice cache uses
     assert VoiceObject.of(voice).model_dump() == {"id": voice.id, "object": "voice", "name": "Alice",
                                                   "text": "Hello there.", "duration_s": 1.5,
-                                                  "created_at": voice.created_at}  # the agreed wire shape
+                                                  "created_at": voice.created_at, "aliases": []}  # the wire shape
     assert store.get(voice.id) == voice and store.list() == [voice]
     prompt = store.load_features(voice.id)
     assert (prompt.voice_key, prompt.text) == (voice.voice_key, "Hello there.")
@@ -155,6 +155,7 @@ def test_limits_give_typed_errors_and_write_nothing(tmp_path):
         (dict(audio=b""), AudioError, 400),  # whether other bytes are audio is the encode process's verdict
         (dict(name="  "), RequestError, 400),
         (dict(text="x" * (LIMITS.max_text_chars + 1)), RequestError, 400),
+        (dict(text=" \n"), RequestError, 400),  # blank: leave the field out for a voice without a transcript
     ]
     for overrides, error, status in cases:
         args = {"name": "n", "text": "t", "audio": wav_bytes(), **overrides}
@@ -235,3 +236,60 @@ def test_a_version_1_store_is_migrated(tmp_path):
     store = VoiceStore(tmp_path, LIMITS)
     old = store.get("voice_ab12")
     assert old.frontend_key == ""  # unknown: every model recomputes its features from the audio
+
+
+def test_a_voices_features_are_read_from_disk_once_and_shared_read_only(tmp_path):
+    store = VoiceStore(tmp_path, LIMITS)
+    voice = store.create("n", "t", wav_bytes(), features(4), 1.0)
+    first = store.load_features(voice.id)
+    (tmp_path / "voices" / f"{voice.id}.npz").unlink()  # gone from disk: the next request needs no read
+    again = store.load_features(voice.id)
+    assert again.features is first.features and not again.features.mel.flags.writeable
+    store.delete(voice.id)
+    with pytest.raises(NotFoundError):  # the row lookup still decides whether the voice exists
+        store.load_features(voice.id)
+
+
+def test_a_voice_without_a_transcript(tmp_path):
+    """Saved with no text: listed with text '' (the API shows null) and loaded with none, for cross-lingual; a
+    voice stored with an empty transcript before blanks were refused reads the same."""
+    store = VoiceStore(tmp_path, LIMITS)
+    voice = store.create("no text", None, wav_bytes(), features(), 1.0)
+    assert store.get(voice.id).text == "" and store.load_features(voice.id).text is None
+    assert store.load_features(store.create("text", "Hi.", wav_bytes(hz=300), features(), 1.0).id).text == "Hi."
+
+
+def test_aliases_name_voices_by_id_or_newest_name_and_a_404_lists_what_exists(tmp_path):
+    """--voice_alias: alloy -> an id, nova -> a name (the newest voice of that name); unknown names and aliases
+    whose voice is gone get a 404 that names the saved voices and the aliases."""
+    plain = VoiceStore(tmp_path, LIMITS)
+    old = plain.create("narrator", "hi", wav_bytes(hz=200), features(1), 1.0)
+    alice = plain.create("Alice", "hi", wav_bytes(hz=300), features(2), 1.0)
+    store = VoiceStore(tmp_path, LIMITS, aliases={"alloy": alice.id, "nova": "narrator", "echo": "voice_gone"})
+    assert store.find("alloy") == alice and store.find("nova") == old and store.find(alice.id) == alice
+    assert store.load_features("alloy").features.embedding.tolist() == features(2).embedding.tolist()
+    new = store.create("narrator", "hi", wav_bytes(hz=400), features(3), 1.0)
+    assert store.find("nova") == new  # a new upload of the name takes the alias over
+    assert store.aliases_of(store.list()) == {alice.id: ["alloy"], new.id: ["nova"]}
+    with pytest.raises(NotFoundError) as e:
+        store.find("shimmer")
+    message = str(e.value)
+    assert message.startswith("voice 'shimmer' not found; saved voices: ") and e.value.param == "voice"
+    assert all(f"{v.id} ({v.name})" in message for v in (old, alice, new))
+    assert "aliases: alloy -> voice_" in message and "nova -> narrator" in message
+    with pytest.raises(NotFoundError, match="'echo' is an alias of 'voice_gone', which is no saved voice"):
+        store.find("echo")
+    with pytest.raises(NotFoundError, match="no aliases .* --voice_alias alloy=VOICE"):
+        plain.find("alloy")  # a server without aliases says how to make one
+    with pytest.raises(NotFoundError, match="no saved voices"):
+        VoiceStore(tmp_path / "empty", LIMITS).find("alloy")
+
+
+def test_voice_alias_flag_is_parsed_and_checked():
+    from light_tts.server.runtime.config import ServerConfig
+
+    cfg = ServerConfig.from_args(["--voice_alias", "alloy=voice_ab12", "--voice_alias", "nova = narrator"])
+    assert cfg.voice_aliases() == {"alloy": "voice_ab12", "nova": "narrator"}
+    for bad in (["alloy"], ["=voice_x"], ["voice_x=y"], ["a=b", "a=c"]):
+        with pytest.raises(SystemExit):
+            ServerConfig.from_args([arg for spec in bad for arg in ("--voice_alias", spec)])

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole-server capacity run on a GPU host (what docs/performance.md reports): a full-size random model, the
 # real server with fp8 flow pages, then light_tts.bench.streams against it: TTFA at one stream (saved and new
-# voice), a closed-loop sweep with saved voices, one with every request a new voice, and an open-loop soak.
+# voice), a closed-loop sweep with saved voices, one with every request a new voice, and an open-loop soak. Each
+# level prints the server's stage table of time to first audio (--breakdown; docs/architecture.md).
 #
 #   OUT=results bash light_tts/bench/capacity_run.sh
 #   SAVED="64 128 256" NEW="32 64"       closed-loop levels of the two sweeps
@@ -35,7 +36,7 @@ else
     get /readiness >/dev/null || { tail -50 "$SERVER_LOG"; exit 1; }
     echo "server ready after $SECONDS s"
 fi
-bench() { python3 -m light_tts.bench.streams --url "$URL" --fixed_speech_tokens 250 "$@"; }
+bench() { python3 -m light_tts.bench.streams --url "$URL" --fixed_speech_tokens 250 --breakdown "$@"; }
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 if has ttfa; then
     bench --out "$OUT/ttfa_saved" --concurrency 1 --requests_per_level 16 --ramp_s 0

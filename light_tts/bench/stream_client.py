@@ -1,5 +1,6 @@
-"""The capacity benchmark's load generator: streamed POST /inference_zero_shot requests, closed-loop (N workers
-back to back) or open-loop (sent at scheduled times whatever the server does), over one or more client processes.
+"""The capacity benchmark's load generator: streamed POST /inference_zero_shot requests (in any text mode), or
+streamed POST /v1/audio/voice-conversion requests, closed-loop (N workers back to back) or open-loop (sent at
+scheduled times whatever the server does), over one or more client processes.
 
 A client process is one asyncio loop with httpx clients of one connection each (ClientPool). It records only
 arrival times and sizes of the network reads (light_tts.bench.stream_stats scores them afterwards), and the
@@ -25,6 +26,8 @@ from light_tts.bench.player import is_new_voice
 
 TAG_SAMPLES = 64  # a new voice differs from its saved voice by +-1 LSB on this many final samples (inaudible)
 KEEPALIVE_S = 2.0  # client side, below the server's keep-alive timeout
+FIRST_AUDIO_GAP_S = 0.25  # --first_audio_only: a closed-loop worker's pause while the server aborts the stream it
+# left (a decode step or two on a GPU), so that the next request meets an idle server as after a whole stream
 
 
 def tagged(wav: bytes, tag: int) -> bytes:
@@ -59,6 +62,13 @@ class Voices:
         wav = tagged(self.saved_wavs[k], (self.nonce << 32) | index) if is_new else self.saved_wavs[k]
         return {"prompt_text": self.prompt_text}, {"prompt_wav": ("prompt.wav", wav, "audio/wav")}
 
+    def vc_fields(self, index: int, is_new: bool) -> dict:
+        """The files of a voice conversion's target, request `index`'s voice (saved id, or its recording)."""
+        _, files = self.fields(index, is_new)
+        if "voice_id" in files:
+            return {"voice": files["voice_id"]}
+        return {"prompt_audio": files["prompt_wav"]}
+
 
 @dataclass
 class Share:
@@ -73,7 +83,7 @@ class Share:
 
     url: str
     voices: Voices
-    form: dict  # tts_text, stream, seed base, fixed_speech_tokens
+    form: dict  # tts_text, stream, seed base, fixed_speech_tokens (and mode, instruct_text); vc: stream, seed
     new_voice_fraction: float
     timeout_s: float
     start_epoch: float  # time.time() at which the level starts, the same for every process
@@ -83,13 +93,22 @@ class Share:
     duration_s: float | None = None
     arrivals: list[tuple[int, float]] | None = None
     ramp_s: float = 0.0
+    first_audio_only: bool = False  # close each stream at its first audio (TTFA only; the server aborts the rest)
+    source_wav: bytes | None = None  # voice conversion: every request converts this recording (else: text)
+
+    @property
+    def path(self) -> str:
+        return "/v1/audio/voice-conversion" if self.source_wav is not None else "/inference_zero_shot"
 
 
 def request_form(share: Share, index: int) -> tuple[dict, dict, str]:
     is_new = is_new_voice(index, share.new_voice_fraction)
-    voice_fields, files = share.voices.fields(index, is_new)
     form = {k: v for k, v in share.form.items() if k != "seed"}
     form["seed"] = str(share.form["seed"] + index)
+    if share.source_wav is not None:
+        files = {"audio": ("source.wav", share.source_wav, "audio/wav"), **share.voices.vc_fields(index, is_new)}
+        return form, files, "new" if is_new else "saved"
+    voice_fields, files = share.voices.fields(index, is_new)
     return {**form, **voice_fields}, files, "new" if is_new else "saved"
 
 
@@ -133,10 +152,11 @@ async def stream_one(pool: ClientPool, share: Share, index: int, t0: float, is_r
     client = pool.acquire()
     start = time.perf_counter()
     rec = {"index": index, "voice": voice, "is_ramp": is_ramp, "start_s": start - t0, "status": None,
-           "error": None, "chunk_s": [], "chunk_bytes": []}
+           "error": None, "chunk_s": [], "chunk_bytes": [], "server_timing": None}
     try:
-        async with client.stream("POST", f"{share.url}/inference_zero_shot", data=data, files=files) as resp:
+        async with client.stream("POST", f"{share.url}{share.path}", data=data, files=files) as resp:
             rec["status"] = resp.status_code
+            rec["server_timing"] = resp.headers.get("server-timing")  # the server's stages (bench.stage_table)
             if resp.status_code != 200:
                 rec["error"] = error_message(await resp.aread())
             else:
@@ -144,6 +164,8 @@ async def stream_one(pool: ClientPool, share: Share, index: int, t0: float, is_r
                     if chunk:
                         rec["chunk_s"].append(time.perf_counter() - start)
                         rec["chunk_bytes"].append(len(chunk))
+                        if share.first_audio_only and sum(rec["chunk_bytes"]) >= 2:
+                            break
     except (httpx.HTTPError, OSError) as e:  # refused, timed out, or cut off mid-stream: a failed request
         rec["error"] = f"{type(e).__name__}: {e}"
     rec["latency_s"] = time.perf_counter() - start
@@ -152,8 +174,10 @@ async def stream_one(pool: ClientPool, share: Share, index: int, t0: float, is_r
 
 
 def error_message(body: bytes) -> str:
+    """The message of an error body: LightTTS's {"error": "..."} or OpenAI's {"error": {"message": ...}} (/v1/*)."""
     try:
-        return str(json.loads(body)["error"])
+        error = json.loads(body)["error"]
+        return str(error["message"] if isinstance(error, dict) else error)
     except (ValueError, KeyError, TypeError):
         return body[:200].decode("utf-8", "replace")
 
@@ -188,6 +212,8 @@ async def run_share_async(share: Share) -> dict:
                         return
                     is_ramp = share.ramp_s > 0 and index < share.concurrency
                     records.append(await stream_one(pool, share, index, t0, is_ramp))
+                    if share.first_audio_only:  # the server ends the stream it was making: let it, first
+                        await asyncio.sleep(FIRST_AUDIO_GAP_S)
 
             await asyncio.gather(*(worker(w) for w in share.workers))
     finally:

@@ -4,7 +4,7 @@ Pure functions over the raw records that light_tts.bench.stream_client produces 
   index, voice ("saved" | "new"), is_ramp (sent while the load built up: kept, not summarized), start_s (since
   the level started), status (HTTP, None if no response),
   error (None or a message), latency_s (until the body ended), chunk_s (arrival of each network read since the
-  request was sent), chunk_bytes (its size).
+  request was sent), chunk_bytes (its size), server_timing (the response's Server-Timing header, or None).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 
 from light_tts.bench.player import SAMPLE_RATE, percentile, play, samples_per_chunk
+from light_tts.bench.stage_table import parse_server_timing, stage_summary
 
 SAMPLES_PER_SPEECH_TOKEN = SAMPLE_RATE // 25  # 25 speech tokens per second of audio
 
@@ -27,6 +28,7 @@ def score(record: dict, fixed_speech_tokens: int) -> dict:
     return {**record, "ok": ok, "ttfa_s": pb.ttfa_s, "audio_s": pb.audio_s, "stalls": pb.stalls,
             "stall_s": pb.stall_s, "min_slack_s": pb.min_slack_s, "slack_s": pb.slack_s,
             "rtf": record["latency_s"] / pb.audio_s if pb.audio_s else None,
+            "stages_s": parse_server_timing(record.get("server_timing")),
             "is_forced_length": (num_samples > 0 and num_samples % forced == 0) if fixed_speech_tokens else None}
 
 
@@ -47,7 +49,8 @@ def summarize(records: list[dict], load: dict, client_lag_s: list[float]) -> dic
     by_voice = {}
     for kind in ("saved", "new"):
         ttfa = [r["ttfa_s"] for r in good if r["voice"] == kind]
-        by_voice[kind] = {"requests": sum(r["voice"] == kind for r in records), **quantiles(ttfa, "ttfa")}
+        by_voice[kind] = {"requests": sum(r["voice"] == kind for r in records), **quantiles(ttfa, "ttfa"),
+                          "stages": stage_summary([r for r in good if r["voice"] == kind])}
     return {
         **load,
         "requests": len(records), "failures": len(records) - len(good),
@@ -66,6 +69,7 @@ def summarize(records: list[dict], load: dict, client_lag_s: list[float]) -> dic
         "audio_s_total": sum(r["audio_s"] for r in good), "audio_s_per_s": audio_s_per_s,
         "rtf_p50": percentile([r["rtf"] for r in good], 50),
         "forced_length_fraction": sum(forced) / len(forced) if forced else None,
+        "stages": stage_summary(good),  # the server's stages of time to first audio (Server-Timing)
         "by_voice": by_voice,
         "client_lag_s_p99": percentile(client_lag_s, 99), "client_lag_s_max": max(client_lag_s, default=None),
     }

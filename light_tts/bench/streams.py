@@ -1,13 +1,17 @@
 """Real-time capacity of the whole server: how many concurrent streams it holds with every listener on time.
 
     python -m light_tts.bench.streams --out OUT [--url URL | --model_dir DIR] [--concurrency 1 8 16 32 ...]
-        [--rate R ... --duration S] [--new_voice_fraction F] [--fixed_speech_tokens 250] [-- SERVER FLAGS...]
+        [--rate R ... --duration S] [--new_voice_fraction F] [--fixed_speech_tokens 250]
+        [--mode zero_shot|instruct|cross_lingual|vc] [-- SERVER FLAGS...]
 
 Without --url it starts the server itself (flags after `--`) and stops it at the end. Each streamed response is
 played by a simulated real-time listener (light_tts.bench.player); OUT/streams.json holds per-level summaries
 (TTFA percentiles, stalled streams, stall seconds, deadline slack, audio s per s, failures) and every raw
 request record, OUT/streams.png plots them against load, and "real-time streams held" is the largest
-concurrency with p95 TTFA <= --max_ttfa_p95_s, no stall and no failure. Field meanings: docs/bench-streams.md.
+concurrency with p95 TTFA <= --max_ttfa_p95_s, no stall and no failure. --mode picks what every request asks
+for: speech in a text mode (instruct: with --instruct_text), or vc: POST /v1/audio/voice-conversion of a
+--vc_source_seconds recording into the voices (its audio is the source's length). Field meanings:
+docs/bench-streams.md.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy as np
 from light_tts.bench.local_server import PROMPT_RATE, local_server, prompt_pcm, wav_bytes
 from light_tts.bench.player import poisson_arrivals
 from light_tts.bench.server_api import SavedVoices, counter_delta, server_counters
+from light_tts.bench.stage_table import format_stage_levels, format_stage_table
 from light_tts.bench.stream_client import TAG_SAMPLES, Share, Voices, run_share, split, tagged
 from light_tts.bench.stream_stats import score, streams_held, summarize
 
@@ -66,6 +71,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout_s", type=float, default=600, help="client timeout per network operation")
     p.add_argument("--seed", type=int, default=0, help="request seeds are seed + request index")
     p.add_argument("--max_ttfa_p95_s", type=float, default=0.5, help="TTFA bound of 'real-time streams held'")
+    p.add_argument("--first_audio_only", action="store_true", help="close each stream at its first audio: "
+                   "time to first audio only (no playback, stalls or lengths), without waiting for the rest")
+    p.add_argument("--breakdown", action="store_true", help="print the server's stage table of time to first "
+                   "audio (its Server-Timing headers) after each level")
+    p.add_argument("--mode", choices=("zero_shot", "instruct", "cross_lingual", "vc"), default="zero_shot",
+                   help="what every request asks for: speech in a text mode, or voice conversion (vc)")
+    p.add_argument("--instruct_text", default="Speak slowly and softly.", help="the instruction of --mode instruct")
+    p.add_argument("--vc_source_seconds", type=float, default=10.0,
+                   help="--mode vc: the source recording's length (a synthetic voice; its audio is as long)")
     p.add_argument("server_args", nargs="*", help="flags of the server started here, after --")
     args = p.parse_args(argv)
     if args.url and (args.model_dir or args.server_args):
@@ -78,6 +92,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     counts += [v for v in (args.requests_per_level, args.duration_per_level) if v is not None]
     if min(counts) <= 0:
         p.error("concurrency, rate, durations and counts must be positive")
+    if args.mode == "vc":  # the audio is the source's: its length is what each request is scored against
+        if not 0 < args.vc_source_seconds <= 30:
+            p.error("--vc_source_seconds must be in (0, 30]")
+        args.fixed_speech_tokens = round(25 * args.vc_source_seconds)
     if args.ramp_s is None:
         args.ramp_s = args.fixed_speech_tokens / 25
     return args
@@ -110,12 +128,20 @@ class Runner:
         self.num_levels = 0
 
     def share(self, fixed_speech_tokens: int, new_voice_fraction: float) -> Share:
-        form = {"tts_text": self.args.tts_text, "stream": "true", "seed": self.args.seed}
-        if fixed_speech_tokens:
-            form["fixed_speech_tokens"] = str(fixed_speech_tokens)
         self.num_levels += 1  # each level tags its new voices apart from every other level's
         voices = dataclasses.replace(self.voices, nonce=(self.voices.nonce << 8) + self.num_levels)
-        return Share(self.url, voices, form, new_voice_fraction, self.args.timeout_s, start_epoch=0.0)
+        source = None
+        if self.args.mode == "vc":
+            form = {"stream": "true", "response_format": "pcm", "seed": self.args.seed}
+            source = wav_bytes(prompt_pcm(self.args.vc_source_seconds), PROMPT_RATE)
+        else:
+            form = {"tts_text": self.args.tts_text, "stream": "true", "seed": self.args.seed}
+            form |= {"instruct_text": self.args.instruct_text} if self.args.mode == "instruct" else {}
+            form |= {"mode": "cross_lingual"} if self.args.mode == "cross_lingual" else {}
+            if fixed_speech_tokens:
+                form["fixed_speech_tokens"] = str(fixed_speech_tokens)
+        return Share(self.url, voices, form, new_voice_fraction, self.args.timeout_s, start_epoch=0.0,
+                     first_audio_only=self.args.first_audio_only, source_wav=source)
 
     def run(self, share: Share, load: dict, fixed_speech_tokens: int) -> dict:
         """One level; `server` holds the server's counters over it (ramp included), None without /metrics."""
@@ -126,7 +152,7 @@ class Runner:
         if len({res["pid"] for res in results}) != len(parts):  # a pool process ran two shares one after the other
             raise RuntimeError("client processes did not run their shares at the same time")
         records = sorted((r for res in results for r in res["records"]), key=lambda r: r["index"])
-        records = [score(r, fixed_speech_tokens) for r in records]
+        records = [score(r, 0 if share.first_audio_only else fixed_speech_tokens) for r in records]
         level = summarize(records, load, [lag for res in results for lag in res["lag_s"]])
         server = counter_delta(before, server_counters(self.url))
         return {**level, "ramp_s": share.ramp_s, "server": server, "records": records}
@@ -168,6 +194,12 @@ def describe(level: dict) -> str:
                if level["forced_length_fraction"] not in (None, 1.0) else ""))
 
 
+def report(level: dict, breakdown: bool) -> None:
+    print(describe(level), flush=True)
+    if breakdown:
+        print(format_stage_table(level), flush=True)
+
+
 def benchmark(args: argparse.Namespace, url: str) -> dict:
     base = load_voice(args)
     # saved voice k > 0 is the base voice with its own bytes (tag k; new voices' tags carry a nonce above bit 32)
@@ -185,12 +217,15 @@ def benchmark(args: argparse.Namespace, url: str) -> dict:
                 requests = None if args.duration_per_level else args.requests_per_level or 2 * c
                 closed.append(runner.closed(c, requests, args.duration_per_level, args.fixed_speech_tokens,
                                             args.new_voice_fraction, args.ramp_s))
-                print(describe(closed[-1]), flush=True)
+                report(closed[-1], args.breakdown)
             for rate in args.rate:
                 opened.append(runner.open(rate, args.duration))
-                print(describe(opened[-1]), flush=True)
+                report(opened[-1], args.breakdown)
         finally:
             runner.close()
+        if args.breakdown and len(closed) + len(opened) > 1:
+            for quantile in ("p50", "p95"):
+                print(format_stage_levels(closed + opened, quantile), flush=True)
         via = "api" if api.ids else "bytes"
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     return {"command": sys.argv, "url": url, "settings": settings, "saved_voices_via": via,

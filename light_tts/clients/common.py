@@ -96,12 +96,16 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
 
 def error_message(status: int | None, body: bytes | str) -> str:
     """One line from an error response (or, with no status, a WebSocket error event): the server's
-    {"error", "kind"} body, or the start of whatever it sent."""
+    {"error", "kind"} body, OpenAI's {"error": {"message", "code", ...}} (the /v1/* routes), or the start of
+    whatever it sent."""
     prefix = f"HTTP {status}" if status is not None else "server error"
     try:
         parsed = json.loads(body)
-        if isinstance(parsed, dict) and "error" in parsed:
-            return f"{prefix} {parsed.get('kind', 'error')}: {parsed['error']}"
+        error = parsed.get("error") if isinstance(parsed, dict) else None
+        if isinstance(error, dict) and "message" in error:
+            return f"{prefix} {error.get('code') or 'error'}: {error['message']}"
+        if error is not None:
+            return f"{prefix} {parsed.get('kind', 'error')}: {error}"
     except ValueError:
         pass
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body

@@ -33,6 +33,7 @@ from light_tts.decode.hift_stage import HiFTStage
 from light_tts.decode.paged_flow import PagedFlow
 from light_tts.decode.request import DecodeRequest
 from light_tts.decode.scheduler import Candidate, SchedulerConfig, StepTimeModel, schedule, urgent_before
+from light_tts.decode.step_timer import StepTimer
 from light_tts.frontend.prompt import Prompt
 from light_tts.model_config import ModelConfig
 from light_tts.models.cosyvoice2.hift.streaming import HiFTStreamState
@@ -102,13 +103,18 @@ class DecodeEngine(EngineAdmission):
         # a non-stream utterance keeps its pages from new streams while it waits: it gets its turn well before
         # they would be refused for the wait
         self.sched_cfg = SchedulerConfig(max_rows=max_batch_size, max_tokens=limits.max_pass_tokens,
+                                         target_step_s=limits.step_target_s, lane_step_s=limits.lane_step_s,
                                          max_hold_s=limits.admission_wait_s / 2)
         self.step_model = StepTimeModel()
         self.requests: dict[str, DecodeRequest] = {}
         self.stats = EngineStats(pages_total=self.pool.num_pages)
         self.stalled_until = -math.inf  # the last step ran nothing: step again then, or when something changes
+        self.first_expected = False  # set by the caller: a stream's first chunk is on its way (latency lane)
+        self.is_holding = False  # the last step left early work for the first chunk expected (latency lane)
         self.admissions = 0  # admission order
         self.waits: list[tuple[str, str, str]] = []  # (request, reason, detail) of each wait that began
+        self.timer = StepTimer(self.device, clock)
+        self.last_step_times: dict[str, float] = {}  # started, flow_done, hift_done of the last step that ran
 
     # ---- what a family's engine changes (dit_engine.py: CosyVoice3); CosyVoice2's flow and HiFT here ----
 
@@ -231,7 +237,9 @@ class DecodeEngine(EngineAdmission):
                                         req.deadline(self.limits.deadline_margin_s), cost, req.arrival,
                                         now - req.ready_since))
         self._free_slots_for(sum(1 for c in candidates if not self.requests[c.key].is_admitted))
-        chosen = schedule(candidates, now, self.sched_cfg, self.step_model)
+        chosen = schedule(candidates, now, self.sched_cfg, self.step_model, self.first_expected)
+        # the latency lane may leave ready early chunks for a first chunk on its way: not a stall, time moves on
+        self.is_holding = self.sched_cfg.lane_step_s is not None and bool(candidates) and not chosen
         plan = self._plan(candidates, {c.key for c in chosen}, ready, urgent_before(candidates, now, self.sched_cfg,
                                                                                     self.step_model), now)
         for key in plan.preempted:
@@ -244,12 +252,13 @@ class DecodeEngine(EngineAdmission):
         self.stats.waiting_for_pages = len(plan.waiting)
         if jobs or self.hift_stage.has_pending():
             outputs += self._run(jobs, now)
-        busy = outputs or self.hift_stage.has_pending()
-        self.stalled_until = -math.inf if busy else (now + WAIT_POLL_S if candidates else math.inf)
+        is_moving = bool(outputs) or self.is_holding or self.hift_stage.has_pending()
+        self.stalled_until = -math.inf if is_moving else (now + WAIT_POLL_S if candidates else math.inf)
         self._update_stats()
         return outputs
 
     def _run(self, jobs: list[StepJob], started: float) -> list[AudioOutput]:
+        self.timer.start()
         try:
             mel, inputs = self.runner.run([job.spec for job in jobs]) if jobs else (None, None)
             for r, job in enumerate(jobs):
@@ -264,11 +273,14 @@ class DecodeEngine(EngineAdmission):
                 self.slots.free(job.prefix_slot)
             kind = "unavailable" if isinstance(e, torch.OutOfMemoryError) else "internal"
             return [self._fail(job.req, f"{type(e).__name__}: {e}", kind) for job in jobs]
+        self.timer.mark("flow_done")
         outputs = []
         for job in jobs:
             self._after_flow(job)
         done = self.hift_stage.vocode(jobs, outputs)
         outputs += [self._emit(job) for job in done if job.req.req_id in self.requests]
+        self.timer.mark("hift_done")  # the audio is on the host
+        self.last_step_times = self.timer.times()
         if jobs:
             self.step_model.observe(sum(len(j.spec.tokens) for j in jobs), self.clock() - started)
             self.stats.step_seconds.append(self.clock() - started)

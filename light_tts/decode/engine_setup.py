@@ -45,6 +45,8 @@ class EngineLimits:
     hift_half: bool | None = None  # HiFT's convolution stack in float16 (source, STFT and iSTFT stay float32)
     keyed_noise: bool | None = None  # HiFT noise keyed by (seed, sample): the same alone or batched
     overlap_hift: bool | None = None  # middle chunks' HiFT one step later on a side stream, beside the flow
+    step_target_s: float = 0.08  # with spare capacity, steps grow to about this long with early chunks
+    lane_step_s: float | None = None  # latency lane (scheduler.py): early work up to this near a first chunk
 
     @property
     def max_stream_pages(self) -> int:

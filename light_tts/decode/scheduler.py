@@ -22,6 +22,12 @@ non-stream utterance held back for streams' slack longer than `max_hold_s` takes
 urgent chunks (alone when it is that large), so that a busy stream load cannot starve it.
 
 The step time is predicted by StepTimeModel, a linear fit of measured step times against the tokens in the pass.
+
+Latency lane (`lane_step_s`, --latency_lane short_steps): while a stream's first chunk is on its way (its tokens
+are being generated: `first_expected`) or rides in this step, early work (5) fills the step only up to
+`lane_step_s`, and with nothing else to do the engine waits for it rather than starting a long step of early
+chunks: the step in flight when the first chunk's tokens arrive is short, and so is the step that carries them.
+Urgent and due chunks (1, 3) are taken as always, so no admitted stream runs dry for it.
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ class SchedulerConfig:
     max_tokens: int  # tokens per step (the largest pass the flow runs at once)
     fill_horizon_s: float = 1.0  # streams due within this (beyond the urgent ones) run when budget allows
     target_step_s: float = 0.08  # with spare capacity, steps grow to about this long with early chunks
+    lane_step_s: float | None = None  # latency lane: early work only up to this while a first chunk is near
     max_hold_s: float = 5.0  # a non-stream utterance held back longer runs even where it takes streams' slack
 
 
@@ -82,8 +89,10 @@ def urgent_before(candidates: list[Candidate], now: float, cfg: SchedulerConfig,
     return now + 2 * model.predict(min(cfg.max_tokens, pending))
 
 
-def schedule(candidates: list[Candidate], now: float, cfg: SchedulerConfig, model: StepTimeModel) -> list[Candidate]:
-    """The chunks of the next step, in the order they were chosen."""
+def schedule(candidates: list[Candidate], now: float, cfg: SchedulerConfig, model: StepTimeModel,
+             first_expected: bool = False) -> list[Candidate]:
+    """The chunks of the next step, in the order they were chosen. `first_expected`: a stream's first chunk is
+    on its way (the latency lane keeps steps short meanwhile)."""
     chosen: list[Candidate] = []
     taken: set[str] = set()
     num_tokens = 0
@@ -130,7 +139,10 @@ def schedule(candidates: list[Candidate], now: float, cfg: SchedulerConfig, mode
     # 5. early work: fill the step that runs anyway up to the target (or a quarter longer than it already is);
     # with nothing else to do, the earliest-deadline streams run at once, so the engine never idles with work
     early = [c for c in streams if c.key not in taken]
-    if chosen:
+    is_lane = cfg.lane_step_s is not None and (first_expected or any(c.is_first for c in chosen))
+    if is_lane:
+        limit = cfg.lane_step_s or 0.0
+    elif chosen:
         limit = max(cfg.target_step_s, 1.25 * model.predict(num_tokens))
     else:
         limit = max(cfg.target_step_s, 2 * model.predict(early[0].num_tokens)) if early else 0.0

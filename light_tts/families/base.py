@@ -29,14 +29,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from light_tts.errors import RequestError
+from light_tts.request_rules import CROSS_LINGUAL, INSTRUCT, TEXT_MODES, ZERO_SHOT
 
 if TYPE_CHECKING:
     from light_tts.frontend.frontend import Frontend
     from light_tts.llm.spec import LLMSpec
     from light_tts.model_config import ModelConfig
 
-ZERO_SHOT, INSTRUCT, CROSS_LINGUAL = "zero_shot", "instruct", "cross_lingual"
-MODES = (ZERO_SHOT, INSTRUCT, CROSS_LINGUAL)
+MODES = TEXT_MODES  # the modes with an LLM prompt (voice conversion has none)
+__all__ = ["CROSS_LINGUAL", "INSTRUCT", "ZERO_SHOT", "MODES", "LLMPrompt", "ModelFamily", "SpeechTokenFilter",
+           "filtered"]
 
 
 @dataclass(frozen=True)
@@ -88,10 +90,11 @@ class ModelFamily:
     # ---- frontend ----
 
     def frontend(self, cfg: ModelConfig, max_text_chars: int | None = None,
-                 max_prompt_seconds: float | None = None) -> Frontend:
+                 max_prompt_seconds: float | None = None, prompt_device: str | None = None) -> Frontend:
+        """prompt_device: the speech tokenizer and speaker model as torch modules there (None: ONNX Runtime)."""
         from light_tts.frontend.frontend import Frontend
 
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"prompt_device": prompt_device}
         if max_text_chars is not None:
             kwargs["max_text_chars"] = max_text_chars
         if max_prompt_seconds is not None:

@@ -10,11 +10,14 @@ from typing import TYPE_CHECKING
 
 from light_tts.families.base import CROSS_LINGUAL, INSTRUCT, ZERO_SHOT, LLMPrompt, ModelFamily
 from light_tts.model_dir import SPEECH_TOKENIZER, TOKENIZER_DIR, YAML_NAME
+from light_tts.text_tokens import COSYVOICE2_SPECIAL_TOKENS
 
 if TYPE_CHECKING:
     from light_tts.llm.spec import LLMSpec
 
-END_OF_PROMPT = "<|endofprompt|>"
+END_OF_PROMPT = "<|endofprompt|>"  # a special token of the tokenizer: where an instruction ends
+# the tokenizer's control tags a text may carry (each one token id): vocal events and emphasis
+CONTROL_TAGS = tuple(t for t in COSYVOICE2_SPECIAL_TOKENS if not t.startswith("<|"))
 
 
 class CosyVoice2Family(ModelFamily):
@@ -22,6 +25,7 @@ class CosyVoice2Family(ModelFamily):
     marker = YAML_NAME
     speech_tokenizer = SPEECH_TOKENIZER
     flow_files = ("flow.pt", "hift.pt")
+    CONTROL_TAGS = CONTROL_TAGS
 
     @property
     def frontend_files(self) -> tuple[str, ...]:
@@ -38,8 +42,10 @@ class CosyVoice2Family(ModelFamily):
         check_complete(model_dir, self.marker, ("campplus.onnx", self.speech_tokenizer))
 
     def llm_prompt(self, mode: str, transcript: str = "", instruction: str = "") -> LLMPrompt:
-        """As upstream's frontend: zero-shot gives the transcript and the prompt speech; instruct (instruct2) the
-        instruction ending with <|endofprompt|> and no prompt speech; cross-lingual neither."""
+        """The LLM's prompt in `mode`, as upstream's cli/frontend.py builds it: zero-shot (frontend_zero_shot) gives
+        the transcript and the prompt's speech tokens; instruct (frontend_instruct2) the instruction ending with
+        <|endofprompt|> (added when missing) in the transcript's place and no prompt speech; cross-lingual
+        (frontend_cross_lingual) neither. Voice conversion has no LLM."""
         self.check_mode(mode)
         if mode == INSTRUCT:
             text = instruction if instruction.endswith(END_OF_PROMPT) else instruction + END_OF_PROMPT

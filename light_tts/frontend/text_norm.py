@@ -4,6 +4,11 @@ Whatever the text, this either returns sentences of at most MAX_SENTENCE_TOKENS 
 that names the problem): control characters and terminal escapes are dropped, runs of combining marks are capped,
 lone surrogates are refused, a normaliser that fails falls back to the built-in one (logged), and a sentence
 without punctuation is cut at word boundaries (or anywhere, for a "word" with no space) to fit the budget.
+
+Control tags (the tokenizer's added tokens: `[breath]`, `[laughter]`, `<strong>...</strong>`, ...) come through
+intact, so each reaches the LLM as its one token id: wetext never sees them (the text between them is normalised
+piece by piece), no cut falls inside one, and text that arrives in pieces holds back a piece's unfinished tag
+(PieceJoiner). Text that only looks like a tag (`See [1]`, `[sic]`) is text.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from typing import Callable
+from typing import Callable, Iterable
 
 from light_tts.errors import TextError
 from light_tts.request_rules import MAX_TEXT_CHARS
@@ -84,10 +89,16 @@ def clean_text(text: str) -> str:
     return "".join(out)
 
 
-def split_to_budget(text: str, length: Callable[[str], int], budget: int) -> list[str]:
+def tag_pattern(tags: Iterable[str]) -> re.Pattern | None:
+    """A regex matching any of `tags` (longest first), None for no tags."""
+    tags = sorted(set(tags), key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, tags))) if tags else None
+
+
+def split_to_budget(text: str, length: Callable[[str], int], budget: int, tags: re.Pattern | None = None) -> list[str]:
     """Cut `text` into consecutive parts of length <= budget (concatenated, they give `text` back): halves at
     the space nearest the middle, or at the middle character (never between a character and its combining
-    marks) when there is no space. A single character is always short enough."""
+    marks, nor inside a control tag) when there is no space. A single character or tag is always short enough."""
     if length(text) <= budget or len(text) < 2:
         return [text]
     middle = len(text) // 2
@@ -97,7 +108,13 @@ def split_to_budget(text: str, length: Callable[[str], int], budget: int) -> lis
         cut += 1
     if not 0 < cut < len(text):
         cut = middle
-    return split_to_budget(text[:cut], length, budget) + split_to_budget(text[cut:], length, budget)
+    for tag in tags.finditer(text) if tags else ():
+        if tag.start() < cut < tag.end():  # move the cut out of the tag, to whichever side leaves both parts
+            cut = tag.start() if tag.start() > 0 else tag.end()
+    if not 0 < cut < len(text):  # the whole text is one tag
+        return [text]
+    return (split_to_budget(text[:cut], length, budget, tags)
+            + split_to_budget(text[cut:], length, budget, tags))
 
 
 def is_only_punctuation(text: str) -> bool:
@@ -142,7 +159,8 @@ def spell_out_number(text: str) -> str:
 
 
 def split_paragraph(text: str, tokenize: Callable[[str], list[int]], lang: str, token_max_n: int = 80,
-                    token_min_n: int = 60, merge_len: int = 20, comma_split: bool = False) -> list[str]:
+                    token_min_n: int = 60, merge_len: int = 20, comma_split: bool = False,
+                    tags: re.Pattern | None = None) -> list[str]:
     """Cut at sentence punctuation, then pack sentences into pieces of about token_min_n..token_max_n.
 
     As upstream (except for the unpunctuated tail, see below): Chinese lengths are counted in characters,
@@ -153,7 +171,7 @@ def split_paragraph(text: str, tokenize: Callable[[str], list[int]], lang: str, 
 
     ends = list(_ZH_SENTENCE_END if lang == "zh" else _EN_SENTENCE_END)
     sentences = [part for sentence in split_at_stops(text, ends, lang, comma_split)
-                 for part in split_to_budget(sentence, length, token_max_n)]
+                 for part in split_to_budget(sentence, length, token_max_n, tags)]
 
     pieces, current = [], ""
     for sentence in sentences:
@@ -207,11 +225,14 @@ def _load_wetext():
 
 
 class TextNormalizer:
-    """Upstream CosyVoice2 `text_normalize` with wetext (or a plain fallback) as the normaliser."""
+    """Upstream CosyVoice2 `text_normalize` with wetext (or a plain fallback) as the normaliser; `tags` are the
+    tokenizer's control tags, kept intact."""
 
-    def __init__(self, tokenize: Callable[[str], list[int]], max_chars: int = MAX_TEXT_CHARS):
+    def __init__(self, tokenize: Callable[[str], list[int]], max_chars: int = MAX_TEXT_CHARS,
+                 tags: Iterable[str] = ()):
         self.tokenize = tokenize
         self.max_chars = max_chars
+        self.tags = tag_pattern(tags)
         self.wetext = _load_wetext()  # (zh, en) normalisers, or None for the built-in fallback
 
     def check_length(self, text: str) -> None:
@@ -237,9 +258,9 @@ class TextNormalizer:
             pieces = [text]
         else:
             lang = "zh" if contains_chinese(text) else "en"
-            pieces = split_paragraph(self.normalize(text), self.tokenize, lang)
+            pieces = split_paragraph(self.normalize(text), self.tokenize, lang, tags=self.tags)
         count = lambda piece: len(self.tokenize(piece))  # noqa: E731
-        pieces = [part.strip() for p in pieces for part in split_to_budget(p, count, MAX_SENTENCE_TOKENS)]
+        pieces = [part.strip() for p in pieces for part in split_to_budget(p, count, MAX_SENTENCE_TOKENS, self.tags)]
         pieces = [p for p in pieces if p and not is_only_punctuation(p)]
         if not pieces:
             raise TextError(f"text normalises to nothing speakable: {text[:50]!r}")
@@ -255,14 +276,29 @@ class TextNormalizer:
         return True
 
     def _wetext(self, lang: int, text: str) -> str:
-        """wetext's normaliser; one that fails on this text (its grammar asserts on some inputs, such as "[1]")
-        leaves the text to the built-in rules, with a warning."""
+        """wetext's normaliser on the text between control tags (it asserts on some tags' neighbours, e.g.
+        "[breath]5", and could rewrite a tag), keeping the spaces around each piece; one that fails on a piece
+        (its grammar asserts on some inputs, such as "[1]") leaves that piece to the built-in rules, with a
+        warning."""
+        if self.tags is None or not self.tags.search(text):
+            return self._wetext_piece(lang, text)
+        parts, start = [], 0
+        for tag in self.tags.finditer(text):
+            parts += [self._wetext_piece(lang, text[start:tag.start()]), tag.group()]
+            start = tag.end()
+        return "".join(parts + [self._wetext_piece(lang, text[start:])])
+
+    def _wetext_piece(self, lang: int, text: str) -> str:
+        core = text.strip()
+        if not core:
+            return text
         try:
-            return self.wetext[lang].normalize(text)
+            normalized = self.wetext[lang].normalize(core)
         except Exception as e:
-            logger.warning("wetext failed on %r (%s: %s); using the built-in normaliser for it", text[:60],
+            logger.warning("wetext failed on %r (%s: %s); using the built-in normaliser for it", core[:60],
                            type(e).__name__, e)
             return text
+        return text[:len(text) - len(text.lstrip())] + normalized + text[len(text.rstrip()):]
 
     def _normalize_zh(self, text: str) -> str:
         if self.wetext:
@@ -278,3 +314,29 @@ class TextNormalizer:
         if self.wetext:
             text = self._wetext(1, text)
         return spell_out_number(text)
+
+
+class PieceJoiner:
+    """Text that arrives in pieces (the bistream WebSocket), made ready for tokenizing piece by piece: a piece that
+    ends inside a control tag (`... [laugh` + `ter] ...`) keeps the tag's start back for the next piece, so the
+    tag is tokenized whole, as its one id."""
+
+    def __init__(self, tags: Iterable[str]):
+        self.tags = tuple(set(tags))
+        self.longest = max(map(len, self.tags), default=0)
+        self.held = ""
+
+    def add(self, piece: str) -> str:
+        """The text to tokenize now: what was held and `piece`, less an unfinished tag at its end."""
+        text, self.held = self.held + piece, ""
+        for start in range(max(0, len(text) - self.longest + 1), len(text)):
+            tail = text[start:]
+            if any(tag.startswith(tail) and tag != tail for tag in self.tags):
+                text, self.held = text[:start], tail
+                break
+        return text
+
+    def finish(self) -> str:
+        """What is still held once the text has ended (an unfinished tag is text after all)."""
+        text, self.held = self.held, ""
+        return text

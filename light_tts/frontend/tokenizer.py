@@ -29,10 +29,11 @@ class QwenTokenizer:
             self.tokenizer = AutoTokenizer.from_pretrained(str(token_dir))
         except Exception as e:
             raise ModelDirError(f"cannot load the tokenizer in {token_dir}: {e}") from e
+        self.special_tokens = SPECIAL_TOKENS[version]  # each one token id, wherever it stands in a text
         self.tokenizer.add_special_tokens({
             "eos_token": "<|endoftext|>",
             "pad_token": "<|endoftext|>",
-            "additional_special_tokens": list(SPECIAL_TOKENS[version]),
+            "additional_special_tokens": list(self.special_tokens),
         })
 
     def encode(self, text: str) -> list[int]:

@@ -3,8 +3,9 @@ running LightTTS server over HTTP.
 
     python -m light_tts.mcp [--url http://127.0.0.1:8080] [--api_key KEY] [--output_dir DIR]
 
-Tools: generate_speech (text + a saved voice id or a prompt audio file; WAV or PCM, returned as a file path or
-base64), list_voices and add_voice (the server's /v1/audio/voices), server_status (/readiness, models).
+Tools: generate_speech (text + a saved voice id or a prompt audio file, optionally with instructions on how to
+speak; WAV or PCM, returned as a file path or base64), convert_voice (a recording spoken again in another voice),
+list_voices and add_voice (the server's /v1/audio/voices), server_status (/readiness, models).
 Every failure is a tool error with one readable line, never a crash of the MCP server.
 """
 
@@ -56,11 +57,13 @@ class LightTTSHttp:
 
 
 def is_route_missing(response: httpx.Response) -> bool:
-    """FastAPI's own 404 for an unknown path is {"detail": "Not Found"}; the voices API's 404 is {"error", "kind"}."""
+    """A server without the voices API answers its own 404 for an unknown path ({"detail": "Not Found"}, or code
+    unknown_url in OpenAI's shape); the voices API's 404 for an unknown voice is an error of code not_found."""
     try:
-        return "error" not in response.json()
-    except ValueError:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
         return True
+    return error is None or (isinstance(error, dict) and error.get("code") == "unknown_url")
 
 
 def read_local(path: str) -> bytes:
@@ -73,30 +76,13 @@ def read_local(path: str) -> bytes:
 def build_server(url: str, api_key: str | None, output_dir: Path, timeout_s: float = 600) -> MCPServer:
     http = LightTTSHttp(url, api_key, timeout_s)
     server = MCPServer("lighttts", instructions="Text to speech with voice cloning, by a LightTTS server. Call "
-                       "list_voices for saved voices, or pass a prompt audio file and its transcript.")
+                       "list_voices for saved voices, or pass a prompt audio file and its transcript; "
+                       "generate_speech takes instructions on how to speak, convert_voice turns a recording into "
+                       "another voice.")
 
-    @server.tool()
-    async def generate_speech(text: str, voice: str, prompt_text: str | None = None,
-                              format: Literal["wav", "pcm"] = "wav", output: Literal["path", "base64"] = "path",
-                              seed: int | None = None) -> dict[str, Any]:
-        """Speak `text` in a voice. `voice` is a saved voice id (see list_voices) or the path of an audio file on
-        this machine (wav/flac/ogg/mp3, a few seconds), whose transcript is `prompt_text`. format: wav (playable)
-        or pcm (raw int16 mono 24 kHz). output: path (a file written under the output directory) or base64."""
-        data: dict[str, str] = {"tts_text": text, "stream": "false"}
-        files = {}
-        if os.path.isfile(voice):
-            if not prompt_text:
-                raise ToolError("a prompt audio file as `voice` needs its transcript as `prompt_text`")
-            files["prompt_wav"] = (Path(voice).name, read_local(voice), "application/octet-stream")
-            data["prompt_text"] = prompt_text
-        else:
-            data["voice_id"] = voice
-        if seed is not None:
-            data["seed"] = str(seed)
-        response = await http.request("POST", "/inference_zero_shot", data=data, files=files or None)
-        if response.status_code != 200:
-            raise ToolError(error_message(response.status_code, response.content))
-        pcm = response.content
+    def audio_result(pcm: bytes, format: str, output: str) -> dict[str, Any]:
+        """The tool's answer for int16 24 kHz PCM: a WAV or PCM file written under the output directory, or
+        base64."""
         audio = wav_bytes(pcm) if format == "wav" else pcm
         result: dict[str, Any] = {"format": format, "duration_s": round(len(pcm) / BYTES_PER_SECOND, 3),
                                   "sample_rate": 24000, "bytes": len(audio)}
@@ -106,6 +92,49 @@ def build_server(url: str, api_key: str | None, output_dir: Path, timeout_s: flo
         path = output_dir / f"speech_{time.strftime('%Y%m%d_%H%M%S')}_{os.urandom(3).hex()}.{format}"
         path.write_bytes(audio)
         return {**result, "path": str(path)}
+
+    @server.tool()
+    async def generate_speech(text: str, voice: str, prompt_text: str | None = None, instructions: str | None = None,
+                              format: Literal["wav", "pcm"] = "wav", output: Literal["path", "base64"] = "path",
+                              seed: int | None = None) -> dict[str, Any]:
+        """Speak `text` in a voice. `voice` is a saved voice id (see list_voices) or the path of an audio file on
+        this machine (wav/flac/ogg/mp3, a few seconds), whose transcript is `prompt_text` (without one the voice
+        is imitated from the audio alone). `instructions` say how to speak (e.g. "Speak slowly and softly.",
+        "Sound excited."). Control tags in `text`, such as [laughter] or [breath], are voiced. format: wav
+        (playable) or pcm (raw int16 mono 24 kHz). output: path (a file written under the output directory) or
+        base64."""
+        data: dict[str, str] = {"tts_text": text, "stream": "false"}
+        files = {}
+        if os.path.isfile(voice):
+            files["prompt_wav"] = (Path(voice).name, read_local(voice), "application/octet-stream")
+            if prompt_text:
+                data["prompt_text"] = prompt_text
+        else:
+            data["voice_id"] = voice
+        if instructions:
+            data["instruct_text"] = instructions
+        if seed is not None:
+            data["seed"] = str(seed)
+        response = await http.request("POST", "/inference_zero_shot", data=data, files=files or None)
+        if response.status_code != 200:
+            raise ToolError(error_message(response.status_code, response.content))
+        return audio_result(response.content, format, output)
+
+    @server.tool()
+    async def convert_voice(source_path: str, voice: str, format: Literal["wav", "pcm"] = "wav",
+                            output: Literal["path", "base64"] = "path", seed: int | None = None) -> dict[str, Any]:
+        """Speak the recording at `source_path` (an audio file on this machine) again in another voice: `voice` is
+        a saved voice id or the path of a recording of that voice. Same length as the source."""
+        files = {"audio": (Path(source_path).name, read_local(source_path), "application/octet-stream")}
+        data = {"response_format": "pcm"} | ({"seed": str(seed)} if seed is not None else {})
+        if os.path.isfile(voice):
+            files["prompt_audio"] = (Path(voice).name, read_local(voice), "application/octet-stream")
+        else:
+            data["voice"] = voice
+        response = await http.request("POST", "/v1/audio/voice-conversion", data=data, files=files)
+        if response.status_code != 200:
+            raise ToolError(error_message(response.status_code, response.content))
+        return audio_result(response.content, format, output)
 
     @server.tool()
     async def list_voices() -> dict[str, Any]:

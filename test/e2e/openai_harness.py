@@ -38,12 +38,13 @@ class Server:
     """A test module's server (keys from --api_key and --api_key_file, debug log level); `restart` stops it and
     starts another on the same --data_dir. Stopping it checks that no key reached its log."""
 
-    def __init__(self, model_dir, tmp_path_factory, num_http_workers: int):
+    def __init__(self, model_dir, tmp_path_factory, num_http_workers: int, *flags: str):
         self.model_dir, self.factory, self.num_http_workers = model_dir, tmp_path_factory, num_http_workers
         self.data_dir = tmp_path_factory.mktemp("voices")
         self.key_file = tmp_path_factory.mktemp("keys") / "keys.txt"
         self.key_file.write_text(f"# test keys\n\n{FILE_KEY}\n")
-        self.proc = self.start("--api_key", KEY, "--api_key_file", str(self.key_file), "--log_level", "debug")
+        self.proc = self.start("--api_key", KEY, "--api_key_file", str(self.key_file), "--log_level", "debug",
+                               *flags)
 
     def start(self, *flags: str) -> ServerProcess:
         proc = ServerProcess(self.model_dir, self.factory.mktemp("logs") / "server.log",
@@ -165,6 +166,21 @@ class PinnedClient:
                 assert serving_pid(response, self.pids) == self.name
                 return response
         raise AssertionError(f"no connection reached {self.name}")
+
+
+# ---- error bodies
+
+def openai_error(response: httpx.Response) -> tuple[str, str]:
+    """(code, message) of an error answer in OpenAI's shape, which every /v1/* route gives (checked here)."""
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    return body["error"]["code"], body["error"]["message"]
+
+
+def event_error(event: dict) -> tuple[str, str]:
+    """(code, message) of a WebSocket or SSE error event (OpenAI's error object under "error")."""
+    assert event["type"] == "error" and set(event["error"]) == {"message", "type", "param", "code"}, event
+    return event["error"]["code"], event["error"]["message"]
 
 
 # ---- decoding

@@ -50,6 +50,14 @@ def voice_wav(seed: int, seconds: float = 1.5, rate: int = 16000) -> bytes:
     return buf.getvalue()
 
 
+def assert_same_audio(got: bytes, want: bytes) -> None:
+    """Same length and the same waveform: the same seed samples the same speech tokens in the server's batched
+    engine as offline, and batched float rounding moves a sample by at most a few int16 steps."""
+    a, b = np.frombuffer(got, np.int16).astype(np.int32), np.frombuffer(want, np.int16).astype(np.int32)
+    assert len(a) == len(b) and len(a) > 0, (len(a), len(b))
+    assert np.abs(a - b).max() <= 8, np.abs(a - b).max()
+
+
 def descendants(pid: int) -> set[int]:
     """Every live process below `pid` (read from /proc)."""
     children: dict[int, list[int]] = {}

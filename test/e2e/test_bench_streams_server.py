@@ -77,10 +77,11 @@ def test_benchmark_starts_the_server_and_scores_the_tiny_model(tiny_model_dir, t
         [sys.executable, "-m", "light_tts.bench.streams", "--out", str(tmp_path), "--model_dir", str(tiny_model_dir),
          "--concurrency", "1", "2", "--requests_per_level", "2", "--ramp_s", "0.2", "--new_voice_fraction", "0.5",
          "--saved_voices", "2", "--fixed_speech_tokens", str(tokens), "--prompt_seconds", "1",
-         "--tts_text", "Hello there.", "--", "--log_level", "warning"],
+         "--tts_text", "Hello there.", "--breakdown", "--", "--log_level", "warning"],
         check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr + (tmp_path / "server.log").read_text()[-3000:]
     assert "real-time streams held:" in proc.stdout
+    assert proc.stdout.count("where first audio goes") == 2 and "stage p95 (ms) by level" in proc.stdout
     result = load(tmp_path)
     assert [lv["concurrency"] for lv in result["closed_loop"]] == [1, 2] and result["open_loop"] == []
     held = [lv["concurrency"] for lv in result["closed_loop"]
@@ -99,6 +100,10 @@ def test_benchmark_starts_the_server_and_scores_the_tiny_model(tiny_model_dir, t
         assert level["server"]["saved_voice_prompts"] == len(recs) - new
         assert level["server"]["requests_ok"] == len(recs)
         assert level["stalled_streams"] == sum(replayed(r).stalls > 0 for r in recs if not r["is_ramp"])
+        # the server's stages (Server-Timing) of every request, summarized per level and per voice kind
+        assert all(r["stages_s"]["total"] >= r["stages_s"]["flow"] >= 0 for r in recs)
+        assert {"prompt", "flow", "total", "network"} <= set(level["stages"])
+        assert level["by_voice"]["new"]["stages"]["prompt"]["p50"] is not None
     # the tiny random model stops at random lengths unless the server forces them (fixed_speech_tokens)
     forced = all(sum(r["chunk_bytes"]) == 2 * tokens * 960 for r in records)
     if forced:

@@ -20,7 +20,7 @@ def test_gunicorn_workers_serve_and_stop_cleanly(tiny_model_dir, tmp_path_factor
             assert r.status_code == 200 and len(r.content) > 0
         m = srv.metrics()
         assert m[("lighttts_voice_cache_lookups_total", (("result", "hit"),))] == 2
-        ok = (("endpoint", "inference_zero_shot"), ("model", "tiny"), ("outcome", "ok"))
+        ok = (("endpoint", "inference_zero_shot"), ("mode", "zero_shot"), ("model", "tiny"), ("outcome", "ok"))
         assert m[("lighttts_requests_total", ok)] == 3
     finally:
         code = srv.stop()

@@ -15,7 +15,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from server_harness import ROOT, voice_wav
+from server_harness import ROOT, assert_same_audio, voice_wav
 
 
 def call_tools(url: str, output_dir: Path, calls: list[tuple[str, dict]]) -> tuple[set[str], list]:
@@ -46,13 +46,24 @@ def prompt(tmp_path_factory) -> Path:
 
 def test_generate_speech_and_server_status(server, prompt, tmp_path):
     speech = {"text": "Hello from an agent.", "voice": str(prompt), "prompt_text": "A short prompt.", "seed": 1}
-    names, (as_file, as_base64, as_pcm, status) = call_tools(server.url, tmp_path, [
+    short = {"text": "Hi.", "voice": str(prompt), "seed": 1, "format": "pcm", "output": "base64"}
+    source = tmp_path / "source.wav"
+    source.write_bytes(voice_wav(seed=6, seconds=1.0))
+    names, (as_file, as_base64, as_pcm, status, instructed, converted) = call_tools(server.url, tmp_path, [
         ("generate_speech", speech),
         ("generate_speech", {**speech, "output": "base64"}),
         ("generate_speech", {**speech, "format": "pcm", "output": "base64"}),
         ("server_status", {}),
+        ("generate_speech", {**short, "instructions": "Speak slowly."}),  # no transcript needed
+        ("convert_voice", {"source_path": str(source), "voice": str(prompt), "format": "pcm", "output": "base64"}),
     ])
-    assert {"generate_speech", "list_voices", "add_voice", "server_status"} <= names
+    assert {"generate_speech", "convert_voice", "list_voices", "add_voice", "server_status"} <= names
+    # the tool's instructions reach the server: its audio is the form's instruct_text request's
+    form = {"tts_text": "Hi.", "instruct_text": "Speak slowly.", "seed": "1"}
+    want = httpx.post(f"{server.url}/inference_zero_shot", data=form, timeout=120,
+                      files={"prompt_wav": ("p.wav", prompt.read_bytes(), "audio/wav")}).content
+    assert_same_audio(base64.b64decode(instructed.structured_content["audio_base64"]), want)
+    assert converted.structured_content["duration_s"] == 1.0  # as long as the source
     written = as_file.structured_content
     assert not as_file.is_error and Path(written["path"]).parent == tmp_path
     wav = Path(written["path"]).read_bytes()
@@ -67,13 +78,13 @@ def test_generate_speech_and_server_status(server, prompt, tmp_path):
 
 
 def test_tool_errors_are_readable(server, prompt, tmp_path):
-    _, (empty, no_transcript, missing_file) = call_tools(server.url, tmp_path, [
+    _, (empty, unknown_voice, missing_file) = call_tools(server.url, tmp_path, [
         ("generate_speech", {"text": "  ", "voice": str(prompt), "prompt_text": "A short prompt."}),
-        ("generate_speech", {"text": "Hello.", "voice": str(prompt)}),
+        ("convert_voice", {"source_path": str(prompt), "voice": "voice_missing"}),
         ("add_voice", {"name": "x", "audio_path": str(tmp_path / "missing.wav"), "text": "Hi."}),
     ])
     assert "HTTP 400 bad_text" in error_text(empty)
-    assert "prompt_text" in error_text(no_transcript)
+    assert "HTTP 404 not_found" in error_text(unknown_voice)
     assert "cannot read" in error_text(missing_file)
 
 

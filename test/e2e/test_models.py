@@ -84,7 +84,7 @@ def test_unknown_model_is_404_naming_the_models(server):
     assert r.status_code == 404 and r.json()["kind"] == "not_found"
     assert all(f"'{name}'" in r.json()["error"] for name in "ABC")
     r = httpx.post(f"{server.url}/v1/audio/speech", json={"model": "nope", "input": "Hi.", "voice": "voice_x"})
-    assert r.status_code == 404 and all(f"'{name}'" in r.json()["error"] for name in "ABC")
+    assert r.status_code == 404 and all(f"'{name}'" in r.json()["error"]["message"] for name in "ABC")
 
 
 def test_interleaved_requests_get_their_own_models_audio(server, pipelines):
@@ -113,10 +113,11 @@ def test_a_stream_of_a_style_equals_its_pipeline(server, pipelines):
 def test_metrics_carry_the_model(server):
     m = server.metrics()
     for model in "ABC":
-        ok = (("endpoint", "inference_zero_shot"), ("model", model), ("outcome", "ok"))
+        ok = (("endpoint", "inference_zero_shot"), ("mode", "zero_shot"), ("model", model), ("outcome", "ok"))
         assert m[("lighttts_requests_total", ok)] >= 1
         assert m[("lighttts_llm_tokens_total", (("model", model),))] > 0
-        assert m[("lighttts_request_latency_seconds_count", (("endpoint", "inference_zero_shot"), ("model", model)))]
+        assert m[("lighttts_request_latency_seconds_count", (("endpoint", "inference_zero_shot"),
+                                                             ("mode", "zero_shot"), ("model", model)))]
     # the three models have the same frontend files: one voice cache entry serves them all
     assert m[("lighttts_voice_cache_lookups_total", (("result", "hit"),))] >= 5
 
@@ -193,7 +194,7 @@ def test_killing_one_models_llm_fails_only_its_requests(server, pipelines):
     assert r.status_code == 200
     assert_same_audio(r.content, reference_pcm(pipelines["A"], "Hello there.", voice_wav(1), 11))
     m = server.metrics()
-    assert m[("lighttts_requests_total", (("endpoint", "inference_zero_shot"), ("model", "A"),
-                                          ("outcome", "worker_died")))] == 1
-    assert ("lighttts_requests_total", (("endpoint", "inference_zero_shot"), ("model", "B"),
+    assert m[("lighttts_requests_total", (("endpoint", "inference_zero_shot"), ("mode", "zero_shot"),
+                                          ("model", "A"), ("outcome", "worker_died")))] == 1
+    assert ("lighttts_requests_total", (("endpoint", "inference_zero_shot"), ("mode", "zero_shot"), ("model", "B"),
                                         ("outcome", "worker_died"))) not in m

@@ -6,21 +6,28 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import io
 import json
 import os
 import shutil
 import signal
+import wave
 
+import av
 import httpx
 import numpy as np
 import pytest
+import soundfile
 import websockets
 
 from openai_harness import (AUTH, CONTENT_TYPES, EXTRA, FORMATS, LONG_TOKENS, MAX_AUDIO_SECONDS, MAX_TEXT_CHARS,
                             RATE, SAMPLES_PER_TOKEN, SEED, TEXT, TOKENS, Server, assert_same_audio,
-                            client, decode_with_ffmpeg, decode_with_pyav, outcomes, reference_pcm, stream_session,
+                            client, decode_with_ffmpeg, decode_with_pyav, event_error, reference_pcm, stream_session,
                             upload, voice)
-from server_harness import voice_wav
+from server_harness import outcomes, voice_wav
+from light_tts.bench.stage_table import parse_server_timing
+from light_tts.server.ipc.stage_trace import STAGES
 
 __all__ = ["client", "reference_pcm", "voice"]  # fixtures, used by name
 
@@ -60,14 +67,68 @@ def test_openai_client_speaks_every_format(client, voice, reference_pcm, fmt):
             assert seconds - 0.002 <= len(samples) / rate <= seconds + 0.15, (name, len(samples) / rate)
 
 
+def flac_streaminfo(data: bytes) -> tuple[int, str]:
+    """(total samples, MD5 hex) from a FLAC file's STREAMINFO block (the first metadata block, after "fLaC")."""
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # block type 0: STREAMINFO
+    info = data[8:8 + 34]
+    return int.from_bytes(info[10:18], "big") & ((1 << 36) - 1), info[18:34].hex()
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus"])
+def test_whole_files_have_true_lengths_for_every_decoder(client, voice, reference_pcm, fmt):
+    """wav and flac come whole by default, any format with stream=false: libsndfile, PyAV and Python's wave read
+    the frame count from the headers and decode that many samples; FLAC's STREAMINFO holds the sample count and
+    the MD5 of the samples; Content-Length is the file's size."""
+    change = {} if fmt in ("wav", "flac") else {"stream": False}
+    response = client.audio.speech.create(model="tts-1", voice=voice, input=TEXT, response_format=fmt,
+                                          extra_body={**EXTRA, **change})
+    data, num = response.content, len(reference_pcm)
+    assert int(response.response.headers["content-length"]) == len(data)
+    info = soundfile.info(io.BytesIO(data))
+    samples, rate = soundfile.read(io.BytesIO(data), dtype="int16")
+    assert (info.frames, len(samples), rate) == (num, num, RATE), (info, len(samples))
+    with av.open(io.BytesIO(data)) as container:
+        decoded = sum(frame.samples for frame in container.decode(audio=0))
+    assert decoded == (2 * num if fmt == "opus" else num)  # Opus decoders output 48 kHz
+    if fmt == "wav":
+        with wave.open(io.BytesIO(data)) as w:
+            assert w.getnframes() == num and len(w.readframes(num + 1)) == 2 * num
+    if fmt in ("wav", "flac"):
+        assert_same_audio(samples, reference_pcm)
+    if fmt == "flac":
+        assert flac_streaminfo(data) == (num, hashlib.md5(samples.astype("<i2").tobytes()).hexdigest())
+
+
+def test_streamed_wav_and_flac_keep_the_streaming_form(client, voice, reference_pcm):
+    """stream=true sends wav/flac as they are encoded: the length is unknown then, as docs/openai-api.md says
+    (WAV sizes 0xFFFFFFFF, FLAC STREAMINFO with 0 samples and no MD5); the samples are the same."""
+    def streamed(fmt: str) -> bytes:
+        with client.audio.speech.with_streaming_response.create(
+                model="tts-1", voice=voice, input=TEXT, response_format=fmt, extra_body={**EXTRA, "stream": True}
+        ) as response:
+            assert response.headers.get("transfer-encoding") == "chunked"
+            return response.read()
+
+    wav = streamed("wav")
+    assert wav[4:8] == b"\xff\xff\xff\xff" and wav[-2 * len(reference_pcm) - 4:-2 * len(reference_pcm)] == (
+        b"\xff\xff\xff\xff")
+    assert_same_audio(np.frombuffer(wav[-2 * len(reference_pcm):], "<i2"), reference_pcm)
+    flac = streamed("flac")
+    assert flac_streaminfo(flac) == (0, "0" * 32)
+    assert_same_audio(decode_with_pyav(flac)[1], reference_pcm)
+
+
 def test_streamed_pcm_arrives_in_chunks_before_the_end(server, client, voice):
     """with_streaming_response: the first bytes arrive while the request is still running (the decode process
-    is stopped right then, so the server cannot have finished meanwhile), and the pieces add up to all of it."""
+    is stopped right then, so the server cannot have finished meanwhile), and the pieces add up to all of it; the
+    headers carry the request's stages up to its first audio (Server-Timing)."""
     decode_pid = httpx.get(f"{server.url}/readiness").json()["processes"]["decode0"]["pid"]
     with client.audio.speech.with_streaming_response.create(
             model="tts-1", voice=voice, input=TEXT, response_format="pcm",
             extra_body={"seed": SEED, "fixed_speech_tokens": LONG_TOKENS}) as response:
         assert response.headers.get("transfer-encoding") == "chunked"
+        stages = parse_server_timing(response.headers.get("server-timing"))  # the trace up to the first audio
+        assert list(stages) == [*STAGES[:-1], "total"] and min(stages.values()) >= 0, stages
         pieces = response.iter_bytes()
         received = [next(pieces)]
         os.kill(decode_pid, signal.SIGSTOP)
@@ -110,7 +171,8 @@ def test_a_failure_after_the_start(server, client, voice):
                                           stream_format="sse", extra_body=too_long)
     events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
     assert events[0]["type"] == "speech.audio.delta" and events[-1]["type"] == "error"
-    assert events[-1]["kind"] == "too_large" and "--max_audio_seconds" in events[-1]["error"]
+    code, message = event_error(events[-1])
+    assert code == "too_large" and "--max_audio_seconds" in message
     with pytest.raises(httpx.RemoteProtocolError):
         httpx.post(f"{server.url}/v1/audio/speech", headers=AUTH, timeout=60, json={
             "model": "tts-1", "voice": voice, "input": TEXT, "response_format": "pcm", **too_long}).read()
@@ -169,7 +231,7 @@ def test_openapi_describes_the_new_endpoints(server):
     assert set(CONTENT_TYPES.values()) | {"text/event-stream"} <= set(speech["responses"]["200"]["content"])
     for status in ("400", "401", "404", "413", "429", "503"):
         body = speech["responses"][status]["content"]["application/json"]["schema"]
-        assert body.get("$ref", "").endswith("/ErrorBody") or set(body["properties"]) == {"error", "kind"}
+        assert body.get("$ref", "").endswith("/OpenAIErrorBody") or set(body["properties"]) == {"error"}
     assert {"model", "input", "voice", "response_format", "speed", "stream_format", "instructions", "seed",
             "fixed_speech_tokens"} <= set(spec["components"]["schemas"]["SpeechRequest"]["properties"])
     upload_form = paths["/v1/audio/voices"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
@@ -232,7 +294,8 @@ def test_orpheus_websocket(server, voice, reference_pcm):
 
     received, code = asyncio.run(session())
     (error,) = [json.loads(m) for m in received if isinstance(m, str)]
-    assert error == {"type": "error", "message": '"text" must be a non-empty string', "kind": "bad_request"}
+    assert error["message"] == '"text" must be a non-empty string'
+    assert event_error(error) == ("bad_request", '"text" must be a non-empty string')
     frames = [m for m in received if isinstance(m, bytes)]
     ends = [k for k, m in enumerate(frames) if m == b"__END__"]
     assert len(ends) == 2 and ends[1] == len(frames) - 1 and code == 1000

@@ -1,53 +1,27 @@
 """The web playground at / in headless Chromium (Debian's chromium + chromium-driver, driven by Selenium) against
 the real server: the page loads without console errors, a synthesis streams and plays through Web Audio, an error
-is shown to the user. LIGHTTTS_SCREENSHOT=path saves the screenshot (docs/playground.png was made so)."""
+is shown to the user, the browser parses the Server-Timing header of a synthesis. LIGHTTTS_SCREENSHOT=path saves the screenshot (docs/playground.png was made so)."""
 
 from __future__ import annotations
 
+import base64
 import os
-import shutil
-import tempfile
 
 import pytest
 
+from browser_harness import chromium, console_errors, skip_without_chromium
 from server_harness import voice_wav
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-if CHROMIUM is None or CHROMEDRIVER is None:
-    pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install -y chromium "
-                "chromium-driver)", allow_module_level=True)
+skip_without_chromium()
 
-from selenium import webdriver  # noqa: E402  (the test extra has selenium; chromium comes from apt)
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-# Chromium's own network use is switched off: this machine reaches nothing outside.
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-         "--autoplay-policy=no-user-gesture-required", "--window-size=900,660")
 
 
 @pytest.fixture(scope="module")
 def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
-    profile = tempfile.mkdtemp(prefix="lighttts-chromium-")
-    options.add_argument(f"--user-data-dir={profile}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(60)
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def console_errors(driver) -> list[str]:
-    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
 def player_state(driver) -> dict[str, str]:
@@ -117,3 +91,34 @@ def test_saved_voices_are_managed_on_the_page(page, server):
     WebDriverWait(page, 120).until(lambda d: player_state(d)["state"] == "done")
     item.find_element(By.TAG_NAME, "button").click()
     WebDriverWait(page, 30).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#voice-list li"))
+
+
+def test_server_timing_parses_in_the_browser(page):
+    """The browser's own Server-Timing parser (PerformanceServerTiming, W3C) reads the stages our header carries,
+    with the names and durations the benchmark's parser finds in it."""
+    from light_tts.bench.stage_table import TOTAL, parse_server_timing
+    from light_tts.server.ipc.stage_trace import STAGES
+
+    page.set_script_timeout(180)
+    got = page.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const wav = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));
+        const form = new FormData();
+        form.append('tts_text', 'Timing in the browser.');
+        form.append('prompt_text', 'A short prompt.');
+        form.append('stream', 'true');
+        form.append('fixed_speech_tokens', '30');
+        form.append('prompt_wav', new Blob([wav], {type: 'audio/wav'}), 'p.wav');
+        fetch('/inference_zero_shot', {method: 'POST', body: form}).then(async r => {
+            const header = r.headers.get('server-timing');
+            await r.arrayBuffer();  // the resource entry is complete once its body is
+            const entry = performance.getEntriesByType('resource')
+                .filter(e => e.name.endsWith('/inference_zero_shot')).pop();
+            done({status: r.status, header, timing: entry.serverTiming.map(t => [t.name, t.duration])});
+        }).catch(e => done({error: String(e)}));
+    """, base64.b64encode(voice_wav(seed=12)).decode())
+    assert got.get("status") == 200, got
+    ours = parse_server_timing(got["header"])
+    assert [name for name, _ in got["timing"]] == list(ours) == [*STAGES[:-1], TOTAL]
+    for name, ms in got["timing"]:
+        assert ms == pytest.approx(1000 * ours[name], abs=1e-6) and ms >= 0

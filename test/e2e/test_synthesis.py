@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import websockets
 
-from server_harness import voice_wav
+from server_harness import assert_same_audio, voice_wav
 from light_tts.decode.engine import to_int16
 
 PROMPT_TEXT = "A short prompt."
@@ -36,14 +36,6 @@ def post_zero_shot(url: str, text: str, wav: bytes, seed: int, stream: bool = Fa
 def reference_pcm(pipeline, text: str, wav: bytes, seed: int, stream: bool = False, speed: float = 1.0) -> bytes:
     audio = np.concatenate(list(pipeline.synthesize(text, wav, PROMPT_TEXT, stream=stream, speed=speed, seed=seed)))
     return to_int16(audio).tobytes()
-
-
-def assert_same_audio(got: bytes, want: bytes) -> None:
-    """Same length and the same waveform: the same seed samples the same speech tokens in the server's batched
-    engine as offline, and batched float rounding moves a sample by at most a few int16 steps."""
-    a, b = np.frombuffer(got, np.int16).astype(np.int32), np.frombuffer(want, np.int16).astype(np.int32)
-    assert len(a) == len(b) and len(a) > 0, (len(a), len(b))
-    assert np.abs(a - b).max() <= 8, np.abs(a - b).max()
 
 
 def test_non_stream_equals_offline_pipeline(server, pipeline):
@@ -77,10 +69,11 @@ def test_long_text_streams_sentences_in_order(server, pipeline):
     assert_same_audio(body, reference_pcm(pipeline, text, wav, seed=9, stream=True))
 
 
-async def bistream(url: str, pieces: list[str], wav: bytes, seed: int) -> bytes:
+async def bistream(url: str, pieces: list[str], wav: bytes, seed: int, start: dict | None = None) -> bytes:
+    """The audio of a bistream request; `start`: its start message (default: PROMPT_TEXT's zero-shot)."""
     audio = bytearray()
     async with websockets.connect(f"{url.replace('http', 'ws')}/inference_zero_shot_bistream") as ws:
-        await ws.send(json.dumps({"prompt_text": PROMPT_TEXT, "seed": seed}))
+        await ws.send(json.dumps(start or {"prompt_text": PROMPT_TEXT, "seed": seed}))
         await ws.send(wav)
         for piece in pieces:
             await ws.send(json.dumps({"tts_text": piece}))
@@ -132,11 +125,11 @@ def test_16_concurrent_requests_each_get_their_own_audio(server, pipeline):
 def test_metrics_move(server):
     m = server.metrics()
     ttfa = {labels: v for (name, labels), v in m.items() if name == "lighttts_time_to_first_audio_seconds_count"}
-    model = ("model", "tiny")  # the model's label: its folder's name
-    assert ttfa[(("endpoint", "inference_zero_shot"), model, ("voice_kind", "new"))] > 0  # its first voices were new
-    assert ttfa[(("endpoint", "inference_zero_shot"), model, ("voice_kind", "saved"))] > 0  # later ones cached
+    model, mode = ("model", "tiny"), ("mode", "zero_shot")  # the model's label: its folder's name
+    assert ttfa[(("endpoint", "inference_zero_shot"), mode, model, ("voice_kind", "new"))] > 0  # first voices: new
+    assert ttfa[(("endpoint", "inference_zero_shot"), mode, model, ("voice_kind", "saved"))] > 0  # later: cached
     assert m[("lighttts_audio_seconds_total", ())] > 0
-    assert m[("lighttts_real_time_factor_count", (("endpoint", "inference_zero_shot"), model))] > 0
+    assert m[("lighttts_real_time_factor_count", (("endpoint", "inference_zero_shot"), mode, model))] > 0
     assert m[("lighttts_batch_size_count", (("rank", "0"), ("stage", "llm")))] > 0
     assert m[("lighttts_process_ready", (("rank", "1"), ("stage", "decode")))] == 1
 

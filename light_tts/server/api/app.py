@@ -17,29 +17,33 @@ from contextlib import asynccontextmanager, contextmanager
 
 import numpy as np
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from light_tts.errors import LightTTSError
 from light_tts.server.metrics import prometheus as metrics
-from light_tts.server.api.api_docs import (PCMResponse, audio_responses, error_responses, finish_openapi,
-                                       zero_shot_request_body)
+from light_tts.server.api.api_docs import (PCMResponse, api_description, audio_responses, error_responses,
+                                           finish_openapi, zero_shot_request_body)
 from light_tts.server.api.auth import ApiKeyMiddleware, install_log_redaction
 from light_tts.server.api.bistream_ws import serve_bistream
 from light_tts.server.api.body_deadline import BodyDeadline
+from light_tts.server.api.body_limit import BodyLimitMiddleware
+from light_tts.server.api.docs_pages import mount_docs
+from light_tts.server.api.error_bodies import error_response, install_error_handlers
 from light_tts.server.api.http_manager import HttpServerManager, RequestHandle
+from light_tts.server.ipc import stage_trace
 from light_tts.server.runtime.model_set import resolve_model
 from light_tts.server.api.openai.routes import create_openai_router
 from light_tts.server.api.openai.schema import validation_error_handler
 from light_tts.server.api.playground import mount_playground
-from light_tts.server.api.request_metrics import (ActiveRequest, ClientGone, cut_stream, error_response,
+from light_tts.server.api.request_metrics import (ActiveRequest, ClientGone, cut_stream, init_request_series,
                                                   quiet_stream_cuts, record_finished, record_rejected,
                                                   unless_disconnected)
 from light_tts.server.api.request_parsing import parse_zero_shot
 from light_tts.server.runtime.settings import ServerSettings
 from light_tts.server.api.speech_backend import ServerBackend
 from light_tts.server.api.openai.speech_ws_api import add_speech_websockets
+from light_tts.server.api.openai.voice_conversion import add_voice_conversion
 from light_tts.server.runtime.topology import PortArgs
 from light_tts.server.api.voice_store import VoiceStore
 
@@ -63,6 +67,12 @@ async def collect_audio(manager: HttpServerManager, handle: RequestHandle) -> by
     return b"".join(chunks)
 
 
+def timing_header(handle: RequestHandle) -> dict[str, str] | None:
+    """The W3C Server-Timing header of a request's stages up to its first audio (stage_trace.server_timing)."""
+    value = handle.server_timing()
+    return {"Server-Timing": value} if value else None
+
+
 def tone_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
     """A short synthetic voice prompt (a harmonic tone) for /health, as a WAV file."""
     t = np.arange(int(seconds * rate)) / rate
@@ -79,7 +89,8 @@ def tone_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
 def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_ready=None) -> FastAPI:
     manager = HttpServerManager(settings, ports, http_rank)
     quiet_stream_cuts()
-    voices = VoiceStore(settings.data_dir, settings.voice_limits())  # the same files in every HTTP worker
+    voices = VoiceStore(settings.data_dir, settings.voice_limits(),  # the same files in every HTTP worker
+                        aliases=settings.cfg.voice_aliases())
     health = {"checked_at": -math.inf, "ok": False, "detail": ""}
 
     def check_model_name(name: str) -> int:
@@ -94,15 +105,21 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
         yield
         await manager.stop()
 
-    app = FastAPI(title="LightTTS", lifespan=lifespan)
+    init_request_series(settings.model_names)
+    app = FastAPI(title="LightTTS", description=api_description(settings), lifespan=lifespan, docs_url=None,
+                  redoc_url=None)  # docs_pages serves them
     app.state.manager = manager
-    app.add_exception_handler(RequestValidationError, validation_error_handler)  # 400 {"error", "kind"}, not 422
+    install_error_handlers(app, validation_error_handler)  # each in its route's shape (error_bodies.py)
+    mount_docs(app)  # before the playground: its /static mount would take /static/docs too
     mount_playground(app)
     backend = ServerBackend(manager)
-    router = create_openai_router(backend, voices, settings.models)
+    router = create_openai_router(backend, voices, settings.models, settings.max_body_bytes)
     add_speech_websockets(router, backend, voices, settings.models, settings.cfg.max_text_chars,
                           settings.cfg.ws_idle_timeout_s)
+    add_voice_conversion(router, backend, voices, settings.models, settings.max_vc_source_seconds,
+                         settings.max_body_bytes)
     app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.auth.is_enabled:
         install_log_redaction(settings.auth)
         app.add_middleware(ApiKeyMiddleware, settings=settings.auth)
@@ -114,15 +131,18 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
               openapi_extra=zero_shot_request_body(settings), summary="Speak a text in the voice of a prompt")
     async def inference_zero_shot(request: Request):
         endpoint = "inference_zero_shot"
+        received_at = stage_trace.now()
         try:
             inputs = await parse_zero_shot(request, settings)
+            parsed_at = stage_trace.now()
             model = check_model_name(inputs.tts_model_name)
             saved = None if inputs.voice_id is None else await run_in_threadpool(
                 voices.load_features, inputs.voice_id, settings.models[model].frontend_key)
             handle = manager.submit(inputs.tts_text, inputs.prompt_text, inputs.prompt_wav, stream=inputs.stream,
                                     speed=inputs.speed, seed=inputs.seed, saved_voice=saved,
                                     fixed_speech_tokens=inputs.fixed_speech_tokens, client=client_address(request),
-                                    model=model)
+                                    model=model, mode=inputs.mode, instruction=inputs.instruct_text,
+                                    received_at=received_at, parsed_at=parsed_at)
         except LightTTSError as e:
             record_rejected(endpoint, e)
             return error_response(e)
@@ -132,7 +152,8 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
         try:
             with ActiveRequest():
                 audio = await unless_disconnected(request, collect_audio(manager, handle))
-            return Response(audio, media_type=PCM_MEDIA_TYPE)
+            manager.first_bytes_written(handle)  # the whole body goes out now
+            return Response(audio, media_type=PCM_MEDIA_TYPE, headers=timing_header(handle))
         except LightTTSError as e:
             error = e
             return error_response(e)
@@ -163,6 +184,7 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
                     chunk = first
                     while chunk is not None:
                         yield chunk
+                        manager.first_bytes_written(handle)  # resumed once the chunk was handed to the socket
                         chunk = await manager.next_event(handle)
             except LightTTSError as e:  # after the 200: the transfer is cut, so the client sees it failed
                 error = e
@@ -174,7 +196,8 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
                 manager.finish(handle)
                 record_finished(endpoint, handle, error)
 
-        return StreamingResponse(body(), media_type=PCM_MEDIA_TYPE)
+        # the headers leave with the first chunk: they carry every stage up to the HTTP worker taking it
+        return StreamingResponse(body(), media_type=PCM_MEDIA_TYPE, headers=timing_header(handle))
 
     @app.websocket("/inference_zero_shot_bistream")
     async def inference_zero_shot_bistream(ws: WebSocket):

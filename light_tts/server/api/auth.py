@@ -5,9 +5,9 @@ a WebSocket may instead offer the subprotocol `lighttts.bearer.KEY` (`new WebSoc
 key])`, as OpenAI's Realtime API does with its own prefix); the middleware takes it out of what the endpoint
 sees and answers the handshake with it, as browsers require. The health probes need no key, nor /metrics
 with --metrics_public, nor the playground's static files (/ and /static/: they hold no data, and the page asks
-for the key that its API calls then send). A missing or wrong key gets 401 `{"error", "kind":
-"unauthorized"}` (a WebSocket gets it as the handshake's HTTP answer where the server supports that, else
-close code 1008).
+for the key that its API calls then send). A missing or wrong key gets 401 in the route's error shape
+(error_bodies.py: OpenAI's on /v1/*, `{"error", "kind": "unauthorized"}` elsewhere); a WebSocket gets it as the
+handshake's HTTP answer where the server supports that, else close code 1008.
 
 Keys are compared as SHA-256 digests with hmac.compare_digest against every configured key (no early exit,
 equal lengths), so timing says nothing about a key. No key is echoed in an error, and `install_log_redaction`
@@ -24,6 +24,7 @@ import logging
 import re
 
 from light_tts.errors import UnauthorizedError
+from light_tts.server.api.error_bodies import error_body, is_openai_path
 from light_tts.server.runtime.auth_keys import (METRICS_PATH, PAGE_PATHS, PAGE_PREFIX, PUBLIC_PATHS, WS_KEY_PROTOCOL,
                                               AuthSettings)
 
@@ -125,7 +126,7 @@ def answering_protocol(send, protocol: str):
 
 
 async def reject(scope, receive, send, error: UnauthorizedError, is_wrong_key: bool) -> None:
-    body = json.dumps({"error": str(error), "kind": error.kind}).encode()
+    body = json.dumps(error_body(error, is_openai_path(scope["path"]))).encode()
     challenge = b'Bearer error="invalid_token"' if is_wrong_key else b"Bearer"
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                (b"www-authenticate", challenge)]

@@ -1,8 +1,9 @@
 """WebSocket /inference_zero_shot_bistream: text arrives in pieces, audio leaves as it is made.
 
-Protocol: JSON {"prompt_text", "tts_model_name"?, "seed"?, "fixed_speech_tokens"?}, one binary frame of prompt
-wav, JSON {"tts_text"} pieces, JSON {"finish": true}; a saved voice replaces the prompt: {"voice_id", ...} and no
-wav frame. The server sends binary int16 PCM frames and closes with 1000; on error it sends JSON {"error": ...}
+Protocol: JSON {"prompt_text"?, "instruct_text"?, "mode"?, "tts_model_name"?, "seed"?, "fixed_speech_tokens"?},
+one binary frame of prompt wav, JSON {"tts_text"} pieces, JSON {"finish": true}; a saved voice replaces the prompt:
+{"voice_id", ...} and no wav frame. Without prompt_text the voice has no transcript (cross-lingual); with
+instruct_text the request is in instruct mode. The server sends binary int16 PCM frames and closes with 1000; on error it sends JSON {"error": ...}
 and closes with 1003 (bad wav), 1008 (bad message, an unknown voice, or no message for --ws_idle_timeout_s
 before the finish), 1013 (overloaded) or 1011.
 A reader task takes the client's messages while the handler sends audio; the reader's failures (a malformed
@@ -20,10 +21,12 @@ from starlette.websockets import WebSocketDisconnect
 
 from light_tts.errors import LightTTSError, RequestError, SlowClientError, TextError
 from light_tts.request_rules import check_seed
+from light_tts.server.ipc import stage_trace
 from light_tts.server.runtime.config import ServerConfig
 from light_tts.server.api.http_manager import HttpServerManager, RequestHandle
 from light_tts.server.api.request_metrics import ActiveRequest, ClientGone, record_finished, record_rejected
-from light_tts.server.api.request_parsing import check_fixed_speech_tokens, check_prompt_wav, check_text
+from light_tts.server.api.request_parsing import (check_fixed_speech_tokens, check_prompt_wav, check_text,
+                                                 parse_mode)
 from light_tts.server.runtime.settings import ServerSettings
 from light_tts.server.api.voice_store import VoicePrompt, VoiceStore
 
@@ -60,30 +63,36 @@ async def receive_message(ws: WebSocket, timeout_s: float | None) -> dict | byte
 
 
 async def receive_start(ws: WebSocket, settings: ServerSettings, check_model_name,
-                        voices: VoiceStore) -> tuple[str, bytes, dict]:
+                        voices: VoiceStore) -> tuple[str | None, bytes, dict]:
     """(prompt text, prompt wav, submit options) of a valid start: its JSON message and the wav frame, or a saved
     voice's start (the options then name it, and there is no wav)."""
     cfg = settings.cfg
     start = await receive_message(ws, cfg.ws_idle_timeout_s)
-    voice_id = start.get("voice_id") if isinstance(start, dict) else None
-    if voice_id is not None and (not isinstance(voice_id, str) or "prompt_text" in start):
-        raise RequestError('a saved voice\'s start is {"voice_id": "voice_...", ...}, without prompt_text or wav')
-    if not isinstance(start, dict) or not (voice_id or isinstance(start.get("prompt_text"), str)):
+    if not isinstance(start, dict):
         raise RequestError('the first message must be JSON {"prompt_text": "...", "tts_model_name": ...} '
                            '(or {"voice_id": ...})')
+    voice_id = start.get("voice_id")
+    if voice_id is not None and (not isinstance(voice_id, str) or not voice_id or "prompt_text" in start):
+        raise RequestError('a saved voice\'s start is {"voice_id": "voice_...", ...}, without prompt_text or wav')
+    texts = {name: start.get(name) for name in ("prompt_text", "instruct_text", "mode")}
+    for name, value in texts.items():
+        if value is not None and not isinstance(value, str):
+            raise RequestError(f"{name} must be a string")
+        if value is not None:  # a blank prompt_text is a 400 (leave it out for a voice without a transcript)
+            check_text(value, name, cfg, allow_empty=name != "prompt_text")
     model = check_model_name(str(start.get("tts_model_name", "default")))  # NotFoundError: 1008
     options = {"seed": check_seed(start.get("seed")), "model": model,
-               "fixed_speech_tokens": check_fixed_speech_tokens(start.get("fixed_speech_tokens"), settings)}
+               "fixed_speech_tokens": check_fixed_speech_tokens(start.get("fixed_speech_tokens"), settings),
+               "mode": parse_mode(texts["mode"]), "instruction": texts["instruct_text"]}
     if voice_id:
         saved: VoicePrompt = await run_in_threadpool(voices.load_features, voice_id,  # NotFoundError: 1008
                                                      settings.models[model].frontend_key)
         return saved.text, b"", {**options, "saved_voice": saved}
-    check_text(start["prompt_text"], "prompt_text", cfg, allow_empty=True)
     wav = await receive_message(ws, cfg.ws_idle_timeout_s)
     if not isinstance(wav, bytes):
         raise RequestError("the second message must be one binary frame with the prompt wav")
     check_prompt_wav(wav, cfg)
-    return start["prompt_text"], wav, options
+    return texts["prompt_text"], wav, options
 
 
 async def read_text(ws: WebSocket, manager: HttpServerManager, handle: RequestHandle, cfg: ServerConfig) -> None:
@@ -116,16 +125,18 @@ async def serve_bistream(ws: WebSocket, manager: HttpServerManager, settings: Se
                          check_model_name, voices: VoiceStore) -> None:
     await ws.accept()
     handle, reader, error = None, None, None
+    received_at = stage_trace.now()  # the trace's "parse" stage is the client sending its start and wav
     try:
         prompt_text, wav, options = await receive_start(ws, settings, check_model_name, voices)
         with ActiveRequest():  # a request only once it is complete: a silent socket is not one
             client = ws.client.host if ws.client else ""
             handle = manager.submit("", prompt_text, wav, stream=True, speed=1.0, is_bistream=True, client=client,
-                                    **options)
+                                    received_at=received_at, **options)
             reader = asyncio.create_task(read_text(ws, manager, handle, settings.cfg))
             while (chunk := await manager.next_event(handle)) is not None:
                 for start in range(0, len(chunk), MAX_FRAME_BYTES):
                     await ws.send_bytes(chunk[start:start + MAX_FRAME_BYTES])
+                manager.first_bytes_written(handle)
         await ws.close(1000)
     except (RuntimeError, OSError) as e:  # a send or close after the client vanished
         error = ClientGone(str(e))

@@ -19,6 +19,7 @@ import time
 from starlette.requests import ClientDisconnect
 
 from light_tts.errors import SlowClientError
+from light_tts.server.api.error_bodies import error_body, is_openai_path
 from light_tts.server.api.request_metrics import record_rejected
 
 log = logging.getLogger("light_tts.http")
@@ -60,7 +61,7 @@ class BodyDeadline:
             record_rejected(scope["path"].strip("/").replace("/", "_") or "root", error)
             if is_started:  # a response already began (none of ours does before its body): just stop
                 return
-            body = json.dumps({"error": str(error), "kind": error.kind}).encode()
+            body = json.dumps(error_body(error, is_openai_path(scope["path"]))).encode()  # the route's shape
             await send({"type": "http.response.start", "status": error.http_status,
                         "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
                                     (b"content-length", str(len(body)).encode())]})

@@ -23,13 +23,16 @@ import zmq.asyncio
 
 from light_tts.errors import (OverloadedError, RequestError, RequestTimeoutError, TooLargeError, UnavailableError,
                               WorkerDiedError, error_from_kind)
+from light_tts.request_rules import VC, resolve_mode
 from light_tts.server.ipc.io_struct import (AbortDone, AbortRequest, AudioReady, ComputeFeatures, EncodeRequest,
                                         FeaturesReady, RequestFailed, RequestParams, TextPiece)
 from light_tts.server.metrics import prometheus as metrics
 from light_tts.server.metrics.playback import Playback
 from light_tts.server.ipc.process_table import ProcessTable
+from light_tts.server.runtime.devices import pick_least_loaded
 from light_tts.server.runtime.settings import ServerSettings
 from light_tts.server.ipc.shm import CLIENT_AT_LIMIT, VOICE_KINDS, RequestSlots, client_key
+from light_tts.server.ipc import stage_trace
 from light_tts.server.runtime.topology import PortArgs
 from light_tts.server.ipc.voice_cache import VoiceCache, voice_cache_key
 from light_tts.server.api.voice_store import PromptFeatures, VoicePrompt
@@ -57,11 +60,18 @@ class RequestHandle:
     is_done: bool = False  # the last audio arrived: every stage has already let go of the request
     playback: Playback | None = None  # streamed requests: the listener's clock (stall and slack metrics)
     voice_kind: str = "none"  # saved (no model ran for its prompt) or new, read when the first audio arrives
+    mode: str = "none"  # request_rules.MODES (the metrics' and the log's label)
     is_features_job: bool = False  # a voice upload's feature computation: only the encode process holds it
+    trace: dict[str, float] | None = None  # the first audio's boundaries (stage_trace), read when it arrived
+    is_trace_recorded: bool = False  # its stages went into the histogram (at the first bytes written)
 
     @property
     def audio_seconds(self) -> float:
         return self.num_samples / self.sample_rate
+
+    def server_timing(self) -> str:
+        """The Server-Timing header value of the stages crossed so far ('' before the first audio)."""
+        return stage_trace.server_timing(self.trace) if self.trace else ""
 
 
 class HttpServerManager:
@@ -148,33 +158,49 @@ class HttpServerManager:
             return f"worker {_names(starting)} is loading its model (starting or restarting)"
         return None
 
-    def submit(self, tts_text: str, prompt_text: str, prompt_wav: bytes, *, stream: bool, speed: float,
+    def submit(self, tts_text: str, prompt_text: str | None, prompt_wav: bytes, *, stream: bool, speed: float,
                seed: int | None, fixed_speech_tokens: int | None = None, is_bistream: bool = False,
-               client: str = "", saved_voice: VoicePrompt | None = None, model: int = 0) -> RequestHandle:
+               client: str = "", saved_voice: VoicePrompt | None = None, model: int = 0, mode: str | None = None,
+               instruction: str | None = None, source_wav: bytes = b"", received_at: float | None = None,
+               parsed_at: float | None = None) -> RequestHandle:
         """Claim a slot and start the request to model index `model`; raises OverloadedError (429) at once when
         none is free, or when `client` (its address) already has --max_requests_per_client requests in flight.
-        With `saved_voice` its text and features are the prompt (`prompt_text` and `prompt_wav` are not used); a
-        saved voice whose features another frontend computed comes with its audio, computed again here."""
+        With `saved_voice` its transcript and features are the prompt (`prompt_text` and `prompt_wav` are not
+        used); a saved voice whose features another frontend computed comes with its audio, computed again here.
+        `mode`: as request_rules.resolve_mode says (instruct with an `instruction`, cross-lingual without a
+        transcript), or vc: `source_wav` spoken in the voice, no text. `received_at` / `parsed_at`: when the route
+        started and finished reading the request (its trace's first boundaries; now when not given)."""
+        parsed_at = stage_trace.now() if parsed_at is None else parsed_at
         features = None
         if saved_voice is not None:
             prompt_text, prompt_wav = saved_voice.text, saved_voice.audio or b""
             features = saved_voice.features
-        handle = self.claim(client, {"text": tts_text.encode("utf-8"), "prompt_text": prompt_text.encode("utf-8"),
-                                     "wav": prompt_wav}, features, model)
+        if mode != VC:
+            mode = resolve_mode(mode, instruction, prompt_text)
+        handle = self.claim(client, {"text": tts_text.encode("utf-8"), "prompt_text": (prompt_text or "").encode(),
+                                     "instruct_text": (instruction or "").encode(), "wav": prompt_wav,
+                                     "source_wav": source_wav}, features, model)
+        handle.mode = mode
         if stream:
             handle.playback = Playback(handle.sample_rate)
         seed = secrets.randbits(31) if seed is None else seed
-        params = RequestParams(handle.req_id, handle.slot, self.http_rank, stream, speed, seed, fixed_speech_tokens)
+        params = RequestParams(handle.req_id, handle.slot, self.http_rank, stream, speed, seed, fixed_speech_tokens,
+                               mode)
         key = None
         if features is not None:  # the key the voice cache gives these features (voice_cache_key)
             key = voice_cache_key(self.settings.models[model].frontend_key, saved_voice.voice_key)
+        trace = self.slots.trace
+        trace.stamp(handle.slot, "received", parsed_at if received_at is None else received_at)
+        trace.stamp(handle.slot, "parsed", parsed_at)
+        trace.stamp(handle.slot, "encode_queued")  # before the send: the encode process stamps after it
         self.to_encode[handle.encode_rank].send(EncodeRequest(params, is_bistream, key))
         return handle
 
     async def compute_features(self, audio: bytes, client: str = "") -> tuple[PromptFeatures, float]:
         """A voice upload's prompt features and the audio's seconds, computed by an encode process in a slot of
         its own (so an upload waits for a free slot like any request: 429 when none is); raises AudioError."""
-        handle = self.claim(client, {"text": b"", "prompt_text": b"", "wav": audio})
+        handle = self.claim(client, {"text": b"", "prompt_text": b"", "instruct_text": b"", "wav": audio,
+                                     "source_wav": b""})
         handle.is_features_job = True
         try:
             self.to_encode[handle.encode_rank].send(ComputeFeatures(handle.req_id, handle.slot, self.http_rank))
@@ -206,8 +232,10 @@ class HttpServerManager:
             self.slots.release(slot, req_id)
             raise RequestError(f"{e} (a saved voice longer than --max_prompt_seconds allows?)" if features is not None
                                else str(e)) from None
-        rank = self.next_encode_rank
-        self.next_encode_rank = (rank + 1) % len(self.to_encode)
+        # the encode process not busy with a turn (a new voice's prompt models take tens of ms), else in turn
+        ranks = list(range(len(self.to_encode)))
+        rank = pick_least_loaded(ranks, {r: self.processes.load("encode", r) for r in ranks}, self.next_encode_rank)
+        self.next_encode_rank += 1
         entry = self.settings.models[model]
         handle = RequestHandle(req_id, slot, rank, time.monotonic(), entry.facts.sample_rate, model, entry.name)
         self.reqs[req_id] = handle
@@ -235,6 +263,14 @@ class HttpServerManager:
         if isinstance(event, bytes) and handle.first_audio_at is None:
             handle.first_audio_at = time.monotonic()
         return event
+
+    def first_bytes_written(self, handle: RequestHandle) -> None:
+        """The first audio bytes went to the client: the trace is complete, its stages go into the histogram."""
+        if handle.trace is None or handle.is_trace_recorded:
+            return
+        handle.trace["first_bytes"] = stage_trace.now()
+        handle.is_trace_recorded = True
+        metrics.observe_stages(stage_trace.stage_seconds(handle.trace))
 
     def finish(self, handle: RequestHandle) -> None:
         """End a request, however it went: free the slot now, or abort everywhere and free it once confirmed."""
@@ -288,6 +324,8 @@ class HttpServerManager:
         if message.num_samples:
             if handle.num_samples == message.num_samples:  # the first audio: the encode process wrote the kind
                 handle.voice_kind = VOICE_KINDS[int(self.slots.a["voice_kind"][handle.slot])]
+                self.slots.trace.stamp(handle.slot, "audio_received")
+                handle.trace = self.slots.trace.read(handle.slot)  # every backend stamped before sending
             handle.events.put_nowait(pcm)
             if handle.playback is not None:
                 stall, slack = handle.playback.on_chunk(message.num_samples, time.monotonic())

@@ -1,19 +1,43 @@
-"""Per-request bookkeeping shared by the HTTP and WebSocket endpoints: outcome metrics and error bodies."""
+"""Per-request bookkeeping shared by the HTTP and WebSocket endpoints: outcome metrics (error bodies are
+error_bodies.py's)."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
+from typing import get_args
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
 
-from light_tts.errors import LightTTSError
+from light_tts.errors import ErrorKind, LightTTSError
+from light_tts.request_rules import TEXT_MODES, VC
 from light_tts.server.metrics import prometheus as metrics
 from light_tts.server.api.http_manager import RequestHandle
 
 log = logging.getLogger("light_tts.http")
+# The `endpoint` label of every route that runs syntheses (each route names itself so).
+VC_ENDPOINT = "v1_audio_voice_conversion"  # its one mode is vc
+ENDPOINTS = ("inference_zero_shot", "inference_zero_shot_bistream", "v1_audio_speech", "v1_audio_speech_stream",
+             "ws_tts", VC_ENDPOINT)
+VOICE_KINDS = ("saved", "new")
+
+
+def init_request_series(model_names: list[str]) -> None:
+    """Create the labelled series that dashboards query, at 0, when an HTTP worker starts: a fresh server's
+    /metrics has them before its first request (a rate() over a series that appears later misses its start,
+    and a panel over none shows "No data" instead of 0). Each endpoint's series exist for every mode it serves."""
+    for endpoint in ENDPOINTS:
+        metrics.REQUESTS.labels(endpoint, "overloaded", "none", "none")  # a 429 comes before model and mode
+        for model, mode in itertools.product(model_names, (VC,) if endpoint == VC_ENDPOINT else TEXT_MODES):
+            metrics.REQUESTS.labels(endpoint, "ok", model, mode)
+            metrics.REQUEST_LATENCY.labels(endpoint, model, mode)
+            metrics.REAL_TIME_FACTOR.labels(endpoint, model, mode)
+            for voice_kind in VOICE_KINDS:
+                metrics.TIME_TO_FIRST_AUDIO.labels(endpoint, voice_kind, model, mode)
+    for kind in (*get_args(ErrorKind), ClientGone.kind):
+        metrics.ERRORS.labels(kind)
 
 
 class ClientGone(Exception):
@@ -83,35 +107,33 @@ def error_kind(error: BaseException) -> str:
     return getattr(error, "kind", "internal")
 
 
-def error_response(error: LightTTSError) -> JSONResponse:
-    """4xx/5xx JSON body {"error", "kind"}; a 429 says when to come back."""
-    headers = {"Retry-After": "1"} if error.http_status == 429 else None
-    return JSONResponse({"error": str(error), "kind": error.kind}, status_code=error.http_status, headers=headers)
-
-
-def record_rejected(endpoint: str, error: BaseException, model: str = "none") -> None:
-    """A request refused before it got a slot (bad input, overload; `model`: none when not known yet)."""
+def record_rejected(endpoint: str, error: BaseException, model: str = "none", mode: str = "none") -> None:
+    """A request refused before it got a slot (bad input, overload; `model`, `mode`: none when not known yet)."""
     kind = error_kind(error)
-    metrics.REQUESTS.labels(endpoint, kind, model).inc()
+    metrics.REQUESTS.labels(endpoint, kind, model, mode).inc()
     metrics.ERRORS.labels(kind).inc()
 
 
 def record_finished(endpoint: str, handle: RequestHandle, error: BaseException | None) -> None:
-    """Latency, first-audio time, real-time factor and audio seconds of a request that held a slot."""
-    latency, model = time.monotonic() - handle.arrival, handle.model_name
+    """Latency, first-audio time, real-time factor and audio seconds of a request that held a slot, and its log
+    line (INFO: endpoint, model, mode, voice kind, outcome, audio seconds, first-audio time, latency)."""
+    latency, model, mode = time.monotonic() - handle.arrival, handle.model_name, handle.mode
+    ttfa = None if handle.first_audio_at is None else handle.first_audio_at - handle.arrival
+    log.info("request %d %s model=%s mode=%s voice=%s outcome=%s audio=%.2fs ttfa=%s latency=%.3fs", handle.req_id,
+             endpoint, model, mode, handle.voice_kind, "ok" if error is None else error_kind(error),
+             handle.audio_seconds, "-" if ttfa is None else f"{ttfa:.3f}s", latency)
     if error is not None:
-        record_rejected(endpoint, error, model)
+        record_rejected(endpoint, error, model, mode)
         if error_kind(error) == "internal":
             log.error("request %d failed: %r", handle.req_id, error)
         return
-    metrics.REQUESTS.labels(endpoint, "ok", model).inc()
-    metrics.REQUEST_LATENCY.labels(endpoint, model).observe(latency)
+    metrics.REQUESTS.labels(endpoint, "ok", model, mode).inc()
+    metrics.REQUEST_LATENCY.labels(endpoint, model, mode).observe(latency)
     metrics.AUDIO_SECONDS.inc(handle.audio_seconds)
-    if handle.first_audio_at is not None:
-        metrics.TIME_TO_FIRST_AUDIO.labels(endpoint, handle.voice_kind, model).observe(
-            handle.first_audio_at - handle.arrival)
+    if ttfa is not None:
+        metrics.TIME_TO_FIRST_AUDIO.labels(endpoint, handle.voice_kind, model, mode).observe(ttfa)
     if handle.audio_seconds > 0:
-        metrics.REAL_TIME_FACTOR.labels(endpoint, model).observe(latency / handle.audio_seconds)
+        metrics.REAL_TIME_FACTOR.labels(endpoint, model, mode).observe(latency / handle.audio_seconds)
 
 
 class ActiveRequest:

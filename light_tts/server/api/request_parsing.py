@@ -16,18 +16,18 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from light_tts.errors import AudioError, RequestError, TextError, TooLargeError
-from light_tts.request_rules import check_seed, check_speed
+from light_tts.request_rules import TEXT_MODES, check_seed, check_speed, describe_bytes
+from light_tts.server.api.body_limit import body_too_large
 from light_tts.server.runtime.config import ServerConfig
 from light_tts.server.runtime.settings import ServerSettings
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-FORM_OVERHEAD_BYTES = 64 << 10  # headers and small fields on top of the wav and the two texts
 
 
 @dataclass
 class ZeroShotInputs:
     tts_text: str
-    prompt_text: str
+    prompt_text: str | None  # None: the prompt has no transcript (cross-lingual)
     prompt_wav: bytes
     stream: bool
     speed: float
@@ -35,6 +35,8 @@ class ZeroShotInputs:
     tts_model_name: str
     fixed_speech_tokens: int | None
     voice_id: str | None = None  # a saved voice instead of prompt_text + prompt_wav (then both empty)
+    instruct_text: str | None = None  # instruct mode's instruction
+    mode: str | None = None  # a mode the client asked for (request_rules.resolve_mode)
 
 
 async def read_form(request: Request, max_bytes: int) -> dict[str, bytes]:
@@ -64,12 +66,12 @@ async def body_chunks(request: Request, max_bytes: int):
     soon as it streams past the limit (a body that stalls or trickles is cut by body_deadline.BodyDeadline)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
-        raise TooLargeError(f"request body of {declared} bytes exceeds the server's {max_bytes}")
+        raise body_too_large(max_bytes, int(declared))
     num_bytes = 0
     async for chunk in request.stream():
         num_bytes += len(chunk)
         if num_bytes > max_bytes:
-            raise TooLargeError(f"request body exceeds the server's {max_bytes} bytes")
+            raise body_too_large(max_bytes)
         yield chunk
 
 
@@ -145,7 +147,8 @@ def check_prompt_wav(wav: bytes, cfg: ServerConfig) -> None:
     if not wav:
         raise AudioError("prompt_wav is empty (0 bytes)")
     if len(wav) > cfg.max_prompt_wav_bytes:
-        raise AudioError(f"prompt_wav is {len(wav)} bytes; the limit is {cfg.max_prompt_wav_bytes}")
+        raise TooLargeError(f"prompt_wav is {describe_bytes(len(wav))}; the limit is "
+                            f"{describe_bytes(cfg.max_prompt_wav_bytes)} (--max_prompt_wav_bytes)", "prompt_wav")
 
 
 def parse_bool(raw: bytes | str, name: str) -> bool:
@@ -177,15 +180,23 @@ def check_fixed_speech_tokens(value: object, settings: ServerSettings) -> int | 
     return value
 
 
+def parse_mode(raw: str | None) -> str | None:
+    """A request's `mode` field: None or one of the text modes (a 400 names them)."""
+    if raw is None:
+        return None
+    if raw not in TEXT_MODES:
+        raise RequestError(f"mode must be one of {', '.join(TEXT_MODES)}, got {raw!r}")
+    return raw
+
+
 async def parse_zero_shot(request: Request, settings: ServerSettings) -> ZeroShotInputs:
     cfg = settings.cfg
-    limit = cfg.max_prompt_wav_bytes + 8 * cfg.max_text_chars + FORM_OVERHEAD_BYTES
-    parts = await read_form(request, limit)
+    parts = await read_form(request, settings.max_body_bytes)
     voice_id = decode_text(parts["voice_id"], "voice_id", cfg) if "voice_id" in parts else None
     prompt_fields = ("prompt_text", "prompt_wav")
     if voice_id is not None and any(name in parts for name in prompt_fields):
-        raise RequestError("give voice_id (a saved voice) or prompt_text and prompt_wav, not both")
-    for name in ("tts_text",) + (() if voice_id is not None else prompt_fields):
+        raise RequestError("give voice_id (a saved voice) or prompt_wav (and its prompt_text), not both")
+    for name in ("tts_text",) + (() if voice_id is not None else ("prompt_wav",)):
         if name not in parts:
             raise RequestError(f"missing field {name}" + ("" if name == "tts_text" else " (or give voice_id)"))
     stream = parse_bool(parts.get("stream", b"false"), "stream")
@@ -197,9 +208,13 @@ async def parse_zero_shot(request: Request, settings: ServerSettings) -> ZeroSho
         None if fixed is None else int(parse_number(fixed, "fixed_speech_tokens", int)), settings)
     if voice_id is None:
         check_prompt_wav(parts["prompt_wav"], cfg)
+    optional = {name: decode_text(parts[name], name, cfg, allow_empty=True) if name in parts else None
+                for name in ("instruct_text", "mode")}
     return ZeroShotInputs(
         tts_text=decode_text(parts["tts_text"], "tts_text", cfg),
-        prompt_text=decode_text(parts.get("prompt_text", b""), "prompt_text", cfg, allow_empty=True),
+        # a blank prompt_text is a 400 (leave the field out for a voice without a transcript: cross-lingual)
+        prompt_text=None if "prompt_text" not in parts else decode_text(parts["prompt_text"], "prompt_text", cfg),
         prompt_wav=parts.get("prompt_wav", b""), stream=stream, speed=speed, seed=seed,
         tts_model_name=decode_text(parts.get("tts_model_name", b"default"), "tts_model_name", cfg),
-        fixed_speech_tokens=fixed_speech_tokens, voice_id=voice_id)
+        fixed_speech_tokens=fixed_speech_tokens, voice_id=voice_id, instruct_text=optional["instruct_text"],
+        mode=parse_mode(optional["mode"]))

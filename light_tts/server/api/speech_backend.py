@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import AsyncIterator
 
+from light_tts.request_rules import VC
 from light_tts.server.api.http_manager import HttpServerManager
 from light_tts.server.api.openai.routes import SynthesisJob
 from light_tts.server.api.openai.schema import SpeechUsage
@@ -25,19 +26,26 @@ class ServerBackend:
     async def synthesize(self, job: SynthesisJob) -> AsyncIterator[bytes]:
         """int16 chunks as the decode processes make them; job.usage is set once the last one arrived."""
         try:
-            check_text(job.text, "input", self.manager.cfg)  # length (--max_text_chars), NUL, lone surrogates
+            if job.mode != VC:  # length (--max_text_chars), NUL, lone surrogates
+                check_text(job.text, "input", self.manager.cfg)
+            if job.instructions:
+                check_text(job.instructions, "instructions", self.manager.cfg)
             check_fixed_speech_tokens(job.fixed_speech_tokens, self.manager.settings)
             handle = self.manager.submit(job.text, "", b"", stream=job.is_streamed, speed=job.speed,
                                          seed=job.seed, fixed_speech_tokens=job.fixed_speech_tokens,
-                                         client=job.client, saved_voice=job.prompt, model=job.model)
+                                         client=job.client, saved_voice=job.prompt, model=job.model, mode=job.mode,
+                                         instruction=job.instructions, source_wav=job.source_audio,
+                                         received_at=job.received_at)
         except Exception as e:
-            record_rejected(job.endpoint, e, self.manager.settings.models[job.model].name)
+            record_rejected(job.endpoint, e, self.manager.settings.models[job.model].name, job.mode or "none")
             raise
         error: BaseException | None = None
         try:
             with ActiveRequest():
                 while (chunk := await self.manager.next_event(handle)) is not None:
+                    job.server_timing = job.server_timing or handle.server_timing()
                     yield chunk
+                    self.manager.first_bytes_written(handle)  # resumed when the next chunk is wanted
             job.usage = SpeechUsage.of(*self.manager.usage(handle))
         except GeneratorExit:  # closed before the end: the client left
             error = ClientGone()

@@ -1,5 +1,8 @@
-"""Saved voices: a prompt recording and its transcript, uploaded once with its prompt features computed then,
-kept under --data_dir so that they survive restarts and every HTTP worker process sees the same set.
+"""Saved voices: a prompt recording and its transcript (or none), uploaded once with its prompt features computed
+then, kept under --data_dir so that they survive restarts and every HTTP worker process sees the same set. The
+features serve every mode (zero-shot, instruct, cross-lingual, and as voice conversion's target): they depend on
+the audio only, so no mode computes them again. A voice without a transcript (text '' in the row) is spoken
+cross-lingual.
 
     data_dir/voices.sqlite3      one row per voice (with the frontend_key of the model whose frontend computed its
                                  features: a model of another frontend recomputes them from the audio); WAL, so
@@ -7,6 +10,8 @@ kept under --data_dir so that they survive restarts and every HTTP worker proces
     data_dir/voices/<id>.audio   the upload as sent
     data_dir/voices/<id>.npz     speech_tokens int32 [P], embedding float32 [192], mel float32 [2P, 80]
     data_dir/voices.lock         flock: every create holds it shared, the orphan sweep exclusive
+
+Aliases (--voice_alias NAME=VOICE, voice_aliases.py) let requests name a voice as OpenAI clients do (`alloy`).
 
 A voice exists iff its row does. Create writes both files under temporary names, renames them into place
 (os.replace is atomic) and commits the row last; delete removes the row first. So a crash or a failed
@@ -22,7 +27,9 @@ import io
 import os
 import secrets
 import sqlite3
+import threading
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from light_tts.errors import AudioError, NotFoundError, TooLargeError, RequestError, VoiceLimitError
+from light_tts.request_rules import VOICE_ID_PREFIX, describe_bytes
+from light_tts.server.api.voice_aliases import VoiceAliases
 from light_tts.server.runtime.settings import VoiceLimits
 
 SCHEMA_VERSION = 2
@@ -46,16 +55,24 @@ CREATE TABLE IF NOT EXISTS voices (
 # version 1 -> 2: the frontend that computed the features ('' for older voices: unknown, so always recomputed)
 MIGRATE_1_TO_2 = "ALTER TABLE voices ADD COLUMN frontend_key TEXT NOT NULL DEFAULT ''"
 COLUMNS = "id, name, text, duration_s, created_at, voice_key, frontend_key"
-ID_PREFIX = "voice_"
+ID_PREFIX = VOICE_ID_PREFIX
 TMP_PREFIX = ".tmp-"
 MAX_NAME_CHARS = 256
+
+
+FEATURES_CACHED = 256  # saved voices whose features an HTTP worker keeps in memory (~0.1 MB each for 5 s)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False  # shared by every request of the voice
+    return array
 
 
 @dataclass(frozen=True)
 class Voice:
     id: str
     name: str
-    text: str  # the transcript of the recording: the prompt text
+    text: str  # the transcript of the recording: the prompt text ('' for a voice without one)
     duration_s: float
     created_at: int  # unix seconds
     voice_key: str  # hex sha256 of the audio bytes (with the frontend key: the voice cache's key)
@@ -87,14 +104,20 @@ class VoicePrompt:
     """A saved voice as a request uses it: in memory, independent of the files from then on."""
 
     voice_key: str
-    text: str
+    text: str | None  # the transcript; None: the voice has none (spoken cross-lingual)
     features: PromptFeatures | None  # None: another frontend computed them; `audio` is the prompt then
     audio: bytes | None = None
 
 
 class VoiceStore:
-    def __init__(self, data_dir: str | os.PathLike, limits: VoiceLimits, busy_timeout_s: float = 10.0):
+    def __init__(self, data_dir: str | os.PathLike, limits: VoiceLimits, busy_timeout_s: float = 10.0,
+                 aliases: dict[str, str] | None = None):
         self.limits = limits
+        # features read recently, by the voice's audio and frontend keys (a voice's files never change; the row
+        # lookup before each use still sees a delete): a request reuses them instead of reading its npz again
+        self.features_cache: OrderedDict[tuple[str, str], PromptFeatures] = OrderedDict()
+        self.cache_lock = threading.Lock()  # load_features runs in the thread pool
+        self.aliases = VoiceAliases(aliases)
         self.busy_timeout_s = busy_timeout_s
         self.root = Path(data_dir)
         self.files_dir = self.root / "voices"
@@ -130,23 +153,51 @@ class VoiceStore:
             raise NotFoundError(f"voice {voice_id!r} not found")
         return Voice(*row)
 
+    def find(self, voice: str) -> Voice:
+        """The voice a request names: an id, or an alias of an id or a name; else a 404 that says what exists."""
+        target, may_be_name = self.aliases.target(voice)
+        with self._connect() as db:
+            row = db.execute(f"SELECT {COLUMNS} FROM voices WHERE id = ?", (target,)).fetchone()
+            if row is None and may_be_name:
+                row = db.execute(f"SELECT {COLUMNS} FROM voices WHERE name = ? ORDER BY rowid DESC LIMIT 1",
+                                 (target,)).fetchone()
+        if row is None:
+            raise self.aliases.not_found(voice, self.list())
+        return Voice(*row)
+
+    def aliases_of(self, voices: list[Voice]) -> dict[str, list[str]]:
+        """voice id -> the aliases that name it now."""
+        return self.aliases.named(voices)
+
     def count(self) -> int:
         with self._connect() as db:
             return db.execute("SELECT COUNT(*) FROM voices").fetchone()[0]
 
-    def load_features(self, voice_id: str, frontend_key: str = "") -> VoicePrompt:
+    def load_features(self, voice_name: str, frontend_key: str = "") -> VoicePrompt:
         """Everything a request to a model of frontend `frontend_key` needs, read into memory now; a later delete
         does not take it away. Features another frontend computed do not fit that model: then the prompt is the
-        stored audio, whose features the encode process computes (and caches) for it."""
-        voice = self.get(voice_id)
+        stored audio, whose features the encode process computes (and caches) for it. `voice_name` is an id or an
+        alias (find)."""
+        voice = self.find(voice_name)
+        voice_id, text = voice.id, voice.text or None
         if frontend_key and voice.frontend_key != frontend_key:
-            return VoicePrompt(voice.voice_key, voice.text, None, self.load_audio(voice_id))
+            return VoicePrompt(voice.voice_key, text, None, self.load_audio(voice_id))
+        key = (voice.voice_key, voice.frontend_key)  # the audio and the frontend that computed its features
+        with self.cache_lock:
+            features = self.features_cache.get(key)
+            if features is not None:
+                self.features_cache.move_to_end(key)
+                return VoicePrompt(voice.voice_key, text, features)
         try:
             with np.load(self._path(voice_id, "npz"), allow_pickle=False) as npz:
-                features = PromptFeatures(npz["speech_tokens"], npz["embedding"], npz["mel"])
+                features = PromptFeatures(*(_read_only(npz[k]) for k in ("speech_tokens", "embedding", "mel")))
         except FileNotFoundError:  # deleted between the row lookup and the read
             raise NotFoundError(f"voice {voice_id!r} not found") from None
-        return VoicePrompt(voice.voice_key, voice.text, features)
+        with self.cache_lock:
+            self.features_cache[key] = features
+            while len(self.features_cache) > FEATURES_CACHED:
+                self.features_cache.popitem(last=False)
+        return VoicePrompt(voice.voice_key, text, features)
 
     def load_audio(self, voice_id: str) -> bytes:
         """The upload as sent (to recompute features, e.g. for another model)."""
@@ -158,24 +209,32 @@ class VoiceStore:
 
     # ---- changes
 
-    def check_upload(self, name: str, text: str, audio: bytes) -> None:
-        """Cheap checks before the features are computed (decoding the audio is the encode process's job)."""
+    def check_upload(self, name: str, text: str | None, audio: bytes) -> None:
+        """Cheap checks before the features are computed (decoding the audio is the encode process's job). `text`
+        None: a voice without a transcript; a blank one is refused (it would say nothing the absent field does not,
+        and is more likely a client's mistake)."""
         if not name.strip() or len(name) > MAX_NAME_CHARS:
             raise RequestError(f"name must be 1..{MAX_NAME_CHARS} characters, got {len(name.strip())}")
+        if text is not None and not text.strip():
+            raise RequestError("text is blank: leave the field out for a voice without a transcript (it is then "
+                               "spoken in mode cross_lingual)")
+        text = text or ""
         if len(text) > self.limits.max_text_chars or "\x00" in text or "\x00" in name:
             raise RequestError(f"text must be at most {self.limits.max_text_chars} characters, without NUL")
         if not audio:
             raise AudioError("audio is empty (0 bytes)")
         if len(audio) > self.limits.max_upload_bytes:
-            raise TooLargeError(f"audio is {len(audio)} bytes; the limit is {self.limits.max_upload_bytes}")
+            raise TooLargeError(f"audio is {describe_bytes(len(audio))}; the limit is "
+                                f"{describe_bytes(self.limits.max_upload_bytes)} (--max_prompt_wav_bytes)", "audio")
         if self.count() >= self.limits.max_voices:
             raise VoiceLimitError(f"the server keeps at most {self.limits.max_voices} voices; delete one first")
 
-    def create(self, name: str, text: str, audio: bytes, features: PromptFeatures, duration_s: float,
+    def create(self, name: str, text: str | None, audio: bytes, features: PromptFeatures, duration_s: float,
                frontend_key: str = "") -> Voice:
         """Save a voice whose features (and the audio's duration) the encode process computed with the frontend
-        of `frontend_key`."""
+        of `frontend_key`; `text` None: it has no transcript."""
         self.check_upload(name, text, audio)
+        text = text or ""
         features.check()
         # The key is the frontend's voice_key(audio): requests that upload the same bytes share the cache entry.
         voice_key = hashlib.sha256(audio).hexdigest()

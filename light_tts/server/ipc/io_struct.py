@@ -6,7 +6,7 @@ validation and is logged, never executed). Big payloads never ride on ZMQ: reque
 features and audio live in the request slot in shared memory (shm.py) and messages carry the slot index. Token
 lists are small and go inline.
 
-Flow:  HTTP --EncodeRequest/TextPiece--> encode --LLMRequestIn/TextTokens--> LLM
+Flow:  HTTP --EncodeRequest/TextPiece--> encode --LLMRequestIn/TextTokens (VCRequestIn)--> LLM
        LLM --DecodeStart/SpeechTokenBatch--> decode --AudioReady--> HTTP
        HTTP --AbortRequest--> every stage --AbortDone--> HTTP;  any stage --RequestFailed--> HTTP
        voice upload: HTTP --ComputeFeatures--> encode --FeaturesReady (or RequestFailed)--> HTTP
@@ -35,10 +35,12 @@ class RequestParams(msgspec.Struct):
     speed: float
     seed: int
     fixed_speech_tokens: int | None = None  # every sentence gets exactly this many speech tokens (benchmarks)
+    mode: str = "zero_shot"  # request_rules.MODES: how the LLM's prompt is built (or, vc, that there is no LLM)
 
 
 class EncodeRequest(Message):
-    """HTTP -> encode. tts_text, prompt_text and the prompt wav are already in the slot.
+    """HTTP -> encode. tts_text, prompt_text, instruct_text and the prompt wav (and a voice conversion's source
+    wav) are already in the slot; params.mode says which the request uses.
 
     With `saved_voice_key` the slot holds no wav but the saved voice's prompt features (speech tokens, embedding,
     mel): the encode process then only tokenizes the texts, and runs neither the speech tokenizer nor the
@@ -63,6 +65,15 @@ class LLMRequestIn(Message):
     params: RequestParams
     voice_key: str  # hex key of the prompt voice (voice cache key): equal keys share prompt state downstream
     is_bistream: bool  # its TextTokens are pieces of one utterance, not sentences
+
+
+class VCRequestIn(Message):
+    """encode -> LLM: a voice conversion. Its prompt's features are in the slot; the source recording's speech
+    tokens go to a decode process as they are, one sentence, without an LLM step (upstream's inference_vc)."""
+
+    params: RequestParams
+    voice_key: str  # as in LLMRequestIn
+    source_tokens: list[int]
 
 
 class TextTokens(Message):
@@ -162,7 +173,7 @@ class AbortDone(Message):
 
 # What each process's inbox accepts; anything else fails to decode there.
 ENCODE_INBOX = Union[EncodeRequest, TextPiece, ComputeFeatures, AbortRequest]
-LLM_INBOX = Union[LLMRequestIn, TextTokens, AbortRequest]
+LLM_INBOX = Union[LLMRequestIn, VCRequestIn, TextTokens, AbortRequest]
 DECODE_INBOX = Union[DecodeStart, SpeechTokenBatch, AbortRequest]
 HTTP_INBOX = Union[AudioReady, RequestFailed, AbortDone, FeaturesReady]
 

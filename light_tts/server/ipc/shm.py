@@ -19,6 +19,7 @@ import numpy as np
 VOICE_KINDS = ("none", "saved", "new")
 
 from light_tts.server.ipc.audio_ring import AudioRing
+from light_tts.server.ipc.stage_trace import BOUNDARIES, StageTrace
 from light_tts.server.runtime.settings import ShmSizes
 
 Tokens = Union[Sequence[int], np.ndarray]  # token ids as a list or an int array
@@ -90,11 +91,18 @@ def slot_specs(sizes: ShmSizes) -> dict[str, tuple[tuple[int, ...], type]]:
         "text_len": ((n,), np.int64),
         "text": ((n, text_bytes), np.uint8),  # tts_text, UTF-8
         "prompt_text_len": ((n,), np.int64),
-        "prompt_text": ((n, text_bytes), np.uint8),
+        "prompt_text": ((n, text_bytes), np.uint8),  # the voice's transcript (empty: none)
+        "instruct_text_len": ((n,), np.int64),
+        "instruct_text": ((n, text_bytes), np.uint8),  # instruct mode's instruction
         "wav_len": ((n,), np.int64),
         "wav": ((n, sizes.wav_bytes), np.uint8),  # prompt audio file bytes as uploaded
+        "source_wav_len": ((n,), np.int64),
+        "source_wav": ((n, sizes.wav_bytes), np.uint8),  # voice conversion's source recording as uploaded
+        # the LLM's prompt as the request's mode has it (the family's llm_prompt): its text tokens, and how many
+        # of the prompt speech tokens it gets (all in zero-shot, none otherwise); the flow gets the whole prompt
         "num_prompt_text_tokens": ((n,), np.int64),
         "prompt_text_tokens": ((n, sizes.prompt_text_tokens), np.int32),
+        "num_llm_prompt_speech_tokens": ((n,), np.int64),
         "num_prompt_speech_tokens": ((n,), np.int64),
         "prompt_speech_tokens": ((n, max_tokens), np.int32),
         "prompt_embedding": ((n, sizes.embedding_dim), np.float32),
@@ -105,6 +113,7 @@ def slot_specs(sizes: ShmSizes) -> dict[str, tuple[tuple[int, ...], type]]:
         "usage_text_tokens": ((n,), np.int64),  # text tokens of tts_text (written by the encode process)
         "voice_kind": ((n,), np.int64),  # VOICE_KINDS index: how the encode process got the prompt's features
         "usage_speech_tokens": ((n,), np.int64),  # speech tokens decoded (written by the decode process)
+        "trace": ((n, len(BOUNDARIES)), np.float64),  # when the first audio's path crossed each boundary (StageTrace)
     }
 
 
@@ -118,6 +127,7 @@ class RequestSlots:
         self.lock = FileLock(lock_path)
         self.num_slots = sizes.num_slots
         self.audio = AudioRing(self.a["audio"], self.a["audio_read"])
+        self.trace = StageTrace(self.a["trace"])
 
     def claim(self, req_id: int, client: int = 0, client_limit: int = 0, http_rank: int = 0,
               model: int = 0) -> int | None:
@@ -138,6 +148,7 @@ class RequestSlots:
             self.a["model"][slot] = model
             self.a["llm_rank"][slot] = self.a["decode_rank"][slot] = -1
         self.audio.reset(slot)
+        self.trace.reset(slot)
         self.a["usage_text_tokens"][slot] = self.a["usage_speech_tokens"][slot] = self.a["voice_kind"][slot] = 0
         return slot
 
@@ -192,16 +203,25 @@ class RequestSlots:
 
     def write_prompt(self, slot: int, text_tokens: Tokens, speech_tokens: Tokens, embedding: np.ndarray,
                      mel: np.ndarray) -> None:
-        """Store the encoded prompt; raises ValueError if it does not fit the slot's arrays."""
+        """Store the encoded prompt of a zero-shot request; raises ValueError if it does not fit the slot."""
         self.write_prompt_features(slot, speech_tokens, embedding, mel)
-        self.write_prompt_text_tokens(slot, text_tokens)
+        self.write_llm_prompt(slot, text_tokens, uses_prompt_speech=True)
 
-    def write_prompt_text_tokens(self, slot: int, text_tokens: Tokens) -> None:
+    def write_llm_prompt(self, slot: int, text_tokens: Tokens, uses_prompt_speech: bool) -> None:
+        """The LLM's prompt in the request's mode: its text tokens, and whether it gets the prompt speech tokens
+        (written after the prompt's features, whose speech tokens it then takes)."""
         a, num_text = self.a, len(text_tokens)
         if num_text > a["prompt_text_tokens"].shape[1]:
             raise ValueError(f"prompt of {num_text} text tokens does not fit the slot")
         a["prompt_text_tokens"][slot, :num_text] = text_tokens
         a["num_prompt_text_tokens"][slot] = num_text
+        a["num_llm_prompt_speech_tokens"][slot] = a["num_prompt_speech_tokens"][slot] if uses_prompt_speech else 0
+
+    def read_llm_prompt(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
+        """(text tokens [Lp], speech tokens [P or 0]) of the LLM's prompt, copied."""
+        a = self.a
+        num_text, num_speech = int(a["num_prompt_text_tokens"][slot]), int(a["num_llm_prompt_speech_tokens"][slot])
+        return a["prompt_text_tokens"][slot, :num_text].copy(), a["prompt_speech_tokens"][slot, :num_speech].copy()
 
     def write_prompt_features(self, slot: int, speech_tokens: Tokens, embedding: np.ndarray,
                               mel: np.ndarray) -> None:
@@ -217,7 +237,8 @@ class RequestSlots:
         a["prompt_mel"][slot, : len(mel)] = mel
 
     def read_prompt(self, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(text_tokens [Lp] int32, speech_tokens [P] int32, embedding [E] f32, mel [ratio*P, mels] f32), copied."""
+        """(the LLM's text_tokens [Lp] int32, the prompt's speech_tokens [P] int32, embedding [E] f32, mel
+        [ratio*P, mels] f32), copied: the flow's prompt (the text tokens are the LLM's, unused by the flow)."""
         a = self.a
         num_text, num_speech = int(a["num_prompt_text_tokens"][slot]), int(a["num_prompt_speech_tokens"][slot])
         num_frames = self.sizes.token_mel_ratio * num_speech

@@ -24,6 +24,7 @@ from light_tts.errors import ModelDirError
 from light_tts.server.runtime.config import ServerConfig
 from light_tts.server.runtime.model_set import parse_model_specs
 from light_tts.server.ipc.process_table import ProcessTable
+from light_tts.server.runtime.defaults import sized_to_host
 from light_tts.server.runtime.settings import ServerSettings, load_settings
 from light_tts.server.ipc.shm import RequestSlots
 from light_tts.server.launch.supervisor import Supervisor, receive_status
@@ -237,6 +238,9 @@ def launch(cfg: ServerConfig) -> int:
         return 1
     for note in cfg.ignored_flags():
         log.warning("%s", note)
+    cfg, derived = sized_to_host(cfg)
+    for line in derived:
+        log.info("derived for this host: %s", line)
     try:
         settings = load_settings(cfg)
     except (ValueError, ModelDirError) as e:  # e.g. an --api_key_file that cannot be read or holds no key

@@ -18,16 +18,17 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0
 RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
+# mode: zero_shot, instruct, cross_lingual, vc (request_rules.MODES); none for a request refused before it was known
 TIME_TO_FIRST_AUDIO = Histogram("lighttts_time_to_first_audio_seconds", "Request arrival to first audio byte, by "
                                 "voice kind (saved: a saved or cached voice, no prompt model ran; new)",
-                                ["endpoint", "voice_kind", "model"], buckets=LATENCY_BUCKETS)
+                                ["endpoint", "voice_kind", "model", "mode"], buckets=LATENCY_BUCKETS)
 REQUEST_LATENCY = Histogram("lighttts_request_latency_seconds", "Request arrival to last audio byte",
-                            ["endpoint", "model"], buckets=LATENCY_BUCKETS)
+                            ["endpoint", "model", "mode"], buckets=LATENCY_BUCKETS)
 REAL_TIME_FACTOR = Histogram("lighttts_real_time_factor", "Request latency / audio duration",
-                             ["endpoint", "model"], buckets=RTF_BUCKETS)
+                             ["endpoint", "model", "mode"], buckets=RTF_BUCKETS)
 AUDIO_SECONDS = Counter("lighttts_audio_seconds", "Seconds of audio sent to clients")
-REQUESTS = Counter("lighttts_requests", "Finished requests by endpoint, outcome and model (none: refused before "
-                   "its model was known)", ["endpoint", "outcome", "model"])
+REQUESTS = Counter("lighttts_requests", "Finished requests by endpoint, outcome, model and mode (none: refused "
+                   "before its model or mode was known)", ["endpoint", "outcome", "model", "mode"])
 ERRORS = Counter("lighttts_errors", "Failed requests by error kind", ["kind"])
 ACTIVE_REQUESTS = Gauge("lighttts_active_requests", "Requests in flight in the HTTP workers",
                         multiprocess_mode="livesum")
@@ -73,6 +74,10 @@ STALL_SECONDS = Histogram("lighttts_stall_seconds", "Silence a listener heard be
                           buckets=STALL_BUCKETS)
 DEADLINE_SLACK = Histogram("lighttts_deadline_slack_seconds", "How long before the listener needed it a streamed "
                            "chunk arrived (negative: late)", buckets=SLACK_BUCKETS)
+STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0,
+                 5.0)
+FIRST_AUDIO_STAGE = Histogram("lighttts_first_audio_stage_seconds", "Time of each stage on a request's way to its "
+                              "first audio (server/ipc/stage_trace.py lists them)", ["stage"], buckets=STAGE_BUCKETS)
 DECODE_STEP_TIME = Histogram("lighttts_decode_step_seconds", "Duration of one decode engine step", ["rank"],
                              buckets=STEP_BUCKETS)
 
@@ -85,6 +90,12 @@ def observe_playback(stall_s: float, slack_s: float | None) -> None:
     if stall_s > 0:
         STREAM_STALLS.inc()
         STALL_SECONDS.observe(stall_s)
+
+
+def observe_stages(seconds: dict[str, float]) -> None:
+    """A request's stage times up to its first audio (stage_trace.stage_seconds)."""
+    for stage, value in seconds.items():
+        FIRST_AUDIO_STAGE.labels(stage).observe(value)
 
 
 class SharedStateCollector:

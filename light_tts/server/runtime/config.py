@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
-from light_tts.request_rules import MAX_TEXT_CHARS
+from light_tts.request_rules import MAX_SPEECH_TOKENIZER_SECONDS, MAX_TEXT_CHARS, VOICE_ID_PREFIX
 from light_tts.server.runtime.devices import parse_gpu_list
 from light_tts.server.runtime.model_set import parse_model_specs
 
@@ -21,6 +21,12 @@ KV_CACHE_DTYPES = ("auto", "fp8", "int8")
 ZMQ_MODES = ("ipc:///tmp/", "tcp://")
 HOP_POLICIES = ("fixed", "growing")
 WORKER_FAILURE_POLICIES = ("restart", "exit")
+# flags that, when not given, are sized to a GPU host at startup (runtime/defaults.py)
+DERIVED = ("httpserver_workers", "encode_process_num", "running_max_req_size", "decode_max_batch_size",
+           "hop_policy", "max_total_token_num", "flow_cache_dtype", "decode_mem_fraction", "router_max_wait_tokens",
+           "latency_lane")
+PROMPT_MODELS = ("auto", "torch", "onnx")
+LATENCY_LANES = ("off", "short_steps")
 
 
 def str2bool(value: str | bool) -> bool:
@@ -76,6 +82,11 @@ class ServerConfig:
     data_dir: str | None = _opt("API", None, "directory of the saved voices (SQLite and files); every HTTP worker "
                                              "shares it and voices survive restarts",
                                 default_text="$XDG_DATA_HOME/lighttts, else ~/.local/share/lighttts")
+    voice_alias: tuple[str, ...] | None = _opt("API", None, "NAME=VOICE: requests may name a saved voice (its id, "
+                                                            "or its name: the newest voice of that name) NAME, e.g. "
+                                                            "alloy=voice_ab12 for OpenAI clients, which send OpenAI's "
+                                                            "voice names; repeatable", default_text="none",
+                                               action="append")
     max_voices: int = _opt("API", 1000, "saved voices kept at most (an upload beyond gets 409); their upload size "
                                         "and length are --max_prompt_wav_bytes and --max_prompt_seconds")
     # encode
@@ -83,6 +94,12 @@ class ServerConfig:
                                                "(on the CPU; ONNX Runtime uses a GPU by itself when it has one)")
     encode_paral_num: int = _opt("encode", 50, "messages an encode process takes from its queue per loop turn")
     cache_capacity: int = _opt("encode", 200, "voices kept in the shared-memory voice cache (LRU)")
+    prompt_models: str = _opt("encode", "auto", "what runs a new voice's speech tokenizer and speaker model: torch "
+                                                "(modules built from their ONNX files, on the first LLM's GPU, or "
+                                                "the CPU without one), onnx (ONNX Runtime on the host's cores), or "
+                                                "auto (torch on a GPU, onnx on a CPU host); a graph the torch "
+                                                "runner cannot run stays on ONNX Runtime, said at startup",
+                              choices=PROMPT_MODELS)
     # LLM
     gpt_paral_num: int = _opt("LLM", 50, "messages the LLM process admits per loop turn")
     data_type: str = _opt("LLM", "float16", "LLM compute dtype on a GPU; on the CPU the LLM always runs float32",
@@ -109,7 +126,8 @@ class ServerConfig:
     kv_cache_dtype: str = _opt("LLM", "auto", "LLM KV cache: fp8 (8.9+ GPUs) or int8, with a scale per token and "
                                               "head: half the bytes of float16, so about twice the tokens",
                                choices=KV_CACHE_DTYPES, default_text="auto: --data_type")
-    router_max_wait_tokens: int = _opt("LLM", 8, "decode steps a ready prefill may wait, to batch arrivals")
+    router_max_wait_tokens: int = _opt("LLM", 8, "decode steps a ready prefill may wait, to batch arrivals (0: it "
+                                                 "runs at the next step)")
     mode: tuple[str, ...] | None = _opt("LLM", None, "no effect, accepted for compatibility: kernels are chosen "
                                                      "automatically", default_text="not given")
     # decode
@@ -151,6 +169,12 @@ class ServerConfig:
     flow_context_window: float = _opt("decode", 0.0, "seconds of generated audio the flow attends to besides the "
                                                      "prompt: constant memory and time per chunk, not "
                                                      "upstream-exact", default_text="0: all of it")
+    latency_lane: str = _opt("decode", "off", "short_steps: while a stream's first chunk is on its way or in the "
+                                              "step, decode steps take no early chunks (a step in flight when its "
+                                              "tokens arrive is short); off: steps fill up to "
+                                              "--decode_step_target_s with early chunks", choices=LATENCY_LANES)
+    decode_step_target_s: float = _opt("decode", 0.08, "with spare capacity, decode steps grow to about this long "
+                                                       "with chunks of streams ahead of their listeners")
     llm_ahead_seconds: float = _opt("LLM", 3.0, "while a stream makes its first hop, LLM requests more than this "
                                                 "far ahead of real time sit the step out (0: never)")
     hop_policy: str = _opt("decode", "growing", "streamed chunk sizes after the first: fixed (25 tokens, lowest "
@@ -178,6 +202,9 @@ class ServerConfig:
     max_text_chars: int = _opt("limits", MAX_TEXT_CHARS, "longest tts_text / prompt_text accepted")
     max_prompt_wav_bytes: int = _opt("limits", 16 << 20, "largest prompt wav upload in bytes")
     max_prompt_seconds: float = _opt("limits", 30.0, "longest prompt audio accepted")
+    max_vc_source_seconds: float = _opt("limits", 30.0, "longest source recording POST /v1/audio/voice-conversion "
+                                                         "accepts (longer: 413); the speech tokenizer takes at most "
+                                                         "30 s, and --max_speech_tokens bounds it too")
     max_speech_tokens: int = _opt("limits", 1500, "most speech tokens (25 per second of audio) one sentence may "
                                                   "produce: the LLM stops there, the decode pool reserves for it")
     max_audio_seconds: float = _opt("limits", 900.0, "audio one request may produce; a request that would produce "
@@ -220,6 +247,8 @@ class ServerConfig:
     shutdown_grace_s: float = _opt("runtime", 3.0, "with --on_worker_failure exit, after a worker died: seconds "
                                                    "to fail requests and report unready, then exit")
     log_level: str = _opt("runtime", "info", "logging level", choices=("debug", "info", "warning", "error"))
+    # not a flag: the flags given on the command line (the others may be sized to a GPU host: runtime/defaults.py)
+    given: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.model_dir, str):  # ServerConfig(model_dir="DIR"): one model
@@ -227,9 +256,12 @@ class ServerConfig:
         elif self.model_dir is not None:
             object.__setattr__(self, "model_dir", tuple(self.model_dir))
         parse_model_specs(self.model_dir or ())  # names: distinct, not "default"
+        if self.voice_alias is not None:
+            object.__setattr__(self, "voice_alias", tuple(self.voice_alias))
+        self.voice_aliases()  # NAME=VOICE, names distinct
         positive = ("httpserver_workers", "encode_process_num", "decode_process_num", "encode_paral_num",
                     "gpt_paral_num", "decode_max_batch_size",
-                    "max_req_total_len", "running_max_req_size", "router_max_wait_tokens",
+                    "max_req_total_len", "running_max_req_size",
                     "cache_capacity", "max_text_chars", "max_prompt_wav_bytes", "cpu_threads", "max_voices")
         for name in positive:
             if getattr(self, name) < 1:
@@ -260,6 +292,12 @@ class ServerConfig:
                              f"{KV_CACHE_DTYPES}")
         if self.hop_policy not in HOP_POLICIES or self.decode_data_type not in DATA_TYPES:
             raise ValueError(f"--hop_policy must be one of {HOP_POLICIES}, --decode_data_type one of {DATA_TYPES}")
+        if self.router_max_wait_tokens < 0:
+            raise ValueError("--router_max_wait_tokens must be >= 0 (0: a prefill runs at the next step)")
+        if self.latency_lane not in LATENCY_LANES or self.decode_step_target_s <= 0:
+            raise ValueError(f"--latency_lane must be one of {LATENCY_LANES}, --decode_step_target_s > 0")
+        if self.prompt_models not in PROMPT_MODELS:
+            raise ValueError(f"--prompt_models must be one of {PROMPT_MODELS}")
         if self.zmq_mode not in ZMQ_MODES:
             raise ValueError(f"--zmq_mode must be one of {ZMQ_MODES}")
         if self.on_worker_failure not in WORKER_FAILURE_POLICIES:
@@ -273,6 +311,9 @@ class ServerConfig:
             raise ValueError("--drain_timeout_s, --max_restarts and --max_requests_per_client must be >= 0")
         if self.request_timeout_s <= 0 or self.max_prompt_seconds <= 0 or self.shutdown_grace_s < 0:
             raise ValueError("--request_timeout_s and --max_prompt_seconds must be > 0, --shutdown_grace_s >= 0")
+        if not 0 < self.max_vc_source_seconds <= MAX_SPEECH_TOKENIZER_SECONDS:
+            raise ValueError(f"--max_vc_source_seconds must be in (0, {MAX_SPEECH_TOKENIZER_SECONDS:g}] (the speech "
+                             f"tokenizer's limit), got {self.max_vc_source_seconds:g}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         parse_gpu_list(self.llm_gpus, "llm_gpus"), parse_gpu_list(self.decode_gpus, "decode_gpus")
@@ -297,38 +338,59 @@ class ServerConfig:
         return notes
 
     @classmethod
-    def build_parser(cls) -> argparse.ArgumentParser:
+    def build_parser(cls, defaults: bool = True) -> argparse.ArgumentParser:
+        """The command line; defaults=False leaves every flag not given out of the parsed namespace."""
         parser = argparse.ArgumentParser(
             prog="python -m light_tts.server.api_server",
             description="LightTTS: a streaming CosyVoice2 text-to-speech server. Flags are grouped by the stage "
-                        "they configure; each says what it does on a GPU and on the CPU where that differs.")
+                        "they configure; each says what it does on a GPU and on the CPU where that differs.",
+            argument_default=None if defaults else argparse.SUPPRESS)
         groups = {name: parser.add_argument_group(name) for name in GROUPS}
         for f in fields(cls):
-            kwargs = {k: v for k, v in f.metadata.items() if k not in ("group", "default_text")}
-            kwargs["help"] = f"{kwargs['help']} (default: {f.metadata['default_text'] or f.default})"
+            if "group" not in f.metadata:  # not a flag
+                continue
+            kwargs: dict[str, Any] = {k: v for k, v in f.metadata.items() if k not in ("group", "default_text")}
+            host = "; on a GPU host: sized to it at startup" if f.name in DERIVED else ""
+            kwargs["help"] = f"{kwargs['help']} (default: {f.metadata['default_text'] or f.default}{host})"
             group, flag = groups[f.metadata["group"]], f"--{f.name}"
             if f.type in ("bool", bool):
                 # `--flag` alone means True; `--flag False` / `--flag 0` means False.
-                group.add_argument(flag, type=str2bool, nargs="?", const=True, default=f.default, **kwargs)
-            elif f.name == "mode":
-                group.add_argument(flag, nargs="+", default=None, **kwargs)
-            elif f.type.startswith("tuple"):  # repeatable (action="append"); argparse appends to a list
-                group.add_argument(flag, default=None, **kwargs)
+                kwargs.update(type=str2bool, nargs="?", const=True, default=f.default)
+            elif f.name == "mode" or f.type.startswith("tuple"):  # several values, or a repeatable flag
+                kwargs.update({"nargs": "+"} if f.name == "mode" else {}, default=None)  # (append: a list)
             else:
-                group.add_argument(flag, type=_field_type(f.type), default=f.default, **kwargs)
+                kwargs.update(type=_field_type(f.type), default=f.default)
+            if not defaults:
+                del kwargs["default"]
+            group.add_argument(flag, **kwargs)
         return parser
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None) -> "ServerConfig":
         parser = cls.build_parser()
         values = vars(parser.parse_args(argv))
-        for name in ("mode", "api_key", "model_dir"):
+        for name in ("mode", "api_key", "model_dir", "voice_alias"):
             if values[name] is not None:
                 values[name] = tuple(values[name])
+        given = tuple(sorted(vars(cls.build_parser(defaults=False).parse_args(argv))))
         try:
-            return cls(**values)
+            return cls(**values, given=given)
         except ValueError as e:  # a clear message and exit code 2, as for a malformed flag
             parser.error(str(e))
+
+    def voice_aliases(self) -> dict[str, str]:
+        """--voice_alias as alias -> saved voice id or name."""
+        aliases: dict[str, str] = {}
+        for spec in self.voice_alias or ():
+            alias, _, target = spec.partition("=")
+            alias, target = alias.strip(), target.strip()
+            if not alias or not target or alias.startswith(VOICE_ID_PREFIX):
+                raise ValueError(f"--voice_alias takes NAME=VOICE (NAME not starting with {VOICE_ID_PREFIX}), "
+                                 f"got {spec!r}")
+            if alias in aliases:
+                raise ValueError(f"--voice_alias names {alias!r} twice")
+            aliases[alias] = target
+        return aliases
 
     def replace(self, **changes: Any) -> "ServerConfig":
         return dataclasses.replace(self, **changes)

@@ -60,6 +60,9 @@ class ShmSizes:
         return self.token_mel_ratio * self.prompt_speech_tokens
 
 
+FORM_OVERHEAD_BYTES = 64 << 10  # a form's part headers and small fields on top of its file and texts
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     cfg: ServerConfig
@@ -93,6 +96,21 @@ class ServerSettings:
                            max_text_chars=c.max_text_chars)
 
     @property
+    def max_vc_source_seconds(self) -> float:
+        """The longest voice-conversion source: --max_vc_source_seconds, and no more speech tokens than one
+        sentence may have (--max_speech_tokens, the decode engine's page budget of a request)."""
+        return min(self.cfg.max_vc_source_seconds, self.cfg.max_speech_tokens / self.model.token_rate)
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body any endpoint takes (one bound, so a client meets the same 413 everywhere):
+        a prompt upload of --max_prompt_wav_bytes, then the larger of three texts of --max_text_chars at up to 4
+        UTF-8 bytes a character (tts_text, prompt_text, instruct_text) and voice conversion's source recording
+        (of --max_prompt_wav_bytes too), and the form's own headers and small fields."""
+        c = self.cfg
+        return c.max_prompt_wav_bytes + max(12 * c.max_text_chars, c.max_prompt_wav_bytes) + FORM_OVERHEAD_BYTES
+
+    @property
     def max_fixed_speech_tokens(self) -> int:
         """Largest `fixed_speech_tokens` a request may ask for: one engine request holds at most
         --max_req_total_len tokens (the LLM checks the exact fit, prompt included)."""
@@ -106,6 +124,20 @@ class ServerSettings:
             return fixed
         bound = self.cfg.max_speech_tokens
         return bound if num_text_tokens is None else min(bound, 20 * num_text_tokens)
+
+    def first_chunk_tokens(self, facts: ModelFacts, num_prompt_tokens: int) -> int:
+        """Speech tokens a stream's first audio chunk needs (token2wav.ChunkSchedule): its hop (--first_hop_tokens,
+        else a chunk plus the pad that aligns prompt and hop to the chunk grid) and the flow's lookahead."""
+        hop = self.cfg.first_hop_tokens or facts.chunk_tokens + -num_prompt_tokens % facts.chunk_tokens
+        return hop + facts.pre_lookahead
+
+    def prompt_device(self) -> str | None:
+        """Where the encode processes run the prompt models as torch modules (--prompt_models), None for ONNX
+        Runtime: the first LLM's device (a GPU; with `torch`, the CPU too)."""
+        mode, device = self.cfg.prompt_models, self.topology.compute_device("llm", 0)
+        if mode == "onnx" or (mode == "auto" and not device.startswith("cuda")):
+            return None
+        return device
 
     def llm_dtype(self, device: str) -> str:
         """--data_type on a GPU; float32 on the CPU, where half precision is slow or missing."""
@@ -160,6 +192,7 @@ class ServerSettings:
             # streams are admitted within real-time capacity on a GPU; a CPU host is for trying, not real time
             admission_wait_s=c.admission_wait_s, realtime_admission=device != "cpu", reservation=c.decode_reservation,
             headroom=c.decode_headroom, preempt_interval_s=c.preempt_interval_s, num_pages=c.decode_pool_pages,
+            step_target_s=c.decode_step_target_s, lane_step_s=0.0 if c.latency_lane == "short_steps" else None,
             kv_dtype=None if c.flow_cache_dtype == "auto" or device == "cpu" else c.flow_cache_dtype,
             **(PER_OP_HOT_PATH if c.decode_hot_path == "per_op" else {}))
         return {"device": device, "max_batch_size": c.decode_max_batch_size, "hop_policy": HopPolicy(c.hop_policy),

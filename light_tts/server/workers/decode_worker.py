@@ -25,11 +25,15 @@ from light_tts.server.ipc.io_struct import AbortRequest, AudioReady, DecodeStart
 from light_tts.server.ipc.process_table import ProcessTable
 from light_tts.server.runtime.settings import ServerSettings
 from light_tts.server.ipc.shm import RequestSlots
+from light_tts.server.ipc.stage_trace import completes_first_chunk, now
 from light_tts.server.runtime.topology import PortArgs
 from light_tts.server.ipc.channels import Handlers, HttpReplies, Inbox
 from light_tts.server.runtime.process import (model_on, parent_is_gone, resolve_device, set_process_title,
                                               setup_process)
-from light_tts.server.workers.worker_common import AbortedRequests, serve, step_error
+from light_tts.server.workers.worker_common import REPORT_EVERY_S, AbortedRequests, Every, serve, step_error
+
+LANE_POLL_MS = 2  # the latency lane's wait for a first chunk's tokens: how often the inbox is looked at
+LANE_MAX_WAIT_S = 1.0  # a first chunk later than this (a busy LLM) no longer keeps the steps short
 
 
 @dataclass
@@ -57,6 +61,9 @@ class DecodeRequestState:
     num_sent: int = 0  # int16 samples sent (ring or inline)
     num_tokens: int = 0  # speech tokens received, reported as the request's usage with its last audio
     audio_start: float | None = None  # when the first audio left (the listener's playback clock)
+    first_chunk_tokens: int | None = None  # speech tokens of a stream's first chunk (None: non-stream)
+    num_first_tokens: int = 0  # of the first sentence, received so far (the trace's decode_queued)
+    started: float = field(default_factory=time.monotonic)  # its DecodeStart arrived
 
     def engine_id(self) -> str:
         """The engine's id of the active sentence (mapped back through DecodeWorker.active, never parsed)."""
@@ -82,6 +89,7 @@ class DecodeWorker:
         self.reqs: dict[int, DecodeRequestState] = {}
         self.active: dict[str, DecodeRequestState] = {}  # engine request id -> its request
         self.aborted = AbortedRequests()
+        self.report_clock = Every(REPORT_EVERY_S)
 
     def init_engine(self) -> None:
         from light_tts.decode.engine import to_int16
@@ -100,8 +108,11 @@ class DecodeWorker:
     def loop(self) -> None:
         while not parent_is_gone(self.launcher_pid):
             self.processes.beat("decode", self.rank)
+            is_busy = self.engine.has_work()
             wake_in_s = self.engine.wake_in_s() if not self.engine.is_released else None
-            timeout_ms = 0 if self.engine.has_work() else 200 if wake_in_s is None else min(200, int(1000 * wake_in_s))
+            # a latency lane holding early work for a first chunk looks for its tokens every 2 ms, not at once
+            timeout_ms = ((LANE_POLL_MS if self.engine.is_holding else 0) if is_busy else
+                          200 if wake_in_s is None else min(200, int(1000 * wake_in_s)))
             for message in self.inbox.receive(timeout_ms, max_messages=1000):
                 try:
                     self.handlers(message)
@@ -109,12 +120,22 @@ class DecodeWorker:
                     self.log.error("%s failed:\n%s", type(message).__name__, traceback.format_exc())
                     if isinstance(message, DecodeStart):
                         self.http.fail(message.params.http_rank, message.params.req_id, e)
+            self.engine.first_expected = self.is_first_expected()
             if self.engine.has_work():
                 self.write_outputs(self.step())
             self.processes.set_load("decode", self.rank, len(self.reqs))
             self.idle.tick(has_work=bool(self.reqs) or self.engine.num_active() > 0)
-            if not self.engine.is_released:
+            if not self.engine.is_released and (self.report_clock.due() or not is_busy):
                 self.report()
+
+    def is_first_expected(self) -> bool:
+        """A stream of this process has no audio yet and its first chunk may still come soon (it started less
+        than LANE_MAX_WAIT_S ago): the latency lane keeps steps short for it."""
+        if self.cfg.latency_lane == "off":
+            return False
+        now = time.monotonic()
+        return any(s.params.stream and s.audio_start is None and now - s.started < LANE_MAX_WAIT_S
+                   for s in self.reqs.values())
 
     def report(self) -> None:
         rank, stats = str(self.rank), self.engine.stats
@@ -165,7 +186,10 @@ class DecodeWorker:
             return
         prompt = Prompt(*self.slots.read_prompt(params.slot))
         self.idle.ensure_loaded()
-        self.reqs[params.req_id] = DecodeRequestState(params, message.voice_key, prompt)
+        facts = self.settings.models[self.slots.model_of(params.slot)].facts
+        first_chunk = self.settings.first_chunk_tokens(facts, len(prompt.speech_tokens)) if params.stream else None
+        self.reqs[params.req_id] = DecodeRequestState(params, message.voice_key, prompt,
+                                                      first_chunk_tokens=first_chunk)
         metrics.STAGE_REQUESTS.labels("decode", str(self.rank)).inc()
 
     def on_tokens(self, message: SpeechTokenBatch) -> None:
@@ -185,6 +209,10 @@ class DecodeWorker:
         if is_request_end:
             state.last_sentence = sentence
         state.num_tokens += len(tokens)
+        if sentence == 0:
+            before, state.num_first_tokens = state.num_first_tokens, state.num_first_tokens + len(tokens)
+            if completes_first_chunk(before, state.num_first_tokens, state.first_chunk_tokens, is_end):
+                self.slots.trace.stamp(state.params.slot, "decode_queued")
         if sentence == state.active:
             self.engine.push_tokens(state.engine_id(), list(filtered(tokens, state.active_filter)), is_end)
             return
@@ -233,6 +261,8 @@ class DecodeWorker:
                 continue
             is_last = out.finished and state.active == state.last_sentence
             pcm = self.to_int16(out.audio)  # little-endian on every host we run on (x86-64, aarch64)
+            if state.audio_start is None and len(pcm):
+                self.trace_first_audio(state.params.slot)
             if len(pcm) or is_last:
                 self.send_audio(state, pcm, is_last)
                 if state.audio_start is None and len(pcm):
@@ -245,6 +275,15 @@ class DecodeWorker:
                 del self.reqs[req_id]
             elif out.finished:
                 self.start_sentence(state)
+
+    def trace_first_audio(self, slot: int) -> None:
+        """The request's first audio: the step that made it (its start, flow and HiFT ends), and its send, stamped
+        before the send (the HTTP worker reads the trace when the audio arrives)."""
+        times, trace = self.engine.last_step_times, self.slots.trace
+        for boundary, point in (("flow_started", "started"), ("flow_done", "flow_done"), ("hift_done", "hift_done")):
+            if point in times:
+                trace.stamp(slot, boundary, times[point])
+        trace.stamp(slot, "audio_sent", now())
 
     def drop(self, req_id: int, error: Exception) -> None:
         """Fail one request: tell its HTTP worker and forget it here (the HTTP worker then aborts it everywhere)."""

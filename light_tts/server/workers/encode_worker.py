@@ -5,6 +5,8 @@ request's inputs from its slot, writes the encoded prompt back into the slot (th
 a repeated voice skips both ONNX models) and hands the request to the least loaded LLM replica of its model. A saved
 voice's features come with the request (the HTTP worker wrote them into the slot): only its texts are
 tokenized here. A voice upload's features are computed here once (ComputeFeatures) and answered FeaturesReady.
+The LLM's prompt follows the request's mode, as the model's family builds it (transcript and prompt speech,
+an instruction, or nothing); a voice conversion's source recording becomes speech tokens here (VCRequestIn).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import numpy as np
 import zmq
 
 from light_tts.errors import LightTTSError, TextError
-from light_tts.families.base import ZERO_SHOT
-from light_tts.frontend.text_norm import is_only_punctuation
+from light_tts.families import family_of
+from light_tts.frontend.text_norm import PieceJoiner, is_only_punctuation
+from light_tts.request_rules import VC
 from light_tts.server.metrics import prometheus as metrics
 from light_tts.server.runtime.devices import pick_least_loaded
 from light_tts.server.ipc.io_struct import (AbortRequest, ComputeFeatures, EncodeRequest, FeaturesReady, LLMRequestIn,
-                                        RequestParams, TextPiece, TextTokens)
+                                        RequestParams, TextPiece, TextTokens, VCRequestIn)
 from light_tts.server.ipc.process_table import ProcessTable
 from light_tts.server.runtime.settings import ServerSettings
 from light_tts.server.ipc.shm import VOICE_KINDS, RequestSlots
@@ -65,17 +68,20 @@ class EncodeWorker:
     def init_frontend(self) -> None:
         """One frontend per distinct frontend_key (models with the same speech tokenizer, speaker model and text
         tokenizer share it), loaded now so that a first request does not wait for it."""
-        from light_tts.families import family_of
         from light_tts.server.runtime.process import resolve_device
 
-        resolve_device(self.settings)  # sets the torch thread count; the frontend itself runs on the CPU
+        resolve_device(self.settings)  # sets the torch thread count; text and features run on the CPU
+        device = self.settings.prompt_device()  # the prompt models: torch on a GPU, or ONNX Runtime
         self.families = [family_of(entry.model_dir) for entry in self.settings.models]  # by model index
         self.frontends = {}
         for entry, family in zip(self.settings.models, self.families):
             if entry.frontend_key not in self.frontends:
-                self.frontends[entry.frontend_key] = family.frontend(family.load_model_config(entry.model_dir),
-                                                                     self.cfg.max_text_chars,
-                                                                     self.cfg.max_prompt_seconds)
+                frontend = family.frontend(family.load_model_config(entry.model_dir), self.cfg.max_text_chars,
+                                           self.cfg.max_prompt_seconds, prompt_device=device)
+                frontend.warm_up()
+                self.frontends[entry.frontend_key] = frontend
+                self.log.info("model %s: speech tokenizer on %s, speaker model on %s", entry.name,
+                              frontend.speech_tokenizer.runner.backend, frontend.campplus.runner.backend)
 
     def frontend_of(self, slot: int):
         """The frontend of the request's model (the slot's model column)."""
@@ -93,6 +99,8 @@ class EncodeWorker:
             messages = self.inbox.receive(timeout_ms=200, max_messages=self.cfg.encode_paral_num)
             for i, message in enumerate(messages):
                 self.queue_depth.set(len(messages) - i + len(self.bistream))
+                # busy with this turn: the HTTP workers send new requests to a free encode process first
+                self.processes.set_load("encode", self.rank, len(messages) - i)
                 try:
                     self.handlers(message)
                 except Exception as e:  # a bug must fail one request, not the process
@@ -102,7 +110,7 @@ class EncodeWorker:
                     elif isinstance(message, ComputeFeatures):
                         self.http.fail(message.http_rank, message.req_id, e)
             self.queue_depth.set(len(self.bistream))
-            self.processes.set_load("encode", self.rank, len(self.bistream))
+            self.processes.set_load("encode", self.rank, 0)
 
     def on_abort(self, message: AbortRequest) -> None:
         self.aborted.add(message.req_id)
@@ -118,26 +126,37 @@ class EncodeWorker:
         if params.req_id in self.aborted:
             return
         metrics.STAGE_REQUESTS.labels("encode", str(self.rank)).inc()
+        trace = self.slots.trace
+        trace.stamp(params.slot, "encode_started")
+        is_vc = params.mode == VC
         try:
-            sentences = [] if message.is_bistream else self.encode_text(params.slot)
+            sentences = [] if message.is_bistream or is_vc else self.encode_text(params.slot)
+            llm_prompt = None if is_vc else self.llm_prompt(params.slot, params.mode)  # text errors before models
+            trace.stamp(params.slot, "text_done")
+            source_tokens = self.encode_source(params.slot) if is_vc else None
             if message.saved_voice_key is not None:
-                self.encode_prompt_text(params.slot)
                 metrics.PROMPT_FEATURES.labels("saved").inc()
                 self.slots.a["voice_kind"][params.slot] = VOICE_KINDS.index("saved")
                 voice_key = message.saved_voice_key
             else:
                 voice_key = self.encode_prompt(params.slot)
+            if llm_prompt is not None:
+                self.slots.write_llm_prompt(params.slot, *llm_prompt)
         except LightTTSError as e:
             self.http.fail(params.http_rank, params.req_id, e)
             return
         except Exception as e:  # a bug must fail one request, not the process
-            self.log.error("request %d failed:\n%s", params.req_id, traceback.format_exc())
+            self.log.error("request %d (%s) failed:\n%s", params.req_id, params.mode, traceback.format_exc())
             self.http.fail(params.http_rank, params.req_id, e)
             return
         to_llm = self.llm_of(params.slot)
+        trace.stamp(params.slot, "encode_done")  # before the send: the LLM stamps after it
+        if is_vc:
+            to_llm.send(VCRequestIn(params, voice_key, source_tokens.tolist()))
+            return
         to_llm.send(LLMRequestIn(params, voice_key, message.is_bistream))
         if message.is_bistream:
-            self.bistream[params.req_id] = BistreamText(params)
+            self.bistream[params.req_id] = BistreamText(params, self.frontend_of(params.slot).piece_joiner())
         else:
             to_llm.send(TextTokens(params.req_id, sentences, is_last=True))
 
@@ -190,11 +209,10 @@ class EncodeWorker:
         return sentences
 
     def encode_prompt(self, slot: int) -> str:
-        """Prompt text tokens always; the audio features from the voice cache when this audio was seen before.
-        Returns the voice key."""
+        """The prompt audio's features, from the voice cache when this audio was seen before; returns the voice
+        key."""
         wav = self.slots.read_bytes(slot, "wav")
         key = self.voice_key(slot, wav)
-        self.encode_prompt_text(slot)  # first: a bad prompt text fails before the models run
         cached = self.voices.get(key)
         metrics.VOICE_CACHE_LOOKUPS.labels("hit" if cached else "miss").inc()
         if cached is None:
@@ -207,15 +225,23 @@ class EncodeWorker:
         self.slots.write_prompt_features(slot, *features)
         return key
 
-    def encode_prompt_text(self, slot: int) -> None:
-        """The LLM's prompt text of the request's model family (CosyVoice3 wraps the transcript in its system
-        prompt), tokenized by its frontend."""
+    def llm_prompt(self, slot: int, mode: str) -> tuple[np.ndarray, bool]:
+        """(text tokens, whether the prompt speech goes too) of the LLM's prompt in `mode`, as the family of the
+        request's model builds it from the slot's transcript and instruction."""
         transcript = self.slots.read_bytes(slot, "prompt_text").decode("utf-8")
-        llm_prompt = self.families[self.slots.model_of(slot)].llm_prompt(ZERO_SHOT, transcript)
-        text_tokens = self.frontend_of(slot).prompt_text_tokens(llm_prompt.text)
+        instruction = self.slots.read_bytes(slot, "instruct_text").decode("utf-8")
+        built = self.families[self.slots.model_of(slot)].llm_prompt(mode, transcript, instruction)
+        text_tokens = self.frontend_of(slot).prompt_text_tokens(built.text) if built.text else np.zeros(0, np.int32)
         if len(text_tokens) > self.slots.a["prompt_text_tokens"].shape[1]:
-            raise TextError(f"prompt_text is {len(text_tokens)} tokens, longer than the server accepts")
-        self.slots.write_prompt_text_tokens(slot, text_tokens)
+            raise TextError(f"the prompt text is {len(text_tokens)} tokens, longer than the server accepts")
+        return text_tokens, built.uses_prompt_speech
+
+    def encode_source(self, slot: int) -> np.ndarray:
+        """A voice conversion's source recording -> speech tokens (the speech tokenizer only); TooLargeError (413)
+        past the server's bound."""
+        wav = self.slots.read_bytes(slot, "source_wav")
+        tokens, _ = self.frontend_of(slot).source_speech_tokens(wav, self.settings.max_vc_source_seconds)
+        return tokens
 
     def encode_piece(self, piece: TextPiece) -> None:
         """Bistream text goes to the LLM as it comes, tokenized as-is (as the offline bistream pipeline does),
@@ -243,18 +269,19 @@ class BistreamText:
     ends with the same error as over HTTP instead of being voiced."""
 
     params: RequestParams
+    joiner: PieceJoiner  # keeps a control tag that a piece cuts in two whole for the next piece
     held: list[list[int]] = field(default_factory=list)  # token lists of the pieces held back
     text: str = ""  # the text received while nothing speakable was seen
     is_speakable: bool = False
 
     def add(self, piece: TextPiece, frontend) -> list[list[int]] | None:
         """Token lists to send to the LLM now (None: keep waiting); raises TextError for a text with no speech."""
-        tokens = frontend.piece_tokens(piece.text)
+        texts = [self.joiner.add(piece.text)] + ([self.joiner.finish()] if piece.is_last else [])
+        pieces = [tokens for tokens in map(frontend.piece_tokens, texts) if tokens]  # as the offline pipeline
         if self.is_speakable:
-            return [tokens] if tokens else []
+            return pieces
         self.text += piece.text
-        if tokens:
-            self.held.append(tokens)
+        self.held += pieces
         # normalising is costly: only a piece with more than punctuation, or the end, can change the verdict
         if piece.is_last or not is_only_punctuation(piece.text):
             self.is_speakable = frontend.normalizer.has_speech(self.text)

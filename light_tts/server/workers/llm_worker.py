@@ -5,7 +5,9 @@ audio follows k's), each as its own engine request seeded with sentence_seed(see
 does. A bistream request is one engine request fed text pieces as they arrive.
 Each request is assigned to a decode process at arrival, among those of this model's decode group (the topology):
 the one with room and the most playback slack, round-robin among equals. It serves one model (a model may have
-several LLM replicas, placement.py).
+several LLM replicas, placement.py). The LLM's prompt is what the encode process wrote for the request's mode
+(read_llm_prompt); a voice conversion (VCRequestIn) has no LLM step: its source tokens go on to a decode process
+as one finished sentence.
 """
 
 from __future__ import annotations
@@ -22,15 +24,16 @@ from light_tts.request_rules import sentence_seed
 from light_tts.server.metrics import prometheus as metrics
 from light_tts.server.workers.idle_engine import IdleEngine
 from light_tts.server.ipc.io_struct import (AbortRequest, DecodeStart, LLMRequestIn, RequestParams, SpeechTokenBatch,
-                                        TextTokens)
+                                        TextTokens, VCRequestIn)
 from light_tts.server.ipc.process_table import ProcessTable
 from light_tts.server.runtime.settings import ServerSettings
 from light_tts.server.ipc.shm import RequestSlots
+from light_tts.server.ipc.stage_trace import completes_first_chunk, now
 from light_tts.server.runtime.topology import PortArgs
 from light_tts.server.ipc.channels import Handlers, HttpReplies, Inbox, Outbox
 from light_tts.server.runtime.process import (model_on, parent_is_gone, resolve_device, set_process_title,
                                               setup_process)
-from light_tts.server.workers.worker_common import AbortedRequests, serve, step_error
+from light_tts.server.workers.worker_common import REPORT_EVERY_S, AbortedRequests, Every, serve, step_error
 
 
 @dataclass
@@ -49,6 +52,8 @@ class LLMRequestState:
     is_last_sent: bool = False  # bistream: the engine was told the text ended
     num_text_tokens: int = 0  # of every sentence or piece received so far
     max_tokens: int = 0  # the running sentence's speech-token bound
+    first_chunk_tokens: int = 0  # speech tokens of the first audio chunk (its trace's first_hop_out)
+    num_first_tokens: int = 0  # speech tokens of the first sentence sent so far
 
     def engine_id(self) -> str:
         """The engine's request id of the running sentence (the engine wants a unique string; the worker maps it
@@ -75,11 +80,13 @@ class LLMWorker:
         self.llm_tokens = metrics.LLM_TOKENS.labels(self.model.name)
         self.next_decode = 0  # index into self.decode_ranks where the round-robin goes on
         self.num_preemptions = 0  # the engine's, already counted in the metric
+        self.report_clock = Every(REPORT_EVERY_S)
+        self.batch_size = metrics.BATCH_SIZE.labels("llm", str(rank))
 
     def init_sockets(self) -> None:
         self.ctx = zmq.Context()
         self.handlers = Handlers(self.name, {AbortRequest: self.on_abort, LLMRequestIn: self.on_request_in,
-                                             TextTokens: self.on_text_tokens})
+                                             VCRequestIn: self.on_vc_request, TextTokens: self.on_text_tokens})
         self.inbox = Inbox(self.ctx, self.ports, self.processes, "llm", self.rank, self.handlers)
         self.decode_ranks = self.settings.topology.decode_ranks_of_llm(self.rank)  # this model's decode group
         self.to_decode = {r: Outbox(self.ctx, self.processes, "decode", r) for r in self.decode_ranks}
@@ -107,13 +114,15 @@ class LLMWorker:
                     self.handlers(message)
                 except Exception as e:  # one bad request must not take the process down
                     self.fail_message(message, e)
+            step_started = now()
             outputs = self.step() if self.engine.has_unfinished() else []
             is_idle = not outputs
             if outputs:
-                self.route(outputs)
-                metrics.BATCH_SIZE.labels("llm", str(self.rank)).observe(self.engine.last_batch_size)
+                self.route(outputs, step_started)
+                self.batch_size.observe(self.engine.last_batch_size)
             self.idle.tick(has_work=bool(self.reqs) or self.engine.has_unfinished())
-            self.report()
+            if self.report_clock.due() or is_idle:
+                self.report()
 
     def step(self) -> list:
         """One engine step. An exception inside it (a GPU out-of-memory error, a bug) fails the requests the engine
@@ -140,18 +149,41 @@ class LLMWorker:
         params = message.params
         if params.req_id in self.aborted:
             return
-        text_tokens, speech_tokens, _, _ = self.slots.read_prompt(params.slot)
+        text_tokens, speech_tokens = self.slots.read_llm_prompt(params.slot)
         self.idle.ensure_loaded()
+        rank = self.start_decode(params, message.voice_key)
+        if rank is not None:
+            # the first chunk's pad aligns the flow's prompt (all its speech tokens, in every mode) to the chunk grid
+            num_flow_prompt = int(self.slots.a["num_prompt_speech_tokens"][params.slot])
+            first_chunk = self.settings.first_chunk_tokens(self.model.facts, num_flow_prompt) if params.stream else 0
+            self.reqs[params.req_id] = LLMRequestState(params, message.is_bistream, rank, text_tokens.tolist(),
+                                                       speech_tokens.tolist(), first_chunk_tokens=first_chunk)
+
+    def on_vc_request(self, message: VCRequestIn) -> None:
+        """Voice conversion: the source's tokens are the request's one sentence, finished; nothing stays here."""
+        params = message.params
+        if params.req_id in self.aborted:
+            return
+        self.slots.trace.stamp(params.slot, "llm_queued")
+        rank = self.start_decode(params, message.voice_key)
+        if rank is not None:
+            batch = SpeechTokenBatch()
+            batch.append(params.req_id, 0, message.source_tokens, True, True, sentence_seed(params.seed, 0),
+                         len(message.source_tokens))
+            self.slots.trace.stamp(params.slot, "first_hop_out")  # no prefill: the tokens go on as they came
+            self.to_decode[rank].send(batch)
+
+    def start_decode(self, params: RequestParams, voice_key: str) -> int | None:
+        """Give the request to a decode process (its rank), or fail it (None) when none of its group runs."""
         rank = self.pick_decode_rank()
         if self.processes.state("decode", rank) != ProcessTable.READY:  # its failure may be handled already
             self.http.fail(params.http_rank, params.req_id,
                            UnavailableError("no decode process of this model is running (one is restarting)"))
-            return
+            return None
         self.slots.set_decode_rank(params.slot, rank)  # before the send: a failure of `rank` fails this request
-        self.reqs[params.req_id] = LLMRequestState(params, message.is_bistream, rank, text_tokens.tolist(),
-                                                   speech_tokens.tolist())
-        self.to_decode[rank].send(DecodeStart(params, message.voice_key))
+        self.to_decode[rank].send(DecodeStart(params, voice_key))
         metrics.STAGE_REQUESTS.labels("llm", str(self.rank)).inc()
+        return rank
 
     def on_text_tokens(self, message: TextTokens) -> None:
         state = self.reqs.get(message.req_id)
@@ -171,7 +203,7 @@ class LLMWorker:
 
     def fail_message(self, message, error: Exception) -> None:
         self.log.error("%s failed:\n%s", type(message).__name__, traceback.format_exc())
-        req_id = message.params.req_id if isinstance(message, LLMRequestIn) else message.req_id
+        req_id = message.params.req_id if isinstance(message, (LLMRequestIn, VCRequestIn)) else message.req_id
         state = self.reqs.pop(req_id, None)
         if state is not None:
             self.stop_sentence(state)
@@ -227,6 +259,8 @@ class LLMWorker:
         state.is_running = True
         state.max_tokens = self.settings.sentence_speech_tokens(None if state.is_bistream else len(text_tokens), fixed)
         self.running[state.engine_id()] = state
+        if state.sentence_idx == 0:
+            self.slots.trace.stamp(state.params.slot, "llm_queued")
         self.engine.add_request(LLMRequest(
             req_id=state.engine_id(), text_token_ids=text_tokens, prompt_text_token_ids=state.prompt_text_tokens,
             prompt_speech_token_ids=state.prompt_speech_tokens, seed=state.sentence_seed(),
@@ -239,14 +273,19 @@ class LLMWorker:
             raise RequestError(f"fixed_speech_tokens={fixed} does not fit: the prompt and text take {num_inputs} of "
                                f"the {self.cfg.max_req_total_len} tokens one request may hold (--max_req_total_len)")
 
-    def route(self, outputs) -> None:
-        """One SpeechTokenBatch per decode process for this step's outputs; finished sentences start the next."""
+    def route(self, outputs, step_started: float) -> None:
+        """One SpeechTokenBatch per decode process for this step's outputs; finished sentences start the next.
+        The first sentence's tokens stamp the request's trace: its prefill (the step of its first token) and the
+        send of its first chunk's tokens."""
         batches = {rank: SpeechTokenBatch() for rank in self.decode_ranks}
+        step_ended, first_hops = now(), []
         for out in outputs:
             state = self.running.get(out.req_id)
             if state is None:
                 continue
             req_id = state.params.req_id
+            if state.sentence_idx == 0 and self.crosses_first_hop(state, out, step_started, step_ended):
+                first_hops.append(state.params.slot)
             self.llm_tokens.inc(len(out.new_token_ids))
             if out.finished:
                 del self.running[out.req_id]
@@ -264,9 +303,21 @@ class LLMWorker:
                 del self.reqs[req_id]
             elif out.finished:
                 self.start_sentence(state)
+        sent_at = now()  # before the sends: the decode process stamps after them
+        for slot in first_hops:
+            self.slots.trace.stamp(slot, "first_hop_out", sent_at)
         for rank, batch in batches.items():
             if len(batch):
                 self.to_decode[rank].send(batch)
+
+    def crosses_first_hop(self, state: LLMRequestState, out, step_started: float, step_ended: float) -> bool:
+        """Stamp the prefill of the request's first token; True when this output completes its first audio
+        chunk's tokens (a stream's first hop, or a non-stream request's whole first sentence)."""
+        slot, before = state.params.slot, state.num_first_tokens
+        if out.new_token_ids and self.slots.trace.stamp_once(slot, "prefill_started", step_started):
+            self.slots.trace.stamp(slot, "prefill_done", step_ended)
+        state.num_first_tokens += len(out.new_token_ids)
+        return completes_first_chunk(before, state.num_first_tokens, state.first_chunk_tokens or None, out.finished)
 
     def report(self) -> None:
         for engine_id, reason in self.engine.take_waits():  # each wait, once: why, and a count by reason

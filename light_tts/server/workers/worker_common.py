@@ -21,6 +21,24 @@ def step_error(error: Exception) -> Exception:
     return error
 
 
+class Every:
+    """True at most once per `seconds` (the gauges a loop publishes: its steps can be a millisecond apart, and a
+    gauge a few tens of milliseconds old says the same)."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.last = seconds, -float("inf")
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < self.seconds:
+            return False
+        self.last = now
+        return True
+
+
+REPORT_EVERY_S = 0.05  # how often the LLM and decode loops publish their gauges and room
+
+
 class AbortedRequests:
     """Request ids aborted recently; a stage drops any message for them without touching the slot."""
 

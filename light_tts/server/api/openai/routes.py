@@ -22,18 +22,19 @@ from starlette.concurrency import run_in_threadpool
 from light_tts.errors import LightTTSError, RequestError, TextError
 from light_tts.server.runtime.model_set import ModelEntry, resolve_model
 from light_tts.server.api.audio_encoding import CONTENT_TYPES, encode_file, make_encoder
-from light_tts.server.api.openai.schema import (ErrorBody, ModelCard, ModelList, SpeechRequest, SpeechUsage,
+from light_tts.server.api.openai.schema import (OpenAIErrorBody, ModelCard, ModelList, SpeechRequest, SpeechUsage,
                                             VoiceDeleted, VoiceList, VoiceObject, audio_delta_event,
                                             audio_done_event, error_event)
-from light_tts.server.api.request_metrics import ClientGone, cut_on_failure, error_response, unless_disconnected
-from light_tts.server.api.request_parsing import FORM_OVERHEAD_BYTES, read_multipart
+from light_tts.server.api.error_bodies import openai_error_response
+from light_tts.server.api.request_metrics import ClientGone, cut_on_failure, unless_disconnected
+from light_tts.server.api.request_parsing import read_multipart
 from light_tts.server.api.voice_store import PromptFeatures, VoicePrompt, VoiceStore
 
 log = logging.getLogger("light_tts.openai")
 SAMPLE_RATE = 24000
 # OpenAI's model names, accepted for the default model so that clients with a fixed model name work.
 OPENAI_MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
-ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 408, 409, 413, 429, 503, 504)}
+ERRORS = {status: {"model": OpenAIErrorBody} for status in (400, 401, 404, 408, 409, 413, 429, 503, 504)}
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left first
 
 
@@ -49,6 +50,11 @@ class SynthesisJob:
     client: str = ""  # the client's address (--max_requests_per_client)
     usage: SpeechUsage | None = None  # set by the backend once the audio is complete
     model: int = 0  # index of the model in ServerSettings.models
+    received_at: float | None = None  # when the route started (the request trace's first boundary)
+    server_timing: str = ""  # the Server-Timing header of its stages, set by the backend with the first chunk
+    instructions: str | None = None  # instruct mode's instruction
+    mode: str | None = None  # a mode the client asked for (request_rules.resolve_mode decides)
+    source_audio: bytes = b""  # voice conversion (mode vc): the recording to speak in the voice; no text
 
 
 class SynthesisBackend(Protocol):
@@ -70,11 +76,17 @@ async def first_chunk(chunks) -> bytes:
         raise
 
 
+def timing_header(job: SynthesisJob) -> dict[str, str] | None:
+    """Server-Timing of the job's stages up to its first audio (the backend's trace), when it has one."""
+    return {"Server-Timing": job.server_timing} if job.server_timing else None
+
+
 def client_of(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
-def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: Sequence[ModelEntry]) -> APIRouter:
+def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: Sequence[ModelEntry],
+                         max_body_bytes: int) -> APIRouter:
     router = APIRouter()
     created_at = int(time.time())
 
@@ -84,40 +96,37 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
                                                                                   "text/event-stream")}},
                                                 **ERRORS}, summary="Speak a text with a saved voice (OpenAI)")
     async def create_speech(body: SpeechRequest, request: Request):
-        """Speak `input` with a saved voice; the audio streams as it is encoded."""
+        """Speak `input` with a saved voice, in the style `instructions` ask for if any: streamed as it is
+        encoded, or one file with exact headers (wav and flac by default, any format with `stream: false`).
+        Control tags in `input` (e.g. `[laughter]`, `<strong>...</strong>`) are spoken as such."""
+        received_at = time.monotonic()  # the body is parsed already (FastAPI): the trace's parse stage is ~0
         try:
             model = resolve_model(models, body.model, OPENAI_MODEL_ALIASES)  # unknown: 404 naming the models
             prompt = await run_in_threadpool(store.load_features, body.voice, models[model].frontend_key)
+            # the engine streams at speed 1 whatever the response's form, so every format carries the same audio
             job = SynthesisJob(body.input, prompt, body.speed, body.speed == 1.0, body.seed, body.fixed_speech_tokens,
-                               client=client_of(request), model=model)
-            chunks = backend.synthesize(job)
-            first = await unless_disconnected(request, first_chunk(chunks))
-            if not job.is_streamed and body.stream_format == "audio":  # the whole audio: a file with exact headers
-                audio = await unless_disconnected(request, rest_of(first, chunks))
-                return Response(encode_file(body.response_format, audio, SAMPLE_RATE),
-                                media_type=CONTENT_TYPES[body.response_format])
+                               client=client_of(request), model=model, instructions=body.instructions,
+                               mode=body.mode, received_at=received_at)
+            return await audio_answer(request, backend.synthesize(job), job, body.response_format,
+                                      not body.is_streamed(), is_sse=body.stream_format == "sse")
         except LightTTSError as e:
-            return error_response(e)
+            return openai_error_response(e)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; keeps the log quiet
-        if body.stream_format == "sse":
-            return StreamingResponse(sse_body(first, chunks, job, body.response_format),
-                                     media_type="text/event-stream")
-        # A failure after the headers cuts the transfer, which the client sees (one log line, no traceback).
-        return StreamingResponse(cut_on_failure(encoded(first, chunks, body.response_format), "speech request"),
-                                 media_type=CONTENT_TYPES[body.response_format])
 
     @router.post("/v1/audio/voices", status_code=201, response_model=VoiceObject, responses=ERRORS,
                  summary="Save a voice: a recording and its transcript",
                  openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                      "type": "object", "required": ["audio", "name"], "properties": {
                          "audio": {"type": "string", "format": "binary", "description": "wav, flac, ogg or mp3"},
-                         "text": {"type": "string", "description": "the transcript (the prompt text)"},
+                         "text": {"type": "string", "description": "the transcript (the prompt text); leave it "
+                                                                   "out for a voice without one (spoken "
+                                                                   "cross-lingual); blank: 400"},
                          "name": {"type": "string"}}}}}}})
     async def create_voice(request: Request):
         """Save a voice: its prompt features are computed once, now (a failure saves nothing)."""
         try:
-            name, text, audio = await read_voice_upload(request, store.limits.max_upload_bytes)
+            name, text, audio = await read_voice_upload(request, max_body_bytes)
             await run_in_threadpool(store.check_upload, name, text, audio)  # cheap checks before the model runs
             features, duration_s = await unless_disconnected(request, backend.compute_features(
                 audio, client_of(request)))
@@ -125,22 +134,26 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
             voice = await run_in_threadpool(store.create, name, text, audio, features, duration_s,
                                             models[0].frontend_key)
         except LightTTSError as e:
-            return error_response(e)
+            return openai_error_response(e)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
-        return JSONResponse(VoiceObject.of(voice).model_dump(), status_code=201)
+        aliases = store.aliases_of(await run_in_threadpool(store.list)).get(voice.id, [])
+        return JSONResponse(VoiceObject.of(voice, aliases).model_dump(), status_code=201)
 
     @router.get("/v1/audio/voices", response_model=VoiceList, responses=ERRORS, summary="The saved voices")
     async def list_voices():
-        return VoiceList(data=[VoiceObject.of(v) for v in await run_in_threadpool(store.list)])
+        voices = await run_in_threadpool(store.list)
+        aliases = store.aliases_of(voices)
+        return VoiceList(data=[VoiceObject.of(v, aliases.get(v.id, [])) for v in voices])
 
     @router.get("/v1/audio/voices/{voice_id}", response_model=VoiceObject, responses=ERRORS,
-                summary="One saved voice")
+                summary="One saved voice (by id or alias)")
     async def get_voice(voice_id: str):
         try:
-            return VoiceObject.of(await run_in_threadpool(store.get, voice_id))
+            voice = await run_in_threadpool(store.find, voice_id)
+            return VoiceObject.of(voice, store.aliases_of(await run_in_threadpool(store.list)).get(voice.id, []))
         except LightTTSError as e:
-            return error_response(e)
+            return openai_error_response(e)
 
     @router.delete("/v1/audio/voices/{voice_id}", response_model=VoiceDeleted, responses=ERRORS,
                    summary="Delete a saved voice")
@@ -149,7 +162,7 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
         try:
             await run_in_threadpool(store.delete, voice_id)
         except LightTTSError as e:
-            return error_response(e)
+            return openai_error_response(e)
         return VoiceDeleted(id=voice_id)
 
     @router.get("/v1/models", response_model=ModelList, responses=ERRORS, summary="The served models (OpenAI)")
@@ -157,6 +170,24 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
         return ModelList(data=[ModelCard(id=m.name, created=created_at) for m in models])
 
     return router
+
+
+async def audio_answer(request: Request, chunks, job: SynthesisJob, fmt: str, is_whole: bool,
+                       is_sse: bool = False):
+    """The answer of a synthesis: it waits for the first chunk (so that an early failure still gets its HTTP
+    status), then sends the whole audio as one file with exact headers, or streams it as it is encoded (SSE
+    events with `is_sse`), with the job's Server-Timing header. A failure after the headers cuts the transfer,
+    which the client sees (one log line, no traceback); in SSE it is the stream's last event."""
+    first = await unless_disconnected(request, first_chunk(chunks))
+    if is_whole:
+        audio = await unless_disconnected(request, rest_of(first, chunks))
+        return Response(encode_file(fmt, audio, SAMPLE_RATE), media_type=CONTENT_TYPES[fmt],
+                        headers=timing_header(job))
+    if is_sse:
+        return StreamingResponse(sse_body(first, chunks, job, fmt), media_type="text/event-stream",
+                                 headers=timing_header(job))
+    return StreamingResponse(cut_on_failure(encoded(first, chunks, fmt), f"{job.endpoint} request"),
+                             media_type=CONTENT_TYPES[fmt], headers=timing_header(job))
 
 
 async def rest_of(first: bytes, chunks) -> bytes:
@@ -192,16 +223,21 @@ async def sse_body(first: bytes, chunks, job: SynthesisJob, fmt: str):
         yield error_event(e)
 
 
-async def read_voice_upload(request: Request, max_audio_bytes: int) -> tuple[str, str, bytes]:
-    """The multipart fields audio, text and name; a body over the limit is refused before it is read (413),
-    one that stalls for timeout_s gets 408."""
+async def read_voice_upload(request: Request, max_body_bytes: int) -> tuple[str, str | None, bytes]:
+    """The multipart fields audio, text and name; a body over the limit is refused before it is read (413); one
+    that stalls or trickles is cut by body_deadline.BodyDeadline (408). No `text` field: a voice without a
+    transcript (None; cross-lingual); a `text` field that is blank is a mistake (a 400), not a way to say that."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise RequestError("expected a multipart/form-data body with fields audio, text and name")
-    parts = await read_multipart(request, max_audio_bytes + FORM_OVERHEAD_BYTES)
+    parts = await read_multipart(request, max_body_bytes)
     for field in ("audio", "name"):
         if field not in parts:
-            raise RequestError(f"missing field {field}")
+            raise RequestError(f"missing field {field}", field)
     try:
-        return parts["name"].decode("utf-8"), parts.get("text", b"").decode("utf-8"), parts["audio"]
+        name, text = parts["name"].decode("utf-8"), parts["text"].decode("utf-8") if "text" in parts else None
     except UnicodeDecodeError as e:
         raise TextError(f"name and text must be UTF-8 ({e.reason} at byte {e.start})") from None
+    if text is not None and not text.strip():
+        raise TextError("text is empty: give the recording's transcript, or leave the field out for a voice "
+                        "without one", "text")
+    return name, text, parts["audio"]

@@ -9,7 +9,8 @@ Protocols (event fields in docs/openai-api.md): /v1/audio/speech/stream is vLLM-
 input.text pieces, input.done flushes an utterance, session.close; audio.start, audio frames, audio.done,
 session.done per utterance), /ws/tts the Orpheus style ({"text", "voice"} in, PCM frames, b"__END__").
 
-Errors: a message the session cannot use gets an error event and the session goes on, except: anything
+Errors: a message the session cannot use gets an error event (`{"type": "error", "message", "error": {"message",
+"type", "param", "code"}}`, OpenAI's error object) and the session goes on, except: anything
 wrong before a valid session.config closes with 1008 (policy violation), and a binary frame from the client
 closes with 1003 (unsupported data). session.close / __END__ close with 1000.
 """
@@ -23,9 +24,10 @@ from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from light_tts.errors import LightTTSError, RequestError
-from light_tts.server.api.openai.schema import (FixedSpeechTokens, Instructions, ResponseFormat, Seed, Speed, VoiceId,
-                                            describe_errors)
+from light_tts.errors import ErrorKind, LightTTSError, RequestError, kind_of
+from light_tts.server.api.error_bodies import message_of, openai_error_of_kind
+from light_tts.server.api.openai.schema import (FixedSpeechTokens, Instructions, Mode, ResponseFormat, Seed, Speed,
+                                               VoiceId, check_mode, describe_errors, field_of)
 
 CLOSE_NORMAL, CLOSE_UNSUPPORTED_DATA, CLOSE_POLICY_VIOLATION = 1000, 1003, 1008
 END_MARKER = b"__END__"
@@ -46,6 +48,7 @@ class StreamSessionConfig(BaseModel):
     seed: Seed = None
     fixed_speech_tokens: FixedSpeechTokens = None
     instructions: Instructions = None
+    mode: Mode = None
     # LightTTS splits sentences itself and streams them in order; only "none" (one request per flush) fits.
     split_granularity: Literal["none"] = "none"
 
@@ -53,6 +56,7 @@ class StreamSessionConfig(BaseModel):
     def speed_needs_whole_audio(self) -> "StreamSessionConfig":
         if self.stream_audio and self.speed != 1.0:
             raise ValueError("stream_audio needs speed 1.0: speed is applied to the whole audio")
+        check_mode(self.mode, self.instructions)
         return self
 
 
@@ -67,6 +71,8 @@ class Utterance:
     seed: int | None = None
     fixed_speech_tokens: int | None = None
     model: str | None = None  # session.config's model (None: the default model)
+    instructions: str | None = None  # session.config's instructions (instruct mode)
+    mode: str | None = None  # session.config's mode
 
 
 @dataclass(frozen=True)
@@ -90,8 +96,10 @@ class Close:
     reason: str
 
 
-def error_event(message: str, kind: str = RequestError.kind, **extra) -> SendJson:
-    return SendJson({"type": "error", "message": message, "kind": kind, **extra})
+def error_event(message: str, kind: ErrorKind = RequestError.kind, param: str | None = None, **extra) -> SendJson:
+    """`message` on top (vLLM-Omni's clients read it) and OpenAI's error object (as the Realtime API sends it)."""
+    return SendJson({"type": "error", "message": message, "error": openai_error_of_kind(message, kind, param),
+                     **extra})
 
 
 class SerialSession:
@@ -117,10 +125,9 @@ class SerialSession:
             raise RuntimeError("on_synthesis_done() without an utterance in progress")
         actions = []
         if error is not None:
-            message, kind = (str(error), error.kind) if isinstance(error, LightTTSError) else ("internal error",
-                                                                                           "internal")
             extra = {"partial_audio": True, "action": "discard"} if total_bytes else {}
-            actions.append(error_event(f"utterance {utterance.index} failed: {message}", kind, **extra))
+            actions.append(error_event(f"utterance {utterance.index} failed: {message_of(error)}", kind_of(error),
+                                       getattr(error, "param", None), **extra))
         return actions + self.done_actions(utterance, total_bytes, error is not None) + self.advance()
 
     def enqueue(self, utterance: Utterance) -> list:
@@ -189,12 +196,12 @@ class StreamSpeechSession(SerialSession):
             return self.refuse(f"unknown message type {event!r}; expected one of {', '.join(CLIENT_EVENTS)}")
         return handler(message)
 
-    def refuse(self, problem: str, kind: str = RequestError.kind) -> list:
+    def refuse(self, problem: str, kind: ErrorKind = RequestError.kind, param: str | None = None) -> list:
         """An error event; before a usable session.config there is no session to go on with."""
         if self.config is not None:
-            return [error_event(problem, kind)]
+            return [error_event(problem, kind, param)]
         self.is_closed = True
-        return [error_event(problem, kind), Close(CLOSE_POLICY_VIOLATION, "no valid session.config")]
+        return [error_event(problem, kind, param), Close(CLOSE_POLICY_VIOLATION, "no valid session.config")]
 
     def on_config(self, message: dict) -> list:
         if self.buffer:
@@ -204,9 +211,9 @@ class StreamSpeechSession(SerialSession):
             if self.check_voice is not None:
                 self.check_voice(config.voice)
         except ValidationError as e:
-            return self.refuse(f"invalid session.config: {describe_errors(e.errors())}")
+            return self.refuse(f"invalid session.config: {describe_errors(e.errors())}", param=field_of(e.errors()))
         except LightTTSError as e:
-            return self.refuse(str(e), e.kind)
+            return self.refuse(str(e), e.kind, e.param or "voice")
         self.config = config
         return []
 
@@ -232,7 +239,7 @@ class StreamSpeechSession(SerialSession):
         config = self.config
         utterance = Utterance(self.next_index, "".join(self.buffer), config.voice, config.response_format,
                               config.speed, config.stream_audio, config.seed, config.fixed_speech_tokens,
-                              config.model)
+                              config.model, config.instructions, config.mode)
         self.next_index += 1
         self.buffer.clear()
         self.num_buffered_chars = 0

@@ -35,7 +35,7 @@ def add_speech_websockets(router: APIRouter, backend: SynthesisBackend, store: V
     @router.websocket("/v1/audio/speech/stream")
     async def speech_stream(ws: WebSocket):
         await ws.accept()
-        session = StreamSpeechSession(max_utterance_chars, check_voice=store.get)
+        session = StreamSpeechSession(max_utterance_chars, check_voice=store.find)
         await SessionTransport(ws, session, backend, store, models, "v1_audio_speech_stream", idle_timeout_s).run()
 
     @router.websocket("/ws/tts")
@@ -119,7 +119,8 @@ class SessionTransport:
             is_streamed = utterance.is_streamed and utterance.speed == 1.0
             chunks = self.backend.synthesize(SynthesisJob(utterance.text, prompt, utterance.speed, is_streamed,
                                                           utterance.seed, utterance.fixed_speech_tokens,
-                                                          self.endpoint, self.client, model=model))
+                                                          self.endpoint, self.client, model=model,
+                                                          instructions=utterance.instructions, mode=utterance.mode))
             if is_streamed:  # closed at once if a send fails, so the request ends with the connection
                 async with aclosing(encoded(b"", chunks, utterance.response_format)) as pieces:
                     async for piece in pieces:

@@ -88,7 +88,8 @@ async function saveVoice() {
   if (!file || !$("prompt-text").value.trim()) return showError("Choose a prompt audio file and type what it says.");
   const form = new FormData();
   form.append("audio", file);
-  form.append("text", $("prompt-text").value);
+  // an empty transcript field means "no transcript" (the field left out), not an empty one (a 400)
+  if ($("prompt-text").value.trim()) form.append("text", $("prompt-text").value);
   form.append("name", $("voice-name").value.trim() || file.name);
   const response = await fetch(VOICES_PATH, { method: "POST", body: form, headers: headers() });
   if (!response.ok) return showError(`saving the voice: ${await errorText(response)}`);
