@@ -66,3 +66,18 @@ def test_vocoder_failure_fails_only_its_request(cfg, monkeypatch):
     assert check_against_reference(engine, reqs[1:], {"r1": outputs["r1"]}) < REL_TOL
     engine.pool.check()
     assert not engine.requests
+
+
+def test_cpu_pool_holds_the_longest_stream(cfg):
+    """On a CPU host the DiT's slots (positional-conv tails of every CFM step, 642 of them by default) take more
+    than the CPU pool's bytes; the pool still holds the longest stream the limits admit, so a bistream request
+    (bounded by max_stream_tokens alone) is not refused as too large (it was, with 8 pages)."""
+    import torch
+
+    from light_tts.decode.dit_cache import DiTCacheShape
+    from light_tts.decode.engine_setup import cpu_pool_pages
+
+    limits = EngineLimits()  # the server's defaults: 30-s prompts, 1500-token streams
+    shape = DiTCacheShape.from_config(cfg.flow)
+    num_slots = 2 + limits.max_streams + limits.max_prefixes
+    assert cpu_pool_pages(shape, limits, num_slots, torch.float32, torch.float32) >= limits.max_stream_pages == 91
