@@ -77,10 +77,11 @@ def test_long_text_streams_sentences_in_order(server, pipeline):
     assert_same_audio(body, reference_pcm(pipeline, text, wav, seed=9, stream=True))
 
 
-async def bistream(url: str, pieces: list[str], wav: bytes, seed: int) -> bytes:
+async def bistream(url: str, pieces: list[str], wav: bytes, seed: int, **start) -> bytes:
+    """The audio of a bistream session; `start`: more fields of the start message (tts_model_name)."""
     audio = bytearray()
     async with websockets.connect(f"{url.replace('http', 'ws')}/inference_zero_shot_bistream") as ws:
-        await ws.send(json.dumps({"prompt_text": PROMPT_TEXT, "seed": seed}))
+        await ws.send(json.dumps({"prompt_text": PROMPT_TEXT, "seed": seed, **start}))
         await ws.send(wav)
         for piece in pieces:
             await ws.send(json.dumps({"tts_text": piece}))
