@@ -28,13 +28,25 @@ def new_engine(cfg, hop="growing", **limits) -> DiTDecodeEngine:
                                                     clock=lambda: 0.0)
 
 
-def test_packed_steps_equal_unbatched(cfg):
-    """Streams (growing hops) and whole utterances with a speed change, staggered arrivals."""
+def test_packed_steps_equal_unbatched(cfg, monkeypatch):
+    """Streams (growing hops) and whole utterances with a speed change, staggered arrivals; HiFT passes of at most
+    HIFT_MAX_ROWS rows (2 here: the warm-up sizes memory for that many, whatever a step holds)."""
+    import light_tts.decode.dit_engine as dit_engine
+
+    rows, original = [], dit_engine.vocode
+
+    def recording(hift, states, mels, finalize):
+        rows.append(len(mels))
+        return original(hift, states, mels, finalize)
+
+    monkeypatch.setattr(dit_engine, "HIFT_MAX_ROWS", 2)
+    monkeypatch.setattr(dit_engine, "vocode", recording)
     engine = new_engine(cfg)
     assert isinstance(engine, DiTDecodeEngine)
     worst = run_packed(engine, cfg)
     print(f"worst chunk rel L2 {worst:.2e}")
     assert worst < REL_TOL
+    assert max(rows) == 2  # batched, and split
 
 
 def test_shared_prefix_equals_unshared(cfg):
