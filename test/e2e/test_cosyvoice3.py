@@ -90,6 +90,16 @@ def test_zero_shot_equals_each_models_pipeline(server, pipelines):
     assert replies[1][2] >= 3  # the CosyVoice3 stream came in chunks, the first before the LLM finished
 
 
+def test_fixed_speech_tokens_force_the_length(server):
+    """bench.streams' 10-s utterances: exactly N tokens (960 samples each), although CosyVoice3's LM may stop before
+    min_len (seed 0 stops this text after 5 tokens otherwise)."""
+    data = {"tts_text": "Hello there.", "prompt_text": PROMPT_TEXT, "seed": "0", "stream": "true",
+            "fixed_speech_tokens": "40", "tts_model_name": CV3}
+    r = httpx.post(f"{server.url}/inference_zero_shot", data=data, timeout=120,
+                   files={"prompt_wav": ("p.wav", voice_wav(1), "audio/wav")})
+    assert r.status_code == 200 and len(r.content) == 40 * 960 * 2, (r.status_code, len(r.content))
+
+
 def test_bistream_equals_the_pipeline(server, pipelines):
     """Text in pieces to CosyVoice3 (its prompt text through <|endofprompt|> right after sos). Its length is
     bounded by max_speech_tokens alone: the CPU pool must hold such a stream (it held 8 pages: 413 too_large)."""
