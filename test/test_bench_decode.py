@@ -37,3 +37,16 @@ def test_throughput_section_runs_on_cosyvoice3(cv3_fixture_dir):
     row = section_throughput(cfg, engine, [1], context_s=1.0)[1]
     assert row["flow_ms"] > 0 and row["hift_ms"] > 0 and 0 < row["hift_share"] < 1
     assert row["flow"]["tflops"] > 0 and row["hift"]["tflops"] > 0 and row["audio_s_per_s"] > 0
+
+
+def test_memory_capacity_of_the_dit_cache():
+    """The memory section on a CosyVoice3 directory (it read CosyVoice2's cache geometry): a DiT page holds one
+    second of a stream's keys and values for 10 CFM steps x 22 blocks x 2 CFG branches x 1024 channels, 90 MB in
+    float16, half (plus per-head scales) in fp8; a 10-s stream after a shared 5-s prompt owns 11 pages."""
+    from light_tts.bench.decode import memory_capacity
+
+    cfg = SimpleNamespace(family="cosyvoice3", flow=DiTFlowConfig())
+    out = memory_capacity(cfg, free_bytes=80 * 10**9)
+    assert out["float16"]["mb_per_page"] == 10 * 22 * 2 * 2 * 50 * 1024 * 2 / 1e6 == 90.112
+    assert out["fp8_e4m3"]["mb_per_page"] == pytest.approx(90.112 / 2, rel=2e-3)
+    assert out["float16"]["streams_of_10s_shared_5s_prompt"] == int(0.85 * 80e9) // 90_112_000 // 11 == 68

@@ -43,11 +43,14 @@ from light_tts.bench.decode_parts import (PROMPT_TOKENS, CausalHiFTRows, HiFTRow
 from light_tts.bench.decode_roofline import (conv_flops_bytes, dit_flow_bytes, dit_flow_flops, flow_bytes, flow_flops,
                                              hift_flops_bytes, roofline_row)
 from light_tts.decode.hift_stage import HiFTStage
+from light_tts.decode.dit_cache import DiTCacheShape
 from light_tts.decode.flow_cache import KV_DTYPES, FlowCacheShape
 from light_tts.models.cosyvoice2.hift.streaming import MEL_CACHE_LEN
 
 
-FLOW_ROOFLINE = {"cosyvoice2": (flow_flops, flow_bytes), "cosyvoice3": (dit_flow_flops, dit_flow_bytes)}  # by family
+# by family: the flow's roofline counts and its flow-cache geometry
+FLOW_ROOFLINE = {"cosyvoice2": (flow_flops, flow_bytes), "cosyvoice3": (dit_flow_flops, dit_flow_bytes)}
+CACHE_SHAPES = {"cosyvoice2": FlowCacheShape, "cosyvoice3": DiTCacheShape}
 
 
 def free(device: torch.device) -> None:
@@ -207,9 +210,17 @@ def section_throughput(cfg, engine, rows_list: list[int], context_s: float) -> d
 
 
 def section_memory(cfg) -> dict:
-    shape = FlowCacheShape.from_config(cfg.flow)
     free_bytes, _ = torch.cuda.mem_get_info()
-    out = {"gpu": torch.cuda.get_device_name(), "free_gb": free_bytes / 1e9}
+    out = {"gpu": torch.cuda.get_device_name(), **memory_capacity(cfg, free_bytes)}
+    print(json.dumps(out, indent=1), flush=True)
+    return out
+
+
+def memory_capacity(cfg, free_bytes: int) -> dict:
+    """Bytes per page (one second of one stream) of the family's flow cache in float16 and fp8 pages, and how many
+    10-s and 30-s streams (one shared 5-s prompt) fit in 85% of `free_bytes`."""
+    shape = CACHE_SHAPES[cfg.family].from_config(cfg.flow)
+    out: dict = {"free_gb": free_bytes / 1e9}
     for kv in ("float16", "fp8_e4m3"):
         page = shape.page_bytes(KV_DTYPES[kv], torch.float16)
         pages = int(0.85 * free_bytes) // page
@@ -218,7 +229,6 @@ def section_memory(cfg) -> dict:
         out[kv] = {"mb_per_page": page / 1e6, "mb_per_stream_second": page / 1e6, "pages_in_85pct_free": pages,
                    "streams_of_10s_shared_5s_prompt": pages // own_10,
                    "streams_of_30s_shared_5s_prompt": pages // own_30}
-    print(json.dumps(out, indent=1), flush=True)
     return out
 
 
