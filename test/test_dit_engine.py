@@ -28,13 +28,25 @@ def new_engine(cfg, hop="growing", **limits) -> DiTDecodeEngine:
                                                     clock=lambda: 0.0)
 
 
-def test_packed_steps_equal_unbatched(cfg):
-    """Streams (growing hops) and whole utterances with a speed change, staggered arrivals."""
+def test_packed_steps_equal_unbatched(cfg, monkeypatch):
+    """Streams (growing hops) and whole utterances with a speed change, staggered arrivals; HiFT passes of at most
+    HIFT_MAX_ROWS rows (2 here: the warm-up sizes memory for that many, whatever a step holds)."""
+    import light_tts.decode.dit_engine as dit_engine
+
+    rows, original = [], dit_engine.vocode
+
+    def recording(hift, states, mels, finalize):
+        rows.append(len(mels))
+        return original(hift, states, mels, finalize)
+
+    monkeypatch.setattr(dit_engine, "HIFT_MAX_ROWS", 2)
+    monkeypatch.setattr(dit_engine, "vocode", recording)
     engine = new_engine(cfg)
     assert isinstance(engine, DiTDecodeEngine)
     worst = run_packed(engine, cfg)
     print(f"worst chunk rel L2 {worst:.2e}")
     assert worst < REL_TOL
+    assert max(rows) == 2  # batched, and split
 
 
 def test_shared_prefix_equals_unshared(cfg):
@@ -66,3 +78,18 @@ def test_vocoder_failure_fails_only_its_request(cfg, monkeypatch):
     assert check_against_reference(engine, reqs[1:], {"r1": outputs["r1"]}) < REL_TOL
     engine.pool.check()
     assert not engine.requests
+
+
+def test_cpu_pool_holds_the_longest_stream(cfg):
+    """On a CPU host the DiT's slots (positional-conv tails of every CFM step, 642 of them by default) take more
+    than the CPU pool's bytes; the pool still holds the longest stream the limits admit, so a bistream request
+    (bounded by max_stream_tokens alone) is not refused as too large (it was, with 8 pages)."""
+    import torch
+
+    from light_tts.decode.dit_cache import DiTCacheShape
+    from light_tts.decode.engine_setup import cpu_pool_pages
+
+    limits = EngineLimits()  # the server's defaults: 30-s prompts, 1500-token streams
+    shape = DiTCacheShape.from_config(cfg.flow)
+    num_slots = 2 + limits.max_streams + limits.max_prefixes
+    assert cpu_pool_pages(shape, limits, num_slots, torch.float32, torch.float32) >= limits.max_stream_pages == 91

@@ -63,8 +63,8 @@ def test_greedy_runs_match_upstream(model_cfg, state_dict, io):
 
 
 def test_ras_batch_equals_offline_lm(model_cfg, state_dict, lm, io):
-    """Sampled requests, several seeds and lengths, some forced to a fixed length (min_len = max_len: the sos mask
-    holds until then): each equals the offline LM with its seed."""
+    """Sampled requests, several seeds and lengths, some forced to a fixed length (min_len = max_len: no stop id
+    until then): each equals the offline LM with its seed."""
     text, ptext, pspeech = io["text"][0].tolist(), io["prompt_text"][0].tolist(), io["prompt_speech_token"][0].tolist()
     reqs = [LLMRequest(f"r{i}", text[i % 3:], ptext, pspeech[:12 + 5 * i], seed=40 + i,
                        min_len=30 if i % 2 else None, max_len=30 if i % 2 else None) for i in range(6)]
@@ -73,6 +73,20 @@ def test_ras_batch_equals_offline_lm(model_cfg, state_dict, lm, io):
     for req in reqs:
         assert tokens.get(req.req_id, []) == reference_tokens(lm, req), req.req_id
     assert all(len(tokens[r.req_id]) == 30 for r in reqs[1::2])
+
+
+def test_a_fixed_length_forbids_every_stop(model_cfg, state_dict, lm, io):
+    """The server's fixed_speech_tokens (min_len = max_len) gives exactly that many tokens, although CosyVoice3's
+    MinLenRule lets stops through: the instruct run that stops on 6621 at step 8 runs to 20, greedy and sampled,
+    as the offline LM does with the same fixed length (before, it stopped at 8: bench.streams' 10-s utterances
+    of a random CosyVoice3 model ended at random lengths)."""
+    text, prompt = io["text"][0].tolist(), io["instruct_prompt_text"][0].tolist()
+    reqs = [LLMRequest("greedy", text, prompt, [], greedy=True, min_len=20, max_len=20),
+            LLMRequest("ras", text, prompt, [], seed=5, min_len=20, max_len=20)]
+    tokens = run_all(make_engine(model_cfg, state_dict), {0: reqs})
+    for req in reqs:
+        assert len(tokens[req.req_id]) == 20 and tokens[req.req_id] == reference_tokens(lm, req), req.req_id
+    assert tokens["greedy"][:8] == io["instruct_greedy_tokens"].tolist()  # as upstream up to its stop
 
 
 def test_bistream_places_the_prompt_end_after_sos(model_cfg, state_dict, lm, io):

@@ -37,13 +37,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from light_tts.bench.decode_parts import (PROMPT_TOKENS, HiFTRows, aliased_specs, count_kernels, make_engine,
-                                          make_prompt, model_config, one_chunk_spec, pass_times, rel_l2, run_stream,
-                                          sync)
-from light_tts.bench.decode_roofline import flow_bytes, flow_flops, hift_flops_bytes, roofline_row
+from light_tts.bench.decode_parts import (PROMPT_TOKENS, CausalHiFTRows, HiFTRows, aliased_specs, count_kernels, hift_rows,
+                                          make_engine, make_prompt, model_config, one_chunk_spec, pass_times, rel_l2,
+                                          run_stream, sync)
+from light_tts.bench.decode_roofline import (conv_flops_bytes, dit_flow_bytes, dit_flow_flops, flow_bytes, flow_flops,
+                                             hift_flops_bytes, roofline_row)
 from light_tts.decode.hift_stage import HiFTStage
+from light_tts.decode.dit_cache import DiTCacheShape
 from light_tts.decode.flow_cache import KV_DTYPES, FlowCacheShape
 from light_tts.models.cosyvoice2.hift.streaming import MEL_CACHE_LEN
+
+
+# by family: the flow's roofline counts and its flow-cache geometry
+FLOW_ROOFLINE = {"cosyvoice2": (flow_flops, flow_bytes), "cosyvoice3": (dit_flow_flops, dit_flow_bytes)}
+CACHE_SHAPES = {"cosyvoice2": FlowCacheShape, "cosyvoice3": DiTCacheShape}
 
 
 def free(device: torch.device) -> None:
@@ -119,7 +126,7 @@ def section_kernels(cfg, engine) -> dict:
     graphs = engine.hift.runner, engine.hift.keyed_runner
     engine.hift.runner = engine.hift.keyed_runner = None  # eager: what its graph replays, kernel by kernel
     try:
-        hift = count_kernels(HiFTRows(engine, 1), engine.device)
+        hift = count_kernels(hift_rows(engine, 1), engine.device)
     finally:
         engine.hift.runner, engine.hift.keyed_runner = graphs
     print(f"  kernels per 1-second chunk: flow {flow} + HiFT {hift} = {flow + hift}", flush=True)
@@ -129,16 +136,13 @@ def section_kernels(cfg, engine) -> dict:
 
 def section_chunks(engine, batches: list[int]) -> dict:
     result = {"pool_pages": engine.pool.num_pages, "graph_buckets": len(engine.runner.graphs)}
-    # the flow pass and HiFT chunk alone: CosyVoice2's HiFT (HiFTRows); another family's engine is timed whole
-    t = pass_times(engine, 1, PROMPT_TOKENS + 50) if isinstance(engine.hift_stage, HiFTStage) else None
-    if t is not None:
-        result["b1_flow_pass_ms"], result["b1_hift_chunk_ms"] = t["flow_ms"], t["hift_ms"]
+    t = pass_times(engine, 1, PROMPT_TOKENS + 50)  # the flow pass and HiFT chunk alone
+    result["b1_flow_pass_ms"], result["b1_hift_chunk_ms"] = t["flow_ms"], t["hift_ms"]
     for batch in batches:
         ms = lockstep(engine, batch, 6, f"b{batch}")
         result[batch] = {"ms_per_step": ms, "audio_s_per_s": batch / (ms / 1e3)}
         print(f"  batch {batch}: {ms:.1f} ms per step, {batch / (ms / 1e3):.0f} audio s/s", flush=True)
-    if t is not None:
-        print(f"  batch 1 alone: flow pass {t['flow_ms']:.1f} ms, HiFT chunk {t['hift_ms']:.1f} ms", flush=True)
+    print(f"  batch 1 alone: flow pass {t['flow_ms']:.1f} ms, HiFT chunk {t['hift_ms']:.1f} ms", flush=True)
     result["flow replays/eager"] = f"{engine.runner.num_replays}/{engine.runner.num_eager}"
     graphs = engine.hift.keyed_runner or engine.hift.runner
     if graphs is not None:
@@ -167,13 +171,22 @@ def section_flat(cfg, device: str) -> dict:
             "chunk30_over_chunk5": times[29] / times[4]}
 
 
+def hift_roofline(engine) -> tuple[float, float]:
+    """(FLOPs, bytes) of one row's steady HiFT chunk: CosyVoice2's chunk with its cached overlap, or CosyVoice3's
+    window through its causal HiFT."""
+    if isinstance(engine.hift_stage, HiFTStage):
+        frames = 2 * engine.page_tokens + MEL_CACHE_LEN
+        return hift_flops_bytes(engine.hift, frames, MEL_CACHE_LEN * engine.hift.samples_per_frame)
+    return conv_flops_bytes(engine.hift, CausalHiFTRows(engine, 1))
+
+
 def section_throughput(cfg, engine, rows_list: list[int], context_s: float) -> dict:
     name = torch.cuda.get_device_name() if engine.device.type == "cuda" else "cpu"
     ctx = int(context_s * 25)
     act = engine.dtype.itemsize
     kv = engine.cache.kv_dtype.itemsize
-    frames = 2 * engine.page_tokens + MEL_CACHE_LEN
-    hift_flops, hift_bytes = hift_flops_bytes(engine.hift, frames, MEL_CACHE_LEN * engine.hift.samples_per_frame)
+    hift_flops, hift_bytes = hift_roofline(engine)
+    flops_of, bytes_of = FLOW_ROOFLINE[cfg.family]
     result = {"context_s": context_s, "kv": str(engine.cache.kv_dtype), "pool_pages": engine.pool.num_pages}
     for rows in rows_list:
         t = pass_times(engine, rows, ctx)
@@ -184,9 +197,8 @@ def section_throughput(cfg, engine, rows_list: list[int], context_s: float) -> d
         kernels = count_kernels(lambda: engine.runner.paged(inputs), engine.device)
         row = {**t, "step_ms": step_ms, "audio_s_per_s": rows / (step_ms / 1e3),
                "hift_share": t["hift_ms"] / (t["flow_ms"] + t["hift_ms"]),
-               "flow": roofline_row(flow_flops(cfg, rows, 25, ctx),
-                                    flow_bytes(cfg, engine.flow, rows, 25, ctx, act, kv), t["flow_ms"] / 1e3,
-                                    kernels, name),
+               "flow": roofline_row(flops_of(cfg, rows, 25, ctx), bytes_of(cfg, engine.flow, rows, 25, ctx, act, kv),
+                                    t["flow_ms"] / 1e3, kernels, name),
                "hift": roofline_row(rows * hift_flops, rows * hift_bytes, t["hift_ms"] / 1e3, None, name)}
         result[rows] = row
         print(f"  {context_s:.0f}s ctx rows {rows}: flow {t['flow_ms']:.1f} + HiFT {t['hift_ms']:.1f} ms "
@@ -198,9 +210,17 @@ def section_throughput(cfg, engine, rows_list: list[int], context_s: float) -> d
 
 
 def section_memory(cfg) -> dict:
-    shape = FlowCacheShape.from_config(cfg.flow)
     free_bytes, _ = torch.cuda.mem_get_info()
-    out = {"gpu": torch.cuda.get_device_name(), "free_gb": free_bytes / 1e9}
+    out = {"gpu": torch.cuda.get_device_name(), **memory_capacity(cfg, free_bytes)}
+    print(json.dumps(out, indent=1), flush=True)
+    return out
+
+
+def memory_capacity(cfg, free_bytes: int) -> dict:
+    """Bytes per page (one second of one stream) of the family's flow cache in float16 and fp8 pages, and how many
+    10-s and 30-s streams (one shared 5-s prompt) fit in 85% of `free_bytes`."""
+    shape = CACHE_SHAPES[cfg.family].from_config(cfg.flow)
+    out: dict = {"free_gb": free_bytes / 1e9}
     for kv in ("float16", "fp8_e4m3"):
         page = shape.page_bytes(KV_DTYPES[kv], torch.float16)
         pages = int(0.85 * free_bytes) // page
@@ -209,7 +229,6 @@ def section_memory(cfg) -> dict:
         out[kv] = {"mb_per_page": page / 1e6, "mb_per_stream_second": page / 1e6, "pages_in_85pct_free": pages,
                    "streams_of_10s_shared_5s_prompt": pages // own_10,
                    "streams_of_30s_shared_5s_prompt": pages // own_30}
-    print(json.dumps(out, indent=1), flush=True)
     return out
 
 

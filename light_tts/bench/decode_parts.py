@@ -1,6 +1,6 @@
 """Pieces of the decode benchmark (bench/decode.py): the model (random full-size, or a model directory such as the
 tiny fixture for a CPU check), engines of each hot-path variant, one stream with its mel, flow passes over aliased
-pages, HiFT passes (alone, or overlapped with the next flow pass), kernel counts."""
+pages, HiFT passes of either family's vocoder (alone, or overlapped with the next flow pass), kernel counts."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 from light_tts.decode.engine import DecodeEngine
 from light_tts.decode.engine_setup import HIFT_MAX_ROWS, EngineLimits
 from light_tts.decode.flow_inputs import ChunkSpec
+from light_tts.decode.hift_stage import HiFTStage
 from light_tts.decode.scheduler import SchedulerConfig
 from light_tts.frontend.prompt import Prompt
 from light_tts.model_config import ModelConfig
@@ -166,10 +167,43 @@ class HiFTRows:
         return out
 
 
+class CausalHiFTRows:
+    """CosyVoice3's HiFT on `rows` steady middle chunks (one page of mel each, after `past_pages` pages of the
+    stream), through each row's window in passes of at most HIFT_MAX_ROWS rows, as its stage (dit_engine.py) runs
+    them; every call starts from the same states."""
+
+    def __init__(self, engine: DecodeEngine, rows: int, past_pages: int = 3):
+        from light_tts.models.cosyvoice3.hift.streaming import new_stream, vocode
+
+        self.engine, self.vocode = engine, vocode
+        g = torch.Generator().manual_seed(0)
+        frames, dev = 2 * engine.page_tokens, engine.device
+        pages = [[torch.randn(1, 80, frames, generator=g).to(dev) - 5 for _ in range(rows)]
+                 for _ in range(past_pages + 1)]
+        self.states, self.mels = [new_stream(engine.hift) for _ in range(rows)], pages[-1]
+        for mels in pages[:-1]:
+            for a in range(0, rows, HIFT_MAX_ROWS):
+                vocode(engine.hift, self.states[a:a + HIFT_MAX_ROWS], mels[a:a + HIFT_MAX_ROWS], False)
+
+    def __call__(self) -> list[torch.Tensor]:
+        from light_tts.models.cosyvoice3.hift.streaming import HiFTStream
+
+        out = []
+        for a in range(0, len(self.states), HIFT_MAX_ROWS):
+            states = [HiFTStream(**vars(s)) for s in self.states[a:a + HIFT_MAX_ROWS]]  # fresh copies each call
+            out += self.vocode(self.engine.hift, states, self.mels[a:a + HIFT_MAX_ROWS], False)
+        return out
+
+
+def hift_rows(engine: DecodeEngine, rows: int) -> Callable[[], list[torch.Tensor]]:
+    """The engine's HiFT on `rows` steady middle chunks: CosyVoice2's (HiFTRows) or CosyVoice3's causal one."""
+    return HiFTRows(engine, rows) if isinstance(engine.hift_stage, HiFTStage) else CausalHiFTRows(engine, rows)
+
+
 def pass_times(engine: DecodeEngine, rows: int, context_tokens: int, repeats: int = 5) -> dict[str, float]:
     """ms of one flow pass of `rows` middle chunks at `context_tokens` of context, of HiFT on `rows` chunks, and of
     both overlapped as the engine overlaps them (HiFT of the previous pass on a side stream beside the flow)."""
-    specs, hift, device = aliased_specs(engine, rows, context_tokens), HiFTRows(engine, rows), engine.device
+    specs, hift, device = aliased_specs(engine, rows, context_tokens), hift_rows(engine, rows), engine.device
     out = {"flow_ms": median_ms(lambda: engine.runner.run(specs), device, repeats),
            "hift_ms": median_ms(hift, device, repeats)}
     if device.type == "cuda":

@@ -16,7 +16,7 @@ import torch
 
 from light_tts.decode.dit_cache import DiTCache, DiTCacheShape
 from light_tts.decode.engine import DecodeEngine, StepJob
-from light_tts.decode.engine_setup import FlowParts, is_on
+from light_tts.decode.engine_setup import HIFT_MAX_ROWS, FlowParts, is_on
 from light_tts.decode.paged_dit import PagedDiT
 from light_tts.model_config import ModelConfig
 from light_tts.models.cosyvoice3.flow import DiTFlow
@@ -49,8 +49,6 @@ class DiTDecodeEngine(DecodeEngine):
 
     def vocoder_peak_pass(self) -> None:
         """The largest HiFT batch: HIFT_MAX_ROWS first chunks of the longest first hop."""
-        from light_tts.decode.engine_setup import HIFT_MAX_ROWS
-
         frames = 2 * (self.hop_policy.first + 25 + self.cfg.flow.pre_lookahead_len)
         with torch.inference_mode():
             self.hift.inference(torch.zeros(HIFT_MAX_ROWS, self.hift.cfg.in_channels, frames, device=self.device))
@@ -68,7 +66,9 @@ class DiTDecodeEngine(DecodeEngine):
 
 class CausalHiFTStage:
     """The decode engine's vocoder stage for the causal HiFT (engine.make_vocoder_stage's interface): nothing is
-    deferred, so has_pending is always False and drop has nothing to drop."""
+    deferred, so has_pending is always False, drop has nothing to drop and nothing overlaps the next flow pass."""
+
+    overlap = False
 
     def __init__(self, hift: CausalHiFT, fail):
         self.hift, self.fail = hift, fail
@@ -80,25 +80,30 @@ class CausalHiFTStage:
         pass
 
     def vocode(self, jobs: list[StepJob], outputs: list) -> list[StepJob]:
-        """mel -> audio through each stream's vocoder window, rows of equal window shape as one batch; a failing
-        batch is retried row by row, so that only the failing request fails (states move only after a pass)."""
+        """mel -> audio through each stream's vocoder window, rows of equal window shape as one batch of at most
+        HIFT_MAX_ROWS (the rows the decode warm-up sized the memory for: activations grow with rows, and a step may
+        hold --decode_max_batch_size chunks); a failing batch is retried row by row, so that only the failing
+        request fails (states move only after a pass)."""
         done = []
         for finalize in (False, True):
-            group = [job for job in jobs if job.finalize == finalize]
-            if not group:
-                continue
+            rows = [job for job in jobs if job.finalize == finalize]
+            for group in (rows[i:i + HIFT_MAX_ROWS] for i in range(0, len(rows), HIFT_MAX_ROWS)):
+                done += self._vocode_or_fail(group, finalize, outputs)
+        return done
+
+    def _vocode_or_fail(self, group: list[StepJob], finalize: bool, outputs: list) -> list[StepJob]:
+        try:
+            return self._vocode(group, finalize)
+        except Exception as e:
+            if len(group) == 1:
+                self._fail_job(group[0], e, outputs)
+                return []
+        done = []
+        for job in group:
             try:
-                done += self._vocode(group, finalize)
-                continue
+                done += self._vocode([job], finalize)
             except Exception as e:
-                if len(group) == 1:
-                    self._fail_job(group[0], e, outputs)
-                    continue
-            for job in group:
-                try:
-                    done += self._vocode([job], finalize)
-                except Exception as e:
-                    self._fail_job(job, e, outputs)
+                self._fail_job(job, e, outputs)
         return done
 
     def _vocode(self, jobs: list[StepJob], finalize: bool) -> list[StepJob]:

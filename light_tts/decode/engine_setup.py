@@ -108,7 +108,7 @@ def build_runtime(engine, use_cuda_graph: bool) -> Runtime:
     if limits.num_pages is not None:
         num_pages = limits.num_pages
     elif not is_cuda:
-        num_pages = max(8, min(4096, pages_for_bytes(shape, CPU_POOL_BYTES, num_slots, act_dtype, kv_dtype)))
+        num_pages = cpu_pool_pages(shape, limits, num_slots, act_dtype, kv_dtype)
     else:
         num_pages = _pages_after_warmup(engine, parts, num_slots, max_tokens, buckets[-1], kv_dtype)
     cache = parts.cache_cls(shape, num_pages, num_slots, act_dtype, kv_dtype, device)
@@ -120,6 +120,14 @@ def build_runtime(engine, use_cuda_graph: bool) -> Runtime:
     if graphs:
         runner.capture_all()
     return Runtime(cache, PagePool(num_pages), runner, SlotPool(num_slots))
+
+
+def cpu_pool_pages(shape, limits: EngineLimits, num_slots: int, act_dtype: torch.dtype, kv_dtype: torch.dtype) -> int:
+    """Pages of a CPU host's pool: what CPU_POOL_BYTES holds beside the slots, and never fewer than the longest
+    stream the limits admit (a bistream request is bounded by max_stream_tokens alone). CosyVoice3's DiT slots
+    (positional-conv tails of every CFM step) take most of CPU_POOL_BYTES on their own."""
+    fitting = pages_for_bytes(shape, CPU_POOL_BYTES, num_slots, act_dtype, kv_dtype)
+    return max(limits.max_stream_pages, min(4096, fitting))
 
 
 def is_on(option: bool | None, device: torch.device) -> bool:

@@ -57,7 +57,8 @@ class CosyVoice2Family(ModelFamily):
 
     def llm_spec(self, cfg) -> LLMSpec:
         """The LLM engine's view of the speech LM: Qwen2 body, one embedding table over speech, special and text ids
-        (request.TokenLayout), the speech head (biased or not: SpeechIds), RAS sampling with the MinLenRule, llm.pt."""
+        (request.TokenLayout), the speech head (biased or not: SpeechIds), RAS sampling with the MinLenRule (and no
+        stop at all before a fixed length), llm.pt."""
         from light_tts.llm.request import TokenLayout
         from light_tts.llm.sampler import Sampler
         from light_tts.llm.spec import LLMSpec, LMArch
@@ -71,7 +72,8 @@ class CosyVoice2Family(ModelFamily):
         return LLMSpec(
             arch=LMArch(body, layout.num_embeddings, cfg.llm.num_speech_rows, head_bias=ids.decoder_bias),
             layout=layout,
-            make_sampler=lambda num_rows, device: Sampler(cfg.llm.sampling, reject_from, rule.masked_id),
+            make_sampler=lambda num_rows, device: Sampler(cfg.llm.sampling, reject_from, rule.masked_id,
+                                                          min(ids.stop_ids)),
             engine_weights=lambda sd: engine_state_dict(sd, body.num_hidden_layers, ids.sos_row is None,
                                                         ids.decoder_bias),
             read_weights=lambda: read_state_dict(cfg.path("llm.pt")),

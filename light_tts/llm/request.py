@@ -29,8 +29,9 @@ class LLMRequest:
     """What the server submits. min_len/max_len default to the layout's bounds (CosyVoice: 2x/20x the text tokens,
     prompt text excluded). A PromptLayout takes the whole prompt as `text_token_ids`.
 
-    min_len = max_len = N asks for exactly N speech tokens (eos and the other stop ids are masked until then, like
-    vLLM's ignore_eos with max_tokens), in bistream requests too: the server's `fixed_speech_tokens` option.
+    min_len = max_len = N asks for exactly N speech tokens (every stop id is forbidden until then, like vLLM's
+    ignore_eos with max_tokens, whatever the family's MinLenRule lets through), in bistream requests too: the
+    server's `fixed_speech_tokens` option.
 
     bistream: `text_token_ids` is the first piece of text; more comes through LLMEngine.append_text(...) and the
     last call says is_last. greedy=True decodes with argmax (parity tests); otherwise RAS with `seed`.
@@ -202,6 +203,12 @@ class Sequence:
         if self.feeder is not None and not self.feeder.is_final:
             return True
         return self.num_output < self.min_len
+
+    def forbids_every_stop(self) -> bool:
+        """The caller fixed the length (min_len = max_len) and it is not reached: no stop id at all at the next step,
+        also where the family's MinLenRule lets some through (CosyVoice3's masks only sos)."""
+        fixed = self.req.min_len is not None and self.req.min_len == self.req.max_len
+        return fixed and self.num_output < self.min_len
 
     def forced_token(self) -> int | None:
         """A token decided without sampling at the next step (the bistream fill), or None."""

@@ -24,20 +24,24 @@ from light_tts.llm.request import Sequence, recent_window
 from light_tts.model_config import RASConfig
 from light_tts.sampling import MAX_TRIALS, counter_uniform_bits, counter_uniforms, seed_array
 
+EVERY_STOP = 2  # packed column 0 of a row that must not stop at all now (a fixed length); 1: the MinLenRule applies
+
+
 @dataclass
 class SamplingInputs:
     """Per-step sampling state of a batch. `packed` is one int64 [B, 4 + win_size] device tensor: columns
-    is_rejecting (the request forbids a stop now: the MinLenRule applies), is_greedy, the two attempt-0 uniforms as 24-bit ints,
+    is_rejecting (the request forbids a stop now: 1, the MinLenRule applies; EVERY_STOP, a fixed length not reached:
+    every stop id is forbidden too), is_greedy, the two attempt-0 uniforms as 24-bit ints,
     then the last win_size decoded ids (-1 padded). The host keeps seeds, steps and flags for redone attempts."""
 
     packed: torch.Tensor
     seeds: np.ndarray
     steps: np.ndarray
-    is_rejecting_host: list[bool]
+    is_rejecting_host: list[int]  # column 0 of packed (nonzero: the row rejects)
     is_greedy_host: list[bool]
 
 
-def pack_sampling(seeds: list[int], steps: list[int], is_rejecting: list[bool], is_greedy: list[bool],
+def pack_sampling(seeds: list[int], steps: list[int], is_rejecting: list[int], is_greedy: list[bool],
                   windows: list[list[int]]) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Host tensor [B, 4 + win_size] of SamplingInputs.packed, and the seeds and steps as uint64 arrays."""
     seeds_np = seed_array(seeds)
@@ -54,20 +58,22 @@ class Sampler:
     tuple), finish(*outputs, inputs) (the host ids), num_columns (of packed), pad_row (packed values of a CUDA
     graph's padding rows), release() / reload()."""
 
-    def __init__(self, cfg: RASConfig, reject_from: int, masked_id: int | None = None):
+    def __init__(self, cfg: RASConfig, reject_from: int, masked_id: int | None = None, stop_from: int | None = None):
         """The family's MinLenRule, for the rows that forbid a stop now (is_rejecting): ids >= reject_from are
         drawn again (CosyVoice2: eos and the two ids after it; pass the vocabulary size for none), and masked_id
-        (CosyVoice3's sos) gets -inf before the draw."""
+        (CosyVoice3's sos) gets -inf before the draw. stop_from (the first stop id): rows of a fixed length
+        (EVERY_STOP) get the stop ids the rule lets through, [stop_from, reject_from), masked too."""
         self.cfg = cfg
         self.reject_from = reject_from
         self.masked_id = masked_id
+        self.fixed_mask = (stop_from, reject_from) if stop_from is not None and reject_from > stop_from else None
         self.min_repeats = cfg.win_size * cfg.tau_r  # occurrences in the window that trigger the fallback
         self.num_columns = 4 + cfg.win_size
         self.pad_row = [0] * self.num_columns  # what a CUDA graph's padding rows sample with (read by no one)
 
     def pack(self, seqs: list[Sequence]) -> SamplingInputs:
         """Sampling inputs with `packed` still on the host (the caller moves it)."""
-        is_rejecting = [s.forbids_stop() for s in seqs]
+        is_rejecting = [EVERY_STOP if s.forbids_every_stop() else int(s.forbids_stop()) for s in seqs]
         is_greedy = [s.req.greedy for s in seqs]
         packed, seeds, steps = pack_sampling([s.req.seed for s in seqs], [len(s.decoded) for s in seqs],
                                              is_rejecting, is_greedy,
@@ -94,6 +100,9 @@ class Sampler:
         if self.masked_id is not None:  # upstream masks the log-probs before RAS (greedy rows too)
             column = scores[:, self.masked_id]
             scores[:, self.masked_id] = torch.where(packed[:, 0] != 0, float("-inf"), column)
+        if self.fixed_mask is not None:  # a fixed length: none of the stops the rule lets through either
+            first, end = self.fixed_mask
+            scores[:, first:end] = torch.where(packed[:, :1] == EVERY_STOP, float("-inf"), scores[:, first:end])
         ids, banned = ops.ras_first_attempt(scores, packed, self.cfg.top_k, self.cfg.top_p, self.min_repeats,
                                             self.reject_from)
         return ids, banned, scores

@@ -75,13 +75,20 @@ class SpeechLM(nn.Module):
             return self.llm_embedding.weight[row].view(1, 1, -1)
         return self.speech_embedding.weight[speech_row].view(1, 1, -1)
 
-    def sample_next(self, sampler: Sampler, logprobs: torch.Tensor, decoded: list[int], forbid_stop: bool) -> int:
+    def sample_next(self, sampler: Sampler, logprobs: torch.Tensor, decoded: list[int], forbid_stop: bool,
+                    forbid_every_stop: bool = False) -> int:
         """upstream's sampling_ids: while `forbid_stop` (before min_len, and in bistream text phases) the family's
-        MinLenRule applies: a masked id, or ids from reject_from on drawn again."""
+        MinLenRule applies: a masked id, or ids from reject_from on drawn again. `forbid_every_stop` (before a
+        fixed length) also masks the stop ids the rule lets through, as the engine's sampler does."""
         rule = self.cfg.ids.min_len
-        if forbid_stop and rule.masked_id is not None:
+        stop_from = min(self.cfg.stop_token_ids)
+        rule_end = logprobs.numel() if rule.reject_from is None else rule.reject_from
+        if forbid_stop and (rule.masked_id is not None or (forbid_every_stop and rule_end > stop_from)):
             logprobs = logprobs.clone()
-            logprobs[rule.masked_id] = -float("inf")
+            if rule.masked_id is not None:
+                logprobs[rule.masked_id] = -float("inf")
+            if forbid_every_stop:
+                logprobs[stop_from:rule_end] = -float("inf")
         return sampler.sample(logprobs, decoded, rule.reject_from if forbid_stop else None)
 
     def prompt_prefix_len(self, prompt_text_tokens: torch.Tensor) -> int:
@@ -118,7 +125,9 @@ class SpeechLM(nn.Module):
         min_len: int | None = None,
         max_len: int | None = None,
     ) -> Iterator[int]:
-        """Yield speech tokens until a stop id or max_len; before min_len tokens the family's MinLenRule applies."""
+        """Yield speech tokens until a stop id or max_len; before min_len tokens the family's MinLenRule applies.
+        min_len = max_len given: exactly that many tokens (no stop id at all before), as the engine's fixed length."""
+        is_fixed = min_len is not None and min_len == max_len
         default_min, default_max = min_max_len(text_tokens.numel())
         min_len = default_min if min_len is None else min_len
         max_len = default_max if max_len is None else max_len
@@ -128,7 +137,7 @@ class SpeechLM(nn.Module):
         out: list[int] = []
         for step in range(max_len):
             logprobs = self.forward_step(embeds, cache)
-            token = self.sample_next(sampler, logprobs, out, step < min_len)
+            token = self.sample_next(sampler, logprobs, out, step < min_len, is_fixed and step < min_len)
             if token in stop_ids:
                 return
             yield token

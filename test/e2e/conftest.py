@@ -58,3 +58,14 @@ def pipeline(tiny_model_dir):
 
     torch.set_num_threads(1)
     return Pipeline(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def pipelines(model_dirs):
+    """The offline pipeline of each model of a module's several-model server (its `model_dirs`: name -> dir)."""
+    import torch
+
+    from light_tts.pipeline import Pipeline
+
+    torch.set_num_threads(1)
+    return {name: Pipeline(path, device="cpu") for name, path in model_dirs.items()}

@@ -31,16 +31,6 @@ def model_dirs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pipelines(model_dirs):
-    import torch
-
-    from light_tts.pipeline import Pipeline
-
-    torch.set_num_threads(1)
-    return {name: Pipeline(path, device="cpu") for name, path in model_dirs.items()}
-
-
-@pytest.fixture(scope="module")
 def server(model_dirs, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("voices")
     srv = ServerProcess(model_dirs["A"], tmp_path_factory.mktemp("logs") / "models.log",

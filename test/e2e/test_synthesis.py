@@ -69,11 +69,13 @@ def test_long_text_streams_sentences_in_order(server, pipeline):
     assert_same_audio(body, reference_pcm(pipeline, text, wav, seed=9, stream=True))
 
 
-async def bistream(url: str, pieces: list[str], wav: bytes, seed: int, start: dict | None = None) -> bytes:
-    """The audio of a bistream request; `start`: its start message (default: PROMPT_TEXT's zero-shot)."""
+async def bistream(url: str, pieces: list[str], wav: bytes, seed: int, start: dict | None = None,
+                   **fields) -> bytes:
+    """The audio of a bistream session; `start`: its start message (default: PROMPT_TEXT's zero-shot with the
+    seed and `fields`, e.g. tts_model_name)."""
     audio = bytearray()
     async with websockets.connect(f"{url.replace('http', 'ws')}/inference_zero_shot_bistream") as ws:
-        await ws.send(json.dumps(start or {"prompt_text": PROMPT_TEXT, "seed": seed}))
+        await ws.send(json.dumps(start or {"prompt_text": PROMPT_TEXT, "seed": seed, **fields}))
         await ws.send(wav)
         for piece in pieces:
             await ws.send(json.dumps({"tts_text": piece}))

@@ -196,11 +196,12 @@ class HttpServerManager:
         self.to_encode[handle.encode_rank].send(EncodeRequest(params, is_bistream, key))
         return handle
 
-    async def compute_features(self, audio: bytes, client: str = "") -> tuple[PromptFeatures, float]:
-        """A voice upload's prompt features and the audio's seconds, computed by an encode process in a slot of
-        its own (so an upload waits for a free slot like any request: 429 when none is); raises AudioError."""
+    async def compute_features(self, audio: bytes, client: str = "", model: int = 0) -> tuple[PromptFeatures, float]:
+        """A voice upload's prompt features and the audio's seconds, computed by an encode process with the frontend
+        of model index `model`, in a slot of its own (so an upload waits for a free slot like any request: 429 when
+        none is); raises AudioError."""
         handle = self.claim(client, {"text": b"", "prompt_text": b"", "instruct_text": b"", "wav": audio,
-                                     "source_wav": b""})
+                                     "source_wav": b""}, model=model)
         handle.is_features_job = True
         try:
             self.to_encode[handle.encode_rank].send(ComputeFeatures(handle.req_id, handle.slot, self.http_rank))

@@ -57,5 +57,5 @@ class ServerBackend:
             self.manager.finish(handle)
             record_finished(job.endpoint, handle, error)
 
-    async def compute_features(self, audio: bytes, client: str = "") -> tuple[PromptFeatures, float]:
-        return await self.manager.compute_features(audio, client)
+    async def compute_features(self, audio: bytes, client: str = "", model: int = 0) -> tuple[PromptFeatures, float]:
+        return await self.manager.compute_features(audio, client, model)

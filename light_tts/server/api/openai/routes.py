@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from light_tts.errors import LightTTSError, RequestError, TextError
-from light_tts.server.runtime.model_set import ModelEntry, resolve_model
+from light_tts.server.runtime.model_set import DEFAULT_NAME, ModelEntry, resolve_model
 from light_tts.server.api.audio_encoding import CONTENT_TYPES, encode_file, make_encoder
 from light_tts.server.api.openai.schema import (OpenAIErrorBody, ModelCard, ModelList, SpeechRequest, SpeechUsage,
                                             VoiceDeleted, VoiceList, VoiceObject, audio_delta_event,
@@ -62,9 +62,9 @@ class SynthesisBackend(Protocol):
         """int16 LE mono 24 kHz chunks; raises LightTTSError (before the first chunk for bad input or overload).
         Closing the iterator early (the client left) must abort the request."""
 
-    async def compute_features(self, audio: bytes, client: str = "") -> tuple[PromptFeatures, float]:
-        """The prompt features of an uploaded recording and its seconds (the encode process's job); raises
-        AudioError for audio that is not a usable prompt."""
+    async def compute_features(self, audio: bytes, client: str = "", model: int = 0) -> tuple[PromptFeatures, float]:
+        """The prompt features of an uploaded recording and its seconds, by the frontend of model index `model` (the
+        encode process's job); raises AudioError for audio that is not a usable prompt."""
 
 
 async def first_chunk(chunks) -> bytes:
@@ -122,17 +122,22 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
                          "text": {"type": "string", "description": "the transcript (the prompt text); leave it "
                                                                    "out for a voice without one (spoken "
                                                                    "cross-lingual); blank: 400"},
-                         "name": {"type": "string"}}}}}}})
+                         "name": {"type": "string"},
+                         "model": {"type": "string", "description": "the model whose frontend computes the "
+                                   "features (default: the first; a model of another frontend computes its own "
+                                   "from the stored audio when it uses the voice)"}}}}}}})
     async def create_voice(request: Request):
-        """Save a voice: its prompt features are computed once, now (a failure saves nothing)."""
+        """Save a voice: its prompt features are computed once, now, by the frontend of the model named in `model`
+        (default: the first); a failure saves nothing."""
         try:
-            name, text, audio = await read_voice_upload(request, max_body_bytes)
+            name, text, audio, model_name = await read_voice_upload(request, max_body_bytes)
+            model = resolve_model(models, model_name, OPENAI_MODEL_ALIASES)  # unknown: 404 naming the models
             await run_in_threadpool(store.check_upload, name, text, audio)  # cheap checks before the model runs
             features, duration_s = await unless_disconnected(request, backend.compute_features(
-                audio, client_of(request)))
-            # the default model's frontend computed the features (a model of another frontend recomputes them)
+                audio, client_of(request), model))
+            # a model of another frontend computes its own features from the stored audio when it uses the voice
             voice = await run_in_threadpool(store.create, name, text, audio, features, duration_s,
-                                            models[0].frontend_key)
+                                            models[model].frontend_key)
         except LightTTSError as e:
             return openai_error_response(e)
         except ClientGone:
@@ -223,10 +228,11 @@ async def sse_body(first: bytes, chunks, job: SynthesisJob, fmt: str):
         yield error_event(e)
 
 
-async def read_voice_upload(request: Request, max_body_bytes: int) -> tuple[str, str | None, bytes]:
-    """The multipart fields audio, text and name; a body over the limit is refused before it is read (413); one
-    that stalls or trickles is cut by body_deadline.BodyDeadline (408). No `text` field: a voice without a
-    transcript (None; cross-lingual); a `text` field that is blank is a mistake (a 400), not a way to say that."""
+async def read_voice_upload(request: Request, max_body_bytes: int) -> tuple[str, str | None, bytes, str]:
+    """The multipart fields audio, text, name and model ("default" when absent); a body over the limit is refused
+    before it is read (413); one that stalls or trickles is cut by body_deadline.BodyDeadline (408). No `text`
+    field: a voice without a transcript (None; cross-lingual); a `text` field that is blank is a mistake (a 400),
+    not a way to say that."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise RequestError("expected a multipart/form-data body with fields audio, text and name")
     parts = await read_multipart(request, max_body_bytes)
@@ -235,9 +241,10 @@ async def read_voice_upload(request: Request, max_body_bytes: int) -> tuple[str,
             raise RequestError(f"missing field {field}", field)
     try:
         name, text = parts["name"].decode("utf-8"), parts["text"].decode("utf-8") if "text" in parts else None
+        model = parts.get("model", DEFAULT_NAME.encode()).decode("utf-8")
     except UnicodeDecodeError as e:
-        raise TextError(f"name and text must be UTF-8 ({e.reason} at byte {e.start})") from None
+        raise TextError(f"name, text and model must be UTF-8 ({e.reason} at byte {e.start})") from None
     if text is not None and not text.strip():
         raise TextError("text is empty: give the recording's transcript, or leave the field out for a voice "
                         "without one", "text")
-    return name, text, parts["audio"]
+    return name, text, parts["audio"], model
