@@ -41,7 +41,9 @@ class EngineLimits:
     first_hop_tokens: int = 0  # > 0: the first streamed chunk is this many tokens (provisional); 0: upstream's
     context_window_pages: int = 0  # > 0: attention sees the prompt and the last this many generated pages
     # the hot path's variants (docs/decode-engine.md), each None: on a GPU only; False keeps today's path for A/B
-    fused_flow: bool | None = None  # the estimator in fused launches (fused_estimator.py)
+    # the estimator in fused launches (fused_estimator.py): off by default, measured slower than the per-op path on
+    # an H100 (batch-1 step 62.5 vs 35.7 ms, 256 rows 574 vs 401 ms: docs/performance.md); True turns it on
+    fused_flow: bool | None = False
     hift_half: bool | None = None  # HiFT's convolution stack in float16 (source, STFT and iSTFT stay float32)
     keyed_noise: bool | None = None  # HiFT noise keyed by (seed, sample): the same alone or batched
     overlap_hift: bool | None = None  # middle chunks' HiFT one step later on a side stream, beside the flow
