@@ -28,7 +28,7 @@ def pipeline(model_dir):
 def test_directory_is_recognised_and_read_from_its_files(model_dir, tmp_path):
     spec = detect_family(model_dir)
     family = load_family(spec)
-    assert spec.name == family.NAME == "orpheus"
+    assert spec.name == family.name == "orpheus"
     cfg = family.load_model_config(model_dir)
     t = cfg.tokens
     assert (t.bos, t.end_of_text, t.start_of_human, t.start_of_speech, t.end_of_speech) == (

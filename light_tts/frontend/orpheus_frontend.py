@@ -48,6 +48,11 @@ class OrpheusFrontend:
             raise RequestError(f"unknown voice {voice!r}: this model speaks as {', '.join(self.cfg.voices)}")
         return voice
 
+    def sentence_tokens(self, text: str, voice: str | None) -> list[list[int]]:
+        """The LLM's whole prompt for each sentence of a request's text in `voice` (the encode process's job)."""
+        voice = self.check_voice(voice)
+        return [self.prompt_ids(sentence, voice) for sentence in self.split(text)]
+
     def prompt_ids(self, sentence: str, voice: str) -> list[int]:
         """The prompt of one sentence in a voice (lm.build_prompt)."""
         ids = self.tokenize(prompt_text(voice, sentence))

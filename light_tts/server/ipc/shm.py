@@ -139,6 +139,8 @@ class RequestSlots:
             self.a["llm_rank"][slot] = self.a["decode_rank"][slot] = -1
         self.audio.reset(slot)
         self.a["usage_text_tokens"][slot] = self.a["usage_speech_tokens"][slot] = self.a["voice_kind"][slot] = 0
+        # no prompt until one is written: a model without prompt audio reads it empty, not the slot's last one's
+        self.a["num_prompt_text_tokens"][slot] = self.a["num_prompt_speech_tokens"][slot] = 0
         return slot
 
     def release(self, slot: int, req_id: int) -> None:

@@ -96,11 +96,16 @@ def gpu_memory_bytes(devices: list[str]) -> dict[str, int]:
 
 
 def placement_weight_bytes(settings: ServerSettings) -> dict[tuple[str, int], int]:
-    """Weights each LLM and decode process loads, from the checkpoints' file sizes."""
-    dirs = {m.name: Path(m.model_dir) for m in settings.models}
-    files = {"llm": ("llm.pt",), "decode": ("flow.pt", "hift.pt")}
-    return {(p.stage, p.rank): sum((dirs[p.models[0]] / f).stat().st_size for f in files[p.stage])
-            for p in settings.topology.processes if p.stage in files}
+    """Weights each LLM and decode process loads, from the sizes of its family's checkpoint files."""
+    from light_tts.families import family_named
+
+    files = {}
+    for m in settings.models:
+        family, model_dir = family_named(m.family), Path(m.model_dir)
+        files[m.name] = {"llm": family.llm_weight_files(model_dir),
+                         "decode": [model_dir / name for name in family.flow_files]}
+    return {(p.stage, p.rank): sum(f.stat().st_size for f in files[p.models[0]][p.stage])
+            for p in settings.topology.processes if p.stage in ("llm", "decode")}
 
 
 def check_port_free(host: str, port: int) -> None:

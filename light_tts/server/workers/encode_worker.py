@@ -1,4 +1,6 @@
 """Encode process: request text -> sentences -> text tokens; prompt audio -> speech tokens, embedding, mel.
+A model without prompt audio (Orpheus) gets each sentence's whole LLM prompt, its named voice in it, and no
+prompt features.
 
 It serves every model: one frontend per distinct frontend_key, the request's model named by its slot. Reads a
 request's inputs from its slot, writes the encoded prompt back into the slot (through the shared voice cache, so
@@ -119,8 +121,10 @@ class EncodeWorker:
             return
         metrics.STAGE_REQUESTS.labels("encode", str(self.rank)).inc()
         try:
-            sentences = [] if message.is_bistream else self.encode_text(params.slot)
-            if message.saved_voice_key is not None:
+            sentences = [] if message.is_bistream else self.encode_text(params.slot, message.voice)
+            if not self.settings.models[self.slots.model_of(params.slot)].facts.takes_prompt_audio:
+                voice_key = message.voice or ""  # a name in the LLM's prompt: no prompt to encode
+            elif message.saved_voice_key is not None:
                 self.encode_prompt_text(params.slot)
                 metrics.PROMPT_FEATURES.labels("saved").inc()
                 self.slots.a["voice_kind"][params.slot] = VOICE_KINDS.index("saved")
@@ -179,13 +183,11 @@ class EncodeWorker:
         metrics.PROMPT_FEATURES.labels("computed").inc()
         return features, len(samples) / rate
 
-    def encode_text(self, slot: int) -> list[list[int]]:
+    def encode_text(self, slot: int, voice: str | None) -> list[list[int]]:
+        """The LLM's ids of each sentence, by the model's frontend: the text tokens (CosyVoice), or the whole prompt
+        with the named voice (Orpheus)."""
         text = self.slots.read_bytes(slot, "text").decode("utf-8")
-        frontend = self.frontend_of(slot)
-        sentences = [frontend.tokenize(s) for s in frontend.normalize_and_split(text)]
-        sentences = [s for s in sentences if s]
-        if not sentences:
-            raise TextError("tts_text has nothing to speak after normalisation")
+        sentences = self.frontend_of(slot).sentence_tokens(text, voice)
         self.slots.a["usage_text_tokens"][slot] = sum(map(len, sentences))
         return sentences
 
