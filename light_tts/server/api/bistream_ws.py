@@ -72,6 +72,10 @@ async def receive_start(ws: WebSocket, settings: ServerSettings, check_model_nam
         raise RequestError('the first message must be JSON {"prompt_text": "...", "tts_model_name": ...} '
                            '(or {"voice_id": ...})')
     model = check_model_name(str(start.get("tts_model_name", "default")))  # NotFoundError: 1008
+    entry = settings.models[model]
+    if not entry.facts.takes_prompt_audio:  # its text goes whole into its prompt: /ws/tts streams it instead
+        raise RequestError(f"model {entry.name!r} takes no prompt audio and no text pieces; speak with one of its "
+                           f"voices ({', '.join(entry.facts.voices)}) on /ws/tts or /v1/audio/speech")
     options = {"seed": check_seed(start.get("seed")), "model": model,
                "fixed_speech_tokens": check_fixed_speech_tokens(start.get("fixed_speech_tokens"), settings)}
     if voice_id:

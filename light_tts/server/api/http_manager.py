@@ -28,6 +28,7 @@ from light_tts.server.ipc.io_struct import (AbortDone, AbortRequest, AudioReady,
 from light_tts.server.metrics import prometheus as metrics
 from light_tts.server.metrics.playback import Playback
 from light_tts.server.ipc.process_table import ProcessTable
+from light_tts.server.runtime.model_set import voice_model
 from light_tts.server.runtime.settings import ServerSettings
 from light_tts.server.ipc.shm import CLIENT_AT_LIMIT, VOICE_KINDS, RequestSlots, client_key
 from light_tts.server.runtime.topology import PortArgs
@@ -150,11 +151,13 @@ class HttpServerManager:
 
     def submit(self, tts_text: str, prompt_text: str, prompt_wav: bytes, *, stream: bool, speed: float,
                seed: int | None, fixed_speech_tokens: int | None = None, is_bistream: bool = False,
-               client: str = "", saved_voice: VoicePrompt | None = None, model: int = 0) -> RequestHandle:
+               client: str = "", saved_voice: VoicePrompt | None = None, model: int = 0,
+               voice: str | None = None) -> RequestHandle:
         """Claim a slot and start the request to model index `model`; raises OverloadedError (429) at once when
         none is free, or when `client` (its address) already has --max_requests_per_client requests in flight.
         With `saved_voice` its text and features are the prompt (`prompt_text` and `prompt_wav` are not used); a
-        saved voice whose features another frontend computed comes with its audio, computed again here."""
+        saved voice whose features another frontend computed comes with its audio, computed again here. `voice`
+        is the named voice of a model without prompt audio (model_set.check_voice checked it)."""
         features = None
         if saved_voice is not None:
             prompt_text, prompt_wav = saved_voice.text, saved_voice.audio or b""
@@ -168,13 +171,14 @@ class HttpServerManager:
         key = None
         if features is not None:  # the key the voice cache gives these features (voice_cache_key)
             key = voice_cache_key(self.settings.models[model].frontend_key, saved_voice.voice_key)
-        self.to_encode[handle.encode_rank].send(EncodeRequest(params, is_bistream, key))
+        self.to_encode[handle.encode_rank].send(EncodeRequest(params, is_bistream, key, voice))
         return handle
 
     async def compute_features(self, audio: bytes, client: str = "") -> tuple[PromptFeatures, float]:
         """A voice upload's prompt features and the audio's seconds, computed by an encode process in a slot of
         its own (so an upload waits for a free slot like any request: 429 when none is); raises AudioError."""
-        handle = self.claim(client, {"text": b"", "prompt_text": b"", "wav": audio})
+        handle = self.claim(client, {"text": b"", "prompt_text": b"", "wav": audio},
+                            model=voice_model(self.settings.models))
         handle.is_features_job = True
         try:
             self.to_encode[handle.encode_rank].send(ComputeFeatures(handle.req_id, handle.slot, self.http_rank))

@@ -29,7 +29,8 @@ class ServerBackend:
             check_fixed_speech_tokens(job.fixed_speech_tokens, self.manager.settings)
             handle = self.manager.submit(job.text, "", b"", stream=job.is_streamed, speed=job.speed,
                                          seed=job.seed, fixed_speech_tokens=job.fixed_speech_tokens,
-                                         client=job.client, saved_voice=job.prompt, model=job.model)
+                                         client=job.client, saved_voice=job.prompt, model=job.model,
+                                         voice=job.voice)
         except Exception as e:
             record_rejected(job.endpoint, e, self.manager.settings.models[job.model].name)
             raise

@@ -20,14 +20,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from light_tts.errors import LightTTSError, RequestError, TextError
-from light_tts.server.runtime.model_set import ModelEntry, resolve_model
+from light_tts.server.runtime.model_set import (ModelEntry, check_voice, model_for_voice, refuse_prompt_audio,
+                                                voice_model)
 from light_tts.server.api.audio_encoding import CONTENT_TYPES, encode_file, make_encoder
 from light_tts.server.api.openai.schema import (ErrorBody, ModelCard, ModelList, SpeechRequest, SpeechUsage,
                                             VoiceDeleted, VoiceList, VoiceObject, audio_delta_event,
                                             audio_done_event, error_event)
 from light_tts.server.api.request_metrics import ClientGone, cut_on_failure, error_response, unless_disconnected
 from light_tts.server.api.request_parsing import FORM_OVERHEAD_BYTES, read_multipart
-from light_tts.server.api.voice_store import PromptFeatures, VoicePrompt, VoiceStore
+from light_tts.server.api.voice_store import ID_PREFIX, PromptFeatures, VoicePrompt, VoiceStore
 
 log = logging.getLogger("light_tts.openai")
 SAMPLE_RATE = 24000
@@ -40,7 +41,7 @@ CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left fi
 @dataclass
 class SynthesisJob:
     text: str
-    prompt: VoicePrompt
+    prompt: VoicePrompt | None  # a saved voice (models with prompt audio), or None with `voice`
     speed: float = 1.0
     is_streamed: bool = True  # False: the backend may return the whole audio at once (speed needs that)
     seed: int | None = None
@@ -49,6 +50,7 @@ class SynthesisJob:
     client: str = ""  # the client's address (--max_requests_per_client)
     usage: SpeechUsage | None = None  # set by the backend once the audio is complete
     model: int = 0  # index of the model in ServerSettings.models
+    voice: str | None = None  # the model's named voice (models without prompt audio: Orpheus)
 
 
 class SynthesisBackend(Protocol):
@@ -74,6 +76,23 @@ def client_of(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
+async def load_voice(store: VoiceStore, entry: ModelEntry, voice: str) -> tuple[VoicePrompt | None, str | None]:
+    """A request's `voice` for its model: (the saved voice, None) for a model with prompt audio (NotFoundError for
+    an unknown id), (None, the name) for one with named voices (RequestError naming them; a saved voice's id is
+    refused as prompt audio)."""
+    if entry.facts.takes_prompt_audio:
+        return await run_in_threadpool(store.load_features, voice, entry.frontend_key), None
+    if voice.startswith(ID_PREFIX) and voice not in entry.facts.voices:
+        raise refuse_prompt_audio(entry)
+    return None, check_voice(entry, voice)
+
+
+def named_voices(models: Sequence[ModelEntry], created_at: int) -> list[VoiceObject]:
+    """The models' built-in voices (a name in the prompt, no recording), for the voice list."""
+    return [VoiceObject(id=voice, name=voice, text="", duration_s=0.0, created_at=created_at, model=m.name)
+            for m in models for voice in m.facts.voices]
+
+
 def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: Sequence[ModelEntry]) -> APIRouter:
     router = APIRouter()
     created_at = int(time.time())
@@ -86,10 +105,11 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
     async def create_speech(body: SpeechRequest, request: Request):
         """Speak `input` with a saved voice; the audio streams as it is encoded."""
         try:
-            model = resolve_model(models, body.model, OPENAI_MODEL_ALIASES)  # unknown: 404 naming the models
-            prompt = await run_in_threadpool(store.load_features, body.voice, models[model].frontend_key)
+            # unknown: 404 naming the models; tts-1 with an Orpheus voice: the Orpheus model
+            model = model_for_voice(models, body.model, body.voice, OPENAI_MODEL_ALIASES)
+            prompt, voice = await load_voice(store, models[model], body.voice)
             job = SynthesisJob(body.input, prompt, body.speed, body.speed == 1.0, body.seed, body.fixed_speech_tokens,
-                               client=client_of(request), model=model)
+                               client=client_of(request), model=model, voice=voice)
             chunks = backend.synthesize(job)
             first = await unless_disconnected(request, first_chunk(chunks))
             if not job.is_streamed and body.stream_format == "audio":  # the whole audio: a file with exact headers
@@ -117,26 +137,34 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
     async def create_voice(request: Request):
         """Save a voice: its prompt features are computed once, now (a failure saves nothing)."""
         try:
+            model = voice_model(models)  # 400 when no model takes prompt audio
             name, text, audio = await read_voice_upload(request, store.limits.max_upload_bytes)
             await run_in_threadpool(store.check_upload, name, text, audio)  # cheap checks before the model runs
             features, duration_s = await unless_disconnected(request, backend.compute_features(
                 audio, client_of(request)))
-            # the default model's frontend computed the features (a model of another frontend recomputes them)
+            # the first prompt model's frontend computed the features (a model of another frontend recomputes them)
             voice = await run_in_threadpool(store.create, name, text, audio, features, duration_s,
-                                            models[0].frontend_key)
+                                            models[model].frontend_key)
         except LightTTSError as e:
             return error_response(e)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         return JSONResponse(VoiceObject.of(voice).model_dump(), status_code=201)
 
-    @router.get("/v1/audio/voices", response_model=VoiceList, responses=ERRORS, summary="The saved voices")
+    @router.get("/v1/audio/voices", response_model=VoiceList, responses=ERRORS,
+                summary="The saved voices, then the models' named voices")
     async def list_voices():
-        return VoiceList(data=[VoiceObject.of(v) for v in await run_in_threadpool(store.list)])
+        """Saved voices (any model with prompt audio speaks them), then each model's named voices (Orpheus':
+        `model` says whose; their id is the name)."""
+        saved = [VoiceObject.of(v) for v in await run_in_threadpool(store.list)]
+        return VoiceList(data=saved + named_voices(models, created_at))
 
     @router.get("/v1/audio/voices/{voice_id}", response_model=VoiceObject, responses=ERRORS,
-                summary="One saved voice")
+                summary="One saved voice, or a model's named voice")
     async def get_voice(voice_id: str):
+        named = [v for v in named_voices(models, created_at) if v.id == voice_id]
+        if named:
+            return named[0]
         try:
             return VoiceObject.of(await run_in_threadpool(store.get, voice_id))
         except LightTTSError as e:

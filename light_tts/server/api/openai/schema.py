@@ -40,8 +40,9 @@ def reject_instructions(value: str | None) -> str | None:
 
 
 # Field types shared with the WebSocket session config (speech_ws.py).
-VoiceId = Annotated[str, Field(min_length=1, description='a saved voice id from POST /v1/audio/voices, or '
-                                                       '{"id": ...}'), BeforeValidator(voice_id_of)]
+VoiceId = Annotated[str, Field(min_length=1, description='a saved voice id from POST /v1/audio/voices, a '
+                                                       'model\'s named voice (Orpheus: tara, ...), or {"id": ...}'),
+                    BeforeValidator(voice_id_of)]
 Speed = Annotated[float, Field(ge=MIN_SPEED, le=MAX_SPEED)]
 Seed = Annotated[int | None, Field(ge=0, lt=SEED_LIMIT, description="same inputs and seed give the same audio")]
 FixedSpeechTokens = Annotated[int | None, Field(ge=1, description=(
@@ -102,6 +103,8 @@ class VoiceObject(BaseModel):
     text: str = Field(description="the transcript of the recording (the prompt text)")
     duration_s: float
     created_at: int = Field(description="unix seconds")
+    model: str | None = Field(None, description="a model's named voice (its id is the name; no recording): the "
+                                                "model that speaks it; null for a saved voice")
 
     @classmethod
     def of(cls, voice) -> "VoiceObject":
