@@ -213,8 +213,10 @@ def test_orpheus_utterances_end_with_the_marker():
 
 def test_orpheus_model_sticks_and_seed_is_per_message():
     s = OrpheusSession(max_utterance_chars=100)
-    first = Utterance(0, "Hi.", "tara", "pcm", 1.0, is_streamed=True, seed=7, model="orpheus")
-    assert s.on_text(msg(text="Hi.", voice="tara", model="orpheus", seed=7)) == [Synthesize(first)]
+    first = Utterance(0, "Hi.", "tara", "pcm", 1.0, is_streamed=True, seed=7, fixed_speech_tokens=70,
+                      model="orpheus")
+    assert s.on_text(msg(text="Hi.", voice="tara", model="orpheus", seed=7, fixed_speech_tokens=70)) == [
+        Synthesize(first)]
     s.on_text(msg(text="Bye."))
     second = Utterance(1, "Bye.", "tara", "pcm", 1.0, is_streamed=True, model="orpheus")
     assert s.on_synthesis_done(2048)[-1] == Synthesize(second)
@@ -226,6 +228,7 @@ def test_orpheus_model_sticks_and_seed_is_per_message():
     (msg(text="Hi.", voice="tara", seed=-1), '"seed" must be an integer in [0, '),
     (msg(text="Hi.", voice="tara", seed="1"), '"seed" must be an integer'),
     (msg(text="Hi.", voice="tara", model=""), '"model" must be a model id'),
+    (msg(text="Hi.", voice="tara", fixed_speech_tokens=0), '"fixed_speech_tokens" must be a positive integer'),
     (msg(text="", voice="voice_a"), '"text" must be a non-empty string'),
     (msg(text=["Hi"], voice="voice_a"), '"text" must be a non-empty string'),
     (msg(text="x" * 101, voice="voice_a"), '"text" is longer than 100 characters'),

@@ -153,6 +153,11 @@ class SerialSession:
         raise NotImplementedError
 
 
+def is_int_in(value: object, low: int, high: int | None) -> bool:
+    """A JSON integer (not a bool) in [low, high) (no upper bound: None)."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value and (high is None or value < high)
+
+
 def parse_json_object(raw: str) -> tuple[dict | None, str | None]:
     try:
         message = json.loads(raw)
@@ -261,10 +266,10 @@ class StreamSpeechSession(SerialSession):
 
 class OrpheusSession(SerialSession):
     """/ws/tts: each {"text", "voice"} message is one utterance of streamed PCM, ended by b"__END__". Optional
-    "model" (else the model whose named voice it is, else the default model) and "seed"; voice and model stick
-    for later messages."""
+    "model" (else the model whose named voice it is, else the default model), "seed" and "fixed_speech_tokens"
+    (benchmarks); voice and model stick for later messages."""
 
-    FIELDS = ("text", "voice", "model", "seed")
+    FIELDS = ("text", "voice", "model", "seed", "fixed_speech_tokens")
 
     def __init__(self, max_utterance_chars: int, max_pending: int = 8):
         super().__init__(max_pending)
@@ -285,12 +290,14 @@ class OrpheusSession(SerialSession):
             return self.on_end()
         unknown = set(message) - set(self.FIELDS)
         text, voice = message.get("text"), message.get("voice", self.voice_id)
-        model, seed = message.get("model", self.model), message.get("seed")
+        model, seed, fixed = message.get("model", self.model), message.get("seed"), message.get("fixed_speech_tokens")
         if unknown:
             problem = (f"unknown field(s) {sorted(unknown)}; a message is {{\"text\", \"voice\", \"model\"?, "
-                       f"\"seed\"?}} or {{\"end\": true}}")
-        elif seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT):
+                       f"\"seed\"?, \"fixed_speech_tokens\"?}} or {{\"end\": true}}")
+        elif seed is not None and not is_int_in(seed, 0, SEED_LIMIT):
             problem = f'"seed" must be an integer in [0, {SEED_LIMIT})'
+        elif fixed is not None and not is_int_in(fixed, 1, None):
+            problem = '"fixed_speech_tokens" must be a positive integer'
         elif model is not None and (not isinstance(model, str) or not model):
             problem = '"model" must be a model id from GET /v1/models'
         elif not isinstance(text, str) or not text.strip():
@@ -308,7 +315,7 @@ class OrpheusSession(SerialSession):
         self.voice_id, self.model = voice, model
         self.next_index += 1
         return self.enqueue(Utterance(self.next_index - 1, text, voice, "pcm", 1.0, is_streamed=True, seed=seed,
-                                      model=model))
+                                      fixed_speech_tokens=fixed, model=model))
 
     def on_end(self) -> list:
         self.is_closing = True
