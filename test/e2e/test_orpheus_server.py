@@ -114,12 +114,32 @@ def test_ws_tts_finds_the_model_by_its_voice(server, orpheus_pipeline):
     assert_equal_pcm(asyncio.run(run()), orpheus_pcm(orpheus_pipeline, "Good morning.", "leo", 9, fixed_tokens=42))
 
 
+def test_speech_stream_session_speaks_an_orpheus_voice(server, orpheus_pipeline):
+    """/v1/audio/speech/stream (vLLM-Omni's protocol): session.config names the voice, pcm streamed."""
+
+    async def run() -> bytes:
+        async with websockets.connect(server.url.replace("http", "ws") + "/v1/audio/speech/stream") as ws:
+            await ws.send(json.dumps({"type": "session.config", "voice": "mia", "model": ORPHEUS, "seed": 2,
+                                      "response_format": "pcm", "stream_audio": True, "fixed_speech_tokens": 28}))
+            for event in ({"type": "input.text", "text": "Thanks."}, {"type": "input.done"}, {"type": "session.close"}):
+                await ws.send(json.dumps(event))
+            pcm = b""
+            async for frame in ws:
+                if isinstance(frame, bytes):
+                    pcm += frame
+                else:
+                    assert json.loads(frame)["type"] in ("audio.start", "audio.done", "session.done"), frame
+            return pcm
+
+    assert_equal_pcm(asyncio.run(run()), orpheus_pcm(orpheus_pipeline, "Thanks.", "mia", 2, fixed_tokens=28))
+
+
 def test_the_lighttts_form_names_an_orpheus_voice(server, orpheus_pipeline):
-    """voice_id names the voice; with no forced length the sentence runs to the model's own bound (84 ids, of
-    which a random model makes few whole frames: the length is the pipeline's, possibly none)."""
+    """voice_id names the voice (streamed, 5 frames forced); without a forced length (not streamed) the sentence
+    ends at the model's own bound, 84 ids, in which this random model makes no whole frame: empty, as offline."""
     for fixed in (35, None):
-        data = {"tts_text": "Hi.", "voice_id": "zoe", "tts_model_name": ORPHEUS, "seed": "3", "stream": "true",
-                **({} if fixed is None else {"fixed_speech_tokens": str(fixed)})}
+        data = {"tts_text": "Hi.", "voice_id": "zoe", "tts_model_name": ORPHEUS, "seed": "3",
+                **({"stream": "false"} if fixed is None else {"fixed_speech_tokens": str(fixed), "stream": "true"})}
         r = httpx.post(f"{server.url}/inference_zero_shot", data=data, timeout=120)
         assert r.status_code == 200, r.text
         assert_equal_pcm(r.content, orpheus_pcm(orpheus_pipeline, "Hi.", "zoe", 3, fixed_tokens=fixed),
@@ -156,6 +176,12 @@ def test_bad_input_gets_a_400(server):
             await ws.send(json.dumps({"text": "Hi.", "voice": "nobody", "model": ORPHEUS}))
             error = json.loads(await ws.recv())
             assert await ws.recv() == b"__END__"
+        async with websockets.connect(ws_url + "/v1/audio/speech/stream") as ws:
+            await ws.send(json.dumps({"type": "session.config", "voice": "alloy", "model": ORPHEUS}))
+            config_error = json.loads(await ws.recv())
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd.code == 1008 and "unknown voice 'alloy'" in config_error["message"]
         async with websockets.connect(ws_url + "/inference_zero_shot_bistream") as ws:
             await ws.send(json.dumps({"prompt_text": PROMPT_TEXT, "tts_model_name": ORPHEUS}))
             refused = json.loads(await ws.recv())
