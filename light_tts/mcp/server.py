@@ -79,8 +79,9 @@ def build_server(url: str, api_key: str | None, output_dir: Path, timeout_s: flo
     async def generate_speech(text: str, voice: str, prompt_text: str | None = None,
                               format: Literal["wav", "pcm"] = "wav", output: Literal["path", "base64"] = "path",
                               seed: int | None = None) -> dict[str, Any]:
-        """Speak `text` in a voice. `voice` is a saved voice id (see list_voices) or the path of an audio file on
-        this machine (wav/flac/ogg/mp3, a few seconds), whose transcript is `prompt_text`. format: wav (playable)
+        """Speak `text` in a voice. `voice` is a voice id from list_voices (a saved voice, or a model's named voice
+        such as Orpheus' `tara`, which the server gives to that model) or the path of an audio file on this
+        machine (wav/flac/ogg/mp3, a few seconds), whose transcript is `prompt_text`. format: wav (playable)
         or pcm (raw int16 mono 24 kHz). output: path (a file written under the output directory) or base64."""
         data: dict[str, str] = {"tts_text": text, "stream": "false"}
         files = {}
@@ -109,7 +110,8 @@ def build_server(url: str, api_key: str | None, output_dir: Path, timeout_s: flo
 
     @server.tool()
     async def list_voices() -> dict[str, Any]:
-        """The saved voices of the server (id, name, transcript, duration)."""
+        """The voices of the server: saved ones (id, name, transcript, duration), then each model's named voices
+        (`model` says whose)."""
         return {"voices": (await http.json("GET", VOICES_PATH))["data"]}
 
     @server.tool()

@@ -135,11 +135,13 @@ def test_speech_stream_session_speaks_an_orpheus_voice(server, orpheus_pipeline)
 
 
 def test_the_lighttts_form_names_an_orpheus_voice(server, orpheus_pipeline):
-    """voice_id names the voice (streamed, 5 frames forced); without a forced length (not streamed) the sentence
-    ends at the model's own bound, 84 ids, in which this random model makes no whole frame: empty, as offline."""
+    """voice_id names the voice (streamed, 5 frames forced); without tts_model_name the voice picks its model, and
+    without a forced length (not streamed) the sentence ends at the model's own bound, 84 ids, in which this
+    random model makes no whole frame: empty, as offline."""
     for fixed in (35, None):
-        data = {"tts_text": "Hi.", "voice_id": "zoe", "tts_model_name": ORPHEUS, "seed": "3",
-                **({"stream": "false"} if fixed is None else {"fixed_speech_tokens": str(fixed), "stream": "true"})}
+        data = {"tts_text": "Hi.", "voice_id": "zoe", "seed": "3", **(
+            {"stream": "false"} if fixed is None else {"fixed_speech_tokens": str(fixed), "stream": "true",
+                                                       "tts_model_name": ORPHEUS})}
         r = httpx.post(f"{server.url}/inference_zero_shot", data=data, timeout=120)
         assert r.status_code == 200, r.text
         assert_equal_pcm(r.content, orpheus_pcm(orpheus_pipeline, "Hi.", "zoe", 3, fixed_tokens=fixed),
@@ -192,6 +194,27 @@ def test_bad_input_gets_a_400(server):
     error, refused, code = asyncio.run(sockets())
     assert error["kind"] == "bad_request" and "unknown voice 'nobody'" in error["message"]
     assert "takes no prompt audio" in refused["error"] and code == 1008
+
+
+def test_the_playground_speaks_a_named_voice_with_its_model(server):
+    """The page offers "tara (orpheus)" beside the saved voices and asks the Orpheus model for it (headless
+    Chromium; the random model's natural-length audio is empty, so the check is the request's model and end)."""
+    test_playground = pytest.importorskip("test_playground")  # skips where chromium is not installed
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ok = ("lighttts_requests_total", (("endpoint", "inference_zero_shot"), ("model", ORPHEUS), ("outcome", "ok")))
+    before = server.metrics().get(ok, 0)
+    with test_playground.chromium() as page:
+        test_playground.load_playground(page, server.url)
+        Select(page.find_element(By.ID, "voice-select")).select_by_visible_text("tara (orpheus)")
+        test_playground.set_text(page, "Hi.")
+        page.find_element(By.ID, "speak").click()
+        WebDriverWait(page, 120).until(lambda d: test_playground.player_state(d)["state"] in ("done", "error"))
+        assert test_playground.player_state(page)["state"] == "done", page.find_element(By.ID, "error").text
+        assert page.find_elements(By.CSS_SELECTOR, "#voice-list li") == []  # named voices are not saved ones
+    assert server.metrics()[ok] == before + 1
 
 
 def test_no_slot_is_left_held(server):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 
 import pytest
 
@@ -28,8 +29,9 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--dis
          "--autoplay-policy=no-user-gesture-required", "--window-size=900,660")
 
 
-@pytest.fixture(scope="module")
-def browser():
+@contextmanager
+def chromium():
+    """Headless Chromium driven by Selenium, with a profile of its own (removed afterwards)."""
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in FLAGS:
@@ -46,6 +48,18 @@ def browser():
         shutil.rmtree(profile, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as driver:
+        yield driver
+
+
+def load_playground(driver, url: str) -> None:
+    driver.get(url + "/")
+    WebDriverWait(driver, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
+    assert console_errors(driver) == []
+
+
 def console_errors(driver) -> list[str]:
     return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
@@ -59,9 +73,7 @@ def page(browser, server, tmp_path_factory):
     """The playground, loaded, with a prompt file and its transcript filled in."""
     prompt = tmp_path_factory.mktemp("playground") / "prompt.wav"
     prompt.write_bytes(voice_wav(seed=11))
-    browser.get(server.url + "/")
-    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
-    assert console_errors(browser) == []
+    load_playground(browser, server.url)
     browser.find_element(By.ID, "prompt-wav").send_keys(str(prompt))
     browser.find_element(By.ID, "prompt-text").send_keys("A short prompt.")
     return browser

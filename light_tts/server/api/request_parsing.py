@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from light_tts.errors import AudioError, RequestError, TextError, TooLargeError
 from light_tts.request_rules import check_seed, check_speed
 from light_tts.server.runtime.config import ServerConfig
-from light_tts.server.runtime.model_set import ModelEntry, check_voice, refuse_prompt_audio
+from light_tts.server.runtime.model_set import ModelEntry, check_voice, model_for_voice, refuse_prompt_audio
 from light_tts.server.runtime.settings import ServerSettings
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -185,7 +185,10 @@ async def parse_zero_shot(request: Request, settings: ServerSettings) -> ZeroSho
     parts = await read_form(request, limit)
     voice_id = decode_text(parts["voice_id"], "voice_id", cfg) if "voice_id" in parts else None
     prompt_fields = ("prompt_text", "prompt_wav")
-    tts_model_name = decode_text(parts.get("tts_model_name", b"default"), "tts_model_name", cfg)
+    if "tts_model_name" in parts:
+        tts_model_name = decode_text(parts["tts_model_name"], "tts_model_name", cfg)
+    else:  # no model named: a named voice's model (voice_id=tara), else the default
+        tts_model_name = settings.models[model_for_voice(settings.models, None, voice_id or "")].name
     index = settings.model_index(tts_model_name)  # an unknown name is the caller's 404
     if index is not None and not settings.models[index].facts.takes_prompt_audio:
         return parse_named_voice(parts, settings.models[index], voice_id, settings)
