@@ -149,9 +149,10 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
             return error_response(e)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
-        return JSONResponse(VoiceObject.of(voice).model_dump(), status_code=201)
+        return JSONResponse(VoiceObject.of(voice).model_dump(exclude_none=True), status_code=201)
 
-    @router.get("/v1/audio/voices", response_model=VoiceList, responses=ERRORS,
+    # a saved voice has no `model` (exclude_none keeps its wire shape); a model's named voice says whose it is
+    @router.get("/v1/audio/voices", response_model=VoiceList, response_model_exclude_none=True, responses=ERRORS,
                 summary="The saved voices, then the models' named voices")
     async def list_voices():
         """Saved voices (any model with prompt audio speaks them), then each model's named voices (Orpheus':
@@ -159,7 +160,8 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
         saved = [VoiceObject.of(v) for v in await run_in_threadpool(store.list)]
         return VoiceList(data=saved + named_voices(models, created_at))
 
-    @router.get("/v1/audio/voices/{voice_id}", response_model=VoiceObject, responses=ERRORS,
+    @router.get("/v1/audio/voices/{voice_id}", response_model=VoiceObject, response_model_exclude_none=True,
+                responses=ERRORS,
                 summary="One saved voice, or a model's named voice")
     async def get_voice(voice_id: str):
         named = [v for v in named_voices(models, created_at) if v.id == voice_id]

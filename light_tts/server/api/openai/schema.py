@@ -104,7 +104,7 @@ class VoiceObject(BaseModel):
     duration_s: float
     created_at: int = Field(description="unix seconds")
     model: str | None = Field(None, description="a model's named voice (its id is the name; no recording): the "
-                                                "model that speaks it; null for a saved voice")
+                                                "model that speaks it; absent for a saved voice")
 
     @classmethod
     def of(cls, voice) -> "VoiceObject":
