@@ -144,8 +144,10 @@ def test_settings_of_a_model_without_prompt_audio_beside_one_with():
     assert model_for_voice(s.models, None, "voice_x") == 0 and voice_model(s.models) == 0
     with pytest.raises(RequestError, match="no model of this server takes prompt audio"):
         voice_model([o])
-    alone = build_settings(ServerConfig(), orpheus)
+    alone = build_settings(ServerConfig(hop_policy="fixed", decode_max_batch_size=64), orpheus)
     assert (alone.shm.embedding_dim, alone.shm.prompt_speech_tokens) == (0, 0)
+    assert alone.ignored_flags() == ["--hop_policy has no effect: no served model's codec reads it (orpheus)"]
+    assert build_settings(ServerConfig(hop_policy="fixed"), [ModelConfig(Path("/c")), orpheus]).ignored_flags() == []
 
 
 def test_llm_replicas_spread_over_the_llm_gpus_and_share_their_model_decode_group():

@@ -121,6 +121,8 @@ class ModelFamily:
 
     flow_files: tuple[str, ...] = ()  # codec weights
     frontend_files: tuple[str, ...] = ()  # speech tokenizer, speaker model, text tokenizer
+    # the server flags its codec reads: one set that no served model's codec reads is said at startup to do nothing
+    decode_flags: tuple[str, ...] = ()
 
     def frontend_salt(self, cfg) -> str:
         """The frontend's settings that its files do not say (part of the frontend key: equal keys share one

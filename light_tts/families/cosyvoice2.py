@@ -23,6 +23,10 @@ class CosyVoice2Family(ModelFamily):
     marker = YAML_NAME
     speech_tokenizer = SPEECH_TOKENIZER
     flow_files = ("flow.pt", "hift.pt")
+    decode_flags = ("decode_max_batch_size", "decode_max_streams", "decode_mem_fraction", "flow_cache_dtype",
+                    "deadline_margin_s", "decode_reservation", "admission_wait_s", "decode_headroom",
+                    "preempt_interval_s", "decode_pool_pages", "first_hop_tokens", "flow_context_window",
+                    "hop_policy", "decode_data_type", "decode_hot_path")
 
     @property
     def frontend_files(self) -> tuple[str, ...]:

@@ -75,6 +75,7 @@ class OrpheusFamily(ModelFamily):
     modes = ()
     flow_files = (f"{SNAC_DIR}/{CONFIG_NAME}", f"{SNAC_DIR}/pytorch_model.bin")
     frontend_files = (TOKENIZER_NAME,)
+    decode_flags = ("decode_max_batch_size", "deadline_margin_s")  # see decode_engine
 
     def load_model_config(self, model_dir):
         return load_model_config(model_dir)

@@ -247,6 +247,8 @@ def launch(cfg: ServerConfig) -> int:
     except (ValueError, ModelDirError) as e:  # e.g. an --api_key_file that cannot be read or holds no key
         log.error("%s", e)
         return 1
+    for note in settings.ignored_flags():
+        log.warning("%s", note)
     for line in settings.topology.log_lines():
         log.info("%s", line)
     check_placement(settings)

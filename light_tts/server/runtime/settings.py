@@ -85,6 +85,17 @@ class ServerSettings:
         """Index of tts_model_name `name` ("default": the first model), None for an unknown name."""
         return model_index(self.models, name)
 
+    def ignored_flags(self) -> list[str]:
+        """Startup notes for codec flags set to other than their default that no served model's codec reads (an
+        Orpheus-only server: CosyVoice's flow and hop flags)."""
+        from light_tts.families import family_named, family_names
+
+        used = {flag for m in self.models for flag in family_named(m.family).decode_flags}
+        every = {flag for name in family_names() for flag in family_named(name).decode_flags}
+        defaults, families = ServerConfig(), ", ".join(sorted({m.family for m in self.models}))
+        return [f"--{flag} has no effect: no served model's codec reads it ({families})" for flag in sorted(every - used)
+                if getattr(self.cfg, flag) != getattr(defaults, flag)]
+
     def voice_limits(self) -> VoiceLimits:
         """The saved voices' limits: --max_voices, and the limits every prompt upload has (the audio's length,
         --max_prompt_seconds, is checked by the encode process as for any prompt)."""
