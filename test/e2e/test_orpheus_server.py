@@ -163,7 +163,12 @@ def test_bad_input_gets_a_400(server):
                                ("voice_0123456789abcdef01234567", "model 'orpheus' takes no prompt audio")):
             with pytest.raises(openai.BadRequestError) as e:
                 client.audio.speech.create(model=ORPHEUS, voice=voice, input="Hi.")
-            assert e.value.response.json()["error"].startswith(message), e.value.response.text
+            assert e.value.response.json()["error"]["message"].startswith(message), e.value.response.text
+        # Orpheus has no modes: an instruction or a mode is refused before anything runs
+        for extra in ({"instructions": "Speak softly."}, {"extra_body": {"mode": "cross_lingual"}}):
+            with pytest.raises(openai.BadRequestError) as e:
+                client.audio.speech.create(model=ORPHEUS, voice="tara", input="Hi.", **extra)
+            assert e.value.response.json()["error"]["message"].startswith("model 'orpheus' has no modes"), extra
     form = {"tts_text": "Hi.", "prompt_text": PROMPT_TEXT, "tts_model_name": ORPHEUS}
     r = httpx.post(f"{server.url}/inference_zero_shot", data=form, timeout=30,
                    files={"prompt_wav": ("p.wav", voice_wav(1), "audio/wav")})
@@ -171,6 +176,10 @@ def test_bad_input_gets_a_400(server):
     r = httpx.post(f"{server.url}/inference_zero_shot", data={"tts_text": "Hi.", "tts_model_name": ORPHEUS,
                                                               "voice_id": "nobody"}, timeout=30)
     assert r.status_code == 400 and "unknown voice 'nobody'" in r.json()["error"], r.text
+    for extra in ({"instruct_text": "Speak softly."}, {"mode": "zero_shot"}):
+        r = httpx.post(f"{server.url}/inference_zero_shot", data={"tts_text": "Hi.", "voice_id": "tara", **extra},
+                       timeout=30)
+        assert r.status_code == 400 and r.json()["error"].startswith("model 'orpheus' has no modes"), r.text
 
     async def sockets() -> tuple[dict, dict, int]:
         ws_url = server.url.replace("http", "ws")
@@ -192,7 +201,7 @@ def test_bad_input_gets_a_400(server):
         return error, refused, closed.value.rcvd.code
 
     error, refused, code = asyncio.run(sockets())
-    assert error["kind"] == "bad_request" and "unknown voice 'nobody'" in error["message"]
+    assert error["error"]["code"] == "bad_request" and "unknown voice 'nobody'" in error["message"]
     assert "takes no prompt audio" in refused["error"] and code == 1008
 
 
@@ -200,13 +209,15 @@ def test_the_playground_speaks_a_named_voice_with_its_model(server):
     """The page offers "tara (orpheus)" beside the saved voices and asks the Orpheus model for it (headless
     Chromium; the random model's natural-length audio is empty, so the check is the request's model and end)."""
     test_playground = pytest.importorskip("test_playground")  # skips where chromium is not installed
+    from browser_harness import chromium
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.select import Select
     from selenium.webdriver.support.ui import WebDriverWait
 
-    ok = ("lighttts_requests_total", (("endpoint", "inference_zero_shot"), ("model", ORPHEUS), ("outcome", "ok")))
+    ok = ("lighttts_requests_total", (("endpoint", "inference_zero_shot"), ("mode", "named_voice"), ("model", ORPHEUS),
+                                      ("outcome", "ok")))
     before = server.metrics().get(ok, 0)
-    with test_playground.chromium() as page:
+    with chromium() as page:
         test_playground.load_playground(page, server.url)
         Select(page.find_element(By.ID, "voice-select")).select_by_visible_text("tara (orpheus)")
         test_playground.set_text(page, "Hi.")
