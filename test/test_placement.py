@@ -123,7 +123,8 @@ def test_settings_of_a_model_without_prompt_audio_beside_one_with():
     from light_tts.errors import RequestError
     from light_tts.model_config import ModelConfig, QwenConfig
     from light_tts.models.orpheus.config import OrpheusConfig, OrpheusTokens
-    from light_tts.server.runtime.model_set import check_voice, model_for_voice, refuse_prompt_audio, voice_model
+    from light_tts.server.runtime.model_set import (check_voice, has_modes, model_for_voice, refuse_prompt_audio,
+                                                    voice_model)
     from light_tts.server.runtime.settings import build_settings
 
     tokens = OrpheusTokens(128000, 128009, 128257, 128258, 128259, 128260, 128261, 128262, 128263, 128266)
@@ -144,6 +145,17 @@ def test_settings_of_a_model_without_prompt_audio_beside_one_with():
     assert model_for_voice(s.models, None, "voice_x") == 0 and voice_model(s.models) == 0
     with pytest.raises(RequestError, match="no model of this server takes prompt audio"):
         voice_model([o])
+    assert voice_model(s.models, "c") == 0
+    with pytest.raises(RequestError, match="model 'o' takes no prompt audio"):
+        voice_model(s.models, "o")  # an upload naming Orpheus
+    with pytest.raises(NotFoundError):
+        voice_model(s.models, "nope")
+    # Orpheus has no modes: a mode (any), an instruction or voice conversion is a 400; CosyVoice takes them
+    assert has_modes(s.models[0], "instruct", "Speak softly.") and not has_modes(o, None, " ")
+    for mode, instruction in (("zero_shot", None), ("vc", None), (None, "Speak softly.")):
+        with pytest.raises(RequestError, match="model 'o' has no modes"):
+            has_modes(o, mode, instruction)
+    assert s.first_chunk_tokens(o.facts, 0) == 28 and s.first_chunk_tokens(s.models[0].facts, 0) == 25 + 3
     alone = build_settings(ServerConfig(hop_policy="fixed", decode_max_batch_size=64), orpheus)
     assert (alone.shm.embedding_dim, alone.shm.prompt_speech_tokens) == (0, 0)
     assert alone.ignored_flags() == ["--hop_policy has no effect: no served model's codec reads it (orpheus)"]
