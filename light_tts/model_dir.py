@@ -32,6 +32,18 @@ ONNX_FILES = ("campplus.onnx", SPEECH_TOKENIZER)
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
 
 
+def safetensors_files(model_dir: Path, name: str = "model.safetensors") -> list[Path]:
+    """The files of a Hugging Face checkpoint: `name`, or the shards its `.index.json` lists."""
+    index = model_dir / f"{name}.index.json"
+    if not index.is_file():
+        return [model_dir / name]
+    try:
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, AttributeError, UnicodeDecodeError) as e:
+        raise ModelDirError(f"malformed checkpoint index {index}: {e}") from e
+    return [model_dir / file for file in files]
+
+
 @dataclass(frozen=True)
 class Tagged:
     """A `!new:`/`!name:`/`!apply:` node: which upstream object it names, and its arguments."""

@@ -30,6 +30,7 @@ CROSS_LINGUAL = "cross_lingual"  # no transcript, no prompt speech in the LLM: a
 VC = "vc"  # voice conversion: a source recording's speech tokens go straight to the flow, no LLM
 TEXT_MODES = (ZERO_SHOT, INSTRUCT, CROSS_LINGUAL)  # the modes a text request may ask for
 MODES = (*TEXT_MODES, VC)
+NAMED_VOICE = "named_voice"  # a model without modes (Orpheus) speaks in its named voice: no mode applies
 
 
 def check_speed(speed: float, stream: bool) -> None:

@@ -98,6 +98,9 @@ def test_score_marks_success_stalls_and_forced_length():
     refused = score(record(3, [], [], status=429, error="server full"), 25)
     cut = score(record(4, [0.1], [n], error="RemoteProtocolError: incomplete chunked read"), 25)
     assert not refused["ok"] and not cut["ok"]
+    frames = 2 * 118 * 2048  # Orpheus: 826 ids = 118 frames of 2048 samples
+    assert score(record(5, [0.1, 0.2], [frames, frames]), 826, token_rate=82.03125)["is_forced_length"]
+    assert not score(record(6, [0.1], [frames + 2]), 826, token_rate=82.03125)["is_forced_length"]
 
 
 def test_summary_of_a_level():
@@ -173,6 +176,7 @@ def test_voices_name_saved_ones_by_bytes_or_id_and_new_ones_by_fresh_bytes():
     by_id = Voices(saved, "text", nonce=5, saved_ids=["voice_a", "voice_b"])
     assert by_id.fields(2, is_new=False) == ({}, {"voice_id": (None, "voice_a")})  # a multipart field
     assert "prompt_wav" in by_id.fields(2, is_new=True)[1]
+    assert Voices([], "", 0, named="tara").fields(4, is_new=False) == ({}, {"voice_id": (None, "tara")})
 
 
 def test_split_over_client_processes_keeps_every_worker_and_arrival_once():

@@ -6,6 +6,9 @@ import pytest
 from light_tts.errors import ModelDirError, RequestError
 from light_tts.families import FAMILIES, detect_family, family_named, load_family
 from light_tts.families.base import CROSS_LINGUAL, INSTRUCT, ZERO_SHOT
+from light_tts.server.runtime.config import ServerConfig
+
+FLAGS = set(ServerConfig.__dataclass_fields__)
 
 
 def test_every_family_names_itself_and_its_marker():
@@ -14,6 +17,7 @@ def test_every_family_names_itself_and_its_marker():
         assert family.name == spec.name and family.marker == spec.marker
         assert family.flow_files and family.frontend_files
         assert family_named(spec.name) is family
+        assert family.decode_flags and set(family.decode_flags) <= FLAGS  # startup notes name real flags
 
 
 def test_detects_cosyvoice2_by_its_yaml(tmp_path):

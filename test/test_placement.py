@@ -6,11 +6,12 @@ import pytest
 
 from light_tts.errors import NotFoundError
 from light_tts.server.runtime.config import ServerConfig
-from light_tts.server.runtime.model_set import (ModelEntry, ModelFacts, digest_files, parse_model_specs, resolve_model)
+from light_tts.families.base import ModelFacts
+from light_tts.server.runtime.model_set import ModelEntry, digest_files, parse_model_specs, resolve_model
 from light_tts.server.runtime.placement import (CUDA_CONTEXT_BYTES, GIB, ProcessPlan, Topology, check_fits, check_shares,
                                         decode_groups, plan)
 
-FACTS = ModelFacts("x", 24000, 25, 2, 192, 80, 25, 3)
+FACTS = ModelFacts(24000, 25, 2, 192, 80, 25, 3)
 
 
 def entry(name: str, flow: str = "f", frontend: str = "t", facts: ModelFacts = FACTS) -> ModelEntry:
@@ -67,7 +68,7 @@ def test_one_llm_per_model_and_decode_groups_by_flow():
 
 
 def test_another_decode_layout_gets_its_own_group():
-    other = ModelFacts("y", 16000, 25, 2, 192, 80, 25, 3)
+    other = ModelFacts(16000, 25, 2, 192, 80, 25, 3)
     assert decode_groups([entry("A"), entry("B", facts=other)]) == [[0], [1]]
 
 
@@ -107,12 +108,58 @@ def test_settings_of_several_models(tmp_path):
 
     models = [ModelConfig(Path("/models/a")), ModelConfig(Path("/models/b"), sample_rate=48000, token_frame_rate=50)]
     s = build_settings(ServerConfig(max_prompt_seconds=4), models, ["a", "b"])
-    assert s.model_names == ["a", "b"] and s.model.name == "a" and s.model_index("default") == 0
+    assert s.model_names == ["a", "b"] and s.model == s.models[0].facts and s.model_index("default") == 0
     assert s.shm.audio_ring_samples == 60 * 48000 and s.shm.prompt_speech_tokens == 4 * 50 + 50  # the max
     assert s.llm_engine_config("cpu", 1).ahead_tokens == int(3.0 * 50)  # llm1 runs model b
     assert s.topology.decode_ranks_of_llm(0) != s.topology.decode_ranks_of_llm(1)  # other layouts: own groups
     with pytest.raises(ValueError, match="another layout"):
         build_settings(ServerConfig(), [models[0], ModelConfig(Path("/models/c"), flow=FlowConfig(spk_embed_dim=256))])
+
+
+def test_settings_of_a_model_without_prompt_audio_beside_one_with():
+    """An Orpheus model (named voices, no prompt features) beside CosyVoice2: the prompt arrays keep CosyVoice2's
+    layout and 25-Hz sizing, Orpheus' LLM knows its fixed first window and its sentence bound, its voices are
+    checked by name, and a request naming no model finds the model by its voice."""
+    from light_tts.errors import RequestError
+    from light_tts.model_config import ModelConfig, QwenConfig
+    from light_tts.models.orpheus.config import OrpheusConfig, OrpheusTokens
+    from light_tts.server.runtime.model_set import (check_voice, has_modes, model_for_voice, refuse_prompt_audio,
+                                                    voice_model)
+    from light_tts.server.runtime.settings import build_settings
+
+    tokens = OrpheusTokens(128000, 128009, 128257, 128258, 128259, 128260, 128261, 128262, 128263, 128266)
+    orpheus = OrpheusConfig(Path("/models/o"), QwenConfig(), tokens, max_new_tokens=600, voices=("tara", "leo"))
+    s = build_settings(ServerConfig(max_prompt_seconds=4), [ModelConfig(Path("/models/c")), orpheus], ["c", "o"])
+    o = s.models[1]
+    assert o.family == "orpheus" and not o.facts.takes_prompt_audio and s.models[0].facts.takes_prompt_audio
+    assert (s.shm.embedding_dim, s.shm.num_mels, s.shm.prompt_speech_tokens) == (192, 80, 4 * 25 + 25)
+    assert s.llm_engine_config("cpu", 1).first_hop_tokens == 28  # 4 frames of 7: SNAC's first window
+    assert s.llm_engine_config("cpu", 0).first_hop_tokens == 2 * 25 - 1 + 3  # CosyVoice2's first hop
+    assert s.sentence_speech_tokens(o.facts, 10, None) == 600 and s.sentence_speech_tokens(o.facts, 10, 70) == 70
+    assert s.sentence_speech_tokens(s.models[0].facts, 10, None) == 200
+    assert s.topology.decode_ranks_of_llm(0) != s.topology.decode_ranks_of_llm(1)
+    assert check_voice(o, "leo") == "leo" and "tara, leo" in str(refuse_prompt_audio(o))
+    with pytest.raises(RequestError, match="unknown voice 'alloy' for model 'o': it speaks as tara, leo"):
+        check_voice(o, "alloy")
+    assert [model_for_voice(s.models, name, "tara", ["tts-1"]) for name in (None, "tts-1", "c", "o")] == [1, 1, 0, 1]
+    assert model_for_voice(s.models, None, "voice_x") == 0 and voice_model(s.models) == 0
+    with pytest.raises(RequestError, match="no model of this server takes prompt audio"):
+        voice_model([o])
+    assert voice_model(s.models, "c") == 0
+    with pytest.raises(RequestError, match="model 'o' takes no prompt audio"):
+        voice_model(s.models, "o")  # an upload naming Orpheus
+    with pytest.raises(NotFoundError):
+        voice_model(s.models, "nope")
+    # Orpheus has no modes: a mode (any), an instruction or voice conversion is a 400; CosyVoice takes them
+    assert has_modes(s.models[0], "instruct", "Speak softly.") and not has_modes(o, None, " ")
+    for mode, instruction in (("zero_shot", None), ("vc", None), (None, "Speak softly.")):
+        with pytest.raises(RequestError, match="model 'o' has no modes"):
+            has_modes(o, mode, instruction)
+    assert s.first_chunk_tokens(o.facts, 0) == 28 and s.first_chunk_tokens(s.models[0].facts, 0) == 25 + 3
+    alone = build_settings(ServerConfig(hop_policy="fixed", decode_max_batch_size=64), orpheus)
+    assert (alone.shm.embedding_dim, alone.shm.prompt_speech_tokens) == (0, 0)
+    assert alone.ignored_flags() == ["--hop_policy has no effect: no served model's codec reads it (orpheus)"]
+    assert build_settings(ServerConfig(hop_policy="fixed"), [ModelConfig(Path("/c")), orpheus]).ignored_flags() == []
 
 
 def test_llm_replicas_spread_over_the_llm_gpus_and_share_their_model_decode_group():

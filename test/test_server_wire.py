@@ -160,7 +160,7 @@ def test_settings_derive_every_size_from_config_and_model():
                        kv_cache_mem_fraction=0.3, disable_prefix_cache=True, quantization="int8",
                        kv_cache_dtype="fp8")
     s = build_settings(cfg, model)
-    assert (s.model.name, s.model.sample_rate, s.model.token_rate) == ("m16k", 16000, 50)
+    assert (s.model_names, s.model.sample_rate, s.model.token_rate) == (["m16k"], 16000, 50)
     assert s.shm.audio_ring_samples == 60 * 16000 and s.shm.prompt_speech_tokens == 4 * 50 + 50
     assert (s.shm.embedding_dim, s.shm.num_mels, s.shm.prompt_mel_frames) == (256, 100, 500)
     assert (s.shm.num_slots, s.shm.text_bytes, s.shm.cache_capacity) == (5, 1200, 7)

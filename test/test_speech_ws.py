@@ -99,7 +99,8 @@ def test_anything_wrong_before_a_valid_config_closes_with_1008(first, expected):
 
 
 def test_an_unknown_voice_is_refused_at_config():
-    def check_voice(voice_id):
+    def check_voice(voice_id, model):
+        assert model is None  # the config named none
         if voice_id != "voice_a":
             raise NotFoundError(f"voice {voice_id!r} not found")
 
@@ -214,9 +215,24 @@ def test_orpheus_utterances_end_with_the_marker():
     assert s.on_text(msg(end=True)) == [Close(CLOSE_NORMAL, "session closed")]
 
 
+def test_orpheus_model_sticks_and_seed_is_per_message():
+    s = OrpheusSession(max_utterance_chars=100)
+    first = Utterance(0, "Hi.", "tara", "pcm", 1.0, is_streamed=True, seed=7, fixed_speech_tokens=70,
+                      model="orpheus")
+    assert s.on_text(msg(text="Hi.", voice="tara", model="orpheus", seed=7, fixed_speech_tokens=70)) == [
+        Synthesize(first)]
+    s.on_text(msg(text="Bye."))
+    second = Utterance(1, "Bye.", "tara", "pcm", 1.0, is_streamed=True, model="orpheus")
+    assert s.on_synthesis_done(2048)[-1] == Synthesize(second)
+
+
 @pytest.mark.parametrize("message, expected", [
     ("{bad", "message is not valid JSON"),
-    (msg(text="Hi."), '"voice" (a saved voice id) is required in the first message'),
+    (msg(text="Hi."), '"voice" (a model\'s voice name, or a saved voice id) is required in the first message'),
+    (msg(text="Hi.", voice="tara", seed=-1), '"seed" must be an integer in [0, '),
+    (msg(text="Hi.", voice="tara", seed="1"), '"seed" must be an integer'),
+    (msg(text="Hi.", voice="tara", model=""), '"model" must be a model id'),
+    (msg(text="Hi.", voice="tara", fixed_speech_tokens=0), '"fixed_speech_tokens" must be a positive integer'),
     (msg(text="", voice="voice_a"), '"text" must be a non-empty string'),
     (msg(text=["Hi"], voice="voice_a"), '"text" must be a non-empty string'),
     (msg(text="x" * 101, voice="voice_a"), '"text" is longer than 100 characters'),

@@ -95,9 +95,10 @@ def test_crud(tmp_path):
     from light_tts.frontend.frontend import voice_key
 
     assert voice.voice_key == voice_key(audio)  # the key the encode process's voice cache uses
+    # the agreed wire shape (a saved voice has no `model`, which only a model's named voice carries)
     assert VoiceObject.of(voice).model_dump() == {"id": voice.id, "object": "voice", "name": "Alice",
                                                   "text": "Hello there.", "duration_s": 1.5,
-                                                  "created_at": voice.created_at, "aliases": []}  # the wire shape
+                                                  "created_at": voice.created_at, "aliases": []}
     assert store.get(voice.id) == voice and store.list() == [voice]
     prompt = store.load_features(voice.id)
     assert (prompt.voice_key, prompt.text) == (voice.voice_key, "Hello there.")

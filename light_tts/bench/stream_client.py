@@ -53,9 +53,12 @@ class Voices:
     prompt_text: str
     nonce: int
     saved_ids: list[str] | None = None
+    named: str | None = None  # a model's named voice (Orpheus): every request names it, nothing is uploaded
 
     def fields(self, index: int, is_new: bool) -> tuple[dict, dict]:
         """(form fields, files) that name request `index`'s voice."""
+        if self.named is not None:
+            return {}, {"voice_id": (None, self.named)}
         k = index % len(self.saved_wavs)
         if not is_new and self.saved_ids:  # a file-less part: httpx sends multipart only when there are parts
             return {}, {"voice_id": (None, self.saved_ids[k])}

@@ -14,17 +14,18 @@ from collections import Counter
 from light_tts.bench.player import SAMPLE_RATE, percentile, play, samples_per_chunk
 from light_tts.bench.stage_table import parse_server_timing, stage_summary
 
-SAMPLES_PER_SPEECH_TOKEN = SAMPLE_RATE // 25  # 25 speech tokens per second of audio
+COSYVOICE_TOKEN_RATE = 25  # speech tokens per second of audio (Orpheus: 82.03125, 7 per 2048 samples)
 
 
-def score(record: dict, fixed_speech_tokens: int) -> dict:
+def score(record: dict, fixed_speech_tokens: int, token_rate: float = COSYVOICE_TOKEN_RATE) -> dict:
     """The record with what its listener experienced (player fields), whether it succeeded, and whether its length
-    is the forced one (every sentence exactly `fixed_speech_tokens` tokens; None when no length was forced)."""
+    is the forced one (every sentence exactly `fixed_speech_tokens` tokens at `token_rate` tokens per second of
+    audio; None when no length was forced)."""
     samples = samples_per_chunk(record["chunk_bytes"])
     pb = play(record["chunk_s"], samples)
     ok = record["status"] == 200 and record["error"] is None and pb.audio_s > 0
     num_samples = sum(samples)
-    forced = fixed_speech_tokens * SAMPLES_PER_SPEECH_TOKEN
+    forced = round(fixed_speech_tokens * SAMPLE_RATE / token_rate)
     return {**record, "ok": ok, "ttfa_s": pb.ttfa_s, "audio_s": pb.audio_s, "stalls": pb.stalls,
             "stall_s": pb.stall_s, "min_slack_s": pb.min_slack_s, "slack_s": pb.slack_s,
             "rtf": record["latency_s"] / pb.audio_s if pb.audio_s else None,

@@ -3,6 +3,7 @@
     python -m light_tts.bench.streams --out OUT [--url URL | --model_dir DIR] [--concurrency 1 8 16 32 ...]
         [--rate R ... --duration S] [--new_voice_fraction F] [--fixed_speech_tokens 250]
         [--mode zero_shot|instruct|cross_lingual|vc] [-- SERVER FLAGS...]
+    (an Orpheus model: --voice tara --token_rate 82.03125 --fixed_speech_tokens 826)
 
 Without --url it starts the server itself (flags after `--`) and stops it at the end. Each streamed response is
 played by a simulated real-time listener (light_tts.bench.player); OUT/streams.json holds per-level summaries
@@ -54,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration_per_level", type=float, help="closed loop: send for this many seconds per level")
     p.add_argument("--ramp_s", type=float, help="stagger the workers' first requests (open loop: the arrivals) over "
                    "this many seconds and leave them out of the scores (default: one utterance, "
-                   "fixed_speech_tokens / 25; 0: every closed-loop worker starts at once and all is scored)")
+                   "fixed_speech_tokens / --token_rate; 0: every closed-loop worker starts at once and all is scored)")
     p.add_argument("--rate", type=float, nargs="+", default=[], help="open-loop levels: Poisson arrivals per second")
     p.add_argument("--duration", type=float, default=300, help="open loop: seconds of arrivals per rate")
     p.add_argument("--new_voice_fraction", type=float, default=0.0, help="requests with a never-seen voice")
@@ -62,7 +63,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--voices", choices=("auto", "api", "bytes"), default="auto",
                    help="saved voices by id through /v1/audio/voices (api), as prompt bytes, or api when present")
     p.add_argument("--fixed_speech_tokens", type=int, default=250,
-                   help="speech tokens per sentence, forced by the server (25 = 1 s; 0: do not send the field)")
+                   help="speech tokens per sentence, forced by the server (25 = 1 s; 0: do not send the field; "
+                        "Orpheus: a multiple of 7, 826 = 118 frames = 10.07 s)")
+    p.add_argument("--token_rate", type=float, default=25,
+                   help="the model's speech tokens per second of audio (Orpheus: 82.03125)")
+    p.add_argument("--voice", help="a model's named voice (Orpheus: tara, ...): requests name it as voice_id, no "
+                   "prompt audio is uploaded or sent")
+    p.add_argument("--tts_model_name", help="the model the requests ask for (default: the server's first)")
     p.add_argument("--tts_text", default=TTS_TEXT, help="the text of every request (default: one sentence)")
     p.add_argument("--prompt_wav", type=Path, help="a 16-bit PCM WAV voice (default: a synthetic voice)")
     p.add_argument("--prompt_text", default="A short prompt.")
@@ -88,6 +95,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.concurrency = [1, 8, 16, 32]
     if not 0 <= args.new_voice_fraction <= 1:
         p.error("--new_voice_fraction must be in [0, 1]")
+    if args.voice and args.new_voice_fraction:
+        p.error("--voice (a named voice) has no new voices: --new_voice_fraction must be 0")
+    if args.voice and args.mode != "zero_shot":
+        p.error("--voice (a named voice: a model without modes) takes no --mode")
+    if args.token_rate <= 0:
+        p.error("--token_rate must be positive")
     counts = [*(args.concurrency or []), *args.rate, args.saved_voices, args.client_procs, args.duration]
     counts += [v for v in (args.requests_per_level, args.duration_per_level) if v is not None]
     if min(counts) <= 0:
@@ -97,7 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error("--vc_source_seconds must be in (0, 30]")
         args.fixed_speech_tokens = round(25 * args.vc_source_seconds)
     if args.ramp_s is None:
-        args.ramp_s = args.fixed_speech_tokens / 25
+        args.ramp_s = args.fixed_speech_tokens / args.token_rate
     return args
 
 
@@ -136,6 +149,7 @@ class Runner:
             source = wav_bytes(prompt_pcm(self.args.vc_source_seconds), PROMPT_RATE)
         else:
             form = {"tts_text": self.args.tts_text, "stream": "true", "seed": self.args.seed}
+            form |= {"tts_model_name": self.args.tts_model_name} if self.args.tts_model_name else {}
             form |= {"instruct_text": self.args.instruct_text} if self.args.mode == "instruct" else {}
             form |= {"mode": "cross_lingual"} if self.args.mode == "cross_lingual" else {}
             if fixed_speech_tokens:
@@ -152,7 +166,8 @@ class Runner:
         if len({res["pid"] for res in results}) != len(parts):  # a pool process ran two shares one after the other
             raise RuntimeError("client processes did not run their shares at the same time")
         records = sorted((r for res in results for r in res["records"]), key=lambda r: r["index"])
-        records = [score(r, 0 if share.first_audio_only else fixed_speech_tokens) for r in records]
+        records = [score(r, 0 if share.first_audio_only else fixed_speech_tokens, self.args.token_rate)
+                   for r in records]
         level = summarize(records, load, [lag for res in results for lag in res["lag_s"]])
         server = counter_delta(before, server_counters(self.url))
         return {**level, "ramp_s": share.ramp_s, "server": server, "records": records}
@@ -201,36 +216,46 @@ def report(level: dict, breakdown: bool) -> None:
 
 
 def benchmark(args: argparse.Namespace, url: str) -> dict:
-    base = load_voice(args)
-    # saved voice k > 0 is the base voice with its own bytes (tag k; new voices' tags carry a nonce above bit 32)
-    saved = [base] + [tagged(base, k) for k in range(1, args.saved_voices)]
-    with SavedVoices(url, args.voices, saved, args.prompt_text) as api:
-        voices = Voices(saved, args.prompt_text, nonce=random.getrandbits(23), saved_ids=api.ids)
-        runner = Runner(args, url, voices)
-        try:
-            # every saved voice once, so that the voice cache holds them before anything is measured
-            warm = runner.closed(len(saved), len(saved), None, min(25, args.fixed_speech_tokens), 0.0, 0.0)
-            if warm["failures"]:
-                raise SystemExit(f"warm-up failed: {warm['errors']}")
-            closed, opened = [], []
-            for c in args.concurrency or []:
-                requests = None if args.duration_per_level else args.requests_per_level or 2 * c
-                closed.append(runner.closed(c, requests, args.duration_per_level, args.fixed_speech_tokens,
-                                            args.new_voice_fraction, args.ramp_s))
-                report(closed[-1], args.breakdown)
-            for rate in args.rate:
-                opened.append(runner.open(rate, args.duration))
-                report(opened[-1], args.breakdown)
-        finally:
-            runner.close()
-        if args.breakdown and len(closed) + len(opened) > 1:
-            for quantile in ("p50", "p95"):
-                print(format_stage_levels(closed + opened, quantile), flush=True)
-        via = "api" if api.ids else "bytes"
+    if args.voice:  # a model's named voice: nothing to upload, one voice to warm
+        closed, opened = run_levels(args, url, Voices([], "", 0, named=args.voice), 1)
+        via = "named"
+    else:
+        base = load_voice(args)
+        # saved voice k > 0 is the base voice with its own bytes (tag k; new voices' tags carry a nonce above bit 32)
+        saved = [base] + [tagged(base, k) for k in range(1, args.saved_voices)]
+        with SavedVoices(url, args.voices, saved, args.prompt_text) as api:
+            voices = Voices(saved, args.prompt_text, nonce=random.getrandbits(23), saved_ids=api.ids)
+            closed, opened = run_levels(args, url, voices, len(saved))
+            via = "api" if api.ids else "bytes"
+    if args.breakdown and len(closed) + len(opened) > 1:
+        for quantile in ("p50", "p95"):
+            print(format_stage_levels(closed + opened, quantile), flush=True)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     return {"command": sys.argv, "url": url, "settings": settings, "saved_voices_via": via,
             "real_time_streams_held": streams_held(closed, args.max_ttfa_p95_s),
             "closed_loop": closed, "open_loop": opened}
+
+
+def run_levels(args: argparse.Namespace, url: str, voices: Voices, num_voices: int) -> tuple[list, list]:
+    """The warm-up (every voice once, so that the voice cache holds them before anything is measured), then the
+    closed-loop and open-loop levels: (closed, opened)."""
+    runner = Runner(args, url, voices)
+    try:
+        warm = runner.closed(num_voices, num_voices, None, min(25, args.fixed_speech_tokens), 0.0, 0.0)
+        if warm["failures"]:
+            raise SystemExit(f"warm-up failed: {warm['errors']}")
+        closed, opened = [], []
+        for c in args.concurrency or []:
+            requests = None if args.duration_per_level else args.requests_per_level or 2 * c
+            closed.append(runner.closed(c, requests, args.duration_per_level, args.fixed_speech_tokens,
+                                        args.new_voice_fraction, args.ramp_s))
+            report(closed[-1], args.breakdown)
+        for rate in args.rate:
+            opened.append(runner.open(rate, args.duration))
+            report(opened[-1], args.breakdown)
+    finally:
+        runner.close()
+    return closed, opened
 
 
 def main(argv: list[str] | None = None) -> int:

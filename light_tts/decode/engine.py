@@ -211,6 +211,10 @@ class DecodeEngine(EngineAdmission):
     def num_active(self) -> int:
         return len(self.requests)
 
+    def room(self) -> int:
+        """Free pages (the process table's room: the LLM prefers a decode process with some)."""
+        return self.pool.num_available()
+
     # ---- one step ----
 
     @torch.inference_mode()

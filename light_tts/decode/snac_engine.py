@@ -10,6 +10,7 @@ decoded with noise from (seed, the window's end frame), so it is the same alone,
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from light_tts.models.orpheus.frames import FrameIds, FrameParser, Window, Windo
 from light_tts.models.orpheus.snac import SNACDecoder
 
 logger = logging.getLogger(__name__)
+WAIT_POLL_S = 0.01  # a step that ran nothing (its streams far from their deadlines) is tried again this much later
 
 
 @dataclass
@@ -71,19 +73,26 @@ class SNACEngine:
         self.requests: dict[str, SNACStream] = {}
         self.stats = EngineStats()  # no page pool: its page counts stay 0
         self.step_seconds: list[float] = []
+        self.stalled_until = -math.inf  # the last step ran nothing: step again then, or when something changes
+        # the decode process's latency lane (decode/engine.py): windows are the reference's, so there is none here
+        self.first_expected = False  # set by the decode process, not read
+        self.is_holding = False
+        self.last_step_times: dict[str, float] = {}  # no flow and HiFT stages to stamp in a request's trace
 
     # ---- API of the decode process (decode/engine.py's) ----
 
     def add_request(self, req_id: str, prompt=None, seed: int = 0, stream: bool = True, speed: float = 1.0,
                     max_tokens: int | None = None, prefix_key: str | None = None, audio_start: float | None = None,
-                    samples_sent: int = 0) -> None:
+                    samples_sent: int = 0, min_tokens: int = 0) -> None:
         """audio_start / samples_sent: playback already under way (a later sentence of the same request). A voice is
-        a name in the LLM's prompt: no prompt audio, no shared prefix; max_tokens needs no reservation here."""
+        a name in the LLM's prompt: no prompt audio, no shared prefix; max_tokens and min_tokens need no
+        reservation here (a stream holds only its frames)."""
         s = SNACStream(req_id, seed, stream, FrameParser(self.frame_ids), self.clock(), audio_start=audio_start,
                        samples_sent=samples_sent)
         if speed != 1.0:
             s.error = "this model speaks at its own pace: speed must be 1.0"
         self.requests[req_id] = s
+        self.stalled_until = -math.inf
 
     def push_tokens(self, req_id: str, token_ids: list[int], is_last: bool) -> None:
         s = self.requests.get(req_id)
@@ -92,12 +101,25 @@ class SNACEngine:
         frames = s.parser.feed(token_ids)
         s.frames += frames
         s.schedule.add_frames(len(frames), is_last)
+        self.stalled_until = -math.inf
 
     def abort(self, req_id: str) -> None:
         self.requests.pop(req_id, None)
+        self.stalled_until = -math.inf
 
     def has_work(self) -> bool:
-        return any(s.error is not None or self._is_ready(s) for s in self.requests.values())
+        """A step would do something now. After a step that ran nothing (every ready stream far from its
+        deadline) the engine waits WAIT_POLL_S, or until tokens, a request or an abort arrive."""
+        return self.clock() >= self.stalled_until and any(
+            s.error is not None or self._is_ready(s) for s in self.requests.values())
+
+    def wake_in_s(self) -> float | None:
+        """Seconds until a stalled engine should step again by itself (None: only when something arrives)."""
+        return None if math.isinf(self.stalled_until) else max(0.0, self.stalled_until - self.clock())
+
+    def take_waits(self) -> list[tuple[str, str, str]]:
+        """Nothing waits for memory here (no page pool)."""
+        return []
 
     def room(self) -> int:
         """Streams it can take now (for the LLM's choice of decode process): by its measured capacity."""
@@ -140,7 +162,9 @@ class SNACEngine:
             self.step_model.observe(len(windows), self.clock() - started)
             self.step_seconds.append(self.clock() - started)
         self.stats.streams_active = len(self.requests)
-        return outputs + [self._emit(req_id, chunks) for req_id, chunks in audio.items()]
+        outputs += [self._emit(req_id, chunks) for req_id, chunks in audio.items()]
+        self.stalled_until = -math.inf if outputs or windows else started + WAIT_POLL_S
+        return outputs
 
     def _fail(self, s: SNACStream) -> AudioOutput:
         del self.requests[s.req_id]

@@ -5,7 +5,12 @@ model family to another, and never branches on the family's name:
 
 - the model directory: `load_model_config` (its yaml and configs, typed), `check_complete` (every file it needs),
   `flow_files` / `frontend_files` (the files whose content keys group models: equal codec files share decode
-  processes, equal frontend files share voice-cache entries and saved voices' features);
+  processes, equal frontend files share voice-cache entries and saved voices' features), `frontend_salt` (the
+  frontend's settings, part of that key), `llm_weight_files` (what the LLM loads, for the placement check);
+- the server's facts (`model_facts` -> ModelFacts): sample rate, token rate, the prompt-feature layout, the first
+  audio's token count, the sentence bound, and the voices: a family whose voices are names in its prompt
+  (Orpheus) takes no prompt audio (`takes_prompt_audio`), and the HTTP workers check a request's voice against
+  the names before anything runs;
 - the frontend (encode processes, the offline pipeline): `frontend(...)` (text tokenizer with the family's special
   tokens, speech tokenizer version, speaker model, prompt mel with the yaml's parameters) and `llm_prompt(...)`,
   the LLM's prompt text for each mode (zero-shot, instruct, cross-lingual);
@@ -42,6 +47,38 @@ __all__ = ["CROSS_LINGUAL", "INSTRUCT", "ZERO_SHOT", "MODES", "LLMPrompt", "Mode
 
 
 @dataclass(frozen=True)
+class ModelFacts:
+    """What the server layer needs to know about a model, read from its directory by its family (model_facts).
+
+    A model that takes prompt audio clones the voice of a recording (a saved voice or an upload) whose features
+    have the layout below; one that does not (Orpheus) speaks in its named `voices` only (its prompt-feature
+    sizes are 0)."""
+
+    sample_rate: int  # of the output audio
+    token_rate: float  # speech tokens per second of audio (CosyVoice 25, Orpheus 82.03)
+    token_mel_ratio: int  # prompt mel frames per speech token
+    embedding_dim: int  # speaker embedding (CAM++)
+    num_mels: int
+    chunk_tokens: int  # speech tokens per streamed chunk (upstream's token hop; Orpheus: one frame)
+    pre_lookahead: int  # tokens the codec looks ahead of a chunk
+    fixed_first_audio_tokens: int = 0  # > 0: the codec's first audio needs exactly this many tokens (Orpheus'
+    # first window); 0: CosyVoice's first hop (--first_hop_tokens, or 2 chunks - 1) plus the lookahead
+    max_sentence_tokens: int = 0  # > 0: a sentence's bound (Orpheus); 0: upstream's 20 per text token
+    takes_prompt_audio: bool = True
+    voices: tuple[str, ...] = ()  # named voices (a name in its prompt), in the model's order
+
+    def decode_layout(self) -> tuple[int | float, ...]:
+        """What a decode process is built for besides its weights: models that differ here never share one."""
+        return (self.sample_rate, self.token_rate, self.token_mel_ratio, self.embedding_dim, self.num_mels,
+                self.chunk_tokens, self.pre_lookahead)
+
+    def prompt_layout(self) -> tuple[int, int, int]:
+        """(speaker embedding, mel bins, mel frames per token) of its prompt features: the request slots' and
+        the voice cache's layout, which every model with prompt audio in one server shares."""
+        return self.embedding_dim, self.num_mels, self.token_mel_ratio
+
+
+@dataclass(frozen=True)
 class LLMPrompt:
     """The LLM's side of a voice prompt in one mode (the flow always gets the prompt audio's tokens, mel and
     speaker embedding).
@@ -74,6 +111,7 @@ class ModelFamily:
     name: str = ""
     marker: str = ""  # the file that identifies a model directory of this family (upstream AutoModel's yaml)
     modes: tuple[str, ...] = MODES
+    CONTROL_TAGS: tuple[str, ...] = ()  # tokenizer tags a text may carry, spoken as one token each (/docs lists them)
 
     # ---- the model directory ----
 
@@ -86,12 +124,28 @@ class ModelFamily:
 
     flow_files: tuple[str, ...] = ()  # codec weights
     frontend_files: tuple[str, ...] = ()  # speech tokenizer, speaker model, text tokenizer
+    # the server flags its codec reads: one set that no served model's codec reads is said at startup to do nothing
+    decode_flags: tuple[str, ...] = ()
+
+    def frontend_salt(self, cfg) -> str:
+        """The frontend's settings that its files do not say (part of the frontend key: equal keys share one
+        frontend in the encode processes, and voice-cache entries)."""
+        raise NotImplementedError
+
+    def llm_weight_files(self, model_dir: str | Path) -> list[Path]:
+        """The files the LLM process loads (their sizes are the placement check's weight estimate)."""
+        raise NotImplementedError
+
+    def model_facts(self, cfg) -> ModelFacts:
+        raise NotImplementedError
 
     # ---- frontend ----
 
     def frontend(self, cfg: ModelConfig, max_text_chars: int | None = None,
                  max_prompt_seconds: float | None = None, prompt_device: str | None = None) -> Frontend:
-        """prompt_device: the speech tokenizer and speaker model as torch modules there (None: ONNX Runtime)."""
+        """The encode processes' frontend: `sentence_tokens(text, voice)` gives the LLM's ids of each sentence;
+        a family with prompt audio also computes the prompt's features (see frontend/frontend.py). prompt_device:
+        the speech tokenizer and speaker model as torch modules there (None: ONNX Runtime)."""
         from light_tts.frontend.frontend import Frontend
 
         kwargs: dict[str, Any] = {"prompt_device": prompt_device}

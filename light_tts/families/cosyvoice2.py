@@ -6,9 +6,10 @@ were written for it, so each method here names existing code.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from light_tts.families.base import CROSS_LINGUAL, INSTRUCT, ZERO_SHOT, LLMPrompt, ModelFamily
+from light_tts.families.base import CROSS_LINGUAL, INSTRUCT, ZERO_SHOT, LLMPrompt, ModelFacts, ModelFamily
 from light_tts.model_dir import SPEECH_TOKENIZER, TOKENIZER_DIR, YAML_NAME
 from light_tts.text_tokens import COSYVOICE2_SPECIAL_TOKENS
 
@@ -26,6 +27,10 @@ class CosyVoice2Family(ModelFamily):
     speech_tokenizer = SPEECH_TOKENIZER
     flow_files = ("flow.pt", "hift.pt")
     CONTROL_TAGS = CONTROL_TAGS
+    decode_flags = ("decode_max_batch_size", "decode_max_streams", "decode_mem_fraction", "flow_cache_dtype",
+                    "deadline_margin_s", "decode_reservation", "admission_wait_s", "decode_headroom",
+                    "preempt_interval_s", "decode_pool_pages", "first_hop_tokens", "flow_context_window",
+                    "hop_policy", "decode_data_type", "decode_hot_path")
 
     @property
     def frontend_files(self) -> tuple[str, ...]:
@@ -40,6 +45,19 @@ class CosyVoice2Family(ModelFamily):
         from light_tts.model_dir import check_complete
 
         check_complete(model_dir, self.marker, ("campplus.onnx", self.speech_tokenizer))
+
+    def frontend_salt(self, cfg) -> str:
+        """The prompt mel's parameters (CosyVoice3's 12 kHz fmax), the tokenizer's special tokens, the mel ratio."""
+        return repr((cfg.feat, cfg.frontend, cfg.token_mel_ratio))
+
+    def llm_weight_files(self, model_dir) -> list[Path]:
+        return [Path(model_dir) / "llm.pt"]
+
+    def model_facts(self, cfg) -> ModelFacts:
+        return ModelFacts(sample_rate=cfg.sample_rate, token_rate=cfg.token_frame_rate,
+                          token_mel_ratio=cfg.token_mel_ratio, embedding_dim=cfg.flow.spk_embed_dim,
+                          num_mels=cfg.feat.num_mels, chunk_tokens=cfg.chunk_size,
+                          pre_lookahead=cfg.flow.pre_lookahead_len)
 
     def llm_prompt(self, mode: str, transcript: str = "", instruction: str = "") -> LLMPrompt:
         """The LLM's prompt in `mode`, as upstream's cli/frontend.py builds it: zero-shot (frontend_zero_shot) gives

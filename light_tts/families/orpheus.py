@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from light_tts.families.base import ModelFamily
+from light_tts.families.base import ModelFacts, ModelFamily
 from light_tts.models.orpheus.config import (CONFIG_NAME, SNAC_DIR, TOKENIZER_NAME, OrpheusConfig,
                                              load_model_config)
 
@@ -67,14 +67,15 @@ def llm_spec(cfg: OrpheusConfig) -> LLMSpec:
 
 
 class OrpheusFamily(ModelFamily):
-    """The registry's view of this module. Orpheus has no voice prompt (voices are names in its prompt) and no
-    CosyVoice modes; its frontend and codec are served by frontend/orpheus_frontend.py and decode/snac_engine.py."""
+    """The registry's view of this module. Orpheus takes no prompt audio (voices are names in its prompt) and has
+    no CosyVoice modes; its frontend and codec are frontend/orpheus_frontend.py and decode/snac_engine.py."""
 
     name = NAME
     marker = MARKER
     modes = ()
     flow_files = (f"{SNAC_DIR}/{CONFIG_NAME}", f"{SNAC_DIR}/pytorch_model.bin")
     frontend_files = (TOKENIZER_NAME,)
+    decode_flags = ("decode_max_batch_size", "deadline_margin_s")  # see decode_engine
 
     def load_model_config(self, model_dir):
         return load_model_config(model_dir)
@@ -82,8 +83,47 @@ class OrpheusFamily(ModelFamily):
     def check_complete(self, model_dir) -> None:
         check_complete(model_dir)
 
+    def frontend_salt(self, cfg: OrpheusConfig) -> str:
+        """The ids, the voices and the bos layout: two directories with one tokenizer.json but other voices
+        (lighttts.json) need frontends of their own."""
+        return repr((cfg.tokens, cfg.voices, cfg.double_bos))
+
+    def llm_weight_files(self, model_dir) -> list[Path]:
+        from light_tts.model_dir import safetensors_files
+
+        return safetensors_files(Path(model_dir))
+
+    def model_facts(self, cfg: OrpheusConfig) -> ModelFacts:
+        """No prompt features; a stream's first audio is its first window (WINDOW frames), a sentence is bounded
+        by max_new_tokens (lighttts.json) instead of a multiple of its text."""
+        from light_tts.models.orpheus.frames import WINDOW
+
+        frame = cfg.tokens.frame_len
+        return ModelFacts(sample_rate=cfg.sample_rate, token_rate=cfg.tokens_per_second, token_mel_ratio=0,
+                          embedding_dim=0, num_mels=0, chunk_tokens=frame, pre_lookahead=(WINDOW - 2) * frame,
+                          fixed_first_audio_tokens=WINDOW * frame, max_sentence_tokens=cfg.max_new_tokens,
+                          takes_prompt_audio=False, voices=cfg.voices)
+
+    def frontend(self, cfg: OrpheusConfig, max_text_chars: int | None = None,
+                 max_prompt_seconds: float | None = None, prompt_device: str | None = None):
+        """Text and a voice name -> each sentence's prompt ids (no prompt audio, so max_prompt_seconds and
+        prompt_device are moot)."""
+        from light_tts.frontend.orpheus_frontend import OrpheusFrontend
+
+        return OrpheusFrontend(cfg) if max_text_chars is None else OrpheusFrontend(cfg, max_text_chars=max_text_chars)
+
     def llm_spec(self, cfg) -> LLMSpec:
         return llm_spec(cfg)
+
+    def decode_engine(self, cfg: OrpheusConfig, device="cpu", max_batch_size: int = 64, use_cuda_graph: bool = True,
+                      limits=None, hop_policy=None, dtype=None):
+        """SNACEngine with the decode processes' batch size, CUDA graphs and deadline margin. It decodes in
+        float32, the reference's precision (--decode_data_type is the CosyVoice flow's); CosyVoice's hop policy
+        and page-pool limits do not apply (windows are the reference's, a stream holds no pages)."""
+        from light_tts.decode.snac_engine import SNACEngine
+
+        margin = {} if limits is None else {"deadline_margin_s": limits.deadline_margin_s}
+        return SNACEngine(cfg, device, max_batch_size=max_batch_size, use_cuda_graph=use_cuda_graph, **margin)
 
 
 FAMILY = OrpheusFamily()

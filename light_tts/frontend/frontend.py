@@ -11,7 +11,7 @@ import hashlib
 import numpy as np
 import torch
 
-from light_tts.errors import AudioError, TooLargeError
+from light_tts.errors import AudioError, TextError, TooLargeError
 from light_tts.frontend.audio import MAX_PROMPT_SECONDS, decode_audio, resample
 from light_tts.frontend.features import SAMPLE_RATE, speaker_features, whisper_log_mel
 from light_tts.frontend.onnx_models import CampPlusONNX, SpeechTokenizerONNX
@@ -51,6 +51,14 @@ class Frontend:
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
+
+    def sentence_tokens(self, text: str, voice: str | None = None) -> list[list[int]]:
+        """The text tokens of each sentence of a request's text (the voice is its prompt, not a name: unused);
+        TextError when nothing is left to speak after normalisation."""
+        sentences = [tokens for s in self.normalize_and_split(text) if (tokens := self.tokenize(s))]
+        if not sentences:
+            raise TextError("tts_text has nothing to speak after normalisation")
+        return sentences
 
     def piece_tokens(self, piece: str) -> list[int]:
         """Tokens of one bistream text piece: taken as is, as upstream does, minus control characters and

@@ -23,6 +23,9 @@ class OrpheusFrontend:
         self.tokenizer = tokenizer or load_tokenizer(cfg.model_dir)
         self.max_text_chars = max_text_chars
 
+    def warm_up(self) -> None:
+        """Nothing to warm: no prompt models (the tokenizer loaded in __init__)."""
+
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
@@ -47,6 +50,11 @@ class OrpheusFrontend:
         if voice is None or voice not in self.cfg.voices:
             raise RequestError(f"unknown voice {voice!r}: this model speaks as {', '.join(self.cfg.voices)}")
         return voice
+
+    def sentence_tokens(self, text: str, voice: str | None) -> list[list[int]]:
+        """The LLM's whole prompt for each sentence of a request's text in `voice` (the encode process's job)."""
+        voice = self.check_voice(voice)
+        return [self.prompt_ids(sentence, voice) for sentence in self.split(text)]
 
     def prompt_ids(self, sentence: str, voice: str) -> list[int]:
         """The prompt of one sentence in a voice (lm.build_prompt)."""

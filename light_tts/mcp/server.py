@@ -97,8 +97,9 @@ def build_server(url: str, api_key: str | None, output_dir: Path, timeout_s: flo
     async def generate_speech(text: str, voice: str, prompt_text: str | None = None, instructions: str | None = None,
                               format: Literal["wav", "pcm"] = "wav", output: Literal["path", "base64"] = "path",
                               seed: int | None = None) -> dict[str, Any]:
-        """Speak `text` in a voice. `voice` is a saved voice id (see list_voices) or the path of an audio file on
-        this machine (wav/flac/ogg/mp3, a few seconds), whose transcript is `prompt_text` (without one the voice
+        """Speak `text` in a voice. `voice` is a voice id from list_voices (a saved voice, or a model's named voice
+        such as Orpheus' `tara`, which the server gives to that model; such a voice takes no instructions) or the
+        path of an audio file on this machine (wav/flac/ogg/mp3, a few seconds), whose transcript is `prompt_text` (without one the voice
         is imitated from the audio alone). `instructions` say how to speak (e.g. "Speak slowly and softly.",
         "Sound excited."). Control tags in `text`, such as [laughter] or [breath], are voiced. format: wav
         (playable) or pcm (raw int16 mono 24 kHz). output: path (a file written under the output directory) or
@@ -138,7 +139,8 @@ def build_server(url: str, api_key: str | None, output_dir: Path, timeout_s: flo
 
     @server.tool()
     async def list_voices() -> dict[str, Any]:
-        """The saved voices of the server (id, name, transcript, duration)."""
+        """The voices of the server: saved ones (id, name, transcript, duration), then each model's named voices
+        (`model` says whose)."""
         return {"voices": (await http.json("GET", VOICES_PATH))["data"]}
 
     @server.tool()

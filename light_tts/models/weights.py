@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from light_tts.errors import ModelDirError
+from light_tts.model_dir import safetensors_files
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -29,17 +29,8 @@ def read_safetensors(model_dir: Path, name: str = "model.safetensors") -> dict[s
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    index = model_dir / f"{name}.index.json"
-    if index.is_file():
-        try:
-            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError, UnicodeDecodeError) as e:
-            raise ModelDirError(f"malformed checkpoint index {index}: {e}") from e
-    else:
-        files = [name]
     sd: dict[str, torch.Tensor] = {}
-    for file in files:
-        path = model_dir / file
+    for path in safetensors_files(model_dir, name):
         if not path.is_file():
             raise ModelDirError(f"missing checkpoint file: {path}")
         try:

@@ -235,7 +235,7 @@ def test_openapi_describes_the_new_endpoints(server):
     assert {"model", "input", "voice", "response_format", "speed", "stream_format", "instructions", "seed",
             "fixed_speech_tokens"} <= set(spec["components"]["schemas"]["SpeechRequest"]["properties"])
     upload_form = paths["/v1/audio/voices"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert set(upload_form["properties"]) == {"audio", "text", "name"}
+    assert set(upload_form["properties"]) == {"audio", "text", "name", "model"}
     assert paths["/v1/audio/voices/{voice_id}"]["delete"]["responses"]["200"]["content"]["application/json"][
         "schema"]["$ref"].endswith("/VoiceDeleted")
     assert all("422" not in op["responses"] for item in paths.values() for op in item.values())  # 400 instead

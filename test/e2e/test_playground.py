@@ -24,6 +24,12 @@ def browser():
         yield driver
 
 
+def load_playground(driver, url: str) -> None:
+    driver.get(url + "/")
+    WebDriverWait(driver, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
+    assert console_errors(driver) == []
+
+
 def player_state(driver) -> dict[str, str]:
     return driver.execute_script("return Object.assign({}, document.getElementById('player').dataset)")
 
@@ -33,9 +39,7 @@ def page(browser, server, tmp_path_factory):
     """The playground, loaded, with a prompt file and its transcript filled in."""
     prompt = tmp_path_factory.mktemp("playground") / "prompt.wav"
     prompt.write_bytes(voice_wav(seed=11))
-    browser.get(server.url + "/")
-    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
-    assert console_errors(browser) == []
+    load_playground(browser, server.url)
     browser.find_element(By.ID, "prompt-wav").send_keys(str(prompt))
     browser.find_element(By.ID, "prompt-text").send_keys("A short prompt.")
     return browser

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from light_tts.errors import ModelDirError
 from light_tts.model_config import NucleusConfig, QwenConfig, RopeScaling
@@ -102,6 +103,7 @@ class OrpheusConfig:
     voices: tuple[str, ...] = DEFAULT_VOICES
     double_bos: bool = True  # serve ref-pkg's [bos, start_of_human, bos, ...] (vLLM re-adds the bos it decoded)
     max_new_tokens: int = 1200  # ids generated when the request sets no bound (ref-pkg: 14.6 s of audio)
+    family: ClassVar[str] = "orpheus"  # which family read it (as ModelConfig.family)
 
     @property
     def sample_rate(self) -> int:

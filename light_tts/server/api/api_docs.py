@@ -75,7 +75,9 @@ def zero_shot_request_body(settings: ServerSettings) -> dict[str, Any]:
                        "description": f"the voice prompt: wav, flac, ogg or mp3, any rate, at most "
                                       f"{cfg.max_prompt_seconds:g} s; required unless voice_id"},
         "voice_id": {"type": "string", "description": "a saved voice (POST /v1/audio/voices) instead of "
-                                                      "prompt_text and prompt_wav"},
+                                                      "prompt_text and prompt_wav; for a model that speaks in named "
+                                                      "voices (Orpheus) one of its names, which without "
+                                                      "tts_model_name also picks that model"},
         "stream": {"type": "boolean", "default": False, "description": "stream the audio as it is made"},
         "speed": {"type": "number", "minimum": MIN_SPEED, "maximum": MAX_SPEED, "default": 1.0,
                   "description": "speaking rate (only without streaming)"},

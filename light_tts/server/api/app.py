@@ -142,7 +142,7 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
                                     speed=inputs.speed, seed=inputs.seed, saved_voice=saved,
                                     fixed_speech_tokens=inputs.fixed_speech_tokens, client=client_address(request),
                                     model=model, mode=inputs.mode, instruction=inputs.instruct_text,
-                                    received_at=received_at, parsed_at=parsed_at)
+                                    received_at=received_at, parsed_at=parsed_at, voice=inputs.voice)
         except LightTTSError as e:
             record_rejected(endpoint, e)
             return error_response(e)
@@ -236,7 +236,10 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
         """A real end-to-end synthesis (cached for a few seconds): 200 with the audio length, else 503."""
         if time.monotonic() - health["checked_at"] > HEALTH_CACHE_S or not health["ok"]:
             try:
-                handle = manager.submit("Hello.", "Hi.", tone_wav(), stream=False, speed=1.0, seed=0)
+                facts = settings.model  # the default model's: a built-in voice, or one of its named ones
+                prompt = ("Hi.", tone_wav()) if facts.takes_prompt_audio else ("", b"")
+                handle = manager.submit("Hello.", *prompt, stream=False, speed=1.0, seed=0,
+                                        voice=None if facts.takes_prompt_audio else facts.voices[0])
                 try:
                     audio = await collect_audio(manager, handle)
                 finally:

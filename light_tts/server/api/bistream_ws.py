@@ -81,6 +81,10 @@ async def receive_start(ws: WebSocket, settings: ServerSettings, check_model_nam
         if value is not None:  # a blank prompt_text is a 400 (leave it out for a voice without a transcript)
             check_text(value, name, cfg, allow_empty=name != "prompt_text")
     model = check_model_name(str(start.get("tts_model_name", "default")))  # NotFoundError: 1008
+    entry = settings.models[model]
+    if not entry.facts.takes_prompt_audio:  # its text goes whole into its prompt: /ws/tts streams it instead
+        raise RequestError(f"model {entry.name!r} takes no prompt audio and no text pieces; speak with one of its "
+                           f"voices ({', '.join(entry.facts.voices)}) on /ws/tts or /v1/audio/speech")
     options = {"seed": check_seed(start.get("seed")), "model": model,
                "fixed_speech_tokens": check_fixed_speech_tokens(start.get("fixed_speech_tokens"), settings),
                "mode": parse_mode(texts["mode"]), "instruction": texts["instruct_text"]}

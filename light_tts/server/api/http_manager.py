@@ -23,13 +23,14 @@ import zmq.asyncio
 
 from light_tts.errors import (OverloadedError, RequestError, RequestTimeoutError, TooLargeError, UnavailableError,
                               WorkerDiedError, error_from_kind)
-from light_tts.request_rules import VC, resolve_mode
+from light_tts.request_rules import NAMED_VOICE, VC, resolve_mode
 from light_tts.server.ipc.io_struct import (AbortDone, AbortRequest, AudioReady, ComputeFeatures, EncodeRequest,
                                         FeaturesReady, RequestFailed, RequestParams, TextPiece)
 from light_tts.server.metrics import prometheus as metrics
 from light_tts.server.metrics.playback import Playback
 from light_tts.server.ipc.process_table import ProcessTable
 from light_tts.server.runtime.devices import pick_least_loaded
+from light_tts.server.runtime.model_set import has_modes
 from light_tts.server.runtime.settings import ServerSettings
 from light_tts.server.ipc.shm import CLIENT_AT_LIMIT, VOICE_KINDS, RequestSlots, client_key
 from light_tts.server.ipc import stage_trace
@@ -162,20 +163,24 @@ class HttpServerManager:
                seed: int | None, fixed_speech_tokens: int | None = None, is_bistream: bool = False,
                client: str = "", saved_voice: VoicePrompt | None = None, model: int = 0, mode: str | None = None,
                instruction: str | None = None, source_wav: bytes = b"", received_at: float | None = None,
-               parsed_at: float | None = None) -> RequestHandle:
+               parsed_at: float | None = None, voice: str | None = None) -> RequestHandle:
         """Claim a slot and start the request to model index `model`; raises OverloadedError (429) at once when
         none is free, or when `client` (its address) already has --max_requests_per_client requests in flight.
         With `saved_voice` its transcript and features are the prompt (`prompt_text` and `prompt_wav` are not
         used); a saved voice whose features another frontend computed comes with its audio, computed again here.
         `mode`: as request_rules.resolve_mode says (instruct with an `instruction`, cross-lingual without a
-        transcript), or vc: `source_wav` spoken in the voice, no text. `received_at` / `parsed_at`: when the route
-        started and finished reading the request (its trace's first boundaries; now when not given)."""
+        transcript), or vc: `source_wav` spoken in the voice, no text; a model without modes (Orpheus) refuses
+        both with a 400 (model_set.has_modes). `voice` is the named voice of a model without prompt audio
+        (model_set.check_voice checked it). `received_at` / `parsed_at`: when the route started and finished
+        reading the request (its trace's first boundaries; now when not given)."""
         parsed_at = stage_trace.now() if parsed_at is None else parsed_at
         features = None
         if saved_voice is not None:
             prompt_text, prompt_wav = saved_voice.text, saved_voice.audio or b""
             features = saved_voice.features
-        if mode != VC:
+        if not has_modes(self.settings.models[model], mode, instruction):  # 400 for a mode asked of one without
+            mode = NAMED_VOICE
+        elif mode != VC:
             mode = resolve_mode(mode, instruction, prompt_text)
         handle = self.claim(client, {"text": tts_text.encode("utf-8"), "prompt_text": (prompt_text or "").encode(),
                                      "instruct_text": (instruction or "").encode(), "wav": prompt_wav,
@@ -193,13 +198,13 @@ class HttpServerManager:
         trace.stamp(handle.slot, "received", parsed_at if received_at is None else received_at)
         trace.stamp(handle.slot, "parsed", parsed_at)
         trace.stamp(handle.slot, "encode_queued")  # before the send: the encode process stamps after it
-        self.to_encode[handle.encode_rank].send(EncodeRequest(params, is_bistream, key))
+        self.to_encode[handle.encode_rank].send(EncodeRequest(params, is_bistream, key, voice))
         return handle
 
     async def compute_features(self, audio: bytes, client: str = "", model: int = 0) -> tuple[PromptFeatures, float]:
         """A voice upload's prompt features and the audio's seconds, computed by an encode process with the frontend
-        of model index `model`, in a slot of its own (so an upload waits for a free slot like any request: 429 when
-        none is); raises AudioError."""
+        of model index `model` (one that takes prompt audio: the route checks), in a slot of its own (so an upload
+        waits for a free slot like any request: 429 when none is); raises AudioError."""
         handle = self.claim(client, {"text": b"", "prompt_text": b"", "instruct_text": b"", "wav": audio,
                                      "source_wav": b""}, model=model)
         handle.is_features_job = True

@@ -19,6 +19,7 @@ from light_tts.errors import AudioError, RequestError, TextError, TooLargeError
 from light_tts.request_rules import TEXT_MODES, check_seed, check_speed, describe_bytes
 from light_tts.server.api.body_limit import body_too_large
 from light_tts.server.runtime.config import ServerConfig
+from light_tts.server.runtime.model_set import ModelEntry, check_voice, model_for_voice, refuse_prompt_audio
 from light_tts.server.runtime.settings import ServerSettings
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -37,6 +38,7 @@ class ZeroShotInputs:
     voice_id: str | None = None  # a saved voice instead of prompt_text + prompt_wav (then both empty)
     instruct_text: str | None = None  # instruct mode's instruction
     mode: str | None = None  # a mode the client asked for (request_rules.resolve_mode)
+    voice: str | None = None  # the named voice of a model without prompt audio (voice_id names it; Orpheus)
 
 
 async def read_form(request: Request, max_bytes: int) -> dict[str, bytes]:
@@ -194,11 +196,45 @@ async def parse_zero_shot(request: Request, settings: ServerSettings) -> ZeroSho
     parts = await read_form(request, settings.max_body_bytes)
     voice_id = decode_text(parts["voice_id"], "voice_id", cfg) if "voice_id" in parts else None
     prompt_fields = ("prompt_text", "prompt_wav")
+    if "tts_model_name" in parts:
+        tts_model_name = decode_text(parts["tts_model_name"], "tts_model_name", cfg)
+    else:  # no model named: a named voice's model (voice_id=tara), else the default
+        tts_model_name = settings.models[model_for_voice(settings.models, None, voice_id or "")].name
+    index = settings.model_index(tts_model_name)  # an unknown name is the caller's 404
+    if index is not None and not settings.models[index].facts.takes_prompt_audio:
+        return parse_named_voice(parts, settings.models[index], voice_id, settings)
     if voice_id is not None and any(name in parts for name in prompt_fields):
         raise RequestError("give voice_id (a saved voice) or prompt_wav (and its prompt_text), not both")
     for name in ("tts_text",) + (() if voice_id is not None else ("prompt_wav",)):
         if name not in parts:
             raise RequestError(f"missing field {name}" + ("" if name == "tts_text" else " (or give voice_id)"))
+    if voice_id is None:
+        check_prompt_wav(parts["prompt_wav"], cfg)
+    return ZeroShotInputs(
+        tts_text=decode_text(parts["tts_text"], "tts_text", cfg),
+        # a blank prompt_text is a 400 (leave the field out for a voice without a transcript: cross-lingual)
+        prompt_text=None if "prompt_text" not in parts else decode_text(parts["prompt_text"], "prompt_text", cfg),
+        prompt_wav=parts.get("prompt_wav", b""), tts_model_name=tts_model_name, voice_id=voice_id,
+        **parse_options(parts, settings))
+
+
+def parse_named_voice(parts: dict[str, bytes], entry: ModelEntry, voice: str | None,
+                      settings: ServerSettings) -> ZeroShotInputs:
+    """The form for a model that speaks in named voices (Orpheus): voice_id names one; a prompt is refused (a mode
+    or an instruction too, when the request is submitted: model_set.has_modes)."""
+    if "prompt_wav" in parts or "prompt_text" in parts:
+        raise refuse_prompt_audio(entry)
+    if voice is None:
+        raise RequestError(f"missing field voice_id: model {entry.name!r} speaks as {', '.join(entry.facts.voices)}")
+    if "tts_text" not in parts:
+        raise RequestError("missing field tts_text")
+    return ZeroShotInputs(tts_text=decode_text(parts["tts_text"], "tts_text", settings.cfg), prompt_text=None,
+                          prompt_wav=b"", tts_model_name=entry.name, voice=check_voice(entry, voice),
+                          **parse_options(parts, settings))
+
+
+def parse_options(parts: dict[str, bytes], settings: ServerSettings) -> dict:
+    """stream, speed, seed, fixed_speech_tokens, instruct_text and mode of a form, checked."""
     stream = parse_bool(parts.get("stream", b"false"), "stream")
     speed = float(parse_number(parts["speed"], "speed", float)) if "speed" in parts else 1.0
     check_speed(speed, stream)
@@ -206,15 +242,7 @@ async def parse_zero_shot(request: Request, settings: ServerSettings) -> ZeroSho
     fixed = parts.get("fixed_speech_tokens")
     fixed_speech_tokens = check_fixed_speech_tokens(
         None if fixed is None else int(parse_number(fixed, "fixed_speech_tokens", int)), settings)
-    if voice_id is None:
-        check_prompt_wav(parts["prompt_wav"], cfg)
-    optional = {name: decode_text(parts[name], name, cfg, allow_empty=True) if name in parts else None
+    optional = {name: decode_text(parts[name], name, settings.cfg, allow_empty=True) if name in parts else None
                 for name in ("instruct_text", "mode")}
-    return ZeroShotInputs(
-        tts_text=decode_text(parts["tts_text"], "tts_text", cfg),
-        # a blank prompt_text is a 400 (leave the field out for a voice without a transcript: cross-lingual)
-        prompt_text=None if "prompt_text" not in parts else decode_text(parts["prompt_text"], "prompt_text", cfg),
-        prompt_wav=parts.get("prompt_wav", b""), stream=stream, speed=speed, seed=seed,
-        tts_model_name=decode_text(parts.get("tts_model_name", b"default"), "tts_model_name", cfg),
-        fixed_speech_tokens=fixed_speech_tokens, voice_id=voice_id, instruct_text=optional["instruct_text"],
-        mode=parse_mode(optional["mode"]))
+    return {"stream": stream, "speed": speed, "seed": seed, "fixed_speech_tokens": fixed_speech_tokens,
+            "instruct_text": optional["instruct_text"], "mode": parse_mode(optional["mode"])}

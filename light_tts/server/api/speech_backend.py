@@ -35,7 +35,7 @@ class ServerBackend:
                                          seed=job.seed, fixed_speech_tokens=job.fixed_speech_tokens,
                                          client=job.client, saved_voice=job.prompt, model=job.model, mode=job.mode,
                                          instruction=job.instructions, source_wav=job.source_audio,
-                                         received_at=job.received_at)
+                                         received_at=job.received_at, voice=job.voice)
         except Exception as e:
             record_rejected(job.endpoint, e, self.manager.settings.models[job.model].name, job.mode or "none")
             raise

@@ -44,11 +44,13 @@ class EncodeRequest(Message):
 
     With `saved_voice_key` the slot holds no wav but the saved voice's prompt features (speech tokens, embedding,
     mel): the encode process then only tokenizes the texts, and runs neither the speech tokenizer nor the
-    speaker model."""
+    speaker model. With `voice` (a model without prompt audio, Orpheus) the slot holds no prompt at all: the
+    voice is a name in the LLM's prompt."""
 
     params: RequestParams
     is_bistream: bool  # True: tts_text arrives later as TextPiece messages
     saved_voice_key: str | None = None  # the saved voice's stored key (its features are in the slot)
+    voice: str | None = None  # the model's named voice (checked by the HTTP worker)
 
 
 class TextPiece(Message):

@@ -150,6 +150,9 @@ class RequestSlots:
         self.audio.reset(slot)
         self.trace.reset(slot)
         self.a["usage_text_tokens"][slot] = self.a["usage_speech_tokens"][slot] = self.a["voice_kind"][slot] = 0
+        # no prompt until one is written: a model without prompt audio reads it empty, not the slot's last one's
+        for column in ("num_prompt_text_tokens", "num_prompt_speech_tokens", "num_llm_prompt_speech_tokens"):
+            self.a[column][slot] = 0
         return slot
 
     def release(self, slot: int, req_id: int) -> None:

@@ -97,11 +97,16 @@ def gpu_memory_bytes(devices: list[str]) -> dict[str, int]:
 
 
 def placement_weight_bytes(settings: ServerSettings) -> dict[tuple[str, int], int]:
-    """Weights each LLM and decode process loads, from the checkpoints' file sizes."""
-    dirs = {m.name: Path(m.model_dir) for m in settings.models}
-    files = {"llm": ("llm.pt",), "decode": ("flow.pt", "hift.pt")}
-    return {(p.stage, p.rank): sum((dirs[p.models[0]] / f).stat().st_size for f in files[p.stage])
-            for p in settings.topology.processes if p.stage in files}
+    """Weights each LLM and decode process loads, from the sizes of its family's checkpoint files."""
+    from light_tts.families import family_named
+
+    files = {}
+    for m in settings.models:
+        family, model_dir = family_named(m.family), Path(m.model_dir)
+        files[m.name] = {"llm": family.llm_weight_files(model_dir),
+                         "decode": [model_dir / name for name in family.flow_files]}
+    return {(p.stage, p.rank): sum(f.stat().st_size for f in files[p.models[0]][p.stage])
+            for p in settings.topology.processes if p.stage in ("llm", "decode")}
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -246,6 +251,8 @@ def launch(cfg: ServerConfig) -> int:
     except (ValueError, ModelDirError) as e:  # e.g. an --api_key_file that cannot be read or holds no key
         log.error("%s", e)
         return 1
+    for note in settings.ignored_flags():
+        log.warning("%s", note)
     for line in settings.topology.log_lines():
         log.info("%s", line)
     check_placement(settings)

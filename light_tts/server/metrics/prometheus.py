@@ -18,7 +18,8 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0
 RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
-# mode: zero_shot, instruct, cross_lingual, vc (request_rules.MODES); none for a request refused before it was known
+# mode: zero_shot, instruct, cross_lingual, vc (request_rules.MODES), named_voice (a model without modes: Orpheus);
+# none for a request refused before it was known
 TIME_TO_FIRST_AUDIO = Histogram("lighttts_time_to_first_audio_seconds", "Request arrival to first audio byte, by "
                                 "voice kind (saved: a saved or cached voice, no prompt model ran; new)",
                                 ["endpoint", "voice_kind", "model", "mode"], buckets=LATENCY_BUCKETS)

@@ -5,7 +5,9 @@ keys: `flow_key` over its family's codec files (flow and HiFT weights: models wi
 where only the LLM was fine-tuned, share decode processes) and `frontend_key` over the family's frontend files
 (speech tokenizer, speaker model, text tokenizer) and the frontend's settings (prompt-mel parameters, tokenizer
 version): models with equal keys share voice-cache entries and saved voices' features. The first model is the
-default. No torch here.
+default. A model's voices are prompt recordings (saved voices, uploads) or, for a family that takes no prompt
+audio (Orpheus), the names its facts list: the checks here (check_voice, refuse_prompt_audio) are what every
+endpoint answers for them. No torch here.
 """
 
 from __future__ import annotations
@@ -13,42 +15,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Sequence
 
-from light_tts.errors import NotFoundError
+from light_tts.errors import NotFoundError, RequestError
 from light_tts.families import family_named
-
-if TYPE_CHECKING:
-    from light_tts.model_config import ModelConfig
+from light_tts.families.base import ModelFacts
 
 DEFAULT_NAME = "default"  # tts_model_name of the first model, whatever its name
 HASH_CHUNK_BYTES = 1 << 20
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the server layer needs to know about a model, read from its directory."""
-
-    name: str  # accepted as tts_model_name
-    sample_rate: int  # of the output audio
-    token_rate: int  # speech tokens per second
-    token_mel_ratio: int  # prompt mel frames per speech token
-    embedding_dim: int  # speaker embedding (CAM++)
-    num_mels: int
-    chunk_tokens: int  # speech tokens per streamed chunk (upstream's token hop)
-    pre_lookahead: int  # tokens the flow encoder looks ahead of a chunk
-
-    @classmethod
-    def from_model(cls, model_cfg: ModelConfig, name: str | None = None) -> "ModelFacts":
-        return cls(name=name or Path(model_cfg.model_dir).name, sample_rate=model_cfg.sample_rate,
-                   token_rate=model_cfg.token_frame_rate, token_mel_ratio=model_cfg.token_mel_ratio,
-                   embedding_dim=model_cfg.flow.spk_embed_dim, num_mels=model_cfg.feat.num_mels,
-                   chunk_tokens=model_cfg.chunk_size, pre_lookahead=model_cfg.flow.pre_lookahead_len)
-
-    def decode_layout(self) -> tuple[int, ...]:
-        """What a decode process is built for besides its weights: models that differ here never share one."""
-        return (self.sample_rate, self.token_rate, self.token_mel_ratio, self.embedding_dim, self.num_mels,
-                self.chunk_tokens, self.pre_lookahead)
 
 
 @dataclass(frozen=True)
@@ -56,12 +30,12 @@ class ModelEntry:
     name: str
     model_dir: str
     facts: ModelFacts
-    flow_key: str  # sha256 over the family's codec files (flow.pt and hift.pt)
+    flow_key: str  # sha256 over the family's codec files (flow.pt and hift.pt; Orpheus: SNAC)
     frontend_key: str  # sha256 over the speech tokenizer, CAM++, the text tokenizer's folder and frontend settings
     family: str = "cosyvoice2"
 
     @property
-    def decode_group_key(self) -> tuple[str, tuple[int, ...]]:
+    def decode_group_key(self) -> tuple[str, tuple[int | float, ...]]:
         """Models with equal keys are served by the same decode processes."""
         return (self.flow_key, self.facts.decode_layout())
 
@@ -104,29 +78,86 @@ def digest_files(root: str | Path, names: Sequence[str], salt: str = "") -> str:
     return h.hexdigest()
 
 
-def make_entry(name: str, model_cfg: ModelConfig) -> ModelEntry:
-    """The entry of a model; its family (ModelConfig.family) names the files of each content key. The frontend key
-    also covers the frontend's settings: the same ONNX files with another prompt mel (CosyVoice3's 12 kHz fmax) or
-    other special tokens give other features."""
+def make_entry(name: str, model_cfg: Any) -> ModelEntry:
+    """The entry of a model (a config its family read: `model_cfg.family` names the family), whose family names
+    the files of each content key and the facts. The frontend key also covers the frontend's settings: the same
+    ONNX files with another prompt mel (CosyVoice3's 12 kHz fmax) or other special tokens give other features."""
     model_dir, family = str(model_cfg.model_dir), family_named(model_cfg.family)
-    frontend_salt = repr((model_cfg.feat, model_cfg.frontend, model_cfg.token_mel_ratio))
-    return ModelEntry(name, model_dir, ModelFacts.from_model(model_cfg, name),
-                      digest_files(model_dir, family.flow_files), digest_files(model_dir, family.frontend_files,
-                                                                                frontend_salt), family.name)
+    return ModelEntry(name, model_dir, family.model_facts(model_cfg), digest_files(model_dir, family.flow_files),
+                      digest_files(model_dir, family.frontend_files, family.frontend_salt(model_cfg)), family.name)
+
+
+def prompt_models(models: Sequence[ModelEntry]) -> list[ModelEntry]:
+    """The models that take prompt audio (saved voices and uploads); the first of them computes saved voices."""
+    return [entry for entry in models if entry.facts.takes_prompt_audio]
+
+
+def voice_model(models: Sequence[ModelEntry], name: str | None = None, aliases: Sequence[str] = ()) -> int:
+    """Index of the model whose frontend computes an uploaded voice's features: the model `name` names
+    (NotFoundError for an unknown name, RequestError (400) for one without prompt audio), else the first that takes
+    prompt audio; RequestError (400) when none does."""
+    if name is not None:
+        index = resolve_model(models, name, aliases)
+        if not models[index].facts.takes_prompt_audio:
+            raise refuse_prompt_audio(models[index])
+        return index
+    for i, entry in enumerate(models):
+        if entry.facts.takes_prompt_audio:
+            return i
+    voices = "; ".join(f"{m.name}: {', '.join(m.facts.voices)}" for m in models)
+    raise RequestError(f"no model of this server takes prompt audio, so voices cannot be uploaded; its voices are "
+                       f"named ({voices})")
 
 
 def check_compatible(models: Sequence[ModelEntry]) -> None:
     """Request slots and the voice cache have one prompt layout (speaker embedding, mel bins, mel frames per
-    token); models that differ there cannot share a server."""
-    first = models[0].facts
-    for entry in models[1:]:
-        f = entry.facts
-        if (f.embedding_dim, f.num_mels, f.token_mel_ratio) != (first.embedding_dim, first.num_mels,
-                                                                first.token_mel_ratio):
+    token); models with prompt audio that differ there cannot share a server (models without it have none)."""
+    with_prompt = prompt_models(models)
+    for entry in with_prompt[1:]:
+        f, first = entry.facts, with_prompt[0]
+        if f.prompt_layout() != first.facts.prompt_layout():
             raise ValueError(f"model {entry.name!r} has prompt features of another layout than {first.name!r} "
-                             f"(speaker embedding {f.embedding_dim} vs {first.embedding_dim}, mel bins {f.num_mels} "
-                             f"vs {first.num_mels}, mel frames per token {f.token_mel_ratio} vs "
-                             f"{first.token_mel_ratio}); serve them from separate servers")
+                             f"(speaker embedding, mel bins, mel frames per token: {f.prompt_layout()} vs "
+                             f"{first.facts.prompt_layout()}); serve them from separate servers")
+
+
+def check_voice(entry: ModelEntry, voice: str) -> str:
+    """The named voice `voice` of a model without prompt audio; RequestError (400) naming its voices."""
+    if voice not in entry.facts.voices:
+        raise RequestError(f"unknown voice {voice!r} for model {entry.name!r}: it speaks as "
+                           f"{', '.join(entry.facts.voices)}")
+    return voice
+
+
+def has_modes(entry: ModelEntry, mode: str | None, instruction: str | None) -> bool:
+    """Whether the model has modes (CosyVoice's: request_rules.resolve_mode then picks one). A model without
+    (Orpheus speaks its named voices only) refuses a mode, an instruction or voice conversion: RequestError (400)."""
+    if family_named(entry.family).modes:
+        return True
+    asked = [f"mode {mode!r}"] if mode is not None else []
+    if instruction and instruction.strip():
+        asked.append("instructions")
+    if asked:
+        raise RequestError(f"model {entry.name!r} has no modes: it takes no {' or '.join(asked)} (it speaks the "
+                           f"text in one of its voices: {', '.join(entry.facts.voices)})")
+    return False
+
+
+def refuse_prompt_audio(entry: ModelEntry) -> RequestError:
+    """The 400 for prompt audio (or a saved voice) sent to a model that speaks in named voices only."""
+    return RequestError(f"model {entry.name!r} takes no prompt audio or saved voice: name one of its voices "
+                        f"({', '.join(entry.facts.voices)})")
+
+
+def model_for_voice(models: Sequence[ModelEntry], name: str | None, voice: str, aliases: Sequence[str] = ()) -> int:
+    """Index of the model a request for `voice` means: the model it names; when it names none, or an alias of the
+    default (OpenAI's tts-1), the first model that has `voice` as a named voice (`{"voice": "tara"}` reaches the
+    Orpheus model of a mixed server), else the default. NotFoundError for an unknown name."""
+    if name is None or name in aliases:
+        index = next((i for i, entry in enumerate(models) if voice in entry.facts.voices), None)
+        if index is not None:
+            return index
+    return resolve_model(models, name or DEFAULT_NAME, aliases)
 
 
 def model_index(models: Sequence[ModelEntry], name: str) -> int | None:

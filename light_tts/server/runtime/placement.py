@@ -83,7 +83,7 @@ class Topology:
 
 def decode_groups(models: Sequence[ModelEntry]) -> list[list[int]]:
     """Model indices per decode group, in order of each group's first model."""
-    groups: dict[tuple[str, tuple[int, ...]], list[int]] = {}
+    groups: dict[tuple[str, tuple[int | float, ...]], list[int]] = {}
     for i, entry in enumerate(models):
         groups.setdefault(entry.decode_group_key, []).append(i)
     return list(groups.values())

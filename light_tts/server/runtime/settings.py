@@ -13,11 +13,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from light_tts.model_config import ModelConfig
 from light_tts.server.runtime.auth_keys import AuthSettings
 from light_tts.server.runtime.config import ServerConfig
-from light_tts.server.runtime.model_set import (ModelEntry, ModelFacts, check_compatible, make_entry, model_index,
-                                        parse_model_specs)
+from light_tts.families.base import ModelFacts
+from light_tts.server.runtime.model_set import (ModelEntry, check_compatible, make_entry, model_index, parse_model_specs,
+                                                prompt_models)
 from light_tts.server.runtime.placement import Topology, plan
 
 if TYPE_CHECKING:
@@ -88,6 +88,17 @@ class ServerSettings:
         """Index of tts_model_name `name` ("default": the first model), None for an unknown name."""
         return model_index(self.models, name)
 
+    def ignored_flags(self) -> list[str]:
+        """Startup notes for codec flags set to other than their default that no served model's codec reads (an
+        Orpheus-only server: CosyVoice's flow and hop flags)."""
+        from light_tts.families import family_named, family_names
+
+        used = {flag for m in self.models for flag in family_named(m.family).decode_flags}
+        every = {flag for name in family_names() for flag in family_named(name).decode_flags}
+        defaults, families = ServerConfig(), ", ".join(sorted({m.family for m in self.models}))
+        return [f"--{flag} has no effect: no served model's codec reads it ({families})" for flag in sorted(every - used)
+                if getattr(self.cfg, flag) != getattr(defaults, flag)]
+
     def voice_limits(self) -> VoiceLimits:
         """The saved voices' limits: --max_voices, and the limits every prompt upload has (the audio's length,
         --max_prompt_seconds, is checked by the encode process as for any prompt)."""
@@ -116,18 +127,23 @@ class ServerSettings:
         --max_req_total_len tokens (the LLM checks the exact fit, prompt included)."""
         return min(self.cfg.max_req_total_len, self.cfg.max_speech_tokens)
 
-    def sentence_speech_tokens(self, num_text_tokens: int | None, fixed: int | None) -> int:
-        """The most speech tokens a sentence may get (the LLM's max_len, the decode engine's page budget): the
-        fixed length if asked, else upstream's 20 per text token (bistream: text still unknown), within
-        --max_speech_tokens."""
+    def sentence_speech_tokens(self, facts: ModelFacts, num_text_tokens: int | None, fixed: int | None) -> int:
+        """The most speech tokens a sentence of a model may get (the LLM's max_len, the decode engine's page
+        budget): the fixed length if asked, else the model's own bound (Orpheus' max_new_tokens) or upstream's 20
+        per text token (bistream: text still unknown), within --max_speech_tokens."""
         if fixed is not None:
             return fixed
         bound = self.cfg.max_speech_tokens
+        if facts.max_sentence_tokens:
+            return min(bound, facts.max_sentence_tokens)
         return bound if num_text_tokens is None else min(bound, 20 * num_text_tokens)
 
     def first_chunk_tokens(self, facts: ModelFacts, num_prompt_tokens: int) -> int:
         """Speech tokens a stream's first audio chunk needs (token2wav.ChunkSchedule): its hop (--first_hop_tokens,
-        else a chunk plus the pad that aligns prompt and hop to the chunk grid) and the flow's lookahead."""
+        else a chunk plus the pad that aligns prompt and hop to the chunk grid) and the flow's lookahead; a codec with
+        a fixed first window (Orpheus') says how many."""
+        if facts.fixed_first_audio_tokens:
+            return facts.fixed_first_audio_tokens
         hop = self.cfg.first_hop_tokens or facts.chunk_tokens + -num_prompt_tokens % facts.chunk_tokens
         return hop + facts.pre_lookahead
 
@@ -164,7 +180,9 @@ class ServerSettings:
             "enable_prefix_cache": not c.disable_prefix_cache,
             "kv_cache_mem_fraction": self.topology.plan_of("llm", rank).memory_share,
             # a stream's first audio needs its first hop, the prompt's alignment pad (< a chunk) and the lookahead
-            "first_hop_tokens": (c.first_hop_tokens or 2 * m.chunk_tokens - 1) + m.pre_lookahead,
+            # (a codec with a fixed first window, Orpheus', says how many)
+            "first_hop_tokens": m.fixed_first_audio_tokens or (c.first_hop_tokens or 2 * m.chunk_tokens - 1)
+            + m.pre_lookahead,
             "ahead_tokens": int(c.llm_ahead_seconds * m.token_rate),
             "tokens_per_second": m.token_rate,
             "quantization": c.quantization,
@@ -200,25 +218,26 @@ class ServerSettings:
                 "limits": limits}
 
 
-def build_settings(cfg: ServerConfig, model_cfgs: ModelConfig | Sequence[ModelConfig],
-                   names: Sequence[str] | None = None, num_gpus: int = 0) -> ServerSettings:
-    """Settings of a server of one model (a ModelConfig) or several (the first is the default); `names` are their
-    tts_model_names (default: the folders' names)."""
-    configs = [model_cfgs] if isinstance(model_cfgs, ModelConfig) else list(model_cfgs)
+def build_settings(cfg: ServerConfig, model_cfgs: Any, names: Sequence[str] | None = None,
+                   num_gpus: int = 0) -> ServerSettings:
+    """Settings of a server of one model (a config its family read) or several (a list; the first is the default);
+    `names` are their tts_model_names (default: the folders' names). Prompt features are sized for the models
+    that take prompt audio (none: empty prompt arrays)."""
+    configs = list(model_cfgs) if isinstance(model_cfgs, (list, tuple)) else [model_cfgs]
     names = names or [Path(m.model_dir).name for m in configs]
     models = tuple(make_entry(name, m) for name, m in zip(names, configs))
     check_compatible(models)
-    facts = [m.facts for m in models]
-    token_rate, sample_rate = max(f.token_rate for f in facts), max(f.sample_rate for f in facts)
-    model = facts[0]
-    prompt_speech_tokens = int(cfg.max_prompt_seconds * token_rate) + token_rate
+    sample_rate = max(m.facts.sample_rate for m in models)
+    with_prompt = [m.facts for m in prompt_models(models)]
+    token_rate = math.ceil(max((f.token_rate for f in with_prompt), default=0))
+    layout = with_prompt[0].prompt_layout() if with_prompt else (0, 0, 0)
     shm = ShmSizes(num_slots=cfg.running_max_req_size, text_bytes=4 * cfg.max_text_chars,
                    wav_bytes=cfg.max_prompt_wav_bytes, prompt_text_tokens=cfg.max_text_chars,
-                   prompt_speech_tokens=prompt_speech_tokens, token_mel_ratio=model.token_mel_ratio,
-                   embedding_dim=model.embedding_dim, num_mels=model.num_mels,
+                   prompt_speech_tokens=int(cfg.max_prompt_seconds * token_rate) + token_rate,
+                   embedding_dim=layout[0], num_mels=layout[1], token_mel_ratio=layout[2],
                    audio_ring_samples=AUDIO_RING_SECONDS * sample_rate, cache_capacity=cfg.cache_capacity)
     auth = AuthSettings.from_values(cfg.api_key or (), cfg.api_key_file, cfg.metrics_public)
-    return ServerSettings(cfg, model, shm, auth, cfg.data_dir or default_data_dir(), models,
+    return ServerSettings(cfg, models[0].facts, shm, auth, cfg.data_dir or default_data_dir(), models,
                           plan(cfg, models, num_gpus))
 
 

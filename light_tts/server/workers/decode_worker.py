@@ -1,6 +1,7 @@
 """Decode process: speech tokens -> audio (token2wav, batched across requests) -> the slot's audio ring.
 
-It serves every model of its decode group (models with identical flow and HiFT weights, placement.py).
+It serves every model of its decode group (models with identical flow and HiFT weights, placement.py) with its
+family's decode engine (CosyVoice's paged flow + HiFT, Orpheus' SNAC windows; families/base.py).
 A request's sentences are decoded in order: sentence k+1 enters the engine when k has finished (its tokens
 wait here until then), so the audio written to the ring is already in playback order.
 """
@@ -154,7 +155,7 @@ class DecodeWorker:
         if new > 0:
             metrics.DECODE_PREEMPTIONS.labels(rank).inc(new)
             self.eager_reported["preemptions"] = stats.preemptions
-        self.processes.set_room("decode", self.rank, self.engine.pool.num_available(), self.engine.min_slack_ms())
+        self.processes.set_room("decode", self.rank, self.engine.room(), self.engine.min_slack_ms())
         for seconds in self.engine.take_step_times():
             metrics.DECODE_STEP_TIME.labels(rank).observe(seconds)
         for part, count in (("flow", stats.flow_eager), ("hift", stats.hift_eager)):

@@ -1,4 +1,6 @@
 """Encode process: request text -> sentences -> text tokens; prompt audio -> speech tokens, embedding, mel.
+A model without prompt audio (Orpheus) gets each sentence's whole LLM prompt, its named voice in it, and no
+prompt features.
 
 It serves every model: one frontend per distinct frontend_key, the request's model named by its slot. Reads a
 request's inputs from its slot, writes the encoded prompt back into the slot (through the shared voice cache, so
@@ -80,8 +82,9 @@ class EncodeWorker:
                                            self.cfg.max_prompt_seconds, prompt_device=device)
                 frontend.warm_up()
                 self.frontends[entry.frontend_key] = frontend
-                self.log.info("model %s: speech tokenizer on %s, speaker model on %s", entry.name,
-                              frontend.speech_tokenizer.runner.backend, frontend.campplus.runner.backend)
+                if entry.facts.takes_prompt_audio:  # else it has no prompt models
+                    self.log.info("model %s: speech tokenizer on %s, speaker model on %s", entry.name,
+                                  frontend.speech_tokenizer.runner.backend, frontend.campplus.runner.backend)
 
     def frontend_of(self, slot: int):
         """The frontend of the request's model (the slot's model column)."""
@@ -130,11 +133,13 @@ class EncodeWorker:
         trace.stamp(params.slot, "encode_started")
         is_vc = params.mode == VC
         try:
-            sentences = [] if message.is_bistream or is_vc else self.encode_text(params.slot)
+            sentences = [] if message.is_bistream or is_vc else self.encode_text(params.slot, message.voice)
             llm_prompt = None if is_vc else self.llm_prompt(params.slot, params.mode)  # text errors before models
             trace.stamp(params.slot, "text_done")
             source_tokens = self.encode_source(params.slot) if is_vc else None
-            if message.saved_voice_key is not None:
+            if not self.settings.models[self.slots.model_of(params.slot)].facts.takes_prompt_audio:
+                voice_key = message.voice or ""  # a name in the LLM's prompt: no prompt to encode
+            elif message.saved_voice_key is not None:
                 metrics.PROMPT_FEATURES.labels("saved").inc()
                 self.slots.a["voice_kind"][params.slot] = VOICE_KINDS.index("saved")
                 voice_key = message.saved_voice_key
@@ -198,13 +203,11 @@ class EncodeWorker:
         metrics.PROMPT_FEATURES.labels("computed").inc()
         return features, len(samples) / rate
 
-    def encode_text(self, slot: int) -> list[list[int]]:
+    def encode_text(self, slot: int, voice: str | None) -> list[list[int]]:
+        """The LLM's ids of each sentence, by the model's frontend: the text tokens (CosyVoice), or the whole prompt
+        with the named voice (Orpheus)."""
         text = self.slots.read_bytes(slot, "text").decode("utf-8")
-        frontend = self.frontend_of(slot)
-        sentences = [frontend.tokenize(s) for s in frontend.normalize_and_split(text)]
-        sentences = [s for s in sentences if s]
-        if not sentences:
-            raise TextError("tts_text has nothing to speak after normalisation")
+        sentences = self.frontend_of(slot).sentence_tokens(text, voice)
         self.slots.a["usage_text_tokens"][slot] = sum(map(len, sentences))
         return sentences
 
@@ -227,10 +230,14 @@ class EncodeWorker:
 
     def llm_prompt(self, slot: int, mode: str) -> tuple[np.ndarray, bool]:
         """(text tokens, whether the prompt speech goes too) of the LLM's prompt in `mode`, as the family of the
-        request's model builds it from the slot's transcript and instruction."""
+        request's model builds it from the slot's transcript and instruction. A family without modes (Orpheus) has
+        none: each sentence's ids are its whole prompt (encode_text)."""
+        family = self.families[self.slots.model_of(slot)]
+        if not family.modes:
+            return np.zeros(0, np.int32), False
         transcript = self.slots.read_bytes(slot, "prompt_text").decode("utf-8")
         instruction = self.slots.read_bytes(slot, "instruct_text").decode("utf-8")
-        built = self.families[self.slots.model_of(slot)].llm_prompt(mode, transcript, instruction)
+        built = family.llm_prompt(mode, transcript, instruction)
         text_tokens = self.frontend_of(slot).prompt_text_tokens(built.text) if built.text else np.zeros(0, np.int32)
         if len(text_tokens) > self.slots.a["prompt_text_tokens"].shape[1]:
             raise TextError(f"the prompt text is {len(text_tokens)} tokens, longer than the server accepts")

@@ -257,7 +257,8 @@ class LLMWorker:
         fixed = state.params.fixed_speech_tokens
         state.sentence_idx += 1
         state.is_running = True
-        state.max_tokens = self.settings.sentence_speech_tokens(None if state.is_bistream else len(text_tokens), fixed)
+        state.max_tokens = self.settings.sentence_speech_tokens(self.model.facts, None if state.is_bistream else
+                                                                 len(text_tokens), fixed)
         self.running[state.engine_id()] = state
         if state.sentence_idx == 0:
             self.slots.trace.stamp(state.params.slot, "llm_queued")

@@ -20,7 +20,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from light_tts.errors import LightTTSError, RequestError, TextError
-from light_tts.server.runtime.model_set import DEFAULT_NAME, ModelEntry, resolve_model
+from light_tts.server.runtime.model_set import (ModelEntry, check_voice, model_for_voice, refuse_prompt_audio,
+                                                voice_model)
 from light_tts.server.api.audio_encoding import CONTENT_TYPES, encode_file, make_encoder
 from light_tts.server.api.openai.schema import (OpenAIErrorBody, ModelCard, ModelList, SpeechRequest, SpeechUsage,
                                             VoiceDeleted, VoiceList, VoiceObject, audio_delta_event,
@@ -28,7 +29,7 @@ from light_tts.server.api.openai.schema import (OpenAIErrorBody, ModelCard, Mode
 from light_tts.server.api.error_bodies import openai_error_response
 from light_tts.server.api.request_metrics import ClientGone, cut_on_failure, unless_disconnected
 from light_tts.server.api.request_parsing import read_multipart
-from light_tts.server.api.voice_store import PromptFeatures, VoicePrompt, VoiceStore
+from light_tts.server.api.voice_store import ID_PREFIX, PromptFeatures, VoicePrompt, VoiceStore
 
 log = logging.getLogger("light_tts.openai")
 SAMPLE_RATE = 24000
@@ -41,7 +42,7 @@ CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left fi
 @dataclass
 class SynthesisJob:
     text: str
-    prompt: VoicePrompt
+    prompt: VoicePrompt | None  # a saved voice (models with prompt audio), or None with `voice`
     speed: float = 1.0
     is_streamed: bool = True  # False: the backend may return the whole audio at once (speed needs that)
     seed: int | None = None
@@ -55,6 +56,7 @@ class SynthesisJob:
     instructions: str | None = None  # instruct mode's instruction
     mode: str | None = None  # a mode the client asked for (request_rules.resolve_mode decides)
     source_audio: bytes = b""  # voice conversion (mode vc): the recording to speak in the voice; no text
+    voice: str | None = None  # the model's named voice (models without prompt audio: Orpheus)
 
 
 class SynthesisBackend(Protocol):
@@ -85,6 +87,23 @@ def client_of(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
+async def load_voice(store: VoiceStore, entry: ModelEntry, voice: str) -> tuple[VoicePrompt | None, str | None]:
+    """A request's `voice` for its model: (the saved voice, None) for a model with prompt audio (an id or an
+    alias; NotFoundError for an unknown one), (None, the name) for one with named voices (RequestError naming
+    them; a saved voice's id is refused as prompt audio)."""
+    if entry.facts.takes_prompt_audio:
+        return await run_in_threadpool(store.load_features, voice, entry.frontend_key), None
+    if voice.startswith(ID_PREFIX) and voice not in entry.facts.voices:
+        raise refuse_prompt_audio(entry)
+    return None, check_voice(entry, voice)
+
+
+def named_voices(models: Sequence[ModelEntry], created_at: int) -> list[VoiceObject]:
+    """The models' built-in voices (a name in the prompt, no recording), for the voice list."""
+    return [VoiceObject(id=voice, name=voice, text="", duration_s=0.0, created_at=created_at, model=m.name)
+            for m in models for voice in m.facts.voices]
+
+
 def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: Sequence[ModelEntry],
                          max_body_bytes: int) -> APIRouter:
     router = APIRouter()
@@ -101,12 +120,13 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
         Control tags in `input` (e.g. `[laughter]`, `<strong>...</strong>`) are spoken as such."""
         received_at = time.monotonic()  # the body is parsed already (FastAPI): the trace's parse stage is ~0
         try:
-            model = resolve_model(models, body.model, OPENAI_MODEL_ALIASES)  # unknown: 404 naming the models
-            prompt = await run_in_threadpool(store.load_features, body.voice, models[model].frontend_key)
+            # unknown: 404 naming the models; tts-1 with an Orpheus voice: the Orpheus model
+            model = model_for_voice(models, body.model, body.voice, OPENAI_MODEL_ALIASES)
+            prompt, voice = await load_voice(store, models[model], body.voice)
             # the engine streams at speed 1 whatever the response's form, so every format carries the same audio
             job = SynthesisJob(body.input, prompt, body.speed, body.speed == 1.0, body.seed, body.fixed_speech_tokens,
                                client=client_of(request), model=model, instructions=body.instructions,
-                               mode=body.mode, received_at=received_at)
+                               mode=body.mode, received_at=received_at, voice=voice)
             return await audio_answer(request, backend.synthesize(job), job, body.response_format,
                                       not body.is_streamed(), is_sse=body.stream_format == "sse")
         except LightTTSError as e:
@@ -124,14 +144,15 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
                                                                    "cross-lingual); blank: 400"},
                          "name": {"type": "string"},
                          "model": {"type": "string", "description": "the model whose frontend computes the "
-                                   "features (default: the first; a model of another frontend computes its own "
+                                   "features (default: the first that takes prompt audio; a model of another frontend computes its own "
                                    "from the stored audio when it uses the voice)"}}}}}}})
     async def create_voice(request: Request):
         """Save a voice: its prompt features are computed once, now, by the frontend of the model named in `model`
-        (default: the first); a failure saves nothing."""
+        (default: the first that takes prompt audio; one without, Orpheus, is a 400); a failure saves nothing."""
         try:
             name, text, audio, model_name = await read_voice_upload(request, max_body_bytes)
-            model = resolve_model(models, model_name, OPENAI_MODEL_ALIASES)  # unknown: 404 naming the models
+            # the model named (404 unknown, 400 without prompt audio), else the first that takes prompt audio
+            model = voice_model(models, model_name, OPENAI_MODEL_ALIASES)
             await run_in_threadpool(store.check_upload, name, text, audio)  # cheap checks before the model runs
             features, duration_s = await unless_disconnected(request, backend.compute_features(
                 audio, client_of(request), model))
@@ -145,15 +166,23 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
         aliases = store.aliases_of(await run_in_threadpool(store.list)).get(voice.id, [])
         return JSONResponse(VoiceObject.of(voice, aliases).model_dump(), status_code=201)
 
-    @router.get("/v1/audio/voices", response_model=VoiceList, responses=ERRORS, summary="The saved voices")
+    # a saved voice has no `model` (exclude_none keeps its wire shape); a model's named voice says whose it is
+    @router.get("/v1/audio/voices", response_model=VoiceList, response_model_exclude_none=True, responses=ERRORS,
+                summary="The saved voices, then the models' named voices")
     async def list_voices():
+        """Saved voices (any model with prompt audio speaks them), then each model's named voices (Orpheus':
+        `model` says whose; their id is the name)."""
         voices = await run_in_threadpool(store.list)
         aliases = store.aliases_of(voices)
-        return VoiceList(data=[VoiceObject.of(v, aliases.get(v.id, [])) for v in voices])
+        saved = [VoiceObject.of(v, aliases.get(v.id, [])) for v in voices]
+        return VoiceList(data=saved + named_voices(models, created_at))
 
     @router.get("/v1/audio/voices/{voice_id}", response_model=VoiceObject, responses=ERRORS,
-                summary="One saved voice (by id or alias)")
+                summary="One saved voice (by id or alias), or a model's named voice")
     async def get_voice(voice_id: str):
+        named = [v for v in named_voices(models, created_at) if v.id == voice_id]
+        if named:
+            return named[0]
         try:
             voice = await run_in_threadpool(store.find, voice_id)
             return VoiceObject.of(voice, store.aliases_of(await run_in_threadpool(store.list)).get(voice.id, []))
@@ -228,8 +257,8 @@ async def sse_body(first: bytes, chunks, job: SynthesisJob, fmt: str):
         yield error_event(e)
 
 
-async def read_voice_upload(request: Request, max_body_bytes: int) -> tuple[str, str | None, bytes, str]:
-    """The multipart fields audio, text, name and model ("default" when absent); a body over the limit is refused
+async def read_voice_upload(request: Request, max_body_bytes: int) -> tuple[str, str | None, bytes, str | None]:
+    """The multipart fields audio, text, name and model (None when absent); a body over the limit is refused
     before it is read (413); one that stalls or trickles is cut by body_deadline.BodyDeadline (408). No `text`
     field: a voice without a transcript (None; cross-lingual); a `text` field that is blank is a mistake (a 400),
     not a way to say that."""
@@ -241,7 +270,7 @@ async def read_voice_upload(request: Request, max_body_bytes: int) -> tuple[str,
             raise RequestError(f"missing field {field}", field)
     try:
         name, text = parts["name"].decode("utf-8"), parts["text"].decode("utf-8") if "text" in parts else None
-        model = parts.get("model", DEFAULT_NAME.encode()).decode("utf-8")
+        model = parts["model"].decode("utf-8") if "model" in parts else None
     except UnicodeDecodeError as e:
         raise TextError(f"name, text and model must be UTF-8 ({e.reason} at byte {e.start})") from None
     if text is not None and not text.strip():

@@ -15,7 +15,8 @@ from typing import Annotated, Literal
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_serializer,
+                      model_validator)
 
 from light_tts.errors import RequestError
 from light_tts.server.api.error_bodies import error_response_for, openai_error
@@ -51,8 +52,9 @@ def no_nul(value: str | None) -> str | None:
 
 
 # Field types shared with the WebSocket session config (speech_ws.py).
-VoiceId = Annotated[str, Field(min_length=1, description='a saved voice id from POST /v1/audio/voices, or '
-                                                       '{"id": ...}'), BeforeValidator(voice_id_of)]
+VoiceId = Annotated[str, Field(min_length=1, description='a saved voice id from POST /v1/audio/voices, a '
+                                                       'model\'s named voice (Orpheus: tara, ...), or {"id": ...}'),
+                    BeforeValidator(voice_id_of)]
 Speed = Annotated[float, Field(ge=MIN_SPEED, le=MAX_SPEED)]
 Seed = Annotated[int | None, Field(ge=0, lt=SEED_LIMIT, description="same inputs and seed give the same audio")]
 FixedSpeechTokens = Annotated[int | None, Field(ge=1, description=(
@@ -159,6 +161,16 @@ class VoiceObject(BaseModel):
     created_at: int = Field(description="unix seconds")
     aliases: list[str] = Field(default_factory=list, description="names that requests may use for this voice "
                                                                  "(--voice_alias, e.g. OpenAI's alloy)")
+    model: str | None = Field(None, description="a model's named voice (its id is the name; no recording): the "
+                                                "model that speaks it; absent for a saved voice")
+
+    @model_serializer(mode="wrap")
+    def drop_absent_model(self, handler):
+        """A saved voice has no `model` key (its wire shape is as before; its `text` stays, null or not)."""
+        data = handler(self)
+        if data.get("model", 0) is None:
+            del data["model"]
+        return data
 
     @classmethod
     def of(cls, voice, aliases: list[str] = ()) -> "VoiceObject":

@@ -7,7 +7,8 @@ next one may arrive meanwhile and waits (at most `max_pending` flushed utterance
 
 Protocols (event fields in docs/openai-api.md): /v1/audio/speech/stream is vLLM-Omni's (session.config,
 input.text pieces, input.done flushes an utterance, session.close; audio.start, audio frames, audio.done,
-session.done per utterance), /ws/tts the Orpheus style ({"text", "voice"} in, PCM frames, b"__END__").
+session.done per utterance), /ws/tts the Orpheus style ({"text", "voice"} in, PCM frames, b"__END__"; a voice
+is an Orpheus model's voice name, or a saved voice id).
 
 Errors: a message the session cannot use gets an error event (`{"type": "error", "message", "error": {"message",
 "type", "param", "code"}}`, OpenAI's error object) and the session goes on, except: anything
@@ -25,6 +26,7 @@ from typing import Callable, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from light_tts.errors import ErrorKind, LightTTSError, RequestError, kind_of
+from light_tts.request_rules import SEED_LIMIT
 from light_tts.server.api.error_bodies import message_of, openai_error_of_kind
 from light_tts.server.api.openai.schema import (FixedSpeechTokens, Instructions, Mode, ResponseFormat, Seed, Speed,
                                                VoiceId, check_mode, describe_errors, field_of)
@@ -158,6 +160,11 @@ class SerialSession:
         raise NotImplementedError
 
 
+def is_int_in(value: object, low: int, high: int | None) -> bool:
+    """A JSON integer (not a bool) in [low, high) (no upper bound: None)."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value and (high is None or value < high)
+
+
 def parse_json_object(raw: str) -> tuple[dict | None, str | None]:
     try:
         message = json.loads(raw)
@@ -169,10 +176,11 @@ def parse_json_object(raw: str) -> tuple[dict | None, str | None]:
 
 
 class StreamSpeechSession(SerialSession):
-    """/v1/audio/speech/stream. `check_voice(voice_id)` raises NotFoundError for an unknown voice."""
+    """/v1/audio/speech/stream. `check_voice(voice, model)` raises a LightTTSError (404 for an unknown saved voice,
+    400 for a voice the model does not speak)."""
 
     def __init__(self, max_utterance_chars: int, max_pending: int = 8,
-                 check_voice: Callable[[str], None] | None = None):
+                 check_voice: Callable[[str, str | None], None] | None = None):
         super().__init__(max_pending)
         self.max_utterance_chars = max_utterance_chars
         self.check_voice = check_voice
@@ -209,7 +217,7 @@ class StreamSpeechSession(SerialSession):
         try:
             config = StreamSessionConfig.model_validate({k: v for k, v in message.items() if k != "type"})
             if self.check_voice is not None:
-                self.check_voice(config.voice)
+                self.check_voice(config.voice, config.model)
         except ValidationError as e:
             return self.refuse(f"invalid session.config: {describe_errors(e.errors())}", param=field_of(e.errors()))
         except LightTTSError as e:
@@ -264,12 +272,17 @@ class StreamSpeechSession(SerialSession):
 
 
 class OrpheusSession(SerialSession):
-    """/ws/tts: each {"text", "voice"} message is one utterance of streamed PCM, ended by b"__END__"."""
+    """/ws/tts: each {"text", "voice"} message is one utterance of streamed PCM, ended by b"__END__". Optional
+    "model" (else the model whose named voice it is, else the default model), "seed" and "fixed_speech_tokens"
+    (benchmarks); voice and model stick for later messages."""
+
+    FIELDS = ("text", "voice", "model", "seed", "fixed_speech_tokens")
 
     def __init__(self, max_utterance_chars: int, max_pending: int = 8):
         super().__init__(max_pending)
         self.max_utterance_chars = max_utterance_chars
         self.voice_id: str | None = None
+        self.model: str | None = None
         self.next_index = 0
 
     def on_text(self, raw: str) -> list:
@@ -282,25 +295,34 @@ class OrpheusSession(SerialSession):
             return [error_event(problem)]
         if message.get("end") is True and set(message) == {"end"}:
             return self.on_end()
-        unknown = set(message) - {"text", "voice"}
+        unknown = set(message) - set(self.FIELDS)
         text, voice = message.get("text"), message.get("voice", self.voice_id)
+        model, seed, fixed = message.get("model", self.model), message.get("seed"), message.get("fixed_speech_tokens")
         if unknown:
-            problem = f"unknown field(s) {sorted(unknown)}; a message is {{\"text\", \"voice\"}} or {{\"end\": true}}"
+            problem = (f"unknown field(s) {sorted(unknown)}; a message is {{\"text\", \"voice\", \"model\"?, "
+                       f"\"seed\"?, \"fixed_speech_tokens\"?}} or {{\"end\": true}}")
+        elif seed is not None and not is_int_in(seed, 0, SEED_LIMIT):
+            problem = f'"seed" must be an integer in [0, {SEED_LIMIT})'
+        elif fixed is not None and not is_int_in(fixed, 1, None):
+            problem = '"fixed_speech_tokens" must be a positive integer'
+        elif model is not None and (not isinstance(model, str) or not model):
+            problem = '"model" must be a model id from GET /v1/models'
         elif not isinstance(text, str) or not text.strip():
             problem = '"text" must be a non-empty string'
         elif len(text) > self.max_utterance_chars:
             problem = f'"text" is longer than {self.max_utterance_chars} characters'
         elif not isinstance(voice, str) or not voice:
-            problem = '"voice" (a saved voice id) is required in the first message'
+            problem = '"voice" (a model\'s voice name, or a saved voice id) is required in the first message'
         elif self.is_closing:
             problem = "the connection is closing (__END__ was sent)"
         elif self.is_queue_full():
             problem = f"{self.max_pending} messages are already waiting; send more after their __END__"
         if problem is not None:
             return [error_event(problem)]
-        self.voice_id = voice
+        self.voice_id, self.model = voice, model
         self.next_index += 1
-        return self.enqueue(Utterance(self.next_index - 1, text, voice, "pcm", 1.0, is_streamed=True))
+        return self.enqueue(Utterance(self.next_index - 1, text, voice, "pcm", 1.0, is_streamed=True, seed=seed,
+                                      fixed_speech_tokens=fixed, model=model))
 
     def on_end(self) -> list:
         self.is_closing = True

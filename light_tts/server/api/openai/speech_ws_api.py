@@ -16,12 +16,12 @@ from contextlib import aclosing
 from typing import Sequence
 
 from fastapi import APIRouter, WebSocket
-from starlette.concurrency import run_in_threadpool
 
 from light_tts.errors import LightTTSError
 from light_tts.server.api.audio_encoding import encode_file
-from light_tts.server.runtime.model_set import DEFAULT_NAME, ModelEntry, resolve_model
-from light_tts.server.api.openai.routes import OPENAI_MODEL_ALIASES, SAMPLE_RATE, SynthesisBackend, SynthesisJob, encoded
+from light_tts.server.runtime.model_set import ModelEntry, check_voice, model_for_voice
+from light_tts.server.api.openai.routes import (OPENAI_MODEL_ALIASES, SAMPLE_RATE, SynthesisBackend, SynthesisJob,
+                                                encoded, load_voice)
 from light_tts.server.api.openai.speech_ws import (CLOSE_POLICY_VIOLATION, Close, OrpheusSession, SendBytes,
                                                    SendJson, SerialSession, StreamSpeechSession, Synthesize,
                                                    Utterance, error_event)
@@ -32,10 +32,19 @@ log = logging.getLogger("light_tts.ws")
 
 def add_speech_websockets(router: APIRouter, backend: SynthesisBackend, store: VoiceStore,
                           models: Sequence[ModelEntry], max_utterance_chars: int, idle_timeout_s: float) -> None:
+    def check_session_voice(voice: str, model: str | None) -> None:
+        """session.config's voice for its model: a saved voice (an id or an alias), or the model's named voice (4xx
+        otherwise)."""
+        entry = models[model_for_voice(models, model, voice, OPENAI_MODEL_ALIASES)]
+        if entry.facts.takes_prompt_audio:
+            store.find(voice)
+        else:
+            check_voice(entry, voice)
+
     @router.websocket("/v1/audio/speech/stream")
     async def speech_stream(ws: WebSocket):
         await ws.accept()
-        session = StreamSpeechSession(max_utterance_chars, check_voice=store.find)
+        session = StreamSpeechSession(max_utterance_chars, check_voice=check_session_voice)
         await SessionTransport(ws, session, backend, store, models, "v1_audio_speech_stream", idle_timeout_s).run()
 
     @router.websocket("/ws/tts")
@@ -113,13 +122,13 @@ class SessionTransport:
     async def speak(self, utterance: Utterance) -> None:
         num_bytes, error = 0, None
         try:
-            model = resolve_model(self.models, utterance.model or DEFAULT_NAME, OPENAI_MODEL_ALIASES)
-            prompt = await run_in_threadpool(self.store.load_features, utterance.voice_id,
-                                             self.models[model].frontend_key)
+            # no model named: the model of a named voice (/ws/tts {"voice": "tara"}), else the default
+            model = model_for_voice(self.models, utterance.model, utterance.voice_id, OPENAI_MODEL_ALIASES)
+            prompt, voice = await load_voice(self.store, self.models[model], utterance.voice_id)
             is_streamed = utterance.is_streamed and utterance.speed == 1.0
             chunks = self.backend.synthesize(SynthesisJob(utterance.text, prompt, utterance.speed, is_streamed,
                                                           utterance.seed, utterance.fixed_speech_tokens,
-                                                          self.endpoint, self.client, model=model,
+                                                          self.endpoint, self.client, model=model, voice=voice,
                                                           instructions=utterance.instructions, mode=utterance.mode))
             if is_streamed:  # closed at once if a send fails, so the request ends with the connection
                 async with aclosing(encoded(b"", chunks, utterance.response_format)) as pieces:

@@ -1,7 +1,8 @@
 // The playground page: choose a voice (a saved one, or an uploaded prompt and its transcript), type a text, and
 // hear it stream from POST /inference_zero_shot (stream=true). Saved voices are managed through
 // /v1/audio/voices when the server has that API (found in its /openapi.json); without it, the upload form is
-// the voice. document.body.dataset.ready turns "true" once the page knows which.
+// the voice. A model's named voices (Orpheus: tara, ...) are in the same choice and ask for their model.
+// document.body.dataset.ready turns "true" once the page knows which.
 
 import { PcmStreamPlayer, SAMPLE_RATE } from "./pcm-player.js";
 
@@ -59,6 +60,12 @@ async function loadVoices() {
   const list = $("voice-list");
   list.replaceChildren();
   for (const voice of voices) {
+    if (voice.model) {  // a model's named voice (Orpheus): spoken by that model, nothing to list or delete
+      const option = new Option(`${voice.name} (${voice.model})`, voice.id);
+      option.dataset.model = voice.model;
+      select.add(option);
+      continue;
+    }
     select.add(new Option(`${voice.name} (${Number(voice.duration_s).toFixed(1)} s)`, voice.id));
     const item = document.createElement("li");
     item.dataset.voiceId = voice.id;
@@ -72,7 +79,8 @@ async function loadVoices() {
     list.append(item);
   }
   if ([...select.options].some((o) => o.value === chosen)) select.value = chosen;
-  $("voices-note").textContent = voices.length ? "" : "No saved voices yet: upload one and save it.";
+  const saved = voices.filter((v) => !v.model).length;
+  $("voices-note").textContent = saved ? "" : "No saved voices yet: upload one and save it.";
 }
 
 function disableVoicesApi() {
@@ -112,6 +120,8 @@ function speechForm() {
   const voiceId = hasVoicesApi ? $("voice-select").value : "";
   if (voiceId) {
     form.append("voice_id", voiceId);
+    const model = $("voice-select").selectedOptions[0].dataset.model;
+    if (model) form.append("tts_model_name", model);
     return form;
   }
   const file = $("prompt-wav").files[0];
