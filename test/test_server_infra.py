@@ -259,8 +259,12 @@ def test_decode_hot_path_flag_turns_every_variant_off():
     auto = build_settings(ServerConfig(), model).decode_engine_kwargs("cuda")["limits"]
     per_op = build_settings(ServerConfig.from_args(["--decode_hot_path", "per_op"]), model)
     limits = per_op.decode_engine_kwargs("cuda")["limits"]
-    variants = ("fused_flow", "hift_half", "keyed_noise", "overlap_hift")
-    assert all(getattr(auto, v) is None for v in variants) and all(getattr(limits, v) is False for v in variants)
+    fused = build_settings(ServerConfig.from_args(["--decode_hot_path", "fused"]), model)
+    hift = ("hift_half", "keyed_noise", "overlap_hift")
+    # auto: the HiFT variants on a GPU (None), the fused estimator off (slower on an H100)
+    assert all(getattr(auto, v) is None for v in hift) and auto.fused_flow is False
+    assert all(getattr(limits, v) is False for v in (*hift, "fused_flow"))
+    assert fused.decode_engine_kwargs("cuda")["limits"].fused_flow is True
 
 
 def test_playback_counts_stalls_and_slack():

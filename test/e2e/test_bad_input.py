@@ -33,7 +33,8 @@ def without(key):
 
 CASES = {
     "missing tts_text": (without("tts_text"), voice_wav(1)),
-    "missing prompt_text": (without("prompt_text"), voice_wav(1)),
+    # a missing prompt_text is a voice without a transcript (cross-lingual, issue 24); a blank one is a mistake
+    "blank prompt_text": ({**GOOD, "prompt_text": "  "}, voice_wav(1)),
     "missing prompt_wav": (GOOD, None),
     "0-byte wav": (GOOD, b""),
     "not audio": (GOOD, b"this is not a wav file, just some text " * 20),

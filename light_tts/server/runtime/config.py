@@ -183,11 +183,12 @@ class ServerConfig:
     decode_data_type: str = _opt("decode", "float16", "flow dtype on a GPU (HiFT's convolutions run float16 there, its "
                                                       "source and iSTFT float32); every CPU run uses float32",
                                  choices=DATA_TYPES)
-    decode_hot_path: str = _opt("decode", "auto", "per_op: the earlier decode path on a GPU too (one kernel per flow op, "
-                                                  "fp32 HiFT with per-request generators, HiFT after the flow), for "
-                                                  "A/B runs or if the fused path misbehaves",
-                                choices=("auto", "per_op"),
-                                default_text="auto: on a GPU the fused estimator, fp16 HiFT convolutions, keyed "
+    decode_hot_path: str = _opt("decode", "auto", "per_op: the earlier decode path on a GPU too (fp32 HiFT with "
+                                                  "per-request generators, HiFT after the flow), for A/B runs; fused: "
+                                                  "auto plus the fused estimator (fewer launches, but measured slower "
+                                                  "on an H100: docs/performance.md)",
+                                choices=("auto", "fused", "per_op"),
+                                default_text="auto: on a GPU the per-op flow with fp16 HiFT convolutions, keyed "
                                              "noise and HiFT overlapped with the next flow pass; on a CPU per_op")
     load_trt: bool = _opt("decode", False, "no effect, accepted for compatibility: the paged flow runs Triton "
                                            "kernels in CUDA graphs (a TensorRT engine cannot read the page pool)")

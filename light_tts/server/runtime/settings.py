@@ -27,6 +27,7 @@ AUDIO_RING_SECONDS = 60  # audio a slot's ring holds; a reader further behind ge
 
 # --decode_hot_path per_op: every variant of docs/decode-engine.md's hot path off (EngineLimits; None is "on a GPU")
 PER_OP_HOT_PATH = {"fused_flow": False, "hift_half": False, "keyed_noise": False, "overlap_hift": False}
+HOT_PATHS = {"auto": {}, "per_op": PER_OP_HOT_PATH, "fused": {"fused_flow": True}}  # --decode_hot_path
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ class ServerSettings:
             headroom=c.decode_headroom, preempt_interval_s=c.preempt_interval_s, num_pages=c.decode_pool_pages,
             step_target_s=c.decode_step_target_s, lane_step_s=0.0 if c.latency_lane == "short_steps" else None,
             kv_dtype=None if c.flow_cache_dtype == "auto" or device == "cpu" else c.flow_cache_dtype,
-            **(PER_OP_HOT_PATH if c.decode_hot_path == "per_op" else {}))
+            **HOT_PATHS[c.decode_hot_path])
         return {"device": device, "max_batch_size": c.decode_max_batch_size, "hop_policy": HopPolicy(c.hop_policy),
                 "dtype": getattr(torch, self.decode_dtype(device)), "use_cuda_graph": not c.disable_cudagraph,
                 "limits": limits}
