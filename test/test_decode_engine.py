@@ -210,6 +210,8 @@ def test_abort_bad_and_empty_requests(cfg):
     engine.step()
     engine.abort(req_id)
     assert not engine.requests and engine.pool.num_used == 0
+    # what /metrics shows: no step follows an abort when nothing else runs (it used to show the pages still used)
+    assert engine.stats.pages_used == 0 and engine.stats.streams_active == 0
     bad = Prompt(prompt.text_tokens, prompt.speech_tokens, prompt.embedding, prompt.mel[:-3])
     engine.add_request("bad", bad, 0, True)
     engine.add_request("good", prompt, seed, True)

@@ -186,6 +186,7 @@ class DecodeEngine(EngineAdmission):
             self._release(req)
             self.hift_stage.drop(req_id)
             self.stalled_until = -math.inf
+            self._update_stats()  # no step may follow (nothing else to run): /metrics must show the pages freed
 
     def has_work(self) -> bool:
         """A step would do something now. After a step that ran nothing the engine waits for tokens, an abort or
