@@ -142,6 +142,25 @@ def test_a_step_that_would_run_nothing_counts_as_a_stall():
     pool.check()
 
 
+def test_a_stuck_step_runs_the_oldest_playing_stream_the_scheduler_left_out():
+    """Issue 20's 8 x 48-s streams on the CPU's 96 pages: after three preemptions the scheduler chose (earliest
+    deadline first) the preempted streams' recomputes, which fill a step's token budget and cannot get pages, and
+    left out the older streams that hold every page. Nothing ran, nothing could free pages, and it stayed so
+    until the 300 s limit. Now the oldest playing stream runs instead, alone, taking pages from a younger one."""
+    pool = PagePool(10)
+    holders = [hold(pool, "a", 5, started=1.0), hold(pool, "c", 5, started=2.0)]  # no page free
+    back = playing("b", started=3.0, pages=6, admitted=False, urgent=True)  # preempted: the youngest
+    left_out = [playing("a", 1.0, 1, urgent=True, chosen=False), playing("c", 2.0, 1, urgent=True, chosen=False)]
+    p = plan(pool, [back, *left_out], holders)
+    assert p.run == ["a"] and p.preempted == ["c"] and set(p.waiting) == {"b", "c"}
+    pool.check()
+    # a left-out request that is no playing stream is not pulled in: it would take pages none of them gave back
+    pool = PagePool(10)
+    holders = [hold(pool, "a", 10, started=1.0)]
+    p = plan(pool, [playing("a", 1.0, 1, urgent=True, admitted=True), new("n", 0.0, 1, chosen=False)], holders)
+    assert p.run == [] and p.preempted == []
+
+
 def test_an_urgent_stream_takes_pages_only_from_streams_with_audio_to_spare():
     """Preempting a stream that is itself about to run dry only moves the stall (and adds its recompute)."""
     pool = PagePool(9)

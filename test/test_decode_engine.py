@@ -210,6 +210,8 @@ def test_abort_bad_and_empty_requests(cfg):
     engine.step()
     engine.abort(req_id)
     assert not engine.requests and engine.pool.num_used == 0
+    # what /metrics shows: no step follows an abort when nothing else runs (it used to show the pages still used)
+    assert engine.stats.pages_used == 0 and engine.stats.streams_active == 0
     bad = Prompt(prompt.text_tokens, prompt.speech_tokens, prompt.embedding, prompt.mel[:-3])
     engine.add_request("bad", bad, 0, True)
     engine.add_request("good", prompt, seed, True)
@@ -388,6 +390,23 @@ def test_lazy_reservation_preempts_younger_streams_and_every_stream_gets_its_aud
     engine.pool.check()
     assert engine.pool.num_used == engine.pool.num_evictable and engine.slots.num_free + len(engine.pool.prefixes) \
         == engine.slots.num_slots - 2
+
+
+def test_a_step_whose_chosen_chunk_cannot_run_runs_the_oldest_stream_instead(cfg):
+    """Issue 20's 8 x 48-s streams stalled for the 300 s limit: the scheduler filled each step with chunks that
+    could not get pages (due first, but younger than every stream holding pages), and left out the older streams
+    that could make room. A step of one row reaches that state with two streams (it stayed stuck for ever); now
+    the oldest stream runs, and both get exactly the reference audio."""
+    engine = DecodeEngine(cfg, max_batch_size=1, hop_policy=HopPolicy("fixed"), clock=ticking_clock(),
+                          limits=EngineLimits(**{**LIMITS.__dict__, "num_pages": 10, "max_stream_tokens": 200}))
+    reqs = [r for r in make_requests(cfg) if r[4]][:2]
+    feeds = {}
+    for req_id, prompt, tokens, seed, stream, speed, push in reqs:
+        engine.add_request(req_id, prompt, seed, stream, speed)
+        feeds[req_id] = (tokens, push, 0)
+    assert check_against_reference(engine, reqs, run_until_done(engine, feeds)) < REL_TOL
+    engine.pool.check()
+    assert engine.pool.num_used == engine.pool.num_evictable
 
 
 def test_an_utterance_past_the_pass_budget_runs_alone_and_one_past_the_pool_fails_at_once(cfg):

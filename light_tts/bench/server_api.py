@@ -22,6 +22,8 @@ COUNTERS = {  # name in the level's "server" block -> (metric, label that must m
     "decode_preemptions": ("lighttts_decode_preemptions_total", ""),
     "overloaded_429": ("lighttts_errors_total", 'kind="overloaded"'),
     "decode_waits": ("lighttts_waits_total", 'stage="decode"'),
+    "page_waits": ("lighttts_waits_total", 'reason="pages"'),  # decode waits for flow-cache pages (llm: kv, batch)
+    "llm_preemptions": ("lighttts_llm_preemptions_total", ""),
 }
 
 

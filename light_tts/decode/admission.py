@@ -9,7 +9,9 @@ Three kinds of request ask for pages, served in this order (`Kind`):
      with audio to spare (enough buffered to recompute their cache before their own listeners run dry) give
      their pages back, so the stall is not just moved to them;
    - nothing at all would run in this step (every chunk waits for pages): the engine would idle, and nothing it
-     runs could free pages meanwhile; then the oldest such stream takes pages from any younger stream.
+     runs could free pages meanwhile; then the oldest such stream takes pages from any younger stream. When no
+     chunk the scheduler chose can run even so (the recomputes of preempted streams are due first, but they are
+     younger than every stream holding pages), the oldest playing stream it left out runs alone instead.
    Preemption: the victims keep their tokens and playback clock, and recompute their cache when they return.
    Age is when the listener started, so pages only ever move from younger streams to older ones: the oldest
    playing stream always progresses, every stream finishes, and no loop can form. A stream is preempted at most
@@ -30,7 +32,7 @@ kinds after it. Full reservation (`reservation="full"`) admits a request with it
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from light_tts.decode.page_pool import PagePool
 
@@ -94,7 +96,8 @@ class Planner:
         playing stream would otherwise stall; `free_slots`: slots for admissions, `new_stream_room`: new streams
         the real-time capacity still admits. When nothing at all would run while a playing stream waits for pages,
         the engine would idle until that stream runs dry, and nothing it runs could free pages meanwhile: that
-        is a stall too, so the oldest such stream is treated as urgent."""
+        is a stall too, so the oldest such stream is treated as urgent; failing that, the oldest playing stream the
+        scheduler left out (the engine runs it alone)."""
         plan = self._plan(asks, holders, now, free_slots, new_stream_room)
         if plan.run:
             return plan
@@ -103,6 +106,16 @@ class Planner:
         for ask in sorted(stuck, key=lambda a: a.rank):
             self.stalled = ask.key
             retry = self._plan(asks, holders, now, free_slots, new_stream_room)
+            self.stalled = None
+            if retry.run:
+                return retry
+        # none of the scheduler's choice can run (say the recomputes of preempted streams, which fill a step and
+        # are younger than every stream holding pages): the oldest playing stream it left out runs alone instead
+        left_out = [a for a in asks if a.kind == Kind.PLAYING and not a.is_chosen]
+        for ask in sorted(left_out, key=lambda a: a.rank):
+            self.stalled = ask.key
+            retry = self._plan([replace(a, is_chosen=a.key == ask.key) for a in asks], holders, now, free_slots,
+                               new_stream_room)
             self.stalled = None
             if retry.run:
                 return retry

@@ -192,6 +192,7 @@ class DecodeEngine(EngineAdmission):
             self._release(req)
             self.hift_stage.drop(req_id)
             self.stalled_until = -math.inf
+            self._update_stats()  # no step may follow (nothing else to run): /metrics must show the pages freed
 
     def has_work(self) -> bool:
         """A step would do something now. After a step that ran nothing the engine waits for tokens, an abort or
@@ -251,8 +252,10 @@ class DecodeEngine(EngineAdmission):
         for key in plan.admitted:
             self._take_slot(self.requests[key])
         outputs += self._note_waits(plan, now)
-        run = set(plan.run)
-        jobs = [self._job(self.requests[c.key], *ready[c.key]) for c in chosen if c.key in run]
+        run, chosen_keys = set(plan.run), [c.key for c in chosen]
+        # in the scheduler's order; a stream it left out runs when none of its choice could (admission.py)
+        keys = [k for k in chosen_keys if k in run] + [k for k in plan.run if k not in chosen_keys]
+        jobs = [self._job(self.requests[k], *ready[k]) for k in keys]
         self.stats.waiting_for_pages = len(plan.waiting)
         if jobs or self.hift_stage.has_pending():
             outputs += self._run(jobs, now)
