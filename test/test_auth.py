@@ -10,7 +10,7 @@ import websockets
 from fastapi import FastAPI, WebSocket
 
 from asgi_thread import serving
-from light_tts.server.api.auth import ApiKeyMiddleware, install_log_redaction
+from light_tts.server.api.boundary.auth import ApiKeyMiddleware, install_log_redaction
 from light_tts.server.runtime.auth_keys import WS_KEY_PROTOCOL, AuthSettings, read_api_key_file
 
 KEYS = ("key-one-aaaaaaaa", "key-two-bbbbbbbb", "key-three-cccccc")

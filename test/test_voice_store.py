@@ -17,7 +17,7 @@ import soundfile as sf
 
 from light_tts.errors import AudioError, NotFoundError, TooLargeError, RequestError, VoiceLimitError
 from light_tts.server.api.openai.schema import VoiceObject
-from light_tts.server.api.voice_store import PromptFeatures, VoiceStore
+from light_tts.server.api.voices.voice_store import PromptFeatures, VoiceStore
 from light_tts.server.runtime.settings import VoiceLimits
 
 LIMITS = VoiceLimits(max_voices=6, max_upload_bytes=200_000, max_text_chars=100)

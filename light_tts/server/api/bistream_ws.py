@@ -28,7 +28,7 @@ from light_tts.server.api.request_metrics import ActiveRequest, ClientGone, reco
 from light_tts.server.api.request_parsing import (check_fixed_speech_tokens, check_prompt_wav, check_text,
                                                  parse_mode)
 from light_tts.server.runtime.settings import ServerSettings
-from light_tts.server.api.voice_store import VoicePrompt, VoiceStore
+from light_tts.server.api.voices.voice_store import VoicePrompt, VoiceStore
 
 ENDPOINT = "inference_zero_shot_bistream"
 MAX_FRAME_BYTES = 96000  # 2 s of audio: a decode step that caught up on many tokens still reaches clients in

@@ -36,8 +36,8 @@ from light_tts.server.ipc.shm import CLIENT_AT_LIMIT, VOICE_KINDS, RequestSlots,
 from light_tts.server.ipc import stage_trace
 from light_tts.server.runtime.topology import PortArgs
 from light_tts.server.ipc.voice_cache import VoiceCache, voice_cache_key
-from light_tts.server.api.voice_store import PromptFeatures, VoicePrompt
-from light_tts.server.api.http_watch import BackendWatch, PendingAborts
+from light_tts.server.api.voices.voice_store import PromptFeatures, VoicePrompt
+from light_tts.server.api.boundary.http_watch import BackendWatch, PendingAborts
 from light_tts.server.ipc.channels import FrameDecoder, Handlers, outboxes
 
 log = logging.getLogger("light_tts.http")

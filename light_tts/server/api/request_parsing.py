@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from light_tts.errors import AudioError, RequestError, TextError, TooLargeError
 from light_tts.request_rules import TEXT_MODES, check_seed, check_speed, describe_bytes
-from light_tts.server.api.body_limit import body_too_large
+from light_tts.server.api.boundary.body_limit import body_too_large
 from light_tts.server.runtime.config import ServerConfig
 from light_tts.server.runtime.model_set import ModelEntry, check_voice, model_for_voice, refuse_prompt_audio
 from light_tts.server.runtime.settings import ServerSettings

@@ -16,7 +16,7 @@ from light_tts.server.api.openai.routes import SynthesisJob
 from light_tts.server.api.openai.schema import SpeechUsage
 from light_tts.server.api.request_metrics import ActiveRequest, ClientGone, record_finished, record_rejected
 from light_tts.server.api.request_parsing import check_fixed_speech_tokens, check_text
-from light_tts.server.api.voice_store import PromptFeatures
+from light_tts.server.api.voices.voice_store import PromptFeatures
 
 
 class ServerBackend:

@@ -26,10 +26,10 @@ from light_tts.server.api.audio_encoding import CONTENT_TYPES, encode_file, make
 from light_tts.server.api.openai.schema import (OpenAIErrorBody, ModelCard, ModelList, SpeechRequest, SpeechUsage,
                                             VoiceDeleted, VoiceList, VoiceObject, audio_delta_event,
                                             audio_done_event, error_event)
-from light_tts.server.api.error_bodies import openai_error_response
+from light_tts.server.api.boundary.error_bodies import openai_error_response
 from light_tts.server.api.request_metrics import ClientGone, cut_on_failure, unless_disconnected
 from light_tts.server.api.request_parsing import read_multipart
-from light_tts.server.api.voice_store import ID_PREFIX, PromptFeatures, VoicePrompt, VoiceStore
+from light_tts.server.api.voices.voice_store import ID_PREFIX, PromptFeatures, VoicePrompt, VoiceStore
 
 log = logging.getLogger("light_tts.openai")
 SAMPLE_RATE = 24000

@@ -19,7 +19,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       model_validator)
 
 from light_tts.errors import RequestError
-from light_tts.server.api.error_bodies import error_response_for, openai_error
+from light_tts.server.api.boundary.error_bodies import error_response_for, openai_error
 from light_tts.request_rules import MAX_SPEED, MIN_SPEED, SEED_LIMIT, resolve_mode
 
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for `input` (and for `instructions`)

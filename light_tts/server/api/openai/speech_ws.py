@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from light_tts.errors import ErrorKind, LightTTSError, RequestError, kind_of
 from light_tts.request_rules import SEED_LIMIT
-from light_tts.server.api.error_bodies import message_of, openai_error_of_kind
+from light_tts.server.api.boundary.error_bodies import message_of, openai_error_of_kind
 from light_tts.server.api.openai.schema import (FixedSpeechTokens, Instructions, Mode, ResponseFormat, Seed, Speed,
                                                VoiceId, check_mode, describe_errors, field_of)
 

@@ -25,7 +25,7 @@ from light_tts.server.api.openai.routes import (OPENAI_MODEL_ALIASES, SAMPLE_RAT
 from light_tts.server.api.openai.speech_ws import (CLOSE_POLICY_VIOLATION, Close, OrpheusSession, SendBytes,
                                                    SendJson, SerialSession, StreamSpeechSession, Synthesize,
                                                    Utterance, error_event)
-from light_tts.server.api.voice_store import VoiceStore
+from light_tts.server.api.voices.voice_store import VoiceStore
 
 log = logging.getLogger("light_tts.ws")
 

@@ -23,10 +23,10 @@ from light_tts.request_rules import VC, check_seed, check_speed, describe_bytes
 from light_tts.server.api.audio_encoding import CONTENT_TYPES
 from light_tts.server.api.openai.routes import (CLIENT_CLOSED_REQUEST, ERRORS, OPENAI_MODEL_ALIASES,
                                                SynthesisBackend, SynthesisJob, audio_answer, client_of)
-from light_tts.server.api.error_bodies import openai_error_response
+from light_tts.server.api.boundary.error_bodies import openai_error_response
 from light_tts.server.api.request_metrics import VC_ENDPOINT, ClientGone
 from light_tts.server.api.request_parsing import parse_bool, parse_number, read_multipart
-from light_tts.server.api.voice_store import VoicePrompt, VoiceStore
+from light_tts.server.api.voices.voice_store import VoicePrompt, VoiceStore
 from light_tts.server.runtime.model_set import DEFAULT_NAME, ModelEntry, resolve_model
 
 ENDPOINT = VC_ENDPOINT

@@ -19,7 +19,7 @@ import time
 from starlette.requests import ClientDisconnect
 
 from light_tts.errors import SlowClientError
-from light_tts.server.api.error_bodies import error_body, is_openai_path
+from light_tts.server.api.boundary.error_bodies import error_body, is_openai_path
 from light_tts.server.api.request_metrics import record_rejected
 
 log = logging.getLogger("light_tts.http")

@@ -38,7 +38,7 @@ import numpy as np
 
 from light_tts.errors import AudioError, NotFoundError, TooLargeError, RequestError, VoiceLimitError
 from light_tts.request_rules import VOICE_ID_PREFIX, describe_bytes
-from light_tts.server.api.voice_aliases import VoiceAliases
+from light_tts.server.api.voices.voice_aliases import VoiceAliases
 from light_tts.server.runtime.settings import VoiceLimits
 
 SCHEMA_VERSION = 2

@@ -12,8 +12,8 @@ from fastapi.responses import Response
 
 from light_tts.families import family_of
 from light_tts.request_rules import MAX_SPEED, MIN_SPEED, SEED_LIMIT, TEXT_MODES
-from light_tts.server.api.auth import ApiKeyMiddleware
-from light_tts.server.api.error_bodies import is_openai_path
+from light_tts.server.api.boundary.auth import ApiKeyMiddleware
+from light_tts.server.api.boundary.error_bodies import is_openai_path
 from light_tts.server.api.openai.schema import ErrorBody, OpenAIErrorBody
 from light_tts.server.runtime.settings import ServerSettings
 

@@ -11,7 +11,7 @@ import json
 
 from light_tts.errors import TooLargeError
 from light_tts.request_rules import describe_bytes
-from light_tts.server.api.error_bodies import error_body, is_openai_path
+from light_tts.server.api.boundary.error_bodies import error_body, is_openai_path
 
 CLOSE_ABOVE = 4  # a declared body over this many times the bound: answer and close, do not read it
 
