@@ -23,8 +23,8 @@ _master: dict = {}
 def on_starting(server):
     import msgspec
 
-    from light_tts.server.runtime.config import ServerConfig
     from light_tts.server.launch.launcher import ServerProcesses, SharedState, check_placement, resolve_model_dir
+    from light_tts.server.runtime.config import ServerConfig
     from light_tts.server.runtime.defaults import sized_to_host
     from light_tts.server.runtime.settings import load_settings
     from light_tts.server.runtime.topology import PortArgs
@@ -74,10 +74,10 @@ def __getattr__(name):
 
     from light_tts.server.api.app import create_app
     from light_tts.server.ipc.process_table import ProcessTable
-    from light_tts.server.runtime.settings import ServerSettings
     from light_tts.server.ipc.shm import RequestSlots
-    from light_tts.server.runtime.topology import PortArgs
     from light_tts.server.runtime.process import set_process_title
+    from light_tts.server.runtime.settings import ServerSettings
+    from light_tts.server.runtime.topology import PortArgs
 
     settings, ports = msgspec.json.decode(os.environ[BACKEND_ENV], type=tuple[ServerSettings, PortArgs])
     table = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path, topology=settings.topology)

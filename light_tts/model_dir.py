@@ -20,8 +20,19 @@ import yaml
 
 from light_tts.errors import ModelDirError
 from light_tts.model_config import (
-    CFMConfig, EncoderConfig, EstimatorConfig, F0PredictorConfig, FlowConfig, FrontendConfig, HiFTConfig, LLMConfig,
-    MelConfig, ModelConfig, QwenConfig, RASConfig, SpeechIds,
+    CFMConfig,
+    EncoderConfig,
+    EstimatorConfig,
+    F0PredictorConfig,
+    FlowConfig,
+    FrontendConfig,
+    HiFTConfig,
+    LLMConfig,
+    MelConfig,
+    ModelConfig,
+    QwenConfig,
+    RASConfig,
+    SpeechIds,
 )
 
 YAML_NAME = "cosyvoice2.yaml"

@@ -20,8 +20,13 @@ from light_tts.families import family_of
 from light_tts.families.base import filtered
 from light_tts.families.modes import llm_prompt_tokens
 from light_tts.frontend.frontend import Prompt
-from light_tts.request_rules import (MAX_SPEECH_TOKENIZER_SECONDS, check_speed, resolve_mode, sentence_seed,
-                                     speech_token_bounds)
+from light_tts.request_rules import (
+    MAX_SPEECH_TOKENIZER_SECONDS,
+    check_speed,
+    resolve_mode,
+    sentence_seed,
+    speech_token_bounds,
+)
 from light_tts.sampling import RASSampler
 from light_tts.token2wav import HopPolicy
 

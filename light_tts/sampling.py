@@ -22,7 +22,8 @@ RNG instead; distributions are the same, individual draws are not.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import torch

@@ -7,9 +7,9 @@ import logging
 import httpx
 import pytest
 import websockets
+from asgi_thread import serving
 from fastapi import FastAPI, WebSocket
 
-from asgi_thread import serving
 from light_tts.server.api.boundary.auth import ApiKeyMiddleware, install_log_redaction
 from light_tts.server.runtime.auth_keys import WS_KEY_PROTOCOL, AuthSettings, read_api_key_file
 

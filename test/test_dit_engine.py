@@ -3,8 +3,14 @@ session / offline) on the tiny CosyVoice3 fixture, CPU, float32: packed steps wi
 (speed changes included), shared voice prefixes, a vocoder failure isolated to its request."""
 
 import pytest
-from test_decode_engine import (LIMITS, check_against_reference, make_requests, run_packed, run_shared_prefix,
-                                run_until_done)
+from test_decode_engine import (
+    LIMITS,
+    check_against_reference,
+    make_requests,
+    run_packed,
+    run_shared_prefix,
+    run_until_done,
+)
 
 from light_tts.decode.dit_engine import DiTDecodeEngine
 from light_tts.decode.engine_setup import EngineLimits

@@ -4,8 +4,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from light_tts.decode.estimator_onnx import (INPUT_NAMES, OUTPUT_NAME, WholeUtteranceEstimator, example_inputs,
-                                             export_estimator_onnx)
+from light_tts.decode.estimator_onnx import (
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    WholeUtteranceEstimator,
+    example_inputs,
+    export_estimator_onnx,
+)
 from light_tts.model_dir import load_model_config
 from light_tts.models.cosyvoice2.flow import Flow
 

@@ -134,9 +134,16 @@ def test_relpos_attention_equals_reference(page, chunk):
 
 
 def test_fused_row_kernels_equal_references():
-    from light_tts.kernels.flow_fused import (add_layer_norm_ref, add_layer_norm_triton, gather_taps_ref,
-                                              gather_taps_triton, layer_norm_mish_ref, layer_norm_mish_triton,
-                                              snake_ref, snake_triton)
+    from light_tts.kernels.flow_fused import (
+        add_layer_norm_ref,
+        add_layer_norm_triton,
+        gather_taps_ref,
+        gather_taps_triton,
+        layer_norm_mish_ref,
+        layer_norm_mish_triton,
+        snake_ref,
+        snake_triton,
+    )
 
     g = torch.Generator().manual_seed(5)
     m, c = 37, 48  # not powers of two: masked rows and columns

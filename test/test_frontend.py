@@ -15,13 +15,19 @@ from light_tts.frontend.frontend import Frontend, voice_key
 from light_tts.frontend.onnx_models import CampPlusONNX, SpeechTokenizerONNX
 from light_tts.frontend.prompt_mel import prompt_mel
 from light_tts.frontend.text_norm import (
-    TextNormalizer, contains_chinese, is_only_punctuation, number_to_words, remove_bracket, replace_blank,
-    spell_out_number, split_paragraph,
+    TextNormalizer,
+    contains_chinese,
+    is_only_punctuation,
+    number_to_words,
+    remove_bracket,
+    replace_blank,
+    spell_out_number,
+    split_paragraph,
 )
 from light_tts.frontend.tokenizer import QwenTokenizer
-from light_tts.text_tokens import COSYVOICE2_SPECIAL_TOKENS
 from light_tts.model_config import MelConfig, ModelConfig
 from light_tts.model_dir import TOKENIZER_DIR
+from light_tts.text_tokens import COSYVOICE2_SPECIAL_TOKENS
 from light_tts.tools.make_onnx import write_campplus_onnx, write_speech_tokenizer_onnx
 from light_tts.tools.make_tokenizer import write_tokenizer
 

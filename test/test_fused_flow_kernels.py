@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_flow_kernels import SPECS, make_rows, page_table_for
 
 from light_tts.decode.flow_cache import FlowCache, FlowCacheShape
 from light_tts.decode.flow_inputs import Bucket, ChunkSpec, build_flow_inputs
@@ -21,7 +22,6 @@ from light_tts.kernels.flow_qkv_store import qkv_store_ref, qkv_store_triton
 from light_tts.kernels.flow_tap_conv import save_rows_ref, save_rows_triton, tap_conv_ref, tap_conv_triton
 from light_tts.model_dir import load_model_config
 from light_tts.models.cosyvoice2.flow import Flow
-from test_flow_kernels import SPECS, make_rows, page_table_for
 
 H, D, C = 2, 16, 32
 

@@ -5,11 +5,11 @@ bound, and HiFT one step behind the flow (overlap: the same audio, every chunk d
 import numpy as np
 import pytest
 import torch
+from test_decode_engine import REL_TOL, check_against_reference, make_requests, new_engine, run_until_done
 
 from light_tts.kernels.hift_noise import keyed_noise_ref, keyed_noise_triton
 from light_tts.model_dir import load_model_config
 from light_tts.models.cosyvoice2.hift import HiFT
-from test_decode_engine import REL_TOL, check_against_reference, make_requests, new_engine, run_until_done
 
 HALF_AUDIO_BOUND = 5e-3  # relative L2 of fp16-conv HiFT audio against fp32 (measured 5.4e-4 on the tiny model)
 

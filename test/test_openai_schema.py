@@ -12,8 +12,14 @@ from fastapi.testclient import TestClient
 from openai.types.audio.speech_create_params import SpeechCreateParams
 
 from light_tts.errors import OverloadedError
-from light_tts.server.api.openai.schema import (SpeechRequest, SpeechUsage, audio_delta_event, audio_done_event,
-                                            error_event, validation_error_handler)
+from light_tts.server.api.openai.schema import (
+    SpeechRequest,
+    SpeechUsage,
+    audio_delta_event,
+    audio_done_event,
+    error_event,
+    validation_error_handler,
+)
 
 VALID = {"model": "tts-1", "input": "Hello.", "voice": "voice_abc"}
 

@@ -5,11 +5,19 @@ from pathlib import Path
 import pytest
 
 from light_tts.errors import NotFoundError
-from light_tts.server.runtime.config import ServerConfig
 from light_tts.families.base import ModelFacts
+from light_tts.server.runtime.config import ServerConfig
 from light_tts.server.runtime.model_set import ModelEntry, digest_files, parse_model_specs, resolve_model
-from light_tts.server.runtime.placement import (CUDA_CONTEXT_BYTES, GIB, ProcessPlan, Topology, check_fits, check_shares,
-                                        decode_groups, plan)
+from light_tts.server.runtime.placement import (
+    CUDA_CONTEXT_BYTES,
+    GIB,
+    ProcessPlan,
+    Topology,
+    check_fits,
+    check_shares,
+    decode_groups,
+    plan,
+)
 
 FACTS = ModelFacts(24000, 25, 2, 192, 80, 25, 3)
 
@@ -123,8 +131,13 @@ def test_settings_of_a_model_without_prompt_audio_beside_one_with():
     from light_tts.errors import RequestError
     from light_tts.model_config import ModelConfig, QwenConfig
     from light_tts.models.orpheus.config import OrpheusConfig, OrpheusTokens
-    from light_tts.server.runtime.model_set import (check_voice, has_modes, model_for_voice, refuse_prompt_audio,
-                                                    voice_model)
+    from light_tts.server.runtime.model_set import (
+        check_voice,
+        has_modes,
+        model_for_voice,
+        refuse_prompt_audio,
+        voice_model,
+    )
     from light_tts.server.runtime.settings import build_settings
 
     tokens = OrpheusTokens(128000, 128009, 128257, 128258, 128259, 128260, 128261, 128262, 128263, 128266)

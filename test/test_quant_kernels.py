@@ -7,15 +7,36 @@ import pytest
 import torch
 import triton
 import triton.language as tl
+from test_kernels import (
+    ATTN_BLOCKS,
+    ATTN_DTYPES,
+    DECODE_LENS,
+    DEVICE,
+    HEAD_SHAPES,
+    IS_CUDA,
+    PREFILL_SEQS,
+    make_decode_case,
+    make_prefill_case,
+    randn,
+    tolerance,
+)
+from test_kernels import DTYPES as FLOAT_DTYPES
 
 from light_tts.kernels import ops
 from light_tts.kernels.decode_attention import decode_attention_triton
 from light_tts.kernels.prefill_attention import prefill_attention_triton
-from light_tts.kernels.quant import (DTYPES, QMAX, dequantize_ref, per_token_fp8_ref, per_token_fp8_triton,
-                                     quantize_ref, quantize_weight, round_e4m3, row_scale_ref)
+from light_tts.kernels.quant import (
+    DTYPES,
+    QMAX,
+    dequantize_ref,
+    per_token_fp8_ref,
+    per_token_fp8_triton,
+    quantize_ref,
+    quantize_weight,
+    round_e4m3,
+    row_scale_ref,
+)
 from light_tts.kernels.quant_linear import FP8_TRITON_MAX_ROWS, fp8_linear_scaled_mm, quant_linear_triton
-from test_kernels import (ATTN_BLOCKS, ATTN_DTYPES, DECODE_LENS, DEVICE, DTYPES as FLOAT_DTYPES, HEAD_SHAPES, IS_CUDA,
-                          PREFILL_SEQS, make_decode_case, make_prefill_case, randn, tolerance)
 
 if not IS_CUDA and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("the kernels need a GPU or TRITON_INTERPRET=1 (conftest.py sets it)", allow_module_level=True)

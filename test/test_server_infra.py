@@ -10,12 +10,12 @@ import pytest
 
 from light_tts.errors import TooLargeError
 from light_tts.model_config import ModelConfig
-from light_tts.server.runtime.config import ServerConfig
 from light_tts.server.ipc.process_table import ProcessTable
-from light_tts.server.runtime.settings import build_settings
 from light_tts.server.ipc.shm import RequestSlots
-from light_tts.server.runtime.topology import PortArgs
 from light_tts.server.ipc.voice_cache import VoiceCache
+from light_tts.server.runtime.config import ServerConfig
+from light_tts.server.runtime.settings import build_settings
+from light_tts.server.runtime.topology import PortArgs
 
 
 @pytest.fixture
@@ -238,7 +238,7 @@ def test_form_parsing_is_strict():
     assert post({k: v for k, v in good.items() if k != "prompt_wav"}).json()["kind"] == "bad_request"
     # no transcript is a voice without one (cross-lingual); an instruction, a mode
     assert post({k: v for k, v in good.items() if k != "prompt_text"}).json()["prompt_text"] is None
-    modes = post({**good, "instruct_text": "Speak softly.".encode(), "mode": b"instruct"}).json()
+    modes = post({**good, "instruct_text": b"Speak softly.", "mode": b"instruct"}).json()
     assert (modes["instruct_text"], modes["mode"]) == ("Speak softly.", "instruct")
     assert post({**good, "mode": b"vc"}).json()["kind"] == "bad_request"  # vc has its own endpoint
     assert post({**good, "instruct_text": b"x" * 21}).json()["kind"] == "bad_text"

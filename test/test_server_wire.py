@@ -20,14 +20,26 @@ from light_tts.errors import RequestError, TextError, error_from_kind
 from light_tts.model_config import FlowConfig, MelConfig, ModelConfig
 from light_tts.server.ipc import io_struct
 from light_tts.server.ipc.audio_ring import AudioRing
-from light_tts.server.runtime.config import ServerConfig
-from light_tts.server.ipc.io_struct import (AbortDone, AbortRequest, AudioReady, ComputeFeatures, DecodeStart,
-                                        EncodeRequest, FeaturesReady, LLMRequestIn, RequestFailed, RequestParams,
-                                        SpeechTokenBatch, TextPiece, TextTokens)
+from light_tts.server.ipc.channels import Handlers, Inbox, Outbox
+from light_tts.server.ipc.io_struct import (
+    AbortDone,
+    AbortRequest,
+    AudioReady,
+    ComputeFeatures,
+    DecodeStart,
+    EncodeRequest,
+    FeaturesReady,
+    LLMRequestIn,
+    RequestFailed,
+    RequestParams,
+    SpeechTokenBatch,
+    TextPiece,
+    TextTokens,
+)
 from light_tts.server.ipc.process_table import ProcessTable
+from light_tts.server.runtime.config import ServerConfig
 from light_tts.server.runtime.settings import build_settings
 from light_tts.server.runtime.topology import PortArgs
-from light_tts.server.ipc.channels import Handlers, Inbox, Outbox
 
 PARAMS = RequestParams(req_id=7, slot=1, http_rank=0, stream=True, speed=1.0, seed=3, fixed_speech_tokens=25)
 

@@ -153,8 +153,8 @@ def run_engine(engine: SNACEngine, streams: dict[str, list[int]], piece: int) ->
 def test_engine_batches_streams_and_each_gets_its_own_audio(ours):
     """Streams of different lengths (a short one, one with junk ids) decoded together equal each decoded alone,
     window by window with its own noise; N frames give N x 2048 samples."""
-    from light_tts.models.orpheus.config import OrpheusConfig, OrpheusTokens
     from light_tts.model_config import QwenConfig
+    from light_tts.models.orpheus.config import OrpheusConfig, OrpheusTokens
 
     tokens = OrpheusTokens(0, 0, 0, 0, 0, 0, 0, 0, 0, first_audio=IDS.first_audio)
     cfg = OrpheusConfig(model_dir=None, body=QwenConfig(), tokens=tokens, snac=TINY)

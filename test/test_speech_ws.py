@@ -6,9 +6,19 @@ import json
 import pytest
 
 from light_tts.errors import NotFoundError
-from light_tts.server.api.openai.speech_ws import (CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA, END_MARKER,
-                                        Close, OrpheusSession, SendBytes, SendJson, StreamSpeechSession, Synthesize,
-                                        Utterance)
+from light_tts.server.api.openai.speech_ws import (
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_UNSUPPORTED_DATA,
+    END_MARKER,
+    Close,
+    OrpheusSession,
+    SendBytes,
+    SendJson,
+    StreamSpeechSession,
+    Synthesize,
+    Utterance,
+)
 
 CONFIG = {"type": "session.config", "voice": "voice_a"}
 

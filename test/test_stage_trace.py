@@ -7,11 +7,23 @@ import numpy as np
 import pytest
 import torch
 
-from light_tts.bench.stage_table import (NETWORK, TOTAL, format_stage_levels, format_stage_table,
-                                         parse_server_timing, stage_summary)
+from light_tts.bench.stage_table import (
+    NETWORK,
+    TOTAL,
+    format_stage_levels,
+    format_stage_table,
+    parse_server_timing,
+    stage_summary,
+)
 from light_tts.decode.step_timer import StepTimer
-from light_tts.server.ipc.stage_trace import (BOUNDARIES, STAGES, StageTrace, completes_first_chunk,
-                                              server_timing, stage_seconds)
+from light_tts.server.ipc.stage_trace import (
+    BOUNDARIES,
+    STAGES,
+    StageTrace,
+    completes_first_chunk,
+    server_timing,
+    stage_seconds,
+)
 
 
 def test_slot_row_stamps_once_resets_and_reads_in_order():

@@ -9,8 +9,13 @@ import unicodedata
 import pytest
 
 from light_tts.errors import TextError
-from light_tts.frontend.text_norm import (MAX_COMBINING_MARKS, MAX_SENTENCE_TOKENS, TextNormalizer, clean_text,
-                                          split_to_budget)
+from light_tts.frontend.text_norm import (
+    MAX_COMBINING_MARKS,
+    MAX_SENTENCE_TOKENS,
+    TextNormalizer,
+    clean_text,
+    split_to_budget,
+)
 
 
 def byte_tokens(text: str) -> list[int]:

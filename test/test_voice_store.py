@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from light_tts.errors import AudioError, NotFoundError, TooLargeError, RequestError, VoiceLimitError
+from light_tts.errors import AudioError, NotFoundError, RequestError, TooLargeError, VoiceLimitError
 from light_tts.server.api.openai.schema import VoiceObject
 from light_tts.server.api.voices.voice_store import PromptFeatures, VoiceStore
 from light_tts.server.runtime.settings import VoiceLimits

@@ -37,16 +37,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from light_tts.bench.decode_parts import (PROMPT_TOKENS, CausalHiFTRows, HiFTRows, aliased_specs, count_kernels, hift_rows,
-                                          make_engine, make_prompt, model_config, one_chunk_spec, pass_times, rel_l2,
-                                          run_stream, sync)
-from light_tts.bench.decode_roofline import (conv_flops_bytes, dit_flow_bytes, dit_flow_flops, flow_bytes, flow_flops,
-                                             hift_flops_bytes, roofline_row)
-from light_tts.decode.hift_stage import HiFTStage
+from light_tts.bench.decode_parts import (
+    PROMPT_TOKENS,
+    CausalHiFTRows,
+    HiFTRows,
+    aliased_specs,
+    count_kernels,
+    hift_rows,
+    make_engine,
+    make_prompt,
+    model_config,
+    one_chunk_spec,
+    pass_times,
+    rel_l2,
+    run_stream,
+    sync,
+)
+from light_tts.bench.decode_roofline import (
+    conv_flops_bytes,
+    dit_flow_bytes,
+    dit_flow_flops,
+    flow_bytes,
+    flow_flops,
+    hift_flops_bytes,
+    roofline_row,
+)
 from light_tts.decode.dit_cache import DiTCacheShape
 from light_tts.decode.flow_cache import KV_DTYPES, FlowCacheShape
+from light_tts.decode.hift_stage import HiFTStage
 from light_tts.models.cosyvoice2.hift.streaming import MEL_CACHE_LEN
-
 
 # by family: the flow's roofline counts and its flow-cache geometry
 FLOW_ROOFLINE = {"cosyvoice2": (flow_flops, flow_bytes), "cosyvoice3": (dit_flow_flops, dit_flow_bytes)}

@@ -31,8 +31,16 @@ from pathlib import Path
 import httpx
 
 from light_tts.bench.local_server import local_server, prompt_pcm, wav_bytes
-from light_tts.bench.pressure_mix import (BYTES_PER_TOKEN, PROMPT_SECONDS, Job, Outcome, judge, latencies,
-                                          make_mix, signature)
+from light_tts.bench.pressure_mix import (
+    BYTES_PER_TOKEN,
+    PROMPT_SECONDS,
+    Job,
+    Outcome,
+    judge,
+    latencies,
+    make_mix,
+    signature,
+)
 from light_tts.bench.server_api import SavedVoices, counter_delta, server_counters
 from light_tts.bench.soak import held, sample
 from light_tts.bench.stream_client import Voices, tagged

@@ -21,8 +21,13 @@ import torch
 import triton
 
 from light_tts.kernels.quant import quantize_weight
-from light_tts.kernels.quant_linear import (choose_blocks, fp8_linear_scaled_mm, int8_linear_dequant,
-                                            quant_linear_triton, scaled_mm_works)
+from light_tts.kernels.quant_linear import (
+    choose_blocks,
+    fp8_linear_scaled_mm,
+    int8_linear_dequant,
+    quant_linear_triton,
+    scaled_mm_works,
+)
 
 # (name, K, N) of each projection: qkv, o, gate_up, down
 SHAPES = {

@@ -17,8 +17,17 @@ import json
 import re
 import time
 
-from light_tts.clients.common import (BYTES_PER_SECOND, ClientError, auth_headers, build_parser, parse_args,
-                                      report, run_client, str2bool, zero_shot_form)
+from light_tts.clients.common import (
+    BYTES_PER_SECOND,
+    ClientError,
+    auth_headers,
+    build_parser,
+    parse_args,
+    report,
+    run_client,
+    str2bool,
+    zero_shot_form,
+)
 
 
 def percentile(values: list[float], q: float) -> float | None:

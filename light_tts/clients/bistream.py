@@ -13,8 +13,18 @@ import asyncio
 import json
 import time
 
-from light_tts.clients.common import (BYTES_PER_SECOND, ClientError, auth_headers, build_parser, error_message,
-                                      parse_args, read_file, report, run_client, write_audio)
+from light_tts.clients.common import (
+    BYTES_PER_SECOND,
+    ClientError,
+    auth_headers,
+    build_parser,
+    error_message,
+    parse_args,
+    read_file,
+    report,
+    run_client,
+    write_audio,
+)
 
 
 def text_pieces(text: str, words_per_piece: int) -> list[str]:

@@ -12,7 +12,8 @@ import json
 import os
 import sys
 import wave
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 SAMPLE_RATE = 24000  # the server's audio: mono int16 little-endian PCM at 24 kHz
 BYTES_PER_SECOND = SAMPLE_RATE * 2

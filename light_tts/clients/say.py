@@ -8,8 +8,18 @@ from __future__ import annotations
 
 import time
 
-from light_tts.clients.common import (BYTES_PER_SECOND, ClientError, auth_headers, build_parser, error_message,
-                                      parse_args, report, run_client, write_audio, zero_shot_form)
+from light_tts.clients.common import (
+    BYTES_PER_SECOND,
+    ClientError,
+    auth_headers,
+    build_parser,
+    error_message,
+    parse_args,
+    report,
+    run_client,
+    write_audio,
+    zero_shot_form,
+)
 
 
 def synthesize(args) -> None:

@@ -11,9 +11,19 @@ from __future__ import annotations
 
 import time
 
-from light_tts.clients.common import (BYTES_PER_SECOND, ClientError, auth_headers, build_parser, error_message,
-                                      parse_args, report, run_client, transport_message, write_audio,
-                                      zero_shot_form)
+from light_tts.clients.common import (
+    BYTES_PER_SECOND,
+    ClientError,
+    auth_headers,
+    build_parser,
+    error_message,
+    parse_args,
+    report,
+    run_client,
+    transport_message,
+    write_audio,
+    zero_shot_form,
+)
 
 
 def stream(args) -> None:

@@ -19,9 +19,20 @@ import numpy as np
 import torch
 
 from light_tts.decode.dit_cache import POS_TAIL, DiTCacheShape
-from light_tts.decode.flow_inputs import (EST_BLOCK_M, LA_TAIL, LA_TAPS, AttentionRows, Bucket, ChunkSpec,
-                                          _Attention, _page_writes, _store_items, _Taps, page_table_array,
-                                          pass_sizes)
+from light_tts.decode.flow_inputs import (
+    EST_BLOCK_M,
+    LA_TAIL,
+    LA_TAPS,
+    AttentionRows,
+    Bucket,
+    ChunkSpec,
+    _Attention,
+    _page_writes,
+    _store_items,
+    _Taps,
+    page_table_array,
+    pass_sizes,
+)
 
 RATIO = 2  # mel frames per token
 

@@ -25,8 +25,14 @@ import torch
 import torch.nn.functional as F
 
 from light_tts.decode.engine_admission import EngineAdmission
-from light_tts.decode.engine_setup import (EngineLimits, FlowParts, build_runtime, capture_hift_graphs, hift_peak_pass,
-                                           is_on)
+from light_tts.decode.engine_setup import (
+    EngineLimits,
+    FlowParts,
+    build_runtime,
+    capture_hift_graphs,
+    hift_peak_pass,
+    is_on,
+)
 from light_tts.decode.flow_cache import FlowCache, FlowCacheShape
 from light_tts.decode.flow_inputs import ChunkSpec
 from light_tts.decode.hift_stage import HiFTStage

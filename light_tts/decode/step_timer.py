@@ -9,7 +9,7 @@ start event runs at once: the estimates are never later than the real times. On 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

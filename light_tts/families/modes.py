@@ -7,7 +7,7 @@ features are computed once and serve every mode. Pure: no torch, no model.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

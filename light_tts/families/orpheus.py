@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from light_tts.families.base import ModelFacts, ModelFamily
-from light_tts.models.orpheus.config import (CONFIG_NAME, SNAC_DIR, TOKENIZER_NAME, OrpheusConfig,
-                                             load_model_config)
+from light_tts.models.orpheus.config import CONFIG_NAME, SNAC_DIR, TOKENIZER_NAME, OrpheusConfig, load_model_config
 
 if TYPE_CHECKING:
     from light_tts.llm.spec import LLMSpec

@@ -8,8 +8,9 @@ lengths), float data on the graph's device; `_align` moves host operands to the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -10,8 +10,14 @@ is refused: it would rewrite the prompt's structure.
 from __future__ import annotations
 
 from light_tts.errors import RequestError, TextError
-from light_tts.frontend.text_norm import (MAX_SENTENCE_TOKENS, clean_text, contains_chinese, is_only_punctuation,
-                                          split_paragraph, split_to_budget)
+from light_tts.frontend.text_norm import (
+    MAX_SENTENCE_TOKENS,
+    clean_text,
+    contains_chinese,
+    is_only_punctuation,
+    split_paragraph,
+    split_to_budget,
+)
 from light_tts.models.orpheus.config import OrpheusConfig, load_tokenizer
 from light_tts.models.orpheus.lm import build_prompt, prompt_text
 from light_tts.request_rules import MAX_TEXT_CHARS

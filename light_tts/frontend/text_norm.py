@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from light_tts.errors import TextError
 from light_tts.request_rules import MAX_TEXT_CHARS

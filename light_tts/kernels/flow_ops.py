@@ -6,9 +6,16 @@ import torch
 from light_tts.kernels.flow_attention import flow_attention_partials, flow_attention_ref, flow_attention_triton
 from light_tts.kernels.flow_block_tail import block_tail_ref, block_tail_triton
 from light_tts.kernels.flow_cfm_step import cfm_step_ref, cfm_step_triton
-from light_tts.kernels.flow_fused import (add_layer_norm_ref, add_layer_norm_triton, gather_taps_ref,
-                                          gather_taps_triton, layer_norm_mish_ref, layer_norm_mish_triton, snake_ref,
-                                          snake_triton)
+from light_tts.kernels.flow_fused import (
+    add_layer_norm_ref,
+    add_layer_norm_triton,
+    gather_taps_ref,
+    gather_taps_triton,
+    layer_norm_mish_ref,
+    layer_norm_mish_triton,
+    snake_ref,
+    snake_triton,
+)
 from light_tts.kernels.flow_kv_store import store_pages_ref, store_pages_triton
 from light_tts.kernels.flow_qkv_store import qkv_store_ref, qkv_store_triton
 from light_tts.kernels.flow_relpos_attention import relpos_attention_ref, relpos_attention_triton

@@ -12,8 +12,14 @@ from light_tts.kernels.decode_attention import decode_attention_ref, decode_atte
 from light_tts.kernels.kv_store import store_kv_ref, store_kv_triton
 from light_tts.kernels.nucleus_sampling import nucleus_sample_ref, nucleus_sample_triton
 from light_tts.kernels.prefill_attention import prefill_attention_ref, prefill_attention_triton
-from light_tts.kernels.quant_linear import (FP8_TRITON_MAX_ROWS, fp8_linear_ref, fp8_linear_scaled_mm, int8_linear_ref,
-                                            quant_linear_triton, scaled_mm_works)
+from light_tts.kernels.quant_linear import (
+    FP8_TRITON_MAX_ROWS,
+    fp8_linear_ref,
+    fp8_linear_scaled_mm,
+    int8_linear_ref,
+    quant_linear_triton,
+    scaled_mm_works,
+)
 from light_tts.kernels.ras_sampling import ras_first_attempt_ref, ras_first_attempt_triton
 from light_tts.kernels.rmsnorm import rms_norm_ref, rms_norm_triton
 from light_tts.kernels.rotary import apply_rotary_ref, apply_rotary_triton, build_cos_sin_cache

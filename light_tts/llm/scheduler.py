@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from light_tts.llm.kv_allocator import KVAllocator, RowAllocator
 from light_tts.llm.prefix_cache import PrefixCache
-from light_tts.llm.request import Sequence, SeqStatus, TokenOutput
+from light_tts.llm.request import SeqStatus, Sequence, TokenOutput
 
 
 @dataclass(frozen=True)

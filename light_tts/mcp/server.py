@@ -24,8 +24,15 @@ import httpx
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-from light_tts.clients.common import (API_KEY_ENV, BYTES_PER_SECOND, ClientError, auth_headers, error_message,
-                                      read_file, wav_bytes)
+from light_tts.clients.common import (
+    API_KEY_ENV,
+    BYTES_PER_SECOND,
+    ClientError,
+    auth_headers,
+    error_message,
+    read_file,
+    wav_bytes,
+)
 
 URL_ENV, OUTPUT_DIR_ENV = "LIGHTTTS_URL", "LIGHTTTS_MCP_OUTPUT_DIR"
 VOICES_PATH = "/v1/audio/voices"

@@ -11,8 +11,8 @@ speech_embedding rows, and no head bias. What a step forbids before min_len is t
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import torch
 from torch import nn

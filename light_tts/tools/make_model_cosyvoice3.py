@@ -79,9 +79,9 @@ def make_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, llm_seed:
     from light_tts.models.cosyvoice3.flow import DiTFlow
     from light_tts.models.cosyvoice3.hift import CausalHiFT
     from light_tts.models.speech_lm import SpeechLM
-    from light_tts.tools.model_files import _save, _seeded, qwen_config_json
     from light_tts.tools.make_onnx import write_campplus_onnx, write_speech_tokenizer_onnx
     from light_tts.tools.make_tokenizer import write_tokenizer
+    from light_tts.tools.model_files import _save, _seeded, qwen_config_json
 
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, not {size!r}")

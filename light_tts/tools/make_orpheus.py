@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from light_tts.models.orpheus.config import CONFIG_NAME, SNAC_DIR, TOKENIZER_NAME, SNACConfig
-from light_tts.models.orpheus.snac import ResidualUnit, Snake1d, SNACDecoder
+from light_tts.models.orpheus.snac import ResidualUnit, SNACDecoder, Snake1d
 
 VOCAB = 156940  # 128,256 Llama 3 ids + 28,683 custom tokens + 1 spare row (orpheus-model.md section 2)
 NUM_CUSTOM = 28683

@@ -11,8 +11,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from light_tts.text_tokens import SPECIAL_TOKENS
 from light_tts.model_config import QwenConfig
+from light_tts.text_tokens import SPECIAL_TOKENS
 
 # Qwen2's pre-tokenizer split (the same regex its tokenizer.json carries), so merges train on the same pieces.
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"

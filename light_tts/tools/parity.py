@@ -32,6 +32,7 @@ from light_tts.models.speech_lm import SpeechLM
 from light_tts.sampling import GreedySampler
 from light_tts.tools.parity_common import AUDIO_TOL, LOGPROB_TOL, MEL_TOL, Check, load_io, rel_l2  # noqa: F401
 
+
 def _decode_step_sos_only(lm: SpeechLM, embeds: torch.Tensor, cache: KVCache) -> torch.Tensor:
     """One decode step whose query sees only key 0 (sos), as upstream under transformers 5 (module docstring)."""
     body = lm.llm.model.model

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from server_harness import ServerProcess, serving
 
 # Room for every request of these tests: prompt + text + 20 x text speech tokens (the random tiny model rarely

@@ -17,7 +17,6 @@ import openai
 import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
-
 from server_harness import ServerProcess, outcomes, voice_wav  # noqa: F401  (outcomes: re-exported for the tests)
 
 KEY, FILE_KEY, WRONG_KEY = "e2e-key-0123456789abcdef", "e2e-file-key-fedcba9876543210", "e2e-wrong-key-000000"

@@ -77,7 +77,7 @@ def descendants(pid: int) -> set[int]:
 
 
 @contextmanager
-def serving(srv: "ServerProcess"):
+def serving(srv: ServerProcess):
     """Waits for `srv` to be ready and yields it; then stops it with Ctrl-C (to the whole group) and checks that it
     exited with 0 and left no shared memory, socket or process behind."""
     try:

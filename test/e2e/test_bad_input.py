@@ -11,7 +11,6 @@ import httpx
 import numpy as np
 import pytest
 import websockets
-
 from server_harness import voice_wav
 
 GOOD = {"tts_text": "Hello.", "prompt_text": "A prompt.", "stream": "false"}

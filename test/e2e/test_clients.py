@@ -14,7 +14,6 @@ import wave
 from pathlib import Path
 
 import pytest
-
 from server_harness import ROOT, voice_wav
 
 TEXT = "Hello there."

@@ -20,9 +20,9 @@ import httpx
 import numpy as np
 import pytest
 import websockets
-
 from server_harness import ServerProcess, voice_wav
 from test_synthesis import PROMPT_TEXT, assert_same_audio, bistream, reference_pcm
+
 from light_tts.decode.engine import to_int16
 
 CV3, CV2 = "cv3", "cv2"

@@ -9,7 +9,6 @@ import re
 import httpx
 import pytest
 import yaml
-
 from server_harness import ROOT, voice_wav
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "lighttts.json"

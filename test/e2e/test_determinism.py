@@ -8,7 +8,6 @@ import asyncio
 
 import httpx
 import numpy as np
-
 from server_harness import voice_wav
 
 TEXT = "Hello there, this is a test."

@@ -4,7 +4,6 @@ offline host): each page loads its scripts from the server itself and lists the 
 from __future__ import annotations
 
 import pytest
-
 from browser_harness import OFFLINE, chromium, console_errors, skip_without_chromium
 
 skip_without_chromium()

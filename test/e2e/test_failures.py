@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from server_harness import ServerProcess, outcomes, voice_wav
 
 TIME_LIMIT_S = 6  # --request_timeout_s of the small server: long enough for a first chunk on a busy 2-core host

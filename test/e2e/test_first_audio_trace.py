@@ -12,8 +12,8 @@ import json
 import httpx
 import pytest
 import websockets
-
 from server_harness import voice_wav
+
 from light_tts.bench.stage_table import TOTAL, parse_server_timing
 from light_tts.server.ipc.stage_trace import STAGES
 

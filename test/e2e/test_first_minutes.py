@@ -11,9 +11,21 @@ import httpx
 import openai
 import pytest
 import websockets
-
-from openai_harness import (AUTH, EXTRA, KEY, LONG_TOKENS, SAMPLES_PER_TOKEN, SEED, TEXT, TOKENS, WRONG_KEY, Server,
-                            client, event_error, openai_error)
+from openai_harness import (
+    AUTH,
+    EXTRA,
+    KEY,
+    LONG_TOKENS,
+    SAMPLES_PER_TOKEN,
+    SEED,
+    TEXT,
+    TOKENS,
+    WRONG_KEY,
+    Server,
+    client,
+    event_error,
+    openai_error,
+)
 from server_harness import voice_wav
 from test_dashboard import queried
 

@@ -9,7 +9,6 @@ import json
 import httpx
 import pytest
 import websockets
-
 from conftest import MAX_REQ_TOTAL_LEN
 from server_harness import voice_wav
 

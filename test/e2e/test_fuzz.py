@@ -13,7 +13,6 @@ import schemathesis
 import websockets
 from hypothesis import HealthCheck
 from hypothesis import strategies as st
-
 from server_harness import voice_wav
 
 MAX_EXAMPLES = 25  # per operation

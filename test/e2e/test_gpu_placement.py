@@ -13,7 +13,6 @@ import time
 
 import httpx
 import pytest
-
 from server_harness import ServerProcess, serving, voice_wav
 from test_synthesis import assert_same_audio, reference_pcm, zero_shot_form
 

@@ -5,7 +5,6 @@ import time
 
 import httpx
 import pytest
-
 from server_harness import ServerProcess, voice_wav
 
 

@@ -8,7 +8,6 @@ import threading
 import time
 
 import httpx
-
 from server_harness import ServerProcess, voice_wav
 
 DRAIN_S = 8

@@ -14,7 +14,6 @@ import httpx
 import pytest
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
-
 from server_harness import ROOT, assert_same_audio, voice_wav
 
 

@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-
 from server_harness import ServerProcess, voice_wav
 from test_failures import wait_readiness
 from test_synthesis import PROMPT_TEXT, assert_same_audio, reference_pcm

@@ -17,11 +17,11 @@ import numpy as np
 import openai
 import pytest
 import websockets
-
-from light_tts.decode.engine import to_int16
 from openai_harness import openai_error
 from server_harness import assert_same_audio, voice_wav
 from test_synthesis import bistream
+
+from light_tts.decode.engine import to_int16
 
 TRANSCRIPT = "A short prompt."
 INSTRUCTION = "Speak slowly and softly."

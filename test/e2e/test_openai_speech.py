@@ -20,12 +20,32 @@ import numpy as np
 import pytest
 import soundfile
 import websockets
-
-from openai_harness import (AUTH, CONTENT_TYPES, EXTRA, FORMATS, LONG_TOKENS, MAX_AUDIO_SECONDS, MAX_TEXT_CHARS,
-                            RATE, SAMPLES_PER_TOKEN, SEED, TEXT, TOKENS, Server, assert_same_audio,
-                            client, decode_with_ffmpeg, decode_with_pyav, event_error, reference_pcm, stream_session,
-                            upload, voice)
+from openai_harness import (
+    AUTH,
+    CONTENT_TYPES,
+    EXTRA,
+    FORMATS,
+    LONG_TOKENS,
+    MAX_AUDIO_SECONDS,
+    MAX_TEXT_CHARS,
+    RATE,
+    SAMPLES_PER_TOKEN,
+    SEED,
+    TEXT,
+    TOKENS,
+    Server,
+    assert_same_audio,
+    client,
+    decode_with_ffmpeg,
+    decode_with_pyav,
+    event_error,
+    reference_pcm,
+    stream_session,
+    upload,
+    voice,
+)
 from server_harness import outcomes, voice_wav
+
 from light_tts.bench.stage_table import parse_server_timing
 from light_tts.server.ipc.stage_trace import STAGES
 

@@ -12,11 +12,32 @@ import numpy as np
 import openai
 import pytest
 import websockets
-
-from openai_harness import (AUTH, EXTRA, FILE_KEY, KEY, LONG_TOKENS, MAX_PROMPT_SECONDS, MAX_TEXT_CHARS,
-                            MAX_VOICES, MAX_WAV_BYTES, SAMPLES_PER_TOKEN, SEED, TEXT, TOKENS, WRONG_KEY,
-                            PinnedClient, Server, assert_same_audio, client, event_error, openai_error, reference_pcm,
-                            stream_session, upload, voice)
+from openai_harness import (
+    AUTH,
+    EXTRA,
+    FILE_KEY,
+    KEY,
+    LONG_TOKENS,
+    MAX_PROMPT_SECONDS,
+    MAX_TEXT_CHARS,
+    MAX_VOICES,
+    MAX_WAV_BYTES,
+    SAMPLES_PER_TOKEN,
+    SEED,
+    TEXT,
+    TOKENS,
+    WRONG_KEY,
+    PinnedClient,
+    Server,
+    assert_same_audio,
+    client,
+    event_error,
+    openai_error,
+    reference_pcm,
+    stream_session,
+    upload,
+    voice,
+)
 from server_harness import voice_wav
 
 __all__ = ["client", "reference_pcm", "voice"]  # fixtures, used by name

@@ -17,7 +17,6 @@ import numpy as np
 import openai
 import pytest
 import websockets
-
 from server_harness import ServerProcess, voice_wav
 from test_synthesis import PROMPT_TEXT, assert_same_audio, reference_pcm
 

@@ -8,7 +8,6 @@ import base64
 import os
 
 import pytest
-
 from browser_harness import chromium, console_errors, skip_without_chromium
 from server_harness import voice_wav
 

@@ -10,8 +10,8 @@ import httpx
 import numpy as np
 import pytest
 import websockets
-
 from server_harness import assert_same_audio, voice_wav
+
 from light_tts.decode.engine import to_int16
 
 PROMPT_TEXT = "A short prompt."

@@ -9,7 +9,6 @@ import json
 import httpx
 import pytest
 import websockets
-
 from server_harness import voice_wav
 
 FIXED = 5  # speech tokens per sentence: keeps the random model's output short, and counts sentences

@@ -12,10 +12,25 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from light_tts.model_config import (CFMConfig, F0PredictorConfig, HiFTConfig, MinLenRule, ModelConfig, SpeechIds,
-                                     TokenFlowConfig)
-from light_tts.model_dir import (TOKENIZER_DIR, Section, cfm_sections, open_yaml, read_frontend, read_hift, read_llm,
-                                 read_mel)
+from light_tts.model_config import (
+    CFMConfig,
+    F0PredictorConfig,
+    HiFTConfig,
+    MinLenRule,
+    ModelConfig,
+    SpeechIds,
+    TokenFlowConfig,
+)
+from light_tts.model_dir import (
+    TOKENIZER_DIR,
+    Section,
+    cfm_sections,
+    open_yaml,
+    read_frontend,
+    read_hift,
+    read_llm,
+    read_mel,
+)
 from light_tts.text_tokens import COSYVOICE3_SPECIAL_TOKENS
 
 YAML_NAME = "cosyvoice3.yaml"

@@ -21,31 +21,44 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.concurrency import run_in_threadpool
 
 from light_tts.errors import LightTTSError
-from light_tts.server.metrics import prometheus as metrics
-from light_tts.server.api.pages.api_docs import (PCMResponse, api_description, audio_responses, error_responses,
-                                           finish_openapi, zero_shot_request_body)
-from light_tts.server.api.boundary.auth import ApiKeyMiddleware, install_log_redaction
 from light_tts.server.api.bistream_ws import serve_bistream
+from light_tts.server.api.boundary.auth import ApiKeyMiddleware, install_log_redaction
 from light_tts.server.api.boundary.body_deadline import BodyDeadline
 from light_tts.server.api.boundary.body_limit import BodyLimitMiddleware
-from light_tts.server.api.pages.docs_pages import mount_docs
 from light_tts.server.api.boundary.error_bodies import error_response, install_error_handlers
 from light_tts.server.api.http_manager import HttpServerManager, RequestHandle
-from light_tts.server.ipc import stage_trace
-from light_tts.server.runtime.model_set import resolve_model
 from light_tts.server.api.openai.routes import create_openai_router
 from light_tts.server.api.openai.schema import validation_error_handler
-from light_tts.server.api.playground import mount_playground
-from light_tts.server.api.request_metrics import (ActiveRequest, ClientGone, cut_stream, init_request_series,
-                                                  quiet_stream_cuts, record_finished, record_rejected,
-                                                  unless_disconnected)
-from light_tts.server.api.request_parsing import parse_zero_shot
-from light_tts.server.runtime.settings import ServerSettings
-from light_tts.server.api.speech_backend import ServerBackend
 from light_tts.server.api.openai.speech_ws_api import add_speech_websockets
 from light_tts.server.api.openai.voice_conversion import add_voice_conversion
-from light_tts.server.runtime.topology import PortArgs
+from light_tts.server.api.pages.api_docs import (
+    PCMResponse,
+    api_description,
+    audio_responses,
+    error_responses,
+    finish_openapi,
+    zero_shot_request_body,
+)
+from light_tts.server.api.pages.docs_pages import mount_docs
+from light_tts.server.api.playground import mount_playground
+from light_tts.server.api.request_metrics import (
+    ActiveRequest,
+    ClientGone,
+    cut_stream,
+    init_request_series,
+    quiet_stream_cuts,
+    record_finished,
+    record_rejected,
+    unless_disconnected,
+)
+from light_tts.server.api.request_parsing import parse_zero_shot
+from light_tts.server.api.speech_backend import ServerBackend
 from light_tts.server.api.voices.voice_store import VoiceStore
+from light_tts.server.ipc import stage_trace
+from light_tts.server.metrics import prometheus as metrics
+from light_tts.server.runtime.model_set import resolve_model
+from light_tts.server.runtime.settings import ServerSettings
+from light_tts.server.runtime.topology import PortArgs
 
 PCM_MEDIA_TYPE = PCMResponse.media_type
 HEALTH_CACHE_S = 10.0  # /health runs a real synthesis at most this often

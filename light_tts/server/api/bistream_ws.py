@@ -21,14 +21,13 @@ from starlette.websockets import WebSocketDisconnect
 
 from light_tts.errors import LightTTSError, RequestError, SlowClientError, TextError
 from light_tts.request_rules import check_seed
-from light_tts.server.ipc import stage_trace
-from light_tts.server.runtime.config import ServerConfig
 from light_tts.server.api.http_manager import HttpServerManager, RequestHandle
 from light_tts.server.api.request_metrics import ActiveRequest, ClientGone, record_finished, record_rejected
-from light_tts.server.api.request_parsing import (check_fixed_speech_tokens, check_prompt_wav, check_text,
-                                                 parse_mode)
-from light_tts.server.runtime.settings import ServerSettings
+from light_tts.server.api.request_parsing import check_fixed_speech_tokens, check_prompt_wav, check_text, parse_mode
 from light_tts.server.api.voices.voice_store import VoicePrompt, VoiceStore
+from light_tts.server.ipc import stage_trace
+from light_tts.server.runtime.config import ServerConfig
+from light_tts.server.runtime.settings import ServerSettings
 
 ENDPOINT = "inference_zero_shot_bistream"
 MAX_FRAME_BYTES = 96000  # 2 s of audio: a decode step that caught up on many tokens still reaches clients in

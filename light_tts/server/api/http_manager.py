@@ -21,24 +21,40 @@ from dataclasses import dataclass, field
 import zmq
 import zmq.asyncio
 
-from light_tts.errors import (OverloadedError, RequestError, RequestTimeoutError, TooLargeError, UnavailableError,
-                              WorkerDiedError, error_from_kind)
+from light_tts.errors import (
+    OverloadedError,
+    RequestError,
+    RequestTimeoutError,
+    TooLargeError,
+    UnavailableError,
+    WorkerDiedError,
+    error_from_kind,
+)
 from light_tts.request_rules import NAMED_VOICE, VC, resolve_mode
-from light_tts.server.ipc.io_struct import (AbortDone, AbortRequest, AudioReady, ComputeFeatures, EncodeRequest,
-                                        FeaturesReady, RequestFailed, RequestParams, TextPiece)
+from light_tts.server.api.boundary.http_watch import BackendWatch, PendingAborts
+from light_tts.server.api.voices.voice_store import PromptFeatures, VoicePrompt
+from light_tts.server.ipc import stage_trace
+from light_tts.server.ipc.channels import FrameDecoder, Handlers, outboxes
+from light_tts.server.ipc.io_struct import (
+    AbortDone,
+    AbortRequest,
+    AudioReady,
+    ComputeFeatures,
+    EncodeRequest,
+    FeaturesReady,
+    RequestFailed,
+    RequestParams,
+    TextPiece,
+)
+from light_tts.server.ipc.process_table import ProcessTable
+from light_tts.server.ipc.shm import CLIENT_AT_LIMIT, VOICE_KINDS, RequestSlots, client_key
+from light_tts.server.ipc.voice_cache import VoiceCache, voice_cache_key
 from light_tts.server.metrics import prometheus as metrics
 from light_tts.server.metrics.playback import Playback
-from light_tts.server.ipc.process_table import ProcessTable
 from light_tts.server.runtime.devices import pick_least_loaded
 from light_tts.server.runtime.model_set import has_modes
 from light_tts.server.runtime.settings import ServerSettings
-from light_tts.server.ipc.shm import CLIENT_AT_LIMIT, VOICE_KINDS, RequestSlots, client_key
-from light_tts.server.ipc import stage_trace
 from light_tts.server.runtime.topology import PortArgs
-from light_tts.server.ipc.voice_cache import VoiceCache, voice_cache_key
-from light_tts.server.api.voices.voice_store import PromptFeatures, VoicePrompt
-from light_tts.server.api.boundary.http_watch import BackendWatch, PendingAborts
-from light_tts.server.ipc.channels import FrameDecoder, Handlers, outboxes
 
 log = logging.getLogger("light_tts.http")
 WATCHDOG_INTERVAL_S = 0.2

@@ -13,8 +13,8 @@ from fastapi import Request
 
 from light_tts.errors import ErrorKind, LightTTSError
 from light_tts.request_rules import TEXT_MODES, VC
-from light_tts.server.metrics import prometheus as metrics
 from light_tts.server.api.http_manager import RequestHandle
+from light_tts.server.metrics import prometheus as metrics
 
 log = logging.getLogger("light_tts.http")
 # The `endpoint` label of every route that runs syntheses (each route names itself so).

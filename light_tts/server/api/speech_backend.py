@@ -8,7 +8,7 @@ client left) ends the request in every stage through HttpServerManager.finish.
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from light_tts.request_rules import VC
 from light_tts.server.api.http_manager import HttpServerManager

@@ -5,7 +5,8 @@ replies every back-end process sends to the HTTP workers."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any, Union
 
 import msgspec
 import zmq

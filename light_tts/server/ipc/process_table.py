@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 
+from light_tts.server.ipc.shm import FileLock, ShmArrays
 from light_tts.server.runtime.config import ServerConfig
 from light_tts.server.runtime.placement import Topology
-from light_tts.server.ipc.shm import FileLock, ShmArrays
 
 ADDRESS_BYTES = 256  # an ipc path or tcp://127.0.0.1:PORT, UTF-8
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")

@@ -9,9 +9,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from multiprocessing import shared_memory
-from typing import Iterator, Sequence, Union
+from typing import Union
 
 import numpy as np
 

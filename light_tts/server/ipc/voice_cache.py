@@ -13,8 +13,8 @@ import hashlib
 
 import numpy as np
 
-from light_tts.server.runtime.settings import ShmSizes
 from light_tts.server.ipc.shm import FileLock, ShmArrays
+from light_tts.server.runtime.settings import ShmSizes
 
 KEY_BYTES = 32  # sha256 of the frontend's voice key
 

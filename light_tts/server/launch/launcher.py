@@ -21,15 +21,15 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 from light_tts.errors import ModelDirError
-from light_tts.server.runtime.config import ServerConfig
-from light_tts.server.runtime.model_set import parse_model_specs
 from light_tts.server.ipc.process_table import ProcessTable
-from light_tts.server.runtime.defaults import sized_to_host
-from light_tts.server.runtime.settings import ServerSettings, load_settings
 from light_tts.server.ipc.shm import RequestSlots
-from light_tts.server.launch.supervisor import Supervisor, receive_status
-from light_tts.server.runtime.topology import PortArgs
 from light_tts.server.ipc.voice_cache import VoiceCache
+from light_tts.server.launch.supervisor import Supervisor, receive_status
+from light_tts.server.runtime.config import ServerConfig
+from light_tts.server.runtime.defaults import sized_to_host
+from light_tts.server.runtime.model_set import parse_model_specs
+from light_tts.server.runtime.settings import ServerSettings, load_settings
+from light_tts.server.runtime.topology import PortArgs
 
 log = logging.getLogger("light_tts.launcher")
 STARTUP_TIMEOUT_S = 1800.0  # model loading, warm-up and CUDA-graph capture on a cold GPU host

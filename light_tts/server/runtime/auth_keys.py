@@ -3,8 +3,8 @@ and which paths stay open without one. The middleware that enforces them is `api
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 PUBLIC_PATHS = frozenset({"/liveness", "/readiness", "/healthz"})
 PAGE_PATHS = frozenset({"/"})  # the playground page (static files, no data); its API calls need the key
@@ -40,7 +40,7 @@ class AuthSettings:
 
     @classmethod
     def from_values(cls, api_key: Sequence[str] = (), api_key_file: str | None = None,
-                    metrics_public: bool = False) -> "AuthSettings":
+                    metrics_public: bool = False) -> AuthSettings:
         """From the --api_key (repeatable), --api_key_file and --metrics_public values."""
         keys = [check_key(k, "--api_key") for k in api_key]
         if api_key_file is not None:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Sequence
+from typing import Any
 
 from light_tts.request_rules import MAX_SPEECH_TOKENIZER_SECONDS, MAX_TEXT_CHARS, VOICE_ID_PREFIX
 from light_tts.server.runtime.devices import parse_gpu_list
@@ -367,7 +368,7 @@ class ServerConfig:
         return parser
 
     @classmethod
-    def from_args(cls, argv: Sequence[str] | None = None) -> "ServerConfig":
+    def from_args(cls, argv: Sequence[str] | None = None) -> ServerConfig:
         parser = cls.build_parser()
         values = vars(parser.parse_args(argv))
         for name in ("mode", "api_key", "model_dir", "voice_alias"):
@@ -393,7 +394,7 @@ class ServerConfig:
             aliases[alias] = target
         return aliases
 
-    def replace(self, **changes: Any) -> "ServerConfig":
+    def replace(self, **changes: Any) -> ServerConfig:
         return dataclasses.replace(self, **changes)
 
 

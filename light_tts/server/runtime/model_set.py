@@ -13,9 +13,10 @@ endpoint answers for them. No torch here.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from light_tts.errors import NotFoundError, RequestError
 from light_tts.families import family_named

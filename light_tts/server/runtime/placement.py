@@ -13,8 +13,8 @@ per GPU: each LLM's KV cache takes --kv_cache_mem_fraction / (LLMs on its GPU) a
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from light_tts.server.runtime.config import ServerConfig
 from light_tts.server.runtime.devices import gpu_layout

@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
+from light_tts.families.base import ModelFacts
 from light_tts.server.runtime.auth_keys import AuthSettings
 from light_tts.server.runtime.config import ServerConfig
-from light_tts.families.base import ModelFacts
-from light_tts.server.runtime.model_set import (ModelEntry, check_compatible, make_entry, model_index, parse_model_specs,
-                                                prompt_models)
+from light_tts.server.runtime.model_set import (
+    ModelEntry,
+    check_compatible,
+    make_entry,
+    model_index,
+    parse_model_specs,
+    prompt_models,
+)
 from light_tts.server.runtime.placement import Topology, plan
 
 if TYPE_CHECKING:
@@ -198,9 +205,8 @@ class ServerSettings:
         """Keyword arguments of DecodeEngine(model_cfg, **kwargs) for decode process `rank` on `device`."""
         import torch
 
-        from light_tts.token2wav import HopPolicy
-
         from light_tts.decode.engine_setup import EngineLimits
+        from light_tts.token2wav import HopPolicy
 
         c = self.cfg
         limits = EngineLimits(

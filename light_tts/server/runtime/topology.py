@@ -26,7 +26,7 @@ class PortArgs:
     metrics_dir: str  # PROMETHEUS_MULTIPROC_DIR shared by every process
 
     @classmethod
-    def create(cls, cfg: ServerConfig) -> "PortArgs":
+    def create(cls, cfg: ServerConfig) -> PortArgs:
         run_id = f"lighttts_{os.getpid()}_{secrets.token_hex(3)}"
         tmp = Path(tempfile.gettempdir())
         return cls(run_id=run_id, zmq_mode=cfg.zmq_mode, shm_prefix=run_id, lock_path=str(tmp / f"{run_id}.lock"),

@@ -24,17 +24,26 @@ from light_tts.errors import LightTTSError, TextError
 from light_tts.families import family_of
 from light_tts.frontend.text_norm import PieceJoiner, is_only_punctuation
 from light_tts.request_rules import VC
+from light_tts.server.ipc.channels import Handlers, HttpReplies, Inbox, Outbox
+from light_tts.server.ipc.io_struct import (
+    AbortRequest,
+    ComputeFeatures,
+    EncodeRequest,
+    FeaturesReady,
+    LLMRequestIn,
+    RequestParams,
+    TextPiece,
+    TextTokens,
+    VCRequestIn,
+)
+from light_tts.server.ipc.process_table import ProcessTable
+from light_tts.server.ipc.shm import VOICE_KINDS, RequestSlots
+from light_tts.server.ipc.voice_cache import VoiceCache, voice_cache_key
 from light_tts.server.metrics import prometheus as metrics
 from light_tts.server.runtime.devices import pick_least_loaded
-from light_tts.server.ipc.io_struct import (AbortRequest, ComputeFeatures, EncodeRequest, FeaturesReady, LLMRequestIn,
-                                        RequestParams, TextPiece, TextTokens, VCRequestIn)
-from light_tts.server.ipc.process_table import ProcessTable
-from light_tts.server.runtime.settings import ServerSettings
-from light_tts.server.ipc.shm import VOICE_KINDS, RequestSlots
-from light_tts.server.runtime.topology import PortArgs
-from light_tts.server.ipc.voice_cache import VoiceCache, voice_cache_key
-from light_tts.server.ipc.channels import Handlers, HttpReplies, Inbox, Outbox
 from light_tts.server.runtime.process import model_on, parent_is_gone, setup_process
+from light_tts.server.runtime.settings import ServerSettings
+from light_tts.server.runtime.topology import PortArgs
 from light_tts.server.workers.worker_common import AbortedRequests, serve
 
 

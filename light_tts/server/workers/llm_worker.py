@@ -21,18 +21,24 @@ import zmq
 
 from light_tts.errors import RequestError, UnavailableError
 from light_tts.request_rules import sentence_seed
-from light_tts.server.metrics import prometheus as metrics
-from light_tts.server.workers.idle_engine import IdleEngine
-from light_tts.server.ipc.io_struct import (AbortRequest, DecodeStart, LLMRequestIn, RequestParams, SpeechTokenBatch,
-                                        TextTokens, VCRequestIn)
+from light_tts.server.ipc.channels import Handlers, HttpReplies, Inbox, Outbox
+from light_tts.server.ipc.io_struct import (
+    AbortRequest,
+    DecodeStart,
+    LLMRequestIn,
+    RequestParams,
+    SpeechTokenBatch,
+    TextTokens,
+    VCRequestIn,
+)
 from light_tts.server.ipc.process_table import ProcessTable
-from light_tts.server.runtime.settings import ServerSettings
 from light_tts.server.ipc.shm import RequestSlots
 from light_tts.server.ipc.stage_trace import completes_first_chunk, now
+from light_tts.server.metrics import prometheus as metrics
+from light_tts.server.runtime.process import model_on, parent_is_gone, resolve_device, set_process_title, setup_process
+from light_tts.server.runtime.settings import ServerSettings
 from light_tts.server.runtime.topology import PortArgs
-from light_tts.server.ipc.channels import Handlers, HttpReplies, Inbox, Outbox
-from light_tts.server.runtime.process import (model_on, parent_is_gone, resolve_device, set_process_title,
-                                              setup_process)
+from light_tts.server.workers.idle_engine import IdleEngine
 from light_tts.server.workers.worker_common import REPORT_EVERY_S, AbortedRequests, Every, serve, step_error
 
 

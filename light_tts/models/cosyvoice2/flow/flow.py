@@ -24,8 +24,8 @@ from light_tts.model_config import FlowConfig
 from light_tts.models.cfm import CausalConditionalCFM
 from light_tts.models.chunked_flow import ChunkedFlow
 from light_tts.models.cosyvoice2.flow.cache import FlowStreamState
-from light_tts.models.cosyvoice2.flow.estimator import CausalConditionalDecoder
 from light_tts.models.cosyvoice2.flow.encoder import UpsampleConformerEncoder
+from light_tts.models.cosyvoice2.flow.estimator import CausalConditionalDecoder
 
 
 class Flow(ChunkedFlow):

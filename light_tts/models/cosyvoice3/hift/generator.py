@@ -22,8 +22,13 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from light_tts.models.cosyvoice2.hift.generator import HiFT, fold_weight_norm, to_parametrized_weight_norm
 from light_tts.models.cosyvoice3.config import CausalHiFTConfig, DiTFlowConfig
-from light_tts.models.cosyvoice3.hift.layers import (CausalConv1d, CausalDownsample, CausalF0Predictor,
-                                                     CausalResBlock, CausalUpsample)
+from light_tts.models.cosyvoice3.hift.layers import (
+    CausalConv1d,
+    CausalDownsample,
+    CausalF0Predictor,
+    CausalResBlock,
+    CausalUpsample,
+)
 from light_tts.models.cosyvoice3.hift.source import CausalSource, NoiseTable
 from light_tts.models.weights import load_strict, read_state_dict
 

@@ -25,8 +25,14 @@ import re
 
 from light_tts.errors import UnauthorizedError
 from light_tts.server.api.boundary.error_bodies import error_body, is_openai_path
-from light_tts.server.runtime.auth_keys import (METRICS_PATH, PAGE_PATHS, PAGE_PREFIX, PUBLIC_PATHS, WS_KEY_PROTOCOL,
-                                              AuthSettings)
+from light_tts.server.runtime.auth_keys import (
+    METRICS_PATH,
+    PAGE_PATHS,
+    PAGE_PREFIX,
+    PUBLIC_PATHS,
+    WS_KEY_PROTOCOL,
+    AuthSettings,
+)
 
 CLOSE_POLICY_VIOLATION = 1008
 

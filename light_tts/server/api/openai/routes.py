@@ -11,25 +11,41 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import AsyncIterator, Protocol, Sequence
+from typing import Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from light_tts.errors import LightTTSError, RequestError, TextError
-from light_tts.server.runtime.model_set import (ModelEntry, check_voice, model_for_voice, refuse_prompt_audio,
-                                                voice_model)
 from light_tts.server.api.audio_encoding import CONTENT_TYPES, encode_file, make_encoder
-from light_tts.server.api.openai.schema import (OpenAIErrorBody, ModelCard, ModelList, SpeechRequest, SpeechUsage,
-                                            VoiceDeleted, VoiceList, VoiceObject, audio_delta_event,
-                                            audio_done_event, error_event)
 from light_tts.server.api.boundary.error_bodies import openai_error_response
+from light_tts.server.api.openai.schema import (
+    ModelCard,
+    ModelList,
+    OpenAIErrorBody,
+    SpeechRequest,
+    SpeechUsage,
+    VoiceDeleted,
+    VoiceList,
+    VoiceObject,
+    audio_delta_event,
+    audio_done_event,
+    error_event,
+)
 from light_tts.server.api.request_metrics import ClientGone, cut_on_failure, unless_disconnected
 from light_tts.server.api.request_parsing import read_multipart
 from light_tts.server.api.voices.voice_store import ID_PREFIX, PromptFeatures, VoicePrompt, VoiceStore
+from light_tts.server.runtime.model_set import (
+    ModelEntry,
+    check_voice,
+    model_for_voice,
+    refuse_prompt_audio,
+    voice_model,
+)
 
 log = logging.getLogger("light_tts.openai")
 SAMPLE_RATE = 24000

@@ -15,12 +15,20 @@ from typing import Annotated, Literal
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_serializer,
-                      model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from light_tts.errors import RequestError
-from light_tts.server.api.boundary.error_bodies import error_response_for, openai_error
 from light_tts.request_rules import MAX_SPEED, MIN_SPEED, SEED_LIMIT, resolve_mode
+from light_tts.server.api.boundary.error_bodies import error_response_for, openai_error
 
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for `input` (and for `instructions`)
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
@@ -91,7 +99,7 @@ class SpeechRequest(BaseModel):
     seed: Seed = None
 
     @model_validator(mode="after")
-    def stream_is_possible(self) -> "SpeechRequest":
+    def stream_is_possible(self) -> SpeechRequest:
         if self.stream and self.speed != 1.0:
             raise ValueError("stream needs speed 1.0: speed is applied to the whole audio")
         if self.stream is False and self.stream_format == "sse":
@@ -116,7 +124,7 @@ class SpeechRequest(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def mode_fits_instructions(self) -> "SpeechRequest":
+    def mode_fits_instructions(self) -> SpeechRequest:
         check_mode(self.mode, self.instructions)
         return self
 
@@ -127,7 +135,7 @@ class SpeechUsage(BaseModel):
     total_tokens: int
 
     @classmethod
-    def of(cls, input_tokens: int, output_tokens: int) -> "SpeechUsage":
+    def of(cls, input_tokens: int, output_tokens: int) -> SpeechUsage:
         return cls(input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=input_tokens + output_tokens)
 
 
@@ -173,7 +181,7 @@ class VoiceObject(BaseModel):
         return data
 
     @classmethod
-    def of(cls, voice, aliases: list[str] = ()) -> "VoiceObject":
+    def of(cls, voice, aliases: list[str] = ()) -> VoiceObject:
         """From a voice_store.Voice and the aliases that name it."""
         return cls(id=voice.id, name=voice.name, text=voice.text or None, duration_s=round(voice.duration_s, 3),
                    created_at=voice.created_at, aliases=list(aliases))

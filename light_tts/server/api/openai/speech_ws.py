@@ -20,16 +20,27 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from light_tts.errors import ErrorKind, LightTTSError, RequestError, kind_of
 from light_tts.request_rules import SEED_LIMIT
 from light_tts.server.api.boundary.error_bodies import message_of, openai_error_of_kind
-from light_tts.server.api.openai.schema import (FixedSpeechTokens, Instructions, Mode, ResponseFormat, Seed, Speed,
-                                               VoiceId, check_mode, describe_errors, field_of)
+from light_tts.server.api.openai.schema import (
+    FixedSpeechTokens,
+    Instructions,
+    Mode,
+    ResponseFormat,
+    Seed,
+    Speed,
+    VoiceId,
+    check_mode,
+    describe_errors,
+    field_of,
+)
 
 CLOSE_NORMAL, CLOSE_UNSUPPORTED_DATA, CLOSE_POLICY_VIOLATION = 1000, 1003, 1008
 END_MARKER = b"__END__"
@@ -55,7 +66,7 @@ class StreamSessionConfig(BaseModel):
     split_granularity: Literal["none"] = "none"
 
     @model_validator(mode="after")
-    def speed_needs_whole_audio(self) -> "StreamSessionConfig":
+    def speed_needs_whole_audio(self) -> StreamSessionConfig:
         if self.stream_audio and self.speed != 1.0:
             raise ValueError("stream_audio needs speed 1.0: speed is applied to the whole audio")
         check_mode(self.mode, self.instructions)

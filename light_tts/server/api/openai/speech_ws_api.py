@@ -12,20 +12,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from contextlib import aclosing
-from typing import Sequence
 
 from fastapi import APIRouter, WebSocket
 
 from light_tts.errors import LightTTSError
 from light_tts.server.api.audio_encoding import encode_file
-from light_tts.server.runtime.model_set import ModelEntry, check_voice, model_for_voice
-from light_tts.server.api.openai.routes import (OPENAI_MODEL_ALIASES, SAMPLE_RATE, SynthesisBackend, SynthesisJob,
-                                                encoded, load_voice)
-from light_tts.server.api.openai.speech_ws import (CLOSE_POLICY_VIOLATION, Close, OrpheusSession, SendBytes,
-                                                   SendJson, SerialSession, StreamSpeechSession, Synthesize,
-                                                   Utterance, error_event)
+from light_tts.server.api.openai.routes import (
+    OPENAI_MODEL_ALIASES,
+    SAMPLE_RATE,
+    SynthesisBackend,
+    SynthesisJob,
+    encoded,
+    load_voice,
+)
+from light_tts.server.api.openai.speech_ws import (
+    CLOSE_POLICY_VIOLATION,
+    Close,
+    OrpheusSession,
+    SendBytes,
+    SendJson,
+    SerialSession,
+    StreamSpeechSession,
+    Synthesize,
+    Utterance,
+    error_event,
+)
 from light_tts.server.api.voices.voice_store import VoiceStore
+from light_tts.server.runtime.model_set import ModelEntry, check_voice, model_for_voice
 
 log = logging.getLogger("light_tts.ws")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -21,9 +21,16 @@ from starlette.concurrency import run_in_threadpool
 from light_tts.errors import AudioError, LightTTSError, RequestError, TooLargeError
 from light_tts.request_rules import VC, check_seed, check_speed, describe_bytes
 from light_tts.server.api.audio_encoding import CONTENT_TYPES
-from light_tts.server.api.openai.routes import (CLIENT_CLOSED_REQUEST, ERRORS, OPENAI_MODEL_ALIASES,
-                                               SynthesisBackend, SynthesisJob, audio_answer, client_of)
 from light_tts.server.api.boundary.error_bodies import openai_error_response
+from light_tts.server.api.openai.routes import (
+    CLIENT_CLOSED_REQUEST,
+    ERRORS,
+    OPENAI_MODEL_ALIASES,
+    SynthesisBackend,
+    SynthesisJob,
+    audio_answer,
+    client_of,
+)
 from light_tts.server.api.request_metrics import VC_ENDPOINT, ClientGone
 from light_tts.server.api.request_parsing import parse_bool, parse_number, read_multipart
 from light_tts.server.api.voices.voice_store import VoicePrompt, VoiceStore

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from light_tts.errors import AudioError, NotFoundError, TooLargeError, RequestError, VoiceLimitError
+from light_tts.errors import AudioError, NotFoundError, RequestError, TooLargeError, VoiceLimitError
 from light_tts.request_rules import VOICE_ID_PREFIX, describe_bytes
 from light_tts.server.api.voices.voice_aliases import VoiceAliases
 from light_tts.server.runtime.settings import VoiceLimits
