@@ -22,7 +22,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-if sys.version_info < (3, 10):
+if sys.version_info < (3, 10):  # noqa: UP036 - dev.py may be started by an older python; it must say why it stops
     sys.exit(f"LightTTS needs Python 3.10 or newer; this is {sys.version.split()[0]}")
 
 ROOT = Path(__file__).resolve().parent

@@ -32,7 +32,8 @@ def test_config_holds_cosyvoice3_facts(cv3_fixture_dir):
     assert ids.stop_ids == tuple(range(6561, 6761)) and not ids.decoder_bias
     assert ids.min_len.masked_id == 6561 and ids.min_len.reject_from is None  # upstream masks sos, not eos
     assert cfg.feat.fmax is None and cfg.feat.top_hz == 12000
-    assert cfg.frontend.speech_tokenizer == "speech_tokenizer_v3.onnx" and cfg.frontend.tokenizer_version == "cosyvoice3"
+    assert cfg.frontend.speech_tokenizer == "speech_tokenizer_v3.onnx"
+    assert cfg.frontend.tokenizer_version == "cosyvoice3"
     assert cfg.llm.prompt_end_text_id == 151646  # no tokenizer files: upstream's id
     assert detect_family(cv3_fixture_dir).name == "cosyvoice3"
 

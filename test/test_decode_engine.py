@@ -143,7 +143,7 @@ def run_shared_prefix(engine, cfg) -> tuple[float, list, int]:
     specs = []
     original = engine.runner.run
     engine.runner.run = lambda s: (specs.append(list(s)), original(s))[1]
-    for req_id, p, tokens, seed, *_ in reqs[1:]:
+    for req_id, p, _tokens, seed, *_ in reqs[1:]:
         engine.add_request(req_id, p, seed, True, prefix_key="voice")
     out.update(run_until_done(engine, {r[0]: (r[2], 30, 0) for r in reqs[1:]}))
     assert [s.t0 for s in specs[0]] == [75, 75]
@@ -163,7 +163,7 @@ def test_full_reservation_queues_by_pages_and_refuses_what_never_fits(cfg):
     engine.step()
     assert engine.stats.waiting_for_pages == 1 and engine.stats.streams_active == 2
     assert engine.pool.num_outstanding + engine.pool.num_used <= 24
-    for req_id, prompt, tokens, seed, stream, speed, push in reqs:
+    for req_id, prompt, _tokens, seed, stream, speed, _push in reqs:
         engine.abort(req_id)
         engine.add_request(req_id, prompt, seed, stream, speed)
     assert check_against_reference(engine, reqs, run_until_done(engine, feeds)) < REL_TOL

@@ -4,8 +4,8 @@ ENTRYPOINT with no flags (it must serve the tiny model) under an empty environme
 HEALTHCHECK command passes; then the image's stop signal (SIGTERM) must end it cleanly.
 
 Only what cannot run here is changed: PyTorch's wheel index (unreachable: pip's configured index gives the same
-torch==2.13.0 CPU wheel), pip's cache (the image keeps none), the paths /opt/lighttts/... (mapped into a temporary directory) and tini (dropped when
-not installed; it only forwards signals and reaps zombies)."""
+torch==2.13.0 CPU wheel), pip's cache (the image keeps none), the paths /opt/lighttts/... (mapped into a temporary
+directory) and tini (dropped when not installed; it only forwards signals and reaps zombies)."""
 
 from __future__ import annotations
 

@@ -33,7 +33,9 @@ def make_rows(specs, page: int, chunk: int, block_m: int, num_branches: int):
             start += new
     work_row.append(-1)  # a padding item, as graphs have
     work_block.append(0)
-    as_i32 = lambda x: torch.tensor(x, dtype=torch.int32)
+    def as_i32(x):
+        return torch.tensor(x, dtype=torch.int32)
+
     return {k: as_i32(v) for k, v in rows.items()}, as_i32(work_row), as_i32(work_block), start
 
 

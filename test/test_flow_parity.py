@@ -1,4 +1,5 @@
-"""Flow parity with upstream CosyVoice2 (ace7c47) on the tiny fixture: noise, whole-utterance and first streamed chunk."""
+"""Flow parity with upstream CosyVoice2 (ace7c47) on the tiny fixture: noise, whole-utterance and first streamed
+chunk."""
 
 import pytest
 import torch

@@ -55,7 +55,7 @@ def test_half_precision_hift_within_its_bound(cfg):
 
 
 def stream_audio(engine, reqs, staggered: bool) -> dict[str, np.ndarray]:
-    for req_id, prompt, tokens, seed, stream, speed, push in reqs:
+    for req_id, prompt, _tokens, seed, stream, speed, _push in reqs:
         engine.add_request(req_id, prompt, seed, stream, speed)
     outputs = run_until_done(engine, {r[0]: (r[2], r[6], i % 3 if staggered else 0) for i, r in enumerate(reqs)})
     assert all(o.error is None for outs in outputs.values() for o in outs)
@@ -80,7 +80,7 @@ def test_overlapped_hift_defers_middle_chunks_without_changing_audio(cfg):
     gets the unbatched reference's audio, and a request aborted with a deferred chunk gets nothing more."""
     engine = new_engine(cfg, "fixed", overlap_hift=True)
     reqs = make_requests(cfg)[2:5]  # one stream ends before its first hop
-    for req_id, prompt, tokens, seed, stream, speed, push in reqs:
+    for req_id, prompt, _tokens, seed, stream, speed, _push in reqs:
         engine.add_request(req_id, prompt, seed, stream, speed)
     feeds = {r[0]: (r[2], r[6], i % 3) for i, r in enumerate(reqs)}
     deferred_seen = False

@@ -241,7 +241,8 @@ def test_release_and_reload_generate_the_same_tokens(fixture_dir):
     from light_tts.llm.request import LLMRequest
     from light_tts.model_dir import load_model_config
 
-    engine = LLMEngine(llm_spec(load_model_config(fixture_dir)), EngineConfig(data_type="float32", max_req_total_len=512),
+    engine = LLMEngine(llm_spec(load_model_config(fixture_dir)),
+                       EngineConfig(data_type="float32", max_req_total_len=512),
                        "cpu")
 
     def generate(req_id):

@@ -90,7 +90,7 @@ def drive(f, streams: list[Stream], pool: PagePool, cache, run) -> float:
             new, finalize = s.next_chunk()
             specs.append(make_spec(s, pool, 1 + i, new, finalize, read_slot=0 if s.t0 == 0 else 1 + i))
             expected.append(f.stream_chunk(s.dense, torch.tensor([new], dtype=torch.int32), finalize))
-        for (i, s), spec, mel, ref in zip(live, specs, run(specs), expected):
+        for (_i, s), spec, mel, ref in zip(live, specs, run(specs), expected):
             p = s.p_tok.shape[1]
             mel = mel[max(0, 2 * p - 2 * s.t0):].t()[None]  # the dense flow drops the prompt's frames
             assert mel.shape == ref.shape

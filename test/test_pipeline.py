@@ -139,7 +139,7 @@ def test_every_mode_keeps_the_flow_prompt_and_builds_its_llm_prompt(pipe):
     built = {name: pipe.encode(PROMPT, kw["prompt_text"], kw.get("mode"), kw.get("instruction"))
              for name, kw in cases.items()}
     flow = built["zero_shot"][1]
-    for name, (llm, prompt) in built.items():
+    for name, (_llm, prompt) in built.items():
         assert np.array_equal(prompt.speech_tokens, flow.speech_tokens) and np.array_equal(prompt.mel, flow.mel)
         assert np.array_equal(prompt.embedding, flow.embedding) and len(prompt.speech_tokens) > 0, name
     llm = {name: b[0] for name, b in built.items()}

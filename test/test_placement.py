@@ -68,7 +68,8 @@ def test_one_llm_per_model_and_decode_groups_by_flow():
                                                                                (2, ("C",))]
     decodes = [(p.rank, p.models, p.group) for p in topo.processes if p.stage == "decode"]
     assert decodes == [(0, ("A", "B"), 0), (1, ("A", "B"), 0), (2, ("C",), 1), (3, ("C",), 1)]
-    assert topo.decode_ranks_of_llm(0) == topo.decode_ranks_of_llm(1) == [0, 1] and topo.decode_ranks_of_llm(2) == [2, 3]
+    assert topo.decode_ranks_of_llm(0) == topo.decode_ranks_of_llm(1) == [0, 1]
+    assert topo.decode_ranks_of_llm(2) == [2, 3]
     assert [p.models for p in topo.processes if p.stage == "encode"] == [("A", "B", "C")] * 2
     assert {p.device for p in topo.processes} == {"cpu"}
     lines = topo.log_lines()

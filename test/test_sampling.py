@@ -1,4 +1,5 @@
-"""RAS / greedy sampling: nucleus membership, the repetition fallback, rejection of special ids, per-seed determinism."""
+"""RAS / greedy sampling: nucleus membership, the repetition fallback, rejection of special ids, per-seed
+determinism."""
 
 import pytest
 import torch

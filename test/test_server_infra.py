@@ -69,7 +69,7 @@ def test_help_groups_flags_by_stage_and_shows_each_default_once():
     entries = re.split(r"\n  (?=--)", "\n".join(sections[1:]))
     flags = {e.split()[0]: " ".join(e.split()) for e in entries if e.startswith("--")}
     assert len(flags) == len([f for f in dataclasses.fields(ServerConfig) if "group" in f.metadata])  # not `given`
-    for flag, entry in flags.items():
+    for entry in flags.values():
         assert entry.count("(default:") == 1, entry
         assert "(default: None)" not in entry and entry.count("default") == 1, entry
     assert "on the CPU the LLM always runs float32" in flags["--data_type"]

@@ -213,7 +213,7 @@ def section_throughput(cfg, engine, rows_list: list[int], context_s: float) -> d
         if engine.hift_stage.overlap and "overlapped_ms" in t:
             step_ms = t["overlapped_ms"]
         inputs = engine.runner.build(aliased_specs(engine, rows, ctx), None)  # the eager pass its graph replays
-        kernels = count_kernels(lambda: engine.runner.paged(inputs), engine.device)
+        kernels = count_kernels(lambda inputs=inputs: engine.runner.paged(inputs), engine.device)
         row = {**t, "step_ms": step_ms, "audio_s_per_s": rows / (step_ms / 1e3),
                "hift_share": t["hift_ms"] / (t["flow_ms"] + t["hift_ms"]),
                "flow": roofline_row(flops_of(cfg, rows, 25, ctx), bytes_of(cfg, engine.flow, rows, 25, ctx, act, kv),

@@ -90,7 +90,8 @@ def dit_flow_flops(cfg: ModelConfig, rows: int, new_tokens: int, cached_tokens: 
     in_dims = est.mel_dim + est.mel_dim + est.mu_dim + est.spk_dim  # x, cond, mu, spks
     pos_convs = 2 * 2 * mv * d * (d // CONV_POS_GROUPS) * CONV_POS_KERNEL
     block = 2 * mv * d * d * (4 + 2 * est.ff_mult) + 4 * mv * ctx_f * d
-    return lookahead_convs + steps * (2 * mv * in_dims * d + pos_convs + est.depth * block + 2 * mv * d * est.out_channels)
+    return lookahead_convs + steps * (2 * mv * in_dims * d + pos_convs + est.depth * block
+                                      + 2 * mv * d * est.out_channels)
 
 
 def dit_flow_bytes(cfg: ModelConfig, flow: torch.nn.Module, rows: int, new_tokens: int, cached_tokens: int,

@@ -1,7 +1,8 @@
 """What the LLM benchmark needs of a model family: its engine spec and weights, requests of a given shape, and a
 float32 reference that scores a request's ids (the log-prob check).
 
-CosyVoice2 (and CosyVoice3 from a directory): the released dimensions in memory (no directory needed) or a directory; requests of random text and
+CosyVoice2 (and CosyVoice3 from a directory): the released dimensions in memory (no directory needed) or a directory;
+requests of random text and
 prompt speech. Orpheus: a directory (make_model --family orpheus --size full); requests of random text ids in the
 served prompt, generating freely over the whole vocabulary (as served: the sampler's real cost), never stopping
 early in practice (a random model draws the stop id about once in 157k).
@@ -80,7 +81,8 @@ class OrpheusBench:
         from light_tts.models.orpheus.lm import build_prompt
 
         text = torch.randint(0, self.tokens.bos, (max(1, prompt_len - 8),), generator=gen).tolist()
-        return LLMRequest(req_id, build_prompt(self.tokens, text), seed=int(torch.randint(0, 2**31, (1,), generator=gen)),
+        return LLMRequest(req_id, build_prompt(self.tokens, text),
+                          seed=int(torch.randint(0, 2**31, (1,), generator=gen)),
                           max_len=gen_len, **kw)
 
     def reference(self):

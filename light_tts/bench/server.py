@@ -3,7 +3,8 @@
     python -m light_tts.bench.server --model_dir DIR --out OUT [--concurrency 1 4 16] [-- SERVER FLAGS...]
 
 Writes OUT/prompt.wav (a synthetic 3 s voice), OUT/server.log, and the results of the packaged client
-light_tts.clients.bench (lighttts-bench: OUT/zs_speed_stream.json/.png, OUT/zs_speed_nonstream.json/.png): time to first audio percentiles, real-time
+light_tts.clients.bench (lighttts-bench: OUT/zs_speed_stream.json/.png, OUT/zs_speed_nonstream.json/.png): time to first
+audio percentiles, real-time
 factor and audio seconds per second at each concurrency level, failures counted by client and server.
 """
 

@@ -5,8 +5,8 @@ scheduled times whatever the server does), over one or more client processes.
 A client process is one asyncio loop with httpx clients of one connection each (ClientPool). It records only
 arrival times and sizes of the network reads (light_tts.bench.stream_stats scores them afterwards), and the
 lateness of its own timer: if the loop is busy, chunk arrivals are recorded late and look like server stalls, so
-that lag is reported beside the results. Work is split over processes by closed-loop worker or by request index, so any split sends the same
-requests.
+that lag is reported beside the results. Work is split over processes by closed-loop worker or by request index, so any
+split sends the same requests.
 """
 
 from __future__ import annotations

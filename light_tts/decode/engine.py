@@ -312,7 +312,8 @@ class DecodeEngine(EngineAdmission):
 
     def _new_pages(self, req: DecodeRequest, finalize: bool) -> int:
         tokens, la = self._chunk_tokens(req, finalize)
-        return max(0, -(-(req.t0 + len(tokens) - la) // self.page_tokens) - len(self.pool.streams[req.req_id].page_table))
+        return max(0, -(-(req.t0 + len(tokens) - la) // self.page_tokens)
+                   - len(self.pool.streams[req.req_id].page_table))
 
     def _chunk_tokens(self, req: DecodeRequest, finalize: bool, t0: int | None = None) -> tuple[list[int], int]:
         """The next chunk's flow tokens (from the first one not cached to the chunk's end, lookahead included)

@@ -3,7 +3,8 @@
 The same arithmetic as models/flow/encoder.py, reorganised for packing: tensors are (positions, channels) with
 the rows' positions concatenated; causal convs are matmuls over their taps (flow_inputs.py); attention reads
 every stream's cached keys/values through its page table, and the new ones are first stored in place. Fused (with
-the fused estimator, `--decode_hot_path fused`), a conformer block is 3 launches as the estimator's transformer blocks are (fused_estimator.py): the
+the fused estimator, `--decode_hot_path fused`), a conformer block is 3 launches as the estimator's transformer blocks
+are (fused_estimator.py): the
 biased QKV projection storing its keys/values, the rel-pos attention, and the rest of the block for whole rows
 (out-projection, residual, norm, SiLU feed-forward, residual, and the next block's norm or the final one).
 """

@@ -52,7 +52,8 @@ class StepTimeModel:
 
     def __init__(self, base_s: float = 0.02, per_token_s: float = 2e-5, decay: float = 0.95):
         self.base_s, self.per_token_s, self.decay = base_s, per_token_s, decay
-        self._sums: tuple[float, float, float, float, float] | None = None  # weighted sums for least squares: n, x, y, xx, xy
+        # weighted sums for least squares: n, x, y, xx, xy
+        self._sums: tuple[float, float, float, float, float] | None = None
 
     def predict(self, num_tokens: int) -> float:
         return self.base_s + self.per_token_s * num_tokens

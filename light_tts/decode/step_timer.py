@@ -30,7 +30,8 @@ class StepTimer:
 
     def times(self) -> dict[str, float]:
         """Point -> host time, after the step's sync ('started' included); a point whose work is still running (a
-        middle chunk's HiFT overlapped on the side stream: never a first chunk, which is vocoded at once) is left out."""
+        middle chunk's HiFT overlapped on the side stream: never a first chunk, which is vocoded at once) is left
+        out."""
         out = {"started": self.started}
         start = self.points.get("started")
         for name, point in self.points.items():

@@ -57,7 +57,8 @@ class GraphRunner:
 
 
 class SpeechTokenizerONNX:
-    """speech_tokenizer_v2.onnx / _v3.onnx (same I/O): Whisper log-mel [1,128,T] (100 frames/s) -> 25 Hz speech tokens in [0, 6561)."""
+    """speech_tokenizer_v2.onnx / _v3.onnx (same I/O): Whisper log-mel [1,128,T] (100 frames/s) -> 25 Hz speech tokens
+    in [0, 6561)."""
 
     def __init__(self, path: str | Path, device: str | None = None):
         self.runner = GraphRunner(path, device)

@@ -79,7 +79,8 @@ def qkv_store_triton(h: torch.Tensor, w_qkv: torch.Tensor, pool: torch.Tensor, s
         return q
     sstrides = scale.stride()[:3] if scale is not None else (0, 0, 0)
     _qkv_store_kernel[(num_items, num_heads)](
-        h, w_qkv, bias if bias is not None else w_qkv, q, pool, scale if scale is not None else q, items["page"], items["branch"], items["row"],
+        h, w_qkv, bias if bias is not None else w_qkv, q, pool, scale if scale is not None else q,
+        items["page"], items["branch"], items["row"],
         items["len"], h.stride(0), q.stride(0), q.stride(1),
         pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3), pool.stride(4), *sstrides,
         C=c, INNER=num_heads * head_dim, HEAD_DIM=head_dim, BLOCK_F=triton.next_power_of_2(pool.shape[4]),

@@ -106,7 +106,8 @@ def build_server(url: str, api_key: str | None, output_dir: Path, timeout_s: flo
                               seed: int | None = None) -> dict[str, Any]:
         """Speak `text` in a voice. `voice` is a voice id from list_voices (a saved voice, or a model's named voice
         such as Orpheus' `tara`, which the server gives to that model; such a voice takes no instructions) or the
-        path of an audio file on this machine (wav/flac/ogg/mp3, a few seconds), whose transcript is `prompt_text` (without one the voice
+        path of an audio file on this machine (wav/flac/ogg/mp3, a few seconds), whose transcript is `prompt_text`
+        (without one the voice
         is imitated from the audio alone). `instructions` say how to speak (e.g. "Speak slowly and softly.",
         "Sound excited."). Control tags in `text`, such as [laughter] or [breath], are voiced. format: wav
         (playable) or pcm (raw int16 mono 24 kHz). output: path (a file written under the output directory) or

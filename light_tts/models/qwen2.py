@@ -15,7 +15,8 @@ from light_tts.models.rope import body_inv_freq
 
 
 class KVCache:
-    """Keys and values of one request's past tokens: per layer a (B, num_kv_heads, S, head_dim) pair, grown by concat."""
+    """Keys and values of one request's past tokens: per layer a (B, num_kv_heads, S, head_dim) pair, grown by
+    concat."""
 
     def __init__(self, num_layers: int):
         self.keys: list[torch.Tensor | None] = [None] * num_layers

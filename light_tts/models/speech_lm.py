@@ -30,7 +30,8 @@ min_max_len = speech_token_bounds  # bounds on generated speech tokens from the 
 
 
 class Qwen2Encoder(nn.Module):
-    """Holds the Qwen2 model under `.model`, so the checkpoint's `llm.model.model.*` keys land where upstream has them."""
+    """Holds the Qwen2 model under `.model`, so the checkpoint's `llm.model.model.*` keys land where upstream has
+    them."""
 
     def __init__(self, cfg: LLMConfig):
         super().__init__()

@@ -65,7 +65,8 @@ def llm_checks(cfg: ModelConfig, model_dir: Path) -> list[Check]:
     same = sum(a == b for a, b in zip(tokens, ref_tokens))
     return [
         Check("llm prefill log-probs (step 0)", rel_l2(steps[0], ref_logprobs[0]), LOGPROB_TOL),
-        Check(f"llm decode log-probs (steps 1-{n - 1})", rel_l2(torch.stack(steps[1:n]), ref_logprobs[1:]), LOGPROB_TOL),
+        Check(f"llm decode log-probs (steps 1-{n - 1})", rel_l2(torch.stack(steps[1:n]), ref_logprobs[1:]),
+              LOGPROB_TOL),
         Check("llm greedy tokens", 0.0 if tokens == ref_tokens else 1.0, 0.0,
               f"{same}/{len(ref_tokens)} equal, lengths {len(tokens)} vs {len(ref_tokens)}"),
     ]

@@ -83,7 +83,7 @@ def test_zero_shot_equals_each_models_pipeline(server, pipelines):
             (CV2, "Hello there.", 11, False, 1.0), (CV2, "Hello there.", 5, True, 1.0)]
     with ThreadPoolExecutor(len(jobs)) as pool:
         replies = list(pool.map(lambda job: post(server.url, *job), jobs))
-    for (model, text, seed, stream, speed), (status, body, num_chunks) in zip(jobs, replies):
+    for (model, text, seed, stream, speed), (status, body, _num_chunks) in zip(jobs, replies):
         assert status == 200, body
         want = reference_pcm(pipelines[CV2 if model == CV2 else CV3], text, voice_wav(1), seed, stream, speed)
         assert_same_audio(body, want)

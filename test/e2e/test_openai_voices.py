@@ -207,7 +207,8 @@ def test_bad_voice_uploads_get_4xx_json_and_save_nothing(server):
         (dict(audio=voice_wav(1, seconds=MAX_PROMPT_SECONDS + 1)), 400, "bad_audio",
          f"prompt audio is {MAX_PROMPT_SECONDS + 1:.1f} s; the limit is {MAX_PROMPT_SECONDS} s"),
         (dict(audio=voice_wav(1, seconds=0.1)), 400, "bad_audio", "prompt audio is 0.10 s; it must be at least"),
-        (dict(audio=b"\x00" * (MAX_WAV_BYTES + 1)), 413, "too_large", f"audio is {MAX_WAV_BYTES + 1:,} bytes (0.4 MiB)"),
+        (dict(audio=b"\x00" * (MAX_WAV_BYTES + 1)), 413, "too_large",
+         f"audio is {MAX_WAV_BYTES + 1:,} bytes (0.4 MiB)"),
         # over the one body bound (a prompt and a voice conversion's source: 2 x MAX_WAV_BYTES + 64 KiB), by its
         # Content-Length
         (dict(audio=b"\x00" * (3 * MAX_WAV_BYTES)), 413, "too_large", "the request body is 1,200,"),

@@ -59,7 +59,8 @@ def orpheus_pipeline(orpheus_dir):
 def orpheus_pcm(pipeline, text: str, voice: str, seed: int, fixed_tokens: int | None = None) -> bytes:
     from light_tts.decode.engine import to_int16
 
-    return to_int16(np.concatenate(list(pipeline.synthesize(text, voice, seed=seed, fixed_tokens=fixed_tokens)))).tobytes()
+    chunks = pipeline.synthesize(text, voice, seed=seed, fixed_tokens=fixed_tokens)
+    return to_int16(np.concatenate(list(chunks))).tobytes()
 
 
 def assert_equal_pcm(got: bytes, want: bytes, may_be_empty: bool = False) -> None:

@@ -1,6 +1,7 @@
 """The web playground at / in headless Chromium (Debian's chromium + chromium-driver, driven by Selenium) against
 the real server: the page loads without console errors, a synthesis streams and plays through Web Audio, an error
-is shown to the user, the browser parses the Server-Timing header of a synthesis. LIGHTTTS_SCREENSHOT=path saves the screenshot (docs/playground.png was made so)."""
+is shown to the user, the browser parses the Server-Timing header of a synthesis. LIGHTTTS_SCREENSHOT=path saves the
+screenshot (docs/playground.png was made so)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 Protocol: JSON {"prompt_text"?, "instruct_text"?, "mode"?, "tts_model_name"?, "seed"?, "fixed_speech_tokens"?},
 one binary frame of prompt wav, JSON {"tts_text"} pieces, JSON {"finish": true}; a saved voice replaces the prompt:
 {"voice_id", ...} and no wav frame. Without prompt_text the voice has no transcript (cross-lingual); with
-instruct_text the request is in instruct mode. The server sends binary int16 PCM frames and closes with 1000; on error it sends JSON {"error": ...}
+instruct_text the request is in instruct mode. The server sends binary int16 PCM frames and closes with 1000; on error
+it sends JSON {"error": ...}
 and closes with 1003 (bad wav), 1008 (bad message, an unknown voice, or no message for --ws_idle_timeout_s
 before the finish), 1013 (overloaded) or 1011.
 A reader task takes the client's messages while the handler sends audio; the reader's failures (a malformed

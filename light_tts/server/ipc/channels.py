@@ -4,9 +4,11 @@ replies every back-end process sends to the HTTP workers."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import operator
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 import zmq
@@ -29,7 +31,7 @@ class Handlers:
 
     @property
     def inbox_type(self) -> Any:
-        return Union[tuple(self.table)]
+        return functools.reduce(operator.or_, self.table)  # the union of the table's types
 
     def __call__(self, message: Message) -> None:
         handler = self.table.get(type(message))
@@ -57,7 +59,8 @@ class FrameDecoder:
 class Inbox:
     """The PULL socket a process binds; it publishes the bound address in the process table (see topology)."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], ports: PortArgs, processes: ProcessTable, stage: str, rank: int,
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], ports: PortArgs, processes: ProcessTable, stage: str,
+                 rank: int,
                  handlers: Handlers):
         self.socket = ctx.socket(zmq.PULL)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -123,7 +126,8 @@ def outboxes(ctx: zmq.Context[zmq.Socket[bytes]], processes: ProcessTable, stage
 class HttpReplies:
     """Outboxes to every HTTP worker; a reply goes to the worker named in the request."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], settings: ServerSettings, processes: ProcessTable, stage: str):
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], settings: ServerSettings, processes: ProcessTable,
+                 stage: str):
         self.outboxes = outboxes(ctx, processes, "http", settings.cfg.httpserver_workers)
         self.stage = stage
 

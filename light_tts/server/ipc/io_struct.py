@@ -14,7 +14,7 @@ Flow:  HTTP --EncodeRequest/TextPiece--> encode --LLMRequestIn/TextTokens (VCReq
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
@@ -174,10 +174,10 @@ class AbortDone(Message):
 
 
 # What each process's inbox accepts; anything else fails to decode there.
-ENCODE_INBOX = Union[EncodeRequest, TextPiece, ComputeFeatures, AbortRequest]
-LLM_INBOX = Union[LLMRequestIn, VCRequestIn, TextTokens, AbortRequest]
-DECODE_INBOX = Union[DecodeStart, SpeechTokenBatch, AbortRequest]
-HTTP_INBOX = Union[AudioReady, RequestFailed, AbortDone, FeaturesReady]
+ENCODE_INBOX = EncodeRequest | TextPiece | ComputeFeatures | AbortRequest
+LLM_INBOX = LLMRequestIn | VCRequestIn | TextTokens | AbortRequest
+DECODE_INBOX = DecodeStart | SpeechTokenBatch | AbortRequest
+HTTP_INBOX = AudioReady | RequestFailed | AbortDone | FeaturesReady
 
 _ENCODER = msgspec.msgpack.Encoder()
 

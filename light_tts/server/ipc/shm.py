@@ -12,18 +12,17 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from multiprocessing import shared_memory
-from typing import Union
 
 import numpy as np
-
-# voice_kind: 0 not known yet; a saved voice or a prompt the voice cache already had (no model ran); a new one
-VOICE_KINDS = ("none", "saved", "new")
 
 from light_tts.server.ipc.audio_ring import AudioRing
 from light_tts.server.ipc.stage_trace import BOUNDARIES, StageTrace
 from light_tts.server.runtime.settings import ShmSizes
 
-Tokens = Union[Sequence[int], np.ndarray]  # token ids as a list or an int array
+# voice_kind: 0 not known yet; a saved voice or a prompt the voice cache already had (no model ran); a new one
+VOICE_KINDS = ("none", "saved", "new")
+
+Tokens = Sequence[int] | np.ndarray  # token ids as a list or an int array
 
 
 CLIENT_AT_LIMIT = -1  # RequestSlots.claim: the client already holds its share of the slots

@@ -119,7 +119,8 @@ def _processes(cfg: ServerConfig, models: Sequence[ModelEntry],
 
 def _with_shares(cfg: ServerConfig, processes: list[ProcessPlan], is_simulated: bool) -> Topology:
     fractions = {"llm": cfg.kv_cache_mem_fraction, "decode": cfg.decode_mem_fraction}
-    sharing: dict[tuple[str, str], int] = {}  # (stage, device) -> processes of that stage on that GPU (a CPU's caches are sized otherwise)
+    # (stage, device) -> processes of that stage on that GPU (a CPU's caches are sized otherwise)
+    sharing: dict[tuple[str, str], int] = {}
     for p in processes:
         key = (p.stage, p.device)
         sharing[key] = 1 if p.device == "cpu" else sharing.get(key, 0) + 1

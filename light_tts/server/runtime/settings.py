@@ -104,7 +104,8 @@ class ServerSettings:
         used = {flag for m in self.models for flag in family_named(m.family).decode_flags}
         every = {flag for name in family_names() for flag in family_named(name).decode_flags}
         defaults, families = ServerConfig(), ", ".join(sorted({m.family for m in self.models}))
-        return [f"--{flag} has no effect: no served model's codec reads it ({families})" for flag in sorted(every - used)
+        return [f"--{flag} has no effect: no served model's codec reads it ({families})"
+                for flag in sorted(every - used)
                 if getattr(self.cfg, flag) != getattr(defaults, flag)]
 
     def voice_limits(self) -> VoiceLimits:

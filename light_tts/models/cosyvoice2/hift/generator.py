@@ -20,7 +20,8 @@ from light_tts.models.weights import load_strict, read_state_dict
 def to_parametrized_weight_norm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename legacy weight-norm keys (`x.weight_g`, `x.weight_v`) to the parametrization form
     (`x.parametrizations.weight.original0`, `...original1`); both hold the same g and v tensors."""
-    legacy_suffixes = {".weight_g": ".parametrizations.weight.original0", ".weight_v": ".parametrizations.weight.original1"}
+    legacy_suffixes = {".weight_g": ".parametrizations.weight.original0",
+                       ".weight_v": ".parametrizations.weight.original1"}
     converted = {}
     for key, value in state_dict.items():
         for old, new in legacy_suffixes.items():
@@ -117,7 +118,8 @@ class HiFT(nn.Module):
             if stride == 1:
                 self.source_downs.append(nn.Conv1d(spec_channels, widths[i + 1], 1))
             else:
-                self.source_downs.append(nn.Conv1d(spec_channels, widths[i + 1], stride * 2, stride, padding=stride // 2))
+                self.source_downs.append(
+                    nn.Conv1d(spec_channels, widths[i + 1], stride * 2, stride, padding=stride // 2))
             self.source_resblocks.append(ResBlock(widths[i + 1], k, tuple(d)))
         self.num_kernels = len(cfg.resblock_kernel_sizes)
         self.resblocks = nn.ModuleList(

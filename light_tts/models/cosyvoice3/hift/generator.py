@@ -54,7 +54,8 @@ class CausalHiFT(HiFT):
         for u in reversed(cfg.upsample_rates[1:]):
             stage_strides.insert(0, stage_strides[0] * u)
         self.source_downs = nn.ModuleList(
-            CausalConv1d(spec_channels, widths[i + 1], 1) if s == 1 else CausalDownsample(spec_channels, widths[i + 1], s)
+            CausalConv1d(spec_channels, widths[i + 1], 1) if s == 1
+            else CausalDownsample(spec_channels, widths[i + 1], s)
             for i, s in enumerate(stage_strides))
         self.source_resblocks = nn.ModuleList(
             CausalResBlock(widths[i + 1], k, tuple(d))

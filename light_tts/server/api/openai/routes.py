@@ -160,7 +160,8 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
                                                                    "cross-lingual); blank: 400"},
                          "name": {"type": "string"},
                          "model": {"type": "string", "description": "the model whose frontend computes the "
-                                   "features (default: the first that takes prompt audio; a model of another frontend computes its own "
+                                   "features (default: the first that takes prompt audio; a model of another "
+                                   "frontend computes its own "
                                    "from the stored audio when it uses the voice)"}}}}}}})
     async def create_voice(request: Request):
         """Save a voice: its prompt features are computed once, now, by the frontend of the model named in `model`

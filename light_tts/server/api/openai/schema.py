@@ -67,7 +67,8 @@ Speed = Annotated[float, Field(ge=MIN_SPEED, le=MAX_SPEED)]
 Seed = Annotated[int | None, Field(ge=0, lt=SEED_LIMIT, description="same inputs and seed give the same audio")]
 FixedSpeechTokens = Annotated[int | None, Field(ge=1, description=(
     "benchmarks: every sentence generates exactly this many speech tokens (25 = 1 s), ignoring end-of-speech"))]
-Instructions = Annotated[Annotated[str, Field(max_length=MAX_INPUT_CHARS)] | None, AfterValidator(no_nul), Field(description=(
+Instructions = Annotated[Annotated[str, Field(max_length=MAX_INPUT_CHARS)] | None, AfterValidator(no_nul),
+                         Field(description=(
     "how to speak (style, emotion, pace, dialect), e.g. 'Speak slowly and softly.': the model's instruct mode, in "
     "the voice of `voice`; blank or absent: the voice's own style"))]
 Mode = Annotated[Literal["zero_shot", "instruct", "cross_lingual"] | None, Field(description=(
