@@ -19,10 +19,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from light_tts.bench.player import percentile
-from light_tts.bench.stream_stats import SAMPLES_PER_SPEECH_TOKEN
+from light_tts.bench.player import SAMPLE_RATE, percentile
+from light_tts.bench.stream_stats import COSYVOICE_TOKEN_RATE
 
-BYTES_PER_TOKEN = 2 * SAMPLES_PER_SPEECH_TOKEN  # int16 samples of one speech token
+BYTES_PER_TOKEN = 2 * SAMPLE_RATE // COSYVOICE_TOKEN_RATE  # int16 samples of one CosyVoice speech token
 PAGE_TOKENS = 25  # speech tokens of one flow-cache page (one second of audio)
 PROMPT_SECONDS = 2.0  # the voices' prompt audio
 PROMPT_TOKENS = int(PROMPT_SECONDS * 25)

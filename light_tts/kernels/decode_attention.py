@@ -27,11 +27,15 @@ def key_scores(q, k_cache_ptr, k_scale_ptr, slots, kv_head, stride_slot, stride_
     """Scores (rows of q, BLOCK_N) of q against the keys at cache `slots` (BLOCK_N,), times scale_log2."""
     k = tl.load(k_cache_ptr + slots[:, None] * stride_slot + kv_head * stride_head + dims[None, :],
                 mask=mask[:, None], other=0.0)
+    # one return, after an if/else: Triton's compiler keeps generating the statements after a return inside a
+    # constexpr if, so an early return would also compile the unquantized dot on fp8 keys (refused on a GPU; the
+    # interpreter, which runs Python, never sees it)
     if KV_QUANT:
         k_scale = tl.load(k_scale_ptr + slots * stride_scale_slot + kv_head, mask=mask, other=0.0)
-        scores = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION)
-        return scores * (k_scale[None, :] * scale_log2)
-    return tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+        scores = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * (k_scale[None, :] * scale_log2)
+    else:
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+    return scores
 
 
 @triton.jit
@@ -40,10 +44,12 @@ def weighted_values(p, q, v_cache_ptr, v_scale_ptr, slots, kv_head, stride_slot,
     """p (rows, BLOCK_N) float32 times the values at cache `slots`, in q's dtype with float32 accumulation."""
     v = tl.load(v_cache_ptr + slots[:, None] * stride_slot + kv_head * stride_head + dims[None, :],
                 mask=mask[:, None], other=0.0)
-    if KV_QUANT:
+    if KV_QUANT:  # if/else with one return, as key_scores
         v_scale = tl.load(v_scale_ptr + slots * stride_scale_slot + kv_head, mask=mask, other=0.0)
-        return tl.dot((p * v_scale[None, :]).to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION)
-    return tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        out = tl.dot((p * v_scale[None, :]).to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION)
+    else:
+        out = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return out
 
 
 @triton.jit

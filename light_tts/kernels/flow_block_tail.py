@@ -36,9 +36,13 @@ def row_layer_norm(x, w_ptr, b_ptr, cols, C: tl.constexpr, eps):
 
 @triton.jit
 def _activation(x, SILU: tl.constexpr):
+    # if/else with one return: Triton's compiler goes on past a return inside a constexpr if (its interpreter does
+    # not), so an early return would give GELU for SiLU on a GPU
     if SILU:
-        return x / (1.0 + tl.exp(-x))
-    return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))  # GELU (exact)
+        y = x / (1.0 + tl.exp(-x))
+    else:
+        y = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))  # GELU (exact)
+    return y
 
 
 @triton.jit

@@ -50,9 +50,13 @@ def scale_of(amax, qmax: tl.constexpr):
 @triton.jit
 def format_scale(amax, FORMAT: tl.constexpr):
     """scale_of for FORMAT's QMAX (FORMAT_CODE: 1 int8, 2 fp8)."""
+    # if/else with one return: Triton's compiler goes on past a return inside a constexpr if (the interpreter does
+    # not), so an early return would hand back the last branch's value on a GPU
     if FORMAT == 1:
-        return scale_of(amax, 127.0)
-    return scale_of(amax, 448.0)
+        scale = scale_of(amax, 127.0)
+    else:
+        scale = scale_of(amax, 448.0)
+    return scale
 
 
 @triton.jit
@@ -60,9 +64,11 @@ def quantize_rows(x, scale, FORMAT: tl.constexpr):
     """x (R, C) float32 divided by its row scale (R,) and rounded to FORMAT (FORMAT_CODE: 1 int8, 2 fp8), as
     float32."""
     y = tl.math.div_rn(x, scale[:, None])  # IEEE division, as torch's (the default one is approximate on CUDA)
-    if FORMAT == 1:
-        return round_int8(y)
-    return round_e4m3(y)
+    if FORMAT == 1:  # if/else with one return, as format_scale
+        out = round_int8(y)
+    else:
+        out = round_e4m3(y)
+    return out
 
 
 @triton.jit
