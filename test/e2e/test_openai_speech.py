@@ -172,7 +172,8 @@ def test_a_client_that_leaves_ends_its_request(server, client, voice):
 
     async def leave_mid_utterance():
         async with websockets.connect(server.url.replace("http", "ws") + "/ws/tts", additional_headers=AUTH) as ws:
-            await ws.send(json.dumps({"text": TEXT, "voice": voice}))
+            # a forced length: a random model's utterance may otherwise end before the client leaves
+            await ws.send(json.dumps({"text": TEXT, "voice": voice, "fixed_speech_tokens": LONG_TOKENS}))
             await ws.recv()  # the first audio frame; then hang up
 
     asyncio.run(leave_mid_utterance())
