@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 names=(fastapi starlette pydantic pydantic-core annotated-types annotated-doc typing-inspection opentelemetry-api
        uvicorn websockets python-multipart pyzmq msgspec setproctitle soundfile cffi pycparser soxr kaldi-native-fbank
-       wetext kaldifst contractions textsearch anyascii pyahocorasick "$@")
+       wetext kaldifst contractions textsearch anyascii pyahocorasick fastapi-offline "$@")
 mkdir -p .whl
 for name in "${names[@]}"; do
     version=$(python -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p')
