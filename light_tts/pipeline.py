@@ -154,6 +154,7 @@ class Pipeline:
         yield session.finish()
 
     def _prompt_tensors(self, prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor]:
-        """(prompt text tokens [1,Lp], prompt speech tokens [1,P]) as int32 on the LM's device."""
-        return (torch.from_numpy(prompt.text_tokens)[None].to(self.device),
-                torch.from_numpy(prompt.speech_tokens)[None].to(self.device))
+        """(prompt text tokens [1,Lp], prompt speech tokens [1,P]) as int32 on the LM's device (copies: the
+        frontend's cached token arrays are read-only)."""
+        return (torch.tensor(prompt.text_tokens)[None].to(self.device),
+                torch.tensor(prompt.speech_tokens)[None].to(self.device))
