@@ -69,8 +69,7 @@ class Pipeline:
                               instruction: str | None) -> int:
         """The LLM prompt's text tokens that count toward a sentence's length bounds in this mode (CosyVoice3's
         cross-lingual system text, as upstream's text carries it), else 0."""
-        built = self.family.llm_prompt(mode, transcript or "", instruction or "")
-        return len(llm_prompt.text_tokens) if built.counts_in_length else 0
+        return len(llm_prompt.text_tokens) if self.family.prompt_counts_in_length(mode) else 0
 
     def encode(self, prompt_wav: bytes, prompt_text: str | None, mode: str | None,
                instruction: str | None) -> tuple[Prompt, Prompt]:

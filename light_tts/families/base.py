@@ -159,6 +159,10 @@ class ModelFamily:
         """The LLM prompt of `mode` for a voice with this transcript (zero-shot) or an instruction (instruct)."""
         raise NotImplementedError
 
+    def prompt_counts_in_length(self, mode: str) -> bool:
+        """Whether the LLM prompt's text of `mode` counts toward a sentence's length bounds (LLMPrompt)."""
+        return mode in self.modes and self.llm_prompt(mode).counts_in_length
+
     def check_mode(self, mode: str) -> None:
         if mode not in self.modes:
             raise RequestError(f"mode {mode!r} is not supported by {self.name} models (modes: "

@@ -27,7 +27,9 @@ from light_tts.model_config import LLMConfig
 @dataclass
 class LLMRequest:
     """What the server submits. min_len/max_len default to the layout's bounds (CosyVoice: 2x/20x the text tokens,
-    prompt text excluded). A PromptLayout takes the whole prompt as `text_token_ids`.
+    prompt text excluded but for its num_counted_prompt_tokens last ones: the prompt text that upstream's mode
+    carries in the text itself, CosyVoice3's cross-lingual system text). A PromptLayout takes the whole prompt as
+    `text_token_ids`.
 
     min_len = max_len = N asks for exactly N speech tokens (every stop id is forbidden until then, like vLLM's
     ignore_eos with max_tokens, whatever the family's MinLenRule lets through), in bistream requests too: the
@@ -46,6 +48,7 @@ class LLMRequest:
     min_len: int | None = None
     max_len: int | None = None
     bistream: bool = False
+    num_counted_prompt_tokens: int = 0  # prompt text counted as text in the default bounds (CosyVoice3 cross-lingual)
 
 
 @dataclass
@@ -118,7 +121,7 @@ class TokenLayout:
 
     def length_bounds(self, req: LLMRequest, max_total_len: int) -> tuple[int, int]:
         # bistream text length is unknown up front: no min_len (upstream has none), max_len bounded by the KV row
-        num_text = len(req.text_token_ids)
+        num_text = len(req.text_token_ids) + req.num_counted_prompt_tokens
         default_min, default_max = (0, max_total_len) if req.bistream else (2 * num_text, 20 * num_text)
         return (default_min if req.min_len is None else req.min_len,
                 default_max if req.max_len is None else req.max_len)

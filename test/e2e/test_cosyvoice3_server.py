@@ -100,6 +100,21 @@ def test_fixed_speech_tokens_force_the_length(server):
     assert r.status_code == 200 and len(r.content) == 40 * 960 * 2, (r.status_code, len(r.content))
 
 
+def test_cross_lingual_counts_the_system_text_in_the_length_bound(server, pipelines):
+    """CosyVoice3's cross-lingual prompt is its system text, which upstream carries in the target text: the
+    sentence's 20x bound counts it. With seed 38 the tiny LM speaks "Hi." (3 tokens) for 73 tokens, past the 60
+    that 20x its own tokens would allow."""
+    data = {"tts_text": "Hi.", "prompt_text": PROMPT_TEXT, "seed": "38", "stream": "false", "mode": "cross_lingual",
+            "tts_model_name": CV3}
+    r = httpx.post(f"{server.url}/inference_zero_shot", data=data, timeout=120,
+                   files={"prompt_wav": ("p.wav", voice_wav(1), "audio/wav")})
+    assert r.status_code == 200, r.text
+    audio = pipelines[CV3].synthesize("Hi.", voice_wav(1), PROMPT_TEXT, seed=38, mode="cross_lingual")
+    want = to_int16(np.concatenate(list(audio))).tobytes()
+    assert len(want) > 60 * 960 * 2  # the bound matters here
+    assert_same_audio(r.content, want)
+
+
 def test_bistream_equals_the_pipeline(server, pipelines):
     """Text in pieces to CosyVoice3 (its prompt text through <|endofprompt|> right after sos). Its length is
     bounded by max_speech_tokens alone: the CPU pool must hold such a stream (it held 8 pages: 413 too_large)."""

@@ -57,6 +57,7 @@ class LLMRequestState:
     is_running: bool = False
     is_last_sent: bool = False  # bistream: the engine was told the text ended
     num_text_tokens: int = 0  # of every sentence or piece received so far
+    num_counted_prompt_tokens: int = 0  # prompt text counted in each sentence's length bounds (prompt_counts_in_length)
     max_tokens: int = 0  # the running sentence's speech-token bound
     first_chunk_tokens: int = 0  # speech tokens of the first audio chunk (its trace's first_hop_out)
     num_first_tokens: int = 0  # speech tokens of the first sentence sent so far
@@ -104,7 +105,7 @@ class LLMWorker:
 
         device = resolve_device(self.settings, "llm", self.rank)
         set_process_title(self.name, model_on(self.settings, "llm", self.rank, device))
-        family = family_of(self.model.model_dir)
+        self.family = family = family_of(self.model.model_dir)
         # the family's config carries its speech ids, stop set, min-length rule and sampling defaults
         spec = family.llm_spec(family.load_model_config(self.model.model_dir))
         self.engine = LLMEngine(spec, self.settings.llm_engine_config(device, self.rank), device)
@@ -162,8 +163,10 @@ class LLMWorker:
             # the first chunk's pad aligns the flow's prompt (all its speech tokens, in every mode) to the chunk grid
             num_flow_prompt = int(self.slots.a["num_prompt_speech_tokens"][params.slot])
             first_chunk = self.settings.first_chunk_tokens(self.model.facts, num_flow_prompt) if params.stream else 0
+            counted = len(text_tokens) if self.family.prompt_counts_in_length(params.mode) else 0
             self.reqs[params.req_id] = LLMRequestState(params, message.is_bistream, rank, text_tokens.tolist(),
-                                                       speech_tokens.tolist(), first_chunk_tokens=first_chunk)
+                                                       speech_tokens.tolist(), first_chunk_tokens=first_chunk,
+                                                       num_counted_prompt_tokens=counted)
 
     def on_vc_request(self, message: VCRequestIn) -> None:
         """Voice conversion: the source's tokens are the request's one sentence, finished; nothing stays here."""
@@ -263,15 +266,17 @@ class LLMWorker:
         fixed = state.params.fixed_speech_tokens
         state.sentence_idx += 1
         state.is_running = True
+        counted = state.num_counted_prompt_tokens
         state.max_tokens = self.settings.sentence_speech_tokens(self.model.facts, None if state.is_bistream else
-                                                                 len(text_tokens), fixed)
+                                                                 len(text_tokens) + counted, fixed)
         self.running[state.engine_id()] = state
         if state.sentence_idx == 0:
             self.slots.trace.stamp(state.params.slot, "llm_queued")
         self.engine.add_request(LLMRequest(
             req_id=state.engine_id(), text_token_ids=text_tokens, prompt_text_token_ids=state.prompt_text_tokens,
             prompt_speech_token_ids=state.prompt_speech_tokens, seed=state.sentence_seed(),
-            bistream=state.is_bistream, min_len=fixed, max_len=state.max_tokens))
+            bistream=state.is_bistream, min_len=fixed, max_len=state.max_tokens,
+            num_counted_prompt_tokens=0 if state.is_bistream else counted))
 
     def check_fixed_length_fits(self, state: LLMRequestState, num_text_tokens: int, fixed: int) -> None:
         """A fixed-length sentence must fit one engine request whole, or it would silently end early."""
