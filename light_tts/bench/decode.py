@@ -208,7 +208,13 @@ def section_throughput(cfg, engine, rows_list: list[int], context_s: float) -> d
     flops_of, bytes_of = FLOW_ROOFLINE[cfg.family]
     result = {"context_s": context_s, "kv": str(engine.cache.kv_dtype), "pool_pages": engine.pool.num_pages}
     for rows in rows_list:
-        t = pass_times(engine, rows, ctx)
+        try:
+            t = pass_times(engine, rows, ctx)
+        except torch.OutOfMemoryError:  # the pool holds most of the memory: say so and go on to the other sizes
+            free(engine.device)
+            result[rows] = {"error": "out of memory beside the engine's page pool"}
+            print(f"  {context_s:.0f}s ctx rows {rows}: out of memory beside the engine's page pool", flush=True)
+            continue
         step_ms = t["flow_ms"] + t["hift_ms"]
         if engine.hift_stage.overlap and "overlapped_ms" in t:
             step_ms = t["overlapped_ms"]

@@ -32,7 +32,11 @@ from light_tts.llm.sampler import Sampler, SamplingInputs, pack_sampling
 from light_tts.models.speech_lm import SpeechLM
 from light_tts.sampling import RASSampler
 
-LOGPROB_TOL = 0.1  # max |log-prob difference| to the float32 reference accepted for bf16/fp16 weights
+# bf16/fp16 weights pass when the log-probs of every step are within 1e-2 relative L2 of the float32 reference's
+# (bf16 keeps 8 significant bits, ~4e-3 per rounding). The max |difference| is reported beside it: it grows with
+# the vocabulary (the least likely of Orpheus's 156,940 ids move most; 0.28 on an H100 at 4.5e-3 rel L2), so it
+# is no verdict.
+LOGPROB_REL_TOL = 1e-2
 # (quantized modes report the difference without a verdict: light_tts.bench.quant measures their accuracy)
 DEVICE = "cuda"
 MODEL = None  # the family's adapter (llm_models.py), set by main
@@ -81,20 +85,25 @@ def bench_decode(engine: LLMEngine, batch: int, context: int, gen: torch.Generat
     return result
 
 
-def profile_decode(engine: LLMEngine, context: int, gen: torch.Generator, num_steps: int = 10) -> dict:
-    """Kernels of a batch-1 decode step with graphs (torch.profiler): launches per step and the costliest kinds."""
-    req = make_request("prof", context, 10_000, gen)
-    engine.add_request(req)
+def profile_decode(engine: LLMEngine, batch: int, context: int, gen: torch.Generator, num_steps: int = 10) -> dict:
+    """Kernels of a decode step of `batch` requests with graphs (torch.profiler): launches per step and the
+    costliest kinds."""
+    reqs = [make_request(f"prof{batch}_{i}", context, 10_000, gen) for i in range(batch)]
+    for req in reqs:
+        engine.add_request(req)
+    while engine.scheduler.waiting or any(s.num_computed == 0 for s in engine.scheduler.running):
+        engine.step()
     for _ in range(3):
         engine.step()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(num_steps):
             engine.step()
         sync()
-    engine.abort(req.req_id)
+    for req in reqs:
+        engine.abort(req.req_id)
     kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
     kernels.sort(key=lambda e: -e.device_time_total)
-    return {"kernels_per_step": sum(e.count for e in kernels) / num_steps,
+    return {"batch": batch, "kernels_per_step": sum(e.count for e in kernels) / num_steps,
             "top": [{"name": e.key[:90], "per_step": e.count / num_steps,
                      "us_per_step": e.device_time_total / num_steps} for e in kernels[:25]]}
 
@@ -180,7 +189,7 @@ def logprob_check(engine: LLMEngine, ref, batch: int, num_checked: int, gen: tor
     return {"batch": batch, "checked": num_checked, "steps": len(ours[reqs[0].req_id]), "max_abs": max_abs,
             "max_rel_l2": max(rel),
             "pass": None if engine.cfg.quantization != "none" or engine.cfg.kv_cache_dtype != "auto"
-            else max_abs <= LOGPROB_TOL}
+            else max(rel) <= LOGPROB_REL_TOL}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -193,7 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="requests of the throughput run")
     parser.add_argument("--gen_len", type=int, default=250, help="tokens each request of the throughput run makes")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--profile", action="store_true", help="also list the kernels of a batch-1 decode step (CUDA)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also list the kernels of a decode step at batch 1 and at the largest of --batches (CUDA)")
     parser.add_argument("--quantization", default="none", choices=("none", "fp8", "int8"))
     parser.add_argument("--kv_cache_dtype", default="auto", choices=("auto", "fp8", "int8"))
     args = parser.parse_args(argv)
@@ -224,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
         results["speedup_vs_eager"] = (results["throughput"]["tokens_per_s"]
                                        / results["eager_baseline"]["tokens_per_s"])
     if args.profile and DEVICE == "cuda":  # last: the profiler slows what runs after it
-        results["profile"] = profile_decode(engine, args.context, gen)
+        batches = sorted({1, max(int(b) for b in args.batches.split(","))})
+        results["profile"] = [profile_decode(engine, b, args.context, gen) for b in batches]
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
@@ -236,9 +247,9 @@ def print_table(r: dict) -> None:
     print(f"{'decode batch':>12} {'graph ms':>9} {'eager ms':>9} {'replay ms':>10}")
     for d in r["decode"]:
         print(f"{d['batch']:>12} {d['graph_ms']:>9.3f} {d['eager_ms']:>9.3f} {d.get('replay_ms', float('nan')):>10.3f}")
-    if "profile" in r:
-        print(f"batch-1 decode step: {r['profile']['kernels_per_step']:.0f} kernels")
-        for k in r["profile"]["top"]:
+    for prof in r.get("profile", []):
+        print(f"batch-{prof['batch']} decode step: {prof['kernels_per_step']:.0f} kernels")
+        for k in prof["top"]:
             print(f"  {k['per_step']:5.1f} x {k['us_per_step']:8.1f} us  {k['name']}")
     for p in r["prefill"]:
         print(f"prefill {p['prompt_len']:>5} tokens: {p['ms']:.2f} ms")
