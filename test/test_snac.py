@@ -178,6 +178,65 @@ def test_engine_batches_streams_and_each_gets_its_own_audio(ours):
     np.testing.assert_allclose(together["a"][5 * 2048:6 * 2048], window[2048:4096], atol=2e-6)
 
 
+class FakeClock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def tiny_orpheus_config():
+    from light_tts.model_config import QwenConfig
+    from light_tts.models.orpheus.config import OrpheusConfig, OrpheusTokens
+
+    tokens = OrpheusTokens(0, 0, 0, 0, 0, 0, 0, 0, 0, first_audio=IDS.first_audio)
+    return OrpheusConfig(model_dir=None, body=QwenConfig(), tokens=tokens, snac=TINY)
+
+
+def test_windows_ahead_of_their_listeners_wait_and_gather(ours):
+    """First windows go at once; after that a stream's windows wait until they fill a batch (one per stream) or
+    its listener is about to run dry, and then go together, several of one stream in one decode; the audio is the
+    same as one window a step."""
+    clock = FakeClock()
+    rng = np.random.default_rng(1)
+    streams = {"a": stream_ids(rng, 8), "b": stream_ids(rng, 8), "c": stream_ids(rng, 8)}
+    engine = SNACEngine(tiny_orpheus_config(), model=ours, max_batch_size=8, clock=clock)
+    for k in streams:
+        engine.add_request(k, seed=SEEDS[k])
+    got = {k: [] for k in streams}
+
+    def step() -> set[str]:
+        outs = engine.step()
+        for out in outs:
+            got[out.req_id].append(out.audio)
+        return {out.req_id for out in outs}
+
+    for k, ids in streams.items():  # 4 frames each: every first window is ready
+        engine.push_tokens(k, ids[:28], False)
+    assert step() == {"a", "b", "c"} and len(engine.take_step_times()) == 1  # first audio at once, one decode
+    engine.push_tokens("a", streams["a"][28:42], False)  # two more windows of `a` only
+    assert engine.has_work() and step() == set()  # they wait: 2 windows, 3 streams, a deadline 70 ms away
+    assert not engine.has_work() and 0 < engine.wake_in_s() < 0.07
+    clock.t += engine.wake_in_s()  # `a`'s listener is about to run dry: both windows in one decode
+    assert engine.has_work() and step() == {"a"} and len(engine.take_step_times()) == 1
+    assert len(got["a"][-1]) == 2 * 2048
+    for k in "bc":  # one window each of b and c, and the rest of a: a full batch goes at once
+        engine.push_tokens(k, streams[k][28:35], False)
+    engine.push_tokens("a", streams["a"][42:49], False)
+    assert step() == {"a", "b", "c"} and len(engine.take_step_times()) == 1
+    for k, ids in streams.items():  # the ends: a request whose frames are all in goes at once
+        engine.push_tokens(k, ids[len(ids) - 7 if k == "a" else 35:], True)
+    while engine.num_active():
+        step()
+    for k, ids in streams.items():
+        alone = SNACEngine(tiny_orpheus_config(), model=ours, max_batch_size=8)
+        alone.add_request(k, seed=SEEDS[k])
+        want = run_engine(alone, {k: ids}, piece=7)[k]  # one window a step
+        np.testing.assert_allclose(np.concatenate(got[k]), want, atol=2e-6)
+        assert len(want) == 8 * 2048
+
+
 def test_engine_refuses_a_speed_change(ours):
     from light_tts.model_config import QwenConfig
     from light_tts.models.orpheus.config import OrpheusConfig, OrpheusTokens

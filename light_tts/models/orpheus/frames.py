@@ -92,6 +92,14 @@ class WindowSchedule:
         self.num_frames += count
         self.is_last = self.is_last or is_last
 
+    def num_ready(self) -> int:
+        """Windows next_window would hand out now, one after another (a short or empty stream's whole: 1)."""
+        if self.is_done:
+            return 0
+        if self.next_end <= self.num_frames:
+            return self.num_frames - self.next_end + 1
+        return 1 if self.is_last and self.num_frames < WINDOW else 0
+
     def next_window(self) -> Window | None:
         """The next window to decode, or None (not enough frames yet, or done). A window is handed out once."""
         if self.is_done:
