@@ -16,6 +16,7 @@ decoded with noise from (seed, the window's end frame), so it is the same alone,
 (orpheus_pipeline.py), whichever step decodes it. No page pool: a stream holds only its frames and the last
 window's kept tail.
 """
+
 from __future__ import annotations
 
 import logging
