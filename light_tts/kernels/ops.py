@@ -3,12 +3,11 @@
 use_triton=None picks by device; use_triton=True forces the kernel (on CPU tensors only under TRITON_INTERPRET=1,
 which the kernel tests use); use_triton=False forces the reference.
 """
-import os
-
 import torch
 
 from light_tts.kernels.activation import silu_and_mul_ref, silu_and_mul_triton
 from light_tts.kernels.decode_attention import decode_attention_ref, decode_attention_triton
+from light_tts.kernels.dispatch import is_triton
 from light_tts.kernels.kv_store import store_kv_ref, store_kv_triton
 from light_tts.kernels.nucleus_sampling import nucleus_sample_ref, nucleus_sample_triton
 from light_tts.kernels.prefill_attention import prefill_attention_ref, prefill_attention_triton
@@ -28,18 +27,10 @@ __all__ = ["rms_norm", "apply_rotary", "build_cos_sin_cache", "silu_and_mul", "s
            "prefill_attention", "decode_attention", "ras_first_attempt", "nucleus_sample", "fp8_linear", "int8_linear"]
 
 
-def _is_triton(x: torch.Tensor, use_triton: bool | None) -> bool:
-    if use_triton is None:
-        return x.is_cuda
-    if use_triton and not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("Triton kernels on CPU tensors need TRITON_INTERPRET=1 set before triton is imported")
-    return use_triton
-
-
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
              use_triton: bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """out = rmsnorm(x [+ residual]) * weight; returns (out, x + residual) or (out, None)."""
-    impl = rms_norm_triton if _is_triton(x, use_triton) else rms_norm_ref
+    impl = rms_norm_triton if is_triton(x, use_triton) else rms_norm_ref
     return impl(x, weight, eps, residual)
 
 
@@ -52,13 +43,13 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_
     [(Hq + 2 Hkv) * D] (the qkv projection's), first adds it to q, k and v [T, Hkv, D] in place; with the caches
     given, writes the rotated k and v to cache slots slot_mapping [T] (slot -1: not stored), quantized with their
     scales [slots, Hkv] when the cache is int8 or fp8."""
-    impl = apply_rotary_triton if _is_triton(q, use_triton) else apply_rotary_ref
+    impl = apply_rotary_triton if is_triton(q, use_triton) else apply_rotary_ref
     impl(q, k, positions, cos_sin_cache, v, k_cache, v_cache, slot_mapping, bias, k_scale, v_scale)
 
 
 def silu_and_mul(x: torch.Tensor, use_triton: bool | None = None) -> torch.Tensor:
     """[T, 2I] -> silu(gate) * up [T, I]."""
-    impl = silu_and_mul_triton if _is_triton(x, use_triton) else silu_and_mul_ref
+    impl = silu_and_mul_triton if is_triton(x, use_triton) else silu_and_mul_ref
     return impl(x)
 
 
@@ -67,7 +58,7 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
              use_triton: bool | None = None) -> None:
     """Writes k, v [T, Hkv, D] to cache slots slot_mapping [T]; slot -1 drops a padding token. An int8 or fp8
     cache gets them quantized, one scale per (token, head) written to k_scale, v_scale [slots, Hkv]."""
-    impl = store_kv_triton if _is_triton(k, use_triton) else store_kv_ref
+    impl = store_kv_triton if is_triton(k, use_triton) else store_kv_ref
     impl(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
 
 
@@ -78,7 +69,7 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
                       use_triton: bool | None = None) -> torch.Tensor:
     """Causal attention of packed new tokens q [T, Hq, D] over prefix + themselves -> [T, Hq, D]; k_scale and
     v_scale come with an int8 or fp8 cache."""
-    impl = prefill_attention_triton if _is_triton(q, use_triton) else prefill_attention_ref
+    impl = prefill_attention_triton if is_triton(q, use_triton) else prefill_attention_ref
     return impl(q, k_cache, v_cache, req_to_token, b_req_idx, b_start_loc, b_seq_len, b_prefix_len,
                 sm_scale, max_new_len, k_scale, v_scale)
 
@@ -89,7 +80,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                      v_scale: torch.Tensor | None = None, use_triton: bool | None = None) -> torch.Tensor:
     """One query q [B, Hq, D] per request over its b_seq_len cached tokens -> [B, Hq, D]; empty rows give zeros;
     k_scale and v_scale come with an int8 or fp8 cache."""
-    impl = decode_attention_triton if _is_triton(q, use_triton) else decode_attention_ref
+    impl = decode_attention_triton if is_triton(q, use_triton) else decode_attention_ref
     return impl(q, k_cache, v_cache, req_to_token, b_req_idx, b_seq_len, sm_scale, max_seq_len, k_scale, v_scale)
 
 
@@ -97,7 +88,7 @@ def ras_first_attempt(scores: torch.Tensor, packed: torch.Tensor, top_k: int, to
                       reject_from: int, use_triton: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """First sampling attempt of [B, V] float32 log-probs with SamplingInputs.packed [B, 4 + win] -> (ids [B],
     id banned by the repetition fallback or -1 [B]), both int64; greedy rows take the (allowed) argmax."""
-    impl = ras_first_attempt_triton if _is_triton(scores, use_triton) else ras_first_attempt_ref
+    impl = ras_first_attempt_triton if is_triton(scores, use_triton) else ras_first_attempt_ref
     return impl(scores, packed, top_k, top_p, min_repeats, reject_from)
 
 
@@ -105,7 +96,7 @@ def nucleus_sample(logits: torch.Tensor, packed: torch.Tensor, seen: torch.Tenso
                    penalty: float, use_triton: bool | None = None) -> torch.Tensor:
     """One id per row of [B, V] float32 logits: repetition penalty over seen [rows, V] (bool), temperature, top-p,
     within each row's allowed range (packed [B, 5 + rounds], kernels/nucleus_sampling.py) -> ids [B] int64."""
-    impl = nucleus_sample_triton if _is_triton(logits, use_triton) else nucleus_sample_ref
+    impl = nucleus_sample_triton if is_triton(logits, use_triton) else nucleus_sample_ref
     return impl(logits, packed, seen, temperature, top_p, penalty)
 
 
@@ -113,7 +104,7 @@ def fp8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: 
                use_triton: bool | None = None) -> torch.Tensor:
     """x [M, K] @ fp8 weight [N, K] (scales [N]) with x quantized to fp8 per token -> [M, N] in x's dtype: the fused
     Triton kernel up to FP8_TRITON_MAX_ROWS rows (or where torch._scaled_mm cannot run), torch._scaled_mm above."""
-    if not _is_triton(x, use_triton):
+    if not is_triton(x, use_triton):
         return fp8_linear_ref(x, w_q, w_scale, bias)
     # _scaled_mm needs K and N multiples of 16 (every LLM projection here)
     if (x.is_cuda and x.shape[0] > FP8_TRITON_MAX_ROWS and x.shape[1] % 16 == 0 == w_q.shape[0] % 16
@@ -125,6 +116,6 @@ def fp8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: 
 def int8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None,
                 use_triton: bool | None = None) -> torch.Tensor:
     """x [M, K] @ int8 weight [N, K] (scales [N]), weight-only -> [M, N] in x's dtype."""
-    if not _is_triton(x, use_triton):
+    if not is_triton(x, use_triton):
         return int8_linear_ref(x, w_q, w_scale, bias)
     return quant_linear_triton(x, w_q, w_scale, bias, act_fp8=False)
