@@ -60,7 +60,7 @@ class RASConfig:
 @dataclass(frozen=True)
 class NucleusConfig:
     """Temperature, top-p and a repetition penalty over the ids a request generated, applied in vLLM's order
-    (penalty, temperature, top-p); no top-k (kernels/nucleus_sampling.py)."""
+    (penalty, temperature, top-p); no top-k (kernels/llm/nucleus_sampling.py)."""
 
     temperature: float = 0.6
     top_p: float = 0.8

@@ -5,9 +5,9 @@ relative-position attention."""
 import pytest
 import torch
 
-from light_tts.kernels.flow_attention import flow_attention_ref, flow_attention_triton
-from light_tts.kernels.flow_kv_store import store_pages_ref, store_pages_triton
-from light_tts.kernels.flow_relpos_attention import relpos_attention_ref, relpos_attention_triton
+from light_tts.kernels.flow.flow_attention import flow_attention_ref, flow_attention_triton
+from light_tts.kernels.flow.flow_kv_store import store_pages_ref, store_pages_triton
+from light_tts.kernels.flow.flow_relpos_attention import relpos_attention_ref, relpos_attention_triton
 
 H, D = 2, 16
 
@@ -136,7 +136,7 @@ def test_relpos_attention_equals_reference(page, chunk):
 
 
 def test_fused_row_kernels_equal_references():
-    from light_tts.kernels.flow_fused import (
+    from light_tts.kernels.flow.flow_fused import (
         add_layer_norm_ref,
         add_layer_norm_triton,
         gather_taps_ref,

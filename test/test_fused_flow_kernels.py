@@ -15,11 +15,11 @@ from test_flow_kernels import SPECS, make_rows, page_table_for
 from light_tts.decode.flow_cache import FlowCache, FlowCacheShape
 from light_tts.decode.flow_inputs import Bucket, ChunkSpec, build_flow_inputs
 from light_tts.decode.paged_flow import PagedFlow
-from light_tts.kernels.flow_attention import flow_attention_partials, flow_attention_ref, merge_splits_ref
-from light_tts.kernels.flow_block_tail import block_tail_ref, block_tail_triton
-from light_tts.kernels.flow_cfm_step import cfm_step_ref, cfm_step_triton
-from light_tts.kernels.flow_qkv_store import qkv_store_ref, qkv_store_triton
-from light_tts.kernels.flow_tap_conv import save_rows_ref, save_rows_triton, tap_conv_ref, tap_conv_triton
+from light_tts.kernels.flow.flow_attention import flow_attention_partials, flow_attention_ref, merge_splits_ref
+from light_tts.kernels.flow.flow_block_tail import block_tail_ref, block_tail_triton
+from light_tts.kernels.flow.flow_cfm_step import cfm_step_ref, cfm_step_triton
+from light_tts.kernels.flow.flow_qkv_store import qkv_store_ref, qkv_store_triton
+from light_tts.kernels.flow.flow_tap_conv import save_rows_ref, save_rows_triton, tap_conv_ref, tap_conv_triton
 from light_tts.model_dir import load_model_config
 from light_tts.models.cosyvoice2.flow import Flow
 

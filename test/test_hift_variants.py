@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_decode_engine import REL_TOL, check_against_reference, make_requests, new_engine, run_until_done
 
-from light_tts.kernels.hift_noise import keyed_noise_ref, keyed_noise_triton
+from light_tts.kernels.flow.hift_noise import keyed_noise_ref, keyed_noise_triton
 from light_tts.model_dir import load_model_config
 from light_tts.models.cosyvoice2.hift import HiFT
 

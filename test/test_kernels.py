@@ -15,9 +15,9 @@ IS_CUDA = torch.cuda.is_available()
 NEEDS_RERUN = not IS_CUDA and os.environ.get("TRITON_INTERPRET") != "1"
 # (conftest.py patches the interpreter's loop bounds for NumPy >= 2.4)
 
-from light_tts.kernels import ops  # noqa: E402
-from light_tts.kernels.decode_attention import choose_split_len, decode_attention_triton  # noqa: E402
-from light_tts.kernels.prefill_attention import prefill_attention_triton  # noqa: E402
+from light_tts.kernels.llm import ops  # noqa: E402
+from light_tts.kernels.llm.decode_attention import choose_split_len, decode_attention_triton  # noqa: E402
+from light_tts.kernels.llm.prefill_attention import prefill_attention_triton  # noqa: E402
 
 DEVICE = torch.device("cuda" if IS_CUDA else "cpu")
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -361,7 +361,7 @@ def test_nucleus_sample_matches_reference(vocab, poisoned_empty):
 def test_nucleus_sample_draws_the_top_p_distribution():
     """The rejection draw on many seeds: only nucleus ids come out, at their renormalised probabilities (the
     repetition penalty and temperature applied first)."""
-    from light_tts.kernels.nucleus_sampling import nucleus_sample_ref
+    from light_tts.kernels.llm.nucleus_sampling import nucleus_sample_ref
     from light_tts.llm.nucleus_sampler import pack_rows
 
     n, probs = 4000, torch.tensor([0.05, 0.3, 0.02, 0.2, 0.15, 0.11, 0.08, 0.09])

@@ -22,10 +22,10 @@ from test_kernels import (
 )
 from test_kernels import DTYPES as FLOAT_DTYPES
 
-from light_tts.kernels import ops
-from light_tts.kernels.decode_attention import decode_attention_triton
-from light_tts.kernels.prefill_attention import prefill_attention_triton
-from light_tts.kernels.quant import (
+from light_tts.kernels.llm import ops
+from light_tts.kernels.llm.decode_attention import decode_attention_triton
+from light_tts.kernels.llm.prefill_attention import prefill_attention_triton
+from light_tts.kernels.llm.quant import (
     DTYPES,
     QMAX,
     dequantize_ref,
@@ -36,7 +36,7 @@ from light_tts.kernels.quant import (
     round_e4m3,
     row_scale_ref,
 )
-from light_tts.kernels.quant_linear import FP8_TRITON_MAX_ROWS, fp8_linear_scaled_mm, quant_linear_triton
+from light_tts.kernels.llm.quant_linear import FP8_TRITON_MAX_ROWS, fp8_linear_scaled_mm, quant_linear_triton
 
 if not IS_CUDA and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("the kernels need a GPU or TRITON_INTERPRET=1 (conftest.py sets it)", allow_module_level=True)

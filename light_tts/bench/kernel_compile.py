@@ -88,12 +88,12 @@ def ptxas_report(ptx: str, arch: int) -> dict:
 def fused_launches(dtype: torch.dtype, rows: int, splits: int, kv_dtype: torch.dtype) -> list[tuple[str, callable]]:
     """The fused estimator's launches at the full-size model's shapes (C 256, 8 heads of 64, 4C hidden), and
     HiFT's keyed noise."""
-    from light_tts.kernels.flow_attention import flow_attention_partials
-    from light_tts.kernels.flow_block_tail import block_tail_triton
-    from light_tts.kernels.flow_cfm_step import cfm_step_triton
-    from light_tts.kernels.flow_qkv_store import qkv_store_triton
-    from light_tts.kernels.flow_tap_conv import save_rows_triton, tap_conv_triton
-    from light_tts.kernels.hift_noise import keyed_noise_triton
+    from light_tts.kernels.flow.flow_attention import flow_attention_partials
+    from light_tts.kernels.flow.flow_block_tail import block_tail_triton
+    from light_tts.kernels.flow.flow_cfm_step import cfm_step_triton
+    from light_tts.kernels.flow.flow_qkv_store import qkv_store_triton
+    from light_tts.kernels.flow.flow_tap_conv import save_rows_triton, tap_conv_triton
+    from light_tts.kernels.flow.hift_noise import keyed_noise_triton
 
     c, heads, d, page = 256, 8, 64, 50
     t = lambda *shape, dt=dtype: torch.zeros(*shape, dtype=dt)  # noqa: E731

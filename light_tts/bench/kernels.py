@@ -9,7 +9,7 @@ import random
 import torch
 import triton
 
-from light_tts.kernels import ops
+from light_tts.kernels.llm import ops
 
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, HIDDEN, INTERMEDIATE = 14, 2, 64, 896, 4864
 

@@ -6,7 +6,7 @@ Per (projection, rows): the time of F.linear in --dtype (cuBLAS), fp8 through th
 in its prologue), fp8 through per-token quantization + torch._scaled_mm, int8 weight-only through the Triton
 kernel and through dequantize + F.linear, each timed inside a CUDA graph (the engine replays graphs, so Python's
 launch cost is left out), plus the fastest tile of the Triton kernel among a few. What it is for: choosing
-FP8_TRITON_MAX_ROWS and choose_blocks (kernels/quant_linear.py) on the GPU that will serve. --device cpu (the
+FP8_TRITON_MAX_ROWS and choose_blocks (kernels/llm/quant_linear.py) on the GPU that will serve. --device cpu (the
 interpreter, tiny shapes) only checks that it runs.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 import triton
 
-from light_tts.kernels.quant import quantize_weight
-from light_tts.kernels.quant_linear import (
+from light_tts.kernels.llm.quant import quantize_weight
+from light_tts.kernels.llm.quant_linear import (
     choose_blocks,
     fp8_linear_scaled_mm,
     int8_linear_dequant,

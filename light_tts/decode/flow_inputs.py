@@ -70,7 +70,7 @@ class Bucket:
 
 @dataclass
 class AttentionRows:
-    """Per-row int32 arrays of one attention family (see kernels/flow_attention.py) and its work items."""
+    """Per-row int32 arrays of one attention family (see kernels/flow/flow_attention.py) and its work items."""
 
     rows: dict[str, torch.Tensor]
     work_row: torch.Tensor

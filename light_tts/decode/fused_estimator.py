@@ -2,14 +2,14 @@
 its loop (equal in float32 to float rounding), in about a third of the kernels.
 
 Per transformer block three launches instead of about ten: the QKV projection that stores the new keys/values in
-their pages (kernels/flow_qkv_store.py), the paged attention (its flash-decoding partials left unmerged), and the
-rest of the block (kernels/flow_block_tail.py: merge, out-projection, residual, norm, feed-forward, residual, the
-next block's norm). Per causal conv one launch (kernels/flow_tap_conv.py: im2col gathered on the fly, norm, Mish,
+their pages (kernels/flow/flow_qkv_store.py), the paged attention (its flash-decoding partials left unmerged), and the
+rest of the block (kernels/flow/flow_block_tail.py: merge, out-projection, residual, norm, feed-forward, residual, the
+next block's norm). Per causal conv one launch (kernels/flow/flow_tap_conv.py: im2col gathered on the fly, norm, Mish,
 time bias or the resnet's 1x1 residual, the first block's norm, and the previous conv's tail save).
 
 What the ten steps and the two CFG branches share is computed once: the estimator input's mu, speaker and
 condition columns (the unconditioned branch's are zeros) are written once per pass, and each step's last launch
-(kernels/flow_cfm_step.py) projects both branches, applies the guided Euler update and writes x into the next
+(kernels/flow/flow_cfm_step.py) projects both branches, applies the guided Euler update and writes x into the next
 step's input; the resnets' time biases depend on the step only and are made at load (PagedEstimator). Nothing
 else is shared: every key/value of a step and branch depends on that step's x.
 """
@@ -21,7 +21,7 @@ import torch
 from light_tts.decode.flow_cache import FlowCache
 from light_tts.decode.flow_inputs import FlowInputs
 from light_tts.decode.paged_estimator import PagedEstimator
-from light_tts.kernels.flow_ops import attention_partials, block_tail, cfm_step, qkv_store, save_rows, tap_conv
+from light_tts.kernels.flow.flow_ops import attention_partials, block_tail, cfm_step, qkv_store, save_rows, tap_conv
 from light_tts.models.cosyvoice2.flow.estimator import CausalConv1d, CausalResnetBlock1D
 
 

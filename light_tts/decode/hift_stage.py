@@ -3,7 +3,7 @@ HIFT_MAX_ROWS rows, a failing pass retried row by row so that only the failing r
 committed only after a pass succeeds).
 
 Noise: each request's own torch.Generator (upstream's draws; the CPU default), or counter-based noise keyed by
-the request's seed and the chunk's first sample index (kernels/hift_noise.py; the GPU default): all rows draw in
+the request's seed and the chunk's first sample index (kernels/flow/hift_noise.py; the GPU default): all rows draw in
 one launch inside the HiFT graph, and a request's audio is the same alone or batched.
 
 Overlap (the GPU default): a step's middle chunks are vocoded one step later on a second CUDA stream, while the

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from light_tts.decode.dit_cache import DiTCache
 from light_tts.decode.dit_inputs import DiTInputs, build_dit_inputs
 from light_tts.decode.paged_encoder import conv_matrix, extend, tap_conv
-from light_tts.kernels.flow_ops import flow_attention, store_pages
+from light_tts.kernels.flow.flow_ops import flow_attention, store_pages
 from light_tts.models.cfm import timestep_embedding
 from light_tts.models.cosyvoice3.flow import DiTFlow
 from light_tts.models.cosyvoice3.flow.dit import CONV_POS_GROUPS, FREQ_EMBED_DIM, modulate, rotate_pairs

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from light_tts.decode.flow_cache import FlowCache
 from light_tts.decode.flow_inputs import FlowInputs
-from light_tts.kernels.flow_ops import block_tail, qkv_store, relpos_attention, store_pages
+from light_tts.kernels.flow.flow_ops import block_tail, qkv_store, relpos_attention, store_pages
 from light_tts.models.cosyvoice2.flow.encoder import ConformerBlock, UpsampleConformerEncoder
 
 

@@ -3,7 +3,7 @@ decode engine's hot path, one call per engine step (a CUDA graph replay at the b
 
 Equal to models/flow (Flow.chunk_mel over each stream's own dense cache) to float rounding; what differs is only
 the layout: positions of all rows packed along one axis, both CFG branches as virtual rows, causal convs as
-matmuls over taps, attention through page tables (see flow_inputs.py and kernels/flow_*.py). The estimator is
+matmuls over taps, attention through page tables (see flow_inputs.py and kernels/flow/). The estimator is
 paged_estimator.py (one kernel per op) or fused_estimator.py (its fused launches).
 """
 

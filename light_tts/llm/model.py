@@ -1,5 +1,5 @@
 """The engine's token LM: a Qwen2 or Llama body over packed tokens of many requests, reading and writing the paged
-KV cache through light_tts.kernels.ops (Triton on CUDA, torch reference on the CPU).
+KV cache through light_tts.kernels.llm.ops (Triton on CUDA, torch reference on the CPU).
 
 The network is what the family's LMArch says (spec.py). Weights are in the engine layout (the family's
 engine_weights, e.g. weights.py): one embedding table over the engine's id space, fused qkv and gate_up
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from light_tts.kernels import ops
-from light_tts.kernels.quant import DTYPES as QUANT_DTYPES
+from light_tts.kernels.llm import ops
+from light_tts.kernels.llm.quant import DTYPES as QUANT_DTYPES
 from light_tts.llm.quantization import matmul
 from light_tts.llm.spec import LMArch
 from light_tts.model_config import QwenConfig

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from light_tts.kernels import ops
+from light_tts.kernels.llm import ops
 from light_tts.llm.cuda_graph import DecodeGraphs
 from light_tts.llm.model import EngineSpeechLM, ForwardInputs, KVCache
 from light_tts.llm.quantization import check_support, kv_cache_format, quantize_linears

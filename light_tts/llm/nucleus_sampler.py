@@ -1,6 +1,6 @@
 """Temperature / top-p / repetition-penalty sampling on the device (Orpheus), for a batch (NucleusSampler, the model
 runner's device sampler) and for one request (sample_one, the offline pipeline's): the same algorithm
-(kernels/nucleus_sampling.py) on the same uniforms, so a request samples the same ids alone, in any batch, offline
+(kernels/llm/nucleus_sampling.py) on the same uniforms, so a request samples the same ids alone, in any batch, offline
 or served.
 
 Randomness is counter-based as in sampler.py: round r of decode step s (s = ids decoded so far) uses uniform r of
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from light_tts.kernels import ops
-from light_tts.kernels.nucleus_sampling import NUM_META, NUM_ROUNDS, nucleus_sample_ref
+from light_tts.kernels.llm import ops
+from light_tts.kernels.llm.nucleus_sampling import NUM_META, NUM_ROUNDS, nucleus_sample_ref
 from light_tts.llm.prompt_layout import PromptLayout
 from light_tts.llm.request import Sequence
 from light_tts.model_config import NucleusConfig

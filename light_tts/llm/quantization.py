@@ -14,8 +14,8 @@ import logging
 import torch
 from torch import nn
 
-from light_tts.kernels import ops
-from light_tts.kernels.quant import FP8, INT8, quantize_weight
+from light_tts.kernels.llm import ops
+from light_tts.kernels.llm.quant import FP8, INT8, quantize_weight
 
 FP8_CAPABILITY = (8, 9)  # Ada and Hopper: fp8 tensor cores and Triton's e4m3 conversions
 
@@ -96,7 +96,7 @@ def check_support(quantization: str, kv_cache_dtype: str, device: torch.device) 
                              f"H200); {torch.cuda.get_device_name(device)} is {capability[0]}.{capability[1]}: "
                              "use int8 instead")
     if quantization == FP8:
-        from light_tts.kernels.quant_linear import FP8_TRITON_MAX_ROWS, scaled_mm_works
+        from light_tts.kernels.llm.quant_linear import FP8_TRITON_MAX_ROWS, scaled_mm_works
 
         if scaled_mm_works(device):
             lines.append((logging.INFO, f"fp8 GEMMs: a Triton kernel up to {FP8_TRITON_MAX_ROWS} rows, "

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from light_tts.kernels import ops
-from light_tts.kernels.ras_sampling import ras_attempt_ref
+from light_tts.kernels.llm import ops
+from light_tts.kernels.llm.ras_sampling import ras_attempt_ref
 from light_tts.llm.request import Sequence, recent_window
 from light_tts.model_config import RASConfig
 from light_tts.sampling import MAX_TRIALS, counter_uniform_bits, counter_uniforms, seed_array

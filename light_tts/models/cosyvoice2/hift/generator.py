@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
-from light_tts.kernels.flow_ops import keyed_noise, snake
+from light_tts.kernels.flow.flow_ops import keyed_noise, snake
 from light_tts.model_config import HiFTConfig
 from light_tts.models.cosyvoice2.hift.f0_predictor import ConvRNNF0Predictor
 from light_tts.models.cosyvoice2.hift.source import Generators, HarmonicSource, draw_source_noise
@@ -211,7 +211,7 @@ class HiFT(nn.Module):
         a streamed chunk continues the previous chunk's. `generator`: one torch.Generator for the batch, one per
         request (each request then draws exactly what a single call with it would), or None for the global RNG.
         noise_keys (seeds [B], sample offsets [B], int64 on mel's device): counter-based noise instead of the
-        generators (kernels/hift_noise.py), drawn inside the call (inside a CUDA graph too).
+        generators (kernels/flow/hift_noise.py), drawn inside the call (inside a CUDA graph too).
         """
         if cache_source is None:
             cache_source = mel.new_zeros(mel.shape[0], 1, 0)

@@ -8,8 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
-from light_tts.kernels.kv_store import check_kv_store, store_kv_ref
-from light_tts.kernels.quant import format_scale, quantize_rows
+from light_tts.kernels.llm.kv_store import check_kv_store, store_kv_ref
+from light_tts.kernels.llm.quant import format_scale, quantize_rows
 
 
 def build_cos_sin_cache(max_pos: int, head_dim: int, theta: float, device: torch.device | str,

@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from light_tts.kernels.decode_attention import cached_kv_ref, check_kv_inputs, key_scores, weighted_values
+from light_tts.kernels.llm.decode_attention import cached_kv_ref, check_kv_inputs, key_scores, weighted_values
 
 LOG2_E = 1.4426950408889634
 

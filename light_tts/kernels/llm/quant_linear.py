@@ -1,5 +1,5 @@
 """Linear layers with quantized weights: y = x @ dequant(W)^T (+ bias) for W [N, K] in fp8 (e4m3) or int8 with a
-float32 scale per output channel (kernels/quant.py). Two modes:
+float32 scale per output channel (kernels/llm/quant.py). Two modes:
 
 - fp8 (w8a8): the activations are quantized too, per token with a dynamic scale, so y = (q_x @ q_w^T) * s_x * s_w.
   Small batches run the Triton kernel below, whose prologue quantizes x (one launch, as the bf16 GEMM it replaces);
@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from light_tts.kernels.quant import per_token_fp8_ref, per_token_fp8_triton, quantize_rows, scale_of
+from light_tts.kernels.llm.quant import per_token_fp8_ref, per_token_fp8_triton, quantize_rows, scale_of
 
 # fp8: rows at or below which the fused Triton kernel runs instead of per-token quantization + torch._scaled_mm
 # (CUDA-graph buckets 1..16 of a decode step); light_tts.bench.quant_gemm times both to set it

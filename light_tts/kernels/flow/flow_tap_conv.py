@@ -17,8 +17,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from light_tts.kernels.flow_block_tail import row_layer_norm, rows_per_program
-from light_tts.kernels.flow_fused import _mish, gather_taps_ref, layer_norm_mish_ref
+from light_tts.kernels.flow.flow_block_tail import row_layer_norm, rows_per_program
+from light_tts.kernels.flow.flow_fused import _mish, gather_taps_ref, layer_norm_mish_ref
 
 
 @triton.jit

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from light_tts.kernels.flow_attention import query_block
+from light_tts.kernels.flow.flow_attention import query_block
 
 LOG2_E = 1.4426950408889634
 

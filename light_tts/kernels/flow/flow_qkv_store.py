@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from light_tts.kernels.flow_kv_store import emulate_fp8_rounding, store_item, store_pages_ref, store_tile
+from light_tts.kernels.flow.flow_kv_store import emulate_fp8_rounding, store_item, store_pages_ref, store_tile
 
 
 @triton.jit

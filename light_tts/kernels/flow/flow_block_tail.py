@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from light_tts.kernels.flow_attention import merge_splits_ref
+from light_tts.kernels.flow.flow_attention import merge_splits_ref
 
 
 @triton.jit

@@ -6,7 +6,7 @@ The grid depends only on host ints (batch, heads, max_seq_len), never on tensor 
 a CUDA graph; splits past a request's b_seq_len exit at once, and a request with b_seq_len == 0 (graph padding,
 whose req index may be a sentinel) reads nothing and outputs zeros.
 
-A quantized cache (int8 or fp8 with a scale per (slot, kv head), kernels/kv_store.py) is read directly: keys and
+A quantized cache (int8 or fp8 with a scale per (slot, kv head), kernels/llm/kv_store.py) is read directly: keys and
 values are converted to q's dtype as loaded (exact), the key scales multiply the scores and the value scales the
 probabilities, so nothing is dequantized into memory.
 """
@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from light_tts.kernels.quant import dequantize_ref, kv_format
+from light_tts.kernels.llm.quant import dequantize_ref, kv_format
 
 LOG2_E = 1.4426950408889634
 MIN_BLOCK_H = 16  # tl.dot needs at least 16 rows; padded query heads are masked

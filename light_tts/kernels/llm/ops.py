@@ -5,13 +5,13 @@ which the kernel tests use); use_triton=False forces the reference.
 """
 import torch
 
-from light_tts.kernels.activation import silu_and_mul_ref, silu_and_mul_triton
-from light_tts.kernels.decode_attention import decode_attention_ref, decode_attention_triton
 from light_tts.kernels.dispatch import is_triton
-from light_tts.kernels.kv_store import store_kv_ref, store_kv_triton
-from light_tts.kernels.nucleus_sampling import nucleus_sample_ref, nucleus_sample_triton
-from light_tts.kernels.prefill_attention import prefill_attention_ref, prefill_attention_triton
-from light_tts.kernels.quant_linear import (
+from light_tts.kernels.llm.activation import silu_and_mul_ref, silu_and_mul_triton
+from light_tts.kernels.llm.decode_attention import decode_attention_ref, decode_attention_triton
+from light_tts.kernels.llm.kv_store import store_kv_ref, store_kv_triton
+from light_tts.kernels.llm.nucleus_sampling import nucleus_sample_ref, nucleus_sample_triton
+from light_tts.kernels.llm.prefill_attention import prefill_attention_ref, prefill_attention_triton
+from light_tts.kernels.llm.quant_linear import (
     FP8_TRITON_MAX_ROWS,
     fp8_linear_ref,
     fp8_linear_scaled_mm,
@@ -19,9 +19,9 @@ from light_tts.kernels.quant_linear import (
     quant_linear_triton,
     scaled_mm_works,
 )
-from light_tts.kernels.ras_sampling import ras_first_attempt_ref, ras_first_attempt_triton
-from light_tts.kernels.rmsnorm import rms_norm_ref, rms_norm_triton
-from light_tts.kernels.rotary import apply_rotary_ref, apply_rotary_triton, build_cos_sin_cache
+from light_tts.kernels.llm.ras_sampling import ras_first_attempt_ref, ras_first_attempt_triton
+from light_tts.kernels.llm.rmsnorm import rms_norm_ref, rms_norm_triton
+from light_tts.kernels.llm.rotary import apply_rotary_ref, apply_rotary_triton, build_cos_sin_cache
 
 __all__ = ["rms_norm", "apply_rotary", "build_cos_sin_cache", "silu_and_mul", "store_kv",
            "prefill_attention", "decode_attention", "ras_first_attempt", "nucleus_sample", "fp8_linear", "int8_linear"]
@@ -95,7 +95,7 @@ def ras_first_attempt(scores: torch.Tensor, packed: torch.Tensor, top_k: int, to
 def nucleus_sample(logits: torch.Tensor, packed: torch.Tensor, seen: torch.Tensor, temperature: float, top_p: float,
                    penalty: float, use_triton: bool | None = None) -> torch.Tensor:
     """One id per row of [B, V] float32 logits: repetition penalty over seen [rows, V] (bool), temperature, top-p,
-    within each row's allowed range (packed [B, 5 + rounds], kernels/nucleus_sampling.py) -> ids [B] int64."""
+    within each row's allowed range (packed [B, 5 + rounds], kernels/llm/nucleus_sampling.py) -> ids [B] int64."""
     impl = nucleus_sample_triton if is_triton(logits, use_triton) else nucleus_sample_ref
     return impl(logits, packed, seen, temperature, top_p, penalty)
 

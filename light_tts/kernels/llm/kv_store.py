@@ -1,13 +1,13 @@
 """Scatter of new tokens' K/V into the token-level KV cache at their slots: Triton kernel, launcher, torch reference.
 
 A negative slot marks a padding token (CUDA-graph padding) whose K/V are dropped. A quantized cache (int8 or fp8,
-kernels/quant.py) gets each token's heads quantized with one scale per (token, head), stored beside it.
+kernels/llm/quant.py) gets each token's heads quantized with one scale per (token, head), stored beside it.
 """
 import torch
 import triton
 import triton.language as tl
 
-from light_tts.kernels.quant import FORMAT_OF_DTYPE, kv_format, quantize_by_row, quantize_ref, row_scale_ref
+from light_tts.kernels.llm.quant import FORMAT_OF_DTYPE, kv_format, quantize_by_row, quantize_ref, row_scale_ref
 
 
 @triton.jit

@@ -4,10 +4,10 @@
 import torch
 
 from light_tts.kernels.dispatch import is_triton
-from light_tts.kernels.flow_attention import flow_attention_partials, flow_attention_ref, flow_attention_triton
-from light_tts.kernels.flow_block_tail import block_tail_ref, block_tail_triton
-from light_tts.kernels.flow_cfm_step import cfm_step_ref, cfm_step_triton
-from light_tts.kernels.flow_fused import (
+from light_tts.kernels.flow.flow_attention import flow_attention_partials, flow_attention_ref, flow_attention_triton
+from light_tts.kernels.flow.flow_block_tail import block_tail_ref, block_tail_triton
+from light_tts.kernels.flow.flow_cfm_step import cfm_step_ref, cfm_step_triton
+from light_tts.kernels.flow.flow_fused import (
     add_layer_norm_ref,
     add_layer_norm_triton,
     gather_taps_ref,
@@ -17,11 +17,11 @@ from light_tts.kernels.flow_fused import (
     snake_ref,
     snake_triton,
 )
-from light_tts.kernels.flow_kv_store import store_pages_ref, store_pages_triton
-from light_tts.kernels.flow_qkv_store import qkv_store_ref, qkv_store_triton
-from light_tts.kernels.flow_relpos_attention import relpos_attention_ref, relpos_attention_triton
-from light_tts.kernels.flow_tap_conv import save_rows_ref, save_rows_triton, tap_conv_ref, tap_conv_triton
-from light_tts.kernels.hift_noise import keyed_noise_ref, keyed_noise_triton
+from light_tts.kernels.flow.flow_kv_store import store_pages_ref, store_pages_triton
+from light_tts.kernels.flow.flow_qkv_store import qkv_store_ref, qkv_store_triton
+from light_tts.kernels.flow.flow_relpos_attention import relpos_attention_ref, relpos_attention_triton
+from light_tts.kernels.flow.flow_tap_conv import save_rows_ref, save_rows_triton, tap_conv_ref, tap_conv_triton
+from light_tts.kernels.flow.hift_noise import keyed_noise_ref, keyed_noise_triton
 
 
 def store_pages(src, pool, scale, items, use_triton: bool | None = None) -> None:
