@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from light_tts.decode.snac_engine import load_snac
-from light_tts.decode.snac_runner import decode_rows
+from light_tts.decode.snac.snac_engine import load_snac
+from light_tts.decode.snac.snac_runner import decode_rows
 from light_tts.families.orpheus import check_complete, prompt_layout
 from light_tts.frontend.orpheus_frontend import OrpheusFrontend
 from light_tts.llm.nucleus_sampler import sample_one

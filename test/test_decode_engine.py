@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import light_tts.decode.flow_runner as flow_runner
+import light_tts.decode.flow.flow_runner as flow_runner
 from light_tts.decode.engine import AudioOutput, DecodeEngine, to_int16
 from light_tts.decode.engine_setup import EngineLimits
 from light_tts.frontend.prompt import Prompt

@@ -12,7 +12,7 @@ from test_decode_engine import (
     run_until_done,
 )
 
-from light_tts.decode.dit_engine import DiTDecodeEngine
+from light_tts.decode.dit.dit_engine import DiTDecodeEngine
 from light_tts.decode.engine_setup import EngineLimits
 from light_tts.families import family_named
 from light_tts.token2wav import HopPolicy
@@ -37,7 +37,7 @@ def new_engine(cfg, hop="growing", **limits) -> DiTDecodeEngine:
 def test_packed_steps_equal_unbatched(cfg, monkeypatch):
     """Streams (growing hops) and whole utterances with a speed change, staggered arrivals; HiFT passes of at most
     HIFT_MAX_ROWS rows (2 here: the warm-up sizes memory for that many, whatever a step holds)."""
-    import light_tts.decode.dit_engine as dit_engine
+    import light_tts.decode.dit.dit_engine as dit_engine
 
     rows, original = [], dit_engine.vocode
 
@@ -62,7 +62,7 @@ def test_shared_prefix_equals_unshared(cfg):
 
 
 def test_vocoder_failure_fails_only_its_request(cfg, monkeypatch):
-    import light_tts.decode.dit_engine as dit_engine
+    import light_tts.decode.dit.dit_engine as dit_engine
 
     engine = new_engine(cfg, "fixed")
     reqs = make_requests(cfg)[:2]
@@ -92,7 +92,7 @@ def test_cpu_pool_holds_the_longest_stream(cfg):
     (bounded by max_stream_tokens alone) is not refused as too large (it was, with 8 pages)."""
     import torch
 
-    from light_tts.decode.dit_cache import DiTCacheShape
+    from light_tts.decode.dit.dit_cache import DiTCacheShape
     from light_tts.decode.engine_setup import cpu_pool_pages
 
     limits = EngineLimits()  # the server's defaults: 30-s prompts, 1500-token streams

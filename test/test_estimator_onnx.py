@@ -4,7 +4,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from light_tts.decode.estimator_onnx import (
+from light_tts.decode.flow.estimator_onnx import (
     INPUT_NAMES,
     OUTPUT_NAME,
     WholeUtteranceEstimator,

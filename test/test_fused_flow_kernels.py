@@ -12,9 +12,9 @@ import pytest
 import torch
 from test_flow_kernels import SPECS, make_rows, page_table_for
 
-from light_tts.decode.flow_cache import FlowCache, FlowCacheShape
-from light_tts.decode.flow_inputs import Bucket, ChunkSpec, build_flow_inputs
-from light_tts.decode.paged_flow import PagedFlow
+from light_tts.decode.flow.flow_cache import FlowCache, FlowCacheShape
+from light_tts.decode.flow.flow_inputs import Bucket, ChunkSpec, build_flow_inputs
+from light_tts.decode.flow.paged_flow import PagedFlow
 from light_tts.kernels.flow.flow_attention import flow_attention_partials, flow_attention_ref, merge_splits_ref
 from light_tts.kernels.flow.flow_block_tail import block_tail_ref, block_tail_triton
 from light_tts.kernels.flow.flow_cfm_step import cfm_step_ref, cfm_step_triton

@@ -88,7 +88,7 @@ def test_pipeline_streams_whole_frames(pipeline):
 def test_engines_produce_the_pipelines_audio(model_dir, pipeline):
     """The LLM engine's ids through the SNAC engine, for two requests batched together, equal the offline
     pipeline's audio of each (the server's composition, in one process)."""
-    from light_tts.decode.snac_engine import SNACEngine
+    from light_tts.decode.snac.snac_engine import SNACEngine
     from light_tts.families.orpheus import llm_spec, load_model_config
     from light_tts.llm.engine import EngineConfig, LLMEngine
     from light_tts.llm.request import LLMRequest

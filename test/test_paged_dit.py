@@ -6,10 +6,10 @@ import pytest
 import torch
 from test_paged_flow import MAX_TOKENS, NUM_PAGES, NUM_SLOTS, Stream, admit, drive, make_spec, rel_err
 
-from light_tts.decode.dit_cache import DiTCache, DiTCacheShape
-from light_tts.decode.flow_inputs import Bucket
+from light_tts.decode.dit.dit_cache import DiTCache, DiTCacheShape
+from light_tts.decode.dit.paged_dit import PagedDiT
+from light_tts.decode.flow.flow_inputs import Bucket
 from light_tts.decode.page_pool import PagePool
-from light_tts.decode.paged_dit import PagedDiT
 from light_tts.models.cosyvoice3.config import load_model_config
 from light_tts.models.cosyvoice3.flow import DiTFlow
 

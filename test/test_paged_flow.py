@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from light_tts.decode.flow_cache import FlowCache, FlowCacheShape
-from light_tts.decode.flow_inputs import Bucket, ChunkSpec, build_flow_inputs
+from light_tts.decode.flow.flow_cache import FlowCache, FlowCacheShape
+from light_tts.decode.flow.flow_inputs import Bucket, ChunkSpec, build_flow_inputs
+from light_tts.decode.flow.paged_flow import PagedFlow
 from light_tts.decode.page_pool import PagePool
-from light_tts.decode.paged_flow import PagedFlow
 from light_tts.model_dir import load_model_config
 from light_tts.models.cosyvoice2.flow import Flow
 from light_tts.token2wav import ChunkSchedule, HopPolicy, first_hop_pad

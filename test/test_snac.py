@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from light_tts.decode.snac_engine import SNACEngine
-from light_tts.decode.snac_runner import decode_rows
+from light_tts.decode.snac.snac_engine import SNACEngine
+from light_tts.decode.snac.snac_runner import decode_rows
 from light_tts.models.orpheus.config import SNACConfig
 from light_tts.models.orpheus.frames import FrameIds, FrameParser, WindowSchedule, frames_to_codes
 from light_tts.models.orpheus.snac import SNACDecoder, counter_noise, torch_noise

@@ -62,9 +62,9 @@ from light_tts.bench.decode_roofline import (
     hift_flops_bytes,
     roofline_row,
 )
-from light_tts.decode.dit_cache import DiTCacheShape
-from light_tts.decode.flow_cache import KV_DTYPES, FlowCacheShape
-from light_tts.decode.hift_stage import HiFTStage
+from light_tts.decode.dit.dit_cache import DiTCacheShape
+from light_tts.decode.flow.flow_cache import KV_DTYPES, FlowCacheShape
+from light_tts.decode.hift.hift_stage import HiFTStage
 from light_tts.models.cosyvoice2.hift.streaming import MEL_CACHE_LEN
 
 # by family: the flow's roofline counts and its flow-cache geometry

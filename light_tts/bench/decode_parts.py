@@ -13,8 +13,8 @@ import torch
 
 from light_tts.decode.engine import DecodeEngine
 from light_tts.decode.engine_setup import HIFT_MAX_ROWS, EngineLimits
-from light_tts.decode.flow_inputs import ChunkSpec
-from light_tts.decode.hift_stage import HiFTStage
+from light_tts.decode.flow.flow_inputs import ChunkSpec
+from light_tts.decode.hift.hift_stage import HiFTStage
 from light_tts.decode.scheduler import SchedulerConfig
 from light_tts.frontend.prompt import Prompt
 from light_tts.model_config import ModelConfig

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from light_tts.decode.snac_runner import SNACRunner
+from light_tts.decode.snac.snac_runner import SNACRunner
 from light_tts.models.orpheus.config import SNACConfig
 from light_tts.models.orpheus.frames import WINDOW
 from light_tts.models.orpheus.snac import SNACDecoder
@@ -30,7 +30,7 @@ SIZES = {"full": SNACConfig(), "tiny": SNACConfig(encoder_dim=4, decoder_dim=64)
 
 def load_decoder(model_dir: Path | None, size: str) -> SNACDecoder:
     if model_dir is not None:
-        from light_tts.decode.snac_engine import load_snac
+        from light_tts.decode.snac.snac_engine import load_snac
         from light_tts.families.orpheus import load_model_config
 
         return load_snac(load_model_config(model_dir))

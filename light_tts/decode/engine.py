@@ -33,10 +33,10 @@ from light_tts.decode.engine_setup import (
     hift_peak_pass,
     is_on,
 )
-from light_tts.decode.flow_cache import FlowCache, FlowCacheShape
-from light_tts.decode.flow_inputs import ChunkSpec
-from light_tts.decode.hift_stage import HiFTStage
-from light_tts.decode.paged_flow import PagedFlow
+from light_tts.decode.flow.flow_cache import FlowCache, FlowCacheShape
+from light_tts.decode.flow.flow_inputs import ChunkSpec
+from light_tts.decode.flow.paged_flow import PagedFlow
+from light_tts.decode.hift.hift_stage import HiFTStage
 from light_tts.decode.request import DecodeRequest
 from light_tts.decode.scheduler import Candidate, SchedulerConfig, StepTimeModel, schedule, urgent_before
 from light_tts.decode.step_timer import StepTimer

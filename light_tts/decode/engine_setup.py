@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
-from light_tts.decode.flow_cache import KV_DTYPES, FlowCache, pages_for_bytes
-from light_tts.decode.flow_inputs import Bucket
-from light_tts.decode.flow_runner import FlowRunner, make_buckets
-from light_tts.decode.hift_graph import HiFTGraphs
+from light_tts.decode.flow.flow_cache import KV_DTYPES, FlowCache, pages_for_bytes
+from light_tts.decode.flow.flow_inputs import Bucket
+from light_tts.decode.flow.flow_runner import FlowRunner, make_buckets
+from light_tts.decode.hift.hift_graph import HiFTGraphs
 from light_tts.decode.page_pool import PagePool
 from light_tts.models.cosyvoice2.hift.streaming import MEL_CACHE_LEN
 

@@ -58,12 +58,12 @@ class CosyVoice3Family(CosyVoice2Family):
         return SilentTokenFilter()
 
     def token2wav(self, cfg, device: str = "cpu"):
-        from light_tts.decode.dit_engine import cosyvoice3_token2wav
+        from light_tts.decode.dit.dit_engine import cosyvoice3_token2wav
 
         return cosyvoice3_token2wav(cfg, device)
 
     def decode_engine(self, cfg, **kwargs):
-        from light_tts.decode.dit_engine import DiTDecodeEngine
+        from light_tts.decode.dit.dit_engine import DiTDecodeEngine
 
         return DiTDecodeEngine(cfg, **kwargs)
 

@@ -67,7 +67,7 @@ def llm_spec(cfg: OrpheusConfig) -> LLMSpec:
 
 class OrpheusFamily(ModelFamily):
     """The registry's view of this module. Orpheus takes no prompt audio (voices are names in its prompt) and has
-    no CosyVoice modes; its frontend and codec are frontend/orpheus_frontend.py and decode/snac_engine.py."""
+    no CosyVoice modes; its frontend and codec are frontend/orpheus_frontend.py and decode/snac/snac_engine.py."""
 
     name = NAME
     marker = MARKER
@@ -119,7 +119,7 @@ class OrpheusFamily(ModelFamily):
         """SNACEngine with the decode processes' batch size, CUDA graphs and deadline margin. It decodes in
         float32, the reference's precision (--decode_data_type is the CosyVoice flow's); CosyVoice's hop policy
         and page-pool limits do not apply (windows are the reference's, a stream holds no pages)."""
-        from light_tts.decode.snac_engine import SNACEngine
+        from light_tts.decode.snac.snac_engine import SNACEngine
 
         margin = {} if limits is None else {"deadline_margin_s": limits.deadline_margin_s}
         return SNACEngine(cfg, device, max_batch_size=max_batch_size, use_cuda_graph=use_cuda_graph, **margin)

@@ -95,7 +95,7 @@ def make_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, llm_seed:
     """Writes the directory and returns its path; an existing directory is overwritten file by file. With
     llm_seed (flow_seed) the LLM (the flow and HiFT) take their weights from that seed, every other file is as
     `seed` makes it."""
-    from light_tts.decode.estimator_onnx import export_estimator_onnx
+    from light_tts.decode.flow.estimator_onnx import export_estimator_onnx
     from light_tts.model_dir import load_model_config
     from light_tts.models.cosyvoice2.flow import Flow
     from light_tts.models.cosyvoice2.hift import HiFT

@@ -69,7 +69,7 @@ def keyed_noise(seeds, offsets, num_samples: int, num_harmonics: int, use_triton
     return impl(seeds, offsets, num_samples, num_harmonics)
 
 
-# ---- the fused estimator's launches (decode/fused_estimator.py) ----
+# ---- the fused estimator's launches (decode/flow/fused_estimator.py) ----
 
 def qkv_store(h, w_qkv, pool, scale, items, num_heads: int, bias=None, use_triton: bool | None = None):
     """q of the packed rows; their keys and values go straight into their pages."""

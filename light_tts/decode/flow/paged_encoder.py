@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from light_tts.decode.flow_cache import FlowCache
-from light_tts.decode.flow_inputs import FlowInputs
+from light_tts.decode.flow.flow_cache import FlowCache
+from light_tts.decode.flow.flow_inputs import FlowInputs
 from light_tts.kernels.flow.flow_ops import block_tail, qkv_store, relpos_attention, store_pages
 from light_tts.models.cosyvoice2.flow.encoder import ConformerBlock, UpsampleConformerEncoder
 

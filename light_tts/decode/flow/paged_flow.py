@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from light_tts.decode.flow_cache import FlowCache
-from light_tts.decode.flow_inputs import FlowInputs, build_flow_inputs
-from light_tts.decode.fused_estimator import FusedEstimator
-from light_tts.decode.paged_encoder import PagedEncoder
-from light_tts.decode.paged_estimator import PagedEstimator
+from light_tts.decode.flow.flow_cache import FlowCache
+from light_tts.decode.flow.flow_inputs import FlowInputs, build_flow_inputs
+from light_tts.decode.flow.fused_estimator import FusedEstimator
+from light_tts.decode.flow.paged_encoder import PagedEncoder
+from light_tts.decode.flow.paged_estimator import PagedEstimator
 from light_tts.models.cosyvoice2.flow import Flow
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from light_tts.decode.flow_cache import FlowCache
-from light_tts.decode.flow_inputs import FlowInputs
-from light_tts.decode.paged_encoder import conv_matrix
+from light_tts.decode.flow.flow_cache import FlowCache
+from light_tts.decode.flow.flow_inputs import FlowInputs
+from light_tts.decode.flow.paged_encoder import conv_matrix
 from light_tts.kernels.flow.flow_ops import add_layer_norm, flow_attention, gather_taps, layer_norm_mish, store_pages
 from light_tts.models.cosyvoice2.flow import Flow
 from light_tts.models.cosyvoice2.flow.estimator import (

@@ -23,7 +23,7 @@ from typing import Protocol
 import torch
 
 from light_tts.decode.engine_setup import HIFT_MAX_ROWS
-from light_tts.decode.hift_batch import split_hift_state, stack_hift_states
+from light_tts.decode.hift.hift_batch import split_hift_state, stack_hift_states
 from light_tts.decode.request import DecodeRequest
 from light_tts.models.cosyvoice2.hift.generator import HiFT
 from light_tts.models.cosyvoice2.hift.streaming import MEL_CACHE_LEN, hift_stream_chunk

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from light_tts.decode.flow_inputs import Bucket, ChunkSpec, FlowInputs
-from light_tts.decode.paged_flow import PagedFlow
+from light_tts.decode.flow.flow_inputs import Bucket, ChunkSpec, FlowInputs
+from light_tts.decode.flow.paged_flow import PagedFlow
 
 logger = logging.getLogger(__name__)
 

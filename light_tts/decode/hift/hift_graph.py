@@ -13,7 +13,7 @@ import logging
 
 import torch
 
-from light_tts.decode.flow_runner import record_graph
+from light_tts.decode.flow.flow_runner import record_graph
 from light_tts.models.cosyvoice2.hift.generator import HiFT
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from light_tts.decode.flow_cache import FlowCacheShape
+from light_tts.decode.flow.flow_cache import FlowCacheShape
 
 ENC_BLOCK_M = 16  # query rows per encoder attention work item (its positional gather is 3-D: small blocks)
 EST_BLOCK_M = 64  # estimator: a whole 50-frame chunk per work item, so a stream's pages are read once per head

@@ -14,10 +14,10 @@ import logging
 
 import torch
 
-from light_tts.decode.dit_cache import DiTCache, DiTCacheShape
+from light_tts.decode.dit.dit_cache import DiTCache, DiTCacheShape
+from light_tts.decode.dit.paged_dit import PagedDiT
 from light_tts.decode.engine import DecodeEngine, StepJob
 from light_tts.decode.engine_setup import HIFT_MAX_ROWS, FlowParts, is_on
-from light_tts.decode.paged_dit import PagedDiT
 from light_tts.model_config import ModelConfig
 from light_tts.models.cosyvoice3.flow import DiTFlow
 from light_tts.models.cosyvoice3.hift import CausalHiFT

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from light_tts.decode.dit_cache import POS_TAIL, DiTCacheShape
-from light_tts.decode.flow_inputs import (
+from light_tts.decode.dit.dit_cache import POS_TAIL, DiTCacheShape
+from light_tts.decode.flow.flow_inputs import (
     EST_BLOCK_M,
     LA_TAIL,
     LA_TAPS,

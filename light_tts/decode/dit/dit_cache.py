@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from light_tts.decode.flow_cache import FlowCache
+from light_tts.decode.flow.flow_cache import FlowCache
 from light_tts.models.cosyvoice3.config import DiTFlowConfig
 from light_tts.models.cosyvoice3.flow.dit import CONV_POS_KERNEL
 

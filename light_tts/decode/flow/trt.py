@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from light_tts.decode.estimator_onnx import INPUT_NAMES, OUTPUT_NAME, export_estimator_onnx
+from light_tts.decode.flow.estimator_onnx import INPUT_NAMES, OUTPUT_NAME, export_estimator_onnx
 from light_tts.model_config import ModelConfig
 
 logger = logging.getLogger(__name__)

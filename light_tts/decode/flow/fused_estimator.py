@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from light_tts.decode.flow_cache import FlowCache
-from light_tts.decode.flow_inputs import FlowInputs
-from light_tts.decode.paged_estimator import PagedEstimator
+from light_tts.decode.flow.flow_cache import FlowCache
+from light_tts.decode.flow.flow_inputs import FlowInputs
+from light_tts.decode.flow.paged_estimator import PagedEstimator
 from light_tts.kernels.flow.flow_ops import attention_partials, block_tail, cfm_step, qkv_store, save_rows, tap_conv
 from light_tts.models.cosyvoice2.flow.estimator import CausalConv1d, CausalResnetBlock1D
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from light_tts.decode.dit_cache import DiTCache
-from light_tts.decode.dit_inputs import DiTInputs, build_dit_inputs
-from light_tts.decode.paged_encoder import conv_matrix, extend, tap_conv
+from light_tts.decode.dit.dit_cache import DiTCache
+from light_tts.decode.dit.dit_inputs import DiTInputs, build_dit_inputs
+from light_tts.decode.flow.paged_encoder import conv_matrix, extend, tap_conv
 from light_tts.kernels.flow.flow_ops import flow_attention, store_pages
 from light_tts.models.cfm import timestep_embedding
 from light_tts.models.cosyvoice3.flow import DiTFlow

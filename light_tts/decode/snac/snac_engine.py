@@ -29,7 +29,7 @@ import torch
 
 from light_tts.decode.engine import AudioOutput, EngineStats
 from light_tts.decode.scheduler import StepTimeModel
-from light_tts.decode.snac_runner import SNACRunner
+from light_tts.decode.snac.snac_runner import SNACRunner
 from light_tts.models.orpheus.config import OrpheusConfig
 from light_tts.models.orpheus.frames import FrameIds, FrameParser, Window, WindowSchedule
 from light_tts.models.orpheus.snac import SNACDecoder
