@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from light_tts.bench.decode_roofline import dit_flow_flops
+from light_tts.bench.engines.decode_roofline import dit_flow_flops
 from light_tts.models.cosyvoice3.config import DiTFlowConfig
 
 
@@ -28,7 +28,7 @@ def test_throughput_section_runs_on_cosyvoice3(cv3_fixture_dir):
     import torch
 
     from light_tts.bench.decode import section_throughput
-    from light_tts.bench.decode_parts import make_engine, model_config
+    from light_tts.bench.engines.decode_parts import make_engine, model_config
 
     torch.set_num_threads(1)
     cfg = model_config(cv3_fixture_dir)

@@ -2,7 +2,16 @@
 the verdict counts as lost everything but full audio, a client that left on purpose, a 413 and a 429, and tells a
 413 the pool did not deserve."""
 
-from light_tts.bench.pressure_mix import BYTES_PER_TOKEN, Job, Outcome, expected, judge, latencies, make_mix, signature
+from light_tts.bench.serving.pressure_mix import (
+    BYTES_PER_TOKEN,
+    Job,
+    Outcome,
+    expected,
+    judge,
+    latencies,
+    make_mix,
+    signature,
+)
 
 
 def test_a_mix_replays_from_its_seed_and_covers_the_cases():

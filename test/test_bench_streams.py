@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from light_tts.bench import streams
-from light_tts.bench.local_server import prompt_pcm, wav_bytes
-from light_tts.bench.player import is_new_voice, percentile, play, poisson_arrivals, samples_per_chunk
-from light_tts.bench.stream_client import Share, Voices, request_form, split, tagged
-from light_tts.bench.stream_stats import audio_rate, is_held, score, streams_held, summarize
+from light_tts.bench.serving.local_server import prompt_pcm, wav_bytes
+from light_tts.bench.serving.player import is_new_voice, percentile, play, poisson_arrivals, samples_per_chunk
+from light_tts.bench.serving.stream_client import Share, Voices, request_form, split, tagged
+from light_tts.bench.serving.stream_stats import audio_rate, is_held, score, streams_held, summarize
 
 SR = 24000
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from light_tts.bench.stage_table import (
+from light_tts.bench.serving.stage_table import (
     NETWORK,
     TOTAL,
     format_stage_levels,

@@ -3,7 +3,7 @@
     python -m light_tts.bench.decode --out decode.json [--sections errors,memory,kernels,chunks,flat,throughput]
         [--variants today,new] [--batches 1,4,16,64] [--rows 1,16,64,256] [--device cuda] [--model-dir DIR]
 
-Variants (bench/decode_parts.py VARIANTS, each one engine in the same process): `today` is the per-op flow with
+Variants (bench/engines/decode_parts.py VARIANTS, each one engine in the same process): `today` is the per-op flow with
 fp32 HiFT and per-request generators, `fused` the fused estimator, `half` adds the fp16 HiFT convolutions and
 keyed noise, `new` (the GPU default) adds HiFT overlapped with the next flow pass.
 
@@ -20,7 +20,7 @@ Sections:
 - `throughput`: one flow pass + HiFT for R streams at 16 s of context each (25-token chunks), alone and
   overlapped, per variant: audio seconds per second, HiFT's share of the step, and the roofline (achieved TFLOP/s
   and GB/s of the flow pass and of HiFT against the GPU's peak, FLOPs and bytes from the shapes:
-  bench/decode_roofline.py). 256 such streams need more pages than one GPU has in fp16, so their page tables
+  bench/engines/decode_roofline.py). 256 such streams need more pages than one GPU has in fp16, so their page tables
   alias the pool's pages: every stream reads its own 16 pages, spread over all the pool's pages (far more than
   the L2), i.e. the pass reads what 256 real streams read.
 """
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from light_tts.bench.decode_parts import (
+from light_tts.bench.engines.decode_parts import (
     PROMPT_TOKENS,
     CausalHiFTRows,
     HiFTRows,
@@ -53,7 +53,7 @@ from light_tts.bench.decode_parts import (
     run_stream,
     sync,
 )
-from light_tts.bench.decode_roofline import (
+from light_tts.bench.engines.decode_roofline import (
     conv_flops_bytes,
     dit_flow_bytes,
     dit_flow_flops,

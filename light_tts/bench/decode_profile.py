@@ -1,6 +1,6 @@
 """Where a decode step's GPU time goes: the CUDA kernels of one eager flow pass (batch 1, a middle 1-second chunk)
 and of one HiFT pass (32 rows), grouped by kernel name, with counts and total time, for a hot-path variant
-(bench/decode_parts.py VARIANTS).
+(bench/engines/decode_parts.py VARIANTS).
 
     python -m light_tts.bench.decode_profile --out profile.json [--model-dir DIR] [--dtype fp16] [--top 25]
         [--variant new]
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from light_tts.bench.decode_parts import VARIANTS, HiFTRows, make_engine, one_chunk_spec, random_model_dir
+from light_tts.bench.engines.decode_parts import VARIANTS, HiFTRows, make_engine, one_chunk_spec, random_model_dir
 
 
 def kernel_table(fn, top: int) -> dict:

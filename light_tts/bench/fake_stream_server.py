@@ -20,7 +20,7 @@ import json
 import re
 import threading
 
-from light_tts.bench.player import BYTES_PER_SAMPLE, SAMPLE_RATE
+from light_tts.bench.serving.player import BYTES_PER_SAMPLE, SAMPLE_RATE
 
 Schedule = list[tuple[float, int]]  # (send_s since the request arrived, num_samples)
 FIELD = re.compile(rb'name="(\w+)"(?:; filename="[^"]*")?\r\n(?:[^\r\n]+\r\n)*\r\n')

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from light_tts.bench.decode_parts import make_prompt, random_model_dir, rel_l2
+from light_tts.bench.engines.decode_parts import make_prompt, random_model_dir, rel_l2
 from light_tts.decode.engine import DecodeEngine
 from light_tts.decode.engine_setup import EngineLimits
 from light_tts.token2wav import HopPolicy

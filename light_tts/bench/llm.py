@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from light_tts.bench.llm_models import CosyVoiceBench, bench_model
+from light_tts.bench.engines.llm_models import CosyVoiceBench, bench_model
 from light_tts.llm.engine import EngineConfig, LLMEngine
 from light_tts.llm.sampler import Sampler, SamplingInputs, pack_sampling
 from light_tts.models.speech_lm import SpeechLM

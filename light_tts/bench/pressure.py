@@ -30,8 +30,8 @@ from pathlib import Path
 
 import httpx
 
-from light_tts.bench.local_server import local_server, prompt_pcm, wav_bytes
-from light_tts.bench.pressure_mix import (
+from light_tts.bench.serving.local_server import local_server, prompt_pcm, wav_bytes
+from light_tts.bench.serving.pressure_mix import (
     BYTES_PER_TOKEN,
     PROMPT_SECONDS,
     Job,
@@ -41,9 +41,9 @@ from light_tts.bench.pressure_mix import (
     make_mix,
     signature,
 )
-from light_tts.bench.server_api import SavedVoices, counter_delta, server_counters
+from light_tts.bench.serving.server_api import SavedVoices, counter_delta, server_counters
+from light_tts.bench.serving.stream_client import Voices, tagged
 from light_tts.bench.soak import held, sample
-from light_tts.bench.stream_client import Voices, tagged
 
 PROMPT_TEXT = "A voice for the pressure test."
 TEXT = "Pressure test number {}: every request ends well."

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from light_tts.bench.local_server import PROMPT_RATE, prompt_pcm
+from light_tts.bench.serving.local_server import PROMPT_RATE, prompt_pcm
 from light_tts.frontend.audio import resample
 from light_tts.frontend.features import SAMPLE_RATE, speaker_features, whisper_log_mel
 from light_tts.frontend.onnx_models import CampPlusONNX, SpeechTokenizerONNX

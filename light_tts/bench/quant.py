@@ -16,7 +16,7 @@ Per mode:
   baseline's (a sampled token that differs changes what follows, so these are whole-utterance changes);
 - memory: weight bytes and KV bytes per token; speed (CUDA): the decode step at each of --batches with CUDA
   graphs (engine.step() and the graph replay alone, as light_tts.bench.llm measures them).
---model_dir takes any family's directory (bench/llm_models.py); the pipeline columns are CosyVoice2's only.
+--model_dir takes any family's directory (bench/engines/llm_models.py); the pipeline columns are CosyVoice2's only.
 --shape llama3b: Orpheus (the Llama family: Llama-3.2-3B's body, 28 layers, 3072 wide, GQA 24/8 heads of 128,
 MLP 8192, llama3 rope, the tied 156,940-row head, nucleus sampling) with random full-size weights, written once
 to a temporary directory by make_model --family orpheus --size full (6.6 GB; about a minute).
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from light_tts.bench import llm as bench_llm
-from light_tts.bench.decode_parts import make_prompt, random_model_dir, rel_l2
-from light_tts.bench.llm_models import CosyVoiceBench, OrpheusBench, bench_model
+from light_tts.bench.engines.decode_parts import make_prompt, random_model_dir, rel_l2
+from light_tts.bench.engines.llm_models import CosyVoiceBench, OrpheusBench, bench_model
 from light_tts.llm.config import EngineConfig
 from light_tts.llm.engine import LLMEngine
 from light_tts.llm.model import KVCache

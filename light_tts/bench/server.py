@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from light_tts.bench.local_server import local_server, write_prompt_wav
+from light_tts.bench.serving.local_server import local_server, write_prompt_wav
 from light_tts.clients import bench as bench_client
 
 TTS_TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the quiet green forest."

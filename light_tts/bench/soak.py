@@ -35,9 +35,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from light_tts.bench import streams
-from light_tts.bench.local_server import local_server
-from light_tts.bench.server_api import SavedVoices
-from light_tts.bench.stream_client import Voices, tagged
+from light_tts.bench.serving.local_server import local_server
+from light_tts.bench.serving.server_api import SavedVoices
+from light_tts.bench.serving.stream_client import Voices, tagged
 
 MB = 1 << 20
 

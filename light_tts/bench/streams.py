@@ -6,7 +6,7 @@
     (an Orpheus model: --voice tara --token_rate 82.03125 --fixed_speech_tokens 826)
 
 Without --url it starts the server itself (flags after `--`) and stops it at the end. Each streamed response is
-played by a simulated real-time listener (light_tts.bench.player); OUT/streams.json holds per-level summaries
+played by a simulated real-time listener (light_tts.bench.serving.player); OUT/streams.json holds per-level summaries
 (TTFA percentiles, stalled streams, stall seconds, deadline slack, audio s per s, failures) and every raw
 request record, OUT/streams.png plots them against load, and "real-time streams held" is the largest
 concurrency with p95 TTFA <= --max_ttfa_p95_s, no stall and no failure. --mode picks what every request asks
@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from light_tts.bench.local_server import PROMPT_RATE, local_server, prompt_pcm, wav_bytes
-from light_tts.bench.player import poisson_arrivals
-from light_tts.bench.server_api import SavedVoices, counter_delta, server_counters
-from light_tts.bench.stage_table import format_stage_levels, format_stage_table
-from light_tts.bench.stream_client import TAG_SAMPLES, Share, Voices, run_share, split, tagged
-from light_tts.bench.stream_stats import score, streams_held, summarize
+from light_tts.bench.serving.local_server import PROMPT_RATE, local_server, prompt_pcm, wav_bytes
+from light_tts.bench.serving.player import poisson_arrivals
+from light_tts.bench.serving.server_api import SavedVoices, counter_delta, server_counters
+from light_tts.bench.serving.stage_table import format_stage_levels, format_stage_table
+from light_tts.bench.serving.stream_client import TAG_SAMPLES, Share, Voices, run_share, split, tagged
+from light_tts.bench.serving.stream_stats import score, streams_held, summarize
 
 TTS_TEXT = "The quick brown fox jumps over the lazy dog and then runs far away into the quiet green forest"
 START_MARGIN_S = 0.3  # client processes get the level's start time this far ahead, to start together
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                                                             args.out / "server.log", args.ready_timeout_s))
         result = benchmark(args, url.rstrip("/"))
     (args.out / "streams.json").write_text(json.dumps(result, indent=1))
-    from light_tts.bench.stream_plot import plot
+    from light_tts.bench.serving.stream_plot import plot
 
     plot(result, args.out / "streams.png")
     print(f"real-time streams held: {result['real_time_streams_held']} (p95 TTFA <= {args.max_ttfa_p95_s} s, "

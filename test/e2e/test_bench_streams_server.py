@@ -11,7 +11,7 @@ import pytest
 
 from light_tts.bench import streams
 from light_tts.bench.fake_stream_server import ServerThread
-from light_tts.bench.player import SAMPLE_RATE, play, samples_per_chunk
+from light_tts.bench.serving.player import SAMPLE_RATE, play, samples_per_chunk
 
 HALF_S = SAMPLE_RATE // 2
 SMOOTH = [(0.0, HALF_S), (0.05, HALF_S), (0.1, HALF_S)]  # 1.5 s of audio, all of it early

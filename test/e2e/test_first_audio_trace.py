@@ -14,7 +14,7 @@ import pytest
 import websockets
 from server_harness import voice_wav
 
-from light_tts.bench.stage_table import TOTAL, parse_server_timing
+from light_tts.bench.serving.stage_table import TOTAL, parse_server_timing
 from light_tts.server.ipc.stage_trace import STAGES
 
 HISTOGRAM = "lighttts_first_audio_stage_seconds"

@@ -46,7 +46,7 @@ from openai_harness import (
 )
 from server_harness import outcomes, voice_wav
 
-from light_tts.bench.stage_table import parse_server_timing
+from light_tts.bench.serving.stage_table import parse_server_timing
 from light_tts.server.ipc.stage_trace import STAGES
 
 __all__ = ["client", "reference_pcm", "voice"]  # fixtures, used by name

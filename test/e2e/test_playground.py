@@ -99,7 +99,7 @@ def test_saved_voices_are_managed_on_the_page(page, server):
 def test_server_timing_parses_in_the_browser(page):
     """The browser's own Server-Timing parser (PerformanceServerTiming, W3C) reads the stages our header carries,
     with the names and durations the benchmark's parser finds in it."""
-    from light_tts.bench.stage_table import TOTAL, parse_server_timing
+    from light_tts.bench.serving.stage_table import TOTAL, parse_server_timing
     from light_tts.server.ipc.stage_trace import STAGES
 
     page.set_script_timeout(180)

@@ -16,8 +16,8 @@ import pytest
 from server_harness import ServerProcess, serving
 
 from light_tts.bench import pressure
-from light_tts.bench.pressure_mix import Job, expected, make_mix, pages_needed, signature
-from light_tts.bench.server_api import server_counters
+from light_tts.bench.serving.pressure_mix import Job, expected, make_mix, pages_needed, signature
+from light_tts.bench.serving.server_api import server_counters
 
 POOL_PAGES = 16
 TIME_LIMIT_S = 240

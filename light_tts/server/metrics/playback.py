@@ -1,6 +1,6 @@
 """A streamed request's listener, as the HTTP worker sees it: playback starts with the first chunk and consumes
 audio in real time; a chunk that arrives after the buffer ran dry is a stall. The same model as the capacity
-benchmark's player (light_tts/bench/player.py), measured where the audio leaves the server (network time not
+benchmark's player (light_tts/bench/serving/player.py), measured where the audio leaves the server (network time not
 included), for the stall and slack metrics."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ streamed POST /v1/audio/voice-conversion requests, closed-loop (N workers back t
 scheduled times whatever the server does), over one or more client processes.
 
 A client process is one asyncio loop with httpx clients of one connection each (ClientPool). It records only
-arrival times and sizes of the network reads (light_tts.bench.stream_stats scores them afterwards), and the
+arrival times and sizes of the network reads (light_tts.bench.serving.stream_stats scores them afterwards), and the
 lateness of its own timer: if the loop is busy, chunk arrivals are recorded late and look like server stalls, so
 that lag is reported beside the results. Work is split over processes by closed-loop worker or by request index, so any
 split sends the same requests.
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import httpx
 import numpy as np
 
-from light_tts.bench.player import is_new_voice
+from light_tts.bench.serving.player import is_new_voice
 
 TAG_SAMPLES = 64  # a new voice differs from its saved voice by +-1 LSB on this many final samples (inaudible)
 KEEPALIVE_S = 2.0  # client side, below the server's keep-alive timeout
@@ -159,7 +159,7 @@ async def stream_one(pool: ClientPool, share: Share, index: int, t0: float, is_r
     try:
         async with client.stream("POST", f"{share.url}{share.path}", data=data, files=files) as resp:
             rec["status"] = resp.status_code
-            rec["server_timing"] = resp.headers.get("server-timing")  # the server's stages (bench.stage_table)
+            rec["server_timing"] = resp.headers.get("server-timing")  # the server's stages (bench.serving.stage_table)
             if resp.status_code != 200:
                 rec["error"] = error_message(await resp.aread())
             else:

@@ -19,8 +19,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from light_tts.bench.player import SAMPLE_RATE, percentile
-from light_tts.bench.stream_stats import COSYVOICE_TOKEN_RATE
+from light_tts.bench.serving.player import SAMPLE_RATE, percentile
+from light_tts.bench.serving.stream_stats import COSYVOICE_TOKEN_RATE
 
 BYTES_PER_TOKEN = 2 * SAMPLE_RATE // COSYVOICE_TOKEN_RATE  # int16 samples of one CosyVoice speech token
 PAGE_TOKENS = 25  # speech tokens of one flow-cache page (one second of audio)

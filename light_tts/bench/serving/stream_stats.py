@@ -1,6 +1,6 @@
 """Scoring of the capacity benchmark: per-request playback, per-level summaries, and "real-time streams held".
 
-Pure functions over the raw records that light_tts.bench.stream_client produces (dicts, as written to the JSON):
+Pure functions over the raw records that light_tts.bench.serving.stream_client produces (dicts, as written to the JSON):
   index, voice ("saved" | "new"), is_ramp (sent while the load built up: kept, not summarized), start_s (since
   the level started), status (HTTP, None if no response),
   error (None or a message), latency_s (until the body ended), chunk_s (arrival of each network read since the
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from light_tts.bench.player import SAMPLE_RATE, percentile, play, samples_per_chunk
-from light_tts.bench.stage_table import parse_server_timing, stage_summary
+from light_tts.bench.serving.player import SAMPLE_RATE, percentile, play, samples_per_chunk
+from light_tts.bench.serving.stage_table import parse_server_timing, stage_summary
 
 COSYVOICE_TOKEN_RATE = 25  # speech tokens per second of audio (Orpheus: 82.03125, 7 per 2048 samples)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from light_tts.bench.player import percentile
+from light_tts.bench.serving.player import percentile
 
 TOTAL, NETWORK = "total", "network"  # the server's total; the client's TTFA minus it
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
