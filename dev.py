@@ -28,8 +28,10 @@ if sys.version_info < (3, 10):  # noqa: UP036 - dev.py may be started by an olde
 ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("LIGHTTTS_VENV", ROOT / ".venv"))
 # torch per host: the builds the project is tested on (README, Install)
-TORCH = {"cuda": ("2.11.0", "https://download.pytorch.org/whl/cu130"),
-         "cpu": ("2.13.0", "https://download.pytorch.org/whl/cpu")}
+TORCH = {
+    "cuda": ("2.11.0", "https://download.pytorch.org/whl/cu130"),
+    "cpu": ("2.13.0", "https://download.pytorch.org/whl/cpu"),
+}
 EXTRAS = {"serve": ("serve",), "test": ("test", "serve"), "check": ("test", "serve")}
 PROBE_TIMEOUT_S = 4.0
 
@@ -88,9 +90,11 @@ def install_torch(device: str) -> None:
         say(f"installing torch {version} ({device}) from {index}")
         run(venv_python(), "-m", "pip", "install", "-q", f"torch=={version}", "--index-url", index)
         return
-    say(f"{index} is not reachable (probed for {PROBE_TIMEOUT_S:g} s): installing torch {version} ({device}) "
-        "from the default index" + (" (on Linux, PyPI's wheel is the CUDA build: several GB)" if device == "cpu"
-                                    else ""))
+    say(
+        f"{index} is not reachable (probed for {PROBE_TIMEOUT_S:g} s): installing torch {version} ({device}) "
+        "from the default index"
+        + (" (on Linux, PyPI's wheel is the CUDA build: several GB)" if device == "cpu" else "")
+    )
     run(venv_python(), "-m", "pip", "install", "-q", f"torch=={version}")
 
 
@@ -127,8 +131,10 @@ def main(argv: list) -> None:
         os.environ["PATH"] = os.pathsep.join([str(venv_python().parent), os.environ.get("PATH", "")])
         os.execv("/bin/bash", ["bash", str(ROOT / "scripts" / "check"), *args])
     if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
-        say("the browser tests skip without Debian's chromium and chromium-driver (apt install chromium "
-            "chromium-driver)")
+        say(
+            "the browser tests skip without Debian's chromium and chromium-driver (apt install chromium "
+            "chromium-driver)"
+        )
     os.execv(python, [python, "-m", "pytest", "-q", *(args or ["test"])])
 
 

@@ -10,9 +10,22 @@ from __future__ import annotations
 from typing import Literal
 
 # client_gone labels metrics only (request_metrics.ClientGone): nobody is left to receive it
-ErrorKind = Literal["internal", "model_dir", "bad_request", "bad_audio", "bad_text", "too_large", "slow_client",
-                    "overloaded", "unavailable", "worker_died", "timeout", "unauthorized", "not_found",
-                    "too_many_voices"]
+ErrorKind = Literal[
+    "internal",
+    "model_dir",
+    "bad_request",
+    "bad_audio",
+    "bad_text",
+    "too_large",
+    "slow_client",
+    "overloaded",
+    "unavailable",
+    "worker_died",
+    "timeout",
+    "unauthorized",
+    "not_found",
+    "too_many_voices",
+]
 
 
 class LightTTSError(Exception):
@@ -114,9 +127,26 @@ class VoiceLimitError(LightTTSError):
     kind = "too_many_voices"
     http_status = 409
 
-_BY_KIND: dict[str, type[LightTTSError]] = {cls.kind: cls for cls in (
-    LightTTSError, ModelDirError, RequestError, AudioError, TextError, TooLargeError, SlowClientError, OverloadedError,
-    UnavailableError, WorkerDiedError, RequestTimeoutError, UnauthorizedError, NotFoundError, VoiceLimitError)}
+
+_BY_KIND: dict[str, type[LightTTSError]] = {
+    cls.kind: cls
+    for cls in (
+        LightTTSError,
+        ModelDirError,
+        RequestError,
+        AudioError,
+        TextError,
+        TooLargeError,
+        SlowClientError,
+        OverloadedError,
+        UnavailableError,
+        WorkerDiedError,
+        RequestTimeoutError,
+        UnauthorizedError,
+        NotFoundError,
+        VoiceLimitError,
+    )
+}
 
 
 def error_from_kind(kind: ErrorKind, message: str) -> LightTTSError:

@@ -100,8 +100,16 @@ class SpeechIds:
     def cosyvoice2(cls, speech_token_size: int) -> SpeechIds:
         """eos, an unused id and fill after the speech tokens; sos and task_id in llm_embedding."""
         n = speech_token_size
-        return cls(num_rows=n + 3, eos=n, fill=n + 2, stop_ids=(n, n + 1, n + 2), sos_row=None, task_row=None,
-                   decoder_bias=True, min_len=MinLenRule(reject_from=n))
+        return cls(
+            num_rows=n + 3,
+            eos=n,
+            fill=n + 2,
+            stop_ids=(n, n + 1, n + 2),
+            sos_row=None,
+            task_row=None,
+            decoder_bias=True,
+            min_len=MinLenRule(reject_from=n),
+        )
 
 
 @dataclass(frozen=True)

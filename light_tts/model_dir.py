@@ -89,8 +89,15 @@ _Loader.add_multi_constructor("!name:", _construct_tagged)
 _Loader.add_multi_constructor("!apply:", _construct_tagged)
 _Loader.add_constructor("!ref", lambda loader, node: Ref(loader.construct_scalar(node)))
 
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_BINOPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
 
 
 def _eval_arith(node: ast.AST) -> Any:
@@ -211,8 +218,14 @@ def _read_qwen_config(path: Path) -> QwenConfig:
     rope = data.get("rope_parameters") or {}
     data.setdefault("rope_theta", rope.get("rope_theta", QwenConfig.rope_theta))
     sec = Section(data, "config", path)
-    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                "intermediate_size", "vocab_size"):
+    for key in (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "intermediate_size",
+        "vocab_size",
+    ):
         sec.get(key)
     return QwenConfig(**sec.fields(QwenConfig))
 
@@ -226,8 +239,9 @@ def open_yaml(model_dir: str | Path, yaml_name: str) -> tuple[Path, Section]:
     return model_dir, Section(read_hyperpyyaml(yaml_path), "", yaml_path)
 
 
-def read_llm(top: Section, model_dir: Path, ids: SpeechIds | None = None,
-             prompt_end_text_id: int | None = None) -> LLMConfig:
+def read_llm(
+    top: Section, model_dir: Path, ids: SpeechIds | None = None, prompt_end_text_id: int | None = None
+) -> LLMConfig:
     """The `llm` section and CosyVoice-BlankEN/config.json; `ids`: the family's speech ids (default CosyVoice2's)."""
     llm = top.sub("llm")
     fields = llm.fields(LLMConfig)
@@ -255,7 +269,8 @@ def read_hift(top: Section, cls: type = HiFTConfig, f0_cls: type = F0PredictorCo
     istft = hift.sub("istft_params")
     return cls(
         **hift.fields(cls),
-        istft_n_fft=int(istft.get("n_fft")), istft_hop_len=int(istft.get("hop_len")),
+        istft_n_fft=int(istft.get("n_fft")),
+        istft_hop_len=int(istft.get("hop_len")),
         f0_predictor=f0_cls(**hift.sub("f0_predictor").fields(f0_cls)),
     )
 
@@ -266,8 +281,11 @@ def read_mel(top: Section) -> MelConfig:
 
 def read_frontend(top: Section, speech_tokenizer: str) -> FrontendConfig:
     """The speech tokenizer file (the family's) and the text tokenizer's version (`get_tokenizer.version`)."""
-    version = top.sub("get_tokenizer").get("version", FrontendConfig.tokenizer_version) if "get_tokenizer" in \
-        top.data else FrontendConfig.tokenizer_version
+    version = (
+        top.sub("get_tokenizer").get("version", FrontendConfig.tokenizer_version)
+        if "get_tokenizer" in top.data
+        else FrontendConfig.tokenizer_version
+    )
     return FrontendConfig(speech_tokenizer=speech_tokenizer, tokenizer_version=str(version))
 
 
@@ -280,13 +298,20 @@ def load_model_config(model_dir: str | Path) -> ModelConfig:
     flow_cfg = FlowConfig(
         **flow.fields(FlowConfig),
         encoder=EncoderConfig(**enc.fields(EncoderConfig), pre_lookahead_len=flow.get("pre_lookahead_len", 3)),
-        cfm=CFMConfig(**dec.fields(CFMConfig), **cfm_params.fields(CFMConfig),
-                      estimator=EstimatorConfig(**est.fields(EstimatorConfig))),
+        cfm=CFMConfig(
+            **dec.fields(CFMConfig),
+            **cfm_params.fields(CFMConfig),
+            estimator=EstimatorConfig(**est.fields(EstimatorConfig)),
+        ),
     )
     return ModelConfig(
-        model_dir=model_dir, family="cosyvoice2",
+        model_dir=model_dir,
+        family="cosyvoice2",
         **top.fields(ModelConfig),
-        llm=read_llm(top, model_dir), flow=flow_cfg, hift=read_hift(top), feat=read_mel(top),
+        llm=read_llm(top, model_dir),
+        flow=flow_cfg,
+        hift=read_hift(top),
+        feat=read_mel(top),
         frontend=read_frontend(top, SPEECH_TOKENIZER),
     )
 
@@ -294,8 +319,13 @@ def load_model_config(model_dir: str | Path) -> ModelConfig:
 def check_complete(model_dir: str | Path, yaml_name: str = YAML_NAME, onnx_files: tuple[str, ...] = ONNX_FILES) -> None:
     """Raises ModelDirError listing every file a released model directory needs but lacks."""
     model_dir = Path(model_dir)
-    needed = [yaml_name, *CHECKPOINTS, *onnx_files, *(f"{TOKENIZER_DIR}/{f}" for f in TOKENIZER_FILES),
-              f"{TOKENIZER_DIR}/config.json"]
+    needed = [
+        yaml_name,
+        *CHECKPOINTS,
+        *onnx_files,
+        *(f"{TOKENIZER_DIR}/{f}" for f in TOKENIZER_FILES),
+        f"{TOKENIZER_DIR}/config.json",
+    ]
     missing = [name for name in needed if not (model_dir / name).is_file()]
     if missing:
         raise ModelDirError(f"incomplete model directory {model_dir}: missing {', '.join(missing)}")

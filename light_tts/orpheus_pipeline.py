@@ -38,8 +38,9 @@ class OrpheusPipeline:
         t = self.cfg.tokens
         self.frame_ids = FrameIds(t.first_audio, t.codebook_size, t.frame_len)
 
-    def speech_tokens(self, prompt_ids: list[int], seed: int, min_len: int = 0,
-                      max_len: int | None = None) -> Iterator[int]:
+    def speech_tokens(
+        self, prompt_ids: list[int], seed: int, min_len: int = 0, max_len: int | None = None
+    ) -> Iterator[int]:
         """The ids one sentence generates (stop excluded), sampled as the engine samples them."""
         max_len = self.cfg.max_new_tokens if max_len is None else max_len
 
@@ -57,19 +58,30 @@ class OrpheusPipeline:
         schedule.add_frames(len(frames), is_last=True)
         spf = self.cfg.snac.samples_per_frame
         while (w := schedule.next_window()) is not None:
-            rows = torch.tensor([frames[w.start:w.end]], dtype=torch.int64, device=self.device)
-            out = decode_rows(self.snac, rows, torch.tensor([seed & (2**63 - 1)], device=self.device),
-                              torch.tensor([w.end], device=self.device), torch.float32)[0].cpu().numpy()
-            yield out[(w.emit_from - w.start) * spf:(w.emit_to - w.start) * spf]
+            rows = torch.tensor([frames[w.start : w.end]], dtype=torch.int64, device=self.device)
+            out = (
+                decode_rows(
+                    self.snac,
+                    rows,
+                    torch.tensor([seed & (2**63 - 1)], device=self.device),
+                    torch.tensor([w.end], device=self.device),
+                    torch.float32,
+                )[0]
+                .cpu()
+                .numpy()
+            )
+            yield out[(w.emit_from - w.start) * spf : (w.emit_to - w.start) * spf]
 
-    def synthesize(self, text: str, voice: str, stream: bool = False, seed: int = 0,
-                   fixed_tokens: int | None = None) -> Iterator[np.ndarray]:
+    def synthesize(
+        self, text: str, voice: str, stream: bool = False, seed: int = 0, fixed_tokens: int | None = None
+    ) -> Iterator[np.ndarray]:
         """Float32 24 kHz audio: one array per sentence, or per window when `stream`."""
         voice = self.frontend.check_voice(voice)
         for index, sentence in enumerate(self.frontend.split(text)):
             s = sentence_seed(seed, index)
-            ids = list(self.speech_tokens(self.frontend.prompt_ids(sentence, voice), s, fixed_tokens or 0,
-                                          fixed_tokens))
+            ids = list(
+                self.speech_tokens(self.frontend.prompt_ids(sentence, voice), s, fixed_tokens or 0, fixed_tokens)
+            )
             chunks = list(self.audio(ids, s))
             if stream:
                 yield from chunks

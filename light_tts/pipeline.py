@@ -43,8 +43,14 @@ class Pipeline:
         self.llm = self.family.speech_lm(self.cfg, str(self.device))
         self.token2wav = self.family.token2wav(self.cfg, self.device)
 
-    def speech_tokens(self, text_tokens: list[int], prompt: Prompt, seed: int,
-                      fixed_speech_tokens: int | None = None, counted_prompt_tokens: int = 0) -> Iterator[int]:
+    def speech_tokens(
+        self,
+        text_tokens: list[int],
+        prompt: Prompt,
+        seed: int,
+        fixed_speech_tokens: int | None = None,
+        counted_prompt_tokens: int = 0,
+    ) -> Iterator[int]:
         """Speech tokens of one sentence, sampled with RAS from the request's seed, as the codec gets them (the
         family's filter applied); `prompt` is the LLM's (its text tokens and speech tokens as the mode has them,
         see llm_prompt). `fixed_speech_tokens`: exactly that many (the server's benchmark option: no stop before,
@@ -53,8 +59,13 @@ class Pipeline:
         if fixed_speech_tokens is not None:
             min_len = max_len = fixed_speech_tokens
         sampler = RASSampler(self.cfg.llm.sampling, seed)
-        tokens = self.llm.generate(torch.tensor([text_tokens], dtype=torch.int32, device=self.device),
-                                   *self._prompt_tensors(prompt), sampler, min_len, max_len)
+        tokens = self.llm.generate(
+            torch.tensor([text_tokens], dtype=torch.int32, device=self.device),
+            *self._prompt_tensors(prompt),
+            sampler,
+            min_len,
+            max_len,
+        )
         return filtered(tokens, self.family.speech_token_filter())
 
     def llm_prompt(self, prompt: Prompt, mode: str, transcript: str | None, instruction: str | None) -> Prompt:
@@ -62,42 +73,60 @@ class Pipeline:
         voice prompt as it is)."""
         built = self.family.llm_prompt(mode, transcript or "", instruction or "")
         text_tokens, speech_tokens = llm_prompt_tokens(built, prompt, self.frontend.prompt_text_tokens)
-        return Prompt(text_tokens=text_tokens, speech_tokens=speech_tokens, embedding=prompt.embedding,
-                      mel=prompt.mel)
+        return Prompt(text_tokens=text_tokens, speech_tokens=speech_tokens, embedding=prompt.embedding, mel=prompt.mel)
 
-    def counted_prompt_tokens(self, llm_prompt: Prompt, mode: str, transcript: str | None,
-                              instruction: str | None) -> int:
+    def counted_prompt_tokens(
+        self, llm_prompt: Prompt, mode: str, transcript: str | None, instruction: str | None
+    ) -> int:
         """The LLM prompt's text tokens that count toward a sentence's length bounds in this mode (CosyVoice3's
         cross-lingual system text, as upstream's text carries it), else 0."""
         return len(llm_prompt.text_tokens) if self.family.prompt_counts_in_length(mode) else 0
 
-    def encode(self, prompt_wav: bytes, prompt_text: str | None, mode: str | None,
-               instruction: str | None) -> tuple[Prompt, Prompt]:
+    def encode(
+        self, prompt_wav: bytes, prompt_text: str | None, mode: str | None, instruction: str | None
+    ) -> tuple[Prompt, Prompt]:
         """(the LLM's prompt, the flow's prompt) of a request; `mode` None: as its inputs say (resolve_mode)."""
         mode = resolve_mode(mode, instruction, prompt_text)
         prompt = self.frontend.encode_prompt(prompt_wav, "")
         return self.llm_prompt(prompt, mode, prompt_text, instruction), prompt
 
-    def synthesize(self, text: str, prompt_wav: bytes, prompt_text: str | None, stream: bool = False,
-                   speed: float = 1.0, seed: int = 0, hop_policy: HopPolicy = HopPolicy(), exact_final: bool = False,
-                   mode: str | None = None, instruction: str | None = None,
-                   fixed_speech_tokens: int | None = None) -> Iterator[np.ndarray]:
+    def synthesize(
+        self,
+        text: str,
+        prompt_wav: bytes,
+        prompt_text: str | None,
+        stream: bool = False,
+        speed: float = 1.0,
+        seed: int = 0,
+        hop_policy: HopPolicy = HopPolicy(),
+        exact_final: bool = False,
+        mode: str | None = None,
+        instruction: str | None = None,
+        fixed_speech_tokens: int | None = None,
+    ) -> Iterator[np.ndarray]:
         """Yields float32 audio: one array per sentence, or per streamed chunk when `stream`. `prompt_text` None (or
         blank): a voice without a transcript, spoken cross-lingual; `instruction`: instruct mode."""
         check_speed(speed, stream)
         sentences = self.frontend.normalize_and_split(text)  # text errors before the costly prompt encoding
         llm_prompt, prompt = self.encode(prompt_wav, prompt_text, mode, instruction)
-        counted = self.counted_prompt_tokens(llm_prompt, resolve_mode(mode, instruction, prompt_text), prompt_text,
-                                             instruction)
+        counted = self.counted_prompt_tokens(
+            llm_prompt, resolve_mode(mode, instruction, prompt_text), prompt_text, instruction
+        )
         for index, sentence in enumerate(sentences):
             s = sentence_seed(seed, index)
-            tokens = self.speech_tokens(self.frontend.tokenize(sentence), llm_prompt, s, fixed_speech_tokens,
-                                        counted)
+            tokens = self.speech_tokens(self.frontend.tokenize(sentence), llm_prompt, s, fixed_speech_tokens, counted)
             yield from self.token2wav_of(tokens, prompt, s, stream, speed, hop_policy, exact_final)
 
-    def synthesize_bistream(self, text_pieces: Iterable[str], prompt_wav: bytes, prompt_text: str | None,
-                            seed: int = 0, hop_policy: HopPolicy = HopPolicy(), mode: str | None = None,
-                            instruction: str | None = None) -> Iterator[np.ndarray]:
+    def synthesize_bistream(
+        self,
+        text_pieces: Iterable[str],
+        prompt_wav: bytes,
+        prompt_text: str | None,
+        seed: int = 0,
+        hop_policy: HopPolicy = HopPolicy(),
+        mode: str | None = None,
+        instruction: str | None = None,
+    ) -> Iterator[np.ndarray]:
         """Text arriving in pieces (e.g. from an LLM) -> streamed audio chunks of one utterance."""
         llm_prompt, prompt = self.encode(prompt_wav, prompt_text, mode, instruction)
         num_text = 0
@@ -125,24 +154,39 @@ class Pipeline:
                 yield from session.feed([token])
         yield session.finish()
 
-    def voice_conversion(self, source_wav: bytes, prompt_wav: bytes, stream: bool = False, speed: float = 1.0,
-                         seed: int = 0, hop_policy: HopPolicy = HopPolicy(),
-                         max_source_seconds: float = MAX_SPEECH_TOKENIZER_SECONDS) -> Iterator[np.ndarray]:
+    def voice_conversion(
+        self,
+        source_wav: bytes,
+        prompt_wav: bytes,
+        stream: bool = False,
+        speed: float = 1.0,
+        seed: int = 0,
+        hop_policy: HopPolicy = HopPolicy(),
+        max_source_seconds: float = MAX_SPEECH_TOKENIZER_SECONDS,
+    ) -> Iterator[np.ndarray]:
         """The source recording spoken in the prompt's voice (upstream's inference_vc): its speech tokens go
         straight to token2wav with the prompt's tokens, mel and speaker embedding; no LLM, no text."""
         check_speed(speed, stream)
         source_tokens, prompt = self.vc_inputs(source_wav, prompt_wav, max_source_seconds)
-        yield from self.token2wav_of(source_tokens.tolist(), prompt, sentence_seed(seed, 0), stream, speed,
-                                     hop_policy)
+        yield from self.token2wav_of(source_tokens.tolist(), prompt, sentence_seed(seed, 0), stream, speed, hop_policy)
 
-    def vc_inputs(self, source_wav: bytes, prompt_wav: bytes,
-                  max_source_seconds: float = MAX_SPEECH_TOKENIZER_SECONDS) -> tuple[np.ndarray, Prompt]:
+    def vc_inputs(
+        self, source_wav: bytes, prompt_wav: bytes, max_source_seconds: float = MAX_SPEECH_TOKENIZER_SECONDS
+    ) -> tuple[np.ndarray, Prompt]:
         """(the source's speech tokens, the flow's prompt) of a voice conversion (upstream's frontend_vc)."""
         source_tokens, _ = self.frontend.source_speech_tokens(source_wav, max_source_seconds)
         return source_tokens, self.frontend.encode_prompt(prompt_wav, "")
 
-    def token2wav_of(self, tokens: Iterable[int], prompt: Prompt, seed: int, stream: bool, speed: float,
-                     hop_policy: HopPolicy, exact_final: bool = False) -> Iterator[np.ndarray]:
+    def token2wav_of(
+        self,
+        tokens: Iterable[int],
+        prompt: Prompt,
+        seed: int,
+        stream: bool,
+        speed: float,
+        hop_policy: HopPolicy,
+        exact_final: bool = False,
+    ) -> Iterator[np.ndarray]:
         """One sentence's audio: whole (a list of tokens), or streamed chunk by chunk as the tokens come."""
         if not stream:
             yield self.token2wav.offline(list(tokens), prompt, seed, speed)
@@ -155,5 +199,7 @@ class Pipeline:
     def _prompt_tensors(self, prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor]:
         """(prompt text tokens [1,Lp], prompt speech tokens [1,P]) as int32 on the LM's device (copies: the
         frontend's cached token arrays are read-only)."""
-        return (torch.tensor(prompt.text_tokens)[None].to(self.device),
-                torch.tensor(prompt.speech_tokens)[None].to(self.device))
+        return (
+            torch.tensor(prompt.text_tokens)[None].to(self.device),
+            torch.tensor(prompt.speech_tokens)[None].to(self.device),
+        )

@@ -76,6 +76,8 @@ def resolve_mode(requested: str | None, instruction: str | None, transcript: str
     if requested == INSTRUCT:
         raise RequestError(f"mode {INSTRUCT} needs an instruction (instructions, instruct_text)")
     if requested == ZERO_SHOT and not has_transcript:
-        raise RequestError(f"mode {ZERO_SHOT} needs the voice's transcript (prompt text); a voice without one is "
-                           f"spoken in mode {CROSS_LINGUAL}")
+        raise RequestError(
+            f"mode {ZERO_SHOT} needs the voice's transcript (prompt text); a voice without one is "
+            f"spoken in mode {CROSS_LINGUAL}"
+        )
     return requested or (ZERO_SHOT if has_transcript else CROSS_LINGUAL)

@@ -4,12 +4,25 @@ CosyVoice3Tokenizer), as data: the frontend adds them, and a family's config rea
 # Upstream adds these in this order; their ids follow the tokenizer files' own added tokens
 # (151646.. for the released files, so len == 151663).
 COSYVOICE2_SPECIAL_TOKENS = (
-    "<|im_start|>", "<|im_end|>", "<|endofprompt|>",
-    "[breath]", "<strong>", "</strong>", "[noise]",
-    "[laughter]", "[cough]", "[clucking]", "[accent]",
-    "[quick_breath]", "<laughter>", "</laughter>",
-    "[hissing]", "[sigh]", "[vocalized-noise]",
-    "[lipsmack]", "[mn]",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endofprompt|>",
+    "[breath]",
+    "<strong>",
+    "</strong>",
+    "[noise]",
+    "[laughter]",
+    "[cough]",
+    "[clucking]",
+    "[accent]",
+    "[quick_breath]",
+    "<laughter>",
+    "</laughter>",
+    "[hissing]",
+    "[sigh]",
+    "[vocalized-noise]",
+    "[lipsmack]",
+    "[mn]",
 )
 
 # CosyVoice3 adds <|endofsystem|>, then phoneme tokens: CMU phones (each vowel bare and with stresses 0-2) and
@@ -22,11 +35,16 @@ _PINYIN = (
     "uài uàn uàng uá uái uán uáng uè ué uì uí uò uó uā uāi uān uāng uē uě uī uō uǎ uǎi uǎn uǎng uǐ uǒ vè w x y z "
     "zh à ài àn àng ào á ái án áng áo è èi èn èng èr é éi én éng ér ì ìn ìng í ín íng ò òng òu ó óng óu ù ùn ú "
     "ún ā āi ān āng āo ē ēi ēn ēng ě ěi ěn ěng ěr ī īn īng ō ōng ōu ū ūn ǎ ǎi ǎn ǎng ǎo ǐ ǐn ǐng ǒ ǒng ǒu ǔ ǔn ǘ ǚ "
-    "ǜ").split()
+    "ǜ"
+).split()
 COSYVOICE3_SPECIAL_TOKENS = (
-    *COSYVOICE2_SPECIAL_TOKENS, "<|endofsystem|>",
-    *(f"[{p}{stress}]" for p in sorted(_CMU_VOWELS + _CMU_CONSONANTS)
-      for stress in (("", "0", "1", "2") if p in _CMU_VOWELS else ("",))),
+    *COSYVOICE2_SPECIAL_TOKENS,
+    "<|endofsystem|>",
+    *(
+        f"[{p}{stress}]"
+        for p in sorted(_CMU_VOWELS + _CMU_CONSONANTS)
+        for stress in (("", "0", "1", "2") if p in _CMU_VOWELS else ("",))
+    ),
     *(f"[{p}]" for p in _PINYIN),
 )
 SPECIAL_TOKENS = {"cosyvoice2": COSYVOICE2_SPECIAL_TOKENS, "cosyvoice3": COSYVOICE3_SPECIAL_TOKENS}

@@ -83,7 +83,7 @@ class ChunkSchedule:
     def chunk_tokens(self, finalize: bool) -> list[int]:
         """The next chunk's tokens: hop + lookahead, or every remaining token for the final chunk."""
         end = len(self.tokens) if finalize else self.offset + self.hop + self.lookahead
-        return self.tokens[self.offset:end]
+        return self.tokens[self.offset : end]
 
     def advance(self) -> None:
         """A non-final chunk was emitted."""
@@ -117,8 +117,7 @@ class HiFTVocoder:
     def new_stream(self, seed: int, device: torch.device) -> tuple[HiFTStreamState, torch.Generator]:
         return HiFTStreamState(), torch.Generator(device=device).manual_seed(seed)
 
-    def chunk(self, stream: tuple[HiFTStreamState, torch.Generator], mel: torch.Tensor,
-              finalize: bool) -> torch.Tensor:
+    def chunk(self, stream: tuple[HiFTStreamState, torch.Generator], mel: torch.Tensor, finalize: bool) -> torch.Tensor:
         state, generator = stream
         return hift_stream_chunk(self.hift, state, mel, finalize=finalize, generator=generator)
 
@@ -144,8 +143,9 @@ class Token2Wav:
             mel = F.interpolate(mel, size=int(mel.shape[2] / speed), mode="linear")
         return self.vocoder.whole(mel, seed)[0].float().cpu().numpy()
 
-    def session(self, prompt: Prompt, seed: int, hop_policy: HopPolicy = HopPolicy(),
-                exact_final: bool = False) -> Token2WavSession:
+    def session(
+        self, prompt: Prompt, seed: int, hop_policy: HopPolicy = HopPolicy(), exact_final: bool = False
+    ) -> Token2WavSession:
         return Token2WavSession(self, prompt, seed, hop_policy, exact_final)
 
 
@@ -155,8 +155,9 @@ class Token2WavSession:
     def __init__(self, t2w: Token2Wav, prompt: Prompt, seed: int, hop_policy: HopPolicy, exact_final: bool):
         self.t2w, self.exact_final = t2w, exact_final
         self.p_tok, self.p_mel, self.emb = prompt_tensors(prompt, t2w.device)
-        self.schedule = ChunkSchedule(hop_policy, first_hop_pad(self.p_tok.shape[1], t2w.cfg.chunk_size),
-                                      t2w.cfg.flow.pre_lookahead_len)
+        self.schedule = ChunkSchedule(
+            hop_policy, first_hop_pad(self.p_tok.shape[1], t2w.cfg.chunk_size), t2w.cfg.flow.pre_lookahead_len
+        )
         self.flow_state = t2w.flow.stream_start(self.p_tok, self.p_mel, self.emb)
         self.vocoder_stream = t2w.vocoder.new_stream(seed, t2w.device)
         self.finished = False
@@ -183,7 +184,7 @@ class Token2WavSession:
         if finalize and self.exact_final:
             everything = torch.tensor([sched.tokens], dtype=torch.int32, device=dev)
             mel = self.t2w.flow.inference(everything, self.p_tok, self.p_mel, self.emb, streaming=False, finalize=True)
-            mel = mel[:, :, sched.offset * self.t2w.cfg.token_mel_ratio:]
+            mel = mel[:, :, sched.offset * self.t2w.cfg.token_mel_ratio :]
         else:
             mel = self.t2w.flow.stream_chunk(self.flow_state, new, finalize=finalize)
         audio = self.t2w.vocoder.chunk(self.vocoder_stream, mel, finalize)

@@ -16,8 +16,9 @@ def serving(app, log_level: str = "info"):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     # log_config=None: uvicorn's loggers propagate to the root logger, where pytest's caplog sees them
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, log_config=None, lifespan="on",
-                                           timeout_graceful_shutdown=1))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level=log_level, log_config=None, lifespan="on", timeout_graceful_shutdown=1)
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

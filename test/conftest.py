@@ -78,5 +78,8 @@ def poisoned_empty(monkeypatch):
         return t.fill_(float("nan") if t.is_floating_point() else -1)
 
     monkeypatch.setattr(torch, "empty", empty)
-    monkeypatch.setattr(torch, "empty_like", lambda x, **kw: empty(x.shape, dtype=kw.pop("dtype", x.dtype),
-                                                                   device=kw.pop("device", x.device)))
+    monkeypatch.setattr(
+        torch,
+        "empty_like",
+        lambda x, **kw: empty(x.shape, dtype=kw.pop("dtype", x.dtype), device=kw.pop("device", x.device)),
+    )

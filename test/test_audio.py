@@ -75,11 +75,14 @@ def test_resample_matches_ideal_tone():
     assert np.array_equal(resample(x, 16000, 16000), x)
 
 
-@pytest.mark.parametrize("data,message", [
-    (b"", "empty"),
-    (b"this is not audio at all, just some text bytes" * 10, "not a readable audio file"),
-    (b"RIFF\x24\x00\x00\x00WAVEfmt ", "not a readable audio file"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (b"", "empty"),
+        (b"this is not audio at all, just some text bytes" * 10, "not a readable audio file"),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt ", "not a readable audio file"),
+    ],
+)
 def test_unreadable_bytes_are_rejected(data, message):
     with pytest.raises(AudioError, match=message):
         load_audio(data, 16000)

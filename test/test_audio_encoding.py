@@ -33,7 +33,7 @@ def tone(seconds: float) -> np.ndarray:
 def chunks_of(pcm: np.ndarray, sizes: list[int]) -> list[bytes]:
     """Uneven chunk sizes, as the decode engine's growing hops give."""
     bounds = np.cumsum([0, *sizes])
-    return [pcm[a:b].tobytes() for a, b in zip(bounds[:-1], bounds[1:])] + [pcm[bounds[-1]:].tobytes()]
+    return [pcm[a:b].tobytes() for a, b in zip(bounds[:-1], bounds[1:])] + [pcm[bounds[-1] :].tobytes()]
 
 
 def decode_pyav(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
@@ -53,9 +53,22 @@ def dominant_hz(samples: np.ndarray, rate: int) -> float:
 
 
 def ffprobe(data: bytes) -> dict:
-    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,sample_rate,channels:"
-                          "frame=nb_samples", "-of", "json", "-i", "pipe:0"],
-                         input=data, capture_output=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name,sample_rate,channels:frame=nb_samples",
+            "-of",
+            "json",
+            "-i",
+            "pipe:0",
+        ],
+        input=data,
+        capture_output=True,
+        check=True,
+    ).stdout
     return json.loads(out)
 
 

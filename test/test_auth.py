@@ -36,8 +36,9 @@ def make_app(settings: AuthSettings):
     async def ws(websocket: WebSocket):
         offered = websocket.scope["subprotocols"]
         await websocket.accept(subprotocol="chat" if "chat" in offered else None)
-        await websocket.send_json({"subprotocols": offered,
-                                   "protocol_header": websocket.headers.get("sec-websocket-protocol")})
+        await websocket.send_json(
+            {"subprotocols": offered, "protocol_header": websocket.headers.get("sec-websocket-protocol")}
+        )
         await websocket.close()
 
     return ApiKeyMiddleware(app, settings)
@@ -59,8 +60,9 @@ def http_call(url, path, key):
 
 
 async def ws_call(url, key=None, subprotocols=None):
-    async with websockets.connect(url.replace("http", "ws") + "/ws", additional_headers=bearer(key),
-                                  subprotocols=subprotocols) as conn:
+    async with websockets.connect(
+        url.replace("http", "ws") + "/ws", additional_headers=bearer(key), subprotocols=subprotocols
+    ) as conn:
         return conn.subprotocol, await conn.recv()
 
 

@@ -13,8 +13,19 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "light_tts" / "bench"
 COMMANDS = sorted(p.stem for p in BENCH.glob("*.py") if p.stem != "__init__")
 # where commands are written down for people and machines to run
-DOCUMENTED_IN = ["README.md", "Makefile", "Dockerfile", "Dockerfile.cpu", "launcher.sh", "docs", "scripts", ".ci",
-                 "deploy", "light_tts", "test"]
+DOCUMENTED_IN = [
+    "README.md",
+    "Makefile",
+    "Dockerfile",
+    "Dockerfile.cpu",
+    "launcher.sh",
+    "docs",
+    "scripts",
+    ".ci",
+    "deploy",
+    "light_tts",
+    "test",
+]
 
 # runs each command's module as __main__ with --help in one interpreter (torch is imported once, not 15 times)
 HELP_ALL = """
@@ -57,7 +68,8 @@ def test_every_module_at_the_top_is_a_command():
 
 
 def test_every_command_prints_its_help():
-    out = subprocess.run([sys.executable, "-c", HELP_ALL, *COMMANDS], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", HELP_ALL, *COMMANDS], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split("\n")[:-1] == [f"{c} 0 True" for c in COMMANDS], out.stderr[-3000:]

@@ -32,8 +32,7 @@ def test_throughput_section_runs_on_cosyvoice3(cv3_fixture_dir):
 
     torch.set_num_threads(1)
     cfg = model_config(cv3_fixture_dir)
-    engine = make_engine(cfg, "fp32", None, graphs=False, num_pages=8, max_batch_size=4, device="cpu",
-                         variant="today")
+    engine = make_engine(cfg, "fp32", None, graphs=False, num_pages=8, max_batch_size=4, device="cpu", variant="today")
     row = section_throughput(cfg, engine, [1], context_s=1.0)[1]
     assert row["flow_ms"] > 0 and row["hift_ms"] > 0 and 0 < row["hift_share"] < 1
     assert row["flow"]["tflops"] > 0 and row["hift"]["tflops"] > 0 and row["audio_s_per_s"] > 0

@@ -29,20 +29,39 @@ def test_a_mix_replays_from_its_seed_and_covers_the_cases():
 
 
 def test_the_verdict():
-    jobs = [Job(0, True, 0, 100, 0.0), Job(1, False, -1, 50, 0.0), Job(2, True, 1, 2000, 0.0),
-            Job(3, True, -1, 100, 0.0, leave_after_bytes=1000), Job(4, True, 0, 100, 0.0), Job(5, True, 0, 100, 0.0),
-            Job(6, False, 0, 100, 0.0), Job(7, True, 0, 100, 0.0), Job(8, False, 0, 100, 0.0)]
-    outcomes = [Outcome(0, 200, "ok", 100 * BYTES_PER_TOKEN, 0.5, 3.0), Outcome(1, 200, "ok", 50 * BYTES_PER_TOKEN,
-                                                                                 end_s=2.0),
-                Outcome(2, 413, "too_large", end_s=0.1), Outcome(3, 200, "client_left", 1000, 0.7, 1.0),
-                Outcome(4, 429, "overloaded", end_s=5.0),
-                Outcome(5, 200, "cut", 4000, 0.9, 300.0),  # cut after its 200
-                Outcome(6, 413, "too_large"),  # a 413 the pool did not deserve
-                Outcome(7, 504, "timeout"), Outcome(8, 200, "short", 1000)]
+    jobs = [
+        Job(0, True, 0, 100, 0.0),
+        Job(1, False, -1, 50, 0.0),
+        Job(2, True, 1, 2000, 0.0),
+        Job(3, True, -1, 100, 0.0, leave_after_bytes=1000),
+        Job(4, True, 0, 100, 0.0),
+        Job(5, True, 0, 100, 0.0),
+        Job(6, False, 0, 100, 0.0),
+        Job(7, True, 0, 100, 0.0),
+        Job(8, False, 0, 100, 0.0),
+    ]
+    outcomes = [
+        Outcome(0, 200, "ok", 100 * BYTES_PER_TOKEN, 0.5, 3.0),
+        Outcome(1, 200, "ok", 50 * BYTES_PER_TOKEN, end_s=2.0),
+        Outcome(2, 413, "too_large", end_s=0.1),
+        Outcome(3, 200, "client_left", 1000, 0.7, 1.0),
+        Outcome(4, 429, "overloaded", end_s=5.0),
+        Outcome(5, 200, "cut", 4000, 0.9, 300.0),  # cut after its 200
+        Outcome(6, 413, "too_large"),  # a 413 the pool did not deserve
+        Outcome(7, 504, "timeout"),
+        Outcome(8, 200, "short", 1000),
+    ]
     verdict = judge(jobs, outcomes, pool_pages=24)
     assert verdict["lost"] == [5, 7, 8] and verdict["cut_after_200"] == [5] and verdict["mismatched"] == [6]
-    assert verdict["by_outcome"] == {"ok": 2, "too_large": 2, "client_left": 1, "overloaded": 1, "cut": 1,
-                                     "timeout": 1, "short": 1}
+    assert verdict["by_outcome"] == {
+        "ok": 2,
+        "too_large": 2,
+        "client_left": 1,
+        "overloaded": 1,
+        "cut": 1,
+        "timeout": 1,
+        "short": 1,
+    }
     assert signature(outcomes)[3] == (3, "client_left", 0)  # where a client chose to leave does not count
     lat = latencies(jobs, outcomes)
     assert lat["first_audio_p50_s"] == 0.5 and lat["max_end_s"] == 300.0  # only full streams' first audio

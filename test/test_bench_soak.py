@@ -16,11 +16,15 @@ def record(index, ok=True, status=200, error=None, forced=True):
 
 
 def state(resident_mb=500.0, device_mb=0.0, slots=0, pages_used=10, pages_cached=10, kv_used=30, kv_cached=30):
-    return {"t": 0.0, "slots_in_use": slots, "active_requests": slots,
-            "kv_tokens": {"used": kv_used, "cached": kv_cached, "total": 1000},
-            "pages": {"0": {"used": pages_used, "cached": pages_cached, "total": 100}},
-            "resident_bytes": {"decode0": resident_mb * MB, "http0": 80 * MB},
-            "device_bytes": {"decode0": device_mb * MB}}
+    return {
+        "t": 0.0,
+        "slots_in_use": slots,
+        "active_requests": slots,
+        "kv_tokens": {"used": kv_used, "cached": kv_cached, "total": 1000},
+        "pages": {"0": {"used": pages_used, "cached": pages_cached, "total": 100}},
+        "resident_bytes": {"decode0": resident_mb * MB, "http0": 80 * MB},
+        "device_bytes": {"decode0": device_mb * MB},
+    }
 
 
 FLAT = [state(resident_mb=500 + (i % 3), device_mb=2000, slots=3, pages_used=40) for i in range(20)]
@@ -32,21 +36,25 @@ def test_a_clean_run_passes():
     assert v["peak"]["slots"] == 3 and v["peak"]["decode_pages"] == 30  # 40 used, 10 of them cached prefixes
 
 
-@pytest.mark.parametrize("bad,field", [
-    (record(3, ok=False, error=None), "lost"),  # 200 and no audio, no error
-    (record(3, ok=True, forced=False), "lost"),  # audio cut short without an error
-    (record(3, ok=False, status=None, error=None), "lost"),  # no response at all and no error
-    (record(3, ok=False, status=503, error="unavailable"), "failed"),
-    (record(3, ok=False, status=200, error="stream cut"), "failed"),
-])
+@pytest.mark.parametrize(
+    "bad,field",
+    [
+        (record(3, ok=False, error=None), "lost"),  # 200 and no audio, no error
+        (record(3, ok=True, forced=False), "lost"),  # audio cut short without an error
+        (record(3, ok=False, status=None, error=None), "lost"),  # no response at all and no error
+        (record(3, ok=False, status=503, error="unavailable"), "failed"),
+        (record(3, ok=False, status=200, error="stream cut"), "failed"),
+    ],
+)
 def test_a_request_without_its_audio_fails_the_soak(bad, field):
     records = [record(i) for i in range(3)] + [bad]
     v = soak.verdict(records, FLAT, state(), memory_slack_mb=64)
     assert not v["passed"] and v[field] == [3]
 
 
-@pytest.mark.parametrize("idle,what", [(state(slots=1), "slots"), (state(pages_used=12), "decode_pages"),
-                                       (state(kv_used=31), "kv_tokens")])
+@pytest.mark.parametrize(
+    "idle,what", [(state(slots=1), "slots"), (state(pages_used=12), "decode_pages"), (state(kv_used=31), "kv_tokens")]
+)
 def test_anything_held_once_idle_is_a_leak(idle, what):
     v = soak.verdict([record(0)], FLAT, idle, memory_slack_mb=64)
     assert not v["passed"] and what in v["leaked"]

@@ -74,17 +74,26 @@ def test_poisson_schedule_is_reproducible_and_has_exponential_gaps():
     times = poisson_arrivals(50.0, 100.0, random.Random(7))
     assert times == poisson_arrivals(50.0, 100.0, random.Random(7))
     assert times == sorted(times) and 0 <= times[0] and times[-1] < 100.0
-    assert abs(len(times) - 5000) < 5 * 5000 ** 0.5  # Poisson count: mean 5000, sd ~71
+    assert abs(len(times) - 5000) < 5 * 5000**0.5  # Poisson count: mean 5000, sd ~71
     gaps = np.diff(times)
     assert gaps.mean() == pytest.approx(1 / 50, rel=0.05)
     assert gaps.std() / gaps.mean() == pytest.approx(1.0, abs=0.05)  # exponential: coefficient of variation 1
 
 
-def record(index, chunk_s, chunk_bytes, status=200, error=None, voice="saved", is_ramp=False, start_s=0.0,
-           latency_s=None):
-    return {"index": index, "voice": voice, "is_ramp": is_ramp, "start_s": start_s, "status": status,
-            "error": error, "chunk_s": chunk_s, "chunk_bytes": chunk_bytes,
-            "latency_s": latency_s if latency_s is not None else (chunk_s[-1] if chunk_s else 0.1)}
+def record(
+    index, chunk_s, chunk_bytes, status=200, error=None, voice="saved", is_ramp=False, start_s=0.0, latency_s=None
+):
+    return {
+        "index": index,
+        "voice": voice,
+        "is_ramp": is_ramp,
+        "start_s": start_s,
+        "status": status,
+        "error": error,
+        "chunk_s": chunk_s,
+        "chunk_bytes": chunk_bytes,
+        "latency_s": latency_s if latency_s is not None else (chunk_s[-1] if chunk_s else 0.1),
+    }
 
 
 def test_score_marks_success_stalls_and_forced_length():
@@ -133,8 +142,11 @@ def test_summary_of_a_level():
 def test_audio_rate_counts_the_steady_window():
     # measured requests start at 1.0 and 3.0: the window [1, 3) holds 1 s (ramp record, at 1.5) + 1 s (at 1.2)
     # + 0.5 s (at 2.0); the chunks at 3.5 are outside (48000 bytes = 1 s)
-    records = [record(0, [1.5], [48000], is_ramp=True),
-               record(1, [0.2, 1.0, 2.5], [48000, 24000, 48000], start_s=1.0), record(2, [0.5], [48000], start_s=3.0)]
+    records = [
+        record(0, [1.5], [48000], is_ramp=True),
+        record(1, [0.2, 1.0, 2.5], [48000, 24000, 48000], start_s=1.0),
+        record(2, [0.5], [48000], start_s=3.0),
+    ]
     assert audio_rate(records) == pytest.approx(2.5 / 2.0)
     # all started together: one median latency from the start
     together = [record(i, [0.5, 1.5], [48000, 48000], latency_s=2.0) for i in range(3)]
@@ -142,8 +154,13 @@ def test_audio_rate_counts_the_steady_window():
 
 
 def level(concurrency, ttfa_p95, stalled=0, failures=0, requests=4):
-    return {"concurrency": concurrency, "requests": requests, "failures": failures, "stalled_streams": stalled,
-            "ttfa_p95": ttfa_p95}
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "failures": failures,
+        "stalled_streams": stalled,
+        "ttfa_p95": ttfa_p95,
+    }
 
 
 def test_streams_held_is_the_largest_level_that_meets_every_bound():
@@ -193,8 +210,9 @@ def test_a_voice_conversion_share_sends_the_source_and_names_the_target():
     saved = [wav_bytes(prompt_pcm(0.2))]
     source = wav_bytes(prompt_pcm(0.3))
     by_id = Voices(saved, "text", nonce=5, saved_ids=["voice_a"])
-    share = Share("http://x", by_id, {"stream": "true", "response_format": "pcm", "seed": 10}, 0.0, 1.0, 0.0,
-                  source_wav=source)
+    share = Share(
+        "http://x", by_id, {"stream": "true", "response_format": "pcm", "seed": 10}, 0.0, 1.0, 0.0, source_wav=source
+    )
     assert share.path == "/v1/audio/voice-conversion"
     form, files, kind = request_form(share, 3)
     assert form == {"stream": "true", "response_format": "pcm", "seed": "13"} and kind == "saved"

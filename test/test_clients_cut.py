@@ -35,12 +35,17 @@ class CuttingHttpServer(threading.Thread):
             while b"\r\n\r\n" not in head:
                 head += conn.recv(65536)
             headers, body = head.split(b"\r\n\r\n", 1)
-            length = next(int(line.split(b":")[1]) for line in headers.split(b"\r\n")
-                          if line.lower().startswith(b"content-length"))
+            length = next(
+                int(line.split(b":")[1])
+                for line in headers.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
             while len(body) < length:
                 body += conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
-                         b"transfer-encoding: chunked\r\n\r\n" + b"%x\r\n" % len(AUDIO_CHUNK) + AUDIO_CHUNK + b"\r\n")
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n" + b"%x\r\n" % len(AUDIO_CHUNK) + AUDIO_CHUNK + b"\r\n"
+            )
             if self.how == "reset":  # SO_LINGER 0: close() sends RST instead of FIN
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
@@ -50,10 +55,28 @@ def run_client(module: str, url: str, tmp_path: Path, *extra: str) -> subprocess
     prompt = tmp_path / "prompt.wav"
     with wave.open(str(prompt), "wb") as w:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(b"\x00\x00" * 1600)
-    return subprocess.run([sys.executable, "-m", f"light_tts.clients.{module}", "--url", url,
-                           "--prompt_wav", str(prompt), "--prompt_text", "Hi.", "--tts_text", "Hello there.",
-                           "--out", str(tmp_path / "out.wav"), *extra],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            f"light_tts.clients.{module}",
+            "--url",
+            url,
+            "--prompt_wav",
+            str(prompt),
+            "--prompt_text",
+            "Hi.",
+            "--tts_text",
+            "Hello there.",
+            "--out",
+            str(tmp_path / "out.wav"),
+            *extra,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def assert_one_line_failure(result: subprocess.CompletedProcess, prog: str, *words: str) -> str:
@@ -104,14 +127,30 @@ def test_refused_connection_is_one_line(module, scheme, tmp_path):
 
 
 def test_unreadable_prompt_file_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "light_tts.clients.say", "--prompt_wav", str(tmp_path / "nope"),
-                             "--prompt_text", "Hi.", "--tts_text", "Hello."], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "light_tts.clients.say",
+            "--prompt_wav",
+            str(tmp_path / "nope"),
+            "--prompt_text",
+            "Hi.",
+            "--tts_text",
+            "Hello.",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert_one_line_failure(result, "lighttts-say", "cannot read")
 
 
 def test_clients_import_neither_torch_nor_numpy():
     """A `[client]` install has neither: importing every client must not need them."""
-    code = ("import sys; import light_tts.clients.say, light_tts.clients.stream, light_tts.clients.bistream, "
-            "light_tts.clients.bench; heavy = {'torch', 'numpy'} & set(sys.modules); assert not heavy, heavy")
+    code = (
+        "import sys; import light_tts.clients.say, light_tts.clients.stream, light_tts.clients.bistream, "
+        "light_tts.clients.bench; heavy = {'torch', 'numpy'} & set(sys.modules); assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)

@@ -41,8 +41,12 @@ def test_config_holds_cosyvoice3_facts(cv3_fixture_dir):
 def test_legacy_weight_norm_keys_load_the_same(cv3_fixture_dir, hift, tmp_path):
     """Released hift.pt files may store weight norm as weight_g / weight_v: the same module results."""
     sd = torch.load(cv3_fixture_dir / "hift.pt", weights_only=True)
-    legacy = {k.replace(".parametrizations.weight.original0", ".weight_g")
-               .replace(".parametrizations.weight.original1", ".weight_v"): v for k, v in sd.items()}
+    legacy = {
+        k.replace(".parametrizations.weight.original0", ".weight_g").replace(
+            ".parametrizations.weight.original1", ".weight_v"
+        ): v
+        for k, v in sd.items()
+    }
     assert any(k.endswith(".weight_g") for k in legacy)
     torch.save(legacy, tmp_path / "hift.pt")
     cfg = load_model_config(cv3_fixture_dir)
@@ -60,7 +64,7 @@ def test_windowed_stream_equals_one_whole_call(hift, chunks):
     whole, _ = hift.inference(mel, finalize=True)
     stream, start, out = new_stream(hift), 0, []
     for i, n in enumerate(chunks):
-        out.append(stream_chunk(hift, stream, mel[:, :, start:start + n], finalize=i == len(chunks) - 1))
+        out.append(stream_chunk(hift, stream, mel[:, :, start : start + n], finalize=i == len(chunks) - 1))
         start += n
         if i < len(chunks) - 1:  # 8 frames held back until more arrive
             assert sum(o.shape[1] for o in out) == max(0, start - 8) * 480
@@ -115,7 +119,7 @@ def test_random_model_loads_like_a_released_one(tiny_dir):
     assert len(pipe.frontend.tokenizer) <= pipe.cfg.llm.qwen.vocab_size
     llm_prompt, prompt = pipe.encode(wav_bytes(), "a prompt", None, None)
     transcript = pipe.frontend.tokenize("a prompt")  # after the system text and <|endofprompt|>
-    assert llm_prompt.text_tokens.tolist()[-len(transcript) - 1:] == [pipe.cfg.llm.prompt_end_text_id, *transcript]
+    assert llm_prompt.text_tokens.tolist()[-len(transcript) - 1 :] == [pipe.cfg.llm.prompt_end_text_id, *transcript]
     tokens = list(pipe.speech_tokens(pipe.frontend.tokenize("Hello there."), llm_prompt, seed=3))
     tokens = (tokens * 40)[:60] or [5] * 60  # a random LM stops early: a fixed length for the codec
     whole = pipe.token2wav.offline(tokens, prompt, seed=0)

@@ -164,8 +164,11 @@ def test_a_stuck_step_runs_the_oldest_playing_stream_the_scheduler_left_out():
 def test_an_urgent_stream_takes_pages_only_from_streams_with_audio_to_spare():
     """Preempting a stream that is itself about to run dry only moves the stall (and adds its recompute)."""
     pool = PagePool(9)
-    holders = [hold(pool, "old", 3, 1.0), hold(pool, "mid", 3, 2.0, spare_s=5.0), hold(pool, "young", 3, 3.0,
-                                                                                        spare_s=-0.5)]
+    holders = [
+        hold(pool, "old", 3, 1.0),
+        hold(pool, "mid", 3, 2.0, spare_s=5.0),
+        hold(pool, "young", 3, 3.0, spare_s=-0.5),
+    ]
     within = playing("young", 3.0, 0)  # something runs anyway: not an idle step
     p = plan(pool, [playing("old", 1.0, 2, urgent=True), within], holders)
     assert p.preempted == ["mid"] and p.run == ["old", "young"]
@@ -173,6 +176,8 @@ def test_an_urgent_stream_takes_pages_only_from_streams_with_audio_to_spare():
 
 
 def test_modules_do_not_import_torch():
-    code = ("import sys, light_tts.decode.admission, light_tts.decode.page_pool, light_tts.decode.scheduler; "
-            "assert 'torch' not in sys.modules")
+    code = (
+        "import sys, light_tts.decode.admission, light_tts.decode.page_pool, light_tts.decode.scheduler; "
+        "assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

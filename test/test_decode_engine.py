@@ -33,10 +33,12 @@ LIMITS = EngineLimits(max_stream_tokens=400, max_prompt_tokens=200, max_pass_tok
 
 def make_prompt(num_tokens: int, vocab: int, seed: int) -> Prompt:
     g = np.random.default_rng(seed)
-    return Prompt(text_tokens=np.zeros(3, np.int32),
-                  speech_tokens=g.integers(0, vocab, num_tokens).astype(np.int32),
-                  embedding=g.standard_normal(192).astype(np.float32),
-                  mel=(g.standard_normal((2 * num_tokens, 80)) - 5).astype(np.float32))
+    return Prompt(
+        text_tokens=np.zeros(3, np.int32),
+        speech_tokens=g.integers(0, vocab, num_tokens).astype(np.int32),
+        embedding=g.standard_normal(192).astype(np.float32),
+        mel=(g.standard_normal((2 * num_tokens, 80)) - 5).astype(np.float32),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +49,13 @@ def cfg(fixture_dir):
 def new_engine(cfg, hop="growing", **limits) -> DecodeEngine:
     """An engine on a clock that never moves: what these tests check must not depend on how fast a busy host
     steps (a request queued behind others would pass --admission_wait_s on wall time and get a 429)."""
-    return DecodeEngine(cfg, max_batch_size=16, hop_policy=HopPolicy(hop),
-                        limits=EngineLimits(**{**LIMITS.__dict__, **limits}), clock=lambda: 0.0)
+    return DecodeEngine(
+        cfg,
+        max_batch_size=16,
+        hop_policy=HopPolicy(hop),
+        limits=EngineLimits(**{**LIMITS.__dict__, **limits}),
+        clock=lambda: 0.0,
+    )
 
 
 def make_requests(cfg):
@@ -75,7 +82,7 @@ def run_until_done(engine: DecodeEngine, feeds: dict) -> dict[str, list[AudioOut
         for req_id, (tokens, push, delay) in feeds.items():
             start = (step - delay) * push
             if 0 <= start < len(tokens) or (start == len(tokens) and not tokens):
-                engine.push_tokens(req_id, tokens[start:start + push], is_last=start + push >= len(tokens))
+                engine.push_tokens(req_id, tokens[start : start + push], is_last=start + push >= len(tokens))
         for out in engine.step():
             outputs.setdefault(out.req_id, []).append(out)
         step += 1
@@ -133,8 +140,10 @@ def run_shared_prefix(engine, cfg) -> tuple[float, list, int]:
     used before them). Their first chunks start after the voice's 3 shared pages."""
     vocab = cfg.flow.vocab_size
     prompt = make_prompt(78, vocab, 5)  # 3 pages shareable: (78 - 3 lookahead) // 25
-    reqs = [(f"v{i}", prompt, np.random.default_rng(i).integers(0, vocab, 90).tolist(), 40 + i, True, 1.0, 30)
-            for i in range(3)]
+    reqs = [
+        (f"v{i}", prompt, np.random.default_rng(i).integers(0, vocab, 90).tolist(), 40 + i, True, 1.0, 30)
+        for i in range(3)
+    ]
     engine.add_request("v0", prompt, 40, True, prefix_key="voice")
     out = run_until_done(engine, {"v0": (reqs[0][2], 30, 0)})
     entry = engine.pool.prefixes["voice"]
@@ -190,7 +199,7 @@ def test_failed_step_fails_only_its_requests(cfg):
 
     engine.runner.run = failing
     engine.push_tokens(b_id, b_tokens[:60], False)  # b's first chunk runs alone in the failing step
-    for step_out in (engine.step(), ):
+    for step_out in (engine.step(),):
         assert [o.req_id for o in step_out if o.error] == [b_id]
     engine.runner.run = original
     engine.pool.check()
@@ -323,9 +332,13 @@ def test_realtime_admission_waits_then_refuses_with_429(cfg):
     """With real-time admission on, a stream past the capacity of the measured step times waits; past
     admission_wait_s it fails as `overloaded` (the HTTP worker answers 429 with Retry-After)."""
     now = [0.0]
-    engine = DecodeEngine(cfg, max_batch_size=16, hop_policy=HopPolicy("fixed"), clock=lambda: now[0],
-                          limits=EngineLimits(**{**LIMITS.__dict__, "realtime_admission": True,
-                                                 "admission_wait_s": 2.0}))
+    engine = DecodeEngine(
+        cfg,
+        max_batch_size=16,
+        hop_policy=HopPolicy("fixed"),
+        clock=lambda: now[0],
+        limits=EngineLimits(**{**LIMITS.__dict__, "realtime_admission": True, "admission_wait_s": 2.0}),
+    )
     engine.step_model.base_s, engine.step_model.per_token_s = 0.1, 0.5 / 28  # one stream fills a second
     engine.step_model.observe = lambda *a: None
     assert engine.capacity_streams() == 1
@@ -388,8 +401,10 @@ def test_lazy_reservation_preempts_younger_streams_and_every_stream_gets_its_aud
         assert all(b - a >= LIMITS.preempt_interval_s for a, b in zip(times, times[1:]))
     assert check_against_reference(engine, reqs, outputs) < REL_TOL
     engine.pool.check()
-    assert engine.pool.num_used == engine.pool.num_evictable and engine.slots.num_free + len(engine.pool.prefixes) \
-        == engine.slots.num_slots - 2
+    assert (
+        engine.pool.num_used == engine.pool.num_evictable
+        and engine.slots.num_free + len(engine.pool.prefixes) == engine.slots.num_slots - 2
+    )
 
 
 def test_a_step_whose_chosen_chunk_cannot_run_runs_the_oldest_stream_instead(cfg):
@@ -397,8 +412,13 @@ def test_a_step_whose_chosen_chunk_cannot_run_runs_the_oldest_stream_instead(cfg
     could not get pages (due first, but younger than every stream holding pages), and left out the older streams
     that could make room. A step of one row reaches that state with two streams (it stayed stuck for ever); now
     the oldest stream runs, and both get exactly the reference audio."""
-    engine = DecodeEngine(cfg, max_batch_size=1, hop_policy=HopPolicy("fixed"), clock=ticking_clock(),
-                          limits=EngineLimits(**{**LIMITS.__dict__, "num_pages": 10, "max_stream_tokens": 200}))
+    engine = DecodeEngine(
+        cfg,
+        max_batch_size=1,
+        hop_policy=HopPolicy("fixed"),
+        clock=ticking_clock(),
+        limits=EngineLimits(**{**LIMITS.__dict__, "num_pages": 10, "max_stream_tokens": 200}),
+    )
     reqs = [r for r in make_requests(cfg) if r[4]][:2]
     feeds = {}
     for req_id, prompt, tokens, seed, stream, speed, push in reqs:
@@ -421,8 +441,9 @@ def test_an_utterance_past_the_pass_budget_runs_alone_and_one_past_the_pool_fail
     stream_id, s_prompt, s_tokens, s_seed, *_ = reqs[0]
     engine.add_request(stream_id, s_prompt, s_seed, True)
     outputs = run_until_done(engine, {long_id: (tokens, 50, 0), stream_id: (s_tokens, 25, 0)})
-    assert check_against_reference(engine, [(long_id, prompt, tokens, seed, False, 1.0, 50), reqs[0]],
-                                   outputs) < REL_TOL
+    assert (
+        check_against_reference(engine, [(long_id, prompt, tokens, seed, False, 1.0, 50), reqs[0]], outputs) < REL_TOL
+    )
     small = new_engine(cfg, "fixed", num_pages=8)
     small.add_request("fixed", prompt, seed, False, max_tokens=300, min_tokens=300)  # a fixed length: known now
     (out,) = small.step()
@@ -442,8 +463,7 @@ def test_new_streams_wait_then_get_429_and_playing_streams_never_fail(cfg):
     admission_wait_s fails as overloaded, before it has sent any audio; a playing stream that cannot grow only
     waits. The engine does not spin meanwhile: it asks to be stepped again after WAIT_POLL_S."""
     now = [0.0]
-    engine = new_engine(cfg, "fixed", num_pages=10, max_stream_tokens=150, admission_wait_s=2.0,
-                        preempt_interval_s=1e9)
+    engine = new_engine(cfg, "fixed", num_pages=10, max_stream_tokens=150, admission_wait_s=2.0, preempt_interval_s=1e9)
     engine.clock = lambda: now[0]
     reqs = [r for r in make_requests(cfg) if r[4]]
     for req_id, prompt, tokens, seed, *_ in reqs[:2]:

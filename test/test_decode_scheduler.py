@@ -115,8 +115,7 @@ def test_simulated_engine_below_capacity_never_stalls():
 
 def test_simulated_engine_over_capacity_stalls():
     """The same simulation does detect stalls: 200 streams need more than the engine has."""
-    stalls, _ = simulate(num_streams=200, arrivals_every_s=0.0, step_base_s=0.02, step_per_token_s=1e-3,
-                         duration_s=5.0)
+    stalls, _ = simulate(num_streams=200, arrivals_every_s=0.0, step_base_s=0.02, step_per_token_s=1e-3, duration_s=5.0)
     assert stalls
 
 

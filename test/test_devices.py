@@ -41,10 +41,13 @@ def test_simulated_gpus_are_planned_as_gpus_and_computed_on_the_cpu():
     assert layout.is_simulated and devices(layout, "decode", 4) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
 
 
-@pytest.mark.parametrize("llm, decode, visible, message", [
-    ("2", None, 2, "--llm_gpus names GPU 2, but this host has 2"),
-    (None, "0,4", 4, "--decode_gpus names GPU 4, but this host has 4"),
-])
+@pytest.mark.parametrize(
+    "llm, decode, visible, message",
+    [
+        ("2", None, 2, "--llm_gpus names GPU 2, but this host has 2"),
+        (None, "0,4", 4, "--decode_gpus names GPU 4, but this host has 4"),
+    ],
+)
 def test_a_gpu_that_does_not_exist_stops_startup(llm, decode, visible, message):
     with pytest.raises(SystemExit, match=message):
         gpu_layout(llm, decode, 0, visible, "auto")

@@ -29,9 +29,13 @@ def cfg(cv3_fixture_dir):
 
 
 def new_engine(cfg, hop="growing", **limits) -> DiTDecodeEngine:
-    return family_named("cosyvoice3").decode_engine(cfg, max_batch_size=16, hop_policy=HopPolicy(hop),
-                                                    limits=EngineLimits(**{**LIMITS.__dict__, **limits}),
-                                                    clock=lambda: 0.0)
+    return family_named("cosyvoice3").decode_engine(
+        cfg,
+        max_batch_size=16,
+        hop_policy=HopPolicy(hop),
+        limits=EngineLimits(**{**LIMITS.__dict__, **limits}),
+        clock=lambda: 0.0,
+    )
 
 
 def test_packed_steps_equal_unbatched(cfg, monkeypatch):

@@ -62,8 +62,9 @@ def test_cpu_image_steps_install_and_serve_the_tiny_model(tmp_path):
     build_env = {**steps["args"], **env, "TORCH_INDEX": "", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
     build_env.pop("PIP_NO_CACHE_DIR")
     start = time.monotonic()
-    install = subprocess.run(["sh", "-c", in_tmp(steps["install"], tmp_path)], env=build_env, capture_output=True,
-                             text=True, timeout=600)
+    install = subprocess.run(
+        ["sh", "-c", in_tmp(steps["install"], tmp_path)], env=build_env, capture_output=True, text=True, timeout=600
+    )
     print(f"image install step: {time.monotonic() - start:.0f} s")
     assert install.returncode == 0, install.stderr[-4000:]
     venv_python = Path(env["LIGHTTTS_VENV"]) / "bin" / "python"

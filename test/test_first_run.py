@@ -52,15 +52,25 @@ def test_start_command_on_a_fresh_clone(tmp_path):
     port = free_port()
     pip_cache = subprocess.run([sys.executable, "-m", "pip", "cache", "dir"], capture_output=True, text=True)
     env = {key: value for key, value in os.environ.items() if key not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    env.update(XDG_DATA_HOME=str(tmp_path / "data"), PYTHONUNBUFFERED="1", LIGHTTTS_TORCH="",
-               PATH=os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not p.startswith(sys.prefix)))
+    env.update(
+        XDG_DATA_HOME=str(tmp_path / "data"),
+        PYTHONUNBUFFERED="1",
+        LIGHTTTS_TORCH="",
+        PATH=os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not p.startswith(sys.prefix)),
+    )
     if pip_cache.returncode == 0 and pip_cache.stdout.strip():
         env["PIP_CACHE_DIR"] = pip_cache.stdout.strip()
     python = getattr(sys, "_base_executable", sys.executable)  # the machine's Python, not the tests' venv
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([python, "dev.py", "serve", "--port", str(port), "--log_level", "warning"],
-                                cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [python, "dev.py", "serve", "--port", str(port), "--log_level", "warning"],
+            cwd=clone,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + INSTALL_TIMEOUT_S
@@ -75,9 +85,12 @@ def test_start_command_on_a_fresh_clone(tmp_path):
         else:
             pytest.fail(f"no server after {INSTALL_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
         assert httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"] == "tiny-model"
-        spoken = httpx.post(f"{url}/inference_zero_shot", timeout=120, data={
-            "tts_text": "Hello.", "prompt_text": "A prompt.", "fixed_speech_tokens": "5"},
-            files={"prompt_wav": ("p.wav", tone_wav(), "audio/wav")})
+        spoken = httpx.post(
+            f"{url}/inference_zero_shot",
+            timeout=120,
+            data={"tts_text": "Hello.", "prompt_text": "A prompt.", "fixed_speech_tokens": "5"},
+            files={"prompt_wav": ("p.wav", tone_wav(), "audio/wav")},
+        )
         assert spoken.status_code == 200 and len(spoken.content) == 2 * 5 * 960, spoken.text
     finally:
         if proc.poll() is None:
@@ -90,12 +103,14 @@ def test_start_command_on_a_fresh_clone(tmp_path):
     log = log_path.read_text()
     assert code == 0, log[-4000:]
     venv_python = clone / ".venv" / "bin" / "python"
-    torch = subprocess.run([venv_python, "-c", "import torch; print(torch.__version__)"], capture_output=True,
-                           text=True, check=True).stdout
+    torch = subprocess.run(
+        [venv_python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True, check=True
+    ).stdout
     assert torch.startswith("2.13.0") and "installing torch 2.13.0 (cpu)" in log, (torch, log[-3000:])
     # a second start finds everything installed: no pip run
-    again = subprocess.run([python, "dev.py", "serve", "--help"], cwd=clone, env=env, capture_output=True,
-                           text=True, timeout=120)
+    again = subprocess.run(
+        [python, "dev.py", "serve", "--help"], cwd=clone, env=env, capture_output=True, text=True, timeout=120
+    )
     assert again.returncode == 0 and "--model_dir" in again.stdout and "installing" not in again.stderr
 
 

@@ -31,10 +31,10 @@ def test_chunks_match_full_prefix_recompute(setup):
     state = flow.stream_start(*prompt)
     offset, streamed = 0, []
     for hop in (first_hop, 25, 50, 25):
-        mel = flow.stream_chunk(state, tokens[:, offset:offset + hop + LOOKAHEAD], finalize=False)
-        full = flow.inference(tokens[:, :offset + hop + LOOKAHEAD], *prompt, streaming=True, finalize=False)
+        mel = flow.stream_chunk(state, tokens[:, offset : offset + hop + LOOKAHEAD], finalize=False)
+        full = flow.inference(tokens[:, : offset + hop + LOOKAHEAD], *prompt, streaming=True, finalize=False)
         assert mel.shape == (1, 80, 2 * hop)
-        assert rel_l2(mel, full[:, :, 2 * offset:]) < 1e-4
+        assert rel_l2(mel, full[:, :, 2 * offset :]) < 1e-4
         streamed.append(mel)
         offset += hop
     assert state.num_tokens == num_prompt + offset
@@ -43,10 +43,10 @@ def test_chunks_match_full_prefix_recompute(setup):
     assert final.shape == (1, 80, 2 * (tokens.shape[1] - offset))
     # the cached final chunk is upstream's streaming=True, finalize=True recompute of the last frames
     chunk_causal = flow.inference(tokens, *prompt, streaming=True, finalize=True)
-    assert rel_l2(final, chunk_causal[:, :, 2 * offset:]) < 1e-4
+    assert rel_l2(final, chunk_causal[:, :, 2 * offset :]) < 1e-4
     assert rel_l2(torch.cat(streamed + [final], dim=2), chunk_causal) < 1e-4
     # upstream's own final chunk uses full attention over everything; report how far the cached one is
-    exact = flow.inference(tokens, *prompt, streaming=False, finalize=True)[:, :, 2 * offset:]
+    exact = flow.inference(tokens, *prompt, streaming=False, finalize=True)[:, :, 2 * offset :]
     diff = rel_l2(final, exact)
     print(f"final chunk, cached chunk-causal vs upstream full attention: rel L2 {diff:.4f}")
     assert 0 < diff < 0.5
@@ -57,10 +57,10 @@ def test_state_is_reusable_by_copy(setup):
     re-run (a scheduler retrying a chunk, or timing it) with identical results."""
     flow, tokens, prompt = setup
     state = flow.stream_start(*prompt)
-    flow.stream_chunk(state, tokens[:, :38 + LOOKAHEAD], finalize=False)
+    flow.stream_chunk(state, tokens[:, : 38 + LOOKAHEAD], finalize=False)
     snapshot = copy.copy(state)
-    a = flow.stream_chunk(state, tokens[:, 38:63 + LOOKAHEAD], finalize=False)
-    b = flow.stream_chunk(snapshot, tokens[:, 38:63 + LOOKAHEAD], finalize=False)
+    a = flow.stream_chunk(state, tokens[:, 38 : 63 + LOOKAHEAD], finalize=False)
+    b = flow.stream_chunk(snapshot, tokens[:, 38 : 63 + LOOKAHEAD], finalize=False)
     assert torch.equal(a, b)
 
 
@@ -68,4 +68,4 @@ def test_misaligned_chunk_is_rejected(setup):
     flow, tokens, prompt = setup
     state = flow.stream_start(*prompt)
     with pytest.raises(ValueError, match="boundary"):
-        flow.stream_chunk(state, tokens[:, :25 + LOOKAHEAD], finalize=False)  # 37 + 25 is not a multiple of 25
+        flow.stream_chunk(state, tokens[:, : 25 + LOOKAHEAD], finalize=False)  # 37 + 25 is not a multiple of 25

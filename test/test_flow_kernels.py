@@ -33,6 +33,7 @@ def make_rows(specs, page: int, chunk: int, block_m: int, num_branches: int):
             start += new
     work_row.append(-1)  # a padding item, as graphs have
     work_block.append(0)
+
     def as_i32(x):
         return torch.tensor(x, dtype=torch.int32)
 
@@ -52,12 +53,18 @@ def page_table_for(specs, page: int, num_pages: int, seed: int) -> torch.Tensor:
 
 # (stream, cached frames, new frames, mode, skip_lo, skip_hi): a first chunk, middle chunks, a final partial
 # chunk, a whole utterance with full attention, a windowed stream
-SPECS = [(0, 0, 100, 0, 99, 99), (1, 50, 50, 0, 99, 99), (2, 150, 23, 0, 99, 99), (3, 0, 77, 1, 99, 99),
-         (4, 250, 50, 0, 1, 3)]
+SPECS = [
+    (0, 0, 100, 0, 99, 99),
+    (1, 50, 50, 0, 99, 99),
+    (2, 150, 23, 0, 99, 99),
+    (3, 0, 77, 1, 99, 99),
+    (4, 250, 50, 0, 1, 3),
+]
 
 
-@pytest.mark.parametrize("dtype,block_m,num_splits", [(torch.float32, 16, 1), (torch.float32, 64, 4),
-                                                      (torch.float8_e4m3fn, 64, 2)])
+@pytest.mark.parametrize(
+    "dtype,block_m,num_splits", [(torch.float32, 16, 1), (torch.float32, 64, 4), (torch.float8_e4m3fn, 64, 2)]
+)
 def test_store_then_attend_equals_reference(dtype, block_m, num_splits):
     """One split (large passes) and page splits merged afterwards (small passes), around a hidden page range."""
     page, chunk = 50, 50
@@ -76,8 +83,15 @@ def test_store_then_attend_equals_reference(dtype, block_m, num_splits):
     for r in range(len(rows["q_start"])):
         s, cached, new = int(rows["stream"][r]), int(rows["pos0"][r]), int(rows["num_q"][r])
         for f in range(0, new, page):
-            for k, v in zip(items, (int(table[s, (cached + f) // page]), int(rows["branch"][r]),
-                                    int(rows["q_start"][r]) + f, min(page, new - f))):
+            for k, v in zip(
+                items,
+                (
+                    int(table[s, (cached + f) // page]),
+                    int(rows["branch"][r]),
+                    int(rows["q_start"][r]) + f,
+                    min(page, new - f),
+                ),
+            ):
                 items[k].append(v)
     items = {k: torch.tensor(v + [-1], dtype=torch.int32) for k, v in items.items()}  # + a padding item
     pools = [pool, pool.clone()]  # the kernel writes into the strided view
@@ -94,8 +108,7 @@ def test_store_then_attend_equals_reference(dtype, block_m, num_splits):
         deq = pools[1][int(items["page"][0]), 0, 0].float() * scales[1][int(items["page"][0]), 0, 0][:, None, None]
         assert rel_err(deq.transpose(0, 1), new_kv[:page, 0]) < 0.05  # fp8: ~3% rounding error
     out_ref = flow_attention_ref(q, pools[1], scales[1], table, rows, work_row, work_block, chunk, block_m)
-    out = flow_attention_triton(q, pools[1], scales[1], table, rows, work_row, work_block, chunk, block_m,
-                                num_splits)
+    out = flow_attention_triton(q, pools[1], scales[1], table, rows, work_row, work_block, chunk, block_m, num_splits)
     assert rel_err(out, out_ref) < 1e-5
 
 
@@ -107,21 +120,26 @@ def test_attention_matches_dense_softmax():
     pool = torch.zeros(3, 2, 2, H, page, D)
     for p in range(3):
         span = slice(p * page, min(n, (p + 1) * page))
-        pool[p, 0, 1, :, :span.stop - span.start] = k[span].transpose(0, 1)
-        pool[p, 1, 1, :, :span.stop - span.start] = v[span].transpose(0, 1)
+        pool[p, 0, 1, :, : span.stop - span.start] = k[span].transpose(0, 1)
+        pool[p, 1, 1, :, : span.stop - span.start] = v[span].transpose(0, 1)
     rows, work_row, work_block, _ = make_rows([(0, 0, n, 1, 9, 9)], page, 50, 16, 1)
     rows["branch"][:] = 1
     table = torch.tensor([[0, 1, 2]], dtype=torch.int32)
     out = flow_attention_ref(q, pool, None, table, rows, work_row, work_block, 50, 16)
-    dense = torch.softmax(torch.einsum("qhd,khd->hqk", q, k) * D ** -0.5, -1)
+    dense = torch.softmax(torch.einsum("qhd,khd->hqk", q, k) * D**-0.5, -1)
     assert rel_err(out, torch.einsum("hqk,khd->qhd", dense, v)) < 1e-6
 
 
 @pytest.mark.parametrize("page,chunk", [(25, 25), (50, 50)])
 def test_relpos_attention_equals_reference(page, chunk):
     # the last stream hides its second and third pages (the context window)
-    specs = [(0, 0, 40, 0, 0, 0), (1, page, 2 * page, 0, 0, 0), (2, 2 * page, 7, 0, 0, 0), (3, 0, 33, 1, 0, 0),
-             (4, 4 * page, 9, 0, 1, 3)]
+    specs = [
+        (0, 0, 40, 0, 0, 0),
+        (1, page, 2 * page, 0, 0, 0),
+        (2, 2 * page, 7, 0, 0, 0),
+        (3, 0, 33, 1, 0, 0),
+        (4, 4 * page, 9, 0, 1, 3),
+    ]
     num_pages = 24
     rows, work_row, work_block, m = make_rows(specs, page, chunk, 16, num_branches=1)
     table = page_table_for(specs, page, num_pages, seed=3)

@@ -21,13 +21,14 @@ def flow_io(fixture_dir):
 def test_noise_head_is_upstream_seed0(flow_io):
     flow, io = flow_io
     head = io["cfm_rand_noise_head"]
-    assert torch.equal(flow.decoder.rand_noise[:, :, :head.shape[2]], head)
+    assert torch.equal(flow.decoder.rand_noise[:, :, : head.shape[2]], head)
 
 
 def test_mel_nonstream(flow_io):
     flow, io = flow_io
-    mel = flow.inference(io["token"], io["prompt_token"], io["prompt_feat"], io["embedding"],
-                         streaming=False, finalize=True)
+    mel = flow.inference(
+        io["token"], io["prompt_token"], io["prompt_feat"], io["embedding"], streaming=False, finalize=True
+    )
     assert mel.shape == io["mel_nonstream"].shape
     assert rel_l2(mel, io["mel_nonstream"]) < 1e-4
 
@@ -35,8 +36,9 @@ def test_mel_nonstream(flow_io):
 def test_mel_stream_chunk0(flow_io):
     flow, io = flow_io
     n = io["first_chunk_tokens"]
-    mel = flow.inference(io["token"][:, :n], io["prompt_token"], io["prompt_feat"], io["embedding"],
-                         streaming=True, finalize=False)
+    mel = flow.inference(
+        io["token"][:, :n], io["prompt_token"], io["prompt_feat"], io["embedding"], streaming=True, finalize=False
+    )
     assert mel.shape == io["mel_stream_chunk0"].shape
     assert rel_l2(mel, io["mel_stream_chunk0"]) < 1e-4
 

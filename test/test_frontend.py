@@ -55,12 +55,23 @@ def chirp(sr: int, seconds: float, channels: int = 1) -> np.ndarray:
 
 # ---- text normalisation ----
 
-@pytest.mark.parametrize("digits,words", [
-    ("0", "zero"), ("7", "seven"), ("13", "thirteen"), ("21", "twenty-one"), ("100", "one hundred"),
-    ("101", "one hundred and one"), ("999", "nine hundred and ninety-nine"),
-    ("2024", "two thousand and twenty-four"), ("1234", "one thousand, two hundred and thirty-four"),
-    ("1000000", "one million"), ("1000001", "one million and one"),
-])
+
+@pytest.mark.parametrize(
+    "digits,words",
+    [
+        ("0", "zero"),
+        ("7", "seven"),
+        ("13", "thirteen"),
+        ("21", "twenty-one"),
+        ("100", "one hundred"),
+        ("101", "one hundred and one"),
+        ("999", "nine hundred and ninety-nine"),
+        ("2024", "two thousand and twenty-four"),
+        ("1234", "one thousand, two hundred and thirty-four"),
+        ("1000000", "one million"),
+        ("1000001", "one million and one"),
+    ],
+)
 def test_number_to_words(digits, words):
     assert number_to_words(digits) == words
 
@@ -143,6 +154,7 @@ def test_too_long_text_is_rejected(normalizer):
 
 # ---- tokenizer ----
 
+
 def test_tokenizer_loads_what_make_tokenizer_writes(model_dir):
     tok = QwenTokenizer(model_dir / TOKENIZER_DIR)
     num_bpe = len(json.loads((model_dir / TOKENIZER_DIR / "vocab.json").read_text()))
@@ -178,17 +190,25 @@ def test_missing_tokenizer_file_is_named(model_dir, tmp_path):
 
 # ---- features ----
 
+
 def whisper_reference(x: np.ndarray, n_mels: int) -> np.ndarray:
     """Whisper's formula in float64 numpy: centred frames, periodic Hann, power, mel, log10, 8-decade floor."""
     padded = np.pad(x.astype(np.float64), 200, mode="reflect")
     num_frames = 1 + (len(padded) - 400) // 160
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(400) / 400)
-    frames = np.stack([padded[i * 160: i * 160 + 400] for i in range(num_frames)]) * window
+    frames = np.stack([padded[i * 160 : i * 160 + 400] for i in range(num_frames)]) * window
     power = (np.abs(np.fft.rfft(frames, axis=1)) ** 2)[:-1].T  # (201, frames - 1)
     from transformers.audio_utils import mel_filter_bank  # an independent Slaney filterbank
 
-    filters = mel_filter_bank(num_frequency_bins=201, num_mel_filters=n_mels, min_frequency=0.0,
-                              max_frequency=8000.0, sampling_rate=16000, norm="slaney", mel_scale="slaney").T
+    filters = mel_filter_bank(
+        num_frequency_bins=201,
+        num_mel_filters=n_mels,
+        min_frequency=0.0,
+        max_frequency=8000.0,
+        sampling_rate=16000,
+        norm="slaney",
+        mel_scale="slaney",
+    ).T
     log_spec = np.log10(np.maximum(filters @ power, 1e-10))
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
     return (log_spec + 4.0) / 4.0
@@ -207,7 +227,7 @@ def kaldi_reference(x: np.ndarray, num_bins: int = 80, sr: int = 16000) -> np.nd
     triangular bins on 1127 ln(1 + f/700) from 20 Hz to Nyquist, natural log."""
     x = x.astype(np.float64)
     num_frames = 1 + (len(x) - 400) // 160
-    frames = np.stack([x[i * 160: i * 160 + 400] for i in range(num_frames)])
+    frames = np.stack([x[i * 160 : i * 160 + 400] for i in range(num_frames)])
     frames -= frames.mean(axis=1, keepdims=True)
     frames = np.concatenate([frames[:, :1] * 0.03, frames[:, 1:] - 0.97 * frames[:, :-1]], axis=1)
     frames *= (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(400) / 399)) ** 0.85
@@ -238,6 +258,7 @@ def test_kaldi_fbank_matches_reference():
 
 
 # ---- ONNX models ----
+
 
 def test_speech_tokenizer_onnx(model_dir):
     model = SpeechTokenizerONNX(model_dir / "speech_tokenizer_v2.onnx")
@@ -276,6 +297,7 @@ def test_bad_onnx_files_are_named(tmp_path):
 
 
 # ---- Frontend ----
+
 
 def wav_bytes(x: np.ndarray, sr: int) -> bytes:
     buf = io.BytesIO()

@@ -39,15 +39,16 @@ def norm(c: int, seed: int) -> torch.nn.LayerNorm:
     return n
 
 
-@pytest.mark.parametrize("kv_dtype,with_bias", [(torch.float32, False), (torch.float8_e4m3fn, False),
-                                               (torch.float32, True)])
+@pytest.mark.parametrize(
+    "kv_dtype,with_bias", [(torch.float32, False), (torch.float8_e4m3fn, False), (torch.float32, True)]
+)
 def test_qkv_store_equals_projection_then_store(kv_dtype, with_bias):
     """Items of full and partial pages of both branches, and a padding item (page -1); the encoder's projections
     have a bias."""
     page, num_pages = 10, 8
     g = torch.Generator().manual_seed(0)
     h = torch.randn(37, C, generator=g)
-    w = torch.randn(3 * H * D, C, generator=g) * C ** -0.5
+    w = torch.randn(3 * H * D, C, generator=g) * C**-0.5
     bias = torch.randn(3 * H * D, generator=g) if with_bias else None
     items = {"page": [3, 5, 0, 6, -1], "branch": [0, 0, 1, 1, 0], "row": [0, 10, 17, 27, 0], "len": [10, 7, 10, 10, 0]}
     items = {k: torch.tensor(v, dtype=torch.int32) for k, v in items.items()}
@@ -64,10 +65,15 @@ def test_qkv_store_equals_projection_then_store(kv_dtype, with_bias):
         assert torch.allclose(scales[0], scales[1], rtol=1e-6)
 
 
-@pytest.mark.parametrize("num_splits,with_next,dtype,act", [(1, True, torch.float32, "gelu"),
-                                                             (4, False, torch.float32, "gelu"),
-                                                             (2, True, torch.float16, "gelu"),
-                                                             (1, True, torch.float32, "silu")])
+@pytest.mark.parametrize(
+    "num_splits,with_next,dtype,act",
+    [
+        (1, True, torch.float32, "gelu"),
+        (4, False, torch.float32, "gelu"),
+        (2, True, torch.float16, "gelu"),
+        (1, True, torch.float32, "silu"),
+    ],
+)
 def test_block_tail_equals_unfused_ops(num_splits, with_next, dtype, act):
     """Merge of flash-decoding partials (or the attention output), out-projection, residual, norm, FFN (GELU: the
     estimator; SiLU: the encoder), residual, next norm: 40 rows in programs of 16 (the last one partial)."""
@@ -87,8 +93,16 @@ def test_block_tail_equals_unfused_ops(num_splits, with_next, dtype, act):
     ffn = [t.to(dtype) for t in (w1, b1, w2, b2)]
     n3, nn_ = norm(C, 1).to(dtype), norm(C, 2).to(dtype) if with_next else None
     got = block_tail_triton(x, o, lse, *weights, n3, *ffn, nn_, act=act, block_m=16)
-    ref = block_tail_ref(x.float(), o.float(), lse, *[t.float() for t in weights], norm(C, 1),
-                         *[t.float() for t in ffn], norm(C, 2) if with_next else None, act=act)
+    ref = block_tail_ref(
+        x.float(),
+        o.float(),
+        lse,
+        *[t.float() for t in weights],
+        norm(C, 1),
+        *[t.float() for t in ffn],
+        norm(C, 2) if with_next else None,
+        act=act,
+    )
     tol = 1e-6 if dtype == torch.float32 else 5e-3
     assert rel_err(got[0], ref[0]) < tol
     assert (got[1] is None) == (not with_next)
@@ -112,8 +126,16 @@ def conv_case(seed: int, cin: int, cout: int):
     save_src = torch.tensor([15, 16, 18, 19, 38, 39])
     save_dst = torch.tensor([2, 3, 4, 5, 8, 9])
     weight = torch.randn(cout, 3 * cin, generator=g) * (3 * cin) ** -0.5
-    return (x, tails, torch.tensor(tail_read), torch.tensor(taps), weight, torch.randn(cout, generator=g) * 0.1,
-            save_src, save_dst)
+    return (
+        x,
+        tails,
+        torch.tensor(tail_read),
+        torch.tensor(taps),
+        weight,
+        torch.randn(cout, generator=g) * 0.1,
+        save_src,
+        save_dst,
+    )
 
 
 @pytest.mark.parametrize("variant", ["plain", "time_bias", "residual_next_norm_save"])
@@ -185,6 +207,7 @@ def test_attention_partials_merge_to_the_reference():
 
 # ---- the whole fused pass ----
 
+
 @pytest.fixture(scope="module")
 def two_step_flow(fixture_dir):
     """The tiny fixture flow with 2 CFM steps instead of 10 (the interpreter's time; the steps are alike)."""
@@ -204,11 +227,21 @@ def test_fused_pass_equals_unfused_pass(two_step_flow):
     g = np.random.default_rng(0)
     spk = torch.randn(2, 80, generator=torch.Generator().manual_seed(0))
     cond = (g.standard_normal((50, 80)) - 5).astype(np.float32)
-    passes = [[ChunkSpec(slot=1, read_slot=0, page_table=[0, 1], t0=0, tokens=list(range(28)), num_lookahead=3,
-                         cond=cond)],
-              [ChunkSpec(slot=1, read_slot=1, page_table=[0, 1], t0=25, tokens=list(range(40, 68)), num_lookahead=3),
-               ChunkSpec(slot=2, read_slot=0, page_table=[2, 3], t0=0, tokens=list(range(70, 90)), num_lookahead=0,
-                         full_attention=True)]]
+    passes = [
+        [ChunkSpec(slot=1, read_slot=0, page_table=[0, 1], t0=0, tokens=list(range(28)), num_lookahead=3, cond=cond)],
+        [
+            ChunkSpec(slot=1, read_slot=1, page_table=[0, 1], t0=25, tokens=list(range(40, 68)), num_lookahead=3),
+            ChunkSpec(
+                slot=2,
+                read_slot=0,
+                page_table=[2, 3],
+                t0=0,
+                tokens=list(range(70, 90)),
+                num_lookahead=0,
+                full_attention=True,
+            ),
+        ],
+    ]
     mels = []
     for fused in (True, False):
         cache = FlowCache(shape, 8, 6, torch.float32, torch.float32, torch.device("cpu"))
@@ -220,7 +253,7 @@ def test_fused_pass_equals_unfused_pass(two_step_flow):
             bucket = Bucket(num_tokens=48, num_rows=3) if i else None
             inputs = build_flow_inputs(specs, shape, 6, cache.scratch_page, cache.device, bucket, 16)
             mel = paged(inputs)
-            mels.append([mel[a:a + n] for a, n in zip(inputs.frame_starts, inputs.num_frames)])
+            mels.append([mel[a : a + n] for a, n in zip(inputs.frame_starts, inputs.num_frames)])
     fused_mels, ref_mels = mels[:2], mels[2:]
     worst = max(rel_err(a, b) for fa, fb in zip(fused_mels, ref_mels) for a, b in zip(fa, fb))
     print(f"fused vs unfused pass: worst rel L2 {worst:.2e}")
@@ -232,7 +265,12 @@ def test_fused_kernels_compile_for_hopper():
     compile every fused launch for sm_90 with Triton's ptxas (no GPU needed), in a process without the
     interpreter."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-m", "light_tts.bench.kernel_compile", "--only", "fp16 fp8"], env=env,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "light_tts.bench.kernel_compile", "--only", "fp16 fp8"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "11 compiled for sm_90; worst spill 0 B; 0 over 227 KB shared" in out.stdout, out.stdout

@@ -32,10 +32,16 @@ def render(values: dict | None = None) -> dict[str, dict]:
 VARIANTS = {
     "defaults": {},
     "keda+hostPath": {"autoscaling": {"mode": "keda"}, "model": {"volume": "hostPath"}},
-    "fixed replicas, no model, no monitor": {"autoscaling": {"mode": "none"}, "model": {"volume": "none"},
-                                            "serviceMonitor": {"enabled": False}, "gpu": {"nodeSelector": {}}},
-    "existing claim, queue-depth metric": {"model": {"existingClaim": "shared-models"},
-                                           "autoscaling": {"metric": "lighttts_queue_depth"}},
+    "fixed replicas, no model, no monitor": {
+        "autoscaling": {"mode": "none"},
+        "model": {"volume": "none"},
+        "serviceMonitor": {"enabled": False},
+        "gpu": {"nodeSelector": {}},
+    },
+    "existing claim, queue-depth metric": {
+        "model": {"existingClaim": "shared-models"},
+        "autoscaling": {"metric": "lighttts_queue_depth"},
+    },
 }
 
 
@@ -57,8 +63,12 @@ def pod_spec(objects: dict) -> dict:
 
 
 def test_deployment_gpu_shm_probes_and_drain():
-    objects = render({"server": {"drainTimeoutSeconds": 45, "terminationGraceExtraSeconds": 10,
-                                 "preStopSleepSeconds": 5}, "gpu": {"count": 2}})
+    objects = render(
+        {
+            "server": {"drainTimeoutSeconds": 45, "terminationGraceExtraSeconds": 10, "preStopSleepSeconds": 5},
+            "gpu": {"count": 2},
+        }
+    )
     pod = pod_spec(objects)
     container = pod["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
@@ -66,8 +76,10 @@ def test_deployment_gpu_shm_probes_and_drain():
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
-    assert volumes[mounts["/models"]]["persistentVolumeClaim"]["claimName"] == objects["PersistentVolumeClaim"][
-        "metadata"]["name"]
+    assert (
+        volumes[mounts["/models"]]["persistentVolumeClaim"]["claimName"]
+        == objects["PersistentVolumeClaim"]["metadata"]["name"]
+    )
     assert container["readinessProbe"]["httpGet"]["path"] == "/readiness"
     assert container["livenessProbe"]["httpGet"]["path"] == "/liveness"
     args = container["args"]
@@ -99,8 +111,11 @@ def test_service_and_monitor_find_the_pods():
 def test_hpa_scales_the_deployment_on_a_per_pod_metric_the_adapter_serves():
     objects = render({"autoscaling": {"targetPerPod": "12", "maxReplicas": 5}})
     hpa = objects["HorizontalPodAutoscaler"]
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": objects["Deployment"]["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": objects["Deployment"]["metadata"]["name"],
+    }
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "Pods" and metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "12"}
     assert "replicas" not in objects["Deployment"]["spec"]  # the HPA owns the replica count

@@ -40,8 +40,9 @@ def test_inference_matches_upstream(hift, io):
 def test_legacy_weight_norm_keys_load_the_same(hift, io, fixture_dir, tmp_path):
     state = torch.load(fixture_dir / "hift.pt", weights_only=True)
     legacy = {
-        k.replace(".parametrizations.weight.original0", ".weight_g")
-        .replace(".parametrizations.weight.original1", ".weight_v"): v
+        k.replace(".parametrizations.weight.original0", ".weight_g").replace(
+            ".parametrizations.weight.original1", ".weight_v"
+        ): v
         for k, v in state.items()
     }
     assert sum(k.endswith(".weight_g") for k in legacy) > 50

@@ -1,4 +1,5 @@
 """Kernel-vs-reference tests: Triton interpreter on CPU at small shapes, compiled on CUDA at Qwen2.5-0.5B shapes."""
+
 import os
 import subprocess
 import sys
@@ -40,15 +41,23 @@ def _skip_unless_kernels_can_run(request):
 def test_kernels_in_interpreter_process():
     if not NEEDS_RERUN:
         pytest.skip("the kernels already run in this process")
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                            cwd=Path(__file__).resolve().parents[1], env={**os.environ, "TRITON_INTERPRET": "1"},
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 
 def tolerance(dtype: torch.dtype) -> dict:
-    return {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=5e-3, rtol=5e-3),
-            torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}[dtype]
+    return {
+        torch.float32: dict(atol=1e-4, rtol=1e-4),
+        torch.float16: dict(atol=5e-3, rtol=5e-3),
+        torch.bfloat16: dict(atol=3e-2, rtol=3e-2),
+    }[dtype]
 
 
 def randn(*shape, dtype=torch.float32):
@@ -86,18 +95,20 @@ def test_apply_rotary(dtype, heads):
     num_tokens = 64 if IS_CUDA else 9
     # q and k are strided views of one fused qkv projection, as in the engine
     qkv = randn(num_tokens, (num_q_heads + 2 * num_kv_heads) * head_dim, dtype=dtype)
-    q = qkv[:, :num_q_heads * head_dim].view(num_tokens, num_q_heads, head_dim)
-    k = qkv[:, num_q_heads * head_dim:(num_q_heads + num_kv_heads) * head_dim].view(num_tokens, num_kv_heads, head_dim)
+    q = qkv[:, : num_q_heads * head_dim].view(num_tokens, num_q_heads, head_dim)
+    k = qkv[:, num_q_heads * head_dim : (num_q_heads + num_kv_heads) * head_dim].view(
+        num_tokens, num_kv_heads, head_dim
+    )
     cache = ops.build_cos_sin_cache(2048, head_dim, 1e6, DEVICE)
     positions = torch.randint(0, 2048, (num_tokens,), device=DEVICE)
     positions[0] = 5  # a non-zero position, so a kernel that writes nothing fails
     q_ref, k_ref = q.clone(), k.clone()
-    v_before = qkv[:, (num_q_heads + num_kv_heads) * head_dim:].clone()
+    v_before = qkv[:, (num_q_heads + num_kv_heads) * head_dim :].clone()
     ops.apply_rotary(q, k, positions, cache, use_triton=True)
     ops.apply_rotary(q_ref, k_ref, positions, cache, use_triton=False)
     torch.testing.assert_close(q, q_ref, **tolerance(dtype))
     torch.testing.assert_close(k, k_ref, **tolerance(dtype))
-    assert torch.equal(qkv[:, (num_q_heads + num_kv_heads) * head_dim:], v_before)  # v untouched
+    assert torch.equal(qkv[:, (num_q_heads + num_kv_heads) * head_dim :], v_before)  # v untouched
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -117,10 +128,12 @@ def test_apply_rotary_with_kv_store(dtype, heads):
     k_cache = torch.full((num_slots, num_kv_heads, head_dim), float("nan"), dtype=dtype, device=DEVICE)
     v_cache = k_cache.clone()
     qkv_ref, k_cache_ref, v_cache_ref = qkv.clone(), k_cache.clone(), v_cache.clone()
-    q_ref, k_ref, v_ref = (x.view(num_tokens, -1, head_dim) for x in qkv_ref.split(
-        [num_q_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1))
+    q_ref, k_ref, v_ref = (
+        x.view(num_tokens, -1, head_dim)
+        for x in qkv_ref.split([num_q_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1)
+    )
     bias = randn(qkv.shape[1], dtype=dtype)
-    v_expected = (v.float() + bias[-v[0].numel():].view(v.shape[1:]).float()).to(dtype)
+    v_expected = (v.float() + bias[-v[0].numel() :].view(v.shape[1:]).float()).to(dtype)
     ops.apply_rotary(q, k, positions, cache, v, k_cache, v_cache, slots, bias, use_triton=True)
     ops.apply_rotary(q_ref, k_ref, positions, cache, v_ref, k_cache_ref, v_cache_ref, slots, bias, use_triton=False)
     torch.testing.assert_close(qkv, qkv_ref, **tolerance(dtype))
@@ -128,8 +141,10 @@ def test_apply_rotary_with_kv_store(dtype, heads):
     torch.testing.assert_close(k_cache, k_cache_ref, equal_nan=True, **tolerance(dtype))
     torch.testing.assert_close(v_cache, v_cache_ref, equal_nan=True, **tolerance(dtype))
     stored = slots[slots >= 0]
-    assert torch.equal(k_cache[stored], k[slots >= 0]) and k_cache.isnan().sum() == (num_slots - num_tokens + 1) * \
-        num_kv_heads * head_dim
+    assert (
+        torch.equal(k_cache[stored], k[slots >= 0])
+        and k_cache.isnan().sum() == (num_slots - num_tokens + 1) * num_kv_heads * head_dim
+    )
 
 
 def test_rotary_ref_matches_hf_float64():
@@ -141,7 +156,7 @@ def test_rotary_ref_matches_hf_float64():
     emb = torch.cat([positions.double()[:, None] * inv_freq] * 2, dim=-1)[:, None, :]  # (T, 1, D)
     for x in (q, k):
         x = x.double()
-        rotated_half = torch.cat([-x[..., head_dim // 2:], x[..., :head_dim // 2]], dim=-1)
+        rotated_half = torch.cat([-x[..., head_dim // 2 :], x[..., : head_dim // 2]], dim=-1)
         expected.append(x * emb.cos() + rotated_half * emb.sin())
     ops.apply_rotary(q, k, positions, ops.build_cos_sin_cache(2048, head_dim, theta, "cpu"), use_triton=False)
     torch.testing.assert_close(q.double(), expected[0], atol=1e-5, rtol=1e-5)
@@ -155,8 +170,9 @@ def test_silu_and_mul(dtype, poisoned_empty):
     out = ops.silu_and_mul(x, use_triton=True)
     torch.testing.assert_close(out, ops.silu_and_mul(x, use_triton=False), **tolerance(dtype))
     gate, up = x.double().chunk(2, dim=-1)
-    torch.testing.assert_close(ops.silu_and_mul(x, use_triton=False).double(), gate / (1 + torch.exp(-gate)) * up,
-                               **tolerance(dtype))
+    torch.testing.assert_close(
+        ops.silu_and_mul(x, use_triton=False).double(), gate / (1 + torch.exp(-gate)) * up, **tolerance(dtype)
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -188,7 +204,7 @@ def make_kv_cache(seq_lens, num_kv_heads, head_dim, dtype):
     perm = torch.randperm(num_slots, device=DEVICE).to(torch.int32)
     used = 0
     for i, n in enumerate(seq_lens):
-        req_to_token[2 * i + 1, :n] = perm[used:used + n]
+        req_to_token[2 * i + 1, :n] = perm[used : used + n]
         used += n
     b_req_idx = torch.arange(1, 2 * len(seq_lens), 2, dtype=torch.int32, device=DEVICE)
     return k_cache, v_cache, req_to_token, b_req_idx
@@ -199,8 +215,9 @@ def naive_attention(q, k, v, causal_offset):
     group = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     mask = torch.arange(k.shape[0])[None, :] <= causal_offset + torch.arange(q.shape[0])[:, None]
-    out = F.scaled_dot_product_attention(q.double().transpose(0, 1), k.double().transpose(0, 1),
-                                         v.double().transpose(0, 1), attn_mask=mask.to(q.device))
+    out = F.scaled_dot_product_attention(
+        q.double().transpose(0, 1), k.double().transpose(0, 1), v.double().transpose(0, 1), attn_mask=mask.to(q.device)
+    )
     return out.transpose(0, 1)
 
 
@@ -212,8 +229,17 @@ def make_prefill_case(heads, dtype, seqs=PREFILL_SEQS):
     as_i32 = lambda xs: torch.tensor(xs, dtype=torch.int32, device=DEVICE)  # noqa: E731
     start_loc = [sum(num_new[:i]) for i in range(len(seqs))]
     q = randn(sum(num_new), num_q_heads, head_dim, dtype=dtype)
-    return (q, k_cache, v_cache, req_to_token, b_req_idx, as_i32(start_loc), as_i32(seq_lens),
-            as_i32([p for _, p in seqs]), head_dim ** -0.5)
+    return (
+        q,
+        k_cache,
+        v_cache,
+        req_to_token,
+        b_req_idx,
+        as_i32(start_loc),
+        as_i32(seq_lens),
+        as_i32([p for _, p in seqs]),
+        head_dim**-0.5,
+    )
 
 
 @pytest.mark.parametrize("dtype", ATTN_DTYPES)
@@ -227,20 +253,26 @@ def test_prefill_attention(dtype, heads, poisoned_empty):
 def test_prefill_attention_dispatch_default_grid(poisoned_empty):
     """Through ops with default blocks and the grid bounded by T instead of max_new_len."""
     case = make_prefill_case(HEAD_SHAPES[0], torch.float32)
-    torch.testing.assert_close(ops.prefill_attention(*case, use_triton=True),
-                               ops.prefill_attention(*case, use_triton=False), **tolerance(torch.float32))
+    torch.testing.assert_close(
+        ops.prefill_attention(*case, use_triton=True),
+        ops.prefill_attention(*case, use_triton=False),
+        **tolerance(torch.float32),
+    )
 
 
 def test_prefill_ref_matches_float64_sdpa():
     q, k_cache, v_cache, req_to_token, b_req_idx, start_loc, seq_lens, prefix_lens, scale = make_prefill_case(
-        (6, 2, 16), torch.float32, seqs=[(5, 0), (37, 12), (20, 29)])
-    out = ops.prefill_attention(q, k_cache, v_cache, req_to_token, b_req_idx, start_loc, seq_lens, prefix_lens,
-                                scale, use_triton=False)
-    for req, start, seq_len, prefix in zip(b_req_idx.tolist(), start_loc.tolist(), seq_lens.tolist(),
-                                           prefix_lens.tolist()):
+        (6, 2, 16), torch.float32, seqs=[(5, 0), (37, 12), (20, 29)]
+    )
+    out = ops.prefill_attention(
+        q, k_cache, v_cache, req_to_token, b_req_idx, start_loc, seq_lens, prefix_lens, scale, use_triton=False
+    )
+    for req, start, seq_len, prefix in zip(
+        b_req_idx.tolist(), start_loc.tolist(), seq_lens.tolist(), prefix_lens.tolist()
+    ):
         slots = req_to_token[req, :seq_len].long()
-        expected = naive_attention(q[start:start + seq_len - prefix], k_cache[slots], v_cache[slots], prefix)
-        torch.testing.assert_close(out[start:start + seq_len - prefix].double(), expected, atol=1e-5, rtol=1e-5)
+        expected = naive_attention(q[start : start + seq_len - prefix], k_cache[slots], v_cache[slots], prefix)
+        torch.testing.assert_close(out[start : start + seq_len - prefix].double(), expected, atol=1e-5, rtol=1e-5)
 
 
 def make_decode_case(heads, dtype, seq_lens=DECODE_LENS):
@@ -250,7 +282,7 @@ def make_decode_case(heads, dtype, seq_lens=DECODE_LENS):
     b_req_idx[torch.tensor(seq_lens, device=DEVICE) == 0] = req_to_token.shape[0]
     q = randn(len(seq_lens), num_q_heads, head_dim, dtype=dtype)
     b_seq_len = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
-    return q, k_cache, v_cache, req_to_token, b_req_idx, b_seq_len, head_dim ** -0.5
+    return q, k_cache, v_cache, req_to_token, b_req_idx, b_seq_len, head_dim**-0.5
 
 
 @pytest.mark.parametrize("dtype", ATTN_DTYPES)
@@ -277,8 +309,11 @@ def test_decode_attention_dispatch_splits_context(poisoned_empty):
     case = make_decode_case(HEAD_SHAPES[0], torch.float32)
     max_len = case[3].shape[1]
     assert triton.cdiv(max_len, choose_split_len(len(DECODE_LENS), 2, max_len, 32, DEVICE)) > 1
-    torch.testing.assert_close(ops.decode_attention(*case, use_triton=True),
-                               ops.decode_attention(*case, use_triton=False), **tolerance(torch.float32))
+    torch.testing.assert_close(
+        ops.decode_attention(*case, use_triton=True),
+        ops.decode_attention(*case, use_triton=False),
+        **tolerance(torch.float32),
+    )
 
 
 def test_decode_ref_matches_float64_sdpa_and_prefill():
@@ -289,12 +324,22 @@ def test_decode_ref_matches_float64_sdpa_and_prefill():
             assert (out[i] == 0).all()
             continue
         slots = req_to_token[req, :seq_len].long()
-        expected = naive_attention(q[i:i + 1], k_cache[slots], v_cache[slots], seq_len - 1)[0]
+        expected = naive_attention(q[i : i + 1], k_cache[slots], v_cache[slots], seq_len - 1)[0]
         torch.testing.assert_close(out[i].double(), expected, atol=1e-5, rtol=1e-5)
         # decode of the last position equals a prefill of one new token after a prefix of seq_len - 1
         as_i32 = lambda xs: torch.tensor(xs, dtype=torch.int32)  # noqa: E731
-        prefill = ops.prefill_attention(q[i:i + 1], k_cache, v_cache, req_to_token, as_i32([req]), as_i32([0]),
-                                        as_i32([seq_len]), as_i32([seq_len - 1]), scale, use_triton=False)
+        prefill = ops.prefill_attention(
+            q[i : i + 1],
+            k_cache,
+            v_cache,
+            req_to_token,
+            as_i32([req]),
+            as_i32([0]),
+            as_i32([seq_len]),
+            as_i32([seq_len - 1]),
+            scale,
+            use_triton=False,
+        )
         torch.testing.assert_close(prefill[0], out[i], atol=1e-5, rtol=1e-5)
 
 
@@ -338,8 +383,9 @@ def nucleus_inputs(batch: int, vocab: int, seed: int = 0):
         decoded.append(ids if i % 5 else [])
         seen[i + 1, decoded[-1]] = True
     ranges = [(0, vocab) if i % 3 else (vocab // 3, vocab // 3 + 100) for i in range(batch)]
-    packed = pack_rows(list(range(1, batch + 1)), decoded, ranges, [i % 4 == 0 for i in range(batch)],
-                       list(range(batch)))
+    packed = pack_rows(
+        list(range(1, batch + 1)), decoded, ranges, [i % 4 == 0 for i in range(batch)], list(range(batch))
+    )
     return logits, packed, seen
 
 
@@ -353,8 +399,9 @@ def test_nucleus_sample_matches_reference(vocab, poisoned_empty):
     lo, hi = packed[:, 2].tolist(), packed[:, 3].tolist()
     assert all(a <= t < b for t, a, b in zip(ids_ref.tolist(), lo, hi)) and ids_ref[1] == 7
     greedy = [i for i in range(12) if i % 4 == 0]
-    raw = logits.masked_fill((torch.arange(vocab) < packed[:, 2:3]) | (torch.arange(vocab) >= packed[:, 3:4]),
-                             float("-inf"))
+    raw = logits.masked_fill(
+        (torch.arange(vocab) < packed[:, 2:3]) | (torch.arange(vocab) >= packed[:, 3:4]), float("-inf")
+    )
     assert ids_ref[greedy].tolist() == raw[greedy].argmax(dim=-1).tolist()
 
 

@@ -181,8 +181,13 @@ def test_no_circles():
 def test_the_lm_and_flow_kernels_stay_apart():
     """kernels/llm/ and kernels/flow/ share only kernels/dispatch.py: each engine's kernels change alone."""
     sides = ("light_tts.kernels.llm", "light_tts.kernels.flow")
-    crossing = [f"{src} -> {dst}" for src, targets in sorted(import_graph().items()) for dst in sorted(targets)
-                for a, b in (sides, sides[::-1]) if src.startswith(a) and dst.startswith(b)]
+    crossing = [
+        f"{src} -> {dst}"
+        for src, targets in sorted(import_graph().items())
+        for dst in sorted(targets)
+        for a, b in (sides, sides[::-1])
+        if src.startswith(a) and dst.startswith(b)
+    ]
     assert crossing == []
 
 
@@ -204,7 +209,8 @@ def test_the_checks_catch_an_upward_import_and_a_circle(fake_package):
     assert upward_imports(import_graph(fake_package)) == [] and circles(import_graph(fake_package)) == []
     # a lazy import from the lower layer back up: both an upward import and a circle
     (fake_package / "server/runtime/config.py").write_text(
-        "X = 1\n\ndef f():\n    from light_tts.server.api.app import X\n")
+        "X = 1\n\ndef f():\n    from light_tts.server.api.app import X\n"
+    )
     graph = import_graph(fake_package)
     assert upward_imports(graph) == ["light_tts.server.runtime.config -> light_tts.server.api.app"]
     assert circles(graph) == [["light_tts.server.api.app", "light_tts.server.runtime.config"]]

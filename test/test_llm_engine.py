@@ -57,13 +57,22 @@ def run_all(engine, arrivals=None) -> dict[str, list[int]]:
 
 def reference_tokens(lm, req: LLMRequest) -> list[int]:
     sampler = GreedySampler() if req.greedy else RASSampler(lm.cfg.sampling, req.seed)
-    return list(lm.generate(torch.tensor(req.text_token_ids), torch.tensor(req.prompt_text_token_ids),
-                            torch.tensor(req.prompt_speech_token_ids), sampler, req.min_len, req.max_len))
+    return list(
+        lm.generate(
+            torch.tensor(req.text_token_ids),
+            torch.tensor(req.prompt_text_token_ids),
+            torch.tensor(req.prompt_speech_token_ids),
+            sampler,
+            req.min_len,
+            req.max_len,
+        )
+    )
 
 
 def fixture_request(io, req_id="a", **kw) -> LLMRequest:
-    return LLMRequest(req_id, io["text"][0].tolist(), io["prompt_text"][0].tolist(),
-                      io["prompt_speech_token"][0].tolist(), **kw)
+    return LLMRequest(
+        req_id, io["text"][0].tolist(), io["prompt_text"][0].tolist(), io["prompt_speech_token"][0].tolist(), **kw
+    )
 
 
 def mixed_requests(io, n: int) -> list[LLMRequest]:
@@ -71,8 +80,17 @@ def mixed_requests(io, n: int) -> list[LLMRequest]:
     text, ptext, pspeech = io["text"][0].tolist(), io["prompt_text"][0].tolist(), io["prompt_speech_token"][0].tolist()
     reqs = []
     for i in range(n):
-        reqs.append(LLMRequest(f"r{i}", text[i % 4:] + text[:i % 3], ptext[: 3 + i % 4], pspeech[: 10 + 4 * i],
-                               seed=100 + i, greedy=i % 4 == 0, max_len=8 + 3 * i))
+        reqs.append(
+            LLMRequest(
+                f"r{i}",
+                text[i % 4 :] + text[: i % 3],
+                ptext[: 3 + i % 4],
+                pspeech[: 10 + 4 * i],
+                seed=100 + i,
+                greedy=i % 4 == 0,
+                max_len=8 + 3 * i,
+            )
+        )
     return reqs
 
 
@@ -93,8 +111,9 @@ def test_batched_sampler_matches_reference_with_same_uniforms():
     assert int((banned >= 0).sum()) > 10 and sum(t >= eos and r for t, r in zip(first_ids.tolist(), is_rejecting)) >= 5
     ids = sampler(logits, SamplingInputs(packed, seeds_np, steps_np, is_rejecting, is_greedy))
     for i in range(batch):
-        reference = RASSampler(cfg, seeds[i]).sample(logits[i].log_softmax(dim=-1), windows[i],
-                                                              eos if is_rejecting[i] else None)
+        reference = RASSampler(cfg, seeds[i]).sample(
+            logits[i].log_softmax(dim=-1), windows[i], eos if is_rejecting[i] else None
+        )
         assert ids[i] == reference, i
 
 
@@ -187,8 +206,14 @@ def test_a_failed_step_fails_only_its_requests(model_cfg, state_dict, io):
 def test_prefix_reuse_skips_the_voice_prefix(model_cfg, state_dict, lm, io):
     engine = make_engine(model_cfg, state_dict)
     first = fixture_request(io, "a", greedy=True, max_len=10)
-    second = LLMRequest("b", io["text"][0].tolist()[::-1], first.prompt_text_token_ids, first.prompt_speech_token_ids,
-                        greedy=True, max_len=10)
+    second = LLMRequest(
+        "b",
+        io["text"][0].tolist()[::-1],
+        first.prompt_text_token_ids,
+        first.prompt_speech_token_ids,
+        greedy=True,
+        max_len=10,
+    )
     run_all(engine, {0: [first]})
     before = engine.num_prefill_tokens
     tokens = run_all(engine, {0: [second]})["b"]
@@ -198,9 +223,15 @@ def test_prefix_reuse_skips_the_voice_prefix(model_cfg, state_dict, lm, io):
 
 
 def bistream_reference(lm, req, pieces, max_len):
-    return list(lm.generate_bistream([torch.tensor(p, dtype=torch.long) for p in [req.text_token_ids] + pieces],
-                                     torch.tensor(req.prompt_text_token_ids), torch.tensor(req.prompt_speech_token_ids),
-                                     GreedySampler(), max_len))
+    return list(
+        lm.generate_bistream(
+            [torch.tensor(p, dtype=torch.long) for p in [req.text_token_ids] + pieces],
+            torch.tensor(req.prompt_text_token_ids),
+            torch.tensor(req.prompt_speech_token_ids),
+            GreedySampler(),
+            max_len,
+        )
+    )
 
 
 def test_bistream_matches_reference_and_reuses_prefix(model_cfg, state_dict, lm, io):
@@ -209,8 +240,15 @@ def test_bistream_matches_reference_and_reuses_prefix(model_cfg, state_dict, lm,
     engine = make_engine(model_cfg, state_dict)
     for name, words in (("a", text), ("b", text[::-1])):
         pieces = [words[4:11], words[11:12], words[12:20], words[20:]]
-        req = LLMRequest(name, words[:4], io["prompt_text"][0].tolist(), io["prompt_speech_token"][0].tolist(),
-                         greedy=True, max_len=50, bistream=True)
+        req = LLMRequest(
+            name,
+            words[:4],
+            io["prompt_text"][0].tolist(),
+            io["prompt_speech_token"][0].tolist(),
+            greedy=True,
+            max_len=50,
+            bistream=True,
+        )
         before = engine.num_prefill_tokens
         engine.add_request(req)
         assert engine.step() == []  # the prompt blocks need 5 more text tokens before decoding can start
@@ -228,8 +266,15 @@ def test_bistream_matches_reference_and_reuses_prefix(model_cfg, state_dict, lm,
 @pytest.mark.parametrize("disable_cudagraph", [False, True])
 def test_cuda_engine_matches_cpu_reference(model_cfg, state_dict, lm, io, disable_cudagraph):
     reqs = mixed_requests(io, 8)
-    engine = make_engine(model_cfg, state_dict, "cuda", disable_cudagraph=disable_cudagraph, graph_max_batch_size=8,
-                         max_total_token_num=None, router_max_wait_tokens=1)
+    engine = make_engine(
+        model_cfg,
+        state_dict,
+        "cuda",
+        disable_cudagraph=disable_cudagraph,
+        graph_max_batch_size=8,
+        max_total_token_num=None,
+        router_max_wait_tokens=1,
+    )
     tokens = run_all(engine, {0: reqs[:3], 2: reqs[3:5], 5: reqs[5:]})
     num_equal = sum(tokens[r.req_id] == reference_tokens(lm, r) for r in reqs)
     # float32 Triton kernels round differently from the CPU reference; greedy/RAS may flip on near ties
@@ -241,9 +286,9 @@ def test_release_and_reload_generate_the_same_tokens(fixture_dir):
     from light_tts.llm.request import LLMRequest
     from light_tts.model_dir import load_model_config
 
-    engine = LLMEngine(llm_spec(load_model_config(fixture_dir)),
-                       EngineConfig(data_type="float32", max_req_total_len=512),
-                       "cpu")
+    engine = LLMEngine(
+        llm_spec(load_model_config(fixture_dir)), EngineConfig(data_type="float32", max_req_total_len=512), "cpu"
+    )
 
     def generate(req_id):
         engine.add_request(LLMRequest(req_id, [11, 12, 13, 14], [1, 2], [5] * 20, seed=7))

@@ -45,9 +45,10 @@ def test_greedy_runs_match_upstream(model_cfg, state_dict, io):
     id 6621 at step 8, before min_len 18: eos and the other stop ids are not masked."""
     engine = make_engine(model_cfg, state_dict)
     text = io["text"][0].tolist()
-    reqs = [LLMRequest("zero", text, io["prompt_text"][0].tolist(), io["prompt_speech_token"][0].tolist(),
-                       greedy=True),
-            LLMRequest("instruct", text, io["instruct_prompt_text"][0].tolist(), [], greedy=True)]
+    reqs = [
+        LLMRequest("zero", text, io["prompt_text"][0].tolist(), io["prompt_speech_token"][0].tolist(), greedy=True),
+        LLMRequest("instruct", text, io["instruct_prompt_text"][0].tolist(), [], greedy=True),
+    ]
     finished = {}
     tokens: dict[str, list[int]] = {}
     for req in reqs:
@@ -66,8 +67,18 @@ def test_ras_batch_equals_offline_lm(model_cfg, state_dict, lm, io):
     """Sampled requests, several seeds and lengths, some forced to a fixed length (min_len = max_len: no stop id
     until then): each equals the offline LM with its seed."""
     text, ptext, pspeech = io["text"][0].tolist(), io["prompt_text"][0].tolist(), io["prompt_speech_token"][0].tolist()
-    reqs = [LLMRequest(f"r{i}", text[i % 3:], ptext, pspeech[:12 + 5 * i], seed=40 + i,
-                       min_len=30 if i % 2 else None, max_len=30 if i % 2 else None) for i in range(6)]
+    reqs = [
+        LLMRequest(
+            f"r{i}",
+            text[i % 3 :],
+            ptext,
+            pspeech[: 12 + 5 * i],
+            seed=40 + i,
+            min_len=30 if i % 2 else None,
+            max_len=30 if i % 2 else None,
+        )
+        for i in range(6)
+    ]
     engine = make_engine(model_cfg, state_dict)
     tokens = run_all(engine, {0: reqs[:4], 3: reqs[4:]})
     for req in reqs:
@@ -81,8 +92,10 @@ def test_a_fixed_length_forbids_every_stop(model_cfg, state_dict, lm, io):
     as the offline LM does with the same fixed length (before, it stopped at 8: bench.streams' 10-s utterances
     of a random CosyVoice3 model ended at random lengths)."""
     text, prompt = io["text"][0].tolist(), io["instruct_prompt_text"][0].tolist()
-    reqs = [LLMRequest("greedy", text, prompt, [], greedy=True, min_len=20, max_len=20),
-            LLMRequest("ras", text, prompt, [], seed=5, min_len=20, max_len=20)]
+    reqs = [
+        LLMRequest("greedy", text, prompt, [], greedy=True, min_len=20, max_len=20),
+        LLMRequest("ras", text, prompt, [], seed=5, min_len=20, max_len=20),
+    ]
     tokens = run_all(make_engine(model_cfg, state_dict), {0: reqs})
     for req in reqs:
         assert len(tokens[req.req_id]) == 20 and tokens[req.req_id] == reference_tokens(lm, req), req.req_id
@@ -91,15 +104,22 @@ def test_a_fixed_length_forbids_every_stop(model_cfg, state_dict, lm, io):
 
 def test_bistream_places_the_prompt_end_after_sos(model_cfg, state_dict, lm, io):
     text = io["text"][0].tolist() * 3
-    req = LLMRequest("b", text[:4], io["prompt_text"][0].tolist(), io["prompt_speech_token"][0].tolist(),
-                     greedy=True, max_len=40, bistream=True)
+    req = LLMRequest(
+        "b",
+        text[:4],
+        io["prompt_text"][0].tolist(),
+        io["prompt_speech_token"][0].tolist(),
+        greedy=True,
+        max_len=40,
+        bistream=True,
+    )
     pieces = [text[4:11], text[11:20], text[20:]]
     engine = make_engine(model_cfg, state_dict)
     engine.add_request(req)
     seq = engine.scheduler.seqs["b"]
     layout = engine.layout
     prefix = io["prompt_text"][0].tolist().index(151646) + 1
-    assert seq.token_ids[:1 + prefix] == [layout.sos] + layout.text(io["prompt_text"][0].tolist()[:prefix])
+    assert seq.token_ids[: 1 + prefix] == [layout.sos] + layout.text(io["prompt_text"][0].tolist()[:prefix])
     for i, piece in enumerate(pieces):
         engine.append_text("b", piece, is_last=i == len(pieces) - 1)
     assert run_all(engine).get("b", []) == bistream_reference(lm, req, pieces, 40)

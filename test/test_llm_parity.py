@@ -62,16 +62,25 @@ def hf_reference(fixture_dir, io) -> dict:
     text = torch.cat([io["prompt_text"], io["text"]], dim=1).long()
     with torch.no_grad():
         embeds = torch.cat(
-            [sos.view(1, 1, -1), hf.model.embed_tokens(text), task_id.view(1, 1, -1),
-             speech_emb[io["prompt_speech_token"].long()]],
+            [
+                sos.view(1, 1, -1),
+                hf.model.embed_tokens(text),
+                task_id.view(1, 1, -1),
+                speech_emb[io["prompt_speech_token"].long()],
+            ],
             dim=1,
         )
         cache, tokens, logprobs = None, [], []
         for step in range(io["max_len"]):
             num_seen = 0 if cache is None else cache.get_seq_length()
             mask = torch.ones(1, num_seen + embeds.size(1), dtype=torch.long)
-            out = hf(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=True,
-                     output_hidden_states=True)
+            out = hf(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                past_key_values=cache,
+                use_cache=True,
+                output_hidden_states=True,
+            )
             cache = out.past_key_values
             lp = (out.hidden_states[-1][0, -1] @ dec_w.T + dec_b).log_softmax(-1)
             logprobs.append(lp)
@@ -192,14 +201,16 @@ def write_modified_checkpoint(fixture_dir: Path, tmp_path: Path, edit) -> Path:
 
 
 def test_strict_load_rejects_missing_key(cfg, fixture_dir, tmp_path):
-    path = write_modified_checkpoint(fixture_dir, tmp_path,
-                                     lambda sd: sd.pop("llm.model.model.layers.1.mlp.up_proj.weight"))
+    path = write_modified_checkpoint(
+        fixture_dir, tmp_path, lambda sd: sd.pop("llm.model.model.layers.1.mlp.up_proj.weight")
+    )
     with pytest.raises(ModelDirError, match=r"missing \(1\): llm\.model\.model\.layers\.1\.mlp\.up_proj\.weight"):
         SpeechLM.from_checkpoint(cfg, path)
 
 
 def test_strict_load_rejects_extra_key(cfg, fixture_dir, tmp_path):
-    path = write_modified_checkpoint(fixture_dir, tmp_path,
-                                     lambda sd: sd.update({"llm.model.extra.bias": torch.zeros(3)}))
+    path = write_modified_checkpoint(
+        fixture_dir, tmp_path, lambda sd: sd.update({"llm.model.extra.bias": torch.zeros(3)})
+    )
     with pytest.raises(ModelDirError, match=r"unexpected \(1\): llm\.model\.extra\.bias"):
         SpeechLM.from_checkpoint(cfg, path)

@@ -32,15 +32,28 @@ def tiny(fixture_dir):
 
 
 def make_engine(tiny, device="cpu", **kw) -> LLMEngine:
-    cfg = EngineConfig(**{"data_type": "float32", "max_req_total_len": 512, "running_max_req_size": 4,
-                          "max_total_token_num": 2048, **kw})
+    cfg = EngineConfig(
+        **{
+            "data_type": "float32",
+            "max_req_total_len": 512,
+            "running_max_req_size": 4,
+            "max_total_token_num": 2048,
+            **kw,
+        }
+    )
     model_cfg, state_dict = tiny
     return LLMEngine(llm_spec(model_cfg), cfg, device, state_dict)
 
 
 def request(req_id="q", **kw) -> LLMRequest:
-    return LLMRequest(req_id, list(range(11, 20)), [3, 4, 5], list(range(100, 160)), seed=5,
-                      **{"min_len": NUM_STEPS, "max_len": NUM_STEPS, **kw})
+    return LLMRequest(
+        req_id,
+        list(range(11, 20)),
+        [3, 4, 5],
+        list(range(100, 160)),
+        seed=5,
+        **{"min_len": NUM_STEPS, "max_len": NUM_STEPS, **kw},
+    )
 
 
 def held_slots(engine: LLMEngine) -> int:
@@ -71,7 +84,7 @@ def test_each_mode_stays_close_to_float32(tiny, reference, quantization, kv_cach
     assert result["top1_agreement"] >= MIN_TOP1, result
     assert 0 < result["kl_mean"] < 1e-3, result  # quantized (not identical), and close
     if kv_cache_dtype != "auto":  # the cache holds what was written: every used slot has a scale
-        assert (kv.k_scale[:, :len(tokens)] > 0).any()
+        assert (kv.k_scale[:, : len(tokens)] > 0).any()
     assert held_slots(engine) == 0  # the request ended and freed its slots
 
 
@@ -88,8 +101,15 @@ def orpheus(orpheus_dir):
 
 def orpheus_engine(orpheus, device="cpu", **kw) -> LLMEngine:
     spec, state_dict, _ = orpheus
-    cfg = EngineConfig(**{"data_type": "float32", "max_req_total_len": 512, "running_max_req_size": 4,
-                          "max_total_token_num": 2048, **kw})
+    cfg = EngineConfig(
+        **{
+            "data_type": "float32",
+            "max_req_total_len": 512,
+            "running_max_req_size": 4,
+            "max_total_token_num": 2048,
+            **kw,
+        }
+    )
     return LLMEngine(spec, cfg, device, state_dict)
 
 
@@ -114,8 +134,9 @@ def test_orpheus_llama_body_quantizes_and_stays_close(orpheus, orpheus_reference
     """The same modes on the Llama body (no qkv bias, GQA 6/2, llama3 rope): every projection swapped, the tied head
     still the embedding table, and the same tolerances against the float32 engine."""
     ref_tokens, ref_logprobs = orpheus_reference
-    engine, (tokens, logprobs) = orpheus_run(orpheus, ref_tokens, quantization=quantization,
-                                             kv_cache_dtype=kv_cache_dtype)
+    engine, (tokens, logprobs) = orpheus_run(
+        orpheus, ref_tokens, quantization=quantization, kv_cache_dtype=kv_cache_dtype
+    )
     model, kv = engine.runner.model, engine.runner.kv
     if quantization != "none":
         layer = model.layers[-1]
@@ -187,8 +208,13 @@ def cuda_mode(quantization: str, kv_cache_dtype: str) -> dict:
     """EngineConfig overrides of a bf16 CUDA engine in one mode (skips fp8 below compute capability 8.9)."""
     if "fp8" in (quantization, kv_cache_dtype) and torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("fp8 needs compute capability 8.9")
-    return dict(data_type="bfloat16", quantization=quantization, kv_cache_dtype=kv_cache_dtype,
-                graph_max_batch_size=4, max_total_token_num=None)
+    return dict(
+        data_type="bfloat16",
+        quantization=quantization,
+        kv_cache_dtype=kv_cache_dtype,
+        graph_max_batch_size=4,
+        max_total_token_num=None,
+    )
 
 
 def check_graphs_match_eager(make_engine_for, make_request) -> None:
@@ -213,8 +239,10 @@ def check_graphs_match_eager(make_engine_for, make_request) -> None:
 @pytest.mark.parametrize("quantization, kv_cache_dtype", MODES)
 def test_cuda_graphs_capture_quantized_paths(tiny, quantization, kv_cache_dtype):
     kw = cuda_mode(quantization, kv_cache_dtype)
-    check_graphs_match_eager(lambda disable: make_engine(tiny, "cuda", disable_cudagraph=disable, **kw),
-                             lambda req_id: request(req_id, greedy=True, min_len=40, max_len=40))
+    check_graphs_match_eager(
+        lambda disable: make_engine(tiny, "cuda", disable_cudagraph=disable, **kw),
+        lambda req_id: request(req_id, greedy=True, min_len=40, max_len=40),
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -222,9 +250,10 @@ def test_cuda_graphs_capture_quantized_paths(tiny, quantization, kv_cache_dtype)
 def test_cuda_graphs_capture_quantized_orpheus(orpheus, quantization, kv_cache_dtype):
     """The same on the Llama body with the nucleus sampler (greedy rows) in the graphs."""
     kw = cuda_mode(quantization, kv_cache_dtype)
-    check_graphs_match_eager(lambda disable: orpheus_engine(orpheus, "cuda", disable_cudagraph=disable, **kw),
-                             lambda req_id: orpheus_request(orpheus, req_id, 40))
-
+    check_graphs_match_eager(
+        lambda disable: orpheus_engine(orpheus, "cuda", disable_cudagraph=disable, **kw),
+        lambda req_id: orpheus_request(orpheus, req_id, 40),
+    )
 
 
 def test_quant_bench_runs_on_the_tiny_model(fixture_dir, tmp_path):
@@ -233,8 +262,26 @@ def test_quant_bench_runs_on_the_tiny_model(fixture_dir, tmp_path):
 
     from light_tts.bench.quant import main
 
-    main(["--out", str(tmp_path / "q.json"), "--device", "cpu", "--dtype", "float32", "--model_dir",
-          str(fixture_dir), "--modes", "int8/int8", "--steps", "20", "--batches", "", "--pipeline_tokens", "30"])
+    main(
+        [
+            "--out",
+            str(tmp_path / "q.json"),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--model_dir",
+            str(fixture_dir),
+            "--modes",
+            "int8/int8",
+            "--steps",
+            "20",
+            "--batches",
+            "",
+            "--pipeline_tokens",
+            "30",
+        ]
+    )
     baseline, int8 = json.loads((tmp_path / "q.json").read_text())["modes"]
     assert (baseline["kl_mean"], baseline["top1_agreement"], baseline["audio_rel_l2"]) == (0.0, 1.0, 0.0)
     assert int8["kl_mean"] > 0 and int8["kv_bytes_per_token"] < baseline["kv_bytes_per_token"]

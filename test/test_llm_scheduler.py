@@ -17,8 +17,14 @@ SPEECH = 7  # any ordinary speech token
 
 
 def config(**kw) -> SchedulerConfig:
-    base = dict(num_kv_slots=1000, max_req_total_len=256, batch_max_tokens=512, running_max_req_size=8,
-                router_max_wait_tokens=0, enable_prefix_cache=False)
+    base = dict(
+        num_kv_slots=1000,
+        max_req_total_len=256,
+        batch_max_tokens=512,
+        running_max_req_size=8,
+        router_max_wait_tokens=0,
+        enable_prefix_cache=False,
+    )
     return SchedulerConfig(**{**base, **kw})
 
 
@@ -33,8 +39,10 @@ def step(sched: Scheduler, token=SPEECH):
 
 
 def test_modules_do_not_import_torch():
-    code = ("import sys, light_tts.llm.scheduler, light_tts.llm.kv_allocator, light_tts.llm.prefix_cache; "
-            "assert 'torch' not in sys.modules")
+    code = (
+        "import sys, light_tts.llm.scheduler, light_tts.llm.kv_allocator, light_tts.llm.prefix_cache; "
+        "assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -50,15 +50,20 @@ def layout(fixture_dir):
 
 @pytest.fixture
 def prompt():
-    return Prompt(text_tokens=np.zeros(0, np.int32), speech_tokens=np.arange(100, 112, dtype=np.int32),
-                  embedding=np.ones(192, np.float32), mel=np.zeros((24, 80), np.float32))
+    return Prompt(
+        text_tokens=np.zeros(0, np.int32),
+        speech_tokens=np.arange(100, 112, dtype=np.int32),
+        embedding=np.ones(192, np.float32),
+        mel=np.zeros((24, 80), np.float32),
+    )
 
 
 def llm_input(mode, prompt, tokenizer, normalizer, layout, instruction="") -> tuple[list[int], Sequence]:
     """The engine's input ids of TEXT in `mode` (as the encode process and the LLM process build them)."""
     built = cosyvoice2.FAMILY.llm_prompt(mode, TRANSCRIPT, instruction)
     text_tokens, speech_tokens = llm_prompt_tokens(
-        built, prompt, lambda text: np.asarray(tokenizer.encode(normalizer.normalize(text)), np.int32))
+        built, prompt, lambda text: np.asarray(tokenizer.encode(normalizer.normalize(text)), np.int32)
+    )
     tts = tokenizer.encode(TEXT)
     seq = Sequence(LLMRequest("r", tts, text_tokens.tolist(), speech_tokens.tolist()), layout, 0, 4096)
     return tts, seq
@@ -68,28 +73,34 @@ def test_the_fixture_is_a_cosyvoice2_directory(fixture_dir):
     assert family_of(fixture_dir) is cosyvoice2.FAMILY
 
 
-@pytest.mark.parametrize("requested, instruction, transcript, mode", [
-    (None, None, "a transcript", ZERO_SHOT),
-    (None, None, None, CROSS_LINGUAL),  # a voice without a transcript
-    (None, None, "  ", CROSS_LINGUAL),  # blank is none: never a zero-shot prompt without its transcript
-    (None, "Speak softly.", "a transcript", INSTRUCT),
-    (None, "Speak softly.", None, INSTRUCT),
-    (None, " ", "a transcript", ZERO_SHOT),  # blank instructions (OpenAI clients send "") are none
-    (INSTRUCT, "Speak softly.", None, INSTRUCT),
-    (CROSS_LINGUAL, None, "a transcript", CROSS_LINGUAL),  # forced: the prompt's language differs from the text's
-    (ZERO_SHOT, None, "a transcript", ZERO_SHOT),
-])
+@pytest.mark.parametrize(
+    "requested, instruction, transcript, mode",
+    [
+        (None, None, "a transcript", ZERO_SHOT),
+        (None, None, None, CROSS_LINGUAL),  # a voice without a transcript
+        (None, None, "  ", CROSS_LINGUAL),  # blank is none: never a zero-shot prompt without its transcript
+        (None, "Speak softly.", "a transcript", INSTRUCT),
+        (None, "Speak softly.", None, INSTRUCT),
+        (None, " ", "a transcript", ZERO_SHOT),  # blank instructions (OpenAI clients send "") are none
+        (INSTRUCT, "Speak softly.", None, INSTRUCT),
+        (CROSS_LINGUAL, None, "a transcript", CROSS_LINGUAL),  # forced: the prompt's language differs from the text's
+        (ZERO_SHOT, None, "a transcript", ZERO_SHOT),
+    ],
+)
 def test_resolve_mode(requested, instruction, transcript, mode):
     assert resolve_mode(requested, instruction, transcript) == mode
 
 
-@pytest.mark.parametrize("requested, instruction, transcript, message", [
-    (INSTRUCT, None, "a transcript", "needs an instruction"),
-    (ZERO_SHOT, None, None, "needs the voice's transcript"),
-    (CROSS_LINGUAL, "Speak softly.", "a transcript", "instructions select mode instruct"),
-    (VC, None, "a transcript", "mode must be one of"),
-    ("sing", None, "a transcript", "mode must be one of"),
-])
+@pytest.mark.parametrize(
+    "requested, instruction, transcript, message",
+    [
+        (INSTRUCT, None, "a transcript", "needs an instruction"),
+        (ZERO_SHOT, None, None, "needs the voice's transcript"),
+        (CROSS_LINGUAL, "Speak softly.", "a transcript", "instructions select mode instruct"),
+        (VC, None, "a transcript", "mode must be one of"),
+        ("sing", None, "a transcript", "mode must be one of"),
+    ],
+)
 def test_contradicting_modes_are_400(requested, instruction, transcript, message):
     with pytest.raises(RequestError, match=message):
         resolve_mode(requested, instruction, transcript)
@@ -99,20 +110,22 @@ def test_zero_shot_gives_the_transcript_then_the_text_then_the_prompt_speech(pro
     tts, seq = llm_input(ZERO_SHOT, prompt, tokenizer, normalizer, layout)
     transcript = tokenizer.encode(normalizer.normalize(TRANSCRIPT))
     assert "three" in tokenizer.decode(transcript)  # normalised, as upstream's inference_zero_shot does
-    assert seq.token_ids == ([layout.sos] + layout.text(transcript + tts) + [layout.task_id]
-                             + prompt.speech_tokens.tolist())
+    assert seq.token_ids == (
+        [layout.sos] + layout.text(transcript + tts) + [layout.task_id] + prompt.speech_tokens.tolist()
+    )
     assert (seq.min_len, seq.max_len) == (2 * len(tts), 20 * len(tts))  # prompt text excluded
 
 
 @pytest.mark.parametrize("instruction", [INSTRUCTION, INSTRUCTION + cosyvoice2.END_OF_PROMPT])
-def test_instruct_gives_the_instruction_and_its_end_marker_and_no_prompt_speech(prompt, tokenizer, normalizer,
-                                                                                layout, instruction):
+def test_instruct_gives_the_instruction_and_its_end_marker_and_no_prompt_speech(
+    prompt, tokenizer, normalizer, layout, instruction
+):
     tts, seq = llm_input(INSTRUCT, prompt, tokenizer, normalizer, layout, instruction)
     end = tokenizer.token_id(cosyvoice2.END_OF_PROMPT)
     instruction_ids = tokenizer.encode(INSTRUCTION)  # as given: "2" stays a digit
     assert seq.token_ids == [layout.sos] + layout.text(instruction_ids + [end] + tts) + [layout.task_id]
     assert seq.token_ids.count(layout.text([end])[0]) == 1  # a marker the client sent is not doubled
-    assert not set(prompt.speech_tokens.tolist()) & set(seq.token_ids[seq.token_ids.index(layout.task_id):])
+    assert not set(prompt.speech_tokens.tolist()) & set(seq.token_ids[seq.token_ids.index(layout.task_id) :])
     assert (seq.min_len, seq.max_len) == (2 * len(tts), 20 * len(tts))
 
 
@@ -131,8 +144,12 @@ def test_every_control_tag_reaches_the_llm_as_its_one_token_id(tokenizer, normal
     it whole, and it tokenizes to its one id; `See [1]` and `[sic]` stay text."""
     for tag in cosyvoice2.CONTROL_TAGS:
         tag_id = tokenizer.token_id(tag)
-        for text in (f"I have 3 {tag} cats.", f"{tag}5 dollars, 10%{tag}20%.", f"我有3只{tag}猫。",
-                     "x" * 100 + tag + "y" * 300):
+        for text in (
+            f"I have 3 {tag} cats.",
+            f"{tag}5 dollars, 10%{tag}20%.",
+            f"我有3只{tag}猫。",
+            "x" * 100 + tag + "y" * 300,
+        ):
             ids = [i for sentence in normalizer.normalize_and_split(text) for i in tokenizer.encode(sentence)]
             assert ids.count(tag_id) == text.count(tag), (tag, text)
         # wetext (which asserts on "[breath]5") still normalises the text around the tags

@@ -121,7 +121,7 @@ class CamLayer(torch.nn.Module):
 
     def forward(self, x):
         segments = torch.nn.functional.avg_pool1d(x, 100, 100, ceil_mode=True)
-        segments = segments.unsqueeze(-1).expand(*segments.shape, 100).reshape(*x.shape[:2], -1)[..., :x.shape[-1]]
+        segments = segments.unsqueeze(-1).expand(*segments.shape, 100).reshape(*x.shape[:2], -1)[..., : x.shape[-1]]
         context = x.mean(-1, keepdim=True) + segments
         return self.local(x) * torch.sigmoid(self.gate(context))
 
@@ -129,10 +129,16 @@ class CamLayer(torch.nn.Module):
 class MiniCampPlus(torch.nn.Module):
     def __init__(self, channels: int = 16):
         super().__init__()
-        self.head = torch.nn.Sequential(torch.nn.Conv2d(1, channels, 3, stride=(2, 1), padding=1, bias=False),
-                                        torch.nn.BatchNorm2d(channels), torch.nn.ReLU())
-        self.tdnn = torch.nn.Sequential(torch.nn.Conv1d(channels * 40, 64, 5, stride=2, padding=2, bias=False),
-                                        torch.nn.BatchNorm1d(64), torch.nn.ReLU())
+        self.head = torch.nn.Sequential(
+            torch.nn.Conv2d(1, channels, 3, stride=(2, 1), padding=1, bias=False),
+            torch.nn.BatchNorm2d(channels),
+            torch.nn.ReLU(),
+        )
+        self.tdnn = torch.nn.Sequential(
+            torch.nn.Conv1d(channels * 40, 64, 5, stride=2, padding=2, bias=False),
+            torch.nn.BatchNorm1d(64),
+            torch.nn.ReLU(),
+        )
         self.pre_bn = torch.nn.BatchNorm1d(64)  # batch norm before a conv: not folded into it on export
         self.cam = CamLayer(64)
         self.dense = torch.nn.Conv1d(128, 192, 1, bias=False)
@@ -152,8 +158,16 @@ class MiniCampPlus(torch.nn.Module):
 def export(module: torch.nn.Module, inputs: tuple, names: list[str], path, dynamic: dict):
     torch.manual_seed(0)
     module.eval()
-    torch.onnx.export(module, inputs, str(path), input_names=names, output_names=["out"], dynamic_axes=dynamic,
-                      opset_version=17, dynamo=False)
+    torch.onnx.export(
+        module,
+        inputs,
+        str(path),
+        input_names=names,
+        output_names=["out"],
+        dynamic_axes=dynamic,
+        opset_version=17,
+        dynamo=False,
+    )
     return path
 
 
@@ -161,11 +175,20 @@ def export(module: torch.nn.Module, inputs: tuple, names: list[str], path, dynam
 def exported(tmp_path_factory):
     d = tmp_path_factory.mktemp("exported")
     torch.manual_seed(0)
-    tokenizer = export(MiniTokenizer(), (torch.randn(1, 128, 300), torch.tensor([300], dtype=torch.int32)),
-                       ["feats", "feats_length"], d / "tokenizer.onnx",
-                       {"feats": {0: "B", 2: "T"}, "feats_length": {0: "B"}, "out": {0: "B", 1: "T4"}})
-    campplus = export(MiniCampPlus(), (torch.randn(1, 230, 80),), ["fbank"], d / "campplus.onnx",
-                      {"fbank": {0: "B", 1: "T"}, "out": {0: "B"}})
+    tokenizer = export(
+        MiniTokenizer(),
+        (torch.randn(1, 128, 300), torch.tensor([300], dtype=torch.int32)),
+        ["feats", "feats_length"],
+        d / "tokenizer.onnx",
+        {"feats": {0: "B", 2: "T"}, "feats_length": {0: "B"}, "out": {0: "B", 1: "T4"}},
+    )
+    campplus = export(
+        MiniCampPlus(),
+        (torch.randn(1, 230, 80),),
+        ["fbank"],
+        d / "campplus.onnx",
+        {"fbank": {0: "B", 1: "T"}, "out": {0: "B"}},
+    )
     return tokenizer, campplus
 
 
@@ -194,9 +217,13 @@ def test_exported_speaker_model_matches_onnx_runtime(exported):
 
 def single_op_graph(op: str, inputs: list[tuple[str, int, list]], attrs: dict, initializers=(), opset: int = 17):
     node = helper.make_node(op, [name for name, _, _ in inputs] + [i.name for i in initializers], ["y"], **attrs)
-    graph = helper.make_graph([node], op, [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              initializer=list(initializers))
+    graph = helper.make_graph(
+        [node],
+        op,
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=list(initializers),
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     return model
@@ -209,14 +236,17 @@ def const(name, values, dtype=np.int64):
 F32, I64 = TensorProto.FLOAT, TensorProto.INT64
 
 
-@pytest.mark.parametrize("op, attrs, initializers, opset", [
-    ("Slice", {}, [const("s", [-2, 5]), const("e", [-100, 1]), const("a", [1, 2]), const("st", [-1, -2])], 17),
-    ("Pad", {"mode": "reflect"}, [const("p", [0, 0, 2, 0, 0, 3])], 17),
-    ("Softmax", {"axis": 1}, [], 11),  # before opset 13: over every dim from the axis on
-    ("ReduceMean", {"axes": [-1], "keepdims": 0}, [], 17),
-    ("AveragePool", {"kernel_shape": [4], "strides": [3], "ceil_mode": 1}, [], 17),
-    ("Expand", {}, [const("shape", [2, 1, 1])], 17),
-])
+@pytest.mark.parametrize(
+    "op, attrs, initializers, opset",
+    [
+        ("Slice", {}, [const("s", [-2, 5]), const("e", [-100, 1]), const("a", [1, 2]), const("st", [-1, -2])], 17),
+        ("Pad", {"mode": "reflect"}, [const("p", [0, 0, 2, 0, 0, 3])], 17),
+        ("Softmax", {"axis": 1}, [], 11),  # before opset 13: over every dim from the axis on
+        ("ReduceMean", {"axes": [-1], "keepdims": 0}, [], 17),
+        ("AveragePool", {"kernel_shape": [4], "strides": [3], "ceil_mode": 1}, [], 17),
+        ("Expand", {}, [const("shape", [2, 1, 1])], 17),
+    ],
+)
 def test_single_ops_mean_what_onnx_runtime_says(tmp_path, op, attrs, initializers, opset):
     model = single_op_graph(op, [("x", F32, [2, 5, 7])], attrs, initializers, opset)
     path = tmp_path / f"{op}.onnx"
@@ -228,9 +258,13 @@ def test_single_ops_mean_what_onnx_runtime_says(tmp_path, op, attrs, initializer
 
 def test_integer_division_truncates_and_gather_takes_negative_indices(tmp_path):
     nodes = [helper.make_node("Div", ["a", "b"], ["q"]), helper.make_node("Gather", ["q", "i"], ["y"], axis=0)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("a", I64, [4]),
-                                          helper.make_tensor_value_info("b", I64, [4])],
-                              [helper.make_tensor_value_info("y", I64, None)], initializer=[const("i", [-1, 0])])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("a", I64, [4]), helper.make_tensor_value_info("b", I64, [4])],
+        [helper.make_tensor_value_info("y", I64, None)],
+        initializer=[const("i", [-1, 0])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     path = tmp_path / "div.onnx"

@@ -20,8 +20,14 @@ transformers = pytest.importorskip("transformers")
 
 VOCAB = 512
 # a small "Orpheus" id layout inside VOCAB: stop id 99, audio ids 100.. in 7 positions of 50 codes
-LAYOUT = PromptLayout(vocab_size=VOCAB, stop_ids=frozenset({99}), first_audio_id=100, codes_per_position=50,
-                      frame_len=7, default_max_len=40)
+LAYOUT = PromptLayout(
+    vocab_size=VOCAB,
+    stop_ids=frozenset({99}),
+    first_audio_id=100,
+    codes_per_position=50,
+    frame_len=7,
+    default_max_len=40,
+)
 SAMPLING = NucleusConfig(temperature=0.8, top_p=0.9, repetition_penalty=1.3)
 CPU_CFG = dict(data_type="float32", max_req_total_len=256, running_max_req_size=8, max_total_token_num=2048)
 PROMPTS = [[1, 5, 9, 33, 70, 2], [3, 4, 200, 201, 202, 17, 18, 19, 20, 21, 400], [7] * 3]
@@ -31,11 +37,25 @@ PROMPTS = [[1, 5, 9, 33, 70, 2], [3, 4, 200, 201, 202, 17, 18, 19, 20, 21, 400],
 def hf_dir(request, tmp_path_factory):
     """A random transformers Llama saved in the released layout (config.json + model.safetensors)."""
     cfg = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=96, intermediate_size=256, num_hidden_layers=2, num_attention_heads=6,
-        num_key_value_heads=2, max_position_embeddings=131072, rms_norm_eps=1e-5, initializer_range=0.1,
-        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
-                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-        tie_word_embeddings=request.param)
+        vocab_size=VOCAB,
+        hidden_size=96,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        initializer_range=0.1,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        tie_word_embeddings=request.param,
+    )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(cfg).eval()
     out = tmp_path_factory.mktemp("llama")
@@ -45,10 +65,13 @@ def hf_dir(request, tmp_path_factory):
 
 def spec_of(model_dir) -> LLMSpec:
     body = read_body(model_dir / "config.json")
-    return LLMSpec(LMArch(body, VOCAB, VOCAB, tie_head=body.tie_word_embeddings), LAYOUT,
-                   lambda rows, device: NucleusSampler(SAMPLING, LAYOUT, rows, device),
-                   lambda sd: causal_lm_state_dict(sd, body.num_hidden_layers, False, body.tie_word_embeddings),
-                   lambda: read_safetensors(model_dir))
+    return LLMSpec(
+        LMArch(body, VOCAB, VOCAB, tie_head=body.tie_word_embeddings),
+        LAYOUT,
+        lambda rows, device: NucleusSampler(SAMPLING, LAYOUT, rows, device),
+        lambda sd: causal_lm_state_dict(sd, body.num_hidden_layers, False, body.tie_word_embeddings),
+        lambda: read_safetensors(model_dir),
+    )
 
 
 def run(engine, reqs, arrivals=None) -> dict[str, list[int]]:
@@ -84,7 +107,7 @@ def test_logprobs_match_transformers(hf_dir):
     for r in reqs:
         with torch.no_grad():
             ref = hf(torch.tensor([r.text_token_ids + tokens[r.req_id]])).logits[0].float().log_softmax(dim=-1)
-        ref = ref[len(r.text_token_ids) - 1:]
+        ref = ref[len(r.text_token_ids) - 1 :]
         assert len(ours[r.req_id]) == 6
         for step, lp in enumerate(ours[r.req_id]):
             assert float((lp - ref[step]).norm() / ref[step].norm()) < 1e-4, (r.req_id, step)
@@ -97,9 +120,14 @@ def test_greedy_tokens_match_transformers(hf_dir):
     # free greedy decoding (min_len 0: any id, the stop id included)
     ours = run(engine, [LLMRequest("g", prompt, greedy=True, max_len=24)])["g"]
     with torch.no_grad():
-        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False, eos_token_id=99,
-                          attention_mask=torch.ones(1, len(prompt), dtype=torch.long))[0, len(prompt):].tolist()
-    assert ours == [t for t in ref if t != 99][:len(ours)] and len(ours) >= 1
+        ref = hf.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=24,
+            do_sample=False,
+            eos_token_id=99,
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        )[0, len(prompt) :].tolist()
+    assert ours == [t for t in ref if t != 99][: len(ours)] and len(ours) >= 1
     offline = load_causal_lm(read_body(model_dir / "config.json"), read_safetensors(model_dir))
     greedy = list(generate(offline, prompt, lambda logits, decoded: int(logits.argmax()), LAYOUT.stop_ids, 24))
     assert greedy == ours
@@ -114,9 +142,15 @@ def test_sampling_matches_offline_and_is_batch_invariant(hf_dir):
     tokens = run(engine, reqs, {0: reqs[:2], 3: reqs[2:4], 5: reqs[4:]})
     offline = load_causal_lm(read_body(model_dir / "config.json"), read_safetensors(model_dir))
     for r in reqs:
-        expected = list(generate(offline, r.text_token_ids,
-                                 lambda logits, decoded, s=r.seed: sample_one(SAMPLING, logits, decoded, (0, VOCAB), s),
-                                 LAYOUT.stop_ids, r.max_len))
+        expected = list(
+            generate(
+                offline,
+                r.text_token_ids,
+                lambda logits, decoded, s=r.seed: sample_one(SAMPLING, logits, decoded, (0, VOCAB), s),
+                LAYOUT.stop_ids,
+                r.max_len,
+            )
+        )
         assert tokens[r.req_id] == expected, r.req_id
     assert len({tuple(t) for t in tokens.values()}) == 5
 
@@ -126,8 +160,9 @@ def test_preempted_request_samples_the_same(hf_dir):
     model_dir, _ = hf_dir
     reqs = [LLMRequest(f"p{i}", PROMPTS[i], seed=i, max_len=30) for i in range(3)]
     roomy = run(LLMEngine(spec_of(model_dir), EngineConfig(**CPU_CFG), "cpu"), reqs)
-    tight = LLMEngine(spec_of(model_dir), EngineConfig(**{**CPU_CFG, "max_total_token_num": 60},
-                                                       router_max_wait_tokens=0), "cpu")
+    tight = LLMEngine(
+        spec_of(model_dir), EngineConfig(**{**CPU_CFG, "max_total_token_num": 60}, router_max_wait_tokens=0), "cpu"
+    )
     assert run(tight, reqs) == roomy and tight.scheduler.num_preemptions > 0
 
 

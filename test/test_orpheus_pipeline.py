@@ -31,7 +31,12 @@ def test_directory_is_recognised_and_read_from_its_files(model_dir, tmp_path):
     cfg = family.load_model_config(model_dir)
     t = cfg.tokens
     assert (t.bos, t.end_of_text, t.start_of_human, t.start_of_speech, t.end_of_speech) == (
-        128000, 128009, 128259, 128257, 128258)
+        128000,
+        128009,
+        128259,
+        128257,
+        128258,
+    )
     assert t.first_audio == 128266 and cfg.body.vocab_size == 156940 and cfg.body.tie_word_embeddings
     assert cfg.body.rope_scaling.factor == 32 and not cfg.body.attention_bias
     assert round(cfg.tokens_per_second, 2) == 82.03 and cfg.voices[0] == "tara"
@@ -94,8 +99,11 @@ def test_engines_produce_the_pipelines_audio(model_dir, pipeline):
     from light_tts.llm.request import LLMRequest
 
     cfg = load_model_config(model_dir)
-    llm = LLMEngine(llm_spec(cfg), EngineConfig(data_type="float32", max_req_total_len=512, running_max_req_size=4,
-                                                max_total_token_num=2048), "cpu")
+    llm = LLMEngine(
+        llm_spec(cfg),
+        EngineConfig(data_type="float32", max_req_total_len=512, running_max_req_size=4, max_total_token_num=2048),
+        "cpu",
+    )
     codec = SNACEngine(cfg, model=pipeline.snac, max_batch_size=4)
     texts = {"a": ("tara", 9, 56), "b": ("leo", 4, 35)}  # voice, seed, fixed tokens
     for k, (voice, seed, n) in texts.items():

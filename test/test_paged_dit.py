@@ -21,15 +21,16 @@ def flow(cv3_fixture_dir):
 
 
 def new_pass(cfg, f, kv_dtype=torch.float32):
-    cache = DiTCache(DiTCacheShape.from_config(cfg.flow), NUM_PAGES, NUM_SLOTS, torch.float32, kv_dtype,
-                     torch.device("cpu"))
+    cache = DiTCache(
+        DiTCacheShape.from_config(cfg.flow), NUM_PAGES, NUM_SLOTS, torch.float32, kv_dtype, torch.device("cpu")
+    )
     return cache, PagedDiT(f, cache, MAX_TOKENS), PagePool(NUM_PAGES)
 
 
 def run_paged(paged: PagedDiT, specs, bucket=None) -> list[torch.Tensor]:
     inputs = paged.build_inputs(specs, bucket=bucket, table_width=MAX_TOKENS // 25)
     mel = paged(inputs)
-    return [mel[a:a + n] for a, n in zip(inputs.frame_starts, inputs.num_frames)]
+    return [mel[a : a + n] for a, n in zip(inputs.frame_starts, inputs.num_frames)]
 
 
 def make_streams(f, shapes):
@@ -69,7 +70,7 @@ def test_shared_prefix_pages_equal_a_fresh_stream(flow):
     spec = make_spec(b, pool, 2, new, finalize, read_slot=3)
     ref = f.stream_chunk(b.dense, torch.tensor([new], dtype=torch.int32), finalize)
     (mel,) = run_paged(paged, [spec])
-    assert rel_err(mel[2 * (40 - 25):].t()[None], ref) < 1e-5
+    assert rel_err(mel[2 * (40 - 25) :].t()[None], ref) < 1e-5
 
 
 def test_whole_utterance_and_bucket_padding_equal_dense(flow):
@@ -84,8 +85,9 @@ def test_whole_utterance_and_bucket_padding_equal_dense(flow):
     new, _ = b.next_chunk()
     first = make_spec(b, pool, 2, new, finalize=False, read_slot=0)
     got = run_paged(paged, [whole, first], bucket=Bucket(num_tokens=512, num_rows=4))
-    ref_whole = f.inference(torch.tensor([a.tokens], dtype=torch.int32), a.p_tok, a.p_mel, a.emb, streaming=False,
-                            finalize=True)
+    ref_whole = f.inference(
+        torch.tensor([a.tokens], dtype=torch.int32), a.p_tok, a.p_mel, a.emb, streaming=False, finalize=True
+    )
     ref_first = f.stream_chunk(b.dense, torch.tensor([new], dtype=torch.int32), False)
     assert rel_err(got[0][80:].t()[None], ref_whole) < 1e-5
     assert rel_err(got[1][50:].t()[None], ref_first) < 1e-5

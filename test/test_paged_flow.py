@@ -51,7 +51,7 @@ class Stream:
 def make_spec(s: Stream, pool: PagePool, slot: int, new: list[int], finalize: bool, read_slot: int) -> ChunkSpec:
     p = s.p_tok.shape[1]
     is_first = s.t0 == 0 or (s.t0 < p)
-    tokens = (s.p_tok[0, s.t0:].tolist() + new) if is_first else new
+    tokens = (s.p_tok[0, s.t0 :].tolist() + new) if is_first else new
     la = 0 if finalize else 3
     num_new = len(tokens) - la
     need = -(-(s.t0 + num_new) // 25) - len(pool.streams[s.name].page_table)
@@ -59,16 +59,24 @@ def make_spec(s: Stream, pool: PagePool, slot: int, new: list[int], finalize: bo
         pool.allocate(s.name, need)
     cond = np.zeros((2 * num_new, 80), np.float32)
     prompt_frames = max(0, 2 * p - 2 * s.t0)
-    cond[:prompt_frames] = s.p_mel[0, 2 * s.t0:2 * p].numpy()
-    return ChunkSpec(slot=slot, read_slot=read_slot, page_table=pool.streams[s.name].page_table, t0=s.t0,
-                     tokens=tokens, num_lookahead=la, cond=cond)
+    cond[:prompt_frames] = s.p_mel[0, 2 * s.t0 : 2 * p].numpy()
+    return ChunkSpec(
+        slot=slot,
+        read_slot=read_slot,
+        page_table=pool.streams[s.name].page_table,
+        t0=s.t0,
+        tokens=tokens,
+        num_lookahead=la,
+        cond=cond,
+    )
 
 
 def run_paged(paged: PagedFlow, cache: FlowCache, specs: list[ChunkSpec], bucket=None) -> list[torch.Tensor]:
-    inputs = build_flow_inputs(specs, cache.shape, NUM_SLOTS, cache.scratch_page, cache.device, bucket,
-                               table_width=MAX_TOKENS // 25)
+    inputs = build_flow_inputs(
+        specs, cache.shape, NUM_SLOTS, cache.scratch_page, cache.device, bucket, table_width=MAX_TOKENS // 25
+    )
     mel = paged(inputs)
-    return [mel[a:a + n] for a, n in zip(inputs.frame_starts, inputs.num_frames)]
+    return [mel[a : a + n] for a, n in zip(inputs.frame_starts, inputs.num_frames)]
 
 
 def admit(f, streams: list[Stream], pool: PagePool, cache) -> None:
@@ -92,7 +100,7 @@ def drive(f, streams: list[Stream], pool: PagePool, cache, run) -> float:
             expected.append(f.stream_chunk(s.dense, torch.tensor([new], dtype=torch.int32), finalize))
         for (_i, s), spec, mel, ref in zip(live, specs, run(specs), expected):
             p = s.p_tok.shape[1]
-            mel = mel[max(0, 2 * p - 2 * s.t0):].t()[None]  # the dense flow drops the prompt's frames
+            mel = mel[max(0, 2 * p - 2 * s.t0) :].t()[None]  # the dense flow drops the prompt's frames
             assert mel.shape == ref.shape
             worst = max(worst, rel_err(mel, ref))
             s.t0 += spec.num_new
@@ -131,8 +139,9 @@ def test_whole_utterance_and_bucket_padding_equal_dense(flow):
     new, _ = b.next_chunk()
     first = make_spec(b, pool, 2, new, finalize=False, read_slot=0)
     got = run_paged(paged, cache, [whole, first], bucket=Bucket(num_tokens=512, num_rows=4))
-    ref_whole = f.inference(torch.tensor([a.tokens], dtype=torch.int32), a.p_tok, a.p_mel, a.emb, streaming=False,
-                            finalize=True)
+    ref_whole = f.inference(
+        torch.tensor([a.tokens], dtype=torch.int32), a.p_tok, a.p_mel, a.emb, streaming=False, finalize=True
+    )
     ref_first = f.stream_chunk(b.dense, torch.tensor([new], dtype=torch.int32), False)
     assert rel_err(got[0][80:].t()[None], ref_whole) < 1e-5
     assert rel_err(got[1][50:].t()[None], ref_first) < 1e-5

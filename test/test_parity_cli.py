@@ -8,8 +8,9 @@ import torch
 
 
 def run_cli(model_dir):
-    return subprocess.run([sys.executable, "-m", "light_tts.tools.parity", str(model_dir)],
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "light_tts.tools.parity", str(model_dir)], capture_output=True, text=True, timeout=600
+    )
 
 
 def test_parity_cli_passes_on_fixture(fixture_dir):

@@ -93,11 +93,14 @@ def test_prompt_formats(pipe):
         assert len(prompt.mel) == 2 * len(prompt.speech_tokens) > 0
 
 
-@pytest.mark.parametrize("data,match", [
-    (b"", "empty"),
-    (b"this is not audio at all" * 10, "not a readable audio file"),
-    (wav_bytes(31.0, sr=8000), "30"),
-])
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        (b"", "empty"),
+        (b"this is not audio at all" * 10, "not a readable audio file"),
+        (wav_bytes(31.0, sr=8000), "30"),
+    ],
+)
 def test_bad_prompt_audio(pipe, data, match):
     with pytest.raises(AudioError, match=match):
         list(pipe.synthesize("Hello.", data, "p"))
@@ -129,15 +132,21 @@ def test_incomplete_model_dir(tiny_dir, tmp_path):
 
 # ---- modes (the LLM-side rules are in test_modes.py): what reaches the LLM and the flow
 
+
 def test_every_mode_keeps_the_flow_prompt_and_builds_its_llm_prompt(pipe):
     """The flow gets the voice's tokens, mel and embedding in every mode; the LLM gets the transcript and the
     prompt speech (zero-shot), the instruction and its end marker (instruct), or nothing (cross-lingual)."""
     end = pipe.frontend.tokenizer.token_id("<|endofprompt|>")
-    cases = {"zero_shot": dict(prompt_text="a prompt"), "cross_lingual": dict(prompt_text=None),
-             "instruct": dict(prompt_text="a prompt", instruction="Speak slowly."),
-             "forced cross_lingual": dict(prompt_text="a prompt", mode="cross_lingual")}
-    built = {name: pipe.encode(PROMPT, kw["prompt_text"], kw.get("mode"), kw.get("instruction"))
-             for name, kw in cases.items()}
+    cases = {
+        "zero_shot": dict(prompt_text="a prompt"),
+        "cross_lingual": dict(prompt_text=None),
+        "instruct": dict(prompt_text="a prompt", instruction="Speak slowly."),
+        "forced cross_lingual": dict(prompt_text="a prompt", mode="cross_lingual"),
+    }
+    built = {
+        name: pipe.encode(PROMPT, kw["prompt_text"], kw.get("mode"), kw.get("instruction"))
+        for name, kw in cases.items()
+    }
     flow = built["zero_shot"][1]
     for name, (_llm, prompt) in built.items():
         assert np.array_equal(prompt.speech_tokens, flow.speech_tokens) and np.array_equal(prompt.mel, flow.mel)

@@ -51,8 +51,16 @@ def test_unknown_model_names_the_served_ones():
 
 
 def test_content_keys_hash_the_files(tmp_path):
-    for name, data in (("a/flow.pt", b"1"), ("a/hift.pt", b"2"), ("b/flow.pt", b"1"), ("b/hift.pt", b"2"),
-                       ("c/flow.pt", b"1"), ("c/hift.pt", b"3"), ("a/tok/v.json", b"t"), ("b/tok/v.json", b"u")):
+    for name, data in (
+        ("a/flow.pt", b"1"),
+        ("a/hift.pt", b"2"),
+        ("b/flow.pt", b"1"),
+        ("b/hift.pt", b"2"),
+        ("c/flow.pt", b"1"),
+        ("c/hift.pt", b"3"),
+        ("a/tok/v.json", b"t"),
+        ("b/tok/v.json", b"u"),
+    ):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(data)
     flow = {d: digest_files(tmp_path / d, ("flow.pt", "hift.pt")) for d in "abc"}
@@ -64,8 +72,7 @@ def test_one_llm_per_model_and_decode_groups_by_flow():
     cfg = ServerConfig(decode_process_num=2, encode_process_num=2)
     topo = plan(cfg, STYLES, num_gpus=0)
     assert decode_groups(STYLES) == [[0, 1], [2]]
-    assert [(p.rank, p.models) for p in topo.processes if p.stage == "llm"] == [(0, ("A",)), (1, ("B",)),
-                                                                               (2, ("C",))]
+    assert [(p.rank, p.models) for p in topo.processes if p.stage == "llm"] == [(0, ("A",)), (1, ("B",)), (2, ("C",))]
     decodes = [(p.rank, p.models, p.group) for p in topo.processes if p.stage == "decode"]
     assert decodes == [(0, ("A", "B"), 0), (1, ("A", "B"), 0), (2, ("C",), 1), (3, ("C",), 1)]
     assert topo.decode_ranks_of_llm(0) == topo.decode_ranks_of_llm(1) == [0, 1]
@@ -85,8 +92,11 @@ def test_one_model_plans_as_before():
     cfg = ServerConfig(decode_process_num=2, kv_cache_mem_fraction=0.3, decode_mem_fraction=0.7)
     topo = plan(cfg, [entry("tiny")], num_gpus=1)
     assert [(p.stage, p.rank, p.device, p.memory_share) for p in topo.processes] == [
-        ("encode", 0, "cpu", 0.0), ("llm", 0, "cuda:0", 0.3), ("decode", 0, "cuda:0", 0.35),
-        ("decode", 1, "cuda:0", 0.35)]
+        ("encode", 0, "cpu", 0.0),
+        ("llm", 0, "cuda:0", 0.3),
+        ("decode", 0, "cuda:0", 0.35),
+        ("decode", 1, "cuda:0", 0.35),
+    ]
     assert plan(cfg.replace(device="cuda:3"), [entry("tiny")], num_gpus=0).plan_of("decode", 1).device == "cuda:3"
 
 
@@ -177,12 +187,24 @@ def test_settings_of_a_model_without_prompt_audio_beside_one_with():
 
 
 def test_llm_replicas_spread_over_the_llm_gpus_and_share_their_model_decode_group():
-    cfg = ServerConfig(llm_replicas=2, llm_gpus="0,1", decode_gpus="2,3", decode_process_num=2,
-                       kv_cache_mem_fraction=0.5, decode_mem_fraction=0.8)
+    cfg = ServerConfig(
+        llm_replicas=2,
+        llm_gpus="0,1",
+        decode_gpus="2,3",
+        decode_process_num=2,
+        kv_cache_mem_fraction=0.5,
+        decode_mem_fraction=0.8,
+    )
     topo = plan(cfg, STYLES, num_gpus=4)
     llms = [(p.rank, p.models, p.device, p.memory_share) for p in topo.processes if p.stage == "llm"]
-    assert llms == [(0, ("A",), "cuda:0", 0.5 / 3), (1, ("A",), "cuda:1", 0.5 / 3), (2, ("B",), "cuda:0", 0.5 / 3),
-                    (3, ("B",), "cuda:1", 0.5 / 3), (4, ("C",), "cuda:0", 0.5 / 3), (5, ("C",), "cuda:1", 0.5 / 3)]
+    assert llms == [
+        (0, ("A",), "cuda:0", 0.5 / 3),
+        (1, ("A",), "cuda:1", 0.5 / 3),
+        (2, ("B",), "cuda:0", 0.5 / 3),
+        (3, ("B",), "cuda:1", 0.5 / 3),
+        (4, ("C",), "cuda:0", 0.5 / 3),
+        (5, ("C",), "cuda:1", 0.5 / 3),
+    ]
     assert topo.llm_ranks_of("A") == [0, 1] and topo.llm_ranks_of("C") == [4, 5]
     assert topo.decode_ranks_of_llm(1) == topo.decode_ranks_of_llm(2) == [0, 1]  # A's and B's group
     assert topo.decode_ranks_of_llm(5) == [2, 3]

@@ -1,6 +1,7 @@
 """Quantized kernels vs their torch references (Triton's interpreter on the CPU): fp8 rounding, per-token activation
 quantization, the fp8 (w8a8) and int8 (weight-only) linear layers, and the int8 / fp8 KV cache as the store,
 rotary and attention kernels write and read it."""
+
 import os
 
 import pytest
@@ -62,8 +63,14 @@ def test_round_e4m3_is_torchs_rounding():
     """Every e4m3 value, the midpoints between neighbours (ties to even), subnormals, values past +-448."""
     exact = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
     exact = exact[~exact.isnan()].sort().values
-    x = torch.cat([exact, (exact[1:] + exact[:-1]) / 2, torch.randn(4000) * torch.exp(torch.randn(4000) * 4),
-                   torch.tensor([460.0, -1e6, 2.0 ** -10, -(2.0 ** -10) * 3])]).to(DEVICE)
+    x = torch.cat(
+        [
+            exact,
+            (exact[1:] + exact[:-1]) / 2,
+            torch.randn(4000) * torch.exp(torch.randn(4000) * 4),
+            torch.tensor([460.0, -1e6, 2.0**-10, -(2.0**-10) * 3]),
+        ]
+    ).to(DEVICE)
     out = torch.empty_like(x)
     _round_e4m3_kernel[(triton.cdiv(x.numel(), 1024),)](x, out, x.numel(), BLOCK=1024)
     expected = x.clamp(-448, 448).to(torch.float8_e4m3fn).float()
@@ -87,7 +94,7 @@ def test_quantize_weight_per_channel(fmt):
     assert q.dtype == DTYPES[fmt] and scale.shape == (64,)
     err = (dequantize_ref(q, scale) - w).abs()
     # half a step: int8's step is the scale; e4m3's is 2^-3 of the value's power of two (2^-9 below 2^-6)
-    half_step = scale[:, None] / 2 if fmt == "int8" else w.abs() * 2 ** -4 + scale[:, None] * 2 ** -10
+    half_step = scale[:, None] / 2 if fmt == "int8" else w.abs() * 2**-4 + scale[:, None] * 2**-10
     assert (err <= half_step * 1.0001).all() and (err > 0).any()
 
 
@@ -96,7 +103,7 @@ def test_quantize_weight_per_channel(fmt):
 @pytest.mark.parametrize("dtype", DOT_DTYPES)
 def test_quant_linear_matches_reference(fmt, num_rows, dtype):
     k, n = LINEAR_SHAPE
-    w = torch.randn(n, k, device=DEVICE) / k ** 0.5
+    w = torch.randn(n, k, device=DEVICE) / k**0.5
     w_q, w_scale = quantize_weight(w, fmt)
     x, bias = randn(num_rows, k, dtype=dtype), randn(n, dtype=dtype)
     linear = ops.fp8_linear if fmt == "fp8" else ops.int8_linear
@@ -107,8 +114,9 @@ def test_quant_linear_matches_reference(fmt, num_rows, dtype):
     assert rel_l2(ref, torch.nn.functional.linear(x.float(), w, bias.float())) < {"fp8": 0.06, "int8": 0.01}[fmt]
     if IS_CUDA:  # through the dispatcher: above FP8_TRITON_MAX_ROWS rows fp8 runs torch._scaled_mm (bf16 out)
         is_scaled_mm = fmt == "fp8" and num_rows > FP8_TRITON_MAX_ROWS
-        assert rel_l2(linear(x, w_q, w_scale, bias), ref) < (1e-5 if dtype == torch.float32 and not is_scaled_mm
-                                                             else 1e-2)
+        assert rel_l2(linear(x, w_q, w_scale, bias), ref) < (
+            1e-5 if dtype == torch.float32 and not is_scaled_mm else 1e-2
+        )
 
 
 def test_fp8_scaled_mm_path():
@@ -117,8 +125,10 @@ def test_fp8_scaled_mm_path():
     k, n = LINEAR_SHAPE
     w_q, w_scale = quantize_weight(torch.randn(n, k, device=DEVICE), "fp8")
     x, bias = randn(40, k, dtype=torch.bfloat16), randn(n, dtype=torch.bfloat16)
-    assert rel_l2(fp8_linear_scaled_mm(x, w_q, w_scale, bias), ops.fp8_linear(x, w_q, w_scale, bias,
-                                                                              use_triton=False)) < 1e-2
+    assert (
+        rel_l2(fp8_linear_scaled_mm(x, w_q, w_scale, bias), ops.fp8_linear(x, w_q, w_scale, bias, use_triton=False))
+        < 1e-2
+    )
 
 
 def test_linear_ops_run_the_reference_on_cpu_tensors():
@@ -144,8 +154,10 @@ def empty_quantized_cache(num_slots: int, num_kv_heads: int, head_dim: int, fmt:
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_store_kv_quantized(fmt, dtype):
     num_tokens, num_kv_heads, head_dim, num_slots = 10, 2, 16, 40
-    k, v = randn(num_tokens, num_kv_heads, head_dim, dtype=dtype), randn(num_tokens, num_kv_heads, head_dim,
-                                                                          dtype=dtype)
+    k, v = (
+        randn(num_tokens, num_kv_heads, head_dim, dtype=dtype),
+        randn(num_tokens, num_kv_heads, head_dim, dtype=dtype),
+    )
     k[4, 1] = 0  # a zero head
     slots = torch.randperm(num_slots, device=DEVICE)[:num_tokens]
     slots[3] = -1  # padding token
@@ -175,8 +187,12 @@ def test_apply_rotary_stores_quantized_kv(fmt, dtype):
     bias, cos_sin = randn(qkv.shape[1], dtype=dtype), ops.build_cos_sin_cache(2048, head_dim, 1e6, DEVICE)
     results = []
     for use_triton in (True, False):
-        q, k, v = (x.view(num_tokens, -1, head_dim) for x in qkv.clone().split(
-            [num_q_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1))
+        q, k, v = (
+            x.view(num_tokens, -1, head_dim)
+            for x in qkv.clone().split(
+                [num_q_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1
+            )
+        )
         (k_c, k_s), (v_c, v_s) = (empty_quantized_cache(num_slots, num_kv_heads, head_dim, fmt) for _ in range(2))
         ops.apply_rotary(q, k, positions, cos_sin, v, k_c, v_c, slots, bias, k_s, v_s, use_triton=use_triton)
         results.append(((dequantize_ref(k_c, k_s), k_s), (dequantize_ref(v_c, v_s), v_s), k))
@@ -189,22 +205,32 @@ def test_apply_rotary_stores_quantized_kv(fmt, dtype):
         assert got.isnan().sum() == (num_slots - num_tokens + 1) * num_kv_heads * head_dim  # only real slots
     (k_deq, k_s), _, k = results[0]
     is_real = slots >= 0
-    assert ((k_deq[slots[is_real]] - k[is_real].float()).abs() <= k_s[slots[is_real]][..., None] * codes_per_step
-            / 2 + 1e-6).all()
+    assert (
+        (k_deq[slots[is_real]] - k[is_real].float()).abs() <= k_s[slots[is_real]][..., None] * codes_per_step / 2 + 1e-6
+    ).all()
 
 
 ATTN_QUANT_ERR = {"int8": 0.03, "fp8": 0.15}  # max |output change| of attention over a quantized random cache
 # (cache format, q dtype): every pair compiled; two in the (slow) interpreter
-ATTN_CASES = [(f, d) for f in FORMATS for d in ATTN_DTYPES] if IS_CUDA else [("int8", torch.float32),
-                                                                            ("fp8", torch.float16)]
+ATTN_CASES = (
+    [(f, d) for f in FORMATS for d in ATTN_DTYPES] if IS_CUDA else [("int8", torch.float32), ("fp8", torch.float16)]
+)
 
 
 @pytest.mark.parametrize("fmt, dtype", ATTN_CASES)
 def test_decode_attention_reads_quantized_kv(fmt, dtype, poisoned_empty):
     q, k_cache, v_cache, *meta = make_decode_case(HEAD_SHAPES[1], dtype)
     (k_q, k_s), (v_q, v_s) = quantize_cache(k_cache, fmt), quantize_cache(v_cache, fmt)
-    out = decode_attention_triton(q, k_q, v_q, *meta, max_seq_len=max(DECODE_LENS), k_scale=k_s, v_scale=v_s,
-                                  block_n=ATTN_BLOCKS.get("block_n", 32))
+    out = decode_attention_triton(
+        q,
+        k_q,
+        v_q,
+        *meta,
+        max_seq_len=max(DECODE_LENS),
+        k_scale=k_s,
+        v_scale=v_s,
+        block_n=ATTN_BLOCKS.get("block_n", 32),
+    )
     ref = ops.decode_attention(q, k_q, v_q, *meta, k_scale=k_s, v_scale=v_s, use_triton=False)
     torch.testing.assert_close(out, ref, **tolerance(dtype))
     unquantized = ops.decode_attention(q, k_cache, v_cache, *meta, use_triton=False)
@@ -216,8 +242,9 @@ def test_decode_attention_reads_quantized_kv(fmt, dtype, poisoned_empty):
 def test_prefill_attention_reads_quantized_kv(fmt, dtype, poisoned_empty):
     q, k_cache, v_cache, *meta = make_prefill_case(HEAD_SHAPES[1], dtype)
     (k_q, k_s), (v_q, v_s) = quantize_cache(k_cache, fmt), quantize_cache(v_cache, fmt)
-    out = prefill_attention_triton(q, k_q, v_q, *meta, max_new_len=max(n for n, _ in PREFILL_SEQS), k_scale=k_s,
-                                   v_scale=v_s, **ATTN_BLOCKS)
+    out = prefill_attention_triton(
+        q, k_q, v_q, *meta, max_new_len=max(n for n, _ in PREFILL_SEQS), k_scale=k_s, v_scale=v_s, **ATTN_BLOCKS
+    )
     ref = ops.prefill_attention(q, k_q, v_q, *meta, k_scale=k_s, v_scale=v_s, use_triton=False)
     torch.testing.assert_close(out, ref, **tolerance(dtype))
     unquantized = ops.prefill_attention(q, k_cache, v_cache, *meta, use_triton=False)
@@ -230,7 +257,20 @@ def test_gemm_bench_runs(tmp_path):
 
     from light_tts.bench.quant_gemm import main
 
-    main(["--out", str(tmp_path / "g.json"), "--shapes", "tiny", "--rows", "1,16", "--dtype", "float32",
-          "--device", DEVICE.type, "--no_sweep"])
+    main(
+        [
+            "--out",
+            str(tmp_path / "g.json"),
+            "--shapes",
+            "tiny",
+            "--rows",
+            "1,16",
+            "--dtype",
+            "float32",
+            "--device",
+            DEVICE.type,
+            "--no_sweep",
+        ]
+    )
     rows = json.loads((tmp_path / "g.json").read_text())["rows"]
     assert len(rows) == 2 * 2 and all(r["fp8_triton_ms"] > 0 and r["int8_triton_ms"] > 0 for r in rows)

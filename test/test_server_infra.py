@@ -20,8 +20,14 @@ from light_tts.server.runtime.topology import PortArgs
 
 @pytest.fixture
 def small_cfg():
-    return ServerConfig(running_max_req_size=3, cache_capacity=2, max_text_chars=100, max_prompt_wav_bytes=1000,
-                        max_prompt_seconds=2.0, decode_process_num=2)
+    return ServerConfig(
+        running_max_req_size=3,
+        cache_capacity=2,
+        max_text_chars=100,
+        max_prompt_wav_bytes=1000,
+        max_prompt_seconds=2.0,
+        decode_process_num=2,
+    )
 
 
 @pytest.fixture
@@ -38,8 +44,9 @@ def shared(small_cfg, tmp_path):
         part.close()
 
 
-@pytest.mark.parametrize("text,value", [("True", True), ("true", True), ("1", True), ("False", False),
-                                        ("false", False), ("0", False)])
+@pytest.mark.parametrize(
+    "text,value", [("True", True), ("true", True), ("1", True), ("False", False), ("false", False), ("0", False)]
+)
 def test_bool_flags_parse_what_people_type(text, value):
     cfg = ServerConfig.from_args(["--disable_cudagraph", text, "--load_trt", "False"])
     assert cfg.disable_cudagraph is value and cfg.load_trt is False
@@ -61,8 +68,9 @@ def test_help_groups_flags_by_stage_and_shows_each_default_once():
 
     from light_tts.server.runtime.config import GROUPS
 
-    text = subprocess.run([sys.executable, "-m", "light_tts.server.api_server", "--help"], capture_output=True,
-                          text=True, check=True).stdout
+    text = subprocess.run(
+        [sys.executable, "-m", "light_tts.server.api_server", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     sections = re.split(r"\n(?=\S[^\n]*:\n)", text.split("\noptions:\n", 1)[1])
     titles = [section.split(":\n", 1)[0] for section in sections[1:]]
     assert titles == list(GROUPS)
@@ -125,8 +133,12 @@ def test_slot_bytes_and_prompt_round_trip(shared):
     with pytest.raises(ValueError):
         slots.write_bytes(0, "wav", b"x" * 1001)
     rng = np.random.default_rng(0)
-    prompt = (np.arange(5, dtype=np.int32), np.arange(7, dtype=np.int32), rng.standard_normal(192).astype(np.float32),
-              rng.standard_normal((14, 80)).astype(np.float32))
+    prompt = (
+        np.arange(5, dtype=np.int32),
+        np.arange(7, dtype=np.int32),
+        rng.standard_normal(192).astype(np.float32),
+        rng.standard_normal((14, 80)).astype(np.float32),
+    )
     slots.write_prompt(1, *prompt)
     for got, want in zip(slots.read_prompt(1), prompt):
         np.testing.assert_array_equal(got, want)
@@ -150,8 +162,10 @@ def test_slot_claims_are_exclusive_across_processes(shared):
     settings, ports, lock, slots, _, _ = shared
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_claim_many, args=(settings.shm, ports.shm_prefix, lock, 1000 * (k + 1), out))
-             for k in range(2)]
+    procs = [
+        ctx.Process(target=_claim_many, args=(settings.shm, ports.shm_prefix, lock, 1000 * (k + 1), out))
+        for k in range(2)
+    ]
     for p in procs:
         p.start()
     claimed = [s for _ in procs for s in out.get(timeout=30) if s is not None]
@@ -162,8 +176,10 @@ def test_slot_claims_are_exclusive_across_processes(shared):
 
 def test_voice_cache_lru(shared):
     _, _, _, _, voices, _ = shared
+
     def voice(n):
         return np.full(n, n, np.int32), np.full(192, n, np.float32), np.full((2 * n, 80), n, np.float32)
+
     assert voices.get("a") is None
     voices.put("a", *voice(3))
     voices.put("b", *voice(4))
@@ -192,8 +208,10 @@ def test_form_parsing_is_strict():
     from light_tts.errors import LightTTSError
     from light_tts.server.api.request_parsing import parse_zero_shot
 
-    settings = build_settings(ServerConfig(max_text_chars=20, max_prompt_wav_bytes=100, max_req_total_len=500),
-                              ModelConfig(Path("/models/tiny")))
+    settings = build_settings(
+        ServerConfig(max_text_chars=20, max_prompt_wav_bytes=100, max_req_total_len=500),
+        ModelConfig(Path("/models/tiny")),
+    )
     app = FastAPI()
 
     @app.post("/p")
@@ -202,27 +220,47 @@ def test_form_parsing_is_strict():
             inputs = await parse_zero_shot(request, settings)
         except LightTTSError as e:
             return {"kind": e.kind}
-        return {"text": inputs.tts_text, "stream": inputs.stream, "speed": inputs.speed, "seed": inputs.seed,
-                "fixed": inputs.fixed_speech_tokens, "voice_id": inputs.voice_id, "prompt_text": inputs.prompt_text,
-                "instruct_text": inputs.instruct_text, "mode": inputs.mode}
+        return {
+            "text": inputs.tts_text,
+            "stream": inputs.stream,
+            "speed": inputs.speed,
+            "seed": inputs.seed,
+            "fixed": inputs.fixed_speech_tokens,
+            "voice_id": inputs.voice_id,
+            "prompt_text": inputs.prompt_text,
+            "instruct_text": inputs.instruct_text,
+            "mode": inputs.mode,
+        }
 
     client = TestClient(app)
 
     def post(files):
         return client.post("/p", files={k: (None, v) if k != "prompt_wav" else ("p.wav", v) for k, v in files.items()})
 
-    good = {"tts_text": "héllo".encode(), "prompt_text": b"p", "prompt_wav": b"RIFF", "stream": b"True",
-            "seed": b"7"}
-    assert post(good).json() == {"text": "héllo", "stream": True, "speed": 1.0, "seed": 7, "fixed": None,
-                                 "voice_id": None, "prompt_text": "p", "instruct_text": None, "mode": None}
+    good = {"tts_text": "héllo".encode(), "prompt_text": b"p", "prompt_wav": b"RIFF", "stream": b"True", "seed": b"7"}
+    assert post(good).json() == {
+        "text": "héllo",
+        "stream": True,
+        "speed": 1.0,
+        "seed": 7,
+        "fixed": None,
+        "voice_id": None,
+        "prompt_text": "p",
+        "instruct_text": None,
+        "mode": None,
+    }
     # a saved voice instead of the prompt fields, also as a urlencoded form (no file to upload)
     saved = {"tts_text": "héllo", "voice_id": "voice_1", "stream": "false"}
     assert client.post("/p", data=saved).json()["voice_id"] == "voice_1"
     assert client.post("/p", data=saved).json()["text"] == "héllo"
     assert post({**good, "voice_id": b"voice_1"}).json()["kind"] == "bad_request"  # both: which voice?
     assert client.post("/p", data={"tts_text": "hi"}).json()["kind"] == "bad_request"  # no voice at all
-    assert client.post("/p", content=b"tts_text=%FF&voice_id=v", headers={
-        "content-type": "application/x-www-form-urlencoded"}).json()["kind"] == "bad_text"  # strict UTF-8
+    assert (
+        client.post(
+            "/p", content=b"tts_text=%FF&voice_id=v", headers={"content-type": "application/x-www-form-urlencoded"}
+        ).json()["kind"]
+        == "bad_text"
+    )  # strict UTF-8
     assert post({**good, "fixed_speech_tokens": b"500"}).json()["fixed"] == 500
     for bad in (b"0", b"501", b"-2", b"ten", b"2.5"):
         assert post({**good, "fixed_speech_tokens": bad}).json()["kind"] == "bad_request", bad
@@ -301,8 +339,11 @@ def test_voice_cache_keys_are_per_frontend(shared):
 
     _, _, _, _, voices, _ = shared
     rng = np.random.default_rng(1)
-    feats = (np.arange(4, dtype=np.int32), rng.standard_normal(192).astype(np.float32),
-             rng.standard_normal((8, 80)).astype(np.float32))
+    feats = (
+        np.arange(4, dtype=np.int32),
+        rng.standard_normal(192).astype(np.float32),
+        rng.standard_normal((8, 80)).astype(np.float32),
+    )
     voices.put(voice_cache_key("front-1", "audio"), *feats)
     assert voices.get(voice_cache_key("front-1", "audio")) is not None  # another model of that frontend: a hit
     assert voices.get(voice_cache_key("front-2", "audio")) is None  # another frontend: its own entry
@@ -315,8 +356,9 @@ def test_a_finished_request_logs_one_line_with_its_mode(caplog):
     from light_tts.server.api.http_manager import RequestHandle
     from light_tts.server.api.request_metrics import record_finished
 
-    handle = RequestHandle(7, 0, 0, time.monotonic(), 24000, model_name="tiny", mode="instruct", num_samples=24000,
-                           voice_kind="saved")
+    handle = RequestHandle(
+        7, 0, 0, time.monotonic(), 24000, model_name="tiny", mode="instruct", num_samples=24000, voice_kind="saved"
+    )
     with caplog.at_level(logging.INFO, logger="light_tts.http"):
         record_finished("v1_audio_speech", handle, None)
         record_finished("v1_audio_speech", handle, TooLargeError("too long"))

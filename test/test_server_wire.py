@@ -47,11 +47,21 @@ PARAMS = RequestParams(req_id=7, slot=1, http_rank=0, stream=True, speed=1.0, se
 def every_message():
     batch = SpeechTokenBatch()
     batch.append(7, 0, [1, 2, 3], True, False, 99, 60)
-    return [EncodeRequest(PARAMS, False), EncodeRequest(PARAMS, True, "ef" * 32), ComputeFeatures(7, 1, 0),
-            FeaturesReady(7, 1.5), TextPiece(7, "héllo", True), LLMRequestIn(PARAMS, "ab" * 32, True),
-            TextTokens(7, [[1, 2], [3]], True), DecodeStart(PARAMS, "cd" * 32), batch,
-            AudioReady(7, 10, 3, b"\x01\x00" * 3, False), RequestFailed(7, "bad_text", "encode0", "empty"),
-            AbortRequest(7, 0), AbortDone(7, "llm0")]
+    return [
+        EncodeRequest(PARAMS, False),
+        EncodeRequest(PARAMS, True, "ef" * 32),
+        ComputeFeatures(7, 1, 0),
+        FeaturesReady(7, 1.5),
+        TextPiece(7, "héllo", True),
+        LLMRequestIn(PARAMS, "ab" * 32, True),
+        TextTokens(7, [[1, 2], [3]], True),
+        DecodeStart(PARAMS, "cd" * 32),
+        batch,
+        AudioReady(7, 10, 3, b"\x01\x00" * 3, False),
+        RequestFailed(7, "bad_text", "encode0", "empty"),
+        AbortRequest(7, 0),
+        AbortDone(7, "llm0"),
+    ]
 
 
 def test_every_message_round_trips_through_its_inbox():
@@ -165,12 +175,27 @@ def test_audio_ring_wraps_never_overwrites_unread_audio():
 
 
 def test_settings_derive_every_size_from_config_and_model():
-    model = ModelConfig(Path("/models/m16k"), sample_rate=16000, token_frame_rate=50, token_mel_ratio=2,
-                        flow=FlowConfig(spk_embed_dim=256), feat=MelConfig(num_mels=100))
-    cfg = ServerConfig(running_max_req_size=5, max_text_chars=300, max_prompt_seconds=4, cache_capacity=7,
-                       max_req_total_len=900, router_max_wait_tokens=3, data_type="bfloat16",
-                       kv_cache_mem_fraction=0.3, disable_prefix_cache=True, quantization="int8",
-                       kv_cache_dtype="fp8")
+    model = ModelConfig(
+        Path("/models/m16k"),
+        sample_rate=16000,
+        token_frame_rate=50,
+        token_mel_ratio=2,
+        flow=FlowConfig(spk_embed_dim=256),
+        feat=MelConfig(num_mels=100),
+    )
+    cfg = ServerConfig(
+        running_max_req_size=5,
+        max_text_chars=300,
+        max_prompt_seconds=4,
+        cache_capacity=7,
+        max_req_total_len=900,
+        router_max_wait_tokens=3,
+        data_type="bfloat16",
+        kv_cache_mem_fraction=0.3,
+        disable_prefix_cache=True,
+        quantization="int8",
+        kv_cache_dtype="fp8",
+    )
     s = build_settings(cfg, model)
     assert (s.model_names, s.model.sample_rate, s.model.token_rate) == (["m16k"], 16000, 50)
     assert s.shm.audio_ring_samples == 60 * 16000 and s.shm.prompt_speech_tokens == 4 * 50 + 50
@@ -178,22 +203,39 @@ def test_settings_derive_every_size_from_config_and_model():
     assert (s.shm.num_slots, s.shm.text_bytes, s.shm.cache_capacity) == (5, 1200, 7)
     engine = s.llm_engine_config("cuda:0")
     assert dataclasses.asdict(engine) == {
-        "max_total_token_num": None, "batch_max_tokens": 900, "running_max_req_size": 5,
+        "max_total_token_num": None,
+        "batch_max_tokens": 900,
+        "running_max_req_size": 5,
         "graph_max_batch_size": 5,  # every batch the request slots allow runs as a graph
-        "disable_cudagraph": False, "data_type": "bfloat16",
-        "router_max_wait_tokens": 3, "max_req_total_len": 900, "enable_prefix_cache": False,
+        "disable_cudagraph": False,
+        "data_type": "bfloat16",
+        "router_max_wait_tokens": 3,
+        "max_req_total_len": 900,
+        "enable_prefix_cache": False,
         "kv_cache_mem_fraction": 0.3,
         "first_hop_tokens": 2 * 25 - 1 + 3,  # the model's chunk (25) less one of alignment pad, and its lookahead
         "ahead_tokens": int(cfg.llm_ahead_seconds * 50),  # at the model's 50 tokens per second
-        "tokens_per_second": 50, "quantization": "int8", "kv_cache_dtype": "fp8"}
+        "tokens_per_second": 50,
+        "quantization": "int8",
+        "kv_cache_dtype": "fp8",
+    }
     assert s.llm_engine_config("cpu").data_type == "float32"
     assert s.max_fixed_speech_tokens == 900
     smaller = build_settings(dataclasses.replace(cfg, graph_max_batch_size=2), model)
     assert smaller.llm_engine_config("cuda:0").graph_max_batch_size == 2
 
 
-@pytest.mark.parametrize("mode, num_gpus, device", [("auto", 0, None), ("torch", 0, "cpu"), ("onnx", 0, None),
-                                                    ("auto", 1, "cuda:0"), ("torch", 1, "cuda:0"), ("onnx", 1, None)])
+@pytest.mark.parametrize(
+    "mode, num_gpus, device",
+    [
+        ("auto", 0, None),
+        ("torch", 0, "cpu"),
+        ("onnx", 0, None),
+        ("auto", 1, "cuda:0"),
+        ("torch", 1, "cuda:0"),
+        ("onnx", 1, None),
+    ],
+)
 def test_prompt_models_run_where_the_flag_and_the_host_say(mode, num_gpus, device):
     settings = build_settings(ServerConfig(prompt_models=mode), ModelConfig(Path("/models/tiny")), num_gpus=num_gpus)
     assert settings.prompt_device() == device
@@ -202,8 +244,9 @@ def test_prompt_models_run_where_the_flag_and_the_host_say(mode, num_gpus, devic
 def test_first_chunk_tokens_follow_the_decode_schedule():
     facts = build_settings(ServerConfig(), ModelConfig(Path("/models/tiny"))).model
     for prompt, first in ((125, 25 + 3), (126, 49 + 3), (149, 26 + 3)):  # the pad aligns prompt + hop to 25
-        assert build_settings(ServerConfig(), ModelConfig(Path("/models/tiny"))).first_chunk_tokens(
-            facts, prompt) == first
+        assert (
+            build_settings(ServerConfig(), ModelConfig(Path("/models/tiny"))).first_chunk_tokens(facts, prompt) == first
+        )
     short = build_settings(ServerConfig(first_hop_tokens=15), ModelConfig(Path("/models/tiny")))
     assert short.first_chunk_tokens(facts, 126) == 15 + 3
 
@@ -226,18 +269,29 @@ STAGE_IMPORTS = {
     "decode": ("light_tts.server.workers.decode_worker", "light_tts.decode.engine"),
     "http": ("light_tts.server.api.app",),
 }
-NOT_RUN_BY = {"llm": ("light_tts.pipeline", "light_tts.frontend.frontend", "soundfile", "onnxruntime", "fastapi",
-                      "light_tts.decode"),
-              "decode": ("light_tts.pipeline", "light_tts.frontend.frontend", "onnxruntime", "fastapi",
-                         "light_tts.llm"),
-              "http": ("torch", "light_tts.pipeline", "onnxruntime", "soundfile")}
+NOT_RUN_BY = {
+    "llm": (
+        "light_tts.pipeline",
+        "light_tts.frontend.frontend",
+        "soundfile",
+        "onnxruntime",
+        "fastapi",
+        "light_tts.decode",
+    ),
+    "decode": ("light_tts.pipeline", "light_tts.frontend.frontend", "onnxruntime", "fastapi", "light_tts.llm"),
+    "http": ("torch", "light_tts.pipeline", "onnxruntime", "soundfile"),
+}
 
 
 @pytest.mark.parametrize("stage", list(STAGE_IMPORTS))
 def test_a_stage_imports_only_what_it_runs(stage):
-    code = ("import sys, json; " + "; ".join(f"import {m}" for m in STAGE_IMPORTS[stage])
-            + "; print(json.dumps(sorted(sys.modules)))")
-    modules = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                        check=True).stdout)
+    code = (
+        "import sys, json; "
+        + "; ".join(f"import {m}" for m in STAGE_IMPORTS[stage])
+        + "; print(json.dumps(sorted(sys.modules)))"
+    )
+    modules = json.loads(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    )
     loaded = [m for m in modules if any(m == bad or m.startswith(bad + ".") for bad in NOT_RUN_BY[stage])]
     assert loaded == []

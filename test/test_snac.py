@@ -29,6 +29,7 @@ def released(tmp_path_factory):
     sd = snac_state_dict(TINY, torch.Generator().manual_seed(0))
     out = tmp_path_factory.mktemp("snac")
     import json
+
     (out / "config.json").write_text(json.dumps(snac_config_json(TINY)))
     torch.save(sd, out / "pytorch_model.bin")
     return out, sd
@@ -141,7 +142,7 @@ def run_engine(engine: SNACEngine, streams: dict[str, list[int]], piece: int) ->
     while engine.num_active():
         for k, ids in streams.items():
             if k in engine.requests:
-                chunk = ids[pos[k]:pos[k] + piece]
+                chunk = ids[pos[k] : pos[k] + piece]
                 pos[k] += len(chunk)
                 engine.push_tokens(k, chunk, pos[k] >= len(ids))
         for out in engine.step():
@@ -173,9 +174,10 @@ def test_engine_batches_streams_and_each_gets_its_own_audio(ours):
         np.testing.assert_allclose(together[k], alone, atol=2e-6)
     # the windows are the reference's: frame 5 of `a` is the second frame of the window over frames 4..7
     frames = FrameParser(IDS).feed(streams["a"])
-    window = decode_rows(ours, torch.tensor([frames[4:8]]), torch.tensor([SEEDS["a"]]), torch.tensor([8]),
-                         torch.float32)[0].numpy()
-    np.testing.assert_allclose(together["a"][5 * 2048:6 * 2048], window[2048:4096], atol=2e-6)
+    window = decode_rows(
+        ours, torch.tensor([frames[4:8]]), torch.tensor([SEEDS["a"]]), torch.tensor([8]), torch.float32
+    )[0].numpy()
+    np.testing.assert_allclose(together["a"][5 * 2048 : 6 * 2048], window[2048:4096], atol=2e-6)
 
 
 class FakeClock:
@@ -226,7 +228,7 @@ def test_windows_ahead_of_their_listeners_wait_and_gather(ours):
     engine.push_tokens("a", streams["a"][42:49], False)
     assert step() == {"a", "b", "c"} and len(engine.take_step_times()) == 1
     for k, ids in streams.items():  # the ends: a request whose frames are all in goes at once
-        engine.push_tokens(k, ids[len(ids) - 7 if k == "a" else 35:], True)
+        engine.push_tokens(k, ids[len(ids) - 7 if k == "a" else 35 :], True)
     while engine.num_active():
         step()
     for k, ids in streams.items():

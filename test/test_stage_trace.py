@@ -56,19 +56,29 @@ def test_server_timing_round_trips_through_the_benchmark_parser():
 
 
 def test_parser_follows_the_w3c_grammar():
-    header = ('cache;desc="Cache, Read";dur=23.2, db ; dur = 53 ; desc=x, app;dur=47.2, missedCache, '
-              'db;dur=99, bad;dur=abc, ;dur=1')
-    assert parse_server_timing(header) == {"cache": pytest.approx(0.0232), "db": pytest.approx(0.053),
-                                           "app": pytest.approx(0.0472), "missedCache": 0.0, "bad": 0.0}
+    header = (
+        'cache;desc="Cache, Read";dur=23.2, db ; dur = 53 ; desc=x, app;dur=47.2, missedCache, '
+        "db;dur=99, bad;dur=abc, ;dur=1"
+    )
+    assert parse_server_timing(header) == {
+        "cache": pytest.approx(0.0232),
+        "db": pytest.approx(0.053),
+        "app": pytest.approx(0.0472),
+        "missedCache": 0.0,
+        "bad": 0.0,
+    }
     assert parse_server_timing(None) == {} and parse_server_timing("") == {}
 
 
-@pytest.mark.parametrize("needed, steps, is_end, crossing", [
-    (28, [10, 10, 10], False, 2),  # a stream crosses its first chunk with the third batch
-    (28, [28, 5], False, 0),  # exactly on the first batch, and only once
-    (28, [5, 5], True, 1),  # a sentence shorter than a chunk: its end is the first audio
-    (None, [30, 30], True, 1),  # non-stream: the whole sentence
-])
+@pytest.mark.parametrize(
+    "needed, steps, is_end, crossing",
+    [
+        (28, [10, 10, 10], False, 2),  # a stream crosses its first chunk with the third batch
+        (28, [28, 5], False, 0),  # exactly on the first batch, and only once
+        (28, [5, 5], True, 1),  # a sentence shorter than a chunk: its end is the first audio
+        (None, [30, 30], True, 1),  # non-stream: the whole sentence
+    ],
+)
 def test_first_chunk_is_crossed_once(needed, steps, is_end, crossing):
     num, crossed = 0, []
     for k, n in enumerate(steps):
@@ -84,8 +94,11 @@ def record(ttfa, **stages_ms):
 
 
 def test_stage_summary_keeps_the_server_order_and_adds_the_network_share():
-    records = [record(0.110, parse=1, flow=40, total=100), record(0.230, parse=3, flow=80, total=200),
-               {"ttfa_s": 0.5, "stages_s": {}}]  # a server without the header
+    records = [
+        record(0.110, parse=1, flow=40, total=100),
+        record(0.230, parse=3, flow=80, total=200),
+        {"ttfa_s": 0.5, "stages_s": {}},
+    ]  # a server without the header
     summary = stage_summary(records)
     assert list(summary) == ["parse", "flow", TOTAL, NETWORK]
     assert summary["flow"]["p50"] == pytest.approx(0.060) and summary["flow"]["mean"] == pytest.approx(0.060)

@@ -50,13 +50,16 @@ def test_split_to_budget_keeps_the_text_and_its_clusters():
     assert not any(unicodedata.combining(p[0]) for p in parts)  # a mark stays with its letter
 
 
-@pytest.mark.parametrize("name,text", [
-    ("600 words, no punctuation", " ".join(["word"] * 600)),
-    ("3000 letters, no space", "x" * 3000),
-    ("a letter and 900 combining marks", "a" + "\u0301" * 900),
-    ("Chinese without punctuation", "语音合成系统把文字变成声音" * 40),
-    ("one long sentence among short ones", "Short. " + "very " * 400 + "long. Short again."),
-])
+@pytest.mark.parametrize(
+    "name,text",
+    [
+        ("600 words, no punctuation", " ".join(["word"] * 600)),
+        ("3000 letters, no space", "x" * 3000),
+        ("a letter and 900 combining marks", "a" + "\u0301" * 900),
+        ("Chinese without punctuation", "语音合成系统把文字变成声音" * 40),
+        ("one long sentence among short ones", "Short. " + "very " * 400 + "long. Short again."),
+    ],
+)
 def test_no_sentence_exceeds_the_budget(normalizer, name, text):
     pieces = normalizer.normalize_and_split(text)
     assert all(len(byte_tokens(p)) <= MAX_SENTENCE_TOKENS for p in pieces), [len(byte_tokens(p)) for p in pieces]
@@ -71,8 +74,10 @@ def test_text_the_normaliser_chokes_on_falls_back_with_a_warning(normalizer, tex
     assert pieces and all(p.strip() for p in pieces)
 
 
-@pytest.mark.parametrize("text,speakable", [("😀😀😀", False), ("?!...", False), ("", False), ("   ", False),
-                                            ("$$$", True), ("Hi", True), ("\x1b[0m", False)])
+@pytest.mark.parametrize(
+    "text,speakable",
+    [("😀😀😀", False), ("?!...", False), ("", False), ("   ", False), ("$$$", True), ("Hi", True), ("\x1b[0m", False)],
+)
 def test_has_speech_matches_normalize_and_split(normalizer, text, speakable):
     assert normalizer.has_speech(text) is speakable
     if not speakable:

@@ -32,9 +32,11 @@ def wav_bytes(seconds: float = 1.0, hz: float = 220.0, rate: int = 16000) -> byt
 
 def features(seed: int = 0, num_tokens: int = 25) -> PromptFeatures:
     rng = np.random.default_rng(seed)
-    return PromptFeatures(rng.integers(0, 6561, num_tokens).astype(np.int32),
-                          rng.standard_normal(192).astype(np.float32),
-                          rng.standard_normal((2 * num_tokens, 80)).astype(np.float32))
+    return PromptFeatures(
+        rng.integers(0, 6561, num_tokens).astype(np.int32),
+        rng.standard_normal(192).astype(np.float32),
+        rng.standard_normal((2 * num_tokens, 80)).astype(np.float32),
+    )
 
 
 def create_voices(data_dir: str, num: int, tag: str) -> tuple[list[str], int]:
@@ -44,8 +46,9 @@ def create_voices(data_dir: str, num: int, tag: str) -> tuple[list[str], int]:
     for k in range(num):
         try:
             # distinct audio per voice, so that every voice has its own key
-            created.append(store.create(f"{tag}{k}", "hi", wav_bytes(hz=200 + 10 * k + 100 * int(tag[1:])),
-                                        features(k), 1.0).id)
+            created.append(
+                store.create(f"{tag}{k}", "hi", wav_bytes(hz=200 + 10 * k + 100 * int(tag[1:])), features(k), 1.0).id
+            )
         except VoiceLimitError:
             refused += 1
     return created, refused
@@ -96,9 +99,15 @@ def test_crud(tmp_path):
 
     assert voice.voice_key == voice_key(audio)  # the key the encode process's voice cache uses
     # the agreed wire shape (a saved voice has no `model`, which only a model's named voice carries)
-    assert VoiceObject.of(voice).model_dump() == {"id": voice.id, "object": "voice", "name": "Alice",
-                                                  "text": "Hello there.", "duration_s": 1.5,
-                                                  "created_at": voice.created_at, "aliases": []}
+    assert VoiceObject.of(voice).model_dump() == {
+        "id": voice.id,
+        "object": "voice",
+        "name": "Alice",
+        "text": "Hello there.",
+        "duration_s": 1.5,
+        "created_at": voice.created_at,
+        "aliases": [],
+    }
     assert store.get(voice.id) == voice and store.list() == [voice]
     prompt = store.load_features(voice.id)
     assert (prompt.voice_key, prompt.text) == (voice.voice_key, "Hello there.")
@@ -228,8 +237,10 @@ def test_features_of_another_frontend_come_back_as_the_audio(tmp_path):
 
 def test_a_version_1_store_is_migrated(tmp_path):
     db = sqlite3.connect(tmp_path / "voices.sqlite3")
-    db.execute("CREATE TABLE voices (id TEXT PRIMARY KEY, name TEXT NOT NULL, text TEXT NOT NULL, "
-               "duration_s REAL NOT NULL, created_at INTEGER NOT NULL, voice_key TEXT NOT NULL)")
+    db.execute(
+        "CREATE TABLE voices (id TEXT PRIMARY KEY, name TEXT NOT NULL, text TEXT NOT NULL, "
+        "duration_s REAL NOT NULL, created_at INTEGER NOT NULL, voice_key TEXT NOT NULL)"
+    )
     db.execute("INSERT INTO voices VALUES ('voice_ab12', 'old', 't', 1.0, 0, 'k')")
     db.execute("PRAGMA user_version=1")
     db.commit()

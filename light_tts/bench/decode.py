@@ -86,8 +86,9 @@ def lockstep(engine, batch: int, num_chunks: int, tag: str) -> float:
     ids = [f"{tag}-{i}" for i in range(batch)]
     pad = -PROMPT_TOKENS % 25
     for i, req_id in enumerate(ids):
-        engine.add_request(req_id, make_prompt(0), seed=i, stream=True, max_tokens=25 * (num_chunks + 1) + pad + 3,
-                           prefix_key="voice")
+        engine.add_request(
+            req_id, make_prompt(0), seed=i, stream=True, max_tokens=25 * (num_chunks + 1) + pad + 3, prefix_key="voice"
+        )
     num_audio, start = 0, 0.0
     for chunk in range(num_chunks):
         for req_id in ids:
@@ -116,20 +117,27 @@ def section_errors(cfg, device: str) -> dict:
     out["paged_vs_dense_fp32_audio"] = rel_l2(ref_audio, dense)
     del ref_engine, session
     free(torch.device(device))
-    cases = [("fused fp32", "fp32", None, "fused"), ("fp16", "fp16", None, "today"),
-             ("fused fp16", "fp16", None, "fused"), ("bf16", "bf16", None, "today"),
-             ("fp16+fp8 pages", "fp16", "fp8_e4m3", "today")]
+    cases = [
+        ("fused fp32", "fp32", None, "fused"),
+        ("fp16", "fp16", None, "today"),
+        ("fused fp16", "fp16", None, "fused"),
+        ("bf16", "bf16", None, "today"),
+        ("fp16+fp8 pages", "fp16", "fp8_e4m3", "today"),
+    ]
     for name, dtype, kv, variant in cases:
-        engine = make_engine(cfg, dtype, kv, graphs=device == "cuda", num_pages=64, max_pass_tokens=1024,
-                             device=device, variant=variant)
+        engine = make_engine(
+            cfg, dtype, kv, graphs=device == "cuda", num_pages=64, max_pass_tokens=1024, device=device, variant=variant
+        )
         audio, mel = run_stream(engine, tokens)
         out[f"{name}_vs_fp32_audio"] = rel_l2(audio, ref_audio)
         out[f"{name}_vs_fp32_mel"] = rel_l2(mel, ref_mel)
         del engine
         free(torch.device(device))
     # HiFT's fp16 convolutions against fp32, the same mel and keyed noise
-    engines = {v: make_engine(cfg, "fp32", None, graphs=False, num_pages=16, device=device, variant=v)
-               for v in ("fused", "half")}
+    engines = {
+        v: make_engine(cfg, "fp32", None, graphs=False, num_pages=16, device=device, variant=v)
+        for v in ("fused", "half")
+    }
     for e in engines.values():
         e.keyed_noise = True
     audio = {v: torch.cat(HiFTRows(e, 4)(), dim=0).cpu().numpy().ravel() for v, e in engines.items()}
@@ -149,8 +157,12 @@ def section_kernels(cfg, engine) -> dict:
     finally:
         engine.hift.runner, engine.hift.keyed_runner = graphs
     print(f"  kernels per 1-second chunk: flow {flow} + HiFT {hift} = {flow + hift}", flush=True)
-    return {"flow": flow, "hift": hift, "total": flow + hift,
-            "unit": "CUDA kernels" if engine.device.type == "cuda" else "CPU operators"}
+    return {
+        "flow": flow,
+        "hift": hift,
+        "total": flow + hift,
+        "unit": "CUDA kernels" if engine.device.type == "cuda" else "CPU operators",
+    }
 
 
 def section_chunks(engine, batches: list[int]) -> dict:
@@ -171,8 +183,7 @@ def section_chunks(engine, batches: list[int]) -> dict:
 
 def section_flat(cfg, device: str) -> dict:
     """One 30-second stream (5-second prompt): step time of chunk 1..30 (graphs, fp16)."""
-    engine = make_engine(cfg, "fp16", None, graphs=device == "cuda", max_pass_tokens=1024, num_pages=128,
-                         device=device)
+    engine = make_engine(cfg, "fp16", None, graphs=device == "cuda", max_pass_tokens=1024, num_pages=128, device=device)
     g = np.random.default_rng(1)
     engine.add_request("flat", make_prompt(0), seed=1, stream=True, max_tokens=800, prefix_key="voice")
     pad = -PROMPT_TOKENS % 25
@@ -186,8 +197,12 @@ def section_flat(cfg, device: str) -> dict:
         engine.step()
     del engine
     free(torch.device(device))
-    return {"ms_per_chunk": times, "chunk5_ms": times[4], "chunk30_ms": times[29],
-            "chunk30_over_chunk5": times[29] / times[4]}
+    return {
+        "ms_per_chunk": times,
+        "chunk5_ms": times[4],
+        "chunk30_ms": times[29],
+        "chunk30_over_chunk5": times[29] / times[4],
+    }
 
 
 def hift_roofline(engine) -> tuple[float, float]:
@@ -220,17 +235,29 @@ def section_throughput(cfg, engine, rows_list: list[int], context_s: float) -> d
             step_ms = t["overlapped_ms"]
         inputs = engine.runner.build(aliased_specs(engine, rows, ctx), None)  # the eager pass its graph replays
         kernels = count_kernels(lambda inputs=inputs: engine.runner.paged(inputs), engine.device)
-        row = {**t, "step_ms": step_ms, "audio_s_per_s": rows / (step_ms / 1e3),
-               "hift_share": t["hift_ms"] / (t["flow_ms"] + t["hift_ms"]),
-               "flow": roofline_row(flops_of(cfg, rows, 25, ctx), bytes_of(cfg, engine.flow, rows, 25, ctx, act, kv),
-                                    t["flow_ms"] / 1e3, kernels, name),
-               "hift": roofline_row(rows * hift_flops, rows * hift_bytes, t["hift_ms"] / 1e3, None, name)}
+        row = {
+            **t,
+            "step_ms": step_ms,
+            "audio_s_per_s": rows / (step_ms / 1e3),
+            "hift_share": t["hift_ms"] / (t["flow_ms"] + t["hift_ms"]),
+            "flow": roofline_row(
+                flops_of(cfg, rows, 25, ctx),
+                bytes_of(cfg, engine.flow, rows, 25, ctx, act, kv),
+                t["flow_ms"] / 1e3,
+                kernels,
+                name,
+            ),
+            "hift": roofline_row(rows * hift_flops, rows * hift_bytes, t["hift_ms"] / 1e3, None, name),
+        }
         result[rows] = row
-        print(f"  {context_s:.0f}s ctx rows {rows}: flow {t['flow_ms']:.1f} + HiFT {t['hift_ms']:.1f} ms "
-              f"({100 * row['hift_share']:.0f}%), step {step_ms:.1f} ms -> {row['audio_s_per_s']:.0f} audio s/s; "
-              f"flow {row['flow']['tflops']:.1f} TFLOP/s {row['flow']['gbs']:.0f} GB/s "
-              f"({row['flow'].get('bound', '?')}), HiFT {row['hift']['tflops']:.1f} TFLOP/s "
-              f"{row['hift']['gbs']:.0f} GB/s", flush=True)
+        print(
+            f"  {context_s:.0f}s ctx rows {rows}: flow {t['flow_ms']:.1f} + HiFT {t['hift_ms']:.1f} ms "
+            f"({100 * row['hift_share']:.0f}%), step {step_ms:.1f} ms -> {row['audio_s_per_s']:.0f} audio s/s; "
+            f"flow {row['flow']['tflops']:.1f} TFLOP/s {row['flow']['gbs']:.0f} GB/s "
+            f"({row['flow'].get('bound', '?')}), HiFT {row['hift']['tflops']:.1f} TFLOP/s "
+            f"{row['hift']['gbs']:.0f} GB/s",
+            flush=True,
+        )
     return result
 
 
@@ -251,17 +278,24 @@ def memory_capacity(cfg, free_bytes: int) -> dict:
         pages = int(0.85 * free_bytes) // page
         own_10 = -(-(PROMPT_TOKENS + 250) // 25) - (PROMPT_TOKENS - 3) // 25
         own_30 = -(-(PROMPT_TOKENS + 750) // 25) - (PROMPT_TOKENS - 3) // 25
-        out[kv] = {"mb_per_page": page / 1e6, "mb_per_stream_second": page / 1e6, "pages_in_85pct_free": pages,
-                   "streams_of_10s_shared_5s_prompt": pages // own_10,
-                   "streams_of_30s_shared_5s_prompt": pages // own_30}
+        out[kv] = {
+            "mb_per_page": page / 1e6,
+            "mb_per_stream_second": page / 1e6,
+            "pages_in_85pct_free": pages,
+            "streams_of_10s_shared_5s_prompt": pages // own_10,
+            "streams_of_30s_shared_5s_prompt": pages // own_30,
+        }
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--model-dir", type=Path, help="a model directory (e.g. the tiny fixture); default: random "
-                                                       "full-size weights in a temporary directory")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        help="a model directory (e.g. the tiny fixture); default: random full-size weights in a temporary directory",
+    )
     parser.add_argument("--sections", default="errors,memory,kernels,chunks,flat,throughput")
     parser.add_argument("--variants", default="today,new")
     parser.add_argument("--batches", default="1,4,16,64")
@@ -278,8 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [int(r) for r in args.rows.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         cfg = model_config(args.model_dir or Path(tmp))
-        results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                   "torch": torch.__version__}
+        results = {
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            "torch": torch.__version__,
+        }
         started = time.perf_counter()
         for name in (s for s in ("errors", "memory", "flat") if s in sections):
             print(f"== {name}", flush=True)
@@ -293,8 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         per_variant = [s for s in ("kernels", "chunks", "throughput") if s in sections]
         for variant in args.variants.split(",") if per_variant else []:
             dtype = "fp16" if device.type == "cuda" else "fp32"
-            engine = make_engine(cfg, dtype, args.kv, graphs=device.type == "cuda", device=args.device,
-                                 variant=variant)
+            engine = make_engine(cfg, dtype, args.kv, graphs=device.type == "cuda", device=args.device, variant=variant)
             for name in per_variant:
                 print(f"== {name} [{variant}]", flush=True)
                 if name == "kernels":

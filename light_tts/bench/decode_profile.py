@@ -31,8 +31,11 @@ def kernel_table(fn, top: int) -> dict:
             groups[e.name[:90]].append(e.device_time_total)
     total_us = sum(sum(v) for v in groups.values())
     rows = sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:top]
-    return {"kernels": sum(len(v) for v in groups.values()), "gpu_ms": total_us / 1e3,
-            "top": [{"name": k, "count": len(v), "ms": sum(v) / 1e3} for k, v in rows]}
+    return {
+        "kernels": sum(len(v) for v in groups.values()),
+        "gpu_ms": total_us / 1e3,
+        "top": [{"name": k, "count": len(v), "ms": sum(v) / 1e3} for k, v in rows],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,11 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", default="new", choices=sorted(VARIANTS))
     args = parser.parse_args(argv)
     cfg = random_model_dir(args.model_dir or Path(tempfile.mkdtemp()))
-    engine = make_engine(cfg, args.dtype, None, graphs=False, num_pages=64, max_pass_tokens=1024,
-                         variant=args.variant)
+    engine = make_engine(cfg, args.dtype, None, graphs=False, num_pages=64, max_pass_tokens=1024, variant=args.variant)
     inputs = engine.runner.build([one_chunk_spec(engine)], None)
-    out = {"gpu": torch.cuda.get_device_name(), "variant": args.variant,
-           "flow_b1": kernel_table(lambda: engine.runner.paged(inputs), args.top)}
+    out = {
+        "gpu": torch.cuda.get_device_name(),
+        "variant": args.variant,
+        "flow_b1": kernel_table(lambda: engine.runner.paged(inputs), args.top),
+    }
     out["hift_32rows"] = kernel_table(HiFTRows(engine, 32), args.top)
     args.out.write_text(json.dumps(out, indent=1))
     for part in ("flow_b1", "hift_32rows"):

@@ -76,8 +76,7 @@ class ScheduledStreamServer:
         loop = asyncio.get_running_loop()
         start = loop.time()
         schedule = self.schedules[int(fields.get("seed", b"0")) % len(self.schedules)]
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
         for send_s, num_samples in schedule:
             await asyncio.sleep(start + send_s - loop.time())
             writer.write(b"%x\r\n%s\r\n" % (num_samples * BYTES_PER_SAMPLE, bytes(num_samples * BYTES_PER_SAMPLE)))
@@ -90,14 +89,15 @@ def form_fields(body: bytes) -> dict[str, bytes]:
     out, matches = {}, list(FIELD.finditer(body))
     for m, nxt in zip(matches, [*matches[1:], None]):
         end = body.rfind(b"\r\n--", m.end(), nxt.start() if nxt else len(body))
-        out[m.group(1).decode()] = body[m.end():end]
+        out[m.group(1).decode()] = body[m.end() : end]
     return out
 
 
 def answer(writer: asyncio.StreamWriter, status: int, payload: dict) -> None:
     msg = json.dumps(payload).encode()
-    writer.write(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                 % (status, len(msg), msg))
+    writer.write(
+        b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (status, len(msg), msg)
+    )
 
 
 class ServerThread:

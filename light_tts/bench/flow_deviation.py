@@ -26,10 +26,17 @@ from light_tts.token2wav import HopPolicy
 
 def run(cfg, device: str, tokens: list[int], **limits) -> tuple[np.ndarray, np.ndarray]:
     dtype = torch.float32 if device == "cpu" else torch.float16
-    engine = DecodeEngine(cfg, device, max_batch_size=4, hop_policy=HopPolicy("fixed"), dtype=dtype,
-                          use_cuda_graph=False, limits=EngineLimits(max_stream_tokens=len(tokens), num_pages=18,
-                                                                    max_prompt_tokens=150, max_streams=4,
-                                                                    max_prefixes=2, **limits))
+    engine = DecodeEngine(
+        cfg,
+        device,
+        max_batch_size=4,
+        hop_policy=HopPolicy("fixed"),
+        dtype=dtype,
+        use_cuda_graph=False,
+        limits=EngineLimits(
+            max_stream_tokens=len(tokens), num_pages=18, max_prompt_tokens=150, max_streams=4, max_prefixes=2, **limits
+        ),
+    )
     mels, audio = [], []
     original = engine._hift
 
@@ -40,7 +47,7 @@ def run(cfg, device: str, tokens: list[int], **limits) -> tuple[np.ndarray, np.n
     engine._hift = record
     engine.add_request("s", make_prompt(0), seed=3, stream=True, max_tokens=len(tokens))
     for i in range(0, len(tokens), 25):
-        engine.push_tokens("s", tokens[i:i + 25], is_last=i + 25 >= len(tokens))
+        engine.push_tokens("s", tokens[i : i + 25], is_last=i + 25 >= len(tokens))
         while engine.has_work():
             audio += [o.audio for o in engine.step()]
     del engine._hift, engine  # the recording closure referenced the engine: free its pool before the next run
@@ -60,15 +67,18 @@ def main(argv: list[str] | None = None) -> int:
         cfg = random_model_dir(Path(tmp))
         base_mel, base_audio = run(cfg, args.device, tokens)
         out = {"device": args.device, "seconds": args.seconds}
-        for name, limits in (("first_hop_tokens=15", {"first_hop_tokens": 15}),
-                             ("flow_context_window=2", {"context_window_pages": 2}),
-                             ("flow_context_window=4", {"context_window_pages": 4})):
+        for name, limits in (
+            ("first_hop_tokens=15", {"first_hop_tokens": 15}),
+            ("flow_context_window=2", {"context_window_pages": 2}),
+            ("flow_context_window=4", {"context_window_pages": 4}),
+        ):
             mel, audio = run(cfg, args.device, tokens, **limits)
             past_first = 2 * 25  # frames after the first second of generated audio
-            out[name] = {"mel": rel_l2(mel.reshape(-1), base_mel.reshape(-1)),
-                         "mel_after_first_second": rel_l2(mel[past_first:].reshape(-1),
-                                                          base_mel[past_first:].reshape(-1)),
-                         "audio": rel_l2(audio, base_audio)}
+            out[name] = {
+                "mel": rel_l2(mel.reshape(-1), base_mel.reshape(-1)),
+                "mel_after_first_second": rel_l2(mel[past_first:].reshape(-1), base_mel[past_first:].reshape(-1)),
+                "audio": rel_l2(audio, base_audio),
+            }
             print(name, json.dumps(out[name]), flush=True)
         args.out.write_text(json.dumps(out, indent=1))
     return 0

@@ -22,8 +22,15 @@ from pathlib import Path
 
 import torch
 
-TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int32: "i32",
-                torch.int64: "i64", torch.float8_e4m3fn: "fp8e4nv", torch.bool: "i1"}
+TRITON_TYPES = {
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.float32: "fp32",
+    torch.int32: "i32",
+    torch.int64: "i64",
+    torch.float8_e4m3fn: "fp8e4nv",
+    torch.bool: "i1",
+}
 
 
 @contextmanager
@@ -65,8 +72,11 @@ def compile_launch(fn, bound: dict, options: dict, arch: int) -> dict:
             signature[param.name] = "i64" if abs(value) >= 2**31 else "i32"
         else:
             signature[param.name] = "fp32"
-    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
-                            target=GPUTarget("cuda", arch, 32), options=options)
+    kernel = triton.compile(
+        ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+        target=GPUTarget("cuda", arch, 32),
+        options=options,
+    )
     return {"shared_bytes": kernel.metadata.shared, **ptxas_report(kernel.asm["ptx"], arch)}
 
 
@@ -78,8 +88,12 @@ def ptxas_report(ptx: str, arch: int) -> dict:
         src = Path(tmp) / "k.ptx"
         src.write_text(ptx)
         suffix = "a" if arch >= 90 else ""
-        out = subprocess.run([ptxas, f"-arch=sm_{arch}{suffix}", "-v", str(src), "-o", str(Path(tmp) / "k.o")],
-                             capture_output=True, text=True, check=True).stderr
+        out = subprocess.run(
+            [ptxas, f"-arch=sm_{arch}{suffix}", "-v", str(src), "-o", str(Path(tmp) / "k.o")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stderr
     regs = re.search(r"Used (\d+) registers", out)
     spills = re.search(r"(\d+) bytes spill stores", out)
     return {"registers": int(regs.group(1)) if regs else None, "spill_bytes": int(spills.group(1)) if spills else 0}
@@ -103,35 +117,77 @@ def fused_launches(dtype: torch.dtype, rows: int, splits: int, kv_dtype: torch.d
     enc_pool, enc_norm = t(4, 2, 1, heads, 25, d), torch.nn.LayerNorm(512).to(dtype)
     scale = torch.ones(4, 2, 2, heads) if kv_dtype == torch.float8_e4m3fn else None
     items = {k: i32(8) for k in ("page", "branch", "row", "len")}
-    attn_rows = {k: i32(4) for k in ("q_start", "num_q", "pos0", "ctx", "stream", "branch", "mode", "skip_lo",
-                                     "skip_hi")}
+    attn_rows = {
+        k: i32(4) for k in ("q_start", "num_q", "pos0", "ctx", "stream", "branch", "mode", "skip_lo", "skip_hi")
+    }
     o = t(rows, heads, splits, d, dt=torch.float32) if splits > 1 else t(rows, heads, d)
     lse = torch.zeros(rows, heads, splits) if splits > 1 else None
     taps = torch.zeros(rows, 3, dtype=torch.int64)
     idx = torch.zeros(8, dtype=torch.int64)
     return [
         ("qkv_store", lambda: qkv_store_triton(t(rows, c), t(3 * heads * d, c), pool, scale, items, heads)),
-        ("attention", lambda: flow_attention_partials(t(rows, heads, d), pool, scale, i32(8).view(2, 4), attn_rows,
-                                                      i32(4), i32(4), page, 64, splits)),
-        ("block_tail", lambda: block_tail_triton(t(rows, c), o, lse, t(c, heads * d), t(c), norm, t(4 * c, c),
-                                                 t(4 * c), t(c, 4 * c), t(c), norm)),
-        ("tap_conv resnet1 (320 in)", lambda: tap_conv_triton(t(rows, 320), t(8, 320), idx, taps, t(c, 960), t(c),
-                                                              norm, add=t(c))),
-        ("tap_conv resnet2 (+1x1, norm, save)", lambda: tap_conv_triton(
-            t(rows, c), t(8, c), idx, taps, t(c, 3 * c), t(c), norm, res=(t(rows, 2 * c), t(c, 2 * c), t(c)),
-            next_norm=norm, save=(t(rows, 2 * c), t(8, 2 * c), idx, idx))),
-        ("tap_conv up (512 in)", lambda: tap_conv_triton(t(rows, 2 * c), t(8, 2 * c), idx, taps, t(c, 6 * c),
-                                                         t(c))),
+        (
+            "attention",
+            lambda: flow_attention_partials(
+                t(rows, heads, d), pool, scale, i32(8).view(2, 4), attn_rows, i32(4), i32(4), page, 64, splits
+            ),
+        ),
+        (
+            "block_tail",
+            lambda: block_tail_triton(
+                t(rows, c), o, lse, t(c, heads * d), t(c), norm, t(4 * c, c), t(4 * c), t(c, 4 * c), t(c), norm
+            ),
+        ),
+        (
+            "tap_conv resnet1 (320 in)",
+            lambda: tap_conv_triton(t(rows, 320), t(8, 320), idx, taps, t(c, 960), t(c), norm, add=t(c)),
+        ),
+        (
+            "tap_conv resnet2 (+1x1, norm, save)",
+            lambda: tap_conv_triton(
+                t(rows, c),
+                t(8, c),
+                idx,
+                taps,
+                t(c, 3 * c),
+                t(c),
+                norm,
+                res=(t(rows, 2 * c), t(c, 2 * c), t(c)),
+                next_norm=norm,
+                save=(t(rows, 2 * c), t(8, 2 * c), idx, idx),
+            ),
+        ),
+        ("tap_conv up (512 in)", lambda: tap_conv_triton(t(rows, 2 * c), t(8, 2 * c), idx, taps, t(c, 6 * c), t(c))),
         ("save_rows", lambda: save_rows_triton(t(rows, c), t(8, c), idx, idx)),
-        ("encoder qkv_store (512, bias)", lambda: qkv_store_triton(t(rows // 4, 512), t(1536, 512), enc_pool, None,
-                                                                   items, heads, bias=t(1536))),
-        ("encoder block_tail (512, SiLU)", lambda: block_tail_triton(
-            t(rows // 4, 512), t(rows // 4, heads, d), None, t(512, 512), t(512), enc_norm, t(2048, 512), t(2048),
-            t(512, 2048), t(512), enc_norm, act="silu")),
-        ("cfm_step", lambda: cfm_step_triton(t(rows, c), t(80, c), t(80), torch.zeros(rows // 2, 80),
-                                             t(rows, 320), 0.1, 0.7)),
-        ("hift keyed_noise", lambda: keyed_noise_triton(torch.zeros(4, dtype=torch.int64),
-                                                        torch.zeros(4, dtype=torch.int64), 27840, 9)),
+        (
+            "encoder qkv_store (512, bias)",
+            lambda: qkv_store_triton(t(rows // 4, 512), t(1536, 512), enc_pool, None, items, heads, bias=t(1536)),
+        ),
+        (
+            "encoder block_tail (512, SiLU)",
+            lambda: block_tail_triton(
+                t(rows // 4, 512),
+                t(rows // 4, heads, d),
+                None,
+                t(512, 512),
+                t(512),
+                enc_norm,
+                t(2048, 512),
+                t(2048),
+                t(512, 2048),
+                t(512),
+                enc_norm,
+                act="silu",
+            ),
+        ),
+        (
+            "cfm_step",
+            lambda: cfm_step_triton(t(rows, c), t(80, c), t(80), torch.zeros(rows // 2, 80), t(rows, 320), 0.1, 0.7),
+        ),
+        (
+            "hift keyed_noise",
+            lambda: keyed_noise_triton(torch.zeros(4, dtype=torch.int64), torch.zeros(4, dtype=torch.int64), 27840, 9),
+        ),
     ]
 
 
@@ -143,11 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("run without TRITON_INTERPRET=1 (this compiles for the GPU)")
-    configs = [("fp16 b1", torch.float16, 100, 16, torch.float16), ("fp16 b256", torch.float16, 25600, 1,
-                                                                     torch.float16),
-               ("fp16 fp8-pages b16", torch.float16, 1600, 4, torch.float8_e4m3fn),
-               ("bf16 b64", torch.bfloat16, 6400, 2, torch.bfloat16), ("fp32 b1", torch.float32, 100, 16,
-                                                                      torch.float32)]
+    configs = [
+        ("fp16 b1", torch.float16, 100, 16, torch.float16),
+        ("fp16 b256", torch.float16, 25600, 1, torch.float16),
+        ("fp16 fp8-pages b16", torch.float16, 1600, 4, torch.float8_e4m3fn),
+        ("bf16 b64", torch.bfloat16, 6400, 2, torch.bfloat16),
+        ("fp32 b1", torch.float32, 100, 16, torch.float32),
+    ]
     report, worst = [], 0
     for name, dtype, rows, splits, kv_dtype in configs:
         for kernel, launch in fused_launches(dtype, rows, splits, kv_dtype):
@@ -156,12 +214,20 @@ def main(argv: list[str] | None = None) -> int:
             with captured_launches() as launches:
                 launch()
             for fn, bound, options in launches:
-                result = {"config": name, "launch": kernel, "kernel": fn.__name__, **options,
-                          **compile_launch(fn, bound, options, args.arch)}
+                result = {
+                    "config": name,
+                    "launch": kernel,
+                    "kernel": fn.__name__,
+                    **options,
+                    **compile_launch(fn, bound, options, args.arch),
+                }
                 report.append(result)
                 worst = max(worst, result["spill_bytes"])
-                print(f"{name:20s} {kernel:36s} {fn.__name__:24s} regs {result['registers']:4} spills "
-                      f"{result['spill_bytes']:6} B  shared {result['shared_bytes'] / 1024:6.1f} KB", flush=True)
+                print(
+                    f"{name:20s} {kernel:36s} {fn.__name__:24s} regs {result['registers']:4} spills "
+                    f"{result['spill_bytes']:6} B  shared {result['shared_bytes'] / 1024:6.1f} KB",
+                    flush=True,
+                )
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
     over = [r for r in report if r["shared_bytes"] > 227 * 1024]

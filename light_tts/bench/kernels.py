@@ -2,6 +2,7 @@
 
 python -m light_tts.bench.kernels --out kernels.json
 """
+
 import argparse
 import json
 import random
@@ -27,7 +28,7 @@ def make_kv(seq_lens: list[int], dtype: torch.dtype):
     perm = torch.randperm(num_slots, device="cuda").to(torch.int32)
     used = 0
     for i, n in enumerate(seq_lens):
-        req_to_token[i, :n] = perm[used:used + n]
+        req_to_token[i, :n] = perm[used : used + n]
         used += n
     return k_cache, v_cache, req_to_token
 
@@ -38,14 +39,17 @@ def bench_decode(batch: int, dtype: torch.dtype) -> dict:
     q = torch.randn(batch, NUM_Q_HEADS, HEAD_DIM, device="cuda", dtype=dtype)
     b_req_idx = torch.arange(batch, dtype=torch.int32, device="cuda")
     b_seq_len = torch.tensor(seq_lens, dtype=torch.int32, device="cuda")
-    args = (q, k_cache, v_cache, req_to_token, b_req_idx, b_seq_len, HEAD_DIM ** -0.5, 1000)
+    args = (q, k_cache, v_cache, req_to_token, b_req_idx, b_seq_len, HEAD_DIM**-0.5, 1000)
     kv_bytes = 2 * sum(seq_lens) * NUM_KV_HEADS * HEAD_DIM * k_cache.element_size()
-    row = {"kernel": f"decode_attention B={batch} ctx=300-1000",
-           "triton_ms": bench_ms(lambda: ops.decode_attention(*args, use_triton=True)),
-           "torch_ms": bench_ms(lambda: ops.decode_attention(*args, use_triton=False)),
-           # the engine replays decode from a CUDA graph, which removes the host launch cost seen above
-           "triton_graph_ms": triton.testing.do_bench_cudagraph(
-               lambda: ops.decode_attention(*args, use_triton=True), rep=100, return_mode="median")}
+    row = {
+        "kernel": f"decode_attention B={batch} ctx=300-1000",
+        "triton_ms": bench_ms(lambda: ops.decode_attention(*args, use_triton=True)),
+        "torch_ms": bench_ms(lambda: ops.decode_attention(*args, use_triton=False)),
+        # the engine replays decode from a CUDA graph, which removes the host launch cost seen above
+        "triton_graph_ms": triton.testing.do_bench_cudagraph(
+            lambda: ops.decode_attention(*args, use_triton=True), rep=100, return_mode="median"
+        ),
+    }
     row["triton_graph_kv_GBps"] = kv_bytes / row["triton_graph_ms"] / 1e6
     return row
 
@@ -54,12 +58,24 @@ def bench_prefill(num_tokens: int, dtype: torch.dtype) -> dict:
     k_cache, v_cache, req_to_token = make_kv([num_tokens], dtype)
     q = torch.randn(num_tokens, NUM_Q_HEADS, HEAD_DIM, device="cuda", dtype=dtype)
     as_i32 = lambda xs: torch.tensor(xs, dtype=torch.int32, device="cuda")  # noqa: E731
-    args = (q, k_cache, v_cache, req_to_token, as_i32([0]), as_i32([0]), as_i32([num_tokens]), as_i32([0]),
-            HEAD_DIM ** -0.5, num_tokens)
+    args = (
+        q,
+        k_cache,
+        v_cache,
+        req_to_token,
+        as_i32([0]),
+        as_i32([0]),
+        as_i32([num_tokens]),
+        as_i32([0]),
+        HEAD_DIM**-0.5,
+        num_tokens,
+    )
     causal_flops = 2 * 2 * NUM_Q_HEADS * HEAD_DIM * num_tokens * (num_tokens + 1) / 2
-    row = {"kernel": f"prefill_attention T={num_tokens}",
-           "triton_ms": bench_ms(lambda: ops.prefill_attention(*args, use_triton=True)),
-           "torch_ms": bench_ms(lambda: ops.prefill_attention(*args, use_triton=False))}
+    row = {
+        "kernel": f"prefill_attention T={num_tokens}",
+        "triton_ms": bench_ms(lambda: ops.prefill_attention(*args, use_triton=True)),
+        "torch_ms": bench_ms(lambda: ops.prefill_attention(*args, use_triton=False)),
+    }
     row["triton_TFLOPs"] = causal_flops / row["triton_ms"] / 1e9
     return row
 
@@ -70,12 +86,16 @@ def bench_elementwise(dtype: torch.dtype, num_tokens: int = 256) -> list[dict]:
     weight = torch.randn(HIDDEN, device="cuda", dtype=dtype)
     gate_up = torch.randn(num_tokens, 2 * INTERMEDIATE, device="cuda", dtype=dtype)
     return [
-        {"kernel": f"rms_norm+residual T={num_tokens} H={HIDDEN}",
-         "triton_ms": bench_ms(lambda: ops.rms_norm(x, weight, 1e-6, residual, use_triton=True)),
-         "torch_ms": bench_ms(lambda: ops.rms_norm(x, weight, 1e-6, residual, use_triton=False))},
-        {"kernel": f"silu_and_mul T={num_tokens} I={INTERMEDIATE}",
-         "triton_ms": bench_ms(lambda: ops.silu_and_mul(gate_up, use_triton=True)),
-         "torch_ms": bench_ms(lambda: ops.silu_and_mul(gate_up, use_triton=False))},
+        {
+            "kernel": f"rms_norm+residual T={num_tokens} H={HIDDEN}",
+            "triton_ms": bench_ms(lambda: ops.rms_norm(x, weight, 1e-6, residual, use_triton=True)),
+            "torch_ms": bench_ms(lambda: ops.rms_norm(x, weight, 1e-6, residual, use_triton=False)),
+        },
+        {
+            "kernel": f"silu_and_mul T={num_tokens} I={INTERMEDIATE}",
+            "triton_ms": bench_ms(lambda: ops.silu_and_mul(gate_up, use_triton=True)),
+            "torch_ms": bench_ms(lambda: ops.silu_and_mul(gate_up, use_triton=False)),
+        },
     ]
 
 
@@ -93,10 +113,17 @@ def main():
     print(f"{'kernel':<40} {'triton ms':>10} {'torch ms':>10} {'speedup':>8}  extra")
     for row in rows:
         extra = {k: round(v, 4) for k, v in row.items() if k not in ("kernel", "triton_ms", "torch_ms")}
-        print(f"{row['kernel']:<40} {row['triton_ms']:>10.4f} {row['torch_ms']:>10.4f} "
-              f"{row['torch_ms'] / row['triton_ms']:>7.1f}x  {extra or ''}")
-    result = {"device": torch.cuda.get_device_name(), "dtype": args.dtype, "torch": torch.__version__,
-              "triton": triton.__version__, "rows": rows}
+        print(
+            f"{row['kernel']:<40} {row['triton_ms']:>10.4f} {row['torch_ms']:>10.4f} "
+            f"{row['torch_ms'] / row['triton_ms']:>7.1f}x  {extra or ''}"
+        )
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "dtype": args.dtype,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "rows": rows,
+    }
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
 

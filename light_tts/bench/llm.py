@@ -103,9 +103,14 @@ def profile_decode(engine: LLMEngine, batch: int, context: int, gen: torch.Gener
         engine.abort(req.req_id)
     kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
     kernels.sort(key=lambda e: -e.device_time_total)
-    return {"batch": batch, "kernels_per_step": sum(e.count for e in kernels) / num_steps,
-            "top": [{"name": e.key[:90], "per_step": e.count / num_steps,
-                     "us_per_step": e.device_time_total / num_steps} for e in kernels[:25]]}
+    return {
+        "batch": batch,
+        "kernels_per_step": sum(e.count for e in kernels) / num_steps,
+        "top": [
+            {"name": e.key[:90], "per_step": e.count / num_steps, "us_per_step": e.device_time_total / num_steps}
+            for e in kernels[:25]
+        ],
+    }
 
 
 def bench_prefill(engine: LLMEngine, prompt_len: int, gen: torch.Generator) -> dict:
@@ -131,14 +136,17 @@ def bench_throughput(engine: LLMEngine, num_reqs: int, prompt_len: int, gen_len:
 
 
 @torch.inference_mode()
-def bench_eager_baseline(lm: SpeechLM, prompt_len: int, gen_len: int, gen: torch.Generator,
-                         device_sampling: bool) -> dict:
+def bench_eager_baseline(
+    lm: SpeechLM, prompt_len: int, gen_len: int, gen: torch.Generator, device_sampling: bool
+) -> dict:
     """One request at a time, as upstream: eager forward, KV grown by concat. Sampling each step either on the
     device (as upstream samples, here the engine's batched sampler on a batch of one) or on the host (RASSampler,
     which copies the log-probs to the CPU and loops in Python)."""
     req = make_request("eager", prompt_len, gen_len + 5, gen)
-    prompt = [torch.tensor(x, device=DEVICE) for x in (req.text_token_ids, req.prompt_text_token_ids,
-                                                       req.prompt_speech_token_ids)]
+    prompt = [
+        torch.tensor(x, device=DEVICE)
+        for x in (req.text_token_ids, req.prompt_text_token_ids, req.prompt_speech_token_ids)
+    ]
     eos, win = lm.cfg.eos_token, lm.cfg.sampling.win_size
     host_sampler, device_sampler = RASSampler(lm.cfg.sampling, req.seed), Sampler(lm.cfg.sampling, eos)
     cache, embeds, tokens = lm.new_cache(), lm.build_prefill_embeds(*prompt), []
@@ -156,8 +164,12 @@ def bench_eager_baseline(lm: SpeechLM, prompt_len: int, gen_len: int, gen: torch
             tokens.append(host_sampler.sample(logprobs, tokens, eos))
         embeds = lm.embed_speech(torch.tensor(tokens[-1:], device=DEVICE))
     seconds = time.perf_counter() - start
-    return {"tokens": gen_len, "seconds": seconds, "tokens_per_s": gen_len / seconds,
-            "sampling": "device" if device_sampling else "host"}
+    return {
+        "tokens": gen_len,
+        "seconds": seconds,
+        "tokens_per_s": gen_len / seconds,
+        "sampling": "device" if device_sampling else "host",
+    }
 
 
 @torch.inference_mode()
@@ -186,10 +198,16 @@ def logprob_check(engine: LLMEngine, ref, batch: int, num_checked: int, gen: tor
         for step_logprobs, expected in zip(ours[req.req_id], MODEL.reference_logprobs(ref, req, tokens[req.req_id])):
             max_abs = max(max_abs, float((step_logprobs - expected).abs().max()))
             rel.append(float((step_logprobs - expected).norm() / expected.norm()))
-    return {"batch": batch, "checked": num_checked, "steps": len(ours[reqs[0].req_id]), "max_abs": max_abs,
-            "max_rel_l2": max(rel),
-            "pass": None if engine.cfg.quantization != "none" or engine.cfg.kv_cache_dtype != "auto"
-            else max(rel) <= LOGPROB_REL_TOL}
+    return {
+        "batch": batch,
+        "checked": num_checked,
+        "steps": len(ours[reqs[0].req_id]),
+        "max_abs": max_abs,
+        "max_rel_l2": max(rel),
+        "pass": None
+        if engine.cfg.quantization != "none" or engine.cfg.kv_cache_dtype != "auto"
+        else max(rel) <= LOGPROB_REL_TOL,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -202,8 +220,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="requests of the throughput run")
     parser.add_argument("--gen_len", type=int, default=250, help="tokens each request of the throughput run makes")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--profile", action="store_true",
-                        help="also list the kernels of a decode step at batch 1 and at the largest of --batches (CUDA)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also list the kernels of a decode step at batch 1 and at the largest of --batches (CUDA)",
+    )
     parser.add_argument("--quantization", default="none", choices=("none", "fp8", "int8"))
     parser.add_argument("--kv_cache_dtype", default="auto", choices=("auto", "fp8", "int8"))
     args = parser.parse_args(argv)
@@ -211,28 +232,39 @@ def main(argv: list[str] | None = None) -> None:
     DEVICE = args.device
     gen = torch.Generator().manual_seed(0)
     MODEL = bench_model(args.model_dir, DEVICE)
-    engine_cfg = EngineConfig(data_type=args.dtype, running_max_req_size=256, graph_max_batch_size=256,
-                              quantization=args.quantization, kv_cache_dtype=args.kv_cache_dtype,
-                              max_req_total_len=2048, max_total_token_num=256 * (args.context + 100) + 4096)
+    engine_cfg = EngineConfig(
+        data_type=args.dtype,
+        running_max_req_size=256,
+        graph_max_batch_size=256,
+        quantization=args.quantization,
+        kv_cache_dtype=args.kv_cache_dtype,
+        max_req_total_len=2048,
+        max_total_token_num=256 * (args.context + 100) + 4096,
+    )
     start = time.perf_counter()
     engine = LLMEngine(MODEL.spec, engine_cfg, DEVICE, MODEL.state_dict)
-    results: dict = {"gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "dtype": args.dtype,
-                     "quantization": args.quantization, "kv_cache_dtype": args.kv_cache_dtype,
-                     "init_s": time.perf_counter() - start}
+    results: dict = {
+        "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
+        "dtype": args.dtype,
+        "quantization": args.quantization,
+        "kv_cache_dtype": args.kv_cache_dtype,
+        "init_s": time.perf_counter() - start,
+    }
     results["decode"] = [bench_decode(engine, int(b), args.context, gen) for b in args.batches.split(",")]
     results["prefill"] = [bench_prefill(engine, n, gen) for n in (100, 300, 1000)]
     results["throughput"] = bench_throughput(engine, args.concurrency, args.context, args.gen_len, gen)
     ref = MODEL.reference()
-    results["logprob_check"] = [logprob_check(engine, ref, b, n, gen)
-                                for b, n in ((1, 1), (args.concurrency, min(4, args.concurrency)))]
+    results["logprob_check"] = [
+        logprob_check(engine, ref, b, n, gen) for b, n in ((1, 1), (args.concurrency, min(4, args.concurrency)))
+    ]
     if isinstance(MODEL, CosyVoiceBench):
         baseline_lm = ref.to(getattr(torch, args.dtype))
         bench_eager_baseline(baseline_lm, args.context, 100, gen, device_sampling=True)  # warm-up
         results["eager_baseline"] = bench_eager_baseline(baseline_lm, args.context, 100, gen, device_sampling=True)
-        results["eager_baseline_host_sampling"] = bench_eager_baseline(baseline_lm, args.context, 100, gen,
-                                                                       device_sampling=False)
-        results["speedup_vs_eager"] = (results["throughput"]["tokens_per_s"]
-                                       / results["eager_baseline"]["tokens_per_s"])
+        results["eager_baseline_host_sampling"] = bench_eager_baseline(
+            baseline_lm, args.context, 100, gen, device_sampling=False
+        )
+        results["speedup_vs_eager"] = results["throughput"]["tokens_per_s"] / results["eager_baseline"]["tokens_per_s"]
     if args.profile and DEVICE == "cuda":  # last: the profiler slows what runs after it
         batches = sorted({1, max(int(b) for b in args.batches.split(","))})
         results["profile"] = [profile_decode(engine, b, args.context, gen) for b in batches]
@@ -242,8 +274,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def print_table(r: dict) -> None:
-    print(f"GPU {r['gpu']}, {r['dtype']}, quantization {r['quantization']}, KV cache {r['kv_cache_dtype']}, "
-          f"engine init {r['init_s']:.1f} s")
+    print(
+        f"GPU {r['gpu']}, {r['dtype']}, quantization {r['quantization']}, KV cache {r['kv_cache_dtype']}, "
+        f"engine init {r['init_s']:.1f} s"
+    )
     print(f"{'decode batch':>12} {'graph ms':>9} {'eager ms':>9} {'replay ms':>10}")
     for d in r["decode"]:
         print(f"{d['batch']:>12} {d['graph_ms']:>9.3f} {d['eager_ms']:>9.3f} {d.get('replay_ms', float('nan')):>10.3f}")
@@ -257,12 +291,16 @@ def print_table(r: dict) -> None:
     print(f"engine, {t['concurrency']} concurrent: {t['tokens_per_s']:.0f} tokens/s")
     if "eager_baseline" in r:
         e, h = r["eager_baseline"], r["eager_baseline_host_sampling"]
-        print(f"eager one-at-a-time: {e['tokens_per_s']:.1f} tokens/s (host sampling: {h['tokens_per_s']:.1f}); "
-              f"speedup {r['speedup_vs_eager']:.1f}x")
+        print(
+            f"eager one-at-a-time: {e['tokens_per_s']:.1f} tokens/s (host sampling: {h['tokens_per_s']:.1f}); "
+            f"speedup {r['speedup_vs_eager']:.1f}x"
+        )
     for c in r["logprob_check"]:
         verdict = {True: "PASS", False: "FAIL", None: "quantized, no tolerance"}[c["pass"]]
-        print(f"logprob check batch {c['batch']} ({c['checked']} checked, {c['steps']} steps): max |d| "
-              f"{c['max_abs']:.4f}, max rel L2 {c['max_rel_l2']:.2e}: {verdict}")
+        print(
+            f"logprob check batch {c['batch']} ({c['checked']} checked, {c['steps']} steps): max |d| "
+            f"{c['max_abs']:.4f}, max rel L2 {c['max_rel_l2']:.2e}: {verdict}"
+        )
 
 
 if __name__ == "__main__":

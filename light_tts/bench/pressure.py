@@ -62,8 +62,13 @@ def voices_for(url: str, num_saved: int, nonce: int):
 def run_job(url: str, job: Job, voices: Voices, timeout_s: float) -> Outcome:
     out = Outcome(job.index)
     voice, files = voices.fields(job.voice if job.voice >= 0 else job.index, job.voice < 0)
-    data = {**voice, "tts_text": TEXT.format(job.index), "stream": str(job.is_stream).lower(),
-            "seed": str(job.index), "fixed_speech_tokens": str(job.tokens)}
+    data = {
+        **voice,
+        "tts_text": TEXT.format(job.index),
+        "stream": str(job.is_stream).lower(),
+        "seed": str(job.index),
+        "fixed_speech_tokens": str(job.tokens),
+    }
     start = time.monotonic()
     try:
         with httpx.stream("POST", f"{url}/inference_zero_shot", data=data, files=files, timeout=timeout_s) as r:
@@ -151,27 +156,40 @@ def mixes(url: str, args: argparse.Namespace) -> dict:
                 runs.append((seed, verdict))
                 pairs += zip(jobs, outcomes)
                 signatures.append(signature(outcomes))
-                print(f"seed {seed}{' again' if again else ''}: {verdict['by_outcome']}, lost {verdict['lost']}, "
-                      f"held after {verdict['held_when_idle'] or 'nothing'} ({time.monotonic() - started:.0f} s)",
-                      flush=True)
+                print(
+                    f"seed {seed}{' again' if again else ''}: {verdict['by_outcome']}, lost {verdict['lost']}, "
+                    f"held after {verdict['held_when_idle'] or 'nothing'} ({time.monotonic() - started:.0f} s)",
+                    flush=True,
+                )
             if signatures[1:] and signatures[1] != signatures[0]:
                 not_repeated.append(seed)
             seed += 1
     kinds: dict[str, int] = {}
     for _, o in pairs:
         kinds[o.kind] = kinds.get(o.kind, 0) + 1
-    result = {"url": url, "pool_pages": pages, "duration_s": round(time.monotonic() - started, 1), "mixes": len(runs),
-              "requests": len(pairs), "ok": kinds.get("ok", 0), "client_left": kinds.get("client_left", 0),
-              "too_large_413": kinds.get("too_large", 0), "overloaded_429": kinds.get("overloaded", 0),
-              "lost": [(s, i) for s, v in runs for i in v["lost"]],
-              "cut_after_200": [(s, i) for s, v in runs for i in v["cut_after_200"]],
-              "mismatched": [(s, i) for s, v in runs for i in v["mismatched"]],
-              "held_after_a_mix": [(s, v["held_when_idle"]) for s, v in runs if v["held_when_idle"]],
-              "not_repeated": not_repeated, "by_outcome": kinds,
-              **latencies([j for j, _ in pairs], [o for _, o in pairs]),
-              "server": counter_delta(before, server_counters(url)), "final_in_use": wait_idle(url)}
-    result["passed"] = not any(result[k] for k in ("lost", "cut_after_200", "mismatched", "held_after_a_mix",
-                                                   "not_repeated")) and not any(result["final_in_use"].values())
+    result = {
+        "url": url,
+        "pool_pages": pages,
+        "duration_s": round(time.monotonic() - started, 1),
+        "mixes": len(runs),
+        "requests": len(pairs),
+        "ok": kinds.get("ok", 0),
+        "client_left": kinds.get("client_left", 0),
+        "too_large_413": kinds.get("too_large", 0),
+        "overloaded_429": kinds.get("overloaded", 0),
+        "lost": [(s, i) for s, v in runs for i in v["lost"]],
+        "cut_after_200": [(s, i) for s, v in runs for i in v["cut_after_200"]],
+        "mismatched": [(s, i) for s, v in runs for i in v["mismatched"]],
+        "held_after_a_mix": [(s, v["held_when_idle"]) for s, v in runs if v["held_when_idle"]],
+        "not_repeated": not_repeated,
+        "by_outcome": kinds,
+        **latencies([j for j, _ in pairs], [o for _, o in pairs]),
+        "server": counter_delta(before, server_counters(url)),
+        "final_in_use": wait_idle(url),
+    }
+    result["passed"] = not any(
+        result[k] for k in ("lost", "cut_after_200", "mismatched", "held_after_a_mix", "not_repeated")
+    ) and not any(result["final_in_use"].values())
     return result
 
 
@@ -185,14 +203,21 @@ def repro(url: str, args: argparse.Namespace) -> dict:
         streams = [Job(1 + i, True, -1, 1200, 0.0) for i in range(8)]
         second = run_mix(url, streams, voices, args.timeout_s)
     verdict, in_use = judge(long_job + streams, first + second, pages), wait_idle(url)
-    return {"url": url, "pool_pages": pages, **verdict, "outcomes": [asdict(o) for o in first + second],
-            **latencies(long_job + streams, first + second), "server": counter_delta(before, server_counters(url)),
-            "final_in_use": in_use, "passed": not (verdict["lost"] or verdict["mismatched"] or any(in_use.values()))}
+    return {
+        "url": url,
+        "pool_pages": pages,
+        **verdict,
+        "outcomes": [asdict(o) for o in first + second],
+        **latencies(long_job + streams, first + second),
+        "server": counter_delta(before, server_counters(url)),
+        "final_in_use": in_use,
+        "passed": not (verdict["lost"] or verdict["mismatched"] or any(in_use.values())),
+    }
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    server_flags = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    server_flags = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(prog="python -m light_tts.bench.pressure", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default=None, help="a running server (default: start one on the CPU)")
     p.add_argument("--scenario", choices=("mix", "repro"), default="mix")
@@ -200,10 +225,19 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--seed", type=int, default=0, help="the first mix's seed (a failure replays from its seed)")
     p.add_argument("--requests", type=int, default=24, help="requests per mix")
     p.add_argument("--saved_voices", type=int, default=2)
-    p.add_argument("--repeat", action="store_true", help="run every mix twice; the outcomes must match (they do "
-                   "when no 429 depends on the host's speed: give the server a long wait, -- --admission_wait_s 120)")
-    p.add_argument("--timeout_s", type=float, default=330.0, help="client-side bound on one request (past the "
-                   "server's --request_timeout_s, 300 by default: a request that reaches either is lost)")
+    p.add_argument(
+        "--repeat",
+        action="store_true",
+        help="run every mix twice; the outcomes must match (they do "
+        "when no 429 depends on the host's speed: give the server a long wait, -- --admission_wait_s 120)",
+    )
+    p.add_argument(
+        "--timeout_s",
+        type=float,
+        default=330.0,
+        help="client-side bound on one request (past the "
+        "server's --request_timeout_s, 300 by default: a request that reaches either is lost)",
+    )
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     p.add_argument("--log", type=Path, default=Path("pressure_server.log"), help="the local server's log")
     return p.parse_args(argv), server_flags

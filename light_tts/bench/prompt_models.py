@@ -56,12 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         tokens, t_tok = timed(tokenizer, mel, args.repeat, args.device)
         embedding, t_spk = timed(campplus, fbank, args.repeat, args.device)
         outputs[name] = (tokens, embedding)
-        result[name] = {"backends": [tokenizer.runner.backend, campplus.runner.backend],
-                        "speech_tokenizer_ms": 1000 * t_tok, "speaker_model_ms": 1000 * t_spk}
+        result[name] = {
+            "backends": [tokenizer.runner.backend, campplus.runner.backend],
+            "speech_tokenizer_ms": 1000 * t_tok,
+            "speaker_model_ms": 1000 * t_spk,
+        }
     (tok_a, emb_a), (tok_b, emb_b) = outputs["onnxruntime"], outputs["torch"]
     rel = float(np.linalg.norm(emb_b - emb_a) / np.linalg.norm(emb_a))
-    result.update(tokens_identical=bool(np.array_equal(tok_a, tok_b)), embedding_rel_l2=rel,
-                  num_tokens=int(len(tok_a)))
+    result.update(tokens_identical=bool(np.array_equal(tok_a, tok_b)), embedding_rel_l2=rel, num_tokens=int(len(tok_a)))
     print(json.dumps(result, indent=1))
     if args.out:
         with open(args.out, "w") as f:

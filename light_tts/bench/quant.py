@@ -48,16 +48,22 @@ PROMPT_LEN = 300
 
 
 def parse_modes(text: str) -> list[tuple[str, str]]:
-    """"none/auto,fp8/fp8" -> [("none", "auto"), ("fp8", "fp8")]; the baseline none/auto always comes first."""
+    """ "none/auto,fp8/fp8" -> [("none", "auto"), ("fp8", "fp8")]; the baseline none/auto always comes first."""
     modes = [tuple(m.split("/")) for m in text.split(",") if m]
     return [("none", "auto")] + [m for m in modes if m != ("none", "auto")]
 
 
 def make_engine(model, device: str, dtype: str, mode: tuple[str, str], max_batch: int) -> LLMEngine:
     """An engine of the benchmark model (llm_models.py: its spec and released state dict) in one mode."""
-    engine_cfg = EngineConfig(data_type=dtype, quantization=mode[0], kv_cache_dtype=mode[1],
-                              running_max_req_size=max_batch, graph_max_batch_size=max_batch, max_req_total_len=2048,
-                              max_total_token_num=max_batch * 400 + 4096)
+    engine_cfg = EngineConfig(
+        data_type=dtype,
+        quantization=mode[0],
+        kv_cache_dtype=mode[1],
+        running_max_req_size=max_batch,
+        graph_max_batch_size=max_batch,
+        max_req_total_len=2048,
+        max_total_token_num=max_batch * 400 + 4096,
+    )
     return LLMEngine(model.spec, engine_cfg, device, model.state_dict)
 
 
@@ -93,20 +99,27 @@ def forced_logprobs(engine: LLMEngine, req: LLMRequest, tokens: list[int] | None
 def accuracy(ref_logprobs: torch.Tensor, logprobs: torch.Tensor) -> dict:
     kl = (ref_logprobs.exp() * (ref_logprobs - logprobs)).sum(dim=-1)  # per step
     agree = (ref_logprobs.argmax(dim=-1) == logprobs.argmax(dim=-1)).double().mean()
-    return {"kl_mean": float(kl.mean()), "kl_max": float(kl.max()), "top1_agreement": float(agree),
-            "max_abs_logprob": float((ref_logprobs - logprobs).abs().max())}
+    return {
+        "kl_mean": float(kl.mean()),
+        "kl_max": float(kl.max()),
+        "top1_agreement": float(agree),
+        "max_abs_logprob": float((ref_logprobs - logprobs).abs().max()),
+    }
 
 
 @torch.inference_mode()
-def pipeline_output(engine: LLMEngine, t2w: Token2Wav, prompt, num_tokens: int,
-                    gen: torch.Generator) -> tuple[list[int], np.ndarray, np.ndarray]:
+def pipeline_output(
+    engine: LLMEngine, t2w: Token2Wav, prompt, num_tokens: int, gen: torch.Generator
+) -> tuple[list[int], np.ndarray, np.ndarray]:
     """Sampled speech tokens of one request (fixed length), then its mel [80, frames] and audio."""
     text = torch.randint(0, bench_llm.MODEL.num_text_ids, (num_tokens // 10,), generator=gen).tolist()
-    req = LLMRequest("pipeline", text, [], prompt.speech_tokens.tolist(), seed=7, min_len=num_tokens,
-                     max_len=num_tokens)
+    req = LLMRequest(
+        "pipeline", text, [], prompt.speech_tokens.tolist(), seed=7, min_len=num_tokens, max_len=num_tokens
+    )
     tokens, _ = forced_logprobs(engine, req, None)
-    p_tok, p_mel, emb = (torch.as_tensor(x, device=t2w.device)[None] for x in (prompt.speech_tokens, prompt.mel,
-                                                                               prompt.embedding))
+    p_tok, p_mel, emb = (
+        torch.as_tensor(x, device=t2w.device)[None] for x in (prompt.speech_tokens, prompt.mel, prompt.embedding)
+    )
     token = torch.tensor([tokens], dtype=torch.int32, device=t2w.device)
     mel = t2w.flow.inference(token, p_tok, p_mel, emb, streaming=False, finalize=True)
     audio = t2w.offline(tokens, prompt, seed=3)
@@ -117,8 +130,10 @@ def memory(engine: LLMEngine) -> dict:
     model = engine.runner.model
     weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     runner = engine.runner
-    return {"weights_mib": weight_bytes / 2**20,
-            "kv_bytes_per_token": KVCache.bytes_per_slot(runner.body, runner.dtype, runner.kv_format)}
+    return {
+        "weights_mib": weight_bytes / 2**20,
+        "kv_bytes_per_token": KVCache.bytes_per_slot(runner.body, runner.dtype, runner.kv_format),
+    }
 
 
 def bench_mode(mode, engine, ref, args, t2w, gen_seed: int) -> dict:
@@ -134,9 +149,12 @@ def bench_mode(mode, engine, ref, args, t2w, gen_seed: int) -> dict:
         ref.setdefault("pipeline", (tokens, mel, audio))
         ref_tokens, ref_mel, ref_audio = ref["pipeline"]
         is_equal = np.array(tokens) == np.array(ref_tokens)
-        result.update(pipeline_token_agreement=float(is_equal.mean()),
-                      pipeline_first_difference=int(np.argmin(is_equal)) if not is_equal.all() else len(tokens),
-                      mel_rel_l2=rel_l2(mel.T, ref_mel.T), audio_rel_l2=rel_l2(audio, ref_audio))
+        result.update(
+            pipeline_token_agreement=float(is_equal.mean()),
+            pipeline_first_difference=int(np.argmin(is_equal)) if not is_equal.all() else len(tokens),
+            mel_rel_l2=rel_l2(mel.T, ref_mel.T),
+            audio_rel_l2=rel_l2(audio, ref_audio),
+        )
     if args.device == "cuda":
         result["decode"] = [bench_llm.bench_decode(engine, b, PROMPT_LEN, gen) for b in args.batch_list]
     return result
@@ -146,15 +164,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model_dir", type=Path, help="any family's; default: full-size random weights")
-    parser.add_argument("--shape", default="cosyvoice2", choices=("cosyvoice2", "llama3b"),
-                        help="of the random model (llama3b: Orpheus, no pipeline columns)")
+    parser.add_argument(
+        "--shape",
+        default="cosyvoice2",
+        choices=("cosyvoice2", "llama3b"),
+        help="of the random model (llama3b: Orpheus, no pipeline columns)",
+    )
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--modes", default=DEFAULT_MODES, help="quantization/kv_cache_dtype pairs")
     parser.add_argument("--steps", type=int, default=1000, help="decode steps compared (top-1, KL)")
     parser.add_argument("--batches", default="1,256", help="decode batches timed (CUDA only; '' for none)")
-    parser.add_argument("--pipeline_tokens", type=int, default=250, help="speech tokens through flow and HiFT (0: "
-                                                                          "skip the pipeline)")
+    parser.add_argument(
+        "--pipeline_tokens", type=int, default=250, help="speech tokens through flow and HiFT (0: skip the pipeline)"
+    )
     args = parser.parse_args(argv)
     args.batch_list = [int(b) for b in args.batches.split(",") if b]
     bench_llm.DEVICE = args.device
@@ -163,9 +186,14 @@ def main(argv: list[str] | None = None) -> None:
         is_cosyvoice = isinstance(model, CosyVoiceBench)
         t2w = Token2Wav(model.cfg, args.device) if args.pipeline_tokens and is_cosyvoice else None
         max_batch = max(args.batch_list + [4])
-        results: dict = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-                         "dtype": args.dtype, "family": "cosyvoice2" if is_cosyvoice else "orpheus",
-                         "shape": None if args.model_dir else args.shape, "steps": args.steps, "modes": []}
+        results: dict = {
+            "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+            "dtype": args.dtype,
+            "family": "cosyvoice2" if is_cosyvoice else "orpheus",
+            "shape": None if args.model_dir else args.shape,
+            "steps": args.steps,
+            "modes": [],
+        }
         ref: dict = {}
         for mode in parse_modes(args.modes):
             engine = make_engine(model, args.device, args.dtype, mode, max_batch)
@@ -179,12 +207,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def print_row(r: dict, flush: bool = False) -> None:
-    line = (f"{r['quantization']:>5}/{r['kv_cache_dtype']:<4} KL mean {r['kl_mean']:.2e} max {r['kl_max']:.2e}  "
-            f"top-1 {r['top1_agreement']:.3f}  weights {r['weights_mib']:.1f} MiB  KV {r['kv_bytes_per_token']} "
-            "B/token")
+    line = (
+        f"{r['quantization']:>5}/{r['kv_cache_dtype']:<4} KL mean {r['kl_mean']:.2e} max {r['kl_max']:.2e}  "
+        f"top-1 {r['top1_agreement']:.3f}  weights {r['weights_mib']:.1f} MiB  KV {r['kv_bytes_per_token']} "
+        "B/token"
+    )
     if "mel_rel_l2" in r:
-        line += (f"  pipeline: tokens {r['pipeline_token_agreement']:.3f} (first change at "
-                 f"{r['pipeline_first_difference']}) mel {r['mel_rel_l2']:.3f} audio {r['audio_rel_l2']:.3f}")
+        line += (
+            f"  pipeline: tokens {r['pipeline_token_agreement']:.3f} (first change at "
+            f"{r['pipeline_first_difference']}) mel {r['mel_rel_l2']:.3f} audio {r['audio_rel_l2']:.3f}"
+        )
     for d in r.get("decode", []):
         line += f"  batch {d['batch']}: {d['graph_ms']:.3f} ms (replay {d.get('replay_ms', float('nan')):.3f})"
     print(line, flush=flush)

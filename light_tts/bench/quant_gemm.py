@@ -49,26 +49,37 @@ def tiles(rows: int) -> list[dict]:
     """Tile candidates for the Triton kernel at this many rows (the default first)."""
     default = choose_blocks(rows)
     if default["BLOCK_M"] < 16:
-        others = [dict(BLOCK_M=default["BLOCK_M"], BLOCK_N=n, BLOCK_K=k) for n in (4, 8, 16) for k in (128, 256, 512)
-                  if default["BLOCK_M"] * n * k <= 8192]
+        others = [
+            dict(BLOCK_M=default["BLOCK_M"], BLOCK_N=n, BLOCK_K=k)
+            for n in (4, 8, 16)
+            for k in (128, 256, 512)
+            if default["BLOCK_M"] * n * k <= 8192
+        ]
     else:
         others = [dict(BLOCK_M=default["BLOCK_M"], BLOCK_N=n, BLOCK_K=k) for n in (16, 32, 64, 128) for k in (64, 128)]
     return [default] + [t for t in others if t != default]
 
 
 def bench_shape(name: str, k: int, n: int, rows: int, dtype: torch.dtype, device: str, sweep: bool) -> dict:
-    w = torch.randn(n, k, device=device, dtype=dtype) / k ** 0.5
+    w = torch.randn(n, k, device=device, dtype=dtype) / k**0.5
     x = torch.randn(rows, k, device=device, dtype=dtype)
     fp8_w, fp8_s = quantize_weight(w, "fp8")
     int8_w, int8_s = quantize_weight(w, "int8")
-    result = {"proj": name, "K": k, "N": n, "rows": rows,
-              "unquantized_ms": time_ms(lambda: torch.nn.functional.linear(x, w), device),
-              "int8_triton_ms": time_ms(lambda: quant_linear_triton(x, int8_w, int8_s, None, act_fp8=False), device),
-              "int8_dequant_ms": time_ms(lambda: int8_linear_dequant(x, int8_w, int8_s, None), device)}
+    result = {
+        "proj": name,
+        "K": k,
+        "N": n,
+        "rows": rows,
+        "unquantized_ms": time_ms(lambda: torch.nn.functional.linear(x, w), device),
+        "int8_triton_ms": time_ms(lambda: quant_linear_triton(x, int8_w, int8_s, None, act_fp8=False), device),
+        "int8_dequant_ms": time_ms(lambda: int8_linear_dequant(x, int8_w, int8_s, None), device),
+    }
     if device == "cuda" and scaled_mm_works(torch.device(device)):
         result["fp8_scaled_mm_ms"] = time_ms(lambda: fp8_linear_scaled_mm(x, fp8_w, fp8_s, None), device)
-    fp8_tiles = [(time_ms(lambda t=t: quant_linear_triton(x, fp8_w, fp8_s, None, act_fp8=True, blocks=t), device), t)
-                 for t in (tiles(rows) if sweep else tiles(rows)[:1])]
+    fp8_tiles = [
+        (time_ms(lambda t=t: quant_linear_triton(x, fp8_w, fp8_s, None, act_fp8=True, blocks=t), device), t)
+        for t in (tiles(rows) if sweep else tiles(rows)[:1])
+    ]
     result["fp8_triton_ms"] = fp8_tiles[0][0]  # the default tile
     result["fp8_triton_best_ms"], result["fp8_triton_best_tile"] = min(fp8_tiles, key=lambda r: r[0])
     return result
@@ -84,13 +95,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no_sweep", action="store_true", help="time the default tile of the Triton kernel only")
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
-    results = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "dtype": args.dtype,
-               "rows": []}
+    results = {
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "dtype": args.dtype,
+        "rows": [],
+    }
     for model in args.shapes.split(","):
         for name, k, n in SHAPES[model]:
             for rows in (int(r) for r in args.rows.split(",")):
-                r = {"model": model, **bench_shape(name, k, n, rows, dtype, args.device,
-                                                   sweep=args.device == "cuda" and not args.no_sweep)}
+                r = {
+                    "model": model,
+                    **bench_shape(
+                        name, k, n, rows, dtype, args.device, sweep=args.device == "cuda" and not args.no_sweep
+                    ),
+                }
                 results["rows"].append(r)
                 print_row(r, args.dtype)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -98,12 +116,24 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def print_row(r: dict, dtype: str) -> None:
-    us = {key: r.get(key, float("nan")) * 1e3 for key in ("unquantized_ms", "fp8_triton_ms", "fp8_triton_best_ms",
-                                                           "fp8_scaled_mm_ms", "int8_triton_ms", "int8_dequant_ms")}
-    print(f"{r['model']} {r['proj']:>7} {r['K']:>5}x{r['N']:<5} rows {r['rows']:>3} (us): {dtype} "
-          f"{us['unquantized_ms']:.1f}  fp8 triton {us['fp8_triton_ms']:.1f} (best {us['fp8_triton_best_ms']:.1f} "
-          f"{r['fp8_triton_best_tile']})  fp8 scaled_mm {us['fp8_scaled_mm_ms']:.1f}  int8 triton "
-          f"{us['int8_triton_ms']:.1f}  int8 dequant {us['int8_dequant_ms']:.1f}", flush=True)
+    us = {
+        key: r.get(key, float("nan")) * 1e3
+        for key in (
+            "unquantized_ms",
+            "fp8_triton_ms",
+            "fp8_triton_best_ms",
+            "fp8_scaled_mm_ms",
+            "int8_triton_ms",
+            "int8_dequant_ms",
+        )
+    }
+    print(
+        f"{r['model']} {r['proj']:>7} {r['K']:>5}x{r['N']:<5} rows {r['rows']:>3} (us): {dtype} "
+        f"{us['unquantized_ms']:.1f}  fp8 triton {us['fp8_triton_ms']:.1f} (best {us['fp8_triton_best_ms']:.1f} "
+        f"{r['fp8_triton_best_tile']})  fp8 scaled_mm {us['fp8_scaled_mm_ms']:.1f}  int8 triton "
+        f"{us['int8_triton_ms']:.1f}  int8 dequant {us['int8_dequant_ms']:.1f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

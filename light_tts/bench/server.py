@@ -31,16 +31,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     write_prompt_wav(args.out / "prompt.wav")
-    with local_server(args.model_dir, args.port, args.server_args, args.out / "server.log",
-                      args.ready_timeout_s) as url:
+    with local_server(
+        args.model_dir, args.port, args.server_args, args.out / "server.log", args.ready_timeout_s
+    ) as url:
         for stream in ("true", "false"):
             name = "stream" if stream == "true" else "nonstream"
-            bench_client.main(["--url", url, "--prompt_wav", str(args.out / "prompt.wav"),
-                               "--prompt_text", "A short prompt.", "--tts_text", TTS_TEXT, "--stream", stream,
-                               "--concurrency", *map(str, args.concurrency),
-                               "--requests_per_level", str(args.requests_per_level),
-                               "--out", str(args.out / f"zs_speed_{name}.json"),
-                               "--plot", str(args.out / f"zs_speed_{name}.png")])
+            bench_client.main(
+                [
+                    "--url",
+                    url,
+                    "--prompt_wav",
+                    str(args.out / "prompt.wav"),
+                    "--prompt_text",
+                    "A short prompt.",
+                    "--tts_text",
+                    TTS_TEXT,
+                    "--stream",
+                    stream,
+                    "--concurrency",
+                    *map(str, args.concurrency),
+                    "--requests_per_level",
+                    str(args.requests_per_level),
+                    "--out",
+                    str(args.out / f"zs_speed_{name}.json"),
+                    "--plot",
+                    str(args.out / f"zs_speed_{name}.png"),
+                ]
+            )
     return 0
 
 

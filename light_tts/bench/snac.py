@@ -36,8 +36,9 @@ def load_decoder(model_dir: Path | None, size: str) -> SNACDecoder:
         return load_snac(load_model_config(model_dir))
     from light_tts.tools.make_orpheus import snac_state_dict
 
-    return SNACDecoder.from_state_dict(SIZES[size], snac_state_dict(SIZES[size], torch.Generator().manual_seed(0)),
-                                       "random")
+    return SNACDecoder.from_state_dict(
+        SIZES[size], snac_state_dict(SIZES[size], torch.Generator().manual_seed(0)), "random"
+    )
 
 
 def time_decodes(runner: SNACRunner, batch: int, device: torch.device, repeats: int) -> float:
@@ -71,20 +72,33 @@ def main(argv: list[str] | None = None) -> None:
     dtype = getattr(torch, args.dtype)
     start = time.perf_counter()
     graphs = SNACRunner(model, device, max(batches), use_graphs=True, dtype=dtype)
-    results: dict = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": args.dtype,
-                     "capture_s": time.perf_counter() - start, "decode": []}
+    results: dict = {
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "dtype": args.dtype,
+        "capture_s": time.perf_counter() - start,
+        "decode": [],
+    }
     eager = SNACRunner(model, device, max(batches), use_graphs=False, dtype=dtype)
     windows_per_stream = 24000 / 2048
     for b in batches:
         graph_s = time_decodes(graphs, b, device, args.repeats)
         eager_s = time_decodes(eager, b, device, max(3, args.repeats // 4))
-        results["decode"].append({"batch": b, "graph_ms": 1e3 * graph_s, "eager_ms": 1e3 * eager_s,
-                                  "windows_per_s": b / graph_s, "realtime_streams": b / graph_s / windows_per_stream})
+        results["decode"].append(
+            {
+                "batch": b,
+                "graph_ms": 1e3 * graph_s,
+                "eager_ms": 1e3 * eager_s,
+                "windows_per_s": b / graph_s,
+                "realtime_streams": b / graph_s / windows_per_stream,
+            }
+        )
     print(f"{results['gpu']}, SNAC {args.dtype}, graphs captured in {results['capture_s']:.1f} s")
     print(f"{'windows':>8} {'graph ms':>9} {'eager ms':>9} {'windows/s':>10} {'streams':>8}")
     for d in results["decode"]:
-        print(f"{d['batch']:>8} {d['graph_ms']:>9.2f} {d['eager_ms']:>9.2f} {d['windows_per_s']:>10.0f} "
-              f"{d['realtime_streams']:>8.0f}")
+        print(
+            f"{d['batch']:>8} {d['graph_ms']:>9.2f} {d['eager_ms']:>9.2f} {d['windows_per_s']:>10.0f} "
+            f"{d['realtime_streams']:>8.0f}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
 

@@ -46,8 +46,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Nam
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
     p.add_argument("--sample_s", type=float, default=5.0, help="seconds between /metrics samples")
     p.add_argument("--settle_s", type=float, default=60.0, help="how long the server may take to go idle after")
-    p.add_argument("--memory_slack_mb", type=float, default=64.0,
-                   help="growth per process allowed from the first to the last quarter (host and GPU each)")
+    p.add_argument(
+        "--memory_slack_mb",
+        type=float,
+        default=64.0,
+        help="growth per process allowed from the first to the last quarter (host and GPU each)",
+    )
     p.add_argument("-h", "--help", action="store_true")
     own, rest = p.parse_known_args(argv)
     if own.help:
@@ -109,8 +113,12 @@ def stream_pages(pages: dict) -> float:
 def held(s: dict) -> dict:
     """What the server holds in sample `s` (all zero when it is idle and nothing leaked)."""
     kv = s.get("kv_tokens", {})
-    return {"slots": s.get("slots_in_use", 0), "requests": s.get("active_requests", 0),
-            "decode_pages": stream_pages(s["pages"]), "kv_tokens": kv.get("used", 0) - kv.get("cached", 0)}
+    return {
+        "slots": s.get("slots_in_use", 0),
+        "requests": s.get("active_requests", 0),
+        "decode_pages": stream_pages(s["pages"]),
+        "kv_tokens": kv.get("used", 0) - kv.get("cached", 0),
+    }
 
 
 def growth(samples: list[dict], kind: str) -> dict[str, float]:
@@ -131,19 +139,33 @@ def verdict(records: list[dict], during: list[dict], idle: dict, memory_slack_mb
     """Pure: the soak's pass/fail from the load's scored records, the samples taken under load, and one idle
     sample taken after it."""
     # no audio and no error, or audio cut short of the forced length without an error
-    lost = [r["index"] for r in records if (not r["ok"] and r["error"] is None and r["status"] in (None, 200))
-            or (r["ok"] and r["is_forced_length"] is False)]
+    lost = [
+        r["index"]
+        for r in records
+        if (not r["ok"] and r["error"] is None and r["status"] in (None, 200))
+        or (r["ok"] and r["is_forced_length"] is False)
+    ]
     failed = [r["index"] for r in records if not r["ok"] and r["index"] not in lost]
     leaked = {k: v for k, v in held(idle).items() if v}
     host, device = growth(during, "resident_bytes"), growth(during, "device_bytes")
-    grew = {f"{name} {kind}": round(v / MB, 1) for kind, series in (("host", host), ("gpu", device))
-            for name, v in series.items() if v > memory_slack_mb * MB}
-    return {"passed": not (lost or failed or leaked or grew) and len(during) >= 4,
-            "requests": len(records), "lost": lost, "failed": failed, "leaked": leaked,
-            "memory_grew_mb": grew, "samples": len(during),
-            "host_growth_mb": {k: round(v / MB, 1) for k, v in host.items()},
-            "gpu_growth_mb": {k: round(v / MB, 1) for k, v in device.items()},
-            "peak": {k: max(held(s)[k] for s in during) for k in held(idle)} if during else {}}
+    grew = {
+        f"{name} {kind}": round(v / MB, 1)
+        for kind, series in (("host", host), ("gpu", device))
+        for name, v in series.items()
+        if v > memory_slack_mb * MB
+    }
+    return {
+        "passed": not (lost or failed or leaked or grew) and len(during) >= 4,
+        "requests": len(records),
+        "lost": lost,
+        "failed": failed,
+        "leaked": leaked,
+        "memory_grew_mb": grew,
+        "samples": len(during),
+        "host_growth_mb": {k: round(v / MB, 1) for k, v in host.items()},
+        "gpu_growth_mb": {k: round(v / MB, 1) for k, v in device.items()},
+        "peak": {k: max(held(s)[k] for s in during) for k in held(idle)} if during else {},
+    }
 
 
 def wait_idle(url: str, settle_s: float) -> dict:
@@ -175,24 +197,35 @@ def soak(own: argparse.Namespace, args: argparse.Namespace, url: str) -> dict:
         idle = wait_idle(url, own.settle_s)
     result = verdict(level["records"], sampler.samples, idle, own.memory_slack_mb)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in {**vars(args), **vars(own)}.items()}
-    return {"command": sys.argv, "url": url, "settings": settings, "verdict": result, "idle": idle,
-            "sample_errors": sampler.errors, "load": level, "samples": sampler.samples}
+    return {
+        "command": sys.argv,
+        "url": url,
+        "settings": settings,
+        "verdict": result,
+        "idle": idle,
+        "sample_errors": sampler.errors,
+        "load": level,
+        "samples": sampler.samples,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     own, args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        url = args.url or stack.enter_context(local_server(args.model_dir, args.port, args.server_args,
-                                                            args.out / "server.log", args.ready_timeout_s))
+        url = args.url or stack.enter_context(
+            local_server(args.model_dir, args.port, args.server_args, args.out / "server.log", args.ready_timeout_s)
+        )
         result = soak(own, args, url.rstrip("/"))
     (args.out / "soak.json").write_text(json.dumps(result, indent=1))
     v = result["verdict"]
     print(streams.describe(result["load"]))
-    print(f"soak {'PASSED' if v['passed'] else 'FAILED'}: {v['requests']} requests, {len(v['lost'])} lost, "
-          f"{len(v['failed'])} failed, leaked {v['leaked'] or 'nothing'}, memory growth host {v['host_growth_mb']} "
-          f"gpu {v['gpu_growth_mb']} MB (slack {own.memory_slack_mb:g}), peak {v['peak']}; "
-          f"wrote {args.out / 'soak.json'}")
+    print(
+        f"soak {'PASSED' if v['passed'] else 'FAILED'}: {v['requests']} requests, {len(v['lost'])} lost, "
+        f"{len(v['failed'])} failed, leaked {v['leaked'] or 'nothing'}, memory growth host {v['host_growth_mb']} "
+        f"gpu {v['gpu_growth_mb']} MB (slack {own.memory_slack_mb:g}), peak {v['peak']}; "
+        f"wrote {args.out / 'soak.json'}"
+    )
     return 0 if v["passed"] else 1
 
 

@@ -50,25 +50,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=0, help="port of the server started here (0: a free port)")
     p.add_argument("--ready_timeout_s", type=float, default=600)
     p.add_argument("--concurrency", type=int, nargs="+", help="closed-loop levels (default 1 8 16 32 without --rate)")
-    p.add_argument("--requests_per_level", type=int,
-                   help="closed loop: measured requests per level, after the ramp's (default 2 x concurrency)")
+    p.add_argument(
+        "--requests_per_level",
+        type=int,
+        help="closed loop: measured requests per level, after the ramp's (default 2 x concurrency)",
+    )
     p.add_argument("--duration_per_level", type=float, help="closed loop: send for this many seconds per level")
-    p.add_argument("--ramp_s", type=float, help="stagger the workers' first requests (open loop: the arrivals) over "
-                   "this many seconds and leave them out of the scores (default: one utterance, "
-                   "fixed_speech_tokens / --token_rate; 0: every closed-loop worker starts at once and all is scored)")
+    p.add_argument(
+        "--ramp_s",
+        type=float,
+        help="stagger the workers' first requests (open loop: the arrivals) over "
+        "this many seconds and leave them out of the scores (default: one utterance, "
+        "fixed_speech_tokens / --token_rate; 0: every closed-loop worker starts at once and all is scored)",
+    )
     p.add_argument("--rate", type=float, nargs="+", default=[], help="open-loop levels: Poisson arrivals per second")
     p.add_argument("--duration", type=float, default=300, help="open loop: seconds of arrivals per rate")
     p.add_argument("--new_voice_fraction", type=float, default=0.0, help="requests with a never-seen voice")
     p.add_argument("--saved_voices", type=int, default=4, help="distinct saved voices, reused (warmed first)")
-    p.add_argument("--voices", choices=("auto", "api", "bytes"), default="auto",
-                   help="saved voices by id through /v1/audio/voices (api), as prompt bytes, or api when present")
-    p.add_argument("--fixed_speech_tokens", type=int, default=250,
-                   help="speech tokens per sentence, forced by the server (25 = 1 s; 0: do not send the field; "
-                        "Orpheus: a multiple of 7, 826 = 118 frames = 10.07 s)")
-    p.add_argument("--token_rate", type=float, default=25,
-                   help="the model's speech tokens per second of audio (Orpheus: 82.03125)")
-    p.add_argument("--voice", help="a model's named voice (Orpheus: tara, ...): requests name it as voice_id, no "
-                   "prompt audio is uploaded or sent")
+    p.add_argument(
+        "--voices",
+        choices=("auto", "api", "bytes"),
+        default="auto",
+        help="saved voices by id through /v1/audio/voices (api), as prompt bytes, or api when present",
+    )
+    p.add_argument(
+        "--fixed_speech_tokens",
+        type=int,
+        default=250,
+        help="speech tokens per sentence, forced by the server (25 = 1 s; 0: do not send the field; "
+        "Orpheus: a multiple of 7, 826 = 118 frames = 10.07 s)",
+    )
+    p.add_argument(
+        "--token_rate", type=float, default=25, help="the model's speech tokens per second of audio (Orpheus: 82.03125)"
+    )
+    p.add_argument(
+        "--voice",
+        help="a model's named voice (Orpheus: tara, ...): requests name it as voice_id, no "
+        "prompt audio is uploaded or sent",
+    )
     p.add_argument("--tts_model_name", help="the model the requests ask for (default: the server's first)")
     p.add_argument("--tts_text", default=TTS_TEXT, help="the text of every request (default: one sentence)")
     p.add_argument("--prompt_wav", type=Path, help="a 16-bit PCM WAV voice (default: a synthetic voice)")
@@ -78,15 +97,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout_s", type=float, default=600, help="client timeout per network operation")
     p.add_argument("--seed", type=int, default=0, help="request seeds are seed + request index")
     p.add_argument("--max_ttfa_p95_s", type=float, default=0.5, help="TTFA bound of 'real-time streams held'")
-    p.add_argument("--first_audio_only", action="store_true", help="close each stream at its first audio: "
-                   "time to first audio only (no playback, stalls or lengths), without waiting for the rest")
-    p.add_argument("--breakdown", action="store_true", help="print the server's stage table of time to first "
-                   "audio (its Server-Timing headers) after each level")
-    p.add_argument("--mode", choices=("zero_shot", "instruct", "cross_lingual", "vc"), default="zero_shot",
-                   help="what every request asks for: speech in a text mode, or voice conversion (vc)")
+    p.add_argument(
+        "--first_audio_only",
+        action="store_true",
+        help="close each stream at its first audio: "
+        "time to first audio only (no playback, stalls or lengths), without waiting for the rest",
+    )
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="print the server's stage table of time to first audio (its Server-Timing headers) after each level",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("zero_shot", "instruct", "cross_lingual", "vc"),
+        default="zero_shot",
+        help="what every request asks for: speech in a text mode, or voice conversion (vc)",
+    )
     p.add_argument("--instruct_text", default="Speak slowly and softly.", help="the instruction of --mode instruct")
-    p.add_argument("--vc_source_seconds", type=float, default=10.0,
-                   help="--mode vc: the source recording's length (a synthetic voice; its audio is as long)")
+    p.add_argument(
+        "--vc_source_seconds",
+        type=float,
+        default=10.0,
+        help="--mode vc: the source recording's length (a synthetic voice; its audio is as long)",
+    )
     p.add_argument("server_args", nargs="*", help="flags of the server started here, after --")
     args = p.parse_args(argv)
     if args.url and (args.model_dir or args.server_args):
@@ -122,7 +156,7 @@ def load_voice(args: argparse.Namespace) -> bytes:
         with wave.open(str(args.prompt_wav), "rb") as w:
             if w.getsampwidth() != 2:
                 raise SystemExit(f"{args.prompt_wav}: expected 16-bit PCM")
-            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")[::w.getnchannels()]
+            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")[:: w.getnchannels()]
             rate = w.getframerate()
     if len(pcm) < TAG_SAMPLES:
         raise SystemExit(f"the voice prompt needs at least {TAG_SAMPLES} samples")
@@ -154,8 +188,16 @@ class Runner:
             form |= {"mode": "cross_lingual"} if self.args.mode == "cross_lingual" else {}
             if fixed_speech_tokens:
                 form["fixed_speech_tokens"] = str(fixed_speech_tokens)
-        return Share(self.url, voices, form, new_voice_fraction, self.args.timeout_s, start_epoch=0.0,
-                     first_audio_only=self.args.first_audio_only, source_wav=source)
+        return Share(
+            self.url,
+            voices,
+            form,
+            new_voice_fraction,
+            self.args.timeout_s,
+            start_epoch=0.0,
+            first_audio_only=self.args.first_audio_only,
+            source_wav=source,
+        )
 
     def run(self, share: Share, load: dict, fixed_speech_tokens: int) -> dict:
         """One level; `server` holds the server's counters over it (ramp included), None without /metrics."""
@@ -166,14 +208,22 @@ class Runner:
         if len({res["pid"] for res in results}) != len(parts):  # a pool process ran two shares one after the other
             raise RuntimeError("client processes did not run their shares at the same time")
         records = sorted((r for res in results for r in res["records"]), key=lambda r: r["index"])
-        records = [score(r, 0 if share.first_audio_only else fixed_speech_tokens, self.args.token_rate)
-                   for r in records]
+        records = [
+            score(r, 0 if share.first_audio_only else fixed_speech_tokens, self.args.token_rate) for r in records
+        ]
         level = summarize(records, load, [lag for res in results for lag in res["lag_s"]])
         server = counter_delta(before, server_counters(self.url))
         return {**level, "ramp_s": share.ramp_s, "server": server, "records": records}
 
-    def closed(self, concurrency: int, requests: int | None, duration_s: float | None, fixed: int,
-               new_voice_fraction: float, ramp_s: float) -> dict:
+    def closed(
+        self,
+        concurrency: int,
+        requests: int | None,
+        duration_s: float | None,
+        fixed: int,
+        new_voice_fraction: float,
+        ramp_s: float,
+    ) -> dict:
         """`requests` measured requests (the ramp's first request per worker comes on top), or `duration_s`."""
         share = self.share(fixed, new_voice_fraction)
         share.concurrency, share.workers, share.ramp_s = concurrency, list(range(concurrency)), ramp_s
@@ -198,15 +248,20 @@ def ms(seconds: float | None) -> str:
 
 def describe(level: dict) -> str:
     load = f"concurrency {level['concurrency']}" if "concurrency" in level else f"rate {level['rate']}/s"
-    return (f"{load}: {level['requests']} requests, {level['failures']} failed; TTFA p50/p95/p99 "
-            f"{ms(level['ttfa_p50'])}/{ms(level['ttfa_p95'])}/{ms(level['ttfa_p99'])} ms; "
-            f"{level['refused_429']} refused (429), {level['cut_after_200']} cut after their 200, "
-            f"{(level['server'] or {}).get('decode_preemptions', 0):.0f} preemptions; "
-            f"{level['stalled_streams']} stalled streams, {level['stall_s_total']:.2f} stall s; "
-            f"{level['audio_s_per_s'] or 0:.1f} audio s/s; client lag max {ms(level['client_lag_s_max'])} ms"
-            + (f"; errors {level['errors']}" if level["errors"] else "")
-            + ("; WARNING: lengths not forced (does the server know fixed_speech_tokens?)"
-               if level["forced_length_fraction"] not in (None, 1.0) else ""))
+    return (
+        f"{load}: {level['requests']} requests, {level['failures']} failed; TTFA p50/p95/p99 "
+        f"{ms(level['ttfa_p50'])}/{ms(level['ttfa_p95'])}/{ms(level['ttfa_p99'])} ms; "
+        f"{level['refused_429']} refused (429), {level['cut_after_200']} cut after their 200, "
+        f"{(level['server'] or {}).get('decode_preemptions', 0):.0f} preemptions; "
+        f"{level['stalled_streams']} stalled streams, {level['stall_s_total']:.2f} stall s; "
+        f"{level['audio_s_per_s'] or 0:.1f} audio s/s; client lag max {ms(level['client_lag_s_max'])} ms"
+        + (f"; errors {level['errors']}" if level["errors"] else "")
+        + (
+            "; WARNING: lengths not forced (does the server know fixed_speech_tokens?)"
+            if level["forced_length_fraction"] not in (None, 1.0)
+            else ""
+        )
+    )
 
 
 def report(level: dict, breakdown: bool) -> None:
@@ -231,9 +286,15 @@ def benchmark(args: argparse.Namespace, url: str) -> dict:
         for quantile in ("p50", "p95"):
             print(format_stage_levels(closed + opened, quantile), flush=True)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    return {"command": sys.argv, "url": url, "settings": settings, "saved_voices_via": via,
-            "real_time_streams_held": streams_held(closed, args.max_ttfa_p95_s),
-            "closed_loop": closed, "open_loop": opened}
+    return {
+        "command": sys.argv,
+        "url": url,
+        "settings": settings,
+        "saved_voices_via": via,
+        "real_time_streams_held": streams_held(closed, args.max_ttfa_p95_s),
+        "closed_loop": closed,
+        "open_loop": opened,
+    }
 
 
 def run_levels(args: argparse.Namespace, url: str, voices: Voices, num_voices: int) -> tuple[list, list]:
@@ -247,8 +308,11 @@ def run_levels(args: argparse.Namespace, url: str, voices: Voices, num_voices: i
         closed, opened = [], []
         for c in args.concurrency or []:
             requests = None if args.duration_per_level else args.requests_per_level or 2 * c
-            closed.append(runner.closed(c, requests, args.duration_per_level, args.fixed_speech_tokens,
-                                        args.new_voice_fraction, args.ramp_s))
+            closed.append(
+                runner.closed(
+                    c, requests, args.duration_per_level, args.fixed_speech_tokens, args.new_voice_fraction, args.ramp_s
+                )
+            )
             report(closed[-1], args.breakdown)
         for rate in args.rate:
             opened.append(runner.open(rate, args.duration))
@@ -262,15 +326,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        url = args.url or stack.enter_context(local_server(args.model_dir, args.port, args.server_args,
-                                                            args.out / "server.log", args.ready_timeout_s))
+        url = args.url or stack.enter_context(
+            local_server(args.model_dir, args.port, args.server_args, args.out / "server.log", args.ready_timeout_s)
+        )
         result = benchmark(args, url.rstrip("/"))
     (args.out / "streams.json").write_text(json.dumps(result, indent=1))
     from light_tts.bench.serving.stream_plot import plot
 
     plot(result, args.out / "streams.png")
-    print(f"real-time streams held: {result['real_time_streams_held']} (p95 TTFA <= {args.max_ttfa_p95_s} s, "
-          f"no stall, no failure); wrote {args.out / 'streams.json'} and {args.out / 'streams.png'}")
+    print(
+        f"real-time streams held: {result['real_time_streams_held']} (p95 TTFA <= {args.max_ttfa_p95_s} s, "
+        f"no stall, no failure); wrote {args.out / 'streams.json'} and {args.out / 'streams.png'}"
+    )
     return 0
 
 

@@ -63,8 +63,14 @@ async def one_request(client, url: str, form) -> dict:
     latency = time.perf_counter() - start
     seconds = num_bytes / BYTES_PER_SECOND
     ok = status == 200 and seconds > 0
-    return {"ok": ok, "status": status, "ttfa": first, "latency": latency, "audio_s": seconds,
-            "rtf": latency / seconds if seconds else None}
+    return {
+        "ok": ok,
+        "status": status,
+        "ttfa": first,
+        "latency": latency,
+        "audio_s": seconds,
+        "rtf": latency / seconds if seconds else None,
+    }
 
 
 async def run_level(args, form, concurrency: int) -> dict:
@@ -87,10 +93,16 @@ async def run_level(args, form, concurrency: int) -> dict:
     ttfa = [r["ttfa"] for r in good]
     rtf = [r["rtf"] for r in good]
     return {
-        "concurrency": concurrency, "requests": len(results), "failures": len(results) - len(good),
-        "server_failures": after - before, "wall_s": wall,
-        "ttfa_p50": percentile(ttfa, 50), "ttfa_p95": percentile(ttfa, 95), "ttfa_p99": percentile(ttfa, 99),
-        "rtf_p50": percentile(rtf, 50), "rtf_mean": sum(rtf) / len(rtf) if rtf else None,
+        "concurrency": concurrency,
+        "requests": len(results),
+        "failures": len(results) - len(good),
+        "server_failures": after - before,
+        "wall_s": wall,
+        "ttfa_p50": percentile(ttfa, 50),
+        "ttfa_p95": percentile(ttfa, 95),
+        "ttfa_p99": percentile(ttfa, 99),
+        "rtf_p50": percentile(rtf, 50),
+        "rtf_mean": sum(rtf) / len(rtf) if rtf else None,
         "audio_s_per_s": sum(r["audio_s"] for r in good) / wall,
         "errors": sorted({r.get("error") or f"HTTP {r.get('status')}" for r in results if not r["ok"]}),
     }

@@ -29,7 +29,7 @@ from light_tts.clients.common import (
 
 def text_pieces(text: str, words_per_piece: int) -> list[str]:
     words = text.split(" ")
-    return [" ".join(words[i:i + words_per_piece]) + " " for i in range(0, len(words), words_per_piece)]
+    return [" ".join(words[i : i + words_per_piece]) + " " for i in range(0, len(words), words_per_piece)]
 
 
 def start_message(args) -> tuple[dict, bytes | None]:
@@ -49,8 +49,9 @@ async def run(args) -> None:
     pieces = text_pieces(args.tts_text, args.words_per_piece)
     message, wav = start_message(args)
     pcm, start, first = bytearray(), time.perf_counter(), None
-    async with websockets.connect(f"{args.url}/inference_zero_shot_bistream", max_size=None,
-                                  additional_headers=auth_headers(args.api_key)) as ws:
+    async with websockets.connect(
+        f"{args.url}/inference_zero_shot_bistream", max_size=None, additional_headers=auth_headers(args.api_key)
+    ) as ws:
         await ws.send(json.dumps(message))
         if wav is not None:
             await ws.send(wav)
@@ -78,8 +79,11 @@ async def run(args) -> None:
         raise ClientError("the server closed the stream without audio")
     elapsed = time.perf_counter() - start
     write_audio(args.out, bytes(pcm))
-    report(f"{len(pieces)} text pieces; first audio after {first:.3f} s; "
-           f"{len(pcm) / BYTES_PER_SECOND:.2f} s of audio in {elapsed:.2f} s -> {args.out}", args.out)
+    report(
+        f"{len(pieces)} text pieces; first audio after {first:.3f} s; "
+        f"{len(pcm) / BYTES_PER_SECOND:.2f} s of audio in {elapsed:.2f} s -> {args.out}",
+        args.out,
+    )
 
 
 def main(argv: list[str] | None = None, default_out: str = "bistream.wav") -> None:

@@ -35,23 +35,35 @@ def str2bool(value: str) -> bool:
 
 def build_parser(doc: str, default_url: str, default_out: str | None) -> argparse.ArgumentParser:
     """The options of every client: server, voice (a prompt file + transcript, or a saved voice id), text."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--url", default=default_url, help="server address")
-    parser.add_argument("--api_key", default=os.environ.get(API_KEY_ENV),
-                        help=f"sent as 'Authorization: Bearer KEY' (default: ${API_KEY_ENV})")
+    parser.add_argument(
+        "--api_key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"sent as 'Authorization: Bearer KEY' (default: ${API_KEY_ENV})",
+    )
     parser.add_argument("--prompt_wav", help="a few seconds of the voice to clone (wav/flac/ogg/mp3)")
     parser.add_argument("--prompt_text", help="what the voice says in --prompt_wav")
-    parser.add_argument("--voice_id", help="a saved voice (POST /v1/audio/voices), instead of --prompt_wav and "
-                                           "--prompt_text")
+    parser.add_argument(
+        "--voice_id", help="a saved voice (POST /v1/audio/voices), instead of --prompt_wav and --prompt_text"
+    )
     parser.add_argument("--tts_text", required=True, help="the text to speak")
     parser.add_argument("--tts_model_name", default="default")
     parser.add_argument("--seed", type=int, default=None, help="same inputs + same seed = same audio")
-    parser.add_argument("--fixed_speech_tokens", type=int, default=None,
-                        help="benchmarks: every sentence generates exactly this many speech tokens (25 = 1 s)")
+    parser.add_argument(
+        "--fixed_speech_tokens",
+        type=int,
+        default=None,
+        help="benchmarks: every sentence generates exactly this many speech tokens (25 = 1 s)",
+    )
     if default_out is not None:
-        parser.add_argument("--out", default=default_out,
-                            help="audio file: .wav (playable), .pcm/.raw (headerless int16 24 kHz), - (PCM to stdout)")
+        parser.add_argument(
+            "--out",
+            default=default_out,
+            help="audio file: .wav (playable), .pcm/.raw (headerless int16 24 kHz), - (PCM to stdout)",
+        )
     return parser
 
 
@@ -75,8 +87,9 @@ def voice_fields(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, tu
     if args.voice_id is not None:
         return {"voice_id": args.voice_id}, {}
     wav = read_file(args.prompt_wav)
-    return {"prompt_text": args.prompt_text}, {"prompt_wav": (os.path.basename(args.prompt_wav), wav,
-                                                              "application/octet-stream")}
+    return {"prompt_text": args.prompt_text}, {
+        "prompt_wav": (os.path.basename(args.prompt_wav), wav, "application/octet-stream")
+    }
 
 
 def zero_shot_form(args: argparse.Namespace, stream: bool, speed: float | None = None):

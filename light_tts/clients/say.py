@@ -27,8 +27,13 @@ def synthesize(args) -> None:
 
     data, files = zero_shot_form(args, stream=False, speed=args.speed)
     start = time.perf_counter()
-    response = httpx.post(f"{args.url}/inference_zero_shot", data=data, files=files,
-                          headers=auth_headers(args.api_key), timeout=args.timeout_s)
+    response = httpx.post(
+        f"{args.url}/inference_zero_shot",
+        data=data,
+        files=files,
+        headers=auth_headers(args.api_key),
+        timeout=args.timeout_s,
+    )
     elapsed = time.perf_counter() - start
     if response.status_code != 200:
         raise ClientError(error_message(response.status_code, response.content))
@@ -36,8 +41,7 @@ def synthesize(args) -> None:
         raise ClientError("the server answered 200 with no audio")
     seconds = len(response.content) / BYTES_PER_SECOND
     write_audio(args.out, response.content)
-    report(f"{seconds:.2f} s of audio in {elapsed:.2f} s (RTF {elapsed / seconds:.3f}) -> {args.out}",
-           args.out)
+    report(f"{seconds:.2f} s of audio in {elapsed:.2f} s (RTF {elapsed / seconds:.3f}) -> {args.out}", args.out)
 
 
 def main(argv: list[str] | None = None, default_out: str = "say.wav") -> None:

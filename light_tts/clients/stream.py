@@ -32,8 +32,14 @@ def stream(args) -> None:
     data, files = zero_shot_form(args, stream=True)
     pcm, start, first = bytearray(), time.perf_counter(), None
     try:
-        with httpx.stream("POST", f"{args.url}/inference_zero_shot", data=data, files=files,
-                          headers=auth_headers(args.api_key), timeout=args.timeout_s) as response:
+        with httpx.stream(
+            "POST",
+            f"{args.url}/inference_zero_shot",
+            data=data,
+            files=files,
+            headers=auth_headers(args.api_key),
+            timeout=args.timeout_s,
+        ) as response:
             if response.status_code != 200:
                 raise ClientError(error_message(response.status_code, response.read()))
             for chunk in response.iter_bytes():
@@ -41,11 +47,14 @@ def stream(args) -> None:
                 first = now if first is None else first
                 pcm += chunk
                 if not args.quiet:
-                    report(f"{now:7.3f} s  +{len(chunk) / BYTES_PER_SECOND:.3f} s audio "
-                           f"(total {len(pcm) / BYTES_PER_SECOND:.2f} s)", args.out)
+                    report(
+                        f"{now:7.3f} s  +{len(chunk) / BYTES_PER_SECOND:.3f} s audio "
+                        f"(total {len(pcm) / BYTES_PER_SECOND:.2f} s)",
+                        args.out,
+                    )
     except httpx.TransportError as e:
         if pcm:
-            write_audio(args.out, bytes(pcm[:len(pcm) // 2 * 2]))
+            write_audio(args.out, bytes(pcm[: len(pcm) // 2 * 2]))
         received = f" after {len(pcm) / BYTES_PER_SECOND:.2f} s of audio" if pcm else ""
         raise ClientError(f"stream cut short{received} ({transport_message(e)})") from None
     if not pcm:
@@ -54,8 +63,11 @@ def stream(args) -> None:
         raise ClientError(f"stream ended mid-sample ({len(pcm)} bytes): the audio is truncated")
     elapsed = time.perf_counter() - start
     write_audio(args.out, bytes(pcm))
-    report(f"first audio after {first:.3f} s; {len(pcm) / BYTES_PER_SECOND:.2f} s of audio in {elapsed:.2f} s "
-           f"-> {args.out}", args.out)
+    report(
+        f"first audio after {first:.3f} s; {len(pcm) / BYTES_PER_SECOND:.2f} s of audio in {elapsed:.2f} s "
+        f"-> {args.out}",
+        args.out,
+    )
 
 
 def main(argv: list[str] | None = None, default_out: str = "stream.wav") -> None:

@@ -90,8 +90,7 @@ class Planner:
         self.num_slots = self.new_room = self.num_admitted = 0
         self.stalled: str | None = None  # the stream whose wait would idle the engine: any younger one makes room
 
-    def plan(self, asks: list[Ask], holders: list[Holder], now: float, free_slots: int,
-             new_stream_room: int) -> Plan:
+    def plan(self, asks: list[Ask], holders: list[Holder], now: float, free_slots: int, new_stream_room: int) -> Plan:
         """Grants (in the pool) the pages of this step's chosen chunks that may have them, preempts where a
         playing stream would otherwise stall; `free_slots`: slots for admissions, `new_stream_room`: new streams
         the real-time capacity still admits. When nothing at all would run while a playing stream waits for pages,
@@ -114,15 +113,15 @@ class Planner:
         left_out = [a for a in asks if a.kind == Kind.PLAYING and not a.is_chosen]
         for ask in sorted(left_out, key=lambda a: a.rank):
             self.stalled = ask.key
-            retry = self._plan([replace(a, is_chosen=a.key == ask.key) for a in asks], holders, now, free_slots,
-                               new_stream_room)
+            retry = self._plan(
+                [replace(a, is_chosen=a.key == ask.key) for a in asks], holders, now, free_slots, new_stream_room
+            )
             self.stalled = None
             if retry.run:
                 return retry
         return plan
 
-    def _plan(self, asks: list[Ask], holders: list[Holder], now: float, free_slots: int,
-              new_stream_room: int) -> Plan:
+    def _plan(self, asks: list[Ask], holders: list[Holder], now: float, free_slots: int, new_stream_room: int) -> Plan:
         plan = Plan()
         self.num_slots, self.new_room, self.num_admitted = free_slots, new_stream_room, len(holders)
         held_back = 0  # pages the waiting requests of earlier kinds need: later kinds may not take them
@@ -133,8 +132,11 @@ class Planner:
                 if ask.key in plan.preempted:  # an older stream took its pages in this step
                     plan.waiting[ask.key] = "pages"
                     continue
-                reason = self._grant(ask, held_back, holders, now, plan) if ask.is_chosen else (
-                    None if ask.is_admitted else "turn")
+                reason = (
+                    self._grant(ask, held_back, holders, now, plan)
+                    if ask.is_chosen
+                    else (None if ask.is_admitted else "turn")
+                )
                 if reason is not None:
                     plan.waiting[ask.key] = reason
                     short += ask.pages
@@ -175,9 +177,19 @@ class Planner:
         if self.cfg.reservation != "lazy":
             return False
         interval, any_victim = self.cfg.preempt_interval_s, ask.key == self.stalled
-        victims = sorted((h for h in holders if h.rank > ask.rank and h.key in self.pool.streams
-                          and h.key not in plan.run and (h.preempted_at is None or now - h.preempted_at >= interval)
-                          and (any_victim or h.spare_s > 0)), key=lambda h: h.rank, reverse=True)
+        victims = sorted(
+            (
+                h
+                for h in holders
+                if h.rank > ask.rank
+                and h.key in self.pool.streams
+                and h.key not in plan.run
+                and (h.preempted_at is None or now - h.preempted_at >= interval)
+                and (any_victim or h.spare_s > 0)
+            ),
+            key=lambda h: h.rank,
+            reverse=True,
+        )
         short = ask.pages - (self._room(ask) - held_back)
         if sum(self.pool.streams[h.key].num_held for h in victims) < short:
             return False

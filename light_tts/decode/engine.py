@@ -92,9 +92,17 @@ def to_int16(audio: np.ndarray) -> np.ndarray:
 
 
 class DecodeEngine(EngineAdmission):
-    def __init__(self, model_cfg: ModelConfig, device: str | torch.device = "cpu", max_batch_size: int = 16,
-                 hop_policy: HopPolicy = HopPolicy(), dtype: torch.dtype = torch.float32,
-                 use_cuda_graph: bool = True, limits: EngineLimits = EngineLimits(), clock=time.monotonic):
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        device: str | torch.device = "cpu",
+        max_batch_size: int = 16,
+        hop_policy: HopPolicy = HopPolicy(),
+        dtype: torch.dtype = torch.float32,
+        use_cuda_graph: bool = True,
+        limits: EngineLimits = EngineLimits(),
+        clock=time.monotonic,
+    ):
         self.cfg, self.device, self.hop_policy, self.dtype = model_cfg, torch.device(device), hop_policy, dtype
         self.max_batch_size, self.limits, self.clock = max_batch_size, limits, clock
         self.t2w = self.make_token2wav(model_cfg)
@@ -108,9 +116,13 @@ class DecodeEngine(EngineAdmission):
         self.page_tokens = self.cache.shape.page_tokens
         # a non-stream utterance keeps its pages from new streams while it waits: it gets its turn well before
         # they would be refused for the wait
-        self.sched_cfg = SchedulerConfig(max_rows=max_batch_size, max_tokens=limits.max_pass_tokens,
-                                         target_step_s=limits.step_target_s, lane_step_s=limits.lane_step_s,
-                                         max_hold_s=limits.admission_wait_s / 2)
+        self.sched_cfg = SchedulerConfig(
+            max_rows=max_batch_size,
+            max_tokens=limits.max_pass_tokens,
+            target_step_s=limits.step_target_s,
+            lane_step_s=limits.lane_step_s,
+            max_hold_s=limits.admission_wait_s / 2,
+        )
         self.step_model = StepTimeModel()
         self.requests: dict[str, DecodeRequest] = {}
         self.stats = EngineStats(pages_total=self.pool.num_pages)
@@ -139,8 +151,9 @@ class DecodeEngine(EngineAdmission):
         if is_on(self.limits.hift_half, self.device):
             self.hift.set_conv_dtype(torch.float16)
         self.keyed_noise = is_on(self.limits.keyed_noise, self.device)
-        return HiFTStage(self.hift, self.device, self.keyed_noise, is_on(self.limits.overlap_hift, self.device),
-                         self._fail)
+        return HiFTStage(
+            self.hift, self.device, self.keyed_noise, is_on(self.limits.overlap_hift, self.device), self._fail
+        )
 
     def new_vocoder_state(self):
         """A request's vocoder stream state before its first chunk."""
@@ -155,22 +168,49 @@ class DecodeEngine(EngineAdmission):
 
     # ---- API of the decode process ----
 
-    def add_request(self, req_id: str, prompt: Prompt, seed: int, stream: bool, speed: float = 1.0,
-                    max_tokens: int | None = None, prefix_key: str | None = None,
-                    audio_start: float | None = None, samples_sent: int = 0, min_tokens: int = 0) -> None:
+    def add_request(
+        self,
+        req_id: str,
+        prompt: Prompt,
+        seed: int,
+        stream: bool,
+        speed: float = 1.0,
+        max_tokens: int | None = None,
+        prefix_key: str | None = None,
+        audio_start: float | None = None,
+        samples_sent: int = 0,
+        min_tokens: int = 0,
+    ) -> None:
         """max_tokens: the most speech tokens it can get (its page budget); min_tokens: the fewest it will get (a
         fixed length); prefix_key: its voice (streams of one voice share the prompt's first pages);
         audio_start/samples_sent: playback already under way (a later sentence of a request whose listener is
         hearing the earlier ones)."""
         p_tok = np.asarray(prompt.speech_tokens, dtype=np.int32)
-        schedule_ = ChunkSchedule(self.hop_policy, first_hop_pad(len(p_tok), self.cfg.chunk_size),
-                                  self.cfg.flow.pre_lookahead_len, first_hop=self.limits.first_hop_tokens or None)
+        schedule_ = ChunkSchedule(
+            self.hop_policy,
+            first_hop_pad(len(p_tok), self.cfg.chunk_size),
+            self.cfg.flow.pre_lookahead_len,
+            first_hop=self.limits.first_hop_tokens or None,
+        )
         gen = torch.Generator(device=self.device).manual_seed(seed)
         emb = torch.as_tensor(prompt.embedding, dtype=torch.float32, device=self.device)[None]
-        req = DecodeRequest(req_id, stream, speed, schedule_, p_tok, np.asarray(prompt.mel, dtype=np.float32), emb,
-                            gen, min(max_tokens or self.limits.max_stream_tokens, self.limits.max_stream_tokens),
-                            prefix_key if stream else None, self.clock(), hift_state=self.new_vocoder_state(),
-                            audio_start=audio_start, samples_sent=samples_sent, seed=seed)
+        req = DecodeRequest(
+            req_id,
+            stream,
+            speed,
+            schedule_,
+            p_tok,
+            np.asarray(prompt.mel, dtype=np.float32),
+            emb,
+            gen,
+            min(max_tokens or self.limits.max_stream_tokens, self.limits.max_stream_tokens),
+            prefix_key if stream else None,
+            self.clock(),
+            hift_state=self.new_vocoder_state(),
+            audio_start=audio_start,
+            samples_sent=samples_sent,
+            seed=seed,
+        )
         if stream and speed != 1.0:
             req.error = "speed change is only supported for non-stream requests"
         elif len(p_tok) > self.limits.max_prompt_tokens or req.mel_mismatch():
@@ -203,8 +243,11 @@ class DecodeEngine(EngineAdmission):
     def has_work(self) -> bool:
         """A step would do something now. After a step that ran nothing the engine waits for tokens, an abort or
         a new request, or, while requests wait for pages or time, WAIT_POLL_S (wake_in_s)."""
-        return self.hift_stage.has_pending() or self.clock() >= self.stalled_until and any(
-            r.error is not None or r.ready_chunk() is not None for r in self.requests.values())
+        return (
+            self.hift_stage.has_pending()
+            or self.clock() >= self.stalled_until
+            and any(r.error is not None or r.ready_chunk() is not None for r in self.requests.values())
+        )
 
     def wake_in_s(self) -> float | None:
         """Seconds until a stalled engine should step again by itself (None: only when something arrives)."""
@@ -244,15 +287,28 @@ class DecodeEngine(EngineAdmission):
             ready[req.req_id] = chunk
             req.ready_since = now if req.ready_since is None else req.ready_since
             cost = len(self._chunk_tokens(req, finalize)[0])
-            candidates.append(Candidate(req.req_id, req.stream, req.audio_start is None,
-                                        req.deadline(self.limits.deadline_margin_s), cost, req.arrival,
-                                        now - req.ready_since))
+            candidates.append(
+                Candidate(
+                    req.req_id,
+                    req.stream,
+                    req.audio_start is None,
+                    req.deadline(self.limits.deadline_margin_s),
+                    cost,
+                    req.arrival,
+                    now - req.ready_since,
+                )
+            )
         self._free_slots_for(sum(1 for c in candidates if not self.requests[c.key].is_admitted))
         chosen = schedule(candidates, now, self.sched_cfg, self.step_model, self.first_expected)
         # the latency lane may leave ready early chunks for a first chunk on its way: not a stall, time moves on
         self.is_holding = self.sched_cfg.lane_step_s is not None and bool(candidates) and not chosen
-        plan = self._plan(candidates, {c.key for c in chosen}, ready, urgent_before(candidates, now, self.sched_cfg,
-                                                                                    self.step_model), now)
+        plan = self._plan(
+            candidates,
+            {c.key for c in chosen},
+            ready,
+            urgent_before(candidates, now, self.sched_cfg, self.step_model),
+            now,
+        )
         for key in plan.preempted:
             self._preempt(self.requests[key], now)
         for key in plan.admitted:
@@ -276,7 +332,7 @@ class DecodeEngine(EngineAdmission):
             mel, inputs = self.runner.run([job.spec for job in jobs]) if jobs else (None, None)
             for r, job in enumerate(jobs):
                 a, n = inputs.frame_starts[r], inputs.num_frames[r]
-                row = mel[a + job.drop_frames:a + n].t()[None]  # (1, 80, frames)
+                row = mel[a + job.drop_frames : a + n].t()[None]  # (1, 80, frames)
                 if job.req.speed != 1.0:
                     row = F.interpolate(row, size=int(row.shape[2] / job.req.speed), mode="linear")
                 job.mel = row.clone()
@@ -312,8 +368,9 @@ class DecodeEngine(EngineAdmission):
 
     def _new_pages(self, req: DecodeRequest, finalize: bool) -> int:
         tokens, la = self._chunk_tokens(req, finalize)
-        return max(0, -(-(req.t0 + len(tokens) - la) // self.page_tokens)
-                   - len(self.pool.streams[req.req_id].page_table))
+        return max(
+            0, -(-(req.t0 + len(tokens) - la) // self.page_tokens) - len(self.pool.streams[req.req_id].page_table)
+        )
 
     def _chunk_tokens(self, req: DecodeRequest, finalize: bool, t0: int | None = None) -> tuple[list[int], int]:
         """The next chunk's flow tokens (from the first one not cached to the chunk's end, lookahead included)
@@ -322,7 +379,7 @@ class DecodeEngine(EngineAdmission):
         la = 0 if finalize else self.cfg.flow.pre_lookahead_len
         p, sched = req.num_prompt_tokens, req.schedule
         end = len(sched.tokens) if finalize else sched.offset + sched.hop + la
-        return (req.prompt_tokens[t0:].tolist() if t0 < p else []) + sched.tokens[max(0, t0 - p):end], la
+        return (req.prompt_tokens[t0:].tolist() if t0 < p else []) + sched.tokens[max(0, t0 - p) : end], la
 
     def _job(self, req: DecodeRequest, new: list[int], finalize: bool) -> StepJob:
         """The chunk's flow row: every token from the first one not cached (t0) to the chunk's end. Usually the
@@ -338,17 +395,30 @@ class DecodeEngine(EngineAdmission):
         cond = None
         if req.t0 < p:
             cond = np.zeros((2 * num_new, self.cfg.flow.output_size), np.float32)
-            cond[:2 * (p - req.t0)] = req.prompt_mel[2 * req.t0:]
+            cond[: 2 * (p - req.t0)] = req.prompt_mel[2 * req.t0 :]
         # a streamed chunk off the page grid (a short first hop) is provisional past its last boundary
         keep_to = req.t0 + num_new if finalize else (req.t0 + num_new) // page * page
-        spec = ChunkSpec(slot=req.slot, read_slot=req.read_slot, page_table=stream.page_table, t0=req.t0,
-                         tokens=tokens, num_lookahead=la, full_attention=not req.stream, cond=cond,
-                         saves=[(keep_to - req.t0, req.slot)] if keep_to > req.t0 else [],
-                         skip_pages=self._window(req))
+        spec = ChunkSpec(
+            slot=req.slot,
+            read_slot=req.read_slot,
+            page_table=stream.page_table,
+            t0=req.t0,
+            tokens=tokens,
+            num_lookahead=la,
+            full_attention=not req.stream,
+            cond=cond,
+            saves=[(keep_to - req.t0, req.slot)] if keep_to > req.t0 else [],
+            skip_pages=self._window(req),
+        )
         job = StepJob(req, spec, finalize, drop_frames=2 * (p + sched.offset - req.t0), keep_to=keep_to)
         prefix_pages = self._prefix_pages(req)
-        if (req.num_chunks == 0 and stream.prefix is None and prefix_pages and self.slots.num_free
-                and len(self.pool.prefixes) < self.limits.max_prefixes):
+        if (
+            req.num_chunks == 0
+            and stream.prefix is None
+            and prefix_pages
+            and self.slots.num_free
+            and len(self.pool.prefixes) < self.limits.max_prefixes
+        ):
             job.prefix_slot = self.slots.take()
             spec.saves.append((prefix_pages * page - req.t0, job.prefix_slot))
         return job
@@ -460,4 +530,3 @@ class DecodeEngine(EngineAdmission):
         if per <= 0:
             return self.pool.num_pages
         return max(0, int((1.0 - self.limits.deadline_margin_s - self.step_model.base_s) / per))
-

@@ -15,8 +15,12 @@ from light_tts.decode.request import DecodeRequest
 from light_tts.decode.scheduler import Candidate
 
 logger = logging.getLogger("light_tts.decode.engine")
-WAIT_NAMES = {"pages": "flow-cache pages", "slots": "a stream slot (--decode_max_streams)",
-              "capacity": "real-time capacity (the measured step times)", "turn": "its turn in a decode step"}
+WAIT_NAMES = {
+    "pages": "flow-cache pages",
+    "slots": "a stream slot (--decode_max_streams)",
+    "capacity": "real-time capacity (the measured step times)",
+    "turn": "its turn in a decode step",
+}
 
 
 class EngineAdmission:
@@ -29,8 +33,10 @@ class EngineAdmission:
             pages = min(pages, window + self.hop_policy.max_hop // self.page_tokens + 2)
         if pages > self.pool.num_pages:
             what = "a stream of up to" if req.stream else "an utterance of"
-            req.error = (f"{what} {num_tokens} speech tokens after a {req.num_prompt_tokens}-token prompt needs "
-                         f"{pages} flow-cache pages, the pool has {self.pool.num_pages}")
+            req.error = (
+                f"{what} {num_tokens} speech tokens after a {req.num_prompt_tokens}-token prompt needs "
+                f"{pages} flow-cache pages, the pool has {self.pool.num_pages}"
+            )
             req.error_kind = "too_large"
 
     def _kind(self, req: DecodeRequest) -> Kind:
@@ -45,17 +51,37 @@ class EngineAdmission:
             req = self.requests[c.key]
             kind = self._kind(req)
             rank = (req.audio_start or 0.0, req.admission) if kind == Kind.PLAYING else (req.arrival, 0)
-            asks.append(Ask(c.key, kind, rank, self._pages_asked(req, ready[c.key][1]), req.is_admitted,
-                            c.key in chosen, kind == Kind.PLAYING and c.deadline <= urgent, req.prefix_key))
-        holders = [Holder(r.req_id, (math.inf if r.audio_start is None else r.audio_start, r.admission),
-                          r.preempted_at, self._spare_s(r, now)) for r in self.requests.values()
-                   if r.is_admitted and r.stream]
+            asks.append(
+                Ask(
+                    c.key,
+                    kind,
+                    rank,
+                    self._pages_asked(req, ready[c.key][1]),
+                    req.is_admitted,
+                    c.key in chosen,
+                    kind == Kind.PLAYING and c.deadline <= urgent,
+                    req.prefix_key,
+                )
+            )
+        holders = [
+            Holder(
+                r.req_id,
+                (math.inf if r.audio_start is None else r.audio_start, r.admission),
+                r.preempted_at,
+                self._spare_s(r, now),
+            )
+            for r in self.requests.values()
+            if r.is_admitted and r.stream
+        ]
         room = 1 << 30
         if self.limits.realtime_admission:  # one more stream would make the admitted ones stall
             room = self.capacity_streams() - sum(1 for r in self.requests.values() if r.is_admitted and r.stream)
         lazy = self.limits.reservation == "lazy"
-        cfg = AdmissionConfig(self.limits.reservation, int(self.limits.headroom * self.pool.num_pages) if lazy else 0,
-                              self.limits.preempt_interval_s)
+        cfg = AdmissionConfig(
+            self.limits.reservation,
+            int(self.limits.headroom * self.pool.num_pages) if lazy else 0,
+            self.limits.preempt_interval_s,
+        )
         return Planner(self.pool, cfg).plan(asks, holders, now, self.slots.num_free, room)
 
     def _spare_s(self, req: DecodeRequest, now: float) -> float:
@@ -112,8 +138,14 @@ class EngineAdmission:
                 req.waiting_since = now
                 self.waits.append((key, reason, self._wait_detail(req, reason)))
             if self._kind(req) == Kind.NEW and now - req.waiting_since > self.limits.admission_wait_s:
-                outputs.append(self._fail(req, f"no room for another stream within {self.limits.admission_wait_s:g} "
-                                               f"s (waiting for {WAIT_NAMES[reason]}); retry shortly", "overloaded"))
+                outputs.append(
+                    self._fail(
+                        req,
+                        f"no room for another stream within {self.limits.admission_wait_s:g} "
+                        f"s (waiting for {WAIT_NAMES[reason]}); retry shortly",
+                        "overloaded",
+                    )
+                )
         return outputs
 
     def _wait_detail(self, req: DecodeRequest, reason: str) -> str:

@@ -114,11 +114,20 @@ def build_runtime(engine, use_cuda_graph: bool) -> Runtime:
     else:
         num_pages = _pages_after_warmup(engine, parts, num_slots, max_tokens, buckets[-1], kv_dtype)
     cache = parts.cache_cls(shape, num_pages, num_slots, act_dtype, kv_dtype, device)
-    runner = FlowRunner(parts.paged_cls(flow, cache, max_tokens, fused=is_on(limits.fused_flow, device)), buckets,
-                        limits.max_stream_pages, graphs)
-    logger.info("flow-cache pool: %d pages of %.1f MB (%s keys/values), %.2f GB in all, %d slots", num_pages,
-                shape.page_bytes(kv_dtype, act_dtype) / 1e6, str(kv_dtype).replace("torch.", ""), cache.nbytes / 1e9,
-                num_slots)
+    runner = FlowRunner(
+        parts.paged_cls(flow, cache, max_tokens, fused=is_on(limits.fused_flow, device)),
+        buckets,
+        limits.max_stream_pages,
+        graphs,
+    )
+    logger.info(
+        "flow-cache pool: %d pages of %.1f MB (%s keys/values), %.2f GB in all, %d slots",
+        num_pages,
+        shape.page_bytes(kv_dtype, act_dtype) / 1e6,
+        str(kv_dtype).replace("torch.", ""),
+        cache.nbytes / 1e9,
+        num_slots,
+    )
     if graphs:
         runner.capture_all()
     return Runtime(cache, PagePool(num_pages), runner, SlotPool(num_slots))
@@ -142,8 +151,9 @@ def capture_hift_graphs(engine) -> None:
     keyed noise or generator-drawn noise as the engine runs it."""
     hift_graphs = HiFTGraphs(engine.hift, keyed=engine.keyed_noise)
     frames = 2 * engine.hop_policy.first + MEL_CACHE_LEN
-    hift_graphs.capture(min(engine.max_batch_size, HIFT_MAX_ROWS),
-                        [(frames, MEL_CACHE_LEN * engine.hift.samples_per_frame)])
+    hift_graphs.capture(
+        min(engine.max_batch_size, HIFT_MAX_ROWS), [(frames, MEL_CACHE_LEN * engine.hift.samples_per_frame)]
+    )
     if engine.keyed_noise:
         engine.hift.keyed_runner = hift_graphs
     else:
@@ -169,8 +179,12 @@ def _pages_after_warmup(engine, parts: FlowParts, num_slots: int, max_tokens: in
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
-    FlowRunner(parts.paged_cls(engine.flow, probe, max_tokens, fused=is_on(engine.limits.fused_flow, device)),
-               [largest], engine.limits.max_stream_pages, False).peak_pass(largest)
+    FlowRunner(
+        parts.paged_cls(engine.flow, probe, max_tokens, fused=is_on(engine.limits.fused_flow, device)),
+        [largest],
+        engine.limits.max_stream_pages,
+        False,
+    ).peak_pass(largest)
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - before
     del probe
@@ -181,8 +195,14 @@ def _pages_after_warmup(engine, parts: FlowParts, num_slots: int, max_tokens: in
     torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info(device)
     budget = int(engine.limits.mem_fraction * free) - 2 * peak - 3 * hift_peak // 2
-    logger.info("decode warm-up: %.2f GB flow activation peak at %d tokens, %.2f GB HiFT peak at %d rows; "
-                "%.1f GB free", peak / 1e9, largest.num_tokens, hift_peak / 1e9, HIFT_MAX_ROWS, free / 1e9)
+    logger.info(
+        "decode warm-up: %.2f GB flow activation peak at %d tokens, %.2f GB HiFT peak at %d rows; %.1f GB free",
+        peak / 1e9,
+        largest.num_tokens,
+        hift_peak / 1e9,
+        HIFT_MAX_ROWS,
+        free / 1e9,
+    )
     pages = pages_for_bytes(shape, budget, num_slots, act_dtype, kv_dtype)
     if pages < 1:
         raise RuntimeError(f"no GPU memory left for the flow-cache pool ({free / 1e9:.1f} GB free)")

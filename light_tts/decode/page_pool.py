@@ -118,8 +118,9 @@ class PagePool:
         """Append `num` new pages to the stream's cache, within its budget; returns their ids."""
         stream = self.streams[stream_id]
         if stream.num_held + num > stream.budget:
-            raise PoolExhaustedError(f"stream {stream_id!r} holds {stream.num_held} of {stream.budget} pages and "
-                                     f"asked for {num} more")
+            raise PoolExhaustedError(
+                f"stream {stream_id!r} holds {stream.num_held} of {stream.budget} pages and asked for {num} more"
+            )
         while len(self.free) < num:
             self._evict_one()  # the invariant guarantees an unused prefix is there to reclaim
         pages = [self.free.pop() for _ in range(num)]
@@ -214,4 +215,3 @@ class PagePool:
         assert self.num_outstanding == sum(s.budget - s.num_held for s in self.streams.values())
         assert self.num_free + self.num_evictable >= self.num_outstanding
         assert set(self.unused_prefixes) == {k for k, e in self.prefixes.items() if e.num_users == 0}
-

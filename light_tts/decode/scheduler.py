@@ -85,13 +85,15 @@ class SchedulerConfig:
 def urgent_before(candidates: list[Candidate], now: float, cfg: SchedulerConfig, model: StepTimeModel) -> float:
     """Streams due before this time are urgent: they run dry unless this step serves them. This step will carry the
     first chunks and the streams due soon; a stream left out waits for it and the next."""
-    pending = sum(c.num_tokens for c in candidates if c.is_stream and (c.is_first or c.deadline <= now +
-                                                                        cfg.fill_horizon_s))
+    pending = sum(
+        c.num_tokens for c in candidates if c.is_stream and (c.is_first or c.deadline <= now + cfg.fill_horizon_s)
+    )
     return now + 2 * model.predict(min(cfg.max_tokens, pending))
 
 
-def schedule(candidates: list[Candidate], now: float, cfg: SchedulerConfig, model: StepTimeModel,
-             first_expected: bool = False) -> list[Candidate]:
+def schedule(
+    candidates: list[Candidate], now: float, cfg: SchedulerConfig, model: StepTimeModel, first_expected: bool = False
+) -> list[Candidate]:
     """The chunks of the next step, in the order they were chosen. `first_expected`: a stream's first chunk is
     on its way (the latency lane keeps steps short meanwhile)."""
     chosen: list[Candidate] = []
@@ -132,9 +134,12 @@ def schedule(candidates: list[Candidate], now: float, cfg: SchedulerConfig, mode
             take(c)
     # 4. non-stream: the step must end before every chosen stream's deadline, leave the next step time for the
     # streams left out, and stay short when it carries first chunks
-    max_step_s = min([c.deadline - now for c in chosen if c.is_stream and not c.is_first] +
-                     [(c.deadline - now) / 2 for c in streams if c.key not in taken] +
-                     [cfg.target_step_s for c in chosen if c.is_first] + [math.inf])
+    max_step_s = min(
+        [c.deadline - now for c in chosen if c.is_stream and not c.is_first]
+        + [(c.deadline - now) / 2 for c in streams if c.key not in taken]
+        + [cfg.target_step_s for c in chosen if c.is_first]
+        + [math.inf]
+    )
     for c in whole:
         take(c, max_step_s=max_step_s)
     # 5. early work: fill the step that runs anyway up to the target (or a quarter longer than it already is);

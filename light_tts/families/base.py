@@ -42,8 +42,16 @@ if TYPE_CHECKING:
     from light_tts.model_config import ModelConfig
 
 MODES = TEXT_MODES  # the modes with an LLM prompt (voice conversion has none)
-__all__ = ["CROSS_LINGUAL", "INSTRUCT", "ZERO_SHOT", "MODES", "LLMPrompt", "ModelFamily", "SpeechTokenFilter",
-           "filtered"]
+__all__ = [
+    "CROSS_LINGUAL",
+    "INSTRUCT",
+    "ZERO_SHOT",
+    "MODES",
+    "LLMPrompt",
+    "ModelFamily",
+    "SpeechTokenFilter",
+    "filtered",
+]
 
 
 @dataclass(frozen=True)
@@ -69,8 +77,15 @@ class ModelFacts:
 
     def decode_layout(self) -> tuple[int | float, ...]:
         """What a decode process is built for besides its weights: models that differ here never share one."""
-        return (self.sample_rate, self.token_rate, self.token_mel_ratio, self.embedding_dim, self.num_mels,
-                self.chunk_tokens, self.pre_lookahead)
+        return (
+            self.sample_rate,
+            self.token_rate,
+            self.token_mel_ratio,
+            self.embedding_dim,
+            self.num_mels,
+            self.chunk_tokens,
+            self.pre_lookahead,
+        )
 
     def prompt_layout(self) -> tuple[int, int, int]:
         """(speaker embedding, mel bins, mel frames per token) of its prompt features: the request slots' and
@@ -141,8 +156,13 @@ class ModelFamily:
 
     # ---- frontend ----
 
-    def frontend(self, cfg: ModelConfig, max_text_chars: int | None = None,
-                 max_prompt_seconds: float | None = None, prompt_device: str | None = None) -> Frontend:
+    def frontend(
+        self,
+        cfg: ModelConfig,
+        max_text_chars: int | None = None,
+        max_prompt_seconds: float | None = None,
+        prompt_device: str | None = None,
+    ) -> Frontend:
         """The encode processes' frontend: `sentence_tokens(text, voice)` gives the LLM's ids of each sentence;
         a family with prompt audio also computes the prompt's features (see frontend/frontend.py). prompt_device:
         the speech tokenizer and speaker model as torch modules there (None: ONNX Runtime)."""
@@ -165,8 +185,7 @@ class ModelFamily:
 
     def check_mode(self, mode: str) -> None:
         if mode not in self.modes:
-            raise RequestError(f"mode {mode!r} is not supported by {self.name} models (modes: "
-                               f"{', '.join(self.modes)})")
+            raise RequestError(f"mode {mode!r} is not supported by {self.name} models (modes: {', '.join(self.modes)})")
 
     # ---- LLM ----
 

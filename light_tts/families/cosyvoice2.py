@@ -27,10 +27,23 @@ class CosyVoice2Family(ModelFamily):
     speech_tokenizer = SPEECH_TOKENIZER
     flow_files = ("flow.pt", "hift.pt")
     CONTROL_TAGS = CONTROL_TAGS
-    decode_flags = ("decode_max_batch_size", "decode_max_streams", "decode_mem_fraction", "flow_cache_dtype",
-                    "deadline_margin_s", "decode_reservation", "admission_wait_s", "decode_headroom",
-                    "preempt_interval_s", "decode_pool_pages", "first_hop_tokens", "flow_context_window",
-                    "hop_policy", "decode_data_type", "decode_hot_path")
+    decode_flags = (
+        "decode_max_batch_size",
+        "decode_max_streams",
+        "decode_mem_fraction",
+        "flow_cache_dtype",
+        "deadline_margin_s",
+        "decode_reservation",
+        "admission_wait_s",
+        "decode_headroom",
+        "preempt_interval_s",
+        "decode_pool_pages",
+        "first_hop_tokens",
+        "flow_context_window",
+        "hop_policy",
+        "decode_data_type",
+        "decode_hot_path",
+    )
 
     @property
     def frontend_files(self) -> tuple[str, ...]:
@@ -54,10 +67,15 @@ class CosyVoice2Family(ModelFamily):
         return [Path(model_dir) / "llm.pt"]
 
     def model_facts(self, cfg) -> ModelFacts:
-        return ModelFacts(sample_rate=cfg.sample_rate, token_rate=cfg.token_frame_rate,
-                          token_mel_ratio=cfg.token_mel_ratio, embedding_dim=cfg.flow.spk_embed_dim,
-                          num_mels=cfg.feat.num_mels, chunk_tokens=cfg.chunk_size,
-                          pre_lookahead=cfg.flow.pre_lookahead_len)
+        return ModelFacts(
+            sample_rate=cfg.sample_rate,
+            token_rate=cfg.token_frame_rate,
+            token_mel_ratio=cfg.token_mel_ratio,
+            embedding_dim=cfg.flow.spk_embed_dim,
+            num_mels=cfg.feat.num_mels,
+            chunk_tokens=cfg.chunk_size,
+            pre_lookahead=cfg.flow.pre_lookahead_len,
+        )
 
     def llm_prompt(self, mode: str, transcript: str = "", instruction: str = "") -> LLMPrompt:
         """The LLM's prompt in `mode`, as upstream's cli/frontend.py builds it: zero-shot (frontend_zero_shot) gives
@@ -90,10 +108,12 @@ class CosyVoice2Family(ModelFamily):
         return LLMSpec(
             arch=LMArch(body, layout.num_embeddings, cfg.llm.num_speech_rows, head_bias=ids.decoder_bias),
             layout=layout,
-            make_sampler=lambda num_rows, device: Sampler(cfg.llm.sampling, reject_from, rule.masked_id,
-                                                          min(ids.stop_ids)),
-            engine_weights=lambda sd: engine_state_dict(sd, body.num_hidden_layers, ids.sos_row is None,
-                                                        ids.decoder_bias),
+            make_sampler=lambda num_rows, device: Sampler(
+                cfg.llm.sampling, reject_from, rule.masked_id, min(ids.stop_ids)
+            ),
+            engine_weights=lambda sd: engine_state_dict(
+                sd, body.num_hidden_layers, ids.sos_row is None, ids.decoder_bias
+            ),
             read_weights=lambda: read_state_dict(cfg.path("llm.pt")),
         )
 

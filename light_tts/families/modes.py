@@ -15,8 +15,9 @@ from light_tts.families.base import LLMPrompt
 from light_tts.frontend.prompt import Prompt
 
 
-def llm_prompt_tokens(llm_prompt: LLMPrompt, prompt: Prompt,
-                      tokenize_prompt_text: Callable[[str], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def llm_prompt_tokens(
+    llm_prompt: LLMPrompt, prompt: Prompt, tokenize_prompt_text: Callable[[str], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     """(prompt text tokens int32 [Lp], prompt speech tokens int32 [P or 0]) of the LLM's input
     [sos, prompt text ++ text, task_id, prompt speech]."""
     text = tokenize_prompt_text(llm_prompt.text) if llm_prompt.text else np.zeros(0, np.int32)

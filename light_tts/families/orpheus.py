@@ -40,9 +40,14 @@ def prompt_layout(cfg: OrpheusConfig):
     from light_tts.llm.prompt_layout import PromptLayout
 
     t = cfg.tokens
-    return PromptLayout(vocab_size=cfg.body.vocab_size, stop_ids=frozenset({t.end_of_speech}),
-                        first_audio_id=t.first_audio, codes_per_position=t.codebook_size, frame_len=t.frame_len,
-                        default_max_len=cfg.max_new_tokens)
+    return PromptLayout(
+        vocab_size=cfg.body.vocab_size,
+        stop_ids=frozenset({t.end_of_speech}),
+        first_audio_id=t.first_audio,
+        codes_per_position=t.codebook_size,
+        frame_len=t.frame_len,
+        default_max_len=cfg.max_new_tokens,
+    )
 
 
 def llm_spec(cfg: OrpheusConfig) -> LLMSpec:
@@ -59,8 +64,9 @@ def llm_spec(cfg: OrpheusConfig) -> LLMSpec:
         arch=LMArch(body, body.vocab_size, body.vocab_size, head_bias=False, tie_head=body.tie_word_embeddings),
         layout=layout,
         make_sampler=lambda num_rows, device: NucleusSampler(cfg.sampling, layout, num_rows, device),
-        engine_weights=lambda sd: causal_lm_state_dict(sd, body.num_hidden_layers, body.attention_bias,
-                                                       body.tie_word_embeddings),
+        engine_weights=lambda sd: causal_lm_state_dict(
+            sd, body.num_hidden_layers, body.attention_bias, body.tie_word_embeddings
+        ),
         read_weights=lambda: read_safetensors(cfg.model_dir),
     )
 
@@ -98,13 +104,27 @@ class OrpheusFamily(ModelFamily):
         from light_tts.models.orpheus.frames import WINDOW
 
         frame = cfg.tokens.frame_len
-        return ModelFacts(sample_rate=cfg.sample_rate, token_rate=cfg.tokens_per_second, token_mel_ratio=0,
-                          embedding_dim=0, num_mels=0, chunk_tokens=frame, pre_lookahead=(WINDOW - 2) * frame,
-                          fixed_first_audio_tokens=WINDOW * frame, max_sentence_tokens=cfg.max_new_tokens,
-                          takes_prompt_audio=False, voices=cfg.voices)
+        return ModelFacts(
+            sample_rate=cfg.sample_rate,
+            token_rate=cfg.tokens_per_second,
+            token_mel_ratio=0,
+            embedding_dim=0,
+            num_mels=0,
+            chunk_tokens=frame,
+            pre_lookahead=(WINDOW - 2) * frame,
+            fixed_first_audio_tokens=WINDOW * frame,
+            max_sentence_tokens=cfg.max_new_tokens,
+            takes_prompt_audio=False,
+            voices=cfg.voices,
+        )
 
-    def frontend(self, cfg: OrpheusConfig, max_text_chars: int | None = None,
-                 max_prompt_seconds: float | None = None, prompt_device: str | None = None):
+    def frontend(
+        self,
+        cfg: OrpheusConfig,
+        max_text_chars: int | None = None,
+        max_prompt_seconds: float | None = None,
+        prompt_device: str | None = None,
+    ):
         """Text and a voice name -> each sentence's prompt ids (no prompt audio, so max_prompt_seconds and
         prompt_device are moot)."""
         from light_tts.frontend.orpheus_frontend import OrpheusFrontend
@@ -114,8 +134,16 @@ class OrpheusFamily(ModelFamily):
     def llm_spec(self, cfg) -> LLMSpec:
         return llm_spec(cfg)
 
-    def decode_engine(self, cfg: OrpheusConfig, device="cpu", max_batch_size: int = 64, use_cuda_graph: bool = True,
-                      limits=None, hop_policy=None, dtype=None):
+    def decode_engine(
+        self,
+        cfg: OrpheusConfig,
+        device="cpu",
+        max_batch_size: int = 64,
+        use_cuda_graph: bool = True,
+        limits=None,
+        hop_policy=None,
+        dtype=None,
+    ):
         """SNACEngine with the decode processes' batch size, CUDA graphs and deadline margin. It decodes in
         float32, the reference's precision (--decode_data_type is the CosyVoice flow's); CosyVoice's hop policy
         and page-pool limits do not apply (windows are the reference's, a stream holds no pages)."""

@@ -25,8 +25,12 @@ def resample(x: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:
     return soxr.resample(x, from_sr, to_sr, quality="VHQ").astype(np.float32, copy=False)
 
 
-def decode_audio(data: bytes, max_seconds: float = MAX_PROMPT_SECONDS, name: str = "prompt audio",
-                 too_long: type[LightTTSError] = AudioError) -> tuple[np.ndarray, int]:
+def decode_audio(
+    data: bytes,
+    max_seconds: float = MAX_PROMPT_SECONDS,
+    name: str = "prompt audio",
+    too_long: type[LightTTSError] = AudioError,
+) -> tuple[np.ndarray, int]:
     """Decode to float32 mono at the file's own sample rate; raises AudioError for anything unusable, `too_long`
     for audio over max_seconds (`name` says which audio in the messages)."""
     if not data:

@@ -34,8 +34,13 @@ def voice_key(wav_bytes: bytes) -> str:
 class Frontend:
     """Loads the tokenizer and the two ONNX models of a model directory; keeps no per-request state."""
 
-    def __init__(self, model_cfg: ModelConfig, max_text_chars: int = MAX_TEXT_CHARS,
-                 max_prompt_seconds: float = MAX_PROMPT_SECONDS, prompt_device: str | None = None):
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        max_text_chars: int = MAX_TEXT_CHARS,
+        max_prompt_seconds: float = MAX_PROMPT_SECONDS,
+        prompt_device: str | None = None,
+    ):
         """prompt_device: run the speech tokenizer and the speaker model as torch modules there (onnx_torch.py);
         None: ONNX Runtime on the host's cores."""
         self.cfg = model_cfg
@@ -113,7 +118,7 @@ class Frontend:
         num_tokens = min(mel.shape[0] // ratio, len(speech_tokens))
         if num_tokens == 0:
             raise AudioError("prompt audio yields no speech tokens")
-        return speech_tokens[:num_tokens], embedding, np.ascontiguousarray(mel[:ratio * num_tokens])
+        return speech_tokens[:num_tokens], embedding, np.ascontiguousarray(mel[: ratio * num_tokens])
 
     def warm_up(self) -> None:
         """One prompt through both models (a second of a quiet tone), so that a first request does not pay their

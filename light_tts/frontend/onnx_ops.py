@@ -16,8 +16,18 @@ import torch
 import torch.nn.functional as F
 
 # TensorProto data types -> torch dtypes (Cast, ConstantOfShape)
-DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32, 7: torch.int64,
-          9: torch.bool, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16}
+DTYPES = {
+    1: torch.float32,
+    2: torch.uint8,
+    3: torch.int8,
+    5: torch.int16,
+    6: torch.int32,
+    7: torch.int64,
+    9: torch.bool,
+    10: torch.float16,
+    11: torch.float64,
+    16: torch.bfloat16,
+}
 
 
 @dataclass
@@ -71,6 +81,7 @@ def _variadic(fn: Callable) -> Callable:
         for x in xs[1:]:
             out = fn(out, x)
         return out
+
     return run
 
 
@@ -83,6 +94,7 @@ def _reduce(fn: Callable) -> Callable:
                 return x
             dims = list(range(x.dim()))
         return fn(x, [_axis(d, x.dim()) for d in dims], keep)
+
     return run
 
 
@@ -124,8 +136,14 @@ def _squeeze(node: Node, x: torch.Tensor, axes: torch.Tensor | None = None) -> t
     return x
 
 
-def _slice(node: Node, x: torch.Tensor, starts: torch.Tensor | None = None, ends: torch.Tensor | None = None,
-           axes: torch.Tensor | None = None, steps: torch.Tensor | None = None) -> torch.Tensor:
+def _slice(
+    node: Node,
+    x: torch.Tensor,
+    starts: torch.Tensor | None = None,
+    ends: torch.Tensor | None = None,
+    axes: torch.Tensor | None = None,
+    steps: torch.Tensor | None = None,
+) -> torch.Tensor:
     if starts is None:  # opset < 10: attributes
         s, e, a, st = node.attrs["starts"], node.attrs["ends"], node.attrs.get("axes"), None
     else:
@@ -137,8 +155,11 @@ def _slice(node: Node, x: torch.Tensor, starts: torch.Tensor | None = None, ends
         start, end = start + dim if start < 0 else start, end + dim if end < 0 else end
         if step > 0:
             start, end = min(max(start, 0), dim), min(max(end, 0), dim)
-            x = x.narrow(axis, start, max(0, end - start))[(slice(None),) * axis + (slice(None, None, step),)] \
-                if step > 1 else x.narrow(axis, start, max(0, end - start))
+            x = (
+                x.narrow(axis, start, max(0, end - start))[(slice(None),) * axis + (slice(None, None, step),)]
+                if step > 1
+                else x.narrow(axis, start, max(0, end - start))
+            )
         else:
             start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
             index = torch.arange(start, end, step, device=x.device)
@@ -151,7 +172,7 @@ def _gather(node: Node, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     x, index = _align(x, index)
     index = torch.where(index < 0, index + x.shape[axis], index).long()
     out = x.index_select(axis, index.reshape(-1))
-    return out.reshape((*x.shape[:axis], *index.shape, *x.shape[axis + 1:]))
+    return out.reshape((*x.shape[:axis], *index.shape, *x.shape[axis + 1 :]))
 
 
 def _gather_elements(node: Node, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -200,11 +221,16 @@ def _range(node: Node, start: torch.Tensor, limit: torch.Tensor, delta: torch.Te
     return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype, device=start.device)
 
 
-def _pad(node: Node, x: torch.Tensor, pads: torch.Tensor | None = None, value: torch.Tensor | None = None,
-         axes: torch.Tensor | None = None) -> torch.Tensor:
+def _pad(
+    node: Node,
+    x: torch.Tensor,
+    pads: torch.Tensor | None = None,
+    value: torch.Tensor | None = None,
+    axes: torch.Tensor | None = None,
+) -> torch.Tensor:
     p = node.attrs.get("pads") if pads is None else _ints(pads)
     dims = [_axis(a, x.dim()) for a in _ints(axes)] if axes is not None else list(range(x.dim()))
-    begin, end = dict(zip(dims, p[:len(dims)])), dict(zip(dims, p[len(dims):]))
+    begin, end = dict(zip(dims, p[: len(dims)])), dict(zip(dims, p[len(dims) :]))
     torch_pads = []
     for d in reversed(range(x.dim())):
         torch_pads += [begin.get(d, 0), end.get(d, 0)]
@@ -262,6 +288,7 @@ def _softmax(fn: Callable) -> Callable:
             axis = _axis(node.attrs.get("axis", 1), x.dim())
             return fn(x.reshape((*x.shape[:axis], -1)), dim=axis).reshape(x.shape)
         return fn(x, dim=_axis(node.attrs.get("axis", -1), x.dim()))
+
     return run
 
 
@@ -310,6 +337,7 @@ def _argmax(fn: Callable) -> Callable:
         if node.attrs.get("select_last_index", 0):
             return x.shape[axis] - 1 - fn(x.flip(axis), dim=axis, keepdim=keep)
         return fn(x, dim=axis, keepdim=keep)
+
     return run
 
 
@@ -329,7 +357,7 @@ def _where(node: Node, cond, x, y) -> torch.Tensor:
 
 
 def _shape(node: Node, x: torch.Tensor) -> torch.Tensor:
-    dims = list(x.shape)[node.attrs.get("start", 0):node.attrs.get("end")]
+    dims = list(x.shape)[node.attrs.get("start", 0) : node.attrs.get("end")]
     return torch.tensor(dims, dtype=torch.int64)
 
 
@@ -339,46 +367,96 @@ def _concat(node: Node, *xs: torch.Tensor) -> torch.Tensor:
 
 
 OPS: dict[str, Callable[..., Any]] = {
-    "Add": _binary(torch.add), "Sub": _binary(torch.sub), "Mul": _binary(torch.mul), "Div": lambda n, a, b: _div(a, b),
-    "Pow": lambda n, a, b: torch.pow(*_align(a, b)).to(a.dtype), "Mod": _binary(torch.fmod),
-    "Equal": _binary(torch.eq), "Less": _binary(torch.lt), "Greater": _binary(torch.gt),
-    "LessOrEqual": _binary(torch.le), "GreaterOrEqual": _binary(torch.ge),
-    "And": _binary(torch.logical_and), "Or": _binary(torch.logical_or), "Xor": _binary(torch.logical_xor),
-    "Max": _variadic(torch.maximum), "Min": _variadic(torch.minimum), "Sum": _variadic(torch.add),
-    "Mean": lambda n, *xs: _variadic(torch.add)(n, *xs) / len(xs), "PRelu": _binary(lambda x, s: torch.where(
-        x >= 0, x, x * s)),
-    "Sqrt": _unary(torch.sqrt), "Exp": _unary(torch.exp), "Log": _unary(torch.log), "Neg": _unary(torch.neg),
-    "Abs": _unary(torch.abs), "Tanh": _unary(torch.tanh), "Sigmoid": _unary(torch.sigmoid),
-    "Relu": _unary(torch.relu), "Erf": _unary(torch.erf), "Sin": _unary(torch.sin), "Cos": _unary(torch.cos),
-    "Reciprocal": _unary(torch.reciprocal), "Floor": _unary(torch.floor), "Ceil": _unary(torch.ceil),
-    "Round": _unary(torch.round), "Sign": _unary(torch.sign), "Not": _unary(torch.logical_not),
-    "IsNaN": _unary(torch.isnan), "Softplus": _unary(F.softplus), "Identity": _unary(lambda x: x),
+    "Add": _binary(torch.add),
+    "Sub": _binary(torch.sub),
+    "Mul": _binary(torch.mul),
+    "Div": lambda n, a, b: _div(a, b),
+    "Pow": lambda n, a, b: torch.pow(*_align(a, b)).to(a.dtype),
+    "Mod": _binary(torch.fmod),
+    "Equal": _binary(torch.eq),
+    "Less": _binary(torch.lt),
+    "Greater": _binary(torch.gt),
+    "LessOrEqual": _binary(torch.le),
+    "GreaterOrEqual": _binary(torch.ge),
+    "And": _binary(torch.logical_and),
+    "Or": _binary(torch.logical_or),
+    "Xor": _binary(torch.logical_xor),
+    "Max": _variadic(torch.maximum),
+    "Min": _variadic(torch.minimum),
+    "Sum": _variadic(torch.add),
+    "Mean": lambda n, *xs: _variadic(torch.add)(n, *xs) / len(xs),
+    "PRelu": _binary(lambda x, s: torch.where(x >= 0, x, x * s)),
+    "Sqrt": _unary(torch.sqrt),
+    "Exp": _unary(torch.exp),
+    "Log": _unary(torch.log),
+    "Neg": _unary(torch.neg),
+    "Abs": _unary(torch.abs),
+    "Tanh": _unary(torch.tanh),
+    "Sigmoid": _unary(torch.sigmoid),
+    "Relu": _unary(torch.relu),
+    "Erf": _unary(torch.erf),
+    "Sin": _unary(torch.sin),
+    "Cos": _unary(torch.cos),
+    "Reciprocal": _unary(torch.reciprocal),
+    "Floor": _unary(torch.floor),
+    "Ceil": _unary(torch.ceil),
+    "Round": _unary(torch.round),
+    "Sign": _unary(torch.sign),
+    "Not": _unary(torch.logical_not),
+    "IsNaN": _unary(torch.isnan),
+    "Softplus": _unary(F.softplus),
+    "Identity": _unary(lambda x: x),
     "LeakyRelu": lambda n, x: F.leaky_relu(x, n.attrs.get("alpha", 0.01)),
     "Elu": lambda n, x: F.elu(x, n.attrs.get("alpha", 1.0)),
     "HardSigmoid": lambda n, x: torch.clamp(n.attrs.get("alpha", 0.2) * x + n.attrs.get("beta", 0.5), 0, 1),
     "Gelu": lambda n, x: F.gelu(x, approximate=n.attrs.get("approximate", "none")),
-    "Clip": _clip, "Cast": _cast, "CastLike": lambda n, x, like: x.to(like.dtype), "Where": _where,
-    "Shape": _shape, "Size": lambda n, x: torch.tensor(x.numel(), dtype=torch.int64),
-    "Reshape": _reshape, "Flatten": lambda n, x: x.reshape(
-        math.prod(x.shape[:_axis(n.attrs.get("axis", 1), x.dim())]), -1),
+    "Clip": _clip,
+    "Cast": _cast,
+    "CastLike": lambda n, x, like: x.to(like.dtype),
+    "Where": _where,
+    "Shape": _shape,
+    "Size": lambda n, x: torch.tensor(x.numel(), dtype=torch.int64),
+    "Reshape": _reshape,
+    "Flatten": lambda n, x: x.reshape(math.prod(x.shape[: _axis(n.attrs.get("axis", 1), x.dim())]), -1),
     "Transpose": lambda n, x: x.permute(n.attrs.get("perm") or list(reversed(range(x.dim())))),
-    "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Concat": _concat, "Split": _split, "Slice": _slice,
-    "Gather": _gather, "GatherElements": _gather_elements, "Expand": _expand,
-    "Tile": lambda n, x, r: x.repeat(_ints(r)), "Constant": _constant, "ConstantOfShape": _constant_of_shape,
-    "Range": _range, "Pad": _pad, "Trilu": lambda n, x, k=None: (torch.triu if n.attrs.get("upper", 1) else torch.tril)(
-        x, int(k.item()) if k is not None else 0),
+    "Unsqueeze": _unsqueeze,
+    "Squeeze": _squeeze,
+    "Concat": _concat,
+    "Split": _split,
+    "Slice": _slice,
+    "Gather": _gather,
+    "GatherElements": _gather_elements,
+    "Expand": _expand,
+    "Tile": lambda n, x, r: x.repeat(_ints(r)),
+    "Constant": _constant,
+    "ConstantOfShape": _constant_of_shape,
+    "Range": _range,
+    "Pad": _pad,
+    "Trilu": lambda n, x, k=None: (torch.triu if n.attrs.get("upper", 1) else torch.tril)(
+        x, int(k.item()) if k is not None else 0
+    ),
     "ReduceMean": _reduce(lambda x, d, k: torch.mean(x, dim=d, keepdim=k)),
     "ReduceSum": _reduce(lambda x, d, k: torch.sum(x, dim=d, keepdim=k)),
     "ReduceSumSquare": _reduce(lambda x, d, k: torch.sum(x * x, dim=d, keepdim=k)),
     "ReduceL2": _reduce(lambda x, d, k: torch.sqrt(torch.sum(x * x, dim=d, keepdim=k))),
-    "ReduceMax": _reduce(_reduce_max), "ReduceMin": _reduce(_reduce_min), "ReduceProd": _reduce(_reduce_prod),
-    "ArgMax": _argmax(torch.argmax), "ArgMin": _argmax(torch.argmin), "CumSum": _cumsum,
-    "MatMul": _binary(torch.matmul), "Gemm": _gemm,
+    "ReduceMax": _reduce(_reduce_max),
+    "ReduceMin": _reduce(_reduce_min),
+    "ReduceProd": _reduce(_reduce_prod),
+    "ArgMax": _argmax(torch.argmax),
+    "ArgMin": _argmax(torch.argmin),
+    "CumSum": _cumsum,
+    "MatMul": _binary(torch.matmul),
+    "Gemm": _gemm,
     "Einsum": lambda n, *xs: torch.einsum(n.attrs["equation"], *_align(*xs)),
-    "Conv": _conv, "AveragePool": lambda n, x: _pool(n, x, False), "MaxPool": lambda n, x: _pool(n, x, True),
+    "Conv": _conv,
+    "AveragePool": lambda n, x: _pool(n, x, False),
+    "MaxPool": lambda n, x: _pool(n, x, True),
     "GlobalAveragePool": lambda n, x: x.mean(dim=tuple(range(2, x.dim())), keepdim=True),
     "GlobalMaxPool": lambda n, x: x.amax(dim=tuple(range(2, x.dim())), keepdim=True),
-    "Softmax": _softmax(torch.softmax), "LogSoftmax": _softmax(torch.log_softmax),
-    "LayerNormalization": _layer_norm, "BatchNormalization": _batch_norm, "InstanceNormalization": _instance_norm,
+    "Softmax": _softmax(torch.softmax),
+    "LogSoftmax": _softmax(torch.log_softmax),
+    "LayerNormalization": _layer_norm,
+    "BatchNormalization": _batch_norm,
+    "InstanceNormalization": _instance_norm,
     "Dropout": lambda n, x, *rest: x,
 }

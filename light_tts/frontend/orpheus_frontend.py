@@ -44,8 +44,11 @@ class OrpheusFrontend:
             raise TextError("text is empty")
         lang = "zh" if contains_chinese(text) else "en"
         count = lambda piece: len(self.tokenize(piece))  # noqa: E731
-        pieces = [part.strip() for p in split_paragraph(text, self.tokenize, lang)
-                  for part in split_to_budget(p, count, MAX_SENTENCE_TOKENS)]
+        pieces = [
+            part.strip()
+            for p in split_paragraph(text, self.tokenize, lang)
+            for part in split_to_budget(p, count, MAX_SENTENCE_TOKENS)
+        ]
         pieces = [p for p in pieces if p and not is_only_punctuation(p)]
         if not pieces:
             raise TextError(f"text has nothing speakable: {text[:50]!r}")

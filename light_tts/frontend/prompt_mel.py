@@ -58,8 +58,16 @@ def prompt_mel(wav24k: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
     wav = F.pad(wav24k.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
     window = torch.hann_window(cfg.win_size, device=wav.device, dtype=wav.dtype)
     spec = torch.stft(
-        wav, cfg.n_fft, hop_length=cfg.hop_size, win_length=cfg.win_size, window=window,
-        center=cfg.center, pad_mode="reflect", normalized=False, onesided=True, return_complex=True,
+        wav,
+        cfg.n_fft,
+        hop_length=cfg.hop_size,
+        win_length=cfg.win_size,
+        window=window,
+        center=cfg.center,
+        pad_mode="reflect",
+        normalized=False,
+        onesided=True,
+        return_complex=True,
     )
     spec = torch.view_as_real(spec)  # (1, F, frames, 2)
     magnitude = torch.sqrt(spec.pow(2).sum(-1) + 1e-9)

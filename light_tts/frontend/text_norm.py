@@ -34,8 +34,10 @@ _ZH_SENTENCE_END = ("。", "？", "！", "；", "：", "、", ".", "?", "!", ";"
 _EN_SENTENCE_END = (".", "?", "!", ";", ":")
 _CLOSING_QUOTES = ('"', "”")
 
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-         "sixteen seventeen eighteen nineteen").split()
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen"
+).split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 _SCALES = ("", "thousand", "million", "billion", "trillion", "quadrillion", "quintillion", "sextillion")
 
@@ -113,8 +115,7 @@ def split_to_budget(text: str, length: Callable[[str], int], budget: int, tags: 
             cut = tag.start() if tag.start() > 0 else tag.end()
     if not 0 < cut < len(text):  # the whole text is one tag
         return [text]
-    return (split_to_budget(text[:cut], length, budget, tags)
-            + split_to_budget(text[cut:], length, budget, tags))
+    return split_to_budget(text[:cut], length, budget, tags) + split_to_budget(text[cut:], length, budget, tags)
 
 
 def is_only_punctuation(text: str) -> bool:
@@ -158,20 +159,31 @@ def spell_out_number(text: str) -> str:
     return re.sub(r"\d+", lambda m: number_to_words(m.group()), text)
 
 
-def split_paragraph(text: str, tokenize: Callable[[str], list[int]], lang: str, token_max_n: int = 80,
-                    token_min_n: int = 60, merge_len: int = 20, comma_split: bool = False,
-                    tags: re.Pattern | None = None) -> list[str]:
+def split_paragraph(
+    text: str,
+    tokenize: Callable[[str], list[int]],
+    lang: str,
+    token_max_n: int = 80,
+    token_min_n: int = 60,
+    merge_len: int = 20,
+    comma_split: bool = False,
+    tags: re.Pattern | None = None,
+) -> list[str]:
     """Cut at sentence punctuation, then pack sentences into pieces of about token_min_n..token_max_n.
 
     As upstream (except for the unpunctuated tail, see below): Chinese lengths are counted in characters,
     English lengths in tokens; a short last piece (< merge_len) is merged into the previous one.
     """
+
     def length(piece: str) -> int:
         return len(piece) if lang == "zh" else len(tokenize(piece))
 
     ends = list(_ZH_SENTENCE_END if lang == "zh" else _EN_SENTENCE_END)
-    sentences = [part for sentence in split_at_stops(text, ends, lang, comma_split)
-                 for part in split_to_budget(sentence, length, token_max_n, tags)]
+    sentences = [
+        part
+        for sentence in split_at_stops(text, ends, lang, comma_split)
+        for part in split_to_budget(sentence, length, token_max_n, tags)
+    ]
 
     pieces, current = [], ""
     for sentence in sentences:
@@ -228,8 +240,7 @@ class TextNormalizer:
     """Upstream CosyVoice2 `text_normalize` with wetext (or a plain fallback) as the normaliser; `tags` are the
     tokenizer's control tags, kept intact."""
 
-    def __init__(self, tokenize: Callable[[str], list[int]], max_chars: int = MAX_TEXT_CHARS,
-                 tags: Iterable[str] = ()):
+    def __init__(self, tokenize: Callable[[str], list[int]], max_chars: int = MAX_TEXT_CHARS, tags: Iterable[str] = ()):
         self.tokenize = tokenize
         self.max_chars = max_chars
         self.tags = tag_pattern(tags)
@@ -284,7 +295,7 @@ class TextNormalizer:
             return self._wetext_piece(lang, text)
         parts, start = [], 0
         for tag in self.tags.finditer(text):
-            parts += [self._wetext_piece(lang, text[start:tag.start()]), tag.group()]
+            parts += [self._wetext_piece(lang, text[start : tag.start()]), tag.group()]
             start = tag.end()
         return "".join(parts + [self._wetext_piece(lang, text[start:])])
 
@@ -295,10 +306,11 @@ class TextNormalizer:
         try:
             normalized = self.wetext[lang].normalize(core)
         except Exception as e:
-            logger.warning("wetext failed on %r (%s: %s); using the built-in normaliser for it", core[:60],
-                           type(e).__name__, e)
+            logger.warning(
+                "wetext failed on %r (%s: %s); using the built-in normaliser for it", core[:60], type(e).__name__, e
+            )
             return text
-        return text[:len(text) - len(text.lstrip())] + normalized + text[len(text.rstrip()):]
+        return text[: len(text) - len(text.lstrip())] + normalized + text[len(text.rstrip()) :]
 
     def _normalize_zh(self, text: str) -> str:
         if self.wetext:

@@ -30,11 +30,13 @@ class QwenTokenizer:
         except Exception as e:
             raise ModelDirError(f"cannot load the tokenizer in {token_dir}: {e}") from e
         self.special_tokens = SPECIAL_TOKENS[version]  # each one token id, wherever it stands in a text
-        self.tokenizer.add_special_tokens({
-            "eos_token": "<|endoftext|>",
-            "pad_token": "<|endoftext|>",
-            "additional_special_tokens": list(self.special_tokens),
-        })
+        self.tokenizer.add_special_tokens(
+            {
+                "eos_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+                "additional_special_tokens": list(self.special_tokens),
+            }
+        )
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text)["input_ids"]

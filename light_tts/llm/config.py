@@ -32,8 +32,10 @@ class EngineConfig:
         if self.data_type not in DATA_TYPES:
             raise ValueError(f"data_type must be one of {list(DATA_TYPES)}, got {self.data_type!r}")
         if self.quantization not in QUANTIZATIONS or self.kv_cache_dtype not in KV_CACHE_DTYPES:
-            raise ValueError(f"quantization must be one of {list(QUANTIZATIONS)} and kv_cache_dtype one of "
-                             f"{list(KV_CACHE_DTYPES)}, got {self.quantization!r}, {self.kv_cache_dtype!r}")
+            raise ValueError(
+                f"quantization must be one of {list(QUANTIZATIONS)} and kv_cache_dtype one of "
+                f"{list(KV_CACHE_DTYPES)}, got {self.quantization!r}, {self.kv_cache_dtype!r}"
+            )
         for name in ("batch_max_tokens", "running_max_req_size", "graph_max_batch_size", "max_req_total_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")

@@ -30,8 +30,9 @@ def graph_buckets(max_batch_size: int) -> list[int]:
 
 
 class DecodeGraphs:
-    def __init__(self, model: EngineSpeechLM, sampler: Sampler, kv: KVCache, cos_sin: torch.Tensor,
-                 max_batch_size: int):
+    def __init__(
+        self, model: EngineSpeechLM, sampler: Sampler, kv: KVCache, cos_sin: torch.Tensor, max_batch_size: int
+    ):
         device = cos_sin.device
         self.buckets = graph_buckets(max_batch_size)
         self.max_batch_size = max_batch_size

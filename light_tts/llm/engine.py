@@ -15,23 +15,30 @@ from light_tts.llm.spec import LLMSpec
 
 
 class LLMEngine:
-    def __init__(self, spec: LLMSpec, engine_cfg: EngineConfig, device: str | torch.device,
-                 state_dict: dict[str, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        spec: LLMSpec,
+        engine_cfg: EngineConfig,
+        device: str | torch.device,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ):
         """state_dict: the released state dict already in memory (default: spec.read_weights())."""
         self.cfg = engine_cfg
         self.layout = spec.layout
         self.runner = ModelRunner(spec, engine_cfg, torch.device(device), state_dict)
-        self.scheduler = Scheduler(SchedulerConfig(
-            num_kv_slots=self.runner.num_kv_slots,
-            max_req_total_len=engine_cfg.max_req_total_len,
-            batch_max_tokens=engine_cfg.batch_max_tokens,
-            running_max_req_size=engine_cfg.running_max_req_size,
-            router_max_wait_tokens=engine_cfg.router_max_wait_tokens,
-            enable_prefix_cache=engine_cfg.enable_prefix_cache,
-            first_hop_tokens=engine_cfg.first_hop_tokens,
-            ahead_tokens=engine_cfg.ahead_tokens,
-            tokens_per_second=engine_cfg.tokens_per_second,
-        ))
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                num_kv_slots=self.runner.num_kv_slots,
+                max_req_total_len=engine_cfg.max_req_total_len,
+                batch_max_tokens=engine_cfg.batch_max_tokens,
+                running_max_req_size=engine_cfg.running_max_req_size,
+                router_max_wait_tokens=engine_cfg.router_max_wait_tokens,
+                enable_prefix_cache=engine_cfg.enable_prefix_cache,
+                first_hop_tokens=engine_cfg.first_hop_tokens,
+                ahead_tokens=engine_cfg.ahead_tokens,
+                tokens_per_second=engine_cfg.tokens_per_second,
+            )
+        )
         self.num_arrivals = 0
         self.last_batch_size = 0
         self.num_prefill_tokens = 0  # tokens computed by prefill batches since start (prefix reuse shows here)
@@ -98,7 +105,12 @@ class LLMEngine:
 
     def stats(self) -> dict[str, int]:
         s = self.scheduler
-        return {"num_running": len(s.running), "num_waiting": len(s.waiting), "kv_used_tokens": s.allocator.num_used,
-                "kv_total_tokens": s.allocator.num_slots, "last_batch_size": self.last_batch_size,
-                # part of kv_used_tokens: voice prefixes kept for reuse that no request holds (evicted on demand)
-                "kv_cached_tokens": s.prefix_cache.num_evictable_slots if s.prefix_cache is not None else 0}
+        return {
+            "num_running": len(s.running),
+            "num_waiting": len(s.waiting),
+            "kv_used_tokens": s.allocator.num_used,
+            "kv_total_tokens": s.allocator.num_slots,
+            "last_batch_size": self.last_batch_size,
+            # part of kv_used_tokens: voice prefixes kept for reuse that no request holds (evicted on demand)
+            "kv_cached_tokens": s.prefix_cache.num_evictable_slots if s.prefix_cache is not None else 0,
+        }

@@ -28,8 +28,8 @@ class KVAllocator:
     def allocate(self, n: int) -> list[int]:
         if n > len(self._free):
             raise MemoryError(f"asked for {n} KV slots, {len(self._free)} free")
-        slots = self._free[len(self._free) - n:][::-1]
-        del self._free[len(self._free) - n:]
+        slots = self._free[len(self._free) - n :][::-1]
+        del self._free[len(self._free) - n :]
         for s in slots:
             self._is_free[s] = 0
         return slots

@@ -43,8 +43,15 @@ class ForwardInputs:
     def decode(cls, meta: torch.Tensor) -> ForwardInputs:
         """Decode inputs from one packed int64 tensor [6, B] (one host-to-device copy per step): input ids,
         positions, slots, rows, seq lens, row * row_width + position. Padding columns are PAD_COLUMN."""
-        return cls(meta[0], meta[1], meta[2], meta[3].to(torch.int32), meta[4].to(torch.int32), is_prefill=False,
-                   table_index=meta[5])
+        return cls(
+            meta[0],
+            meta[1],
+            meta[2],
+            meta[3].to(torch.int32),
+            meta[4].to(torch.int32),
+            is_prefill=False,
+            table_index=meta[5],
+        )
 
 
 PAD_COLUMN = (0, 0, -1, 0, 0, 0)  # a decode padding row: slot -1 (not stored), sentinel row 0, seq_len 0
@@ -65,8 +72,16 @@ class KVCache:
     request row and position to a slot (row 0 is the padding sentinel). With kv_format "int8" or "fp8" the keys
     and values are stored in that format, each (slot, head) with its float32 scale in k_scale / v_scale."""
 
-    def __init__(self, q: QwenConfig, num_slots: int, num_rows: int, max_total_len: int, dtype: torch.dtype,
-                 device: torch.device, kv_format: str | None = None):
+    def __init__(
+        self,
+        q: QwenConfig,
+        num_slots: int,
+        num_rows: int,
+        max_total_len: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        kv_format: str | None = None,
+    ):
         shape = (q.num_hidden_layers, num_slots, q.num_key_value_heads, q.head_dim)
         store_dtype = QUANT_DTYPES[kv_format] if kv_format else dtype
         self.k = torch.zeros(shape, dtype=store_dtype, device=device)
@@ -78,8 +93,13 @@ class KVCache:
         self.req_to_token = torch.zeros((num_rows, max_total_len), dtype=torch.int32, device=device)
 
     def layer(self, i: int) -> LayerKV:
-        return LayerKV(self.k[i], self.v[i], None if self.k_scale is None else self.k_scale[i],
-                       None if self.v_scale is None else self.v_scale[i], self.req_to_token)
+        return LayerKV(
+            self.k[i],
+            self.v[i],
+            None if self.k_scale is None else self.k_scale[i],
+            None if self.v_scale is None else self.v_scale[i],
+            self.req_to_token,
+        )
 
     @staticmethod
     def bytes_per_slot(q: QwenConfig, dtype: torch.dtype, kv_format: str | None = None) -> int:
@@ -93,7 +113,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = q.num_attention_heads, q.num_key_value_heads, q.head_dim
         self.eps = q.rms_norm_eps
-        self.sm_scale = q.head_dim ** -0.5
+        self.sm_scale = q.head_dim**-0.5
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.input_layernorm = nn.Parameter(torch.empty(q.hidden_size))
         self.qkv_proj = nn.Linear(q.hidden_size, self.q_size + 2 * self.kv_size, bias=q.attention_bias)
@@ -102,8 +122,9 @@ class DecoderLayer(nn.Module):
         self.gate_up_proj = nn.Linear(q.hidden_size, 2 * q.intermediate_size, bias=False)
         self.down_proj = nn.Linear(q.intermediate_size, q.hidden_size, bias=False)
 
-    def forward(self, h: torch.Tensor, residual: torch.Tensor | None, inp: ForwardInputs, cache: LayerKV,
-                cos_sin: torch.Tensor):
+    def forward(
+        self, h: torch.Tensor, residual: torch.Tensor | None, inp: ForwardInputs, cache: LayerKV, cos_sin: torch.Tensor
+    ):
         """h [T, H] is the previous layer's output, residual the running sum before it (None at layer 0)."""
         if residual is None:
             x, _ = ops.rms_norm(h, self.input_layernorm, self.eps)
@@ -116,15 +137,46 @@ class DecoderLayer(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        ops.apply_rotary(q, k, inp.positions, cos_sin, v, cache.k, cache.v, inp.slot_mapping, self.qkv_proj.bias,
-                         cache.k_scale, cache.v_scale)
+        ops.apply_rotary(
+            q,
+            k,
+            inp.positions,
+            cos_sin,
+            v,
+            cache.k,
+            cache.v,
+            inp.slot_mapping,
+            self.qkv_proj.bias,
+            cache.k_scale,
+            cache.v_scale,
+        )
         if inp.is_prefill:
-            attn = ops.prefill_attention(q, cache.k, cache.v, cache.req_to_token, inp.b_req_idx, inp.b_start_loc,
-                                         inp.b_seq_len, inp.b_prefix_len, self.sm_scale, inp.max_new_len,
-                                         cache.k_scale, cache.v_scale)
+            attn = ops.prefill_attention(
+                q,
+                cache.k,
+                cache.v,
+                cache.req_to_token,
+                inp.b_req_idx,
+                inp.b_start_loc,
+                inp.b_seq_len,
+                inp.b_prefix_len,
+                self.sm_scale,
+                inp.max_new_len,
+                cache.k_scale,
+                cache.v_scale,
+            )
         else:
-            attn = ops.decode_attention(q, cache.k, cache.v, cache.req_to_token, inp.b_req_idx, inp.b_seq_len,
-                                        self.sm_scale, k_scale=cache.k_scale, v_scale=cache.v_scale)
+            attn = ops.decode_attention(
+                q,
+                cache.k,
+                cache.v,
+                cache.req_to_token,
+                inp.b_req_idx,
+                inp.b_seq_len,
+                self.sm_scale,
+                k_scale=cache.k_scale,
+                v_scale=cache.v_scale,
+            )
         h = self.o_proj(attn.reshape(-1, self.q_size))
         x, residual = ops.rms_norm(h, self.post_attention_layernorm, self.eps, residual)
         return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x))), residual

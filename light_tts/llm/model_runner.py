@@ -28,8 +28,13 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 
 
 class ModelRunner:
-    def __init__(self, spec: LLMSpec, engine_cfg: EngineConfig, device: torch.device,
-                 state_dict: dict[str, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        spec: LLMSpec,
+        engine_cfg: EngineConfig,
+        device: torch.device,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ):
         """state_dict: the released state dict (default: spec.read_weights())."""
         self.cfg = engine_cfg
         self.spec = spec
@@ -38,8 +43,9 @@ class ModelRunner:
         self.dtype = DTYPES[engine_cfg.data_type]
         self.num_rows = engine_cfg.running_max_req_size + 1  # + the sentinel row 0
         q = self.body
-        self.cos_sin = ops.build_cos_sin_cache(engine_cfg.max_req_total_len, q.head_dim, q.rope_theta, device,
-                                               inv_freq=body_inv_freq(q))
+        self.cos_sin = ops.build_cos_sin_cache(
+            engine_cfg.max_req_total_len, q.head_dim, q.rope_theta, device, inv_freq=body_inv_freq(q)
+        )
         self.sampler = spec.make_sampler(self.num_rows, device)
         self.quant_notes = check_support(engine_cfg.quantization, engine_cfg.kv_cache_dtype, device)
         self.kv_format = kv_cache_format(engine_cfg.kv_cache_dtype)
@@ -47,13 +53,25 @@ class ModelRunner:
             log.log(level, "%s", line)
         self.model = self._load(state_dict if state_dict is not None else spec.read_weights())
         self.num_kv_slots = self._size_kv_cache()
-        self.kv = KVCache(self.body, self.num_kv_slots, self.num_rows, engine_cfg.max_req_total_len,
-                          self.dtype, device, self.kv_format)
+        self.kv = KVCache(
+            self.body,
+            self.num_kv_slots,
+            self.num_rows,
+            engine_cfg.max_req_total_len,
+            self.dtype,
+            device,
+            self.kv_format,
+        )
         self.graphs = None
         self.last_logits: torch.Tensor | None = None
         if device.type == "cuda" and not engine_cfg.disable_cudagraph:
-            self.graphs = DecodeGraphs(self.model, self.sampler, self.kv, self.cos_sin,
-                                       min(engine_cfg.graph_max_batch_size, engine_cfg.running_max_req_size))
+            self.graphs = DecodeGraphs(
+                self.model,
+                self.sampler,
+                self.kv,
+                self.cos_sin,
+                min(engine_cfg.graph_max_batch_size, engine_cfg.running_max_req_size),
+            )
 
     def release(self) -> None:
         """Give the device back while idle: graphs and KV cache dropped, weights moved to host memory."""
@@ -70,11 +88,13 @@ class ModelRunner:
         self.model.to(self.device)
         self.cos_sin = self.cos_sin.to(self.device)
         self.sampler.reload()
-        self.kv = KVCache(self.body, self.num_kv_slots, self.num_rows, cfg.max_req_total_len, self.dtype,
-                          self.device, self.kv_format)
+        self.kv = KVCache(
+            self.body, self.num_kv_slots, self.num_rows, cfg.max_req_total_len, self.dtype, self.device, self.kv_format
+        )
         if self.device.type == "cuda" and not cfg.disable_cudagraph:
-            self.graphs = DecodeGraphs(self.model, self.sampler, self.kv, self.cos_sin,
-                                       min(cfg.graph_max_batch_size, cfg.running_max_req_size))
+            self.graphs = DecodeGraphs(
+                self.model, self.sampler, self.kv, self.cos_sin, min(cfg.graph_max_batch_size, cfg.running_max_req_size)
+            )
 
     def _load(self, state_dict: dict[str, torch.Tensor]) -> EngineSpeechLM:
         with torch.device("meta"):
@@ -102,8 +122,10 @@ class ModelRunner:
         room = free - activations
         if cfg.max_total_token_num:
             if cfg.max_total_token_num * bytes_per_slot > room:
-                raise MemoryError(f"max_total_token_num {cfg.max_total_token_num} does not fit in "
-                                  f"{room / 2**30:.1f} GiB of free device memory")
+                raise MemoryError(
+                    f"max_total_token_num {cfg.max_total_token_num} does not fit in "
+                    f"{room / 2**30:.1f} GiB of free device memory"
+                )
             return cfg.max_total_token_num
         num_slots = min(int(room * cfg.kv_cache_mem_fraction) // bytes_per_slot, most_useful)
         log.info("KV cache: %d slots (%.1f GiB)", num_slots, num_slots * bytes_per_slot / 2**30)
@@ -115,8 +137,9 @@ class ModelRunner:
         cfg = self.cfg
         num_tokens = cfg.batch_max_tokens
         num_seqs = -(-num_tokens // cfg.max_req_total_len)
-        scratch = KVCache(self.body, num_tokens, num_seqs + 1, cfg.max_req_total_len, self.dtype, self.device,
-                          self.kv_format)
+        scratch = KVCache(
+            self.body, num_tokens, num_seqs + 1, cfg.max_req_total_len, self.dtype, self.device, self.kv_format
+        )
         rows, start = [], 0
         for row in range(1, num_seqs + 1):
             n = min(cfg.max_req_total_len, num_tokens - start)
@@ -134,13 +157,18 @@ class ModelRunner:
         if batch.is_prefill or graphs is None or not graphs.can_run(len(seqs)):
             graphs = None
         if batch.is_prefill:
-            rows = [(s.token_ids[s.num_computed:], s.slots[:s.num_tokens], s.row, s.num_computed) for s in seqs]
+            rows = [(s.token_ids[s.num_computed :], s.slots[: s.num_tokens], s.row, s.num_computed) for s in seqs]
             logits = self.model(self._prefill_inputs(rows, self.kv), self.kv, self.cos_sin)
         else:
             width = self.kv.req_to_token.shape[1]
-            meta = [[s.token_ids[-1] for s in seqs], [s.num_tokens - 1 for s in seqs], [s.slots[-1] for s in seqs],
-                    [s.row for s in seqs], [s.num_tokens for s in seqs],
-                    [s.row * width + s.num_tokens - 1 for s in seqs]]
+            meta = [
+                [s.token_ids[-1] for s in seqs],
+                [s.num_tokens - 1 for s in seqs],
+                [s.slots[-1] for s in seqs],
+                [s.row for s in seqs],
+                [s.num_tokens for s in seqs],
+                [s.row * width + s.num_tokens - 1 for s in seqs],
+            ]
             if graphs is not None:
                 logits = graphs.forward(meta)
             else:
@@ -173,8 +201,9 @@ class ModelRunner:
             b_seq_len.append(seq_len)
             b_prefix_len.append(num_cached)
         dev, i32, i64 = self.device, torch.int32, torch.int64
-        kv.req_to_token.view(-1).index_copy_(0, torch.tensor(table_idx, dtype=i64).to(dev),
-                                              torch.tensor(table_slots, dtype=i32).to(dev))
+        kv.req_to_token.view(-1).index_copy_(
+            0, torch.tensor(table_idx, dtype=i64).to(dev), torch.tensor(table_slots, dtype=i32).to(dev)
+        )
         b_start = torch.tensor(b_start_loc, dtype=i32)
         new_lens = torch.tensor(b_seq_len, dtype=i32) - torch.tensor(b_prefix_len, dtype=i32)
         return ForwardInputs(

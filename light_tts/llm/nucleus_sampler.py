@@ -32,11 +32,17 @@ def uniform_columns(seeds: list[int], steps: list[int]) -> np.ndarray:
     return np.concatenate([counter_uniform_bits(seeds_np, steps_np, a) for a in range(NUM_ROUNDS // 2)], axis=1)
 
 
-def pack_rows(rows: list[int], decoded: list[list[int]], ranges: list[tuple[int, int]], is_greedy: list[bool],
-              seeds: list[int]) -> torch.Tensor:
+def pack_rows(
+    rows: list[int], decoded: list[list[int]], ranges: list[tuple[int, int]], is_greedy: list[bool], seeds: list[int]
+) -> torch.Tensor:
     """Host int64 [B, NUM_META + NUM_ROUNDS]: row, last decoded id (-1: none), lo, hi, is_greedy, uniforms."""
-    meta = np.array([[row, ids[-1] if ids else -1, lo, hi, greedy]
-                     for row, ids, (lo, hi), greedy in zip(rows, decoded, ranges, is_greedy)], dtype=np.int64)
+    meta = np.array(
+        [
+            [row, ids[-1] if ids else -1, lo, hi, greedy]
+            for row, ids, (lo, hi), greedy in zip(rows, decoded, ranges, is_greedy)
+        ],
+        dtype=np.int64,
+    )
     uniforms = uniform_columns(seeds, [len(ids) for ids in decoded])
     return torch.from_numpy(np.concatenate([meta.reshape(len(rows), NUM_META), uniforms], axis=1))
 
@@ -65,9 +71,15 @@ class NucleusSampler:
         self.seen = None
 
     def pack(self, seqs: list[Sequence]) -> NucleusInputs:
-        return NucleusInputs(pack_rows([s.row for s in seqs], [s.decoded for s in seqs],
-                                       [self.layout.allowed_range(s) for s in seqs], [s.req.greedy for s in seqs],
-                                       [s.req.seed for s in seqs]))
+        return NucleusInputs(
+            pack_rows(
+                [s.row for s in seqs],
+                [s.decoded for s in seqs],
+                [self.layout.allowed_range(s) for s in seqs],
+                [s.req.greedy for s in seqs],
+                [s.req.seed for s in seqs],
+            )
+        )
 
     def before_step(self, batch) -> None:
         """A prefill (first, or after a preemption) sets its rows of `seen` to the ids decoded so far."""
@@ -93,11 +105,20 @@ class NucleusSampler:
         return ids.tolist()
 
 
-def sample_one(cfg: NucleusConfig, logits: torch.Tensor, decoded: list[int], allowed: tuple[int, int], seed: int,
-               greedy: bool = False) -> int:
+def sample_one(
+    cfg: NucleusConfig,
+    logits: torch.Tensor,
+    decoded: list[int],
+    allowed: tuple[int, int],
+    seed: int,
+    greedy: bool = False,
+) -> int:
     """The id one request samples from its [V] logits at this step (the offline pipeline's sampler)."""
     seen = torch.zeros(2, logits.shape[-1], dtype=torch.bool)
     seen[1, decoded] = True
     packed = pack_rows([1], [decoded], [allowed], [greedy], [seed])
-    return int(nucleus_sample_ref(logits.float().reshape(1, -1).cpu(), packed, seen, cfg.temperature, cfg.top_p,
-                                  cfg.repetition_penalty)[0])
+    return int(
+        nucleus_sample_ref(
+            logits.float().reshape(1, -1).cpu(), packed, seen, cfg.temperature, cfg.top_p, cfg.repetition_penalty
+        )[0]
+    )

@@ -60,8 +60,12 @@ def quantize_linears(body: nn.Module, mode: str) -> int:
     """Replace every nn.Linear under `body` by a QuantLinear of `mode` ("none": leave them); returns how many."""
     if mode == "none":
         return 0
-    swaps = [(parent, name, child) for parent in body.modules() for name, child in parent.named_children()
-             if type(child) is nn.Linear]
+    swaps = [
+        (parent, name, child)
+        for parent in body.modules()
+        for name, child in parent.named_children()
+        if type(child) is nn.Linear
+    ]
     for parent, name, child in swaps:
         setattr(parent, name, QuantLinear(child, mode))
     return len(swaps)
@@ -77,31 +81,52 @@ def check_support(quantization: str, kv_cache_dtype: str, device: torch.device) 
     ValueError for a mode this device cannot run."""
     if quantization == "none" and kv_cache_dtype == "auto":
         return []
-    weights = {"none": "weights in the compute dtype",
-               FP8: "fp8 weights (a scale per output channel) and fp8 activations (a scale per token)",
-               INT8: "int8 weights (a scale per output channel; activations in the compute dtype)"}[quantization]
-    kv = ("KV cache in the compute dtype" if kv_cache_dtype == "auto"
-          else f"{kv_cache_dtype} KV cache (a scale per token and head)")
+    weights = {
+        "none": "weights in the compute dtype",
+        FP8: "fp8 weights (a scale per output channel) and fp8 activations (a scale per token)",
+        INT8: "int8 weights (a scale per output channel; activations in the compute dtype)",
+    }[quantization]
+    kv = (
+        "KV cache in the compute dtype"
+        if kv_cache_dtype == "auto"
+        else f"{kv_cache_dtype} KV cache (a scale per token and head)"
+    )
     lines = [(logging.INFO, f"LLM quantization: {weights}, {kv}")]
     if device.type != "cuda":
-        lines.append((logging.WARNING, "LLM quantization on the CPU runs the torch reference, which rounds as the "
-                                       "GPU kernels do (for tests; no faster than float32)"))
+        lines.append(
+            (
+                logging.WARNING,
+                "LLM quantization on the CPU runs the torch reference, which rounds as the "
+                "GPU kernels do (for tests; no faster than float32)",
+            )
+        )
         return lines
     capability = torch.cuda.get_device_capability(device)
     if capability < FP8_CAPABILITY:
-        wants = [f"--{flag} fp8" for flag, value in (("quantization", quantization),
-                                                      ("kv_cache_dtype", kv_cache_dtype)) if value == FP8]
+        wants = [
+            f"--{flag} fp8"
+            for flag, value in (("quantization", quantization), ("kv_cache_dtype", kv_cache_dtype))
+            if value == FP8
+        ]
         if wants:
-            raise ValueError(f"{' and '.join(wants)} need an fp8 GPU (compute capability 8.9+: L4, L40S, H100, "
-                             f"H200); {torch.cuda.get_device_name(device)} is {capability[0]}.{capability[1]}: "
-                             "use int8 instead")
+            raise ValueError(
+                f"{' and '.join(wants)} need an fp8 GPU (compute capability 8.9+: L4, L40S, H100, "
+                f"H200); {torch.cuda.get_device_name(device)} is {capability[0]}.{capability[1]}: "
+                "use int8 instead"
+            )
     if quantization == FP8:
         from light_tts.kernels.llm.quant_linear import FP8_TRITON_MAX_ROWS, scaled_mm_works
 
         if scaled_mm_works(device):
-            lines.append((logging.INFO, f"fp8 GEMMs: a Triton kernel up to {FP8_TRITON_MAX_ROWS} rows, "
-                                        "torch._scaled_mm above"))
+            lines.append(
+                (logging.INFO, f"fp8 GEMMs: a Triton kernel up to {FP8_TRITON_MAX_ROWS} rows, torch._scaled_mm above")
+            )
         else:
-            lines.append((logging.WARNING, "fp8 GEMMs: the Triton kernel at every size (torch._scaled_mm with "
-                                           "row-wise scales does not run on this GPU and torch)"))
+            lines.append(
+                (
+                    logging.WARNING,
+                    "fp8 GEMMs: the Triton kernel at every size (torch._scaled_mm with "
+                    "row-wise scales does not run on this GPU and torch)",
+                )
+            )
     return lines

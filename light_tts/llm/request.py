@@ -88,9 +88,19 @@ class TokenLayout:
         num_special = 2 if ids.sos_row is None else 0
         sos = cfg.num_speech_rows if ids.sos_row is None else ids.sos_row
         task_id = cfg.num_speech_rows + 1 if ids.task_row is None else ids.task_row
-        return cls(cfg.num_speech_rows, cfg.qwen.vocab_size, cfg.eos_token, cfg.fill_token,
-                   frozenset(cfg.stop_token_ids), cfg.mix_ratio[0], cfg.mix_ratio[1], sos, task_id, num_special,
-                   cfg.prompt_end_text_id)
+        return cls(
+            cfg.num_speech_rows,
+            cfg.qwen.vocab_size,
+            cfg.eos_token,
+            cfg.fill_token,
+            frozenset(cfg.stop_token_ids),
+            cfg.mix_ratio[0],
+            cfg.mix_ratio[1],
+            sos,
+            task_id,
+            num_special,
+            cfg.prompt_end_text_id,
+        )
 
     @property
     def text_offset(self) -> int:
@@ -116,15 +126,21 @@ class TokenLayout:
             seq.token_ids = [self.sos]
             seq.feeder = BistreamFeeder(seq, req)
         else:
-            seq.token_ids = ([self.sos] + self.text(req.prompt_text_token_ids + req.text_token_ids)
-                             + [self.task_id] + list(req.prompt_speech_token_ids))
+            seq.token_ids = (
+                [self.sos]
+                + self.text(req.prompt_text_token_ids + req.text_token_ids)
+                + [self.task_id]
+                + list(req.prompt_speech_token_ids)
+            )
 
     def length_bounds(self, req: LLMRequest, max_total_len: int) -> tuple[int, int]:
         # bistream text length is unknown up front: no min_len (upstream has none), max_len bounded by the KV row
         num_text = len(req.text_token_ids) + req.num_counted_prompt_tokens
         default_min, default_max = (0, max_total_len) if req.bistream else (2 * num_text, 20 * num_text)
-        return (default_min if req.min_len is None else req.min_len,
-                default_max if req.max_len is None else req.max_len)
+        return (
+            default_min if req.min_len is None else req.min_len,
+            default_max if req.max_len is None else req.max_len,
+        )
 
     def shareable_prefix_len(self, seq: Sequence) -> int:
         """Leading inputs that depend on the voice only (prompt text, and in bistream the prompt speech mixed into
@@ -181,7 +197,7 @@ class Sequence:
         layout.start(self)
         self.prefix_len = layout.shareable_prefix_len(self)
         # the prefix ids themselves key the cache: a dict hashes them, and equality rules out hash collisions
-        self.prefix_key = tuple(self.token_ids[:self.prefix_len]) if self.prefix_len > 1 else None
+        self.prefix_key = tuple(self.token_ids[: self.prefix_len]) if self.prefix_len > 1 else None
 
     @property
     def num_tokens(self) -> int:

@@ -41,8 +41,9 @@ class SamplingInputs:
     is_greedy_host: list[bool]
 
 
-def pack_sampling(seeds: list[int], steps: list[int], is_rejecting: list[int], is_greedy: list[bool],
-                  windows: list[list[int]]) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+def pack_sampling(
+    seeds: list[int], steps: list[int], is_rejecting: list[int], is_greedy: list[bool], windows: list[list[int]]
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Host tensor [B, 4 + win_size] of SamplingInputs.packed, and the seeds and steps as uint64 arrays."""
     seeds_np = seed_array(seeds)
     steps_np = np.array(steps, dtype=np.uint64)
@@ -75,9 +76,13 @@ class Sampler:
         """Sampling inputs with `packed` still on the host (the caller moves it)."""
         is_rejecting = [EVERY_STOP if s.forbids_every_stop() else int(s.forbids_stop()) for s in seqs]
         is_greedy = [s.req.greedy for s in seqs]
-        packed, seeds, steps = pack_sampling([s.req.seed for s in seqs], [len(s.decoded) for s in seqs],
-                                             is_rejecting, is_greedy,
-                                             [recent_window(s, self.cfg.win_size) for s in seqs])
+        packed, seeds, steps = pack_sampling(
+            [s.req.seed for s in seqs],
+            [len(s.decoded) for s in seqs],
+            is_rejecting,
+            is_greedy,
+            [recent_window(s, self.cfg.win_size) for s in seqs],
+        )
         return SamplingInputs(packed, seeds, steps, is_rejecting, is_greedy)
 
     def before_step(self, batch) -> None:
@@ -103,15 +108,19 @@ class Sampler:
         if self.fixed_mask is not None:  # a fixed length: none of the stops the rule lets through either
             first, end = self.fixed_mask
             scores[:, first:end] = torch.where(packed[:, :1] == EVERY_STOP, float("-inf"), scores[:, first:end])
-        ids, banned = ops.ras_first_attempt(scores, packed, self.cfg.top_k, self.cfg.top_p, self.min_repeats,
-                                            self.reject_from)
+        ids, banned = ops.ras_first_attempt(
+            scores, packed, self.cfg.top_k, self.cfg.top_p, self.min_repeats, self.reject_from
+        )
         return ids, banned, scores
 
     def finish(self, ids: torch.Tensor, banned: torch.Tensor, scores: torch.Tensor, inp: SamplingInputs) -> list[int]:
         """Host ids (this is the step's device sync); rejected RAS draws are redone."""
         host_ids = ids.tolist()
-        redo = [i for i, t in enumerate(host_ids)
-                if t >= self.reject_from and inp.is_rejecting_host[i] and not inp.is_greedy_host[i]]
+        redo = [
+            i
+            for i, t in enumerate(host_ids)
+            if t >= self.reject_from and inp.is_rejecting_host[i] and not inp.is_greedy_host[i]
+        ]
         if redo:
             for i, t in zip(redo, self._redo(scores, banned, inp, redo)):
                 host_ids[i] = t

@@ -119,7 +119,8 @@ class Scheduler:
         """The next batch, or None when no request can run now (all wait for text, or there are none)."""
         decodable = [s for s in self.running if s.is_ready and s.num_new_tokens == 1]
         wants_prefill = any(s.is_ready for s in self.waiting) or any(
-            s.is_ready and s.num_new_tokens > 1 for s in self.running)
+            s.is_ready and s.num_new_tokens > 1 for s in self.running
+        )
         if wants_prefill and (not decodable or self.num_decodes_since_prefill >= self.cfg.router_max_wait_tokens):
             seqs = self._schedule_prefill()
             # nothing can decode, so nothing would free KV: make room (requests waiting for text hold some)
@@ -239,7 +240,8 @@ class Scheduler:
         """Preempt the newest running request other than the first prefill candidate; with none left, that
         candidate can never fit and ends with an error. True if something was preempted."""
         first = next((s for s in self.running if s.is_ready and s.num_new_tokens > 1), None) or next(
-            (s for s in self.waiting if s.is_ready), None)
+            (s for s in self.waiting if s.is_ready), None
+        )
         victims = [s for s in self.running if s is not first]
         if victims:
             self._preempt(max(victims, key=lambda s: s.arrival))
@@ -267,7 +269,7 @@ class Scheduler:
         """After its first prefill, give a sequence's voice prefix to the cache (unless someone already did)."""
         if self.prefix_cache is None or seq.prefix_key is None or seq.num_shared:
             return
-        if seq.num_computed >= seq.prefix_len and self.prefix_cache.insert(seq.prefix_key, seq.slots[:seq.prefix_len]):
+        if seq.num_computed >= seq.prefix_len and self.prefix_cache.insert(seq.prefix_key, seq.slots[: seq.prefix_len]):
             seq.num_shared = seq.prefix_len
 
     def _check_length(self, seq: Sequence) -> None:
@@ -275,7 +277,7 @@ class Scheduler:
             seq.finish("length")
 
     def _release_kv(self, seq: Sequence) -> None:
-        self.allocator.free(seq.slots[seq.num_shared:])
+        self.allocator.free(seq.slots[seq.num_shared :])
         if seq.num_shared:  # shared slots come only from the prefix cache, under the request's prefix key
             assert self.prefix_cache is not None and seq.prefix_key is not None
             self.prefix_cache.release(seq.prefix_key)

@@ -65,8 +65,9 @@ def _body_layers(take: _Taker, body: str, num_layers: int, qkv_bias: bool) -> di
     return out
 
 
-def engine_state_dict(sd: dict[str, torch.Tensor], num_layers: int, has_special_rows: bool = True,
-                      has_decoder_bias: bool = True) -> dict[str, torch.Tensor]:
+def engine_state_dict(
+    sd: dict[str, torch.Tensor], num_layers: int, has_special_rows: bool = True, has_decoder_bias: bool = True
+) -> dict[str, torch.Tensor]:
     """CosyVoice llm.pt key names -> engine key names; every released key is used once (or in UNUSED_KEYS).
     has_special_rows: sos and task_id are llm_embedding rows (else speech rows); has_decoder_bias: llm_decoder has
     a bias (both from the family's SpeechIds)."""
@@ -85,8 +86,9 @@ def engine_state_dict(sd: dict[str, torch.Tensor], num_layers: int, has_special_
     return out
 
 
-def causal_lm_state_dict(sd: dict[str, torch.Tensor], num_layers: int, qkv_bias: bool,
-                         tie_head: bool) -> dict[str, torch.Tensor]:
+def causal_lm_state_dict(
+    sd: dict[str, torch.Tensor], num_layers: int, qkv_bias: bool, tie_head: bool
+) -> dict[str, torch.Tensor]:
     """transformers causal-LM key names (model.*, lm_head.weight) -> engine key names."""
     take = _Taker(sd, "the checkpoint", ("lm_head.weight",) if tie_head else ())
     embed = take("model.embed_tokens.weight")[0]
@@ -107,5 +109,6 @@ def load_engine_weights(model: EngineSpeechLM, mapped: dict[str, torch.Tensor]) 
     for name, param in own.items():
         if mapped[name].shape != param.shape:
             raise ModelDirError(
-                f"the checkpoint gives {name} shape {tuple(mapped[name].shape)}, the model has {tuple(param.shape)}")
+                f"the checkpoint gives {name} shape {tuple(mapped[name].shape)}, the model has {tuple(param.shape)}"
+            )
     model.load_state_dict(mapped, strict=True)

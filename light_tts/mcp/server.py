@@ -36,8 +36,10 @@ from light_tts.clients.common import (
 
 URL_ENV, OUTPUT_DIR_ENV = "LIGHTTTS_URL", "LIGHTTTS_MCP_OUTPUT_DIR"
 VOICES_PATH = "/v1/audio/voices"
-NO_VOICES_API = ("this LightTTS server has no saved-voices API ({method} {path} answered 404); give "
-                 "generate_speech a prompt audio file path as `voice` and its transcript as `prompt_text` instead")
+NO_VOICES_API = (
+    "this LightTTS server has no saved-voices API ({method} {path} answered 404); give "
+    "generate_speech a prompt audio file path as `voice` and its transcript as `prompt_text` instead"
+)
 
 
 class LightTTSHttp:
@@ -56,8 +58,11 @@ class LightTTSHttp:
     async def json(self, method: str, path: str, ok: tuple[int, ...] = (200,), **kwargs) -> Any:
         response = await self.request(method, path, **kwargs)
         if response.status_code == 404 and path.startswith(VOICES_PATH):
-            raise ToolError(NO_VOICES_API.format(method=method, path=path) if is_route_missing(response)
-                            else error_message(404, response.content))
+            raise ToolError(
+                NO_VOICES_API.format(method=method, path=path)
+                if is_route_missing(response)
+                else error_message(404, response.content)
+            )
         if response.status_code not in ok:
             raise ToolError(error_message(response.status_code, response.content))
         return response.json()
@@ -82,17 +87,24 @@ def read_local(path: str) -> bytes:
 
 def build_server(url: str, api_key: str | None, output_dir: Path, timeout_s: float = 600) -> MCPServer:
     http = LightTTSHttp(url, api_key, timeout_s)
-    server = MCPServer("lighttts", instructions="Text to speech with voice cloning, by a LightTTS server. Call "
-                       "list_voices for saved voices, or pass a prompt audio file and its transcript; "
-                       "generate_speech takes instructions on how to speak, convert_voice turns a recording into "
-                       "another voice.")
+    server = MCPServer(
+        "lighttts",
+        instructions="Text to speech with voice cloning, by a LightTTS server. Call "
+        "list_voices for saved voices, or pass a prompt audio file and its transcript; "
+        "generate_speech takes instructions on how to speak, convert_voice turns a recording into "
+        "another voice.",
+    )
 
     def audio_result(pcm: bytes, format: str, output: str) -> dict[str, Any]:
         """The tool's answer for int16 24 kHz PCM: a WAV or PCM file written under the output directory, or
         base64."""
         audio = wav_bytes(pcm) if format == "wav" else pcm
-        result: dict[str, Any] = {"format": format, "duration_s": round(len(pcm) / BYTES_PER_SECOND, 3),
-                                  "sample_rate": 24000, "bytes": len(audio)}
+        result: dict[str, Any] = {
+            "format": format,
+            "duration_s": round(len(pcm) / BYTES_PER_SECOND, 3),
+            "sample_rate": 24000,
+            "bytes": len(audio),
+        }
         if output == "base64":
             return {**result, "audio_base64": base64.b64encode(audio).decode("ascii")}
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -101,9 +113,15 @@ def build_server(url: str, api_key: str | None, output_dir: Path, timeout_s: flo
         return {**result, "path": str(path)}
 
     @server.tool()
-    async def generate_speech(text: str, voice: str, prompt_text: str | None = None, instructions: str | None = None,
-                              format: Literal["wav", "pcm"] = "wav", output: Literal["path", "base64"] = "path",
-                              seed: int | None = None) -> dict[str, Any]:
+    async def generate_speech(
+        text: str,
+        voice: str,
+        prompt_text: str | None = None,
+        instructions: str | None = None,
+        format: Literal["wav", "pcm"] = "wav",
+        output: Literal["path", "base64"] = "path",
+        seed: int | None = None,
+    ) -> dict[str, Any]:
         """Speak `text` in a voice. `voice` is a voice id from list_voices (a saved voice, or a model's named voice
         such as Orpheus' `tara`, which the server gives to that model; such a voice takes no instructions) or the
         path of an audio file on this machine (wav/flac/ogg/mp3, a few seconds), whose transcript is `prompt_text`
@@ -130,8 +148,13 @@ def build_server(url: str, api_key: str | None, output_dir: Path, timeout_s: flo
         return audio_result(response.content, format, output)
 
     @server.tool()
-    async def convert_voice(source_path: str, voice: str, format: Literal["wav", "pcm"] = "wav",
-                            output: Literal["path", "base64"] = "path", seed: int | None = None) -> dict[str, Any]:
+    async def convert_voice(
+        source_path: str,
+        voice: str,
+        format: Literal["wav", "pcm"] = "wav",
+        output: Literal["path", "base64"] = "path",
+        seed: int | None = None,
+    ) -> dict[str, Any]:
         """Speak the recording at `source_path` (an audio file on this machine) again in another voice: `voice` is
         a saved voice id or the path of a recording of that voice. Same length as the source."""
         files = {"audio": (Path(source_path).name, read_local(source_path), "application/octet-stream")}
@@ -155,8 +178,13 @@ def build_server(url: str, api_key: str | None, output_dir: Path, timeout_s: flo
     async def add_voice(name: str, audio_path: str, text: str) -> dict[str, Any]:
         """Save a voice on the server from an audio file on this machine and its transcript; returns its id."""
         audio = read_local(audio_path)
-        return await http.json("POST", VOICES_PATH, ok=(200, 201), data={"name": name, "text": text},
-                               files={"audio": (Path(audio_path).name, audio, "application/octet-stream")})
+        return await http.json(
+            "POST",
+            VOICES_PATH,
+            ok=(200, 201),
+            data={"name": name, "text": text},
+            files={"audio": (Path(audio_path).name, audio, "application/octet-stream")},
+        )
 
     @server.tool()
     async def server_status() -> dict[str, Any]:
@@ -165,21 +193,30 @@ def build_server(url: str, api_key: str | None, output_dir: Path, timeout_s: flo
         if readiness.status_code not in (200, 503):
             raise ToolError(error_message(readiness.status_code, readiness.content))
         models = await http.json("GET", "/query_tts_model")
-        return {"url": http.url, "ready": readiness.status_code == 200, **readiness.json(),
-                "models": models["tts_models"]}
+        return {
+            "url": http.url,
+            "ready": readiness.status_code == 200,
+            **readiness.json(),
+            "models": models["tts_models"],
+        }
 
     return server
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:8080"),
-                        help=f"LightTTS server (env {URL_ENV})")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:8080"), help=f"LightTTS server (env {URL_ENV})"
+    )
     parser.add_argument("--api_key", default=os.environ.get(API_KEY_ENV), help=f"(env {API_KEY_ENV})")
-    parser.add_argument("--output_dir", type=Path,
-                        default=Path(os.environ.get(OUTPUT_DIR_ENV, Path(tempfile.gettempdir()) / "lighttts-mcp")),
-                        help=f"where generate_speech writes files (env {OUTPUT_DIR_ENV})")
+    parser.add_argument(
+        "--output_dir",
+        type=Path,
+        default=Path(os.environ.get(OUTPUT_DIR_ENV, Path(tempfile.gettempdir()) / "lighttts-mcp")),
+        help=f"where generate_speech writes files (env {OUTPUT_DIR_ENV})",
+    )
     parser.add_argument("--timeout_s", type=float, default=600, help="per HTTP request")
     args = parser.parse_args(argv)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per HTTP request would flood the client's log

@@ -80,14 +80,21 @@ class CausalConditionalCFM(nn.Module):
         if num_pad is None:
             if start + m > NOISE_FRAMES:
                 raise ValueError(f"utterance of {start + m} mel frames exceeds the {NOISE_FRAMES}-frame noise")
-            return self.rand_noise[:, :, start:start + m].to(dtype).expand(b, -1, -1)
+            return self.rand_noise[:, :, start : start + m].to(dtype).expand(b, -1, -1)
         frames = (start - num_pad)[:, None] + torch.arange(m, device=num_pad.device)  # (B, m)
         if start + m > NOISE_FRAMES and int(frames.max()) >= NOISE_FRAMES:  # checked (a host sync) only near the end
             raise ValueError(f"utterance of {int(frames.max()) + 1} mel frames exceeds the {NOISE_FRAMES}-frame noise")
         return self.rand_noise[0][:, frames].transpose(0, 1).to(dtype)  # (80, B, m) -> (B, 80, m)
 
-    def forward(self, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor, caches: list,
-                streaming: bool, num_pad: torch.Tensor | None = None) -> tuple[torch.Tensor, list]:
+    def forward(
+        self,
+        mu: torch.Tensor,
+        spks: torch.Tensor,
+        cond: torch.Tensor,
+        caches: list,
+        streaming: bool,
+        num_pad: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list]:
         """mu, cond (B, 80, m) for the frames after the cached ones, spks (B, 80) -> float32 mel (B, 80, m), new
         caches.
         num_pad (B,): left-padding frames of each row's caches (requests of different lengths in one batch)."""
@@ -102,8 +109,15 @@ class CausalConditionalCFM(nn.Module):
         x0 = self.noise(caches[0].num_frames, mu.shape[2], mu.shape[0], num_pad, torch.float32)
         return self.solve(x0, mu, spks, cond, num_pad, estimate), new_caches
 
-    def solve(self, x: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
-              num_pad: torch.Tensor | None, estimate) -> torch.Tensor:
+    def solve(
+        self,
+        x: torch.Tensor,
+        mu: torch.Tensor,
+        spks: torch.Tensor,
+        cond: torch.Tensor,
+        num_pad: torch.Tensor | None,
+        estimate,
+    ) -> torch.Tensor:
         """The Euler steps from noise x (B, 80, m), float32, with classifier-free guidance; estimate(step, x, mu,
         t, spks, cond, num_pad) gives the velocity of both CFG branches (2B rows, conditioned first)."""
         b = mu.shape[0]

@@ -42,18 +42,25 @@ class ChunkedFlow(nn.Module):
     @staticmethod
     def condition(state, start_frame: int, mu: torch.Tensor) -> torch.Tensor:
         """(B, 80, m): the prompt mel on the prompt's frames among [start_frame, +m), zero after it."""
-        cond = state.prompt_feat[:, start_frame:start_frame + mu.shape[2]].transpose(1, 2).to(mu.dtype)
+        cond = state.prompt_feat[:, start_frame : start_frame + mu.shape[2]].transpose(1, 2).to(mu.dtype)
         return F.pad(cond, (0, mu.shape[2] - cond.shape[2]))
 
     @torch.inference_mode()
-    def inference(self, token: torch.Tensor, prompt_token: torch.Tensor, prompt_feat: torch.Tensor,
-                  embedding: torch.Tensor, streaming: bool, finalize: bool) -> torch.Tensor:
+    def inference(
+        self,
+        token: torch.Tensor,
+        prompt_token: torch.Tensor,
+        prompt_feat: torch.Tensor,
+        embedding: torch.Tensor,
+        streaming: bool,
+        finalize: bool,
+    ) -> torch.Tensor:
         """Upstream's flow call. token (1, N) int, prompt_token (1, P), prompt_feat (1, 2P, 80), embedding
         (1, 192) -> mel (1, 80, 2N) of the tokens after the prompt (2(N-3) when finalize is False: the last 3
         tokens are lookahead context only)."""
         state = self._fresh_state(prompt_token, prompt_feat, embedding)
         mel = self.chunk_mel(torch.cat([prompt_token, token], dim=1), finalize, state, streaming)
-        return mel[:, :, prompt_feat.shape[1]:]
+        return mel[:, :, prompt_feat.shape[1] :]
 
     @torch.inference_mode()
     def stream_start(self, prompt_token: torch.Tensor, prompt_feat: torch.Tensor, embedding: torch.Tensor):
@@ -74,7 +81,9 @@ class ChunkedFlow(nn.Module):
         if finalize and num_new == 0 and not is_first:  # the stream ended on a chunk boundary
             return state.spks.new_zeros(tokens.shape[0], self.cfg.output_size, 0)
         if num_new <= 0 or (not finalize and (state.num_tokens + num_new) % chunk):
-            raise ValueError(f"non-final chunks must end on a {chunk}-token boundary: {state.num_tokens} cached "
-                             f"+ {num_new} new tokens")
+            raise ValueError(
+                f"non-final chunks must end on a {chunk}-token boundary: {state.num_tokens} cached "
+                f"+ {num_new} new tokens"
+            )
         mel = self.chunk_mel(tokens, finalize, state, streaming=True)
-        return mel[:, :, state.prompt_feat.shape[1]:] if is_first else mel
+        return mel[:, :, state.prompt_feat.shape[1] :] if is_first else mel

@@ -18,12 +18,11 @@ class PreLookaheadLayer(nn.Module):
         self.conv1 = nn.Conv1d(channels, hidden, lookahead + 1)
         self.conv2 = nn.Conv1d(hidden, channels, 3)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor,
-                tail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, tail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, n, D), context (B, c <= lookahead, D), tail (B, hidden, 2): conv1's last 2 outputs before x (zeros
         at the utterance start) -> (B, n, D), the new tail."""
         h = torch.cat([x, context], dim=1).transpose(1, 2)  # (B, D, n + c)
         h = F.pad(h, (0, self.lookahead - context.shape[1]))
         h = torch.cat([tail, F.leaky_relu(self.conv1(h))], dim=2)  # (B, hidden, 2 + n)
         out = self.conv2(h).transpose(1, 2)
-        return out + x, h[:, :, -tail.shape[2]:]
+        return out + x, h[:, :, -tail.shape[2] :]

@@ -15,8 +15,9 @@ import torch
 from light_tts.model_config import QwenConfig, RopeScaling
 
 
-def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = None,
-                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def rope_inv_freq(
+    head_dim: int, theta: float, scaling: RopeScaling | None = None, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """[head_dim / 2] inverse frequencies (computed in float64, returned in `dtype`)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
     if scaling is not None:

@@ -76,8 +76,14 @@ class SpeechLM(nn.Module):
             return self.llm_embedding.weight[row].view(1, 1, -1)
         return self.speech_embedding.weight[speech_row].view(1, 1, -1)
 
-    def sample_next(self, sampler: Sampler, logprobs: torch.Tensor, decoded: list[int], forbid_stop: bool,
-                    forbid_every_stop: bool = False) -> int:
+    def sample_next(
+        self,
+        sampler: Sampler,
+        logprobs: torch.Tensor,
+        decoded: list[int],
+        forbid_stop: bool,
+        forbid_every_stop: bool = False,
+    ) -> int:
         """upstream's sampling_ids: while `forbid_stop` (before min_len, and in bistream text phases) the family's
         MinLenRule applies: a masked id, or ids from reject_from on drawn again. `forbid_every_stop` (before a
         fixed length) also masks the stop ids the rule lets through, as the engine's sampler does."""

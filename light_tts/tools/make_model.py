@@ -84,14 +84,23 @@ YAML_FLOW = """\
 
 
 def cosyvoice2_yaml(d: Dims, size: str, seed: int) -> str:
-    names = dict(family="cosyvoice2", llm_class="Qwen2LM", hift_class="HiFTGenerator", hift_extra="",
-                 f0_class="ConvRNNF0Predictor", fmax=8000, tokenizer_version="")
-    return family_yaml(YAML_FLOW, names, dict(flow_class="CausalMaskedDiffWithXvec", flow_input_size=512), d, size,
-                       seed)
+    names = dict(
+        family="cosyvoice2",
+        llm_class="Qwen2LM",
+        hift_class="HiFTGenerator",
+        hift_extra="",
+        f0_class="ConvRNNF0Predictor",
+        fmax=8000,
+        tokenizer_version="",
+    )
+    return family_yaml(
+        YAML_FLOW, names, dict(flow_class="CausalMaskedDiffWithXvec", flow_input_size=512), d, size, seed
+    )
 
 
-def make_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, llm_seed: int | None = None,
-               flow_seed: int | None = None) -> Path:
+def make_model(
+    out_dir: str | Path, size: str = "tiny", seed: int = 0, llm_seed: int | None = None, flow_seed: int | None = None
+) -> Path:
     """Writes the directory and returns its path; an existing directory is overwritten file by file. With
     llm_seed (flow_seed) the LLM (the flow and HiFT) take their weights from that seed, every other file is as
     `seed` makes it."""

@@ -65,15 +65,21 @@ def cosyvoice3_yaml(d: Dims, size: str, seed: int) -> str:
     (Nyquist) and tokenizer version cosyvoice3."""
     from light_tts.tools.model_files import family_yaml
 
-    names = dict(family="cosyvoice3", llm_class="CosyVoice3LM", hift_class="CausalHiFTGenerator",
-                 hift_extra="    conv_pre_look_right: 4\n", f0_class="CausalConvRNNF0Predictor", fmax="null",
-                 tokenizer_version="    version: cosyvoice3\n")
-    return family_yaml(YAML_FLOW, names, dict(flow_class="CausalMaskedDiffWithDiT", flow_input_size=80), d, size,
-                       seed)
+    names = dict(
+        family="cosyvoice3",
+        llm_class="CosyVoice3LM",
+        hift_class="CausalHiFTGenerator",
+        hift_extra="    conv_pre_look_right: 4\n",
+        f0_class="CausalConvRNNF0Predictor",
+        fmax="null",
+        tokenizer_version="    version: cosyvoice3\n",
+    )
+    return family_yaml(YAML_FLOW, names, dict(flow_class="CausalMaskedDiffWithDiT", flow_input_size=80), d, size, seed)
 
 
-def make_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, llm_seed: int | None = None,
-               flow_seed: int | None = None) -> Path:
+def make_model(
+    out_dir: str | Path, size: str = "tiny", seed: int = 0, llm_seed: int | None = None, flow_seed: int | None = None
+) -> Path:
     """Writes the directory and returns its path (as make_model.make_model does for CosyVoice2)."""
     from light_tts.models.cosyvoice3.config import load_model_config
     from light_tts.models.cosyvoice3.flow import DiTFlow

@@ -76,9 +76,12 @@ def write_speech_tokenizer_onnx(path: str | Path, size: str = "tiny", seed: int 
         helper.make_node("Slice", ["codes", "zero", "num_tokens", "time_axis"], ["indices"]),
     ]
     graph = helper.make_graph(
-        nodes, "speech_tokenizer_v2_standin",
-        inputs=[helper.make_tensor_value_info("feats", TensorProto.FLOAT, [1, 128, "T"]),
-                helper.make_tensor_value_info("feats_length", TensorProto.INT32, [1])],
+        nodes,
+        "speech_tokenizer_v2_standin",
+        inputs=[
+            helper.make_tensor_value_info("feats", TensorProto.FLOAT, [1, 128, "T"]),
+            helper.make_tensor_value_info("feats_length", TensorProto.INT32, [1]),
+        ],
         outputs=[helper.make_tensor_value_info("indices", TensorProto.INT32, [1, "num_tokens"])],
         initializer=weights,
     )
@@ -104,7 +107,8 @@ def write_campplus_onnx(path: str | Path, size: str = "tiny", seed: int = 0) -> 
         helper.make_node("Add", ["e", "b2"], ["output"]),  # (1, 192)
     ]
     graph = helper.make_graph(
-        nodes, "campplus_standin",
+        nodes,
+        "campplus_standin",
         inputs=[helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, "T", 80])],
         outputs=[helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 192])],
         initializer=weights,

@@ -46,15 +46,36 @@ ORPHEUS_SIZES = {
 
 def llama_config(d: OrpheusDims) -> dict:
     return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-        "hidden_size": d.hidden, "intermediate_size": d.intermediate, "num_hidden_layers": d.layers,
-        "num_attention_heads": d.heads, "num_key_value_heads": d.kv_heads, "head_dim": d.hidden // d.heads,
-        "vocab_size": VOCAB, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-        "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                         "original_max_position_embeddings": 8192},
-        "attention_bias": False, "attention_dropout": 0.0, "mlp_bias": False, "tie_word_embeddings": True,
-        "bos_token_id": 128000, "eos_token_id": 128009, "initializer_range": 0.02, "pretraining_tp": 1,
-        "torch_dtype": str(d.dtype).removeprefix("torch."), "use_cache": True,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_act": "silu",
+        "hidden_size": d.hidden,
+        "intermediate_size": d.intermediate,
+        "num_hidden_layers": d.layers,
+        "num_attention_heads": d.heads,
+        "num_key_value_heads": d.kv_heads,
+        "head_dim": d.hidden // d.heads,
+        "vocab_size": VOCAB,
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "tie_word_embeddings": True,
+        "bos_token_id": 128000,
+        "eos_token_id": 128009,
+        "initializer_range": 0.02,
+        "pretraining_tp": 1,
+        "torch_dtype": str(d.dtype).removeprefix("torch."),
+        "use_cache": True,
     }
 
 
@@ -110,24 +131,44 @@ def tokenizer_json() -> dict:
     vocab = data["model"]["vocab"]
     for i in range(len(vocab), 128000):
         vocab[f"<|unused_{i}|>"] = i
-    named = {0: "<|begin_of_text|>", 1: "<|end_of_text|>", 6: "<|start_header_id|>", 7: "<|end_header_id|>",
-             8: "<|eom_id|>", 9: "<|eot_id|>"}
+    named = {
+        0: "<|begin_of_text|>",
+        1: "<|end_of_text|>",
+        6: "<|start_header_id|>",
+        7: "<|end_header_id|>",
+        8: "<|eom_id|>",
+        9: "<|eot_id|>",
+    }
 
     def entry(i: int, content: str, special: bool) -> dict:
-        return {"id": i, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
-                "normalized": False, "special": special}
+        return {
+            "id": i,
+            "content": content,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": special,
+        }
 
     added = [entry(128000 + i, named.get(i, f"<|reserved_special_token_{i}|>"), True) for i in range(256)]
     added += [entry(128256 + n, f"<custom_token_{n}>", False) for n in range(NUM_CUSTOM)]
     data["added_tokens"] = added
     data["post_processor"] = {
         "type": "TemplateProcessing",
-        "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
-                   {"Sequence": {"id": "A", "type_id": 0}}],
-        "pair": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                 {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
-        "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000],
-                                                 "tokens": ["<|begin_of_text|>"]}},
+        "single": [
+            {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+            {"Sequence": {"id": "A", "type_id": 0}},
+        ],
+        "pair": [
+            {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+            {"Sequence": {"id": "A", "type_id": 0}},
+            {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 1}},
+            {"Sequence": {"id": "B", "type_id": 1}},
+        ],
+        "special_tokens": {
+            "<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000], "tokens": ["<|begin_of_text|>"]}
+        },
     }
     return data
 
@@ -136,16 +177,27 @@ def write_tokenizer(out: Path) -> None:
     (out / TOKENIZER_NAME).write_text(json.dumps(tokenizer_json()), encoding="utf-8")
     specials = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}
     (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
-    (out / "tokenizer_config.json").write_text(json.dumps(
-        {**specials, "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 131072,
-         "clean_up_tokenization_spaces": True}, indent=2))
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                **specials,
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "model_max_length": 131072,
+                "clean_up_tokenization_spaces": True,
+            },
+            indent=2,
+        )
+    )
 
 
 class _EncoderBlock(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, stride: int):
         super().__init__()
-        self.block = nn.Sequential(*(ResidualUnit(in_dim, d, in_dim) for d in (1, 3, 9)), Snake1d(in_dim),
-                                   nn.Conv1d(in_dim, out_dim, 2 * stride, stride=stride, padding=math.ceil(stride / 2)))
+        self.block = nn.Sequential(
+            *(ResidualUnit(in_dim, d, in_dim) for d in (1, 3, 9)),
+            Snake1d(in_dim),
+            nn.Conv1d(in_dim, out_dim, 2 * stride, stride=stride, padding=math.ceil(stride / 2)),
+        )
 
 
 class _SNACWeights(nn.Module):
@@ -184,11 +236,19 @@ def snac_state_dict(cfg: SNACConfig, gen: torch.Generator) -> dict[str, torch.Te
 
 
 def snac_config_json(cfg: SNACConfig) -> dict:
-    return {"sampling_rate": cfg.sampling_rate, "encoder_dim": cfg.encoder_dim,
-            "encoder_rates": list(cfg.encoder_rates), "decoder_dim": cfg.decoder_dim,
-            "decoder_rates": list(cfg.decoder_rates), "attn_window_size": cfg.attn_window_size,
-            "codebook_size": cfg.codebook_size, "codebook_dim": cfg.codebook_dim,
-            "vq_strides": list(cfg.vq_strides), "noise": cfg.noise, "depthwise": cfg.depthwise}
+    return {
+        "sampling_rate": cfg.sampling_rate,
+        "encoder_dim": cfg.encoder_dim,
+        "encoder_rates": list(cfg.encoder_rates),
+        "decoder_dim": cfg.decoder_dim,
+        "decoder_rates": list(cfg.decoder_rates),
+        "attn_window_size": cfg.attn_window_size,
+        "codebook_size": cfg.codebook_size,
+        "codebook_dim": cfg.codebook_dim,
+        "vq_strides": list(cfg.vq_strides),
+        "noise": cfg.noise,
+        "depthwise": cfg.depthwise,
+    }
 
 
 def make_orpheus(out_dir: str | Path, size: str = "tiny", seed: int = 0, llm_seed: int | None = None) -> Path:

@@ -15,12 +15,21 @@ from light_tts.model_config import QwenConfig
 from light_tts.text_tokens import SPECIAL_TOKENS
 
 # Qwen2's pre-tokenizer split (the same regex its tokenizer.json carries), so merges train on the same pieces.
-QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 QWEN2_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
-TINY_QWEN = QwenConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                       intermediate_size=160, vocab_size=1200, max_position_embeddings=4096)
+TINY_QWEN = QwenConfig(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=160,
+    vocab_size=1200,
+    max_position_embeddings=4096,
+)
 
 SAMPLE_TEXT = """\
 Hello, this is a short sample of English text used to train a tiny tokenizer. The quick brown fox jumps over
@@ -43,21 +52,33 @@ def train_bpe(vocab_size: int):
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     tok.train_from_iterator(SAMPLE_TEXT.splitlines(), trainer=trainer)
     return tok
 
 
 def tokenizer_config(num_bpe: int) -> dict:
     """Qwen2's tokenizer_config.json: its three specials sit right after the BPE vocabulary."""
-    added = {str(num_bpe + i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
-                                "single_word": False, "special": True} for i, t in enumerate(QWEN2_SPECIALS)}
+    added = {
+        str(num_bpe + i): {
+            "content": t,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+        for i, t in enumerate(QWEN2_SPECIALS)
+    }
     return {
         "add_prefix_space": False,
         "added_tokens_decoder": added,
@@ -100,8 +121,14 @@ def qwen2_config(qwen: QwenConfig) -> dict:
     }
 
 
-def write_tokenizer(out_dir: str | Path, size: str, vocab_size: int | None = None, qwen: QwenConfig | None = None,
-                    num_bpe: int = 1000, version: str = "cosyvoice2") -> int:
+def write_tokenizer(
+    out_dir: str | Path,
+    size: str,
+    vocab_size: int | None = None,
+    qwen: QwenConfig | None = None,
+    num_bpe: int = 1000,
+    version: str = "cosyvoice2",
+) -> int:
     """Write vocab.json, merges.txt, tokenizer_config.json and config.json; return the tokenizer's length once the
     special tokens of `version` are added (cosyvoice2: 19, cosyvoice3: 280).
 

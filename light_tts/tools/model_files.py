@@ -128,23 +128,35 @@ YAML_CFM = """\
                 reg_loss_type: 'l1'
 """
 
+
 def family_yaml(flow_template: str, names: dict, flow_names: dict, d, size: str, seed: int) -> str:
     """The yaml of a CosyVoice family: the shared sections, with the family's class names, and its flow section
     (flow_template holds {flow_head} and {cfm})."""
     flow = flow_template.format(d=d, flow_head=YAML_FLOW_HEAD.format(**flow_names), cfm=YAML_CFM)
-    head, hift, frontend = (part.format(d=d, size=size, seed=seed, **names)
-                            for part in (YAML_HEAD, YAML_HIFT, YAML_FRONTEND))
+    head, hift, frontend = (
+        part.format(d=d, size=size, seed=seed, **names) for part in (YAML_HEAD, YAML_HIFT, YAML_FRONTEND)
+    )
     return head + flow + hift + frontend
 
 
 def qwen_config_json(d: QwenDims) -> dict:
     """CosyVoice-BlankEN/config.json of a Qwen2 body with these dimensions."""
     return {
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
-        "hidden_size": d.hidden, "intermediate_size": d.intermediate, "num_hidden_layers": d.layers,
-        "num_attention_heads": d.heads, "num_key_value_heads": d.kv_heads, "vocab_size": d.vocab,
-        "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
-        "tie_word_embeddings": True, "use_sliding_window": False, "torch_dtype": "bfloat16",
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_act": "silu",
+        "hidden_size": d.hidden,
+        "intermediate_size": d.intermediate,
+        "num_hidden_layers": d.layers,
+        "num_attention_heads": d.heads,
+        "num_key_value_heads": d.kv_heads,
+        "vocab_size": d.vocab,
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": True,
+        "use_sliding_window": False,
+        "torch_dtype": "bfloat16",
     }
 
 

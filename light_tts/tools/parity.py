@@ -65,10 +65,15 @@ def llm_checks(cfg: ModelConfig, model_dir: Path) -> list[Check]:
     same = sum(a == b for a, b in zip(tokens, ref_tokens))
     return [
         Check("llm prefill log-probs (step 0)", rel_l2(steps[0], ref_logprobs[0]), LOGPROB_TOL),
-        Check(f"llm decode log-probs (steps 1-{n - 1})", rel_l2(torch.stack(steps[1:n]), ref_logprobs[1:]),
-              LOGPROB_TOL),
-        Check("llm greedy tokens", 0.0 if tokens == ref_tokens else 1.0, 0.0,
-              f"{same}/{len(ref_tokens)} equal, lengths {len(tokens)} vs {len(ref_tokens)}"),
+        Check(
+            f"llm decode log-probs (steps 1-{n - 1})", rel_l2(torch.stack(steps[1:n]), ref_logprobs[1:]), LOGPROB_TOL
+        ),
+        Check(
+            "llm greedy tokens",
+            0.0 if tokens == ref_tokens else 1.0,
+            0.0,
+            f"{same}/{len(ref_tokens)} equal, lengths {len(tokens)} vs {len(ref_tokens)}",
+        ),
     ]
 
 
@@ -78,15 +83,21 @@ def flow_hift_checks(cfg: ModelConfig, model_dir: Path) -> list[Check]:
     hift = HiFT.from_checkpoint(cfg.hift, model_dir / "hift.pt").eval()
     args = (io["prompt_token"], io["prompt_feat"], io["embedding"])
     noise_head = io["cfm_rand_noise_head"]
-    first = io["token"][:, :int(io["first_chunk_tokens"])]
+    first = io["token"][:, : int(io["first_chunk_tokens"])]
     gen = torch.Generator().manual_seed(int(io["hift_seed"]))
     speech, source = hift.inference(io["hift_mel_in"], None, generator=gen)
     return [
-        Check("flow non-streaming mel", rel_l2(flow.inference(io["token"], *args, streaming=False, finalize=True),
-                                               io["mel_nonstream"]), MEL_TOL),
-        Check("flow first streaming chunk mel", rel_l2(flow.inference(first, *args, streaming=True, finalize=False),
-                                                       io["mel_stream_chunk0"]), MEL_TOL),
-        Check("cfm fixed noise head", rel_l2(flow.decoder.rand_noise[..., :noise_head.shape[-1]], noise_head), 0.0),
+        Check(
+            "flow non-streaming mel",
+            rel_l2(flow.inference(io["token"], *args, streaming=False, finalize=True), io["mel_nonstream"]),
+            MEL_TOL,
+        ),
+        Check(
+            "flow first streaming chunk mel",
+            rel_l2(flow.inference(first, *args, streaming=True, finalize=False), io["mel_stream_chunk0"]),
+            MEL_TOL,
+        ),
+        Check("cfm fixed noise head", rel_l2(flow.decoder.rand_noise[..., : noise_head.shape[-1]], noise_head), 0.0),
         Check("hift audio", rel_l2(speech, io["hift_speech"]), AUDIO_TOL),
         Check("hift source", rel_l2(source, io["hift_source"]), AUDIO_TOL),
     ]
@@ -99,17 +110,33 @@ def stream_checks(cfg: ModelConfig, model_dir: Path) -> list[Check]:
 
     io, ref = load_io(model_dir, "flow_hift_io.pt"), load_io(model_dir, "stream_io.pt")
     t2w = Token2Wav(cfg)
-    prompt = Prompt(text_tokens=torch.zeros(0, dtype=torch.int32).numpy(),
-                    speech_tokens=io["prompt_token"][0].numpy(), embedding=io["embedding"][0].numpy(),
-                    mel=io["prompt_feat"][0].numpy())
-    session = t2w.session(prompt, seed=int(ref["rng_seed_before_stream"]), hop_policy=HopPolicy("growing"),
-                          exact_final=True)
+    prompt = Prompt(
+        text_tokens=torch.zeros(0, dtype=torch.int32).numpy(),
+        speech_tokens=io["prompt_token"][0].numpy(),
+        embedding=io["embedding"][0].numpy(),
+        mel=io["prompt_feat"][0].numpy(),
+    )
+    session = t2w.session(
+        prompt, seed=int(ref["rng_seed_before_stream"]), hop_policy=HopPolicy("growing"), exact_final=True
+    )
     chunks = session.feed(io["token"][0].tolist()) + [session.finish()]
-    checks = [Check("stream chunk count", float(len(chunks) != len(ref["chunks"])), 0.0,
-                    f"{len(chunks)} vs {len(ref['chunks'])}")]
+    checks = [
+        Check(
+            "stream chunk count",
+            float(len(chunks) != len(ref["chunks"])),
+            0.0,
+            f"{len(chunks)} vs {len(ref['chunks'])}",
+        )
+    ]
     for i, (ours, theirs) in enumerate(zip(chunks, ref["chunks"])):
-        checks.append(Check(f"stream chunk {i} audio", rel_l2(torch.from_numpy(ours), theirs), AUDIO_TOL,
-                            f"{len(ours)} vs {theirs.shape[-1]} samples"))
+        checks.append(
+            Check(
+                f"stream chunk {i} audio",
+                rel_l2(torch.from_numpy(ours), theirs),
+                AUDIO_TOL,
+                f"{len(ours)} vs {theirs.shape[-1]} samples",
+            )
+        )
     return checks
 
 
@@ -119,7 +146,11 @@ def feat_checks(cfg: ModelConfig, model_dir: Path) -> list[Check]:
 
 
 ALL_CHECKS: tuple[Callable[[ModelConfig, Path], list[Check]], ...] = (
-    llm_checks, flow_hift_checks, stream_checks, feat_checks)
+    llm_checks,
+    flow_hift_checks,
+    stream_checks,
+    feat_checks,
+)
 
 
 @torch.inference_mode()

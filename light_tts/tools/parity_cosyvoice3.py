@@ -50,25 +50,40 @@ def llm_checks(cfg: ModelConfig, model_dir: Path) -> list[Check]:
     lm = SpeechLM.from_checkpoint(cfg.llm, model_dir / "llm.pt")
     checks = []
     no_speech = io["prompt_speech_token"][:, :0]
-    for name, prompt_text, speech in (("zero-shot", io["prompt_text"], io["prompt_speech_token"]),
-                                      ("instruct", io["instruct_prompt_text"], no_speech)):
+    for name, prompt_text, speech in (
+        ("zero-shot", io["prompt_text"], io["prompt_speech_token"]),
+        ("instruct", io["instruct_prompt_text"], no_speech),
+    ):
         key = "" if name == "zero-shot" else "instruct_"
         ref_steps, ref_tokens = io[f"{key}step_logprobs"], io[f"{key}greedy_tokens"].tolist()
-        tokens, stop, steps = _greedy(lm, io["text"], prompt_text, speech, int(io[f"{key}min_len"]),
-                                      int(io[f"{key}max_len"]), ref_steps.shape[0])
+        tokens, stop, steps = _greedy(
+            lm, io["text"], prompt_text, speech, int(io[f"{key}min_len"]), int(io[f"{key}max_len"]), ref_steps.shape[0]
+        )
         same = sum(a == b for a, b in zip(tokens, ref_tokens))
         checks += [
             Check(f"llm {name} prefill log-probs (step 0)", rel_l2(steps[0], ref_steps[0]), LOGPROB_TOL),
-            Check(f"llm {name} decode log-probs (steps 1-{len(ref_steps) - 1})", rel_l2(steps[1:], ref_steps[1:]),
-                  LOGPROB_TOL),
-            Check(f"llm {name} greedy tokens and stop", float(tokens != ref_tokens or stop != io[f"{key}stop"]), 0.0,
-                  f"{same}/{len(ref_tokens)} equal, lengths {len(tokens)} vs {len(ref_tokens)}, stop {stop} vs "
-                  f"{io[f'{key}stop']}"),
+            Check(
+                f"llm {name} decode log-probs (steps 1-{len(ref_steps) - 1})",
+                rel_l2(steps[1:], ref_steps[1:]),
+                LOGPROB_TOL,
+            ),
+            Check(
+                f"llm {name} greedy tokens and stop",
+                float(tokens != ref_tokens or stop != io[f"{key}stop"]),
+                0.0,
+                f"{same}/{len(ref_tokens)} equal, lengths {len(tokens)} vs {len(ref_tokens)}, stop {stop} vs "
+                f"{io[f'{key}stop']}",
+            ),
         ]
         if name == "zero-shot":
             kept = list(filtered(tokens, family_named("cosyvoice3").speech_token_filter()))
-            checks.append(Check("silent-token filter (tokens to the flow)",
-                                float(kept != io["flow_tokens_after_silence_filter"].tolist()), 0.0))
+            checks.append(
+                Check(
+                    "silent-token filter (tokens to the flow)",
+                    float(kept != io["flow_tokens_after_silence_filter"].tolist()),
+                    0.0,
+                )
+            )
     return checks
 
 
@@ -77,25 +92,40 @@ def flow_hift_checks(cfg: ModelConfig, model_dir: Path) -> list[Check]:
     flow = DiTFlow.from_checkpoint(cfg.flow, model_dir / "flow.pt")
     hift = CausalHiFT.from_checkpoint(cfg.hift, cfg.flow, model_dir / "hift.pt")
     args = (io["prompt_token"], io["prompt_feat"], io["embedding"])
-    first = io["token"][:, :int(io["first_chunk_tokens"])]
+    first = io["token"][:, : int(io["first_chunk_tokens"])]
     table = io["hift_sine_noise_head"]
     speech, source = hift.inference(io["hift_mel_in"], finalize=True)
     partial, _ = hift.inference(io["hift_mel_in"], finalize=False)
     return [
-        Check("flow non-streaming mel", rel_l2(flow.inference(io["token"], *args, streaming=False, finalize=True),
-                                               io["mel_nonstream"]), MEL_TOL),
-        Check("flow streaming mel (block-causal, all tokens)",
-              rel_l2(flow.inference(io["token"], *args, streaming=True, finalize=True), io["mel_stream_full"]),
-              MEL_TOL),
-        Check("flow first streaming chunk mel", rel_l2(flow.inference(first, *args, streaming=True, finalize=False),
-                                                       io["mel_stream_chunk0"]), MEL_TOL),
-        Check("cfm fixed noise head", rel_l2(flow.decoder.rand_noise[..., :io["cfm_rand_noise_head"].shape[-1]],
-                                             io["cfm_rand_noise_head"]), 0.0),
+        Check(
+            "flow non-streaming mel",
+            rel_l2(flow.inference(io["token"], *args, streaming=False, finalize=True), io["mel_nonstream"]),
+            MEL_TOL,
+        ),
+        Check(
+            "flow streaming mel (block-causal, all tokens)",
+            rel_l2(flow.inference(io["token"], *args, streaming=True, finalize=True), io["mel_stream_full"]),
+            MEL_TOL,
+        ),
+        Check(
+            "flow first streaming chunk mel",
+            rel_l2(flow.inference(first, *args, streaming=True, finalize=False), io["mel_stream_chunk0"]),
+            MEL_TOL,
+        ),
+        Check(
+            "cfm fixed noise head",
+            rel_l2(flow.decoder.rand_noise[..., : io["cfm_rand_noise_head"].shape[-1]], io["cfm_rand_noise_head"]),
+            0.0,
+        ),
         Check("hift noise table head", rel_l2(hift.noise.grow(table.shape[1])[None], table), 0.0),
         Check("hift audio (finalize)", rel_l2(speech, io["hift_speech"]), AUDIO_TOL),
         Check("hift source", rel_l2(source, io["hift_source"]), AUDIO_TOL),
-        Check("hift audio (not finalized: 8 frames held back)", rel_l2(partial, io["hift_speech_partial"]),
-              AUDIO_TOL, f"{partial.shape[1]} vs {io['hift_speech_partial'].shape[1]} samples"),
+        Check(
+            "hift audio (not finalized: 8 frames held back)",
+            rel_l2(partial, io["hift_speech_partial"]),
+            AUDIO_TOL,
+            f"{partial.shape[1]} vs {io['hift_speech_partial'].shape[1]} samples",
+        ),
     ]
 
 
@@ -112,14 +142,24 @@ def stream_checks(cfg: ModelConfig, model_dir: Path) -> list[Check]:
     frames.append(ref["stream_mel"].shape[2] - sum(frames))
     stream, start, checks = new_stream(hift), 0, []
     for i, (n, theirs) in enumerate(zip(frames, ref["chunks"])):
-        ours = stream_chunk(hift, stream, ref["stream_mel"][:, :, start:start + n], finalize=i == len(frames) - 1)
+        ours = stream_chunk(hift, stream, ref["stream_mel"][:, :, start : start + n], finalize=i == len(frames) - 1)
         start += n
-        checks.append(Check(f"hift stream chunk {i} audio (fixture mel)", rel_l2(ours, theirs), AUDIO_TOL,
-                            f"{ours.shape[1]} vs {theirs.shape[-1]} samples"))
+        checks.append(
+            Check(
+                f"hift stream chunk {i} audio (fixture mel)",
+                rel_l2(ours, theirs),
+                AUDIO_TOL,
+                f"{ours.shape[1]} vs {theirs.shape[-1]} samples",
+            )
+        )
     flow = DiTFlow.from_checkpoint(cfg.flow, model_dir / "flow.pt")
     t2w = Token2Wav(cfg, "cpu", flow=flow, vocoder=CausalVocoder(hift))
-    prompt = Prompt(text_tokens=torch.zeros(0, dtype=torch.int32).numpy(), speech_tokens=io["prompt_token"][0].numpy(),
-                    embedding=io["embedding"][0].numpy(), mel=io["prompt_feat"][0].numpy())
+    prompt = Prompt(
+        text_tokens=torch.zeros(0, dtype=torch.int32).numpy(),
+        speech_tokens=io["prompt_token"][0].numpy(),
+        embedding=io["embedding"][0].numpy(),
+        mel=io["prompt_feat"][0].numpy(),
+    )
     mels = []
     t2w.vocoder = _Recording(t2w.vocoder, mels)
     session = t2w.session(prompt, seed=0, hop_policy=HopPolicy("growing"), exact_final=True)
@@ -149,12 +189,19 @@ def feat_checks(cfg: ModelConfig, model_dir: Path) -> list[Check]:
     io = load_io(model_dir, "feat_io.pt")
     wav16k = io["wav16k"][0].numpy()
     return [
-        Check("prompt mel (24 kHz, fmax 12 kHz)", rel_l2(prompt_mel(io["wav24k"], cfg.feat), io["prompt_mel"]),
-              MEL_TOL),
-        Check("speech tokenizer input (Whisper log-mel, 128 bins)",
-              rel_l2(whisper_log_mel(wav16k, n_mels=128), io["whisper_logmel128"]), MEL_TOL),
-        Check("speaker model input (Kaldi fbank - mean)",
-              rel_l2(torch.from_numpy(speaker_features(wav16k)), io["campplus_fbank"]), MEL_TOL),
+        Check(
+            "prompt mel (24 kHz, fmax 12 kHz)", rel_l2(prompt_mel(io["wav24k"], cfg.feat), io["prompt_mel"]), MEL_TOL
+        ),
+        Check(
+            "speech tokenizer input (Whisper log-mel, 128 bins)",
+            rel_l2(whisper_log_mel(wav16k, n_mels=128), io["whisper_logmel128"]),
+            MEL_TOL,
+        ),
+        Check(
+            "speaker model input (Kaldi fbank - mean)",
+            rel_l2(torch.from_numpy(speaker_features(wav16k)), io["campplus_fbank"]),
+            MEL_TOL,
+        ),
     ]
 
 

@@ -12,17 +12,29 @@ from selenium.webdriver.chrome.service import Service
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 # Chromium's own network use is switched off: this machine reaches nothing outside.
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-         "--autoplay-policy=no-user-gesture-required", "--window-size=900,660")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--autoplay-policy=no-user-gesture-required",
+    "--window-size=900,660",
+)
 # No name resolves but the loopback one: a page that needs anything from the internet fails to load it.
 OFFLINE = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"
 
 
 def skip_without_chromium() -> None:
     if CHROMIUM is None or CHROMEDRIVER is None:
-        pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install -y chromium "
-                    "chromium-driver)", allow_module_level=True)
+        pytest.skip(
+            "Debian's chromium and chromium-driver are not installed (apt-get install -y chromium chromium-driver)",
+            allow_module_level=True,
+        )
 
 
 @contextmanager

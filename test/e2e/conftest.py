@@ -39,13 +39,34 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(tiny_model_dir, tmp_path_factory):
     """The shared server: 2 HTTP workers, 2 decode processes. Stopping it (Ctrl-C) is itself checked."""
-    srv = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "server.log",
-                        "--data_dir", str(tmp_path_factory.mktemp("voices")), "--httpserver_workers", "2",
-                        "--decode_process_num", "2", "--running_max_req_size", "24",
-                        "--max_text_chars", "2000", "--request_timeout_s", "120", "--cache_capacity", "8",
-                        "--max_req_total_len", str(MAX_REQ_TOTAL_LEN), "--ws_idle_timeout_s", str(IDLE_TIMEOUT_S),
-                        "--http_body_timeout_s", str(IDLE_TIMEOUT_S), "--http_header_timeout_s", str(HEADER_TIMEOUT_S),
-                        "--http_body_deadline_s", str(2 * IDLE_TIMEOUT_S))
+    srv = ServerProcess(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("logs") / "server.log",
+        "--data_dir",
+        str(tmp_path_factory.mktemp("voices")),
+        "--httpserver_workers",
+        "2",
+        "--decode_process_num",
+        "2",
+        "--running_max_req_size",
+        "24",
+        "--max_text_chars",
+        "2000",
+        "--request_timeout_s",
+        "120",
+        "--cache_capacity",
+        "8",
+        "--max_req_total_len",
+        str(MAX_REQ_TOTAL_LEN),
+        "--ws_idle_timeout_s",
+        str(IDLE_TIMEOUT_S),
+        "--http_body_timeout_s",
+        str(IDLE_TIMEOUT_S),
+        "--http_header_timeout_s",
+        str(HEADER_TIMEOUT_S),
+        "--http_body_deadline_s",
+        str(2 * IDLE_TIMEOUT_S),
+    )
     with serving(srv):
         yield srv
 

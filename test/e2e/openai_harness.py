@@ -29,8 +29,14 @@ TEXT = "Hello there."
 MAX_TEXT_CHARS, MAX_PROMPT_SECONDS, MAX_WAV_BYTES, MAX_VOICES = 600, 5, 400_000, 4
 MAX_AUDIO_SECONDS = 5  # a request of more audio fails once it has started streaming
 FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
-CONTENT_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "flac": "audio/flac",
-                 "wav": "audio/wav", "pcm": "audio/pcm"}
+CONTENT_TYPES = {
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "wav": "audio/wav",
+    "pcm": "audio/pcm",
+}
 
 
 class Server:
@@ -42,16 +48,32 @@ class Server:
         self.data_dir = tmp_path_factory.mktemp("voices")
         self.key_file = tmp_path_factory.mktemp("keys") / "keys.txt"
         self.key_file.write_text(f"# test keys\n\n{FILE_KEY}\n")
-        self.proc = self.start("--api_key", KEY, "--api_key_file", str(self.key_file), "--log_level", "debug",
-                               *flags)
+        self.proc = self.start("--api_key", KEY, "--api_key_file", str(self.key_file), "--log_level", "debug", *flags)
 
     def start(self, *flags: str) -> ServerProcess:
-        proc = ServerProcess(self.model_dir, self.factory.mktemp("logs") / "server.log",
-                             "--httpserver_workers", str(self.num_http_workers),
-                             "--data_dir", str(self.data_dir), "--max_voices", str(MAX_VOICES),
-                             "--max_text_chars", str(MAX_TEXT_CHARS), "--max_prompt_seconds", str(MAX_PROMPT_SECONDS),
-                             "--max_prompt_wav_bytes", str(MAX_WAV_BYTES), "--running_max_req_size", "8",
-                             "--request_timeout_s", "120", "--max_audio_seconds", str(MAX_AUDIO_SECONDS), *flags)
+        proc = ServerProcess(
+            self.model_dir,
+            self.factory.mktemp("logs") / "server.log",
+            "--httpserver_workers",
+            str(self.num_http_workers),
+            "--data_dir",
+            str(self.data_dir),
+            "--max_voices",
+            str(MAX_VOICES),
+            "--max_text_chars",
+            str(MAX_TEXT_CHARS),
+            "--max_prompt_seconds",
+            str(MAX_PROMPT_SECONDS),
+            "--max_prompt_wav_bytes",
+            str(MAX_WAV_BYTES),
+            "--running_max_req_size",
+            "8",
+            "--request_timeout_s",
+            "120",
+            "--max_audio_seconds",
+            str(MAX_AUDIO_SECONDS),
+            *flags,
+        )
         try:
             proc.wait_ready()
         except BaseException:
@@ -77,13 +99,18 @@ class Server:
 
     def metrics(self, key: str = KEY) -> dict:
         text = httpx.get(f"{self.url}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=10).text
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
 
     def prompt_features(self) -> dict[str, float]:
         m = self.metrics()
-        return {source: m.get(("lighttts_prompt_features_total", (("source", source),)), 0.0)
-                for source in ("computed", "cache", "saved")}
+        return {
+            source: m.get(("lighttts_prompt_features_total", (("source", source),)), 0.0)
+            for source in ("computed", "cache", "saved")
+        }
 
     def assert_no_slot_in_use(self) -> None:
         """No request holds a slot; aborted ones free theirs once every stage confirmed (within a step)."""
@@ -102,8 +129,9 @@ def client(server):
 
 def upload(url: str, name: str = "Alice", audio: bytes | None = None, text: str = "A short prompt.") -> httpx.Response:
     files = {"audio": ("voice.wav", voice_wav(3) if audio is None else audio, "audio/wav")}
-    return httpx.post(f"{url}/v1/audio/voices", headers=AUTH, files=files, data={"name": name, "text": text},
-                      timeout=60)
+    return httpx.post(
+        f"{url}/v1/audio/voices", headers=AUTH, files=files, data={"name": name, "text": text}, timeout=60
+    )
 
 
 @pytest.fixture(scope="module")
@@ -116,13 +144,15 @@ def voice(server):
 @pytest.fixture(scope="module")
 def reference_pcm(server, voice):
     with openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=120) as c:
-        pcm = c.audio.speech.create(model="tts-1", voice=voice, input=TEXT, response_format="pcm",
-                                    extra_body=EXTRA).content
+        pcm = c.audio.speech.create(
+            model="tts-1", voice=voice, input=TEXT, response_format="pcm", extra_body=EXTRA
+        ).content
     assert len(pcm) == 2 * TOKENS * SAMPLES_PER_TOKEN
     return np.frombuffer(pcm, "<i2")
 
 
 # ---- which HTTP worker serves a connection (from /proc: the worker process holding the accepted socket)
+
 
 def worker_pids(server) -> dict[str, int]:
     processes = httpx.get(f"{server.url}/readiness").json()["processes"]
@@ -169,6 +199,7 @@ class PinnedClient:
 
 # ---- error bodies
 
+
 def openai_error(response: httpx.Response) -> tuple[str, str]:
     """(code, message) of an error answer in OpenAI's shape, which every /v1/* route gives (checked here)."""
     body = response.json()
@@ -184,6 +215,7 @@ def event_error(event: dict) -> tuple[str, str]:
 
 # ---- decoding
 
+
 def decode_with_pyav(data: bytes) -> tuple[int, np.ndarray]:
     with av.open(io.BytesIO(data)) as container:
         frames = [f.to_ndarray().reshape(-1) for f in container.decode(audio=0)]
@@ -193,11 +225,20 @@ def decode_with_pyav(data: bytes) -> tuple[int, np.ndarray]:
 
 def decode_with_ffmpeg(data: bytes) -> tuple[str, int, int]:
     """(codec, sample rate, samples) from Debian's ffprobe and ffmpeg, reading the bytes from a pipe."""
-    probe = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,sample_rate",
-                                       "-of", "json", "-i", "pipe:0"], input=data, capture_output=True,
-                                      check=True).stdout)["streams"][0]
-    pcm = subprocess.run(["ffmpeg", "-v", "error", "-i", "pipe:0", "-f", "s16le", "-ac", "1", "pipe:1"],
-                         input=data, capture_output=True, check=True).stdout
+    probe = json.loads(
+        subprocess.run(
+            ["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,sample_rate", "-of", "json", "-i", "pipe:0"],
+            input=data,
+            capture_output=True,
+            check=True,
+        ).stdout
+    )["streams"][0]
+    pcm = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", "pipe:0", "-f", "s16le", "-ac", "1", "pipe:1"],
+        input=data,
+        capture_output=True,
+        check=True,
+    ).stdout
     return probe["codec_name"], int(probe["sample_rate"]), len(pcm) // 2
 
 
@@ -211,14 +252,16 @@ def assert_same_audio(samples: np.ndarray, reference: np.ndarray) -> None:
 async def stream_session(url: str, frames: list, headers: dict = AUTH) -> tuple[list, list, int]:
     """Send `frames` to /v1/audio/speech/stream and collect until the server closes: (events, binary, close code)."""
     events, audio = [], []
-    async with websockets.connect(url.replace("http", "ws") + "/v1/audio/speech/stream",
-                                  additional_headers=headers) as ws:
+    async with websockets.connect(
+        url.replace("http", "ws") + "/v1/audio/speech/stream", additional_headers=headers
+    ) as ws:
         try:
             for frame in frames:
                 await ws.send(frame if isinstance(frame, (str, bytes)) else json.dumps(frame))
             async for message in ws:
                 (audio if isinstance(message, bytes) else events).append(
-                    message if isinstance(message, bytes) else json.loads(message))
+                    message if isinstance(message, bytes) else json.loads(message)
+                )
         except websockets.ConnectionClosedError:  # a close code other than 1000, after the messages before it
             pass
     return events, audio, ws.close_code

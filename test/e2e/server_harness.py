@@ -100,15 +100,32 @@ class ServerProcess:
         args = ["--model_dir", str(model_dir), "--log_level", "warning", *extra]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if gunicorn_workers:
-            cmd = [sys.executable, "-m", "gunicorn", "-c", "wsgi_wrapper.py", "-w", str(gunicorn_workers),
-                   "-b", f"127.0.0.1:{self.port}", "wsgi_wrapper:app"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "wsgi_wrapper.py",
+                "-w",
+                str(gunicorn_workers),
+                "-b",
+                f"127.0.0.1:{self.port}",
+                "wsgi_wrapper:app",
+            ]
             env["LIGHTTTS_ARGS"] = " ".join(args)
         else:
             cmd = [sys.executable, "-m", "light_tts.server.api_server", "--port", str(self.port), *args]
         self.log = open(log_path, "wb")
         # its own session, so that a Ctrl-C can be imitated by signalling the whole process group
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True, preexec_fn=stop_with_the_tests)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=stop_with_the_tests,
+        )
         self.children: set[int] = set()
         self.was_unready_while_loading = False
 
@@ -131,8 +148,11 @@ class ServerProcess:
     def metrics(self) -> dict[tuple[str, tuple], float]:
         """(sample name, sorted label items) -> value, from /metrics."""
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
 
     def slots_in_use(self) -> float:
         return self.metrics()[("lighttts_request_slots", (("state", "in_use"),))]

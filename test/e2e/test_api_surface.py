@@ -17,8 +17,16 @@ def test_openapi_describes_the_form_and_the_audio(server):
     assert {("/query_tts_model", "get"), ("/query_tts_model", "post")} <= {(p, m) for p, m, _ in operations}
     zero_shot = spec["paths"]["/inference_zero_shot"]["post"]
     form = zero_shot["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert set(form["properties"]) >= {"tts_text", "prompt_text", "prompt_wav", "stream", "speed", "seed",
-                                       "tts_model_name", "fixed_speech_tokens"}
+    assert set(form["properties"]) >= {
+        "tts_text",
+        "prompt_text",
+        "prompt_wav",
+        "stream",
+        "speed",
+        "seed",
+        "tts_model_name",
+        "fixed_speech_tokens",
+    }
     assert set(form["required"]) == {"tts_text"} and "voice_id" in form["properties"]  # or a saved voice
     assert form["properties"]["prompt_wav"]["format"] == "binary"
     ok = zero_shot["responses"]["200"]
@@ -33,8 +41,9 @@ def test_openapi_describes_the_form_and_the_audio(server):
 
 def test_every_process_has_a_title(server):
     processes = httpx.get(f"{server.url}/readiness").json()["processes"]
-    titles = {name: Path(f"/proc/{p['pid']}/cmdline").read_bytes().split(b"\0")[0].decode()
-              for name, p in processes.items()}
+    titles = {
+        name: Path(f"/proc/{p['pid']}/cmdline").read_bytes().split(b"\0")[0].decode() for name, p in processes.items()
+    }
     for name, title in titles.items():
         assert title.startswith(f"lighttts: {name} ("), (name, title)
     assert titles["llm0"] == "lighttts: llm0 (model tiny, cpu)"
@@ -42,7 +51,6 @@ def test_every_process_has_a_title(server):
     assert titles["encode0"] == "lighttts: encode0 (model tiny)"
     launcher = Path(f"/proc/{server.proc.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
     assert launcher == f"lighttts: launcher (127.0.0.1:{server.port})"
-
 
 
 def test_log_lines_carry_the_process_name(server):

@@ -63,12 +63,25 @@ def test_bad_form_gets_4xx_json(server, name):
 
 def test_invalid_utf8_text(server):
     boundary = "XbOuNdArY"
-    parts = [(b'name="tts_text"', b"\xff\xfe bad \xc3\x28"), (b'name="prompt_text"', b"ok"),
-             (b'name="prompt_wav"; filename="p.wav"', voice_wav(1))]
-    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Disposition: form-data; " + head + b"\r\n\r\n" + value
-                    + b"\r\n" for head, value in parts) + b"--" + boundary.encode() + b"--\r\n"
-    r = httpx.post(f"{server.url}/inference_zero_shot", content=body,
-                   headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    parts = [
+        (b'name="tts_text"', b"\xff\xfe bad \xc3\x28"),
+        (b'name="prompt_text"', b"ok"),
+        (b'name="prompt_wav"; filename="p.wav"', voice_wav(1)),
+    ]
+    body = (
+        b"".join(
+            b"--" + boundary.encode() + b"\r\nContent-Disposition: form-data; " + head + b"\r\n\r\n" + value + b"\r\n"
+            for head, value in parts
+        )
+        + b"--"
+        + boundary.encode()
+        + b"--\r\n"
+    )
+    r = httpx.post(
+        f"{server.url}/inference_zero_shot",
+        content=body,
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert r.status_code == 400 and "UTF-8" in r.json()["error"]
 
 
@@ -80,6 +93,7 @@ def test_not_multipart(server):
 async def ws_exchange(url: str, messages: list) -> tuple[list, int]:
     received = []
     async with websockets.connect(f"{url.replace('http', 'ws')}/inference_zero_shot_bistream") as ws:
+
         async def read():
             try:
                 async for message in ws:
@@ -97,16 +111,26 @@ async def ws_exchange(url: str, messages: list) -> tuple[list, int]:
         return received, ws.close_code
 
 
-@pytest.mark.parametrize("messages,code", [
-    (["not json"], 1008),
-    ([json.dumps([1, 2])], 1008),
-    ([json.dumps({"prompt_text": 5})], 1008),
-    ([json.dumps({"prompt_text": "p"}), json.dumps({"tts_text": "wav expected"})], 1008),
-    ([json.dumps({"prompt_text": "p"}), b"not a wav" * 30, json.dumps({"tts_text": "Hi."}),
-      json.dumps({"finish": True})], 1003),
-    ([json.dumps({"prompt_text": "p"}), voice_wav(2), json.dumps({"tts_txt": "typo"})], 1008),
-    ([json.dumps({"prompt_text": "p"}), voice_wav(2), b"binary instead of text"], 1008),
-])
+@pytest.mark.parametrize(
+    "messages,code",
+    [
+        (["not json"], 1008),
+        ([json.dumps([1, 2])], 1008),
+        ([json.dumps({"prompt_text": 5})], 1008),
+        ([json.dumps({"prompt_text": "p"}), json.dumps({"tts_text": "wav expected"})], 1008),
+        (
+            [
+                json.dumps({"prompt_text": "p"}),
+                b"not a wav" * 30,
+                json.dumps({"tts_text": "Hi."}),
+                json.dumps({"finish": True}),
+            ],
+            1003,
+        ),
+        ([json.dumps({"prompt_text": "p"}), voice_wav(2), json.dumps({"tts_txt": "typo"})], 1008),
+        ([json.dumps({"prompt_text": "p"}), voice_wav(2), b"binary instead of text"], 1008),
+    ],
+)
 def test_bad_websocket_messages(server, messages, code):
     received, close_code = asyncio.run(ws_exchange(server.url, messages))
     assert close_code == code

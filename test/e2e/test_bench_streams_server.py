@@ -35,10 +35,31 @@ def test_a_delayed_stream_is_one_stall_over_two_client_processes(tmp_path):
     # request seed % 2 picks the schedule: seed 1 is delayed; the fake server also has the saved-voices API
     server = ServerThread([SMOOTH, DELAYED], voices_api=True)
     try:
-        code = streams.main(["--out", str(tmp_path), "--url", server.url, "--concurrency", "1", "2",
-                             "--requests_per_level", "2", "--ramp_s", "0", "--saved_voices", "1",
-                             "--new_voice_fraction", "0.5", "--fixed_speech_tokens", "0", "--prompt_seconds", "0.5",
-                             "--client_procs", "2"])
+        code = streams.main(
+            [
+                "--out",
+                str(tmp_path),
+                "--url",
+                server.url,
+                "--concurrency",
+                "1",
+                "2",
+                "--requests_per_level",
+                "2",
+                "--ramp_s",
+                "0",
+                "--saved_voices",
+                "1",
+                "--new_voice_fraction",
+                "0.5",
+                "--fixed_speech_tokens",
+                "0",
+                "--prompt_seconds",
+                "0.5",
+                "--client_procs",
+                "2",
+            ]
+        )
     finally:
         server.stop()
     assert code == 0
@@ -74,18 +95,51 @@ def test_a_delayed_stream_is_one_stall_over_two_client_processes(tmp_path):
 def test_benchmark_starts_the_server_and_scores_the_tiny_model(tiny_model_dir, tmp_path):
     tokens = 30
     proc = subprocess.run(
-        [sys.executable, "-m", "light_tts.bench.streams", "--out", str(tmp_path), "--model_dir", str(tiny_model_dir),
-         "--concurrency", "1", "2", "--requests_per_level", "2", "--ramp_s", "0.2", "--new_voice_fraction", "0.5",
-         "--saved_voices", "2", "--fixed_speech_tokens", str(tokens), "--prompt_seconds", "1",
-         "--tts_text", "Hello there.", "--breakdown", "--", "--log_level", "warning"],
-        check=False, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "light_tts.bench.streams",
+            "--out",
+            str(tmp_path),
+            "--model_dir",
+            str(tiny_model_dir),
+            "--concurrency",
+            "1",
+            "2",
+            "--requests_per_level",
+            "2",
+            "--ramp_s",
+            "0.2",
+            "--new_voice_fraction",
+            "0.5",
+            "--saved_voices",
+            "2",
+            "--fixed_speech_tokens",
+            str(tokens),
+            "--prompt_seconds",
+            "1",
+            "--tts_text",
+            "Hello there.",
+            "--breakdown",
+            "--",
+            "--log_level",
+            "warning",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr + (tmp_path / "server.log").read_text()[-3000:]
     assert "real-time streams held:" in proc.stdout
     assert proc.stdout.count("where first audio goes") == 2 and "stage p95 (ms) by level" in proc.stdout
     result = load(tmp_path)
     assert [lv["concurrency"] for lv in result["closed_loop"]] == [1, 2] and result["open_loop"] == []
-    held = [lv["concurrency"] for lv in result["closed_loop"]
-            if lv["failures"] == 0 and lv["stalled_streams"] == 0 and lv["ttfa_p95"] <= 0.5]
+    held = [
+        lv["concurrency"]
+        for lv in result["closed_loop"]
+        if lv["failures"] == 0 and lv["stalled_streams"] == 0 and lv["ttfa_p95"] <= 0.5
+    ]
     assert result["real_time_streams_held"] == max(held, default=0)
     records = [r for lv in result["closed_loop"] for r in lv["records"]]
     for level in result["closed_loop"]:
@@ -119,11 +173,42 @@ def test_soak_against_the_server_samples_its_state_and_passes(server, tmp_path):
     0.5-s sampler catches a 1-s request in flight is luck, so the peaks are not asserted. The memory slack is
     wide: a 15-s run on a shared 2-core host is not a memory test; test/test_bench_soak.py tests the judgement."""
     proc = subprocess.run(
-        [sys.executable, "-m", "light_tts.bench.soak", "--out", str(tmp_path), "--url", server.url, "--rate", "1",
-         "--duration", "12", "--sample_s", "0.5", "--settle_s", "60", "--memory_slack_mb", "300",
-         "--fixed_speech_tokens", "25", "--saved_voices", "2", "--new_voice_fraction", "0.5", "--prompt_seconds",
-         "1", "--tts_text", "Hello there.", "--ramp_s", "0"],
-        check=False, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "light_tts.bench.soak",
+            "--out",
+            str(tmp_path),
+            "--url",
+            server.url,
+            "--rate",
+            "1",
+            "--duration",
+            "12",
+            "--sample_s",
+            "0.5",
+            "--settle_s",
+            "60",
+            "--memory_slack_mb",
+            "300",
+            "--fixed_speech_tokens",
+            "25",
+            "--saved_voices",
+            "2",
+            "--new_voice_fraction",
+            "0.5",
+            "--prompt_seconds",
+            "1",
+            "--tts_text",
+            "Hello there.",
+            "--ramp_s",
+            "0",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads((tmp_path / "soak.json").read_text())
     v = result["verdict"]

@@ -46,13 +46,50 @@ def test_old_entry_points_write_playable_wav_with_their_old_flags(server, prompt
     outs = {name: tmp_path / f"{name}.wav" for name in ("say", "stream", "bistream")}
     ws_url = server.url.replace("http://", "ws://")
     procs = [
-        subprocess.Popen([sys.executable, "test/test_zero_shot.py", "--url", server.url, *voice_args(prompt),
-                          "--speed", "1.0", "--out", str(outs["say"])], cwd=ROOT),
-        subprocess.Popen([sys.executable, "test/test_zs_stream.py", "--url", server.url, *voice_args(prompt),
-                          "--out", str(outs["stream"])], cwd=ROOT, stdout=subprocess.PIPE, text=True),
-        subprocess.Popen([sys.executable, "test/test_bistream.py", "--url", ws_url, *voice_args(prompt),
-                          "--words_per_piece", "1", "--piece_interval_s", "0", "--out", str(outs["bistream"])],
-                         cwd=ROOT),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "test/test_zero_shot.py",
+                "--url",
+                server.url,
+                *voice_args(prompt),
+                "--speed",
+                "1.0",
+                "--out",
+                str(outs["say"]),
+            ],
+            cwd=ROOT,
+        ),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "test/test_zs_stream.py",
+                "--url",
+                server.url,
+                *voice_args(prompt),
+                "--out",
+                str(outs["stream"]),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        ),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "test/test_bistream.py",
+                "--url",
+                ws_url,
+                *voice_args(prompt),
+                "--words_per_piece",
+                "1",
+                "--piece_interval_s",
+                "0",
+                "--out",
+                str(outs["bistream"]),
+            ],
+            cwd=ROOT,
+        ),
     ]
     stream_stdout, _ = procs[1].communicate(timeout=240)
     assert [p.wait(timeout=240) for p in procs] == [0, 0, 0]
@@ -64,19 +101,32 @@ def test_old_entry_points_write_playable_wav_with_their_old_flags(server, prompt
 
 def test_pcm_to_stdout_matches_the_wav(server, prompt, tmp_path):
     """`--out -` pipes raw PCM (progress on stderr); `--out x.pcm` writes the same bytes, headerless."""
-    piped = run([sys.executable, "-m", "light_tts.clients.say", "--url", server.url, *voice_args(prompt),
-                 "--out", "-"], text=False)
+    piped = run(
+        [sys.executable, "-m", "light_tts.clients.say", "--url", server.url, *voice_args(prompt), "--out", "-"],
+        text=False,
+    )
     assert piped.returncode == 0, piped.stderr
     assert b"s of audio in" in piped.stderr
-    run([sys.executable, "-m", "light_tts.clients.say", "--url", server.url, *voice_args(prompt),
-         "--out", str(tmp_path / "a.pcm")]).check_returncode()
+    run(
+        [
+            sys.executable,
+            "-m",
+            "light_tts.clients.say",
+            "--url",
+            server.url,
+            *voice_args(prompt),
+            "--out",
+            str(tmp_path / "a.pcm"),
+        ]
+    ).check_returncode()
     assert piped.stdout == (tmp_path / "a.pcm").read_bytes() and len(piped.stdout) > 0
 
 
 @pytest.mark.parametrize("module", ["say", "stream"])
 def test_server_error_is_one_line_with_its_kind(server, prompt, module):
-    result = run([sys.executable, "-m", f"light_tts.clients.{module}", "--url", server.url,
-                  *voice_args(prompt, text="   ")])
+    result = run(
+        [sys.executable, "-m", f"light_tts.clients.{module}", "--url", server.url, *voice_args(prompt, text="   ")]
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith(f"lighttts-{module}: error: HTTP 400 bad_text: "), result.stderr
@@ -85,8 +135,21 @@ def test_server_error_is_one_line_with_its_kind(server, prompt, module):
 def test_bistream_server_error_event_is_one_line(server, tmp_path):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not audio at all")
-    result = run([sys.executable, "-m", "light_tts.clients.bistream", "--url", server.url.replace("http", "ws"),
-                  "--prompt_wav", str(bad), "--prompt_text", "Hi.", "--tts_text", TEXT])
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "light_tts.clients.bistream",
+            "--url",
+            server.url.replace("http", "ws"),
+            "--prompt_wav",
+            str(bad),
+            "--prompt_text",
+            "Hi.",
+            "--tts_text",
+            TEXT,
+        ]
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith("lighttts-bistream: error: "), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -94,9 +157,26 @@ def test_bistream_server_error_event_is_one_line(server, tmp_path):
 
 def test_bench_sweep_through_the_old_entry_point(server, prompt, tmp_path):
     out, plot = tmp_path / "speed.json", tmp_path / "speed.png"
-    result = run([sys.executable, "test/test_zs_speed.py", "--url", server.url, *voice_args(prompt)[:6],
-                  "--stream", "true", "--concurrency", "1", "2", "--requests_per_level", "2",
-                  "--out", str(out), "--plot", str(plot)])
+    result = run(
+        [
+            sys.executable,
+            "test/test_zs_speed.py",
+            "--url",
+            server.url,
+            *voice_args(prompt)[:6],
+            "--stream",
+            "true",
+            "--concurrency",
+            "1",
+            "2",
+            "--requests_per_level",
+            "2",
+            "--out",
+            str(out),
+            "--plot",
+            str(plot),
+        ]
+    )
     assert result.returncode == 0, result.stderr
     levels = json.loads(out.read_text())["levels"]
     assert [lv["concurrency"] for lv in levels] == [1, 2]
@@ -111,20 +191,32 @@ def test_fresh_venv_with_only_the_client_extra(server, prompt, tmp_path):
     venv.create(env_dir, with_pip=True)
     bin_dir = env_dir / "bin"
     start = time.monotonic()
-    install = run([str(bin_dir / "pip"), "install", "-q", "--disable-pip-version-check", f"{ROOT}[client]"],
-                  env={**os.environ, "PIP_NO_INPUT": "1"})
+    install = run(
+        [str(bin_dir / "pip"), "install", "-q", "--disable-pip-version-check", f"{ROOT}[client]"],
+        env={**os.environ, "PIP_NO_INPUT": "1"},
+    )
     print(f"client install: {time.monotonic() - start:.1f} s")
     assert install.returncode == 0, install.stderr[-3000:]
     installed = run([str(bin_dir / "python"), "-m", "pip", "list", "--format=json"]).stdout
     names = {p["name"].lower() for p in json.loads(installed)}
     assert {"httpx", "websockets", "light-tts"} <= names and not names & {"torch", "numpy", "fastapi"}, names
     clean_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    say = subprocess.run([str(bin_dir / "lighttts-say"), "--url", server.url, *voice_args(prompt),
-                          "--out", str(tmp_path / "say.wav")], cwd=tmp_path, env=clean_env, capture_output=True,
-                         text=True, timeout=240)
+    say = subprocess.run(
+        [str(bin_dir / "lighttts-say"), "--url", server.url, *voice_args(prompt), "--out", str(tmp_path / "say.wav")],
+        cwd=tmp_path,
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert say.returncode == 0, say.stderr
     assert wav_frames(tmp_path / "say.wav") > 0
-    stream = subprocess.run([str(bin_dir / "lighttts-stream"), "--url", server.url, *voice_args(prompt),
-                             "--out", "-", "--quiet"], cwd=tmp_path, env=clean_env, capture_output=True, timeout=240)
+    stream = subprocess.run(
+        [str(bin_dir / "lighttts-stream"), "--url", server.url, *voice_args(prompt), "--out", "-", "--quiet"],
+        cwd=tmp_path,
+        env=clean_env,
+        capture_output=True,
+        timeout=240,
+    )
     assert stream.returncode == 0, stream.stderr
     assert len(stream.stdout) == 2 * wav_frames(tmp_path / "say.wav")

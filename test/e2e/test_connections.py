@@ -29,8 +29,10 @@ def raw_request(server, head: bytes, body: bytes) -> bytes:
     return answer
 
 
-HEAD = (b"POST /inference_zero_shot HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=XyZ\r\n"
-        b"Content-Length: %d")
+HEAD = (
+    b"POST /inference_zero_shot HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=XyZ\r\n"
+    b"Content-Length: %d"
+)
 
 
 def test_headers_that_never_finish_are_cut(server):
@@ -45,7 +47,7 @@ def test_a_body_declared_too_large_is_413_before_it_is_read(server):
 
 
 def test_a_body_that_stalls_is_408(server):
-    answer = raw_request(server, HEAD % 1000, b"--XyZ\r\nContent-Disposition: form-data; name=\"tts_text\"\r\n\r\n")
+    answer = raw_request(server, HEAD % 1000, b'--XyZ\r\nContent-Disposition: form-data; name="tts_text"\r\n\r\n')
     assert answer.startswith(b"HTTP/1.1 408") and b'"slow_client"' in answer
     server.wait_slots_free(2.0)
 
@@ -79,8 +81,10 @@ def test_a_quiet_websocket_is_closed_and_holds_nothing(server, sends_start):
 def test_a_trickled_body_is_cut_at_its_deadline(server):
     """A byte every half second never leaves a 3-s gap (--http_body_timeout_s), yet the body is cut with 408 at its
     6-s total (--http_body_deadline_s): a trickle cannot hold a connection for ever."""
-    head = (b"POST /inference_zero_shot HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=XyZ\r\n"
-            b"Content-Length: 100000\r\n\r\n--XyZ\r\nContent-Disposition: form-data; name=\"tts_text\"\r\n\r\n")
+    head = (
+        b"POST /inference_zero_shot HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=XyZ\r\n"
+        b'Content-Length: 100000\r\n\r\n--XyZ\r\nContent-Disposition: form-data; name="tts_text"\r\n\r\n'
+    )
     with socket.create_connection(("127.0.0.1", server.port), timeout=60) as s:
         s.sendall(head)
         answer, start = b"", time.monotonic()

@@ -42,9 +42,16 @@ def model_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(model_dirs, tmp_path_factory):
-    srv = ServerProcess(f"{CV3}={model_dirs[CV3]}", tmp_path_factory.mktemp("logs") / "cosyvoice3.log",
-                        "--model_dir", f"{CV2}={model_dirs[CV2]}", "--data_dir", str(tmp_path_factory.mktemp("voices")),
-                        "--log_level", "info")
+    srv = ServerProcess(
+        f"{CV3}={model_dirs[CV3]}",
+        tmp_path_factory.mktemp("logs") / "cosyvoice3.log",
+        "--model_dir",
+        f"{CV2}={model_dirs[CV2]}",
+        "--data_dir",
+        str(tmp_path_factory.mktemp("voices")),
+        "--log_level",
+        "info",
+    )
     try:
         srv.wait_ready()
         yield srv
@@ -52,11 +59,24 @@ def server(model_dirs, tmp_path_factory):
         srv.stop()
 
 
-def post(url: str, model: str, text: str, seed: int, stream: bool = False, speed: float = 1.0, voice: int = 1,
-         voice_id: str | None = None) -> tuple[int, bytes, int]:
+def post(
+    url: str,
+    model: str,
+    text: str,
+    seed: int,
+    stream: bool = False,
+    speed: float = 1.0,
+    voice: int = 1,
+    voice_id: str | None = None,
+) -> tuple[int, bytes, int]:
     """(status, body, number of body chunks) of /inference_zero_shot."""
-    data = {"tts_text": text, "seed": str(seed), "stream": str(stream).lower(), "speed": str(speed),
-            "tts_model_name": model}
+    data = {
+        "tts_text": text,
+        "seed": str(seed),
+        "stream": str(stream).lower(),
+        "speed": str(speed),
+        "tts_model_name": model,
+    }
     files = None
     if voice_id is None:
         data["prompt_text"] = PROMPT_TEXT
@@ -78,9 +98,14 @@ def test_each_family_gets_its_own_decode_group(server):
 def test_zero_shot_equals_each_models_pipeline(server, pipelines):
     """Both families at once, whole and streamed (CosyVoice3's stream in three chunks), CosyVoice3 with a speed
     change, and "default" (the first model, CosyVoice3): each equals its own model's offline pipeline."""
-    jobs = [(CV3, LONG_TEXT, LONG_SEED, False, 1.0), (CV3, LONG_TEXT, LONG_SEED, True, 1.0),
-            (CV3, "Hello there.", 11, False, 1.5), ("default", "Hello there.", 3, False, 1.0),
-            (CV2, "Hello there.", 11, False, 1.0), (CV2, "Hello there.", 5, True, 1.0)]
+    jobs = [
+        (CV3, LONG_TEXT, LONG_SEED, False, 1.0),
+        (CV3, LONG_TEXT, LONG_SEED, True, 1.0),
+        (CV3, "Hello there.", 11, False, 1.5),
+        ("default", "Hello there.", 3, False, 1.0),
+        (CV2, "Hello there.", 11, False, 1.0),
+        (CV2, "Hello there.", 5, True, 1.0),
+    ]
     with ThreadPoolExecutor(len(jobs)) as pool:
         replies = list(pool.map(lambda job: post(server.url, *job), jobs))
     for (model, text, seed, stream, speed), (status, body, _num_chunks) in zip(jobs, replies):
@@ -93,10 +118,20 @@ def test_zero_shot_equals_each_models_pipeline(server, pipelines):
 def test_fixed_speech_tokens_force_the_length(server):
     """bench.streams' 10-s utterances: exactly N tokens (960 samples each), although CosyVoice3's LM may stop before
     min_len (seed 0 stops this text after 5 tokens otherwise)."""
-    data = {"tts_text": "Hello there.", "prompt_text": PROMPT_TEXT, "seed": "0", "stream": "true",
-            "fixed_speech_tokens": "40", "tts_model_name": CV3}
-    r = httpx.post(f"{server.url}/inference_zero_shot", data=data, timeout=120,
-                   files={"prompt_wav": ("p.wav", voice_wav(1), "audio/wav")})
+    data = {
+        "tts_text": "Hello there.",
+        "prompt_text": PROMPT_TEXT,
+        "seed": "0",
+        "stream": "true",
+        "fixed_speech_tokens": "40",
+        "tts_model_name": CV3,
+    }
+    r = httpx.post(
+        f"{server.url}/inference_zero_shot",
+        data=data,
+        timeout=120,
+        files={"prompt_wav": ("p.wav", voice_wav(1), "audio/wav")},
+    )
     assert r.status_code == 200 and len(r.content) == 40 * 960 * 2, (r.status_code, len(r.content))
 
 
@@ -104,10 +139,20 @@ def test_cross_lingual_counts_the_system_text_in_the_length_bound(server, pipeli
     """CosyVoice3's cross-lingual prompt is its system text, which upstream carries in the target text: the
     sentence's 20x bound counts it. With seed 38 the tiny LM speaks "Hi." (3 tokens) for 73 tokens, past the 60
     that 20x its own tokens would allow."""
-    data = {"tts_text": "Hi.", "prompt_text": PROMPT_TEXT, "seed": "38", "stream": "false", "mode": "cross_lingual",
-            "tts_model_name": CV3}
-    r = httpx.post(f"{server.url}/inference_zero_shot", data=data, timeout=120,
-                   files={"prompt_wav": ("p.wav", voice_wav(1), "audio/wav")})
+    data = {
+        "tts_text": "Hi.",
+        "prompt_text": PROMPT_TEXT,
+        "seed": "38",
+        "stream": "false",
+        "mode": "cross_lingual",
+        "tts_model_name": CV3,
+    }
+    r = httpx.post(
+        f"{server.url}/inference_zero_shot",
+        data=data,
+        timeout=120,
+        files={"prompt_wav": ("p.wav", voice_wav(1), "audio/wav")},
+    )
     assert r.status_code == 200, r.text
     audio = pipelines[CV3].synthesize("Hi.", voice_wav(1), PROMPT_TEXT, seed=38, mode="cross_lingual")
     want = to_int16(np.concatenate(list(audio))).tobytes()
@@ -126,8 +171,9 @@ def test_bistream_equals_the_pipeline(server, pipelines):
 
 def upload(url: str, voice: int, model: str | None = None) -> httpx.Response:
     data = {"name": f"v{voice}", "text": PROMPT_TEXT, **({"model": model} if model else {})}
-    return httpx.post(f"{url}/v1/audio/voices", data=data, files={"audio": ("v.wav", voice_wav(voice), "audio/wav")},
-                      timeout=60)
+    return httpx.post(
+        f"{url}/v1/audio/voices", data=data, files={"audio": ("v.wav", voice_wav(voice), "audio/wav")}, timeout=60
+    )
 
 
 def test_saved_voices_per_model(server, pipelines):
@@ -147,18 +193,31 @@ def test_saved_voices_per_model(server, pipelines):
     assert_same_audio(body, reference_pcm(pipelines[CV2], "Hello there.", voice_wav(4), 8))
 
     before = server.metrics()
-    r = httpx.post(f"{server.url}/v1/audio/speech", timeout=120, json={
-        "model": CV3, "input": LONG_TEXT, "voice": cv2_voice, "response_format": "pcm", "seed": LONG_SEED})
+    r = httpx.post(
+        f"{server.url}/v1/audio/speech",
+        timeout=120,
+        json={"model": CV3, "input": LONG_TEXT, "voice": cv2_voice, "response_format": "pcm", "seed": LONG_SEED},
+    )
     assert r.status_code == 200, r.text
     after = server.metrics()
     assert after[SAVED] == before[SAVED] and after[COMPUTED] == before[COMPUTED] + 1  # cv3's own, from the audio
     assert_same_audio(r.content, reference_pcm(pipelines[CV3], LONG_TEXT, voice_wav(4), LONG_SEED, stream=True))
 
     async def speech_ws() -> bytes:
-        frames = [{"type": "session.config", "model": CV3, "voice": cv3_voice, "response_format": "pcm",
-                   "stream_audio": True, "seed": 3},
-                  {"type": "input.text", "text": "Hello "}, {"type": "input.text", "text": "there."},
-                  {"type": "input.done"}, {"type": "session.close"}]
+        frames = [
+            {
+                "type": "session.config",
+                "model": CV3,
+                "voice": cv3_voice,
+                "response_format": "pcm",
+                "stream_audio": True,
+                "seed": 3,
+            },
+            {"type": "input.text", "text": "Hello "},
+            {"type": "input.text", "text": "there."},
+            {"type": "input.done"},
+            {"type": "session.close"},
+        ]
         audio = bytearray()
         async with websockets.connect(f"{server.url.replace('http', 'ws')}/v1/audio/speech/stream") as ws:
             for frame in frames:

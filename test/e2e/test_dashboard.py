@@ -41,8 +41,15 @@ def queried() -> list[str]:
 def params():
     for item in queried():  # a pending metric's labels are pending with it
         is_pending = item in PENDING_LEAD_METRICS or item.partition("{")[0] in PENDING_LEAD_METRICS
-        marks = [pytest.mark.xfail(strict=True, reason="pending: the lead adds this metric; then remove it from "
-                                                       "PENDING_LEAD_METRICS")] if is_pending else []
+        marks = (
+            [
+                pytest.mark.xfail(
+                    strict=True, reason="pending: the lead adds this metric; then remove it from PENDING_LEAD_METRICS"
+                )
+            ]
+            if is_pending
+            else []
+        )
         yield pytest.param(item, marks=marks, id=item)
 
 

@@ -13,8 +13,10 @@ import pytest
 from server_harness import ServerProcess, outcomes, voice_wav
 
 TIME_LIMIT_S = 6  # --request_timeout_s of the small server: long enough for a first chunk on a busy 2-core host
-LONG_TEXT = " ".join(f"Sentence number {w} is a little longer than the others." for w in
-                     ("one", "two", "three", "four", "five", "six", "seven", "eight"))
+LONG_TEXT = " ".join(
+    f"Sentence number {w} is a little longer than the others."
+    for w in ("one", "two", "three", "four", "five", "six", "seven", "eight")
+)
 
 
 def form(text: str = LONG_TEXT, stream: bool = True) -> dict:
@@ -68,10 +70,24 @@ def test_client_dropped_mid_stream_frees_its_slot(server):
 def small_server(tiny_model_dir, tmp_path_factory):
     """Two slots, a 6 s time limit, sentences of at most ~500 speech tokens (a non-stream sentence is one decode
     step, seconds long on a CPU), an int8 LLM KV cache."""
-    srv = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "small.log", "--running_max_req_size", "2",
-                        "--request_timeout_s", str(TIME_LIMIT_S), "--shutdown_grace_s", "3",
-                        "--max_req_total_len", "600", "--mode", "triton_gqa_flashdecoding", "--decode_paral_num", "2",
-                        "--kv_cache_dtype", "int8")
+    srv = ServerProcess(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("logs") / "small.log",
+        "--running_max_req_size",
+        "2",
+        "--request_timeout_s",
+        str(TIME_LIMIT_S),
+        "--shutdown_grace_s",
+        "3",
+        "--max_req_total_len",
+        "600",
+        "--mode",
+        "triton_gqa_flashdecoding",
+        "--decode_paral_num",
+        "2",
+        "--kv_cache_dtype",
+        "int8",
+    )
     try:
         srv.wait_ready()
         yield srv
@@ -174,9 +190,18 @@ def serves(srv: ServerProcess) -> bool:
 @pytest.fixture(scope="module")
 def restarting_server(tiny_model_dir, tmp_path_factory):
     """The default --on_worker_failure restart, a short hang timeout, three restarts per worker a minute."""
-    srv = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "restart.log", "--worker_hang_timeout_s",
-                        "5", "--max_restarts", "3", "--max_audio_seconds", "2",
-                        "--max_requests_per_client", "1")
+    srv = ServerProcess(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("logs") / "restart.log",
+        "--worker_hang_timeout_s",
+        "5",
+        "--max_restarts",
+        "3",
+        "--max_audio_seconds",
+        "2",
+        "--max_requests_per_client",
+        "1",
+    )
     try:
         srv.wait_ready()
         yield srv
@@ -188,8 +213,7 @@ def restarting_server(tiny_model_dir, tmp_path_factory):
 def test_audio_past_the_per_request_bound_is_a_413(restarting_server, stream):
     files = {"prompt_wav": ("p.wav", voice_wav(2), "audio/wav")}
     data = {**form("Hi.", stream=stream), "fixed_speech_tokens": "100"}  # 4 s of audio, the bound is 2 s
-    with httpx.stream("POST", f"{restarting_server.url}/inference_zero_shot", data=data, files=files,
-                      timeout=60) as r:
+    with httpx.stream("POST", f"{restarting_server.url}/inference_zero_shot", data=data, files=files, timeout=60) as r:
         if stream:  # the first chunks were within the bound: the transfer is cut (no last chunk), not ended
             assert r.status_code == 200
             with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
@@ -207,8 +231,12 @@ def test_a_client_over_its_share_of_slots_gets_429(restarting_server):
     client = StreamingClient(restarting_server.url)
     client.start()
     assert client.first_chunk.wait(60) and client.status == 200
-    r = httpx.post(f"{restarting_server.url}/inference_zero_shot", data=form("Hi."),
-                   files={"prompt_wav": ("p.wav", voice_wav(3), "audio/wav")}, timeout=30)
+    r = httpx.post(
+        f"{restarting_server.url}/inference_zero_shot",
+        data=form("Hi."),
+        files={"prompt_wav": ("p.wav", voice_wav(3), "audio/wav")},
+        timeout=30,
+    )
     assert r.status_code == 429 and "--max_requests_per_client" in r.json()["error"]
     assert restarting_server.slots_in_use() == 1  # the server had room: the limit is the client's
     client.join(120)
@@ -288,8 +316,14 @@ def test_a_crash_loop_stops_the_server_with_an_error(restarting_server):
 
 
 def test_with_exit_policy_a_killed_llm_stops_the_server(tiny_model_dir, tmp_path_factory):
-    srv = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "llm_kill.log", "--shutdown_grace_s", "3",
-                        "--on_worker_failure", "exit")
+    srv = ServerProcess(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("logs") / "llm_kill.log",
+        "--shutdown_grace_s",
+        "3",
+        "--on_worker_failure",
+        "exit",
+    )
     try:
         srv.wait_ready()
         kill_worker_mid_request(srv, "llm")
@@ -302,8 +336,9 @@ def test_with_exit_policy_a_killed_llm_stops_the_server(tiny_model_dir, tmp_path
 def test_tcp_transport_two_encoders_and_sigterm(tiny_model_dir, tmp_path_factory):
     """--zmq_mode tcp:// with 2 encode processes serves, reports unready while loading, and SIGTERM stops it
     with exit code 0, no worker left and no shared memory left."""
-    srv = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "tcp.log", "--zmq_mode", "tcp://",
-                        "--encode_process_num", "2")
+    srv = ServerProcess(
+        tiny_model_dir, tmp_path_factory.mktemp("logs") / "tcp.log", "--zmq_mode", "tcp://", "--encode_process_num", "2"
+    )
     try:
         srv.wait_ready()
         assert srv.was_unready_while_loading
@@ -311,8 +346,10 @@ def test_tcp_transport_two_encoders_and_sigterm(tiny_model_dir, tmp_path_factory
             files = {"prompt_wav": ("p.wav", voice_wav(voice), "audio/wav")}
             r = httpx.post(f"{srv.url}/inference_zero_shot", data=form("Hi.", stream=False), files=files, timeout=60)
             assert r.status_code == 200 and len(r.content) > 0
-        encoded = {rank: srv.metrics()[("lighttts_stage_requests_total", (("rank", rank), ("stage", "encode")))]
-                   for rank in ("0", "1")}
+        encoded = {
+            rank: srv.metrics()[("lighttts_stage_requests_total", (("rank", rank), ("stage", "encode")))]
+            for rank in ("0", "1")
+        }
         assert encoded == {"0": 1.0, "1": 1.0}
     finally:
         code = srv.stop(signal.SIGTERM)

@@ -40,8 +40,13 @@ def assert_every_stage_moved(before, after) -> None:
 
 
 def post(server, stream: bool, seed: int) -> httpx.Response:
-    form = {"tts_text": "Where does the time go?", "prompt_text": "A short prompt.", "stream": str(stream).lower(),
-            "seed": str(seed), "fixed_speech_tokens": "40"}
+    form = {
+        "tts_text": "Where does the time go?",
+        "prompt_text": "A short prompt.",
+        "stream": str(stream).lower(),
+        "seed": str(seed),
+        "fixed_speech_tokens": "40",
+    }
     files = {"prompt_wav": ("p.wav", voice_wav(seed), "audio/wav")}
     return httpx.post(f"{server.url}/inference_zero_shot", data=form, files=files, timeout=120)
 
@@ -82,8 +87,12 @@ def test_voice_conversion_carries_its_stages_in_order(server):
     """Voice conversion has no LLM step: its header has every stage but the prefill's three (and the write, as a
     stream), the source's tokens going to the decode process as they came."""
     files = {"audio": ("s.wav", voice_wav(34, seconds=2.0)), "prompt_audio": ("p.wav", voice_wav(35))}
-    r = httpx.post(f"{server.url}/v1/audio/voice-conversion", data={"response_format": "pcm", "stream": "true"},
-                   files=files, timeout=120)
+    r = httpx.post(
+        f"{server.url}/v1/audio/voice-conversion",
+        data={"response_format": "pcm", "stream": "true"},
+        files=files,
+        timeout=120,
+    )
     assert r.status_code == 200 and len(r.content) > 0, r.text
     stages = parse_server_timing(r.headers["server-timing"])
     want = [s for s in STAGES[:-1] if s not in ("prefill_wait", "prefill", "first_hop")] + [TOTAL]

@@ -34,8 +34,17 @@ __all__ = ["client"]  # a fixture, used by name
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
-    srv = Server(tiny_model_dir, tmp_path_factory, 1, "--voice_alias", "alloy=Alice",
-                 "--voice_alias", "nova=voice_0000gone", "--max_requests_per_client", "1")
+    srv = Server(
+        tiny_model_dir,
+        tmp_path_factory,
+        1,
+        "--voice_alias",
+        "alloy=Alice",
+        "--voice_alias",
+        "nova=voice_0000gone",
+        "--max_requests_per_client",
+        "1",
+    )
     try:
         yield srv
     finally:
@@ -47,8 +56,12 @@ def test_a_fresh_server_exports_every_series_the_dashboard_queries(server):
     labels: dict[str, set[str]] = {}
     for (name, items), _ in server.metrics().items():
         labels.setdefault(name, set()).update(label for label, _ in items)
-    missing = [item for item in queried() if item.partition("{")[0] not in labels
-               or item.partition("{")[2].rstrip("}") not in labels[item.partition("{")[0]] | {""}]
+    missing = [
+        item
+        for item in queried()
+        if item.partition("{")[0] not in labels
+        or item.partition("{")[2].rstrip("}") not in labels[item.partition("{")[0]] | {""}
+    ]
     assert missing == []
 
 
@@ -58,15 +71,26 @@ def test_openai_voice_names_map_to_saved_voices(server, client):
     assert "voice 'alloy' is an alias of 'Alice', which is no saved voice's id or name" in str(e.value)
     assert "no saved voices" in str(e.value) and e.value.param == "voice"
 
-    blank = httpx.post(f"{server.url}/v1/audio/voices", headers=AUTH, data={"name": "Alice", "text": " "},
-                       files={"audio": ("a.wav", voice_wav(8), "audio/wav")}, timeout=60)
+    blank = httpx.post(
+        f"{server.url}/v1/audio/voices",
+        headers=AUTH,
+        data={"name": "Alice", "text": " "},
+        files={"audio": ("a.wav", voice_wav(8), "audio/wav")},
+        timeout=60,
+    )
     assert blank.status_code == 400 and openai_error(blank)[0] == "bad_text"
-    saved = httpx.post(f"{server.url}/v1/audio/voices", headers=AUTH, data={"name": "Alice"},  # no transcript
-                       files={"audio": ("a.wav", voice_wav(8), "audio/wav")}, timeout=60)
+    saved = httpx.post(
+        f"{server.url}/v1/audio/voices",
+        headers=AUTH,
+        data={"name": "Alice"},  # no transcript
+        files={"audio": ("a.wav", voice_wav(8), "audio/wav")},
+        timeout=60,
+    )
     assert saved.status_code == 201 and saved.json()["aliases"] == ["alloy"], saved.text
     voice = saved.json()["id"]
-    pcm = client.audio.speech.create(model="tts-1", voice="alloy", input=TEXT, response_format="pcm",
-                                     extra_body=EXTRA).content
+    pcm = client.audio.speech.create(
+        model="tts-1", voice="alloy", input=TEXT, response_format="pcm", extra_body=EXTRA
+    ).content
     assert len(pcm) == 2 * TOKENS * SAMPLES_PER_TOKEN
     listed = httpx.get(f"{server.url}/v1/audio/voices", headers=AUTH).json()["data"]
     assert [(v["id"], v["aliases"]) for v in listed] == [(voice, ["alloy"])]
@@ -109,8 +133,12 @@ def test_openai_client_exception_classes_carry_our_messages(server, client):
     assert e.value.status_code == 413 and "the server takes at most" in str(e.value) and "MiB" in str(e.value)
 
     with client.audio.speech.with_streaming_response.create(  # --max_requests_per_client 1: this one holds it
-            model="tts-1", voice=voice, input=TEXT, response_format="pcm",
-            extra_body={"seed": SEED, "fixed_speech_tokens": LONG_TOKENS}) as held:
+        model="tts-1",
+        voice=voice,
+        input=TEXT,
+        response_format="pcm",
+        extra_body={"seed": SEED, "fixed_speech_tokens": LONG_TOKENS},
+    ) as held:
         pieces = held.iter_bytes()
         next(pieces)
         with pytest.raises(openai.RateLimitError) as e:

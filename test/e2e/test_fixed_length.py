@@ -21,8 +21,13 @@ def llm_tokens(server) -> float:
 
 
 def post(server, fixed, text=TWO_SENTENCES, stream=False):
-    data = {"tts_text": text, "prompt_text": "A prompt.", "stream": str(stream).lower(), "seed": "4",
-            "fixed_speech_tokens": str(fixed)}
+    data = {
+        "tts_text": text,
+        "prompt_text": "A prompt.",
+        "stream": str(stream).lower(),
+        "seed": "4",
+        "fixed_speech_tokens": str(fixed),
+    }
     files = {"prompt_wav": ("p.wav", voice_wav(6), "audio/wav")}
     return httpx.post(f"{server.url}/inference_zero_shot", data=data, files=files, timeout=120)
 

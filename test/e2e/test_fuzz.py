@@ -37,13 +37,21 @@ def test_no_endpoint_answers_5xx_to_generated_requests(server):
 
     def check(operation):
         @hypothesis.given(case=operation.as_strategy())
-        @hypothesis.settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
-                             suppress_health_check=list(HealthCheck))
+        @hypothesis.settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
         def call(case):
             response = case.call(base_url=server.url, timeout=60)
             statuses.setdefault(f"{operation.method.upper()} {operation.path}", set()).add(response.status_code)
-            assert response.status_code < 500 or (operation.path == "/health" and response.status_code == 503), \
-                (case.as_curl_command(), response.status_code, response.text[:300])
+            assert response.status_code < 500 or (operation.path == "/health" and response.status_code == 503), (
+                case.as_curl_command(),
+                response.status_code,
+                response.text[:300],
+            )
 
         call()
 
@@ -55,17 +63,33 @@ def test_no_endpoint_answers_5xx_to_generated_requests(server):
 
 
 MESSAGES = st.one_of(
-    st.binary(max_size=64), st.just(voice_wav(5)), st.text(max_size=40),
-    st.builds(json.dumps, st.dictionaries(st.sampled_from(["prompt_text", "tts_text", "finish", "seed",
-                                                           "fixed_speech_tokens", "tts_model_name", "x"]),
-                                          st.one_of(st.text(max_size=20), st.integers(-5, 50), st.just(10**20),
-                                                    st.booleans(), st.none(), st.lists(st.integers(), max_size=3)),
-                                          max_size=4)))
+    st.binary(max_size=64),
+    st.just(voice_wav(5)),
+    st.text(max_size=40),
+    st.builds(
+        json.dumps,
+        st.dictionaries(
+            st.sampled_from(
+                ["prompt_text", "tts_text", "finish", "seed", "fixed_speech_tokens", "tts_model_name", "x"]
+            ),
+            st.one_of(
+                st.text(max_size=20),
+                st.integers(-5, 50),
+                st.just(10**20),
+                st.booleans(),
+                st.none(),
+                st.lists(st.integers(), max_size=3),
+            ),
+            max_size=4,
+        ),
+    ),
+)
 
 
 @hypothesis.given(messages=st.lists(MESSAGES, max_size=6))
-@hypothesis.settings(max_examples=30, deadline=None, database=None, derandomize=True,
-                     suppress_health_check=list(HealthCheck))
+@hypothesis.settings(
+    max_examples=30, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
 def test_websocket_message_fuzz_never_closes_with_an_internal_error(server, messages):
     code = asyncio.run(bistream_session(server, messages))
     assert code in (1000, 1003, 1008, 1013, None), (messages, code)

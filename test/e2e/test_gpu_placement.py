@@ -21,11 +21,30 @@ DECODE_MEM_FRACTION, KV_FRACTION = 0.6, 0.3
 
 @pytest.fixture(scope="module")
 def placed(tiny_model_dir, tmp_path_factory):
-    srv = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "placement.log",
-                        "--log_level", "info", "--simulate_gpus", "2", "--llm_gpus", "0,1", "--llm_replicas", "2",
-                        "--decode_gpus", "0,1", "--decode_process_num", "4", "--running_max_req_size", "16",
-                        "--decode_mem_fraction", str(DECODE_MEM_FRACTION), "--kv_cache_mem_fraction",
-                        str(KV_FRACTION), "--request_timeout_s", "120")
+    srv = ServerProcess(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("logs") / "placement.log",
+        "--log_level",
+        "info",
+        "--simulate_gpus",
+        "2",
+        "--llm_gpus",
+        "0,1",
+        "--llm_replicas",
+        "2",
+        "--decode_gpus",
+        "0,1",
+        "--decode_process_num",
+        "4",
+        "--running_max_req_size",
+        "16",
+        "--decode_mem_fraction",
+        str(DECODE_MEM_FRACTION),
+        "--kv_cache_mem_fraction",
+        str(KV_FRACTION),
+        "--request_timeout_s",
+        "120",
+    )
     with serving(srv):
         yield srv
 
@@ -51,8 +70,11 @@ def test_interleaved_requests_each_get_their_own_audio_from_every_process(placed
     before = placed.metrics()
 
     async def one(client, text, wav, seed, stream):
-        r = await client.post(f"{placed.url}/inference_zero_shot", data=zero_shot_form(text, seed, stream),
-                              files={"prompt_wav": ("p.wav", wav, "audio/wav")})
+        r = await client.post(
+            f"{placed.url}/inference_zero_shot",
+            data=zero_shot_form(text, seed, stream),
+            files={"prompt_wav": ("p.wav", wav, "audio/wav")},
+        )
         return r.status_code, r.content
 
     async def all_at_once():
@@ -84,8 +106,13 @@ def test_a_failed_decode_process_fails_only_the_streams_it_held(placed, pipeline
     result: dict = {}
 
     def stream():
-        with httpx.stream("POST", f"{placed.url}/inference_zero_shot", data=zero_shot_form(text, seed, True),
-                          files={"prompt_wav": ("p.wav", wav, "audio/wav")}, timeout=180) as r:
+        with httpx.stream(
+            "POST",
+            f"{placed.url}/inference_zero_shot",
+            data=zero_shot_form(text, seed, True),
+            files={"prompt_wav": ("p.wav", wav, "audio/wav")},
+            timeout=180,
+        ) as r:
             result["status"], result["body"] = r.status_code, b"".join(r.iter_raw())
 
     client = threading.Thread(target=stream)

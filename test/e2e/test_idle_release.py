@@ -20,8 +20,7 @@ def idle_server(tiny_model_dir, tmp_path_factory):
 
 def synthesize(url: str) -> bytes:
     form = {"tts_text": "Hello there.", "prompt_text": "A prompt.", "seed": "3", "fixed_speech_tokens": "40"}
-    r = httpx.post(f"{url}/inference_zero_shot", data=form, files={"prompt_wav": ("p.wav", voice_wav(1))},
-                   timeout=120)
+    r = httpx.post(f"{url}/inference_zero_shot", data=form, files={"prompt_wav": ("p.wav", voice_wav(1))}, timeout=120)
     assert r.status_code == 200, r.text
     return r.content
 

@@ -14,8 +14,12 @@ DRAIN_S = 8
 
 
 def post(url: str, fixed: int, stream: bool, out: dict) -> None:
-    data = {"tts_text": "Hello there.", "prompt_text": "A prompt.", "stream": str(stream).lower(),
-            "fixed_speech_tokens": str(fixed)}
+    data = {
+        "tts_text": "Hello there.",
+        "prompt_text": "A prompt.",
+        "stream": str(stream).lower(),
+        "fixed_speech_tokens": str(fixed),
+    }
     files = {"prompt_wav": ("p.wav", voice_wav(3), "audio/wav")}
     try:
         with httpx.stream("POST", f"{url}/inference_zero_shot", data=data, files=files, timeout=120) as r:
@@ -28,13 +32,21 @@ def post(url: str, fixed: int, stream: bool, out: dict) -> None:
 
 
 def test_sigterm_drains_then_cuts_then_exits_cleanly(tiny_model_dir, tmp_path_factory):
-    srv = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "drain.log", "--drain_timeout_s",
-                        str(DRAIN_S), "--max_speech_tokens", "4000")
+    srv = ServerProcess(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("logs") / "drain.log",
+        "--drain_timeout_s",
+        str(DRAIN_S),
+        "--max_speech_tokens",
+        "4000",
+    )
     try:
         srv.wait_ready()
         short, long = {}, {}
-        threads = [threading.Thread(target=post, args=(srv.url, 50, True, short)),
-                   threading.Thread(target=post, args=(srv.url, 4000, False, long))]
+        threads = [
+            threading.Thread(target=post, args=(srv.url, 50, True, short)),
+            threading.Thread(target=post, args=(srv.url, 4000, False, long)),
+        ]
         for t in threads:
             t.start()
         deadline = time.monotonic() + 60
@@ -50,8 +62,7 @@ def test_sigterm_drains_then_cuts_then_exits_cleanly(tiny_model_dir, tmp_path_fa
         readiness = httpx.get(f"{srv.url}/readiness")
         assert readiness.status_code == 503 and "shutting down" in readiness.json()["reason"]
         files = {"prompt_wav": ("p.wav", voice_wav(3), "audio/wav")}
-        late = httpx.post(f"{srv.url}/inference_zero_shot", data={"tts_text": "Hi.", "prompt_text": "p"},
-                          files=files)
+        late = httpx.post(f"{srv.url}/inference_zero_shot", data={"tts_text": "Hi.", "prompt_text": "p"}, files=files)
         assert late.status_code == 503 and late.json()["kind"] == "unavailable"
         for t in threads:
             t.join(60)

@@ -21,8 +21,11 @@ def call_tools(url: str, output_dir: Path, calls: list[tuple[str, dict]]) -> tup
     """Start the MCP server over stdio, list its tools, make `calls` in order; (tool names, results)."""
 
     async def session_run():
-        params = StdioServerParameters(command=sys.executable, cwd=str(ROOT),
-                                       args=["-m", "light_tts.mcp", "--url", url, "--output_dir", str(output_dir)])
+        params = StdioServerParameters(
+            command=sys.executable,
+            cwd=str(ROOT),
+            args=["-m", "light_tts.mcp", "--url", url, "--output_dir", str(output_dir)],
+        )
         async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
             await session.initialize()
             names = {tool.name for tool in (await session.list_tools()).tools}
@@ -48,19 +51,27 @@ def test_generate_speech_and_server_status(server, prompt, tmp_path):
     short = {"text": "Hi.", "voice": str(prompt), "seed": 1, "format": "pcm", "output": "base64"}
     source = tmp_path / "source.wav"
     source.write_bytes(voice_wav(seed=6, seconds=1.0))
-    names, (as_file, as_base64, as_pcm, status, instructed, converted) = call_tools(server.url, tmp_path, [
-        ("generate_speech", speech),
-        ("generate_speech", {**speech, "output": "base64"}),
-        ("generate_speech", {**speech, "format": "pcm", "output": "base64"}),
-        ("server_status", {}),
-        ("generate_speech", {**short, "instructions": "Speak slowly."}),  # no transcript needed
-        ("convert_voice", {"source_path": str(source), "voice": str(prompt), "format": "pcm", "output": "base64"}),
-    ])
+    names, (as_file, as_base64, as_pcm, status, instructed, converted) = call_tools(
+        server.url,
+        tmp_path,
+        [
+            ("generate_speech", speech),
+            ("generate_speech", {**speech, "output": "base64"}),
+            ("generate_speech", {**speech, "format": "pcm", "output": "base64"}),
+            ("server_status", {}),
+            ("generate_speech", {**short, "instructions": "Speak slowly."}),  # no transcript needed
+            ("convert_voice", {"source_path": str(source), "voice": str(prompt), "format": "pcm", "output": "base64"}),
+        ],
+    )
     assert {"generate_speech", "convert_voice", "list_voices", "add_voice", "server_status"} <= names
     # the tool's instructions reach the server: its audio is the form's instruct_text request's
     form = {"tts_text": "Hi.", "instruct_text": "Speak slowly.", "seed": "1"}
-    want = httpx.post(f"{server.url}/inference_zero_shot", data=form, timeout=120,
-                      files={"prompt_wav": ("p.wav", prompt.read_bytes(), "audio/wav")}).content
+    want = httpx.post(
+        f"{server.url}/inference_zero_shot",
+        data=form,
+        timeout=120,
+        files={"prompt_wav": ("p.wav", prompt.read_bytes(), "audio/wav")},
+    ).content
     assert_same_audio(base64.b64decode(instructed.structured_content["audio_base64"]), want)
     assert converted.structured_content["duration_s"] == 1.0  # as long as the source
     written = as_file.structured_content
@@ -77,11 +88,15 @@ def test_generate_speech_and_server_status(server, prompt, tmp_path):
 
 
 def test_tool_errors_are_readable(server, prompt, tmp_path):
-    _, (empty, unknown_voice, missing_file) = call_tools(server.url, tmp_path, [
-        ("generate_speech", {"text": "  ", "voice": str(prompt), "prompt_text": "A short prompt."}),
-        ("convert_voice", {"source_path": str(prompt), "voice": "voice_missing"}),
-        ("add_voice", {"name": "x", "audio_path": str(tmp_path / "missing.wav"), "text": "Hi."}),
-    ])
+    _, (empty, unknown_voice, missing_file) = call_tools(
+        server.url,
+        tmp_path,
+        [
+            ("generate_speech", {"text": "  ", "voice": str(prompt), "prompt_text": "A short prompt."}),
+            ("convert_voice", {"source_path": str(prompt), "voice": "voice_missing"}),
+            ("add_voice", {"name": "x", "audio_path": str(tmp_path / "missing.wav"), "text": "Hi."}),
+        ],
+    )
     assert "HTTP 400 bad_text" in error_text(empty)
     assert "HTTP 404 not_found" in error_text(unknown_voice)
     assert "cannot read" in error_text(missing_file)
@@ -96,11 +111,17 @@ def test_voice_tools(server, prompt, tmp_path):
     """list_voices / add_voice need the saved-voices API (issue 11): without it they must say so clearly."""
     _, (listed,) = call_tools(server.url, tmp_path, [("list_voices", {})])
     assert not listed.is_error, error_text(listed)  # the server has the saved-voices API (issue 11)
-    _, (added,) = call_tools(server.url, tmp_path, [
-        ("add_voice", {"name": "agent voice", "audio_path": str(prompt), "text": "A short prompt."})])
+    _, (added,) = call_tools(
+        server.url,
+        tmp_path,
+        [("add_voice", {"name": "agent voice", "audio_path": str(prompt), "text": "A short prompt."})],
+    )
     voice_id = added.structured_content["id"]
-    _, (listed, spoken) = call_tools(server.url, tmp_path, [
-        ("list_voices", {}), ("generate_speech", {"text": "Saved voice speaking.", "voice": voice_id})])
+    _, (listed, spoken) = call_tools(
+        server.url,
+        tmp_path,
+        [("list_voices", {}), ("generate_speech", {"text": "Saved voice speaking.", "voice": voice_id})],
+    )
     assert voice_id in {v["id"] for v in listed.structured_content["voices"]}
     assert not spoken.is_error and Path(spoken.structured_content["path"]).stat().st_size > 44
     httpx.delete(f"{server.url}/v1/audio/voices/{voice_id}")  # the shared server's voices are other tests' too

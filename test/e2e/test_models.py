@@ -25,16 +25,28 @@ def model_dirs(tmp_path_factory):
     from light_tts.tools.make_model import make_model
 
     root = tmp_path_factory.mktemp("models")
-    return {"A": make_model(root / "A", "tiny", seed=0), "B": make_model(root / "B", "tiny", seed=0, llm_seed=7),
-            "C": make_model(root / "C", "tiny", seed=0, flow_seed=9)}
+    return {
+        "A": make_model(root / "A", "tiny", seed=0),
+        "B": make_model(root / "B", "tiny", seed=0, llm_seed=7),
+        "C": make_model(root / "C", "tiny", seed=0, flow_seed=9),
+    }
 
 
 @pytest.fixture(scope="module")
 def server(model_dirs, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("voices")
-    srv = ServerProcess(model_dirs["A"], tmp_path_factory.mktemp("logs") / "models.log",
-                        "--model_dir", str(model_dirs["B"]), "--model_dir", str(model_dirs["C"]),
-                        "--data_dir", str(data_dir), "--log_level", "info")
+    srv = ServerProcess(
+        model_dirs["A"],
+        tmp_path_factory.mktemp("logs") / "models.log",
+        "--model_dir",
+        str(model_dirs["B"]),
+        "--model_dir",
+        str(model_dirs["C"]),
+        "--data_dir",
+        str(data_dir),
+        "--log_level",
+        "info",
+    )
     srv.data_dir = data_dir
     try:
         srv.wait_ready()
@@ -44,10 +56,19 @@ def server(model_dirs, tmp_path_factory):
 
 
 def post(url: str, model: str, text: str, seed: int, voice: int = 1, stream: bool = False) -> httpx.Response:
-    data = {"tts_text": text, "prompt_text": PROMPT_TEXT, "seed": str(seed), "stream": str(stream).lower(),
-            "tts_model_name": model}
-    return httpx.post(f"{url}/inference_zero_shot", data=data, files={"prompt_wav": ("p.wav", voice_wav(voice),
-                                                                                       "audio/wav")}, timeout=120)
+    data = {
+        "tts_text": text,
+        "prompt_text": PROMPT_TEXT,
+        "seed": str(seed),
+        "stream": str(stream).lower(),
+        "tts_model_name": model,
+    }
+    return httpx.post(
+        f"{url}/inference_zero_shot",
+        data=data,
+        files={"prompt_wav": ("p.wav", voice_wav(voice), "audio/wav")},
+        timeout=120,
+    )
 
 
 def test_startup_topology_shares_decode_between_styles(server):
@@ -84,8 +105,9 @@ def test_interleaved_requests_get_their_own_models_audio(server, pipelines):
     wav = voice_wav(1)
     for (model, seed), r in zip(jobs, replies):
         assert r.status_code == 200, r.text
-        assert_same_audio(r.content, reference_pcm(pipelines["A" if model == "default" else model], "Hello there.",
-                                                   wav, seed))
+        assert_same_audio(
+            r.content, reference_pcm(pipelines["A" if model == "default" else model], "Hello there.", wav, seed)
+        )
     assert replies[0].content != replies[1].content != replies[2].content  # three models, three voices
     stages = server.metrics()
     assert stages[("lighttts_stage_requests_total", (("rank", "1"), ("stage", "decode")))] >= 1  # C's group
@@ -95,8 +117,7 @@ def test_interleaved_requests_get_their_own_models_audio(server, pipelines):
 def test_a_stream_of_a_style_equals_its_pipeline(server, pipelines):
     r = post(server.url, "B", "Hi there, how are you?", 5, voice=2, stream=True)
     assert r.status_code == 200
-    assert_same_audio(r.content, reference_pcm(pipelines["B"], "Hi there, how are you?", voice_wav(2), 5,
-                                               stream=True))
+    assert_same_audio(r.content, reference_pcm(pipelines["B"], "Hi there, how are you?", voice_wav(2), 5, stream=True))
 
 
 def test_metrics_carry_the_model(server):
@@ -105,8 +126,12 @@ def test_metrics_carry_the_model(server):
         ok = (("endpoint", "inference_zero_shot"), ("mode", "zero_shot"), ("model", model), ("outcome", "ok"))
         assert m[("lighttts_requests_total", ok)] >= 1
         assert m[("lighttts_llm_tokens_total", (("model", model),))] > 0
-        assert m[("lighttts_request_latency_seconds_count", (("endpoint", "inference_zero_shot"),
-                                                             ("mode", "zero_shot"), ("model", model)))]
+        assert m[
+            (
+                "lighttts_request_latency_seconds_count",
+                (("endpoint", "inference_zero_shot"), ("mode", "zero_shot"), ("model", model)),
+            )
+        ]
     # the three models have the same frontend files: one voice cache entry serves them all
     assert m[("lighttts_voice_cache_lookups_total", (("result", "hit"),))] >= 5
 
@@ -114,8 +139,12 @@ def test_metrics_carry_the_model(server):
 def test_saved_voices_are_keyed_by_frontend(server, pipelines):
     """A saved voice's features serve every model of its frontend; features of an unknown frontend (as a voice
     saved before frontends were recorded) are computed again from its stored audio, for the model asked."""
-    r = httpx.post(f"{server.url}/v1/audio/voices", data={"name": "v", "text": PROMPT_TEXT},
-                   files={"audio": ("v.wav", voice_wav(4), "audio/wav")}, timeout=60)
+    r = httpx.post(
+        f"{server.url}/v1/audio/voices",
+        data={"name": "v", "text": PROMPT_TEXT},
+        files={"audio": ("v.wav", voice_wav(4), "audio/wav")},
+        timeout=60,
+    )
     assert r.status_code == 201, r.text
     voice_id = r.json()["id"]
     want = reference_pcm(pipelines["C"], "Hello there.", voice_wav(4), 8)
@@ -145,11 +174,21 @@ class Stream(threading.Thread):
         self.status, self.error, self.body = None, None, b""
 
     def run(self):
-        data = {"tts_text": LONG_TEXT, "prompt_text": PROMPT_TEXT, "seed": str(self.seed), "stream": "true",
-                "tts_model_name": self.model}
+        data = {
+            "tts_text": LONG_TEXT,
+            "prompt_text": PROMPT_TEXT,
+            "seed": str(self.seed),
+            "stream": "true",
+            "tts_model_name": self.model,
+        }
         try:
-            with httpx.stream("POST", f"{self.url}/inference_zero_shot", data=data, timeout=120,
-                              files={"prompt_wav": ("p.wav", voice_wav(3), "audio/wav")}) as r:
+            with httpx.stream(
+                "POST",
+                f"{self.url}/inference_zero_shot",
+                data=data,
+                timeout=120,
+                files={"prompt_wav": ("p.wav", voice_wav(3), "audio/wav")},
+            ) as r:
                 self.status = r.status_code
                 for chunk in r.iter_raw():
                     self.body += chunk
@@ -183,7 +222,21 @@ def test_killing_one_models_llm_fails_only_its_requests(server, pipelines):
     assert r.status_code == 200
     assert_same_audio(r.content, reference_pcm(pipelines["A"], "Hello there.", voice_wav(1), 11))
     m = server.metrics()
-    assert m[("lighttts_requests_total", (("endpoint", "inference_zero_shot"), ("mode", "zero_shot"),
-                                          ("model", "A"), ("outcome", "worker_died")))] == 1
-    assert ("lighttts_requests_total", (("endpoint", "inference_zero_shot"), ("mode", "zero_shot"), ("model", "B"),
-                                        ("outcome", "worker_died"))) not in m
+    assert (
+        m[
+            (
+                "lighttts_requests_total",
+                (
+                    ("endpoint", "inference_zero_shot"),
+                    ("mode", "zero_shot"),
+                    ("model", "A"),
+                    ("outcome", "worker_died"),
+                ),
+            )
+        ]
+        == 1
+    )
+    assert (
+        "lighttts_requests_total",
+        (("endpoint", "inference_zero_shot"), ("mode", "zero_shot"), ("model", "B"), ("outcome", "worker_died")),
+    ) not in m

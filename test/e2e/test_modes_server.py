@@ -35,8 +35,12 @@ def pcm_of(chunks) -> bytes:
 
 
 def upload(url: str, name: str, text: str | None = TRANSCRIPT) -> httpx.Response:
-    return httpx.post(f"{url}/v1/audio/voices", files={"audio": ("v.wav", VOICE_WAV, "audio/wav")},
-                      data={"name": name} | ({} if text is None else {"text": text}), timeout=120)
+    return httpx.post(
+        f"{url}/v1/audio/voices",
+        files={"audio": ("v.wav", VOICE_WAV, "audio/wav")},
+        data={"name": name} | ({} if text is None else {"text": text}),
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +54,11 @@ def voice(server):
 @pytest.fixture(scope="module")
 def instruct_reference(pipeline) -> bytes:
     """The offline instruct path, streamed (as /v1/audio/speech and the WebSockets stream at speed 1)."""
-    return pcm_of(pipeline.synthesize(TEXT, VOICE_WAV, TRANSCRIPT, stream=True, seed=SEED, instruction=INSTRUCTION,
-                                      fixed_speech_tokens=FIXED))
+    return pcm_of(
+        pipeline.synthesize(
+            TEXT, VOICE_WAV, TRANSCRIPT, stream=True, seed=SEED, instruction=INSTRUCTION, fixed_speech_tokens=FIXED
+        )
+    )
 
 
 def prompt_features(server) -> dict[str, float]:
@@ -64,19 +71,32 @@ def test_openai_client_instructions_over_http_and_sse(server, pipeline, voice, i
     (usage.input_tokens counts it once) and `See [1]` is read as text; the saved voice's features serve it."""
     before = prompt_features(server)
     with openai.OpenAI(base_url=server.url + "/v1", api_key="any", max_retries=0, timeout=120) as client:
-        pcm = client.audio.speech.create(model="tts-1", voice=voice, input=TEXT, instructions=INSTRUCTION,
-                                         response_format="pcm", extra_body={"seed": SEED, "fixed_speech_tokens": FIXED})
+        pcm = client.audio.speech.create(
+            model="tts-1",
+            voice=voice,
+            input=TEXT,
+            instructions=INSTRUCTION,
+            response_format="pcm",
+            extra_body={"seed": SEED, "fixed_speech_tokens": FIXED},
+        )
         assert_same_audio(pcm.content, instruct_reference)
         with client.audio.speech.with_streaming_response.create(
-                model="tts-1", voice=voice, input=TEXT, instructions=INSTRUCTION, response_format="pcm",
-                stream_format="sse", extra_body={"seed": SEED, "fixed_speech_tokens": FIXED}) as response:
+            model="tts-1",
+            voice=voice,
+            input=TEXT,
+            instructions=INSTRUCTION,
+            response_format="pcm",
+            stream_format="sse",
+            extra_body={"seed": SEED, "fixed_speech_tokens": FIXED},
+        ) as response:
             events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
     assert_same_audio(b"".join(base64.b64decode(e["audio"]) for e in events[:-1]), instruct_reference)
     frontend = pipeline.frontend
     text_ids = [i for s in frontend.normalize_and_split(TEXT) for i in frontend.tokenize(s)]
     assert text_ids.count(frontend.tokenizer.token_id("[laughter]")) == 1
     assert {frontend.tokenizer.token_id(t) for t in frontend.control_tags} & set(text_ids) == {
-        frontend.tokenizer.token_id("[laughter]")}  # "[1]" is no tag
+        frontend.tokenizer.token_id("[laughter]")
+    }  # "[1]" is no tag
     assert events[-1]["type"] == "speech.audio.done" and events[-1]["usage"]["input_tokens"] == len(text_ids)
     after = prompt_features(server)
     assert after["saved"] - before["saved"] == 2 and after["computed"] == before["computed"]
@@ -86,9 +106,19 @@ def test_vllm_omni_websocket_session_config_instructions(server, voice, instruct
     async def session() -> bytes:
         audio = b""
         async with websockets.connect(server.url.replace("http", "ws") + "/v1/audio/speech/stream") as ws:
-            await ws.send(json.dumps({"type": "session.config", "voice": voice, "instructions": INSTRUCTION,
-                                      "response_format": "pcm", "stream_audio": True, "seed": SEED,
-                                      "fixed_speech_tokens": FIXED}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "session.config",
+                        "voice": voice,
+                        "instructions": INSTRUCTION,
+                        "response_format": "pcm",
+                        "stream_audio": True,
+                        "seed": SEED,
+                        "fixed_speech_tokens": FIXED,
+                    }
+                )
+            )
             for message in ({"type": "input.text", "text": TEXT}, {"type": "input.done"}, {"type": "session.close"}):
                 await ws.send(json.dumps(message))
             async for message in ws:
@@ -107,8 +137,14 @@ def test_a_voice_saved_without_a_transcript_speaks_cross_lingual(server, pipelin
     voice = r.json()["id"]
     try:
         assert httpx.get(f"{server.url}/v1/audio/voices/{voice}").json()["text"] is None
-        body = {"model": "tts-1", "voice": voice, "input": "Hello.", "response_format": "pcm", "seed": SEED,
-                "fixed_speech_tokens": FIXED}
+        body = {
+            "model": "tts-1",
+            "voice": voice,
+            "input": "Hello.",
+            "response_format": "pcm",
+            "seed": SEED,
+            "fixed_speech_tokens": FIXED,
+        }
         r = httpx.post(f"{server.url}/v1/audio/speech", json=body, timeout=120)
         assert r.status_code == 200, r.text
         want = pipeline.synthesize("Hello.", VOICE_WAV, None, stream=True, seed=SEED, fixed_speech_tokens=FIXED)
@@ -121,18 +157,27 @@ def test_a_voice_saved_without_a_transcript_speaks_cross_lingual(server, pipelin
     assert r.status_code == 400 and "leave the field out" in openai_error(r)[1]
 
 
-@pytest.mark.parametrize("fields, offline", [
-    ({"instruct_text": INSTRUCTION, "prompt_text": TRANSCRIPT}, dict(prompt_text=TRANSCRIPT, instruction=INSTRUCTION)),
-    ({}, dict(prompt_text=None)),  # a prompt upload without its transcript
-    ({"prompt_text": TRANSCRIPT, "mode": "cross_lingual"}, dict(prompt_text=TRANSCRIPT, mode="cross_lingual")),
-], ids=["instruct", "no transcript", "forced cross_lingual"])
+@pytest.mark.parametrize(
+    "fields, offline",
+    [
+        (
+            {"instruct_text": INSTRUCTION, "prompt_text": TRANSCRIPT},
+            dict(prompt_text=TRANSCRIPT, instruction=INSTRUCTION),
+        ),
+        ({}, dict(prompt_text=None)),  # a prompt upload without its transcript
+        ({"prompt_text": TRANSCRIPT, "mode": "cross_lingual"}, dict(prompt_text=TRANSCRIPT, mode="cross_lingual")),
+    ],
+    ids=["instruct", "no transcript", "forced cross_lingual"],
+)
 def test_the_lighttts_form_in_every_mode(server, pipeline, fields, offline):
     data = {"tts_text": TEXT, "seed": str(SEED), "fixed_speech_tokens": str(FIXED), "stream": "false", **fields}
-    r = httpx.post(f"{server.url}/inference_zero_shot", data=data, files={"prompt_wav": ("p.wav", VOICE_WAV)},
-                   timeout=120)
+    r = httpx.post(
+        f"{server.url}/inference_zero_shot", data=data, files={"prompt_wav": ("p.wav", VOICE_WAV)}, timeout=120
+    )
     assert r.status_code == 200, r.text
-    assert_same_audio(r.content, pcm_of(pipeline.synthesize(TEXT, VOICE_WAV, seed=SEED, fixed_speech_tokens=FIXED,
-                                                            **offline)))
+    assert_same_audio(
+        r.content, pcm_of(pipeline.synthesize(TEXT, VOICE_WAV, seed=SEED, fixed_speech_tokens=FIXED, **offline))
+    )
 
 
 def test_bistream_instruct_with_a_tag_cut_between_pieces(server, pipeline):
@@ -148,18 +193,25 @@ def test_voice_conversion_of_a_3s_source(server, pipeline, voice):
     streamed (PCM, an uploaded target); no model runs again for the saved voice."""
     source = voice_wav(11, seconds=3.0)
     before = prompt_features(server)
-    r = httpx.post(f"{server.url}/v1/audio/voice-conversion", data={"voice": voice, "response_format": "wav",
-                                                                     "seed": str(SEED)},
-                   files={"audio": ("s.wav", source)}, timeout=120)
+    r = httpx.post(
+        f"{server.url}/v1/audio/voice-conversion",
+        data={"voice": voice, "response_format": "wav", "seed": str(SEED)},
+        files={"audio": ("s.wav", source)},
+        timeout=120,
+    )
     assert r.status_code == 200 and r.headers["content-type"] == "audio/wav", r.text
     with wave.open(io.BytesIO(r.content)) as w:
         assert (w.getframerate(), w.getnframes()) == (24000, 3 * 24000)
         whole = w.readframes(w.getnframes())
     assert_same_audio(whole, pcm_of(pipeline.voice_conversion(source, VOICE_WAV, seed=SEED)))
     assert prompt_features(server)["computed"] == before["computed"]
-    with httpx.stream("POST", f"{server.url}/v1/audio/voice-conversion", timeout=120,
-                      data={"response_format": "pcm", "stream": "true", "seed": str(SEED)},
-                      files={"audio": ("s.wav", source), "prompt_audio": ("p.wav", VOICE_WAV)}) as r:
+    with httpx.stream(
+        "POST",
+        f"{server.url}/v1/audio/voice-conversion",
+        timeout=120,
+        data={"response_format": "pcm", "stream": "true", "seed": str(SEED)},
+        files={"audio": ("s.wav", source), "prompt_audio": ("p.wav", VOICE_WAV)},
+    ) as r:
         assert r.status_code == 200
         chunks = [c for c in r.iter_raw() if c]
     assert len(chunks) > 1
@@ -185,10 +237,16 @@ def test_voice_conversion_refuses_what_it_cannot_do(server, voice):
 def test_metrics_carry_the_mode(server):
     m = server.metrics()
     for mode in ("instruct", "cross_lingual", "vc"):
-        assert any(name == "lighttts_requests_total" and dict(labels).get("mode") == mode
-                   and dict(labels)["outcome"] == "ok" for (name, labels), v in m.items() if v > 0), mode
-        assert any(name == "lighttts_time_to_first_audio_seconds_count" and dict(labels).get("mode") == mode
-                   for (name, labels), v in m.items() if v > 0), mode
+        assert any(
+            name == "lighttts_requests_total" and dict(labels).get("mode") == mode and dict(labels)["outcome"] == "ok"
+            for (name, labels), v in m.items()
+            if v > 0
+        ), mode
+        assert any(
+            name == "lighttts_time_to_first_audio_seconds_count" and dict(labels).get("mode") == mode
+            for (name, labels), v in m.items()
+            if v > 0
+        ), mode
 
 
 def test_openapi_describes_modes_tags_and_voice_conversion(server):
@@ -196,8 +254,10 @@ def test_openapi_describes_modes_tags_and_voice_conversion(server):
     assert "`[laughter]`" in spec["info"]["description"] and "instruct" in spec["info"]["description"]
     form = spec["paths"]["/inference_zero_shot"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert {"instruct_text", "mode"} <= set(form["properties"]) and "[breath]" in form["properties"]["tts_text"][
-        "description"]
+        "description"
+    ]
     vc = spec["paths"]["/v1/audio/voice-conversion"]["post"]
     assert {"audio", "voice", "prompt_audio"} <= set(
-        vc["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"])
+        vc["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    )
     assert "instructions" in spec["components"]["schemas"]["SpeechRequest"]["properties"]

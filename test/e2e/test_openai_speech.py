@@ -65,8 +65,7 @@ def server(tiny_model_dir, tmp_path_factory):
 def test_openai_client_speaks_every_format(client, voice, reference_pcm, fmt):
     """Each format decodes (PyAV; ffprobe + ffmpeg too) to the rate and length of the pcm of the same request and
     seed; the lossless ones to the very same samples."""
-    response = client.audio.speech.create(model="tts-1", voice=voice, input=TEXT, response_format=fmt,
-                                          extra_body=EXTRA)
+    response = client.audio.speech.create(model="tts-1", voice=voice, input=TEXT, response_format=fmt, extra_body=EXTRA)
     assert response.response.headers["content-type"] == CONTENT_TYPES[fmt]
     data, seconds = response.content, len(reference_pcm) / RATE
     if fmt == "pcm":
@@ -90,7 +89,7 @@ def test_openai_client_speaks_every_format(client, voice, reference_pcm, fmt):
 def flac_streaminfo(data: bytes) -> tuple[int, str]:
     """(total samples, MD5 hex) from a FLAC file's STREAMINFO block (the first metadata block, after "fLaC")."""
     assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # block type 0: STREAMINFO
-    info = data[8:8 + 34]
+    info = data[8 : 8 + 34]
     return int.from_bytes(info[10:18], "big") & ((1 << 36) - 1), info[18:34].hex()
 
 
@@ -100,8 +99,9 @@ def test_whole_files_have_true_lengths_for_every_decoder(client, voice, referenc
     the frame count from the headers and decode that many samples; FLAC's STREAMINFO holds the sample count and
     the MD5 of the samples; Content-Length is the file's size."""
     change = {} if fmt in ("wav", "flac") else {"stream": False}
-    response = client.audio.speech.create(model="tts-1", voice=voice, input=TEXT, response_format=fmt,
-                                          extra_body={**EXTRA, **change})
+    response = client.audio.speech.create(
+        model="tts-1", voice=voice, input=TEXT, response_format=fmt, extra_body={**EXTRA, **change}
+    )
     data, num = response.content, len(reference_pcm)
     assert int(response.response.headers["content-length"]) == len(data)
     info = soundfile.info(io.BytesIO(data))
@@ -122,17 +122,19 @@ def test_whole_files_have_true_lengths_for_every_decoder(client, voice, referenc
 def test_streamed_wav_and_flac_keep_the_streaming_form(client, voice, reference_pcm):
     """stream=true sends wav/flac as they are encoded: the length is unknown then, as docs/openai-api.md says
     (WAV sizes 0xFFFFFFFF, FLAC STREAMINFO with 0 samples and no MD5); the samples are the same."""
+
     def streamed(fmt: str) -> bytes:
         with client.audio.speech.with_streaming_response.create(
-                model="tts-1", voice=voice, input=TEXT, response_format=fmt, extra_body={**EXTRA, "stream": True}
+            model="tts-1", voice=voice, input=TEXT, response_format=fmt, extra_body={**EXTRA, "stream": True}
         ) as response:
             assert response.headers.get("transfer-encoding") == "chunked"
             return response.read()
 
     wav = streamed("wav")
-    assert wav[4:8] == b"\xff\xff\xff\xff" and wav[-2 * len(reference_pcm) - 4:-2 * len(reference_pcm)] == (
-        b"\xff\xff\xff\xff")
-    assert_same_audio(np.frombuffer(wav[-2 * len(reference_pcm):], "<i2"), reference_pcm)
+    assert wav[4:8] == b"\xff\xff\xff\xff" and wav[-2 * len(reference_pcm) - 4 : -2 * len(reference_pcm)] == (
+        b"\xff\xff\xff\xff"
+    )
+    assert_same_audio(np.frombuffer(wav[-2 * len(reference_pcm) :], "<i2"), reference_pcm)
     flac = streamed("flac")
     assert flac_streaminfo(flac) == (0, "0" * 32)
     assert_same_audio(decode_with_pyav(flac)[1], reference_pcm)
@@ -144,8 +146,12 @@ def test_streamed_pcm_arrives_in_chunks_before_the_end(server, client, voice):
     headers carry the request's stages up to its first audio (Server-Timing)."""
     decode_pid = httpx.get(f"{server.url}/readiness").json()["processes"]["decode0"]["pid"]
     with client.audio.speech.with_streaming_response.create(
-            model="tts-1", voice=voice, input=TEXT, response_format="pcm",
-            extra_body={"seed": SEED, "fixed_speech_tokens": LONG_TOKENS}) as response:
+        model="tts-1",
+        voice=voice,
+        input=TEXT,
+        response_format="pcm",
+        extra_body={"seed": SEED, "fixed_speech_tokens": LONG_TOKENS},
+    ) as response:
         assert response.headers.get("transfer-encoding") == "chunked"
         stages = parse_server_timing(response.headers.get("server-timing"))  # the trace up to the first audio
         assert list(stages) == [*STAGES[:-1], "total"] and min(stages.values()) >= 0, stages
@@ -166,8 +172,12 @@ def test_a_client_that_leaves_ends_its_request(server, client, voice):
     run to its end."""
     http_before, ws_before = outcomes(server, "v1_audio_speech"), outcomes(server, "ws_tts")
     with client.audio.speech.with_streaming_response.create(
-            model="tts-1", voice=voice, input=TEXT, response_format="mp3",
-            extra_body={"seed": SEED, "fixed_speech_tokens": LONG_TOKENS}) as response:
+        model="tts-1",
+        voice=voice,
+        input=TEXT,
+        response_format="mp3",
+        extra_body={"seed": SEED, "fixed_speech_tokens": LONG_TOKENS},
+    ) as response:
         next(response.iter_bytes())
 
     async def leave_mid_utterance():
@@ -188,22 +198,28 @@ def test_a_failure_after_the_start(server, client, voice):
     """More audio than --max_audio_seconds: SSE ends with an error event (after audio deltas, no done); plain
     audio is cut short, which the client sees as an incomplete body."""
     too_long = {"seed": SEED, "fixed_speech_tokens": 25 * (MAX_AUDIO_SECONDS + 1)}
-    response = client.audio.speech.create(model="tts-1", voice=voice, input=TEXT, response_format="opus",
-                                          stream_format="sse", extra_body=too_long)
+    response = client.audio.speech.create(
+        model="tts-1", voice=voice, input=TEXT, response_format="opus", stream_format="sse", extra_body=too_long
+    )
     events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
     assert events[0]["type"] == "speech.audio.delta" and events[-1]["type"] == "error"
     code, message = event_error(events[-1])
     assert code == "too_large" and "--max_audio_seconds" in message
     with pytest.raises(httpx.RemoteProtocolError):
-        httpx.post(f"{server.url}/v1/audio/speech", headers=AUTH, timeout=60, json={
-            "model": "tts-1", "voice": voice, "input": TEXT, "response_format": "pcm", **too_long}).read()
+        httpx.post(
+            f"{server.url}/v1/audio/speech",
+            headers=AUTH,
+            timeout=60,
+            json={"model": "tts-1", "voice": voice, "input": TEXT, "response_format": "pcm", **too_long},
+        ).read()
 
 
 def test_sse_events_parse(client, voice, reference_pcm):
-    response = client.audio.speech.create(model="tts-1", voice=voice, input=TEXT, response_format="pcm",
-                                          stream_format="sse", extra_body=EXTRA)
+    response = client.audio.speech.create(
+        model="tts-1", voice=voice, input=TEXT, response_format="pcm", stream_format="sse", extra_body=EXTRA
+    )
     assert response.response.headers["content-type"].startswith("text/event-stream")
-    events = [json.loads(line[len("data: "):]) for line in response.text.splitlines() if line.startswith("data: ")]
+    events = [json.loads(line[len("data: ") :]) for line in response.text.splitlines() if line.startswith("data: ")]
     deltas, done = events[:-1], events[-1]
     assert deltas and all(e["type"] == "speech.audio.delta" for e in deltas)
     assert_same_audio(np.frombuffer(b"".join(base64.b64decode(e["audio"]) for e in deltas), "<i2"), reference_pcm)
@@ -216,10 +232,18 @@ def test_a_saved_voice_runs_no_speech_tokenizer_or_speaker_model(server, voice):
     """lighttts_prompt_features_total{source}: "computed" counts every run of the two models; a request with a
     saved voice adds to "saved" only, over every entry point that takes one."""
     before = server.prompt_features()
-    speech = httpx.post(f"{server.url}/v1/audio/speech", headers=AUTH, timeout=60,
-                        json={"model": "default", "voice": voice, "input": TEXT, "response_format": "wav", **EXTRA})
-    form = httpx.post(f"{server.url}/inference_zero_shot", headers=AUTH, timeout=60,
-                      data={"tts_text": TEXT, "voice_id": voice, "seed": str(SEED), "fixed_speech_tokens": "10"})
+    speech = httpx.post(
+        f"{server.url}/v1/audio/speech",
+        headers=AUTH,
+        timeout=60,
+        json={"model": "default", "voice": voice, "input": TEXT, "response_format": "wav", **EXTRA},
+    )
+    form = httpx.post(
+        f"{server.url}/inference_zero_shot",
+        headers=AUTH,
+        timeout=60,
+        data={"tts_text": TEXT, "voice_id": voice, "seed": str(SEED), "fixed_speech_tokens": "10"},
+    )
     assert speech.status_code == form.status_code == 200, (speech.text, form.text)
     assert len(form.content) == 2 * 10 * SAMPLES_PER_TOKEN
     bistream = asyncio.run(bistream_with_voice(server.url, voice))
@@ -234,8 +258,9 @@ def test_a_saved_voice_runs_no_speech_tokenizer_or_speaker_model(server, voice):
 
 
 async def bistream_with_voice(url: str, voice: str) -> tuple[int, int]:
-    async with websockets.connect(url.replace("http", "ws") + "/inference_zero_shot_bistream",
-                                  additional_headers=AUTH) as ws:
+    async with websockets.connect(
+        url.replace("http", "ws") + "/inference_zero_shot_bistream", additional_headers=AUTH
+    ) as ws:
         await ws.send(json.dumps({"voice_id": voice, "fixed_speech_tokens": 20, "seed": SEED}))
         for piece in ("Hello ", "there."):
             await ws.send(json.dumps({"tts_text": piece}))
@@ -253,32 +278,61 @@ def test_openapi_describes_the_new_endpoints(server):
     for status in ("400", "401", "404", "413", "429", "503"):
         body = speech["responses"][status]["content"]["application/json"]["schema"]
         assert body.get("$ref", "").endswith("/OpenAIErrorBody") or set(body["properties"]) == {"error"}
-    assert {"model", "input", "voice", "response_format", "speed", "stream_format", "instructions", "seed",
-            "fixed_speech_tokens"} <= set(spec["components"]["schemas"]["SpeechRequest"]["properties"])
+    assert {
+        "model",
+        "input",
+        "voice",
+        "response_format",
+        "speed",
+        "stream_format",
+        "instructions",
+        "seed",
+        "fixed_speech_tokens",
+    } <= set(spec["components"]["schemas"]["SpeechRequest"]["properties"])
     upload_form = paths["/v1/audio/voices"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert set(upload_form["properties"]) == {"audio", "text", "name", "model"}
-    assert paths["/v1/audio/voices/{voice_id}"]["delete"]["responses"]["200"]["content"]["application/json"][
-        "schema"]["$ref"].endswith("/VoiceDeleted")
+    assert paths["/v1/audio/voices/{voice_id}"]["delete"]["responses"]["200"]["content"]["application/json"]["schema"][
+        "$ref"
+    ].endswith("/VoiceDeleted")
     assert all("422" not in op["responses"] for item in paths.values() for op in item.values())  # 400 instead
 
 
 # ---- WebSockets
 
+
 def test_vllm_omni_websocket_two_utterances_on_one_session(server, voice, reference_pcm):
     config = {"type": "session.config", "voice": voice, "response_format": "pcm", "stream_audio": True, **EXTRA}
-    frames = [config, {"type": "input.text", "text": "Hello "}, {"type": "input.text", "text": "there."},
-              {"type": "input.done"},
-              {**config, "response_format": "wav", "stream_audio": False},
-              {"type": "input.text", "text": TEXT}, {"type": "input.done"}, {"type": "session.close"}]
+    frames = [
+        config,
+        {"type": "input.text", "text": "Hello "},
+        {"type": "input.text", "text": "there."},
+        {"type": "input.done"},
+        {**config, "response_format": "wav", "stream_audio": False},
+        {"type": "input.text", "text": TEXT},
+        {"type": "input.done"},
+        {"type": "session.close"},
+    ]
     events, audio, code = asyncio.run(stream_session(server.url, frames))
     assert [e["type"] for e in events] == ["audio.start", "audio.done", "session.done"] * 2 and code == 1000
-    assert events[0] == {"type": "audio.start", "utterance_index": 0, "sentence_index": 0,
-                         "sentence_text": TEXT, "format": "pcm", "sample_rate": RATE, "channels": 1}
+    assert events[0] == {
+        "type": "audio.start",
+        "utterance_index": 0,
+        "sentence_index": 0,
+        "sentence_text": TEXT,
+        "format": "pcm",
+        "sample_rate": RATE,
+        "channels": 1,
+    }
     assert events[3]["utterance_index"] == 1 and events[3]["format"] == "wav"
     pcm, wav = audio[:-1], audio[-1]
     assert_same_audio(np.frombuffer(b"".join(pcm), "<i2"), reference_pcm)  # same text, voice and seed
-    assert events[1] == {"type": "audio.done", "utterance_index": 0, "sentence_index": 0,
-                         "total_bytes": sum(map(len, pcm)), "error": False}
+    assert events[1] == {
+        "type": "audio.done",
+        "utterance_index": 0,
+        "sentence_index": 0,
+        "total_bytes": sum(map(len, pcm)),
+        "error": False,
+    }
     rate, samples = decode_with_pyav(wav)
     assert rate == RATE and len(samples) == len(reference_pcm) and events[4]["total_bytes"] == len(wav)
 
@@ -286,19 +340,31 @@ def test_vllm_omni_websocket_two_utterances_on_one_session(server, voice, refere
 def test_vllm_omni_websocket_malformed_events(server, voice):
     events, _, code = asyncio.run(stream_session(server.url, ['{"type": "input.text"', {"type": "input.done"}]))
     assert events[0]["type"] == "error" and "not valid JSON" in events[0]["message"] and code == 1008
-    events, _, code = asyncio.run(stream_session(server.url, [{"type": "session.config", "voice": voice,
-                                                               "response_format": "ogg"}]))
+    events, _, code = asyncio.run(
+        stream_session(server.url, [{"type": "session.config", "voice": voice, "response_format": "ogg"}])
+    )
     assert "response_format" in events[0]["message"] and code == 1008
-    events, _, code = asyncio.run(stream_session(server.url, [{"type": "session.config", "voice": voice,
-                                                               "speed": 9}]))
+    events, _, code = asyncio.run(stream_session(server.url, [{"type": "session.config", "voice": voice, "speed": 9}]))
     assert "speed" in events[0]["message"] and code == 1008
-    frames = [{"type": "session.config", "voice": voice}, {"type": "bogus"}, {"type": "input.text", "text": 5},
-              {"type": "input.text", "text": "x" * (MAX_TEXT_CHARS + 1)}, b"\x00\x01"]
+    frames = [
+        {"type": "session.config", "voice": voice},
+        {"type": "bogus"},
+        {"type": "input.text", "text": 5},
+        {"type": "input.text", "text": "x" * (MAX_TEXT_CHARS + 1)},
+        b"\x00\x01",
+    ]
     events, audio, code = asyncio.run(stream_session(server.url, frames))
-    assert [e["message"].split(";")[0].split(" (")[0] for e in events] == [
-        "unknown message type 'bogus'", 'input.text takes exactly one field, "text", a string',
-        f"this piece would make the utterance longer than {MAX_TEXT_CHARS} characters",
-        "binary frames are not part of this protocol"] and code == 1003 and audio == []
+    assert (
+        [e["message"].split(";")[0].split(" (")[0] for e in events]
+        == [
+            "unknown message type 'bogus'",
+            'input.text takes exactly one field, "text", a string',
+            f"this piece would make the utterance longer than {MAX_TEXT_CHARS} characters",
+            "binary frames are not part of this protocol",
+        ]
+        and code == 1003
+        and audio == []
+    )
 
 
 def test_orpheus_websocket(server, voice, reference_pcm):
@@ -320,6 +386,6 @@ def test_orpheus_websocket(server, voice, reference_pcm):
     frames = [m for m in received if isinstance(m, bytes)]
     ends = [k for k, m in enumerate(frames) if m == b"__END__"]
     assert len(ends) == 2 and ends[1] == len(frames) - 1 and code == 1000
-    first = np.frombuffer(b"".join(frames[:ends[0]]), "<i2")
+    first = np.frombuffer(b"".join(frames[: ends[0]]), "<i2")
     assert len(first) > 0 and len(first) % SAMPLES_PER_TOKEN == 0  # whole tokens of int16 PCM
     assert ends[1] - ends[0] > 1  # the second utterance has audio too

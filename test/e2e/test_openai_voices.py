@@ -71,9 +71,11 @@ def test_voices_crud_across_both_http_workers(server):
 
     deleted = http1.request("DELETE", f"/v1/audio/voices/{voice['id']}")
     assert deleted.json() == {"id": voice["id"], "object": "voice", "deleted": True}
-    for r in (http0.request("GET", f"/v1/audio/voices/{voice['id']}"),
-              http0.request("DELETE", f"/v1/audio/voices/{voice['id']}"),
-              http0.request("POST", "/v1/audio/speech", json=speech)):
+    for r in (
+        http0.request("GET", f"/v1/audio/voices/{voice['id']}"),
+        http0.request("DELETE", f"/v1/audio/voices/{voice['id']}"),
+        http0.request("POST", "/v1/audio/speech", json=speech),
+    ):
         assert r.status_code == 404 and openai_error(r)[0] == "not_found", r.text
     assert voice["id"] not in {v["id"] for v in http0.request("GET", "/v1/audio/voices").json()["data"]}
 
@@ -82,8 +84,12 @@ def test_a_voice_deleted_mid_use(server, client):
     """The request in flight gets all its audio; the WebSocket session that names it and later requests get 404."""
     voice = upload(server.url, name="brief", audio=voice_wav(31)).json()["id"]
     with client.audio.speech.with_streaming_response.create(
-            model="tts-1", voice=voice, input=TEXT, response_format="pcm",
-            extra_body={"seed": SEED, "fixed_speech_tokens": LONG_TOKENS}) as response:
+        model="tts-1",
+        voice=voice,
+        input=TEXT,
+        response_format="pcm",
+        extra_body={"seed": SEED, "fixed_speech_tokens": LONG_TOKENS},
+    ) as response:
         pieces = response.iter_bytes()
         audio = next(pieces)
         assert httpx.delete(f"{server.url}/v1/audio/voices/{voice}", headers=AUTH).status_code == 200
@@ -99,21 +105,33 @@ def test_a_voice_deleted_mid_use(server, client):
 
 # ---- API keys
 
+
 def test_every_endpoint_class_needs_the_key(server, voice):
     url, ws_url = server.url, server.url.replace("http", "ws")
-    http_endpoints = [("GET", "/v1/models", {}), ("GET", "/v1/audio/voices", {}),
-                      ("GET", f"/v1/audio/voices/{voice}", {}), ("DELETE", "/v1/audio/voices/voice_0000", {}),
-                      ("POST", "/v1/audio/voices", {"files": {"audio": ("a.wav", b"x", "audio/wav")}}),
-                      ("POST", "/v1/audio/speech", {"json": {"model": "tts-1", "voice": voice, "input": "Hi.",
-                                                             "fixed_speech_tokens": 2}}),
-                      ("POST", "/inference_zero_shot", {"data": {"tts_text": "Hi.", "voice_id": voice,
-                                                                 "fixed_speech_tokens": "2"}}),
-                      ("GET", "/query_tts_model", {}), ("GET", "/health", {}), ("GET", "/metrics", {}),
-                      ("GET", "/openapi.json", {}), ("GET", "/docs", {})]
+    http_endpoints = [
+        ("GET", "/v1/models", {}),
+        ("GET", "/v1/audio/voices", {}),
+        ("GET", f"/v1/audio/voices/{voice}", {}),
+        ("DELETE", "/v1/audio/voices/voice_0000", {}),
+        ("POST", "/v1/audio/voices", {"files": {"audio": ("a.wav", b"x", "audio/wav")}}),
+        (
+            "POST",
+            "/v1/audio/speech",
+            {"json": {"model": "tts-1", "voice": voice, "input": "Hi.", "fixed_speech_tokens": 2}},
+        ),
+        ("POST", "/inference_zero_shot", {"data": {"tts_text": "Hi.", "voice_id": voice, "fixed_speech_tokens": "2"}}),
+        ("GET", "/query_tts_model", {}),
+        ("GET", "/health", {}),
+        ("GET", "/metrics", {}),
+        ("GET", "/openapi.json", {}),
+        ("GET", "/docs", {}),
+    ]
     for method, path, kwargs in http_endpoints:
-        for headers, challenge in (({}, "Bearer"), ({"Authorization": f"Bearer {WRONG_KEY}"},
-                                                    'Bearer error="invalid_token"'),
-                                   ({"Authorization": "Basic dXNlcjpwYXNz"}, "Bearer")):
+        for headers, challenge in (
+            ({}, "Bearer"),
+            ({"Authorization": f"Bearer {WRONG_KEY}"}, 'Bearer error="invalid_token"'),
+            ({"Authorization": "Basic dXNlcjpwYXNz"}, "Bearer"),
+        ):
             r = httpx.request(method, url + path, headers=headers, timeout=60, **kwargs)
             kind = openai_error(r)[0] if path.startswith("/v1/") else r.json()["kind"]  # each route's shape
             assert r.status_code == 401 and kind == "unauthorized", (path, headers, r.text)
@@ -150,6 +168,7 @@ def test_every_endpoint_class_needs_the_key(server, voice):
 
 # ---- bad input
 
+
 def test_bad_speech_requests_get_4xx_json(server, client, voice):
     cases = [
         (dict(voice="voice_missing"), openai.NotFoundError, "voice 'voice_missing' not found"),
@@ -159,8 +178,11 @@ def test_bad_speech_requests_get_4xx_json(server, client, voice):
         (dict(speed=0.1), openai.BadRequestError, "speed: Input should be greater than or equal to 0.25"),
         (dict(input=" "), openai.BadRequestError, "input: input is empty"),
         (dict(input="x" * 4097), openai.BadRequestError, "input: String should have at most 4096 characters"),
-        (dict(input="x" * (MAX_TEXT_CHARS + 1)), openai.BadRequestError,
-         f"input has {MAX_TEXT_CHARS + 1} characters; the limit is {MAX_TEXT_CHARS}"),
+        (
+            dict(input="x" * (MAX_TEXT_CHARS + 1)),
+            openai.BadRequestError,
+            f"input has {MAX_TEXT_CHARS + 1} characters; the limit is {MAX_TEXT_CHARS}",
+        ),
         (dict(instructions="x" * 4097), openai.BadRequestError, "instructions: String should have at most 4096"),
         (dict(stream_format="video"), openai.BadRequestError, "stream_format: Input should be"),
         (dict(extra_body={"fixed_speech_tokens": 10**6}), openai.BadRequestError, "fixed_speech_tokens must be"),
@@ -173,26 +195,37 @@ def test_bad_speech_requests_get_4xx_json(server, client, voice):
             client.audio.speech.create(**args)
         code, text = openai_error(e.value.response)
         assert text.startswith(message) and text in str(e.value), (change, text, str(e.value))
-    malformed = httpx.post(f"{server.url}/v1/audio/speech", headers={**AUTH, "content-type": "application/json"},
-                           content=b'{"model": "tts-1",')
+    malformed = httpx.post(
+        f"{server.url}/v1/audio/speech",
+        headers={**AUTH, "content-type": "application/json"},
+        content=b'{"model": "tts-1",',
+    )
     assert malformed.status_code == 400 and "not valid JSON" in openai_error(malformed)[1]
-    both = httpx.post(f"{server.url}/inference_zero_shot", headers=AUTH, data={"tts_text": "Hi.", "voice_id": voice,
-                                                                               "prompt_text": "p"})
+    both = httpx.post(
+        f"{server.url}/inference_zero_shot",
+        headers=AUTH,
+        data={"tts_text": "Hi.", "voice_id": voice, "prompt_text": "p"},
+    )
     assert both.status_code == 400 and "not both" in both.json()["error"]
-    unknown = httpx.post(f"{server.url}/inference_zero_shot", headers=AUTH,
-                         data={"tts_text": "Hi.", "voice_id": "voice_nope"})
+    unknown = httpx.post(
+        f"{server.url}/inference_zero_shot", headers=AUTH, data={"tts_text": "Hi.", "voice_id": "voice_nope"}
+    )
     assert unknown.status_code == 404 and unknown.json()["kind"] == "not_found"
 
     async def bistream_start(start: dict) -> tuple[dict, int]:
-        async with websockets.connect(server.url.replace("http", "ws") + "/inference_zero_shot_bistream",
-                                      additional_headers=AUTH) as ws:
+        async with websockets.connect(
+            server.url.replace("http", "ws") + "/inference_zero_shot_bistream", additional_headers=AUTH
+        ) as ws:
             await ws.send(json.dumps(start))
             event = json.loads(await ws.recv())
             await ws.wait_closed()
         return event, ws.close_code
 
-    for start, kind in (({"voice_id": "voice_nope"}, "not_found"), ({"voice_id": 7}, "bad_request"),
-                        ({"voice_id": voice, "prompt_text": "p"}, "bad_request")):
+    for start, kind in (
+        ({"voice_id": "voice_nope"}, "not_found"),
+        ({"voice_id": 7}, "bad_request"),
+        ({"voice_id": voice, "prompt_text": "p"}, "bad_request"),
+    ):
         event, code = asyncio.run(bistream_start(start))
         assert (event["kind"], code) == (kind, 1008), (start, event)
 
@@ -204,11 +237,19 @@ def test_bad_voice_uploads_get_4xx_json_and_save_nothing(server):
     before = listed()
     cases = [
         (dict(audio=b"this is a text file, not audio " * 10), 400, "bad_audio", "prompt audio is not a readable"),
-        (dict(audio=voice_wav(1, seconds=MAX_PROMPT_SECONDS + 1)), 400, "bad_audio",
-         f"prompt audio is {MAX_PROMPT_SECONDS + 1:.1f} s; the limit is {MAX_PROMPT_SECONDS} s"),
+        (
+            dict(audio=voice_wav(1, seconds=MAX_PROMPT_SECONDS + 1)),
+            400,
+            "bad_audio",
+            f"prompt audio is {MAX_PROMPT_SECONDS + 1:.1f} s; the limit is {MAX_PROMPT_SECONDS} s",
+        ),
         (dict(audio=voice_wav(1, seconds=0.1)), 400, "bad_audio", "prompt audio is 0.10 s; it must be at least"),
-        (dict(audio=b"\x00" * (MAX_WAV_BYTES + 1)), 413, "too_large",
-         f"audio is {MAX_WAV_BYTES + 1:,} bytes (0.4 MiB)"),
+        (
+            dict(audio=b"\x00" * (MAX_WAV_BYTES + 1)),
+            413,
+            "too_large",
+            f"audio is {MAX_WAV_BYTES + 1:,} bytes (0.4 MiB)",
+        ),
         # over the one body bound (a prompt and a voice conversion's source: 2 x MAX_WAV_BYTES + 64 KiB), by its
         # Content-Length
         (dict(audio=b"\x00" * (3 * MAX_WAV_BYTES)), 413, "too_large", "the request body is 1,200,"),
@@ -221,8 +262,9 @@ def test_bad_voice_uploads_get_4xx_json_and_save_nothing(server):
         r = upload(server.url, **overrides)
         code, text = openai_error(r)
         assert (r.status_code, code) == (status, kind) and text.startswith(message), (overrides.keys(), r.text)
-    no_audio = httpx.post(f"{server.url}/v1/audio/voices", headers=AUTH, data={"name": "x"},
-                          files={"other": ("a", b"1")})
+    no_audio = httpx.post(
+        f"{server.url}/v1/audio/voices", headers=AUTH, data={"name": "x"}, files={"other": ("a", b"1")}
+    )
     assert no_audio.status_code == 400 and openai_error(no_audio)[1] == "missing field audio"
     as_json = httpx.post(f"{server.url}/v1/audio/voices", headers=AUTH, json={"name": "x"})
     assert as_json.status_code == 400 and "multipart/form-data" in openai_error(as_json)[1]
@@ -236,7 +278,8 @@ def test_bad_voice_uploads_get_4xx_json_and_save_nothing(server):
         httpx.delete(f"{server.url}/v1/audio/voices/{r.json()['id']}", headers=AUTH)
     assert listed() == before  # and the files of every failed or deleted upload are gone:
     assert sorted(p.name for p in (server.data_dir / "voices").iterdir()) == sorted(
-        f"{v}.{ext}" for v in before for ext in ("audio", "npz"))
+        f"{v}.{ext}" for v in before for ext in ("audio", "npz")
+    )
 
 
 def test_no_slot_left_after_every_bad_request(server):
@@ -253,8 +296,12 @@ def test_voices_survive_a_restart(server, voice, reference_pcm):
     assert httpx.get(f"{server.url}/v1/audio/voices", headers=AUTH).status_code == 401  # --api_key is gone
     assert [v["id"] for v in httpx.get(f"{server.url}/v1/audio/voices", headers=file_auth).json()["data"]] == ids
     assert httpx.get(f"{server.url}/metrics").status_code == 200  # --metrics_public
-    pcm = httpx.post(f"{server.url}/v1/audio/speech", headers=file_auth, timeout=60,
-                     json={"model": "tts-1", "voice": voice, "input": TEXT, "response_format": "pcm", **EXTRA})
+    pcm = httpx.post(
+        f"{server.url}/v1/audio/speech",
+        headers=file_auth,
+        timeout=60,
+        json={"model": "tts-1", "voice": voice, "input": TEXT, "response_format": "pcm", **EXTRA},
+    )
     assert_same_audio(np.frombuffer(pcm.content, "<i2"), reference_pcm)  # same features, same seed
     features = server.prompt_features()
     assert (features["computed"], features["saved"]) == (0, 1)

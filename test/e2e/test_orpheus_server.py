@@ -36,9 +36,16 @@ def orpheus_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, orpheus_dir, tmp_path_factory):
     """The session's tiny CosyVoice2 model (conftest, the default model) beside the Orpheus one."""
-    srv = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "orpheus.log",
-                        "--model_dir", f"{ORPHEUS}={orpheus_dir}", "--max_req_total_len", "1024",
-                        "--data_dir", str(tmp_path_factory.mktemp("voices")))
+    srv = ServerProcess(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("logs") / "orpheus.log",
+        "--model_dir",
+        f"{ORPHEUS}={orpheus_dir}",
+        "--max_req_total_len",
+        "1024",
+        "--data_dir",
+        str(tmp_path_factory.mktemp("voices")),
+    )
     try:
         srv.wait_ready()
         yield srv
@@ -74,19 +81,27 @@ def openai_client(server) -> openai.OpenAI:
 
 
 def speak_cosyvoice(url: str, text: str, seed: int) -> httpx.Response:
-    return httpx.post(f"{url}/inference_zero_shot", timeout=120,
-                      data={"tts_text": text, "prompt_text": PROMPT_TEXT, "seed": str(seed)},
-                      files={"prompt_wav": ("p.wav", voice_wav(1), "audio/wav")})
+    return httpx.post(
+        f"{url}/inference_zero_shot",
+        timeout=120,
+        data={"tts_text": text, "prompt_text": PROMPT_TEXT, "seed": str(seed)},
+        files={"prompt_wav": ("p.wav", voice_wav(1), "audio/wav")},
+    )
 
 
 def test_both_models_at_once_each_equal_their_pipeline(server, pipeline, orpheus_pipeline):
     """An Orpheus request through the official openai client (model and voice by name, 10 frames forced) and a
     CosyVoice2 zero-shot request, sent together: each equals its own pipeline (`pipeline`: conftest's CosyVoice2)."""
+
     def speak_orpheus() -> bytes:
         with openai_client(server) as client:
-            return client.audio.speech.create(model=ORPHEUS, voice="tara", input="Hello there.",
-                                              response_format="pcm",
-                                              extra_body={"seed": 5, "fixed_speech_tokens": 70}).content
+            return client.audio.speech.create(
+                model=ORPHEUS,
+                voice="tara",
+                input="Hello there.",
+                response_format="pcm",
+                extra_body={"seed": 5, "fixed_speech_tokens": 70},
+            ).content
 
     with ThreadPoolExecutor(2) as pool:
         orpheus, cosyvoice = pool.submit(speak_orpheus), pool.submit(speak_cosyvoice, server.url, "Hello there.", 7)
@@ -119,8 +134,19 @@ def test_speech_stream_session_speaks_an_orpheus_voice(server, orpheus_pipeline)
 
     async def run() -> bytes:
         async with websockets.connect(server.url.replace("http", "ws") + "/v1/audio/speech/stream") as ws:
-            await ws.send(json.dumps({"type": "session.config", "voice": "mia", "model": ORPHEUS, "seed": 2,
-                                      "response_format": "pcm", "stream_audio": True, "fixed_speech_tokens": 28}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "session.config",
+                        "voice": "mia",
+                        "model": ORPHEUS,
+                        "seed": 2,
+                        "response_format": "pcm",
+                        "stream_audio": True,
+                        "fixed_speech_tokens": 28,
+                    }
+                )
+            )
             for event in ({"type": "input.text", "text": "Thanks."}, {"type": "input.done"}, {"type": "session.close"}):
                 await ws.send(json.dumps(event))
             pcm = b""
@@ -139,13 +165,21 @@ def test_the_lighttts_form_names_an_orpheus_voice(server, orpheus_pipeline):
     without a forced length (not streamed) the sentence ends at the model's own bound, 84 ids, in which this
     random model makes no whole frame: empty, as offline."""
     for fixed in (35, None):
-        data = {"tts_text": "Hi.", "voice_id": "zoe", "seed": "3", **(
-            {"stream": "false"} if fixed is None else {"fixed_speech_tokens": str(fixed), "stream": "true",
-                                                       "tts_model_name": ORPHEUS})}
+        data = {
+            "tts_text": "Hi.",
+            "voice_id": "zoe",
+            "seed": "3",
+            **(
+                {"stream": "false"}
+                if fixed is None
+                else {"fixed_speech_tokens": str(fixed), "stream": "true", "tts_model_name": ORPHEUS}
+            ),
+        }
         r = httpx.post(f"{server.url}/inference_zero_shot", data=data, timeout=120)
         assert r.status_code == 200, r.text
-        assert_equal_pcm(r.content, orpheus_pcm(orpheus_pipeline, "Hi.", "zoe", 3, fixed_tokens=fixed),
-                         may_be_empty=fixed is None)
+        assert_equal_pcm(
+            r.content, orpheus_pcm(orpheus_pipeline, "Hi.", "zoe", 3, fixed_tokens=fixed), may_be_empty=fixed is None
+        )
 
 
 def test_voices_are_listed_with_their_model(server):
@@ -159,8 +193,10 @@ def test_bad_input_gets_a_400(server):
     """An unknown voice, a saved voice or prompt audio sent to Orpheus, Orpheus on the bistream socket: 400s
     (1008 for the socket) that name the model's voices; nothing reaches the engines."""
     with openai_client(server) as client:
-        for voice, message in (("alloy", "unknown voice 'alloy' for model 'orpheus': it speaks as tara, leah"),
-                               ("voice_0123456789abcdef01234567", "model 'orpheus' takes no prompt audio")):
+        for voice, message in (
+            ("alloy", "unknown voice 'alloy' for model 'orpheus': it speaks as tara, leah"),
+            ("voice_0123456789abcdef01234567", "model 'orpheus' takes no prompt audio"),
+        ):
             with pytest.raises(openai.BadRequestError) as e:
                 client.audio.speech.create(model=ORPHEUS, voice=voice, input="Hi.")
             assert e.value.response.json()["error"]["message"].startswith(message), e.value.response.text
@@ -170,15 +206,23 @@ def test_bad_input_gets_a_400(server):
                 client.audio.speech.create(model=ORPHEUS, voice="tara", input="Hi.", **extra)
             assert e.value.response.json()["error"]["message"].startswith("model 'orpheus' has no modes"), extra
     form = {"tts_text": "Hi.", "prompt_text": PROMPT_TEXT, "tts_model_name": ORPHEUS}
-    r = httpx.post(f"{server.url}/inference_zero_shot", data=form, timeout=30,
-                   files={"prompt_wav": ("p.wav", voice_wav(1), "audio/wav")})
+    r = httpx.post(
+        f"{server.url}/inference_zero_shot",
+        data=form,
+        timeout=30,
+        files={"prompt_wav": ("p.wav", voice_wav(1), "audio/wav")},
+    )
     assert r.status_code == 400 and "takes no prompt audio" in r.json()["error"], r.text
-    r = httpx.post(f"{server.url}/inference_zero_shot", data={"tts_text": "Hi.", "tts_model_name": ORPHEUS,
-                                                              "voice_id": "nobody"}, timeout=30)
+    r = httpx.post(
+        f"{server.url}/inference_zero_shot",
+        data={"tts_text": "Hi.", "tts_model_name": ORPHEUS, "voice_id": "nobody"},
+        timeout=30,
+    )
     assert r.status_code == 400 and "unknown voice 'nobody'" in r.json()["error"], r.text
     for extra in ({"instruct_text": "Speak softly."}, {"mode": "zero_shot"}):
-        r = httpx.post(f"{server.url}/inference_zero_shot", data={"tts_text": "Hi.", "voice_id": "tara", **extra},
-                       timeout=30)
+        r = httpx.post(
+            f"{server.url}/inference_zero_shot", data={"tts_text": "Hi.", "voice_id": "tara", **extra}, timeout=30
+        )
         assert r.status_code == 400 and r.json()["error"].startswith("model 'orpheus' has no modes"), r.text
 
     async def sockets() -> tuple[dict, dict, int]:
@@ -214,8 +258,10 @@ def test_the_playground_speaks_a_named_voice_with_its_model(server):
     from selenium.webdriver.support.select import Select
     from selenium.webdriver.support.ui import WebDriverWait
 
-    ok = ("lighttts_requests_total", (("endpoint", "inference_zero_shot"), ("mode", "named_voice"), ("model", ORPHEUS),
-                                      ("outcome", "ok")))
+    ok = (
+        "lighttts_requests_total",
+        (("endpoint", "inference_zero_shot"), ("mode", "named_voice"), ("model", ORPHEUS), ("outcome", "ok")),
+    )
     before = server.metrics().get(ok, 0)
     with chromium() as page:
         test_playground.load_playground(page, server.url)

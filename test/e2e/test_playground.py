@@ -103,7 +103,8 @@ def test_server_timing_parses_in_the_browser(page):
     from light_tts.server.ipc.stage_trace import STAGES
 
     page.set_script_timeout(180)
-    got = page.execute_async_script("""
+    got = page.execute_async_script(
+        """
         const done = arguments[arguments.length - 1];
         const wav = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));
         const form = new FormData();
@@ -119,7 +120,9 @@ def test_server_timing_parses_in_the_browser(page):
                 .filter(e => e.name.endsWith('/inference_zero_shot')).pop();
             done({status: r.status, header, timing: entry.serverTiming.map(t => [t.name, t.duration])});
         }).catch(e => done({error: String(e)}));
-    """, base64.b64encode(voice_wav(seed=12)).decode())
+    """,
+        base64.b64encode(voice_wav(seed=12)).decode(),
+    )
     assert got.get("status") == 200, got
     ours = parse_server_timing(got["header"])
     assert [name for name, _ in got["timing"]] == list(ours) == [*STAGES[:-1], TOTAL]

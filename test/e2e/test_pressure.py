@@ -26,9 +26,18 @@ IDLE = {"slots": 0, "requests": 0, "decode_pages": 0, "kv_tokens": 0}
 
 @pytest.fixture(scope="module")
 def pressure_server(tiny_model_dir, tmp_path_factory):
-    srv = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "pressure.log",
-                        "--decode_pool_pages", str(POOL_PAGES), "--data_dir", str(tmp_path_factory.mktemp("voices")),
-                        "--admission_wait_s", "120", "--request_timeout_s", str(TIME_LIMIT_S))
+    srv = ServerProcess(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("logs") / "pressure.log",
+        "--decode_pool_pages",
+        str(POOL_PAGES),
+        "--data_dir",
+        str(tmp_path_factory.mktemp("voices")),
+        "--admission_wait_s",
+        "120",
+        "--request_timeout_s",
+        str(TIME_LIMIT_S),
+    )
     with serving(srv):
         yield srv
 
@@ -51,8 +60,9 @@ def test_a_seeded_mix_ends_well_frees_everything_and_ends_the_same_twice(pressur
     report = [asdict(o) for o in outcomes]
     assert first["lost"] == [] and first["cut_after_200"] == [] and first["mismatched"] == [], report
     assert first["held_when_idle"] == {}
-    again, outcomes2 = pressure.run_round(pressure_server.url, jobs, replace(voices, nonce=21), POOL_PAGES,
-                                          TIME_LIMIT_S + 30)
+    again, outcomes2 = pressure.run_round(
+        pressure_server.url, jobs, replace(voices, nonce=21), POOL_PAGES, TIME_LIMIT_S + 30
+    )
     assert again["lost"] == [] and again["held_when_idle"] == {}, [asdict(o) for o in outcomes2]
     assert signature(outcomes2) == signature(outcomes)
 

@@ -18,16 +18,22 @@ PROMPT_TEXT = "A short prompt."
 
 
 def zero_shot_form(text: str, seed: int, stream: bool = False, speed: float = 1.0, prompt_text: str = PROMPT_TEXT):
-    return {"tts_text": text, "prompt_text": prompt_text, "stream": str(stream).lower(), "speed": str(speed),
-            "seed": str(seed)}
+    return {
+        "tts_text": text,
+        "prompt_text": prompt_text,
+        "stream": str(stream).lower(),
+        "speed": str(speed),
+        "seed": str(seed),
+    }
 
 
 def post_zero_shot(url: str, text: str, wav: bytes, seed: int, stream: bool = False, speed: float = 1.0):
     """Returns (status, body bytes, list of streamed chunks)."""
     files = {"prompt_wav": ("p.wav", wav, "audio/wav")}
     chunks = []
-    with httpx.stream("POST", f"{url}/inference_zero_shot", data=zero_shot_form(text, seed, stream, speed),
-                      files=files, timeout=120) as r:
+    with httpx.stream(
+        "POST", f"{url}/inference_zero_shot", data=zero_shot_form(text, seed, stream, speed), files=files, timeout=120
+    ) as r:
         for chunk in r.iter_raw():
             chunks.append(chunk)
         return r.status_code, b"".join(chunks), chunks
@@ -69,8 +75,7 @@ def test_long_text_streams_sentences_in_order(server, pipeline):
     assert_same_audio(body, reference_pcm(pipeline, text, wav, seed=9, stream=True))
 
 
-async def bistream(url: str, pieces: list[str], wav: bytes, seed: int, start: dict | None = None,
-                   **fields) -> bytes:
+async def bistream(url: str, pieces: list[str], wav: bytes, seed: int, start: dict | None = None, **fields) -> bytes:
     """The audio of a bistream session; `start`: its start message (default: PROMPT_TEXT's zero-shot with the
     seed and `fields`, e.g. tts_model_name)."""
     audio = bytearray()
@@ -102,8 +107,7 @@ def test_16_concurrent_requests_each_get_their_own_audio(server, pipeline):
 
     async def one(client, text, wav, seed, stream):
         files = {"prompt_wav": ("p.wav", wav, "audio/wav")}
-        r = await client.post(f"{server.url}/inference_zero_shot", data=zero_shot_form(text, seed, stream),
-                              files=files)
+        r = await client.post(f"{server.url}/inference_zero_shot", data=zero_shot_form(text, seed, stream), files=files)
         return r.status_code, r.content
 
     async def all_at_once():
@@ -115,9 +119,11 @@ def test_16_concurrent_requests_each_get_their_own_audio(server, pipeline):
         assert status == 200
         assert_same_audio(body, reference_pcm(pipeline, text, wav, seed, stream=stream))
     after = server.metrics()
-    started = {rank: after[("lighttts_stage_requests_total", (("rank", rank), ("stage", "decode")))]
-               - before.get(("lighttts_stage_requests_total", (("rank", rank), ("stage", "decode"))), 0)
-               for rank in ("0", "1")}
+    started = {
+        rank: after[("lighttts_stage_requests_total", (("rank", rank), ("stage", "decode")))]
+        - before.get(("lighttts_stage_requests_total", (("rank", rank), ("stage", "decode"))), 0)
+        for rank in ("0", "1")
+    }
     assert started["0"] > 0 and started["1"] > 0 and sum(started.values()) == 16, started
     hits = after[("lighttts_voice_cache_lookups_total", (("result", "hit"),))]
     assert hits >= 8  # 16 requests over 8 voices: at least half found their voice cached

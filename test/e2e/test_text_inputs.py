@@ -25,8 +25,9 @@ def post(server, text: str) -> httpx.Response:
     return httpx.post(f"{server.url}/inference_zero_shot", data=data, files=files, timeout=120)
 
 
-@pytest.mark.parametrize("text", ["See [1] for details.", "Room [2b] is free.", "Hi \x1b[31mred\x1b[0m there.",
-                                  "a" + "\u0301" * 900, "$$$"])
+@pytest.mark.parametrize(
+    "text", ["See [1] for details.", "Room [2b] is free.", "Hi \x1b[31mred\x1b[0m there.", "a" + "\u0301" * 900, "$$$"]
+)
 def test_ordinary_text_is_spoken(server, text):
     r = post(server, text)
     assert r.status_code == 200, r.text

@@ -59,9 +59,12 @@ def model_config(model_dir: Path) -> ModelConfig:
 
 def make_prompt(seed: int, num_tokens: int = PROMPT_TOKENS) -> Prompt:
     g = np.random.default_rng(seed)
-    return Prompt(np.zeros(4, np.int32), g.integers(0, 6561, num_tokens).astype(np.int32),
-                  g.standard_normal(192).astype(np.float32),
-                  (g.standard_normal((2 * num_tokens, 80)) - 5).astype(np.float32))
+    return Prompt(
+        np.zeros(4, np.int32),
+        g.integers(0, 6561, num_tokens).astype(np.int32),
+        g.standard_normal(192).astype(np.float32),
+        (g.standard_normal((2 * num_tokens, 80)) - 5).astype(np.float32),
+    )
 
 
 def sync(device: torch.device | str = "cuda") -> float:
@@ -71,23 +74,45 @@ def sync(device: torch.device | str = "cuda") -> float:
     return time.perf_counter()
 
 
-def make_engine(cfg: ModelConfig, dtype: str, kv: str | None, graphs: bool, num_pages: int | None = None,
-                max_pass_tokens: int = 8192, max_batch_size: int = 256, device: str = "cuda",
-                variant: str = "new") -> DecodeEngine:
-    limits = EngineLimits(max_stream_tokens=800, max_prompt_tokens=150, max_pass_tokens=max_pass_tokens,
-                          num_pages=num_pages, kv_dtype=kv, **VARIANTS[variant])
+def make_engine(
+    cfg: ModelConfig,
+    dtype: str,
+    kv: str | None,
+    graphs: bool,
+    num_pages: int | None = None,
+    max_pass_tokens: int = 8192,
+    max_batch_size: int = 256,
+    device: str = "cuda",
+    variant: str = "new",
+) -> DecodeEngine:
+    limits = EngineLimits(
+        max_stream_tokens=800,
+        max_prompt_tokens=150,
+        max_pass_tokens=max_pass_tokens,
+        num_pages=num_pages,
+        kv_dtype=kv,
+        **VARIANTS[variant],
+    )
     started = time.perf_counter()
     from light_tts.families import family_named
 
-    engine = family_named(cfg.family).decode_engine(cfg, device=device, max_batch_size=max_batch_size,
-                                                    hop_policy=HopPolicy("fixed"), dtype=DTYPES[dtype],
-                                                    use_cuda_graph=graphs, limits=limits)
+    engine = family_named(cfg.family).decode_engine(
+        cfg,
+        device=device,
+        max_batch_size=max_batch_size,
+        hop_policy=HopPolicy("fixed"),
+        dtype=DTYPES[dtype],
+        use_cuda_graph=graphs,
+        limits=limits,
+    )
     # lockstep throughput: every ready chunk runs (no deadline deferral: the bench has no listeners)
     engine.sched_cfg = SchedulerConfig(engine.sched_cfg.max_rows, engine.sched_cfg.max_tokens, fill_horizon_s=1e9)
     memory = f", {torch.cuda.memory_allocated() / 1e9:.1f} GB allocated" if engine.device.type == "cuda" else ""
-    print(f"  engine {variant} {dtype} kv={kv} graphs={graphs}: {engine.pool.num_pages} pages, "
-          f"{len(engine.runner.graphs)} flow graphs, ready in {time.perf_counter() - started:.1f} s{memory}",
-          flush=True)
+    print(
+        f"  engine {variant} {dtype} kv={kv} graphs={graphs}: {engine.pool.num_pages} pages, "
+        f"{len(engine.runner.graphs)} flow graphs, ready in {time.perf_counter() - started:.1f} s{memory}",
+        flush=True,
+    )
     return engine
 
 
@@ -128,8 +153,16 @@ def aliased_specs(engine: DecodeEngine, rows: int, context_tokens: int) -> list[
     for r in range(rows):
         table = [(r * (ctx_pages + 1) + k) % num_pages for k in range(ctx_pages + 1)]
         slot = 1 + r % (engine.slots.num_slots - 2)
-        specs.append(ChunkSpec(slot=slot, read_slot=slot, page_table=table, t0=context_tokens,
-                               tokens=g.integers(0, 6561, page + 3).tolist(), num_lookahead=3))
+        specs.append(
+            ChunkSpec(
+                slot=slot,
+                read_slot=slot,
+                page_table=table,
+                t0=context_tokens,
+                tokens=g.integers(0, 6561, page + 3).tolist(),
+                num_lookahead=3,
+            )
+        )
     return specs
 
 
@@ -149,9 +182,11 @@ class HiFTRows:
     def __init__(self, engine: DecodeEngine, rows: int):
         dev, spf, self.engine = engine.device, engine.hift.samples_per_frame, engine
         self.mel = torch.randn(rows, 80, 2 * engine.page_tokens, device=dev)
-        self.state = HiFTStreamState(mel=torch.randn(rows, 80, MEL_CACHE_LEN, device=dev),
-                                     source=torch.zeros(rows, 1, MEL_CACHE_LEN * spf, device=dev),
-                                     speech=torch.zeros(rows, MEL_CACHE_LEN * spf, device=dev))
+        self.state = HiFTStreamState(
+            mel=torch.randn(rows, 80, MEL_CACHE_LEN, device=dev),
+            source=torch.zeros(rows, 1, MEL_CACHE_LEN * spf, device=dev),
+            speech=torch.zeros(rows, MEL_CACHE_LEN * spf, device=dev),
+        )
         self.gens = [torch.Generator(device=dev).manual_seed(i) for i in range(rows)]
         self.keys = torch.arange(rows, device=dev), torch.full((rows,), 48000, dtype=torch.int64, device=dev)
 
@@ -159,8 +194,9 @@ class HiFTRows:
         out = []
         for a in range(0, self.mel.shape[0], HIFT_MAX_ROWS):
             part = slice(a, a + HIFT_MAX_ROWS)
-            s = HiFTStreamState(self.state.mel[part].clone(), self.state.source[part].clone(),
-                                self.state.speech[part].clone())
+            s = HiFTStreamState(
+                self.state.mel[part].clone(), self.state.source[part].clone(), self.state.speech[part].clone()
+            )
             if self.engine.keyed_noise:
                 keys = (self.keys[0][part].contiguous(), self.keys[1][part].contiguous())
                 out.append(hift_stream_chunk(self.engine.hift, s, self.mel[part], False, noise_keys=keys))
@@ -180,20 +216,21 @@ class CausalHiFTRows:
         self.engine, self.vocode = engine, vocode
         g = torch.Generator().manual_seed(0)
         frames, dev = 2 * engine.page_tokens, engine.device
-        pages = [[torch.randn(1, 80, frames, generator=g).to(dev) - 5 for _ in range(rows)]
-                 for _ in range(past_pages + 1)]
+        pages = [
+            [torch.randn(1, 80, frames, generator=g).to(dev) - 5 for _ in range(rows)] for _ in range(past_pages + 1)
+        ]
         self.states, self.mels = [new_stream(engine.hift) for _ in range(rows)], pages[-1]
         for mels in pages[:-1]:
             for a in range(0, rows, HIFT_MAX_ROWS):
-                vocode(engine.hift, self.states[a:a + HIFT_MAX_ROWS], mels[a:a + HIFT_MAX_ROWS], False)
+                vocode(engine.hift, self.states[a : a + HIFT_MAX_ROWS], mels[a : a + HIFT_MAX_ROWS], False)
 
     def __call__(self) -> list[torch.Tensor]:
         from light_tts.models.cosyvoice3.hift.streaming import HiFTStream
 
         out = []
         for a in range(0, len(self.states), HIFT_MAX_ROWS):
-            states = [HiFTStream(**vars(s)) for s in self.states[a:a + HIFT_MAX_ROWS]]  # fresh copies each call
-            out += self.vocode(self.engine.hift, states, self.mels[a:a + HIFT_MAX_ROWS], False)
+            states = [HiFTStream(**vars(s)) for s in self.states[a : a + HIFT_MAX_ROWS]]  # fresh copies each call
+            out += self.vocode(self.engine.hift, states, self.mels[a : a + HIFT_MAX_ROWS], False)
         return out
 
 
@@ -206,8 +243,10 @@ def pass_times(engine: DecodeEngine, rows: int, context_tokens: int, repeats: in
     """ms of one flow pass of `rows` middle chunks at `context_tokens` of context, of HiFT on `rows` chunks, and of
     both overlapped as the engine overlaps them (HiFT of the previous pass on a side stream beside the flow)."""
     specs, hift, device = aliased_specs(engine, rows, context_tokens), hift_rows(engine, rows), engine.device
-    out = {"flow_ms": median_ms(lambda: engine.runner.run(specs), device, repeats),
-           "hift_ms": median_ms(hift, device, repeats)}
+    out = {
+        "flow_ms": median_ms(lambda: engine.runner.run(specs), device, repeats),
+        "hift_ms": median_ms(hift, device, repeats),
+    }
     if device.type == "cuda":
         side = torch.cuda.Stream()
 

@@ -45,10 +45,15 @@ def flow_flops(cfg: ModelConfig, rows: int, new_tokens: int, cached_tokens: int,
     def conformer(m: int, ctx: int) -> float:  # QKV, out, FF, attention with the positional term
         return 2 * m * d * (4 * d + 2 * units) + 3 * 2 * m * ctx * d
 
-    encoder = (2 * mt_in * enc.input_size * d + 2 * mt * d * d * (4 + 3)  # embed, lookahead convs k=4 and k=3
-               + enc.num_blocks * conformer(mt, ctx_t)
-               + 2 * mf * d * d * (2 * enc.upsample_stride + 1) + 2 * mf * d * d  # up conv, up embed
-               + enc.num_up_blocks * conformer(mf, ratio * ctx_t) + 2 * mf * d * cfg.flow.output_size)
+    encoder = (
+        2 * mt_in * enc.input_size * d
+        + 2 * mt * d * d * (4 + 3)  # embed, lookahead convs k=4 and k=3
+        + enc.num_blocks * conformer(mt, ctx_t)
+        + 2 * mf * d * d * (2 * enc.upsample_stride + 1)
+        + 2 * mf * d * d  # up conv, up embed
+        + enc.num_up_blocks * conformer(mf, ratio * ctx_t)
+        + 2 * mf * d * cfg.flow.output_size
+    )
     c, inner, mv = est_cfg.channels[0], est_cfg.num_heads * est_cfg.attention_head_dim, 2 * mf
     ctx_f = ratio * ctx_t
 
@@ -57,13 +62,26 @@ def flow_flops(cfg: ModelConfig, rows: int, new_tokens: int, cached_tokens: int,
 
     block = 2 * mv * c * (3 * inner + inner + 2 * 4 * c) + 4 * mv * ctx_f * inner
     num_stages = 2 + est_cfg.num_mid_blocks
-    estimator = (resnet(est_cfg.in_channels) + est_cfg.num_mid_blocks * resnet(c) + resnet(2 * c)
-                 + num_stages * est_cfg.n_blocks * block + 3 * 2 * mv * 3 * c * c + 2 * mv * c * est_cfg.out_channels)
+    estimator = (
+        resnet(est_cfg.in_channels)
+        + est_cfg.num_mid_blocks * resnet(c)
+        + resnet(2 * c)
+        + num_stages * est_cfg.n_blocks * block
+        + 3 * 2 * mv * 3 * c * c
+        + 2 * mv * c * est_cfg.out_channels
+    )
     return encoder + steps * estimator
 
 
-def flow_bytes(cfg: ModelConfig, flow: torch.nn.Module, rows: int, new_tokens: int, cached_tokens: int,
-               act_bytes: int, kv_bytes: int) -> float:
+def flow_bytes(
+    cfg: ModelConfig,
+    flow: torch.nn.Module,
+    rows: int,
+    new_tokens: int,
+    cached_tokens: int,
+    act_bytes: int,
+    kv_bytes: int,
+) -> float:
     est_cfg, enc, steps = cfg.flow.cfm.estimator, cfg.flow.encoder, cfg.flow.cfm.n_timesteps
     est_params = sum(p.numel() for p in flow.decoder.estimator.parameters())
     other_params = sum(p.numel() for p in flow.parameters()) - est_params - flow.input_embedding.weight.numel()
@@ -90,12 +108,20 @@ def dit_flow_flops(cfg: ModelConfig, rows: int, new_tokens: int, cached_tokens: 
     in_dims = est.mel_dim + est.mel_dim + est.mu_dim + est.spk_dim  # x, cond, mu, spks
     pos_convs = 2 * 2 * mv * d * (d // CONV_POS_GROUPS) * CONV_POS_KERNEL
     block = 2 * mv * d * d * (4 + 2 * est.ff_mult) + 4 * mv * ctx_f * d
-    return lookahead_convs + steps * (2 * mv * in_dims * d + pos_convs + est.depth * block
-                                      + 2 * mv * d * est.out_channels)
+    return lookahead_convs + steps * (
+        2 * mv * in_dims * d + pos_convs + est.depth * block + 2 * mv * d * est.out_channels
+    )
 
 
-def dit_flow_bytes(cfg: ModelConfig, flow: torch.nn.Module, rows: int, new_tokens: int, cached_tokens: int,
-                   act_bytes: int, kv_bytes: int) -> float:
+def dit_flow_bytes(
+    cfg: ModelConfig,
+    flow: torch.nn.Module,
+    rows: int,
+    new_tokens: int,
+    cached_tokens: int,
+    act_bytes: int,
+    kv_bytes: int,
+) -> float:
     """As flow_bytes, for the DiT: its weights once per CFM step, every virtual row's cached keys and values read
     once per block and step and the new ones written (no encoder)."""
     est, steps = cfg.flow.estimator, cfg.flow.cfm.n_timesteps
@@ -134,8 +160,9 @@ def hift_flops_bytes(hift: torch.nn.Module, frames: int, cached_samples: int) ->
     mel = torch.zeros(1, hift.cfg.in_channels, frames, device=device)
     phase = torch.zeros(1, hift.m_source.num_harmonics, device=device)
     noise = torch.zeros(1, frames * hift.samples_per_frame, hift.m_source.num_harmonics, device=device)
-    return conv_flops_bytes(hift, lambda: hift.synthesize(mel, phase, noise,
-                                                          torch.zeros(1, 1, cached_samples, device=device)))
+    return conv_flops_bytes(
+        hift, lambda: hift.synthesize(mel, phase, noise, torch.zeros(1, 1, cached_samples, device=device))
+    )
 
 
 def roofline_row(flops: float, nbytes: float, seconds: float, kernels: int | None, device_name: str) -> dict:
@@ -149,6 +176,10 @@ def roofline_row(flops: float, nbytes: float, seconds: float, kernels: int | Non
     if kernels:
         floors["launches"] = kernels * LAUNCH_FLOOR_S
     bound = max(floors, key=floors.get)
-    row.update(pct_peak_flops=100 * row["tflops"] / peak[0], pct_peak_bw=100 * row["gbs"] / (peak[1] * 1e3),
-               bound=bound, bound_share=floors[bound] / seconds)
+    row.update(
+        pct_peak_flops=100 * row["tflops"] / peak[0],
+        pct_peak_bw=100 * row["gbs"] / (peak[1] * 1e3),
+        bound=bound,
+        bound_share=floors[bound] / seconds,
+    )
     return row

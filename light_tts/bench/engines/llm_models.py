@@ -41,8 +41,16 @@ class CosyVoiceBench:
         num_speech = prompt_len - num_text - 2
         text = torch.randint(0, self.num_text_ids, (num_text,), generator=gen).tolist()
         speech = torch.randint(0, 6561, (num_speech,), generator=gen).tolist()
-        return LLMRequest(req_id, text, [], speech, seed=int(torch.randint(0, 2**31, (1,), generator=gen)),
-                          min_len=gen_len, max_len=gen_len, **kw)
+        return LLMRequest(
+            req_id,
+            text,
+            [],
+            speech,
+            seed=int(torch.randint(0, 2**31, (1,), generator=gen)),
+            min_len=gen_len,
+            max_len=gen_len,
+            **kw,
+        )
 
     def reference(self):
         from light_tts.models.speech_lm import SpeechLM
@@ -55,8 +63,12 @@ class CosyVoiceBench:
     def reference_logprobs(self, ref, req: LLMRequest, tokens: list[int]) -> list[torch.Tensor]:
         """The reference's log-probs before each generated id and after the last, fed the same ids."""
         cache = ref.new_cache()
-        embeds = ref.build_prefill_embeds(*(torch.tensor(x, device=self.device) for x in (
-            req.text_token_ids, req.prompt_text_token_ids, req.prompt_speech_token_ids)))
+        embeds = ref.build_prefill_embeds(
+            *(
+                torch.tensor(x, device=self.device)
+                for x in (req.text_token_ids, req.prompt_text_token_ids, req.prompt_speech_token_ids)
+            )
+        )
         out = []
         for token in tokens + [None]:
             out.append(ref.forward_step(embeds, cache))
@@ -81,9 +93,13 @@ class OrpheusBench:
         from light_tts.models.orpheus.lm import build_prompt
 
         text = torch.randint(0, self.tokens.bos, (max(1, prompt_len - 8),), generator=gen).tolist()
-        return LLMRequest(req_id, build_prompt(self.tokens, text),
-                          seed=int(torch.randint(0, 2**31, (1,), generator=gen)),
-                          max_len=gen_len, **kw)
+        return LLMRequest(
+            req_id,
+            build_prompt(self.tokens, text),
+            seed=int(torch.randint(0, 2**31, (1,), generator=gen)),
+            max_len=gen_len,
+            **kw,
+        )
 
     def reference(self):
         from light_tts.models.orpheus.lm import load_causal_lm
@@ -94,7 +110,7 @@ class OrpheusBench:
     def reference_logprobs(self, ref, req: LLMRequest, tokens: list[int]) -> list[torch.Tensor]:
         ids = torch.tensor([req.text_token_ids + tokens], device=self.device)
         logits = ref.lm_head(ref.model(ref.model.embed_tokens(ids)))[0].float()
-        return list(logits[len(req.text_token_ids) - 1:].log_softmax(dim=-1))
+        return list(logits[len(req.text_token_ids) - 1 :].log_softmax(dim=-1))
 
 
 def bench_model(model_dir: Path | None, device: str):

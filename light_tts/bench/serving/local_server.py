@@ -65,16 +65,18 @@ def wait_ready(url: str, server: subprocess.Popen, timeout_s: float) -> None:
 
 
 @contextmanager
-def local_server(model_dir: str | None, port: int, server_args: list[str], log_path: Path,
-                 ready_timeout_s: float):
+def local_server(model_dir: str | None, port: int, server_args: list[str], log_path: Path, ready_timeout_s: float):
     """`python -m light_tts.server.api_server` on 127.0.0.1:`port` (0: a free port), logging to `log_path`; yields
     its URL once /readiness answers 200, and stops it with SIGINT (as Ctrl-C would) on exit."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     model = ["--model_dir", str(model_dir)] if model_dir else []  # none: the server makes a tiny random model
     with open(log_path, "w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "light_tts.server.api_server", *model, "--port", str(port),
-                                   *server_args], stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "light_tts.server.api_server", *model, "--port", str(port), *server_args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             wait_ready(url, server, ready_timeout_s)
             yield url

@@ -62,8 +62,14 @@ def play(arrival_s: list[float], num_samples: list[int], sample_rate: int = SAMP
             dry_at = t
         dry_at += n / sample_rate
     total = sum(n for _, n in chunks)
-    return Playback(ttfa_s=first_s, audio_s=total / sample_rate, stalls=stalls, stall_s=stall_s, slack_s=slack,
-                    played_until_s=dry_at)
+    return Playback(
+        ttfa_s=first_s,
+        audio_s=total / sample_rate,
+        stalls=stalls,
+        stall_s=stall_s,
+        slack_s=slack,
+        played_until_s=dry_at,
+    )
 
 
 def percentile(values: list[float], q: float) -> float | None:

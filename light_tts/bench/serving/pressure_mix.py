@@ -62,8 +62,9 @@ def expected(job: Job, pool_pages: int) -> str:
     return "client_left" if job.leave_after_bytes is not None else "ok"
 
 
-def make_mix(seed: int, num_jobs: int, pool_pages: int, num_saved: int, max_burst: int = 5,
-             gap_s: float = 1.5) -> list[Job]:
+def make_mix(
+    seed: int, num_jobs: int, pool_pages: int, num_saved: int, max_burst: int = 5, gap_s: float = 1.5
+) -> list[Job]:
     """Bursts of 1..max_burst requests at once, up to gap_s apart; a quarter non-stream; half new voices; lengths
     from one second up to the pool's size, mostly short, one in 12 past it (two pages clear of the boundary either
     way: the prompt's exact token count is the server's); one stream in eight leaves part-way."""
@@ -92,13 +93,21 @@ def judge(jobs: list[Job], outcomes: list[Outcome], pool_pages: int) -> dict:
     429 is never a mismatch (whether one comes depends on the load)."""
     lost = [o.index for o in outcomes if o.kind not in ACCEPTED]
     cut = [o.index for job, o in zip(jobs, outcomes) if job.is_stream and o.status == 200 and o.kind not in ACCEPTED]
-    mismatched = [o.index for job, o in zip(jobs, outcomes)
-                  if o.kind in ACCEPTED and o.kind != "overloaded" and o.kind != expected(job, pool_pages)]
+    mismatched = [
+        o.index
+        for job, o in zip(jobs, outcomes)
+        if o.kind in ACCEPTED and o.kind != "overloaded" and o.kind != expected(job, pool_pages)
+    ]
     by_outcome: dict[str, int] = {}
     for o in outcomes:
         by_outcome[o.kind] = by_outcome.get(o.kind, 0) + 1
-    return {"requests": len(outcomes), "by_outcome": by_outcome, "lost": lost, "cut_after_200": cut,
-            "mismatched": mismatched}
+    return {
+        "requests": len(outcomes),
+        "by_outcome": by_outcome,
+        "lost": lost,
+        "cut_after_200": cut,
+        "mismatched": mismatched,
+    }
 
 
 def signature(outcomes: list[Outcome]) -> list[tuple[int, str, int]]:
@@ -112,5 +121,10 @@ def latencies(jobs: list[Job], outcomes: list[Outcome]) -> dict:
     longest, in seconds."""
     first = [o.first_audio_s for j, o in zip(jobs, outcomes) if j.is_stream and o.kind == "ok" and o.first_audio_s]
     ends = [o.end_s for o in outcomes]
-    return {"first_audio_p50_s": percentile(first, 50), "first_audio_p95_s": percentile(first, 95),
-            "end_p50_s": percentile(ends, 50), "end_p95_s": percentile(ends, 95), "max_end_s": max(ends, default=None)}
+    return {
+        "first_audio_p50_s": percentile(first, 50),
+        "first_audio_p95_s": percentile(first, 95),
+        "end_p50_s": percentile(ends, 50),
+        "end_p95_s": percentile(ends, 95),
+        "max_end_s": max(ends, default=None),
+    }

@@ -69,9 +69,12 @@ class SavedVoices:
         self.ids = []
         try:
             for k, wav in enumerate(self.wavs):
-                r = httpx.post(f"{self.url}/v1/audio/voices", timeout=60,
-                               data={"text": self.prompt_text, "name": f"bench-streams-{k}"},
-                               files={"audio": (f"voice{k}.wav", wav, "audio/wav")})
+                r = httpx.post(
+                    f"{self.url}/v1/audio/voices",
+                    timeout=60,
+                    data={"text": self.prompt_text, "name": f"bench-streams-{k}"},
+                    files={"audio": (f"voice{k}.wav", wav, "audio/wav")},
+                )
                 if r.status_code != 201:
                     raise SystemExit(f"uploading saved voice {k} failed: HTTP {r.status_code} {r.text[:200]}")
                 self.ids.append(r.json()["id"])

@@ -66,10 +66,13 @@ def stage_summary(records: list[dict]) -> dict[str, dict[str, float | None]]:
         names += [n for n in r["stages_s"] if n not in names]
     values = {n: [r["stages_s"][n] for r in timed if n in r["stages_s"]] for n in names}
     if TOTAL in values:
-        values[NETWORK] = [r["ttfa_s"] - r["stages_s"][TOTAL] for r in timed
-                           if TOTAL in r["stages_s"] and r.get("ttfa_s") is not None]
-    return {n: {"p50": percentile(v, 50), "p95": percentile(v, 95), "mean": sum(v) / len(v) if v else None}
-            for n, v in values.items()}
+        values[NETWORK] = [
+            r["ttfa_s"] - r["stages_s"][TOTAL] for r in timed if TOTAL in r["stages_s"] and r.get("ttfa_s") is not None
+        ]
+    return {
+        n: {"p50": percentile(v, 50), "p95": percentile(v, 95), "mean": sum(v) / len(v) if v else None}
+        for n, v in values.items()
+    }
 
 
 def format_stage_table(level: dict) -> str:
@@ -78,9 +81,11 @@ def format_stage_table(level: dict) -> str:
     load = f"concurrency {level['concurrency']}" if "concurrency" in level else f"rate {level['rate']}/s"
     if not stages:
         return f"{load}: no stage breakdown (the server sent no Server-Timing header)"
-    lines = [f"{load}: where first audio goes (ms over {level['requests']} requests; TTFA p50 "
-             f"{_ms(level.get('ttfa_p50'))}, p95 {_ms(level.get('ttfa_p95'))})",
-             f"  {'stage':<14}{'p50':>9}{'p95':>9}{'mean':>9}"]
+    lines = [
+        f"{load}: where first audio goes (ms over {level['requests']} requests; TTFA p50 "
+        f"{_ms(level.get('ttfa_p50'))}, p95 {_ms(level.get('ttfa_p95'))})",
+        f"  {'stage':<14}{'p50':>9}{'p95':>9}{'mean':>9}",
+    ]
     for name, q in stages.items():
         if name == TOTAL:
             lines.append("  " + "-" * 41)

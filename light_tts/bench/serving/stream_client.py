@@ -38,7 +38,7 @@ def tagged(wav: bytes, tag: int) -> bytes:
     tail = np.frombuffer(out, dtype="<i2", count=TAG_SAMPLES, offset=len(out) - 2 * TAG_SAMPLES).astype(np.int32)
     bits = np.array([(tag >> i) & 1 for i in range(TAG_SAMPLES)], dtype=np.int32)
     tail = np.where(tail < 32767, tail + bits, tail - bits)
-    out[-2 * TAG_SAMPLES:] = tail.astype("<i2").tobytes()
+    out[-2 * TAG_SAMPLES :] = tail.astype("<i2").tobytes()
     return bytes(out)
 
 
@@ -130,8 +130,9 @@ class ClientPool:
             # an idle connection is dropped after 2 s, before uvicorn's 5-s keep-alive timeout can close it
             # under a request being sent (which would fail that request)
             limits = httpx.Limits(max_connections=1, keepalive_expiry=KEEPALIVE_S)
-            self.clients.append(httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s), verify=self.ssl_context,
-                                                  limits=limits))
+            self.clients.append(
+                httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s), verify=self.ssl_context, limits=limits)
+            )
             self.free.append(self.clients[-1])
         return self.free.pop()
 
@@ -154,8 +155,17 @@ async def stream_one(pool: ClientPool, share: Share, index: int, t0: float, is_r
     data, files, voice = request_form(share, index)
     client = pool.acquire()
     start = time.perf_counter()
-    rec = {"index": index, "voice": voice, "is_ramp": is_ramp, "start_s": start - t0, "status": None,
-           "error": None, "chunk_s": [], "chunk_bytes": [], "server_timing": None}
+    rec = {
+        "index": index,
+        "voice": voice,
+        "is_ramp": is_ramp,
+        "start_s": start - t0,
+        "status": None,
+        "error": None,
+        "chunk_s": [],
+        "chunk_bytes": [],
+        "server_timing": None,
+    }
     try:
         async with client.stream("POST", f"{share.url}{share.path}", data=data, files=files) as resp:
             rec["status"] = resp.status_code
@@ -207,6 +217,7 @@ async def run_share_async(share: Share) -> dict:
                 tasks.append(asyncio.create_task(stream_one(pool, share, index, t0, send_s < share.ramp_s)))
             records = list(await asyncio.gather(*tasks))
         else:
+
             async def worker(w: int):
                 await asyncio.sleep(max(0.0, t0 + w * share.ramp_s / share.concurrency - time.perf_counter()))
                 for index in itertools.count(w, share.concurrency):
@@ -235,8 +246,12 @@ def split(share: Share, num_procs: int) -> list[Share]:
     """The shares of up to `num_procs` client processes: closed-loop workers by w % num_procs (never an empty
     process), open-loop arrivals by index % num_procs."""
     if share.arrivals is not None:
-        return [Share(**{**share.__dict__, "arrivals": [a for a in share.arrivals if a[0] % num_procs == rank]})
-                for rank in range(num_procs)]
+        return [
+            Share(**{**share.__dict__, "arrivals": [a for a in share.arrivals if a[0] % num_procs == rank]})
+            for rank in range(num_procs)
+        ]
     num_procs = min(num_procs, share.concurrency)
-    return [Share(**{**share.__dict__, "workers": list(range(rank, share.concurrency, num_procs))})
-            for rank in range(num_procs)]
+    return [
+        Share(**{**share.__dict__, "workers": list(range(rank, share.concurrency, num_procs))})
+        for rank in range(num_procs)
+    ]

@@ -12,8 +12,14 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(name, key, levels) for name, key, levels in (
-        ("closed loop", "concurrency", result["closed_loop"]), ("open loop", "rate", result["open_loop"])) if levels]
+    rows = [
+        (name, key, levels)
+        for name, key, levels in (
+            ("closed loop", "concurrency", result["closed_loop"]),
+            ("open loop", "rate", result["open_loop"]),
+        )
+        if levels
+    ]
     fig, axes = plt.subplots(len(rows), 3, figsize=(15, 4 * len(rows)), squeeze=False)
     bound = result["settings"]["max_ttfa_p95_s"]
     for (name, key, levels), ax in zip(rows, axes):

@@ -26,11 +26,19 @@ def score(record: dict, fixed_speech_tokens: int, token_rate: float = COSYVOICE_
     ok = record["status"] == 200 and record["error"] is None and pb.audio_s > 0
     num_samples = sum(samples)
     forced = round(fixed_speech_tokens * SAMPLE_RATE / token_rate)
-    return {**record, "ok": ok, "ttfa_s": pb.ttfa_s, "audio_s": pb.audio_s, "stalls": pb.stalls,
-            "stall_s": pb.stall_s, "min_slack_s": pb.min_slack_s, "slack_s": pb.slack_s,
-            "rtf": record["latency_s"] / pb.audio_s if pb.audio_s else None,
-            "stages_s": parse_server_timing(record.get("server_timing")),
-            "is_forced_length": (num_samples > 0 and num_samples % forced == 0) if fixed_speech_tokens else None}
+    return {
+        **record,
+        "ok": ok,
+        "ttfa_s": pb.ttfa_s,
+        "audio_s": pb.audio_s,
+        "stalls": pb.stalls,
+        "stall_s": pb.stall_s,
+        "min_slack_s": pb.min_slack_s,
+        "slack_s": pb.slack_s,
+        "rtf": record["latency_s"] / pb.audio_s if pb.audio_s else None,
+        "stages_s": parse_server_timing(record.get("server_timing")),
+        "is_forced_length": (num_samples > 0 and num_samples % forced == 0) if fixed_speech_tokens else None,
+    }
 
 
 def quantiles(values: list[float], prefix: str) -> dict:
@@ -50,29 +58,37 @@ def summarize(records: list[dict], load: dict, client_lag_s: list[float]) -> dic
     by_voice = {}
     for kind in ("saved", "new"):
         ttfa = [r["ttfa_s"] for r in good if r["voice"] == kind]
-        by_voice[kind] = {"requests": sum(r["voice"] == kind for r in records), **quantiles(ttfa, "ttfa"),
-                          "stages": stage_summary([r for r in good if r["voice"] == kind])}
+        by_voice[kind] = {
+            "requests": sum(r["voice"] == kind for r in records),
+            **quantiles(ttfa, "ttfa"),
+            "stages": stage_summary([r for r in good if r["voice"] == kind]),
+        }
     return {
         **load,
-        "requests": len(records), "failures": len(records) - len(good),
+        "requests": len(records),
+        "failures": len(records) - len(good),
         # issue 20's promises: a stream is refused (429) before its 200 or not at all, and never cut after it
         "refused_429": sum(r["status"] == 429 for r in records),
         "cut_after_200": sum(r["status"] == 200 and not r["ok"] for r in records),
         "errors": dict(Counter(error_text(r) for r in records if not r["ok"])),
         **quantiles([r["ttfa_s"] for r in good], "ttfa"),
-        "stalled_streams": len(stalled), "stalled_fraction": len(stalled) / len(good) if good else None,
+        "stalled_streams": len(stalled),
+        "stalled_fraction": len(stalled) / len(good) if good else None,
         "stalls_total": sum(r["stalls"] for r in good),
         "stall_s_total": sum(r["stall_s"] for r in good),
         "stall_s_p95": percentile([r["stall_s"] for r in good], 95),
         "stall_s_max": max((r["stall_s"] for r in good), default=None),
-        "slack_s_p5": percentile(slack, 5), "slack_s_p50": percentile(slack, 50),
+        "slack_s_p5": percentile(slack, 5),
+        "slack_s_p50": percentile(slack, 50),
         "slack_s_min": min(slack, default=None),
-        "audio_s_total": sum(r["audio_s"] for r in good), "audio_s_per_s": audio_s_per_s,
+        "audio_s_total": sum(r["audio_s"] for r in good),
+        "audio_s_per_s": audio_s_per_s,
         "rtf_p50": percentile([r["rtf"] for r in good], 50),
         "forced_length_fraction": sum(forced) / len(forced) if forced else None,
         "stages": stage_summary(good),  # the server's stages of time to first audio (Server-Timing)
         "by_voice": by_voice,
-        "client_lag_s_p99": percentile(client_lag_s, 99), "client_lag_s_max": max(client_lag_s, default=None),
+        "client_lag_s_p99": percentile(client_lag_s, 99),
+        "client_lag_s_max": max(client_lag_s, default=None),
     }
 
 
@@ -86,8 +102,12 @@ def audio_rate(records: list[dict]) -> float | None:
     start = min(r["start_s"] for r in measured)
     latency = percentile([r["latency_s"] for r in measured], 50)
     end = max(max(r["start_s"] for r in measured), start + latency)
-    samples = sum(n for r in records for t, n in zip(r["chunk_s"], samples_per_chunk(r["chunk_bytes"]))
-                  if start <= r["start_s"] + t < end)
+    samples = sum(
+        n
+        for r in records
+        for t, n in zip(r["chunk_s"], samples_per_chunk(r["chunk_bytes"]))
+        if start <= r["start_s"] + t < end
+    )
     return samples / SAMPLE_RATE / (end - start) if end > start else None
 
 
@@ -101,8 +121,13 @@ def error_text(record: dict) -> str:
 
 def is_held(level: dict, max_ttfa_p95_s: float) -> bool:
     """A level is held in real time when every request succeeded, none stalled, and p95 TTFA is within bound."""
-    return (level["requests"] > 0 and level["failures"] == 0 and level["stalled_streams"] == 0
-            and level["ttfa_p95"] is not None and level["ttfa_p95"] <= max_ttfa_p95_s)
+    return (
+        level["requests"] > 0
+        and level["failures"] == 0
+        and level["stalled_streams"] == 0
+        and level["ttfa_p95"] is not None
+        and level["ttfa_p95"] <= max_ttfa_p95_s
+    )
 
 
 def streams_held(levels: list[dict], max_ttfa_p95_s: float) -> int:

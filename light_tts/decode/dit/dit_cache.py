@@ -43,9 +43,17 @@ class DiTCacheShape:
     @classmethod
     def from_config(cls, cfg: DiTFlowConfig) -> DiTCacheShape:
         est = cfg.estimator
-        return cls(page_frames=est.static_chunk_size, page_tokens=est.static_chunk_size // cfg.token_mel_ratio,
-                   num_steps=cfg.cfm.n_timesteps, num_blocks=est.depth, heads=est.heads, head_dim=est.dim_head,
-                   dim=est.dim, lookahead_channels=cfg.pre_lookahead_channels, out_channels=cfg.output_size)
+        return cls(
+            page_frames=est.static_chunk_size,
+            page_tokens=est.static_chunk_size // cfg.token_mel_ratio,
+            num_steps=cfg.cfm.n_timesteps,
+            num_blocks=est.depth,
+            heads=est.heads,
+            head_dim=est.dim_head,
+            dim=est.dim,
+            lookahead_channels=cfg.pre_lookahead_channels,
+            out_channels=cfg.output_size,
+        )
 
     def page_bytes(self, kv_dtype: torch.dtype, act_dtype: torch.dtype) -> int:
         per_head = self.num_steps * self.num_blocks * 2 * 2 * self.heads
@@ -60,11 +68,17 @@ class DiTCacheShape:
 class DiTCache(FlowCache):
     """FlowCache's pool (est_view, nbytes) with the DiT's tensors."""
 
-    def __init__(self, shape: DiTCacheShape, num_pages: int, num_slots: int, act_dtype: torch.dtype,
-                 kv_dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self,
+        shape: DiTCacheShape,
+        num_pages: int,
+        num_slots: int,
+        act_dtype: torch.dtype,
+        kv_dtype: torch.dtype,
+        device: torch.device,
+    ):
         s = shape
-        self._init_pages(shape, num_pages, num_slots, act_dtype, kv_dtype, device,
-                         (s.num_blocks, s.heads, s.head_dim))
+        self._init_pages(shape, num_pages, num_slots, act_dtype, kv_dtype, device, (s.num_blocks, s.heads, s.head_dim))
         self.la_tails = torch.zeros(num_slots, 2, s.lookahead_channels, dtype=act_dtype, device=device)
         self.pos_tails = torch.zeros(s.num_steps, 2, num_slots, 2, POS_TAIL, s.dim, dtype=act_dtype, device=device)
         self.spks = torch.zeros(num_slots, s.out_channels, dtype=act_dtype, device=device)

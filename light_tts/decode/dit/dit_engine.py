@@ -56,11 +56,17 @@ class DiTDecodeEngine(DecodeEngine):
     def make_vocoder_stage(self) -> CausalHiFTStage:
         """The causal HiFT through each stream's window. CosyVoice2's hot-path HiFT variants (fp16 convolutions,
         keyed noise, overlap) do not apply: its noise comes from fixed tables and it runs float32, at once."""
-        asked = [name for name in ("fused_flow", "hift_half", "keyed_noise", "overlap_hift")
-                 if is_on(getattr(self.limits, name), self.device)]
+        asked = [
+            name
+            for name in ("fused_flow", "hift_half", "keyed_noise", "overlap_hift")
+            if is_on(getattr(self.limits, name), self.device)
+        ]
         if asked:
-            logger.info("CosyVoice3 decode: the hot-path variants %s are CosyVoice2's and not used here (per-op DiT "
-                        "kernels, float32 causal HiFT vocoded at once)", ", ".join(asked))
+            logger.info(
+                "CosyVoice3 decode: the hot-path variants %s are CosyVoice2's and not used here (per-op DiT "
+                "kernels, float32 causal HiFT vocoded at once)",
+                ", ".join(asked),
+            )
         return CausalHiFTStage(self.hift, self._fail)
 
 
@@ -87,7 +93,7 @@ class CausalHiFTStage:
         done = []
         for finalize in (False, True):
             rows = [job for job in jobs if job.finalize == finalize]
-            for group in (rows[i:i + HIFT_MAX_ROWS] for i in range(0, len(rows), HIFT_MAX_ROWS)):
+            for group in (rows[i : i + HIFT_MAX_ROWS] for i in range(0, len(rows), HIFT_MAX_ROWS)):
                 done += self._vocode_or_fail(group, finalize, outputs)
         return done
 

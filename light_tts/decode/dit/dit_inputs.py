@@ -89,8 +89,9 @@ class _PosConv:
         self.save_src += range(start + end, start + end + POS_TAIL)
         self.save_dst += [dst_entry + j for j in range(POS_TAIL)]
 
-    def finish(self, num_inputs: int, num_tails: int, num_ext: int, num_out: int, num_saves: int, trash_entry: int,
-               device) -> dict[str, torch.Tensor]:
+    def finish(
+        self, num_inputs: int, num_tails: int, num_ext: int, num_out: int, num_saves: int, trash_entry: int, device
+    ) -> dict[str, torch.Tensor]:
         zero = num_inputs + num_tails
         fix = lambda a: np.where(a >= 0, a, num_inputs - 1 - a)  # noqa: E731  tail k -> num_inputs + k
         ext = fix(np.array(self.ext + [zero] * (num_ext - len(self.ext)), dtype=np.int64))
@@ -98,15 +99,25 @@ class _PosConv:
         as_t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64), device=device)  # noqa: E731
         out = np.zeros(num_out, dtype=np.int64)  # by virtual row position; padding frames read output 0
         for v_first, start, num in self.out:
-            out[v_first:v_first + num] = np.arange(start, start + num)
-        return {"ext": as_t(ext), "out": as_t(out),
-                "tail_read": as_t(self.tail_read + [0] * (num_tails - len(self.tail_read))),
-                "save_src": as_t(self.save_src + [len(ext) - 1] * pad),
-                "save_dst": as_t(self.save_dst + [trash_entry] * pad)}
+            out[v_first : v_first + num] = np.arange(start, start + num)
+        return {
+            "ext": as_t(ext),
+            "out": as_t(out),
+            "tail_read": as_t(self.tail_read + [0] * (num_tails - len(self.tail_read))),
+            "save_src": as_t(self.save_src + [len(ext) - 1] * pad),
+            "save_dst": as_t(self.save_dst + [trash_entry] * pad),
+        }
 
 
-def build_dit_inputs(specs: list[ChunkSpec], shape: DiTCacheShape, num_slots: int, scratch_page: int,
-                     device: torch.device, bucket: Bucket | None = None, table_width: int = 0) -> DiTInputs:
+def build_dit_inputs(
+    specs: list[ChunkSpec],
+    shape: DiTCacheShape,
+    num_slots: int,
+    scratch_page: int,
+    device: torch.device,
+    bucket: Bucket | None = None,
+    table_width: int = 0,
+) -> DiTInputs:
     """The pass's index tensors. bucket=None: exact sizes (eager); else padded to the bucket's static shapes."""
     mt, mt_in, r_pad, mt_pad, mt_in_pad = pass_sizes(specs, bucket)
     mf_pad = RATIO * mt_pad
@@ -132,7 +143,7 @@ def build_dit_inputs(specs: list[ChunkSpec], shape: DiTCacheShape, num_slots: in
         noise_frames += range(f0, f0 + RATIO * n)
         spk_slots += [s.slot] * (RATIO * n)
         if s.cond is not None:
-            cond[RATIO * tok:RATIO * (tok + n)] = s.cond
+            cond[RATIO * tok : RATIO * (tok + n)] = s.cond
         frame_starts.append(RATIO * tok)
         num_frames.append(RATIO * n)
         tok_in += len(s.tokens)
@@ -141,7 +152,7 @@ def build_dit_inputs(specs: list[ChunkSpec], shape: DiTCacheShape, num_slots: in
         for r, s in enumerate(specs):
             m, f0 = RATIO * s.num_new, RATIO * s.t0
             v_first = branch * mf_pad + frame_starts[r]
-            positions[v_first:v_first + m] = np.arange(f0, f0 + m)
+            positions[v_first : v_first + m] = np.arange(f0, f0 + m)
             pos.add_row(v_first, m, (s.read_slot * 2 + branch) * POS_TAIL)
             for end, slot in s.saves if s.saves is not None else [(s.num_new, s.slot)]:
                 pos.save(len(pos.rows) - 1, RATIO * end, (slot * 2 + branch) * POS_TAIL)
@@ -155,16 +166,27 @@ def build_dit_inputs(specs: list[ChunkSpec], shape: DiTCacheShape, num_slots: in
         tokens=as_i64(tokens + [0] * (mt_in_pad - mt_in)),
         x_rows=as_i64(list(x_rows) + [mt_in_pad] * (mt_pad - mt)),
         la_in_taps=as_i64(np.concatenate(la_in_taps + [np.full((mt_pad - mt, LA_TAPS), mt_in_pad)])),
-        la=la.finish(mt_pad, r_pad, mt_pad, trash * LA_TAIL, LA_TAIL * saves if bucket else len(la.save_src),
-                     device),
-        pos=pos.finish(mv_pad, POS_TAIL * 2 * r_pad, mv_pad + POS_TAIL * 2 * r_pad, mv_pad,
-                       POS_TAIL * 2 * saves if bucket else len(pos.save_src), (trash * 2) * POS_TAIL, device),
+        la=la.finish(mt_pad, r_pad, mt_pad, trash * LA_TAIL, LA_TAIL * saves if bucket else len(la.save_src), device),
+        pos=pos.finish(
+            mv_pad,
+            POS_TAIL * 2 * r_pad,
+            mv_pad + POS_TAIL * 2 * r_pad,
+            mv_pad,
+            POS_TAIL * 2 * saves if bucket else len(pos.save_src),
+            (trash * 2) * POS_TAIL,
+            device,
+        ),
         positions=as_i64(positions),
         est_attn=est_attn.finish(2 * r_pad, max(work, len(est_attn.work_row)), device),
-        est_store=_store_items(est_store, max(mv_pad // shape.page_frames + 2 * r_pad, len(est_store))
-                               if bucket else len(est_store), device),
+        est_store=_store_items(
+            est_store,
+            max(mv_pad // shape.page_frames + 2 * r_pad, len(est_store)) if bucket else len(est_store),
+            device,
+        ),
         page_table=torch.as_tensor(page_table, device=device),
         noise_frames=as_i64(noise_frames + [0] * (mf_pad - RATIO * mt)),
         spk_slots=as_i64(spk_slots + [trash] * (mf_pad - RATIO * mt)),
         cond=torch.as_tensor(cond, device=device),
-        frame_starts=frame_starts, num_frames=num_frames)
+        frame_starts=frame_starts,
+        num_frames=num_frames,
+    )

@@ -24,8 +24,9 @@ from light_tts.models.cosyvoice3.flow.dit import CONV_POS_GROUPS, FREQ_EMBED_DIM
 
 
 class PagedDiT:
-    def __init__(self, flow: DiTFlow, cache: DiTCache, max_tokens: int, use_triton: bool | None = None,
-                 fused: bool = False):
+    def __init__(
+        self, flow: DiTFlow, cache: DiTCache, max_tokens: int, use_triton: bool | None = None, fused: bool = False
+    ):
         """max_tokens: the most tokens (prompt included) one stream's cache can hold (sizes the rotary table);
         fused: CosyVoice2's fused estimator has no DiT counterpart yet, so the per-op kernels run either way (the
         engine says so at startup)."""
@@ -35,9 +36,13 @@ class PagedDiT:
         self.la_w2, self.la_b2 = conv_matrix(la.conv2), la.conv2.bias.detach()
         est = flow.decoder.estimator
         self.est, self.chunk = est, est.cfg.static_chunk_size
-        self.qkv = [(torch.cat([b.attn.to_q.weight, b.attn.to_k.weight, b.attn.to_v.weight]).detach(),
-                     torch.cat([b.attn.to_q.bias, b.attn.to_k.bias, b.attn.to_v.bias]).detach())
-                    for b in est.transformer_blocks]
+        self.qkv = [
+            (
+                torch.cat([b.attn.to_q.weight, b.attn.to_k.weight, b.attn.to_v.weight]).detach(),
+                torch.cat([b.attn.to_q.bias, b.attn.to_k.bias, b.attn.to_v.bias]).detach(),
+            )
+            for b in est.transformer_blocks
+        ]
         pos = est.input_embed.conv_pos_embed
         self.pos_convs = [(c[0].weight.detach(), c[0].bias.detach()) for c in (pos.conv1, pos.conv2)]
         cfm = flow.decoder
@@ -66,7 +71,7 @@ class PagedDiT:
         tails = cache.la_tails.view(-1, h.shape[1])
         h_ext = extend(h, tails[inputs.la["tail_read"]])
         tails[inputs.la["save_dst"]] = h_ext[inputs.la["save_src"]]
-        mu = (tap_conv(h_ext, inputs.la["taps"], self.la_w2, self.la_b2) + e[inputs.x_rows])
+        mu = tap_conv(h_ext, inputs.la["taps"], self.la_w2, self.la_b2) + e[inputs.x_rows]
         mu = mu.repeat_interleave(flow.cfg.token_mel_ratio, dim=0)  # [Mf, 80]: every token's two frames
         mf = mu.shape[0]
         zeros = torch.zeros_like(mu)
@@ -82,8 +87,9 @@ class PagedDiT:
             x = x + self.dts[step] * ((1.0 + self.rate) * v_cond - self.rate * v_uncond)
         return x
 
-    def _estimate(self, step: int, x: torch.Tensor, inputs: DiTInputs, cos: torch.Tensor,
-                  sin: torch.Tensor) -> torch.Tensor:
+    def _estimate(
+        self, step: int, x: torch.Tensor, inputs: DiTInputs, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
         """x [Mv, 320] (noisy mel, condition, mu, speaker) -> velocity [Mv, 80] of CFM step `step`."""
         est, cache, use_triton = self.est, self.cache, self.use_triton
         h = F.linear(x, est.input_embed.proj.weight, est.input_embed.proj.bias)
@@ -98,8 +104,18 @@ class PagedDiT:
             qkv[:, :2, 0] = (rot * cos[:, None] + rotate_pairs(rot) * sin[:, None]).to(qkv.dtype)
             kv, kv_scale = cache.est_view(step, b)
             store_pages(qkv[:, 1:], kv, kv_scale, inputs.est_store, use_triton)
-            o = flow_attention(qkv[:, 0], kv, kv_scale, inputs.page_table, attn.rows, attn.work_row, attn.work_block,
-                               self.chunk, attn.block_m, use_triton)
+            o = flow_attention(
+                qkv[:, 0],
+                kv,
+                kv_scale,
+                inputs.page_table,
+                attn.rows,
+                attn.work_row,
+                attn.work_block,
+                self.chunk,
+                attn.block_m,
+                use_triton,
+            )
             out = block.attn.to_out[0]
             h = h + gate_msa * F.linear(o.reshape(m, -1), out.weight, out.bias)
             ff_in, ff_out = block.ff.ff[0][0], block.ff.ff[2]

@@ -32,16 +32,27 @@ class WholeUtteranceEstimator(nn.Module):
         return velocity * mask
 
 
-def example_inputs(estimator: CausalConditionalDecoder, batch: int = 2, frames: int = 120,
-                   device: str | torch.device = "cpu", seed: int = 0) -> tuple[torch.Tensor, ...]:
+def example_inputs(
+    estimator: CausalConditionalDecoder,
+    batch: int = 2,
+    frames: int = 120,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
     c = estimator.cfg.out_channels
 
     def randn(*shape):
         return torch.randn(*shape, generator=g).to(device)
 
-    return (randn(batch, c, frames), torch.ones(batch, 1, frames, device=device), randn(batch, c, frames),
-            torch.rand(batch, generator=g).to(device), randn(batch, c), randn(batch, c, frames))
+    return (
+        randn(batch, c, frames),
+        torch.ones(batch, 1, frames, device=device),
+        randn(batch, c, frames),
+        torch.rand(batch, generator=g).to(device),
+        randn(batch, c),
+        randn(batch, c, frames),
+    )
 
 
 def export_estimator_onnx(estimator: CausalConditionalDecoder, path: Path) -> Path:
@@ -49,11 +60,26 @@ def export_estimator_onnx(estimator: CausalConditionalDecoder, path: Path) -> Pa
     module = WholeUtteranceEstimator(estimator).float().eval()
     inputs = example_inputs(estimator, device=next(estimator.parameters()).device)
     frames = {0: "batch", 2: "frames"}
-    dynamic_axes = {"x": frames, "mask": frames, "mu": frames, "t": {0: "batch"}, "spks": {0: "batch"},
-                    "cond": frames, OUTPUT_NAME: frames}
+    dynamic_axes = {
+        "x": frames,
+        "mask": frames,
+        "mu": frames,
+        "t": {0: "batch"},
+        "spks": {0: "batch"},
+        "cond": frames,
+        OUTPUT_NAME: frames,
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        torch.onnx.export(module, inputs, str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                          dynamic_axes=dynamic_axes, opset_version=18, dynamo=False)
+        torch.onnx.export(
+            module,
+            inputs,
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=dynamic_axes,
+            opset_version=18,
+            dynamo=False,
+        )
     return path

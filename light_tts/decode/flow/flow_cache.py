@@ -25,8 +25,12 @@ import torch
 
 from light_tts.model_config import FlowConfig
 
-KV_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
-             "fp8_e4m3": torch.float8_e4m3fn}
+KV_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "fp8_e4m3": torch.float8_e4m3fn,
+}
 
 
 @dataclass(frozen=True)
@@ -54,12 +58,21 @@ class FlowCacheShape:
         # the estimator's causal convs in build order (see CausalConditionalDecoder): resnet(in) convs, down conv,
         # mid resnets, up resnet (skip concat), up conv, final block
         tails = [est.in_channels, c, c] + [c, c] * est.num_mid_blocks + [2 * c, c, c, c]
-        return cls(page_frames=est.static_chunk_size, page_tokens=enc.static_chunk_size,
-                   num_steps=cfg.cfm.n_timesteps, num_est_blocks=(2 + est.num_mid_blocks) * est.n_blocks,
-                   est_heads=est.num_heads, est_head_dim=est.attention_head_dim, enc_blocks=enc.num_blocks,
-                   enc_up_blocks=enc.num_up_blocks, enc_heads=enc.attention_heads,
-                   enc_head_dim=enc.output_size // enc.attention_heads, enc_dim=enc.output_size,
-                   tail_channels=tuple(tails), out_channels=est.out_channels)
+        return cls(
+            page_frames=est.static_chunk_size,
+            page_tokens=enc.static_chunk_size,
+            num_steps=cfg.cfm.n_timesteps,
+            num_est_blocks=(2 + est.num_mid_blocks) * est.n_blocks,
+            est_heads=est.num_heads,
+            est_head_dim=est.attention_head_dim,
+            enc_blocks=enc.num_blocks,
+            enc_up_blocks=enc.num_up_blocks,
+            enc_heads=enc.attention_heads,
+            enc_head_dim=enc.output_size // enc.attention_heads,
+            enc_dim=enc.output_size,
+            tail_channels=tuple(tails),
+            out_channels=est.out_channels,
+        )
 
     def page_bytes(self, kv_dtype: torch.dtype, act_dtype: torch.dtype) -> int:
         """Bytes of one page: the estimator's keys/values (+ fp8 scales) and the encoder's."""
@@ -74,11 +87,19 @@ class FlowCacheShape:
 
 
 class FlowCache:
-    def __init__(self, shape: FlowCacheShape, num_pages: int, num_slots: int, act_dtype: torch.dtype,
-                 kv_dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self,
+        shape: FlowCacheShape,
+        num_pages: int,
+        num_slots: int,
+        act_dtype: torch.dtype,
+        kv_dtype: torch.dtype,
+        device: torch.device,
+    ):
         s = shape
-        self._init_pages(shape, num_pages, num_slots, act_dtype, kv_dtype, device,
-                         (s.num_est_blocks, s.est_heads, s.est_head_dim))
+        self._init_pages(
+            shape, num_pages, num_slots, act_dtype, kv_dtype, device, (s.num_est_blocks, s.est_heads, s.est_head_dim)
+        )
         pages = num_pages + 1
         zeros = lambda *dims, dtype=act_dtype: torch.zeros(*dims, dtype=dtype, device=device)  # noqa: E731
         self.enc_kv = zeros(pages, s.enc_blocks, 2, 1, s.enc_heads, s.page_tokens, s.enc_head_dim)
@@ -88,8 +109,16 @@ class FlowCache:
         self.est_tails = [zeros(s.num_steps, num_slots, 2, 2, c) for c in s.tail_channels]
         self.spks = zeros(num_slots, s.out_channels)
 
-    def _init_pages(self, shape, num_pages: int, num_slots: int, act_dtype: torch.dtype, kv_dtype: torch.dtype,
-                    device: torch.device, est_dims: tuple[int, int, int]) -> None:
+    def _init_pages(
+        self,
+        shape,
+        num_pages: int,
+        num_slots: int,
+        act_dtype: torch.dtype,
+        kv_dtype: torch.dtype,
+        device: torch.device,
+        est_dims: tuple[int, int, int],
+    ) -> None:
         """The estimator's keys/values (est_dims: blocks, heads, head_dim per CFM step) and fp8 scales, and the
         pool's bookkeeping (a family's cache builds its own slot tensors beside them)."""
         self.shape, self.num_pages, self.num_slots = shape, num_pages, num_slots
@@ -112,8 +141,9 @@ class FlowCache:
         return sum(t.numel() * t.element_size() for t in values if isinstance(t, torch.Tensor))
 
 
-def pages_for_bytes(shape: FlowCacheShape, budget: int, num_slots: int, act_dtype: torch.dtype,
-                    kv_dtype: torch.dtype) -> int:
+def pages_for_bytes(
+    shape: FlowCacheShape, budget: int, num_slots: int, act_dtype: torch.dtype, kv_dtype: torch.dtype
+) -> int:
     """Pages that fit in `budget` bytes next to `num_slots` slots (the scratch page included)."""
     free = budget - num_slots * shape.slot_bytes(act_dtype)
     return max(0, free // shape.page_bytes(kv_dtype, act_dtype) - 1)

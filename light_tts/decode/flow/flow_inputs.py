@@ -141,8 +141,16 @@ class _Taps:
         first, _, tail_offset = self.rows[row]
         return np.where(positions >= 0, first + positions, -(1 + tail_offset + self.tail + positions))
 
-    def finish(self, num_inputs: int, num_rows_pad: int, num_out_pad: int, trash_entry: int,
-               num_saves_pad: int, device, pad_src: int | None = None) -> dict[str, torch.Tensor]:
+    def finish(
+        self,
+        num_inputs: int,
+        num_rows_pad: int,
+        num_out_pad: int,
+        trash_entry: int,
+        num_saves_pad: int,
+        device,
+        pad_src: int | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Index tensors over [inputs (num_inputs rows); tails (tail * num_rows_pad rows); zero]. pad_src: where
         padding saves read (default the zero row; the estimator reads its inputs only, so row 0 there)."""
         tail_base = num_inputs
@@ -150,15 +158,20 @@ class _Taps:
         fix = lambda a: np.where(a >= 0, a, tail_base - 1 - a)  # noqa: E731
         taps = np.full((num_out_pad, self.num_taps), zero, dtype=np.int64)  # padding outputs read zeros
         for out_first, row_taps in self.taps:
-            taps[out_first:out_first + len(row_taps)] = fix(row_taps)
+            taps[out_first : out_first + len(row_taps)] = fix(row_taps)
         tail_read = np.array(self.tail_read + [0] * (self.tail * num_rows_pad - len(self.tail_read)))
         pad = num_saves_pad - len(self.save_src)
-        save_src = np.array([fix(np.array(s)) for s in self.save_src] + [zero if pad_src is None else pad_src] * pad,
-                            dtype=np.int64)
+        save_src = np.array(
+            [fix(np.array(s)) for s in self.save_src] + [zero if pad_src is None else pad_src] * pad, dtype=np.int64
+        )
         save_dst = np.array(self.save_dst + [trash_entry] * pad, dtype=np.int64)
         as_t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64), device=device)  # noqa: E731
-        return {"taps": as_t(taps), "tail_read": as_t(tail_read), "save_src": as_t(save_src),
-                "save_dst": as_t(save_dst)}
+        return {
+            "taps": as_t(taps),
+            "tail_read": as_t(tail_read),
+            "save_src": as_t(save_src),
+            "save_dst": as_t(save_dst),
+        }
 
 
 class _Attention:
@@ -166,8 +179,9 @@ class _Attention:
 
     def __init__(self, block_m: int):
         self.block_m = block_m
-        self.cols = {k: [] for k in ("q_start", "num_q", "pos0", "ctx", "stream", "branch", "mode", "skip_lo",
-                                     "skip_hi")}
+        self.cols = {
+            k: [] for k in ("q_start", "num_q", "pos0", "ctx", "stream", "branch", "mode", "skip_lo", "skip_hi")
+        }
         self.work_row: list[int] = []
         self.work_block: list[int] = []
 
@@ -181,8 +195,10 @@ class _Attention:
             self.work_block.append(qb)
 
     def finish(self, num_rows_pad: int, num_work_pad: int, device) -> AttentionRows:
-        rows = {k: torch.tensor(v + [0] * (num_rows_pad - len(v)), dtype=torch.int32, device=device)
-                for k, v in self.cols.items()}
+        rows = {
+            k: torch.tensor(v + [0] * (num_rows_pad - len(v)), dtype=torch.int32, device=device)
+            for k, v in self.cols.items()
+        }
         pad = num_work_pad - len(self.work_row)
         work_row = torch.tensor(self.work_row + [-1] * pad, dtype=torch.int32, device=device)
         work_block = torch.tensor(self.work_block + [0] * pad, dtype=torch.int32, device=device)
@@ -192,8 +208,10 @@ class _Attention:
 def _store_items(items: list[tuple[int, int, int, int]], num_pad: int, device) -> dict[str, torch.Tensor]:
     items = items + [(-1, 0, 0, 0)] * (num_pad - len(items))
     cols = list(zip(*items)) if items else [(), (), (), ()]
-    return {k: torch.tensor(list(c), dtype=torch.int32, device=device)
-            for k, c in zip(("page", "branch", "row", "len"), cols)}
+    return {
+        k: torch.tensor(list(c), dtype=torch.int32, device=device)
+        for k, c in zip(("page", "branch", "row", "len"), cols)
+    }
 
 
 def _page_writes(table: list[int], first_pos: int, num: int, page: int, row0: int, branch: int) -> list[tuple]:
@@ -211,8 +229,9 @@ def pass_sizes(specs: list[ChunkSpec], bucket: Bucket | None) -> tuple[int, int,
     return mt, mt_in, bucket.num_rows, bucket.num_tokens, bucket.num_input_tokens
 
 
-def page_table_array(specs: list[ChunkSpec], num_rows: int, scratch_page: int, bucket: Bucket | None,
-                     table_width: int) -> np.ndarray:
+def page_table_array(
+    specs: list[ChunkSpec], num_rows: int, scratch_page: int, bucket: Bucket | None, table_width: int
+) -> np.ndarray:
     """[rows, pages] int32: each row's pages (dropped ones, -1, and padding read the scratch page), `table_width`
     wide in a bucket."""
     max_pages = max([len(s.page_table) for s in specs] + [1])
@@ -221,12 +240,19 @@ def page_table_array(specs: list[ChunkSpec], num_rows: int, scratch_page: int, b
         max_pages = table_width
     page_table = np.full((num_rows, max_pages), scratch_page, dtype=np.int32)
     for r, s in enumerate(specs):
-        page_table[r, :len(s.page_table)] = [p if p >= 0 else scratch_page for p in s.page_table]
+        page_table[r, : len(s.page_table)] = [p if p >= 0 else scratch_page for p in s.page_table]
     return page_table
 
 
-def build_flow_inputs(specs: list[ChunkSpec], shape: FlowCacheShape, num_slots: int, scratch_page: int,
-                      device: torch.device, bucket: Bucket | None = None, table_width: int = 0) -> FlowInputs:
+def build_flow_inputs(
+    specs: list[ChunkSpec],
+    shape: FlowCacheShape,
+    num_slots: int,
+    scratch_page: int,
+    device: torch.device,
+    bucket: Bucket | None = None,
+    table_width: int = 0,
+) -> FlowInputs:
     """The pass's index tensors. bucket=None: exact sizes (eager); else padded to the bucket's static shapes,
     with page tables `table_width` pages wide (the most pages a stream may hold)."""
     ratio = shape.page_frames // shape.page_tokens
@@ -266,7 +292,7 @@ def build_flow_inputs(specs: list[ChunkSpec], shape: FlowCacheShape, num_slots: 
         noise_frames += range(f0, f0 + ratio * n)
         spk_slots += [s.slot] * (ratio * n)
         if s.cond is not None:
-            cond[ratio * tok:ratio * (tok + n)] = s.cond
+            cond[ratio * tok : ratio * (tok + n)] = s.cond
         frame_starts.append(ratio * tok)
         num_frames.append(ratio * n)
         tok_in += len(s.tokens)
@@ -276,8 +302,13 @@ def build_flow_inputs(specs: list[ChunkSpec], shape: FlowCacheShape, num_slots: 
         for r, s in enumerate(specs):
             m, f0 = ratio * s.num_new, ratio * s.t0
             v_first = branch * mf_pad + frame_starts[r]
-            est.add_row(v_first, m, (s.read_slot * 2 + branch) * EST_TAIL,
-                        np.arange(m)[:, None] + np.arange(-2, 1)[None, :], v_first)
+            est.add_row(
+                v_first,
+                m,
+                (s.read_slot * 2 + branch) * EST_TAIL,
+                np.arange(m)[:, None] + np.arange(-2, 1)[None, :],
+                v_first,
+            )
             for end, slot in s.saves if s.saves is not None else [(s.num_new, s.slot)]:
                 est.save(len(est.rows) - 1, ratio * end, (slot * 2 + branch) * EST_TAIL)
             est_attn.add(v_first, m, f0, r, branch, 1 if s.full_attention else 0, s.skip_pages)
@@ -290,26 +321,39 @@ def build_flow_inputs(specs: list[ChunkSpec], shape: FlowCacheShape, num_slots: 
     inputs = FlowInputs(
         tokens=torch.tensor(tokens + [0] * (mt_in_pad - mt_in), dtype=torch.int64, device=device),
         x_rows=torch.tensor(list(x_rows) + [mt_in_pad] * (mt_pad - mt), dtype=torch.int64, device=device),
-        la_in_taps=torch.as_tensor(np.concatenate(la_in_taps + [np.full((mt_pad - mt, LA_TAPS), mt_in_pad)])
-                                   .astype(np.int64), device=device),
-        la=la.finish(mt_pad, r_pad, mt_pad, trash * LA_TAIL, LA_TAIL * saves if bucket else len(la.save_src),
-                     device),
-        up=up.finish(mt_pad, r_pad, mf_pad, trash * UP_TAIL, UP_TAIL * saves if bucket else len(up.save_src),
-                     device),
-        est=est.finish(mv_pad, 2 * r_pad, mv_pad, trash * 2 * EST_TAIL,
-                       2 * EST_TAIL * saves if bucket else len(est.save_src), device, pad_src=0),
+        la_in_taps=torch.as_tensor(
+            np.concatenate(la_in_taps + [np.full((mt_pad - mt, LA_TAPS), mt_in_pad)]).astype(np.int64), device=device
+        ),
+        la=la.finish(mt_pad, r_pad, mt_pad, trash * LA_TAIL, LA_TAIL * saves if bucket else len(la.save_src), device),
+        up=up.finish(mt_pad, r_pad, mf_pad, trash * UP_TAIL, UP_TAIL * saves if bucket else len(up.save_src), device),
+        est=est.finish(
+            mv_pad,
+            2 * r_pad,
+            mv_pad,
+            trash * 2 * EST_TAIL,
+            2 * EST_TAIL * saves if bucket else len(est.save_src),
+            device,
+            pad_src=0,
+        ),
         enc_attn=enc_attn.finish(r_pad, max(work(mt_pad, ENC_BLOCK_M), len(enc_attn.work_row)), device),
         up_attn=up_attn.finish(r_pad, max(work(mf_pad, ENC_BLOCK_M), len(up_attn.work_row)), device),
         est_attn=est_attn.finish(2 * r_pad, max(work(mv_pad, EST_BLOCK_M), len(est_attn.work_row)), device),
-        enc_store=_store_items(enc_store, max(mt_pad // shape.page_tokens + r_pad, len(enc_store))
-                               if bucket else len(enc_store), device),
-        up_store=_store_items(up_store, max(mf_pad // shape.page_frames + r_pad, len(up_store))
-                              if bucket else len(up_store), device),
-        est_store=_store_items(est_store, max(mv_pad // shape.page_frames + 2 * r_pad, len(est_store))
-                               if bucket else len(est_store), device),
+        enc_store=_store_items(
+            enc_store, max(mt_pad // shape.page_tokens + r_pad, len(enc_store)) if bucket else len(enc_store), device
+        ),
+        up_store=_store_items(
+            up_store, max(mf_pad // shape.page_frames + r_pad, len(up_store)) if bucket else len(up_store), device
+        ),
+        est_store=_store_items(
+            est_store,
+            max(mv_pad // shape.page_frames + 2 * r_pad, len(est_store)) if bucket else len(est_store),
+            device,
+        ),
         page_table=torch.as_tensor(page_table, device=device),
         noise_frames=torch.tensor(noise_frames + [0] * (mf_pad - mf), dtype=torch.int64, device=device),
         spk_slots=torch.tensor(spk_slots + [trash] * (mf_pad - mf), dtype=torch.int64, device=device),
         cond=torch.as_tensor(cond, device=device),
-        frame_starts=frame_starts, num_frames=num_frames)
+        frame_starts=frame_starts,
+        num_frames=num_frames,
+    )
     return inputs

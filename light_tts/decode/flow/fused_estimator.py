@@ -36,30 +36,55 @@ class _Call:
         weight, bias, channels = self.est.convs[conv.slot]
         tails = self.cache.est_tails[conv.slot][self.step].view(-1, channels)
         e = self.inputs.est
-        out, out_n = tap_conv(x, tails, e["tail_read"], e["taps"], weight, bias, norm, add, res, next_norm,
-                              self.pending, self.use_triton)
+        out, out_n = tap_conv(
+            x, tails, e["tail_read"], e["taps"], weight, bias, norm, add, res, next_norm, self.pending, self.use_triton
+        )
         self.pending = (x, tails, e["save_src"], e["save_dst"])
         return out, out_n
 
     def resnet(self, res: CausalResnetBlock1D, x: torch.Tensor, next_norm) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (its output, next_norm of it): two launches."""
         h, _ = self.conv(res.block1.block[0], x, res.block1.block[2], add=self.est.time_bias[self.step][id(res)])
-        return self.conv(res.block2.block[0], h, res.block2.block[2], res=(x, *self.est.res_convs[id(res)]),
-                         next_norm=next_norm)
+        return self.conv(
+            res.block2.block[0], h, res.block2.block[2], res=(x, *self.est.res_convs[id(res)]), next_norm=next_norm
+        )
 
     def attend(self, x: torch.Tensor, h: torch.Tensor, blocks) -> torch.Tensor:
         """The transformer blocks of one U-Net stage; h is norm1 of x."""
         inputs, attn = self.inputs, self.inputs.est_attn
         for i, block in enumerate(blocks):
             kv, scale = self.cache.est_view(self.step, block.slot)
-            q = qkv_store(h, self.est.qkv[block.slot], kv, scale, inputs.est_store, block.attn1.heads,
-                          use_triton=self.use_triton)
-            o, mid_lse = attention_partials(q, kv, scale, inputs.page_table, attn.rows, attn.work_row,
-                                            attn.work_block, self.est.chunk, attn.block_m, self.use_triton)
+            q = qkv_store(
+                h, self.est.qkv[block.slot], kv, scale, inputs.est_store, block.attn1.heads, use_triton=self.use_triton
+            )
+            o, mid_lse = attention_partials(
+                q,
+                kv,
+                scale,
+                inputs.page_table,
+                attn.rows,
+                attn.work_row,
+                attn.work_block,
+                self.est.chunk,
+                attn.block_m,
+                self.use_triton,
+            )
             out, proj, ff_out = block.attn1.to_out[0], block.ff.net[0].proj, block.ff.net[2]
             next_norm = blocks[i + 1].norm1 if i + 1 < len(blocks) else None
-            x, h = block_tail(x, o, mid_lse, out.weight, out.bias, block.norm3, proj.weight, proj.bias,
-                              ff_out.weight, ff_out.bias, next_norm, use_triton=self.use_triton)
+            x, h = block_tail(
+                x,
+                o,
+                mid_lse,
+                out.weight,
+                out.bias,
+                block.norm3,
+                proj.weight,
+                proj.bias,
+                ff_out.weight,
+                ff_out.bias,
+                next_norm,
+                use_triton=self.use_triton,
+            )
         return x
 
     def flush(self) -> None:
@@ -78,26 +103,35 @@ class FusedEstimator:
         """est_in [Mv, 320] (noisy mel, mu, speaker, condition) -> the final block's output [Mv, C] (the final
         projection is part of cfm_step)."""
         est, run = self.paged.est, _Call(self.paged, step, inputs, cache, self.use_triton)
-        (resnet, blocks, down), = est.down_blocks
+        ((resnet, blocks, down),) = est.down_blocks
         skip = run.attend(*run.resnet(resnet, est_in, blocks[0].norm1), blocks)
         x, _ = run.conv(down, skip)
         for resnet, blocks in est.mid_blocks:
             x = run.attend(*run.resnet(resnet, x, blocks[0].norm1), blocks)
-        (resnet, blocks, up), = est.up_blocks
+        ((resnet, blocks, up),) = est.up_blocks
         x = run.attend(*run.resnet(resnet, torch.cat([x, skip], dim=1), blocks[0].norm1), blocks)
         final = est.final_block
         x, _ = run.conv(final.block[0], run.conv(up, x)[0], final.block[2])
         run.flush()
         return x
 
-    def solve(self, x: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor, inputs: FlowInputs,
-              cache: FlowCache, dts: list[float], rate: float) -> torch.Tensor:
+    def solve(
+        self,
+        x: torch.Tensor,
+        mu: torch.Tensor,
+        spks: torch.Tensor,
+        cond: torch.Tensor,
+        inputs: FlowInputs,
+        cache: FlowCache,
+        dts: list[float],
+        rate: float,
+    ) -> torch.Tensor:
         """The Euler steps from noise x [Mf, 80] float32 with classifier-free guidance -> mel [Mf, 80] float32."""
         mf, mel = x.shape
         est_in = mu.new_zeros(2 * mf, self.paged.est.cfg.in_channels)  # (Mv, [x | mu | speaker | condition])
-        est_in[:mf, mel:2 * mel] = mu
-        est_in[:mf, 2 * mel:3 * mel] = spks
-        est_in[:mf, 3 * mel:] = cond
+        est_in[:mf, mel : 2 * mel] = mu
+        est_in[:mf, 2 * mel : 3 * mel] = spks
+        est_in[:mf, 3 * mel :] = cond
         est_in[:mf, :mel] = x
         est_in[mf:, :mel] = x
         x = x.contiguous()

@@ -47,27 +47,82 @@ class PagedConformer:
         self.bias_u = att.pos_bias_u.detach().contiguous()
         self.bias_v = att.pos_bias_v.detach().contiguous()
 
-    def __call__(self, x: torch.Tensor, kv: torch.Tensor, page_table: torch.Tensor, attn, store, chunk: int,
-                 use_triton: bool | None) -> torch.Tensor:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        kv: torch.Tensor,
+        page_table: torch.Tensor,
+        attn,
+        store,
+        chunk: int,
+        use_triton: bool | None,
+    ) -> torch.Tensor:
         b = self.block
         m = x.shape[0]
         qkv = F.linear(b.norm_mha(x), self.qkv_weight, self.qkv_bias).view(m, 3, self.heads, self.head_dim)
         store_pages(qkv[:, 1:], kv, None, store, use_triton)
-        o = relpos_attention(qkv[:, 0], kv, self.pos_table, self.bias_u, self.bias_v, page_table, attn.rows,
-                             attn.work_row, attn.work_block, chunk, attn.block_m, use_triton)
+        o = relpos_attention(
+            qkv[:, 0],
+            kv,
+            self.pos_table,
+            self.bias_u,
+            self.bias_v,
+            page_table,
+            attn.rows,
+            attn.work_row,
+            attn.work_block,
+            chunk,
+            attn.block_m,
+            use_triton,
+        )
         x = x + b.self_attn.linear_out(o.reshape(m, -1))
         return x + b.feed_forward(b.norm_ff(x))
 
-    def fused(self, x: torch.Tensor, h: torch.Tensor, kv: torch.Tensor, page_table: torch.Tensor, attn, store,
-              chunk: int, next_norm, use_triton: bool | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def fused(
+        self,
+        x: torch.Tensor,
+        h: torch.Tensor,
+        kv: torch.Tensor,
+        page_table: torch.Tensor,
+        attn,
+        store,
+        chunk: int,
+        next_norm,
+        use_triton: bool | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The block in 3 launches; h is norm_mha(x) -> (x, next_norm(x) or None)."""
         b = self.block
         q = qkv_store(h, self.qkv_weight, kv, None, store, self.heads, self.qkv_bias, use_triton=use_triton)
-        o = relpos_attention(q, kv, self.pos_table, self.bias_u, self.bias_v, page_table, attn.rows, attn.work_row,
-                             attn.work_block, chunk, attn.block_m, use_triton)
+        o = relpos_attention(
+            q,
+            kv,
+            self.pos_table,
+            self.bias_u,
+            self.bias_v,
+            page_table,
+            attn.rows,
+            attn.work_row,
+            attn.work_block,
+            chunk,
+            attn.block_m,
+            use_triton,
+        )
         out, ff = b.self_attn.linear_out, b.feed_forward
-        return block_tail(x, o, None, out.weight, out.bias, b.norm_ff, ff.w_1.weight, ff.w_1.bias, ff.w_2.weight,
-                          ff.w_2.bias, next_norm, act="silu", use_triton=use_triton)
+        return block_tail(
+            x,
+            o,
+            None,
+            out.weight,
+            out.bias,
+            b.norm_ff,
+            ff.w_1.weight,
+            ff.w_1.bias,
+            ff.w_2.weight,
+            ff.w_2.bias,
+            next_norm,
+            act="silu",
+            use_triton=use_triton,
+        )
 
 
 class PagedEncoder:
@@ -82,8 +137,9 @@ class PagedEncoder:
         self.up_blocks = [PagedConformer(b, stride * max_tokens) for b in encoder.up_encoders]
         self.chunk = encoder.cfg.static_chunk_size
 
-    def __call__(self, emb: torch.Tensor, inputs: FlowInputs, cache: FlowCache,
-                 use_triton: bool | None) -> torch.Tensor:
+    def __call__(
+        self, emb: torch.Tensor, inputs: FlowInputs, cache: FlowCache, use_triton: bool | None
+    ) -> torch.Tensor:
         """emb [Mt_in, D] token embeddings (new and lookahead tokens) -> [Mf, D] hidden frames of the new tokens."""
         enc = self.encoder
         e = extend(enc.embed(emb), emb.new_zeros(0, emb.shape[1]))  # [Mt_in + 1, D], last row zero
@@ -92,16 +148,36 @@ class PagedEncoder:
         h_ext = extend(h, cache.la_tails.view(-1, h.shape[1])[inputs.la["tail_read"]])
         cache.la_tails.view(-1, h.shape[1])[inputs.la["save_dst"]] = h_ext[inputs.la["save_src"]]
         x = tap_conv(h_ext, inputs.la["taps"], self.la_w2, self.la_b2) + x
-        x = self._blocks(self.blocks, x, cache.enc_kv, inputs, inputs.enc_attn, inputs.enc_store, self.chunk, None,
-                         use_triton)
+        x = self._blocks(
+            self.blocks, x, cache.enc_kv, inputs, inputs.enc_attn, inputs.enc_store, self.chunk, None, use_triton
+        )
         x_ext = extend(x, cache.up_tails.view(-1, x.shape[1])[inputs.up["tail_read"]])
         cache.up_tails.view(-1, x.shape[1])[inputs.up["save_dst"]] = x_ext[inputs.up["save_src"]]
         x = enc.up_embed(tap_conv(x_ext, inputs.up["taps"], self.up_w, self.up_b))
-        return self._blocks(self.up_blocks, x, cache.up_kv, inputs, inputs.up_attn, inputs.up_store,
-                            enc.cfg.upsample_stride * self.chunk, enc.after_norm, use_triton)
+        return self._blocks(
+            self.up_blocks,
+            x,
+            cache.up_kv,
+            inputs,
+            inputs.up_attn,
+            inputs.up_store,
+            enc.cfg.upsample_stride * self.chunk,
+            enc.after_norm,
+            use_triton,
+        )
 
-    def _blocks(self, blocks: list[PagedConformer], x: torch.Tensor, kv: torch.Tensor, inputs: FlowInputs, attn,
-                store, chunk: int, final_norm, use_triton: bool | None) -> torch.Tensor:
+    def _blocks(
+        self,
+        blocks: list[PagedConformer],
+        x: torch.Tensor,
+        kv: torch.Tensor,
+        inputs: FlowInputs,
+        attn,
+        store,
+        chunk: int,
+        final_norm,
+        use_triton: bool | None,
+    ) -> torch.Tensor:
         """A stack of conformer blocks (block i's pages are kv[:, i]), then final_norm if given."""
         if not self.fused:
             for i, block in enumerate(blocks):

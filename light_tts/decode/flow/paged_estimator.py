@@ -30,10 +30,16 @@ class PagedEstimator:
         est = flow.decoder.estimator
         self.est = est
         self.chunk = est.cfg.static_chunk_size
-        self.convs = {m.slot: (conv_matrix(m), m.bias.detach(), m.in_channels)
-                      for m in est.modules() if isinstance(m, CausalConv1d)}
-        self.res_convs = {id(m): (m.res_conv.weight.detach()[:, :, 0], m.res_conv.bias.detach())
-                          for m in est.modules() if isinstance(m, CausalResnetBlock1D)}
+        self.convs = {
+            m.slot: (conv_matrix(m), m.bias.detach(), m.in_channels)
+            for m in est.modules()
+            if isinstance(m, CausalConv1d)
+        }
+        self.res_convs = {
+            id(m): (m.res_conv.weight.detach()[:, :, 0], m.res_conv.bias.detach())
+            for m in est.modules()
+            if isinstance(m, CausalResnetBlock1D)
+        }
         self.qkv = {b.slot: b.attn1._qkv_weight().detach() for b in est.modules() if isinstance(b, TransformerBlock)}
         self.final_w = est.final_proj.weight.detach()[:, :, 0]
         self.final_b = est.final_proj.bias.detach()
@@ -42,20 +48,22 @@ class PagedEstimator:
         self.time_bias: list[dict[int, torch.Tensor]] = []
         for t in time_steps:
             t_emb = est.time_mlp(timestep_embedding(t.reshape(1), est.cfg.in_channels).to(dtype))
-            self.time_bias.append({id(m): m.mlp(t_emb)[0].detach()
-                                   for m in est.modules() if isinstance(m, CausalResnetBlock1D)})
+            self.time_bias.append(
+                {id(m): m.mlp(t_emb)[0].detach() for m in est.modules() if isinstance(m, CausalResnetBlock1D)}
+            )
 
-    def __call__(self, step: int, x: torch.Tensor, inputs: FlowInputs, cache: FlowCache,
-                 use_triton: bool | None) -> torch.Tensor:
+    def __call__(
+        self, step: int, x: torch.Tensor, inputs: FlowInputs, cache: FlowCache, use_triton: bool | None
+    ) -> torch.Tensor:
         """x [Mv, 320] (noisy mel, mu, speaker, condition) -> velocity [Mv, 80] of CFM step `step`."""
         est = self.est
         ctx = (step, inputs, cache, use_triton)
-        (resnet, blocks, down), = est.down_blocks
+        ((resnet, blocks, down),) = est.down_blocks
         skip = self._attend(self._resnet(resnet, x, ctx), blocks, ctx)
         x = self._conv(down, skip, ctx)
         for resnet, blocks in est.mid_blocks:
             x = self._attend(self._resnet(resnet, x, ctx), blocks, ctx)
-        (resnet, blocks, up), = est.up_blocks
+        ((resnet, blocks, up),) = est.up_blocks
         x = self._attend(self._resnet(resnet, torch.cat([x, skip], dim=1), ctx), blocks, ctx)
         final = est.final_block
         x = self._block(final, self._conv(final.block[0], self._conv(up, x, ctx), ctx), ctx)
@@ -93,8 +101,18 @@ class PagedEstimator:
             qkv = F.linear(h, self.qkv[block.slot]).view(m, 3, heads, head_dim)
             kv, scale = cache.est_view(step, block.slot)
             store_pages(qkv[:, 1:], kv, scale, inputs.est_store, use_triton)
-            o = flow_attention(qkv[:, 0], kv, scale, inputs.page_table, attn.rows, attn.work_row, attn.work_block,
-                               self.chunk, attn.block_m, use_triton)
+            o = flow_attention(
+                qkv[:, 0],
+                kv,
+                scale,
+                inputs.page_table,
+                attn.rows,
+                attn.work_row,
+                attn.work_block,
+                self.chunk,
+                attn.block_m,
+                use_triton,
+            )
             out = block.attn1.to_out[0]
             x, h = add_layer_norm(x, F.linear(o.reshape(m, -1), out.weight), out.bias, block.norm3, use_triton)
             proj, ff_out = block.ff.net[0].proj, block.ff.net[2]

@@ -20,8 +20,9 @@ from light_tts.models.cosyvoice2.flow import Flow
 
 
 class PagedFlow:
-    def __init__(self, flow: Flow, cache: FlowCache, max_tokens: int, use_triton: bool | None = None,
-                 fused: bool = False):
+    def __init__(
+        self, flow: Flow, cache: FlowCache, max_tokens: int, use_triton: bool | None = None, fused: bool = False
+    ):
         """max_tokens: the most tokens (prompt included) one stream's cache can hold (sizes position tables);
         fused: the estimator's CFM steps and the encoder's blocks in fused launches (fused_estimator.py,
         paged_encoder.py), else one kernel per op."""
@@ -53,8 +54,7 @@ class PagedFlow:
         mu_in, spks_in, cond_in = torch.cat([mu, zeros]), torch.cat([spks, zeros]), torch.cat([cond, zeros])
         for step in range(len(self.times)):
             x_in = torch.cat([x, x]).to(dtype)
-            v = self.estimator(step, torch.cat([x_in, mu_in, spks_in, cond_in], dim=1), inputs, cache,
-                               self.use_triton)
+            v = self.estimator(step, torch.cat([x_in, mu_in, spks_in, cond_in], dim=1), inputs, cache, self.use_triton)
             v_cond, v_uncond = v[:mf].float(), v[mf:].float()
             x = x + self.dts[step] * ((1.0 + self.rate) * v_cond - self.rate * v_uncond)
         return x

@@ -62,8 +62,9 @@ class HiFTGraphs:
                 examples = self._examples(rows, frames, cached)
                 replay, outputs, self.pool = record_graph(lambda ex=examples: self.fn(*ex), self.pool)
                 self.calls[(rows, frames, cached)] = (replay, examples, outputs)
-            logger.info("captured HiFT graphs: %d mel frames, %d cached samples, rows up to %d", frames, cached,
-                        rows_list[-1])
+            logger.info(
+                "captured HiFT graphs: %d mel frames, %d cached samples, rows up to %d", frames, cached, rows_list[-1]
+            )
 
     def __call__(self, mel, noise_a, noise_b, cache_source):
         """noise_a, noise_b: (initial phases, noise), or (seeds, sample offsets) when keyed."""

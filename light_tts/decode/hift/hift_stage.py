@@ -41,8 +41,9 @@ class StepJob(Protocol):
 
 
 class HiFTStage:
-    def __init__(self, hift: HiFT, device: torch.device, keyed: bool, overlap: bool,
-                 fail: Callable[[object, str], object]):
+    def __init__(
+        self, hift: HiFT, device: torch.device, keyed: bool, overlap: bool, fail: Callable[[object, str], object]
+    ):
         """keyed: counter-based noise; overlap: middle chunks one step later on a side stream (CUDA only);
         fail(request, error) -> the failed request's output."""
         self.hift, self.device, self.keyed, self.overlap, self.fail = hift, device, keyed, overlap, fail
@@ -83,10 +84,10 @@ class HiFTStage:
         for job in jobs:
             key = (job.finalize, job.req.hift_state.mel is not None, job.mel.shape[2])
             by_shape.setdefault(key, []).append(job)
-        groups = [g[i:i + HIFT_MAX_ROWS] for g in by_shape.values() for i in range(0, len(g), HIFT_MAX_ROWS)]
+        groups = [g[i : i + HIFT_MAX_ROWS] for g in by_shape.values() for i in range(0, len(g), HIFT_MAX_ROWS)]
         done = []
         for group in groups:
-            for part in ([group] if len(group) == 1 else [group, *[[j] for j in group]]):
+            for part in [group] if len(group) == 1 else [group, *[[j] for j in group]]:
                 try:
                     done += self._pass(part)
                     break
@@ -101,13 +102,18 @@ class HiFTStage:
         mel = torch.cat([job.mel for job in jobs])
         if self.keyed:  # each row's first sample: its request's vocoded frames, less the re-vocoded overlap
             cached = MEL_CACHE_LEN if state.mel is not None else 0
-            keys = torch.tensor([[j.req.seed for j in jobs],
-                                 [(j.req.hift_frames - cached) * self.hift.samples_per_frame for j in jobs]],
-                                dtype=torch.int64).to(self.device)
+            keys = torch.tensor(
+                [
+                    [j.req.seed for j in jobs],
+                    [(j.req.hift_frames - cached) * self.hift.samples_per_frame for j in jobs],
+                ],
+                dtype=torch.int64,
+            ).to(self.device)
             audio = hift_stream_chunk(self.hift, state, mel, jobs[0].finalize, noise_keys=(keys[0], keys[1]))
         else:
-            audio = hift_stream_chunk(self.hift, state, mel, jobs[0].finalize,
-                                      generator=[j.req.generator for j in jobs])
+            audio = hift_stream_chunk(
+                self.hift, state, mel, jobs[0].finalize, generator=[j.req.generator for j in jobs]
+            )
         for r, (job, hift_state) in enumerate(zip(jobs, split_hift_state(state, len(jobs)))):
             job.req.hift_state = hift_state
             job.req.hift_frames += job.mel.shape[2]

@@ -68,9 +68,17 @@ def load_snac(cfg: OrpheusConfig) -> SNACDecoder:
 
 
 class SNACEngine:
-    def __init__(self, cfg: OrpheusConfig, device: str | torch.device = "cpu", max_batch_size: int = 64,
-                 use_cuda_graph: bool = True, dtype: torch.dtype = torch.float32, deadline_margin_s: float = 0.1,
-                 clock=time.monotonic, model: SNACDecoder | None = None):
+    def __init__(
+        self,
+        cfg: OrpheusConfig,
+        device: str | torch.device = "cpu",
+        max_batch_size: int = 64,
+        use_cuda_graph: bool = True,
+        dtype: torch.dtype = torch.float32,
+        deadline_margin_s: float = 0.1,
+        clock=time.monotonic,
+        model: SNACDecoder | None = None,
+    ):
         self.cfg, self.device, self.clock = cfg, torch.device(device), clock
         self.frame_ids = FrameIds(cfg.tokens.first_audio, cfg.tokens.codebook_size, cfg.tokens.frame_len)
         self.samples_per_frame, self.sample_rate = cfg.snac.samples_per_frame, cfg.sample_rate
@@ -90,14 +98,31 @@ class SNACEngine:
 
     # ---- API of the decode process (decode/engine.py's) ----
 
-    def add_request(self, req_id: str, prompt=None, seed: int = 0, stream: bool = True, speed: float = 1.0,
-                    max_tokens: int | None = None, prefix_key: str | None = None, audio_start: float | None = None,
-                    samples_sent: int = 0, min_tokens: int = 0) -> None:
+    def add_request(
+        self,
+        req_id: str,
+        prompt=None,
+        seed: int = 0,
+        stream: bool = True,
+        speed: float = 1.0,
+        max_tokens: int | None = None,
+        prefix_key: str | None = None,
+        audio_start: float | None = None,
+        samples_sent: int = 0,
+        min_tokens: int = 0,
+    ) -> None:
         """audio_start / samples_sent: playback already under way (a later sentence of the same request). A voice is
         a name in the LLM's prompt: no prompt audio, no shared prefix; max_tokens and min_tokens need no
         reservation here (a stream holds only its frames)."""
-        s = SNACStream(req_id, seed, stream, FrameParser(self.frame_ids), self.clock(), audio_start=audio_start,
-                       samples_sent=samples_sent)
+        s = SNACStream(
+            req_id,
+            seed,
+            stream,
+            FrameParser(self.frame_ids),
+            self.clock(),
+            audio_start=audio_start,
+            samples_sent=samples_sent,
+        )
         if speed != 1.0:
             s.error = "this model speaks at its own pace: speed must be 1.0"
         self.requests[req_id] = s
@@ -120,7 +145,8 @@ class SNACEngine:
         """A step would do something now. After a step that ran nothing (every ready stream far from its
         deadline) the engine waits WAIT_POLL_S, or until tokens, a request or an abort arrive."""
         return self.clock() >= self.stalled_until and any(
-            s.error is not None or self._is_ready(s) for s in self.requests.values())
+            s.error is not None or self._is_ready(s) for s in self.requests.values()
+        )
 
     def wake_in_s(self) -> float | None:
         """Seconds until a stalled engine should step again by itself (None: only when something arrives)."""
@@ -189,12 +215,14 @@ class SNACEngine:
     def _next_due(self, ready: list[SNACStream]) -> float:
         """When the first ready stream's deadline comes within the horizon (inf: none has a listener yet)."""
         horizon = self._horizon_s(sum(s.schedule.num_ready() for s in ready))
-        deadlines = [s.deadline(self.margin_s, self.sample_rate) for s in ready
-                     if s.is_stream and s.audio_start is not None]
+        deadlines = [
+            s.deadline(self.margin_s, self.sample_rate) for s in ready if s.is_stream and s.audio_start is not None
+        ]
         return min(deadlines) - horizon if deadlines else math.inf
 
-    def _take_windows(self, ready: list[SNACStream], now: float,
-                      audio: dict[str, list[np.ndarray]]) -> list[tuple[str, Window]]:
+    def _take_windows(
+        self, ready: list[SNACStream], now: float, audio: dict[str, list[np.ndarray]]
+    ) -> list[tuple[str, Window]]:
         """Up to max_batch_size windows, round by round one more of each stream in priority order."""
         horizon = self._horizon_s(sum(s.schedule.num_ready() for s in ready))
 
@@ -212,7 +240,7 @@ class SNACEngine:
             more = [s for s in order if s.schedule.num_ready()]
             if not more:
                 break
-            for s in more[:self.max_batch_size - len(taken)]:
+            for s in more[: self.max_batch_size - len(taken)]:
                 window = s.schedule.next_window()
                 if window is None:  # an ended stream with no frames at all
                     audio.setdefault(s.req_id, [])
@@ -232,13 +260,13 @@ class SNACEngine:
             by_len.setdefault(w.num_frames, []).append((req_id, w))
         spf = self.samples_per_frame
         for group in by_len.values():
-            frames = np.array([self.requests[r].frames[w.start:w.end] for r, w in group], dtype=np.int64)
+            frames = np.array([self.requests[r].frames[w.start : w.end] for r, w in group], dtype=np.int64)
             out = self.runner.decode(frames, [self.requests[r].seed for r, _ in group], [w.end for _, w in group])
             out = out.cpu().numpy()
             for row, (r, w) in enumerate(group):
                 s, a = self.requests[r], w.start
-                audio.setdefault(r, []).append(out[row, (w.emit_from - a) * spf:(w.emit_to - a) * spf].copy())
-                s.tail = out[row, (w.emit_to - a) * spf:(w.keep_to - a) * spf].copy()
+                audio.setdefault(r, []).append(out[row, (w.emit_from - a) * spf : (w.emit_to - a) * spf].copy())
+                s.tail = out[row, (w.emit_to - a) * spf : (w.keep_to - a) * spf].copy()
 
     def _emit(self, req_id: str, chunks: list[np.ndarray]) -> AudioOutput:
         s = self.requests[req_id]
@@ -282,6 +310,9 @@ class SNACEngine:
 
     def min_slack_ms(self) -> int:
         now = self.clock()
-        slacks = [s.deadline(self.margin_s, self.sample_rate) - now for s in self.requests.values()
-                  if s.is_stream and s.audio_start is not None]
+        slacks = [
+            s.deadline(self.margin_s, self.sample_rate) - now
+            for s in self.requests.values()
+            if s.is_stream and s.audio_start is not None
+        ]
         return int(1000 * min(slacks)) if slacks else 1 << 40

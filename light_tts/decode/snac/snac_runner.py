@@ -25,20 +25,30 @@ def row_buckets(max_rows: int) -> list[int]:
     return [1 << i for i in range(max_rows.bit_length()) if 1 << i < max_rows] + [max_rows]
 
 
-def decode_rows(model: SNACDecoder, frames: torch.Tensor, seeds: torch.Tensor, counters: torch.Tensor,
-                dtype: torch.dtype) -> torch.Tensor:
+def decode_rows(
+    model: SNACDecoder, frames: torch.Tensor, seeds: torch.Tensor, counters: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
     """frames [B, F, 7] int64, seeds / counters [B] int64 (device) -> audio [B, F * samples_per_frame] float32."""
     # slices only (no index tensor built on the host: this runs inside CUDA graph capture)
-    codes = [frames[:, :, 0], frames[:, :, 1::3].flatten(1),
-             torch.cat([frames[:, :, 2:4], frames[:, :, 5:7]], dim=2).flatten(1)]
+    codes = [
+        frames[:, :, 0],
+        frames[:, :, 1::3].flatten(1),
+        torch.cat([frames[:, :, 2:4], frames[:, :, 5:7]], dim=2).flatten(1),
+    ]
     noise = counter_noise(seeds, counters)
     with torch.autocast(frames.device.type, dtype=dtype, enabled=dtype != torch.float32):
         return model(codes, lambda block, batch, length: noise(block, batch, length).to(dtype))[:, 0].float()
 
 
 class SNACRunner:
-    def __init__(self, model: SNACDecoder, device: torch.device, max_rows: int, use_graphs: bool,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        model: SNACDecoder,
+        device: torch.device,
+        max_rows: int,
+        use_graphs: bool,
+        dtype: torch.dtype = torch.float32,
+    ):
         self.model, self.device, self.max_rows, self.dtype = model, device, max_rows, dtype
         self.graphs: dict[int, tuple] = {}  # rows -> (replay, output)
         self.num_replays = self.num_eager = 0
@@ -55,8 +65,11 @@ class SNACRunner:
         try:
             for rows in reversed(row_buckets(self.max_rows)):
                 replay, out, pool = record_graph(
-                    lambda r=rows: decode_rows(self.model, self.frames[:r], self.seeds[:r], self.counters[:r],
-                                               self.dtype), pool)
+                    lambda r=rows: decode_rows(
+                        self.model, self.frames[:r], self.seeds[:r], self.counters[:r], self.dtype
+                    ),
+                    pool,
+                )
                 self.graphs[rows] = (replay, out)
         finally:
             torch.backends.cudnn.benchmark = benchmark
@@ -71,8 +84,9 @@ class SNACRunner:
         frames_t = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.int64))
         if bucket is None:
             self.num_eager += 1
-            return decode_rows(self.model, frames_t.to(self.device), seeds_t.to(self.device),
-                               counters_t.to(self.device), self.dtype)
+            return decode_rows(
+                self.model, frames_t.to(self.device), seeds_t.to(self.device), counters_t.to(self.device), self.dtype
+            )
         self.frames[:rows].copy_(frames_t, non_blocking=True)
         self.frames[rows:bucket].zero_()
         self.seeds[:rows].copy_(seeds_t, non_blocking=True)

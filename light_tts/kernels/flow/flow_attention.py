@@ -46,11 +46,33 @@ def query_block(qb, num_q, q_start, pos0, ctx, mode, CHUNK: tl.constexpr, BLOCK_
 
 
 @triton.jit
-def _attend_page(q, m_i, l_i, acc, kv_ptr, scale_ptr, page, branch, head, q_limit, key_base,
-                 stride_page, stride_kv, stride_branch, stride_head, stride_frame,
-                 sstride_page, sstride_kv, sstride_branch, scale_log2,
-                 PAGE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, IS_FP8: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr):
+def _attend_page(
+    q,
+    m_i,
+    l_i,
+    acc,
+    kv_ptr,
+    scale_ptr,
+    page,
+    branch,
+    head,
+    q_limit,
+    key_base,
+    stride_page,
+    stride_kv,
+    stride_branch,
+    stride_head,
+    stride_frame,
+    sstride_page,
+    sstride_kv,
+    sstride_branch,
+    scale_log2,
+    PAGE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    IS_FP8: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
     offs_n = tl.arange(0, BLOCK_N)
     dims = tl.arange(0, HEAD_DIM)
     in_page = offs_n < PAGE
@@ -80,16 +102,46 @@ def _attend_page(q, m_i, l_i, acc, kv_ptr, scale_ptr, page, branch, head, q_limi
 
 @triton.jit
 def _flow_attention_kernel(
-    q_ptr, o_ptr, kv_ptr, scale_ptr, page_table_ptr,
-    work_row_ptr, work_block_ptr,
-    row_q_start_ptr, row_num_q_ptr, row_pos0_ptr, row_ctx_ptr, row_stream_ptr, row_branch_ptr, row_mode_ptr,
-    row_skip_lo_ptr, row_skip_hi_ptr,
-    stride_qm, stride_qh, stride_om, stride_oh,
-    stride_page, stride_kv, stride_branch, stride_head, stride_frame,
-    sstride_page, sstride_kv, sstride_branch, stride_table,
-    scale_log2, mid_o_ptr, mid_lse_ptr,
-    CHUNK: tl.constexpr, PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, IS_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    q_ptr,
+    o_ptr,
+    kv_ptr,
+    scale_ptr,
+    page_table_ptr,
+    work_row_ptr,
+    work_block_ptr,
+    row_q_start_ptr,
+    row_num_q_ptr,
+    row_pos0_ptr,
+    row_ctx_ptr,
+    row_stream_ptr,
+    row_branch_ptr,
+    row_mode_ptr,
+    row_skip_lo_ptr,
+    row_skip_hi_ptr,
+    stride_qm,
+    stride_qh,
+    stride_om,
+    stride_oh,
+    stride_page,
+    stride_kv,
+    stride_branch,
+    stride_head,
+    stride_frame,
+    sstride_page,
+    sstride_kv,
+    sstride_branch,
+    stride_table,
+    scale_log2,
+    mid_o_ptr,
+    mid_lse_ptr,
+    CHUNK: tl.constexpr,
+    PAGE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    IS_FP8: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
     NUM_HEADS: tl.constexpr,
 ):
     item = tl.program_id(0)
@@ -123,20 +175,69 @@ def _flow_attention_kernel(
     # this split's pages, around the hidden range [skip_lo, skip_hi) (skip_hi >= skip_lo)
     for j in range(j_lo, tl.minimum(j_hi, skip_lo)):
         page = tl.load(page_table_ptr + stream * stride_table + j)
-        m_i, l_i, acc = _attend_page(q, m_i, l_i, acc, kv_ptr, scale_ptr, page, branch, head, q_limit, j * PAGE,
-                                     stride_page, stride_kv, stride_branch, stride_head, stride_frame,
-                                     sstride_page, sstride_kv, sstride_branch, scale_log2,
-                                     PAGE, BLOCK_N, HEAD_DIM, IS_FP8, DOT_PRECISION)
+        m_i, l_i, acc = _attend_page(
+            q,
+            m_i,
+            l_i,
+            acc,
+            kv_ptr,
+            scale_ptr,
+            page,
+            branch,
+            head,
+            q_limit,
+            j * PAGE,
+            stride_page,
+            stride_kv,
+            stride_branch,
+            stride_head,
+            stride_frame,
+            sstride_page,
+            sstride_kv,
+            sstride_branch,
+            scale_log2,
+            PAGE,
+            BLOCK_N,
+            HEAD_DIM,
+            IS_FP8,
+            DOT_PRECISION,
+        )
     for j in range(tl.maximum(skip_hi, j_lo), j_hi):
         page = tl.load(page_table_ptr + stream * stride_table + j)
-        m_i, l_i, acc = _attend_page(q, m_i, l_i, acc, kv_ptr, scale_ptr, page, branch, head, q_limit, j * PAGE,
-                                     stride_page, stride_kv, stride_branch, stride_head, stride_frame,
-                                     sstride_page, sstride_kv, sstride_branch, scale_log2,
-                                     PAGE, BLOCK_N, HEAD_DIM, IS_FP8, DOT_PRECISION)
+        m_i, l_i, acc = _attend_page(
+            q,
+            m_i,
+            l_i,
+            acc,
+            kv_ptr,
+            scale_ptr,
+            page,
+            branch,
+            head,
+            q_limit,
+            j * PAGE,
+            stride_page,
+            stride_kv,
+            stride_branch,
+            stride_head,
+            stride_frame,
+            sstride_page,
+            sstride_kv,
+            sstride_branch,
+            scale_log2,
+            PAGE,
+            BLOCK_N,
+            HEAD_DIM,
+            IS_FP8,
+            DOT_PRECISION,
+        )
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     if NUM_SPLITS == 1:
-        tl.store(o_ptr + rows[:, None] * stride_om + head * stride_oh + dims[None, :],
-                 out.to(o_ptr.dtype.element_ty), mask=is_q[:, None])
+        tl.store(
+            o_ptr + rows[:, None] * stride_om + head * stride_oh + dims[None, :],
+            out.to(o_ptr.dtype.element_ty),
+            mask=is_q[:, None],
+        )
     else:  # partials [M, H, S, D] and their log2-sum-exp [M, H, S]; an empty split has l_i == 0 -> -inf
         lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log2(tl.where(l_i == 0.0, 1.0, l_i)))
         base = (rows * NUM_HEADS + head) * NUM_SPLITS + split
@@ -145,9 +246,18 @@ def _flow_attention_kernel(
 
 
 @triton.jit
-def _merge_splits_kernel(mid_o_ptr, mid_lse_ptr, o_ptr, num_rows, stride_om, stride_oh,
-                         HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr, NUM_HEADS: tl.constexpr,
-                         BLOCK_R: tl.constexpr):
+def _merge_splits_kernel(
+    mid_o_ptr,
+    mid_lse_ptr,
+    o_ptr,
+    num_rows,
+    stride_om,
+    stride_oh,
+    HEAD_DIM: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    NUM_HEADS: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
     rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
     head = tl.program_id(1)
     is_row = rows < num_rows
@@ -158,11 +268,15 @@ def _merge_splits_kernel(mid_o_ptr, mid_lse_ptr, o_ptr, num_rows, stride_om, str
     top = tl.max(lse, axis=1)
     top = tl.where(top == float("-inf"), 0.0, top)  # rows no query reached (graph padding)
     w = tl.exp2(lse - top[:, None])  # (R, S)
-    parts = tl.load(mid_o_ptr + base[:, :, None] * HEAD_DIM + dims[None, None, :], mask=is_row[:, None, None],
-                    other=0.0)  # (R, S, D)
+    parts = tl.load(
+        mid_o_ptr + base[:, :, None] * HEAD_DIM + dims[None, None, :], mask=is_row[:, None, None], other=0.0
+    )  # (R, S, D)
     out = tl.sum(w[:, :, None] * parts, axis=1) / tl.where(tl.sum(w, axis=1) == 0.0, 1.0, tl.sum(w, axis=1))[:, None]
-    tl.store(o_ptr + rows[:, None] * stride_om + head * stride_oh + dims[None, :], out.to(o_ptr.dtype.element_ty),
-             mask=is_row[:, None])
+    tl.store(
+        o_ptr + rows[:, None] * stride_om + head * stride_oh + dims[None, :],
+        out.to(o_ptr.dtype.element_ty),
+        mask=is_row[:, None],
+    )
 
 
 def num_splits_for(num_programs: int, device: torch.device) -> int:
@@ -171,10 +285,18 @@ def num_splits_for(num_programs: int, device: torch.device) -> int:
     return int(min(MAX_SPLITS, triton.next_power_of_2(max(1, target // max(1, num_programs)))))
 
 
-def flow_attention_partials(q: torch.Tensor, kv: torch.Tensor, scale: torch.Tensor | None,
-                            page_table: torch.Tensor, rows: dict[str, torch.Tensor], work_row: torch.Tensor,
-                            work_block: torch.Tensor, chunk: int, block_m: int,
-                            num_splits: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def flow_attention_partials(
+    q: torch.Tensor,
+    kv: torch.Tensor,
+    scale: torch.Tensor | None,
+    page_table: torch.Tensor,
+    rows: dict[str, torch.Tensor],
+    work_row: torch.Tensor,
+    work_block: torch.Tensor,
+    chunk: int,
+    block_m: int,
+    num_splits: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The attention kernel alone: (o [M, H, D], None) with one split, else the unmerged partials (mid_o [M, H, S,
     D] float32, their log2-sum-exp mid_lse [M, H, S]), which merge_splits (or a fused consumer) combines."""
     m, num_heads, head_dim = q.shape
@@ -194,15 +316,47 @@ def flow_attention_partials(q: torch.Tensor, kv: torch.Tensor, scale: torch.Tens
         mid_o = torch.empty((m, num_heads, splits, head_dim), dtype=torch.float32, device=q.device)
         mid_lse = torch.empty((m, num_heads, splits), dtype=torch.float32, device=q.device)
     _flow_attention_kernel[(work_row.numel(), num_heads, splits)](
-        q, o, kv, scale if scale is not None else q, page_table, work_row, work_block,
-        rows["q_start"], rows["num_q"], rows["pos0"], rows["ctx"], rows["stream"], rows["branch"], rows["mode"],
-        rows["skip_lo"], rows["skip_hi"],
-        q.stride(0), q.stride(1), o.stride(0), o.stride(1),
-        kv.stride(0), kv.stride(1), kv.stride(2), kv.stride(3), kv.stride(4), *sstrides, page_table.stride(0),
-        head_dim ** -0.5 * LOG2_E, mid_o, mid_lse if mid_lse is not None else o,
-        CHUNK=chunk, PAGE=page, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=triton.next_power_of_2(page),
-        IS_FP8=is_fp8, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", NUM_SPLITS=splits,
-        NUM_HEADS=num_heads, num_warps=4, num_stages=2,
+        q,
+        o,
+        kv,
+        scale if scale is not None else q,
+        page_table,
+        work_row,
+        work_block,
+        rows["q_start"],
+        rows["num_q"],
+        rows["pos0"],
+        rows["ctx"],
+        rows["stream"],
+        rows["branch"],
+        rows["mode"],
+        rows["skip_lo"],
+        rows["skip_hi"],
+        q.stride(0),
+        q.stride(1),
+        o.stride(0),
+        o.stride(1),
+        kv.stride(0),
+        kv.stride(1),
+        kv.stride(2),
+        kv.stride(3),
+        kv.stride(4),
+        *sstrides,
+        page_table.stride(0),
+        head_dim**-0.5 * LOG2_E,
+        mid_o,
+        mid_lse if mid_lse is not None else o,
+        CHUNK=chunk,
+        PAGE=page,
+        HEAD_DIM=head_dim,
+        BLOCK_M=block_m,
+        BLOCK_N=triton.next_power_of_2(page),
+        IS_FP8=is_fp8,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        NUM_SPLITS=splits,
+        NUM_HEADS=num_heads,
+        num_warps=4,
+        num_stages=2,
     )
     return (o, None) if splits == 1 else (mid_o, mid_lse)
 
@@ -213,20 +367,40 @@ def merge_splits(mid_o: torch.Tensor, mid_lse: torch.Tensor, dtype: torch.dtype)
     o = torch.empty((m, num_heads, head_dim), dtype=dtype, device=mid_o.device)
     block_r = 16
     _merge_splits_kernel[(triton.cdiv(m, block_r), num_heads)](
-        mid_o, mid_lse, o, m, o.stride(0), o.stride(1), HEAD_DIM=head_dim, NUM_SPLITS=splits,
-        NUM_HEADS=num_heads, BLOCK_R=block_r, num_warps=4)
+        mid_o,
+        mid_lse,
+        o,
+        m,
+        o.stride(0),
+        o.stride(1),
+        HEAD_DIM=head_dim,
+        NUM_SPLITS=splits,
+        NUM_HEADS=num_heads,
+        BLOCK_R=block_r,
+        num_warps=4,
+    )
     return o
 
 
-def flow_attention_triton(q: torch.Tensor, kv: torch.Tensor, scale: torch.Tensor | None, page_table: torch.Tensor,
-                          rows: dict[str, torch.Tensor], work_row: torch.Tensor, work_block: torch.Tensor,
-                          chunk: int, block_m: int, num_splits: int | None = None) -> torch.Tensor:
+def flow_attention_triton(
+    q: torch.Tensor,
+    kv: torch.Tensor,
+    scale: torch.Tensor | None,
+    page_table: torch.Tensor,
+    rows: dict[str, torch.Tensor],
+    work_row: torch.Tensor,
+    work_block: torch.Tensor,
+    chunk: int,
+    block_m: int,
+    num_splits: int | None = None,
+) -> torch.Tensor:
     """q [M, H, D]; kv [pages, 2, 2, H, PAGE, D]; scale [pages, 2, 2, H] fp32 (fp8 kv) or None; page_table
     [streams, max_pages] int32; rows: int32 per-virtual-row arrays q_start, num_q, pos0, ctx, stream, branch,
     mode, skip_lo, skip_hi; work_row/work_block [W] int32 -> o [M, H, D] (rows no work item covers are left
     uninitialised: every real query is covered). num_splits: page splits per item (None: from the grid size)."""
-    o, mid_lse = flow_attention_partials(q, kv, scale, page_table, rows, work_row, work_block, chunk, block_m,
-                                         num_splits)
+    o, mid_lse = flow_attention_partials(
+        q, kv, scale, page_table, rows, work_row, work_block, chunk, block_m, num_splits
+    )
     return o if mid_lse is None else merge_splits(o, mid_lse, q.dtype)
 
 
@@ -239,9 +413,18 @@ def merge_splits_ref(mid_o: torch.Tensor, mid_lse: torch.Tensor) -> torch.Tensor
     return (w[..., None] * mid_o).sum(dim=2) / torch.where(den == 0, torch.ones_like(den), den)
 
 
-def flow_attention_ref(q: torch.Tensor, kv: torch.Tensor, scale: torch.Tensor | None, page_table: torch.Tensor,
-                       rows: dict[str, torch.Tensor], work_row: torch.Tensor, work_block: torch.Tensor,
-                       chunk: int, block_m: int, num_splits: int | None = None) -> torch.Tensor:
+def flow_attention_ref(
+    q: torch.Tensor,
+    kv: torch.Tensor,
+    scale: torch.Tensor | None,
+    page_table: torch.Tensor,
+    rows: dict[str, torch.Tensor],
+    work_row: torch.Tensor,
+    work_block: torch.Tensor,
+    chunk: int,
+    block_m: int,
+    num_splits: int | None = None,
+) -> torch.Tensor:
     """Every row at once in float32 with an explicit mask, rows padded to the longest (the CPU path and the
     kernel's test; syncs with the host, so never inside a CUDA graph)."""
     o = torch.zeros_like(q)
@@ -269,8 +452,11 @@ def flow_attention_ref(q: torch.Tensor, kv: torch.Tensor, scale: torch.Tensor | 
         q_rows = torch.where(is_q, r["q_start"][:, None] + offs[None, :], 0)
         qr = q[q_rows].float().transpose(1, 2)  # (R, H, n, D)
         q_pos = (r["pos0"][:, None] + offs[None, :])[:, :, None]
-        limit = torch.where(r["mode"][:, None, None] == 0, torch.minimum((q_pos // chunk + 1) * chunk,
-                                                                         ctx[:, None, None]), ctx[:, None, None])
+        limit = torch.where(
+            r["mode"][:, None, None] == 0,
+            torch.minimum((q_pos // chunk + 1) * chunk, ctx[:, None, None]),
+            ctx[:, None, None],
+        )
         visible = ((k_pos < limit) & ~hidden) | ~is_q[:, :, None]  # padding queries: anything (output dropped)
         out = F.scaled_dot_product_attention(qr, k, v, attn_mask=visible[:, None]).transpose(1, 2)  # (R, n, H, D)
         o[q_rows[is_q]] = out[is_q].to(q.dtype)

@@ -47,12 +47,37 @@ def _activation(x, SILU: tl.constexpr):
 
 @triton.jit
 def _block_tail_kernel(
-    x_ptr, o_ptr, lse_ptr, w_out_ptr, b_out_ptr, n3_w_ptr, n3_b_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
-    nn_w_ptr, nn_b_ptr, out_x_ptr, out_h_ptr, num_rows, eps3, eps_next,
-    stride_om, stride_oh, stride_os,
-    C: tl.constexpr, NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, HIDDEN: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, HAS_NEXT: tl.constexpr,
-    SILU: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    x_ptr,
+    o_ptr,
+    lse_ptr,
+    w_out_ptr,
+    b_out_ptr,
+    n3_w_ptr,
+    n3_b_ptr,
+    w1_ptr,
+    b1_ptr,
+    w2_ptr,
+    b2_ptr,
+    nn_w_ptr,
+    nn_b_ptr,
+    out_x_ptr,
+    out_h_ptr,
+    num_rows,
+    eps3,
+    eps_next,
+    stride_om,
+    stride_oh,
+    stride_os,
+    C: tl.constexpr,
+    NUM_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HIDDEN: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    HAS_NEXT: tl.constexpr,
+    SILU: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     is_row = rows < num_rows
@@ -63,8 +88,9 @@ def _block_tail_kernel(
     acc = tl.zeros((BLOCK_M, C), tl.float32)
     for head in range(NUM_HEADS):
         if NUM_SPLITS == 1:
-            o = tl.load(o_ptr + rows[:, None] * stride_om + head * stride_oh + dims[None, :], mask=is_row[:, None],
-                        other=0.0)
+            o = tl.load(
+                o_ptr + rows[:, None] * stride_om + head * stride_oh + dims[None, :], mask=is_row[:, None], other=0.0
+            )
         else:  # flash-decoding partials: weights 2^(lse - max) over the splits
             lse_base = lse_ptr + (rows * NUM_HEADS + head) * NUM_SPLITS
             top = tl.full((BLOCK_M,), float("-inf"), tl.float32)
@@ -75,8 +101,11 @@ def _block_tail_kernel(
             den = tl.zeros((BLOCK_M,), tl.float32)
             for s in tl.static_range(NUM_SPLITS):
                 w = tl.exp2(tl.load(lse_base + s, mask=is_row, other=float("-inf")) - top)
-                part = tl.load(o_ptr + rows[:, None] * stride_om + head * stride_oh + s * stride_os + dims[None, :],
-                               mask=is_row[:, None], other=0.0)
+                part = tl.load(
+                    o_ptr + rows[:, None] * stride_om + head * stride_oh + s * stride_os + dims[None, :],
+                    mask=is_row[:, None],
+                    other=0.0,
+                )
                 num += w[:, None] * part
                 den += w
             o = (num / tl.where(den == 0.0, 1.0, den)[:, None]).to(act)
@@ -116,8 +145,9 @@ def rows_per_program(num_rows: int, block_m: int | None = None, large: int = 64)
     return 16 if num_rows <= 2048 else large
 
 
-def block_tail_triton(x, o, mid_lse, w_out, b_out, norm3, w1, b1, w2, b2, next_norm=None, act: str = "gelu",
-                      block_m: int | None = None):
+def block_tail_triton(
+    x, o, mid_lse, w_out, b_out, norm3, w1, b1, w2, b2, next_norm=None, act: str = "gelu", block_m: int | None = None
+):
     """x [M, C] residual stream; o [M, H, D] attention output (mid_lse None) or its split partials [M, H, S, D]
     float32 with mid_lse [M, H, S]; w_out [C, H D], w1 [hidden, C], w2 [C, hidden] (nn.Linear layouts,
     contiguous); norm3 / next_norm: nn.LayerNorm; act: "gelu" or "silu" -> (x2 [M, C], next_norm(x2) or None)."""
@@ -138,13 +168,40 @@ def block_tail_triton(x, o, mid_lse, w_out, b_out, norm3, w1, b1, w2, b2, next_n
     if os.environ.get("TRITON_INTERPRET") == "1" and hidden % 128 == 0:
         block_h = 128
     _block_tail_kernel[(triton.cdiv(m, block_m),)](
-        x, o, mid_lse if mid_lse is not None else o, w_out, b_out, norm3.weight, norm3.bias, w1, b1, w2, b2,
-        nn_.weight, nn_.bias, out_x, out_h, m, norm3.eps, nn_.eps,
-        o.stride(0), o.stride(1), o.stride(2) if splits > 1 else 0,
-        C=c, NUM_HEADS=num_heads, HEAD_DIM=head_dim, HIDDEN=hidden, NUM_SPLITS=splits, BLOCK_M=block_m,
-        BLOCK_H=block_h, HAS_NEXT=next_norm is not None, SILU=act == "silu",
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=8,
-        num_stages=2)
+        x,
+        o,
+        mid_lse if mid_lse is not None else o,
+        w_out,
+        b_out,
+        norm3.weight,
+        norm3.bias,
+        w1,
+        b1,
+        w2,
+        b2,
+        nn_.weight,
+        nn_.bias,
+        out_x,
+        out_h,
+        m,
+        norm3.eps,
+        nn_.eps,
+        o.stride(0),
+        o.stride(1),
+        o.stride(2) if splits > 1 else 0,
+        C=c,
+        NUM_HEADS=num_heads,
+        HEAD_DIM=head_dim,
+        HIDDEN=hidden,
+        NUM_SPLITS=splits,
+        BLOCK_M=block_m,
+        BLOCK_H=block_h,
+        HAS_NEXT=next_norm is not None,
+        SILU=act == "silu",
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        num_warps=8,
+        num_stages=2,
+    )
     return out_x, (out_h if next_norm is not None else None)
 
 

@@ -14,9 +14,22 @@ import triton.language as tl
 
 
 @triton.jit
-def _cfm_step_kernel(h_ptr, w_ptr, b_ptr, x_ptr, est_in_ptr, num_rows, stride_in, dt, rate,
-                     C: tl.constexpr, MEL: tl.constexpr, BLOCK_MEL: tl.constexpr, BLOCK_M: tl.constexpr,
-                     DOT_PRECISION: tl.constexpr):
+def _cfm_step_kernel(
+    h_ptr,
+    w_ptr,
+    b_ptr,
+    x_ptr,
+    est_in_ptr,
+    num_rows,
+    stride_in,
+    dt,
+    rate,
+    C: tl.constexpr,
+    MEL: tl.constexpr,
+    BLOCK_MEL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
     rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     is_row = rows < num_rows
     cols = tl.arange(0, C)
@@ -39,8 +52,15 @@ def _cfm_step_kernel(h_ptr, w_ptr, b_ptr, x_ptr, est_in_ptr, num_rows, stride_in
     tl.store(est_in_ptr + (rows + num_rows)[:, None] * stride_in + mels[None, :], x.to(act), mask=mask)
 
 
-def cfm_step_triton(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor,
-                    est_in: torch.Tensor, dt: float, rate: float) -> None:
+def cfm_step_triton(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    x: torch.Tensor,
+    est_in: torch.Tensor,
+    dt: float,
+    rate: float,
+) -> None:
     """h [2 Mf, C] (the final block's output, conditioned rows first), weight [80, C], bias [80], x [Mf, 80] float32
     (updated in place), est_in [2 Mf, >= 80] (its first 80 columns receive x, both branches)."""
     mf, mel = x.shape
@@ -50,13 +70,33 @@ def cfm_step_triton(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, x
     assert c & (c - 1) == 0 and c >= 16
     block_m = 16
     _cfm_step_kernel[(triton.cdiv(mf, block_m),)](
-        h, weight, bias, x, est_in, mf, est_in.stride(0), dt, rate, C=c, MEL=mel,
-        BLOCK_MEL=triton.next_power_of_2(mel), BLOCK_M=block_m,
-        DOT_PRECISION="ieee" if h.dtype == torch.float32 else "tf32", num_warps=8)
+        h,
+        weight,
+        bias,
+        x,
+        est_in,
+        mf,
+        est_in.stride(0),
+        dt,
+        rate,
+        C=c,
+        MEL=mel,
+        BLOCK_MEL=triton.next_power_of_2(mel),
+        BLOCK_M=block_m,
+        DOT_PRECISION="ieee" if h.dtype == torch.float32 else "tf32",
+        num_warps=8,
+    )
 
 
-def cfm_step_ref(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor,
-                 est_in: torch.Tensor, dt: float, rate: float) -> None:
+def cfm_step_ref(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    x: torch.Tensor,
+    est_in: torch.Tensor,
+    dt: float,
+    rate: float,
+) -> None:
     mf, mel = x.shape
     v = F.linear(h, weight, bias)
     x += dt * ((1.0 + rate) * v[:mf].float() - rate * v[mf:].float())

@@ -27,9 +27,25 @@ def _mish(x):
 
 
 @triton.jit
-def _layer_norm_kernel(x_ptr, delta_ptr, bias_ptr, w_ptr, b_ptr, resid_ptr, out_x_ptr, out_h_ptr, num_rows, eps,
-                       C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, HAS_DELTA: tl.constexpr,
-                       HAS_BIAS: tl.constexpr, MISH: tl.constexpr, HAS_RESID: tl.constexpr):
+def _layer_norm_kernel(
+    x_ptr,
+    delta_ptr,
+    bias_ptr,
+    w_ptr,
+    b_ptr,
+    resid_ptr,
+    out_x_ptr,
+    out_h_ptr,
+    num_rows,
+    eps,
+    C: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    HAS_DELTA: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    MISH: tl.constexpr,
+    HAS_RESID: tl.constexpr,
+):
     rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
     cols = tl.arange(0, BLOCK_C)
     is_row = rows < num_rows
@@ -65,10 +81,25 @@ def _launch_norm(x, delta, bias, norm, resid, mish: bool):
     block_c = triton.next_power_of_2(c)
     block_r = max(1, min(16, 8192 // block_c))
     _layer_norm_kernel[(triton.cdiv(m, block_r),)](
-        x, delta if delta is not None else x, bias if bias is not None else x, norm.weight, norm.bias,
-        resid if resid is not None else x, out_x, out_h, m, norm.eps,
-        C=c, BLOCK_C=block_c, BLOCK_R=block_r, HAS_DELTA=delta is not None, HAS_BIAS=bias is not None,
-        MISH=mish, HAS_RESID=resid is not None, num_warps=4)
+        x,
+        delta if delta is not None else x,
+        bias if bias is not None else x,
+        norm.weight,
+        norm.bias,
+        resid if resid is not None else x,
+        out_x,
+        out_h,
+        m,
+        norm.eps,
+        C=c,
+        BLOCK_C=block_c,
+        BLOCK_R=block_r,
+        HAS_DELTA=delta is not None,
+        HAS_BIAS=bias is not None,
+        MISH=mish,
+        HAS_RESID=resid is not None,
+        num_warps=4,
+    )
     return out_x, out_h
 
 
@@ -93,8 +124,20 @@ def layer_norm_mish_ref(y, norm, add=None, residual=None):
 
 
 @triton.jit
-def _gather_taps_kernel(x_ptr, tails_ptr, tail_read_ptr, taps_ptr, out_ptr, num_rows, num_inputs, num_tails,
-                        C: tl.constexpr, K: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr):
+def _gather_taps_kernel(
+    x_ptr,
+    tails_ptr,
+    tail_read_ptr,
+    taps_ptr,
+    out_ptr,
+    num_rows,
+    num_inputs,
+    num_tails,
+    C: tl.constexpr,
+    K: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
     rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
     tap = tl.program_id(1)
     cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -114,8 +157,9 @@ def _gather_taps_kernel(x_ptr, tails_ptr, tail_read_ptr, taps_ptr, out_ptr, num_
     tl.store(out_ptr + rows[:, None] * (K * C) + tap * C + cols[None, :], v, mask=mask)
 
 
-def gather_taps_triton(x: torch.Tensor, tails: torch.Tensor, tail_read: torch.Tensor,
-                       taps: torch.Tensor) -> torch.Tensor:
+def gather_taps_triton(
+    x: torch.Tensor, tails: torch.Tensor, tail_read: torch.Tensor, taps: torch.Tensor
+) -> torch.Tensor:
     """x [N, C], tails [E, C] (a slot buffer, flat), tail_read [T] (its rows in the extended input), taps [M, K]
     into [x; tails[tail_read]; zero] -> [M, K * C]."""
     assert x.is_contiguous() and tails.is_contiguous() and taps.is_contiguous()
@@ -125,8 +169,20 @@ def gather_taps_triton(x: torch.Tensor, tails: torch.Tensor, tail_read: torch.Te
     block_c = min(128, triton.next_power_of_2(c))
     block_r = 32
     _gather_taps_kernel[(triton.cdiv(m, block_r), k, triton.cdiv(c, block_c))](
-        x, tails, tail_read, taps, out, m, x.shape[0], tail_read.shape[0], C=c, K=k, BLOCK_C=block_c,
-        BLOCK_R=block_r, num_warps=4)
+        x,
+        tails,
+        tail_read,
+        taps,
+        out,
+        m,
+        x.shape[0],
+        tail_read.shape[0],
+        C=c,
+        K=k,
+        BLOCK_C=block_c,
+        BLOCK_R=block_r,
+        num_warps=4,
+    )
     return out
 
 
@@ -153,8 +209,9 @@ def snake_triton(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(x)
     inv = 1.0 / (alpha + 1e-9)
     block = 1024
-    _snake_kernel[(triton.cdiv(x.numel(), block),)](x, alpha, inv, out, x.numel(), x.shape[2], x.shape[1],
-                                                     BLOCK=block, num_warps=4)
+    _snake_kernel[(triton.cdiv(x.numel(), block),)](
+        x, alpha, inv, out, x.numel(), x.shape[2], x.shape[1], BLOCK=block, num_warps=4
+    )
     return out
 
 

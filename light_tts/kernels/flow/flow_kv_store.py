@@ -27,13 +27,39 @@ def _round_to_e4m3(x):
 
 
 @triton.jit
-def store_tile(pool_ptr, scale_ptr, x, page, which, branch, head, frames, is_frame, dims,
-               stride_page, stride_kv, stride_branch, stride_head, stride_frame, sstride_page, sstride_kv,
-               sstride_branch, IS_FP8: tl.constexpr, EMULATE_ROUNDING: tl.constexpr):
+def store_tile(
+    pool_ptr,
+    scale_ptr,
+    x,
+    page,
+    which,
+    branch,
+    head,
+    frames,
+    is_frame,
+    dims,
+    stride_page,
+    stride_kv,
+    stride_branch,
+    stride_head,
+    stride_frame,
+    sstride_page,
+    sstride_kv,
+    sstride_branch,
+    IS_FP8: tl.constexpr,
+    EMULATE_ROUNDING: tl.constexpr,
+):
     """Writes one (page, key or value, branch, head) tile x [BLOCK_F, D] (its first rows are the page's frames);
     an fp8 pool also gets the tile's scale (amax / 448). Shared by the page store and the fused QKV projection."""
-    dst = (pool_ptr + page.to(tl.int64) * stride_page + which * stride_kv + branch * stride_branch
-           + head * stride_head + frames[:, None] * stride_frame + dims[None, :])
+    dst = (
+        pool_ptr
+        + page.to(tl.int64) * stride_page
+        + which * stride_kv
+        + branch * stride_branch
+        + head * stride_head
+        + frames[:, None] * stride_frame
+        + dims[None, :]
+    )
     if IS_FP8:
         xf = tl.where(is_frame[:, None], x.to(tl.float32), 0.0)
         amax = tl.max(tl.max(tl.abs(xf), axis=1), axis=0)
@@ -42,8 +68,9 @@ def store_tile(pool_ptr, scale_ptr, x, page, which, branch, head, frames, is_fra
         if EMULATE_ROUNDING:
             y = _round_to_e4m3(y)
         tl.store(dst, y.to(pool_ptr.dtype.element_ty), mask=is_frame[:, None])
-        tl.store(scale_ptr + page.to(tl.int64) * sstride_page + which * sstride_kv + branch * sstride_branch + head,
-                 scale)
+        tl.store(
+            scale_ptr + page.to(tl.int64) * sstride_page + which * sstride_kv + branch * sstride_branch + head, scale
+        )
     else:
         tl.store(dst, x.to(pool_ptr.dtype.element_ty), mask=is_frame[:, None])
 
@@ -61,25 +88,67 @@ def store_item(item_page_ptr, item_branch_ptr, item_row_ptr, item_len_ptr, item,
 
 @triton.jit
 def _store_kernel(
-    src_ptr, pool_ptr, scale_ptr, item_page_ptr, item_branch_ptr, item_row_ptr, item_len_ptr,
-    stride_sm, stride_skv, stride_sh, stride_page, stride_kv, stride_branch, stride_head, stride_frame,
-    sstride_page, sstride_kv, sstride_branch,
-    PAGE: tl.constexpr, BLOCK_F: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_HEADS: tl.constexpr,
-    IS_FP8: tl.constexpr, EMULATE_ROUNDING: tl.constexpr,
+    src_ptr,
+    pool_ptr,
+    scale_ptr,
+    item_page_ptr,
+    item_branch_ptr,
+    item_row_ptr,
+    item_len_ptr,
+    stride_sm,
+    stride_skv,
+    stride_sh,
+    stride_page,
+    stride_kv,
+    stride_branch,
+    stride_head,
+    stride_frame,
+    sstride_page,
+    sstride_kv,
+    sstride_branch,
+    PAGE: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    NUM_HEADS: tl.constexpr,
+    IS_FP8: tl.constexpr,
+    EMULATE_ROUNDING: tl.constexpr,
 ):
     which = tl.program_id(1) // NUM_HEADS  # 0 keys, 1 values
     head = tl.program_id(1) % NUM_HEADS
-    page, branch, row0, is_frame = store_item(item_page_ptr, item_branch_ptr, item_row_ptr, item_len_ptr,
-                                              tl.program_id(0), BLOCK_F)
+    page, branch, row0, is_frame = store_item(
+        item_page_ptr, item_branch_ptr, item_row_ptr, item_len_ptr, tl.program_id(0), BLOCK_F
+    )
     if page < 0:  # graph padding
         return
     frames = tl.arange(0, BLOCK_F)
     dims = tl.arange(0, HEAD_DIM)
-    x = tl.load(src_ptr + (row0 + frames)[:, None] * stride_sm + which * stride_skv + head * stride_sh
-                + dims[None, :], mask=is_frame[:, None], other=0.0)
-    store_tile(pool_ptr, scale_ptr, x, page, which, branch, head, frames, is_frame, dims,
-               stride_page, stride_kv, stride_branch, stride_head, stride_frame, sstride_page, sstride_kv,
-               sstride_branch, IS_FP8, EMULATE_ROUNDING)
+    x = tl.load(
+        src_ptr + (row0 + frames)[:, None] * stride_sm + which * stride_skv + head * stride_sh + dims[None, :],
+        mask=is_frame[:, None],
+        other=0.0,
+    )
+    store_tile(
+        pool_ptr,
+        scale_ptr,
+        x,
+        page,
+        which,
+        branch,
+        head,
+        frames,
+        is_frame,
+        dims,
+        stride_page,
+        stride_kv,
+        stride_branch,
+        stride_head,
+        stride_frame,
+        sstride_page,
+        sstride_kv,
+        sstride_branch,
+        IS_FP8,
+        EMULATE_ROUNDING,
+    )
 
 
 def emulate_fp8_rounding() -> bool:
@@ -87,8 +156,9 @@ def emulate_fp8_rounding() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def store_pages_triton(src: torch.Tensor, pool: torch.Tensor, scale: torch.Tensor | None,
-                       items: dict[str, torch.Tensor]) -> None:
+def store_pages_triton(
+    src: torch.Tensor, pool: torch.Tensor, scale: torch.Tensor | None, items: dict[str, torch.Tensor]
+) -> None:
     """src [M, 2, H, D] (the keys and values of packed rows; may be a strided view of a qkv projection); pool
     [pages, 2, branches, H, PAGE, D]; scale [pages, 2, branches, H] fp32 for an fp8 pool, else None; items: int32
     arrays page (-1: padding), branch, row (first packed row), len (frames, <= PAGE)."""
@@ -102,20 +172,39 @@ def store_pages_triton(src: torch.Tensor, pool: torch.Tensor, scale: torch.Tenso
     page = pool.shape[4]
     sstrides = scale.stride()[:3] if scale is not None else (0, 0, 0)
     _store_kernel[(num_items, 2 * num_heads)](
-        src, pool, scale if scale is not None else src, items["page"], items["branch"], items["row"], items["len"],
-        src.stride(0), src.stride(1), src.stride(2),
-        pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3), pool.stride(4), *sstrides,
-        PAGE=page, BLOCK_F=triton.next_power_of_2(page), HEAD_DIM=head_dim, NUM_HEADS=num_heads,
-        IS_FP8=is_fp8, EMULATE_ROUNDING=emulate_fp8_rounding(), num_warps=4,
+        src,
+        pool,
+        scale if scale is not None else src,
+        items["page"],
+        items["branch"],
+        items["row"],
+        items["len"],
+        src.stride(0),
+        src.stride(1),
+        src.stride(2),
+        pool.stride(0),
+        pool.stride(1),
+        pool.stride(2),
+        pool.stride(3),
+        pool.stride(4),
+        *sstrides,
+        PAGE=page,
+        BLOCK_F=triton.next_power_of_2(page),
+        HEAD_DIM=head_dim,
+        NUM_HEADS=num_heads,
+        IS_FP8=is_fp8,
+        EMULATE_ROUNDING=emulate_fp8_rounding(),
+        num_warps=4,
     )
 
 
-def store_pages_ref(src: torch.Tensor, pool: torch.Tensor, scale: torch.Tensor | None,
-                    items: dict[str, torch.Tensor]) -> None:
+def store_pages_ref(
+    src: torch.Tensor, pool: torch.Tensor, scale: torch.Tensor | None, items: dict[str, torch.Tensor]
+) -> None:
     for page, branch, row, n in zip(*(items[k].tolist() for k in ("page", "branch", "row", "len"))):
         if page < 0:
             continue
-        tile = src[row:row + n].permute(1, 2, 0, 3)  # (2, H, n, D)
+        tile = src[row : row + n].permute(1, 2, 0, 3)  # (2, H, n, D)
         if scale is None:
             pool[page, :, branch, :, :n] = tile.to(pool.dtype)
             continue

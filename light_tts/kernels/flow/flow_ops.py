@@ -28,14 +28,27 @@ def store_pages(src, pool, scale, items, use_triton: bool | None = None) -> None
     (store_pages_triton if is_triton(src, use_triton) else store_pages_ref)(src, pool, scale, items)
 
 
-def flow_attention(q, kv, scale, page_table, rows, work_row, work_block, chunk: int, block_m: int,
-                   use_triton: bool | None = None) -> torch.Tensor:
+def flow_attention(
+    q, kv, scale, page_table, rows, work_row, work_block, chunk: int, block_m: int, use_triton: bool | None = None
+) -> torch.Tensor:
     impl = flow_attention_triton if is_triton(q, use_triton) else flow_attention_ref
     return impl(q, kv, scale, page_table, rows, work_row, work_block, chunk, block_m)
 
 
-def relpos_attention(q, kv, table, bias_u, bias_v, page_table, rows, work_row, work_block, chunk: int,
-                     block_m: int, use_triton: bool | None = None) -> torch.Tensor:
+def relpos_attention(
+    q,
+    kv,
+    table,
+    bias_u,
+    bias_v,
+    page_table,
+    rows,
+    work_row,
+    work_block,
+    chunk: int,
+    block_m: int,
+    use_triton: bool | None = None,
+) -> torch.Tensor:
     impl = relpos_attention_triton if is_triton(q, use_triton) else relpos_attention_ref
     return impl(q, kv, table, bias_u, bias_v, page_table, rows, work_row, work_block, chunk, block_m)
 
@@ -71,29 +84,56 @@ def keyed_noise(seeds, offsets, num_samples: int, num_harmonics: int, use_triton
 
 # ---- the fused estimator's launches (decode/flow/fused_estimator.py) ----
 
+
 def qkv_store(h, w_qkv, pool, scale, items, num_heads: int, bias=None, use_triton: bool | None = None):
     """q of the packed rows; their keys and values go straight into their pages."""
     impl = qkv_store_triton if is_triton(h, use_triton) else qkv_store_ref
     return impl(h, w_qkv, pool, scale, items, num_heads, bias)
 
 
-def attention_partials(q, kv, scale, page_table, rows, work_row, work_block, chunk: int, block_m: int,
-                       use_triton: bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def attention_partials(
+    q, kv, scale, page_table, rows, work_row, work_block, chunk: int, block_m: int, use_triton: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(o, None), or the unmerged split partials (mid_o, mid_lse) that block_tail merges."""
     if is_triton(q, use_triton):
         return flow_attention_partials(q, kv, scale, page_table, rows, work_row, work_block, chunk, block_m)
     return flow_attention_ref(q, kv, scale, page_table, rows, work_row, work_block, chunk, block_m), None
 
 
-def block_tail(x, o, mid_lse, w_out, b_out, norm3, w1, b1, w2, b2, next_norm=None, act: str = "gelu",
-               use_triton: bool | None = None):
+def block_tail(
+    x,
+    o,
+    mid_lse,
+    w_out,
+    b_out,
+    norm3,
+    w1,
+    b1,
+    w2,
+    b2,
+    next_norm=None,
+    act: str = "gelu",
+    use_triton: bool | None = None,
+):
     """A transformer block after its attention: (x2, next_norm(x2) or None)."""
     impl = block_tail_triton if is_triton(x, use_triton) else block_tail_ref
     return impl(x, o, mid_lse, w_out, b_out, norm3, w1, b1, w2, b2, next_norm, act)
 
 
-def tap_conv(x, tails, tail_read, taps, weight, bias, norm=None, add=None, res=None, next_norm=None, save=None,
-             use_triton: bool | None = None):
+def tap_conv(
+    x,
+    tails,
+    tail_read,
+    taps,
+    weight,
+    bias,
+    norm=None,
+    add=None,
+    res=None,
+    next_norm=None,
+    save=None,
+    use_triton: bool | None = None,
+):
     """A causal conv with its norm, activation, time bias or residual, next norm and a deferred tail save."""
     impl = tap_conv_triton if is_triton(x, use_triton) else tap_conv_ref
     return impl(x, tails, tail_read, taps, weight, bias, norm, add, res, next_norm, save)

@@ -22,8 +22,17 @@ from light_tts.kernels.flow.flow_fused import _mish, gather_taps_ref, layer_norm
 
 
 @triton.jit
-def copy_rows(src_ptr, dst_ptr, src_idx_ptr, dst_idx_ptr, num, block, C: tl.constexpr, BLOCK_S: tl.constexpr,
-              BLOCK_K: tl.constexpr):
+def copy_rows(
+    src_ptr,
+    dst_ptr,
+    src_idx_ptr,
+    dst_idx_ptr,
+    num,
+    block,
+    C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """dst[dst_idx[i]] = src[src_idx[i]] for the BLOCK_S entries of block `block` (rows of C channels)."""
     offs = block * BLOCK_S + tl.arange(0, BLOCK_S)
     is_s = offs < num
@@ -37,20 +46,64 @@ def copy_rows(src_ptr, dst_ptr, src_idx_ptr, dst_idx_ptr, num, block, C: tl.cons
 
 @triton.jit
 def _tap_conv_kernel(
-    x_ptr, tails_ptr, tail_read_ptr, taps_ptr, w_ptr, bias_ptr, norm_w_ptr, norm_b_ptr, add_ptr,
-    r_ptr, w_r_ptr, b_r_ptr, next_w_ptr, next_b_ptr, out_ptr, out_n_ptr,
-    save_x_ptr, save_tails_ptr, save_src_ptr, save_dst_ptr,
-    num_rows, num_inputs, num_tails, num_saves, num_row_blocks, eps, eps_next,
-    CIN: tl.constexpr, COUT: tl.constexpr, TAPS: tl.constexpr, CR: tl.constexpr, C_SAVE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KR: tl.constexpr, BLOCK_KS: tl.constexpr,
-    BLOCK_S: tl.constexpr, NORM_MISH: tl.constexpr, HAS_ADD: tl.constexpr, HAS_RES: tl.constexpr,
-    HAS_NEXT: tl.constexpr, HAS_SAVE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    x_ptr,
+    tails_ptr,
+    tail_read_ptr,
+    taps_ptr,
+    w_ptr,
+    bias_ptr,
+    norm_w_ptr,
+    norm_b_ptr,
+    add_ptr,
+    r_ptr,
+    w_r_ptr,
+    b_r_ptr,
+    next_w_ptr,
+    next_b_ptr,
+    out_ptr,
+    out_n_ptr,
+    save_x_ptr,
+    save_tails_ptr,
+    save_src_ptr,
+    save_dst_ptr,
+    num_rows,
+    num_inputs,
+    num_tails,
+    num_saves,
+    num_row_blocks,
+    eps,
+    eps_next,
+    CIN: tl.constexpr,
+    COUT: tl.constexpr,
+    TAPS: tl.constexpr,
+    CR: tl.constexpr,
+    C_SAVE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_KR: tl.constexpr,
+    BLOCK_KS: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    NORM_MISH: tl.constexpr,
+    HAS_ADD: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    HAS_NEXT: tl.constexpr,
+    HAS_SAVE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     if pid >= num_row_blocks:  # the previous conv's deferred tail save
         if HAS_SAVE:
-            copy_rows(save_x_ptr, save_tails_ptr, save_src_ptr, save_dst_ptr, num_saves, pid - num_row_blocks,
-                      C_SAVE, BLOCK_S, BLOCK_KS)
+            copy_rows(
+                save_x_ptr,
+                save_tails_ptr,
+                save_src_ptr,
+                save_dst_ptr,
+                num_saves,
+                pid - num_row_blocks,
+                C_SAVE,
+                BLOCK_S,
+                BLOCK_KS,
+            )
         return
     rows = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     is_row = rows < num_rows
@@ -64,8 +117,7 @@ def _tap_conv_kernel(
         # both sources are read at a valid row and the right one selected (as gather_taps: masks made from loaded
         # indices trip Triton 3.6's layout pass)
         x_row = tl.where(from_x, idx, 0)
-        tail_row = tl.load(tail_read_ptr + tl.where(from_tail, idx - num_inputs, 0), mask=is_row,
-                           other=0).to(tl.int64)
+        tail_row = tl.load(tail_read_ptr + tl.where(from_tail, idx - num_inputs, 0), mask=is_row, other=0).to(tl.int64)
         for c0 in range(0, CIN, BLOCK_K):
             cs = c0 + tl.arange(0, BLOCK_K)
             vx = tl.load(x_ptr + x_row[:, None] * CIN + cs[None, :], mask=is_row[:, None], other=0.0)
@@ -94,8 +146,9 @@ def _tap_conv_kernel(
 
 
 @triton.jit
-def _save_rows_kernel(src_ptr, dst_ptr, src_idx_ptr, dst_idx_ptr, num, C: tl.constexpr, BLOCK_S: tl.constexpr,
-                      BLOCK_K: tl.constexpr):
+def _save_rows_kernel(
+    src_ptr, dst_ptr, src_idx_ptr, dst_idx_ptr, num, C: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr
+):
     copy_rows(src_ptr, dst_ptr, src_idx_ptr, dst_idx_ptr, num, tl.program_id(0), C, BLOCK_S, BLOCK_K)
 
 
@@ -107,8 +160,20 @@ def _block_k(c: int) -> int:
     return next(b for b in (64, 32, 16) if c % b == 0)
 
 
-def tap_conv_triton(x, tails, tail_read, taps, weight, bias, norm=None, add=None, res=None, next_norm=None,
-                    save=None, block_m: int | None = None):
+def tap_conv_triton(
+    x,
+    tails,
+    tail_read,
+    taps,
+    weight,
+    bias,
+    norm=None,
+    add=None,
+    res=None,
+    next_norm=None,
+    save=None,
+    block_m: int | None = None,
+):
     """x [N, Cin] packed inputs, tails [E, Cin] (the conv's slot buffer, flat), tail_read [T], taps [M, K] into
     [x; tails[tail_read]; zero]; weight [Cout, K Cin] (taps oldest first), bias [Cout]; norm: nn.LayerNorm
     (then mish); add [Cout]; res: (r [M, Cr], w_r [Cout, Cr], b_r); next_norm: nn.LayerNorm of the output;
@@ -130,19 +195,52 @@ def tap_conv_triton(x, tails, tail_read, taps, weight, bias, norm=None, add=None
     assert save is None or (s_x.is_contiguous() and s_tails.is_contiguous() and s_x.shape[1] == s_tails.shape[1])
     dummy_norm = norm if norm is not None else next_norm
     _tap_conv_kernel[(num_row_blocks + triton.cdiv(num_saves, SAVE_BLOCK),)](
-        x, tails, tail_read, taps, weight, bias,
-        dummy_norm.weight if dummy_norm is not None else bias, dummy_norm.bias if dummy_norm is not None else bias,
-        add if add is not None else bias, r, w_r, b_r,
-        next_norm.weight if next_norm is not None else bias, next_norm.bias if next_norm is not None else bias,
-        out, out_n, s_x, s_tails, s_src, s_dst,
-        m, x.shape[0], tail_read.shape[0], num_saves, num_row_blocks,
-        norm.eps if norm is not None else 0.0, next_norm.eps if next_norm is not None else 0.0,
-        CIN=cin, COUT=cout, TAPS=taps_k, CR=r.shape[1], C_SAVE=s_x.shape[1], BLOCK_M=block_m, BLOCK_K=_block_k(cin),
-        BLOCK_KR=_block_k(r.shape[1]), BLOCK_KS=_block_k(s_x.shape[1]), BLOCK_S=SAVE_BLOCK,
-        NORM_MISH=norm is not None, HAS_ADD=add is not None, HAS_RES=res is not None,
-        HAS_NEXT=next_norm is not None, HAS_SAVE=save is not None,
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=8,
-        num_stages=2)
+        x,
+        tails,
+        tail_read,
+        taps,
+        weight,
+        bias,
+        dummy_norm.weight if dummy_norm is not None else bias,
+        dummy_norm.bias if dummy_norm is not None else bias,
+        add if add is not None else bias,
+        r,
+        w_r,
+        b_r,
+        next_norm.weight if next_norm is not None else bias,
+        next_norm.bias if next_norm is not None else bias,
+        out,
+        out_n,
+        s_x,
+        s_tails,
+        s_src,
+        s_dst,
+        m,
+        x.shape[0],
+        tail_read.shape[0],
+        num_saves,
+        num_row_blocks,
+        norm.eps if norm is not None else 0.0,
+        next_norm.eps if next_norm is not None else 0.0,
+        CIN=cin,
+        COUT=cout,
+        TAPS=taps_k,
+        CR=r.shape[1],
+        C_SAVE=s_x.shape[1],
+        BLOCK_M=block_m,
+        BLOCK_K=_block_k(cin),
+        BLOCK_KR=_block_k(r.shape[1]),
+        BLOCK_KS=_block_k(s_x.shape[1]),
+        BLOCK_S=SAVE_BLOCK,
+        NORM_MISH=norm is not None,
+        HAS_ADD=add is not None,
+        HAS_RES=res is not None,
+        HAS_NEXT=next_norm is not None,
+        HAS_SAVE=save is not None,
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        num_warps=8,
+        num_stages=2,
+    )
     return out, (out_n if next_norm is not None else None)
 
 
@@ -151,16 +249,16 @@ def save_rows_triton(x, tails, src, dst) -> None:
     c = x.shape[1]
     assert x.is_contiguous() and tails.is_contiguous() and tails.shape[1] == c
     if src.numel():
-        _save_rows_kernel[(triton.cdiv(src.numel(), SAVE_BLOCK),)](x, tails, src, dst, src.numel(), C=c,
-                                                                   BLOCK_S=SAVE_BLOCK, BLOCK_K=_block_k(c))
+        _save_rows_kernel[(triton.cdiv(src.numel(), SAVE_BLOCK),)](
+            x, tails, src, dst, src.numel(), C=c, BLOCK_S=SAVE_BLOCK, BLOCK_K=_block_k(c)
+        )
 
 
 def save_rows_ref(x, tails, src, dst) -> None:
     tails.index_copy_(0, dst, x.index_select(0, src))
 
 
-def tap_conv_ref(x, tails, tail_read, taps, weight, bias, norm=None, add=None, res=None, next_norm=None,
-                 save=None):
+def tap_conv_ref(x, tails, tail_read, taps, weight, bias, norm=None, add=None, res=None, next_norm=None, save=None):
     """The unfused path: im2col, matmul, LayerNorm + Mish (+ add, + the residual matmul), the next LayerNorm;
     then the deferred save."""
     y = F.linear(gather_taps_ref(x, tails, tail_read, taps), weight, bias)

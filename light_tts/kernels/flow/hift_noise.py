@@ -20,8 +20,17 @@ MAX_COUNTER = 2**31  # counters are int32: offsets up to 2^31 / H samples (about
 
 
 @triton.jit
-def _keyed_noise_kernel(seed_ptr, offset_ptr, noise_ptr, phase_ptr, num, H: tl.constexpr, BLOCK_H: tl.constexpr,
-                        BLOCK: tl.constexpr, PHASE: tl.constexpr):
+def _keyed_noise_kernel(
+    seed_ptr,
+    offset_ptr,
+    noise_ptr,
+    phase_ptr,
+    num,
+    H: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK: tl.constexpr,
+    PHASE: tl.constexpr,
+):
     row = tl.program_id(0)
     seed = tl.load(seed_ptr + row)
     base = tl.load(offset_ptr + row) * H
@@ -34,8 +43,9 @@ def _keyed_noise_kernel(seed_ptr, offset_ptr, noise_ptr, phase_ptr, num, H: tl.c
         tl.store(phase_ptr + row * H + hs, tl.where(hs == 0, 0.0, u), mask=hs < H)
 
 
-def keyed_noise_triton(seeds: torch.Tensor, offsets: torch.Tensor, num_samples: int,
-                       num_harmonics: int) -> tuple[torch.Tensor, torch.Tensor]:
+def keyed_noise_triton(
+    seeds: torch.Tensor, offsets: torch.Tensor, num_samples: int, num_harmonics: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """seeds, offsets [B] int64 -> (phase [B, H], noise [B, num_samples, H]) float32 on their device."""
     assert seeds.dtype == torch.int64 and offsets.dtype == torch.int64 and seeds.shape == offsets.shape
     assert seeds.is_contiguous() and offsets.is_contiguous()
@@ -45,8 +55,17 @@ def keyed_noise_triton(seeds: torch.Tensor, offsets: torch.Tensor, num_samples: 
     block = 1024
     if b:
         _keyed_noise_kernel[(b, triton.cdiv(num_samples * h, block))](
-            seeds, offsets, noise, phase, num_samples * h, H=h, BLOCK_H=triton.next_power_of_2(h), BLOCK=block,
-            PHASE=PHASE_KEY, num_warps=4)
+            seeds,
+            offsets,
+            noise,
+            phase,
+            num_samples * h,
+            H=h,
+            BLOCK_H=triton.next_power_of_2(h),
+            BLOCK=block,
+            PHASE=PHASE_KEY,
+            num_warps=4,
+        )
     return phase, noise
 
 
@@ -86,10 +105,11 @@ def _uniform(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32) * torch.tensor(4.6566127342e-10, dtype=torch.float32)
 
 
-def keyed_noise_ref(seeds: torch.Tensor, offsets: torch.Tensor, num_samples: int,
-                    num_harmonics: int) -> tuple[torch.Tensor, torch.Tensor]:
+def keyed_noise_ref(
+    seeds: torch.Tensor, offsets: torch.Tensor, num_samples: int, num_harmonics: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     h = num_harmonics
-    counters = (offsets[:, None] * h + torch.arange(num_samples * h, device=seeds.device)[None, :])  # (B, T H)
+    counters = offsets[:, None] * h + torch.arange(num_samples * h, device=seeds.device)[None, :]  # (B, T H)
     i1, i2 = philox(seeds[:, None].expand_as(counters), counters)
     u1, u2 = torch.clamp(_uniform(i1), min=1.0e-7), _uniform(i2)
     theta = torch.tensor(6.283185307179586, dtype=torch.float32) * u2

@@ -1,4 +1,5 @@
 """SiLU-and-multiply for the Qwen2 MLP (gate half, up half): Triton kernel, launcher, torch reference."""
+
 import torch
 import torch.nn.functional as F
 import triton

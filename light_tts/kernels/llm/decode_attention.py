@@ -10,6 +10,7 @@ A quantized cache (int8 or fp8 with a scale per (slot, kv head), kernels/llm/kv_
 values are converted to q's dtype as loaded (exact), the key scales multiply the scores and the value scales the
 probabilities, so nothing is dequantized into memory.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -22,11 +23,27 @@ MAX_SPLITS = 64  # bounds the merge kernel's registers (it holds every split of 
 
 
 @triton.jit
-def key_scores(q, k_cache_ptr, k_scale_ptr, slots, kv_head, stride_slot, stride_head, stride_scale_slot, mask, dims,
-               scale_log2, DOT_PRECISION: tl.constexpr, KV_QUANT: tl.constexpr):
+def key_scores(
+    q,
+    k_cache_ptr,
+    k_scale_ptr,
+    slots,
+    kv_head,
+    stride_slot,
+    stride_head,
+    stride_scale_slot,
+    mask,
+    dims,
+    scale_log2,
+    DOT_PRECISION: tl.constexpr,
+    KV_QUANT: tl.constexpr,
+):
     """Scores (rows of q, BLOCK_N) of q against the keys at cache `slots` (BLOCK_N,), times scale_log2."""
-    k = tl.load(k_cache_ptr + slots[:, None] * stride_slot + kv_head * stride_head + dims[None, :],
-                mask=mask[:, None], other=0.0)
+    k = tl.load(
+        k_cache_ptr + slots[:, None] * stride_slot + kv_head * stride_head + dims[None, :],
+        mask=mask[:, None],
+        other=0.0,
+    )
     # one return, after an if/else: Triton's compiler keeps generating the statements after a return inside a
     # constexpr if, so an early return would also compile the unquantized dot on fp8 keys (refused on a GPU; the
     # interpreter, which runs Python, never sees it)
@@ -39,11 +56,27 @@ def key_scores(q, k_cache_ptr, k_scale_ptr, slots, kv_head, stride_slot, stride_
 
 
 @triton.jit
-def weighted_values(p, q, v_cache_ptr, v_scale_ptr, slots, kv_head, stride_slot, stride_head, stride_scale_slot,
-                    mask, dims, DOT_PRECISION: tl.constexpr, KV_QUANT: tl.constexpr):
+def weighted_values(
+    p,
+    q,
+    v_cache_ptr,
+    v_scale_ptr,
+    slots,
+    kv_head,
+    stride_slot,
+    stride_head,
+    stride_scale_slot,
+    mask,
+    dims,
+    DOT_PRECISION: tl.constexpr,
+    KV_QUANT: tl.constexpr,
+):
     """p (rows, BLOCK_N) float32 times the values at cache `slots`, in q's dtype with float32 accumulation."""
-    v = tl.load(v_cache_ptr + slots[:, None] * stride_slot + kv_head * stride_head + dims[None, :],
-                mask=mask[:, None], other=0.0)
+    v = tl.load(
+        v_cache_ptr + slots[:, None] * stride_slot + kv_head * stride_head + dims[None, :],
+        mask=mask[:, None],
+        other=0.0,
+    )
     if KV_QUANT:  # if/else with one return, as key_scores
         v_scale = tl.load(v_scale_ptr + slots * stride_scale_slot + kv_head, mask=mask, other=0.0)
         out = tl.dot((p * v_scale[None, :]).to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION)
@@ -54,13 +87,37 @@ def weighted_values(p, q, v_cache_ptr, v_scale_ptr, slots, kv_head, stride_slot,
 
 @triton.jit
 def _decode_split_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, mid_o_ptr, mid_lse_ptr,
-    req_to_token_ptr, b_req_idx_ptr, b_seq_len_ptr,
-    stride_q_req, stride_q_head, stride_kc_slot, stride_kc_head, stride_vc_slot, stride_vc_head,
-    stride_ks_slot, stride_vs_slot,
-    stride_req, stride_mo_req, stride_mo_head, stride_mo_split, stride_ml_req, stride_ml_head,
-    scale_log2, num_q_heads_per_kv, split_len,
-    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
+    mid_o_ptr,
+    mid_lse_ptr,
+    req_to_token_ptr,
+    b_req_idx_ptr,
+    b_seq_len_ptr,
+    stride_q_req,
+    stride_q_head,
+    stride_kc_slot,
+    stride_kc_head,
+    stride_vc_slot,
+    stride_vc_head,
+    stride_ks_slot,
+    stride_vs_slot,
+    stride_req,
+    stride_mo_req,
+    stride_mo_head,
+    stride_mo_split,
+    stride_ml_req,
+    stride_ml_head,
+    scale_log2,
+    num_q_heads_per_kv,
+    split_len,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     KV_QUANT: tl.constexpr,
 ):
     batch = tl.program_id(0).to(tl.int64)
@@ -77,8 +134,9 @@ def _decode_split_kernel(
     is_head = tl.arange(0, BLOCK_H) < num_q_heads_per_kv
     dims = tl.arange(0, HEAD_DIM)
     offs_n = tl.arange(0, BLOCK_N)
-    q = tl.load(q_ptr + batch * stride_q_req + heads[:, None] * stride_q_head + dims[None, :],
-                mask=is_head[:, None], other=0.0)  # (BLOCK_H, D)
+    q = tl.load(
+        q_ptr + batch * stride_q_req + heads[:, None] * stride_q_head + dims[None, :], mask=is_head[:, None], other=0.0
+    )  # (BLOCK_H, D)
 
     m_i = tl.full((BLOCK_H,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_H,), tl.float32)
@@ -87,16 +145,41 @@ def _decode_split_kernel(
         kv_pos = start_n + offs_n
         in_split = kv_pos < split_end
         slots = tl.load(req_to_token_ptr + req * stride_req + kv_pos, mask=in_split, other=0).to(tl.int64)
-        scores = key_scores(q, k_cache_ptr, k_scale_ptr, slots, kv_head, stride_kc_slot, stride_kc_head,
-                            stride_ks_slot, in_split, dims, scale_log2, DOT_PRECISION, KV_QUANT)  # (BLOCK_H, BLOCK_N)
+        scores = key_scores(
+            q,
+            k_cache_ptr,
+            k_scale_ptr,
+            slots,
+            kv_head,
+            stride_kc_slot,
+            stride_kc_head,
+            stride_ks_slot,
+            in_split,
+            dims,
+            scale_log2,
+            DOT_PRECISION,
+            KV_QUANT,
+        )  # (BLOCK_H, BLOCK_N)
         scores = tl.where(in_split[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
         p = tl.exp2(scores - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + weighted_values(p, q, v_cache_ptr, v_scale_ptr, slots, kv_head, stride_vc_slot,
-                                                     stride_vc_head, stride_vs_slot, in_split, dims, DOT_PRECISION,
-                                                     KV_QUANT)
+        acc = acc * alpha[:, None] + weighted_values(
+            p,
+            q,
+            v_cache_ptr,
+            v_scale_ptr,
+            slots,
+            kv_head,
+            stride_vc_slot,
+            stride_vc_head,
+            stride_vs_slot,
+            in_split,
+            dims,
+            DOT_PRECISION,
+            KV_QUANT,
+        )
         m_i = m_new
     mid_o = mid_o_ptr + batch * stride_mo_req + heads[:, None] * stride_mo_head + split * stride_mo_split
     tl.store(mid_o + dims[None, :], acc / l_i[:, None], mask=is_head[:, None])
@@ -105,9 +188,20 @@ def _decode_split_kernel(
 
 @triton.jit
 def _decode_merge_kernel(
-    mid_o_ptr, mid_lse_ptr, o_ptr, b_seq_len_ptr,
-    stride_mo_req, stride_mo_head, stride_mo_split, stride_ml_req, stride_ml_head, stride_o_req, stride_o_head,
-    split_len, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
+    mid_o_ptr,
+    mid_lse_ptr,
+    o_ptr,
+    b_seq_len_ptr,
+    stride_mo_req,
+    stride_mo_head,
+    stride_mo_split,
+    stride_ml_req,
+    stride_ml_head,
+    stride_o_req,
+    stride_o_head,
+    split_len,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
     # one program merges all splits of one (request, q head) at once: no serial loop over splits
     batch = tl.program_id(0).to(tl.int64)
@@ -117,12 +211,16 @@ def _decode_merge_kernel(
     splits = tl.arange(0, BLOCK_S)
     is_written = splits < num_splits
     dims = tl.arange(0, HEAD_DIM)
-    lse = tl.load(mid_lse_ptr + batch * stride_ml_req + head * stride_ml_head + splits,
-                  mask=is_written, other=float("-inf"))
+    lse = tl.load(
+        mid_lse_ptr + batch * stride_ml_req + head * stride_ml_head + splits, mask=is_written, other=float("-inf")
+    )
     lse_max = tl.where(num_splits > 0, tl.max(lse, axis=0), 0.0)  # an empty (padding) request has no finite lse
     weights = tl.exp2(lse - lse_max)  # (BLOCK_S,), 0 for unwritten splits
-    parts = tl.load(mid_o_ptr + batch * stride_mo_req + head * stride_mo_head + splits[:, None] * stride_mo_split
-                    + dims[None, :], mask=is_written[:, None], other=0.0)  # (BLOCK_S, D)
+    parts = tl.load(
+        mid_o_ptr + batch * stride_mo_req + head * stride_mo_head + splits[:, None] * stride_mo_split + dims[None, :],
+        mask=is_written[:, None],
+        other=0.0,
+    )  # (BLOCK_S, D)
     acc = tl.sum(weights[:, None] * parts, axis=0)
     weight_sum = tl.where(num_splits > 0, tl.sum(weights, axis=0), 1.0)  # empty request: acc == 0 -> zeros
     tl.store(o_ptr + batch * stride_o_req + head * stride_o_head + dims, (acc / weight_sum).to(o_ptr.dtype.element_ty))
@@ -142,8 +240,14 @@ def choose_split_len(batch: int, num_kv_heads: int, max_seq_len: int, block_n: i
     return triton.cdiv(triton.cdiv(max(max_seq_len, 1), num_splits), block_n) * block_n
 
 
-def check_kv_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
-                    k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> bool:
+def check_kv_inputs(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> bool:
     """What both attention kernels assume of q [*, Hq, D] and the token-level cache [slots, Hkv, D] (with its
     scales [slots, Hkv] when quantized); returns whether it is quantized."""
     num_q_heads, head_dim = q.shape[1], q.shape[2]
@@ -159,9 +263,17 @@ def check_kv_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
 
 
 def decode_attention_triton(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
-    b_req_idx: torch.Tensor, b_seq_len: torch.Tensor, sm_scale: float, max_seq_len: int | None = None,
-    k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None, block_n: int = 32,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    b_req_idx: torch.Tensor,
+    b_seq_len: torch.Tensor,
+    sm_scale: float,
+    max_seq_len: int | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+    block_n: int = 32,
     split_len: int | None = None,
 ) -> torch.Tensor:
     """max_seq_len: host bound on b_seq_len (defaults to req_to_token's row length); split_len overrides the split."""
@@ -184,35 +296,87 @@ def decode_attention_triton(
     mid_lse = torch.empty((batch, num_q_heads, num_splits), dtype=torch.float32, device=q.device)
     num_q_heads_per_kv = num_q_heads // num_kv_heads
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, k_scale, v_scale, mid_o, mid_lse, req_to_token, b_req_idx, b_seq_len,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
-        k_scale.stride(0), v_scale.stride(0), req_to_token.stride(0), mid_o.stride(0), mid_o.stride(1),
-        mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
-        sm_scale * LOG2_E, num_q_heads_per_kv, split_len,
-        HEAD_DIM=head_dim, BLOCK_H=max(triton.next_power_of_2(num_q_heads_per_kv), MIN_BLOCK_H), BLOCK_N=block_n,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", KV_QUANT=is_quantized,
-        num_warps=4, num_stages=2,
+        q,
+        k_cache,
+        v_cache,
+        k_scale,
+        v_scale,
+        mid_o,
+        mid_lse,
+        req_to_token,
+        b_req_idx,
+        b_seq_len,
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        k_scale.stride(0),
+        v_scale.stride(0),
+        req_to_token.stride(0),
+        mid_o.stride(0),
+        mid_o.stride(1),
+        mid_o.stride(2),
+        mid_lse.stride(0),
+        mid_lse.stride(1),
+        sm_scale * LOG2_E,
+        num_q_heads_per_kv,
+        split_len,
+        HEAD_DIM=head_dim,
+        BLOCK_H=max(triton.next_power_of_2(num_q_heads_per_kv), MIN_BLOCK_H),
+        BLOCK_N=block_n,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        KV_QUANT=is_quantized,
+        num_warps=4,
+        num_stages=2,
     )
     _decode_merge_kernel[(batch, num_q_heads)](
-        mid_o, mid_lse, o, b_seq_len,
-        mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
-        o.stride(0), o.stride(1), split_len, HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(num_splits),
+        mid_o,
+        mid_lse,
+        o,
+        b_seq_len,
+        mid_o.stride(0),
+        mid_o.stride(1),
+        mid_o.stride(2),
+        mid_lse.stride(0),
+        mid_lse.stride(1),
+        o.stride(0),
+        o.stride(1),
+        split_len,
+        HEAD_DIM=head_dim,
+        BLOCK_S=triton.next_power_of_2(num_splits),
         num_warps=4,
     )
     return o
 
 
-def cached_kv_ref(k_cache: torch.Tensor, v_cache: torch.Tensor, k_scale: torch.Tensor | None,
-                  v_scale: torch.Tensor | None, slots: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+def cached_kv_ref(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
+    slots: torch.Tensor,
+    group: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The keys and values at `slots` as float32 (S, Hq, D), dequantized, each kv head repeated for its q heads."""
-    return tuple(dequantize_ref(cache[slots], None if scale is None else scale[slots]).repeat_interleave(group, dim=1)
-                 for cache, scale in ((k_cache, k_scale), (v_cache, v_scale)))
+    return tuple(
+        dequantize_ref(cache[slots], None if scale is None else scale[slots]).repeat_interleave(group, dim=1)
+        for cache, scale in ((k_cache, k_scale), (v_cache, v_scale))
+    )
 
 
 def decode_attention_ref(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
-    b_req_idx: torch.Tensor, b_seq_len: torch.Tensor, sm_scale: float, max_seq_len: int | None = None,
-    k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    b_req_idx: torch.Tensor,
+    b_seq_len: torch.Tensor,
+    sm_scale: float,
+    max_seq_len: int | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-request fp32 softmax attention (a quantized cache dequantized first); syncs with the host, so never
     inside a CUDA graph."""

@@ -14,6 +14,7 @@ Per row b (packed[b] = seq row, last id, allowed lo, allowed hi, is_greedy, then
 3. greedy rows take the argmax of the raw logits in [lo, hi) (no penalty), the lowest id among ties.
 Two passes over [lo, hi) per round, one for the maximum and one for the total: no sort, no [B, V] temporaries.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -37,9 +38,21 @@ def _scores(logits_row, seen_row, cols, lo, hi, last, temperature, penalty):
 
 @triton.jit
 def _nucleus_kernel(
-    logits_ptr, packed_ptr, seen_ptr, ids_ptr,
-    stride_logits, stride_packed, stride_seen, vocab, temperature, penalty, top_p,
-    NUM_META: tl.constexpr, NUM_ROUNDS: tl.constexpr, BLOCK: tl.constexpr, UNIFORM_SCALE: tl.constexpr,
+    logits_ptr,
+    packed_ptr,
+    seen_ptr,
+    ids_ptr,
+    stride_logits,
+    stride_packed,
+    stride_seen,
+    vocab,
+    temperature,
+    penalty,
+    top_p,
+    NUM_META: tl.constexpr,
+    NUM_ROUNDS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    UNIFORM_SCALE: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     meta = packed_ptr + b * stride_packed
@@ -121,8 +134,9 @@ def _nucleus_kernel(
     tl.store(ids_ptr + b, tl.where(is_greedy, greedy_id, picked))
 
 
-def nucleus_sample_triton(logits: torch.Tensor, packed: torch.Tensor, seen: torch.Tensor, temperature: float,
-                          top_p: float, penalty: float) -> torch.Tensor:
+def nucleus_sample_triton(
+    logits: torch.Tensor, packed: torch.Tensor, seen: torch.Tensor, temperature: float, top_p: float, penalty: float
+) -> torch.Tensor:
     assert logits.dim() == 2 and logits.dtype == torch.float32 and logits.stride(1) == 1
     batch, vocab = logits.shape
     assert packed.dim() == 2 and packed.shape[0] == batch and packed.dtype == torch.int64 and packed.stride(1) == 1
@@ -133,15 +147,29 @@ def nucleus_sample_triton(logits: torch.Tensor, packed: torch.Tensor, seen: torc
     if batch == 0:
         return ids
     _nucleus_kernel[(batch,)](
-        logits, packed, seen.view(torch.uint8), ids, logits.stride(0), packed.stride(0), seen.stride(0), vocab,
-        temperature, penalty, top_p, NUM_META=NUM_META, NUM_ROUNDS=num_rounds,
-        BLOCK=min(BLOCK_V, triton.next_power_of_2(vocab)), UNIFORM_SCALE=1.0 / (1 << UNIFORM_BITS), num_warps=8,
+        logits,
+        packed,
+        seen.view(torch.uint8),
+        ids,
+        logits.stride(0),
+        packed.stride(0),
+        seen.stride(0),
+        vocab,
+        temperature,
+        penalty,
+        top_p,
+        NUM_META=NUM_META,
+        NUM_ROUNDS=num_rounds,
+        BLOCK=min(BLOCK_V, triton.next_power_of_2(vocab)),
+        UNIFORM_SCALE=1.0 / (1 << UNIFORM_BITS),
+        num_warps=8,
     )
     return ids
 
 
-def penalized_scores(logits: torch.Tensor, packed: torch.Tensor, seen: torch.Tensor, temperature: float,
-                     penalty: float) -> torch.Tensor:
+def penalized_scores(
+    logits: torch.Tensor, packed: torch.Tensor, seen: torch.Tensor, temperature: float, penalty: float
+) -> torch.Tensor:
     """[B, V] scores of step 1 (-inf outside each row's [lo, hi))."""
     cols = torch.arange(logits.shape[1], device=logits.device)
     rows, last, lo, hi = packed[:, 0], packed[:, 1:2], packed[:, 2:3], packed[:, 3:4]
@@ -150,8 +178,9 @@ def penalized_scores(logits: torch.Tensor, packed: torch.Tensor, seen: torch.Ten
     return x.masked_fill((cols < lo) | (cols >= hi), float("-inf"))
 
 
-def nucleus_sample_ref(logits: torch.Tensor, packed: torch.Tensor, seen: torch.Tensor, temperature: float,
-                       top_p: float, penalty: float) -> torch.Tensor:
+def nucleus_sample_ref(
+    logits: torch.Tensor, packed: torch.Tensor, seen: torch.Tensor, temperature: float, top_p: float, penalty: float
+) -> torch.Tensor:
     """The kernel's semantics in torch (rounds run for every row; an accepted row keeps its id)."""
     vocab = logits.shape[1]
     cols = torch.arange(vocab, device=logits.device)

@@ -7,6 +7,7 @@ the rounded value in float32 arithmetic, which is exact on the GPU and also righ
 own float32 -> fp8 cast gets rounding that carries into the exponent wrong), so kernels and references agree
 bit for bit up to the float32 division.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -125,8 +126,9 @@ def per_token_fp8_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q = torch.empty((num_rows, k), dtype=torch.float8_e4m3fn, device=x.device)
     scale = torch.empty((num_rows, 1), dtype=torch.float32, device=x.device)
     if num_rows:
-        _per_token_fp8_kernel[(num_rows,)](x, q, scale, x.stride(0), q.stride(0), k,
-                                           BLOCK_K=min(triton.next_power_of_2(k), 1024), num_warps=4)
+        _per_token_fp8_kernel[(num_rows,)](
+            x, q, scale, x.stride(0), q.stride(0), k, BLOCK_K=min(triton.next_power_of_2(k), 1024), num_warps=4
+        )
     return q, scale
 
 
@@ -142,8 +144,9 @@ def kv_format(k_cache: torch.Tensor, k_scale: torch.Tensor | None) -> int:
         assert k_cache.dtype not in FORMAT_OF_DTYPE, "a quantized KV cache needs its scales"
         return 0
     fmt = FORMAT_OF_DTYPE[k_cache.dtype]
-    assert k_scale.dtype == torch.float32 and k_scale.shape == k_cache.shape[:2] and k_scale.stride(1) == 1, \
+    assert k_scale.dtype == torch.float32 and k_scale.shape == k_cache.shape[:2] and k_scale.stride(1) == 1, (
         f"KV scales must be [num_slots, num_kv_heads] float32, got {tuple(k_scale.shape)} {k_scale.dtype}"
+    )
     return FORMAT_CODE[fmt]
 
 

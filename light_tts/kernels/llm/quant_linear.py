@@ -11,6 +11,7 @@ Both accumulate in float32. The Triton kernel multiplies in fp16 (fp8 mode: the 
 weights are exact in fp16) or in x's dtype (int8 mode); below 16 rows it skips tensor cores (a dot product per
 output on CUDA cores: no 16-row tile to fill at batch 1).
 """
+
 import functools
 
 import torch
@@ -26,9 +27,25 @@ FP8_TRITON_MAX_ROWS = 16
 
 @triton.jit
 def _quant_linear_kernel(
-    x_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_om,
-    ACT_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    w_scale_ptr,
+    bias_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_wn,
+    stride_om,
+    ACT_FP8: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     # program (block of BLOCK_N outputs, block of BLOCK_M rows)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -60,8 +77,11 @@ def _quant_linear_kernel(
         acc = acc * x_scale[:, None]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=is_col, other=0.0).to(tl.float32)[None, :]
-    tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=is_row[:, None] & is_col[None, :])
+    tl.store(
+        out_ptr + rows[:, None] * stride_om + cols[None, :],
+        acc.to(out_ptr.dtype.element_ty),
+        mask=is_row[:, None] & is_col[None, :],
+    )
 
 
 def choose_blocks(num_rows: int) -> dict:
@@ -75,8 +95,14 @@ def choose_blocks(num_rows: int) -> dict:
     return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64)
 
 
-def quant_linear_triton(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
-                        act_fp8: bool, blocks: dict | None = None) -> torch.Tensor:
+def quant_linear_triton(
+    x: torch.Tensor,
+    w_q: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    act_fp8: bool,
+    blocks: dict | None = None,
+) -> torch.Tensor:
     """x [M, K] (float32 / fp16 / bf16), w_q [N, K] fp8 or int8, w_scale [N] float32, bias [N] or None -> [M, N]
     in x's dtype. act_fp8: quantize x per token to fp8 first (w8a8), else weight-only."""
     assert x.dim() == 2 and x.stride(1) == 1 and w_q.dim() == 2 and w_q.stride(1) == 1
@@ -89,14 +115,31 @@ def quant_linear_triton(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tenso
         return out
     blocks = blocks or choose_blocks(num_rows)
     use_dot = blocks["BLOCK_M"] >= 16
-    dot_dtype = tl.float16 if act_fp8 else {torch.float32: tl.float32, torch.float16: tl.float16,
-                                            torch.bfloat16: tl.bfloat16}[x.dtype]
+    dot_dtype = (
+        tl.float16
+        if act_fp8
+        else {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[x.dtype]
+    )
     grid = (triton.cdiv(n, blocks["BLOCK_N"]), triton.cdiv(num_rows, blocks["BLOCK_M"]))
     _quant_linear_kernel[grid](
-        x, w_q, w_scale, w_scale if bias is None else bias, out, num_rows, n, k,
-        x.stride(0), w_q.stride(0), out.stride(0),
-        ACT_FP8=act_fp8, HAS_BIAS=bias is not None, USE_DOT=use_dot, DOT_DTYPE=dot_dtype,
-        DOT_PRECISION="ieee" if dot_dtype == tl.float32 else "tf32", num_warps=4, **blocks,
+        x,
+        w_q,
+        w_scale,
+        w_scale if bias is None else bias,
+        out,
+        num_rows,
+        n,
+        k,
+        x.stride(0),
+        w_q.stride(0),
+        out.stride(0),
+        ACT_FP8=act_fp8,
+        HAS_BIAS=bias is not None,
+        USE_DOT=use_dot,
+        DOT_DTYPE=dot_dtype,
+        DOT_PRECISION="ieee" if dot_dtype == tl.float32 else "tf32",
+        num_warps=4,
+        **blocks,
     )
     return out
 
@@ -116,42 +159,51 @@ def _scaled_mm_works(index: int) -> bool:
         return False
     a = torch.zeros((16, 32), dtype=torch.float8_e4m3fn, device=device)
     try:
-        torch._scaled_mm(a, a.t(), scale_a=torch.ones((16, 1), device=device),
-                         scale_b=torch.ones((1, 16), device=device), out_dtype=torch.bfloat16)
+        torch._scaled_mm(
+            a,
+            a.t(),
+            scale_a=torch.ones((16, 1), device=device),
+            scale_b=torch.ones((1, 16), device=device),
+            out_dtype=torch.bfloat16,
+        )
     except RuntimeError:
         return False
     return True
 
 
-def fp8_linear_scaled_mm(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
-                         bias: torch.Tensor | None) -> torch.Tensor:
+def fp8_linear_scaled_mm(
+    x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     """Per-token fp8 quantization (one kernel) + torch._scaled_mm (row-wise scales, bf16 out, fp32 accumulation)."""
     x_q, x_scale = per_token_fp8_triton(x)
     fused_bias = bias if bias is not None and bias.dtype == torch.bfloat16 else None
-    out = torch._scaled_mm(x_q, w_q.t(), scale_a=x_scale, scale_b=w_scale.view(1, -1), bias=fused_bias,
-                           out_dtype=torch.bfloat16)
+    out = torch._scaled_mm(
+        x_q, w_q.t(), scale_a=x_scale, scale_b=w_scale.view(1, -1), bias=fused_bias, out_dtype=torch.bfloat16
+    )
     if bias is not None and fused_bias is None:
         out = out + bias
     return out.to(x.dtype)
 
 
-def fp8_linear_ref(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
-                   bias: torch.Tensor | None) -> torch.Tensor:
+def fp8_linear_ref(
+    x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     """The fp8 mode in torch: x quantized per token (torch's rounding), exact fp8 products summed in float32."""
     x_q, x_scale = per_token_fp8_ref(x)
     out = (x_q.float() @ w_q.float().t()) * w_scale * x_scale
     return (out if bias is None else out + bias.float()).to(x.dtype)
 
 
-def int8_linear_ref(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
-                    bias: torch.Tensor | None) -> torch.Tensor:
+def int8_linear_ref(
+    x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     out = (x.float() @ w_q.float().t()) * w_scale
     return (out if bias is None else out + bias.float()).to(x.dtype)
 
 
-def int8_linear_dequant(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
-                        bias: torch.Tensor | None) -> torch.Tensor:
+def int8_linear_dequant(
+    x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     """The alternative to the Triton kernel: dequantize the whole weight to x's dtype, then cuBLAS (more bytes
     moved, a tuned GEMM; the bench compares them)."""
     return torch.nn.functional.linear(x, (w_q.to(torch.float32) * w_scale[:, None]).to(x.dtype), bias)
-

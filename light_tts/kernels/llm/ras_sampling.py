@@ -4,6 +4,7 @@ argmax where asked. Triton kernel, launcher, torch reference (which the sampler 
 
 packed rows are SamplingInputs.packed: is_rejecting, is_greedy, two 24-bit uniforms, then the recent-id window.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -13,10 +14,22 @@ from light_tts.sampling import UNIFORM_BITS, draw
 
 @triton.jit
 def _ras_first_attempt_kernel(
-    scores_ptr, packed_ptr, ids_ptr, banned_ptr,
-    stride_scores, stride_packed, vocab, reject_from, top_p, min_repeats,
-    TOP_K: tl.constexpr, BLOCK_K: tl.constexpr, WIN: tl.constexpr, BLOCK_W: tl.constexpr,
-    BLOCK_V: tl.constexpr, UNIFORM_SCALE: tl.constexpr,
+    scores_ptr,
+    packed_ptr,
+    ids_ptr,
+    banned_ptr,
+    stride_scores,
+    stride_packed,
+    vocab,
+    reject_from,
+    top_p,
+    min_repeats,
+    TOP_K: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    WIN: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    UNIFORM_SCALE: tl.constexpr,
 ):
     # one program samples one row; every step is a reduction over the row held in registers
     row = tl.program_id(0).to(tl.int64)
@@ -63,8 +76,9 @@ def _ras_first_attempt_kernel(
     tl.store(banned_ptr + row, tl.where(is_repeat, nucleus_id, -1).to(tl.int64))
 
 
-def ras_first_attempt_triton(scores: torch.Tensor, packed: torch.Tensor, top_k: int, top_p: float,
-                             min_repeats: float, reject_from: int) -> tuple[torch.Tensor, torch.Tensor]:
+def ras_first_attempt_triton(
+    scores: torch.Tensor, packed: torch.Tensor, top_k: int, top_p: float, min_repeats: float, reject_from: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     assert scores.dim() == 2 and scores.dtype == torch.float32 and scores.stride(1) == 1
     batch, vocab = scores.shape
     assert packed.dim() == 2 and packed.shape[0] == batch and packed.dtype == torch.int64 and packed.stride(1) == 1
@@ -75,15 +89,30 @@ def ras_first_attempt_triton(scores: torch.Tensor, packed: torch.Tensor, top_k: 
         return ids, banned
     win = packed.shape[1] - 4
     _ras_first_attempt_kernel[(batch,)](
-        scores, packed, ids, banned, scores.stride(0), packed.stride(0), vocab, reject_from, top_p, min_repeats,
-        TOP_K=top_k, BLOCK_K=triton.next_power_of_2(top_k), WIN=win, BLOCK_W=triton.next_power_of_2(max(win, 1)),
-        BLOCK_V=triton.next_power_of_2(vocab), UNIFORM_SCALE=1.0 / (1 << UNIFORM_BITS), num_warps=8,
+        scores,
+        packed,
+        ids,
+        banned,
+        scores.stride(0),
+        packed.stride(0),
+        vocab,
+        reject_from,
+        top_p,
+        min_repeats,
+        TOP_K=top_k,
+        BLOCK_K=triton.next_power_of_2(top_k),
+        WIN=win,
+        BLOCK_W=triton.next_power_of_2(max(win, 1)),
+        BLOCK_V=triton.next_power_of_2(vocab),
+        UNIFORM_SCALE=1.0 / (1 << UNIFORM_BITS),
+        num_warps=8,
     )
     return ids, banned
 
 
-def ras_attempt_ref(scores: torch.Tensor, window: torch.Tensor, u: torch.Tensor, top_k: int, top_p: float,
-                    min_repeats: float) -> tuple[torch.Tensor, torch.Tensor]:
+def ras_attempt_ref(
+    scores: torch.Tensor, window: torch.Tensor, u: torch.Tensor, top_k: int, top_p: float, min_repeats: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One RAS attempt on [B, V] log-probs, [B, win] recent ids, [B, 2] uniforms: (ids [B], id banned by the
     fallback or -1 [B])."""
     # top-k by value; the reference's stable sort differs only on exactly equal probabilities
@@ -98,8 +127,9 @@ def ras_attempt_ref(scores: torch.Tensor, window: torch.Tensor, u: torch.Tensor,
     return ids, torch.where(is_repeat, nucleus_ids, -1)
 
 
-def ras_first_attempt_ref(scores: torch.Tensor, packed: torch.Tensor, top_k: int, top_p: float,
-                          min_repeats: float, reject_from: int) -> tuple[torch.Tensor, torch.Tensor]:
+def ras_first_attempt_ref(
+    scores: torch.Tensor, packed: torch.Tensor, top_k: int, top_p: float, min_repeats: float, reject_from: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     u = packed[:, 2:4].float() / (1 << UNIFORM_BITS)
     ids, banned = ras_attempt_ref(scores, packed[:, 4:], u, top_k, top_p, min_repeats)
     is_rejecting, is_greedy = packed[:, 0].bool(), packed[:, 1].bool()

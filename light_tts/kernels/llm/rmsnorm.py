@@ -1,4 +1,5 @@
 """RMSNorm (optionally fused with the residual add) for the Qwen2 LM: Triton kernel, launcher, torch reference."""
+
 import torch
 import triton
 import triton.language as tl
@@ -6,10 +7,19 @@ import triton.language as tl
 
 @triton.jit
 def _rms_norm_kernel(
-    x_ptr, residual_ptr, weight_ptr, out_ptr, residual_out_ptr,
-    stride_x, stride_residual, stride_out, stride_residual_out,
-    hidden_size, eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK_H: tl.constexpr,
+    x_ptr,
+    residual_ptr,
+    weight_ptr,
+    out_ptr,
+    residual_out_ptr,
+    stride_x,
+    stride_residual,
+    stride_out,
+    stride_residual_out,
+    hidden_size,
+    eps,
+    HAS_RESIDUAL: tl.constexpr,
+    BLOCK_H: tl.constexpr,
 ):
     # one program normalises one token row
     row = tl.program_id(0).to(tl.int64)
@@ -43,12 +53,19 @@ def rms_norm_triton(
         return out, residual_out
     block_h = triton.next_power_of_2(hidden_size)
     _rms_norm_kernel[(num_tokens,)](
-        x, residual if residual is not None else x, weight, out,
+        x,
+        residual if residual is not None else x,
+        weight,
+        out,
         residual_out if residual_out is not None else out,
-        x.stride(0), residual.stride(0) if residual is not None else 0,
-        out.stride(0), out.stride(0),
-        hidden_size, eps,
-        HAS_RESIDUAL=residual is not None, BLOCK_H=block_h,
+        x.stride(0),
+        residual.stride(0) if residual is not None else 0,
+        out.stride(0),
+        out.stride(0),
+        hidden_size,
+        eps,
+        HAS_RESIDUAL=residual is not None,
+        BLOCK_H=block_h,
         num_warps=min(max(block_h // 256, 1), 8),
     )
     return out, residual_out

@@ -4,6 +4,7 @@ The kernel is the qkv projection's epilogue too (fewer launches per layer, which
 can add the projection's bias to q, k and v first (so the GEMM runs without one), and store the rotated k and v
 into the KV cache (quantized with a scale per head when the cache is int8 or fp8, as kv_store does).
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -12,8 +13,9 @@ from light_tts.kernels.llm.kv_store import check_kv_store, store_kv_ref
 from light_tts.kernels.llm.quant import format_scale, quantize_rows
 
 
-def build_cos_sin_cache(max_pos: int, head_dim: int, theta: float, device: torch.device | str,
-                        inv_freq: torch.Tensor | None = None) -> torch.Tensor:
+def build_cos_sin_cache(
+    max_pos: int, head_dim: int, theta: float, device: torch.device | str, inv_freq: torch.Tensor | None = None
+) -> torch.Tensor:
     """[max_pos, head_dim] fp32: cos of the head_dim/2 frequencies in the first half, sin in the second half.
     inv_freq: the frequencies when they are not the plain ones of theta (Llama 3's scaled rope)."""
     if inv_freq is None:
@@ -24,8 +26,17 @@ def build_cos_sin_cache(max_pos: int, head_dim: int, theta: float, device: torch
 
 
 @triton.jit
-def _load_heads(x_ptr, bias_ptr, stride_token, stride_head, token, num_heads,
-                HALF_D: tl.constexpr, BLOCK_H: tl.constexpr, HAS_BIAS: tl.constexpr):
+def _load_heads(
+    x_ptr,
+    bias_ptr,
+    stride_token,
+    stride_head,
+    token,
+    num_heads,
+    HALF_D: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+):
     """One token's heads as two fp32 halves (BLOCK_H, D/2), the bias [heads, D] added and rounded to the input
     dtype as a GEMM epilogue would; also returns the pointer to the first halves and the head mask."""
     heads = tl.arange(0, BLOCK_H)[:, None]
@@ -54,8 +65,20 @@ def _rotate_and_store(x1, x2, cos, sin, first_ptr, mask, HALF_D: tl.constexpr):
 
 
 @triton.jit
-def _store_halves(x1, x2, cache_ptr, scale_ptr, slot, stride_slot, stride_head, stride_scale_slot, num_heads,
-                  HALF_D: tl.constexpr, BLOCK_H: tl.constexpr, FORMAT: tl.constexpr):
+def _store_halves(
+    x1,
+    x2,
+    cache_ptr,
+    scale_ptr,
+    slot,
+    stride_slot,
+    stride_head,
+    stride_scale_slot,
+    num_heads,
+    HALF_D: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    FORMAT: tl.constexpr,
+):
     """Writes one token's heads, given as halves (BLOCK_H, D/2), at cache slot `slot` (< 0: nothing); with FORMAT >
     0 quantized with one scale per head (kv_store.store_heads, for split heads)."""
     heads = tl.arange(0, BLOCK_H)
@@ -72,13 +95,40 @@ def _store_halves(x1, x2, cache_ptr, scale_ptr, slot, stride_slot, stride_head, 
 
 @triton.jit
 def _rotary_kernel(
-    q_ptr, k_ptr, v_ptr, positions_ptr, cos_sin_ptr, slot_mapping_ptr, k_cache_ptr, v_cache_ptr,
-    k_scale_ptr, v_scale_ptr, q_bias_ptr, k_bias_ptr, v_bias_ptr,
-    stride_q_token, stride_q_head, stride_k_token, stride_k_head, stride_v_token, stride_v_head, stride_cos_sin,
-    stride_kc_slot, stride_kc_head, stride_vc_slot, stride_vc_head, stride_ks_slot, stride_vs_slot,
-    num_q_heads, num_kv_heads,
-    HALF_D: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr, STORE_KV: tl.constexpr,
-    HAS_BIAS: tl.constexpr, KV_FORMAT: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    positions_ptr,
+    cos_sin_ptr,
+    slot_mapping_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
+    q_bias_ptr,
+    k_bias_ptr,
+    v_bias_ptr,
+    stride_q_token,
+    stride_q_head,
+    stride_k_token,
+    stride_k_head,
+    stride_v_token,
+    stride_v_head,
+    stride_cos_sin,
+    stride_kc_slot,
+    stride_kc_head,
+    stride_vc_slot,
+    stride_vc_head,
+    stride_ks_slot,
+    stride_vs_slot,
+    num_q_heads,
+    num_kv_heads,
+    HALF_D: tl.constexpr,
+    BLOCK_HQ: tl.constexpr,
+    BLOCK_HKV: tl.constexpr,
+    STORE_KV: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    KV_FORMAT: tl.constexpr,
 ):
     # one program rotates every q and k head of one token (and stores its k, v at its slot; slot < 0: padding)
     token = tl.program_id(0).to(tl.int64)
@@ -88,13 +138,16 @@ def _rotary_kernel(
     sin = tl.load(cos_sin_ptr + pos * stride_cos_sin + HALF_D + dims)
     # every load before any store: q, k and v are views of one buffer, so the compiler cannot move a load above a
     # store, and a chain of dependent round trips would bound this one-token launch
-    q1, q2, q_first_ptr, q_mask = _load_heads(q_ptr, q_bias_ptr, stride_q_token, stride_q_head, token, num_q_heads,
-                                              HALF_D, BLOCK_HQ, HAS_BIAS)
-    k1, k2, k_first_ptr, k_mask = _load_heads(k_ptr, k_bias_ptr, stride_k_token, stride_k_head, token, num_kv_heads,
-                                              HALF_D, BLOCK_HKV, HAS_BIAS)
+    q1, q2, q_first_ptr, q_mask = _load_heads(
+        q_ptr, q_bias_ptr, stride_q_token, stride_q_head, token, num_q_heads, HALF_D, BLOCK_HQ, HAS_BIAS
+    )
+    k1, k2, k_first_ptr, k_mask = _load_heads(
+        k_ptr, k_bias_ptr, stride_k_token, stride_k_head, token, num_kv_heads, HALF_D, BLOCK_HKV, HAS_BIAS
+    )
     # v is k itself when no v is given: then neither branch below uses it
-    v1, v2, v_first_ptr, v_mask = _load_heads(v_ptr, v_bias_ptr, stride_v_token, stride_v_head, token,
-                                              num_kv_heads, HALF_D, BLOCK_HKV, HAS_BIAS)
+    v1, v2, v_first_ptr, v_mask = _load_heads(
+        v_ptr, v_bias_ptr, stride_v_token, stride_v_head, token, num_kv_heads, HALF_D, BLOCK_HKV, HAS_BIAS
+    )
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)  # positions stand in when nothing is stored
     _rotate_and_store(q1, q2, cos, sin, q_first_ptr, q_mask, HALF_D)
     k1, k2 = _rotate_and_store(k1, k2, cos, sin, k_first_ptr, k_mask, HALF_D)
@@ -103,17 +156,49 @@ def _rotary_kernel(
         tl.store(v_first_ptr, v1, mask=v_mask)
         tl.store(v_first_ptr + HALF_D, v2, mask=v_mask)
     if STORE_KV:
-        _store_halves(k1, k2, k_cache_ptr, k_scale_ptr, slot, stride_kc_slot, stride_kc_head, stride_ks_slot,
-                      num_kv_heads, HALF_D, BLOCK_HKV, KV_FORMAT)
-        _store_halves(v1, v2, v_cache_ptr, v_scale_ptr, slot, stride_vc_slot, stride_vc_head, stride_vs_slot,
-                      num_kv_heads, HALF_D, BLOCK_HKV, KV_FORMAT)
+        _store_halves(
+            k1,
+            k2,
+            k_cache_ptr,
+            k_scale_ptr,
+            slot,
+            stride_kc_slot,
+            stride_kc_head,
+            stride_ks_slot,
+            num_kv_heads,
+            HALF_D,
+            BLOCK_HKV,
+            KV_FORMAT,
+        )
+        _store_halves(
+            v1,
+            v2,
+            v_cache_ptr,
+            v_scale_ptr,
+            slot,
+            stride_vc_slot,
+            stride_vc_head,
+            stride_vs_slot,
+            num_kv_heads,
+            HALF_D,
+            BLOCK_HKV,
+            KV_FORMAT,
+        )
 
 
-def apply_rotary_triton(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
-                        v: torch.Tensor | None = None, k_cache: torch.Tensor | None = None,
-                        v_cache: torch.Tensor | None = None, slot_mapping: torch.Tensor | None = None,
-                        bias: torch.Tensor | None = None, k_scale: torch.Tensor | None = None,
-                        v_scale: torch.Tensor | None = None) -> None:
+def apply_rotary_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    v: torch.Tensor | None = None,
+    k_cache: torch.Tensor | None = None,
+    v_cache: torch.Tensor | None = None,
+    slot_mapping: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> None:
     assert q.dim() == 3 and k.dim() == 3 and q.shape[0] == k.shape[0] and q.shape[2] == k.shape[2]
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
@@ -133,8 +218,9 @@ def apply_rotary_triton(q: torch.Tensor, k: torch.Tensor, positions: torch.Tenso
     kv_format = 0
     if store:
         assert v is not None and v_cache is not None and slot_mapping is not None
-        kv_format = check_kv_store(num_tokens, num_kv_heads, head_dim, k.dtype, k_cache, v_cache, slot_mapping,
-                                   k_scale, v_scale)
+        kv_format = check_kv_store(
+            num_tokens, num_kv_heads, head_dim, k.dtype, k_cache, v_cache, slot_mapping, k_scale, v_scale
+        )
     else:
         k_cache, v_cache, slot_mapping = k, k, positions  # placeholders the kernel never touches
     if not kv_format:
@@ -143,21 +229,57 @@ def apply_rotary_triton(q: torch.Tensor, k: torch.Tensor, positions: torch.Tenso
     if num_tokens == 0:
         return
     _rotary_kernel[(num_tokens,)](
-        q, k, v, positions, cos_sin_cache, slot_mapping, k_cache, v_cache, k_scale, v_scale, q_bias, k_bias, v_bias,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), cos_sin_cache.stride(0),
-        k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), k_scale.stride(0),
-        v_scale.stride(0), num_q_heads, num_kv_heads,
+        q,
+        k,
+        v,
+        positions,
+        cos_sin_cache,
+        slot_mapping,
+        k_cache,
+        v_cache,
+        k_scale,
+        v_scale,
+        q_bias,
+        k_bias,
+        v_bias,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        cos_sin_cache.stride(0),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        k_scale.stride(0),
+        v_scale.stride(0),
+        num_q_heads,
+        num_kv_heads,
         HALF_D=head_dim // 2,
-        BLOCK_HQ=triton.next_power_of_2(num_q_heads), BLOCK_HKV=triton.next_power_of_2(num_kv_heads),
-        STORE_KV=store, HAS_BIAS=bias is not None, KV_FORMAT=kv_format, num_warps=1,
+        BLOCK_HQ=triton.next_power_of_2(num_q_heads),
+        BLOCK_HKV=triton.next_power_of_2(num_kv_heads),
+        STORE_KV=store,
+        HAS_BIAS=bias is not None,
+        KV_FORMAT=kv_format,
+        num_warps=1,
     )
 
 
-def apply_rotary_ref(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
-                     v: torch.Tensor | None = None, k_cache: torch.Tensor | None = None,
-                     v_cache: torch.Tensor | None = None, slot_mapping: torch.Tensor | None = None,
-                     bias: torch.Tensor | None = None, k_scale: torch.Tensor | None = None,
-                     v_scale: torch.Tensor | None = None) -> None:
+def apply_rotary_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    v: torch.Tensor | None = None,
+    k_cache: torch.Tensor | None = None,
+    v_cache: torch.Tensor | None = None,
+    slot_mapping: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> None:
     half = q.shape[-1] // 2
     if bias is not None:
         for x, b in zip((q, k, v), bias.split([q[0].numel(), k[0].numel(), v[0].numel()])):

@@ -43,9 +43,16 @@ RELEASED_END_OF_PROMPT_ID = 151646  # upstream's hard-coded id (the released tok
 def speech_ids(speech_token_size: int) -> SpeechIds:
     """CosyVoice3LM: sos, eos, task_id, fill are the first 4 of 200 speech rows after the tokens; all 200 stop."""
     n = speech_token_size
-    return SpeechIds(num_rows=n + NUM_SPECIAL_IDS, eos=n + 1, fill=n + 3,
-                     stop_ids=tuple(range(n, n + NUM_SPECIAL_IDS)), sos_row=n, task_row=n + 2, decoder_bias=False,
-                     min_len=MinLenRule(masked_id=n))
+    return SpeechIds(
+        num_rows=n + NUM_SPECIAL_IDS,
+        eos=n + 1,
+        fill=n + 3,
+        stop_ids=tuple(range(n, n + NUM_SPECIAL_IDS)),
+        sos_row=n,
+        task_row=n + 2,
+        decoder_bias=False,
+        min_len=MinLenRule(masked_id=n),
+    )
 
 
 @dataclass(frozen=True)
@@ -119,7 +126,8 @@ def load_model_config(model_dir: str | Path) -> ModelConfig:
     llm = top.sub("llm")
     speech_token_size = int(llm.get("speech_token_size"))
     return ModelConfig(
-        model_dir=model_dir, family="cosyvoice3",
+        model_dir=model_dir,
+        family="cosyvoice3",
         **top.fields(ModelConfig),
         llm=read_llm(top, model_dir, speech_ids(speech_token_size), end_of_prompt_id(model_dir / TOKENIZER_DIR)),
         flow=_read_flow(top.sub("flow")),

@@ -32,8 +32,15 @@ NUM_POSITIONS = 7  # tokens per audio frame: 1 + 2 + 4 SNAC codes
 # the English fine-tune's voices, in Canopy's order (README); lighttts.json lists others (multilingual fine-tunes)
 DEFAULT_VOICES = ("tara", "leah", "jess", "leo", "dan", "mia", "zac", "zoe")
 # the control tokens by role (the training layout of Canopy's dataset notebook)
-CONTROL_TOKENS = {"start_of_speech": 1, "end_of_speech": 2, "start_of_human": 3, "end_of_human": 4,
-                  "start_of_ai": 5, "end_of_ai": 6, "pad": 7}
+CONTROL_TOKENS = {
+    "start_of_speech": 1,
+    "end_of_speech": 2,
+    "start_of_human": 3,
+    "end_of_human": 4,
+    "start_of_ai": 5,
+    "end_of_ai": 6,
+    "pad": 7,
+}
 FIRST_AUDIO_TOKEN = 10  # <custom_token_10> is code 0 of position 0
 
 
@@ -134,8 +141,11 @@ def is_orpheus_file(config_json: Path) -> bool:
 def read_body(path: Path) -> QwenConfig:
     """The Llama body of config.json; a feature the engine does not implement is a clear error."""
     c = read_json(path)
-    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                           "vocab_size") if k not in c]
+    missing = [
+        k
+        for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+        if k not in c
+    ]
     if missing:
         raise ModelDirError(f"malformed {path}: missing {', '.join(missing)}")
     if c.get("mlp_bias") or c.get("hidden_act", "silu") != "silu":
@@ -149,16 +159,26 @@ def read_body(path: Path) -> QwenConfig:
         raise ModelDirError(f"{path}: rope_type {rope_type!r} is not supported (default, llama3)")
     scaling = None
     if rope_type == "llama3":
-        scaling = RopeScaling(float(rope["factor"]), float(rope["low_freq_factor"]),
-                              float(rope["high_freq_factor"]), int(rope["original_max_position_embeddings"]))
+        scaling = RopeScaling(
+            float(rope["factor"]),
+            float(rope["low_freq_factor"]),
+            float(rope["high_freq_factor"]),
+            int(rope["original_max_position_embeddings"]),
+        )
     return QwenConfig(
-        hidden_size=c["hidden_size"], num_hidden_layers=c["num_hidden_layers"], num_attention_heads=heads,
-        num_key_value_heads=c.get("num_key_value_heads", heads), intermediate_size=c["intermediate_size"],
-        vocab_size=c["vocab_size"], rms_norm_eps=float(c.get("rms_norm_eps", 1e-5)),
+        hidden_size=c["hidden_size"],
+        num_hidden_layers=c["num_hidden_layers"],
+        num_attention_heads=heads,
+        num_key_value_heads=c.get("num_key_value_heads", heads),
+        intermediate_size=c["intermediate_size"],
+        vocab_size=c["vocab_size"],
+        rms_norm_eps=float(c.get("rms_norm_eps", 1e-5)),
         rope_theta=float(c.get("rope_theta", rope.get("rope_theta", 10000.0))),
         max_position_embeddings=int(c.get("max_position_embeddings", 131072)),
-        attention_bias=bool(c.get("attention_bias", False)), rope_scaling=scaling,
-        tie_word_embeddings=bool(c.get("tie_word_embeddings", False)))  # transformers' Llama default: untied
+        attention_bias=bool(c.get("attention_bias", False)),
+        rope_scaling=scaling,
+        tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
+    )  # transformers' Llama default: untied
 
 
 def read_tokens(tokenizer, path: Path) -> OrpheusTokens:
@@ -171,8 +191,12 @@ def read_tokens(tokenizer, path: Path) -> OrpheusTokens:
         return i
 
     roles = {role: id_of(f"<custom_token_{n}>") for role, n in CONTROL_TOKENS.items()}
-    tokens = OrpheusTokens(bos=id_of("<|begin_of_text|>"), end_of_text=id_of("<|eot_id|>"),
-                           first_audio=id_of(f"<custom_token_{FIRST_AUDIO_TOKEN}>"), **roles)
+    tokens = OrpheusTokens(
+        bos=id_of("<|begin_of_text|>"),
+        end_of_text=id_of("<|eot_id|>"),
+        first_audio=id_of(f"<custom_token_{FIRST_AUDIO_TOKEN}>"),
+        **roles,
+    )
     for k in range(0, tokens.num_audio_ids, 97):  # a sample of the run, and its last id
         for n in (k, tokens.num_audio_ids - 1):
             if id_of(f"<custom_token_{FIRST_AUDIO_TOKEN + n}>") != tokens.first_audio + n:
@@ -216,14 +240,21 @@ def load_model_config(model_dir: str | Path, tokenizer=None) -> OrpheusConfig:
     if unknown:
         raise ModelDirError(f"{model_dir / SETTINGS_NAME}: unknown keys {', '.join(sorted(unknown))}")
     try:
-        sampling = NucleusConfig(**{k: float(settings[k]) for k in ("temperature", "top_p", "repetition_penalty")
-                                    if k in settings})
+        sampling = NucleusConfig(
+            **{k: float(settings[k]) for k in ("temperature", "top_p", "repetition_penalty") if k in settings}
+        )
     except ValueError as e:
         raise ModelDirError(f"{model_dir / SETTINGS_NAME}: {e}") from e
     voices = tuple(settings.get("voices", DEFAULT_VOICES))
     if not voices or not all(isinstance(v, str) and v.strip() for v in voices):
         raise ModelDirError(f"{model_dir / SETTINGS_NAME}: voices must be a non-empty list of names")
-    return OrpheusConfig(model_dir=model_dir, body=body, tokens=tokens,
-                         snac=read_snac_config(model_dir / SNAC_DIR / CONFIG_NAME), sampling=sampling,
-                         voices=voices, double_bos=bool(settings.get("double_bos", True)),
-                         max_new_tokens=int(settings.get("max_new_tokens", 1200)))
+    return OrpheusConfig(
+        model_dir=model_dir,
+        body=body,
+        tokens=tokens,
+        snac=read_snac_config(model_dir / SNAC_DIR / CONFIG_NAME),
+        sampling=sampling,
+        voices=voices,
+        double_bos=bool(settings.get("double_bos", True)),
+        max_new_tokens=int(settings.get("max_new_tokens", 1200)),
+    )

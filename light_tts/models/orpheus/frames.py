@@ -109,8 +109,7 @@ class WindowSchedule:
             end = self.next_end
             start = end - WINDOW
             is_final = self.is_last and end == n
-            window = Window(start, end, 0 if start == 0 else start + EMIT, end if is_final else start + EMIT + 1,
-                            end)
+            window = Window(start, end, 0 if start == 0 else start + EMIT, end if is_final else start + EMIT + 1, end)
             self.next_end += 1
             self.num_emitted = window.emit_to
             self.is_done = is_final

@@ -27,8 +27,15 @@ def prompt_text(voice: str | None, text: str) -> str:
 def build_prompt(tokens: OrpheusTokens, text_ids: list[int], double_bos: bool = True) -> list[int]:
     """The prompt ids around the text slot's ids (tokenized without special tokens)."""
     head = [tokens.bos] if double_bos else []
-    return head + [tokens.start_of_human, tokens.bos, *text_ids, tokens.end_of_text, tokens.end_of_human,
-                   tokens.start_of_ai, tokens.start_of_speech]
+    return head + [
+        tokens.start_of_human,
+        tokens.bos,
+        *text_ids,
+        tokens.end_of_text,
+        tokens.end_of_human,
+        tokens.start_of_ai,
+        tokens.start_of_speech,
+    ]
 
 
 def load_causal_lm(body: QwenConfig, sd: dict[str, torch.Tensor]) -> Qwen2ForCausalLM:
@@ -43,15 +50,21 @@ def load_causal_lm(body: QwenConfig, sd: dict[str, torch.Tensor]) -> Qwen2ForCau
     missing = sorted(set(lm.state_dict()) - set(sd))
     unexpected = sorted(set(sd) - set(lm.state_dict()))
     if missing or unexpected:
-        raise ModelDirError(f"the checkpoint does not match the model: missing {missing[:5]}, "
-                            f"unexpected {unexpected[:5]}")
+        raise ModelDirError(
+            f"the checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     lm.load_state_dict({k: v.float() for k, v in sd.items()})
     return lm.eval().requires_grad_(False)
 
 
 @torch.inference_mode()
-def generate(lm: Qwen2ForCausalLM, prompt_ids: list[int], sample: Callable[[torch.Tensor, list[int]], int],
-             stop_ids: frozenset[int], max_len: int) -> Iterator[int]:
+def generate(
+    lm: Qwen2ForCausalLM,
+    prompt_ids: list[int],
+    sample: Callable[[torch.Tensor, list[int]], int],
+    stop_ids: frozenset[int],
+    max_len: int,
+) -> Iterator[int]:
     """Ids after the prompt until a stop id (not yielded) or max_len; sample(logits [V], decoded) picks each."""
     body, cache = lm.model, KVCache(len(lm.model.layers))
     inputs = torch.tensor([prompt_ids])

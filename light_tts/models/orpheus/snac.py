@@ -41,8 +41,11 @@ class ResidualUnit(nn.Module):
     def __init__(self, dim: int, dilation: int, groups: int):
         super().__init__()
         self.block = nn.Sequential(
-            Snake1d(dim), nn.Conv1d(dim, dim, 7, dilation=dilation, padding=3 * dilation, groups=groups),
-            Snake1d(dim), nn.Conv1d(dim, dim, 1))
+            Snake1d(dim),
+            nn.Conv1d(dim, dim, 7, dilation=dilation, padding=3 * dilation, groups=groups),
+            Snake1d(dim),
+            nn.Conv1d(dim, dim, 1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.block(x)  # 'same' padding: no crop
@@ -63,10 +66,12 @@ class DecoderBlock(nn.Module):
         # the indices are the released keys: block.0 Snake, .1 transposed conv, .2 noise, .3-.5 residual units
         self.block = nn.Sequential(
             Snake1d(in_dim),
-            nn.ConvTranspose1d(in_dim, out_dim, 2 * stride, stride=stride, padding=math.ceil(stride / 2),
-                               output_padding=stride % 2),
+            nn.ConvTranspose1d(
+                in_dim, out_dim, 2 * stride, stride=stride, padding=math.ceil(stride / 2), output_padding=stride % 2
+            ),
             NoiseBlock(out_dim),
-            *(ResidualUnit(out_dim, d, groups) for d in (1, 3, 9)))
+            *(ResidualUnit(out_dim, d, groups) for d in (1, 3, 9)),
+        )
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         x = self.block[1](self.block[0](x))
@@ -80,11 +85,13 @@ class Decoder(nn.Module):
     def __init__(self, cfg: SNACConfig):
         super().__init__()
         latent, channels = cfg.latent, cfg.decoder_dim
-        layers: list[nn.Module] = [nn.Conv1d(latent, latent, 7, padding=3, groups=latent),
-                                   nn.Conv1d(latent, channels, 1)]
+        layers: list[nn.Module] = [
+            nn.Conv1d(latent, latent, 7, padding=3, groups=latent),
+            nn.Conv1d(latent, channels, 1),
+        ]
         for i, stride in enumerate(cfg.decoder_rates):
             out_dim = channels // 2 ** (i + 1)
-            layers.append(DecoderBlock(channels // 2 ** i, out_dim, stride, out_dim))
+            layers.append(DecoderBlock(channels // 2**i, out_dim, stride, out_dim))
         layers += [Snake1d(out_dim), nn.Conv1d(out_dim, 1, 7, padding=3), nn.Tanh()]
         self.model = nn.Sequential(*layers)
         self.num_blocks = len(cfg.decoder_rates)
@@ -96,7 +103,7 @@ class Decoder(nn.Module):
             length = x.shape[-1] * block.block[1].stride[0]
             noise = None if noise_fn is None else noise_fn(i, x.shape[0], length)
             x = block(x, noise)
-        for layer in self.model[2 + self.num_blocks:]:
+        for layer in self.model[2 + self.num_blocks :]:
             x = layer(x)
         return x
 
@@ -144,8 +151,9 @@ class SNACDecoder(nn.Module):
         missing = sorted(set(own) - set(folded))
         misshapen = sorted(k for k in set(own) & set(folded) if own[k].shape != folded[k].shape)
         if missing or misshapen:
-            raise ModelDirError(f"{source} does not match the SNAC config: missing {missing[:5]}, "
-                                f"misshapen {misshapen[:5]}")
+            raise ModelDirError(
+                f"{source} does not match the SNAC config: missing {missing[:5]}, misshapen {misshapen[:5]}"
+            )
         model.load_state_dict({k: folded[k].float() for k in own})
         return model.eval().requires_grad_(False)
 
@@ -154,8 +162,10 @@ def fold_weight_norm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """weight = g * v / ||v|| (norm over every dim but 0), for both key styles; other keys pass through."""
     out, pairs = {}, {}
     for key, value in sd.items():
-        for g_suffix, v_suffix in ((".parametrizations.weight.original0", ".parametrizations.weight.original1"),
-                                   (".weight_g", ".weight_v")):
+        for g_suffix, v_suffix in (
+            (".parametrizations.weight.original0", ".parametrizations.weight.original1"),
+            (".weight_g", ".weight_v"),
+        ):
             if key.endswith(g_suffix) or key.endswith(v_suffix):
                 is_g = key.endswith(g_suffix)
                 base = key[: -len(g_suffix if is_g else v_suffix)]

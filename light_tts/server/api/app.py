@@ -102,8 +102,11 @@ def tone_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
 def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_ready=None) -> FastAPI:
     manager = HttpServerManager(settings, ports, http_rank)
     quiet_stream_cuts()
-    voices = VoiceStore(settings.data_dir, settings.voice_limits(),  # the same files in every HTTP worker
-                        aliases=settings.cfg.voice_aliases())
+    voices = VoiceStore(
+        settings.data_dir,
+        settings.voice_limits(),  # the same files in every HTTP worker
+        aliases=settings.cfg.voice_aliases(),
+    )
     health = {"checked_at": -math.inf, "ok": False, "detail": ""}
 
     def check_model_name(name: str) -> int:
@@ -119,18 +122,21 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
         await manager.stop()
 
     init_request_series(settings.model_names)
-    app = FastAPI(title="LightTTS", description=api_description(settings), lifespan=lifespan, docs_url=None,
-                  redoc_url=None)  # docs_pages serves them
+    app = FastAPI(
+        title="LightTTS", description=api_description(settings), lifespan=lifespan, docs_url=None, redoc_url=None
+    )  # docs_pages serves them
     app.state.manager = manager
     install_error_handlers(app, validation_error_handler)  # each in its route's shape (error_bodies.py)
     mount_docs(app)  # before the playground: its /static mount would take /static/docs too
     mount_playground(app)
     backend = ServerBackend(manager)
     router = create_openai_router(backend, voices, settings.models, settings.max_body_bytes)
-    add_speech_websockets(router, backend, voices, settings.models, settings.cfg.max_text_chars,
-                          settings.cfg.ws_idle_timeout_s)
-    add_voice_conversion(router, backend, voices, settings.models, settings.max_vc_source_seconds,
-                         settings.max_body_bytes)
+    add_speech_websockets(
+        router, backend, voices, settings.models, settings.cfg.max_text_chars, settings.cfg.ws_idle_timeout_s
+    )
+    add_voice_conversion(
+        router, backend, voices, settings.models, settings.max_vc_source_seconds, settings.max_body_bytes
+    )
     app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.auth.is_enabled:
@@ -140,8 +146,13 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
     app.add_middleware(BodyDeadline, gap_s=settings.cfg.http_body_timeout_s, total_s=settings.cfg.http_body_deadline_s)
     finish_openapi(app, settings.auth)
 
-    @app.post("/inference_zero_shot", response_class=PCMResponse, responses=audio_responses(settings),
-              openapi_extra=zero_shot_request_body(settings), summary="Speak a text in the voice of a prompt")
+    @app.post(
+        "/inference_zero_shot",
+        response_class=PCMResponse,
+        responses=audio_responses(settings),
+        openapi_extra=zero_shot_request_body(settings),
+        summary="Speak a text in the voice of a prompt",
+    )
     async def inference_zero_shot(request: Request):
         endpoint = "inference_zero_shot"
         received_at = stage_trace.now()
@@ -149,13 +160,28 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
             inputs = await parse_zero_shot(request, settings)
             parsed_at = stage_trace.now()
             model = check_model_name(inputs.tts_model_name)
-            saved = None if inputs.voice_id is None else await run_in_threadpool(
-                voices.load_features, inputs.voice_id, settings.models[model].frontend_key)
-            handle = manager.submit(inputs.tts_text, inputs.prompt_text, inputs.prompt_wav, stream=inputs.stream,
-                                    speed=inputs.speed, seed=inputs.seed, saved_voice=saved,
-                                    fixed_speech_tokens=inputs.fixed_speech_tokens, client=client_address(request),
-                                    model=model, mode=inputs.mode, instruction=inputs.instruct_text,
-                                    received_at=received_at, parsed_at=parsed_at, voice=inputs.voice)
+            saved = (
+                None
+                if inputs.voice_id is None
+                else await run_in_threadpool(voices.load_features, inputs.voice_id, settings.models[model].frontend_key)
+            )
+            handle = manager.submit(
+                inputs.tts_text,
+                inputs.prompt_text,
+                inputs.prompt_wav,
+                stream=inputs.stream,
+                speed=inputs.speed,
+                seed=inputs.seed,
+                saved_voice=saved,
+                fixed_speech_tokens=inputs.fixed_speech_tokens,
+                client=client_address(request),
+                model=model,
+                mode=inputs.mode,
+                instruction=inputs.instruct_text,
+                received_at=received_at,
+                parsed_at=parsed_at,
+                voice=inputs.voice,
+            )
         except LightTTSError as e:
             record_rejected(endpoint, e)
             return error_response(e)
@@ -251,8 +277,14 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
             try:
                 facts = settings.model  # the default model's: a built-in voice, or one of its named ones
                 prompt = ("Hi.", tone_wav()) if facts.takes_prompt_audio else ("", b"")
-                handle = manager.submit("Hello.", *prompt, stream=False, speed=1.0, seed=0,
-                                        voice=None if facts.takes_prompt_audio else facts.voices[0])
+                handle = manager.submit(
+                    "Hello.",
+                    *prompt,
+                    stream=False,
+                    speed=1.0,
+                    seed=0,
+                    voice=None if facts.takes_prompt_audio else facts.voices[0],
+                )
                 try:
                     audio = await collect_audio(manager, handle)
                 finally:
@@ -261,8 +293,10 @@ def create_app(settings: ServerSettings, ports: PortArgs, http_rank: int, on_rea
             except LightTTSError as e:
                 health.update(ok=False, detail=str(e))
             health["checked_at"] = time.monotonic()
-        return JSONResponse({"status": "ok" if health["ok"] else "unhealthy", "detail": health["detail"]},
-                            status_code=200 if health["ok"] else 503)
+        return JSONResponse(
+            {"status": "ok" if health["ok"] else "unhealthy", "detail": health["detail"]},
+            status_code=200 if health["ok"] else 503,
+        )
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics of every process")
     async def metrics_page():
@@ -323,8 +357,13 @@ def run_http_process(settings: ServerSettings, ports: PortArgs, rank: int, ready
         setup_process(settings, f"http{rank}", f"{cfg.host}:{cfg.port}")
         sock = listening_socket(cfg.host, cfg.port)
         app = create_app(settings, ports, rank, on_ready=lambda: ready_pipe.send(("ready", os.getpid())))
-        config = uvicorn.Config(app, log_level=cfg.log_level, timeout_graceful_shutdown=2, ws_max_size=64 << 20,
-                                http=http_protocol(cfg.http_header_timeout_s))
+        config = uvicorn.Config(
+            app,
+            log_level=cfg.log_level,
+            timeout_graceful_shutdown=2,
+            ws_max_size=64 << 20,
+            http=http_protocol(cfg.http_header_timeout_s),
+        )
         server = WorkerServer(config)
     except BaseException:
         ready_pipe.send(("error", traceback.format_exc()))

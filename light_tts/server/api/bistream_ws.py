@@ -62,15 +62,17 @@ async def receive_message(ws: WebSocket, timeout_s: float | None) -> dict | byte
     return value
 
 
-async def receive_start(ws: WebSocket, settings: ServerSettings, check_model_name,
-                        voices: VoiceStore) -> tuple[str | None, bytes, dict]:
+async def receive_start(
+    ws: WebSocket, settings: ServerSettings, check_model_name, voices: VoiceStore
+) -> tuple[str | None, bytes, dict]:
     """(prompt text, prompt wav, submit options) of a valid start: its JSON message and the wav frame, or a saved
     voice's start (the options then name it, and there is no wav)."""
     cfg = settings.cfg
     start = await receive_message(ws, cfg.ws_idle_timeout_s)
     if not isinstance(start, dict):
-        raise RequestError('the first message must be JSON {"prompt_text": "...", "tts_model_name": ...} '
-                           '(or {"voice_id": ...})')
+        raise RequestError(
+            'the first message must be JSON {"prompt_text": "...", "tts_model_name": ...} (or {"voice_id": ...})'
+        )
     voice_id = start.get("voice_id")
     if voice_id is not None and (not isinstance(voice_id, str) or not voice_id or "prompt_text" in start):
         raise RequestError('a saved voice\'s start is {"voice_id": "voice_...", ...}, without prompt_text or wav')
@@ -83,14 +85,23 @@ async def receive_start(ws: WebSocket, settings: ServerSettings, check_model_nam
     model = check_model_name(str(start.get("tts_model_name", "default")))  # NotFoundError: 1008
     entry = settings.models[model]
     if not entry.facts.takes_prompt_audio:  # its text goes whole into its prompt: /ws/tts streams it instead
-        raise RequestError(f"model {entry.name!r} takes no prompt audio and no text pieces; speak with one of its "
-                           f"voices ({', '.join(entry.facts.voices)}) on /ws/tts or /v1/audio/speech")
-    options = {"seed": check_seed(start.get("seed")), "model": model,
-               "fixed_speech_tokens": check_fixed_speech_tokens(start.get("fixed_speech_tokens"), settings),
-               "mode": parse_mode(texts["mode"]), "instruction": texts["instruct_text"]}
+        raise RequestError(
+            f"model {entry.name!r} takes no prompt audio and no text pieces; speak with one of its "
+            f"voices ({', '.join(entry.facts.voices)}) on /ws/tts or /v1/audio/speech"
+        )
+    options = {
+        "seed": check_seed(start.get("seed")),
+        "model": model,
+        "fixed_speech_tokens": check_fixed_speech_tokens(start.get("fixed_speech_tokens"), settings),
+        "mode": parse_mode(texts["mode"]),
+        "instruction": texts["instruct_text"],
+    }
     if voice_id:
-        saved: VoicePrompt = await run_in_threadpool(voices.load_features, voice_id,  # NotFoundError: 1008
-                                                     settings.models[model].frontend_key)
+        saved: VoicePrompt = await run_in_threadpool(
+            voices.load_features,
+            voice_id,  # NotFoundError: 1008
+            settings.models[model].frontend_key,
+        )
         return saved.text, b"", {**options, "saved_voice": saved}
     wav = await receive_message(ws, cfg.ws_idle_timeout_s)
     if not isinstance(wav, bytes):
@@ -108,8 +119,9 @@ async def read_text(ws: WebSocket, manager: HttpServerManager, handle: RequestHa
             message = await receive_message(ws, None if is_finished else cfg.ws_idle_timeout_s)
             if is_finished:
                 continue
-            if not isinstance(message, dict) or not (isinstance(message.get("tts_text"), str)
-                                                     or message.get("finish") is True):
+            if not isinstance(message, dict) or not (
+                isinstance(message.get("tts_text"), str) or message.get("finish") is True
+            ):
                 raise RequestError('expected {"tts_text": "..."} or {"finish": true}')
             text = message.get("tts_text", "")
             if not isinstance(text, str):
@@ -125,8 +137,9 @@ async def read_text(ws: WebSocket, manager: HttpServerManager, handle: RequestHa
         handle.events.put_nowait(e)
 
 
-async def serve_bistream(ws: WebSocket, manager: HttpServerManager, settings: ServerSettings,
-                         check_model_name, voices: VoiceStore) -> None:
+async def serve_bistream(
+    ws: WebSocket, manager: HttpServerManager, settings: ServerSettings, check_model_name, voices: VoiceStore
+) -> None:
     await ws.accept()
     handle, reader, error = None, None, None
     received_at = stage_trace.now()  # the trace's "parse" stage is the client sending its start and wav
@@ -134,12 +147,21 @@ async def serve_bistream(ws: WebSocket, manager: HttpServerManager, settings: Se
         prompt_text, wav, options = await receive_start(ws, settings, check_model_name, voices)
         with ActiveRequest():  # a request only once it is complete: a silent socket is not one
             client = ws.client.host if ws.client else ""
-            handle = manager.submit("", prompt_text, wav, stream=True, speed=1.0, is_bistream=True, client=client,
-                                    received_at=received_at, **options)
+            handle = manager.submit(
+                "",
+                prompt_text,
+                wav,
+                stream=True,
+                speed=1.0,
+                is_bistream=True,
+                client=client,
+                received_at=received_at,
+                **options,
+            )
             reader = asyncio.create_task(read_text(ws, manager, handle, settings.cfg))
             while (chunk := await manager.next_event(handle)) is not None:
                 for start in range(0, len(chunk), MAX_FRAME_BYTES):
-                    await ws.send_bytes(chunk[start:start + MAX_FRAME_BYTES])
+                    await ws.send_bytes(chunk[start : start + MAX_FRAME_BYTES])
                 manager.first_bytes_written(handle)
         await ws.close(1000)
     except (RuntimeError, OSError) as e:  # a send or close after the client vanished

@@ -107,9 +107,15 @@ class HttpServerManager:
     async def start(self) -> None:
         """Bind this worker's reply endpoint and connect to every stage; must run on the serving event loop."""
         self.ctx = zmq.asyncio.Context()
-        self.handlers = Handlers(f"http{self.http_rank}", {AudioReady: self.on_audio, RequestFailed: self.on_failed,
-                                                           AbortDone: self.on_abort_done,
-                                                           FeaturesReady: self.on_features_ready})
+        self.handlers = Handlers(
+            f"http{self.http_rank}",
+            {
+                AudioReady: self.on_audio,
+                RequestFailed: self.on_failed,
+                AbortDone: self.on_abort_done,
+                FeaturesReady: self.on_features_ready,
+            },
+        )
         self.decode_frame = FrameDecoder(f"http{self.http_rank}", self.handlers.inbox_type)
         self.replies = self.ctx.socket(zmq.PULL)
         self.replies.setsockopt(zmq.LINGER, 0)
@@ -133,8 +139,11 @@ class HttpServerManager:
         orphans = self.slots.adopt(self.http_rank)
         if not orphans:
             return
-        keys = [*(("encode", r) for r in range(len(self.to_encode))), *(("llm", r) for r in range(len(self.to_llm))),
-                *(("decode", r) for r in range(len(self.to_decode)))]
+        keys = [
+            *(("encode", r) for r in range(len(self.to_encode))),
+            *(("llm", r) for r in range(len(self.to_llm))),
+            *(("decode", r) for r in range(len(self.to_decode))),
+        ]
         live = {f"{stage}{rank}" for stage, rank in keys if self.processes.state(stage, rank) == ProcessTable.READY}
         log.warning("http%d restarted: aborting the %d request(s) its predecessor left", self.http_rank, len(orphans))
         for slot, req_id in orphans:
@@ -165,8 +174,9 @@ class HttpServerManager:
             return "the server is shutting down"
         dead = p.dead_backends()
         if dead:
-            return f"worker {_names(dead)} failed" + (" and is restarting" if self.cfg.on_worker_failure == "restart"
-                                                      else "; the server is stopping")
+            return f"worker {_names(dead)} failed" + (
+                " and is restarting" if self.cfg.on_worker_failure == "restart" else "; the server is stopping"
+            )
         hung = p.hung_backends(self.cfg.worker_hang_timeout_s)
         if hung:
             return f"worker {_names(hung)} has not responded for {self.cfg.worker_hang_timeout_s:g} s"
@@ -175,11 +185,27 @@ class HttpServerManager:
             return f"worker {_names(starting)} is loading its model (starting or restarting)"
         return None
 
-    def submit(self, tts_text: str, prompt_text: str | None, prompt_wav: bytes, *, stream: bool, speed: float,
-               seed: int | None, fixed_speech_tokens: int | None = None, is_bistream: bool = False,
-               client: str = "", saved_voice: VoicePrompt | None = None, model: int = 0, mode: str | None = None,
-               instruction: str | None = None, source_wav: bytes = b"", received_at: float | None = None,
-               parsed_at: float | None = None, voice: str | None = None) -> RequestHandle:
+    def submit(
+        self,
+        tts_text: str,
+        prompt_text: str | None,
+        prompt_wav: bytes,
+        *,
+        stream: bool,
+        speed: float,
+        seed: int | None,
+        fixed_speech_tokens: int | None = None,
+        is_bistream: bool = False,
+        client: str = "",
+        saved_voice: VoicePrompt | None = None,
+        model: int = 0,
+        mode: str | None = None,
+        instruction: str | None = None,
+        source_wav: bytes = b"",
+        received_at: float | None = None,
+        parsed_at: float | None = None,
+        voice: str | None = None,
+    ) -> RequestHandle:
         """Claim a slot and start the request to model index `model`; raises OverloadedError (429) at once when
         none is free, or when `client` (its address) already has --max_requests_per_client requests in flight.
         With `saved_voice` its transcript and features are the prompt (`prompt_text` and `prompt_wav` are not
@@ -198,15 +224,25 @@ class HttpServerManager:
             mode = NAMED_VOICE
         elif mode != VC:
             mode = resolve_mode(mode, instruction, prompt_text)
-        handle = self.claim(client, {"text": tts_text.encode("utf-8"), "prompt_text": (prompt_text or "").encode(),
-                                     "instruct_text": (instruction or "").encode(), "wav": prompt_wav,
-                                     "source_wav": source_wav}, features, model)
+        handle = self.claim(
+            client,
+            {
+                "text": tts_text.encode("utf-8"),
+                "prompt_text": (prompt_text or "").encode(),
+                "instruct_text": (instruction or "").encode(),
+                "wav": prompt_wav,
+                "source_wav": source_wav,
+            },
+            features,
+            model,
+        )
         handle.mode = mode
         if stream:
             handle.playback = Playback(handle.sample_rate)
         seed = secrets.randbits(31) if seed is None else seed
-        params = RequestParams(handle.req_id, handle.slot, self.http_rank, stream, speed, seed, fixed_speech_tokens,
-                               mode)
+        params = RequestParams(
+            handle.req_id, handle.slot, self.http_rank, stream, speed, seed, fixed_speech_tokens, mode
+        )
         key = None
         if features is not None:  # the key the voice cache gives these features (voice_cache_key)
             key = voice_cache_key(self.settings.models[model].frontend_key, saved_voice.voice_key)
@@ -221,8 +257,11 @@ class HttpServerManager:
         """A voice upload's prompt features and the audio's seconds, computed by an encode process with the frontend
         of model index `model` (one that takes prompt audio: the route checks), in a slot of its own (so an upload
         waits for a free slot like any request: 429 when none is); raises AudioError."""
-        handle = self.claim(client, {"text": b"", "prompt_text": b"", "instruct_text": b"", "wav": audio,
-                                     "source_wav": b""}, model=model)
+        handle = self.claim(
+            client,
+            {"text": b"", "prompt_text": b"", "instruct_text": b"", "wav": audio, "source_wav": b""},
+            model=model,
+        )
         handle.is_features_job = True
         try:
             self.to_encode[handle.encode_rank].send(ComputeFeatures(handle.req_id, handle.slot, self.http_rank))
@@ -231,8 +270,9 @@ class HttpServerManager:
         finally:
             self.finish(handle)
 
-    def claim(self, client: str, inputs: dict[str, bytes], features: PromptFeatures | None = None,
-              model: int = 0) -> RequestHandle:
+    def claim(
+        self, client: str, inputs: dict[str, bytes], features: PromptFeatures | None = None, model: int = 0
+    ) -> RequestHandle:
         """A slot holding `inputs` (and a saved voice's features) for model index `model`, and the handle of its
         request."""
         reason = self.unready_reason()
@@ -243,8 +283,10 @@ class HttpServerManager:
         if slot is None:
             raise OverloadedError(f"all {self.slots.num_slots} request slots are busy; retry shortly")
         if slot == CLIENT_AT_LIMIT:
-            raise OverloadedError(f"this client already has {self.cfg.max_requests_per_client} requests in flight "
-                                  f"(--max_requests_per_client); retry when one ends")
+            raise OverloadedError(
+                f"this client already has {self.cfg.max_requests_per_client} requests in flight "
+                f"(--max_requests_per_client); retry when one ends"
+            )
         try:
             for name, data in inputs.items():
                 self.slots.write_bytes(slot, name, data)
@@ -252,8 +294,9 @@ class HttpServerManager:
                 self.slots.write_prompt_features(slot, features.speech_tokens, features.embedding, features.mel)
         except ValueError as e:  # the HTTP checks keep inputs within the slot; this guards the slot regardless
             self.slots.release(slot, req_id)
-            raise RequestError(f"{e} (a saved voice longer than --max_prompt_seconds allows?)" if features is not None
-                               else str(e)) from None
+            raise RequestError(
+                f"{e} (a saved voice longer than --max_prompt_seconds allows?)" if features is not None else str(e)
+            ) from None
         # the encode process not busy with a turn (a new voice's prompt models take tens of ms), else in turn
         ranks = list(range(len(self.to_encode)))
         rank = pick_least_loaded(ranks, {r: self.processes.load("encode", r) for r in ranks}, self.next_encode_rank)
@@ -304,8 +347,9 @@ class HttpServerManager:
             return
         abort = AbortRequest(handle.req_id, self.http_rank)
         try:
-            others = [] if handle.is_features_job else [*(self.to_llm[r] for r in self.llm_ranks(handle)),
-                                                         *self.to_decode]
+            others = (
+                [] if handle.is_features_job else [*(self.to_llm[r] for r in self.llm_ranks(handle)), *self.to_decode]
+            )
             for outbox in (self.to_encode[handle.encode_rank], *others):
                 outbox.send(abort)
         except zmq.ZMQError:  # this worker is stopping: its sockets are closed, the stages go down with it
@@ -340,8 +384,9 @@ class HttpServerManager:
             pcm = self.slots.audio.read(handle.slot, message.offset, message.num_samples)
         handle.num_samples += message.num_samples
         if handle.audio_seconds > self.cfg.max_audio_seconds:  # bounds what a non-stream request holds here
-            handle.events.put_nowait(TooLargeError(f"the request's audio passed --max_audio_seconds "
-                                                   f"({self.cfg.max_audio_seconds:g} s)"))
+            handle.events.put_nowait(
+                TooLargeError(f"the request's audio passed --max_audio_seconds ({self.cfg.max_audio_seconds:g} s)")
+            )
             return
         if message.num_samples:
             if handle.num_samples == message.num_samples:  # the first audio: the encode process wrote the kind
@@ -411,9 +456,13 @@ class HttpServerManager:
                 handle.events.put_nowait(error)
 
     def may_hold(self, stage: str, rank: int, handle: RequestHandle) -> bool:
-        return self.settings.topology.may_hold(stage, rank, self.settings.model_names[handle.model],
-                                               self.slots.llm_rank_of(handle.slot),
-                                               self.slots.decode_rank_of(handle.slot))
+        return self.settings.topology.may_hold(
+            stage,
+            rank,
+            self.settings.model_names[handle.model],
+            self.slots.llm_rank_of(handle.slot),
+            self.slots.decode_rank_of(handle.slot),
+        )
 
     def llm_ranks(self, handle: RequestHandle) -> list[int]:
         """The LLM replicas that may hold the request: the one it was sent to, or all of its model's until then."""

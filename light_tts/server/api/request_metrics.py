@@ -19,8 +19,14 @@ from light_tts.server.metrics import prometheus as metrics
 log = logging.getLogger("light_tts.http")
 # The `endpoint` label of every route that runs syntheses (each route names itself so).
 VC_ENDPOINT = "v1_audio_voice_conversion"  # its one mode is vc
-ENDPOINTS = ("inference_zero_shot", "inference_zero_shot_bistream", "v1_audio_speech", "v1_audio_speech_stream",
-             "ws_tts", VC_ENDPOINT)
+ENDPOINTS = (
+    "inference_zero_shot",
+    "inference_zero_shot_bistream",
+    "v1_audio_speech",
+    "v1_audio_speech_stream",
+    "ws_tts",
+    VC_ENDPOINT,
+)
 VOICE_KINDS = ("saved", "new")
 
 
@@ -119,9 +125,18 @@ def record_finished(endpoint: str, handle: RequestHandle, error: BaseException |
     line (INFO: endpoint, model, mode, voice kind, outcome, audio seconds, first-audio time, latency)."""
     latency, model, mode = time.monotonic() - handle.arrival, handle.model_name, handle.mode
     ttfa = None if handle.first_audio_at is None else handle.first_audio_at - handle.arrival
-    log.info("request %d %s model=%s mode=%s voice=%s outcome=%s audio=%.2fs ttfa=%s latency=%.3fs", handle.req_id,
-             endpoint, model, mode, handle.voice_kind, "ok" if error is None else error_kind(error),
-             handle.audio_seconds, "-" if ttfa is None else f"{ttfa:.3f}s", latency)
+    log.info(
+        "request %d %s model=%s mode=%s voice=%s outcome=%s audio=%.2fs ttfa=%s latency=%.3fs",
+        handle.req_id,
+        endpoint,
+        model,
+        mode,
+        handle.voice_kind,
+        "ok" if error is None else error_kind(error),
+        handle.audio_seconds,
+        "-" if ttfa is None else f"{ttfa:.3f}s",
+        latency,
+    )
     if error is not None:
         record_rejected(endpoint, error, model, mode)
         if error_kind(error) == "internal":

@@ -106,9 +106,16 @@ async def read_multipart(request: Request, max_bytes: int) -> dict[str, bytes]:
         parts[disposition[b"name"].decode("utf-8", "replace")] = bytes(current["data"])
         current["disposition"], current["data"] = b"", bytearray()
 
-    parser = MultipartParser(options[b"boundary"], {
-        "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
-        "on_part_data": on_part_data, "on_part_end": on_part_end})
+    parser = MultipartParser(
+        options[b"boundary"],
+        {
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
     try:
         async for chunk in body_chunks(request, max_bytes):
             parser.write(chunk)
@@ -140,8 +147,10 @@ def check_text(text: str, name: str, cfg: ServerConfig, allow_empty: bool = Fals
         raise TextError(f"{name} contains a NUL character")
     surrogate = _LONE_SURROGATE.search(text)
     if surrogate:  # JSON can carry "\ud800"; such a string has no UTF-8 form
-        raise TextError(f"{name} contains a lone surrogate (U+{ord(surrogate.group()):04X}) at position "
-                        f"{surrogate.start()}: not valid Unicode")
+        raise TextError(
+            f"{name} contains a lone surrogate (U+{ord(surrogate.group()):04X}) at position "
+            f"{surrogate.start()}: not valid Unicode"
+        )
 
 
 def check_prompt_wav(wav: bytes, cfg: ServerConfig) -> None:
@@ -149,8 +158,11 @@ def check_prompt_wav(wav: bytes, cfg: ServerConfig) -> None:
     if not wav:
         raise AudioError("prompt_wav is empty (0 bytes)")
     if len(wav) > cfg.max_prompt_wav_bytes:
-        raise TooLargeError(f"prompt_wav is {describe_bytes(len(wav))}; the limit is "
-                            f"{describe_bytes(cfg.max_prompt_wav_bytes)} (--max_prompt_wav_bytes)", "prompt_wav")
+        raise TooLargeError(
+            f"prompt_wav is {describe_bytes(len(wav))}; the limit is "
+            f"{describe_bytes(cfg.max_prompt_wav_bytes)} (--max_prompt_wav_bytes)",
+            "prompt_wav",
+        )
 
 
 def parse_bool(raw: bytes | str, name: str) -> bool:
@@ -214,12 +226,16 @@ async def parse_zero_shot(request: Request, settings: ServerSettings) -> ZeroSho
         tts_text=decode_text(parts["tts_text"], "tts_text", cfg),
         # a blank prompt_text is a 400 (leave the field out for a voice without a transcript: cross-lingual)
         prompt_text=None if "prompt_text" not in parts else decode_text(parts["prompt_text"], "prompt_text", cfg),
-        prompt_wav=parts.get("prompt_wav", b""), tts_model_name=tts_model_name, voice_id=voice_id,
-        **parse_options(parts, settings))
+        prompt_wav=parts.get("prompt_wav", b""),
+        tts_model_name=tts_model_name,
+        voice_id=voice_id,
+        **parse_options(parts, settings),
+    )
 
 
-def parse_named_voice(parts: dict[str, bytes], entry: ModelEntry, voice: str | None,
-                      settings: ServerSettings) -> ZeroShotInputs:
+def parse_named_voice(
+    parts: dict[str, bytes], entry: ModelEntry, voice: str | None, settings: ServerSettings
+) -> ZeroShotInputs:
     """The form for a model that speaks in named voices (Orpheus): voice_id names one; a prompt is refused (a mode
     or an instruction too, when the request is submitted: model_set.has_modes)."""
     if "prompt_wav" in parts or "prompt_text" in parts:
@@ -228,9 +244,14 @@ def parse_named_voice(parts: dict[str, bytes], entry: ModelEntry, voice: str | N
         raise RequestError(f"missing field voice_id: model {entry.name!r} speaks as {', '.join(entry.facts.voices)}")
     if "tts_text" not in parts:
         raise RequestError("missing field tts_text")
-    return ZeroShotInputs(tts_text=decode_text(parts["tts_text"], "tts_text", settings.cfg), prompt_text=None,
-                          prompt_wav=b"", tts_model_name=entry.name, voice=check_voice(entry, voice),
-                          **parse_options(parts, settings))
+    return ZeroShotInputs(
+        tts_text=decode_text(parts["tts_text"], "tts_text", settings.cfg),
+        prompt_text=None,
+        prompt_wav=b"",
+        tts_model_name=entry.name,
+        voice=check_voice(entry, voice),
+        **parse_options(parts, settings),
+    )
 
 
 def parse_options(parts: dict[str, bytes], settings: ServerSettings) -> dict:
@@ -241,8 +262,17 @@ def parse_options(parts: dict[str, bytes], settings: ServerSettings) -> dict:
     seed = check_seed(int(parse_number(parts["seed"], "seed", int)) if "seed" in parts else None)
     fixed = parts.get("fixed_speech_tokens")
     fixed_speech_tokens = check_fixed_speech_tokens(
-        None if fixed is None else int(parse_number(fixed, "fixed_speech_tokens", int)), settings)
-    optional = {name: decode_text(parts[name], name, settings.cfg, allow_empty=True) if name in parts else None
-                for name in ("instruct_text", "mode")}
-    return {"stream": stream, "speed": speed, "seed": seed, "fixed_speech_tokens": fixed_speech_tokens,
-            "instruct_text": optional["instruct_text"], "mode": parse_mode(optional["mode"])}
+        None if fixed is None else int(parse_number(fixed, "fixed_speech_tokens", int)), settings
+    )
+    optional = {
+        name: decode_text(parts[name], name, settings.cfg, allow_empty=True) if name in parts else None
+        for name in ("instruct_text", "mode")
+    }
+    return {
+        "stream": stream,
+        "speed": speed,
+        "seed": seed,
+        "fixed_speech_tokens": fixed_speech_tokens,
+        "instruct_text": optional["instruct_text"],
+        "mode": parse_mode(optional["mode"]),
+    }

@@ -31,11 +31,23 @@ class ServerBackend:
             if job.instructions:
                 check_text(job.instructions, "instructions", self.manager.cfg)
             check_fixed_speech_tokens(job.fixed_speech_tokens, self.manager.settings)
-            handle = self.manager.submit(job.text, "", b"", stream=job.is_streamed, speed=job.speed,
-                                         seed=job.seed, fixed_speech_tokens=job.fixed_speech_tokens,
-                                         client=job.client, saved_voice=job.prompt, model=job.model, mode=job.mode,
-                                         instruction=job.instructions, source_wav=job.source_audio,
-                                         received_at=job.received_at, voice=job.voice)
+            handle = self.manager.submit(
+                job.text,
+                "",
+                b"",
+                stream=job.is_streamed,
+                speed=job.speed,
+                seed=job.seed,
+                fixed_speech_tokens=job.fixed_speech_tokens,
+                client=job.client,
+                saved_voice=job.prompt,
+                model=job.model,
+                mode=job.mode,
+                instruction=job.instructions,
+                source_wav=job.source_audio,
+                received_at=job.received_at,
+                voice=job.voice,
+            )
         except Exception as e:
             record_rejected(job.endpoint, e, self.manager.settings.models[job.model].name, job.mode or "none")
             raise

@@ -37,7 +37,7 @@ class AudioRing:
             return False
         ring, head = self.samples[slot], written % self.capacity
         first = min(n, self.capacity - head)
-        ring[head:head + first] = pcm[:first]
+        ring[head : head + first] = pcm[:first]
         ring[: n - first] = pcm[first:]
         return True
 
@@ -45,6 +45,6 @@ class AudioRing:
         """Copy the chunk at [offset, offset + n) out of the ring and let the writer reuse its space."""
         ring, head = self.samples[slot], offset % self.capacity
         first = min(n, self.capacity - head)
-        data: bytes = ring[head:head + first].tobytes() + ring[: n - first].tobytes()
+        data: bytes = ring[head : head + first].tobytes() + ring[: n - first].tobytes()
         self.read_pos[slot] = offset + n
         return data

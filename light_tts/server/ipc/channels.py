@@ -59,9 +59,15 @@ class FrameDecoder:
 class Inbox:
     """The PULL socket a process binds; it publishes the bound address in the process table (see topology)."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], ports: PortArgs, processes: ProcessTable, stage: str,
-                 rank: int,
-                 handlers: Handlers):
+    def __init__(
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        ports: PortArgs,
+        processes: ProcessTable,
+        stage: str,
+        rank: int,
+        handlers: Handlers,
+    ):
         self.socket = ctx.socket(zmq.PULL)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(ports.bind_address(stage, rank))
@@ -126,8 +132,9 @@ def outboxes(ctx: zmq.Context[zmq.Socket[bytes]], processes: ProcessTable, stage
 class HttpReplies:
     """Outboxes to every HTTP worker; a reply goes to the worker named in the request."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], settings: ServerSettings, processes: ProcessTable,
-                 stage: str):
+    def __init__(
+        self, ctx: zmq.Context[zmq.Socket[bytes]], settings: ServerSettings, processes: ProcessTable, stage: str
+    ):
         self.outboxes = outboxes(ctx, processes, "http", settings.cfg.httpserver_workers)
         self.stage = stage
 

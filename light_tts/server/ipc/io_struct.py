@@ -104,8 +104,16 @@ class SpeechTokenBatch(Message):
     seeds: list[int] = msgspec.field(default_factory=list)  # the sentence's seed (LLM sampling and token2wav)
     max_tokens: list[int] = msgspec.field(default_factory=list)  # the sentence's speech-token bound (page budget)
 
-    def append(self, req_id: int, sentence_idx: int, tokens: list[int], sentence_end: bool, request_end: bool,
-               seed: int, max_tokens: int) -> None:
+    def append(
+        self,
+        req_id: int,
+        sentence_idx: int,
+        tokens: list[int],
+        sentence_end: bool,
+        request_end: bool,
+        seed: int,
+        max_tokens: int,
+    ) -> None:
         self.max_tokens.append(max_tokens)
         self.req_ids.append(req_id)
         self.sentence_idxs.append(sentence_idx)

@@ -47,14 +47,20 @@ class ProcessTable:
     STARTING, READY, DEAD = 0, 1, 2
     STATE_NAMES = {STARTING: "starting", READY: "ready", DEAD: "dead"}
 
-    def __init__(self, cfg: ServerConfig, prefix: str, lock_path: str, create: bool = False,
-                 topology: Topology | None = None):
+    def __init__(
+        self, cfg: ServerConfig, prefix: str, lock_path: str, create: bool = False, topology: Topology | None = None
+    ):
         """Rows for the processes of `topology` (settings.topology; without it: one model, as cfg says)."""
         self.rows: dict[tuple[str, int], int] = {}
-        num_llm, num_decode = (topology.count("llm"), topology.count("decode")) if topology else (
-            1, cfg.decode_process_num)
-        counts = (("encode", cfg.encode_process_num), ("llm", num_llm), ("decode", num_decode),
-                  ("http", cfg.httpserver_workers))
+        num_llm, num_decode = (
+            (topology.count("llm"), topology.count("decode")) if topology else (1, cfg.decode_process_num)
+        )
+        counts = (
+            ("encode", cfg.encode_process_num),
+            ("llm", num_llm),
+            ("decode", num_decode),
+            ("http", cfg.httpserver_workers),
+        )
         for stage, count in counts:
             for rank in range(count):
                 self.rows[(stage, rank)] = len(self.rows)
@@ -110,8 +116,11 @@ class ProcessTable:
     def hung_backends(self, timeout_s: float) -> list[tuple[str, int]]:
         """Ready backends whose loop has not turned for timeout_s."""
         now = time.monotonic()
-        return [key for key, row in self.rows.items() if key[0] != "http" and self.a["state"][row] == self.READY
-                and now - self.a["heartbeat"][row] > timeout_s]
+        return [
+            key
+            for key, row in self.rows.items()
+            if key[0] != "http" and self.a["state"][row] == self.READY and now - self.a["heartbeat"][row] > timeout_s
+        ]
 
     def set_draining(self, is_cut: bool = False) -> None:
         self.a["drain"][0] = 1
@@ -134,7 +143,7 @@ class ProcessTable:
             raise ValueError(f"address {address!r} is longer than {ADDRESS_BYTES} bytes")
         row = self.rows[(stage, rank)]
         with self.lock.held():
-            self.a["address"][row, :len(data)] = data
+            self.a["address"][row, : len(data)] = data
             self.a["address_len"][row] = len(data)
             self.a["generation"][row] += 1
 
@@ -178,9 +187,14 @@ class ProcessTable:
 
     def describe(self) -> dict[str, dict[str, object]]:
         """{"decode0": {"pid": ..., "state": "ready"}, ...} for /readiness."""
-        return {f"{stage}{rank}": {"pid": int(self.a["pid"][row]), "state": self.STATE_NAMES[int(self.a["state"][row])],
-                                   "gpu": "released" if self.a["released"][row] else "loaded"}
-                for (stage, rank), row in self.rows.items()}
+        return {
+            f"{stage}{rank}": {
+                "pid": int(self.a["pid"][row]),
+                "state": self.STATE_NAMES[int(self.a["state"][row])],
+                "gpu": "released" if self.a["released"][row] else "loaded",
+            }
+            for (stage, rank), row in self.rows.items()
+        }
 
     def close(self) -> None:
         self.shm.close()

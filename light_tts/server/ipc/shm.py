@@ -129,8 +129,9 @@ class RequestSlots:
         self.audio = AudioRing(self.a["audio"], self.a["audio_read"])
         self.trace = StageTrace(self.a["trace"])
 
-    def claim(self, req_id: int, client: int = 0, client_limit: int = 0, http_rank: int = 0,
-              model: int = 0) -> int | None:
+    def claim(
+        self, req_id: int, client: int = 0, client_limit: int = 0, http_rank: int = 0, model: int = 0
+    ) -> int | None:
         """Take a free slot for `req_id` (a request to model index `model`); None when all are busy,
         CLIENT_AT_LIMIT when `client` already holds `client_limit` slots (0: no limit); the caller answers 429
         either way."""
@@ -169,8 +170,9 @@ class RequestSlots:
         every stage confirmed (a slot freed at once could be written by a stage into another request's audio).
         """
         with self.lock.held():
-            theirs = np.flatnonzero((self.a["owner"] != 0) & (self.a["owner_rank"] == http_rank)
-                                    & (self.a["owner_pid"] != os.getpid()))
+            theirs = np.flatnonzero(
+                (self.a["owner"] != 0) & (self.a["owner_rank"] == http_rank) & (self.a["owner_pid"] != os.getpid())
+            )
             self.a["owner_pid"][theirs] = os.getpid()
             return [(int(slot), int(self.a["owner"][slot])) for slot in theirs]
 
@@ -204,8 +206,9 @@ class RequestSlots:
     def read_bytes(self, slot: int, name: str) -> bytes:
         return self.a[name][slot, : int(self.a[f"{name}_len"][slot])].tobytes()
 
-    def write_prompt(self, slot: int, text_tokens: Tokens, speech_tokens: Tokens, embedding: np.ndarray,
-                     mel: np.ndarray) -> None:
+    def write_prompt(
+        self, slot: int, text_tokens: Tokens, speech_tokens: Tokens, embedding: np.ndarray, mel: np.ndarray
+    ) -> None:
         """Store the encoded prompt of a zero-shot request; raises ValueError if it does not fit the slot."""
         self.write_prompt_features(slot, speech_tokens, embedding, mel)
         self.write_llm_prompt(slot, text_tokens, uses_prompt_speech=True)
@@ -226,8 +229,7 @@ class RequestSlots:
         num_text, num_speech = int(a["num_prompt_text_tokens"][slot]), int(a["num_llm_prompt_speech_tokens"][slot])
         return a["prompt_text_tokens"][slot, :num_text].copy(), a["prompt_speech_tokens"][slot, :num_speech].copy()
 
-    def write_prompt_features(self, slot: int, speech_tokens: Tokens, embedding: np.ndarray,
-                              mel: np.ndarray) -> None:
+    def write_prompt_features(self, slot: int, speech_tokens: Tokens, embedding: np.ndarray, mel: np.ndarray) -> None:
         """The prompt's audio features (written by the encode process, or by the HTTP worker for a saved voice)."""
         a, num_speech, s = self.a, len(speech_tokens), self.sizes
         if num_speech > a["prompt_speech_tokens"].shape[1]:
@@ -245,8 +247,12 @@ class RequestSlots:
         a = self.a
         num_text, num_speech = int(a["num_prompt_text_tokens"][slot]), int(a["num_prompt_speech_tokens"][slot])
         num_frames = self.sizes.token_mel_ratio * num_speech
-        return (a["prompt_text_tokens"][slot, :num_text].copy(), a["prompt_speech_tokens"][slot, :num_speech].copy(),
-                a["prompt_embedding"][slot].copy(), a["prompt_mel"][slot, :num_frames].copy())
+        return (
+            a["prompt_text_tokens"][slot, :num_text].copy(),
+            a["prompt_speech_tokens"][slot, :num_speech].copy(),
+            a["prompt_embedding"][slot].copy(),
+            a["prompt_mel"][slot, :num_frames].copy(),
+        )
 
     def read_prompt_features(self, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(speech_tokens, embedding, mel) as read_prompt returns them, without the text tokens."""

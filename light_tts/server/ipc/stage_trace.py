@@ -41,9 +41,25 @@ from collections.abc import Mapping
 
 import numpy as np
 
-BOUNDARIES = ("received", "parsed", "encode_queued", "encode_started", "text_done", "encode_done", "llm_queued",
-              "prefill_started", "prefill_done", "first_hop_out", "decode_queued", "flow_started", "flow_done",
-              "hift_done", "audio_sent", "audio_received", "first_bytes")
+BOUNDARIES = (
+    "received",
+    "parsed",
+    "encode_queued",
+    "encode_started",
+    "text_done",
+    "encode_done",
+    "llm_queued",
+    "prefill_started",
+    "prefill_done",
+    "first_hop_out",
+    "decode_queued",
+    "flow_started",
+    "flow_done",
+    "hift_done",
+    "audio_sent",
+    "audio_received",
+    "first_bytes",
+)
 # stage name -> what it measures; stage i runs from BOUNDARIES[i] to BOUNDARIES[i + 1]
 STAGE_TEXT = {
     "parse": "reading and validating the request body",

@@ -66,8 +66,11 @@ class VoiceCache:
                 return None
             self._tick(entry)
             num = int(self.a["num_tokens"][entry])
-            return (self.a["speech_tokens"][entry, :num].copy(), self.a["embedding"][entry].copy(),
-                    self.a["mel"][entry, : self.sizes.token_mel_ratio * num].copy())
+            return (
+                self.a["speech_tokens"][entry, :num].copy(),
+                self.a["embedding"][entry].copy(),
+                self.a["mel"][entry, : self.sizes.token_mel_ratio * num].copy(),
+            )
 
     def put(self, voice_key: str, speech_tokens: np.ndarray, embedding: np.ndarray, mel: np.ndarray) -> None:
         num = len(speech_tokens)

@@ -83,8 +83,13 @@ def gpu_memory_bytes(devices: list[str]) -> dict[str, int]:
 
     visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
         mib = {index.strip(): int(total) for index, total in (line.split(",") for line in out.strip().splitlines())}
         result = {}
         for device in devices:
@@ -103,10 +108,15 @@ def placement_weight_bytes(settings: ServerSettings) -> dict[tuple[str, int], in
     files = {}
     for m in settings.models:
         family, model_dir = family_named(m.family), Path(m.model_dir)
-        files[m.name] = {"llm": family.llm_weight_files(model_dir),
-                         "decode": [model_dir / name for name in family.flow_files]}
-    return {(p.stage, p.rank): sum(f.stat().st_size for f in files[p.models[0]][p.stage])
-            for p in settings.topology.processes if p.stage in ("llm", "decode")}
+        files[m.name] = {
+            "llm": family.llm_weight_files(model_dir),
+            "decode": [model_dir / name for name in family.flow_files],
+        }
+    return {
+        (p.stage, p.rank): sum(f.stat().st_size for f in files[p.models[0]][p.stage])
+        for p in settings.topology.processes
+        if p.stage in ("llm", "decode")
+    }
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -128,8 +138,9 @@ class SharedState:
         self.ports = ports
         Path(ports.metrics_dir).mkdir(parents=True, exist_ok=True)
         self.slots = RequestSlots(settings.shm, ports.shm_prefix, ports.lock_path, create=True)
-        self.processes = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path, create=True,
-                                      topology=settings.topology)
+        self.processes = ProcessTable(
+            settings.cfg, ports.shm_prefix, ports.lock_path, create=True, topology=settings.topology
+        )
         self.voices = VoiceCache(settings.shm, ports.shm_prefix, ports.lock_path, create=True)
 
     def cleanup(self) -> None:
@@ -171,8 +182,9 @@ class ServerProcesses:
 
     def _start(self, key: tuple[str, int], target, *rank: int) -> None:
         receiver, sender = self.ctx.Pipe(duplex=False)
-        proc = self.ctx.Process(target=target, args=(self.settings, self.ports, *rank, sender),
-                                name=f"{key[0]}{key[1]}")
+        proc = self.ctx.Process(
+            target=target, args=(self.settings, self.ports, *rank, sender), name=f"{key[0]}{key[1]}"
+        )
         proc.start()
         sender.close()
         self.procs[key], self.pipes[key], self.targets[key] = proc, receiver, (target, *rank)
@@ -208,8 +220,9 @@ class ServerProcesses:
     def mark_dead(self, dead: list[tuple[str, int]], then: str) -> None:
         for key in dead:
             proc = self.procs[key]
-            log.error("%s%d (pid %d) DIED with exit code %s; failing its requests and %s", *key, proc.pid,
-                      proc.exitcode, then)
+            log.error(
+                "%s%d (pid %d) DIED with exit code %s; failing its requests and %s", *key, proc.pid, proc.exitcode, then
+            )
             self.shared.processes.set(*key, state=ProcessTable.DEAD)
             # a dead HTTP worker's slots stay held until its replacement has every stage confirm their aborts
 
@@ -278,8 +291,12 @@ def launch(cfg: ServerConfig) -> int:
         procs.start()
         if not procs.wait_ready():
             return 0 if procs.stop_requested or procs.drain_requested else 1
-        log.info("serving %s on http://%s:%d", ", ".join(f"{m.name} ({m.model_dir})" for m in settings.models),
-                 cfg.host, cfg.port)
+        log.info(
+            "serving %s on http://%s:%d",
+            ", ".join(f"{m.name} ({m.model_dir})" for m in settings.models),
+            cfg.host,
+            cfg.port,
+        )
         return procs.watch()
     finally:
         procs.shutdown()

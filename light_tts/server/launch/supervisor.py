@@ -53,8 +53,13 @@ class Supervisor:
         self.poll_starting()
         for stage, rank in self.table.hung_backends(self.cfg.worker_hang_timeout_s):
             proc = self.procs.procs[(stage, rank)]
-            log.error("%s%d (pid %d) has not turned its loop for %g s: killing it as hung", stage, rank, proc.pid,
-                      self.cfg.worker_hang_timeout_s)
+            log.error(
+                "%s%d (pid %d) has not turned its loop for %g s: killing it as hung",
+                stage,
+                rank,
+                proc.pid,
+                self.cfg.worker_hang_timeout_s,
+            )
             proc.kill()
             proc.join(5)
         failed = [key for key, proc in self.procs.procs.items() if not proc.is_alive()]
@@ -69,8 +74,12 @@ class Supervisor:
         self.procs.mark_dead(failed, "restarting it")
         for key in failed:
             if self.is_crash_looping(key):
-                log.error("%s%d failed %d times within %g s: giving up, the server exits", *key,
-                          len(self.restarts[key]), RESTART_WINDOW_S)
+                log.error(
+                    "%s%d failed %d times within %g s: giving up, the server exits",
+                    *key,
+                    len(self.restarts[key]),
+                    RESTART_WINDOW_S,
+                )
                 return 1
             self.starting.pop(key, None)
             self.starting[key] = self.procs.restart(key)
@@ -100,8 +109,11 @@ class Supervisor:
         finish, then the HTTP workers end them with a 503 error."""
         self.table.set_draining()
         deadline = time.monotonic() + self.cfg.drain_timeout_s
-        log.warning("SIGTERM: draining %d request(s) for up to %g s (new requests get 503)",
-                    self.slots.num_in_use(), self.cfg.drain_timeout_s)
+        log.warning(
+            "SIGTERM: draining %d request(s) for up to %g s (new requests get 503)",
+            self.slots.num_in_use(),
+            self.cfg.drain_timeout_s,
+        )
         while self.slots.num_in_use() and time.monotonic() < deadline and not self.procs.stop_requested:
             time.sleep(0.05)
         if self.slots.num_in_use():

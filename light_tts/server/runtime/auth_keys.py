@@ -39,8 +39,9 @@ class AuthSettings:
     metrics_public: bool = False
 
     @classmethod
-    def from_values(cls, api_key: Sequence[str] = (), api_key_file: str | None = None,
-                    metrics_public: bool = False) -> AuthSettings:
+    def from_values(
+        cls, api_key: Sequence[str] = (), api_key_file: str | None = None, metrics_public: bool = False
+    ) -> AuthSettings:
         """From the --api_key (repeatable), --api_key_file and --metrics_public values."""
         keys = [check_key(k, "--api_key") for k in api_key]
         if api_key_file is not None:

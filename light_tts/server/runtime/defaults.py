@@ -43,10 +43,14 @@ def derive_defaults(cfg: ServerConfig, host: HostFacts) -> tuple[ServerConfig, l
         "running_max_req_size": (slots, f"{SLOTS_PER_GPU} per GPU, {host.num_gpus} GPU(s)"),
         "decode_max_batch_size": (256 if big_gpu else 64, "chunks per decode step, by GPU memory"),
         "hop_policy": ("fixed", "1-s chunks: the lowest latency, the capacity runs' setting"),
-        "max_total_token_num": (slots * REQUEST_KV_TOKENS, f"{REQUEST_KV_TOKENS} LLM KV tokens per request slot; "
-                                                           f"the rest of the memory is the decode pool's"),
-        "flow_cache_dtype": ("fp8_e4m3" if host.has_fp8 else "auto",
-                             "fp8 flow pages (half the memory per stream)" if host.has_fp8 else "no fp8 on this GPU"),
+        "max_total_token_num": (
+            slots * REQUEST_KV_TOKENS,
+            f"{REQUEST_KV_TOKENS} LLM KV tokens per request slot; the rest of the memory is the decode pool's",
+        ),
+        "flow_cache_dtype": (
+            "fp8_e4m3" if host.has_fp8 else "auto",
+            "fp8 flow pages (half the memory per stream)" if host.has_fp8 else "no fp8 on this GPU",
+        ),
         "decode_mem_fraction": (0.8, "room for the encode processes' prompt models on the GPU"),
         "router_max_wait_tokens": (0, "a new request's prefill runs at the next LLM step"),
         "latency_lane": ("short_steps", "no early decode chunks while a first chunk is on its way"),
@@ -76,11 +80,17 @@ def read_host(num_gpus: int) -> HostFacts:
         return HostFacts(0, 0, False, num_cpus)
     visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.total,compute_cap",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30,
-                             check=True).stdout
-        rows = {index.strip(): (int(mib) << 20, tuple(int(x) for x in cap.strip().split(".")))
-                for index, mib, cap in (line.split(",") for line in out.strip().splitlines())}
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index,memory.total,compute_cap", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        rows = {
+            index.strip(): (int(mib) << 20, tuple(int(x) for x in cap.strip().split(".")))
+            for index, mib, cap in (line.split(",") for line in out.strip().splitlines())
+        }
         used = [rows[i] for i in (visible or sorted(rows, key=int))[:num_gpus]]
         return HostFacts(num_gpus, min(m for m, _ in used), all(cap >= (8, 9) for _, cap in used), num_cpus)
     except (OSError, subprocess.SubprocessError, ValueError, KeyError):

@@ -42,8 +42,9 @@ def parse_gpu_list(text: str | None, flag: str) -> tuple[int, ...] | None:
     return gpus
 
 
-def gpu_layout(llm_gpus: str | None, decode_gpus: str | None, simulate_gpus: int, num_visible: int,
-               device: str) -> GpuLayout | None:
+def gpu_layout(
+    llm_gpus: str | None, decode_gpus: str | None, simulate_gpus: int, num_visible: int, device: str
+) -> GpuLayout | None:
     """The layout, or None when every process runs on the CPU (no GPU, or --device cpu). Raises SystemExit with
     the reason when the lists name GPUs that do not exist."""
     llm, dec = parse_gpu_list(llm_gpus, "llm_gpus"), parse_gpu_list(decode_gpus, "decode_gpus")
@@ -58,8 +59,10 @@ def gpu_layout(llm_gpus: str | None, decode_gpus: str | None, simulate_gpus: int
     for flag, gpus in (("llm_gpus", llm), ("decode_gpus", dec)):
         missing = [g for g in gpus if g >= num]
         if missing:
-            raise SystemExit(f"--{flag} names GPU {missing[0]}, but this host has {num} (0..{num - 1})"
-                             + (" simulated" if simulate_gpus else ""))
+            raise SystemExit(
+                f"--{flag} names GPU {missing[0]}, but this host has {num} (0..{num - 1})"
+                + (" simulated" if simulate_gpus else "")
+            )
     return GpuLayout(num_gpus=num, llm_gpus=llm, decode_gpus=dec, is_simulated=simulate_gpus > 0)
 
 

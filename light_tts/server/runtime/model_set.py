@@ -52,8 +52,10 @@ def parse_model_specs(values: Sequence[str]) -> list[tuple[str, str]]:
         if not name or not path:
             raise ValueError(f"--model_dir {value!r}: expected DIR or NAME=DIR")
         if name == DEFAULT_NAME:
-            raise ValueError(f"--model_dir {value!r}: {DEFAULT_NAME!r} is reserved (it means the first model); "
-                             f"name the model otherwise with NAME=DIR")
+            raise ValueError(
+                f"--model_dir {value!r}: {DEFAULT_NAME!r} is reserved (it means the first model); "
+                f"name the model otherwise with NAME=DIR"
+            )
         if any(name == other for other, _ in specs):
             raise ValueError(f"--model_dir: two models are named {name!r}; give them distinct names with NAME=DIR")
         specs.append((name, path))
@@ -84,8 +86,14 @@ def make_entry(name: str, model_cfg: Any) -> ModelEntry:
     the files of each content key and the facts. The frontend key also covers the frontend's settings: the same
     ONNX files with another prompt mel (CosyVoice3's 12 kHz fmax) or other special tokens give other features."""
     model_dir, family = str(model_cfg.model_dir), family_named(model_cfg.family)
-    return ModelEntry(name, model_dir, family.model_facts(model_cfg), digest_files(model_dir, family.flow_files),
-                      digest_files(model_dir, family.frontend_files, family.frontend_salt(model_cfg)), family.name)
+    return ModelEntry(
+        name,
+        model_dir,
+        family.model_facts(model_cfg),
+        digest_files(model_dir, family.flow_files),
+        digest_files(model_dir, family.frontend_files, family.frontend_salt(model_cfg)),
+        family.name,
+    )
 
 
 def prompt_models(models: Sequence[ModelEntry]) -> list[ModelEntry]:
@@ -106,8 +114,9 @@ def voice_model(models: Sequence[ModelEntry], name: str | None = None, aliases: 
         if entry.facts.takes_prompt_audio:
             return i
     voices = "; ".join(f"{m.name}: {', '.join(m.facts.voices)}" for m in models)
-    raise RequestError(f"no model of this server takes prompt audio, so voices cannot be uploaded; its voices are "
-                       f"named ({voices})")
+    raise RequestError(
+        f"no model of this server takes prompt audio, so voices cannot be uploaded; its voices are named ({voices})"
+    )
 
 
 def check_compatible(models: Sequence[ModelEntry]) -> None:
@@ -117,16 +126,19 @@ def check_compatible(models: Sequence[ModelEntry]) -> None:
     for entry in with_prompt[1:]:
         f, first = entry.facts, with_prompt[0]
         if f.prompt_layout() != first.facts.prompt_layout():
-            raise ValueError(f"model {entry.name!r} has prompt features of another layout than {first.name!r} "
-                             f"(speaker embedding, mel bins, mel frames per token: {f.prompt_layout()} vs "
-                             f"{first.facts.prompt_layout()}); serve them from separate servers")
+            raise ValueError(
+                f"model {entry.name!r} has prompt features of another layout than {first.name!r} "
+                f"(speaker embedding, mel bins, mel frames per token: {f.prompt_layout()} vs "
+                f"{first.facts.prompt_layout()}); serve them from separate servers"
+            )
 
 
 def check_voice(entry: ModelEntry, voice: str) -> str:
     """The named voice `voice` of a model without prompt audio; RequestError (400) naming its voices."""
     if voice not in entry.facts.voices:
-        raise RequestError(f"unknown voice {voice!r} for model {entry.name!r}: it speaks as "
-                           f"{', '.join(entry.facts.voices)}")
+        raise RequestError(
+            f"unknown voice {voice!r} for model {entry.name!r}: it speaks as {', '.join(entry.facts.voices)}"
+        )
     return voice
 
 
@@ -139,15 +151,19 @@ def has_modes(entry: ModelEntry, mode: str | None, instruction: str | None) -> b
     if instruction and instruction.strip():
         asked.append("instructions")
     if asked:
-        raise RequestError(f"model {entry.name!r} has no modes: it takes no {' or '.join(asked)} (it speaks the "
-                           f"text in one of its voices: {', '.join(entry.facts.voices)})")
+        raise RequestError(
+            f"model {entry.name!r} has no modes: it takes no {' or '.join(asked)} (it speaks the "
+            f"text in one of its voices: {', '.join(entry.facts.voices)})"
+        )
     return False
 
 
 def refuse_prompt_audio(entry: ModelEntry) -> RequestError:
     """The 400 for prompt audio (or a saved voice) sent to a model that speaks in named voices only."""
-    return RequestError(f"model {entry.name!r} takes no prompt audio or saved voice: name one of its voices "
-                        f"({', '.join(entry.facts.voices)})")
+    return RequestError(
+        f"model {entry.name!r} takes no prompt audio or saved voice: name one of its voices "
+        f"({', '.join(entry.facts.voices)})"
+    )
 
 
 def model_for_voice(models: Sequence[ModelEntry], name: str | None, voice: str, aliases: Sequence[str] = ()) -> int:
@@ -174,6 +190,7 @@ def resolve_model(models: Sequence[ModelEntry], name: str, aliases: Sequence[str
     index = 0 if name in aliases else model_index(models, name)
     if index is None:
         served = ", ".join(repr(m.name) for m in models)
-        raise NotFoundError(f"model {name!r} not found; this server serves {served} ({DEFAULT_NAME!r}: "
-                            f"{models[0].name!r})")
+        raise NotFoundError(
+            f"model {name!r} not found; this server serves {served} ({DEFAULT_NAME!r}: {models[0].name!r})"
+        )
     return index

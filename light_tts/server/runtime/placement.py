@@ -74,11 +74,13 @@ class Topology:
     def log_lines(self) -> list[str]:
         """One line per process, as the launcher prints them at startup."""
         simulated = " (simulated on the CPU)" if self.is_simulated else ""
-        return [f"topology: {p.stage}{p.rank} serves {', '.join(p.models)} on {p.device}"
-                + (simulated if p.device != "cpu" else "")
-                + (f" (decode group {p.group})" if p.stage == "decode" else "")
-                + (f", memory share {p.memory_share:.3g}" if p.device != "cpu" and p.memory_share else "")
-                for p in self.processes]
+        return [
+            f"topology: {p.stage}{p.rank} serves {', '.join(p.models)} on {p.device}"
+            + (simulated if p.device != "cpu" else "")
+            + (f" (decode group {p.group})" if p.stage == "decode" else "")
+            + (f", memory share {p.memory_share:.3g}" if p.device != "cpu" and p.memory_share else "")
+            for p in self.processes
+        ]
 
 
 def decode_groups(models: Sequence[ModelEntry]) -> list[list[int]]:
@@ -99,20 +101,22 @@ def plan(cfg: ServerConfig, models: Sequence[ModelEntry], num_gpus: int) -> Topo
     return _with_shares(cfg, _processes(cfg, models, device), bool(layout and layout.is_simulated))
 
 
-def _processes(cfg: ServerConfig, models: Sequence[ModelEntry],
-               device: Callable[[str, int], str]) -> list[ProcessPlan]:
+def _processes(cfg: ServerConfig, models: Sequence[ModelEntry], device: Callable[[str, int], str]) -> list[ProcessPlan]:
     names = [m.name for m in models]
     groups = decode_groups(models)
     group_of = {i: g for g, members in enumerate(groups) for i in members}
     processes = [ProcessPlan("encode", r, tuple(names), "cpu", 0.0) for r in range(cfg.encode_process_num)]
     replicas = [(i, name) for i, name in enumerate(names) for _ in range(cfg.llm_replicas)]  # model by model
-    processes += [ProcessPlan("llm", rank, (name,), device("llm", rank), 0.0, group_of[i])
-                  for rank, (i, name) in enumerate(replicas)]
+    processes += [
+        ProcessPlan("llm", rank, (name,), device("llm", rank), 0.0, group_of[i])
+        for rank, (i, name) in enumerate(replicas)
+    ]
     rank = 0
     for g, members in enumerate(groups):
         for _ in range(cfg.decode_process_num):
-            processes.append(ProcessPlan("decode", rank, tuple(names[i] for i in members),
-                                         device("decode", rank), 0.0, g))
+            processes.append(
+                ProcessPlan("decode", rank, tuple(names[i] for i in members), device("decode", rank), 0.0, g)
+            )
             rank += 1
     return processes
 
@@ -124,10 +128,17 @@ def _with_shares(cfg: ServerConfig, processes: list[ProcessPlan], is_simulated: 
     for p in processes:
         key = (p.stage, p.device)
         sharing[key] = 1 if p.device == "cpu" else sharing.get(key, 0) + 1
-    return Topology(tuple(
-        p if p.stage == "encode" else
-        ProcessPlan(p.stage, p.rank, p.models, p.device, fractions[p.stage] / sharing[(p.stage, p.device)], p.group)
-        for p in processes), is_simulated)
+    return Topology(
+        tuple(
+            p
+            if p.stage == "encode"
+            else ProcessPlan(
+                p.stage, p.rank, p.models, p.device, fractions[p.stage] / sharing[(p.stage, p.device)], p.group
+            )
+            for p in processes
+        ),
+        is_simulated,
+    )
 
 
 def check_shares(topology: Topology) -> None:
@@ -138,8 +149,10 @@ def check_shares(topology: Topology) -> None:
             sums[(p.stage, p.device)] = sums.get((p.stage, p.device), 0.0) + p.memory_share
     for (stage, device), total in sorted(sums.items()):
         if total > 1.0 + 1e-9:
-            raise SystemExit(f"the {stage} processes on {device} are given memory shares that sum to {total:.3g}, "
-                             f"more than all of its free memory")
+            raise SystemExit(
+                f"the {stage} processes on {device} are given memory shares that sum to {total:.3g}, "
+                f"more than all of its free memory"
+            )
 
 
 def check_fits(topology: Topology, weight_bytes: dict[tuple[str, int], int], gpu_bytes: dict[str, int]) -> None:
@@ -152,7 +165,9 @@ def check_fits(topology: Topology, weight_bytes: dict[tuple[str, int], int], gpu
         fixed = sum(weight_bytes.get((p.stage, p.rank), 0) + CUDA_CONTEXT_BYTES for p in on_it)
         if on_it and fixed > MAX_FIXED_FRACTION * total:
             names = ", ".join(f"{p.stage}{p.rank} ({'/'.join(p.models)})" for p in on_it)
-            raise SystemExit(f"the models do not fit {device}: {names} need about {fixed / GIB:.1f} GiB for their "
-                             f"weights and CUDA contexts, more than {MAX_FIXED_FRACTION:.0%} of its "
-                             f"{total / GIB:.1f} GiB (the rest is for the KV caches and decode pools); serve fewer "
-                             f"models, or run on more GPUs")
+            raise SystemExit(
+                f"the models do not fit {device}: {names} need about {fixed / GIB:.1f} GiB for their "
+                f"weights and CUDA contexts, more than {MAX_FIXED_FRACTION:.0%} of its "
+                f"{total / GIB:.1f} GiB (the rest is for the KV caches and decode pools); serve fewer "
+                f"models, or run on more GPUs"
+            )

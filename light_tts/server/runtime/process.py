@@ -22,8 +22,7 @@ def setup_process(settings: ServerSettings, name: str, detail: str | None = None
     """Title, logging and signals of a worker process. SIGINT is the launcher's to handle (a terminal's Ctrl-C
     reaches the whole process group); the launcher stops workers with SIGTERM."""
     set_process_title(name, detail)
-    logging.basicConfig(level=settings.cfg.log_level.upper(),
-                        format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    logging.basicConfig(level=settings.cfg.log_level.upper(), format=f"%(asctime)s {name} %(levelname)s %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     return logging.getLogger(f"light_tts.{name}")

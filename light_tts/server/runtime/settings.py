@@ -47,7 +47,6 @@ class VoiceLimits:
     max_text_chars: int
 
 
-
 @dataclass(frozen=True)
 class ShmSizes:
     """Shapes of the request slots (shm.RequestSlots) and the voice cache (voice_cache.VoiceCache)."""
@@ -104,16 +103,19 @@ class ServerSettings:
         used = {flag for m in self.models for flag in family_named(m.family).decode_flags}
         every = {flag for name in family_names() for flag in family_named(name).decode_flags}
         defaults, families = ServerConfig(), ", ".join(sorted({m.family for m in self.models}))
-        return [f"--{flag} has no effect: no served model's codec reads it ({families})"
-                for flag in sorted(every - used)
-                if getattr(self.cfg, flag) != getattr(defaults, flag)]
+        return [
+            f"--{flag} has no effect: no served model's codec reads it ({families})"
+            for flag in sorted(every - used)
+            if getattr(self.cfg, flag) != getattr(defaults, flag)
+        ]
 
     def voice_limits(self) -> VoiceLimits:
         """The saved voices' limits: --max_voices, and the limits every prompt upload has (the audio's length,
         --max_prompt_seconds, is checked by the encode process as for any prompt)."""
         c = self.cfg
-        return VoiceLimits(max_voices=c.max_voices, max_upload_bytes=c.max_prompt_wav_bytes,
-                           max_text_chars=c.max_text_chars)
+        return VoiceLimits(
+            max_voices=c.max_voices, max_upload_bytes=c.max_prompt_wav_bytes, max_text_chars=c.max_text_chars
+        )
 
     @property
     def max_vc_source_seconds(self) -> float:
@@ -190,8 +192,8 @@ class ServerSettings:
             "kv_cache_mem_fraction": self.topology.plan_of("llm", rank).memory_share,
             # a stream's first audio needs its first hop, the prompt's alignment pad (< a chunk) and the lookahead
             # (a codec with a fixed first window, Orpheus', says how many)
-            "first_hop_tokens": m.fixed_first_audio_tokens or (c.first_hop_tokens or 2 * m.chunk_tokens - 1)
-            + m.pre_lookahead,
+            "first_hop_tokens": m.fixed_first_audio_tokens
+            or (c.first_hop_tokens or 2 * m.chunk_tokens - 1) + m.pre_lookahead,
             "ahead_tokens": int(c.llm_ahead_seconds * m.token_rate),
             "tokens_per_second": m.token_rate,
             "quantization": c.quantization,
@@ -211,23 +213,39 @@ class ServerSettings:
 
         c = self.cfg
         limits = EngineLimits(
-            max_stream_tokens=c.max_speech_tokens, max_prompt_tokens=self.shm.prompt_speech_tokens,
-            max_pass_tokens=max(1024, min(8192, 32 * c.decode_max_batch_size)), max_streams=c.decode_max_streams,
-            mem_fraction=self.topology.plan_of("decode", rank).memory_share, deadline_margin_s=c.deadline_margin_s,
-            first_hop_tokens=c.first_hop_tokens, context_window_pages=math.ceil(c.flow_context_window),
+            max_stream_tokens=c.max_speech_tokens,
+            max_prompt_tokens=self.shm.prompt_speech_tokens,
+            max_pass_tokens=max(1024, min(8192, 32 * c.decode_max_batch_size)),
+            max_streams=c.decode_max_streams,
+            mem_fraction=self.topology.plan_of("decode", rank).memory_share,
+            deadline_margin_s=c.deadline_margin_s,
+            first_hop_tokens=c.first_hop_tokens,
+            context_window_pages=math.ceil(c.flow_context_window),
             # streams are admitted within real-time capacity on a GPU; a CPU host is for trying, not real time
-            admission_wait_s=c.admission_wait_s, realtime_admission=device != "cpu", reservation=c.decode_reservation,
-            headroom=c.decode_headroom, preempt_interval_s=c.preempt_interval_s, num_pages=c.decode_pool_pages,
-            step_target_s=c.decode_step_target_s, lane_step_s=0.0 if c.latency_lane == "short_steps" else None,
+            admission_wait_s=c.admission_wait_s,
+            realtime_admission=device != "cpu",
+            reservation=c.decode_reservation,
+            headroom=c.decode_headroom,
+            preempt_interval_s=c.preempt_interval_s,
+            num_pages=c.decode_pool_pages,
+            step_target_s=c.decode_step_target_s,
+            lane_step_s=0.0 if c.latency_lane == "short_steps" else None,
             kv_dtype=None if c.flow_cache_dtype == "auto" or device == "cpu" else c.flow_cache_dtype,
-            **HOT_PATHS[c.decode_hot_path])
-        return {"device": device, "max_batch_size": c.decode_max_batch_size, "hop_policy": HopPolicy(c.hop_policy),
-                "dtype": getattr(torch, self.decode_dtype(device)), "use_cuda_graph": not c.disable_cudagraph,
-                "limits": limits}
+            **HOT_PATHS[c.decode_hot_path],
+        )
+        return {
+            "device": device,
+            "max_batch_size": c.decode_max_batch_size,
+            "hop_policy": HopPolicy(c.hop_policy),
+            "dtype": getattr(torch, self.decode_dtype(device)),
+            "use_cuda_graph": not c.disable_cudagraph,
+            "limits": limits,
+        }
 
 
-def build_settings(cfg: ServerConfig, model_cfgs: Any, names: Sequence[str] | None = None,
-                   num_gpus: int = 0) -> ServerSettings:
+def build_settings(
+    cfg: ServerConfig, model_cfgs: Any, names: Sequence[str] | None = None, num_gpus: int = 0
+) -> ServerSettings:
     """Settings of a server of one model (a config its family read) or several (a list; the first is the default);
     `names` are their tts_model_names (default: the folders' names). Prompt features are sized for the models
     that take prompt audio (none: empty prompt arrays)."""
@@ -239,14 +257,22 @@ def build_settings(cfg: ServerConfig, model_cfgs: Any, names: Sequence[str] | No
     with_prompt = [m.facts for m in prompt_models(models)]
     token_rate = math.ceil(max((f.token_rate for f in with_prompt), default=0))
     layout = with_prompt[0].prompt_layout() if with_prompt else (0, 0, 0)
-    shm = ShmSizes(num_slots=cfg.running_max_req_size, text_bytes=4 * cfg.max_text_chars,
-                   wav_bytes=cfg.max_prompt_wav_bytes, prompt_text_tokens=cfg.max_text_chars,
-                   prompt_speech_tokens=int(cfg.max_prompt_seconds * token_rate) + token_rate,
-                   embedding_dim=layout[0], num_mels=layout[1], token_mel_ratio=layout[2],
-                   audio_ring_samples=AUDIO_RING_SECONDS * sample_rate, cache_capacity=cfg.cache_capacity)
+    shm = ShmSizes(
+        num_slots=cfg.running_max_req_size,
+        text_bytes=4 * cfg.max_text_chars,
+        wav_bytes=cfg.max_prompt_wav_bytes,
+        prompt_text_tokens=cfg.max_text_chars,
+        prompt_speech_tokens=int(cfg.max_prompt_seconds * token_rate) + token_rate,
+        embedding_dim=layout[0],
+        num_mels=layout[1],
+        token_mel_ratio=layout[2],
+        audio_ring_samples=AUDIO_RING_SECONDS * sample_rate,
+        cache_capacity=cfg.cache_capacity,
+    )
     auth = AuthSettings.from_values(cfg.api_key or (), cfg.api_key_file, cfg.metrics_public)
-    return ServerSettings(cfg, models[0].facts, shm, auth, cfg.data_dir or default_data_dir(), models,
-                          plan(cfg, models, num_gpus))
+    return ServerSettings(
+        cfg, models[0].facts, shm, auth, cfg.data_dir or default_data_dir(), models, plan(cfg, models, num_gpus)
+    )
 
 
 def default_data_dir() -> str:
@@ -260,9 +286,12 @@ def load_settings(cfg: ServerConfig, num_gpus: int | None = None) -> ServerSetti
     from light_tts.families import family_of
 
     specs = parse_model_specs(cfg.model_dir or ())
-    return build_settings(cfg, [family_of(path).load_model_config(path) for _, path in specs],
-                          [name for name, _ in specs],
-                          count_gpus(cfg) if num_gpus is None else num_gpus)
+    return build_settings(
+        cfg,
+        [family_of(path).load_model_config(path) for _, path in specs],
+        [name for name, _ in specs],
+        count_gpus(cfg) if num_gpus is None else num_gpus,
+    )
 
 
 def count_gpus(cfg: ServerConfig) -> int:

@@ -29,8 +29,13 @@ class PortArgs:
     def create(cls, cfg: ServerConfig) -> PortArgs:
         run_id = f"lighttts_{os.getpid()}_{secrets.token_hex(3)}"
         tmp = Path(tempfile.gettempdir())
-        return cls(run_id=run_id, zmq_mode=cfg.zmq_mode, shm_prefix=run_id, lock_path=str(tmp / f"{run_id}.lock"),
-                   metrics_dir=str(tmp / f"{run_id}_metrics"))
+        return cls(
+            run_id=run_id,
+            zmq_mode=cfg.zmq_mode,
+            shm_prefix=run_id,
+            lock_path=str(tmp / f"{run_id}.lock"),
+            metrics_dir=str(tmp / f"{run_id}_metrics"),
+        )
 
     def bind_address(self, stage: str, rank: int) -> str:
         """What a receiver binds; a restarted process gets a new ipc path, like a new TCP port."""
@@ -42,5 +47,5 @@ class PortArgs:
         """Socket files that ipc:// endpoints leave behind; the launcher removes them at exit."""
         if not self.zmq_mode.startswith("ipc://"):
             return []
-        directory = Path(self.zmq_mode[len("ipc://"):])
+        directory = Path(self.zmq_mode[len("ipc://") :])
         return [p for p in directory.glob(f"{self.run_id}_*") if p.is_socket()]

@@ -80,8 +80,9 @@ class DecodeWorker:
         self.slots = RequestSlots(settings.shm, ports.shm_prefix, ports.lock_path)
         self.processes = ProcessTable(settings.cfg, ports.shm_prefix, ports.lock_path, topology=settings.topology)
         self.ctx = zmq.Context()
-        self.handlers = Handlers(self.name, {AbortRequest: self.on_abort, DecodeStart: self.on_start,
-                                             SpeechTokenBatch: self.on_tokens})
+        self.handlers = Handlers(
+            self.name, {AbortRequest: self.on_abort, DecodeStart: self.on_start, SpeechTokenBatch: self.on_tokens}
+        )
         self.inbox = Inbox(self.ctx, ports, self.processes, "decode", rank, self.handlers)
         self.http = HttpReplies(self.ctx, settings, self.processes, self.name)
         self.init_engine()
@@ -101,8 +102,9 @@ class DecodeWorker:
         # the models of a decode group have the same codec files: any member's directory serves them all
         model_dir = self.settings.model_of("decode", self.rank).model_dir
         self.family = family_of(model_dir)
-        self.engine = self.family.decode_engine(self.family.load_model_config(model_dir),
-                                                **self.settings.decode_engine_kwargs(device, self.rank))
+        self.engine = self.family.decode_engine(
+            self.family.load_model_config(model_dir), **self.settings.decode_engine_kwargs(device, self.rank)
+        )
         self.idle = IdleEngine(self.engine, self.cfg.idle_release_s, self.processes, "decode", self.rank, self.log)
 
     def loop(self) -> None:
@@ -111,8 +113,13 @@ class DecodeWorker:
             is_busy = self.engine.has_work()
             wake_in_s = self.engine.wake_in_s() if not self.engine.is_released else None
             # a latency lane holding early work for a first chunk looks for its tokens every 2 ms, not at once
-            timeout_ms = ((LANE_POLL_MS if self.engine.is_holding else 0) if is_busy else
-                          200 if wake_in_s is None else min(200, int(1000 * wake_in_s)))
+            timeout_ms = (
+                (LANE_POLL_MS if self.engine.is_holding else 0)
+                if is_busy
+                else 200
+                if wake_in_s is None
+                else min(200, int(1000 * wake_in_s))
+            )
             for message in self.inbox.receive(timeout_ms, max_messages=1000):
                 try:
                     self.handlers(message)
@@ -134,8 +141,9 @@ class DecodeWorker:
         if self.cfg.latency_lane == "off":
             return False
         now = time.monotonic()
-        return any(s.params.stream and s.audio_start is None and now - s.started < LANE_MAX_WAIT_S
-                   for s in self.reqs.values())
+        return any(
+            s.params.stream and s.audio_start is None and now - s.started < LANE_MAX_WAIT_S for s in self.reqs.values()
+        )
 
     def report(self) -> None:
         rank, stats = str(self.rank), self.engine.stats
@@ -188,8 +196,7 @@ class DecodeWorker:
         self.idle.ensure_loaded()
         facts = self.settings.models[self.slots.model_of(params.slot)].facts
         first_chunk = self.settings.first_chunk_tokens(facts, len(prompt.speech_tokens)) if params.stream else None
-        self.reqs[params.req_id] = DecodeRequestState(params, message.voice_key, prompt,
-                                                      first_chunk_tokens=first_chunk)
+        self.reqs[params.req_id] = DecodeRequestState(params, message.voice_key, prompt, first_chunk_tokens=first_chunk)
         metrics.STAGE_REQUESTS.labels("decode", str(self.rank)).inc()
 
     def on_tokens(self, message: SpeechTokenBatch) -> None:
@@ -197,15 +204,29 @@ class DecodeWorker:
             if req_id not in self.reqs:
                 continue
             try:
-                self.take_tokens(self.reqs[req_id], message.sentence_idxs[i], message.token_lists[i],
-                                 message.is_sentence_end[i], message.is_request_end[i], message.seeds[i],
-                                 message.max_tokens[i])
+                self.take_tokens(
+                    self.reqs[req_id],
+                    message.sentence_idxs[i],
+                    message.token_lists[i],
+                    message.is_sentence_end[i],
+                    message.is_request_end[i],
+                    message.seeds[i],
+                    message.max_tokens[i],
+                )
             except Exception as e:
                 self.log.error("request %d failed:\n%s", req_id, traceback.format_exc())
                 self.drop(req_id, e)
 
-    def take_tokens(self, state: DecodeRequestState, sentence: int, tokens: list[int], is_end: bool,
-                    is_request_end: bool, seed: int, max_tokens: int) -> None:
+    def take_tokens(
+        self,
+        state: DecodeRequestState,
+        sentence: int,
+        tokens: list[int],
+        is_end: bool,
+        is_request_end: bool,
+        seed: int,
+        max_tokens: int,
+    ) -> None:
         if is_request_end:
             state.last_sentence = sentence
         state.num_tokens += len(tokens)
@@ -234,10 +255,18 @@ class DecodeWorker:
         self.active[state.engine_id()] = state
         p = state.params
         # a later sentence continues the listener's playback: its chunks are due when the earlier audio runs out
-        self.engine.add_request(state.engine_id(), state.prompt, waiting.seed, p.stream, p.speed,
-                                max_tokens=waiting.max_tokens, prefix_key=state.voice_key,
-                                audio_start=state.audio_start, samples_sent=state.num_sent,
-                                min_tokens=p.fixed_speech_tokens or 0)
+        self.engine.add_request(
+            state.engine_id(),
+            state.prompt,
+            waiting.seed,
+            p.stream,
+            p.speed,
+            max_tokens=waiting.max_tokens,
+            prefix_key=state.voice_key,
+            audio_start=state.audio_start,
+            samples_sent=state.num_sent,
+            min_tokens=p.fixed_speech_tokens or 0,
+        )
         self.engine.push_tokens(state.engine_id(), waiting.tokens, waiting.is_end)
 
     def stop_sentence(self, state: DecodeRequestState) -> None:

@@ -69,8 +69,15 @@ class EncodeWorker:
     def init_sockets(self) -> None:
         """Bind and publish the inbox first (peers can connect while the models load)."""
         self.ctx = zmq.Context()
-        self.handlers = Handlers(self.name, {AbortRequest: self.on_abort, EncodeRequest: self.on_encode_request,
-                                             TextPiece: self.on_text_piece, ComputeFeatures: self.on_compute_features})
+        self.handlers = Handlers(
+            self.name,
+            {
+                AbortRequest: self.on_abort,
+                EncodeRequest: self.on_encode_request,
+                TextPiece: self.on_text_piece,
+                ComputeFeatures: self.on_compute_features,
+            },
+        )
         self.inbox = Inbox(self.ctx, self.ports, self.processes, "encode", self.rank, self.handlers)
         self.to_llm = [Outbox(self.ctx, self.processes, "llm", r) for r in self.settings.topology.ranks("llm")]
         self.num_sent = 0  # requests sent on: the tie-breaking turn of pick_least_loaded
@@ -87,13 +94,21 @@ class EncodeWorker:
         self.frontends = {}
         for entry, family in zip(self.settings.models, self.families):
             if entry.frontend_key not in self.frontends:
-                frontend = family.frontend(family.load_model_config(entry.model_dir), self.cfg.max_text_chars,
-                                           self.cfg.max_prompt_seconds, prompt_device=device)
+                frontend = family.frontend(
+                    family.load_model_config(entry.model_dir),
+                    self.cfg.max_text_chars,
+                    self.cfg.max_prompt_seconds,
+                    prompt_device=device,
+                )
                 frontend.warm_up()
                 self.frontends[entry.frontend_key] = frontend
                 if entry.facts.takes_prompt_audio:  # else it has no prompt models
-                    self.log.info("model %s: speech tokenizer on %s, speaker model on %s", entry.name,
-                                  frontend.speech_tokenizer.runner.backend, frontend.campplus.runner.backend)
+                    self.log.info(
+                        "model %s: speech tokenizer on %s, speaker model on %s",
+                        entry.name,
+                        frontend.speech_tokenizer.runner.backend,
+                        frontend.campplus.runner.backend,
+                    )
 
     def frontend_of(self, slot: int):
         """The frontend of the request's model (the slot's model column)."""

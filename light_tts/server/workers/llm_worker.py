@@ -92,8 +92,15 @@ class LLMWorker:
 
     def init_sockets(self) -> None:
         self.ctx = zmq.Context()
-        self.handlers = Handlers(self.name, {AbortRequest: self.on_abort, LLMRequestIn: self.on_request_in,
-                                             VCRequestIn: self.on_vc_request, TextTokens: self.on_text_tokens})
+        self.handlers = Handlers(
+            self.name,
+            {
+                AbortRequest: self.on_abort,
+                LLMRequestIn: self.on_request_in,
+                VCRequestIn: self.on_vc_request,
+                TextTokens: self.on_text_tokens,
+            },
+        )
         self.inbox = Inbox(self.ctx, self.ports, self.processes, "llm", self.rank, self.handlers)
         self.decode_ranks = self.settings.topology.decode_ranks_of_llm(self.rank)  # this model's decode group
         self.to_decode = {r: Outbox(self.ctx, self.processes, "decode", r) for r in self.decode_ranks}
@@ -164,9 +171,15 @@ class LLMWorker:
             num_flow_prompt = int(self.slots.a["num_prompt_speech_tokens"][params.slot])
             first_chunk = self.settings.first_chunk_tokens(self.model.facts, num_flow_prompt) if params.stream else 0
             counted = len(text_tokens) if self.family.prompt_counts_in_length(params.mode) else 0
-            self.reqs[params.req_id] = LLMRequestState(params, message.is_bistream, rank, text_tokens.tolist(),
-                                                       speech_tokens.tolist(), first_chunk_tokens=first_chunk,
-                                                       num_counted_prompt_tokens=counted)
+            self.reqs[params.req_id] = LLMRequestState(
+                params,
+                message.is_bistream,
+                rank,
+                text_tokens.tolist(),
+                speech_tokens.tolist(),
+                first_chunk_tokens=first_chunk,
+                num_counted_prompt_tokens=counted,
+            )
 
     def on_vc_request(self, message: VCRequestIn) -> None:
         """Voice conversion: the source's tokens are the request's one sentence, finished; nothing stays here."""
@@ -177,8 +190,15 @@ class LLMWorker:
         rank = self.start_decode(params, message.voice_key)
         if rank is not None:
             batch = SpeechTokenBatch()
-            batch.append(params.req_id, 0, message.source_tokens, True, True, sentence_seed(params.seed, 0),
-                         len(message.source_tokens))
+            batch.append(
+                params.req_id,
+                0,
+                message.source_tokens,
+                True,
+                True,
+                sentence_seed(params.seed, 0),
+                len(message.source_tokens),
+            )
             self.slots.trace.stamp(params.slot, "first_hop_out")  # no prefill: the tokens go on as they came
             self.to_decode[rank].send(batch)
 
@@ -186,8 +206,11 @@ class LLMWorker:
         """Give the request to a decode process (its rank), or fail it (None) when none of its group runs."""
         rank = self.pick_decode_rank()
         if self.processes.state("decode", rank) != ProcessTable.READY:  # its failure may be handled already
-            self.http.fail(params.http_rank, params.req_id,
-                           UnavailableError("no decode process of this model is running (one is restarting)"))
+            self.http.fail(
+                params.http_rank,
+                params.req_id,
+                UnavailableError("no decode process of this model is running (one is restarting)"),
+            )
             return None
         self.slots.set_decode_rank(params.slot, rank)  # before the send: a failure of `rank` fails this request
         self.to_decode[rank].send(DecodeStart(params, voice_key))
@@ -267,23 +290,34 @@ class LLMWorker:
         state.sentence_idx += 1
         state.is_running = True
         counted = state.num_counted_prompt_tokens
-        state.max_tokens = self.settings.sentence_speech_tokens(self.model.facts, None if state.is_bistream else
-                                                                 len(text_tokens) + counted, fixed)
+        state.max_tokens = self.settings.sentence_speech_tokens(
+            self.model.facts, None if state.is_bistream else len(text_tokens) + counted, fixed
+        )
         self.running[state.engine_id()] = state
         if state.sentence_idx == 0:
             self.slots.trace.stamp(state.params.slot, "llm_queued")
-        self.engine.add_request(LLMRequest(
-            req_id=state.engine_id(), text_token_ids=text_tokens, prompt_text_token_ids=state.prompt_text_tokens,
-            prompt_speech_token_ids=state.prompt_speech_tokens, seed=state.sentence_seed(),
-            bistream=state.is_bistream, min_len=fixed, max_len=state.max_tokens,
-            num_counted_prompt_tokens=0 if state.is_bistream else counted))
+        self.engine.add_request(
+            LLMRequest(
+                req_id=state.engine_id(),
+                text_token_ids=text_tokens,
+                prompt_text_token_ids=state.prompt_text_tokens,
+                prompt_speech_token_ids=state.prompt_speech_tokens,
+                seed=state.sentence_seed(),
+                bistream=state.is_bistream,
+                min_len=fixed,
+                max_len=state.max_tokens,
+                num_counted_prompt_tokens=0 if state.is_bistream else counted,
+            )
+        )
 
     def check_fixed_length_fits(self, state: LLMRequestState, num_text_tokens: int, fixed: int) -> None:
         """A fixed-length sentence must fit one engine request whole, or it would silently end early."""
         num_inputs = 2 + len(state.prompt_text_tokens) + num_text_tokens + len(state.prompt_speech_tokens)
         if num_inputs + fixed > self.cfg.max_req_total_len:
-            raise RequestError(f"fixed_speech_tokens={fixed} does not fit: the prompt and text take {num_inputs} of "
-                               f"the {self.cfg.max_req_total_len} tokens one request may hold (--max_req_total_len)")
+            raise RequestError(
+                f"fixed_speech_tokens={fixed} does not fit: the prompt and text take {num_inputs} of "
+                f"the {self.cfg.max_req_total_len} tokens one request may hold (--max_req_total_len)"
+            )
 
     def route(self, outputs, step_started: float) -> None:
         """One SpeechTokenBatch per decode process for this step's outputs; finished sentences start the next.
@@ -309,8 +343,15 @@ class LLMWorker:
                 del self.reqs[req_id]
                 continue
             is_request_end = out.finished and (state.is_bistream or (state.is_text_done and not state.pending))
-            batches[state.decode_rank].append(req_id, state.sentence_idx, list(out.new_token_ids), out.finished,
-                                              is_request_end, state.sentence_seed(), state.max_tokens)
+            batches[state.decode_rank].append(
+                req_id,
+                state.sentence_idx,
+                list(out.new_token_ids),
+                out.finished,
+                is_request_end,
+                state.sentence_seed(),
+                state.max_tokens,
+            )
             if is_request_end:
                 del self.reqs[req_id]
             elif out.finished:
@@ -335,8 +376,11 @@ class LLMWorker:
         for engine_id, reason in self.engine.take_waits():  # each wait, once: why, and a count by reason
             state = self.running.get(engine_id)
             if state is not None:
-                self.log.info("request %d waits in the LLM for %s", state.params.req_id,
-                              "KV-cache room" if reason == "kv" else "a batch row (--running_max_req_size)")
+                self.log.info(
+                    "request %d waits in the LLM for %s",
+                    state.params.req_id,
+                    "KV-cache room" if reason == "kv" else "a batch row (--running_max_req_size)",
+                )
                 metrics.WAITS.labels("llm", reason).inc()
         preemptions = self.engine.scheduler.num_preemptions
         if preemptions > self.num_preemptions:

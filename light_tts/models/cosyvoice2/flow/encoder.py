@@ -78,10 +78,11 @@ class RelPositionAttention(nn.Module):
             pe = rel_position_encoding(self._pos_range - 1, 1 - self._pos_range, weight.shape[1])
             self._pos_table = table = self.linear_pos(pe.to(weight)).view(-1, self.h, self.d_k)
         top = self._pos_range - 1  # row of relative position 0 is `top`
-        return table[top - r_max: top - r_min + 1]
+        return table[top - r_max : top - r_min + 1]
 
-    def forward(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, n, D) at positions [start, start+n) where start = cached length; mask (n, start+n) or
         (B, 1, n, start+n). A left-padded cache keeps relative positions right: pad slots shift queries and keys
         alike, and the mask hides them."""
@@ -100,8 +101,10 @@ class RelPositionAttention(nn.Module):
         # query i, key j has relative position start+i-j -> column n-1-i+j: a strided view (espnet's rel_shift)
         width = matrix_bd_full.shape[-1]
         matrix_bd = matrix_bd_full.as_strided(
-            (b, self.h, n, num_k), (self.h * n * width, n * width, width - 1, 1),
-            matrix_bd_full.storage_offset() + n - 1)
+            (b, self.h, n, num_k),
+            (self.h * n * width, n * width, width - 1, 1),
+            matrix_bd_full.storage_offset() + n - 1,
+        )
         scores = (matrix_ac + matrix_bd) / math.sqrt(self.d_k)
         hidden = ~mask
         attn = torch.softmax(scores.masked_fill(hidden, float("-inf")), dim=-1).masked_fill(hidden, 0.0)
@@ -129,8 +132,9 @@ class ConformerBlock(nn.Module):
         self.norm_mha = nn.LayerNorm(dim, eps=1e-5)
         self.norm_ff = nn.LayerNorm(dim, eps=1e-5)
 
-    def forward(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         att, k, v = self.self_attn(self.norm_mha(x), k_cache, v_cache, mask)
         x = x + att
         return x + self.feed_forward(self.norm_ff(x)), k, v
@@ -147,7 +151,7 @@ class Upsample1D(nn.Module):
     def forward(self, x: torch.Tensor, tail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, D, n), tail (B, D, 2*stride) -> (B, D, stride*n), new tail."""
         h = torch.cat([tail, x.repeat_interleave(self.stride, dim=2)], dim=2)
-        return self.conv(h), h[:, :, -tail.shape[2]:]
+        return self.conv(h), h[:, :, -tail.shape[2] :]
 
 
 class UpsampleConformerEncoder(nn.Module):
@@ -171,11 +175,20 @@ class UpsampleConformerEncoder(nn.Module):
         zeros = self.after_norm.weight.new_zeros
         empty = zeros(batch, h, 0, d // h)
         return EncoderCache(
-            lookahead_tail=zeros(batch, d, 2), upsample_tail=zeros(batch, d, 2 * self.cfg.upsample_stride),
-            kv=[(empty, empty)] * len(self.encoders), up_kv=[(empty, empty)] * len(self.up_encoders))
+            lookahead_tail=zeros(batch, d, 2),
+            upsample_tail=zeros(batch, d, 2 * self.cfg.upsample_stride),
+            kv=[(empty, empty)] * len(self.encoders),
+            up_kv=[(empty, empty)] * len(self.up_encoders),
+        )
 
-    def forward(self, xs: torch.Tensor, context: torch.Tensor, cache: EncoderCache, streaming: bool,
-                num_pad: torch.Tensor | None = None) -> tuple[torch.Tensor, EncoderCache]:
+    def forward(
+        self,
+        xs: torch.Tensor,
+        context: torch.Tensor,
+        cache: EncoderCache,
+        streaming: bool,
+        num_pad: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, EncoderCache]:
         """xs (B, n, D) token embeddings after the cached ones, context (B, c, D) lookahead embeddings (c = 0 at
         the end of the utterance) -> (B, stride*n, D) hidden frames and the extended cache. `streaming` applies
         the static chunk mask; otherwise every query sees every key. num_pad (B,): left-padding tokens of each

@@ -36,7 +36,7 @@ class CausalConv1d(nn.Conv1d):
 
     def forward(self, x: torch.Tensor, tails: list[torch.Tensor], new_tails: list) -> torch.Tensor:
         h = torch.cat([tails[self.slot], x], dim=2)
-        new_tails[self.slot] = h[:, :, -(self.kernel_size[0] - 1):]
+        new_tails[self.slot] = h[:, :, -(self.kernel_size[0] - 1) :]
         return super().forward(h)
 
 
@@ -176,8 +176,9 @@ class CausalConditionalDecoder(nn.Module):
         def transformers() -> nn.ModuleList:
             self.num_blocks += cfg.n_blocks
             first = self.num_blocks - cfg.n_blocks
-            return nn.ModuleList(TransformerBlock(c, cfg.num_heads, cfg.attention_head_dim, first + i)
-                                 for i in range(cfg.n_blocks))
+            return nn.ModuleList(
+                TransformerBlock(c, cfg.num_heads, cfg.attention_head_dim, first + i) for i in range(cfg.n_blocks)
+            )
 
         self.down_blocks = nn.ModuleList([nn.ModuleList([resnet(cfg.in_channels), transformers(), conv()])])
         self.mid_blocks = nn.ModuleList(nn.ModuleList([resnet(c), transformers()]) for _ in range(cfg.num_mid_blocks))
@@ -195,11 +196,20 @@ class CausalConditionalDecoder(nn.Module):
         zeros = self.final_proj.weight.new_zeros
         return EstimatorCache(
             conv_tails=zeros(batch, sum(self.tail_channels), 2),
-            kv=zeros(self.num_blocks, 2, batch, self.cfg.num_heads, 0, self.cfg.attention_head_dim))
+            kv=zeros(self.num_blocks, 2, batch, self.cfg.num_heads, 0, self.cfg.attention_head_dim),
+        )
 
-    def forward(self, x: torch.Tensor, mu: torch.Tensor, t: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
-                cache: EstimatorCache, streaming: bool,
-                num_pad: torch.Tensor | None = None) -> tuple[torch.Tensor, EstimatorCache]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mu: torch.Tensor,
+        t: torch.Tensor,
+        spks: torch.Tensor,
+        cond: torch.Tensor,
+        cache: EstimatorCache,
+        streaming: bool,
+        num_pad: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, EstimatorCache]:
         """x, mu, cond (B, 80, m) frames after the cached ones; t (B,); spks (B, 80) -> velocity (B, 80, m) and
         the extended cache. num_pad (B,): left-padding frames of each row's cache (hidden from attention)."""
         start, m = cache.num_frames, x.shape[2]
@@ -209,9 +219,18 @@ class CausalConditionalDecoder(nn.Module):
         velocity, tails = self.forward_into(x, mu, t, spks, cond, cache.conv_tails, kv, streaming, num_pad)
         return velocity, EstimatorCache(tails, kv)
 
-    def forward_into(self, x: torch.Tensor, mu: torch.Tensor, t: torch.Tensor, spks: torch.Tensor,
-                     cond: torch.Tensor, conv_tails: torch.Tensor, kv: torch.Tensor, streaming: bool,
-                     num_pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_into(
+        self,
+        x: torch.Tensor,
+        mu: torch.Tensor,
+        t: torch.Tensor,
+        spks: torch.Tensor,
+        cond: torch.Tensor,
+        conv_tails: torch.Tensor,
+        kv: torch.Tensor,
+        streaming: bool,
+        num_pad: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """forward with the keys/values in place: kv (blocks, 2, B, H, start + m, hd) holds the cached frames in
         [:start] and receives the new ones in [start:] (a CUDA graph keeps it as a static buffer, saving a copy of
         the whole cache per call). Returns the velocity and the new conv tails."""
@@ -230,12 +249,12 @@ class CausalConditionalDecoder(nn.Module):
                 h = block(h, mask, kv)
             return h.transpose(1, 2)
 
-        (resnet, blocks, down), = self.down_blocks
+        ((resnet, blocks, down),) = self.down_blocks
         skip = attend(resnet(x, t_emb, tails, new_tails), blocks)
         x = down(skip, tails, new_tails)
         for resnet, blocks in self.mid_blocks:
             x = attend(resnet(x, t_emb, tails, new_tails), blocks)
-        (resnet, blocks, up), = self.up_blocks
+        ((resnet, blocks, up),) = self.up_blocks
         x = attend(resnet(torch.cat([x, skip], dim=1), t_emb, tails, new_tails), blocks)
         x = self.final_block(up(x, tails, new_tails), tails, new_tails)
         return self.final_proj(x), torch.cat(new_tails, dim=1)

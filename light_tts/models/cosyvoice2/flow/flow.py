@@ -36,8 +36,9 @@ class Flow(ChunkedFlow):
         self.spk_embed_affine_layer = nn.Linear(cfg.spk_embed_dim, cfg.output_size)
         self.encoder = UpsampleConformerEncoder(cfg.encoder)
         self.encoder_proj = nn.Linear(cfg.encoder.output_size, cfg.output_size)
-        self.decoder = CausalConditionalCFM(cfg.cfm, CausalConditionalDecoder(cfg.cfm.estimator),
-                                            cfg.cfm.estimator.out_channels)
+        self.decoder = CausalConditionalCFM(
+            cfg.cfm, CausalConditionalDecoder(cfg.cfm.estimator), cfg.cfm.estimator.out_channels
+        )
 
     @property
     def chunk_tokens(self) -> int:
@@ -50,19 +51,25 @@ class Flow(ChunkedFlow):
         condition is read from frame `start` on."""
         emb = self.input_embedding(tokens.clamp(min=0).long())
         lookahead = 0 if finalize else self.cfg.pre_lookahead_len
-        xs, context = emb[:, :emb.shape[1] - lookahead], emb[:, emb.shape[1] - lookahead:]
+        xs, context = emb[:, : emb.shape[1] - lookahead], emb[:, emb.shape[1] - lookahead :]
         start_frame = state.num_tokens * self.cfg.token_mel_ratio
         num_pad = state.num_pad
         h, state.encoder = self.encoder(xs, context, state.encoder, streaming, num_pad)
         mu = self.encoder_proj(h).transpose(1, 2)  # (B, 80, m)
         frame_pad = None if num_pad is None else num_pad * self.cfg.token_mel_ratio
-        mel, state.estimator = self.decoder(mu, state.spks, self.condition(state, start_frame, mu), state.estimator,
-                                            streaming, frame_pad)
+        mel, state.estimator = self.decoder(
+            mu, state.spks, self.condition(state, start_frame, mu), state.estimator, streaming, frame_pad
+        )
         return mel
 
-    def _fresh_state(self, prompt_token: torch.Tensor, prompt_feat: torch.Tensor,
-                     embedding: torch.Tensor) -> FlowStreamState:
+    def _fresh_state(
+        self, prompt_token: torch.Tensor, prompt_feat: torch.Tensor, embedding: torch.Tensor
+    ) -> FlowStreamState:
         b = prompt_token.shape[0]
         return FlowStreamState(
-            spks=self._speaker(embedding), prompt_token=prompt_token, prompt_feat=prompt_feat,
-            encoder=self.encoder.empty_cache(b), estimator=self.decoder.empty_caches(b))
+            spks=self._speaker(embedding),
+            prompt_token=prompt_token,
+            prompt_feat=prompt_feat,
+            encoder=self.encoder.empty_cache(b),
+            estimator=self.decoder.empty_caches(b),
+        )

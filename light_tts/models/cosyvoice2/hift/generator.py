@@ -20,8 +20,10 @@ from light_tts.models.weights import load_strict, read_state_dict
 def to_parametrized_weight_norm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename legacy weight-norm keys (`x.weight_g`, `x.weight_v`) to the parametrization form
     (`x.parametrizations.weight.original0`, `...original1`); both hold the same g and v tensors."""
-    legacy_suffixes = {".weight_g": ".parametrizations.weight.original0",
-                       ".weight_v": ".parametrizations.weight.original1"}
+    legacy_suffixes = {
+        ".weight_g": ".parametrizations.weight.original0",
+        ".weight_v": ".parametrizations.weight.original1",
+    }
     converted = {}
     for key, value in state_dict.items():
         for old, new in legacy_suffixes.items():
@@ -119,7 +121,8 @@ class HiFT(nn.Module):
                 self.source_downs.append(nn.Conv1d(spec_channels, widths[i + 1], 1))
             else:
                 self.source_downs.append(
-                    nn.Conv1d(spec_channels, widths[i + 1], stride * 2, stride, padding=stride // 2))
+                    nn.Conv1d(spec_channels, widths[i + 1], stride * 2, stride, padding=stride // 2)
+                )
             self.source_resblocks.append(ResBlock(widths[i + 1], k, tuple(d)))
         self.num_kernels = len(cfg.resblock_kernel_sizes)
         self.resblocks = nn.ModuleList(
@@ -202,7 +205,10 @@ class HiFT(nn.Module):
 
     @torch.inference_mode()
     def inference(
-        self, mel: torch.Tensor, cache_source: torch.Tensor | None = None, generator: Generators = None,
+        self,
+        mel: torch.Tensor,
+        cache_source: torch.Tensor | None = None,
+        generator: Generators = None,
         noise_keys: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """mel [B,80,T] -> (audio [B, T*480], excitation [B,1,T*480]).
@@ -221,20 +227,21 @@ class HiFT(nn.Module):
         phase, noise = draw_source_noise(mel.shape[0], num_samples, self.m_source.num_harmonics, generator, mel.device)
         return (self.runner or self.synthesize)(mel, phase, noise, cache_source)
 
-    def synthesize_keyed(self, mel: torch.Tensor, seeds: torch.Tensor, offsets: torch.Tensor,
-                         cache_source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def synthesize_keyed(
+        self, mel: torch.Tensor, seeds: torch.Tensor, offsets: torch.Tensor, cache_source: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """synthesize with each row's noise drawn from its (seed, sample offset) in one launch (no host sync)."""
-        phase, noise = keyed_noise(seeds, offsets, mel.shape[2] * self.samples_per_frame,
-                                   self.m_source.num_harmonics)
+        phase, noise = keyed_noise(seeds, offsets, mel.shape[2] * self.samples_per_frame, self.m_source.num_harmonics)
         return self.synthesize(mel, phase, noise, cache_source)
 
-    def synthesize(self, mel: torch.Tensor, phase: torch.Tensor, noise: torch.Tensor,
-                   cache_source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def synthesize(
+        self, mel: torch.Tensor, phase: torch.Tensor, noise: torch.Tensor, cache_source: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """inference after its random draws (initial phases [B, H], noise [B, T*480, H]): no host sync, no RNG,
         so that it can be captured in a CUDA graph."""
         f0 = self.f0_predictor(mel)  # (B, T)
         f0 = f0.repeat_interleave(self.samples_per_frame, dim=1).unsqueeze(-1)  # (B, T_s, 1), nearest upsampling
         source = self.m_source(f0, phase, noise).transpose(1, 2)  # (B, 1, T_s)
         if cache_source.shape[2] > 0:
-            source = torch.cat([cache_source, source[:, :, cache_source.shape[2]:]], dim=2)
+            source = torch.cat([cache_source, source[:, :, cache_source.shape[2] :]], dim=2)
         return self.decode(mel, source), source

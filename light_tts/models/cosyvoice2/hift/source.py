@@ -58,8 +58,9 @@ class HarmonicSource(nn.Module):
         self.noise_std = cfg.nsf_sigma
         self.voiced_threshold = cfg.nsf_voiced_threshold
         self.num_harmonics = cfg.nb_harmonics + 1  # the fundamental plus nb_harmonics overtones
-        self.register_buffer("harmonics", torch.arange(1, self.num_harmonics + 1, dtype=torch.float32),
-                             persistent=False)
+        self.register_buffer(
+            "harmonics", torch.arange(1, self.num_harmonics + 1, dtype=torch.float32), persistent=False
+        )
         self.l_linear = nn.Linear(self.num_harmonics, 1)
 
     def _sines(self, f0_harmonics: torch.Tensor, initial_phase: torch.Tensor) -> torch.Tensor:
@@ -70,8 +71,9 @@ class HarmonicSource(nn.Module):
         # Upstream passes scale_factor (not size), which sets both the output length and the sampling positions.
         rad = F.interpolate(rad.transpose(1, 2), scale_factor=1 / self.upsample_scale, mode="linear").transpose(1, 2)
         phase = torch.cumsum(rad, dim=1) * 2 * math.pi  # (B, T, H)
-        phase = F.interpolate(phase.transpose(1, 2) * self.upsample_scale, scale_factor=self.upsample_scale,
-                              mode="linear")
+        phase = F.interpolate(
+            phase.transpose(1, 2) * self.upsample_scale, scale_factor=self.upsample_scale, mode="linear"
+        )
         return torch.sin(phase.transpose(1, 2))  # (B, T_s, H)
 
     def forward(self, f0: torch.Tensor, initial_phase: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -91,9 +91,9 @@ class CausalConvPositionEmbedding(nn.Module):
     def forward(self, x: torch.Tensor, tails: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, D), tails (B, 2, D, 30) -> (B, T, D) and the new tails."""
         h = torch.cat([tails[:, 0], x.transpose(1, 2)], dim=2)
-        tail1 = h[:, :, -(CONV_POS_KERNEL - 1):]
+        tail1 = h[:, :, -(CONV_POS_KERNEL - 1) :]
         h = torch.cat([tails[:, 1], self.conv1(h)], dim=2)
-        tail2 = h[:, :, -(CONV_POS_KERNEL - 1):]
+        tail2 = h[:, :, -(CONV_POS_KERNEL - 1) :]
         return self.conv2(h).transpose(1, 2), torch.stack([tail1, tail2], dim=1)
 
 
@@ -136,8 +136,9 @@ class Attention(nn.Module):
         self.to_q, self.to_k, self.to_v = (nn.Linear(cfg.dim, inner) for _ in range(3))
         self.to_out = nn.ModuleList([nn.Linear(inner, cfg.dim)])  # upstream's [1] is a Dropout
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor,
-                kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor, kv_cache: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, m, dim), kv_cache (2, B, H, start, d) -> (B, m, dim), keys/values of all start + m frames."""
         b, m, _ = x.shape
         q = apply_rotary(self.to_q(x), freqs)  # rotary before the head split: head 0's channels only
@@ -153,8 +154,11 @@ class FeedForward(nn.Module):
         super().__init__()
         inner = cfg.dim * cfg.ff_mult
         # keys ff.0.0 and ff.2 (upstream's ff.1 is a Dropout)
-        self.ff = nn.Sequential(nn.Sequential(nn.Linear(cfg.dim, inner), nn.GELU(approximate="tanh")),
-                                nn.Identity(), nn.Linear(inner, cfg.dim))
+        self.ff = nn.Sequential(
+            nn.Sequential(nn.Linear(cfg.dim, inner), nn.GELU(approximate="tanh")),
+            nn.Identity(),
+            nn.Linear(inner, cfg.dim),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ff(x)
@@ -187,20 +191,31 @@ class DiT(nn.Module):
 
     def empty_cache(self, rows: int) -> DiTCache:
         c, p = self.cfg, next(self.parameters())
-        return DiTCache(kv=p.new_zeros(c.depth, 2, rows, c.heads, 0, c.dim_head),
-                        conv_tails=p.new_zeros(rows, 2, c.dim, CONV_POS_KERNEL - 1))
+        return DiTCache(
+            kv=p.new_zeros(c.depth, 2, rows, c.heads, 0, c.dim_head),
+            conv_tails=p.new_zeros(rows, 2, c.dim, CONV_POS_KERNEL - 1),
+        )
 
-    def forward(self, x: torch.Tensor, mu: torch.Tensor, t: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
-                cache: DiTCache, streaming: bool, num_pad: torch.Tensor | None = None,
-                ) -> tuple[torch.Tensor, DiTCache]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mu: torch.Tensor,
+        t: torch.Tensor,
+        spks: torch.Tensor,
+        cond: torch.Tensor,
+        cache: DiTCache,
+        streaming: bool,
+        num_pad: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, DiTCache]:
         """x, mu, cond (B, 80, m) of the frames after the cached ones, t (B,), spks (B, 80) -> velocity
         (B, 80, m) and the extended cache. Rows of one call share a cache length (num_pad must be None)."""
         if num_pad is not None:
             raise ValueError("the DiT's dense cache takes no left padding; batch requests through the engine")
         start, m = cache.num_frames, x.shape[2]
         t_emb = self.time_embed(t)
-        h, conv_tails = self.input_embed(x.transpose(1, 2), cond.transpose(1, 2), mu.transpose(1, 2), spks,
-                                         cache.conv_tails)
+        h, conv_tails = self.input_embed(
+            x.transpose(1, 2), cond.transpose(1, 2), mu.transpose(1, 2), spks, cache.conv_tails
+        )
         freqs = self.rotary_embed.freqs(start, m)
         mask = chunk_mask(start, m, start + m, self.cfg.static_chunk_size if streaming else 0, x.device)
         kvs = []

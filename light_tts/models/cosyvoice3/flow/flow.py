@@ -46,8 +46,9 @@ class DiTFlow(ChunkedFlow):
         self.cfg = cfg
         self.input_embedding = nn.Embedding(cfg.vocab_size, cfg.input_size)
         self.spk_embed_affine_layer = nn.Linear(cfg.spk_embed_dim, cfg.output_size)
-        self.pre_lookahead_layer = PreLookaheadLayer(cfg.input_size, cfg.pre_lookahead_len,
-                                                     hidden=cfg.pre_lookahead_channels)
+        self.pre_lookahead_layer = PreLookaheadLayer(
+            cfg.input_size, cfg.pre_lookahead_len, hidden=cfg.pre_lookahead_channels
+        )
         self.decoder = CausalConditionalCFM(cfg.cfm, DiT(cfg.estimator), cfg.output_size)
 
     @property
@@ -58,7 +59,7 @@ class DiTFlow(ChunkedFlow):
         """tokens (B, n [+ 3 lookahead]) -> mu (B, 80, 2n) and the new lookahead tail."""
         emb = self.input_embedding(tokens.clamp(min=0).long())
         lookahead = 0 if finalize else self.cfg.pre_lookahead_len
-        xs, context = emb[:, :emb.shape[1] - lookahead], emb[:, emb.shape[1] - lookahead:]
+        xs, context = emb[:, : emb.shape[1] - lookahead], emb[:, emb.shape[1] - lookahead :]
         h, tail = self.pre_lookahead_layer(xs, context, lookahead_tail)
         return h.repeat_interleave(self.cfg.token_mel_ratio, dim=1).transpose(1, 2), tail
 
@@ -66,14 +67,21 @@ class DiTFlow(ChunkedFlow):
         """Runs tokens (B, n [+ lookahead]) after the cached ones; updates `state`; returns their mel (B, 80, 2n)."""
         start_frame = state.num_tokens * self.cfg.token_mel_ratio
         mu, state.lookahead_tail = self.mu(tokens, finalize, state.lookahead_tail)
-        mel, state.estimator = self.decoder(mu, state.spks, self.condition(state, start_frame, mu), state.estimator,
-                                            streaming)
+        mel, state.estimator = self.decoder(
+            mu, state.spks, self.condition(state, start_frame, mu), state.estimator, streaming
+        )
         state.num_tokens += mu.shape[2] // self.cfg.token_mel_ratio
         return mel
 
-    def _fresh_state(self, prompt_token: torch.Tensor, prompt_feat: torch.Tensor,
-                     embedding: torch.Tensor) -> DiTFlowState:
+    def _fresh_state(
+        self, prompt_token: torch.Tensor, prompt_feat: torch.Tensor, embedding: torch.Tensor
+    ) -> DiTFlowState:
         b = prompt_token.shape[0]
         tail = self.input_embedding.weight.new_zeros(b, self.cfg.pre_lookahead_channels, 2)
-        return DiTFlowState(spks=self._speaker(embedding), prompt_token=prompt_token, prompt_feat=prompt_feat,
-                            lookahead_tail=tail, estimator=self.decoder.empty_caches(b))
+        return DiTFlowState(
+            spks=self._speaker(embedding),
+            prompt_token=prompt_token,
+            prompt_feat=prompt_feat,
+            lookahead_tail=tail,
+            estimator=self.decoder.empty_caches(b),
+        )

@@ -44,27 +44,34 @@ class CausalHiFT(HiFT):
         self.n_fft, self.hop = cfg.istft_n_fft, cfg.istft_hop_len
         self.samples_per_frame = cfg.samples_per_frame
         self.m_source = CausalSource(cfg)
-        self.conv_pre = weight_norm(CausalConv1d(cfg.in_channels, cfg.base_channels, cfg.conv_pre_look_right + 1,
-                                                 looks_ahead=True))
+        self.conv_pre = weight_norm(
+            CausalConv1d(cfg.in_channels, cfg.base_channels, cfg.conv_pre_look_right + 1, looks_ahead=True)
+        )
         widths = [cfg.base_channels // 2**i for i in range(len(cfg.upsample_rates) + 1)]
-        self.ups = nn.ModuleList(weight_norm(CausalUpsample(widths[i], widths[i + 1], k, u))
-                                 for i, (u, k) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes)))
+        self.ups = nn.ModuleList(
+            weight_norm(CausalUpsample(widths[i], widths[i + 1], k, u))
+            for i, (u, k) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes))
+        )
         spec_channels = self.n_fft + 2
         stage_strides = [1]  # the source STFT is strided down to each upsampling stage's rate
         for u in reversed(cfg.upsample_rates[1:]):
             stage_strides.insert(0, stage_strides[0] * u)
         self.source_downs = nn.ModuleList(
-            CausalConv1d(spec_channels, widths[i + 1], 1) if s == 1
+            CausalConv1d(spec_channels, widths[i + 1], 1)
+            if s == 1
             else CausalDownsample(spec_channels, widths[i + 1], s)
-            for i, s in enumerate(stage_strides))
+            for i, s in enumerate(stage_strides)
+        )
         self.source_resblocks = nn.ModuleList(
             CausalResBlock(widths[i + 1], k, tuple(d))
-            for i, (k, d) in enumerate(zip(cfg.source_resblock_kernel_sizes, cfg.source_resblock_dilation_sizes)))
+            for i, (k, d) in enumerate(zip(cfg.source_resblock_kernel_sizes, cfg.source_resblock_dilation_sizes))
+        )
         self.num_kernels = len(cfg.resblock_kernel_sizes)
         self.resblocks = nn.ModuleList(
             CausalResBlock(widths[i + 1], k, tuple(d))
             for i in range(len(cfg.upsample_rates))
-            for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes))
+            for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes)
+        )
         self.conv_post = weight_norm(CausalConv1d(widths[-1], spec_channels, 7))
         self.f0_predictor = CausalF0Predictor(cfg.f0_predictor)
         self._init_fourier()
@@ -96,7 +103,7 @@ class CausalHiFT(HiFT):
         """Noise table rows of samples [start, start + num) on this module's device (grown as needed)."""
         if start + num > self.noise_table.shape[0]:
             self.noise_table = self.noise.grow(start + num).to(self.noise_table.device)
-        return self.noise_table[start:start + num]
+        return self.noise_table[start : start + num]
 
     def f0(self, mel: torch.Tensor, finalize: bool) -> torch.Tensor:
         """[B, 80, T] -> f0 [B, T or T - 3] in float32, computed in float64."""
@@ -112,7 +119,7 @@ class CausalHiFT(HiFT):
             source_spec = source_spec[:, :, :-look]
         audio = self._synthesis(x, source_spec)
         if not finalize:
-            audio = audio[:, :-self.samples_per_frame]
+            audio = audio[:, : -self.samples_per_frame]
         return audio.clamp(-self.cfg.audio_limit, self.cfg.audio_limit)
 
     def excitation(self, f0: torch.Tensor, cycles: torch.Tensor, first_frame: int) -> torch.Tensor:
@@ -127,4 +134,4 @@ class CausalHiFT(HiFT):
         f0 = self.f0(mel, finalize)
         cycles = self.m_source.phases(f0, self.m_source.new_state(mel.shape[0], mel.device))
         source = self.excitation(f0, cycles, 0)
-        return self.decode(mel[:, :, :f0.shape[1]], source, finalize), source
+        return self.decode(mel[:, :, : f0.shape[1]], source, finalize), source

@@ -18,8 +18,9 @@ from light_tts.models.cosyvoice2.hift.generator import ResBlock, Snake
 
 
 class CausalConv1d(nn.Conv1d):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1,
-                 looks_ahead: bool = False):
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1, looks_ahead: bool = False
+    ):
         super().__init__(in_channels, out_channels, kernel_size, dilation=dilation)
         self.padding_frames = (kernel_size - 1) * dilation
         self.looks_ahead = looks_ahead

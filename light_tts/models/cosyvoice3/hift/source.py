@@ -82,8 +82,9 @@ class CausalSource(nn.Module):
         self.samples_per_frame = cfg.samples_per_frame
         self.sine_amp, self.noise_std, self.voiced_threshold = cfg.nsf_alpha, cfg.nsf_sigma, cfg.nsf_voiced_threshold
         self.num_harmonics = cfg.nb_harmonics + 1
-        self.register_buffer("harmonics", torch.arange(1, self.num_harmonics + 1, dtype=torch.float32),
-                             persistent=False)
+        self.register_buffer(
+            "harmonics", torch.arange(1, self.num_harmonics + 1, dtype=torch.float32), persistent=False
+        )
         self.l_linear = nn.Linear(self.num_harmonics, 1)
 
     def new_state(self, batch: int, device: torch.device) -> SourceState:

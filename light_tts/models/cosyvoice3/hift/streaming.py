@@ -56,8 +56,13 @@ class Window:
     @property
     def key(self) -> tuple:
         """Chunks with equal keys have equal shapes everywhere: they run as one batch."""
-        return (self.num_frames - self.first, self.context, self.emit_from - self.first, self.known - self.first,
-                self.finalize)
+        return (
+            self.num_frames - self.first,
+            self.context,
+            self.emit_from - self.first,
+            self.known - self.first,
+            self.finalize,
+        )
 
 
 def new_stream(hift: CausalHiFT) -> HiFTStream:
@@ -72,12 +77,12 @@ def plan(stream: HiFTStream, num_new: int, finalize: bool) -> Window | None:
     if end <= stream.frames_emitted:
         return None
     first = max(0, stream.frames_emitted - MARGIN_FRAMES)
-    return Window(first, min(first, F0_REACH), stream.frames_emitted, end, num_frames, stream.source.num_frames,
-                  finalize)
+    return Window(
+        first, min(first, F0_REACH), stream.frames_emitted, end, num_frames, stream.source.num_frames, finalize
+    )
 
 
-def vocode(hift: CausalHiFT, streams: list[HiFTStream], mels: list[torch.Tensor],
-           finalize: bool) -> list[torch.Tensor]:
+def vocode(hift: CausalHiFT, streams: list[HiFTStream], mels: list[torch.Tensor], finalize: bool) -> list[torch.Tensor]:
     """The next mel frames [1, 80, n] of each stream -> the audio [samples] each can emit now (every frame up to 8
     before its end, all of them when finalize). Streams whose windows differ in shape run one by one."""
     windows = [plan(s, m.shape[2], finalize) for s, m in zip(streams, mels)]
@@ -90,8 +95,9 @@ def vocode(hift: CausalHiFT, streams: list[HiFTStream], mels: list[torch.Tensor]
         else:
             groups.setdefault(w.key, []).append(i)
     for rows in groups.values():
-        for i, audio in zip(rows, _vocode_rows(hift, [streams[i] for i in rows], [mels[i] for i in rows],
-                                               [windows[i] for i in rows])):
+        for i, audio in zip(
+            rows, _vocode_rows(hift, [streams[i] for i in rows], [mels[i] for i in rows], [windows[i] for i in rows])
+        ):
             out[i] = audio
     return out
 
@@ -106,30 +112,33 @@ def _keep_mel(stream: HiFTStream, mel: torch.Tensor) -> None:
     stream.num_frames += mel.shape[2]
 
 
-def _vocode_rows(hift: CausalHiFT, streams: list[HiFTStream], mels: list[torch.Tensor],
-                 windows: list[Window]) -> list[torch.Tensor]:
+def _vocode_rows(
+    hift: CausalHiFT, streams: list[HiFTStream], mels: list[torch.Tensor], windows: list[Window]
+) -> list[torch.Tensor]:
     """Rows of one window shape as one batch: f0 over the window (after its context), phases continued from each
     row's accumulator, the source from each row's noise rows, decode; then each row's state moves on."""
     w0 = windows[0]
     totals = [mel if s.mel is None else torch.cat([s.mel, mel], dim=2) for s, mel in zip(streams, mels)]
-    window = torch.cat([t[:, :, w.first - w.context - s.mel_start:] for t, s, w in zip(totals, streams, windows)])
-    f0 = hift.f0(window, w0.finalize)[:, w0.context:]  # frames [first, first + f0 frames)
+    window = torch.cat([t[:, :, w.first - w.context - s.mel_start :] for t, s, w in zip(totals, streams, windows)])
+    f0 = hift.f0(window, w0.finalize)[:, w0.context :]  # frames [first, first + f0 frames)
     source = SourceState(torch.cat([s.source.accumulated for s in streams]), w0.known)
-    new_cycles = hift.m_source.phases(f0[:, w0.known - w0.first:], source)
-    old_cycles = [s.cycles[:, w.first - s.cycles_start:] if s.cycles is not None else new_cycles[:1, :0]
-                  for s, w in zip(streams, windows)]
+    new_cycles = hift.m_source.phases(f0[:, w0.known - w0.first :], source)
+    old_cycles = [
+        s.cycles[:, w.first - s.cycles_start :] if s.cycles is not None else new_cycles[:1, :0]
+        for s, w in zip(streams, windows)
+    ]
     cycles = torch.cat([torch.cat(old_cycles), new_cycles], dim=1)  # frames [first, first + f0 frames)
     spf, num = hift.samples_per_frame, f0.shape[1]
     noise = torch.stack([hift.noise_rows(w.first * spf, num * spf) for w in windows])
-    audio = hift.decode(window[:, :, w0.context:w0.context + num], hift.m_source(f0, cycles, noise), w0.finalize)
+    audio = hift.decode(window[:, :, w0.context : w0.context + num], hift.m_source(f0, cycles, noise), w0.finalize)
     num_new = new_cycles.shape[1]
     for r, (s, w, total) in enumerate(zip(streams, windows, totals)):
         keep = max(0, w.end - MARGIN_FRAMES)  # what the next window needs: its margin and the f0 reach before it
-        s.mel, s.mel_start = total[:, :, max(0, keep - F0_REACH) - s.mel_start:], max(0, keep - F0_REACH)
-        s.cycles, s.cycles_start = cycles[r:r + 1, keep - w.first:], keep
-        s.source = SourceState(source.accumulated[r:r + 1], w.known + num_new)
+        s.mel, s.mel_start = total[:, :, max(0, keep - F0_REACH) - s.mel_start :], max(0, keep - F0_REACH)
+        s.cycles, s.cycles_start = cycles[r : r + 1, keep - w.first :], keep
+        s.source = SourceState(source.accumulated[r : r + 1], w.known + num_new)
         s.num_frames, s.frames_emitted = w.num_frames, w.end
-    return list(audio[:, (w0.emit_from - w0.first) * spf:])
+    return list(audio[:, (w0.emit_from - w0.first) * spf :])
 
 
 class CausalVocoder:

@@ -82,24 +82,33 @@ class ApiKeyMiddleware:
         return path in self.public_paths or (is_http and path.startswith(PAGE_PREFIX))
 
     async def __call__(self, scope, receive, send):
-        if (scope["type"] not in ("http", "websocket") or not self.digests
-                or self.is_public(scope["path"], scope["type"] == "http")):
+        if (
+            scope["type"] not in ("http", "websocket")
+            or not self.digests
+            or self.is_public(scope["path"], scope["type"] == "http")
+        ):
             return await self.app(scope, receive, send)
         key = bearer_token(scope["headers"])
         offered_protocol = None
         if key is None and scope["type"] == "websocket":
             offered_protocol = next((p for p in scope.get("subprotocols", []) if p.startswith(WS_KEY_PROTOCOL)), None)
             if offered_protocol is not None:
-                key = offered_protocol[len(WS_KEY_PROTOCOL):].encode("latin-1")
+                key = offered_protocol[len(WS_KEY_PROTOCOL) :].encode("latin-1")
         if key is None or not self.is_known(key):
             reason = "missing API key" if key is None else "invalid API key"
             log.info("%s %s refused: %s", scope["type"], scope["path"], reason)
-            return await reject(scope, receive, send, UnauthorizedError(
-                f"{reason}: send the header 'Authorization: Bearer <key>'"), key is not None)
+            return await reject(
+                scope,
+                receive,
+                send,
+                UnauthorizedError(f"{reason}: send the header 'Authorization: Bearer <key>'"),
+                key is not None,
+            )
         if offered_protocol is None:
             return await self.app(scope, receive, send)
-        await self.app(without_key_protocol(scope, offered_protocol), receive,
-                       answering_protocol(send, offered_protocol))
+        await self.app(
+            without_key_protocol(scope, offered_protocol), receive, answering_protocol(send, offered_protocol)
+        )
 
 
 def bearer_token(headers: list[tuple[bytes, bytes]]) -> bytes | None:
@@ -134,8 +143,11 @@ def answering_protocol(send, protocol: str):
 async def reject(scope, receive, send, error: UnauthorizedError, is_wrong_key: bool) -> None:
     body = json.dumps(error_body(error, is_openai_path(scope["path"]))).encode()
     challenge = b'Bearer error="invalid_token"' if is_wrong_key else b"Bearer"
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"www-authenticate", challenge)]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"www-authenticate", challenge),
+    ]
     if scope["type"] == "http":
         await send({"type": "http.response.start", "status": error.http_status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

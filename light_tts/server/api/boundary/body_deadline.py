@@ -46,11 +46,13 @@ class BodyDeadline:
                 message = await asyncio.wait_for(receive(), max(0.0, min(self.gap_s, remaining)))
             except asyncio.TimeoutError:
                 if self.gap_s < remaining:
-                    error = SlowClientError(f"the request body sent nothing for {self.gap_s:g} s "
-                                            f"(--http_body_timeout_s)")
+                    error = SlowClientError(
+                        f"the request body sent nothing for {self.gap_s:g} s (--http_body_timeout_s)"
+                    )
                 else:
-                    error = SlowClientError(f"the request body was not complete within {self.total_s:g} s "
-                                            f"(--http_body_deadline_s)")
+                    error = SlowClientError(
+                        f"the request body was not complete within {self.total_s:g} s (--http_body_deadline_s)"
+                    )
                 is_answered = True
                 await answer(error)
                 return {"type": "http.disconnect"}
@@ -62,9 +64,17 @@ class BodyDeadline:
             if is_started:  # a response already began (none of ours does before its body): just stop
                 return
             body = json.dumps(error_body(error, is_openai_path(scope["path"]))).encode()  # the route's shape
-            await send({"type": "http.response.start", "status": error.http_status,
-                        "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
-                                    (b"content-length", str(len(body)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": error.http_status,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"connection", b"close"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
 
         async def guarded_send(message):

@@ -19,8 +19,10 @@ CLOSE_ABOVE = 4  # a declared body over this many times the bound: answer and cl
 def body_too_large(max_bytes: int, num_bytes: int | None = None) -> TooLargeError:
     """The 413 of every endpoint; `num_bytes` None: the body streamed past the bound (its size is unknown)."""
     size = f"is {describe_bytes(num_bytes)}" if num_bytes is not None else "streamed past the limit"
-    return TooLargeError(f"the request body {size}; the server takes at most {describe_bytes(max_bytes)} "
-                         f"(--max_prompt_wav_bytes for a prompt and a second recording or the texts, plus form fields)")
+    return TooLargeError(
+        f"the request body {size}; the server takes at most {describe_bytes(max_bytes)} "
+        f"(--max_prompt_wav_bytes for a prompt and a second recording or the texts, plus form fields)"
+    )
 
 
 class BodyLimitMiddleware:

@@ -41,14 +41,22 @@ def message_of(error: BaseException) -> str:
 
 def openai_error(error: BaseException) -> dict:
     """The inner object of OpenAI's error body (also the `error` of a WebSocket or SSE error event)."""
-    return {"message": message_of(error), "type": openai_type(status_of(error)),
-            "param": getattr(error, "param", None), "code": kind_of(error)}
+    return {
+        "message": message_of(error),
+        "type": openai_type(status_of(error)),
+        "param": getattr(error, "param", None),
+        "code": kind_of(error),
+    }
 
 
 def openai_error_of_kind(message: str, kind: ErrorKind, param: str | None = None) -> dict:
     """The same object for a failure known by its kind (a WebSocket session's verdict on a message)."""
-    return {"message": message, "type": openai_type(error_from_kind(kind, "").http_status), "param": param,
-            "code": kind}
+    return {
+        "message": message,
+        "type": openai_type(error_from_kind(kind, "").http_status),
+        "param": param,
+        "code": kind,
+    }
 
 
 def error_body(error: BaseException, is_openai: bool) -> dict:
@@ -87,8 +95,11 @@ async def http_exception_handler(request: Request, exc: HTTPException):
 
         return await fastapi_handler(request, exc)
     code = {404: "unknown_url", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-    error = RouteError(f"Invalid URL ({request.method} {request.url.path})" if exc.status_code in (404, 405)
-                       else str(exc.detail), exc.status_code, code)
+    error = RouteError(
+        f"Invalid URL ({request.method} {request.url.path})" if exc.status_code in (404, 405) else str(exc.detail),
+        exc.status_code,
+        code,
+    )
     return JSONResponse(error_body(error, True), status_code=exc.status_code, headers=exc.headers)
 
 

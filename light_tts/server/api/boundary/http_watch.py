@@ -36,13 +36,13 @@ class PendingAborts:
 
     def forget_stage(self, stage: str) -> list[tuple[int, int]]:
         """(req_id, slot) of the requests that waited only for `stage`, now free."""
-        return [(req_id, slot) for req_id in list(self.pending)
-                if (slot := self.confirm(req_id, stage)) is not None]
+        return [(req_id, slot) for req_id in list(self.pending) if (slot := self.confirm(req_id, stage)) is not None]
 
     def expired(self, now: float, timeout_s: float) -> list[tuple[int, int, set[str]]]:
         """(req_id, slot, stages that never answered) of aborts older than timeout_s, removed."""
-        old = [(req_id, slot, stages) for req_id, (slot, stages, since) in self.pending.items()
-               if now - since > timeout_s]
+        old = [
+            (req_id, slot, stages) for req_id, (slot, stages, since) in self.pending.items() if now - since > timeout_s
+        ]
         for req_id, _, _ in old:
             del self.pending[req_id]
         return old

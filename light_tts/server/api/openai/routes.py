@@ -116,20 +116,30 @@ async def load_voice(store: VoiceStore, entry: ModelEntry, voice: str) -> tuple[
 
 def named_voices(models: Sequence[ModelEntry], created_at: int) -> list[VoiceObject]:
     """The models' built-in voices (a name in the prompt, no recording), for the voice list."""
-    return [VoiceObject(id=voice, name=voice, text="", duration_s=0.0, created_at=created_at, model=m.name)
-            for m in models for voice in m.facts.voices]
+    return [
+        VoiceObject(id=voice, name=voice, text="", duration_s=0.0, created_at=created_at, model=m.name)
+        for m in models
+        for voice in m.facts.voices
+    ]
 
 
-def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: Sequence[ModelEntry],
-                         max_body_bytes: int) -> APIRouter:
+def create_openai_router(
+    backend: SynthesisBackend, store: VoiceStore, models: Sequence[ModelEntry], max_body_bytes: int
+) -> APIRouter:
     router = APIRouter()
     created_at = int(time.time())
 
-    @router.post("/v1/audio/speech", responses={200: {"description": "the audio in `response_format` (chunked as "
-                                                                     "it is encoded), or SSE events",
-                                                      "content": {t: {} for t in (*CONTENT_TYPES.values(),
-                                                                                  "text/event-stream")}},
-                                                **ERRORS}, summary="Speak a text with a saved voice (OpenAI)")
+    @router.post(
+        "/v1/audio/speech",
+        responses={
+            200: {
+                "description": "the audio in `response_format` (chunked as it is encoded), or SSE events",
+                "content": {t: {} for t in (*CONTENT_TYPES.values(), "text/event-stream")},
+            },
+            **ERRORS,
+        },
+        summary="Speak a text with a saved voice (OpenAI)",
+    )
     async def create_speech(body: SpeechRequest, request: Request):
         """Speak `input` with a saved voice, in the style `instructions` ask for if any: streamed as it is
         encoded, or one file with exact headers (wav and flac by default, any format with `stream: false`).
@@ -140,29 +150,70 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
             model = model_for_voice(models, body.model, body.voice, OPENAI_MODEL_ALIASES)
             prompt, voice = await load_voice(store, models[model], body.voice)
             # the engine streams at speed 1 whatever the response's form, so every format carries the same audio
-            job = SynthesisJob(body.input, prompt, body.speed, body.speed == 1.0, body.seed, body.fixed_speech_tokens,
-                               client=client_of(request), model=model, instructions=body.instructions,
-                               mode=body.mode, received_at=received_at, voice=voice)
-            return await audio_answer(request, backend.synthesize(job), job, body.response_format,
-                                      not body.is_streamed(), is_sse=body.stream_format == "sse")
+            job = SynthesisJob(
+                body.input,
+                prompt,
+                body.speed,
+                body.speed == 1.0,
+                body.seed,
+                body.fixed_speech_tokens,
+                client=client_of(request),
+                model=model,
+                instructions=body.instructions,
+                mode=body.mode,
+                received_at=received_at,
+                voice=voice,
+            )
+            return await audio_answer(
+                request,
+                backend.synthesize(job),
+                job,
+                body.response_format,
+                not body.is_streamed(),
+                is_sse=body.stream_format == "sse",
+            )
         except LightTTSError as e:
             return openai_error_response(e)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; keeps the log quiet
 
-    @router.post("/v1/audio/voices", status_code=201, response_model=VoiceObject, responses=ERRORS,
-                 summary="Save a voice: a recording and its transcript",
-                 openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-                     "type": "object", "required": ["audio", "name"], "properties": {
-                         "audio": {"type": "string", "format": "binary", "description": "wav, flac, ogg or mp3"},
-                         "text": {"type": "string", "description": "the transcript (the prompt text); leave it "
-                                                                   "out for a voice without one (spoken "
-                                                                   "cross-lingual); blank: 400"},
-                         "name": {"type": "string"},
-                         "model": {"type": "string", "description": "the model whose frontend computes the "
-                                   "features (default: the first that takes prompt audio; a model of another "
-                                   "frontend computes its own "
-                                   "from the stored audio when it uses the voice)"}}}}}}})
+    @router.post(
+        "/v1/audio/voices",
+        status_code=201,
+        response_model=VoiceObject,
+        responses=ERRORS,
+        summary="Save a voice: a recording and its transcript",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["audio", "name"],
+                            "properties": {
+                                "audio": {"type": "string", "format": "binary", "description": "wav, flac, ogg or mp3"},
+                                "text": {
+                                    "type": "string",
+                                    "description": "the transcript (the prompt text); leave it "
+                                    "out for a voice without one (spoken "
+                                    "cross-lingual); blank: 400",
+                                },
+                                "name": {"type": "string"},
+                                "model": {
+                                    "type": "string",
+                                    "description": "the model whose frontend computes the "
+                                    "features (default: the first that takes prompt audio; a model of another "
+                                    "frontend computes its own "
+                                    "from the stored audio when it uses the voice)",
+                                },
+                            },
+                        }
+                    }
+                },
+            }
+        },
+    )
     async def create_voice(request: Request):
         """Save a voice: its prompt features are computed once, now, by the frontend of the model named in `model`
         (default: the first that takes prompt audio; one without, Orpheus, is a 400); a failure saves nothing."""
@@ -171,11 +222,13 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
             # the model named (404 unknown, 400 without prompt audio), else the first that takes prompt audio
             model = voice_model(models, model_name, OPENAI_MODEL_ALIASES)
             await run_in_threadpool(store.check_upload, name, text, audio)  # cheap checks before the model runs
-            features, duration_s = await unless_disconnected(request, backend.compute_features(
-                audio, client_of(request), model))
+            features, duration_s = await unless_disconnected(
+                request, backend.compute_features(audio, client_of(request), model)
+            )
             # a model of another frontend computes its own features from the stored audio when it uses the voice
-            voice = await run_in_threadpool(store.create, name, text, audio, features, duration_s,
-                                            models[model].frontend_key)
+            voice = await run_in_threadpool(
+                store.create, name, text, audio, features, duration_s, models[model].frontend_key
+            )
         except LightTTSError as e:
             return openai_error_response(e)
         except ClientGone:
@@ -184,8 +237,13 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
         return JSONResponse(VoiceObject.of(voice, aliases).model_dump(), status_code=201)
 
     # a saved voice has no `model` (exclude_none keeps its wire shape); a model's named voice says whose it is
-    @router.get("/v1/audio/voices", response_model=VoiceList, response_model_exclude_none=True, responses=ERRORS,
-                summary="The saved voices, then the models' named voices")
+    @router.get(
+        "/v1/audio/voices",
+        response_model=VoiceList,
+        response_model_exclude_none=True,
+        responses=ERRORS,
+        summary="The saved voices, then the models' named voices",
+    )
     async def list_voices():
         """Saved voices (any model with prompt audio speaks them), then each model's named voices (Orpheus':
         `model` says whose; their id is the name)."""
@@ -194,8 +252,12 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
         saved = [VoiceObject.of(v, aliases.get(v.id, [])) for v in voices]
         return VoiceList(data=saved + named_voices(models, created_at))
 
-    @router.get("/v1/audio/voices/{voice_id}", response_model=VoiceObject, responses=ERRORS,
-                summary="One saved voice (by id or alias), or a model's named voice")
+    @router.get(
+        "/v1/audio/voices/{voice_id}",
+        response_model=VoiceObject,
+        responses=ERRORS,
+        summary="One saved voice (by id or alias), or a model's named voice",
+    )
     async def get_voice(voice_id: str):
         named = [v for v in named_voices(models, created_at) if v.id == voice_id]
         if named:
@@ -206,8 +268,9 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
         except LightTTSError as e:
             return openai_error_response(e)
 
-    @router.delete("/v1/audio/voices/{voice_id}", response_model=VoiceDeleted, responses=ERRORS,
-                   summary="Delete a saved voice")
+    @router.delete(
+        "/v1/audio/voices/{voice_id}", response_model=VoiceDeleted, responses=ERRORS, summary="Delete a saved voice"
+    )
     async def delete_voice(voice_id: str):
         """Requests already using the voice finish with it; later ones get 404."""
         try:
@@ -223,8 +286,7 @@ def create_openai_router(backend: SynthesisBackend, store: VoiceStore, models: S
     return router
 
 
-async def audio_answer(request: Request, chunks, job: SynthesisJob, fmt: str, is_whole: bool,
-                       is_sse: bool = False):
+async def audio_answer(request: Request, chunks, job: SynthesisJob, fmt: str, is_whole: bool, is_sse: bool = False):
     """The answer of a synthesis: it waits for the first chunk (so that an early failure still gets its HTTP
     status), then sends the whole audio as one file with exact headers, or streams it as it is encoded (SSE
     events with `is_sse`), with the job's Server-Timing header. A failure after the headers cuts the transfer,
@@ -232,13 +294,16 @@ async def audio_answer(request: Request, chunks, job: SynthesisJob, fmt: str, is
     first = await unless_disconnected(request, first_chunk(chunks))
     if is_whole:
         audio = await unless_disconnected(request, rest_of(first, chunks))
-        return Response(encode_file(fmt, audio, SAMPLE_RATE), media_type=CONTENT_TYPES[fmt],
-                        headers=timing_header(job))
+        return Response(encode_file(fmt, audio, SAMPLE_RATE), media_type=CONTENT_TYPES[fmt], headers=timing_header(job))
     if is_sse:
-        return StreamingResponse(sse_body(first, chunks, job, fmt), media_type="text/event-stream",
-                                 headers=timing_header(job))
-    return StreamingResponse(cut_on_failure(encoded(first, chunks, fmt), f"{job.endpoint} request"),
-                             media_type=CONTENT_TYPES[fmt], headers=timing_header(job))
+        return StreamingResponse(
+            sse_body(first, chunks, job, fmt), media_type="text/event-stream", headers=timing_header(job)
+        )
+    return StreamingResponse(
+        cut_on_failure(encoded(first, chunks, fmt), f"{job.endpoint} request"),
+        media_type=CONTENT_TYPES[fmt],
+        headers=timing_header(job),
+    )
 
 
 async def rest_of(first: bytes, chunks) -> bytes:
@@ -291,6 +356,7 @@ async def read_voice_upload(request: Request, max_body_bytes: int) -> tuple[str,
     except UnicodeDecodeError as e:
         raise TextError(f"name, text and model must be UTF-8 ({e.reason} at byte {e.start})") from None
     if text is not None and not text.strip():
-        raise TextError("text is empty: give the recording's transcript, or leave the field out for a voice "
-                        "without one", "text")
+        raise TextError(
+            "text is empty: give the recording's transcript, or leave the field out for a voice without one", "text"
+        )
     return name, text, parts["audio"], model

@@ -60,21 +60,46 @@ def no_nul(value: str | None) -> str | None:
 
 
 # Field types shared with the WebSocket session config (speech_ws.py).
-VoiceId = Annotated[str, Field(min_length=1, description='a saved voice id from POST /v1/audio/voices, a '
-                                                       'model\'s named voice (Orpheus: tara, ...), or {"id": ...}'),
-                    BeforeValidator(voice_id_of)]
+VoiceId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="a saved voice id from POST /v1/audio/voices, a "
+        'model\'s named voice (Orpheus: tara, ...), or {"id": ...}',
+    ),
+    BeforeValidator(voice_id_of),
+]
 Speed = Annotated[float, Field(ge=MIN_SPEED, le=MAX_SPEED)]
 Seed = Annotated[int | None, Field(ge=0, lt=SEED_LIMIT, description="same inputs and seed give the same audio")]
-FixedSpeechTokens = Annotated[int | None, Field(ge=1, description=(
-    "benchmarks: every sentence generates exactly this many speech tokens (25 = 1 s), ignoring end-of-speech"))]
-Instructions = Annotated[Annotated[str, Field(max_length=MAX_INPUT_CHARS)] | None, AfterValidator(no_nul),
-                         Field(description=(
-    "how to speak (style, emotion, pace, dialect), e.g. 'Speak slowly and softly.': the model's instruct mode, in "
-    "the voice of `voice`; blank or absent: the voice's own style"))]
-Mode = Annotated[Literal["zero_shot", "instruct", "cross_lingual"] | None, Field(description=(
-    "LightTTS: force a mode (default: instruct with instructions, zero_shot for a voice with a transcript, "
-    "cross_lingual for one without); cross_lingual ignores the transcript, for a voice whose language differs "
-    "from the text's"))]
+FixedSpeechTokens = Annotated[
+    int | None,
+    Field(
+        ge=1,
+        description=(
+            "benchmarks: every sentence generates exactly this many speech tokens (25 = 1 s), ignoring end-of-speech"
+        ),
+    ),
+]
+Instructions = Annotated[
+    Annotated[str, Field(max_length=MAX_INPUT_CHARS)] | None,
+    AfterValidator(no_nul),
+    Field(
+        description=(
+            "how to speak (style, emotion, pace, dialect), e.g. 'Speak slowly and softly.': the model's instruct "
+            "mode, in the voice of `voice`; blank or absent: the voice's own style"
+        )
+    ),
+]
+Mode = Annotated[
+    Literal["zero_shot", "instruct", "cross_lingual"] | None,
+    Field(
+        description=(
+            "LightTTS: force a mode (default: instruct with instructions, zero_shot for a voice with a transcript, "
+            "cross_lingual for one without); cross_lingual ignores the transcript, for a voice whose language differs "
+            "from the text's"
+        )
+    ),
+]
 
 
 class SpeechRequest(BaseModel):
@@ -82,18 +107,25 @@ class SpeechRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    model: str = Field(min_length=1, description="a model id from GET /v1/models (or tts-1, tts-1-hd, "
-                                                 "gpt-4o-mini-tts, default: the first model)")
+    model: str = Field(
+        min_length=1,
+        description="a model id from GET /v1/models (or tts-1, tts-1-hd, gpt-4o-mini-tts, default: the first model)",
+    )
     input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS, description="the text to speak")
     voice: VoiceId
     response_format: ResponseFormat = "mp3"
     speed: Speed = Field(1.0, description="!= 1 waits for the whole audio before sending any")
-    stream_format: Literal["audio", "sse"] = Field("audio", description="audio: the file's bytes; sse: "
-                                                   "speech.audio.delta events as the audio is encoded")
-    stream: bool | None = Field(None, description=(
-        "LightTTS: true sends the audio as it is encoded (first bytes sooner; wav and flac then carry streaming "
-        "headers: unknown length), false one file with exact headers and Content-Length once complete. "
-        "Default: true for mp3, opus, aac and pcm, false for wav and flac"))
+    stream_format: Literal["audio", "sse"] = Field(
+        "audio", description="audio: the file's bytes; sse: speech.audio.delta events as the audio is encoded"
+    )
+    stream: bool | None = Field(
+        None,
+        description=(
+            "LightTTS: true sends the audio as it is encoded (first bytes sooner; wav and flac then carry streaming "
+            "headers: unknown length), false one file with exact headers and Content-Length once complete. "
+            "Default: true for mp3, opus, aac and pcm, false for wav and flac"
+        ),
+    )
     instructions: Instructions = None
     mode: Mode = None
     fixed_speech_tokens: FixedSpeechTokens = None
@@ -164,14 +196,20 @@ class VoiceObject(BaseModel):
     id: str
     object: Literal["voice"] = "voice"
     name: str
-    text: str | None = Field(description="the transcript of the recording (the prompt text); null: none, the "
-                                         "voice is spoken cross-lingual")
+    text: str | None = Field(
+        description="the transcript of the recording (the prompt text); null: none, the voice is spoken cross-lingual"
+    )
     duration_s: float
     created_at: int = Field(description="unix seconds")
-    aliases: list[str] = Field(default_factory=list, description="names that requests may use for this voice "
-                                                                 "(--voice_alias, e.g. OpenAI's alloy)")
-    model: str | None = Field(None, description="a model's named voice (its id is the name; no recording): the "
-                                                "model that speaks it; absent for a saved voice")
+    aliases: list[str] = Field(
+        default_factory=list,
+        description="names that requests may use for this voice (--voice_alias, e.g. OpenAI's alloy)",
+    )
+    model: str | None = Field(
+        None,
+        description="a model's named voice (its id is the name; no recording): the "
+        "model that speaks it; absent for a saved voice",
+    )
 
     @model_serializer(mode="wrap")
     def drop_absent_model(self, handler):
@@ -184,8 +222,14 @@ class VoiceObject(BaseModel):
     @classmethod
     def of(cls, voice, aliases: list[str] = ()) -> VoiceObject:
         """From a voice_store.Voice and the aliases that name it."""
-        return cls(id=voice.id, name=voice.name, text=voice.text or None, duration_s=round(voice.duration_s, 3),
-                   created_at=voice.created_at, aliases=list(aliases))
+        return cls(
+            id=voice.id,
+            name=voice.name,
+            text=voice.text or None,
+            duration_s=round(voice.duration_s, 3),
+            created_at=voice.created_at,
+            aliases=list(aliases),
+        )
 
 
 class VoiceList(BaseModel):
@@ -212,6 +256,7 @@ class ModelList(BaseModel):
 
 
 # ---- validation errors -> our 400 body
+
 
 def describe_errors(errors: list[dict]) -> str:
     """pydantic's error list as one line: `speed: Input should be less than or equal to 4; ...`."""
@@ -245,6 +290,7 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
 
 
 # ---- SSE events (stream_format: "sse")
+
 
 def sse_event(payload: dict) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"

@@ -111,8 +111,7 @@ class Close:
 
 def error_event(message: str, kind: ErrorKind = RequestError.kind, param: str | None = None, **extra) -> SendJson:
     """`message` on top (vLLM-Omni's clients read it) and OpenAI's error object (as the Realtime API sends it)."""
-    return SendJson({"type": "error", "message": message, "error": openai_error_of_kind(message, kind, param),
-                     **extra})
+    return SendJson({"type": "error", "message": message, "error": openai_error_of_kind(message, kind, param), **extra})
 
 
 class SerialSession:
@@ -127,8 +126,10 @@ class SerialSession:
 
     def on_binary(self, data: bytes) -> list:
         self.is_closed = True
-        return [error_event("binary frames are not part of this protocol; send JSON text messages"),
-                Close(CLOSE_UNSUPPORTED_DATA, "binary frame")]
+        return [
+            error_event("binary frames are not part of this protocol; send JSON text messages"),
+            Close(CLOSE_UNSUPPORTED_DATA, "binary frame"),
+        ]
 
     def on_synthesis_done(self, total_bytes: int, error: BaseException | None = None) -> list:
         """The active utterance ended (all its audio sent), or failed with `error` (a LightTTSError's message and
@@ -139,8 +140,14 @@ class SerialSession:
         actions = []
         if error is not None:
             extra = {"partial_audio": True, "action": "discard"} if total_bytes else {}
-            actions.append(error_event(f"utterance {utterance.index} failed: {message_of(error)}", kind_of(error),
-                                       getattr(error, "param", None), **extra))
+            actions.append(
+                error_event(
+                    f"utterance {utterance.index} failed: {message_of(error)}",
+                    kind_of(error),
+                    getattr(error, "param", None),
+                    **extra,
+                )
+            )
         return actions + self.done_actions(utterance, total_bytes, error is not None) + self.advance()
 
     def enqueue(self, utterance: Utterance) -> list:
@@ -190,8 +197,12 @@ class StreamSpeechSession(SerialSession):
     """/v1/audio/speech/stream. `check_voice(voice, model)` raises a LightTTSError (404 for an unknown saved voice,
     400 for a voice the model does not speak)."""
 
-    def __init__(self, max_utterance_chars: int, max_pending: int = 8,
-                 check_voice: Callable[[str, str | None], None] | None = None):
+    def __init__(
+        self,
+        max_utterance_chars: int,
+        max_pending: int = 8,
+        check_voice: Callable[[str, str | None], None] | None = None,
+    ):
         super().__init__(max_pending)
         self.max_utterance_chars = max_utterance_chars
         self.check_voice = check_voice
@@ -209,8 +220,12 @@ class StreamSpeechSession(SerialSession):
             problem = f"the first message must be session.config, got {event!r}"
         if problem is not None:
             return self.refuse(problem)
-        handler = {"session.config": self.on_config, "input.text": self.on_input_text,
-                   "input.done": self.on_input_done, "session.close": self.on_close}.get(event)
+        handler = {
+            "session.config": self.on_config,
+            "input.text": self.on_input_text,
+            "input.done": self.on_input_done,
+            "session.close": self.on_close,
+        }.get(event)
         if handler is None:
             return self.refuse(f"unknown message type {event!r}; expected one of {', '.join(CLIENT_EVENTS)}")
         return handler(message)
@@ -243,8 +258,10 @@ class StreamSpeechSession(SerialSession):
         if self.is_closing:
             return self.refuse("the session is closing (session.close was sent)")
         if self.num_buffered_chars + len(text) > self.max_utterance_chars:
-            return self.refuse(f"this piece would make the utterance longer than {self.max_utterance_chars} "
-                               "characters; it was not added (send input.done to flush what came before)")
+            return self.refuse(
+                f"this piece would make the utterance longer than {self.max_utterance_chars} "
+                "characters; it was not added (send input.done to flush what came before)"
+            )
         self.buffer.append(text)
         self.num_buffered_chars += len(text)
         return []
@@ -253,12 +270,25 @@ class StreamSpeechSession(SerialSession):
         if self.is_closing:
             return self.refuse("the session is closing (session.close was sent)")
         if self.is_queue_full():
-            return self.refuse(f"{self.max_pending} utterances are already waiting; the text stays buffered, "
-                               "send input.done again after the next session.done", "overloaded")
+            return self.refuse(
+                f"{self.max_pending} utterances are already waiting; the text stays buffered, "
+                "send input.done again after the next session.done",
+                "overloaded",
+            )
         config = self.config
-        utterance = Utterance(self.next_index, "".join(self.buffer), config.voice, config.response_format,
-                              config.speed, config.stream_audio, config.seed, config.fixed_speech_tokens,
-                              config.model, config.instructions, config.mode)
+        utterance = Utterance(
+            self.next_index,
+            "".join(self.buffer),
+            config.voice,
+            config.response_format,
+            config.speed,
+            config.stream_audio,
+            config.seed,
+            config.fixed_speech_tokens,
+            config.model,
+            config.instructions,
+            config.mode,
+        )
         self.next_index += 1
         self.buffer.clear()
         self.num_buffered_chars = 0
@@ -269,17 +299,36 @@ class StreamSpeechSession(SerialSession):
         return self.advance()  # text never flushed with input.done is not spoken
 
     def start_actions(self, utterance: Utterance) -> list:
-        start = {"type": "audio.start", "utterance_index": utterance.index, "sentence_index": 0,
-                 "sentence_text": utterance.text, "format": utterance.response_format}
+        start = {
+            "type": "audio.start",
+            "utterance_index": utterance.index,
+            "sentence_index": 0,
+            "sentence_text": utterance.text,
+            "format": utterance.response_format,
+        }
         if utterance.response_format == "pcm":
             start.update(sample_rate=PCM_SAMPLE_RATE, channels=1)
         return [SendJson(start)]
 
     def done_actions(self, utterance: Utterance, total_bytes: int, is_error: bool, num_sentences: int = 1) -> list:
-        done = [SendJson({"type": "audio.done", "utterance_index": utterance.index, "sentence_index": 0,
-                          "total_bytes": total_bytes, "error": is_error})] if num_sentences else []
-        return done + [SendJson({"type": "session.done", "utterance_index": utterance.index,
-                                 "total_sentences": num_sentences})]
+        done = (
+            [
+                SendJson(
+                    {
+                        "type": "audio.done",
+                        "utterance_index": utterance.index,
+                        "sentence_index": 0,
+                        "total_bytes": total_bytes,
+                        "error": is_error,
+                    }
+                )
+            ]
+            if num_sentences
+            else []
+        )
+        return done + [
+            SendJson({"type": "session.done", "utterance_index": utterance.index, "total_sentences": num_sentences})
+        ]
 
 
 class OrpheusSession(SerialSession):
@@ -310,8 +359,10 @@ class OrpheusSession(SerialSession):
         text, voice = message.get("text"), message.get("voice", self.voice_id)
         model, seed, fixed = message.get("model", self.model), message.get("seed"), message.get("fixed_speech_tokens")
         if unknown:
-            problem = (f"unknown field(s) {sorted(unknown)}; a message is {{\"text\", \"voice\", \"model\"?, "
-                       f"\"seed\"?, \"fixed_speech_tokens\"?}} or {{\"end\": true}}")
+            problem = (
+                f'unknown field(s) {sorted(unknown)}; a message is {{"text", "voice", "model"?, '
+                f'"seed"?, "fixed_speech_tokens"?}} or {{"end": true}}'
+            )
         elif seed is not None and not is_int_in(seed, 0, SEED_LIMIT):
             problem = f'"seed" must be an integer in [0, {SEED_LIMIT})'
         elif fixed is not None and not is_int_in(fixed, 1, None):
@@ -332,8 +383,19 @@ class OrpheusSession(SerialSession):
             return [error_event(problem)]
         self.voice_id, self.model = voice, model
         self.next_index += 1
-        return self.enqueue(Utterance(self.next_index - 1, text, voice, "pcm", 1.0, is_streamed=True, seed=seed,
-                                      fixed_speech_tokens=fixed, model=model))
+        return self.enqueue(
+            Utterance(
+                self.next_index - 1,
+                text,
+                voice,
+                "pcm",
+                1.0,
+                is_streamed=True,
+                seed=seed,
+                fixed_speech_tokens=fixed,
+                model=model,
+            )
+        )
 
     def on_end(self) -> list:
         self.is_closing = True

@@ -45,8 +45,14 @@ from light_tts.server.runtime.model_set import ModelEntry, check_voice, model_fo
 log = logging.getLogger("light_tts.ws")
 
 
-def add_speech_websockets(router: APIRouter, backend: SynthesisBackend, store: VoiceStore,
-                          models: Sequence[ModelEntry], max_utterance_chars: int, idle_timeout_s: float) -> None:
+def add_speech_websockets(
+    router: APIRouter,
+    backend: SynthesisBackend,
+    store: VoiceStore,
+    models: Sequence[ModelEntry],
+    max_utterance_chars: int,
+    idle_timeout_s: float,
+) -> None:
     def check_session_voice(voice: str, model: str | None) -> None:
         """session.config's voice for its model: a saved voice (an id or an alias), or the model's named voice (4xx
         otherwise)."""
@@ -65,13 +71,22 @@ def add_speech_websockets(router: APIRouter, backend: SynthesisBackend, store: V
     @router.websocket("/ws/tts")
     async def orpheus_tts(ws: WebSocket):
         await ws.accept()
-        await SessionTransport(ws, OrpheusSession(max_utterance_chars), backend, store, models, "ws_tts",
-                               idle_timeout_s).run()
+        await SessionTransport(
+            ws, OrpheusSession(max_utterance_chars), backend, store, models, "ws_tts", idle_timeout_s
+        ).run()
 
 
 class SessionTransport:
-    def __init__(self, ws: WebSocket, session: SerialSession, backend: SynthesisBackend, store: VoiceStore,
-                 models: Sequence[ModelEntry], endpoint: str, idle_timeout_s: float):
+    def __init__(
+        self,
+        ws: WebSocket,
+        session: SerialSession,
+        backend: SynthesisBackend,
+        store: VoiceStore,
+        models: Sequence[ModelEntry],
+        endpoint: str,
+        idle_timeout_s: float,
+    ):
         self.ws, self.session, self.backend, self.store, self.models = ws, session, backend, store, models
         self.endpoint = endpoint  # the metrics' label
         self.client = ws.client.host if ws.client else ""
@@ -141,10 +156,22 @@ class SessionTransport:
             model = model_for_voice(self.models, utterance.model, utterance.voice_id, OPENAI_MODEL_ALIASES)
             prompt, voice = await load_voice(self.store, self.models[model], utterance.voice_id)
             is_streamed = utterance.is_streamed and utterance.speed == 1.0
-            chunks = self.backend.synthesize(SynthesisJob(utterance.text, prompt, utterance.speed, is_streamed,
-                                                          utterance.seed, utterance.fixed_speech_tokens,
-                                                          self.endpoint, self.client, model=model, voice=voice,
-                                                          instructions=utterance.instructions, mode=utterance.mode))
+            chunks = self.backend.synthesize(
+                SynthesisJob(
+                    utterance.text,
+                    prompt,
+                    utterance.speed,
+                    is_streamed,
+                    utterance.seed,
+                    utterance.fixed_speech_tokens,
+                    self.endpoint,
+                    self.client,
+                    model=model,
+                    voice=voice,
+                    instructions=utterance.instructions,
+                    mode=utterance.mode,
+                )
+            )
             if is_streamed:  # closed at once if a send fails, so the request ends with the connection
                 async with aclosing(encoded(b"", chunks, utterance.response_format)) as pieces:
                     async for piece in pieces:

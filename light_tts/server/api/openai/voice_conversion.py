@@ -55,8 +55,10 @@ def check_audio(data: bytes, name: str, max_bytes: int) -> bytes:
     if not data:
         raise AudioError(f"{name} is empty (0 bytes)", name)
     if len(data) > max_bytes:
-        raise TooLargeError(f"{name} is {describe_bytes(len(data))}; the limit is {describe_bytes(max_bytes)} "
-                            f"(--max_prompt_wav_bytes)", name)
+        raise TooLargeError(
+            f"{name} is {describe_bytes(len(data))}; the limit is {describe_bytes(max_bytes)} (--max_prompt_wav_bytes)",
+            name,
+        )
     return data
 
 
@@ -64,17 +66,18 @@ async def read_conversion(request: Request, max_audio_bytes: int, max_body_bytes
     """The multipart form: audio (the source), voice or prompt_audio (the target), and the options; the body
     within the server's one bound (ServerSettings.max_body_bytes), each recording within max_audio_bytes."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise RequestError("expected a multipart/form-data body with the source as `audio` and `voice` or "
-                           "`prompt_audio`")
+        raise RequestError(
+            "expected a multipart/form-data body with the source as `audio` and `voice` or `prompt_audio`"
+        )
     parts = await read_multipart(request, max_body_bytes)
     if "audio" not in parts:
         raise RequestError("missing field audio (the source recording)", "audio")
     if ("voice" in parts) == ("prompt_audio" in parts):
-        raise RequestError("give the target voice as voice (a saved voice id) or prompt_audio (a recording), "
-                           "one of them")
+        raise RequestError(
+            "give the target voice as voice (a saved voice id) or prompt_audio (a recording), one of them"
+        )
     try:
-        text = {name: parts[name].decode("utf-8") for name in ("voice", "model", "response_format")
-                if name in parts}
+        text = {name: parts[name].decode("utf-8") for name in ("voice", "model", "response_format") if name in parts}
     except UnicodeDecodeError as e:
         raise RequestError(f"form fields must be UTF-8 ({e.reason} at byte {e.start})") from None
     response_format = text.get("response_format", "mp3")
@@ -86,30 +89,54 @@ async def read_conversion(request: Request, max_audio_bytes: int, max_body_bytes
     seed = check_seed(int(parse_number(parts["seed"], "seed", int)) if "seed" in parts else None)
     prompt_audio = parts.get("prompt_audio")
     return ConversionRequest(
-        check_audio(parts["audio"], "audio", max_audio_bytes), text.get("voice"),
+        check_audio(parts["audio"], "audio", max_audio_bytes),
+        text.get("voice"),
         None if prompt_audio is None else check_audio(prompt_audio, "prompt_audio", max_audio_bytes),
-        text.get("model", DEFAULT_NAME), response_format, stream, speed, seed)
+        text.get("model", DEFAULT_NAME),
+        response_format,
+        stream,
+        speed,
+        seed,
+    )
 
 
-def add_voice_conversion(router: APIRouter, backend: SynthesisBackend, store: VoiceStore,
-                         models: Sequence[ModelEntry], max_source_seconds: float, max_body_bytes: int) -> None:
-    form = {"type": "object", "required": ["audio"], "properties": {
-        "audio": {"type": "string", "format": "binary",
-                  "description": f"the source recording (wav, flac, ogg or mp3), at most {max_source_seconds:g} s "
-                                 f"and {store.limits.max_upload_bytes} bytes (longer or larger: 413)"},
-        "voice": {"type": "string", "description": "the target voice: a saved voice id (or give prompt_audio)"},
-        "prompt_audio": {"type": "string", "format": "binary", "description": "the target voice: a recording"},
-        "model": {"type": "string", "default": DEFAULT_NAME},
-        "response_format": {"type": "string", "enum": list(CONTENT_TYPES), "default": "mp3"},
-        "stream": {"type": "boolean", "default": False, "description": "send the audio as it is encoded"},
-        "speed": {"type": "number", "default": 1.0, "description": "only without stream"},
-        "seed": {"type": "integer", "minimum": 0}}}
+def add_voice_conversion(
+    router: APIRouter,
+    backend: SynthesisBackend,
+    store: VoiceStore,
+    models: Sequence[ModelEntry],
+    max_source_seconds: float,
+    max_body_bytes: int,
+) -> None:
+    form = {
+        "type": "object",
+        "required": ["audio"],
+        "properties": {
+            "audio": {
+                "type": "string",
+                "format": "binary",
+                "description": f"the source recording (wav, flac, ogg or mp3), at most {max_source_seconds:g} s "
+                f"and {store.limits.max_upload_bytes} bytes (longer or larger: 413)",
+            },
+            "voice": {"type": "string", "description": "the target voice: a saved voice id (or give prompt_audio)"},
+            "prompt_audio": {"type": "string", "format": "binary", "description": "the target voice: a recording"},
+            "model": {"type": "string", "default": DEFAULT_NAME},
+            "response_format": {"type": "string", "enum": list(CONTENT_TYPES), "default": "mp3"},
+            "stream": {"type": "boolean", "default": False, "description": "send the audio as it is encoded"},
+            "speed": {"type": "number", "default": 1.0, "description": "only without stream"},
+            "seed": {"type": "integer", "minimum": 0},
+        },
+    }
 
-    @router.post("/v1/audio/voice-conversion", summary="Speak a recording again in another voice",
-                 responses={200: {"description": "the audio in `response_format`",
-                                  "content": {t: {} for t in CONTENT_TYPES.values()}}, **ERRORS},
-                 openapi_extra={"requestBody": {"required": True,
-                                                "content": {"multipart/form-data": {"schema": form}}}})
+    @router.post(
+        "/v1/audio/voice-conversion",
+        summary="Speak a recording again in another voice",
+        responses={
+            200: {"description": "the audio in `response_format`", "content": {t: {} for t in CONTENT_TYPES.values()}},
+            **ERRORS,
+        },
+        openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form}}}},
+    )
     async def convert_voice(request: Request):
         """The source's speech (its speech tokens) in the target voice, as long as the source."""
         received_at = time.monotonic()  # the request trace's first boundary (the form is read below)
@@ -120,9 +147,19 @@ def add_voice_conversion(router: APIRouter, backend: SynthesisBackend, store: Vo
                 target = await run_in_threadpool(store.load_features, body.voice_id, models[model].frontend_key)
             else:  # computed by the encode process, through the voice cache
                 target = VoicePrompt(hashlib.sha256(body.prompt_audio).hexdigest(), None, None, body.prompt_audio)
-            job = SynthesisJob("", target, body.speed, body.stream, body.seed, endpoint=ENDPOINT,
-                               client=client_of(request), model=model, mode=VC, source_audio=body.source,
-                               received_at=received_at)
+            job = SynthesisJob(
+                "",
+                target,
+                body.speed,
+                body.stream,
+                body.seed,
+                endpoint=ENDPOINT,
+                client=client_of(request),
+                model=model,
+                mode=VC,
+                source_audio=body.source,
+                received_at=received_at,
+            )
             return await audio_answer(request, backend.synthesize(job), job, body.response_format, not body.stream)
         except LightTTSError as e:
             return openai_error_response(e)

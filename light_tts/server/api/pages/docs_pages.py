@@ -47,12 +47,14 @@ def mount_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url=url(request, app.openapi_url), title=f"{app.title} - Swagger UI",
+            openapi_url=url(request, app.openapi_url),
+            title=f"{app.title} - Swagger UI",
             oauth2_redirect_url=url(request, OAUTH2_REDIRECT_URL),
             swagger_js_url=url(request, f"{ASSETS_URL}/swagger-ui-bundle.js"),
             swagger_css_url=url(request, f"{ASSETS_URL}/swagger-ui.css"),
             swagger_favicon_url=url(request, f"{ASSETS_URL}/favicon.png"),
-            swagger_ui_parameters={"validatorUrl": None})  # the spec validator badge is an online service
+            swagger_ui_parameters={"validatorUrl": None},
+        )  # the spec validator badge is an online service
 
     @app.get(OAUTH2_REDIRECT_URL, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
@@ -60,6 +62,10 @@ def mount_docs(app: FastAPI) -> None:
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
-        return get_redoc_html(openapi_url=url(request, app.openapi_url), title=f"{app.title} - ReDoc",
-                              redoc_js_url=url(request, f"{ASSETS_URL}/redoc.standalone.js"),
-                              redoc_favicon_url=url(request, f"{ASSETS_URL}/favicon.png"), with_google_fonts=False)
+        return get_redoc_html(
+            openapi_url=url(request, app.openapi_url),
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=url(request, f"{ASSETS_URL}/redoc.standalone.js"),
+            redoc_favicon_url=url(request, f"{ASSETS_URL}/favicon.png"),
+            with_google_fonts=False,
+        )

@@ -49,6 +49,8 @@ class VoiceAliases:
         if self.aliases:
             known.append("aliases: " + ", ".join(f"{a} -> {t}" for a, t in self.aliases.items()))
         else:
-            known.append(f"no aliases (the operator maps OpenAI's voice names, such as {OPENAI_VOICES[0]}, with "
-                         f"--voice_alias {OPENAI_VOICES[0]}=VOICE)")
+            known.append(
+                f"no aliases (the operator maps OpenAI's voice names, such as {OPENAI_VOICES[0]}, with "
+                f"--voice_alias {OPENAI_VOICES[0]}=VOICE)"
+            )
         return NotFoundError(f"{problem}; {'; '.join(known)}", param="voice")

@@ -90,13 +90,22 @@ class PromptFeatures:
     def check(self) -> None:
         """Types and the shapes' relations; the model's exact sizes are checked where a request's slot takes them."""
         num = len(self.speech_tokens)
-        if (self.speech_tokens.dtype != np.int32 or self.speech_tokens.ndim != 1 or num == 0
-                or self.embedding.dtype != np.float32 or self.embedding.ndim != 1
-                or self.mel.dtype != np.float32 or self.mel.ndim != 2 or self.mel.shape[0] % num
-                or self.mel.shape[0] == 0):
-            raise ValueError(f"prompt features of the wrong shape: tokens {self.speech_tokens.dtype}"
-                             f"{self.speech_tokens.shape}, embedding {self.embedding.dtype}{self.embedding.shape}, "
-                             f"mel {self.mel.dtype}{self.mel.shape}")
+        if (
+            self.speech_tokens.dtype != np.int32
+            or self.speech_tokens.ndim != 1
+            or num == 0
+            or self.embedding.dtype != np.float32
+            or self.embedding.ndim != 1
+            or self.mel.dtype != np.float32
+            or self.mel.ndim != 2
+            or self.mel.shape[0] % num
+            or self.mel.shape[0] == 0
+        ):
+            raise ValueError(
+                f"prompt features of the wrong shape: tokens {self.speech_tokens.dtype}"
+                f"{self.speech_tokens.shape}, embedding {self.embedding.dtype}{self.embedding.shape}, "
+                f"mel {self.mel.dtype}{self.mel.shape}"
+            )
 
 
 @dataclass(frozen=True)
@@ -110,8 +119,13 @@ class VoicePrompt:
 
 
 class VoiceStore:
-    def __init__(self, data_dir: str | os.PathLike, limits: VoiceLimits, busy_timeout_s: float = 10.0,
-                 aliases: dict[str, str] | None = None):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        limits: VoiceLimits,
+        busy_timeout_s: float = 10.0,
+        aliases: dict[str, str] | None = None,
+    ):
         self.limits = limits
         # features read recently, by the voice's audio and frontend keys (a voice's files never change; the row
         # lookup before each use still sees a delete): a request reuses them instead of reading its npz again
@@ -159,8 +173,9 @@ class VoiceStore:
         with self._connect() as db:
             row = db.execute(f"SELECT {COLUMNS} FROM voices WHERE id = ?", (target,)).fetchone()
             if row is None and may_be_name:
-                row = db.execute(f"SELECT {COLUMNS} FROM voices WHERE name = ? ORDER BY rowid DESC LIMIT 1",
-                                 (target,)).fetchone()
+                row = db.execute(
+                    f"SELECT {COLUMNS} FROM voices WHERE name = ? ORDER BY rowid DESC LIMIT 1", (target,)
+                ).fetchone()
         if row is None:
             raise self.aliases.not_found(voice, self.list())
         return Voice(*row)
@@ -216,21 +231,33 @@ class VoiceStore:
         if not name.strip() or len(name) > MAX_NAME_CHARS:
             raise RequestError(f"name must be 1..{MAX_NAME_CHARS} characters, got {len(name.strip())}")
         if text is not None and not text.strip():
-            raise RequestError("text is blank: leave the field out for a voice without a transcript (it is then "
-                               "spoken in mode cross_lingual)")
+            raise RequestError(
+                "text is blank: leave the field out for a voice without a transcript (it is then "
+                "spoken in mode cross_lingual)"
+            )
         text = text or ""
         if len(text) > self.limits.max_text_chars or "\x00" in text or "\x00" in name:
             raise RequestError(f"text must be at most {self.limits.max_text_chars} characters, without NUL")
         if not audio:
             raise AudioError("audio is empty (0 bytes)")
         if len(audio) > self.limits.max_upload_bytes:
-            raise TooLargeError(f"audio is {describe_bytes(len(audio))}; the limit is "
-                                f"{describe_bytes(self.limits.max_upload_bytes)} (--max_prompt_wav_bytes)", "audio")
+            raise TooLargeError(
+                f"audio is {describe_bytes(len(audio))}; the limit is "
+                f"{describe_bytes(self.limits.max_upload_bytes)} (--max_prompt_wav_bytes)",
+                "audio",
+            )
         if self.count() >= self.limits.max_voices:
             raise VoiceLimitError(f"the server keeps at most {self.limits.max_voices} voices; delete one first")
 
-    def create(self, name: str, text: str | None, audio: bytes, features: PromptFeatures, duration_s: float,
-               frontend_key: str = "") -> Voice:
+    def create(
+        self,
+        name: str,
+        text: str | None,
+        audio: bytes,
+        features: PromptFeatures,
+        duration_s: float,
+        frontend_key: str = "",
+    ) -> Voice:
         """Save a voice whose features (and the audio's duration) the encode process computed with the frontend
         of `frontend_key`; `text` None: it has no transcript."""
         self.check_upload(name, text, audio)
@@ -238,8 +265,9 @@ class VoiceStore:
         features.check()
         # The key is the frontend's voice_key(audio): requests that upload the same bytes share the cache entry.
         voice_key = hashlib.sha256(audio).hexdigest()
-        voice = Voice(ID_PREFIX + secrets.token_hex(12), name, text, duration_s, int(time.time()), voice_key,
-                      frontend_key)
+        voice = Voice(
+            ID_PREFIX + secrets.token_hex(12), name, text, duration_s, int(time.time()), voice_key, frontend_key
+        )
         buf = io.BytesIO()
         np.savez(buf, speech_tokens=features.speech_tokens, embedding=features.embedding, mel=features.mel)
         with self._held(fcntl.LOCK_SH):  # keeps the sweep from taking our files before the row exists
@@ -250,9 +278,18 @@ class VoiceStore:
                     db.execute("BEGIN IMMEDIATE")  # the count and the insert see the same table
                     if db.execute("SELECT COUNT(*) FROM voices").fetchone()[0] >= self.limits.max_voices:
                         raise VoiceLimitError(f"the server keeps at most {self.limits.max_voices} voices")
-                    db.execute(f"INSERT INTO voices ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                               (voice.id, voice.name, voice.text, voice.duration_s, voice.created_at,
-                                voice.voice_key, voice.frontend_key))
+                    db.execute(
+                        f"INSERT INTO voices ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            voice.id,
+                            voice.name,
+                            voice.text,
+                            voice.duration_s,
+                            voice.created_at,
+                            voice.voice_key,
+                            voice.frontend_key,
+                        ),
+                    )
                     db.execute("COMMIT")
             except BaseException:
                 self._remove_files(voice.id)
@@ -310,7 +347,7 @@ class VoiceStore:
             os.close(fd)  # closing the descriptor releases the lock
 
     def _path(self, voice_id: str, ext: str) -> Path:
-        if not voice_id.startswith(ID_PREFIX) or not voice_id[len(ID_PREFIX):].isalnum():
+        if not voice_id.startswith(ID_PREFIX) or not voice_id[len(ID_PREFIX) :].isalnum():
             raise NotFoundError(f"voice {voice_id!r} not found")  # also keeps ids from naming other paths
         return self.files_dir / f"{voice_id}.{ext}"
 
