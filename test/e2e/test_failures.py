@@ -49,7 +49,8 @@ class StreamingClient(threading.Thread):
 
 def test_client_dropped_mid_stream_frees_its_slot(server):
     server.wait_slots_free(2.0)
-    gone_before = outcomes(server, "inference_zero_shot").get("client_gone", 0)
+    before = outcomes(server, "inference_zero_shot")
+    gone_before = before.get("client_gone", 0)
     files = {"prompt_wav": ("p.wav", voice_wav(1), "audio/wav")}
     # 8 sentences of 600 speech tokens each: over three minutes of audio, so the request cannot end by itself
     # between its first chunk and the checks below (a random model's sentences may otherwise end at once)
@@ -58,7 +59,9 @@ def test_client_dropped_mid_stream_frees_its_slot(server):
         assert r.status_code == 200
         next(r.iter_raw())
         # still running (an early end would show here as an outcome other than client_gone)
-        assert server.slots_in_use() == 1, outcomes(server, "inference_zero_shot")
+        after = outcomes(server, "inference_zero_shot")
+        ended = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+        assert server.slots_in_use() == 1, f"outcomes since the request began: {ended}"
     server.wait_slots_free(10.0)  # the connection closed mid-stream; the audio alone would take far longer
     m = server.metrics()
     # freed because the client left, not because the audio ended
