@@ -75,9 +75,7 @@ class Pipeline:
         text_tokens, speech_tokens = llm_prompt_tokens(built, prompt, self.frontend.prompt_text_tokens)
         return Prompt(text_tokens=text_tokens, speech_tokens=speech_tokens, embedding=prompt.embedding, mel=prompt.mel)
 
-    def counted_prompt_tokens(
-        self, llm_prompt: Prompt, mode: str, transcript: str | None, instruction: str | None
-    ) -> int:
+    def counted_prompt_tokens(self, llm_prompt: Prompt, mode: str) -> int:
         """The LLM prompt's text tokens that count toward a sentence's length bounds in this mode (CosyVoice3's
         cross-lingual system text, as upstream's text carries it), else 0."""
         return len(llm_prompt.text_tokens) if self.family.prompt_counts_in_length(mode) else 0
@@ -109,9 +107,7 @@ class Pipeline:
         check_speed(speed, stream)
         sentences = self.frontend.normalize_and_split(text)  # text errors before the costly prompt encoding
         llm_prompt, prompt = self.encode(prompt_wav, prompt_text, mode, instruction)
-        counted = self.counted_prompt_tokens(
-            llm_prompt, resolve_mode(mode, instruction, prompt_text), prompt_text, instruction
-        )
+        counted = self.counted_prompt_tokens(llm_prompt, resolve_mode(mode, instruction, prompt_text))
         for index, sentence in enumerate(sentences):
             s = sentence_seed(seed, index)
             tokens = self.speech_tokens(self.frontend.tokenize(sentence), llm_prompt, s, fixed_speech_tokens, counted)

@@ -68,14 +68,16 @@ def post(
     speed: float = 1.0,
     voice: int = 1,
     voice_id: str | None = None,
+    **fields: str,
 ) -> tuple[int, bytes, int]:
-    """(status, body, number of body chunks) of /inference_zero_shot."""
+    """(status, body, number of body chunks) of /inference_zero_shot; `fields`: more form fields."""
     data = {
         "tts_text": text,
         "seed": str(seed),
         "stream": str(stream).lower(),
         "speed": str(speed),
         "tts_model_name": model,
+        **fields,
     }
     files = None
     if voice_id is None:
@@ -118,46 +120,20 @@ def test_zero_shot_equals_each_models_pipeline(server, pipelines):
 def test_fixed_speech_tokens_force_the_length(server):
     """bench.streams' 10-s utterances: exactly N tokens (960 samples each), although CosyVoice3's LM may stop before
     min_len (seed 0 stops this text after 5 tokens otherwise)."""
-    data = {
-        "tts_text": "Hello there.",
-        "prompt_text": PROMPT_TEXT,
-        "seed": "0",
-        "stream": "true",
-        "fixed_speech_tokens": "40",
-        "tts_model_name": CV3,
-    }
-    r = httpx.post(
-        f"{server.url}/inference_zero_shot",
-        data=data,
-        timeout=120,
-        files={"prompt_wav": ("p.wav", voice_wav(1), "audio/wav")},
-    )
-    assert r.status_code == 200 and len(r.content) == 40 * 960 * 2, (r.status_code, len(r.content))
+    status, body, _ = post(server.url, CV3, "Hello there.", 0, stream=True, fixed_speech_tokens="40")
+    assert status == 200 and len(body) == 40 * 960 * 2, (status, len(body))
 
 
 def test_cross_lingual_counts_the_system_text_in_the_length_bound(server, pipelines):
     """CosyVoice3's cross-lingual prompt is its system text, which upstream carries in the target text: the
     sentence's 20x bound counts it. With seed 38 the tiny LM speaks "Hi." (3 tokens) for 73 tokens, past the 60
     that 20x its own tokens would allow."""
-    data = {
-        "tts_text": "Hi.",
-        "prompt_text": PROMPT_TEXT,
-        "seed": "38",
-        "stream": "false",
-        "mode": "cross_lingual",
-        "tts_model_name": CV3,
-    }
-    r = httpx.post(
-        f"{server.url}/inference_zero_shot",
-        data=data,
-        timeout=120,
-        files={"prompt_wav": ("p.wav", voice_wav(1), "audio/wav")},
-    )
-    assert r.status_code == 200, r.text
+    status, body, _ = post(server.url, CV3, "Hi.", 38, mode="cross_lingual")
+    assert status == 200, body
     audio = pipelines[CV3].synthesize("Hi.", voice_wav(1), PROMPT_TEXT, seed=38, mode="cross_lingual")
     want = to_int16(np.concatenate(list(audio))).tobytes()
     assert len(want) > 60 * 960 * 2  # the bound matters here
-    assert_same_audio(r.content, want)
+    assert_same_audio(body, want)
 
 
 def test_bistream_equals_the_pipeline(server, pipelines):
