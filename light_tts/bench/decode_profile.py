@@ -1,6 +1,7 @@
 """Where a decode step's GPU time goes: the CUDA kernels of one eager flow pass (batch 1, a middle 1-second chunk)
-and of one HiFT pass (32 rows), grouped by kernel name, with counts and total time, for a hot-path variant
-(bench/engines/decode_parts.py VARIANTS).
+and of one HiFT pass (32 rows; 1 row too), grouped by kernel name, with counts and total time, for a hot-path
+variant (bench/engines/decode_parts.py VARIANTS), on any family's model directory (CosyVoice2 random full-size
+weights when none is given).
 
     python -m light_tts.bench.decode_profile --out profile.json [--model-dir DIR] [--dtype fp16] [--top 25]
         [--variant new]
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from light_tts.bench.engines.decode_parts import VARIANTS, HiFTRows, make_engine, one_chunk_spec, random_model_dir
+from light_tts.bench.engines.decode_parts import VARIANTS, hift_rows, make_engine, model_config, one_chunk_spec
 
 
 def kernel_table(fn, top: int) -> dict:
@@ -46,17 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--variant", default="new", choices=sorted(VARIANTS))
     args = parser.parse_args(argv)
-    cfg = random_model_dir(args.model_dir or Path(tempfile.mkdtemp()))
+    cfg = model_config(args.model_dir or Path(tempfile.mkdtemp()))
     engine = make_engine(cfg, args.dtype, None, graphs=False, num_pages=64, max_pass_tokens=1024, variant=args.variant)
     inputs = engine.runner.build([one_chunk_spec(engine)], None)
     out = {
         "gpu": torch.cuda.get_device_name(),
+        "family": cfg.family,
         "variant": args.variant,
         "flow_b1": kernel_table(lambda: engine.runner.paged(inputs), args.top),
     }
-    out["hift_32rows"] = kernel_table(HiFTRows(engine, 32), args.top)
+    out["hift_1row"] = kernel_table(hift_rows(engine, 1), args.top)
+    out["hift_32rows"] = kernel_table(hift_rows(engine, 32), args.top)
     args.out.write_text(json.dumps(out, indent=1))
-    for part in ("flow_b1", "hift_32rows"):
+    for part in ("flow_b1", "hift_1row", "hift_32rows"):
         t = out[part]
         print(f"{part}: {t['kernels']} kernels, {t['gpu_ms']:.2f} ms of GPU time")
         for row in t["top"]:
