@@ -3,8 +3,8 @@ decode engine's hot path for this family, one call per engine step (a CUDA graph
 
 Equal to models/cosyvoice3/flow (DiTFlow.chunk_mel over each stream's dense cache) to float rounding; only the
 layout differs (dit_inputs.py): the rows' positions packed along one axis, both CFG branches as virtual rows, the
-lookahead convs as matmuls over taps, the positional convs as one grouped conv1d over an extended sequence,
-attention through page tables with the shared flow_attention kernel. The time embedding depends on the CFM step
+lookahead convs as matmuls over taps, the positional convs as one kernel each over an extended sequence
+(flow_pos_conv.py), attention through page tables with the shared flow_attention kernel. The time embedding depends on the CFM step
 only (every row shares the step's t), so every block's AdaLayerNorm modulations (shift, scale, gate) are computed
 once at load for all ten steps; rotary angles are a table by absolute frame.
 """
@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from light_tts.decode.dit.dit_cache import DiTCache
 from light_tts.decode.dit.dit_inputs import DiTInputs, build_dit_inputs
 from light_tts.decode.flow.paged_encoder import conv_matrix, extend, tap_conv
-from light_tts.kernels.flow.flow_ops import flow_attention, store_pages
+from light_tts.kernels.flow.flow_ops import flow_attention, pos_conv, store_pages
+from light_tts.kernels.flow.flow_pos_conv import pos_conv_taps
 from light_tts.models.cfm import timestep_embedding
 from light_tts.models.cosyvoice3.flow import DiTFlow
 from light_tts.models.cosyvoice3.flow.dit import CONV_POS_GROUPS, FREQ_EMBED_DIM, modulate, rotate_pairs
@@ -44,7 +45,9 @@ class PagedDiT:
             for b in est.transformer_blocks
         ]
         pos = est.input_embed.conv_pos_embed
-        self.pos_convs = [(c[0].weight.detach(), c[0].bias.detach()) for c in (pos.conv1, pos.conv2)]
+        self.pos_convs = [
+            (pos_conv_taps(c[0].weight.detach(), CONV_POS_GROUPS), c[0].bias.detach()) for c in (pos.conv1, pos.conv2)
+        ]
         cfm = flow.decoder
         self.times, self.dts = cfm.euler_times(cache.device)  # as CausalConditionalCFM.solve accumulates them
         self.rate = cfm.cfg.inference_cfg_rate
@@ -128,10 +131,9 @@ class PagedDiT:
         """The causal positional branch: two grouped k=31 convs (each after its 30 cached inputs) and Mish, over the
         extended sequence of dit_inputs.py; each conv's inputs before the rows' ends are saved as their tails."""
         pos, x = inputs.pos, h
-        for conv, (weight, bias) in enumerate(self.pos_convs):
+        for conv, (taps, bias) in enumerate(self.pos_convs):
             tails = self.cache.pos_table(step, conv)
             ext = torch.cat([x, tails[pos["tail_read"]], x.new_zeros(1, x.shape[1])])[pos["ext"]]  # [Lx, dim]
             tails[pos["save_dst"]] = ext[pos["save_src"]]
-            y = F.conv1d(ext.t().contiguous()[None], weight, bias, groups=CONV_POS_GROUPS)[0]  # [dim, Lx - 30]
-            x = F.mish(y.t()[pos["out"]])
+            x = pos_conv(ext, pos["out"], taps, bias, self.use_triton)  # the outputs kept only, Mish applied
         return x

@@ -18,6 +18,7 @@ from light_tts.kernels.flow.flow_fused import (
     snake_triton,
 )
 from light_tts.kernels.flow.flow_kv_store import store_pages_ref, store_pages_triton
+from light_tts.kernels.flow.flow_pos_conv import pos_conv_ref, pos_conv_triton
 from light_tts.kernels.flow.flow_qkv_store import qkv_store_ref, qkv_store_triton
 from light_tts.kernels.flow.flow_relpos_attention import relpos_attention_ref, relpos_attention_triton
 from light_tts.kernels.flow.flow_tap_conv import save_rows_ref, save_rows_triton, tap_conv_ref, tap_conv_triton
@@ -57,6 +58,11 @@ def add_layer_norm(x, delta, bias, norm, use_triton: bool | None = None):
     """(x + delta [+ bias], norm(that)) in one pass (x, delta [M, C] contiguous; bias [C] or None)."""
     impl = add_layer_norm_triton if is_triton(x, use_triton) else add_layer_norm_ref
     return impl(x, delta, bias, norm)
+
+
+def pos_conv(ext, out_idx, taps, bias, use_triton: bool | None = None):
+    """mish(grouped conv1d) of ext [Lx, C] at positions out_idx, weight as flow_pos_conv.pos_conv_taps gives it."""
+    return (pos_conv_triton if is_triton(ext, use_triton) else pos_conv_ref)(ext, out_idx, taps, bias)
 
 
 def layer_norm_mish(y, norm, add=None, residual=None, use_triton: bool | None = None):
