@@ -66,7 +66,7 @@ def ada_modulate_triton(h, gate, y, scale1p, shift, eps: float):
     out_x = torch.empty_like(h)
     out_h = torch.empty_like(h) if gate is not None else h
     block_c = triton.next_power_of_2(c)
-    block_r = max(1, min(16, 8192 // block_c))
+    block_r = max(1, min(16, 2048 // block_c))  # 16 values per thread and tensor
     _ada_modulate_kernel[(triton.cdiv(m, block_r),)](
         h,
         gate if gate is not None else h,
