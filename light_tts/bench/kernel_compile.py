@@ -100,11 +100,12 @@ def ptxas_report(ptx: str, arch: int) -> dict:
 
 
 def fused_launches(dtype: torch.dtype, rows: int, splits: int, kv_dtype: torch.dtype) -> list[tuple[str, callable]]:
-    """The fused estimator's launches at the full-size model's shapes (C 256, 8 heads of 64, 4C hidden), and
-    HiFT's keyed noise."""
+    """The fused estimator's launches at the full-size model's shapes (C 256, 8 heads of 64, 4C hidden), HiFT's
+    keyed noise, and CosyVoice3's DiT row kernels (C 1024, 16 heads of 64)."""
     from light_tts.kernels.flow.flow_attention import flow_attention_partials
     from light_tts.kernels.flow.flow_block_tail import block_tail_triton
     from light_tts.kernels.flow.flow_cfm_step import cfm_step_triton
+    from light_tts.kernels.flow.flow_dit import ada_modulate_triton, cfg_update_triton, rotary_head0_triton
     from light_tts.kernels.flow.flow_qkv_store import qkv_store_triton
     from light_tts.kernels.flow.flow_tap_conv import save_rows_triton, tap_conv_triton
     from light_tts.kernels.flow.hift_noise import keyed_noise_triton
@@ -124,6 +125,7 @@ def fused_launches(dtype: torch.dtype, rows: int, splits: int, kv_dtype: torch.d
     lse = torch.zeros(rows, heads, splits) if splits > 1 else None
     taps = torch.zeros(rows, 3, dtype=torch.int64)
     idx = torch.zeros(8, dtype=torch.int64)
+    dit = 1024
     return [
         ("qkv_store", lambda: qkv_store_triton(t(rows, c), t(3 * heads * d, c), pool, scale, items, heads)),
         (
@@ -184,6 +186,12 @@ def fused_launches(dtype: torch.dtype, rows: int, splits: int, kv_dtype: torch.d
             "cfm_step",
             lambda: cfm_step_triton(t(rows, c), t(80, c), t(80), torch.zeros(rows // 2, 80), t(rows, 320), 0.1, 0.7),
         ),
+        ("dit ada_modulate", lambda: ada_modulate_triton(t(rows, dit), t(dit), t(rows, dit), t(dit), t(dit), 1e-6)),
+        (
+            "dit rotary_head0",
+            lambda: rotary_head0_triton(t(rows, 3, 16, 64), torch.zeros(rows, 64), torch.zeros(rows, 64)),
+        ),
+        ("dit cfg_update", lambda: cfg_update_triton(t(rows, 80), torch.zeros(rows // 2, 80), t(rows, 320), 0.1, 0.7)),
         (
             "hift keyed_noise",
             lambda: keyed_noise_triton(torch.zeros(4, dtype=torch.int64), torch.zeros(4, dtype=torch.int64), 27840, 9),

@@ -63,8 +63,8 @@ class DiTDecodeEngine(DecodeEngine):
         ]
         if asked:
             logger.info(
-                "CosyVoice3 decode: the hot-path variants %s are CosyVoice2's and not used here (per-op DiT "
-                "kernels, float32 causal HiFT vocoded at once)",
+                "CosyVoice3 decode: the hot-path variants %s are CosyVoice2's and not used here (the DiT's own "
+                "fused row kernels, float32 causal HiFT vocoded at once)",
                 ", ".join(asked),
             )
         return CausalHiFTStage(self.hift, self._fail)

@@ -4,9 +4,16 @@ decode engine's hot path for this family, one call per engine step (a CUDA graph
 Equal to models/cosyvoice3/flow (DiTFlow.chunk_mel over each stream's dense cache) to float rounding; only the
 layout differs (dit_inputs.py): the rows' positions packed along one axis, both CFG branches as virtual rows, the
 lookahead convs as matmuls over taps, the positional convs as one kernel each over an extended sequence
-(flow_pos_conv.py), attention through page tables with the shared flow_attention kernel. The time embedding depends on the CFM step
-only (every row shares the step's t), so every block's AdaLayerNorm modulations (shift, scale, gate) are computed
-once at load for all ten steps; rotary angles are a table by absolute frame.
+(flow_pos_conv.py), attention through page tables with the shared flow_attention kernel. The time embedding
+depends on the CFM step only (every row shares the step's t), so every block's AdaLayerNorm modulations (shift,
+scale, gate) are computed once at load for all ten steps (with 1 + scale, as the kernel takes it); rotary angles
+are a table by absolute frame.
+
+The elementwise ops between the GEMMs run fused (kernels/flow/flow_dit.py): a block's gated residual add and the
+next modulation are one ada_modulate (the previous block's MLP residual folds into the next block's first
+modulation, the last one's into norm_out), the rotary of head 0 is one rotary_head0, and the guided Euler update
+that writes x into the next step's input is one cfg_update. With use_triton off (CPU) each runs its torch
+reference: the unfused ops, in today's order.
 """
 
 from __future__ import annotations
@@ -17,11 +24,18 @@ import torch.nn.functional as F
 from light_tts.decode.dit.dit_cache import DiTCache
 from light_tts.decode.dit.dit_inputs import DiTInputs, build_dit_inputs
 from light_tts.decode.flow.paged_encoder import conv_matrix, extend, tap_conv
-from light_tts.kernels.flow.flow_ops import flow_attention, pos_conv, store_pages
+from light_tts.kernels.flow.flow_ops import (
+    ada_modulate,
+    cfg_update,
+    flow_attention,
+    pos_conv,
+    rotary_head0,
+    store_pages,
+)
 from light_tts.kernels.flow.flow_pos_conv import pos_conv_taps
 from light_tts.models.cfm import timestep_embedding
 from light_tts.models.cosyvoice3.flow import DiTFlow
-from light_tts.models.cosyvoice3.flow.dit import CONV_POS_GROUPS, FREQ_EMBED_DIM, modulate, rotate_pairs
+from light_tts.models.cosyvoice3.flow.dit import CONV_POS_GROUPS, FREQ_EMBED_DIM, LN_EPS
 
 
 class PagedDiT:
@@ -29,8 +43,9 @@ class PagedDiT:
         self, flow: DiTFlow, cache: DiTCache, max_tokens: int, use_triton: bool | None = None, fused: bool = False
     ):
         """max_tokens: the most tokens (prompt included) one stream's cache can hold (sizes the rotary table);
-        fused: CosyVoice2's fused estimator has no DiT counterpart yet, so the per-op kernels run either way (the
-        engine says so at startup)."""
+        fused: CosyVoice2's fused estimator (GEMMs with their epilogues) has no DiT counterpart yet; the DiT's
+        elementwise ops run fused either way (see the module docstring), its GEMMs through torch (the engine says
+        so at startup)."""
         self.flow, self.cache, self.use_triton = flow, cache, use_triton
         la = flow.pre_lookahead_layer
         self.la_w1, self.la_b1 = conv_matrix(la.conv1), la.conv1.bias.detach()
@@ -51,13 +66,17 @@ class PagedDiT:
         cfm = flow.decoder
         self.times, self.dts = cfm.euler_times(cache.device)  # as CausalConditionalCFM.solve accumulates them
         self.rate = cfm.cfg.inference_cfg_rate
+        self.dt_values = [float(dt) for dt in self.dts]  # Python floats: kernel arguments, no sync in a graph
         dtype = est.proj_out.weight.dtype
-        self.mods, self.final = [], []  # per step: [blocks] of 6 (1, dim) modulations; (scale, shift)
+        self.mods, self.final = [], []  # per step: [blocks] of 6 (dim,) modulations, scales as 1 + scale
         with torch.inference_mode():
             for t in self.times:
                 t_emb = est.time_embed.time_mlp(timestep_embedding(t, FREQ_EMBED_DIM).to(dtype))
-                self.mods.append([[m[0] for m in block.attn_norm(t_emb)] for block in est.transformer_blocks])
-                self.final.append([m[0] for m in est.norm_out(t_emb)])
+                mods = [[m[0] for m in block.attn_norm(t_emb)] for block in est.transformer_blocks]
+                # (shift_msa, 1 + scale_msa, gate_msa, shift_mlp, 1 + scale_mlp, gate_mlp)
+                self.mods.append([[m[0], 1 + m[1], m[2], m[3], 1 + m[4], m[5]] for m in mods])
+                scale, shift = (m[0] for m in est.norm_out(t_emb))
+                self.final.append((1 + scale, shift))
             frames = est.rotary_embed.freqs(0, max_tokens * flow.cfg.token_mel_ratio)  # [frames, dim_head] float32
         self.cos, self.sin = frames.cos(), frames.sin()
 
@@ -76,18 +95,16 @@ class PagedDiT:
         tails[inputs.la["save_dst"]] = h_ext[inputs.la["save_src"]]
         mu = tap_conv(h_ext, inputs.la["taps"], self.la_w2, self.la_b2) + e[inputs.x_rows]
         mu = mu.repeat_interleave(flow.cfg.token_mel_ratio, dim=0)  # [Mf, 80]: every token's two frames
-        mf = mu.shape[0]
         zeros = torch.zeros_like(mu)
         mu_in = torch.cat([mu, zeros])
         spks_in = torch.cat([cache.spks[inputs.spk_slots], zeros])
         cond_in = torch.cat([inputs.cond.to(dtype), zeros])
         cos, sin = self.cos[inputs.positions], self.sin[inputs.positions]  # [Mv, dim_head]
-        x = flow.decoder.rand_noise[0][:, inputs.noise_frames].t().float()  # [Mf, 80], each frame's fixed noise
+        x = flow.decoder.rand_noise[0][:, inputs.noise_frames].t().float().contiguous()  # [Mf, 80], fixed noise
+        est_in = torch.cat([torch.cat([x, x]).to(dtype), cond_in, mu_in, spks_in], dim=1)  # x's columns per step
         for step in range(len(self.times)):
-            x_in = torch.cat([x, x]).to(dtype)
-            v = self._estimate(step, torch.cat([x_in, cond_in, mu_in, spks_in], dim=1), inputs, cos, sin)
-            v_cond, v_uncond = v[:mf].float(), v[mf:].float()
-            x = x + self.dts[step] * ((1.0 + self.rate) * v_cond - self.rate * v_uncond)
+            v = self._estimate(step, est_in, inputs, cos, sin)
+            cfg_update(v, x, est_in, self.dt_values[step], self.rate, self.use_triton)
         return x
 
     def _estimate(
@@ -99,12 +116,12 @@ class PagedDiT:
         h = self._pos_convs(step, h, inputs) + h
         m, heads, head_dim = h.shape[0], est.cfg.heads, est.cfg.dim_head
         attn = inputs.est_attn
+        gate, y = None, None  # the previous block's MLP residual, added by the next modulation
         for b, (block, (w_qkv, b_qkv), mods) in enumerate(zip(est.transformer_blocks, self.qkv, self.mods[step])):
-            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
-            qkv = F.linear(modulate(h, scale_msa, shift_msa), w_qkv, b_qkv).view(m, 3, heads, head_dim)
-            # x-transformers rotates the first dim_head channels of q and k: head 0's
-            rot = qkv[:, :2, 0].float()
-            qkv[:, :2, 0] = (rot * cos[:, None] + rotate_pairs(rot) * sin[:, None]).to(qkv.dtype)
+            shift_msa, scale1p_msa, gate_msa, shift_mlp, scale1p_mlp, gate_mlp = mods
+            h, normed = ada_modulate(h, gate, y, scale1p_msa, shift_msa, LN_EPS, use_triton)
+            qkv = F.linear(normed, w_qkv, b_qkv).view(m, 3, heads, head_dim)
+            rotary_head0(qkv, cos, sin, use_triton)  # x-transformers rotates the first dim_head channels of q, k
             kv, kv_scale = cache.est_view(step, b)
             store_pages(qkv[:, 1:], kv, kv_scale, inputs.est_store, use_triton)
             o = flow_attention(
@@ -120,12 +137,14 @@ class PagedDiT:
                 use_triton,
             )
             out = block.attn.to_out[0]
-            h = h + gate_msa * F.linear(o.reshape(m, -1), out.weight, out.bias)
+            y = F.linear(o.reshape(m, -1), out.weight, out.bias)
+            h, normed = ada_modulate(h, gate_msa, y, scale1p_mlp, shift_mlp, LN_EPS, use_triton)
             ff_in, ff_out = block.ff.ff[0][0], block.ff.ff[2]
-            ff = F.gelu(F.linear(modulate(h, scale_mlp, shift_mlp), ff_in.weight, ff_in.bias), approximate="tanh")
-            h = h + gate_mlp * F.linear(ff, ff_out.weight, ff_out.bias)
-        scale, shift = self.final[step]
-        return F.linear(modulate(h, scale, shift), est.proj_out.weight, est.proj_out.bias)
+            ff = F.gelu(F.linear(normed, ff_in.weight, ff_in.bias), approximate="tanh")
+            gate, y = gate_mlp, F.linear(ff, ff_out.weight, ff_out.bias)
+        scale1p, shift = self.final[step]
+        _, normed = ada_modulate(h, gate, y, scale1p, shift, LN_EPS, use_triton)
+        return F.linear(normed, est.proj_out.weight, est.proj_out.bias)
 
     def _pos_convs(self, step: int, h: torch.Tensor, inputs: DiTInputs) -> torch.Tensor:
         """The causal positional branch: two grouped k=31 convs (each after its 30 cached inputs) and Mish, over the

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from light_tts.kernels.flow.flow_dit import cfg_update_ref
+
 
 @triton.jit
 def _cfm_step_kernel(
@@ -97,8 +99,4 @@ def cfm_step_ref(
     dt: float,
     rate: float,
 ) -> None:
-    mf, mel = x.shape
-    v = F.linear(h, weight, bias)
-    x += dt * ((1.0 + rate) * v[:mf].float() - rate * v[mf:].float())
-    est_in[:mf, :mel] = x
-    est_in[mf:, :mel] = x
+    cfg_update_ref(F.linear(h, weight, bias), x, est_in, dt, rate)

@@ -7,6 +7,14 @@ from light_tts.kernels.dispatch import is_triton
 from light_tts.kernels.flow.flow_attention import flow_attention_partials, flow_attention_ref, flow_attention_triton
 from light_tts.kernels.flow.flow_block_tail import block_tail_ref, block_tail_triton
 from light_tts.kernels.flow.flow_cfm_step import cfm_step_ref, cfm_step_triton
+from light_tts.kernels.flow.flow_dit import (
+    ada_modulate_ref,
+    ada_modulate_triton,
+    cfg_update_ref,
+    cfg_update_triton,
+    rotary_head0_ref,
+    rotary_head0_triton,
+)
 from light_tts.kernels.flow.flow_fused import (
     add_layer_norm_ref,
     add_layer_norm_triton,
@@ -152,3 +160,23 @@ def save_rows(x, tails, src, dst, use_triton: bool | None = None) -> None:
 def cfm_step(h, weight, bias, x, est_in, dt: float, rate: float, use_triton: bool | None = None) -> None:
     """Final projection of both CFG branches, the guided Euler update of x, x into the next step's input."""
     (cfm_step_triton if is_triton(h, use_triton) else cfm_step_ref)(h, weight, bias, x, est_in, dt, rate)
+
+
+# ---- CosyVoice3's DiT (decode/dit/paged_dit.py) ----
+
+
+def ada_modulate(h, gate, y, scale1p, shift, eps: float, use_triton: bool | None = None):
+    """(h + gate y, or h when gate is None; LayerNorm(that) scale1p + shift) in one pass."""
+    impl = ada_modulate_triton if is_triton(h, use_triton) else ada_modulate_ref
+    return impl(h, gate, y, scale1p, shift, eps)
+
+
+def rotary_head0(qkv, cos, sin, use_triton: bool | None = None) -> None:
+    """Rotates head 0 of q and k in the packed qkv [M, 3, heads, dim_head] in place (cos, sin [M, dim_head])."""
+    (rotary_head0_triton if is_triton(qkv, use_triton) else rotary_head0_ref)(qkv, cos, sin)
+
+
+def cfg_update(v, x, est_in, dt: float, rate: float, use_triton: bool | None = None) -> None:
+    """The guided Euler update of x [Mf, 80] from both branches' velocity v [2 Mf, 80]; x into est_in's first
+    columns, both branches."""
+    (cfg_update_triton if is_triton(v, use_triton) else cfg_update_ref)(v, x, est_in, dt, rate)

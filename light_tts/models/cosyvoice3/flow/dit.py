@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from light_tts.kernels.flow.flow_dit import rotate_pairs  # x-transformers' rotate_half (the kernel's reference)
 from light_tts.models.cfm import chunk_mask, timestep_embedding
 from light_tts.models.cosyvoice3.config import DiTConfig
 
@@ -43,12 +44,6 @@ class DiTCache:
     @property
     def num_frames(self) -> int:
         return self.kv.shape[4]
-
-
-def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
-    """x-transformers' rotate_half: interleaved pairs (a, b) -> (-b, a)."""
-    pairs = x.unflatten(-1, (-1, 2))
-    return torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
 
 
 def apply_rotary(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
