@@ -46,17 +46,19 @@ def time_ms(fn, device: str) -> float:
 
 
 def tiles(rows: int) -> list[dict]:
-    """Tile candidates for the Triton kernel at this many rows (the default first)."""
+    """Tile candidates for the Triton kernel at this many rows (the default first): tensor-core tiles by width,
+    depth and pipeline stages; below 16 rows also the thin CUDA-core tile that was the default before."""
     default = choose_blocks(rows)
-    if default["BLOCK_M"] < 16:
-        others = [
-            dict(BLOCK_M=default["BLOCK_M"], BLOCK_N=n, BLOCK_K=k)
-            for n in (4, 8, 16)
-            for k in (128, 256, 512)
-            if default["BLOCK_M"] * n * k <= 8192
-        ]
-    else:
-        others = [dict(BLOCK_M=default["BLOCK_M"], BLOCK_N=n, BLOCK_K=k) for n in (16, 32, 64, 128) for k in (64, 128)]
+    block_m = default["BLOCK_M"]
+    others = [
+        dict(BLOCK_M=block_m, BLOCK_N=n, BLOCK_K=k, num_stages=st)
+        for n in ((16, 32, 64) if block_m <= 16 else (32, 64, 128))
+        for k in (64, 128, 256)
+        for st in (2, 3, 4)
+    ]
+    if rows < 16:
+        thin_m = triton.next_power_of_2(rows)
+        others.append(dict(BLOCK_M=thin_m, BLOCK_N=8, BLOCK_K=512 // thin_m, num_stages=3))
     return [default] + [t for t in others if t != default]
 
 

@@ -85,14 +85,14 @@ def _quant_linear_kernel(
 
 
 def choose_blocks(num_rows: int) -> dict:
-    """Tile sizes by batch rows: thin tiles for few rows (enough programs to cover the SMs from a GEMV), tensor-core
-    tiles above; light_tts.bench.quant --gemm times the alternatives."""
-    if num_rows < 16:
-        block_m = triton.next_power_of_2(num_rows)
-        return dict(BLOCK_M=block_m, BLOCK_N=8, BLOCK_K=512 // block_m)
+    """Tile sizes (and pipeline stages) by batch rows: up to 16 rows one 16-row tensor-core tile, the rows past the
+    batch masked (a thin CUDA-core tile per output was 1.7x slower at 1 row and up to 20x at 2-8 rows on an H100:
+    `light_tts.bench.quant_gemm`, docs/quantization.md); wider tiles above."""
+    if num_rows <= 16:
+        return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_stages=3)
     if num_rows <= 64:
-        return dict(BLOCK_M=triton.next_power_of_2(num_rows), BLOCK_N=32, BLOCK_K=128)
-    return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64)
+        return dict(BLOCK_M=triton.next_power_of_2(num_rows), BLOCK_N=32, BLOCK_K=128, num_stages=3)
+    return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_stages=3)
 
 
 def quant_linear_triton(
@@ -113,7 +113,8 @@ def quant_linear_triton(
     out = torch.empty((num_rows, n), dtype=x.dtype, device=x.device)
     if num_rows == 0:
         return out
-    blocks = blocks or choose_blocks(num_rows)
+    blocks = dict(blocks or choose_blocks(num_rows))
+    num_stages = blocks.pop("num_stages", 3)
     use_dot = blocks["BLOCK_M"] >= 16
     dot_dtype = (
         tl.float16
@@ -139,6 +140,7 @@ def quant_linear_triton(
         DOT_DTYPE=dot_dtype,
         DOT_PRECISION="ieee" if dot_dtype == tl.float32 else "tf32",
         num_warps=4,
+        num_stages=num_stages,
         **blocks,
     )
     return out
