@@ -13,16 +13,10 @@ except ImportError:
     _has_cuda = False
 if not _has_cuda:
     os.environ.setdefault("TRITON_INTERPRET", "1")
-if not _has_cuda and os.environ.get("TRITON_INTERPRET") == "1":
-    from triton.runtime import interpreter
+if not _has_cuda:
+    from light_tts.kernels.interpreter import fix_interpreter
 
-    def _patch_lang_tensor(tensor, scope, _patch=interpreter._patch_lang_tensor):
-        # Triton 3.6's interpreter turns a scalar (a 1-element array) into a loop bound with int(array), which
-        # NumPy >= 2.4 rejects; .item() does the same for every NumPy
-        _patch(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
-
-    interpreter._patch_lang_tensor = _patch_lang_tensor
+    fix_interpreter()
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_DIR = Path(os.environ.get("LIGHTTTS_FIXTURE_DIR", ROOT.parent / "shared" / "fixtures" / "cosyvoice2-tiny"))

@@ -274,3 +274,30 @@ def test_gemm_bench_runs(tmp_path):
     )
     rows = json.loads((tmp_path / "g.json").read_text())["rows"]
     assert len(rows) == 2 * 2 and all(r["fp8_triton_ms"] > 0 and r["int8_triton_ms"] > 0 for r in rows)
+
+
+@pytest.mark.skipif(IS_CUDA, reason="the CPU check of the bench")
+def test_quant_gemm_bench_runs_on_the_cpu(tmp_path):
+    """`light_tts.bench.quant_gemm --device cpu` (the interpreter, tiny shapes) runs and writes a row per shape and
+    row count, the tile it times by default among them."""
+    import json
+
+    from light_tts.bench.quant_gemm import main
+
+    main(
+        [
+            "--out",
+            str(tmp_path / "q.json"),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--shapes",
+            "tiny",
+            "--rows",
+            "1,17",
+        ]
+    )
+    rows = json.loads((tmp_path / "q.json").read_text())["rows"]
+    assert [(r["proj"], r["rows"]) for r in rows] == [("qkv", 1), ("qkv", 17), ("down", 1), ("down", 17)]
+    assert rows[0]["fp8_triton_best_tile"]["BLOCK_M"] == 16

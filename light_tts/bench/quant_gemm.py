@@ -6,8 +6,8 @@ Per (projection, rows): the time of F.linear in --dtype (cuBLAS), fp8 through th
 in its prologue), fp8 through per-token quantization + torch._scaled_mm, int8 weight-only through the Triton
 kernel and through dequantize + F.linear, each timed inside a CUDA graph (the engine replays graphs, so Python's
 launch cost is left out), plus the fastest tile of the Triton kernel among a few. What it is for: choosing
-FP8_TRITON_MAX_ROWS and choose_blocks (kernels/llm/quant_linear.py) on the GPU that will serve. --device cpu (the
-interpreter, tiny shapes) only checks that it runs.
+FP8_TRITON_MAX_ROWS and choose_blocks (kernels/llm/quant_linear.py) on the GPU that will serve. `TRITON_INTERPRET=1
+... --device cpu --dtype float32 --shapes tiny` (the interpreter) only checks that it runs.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import triton
 
+from light_tts.kernels.interpreter import fix_interpreter
 from light_tts.kernels.llm.quant import quantize_weight
 from light_tts.kernels.llm.quant_linear import (
     choose_blocks,
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--no_sweep", action="store_true", help="time the default tile of the Triton kernel only")
     args = parser.parse_args(argv)
+    if args.device == "cpu":
+        fix_interpreter()
     dtype = getattr(torch, args.dtype)
     results = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
