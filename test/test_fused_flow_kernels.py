@@ -269,7 +269,8 @@ def test_fused_pass_equals_unfused_pass(two_step_flow):
 
 def test_fused_kernels_compile_for_hopper():
     """The interpreter accepts constructs a GPU compiler rejects, and cannot see register spills or shared memory:
-    compile every fused launch for sm_90 with Triton's ptxas (no GPU needed), in a process without the
+    compile every fused launch (and, with fp8 pages, the LLM kernels at Orpheus' shapes) for sm_90 with Triton's ptxas
+    (no GPU needed), in a process without the
     interpreter."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run(
@@ -280,4 +281,4 @@ def test_fused_kernels_compile_for_hopper():
         timeout=600,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "14 compiled for sm_90; worst spill 0 B; 0 over 227 KB shared" in out.stdout, out.stdout
+    assert "19 compiled for sm_90; worst spill 0 B; 0 over 227 KB shared" in out.stdout, out.stdout

@@ -30,6 +30,7 @@ TRITON_TYPES = {
     torch.int64: "i64",
     torch.float8_e4m3fn: "fp8e4nv",
     torch.bool: "i1",
+    torch.uint8: "u8",
 }
 
 
@@ -101,11 +102,14 @@ def ptxas_report(ptx: str, arch: int) -> dict:
 
 def fused_launches(dtype: torch.dtype, rows: int, splits: int, kv_dtype: torch.dtype) -> list[tuple[str, callable]]:
     """The fused estimator's launches at the full-size model's shapes (C 256, 8 heads of 64, 4C hidden), HiFT's
-    keyed noise, and CosyVoice3's DiT row kernels (C 1024, 16 heads of 64)."""
+    keyed noise, CosyVoice3's DiT row kernels (C 1024, 16 heads of 64) and positional conv; with fp8 pages, also the
+    LLM kernels at Orpheus' shapes that a bf16 model runs with an fp8 cache and fp8 weights (decode attention over
+    24/8 heads of 128, the fp8 linear's 16-row tile, the nucleus sampler over 156,940 ids)."""
     from light_tts.kernels.flow.flow_attention import flow_attention_partials
     from light_tts.kernels.flow.flow_block_tail import block_tail_triton
     from light_tts.kernels.flow.flow_cfm_step import cfm_step_triton
     from light_tts.kernels.flow.flow_dit import ada_modulate_triton, cfg_update_triton, rotary_head0_triton
+    from light_tts.kernels.flow.flow_pos_conv import pos_conv_triton
     from light_tts.kernels.flow.flow_qkv_store import qkv_store_triton
     from light_tts.kernels.flow.flow_tap_conv import save_rows_triton, tap_conv_triton
     from light_tts.kernels.flow.hift_noise import keyed_noise_triton
@@ -195,6 +199,54 @@ def fused_launches(dtype: torch.dtype, rows: int, splits: int, kv_dtype: torch.d
         (
             "hift keyed_noise",
             lambda: keyed_noise_triton(torch.zeros(4, dtype=torch.int64), torch.zeros(4, dtype=torch.int64), 27840, 9),
+        ),
+        (
+            "dit pos_conv",
+            lambda: pos_conv_triton(t(rows + 30, dit), torch.zeros(rows, dtype=torch.int64), t(16, 31, 64, 64), t(dit)),
+        ),
+    ] + (llm_launches() if kv_dtype == torch.float8_e4m3fn else [])
+
+
+def llm_launches() -> list[tuple[str, callable]]:
+    """The LLM kernels a bf16 Orpheus model runs with fp8 weights and an fp8 KV cache (fused_launches' docstring)."""
+    from light_tts.kernels.llm.decode_attention import decode_attention_triton
+    from light_tts.kernels.llm.nucleus_sampling import NUM_META, NUM_ROUNDS, nucleus_sample_triton
+    from light_tts.kernels.llm.quant_linear import quant_linear_triton
+
+    bf16, fp8, slots, rows = torch.bfloat16, torch.float8_e4m3fn, 4096, 64
+    i32 = lambda n: torch.zeros(n, dtype=torch.int32)  # noqa: E731
+    cache = lambda: torch.zeros(slots, 8, 128, dtype=fp8)  # noqa: E731
+    return [
+        (
+            "llm decode_attention (bf16 q, fp8 KV)",
+            lambda: decode_attention_triton(
+                torch.zeros(rows, 24, 128, dtype=bf16),
+                cache(),
+                cache(),
+                torch.zeros(rows + 1, 1024, dtype=torch.int32),
+                i32(rows),
+                i32(rows),
+                0.088,
+                k_scale=torch.zeros(slots, 8),
+                v_scale=torch.zeros(slots, 8),
+            ),
+        ),
+        (
+            "llm fp8 linear (16-row tile)",
+            lambda: quant_linear_triton(
+                torch.zeros(16, 3072, dtype=bf16), torch.zeros(16384, 3072, dtype=fp8), torch.zeros(16384), None, True
+            ),
+        ),
+        (
+            "llm nucleus sampler",
+            lambda: nucleus_sample_triton(
+                torch.zeros(rows, 156940),
+                torch.zeros(rows, NUM_META + NUM_ROUNDS, dtype=torch.int64),
+                torch.zeros(rows + 1, 156940, dtype=torch.bool),
+                0.6,
+                0.8,
+                1.1,
+            ),
         ),
     ]
 

@@ -8,7 +8,8 @@ whose req index may be a sentinel) reads nothing and outputs zeros.
 
 A quantized cache (int8 or fp8 with a scale per (slot, kv head), kernels/llm/kv_store.py) is read directly: keys and
 values are converted to q's dtype as loaded (exact), the key scales multiply the scores and the value scales the
-probabilities, so nothing is dequantized into memory.
+probabilities, so nothing is dequantized into memory. A bf16 q is rounded to fp16 first (fp16_query): e4m3 and
+int8 codes convert to fp16 in one instruction each, to bf16 in several.
 """
 
 import torch
@@ -20,6 +21,14 @@ from light_tts.kernels.llm.quant import dequantize_ref, kv_format
 LOG2_E = 1.4426950408889634
 MIN_BLOCK_H = 16  # tl.dot needs at least 16 rows; padded query heads are masked
 MAX_SPLITS = 64  # bounds the merge kernel's registers (it holds every split of a head at once)
+
+
+@triton.jit
+def fp16_query(q, KV_QUANT: tl.constexpr):
+    """q for the dots with a quantized cache: bf16 rounded to fp16 (the codes convert to fp16 cheaply); else q."""
+    if KV_QUANT and q.dtype == tl.bfloat16:  # one return after the if, as key_scores
+        q = q.to(tl.float16)
+    return q
 
 
 @triton.jit
@@ -137,6 +146,7 @@ def _decode_split_kernel(
     q = tl.load(
         q_ptr + batch * stride_q_req + heads[:, None] * stride_q_head + dims[None, :], mask=is_head[:, None], other=0.0
     )  # (BLOCK_H, D)
+    q = fp16_query(q, KV_QUANT)
 
     m_i = tl.full((BLOCK_H,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_H,), tl.float32)
