@@ -269,9 +269,8 @@ def test_fused_pass_equals_unfused_pass(two_step_flow):
 
 def test_fused_kernels_compile_for_hopper():
     """The interpreter accepts constructs a GPU compiler rejects, and cannot see register spills or shared memory:
-    compile every fused launch (and, with fp8 pages, the LLM kernels at Orpheus' shapes) for sm_90 with Triton's ptxas
-    (no GPU needed), in a process without the
-    interpreter."""
+    compile every fused launch (and, with fp8 pages, the LLM kernels at Orpheus' shapes) for sm_90 with Triton's
+    ptxas (no GPU needed), in a process without the interpreter."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run(
         [sys.executable, "-m", "light_tts.bench.kernel_compile", "--only", "fp16 fp8"],
