@@ -89,6 +89,7 @@ class LLMWorker:
         self.num_preemptions = 0  # the engine's, already counted in the metric
         self.report_clock = Every(REPORT_EVERY_S)
         self.batch_size = metrics.BATCH_SIZE.labels("llm", str(rank))
+        self.report()  # the gauges exist before the process says it is ready, not ~200 ms after its first wait
 
     def init_sockets(self) -> None:
         self.ctx = zmq.Context()
