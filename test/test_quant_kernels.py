@@ -300,4 +300,15 @@ def test_quant_gemm_bench_runs_on_the_cpu(tmp_path):
     )
     rows = json.loads((tmp_path / "q.json").read_text())["rows"]
     assert [(r["proj"], r["rows"]) for r in rows] == [("qkv", 1), ("qkv", 17), ("down", 1), ("down", 17)]
-    assert rows[0]["fp8_triton_best_tile"]["BLOCK_M"] == 16
+    assert [r["fp8_triton_best_tile"]["BLOCK_M"] for r in rows] == [1, 32, 1, 32]  # the default tiles (no sweep)
+
+
+def test_small_batches_take_the_16_row_tile():
+    """Up to 16 rows one 16-row tensor-core tile (the thin tiles collapsed at 2-8 rows on an H100), except fp8 at
+    one row, whose thin tile was faster there (docs/quantization.md)."""
+    from light_tts.kernels.llm.quant_linear import choose_blocks
+
+    assert choose_blocks(1, act_fp8=True)["BLOCK_M"] == 1
+    assert all(choose_blocks(rows, act_fp8=fp8)["BLOCK_M"] == 16 for rows in range(2, 17) for fp8 in (False, True))
+    assert choose_blocks(1, act_fp8=False)["BLOCK_M"] == 16
+    assert choose_blocks(17)["BLOCK_M"] == 32 and choose_blocks(300)["BLOCK_M"] == 64

@@ -47,10 +47,10 @@ def time_ms(fn, device: str) -> float:
 
 
 def tiles(rows: int) -> list[dict]:
-    """Tile candidates for the Triton kernel at this many rows (the default first): tensor-core tiles by width,
-    depth and pipeline stages; below 16 rows also the thin CUDA-core tile that was the default before."""
-    default = choose_blocks(rows)
-    block_m = default["BLOCK_M"]
+    """fp8 tile candidates for the Triton kernel at this many rows (the default first): tensor-core tiles by width,
+    depth and pipeline stages; below 16 rows also a thin CUDA-core tile."""
+    default = choose_blocks(rows, act_fp8=True)
+    block_m = max(default["BLOCK_M"], 16 if rows <= 16 else 0)
     others = [
         dict(BLOCK_M=block_m, BLOCK_N=n, BLOCK_K=k, num_stages=st)
         for n in ((16, 32, 64) if block_m <= 16 else (32, 64, 128))

@@ -84,10 +84,14 @@ def _quant_linear_kernel(
     )
 
 
-def choose_blocks(num_rows: int) -> dict:
-    """Tile sizes (and pipeline stages) by batch rows: up to 16 rows one 16-row tensor-core tile, the rows past the
-    batch masked (a thin CUDA-core tile per output was 1.7x slower at 1 row and up to 20x at 2-8 rows on an H100:
-    `light_tts.bench.quant_gemm`, docs/quantization.md); wider tiles above."""
+def choose_blocks(num_rows: int, act_fp8: bool = False) -> dict:
+    """Tile sizes (and pipeline stages) by batch rows, from `light_tts.bench.quant_gemm` on an H100
+    (docs/quantization.md): up to 16 rows one 16-row tensor-core tile, the rows past the batch masked, where thin
+    CUDA-core tiles (a dot product per output) collapsed at 2-8 rows (up to 20x bf16) and were slower for int8 at 1
+    row too; fp8 at 1 row keeps the thin tile, which beat the 16-row tile there because that tile's prologue
+    quantizes 16 rows of x in every program (13 vs 49 us for Qwen's down projection). Wider tiles above 16 rows."""
+    if num_rows == 1 and act_fp8:
+        return dict(BLOCK_M=1, BLOCK_N=8, BLOCK_K=512, num_stages=3)
     if num_rows <= 16:
         return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_stages=3)
     if num_rows <= 64:
@@ -113,7 +117,7 @@ def quant_linear_triton(
     out = torch.empty((num_rows, n), dtype=x.dtype, device=x.device)
     if num_rows == 0:
         return out
-    blocks = dict(blocks or choose_blocks(num_rows))
+    blocks = dict(blocks or choose_blocks(num_rows, act_fp8))
     num_stages = blocks.pop("num_stages", 3)
     use_dot = blocks["BLOCK_M"] >= 16
     dot_dtype = (
