@@ -215,9 +215,12 @@ ATTN_QUANT_ERR = {"int8": 0.03, "fp8": 0.15}  # max |output change| of attention
 ATTN_CASES = (
     [(f, d) for f in FORMATS for d in ATTN_DTYPES] if IS_CUDA else [("int8", torch.float32), ("fp8", torch.float16)]
 )
+# decode attention rounds a bf16 q to fp16 for its dots over a quantized cache: the interpreter runs that case too
+# (its bf16 dot is wrong, but no bf16 dot is left)
+DECODE_ATTN_CASES = ATTN_CASES if IS_CUDA else ATTN_CASES + [("fp8", torch.bfloat16)]
 
 
-@pytest.mark.parametrize("fmt, dtype", ATTN_CASES)
+@pytest.mark.parametrize("fmt, dtype", DECODE_ATTN_CASES)
 def test_decode_attention_reads_quantized_kv(fmt, dtype, poisoned_empty):
     q, k_cache, v_cache, *meta = make_decode_case(HEAD_SHAPES[1], dtype)
     (k_q, k_s), (v_q, v_s) = quantize_cache(k_cache, fmt), quantize_cache(v_cache, fmt)
