@@ -50,7 +50,7 @@ def tiles(rows: int) -> list[dict]:
     """fp8 tile candidates for the Triton kernel at this many rows (the default first): tensor-core tiles by width,
     depth and pipeline stages; below 16 rows also a thin CUDA-core tile."""
     default = choose_blocks(rows, act_fp8=True)
-    block_m = max(default["BLOCK_M"], 16 if rows <= 16 else 0)
+    block_m = 16 if rows <= 16 else default["BLOCK_M"]
     others = [
         dict(BLOCK_M=block_m, BLOCK_N=n, BLOCK_K=k, num_stages=st)
         for n in ((16, 32, 64) if block_m <= 16 else (32, 64, 128))

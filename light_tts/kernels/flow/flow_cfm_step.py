@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from light_tts.kernels.flow.flow_dit import cfg_update_ref
+from light_tts.kernels.flow.flow_dit import cfg_update_ref, guided_euler_store
 
 
 @triton.jit
@@ -46,12 +46,7 @@ def _cfm_step_kernel(
     v_c = (tl.dot(h_c, tl.trans(w), input_precision=DOT_PRECISION) + b[None, :]).to(act).to(tl.float32)
     v_u = (tl.dot(h_u, tl.trans(w), input_precision=DOT_PRECISION) + b[None, :]).to(act).to(tl.float32)
     mask = is_row[:, None] & is_mel[None, :]
-    x_offs = rows[:, None] * MEL + mels[None, :]
-    x = tl.load(x_ptr + x_offs, mask=mask, other=0.0)
-    x = x + dt * ((1.0 + rate) * v_c - rate * v_u)
-    tl.store(x_ptr + x_offs, x, mask=mask)
-    tl.store(est_in_ptr + rows[:, None] * stride_in + mels[None, :], x.to(act), mask=mask)
-    tl.store(est_in_ptr + (rows + num_rows)[:, None] * stride_in + mels[None, :], x.to(act), mask=mask)
+    guided_euler_store(v_c, v_u, x_ptr, est_in_ptr, rows, mels, mask, num_rows, stride_in, dt, rate, MEL)
 
 
 def cfm_step_triton(

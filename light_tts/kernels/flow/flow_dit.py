@@ -154,6 +154,15 @@ def _cfg_update_kernel(
     offs = rows[:, None] * MEL + mels[None, :]
     v_c = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     v_u = tl.load(v_ptr + num_rows * MEL + offs, mask=mask, other=0.0).to(tl.float32)
+    guided_euler_store(v_c, v_u, x_ptr, est_in_ptr, rows, mels, mask, num_rows, stride_in, dt, rate, MEL)
+
+
+@triton.jit
+def guided_euler_store(v_c, v_u, x_ptr, est_in_ptr, rows, mels, mask, num_rows, stride_in, dt, rate, MEL: tl.constexpr):
+    """x += dt ((1 + rate) v_c - rate v_u) (float32) for x [Mf, MEL] at (rows, mels), and x in the activation dtype
+    into both CFG branches' first columns of the next step's estimator input (rows and rows + num_rows); shared by
+    this kernel and flow_cfm_step's (which computes v from the final block first)."""
+    offs = rows[:, None] * MEL + mels[None, :]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0) + dt * ((1.0 + rate) * v_c - rate * v_u)
     tl.store(x_ptr + offs, x, mask=mask)
     act = est_in_ptr.dtype.element_ty
