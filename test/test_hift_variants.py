@@ -5,7 +5,14 @@ bound, and HiFT one step behind the flow (overlap: the same audio, every chunk d
 import numpy as np
 import pytest
 import torch
-from test_decode_engine import REL_TOL, check_against_reference, make_requests, new_engine, run_until_done
+from test_decode_engine import (
+    REL_TOL,
+    check_against_reference,
+    eager_record,
+    make_requests,
+    new_engine,
+    run_until_done,
+)
 
 from light_tts.kernels.flow.hift_noise import keyed_noise_ref, keyed_noise_triton
 from light_tts.model_dir import load_model_config
@@ -106,3 +113,21 @@ def test_overlapped_hift_defers_middle_chunks_without_changing_audio(cfg):
     assert not engine.has_work() and engine.step() == []
     engine.pool.check()
     assert engine.pool.num_outstanding == 0 and engine.slots.num_free == engine.slots.num_slots - 2
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_hift_graphs_replay_middle_chunks_with_the_same_audio(cfg, keyed):
+    """HiFT's graphs (hift_graph.py) replayed through their static buffers (rows padded to a bucket, outputs copied
+    out), with generator-drawn or keyed noise: the streams' audio is the eager engine's, and middle chunks replay."""
+    from light_tts.decode.engine_setup import capture_hift_graphs
+
+    reqs = make_requests(cfg)[:3]
+    eager = stream_audio(new_engine(cfg, "fixed", keyed_noise=keyed), reqs, True)
+    engine = new_engine(cfg, "fixed", keyed_noise=keyed)
+    capture_hift_graphs(engine, record=eager_record)
+    graphed = stream_audio(engine, reqs, True)
+    graphs = engine.hift.keyed_runner if keyed else engine.hift.runner
+    assert graphs.num_replays > 0 and graphs.num_eager > 0  # middle chunks; first and final ones eagerly
+    for req_id, audio in eager.items():
+        assert len(graphed[req_id]) == len(audio)
+        assert np.linalg.norm(graphed[req_id] - audio) / np.linalg.norm(audio) < REL_TOL

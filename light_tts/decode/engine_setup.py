@@ -146,10 +146,10 @@ def is_on(option: bool | None, device: torch.device) -> bool:
     return option if option is not None else device.type == "cuda"
 
 
-def capture_hift_graphs(engine) -> None:
+def capture_hift_graphs(engine, record=None) -> None:
     """CosyVoice2's HiFT graphs: middle chunks of the hop policy (their frames plus the re-vocoded overlap), with
-    keyed noise or generator-drawn noise as the engine runs it."""
-    hift_graphs = HiFTGraphs(engine.hift, keyed=engine.keyed_noise)
+    keyed noise or generator-drawn noise as the engine runs it. record: RowGraphs' (tests run it on the CPU)."""
+    hift_graphs = HiFTGraphs(engine.hift, keyed=engine.keyed_noise, record=record)
     frames = 2 * engine.hop_policy.first + MEL_CACHE_LEN
     hift_graphs.capture(
         min(engine.max_batch_size, HIFT_MAX_ROWS), [(frames, MEL_CACHE_LEN * engine.hift.samples_per_frame)]

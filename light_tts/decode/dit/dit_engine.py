@@ -15,13 +15,14 @@ import logging
 import torch
 
 from light_tts.decode.dit.dit_cache import DiTCache, DiTCacheShape
+from light_tts.decode.dit.hift_graphs import capture_hift_graphs
 from light_tts.decode.dit.paged_dit import PagedDiT
 from light_tts.decode.engine import DecodeEngine, StepJob
 from light_tts.decode.engine_setup import HIFT_MAX_ROWS, FlowParts, is_on
 from light_tts.model_config import ModelConfig
 from light_tts.models.cosyvoice3.flow import DiTFlow
 from light_tts.models.cosyvoice3.hift import CausalHiFT
-from light_tts.models.cosyvoice3.hift.streaming import CausalVocoder, HiFTStream, new_stream, vocode
+from light_tts.models.cosyvoice3.hift.streaming import CausalVocoder, HiFTStream, new_stream, vocode, window_frames
 from light_tts.token2wav import Token2Wav
 
 logger = logging.getLogger(__name__)
@@ -44,14 +45,31 @@ class DiTDecodeEngine(DecodeEngine):
     def new_vocoder_state(self) -> HiFTStream:
         return new_stream(self.hift)
 
+    def chunk_frames(self) -> tuple[list[int], list[int]]:
+        """Mel frames a non-final chunk brings: (each first chunk's, one per alignment pad or the short first hop;
+        each later chunk's of the hop policy)."""
+        ratio, chunk = self.cfg.token_mel_ratio, self.cfg.chunk_size
+        first_hops = [self.limits.first_hop_tokens] if self.limits.first_hop_tokens else []
+        first_hops = first_hops or [self.hop_policy.first + pad for pad in range(chunk)]
+        hops, hop = set(), self.hop_policy.first
+        while hop not in hops:
+            hops.add(hop := self.hop_policy.next_hop(hop))
+        return [ratio * h for h in first_hops], [ratio * h for h in sorted(hops)]
+
     def capture_vocoder_graphs(self) -> None:
-        """The causal HiFT runs eagerly (its passes are a window's worth of frames: see docs/decode-engine.md)."""
+        """The causal HiFT's passes past the phase accumulation, for every middle chunk shape at every row bucket
+        up to HIFT_MAX_ROWS and every first chunk shape up to FIRST_CHUNK_ROWS (hift_graphs.py)."""
+        self.hift.runner = capture_hift_graphs(self.hift, *self.chunk_frames(), min(self.max_batch_size, HIFT_MAX_ROWS))
 
     def vocoder_peak_pass(self) -> None:
-        """The largest HiFT batch: HIFT_MAX_ROWS first chunks of the longest first hop."""
-        frames = 2 * (self.hop_policy.first + 25 + self.cfg.flow.pre_lookahead_len)
+        """The largest HiFT batch: HIFT_MAX_ROWS chunks of the longest window (a first chunk, or a later chunk with
+        its margin), final (the whole window is decoded)."""
+        first, middle = self.chunk_frames()
+        lookahead = self.cfg.token_mel_ratio * self.cfg.flow.pre_lookahead_len
+        frames = max(max(first), window_frames(self.hift, max(middle), False) + self.hift.f0_predictor.lookahead)
         with torch.inference_mode():
-            self.hift.inference(torch.zeros(HIFT_MAX_ROWS, self.hift.cfg.in_channels, frames, device=self.device))
+            mel = torch.zeros(HIFT_MAX_ROWS, self.hift.cfg.in_channels, frames + lookahead, device=self.device)
+            self.hift.inference(mel)
 
     def make_vocoder_stage(self) -> CausalHiFTStage:
         """The causal HiFT through each stream's window. CosyVoice2's hot-path HiFT variants (fp16 convolutions,

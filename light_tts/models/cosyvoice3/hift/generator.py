@@ -77,7 +77,8 @@ class CausalHiFT(HiFT):
         self._init_fourier()
         self.noise = NoiseTable(flow_cfg, cfg)
         self.register_buffer("noise_table", self.noise.grow(0), persistent=False)
-        self.runner = self.keyed_runner = None  # no CUDA graphs or keyed noise for it yet (the engines check)
+        self.runner = None  # CUDA graphs of synthesize's non-final passes (decode/dit/hift_graphs.py), if captured
+        self.keyed_runner = None  # no keyed noise: its noise is a fixed table
         self.conv_dtype = torch.float32  # its convolutions stay float32 (no fp16 variant yet)
 
     @classmethod
@@ -121,6 +122,15 @@ class CausalHiFT(HiFT):
         if not finalize:
             audio = audio[:, : -self.samples_per_frame]
         return audio.clamp(-self.cfg.audio_limit, self.cfg.audio_limit)
+
+    def synthesize(
+        self, mel: torch.Tensor, f0: torch.Tensor, cycles: torch.Tensor, noise: torch.Tensor, finalize: bool
+    ) -> torch.Tensor:
+        """decode(mel, its excitation from f0 [B, T], cycles [B, T, H] and noise rows [B or 1, T * 480, H]): through
+        the runner's CUDA graphs when one was captured for the pass's shape (non-final passes only)."""
+        if self.runner is not None:
+            return self.runner(mel, f0, cycles, noise, finalize)
+        return self.decode(mel, self.m_source(f0, cycles, noise), finalize)
 
     def excitation(self, f0: torch.Tensor, cycles: torch.Tensor, first_frame: int) -> torch.Tensor:
         """The source [B, 1, T * 480] of frames first_frame.. with this f0 [B, T] and accumulated cycles."""
