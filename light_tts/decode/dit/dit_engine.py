@@ -72,17 +72,20 @@ class DiTDecodeEngine(DecodeEngine):
             self.hift.inference(mel)
 
     def make_vocoder_stage(self) -> CausalHiFTStage:
-        """The causal HiFT through each stream's window. CosyVoice2's hot-path HiFT variants (fp16 convolutions,
-        keyed noise, overlap) do not apply: its noise comes from fixed tables and it runs float32, at once."""
+        """The causal HiFT through each stream's window, its convolution stack in fp16 with `hift_half` (the GPU
+        default: the f0 predictor stays float64, the source, STFT and iSTFT float32). CosyVoice2's other hot-path
+        variants do not apply: its noise comes from fixed tables, and its chunks are vocoded at once."""
+        if is_on(self.limits.hift_half, self.device):
+            self.hift.set_conv_dtype(torch.float16)
         asked = [
             name
-            for name in ("fused_flow", "hift_half", "keyed_noise", "overlap_hift")
+            for name in ("fused_flow", "keyed_noise", "overlap_hift")
             if is_on(getattr(self.limits, name), self.device)
         ]
         if asked:
             logger.info(
                 "CosyVoice3 decode: the hot-path variants %s are CosyVoice2's and not used here (the DiT's own "
-                "fused row kernels, float32 causal HiFT vocoded at once)",
+                "fused row kernels, fixed noise tables, HiFT vocoded at once)",
                 ", ".join(asked),
             )
         return CausalHiFTStage(self.hift, self._fail)

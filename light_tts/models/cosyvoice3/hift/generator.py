@@ -79,7 +79,7 @@ class CausalHiFT(HiFT):
         self.register_buffer("noise_table", self.noise.grow(0), persistent=False)
         self.runner = None  # CUDA graphs of synthesize's non-final passes (decode/dit/hift_graphs.py), if captured
         self.keyed_runner = None  # no keyed noise: its noise is a fixed table
-        self.conv_dtype = torch.float32  # its convolutions stay float32 (no fp16 variant yet)
+        self.conv_dtype = torch.float32  # of the convolution stack (set_conv_dtype; the f0 predictor stays float64)
 
     @classmethod
     def from_checkpoint(cls, cfg: CausalHiFTConfig, flow_cfg: DiTFlowConfig, path: Path) -> CausalHiFT:
@@ -113,8 +113,8 @@ class CausalHiFT(HiFT):
     def decode(self, mel: torch.Tensor, source: torch.Tensor, finalize: bool = True) -> torch.Tensor:
         """mel [B, 80, T] and its excitation [B, 1, T * 480] -> audio [B, T * 480] (finalize) or
         [B, (T - 5) * 480] (the last 4 frames are conv_pre's lookahead, and 480 more samples are held back)."""
-        source_spec = self._stft(source.squeeze(1))
-        x = self.conv_pre(mel, finalize)
+        source_spec = self._stft(source.squeeze(1)).to(self.conv_dtype)
+        x = self.conv_pre(mel.to(self.conv_dtype), finalize)
         if not finalize:
             look = self.cfg.conv_pre_look_right * (self.samples_per_frame // self.hop)
             source_spec = source_spec[:, :, :-look]
