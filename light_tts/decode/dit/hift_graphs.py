@@ -55,7 +55,7 @@ def capture_hift_graphs(
     """Graphs of the non-final passes of chunks bringing these mel frames: middle chunks at every row bucket up to
     max_rows, first chunks up to FIRST_CHUNK_ROWS. record: RowGraphs' (tests run it eagerly on the CPU)."""
     graphs = CausalHiFTGraphs(hift, record)
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: the static buffers are written by callers outside it too (benches)
         graphs.capture(max_rows, [(window_frames(hift, f, False),) for f in middle_frames], "causal HiFT")
         first_rows = min(max_rows, FIRST_CHUNK_ROWS)
         first_keys = [(window_frames(hift, f, True),) for f in first_frames]
