@@ -302,3 +302,35 @@ def test_release_and_reload_generate_the_same_tokens(fixture_dir):
     engine.release()
     engine.reload()
     assert generate("b") == before and len(before) > 0
+
+
+def test_prefill_graphs_give_the_reference_tokens(model_cfg, state_dict, lm, io):
+    """One request's prefill through its token bucket's graph (cuda_graph.PrefillGraphs, replayed here through an
+    eager stand-in for the capture that reads the same static buffers): padding tokens store nothing and leak
+    into no sequence, so each request alone (greedy and RAS, new prompts and a reused voice prefix) gets the
+    reference's tokens; a prefill of several requests runs eagerly."""
+    from test_decode_engine import eager_record
+
+    from light_tts.llm.cuda_graph import PrefillGraphs
+
+    engine = make_engine(model_cfg, state_dict)
+    runner = engine.runner
+    graphs = runner.prefill_graphs = PrefillGraphs(runner.model, runner.kv, runner.cos_sin, 256, eager_record)
+    assert graphs.buckets == [16, 32, 64, 128, 256]
+    reqs = mixed_requests(io, 4)
+    reused = LLMRequest(
+        "again",
+        io["text"][0].tolist()[::-1],
+        reqs[1].prompt_text_token_ids,
+        reqs[1].prompt_speech_token_ids,
+        seed=7,
+        max_len=9,
+    )
+    for req in [*reqs, reused]:  # one at a time: each prefill is one request's
+        tokens = run_all(engine, {0: [req]})[req.req_id]
+        assert tokens == reference_tokens(lm, req), req.req_id
+    assert graphs.num_replays == len(reqs) + 1
+    together = mixed_requests(io, 3)
+    tokens = run_all(engine, {0: together})
+    assert graphs.num_replays == len(reqs) + 1  # several requests: eager
+    assert all(tokens[r.req_id] == reference_tokens(lm, r) for r in together)

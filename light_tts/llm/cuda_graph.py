@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from light_tts.decode.flow.flow_runner import record_graph
 from light_tts.llm.model import PAD_COLUMN, EngineSpeechLM, ForwardInputs, KVCache
 from light_tts.llm.sampler import Sampler
 
@@ -100,3 +101,74 @@ class DecodeGraphs:
         """Both graphs of a bucket with the inputs already in place (the benchmark's GPU time of a step)."""
         self.forward_graphs[self.bucket(batch_size)][0].replay()
         self.sample_graphs[self.bucket(batch_size)][0].replay()
+
+
+PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512)
+
+
+class PrefillGraphs:
+    """CUDA graphs of one request's prefill forward, one per token bucket up to max_tokens, sharing one memory pool.
+
+    A prefill is bound by its ~12 launches a layer from Python (8.8 ms for CosyVoice2's 24 layers at any prompt
+    up to 300 tokens, 21-29 ms for Orpheus' 28 on an H100), not by the device: a replay is one launch. A single
+    request's prefill (what a stream's first audio waits on at low load) is padded to its bucket: padding tokens
+    have slot -1 (their keys and values are not stored), belong to no sequence (attention reads and writes nothing
+    for them) and are not read back (only the last real token's logits are). Their inputs go in one copy from a
+    pinned host buffer: ids, positions and slots of the bucket's tokens, then the row, start, length, cached length
+    and last-token index. Batches of several requests, or longer prompts, run eagerly."""
+
+    def __init__(self, model: EngineSpeechLM, kv: KVCache, cos_sin: torch.Tensor, max_tokens: int, record=None):
+        """record: flow_runner.record_graph's signature (the default); tests pass an eager stand-in."""
+        self.buckets = [b for b in PREFILL_BUCKETS if b <= max_tokens]
+        width = self.width = self.buckets[-1] if self.buckets else 0
+        self.host = torch.zeros(3 * width + 5, dtype=torch.int64)
+        self.host[2 * width : 3 * width] = -1  # padding slots
+        if cos_sin.device.type == "cuda":
+            self.host = self.host.pin_memory()
+        self.host_np = self.host.numpy()
+        self.inputs = self.host.to(cos_sin.device)
+        self.graphs: dict[int, tuple] = {}  # bucket -> (replay, logits)
+        self.num_replays = 0
+        pool = None
+        for bucket in reversed(self.buckets):
+
+            def forward(bucket=bucket) -> torch.Tensor:
+                return model(self._forward_inputs(bucket), kv, cos_sin)
+
+            replay, logits, pool = (record or record_graph)(forward, pool)
+            self.graphs[bucket] = (replay, logits)
+
+    def _forward_inputs(self, bucket: int) -> ForwardInputs:
+        w, buf = self.width, self.inputs
+        meta = buf[3 * w : 3 * w + 4].to(torch.int32)  # row, start, seq_len, cached: converted inside the graph
+        return ForwardInputs(
+            input_ids=buf[:bucket],
+            positions=buf[w : w + bucket],
+            slot_mapping=buf[2 * w : 2 * w + bucket],
+            b_req_idx=meta[0:1],
+            b_seq_len=meta[2:3],
+            is_prefill=True,
+            b_start_loc=meta[1:2],
+            b_prefix_len=meta[3:4],
+            last_token_idx=buf[3 * w + 4 : 3 * w + 5],
+            max_new_len=bucket,
+        )
+
+    def can_run(self, num_seqs: int, num_new_tokens: int) -> bool:
+        return num_seqs == 1 and 0 < num_new_tokens <= self.width
+
+    def forward(self, new_ids: list[int], slots: list[int], row: int, num_cached: int) -> torch.Tensor:
+        """Launch one request's prefill (its new ids, the slots of its whole sequence, its req_to_token row, the
+        tokens already cached); returns its logits [1, V] (a graph output, valid until the next replay)."""
+        n, w, host = len(new_ids), self.width, self.host_np
+        bucket = next(b for b in self.buckets if b >= n)
+        seq_len = len(slots)
+        host[:n], host[n:bucket] = new_ids, 0
+        host[w : w + n], host[w + n : w + bucket] = np.arange(num_cached, seq_len), 0
+        host[2 * w : 2 * w + n], host[2 * w + n : 2 * w + bucket] = slots[num_cached:], -1
+        host[3 * w : 3 * w + 5] = (row, 0, seq_len, num_cached, n - 1)
+        self.inputs.copy_(self.host, non_blocking=True)
+        replay, logits = self.graphs[bucket]
+        replay()
+        self.num_replays += 1
+        return logits

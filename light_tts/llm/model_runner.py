@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from light_tts.kernels.llm import ops
-from light_tts.llm.cuda_graph import DecodeGraphs
+from light_tts.llm.cuda_graph import DecodeGraphs, PrefillGraphs
 from light_tts.llm.model import EngineSpeechLM, ForwardInputs, KVCache
 from light_tts.llm.quantization import check_support, kv_cache_format, quantize_linears
 from light_tts.llm.scheduler import ScheduledBatch
@@ -62,20 +62,23 @@ class ModelRunner:
             device,
             self.kv_format,
         )
-        self.graphs = None
+        self.graphs: DecodeGraphs | None = None
+        self.prefill_graphs: PrefillGraphs | None = None
         self.last_logits: torch.Tensor | None = None
-        if device.type == "cuda" and not engine_cfg.disable_cudagraph:
-            self.graphs = DecodeGraphs(
-                self.model,
-                self.sampler,
-                self.kv,
-                self.cos_sin,
-                min(engine_cfg.graph_max_batch_size, engine_cfg.running_max_req_size),
-            )
+        self._capture_graphs()
+
+    def _capture_graphs(self) -> None:
+        """Decode graphs per batch bucket, then prefill graphs of one request per token bucket (CUDA only)."""
+        cfg = self.cfg
+        if self.device.type == "cuda" and not cfg.disable_cudagraph:
+            max_batch = min(cfg.graph_max_batch_size, cfg.running_max_req_size)
+            self.graphs = DecodeGraphs(self.model, self.sampler, self.kv, self.cos_sin, max_batch)
+            max_tokens = min(cfg.prefill_graph_max_tokens, cfg.batch_max_tokens)
+            self.prefill_graphs = PrefillGraphs(self.model, self.kv, self.cos_sin, max_tokens)
 
     def release(self) -> None:
         """Give the device back while idle: graphs and KV cache dropped, weights moved to host memory."""
-        self.graphs = self.kv = self.last_logits = None
+        self.graphs = self.prefill_graphs = self.kv = self.last_logits = None
         self.sampler.release()
         self.model.to("cpu")
         self.cos_sin = self.cos_sin.cpu()
@@ -91,10 +94,7 @@ class ModelRunner:
         self.kv = KVCache(
             self.body, self.num_kv_slots, self.num_rows, cfg.max_req_total_len, self.dtype, self.device, self.kv_format
         )
-        if self.device.type == "cuda" and not cfg.disable_cudagraph:
-            self.graphs = DecodeGraphs(
-                self.model, self.sampler, self.kv, self.cos_sin, min(cfg.graph_max_batch_size, cfg.running_max_req_size)
-            )
+        self._capture_graphs()
 
     def _load(self, state_dict: dict[str, torch.Tensor]) -> EngineSpeechLM:
         with torch.device("meta"):
@@ -158,7 +158,12 @@ class ModelRunner:
             graphs = None
         if batch.is_prefill:
             rows = [(s.token_ids[s.num_computed :], s.slots[: s.num_tokens], s.row, s.num_computed) for s in seqs]
-            logits = self.model(self._prefill_inputs(rows, self.kv), self.kv, self.cos_sin)
+            prefill_graphs = self.prefill_graphs
+            if prefill_graphs is not None and prefill_graphs.can_run(len(rows), len(rows[0][0])):
+                self._write_tables(rows, self.kv)
+                logits = prefill_graphs.forward(*rows[0])
+            else:
+                logits = self.model(self._prefill_inputs(rows, self.kv), self.kv, self.cos_sin)
         else:
             width = self.kv.req_to_token.shape[1]
             meta = [
@@ -184,26 +189,32 @@ class ModelRunner:
         self.last_logits = logits  # [B, V] of the last step, for checks (a graph overwrites it at the next replay)
         return self.sampler.finish(*outputs, sampling)
 
+    def _write_tables(self, rows: list[tuple[list[int], list[int], int, int]], kv: KVCache) -> None:
+        """Each prefill request's slots (of its whole sequence) into its req_to_token row."""
+        width = kv.req_to_token.shape[1]
+        table_idx = [i for _, slots, row, _ in rows for i in range(row * width, row * width + len(slots))]
+        table_slots = [slot for _, slots, _, _ in rows for slot in slots]
+        kv.req_to_token.view(-1).index_copy_(
+            0,
+            torch.tensor(table_idx, dtype=torch.int64).to(self.device),
+            torch.tensor(table_slots, dtype=torch.int32).to(self.device),
+        )
+
     def _prefill_inputs(self, rows: list[tuple[list[int], list[int], int, int]], kv: KVCache) -> ForwardInputs:
         """rows: (new input ids, slots of the whole sequence, req_to_token row, tokens already cached) per request.
         Also writes each request's slots into its req_to_token row."""
-        input_ids, positions, slot_mapping, table_idx, table_slots = [], [], [], [], []
+        input_ids, positions, slot_mapping = [], [], []
         b_start_loc, b_seq_len, b_prefix_len = [], [], []
-        width = kv.req_to_token.shape[1]
-        for new_ids, slots, row, num_cached in rows:
+        for new_ids, slots, _row, num_cached in rows:
             seq_len = len(slots)
             b_start_loc.append(len(input_ids))
             input_ids += new_ids
             positions += range(num_cached, seq_len)
             slot_mapping += slots[num_cached:]
-            table_idx += range(row * width, row * width + seq_len)
-            table_slots += slots
             b_seq_len.append(seq_len)
             b_prefix_len.append(num_cached)
+        self._write_tables(rows, kv)
         dev, i32, i64 = self.device, torch.int32, torch.int64
-        kv.req_to_token.view(-1).index_copy_(
-            0, torch.tensor(table_idx, dtype=i64).to(dev), torch.tensor(table_slots, dtype=i32).to(dev)
-        )
         b_start = torch.tensor(b_start_loc, dtype=i32)
         new_lens = torch.tensor(b_seq_len, dtype=i32) - torch.tensor(b_prefix_len, dtype=i32)
         return ForwardInputs(
