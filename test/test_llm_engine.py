@@ -305,18 +305,20 @@ def test_release_and_reload_generate_the_same_tokens(fixture_dir):
 
 
 def test_prefill_graphs_give_the_reference_tokens(model_cfg, state_dict, lm, io):
-    """One request's prefill through its token bucket's graph (cuda_graph.PrefillGraphs, replayed here through an
-    eager stand-in for the capture that reads the same static buffers): padding tokens store nothing and leak
-    into no sequence, so each request alone (greedy and RAS, new prompts and a reused voice prefix) gets the
-    reference's tokens; a prefill of several requests runs eagerly."""
+    """Prefills through their (requests, tokens) bucket's graph (cuda_graph.PrefillGraphs, replayed here through an
+    eager stand-in for the capture that reads the same static buffers): padding tokens store nothing and leak into
+    no request, padding requests are not read, so every request (greedy and RAS, new prompts and a reused voice
+    prefix, alone or several at once) gets the reference's tokens; a prefill past the largest bucket runs
+    eagerly."""
     from test_decode_engine import eager_record
 
     from light_tts.llm.cuda_graph import PrefillGraphs
 
     engine = make_engine(model_cfg, state_dict)
     runner = engine.runner
-    graphs = runner.prefill_graphs = PrefillGraphs(runner.model, runner.kv, runner.cos_sin, 256, eager_record)
-    assert graphs.buckets == [16, 32, 64, 128, 256]
+    graphs = PrefillGraphs(runner.model, runner.kv, runner.cos_sin, 256, max_seqs=4, record=eager_record)
+    runner.prefill_graphs = graphs
+    assert graphs.buckets == [16, 32, 64, 128, 256] and graphs.seq_buckets == [1, 2, 4]
     reqs = mixed_requests(io, 4)
     reused = LLMRequest(
         "again",
@@ -326,11 +328,13 @@ def test_prefill_graphs_give_the_reference_tokens(model_cfg, state_dict, lm, io)
         seed=7,
         max_len=9,
     )
-    for req in [*reqs, reused]:  # one at a time: each prefill is one request's
+    for req in [*reqs, reused]:  # one at a time
         tokens = run_all(engine, {0: [req]})[req.req_id]
         assert tokens == reference_tokens(lm, req), req.req_id
     assert graphs.num_replays == len(reqs) + 1
-    together = mixed_requests(io, 3)
+    together = mixed_requests(io, 3)  # one prefill of 3 requests: the 4-request bucket
     tokens = run_all(engine, {0: together})
-    assert graphs.num_replays == len(reqs) + 1  # several requests: eager
+    assert graphs.num_replays == len(reqs) + 2
     assert all(tokens[r.req_id] == reference_tokens(lm, r) for r in together)
+    run_all(engine, {0: mixed_requests(io, 5)})  # 5 requests: past the largest bucket, eager
+    assert graphs.num_replays == len(reqs) + 2

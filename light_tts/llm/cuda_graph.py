@@ -103,72 +103,95 @@ class DecodeGraphs:
         self.sample_graphs[self.bucket(batch_size)][0].replay()
 
 
-PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512)
+PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512)  # new tokens of a prefill, all its requests together
+PREFILL_SEQ_BUCKETS = (1, 2, 4, 8)  # requests of a prefill
 
 
 class PrefillGraphs:
-    """CUDA graphs of one request's prefill forward, one per token bucket up to max_tokens, sharing one memory pool.
+    """CUDA graphs of the prefill forward, one per (requests bucket, token bucket) up to max_seqs requests and
+    max_tokens new tokens in all, sharing one memory pool.
 
     A prefill is bound by its ~12 launches a layer from Python (8.8 ms for CosyVoice2's 24 layers at any prompt
-    up to 300 tokens, 21-29 ms for Orpheus' 28 on an H100), not by the device: a replay is one launch. A single
-    request's prefill (what a stream's first audio waits on at low load) is padded to its bucket: padding tokens
-    have slot -1 (their keys and values are not stored), belong to no sequence (attention reads and writes nothing
-    for them) and are not read back (only the last real token's logits are). Their inputs go in one copy from a
-    pinned host buffer: ids, positions and slots of the bucket's tokens, then the row, start, length, cached length
-    and last-token index. Batches of several requests, or longer prompts, run eagerly."""
+    up to 300 tokens, 21-29 ms for Orpheus' 28 on an H100), not by the device: a replay is one launch. It is what
+    a stream's first audio waits on at low load, and a burst of them what holds decode steps back under load.
+    A prefill is padded to its buckets: padding tokens have slot -1 (their keys and values are not stored) and
+    belong to no request (attention reads and writes nothing for them); padding requests have length 0 in the
+    sentinel row 0, and their logits are not read. The inputs go in one copy from a pinned host buffer: ids,
+    positions and slots of the token bucket, then each request's row, start, length and cached length, then its
+    last token's index. Larger prefills run eagerly."""
 
-    def __init__(self, model: EngineSpeechLM, kv: KVCache, cos_sin: torch.Tensor, max_tokens: int, record=None):
+    def __init__(
+        self,
+        model: EngineSpeechLM,
+        kv: KVCache,
+        cos_sin: torch.Tensor,
+        max_tokens: int,
+        max_seqs: int = PREFILL_SEQ_BUCKETS[-1],
+        record=None,
+    ):
         """record: flow_runner.record_graph's signature (the default); tests pass an eager stand-in."""
         self.buckets = [b for b in PREFILL_BUCKETS if b <= max_tokens]
-        width = self.width = self.buckets[-1] if self.buckets else 0
-        self.host = torch.zeros(3 * width + 5, dtype=torch.int64)
-        self.host[2 * width : 3 * width] = -1  # padding slots
+        self.seq_buckets = [b for b in PREFILL_SEQ_BUCKETS if b <= max_seqs]
+        w = self.width = self.buckets[-1] if self.buckets else 0
+        s = self.max_seqs = self.seq_buckets[-1] if self.buckets and self.seq_buckets else 0
+        self.host = torch.zeros(3 * w + 5 * s, dtype=torch.int64)
+        self.host[2 * w : 3 * w] = -1  # padding slots
         if cos_sin.device.type == "cuda":
             self.host = self.host.pin_memory()
         self.host_np = self.host.numpy()
         self.inputs = self.host.to(cos_sin.device)
-        self.graphs: dict[int, tuple] = {}  # bucket -> (replay, logits)
+        self.graphs: dict[tuple[int, int], tuple] = {}  # (requests bucket, token bucket) -> (replay, logits)
         self.num_replays = 0
         pool = None
-        for bucket in reversed(self.buckets):
+        for seqs in reversed(self.seq_buckets):
+            for tokens in reversed(self.buckets):
 
-            def forward(bucket=bucket) -> torch.Tensor:
-                return model(self._forward_inputs(bucket), kv, cos_sin)
+                def forward(seqs=seqs, tokens=tokens) -> torch.Tensor:
+                    return model(self._forward_inputs(seqs, tokens), kv, cos_sin)
 
-            replay, logits, pool = (record or record_graph)(forward, pool)
-            self.graphs[bucket] = (replay, logits)
+                replay, logits, pool = (record or record_graph)(forward, pool)
+                self.graphs[(seqs, tokens)] = (replay, logits)
 
-    def _forward_inputs(self, bucket: int) -> ForwardInputs:
-        w, buf = self.width, self.inputs
-        meta = buf[3 * w : 3 * w + 4].to(torch.int32)  # row, start, seq_len, cached: converted inside the graph
+    def _forward_inputs(self, seqs: int, tokens: int) -> ForwardInputs:
+        w, s, buf = self.width, self.max_seqs, self.inputs
+        meta = buf[3 * w : 3 * w + 4 * s].view(4, s)[:, :seqs].to(torch.int32)  # rows, starts, lengths, cached
         return ForwardInputs(
-            input_ids=buf[:bucket],
-            positions=buf[w : w + bucket],
-            slot_mapping=buf[2 * w : 2 * w + bucket],
-            b_req_idx=meta[0:1],
-            b_seq_len=meta[2:3],
+            input_ids=buf[:tokens],
+            positions=buf[w : w + tokens],
+            slot_mapping=buf[2 * w : 2 * w + tokens],
+            b_req_idx=meta[0],
+            b_seq_len=meta[2],
             is_prefill=True,
-            b_start_loc=meta[1:2],
-            b_prefix_len=meta[3:4],
-            last_token_idx=buf[3 * w + 4 : 3 * w + 5],
-            max_new_len=bucket,
+            b_start_loc=meta[1],
+            b_prefix_len=meta[3],
+            last_token_idx=buf[3 * w + 4 * s : 3 * w + 4 * s + seqs],
+            max_new_len=tokens,
         )
 
-    def can_run(self, num_seqs: int, num_new_tokens: int) -> bool:
-        return num_seqs == 1 and 0 < num_new_tokens <= self.width
+    def can_run(self, rows: list[tuple[list[int], list[int], int, int]]) -> bool:
+        num_new = sum(len(new_ids) for new_ids, *_ in rows)
+        return 0 < len(rows) <= self.max_seqs and 0 < num_new <= self.width
 
-    def forward(self, new_ids: list[int], slots: list[int], row: int, num_cached: int) -> torch.Tensor:
-        """Launch one request's prefill (its new ids, the slots of its whole sequence, its req_to_token row, the
-        tokens already cached); returns its logits [1, V] (a graph output, valid until the next replay)."""
-        n, w, host = len(new_ids), self.width, self.host_np
-        bucket = next(b for b in self.buckets if b >= n)
-        seq_len = len(slots)
-        host[:n], host[n:bucket] = new_ids, 0
-        host[w : w + n], host[w + n : w + bucket] = np.arange(num_cached, seq_len), 0
-        host[2 * w : 2 * w + n], host[2 * w + n : 2 * w + bucket] = slots[num_cached:], -1
-        host[3 * w : 3 * w + 5] = (row, 0, seq_len, num_cached, n - 1)
+    def forward(self, rows: list[tuple[list[int], list[int], int, int]]) -> torch.Tensor:
+        """Launch the prefill of rows (each request's new ids, the slots of its whole sequence, its req_to_token
+        row, its tokens already cached); returns their logits [len(rows), V] (graph outputs, valid until the next
+        replay)."""
+        w, s, host = self.width, self.max_seqs, self.host_np
+        num_new = sum(len(new_ids) for new_ids, *_ in rows)
+        tokens = next(b for b in self.buckets if b >= num_new)
+        seqs = next(b for b in self.seq_buckets if b >= len(rows))
+        meta, last = host[3 * w : 3 * w + 4 * s].reshape(4, s), host[3 * w + 4 * s : 3 * w + 5 * s]
+        start = 0
+        for r, (new_ids, slots, row, num_cached) in enumerate(rows):
+            end = start + len(new_ids)
+            host[start:end], host[w + start : w + end] = new_ids, np.arange(num_cached, len(slots))
+            host[2 * w + start : 2 * w + end] = slots[num_cached:]
+            meta[:, r], last[r] = (row, start, len(slots), num_cached), end - 1
+            start = end
+        host[start:tokens], host[w + start : w + tokens], host[2 * w + start : 2 * w + tokens] = 0, 0, -1
+        meta[:, len(rows) : seqs], last[len(rows) : seqs] = 0, 0
         self.inputs.copy_(self.host, non_blocking=True)
-        replay, logits = self.graphs[bucket]
+        replay, logits = self.graphs[(seqs, tokens)]
         replay()
         self.num_replays += 1
-        return logits
+        return logits[: len(rows)]

@@ -159,9 +159,9 @@ class ModelRunner:
         if batch.is_prefill:
             rows = [(s.token_ids[s.num_computed :], s.slots[: s.num_tokens], s.row, s.num_computed) for s in seqs]
             prefill_graphs = self.prefill_graphs
-            if prefill_graphs is not None and prefill_graphs.can_run(len(rows), len(rows[0][0])):
+            if prefill_graphs is not None and prefill_graphs.can_run(rows):
                 self._write_tables(rows, self.kv)
-                logits = prefill_graphs.forward(*rows[0])
+                logits = prefill_graphs.forward(rows)
             else:
                 logits = self.model(self._prefill_inputs(rows, self.kv), self.kv, self.cos_sin)
         else:
