@@ -170,6 +170,12 @@ class ServerConfig:
         "largest LLM decode batch run as a CUDA graph (GPU only; a larger batch runs eagerly, several times slower)",
         default_text="--running_max_req_size: every batch",
     )
+    prefill_graph_max_tokens: int = _opt(
+        "LLM",
+        512,
+        "most new tokens of an LLM prefill (of up to 8 requests) run as a CUDA graph (GPU only; 0: none; a longer "
+        "prefill runs eagerly, launch-bound)",
+    )
     disable_cudagraph: bool = _opt(
         "LLM", False, "run the LLM and the decode engine without CUDA graphs (GPU only; the CPU never uses them)"
     )
@@ -500,6 +506,8 @@ class ServerConfig:
             raise ValueError("--decode_pool_pages must be >= 1")
         if self.first_hop_tokens < 0 or self.flow_context_window < 0 or self.llm_ahead_seconds < 0:
             raise ValueError("--first_hop_tokens, --flow_context_window and --llm_ahead_seconds must be >= 0")
+        if self.prefill_graph_max_tokens < 0:
+            raise ValueError("--prefill_graph_max_tokens must be >= 0")
         for name in ("batch_max_tokens", "max_total_token_num", "graph_max_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1")

@@ -185,6 +185,7 @@ class ServerSettings:
             "running_max_req_size": c.running_max_req_size,  # one engine request per server request at a time
             "graph_max_batch_size": c.graph_max_batch_size or c.running_max_req_size,
             "disable_cudagraph": c.disable_cudagraph,
+            "prefill_graph_max_tokens": c.prefill_graph_max_tokens,
             "data_type": self.llm_dtype(device),
             "router_max_wait_tokens": c.router_max_wait_tokens,
             "max_req_total_len": c.max_req_total_len,
