@@ -17,7 +17,7 @@ class EngineConfig:
     running_max_req_size: int = 256  # requests holding KV at once
     graph_max_batch_size: int = 256  # largest decode batch run as a CUDA graph
     disable_cudagraph: bool = False  # no decode graphs and no prefill graphs
-    prefill_graph_max_tokens: int = 512  # longest single-request prefill run as a CUDA graph (0: none)
+    prefill_graph_max_tokens: int = 512  # most new tokens of a prefill (<= 8 requests) run as a CUDA graph (0: none)
     data_type: str = "bfloat16"  # float16 | bfloat16 | float32
     router_max_wait_tokens: int = 4  # decode steps a ready prefill may wait, to batch arrivals
     max_req_total_len: int = 4096  # inputs of one request, prompt + generated
