@@ -105,7 +105,7 @@ def check_against_reference(engine, reqs, outputs) -> float:
 
 
 def eager_record(run, pool):
-    """flow_runner.record_graph's CPU stand-in: the outputs of one run, rewritten in place by each replay from
+    """kernels/cuda_graphs.record_graph's CPU stand-in: the outputs of one run, rewritten in place by each replay from
     whatever the static inputs hold (what a CUDA graph's replay does)."""
     outputs = run()
 

@@ -115,6 +115,9 @@ def test_hift_graphs_serve_every_non_final_chunk(cfg, hop):
     from light_tts.decode.hift.hift_graph import ROW_BUCKETS, bucket
 
     engine = new_engine(cfg, hop)
+    first, middle = engine.chunk_frames()
+    assert first == [2 * (25 + pad) for pad in range(25)]
+    assert middle == ([100, 200] if hop == "growing" else [50])  # 25 -> 50 -> 100 tokens, 2 mel frames a token
     graphs = capture_hift_graphs(engine.hift, *engine.chunk_frames(), 16, record=eager_record)
     engine.hift.runner = graphs
     passes, run = [], graphs.run

@@ -21,7 +21,8 @@ def test_pos_conv_kernel_equals_conv1d_then_mish(dim, groups, dtype, tol):
         torch.nn.functional.conv1d(ext.float().t()[None], weight.float(), bias.float(), groups=groups)[0].t()[out_idx]
     )
     taps = pos_conv_taps(weight, groups)
-    got = pos_conv_triton(ext, out_idx, taps, bias)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # the interpreter on the CPU, the kernel on a GPU
+    got = pos_conv_triton(ext.to(dev), out_idx.to(dev), taps.to(dev), bias.to(dev)).cpu()
     ref = pos_conv_ref(ext.float(), out_idx, taps.float(), bias.float())
     assert got.dtype == dtype and got.shape == (len(out_idx), dim)
     assert ((ref - expected).norm() / expected.norm()).item() < 1e-6

@@ -208,6 +208,7 @@ def test_settings_derive_every_size_from_config_and_model():
         "running_max_req_size": 5,
         "graph_max_batch_size": 5,  # every batch the request slots allow runs as a graph
         "disable_cudagraph": False,
+        "prefill_graph_max_tokens": 512,
         "data_type": "bfloat16",
         "router_max_wait_tokens": 3,
         "max_req_total_len": 900,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from light_tts.decode.flow.flow_runner import record_graph
+from light_tts.kernels.cuda_graphs import record_graph
 from light_tts.llm.model import PAD_COLUMN, EngineSpeechLM, ForwardInputs, KVCache
 from light_tts.llm.sampler import Sampler
 
@@ -129,7 +129,7 @@ class PrefillGraphs:
         max_seqs: int = PREFILL_SEQ_BUCKETS[-1],
         record=None,
     ):
-        """record: flow_runner.record_graph's signature (the default); tests pass an eager stand-in."""
+        """record: kernels/cuda_graphs.record_graph's signature (the default); tests pass an eager stand-in."""
         self.buckets = [b for b in PREFILL_BUCKETS if b <= max_tokens]
         self.seq_buckets = [b for b in PREFILL_SEQ_BUCKETS if b <= max_seqs]
         w = self.width = self.buckets[-1] if self.buckets else 0

@@ -51,9 +51,10 @@ class DiTDecodeEngine(DecodeEngine):
         ratio, chunk = self.cfg.token_mel_ratio, self.cfg.chunk_size
         first_hops = [self.limits.first_hop_tokens] if self.limits.first_hop_tokens else []
         first_hops = first_hops or [self.hop_policy.first + pad for pad in range(chunk)]
-        hops, hop = set(), self.hop_policy.first
-        while hop not in hops:
-            hops.add(hop := self.hop_policy.next_hop(hop))
+        hops, hop = set(), self.hop_policy.next_hop(self.hop_policy.first)
+        while hop not in hops:  # the policy's hops after the first, up to the one it repeats
+            hops.add(hop)
+            hop = self.hop_policy.next_hop(hop)
         return [ratio * h for h in first_hops], [ratio * h for h in sorted(hops)]
 
     def capture_vocoder_graphs(self) -> None:

@@ -17,6 +17,7 @@ import torch
 
 from light_tts.decode.flow.flow_inputs import Bucket, ChunkSpec, FlowInputs
 from light_tts.decode.flow.paged_flow import PagedFlow
+from light_tts.kernels.cuda_graphs import record_graph
 
 logger = logging.getLogger(__name__)
 
@@ -27,20 +28,6 @@ def make_buckets(max_tokens: int, max_rows: int) -> list[Bucket]:
     """Token buckets about 1.5x apart up to max_tokens; each takes as many rows as a 16-token chunk could fill."""
     sizes = [t for t in TOKEN_BUCKETS if t < max_tokens] + [max_tokens]
     return [Bucket(t, max(1, min(max_rows, t // 16))) for t in sizes]
-
-
-def record_graph(run: Callable[[], object], pool=None) -> tuple[Callable[[], None], object, object]:
-    """Captures run() as a CUDA graph in memory pool `pool` (None: a new one): (replay, the outputs each replay
-    rewrites, the pool). Warmed up on a side stream first (lazy initialisations must not be captured)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        run()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
-        outputs = run()
-    return graph.replay, outputs, graph.pool()
 
 
 @dataclass

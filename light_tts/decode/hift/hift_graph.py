@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from light_tts.decode.flow.flow_runner import record_graph
+from light_tts.kernels.cuda_graphs import record_graph
 from light_tts.models.cosyvoice2.hift.generator import HiFT
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import torch
 
-from light_tts.decode.flow.flow_runner import record_graph
+from light_tts.kernels.cuda_graphs import record_graph
 from light_tts.models.orpheus.frames import WINDOW
 from light_tts.models.orpheus.snac import SNACDecoder, counter_noise
 
