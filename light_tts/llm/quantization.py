@@ -119,7 +119,7 @@ def check_support(quantization: str, kv_cache_dtype: str, device: torch.device) 
 
         if scaled_mm_works(device):
             lines.append(
-                (logging.INFO, f"fp8 GEMMs: a Triton kernel up to {FP8_TRITON_MAX_ROWS} rows, torch._scaled_mm above")
+                (logging.INFO, f"fp8 GEMMs: a Triton kernel up to {FP8_TRITON_MAX_ROWS} row(s), torch._scaled_mm above")
             )
         else:
             lines.append(

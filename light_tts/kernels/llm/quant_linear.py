@@ -2,14 +2,14 @@
 float32 scale per output channel (kernels/llm/quant.py). Two modes:
 
 - fp8 (w8a8): the activations are quantized too, per token with a dynamic scale, so y = (q_x @ q_w^T) * s_x * s_w.
-  Small batches run the Triton kernel below, whose prologue quantizes x (one launch, as the bf16 GEMM it replaces);
-  larger ones quantize x in one kernel and run torch._scaled_mm on the fp8 tensor cores.
+  One row runs the Triton kernel below, whose prologue quantizes x (one launch, as the bf16 GEMM it replaces);
+  more rows quantize x in one kernel and run torch._scaled_mm on the fp8 tensor cores (FP8_TRITON_MAX_ROWS).
 - int8 (weight-only, for GPUs without fp8): y = (x @ q_w^T) * s_w, the weight converted to x's dtype in the kernel
   (exact: |q| <= 127), so only the weight's bytes shrink.
 
 Both accumulate in float32. The Triton kernel multiplies in fp16 (fp8 mode: the rounded activations and the fp8
-weights are exact in fp16) or in x's dtype (int8 mode); below 16 rows it skips tensor cores (a dot product per
-output on CUDA cores: no 16-row tile to fill at batch 1).
+weights are exact in fp16) or in x's dtype (int8 mode); at one fp8 row it skips tensor cores (a dot product per
+output on CUDA cores), and int8 at 1-16 rows fills a 16-row tensor-core tile with masked rows (choose_blocks).
 """
 
 import functools
@@ -20,9 +20,11 @@ import triton.language as tl
 
 from light_tts.kernels.llm.quant import per_token_fp8_ref, per_token_fp8_triton, quantize_rows, scale_of
 
-# fp8: rows at or below which the fused Triton kernel runs instead of per-token quantization + torch._scaled_mm
-# (CUDA-graph buckets 1..16 of a decode step); light_tts.bench.quant_gemm times both to set it
-FP8_TRITON_MAX_ROWS = 16
+# fp8: rows at or below which the fused Triton kernel runs instead of per-token quantization + torch._scaled_mm.
+# light_tts.bench.quant_gemm times both (H100, docs/quantization.md): at one row the thin tile wins on 6 of the 8
+# Qwen-0.5B / Llama-3B projections (e.g. Llama o 10.6 vs 13.0 us); at 2, 8 and 16 rows _scaled_mm wins on all 8,
+# by 1.25-7.3x (Llama down at 2 rows: 26.6 vs 194.7 us): the tensor-core tile's prologue quantizes x per program
+FP8_TRITON_MAX_ROWS = 1
 
 
 @triton.jit
