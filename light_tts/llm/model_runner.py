@@ -68,7 +68,7 @@ class ModelRunner:
         self._capture_graphs()
 
     def _capture_graphs(self) -> None:
-        """Decode graphs per batch bucket, then prefill graphs of one request per token bucket (CUDA only)."""
+        """Decode graphs per batch bucket, then prefill graphs per (requests, tokens) bucket (CUDA only)."""
         cfg = self.cfg
         if self.device.type == "cuda" and not cfg.disable_cudagraph:
             max_batch = min(cfg.graph_max_batch_size, cfg.running_max_req_size)

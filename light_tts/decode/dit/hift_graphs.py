@@ -20,7 +20,7 @@ FIRST_CHUNK_ROWS = 4  # the largest bucket captured for first-chunk shapes (stre
 
 
 class CausalHiFTGraphs(RowGraphs):
-    """CausalHiFT.synthesize's runner. Shape key: (mel frames,), non-final passes."""
+    """CausalHiFT.synthesize_window's runner. Shape key: (mel frames,), non-final passes."""
 
     def __init__(self, hift: CausalHiFT, record=None):
         self.hift = hift

@@ -77,7 +77,7 @@ class CausalHiFT(HiFT):
         self._init_fourier()
         self.noise = NoiseTable(flow_cfg, cfg)
         self.register_buffer("noise_table", self.noise.grow(0), persistent=False)
-        self.runner = None  # CUDA graphs of synthesize's non-final passes (decode/dit/hift_graphs.py), if captured
+        self.runner = None  # CUDA graphs of synthesize_window's non-final passes (decode/dit/hift_graphs.py)
         self.keyed_runner = None  # no keyed noise: its noise is a fixed table
         self.conv_dtype = torch.float32  # of the convolution stack (set_conv_dtype; the f0 predictor stays float64)
 
@@ -123,7 +123,7 @@ class CausalHiFT(HiFT):
             audio = audio[:, : -self.samples_per_frame]
         return audio.clamp(-self.cfg.audio_limit, self.cfg.audio_limit)
 
-    def synthesize(
+    def synthesize_window(
         self, mel: torch.Tensor, f0: torch.Tensor, cycles: torch.Tensor, noise: torch.Tensor, finalize: bool
     ) -> torch.Tensor:
         """decode(mel, its excitation from f0 [B, T], cycles [B, T, H] and noise rows [B or 1, T * 480, H]): through

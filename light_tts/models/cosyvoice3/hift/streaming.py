@@ -83,9 +83,9 @@ def plan(stream: HiFTStream, num_new: int, finalize: bool) -> Window | None:
 
 
 def window_frames(hift: CausalHiFT, num_new: int, first_chunk: bool) -> int:
-    """Mel frames that `synthesize` gets for a non-final chunk bringing num_new frames: the first chunk's own frames
-    less the f0 predictor's lookahead; a later one's (after at least MARGIN_FRAMES + F0_REACH emitted) with the
-    margin and the held-back frames before them. What the CUDA graphs are captured for (dit_engine.py)."""
+    """Mel frames that `synthesize_window` gets for a non-final chunk bringing num_new frames: the first chunk's own
+    frames less the f0 predictor's lookahead; a later one's (after at least MARGIN_FRAMES + F0_REACH emitted) with
+    the margin and the held-back frames before them. What the CUDA graphs are captured for (dit_engine.py)."""
     reach = 0 if first_chunk else MARGIN_FRAMES + HOLD_BACK_FRAMES
     return num_new + reach - hift.f0_predictor.lookahead
 
@@ -138,7 +138,7 @@ def _vocode_rows(
     cycles = torch.cat([torch.cat(old_cycles), new_cycles], dim=1)  # frames [first, first + f0 frames)
     spf, num = hift.samples_per_frame, f0.shape[1]
     noise = torch.stack([hift.noise_rows(w.first * spf, num * spf) for w in windows])
-    audio = hift.synthesize(window[:, :, w0.context : w0.context + num], f0, cycles, noise, w0.finalize)
+    audio = hift.synthesize_window(window[:, :, w0.context : w0.context + num], f0, cycles, noise, w0.finalize)
     num_new = new_cycles.shape[1]
     for r, (s, w, total) in enumerate(zip(streams, windows, totals)):
         keep = max(0, w.end - MARGIN_FRAMES)  # what the next window needs: its margin and the f0 reach before it
