@@ -26,8 +26,8 @@ class CausalHiFTGraphs(RowGraphs):
         self.hift = hift
         super().__init__(self._eager, self._examples, record)
 
-    def _eager(self, mel, f0, cycles, noise) -> tuple[torch.Tensor]:
-        return (self.hift.decode(mel, self.hift.m_source(f0, cycles, noise), False),)
+    def _eager(self, mel, f0, cycles, noise, finalize: bool = False) -> tuple[torch.Tensor]:
+        return (self.hift.decode(mel, self.hift.m_source(f0, cycles, noise), finalize),)
 
     def _examples(self, rows: int, key: tuple) -> tuple[torch.Tensor, ...]:
         (frames,) = key
@@ -43,9 +43,7 @@ class CausalHiFTGraphs(RowGraphs):
     def __call__(self, mel, f0, cycles, noise, finalize: bool) -> torch.Tensor:
         if finalize:
             self.num_eager += 1
-            return self.hift.decode(mel, self.hift.m_source(f0, cycles, noise), True)
-        if noise.shape[0] != mel.shape[0]:
-            noise = noise.expand(mel.shape[0], -1, -1)
+            return self._eager(mel, f0, cycles, noise, True)[0]
         return self.run((mel.shape[2],), mel, f0, cycles, noise)[0]
 
 

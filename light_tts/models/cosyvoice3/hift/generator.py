@@ -126,7 +126,7 @@ class CausalHiFT(HiFT):
     def synthesize_window(
         self, mel: torch.Tensor, f0: torch.Tensor, cycles: torch.Tensor, noise: torch.Tensor, finalize: bool
     ) -> torch.Tensor:
-        """decode(mel, its excitation from f0 [B, T], cycles [B, T, H] and noise rows [B or 1, T * 480, H]): through
+        """decode(mel, its excitation from f0 [B, T], cycles [B, T, H] and noise rows [B, T * 480, H]): through
         the runner's CUDA graphs when one was captured for the pass's shape (non-final passes only)."""
         if self.runner is not None:
             return self.runner(mel, f0, cycles, noise, finalize)
