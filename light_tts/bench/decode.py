@@ -301,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,4,16,64")
     parser.add_argument("--rows", default="1,16,64,256")
     parser.add_argument("--context-s", type=float, default=16.0)
+    parser.add_argument(
+        "--num-pages", type=int, default=None, help="the engines' page pool (default: sized from free memory)"
+    )
     parser.add_argument("--kv", default=None, help="flow-cache dtype of the variant engines (default: the flow's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
@@ -329,7 +332,15 @@ def main(argv: list[str] | None = None) -> int:
         per_variant = [s for s in ("kernels", "chunks", "throughput") if s in sections]
         for variant in args.variants.split(",") if per_variant else []:
             dtype = "fp16" if device.type == "cuda" else "fp32"
-            engine = make_engine(cfg, dtype, args.kv, graphs=device.type == "cuda", device=args.device, variant=variant)
+            engine = make_engine(
+                cfg,
+                dtype,
+                args.kv,
+                graphs=device.type == "cuda",
+                num_pages=args.num_pages,
+                device=args.device,
+                variant=variant,
+            )
             for name in per_variant:
                 print(f"== {name} [{variant}]", flush=True)
                 if name == "kernels":
