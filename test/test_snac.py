@@ -249,3 +249,22 @@ def test_engine_refuses_a_speed_change(ours):
     assert engine.has_work()
     (out,) = engine.step()
     assert out.finished and out.error_kind == "bad_request" and "speed" in out.error and not engine.num_active()
+
+
+@pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 1.5e-2), (torch.float16, 3e-3)])
+def test_half_precision_snac_within_its_bound(ours, dtype, bound):
+    """--snac_data_type: the engine's windows decoded in half precision stay within `bound` (relative L2) of float32's
+    (measured on this model: bfloat16 5.6e-3, float16 6.8e-4), finite, same length; float32 is the reference's."""
+    rng = np.random.default_rng(0)
+    streams = {"a": stream_ids(rng, 9), "b": stream_ids(rng, 5)}
+    audio = {}
+    for dt in (torch.float32, dtype):
+        engine = SNACEngine(tiny_orpheus_config(), model=ours, max_batch_size=8, dtype=dt)
+        for k in streams:
+            engine.add_request(k, seed=SEEDS[k])
+        audio[dt] = run_engine(engine, streams, piece=100)
+    for k in streams:
+        half, full = audio[dtype][k], audio[torch.float32][k]
+        assert len(half) == len(full) == 2048 * len(streams[k]) // 7 and np.isfinite(half).all()
+        deviation = np.linalg.norm(half - full) / np.linalg.norm(full)
+        assert 0 < deviation < bound, deviation  # 0 would mean the dtype never reached the decoder

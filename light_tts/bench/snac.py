@@ -92,6 +92,15 @@ def main(argv: list[str] | None = None) -> None:
                 "realtime_streams": b / graph_s / windows_per_stream,
             }
         )
+    if dtype != torch.float32:  # the half-precision audio against float32's, on the same windows and noise
+        rng = np.random.default_rng(0)
+        b = max(batches)
+        frames, seeds, counters = rng.integers(0, 4096, (b, WINDOW, 7)), list(range(b)), [WINDOW] * b
+        full = SNACRunner(model, device, b, use_graphs=False).decode(frames, seeds, counters).float().cpu()
+        half = graphs.decode(frames, seeds, counters).float().cpu()
+        results["rel_l2_vs_float32"] = float((half - full).norm() / full.norm())
+        results["finite"] = bool(half.isfinite().all())
+        print(f"audio vs float32: relative L2 {results['rel_l2_vs_float32']:.2e}, finite {results['finite']}")
     print(f"{results['gpu']}, SNAC {args.dtype}, graphs captured in {results['capture_s']:.1f} s")
     print(f"{'windows':>8} {'graph ms':>9} {'eager ms':>9} {'windows/s':>10} {'streams':>8}")
     for d in results["decode"]:
