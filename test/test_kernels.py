@@ -17,7 +17,7 @@ NEEDS_RERUN = not IS_CUDA and os.environ.get("TRITON_INTERPRET") != "1"
 # (conftest.py patches the interpreter's loop bounds for NumPy >= 2.4)
 
 from light_tts.kernels.llm import ops  # noqa: E402
-from light_tts.kernels.llm.decode_attention import choose_split_len, decode_attention_triton  # noqa: E402
+from light_tts.kernels.llm.decode_attention import SplitLaunch, choose_split_len, decode_attention_triton  # noqa: E402
 from light_tts.kernels.llm.prefill_attention import prefill_attention_triton  # noqa: E402
 
 DEVICE = torch.device("cuda" if IS_CUDA else "cpu")
@@ -30,6 +30,7 @@ HEAD_SHAPES = [(4, 2, 16), (6, 2, 16)] + ([(14, 2, 64)] if IS_CUDA else [])
 PREFILL_SEQS = [(300, 0), (77, 200), (1000, 50), (1, 999)] if IS_CUDA else [(5, 0), (37, 12), (20, 29)]
 DECODE_LENS = [0, 1, 300, 1000, 777, 0] if IS_CUDA else [0, 1, 50, 17, 0]
 ATTN_BLOCKS = {} if IS_CUDA else {"block_m": 16, "block_n": 16}  # small blocks: several per sequence on CPU
+DECODE_LAUNCH = SplitLaunch(block_n=ATTN_BLOCKS.get("block_n", 32))
 
 
 @pytest.fixture(autouse=True)
@@ -289,7 +290,7 @@ def make_decode_case(heads, dtype, seq_lens=DECODE_LENS):
 @pytest.mark.parametrize("heads", HEAD_SHAPES)
 def test_decode_attention(dtype, heads, poisoned_empty):
     case = make_decode_case(heads, dtype)
-    out = decode_attention_triton(*case, max_seq_len=max(DECODE_LENS), block_n=ATTN_BLOCKS.get("block_n", 32))
+    out = decode_attention_triton(*case, max_seq_len=max(DECODE_LENS), launch=DECODE_LAUNCH)
     ref = ops.decode_attention(*case, use_triton=False)
     torch.testing.assert_close(out, ref, **tolerance(dtype))
     is_padding = case[5] == 0
@@ -300,7 +301,7 @@ def test_decode_attention(dtype, heads, poisoned_empty):
 def test_decode_attention_split_lengths(split_len, poisoned_empty):
     """Explicit splits: several equal ones, a last one cut short by the sequence, and a single split."""
     case = make_decode_case(HEAD_SHAPES[0], torch.float32)
-    out = decode_attention_triton(*case, block_n=16, split_len=split_len)
+    out = decode_attention_triton(*case, launch=SplitLaunch(block_n=16), split_len=split_len)
     torch.testing.assert_close(out, ops.decode_attention(*case, use_triton=False), **tolerance(torch.float32))
 
 

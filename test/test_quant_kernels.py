@@ -11,6 +11,7 @@ import triton.language as tl
 from test_kernels import (
     ATTN_BLOCKS,
     ATTN_DTYPES,
+    DECODE_LAUNCH,
     DECODE_LENS,
     DEVICE,
     HEAD_SHAPES,
@@ -232,7 +233,7 @@ def test_decode_attention_reads_quantized_kv(fmt, dtype, poisoned_empty):
         max_seq_len=max(DECODE_LENS),
         k_scale=k_s,
         v_scale=v_s,
-        block_n=ATTN_BLOCKS.get("block_n", 32),
+        launch=DECODE_LAUNCH,
     )
     ref = ops.decode_attention(q, k_q, v_q, *meta, k_scale=k_s, v_scale=v_s, use_triton=False)
     torch.testing.assert_close(out, ref, **tolerance(dtype))
@@ -315,3 +316,18 @@ def test_small_batches_take_the_16_row_tile():
     assert all(choose_blocks(rows, act_fp8=fp8)["BLOCK_M"] == 16 for rows in range(2, 17) for fp8 in (False, True))
     assert choose_blocks(1, act_fp8=False)["BLOCK_M"] == 16
     assert choose_blocks(17)["BLOCK_M"] == 32 and choose_blocks(300)["BLOCK_M"] == 64
+
+
+def test_kernel_sweep_runs_every_launch_against_the_default(tmp_path):
+    """bench/kernel_sweep.py at its smoke size: each KV format's alternative launch gives the default's output (the
+    sweep asserts it) and the sampler's the default's ids; the best launch per group is reported."""
+    import json
+
+    from light_tts.bench.kernel_sweep import main
+
+    out = tmp_path / "sweep.json"
+    assert main(["--out", str(out), "--device", "cpu", "--smoke", "--batches", "2", "--contexts", "40"]) == 0
+    result = json.loads(out.read_text())
+    assert {r["kv"] for r in result["attention"]["rows"]} == {"bf16", "fp8", "int8"}
+    assert len(result["attention"]["best"]) == 3 and len(result["sampler"]["rows"]) == 2
+    assert all(r["agree"] == 1.0 for r in result["sampler"]["rows"])

@@ -12,6 +12,8 @@ probabilities, so nothing is dequantized into memory. A bf16 q is rounded to fp1
 int8 codes convert to fp16 in one instruction each, to bf16 in several.
 """
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -21,6 +23,19 @@ from light_tts.kernels.llm.quant import dequantize_ref, kv_format
 LOG2_E = 1.4426950408889634
 MIN_BLOCK_H = 16  # tl.dot needs at least 16 rows; padded query heads are masked
 MAX_SPLITS = 64  # bounds the merge kernel's registers (it holds every split of a head at once)
+
+
+@dataclass(frozen=True)
+class SplitLaunch:
+    """Stage 1's tile and launch: context tokens per iteration, warps, software-pipelining stages."""
+
+    block_n: int = 32
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+# per cache kind (quantized or not); bench/kernel_sweep.py measures the alternatives on a GPU
+SPLIT_LAUNCH = {False: SplitLaunch(), True: SplitLaunch()}
 
 
 @triton.jit
@@ -283,21 +298,23 @@ def decode_attention_triton(
     max_seq_len: int | None = None,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
-    block_n: int = 32,
+    launch: SplitLaunch | None = None,
     split_len: int | None = None,
 ) -> torch.Tensor:
-    """max_seq_len: host bound on b_seq_len (defaults to req_to_token's row length); split_len overrides the split."""
+    """max_seq_len: host bound on b_seq_len (defaults to req_to_token's row length); launch overrides stage 1's
+    (SPLIT_LAUNCH), split_len the split."""
     assert q.dim() == 3 and q.stride(2) == 1, f"q must be [B, Hq, D], got {tuple(q.shape)}"
     batch, num_q_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[1]
     is_quantized = check_kv_inputs(q, k_cache, v_cache, req_to_token, k_scale, v_scale)
+    launch = SPLIT_LAUNCH[is_quantized] if launch is None else launch
     if not is_quantized:
         k_scale = v_scale = b_seq_len  # placeholders the kernel never touches
     assert b_req_idx.shape == (batch,) and b_seq_len.shape == (batch,)
     assert b_req_idx.dtype == b_seq_len.dtype == torch.int32
     max_seq_len = req_to_token.shape[1] if max_seq_len is None else max_seq_len
     if split_len is None:
-        split_len = choose_split_len(batch, num_kv_heads, max_seq_len, block_n, q.device)
+        split_len = choose_split_len(batch, num_kv_heads, max_seq_len, launch.block_n, q.device)
     num_splits = triton.cdiv(max(max_seq_len, 1), split_len)
     o = torch.empty((batch, num_q_heads, head_dim), dtype=q.dtype, device=q.device)
     if batch == 0:
@@ -335,11 +352,11 @@ def decode_attention_triton(
         split_len,
         HEAD_DIM=head_dim,
         BLOCK_H=max(triton.next_power_of_2(num_q_heads_per_kv), MIN_BLOCK_H),
-        BLOCK_N=block_n,
+        BLOCK_N=launch.block_n,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         KV_QUANT=is_quantized,
-        num_warps=4,
-        num_stages=2,
+        num_warps=launch.num_warps,
+        num_stages=launch.num_stages,
     )
     _decode_merge_kernel[(batch, num_q_heads)](
         mid_o,

@@ -17,6 +17,8 @@ Two passes over [lo, hi) first (the maximum, the total), two per round (the draw
 (cumsum) only the block its target falls in.
 """
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -25,8 +27,19 @@ from light_tts.sampling import UNIFORM_BITS
 
 NUM_META = 5  # packed columns before the uniforms
 NUM_ROUNDS = 16
-BLOCK_V = 2048  # ids per block: 8 per thread of 8 warps in each lane-wise accumulator (4096 spilled on sm_90)
 SCAN_SLACK = 1.001  # a block is scanned when its sum, so scaled, reaches the target
+
+
+@dataclass(frozen=True)
+class SampleLaunch:
+    """Ids per block (8 per thread of 8 warps in each lane-wise accumulator by default; 4096 spilled on sm_90) and
+    warps of the one program per row; bench/kernel_sweep.py measures the alternatives on a GPU."""
+
+    block_v: int = 2048
+    num_warps: int = 8
+
+
+SAMPLE_LAUNCH = SampleLaunch()
 
 
 @triton.jit
@@ -149,7 +162,13 @@ def _nucleus_kernel(
 
 
 def nucleus_sample_triton(
-    logits: torch.Tensor, packed: torch.Tensor, seen: torch.Tensor, temperature: float, top_p: float, penalty: float
+    logits: torch.Tensor,
+    packed: torch.Tensor,
+    seen: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    penalty: float,
+    launch: SampleLaunch = SAMPLE_LAUNCH,
 ) -> torch.Tensor:
     assert logits.dim() == 2 and logits.dtype == torch.float32 and logits.stride(1) == 1
     batch, vocab = logits.shape
@@ -174,10 +193,10 @@ def nucleus_sample_triton(
         top_p,
         NUM_META=NUM_META,
         NUM_ROUNDS=num_rounds,
-        BLOCK=min(BLOCK_V, triton.next_power_of_2(vocab)),
+        BLOCK=min(launch.block_v, triton.next_power_of_2(vocab)),
         UNIFORM_SCALE=1.0 / (1 << UNIFORM_BITS),
         SCAN_SLACK=SCAN_SLACK,
-        num_warps=8,
+        num_warps=launch.num_warps,
     )
     return ids
 
