@@ -39,7 +39,12 @@ from light_tts.sampling import UNIFORM_BITS
 SHAPES = {"full": (24, 8, 128, 156_940), "smoke": (4, 2, 16, 300)}  # q heads, kv heads, head dim, vocab
 KV_KINDS = ("bf16", "fp8", "int8")
 SPLIT_CHOICES = [SplitLaunch(n, w, s) for n, w, s in itertools.product((16, 32, 64), (4, 8), (1, 2, 3))]
-SAMPLE_CHOICES = [SampleLaunch(b, w) for b, w in itertools.product((512, 1024, 2048, 4096), (4, 8, 16))]
+# 1 to 16 ids per thread (more spill): a bigger block has more loads in flight in each of the passes' iterations
+SAMPLE_CHOICES = [
+    SampleLaunch(b, w)
+    for b, w in itertools.product((1024, 2048, 4096, 8192), (4, 8, 16, 32))
+    if 32 * w <= b <= 16 * 32 * w
+]
 
 
 def time_ms(fn, device: torch.device) -> float:
