@@ -12,8 +12,8 @@ Per row b (packed[b] = seq row, last id, allowed lo, allowed hi, is_greedy, then
    NUM_ROUNDS rejections (vanishingly rare: each rejection removes at least the drawn id and all below it) the
    likeliest id is taken.
 3. greedy rows take the argmax of the raw logits in [lo, hi) (no penalty), the lowest id among ties.
-Two passes over [lo, hi) first (the maximum, the total), two per round (the draw, the mass above it): no sort, no
-[B, V] temporaries. Each pass accumulates lane-wise and reduces across lanes once at its end; the draw scans
+One pass over [lo, hi) first (the maximum and the total, online), two per round (the draw, the mass above it): no
+sort, no [B, V] temporaries. Each pass accumulates lane-wise and reduces across lanes once at its end; the draw scans
 (cumsum) only the block its target falls in.
 """
 
@@ -86,9 +86,12 @@ def _nucleus_kernel(
 
     # Lane-wise accumulators across blocks, reduced once after each pass: a cross-lane reduction costs a barrier,
     # and one per block per quantity made the kernel latency-bound (0.58 ms a row over Orpheus' 157k ids).
-    # pass 1: the maximum score; the argmax of the raw logits and of the scores (first index among ties: each
-    # lane keeps its first strict maximum, blocks come in id order, then the lowest id among the lanes' maxima)
+    # pass 1: the maximum score and the total weight (each lane's sum rescaled as its maximum grows, as online
+    # softmax does: one pass over the logits, not two); the argmax of the raw logits and of the scores (first index
+    # among ties: each lane keeps its first strict maximum, blocks come in id order, then the lowest id among the
+    # lanes' maxima)
     m_vec = tl.full([BLOCK], float("-inf"), tl.float32)
+    sum_vec = tl.zeros([BLOCK], tl.float32)  # each lane's sum of exp(score - its m_vec)
     top_vec = tl.full([BLOCK], 0, tl.int64) + no_id
     raw_vec = tl.full([BLOCK], float("-inf"), tl.float32)
     greedy_vec = tl.full([BLOCK], 0, tl.int64) + no_id
@@ -96,7 +99,10 @@ def _nucleus_kernel(
         cols = start + offs
         x = _scores(logits_row, seen_row, cols, lo, hi, last, temperature, penalty)
         top_vec = tl.where(x > m_vec, cols, top_vec)
+        m_old = m_vec
         m_vec = tl.maximum(m_vec, x)
+        m_safe = tl.where(m_vec > float("-inf"), m_vec, 0.0)  # a lane with only -inf so far: sums 0, no inf - inf
+        sum_vec = sum_vec * tl.exp(m_old - m_safe) + tl.exp(x - m_safe)
         raw = tl.load(logits_row + cols, mask=(cols >= lo) & (cols < hi), other=float("-inf"))
         greedy_vec = tl.where(raw > raw_vec, cols, greedy_vec)
         raw_vec = tl.maximum(raw_vec, raw)
@@ -106,12 +112,8 @@ def _nucleus_kernel(
     best_raw = tl.max(raw_vec, axis=0)
     greedy_id = tl.min(tl.where(raw_vec == best_raw, greedy_vec, no_id), axis=0)
     greedy_id = tl.where(greedy_id == no_id, lo, greedy_id)
-    # pass 2: the total weight
-    total_vec = tl.zeros([BLOCK], tl.float32)
-    for start in range(first_block, hi, BLOCK):
-        cols = start + offs
-        total_vec += tl.exp(_scores(logits_row, seen_row, cols, lo, hi, last, temperature, penalty) - m)
-    total = tl.sum(total_vec, axis=0)
+    m_safe = tl.where(m > float("-inf"), m, 0.0)
+    total = tl.sum(sum_vec * tl.exp(m_vec - m_safe), axis=0)  # lanes of -inf only add 0
     mass_limit = top_p * total
 
     picked = top_id
