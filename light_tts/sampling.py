@@ -34,11 +34,12 @@ MAX_TRIALS = 100
 UNIFORM_BITS = 24  # float32 holds them exactly
 
 
-def counter_uniform_bits(seeds: np.ndarray, steps: np.ndarray, attempt: int) -> np.ndarray:
-    """[B] uint64 seeds and steps -> [B, 2] int64 in [0, 2^24): splitmix64 of (seed, step, attempt, draw)."""
+def counter_uniform_bits(seeds: np.ndarray, steps: np.ndarray, attempt: int, num_attempts: int = 1) -> np.ndarray:
+    """[B] uint64 seeds and steps -> [B, 2 * num_attempts] int64 in [0, 2^24): splitmix64 of (seed, step, attempt,
+    draw) for attempts attempt .. attempt + num_attempts - 1, two draws each, in that order (one hash of them all)."""
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps around, as the hash intends
-        draw_idx = np.arange(2, dtype=np.uint64)
-        counter = steps[:, None] * np.uint64(2 * (MAX_TRIALS + 1)) + np.uint64(2 * attempt) + draw_idx  # [B, 2]
+        draw_idx = np.arange(2 * attempt, 2 * (attempt + num_attempts), dtype=np.uint64)
+        counter = steps[:, None] * np.uint64(2 * (MAX_TRIALS + 1)) + draw_idx  # [B, 2 * num_attempts]
         z = seeds[:, None] * np.uint64(0x9E3779B97F4A7C15) + counter + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)

@@ -1,11 +1,12 @@
 """RAS / greedy sampling: nucleus membership, the repetition fallback, rejection of special ids, per-seed
 determinism."""
 
+import numpy as np
 import pytest
 import torch
 
 from light_tts.model_config import RASConfig
-from light_tts.sampling import GreedySampler, RASSampler, draw, nucleus
+from light_tts.sampling import GreedySampler, RASSampler, counter_uniform_bits, draw, nucleus
 
 CFG = RASConfig(top_p=0.8, top_k=25, win_size=10, tau_r=0.1)
 
@@ -116,3 +117,14 @@ def test_greedy_is_argmax_over_allowed_ids():
     lp = logprobs_from({62: 0.5, 5: 0.3})
     assert GreedySampler().sample(lp, []) == 62
     assert GreedySampler().sample(lp, [], reject_from=61) == 5
+
+
+def test_many_attempts_hash_as_each_attempt_alone():
+    """counter_uniform_bits(..., attempt, n) is the n attempts' pairs side by side (the nucleus sampler hashes its 16
+    uniforms in one call), and the values stay what they were (a stream's audio depends on them)."""
+    seeds, steps = np.array([1, 2**40 + 7, 3], dtype=np.uint64), np.array([0, 5, 999], dtype=np.uint64)
+    many = counter_uniform_bits(seeds, steps, 0, 8)
+    assert many.shape == (3, 16)
+    np.testing.assert_array_equal(many, np.concatenate([counter_uniform_bits(seeds, steps, a) for a in range(8)], 1))
+    np.testing.assert_array_equal(counter_uniform_bits(seeds, steps, 2, 3), many[:, 4:10])
+    assert many[1, :4].tolist() == [2483562, 6856295, 9146255, 11170968]

@@ -4,7 +4,7 @@ runner's device sampler) and for one request (sample_one, the offline pipeline's
 or served.
 
 Randomness is counter-based as in sampler.py: round r of decode step s (s = ids decoded so far) uses uniform r of
-counter_uniform_bits(seed, s, a) for a = 0 .. NUM_ROUNDS / 2 - 1, hashed on the host.
+counter_uniform_bits(seed, s, a) for a = 0 .. NUM_ROUNDS / 2 - 1, hashed on the host in one call.
 The penalty applies to every id the request generated so far (not its prompt: voxserve's rule; vLLM also counts
 the prompt, whose text ids the model does not sample). Those ids live on the device, in `seen` [req_to_token rows,
 vocab]: a prefill rewrites its requests' rows from their decoded ids (after a preemption too); each decode step
@@ -29,7 +29,7 @@ from light_tts.sampling import counter_uniform_bits, seed_array
 def uniform_columns(seeds: list[int], steps: list[int]) -> np.ndarray:
     """[B, NUM_ROUNDS] 24-bit uniforms of the rounds of each request's step."""
     seeds_np, steps_np = seed_array(seeds), np.array(steps, dtype=np.uint64)
-    return np.concatenate([counter_uniform_bits(seeds_np, steps_np, a) for a in range(NUM_ROUNDS // 2)], axis=1)
+    return counter_uniform_bits(seeds_np, steps_np, 0, NUM_ROUNDS // 2)
 
 
 def pack_rows(
