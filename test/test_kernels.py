@@ -391,15 +391,24 @@ def nucleus_inputs(batch: int, vocab: int, seed: int = 0):
 
 
 @pytest.mark.parametrize("vocab", [300, 9000])  # one block, several blocks
-def test_nucleus_sample_matches_reference(vocab, poisoned_empty):
-    logits, packed, seen = nucleus_inputs(12, vocab)
+@pytest.mark.parametrize("split", [False, True])  # one program a row; passes over (row, block) programs
+def test_nucleus_sample_matches_reference(vocab, split, poisoned_empty):
+    """Both kernels draw the reference's ids: ranges narrowed across a block boundary, greedy rows, rows whose
+    first draw is rejected (at the larger vocabulary)."""
+    from light_tts.kernels.llm.nucleus_sampling import NUM_META, SampleLaunch, nucleus_sample_ref, nucleus_sample_triton
+
+    logits, packed, seen = nucleus_inputs(32, vocab)
     args = (0.6, 0.8, 1.3)
-    ids = ops.nucleus_sample(logits.to(DEVICE), packed.to(DEVICE), seen.to(DEVICE), *args, use_triton=True)
+    launch = SampleLaunch(block_v=1024, split=split)  # 9 blocks of 9000 ids; (3000, 3100) spans two
+    ids = nucleus_sample_triton(logits.to(DEVICE), packed.to(DEVICE), seen.to(DEVICE), *args, launch=launch)
     ids_ref = ops.nucleus_sample(logits, packed, seen, *args, use_triton=False)
     assert ids.tolist() == ids_ref.tolist()
+    # some rows' first draw is rejected (the rounds after it run too): one round alone keeps their top id instead
+    first_round = nucleus_sample_ref(logits, packed[:, : NUM_META + 1], seen, *args)
+    assert (first_round != ids_ref).any() or vocab == 300  # 300 peaked logits: every first draw accepted
     lo, hi = packed[:, 2].tolist(), packed[:, 3].tolist()
     assert all(a <= t < b for t, a, b in zip(ids_ref.tolist(), lo, hi)) and ids_ref[1] == 7
-    greedy = [i for i in range(12) if i % 4 == 0]
+    greedy = [i for i in range(32) if i % 4 == 0]
     raw = logits.masked_fill(
         (torch.arange(vocab) < packed[:, 2:3]) | (torch.arange(vocab) >= packed[:, 3:4]), float("-inf")
     )
