@@ -1,7 +1,7 @@
 """GPU sweep of the LLM's launch choices at Orpheus' shapes: flash-decoding stage 1 (tokens per iteration, warps,
 pipelining stages) per KV format, and the nucleus sampler (ids per block, warps), each against the default launch.
 
-python -m light_tts.bench.kernel_sweep --out sweep.json [--batches 1,256] [--contexts 440,1000]
+python -m light_tts.bench.kernel_sweep --out sweep.json [--sections attention,sampler] [--batches 1,256]
 (--device cpu --smoke runs the same code at a tiny size under TRITON_INTERPRET=1.)
 
 Decode attention: Llama-3.2-3B's heads (24 query, 8 kv, 128 dims), every request at the same context, its tokens at
@@ -173,15 +173,17 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
     }
-    if "attention" in args.sections:
-        print("== decode attention", flush=True)
-        rows = sweep_attention(batches, contexts, shape, device, split_choices)
-        results["attention"] = {"rows": rows, "best": best(rows, ("kv", "batch", "context"))}
-        args.out.write_text(json.dumps(results, indent=1))
-    if "sampler" in args.sections:
-        print("== nucleus sampler", flush=True)
-        rows = sweep_sampler(batches, shape, device, args.logit_std, sample_choices)
-        results["sampler"] = {"rows": rows, "best": best(rows, ("batch",))}
+    for section in args.sections.split(","):  # in the order given: each one's results are written as it ends
+        if section == "attention":
+            print("== decode attention", flush=True)
+            rows = sweep_attention(batches, contexts, shape, device, split_choices)
+            results["attention"] = {"rows": rows, "best": best(rows, ("kv", "batch", "context"))}
+        elif section == "sampler":
+            print("== nucleus sampler", flush=True)
+            rows = sweep_sampler(batches, shape, device, args.logit_std, sample_choices)
+            results["sampler"] = {"rows": rows, "best": best(rows, ("batch",))}
+        else:
+            parser.error(f"unknown section {section!r}")
         args.out.write_text(json.dumps(results, indent=1))
     return 0
 
