@@ -120,17 +120,3 @@ def test_engines_produce_the_pipelines_audio(model_dir, pipeline):
         offline = np.concatenate(list(pipeline.audio(ids, seed)))
         assert len(offline) == n // 7 * 2048
         np.testing.assert_allclose(np.concatenate(audio[k]), offline, atol=1e-5)
-
-
-def test_family_decode_engine_takes_the_snac_dtype_from_its_limits(model_dir):
-    """The decode process builds the codec through the family with the server's EngineLimits: --snac_data_type
-    (limits.snac_dtype) becomes the SNAC runner's dtype, float32 by default."""
-    import torch
-
-    from light_tts.decode.engine_setup import EngineLimits
-    from light_tts.families.orpheus import FAMILY, load_model_config
-
-    cfg = load_model_config(model_dir)
-    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-        engine = FAMILY.decode_engine(cfg, device="cpu", max_batch_size=2, limits=EngineLimits(snac_dtype=name))
-        assert engine.dtype == engine.runner.dtype == dtype

@@ -184,15 +184,6 @@ def test_settings_of_a_model_without_prompt_audio_beside_one_with():
     assert (alone.shm.embedding_dim, alone.shm.prompt_speech_tokens) == (0, 0)
     assert alone.ignored_flags() == ["--hop_policy has no effect: no served model's codec reads it (orpheus)"]
     assert build_settings(ServerConfig(hop_policy="fixed"), [ModelConfig(Path("/c")), orpheus]).ignored_flags() == []
-    # --snac_data_type is Orpheus' codec's: it reaches the decode engine on a GPU (the CPU runs float32), and a
-    # CosyVoice-only server says it ignores it
-    half = build_settings(ServerConfig(snac_data_type="float16"), orpheus)
-    assert half.ignored_flags() == []
-    assert half.decode_engine_kwargs("cuda")["limits"].snac_dtype == "float16"
-    assert half.decode_engine_kwargs("cpu")["limits"].snac_dtype == "float32"
-    assert build_settings(ServerConfig(snac_data_type="bfloat16"), ModelConfig(Path("/c"))).ignored_flags() == [
-        "--snac_data_type has no effect: no served model's codec reads it (cosyvoice2)"
-    ]
 
 
 def test_llm_replicas_spread_over_the_llm_gpus_and_share_their_model_decode_group():

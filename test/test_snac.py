@@ -253,8 +253,9 @@ def test_engine_refuses_a_speed_change(ours):
 
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 1.5e-2), (torch.float16, 3e-3)])
 def test_half_precision_snac_within_its_bound(ours, dtype, bound):
-    """--snac_data_type: the engine's windows decoded in half precision stay within `bound` (relative L2) of float32's
-    (measured on this model: bfloat16 5.6e-3, float16 6.8e-4), finite, same length; float32 is the reference's."""
+    """SNACEngine(dtype=...) (bench.snac --dtype): windows decoded in half precision stay within `bound` (relative L2)
+    of float32's (measured on this model: bfloat16 5.6e-3, float16 6.8e-4), finite, same length. The server decodes
+    in float32, the reference's precision (half precision measured no faster on an H100: docs/model.md)."""
     rng = np.random.default_rng(0)
     streams = {"a": stream_ids(rng, 9), "b": stream_ids(rng, 5)}
     audio = {}

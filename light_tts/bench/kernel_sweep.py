@@ -44,7 +44,7 @@ SAMPLE_CHOICES = [
     SampleLaunch(b, w)
     for b, w in itertools.product((1024, 2048, 4096, 8192), (4, 8, 16, 32))
     if 32 * w <= b <= 16 * 32 * w
-] + [SampleLaunch(b, w, split=True) for b, w in itertools.product((512, 1024, 2048, 4096), (4, 8))]
+]
 
 
 def time_ms(fn, device: torch.device) -> float:
@@ -81,7 +81,7 @@ def sweep_attention(batches, contexts, shape, device, choices) -> list[dict]:
     rows = []
     for kind, batch, context in itertools.product(KV_KINDS, batches, contexts):
         args = attention_case(batch, context, kind, shape, device)
-        default = SPLIT_LAUNCH[kind != "bf16"]
+        default = SPLIT_LAUNCH
         expected = decode_attention_triton(*args, launch=default).float()
         for launch in dict.fromkeys([default, *choices]):  # the default first, once
             try:
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(b) for b in args.batches.split(",")]
     contexts = [int(c) for c in args.contexts.split(",")]
     split_choices = [SplitLaunch(16, 4, 1)] if args.smoke else SPLIT_CHOICES
-    sample_choices = [SampleLaunch(128, 4), SampleLaunch(128, 4, split=True)] if args.smoke else SAMPLE_CHOICES
+    sample_choices = [SampleLaunch(128, 4)] if args.smoke else SAMPLE_CHOICES
     results: dict = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch": torch.__version__,

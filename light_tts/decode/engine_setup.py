@@ -49,7 +49,6 @@ class EngineLimits:
     overlap_hift: bool | None = None  # middle chunks' HiFT one step later on a side stream, beside the flow
     step_target_s: float = 0.08  # with spare capacity, steps grow to about this long with early chunks
     lane_step_s: float | None = None  # latency lane (scheduler.py): early work up to this near a first chunk
-    snac_dtype: str = "float32"  # Orpheus' SNAC decoder on a GPU (float32: the reference's; the CPU runs float32)
 
     @property
     def max_stream_pages(self) -> int:

@@ -32,14 +32,15 @@ SCAN_SLACK = 1.001  # a block is scanned when its sum, so scaled, reaches the ta
 
 @dataclass(frozen=True)
 class SampleLaunch:
-    """Ids per block (8 per thread of 8 warps in each lane-wise accumulator by default; 4096 spilled on sm_90) and
-    warps of the one program per row; bench/kernel_sweep.py measures the alternatives on a GPU."""
+    """Ids per block and warps of the one program per row (4 ids a thread in each lane-wise accumulator by default;
+    16 spilled on sm_90)."""
 
-    block_v: int = 2048
-    num_warps: int = 8
-    split: bool = False  # the passes over (row, block) programs (nucleus_split.py) instead of one program a row
+    block_v: int = 4096
+    num_warps: int = 32
 
 
+# bench/kernel_sweep.py on an H100 (docs/performance.md): 4,096 ids x 32 warps 0.60 ms at 256 rows of 156,940 ids and
+# 0.14 ms at one (2,048 x 8: 2.04 / 0.36 ms), the same ids: more loads in flight per pass iteration
 SAMPLE_LAUNCH = SampleLaunch()
 
 
@@ -51,79 +52,6 @@ def _scores(logits_row, seen_row, cols, lo, hi, last, temperature, penalty):
     is_seen = (tl.load(seen_row + cols, mask=in_range, other=0) != 0) | (cols == last)
     x = tl.where(is_seen, tl.where(x > 0, x / penalty, x * penalty), x)
     return x / temperature
-
-
-@triton.jit
-def _rounds(
-    meta,
-    logits_row,
-    seen_row,
-    temperature,
-    penalty,
-    m,
-    total,
-    mass_limit,
-    picked,
-    low,
-    is_done,
-    vocab,
-    FIRST_ROUND: tl.constexpr,
-    NUM_META: tl.constexpr,
-    NUM_ROUNDS: tl.constexpr,
-    BLOCK: tl.constexpr,
-    UNIFORM_SCALE: tl.constexpr,
-    SCAN_SLACK: tl.constexpr,
-):
-    """Rejection rounds FIRST_ROUND .. NUM_ROUNDS - 1 of one row (step 2 of the module docstring) from the eligible
-    weights (> low) of total `total`, until one is accepted; returns the accepted id (else `picked`)."""
-    last = tl.load(meta + 1)
-    lo = tl.load(meta + 2)
-    hi = tl.load(meta + 3)
-    offs = tl.arange(0, BLOCK).to(tl.int64)
-    no_id = vocab + 0 * lo  # an int64 past every id
-    first_block = lo // BLOCK * BLOCK  # the passes visit only the blocks of [lo, hi)
-    r = tl.full([], FIRST_ROUND, tl.int32)
-    while (is_done == 0) & (r < NUM_ROUNDS):
-        u = tl.load(meta + NUM_META + r).to(tl.float32) * UNIFORM_SCALE
-        target = u * total
-        # the first eligible id whose inclusive running weight exceeds target (the last eligible one if rounding
-        # leaves target at or past the end); the block's scan runs only where the target can fall (its sum says
-        # so, with slack for the scan's own rounding)
-        acc = tl.full([], 0.0, tl.float32)
-        found = no_id
-        found_w = tl.full([], 0.0, tl.float32)
-        last_vec = tl.full([BLOCK], -1, tl.int64)
-        last_w_vec = tl.zeros([BLOCK], tl.float32)
-        for start in range(first_block, hi, BLOCK):
-            cols = start + offs
-            w = tl.exp(_scores(logits_row, seen_row, cols, lo, hi, last, temperature, penalty) - m)
-            w = tl.where(w > low, w, 0.0)
-            block_sum = tl.sum(w, axis=0)
-            if (found == no_id) & (acc + block_sum * SCAN_SLACK >= target):
-                hit_col = tl.min(tl.where((acc + tl.cumsum(w, axis=0) > target) & (w > 0), cols, no_id), axis=0)
-                found_w = tl.sum(tl.where(cols == hit_col, w, 0.0), axis=0)
-                found = hit_col
-            last_vec = tl.where(w > 0, cols, last_vec)
-            last_w_vec = tl.where(w > 0, w, last_w_vec)
-            acc += block_sum
-        last_eligible = tl.max(last_vec, axis=0)
-        last_w = tl.sum(tl.where(last_vec == last_eligible, last_w_vec, 0.0), axis=0)
-        found_w = tl.where(found == no_id, last_w, found_w)
-        found = tl.where(found == no_id, tl.where(last_eligible < 0, no_id, last_eligible), found)
-        # the weight strictly above the drawn id's: it is in the nucleus iff that mass is under top_p
-        above_vec = tl.zeros([BLOCK], tl.float32)
-        for start in range(first_block, hi, BLOCK):
-            cols = start + offs
-            w = tl.exp(_scores(logits_row, seen_row, cols, lo, hi, last, temperature, penalty) - m)
-            above_vec += tl.where(w > found_w, w, 0.0)
-        above = tl.sum(above_vec, axis=0)
-        is_accepted = above < mass_limit
-        picked = tl.where(is_accepted, found, picked)
-        is_done = is_accepted.to(tl.int32)
-        low = found_w
-        total = above
-        r += 1
-    return picked
 
 
 @triton.jit
@@ -190,26 +118,50 @@ def _nucleus_kernel(
     total = tl.sum(sum_vec * tl.exp(m_vec - m_safe), axis=0)  # lanes of -inf only add 0
     mass_limit = top_p * total
 
-    picked = _rounds(
-        meta,
-        logits_row,
-        seen_row,
-        temperature,
-        penalty,
-        m,
-        total,
-        mass_limit,
-        top_id,
-        tl.full([], 0.0, tl.float32),
-        is_greedy.to(tl.int32),
-        vocab,
-        0,
-        NUM_META,
-        NUM_ROUNDS,
-        BLOCK,
-        UNIFORM_SCALE,
-        SCAN_SLACK,
-    )
+    picked = top_id
+    low = tl.full([], 0.0, tl.float32)  # eligible: weight > low
+    is_done = is_greedy.to(tl.int32)
+    r = 0
+    while (is_done == 0) & (r < NUM_ROUNDS):
+        u = tl.load(meta + NUM_META + r).to(tl.float32) * UNIFORM_SCALE
+        target = u * total
+        # the first eligible id whose inclusive running weight exceeds target (the last eligible one if rounding
+        # leaves target at or past the end); the block's scan runs only where the target can fall (its sum says
+        # so, with slack for the scan's own rounding)
+        acc = tl.full([], 0.0, tl.float32)
+        found = no_id
+        found_w = tl.full([], 0.0, tl.float32)
+        last_vec = tl.full([BLOCK], -1, tl.int64)
+        last_w_vec = tl.zeros([BLOCK], tl.float32)
+        for start in range(first_block, hi, BLOCK):
+            cols = start + offs
+            w = tl.exp(_scores(logits_row, seen_row, cols, lo, hi, last, temperature, penalty) - m)
+            w = tl.where(w > low, w, 0.0)
+            block_sum = tl.sum(w, axis=0)
+            if (found == no_id) & (acc + block_sum * SCAN_SLACK >= target):
+                hit_col = tl.min(tl.where((acc + tl.cumsum(w, axis=0) > target) & (w > 0), cols, no_id), axis=0)
+                found_w = tl.sum(tl.where(cols == hit_col, w, 0.0), axis=0)
+                found = hit_col
+            last_vec = tl.where(w > 0, cols, last_vec)
+            last_w_vec = tl.where(w > 0, w, last_w_vec)
+            acc += block_sum
+        last_eligible = tl.max(last_vec, axis=0)
+        last_w = tl.sum(tl.where(last_vec == last_eligible, last_w_vec, 0.0), axis=0)
+        found_w = tl.where(found == no_id, last_w, found_w)
+        found = tl.where(found == no_id, tl.where(last_eligible < 0, no_id, last_eligible), found)
+        # the weight strictly above the drawn id's: it is in the nucleus iff that mass is under top_p
+        above_vec = tl.zeros([BLOCK], tl.float32)
+        for start in range(first_block, hi, BLOCK):
+            cols = start + offs
+            w = tl.exp(_scores(logits_row, seen_row, cols, lo, hi, last, temperature, penalty) - m)
+            above_vec += tl.where(w > found_w, w, 0.0)
+        above = tl.sum(above_vec, axis=0)
+        is_accepted = above < mass_limit
+        picked = tl.where(is_accepted, found, picked)
+        is_done = is_accepted.to(tl.int32)
+        low = found_w
+        total = above
+        r += 1
     tl.store(ids_ptr + b, tl.where(is_greedy, greedy_id, picked))
 
 
@@ -228,12 +180,6 @@ def nucleus_sample_triton(
     num_rounds = packed.shape[1] - NUM_META
     assert num_rounds >= 1
     assert seen.dim() == 2 and seen.shape[1] == vocab and seen.dtype == torch.bool and seen.stride(1) == 1
-    if launch.split:
-        from light_tts.kernels.llm.nucleus_split import nucleus_sample_split
-
-        return nucleus_sample_split(
-            logits, packed, seen, (temperature, top_p, penalty), launch.block_v, launch.num_warps
-        )
     ids = torch.empty(batch, dtype=torch.int64, device=logits.device)
     if batch == 0:
         return ids

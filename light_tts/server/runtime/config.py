@@ -239,14 +239,6 @@ class ServerConfig:
         choices=("auto", "float16", "bfloat16", "float32", "fp8_e4m3"),
         default_text="auto: the flow's dtype",
     )
-    snac_data_type: str = _opt(
-        "decode",
-        "float32",
-        "Orpheus' SNAC decoder on a GPU: float32 is the reference's precision; bfloat16 or float16 run its "
-        "convolutions in half precision (faster, not reference-exact: docs/model.md gives the deviation); every "
-        "CPU run uses float32",
-        choices=DATA_TYPES,
-    )
     deadline_margin_s: float = _opt(
         "decode", 0.3, "a stream's next chunk is due this long before its listener would run out of audio"
     )

@@ -232,7 +232,6 @@ class ServerSettings:
             step_target_s=c.decode_step_target_s,
             lane_step_s=0.0 if c.latency_lane == "short_steps" else None,
             kv_dtype=None if c.flow_cache_dtype == "auto" or device == "cpu" else c.flow_cache_dtype,
-            snac_dtype="float32" if device == "cpu" else c.snac_data_type,
             **HOT_PATHS[c.decode_hot_path],
         )
         return {
