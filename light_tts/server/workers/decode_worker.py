@@ -91,6 +91,7 @@ class DecodeWorker:
         self.active: dict[str, DecodeRequestState] = {}  # engine request id -> its request
         self.aborted = AbortedRequests()
         self.report_clock = Every(REPORT_EVERY_S)
+        self.report()  # the pool and capacity series exist before the server says it is ready, not at the first loop
 
     def init_engine(self) -> None:
         from light_tts.decode.engine import to_int16
