@@ -437,3 +437,12 @@ def test_nucleus_sample_draws_the_top_p_distribution():
     freq = torch.bincount(ids, minlength=8).float() / n
     assert set(ids.tolist()) == set(nucleus.tolist())
     assert (freq - expected).abs().max() < 0.03, (freq, expected)
+
+
+def test_decode_attention_launch_is_the_measured_one_per_head_dim():
+    """Llama's 128-dim heads take the H100 sweep's 3 pipelining stages; Qwen2's 64 keep the 2 stages their
+    numbers were measured with; an unmeasured size gets 2."""
+    from light_tts.kernels.llm.decode_attention import split_launch
+
+    assert split_launch(128) == SplitLaunch(block_n=32, num_warps=4, num_stages=3)
+    assert split_launch(64) == split_launch(32) == SplitLaunch(block_n=32, num_warps=4, num_stages=2)

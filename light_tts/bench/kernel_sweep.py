@@ -10,7 +10,7 @@ scattered cache slots as after many alloc/free cycles; bf16 q (float32 on the CP
 stops. The sampler: Orpheus' vocabulary (156,940 ids), float32 logits ~ N(0, --logit_std), a tenth of the ids already
 generated, its default temperature 0.6, top-p 0.8 and penalty 1.1; ids agreeing with the default launch are reported
 (the block size changes float summation order, which may move a draw that sits on a boundary). The winners become
-SPLIT_LAUNCH and SAMPLE_LAUNCH by hand, with the numbers in docs/performance.md.
+SPLIT_LAUNCH (per head dim) and SAMPLE_LAUNCH by hand, with the numbers in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import triton
 
 from light_tts.kernels.interpreter import fix_interpreter
-from light_tts.kernels.llm.decode_attention import SPLIT_LAUNCH, SplitLaunch, decode_attention_triton
+from light_tts.kernels.llm.decode_attention import SplitLaunch, decode_attention_triton, split_launch
 from light_tts.kernels.llm.nucleus_sampling import (
     NUM_META,
     NUM_ROUNDS,
@@ -81,7 +81,7 @@ def sweep_attention(batches, contexts, shape, device, choices) -> list[dict]:
     rows = []
     for kind, batch, context in itertools.product(KV_KINDS, batches, contexts):
         args = attention_case(batch, context, kind, shape, device)
-        default = SPLIT_LAUNCH
+        default = split_launch(shape[2])
         expected = decode_attention_triton(*args, launch=default).float()
         for launch in dict.fromkeys([default, *choices]):  # the default first, once
             try:
