@@ -319,14 +319,14 @@ def test_small_batches_take_the_16_row_tile():
 
 
 def test_kernel_sweep_runs_every_launch_against_the_default(tmp_path):
-    """bench/kernel_sweep.py at its smoke size: each KV format's alternative launch gives the default's output (the
+    """`bench.kernels sweep` at its smoke size: each KV format's alternative launch gives the default's output (the
     sweep asserts it) and the sampler's the default's ids; the best launch per group is reported."""
     import json
 
-    from light_tts.bench.kernel_sweep import main
+    from light_tts.bench.kernels import main
 
     out = tmp_path / "sweep.json"
-    assert main(["--out", str(out), "--device", "cpu", "--smoke", "--batches", "2", "--contexts", "40"]) == 0
+    assert main(["sweep", "--out", str(out), "--device", "cpu", "--smoke", "--batches", "2", "--contexts", "40"]) == 0
     result = json.loads(out.read_text())
     assert {r["kv"] for r in result["attention"]["rows"]} == {"bf16", "fp8", "int8"}
     assert len(result["attention"]["best"]) == 3 and len(result["sampler"]["rows"]) == 2

@@ -1,15 +1,19 @@
-"""GPU micro-benchmark of the LM kernels at Qwen2.5-0.5B shapes, Triton vs the torch reference (median of do_bench).
+"""GPU micro-benchmark of the LM kernels at Qwen2.5-0.5B shapes, Triton vs the torch reference (median of do_bench);
+`sweep`: the launch choices at Orpheus' shapes (bench/engines/kernel_launches.py).
 
 python -m light_tts.bench.kernels --out kernels.json
+python -m light_tts.bench.kernels sweep --out sweep.json [--sections attention,sampler] [--batches 1,256]
 """
 
 import argparse
 import json
 import random
+import sys
 
 import torch
 import triton
 
+from light_tts.bench.engines import kernel_launches
 from light_tts.kernels.llm import ops
 
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, HIDDEN, INTERMEDIATE = 14, 2, 64, 896, 4864
@@ -20,17 +24,7 @@ def bench_ms(fn) -> float:
 
 
 def make_kv(seq_lens: list[int], dtype: torch.dtype):
-    """Random K/V cache with each request's tokens at scattered slots, as after many alloc/free cycles."""
-    num_slots = sum(seq_lens)
-    k_cache = torch.randn(num_slots, NUM_KV_HEADS, HEAD_DIM, device="cuda", dtype=dtype)
-    v_cache = torch.randn_like(k_cache)
-    req_to_token = torch.zeros(len(seq_lens), max(seq_lens), dtype=torch.int32, device="cuda")
-    perm = torch.randperm(num_slots, device="cuda").to(torch.int32)
-    used = 0
-    for i, n in enumerate(seq_lens):
-        req_to_token[i, :n] = perm[used : used + n]
-        used += n
-    return k_cache, v_cache, req_to_token
+    return kernel_launches.make_kv(seq_lens, dtype, NUM_KV_HEADS, HEAD_DIM)
 
 
 def bench_decode(batch: int, dtype: torch.dtype) -> dict:
@@ -99,11 +93,16 @@ def bench_elementwise(dtype: torch.dtype, num_tokens: int = 256) -> list[dict]:
     ]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sweep"]:
+        return kernel_launches.main(argv[1:])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog="`sweep --help`: the launch sweep's own flags"
+    )
     parser.add_argument("--out", required=True, help="path of the JSON results")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     random.seed(0)
     torch.manual_seed(0)
@@ -126,7 +125,8 @@ def main():
     }
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

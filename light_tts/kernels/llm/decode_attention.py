@@ -34,7 +34,7 @@ class SplitLaunch:
     num_stages: int = 2
 
 
-# by head dim. 128 (Llama-3.2-3B), bench/kernel_sweep.py on an H100 (docs/performance.md), one layer, 256 requests
+# by head dim. 128 (Llama-3.2-3B), `bench.kernels sweep` on an H100 (docs/performance.md), one layer, 256 requests
 # of 800 tokens: 3 stages take bf16 / fp8 / int8 caches to 0.300 / 0.299 / 0.258 ms (2 stages: 0.352 / 0.392 /
 # 0.418), within 6% of the best of 18 launches for each format; one request (0.03-0.14 ms with any launch) was
 # within the benchmark's noise. Qwen2's 64 keep 2 stages, the launch their published numbers were measured with

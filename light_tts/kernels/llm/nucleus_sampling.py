@@ -39,7 +39,7 @@ class SampleLaunch:
     num_warps: int = 32
 
 
-# bench/kernel_sweep.py on an H100 (docs/performance.md): 4,096 ids x 32 warps 0.60 ms at 256 rows of 156,940 ids and
+# `bench.kernels sweep` on an H100 (docs/performance.md): 4,096 ids x 32 warps 0.60 ms at 256 rows of 156,940 ids and
 # 0.14 ms at one (2,048 x 8: 2.04 / 0.36 ms), the same ids: more loads in flight per pass iteration
 SAMPLE_LAUNCH = SampleLaunch()
 

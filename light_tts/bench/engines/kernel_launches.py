@@ -1,7 +1,8 @@
-"""GPU sweep of the LLM's launch choices at Orpheus' shapes: flash-decoding stage 1 (tokens per iteration, warps,
-pipelining stages) per KV format, and the nucleus sampler (ids per block, warps), each against the default launch.
+"""The sweep of the LLM's launch choices at Orpheus' shapes (`python -m light_tts.bench.kernels sweep`): flash-decoding
+stage 1 (tokens per iteration, warps, pipelining stages) per KV format, and the nucleus sampler (ids per block, warps),
+each against the default launch; and the scattered K/V cache both kernel benchmarks build.
 
-python -m light_tts.bench.kernel_sweep --out sweep.json [--sections attention,sampler] [--batches 1,256]
+python -m light_tts.bench.kernels sweep --out sweep.json [--sections attention,sampler] [--batches 1,256]
 (--device cpu --smoke runs the same code at a tiny size under TRITON_INTERPRET=1.)
 
 Decode attention: Llama-3.2-3B's heads (24 query, 8 kv, 128 dims), every request at the same context, its tokens at
@@ -55,22 +56,34 @@ def time_ms(fn, device: torch.device) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
+def make_kv(seq_lens: list[int], dtype: torch.dtype, num_kv_heads: int, head_dim: int, device="cuda"):
+    """Random K/V cache with each request's tokens at scattered slots, as after many alloc/free cycles."""
+    num_slots = sum(seq_lens)
+    k_cache = torch.randn(num_slots, num_kv_heads, head_dim, device=device, dtype=dtype)
+    v_cache = torch.randn_like(k_cache)
+    req_to_token = torch.zeros(len(seq_lens), max(seq_lens), dtype=torch.int32, device=device)
+    perm = torch.randperm(num_slots, device=device).to(torch.int32)
+    used = 0
+    for i, n in enumerate(seq_lens):
+        req_to_token[i, :n] = perm[used : used + n]
+        used += n
+    return k_cache, v_cache, req_to_token
+
+
 def attention_case(batch: int, context: int, kind: str, shape, device: torch.device):
     """The decode attention's arguments (the cache in `kind`) for `batch` requests of `context` tokens."""
     num_q, num_kv, dim, _ = shape
-    g = torch.Generator(device="cpu").manual_seed(batch * 7919 + context)
+    torch.manual_seed(batch * 7919 + context)
     act = torch.bfloat16 if device.type == "cuda" else torch.float32  # the interpreter's dots take float32
-    slots = batch * context + 1
-    cache = [torch.randn(slots, num_kv, dim, generator=g).to(device, act) for _ in range(2)]
-    scales = [None, None]
+    k_cache, v_cache, req_to_token = make_kv([context] * batch, act, num_kv, dim, device)
+    cache, scales = [k_cache, v_cache], [None, None]
     if kind != "bf16":
         scales = [row_scale_ref(c, kind) for c in cache]
         cache = [quantize_ref(c, s, kind) for c, s in zip(cache, scales)]
         assert cache[0].dtype == DTYPES[kind]
-    req_to_token = torch.randperm(slots - 1, generator=g)[: batch * context].view(batch, context) + 1
-    q = torch.randn(batch, num_q, dim, generator=g).to(device, act)
+    q = torch.randn(batch, num_q, dim, device=device, dtype=act)
     meta = (
-        req_to_token.to(device, torch.int32),
+        req_to_token,
         torch.arange(batch, dtype=torch.int32, device=device),
         torch.full((batch,), context, dtype=torch.int32, device=device),
     )
@@ -152,7 +165,9 @@ def best(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m light_tts.bench.kernels sweep", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes and two launches each (the CPU check)")
@@ -186,7 +201,3 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown section {section!r}")
         args.out.write_text(json.dumps(results, indent=1))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
