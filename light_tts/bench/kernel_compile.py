@@ -204,7 +204,7 @@ def fused_launches(dtype: torch.dtype, rows: int, splits: int, kv_dtype: torch.d
             "dit pos_conv",
             lambda: pos_conv_triton(t(rows + 30, dit), torch.zeros(rows, dtype=torch.int64), t(16, 31, 64, 64), t(dit)),
         ),
-    ] + (llm_launches() if kv_dtype == torch.float8_e4m3fn else [])
+    ] + (llm_launches() + snac_launches() if kv_dtype == torch.float8_e4m3fn else [])
 
 
 def llm_launches() -> list[tuple[str, callable]]:
@@ -249,6 +249,30 @@ def llm_launches() -> list[tuple[str, callable]]:
             ),
         ),
     ]
+
+
+def snac_launches() -> list[tuple[str, callable]]:
+    """Orpheus's fused SNAC kernels (float32) at SNAC 24 kHz's widest block (1024 -> 512 channels) and longest."""
+    from light_tts.kernels.codec.snac_ops import head_triton, snake_in_triton, unit_in_triton
+
+    f32 = lambda *shape: torch.zeros(*shape)  # noqa: E731
+    keys = torch.zeros(4, dtype=torch.int64)
+    return [
+        (
+            "snac unit_in (noise)",
+            lambda: unit_in_triton(f32(4, 512, 128), f32(4, 512, 128), None, keys, *_unit(512), 1),
+        ),
+        (
+            "snac unit_in (bias)",
+            lambda: unit_in_triton(f32(4, 64, 8192), f32(4, 64, 8192), f32(64), None, *_unit(64), 9),
+        ),
+        ("snac snake_in", lambda: snake_in_triton(f32(4, 1024, 16), f32(4, 1024, 16), f32(1024), f32(1024))),
+        ("snac head", lambda: head_triton(f32(4, 64, 8192), f32(4, 64, 8192), f32(64), f32(64), f32(64, 7), 0.0)),
+    ]
+
+
+def _unit(c: int) -> tuple[torch.Tensor, ...]:
+    return torch.ones(c), torch.zeros(c, 7), torch.zeros(c), torch.ones(c)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ import torch
 from light_tts.kernels.cuda_graphs import record_graph
 from light_tts.models.orpheus.frames import WINDOW
 from light_tts.models.orpheus.snac import SNACDecoder, counter_noise
+from light_tts.models.orpheus.snac_fused import FusedSNAC
 
 logger = logging.getLogger(__name__)
 
@@ -26,15 +27,23 @@ def row_buckets(max_rows: int) -> list[int]:
 
 
 def decode_rows(
-    model: SNACDecoder, frames: torch.Tensor, seeds: torch.Tensor, counters: torch.Tensor, dtype: torch.dtype
+    model: SNACDecoder,
+    frames: torch.Tensor,
+    seeds: torch.Tensor,
+    counters: torch.Tensor,
+    dtype: torch.dtype,
+    fused: FusedSNAC | None = None,
 ) -> torch.Tensor:
-    """frames [B, F, 7] int64, seeds / counters [B] int64 (device) -> audio [B, F * samples_per_frame] float32."""
+    """frames [B, F, 7] int64, seeds / counters [B] int64 (device) -> audio [B, F * samples_per_frame] float32;
+    by the fused kernels when `fused` is given (float32 only), else by the module."""
     # slices only (no index tensor built on the host: this runs inside CUDA graph capture)
     codes = [
         frames[:, :, 0],
         frames[:, :, 1::3].flatten(1),
         torch.cat([frames[:, :, 2:4], frames[:, :, 5:7]], dim=2).flatten(1),
     ]
+    if fused is not None:
+        return fused(codes, seeds, counters)
     noise = counter_noise(seeds, counters)
     with torch.autocast(frames.device.type, dtype=dtype, enabled=dtype != torch.float32):
         return model(codes, lambda block, batch, length: noise(block, batch, length).to(dtype))[:, 0].float()
@@ -48,8 +57,14 @@ class SNACRunner:
         max_rows: int,
         use_graphs: bool,
         dtype: torch.dtype = torch.float32,
+        use_fused: bool | None = None,
     ):
+        """use_fused: the fused kernels (None: on CUDA in float32; True on CPU needs TRITON_INTERPRET=1)."""
         self.model, self.device, self.max_rows, self.dtype = model, device, max_rows, dtype
+        if use_fused is None:
+            use_fused = device.type == "cuda" and dtype == torch.float32
+        assert not use_fused or dtype == torch.float32, "the fused SNAC kernels run float32"
+        self.fused = FusedSNAC(model) if use_fused else None
         self.graphs: dict[int, tuple] = {}  # rows -> (replay, output)
         self.num_replays = self.num_eager = 0
         if use_graphs and device.type == "cuda":
@@ -66,14 +81,19 @@ class SNACRunner:
             for rows in reversed(row_buckets(self.max_rows)):
                 replay, out, pool = record_graph(
                     lambda r=rows: decode_rows(
-                        self.model, self.frames[:r], self.seeds[:r], self.counters[:r], self.dtype
+                        self.model, self.frames[:r], self.seeds[:r], self.counters[:r], self.dtype, self.fused
                     ),
                     pool,
                 )
                 self.graphs[rows] = (replay, out)
         finally:
             torch.backends.cudnn.benchmark = benchmark
-        logger.info("captured SNAC graphs for windows of %d frames, rows up to %d", WINDOW, self.max_rows)
+        logger.info(
+            "captured SNAC graphs for windows of %d frames, rows up to %d (%s)",
+            WINDOW,
+            self.max_rows,
+            "fused kernels" if self.fused else "module",
+        )
 
     def decode(self, frames: np.ndarray, seeds: list[int], counters: list[int]) -> torch.Tensor:
         """frames [B, F, 7] -> audio [B, F * samples_per_frame] (a graph's output is valid until its next replay)."""
@@ -85,7 +105,12 @@ class SNACRunner:
         if bucket is None:
             self.num_eager += 1
             return decode_rows(
-                self.model, frames_t.to(self.device), seeds_t.to(self.device), counters_t.to(self.device), self.dtype
+                self.model,
+                frames_t.to(self.device),
+                seeds_t.to(self.device),
+                counters_t.to(self.device),
+                self.dtype,
+                self.fused,
             )
         self.frames[:rows].copy_(frames_t, non_blocking=True)
         self.frames[rows:bucket].zero_()

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from light_tts.errors import ModelDirError
+from light_tts.kernels.codec.snac_ops import MASK32, mix32_ref, normal_ref
 from light_tts.models.orpheus.config import SNACConfig
 
 NoiseFn = Callable[[int, int, int], torch.Tensor]  # (block index, batch, length) -> [B, 1, T]
@@ -185,17 +186,11 @@ def torch_noise() -> NoiseFn:
     return lambda block, batch, length: torch.randn(batch, 1, length)
 
 
-_MASK32 = 0xFFFFFFFF
-
-
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (lowbias32) on int64 tensors holding values < 2^32 (products wrap, the mask keeps the
-    low 32 bits, which wrapping does not change)."""
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _MASK32
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & _MASK32
-    return x ^ (x >> 16)
+def noise_keys(seeds: torch.Tensor, counters: torch.Tensor, block: int) -> torch.Tensor:
+    """Each row's key for one block's noise: a hash of (seed, counter, block) ([B] int64 device tensors, < 2^32)."""
+    key = mix32_ref(mix32_ref(seeds & MASK32) ^ ((seeds >> 32) & MASK32))
+    key = mix32_ref(key ^ (counters & MASK32))
+    return mix32_ref(key ^ (0x27D4EB2F * (block + 1) & MASK32))
 
 
 def counter_noise(seeds: torch.Tensor, counters: torch.Tensor) -> NoiseFn:
@@ -203,14 +198,6 @@ def counter_noise(seeds: torch.Tensor, counters: torch.Tensor) -> NoiseFn:
     on hashed 24-bit uniforms; the same row gets the same noise alone or in any batch."""
 
     def noise(block: int, batch: int, length: int) -> torch.Tensor:
-        key = _mix32(_mix32(seeds & _MASK32) ^ ((seeds >> 32) & _MASK32))
-        key = _mix32(key ^ (counters & _MASK32))
-        key = _mix32(key ^ (0x27D4EB2F * (block + 1) & _MASK32))[:batch, None]  # [B, 1]
-        i = torch.arange(length, device=seeds.device)
-        h1 = _mix32((key + (2 * i) * 0x9E3779B9) & _MASK32)
-        h2 = _mix32((key + (2 * i + 1) * 0x9E3779B9) & _MASK32)
-        u1 = ((h1 >> 8).float() + 0.5) / (1 << 24)  # in (0, 1): the log is finite
-        u2 = (h2 >> 8).float() / (1 << 24)
-        return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2))[:, None, :]
+        return normal_ref(noise_keys(seeds, counters, block)[:batch], length)[:, None, :]
 
     return noise

@@ -1,0 +1,268 @@
+"""The elementwise and depthwise part of SNAC's decoder blocks in three fused launches (the 1x1 convs and the
+transposed convs stay cuBLAS / cuDNN calls between them):
+
+    unit_in:  x = r + h * noise[t]  or  r + h + b_h       (a noise block's or a residual unit's output)
+              z = snake(dwconv7_d(snake(x)) + b_dw)        (the next residual unit up to its 1x1 conv)
+    snake_in: y = snake(r + h + b_h)                       (the last unit's output into the next upsampling)
+    head:     audio = tanh(conv7(snake(r + h + b_h)) + b)  (the last unit's output into the output conv)
+
+Activations are [B, C, T], contiguous. Each tap of the depthwise conv re-reads the shifted input tile (from L1/L2)
+and re-applies what precedes it, so nothing in between is written: SNAC's torch graph makes ~12 passes over each
+activation per residual unit (Snake alone is five kernels), these make 4 (r, h read; x, z written) and the GEMM 2.
+
+Noise is the reference's counter_noise (models/orpheus/snac.py) computed in place: a row's key per block comes in,
+and each time step's normal is hashed from it (one value per t, broadcast over channels).
+"""
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+MASK32 = 0xFFFFFFFF
+GOLDEN = 0x9E3779B9
+TILE = 1024  # values a program holds per tensor
+NUM_WARPS = 4
+
+
+@triton.jit
+def _mix32(x):
+    """lowbias32 on int64 values < 2^32 (as the reference's _mix32)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def _normal_at(key, t):
+    """The noise at time steps t [BT] of a row with this block key (Box-Muller on two hashed 24-bit uniforms)."""
+    i = t.to(tl.int64)
+    h1 = _mix32((key + (2 * i) * 0x9E3779B9) & 0xFFFFFFFF)
+    h2 = _mix32((key + (2 * i + 1) * 0x9E3779B9) & 0xFFFFFFFF)
+    u1 = ((h1 >> 8).to(tl.float32) + 0.5) / 16777216.0
+    u2 = (h2 >> 8).to(tl.float32) / 16777216.0
+    return tl.sqrt(-2.0 * tl.log(u1)) * tl.cos(6.283185307179586 * u2)
+
+
+@triton.jit
+def _snake(x, alpha, inv_alpha):
+    s = tl.sin(alpha * x)
+    return x + inv_alpha * (s * s)
+
+
+@triton.jit
+def _load_sum(r_ptr, h_ptr, bh, key, offs, t, mask, T, HAS_H: tl.constexpr, NOISE: tl.constexpr):
+    """r + h * noise[t] (NOISE), r + h + b_h (HAS_H) or r, at [BC, BT] offsets; 0 outside the row (conv padding)."""
+    inside = (t >= 0) & (t < T)
+    m = mask & inside[None, :]
+    v = tl.load(r_ptr + offs, mask=m, other=0.0)
+    if HAS_H:
+        h = tl.load(h_ptr + offs, mask=m, other=0.0)
+        if NOISE:
+            v = v + _normal_at(key, t)[None, :] * h
+        else:
+            v = v + (h + bh[:, None])
+    return tl.where(inside[None, :], v, 0.0)
+
+
+@triton.jit
+def _unit_in_kernel(
+    r_ptr,
+    h_ptr,
+    bh_ptr,
+    key_ptr,
+    a1_ptr,
+    w_ptr,
+    bw_ptr,
+    a2_ptr,
+    x_ptr,
+    z_ptr,
+    C,
+    T,
+    D: tl.constexpr,
+    NOISE: tl.constexpr,
+    BC: tl.constexpr,
+    BT: tl.constexpr,
+):
+    row = tl.program_id(2)
+    cs = tl.program_id(1) * BC + tl.arange(0, BC)
+    ts = tl.program_id(0) * BT + tl.arange(0, BT)
+    is_c = cs < C
+    base = row.to(tl.int64) * C * T
+    if NOISE:
+        key = tl.load(key_ptr + row)
+        bh = tl.zeros((BC,), tl.float32)
+    else:
+        key = 0
+        bh = tl.load(bh_ptr + cs, mask=is_c, other=0.0)
+    a1 = tl.load(a1_ptr + cs, mask=is_c, other=1.0)
+    inv_a1 = 1.0 / (a1 + 1e-9)
+    acc = tl.zeros((BC, BT), tl.float32)
+    for k in tl.static_range(7):
+        t = ts + (k - 3) * D
+        offs = base + cs[:, None].to(tl.int64) * T + t[None, :]
+        v = _load_sum(r_ptr, h_ptr, bh, key, offs, t, is_c[:, None], T, True, NOISE)
+        if k == 3:
+            tl.store(x_ptr + offs, v, mask=is_c[:, None] & (t < T)[None, :])
+        w = tl.load(w_ptr + cs * 7 + k, mask=is_c, other=0.0)
+        acc += w[:, None] * _snake(v, a1[:, None], inv_a1[:, None])
+    a2 = tl.load(a2_ptr + cs, mask=is_c, other=1.0)
+    z = acc + tl.load(bw_ptr + cs, mask=is_c, other=0.0)[:, None]
+    z = _snake(z, a2[:, None], (1.0 / (a2 + 1e-9))[:, None])
+    offs = base + cs[:, None].to(tl.int64) * T + ts[None, :]
+    tl.store(z_ptr + offs, z, mask=is_c[:, None] & (ts < T)[None, :])
+
+
+@triton.jit
+def _snake_in_kernel(r_ptr, h_ptr, bh_ptr, a_ptr, y_ptr, C, T, HAS_H: tl.constexpr, BC: tl.constexpr, BT: tl.constexpr):
+    row = tl.program_id(2)
+    cs = tl.program_id(1) * BC + tl.arange(0, BC)
+    ts = tl.program_id(0) * BT + tl.arange(0, BT)
+    is_c = cs < C
+    offs = row.to(tl.int64) * C * T + cs[:, None].to(tl.int64) * T + ts[None, :]
+    if HAS_H:
+        bh = tl.load(bh_ptr + cs, mask=is_c, other=0.0)
+    else:
+        bh = tl.zeros((BC,), tl.float32)
+    v = _load_sum(r_ptr, h_ptr, bh, 0, offs, ts, is_c[:, None], T, HAS_H, False)
+    a = tl.load(a_ptr + cs, mask=is_c, other=1.0)
+    tl.store(y_ptr + offs, _snake(v, a[:, None], (1.0 / (a + 1e-9))[:, None]), mask=is_c[:, None] & (ts < T)[None, :])
+
+
+@triton.jit
+def _head_kernel(r_ptr, h_ptr, bh_ptr, a_ptr, w_ptr, b_out, out_ptr, C, T, BC: tl.constexpr, BT: tl.constexpr):
+    row = tl.program_id(1)
+    ts = tl.program_id(0) * BT + tl.arange(0, BT)
+    base = row.to(tl.int64) * C * T
+    acc = tl.zeros((BT,), tl.float32)
+    for c0 in range(0, C, BC):
+        cs = c0 + tl.arange(0, BC)
+        is_c = cs < C
+        bh = tl.load(bh_ptr + cs, mask=is_c, other=0.0)
+        a = tl.load(a_ptr + cs, mask=is_c, other=1.0)
+        inv_a = 1.0 / (a + 1e-9)
+        for k in tl.static_range(7):
+            t = ts + (k - 3)
+            offs = base + cs[:, None].to(tl.int64) * T + t[None, :]
+            v = _load_sum(r_ptr, h_ptr, bh, 0, offs, t, is_c[:, None], T, True, False)
+            w = tl.load(w_ptr + cs * 7 + k, mask=is_c, other=0.0)
+            acc += tl.sum(w[:, None] * _snake(v, a[:, None], inv_a[:, None]), axis=0)
+    y = acc + b_out
+    e = tl.exp(tl.minimum(2.0 * y, 80.0))  # tanh(y) = 1 - 2 / (e^2y + 1)
+    tl.store(out_ptr + row.to(tl.int64) * T + ts, 1.0 - 2.0 / (e + 1.0), mask=ts < T)
+
+
+def _grid(b: int, c: int, t: int, bc: int, bt: int) -> tuple[int, int, int]:
+    return triton.cdiv(t, bt), triton.cdiv(c, bc), b
+
+
+def _blocks(c: int, t: int) -> tuple[int, int]:
+    """Channels x time steps per program: TILE values (8 a thread at 4 warps: no register spills), time-major."""
+    bt = min(128, triton.next_power_of_2(t))
+    return min(triton.next_power_of_2(c), max(1, TILE // bt)), bt
+
+
+def _check(r: torch.Tensor, h: torch.Tensor | None) -> tuple[int, int, int]:
+    assert r.dim() == 3 and r.is_contiguous() and r.dtype == torch.float32
+    assert h is None or (h.shape == r.shape and h.is_contiguous() and h.dtype == r.dtype)
+    return r.shape
+
+
+def unit_in_triton(r, h, h_bias, keys, alpha1, dw_weight, dw_bias, alpha2, dilation: int):
+    """r, h [B, C, T]; h_bias [C] (a residual unit) or keys [B] int64 (a noise block: h_bias None); the next unit's
+    Snake alpha1 [C], depthwise weight [C, 7] and bias [C], Snake alpha2 [C] -> (x, z), both [B, C, T]."""
+    b, c, t = _check(r, h)
+    assert (h_bias is None) != (keys is None) and dw_weight.shape == (c, 7) and dw_weight.is_contiguous()
+    x, z = torch.empty_like(r), torch.empty_like(r)
+    bc, bt = _blocks(c, t)
+    _unit_in_kernel[_grid(b, c, t, bc, bt)](
+        r,
+        h,
+        h_bias if keys is None else alpha1,
+        keys if keys is not None else r,
+        alpha1,
+        dw_weight,
+        dw_bias,
+        alpha2,
+        x,
+        z,
+        c,
+        t,
+        D=dilation,
+        NOISE=keys is not None,
+        BC=bc,
+        BT=bt,
+        num_warps=NUM_WARPS,
+    )
+    return x, z
+
+
+def snake_in_triton(r, h, h_bias, alpha):
+    """snake(r + h + h_bias) ([B, C, T]; h and h_bias None: snake(r))."""
+    b, c, t = _check(r, h)
+    y = torch.empty_like(r)
+    bc, bt = _blocks(c, t)
+    _snake_in_kernel[_grid(b, c, t, bc, bt)](
+        r, h if h is not None else r, h_bias if h is not None else alpha, alpha, y, c, t, HAS_H=h is not None,
+        BC=bc, BT=bt, num_warps=NUM_WARPS,
+    )  # fmt: skip
+    return y
+
+
+def head_triton(r, h, h_bias, alpha, weight, bias: float):
+    """tanh(conv7(snake(r + h + h_bias)) + bias): [B, C, T] -> audio [B, T]; weight [C, 7] (one output channel)."""
+    b, c, t = _check(r, h)
+    assert weight.shape == (c, 7) and weight.is_contiguous()
+    out = torch.empty((b, t), dtype=r.dtype, device=r.device)
+    bt = min(128, triton.next_power_of_2(t))
+    bc = min(triton.next_power_of_2(c), max(1, TILE // bt))
+    _head_kernel[(triton.cdiv(t, bt), b)](
+        r, h, h_bias, alpha, weight, bias, out, c, t, BC=bc, BT=bt, num_warps=NUM_WARPS
+    )
+    return out
+
+
+# ---- torch references (what SNAC's modules compute, on the same arguments) ----
+
+
+def snake_ref(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    a = alpha[None, :, None]
+    return x + (a + 1e-9).reciprocal() * torch.sin(a * x).pow(2)
+
+
+def mix32_ref(x: torch.Tensor) -> torch.Tensor:
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & MASK32
+    return x ^ (x >> 16)
+
+
+def normal_ref(keys: torch.Tensor, length: int) -> torch.Tensor:
+    """keys [B] -> the noise [B, length] that _normal_at computes."""
+    i = torch.arange(length, device=keys.device)
+    h1 = mix32_ref((keys[:, None] + (2 * i) * GOLDEN) & MASK32)
+    h2 = mix32_ref((keys[:, None] + (2 * i + 1) * GOLDEN) & MASK32)
+    u1 = ((h1 >> 8).float() + 0.5) / (1 << 24)
+    u2 = (h2 >> 8).float() / (1 << 24)
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)
+
+
+def unit_in_ref(r, h, h_bias, keys, alpha1, dw_weight, dw_bias, alpha2, dilation: int):
+    x = r + normal_ref(keys, r.shape[-1])[:, None, :] * h if keys is not None else r + h + h_bias[None, :, None]
+    y = torch.nn.functional.conv1d(
+        snake_ref(x, alpha1), dw_weight[:, None, :], dw_bias, padding=3 * dilation, dilation=dilation, groups=r.shape[1]
+    )
+    return x, snake_ref(y, alpha2)
+
+
+def snake_in_ref(r, h, h_bias, alpha):
+    return snake_ref(r if h is None else r + h + h_bias[None, :, None], alpha)
+
+
+def head_ref(r, h, h_bias, alpha, weight, bias: float):
+    y = torch.nn.functional.conv1d(snake_ref(r + h + h_bias[None, :, None], alpha), weight[None], padding=3)
+    return torch.tanh(y[:, 0] + bias)
