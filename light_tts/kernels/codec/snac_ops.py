@@ -24,6 +24,9 @@ MASK32 = 0xFFFFFFFF
 GOLDEN = 0x9E3779B9
 TILE = 1024  # values a program holds per tensor
 NUM_WARPS = 4
+# unit_in as two launches (x and snake(x) written, then the depthwise conv reads snake(x)): one more pass over
+# memory, 1 Snake per value instead of 8 (the fused launch re-applies the first Snake at each of the 7 taps)
+SPLIT_SNAKE = False
 
 
 @triton.jit
@@ -117,6 +120,49 @@ def _unit_in_kernel(
 
 
 @triton.jit
+def _sum_snake_kernel(
+    r_ptr, h_ptr, bh_ptr, key_ptr, a_ptr, x_ptr, s_ptr, C, T, NOISE: tl.constexpr, BC: tl.constexpr, BT: tl.constexpr
+):
+    """unit_in's first half when split: x = r + h * noise or r + h + b_h, and s = snake(x), both written."""
+    row = tl.program_id(2)
+    cs = tl.program_id(1) * BC + tl.arange(0, BC)
+    ts = tl.program_id(0) * BT + tl.arange(0, BT)
+    is_c = cs < C
+    offs = row.to(tl.int64) * C * T + cs[:, None].to(tl.int64) * T + ts[None, :]
+    if NOISE:
+        key = tl.load(key_ptr + row)
+        bh = tl.zeros((BC,), tl.float32)
+    else:
+        key = 0
+        bh = tl.load(bh_ptr + cs, mask=is_c, other=0.0)
+    v = _load_sum(r_ptr, h_ptr, bh, key, offs, ts, is_c[:, None], T, True, NOISE)
+    a = tl.load(a_ptr + cs, mask=is_c, other=1.0)
+    mask = is_c[:, None] & (ts < T)[None, :]
+    tl.store(x_ptr + offs, v, mask=mask)
+    tl.store(s_ptr + offs, _snake(v, a[:, None], (1.0 / (a + 1e-9))[:, None]), mask=mask)
+
+
+@triton.jit
+def _dw_snake_kernel(s_ptr, w_ptr, bw_ptr, a_ptr, z_ptr, C, T, D: tl.constexpr, BC: tl.constexpr, BT: tl.constexpr):
+    """unit_in's second half when split: z = snake(dwconv7_d(s) + b_dw)."""
+    row = tl.program_id(2)
+    cs = tl.program_id(1) * BC + tl.arange(0, BC)
+    ts = tl.program_id(0) * BT + tl.arange(0, BT)
+    is_c = cs < C
+    base = row.to(tl.int64) * C * T
+    acc = tl.zeros((BC, BT), tl.float32)
+    for k in tl.static_range(7):
+        t = ts + (k - 3) * D
+        m = is_c[:, None] & ((t >= 0) & (t < T))[None, :]
+        v = tl.load(s_ptr + base + cs[:, None].to(tl.int64) * T + t[None, :], mask=m, other=0.0)
+        acc += tl.load(w_ptr + cs * 7 + k, mask=is_c, other=0.0)[:, None] * v
+    a = tl.load(a_ptr + cs, mask=is_c, other=1.0)
+    z = _snake(acc + tl.load(bw_ptr + cs, mask=is_c, other=0.0)[:, None], a[:, None], (1.0 / (a + 1e-9))[:, None])
+    offs = base + cs[:, None].to(tl.int64) * T + ts[None, :]
+    tl.store(z_ptr + offs, z, mask=is_c[:, None] & (ts < T)[None, :])
+
+
+@triton.jit
 def _snake_in_kernel(r_ptr, h_ptr, bh_ptr, a_ptr, y_ptr, C, T, HAS_H: tl.constexpr, BC: tl.constexpr, BT: tl.constexpr):
     row = tl.program_id(2)
     cs = tl.program_id(1) * BC + tl.arange(0, BC)
@@ -178,6 +224,15 @@ def unit_in_triton(r, h, h_bias, keys, alpha1, dw_weight, dw_bias, alpha2, dilat
     assert (h_bias is None) != (keys is None) and dw_weight.shape == (c, 7) and dw_weight.is_contiguous()
     x, z = torch.empty_like(r), torch.empty_like(r)
     bc, bt = _blocks(c, t)
+    grid = _grid(b, c, t, bc, bt)
+    if SPLIT_SNAKE:
+        s = torch.empty_like(r)
+        key, bh = (keys, alpha1) if keys is not None else (r, h_bias)
+        _sum_snake_kernel[grid](
+            r, h, bh, key, alpha1, x, s, c, t, NOISE=keys is not None, BC=bc, BT=bt, num_warps=NUM_WARPS
+        )
+        _dw_snake_kernel[grid](s, dw_weight, dw_bias, alpha2, z, c, t, D=dilation, BC=bc, BT=bt, num_warps=NUM_WARPS)
+        return x, z
     _unit_in_kernel[_grid(b, c, t, bc, bt)](
         r,
         h,
