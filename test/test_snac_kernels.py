@@ -8,7 +8,7 @@ import torch
 from light_tts.decode.snac.snac_runner import SNACRunner, decode_rows
 from light_tts.kernels.codec import snac_ops
 from light_tts.models.orpheus.config import SNACConfig
-from light_tts.models.orpheus.snac import SNACDecoder, counter_noise, noise_keys
+from light_tts.models.orpheus.snac import SNACDecoder, counter_noise
 from light_tts.models.orpheus.snac_fused import FusedSNAC
 from light_tts.tools.make_orpheus import snac_state_dict
 
@@ -41,10 +41,11 @@ def test_unit_in_matches_its_reference(dilation, noise, c, t, split, monkeypatch
     """Both forms of unit_in: one launch, and split in two (SPLIT_SNAKE)."""
     monkeypatch.setattr(snac_ops, "SPLIT_SNAKE", split)
     r, h, bias, alpha1, dw_weight, dw_bias, alpha2 = args(c, t)
-    keys = torch.tensor([123456789, 4000000000], device=DEVICE) if noise else None
+    seeds = torch.tensor([123456789, -(2**62) + 5], device=DEVICE)  # a negative seed: its high word is hashed
+    noise_args = (seeds, torch.tensor([4, 2**33 + 9], device=DEVICE), 2) if noise else None
     h_bias = None if noise else bias
-    got = snac_ops.unit_in_triton(r, h, h_bias, keys, alpha1, dw_weight, dw_bias, alpha2, dilation)
-    expected = snac_ops.unit_in_ref(r, h, h_bias, keys, alpha1, dw_weight, dw_bias, alpha2, dilation)
+    got = snac_ops.unit_in_triton(r, h, h_bias, noise_args, alpha1, dw_weight, dw_bias, alpha2, dilation)
+    expected = snac_ops.unit_in_ref(r, h, h_bias, noise_args, alpha1, dw_weight, dw_bias, alpha2, dilation)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
 
@@ -64,17 +65,15 @@ def test_snake_in_and_head_match_their_references():
 
 
 def test_the_in_kernel_noise_is_counter_noise():
-    """The noise the noise blocks add in the kernel is what the module's counter_noise draws for that block."""
+    """The noise the noise blocks add in the kernel (its key hashed there from seed, counter and block) is what the
+    module's counter_noise draws for that block."""
     seeds = torch.tensor([0, 7, 2**40 + 3, -(2**62)], device=DEVICE)
     counters = torch.tensor([4, 4, 100, 5], device=DEVICE)
+    ones = torch.ones(4, 3, 50, device=DEVICE)
     for block in range(4):
         expected = counter_noise(seeds, counters)(block, 4, 50)[:, 0]
-        torch.testing.assert_close(snac_ops.normal_ref(noise_keys(seeds, counters, block), 50), expected)
         # a unit_in whose r is 0 and h is 1 writes x = noise
-        ones = torch.ones(4, 3, 50, device=DEVICE)
-        x, _ = snac_ops.unit_in_triton(
-            ones * 0, ones, None, noise_keys(seeds, counters, block), *args(3, 50)[3:], 1
-        )  # fmt: skip
+        x, _ = snac_ops.unit_in_triton(ones * 0, ones, None, (seeds, counters, block), *args(3, 50)[3:], 1)
         torch.testing.assert_close(x[:, 1], expected, atol=1e-5, rtol=1e-5)
 
 
@@ -110,3 +109,29 @@ def test_the_runner_serves_the_fused_path(model):
     expected = SNACRunner(model, DEVICE, 2, use_graphs=False, use_fused=False).decode(frames, [5], [2])
     got = fused.decode(frames, [5], [2])
     assert float((got - expected).norm() / expected.norm()) < 1e-5
+
+
+def test_the_engine_decodes_with_the_fused_kernels_when_asked(model, orpheus_dir):
+    """SNACEngine(fused=True) (--snac_kernels fused on a GPU) runs the fused path and gives a stream the module
+    engine's audio; the family builds it only for a CUDA device (a CPU server decodes with the module)."""
+    from light_tts.decode.snac.snac_engine import SNACEngine
+    from light_tts.families.orpheus import FAMILY
+    from light_tts.model_config import QwenConfig
+    from light_tts.models.orpheus.config import OrpheusConfig, OrpheusTokens
+
+    tokens = OrpheusTokens(0, 0, 0, 0, 0, 0, 0, 0, 0, first_audio=1000)
+    cfg = OrpheusConfig(model_dir=None, body=QwenConfig(), tokens=tokens, snac=TINY)
+    ids = [1000 + 4096 * (i % 7) + int(c) for i, c in enumerate(np.random.default_rng(2).integers(0, 4096, 14))]
+    audio = {}
+    for fused in (False, True):
+        engine = SNACEngine(cfg, DEVICE, model=model, max_batch_size=2, fused=fused)
+        assert (engine.runner.fused is not None) == fused
+        engine.add_request("a", seed=9)
+        engine.push_tokens("a", ids, is_last=True)
+        outputs = engine.step()
+        assert [o.finished for o in outputs] == [True]
+        audio[fused] = outputs[0].audio
+    assert len(audio[True]) == 2 * 2048
+    np.testing.assert_allclose(audio[True], audio[False], atol=2e-5)
+    released = FAMILY.load_model_config(orpheus_dir)
+    assert FAMILY.decode_engine(released, device="cpu", snac_kernels="fused").runner.fused is None

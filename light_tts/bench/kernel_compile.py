@@ -256,11 +256,11 @@ def snac_launches() -> list[tuple[str, callable]]:
     from light_tts.kernels.codec.snac_ops import head_triton, snake_in_triton, unit_in_triton
 
     f32 = lambda *shape: torch.zeros(*shape)  # noqa: E731
-    keys = torch.zeros(4, dtype=torch.int64)
+    noise = (torch.zeros(4, dtype=torch.int64), torch.zeros(4, dtype=torch.int64), 3)
     return [
         (
             "snac unit_in (noise)",
-            lambda: unit_in_triton(f32(4, 512, 128), f32(4, 512, 128), None, keys, *_unit(512), 1),
+            lambda: unit_in_triton(f32(4, 512, 128), f32(4, 512, 128), None, noise, *_unit(512), 1),
         ),
         (
             "snac unit_in (bias)",

@@ -80,7 +80,7 @@ class OrpheusFamily(ModelFamily):
     modes = ()
     flow_files = (f"{SNAC_DIR}/{CONFIG_NAME}", f"{SNAC_DIR}/pytorch_model.bin")
     frontend_files = (TOKENIZER_NAME,)
-    decode_flags = ("decode_max_batch_size", "deadline_margin_s")  # see decode_engine
+    decode_flags = ("decode_max_batch_size", "deadline_margin_s", "snac_kernels")  # see decode_engine
 
     def load_model_config(self, model_dir):
         return load_model_config(model_dir)
@@ -143,14 +143,23 @@ class OrpheusFamily(ModelFamily):
         limits=None,
         hop_policy=None,
         dtype=None,
+        snac_kernels: str = "module",
     ):
         """SNACEngine with the decode processes' batch size, CUDA graphs and deadline margin. It decodes in
         float32, the reference's precision (--decode_data_type is the CosyVoice flow's); CosyVoice's hop policy
-        and page-pool limits do not apply (windows are the reference's, a stream holds no pages)."""
+        and page-pool limits do not apply (windows are the reference's, a stream holds no pages). snac_kernels
+        "fused": the decoder's fused Triton launches on a GPU (the module everywhere else)."""
         from light_tts.decode.snac.snac_engine import SNACEngine
 
         margin = {} if limits is None else {"deadline_margin_s": limits.deadline_margin_s}
-        return SNACEngine(cfg, device, max_batch_size=max_batch_size, use_cuda_graph=use_cuda_graph, **margin)
+        return SNACEngine(
+            cfg,
+            device,
+            max_batch_size=max_batch_size,
+            use_cuda_graph=use_cuda_graph,
+            fused=snac_kernels == "fused" and str(device).startswith("cuda"),
+            **margin,
+        )
 
 
 FAMILY = OrpheusFamily()

@@ -78,13 +78,16 @@ class SNACEngine:
         deadline_margin_s: float = 0.1,
         clock=time.monotonic,
         model: SNACDecoder | None = None,
+        fused: bool = False,
     ):
+        """fused: decode with the fused kernels (snac_fused.py; float32, on CUDA or under TRITON_INTERPRET=1)."""
         self.cfg, self.device, self.clock = cfg, torch.device(device), clock
         self.frame_ids = FrameIds(cfg.tokens.first_audio, cfg.tokens.codebook_size, cfg.tokens.frame_len)
         self.samples_per_frame, self.sample_rate = cfg.snac.samples_per_frame, cfg.sample_rate
         self.model = (model or load_snac(cfg)).to(self.device)
         self.max_batch_size, self.dtype, self.use_cuda_graph = max_batch_size, dtype, use_cuda_graph
-        self.runner: SNACRunner | None = SNACRunner(self.model, self.device, max_batch_size, use_cuda_graph, dtype)
+        self.fused = fused
+        self.runner: SNACRunner | None = self._runner()
         self.step_model = StepTimeModel(base_s=0.005, per_token_s=1e-3)
         self.margin_s = deadline_margin_s
         self.requests: dict[str, SNACStream] = {}
@@ -291,7 +294,12 @@ class SNACEngine:
 
     def reload(self) -> None:
         self.model.to(self.device)
-        self.runner = SNACRunner(self.model, self.device, self.max_batch_size, self.use_cuda_graph, self.dtype)
+        self.runner = self._runner()
+
+    def _runner(self) -> SNACRunner:
+        return SNACRunner(
+            self.model, self.device, self.max_batch_size, self.use_cuda_graph, self.dtype, use_fused=self.fused
+        )
 
     @property
     def is_released(self) -> bool:

@@ -4,14 +4,16 @@ transposed convs stay cuBLAS / cuDNN calls between them):
     unit_in:  x = r + h * noise[t]  or  r + h + b_h       (a noise block's or a residual unit's output)
               z = snake(dwconv7_d(snake(x)) + b_dw)        (the next residual unit up to its 1x1 conv)
     snake_in: y = snake(r + h + b_h)                       (the last unit's output into the next upsampling)
+    (unit_in may also run as two launches, SPLIT_SNAKE: x and snake(x) written, then the depthwise conv)
     head:     audio = tanh(conv7(snake(r + h + b_h)) + b)  (the last unit's output into the output conv)
 
 Activations are [B, C, T], contiguous. Each tap of the depthwise conv re-reads the shifted input tile (from L1/L2)
 and re-applies what precedes it, so nothing in between is written: SNAC's torch graph makes ~12 passes over each
 activation per residual unit (Snake alone is five kernels), these make 4 (r, h read; x, z written) and the GEMM 2.
 
-Noise is the reference's counter_noise (models/orpheus/snac.py) computed in place: a row's key per block comes in,
-and each time step's normal is hashed from it (one value per t, broadcast over channels).
+Noise is the reference's counter_noise (models/orpheus/snac.py) computed in place: each program hashes its row's
+key from (seed, counter, block) and each time step's normal from the key (one value per t, broadcast over
+channels), so the noise costs no launch of its own.
 """
 
 import math
@@ -51,6 +53,15 @@ def _normal_at(key, t):
 
 
 @triton.jit
+def _row_key(seed_ptr, counter_ptr, row, salt):
+    """The row's key for one block's noise (noise_key_ref): a hash of its seed, its counter and the block's salt."""
+    seed = tl.load(seed_ptr + row)
+    key = _mix32(_mix32(seed & 0xFFFFFFFF) ^ ((seed >> 32) & 0xFFFFFFFF))
+    key = _mix32(key ^ (tl.load(counter_ptr + row) & 0xFFFFFFFF))
+    return _mix32(key ^ salt)
+
+
+@triton.jit
 def _snake(x, alpha, inv_alpha):
     s = tl.sin(alpha * x)
     return x + inv_alpha * (s * s)
@@ -76,7 +87,9 @@ def _unit_in_kernel(
     r_ptr,
     h_ptr,
     bh_ptr,
-    key_ptr,
+    seed_ptr,
+    counter_ptr,
+    salt,
     a1_ptr,
     w_ptr,
     bw_ptr,
@@ -96,7 +109,7 @@ def _unit_in_kernel(
     is_c = cs < C
     base = row.to(tl.int64) * C * T
     if NOISE:
-        key = tl.load(key_ptr + row)
+        key = _row_key(seed_ptr, counter_ptr, row, salt)
         bh = tl.zeros((BC,), tl.float32)
     else:
         key = 0
@@ -121,24 +134,43 @@ def _unit_in_kernel(
 
 @triton.jit
 def _sum_snake_kernel(
-    r_ptr, h_ptr, bh_ptr, key_ptr, a_ptr, x_ptr, s_ptr, C, T, NOISE: tl.constexpr, BC: tl.constexpr, BT: tl.constexpr
+    r_ptr,
+    h_ptr,
+    bh_ptr,
+    seed_ptr,
+    counter_ptr,
+    salt,
+    a_ptr,
+    x_ptr,
+    s_ptr,
+    C,
+    T,
+    HAS_H: tl.constexpr,
+    NOISE: tl.constexpr,
+    WRITE_X: tl.constexpr,
+    BC: tl.constexpr,
+    BT: tl.constexpr,
 ):
-    """unit_in's first half when split: x = r + h * noise or r + h + b_h, and s = snake(x), both written."""
+    """x = r + h * noise, r + h + b_h or r; s = snake(x) written (and x, when WRITE_X: unit_in's first half)."""
     row = tl.program_id(2)
     cs = tl.program_id(1) * BC + tl.arange(0, BC)
     ts = tl.program_id(0) * BT + tl.arange(0, BT)
     is_c = cs < C
     offs = row.to(tl.int64) * C * T + cs[:, None].to(tl.int64) * T + ts[None, :]
     if NOISE:
-        key = tl.load(key_ptr + row)
+        key = _row_key(seed_ptr, counter_ptr, row, salt)
         bh = tl.zeros((BC,), tl.float32)
     else:
         key = 0
-        bh = tl.load(bh_ptr + cs, mask=is_c, other=0.0)
-    v = _load_sum(r_ptr, h_ptr, bh, key, offs, ts, is_c[:, None], T, True, NOISE)
+        if HAS_H:
+            bh = tl.load(bh_ptr + cs, mask=is_c, other=0.0)
+        else:
+            bh = tl.zeros((BC,), tl.float32)
+    v = _load_sum(r_ptr, h_ptr, bh, key, offs, ts, is_c[:, None], T, HAS_H, NOISE)
     a = tl.load(a_ptr + cs, mask=is_c, other=1.0)
     mask = is_c[:, None] & (ts < T)[None, :]
-    tl.store(x_ptr + offs, v, mask=mask)
+    if WRITE_X:
+        tl.store(x_ptr + offs, v, mask=mask)
     tl.store(s_ptr + offs, _snake(v, a[:, None], (1.0 / (a + 1e-9))[:, None]), mask=mask)
 
 
@@ -160,22 +192,6 @@ def _dw_snake_kernel(s_ptr, w_ptr, bw_ptr, a_ptr, z_ptr, C, T, D: tl.constexpr, 
     z = _snake(acc + tl.load(bw_ptr + cs, mask=is_c, other=0.0)[:, None], a[:, None], (1.0 / (a + 1e-9))[:, None])
     offs = base + cs[:, None].to(tl.int64) * T + ts[None, :]
     tl.store(z_ptr + offs, z, mask=is_c[:, None] & (ts < T)[None, :])
-
-
-@triton.jit
-def _snake_in_kernel(r_ptr, h_ptr, bh_ptr, a_ptr, y_ptr, C, T, HAS_H: tl.constexpr, BC: tl.constexpr, BT: tl.constexpr):
-    row = tl.program_id(2)
-    cs = tl.program_id(1) * BC + tl.arange(0, BC)
-    ts = tl.program_id(0) * BT + tl.arange(0, BT)
-    is_c = cs < C
-    offs = row.to(tl.int64) * C * T + cs[:, None].to(tl.int64) * T + ts[None, :]
-    if HAS_H:
-        bh = tl.load(bh_ptr + cs, mask=is_c, other=0.0)
-    else:
-        bh = tl.zeros((BC,), tl.float32)
-    v = _load_sum(r_ptr, h_ptr, bh, 0, offs, ts, is_c[:, None], T, HAS_H, False)
-    a = tl.load(a_ptr + cs, mask=is_c, other=1.0)
-    tl.store(y_ptr + offs, _snake(v, a[:, None], (1.0 / (a + 1e-9))[:, None]), mask=is_c[:, None] & (ts < T)[None, :])
 
 
 @triton.jit
@@ -217,42 +233,43 @@ def _check(r: torch.Tensor, h: torch.Tensor | None) -> tuple[int, int, int]:
     return r.shape
 
 
-def unit_in_triton(r, h, h_bias, keys, alpha1, dw_weight, dw_bias, alpha2, dilation: int):
-    """r, h [B, C, T]; h_bias [C] (a residual unit) or keys [B] int64 (a noise block: h_bias None); the next unit's
-    Snake alpha1 [C], depthwise weight [C, 7] and bias [C], Snake alpha2 [C] -> (x, z), both [B, C, T]."""
+def unit_in_triton(r, h, h_bias, noise, alpha1, dw_weight, dw_bias, alpha2, dilation: int):
+    """r, h [B, C, T]; h_bias [C] (a residual unit) or noise = (seeds [B], counters [B] int64, block index) (a
+    noise block: h_bias None); the next unit's Snake alpha1 [C], depthwise weight [C, 7] and bias [C], Snake
+    alpha2 [C] -> (x, z), both [B, C, T]."""
     b, c, t = _check(r, h)
-    assert (h_bias is None) != (keys is None) and dw_weight.shape == (c, 7) and dw_weight.is_contiguous()
+    assert (h_bias is None) != (noise is None) and dw_weight.shape == (c, 7) and dw_weight.is_contiguous()
+    seeds, counters, salt = _noise_args(r, noise)
     x, z = torch.empty_like(r), torch.empty_like(r)
     bc, bt = _blocks(c, t)
     grid = _grid(b, c, t, bc, bt)
+    bh = h_bias if noise is None else alpha1  # (a placeholder the noise form never reads)
     if SPLIT_SNAKE:
         s = torch.empty_like(r)
-        key, bh = (keys, alpha1) if keys is not None else (r, h_bias)
         _sum_snake_kernel[grid](
-            r, h, bh, key, alpha1, x, s, c, t, NOISE=keys is not None, BC=bc, BT=bt, num_warps=NUM_WARPS
-        )
+            r, h, bh, seeds, counters, salt, alpha1, x, s, c, t, HAS_H=True, NOISE=noise is not None, WRITE_X=True,
+            BC=bc, BT=bt, num_warps=NUM_WARPS,
+        )  # fmt: skip
         _dw_snake_kernel[grid](s, dw_weight, dw_bias, alpha2, z, c, t, D=dilation, BC=bc, BT=bt, num_warps=NUM_WARPS)
         return x, z
-    _unit_in_kernel[_grid(b, c, t, bc, bt)](
-        r,
-        h,
-        h_bias if keys is None else alpha1,
-        keys if keys is not None else r,
-        alpha1,
-        dw_weight,
-        dw_bias,
-        alpha2,
-        x,
-        z,
-        c,
-        t,
-        D=dilation,
-        NOISE=keys is not None,
-        BC=bc,
-        BT=bt,
-        num_warps=NUM_WARPS,
-    )
+    _unit_in_kernel[grid](
+        r, h, bh, seeds, counters, salt, alpha1, dw_weight, dw_bias, alpha2, x, z, c, t, D=dilation,
+        NOISE=noise is not None, BC=bc, BT=bt, num_warps=NUM_WARPS,
+    )  # fmt: skip
     return x, z
+
+
+def _noise_args(r: torch.Tensor, noise) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(seeds, counters, the block's salt) for the kernels; placeholders without noise."""
+    if noise is None:
+        return r, r, 0
+    seeds, counters, block = noise
+    assert seeds.dtype == counters.dtype == torch.int64 and seeds.shape == counters.shape == (r.shape[0],)
+    return seeds, counters, block_salt(block)
+
+
+def block_salt(block: int) -> int:
+    return 0x27D4EB2F * (block + 1) & MASK32
 
 
 def snake_in_triton(r, h, h_bias, alpha):
@@ -260,9 +277,10 @@ def snake_in_triton(r, h, h_bias, alpha):
     b, c, t = _check(r, h)
     y = torch.empty_like(r)
     bc, bt = _blocks(c, t)
-    _snake_in_kernel[_grid(b, c, t, bc, bt)](
-        r, h if h is not None else r, h_bias if h is not None else alpha, alpha, y, c, t, HAS_H=h is not None,
-        BC=bc, BT=bt, num_warps=NUM_WARPS,
+    has_h = h is not None
+    _sum_snake_kernel[_grid(b, c, t, bc, bt)](
+        r, h if has_h else r, h_bias if has_h else alpha, r, r, 0, alpha, y, y, c, t, HAS_H=has_h, NOISE=False,
+        WRITE_X=False, BC=bc, BT=bt, num_warps=NUM_WARPS,
     )  # fmt: skip
     return y
 
@@ -296,6 +314,13 @@ def mix32_ref(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def noise_key_ref(seeds: torch.Tensor, counters: torch.Tensor, block: int) -> torch.Tensor:
+    """Each row's key for one block's noise: a hash of (seed, counter, block) ([B] int64 tensors, < 2^32)."""
+    key = mix32_ref(mix32_ref(seeds & MASK32) ^ ((seeds >> 32) & MASK32))
+    key = mix32_ref(key ^ (counters & MASK32))
+    return mix32_ref(key ^ block_salt(block))
+
+
 def normal_ref(keys: torch.Tensor, length: int) -> torch.Tensor:
     """keys [B] -> the noise [B, length] that _normal_at computes."""
     i = torch.arange(length, device=keys.device)
@@ -306,8 +331,11 @@ def normal_ref(keys: torch.Tensor, length: int) -> torch.Tensor:
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)
 
 
-def unit_in_ref(r, h, h_bias, keys, alpha1, dw_weight, dw_bias, alpha2, dilation: int):
-    x = r + normal_ref(keys, r.shape[-1])[:, None, :] * h if keys is not None else r + h + h_bias[None, :, None]
+def unit_in_ref(r, h, h_bias, noise, alpha1, dw_weight, dw_bias, alpha2, dilation: int):
+    if noise is not None:
+        x = r + normal_ref(noise_key_ref(*noise), r.shape[-1])[:, None, :] * h
+    else:
+        x = r + h + h_bias[None, :, None]
     y = torch.nn.functional.conv1d(
         snake_ref(x, alpha1), dw_weight[:, None, :], dw_bias, padding=3 * dilation, dilation=dilation, groups=r.shape[1]
     )

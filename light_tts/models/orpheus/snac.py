@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from light_tts.errors import ModelDirError
-from light_tts.kernels.codec.snac_ops import MASK32, mix32_ref, normal_ref
+from light_tts.kernels.codec.snac_ops import noise_key_ref, normal_ref
 from light_tts.models.orpheus.config import SNACConfig
 
 NoiseFn = Callable[[int, int, int], torch.Tensor]  # (block index, batch, length) -> [B, 1, T]
@@ -186,18 +186,11 @@ def torch_noise() -> NoiseFn:
     return lambda block, batch, length: torch.randn(batch, 1, length)
 
 
-def noise_keys(seeds: torch.Tensor, counters: torch.Tensor, block: int) -> torch.Tensor:
-    """Each row's key for one block's noise: a hash of (seed, counter, block) ([B] int64 device tensors, < 2^32)."""
-    key = mix32_ref(mix32_ref(seeds & MASK32) ^ ((seeds >> 32) & MASK32))
-    key = mix32_ref(key ^ (counters & MASK32))
-    return mix32_ref(key ^ (0x27D4EB2F * (block + 1) & MASK32))
-
-
 def counter_noise(seeds: torch.Tensor, counters: torch.Tensor) -> NoiseFn:
     """Noise of row b from (seeds[b], counters[b]) only ([B] int64 device tensors): standard normal by Box-Muller
     on hashed 24-bit uniforms; the same row gets the same noise alone or in any batch."""
 
     def noise(block: int, batch: int, length: int) -> torch.Tensor:
-        return normal_ref(noise_keys(seeds, counters, block)[:batch], length)[:, None, :]
+        return normal_ref(noise_key_ref(seeds, counters, block)[:batch], length)[:, None, :]
 
     return noise

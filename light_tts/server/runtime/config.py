@@ -328,6 +328,15 @@ class ServerConfig:
         "source and iSTFT float32); every CPU run uses float32",
         choices=DATA_TYPES,
     )
+    snac_kernels: str = _opt(
+        "decode",
+        "module",
+        "Orpheus's SNAC decoder on a GPU: module (the reference module's "
+        "graph) or fused (its blocks in Triton launches around the 1x1-conv "
+        "GEMMs: ~55 launches a decode instead of ~650; tested against the "
+        "module on CPU, not yet measured on a GPU: docs/performance.md)",
+        choices=("module", "fused"),
+    )
     decode_hot_path: str = _opt(
         "decode",
         "auto",

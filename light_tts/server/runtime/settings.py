@@ -241,6 +241,7 @@ class ServerSettings:
             "dtype": getattr(torch, self.decode_dtype(device)),
             "use_cuda_graph": not c.disable_cudagraph,
             "limits": limits,
+            "snac_kernels": c.snac_kernels,
         }
 
 
