@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     model = load_decoder(args.model_dir, args.size).to(device)
     dtype = getattr(torch, args.dtype)
     start = time.perf_counter()
-    graphs = SNACRunner(model, device, max(batches), use_graphs=True, dtype=dtype)
+    fused = device.type == "cuda" and dtype == torch.float32  # the fused kernels run float32 on a GPU
+    graphs = SNACRunner(model, device, max(batches), use_graphs=True, dtype=dtype, use_fused=fused)
     module = SNACRunner(model, device, max(batches), use_graphs=True, dtype=dtype, use_fused=False)
     split = split_runner(model, device, max(batches)) if graphs.fused is not None else None
     results: dict = {

@@ -57,12 +57,10 @@ class SNACRunner:
         max_rows: int,
         use_graphs: bool,
         dtype: torch.dtype = torch.float32,
-        use_fused: bool | None = None,
+        use_fused: bool = False,
     ):
-        """use_fused: the fused kernels (None: on CUDA in float32; True on CPU needs TRITON_INTERPRET=1)."""
+        """use_fused: the fused kernels (--snac_kernels fused; float32; on a CPU only under TRITON_INTERPRET=1)."""
         self.model, self.device, self.max_rows, self.dtype = model, device, max_rows, dtype
-        if use_fused is None:
-            use_fused = device.type == "cuda" and dtype == torch.float32
         assert not use_fused or dtype == torch.float32, "the fused SNAC kernels run float32"
         self.fused = FusedSNAC(model) if use_fused else None
         self.graphs: dict[int, tuple] = {}  # rows -> (replay, output)

@@ -307,6 +307,8 @@ def snake_ref(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
 
 
 def mix32_ref(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 on int64 tensors holding values < 2^32 (products wrap, the mask keeps the low 32 bits, which
+    wrapping does not change)."""
     x = x ^ (x >> 16)
     x = (x * 0x7FEB352D) & MASK32
     x = x ^ (x >> 15)
