@@ -62,6 +62,23 @@ def _row_key(seed_ptr, counter_ptr, row, salt):
 
 
 @triton.jit
+def _row_terms(
+    seed_ptr, counter_ptr, salt, bh_ptr, row, cs, is_c, HAS_H: tl.constexpr, NOISE: tl.constexpr, BC: tl.constexpr
+):
+    """What a row adds to r: (its noise key, 0 bias) for a noise block, (0, b_h) for a unit, (0, 0) for r alone."""
+    if NOISE:
+        key = _row_key(seed_ptr, counter_ptr, row, salt)
+        bh = tl.zeros((BC,), tl.float32)
+    else:
+        key = 0
+        if HAS_H:
+            bh = tl.load(bh_ptr + cs, mask=is_c, other=0.0)
+        else:
+            bh = tl.zeros((BC,), tl.float32)
+    return key, bh
+
+
+@triton.jit
 def _snake(x, alpha, inv_alpha):
     s = tl.sin(alpha * x)
     return x + inv_alpha * (s * s)
@@ -108,12 +125,7 @@ def _unit_in_kernel(
     ts = tl.program_id(0) * BT + tl.arange(0, BT)
     is_c = cs < C
     base = row.to(tl.int64) * C * T
-    if NOISE:
-        key = _row_key(seed_ptr, counter_ptr, row, salt)
-        bh = tl.zeros((BC,), tl.float32)
-    else:
-        key = 0
-        bh = tl.load(bh_ptr + cs, mask=is_c, other=0.0)
+    key, bh = _row_terms(seed_ptr, counter_ptr, salt, bh_ptr, row, cs, is_c, True, NOISE, BC)
     a1 = tl.load(a1_ptr + cs, mask=is_c, other=1.0)
     inv_a1 = 1.0 / (a1 + 1e-9)
     acc = tl.zeros((BC, BT), tl.float32)
@@ -157,15 +169,7 @@ def _sum_snake_kernel(
     ts = tl.program_id(0) * BT + tl.arange(0, BT)
     is_c = cs < C
     offs = row.to(tl.int64) * C * T + cs[:, None].to(tl.int64) * T + ts[None, :]
-    if NOISE:
-        key = _row_key(seed_ptr, counter_ptr, row, salt)
-        bh = tl.zeros((BC,), tl.float32)
-    else:
-        key = 0
-        if HAS_H:
-            bh = tl.load(bh_ptr + cs, mask=is_c, other=0.0)
-        else:
-            bh = tl.zeros((BC,), tl.float32)
+    key, bh = _row_terms(seed_ptr, counter_ptr, salt, bh_ptr, row, cs, is_c, HAS_H, NOISE, BC)
     v = _load_sum(r_ptr, h_ptr, bh, key, offs, ts, is_c[:, None], T, HAS_H, NOISE)
     a = tl.load(a_ptr + cs, mask=is_c, other=1.0)
     mask = is_c[:, None] & (ts < T)[None, :]
