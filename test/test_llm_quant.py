@@ -294,3 +294,39 @@ def test_server_and_engine_accept_the_same_values():
 
     assert server_config.QUANTIZATIONS == engine_config.QUANTIZATIONS
     assert server_config.KV_CACHE_DTYPES == engine_config.KV_CACHE_DTYPES
+
+
+@pytest.mark.parametrize("quantization, kv_cache_dtype", [("none", "auto"), ("fp8", "fp8"), ("int8", "int8")])
+@pytest.mark.parametrize("family", ["cosyvoice2", "orpheus"])
+def test_small_batch_path_gives_the_general_paths_logprobs(tiny, orpheus, family, quantization, kv_cache_dtype):
+    """--llm_small_batch_rows: one-row decode steps take DecoderLayer.forward_small (its ops' references on the CPU;
+    test_small_batch_kernels holds the kernels to them) and score every step as the general path does, on the Qwen2
+    body (qkv bias) and the Llama body (tied head); prefill never takes it."""
+    modes = dict(quantization=quantization, kv_cache_dtype=kv_cache_dtype)
+    build, req = (
+        (lambda **kw: make_engine(tiny, **kw), lambda: request(greedy=True))
+        if family == "cosyvoice2"
+        else (lambda **kw: orpheus_engine(orpheus, **kw), lambda: orpheus_request(orpheus, num_steps=20))
+    )
+    general = build(**modes)
+    small = build(small_batch_rows=1, **modes)
+    calls = []
+    layer = small.runner.model.layers[0]
+    original = layer.forward_small
+    layer.forward_small = lambda *args: calls.append(len(args[0])) or original(*args)
+    tokens, expected = forced_logprobs(general, req(), None)
+    _, logprobs = forced_logprobs(small, req(), tokens)
+    assert calls == [1] * (len(tokens) - 1)  # every decode step, one row each; not the prefill
+    assert (logprobs - expected).abs().max() < 1e-4
+
+
+def test_small_batch_rows_flag_is_bounded_by_the_kernels():
+    from light_tts.kernels.llm.small_batch import MAX_ROWS
+    from light_tts.llm.config import SMALL_BATCH_MAX_ROWS
+    from light_tts.server.runtime import config as server_config
+
+    assert SMALL_BATCH_MAX_ROWS == server_config.SMALL_BATCH_MAX_ROWS == MAX_ROWS
+    with pytest.raises(ValueError, match="small_batch_rows"):
+        EngineConfig(small_batch_rows=MAX_ROWS + 1)
+    with pytest.raises(ValueError, match="llm_small_batch_rows"):
+        ServerConfig(llm_small_batch_rows=-1)

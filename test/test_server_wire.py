@@ -195,6 +195,7 @@ def test_settings_derive_every_size_from_config_and_model():
         disable_prefix_cache=True,
         quantization="int8",
         kv_cache_dtype="fp8",
+        llm_small_batch_rows=2,
     )
     s = build_settings(cfg, model)
     assert (s.model_names, s.model.sample_rate, s.model.token_rate) == (["m16k"], 16000, 50)
@@ -219,6 +220,7 @@ def test_settings_derive_every_size_from_config_and_model():
         "tokens_per_second": 50,
         "quantization": "int8",
         "kv_cache_dtype": "fp8",
+        "small_batch_rows": 2,
     }
     assert s.llm_engine_config("cpu").data_type == "float32"
     assert s.max_fixed_speech_tokens == 900

@@ -248,6 +248,46 @@ def llm_launches() -> list[tuple[str, callable]]:
                 1.1,
             ),
         ),
+    ] + small_batch_launches()
+
+
+def small_batch_launches() -> list[tuple[str, callable]]:
+    """The small-batch decoder kernels at Orpheus' shapes: fp8 weights and KV at one row, bf16 at eight."""
+    from light_tts.kernels.llm.small_batch import gate_up_silu_triton, norm_linear_triton, qkv_rope_triton
+
+    bf16, fp8, slots = torch.bfloat16, torch.float8_e4m3fn, 4096
+    h = lambda rows: torch.zeros(rows, 3072, dtype=bf16)  # noqa: E731
+    cache = lambda: torch.zeros(slots, 8, 128, dtype=fp8)  # noqa: E731
+    qkv = (torch.zeros(5120, 3072, dtype=fp8), torch.zeros(5120), None, torch.zeros(3072, dtype=bf16), 1e-5, h(1))
+    rope = (torch.zeros(1, dtype=torch.int64), torch.zeros(4096, 128), torch.zeros(1, dtype=torch.int64))
+    return [
+        (
+            "llm small-batch qkv+rope (fp8, fp8 KV, 1 row)",
+            lambda: qkv_rope_triton(h(1), *qkv, *rope, cache(), cache(), torch.zeros(slots, 8), torch.zeros(slots, 8)),
+        ),
+        (
+            "llm small-batch gate_up+silu (fp8, 1 row)",
+            lambda: gate_up_silu_triton(
+                h(1), torch.zeros(16384, 3072, dtype=fp8), torch.zeros(16384), torch.zeros(3072, dtype=bf16), 1e-5, h(1)
+            ),
+        ),
+        (
+            "llm small-batch linear (bf16, 8 rows)",
+            lambda: norm_linear_triton(torch.zeros(8, 8192, dtype=bf16), torch.zeros(3072, 8192, dtype=bf16)),
+        ),
+        (
+            "llm small-batch norm+head (bf16, 1 row)",
+            lambda: norm_linear_triton(
+                h(1),
+                torch.zeros(8192, 3072, dtype=bf16),
+                None,
+                None,
+                torch.zeros(3072, dtype=bf16),
+                1e-5,
+                h(1),
+                torch.float32,
+            ),
+        ),  # fmt: skip
     ]
 
 

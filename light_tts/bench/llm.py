@@ -1,7 +1,7 @@
 """GPU benchmark of the LLM engine on a full-size speech LM (random weights unless --model_dir is given).
 
 python -m light_tts.bench.llm --out llm.json [--model_dir DIR] [--dtype bfloat16] [--device cuda]
-    [--quantization {none,fp8,int8}] [--kv_cache_dtype {auto,fp8,int8}]
+    [--quantization {none,fp8,int8}] [--kv_cache_dtype {auto,fp8,int8}] [--small_batch_rows N]
 (--device cpu --model_dir <tiny model> --dtype float32 --batches 1,4 --concurrency 4 --gen_len 10 only checks
 that the benchmark runs.)
 --model_dir takes any family's directory (an Orpheus one: make_model --family orpheus --size full); without it,
@@ -227,6 +227,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--quantization", default="none", choices=("none", "fp8", "int8"))
     parser.add_argument("--kv_cache_dtype", default="auto", choices=("auto", "fp8", "int8"))
+    parser.add_argument(
+        "--small_batch_rows",
+        type=int,
+        default=0,
+        help="decode batches up to this many rows run the small-batch kernels (--llm_small_batch_rows)",
+    )
     args = parser.parse_args(argv)
     global DEVICE, MODEL
     DEVICE = args.device
@@ -238,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         graph_max_batch_size=256,
         quantization=args.quantization,
         kv_cache_dtype=args.kv_cache_dtype,
+        small_batch_rows=args.small_batch_rows,
         max_req_total_len=2048,
         max_total_token_num=256 * (args.context + 100) + 4096,
     )
@@ -248,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         "dtype": args.dtype,
         "quantization": args.quantization,
         "kv_cache_dtype": args.kv_cache_dtype,
+        "small_batch_rows": args.small_batch_rows,
         "init_s": time.perf_counter() - start,
     }
     results["decode"] = [bench_decode(engine, int(b), args.context, gen) for b in args.batches.split(",")]
@@ -276,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
 def print_table(r: dict) -> None:
     print(
         f"GPU {r['gpu']}, {r['dtype']}, quantization {r['quantization']}, KV cache {r['kv_cache_dtype']}, "
-        f"engine init {r['init_s']:.1f} s"
+        f"small-batch kernels up to {r.get('small_batch_rows', 0)} rows, engine init {r['init_s']:.1f} s"
     )
     print(f"{'decode batch':>12} {'graph ms':>9} {'eager ms':>9} {'replay ms':>10}")
     for d in r["decode"]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 DATA_TYPES = ("float16", "bfloat16", "float32")
 QUANTIZATIONS = ("none", "fp8", "int8")  # LLM weights (quantization.py, docs/quantization.md)
 KV_CACHE_DTYPES = ("auto", "fp8", "int8")  # LLM KV cache; auto: data_type
+SMALL_BATCH_MAX_ROWS = 8  # kernels/llm/small_batch.py's MAX_ROWS (a test checks they agree)
 
 
 @dataclass
@@ -28,6 +29,7 @@ class EngineConfig:
     tokens_per_second: float = 25  # the model's tokens per second of audio (real time, for ahead_tokens)
     quantization: str = "none"  # none | fp8 (weights and activations) | int8 (weights only)
     kv_cache_dtype: str = "auto"  # auto (data_type) | fp8 | int8
+    small_batch_rows: int = 0  # decode batches up to this many rows run the small-batch kernels (0: none)
 
     def __post_init__(self):
         if self.data_type not in DATA_TYPES:
@@ -40,5 +42,7 @@ class EngineConfig:
         for name in ("batch_max_tokens", "running_max_req_size", "graph_max_batch_size", "max_req_total_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not 0 <= self.small_batch_rows <= SMALL_BATCH_MAX_ROWS:
+            raise ValueError(f"small_batch_rows must be in 0..{SMALL_BATCH_MAX_ROWS}, got {self.small_batch_rows}")
         if self.max_total_token_num is not None and self.max_total_token_num < 2:
             raise ValueError("max_total_token_num must be >= 2")

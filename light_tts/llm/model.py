@@ -18,7 +18,7 @@ from torch import nn
 
 from light_tts.kernels.llm import ops
 from light_tts.kernels.llm.quant import DTYPES as QUANT_DTYPES
-from light_tts.llm.quantization import matmul
+from light_tts.llm.quantization import linear_weights, matmul
 from light_tts.llm.spec import LMArch
 from light_tts.model_config import QwenConfig
 
@@ -181,10 +181,42 @@ class DecoderLayer(nn.Module):
         x, residual = ops.rms_norm(h, self.post_attention_layernorm, self.eps, residual)
         return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x))), residual
 
+    def forward_small(
+        self, h: torch.Tensor, residual: torch.Tensor | None, inp: ForwardInputs, cache: LayerKV, cos_sin: torch.Tensor
+    ):
+        """forward for a decode batch of a few rows in 6 launches (kernels/llm/small_batch.py): norm + qkv + rotary
+        + K/V store, attention (2), o_proj, norm + gate_up + silu, down_proj. The next layer's norm adds the
+        residual."""
+        weight, scale, bias = linear_weights(self.qkv_proj)
+        q, residual = ops.qkv_rope(
+            h, weight, scale, bias, self.input_layernorm, self.eps, residual, inp.positions, cos_sin,
+            inp.slot_mapping, cache.k, cache.v, cache.k_scale, cache.v_scale,
+        )  # fmt: skip
+        attn = ops.decode_attention(
+            q,
+            cache.k,
+            cache.v,
+            cache.req_to_token,
+            inp.b_req_idx,
+            inp.b_seq_len,
+            self.sm_scale,
+            k_scale=cache.k_scale,
+            v_scale=cache.v_scale,
+        )
+        h, _ = ops.norm_linear(attn.reshape(-1, self.q_size), *linear_weights(self.o_proj))
+        weight, scale, _ = linear_weights(self.gate_up_proj)
+        x, residual = ops.gate_up_silu(h, weight, scale, self.post_attention_layernorm, self.eps, residual)
+        h, _ = ops.norm_linear(x, *linear_weights(self.down_proj))
+        return h, residual
+
 
 class EngineSpeechLM(nn.Module):
+    """small_batch_rows: decode batches of at most this many rows run the small-batch kernels (forward_small;
+    0: never; at most small_batch.MAX_ROWS). The model runner sets it from EngineConfig.small_batch_rows."""
+
     def __init__(self, arch: LMArch):
         super().__init__()
+        self.small_batch_rows = 0
         q = arch.body
         self.arch = arch
         self.embed = nn.Embedding(arch.num_embeddings, q.hidden_size)  # the engine's id space (the family's layout)
@@ -204,6 +236,12 @@ class EngineSpeechLM(nn.Module):
             kv.req_to_token.view(-1).index_copy_(0, inp.table_index, inp.slot_mapping.to(torch.int32))
         h = self.embed(inp.input_ids)
         residual = None
+        if not inp.is_prefill and len(inp.input_ids) <= self.small_batch_rows:
+            for i, layer in enumerate(self.layers):
+                h, residual = layer.forward_small(h, residual, inp, kv.layer(i), cos_sin)
+            head = self.llm_decoder
+            eps = self.arch.body.rms_norm_eps
+            return ops.norm_linear(h, head.weight, None, head.bias, self.norm, eps, residual, torch.float32)[0]
         for i, layer in enumerate(self.layers):
             h, residual = layer(h, residual, inp, kv.layer(i), cos_sin)
         h, _ = ops.rms_norm(h, self.norm, self.arch.body.rms_norm_eps, residual)

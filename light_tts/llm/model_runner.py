@@ -103,6 +103,7 @@ class ModelRunner:
         model.tie_head()
         load_engine_weights(model, self.spec.engine_weights(state_dict))
         quantize_linears(model.layers, self.cfg.quantization)
+        model.small_batch_rows = self.cfg.small_batch_rows
         return model.eval().requires_grad_(False)
 
     def _size_kv_cache(self) -> int:

@@ -56,6 +56,14 @@ def matmul(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return nn.functional.linear(x, layer.weight)
 
 
+def linear_weights(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(weight, its scale per output channel or None, bias or None) of a plain or quantized Linear, as the
+    small-batch kernels take them (kernels/llm/small_batch.py)."""
+    if isinstance(layer, QuantLinear):
+        return layer.weight, layer.weight_scale, layer.bias
+    return layer.weight, None, layer.bias
+
+
 def quantize_linears(body: nn.Module, mode: str) -> int:
     """Replace every nn.Linear under `body` by a QuantLinear of `mode` ("none": leave them); returns how many."""
     if mode == "none":

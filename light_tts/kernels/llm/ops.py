@@ -23,6 +23,14 @@ from light_tts.kernels.llm.quant_linear import (
 from light_tts.kernels.llm.ras_sampling import ras_first_attempt_ref, ras_first_attempt_triton
 from light_tts.kernels.llm.rmsnorm import rms_norm_ref, rms_norm_triton
 from light_tts.kernels.llm.rotary import apply_rotary_ref, apply_rotary_triton, build_cos_sin_cache
+from light_tts.kernels.llm.small_batch import (
+    gate_up_silu_ref,
+    gate_up_silu_triton,
+    norm_linear_ref,
+    norm_linear_triton,
+    qkv_rope_ref,
+    qkv_rope_triton,
+)
 
 __all__ = [
     "rms_norm",
@@ -36,6 +44,9 @@ __all__ = [
     "nucleus_sample",
     "fp8_linear",
     "int8_linear",
+    "norm_linear",
+    "gate_up_silu",
+    "qkv_rope",
 ]
 
 
@@ -211,3 +222,77 @@ def int8_linear(
     if not is_triton(x, use_triton):
         return int8_linear_ref(x, w_q, w_scale, bias)
     return quant_linear_triton(x, w_q, w_scale, bias, act_fp8=False)
+
+
+# Small decode batches (kernels/llm/small_batch.py): a weight is in the compute dtype, or int8 / fp8 with its float32
+# scale per output channel (weight_scale); the product is w8a8 for fp8 weights, weight-only for int8.
+
+
+def norm_linear(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    norm_weight: torch.Tensor | None = None,
+    eps: float = 0.0,
+    residual: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+    use_triton: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """rmsnorm(h [+ residual]) * norm_weight @ W^T + bias -> (out [M, N], the residual sum or h); without
+    norm_weight h @ W^T + bias -> (out, None). One launch for up to small_batch.MAX_ROWS rows."""
+    impl = norm_linear_triton if is_triton(h, use_triton) else norm_linear_ref
+    return impl(h, weight, weight_scale, bias, norm_weight, eps, residual, out_dtype)
+
+
+def gate_up_silu(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor | None,
+    norm_weight: torch.Tensor,
+    eps: float,
+    residual: torch.Tensor | None = None,
+    use_triton: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """silu(gate) * up of rmsnorm(h [+ residual]) * norm_weight @ W^T (W: gate rows, then up rows) -> (out [M, I],
+    the residual sum or h). One launch."""
+    impl = gate_up_silu_triton if is_triton(h, use_triton) else gate_up_silu_ref
+    return impl(h, weight, weight_scale, norm_weight, eps, residual)
+
+
+def qkv_rope(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    norm_weight: torch.Tensor,
+    eps: float,
+    residual: torch.Tensor | None,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+    use_triton: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The qkv projection of rmsnorm(h [+ residual]), its bias, rotary and the K/V store in one launch -> (q [M,
+    Hq, D], the residual sum or h); k and v go to the cache at slot_mapping (-1: not stored)."""
+    impl = qkv_rope_triton if is_triton(h, use_triton) else qkv_rope_ref
+    return impl(
+        h,
+        weight,
+        weight_scale,
+        bias,
+        norm_weight,
+        eps,
+        residual,
+        positions,
+        cos_sin_cache,
+        slot_mapping,
+        k_cache,
+        v_cache,
+        k_scale,
+        v_scale,
+    )

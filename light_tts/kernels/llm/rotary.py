@@ -65,30 +65,18 @@ def _rotate_and_store(x1, x2, cos, sin, first_ptr, mask, HALF_D: tl.constexpr):
 
 
 @triton.jit
-def _store_halves(
-    x1,
-    x2,
-    cache_ptr,
-    scale_ptr,
-    slot,
-    stride_slot,
-    stride_head,
-    stride_scale_slot,
-    num_heads,
-    HALF_D: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    FORMAT: tl.constexpr,
+def store_halves(
+    x1, x2, cache_ptr, scale_ptr, offsets, scale_offsets, mask, HALF_D: tl.constexpr, FORMAT: tl.constexpr
 ):
-    """Writes one token's heads, given as halves (BLOCK_H, D/2), at cache slot `slot` (< 0: nothing); with FORMAT >
-    0 quantized with one scale per head (kv_store.store_heads, for split heads)."""
-    heads = tl.arange(0, BLOCK_H)
-    mask = (heads < num_heads) & (slot >= 0)
-    ptr = cache_ptr + slot * stride_slot + heads[:, None] * stride_head + tl.arange(0, HALF_D)[None, :]
+    """Writes rows given as halves (R, D/2) (one head of one token each) at cache_ptr + offsets (R,), where mask
+    (R,) holds; with FORMAT > 0 quantized with one scale per row, written at scale_ptr + scale_offsets (R,)
+    (kv_store.store_heads, for split heads)."""
+    ptr = cache_ptr + offsets[:, None] + tl.arange(0, HALF_D)[None, :]
     if FORMAT != 0:
         x1, x2 = x1.to(tl.float32), x2.to(tl.float32)
         scale = format_scale(tl.maximum(tl.max(tl.abs(x1), axis=1), tl.max(tl.abs(x2), axis=1)), FORMAT)
         x1, x2 = quantize_rows(x1, scale, FORMAT), quantize_rows(x2, scale, FORMAT)
-        tl.store(scale_ptr + slot * stride_scale_slot + heads, scale, mask=mask)
+        tl.store(scale_ptr + scale_offsets, scale, mask=mask)
     tl.store(ptr, x1.to(cache_ptr.dtype.element_ty), mask=mask[:, None])
     tl.store(ptr + HALF_D, x2.to(cache_ptr.dtype.element_ty), mask=mask[:, None])
 
@@ -156,33 +144,17 @@ def _rotary_kernel(
         tl.store(v_first_ptr, v1, mask=v_mask)
         tl.store(v_first_ptr + HALF_D, v2, mask=v_mask)
     if STORE_KV:
-        _store_halves(
-            k1,
-            k2,
-            k_cache_ptr,
-            k_scale_ptr,
-            slot,
-            stride_kc_slot,
-            stride_kc_head,
-            stride_ks_slot,
-            num_kv_heads,
-            HALF_D,
-            BLOCK_HKV,
-            KV_FORMAT,
+        heads = tl.arange(0, BLOCK_HKV)
+        is_stored = (heads < num_kv_heads) & (slot >= 0)
+        k_offsets, v_offsets = (
+            slot * stride_kc_slot + heads * stride_kc_head,
+            slot * stride_vc_slot + heads * stride_vc_head,
         )
-        _store_halves(
-            v1,
-            v2,
-            v_cache_ptr,
-            v_scale_ptr,
-            slot,
-            stride_vc_slot,
-            stride_vc_head,
-            stride_vs_slot,
-            num_kv_heads,
-            HALF_D,
-            BLOCK_HKV,
-            KV_FORMAT,
+        store_halves(
+            k1, k2, k_cache_ptr, k_scale_ptr, k_offsets, slot * stride_ks_slot + heads, is_stored, HALF_D, KV_FORMAT
+        )
+        store_halves(
+            v1, v2, v_cache_ptr, v_scale_ptr, v_offsets, slot * stride_vs_slot + heads, is_stored, HALF_D, KV_FORMAT
         )
 
 

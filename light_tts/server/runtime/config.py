@@ -18,6 +18,7 @@ from light_tts.server.runtime.model_set import parse_model_specs
 DATA_TYPES = ("float16", "bfloat16", "float32")
 # light_tts.llm.config's (not imported: the decode and HTTP processes never import light_tts.llm)
 QUANTIZATIONS = ("none", "fp8", "int8")
+SMALL_BATCH_MAX_ROWS = 8  # the LLM's kernels/llm/small_batch.py MAX_ROWS (a test checks they agree)
 KV_CACHE_DTYPES = ("auto", "fp8", "int8")
 ZMQ_MODES = ("ipc:///tmp/", "tcp://")
 HOP_POLICIES = ("fixed", "growing")
@@ -204,6 +205,15 @@ class ServerConfig:
         "head: half the bytes of float16, so about twice the tokens",
         choices=KV_CACHE_DTYPES,
         default_text="auto: --data_type",
+    )
+    llm_small_batch_rows: int = _opt(
+        "LLM",
+        0,
+        "decode batches of up to this many rows (at most 8) run the LLM's "
+        "small-batch kernels: norm, projection, rotary, K/V store and SiLU "
+        "fused into ~6 launches a layer instead of ~10 (0: off; CPU-tested "
+        "against the general path, not yet measured on a GPU: "
+        "docs/performance.md)",
     )
     router_max_wait_tokens: int = _opt(
         "LLM", 8, "decode steps a ready prefill may wait, to batch arrivals (0: it runs at the next step)"
@@ -528,6 +538,8 @@ class ServerConfig:
             raise ValueError(
                 f"--quantization must be one of {QUANTIZATIONS}, --kv_cache_dtype one of {KV_CACHE_DTYPES}"
             )
+        if not 0 <= self.llm_small_batch_rows <= SMALL_BATCH_MAX_ROWS:
+            raise ValueError(f"--llm_small_batch_rows must be in 0..{SMALL_BATCH_MAX_ROWS}")
         if self.hop_policy not in HOP_POLICIES or self.decode_data_type not in DATA_TYPES:
             raise ValueError(f"--hop_policy must be one of {HOP_POLICIES}, --decode_data_type one of {DATA_TYPES}")
         if self.router_max_wait_tokens < 0:

@@ -199,6 +199,7 @@ class ServerSettings:
             "tokens_per_second": m.token_rate,
             "quantization": c.quantization,
             "kv_cache_dtype": c.kv_cache_dtype,
+            "small_batch_rows": c.llm_small_batch_rows,
         }
         unmapped = {f.name for f in fields(EngineConfig)} - set(values)
         if unmapped:
