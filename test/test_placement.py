@@ -185,8 +185,8 @@ def test_settings_of_a_model_without_prompt_audio_beside_one_with():
     assert alone.ignored_flags() == ["--hop_policy has no effect: no served model's codec reads it (orpheus)"]
     assert build_settings(ServerConfig(hop_policy="fixed"), [ModelConfig(Path("/c")), orpheus]).ignored_flags() == []
     # --snac_kernels is Orpheus's codec flag: read beside Orpheus, said to do nothing on a CosyVoice-only server
-    assert build_settings(ServerConfig(snac_kernels="fused"), orpheus).ignored_flags() == []
-    cosy = build_settings(ServerConfig(snac_kernels="fused"), ModelConfig(Path("/c")))
+    assert build_settings(ServerConfig(snac_kernels="module"), orpheus).ignored_flags() == []
+    cosy = build_settings(ServerConfig(snac_kernels="module"), ModelConfig(Path("/c")))
     assert [n for n in cosy.ignored_flags() if "snac" in n] == [
         "--snac_kernels has no effect: no served model's codec reads it (cosyvoice2)"
     ]

@@ -33,13 +33,10 @@ def args(c: int, t: int, seed: int = 0):
 
 
 # channels not a power of two and time steps not a multiple of the tile: the masks at both edges
-@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("dilation", [1, 3, 9])
 @pytest.mark.parametrize("noise", [False, True])
 @pytest.mark.parametrize("c,t", [(12, 300), (3, 20)])
-def test_unit_in_matches_its_reference(dilation, noise, c, t, split, monkeypatch):
-    """Both forms of unit_in: one launch, and split in two (SPLIT_SNAKE)."""
-    monkeypatch.setattr(snac_ops, "SPLIT_SNAKE", split)
+def test_unit_in_matches_its_reference(dilation, noise, c, t):
     r, h, bias, alpha1, dw_weight, dw_bias, alpha2 = args(c, t)
     seeds = torch.tensor([123456789, -(2**62) + 5], device=DEVICE)  # a negative seed: its high word is hashed
     noise_args = (seeds, torch.tensor([4, 2**33 + 9], device=DEVICE), 2) if noise else None

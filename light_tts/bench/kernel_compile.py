@@ -306,23 +306,9 @@ def snac_launches() -> list[tuple[str, callable]]:
             "snac unit_in (bias)",
             lambda: unit_in_triton(f32(4, 64, 8192), f32(4, 64, 8192), f32(64), None, *_unit(64), 9),
         ),
-        (
-            "snac unit_in split (bias)",
-            lambda: _split(lambda: unit_in_triton(f32(4, 64, 8192), f32(4, 64, 8192), f32(64), None, *_unit(64), 9)),
-        ),
         ("snac snake_in", lambda: snake_in_triton(f32(4, 1024, 16), f32(4, 1024, 16), f32(1024), f32(1024))),
         ("snac head", lambda: head_triton(f32(4, 64, 8192), f32(4, 64, 8192), f32(64), f32(64), f32(64, 7), 0.0)),
     ]
-
-
-def _split(launch) -> None:
-    from light_tts.kernels.codec import snac_ops
-
-    snac_ops.SPLIT_SNAKE = True
-    try:
-        launch()
-    finally:
-        snac_ops.SPLIT_SNAKE = False
 
 
 def _unit(c: int) -> tuple[torch.Tensor, ...]:

@@ -4,8 +4,8 @@ python -m light_tts.bench.snac --out snac.json [--model_dir DIR] [--dtype float3
 (--device cpu --size tiny --batches 1,4 only checks that the benchmark runs.)
 
 Measures, per batch of windows: the time of one batched decode with CUDA graphs, by the fused kernels
-(--snac_kernels fused, in float32; and with unit_in split in two launches, SPLIT_SNAKE) and by the module graph
-(--snac_kernels module), and eagerly; the windows per second the fused path sustains,
+(--snac_kernels fused, in float32) and by the module graph (--snac_kernels module), and eagerly; the windows per
+second the fused path sustains,
 and the real-time streams that rate feeds (a stream needs 24000 / 2048 = 11.72 windows a
 second; the reference decodes 4 frames to keep 1). Random weights of the released SNAC config unless --model_dir
 (an Orpheus directory) is given; the weights do not change the cost.
@@ -58,17 +58,6 @@ def time_decodes(runner: SNACRunner, batch: int, device: torch.device, repeats: 
     return statistics.median(times)
 
 
-def split_runner(model: SNACDecoder, device: torch.device, max_rows: int) -> SNACRunner:
-    """The fused path's graphs captured with unit_in as two launches (kernels/codec/snac_ops.py SPLIT_SNAKE)."""
-    from light_tts.kernels.codec import snac_ops
-
-    snac_ops.SPLIT_SNAKE = True
-    try:
-        return SNACRunner(model, device, max_rows, use_graphs=True, use_fused=True)
-    finally:
-        snac_ops.SPLIT_SNAKE = False
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -87,7 +76,6 @@ def main(argv: list[str] | None = None) -> None:
     fused = device.type == "cuda" and dtype == torch.float32  # the fused kernels run float32 on a GPU
     graphs = SNACRunner(model, device, max(batches), use_graphs=True, dtype=dtype, use_fused=fused)
     module = SNACRunner(model, device, max(batches), use_graphs=True, dtype=dtype, use_fused=False)
-    split = split_runner(model, device, max(batches)) if graphs.fused is not None else None
     results: dict = {
         "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "dtype": args.dtype,
@@ -100,14 +88,12 @@ def main(argv: list[str] | None = None) -> None:
     for b in batches:
         graph_s = time_decodes(graphs, b, device, args.repeats)
         module_s = time_decodes(module, b, device, args.repeats)
-        split_s = time_decodes(split, b, device, args.repeats) if split is not None else float("nan")
         eager_s = time_decodes(eager, b, device, max(3, args.repeats // 4))
         results["decode"].append(
             {
                 "batch": b,
                 "graph_ms": 1e3 * graph_s,
                 "module_graph_ms": 1e3 * module_s,
-                "split_graph_ms": 1e3 * split_s,
                 "eager_ms": 1e3 * eager_s,
                 "windows_per_s": b / graph_s,
                 "realtime_streams": b / graph_s / windows_per_stream,
@@ -123,11 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     results["finite"] = bool(served.isfinite().all())
     print(f"audio vs the module in float32: relative L2 {results['rel_l2_vs_module_float32']:.2e}")
     print(f"{results['gpu']}, SNAC {args.dtype}, graphs captured in {results['capture_s']:.1f} s")
-    names = ("windows", "graph ms", "split ms", "module ms", "eager ms", "windows/s", "streams")
+    names = ("windows", "graph ms", "module ms", "eager ms", "windows/s", "streams")
     print(" ".join(f"{n:>9}" for n in names))
     for d in results["decode"]:
         print(
-            f"{d['batch']:>9} {d['graph_ms']:>9.2f} {d['split_graph_ms']:>9.2f} {d['module_graph_ms']:>9.2f} "
+            f"{d['batch']:>9} {d['graph_ms']:>9.2f} {d['module_graph_ms']:>9.2f} "
             f"{d['eager_ms']:>9.2f} {d['windows_per_s']:>10.0f} {d['realtime_streams']:>8.0f}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)

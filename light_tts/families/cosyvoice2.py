@@ -127,7 +127,7 @@ class CosyVoice2Family(ModelFamily):
 
         return Token2Wav(cfg, device)
 
-    def decode_engine(self, cfg, snac_kernels: str = "module", **kwargs):
+    def decode_engine(self, cfg, snac_kernels: str = "fused", **kwargs):
         """(snac_kernels is Orpheus's codec flag: not read here.)"""
         from light_tts.decode.engine import DecodeEngine
 

@@ -62,7 +62,7 @@ class CosyVoice3Family(CosyVoice2Family):
 
         return cosyvoice3_token2wav(cfg, device)
 
-    def decode_engine(self, cfg, snac_kernels: str = "module", **kwargs):
+    def decode_engine(self, cfg, snac_kernels: str = "fused", **kwargs):
         """(snac_kernels is Orpheus's codec flag: not read here.)"""
         from light_tts.decode.dit.dit_engine import DiTDecodeEngine
 

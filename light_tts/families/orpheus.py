@@ -143,7 +143,7 @@ class OrpheusFamily(ModelFamily):
         limits=None,
         hop_policy=None,
         dtype=None,
-        snac_kernels: str = "module",
+        snac_kernels: str = "fused",
     ):
         """SNACEngine with the decode processes' batch size, CUDA graphs and deadline margin. It decodes in
         float32, the reference's precision (--decode_data_type is the CosyVoice flow's); CosyVoice's hop policy

@@ -1,15 +1,17 @@
-"""The elementwise and depthwise part of SNAC's decoder blocks in three fused launches (the 1x1 convs and the
-transposed convs stay cuBLAS / cuDNN calls between them):
+"""The elementwise and depthwise part of SNAC's decoder blocks in fused launches (the 1x1 convs and the transposed
+convs stay cuBLAS / cuDNN calls between them):
 
     unit_in:  x = r + h * noise[t]  or  r + h + b_h       (a noise block's or a residual unit's output)
-              z = snake(dwconv7_d(snake(x)) + b_dw)        (the next residual unit up to its 1x1 conv)
+              s = snake(x)                                 (first launch: x and s written)
+              z = snake(dwconv7_d(s) + b_dw)               (second launch: the next unit up to its 1x1 conv)
     snake_in: y = snake(r + h + b_h)                       (the last unit's output into the next upsampling)
-    (unit_in may also run as two launches, SPLIT_SNAKE: x and snake(x) written, then the depthwise conv)
     head:     audio = tanh(conv7(snake(r + h + b_h)) + b)  (the last unit's output into the output conv)
 
-Activations are [B, C, T], contiguous. Each tap of the depthwise conv re-reads the shifted input tile (from L1/L2)
-and re-applies what precedes it, so nothing in between is written: SNAC's torch graph makes ~12 passes over each
-activation per residual unit (Snake alone is five kernels), these make 4 (r, h read; x, z written) and the GEMM 2.
+Activations are [B, C, T], contiguous. SNAC's torch graph makes ~12 passes over each activation per residual unit
+(Snake alone is five kernels); unit_in makes 6 (r, h, s read; x, s, z written) and the GEMM 2. unit_in was first
+one launch whose 7 depthwise taps re-read the shifted input and re-applied the first Snake at each tap (nothing in
+between written): on an H100 that launch took 2.1x the two (bench.snac, 64 windows: 16.5 vs 7.7 ms a decode,
+docs/performance.md), its Snakes (sin, division) costing more than the pass over memory they saved.
 
 Noise is the reference's counter_noise (models/orpheus/snac.py) computed in place: each program hashes its row's
 key from (seed, counter, block) and each time step's normal from the key (one value per t, broadcast over
@@ -26,9 +28,6 @@ MASK32 = 0xFFFFFFFF
 GOLDEN = 0x9E3779B9
 TILE = 1024  # values a program holds per tensor
 NUM_WARPS = 4
-# unit_in as two launches (x and snake(x) written, then the depthwise conv reads snake(x)): one more pass over
-# memory, 1 Snake per value instead of 8 (the fused launch re-applies the first Snake at each of the 7 taps)
-SPLIT_SNAKE = False
 
 
 @triton.jit
@@ -97,51 +96,6 @@ def _load_sum(r_ptr, h_ptr, bh, key, offs, t, mask, T, HAS_H: tl.constexpr, NOIS
         else:
             v = v + (h + bh[:, None])
     return tl.where(inside[None, :], v, 0.0)
-
-
-@triton.jit
-def _unit_in_kernel(
-    r_ptr,
-    h_ptr,
-    bh_ptr,
-    seed_ptr,
-    counter_ptr,
-    salt,
-    a1_ptr,
-    w_ptr,
-    bw_ptr,
-    a2_ptr,
-    x_ptr,
-    z_ptr,
-    C,
-    T,
-    D: tl.constexpr,
-    NOISE: tl.constexpr,
-    BC: tl.constexpr,
-    BT: tl.constexpr,
-):
-    row = tl.program_id(2)
-    cs = tl.program_id(1) * BC + tl.arange(0, BC)
-    ts = tl.program_id(0) * BT + tl.arange(0, BT)
-    is_c = cs < C
-    base = row.to(tl.int64) * C * T
-    key, bh = _row_terms(seed_ptr, counter_ptr, salt, bh_ptr, row, cs, is_c, True, NOISE, BC)
-    a1 = tl.load(a1_ptr + cs, mask=is_c, other=1.0)
-    inv_a1 = 1.0 / (a1 + 1e-9)
-    acc = tl.zeros((BC, BT), tl.float32)
-    for k in tl.static_range(7):
-        t = ts + (k - 3) * D
-        offs = base + cs[:, None].to(tl.int64) * T + t[None, :]
-        v = _load_sum(r_ptr, h_ptr, bh, key, offs, t, is_c[:, None], T, True, NOISE)
-        if k == 3:
-            tl.store(x_ptr + offs, v, mask=is_c[:, None] & (t < T)[None, :])
-        w = tl.load(w_ptr + cs * 7 + k, mask=is_c, other=0.0)
-        acc += w[:, None] * _snake(v, a1[:, None], inv_a1[:, None])
-    a2 = tl.load(a2_ptr + cs, mask=is_c, other=1.0)
-    z = acc + tl.load(bw_ptr + cs, mask=is_c, other=0.0)[:, None]
-    z = _snake(z, a2[:, None], (1.0 / (a2 + 1e-9))[:, None])
-    offs = base + cs[:, None].to(tl.int64) * T + ts[None, :]
-    tl.store(z_ptr + offs, z, mask=is_c[:, None] & (ts < T)[None, :])
 
 
 @triton.jit
@@ -248,18 +202,12 @@ def unit_in_triton(r, h, h_bias, noise, alpha1, dw_weight, dw_bias, alpha2, dila
     bc, bt = _blocks(c, t)
     grid = _grid(b, c, t, bc, bt)
     bh = h_bias if noise is None else alpha1  # (a placeholder the noise form never reads)
-    if SPLIT_SNAKE:
-        s = torch.empty_like(r)
-        _sum_snake_kernel[grid](
-            r, h, bh, seeds, counters, salt, alpha1, x, s, c, t, HAS_H=True, NOISE=noise is not None, WRITE_X=True,
-            BC=bc, BT=bt, num_warps=NUM_WARPS,
-        )  # fmt: skip
-        _dw_snake_kernel[grid](s, dw_weight, dw_bias, alpha2, z, c, t, D=dilation, BC=bc, BT=bt, num_warps=NUM_WARPS)
-        return x, z
-    _unit_in_kernel[grid](
-        r, h, bh, seeds, counters, salt, alpha1, dw_weight, dw_bias, alpha2, x, z, c, t, D=dilation,
-        NOISE=noise is not None, BC=bc, BT=bt, num_warps=NUM_WARPS,
+    s = torch.empty_like(r)
+    _sum_snake_kernel[grid](
+        r, h, bh, seeds, counters, salt, alpha1, x, s, c, t, HAS_H=True, NOISE=noise is not None, WRITE_X=True,
+        BC=bc, BT=bt, num_warps=NUM_WARPS,
     )  # fmt: skip
+    _dw_snake_kernel[grid](s, dw_weight, dw_bias, alpha2, z, c, t, D=dilation, BC=bc, BT=bt, num_warps=NUM_WARPS)
     return x, z
 
 

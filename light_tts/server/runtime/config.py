@@ -340,11 +340,11 @@ class ServerConfig:
     )
     snac_kernels: str = _opt(
         "decode",
-        "module",
-        "Orpheus's SNAC decoder on a GPU: module (the reference module's "
-        "graph) or fused (its blocks in Triton launches around the 1x1-conv "
-        "GEMMs: ~55 launches a decode instead of ~650; tested against the "
-        "module on CPU, not yet measured on a GPU: docs/performance.md)",
+        "fused",
+        "Orpheus's SNAC decoder on a GPU: fused (its blocks in Triton "
+        "launches around the 1x1-conv GEMMs: ~70 launches a decode instead "
+        "of ~690, 2.5x faster on an H100) or module (the reference module's "
+        "graph, for A/B runs); the CPU runs the module",
         choices=("module", "fused"),
     )
     decode_hot_path: str = _opt(
