@@ -20,7 +20,7 @@ WEIGHTS = ["none", "int8", "fp8"]
 # Triton's interpreter casts float32 to bf16 by truncation (the GPU rounds to nearest), so the kernels' bf16
 # roundings are tested compiled only; fp16 (rounded alike in both) stands in on the CPU
 DTYPES = [torch.float32, torch.bfloat16] if IS_CUDA else [torch.float32, torch.float16]
-ROWS = [1, 3, MAX_ROWS]
+ROWS = [1, 3]
 # (hidden, out features): off the power-of-two tiles, so the masks matter; Qwen2.5-0.5B's o_proj on CUDA
 SHAPE = (896, 896) if IS_CUDA else (96, 40)
 HEADS = (14, 2, 64) if IS_CUDA else (6, 2, 16)  # (q heads, kv heads, head_dim)
@@ -73,8 +73,7 @@ def test_norm_linear_head_writes_float32_logits():
 
 @pytest.mark.parametrize("fmt", WEIGHTS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("num_rows", [1, 3])
-@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("num_rows, with_residual", [(1, False), (MAX_ROWS, True)])
 def test_gate_up_silu(fmt, dtype, num_rows, with_residual):
     k, n = SHAPE
     weight, scale = make_weight(2 * n, k, fmt, dtype)
@@ -95,12 +94,11 @@ def kv_cache(num_slots: int, num_kv_heads: int, head_dim: int, kv: str, dtype: t
 @pytest.mark.parametrize("fmt", WEIGHTS)
 @pytest.mark.parametrize("kv", ["auto", "int8", "fp8"])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("with_bias", [False, True])
-def test_qkv_rope_stores_what_the_general_path_stores(fmt, kv, dtype, with_bias):
+def test_qkv_rope_stores_what_the_general_path_stores(fmt, kv, dtype):
     num_q_heads, num_kv_heads, head_dim = HEADS
     k, num_rows, num_slots = SHAPE[0], 3, 12
     weight, scale = make_weight((num_q_heads + 2 * num_kv_heads) * head_dim, k, fmt, dtype)
-    bias = randn(weight.shape[0], dtype=dtype) if with_bias else None
+    bias = randn(weight.shape[0], dtype=dtype) if fmt != "int8" else None  # Qwen2's bias; Llama has none
     h, residual, norm = randn(num_rows, k, dtype=dtype), randn(num_rows, k, dtype=dtype), randn(k, dtype=dtype)
     positions = torch.tensor([5, 300, 2047], device=DEVICE)
     slots = torch.tensor([7, -1, 2], device=DEVICE)  # the middle row is padding: nothing stored

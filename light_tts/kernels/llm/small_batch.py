@@ -4,9 +4,12 @@ one row is bound by: ~277 launches of ~4 us for Qwen2-0.5B, docs/performance.md)
 
 - norm_linear: out = rmsnorm(h + residual) @ W^T + bias, the norm (and the residual add, written out by one
   program) in the prologue of every program; without a norm weight a plain product (o_proj, down_proj).
-- qkv_rope: rmsnorm + the qkv projection + its bias + rotary + the K/V store, one program per head (the rotation
-  pairs dimension d with d + D/2 and a quantized cache takes a scale per head, so a head stays in one program).
+- qkv_rope: rmsnorm + the qkv projection + its bias + rotary + the K/V store, a program per head and row (the
+  rotation pairs dimension d with d + D/2 and a quantized cache takes a scale per head, so a head stays in one).
 - gate_up_silu: rmsnorm + the gate_up projection + silu(gate) * up, a program's gate and up columns side by side.
+
+A program computes a block of one row's outputs (a row's programs re-read the weight from L2, which a few rows
+afford), summing elementwise partial products over K and reducing them once at the end.
 
 Weights are in the compute dtype, int8 (weight-only) or fp8 (w8a8: each normalised row is quantized per token, as
 the general fp8 path does), with a float32 scale per output channel (quant.py). Products run on CUDA cores in
@@ -22,411 +25,198 @@ import triton.language as tl
 
 from light_tts.kernels.llm.activation import silu_and_mul_ref
 from light_tts.kernels.llm.kv_store import check_kv_store
-from light_tts.kernels.llm.quant import FORMAT_CODE, FORMAT_OF_DTYPE, FP8, INT8, quantize_rows, scale_of
+from light_tts.kernels.llm.quant import FORMAT_CODE, FORMAT_OF_DTYPE, FP8, INT8, round_e4m3, scale_of
 from light_tts.kernels.llm.quant_linear import fp8_linear_ref, int8_linear_ref
 from light_tts.kernels.llm.rmsnorm import rms_norm_ref
 from light_tts.kernels.llm.rotary import apply_rotary_ref, store_halves
 
-MAX_ROWS = 8  # the kernels hold every row of the batch in one program; larger batches take the general path
-PRODUCT_SIZE = 4096  # values of a program's (rows, columns, BLOCK_K) product tile: 32 float32 per thread at 4 warps
+MAX_ROWS = 8  # one program per (row, block of outputs): past a few rows the weight's re-reads outweigh the launches
+PRODUCT_SIZE = 4096  # values of a program's (outputs, BLOCK_K) partial products: 32 float32 a thread at 4 warps
+STATS_BLOCK = 4096  # a row's values read at once by the prologue (one pass for every hidden size here)
 
 
 @triton.jit
-def _summed(h_ptr, res_ptr, rows, ks, mask, stride_h, stride_r, HAS_RES: tl.constexpr):
-    """h (+ residual) at (rows, ks) as float32, the sum rounded to the activation dtype as the residual stream is."""
-    s = tl.load(h_ptr + rows[:, None] * stride_h + ks[None, :], mask=mask, other=0.0).to(tl.float32)
+def _summed(h_ptr, res_ptr, ks, in_k, HAS_RES: tl.constexpr):
+    """A row's h (+ residual) at ks as float32, the sum rounded to the activation dtype as the residual stream is."""
+    s = tl.load(h_ptr + ks, mask=in_k, other=0.0).to(tl.float32)
     if HAS_RES:
-        r = tl.load(res_ptr + rows[:, None] * stride_r + ks[None, :], mask=mask, other=0.0).to(tl.float32)
+        r = tl.load(res_ptr + ks, mask=in_k, other=0.0).to(tl.float32)
         s = (s + r).to(h_ptr.dtype.element_ty).to(tl.float32)
     return s
 
 
 @triton.jit
 def _x_block(
-    h_ptr,
-    res_ptr,
-    g_ptr,
-    rows,
-    ks,
-    mask,
-    in_k,
-    stride_h,
-    stride_r,
-    rstd,
-    x_scale,
-    NORM: tl.constexpr,
-    HAS_RES: tl.constexpr,
+    h_ptr, res_ptr, g_ptr, ks, in_k, rstd, x_scale, NORM: tl.constexpr, HAS_RES: tl.constexpr,
     ACT_FP8: tl.constexpr,
-):
-    """The block (rows, ks) of the projection's input as float32: rmsnorm(h + residual) * g rounded to the
-    activation dtype (or h itself), then quantized to fp8 with the row scales when ACT_FP8."""
+):  # fmt: skip
+    """A row's projection input at ks as float32: rmsnorm(h + residual) * g rounded to the activation dtype (or h
+    itself), then quantized to fp8 with the row's scale when ACT_FP8."""
     if NORM:
-        s = _summed(h_ptr, res_ptr, rows, ks, mask, stride_h, stride_r, HAS_RES)
+        s = _summed(h_ptr, res_ptr, ks, in_k, HAS_RES)
         g = tl.load(g_ptr + ks, mask=in_k, other=0.0).to(tl.float32)
-        x = (s * rstd[:, None] * g[None, :]).to(h_ptr.dtype.element_ty).to(tl.float32)
+        x = (s * rstd * g).to(h_ptr.dtype.element_ty).to(tl.float32)
     else:
-        x = tl.load(h_ptr + rows[:, None] * stride_h + ks[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(h_ptr + ks, mask=in_k, other=0.0).to(tl.float32)
     if ACT_FP8:
-        x = quantize_rows(x, x_scale, 2)
+        x = round_e4m3(tl.math.div_rn(x, x_scale))
     return x
 
 
 @triton.jit
 def _row_stats(
-    h_ptr,
-    res_ptr,
-    res_out_ptr,
-    g_ptr,
-    rows,
-    is_row,
-    is_writer,
-    K,
-    eps,
-    stride_h,
-    stride_r,
-    stride_ro,
-    NORM: tl.constexpr,
-    HAS_RES: tl.constexpr,
-    ACT_FP8: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    """Each row's 1 / rms and fp8 scale (BLOCK_M,) (ones where unused); the writer program also stores the
-    residual sum, which every program computes alike."""
-    rstd = tl.full((BLOCK_M,), 1.0, tl.float32)
+    h_ptr, res_ptr, res_out_ptr, g_ptr, is_writer, K, eps, NORM: tl.constexpr, HAS_RES: tl.constexpr,
+    ACT_FP8: tl.constexpr, BLOCK_S: tl.constexpr,
+):  # fmt: skip
+    """A row's 1 / rms and fp8 scale (1.0 where unused); the writer program also stores the residual sum, which
+    every program of the row computes alike."""
+    rstd = 1.0
     if NORM:
-        sumsq = tl.zeros((BLOCK_M,), tl.float32)
-        for start in range(0, K, BLOCK_K):
-            ks = start + tl.arange(0, BLOCK_K)
-            mask = is_row[:, None] & (ks[None, :] < K)
-            s = _summed(h_ptr, res_ptr, rows, ks, mask, stride_h, stride_r, HAS_RES)
-            if HAS_RES:
-                out_ptr = res_out_ptr + rows[:, None] * stride_ro + ks[None, :]
-                tl.store(out_ptr, s.to(res_out_ptr.dtype.element_ty), mask=mask & is_writer)
-            sumsq += tl.sum(s * s, axis=1)
-        rstd = tl.rsqrt(sumsq / K + eps)
-    x_scale = tl.full((BLOCK_M,), 1.0, tl.float32)
-    if ACT_FP8:
-        amax = tl.zeros((BLOCK_M,), tl.float32)
-        for start in range(0, K, BLOCK_K):
-            ks = start + tl.arange(0, BLOCK_K)
+        sumsq = tl.zeros((BLOCK_S,), tl.float32)
+        for start in range(0, K, BLOCK_S):
+            ks = start + tl.arange(0, BLOCK_S)
             in_k = ks < K
-            mask = is_row[:, None] & in_k[None, :]
-            x = _x_block(
-                h_ptr, res_ptr, g_ptr, rows, ks, mask, in_k, stride_h, stride_r, rstd, x_scale, NORM, HAS_RES, False
-            )
-            amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
-        x_scale = scale_of(amax, 448.0)
+            s = _summed(h_ptr, res_ptr, ks, in_k, HAS_RES)
+            if HAS_RES:
+                tl.store(res_out_ptr + ks, s.to(res_out_ptr.dtype.element_ty), mask=in_k & is_writer)
+            sumsq += s * s
+        rstd = tl.rsqrt(tl.sum(sumsq, axis=0) / K + eps)
+    x_scale = 1.0
+    if ACT_FP8:
+        amax = tl.zeros((BLOCK_S,), tl.float32)
+        for start in range(0, K, BLOCK_S):
+            ks = start + tl.arange(0, BLOCK_S)
+            x = _x_block(h_ptr, res_ptr, g_ptr, ks, ks < K, rstd, x_scale, NORM, HAS_RES, False)
+            amax = tl.maximum(amax, tl.abs(x))
+        x_scale = scale_of(tl.max(amax, axis=0), 448.0)
     return rstd, x_scale
 
 
 @triton.jit
 def _dot(acc, x, w_ptr, w_offsets, is_col, ks, in_k):
-    """acc (M, N) + x (M, BLOCK_K) @ W[(N,) rows at w_offsets, ks]^T, in float32 on CUDA cores."""
+    """acc (N, BLOCK_K) + the products of x (BLOCK_K,) with W's rows at w_offsets (N,), columns ks; summed over K
+    once, after the loop."""
     w = tl.load(w_ptr + w_offsets[:, None] + ks[None, :], mask=is_col[:, None] & in_k[None, :], other=0.0)
-    return acc + tl.sum(x[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+    return acc + w.to(tl.float32) * x[None, :]
 
 
 @triton.jit
 def _scaled(acc, w_scale_ptr, cols, is_col, x_scale, W_FORMAT: tl.constexpr):
-    """The products times the weight's channel scales (and fp8's row scales)."""
+    """The summed products (N,) times the weight's channel scales (and fp8's row scale)."""
+    y = tl.sum(acc, axis=1)
     if W_FORMAT != 0:
-        acc = acc * tl.load(w_scale_ptr + cols, mask=is_col, other=0.0)[None, :]
+        y = y * tl.load(w_scale_ptr + cols, mask=is_col, other=0.0)
     if W_FORMAT == 2:
-        acc = acc * x_scale[:, None]
-    return acc
+        y = y * x_scale
+    return y
 
 
 @triton.jit
 def _norm_linear_kernel(
-    h_ptr,
-    res_ptr,
-    res_out_ptr,
-    g_ptr,
-    w_ptr,
-    w_scale_ptr,
-    bias_ptr,
-    out_ptr,
-    M,
-    N,
-    K,
-    eps,
-    stride_h,
-    stride_r,
-    stride_ro,
-    stride_w,
-    stride_o,
-    NORM: tl.constexpr,
-    HAS_RES: tl.constexpr,
-    W_FORMAT: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    # one program: BLOCK_N output columns of every row
-    pid = tl.program_id(0)
-    rows = tl.arange(0, BLOCK_M)
-    is_row = rows < M
+    h_ptr, res_ptr, res_out_ptr, g_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, N, K, eps, stride_h, stride_r,
+    stride_ro, stride_w, stride_o, NORM: tl.constexpr, HAS_RES: tl.constexpr, W_FORMAT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
+):  # fmt: skip
+    # one program: BLOCK_N outputs of one row
+    pid, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    h_ptr, res_ptr, res_out_ptr = h_ptr + row * stride_h, res_ptr + row * stride_r, res_out_ptr + row * stride_ro
     cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     is_col = cols < N
     rstd, x_scale = _row_stats(
-        h_ptr,
-        res_ptr,
-        res_out_ptr,
-        g_ptr,
-        rows,
-        is_row,
-        pid == 0,
-        K,
-        eps,
-        stride_h,
-        stride_r,
-        stride_ro,
-        NORM,
-        HAS_RES,
-        W_FORMAT == 2,
-        BLOCK_M,
-        BLOCK_K,
+        h_ptr, res_ptr, res_out_ptr, g_ptr, pid == 0, K, eps, NORM, HAS_RES, W_FORMAT == 2, BLOCK_S
     )
-    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     w_offsets = cols.to(tl.int64) * stride_w
     for start in range(0, K, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         in_k = ks < K
-        mask = is_row[:, None] & in_k[None, :]
-        x = _x_block(
-            h_ptr,
-            res_ptr,
-            g_ptr,
-            rows,
-            ks,
-            mask,
-            in_k,
-            stride_h,
-            stride_r,
-            rstd,
-            x_scale,
-            NORM,
-            HAS_RES,
-            W_FORMAT == 2,
-        )
+        x = _x_block(h_ptr, res_ptr, g_ptr, ks, in_k, rstd, x_scale, NORM, HAS_RES, W_FORMAT == 2)
         acc = _dot(acc, x, w_ptr, w_offsets, is_col, ks, in_k)
-    acc = _scaled(acc, w_scale_ptr, cols, is_col, x_scale, W_FORMAT)
+    y = _scaled(acc, w_scale_ptr, cols, is_col, x_scale, W_FORMAT)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + cols, mask=is_col, other=0.0).to(tl.float32)[None, :]
-    y = acc.to(h_ptr.dtype.element_ty)  # the projection's output dtype, then the buffer's (float32 logits)
-    tl.store(
-        out_ptr + rows[:, None] * stride_o + cols[None, :],
-        y.to(out_ptr.dtype.element_ty),
-        mask=is_row[:, None] & is_col[None, :],
-    )
+        y += tl.load(bias_ptr + cols, mask=is_col, other=0.0).to(tl.float32)
+    y = y.to(h_ptr.dtype.element_ty)  # the projection's output dtype, then the buffer's (float32 logits)
+    tl.store(out_ptr + row * stride_o + cols, y.to(out_ptr.dtype.element_ty), mask=is_col)
 
 
 @triton.jit
 def _gate_up_silu_kernel(
-    h_ptr,
-    res_ptr,
-    res_out_ptr,
-    g_ptr,
-    w_ptr,
-    w_scale_ptr,
-    out_ptr,
-    M,
-    N,
-    K,
-    eps,
-    stride_h,
-    stride_r,
-    stride_ro,
-    stride_w,
-    stride_o,
-    HAS_RES: tl.constexpr,
-    W_FORMAT: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    # one program: BLOCK_N columns of silu(gate) * up for every row, from weight rows n (gate) and N + n (up)
-    pid = tl.program_id(0)
-    rows = tl.arange(0, BLOCK_M)
-    is_row = rows < M
+    h_ptr, res_ptr, res_out_ptr, g_ptr, w_ptr, w_scale_ptr, out_ptr, N, K, eps, stride_h, stride_r, stride_ro,
+    stride_w, stride_o, HAS_RES: tl.constexpr, W_FORMAT: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
+):  # fmt: skip
+    # one program: BLOCK_N columns of silu(gate) * up of one row, from weight rows n (gate) and N + n (up)
+    pid, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    h_ptr, res_ptr, res_out_ptr = h_ptr + row * stride_h, res_ptr + row * stride_r, res_out_ptr + row * stride_ro
     cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     is_col = cols < N
     rstd, x_scale = _row_stats(
-        h_ptr,
-        res_ptr,
-        res_out_ptr,
-        g_ptr,
-        rows,
-        is_row,
-        pid == 0,
-        K,
-        eps,
-        stride_h,
-        stride_r,
-        stride_ro,
-        True,
-        HAS_RES,
-        W_FORMAT == 2,
-        BLOCK_M,
-        BLOCK_K,
+        h_ptr, res_ptr, res_out_ptr, g_ptr, pid == 0, K, eps, True, HAS_RES, W_FORMAT == 2, BLOCK_S
     )
-    gate = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    up = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    gate = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    up = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     gate_offsets = cols.to(tl.int64) * stride_w
     up_offsets = (cols + N).to(tl.int64) * stride_w
     for start in range(0, K, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         in_k = ks < K
-        mask = is_row[:, None] & in_k[None, :]
-        x = _x_block(
-            h_ptr,
-            res_ptr,
-            g_ptr,
-            rows,
-            ks,
-            mask,
-            in_k,
-            stride_h,
-            stride_r,
-            rstd,
-            x_scale,
-            True,
-            HAS_RES,
-            W_FORMAT == 2,
-        )
+        x = _x_block(h_ptr, res_ptr, g_ptr, ks, in_k, rstd, x_scale, True, HAS_RES, W_FORMAT == 2)
         gate = _dot(gate, x, w_ptr, gate_offsets, is_col, ks, in_k)
         up = _dot(up, x, w_ptr, up_offsets, is_col, ks, in_k)
     dtype = h_ptr.dtype.element_ty
-    gate = _scaled(gate, w_scale_ptr, cols, is_col, x_scale, W_FORMAT).to(dtype).to(tl.float32)
-    up = _scaled(up, w_scale_ptr, cols + N, is_col, x_scale, W_FORMAT).to(dtype).to(tl.float32)
-    out = gate * tl.sigmoid(gate) * up
-    tl.store(
-        out_ptr + rows[:, None] * stride_o + cols[None, :],
-        out.to(out_ptr.dtype.element_ty),
-        mask=is_row[:, None] & is_col[None, :],
-    )
+    g = _scaled(gate, w_scale_ptr, cols, is_col, x_scale, W_FORMAT).to(dtype).to(tl.float32)
+    u = _scaled(up, w_scale_ptr, cols + N, is_col, x_scale, W_FORMAT).to(dtype).to(tl.float32)
+    tl.store(out_ptr + row * stride_o + cols, (g * tl.sigmoid(g) * u).to(out_ptr.dtype.element_ty), mask=is_col)
 
 
 @triton.jit
 def _qkv_rope_kernel(
-    h_ptr,
-    res_ptr,
-    res_out_ptr,
-    g_ptr,
-    w_ptr,
-    w_scale_ptr,
-    bias_ptr,
-    positions_ptr,
-    cos_sin_ptr,
-    slots_ptr,
-    q_ptr,
-    k_cache_ptr,
-    v_cache_ptr,
-    k_scale_ptr,
-    v_scale_ptr,
-    M,
-    K,
-    eps,
-    num_q_heads,
-    num_kv_heads,
-    stride_h,
-    stride_r,
-    stride_ro,
-    stride_w,
-    stride_cos_sin,
-    stride_q_token,
-    stride_q_head,
-    stride_kc_slot,
-    stride_kc_head,
-    stride_vc_slot,
-    stride_vc_head,
-    stride_ks_slot,
-    stride_vs_slot,
-    HAS_RES: tl.constexpr,
-    W_FORMAT: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    KV_FORMAT: tl.constexpr,
-    HALF_D: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    # one program per head of the projection's output (q heads, then k heads, then v heads), every row
-    head = tl.program_id(0)
-    rows = tl.arange(0, BLOCK_M)
-    is_row = rows < M
+    h_ptr, res_ptr, res_out_ptr, g_ptr, w_ptr, w_scale_ptr, bias_ptr, positions_ptr, cos_sin_ptr, slots_ptr,
+    q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, K, eps, num_q_heads, num_kv_heads, stride_h,
+    stride_r, stride_ro, stride_w, stride_cos_sin, stride_q_token, stride_q_head, stride_kc_slot, stride_kc_head,
+    stride_vc_slot, stride_vc_head, stride_ks_slot, stride_vs_slot, HAS_RES: tl.constexpr, W_FORMAT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, KV_FORMAT: tl.constexpr, HALF_D: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):  # fmt: skip
+    # one program: one head of the projection's output (q heads, then k heads, then v heads) of one row
+    head, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    h_ptr, res_ptr, res_out_ptr = h_ptr + row * stride_h, res_ptr + row * stride_r, res_out_ptr + row * stride_ro
     dims = tl.arange(0, HALF_D)
     is_dim = dims < HALF_D
     rstd, x_scale = _row_stats(
-        h_ptr,
-        res_ptr,
-        res_out_ptr,
-        g_ptr,
-        rows,
-        is_row,
-        head == 0,
-        K,
-        eps,
-        stride_h,
-        stride_r,
-        stride_ro,
-        True,
-        HAS_RES,
-        W_FORMAT == 2,
-        BLOCK_M,
-        BLOCK_K,
+        h_ptr, res_ptr, res_out_ptr, g_ptr, head == 0, K, eps, True, HAS_RES, W_FORMAT == 2, BLOCK_S
     )
     first = head * 2 * HALF_D + dims  # the head's output columns of its first half; + HALF_D the second
     first_offsets = first.to(tl.int64) * stride_w
     second_offsets = (first + HALF_D).to(tl.int64) * stride_w
-    x1 = tl.zeros((BLOCK_M, HALF_D), tl.float32)
-    x2 = tl.zeros((BLOCK_M, HALF_D), tl.float32)
+    acc1 = tl.zeros((HALF_D, BLOCK_K), tl.float32)
+    acc2 = tl.zeros((HALF_D, BLOCK_K), tl.float32)
     for start in range(0, K, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         in_k = ks < K
-        mask = is_row[:, None] & in_k[None, :]
-        x = _x_block(
-            h_ptr,
-            res_ptr,
-            g_ptr,
-            rows,
-            ks,
-            mask,
-            in_k,
-            stride_h,
-            stride_r,
-            rstd,
-            x_scale,
-            True,
-            HAS_RES,
-            W_FORMAT == 2,
-        )
-        x1 = _dot(x1, x, w_ptr, first_offsets, is_dim, ks, in_k)
-        x2 = _dot(x2, x, w_ptr, second_offsets, is_dim, ks, in_k)
+        x = _x_block(h_ptr, res_ptr, g_ptr, ks, in_k, rstd, x_scale, True, HAS_RES, W_FORMAT == 2)
+        acc1 = _dot(acc1, x, w_ptr, first_offsets, is_dim, ks, in_k)
+        acc2 = _dot(acc2, x, w_ptr, second_offsets, is_dim, ks, in_k)
     dtype = h_ptr.dtype.element_ty
-    x1 = _scaled(x1, w_scale_ptr, first, is_dim, x_scale, W_FORMAT).to(dtype).to(tl.float32)
-    x2 = _scaled(x2, w_scale_ptr, first + HALF_D, is_dim, x_scale, W_FORMAT).to(dtype).to(tl.float32)
+    x1 = _scaled(acc1, w_scale_ptr, first, is_dim, x_scale, W_FORMAT).to(dtype).to(tl.float32)
+    x2 = _scaled(acc2, w_scale_ptr, first + HALF_D, is_dim, x_scale, W_FORMAT).to(dtype).to(tl.float32)
     if HAS_BIAS:  # added after the projection's rounding, as the rotary kernel adds it
-        x1 = (x1 + tl.load(bias_ptr + first).to(tl.float32)[None, :]).to(dtype).to(tl.float32)
-        x2 = (x2 + tl.load(bias_ptr + first + HALF_D).to(tl.float32)[None, :]).to(dtype).to(tl.float32)
-    # q and k heads rotate at each row's position; v heads pass through
-    pos = tl.load(positions_ptr + rows, mask=is_row, other=0).to(tl.int64)
-    cos = tl.load(cos_sin_ptr + pos[:, None] * stride_cos_sin + dims[None, :], mask=is_row[:, None], other=1.0)
-    sin = tl.load(cos_sin_ptr + pos[:, None] * stride_cos_sin + HALF_D + dims[None, :], mask=is_row[:, None], other=0.0)
+        x1 = (x1 + tl.load(bias_ptr + first).to(tl.float32)).to(dtype).to(tl.float32)
+        x2 = (x2 + tl.load(bias_ptr + first + HALF_D).to(tl.float32)).to(dtype).to(tl.float32)
+    # q and k heads rotate at the row's position; v heads pass through
+    cos_sin_ptr += tl.load(positions_ptr + row).to(tl.int64) * stride_cos_sin
+    cos, sin = tl.load(cos_sin_ptr + dims), tl.load(cos_sin_ptr + HALF_D + dims)
     is_rotated = head < num_q_heads + num_kv_heads
-    r1 = tl.where(is_rotated, (x1 * cos - x2 * sin).to(dtype).to(tl.float32), x1)
-    r2 = tl.where(is_rotated, (x2 * cos + x1 * sin).to(dtype).to(tl.float32), x2)
-    q_rows = q_ptr + rows.to(tl.int64)[:, None] * stride_q_token + head * stride_q_head + dims[None, :]
-    is_q = is_row[:, None] & (head < num_q_heads)
-    tl.store(q_rows, r1.to(q_ptr.dtype.element_ty), mask=is_q)
-    tl.store(q_rows + HALF_D, r2.to(q_ptr.dtype.element_ty), mask=is_q)
-    slot = tl.load(slots_ptr + rows, mask=is_row, other=-1).to(tl.int64)  # -1: a padding row, not stored
-    is_stored = is_row & (slot >= 0)
+    r1 = tl.where(is_rotated, (x1 * cos - x2 * sin).to(dtype).to(tl.float32), x1)[None, :]  # (1, D/2)
+    r2 = tl.where(is_rotated, (x2 * cos + x1 * sin).to(dtype).to(tl.float32), x2)[None, :]
+    one = tl.zeros((1,), tl.int64)  # store_halves writes rows (R,): here one
+    q_offsets = row * stride_q_token + head * stride_q_head + one
+    store_halves(r1, r2, q_ptr, q_ptr, q_offsets, q_offsets, (head + one) < num_q_heads, HALF_D, 0)
+    slot = tl.load(slots_ptr + row).to(tl.int64) + one  # -1: a padding row, not stored
     k_head = head - num_q_heads
     v_head = k_head - num_kv_heads
-    is_k = is_stored & (k_head >= 0) & (v_head < 0)
-    is_v = is_stored & (v_head >= 0)
+    is_k = (slot >= 0) & (k_head >= 0) & (v_head < 0)
+    is_v = (slot >= 0) & (v_head >= 0)
     k_offsets = slot * stride_kc_slot + k_head * stride_kc_head
     v_offsets = slot * stride_vc_slot + v_head * stride_vc_head
     store_halves(r1, r2, k_cache_ptr, k_scale_ptr, k_offsets, slot * stride_ks_slot + k_head, is_k, HALF_D, KV_FORMAT)
@@ -440,14 +230,17 @@ def weight_format(weight: torch.Tensor, dtype: torch.dtype) -> int:
     return FORMAT_CODE[fmt] if fmt else 0
 
 
-def _blocks(num_rows: int, num_cols: int, k: int, device: torch.device) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K): every row in one block; enough column blocks to give each SM about two
-    programs (a small product is bound by how many SMs stream the weight); BLOCK_K from the product tile left."""
-    block_m = triton.next_power_of_2(num_rows)
+def linear_launch(num_cols: int, k: int, device: torch.device) -> dict:
+    """BLOCK_N (outputs a program sums) so that a row's programs give each SM about two (a small product is bound
+    by how many SMs stream the weight), BLOCK_K from the partial products' budget."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
-    block_n = max(2, min(32, triton.next_power_of_2(max(num_cols // (2 * sms), 1))))
-    block_k = max(16, min(triton.next_power_of_2(k), PRODUCT_SIZE // (block_m * block_n)))
-    return block_m, block_n, block_k
+    block_n = max(4, min(64, triton.next_power_of_2(max(num_cols // (2 * sms), 1))))
+    return dict(BLOCK_N=block_n, BLOCK_K=min(triton.next_power_of_2(k), PRODUCT_SIZE // block_n), num_warps=4)
+
+
+def qkv_launch(head_dim: int, k: int) -> dict:
+    """A head's two halves of partial products (D/2, BLOCK_K) each, at 8 warps."""
+    return dict(BLOCK_K=min(triton.next_power_of_2(k), 2 * PRODUCT_SIZE // head_dim), num_warps=8)
 
 
 def _check(h: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None) -> int:
@@ -477,20 +270,21 @@ def norm_linear_triton(
     eps: float = 0.0,
     residual: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
+    launch: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """h [M, K] -> (rmsnorm(h + residual) * norm_weight @ W^T + bias [M, N] in out_dtype (default h's), the
-    residual sum or h itself); without norm_weight (h @ W^T + bias, None)."""
+    residual sum or h itself); without norm_weight (h @ W^T + bias, None). launch: linear_launch's keys."""
     w_format = _check(h, weight, residual)
     assert norm_weight is not None or residual is None, "a residual is added before the norm"
     (num_rows, k), n = h.shape, weight.shape[0]
     out = torch.empty((num_rows, n), dtype=out_dtype or h.dtype, device=h.device)
     res, res_out, g, residual_out = _norm_args(h, residual, norm_weight)
-    block_m, block_n, block_k = _blocks(num_rows, n, k, h.device)
-    _norm_linear_kernel[(triton.cdiv(n, block_n),)](
+    launch = launch or linear_launch(n, k, h.device)
+    _norm_linear_kernel[(triton.cdiv(n, launch["BLOCK_N"]), num_rows)](
         h, res, res_out, g, weight, weight if weight_scale is None else weight_scale, weight if bias is None else bias,
-        out, num_rows, n, k, eps, h.stride(0), res.stride(0), res_out.stride(0), weight.stride(0), out.stride(0),
+        out, n, k, eps, h.stride(0), res.stride(0), res_out.stride(0), weight.stride(0), out.stride(0),
         NORM=norm_weight is not None, HAS_RES=residual is not None, W_FORMAT=w_format, HAS_BIAS=bias is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
+        BLOCK_S=min(triton.next_power_of_2(k), STATS_BLOCK), **launch,
     )  # fmt: skip
     if norm_weight is None:
         return out, None
@@ -504,20 +298,20 @@ def gate_up_silu_triton(
     norm_weight: torch.Tensor,
     eps: float,
     residual: torch.Tensor | None = None,
+    launch: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """h [M, H] -> (silu(gate) * up [M, I] of rmsnorm(h + residual) * norm_weight @ W^T with W [2I, H] (gate rows,
-    then up rows), the residual sum or h itself)."""
+    then up rows), the residual sum or h itself). launch: linear_launch's keys (two tiles of partial products)."""
     w_format = _check(h, weight, residual)
     (num_rows, k), n = h.shape, weight.shape[0] // 2
     out = torch.empty((num_rows, n), dtype=h.dtype, device=h.device)
     res, res_out, g, residual_out = _norm_args(h, residual, norm_weight)
-    block_m, block_n, block_k = _blocks(num_rows, n, k, h.device)
-    block_k = max(16, block_k // 2)  # two product tiles, gate and up
-    _gate_up_silu_kernel[(triton.cdiv(n, block_n),)](
-        h, res, res_out, g, weight, weight if weight_scale is None else weight_scale, out, num_rows, n, k, eps,
+    launch = launch or linear_launch(2 * n, k, h.device)
+    _gate_up_silu_kernel[(triton.cdiv(n, launch["BLOCK_N"]), num_rows)](
+        h, res, res_out, g, weight, weight if weight_scale is None else weight_scale, out, n, k, eps,
         h.stride(0), res.stride(0), res_out.stride(0), weight.stride(0), out.stride(0),
-        HAS_RES=residual is not None, W_FORMAT=w_format, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=4,
+        HAS_RES=residual is not None, W_FORMAT=w_format, BLOCK_S=min(triton.next_power_of_2(k), STATS_BLOCK),
+        **launch,
     )  # fmt: skip
     return out, h if residual is None else residual_out
 
@@ -537,9 +331,11 @@ def qkv_rope_triton(
     v_cache: torch.Tensor,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    launch: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """h [M, H] -> (q [M, Hq, D] rotated, the residual sum or h itself); the rotated k and v of each row are
-    written to the cache at its slot (-1: not stored), quantized with a scale per head for an int8 or fp8 cache."""
+    written to the cache at its slot (-1: not stored), quantized with a scale per head for an int8 or fp8 cache.
+    launch: qkv_launch's keys."""
     w_format = _check(h, weight, residual)
     (num_rows, k), (_, num_kv_heads, head_dim) = h.shape, k_cache.shape
     num_q_heads = weight.shape[0] // head_dim - 2 * num_kv_heads
@@ -553,16 +349,15 @@ def qkv_rope_triton(
         k_scale = v_scale = cos_sin_cache  # placeholders the kernel never touches
     q = torch.empty((num_rows, num_q_heads, head_dim), dtype=h.dtype, device=h.device)
     res, res_out, g, residual_out = _norm_args(h, residual, norm_weight)
-    block_m = triton.next_power_of_2(num_rows)
-    block_k = max(16, min(triton.next_power_of_2(k), PRODUCT_SIZE // (block_m * head_dim)))
-    _qkv_rope_kernel[(num_q_heads + 2 * num_kv_heads,)](
+    _qkv_rope_kernel[(num_q_heads + 2 * num_kv_heads, num_rows)](
         h, res, res_out, g, weight, weight if weight_scale is None else weight_scale, weight if bias is None else bias,
-        positions, cos_sin_cache, slot_mapping, q, k_cache, v_cache, k_scale, v_scale, num_rows, k, eps,
+        positions, cos_sin_cache, slot_mapping, q, k_cache, v_cache, k_scale, v_scale, k, eps,
         num_q_heads, num_kv_heads, h.stride(0), res.stride(0), res_out.stride(0), weight.stride(0),
         cos_sin_cache.stride(0), q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0),
         v_cache.stride(1), k_scale.stride(0), v_scale.stride(0),
         HAS_RES=residual is not None, W_FORMAT=w_format, HAS_BIAS=bias is not None, KV_FORMAT=kv_format,
-        HALF_D=head_dim // 2, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=4,
+        HALF_D=head_dim // 2, BLOCK_S=min(triton.next_power_of_2(k), STATS_BLOCK),
+        **(launch or qkv_launch(head_dim, k)),
     )  # fmt: skip
     return q, h if residual is None else residual_out
 

@@ -1,0 +1,185 @@
+"""GPU benchmark of the LLM's small-batch kernels (kernels/llm/small_batch.py) against the general path's launches
+they replace, one decoder layer of CosyVoice2's Qwen2-0.5B and of Orpheus' Llama-3B, bf16 and fp8 weights.
+
+python -m light_tts.bench.small_batch --out small_batch.json [--rows 1,4] [--sweep]
+(--device cpu under TRITON_INTERPRET=1 with --shapes tiny only checks that it runs.)
+
+Each op runs as a CUDA graph of REPEATS launches, replayed: the time per launch with the graph's launch gaps, as a
+decode step's graph pays them. Per layer: qkv (norm + projection + rotary + K/V store), o_proj, gate_up (norm +
+projection + SiLU), down_proj. --sweep also times the launch settings around the defaults (at the first of
+--rows) and reports the best per op.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from light_tts.kernels.llm import ops, small_batch
+from light_tts.kernels.llm.quant import quantize_weight
+
+# name: (hidden, (q heads, kv heads, head dim), intermediate, qkv bias)
+SHAPES = {
+    "qwen2-0.5b": (896, (14, 2, 64), 4864, True),
+    "llama-3b": (3072, (24, 8, 128), 8192, False),
+    "tiny": (96, (6, 2, 16), 112, True),
+}
+REPEATS = 20
+OPS = ("qkv", "o", "gate_up", "down")
+
+
+def time_ms(fn, device: torch.device, iters: int = 10) -> float:
+    """ms per call of fn: a CUDA graph of REPEATS calls replayed (on a CPU: plain calls, for the smoke run)."""
+    fn()
+    if device.type != "cuda":
+        return float("nan")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(REPEATS):
+            fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / (iters * REPEATS)
+
+
+class Layer:
+    """One decoder layer's weights (bf16 or fp8 with scales), its norms, a bf16 KV cache and a batch of rows."""
+
+    def __init__(self, shape: str, fmt: str, rows: int, device: torch.device):
+        hidden, (self.hq, self.hkv, self.d), inter, has_bias = SHAPES[shape]
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        r = lambda *s: torch.randn(*s, device=device) * 0.05  # noqa: E731
+        q_size = self.hq * self.d
+
+        def weight(n, k):
+            w = r(n, k)
+            return (w.to(dtype), None) if fmt == "none" else quantize_weight(w, fmt)
+
+        self.qkv, self.o = weight(q_size + 2 * self.hkv * self.d, hidden), weight(hidden, q_size)
+        self.gate_up, self.down = weight(2 * inter, hidden), weight(hidden, inter)
+        self.bias = r(q_size + 2 * self.hkv * self.d).to(dtype) if has_bias else None
+        self.g1, self.g2 = (1 + r(hidden)).to(dtype), (1 + r(hidden)).to(dtype)
+        self.h, self.res = r(rows, hidden).to(dtype), r(rows, hidden).to(dtype)
+        self.attn, self.act = r(rows, q_size).to(dtype), r(rows, inter).to(dtype)
+        self.k_cache, self.v_cache = (torch.zeros(4096, self.hkv, self.d, dtype=dtype, device=device) for _ in "kv")
+        self.positions = torch.arange(rows, device=device) + 300
+        self.slots = torch.arange(rows, device=device) + 100
+        self.cos_sin = ops.build_cos_sin_cache(4096, self.d, 1e6, device)
+
+    def linear(self, x, w):
+        weight, scale = w
+        return F.linear(x, weight) if scale is None else ops.fp8_linear(x, weight, scale)
+
+    def general(self) -> dict:
+        """The general path's launches per op (DecoderLayer.forward)."""
+
+        def qkv():
+            x, _ = ops.rms_norm(self.h, self.g1, 1e-6, self.res)
+            q, k, v = self.linear(x, self.qkv).split([self.hq * self.d, self.hkv * self.d, self.hkv * self.d], -1)
+            q, k, v = (t.view(len(x), -1, self.d) for t in (q, k, v))
+            ops.apply_rotary(q, k, self.positions, self.cos_sin, v, self.k_cache, self.v_cache, self.slots, self.bias)
+
+        def gate_up():
+            x, _ = ops.rms_norm(self.h, self.g2, 1e-6, self.res)
+            ops.silu_and_mul(self.linear(x, self.gate_up))
+
+        return {
+            "qkv": qkv,
+            "o": lambda: self.linear(self.attn, self.o),
+            "gate_up": gate_up,
+            "down": lambda: self.linear(self.act, self.down),
+        }
+
+    def fused(self, launches: dict | None = None) -> dict:
+        """The small-batch kernels per op, with launch settings per op (None: the defaults)."""
+        launches = launches or {}
+        qkv_args = (*self.qkv, self.bias, self.g1, 1e-6, self.res, self.positions, self.cos_sin, self.slots)
+        return {
+            "qkv": lambda: small_batch.qkv_rope_triton(
+                self.h, *qkv_args, self.k_cache, self.v_cache, launch=launches.get("qkv")
+            ),
+            "o": lambda: small_batch.norm_linear_triton(self.attn, *self.o, launch=launches.get("o")),
+            "gate_up": lambda: small_batch.gate_up_silu_triton(
+                self.h, *self.gate_up, self.g2, 1e-6, self.res, launch=launches.get("gate_up")
+            ),
+            "down": lambda: small_batch.norm_linear_triton(self.act, *self.down, launch=launches.get("down")),
+        }
+
+    def candidates(self, op: str) -> list[dict]:
+        """Launch settings around the defaults."""
+        if op == "qkv":
+            return [dict(BLOCK_K=bk, num_warps=w) for bk, w in itertools.product((32, 64, 128, 256), (4, 8))]
+        return [
+            dict(BLOCK_N=bn, BLOCK_K=budget // bn, num_warps=w)
+            for bn, budget, w in itertools.product((4, 8, 16, 32), (2048, 8192), (4, 8))
+        ]
+
+
+def run(shape: str, fmt: str, rows: int, device: torch.device, sweep: bool) -> dict:
+    layer = Layer(shape, fmt, rows, device)
+    general = {op: time_ms(fn, device) for op, fn in layer.general().items()}
+    fused = {op: time_ms(fn, device) for op, fn in layer.fused().items()}
+    result = {
+        "shape": shape,
+        "weights": fmt,
+        "rows": rows,
+        "general_us": {op: 1e3 * ms for op, ms in general.items()},
+        "fused_us": {op: 1e3 * ms for op, ms in fused.items()},
+    }
+    if sweep:
+        best = {}
+        for op in OPS:
+            timed = [(time_ms(layer.fused({op: c})[op], device), c) for c in layer.candidates(op)]
+            ms, launch = min(timed, key=lambda t: t[0])
+            best[op] = {"us": 1e3 * ms, "launch": launch}
+        result["best"] = best
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--shapes", default="qwen2-0.5b,llama-3b")
+    parser.add_argument("--rows", default="1,4")
+    parser.add_argument("--weights", default="none,fp8")
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    results = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "runs": []}
+    rows = [int(r) for r in args.rows.split(",")]
+    for shape, fmt in itertools.product(args.shapes.split(","), args.weights.split(",")):
+        for i, n in enumerate(rows):
+            r = run(shape, fmt, n, device, args.sweep and i == 0)
+            results["runs"].append(r)
+            g, f = r["general_us"], r["fused_us"]
+            print(
+                f"{results['gpu']} {shape} {fmt} rows {n}: general "
+                + " ".join(f"{op} {g[op]:.1f}" for op in OPS)
+                + f" = {sum(g.values()):.1f} us; fused "
+                + " ".join(f"{op} {f[op]:.1f}" for op in OPS)
+                + f" = {sum(f.values()):.1f} us"
+            )
+            for op, b in r.get("best", {}).items():
+                print(f"    best {op}: {b['us']:.1f} us with {b['launch']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
