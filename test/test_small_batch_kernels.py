@@ -129,3 +129,14 @@ def test_rows_past_the_limit_are_refused():
     weight, _ = make_weight(n, k, "none", torch.float32)
     with pytest.raises(AssertionError, match="h must be"):
         ops.norm_linear(randn(MAX_ROWS + 1, k), weight, use_triton=True)
+
+
+def test_bench_runs_on_the_cpu(tmp_path):
+    """light_tts.bench.small_batch (its GPU numbers are in docs/performance.md) runs every op of both paths."""
+    import json
+
+    from light_tts.bench.small_batch import OPS, main
+
+    main(["--out", str(tmp_path / "sb.json"), "--device", str(DEVICE), "--shapes", "tiny", "--rows", "2"])
+    (run,) = [r for r in json.loads((tmp_path / "sb.json").read_text())["runs"] if r["weights"] == "fp8"]
+    assert run["rows"] == 2 and set(run["general_us"]) == set(run["fused_us"]) == set(OPS)
