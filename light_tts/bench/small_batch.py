@@ -6,8 +6,8 @@ python -m light_tts.bench.small_batch --out small_batch.json [--rows 1,4] [--swe
 
 Each op runs as a CUDA graph of REPEATS launches, replayed: the time per launch with the graph's launch gaps, as a
 decode step's graph pays them. Per layer: qkv (norm + projection + rotary + K/V store), o_proj, gate_up (norm +
-projection + SiLU), down_proj. --sweep also times the launch settings around the defaults (at the first of
---rows) and reports the best per op.
+projection + SiLU), down_proj. --sweep also times the launch settings around the defaults (for the first of
+--shapes at the first of --rows) and reports the best per op.
 """
 
 from __future__ import annotations
@@ -124,10 +124,8 @@ class Layer:
         """Launch settings around the defaults."""
         if op == "qkv":
             return [dict(BLOCK_K=bk, num_warps=w) for bk, w in itertools.product((32, 64, 128, 256), (4, 8))]
-        return [
-            dict(BLOCK_N=bn, BLOCK_K=budget // bn, num_warps=w)
-            for bn, budget, w in itertools.product((4, 8, 16, 32), (2048, 8192), (4, 8))
-        ]
+        settings = [*itertools.product((4, 8, 16, 32), (2048, 8192), (4,)), *((bn, 4096, 8) for bn in (4, 8, 16, 32))]
+        return [dict(BLOCK_N=bn, BLOCK_K=budget // bn, num_warps=w) for bn, budget, w in settings]
 
 
 def run(shape: str, fmt: str, rows: int, device: torch.device, sweep: bool) -> dict:
@@ -163,9 +161,10 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     results = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "runs": []}
     rows = [int(r) for r in args.rows.split(",")]
-    for shape, fmt in itertools.product(args.shapes.split(","), args.weights.split(",")):
+    shapes = args.shapes.split(",")
+    for shape, fmt in itertools.product(shapes, args.weights.split(",")):
         for i, n in enumerate(rows):
-            r = run(shape, fmt, n, device, args.sweep and i == 0)
+            r = run(shape, fmt, n, device, args.sweep and i == 0 and shape == shapes[0])
             results["runs"].append(r)
             g, f = r["general_us"], r["fused_us"]
             print(
