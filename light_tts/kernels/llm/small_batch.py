@@ -31,8 +31,7 @@ from light_tts.kernels.llm.rmsnorm import rms_norm_ref
 from light_tts.kernels.llm.rotary import apply_rotary_ref, store_halves
 
 MAX_ROWS = 8  # one program per (row, block of outputs): past a few rows the weight's re-reads outweigh the launches
-PRODUCT_SIZE = 4096  # values of a program's (outputs, BLOCK_K) partial products: 32 float32 a thread at 4 warps
-STATS_BLOCK = 4096  # a row's values read at once by the prologue (one pass for every hidden size here)
+STATS_BLOCK = 1024  # a row's values the prologue reads at once (one pass for Qwen2-0.5B; more would cost registers)
 
 
 @triton.jit
@@ -230,17 +229,30 @@ def weight_format(weight: torch.Tensor, dtype: torch.dtype) -> int:
     return FORMAT_CODE[fmt] if fmt else 0
 
 
-def linear_launch(num_cols: int, k: int, device: torch.device) -> dict:
-    """BLOCK_N (outputs a program sums) so that a row's programs give each SM about two (a small product is bound
-    by how many SMs stream the weight), BLOCK_K from the partial products' budget."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
-    block_n = max(4, min(64, triton.next_power_of_2(max(num_cols // (2 * sms), 1))))
-    return dict(BLOCK_N=block_n, BLOCK_K=min(triton.next_power_of_2(k), PRODUCT_SIZE // block_n), num_warps=4)
+# Launch settings from bench.small_batch's sweep on an H100 (docs/performance.md, seventh session): at one row of
+# Qwen2-0.5B, thin column blocks (4-8 outputs, many programs) with long K blocks for the products of K = 896-4864;
+# fp8 weights want fewer, wider programs (each repeats the row's norm and fp8 scale in its prologue).
 
 
-def qkv_launch(head_dim: int, k: int) -> dict:
-    """A head's two halves of partial products (D/2, BLOCK_K) each, at 8 warps."""
-    return dict(BLOCK_K=min(triton.next_power_of_2(k), 2 * PRODUCT_SIZE // head_dim), num_warps=8)
+def linear_launch(num_cols: int, k: int, w_format: int) -> dict:
+    """norm_linear's BLOCK_N (outputs a program sums), BLOCK_K and warps."""
+    wide = num_cols > 4096  # an output head: 6,564 (CosyVoice2) to 156,940 (Orpheus) columns
+    block_n = (16 if wide else 4) if w_format == 0 else (32 if wide else 8)
+    block_k = min(triton.next_power_of_2(k), 256 if wide else 1024)
+    return dict(BLOCK_N=block_n, BLOCK_K=block_k, num_warps=8 if w_format == 0 and not wide else 4)
+
+
+def gate_up_launch(k: int, w_format: int) -> dict:
+    """gate_up_silu's settings: two (BLOCK_N, BLOCK_K) tiles of partial products, gate and up."""
+    # fp8 measured best at 32 x 256 tiles, which spill (kernel_compile): 16 x 128 is the largest that does not
+    block_k = min(triton.next_power_of_2(k), 256 if w_format == 0 else 128)
+    return dict(BLOCK_N=8 if w_format == 0 else 16, BLOCK_K=block_k, num_warps=4)
+
+
+def qkv_launch(head_dim: int, k: int, w_format: int) -> dict:
+    """qkv_rope's settings: a head's two halves of partial products, (D/2, BLOCK_K) each."""
+    budget = 8192 if w_format == 0 else 4096
+    return dict(BLOCK_K=min(triton.next_power_of_2(k), 2 * budget // head_dim), num_warps=8 if w_format == 0 else 4)
 
 
 def _check(h: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None) -> int:
@@ -273,13 +285,14 @@ def norm_linear_triton(
     launch: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """h [M, K] -> (rmsnorm(h + residual) * norm_weight @ W^T + bias [M, N] in out_dtype (default h's), the
-    residual sum or h itself); without norm_weight (h @ W^T + bias, None). launch: linear_launch's keys."""
+    residual sum or h itself); without norm_weight (h @ W^T + bias, None). launch: linear_launch's keys (default:
+    its settings)."""
     w_format = _check(h, weight, residual)
     assert norm_weight is not None or residual is None, "a residual is added before the norm"
     (num_rows, k), n = h.shape, weight.shape[0]
     out = torch.empty((num_rows, n), dtype=out_dtype or h.dtype, device=h.device)
     res, res_out, g, residual_out = _norm_args(h, residual, norm_weight)
-    launch = launch or linear_launch(n, k, h.device)
+    launch = launch or linear_launch(n, k, w_format)
     _norm_linear_kernel[(triton.cdiv(n, launch["BLOCK_N"]), num_rows)](
         h, res, res_out, g, weight, weight if weight_scale is None else weight_scale, weight if bias is None else bias,
         out, n, k, eps, h.stride(0), res.stride(0), res_out.stride(0), weight.stride(0), out.stride(0),
@@ -301,12 +314,12 @@ def gate_up_silu_triton(
     launch: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """h [M, H] -> (silu(gate) * up [M, I] of rmsnorm(h + residual) * norm_weight @ W^T with W [2I, H] (gate rows,
-    then up rows), the residual sum or h itself). launch: linear_launch's keys (two tiles of partial products)."""
+    then up rows), the residual sum or h itself). launch: gate_up_launch's keys."""
     w_format = _check(h, weight, residual)
     (num_rows, k), n = h.shape, weight.shape[0] // 2
     out = torch.empty((num_rows, n), dtype=h.dtype, device=h.device)
     res, res_out, g, residual_out = _norm_args(h, residual, norm_weight)
-    launch = launch or linear_launch(2 * n, k, h.device)
+    launch = launch or gate_up_launch(k, w_format)
     _gate_up_silu_kernel[(triton.cdiv(n, launch["BLOCK_N"]), num_rows)](
         h, res, res_out, g, weight, weight if weight_scale is None else weight_scale, out, n, k, eps,
         h.stride(0), res.stride(0), res_out.stride(0), weight.stride(0), out.stride(0),
@@ -357,7 +370,7 @@ def qkv_rope_triton(
         v_cache.stride(1), k_scale.stride(0), v_scale.stride(0),
         HAS_RES=residual is not None, W_FORMAT=w_format, HAS_BIAS=bias is not None, KV_FORMAT=kv_format,
         HALF_D=head_dim // 2, BLOCK_S=min(triton.next_power_of_2(k), STATS_BLOCK),
-        **(launch or qkv_launch(head_dim, k)),
+        **(launch or qkv_launch(head_dim, k, w_format)),
     )  # fmt: skip
     return q, h if residual is None else residual_out
 
