@@ -166,20 +166,23 @@ class DecoderLayer(nn.Module):
                 cache.v_scale,
             )
         else:
-            attn = ops.decode_attention(
-                q,
-                cache.k,
-                cache.v,
-                cache.req_to_token,
-                inp.b_req_idx,
-                inp.b_seq_len,
-                self.sm_scale,
-                k_scale=cache.k_scale,
-                v_scale=cache.v_scale,
-            )
+            attn = self._decode_attention(q, inp, cache)
         h = self.o_proj(attn.reshape(-1, self.q_size))
         x, residual = ops.rms_norm(h, self.post_attention_layernorm, self.eps, residual)
         return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x))), residual
+
+    def _decode_attention(self, q: torch.Tensor, inp: ForwardInputs, cache: LayerKV) -> torch.Tensor:
+        return ops.decode_attention(
+            q,
+            cache.k,
+            cache.v,
+            cache.req_to_token,
+            inp.b_req_idx,
+            inp.b_seq_len,
+            self.sm_scale,
+            k_scale=cache.k_scale,
+            v_scale=cache.v_scale,
+        )
 
     def forward_small(
         self, h: torch.Tensor, residual: torch.Tensor | None, inp: ForwardInputs, cache: LayerKV, cos_sin: torch.Tensor
@@ -192,17 +195,7 @@ class DecoderLayer(nn.Module):
             h, weight, scale, bias, self.input_layernorm, self.eps, residual, inp.positions, cos_sin,
             inp.slot_mapping, cache.k, cache.v, cache.k_scale, cache.v_scale,
         )  # fmt: skip
-        attn = ops.decode_attention(
-            q,
-            cache.k,
-            cache.v,
-            cache.req_to_token,
-            inp.b_req_idx,
-            inp.b_seq_len,
-            self.sm_scale,
-            k_scale=cache.k_scale,
-            v_scale=cache.v_scale,
-        )
+        attn = self._decode_attention(q, inp, cache)
         h, _ = ops.norm_linear(attn.reshape(-1, self.q_size), *linear_weights(self.o_proj))
         weight, scale, _ = linear_weights(self.gate_up_proj)
         x, residual = ops.gate_up_silu(h, weight, scale, self.post_attention_layernorm, self.eps, residual)
