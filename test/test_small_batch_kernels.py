@@ -2,8 +2,6 @@
 norm + projection, norm + gate_up + silu, and norm + qkv + bias + rotary + K/V store, with weights in the compute
 dtype, int8 and fp8, and a KV cache in the compute dtype, int8 and fp8 (Triton's interpreter on the CPU)."""
 
-import os
-
 import pytest
 import torch
 from test_kernels import DEVICE, IS_CUDA, randn
@@ -12,9 +10,6 @@ from test_quant_kernels import empty_quantized_cache, rel_l2
 from light_tts.kernels.llm import ops
 from light_tts.kernels.llm.quant import dequantize_ref, quantize_weight
 from light_tts.kernels.llm.small_batch import MAX_ROWS
-
-if not IS_CUDA and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("the kernels need a GPU or TRITON_INTERPRET=1 (conftest.py sets it)", allow_module_level=True)
 
 WEIGHTS = ["none", "int8", "fp8"]
 # Triton's interpreter casts float32 to bf16 by truncation (the GPU rounds to nearest), so the kernels' bf16
@@ -132,11 +127,13 @@ def test_rows_past_the_limit_are_refused():
 
 
 def test_bench_runs_on_the_cpu(tmp_path):
-    """light_tts.bench.small_batch (its GPU numbers are in docs/performance.md) runs every op of both paths."""
+    """`bench.quant_gemm --small_batch` (its GPU numbers are in docs/performance.md) runs every op of both paths."""
     import json
 
-    from light_tts.bench.small_batch import OPS, main
+    from light_tts.bench.engines.small_batch_ops import OPS
+    from light_tts.bench.quant_gemm import main
 
-    main(["--out", str(tmp_path / "sb.json"), "--device", str(DEVICE), "--shapes", "tiny", "--rows", "2"])
-    (run,) = [r for r in json.loads((tmp_path / "sb.json").read_text())["runs"] if r["weights"] == "fp8"]
+    out = tmp_path / "sb.json"
+    main(["--out", str(out), "--small_batch", "--device", str(DEVICE), "--shapes", "tiny", "--rows", "2", "--no_sweep"])
+    (run,) = [r for r in json.loads(out.read_text())["runs"] if r["weights"] == "fp8"]
     assert run["rows"] == 2 and set(run["general_us"]) == set(run["fused_us"]) == set(OPS)

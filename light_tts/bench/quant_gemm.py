@@ -1,6 +1,7 @@
 """The quantized linear layers against the unquantized one, at an LLM's projection shapes and decode batch sizes.
 
 python -m light_tts.bench.quant_gemm --out gemm.json [--shapes qwen0.5b,llama3b] [--rows 1,2,4,8,16,32,64,128,256]
+python -m light_tts.bench.quant_gemm --out small_batch.json --small_batch --rows 1,4
 
 Per (projection, rows): the time of F.linear in --dtype (cuBLAS), fp8 through the Triton kernel (quantization of x
 in its prologue), fp8 through per-token quantization + torch._scaled_mm, int8 weight-only through the Triton
@@ -8,6 +9,10 @@ kernel and through dequantize + F.linear, each timed inside a CUDA graph (the en
 launch cost is left out), plus the fastest tile of the Triton kernel among a few. What it is for: choosing
 FP8_TRITON_MAX_ROWS and choose_blocks (kernels/llm/quant_linear.py) on the GPU that will serve. `TRITON_INTERPRET=1
 ... --device cpu --dtype float32 --shapes tiny` (the interpreter) only checks that it runs.
+
+--small_batch times the small-batch decoder launches instead (kernels/llm/small_batch.py, --llm_small_batch_rows,
+rows <= 8), op by op against the general path's launches, bf16 and fp8 weights read from HBM, with the sweep of
+their launch settings unless --no_sweep (bench/engines/small_batch_ops.py).
 """
 
 from __future__ import annotations
@@ -96,9 +101,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--no_sweep", action="store_true", help="time the default tile of the Triton kernel only")
+    parser.add_argument(
+        "--small_batch", action="store_true", help="the small-batch decoder launches against the general path's"
+    )
     args = parser.parse_args(argv)
     if args.device == "cpu":
         fix_interpreter()
+    if args.small_batch:
+        return bench_small_batch(args)
     dtype = getattr(torch, args.dtype)
     results = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
@@ -116,6 +126,18 @@ def main(argv: list[str] | None = None) -> None:
                 }
                 results["rows"].append(r)
                 print_row(r, args.dtype)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+
+
+def bench_small_batch(args: argparse.Namespace) -> None:
+    from light_tts.bench.engines.small_batch_ops import bench_all
+
+    device = torch.device(args.device)
+    rows = [int(r) for r in args.rows.split(",")]
+    assert max(rows) <= 8, "--small_batch: at most 8 rows (kernels/llm/small_batch.py MAX_ROWS)"
+    runs = bench_all(args.shapes.split(","), rows, ["none", "fp8"], device, sweep=not args.no_sweep)
+    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
 

@@ -1,23 +1,18 @@
-"""GPU benchmark of the LLM's small-batch kernels (kernels/llm/small_batch.py) against the general path's launches
-they replace, one decoder layer of CosyVoice2's Qwen2-0.5B and of Orpheus' Llama-3B, bf16 and fp8 weights.
-
-python -m light_tts.bench.small_batch --out small_batch.json [--rows 1,4] [--sweep]
-(--device cpu under TRITON_INTERPRET=1 with --shapes tiny only checks that it runs.)
+"""The LLM's small-batch kernels (kernels/llm/small_batch.py) against the general path's launches they replace, one
+decoder layer of CosyVoice2's Qwen2-0.5B and of Orpheus' Llama-3B, bf16 and fp8 weights: `bench.quant_gemm
+--small_batch` (on the CPU, under the interpreter at --shapes tiny, it only checks that it runs).
 
 Each op runs as a CUDA graph of at least REPEATS launches, replayed: the time per launch with the graph's launch
 gaps, as a decode step's graph pays them. The launches cycle through copies of the weights that add up to more than
 COLD_BYTES, so every launch reads its weight from HBM, as a step's 24-28 layers do (one copy would stay in the 50 MB
 L2 across launches and flatter small products). Per layer: qkv (norm + projection + rotary + K/V store), o_proj,
-gate_up (norm + projection + SiLU), down_proj. --sweep also times the launch settings around the defaults (for the
-first of --shapes at the first of --rows) and reports the best per op.
+gate_up (norm + projection + SiLU), down_proj. The sweep also times the launch settings around the defaults (for
+the first shape at the first row count) and reports the best per op.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +22,8 @@ from light_tts.kernels.llm.quant import quantize_weight
 
 # name: (hidden, (q heads, kv heads, head dim), intermediate, qkv bias)
 SHAPES = {
-    "qwen2-0.5b": (896, (14, 2, 64), 4864, True),
-    "llama-3b": (3072, (24, 8, 128), 8192, False),
+    "qwen0.5b": (896, (14, 2, 64), 4864, True),
+    "llama3b": (3072, (24, 8, 128), 8192, False),
     "tiny": (96, (6, 2, 16), 112, True),
 }
 REPEATS = 20
@@ -171,26 +166,17 @@ def run(shape: str, fmt: str, rows: int, device: torch.device, sweep: bool) -> d
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--shapes", default="qwen2-0.5b,llama-3b")
-    parser.add_argument("--rows", default="1,4")
-    parser.add_argument("--weights", default="none,fp8")
-    parser.add_argument("--sweep", action="store_true")
-    parser.add_argument("--device", default="cuda")
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    results = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "runs": []}
-    rows = [int(r) for r in args.rows.split(",")]
-    shapes = args.shapes.split(",")
-    for shape, fmt in itertools.product(shapes, args.weights.split(",")):
+def bench_all(shapes: list[str], rows: list[int], weights: list[str], device: torch.device, sweep: bool) -> list:
+    """run() per (shape, weight format, rows), printed as it goes; the sweep at the first shape's first rows."""
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    runs = []
+    for shape, fmt in itertools.product(shapes, weights):
         for i, n in enumerate(rows):
-            r = run(shape, fmt, n, device, args.sweep and i == 0 and shape == shapes[0])
-            results["runs"].append(r)
+            r = run(shape, fmt, n, device, sweep and i == 0 and shape == shapes[0])
+            runs.append(r)
             g, f = r["general_us"], r["fused_us"]
             print(
-                f"{results['gpu']} {shape} {fmt} rows {n}: general "
+                f"{name} {shape} {fmt} rows {n}: general "
                 + " ".join(f"{op} {g[op]:.1f}" for op in OPS)
                 + f" = {sum(g.values()):.1f} us; fused "
                 + " ".join(f"{op} {f[op]:.1f}" for op in OPS)
@@ -198,9 +184,4 @@ def main(argv: list[str] | None = None) -> None:
             )
             for op, b in r.get("best", {}).items():
                 print(f"    best {op}: {b['us']:.1f} us with {b['launch']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+    return runs

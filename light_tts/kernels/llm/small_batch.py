@@ -229,9 +229,10 @@ def weight_format(weight: torch.Tensor, dtype: torch.dtype) -> int:
     return FORMAT_CODE[fmt] if fmt else 0
 
 
-# Launch settings from bench.small_batch's sweep on an H100 (docs/performance.md, seventh session): at one row of
-# Qwen2-0.5B, thin column blocks (4-8 outputs, many programs) with long K blocks for the products of K = 896-4864;
-# fp8 weights want fewer, wider programs (each repeats the row's norm and fp8 scale in its prologue).
+# Launch settings from the sweep of `bench.quant_gemm --small_batch` on an H100 (docs/performance.md, seventh
+# session): at one row of Qwen2-0.5B, thin column blocks (4-8 outputs, many programs) with long K blocks for the
+# products of K = 896-4864; fp8 weights want fewer, wider programs (each repeats the row's norm and fp8 scale in its
+# prologue).
 
 
 def linear_launch(num_cols: int, k: int, w_format: int) -> dict:
