@@ -41,6 +41,7 @@ class LLMEngine:
         )
         self.num_arrivals = 0
         self.last_batch_size = 0
+        self.last_batch_is_prefill = False
         self.num_prefill_tokens = 0  # tokens computed by prefill batches since start (prefix reuse shows here)
 
     def add_request(self, req: LLMRequest) -> None:
@@ -97,7 +98,7 @@ class LLMEngine:
         if batch is None:
             self.last_batch_size = 0
             return self.scheduler.take_outputs()
-        self.last_batch_size = len(batch.seqs)
+        self.last_batch_size, self.last_batch_is_prefill = len(batch.seqs), batch.is_prefill
         if batch.is_prefill:
             self.num_prefill_tokens += sum(s.num_new_tokens for s in batch.seqs)
         token_ids = self.runner.run(batch)

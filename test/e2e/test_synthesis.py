@@ -139,6 +139,8 @@ def test_metrics_move(server):
     assert m[("lighttts_audio_seconds_total", ())] > 0
     assert m[("lighttts_real_time_factor_count", (("endpoint", "inference_zero_shot"), mode, model))] > 0
     assert m[("lighttts_batch_size_count", (("rank", "0"), ("stage", "llm")))] > 0
+    for kind in ("prefill", "decode"):  # every LLM step is timed, by kind
+        assert m[("lighttts_llm_step_seconds_count", (("kind", kind), model))] > 0
     assert m[("lighttts_process_ready", (("rank", "1"), ("stage", "decode")))] == 1
 
 

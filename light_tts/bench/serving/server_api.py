@@ -24,6 +24,15 @@ COUNTERS = {  # name in the level's "server" block -> (metric, label that must m
     "decode_waits": ("lighttts_waits_total", 'stage="decode"'),
     "page_waits": ("lighttts_waits_total", 'reason="pages"'),  # decode waits for flow-cache pages (llm: kv, batch)
     "llm_preemptions": ("lighttts_llm_preemptions_total", ""),
+    # where the GPU time went: engine steps, their seconds and their rows (summed over ranks)
+    "llm_decode_steps": ("lighttts_llm_step_seconds_count", 'kind="decode"'),
+    "llm_decode_step_s": ("lighttts_llm_step_seconds_sum", 'kind="decode"'),
+    "llm_prefill_steps": ("lighttts_llm_step_seconds_count", 'kind="prefill"'),
+    "llm_prefill_step_s": ("lighttts_llm_step_seconds_sum", 'kind="prefill"'),
+    "llm_rows": ("lighttts_batch_size_sum", 'stage="llm"'),
+    "decode_steps": ("lighttts_decode_step_seconds_count", ""),
+    "decode_step_s": ("lighttts_decode_step_seconds_sum", ""),
+    "decode_rows": ("lighttts_batch_size_sum", 'stage="decode"'),
 }
 
 

@@ -140,6 +140,13 @@ FIRST_AUDIO_STAGE = Histogram(
 DECODE_STEP_TIME = Histogram(
     "lighttts_decode_step_seconds", "Duration of one decode engine step", ["rank"], buckets=STEP_BUCKETS
 )
+LLM_STEP_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0)
+LLM_STEP_TIME = Histogram(
+    "lighttts_llm_step_seconds",
+    "Duration of one LLM engine step (schedule, forward, sampling, the ids' copy to the host), by kind",
+    ["model", "kind"],
+    buckets=LLM_STEP_BUCKETS,
+)
 
 
 def observe_playback(stall_s: float, slack_s: float | None) -> None:

@@ -89,6 +89,7 @@ class LLMWorker:
         self.num_preemptions = 0  # the engine's, already counted in the metric
         self.report_clock = Every(REPORT_EVERY_S)
         self.batch_size = metrics.BATCH_SIZE.labels("llm", str(rank))
+        self.step_time = {kind: metrics.LLM_STEP_TIME.labels(self.model.name, kind) for kind in ("prefill", "decode")}
         self.report()  # the gauges exist before the process says it is ready, not ~200 ms after its first wait
 
     def init_sockets(self) -> None:
@@ -133,8 +134,11 @@ class LLMWorker:
             outputs = self.step() if self.engine.has_unfinished() else []
             is_idle = not outputs
             if outputs:
+                step_ended = now()
                 self.route(outputs, step_started)
                 self.batch_size.observe(self.engine.last_batch_size)
+                kind = "prefill" if self.engine.last_batch_is_prefill else "decode"
+                self.step_time[kind].observe(step_ended - step_started)
             self.idle.tick(has_work=bool(self.reqs) or self.engine.has_unfinished())
             if self.report_clock.due() or is_idle:
                 self.report()
