@@ -9,13 +9,17 @@ one row is bound by: ~277 launches of ~4 us for Qwen2-0.5B, docs/performance.md)
 - gate_up_silu: rmsnorm + the gate_up projection + silu(gate) * up, a program's gate and up columns side by side.
 
 A program computes a block of one row's outputs (a row's programs re-read the weight from L2, which a few rows
-afford), summing elementwise partial products over K and reducing them once at the end.
+afford), summing elementwise partial products over K and reducing them once at the end. Triton pipelines only the
+loads that feed tensor-core products, so the loops do it by hand: each weight block is loaded one iteration ahead
+of its products, and the first before the row's statistics, so that two blocks' reads are in flight.
 
-Weights are in the compute dtype, int8 (weight-only) or fp8 (w8a8: each normalised row is quantized per token, as
-the general fp8 path does), with a float32 scale per output channel (quant.py). Products run on CUDA cores in
-float32: a few rows give tensor cores nothing to do. Rounding follows the general path: the residual sum, the
-normalised row and each projection's output are rounded to the activation dtype where those kernels store them.
-The references compose the general path's references, so a test holds each kernel to what it replaces.
+Weights are in the compute dtype, int8 or fp8, with a float32 scale per output channel (quant.py). Products run on
+CUDA cores in float32: a few rows give tensor cores nothing to do, so quantized weights multiply the unquantized
+activations (weight-only, fp8 too: the general fp8 path's per-token activation quantization serves fp8 tensor
+cores, and here it only cost time, ~2x bf16's, docs/performance.md; the products are the more exact). Rounding
+follows the general path: the residual sum, the normalised row and each projection's output are rounded to the
+activation dtype where those kernels store them. The references compose the general path's references (for fp8,
+its int8 weight-only product), so a test holds each kernel to what it replaces.
 """
 
 import torch
@@ -25,8 +29,8 @@ import triton.language as tl
 
 from light_tts.kernels.llm.activation import silu_and_mul_ref
 from light_tts.kernels.llm.kv_store import check_kv_store
-from light_tts.kernels.llm.quant import FORMAT_CODE, FORMAT_OF_DTYPE, FP8, INT8, round_e4m3, scale_of
-from light_tts.kernels.llm.quant_linear import fp8_linear_ref, int8_linear_ref
+from light_tts.kernels.llm.quant import FORMAT_CODE, FORMAT_OF_DTYPE
+from light_tts.kernels.llm.quant_linear import int8_linear_ref
 from light_tts.kernels.llm.rmsnorm import rms_norm_ref
 from light_tts.kernels.llm.rotary import apply_rotary_ref, store_halves
 
@@ -45,30 +49,24 @@ def _summed(h_ptr, res_ptr, ks, in_k, HAS_RES: tl.constexpr):
 
 
 @triton.jit
-def _x_block(
-    h_ptr, res_ptr, g_ptr, ks, in_k, rstd, x_scale, NORM: tl.constexpr, HAS_RES: tl.constexpr,
-    ACT_FP8: tl.constexpr,
-):  # fmt: skip
+def _x_block(h_ptr, res_ptr, g_ptr, ks, in_k, rstd, NORM: tl.constexpr, HAS_RES: tl.constexpr):
     """A row's projection input at ks as float32: rmsnorm(h + residual) * g rounded to the activation dtype (or h
-    itself), then quantized to fp8 with the row's scale when ACT_FP8."""
+    itself)."""
     if NORM:
         s = _summed(h_ptr, res_ptr, ks, in_k, HAS_RES)
         g = tl.load(g_ptr + ks, mask=in_k, other=0.0).to(tl.float32)
         x = (s * rstd * g).to(h_ptr.dtype.element_ty).to(tl.float32)
     else:
         x = tl.load(h_ptr + ks, mask=in_k, other=0.0).to(tl.float32)
-    if ACT_FP8:
-        x = round_e4m3(tl.math.div_rn(x, x_scale))
     return x
 
 
 @triton.jit
 def _row_stats(
-    h_ptr, res_ptr, res_out_ptr, g_ptr, is_writer, K, eps, NORM: tl.constexpr, HAS_RES: tl.constexpr,
-    ACT_FP8: tl.constexpr, BLOCK_S: tl.constexpr,
+    h_ptr, res_ptr, res_out_ptr, is_writer, K, eps, NORM: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_S: tl.constexpr
 ):  # fmt: skip
-    """A row's 1 / rms and fp8 scale (1.0 where unused); the writer program also stores the residual sum, which
-    every program of the row computes alike."""
+    """A row's 1 / rms (1.0 without a norm); the writer program also stores the residual sum, which every program
+    of the row computes alike."""
     rstd = 1.0
     if NORM:
         sumsq = tl.zeros((BLOCK_S,), tl.float32)
@@ -80,34 +78,51 @@ def _row_stats(
                 tl.store(res_out_ptr + ks, s.to(res_out_ptr.dtype.element_ty), mask=in_k & is_writer)
             sumsq += s * s
         rstd = tl.rsqrt(tl.sum(sumsq, axis=0) / K + eps)
-    x_scale = 1.0
-    if ACT_FP8:
-        amax = tl.zeros((BLOCK_S,), tl.float32)
-        for start in range(0, K, BLOCK_S):
-            ks = start + tl.arange(0, BLOCK_S)
-            x = _x_block(h_ptr, res_ptr, g_ptr, ks, ks < K, rstd, x_scale, NORM, HAS_RES, False)
-            amax = tl.maximum(amax, tl.abs(x))
-        x_scale = scale_of(tl.max(amax, axis=0), 448.0)
-    return rstd, x_scale
+    return rstd
 
 
 @triton.jit
-def _dot(acc, x, w_ptr, w_offsets, is_col, ks, in_k):
-    """acc (N, BLOCK_K) + the products of x (BLOCK_K,) with W's rows at w_offsets (N,), columns ks; summed over K
-    once, after the loop."""
-    w = tl.load(w_ptr + w_offsets[:, None] + ks[None, :], mask=is_col[:, None] & in_k[None, :], other=0.0)
+def _w_block(w_ptr, w_offsets, is_col, ks, K):
+    """W's rows at w_offsets (N,), columns ks (BLOCK_K,): zeros past K, and no memory access where all are."""
+    return tl.load(w_ptr + w_offsets[:, None] + ks[None, :], mask=is_col[:, None] & (ks < K)[None, :], other=0.0)
+
+
+@triton.jit
+def _dot(acc, x, w):
+    """acc (N, BLOCK_K) + the products of x (BLOCK_K,) with a weight block (N, BLOCK_K); summed over K once, after
+    the loop."""
     return acc + w.to(tl.float32) * x[None, :]
 
 
 @triton.jit
-def _scaled(acc, w_scale_ptr, cols, is_col, x_scale, W_FORMAT: tl.constexpr):
-    """The summed products (N,) times the weight's channel scales (and fp8's row scale)."""
-    y = tl.sum(acc, axis=1)
+def _scaled(y, w_scale_ptr, cols, is_col, W_FORMAT: tl.constexpr):
+    """The summed products (N,) times a quantized weight's channel scales."""
     if W_FORMAT != 0:
         y = y * tl.load(w_scale_ptr + cols, mask=is_col, other=0.0)
-    if W_FORMAT == 2:
-        y = y * x_scale
     return y
+
+
+@triton.jit
+def _two_products(
+    h_ptr, res_ptr, res_out_ptr, g_ptr, w_ptr, offsets1, offsets2, is_col, is_writer, K, eps, HAS_RES: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
+):  # fmt: skip
+    """The products of a row's normalised input with two blocks of BLOCK_N rows of W, at offsets1 and offsets2, each
+    summed over K (gate_up's gate and up columns, qkv_rope's two halves of a head)."""
+    w1 = _w_block(w_ptr, offsets1, is_col, tl.arange(0, BLOCK_K), K)  # in flight during the statistics
+    w2 = _w_block(w_ptr, offsets2, is_col, tl.arange(0, BLOCK_K), K)
+    rstd = _row_stats(h_ptr, res_ptr, res_out_ptr, is_writer, K, eps, True, HAS_RES, BLOCK_S)
+    acc1 = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    acc2 = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    for start in range(0, K, BLOCK_K):
+        ks = start + tl.arange(0, BLOCK_K)
+        next1 = _w_block(w_ptr, offsets1, is_col, ks + BLOCK_K, K)  # one block ahead
+        next2 = _w_block(w_ptr, offsets2, is_col, ks + BLOCK_K, K)
+        x = _x_block(h_ptr, res_ptr, g_ptr, ks, ks < K, rstd, True, HAS_RES)
+        acc1 = _dot(acc1, x, w1)
+        acc2 = _dot(acc2, x, w2)
+        w1, w2 = next1, next2
+    return tl.sum(acc1, axis=1), tl.sum(acc2, axis=1)
 
 
 @triton.jit
@@ -121,17 +136,17 @@ def _norm_linear_kernel(
     h_ptr, res_ptr, res_out_ptr = h_ptr + row * stride_h, res_ptr + row * stride_r, res_out_ptr + row * stride_ro
     cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     is_col = cols < N
-    rstd, x_scale = _row_stats(
-        h_ptr, res_ptr, res_out_ptr, g_ptr, pid == 0, K, eps, NORM, HAS_RES, W_FORMAT == 2, BLOCK_S
-    )
-    acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     w_offsets = cols.to(tl.int64) * stride_w
+    w = _w_block(w_ptr, w_offsets, is_col, tl.arange(0, BLOCK_K), K)  # in flight during the row's statistics
+    rstd = _row_stats(h_ptr, res_ptr, res_out_ptr, pid == 0, K, eps, NORM, HAS_RES, BLOCK_S)
+    acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     for start in range(0, K, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
-        in_k = ks < K
-        x = _x_block(h_ptr, res_ptr, g_ptr, ks, in_k, rstd, x_scale, NORM, HAS_RES, W_FORMAT == 2)
-        acc = _dot(acc, x, w_ptr, w_offsets, is_col, ks, in_k)
-    y = _scaled(acc, w_scale_ptr, cols, is_col, x_scale, W_FORMAT)
+        w_next = _w_block(w_ptr, w_offsets, is_col, ks + BLOCK_K, K)  # one block ahead: two loads in flight
+        x = _x_block(h_ptr, res_ptr, g_ptr, ks, ks < K, rstd, NORM, HAS_RES)
+        acc = _dot(acc, x, w)
+        w = w_next
+    y = _scaled(tl.sum(acc, axis=1), w_scale_ptr, cols, is_col, W_FORMAT)
     if HAS_BIAS:
         y += tl.load(bias_ptr + cols, mask=is_col, other=0.0).to(tl.float32)
     y = y.to(h_ptr.dtype.element_ty)  # the projection's output dtype, then the buffer's (float32 logits)
@@ -149,22 +164,13 @@ def _gate_up_silu_kernel(
     h_ptr, res_ptr, res_out_ptr = h_ptr + row * stride_h, res_ptr + row * stride_r, res_out_ptr + row * stride_ro
     cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     is_col = cols < N
-    rstd, x_scale = _row_stats(
-        h_ptr, res_ptr, res_out_ptr, g_ptr, pid == 0, K, eps, True, HAS_RES, W_FORMAT == 2, BLOCK_S
-    )
-    gate = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-    up = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-    gate_offsets = cols.to(tl.int64) * stride_w
-    up_offsets = (cols + N).to(tl.int64) * stride_w
-    for start in range(0, K, BLOCK_K):
-        ks = start + tl.arange(0, BLOCK_K)
-        in_k = ks < K
-        x = _x_block(h_ptr, res_ptr, g_ptr, ks, in_k, rstd, x_scale, True, HAS_RES, W_FORMAT == 2)
-        gate = _dot(gate, x, w_ptr, gate_offsets, is_col, ks, in_k)
-        up = _dot(up, x, w_ptr, up_offsets, is_col, ks, in_k)
+    gate, up = _two_products(
+        h_ptr, res_ptr, res_out_ptr, g_ptr, w_ptr, cols.to(tl.int64) * stride_w, (cols + N).to(tl.int64) * stride_w,
+        is_col, pid == 0, K, eps, HAS_RES, BLOCK_N, BLOCK_K, BLOCK_S,
+    )  # fmt: skip
     dtype = h_ptr.dtype.element_ty
-    g = _scaled(gate, w_scale_ptr, cols, is_col, x_scale, W_FORMAT).to(dtype).to(tl.float32)
-    u = _scaled(up, w_scale_ptr, cols + N, is_col, x_scale, W_FORMAT).to(dtype).to(tl.float32)
+    g = _scaled(gate, w_scale_ptr, cols, is_col, W_FORMAT).to(dtype).to(tl.float32)
+    u = _scaled(up, w_scale_ptr, cols + N, is_col, W_FORMAT).to(dtype).to(tl.float32)
     tl.store(out_ptr + row * stride_o + cols, (g * tl.sigmoid(g) * u).to(out_ptr.dtype.element_ty), mask=is_col)
 
 
@@ -182,23 +188,14 @@ def _qkv_rope_kernel(
     h_ptr, res_ptr, res_out_ptr = h_ptr + row * stride_h, res_ptr + row * stride_r, res_out_ptr + row * stride_ro
     dims = tl.arange(0, HALF_D)
     is_dim = dims < HALF_D
-    rstd, x_scale = _row_stats(
-        h_ptr, res_ptr, res_out_ptr, g_ptr, head == 0, K, eps, True, HAS_RES, W_FORMAT == 2, BLOCK_S
-    )
     first = head * 2 * HALF_D + dims  # the head's output columns of its first half; + HALF_D the second
-    first_offsets = first.to(tl.int64) * stride_w
-    second_offsets = (first + HALF_D).to(tl.int64) * stride_w
-    acc1 = tl.zeros((HALF_D, BLOCK_K), tl.float32)
-    acc2 = tl.zeros((HALF_D, BLOCK_K), tl.float32)
-    for start in range(0, K, BLOCK_K):
-        ks = start + tl.arange(0, BLOCK_K)
-        in_k = ks < K
-        x = _x_block(h_ptr, res_ptr, g_ptr, ks, in_k, rstd, x_scale, True, HAS_RES, W_FORMAT == 2)
-        acc1 = _dot(acc1, x, w_ptr, first_offsets, is_dim, ks, in_k)
-        acc2 = _dot(acc2, x, w_ptr, second_offsets, is_dim, ks, in_k)
+    acc1, acc2 = _two_products(
+        h_ptr, res_ptr, res_out_ptr, g_ptr, w_ptr, first.to(tl.int64) * stride_w,
+        (first + HALF_D).to(tl.int64) * stride_w, is_dim, head == 0, K, eps, HAS_RES, HALF_D, BLOCK_K, BLOCK_S,
+    )  # fmt: skip
     dtype = h_ptr.dtype.element_ty
-    x1 = _scaled(acc1, w_scale_ptr, first, is_dim, x_scale, W_FORMAT).to(dtype).to(tl.float32)
-    x2 = _scaled(acc2, w_scale_ptr, first + HALF_D, is_dim, x_scale, W_FORMAT).to(dtype).to(tl.float32)
+    x1 = _scaled(acc1, w_scale_ptr, first, is_dim, W_FORMAT).to(dtype).to(tl.float32)
+    x2 = _scaled(acc2, w_scale_ptr, first + HALF_D, is_dim, W_FORMAT).to(dtype).to(tl.float32)
     if HAS_BIAS:  # added after the projection's rounding, as the rotary kernel adds it
         x1 = (x1 + tl.load(bias_ptr + first).to(tl.float32)).to(dtype).to(tl.float32)
         x2 = (x2 + tl.load(bias_ptr + first + HALF_D).to(tl.float32)).to(dtype).to(tl.float32)
@@ -229,31 +226,31 @@ def weight_format(weight: torch.Tensor, dtype: torch.dtype) -> int:
     return FORMAT_CODE[fmt] if fmt else 0
 
 
-# Launch settings from the sweep of `bench.quant_gemm --small_batch` on an H100 (docs/performance.md, seventh
-# session): at one row of Qwen2-0.5B, thin column blocks (4-8 outputs, many programs) with long K blocks for the
-# products of K = 896-4864; fp8 weights want fewer, wider programs (each repeats the row's norm and fp8 scale in its
-# prologue).
+# Launch settings from the sweep of `bench.quant_gemm --small_batch` on an H100 (docs/performance.md, seventh and
+# eighth sessions): at one row of Qwen2-0.5B, thin column blocks (4-8 outputs, many programs) with long K blocks for
+# the products of K = 896-4864. With weight-only products an fp8 weight costs what a bf16 one does but its bytes, so
+# both take the same settings.
 
 
-def linear_launch(num_cols: int, k: int, w_format: int) -> dict:
+def linear_launch(num_cols: int, k: int) -> dict:
     """norm_linear's BLOCK_N (outputs a program sums), BLOCK_K and warps."""
     wide = num_cols > 4096  # an output head: 6,564 (CosyVoice2) to 156,940 (Orpheus) columns
-    block_n = (16 if wide else 4) if w_format == 0 else (32 if wide else 8)
-    block_k = min(triton.next_power_of_2(k), 256 if wide else 1024)
-    return dict(BLOCK_N=block_n, BLOCK_K=block_k, num_warps=8 if w_format == 0 and not wide else 4)
+    return dict(
+        BLOCK_N=16 if wide else 4, BLOCK_K=min(triton.next_power_of_2(k), 256 if wide else 1024),
+        num_warps=4 if wide else 8,
+    )  # fmt: skip
 
 
-def gate_up_launch(k: int, w_format: int) -> dict:
+def gate_up_launch(k: int) -> dict:
     """gate_up_silu's settings: two (BLOCK_N, BLOCK_K) tiles of partial products, gate and up."""
-    # fp8 measured best at 32 x 256 tiles, which spill (kernel_compile): 16 x 128 is the largest that does not
-    block_k = min(triton.next_power_of_2(k), 256 if w_format == 0 else 128)
-    return dict(BLOCK_N=8 if w_format == 0 else 16, BLOCK_K=block_k, num_warps=4)
+    return dict(BLOCK_N=8, BLOCK_K=min(triton.next_power_of_2(k), 256), num_warps=4)
 
 
-def qkv_launch(head_dim: int, k: int, w_format: int) -> dict:
-    """qkv_rope's settings: a head's two halves of partial products, (D/2, BLOCK_K) each."""
-    budget = 8192 if w_format == 0 else 4096
-    return dict(BLOCK_K=min(triton.next_power_of_2(k), 2 * budget // head_dim), num_warps=8 if w_format == 0 else 4)
+def qkv_launch(head_dim: int, k: int) -> dict:
+    """qkv_rope's settings: a head's two halves of partial products, (D/2, BLOCK_K) each. 256 for Qwen2's heads
+    of 64 (the sweep's best); a head of 128 (Llama's) takes 64, which keeps both halves' blocks and the next ones in
+    registers (128 spills, kernel_compile)."""
+    return dict(BLOCK_K=min(triton.next_power_of_2(k), 256 if head_dim <= 64 else 64), num_warps=8)
 
 
 def _check(h: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None) -> int:
@@ -293,7 +290,7 @@ def norm_linear_triton(
     (num_rows, k), n = h.shape, weight.shape[0]
     out = torch.empty((num_rows, n), dtype=out_dtype or h.dtype, device=h.device)
     res, res_out, g, residual_out = _norm_args(h, residual, norm_weight)
-    launch = launch or linear_launch(n, k, w_format)
+    launch = launch or linear_launch(n, k)
     _norm_linear_kernel[(triton.cdiv(n, launch["BLOCK_N"]), num_rows)](
         h, res, res_out, g, weight, weight if weight_scale is None else weight_scale, weight if bias is None else bias,
         out, n, k, eps, h.stride(0), res.stride(0), res_out.stride(0), weight.stride(0), out.stride(0),
@@ -320,7 +317,7 @@ def gate_up_silu_triton(
     (num_rows, k), n = h.shape, weight.shape[0] // 2
     out = torch.empty((num_rows, n), dtype=h.dtype, device=h.device)
     res, res_out, g, residual_out = _norm_args(h, residual, norm_weight)
-    launch = launch or gate_up_launch(k, w_format)
+    launch = launch or gate_up_launch(k)
     _gate_up_silu_kernel[(triton.cdiv(n, launch["BLOCK_N"]), num_rows)](
         h, res, res_out, g, weight, weight if weight_scale is None else weight_scale, out, n, k, eps,
         h.stride(0), res.stride(0), res_out.stride(0), weight.stride(0), out.stride(0),
@@ -371,17 +368,15 @@ def qkv_rope_triton(
         v_cache.stride(1), k_scale.stride(0), v_scale.stride(0),
         HAS_RES=residual is not None, W_FORMAT=w_format, HAS_BIAS=bias is not None, KV_FORMAT=kv_format,
         HALF_D=head_dim // 2, BLOCK_S=min(triton.next_power_of_2(k), STATS_BLOCK),
-        **(launch or qkv_launch(head_dim, k, w_format)),
+        **(launch or qkv_launch(head_dim, k)),
     )  # fmt: skip
     return q, h if residual is None else residual_out
 
 
 def linear_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor | None, bias: torch.Tensor | None):
-    """The general path's product for a weight in the compute dtype, fp8 (w8a8) or int8 (weight-only)."""
-    fmt = FORMAT_OF_DTYPE.get(weight.dtype)
-    if fmt == FP8:
-        return fp8_linear_ref(x, weight, weight_scale, bias)
-    if fmt == INT8:
+    """The kernels' product for a weight in the compute dtype, or int8 or fp8 applied weight-only: the general
+    int8 path's (its reference takes any quantized dtype; for fp8 the general path quantizes x too)."""
+    if weight.dtype in FORMAT_OF_DTYPE:
         return int8_linear_ref(x, weight, weight_scale, bias)
     return F.linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
 
