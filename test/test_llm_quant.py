@@ -339,4 +339,6 @@ def test_small_batch_rows_flag_is_bounded_by_the_kernels():
     with pytest.raises(ValueError, match="small_batch_rows"):
         EngineConfig(small_batch_rows=MAX_ROWS + 1)
     with pytest.raises(ValueError, match="llm_small_batch_rows"):
-        ServerConfig(llm_small_batch_rows=-1)
+        ServerConfig(llm_small_batch_rows=-2)  # -1: the model's setting
+    with pytest.raises(ValueError, match="llm_small_batch_rows"):
+        ServerConfig(llm_small_batch_rows=MAX_ROWS + 1)

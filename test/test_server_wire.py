@@ -226,6 +226,9 @@ def test_settings_derive_every_size_from_config_and_model():
     assert s.max_fixed_speech_tokens == 900
     smaller = build_settings(dataclasses.replace(cfg, graph_max_batch_size=2), model)
     assert smaller.llm_engine_config("cuda:0").graph_max_batch_size == 2
+    default = build_settings(dataclasses.replace(cfg, llm_small_batch_rows=-1), model)  # the flag's default
+    assert default.llm_engine_config("cuda:0").small_batch_rows == 2  # CosyVoice's: faster on an H100
+    assert default.llm_engine_config("cpu").small_batch_rows == 0  # the CPU would run the references
 
 
 @pytest.mark.parametrize(

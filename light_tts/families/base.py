@@ -74,6 +74,9 @@ class ModelFacts:
     max_sentence_tokens: int = 0  # > 0: a sentence's bound (Orpheus); 0: upstream's 20 per text token
     takes_prompt_audio: bool = True
     voices: tuple[str, ...] = ()  # named voices (a name in its prompt), in the model's order
+    # decode batches of up to this many rows take the LLM's small-batch kernels on a GPU unless
+    # --llm_small_batch_rows says otherwise: where they measured faster for the family's body (docs/performance.md)
+    small_batch_rows: int = 0
 
     def decode_layout(self) -> tuple[int | float, ...]:
         """What a decode process is built for besides its weights: models that differ here never share one."""

@@ -75,6 +75,7 @@ class CosyVoice2Family(ModelFamily):
             num_mels=cfg.feat.num_mels,
             chunk_tokens=cfg.chunk_size,
             pre_lookahead=cfg.flow.pre_lookahead_len,
+            small_batch_rows=2,  # Qwen2-0.5B on an H100: batch 1 0.87 vs 1.49 ms in fp8, 0.83 vs 1.09 in bf16
         )
 
     def llm_prompt(self, mode: str, transcript: str = "", instruction: str = "") -> LLMPrompt:

@@ -173,6 +173,14 @@ class ServerSettings:
     def decode_dtype(self, device: str) -> str:
         return self.cfg.decode_data_type if device != "cpu" else "float32"
 
+    def llm_small_batch_rows(self, facts: ModelFacts, device: str) -> int:
+        """--llm_small_batch_rows, or at -1 the model's setting on a GPU and 0 on the CPU (there the path runs the
+        kernels' torch references: nothing to gain)."""
+        rows = self.cfg.llm_small_batch_rows
+        if rows >= 0:
+            return rows
+        return facts.small_batch_rows if device != "cpu" else 0
+
     def llm_engine_config(self, device: str, rank: int = 0) -> EngineConfig:
         """The config of llm `rank`'s engine, every field from a flag, its model or the topology (a new
         EngineConfig field fails here until mapped)."""
@@ -199,7 +207,7 @@ class ServerSettings:
             "tokens_per_second": m.token_rate,
             "quantization": c.quantization,
             "kv_cache_dtype": c.kv_cache_dtype,
-            "small_batch_rows": c.llm_small_batch_rows,
+            "small_batch_rows": self.llm_small_batch_rows(m, device),
         }
         unmapped = {f.name for f in fields(EngineConfig)} - set(values)
         if unmapped:
