@@ -2,6 +2,8 @@
 scaling, GQA groups of 3, tied and untied heads), and the engine's temperature / top-p / repetition-penalty
 sampling against the offline per-request sampler."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -63,12 +65,12 @@ def hf_dir(request, tmp_path_factory):
     return out, model
 
 
-def spec_of(model_dir) -> LLMSpec:
+def spec_of(model_dir, layout: PromptLayout = LAYOUT) -> LLMSpec:
     body = read_body(model_dir / "config.json")
     return LLMSpec(
         LMArch(body, VOCAB, VOCAB, tie_head=body.tie_word_embeddings),
-        LAYOUT,
-        lambda rows, device: NucleusSampler(SAMPLING, LAYOUT, rows, device),
+        layout,
+        lambda rows, device: NucleusSampler(SAMPLING, layout, rows, device),
         lambda sd: causal_lm_state_dict(sd, body.num_hidden_layers, False, body.tie_word_embeddings),
         lambda: read_safetensors(model_dir),
     )
@@ -185,3 +187,33 @@ def test_prompt_layout_refuses_what_it_cannot_run(hf_dir):
     reasons = {o.req_id: o.finish_reason for o in engine.step()}
     assert reasons["big"].startswith("error:token ids") and "prompt audio" in reasons["voice"]
     assert "bistream" in reasons["bi"]
+
+
+# audio-only sampling: each position's codebook, and the stop id at a frame boundary (it sits just below the audio)
+AUDIO_ONLY = dataclasses.replace(LAYOUT, audio_only=True)
+
+
+def test_audio_only_layout_offers_each_positions_codebook_and_stops_at_frame_boundaries():
+    assert AUDIO_ONLY.allowed_ids(0, 0) == (99, 150) and AUDIO_ONLY.allowed_ids(7, 0) == (99, 150)
+    assert AUDIO_ONLY.allowed_ids(3, 0) == (250, 300)
+    assert AUDIO_ONLY.allowed_ids(7, 10) == (100, 150)  # before min_len no stop, as without audio_only
+    assert LAYOUT.allowed_ids(3, 0) == (0, VOCAB)
+    with pytest.raises(ValueError, match="not stop ids"):  # 100-109 would be sampleable at a boundary
+        dataclasses.replace(LAYOUT, first_audio_id=110, audio_only=True)
+
+
+def test_audio_only_requests_emit_whole_frames(hf_dir):
+    """Free-running requests (no min_len) on random weights: every id is its position's audio id, and a request
+    that stops early stops at a frame boundary; without audio_only the same requests leave the codebooks."""
+    model_dir, _ = hf_dir
+
+    def tokens(layout):
+        engine = LLMEngine(spec_of(model_dir, layout), EngineConfig(**CPU_CFG), "cpu")
+        return run(engine, [LLMRequest(f"r{i}", p, seed=i, max_len=40) for i, p in enumerate(PROMPTS)])
+
+    def in_codebooks(ids):
+        return all(100 + n % 7 * 50 <= t < 150 + n % 7 * 50 for n, t in enumerate(ids))
+
+    constrained = tokens(AUDIO_ONLY)
+    assert all(in_codebooks(ids) and (len(ids) == 40 or len(ids) % 7 == 0) for ids in constrained.values())
+    assert not all(in_codebooks(ids) for ids in tokens(LAYOUT).values())

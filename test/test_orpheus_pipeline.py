@@ -49,13 +49,26 @@ def test_directory_is_recognised_and_read_from_its_files(model_dir, tmp_path):
 
 
 def test_settings_file_and_missing_files(model_dir, tmp_path):
-    from light_tts.families.orpheus import check_complete, load_model_config
+    from light_tts.families.orpheus import check_complete, load_model_config, prompt_layout
 
     copy = tmp_path / "m"
     shutil.copytree(model_dir, copy)
     (copy / "lighttts.json").write_text(json.dumps({"voices": ["pierre", "amelie"], "temperature": 0.4}))
     cfg = load_model_config(copy)
     assert cfg.voices == ("pierre", "amelie") and cfg.sampling.temperature == 0.4 and cfg.sampling.top_p == 0.8
+    # audio-only sampling by default: at a frame boundary end-of-speech and the control ids up to the audio ids,
+    # which end the utterance as it does; inside a frame the position's 4,096 audio ids
+    layout = prompt_layout(cfg)
+    assert cfg.audio_only and layout.stop_ids == frozenset(range(128258, 128266))
+    first, codes = 128266, 4096
+    assert layout.allowed_ids(0, 0) == (128258, first + codes)
+    assert layout.allowed_ids(9, 0) == (first + 2 * codes, first + 3 * codes)  # position 2 of the second frame
+    (copy / "lighttts.json").write_text(json.dumps({"audio_only": False}))
+    layout = prompt_layout(load_model_config(copy))
+    assert layout.stop_ids == {128258} and layout.allowed_ids(9, 0) == (0, 156940)  # the reference's whole vocabulary
+    (copy / "lighttts.json").write_text(json.dumps({"audio_only": "no"}))
+    with pytest.raises(ModelDirError, match="audio_only must be true or false"):
+        load_model_config(copy)
     (copy / "lighttts.json").write_text(json.dumps({"voice": ["x"]}))
     with pytest.raises(ModelDirError, match="unknown keys voice"):
         load_model_config(copy)

@@ -40,13 +40,17 @@ def prompt_layout(cfg: OrpheusConfig):
     from light_tts.llm.prompt_layout import PromptLayout
 
     t = cfg.tokens
+    stops = {t.end_of_speech}
+    if cfg.audio_only:  # the control ids between end-of-speech and the audio ids end an utterance as it does
+        stops |= set(range(t.end_of_speech + 1, t.first_audio))
     return PromptLayout(
         vocab_size=cfg.body.vocab_size,
-        stop_ids=frozenset({t.end_of_speech}),
+        stop_ids=frozenset(stops),
         first_audio_id=t.first_audio,
         codes_per_position=t.codebook_size,
         frame_len=t.frame_len,
         default_max_len=cfg.max_new_tokens,
+        audio_only=cfg.audio_only,
     )
 
 

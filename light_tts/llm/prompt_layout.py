@@ -2,10 +2,11 @@
 model's vocabulary (the family's prompt builder made them), and the model samples ids of that same vocabulary.
 
 Audio comes as frames of `frame_len` tokens; position p of a frame takes the `codes_per_position` ids from
-`first_audio_id + p * codes_per_position` on. The model is free to emit anything (the codec drops what is not a
-valid frame, as the references do), except that before min_len a request may only emit audio ids, in frame
-order: min_len counts audio tokens, so `fixed_speech_tokens` N gives exactly N / frame_len frames of audio even
-from random weights.
+`first_audio_id + p * codes_per_position` on. Before min_len a request may only emit audio ids, in frame order:
+min_len counts audio tokens, so `fixed_speech_tokens` N gives exactly N / frame_len frames of audio even from
+random weights. After it, with `audio_only` the same holds, except that at a frame boundary the stop ids may come
+too (the range from the lowest stop id to the audio ids, whose other ids must then be stop ids as well); without
+it the model is free to emit anything (the codec drops what is not a valid frame, as the references do).
 """
 
 from __future__ import annotations
@@ -23,6 +24,18 @@ class PromptLayout:
     codes_per_position: int
     frame_len: int
     default_max_len: int  # generated ids when the request gives no max_len
+    audio_only: bool = False  # past min_len too: only its position's audio ids, and the stop ids at a frame boundary
+
+    def __post_init__(self):
+        if self.audio_only:
+            lo, hi = self.allowed_ids(0, 0)
+            codebook = range(self.first_audio_id, self.first_audio_id + self.codes_per_position)
+            strays = [i for i in range(lo, hi) if i not in codebook and i not in self.stop_ids]
+            if strays:
+                raise ValueError(
+                    f"audio-only sampling allows the ids from the lowest stop id to the audio ids at a frame "
+                    f"boundary, but {len(strays)} of them (e.g. {strays[0]}) are not stop ids"
+                )
 
     @property
     def num_embeddings(self) -> int:
@@ -61,7 +74,13 @@ class PromptLayout:
 
     def allowed_ids(self, num_output: int, min_len: int) -> tuple[int, int]:
         """The ids [lo, hi) a request that has emitted num_output ids may emit next."""
+        position = num_output % self.frame_len
+        lo = self.first_audio_id + position * self.codes_per_position
+        hi = lo + self.codes_per_position
         if num_output < min_len:
-            lo = self.first_audio_id + (num_output % self.frame_len) * self.codes_per_position
-            return lo, lo + self.codes_per_position
-        return 0, self.vocab_size
+            return lo, hi
+        if not self.audio_only:
+            return 0, self.vocab_size
+        if position == 0:  # a frame boundary: the utterance may end here
+            return min(lo, min(self.stop_ids)), max(hi, max(self.stop_ids) + 1)
+        return lo, hi

@@ -9,8 +9,8 @@ model*.safetensors (+ index), tokenizer.json, ...) with the SNAC 24 kHz codec be
 - sampling defaults, voices, the prompt's double BOS and the default length are serving choices: the defaults
   below (ref-pkg's served values and the English fine-tune's voices), overridable by an optional `lighttts.json`
   in the directory ({"voices": [...], "temperature": ..., "top_p": ..., "repetition_penalty": ...,
-  "max_new_tokens": ..., "double_bos": ...}); generation_config.json is not read (its values are not the served
-  ones).
+  "max_new_tokens": ..., "double_bos": ..., "audio_only": ...}); generation_config.json is not read (its values
+  are not the served ones).
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ CONFIG_NAME = "config.json"
 TOKENIZER_NAME = "tokenizer.json"
 SNAC_DIR = "snac_24khz"
 SETTINGS_NAME = "lighttts.json"
+# audio-only sampling offers the ids from end-of-speech to the audio ids at a frame boundary (the released
+# tokenizer: 128258, then 7 control ids, then 128266): at most this many, the ones between ending an utterance too
+MAX_STOP_GAP = 16
 NUM_POSITIONS = 7  # tokens per audio frame: 1 + 2 + 4 SNAC codes
 # the English fine-tune's voices, in Canopy's order (README); lighttts.json lists others (multilingual fine-tunes)
 DEFAULT_VOICES = ("tara", "leah", "jess", "leo", "dan", "mia", "zac", "zoe")
@@ -110,6 +113,9 @@ class OrpheusConfig:
     voices: tuple[str, ...] = DEFAULT_VOICES
     double_bos: bool = True  # serve ref-pkg's [bos, start_of_human, bos, ...] (vLLM re-adds the bos it decoded)
     max_new_tokens: int = 1200  # ids generated when the request sets no bound (ref-pkg: 14.6 s of audio)
+    # sample only the audio ids of each frame position (and end-of-speech at a frame boundary), not the whole
+    # vocabulary whose other ids the references' parsers drop (prompt_layout.py)
+    audio_only: bool = True
     family: ClassVar[str] = "orpheus"  # which family read it (as ModelConfig.family)
 
     @property
@@ -236,7 +242,8 @@ def load_model_config(model_dir: str | Path, tokenizer=None) -> OrpheusConfig:
     if tokens.first_audio + tokens.num_audio_ids > body.vocab_size:
         raise ModelDirError(f"{model_dir / CONFIG_NAME}: vocab_size {body.vocab_size} does not hold the audio ids")
     settings = read_json(model_dir / SETTINGS_NAME) if (model_dir / SETTINGS_NAME).is_file() else {}
-    unknown = set(settings) - {"voices", "temperature", "top_p", "repetition_penalty", "max_new_tokens", "double_bos"}
+    known = {"voices", "temperature", "top_p", "repetition_penalty", "max_new_tokens", "double_bos", "audio_only"}
+    unknown = set(settings) - known
     if unknown:
         raise ModelDirError(f"{model_dir / SETTINGS_NAME}: unknown keys {', '.join(sorted(unknown))}")
     try:
@@ -245,6 +252,14 @@ def load_model_config(model_dir: str | Path, tokenizer=None) -> OrpheusConfig:
         )
     except ValueError as e:
         raise ModelDirError(f"{model_dir / SETTINGS_NAME}: {e}") from e
+    audio_only = settings.get("audio_only", True)
+    if not isinstance(audio_only, bool):
+        raise ModelDirError(f"{model_dir / SETTINGS_NAME}: audio_only must be true or false")
+    if audio_only and not 0 < tokens.first_audio - tokens.end_of_speech <= MAX_STOP_GAP:
+        raise ModelDirError(
+            f"{model_dir}: audio-only sampling needs end-of-speech ({tokens.end_of_speech}) at most {MAX_STOP_GAP} "
+            f'ids below the audio ids ({tokens.first_audio}); set "audio_only": false in {SETTINGS_NAME}'
+        )
     voices = tuple(settings.get("voices", DEFAULT_VOICES))
     if not voices or not all(isinstance(v, str) and v.strip() for v in voices):
         raise ModelDirError(f"{model_dir / SETTINGS_NAME}: voices must be a non-empty list of names")
@@ -257,4 +272,5 @@ def load_model_config(model_dir: str | Path, tokenizer=None) -> OrpheusConfig:
         voices=voices,
         double_bos=bool(settings.get("double_bos", True)),
         max_new_tokens=int(settings.get("max_new_tokens", 1200)),
+        audio_only=audio_only,
     )
