@@ -31,6 +31,14 @@ def tiny(fixture_dir):
     return load_model_config(fixture_dir), torch.load(fixture_dir / "llm.pt", weights_only=True)
 
 
+@pytest.fixture(scope="module")
+def tiny_cv3(cv3_fixture_dir):
+    """The tiny CosyVoice3 fixture model's config and its llm.pt (the same Qwen2 body, an unbiased speech head)."""
+    from light_tts.models.cosyvoice3.config import load_model_config as load_cv3_config
+
+    return load_cv3_config(cv3_fixture_dir), torch.load(cv3_fixture_dir / "llm.pt", weights_only=True)
+
+
 def make_engine(tiny, device="cpu", **kw) -> LLMEngine:
     cfg = EngineConfig(
         **{
@@ -297,18 +305,21 @@ def test_server_and_engine_accept_the_same_values():
 
 
 @pytest.mark.parametrize("quantization, kv_cache_dtype", [("none", "auto"), ("fp8", "fp8"), ("int8", "int8")])
-@pytest.mark.parametrize("family", ["cosyvoice2", "orpheus"])
-def test_small_batch_path_gives_the_general_paths_logprobs(tiny, orpheus, family, quantization, kv_cache_dtype):
+@pytest.mark.parametrize("family", ["cosyvoice2", "cosyvoice3", "orpheus"])
+def test_small_batch_path_gives_the_general_paths_logprobs(
+    tiny, tiny_cv3, orpheus, family, quantization, kv_cache_dtype
+):
     """--llm_small_batch_rows: one-row decode steps take DecoderLayer.forward_small (its ops' references on the CPU;
     test_small_batch_kernels holds the kernels to them) and score every step as the general path does, on the Qwen2
-    body (qkv bias) and the Llama body (tied head); prefill never takes it. fp8 weights there multiply unquantized
+    body (qkv bias; CosyVoice2's biased speech head, CosyVoice3's unbiased one) and the Llama body (tied head);
+    prefill never takes it. fp8 weights there multiply unquantized
     activations, so its steps score closer to the unquantized weights' than the general path's w8a8 does."""
     modes = dict(quantization=quantization, kv_cache_dtype=kv_cache_dtype)
-    build, req = (
-        (lambda **kw: make_engine(tiny, **kw), lambda: request(greedy=True))
-        if family == "cosyvoice2"
-        else (lambda **kw: orpheus_engine(orpheus, **kw), lambda: orpheus_request(orpheus, num_steps=20))
-    )
+    build, req = {
+        "cosyvoice2": (lambda **kw: make_engine(tiny, **kw), lambda: request(greedy=True)),
+        "cosyvoice3": (lambda **kw: make_engine(tiny_cv3, **kw), lambda: request(greedy=True)),
+        "orpheus": (lambda **kw: orpheus_engine(orpheus, **kw), lambda: orpheus_request(orpheus, num_steps=20)),
+    }[family]
     general = build(**modes)
     small = build(small_batch_rows=1, **modes)
     calls = []
