@@ -30,6 +30,8 @@ LAYOUT = PromptLayout(
     frame_len=7,
     default_max_len=40,
 )
+# audio-only sampling: each position's codebook, and the stop id at a frame boundary (it sits just below the audio)
+AUDIO_ONLY = dataclasses.replace(LAYOUT, audio_only=True)
 SAMPLING = NucleusConfig(temperature=0.8, top_p=0.9, repetition_penalty=1.3)
 CPU_CFG = dict(data_type="float32", max_req_total_len=256, running_max_req_size=8, max_total_token_num=2048)
 PROMPTS = [[1, 5, 9, 33, 70, 2], [3, 4, 200, 201, 202, 17, 18, 19, 20, 21, 400], [7] * 3]
@@ -68,7 +70,7 @@ def hf_dir(request, tmp_path_factory):
 def spec_of(model_dir, layout: PromptLayout = LAYOUT) -> LLMSpec:
     body = read_body(model_dir / "config.json")
     return LLMSpec(
-        LMArch(body, VOCAB, VOCAB, tie_head=body.tie_word_embeddings),
+        LMArch(body, VOCAB, VOCAB, tie_head=body.tie_word_embeddings, logit_range=layout.sampled_range()),
         layout,
         lambda rows, device: NucleusSampler(SAMPLING, layout, rows, device),
         lambda sd: causal_lm_state_dict(sd, body.num_hidden_layers, False, body.tie_word_embeddings),
@@ -135,11 +137,14 @@ def test_greedy_tokens_match_transformers(hf_dir):
     assert greedy == ours
 
 
-def test_sampling_matches_offline_and_is_batch_invariant(hf_dir):
+@pytest.mark.parametrize("audio_only", [False, True])
+def test_sampling_matches_offline_and_is_batch_invariant(hf_dir, audio_only):
     """Nucleus + penalty draws: each request decodes what the offline sampler decodes alone (same counter
-    uniforms), whatever else is in its batch, with staggered arrivals."""
+    uniforms), whatever else is in its batch, with staggered arrivals; audio-only, the engine's head scores only
+    the sampled range (ids 99-449 of 512) and the offline sampler the whole vocabulary under the same ranges."""
     model_dir, _ = hf_dir
-    engine = LLMEngine(spec_of(model_dir), EngineConfig(**CPU_CFG, router_max_wait_tokens=1), "cpu")
+    layout = AUDIO_ONLY if audio_only else LAYOUT
+    engine = LLMEngine(spec_of(model_dir, layout), EngineConfig(**CPU_CFG, router_max_wait_tokens=1), "cpu")
     reqs = [LLMRequest(f"s{i}", PROMPTS[i % 3] + [i], seed=100 + i, max_len=12 + i) for i in range(5)]
     tokens = run(engine, reqs, {0: reqs[:2], 3: reqs[2:4], 5: reqs[4:]})
     offline = load_causal_lm(read_body(model_dir / "config.json"), read_safetensors(model_dir))
@@ -148,8 +153,10 @@ def test_sampling_matches_offline_and_is_batch_invariant(hf_dir):
             generate(
                 offline,
                 r.text_token_ids,
-                lambda logits, decoded, s=r.seed: sample_one(SAMPLING, logits, decoded, (0, VOCAB), s),
-                LAYOUT.stop_ids,
+                lambda logits, decoded, s=r.seed: sample_one(
+                    SAMPLING, logits, decoded, layout.allowed_ids(len(decoded), 0), s
+                ),
+                layout.stop_ids,
                 r.max_len,
             )
         )
@@ -187,10 +194,6 @@ def test_prompt_layout_refuses_what_it_cannot_run(hf_dir):
     reasons = {o.req_id: o.finish_reason for o in engine.step()}
     assert reasons["big"].startswith("error:token ids") and "prompt audio" in reasons["voice"]
     assert "bistream" in reasons["bi"]
-
-
-# audio-only sampling: each position's codebook, and the stop id at a frame boundary (it sits just below the audio)
-AUDIO_ONLY = dataclasses.replace(LAYOUT, audio_only=True)
 
 
 def test_audio_only_layout_offers_each_positions_codebook_and_stops_at_frame_boundaries():

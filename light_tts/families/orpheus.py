@@ -65,7 +65,14 @@ def llm_spec(cfg: OrpheusConfig) -> LLMSpec:
     body = cfg.body
     layout = prompt_layout(cfg)
     return LLMSpec(
-        arch=LMArch(body, body.vocab_size, body.vocab_size, head_bias=False, tie_head=body.tie_word_embeddings),
+        arch=LMArch(
+            body,
+            body.vocab_size,
+            body.vocab_size,
+            head_bias=False,
+            tie_head=body.tie_word_embeddings,
+            logit_range=layout.sampled_range(),  # audio-only: 28,680 of the 156,940 rows
+        ),
         layout=layout,
         make_sampler=lambda num_rows, device: NucleusSampler(cfg.sampling, layout, num_rows, device),
         engine_weights=lambda sd: causal_lm_state_dict(

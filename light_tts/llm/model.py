@@ -4,7 +4,7 @@ KV cache through light_tts.kernels.llm.ops (Triton on CUDA, torch reference on t
 The network is what the family's LMArch says (spec.py). Weights are in the engine layout (the family's
 engine_weights, e.g. weights.py): one embedding table over the engine's id space, fused qkv and gate_up
 projections, one head. A forward takes ForwardInputs and returns logits [B, num_logits] in float32 for the last
-input token of each request.
+input token of each request (only the ids of arch.logit_range, where the family narrows what can be sampled).
 """
 
 from __future__ import annotations
@@ -223,6 +223,14 @@ class EngineSpeechLM(nn.Module):
         if self.arch.tie_head:
             self.llm_decoder.weight = self.embed.weight
 
+    def head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The head's weight and bias over arch.logit_range (row views: the ids the sampler can draw)."""
+        weight, bias = self.llm_decoder.weight, self.llm_decoder.bias
+        if self.arch.logit_range is None:
+            return weight, bias
+        lo, hi = self.arch.logit_range
+        return weight[lo:hi], None if bias is None else bias[lo:hi]
+
     def forward(self, inp: ForwardInputs, kv: KVCache, cos_sin: torch.Tensor) -> torch.Tensor:
         if not inp.is_prefill:
             # record each request's new slot at its position; padding writes -1 into the sentinel row, never read
@@ -232,12 +240,12 @@ class EngineSpeechLM(nn.Module):
         if not inp.is_prefill and len(inp.input_ids) <= self.small_batch_rows:
             for i, layer in enumerate(self.layers):
                 h, residual = layer.forward_small(h, residual, inp, kv.layer(i), cos_sin)
-            head = self.llm_decoder
+            weight, bias = self.head()
             eps = self.arch.body.rms_norm_eps
-            return ops.norm_linear(h, head.weight, None, head.bias, self.norm, eps, residual, torch.float32)[0]
+            return ops.norm_linear(h, weight, None, bias, self.norm, eps, residual, torch.float32)[0]
         for i, layer in enumerate(self.layers):
             h, residual = layer(h, residual, inp, kv.layer(i), cos_sin)
         h, _ = ops.rms_norm(h, self.norm, self.arch.body.rms_norm_eps, residual)
         if inp.is_prefill:
             h = h.index_select(0, inp.last_token_idx)
-        return F.linear(h, self.llm_decoder.weight, self.llm_decoder.bias).float()
+        return F.linear(h, *self.head()).float()

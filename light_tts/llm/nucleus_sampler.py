@@ -58,13 +58,18 @@ class NucleusSampler:
     def __init__(self, cfg: NucleusConfig, layout: PromptLayout, num_rows: int, device: torch.device | str):
         self.cfg, self.layout, self.num_rows, self.device = cfg, layout, num_rows, torch.device(device)
         self.num_columns = NUM_META + NUM_ROUNDS
-        # padding rows of a CUDA graph: the sentinel row, no last id, greedy over id 0 (one pass, no state)
-        self.pad_row = [0, -1, 0, 1, 1] + [0] * NUM_ROUNDS
+        # the logits cover the ids [first, end) (the head's logit_range): packed ids are shifted by -first for the
+        # kernel (last id, lo, hi), which reads `seen` over the same columns, and the drawn columns back by +first
+        self.first, self.end = layout.sampled_range()
+        self.shift = torch.tensor([0, self.first, self.first, self.first] + [0] * (self.num_columns - 4))
+        # padding rows of a CUDA graph: the sentinel row, no last id, greedy over the first id (one pass, no state)
+        self.pad_row = [0, -1, self.first, self.first + 1, 1] + [0] * NUM_ROUNDS
         self.seen: torch.Tensor | None = None
         self.reload()
 
     def reload(self) -> None:
         self.seen = torch.zeros(self.num_rows, self.layout.vocab_size, dtype=torch.bool, device=self.device)
+        self.shift = self.shift.to(self.device)
         self.true = torch.ones((), dtype=torch.bool, device=self.device)  # the value the sampling graph writes
 
     def release(self) -> None:
@@ -99,7 +104,10 @@ class NucleusSampler:
         # rows without a last id (a prefill) write into the sentinel row 0 instead, which no request reads
         self.seen.index_put_((torch.where(has_last, packed[:, 0], 0), last.clamp(min=0)), self.true)
         c = self.cfg
-        return (ops.nucleus_sample(logits, packed, self.seen, c.temperature, c.top_p, c.repetition_penalty),)
+        assert logits.shape[1] == self.end - self.first, "the head must score the layout's sampled_range"
+        seen = self.seen[:, self.first : self.end]
+        ids = ops.nucleus_sample(logits, packed - self.shift, seen, c.temperature, c.top_p, c.repetition_penalty)
+        return (ids + self.first,)
 
     def finish(self, ids: torch.Tensor, inputs: NucleusInputs) -> list[int]:
         return ids.tolist()

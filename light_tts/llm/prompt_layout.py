@@ -72,6 +72,14 @@ class PromptLayout:
     def allowed_range(self, seq: Sequence) -> tuple[int, int]:
         return self.allowed_ids(seq.num_output, seq.min_len)
 
+    def sampled_range(self) -> tuple[int, int]:
+        """The ids [lo, hi) that contain every step's allowed_ids: with audio_only the stop ids up to the last
+        audio id, else the whole vocabulary."""
+        if not self.audio_only:
+            return 0, self.vocab_size
+        last_audio = self.first_audio_id + self.frame_len * self.codes_per_position
+        return min(self.first_audio_id, min(self.stop_ids)), max(last_audio, max(self.stop_ids) + 1)
+
     def allowed_ids(self, num_output: int, min_len: int) -> tuple[int, int]:
         """The ids [lo, hi) a request that has emitted num_output ids may emit next."""
         position = num_output % self.frame_len

@@ -1,7 +1,8 @@
 """What a model family tells the LLM engine (LLMSpec), so that the engine never asks which family it runs.
 
 - arch: the network: a pre-norm decoder body (Qwen2 or Llama: QwenConfig), one input embedding table over the
-  engine's id space and one output head (bias or not, tied to the embedding or not);
+  engine's id space and one output head (bias or not, tied to the embedding or not; scoring all ids or only the
+  range the layout can sample);
 - layout: the engine's id space and how a request becomes a Sequence (prompt ids, stop ids, length bounds,
   shareable voice prefix, bistream feeding): request.TokenLayout for the CosyVoice speech LMs,
   prompt_layout.PromptLayout for a plain causal LM fed its prompt ids (Orpheus);
@@ -27,6 +28,9 @@ class LMArch:
     num_logits: int  # rows of the output head (the ids the sampler draws from)
     head_bias: bool = False
     tie_head: bool = False  # the head's weight is the embedding table (one copy in memory)
+    # (lo, hi): the ids any step may sample (the layout's sampled_range); the head scores only those, logit column c
+    # being id lo + c, and the sampler draws among them. None: all num_logits.
+    logit_range: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,8 @@ class OrpheusBench:
     def reference_logprobs(self, ref, req: LLMRequest, tokens: list[int]) -> list[torch.Tensor]:
         ids = torch.tensor([req.text_token_ids + tokens], device=self.device)
         logits = ref.lm_head(ref.model(ref.model.embed_tokens(ids)))[0].float()
-        return list(logits[len(req.text_token_ids) - 1 :].log_softmax(dim=-1))
+        lo, hi = self.spec.arch.logit_range  # the ids the engine scores (audio-only: the audio ids and the stops)
+        return list(logits[len(req.text_token_ids) - 1 :, lo:hi].log_softmax(dim=-1))
 
 
 def bench_model(model_dir: Path | None, device: str):
