@@ -44,11 +44,13 @@ class OrpheusPipeline:
         """The ids one sentence generates (stop excluded), sampled as the engine samples them."""
         max_len = self.cfg.max_new_tokens if max_len is None else max_len
 
+        sampled_range = self.layout.sampled_range()
+
         def sample(logits: torch.Tensor, decoded: list[int]) -> int:
             allowed = self.layout.allowed_ids(len(decoded), min_len)
-            return sample_one(self.cfg.sampling, logits, decoded, allowed, seed)
+            return sample_one(self.cfg.sampling, logits, decoded, allowed, seed, first=sampled_range[0])
 
-        yield from generate(self.lm, prompt_ids, sample, self.layout.stop_ids, max_len)
+        yield from generate(self.lm, prompt_ids, sample, self.layout.stop_ids, max_len, sampled_range)
 
     @torch.inference_mode()
     def audio(self, token_ids: list[int], seed: int) -> Iterator[np.ndarray]:

@@ -154,10 +154,16 @@ def test_sampling_matches_offline_and_is_batch_invariant(hf_dir, audio_only):
                 offline,
                 r.text_token_ids,
                 lambda logits, decoded, s=r.seed: sample_one(
-                    SAMPLING, logits, decoded, layout.allowed_ids(len(decoded), 0), s
+                    SAMPLING,
+                    logits,
+                    decoded,
+                    layout.allowed_ids(len(decoded), 0),
+                    s,
+                    first=layout.sampled_range()[0],
                 ),
                 layout.stop_ids,
                 r.max_len,
+                layout.sampled_range(),  # the logits of the ids the engine's head scores
             )
         )
         assert tokens[r.req_id] == expected, r.req_id

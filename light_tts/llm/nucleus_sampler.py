@@ -120,13 +120,13 @@ def sample_one(
     allowed: tuple[int, int],
     seed: int,
     greedy: bool = False,
+    first: int = 0,
 ) -> int:
-    """The id one request samples from its [V] logits at this step (the offline pipeline's sampler)."""
+    """The id one request samples at this step (the offline pipeline's sampler) from its logits of the ids from
+    `first` on (the engine's head scores the layout's sampled_range; decoded ids and allowed are ids)."""
     seen = torch.zeros(2, logits.shape[-1], dtype=torch.bool)
-    seen[1, decoded] = True
+    seen[1, [t - first for t in decoded if 0 <= t - first < logits.shape[-1]]] = True
     packed = pack_rows([1], [decoded], [allowed], [greedy], [seed])
-    return int(
-        nucleus_sample_ref(
-            logits.float().reshape(1, -1).cpu(), packed, seen, cfg.temperature, cfg.top_p, cfg.repetition_penalty
-        )[0]
-    )
+    packed[:, 1:4] -= first  # the last id and the allowed range, in logit columns
+    scores = logits.float().reshape(1, -1).cpu()
+    return first + int(nucleus_sample_ref(scores, packed, seen, cfg.temperature, cfg.top_p, cfg.repetition_penalty)[0])

@@ -89,6 +89,12 @@ def speak_cosyvoice(url: str, text: str, seed: int) -> httpx.Response:
     )
 
 
+# The engine's fused body and the offline module score each id within ~2e-7 of each other (float32), so their draws
+# agree unless one falls that close to a top-p boundary: seed 5 meets one at its 68th id since the head scores only
+# the sampled range (the sampler given the engine's logits draws the engine's id), seeds 3-4 and 6-11 none.
+SEED = 6
+
+
 def test_both_models_at_once_each_equal_their_pipeline(server, pipeline, orpheus_pipeline):
     """An Orpheus request through the official openai client (model and voice by name, 10 frames forced) and a
     CosyVoice2 zero-shot request, sent together: each equals its own pipeline (`pipeline`: conftest's CosyVoice2)."""
@@ -100,13 +106,13 @@ def test_both_models_at_once_each_equal_their_pipeline(server, pipeline, orpheus
                 voice="tara",
                 input="Hello there.",
                 response_format="pcm",
-                extra_body={"seed": 5, "fixed_speech_tokens": 70},
+                extra_body={"seed": SEED, "fixed_speech_tokens": 70},
             ).content
 
     with ThreadPoolExecutor(2) as pool:
         orpheus, cosyvoice = pool.submit(speak_orpheus), pool.submit(speak_cosyvoice, server.url, "Hello there.", 7)
         orpheus_audio, cosyvoice_reply = orpheus.result(), cosyvoice.result()
-    want = orpheus_pcm(orpheus_pipeline, "Hello there.", "tara", 5, fixed_tokens=70)
+    want = orpheus_pcm(orpheus_pipeline, "Hello there.", "tara", SEED, fixed_tokens=70)
     assert len(want) == 2 * 10 * 2048  # 70 ids: 10 frames of 2048 samples
     assert_equal_pcm(orpheus_audio, want)
     assert cosyvoice_reply.status_code == 200, cosyvoice_reply.text

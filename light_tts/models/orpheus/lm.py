@@ -64,14 +64,18 @@ def generate(
     sample: Callable[[torch.Tensor, list[int]], int],
     stop_ids: frozenset[int],
     max_len: int,
+    logit_range: tuple[int, int] | None = None,
 ) -> Iterator[int]:
-    """Ids after the prompt until a stop id (not yielded) or max_len; sample(logits [V], decoded) picks each."""
+    """Ids after the prompt until a stop id (not yielded) or max_len; sample(logits, decoded) picks each. With
+    logit_range (lo, hi) the logits are those of ids [lo, hi) only, from the head's rows as the engine takes them
+    (the same view of the same weight, so the products add up alike)."""
     body, cache = lm.model, KVCache(len(lm.model.layers))
     inputs = torch.tensor([prompt_ids])
     decoded: list[int] = []
+    head = lm.lm_head.weight if logit_range is None else lm.lm_head.weight[logit_range[0] : logit_range[1]]
     for _ in range(max_len):
         hidden = body(body.embed_tokens(inputs), cache)
-        logits = lm.lm_head(hidden[0, -1]).float()
+        logits = torch.nn.functional.linear(hidden[0, -1:], head)[0].float()
         token = sample(logits, decoded)
         if token in stop_ids:
             return
