@@ -7,7 +7,7 @@ Randomness is counter-based as in sampler.py: round r of decode step s (s = ids 
 counter_uniform_bits(seed, s, a) for a = 0 .. NUM_ROUNDS / 2 - 1, hashed on the host in one call.
 The penalty applies to every id the request generated so far (not its prompt: voxserve's rule; vLLM also counts
 the prompt, whose text ids the model does not sample). Those ids live on the device, in `seen` [req_to_token rows,
-vocab]: a prefill rewrites its requests' rows from their decoded ids (after a preemption too); each decode step
+logit columns]: a prefill rewrites its requests' rows from their decoded ids (after a preemption too); each decode step
 marks its input id (the previously sampled one) inside the sampling graph.
 """
 
@@ -33,12 +33,18 @@ def uniform_columns(seeds: list[int], steps: list[int]) -> np.ndarray:
 
 
 def pack_rows(
-    rows: list[int], decoded: list[list[int]], ranges: list[tuple[int, int]], is_greedy: list[bool], seeds: list[int]
+    rows: list[int],
+    decoded: list[list[int]],
+    ranges: list[tuple[int, int]],
+    is_greedy: list[bool],
+    seeds: list[int],
+    first: int = 0,
 ) -> torch.Tensor:
-    """Host int64 [B, NUM_META + NUM_ROUNDS]: row, last decoded id (-1: none), lo, hi, is_greedy, uniforms."""
+    """Host int64 [B, NUM_META + NUM_ROUNDS]: row, last decoded id (-1: none), lo, hi, is_greedy, uniforms; the ids
+    and the range in logit columns (id - first: the logits start at id `first`)."""
     meta = np.array(
         [
-            [row, ids[-1] if ids else -1, lo, hi, greedy]
+            [row, ids[-1] - first if ids else -1, lo - first, hi - first, greedy]
             for row, ids, (lo, hi), greedy in zip(rows, decoded, ranges, is_greedy)
         ],
         dtype=np.int64,
@@ -58,18 +64,17 @@ class NucleusSampler:
     def __init__(self, cfg: NucleusConfig, layout: PromptLayout, num_rows: int, device: torch.device | str):
         self.cfg, self.layout, self.num_rows, self.device = cfg, layout, num_rows, torch.device(device)
         self.num_columns = NUM_META + NUM_ROUNDS
-        # the logits cover the ids [first, end) (the head's logit_range): packed ids are shifted by -first for the
-        # kernel (last id, lo, hi), which reads `seen` over the same columns, and the drawn columns back by +first
-        self.first, self.end = layout.sampled_range()
-        self.shift = torch.tensor([0, self.first, self.first, self.first] + [0] * (self.num_columns - 4))
-        # padding rows of a CUDA graph: the sentinel row, no last id, greedy over the first id (one pass, no state)
-        self.pad_row = [0, -1, self.first, self.first + 1, 1] + [0] * NUM_ROUNDS
+        # the logits are those of the ids [first, end) (the head's logit_range); on the device everything is in
+        # their columns (packed ids, `seen`), and finish() turns the drawn columns back into ids
+        self.first, end = layout.sampled_range()
+        self.width = end - self.first
+        # padding rows of a CUDA graph: the sentinel row, no last id, greedy over column 0 (one pass, no state)
+        self.pad_row = [0, -1, 0, 1, 1] + [0] * NUM_ROUNDS
         self.seen: torch.Tensor | None = None
         self.reload()
 
     def reload(self) -> None:
-        self.seen = torch.zeros(self.num_rows, self.layout.vocab_size, dtype=torch.bool, device=self.device)
-        self.shift = self.shift.to(self.device)
+        self.seen = torch.zeros(self.num_rows, self.width, dtype=torch.bool, device=self.device)
         self.true = torch.ones((), dtype=torch.bool, device=self.device)  # the value the sampling graph writes
 
     def release(self) -> None:
@@ -83,6 +88,7 @@ class NucleusSampler:
                 [self.layout.allowed_range(s) for s in seqs],
                 [s.req.greedy for s in seqs],
                 [s.req.seed for s in seqs],
+                self.first,
             )
         )
 
@@ -94,7 +100,7 @@ class NucleusSampler:
         self.seen.index_fill_(0, rows, False)
         decoded_rows = [s.row for s in batch.seqs for _ in s.decoded]
         if decoded_rows:
-            ids = [t for s in batch.seqs for t in s.decoded]
+            ids = [t - self.first for s in batch.seqs for t in s.decoded]
             self.seen[torch.tensor(decoded_rows, device=self.device), torch.tensor(ids, device=self.device)] = True
 
     def first_attempt(self, logits: torch.Tensor, packed: torch.Tensor) -> tuple[torch.Tensor]:
@@ -104,13 +110,11 @@ class NucleusSampler:
         # rows without a last id (a prefill) write into the sentinel row 0 instead, which no request reads
         self.seen.index_put_((torch.where(has_last, packed[:, 0], 0), last.clamp(min=0)), self.true)
         c = self.cfg
-        assert logits.shape[1] == self.end - self.first, "the head must score the layout's sampled_range"
-        seen = self.seen[:, self.first : self.end]
-        ids = ops.nucleus_sample(logits, packed - self.shift, seen, c.temperature, c.top_p, c.repetition_penalty)
-        return (ids + self.first,)
+        assert logits.shape[1] == self.width, "the head must score the layout's sampled_range"
+        return (ops.nucleus_sample(logits, packed, self.seen, c.temperature, c.top_p, c.repetition_penalty),)
 
     def finish(self, ids: torch.Tensor, inputs: NucleusInputs) -> list[int]:
-        return ids.tolist()
+        return [self.first + i for i in ids.tolist()]
 
 
 def sample_one(
@@ -125,8 +129,7 @@ def sample_one(
     """The id one request samples at this step (the offline pipeline's sampler) from its logits of the ids from
     `first` on (the engine's head scores the layout's sampled_range; decoded ids and allowed are ids)."""
     seen = torch.zeros(2, logits.shape[-1], dtype=torch.bool)
-    seen[1, [t - first for t in decoded if 0 <= t - first < logits.shape[-1]]] = True
-    packed = pack_rows([1], [decoded], [allowed], [greedy], [seed])
-    packed[:, 1:4] -= first  # the last id and the allowed range, in logit columns
+    seen[1, [t - first for t in decoded]] = True
+    packed = pack_rows([1], [decoded], [allowed], [greedy], [seed], first)
     scores = logits.float().reshape(1, -1).cpu()
     return first + int(nucleus_sample_ref(scores, packed, seen, cfg.temperature, cfg.top_p, cfg.repetition_penalty)[0])
